@@ -1,0 +1,407 @@
+import { create } from "@bufbuild/protobuf";
+import { OutgoingEntrySchema } from "../gen/switchboard/v1/entry_pb.js";
+import { AckFrameSchema, type ConnectResponse } from "../gen/switchboard/v1/gateway_pb.js";
+import { Histogram, type HistogramData } from "./histogram.js";
+import type { BenchConversation, BenchDevice } from "./setup.js";
+import { type ClientKind, type DeviceStream, openStream } from "./stream.js";
+
+/** What one load generator (the main thread or one worker) drives. */
+export interface LoadInput {
+  url: string;
+  client: ClientKind;
+  devices: BenchDevice[];
+  /** Members are indexes into `devices`. */
+  conversations: BenchConversation[];
+  /** Target msgs/s for this generator; 0 keeps `inflight` sends in flight per device instead. */
+  rate: number;
+  /** Sends one device may have unanswered. */
+  inflight: number;
+  payloadBytes: number;
+  /** How often receivers acknowledge what they got (cumulatively). */
+  ackIntervalMs: number;
+  /** Connect and hold streams, send nothing. */
+  idle: boolean;
+  /** Streams opened at once while connecting. */
+  connectConcurrency: number;
+}
+
+/** When to send, on the shared clock (performance.timeOrigin + performance.now(), in ms). */
+export interface RunPlan {
+  startAt: number;
+  warmupMs: number;
+  durationMs: number;
+  /** After sending stops, how long to wait for outstanding acks and deliveries. */
+  drainMs: number;
+}
+
+/** Counters and histograms of one generator; merged by the parent. */
+export interface LoadStats {
+  /** Sends written during the measurement window. */
+  sent: number;
+  /** Send acks received during the window. */
+  acked: number;
+  /** Entries from other devices received during the window. */
+  delivered: number;
+  /** The sender's own entries echoed back to it during the window (the server sends to every member device). */
+  echoes: number;
+  /** Receipt frames received during the window. */
+  receipts: number;
+  /** Ack frames written during the window. */
+  ackFrames: number;
+  /** Sends the pacer owed but could not make because every device was at its in-flight limit. */
+  skipped: number;
+  /** Send-ack latency of sends made in the window. */
+  ackLatency: HistogramData;
+  /** End-to-end latency of messages sent in the window, per receiving device. */
+  deliveryLatency: HistogramData;
+  /** Deliveries owed for messages sent and acked in the window, and how many of those arrived. */
+  expectedDeliveries: number;
+  receivedDeliveries: number;
+  /** Sends made in the window still unanswered after the drain. */
+  unanswered: number;
+  /** send_error frames by gRPC code, over the whole run. */
+  sendErrors: Record<string, number>;
+  /** error frames (refused acks and such). */
+  frameErrors: number;
+  /** Entries that arrived twice, and jumps over a seq, per device and conversation. */
+  duplicates: number;
+  gaps: number;
+  /** Streams that ended during the run, with the first few reasons. */
+  streamsEnded: number;
+  endReasons: string[];
+  /** Per second since startAt: sends, acks and deliveries (including warm-up and drain). */
+  timeline: { sent: number[]; acked: number[]; delivered: number[] };
+}
+
+export const clock = (): number => performance.timeOrigin + performance.now();
+
+class Device {
+  stream: DeviceStream | undefined;
+  conversationId = "";
+  /** Other members' devices: deliveries owed per message. */
+  peers = 0;
+  counter = 0;
+  inFlight = 0;
+  readonly sendTimes = new Map<number, number>();
+  lastSeq = 0n;
+  ackedSeq = 0n;
+  ended = false;
+  caughtUp: (() => void) | undefined;
+  failed: ((reason: string) => void) | undefined;
+
+  constructor(readonly info: BenchDevice) {}
+}
+
+/**
+ * Drives a set of devices: opens their streams, paces sends across them, acknowledges what
+ * they receive as a client would, and measures send-ack and end-to-end latency. Every sender
+ * and receiver of a conversation lives in the same generator, so both timestamps come from the
+ * same clock.
+ */
+export class Load {
+  private readonly devices: Device[];
+  private readonly ackDirty = new Set<Device>();
+  private readonly ackLatency = new Histogram();
+  private readonly deliveryLatency = new Histogram();
+  private windowStart = Number.POSITIVE_INFINITY;
+  private windowEnd = Number.POSITIVE_INFINITY;
+  private startAt = 0;
+  private sending = false;
+  private ackTimer: NodeJS.Timeout | undefined;
+  private readonly payloadBytes: number;
+  private stats = Load.emptyStats();
+  private timelineSlots = 0;
+
+  constructor(private readonly input: LoadInput) {
+    this.devices = input.devices.map((d) => new Device(d));
+    for (const c of input.conversations) {
+      for (const m of c.members) {
+        const d = this.devices[m]!;
+        d.conversationId = c.conversationId;
+        d.peers = c.members.length - 1;
+      }
+    }
+    this.payloadBytes = Math.max(8, input.payloadBytes);
+  }
+
+  private static emptyStats(): Omit<LoadStats, "ackLatency" | "deliveryLatency"> {
+    return {
+      sent: 0,
+      acked: 0,
+      delivered: 0,
+      echoes: 0,
+      receipts: 0,
+      ackFrames: 0,
+      skipped: 0,
+      expectedDeliveries: 0,
+      receivedDeliveries: 0,
+      unanswered: 0,
+      sendErrors: {},
+      frameErrors: 0,
+      duplicates: 0,
+      gaps: 0,
+      streamsEnded: 0,
+      endReasons: [],
+      timeline: { sent: [], acked: [], delivered: [] },
+    };
+  }
+
+  /** Opens every stream and waits for each to be caught up; returns streams that failed. */
+  async connect(): Promise<{ failed: number; reasons: string[] }> {
+    const reasons: string[] = [];
+    let failed = 0;
+    const step = Math.max(1, this.input.connectConcurrency);
+    for (let i = 0; i < this.devices.length; i += step) {
+      await Promise.all(
+        this.devices.slice(i, i + step).map(async (d) => {
+          try {
+            await this.open(d);
+          } catch (err) {
+            failed++;
+            if (reasons.length < 5) reasons.push(err instanceof Error ? err.message : String(err));
+          }
+        }),
+      );
+    }
+    this.ackTimer = setInterval(() => this.flushAcks(), this.input.ackIntervalMs);
+    return { failed, reasons };
+  }
+
+  private open(d: Device): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error("stream not caught up within 60 s")), 60_000);
+      d.caughtUp = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      d.failed = (reason) => {
+        clearTimeout(timer);
+        reject(new Error(reason));
+      };
+      d.stream = openStream(this.input.client, this.input.url, d.info.token, {
+        onFrame: (frame) => this.onFrame(d, frame),
+        onEnd: (error) => this.onEnd(d, error),
+      });
+    });
+  }
+
+  /** Sends from plan.startAt for warm-up plus duration, then drains; resolves with the stats. */
+  async run(plan: RunPlan): Promise<LoadStats> {
+    this.stats = Load.emptyStats();
+    this.startAt = plan.startAt;
+    this.windowStart = plan.startAt + plan.warmupMs;
+    this.windowEnd = this.windowStart + plan.durationMs;
+    this.timelineSlots = Math.ceil((plan.warmupMs + plan.durationMs + plan.drainMs) / 1000) + 1;
+    const t = this.stats.timeline;
+    t.sent = new Array(this.timelineSlots).fill(0);
+    t.acked = new Array(this.timelineSlots).fill(0);
+    t.delivered = new Array(this.timelineSlots).fill(0);
+    const wait = plan.startAt - clock();
+    if (wait > 0) await sleep(wait);
+    if (!this.input.idle) {
+      this.sending = true;
+      if (this.input.rate > 0) this.pace();
+      else for (const d of this.devices) for (let i = 0; i < this.input.inflight; i++) this.sendOne(d);
+    }
+    await sleep(Math.max(0, this.windowEnd - clock()));
+    this.sending = false;
+    const drainUntil = clock() + plan.drainMs;
+    while (clock() < drainUntil) {
+      const inFlight = this.devices.some((d) => d.inFlight > 0 && !d.ended);
+      if (!inFlight && this.stats.receivedDeliveries >= this.stats.expectedDeliveries) break;
+      await sleep(20);
+    }
+    this.flushAcks();
+    for (const d of this.devices) {
+      for (const sentAt of d.sendTimes.values())
+        if (sentAt >= this.windowStart && sentAt < this.windowEnd) this.stats.unanswered++;
+    }
+    return {
+      ...this.stats,
+      ackLatency: this.ackLatency.toData(),
+      deliveryLatency: this.deliveryLatency.toData(),
+    };
+  }
+
+  /** Ends every stream cleanly (or drops it after 5 s). */
+  async close(): Promise<void> {
+    clearInterval(this.ackTimer);
+    for (const d of this.devices) d.stream?.end();
+    const deadline = clock() + 5000;
+    while (this.devices.some((d) => !d.ended) && clock() < deadline) await sleep(20);
+    for (const d of this.devices) if (!d.ended) d.stream?.destroy();
+  }
+
+  /**
+   * Sends at the target rate in small ticks, round-robin over devices. A tick that runs late
+   * sends what it owes at once, up to 100 ms worth; a device at its in-flight limit is skipped,
+   * and sends no device could take are counted as skipped, so the achieved rate is honest.
+   */
+  private pace(): void {
+    const rate = this.input.rate;
+    const maxBurst = Math.max(1, Math.ceil(rate / 10));
+    let made = 0;
+    let next = 0;
+    const n = this.devices.length;
+    const tick = () => {
+      if (!this.sending) return;
+      const now = clock();
+      const due = Math.floor(((now - this.startAt) * rate) / 1000);
+      let owed = due - made;
+      if (owed > maxBurst) {
+        if (now >= this.windowStart) this.stats.skipped += owed - maxBurst;
+        owed = maxBurst;
+      }
+      made = due;
+      while (owed > 0) {
+        let found: Device | undefined;
+        for (let k = 0; k < n; k++) {
+          const d = this.devices[next]!;
+          next = next + 1 === n ? 0 : next + 1;
+          if (!d.ended && d.inFlight < this.input.inflight) {
+            found = d;
+            break;
+          }
+        }
+        if (found === undefined) {
+          if (now >= this.windowStart) this.stats.skipped += owed;
+          break;
+        }
+        this.sendOne(found);
+        owed--;
+      }
+      setTimeout(tick, 1);
+    };
+    tick();
+  }
+
+  private sendOne(d: Device): void {
+    if (d.ended || d.stream === undefined) return;
+    const id = ++d.counter;
+    const now = clock();
+    // A fresh buffer per send: the connect client serialises later, from its queue.
+    const payload = new Uint8Array(this.payloadBytes);
+    new DataView(payload.buffer).setFloat64(0, now, true);
+    d.sendTimes.set(id, now);
+    d.inFlight++;
+    d.stream.write({
+      case: "send",
+      value: create(OutgoingEntrySchema, {
+        clientMsgId: `m${id}`,
+        conversationId: d.conversationId,
+        body: { case: "message", value: { payload } },
+      }),
+    });
+    this.count("sent", now);
+  }
+
+  private count(what: "sent" | "acked" | "delivered", now: number): void {
+    const slot = Math.floor((now - this.startAt) / 1000);
+    const line = this.stats.timeline[what];
+    if (slot >= 0 && slot < this.timelineSlots) line[slot] = (line[slot] ?? 0) + 1;
+    if (now >= this.windowStart && now < this.windowEnd) this.stats[what]++;
+  }
+
+  private inWindow(t: number): boolean {
+    return t >= this.windowStart && t < this.windowEnd;
+  }
+
+  private onFrame(d: Device, frame: ConnectResponse): void {
+    const f = frame.frame;
+    switch (f.case) {
+      case "message": {
+        const now = clock();
+        for (const e of f.value.entries) {
+          if (e.seq <= d.lastSeq) {
+            this.stats.duplicates++;
+            continue;
+          }
+          if (e.seq !== d.lastSeq + 1n) this.stats.gaps++;
+          d.lastSeq = e.seq;
+          if (e.body.case !== "message") continue;
+          const p = e.body.value.payload;
+          if (p.length < 8) continue;
+          const sentAt = new DataView(p.buffer, p.byteOffset, p.byteLength).getFloat64(0, true);
+          if (e.senderDeviceId === d.info.deviceId) {
+            if (now >= this.windowStart && now < this.windowEnd) this.stats.echoes++;
+            continue;
+          }
+          this.count("delivered", now);
+          if (this.inWindow(sentAt)) {
+            this.deliveryLatency.recordMs(now - sentAt);
+            this.stats.receivedDeliveries++;
+          }
+        }
+        this.ackDirty.add(d);
+        return;
+      }
+      case "sendAck": {
+        const now = clock();
+        const id = Number(f.value.clientMsgId.slice(1));
+        const sentAt = d.sendTimes.get(id);
+        d.sendTimes.delete(id);
+        d.inFlight--;
+        this.count("acked", now);
+        if (sentAt !== undefined && this.inWindow(sentAt)) {
+          this.ackLatency.recordMs(now - sentAt);
+          this.stats.expectedDeliveries += d.peers;
+        }
+        if (this.sending && this.input.rate === 0) this.sendOne(d);
+        return;
+      }
+      case "sendError": {
+        const code = String(f.value.code);
+        this.stats.sendErrors[code] = (this.stats.sendErrors[code] ?? 0) + 1;
+        d.sendTimes.delete(Number(f.value.clientMsgId.slice(1)));
+        d.inFlight--;
+        if (this.sending && this.input.rate === 0) {
+          const retry = f.value.retryAfterMs;
+          if (retry > 0) setTimeout(() => this.sending && this.sendOne(d), retry);
+          else this.sendOne(d);
+        }
+        return;
+      }
+      case "receipt":
+        if (this.inWindow(clock())) this.stats.receipts++;
+        return;
+      case "caughtUp":
+        this.ackDirty.add(d);
+        d.caughtUp?.();
+        d.caughtUp = undefined;
+        return;
+      case "error":
+        this.stats.frameErrors++;
+        return;
+      default:
+        return;
+    }
+  }
+
+  private onEnd(d: Device, error: string | undefined): void {
+    d.ended = true;
+    d.failed?.(error ?? "stream ended before caught_up");
+    d.failed = undefined;
+    if (this.sending || error !== undefined) {
+      this.stats.streamsEnded++;
+      if (this.stats.endReasons.length < 5) this.stats.endReasons.push(error ?? "clean end");
+    }
+  }
+
+  private flushAcks(): void {
+    const now = clock();
+    for (const d of this.ackDirty) {
+      if (d.ended || d.stream === undefined || d.lastSeq <= d.ackedSeq) continue;
+      d.ackedSeq = d.lastSeq;
+      d.stream.write({
+        case: "ack",
+        value: create(AckFrameSchema, { cursors: [{ conversationId: d.conversationId, seq: d.lastSeq }] }),
+      });
+      if (this.inWindow(now)) this.stats.ackFrames++;
+    }
+    this.ackDirty.clear();
+  }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}

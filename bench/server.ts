@@ -1,0 +1,214 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { waitForListening } from "../services/cli/listening.js";
+
+const root = new URL("../", import.meta.url).pathname;
+
+/**
+ * Limits the benchmark raises so it measures the server's capacity rather than the per-device
+ * flood protection (20 sends/s per device would cap 200 devices at 4,000 msgs/s).
+ */
+export const RAISED_LIMITS: Record<string, string> = {
+  SWITCHBOARD_SENDS_PER_SECOND: "1000000",
+  SWITCHBOARD_SEND_BURST: "1000000",
+  SWITCHBOARD_MAX_SENDS_IN_FLIGHT: "4096",
+  SWITCHBOARD_FRAMES_PER_SECOND: "1000000",
+  SWITCHBOARD_FRAME_BURST: "1000000",
+  SWITCHBOARD_OUTBOUND_QUEUE_FRAMES: "8192",
+};
+
+/**
+ * Preloaded into the spawned server with --import (no server code changes): once a second it
+ * reports the main thread's event-loop utilisation and delay and the process's memory on
+ * stderr; on SIGUSR2 it runs a full GC (the server gets --expose-gc) and reports memory, so
+ * memory per device is not blurred by garbage that merely has not been collected yet.
+ */
+const PROBE = `
+import { monitorEventLoopDelay, performance } from "node:perf_hooks";
+const delay = monitorEventLoopDelay({ resolution: 10 });
+delay.enable();
+let last = performance.eventLoopUtilization();
+const report = (kind) => {
+  const m = process.memoryUsage();
+  const line = { kind, t: performance.timeOrigin + performance.now(), rss: m.rss, heapUsed: m.heapUsed, external: m.external };
+  if (kind === "tick") {
+    const now = performance.eventLoopUtilization();
+    line.elu = performance.eventLoopUtilization(now, last).utilization;
+    last = now;
+    line.delayP99 = delay.percentile(99) / 1e6;
+    line.delayMax = delay.max / 1e6;
+    delay.reset();
+  }
+  process.stderr.write("@@probe " + JSON.stringify(line) + "\\n");
+};
+setInterval(() => report("tick"), 1000).unref();
+process.on("SIGUSR2", () => {
+  if (typeof globalThis.gc === "function") globalThis.gc();
+  report("gc");
+});
+`;
+
+/** One line from the probe. */
+export interface ProbeSample {
+  kind: "tick" | "gc";
+  /** performance.timeOrigin + performance.now() in the server, in ms. */
+  t: number;
+  rss: number;
+  heapUsed: number;
+  external: number;
+  /** Main-thread event-loop utilisation over the last second (0..1). */
+  elu?: number;
+  /** Event-loop delay over the last second, in ms. */
+  delayP99?: number;
+  delayMax?: number;
+}
+
+export interface BenchServer {
+  url: string;
+  pid: number;
+  dataDir: string;
+  /** Probe samples so far (bounded). */
+  samples: ProbeSample[];
+  /** Full GC in the server, then its memory; undefined if the probe does not answer. */
+  memoryAfterGc(): Promise<ProbeSample | undefined>;
+  stop(): Promise<number | null>;
+}
+
+/** Starts `switchboard start` as its own process on a temporary data directory. */
+export async function spawnServer(options: {
+  nodeArgs?: string[];
+  env?: Record<string, string>;
+  probe?: boolean;
+}): Promise<BenchServer> {
+  const dataDir = await mkdtemp(join(tmpdir(), "switchboard-bench-"));
+  const env: Record<string, string | undefined> = {
+    ...process.env,
+    ...RAISED_LIMITS,
+    SWITCHBOARD_LOG_LEVEL: "warn",
+    ...options.env,
+  };
+  // Flags meant for the bench process (a profiler, say) are not the server's.
+  delete env.NODE_OPTIONS;
+  const probe =
+    options.probe === false
+      ? []
+      : ["--expose-gc", `--import=data:text/javascript;base64,${Buffer.from(PROBE).toString("base64")}`];
+  const child: ChildProcess = spawn(
+    process.execPath,
+    [
+      ...probe,
+      ...(options.nodeArgs ?? []),
+      join(root, "bin/switchboard.js"),
+      "start",
+      "--data-dir",
+      dataDir,
+      "--port",
+      "0",
+      "--log-level",
+      "warn",
+    ],
+    { cwd: root, env, stdio: ["ignore", "pipe", "pipe"] },
+  );
+  const stderr: string[] = [];
+  const samples: ProbeSample[] = [];
+  let gcWaiter: ((s: ProbeSample) => void) | undefined;
+  let partial = "";
+  child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+    const lines = (partial + chunk).split("\n");
+    partial = lines.pop() ?? "";
+    for (const line of lines) {
+      if (line.startsWith("@@probe ")) {
+        const s = JSON.parse(line.slice(8)) as ProbeSample;
+        if (s.kind === "gc") {
+          gcWaiter?.(s);
+          gcWaiter = undefined;
+        } else if (samples.length < 100_000) samples.push(s);
+        continue;
+      }
+      stderr.push(line);
+      if (stderr.length > 200) stderr.shift();
+    }
+  });
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const url = await waitForListening(child, () => stderr, 30_000);
+  return {
+    url,
+    pid: child.pid!,
+    dataDir,
+    samples,
+    memoryAfterGc() {
+      if (options.probe === false || child.exitCode !== null) return Promise.resolve(undefined);
+      return new Promise((resolve) => {
+        const timer = setTimeout(() => {
+          gcWaiter = undefined;
+          resolve(undefined);
+        }, 10_000);
+        gcWaiter = (s) => {
+          clearTimeout(timer);
+          resolve(s);
+        };
+        child.kill("SIGUSR2");
+      });
+    },
+    async stop() {
+      if (child.exitCode === null) child.kill("SIGTERM");
+      const kill = setTimeout(() => child.kill("SIGKILL"), 15_000);
+      const code = await exited;
+      clearTimeout(kill);
+      await rm(dataDir, { recursive: true, force: true });
+      if (code !== 0 && stderr.length > 0) {
+        process.stderr.write(`server stderr (tail):\n${stderr.join("\n").slice(-4000)}\n`);
+      }
+      return code;
+    },
+  };
+}
+
+/** Resident memory of a process from /proc, in bytes; undefined when it cannot be read. */
+export function readMemory(pid: number): { rss: number; anon: number; file: number } | undefined {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, "utf8");
+    const kb = (name: string) =>
+      Number(new RegExp(`^${name}:\\s+(\\d+) kB`, "m").exec(status)?.[1] ?? "0") * 1024;
+    return { rss: kb("VmRSS"), anon: kb("RssAnon"), file: kb("RssFile") + kb("RssShmem") };
+  } catch {
+    return undefined;
+  }
+}
+
+// Linux reports times in clock ticks; 100 per second on every distribution Node supports.
+const TICKS_PER_SECOND = 100;
+
+function statCpuSeconds(path: string): number | undefined {
+  try {
+    const stat = readFileSync(path, "utf8");
+    // The command name may contain spaces; fields are counted after its closing parenthesis.
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU time (user + system) a process has used, in seconds: all threads, and its main thread. */
+export function readCpuSeconds(pid: number): { all: number; main: number } | undefined {
+  const all = statCpuSeconds(`/proc/${pid}/stat`);
+  const main = statCpuSeconds(`/proc/${pid}/task/${pid}/stat`);
+  return all === undefined || main === undefined ? undefined : { all, main };
+}
+
+/** Busy and total CPU time of the whole machine, in seconds, to see load from other programs. */
+export function readMachineCpu(): { busy: number; total: number } | undefined {
+  try {
+    const line = readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "";
+    const v = line.trim().split(/\s+/).slice(1).map(Number);
+    const total = v.reduce((a, b) => a + b, 0);
+    const idle = (v[3] ?? 0) + (v[4] ?? 0);
+    return { busy: (total - idle) / TICKS_PER_SECOND, total: total / TICKS_PER_SECOND };
+  } catch {
+    return undefined;
+  }
+}

@@ -1,0 +1,1214 @@
+import { randomBytes } from "node:crypto";
+import { hostname } from "node:os";
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Device, SetPushTargetRequestSchema, User } from "../gen/switchboard/v1/accounts_pb.js";
+import type { Conversation, Member, MemberRole } from "../gen/switchboard/v1/conversations_pb.js";
+import { type Entry, type OutgoingEntry, OutgoingEntrySchema } from "../gen/switchboard/v1/entry_pb.js";
+import {
+  type ConnectRequest,
+  ConnectRequestSchema,
+  type ConnectResponse,
+  ReceiptKind,
+  type SendAckFrame,
+  type SendErrorFrame,
+  type StreamLimits,
+} from "../gen/switchboard/v1/gateway_pb.js";
+import { Backoff } from "./backoff.js";
+import { Profile } from "./profile.js";
+import { ReorderBuffer } from "./reorder.js";
+import { connectToServer, FrameQueue, isCredentialRejected, type ServerConnection } from "./transport.js";
+import type {
+  ClientEvents,
+  ClientTuning,
+  DeviceCredentials,
+  IncomingEntry,
+  LinkOptions,
+  Listener,
+  OpenOptions,
+  OutboxItem,
+  PayloadCodec,
+  RegisterOptions,
+  SendResult,
+} from "./types.js";
+
+/** The default codec: payloads travel as given (until end-to-end encryption lands). */
+export const identityCodec: PayloadCodec = {
+  async encode(_conversationId, plaintext) {
+    return plaintext;
+  },
+  async decode(entry) {
+    switch (entry.body.case) {
+      case "message":
+      case "edit":
+      case "reaction":
+        return entry.body.value.payload;
+      default:
+        return new Uint8Array();
+    }
+  },
+};
+
+/** A new idempotency key: 22 characters of [A-Za-z0-9_-]. */
+export function newClientMsgId(): string {
+  return randomBytes(16).toString("base64url");
+}
+
+type OutgoingBody = NonNullable<MessageInitShape<typeof OutgoingEntrySchema>["body"]>;
+type RequestFrame = NonNullable<MessageInitShape<typeof ConnectRequestSchema>["frame"]>;
+
+interface PendingSend {
+  item: OutboxItem;
+  outgoing: OutgoingEntry;
+  /** persisting: being written to the outbox; queued: waiting for a slot; inflight: sent on the
+   * current stream; waiting: retrying after the server asked us to. */
+  state: "persisting" | "queued" | "inflight" | "waiting";
+  retries: number;
+  timer: NodeJS.Timeout | undefined;
+  promise: Promise<SendResult>;
+  resolve(result: SendResult): void;
+  reject(error: ConnectError): void;
+}
+
+interface ActiveStream {
+  queue: FrameQueue<ConnectRequest>;
+  abort: AbortController;
+  ready: boolean;
+  readyAtMs: number | undefined;
+  /** Why the client ended the stream, when it did. */
+  endReason: ConnectError | undefined;
+  syncRequests: Map<number, { conversationId: string; afterSeq: bigint }>;
+}
+
+const DEFAULT_MAX_IN_FLIGHT = 64;
+/** How long close() waits for the server to end the stream after the client half-closed it. */
+const CLOSE_GRACE_MS = 1_000;
+const FRAME_CURSOR_LIMIT = 256;
+const UNARY_TIMEOUT_MS = 30_000;
+/** Entries handed to the app but not yet processed before the stream reader waits for the app. */
+const DELIVERY_HIGH_WATER = 2_000;
+
+const textEncoder = new TextEncoder();
+
+/**
+ * A Switchboard device: one profile, one stream, ordered delivery, durable sends.
+ *
+ * Entries reach the app through the "entry" event strictly in seq order per conversation, each
+ * exactly once per profile. Sends are written to the profile's outbox before they leave and are
+ * retried with the same idempotency key until the server answers, across reconnects and restarts.
+ */
+export class SwitchboardClient {
+  private readonly listeners = new Map<keyof ClientEvents, Set<Listener<never>>>();
+  private readonly tuning: Required<ClientTuning>;
+  private readonly reorder: ReorderBuffer;
+  private readonly backoff: Backoff;
+  private readonly sends = new Map<string, PendingSend>();
+  private readonly presenceSubscriptions = new Set<string>();
+  private readonly ackDue = new Set<string>();
+  private readonly readDue = new Map<string, bigint>();
+  private ackEntries = 0;
+  private ackTimer: NodeJS.Timeout | undefined;
+  private flushingAcks: Promise<void> | undefined;
+  private deliveryChain: Promise<void> = Promise.resolve();
+  private deliveryBacklog = 0;
+  private stream: ActiveStream | undefined;
+  private loop: Promise<void> | undefined;
+  private closed = false;
+  private closing: Promise<void> | undefined;
+  private fatal: ConnectError | undefined;
+  private limits: StreamLimits | undefined;
+  private nextRequestId = 1;
+  private wakeSleep: (() => void) | undefined;
+  private firstReady:
+    | { promise: Promise<void>; resolve(): void; reject(err: ConnectError): void }
+    | undefined;
+
+  private constructor(
+    private readonly profile: Profile,
+    private readonly conn: ServerConnection,
+    private readonly codec: PayloadCodec,
+    tuning: ClientTuning,
+  ) {
+    this.tuning = {
+      backoffBaseMs: tuning.backoffBaseMs ?? 250,
+      backoffCapMs: tuning.backoffCapMs ?? 30_000,
+      stableAfterMs: tuning.stableAfterMs ?? 10_000,
+      pingIntervalMs: tuning.pingIntervalMs ?? 20_000,
+      deadAfterMs: tuning.deadAfterMs ?? 45_000,
+      gapTimeoutMs: tuning.gapTimeoutMs ?? 500,
+      syncPageSize: tuning.syncPageSize ?? 256,
+      ackDelayMs: tuning.ackDelayMs ?? 50,
+      ackEveryEntries: tuning.ackEveryEntries ?? 100,
+    };
+    this.backoff = new Backoff(this.tuning.backoffBaseMs, this.tuning.backoffCapMs);
+    this.reorder = new ReorderBuffer(
+      profile.cursors().map(([id, c]) => [id, c.delivered] as const),
+      {
+        gapTimeoutMs: this.tuning.gapTimeoutMs,
+        pageSize: this.tuning.syncPageSize,
+        requestSync: (conversationId, afterSeq, limit) => this.requestSync(conversationId, afterSeq, limit),
+        // The server resends what it thinks we lack; telling it our cursor again stops that.
+        onDuplicate: (conversationId) => this.scheduleAck(conversationId, 0),
+      },
+    );
+    for (const item of profile.outbox()) this.restoreSend(item);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Creating and opening profiles
+
+  /** Opens an existing profile. Call connect() to start the stream. */
+  static async open(options: OpenOptions): Promise<SwitchboardClient> {
+    const profile = await Profile.open(options.profileDir);
+    const serverUrl = options.serverUrl ?? profile.credentials.serverUrl;
+    const conn = connectToServer({
+      serverUrl,
+      credential: { deviceId: profile.credentials.deviceId, deviceSecret: profile.credentials.deviceSecret },
+      unaryTimeoutMs: UNARY_TIMEOUT_MS,
+    });
+    return new SwitchboardClient(profile, conn, options.codec ?? identityCodec, options);
+  }
+
+  /** Registers a new user with this device as its first, writes a new profile and opens it. */
+  static async register(options: RegisterOptions): Promise<SwitchboardClient> {
+    await SwitchboardClient.refuseExistingProfile(options.profileDir);
+    const conn = connectToServer({ serverUrl: options.serverUrl });
+    let credentials: DeviceCredentials;
+    try {
+      const res = await conn.accounts.register(
+        {
+          username: options.username,
+          displayName: options.displayName ?? "",
+          deviceName: options.deviceName ?? hostname(),
+        },
+        { timeoutMs: UNARY_TIMEOUT_MS },
+      );
+      credentials = credentialsFrom(options.serverUrl, res.user, res.credential);
+    } finally {
+      conn.close();
+    }
+    await Profile.create(options.profileDir, credentials);
+    return SwitchboardClient.open(options);
+  }
+
+  /** Joins an existing user with a link code from another device; writes a new profile. */
+  static async link(options: LinkOptions): Promise<SwitchboardClient> {
+    await SwitchboardClient.refuseExistingProfile(options.profileDir);
+    const conn = connectToServer({ serverUrl: options.serverUrl });
+    let credentials: DeviceCredentials;
+    try {
+      const res = await conn.accounts.linkDevice(
+        { code: options.code, deviceName: options.deviceName ?? hostname() },
+        { timeoutMs: UNARY_TIMEOUT_MS },
+      );
+      credentials = credentialsFrom(options.serverUrl, res.user, res.credential);
+    } finally {
+      conn.close();
+    }
+    await Profile.create(options.profileDir, credentials);
+    return SwitchboardClient.open(options);
+  }
+
+  private static async refuseExistingProfile(dir: string): Promise<void> {
+    // Checked before the server creates anything, so a typo does not leave an orphan account.
+    if (await Profile.exists(dir)) {
+      throw new Error(`a profile already exists in ${dir}; use another --profile directory`);
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Identity
+
+  /** This user's id. */
+  get userId(): string {
+    return this.profile.credentials.userId;
+  }
+
+  /** This user's handle. */
+  get username(): string {
+    return this.profile.credentials.username;
+  }
+
+  /** This device's id. */
+  get deviceId(): string {
+    return this.profile.credentials.deviceId;
+  }
+
+  /** The profile directory. */
+  get profileDir(): string {
+    return this.profile.dir;
+  }
+
+  /** True while a stream is up (after ready). */
+  get connected(): boolean {
+    return this.stream?.ready === true;
+  }
+
+  /** The local cursors of a conversation (delivered to the app, read). */
+  localCursor(conversationId: string): { delivered: bigint; read: bigint } | undefined {
+    return this.profile.cursor(conversationId);
+  }
+
+  /** Sends not yet answered by the server (persisted in the outbox). */
+  pendingSends(): Array<{ clientMsgId: string; conversationId: string }> {
+    return [...this.sends.values()].map((p) => ({
+      clientMsgId: p.item.clientMsgId,
+      conversationId: p.item.conversationId,
+    }));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Events
+
+  /** Adds a listener. */
+  on<K extends keyof ClientEvents>(event: K, listener: Listener<ClientEvents[K]>): this {
+    let set = this.listeners.get(event);
+    if (set === undefined) {
+      set = new Set();
+      this.listeners.set(event, set);
+    }
+    set.add(listener as Listener<never>);
+    return this;
+  }
+
+  /** Removes a listener. */
+  off<K extends keyof ClientEvents>(event: K, listener: Listener<ClientEvents[K]>): this {
+    this.listeners.get(event)?.delete(listener as Listener<never>);
+    return this;
+  }
+
+  /** Resolves with the next event of a kind that matches the predicate. */
+  waitFor<K extends keyof ClientEvents>(
+    event: K,
+    predicate: (value: ClientEvents[K]) => boolean = () => true,
+  ): Promise<ClientEvents[K]> {
+    return new Promise((resolve) => {
+      const listener: Listener<ClientEvents[K]> = (value) => {
+        if (!predicate(value)) return;
+        this.off(event, listener);
+        resolve(value);
+      };
+      this.on(event, listener);
+    });
+  }
+
+  private emit<K extends keyof ClientEvents>(event: K, value: ClientEvents[K]): void {
+    for (const listener of this.listeners.get(event) ?? []) {
+      try {
+        const result = (listener as Listener<ClientEvents[K]>)(value);
+        if (result instanceof Promise) result.catch((err: unknown) => this.listenerFailed(event, err));
+      } catch (err) {
+        this.listenerFailed(event, err);
+      }
+    }
+  }
+
+  private async emitAndWait<K extends keyof ClientEvents>(event: K, value: ClientEvents[K]): Promise<void> {
+    for (const listener of this.listeners.get(event) ?? []) {
+      try {
+        await (listener as Listener<ClientEvents[K]>)(value);
+      } catch (err) {
+        this.listenerFailed(event, err);
+      }
+    }
+  }
+
+  private listenerFailed(event: keyof ClientEvents, err: unknown): void {
+    if (event === "error") return;
+    this.emit("error", { error: ConnectError.from(err, Code.Internal), fatal: false });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Stream lifecycle
+
+  /**
+   * Starts the stream (and keeps it up, reconnecting with backoff). Resolves when the server has
+   * accepted it for the first time; rejects if the client stops for good first (e.g. revoked).
+   * Takes the profile's lock: one streaming process per profile.
+   */
+  async connect(): Promise<void> {
+    if (this.fatal !== undefined) throw this.fatal;
+    if (this.closed) throw new ConnectError("client is closed", Code.Canceled);
+    if (this.firstReady === undefined) {
+      let resolve!: () => void;
+      let reject!: (err: ConnectError) => void;
+      const promise = new Promise<void>((res, rej) => {
+        resolve = res;
+        reject = rej;
+      });
+      promise.catch(() => {});
+      this.firstReady = { promise, resolve, reject };
+      await this.profile.lock();
+      this.loop = this.runLoop();
+    }
+    return this.firstReady.promise;
+  }
+
+  /**
+   * Drops the current stream and connects again at once (for example after the network
+   * changed). Nothing is lost: unanswered sends are resent and the server resends unacked entries.
+   */
+  reconnect(): void {
+    this.backoff.reset();
+    const s = this.stream;
+    if (s !== undefined) this.endStream(s, new ConnectError("reconnect requested", Code.Unavailable));
+    this.wakeSleep?.();
+  }
+
+  /**
+   * Stops the client: hands nothing more to the app, acknowledges what it handled, closes the
+   * stream and the connection, and releases the profile. Unanswered sends stay in the outbox (they
+   * go out on the next connect); their promises reject with Code.Canceled.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    this.closed = true;
+    this.wakeSleep?.();
+    await this.deliveryChain;
+    await this.flushAcks().catch(() => {});
+    const s = this.stream;
+    if (s !== undefined) {
+      // Half-close first so the last acks reach the server; abort if it does not end the stream.
+      s.endReason ??= new ConnectError("client closed", Code.Canceled);
+      s.queue.end();
+      const ended = await Promise.race([
+        this.loop?.then(() => true),
+        new Promise<false>((resolve) => setTimeout(() => resolve(false), CLOSE_GRACE_MS).unref()),
+      ]);
+      if (ended !== true) this.endStream(s, s.endReason);
+    }
+    await this.loop;
+    await this.profile.settled();
+    this.reorder.pause();
+    if (this.ackTimer !== undefined) clearTimeout(this.ackTimer);
+    const canceled = new ConnectError("client closed before the server answered", Code.Canceled);
+    this.abandonSends(canceled);
+    this.firstReady?.reject(canceled);
+    this.conn.close();
+    await this.profile.flushCursors().catch(() => {});
+    await this.profile.unlock();
+  }
+
+  private async runLoop(): Promise<void> {
+    let unauthenticatedInARow = 0;
+    while (!this.closed) {
+      const s: ActiveStream = {
+        queue: new FrameQueue(),
+        abort: new AbortController(),
+        ready: false,
+        readyAtMs: undefined,
+        endReason: undefined,
+        syncRequests: new Map(),
+      };
+      this.stream = s;
+      let error: ConnectError | undefined;
+      try {
+        await this.runStream(s);
+        error = s.endReason ?? new ConnectError("the server ended the stream", Code.Unavailable);
+      } catch (err) {
+        error = s.endReason ?? ConnectError.from(err);
+      }
+      this.streamEnded(s);
+      if (this.closed) {
+        this.emit("disconnected", { error: undefined, retryInMs: undefined });
+        break;
+      }
+      // Only refusals with no accepted stream in between count as "the device is refused".
+      if (s.ready) unauthenticatedInARow = 0;
+      const fatal = this.isFatal(error, unauthenticatedInARow);
+      if (fatal !== undefined) {
+        this.stop(fatal);
+        break;
+      }
+      let delay: number;
+      if (error.code === Code.Unauthenticated) {
+        unauthenticatedInARow += 1;
+        // The token may simply have expired: get a new one and try again right away.
+        this.conn.tokens?.invalidate();
+        delay = 0;
+      } else {
+        const stable = s.readyAtMs !== undefined && Date.now() - s.readyAtMs >= this.tuning.stableAfterMs;
+        if (stable) this.backoff.reset();
+        delay = this.backoff.next();
+      }
+      this.emit("disconnected", { error, retryInMs: delay });
+      await this.sleep(delay);
+    }
+  }
+
+  private isFatal(error: ConnectError, unauthenticatedInARow: number): ConnectError | undefined {
+    if (isCredentialRejected(error)) return error;
+    // Another process streams as this device and the server closed our (older) stream for it;
+    // reconnecting would only push that one out in turn, back and forth.
+    if (error.code === Code.Aborted) {
+      return new ConnectError(
+        `this device opened a newer stream elsewhere: ${error.rawMessage}`,
+        Code.Aborted,
+        undefined,
+        undefined,
+        error,
+      );
+    }
+    // A second refusal right after a fresh token: the device itself is no longer accepted.
+    if (error.code === Code.Unauthenticated && unauthenticatedInARow >= 1) return error;
+    return undefined;
+  }
+
+  /** Settles every unanswered send's promise; the sends stay in the outbox for the next run. */
+  private abandonSends(error: ConnectError): void {
+    for (const p of this.sends.values()) {
+      if (p.timer !== undefined) clearTimeout(p.timer);
+      p.reject(error);
+    }
+    this.sends.clear();
+  }
+
+  private stop(error: ConnectError): void {
+    this.fatal = error;
+    this.closed = true;
+    this.abandonSends(error);
+    this.emit("disconnected", { error, retryInMs: undefined });
+    this.emit("error", { error, fatal: true });
+    this.firstReady?.reject(error);
+    this.conn.close();
+    void this.profile.unlock();
+  }
+
+  private sleep(ms: number): Promise<void> {
+    if (ms <= 0 || this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const timer = setTimeout(done, ms);
+      function done(): void {
+        clearTimeout(timer);
+        resolve();
+      }
+      this.wakeSleep = () => {
+        this.wakeSleep = undefined;
+        done();
+      };
+    });
+  }
+
+  private async runStream(s: ActiveStream): Promise<void> {
+    let lastFrameAtMs = Date.now();
+    let lastPingAtMs = Date.now();
+    let nonce = 0n;
+    const tick = Math.max(10, Math.min(1_000, this.tuning.pingIntervalMs / 2, this.tuning.deadAfterMs / 4));
+    const watchdog = setInterval(() => {
+      const now = Date.now();
+      if (now - lastFrameAtMs >= this.tuning.deadAfterMs) {
+        this.endStream(
+          s,
+          new ConnectError("no frame from the server in time; stream presumed dead", Code.Unavailable),
+        );
+        return;
+      }
+      if (s.ready && now - lastPingAtMs >= this.tuning.pingIntervalMs) {
+        lastPingAtMs = now;
+        nonce += 1n;
+        this.push(s, { case: "ping", value: { nonce } });
+      }
+    }, tick);
+    try {
+      const responses = this.conn.gateway.connect(s.queue, { signal: s.abort.signal, timeoutMs: 0 });
+      for await (const frame of responses) {
+        lastFrameAtMs = Date.now();
+        this.handleFrame(s, frame);
+        // Back-pressure: a slow app slows the stream rather than growing memory.
+        if (this.deliveryBacklog > DELIVERY_HIGH_WATER) await this.deliveryChain;
+      }
+    } finally {
+      clearInterval(watchdog);
+      s.queue.end();
+    }
+  }
+
+  private endStream(s: ActiveStream, reason: ConnectError): void {
+    s.endReason ??= reason;
+    s.queue.end();
+    s.abort.abort(reason);
+  }
+
+  private streamEnded(s: ActiveStream): void {
+    if (this.stream === s) this.stream = undefined;
+    s.ready = false;
+    this.reorder.pause();
+    for (const p of this.sends.values()) if (p.state === "inflight") p.state = "queued";
+  }
+
+  private push(s: ActiveStream, frame: RequestFrame): void {
+    s.queue.push(create(ConnectRequestSchema, { frame }));
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Frames from the server
+
+  private handleFrame(s: ActiveStream, res: ConnectResponse): void {
+    const frame = res.frame;
+    switch (frame.case) {
+      case "ready": {
+        s.ready = true;
+        s.readyAtMs = Date.now();
+        this.limits = frame.value.limits;
+        const limits = frame.value.limits;
+        this.emit("connected", {
+          sessionId: frame.value.sessionId,
+          limits: {
+            maxPayloadBytes: limits?.maxPayloadBytes ?? 0,
+            maxSendsInFlight: limits?.maxSendsInFlight ?? 0,
+            sendsPerSecond: limits?.sendsPerSecond ?? 0,
+            sendBurst: limits?.sendBurst ?? 0,
+          },
+        });
+        this.firstReady?.resolve();
+        if (this.presenceSubscriptions.size > 0) {
+          this.push(s, {
+            case: "presenceSubscribe",
+            value: { subscribeUserIds: [...this.presenceSubscriptions] },
+          });
+        }
+        void this.flushAcks().catch(() => {});
+        this.pump();
+        return;
+      }
+      case "message":
+        if (this.closed) return;
+        this.deliver(this.reorder.offer(frame.value.entries));
+        return;
+      case "syncPage": {
+        const request = s.syncRequests.get(frame.value.requestId);
+        if (request === undefined || this.closed) return;
+        s.syncRequests.delete(frame.value.requestId);
+        this.deliver(
+          this.reorder.answer({
+            conversationId: request.conversationId,
+            afterSeq: request.afterSeq,
+            entries: frame.value.entries,
+            lastSeq: frame.value.lastSeq,
+            hasMore: frame.value.hasMore,
+            errorCode: frame.value.errorCode,
+          }),
+        );
+        if (frame.value.errorCode !== 0) {
+          this.emit("error", {
+            error: new ConnectError(
+              `sync of ${request.conversationId}: ${frame.value.errorMessage}`,
+              frame.value.errorCode,
+            ),
+            fatal: false,
+          });
+        }
+        return;
+      }
+      case "caughtUp": {
+        const entries = frame.value.entries;
+        // After the app has seen the backlog, so "caughtUp" means what it says.
+        this.deliveryChain = this.deliveryChain.then(() => {
+          this.reorder.resume();
+          this.emit("caughtUp", { entries });
+        });
+        return;
+      }
+      case "sendAck":
+        this.sendAcked(frame.value);
+        return;
+      case "sendError":
+        this.sendRefused(frame.value);
+        return;
+      case "receipt": {
+        const r = frame.value;
+        if (r.kind !== ReceiptKind.DELIVERED && r.kind !== ReceiptKind.READ) return;
+        this.emit("receipt", {
+          conversationId: r.conversationId,
+          userId: r.userId,
+          kind: r.kind === ReceiptKind.READ ? "read" : "delivered",
+          upToSeq: r.upToSeq,
+          timeMs: r.timeMs,
+          rawKind: r.kind,
+        });
+        return;
+      }
+      case "typing":
+        // The server relays a device's own indicator back to it; that is never news.
+        if (frame.value.deviceId === this.deviceId) return;
+        this.emit("typing", {
+          conversationId: frame.value.conversationId,
+          userId: frame.value.userId,
+          deviceId: frame.value.deviceId,
+          active: frame.value.active,
+        });
+        return;
+      case "presence":
+        this.emit("presence", {
+          userId: frame.value.userId,
+          online: frame.value.online,
+          lastSeenMs: frame.value.lastSeenMs,
+        });
+        return;
+      case "error":
+        this.emit("error", {
+          error: new ConnectError(
+            `server refused a ${frame.value.frame} frame: ${frame.value.message}`,
+            frame.value.code,
+          ),
+          fatal: false,
+        });
+        return;
+      case "pong":
+      case undefined:
+        return;
+    }
+  }
+
+  private requestSync(conversationId: string, afterSeq: bigint, limit: number): void {
+    const s = this.stream;
+    if (s === undefined || !s.ready) return;
+    const requestId = this.nextRequestId;
+    this.nextRequestId = this.nextRequestId >= 0xffffffff ? 1 : this.nextRequestId + 1;
+    s.syncRequests.set(requestId, { conversationId, afterSeq });
+    this.push(s, { case: "syncRequest", value: { requestId, conversationId, afterSeq, limit } });
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Handing entries to the app, acknowledging them
+
+  private deliver(entries: Entry[]): void {
+    if (entries.length === 0) return;
+    this.deliveryBacklog += entries.length;
+    this.deliveryChain = this.deliveryChain.then(async () => {
+      for (const raw of entries) {
+        this.deliveryBacklog -= 1;
+        const entry = await this.toIncoming(raw);
+        await this.emitAndWait("entry", entry);
+        this.profile.setDelivered(raw.conversationId, raw.seq);
+        this.scheduleAck(raw.conversationId, 1);
+      }
+    });
+  }
+
+  /** Turns a log entry into what the app sees, decoding its payload. */
+  async toIncoming(raw: Entry): Promise<IncomingEntry> {
+    const body = raw.body;
+    let payload: Uint8Array | undefined;
+    let decodeError: Error | undefined;
+    let targetSeq: bigint | undefined;
+    const hasPayload = body.case === "message" || body.case === "edit" || body.case === "reaction";
+    if (body.case === "edit" || body.case === "delete" || body.case === "reaction")
+      targetSeq = body.value.targetSeq;
+    if (hasPayload && !raw.redacted) {
+      try {
+        payload = await this.codec.decode(raw);
+      } catch (err) {
+        decodeError = err instanceof Error ? err : new Error(String(err));
+      }
+    }
+    return {
+      conversationId: raw.conversationId,
+      seq: raw.seq,
+      senderUserId: raw.senderUserId,
+      senderDeviceId: raw.senderDeviceId,
+      clientMsgId: raw.clientMsgId,
+      serverTimeMs: raw.serverTimeMs,
+      kind: body.case ?? "unknown",
+      payload,
+      targetSeq,
+      membership: body.case === "membership" ? body.value : undefined,
+      redacted: raw.redacted,
+      decodeError,
+      fromThisDevice: raw.senderDeviceId !== "" && raw.senderDeviceId === this.deviceId,
+      raw,
+    };
+  }
+
+  private scheduleAck(conversationId: string, entries: number): void {
+    this.ackDue.add(conversationId);
+    this.ackEntries += entries;
+    if (this.ackEntries >= this.tuning.ackEveryEntries) {
+      void this.flushAcks().catch(() => {});
+      return;
+    }
+    this.ackTimer ??= setTimeout(() => {
+      this.ackTimer = undefined;
+      void this.flushAcks().catch(() => {});
+    }, this.tuning.ackDelayMs);
+  }
+
+  /**
+   * Sends the delivered and read cursors that are due. The cursors are made durable first: the
+   * server must never believe the device has entries the device would forget in a crash.
+   */
+  private flushAcks(): Promise<void> {
+    if (this.flushingAcks !== undefined) {
+      // One flush at a time keeps the frames in cursor order; run again after it.
+      return this.flushingAcks.then(() => this.flushAcks());
+    }
+    this.flushingAcks = this.flushAcksNow().finally(() => {
+      this.flushingAcks = undefined;
+    });
+    return this.flushingAcks;
+  }
+
+  private async flushAcksNow(): Promise<void> {
+    if (this.ackTimer !== undefined) {
+      clearTimeout(this.ackTimer);
+      this.ackTimer = undefined;
+    }
+    const s = this.stream;
+    if (s === undefined || !s.ready || (this.ackDue.size === 0 && this.readDue.size === 0)) return;
+    const acks = [...this.ackDue];
+    const reads = [...this.readDue];
+    this.ackDue.clear();
+    this.readDue.clear();
+    this.ackEntries = 0;
+    try {
+      await this.profile.flushCursors();
+    } catch (err) {
+      for (const id of acks) this.ackDue.add(id);
+      for (const [id, seq] of reads) if (!this.readDue.has(id)) this.readDue.set(id, seq);
+      this.emit("error", { error: ConnectError.from(err, Code.Internal), fatal: false });
+      this.scheduleAck(acks[0] ?? reads[0]?.[0] ?? "", 0);
+      return;
+    }
+    if (this.stream !== s || !s.ready) {
+      // The stream went away meanwhile; the next one gets these.
+      for (const id of acks) this.ackDue.add(id);
+      for (const [id, seq] of reads) if (!this.readDue.has(id)) this.readDue.set(id, seq);
+      return;
+    }
+    const ackCursors = acks.flatMap((conversationId) => {
+      const c = this.profile.cursor(conversationId);
+      return c === undefined || c.delivered === 0n ? [] : [{ conversationId, seq: c.delivered }];
+    });
+    for (let i = 0; i < ackCursors.length; i += FRAME_CURSOR_LIMIT) {
+      this.push(s, { case: "ack", value: { cursors: ackCursors.slice(i, i + FRAME_CURSOR_LIMIT) } });
+    }
+    const readCursors = reads.map(([conversationId, seq]) => ({ conversationId, seq }));
+    for (let i = 0; i < readCursors.length; i += FRAME_CURSOR_LIMIT) {
+      this.push(s, { case: "read", value: { cursors: readCursors.slice(i, i + FRAME_CURSOR_LIMIT) } });
+    }
+  }
+
+  /** Marks a conversation read up to a seq (cumulative); members see a read receipt. */
+  markRead(conversationId: string, seq: bigint | number): void {
+    const upTo = BigInt(seq);
+    const before = this.profile.cursor(conversationId)?.read ?? 0n;
+    if (upTo <= before) return;
+    this.profile.setRead(conversationId, upTo);
+    const due = this.readDue.get(conversationId);
+    if (due === undefined || upTo > due) this.readDue.set(conversationId, upTo);
+    this.scheduleAck(conversationId, 0);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Sending
+
+  /** Sends a message; resolves when the server has stored it durably (one tick). */
+  send(
+    conversationId: string,
+    payload: Uint8Array | string,
+    options: { clientMsgId?: string } = {},
+  ): Promise<SendResult> {
+    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p) => ({
+      case: "message",
+      value: { payload: p },
+    }));
+  }
+
+  /** Replaces the payload of one of this user's earlier messages. */
+  edit(
+    conversationId: string,
+    targetSeq: bigint | number,
+    payload: Uint8Array | string,
+    options: { clientMsgId?: string } = {},
+  ): Promise<SendResult> {
+    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p) => ({
+      case: "edit",
+      value: { targetSeq: BigInt(targetSeq), payload: p },
+    }));
+  }
+
+  /** Reacts to a message; an empty payload removes this user's reaction. */
+  react(
+    conversationId: string,
+    targetSeq: bigint | number,
+    payload: Uint8Array | string,
+    options: { clientMsgId?: string } = {},
+  ): Promise<SendResult> {
+    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p) => ({
+      case: "reaction",
+      value: { targetSeq: BigInt(targetSeq), payload: p },
+    }));
+  }
+
+  /** Deletes a message for everyone. */
+  deleteForEveryone(
+    conversationId: string,
+    targetSeq: bigint | number,
+    options: { clientMsgId?: string } = {},
+  ): Promise<SendResult> {
+    return this.enqueueSend(
+      conversationId,
+      { case: "delete", value: { targetSeq: BigInt(targetSeq) } },
+      options.clientMsgId,
+    );
+  }
+
+  private async sendWithPayload(
+    conversationId: string,
+    payload: Uint8Array | string,
+    clientMsgId: string | undefined,
+    body: (encoded: Uint8Array) => OutgoingBody,
+  ): Promise<SendResult> {
+    const plaintext = typeof payload === "string" ? textEncoder.encode(payload) : payload;
+    const encoded = await this.codec.encode(conversationId, plaintext);
+    const max = this.limits?.maxPayloadBytes ?? 0;
+    if (max > 0 && encoded.byteLength > max) {
+      throw new ConnectError(
+        `payload of ${encoded.byteLength} bytes exceeds the server's limit of ${max}`,
+        Code.InvalidArgument,
+      );
+    }
+    return this.enqueueSend(conversationId, body(encoded), clientMsgId);
+  }
+
+  private async enqueueSend(
+    conversationId: string,
+    body: OutgoingBody,
+    clientMsgId: string = newClientMsgId(),
+  ): Promise<SendResult> {
+    if (this.closed) throw this.fatal ?? new ConnectError("client is closed", Code.Canceled);
+    const existing = this.sends.get(clientMsgId);
+    if (existing !== undefined) return existing.promise;
+    const outgoing = create(OutgoingEntrySchema, { clientMsgId, conversationId, body });
+    const item: OutboxItem = {
+      clientMsgId,
+      conversationId,
+      outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
+      createdAtMs: Date.now(),
+    };
+    const pending = this.newPending(item, outgoing, "persisting");
+    // Registered before the write so that sends leave in the order the app made them.
+    this.sends.set(clientMsgId, pending);
+    try {
+      await this.profile.addToOutbox(item);
+    } catch (err) {
+      this.sends.delete(clientMsgId);
+      throw ConnectError.from(err, Code.Internal);
+    }
+    if (pending.state === "persisting") pending.state = "queued";
+    this.pump();
+    return pending.promise;
+  }
+
+  private restoreSend(item: OutboxItem): void {
+    let outgoing: OutgoingEntry;
+    try {
+      outgoing = fromBinary(OutgoingEntrySchema, Buffer.from(item.outgoing, "base64"));
+    } catch {
+      void this.profile.removeFromOutbox(item.clientMsgId).catch(() => {});
+      return;
+    }
+    const pending = this.newPending(item, outgoing, "queued");
+    // Nobody awaits a send from a previous run; its outcome arrives as "sent" or "sendFailed".
+    pending.promise.catch(() => {});
+    this.sends.set(item.clientMsgId, pending);
+  }
+
+  private newPending(item: OutboxItem, outgoing: OutgoingEntry, state: PendingSend["state"]): PendingSend {
+    let resolve!: (r: SendResult) => void;
+    let reject!: (e: ConnectError) => void;
+    const promise = new Promise<SendResult>((res, rej) => {
+      resolve = res;
+      reject = rej;
+    });
+    return { item, outgoing, state, retries: 0, timer: undefined, promise, resolve, reject };
+  }
+
+  /** Puts queued sends on the stream, up to the server's in-flight limit. */
+  private pump(): void {
+    const s = this.stream;
+    if (s === undefined || !s.ready) return;
+    const limit = this.limits?.maxSendsInFlight || DEFAULT_MAX_IN_FLIGHT;
+    let inFlight = 0;
+    for (const p of this.sends.values()) if (p.state === "inflight") inFlight += 1;
+    for (const p of this.sends.values()) {
+      if (inFlight >= limit) return;
+      if (p.state !== "queued") continue;
+      p.state = "inflight";
+      inFlight += 1;
+      this.push(s, { case: "send", value: p.outgoing });
+    }
+  }
+
+  private sendAcked(ack: SendAckFrame): void {
+    const p = this.sends.get(ack.clientMsgId);
+    if (p === undefined) return;
+    this.sends.delete(ack.clientMsgId);
+    if (p.timer !== undefined) clearTimeout(p.timer);
+    void this.profile.removeFromOutbox(ack.clientMsgId).catch(() => {});
+    const result: SendResult = {
+      clientMsgId: ack.clientMsgId,
+      conversationId: p.item.conversationId,
+      seq: ack.seq,
+      serverTimeMs: ack.serverTimeMs,
+    };
+    p.resolve(result);
+    this.emit("sent", result);
+    this.pump();
+  }
+
+  private sendRefused(err: SendErrorFrame): void {
+    const p = this.sends.get(err.clientMsgId);
+    if (p === undefined) {
+      this.emit("error", {
+        error: new ConnectError(`send refused: ${err.message}`, err.code as Code),
+        fatal: false,
+      });
+      return;
+    }
+    const retryable =
+      err.code === Code.Unavailable || (err.code === Code.ResourceExhausted && err.retryAfterMs > 0);
+    if (retryable) {
+      p.state = "waiting";
+      p.retries += 1;
+      const delay =
+        err.retryAfterMs > 0
+          ? err.retryAfterMs
+          : Math.floor(Math.random() * Math.min(30_000, 250 * 2 ** p.retries));
+      p.timer = setTimeout(() => {
+        p.timer = undefined;
+        if (p.state !== "waiting") return;
+        p.state = "queued";
+        this.pump();
+      }, delay);
+      this.pump();
+      return;
+    }
+    this.sends.delete(err.clientMsgId);
+    void this.profile.removeFromOutbox(err.clientMsgId).catch(() => {});
+    const error = new ConnectError(err.message, err.code as Code);
+    p.reject(error);
+    this.emit("sendFailed", { clientMsgId: err.clientMsgId, conversationId: p.item.conversationId, error });
+    this.pump();
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Typing and presence
+
+  /**
+   * Tells the conversation this user started (true) or stopped (false) typing. Receivers expire
+   * an indicator after 10 s, so repeat true every few seconds while typing. Dropped when offline.
+   */
+  setTyping(conversationId: string, active: boolean): void {
+    const s = this.stream;
+    if (s === undefined || !s.ready) return;
+    this.push(s, { case: "typing", value: { conversationId, active } });
+  }
+
+  /** Follows users' presence (each must share a conversation with this user); kept across reconnects. */
+  subscribePresence(userIds: readonly string[]): void {
+    const fresh = userIds.filter((id) => !this.presenceSubscriptions.has(id));
+    for (const id of fresh) this.presenceSubscriptions.add(id);
+    const s = this.stream;
+    if (fresh.length > 0 && s?.ready === true) {
+      this.push(s, { case: "presenceSubscribe", value: { subscribeUserIds: fresh } });
+    }
+  }
+
+  /** Stops following users' presence. */
+  unsubscribePresence(userIds: readonly string[]): void {
+    const gone = userIds.filter((id) => this.presenceSubscriptions.delete(id));
+    const s = this.stream;
+    if (gone.length > 0 && s?.ready === true) {
+      this.push(s, { case: "presenceSubscribe", value: { unsubscribeUserIds: gone } });
+    }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Unary APIs
+
+  /** The raw generated clients, for calls this class does not wrap. */
+  get api(): Pick<ServerConnection, "accounts" | "conversations" | "gateway"> {
+    return {
+      accounts: this.conn.accounts,
+      conversations: this.conn.conversations,
+      gateway: this.conn.gateway,
+    };
+  }
+
+  /**
+   * Sends one message without the stream (GatewayService.Send), for scripts and integrations.
+   * Retries transient failures with the same idempotency key; not written to the outbox.
+   */
+  async sendUnary(
+    conversationId: string,
+    payload: Uint8Array | string,
+    options: { clientMsgId?: string; attempts?: number } = {},
+  ): Promise<SendResult> {
+    const plaintext = typeof payload === "string" ? textEncoder.encode(payload) : payload;
+    const clientMsgId = options.clientMsgId ?? newClientMsgId();
+    const entry = create(OutgoingEntrySchema, {
+      clientMsgId,
+      conversationId,
+      body: { case: "message", value: { payload: await this.codec.encode(conversationId, plaintext) } },
+    });
+    const attempts = options.attempts ?? 5;
+    const backoff = new Backoff(this.tuning.backoffBaseMs, this.tuning.backoffCapMs);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const res = await this.conn.gateway.send({ entry }, { timeoutMs: UNARY_TIMEOUT_MS });
+        return { clientMsgId, conversationId, seq: res.seq, serverTimeMs: res.serverTimeMs };
+      } catch (err) {
+        const error = ConnectError.from(err);
+        const transient =
+          error.code === Code.Unavailable ||
+          error.code === Code.ResourceExhausted ||
+          error.code === Code.DeadlineExceeded;
+        if (!transient || attempt >= attempts) throw error;
+        await new Promise((resolve) => setTimeout(resolve, Math.max(backoff.next(), 50)));
+      }
+    }
+  }
+
+  /** Looks users up by id and/or username; unknown ones are left out. */
+  async lookupUsers(query: { userIds?: readonly string[]; usernames?: readonly string[] }): Promise<User[]> {
+    const res = await this.conn.accounts.lookupUsers({
+      userIds: [...(query.userIds ?? [])],
+      usernames: [...(query.usernames ?? [])],
+    });
+    return res.users;
+  }
+
+  /** One user by username; NOT_FOUND if there is none. */
+  async userByUsername(username: string): Promise<User> {
+    const [user] = await this.lookupUsers({ usernames: [username] });
+    if (user === undefined) throw new ConnectError(`no user named "${username}"`, Code.NotFound);
+    return user;
+  }
+
+  /** Issues a one-time code with which another device joins this user. */
+  async createLinkCode(): Promise<{ code: string; expiresAtMs: bigint }> {
+    const res = await this.conn.accounts.createLinkCode({});
+    return { code: res.code, expiresAtMs: res.expiresAtMs };
+  }
+
+  /**
+   * Registers where this device gets push wake-ups while offline (replacing any earlier target):
+   * `{ case: "webPush", value: { endpoint, p256dh, auth } }` from a PushSubscription,
+   * `{ case: "fcm", value: { token } }`, or `{ case: "apns", value: { token, topic, environment } }`.
+   */
+  async setPushTarget(target: MessageInitShape<typeof SetPushTargetRequestSchema>["target"]): Promise<void> {
+    await this.conn.accounts.setPushTarget(target === undefined ? {} : { target });
+  }
+
+  /** Stops push wake-ups to this device. */
+  async removePushTarget(): Promise<void> {
+    await this.conn.accounts.removePushTarget({});
+  }
+
+  /** This user's devices. */
+  async listDevices(includeRevoked = false): Promise<Device[]> {
+    return (await this.conn.accounts.listDevices({ includeRevoked })).devices;
+  }
+
+  /** Revokes one of this user's devices. */
+  async revokeDevice(deviceId: string): Promise<Device | undefined> {
+    return (await this.conn.accounts.revokeDevice({ deviceId })).device;
+  }
+
+  /** The direct conversation with another user (created on first use). */
+  async openDirect(peerUserId: string): Promise<Conversation> {
+    return required((await this.conn.conversations.openDirect({ peerUserId })).conversation, "conversation");
+  }
+
+  /** Creates a group with this user as admin. */
+  async createGroup(title: string, memberUserIds: readonly string[] = []): Promise<Conversation> {
+    const res = await this.conn.conversations.createGroup({ title, memberUserIds: [...memberUserIds] });
+    return required(res.conversation, "conversation");
+  }
+
+  /** Adds members to a group (admins only); returns the membership entry, if any was written. */
+  async addMembers(conversationId: string, userIds: readonly string[]): Promise<Entry | undefined> {
+    return (await this.conn.conversations.addMembers({ conversationId, userIds: [...userIds] })).entry;
+  }
+
+  /** Removes members from a group (admins only). */
+  async removeMembers(conversationId: string, userIds: readonly string[]): Promise<Entry | undefined> {
+    return (await this.conn.conversations.removeMembers({ conversationId, userIds: [...userIds] })).entry;
+  }
+
+  /** Leaves a group. */
+  async leaveGroup(conversationId: string): Promise<Entry | undefined> {
+    return (await this.conn.conversations.leaveGroup({ conversationId })).entry;
+  }
+
+  /** Changes members' roles (admins only). */
+  async setRole(
+    conversationId: string,
+    userIds: readonly string[],
+    role: MemberRole,
+  ): Promise<Entry | undefined> {
+    return (await this.conn.conversations.setRole({ conversationId, userIds: [...userIds], role })).entry;
+  }
+
+  /** Renames a group (admins only). */
+  async renameGroup(conversationId: string, title: string): Promise<Entry | undefined> {
+    return (await this.conn.conversations.renameGroup({ conversationId, title })).entry;
+  }
+
+  /** This user's conversations, most recently active first. */
+  async listConversations(): Promise<Conversation[]> {
+    return (await this.conn.conversations.listConversations({})).conversations;
+  }
+
+  /** One conversation with its members. */
+  async getConversation(conversationId: string): Promise<{ conversation: Conversation; members: Member[] }> {
+    const res = await this.conn.conversations.getConversation({ conversationId });
+    return { conversation: required(res.conversation, "conversation"), members: res.members };
+  }
+
+  /** Mutes a conversation's push wake-ups until a time (ms since the epoch); 0 unmutes. */
+  async setMute(conversationId: string, mutedUntilMs: bigint | number): Promise<void> {
+    await this.conn.conversations.setMute({ conversationId, mutedUntilMs: BigInt(mutedUntilMs) });
+  }
+
+  /** A page of a conversation's log, decoded. */
+  async getHistory(
+    conversationId: string,
+    options: { afterSeq?: bigint | number; limit?: number } = {},
+  ): Promise<{ entries: IncomingEntry[]; lastSeq: bigint; hasMore: boolean }> {
+    const res = await this.conn.conversations.getHistory({
+      conversationId,
+      afterSeq: BigInt(options.afterSeq ?? 0),
+      limit: options.limit ?? 0,
+    });
+    const entries: IncomingEntry[] = [];
+    for (const raw of res.entries) entries.push(await this.toIncoming(raw));
+    return { entries, lastSeq: res.lastSeq, hasMore: res.hasMore };
+  }
+}
+
+function credentialsFrom(
+  serverUrl: string,
+  user: User | undefined,
+  credential: { userId: string; deviceId: string; deviceSecret: string } | undefined,
+): DeviceCredentials {
+  const u = required(user, "user");
+  const c = required(credential, "credential");
+  return {
+    serverUrl,
+    userId: c.userId || u.userId,
+    username: u.username,
+    deviceId: c.deviceId,
+    deviceSecret: c.deviceSecret,
+  };
+}
+
+function required<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new ConnectError(`server response lacks ${what}`, Code.Internal);
+  return value;
+}

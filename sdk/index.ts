@@ -1,0 +1,35 @@
+// The Switchboard TypeScript SDK. See README.md in this folder.
+export { Backoff } from "./backoff.js";
+export { identityCodec, newClientMsgId, SwitchboardClient } from "./client.js";
+export { Profile, writeFileAtomic } from "./profile.js";
+export { ReorderBuffer, type ReorderOptions, type SyncAnswer } from "./reorder.js";
+export {
+  type ConnectionOptions,
+  connectToServer,
+  credentialRejected,
+  isCredentialRejected,
+  type ServerConnection,
+  TokenSource,
+} from "./transport.js";
+export type {
+  ClientEvents,
+  ClientTuning,
+  ConnectedEvent,
+  DeviceCredentials,
+  DisconnectedEvent,
+  EntryKind,
+  ErrorEvent,
+  IncomingEntry,
+  LinkOptions,
+  Listener,
+  LocalCursor,
+  OpenOptions,
+  OutboxItem,
+  PayloadCodec,
+  PresenceEvent,
+  ReceiptEvent,
+  RegisterOptions,
+  SendFailedEvent,
+  SendResult,
+  TypingEvent,
+} from "./types.js";

@@ -1,0 +1,227 @@
+import { create } from "@bufbuild/protobuf";
+import { type Client, Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { AccountService, CreateTokenRequestSchema } from "../gen/switchboard/v1/accounts_pb.js";
+import { ConversationService } from "../gen/switchboard/v1/conversations_pb.js";
+import { GatewayService } from "../gen/switchboard/v1/gateway_pb.js";
+
+/** The RPCs that run before a device has a token. */
+const UNAUTHENTICATED_METHODS = new Set(["Register", "CreateToken", "LinkDevice"]);
+
+/** Refresh a token when less than this share of its lifetime is left. */
+const REFRESH_SHARE = 0.2;
+/** ...or less than this many milliseconds, whichever is larger. */
+const REFRESH_MARGIN_MS = 30_000;
+
+const rejectedCredentials = new WeakSet<object>();
+
+/**
+ * The error for a device credential the server refused: the device was revoked or its secret is
+ * wrong. Retrying cannot help, so the client stops. A plain ConnectError, marked, because
+ * ConnectError's instanceof check does not survive subclassing.
+ */
+export function credentialRejected(cause: ConnectError): ConnectError {
+  const error = new ConnectError(
+    `device credential rejected: ${cause.rawMessage}`,
+    Code.Unauthenticated,
+    undefined,
+    undefined,
+    cause,
+  );
+  rejectedCredentials.add(error);
+  return error;
+}
+
+/** True for an error from credentialRejected (or one caused by it). */
+export function isCredentialRejected(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; typeof e === "object" && e !== null && depth < 5; depth++) {
+    if (rejectedCredentials.has(e)) return true;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
+/** Keeps a device's access token fresh: refreshed before expiry, one refresh at a time. */
+export class TokenSource {
+  private token: string | undefined;
+  private expiresAtMs = 0;
+  private issuedAtMs = 0;
+  private refreshing: Promise<string> | undefined;
+
+  constructor(
+    private readonly accounts: Client<typeof AccountService>,
+    private readonly deviceId: string,
+    private readonly deviceSecret: string,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** A token valid for a while yet. */
+  async get(): Promise<string> {
+    if (this.token !== undefined && !this.expiring()) return this.token;
+    return this.refresh();
+  }
+
+  /** True if the cached token was issued less than `ms` ago (a refresh would not help). */
+  freshWithin(ms: number): boolean {
+    return this.token !== undefined && this.now() - this.issuedAtMs < ms;
+  }
+
+  /** Drops the cached token, e.g. after the server refused it. */
+  invalidate(): void {
+    this.token = undefined;
+  }
+
+  /** Fetches a new token; concurrent callers share one request. */
+  refresh(): Promise<string> {
+    this.refreshing ??= this.fetch().finally(() => {
+      this.refreshing = undefined;
+    });
+    return this.refreshing;
+  }
+
+  private expiring(): boolean {
+    const lifetime = this.expiresAtMs - this.issuedAtMs;
+    const margin = Math.max(REFRESH_MARGIN_MS, lifetime * REFRESH_SHARE);
+    return this.now() >= this.expiresAtMs - margin;
+  }
+
+  private async fetch(): Promise<string> {
+    const issuedAtMs = this.now();
+    let response: Awaited<ReturnType<Client<typeof AccountService>["createToken"]>>;
+    try {
+      response = await this.accounts.createToken(
+        create(CreateTokenRequestSchema, { deviceId: this.deviceId, deviceSecret: this.deviceSecret }),
+      );
+    } catch (err) {
+      const error = ConnectError.from(err);
+      if (error.code === Code.Unauthenticated || error.code === Code.PermissionDenied) {
+        throw credentialRejected(error);
+      }
+      throw error;
+    }
+    this.token = response.accessToken;
+    this.issuedAtMs = issuedAtMs;
+    this.expiresAtMs = Number(response.expiresAtMs);
+    return response.accessToken;
+  }
+}
+
+/** The typed clients of one server connection. */
+export interface ServerConnection {
+  /** AccountService. */
+  accounts: Client<typeof AccountService>;
+  /** ConversationService. */
+  conversations: Client<typeof ConversationService>;
+  /** GatewayService. */
+  gateway: Client<typeof GatewayService>;
+  /** Present once credentials were attached. */
+  tokens: TokenSource | undefined;
+  /** Closes the HTTP/2 connection, ending every call on it. */
+  close(): void;
+}
+
+/** Options of connectToServer. */
+export interface ConnectionOptions {
+  /** Base URL, e.g. "http://127.0.0.1:7420" (h2c) or an https URL. */
+  serverUrl: string;
+  /** The device's credential; without it only Register, CreateToken and LinkDevice work. */
+  credential?: { deviceId: string; deviceSecret: string };
+  /** Per-call timeout of unary calls, in milliseconds. Default 30,000. */
+  unaryTimeoutMs?: number;
+}
+
+/**
+ * Opens a gRPC (HTTP/2) connection to a Switchboard server. Every call except the three
+ * credential RPCs carries the device's bearer token; a unary call refused as Unauthenticated is
+ * retried once with a new token, since the cached one may have expired or been issued by a server
+ * that has since rotated keys.
+ */
+export function connectToServer(options: ConnectionOptions): ServerConnection {
+  const baseUrl = options.serverUrl.replace(/\/+$/, "");
+  // Our own session manager lets close() end the connection at once; without it the process
+  // lingers until the idle timeout.
+  const sessionManager = new Http2SessionManager(baseUrl, {
+    pingIntervalMs: 15_000,
+    pingTimeoutMs: 10_000,
+  });
+  let tokens: TokenSource | undefined;
+
+  const auth: Interceptor = (next) => async (req) => {
+    if (tokens === undefined || UNAUTHENTICATED_METHODS.has(req.method.name)) return next(req);
+    const source = tokens;
+    req.header.set("authorization", `Bearer ${await source.get()}`);
+    if (req.stream) return next(req);
+    try {
+      return await next(req);
+    } catch (err) {
+      const error = ConnectError.from(err);
+      if (error.code !== Code.Unauthenticated || source.freshWithin(1_000)) throw error;
+      source.invalidate();
+      req.header.set("authorization", `Bearer ${await source.get()}`);
+      return next(req);
+    }
+  };
+
+  const bare = createGrpcTransport({ baseUrl, sessionManager });
+  const accountsBare = createClient(AccountService, bare);
+  if (options.credential !== undefined) {
+    tokens = new TokenSource(accountsBare, options.credential.deviceId, options.credential.deviceSecret);
+  }
+  const transport = createGrpcTransport({
+    baseUrl,
+    sessionManager,
+    interceptors: [auth],
+    defaultTimeoutMs: options.unaryTimeoutMs ?? 30_000,
+  });
+  return {
+    accounts: createClient(AccountService, transport),
+    conversations: createClient(ConversationService, transport),
+    gateway: createClient(GatewayService, transport),
+    tokens,
+    close: () => sessionManager.abort(),
+  };
+}
+
+/**
+ * An unbounded-by-design queue feeding a request stream: the client writes frames whenever it
+ * likes and the transport pulls them. Its producers are bounded themselves (sends by the
+ * in-flight limit, acks by coalescing), so it stays small.
+ */
+export class FrameQueue<T> implements AsyncIterable<T> {
+  private readonly items: T[] = [];
+  private wake: (() => void) | undefined;
+  private ended = false;
+
+  /** Queues a frame; ignored once the queue ended. */
+  push(item: T): void {
+    if (this.ended) return;
+    this.items.push(item);
+    this.wake?.();
+  }
+
+  /** Ends the request stream after the frames already queued. */
+  end(): void {
+    this.ended = true;
+    this.wake?.();
+  }
+
+  /** True once end() was called. */
+  get closed(): boolean {
+    return this.ended;
+  }
+
+  async *[Symbol.asyncIterator](): AsyncIterator<T> {
+    for (;;) {
+      const item = this.items.shift();
+      if (item !== undefined) {
+        yield item;
+        continue;
+      }
+      if (this.ended) return;
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
+      this.wake = undefined;
+    }
+  }
+}

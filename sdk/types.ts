@@ -1,0 +1,257 @@
+import type { ConnectError } from "@connectrpc/connect";
+import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
+import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
+
+/**
+ * Turns application plaintext into the bytes the server stores, and back. The server never looks
+ * inside payloads, so end-to-end encryption slots in here without changing the app-facing API.
+ */
+export interface PayloadCodec {
+  /** Encodes an outgoing payload (a message, edit or reaction) for one conversation. */
+  encode(conversationId: string, plaintext: Uint8Array): Promise<Uint8Array>;
+  /** Decodes the payload of a received message, edit or reaction entry. */
+  decode(entry: Entry): Promise<Uint8Array>;
+}
+
+/** What a device keeps to authenticate itself. The secret is shown once by the server. */
+export interface DeviceCredentials {
+  /** Base URL of the server, e.g. "http://127.0.0.1:7420". */
+  serverUrl: string;
+  /** The user this device belongs to. */
+  userId: string;
+  /** The user's handle, kept for display. */
+  username: string;
+  /** The device. */
+  deviceId: string;
+  /** The device's secret from Register or LinkDevice (base64url). */
+  deviceSecret: string;
+}
+
+/** A device's position in one conversation, as kept in the profile. */
+export interface LocalCursor {
+  /** Highest seq handed to the app (every entry up to it was delivered, in order). */
+  delivered: bigint;
+  /** Highest seq the app marked read. */
+  read: bigint;
+}
+
+/** A send that was written to the outbox and not yet answered by the server. */
+export interface OutboxItem {
+  /** The idempotency key; resending it after a crash returns the original seq. */
+  clientMsgId: string;
+  /** The conversation. */
+  conversationId: string;
+  /** The serialized OutgoingEntry (already encoded by the PayloadCodec), base64. */
+  outgoing: string;
+  /** When the app asked for the send, in milliseconds since the Unix epoch. */
+  createdAtMs: number;
+}
+
+/** The outcome of a send that the server committed durably (one tick). */
+export interface SendResult {
+  /** The send's idempotency key. */
+  clientMsgId: string;
+  /** The conversation. */
+  conversationId: string;
+  /** The entry's seq in the conversation. */
+  seq: bigint;
+  /** Commit time, in milliseconds since the Unix epoch. */
+  serverTimeMs: bigint;
+}
+
+/** The kinds of conversation log entries. */
+export type EntryKind = "message" | "edit" | "delete" | "reaction" | "membership" | "unknown";
+
+/** A log entry as the app sees it: in seq order per conversation, payload decoded. */
+export interface IncomingEntry {
+  /** The conversation. */
+  conversationId: string;
+  /** Position in the conversation's log. */
+  seq: bigint;
+  /** The user who caused the entry. */
+  senderUserId: string;
+  /** The sending device; empty for entries the server wrote on a user's behalf. */
+  senderDeviceId: string;
+  /** The sender's idempotency key. */
+  clientMsgId: string;
+  /** Commit time, in milliseconds since the Unix epoch. */
+  serverTimeMs: bigint;
+  /** What the entry is. */
+  kind: EntryKind;
+  /** Decoded payload of a message, edit or reaction; undefined otherwise or if decoding failed. */
+  payload: Uint8Array | undefined;
+  /** The entry an edit, delete or reaction refers to; undefined for other kinds. */
+  targetSeq: bigint | undefined;
+  /** The membership change, for membership entries. */
+  membership: MembershipBody | undefined;
+  /** True when a later delete-for-everyone removed this entry's content. */
+  redacted: boolean;
+  /** Set when the PayloadCodec failed to decode the payload. */
+  decodeError: Error | undefined;
+  /** True when the entry was sent by this very device. */
+  fromThisDevice: boolean;
+  /** The entry as received. */
+  raw: Entry;
+}
+
+/** A member's delivered or read cursor moved past entries this user sent. */
+export interface ReceiptEvent {
+  /** The conversation. */
+  conversationId: string;
+  /** The member whose cursor moved. */
+  userId: string;
+  /** "delivered" (two ticks) or "read". */
+  kind: "delivered" | "read";
+  /** Every entry up to and including this seq is delivered (or read) for that member. */
+  upToSeq: bigint;
+  /** When the cursor moved, in milliseconds since the Unix epoch. */
+  timeMs: bigint;
+  /** The protocol value of kind. */
+  rawKind: ReceiptKind;
+}
+
+/** A member started or stopped typing. Expire an active indicator after 10 seconds. */
+export interface TypingEvent {
+  /** The conversation. */
+  conversationId: string;
+  /** The typing user. */
+  userId: string;
+  /** The typing device. */
+  deviceId: string;
+  /** True while typing. */
+  active: boolean;
+}
+
+/** A subscribed user's presence. */
+export interface PresenceEvent {
+  /** The user. */
+  userId: string;
+  /** True while at least one of the user's devices holds a stream. */
+  online: boolean;
+  /** When the user was last online, in milliseconds since the Unix epoch; 0 if never seen. */
+  lastSeenMs: bigint;
+}
+
+/** The stream is up and the server has authenticated the device. */
+export interface ConnectedEvent {
+  /** The server's identifier for this stream (for its logs). */
+  sessionId: string;
+  /** Limits the server enforces on this stream. */
+  limits: {
+    /** Largest accepted payload, in bytes. */
+    maxPayloadBytes: number;
+    /** Sends that may await an answer at once; the SDK queues beyond it. */
+    maxSendsInFlight: number;
+    /** Sustained sends per second. */
+    sendsPerSecond: number;
+    /** Sends allowed in a burst. */
+    sendBurst: number;
+  };
+}
+
+/** The stream ended; the SDK reconnects unless the error is fatal or the client was closed. */
+export interface DisconnectedEvent {
+  /** Why the stream ended; undefined when the client closed it. */
+  error: ConnectError | undefined;
+  /** Delay before the next attempt, in milliseconds; undefined when there will be none. */
+  retryInMs: number | undefined;
+}
+
+/** A send that the server refused for good (the promise from send() rejects with the same error). */
+export interface SendFailedEvent {
+  /** The send's idempotency key. */
+  clientMsgId: string;
+  /** The conversation. */
+  conversationId: string;
+  /** The server's refusal. */
+  error: ConnectError;
+}
+
+/** A problem the app should know about. */
+export interface ErrorEvent {
+  /** What went wrong. */
+  error: ConnectError;
+  /** True when the client stopped for good (e.g. the device was revoked). */
+  fatal: boolean;
+}
+
+/** Events of SwitchboardClient and the payload each carries. */
+export interface ClientEvents {
+  /** An entry, in seq order per conversation. A returned promise delays the ack until it settles. */
+  entry: IncomingEntry;
+  /** Someone's delivered/read cursor moved past entries this user sent. */
+  receipt: ReceiptEvent;
+  /** Typing indicator. */
+  typing: TypingEvent;
+  /** Presence of a subscribed user. */
+  presence: PresenceEvent;
+  /** The stream is up. */
+  connected: ConnectedEvent;
+  /** The stream is down. */
+  disconnected: DisconnectedEvent;
+  /** Everything pending when the stream opened has been handed to the app. */
+  caughtUp: { entries: bigint };
+  /** A send was committed (one tick); also fires for sends resumed from the outbox. */
+  sent: SendResult;
+  /** A send was refused for good. */
+  sendFailed: SendFailedEvent;
+  /** A non-fatal problem, or a fatal one that stopped the client. */
+  error: ErrorEvent;
+}
+
+/** A listener; an "entry" listener may return a promise to hold back the ack until it settles. */
+export type Listener<T> = (event: T) => unknown;
+
+/** How the client reconnects and keeps the stream alive. All durations in milliseconds. */
+export interface ClientTuning {
+  /** First reconnect delay cap (full jitter). Default 250. */
+  backoffBaseMs?: number;
+  /** Largest reconnect delay. Default 30,000. */
+  backoffCapMs?: number;
+  /** A stream that lived this long resets the backoff. Default 10,000. */
+  stableAfterMs?: number;
+  /** Interval between application pings. Default 20,000. */
+  pingIntervalMs?: number;
+  /** A stream with no frame for this long is treated as dead. Default 45,000. */
+  deadAfterMs?: number;
+  /** A gap not filled within this long is fetched (again). Default 500. */
+  gapTimeoutMs?: number;
+  /** Entries per sync_request. Default 256. */
+  syncPageSize?: number;
+  /** Longest wait before acknowledging delivered entries. Default 50. */
+  ackDelayMs?: number;
+  /** Delivered entries that trigger an ack at once. Default 100. */
+  ackEveryEntries?: number;
+}
+
+/** Options of SwitchboardClient.open. */
+export interface OpenOptions extends ClientTuning {
+  /** Directory holding the device's profile (credentials, cursors, outbox). */
+  profileDir: string;
+  /** Overrides the server URL stored in the profile. */
+  serverUrl?: string;
+  /** Payload codec; defaults to the identity (plaintext) codec until E2EE lands. */
+  codec?: PayloadCodec;
+}
+
+/** Options of SwitchboardClient.register. */
+export interface RegisterOptions extends Omit<OpenOptions, "serverUrl"> {
+  /** Base URL of the server. */
+  serverUrl: string;
+  /** Requested handle: 3 to 32 characters of [a-z0-9_.]. */
+  username: string;
+  /** Free-form name; defaults to the username. */
+  displayName?: string;
+  /** Name of this device. */
+  deviceName?: string;
+}
+
+/** Options of SwitchboardClient.link. */
+export interface LinkOptions extends Omit<OpenOptions, "serverUrl"> {
+  /** Base URL of the server. */
+  serverUrl: string;
+  /** A code from createLinkCode on another of the user's devices. */
+  code: string;
+  /** Name of this device. */
+  deviceName?: string;
+}

@@ -1,0 +1,257 @@
+import { timingSafeEqual } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { DeviceRevokedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
+import {
+  type Device,
+  type DeviceCredential,
+  DeviceCredentialSchema,
+  DeviceSchema,
+  type User,
+  UserSchema,
+} from "../../gen/switchboard/v1/accounts_pb.js";
+import type { EventBus } from "../bus/types.js";
+import type { Tokens } from "../common/auth.js";
+import { newId, newSecret, sha256Hex } from "../common/ids.js";
+import type { Logger } from "../common/log.js";
+import type { PushTarget } from "../notification/types.js";
+import { isStoreError } from "../store/errors.js";
+import type { AccountStore, DeviceRecord, UserRecord } from "../store/types.js";
+
+/** Options for the accounts manager. */
+export interface AccountsOptions {
+  /** Active devices per user. */
+  maxDevicesPerUser: number;
+  /** Link code lifetime, in seconds. */
+  linkCodeTtlSeconds: number;
+  /** The clock, in milliseconds since the Unix epoch. */
+  now?: () => number;
+}
+
+function toUser(u: UserRecord): User {
+  return create(UserSchema, {
+    userId: u.userId,
+    username: u.username,
+    displayName: u.displayName,
+    createdAtMs: BigInt(u.createdAtMs),
+  });
+}
+
+function toDevice(d: DeviceRecord): Device {
+  return create(DeviceSchema, {
+    deviceId: d.deviceId,
+    userId: d.userId,
+    name: d.name,
+    createdAtMs: BigInt(d.createdAtMs),
+    revokedAtMs: BigInt(d.revokedAtMs),
+    pushKind: d.push?.target.kind ?? "",
+  });
+}
+
+/** Names one registration of a target; equal targets get equal ids. */
+export function pushTargetId(target: PushTarget): string {
+  const key =
+    target.kind === "webpush"
+      ? `${target.endpoint}\n${target.p256dh}\n${target.auth}`
+      : target.kind === "fcm"
+        ? target.token
+        : `${target.environment}\n${target.topic}\n${target.token}`;
+  return sha256Hex(`${target.kind}\n${key}`).slice(0, 32);
+}
+
+function sameHash(a: string, b: string): boolean {
+  const x = Buffer.from(a, "hex");
+  const y = Buffer.from(b, "hex");
+  return x.length === y.length && timingSafeEqual(x, y);
+}
+
+/** Domain rules for users, devices and credentials. Inputs are validated by the handler. */
+export class Accounts {
+  private readonly now: () => number;
+
+  constructor(
+    private readonly store: AccountStore,
+    private readonly tokens: Tokens,
+    private readonly bus: EventBus,
+    private readonly log: Logger,
+    private readonly options: AccountsOptions,
+  ) {
+    this.now = options.now ?? Date.now;
+  }
+
+  private newDevice(userId: string, name: string): { record: DeviceRecord; credential: DeviceCredential } {
+    const secret = newSecret();
+    const record: DeviceRecord = {
+      deviceId: newId("dv"),
+      userId,
+      name,
+      secretHash: sha256Hex(secret),
+      createdAtMs: this.now(),
+      revokedAtMs: 0,
+    };
+    const credential = create(DeviceCredentialSchema, {
+      userId,
+      deviceId: record.deviceId,
+      deviceSecret: secret,
+    });
+    return { record, credential };
+  }
+
+  /** Creates a user and its first device. */
+  async register(username: string, displayName: string, deviceName: string) {
+    const user: UserRecord = {
+      userId: newId("u"),
+      username,
+      displayName: displayName || username,
+      createdAtMs: this.now(),
+    };
+    const device = this.newDevice(user.userId, deviceName);
+    try {
+      await this.store.createUser(user, device.record);
+    } catch (err) {
+      if (isStoreError(err, "already_exists")) {
+        throw new ConnectError(`username "${username}" is taken`, Code.AlreadyExists);
+      }
+      throw err;
+    }
+    this.log.info({ userId: user.userId, deviceId: device.record.deviceId }, "user registered");
+    return { user: toUser(user), credential: device.credential };
+  }
+
+  /** Exchanges a device credential for an access token. */
+  async createToken(deviceId: string, secret: string) {
+    const device = await this.store.getDevice(deviceId);
+    // One message for unknown device and wrong secret, so ids cannot be probed.
+    if (device === undefined || !sameHash(device.secretHash, sha256Hex(secret))) {
+      throw new ConnectError("unknown device or wrong secret", Code.Unauthenticated);
+    }
+    if (device.revokedAtMs !== 0) throw new ConnectError("device has been revoked", Code.Unauthenticated);
+    return this.tokens.issue(device.userId, device.deviceId, this.now());
+  }
+
+  /** Issues a one-time code that links a new device to the user. */
+  async createLinkCode(userId: string) {
+    const code = newSecret(18);
+    const expiresAtMs = this.now() + this.options.linkCodeTtlSeconds * 1000;
+    await this.store.putLinkCode({ codeHash: sha256Hex(code), userId, expiresAtMs });
+    return { code, expiresAtMs };
+  }
+
+  /** Redeems a link code for a new device. */
+  async linkDevice(code: string, deviceName: string) {
+    const record = await this.store.takeLinkCode(sha256Hex(code));
+    if (record === undefined || record.expiresAtMs < this.now()) {
+      throw new ConnectError("link code is unknown, used or expired", Code.NotFound);
+    }
+    const user = await this.store.getUser(record.userId);
+    if (user === undefined) throw new ConnectError("link code is unknown, used or expired", Code.NotFound);
+    const device = this.newDevice(user.userId, deviceName);
+    try {
+      await this.store.addDevice(device.record, this.options.maxDevicesPerUser);
+    } catch (err) {
+      if (isStoreError(err, "limit")) {
+        throw new ConnectError(
+          `a user may have at most ${this.options.maxDevicesPerUser} active devices; revoke one first`,
+          Code.ResourceExhausted,
+        );
+      }
+      throw err;
+    }
+    this.log.info({ userId: user.userId, deviceId: device.record.deviceId }, "device linked");
+    return { user: toUser(user), credential: device.credential };
+  }
+
+  /** The user's devices, oldest first. */
+  async listDevices(userId: string, includeRevoked: boolean): Promise<Device[]> {
+    const devices = await this.store.listDevices(userId);
+    return devices.filter((d) => includeRevoked || d.revokedAtMs === 0).map(toDevice);
+  }
+
+  /** Revokes one of the user's devices and tells every gateway to close its streams. */
+  async revokeDevice(userId: string, deviceId: string): Promise<Device> {
+    const device = await this.store.getDevice(deviceId);
+    if (device === undefined || device.userId !== userId)
+      throw new ConnectError("no such device", Code.NotFound);
+    const revoked = (await this.store.revokeDevice(deviceId, this.now())) ?? device;
+    this.bus.broadcast([
+      {
+        $typeName: "switchboard.internal.v1.BusEvent",
+        event: { case: "deviceRevoked", value: create(DeviceRevokedSchema, { userId, deviceId }) },
+      },
+    ]);
+    this.log.info({ userId, deviceId }, "device revoked");
+    return toDevice(revoked);
+  }
+
+  /** Users by id and by username; unknown ones are left out. */
+  async lookupUsers(userIds: readonly string[], usernames: readonly string[]): Promise<User[]> {
+    const found = await Promise.all([
+      ...userIds.map((id) => this.store.getUser(id)),
+      ...usernames.map((name) => this.store.getUserByUsername(name)),
+    ]);
+    const unique = new Map<string, UserRecord>();
+    for (const u of found) if (u !== undefined) unique.set(u.userId, u);
+    return [...unique.values()].map(toUser);
+  }
+
+  /** Registers (or replaces) where the device receives pushes. */
+  async setPushTarget(userId: string, deviceId: string, target: PushTarget): Promise<void> {
+    const device = await this.store.getDevice(deviceId);
+    if (device === undefined || device.userId !== userId || device.revokedAtMs !== 0) {
+      throw new ConnectError("no such device", Code.NotFound);
+    }
+    await this.store.setPush(deviceId, { id: pushTargetId(target), target });
+    this.log.info({ userId, deviceId, kind: target.kind }, "push target registered");
+  }
+
+  /** Stops pushes to the device. */
+  async removePushTarget(userId: string, deviceId: string): Promise<void> {
+    const device = await this.store.getDevice(deviceId);
+    if (device === undefined || device.userId !== userId)
+      throw new ConnectError("no such device", Code.NotFound);
+    await this.store.setPush(deviceId, undefined);
+  }
+
+  /** Push targets of active devices; devices without one are left out. */
+  async getPushTargets(deviceIds: readonly string[]) {
+    const devices = await Promise.all(deviceIds.map((id) => this.store.getDevice(id)));
+    return devices.flatMap((d) =>
+      d !== undefined && d.revokedAtMs === 0 && d.push !== undefined
+        ? [{ deviceId: d.deviceId, userId: d.userId, targetId: d.push.id, target: d.push.target }]
+        : [],
+    );
+  }
+
+  /** Removes a target a provider reported gone, unless the device registered another since. */
+  async dropPushTarget(deviceId: string, targetId: string): Promise<boolean> {
+    const dropped = await this.store.setPush(deviceId, undefined, targetId);
+    if (dropped) this.log.info({ deviceId }, "push target removed: the provider reported it gone");
+    return dropped;
+  }
+
+  /** Device status for other services. */
+  async getDevices(deviceIds: readonly string[]) {
+    const devices = await Promise.all(deviceIds.map((id) => this.store.getDevice(id)));
+    return devices
+      .filter((d): d is DeviceRecord => d !== undefined)
+      .map((d) => ({ deviceId: d.deviceId, userId: d.userId, active: d.revokedAtMs === 0 }));
+  }
+
+  /** Active devices of users. */
+  async getUserDevices(userIds: readonly string[]) {
+    return Promise.all(
+      userIds.map(async (userId) => ({
+        userId,
+        deviceIds: (await this.store.listDevices(userId))
+          .filter((d) => d.revokedAtMs === 0)
+          .map((d) => d.deviceId),
+      })),
+    );
+  }
+
+  /** Which users exist. */
+  async checkUsers(userIds: readonly string[]): Promise<string[]> {
+    const users = await Promise.all(userIds.map((id) => this.store.getUser(id)));
+    return users.filter((u): u is UserRecord => u !== undefined).map((u) => u.userId);
+  }
+}

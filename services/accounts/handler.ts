@@ -1,0 +1,124 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import {
+  DevicePushTargetSchema,
+  DeviceStatusSchema,
+  type DirectoryService,
+  UserDevicesSchema,
+} from "../../gen/switchboard/internal/v1/directory_pb.js";
+import type { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
+import type { Principal, Tokens } from "../common/auth.js";
+import { requireId, requireIds, requireText, requireUsername } from "../common/validate.js";
+import { targetFromRequest, targetToWire } from "../notification/targets.js";
+import type { Accounts } from "./accounts.js";
+
+/** The public AccountService, served by the accounts role (gateways forward to it). */
+export function accountService(
+  accounts: Accounts,
+  tokens: Tokens,
+  options: { allowHttpPushEndpoints: boolean },
+): ServiceImpl<typeof AccountService> {
+  async function principal(ctx: HandlerContext): Promise<Principal> {
+    const p = await tokens.verifyHeader(ctx.requestHeader.get("authorization"));
+    const [device] = await accounts.getDevices([p.deviceId]);
+    if (device === undefined || !device.active)
+      throw new ConnectError("device has been revoked", Code.Unauthenticated);
+    return p;
+  }
+  return {
+    async register(req) {
+      const { user, credential } = await accounts.register(
+        requireUsername(req.username),
+        requireText("display_name", req.displayName, 0, 64),
+        requireText("device_name", req.deviceName, 0, 64),
+      );
+      return { user, credential };
+    },
+    async createToken(req) {
+      requireId("device_id", req.deviceId, "dv");
+      if (req.deviceSecret.length === 0 || req.deviceSecret.length > 128) {
+        throw new ConnectError("device_secret: required, at most 128 characters", Code.InvalidArgument);
+      }
+      const { token, expiresAtMs } = await accounts.createToken(req.deviceId, req.deviceSecret);
+      return { accessToken: token, expiresAtMs: BigInt(expiresAtMs) };
+    },
+    async createLinkCode(_req, ctx) {
+      const p = await principal(ctx);
+      const { code, expiresAtMs } = await accounts.createLinkCode(p.userId);
+      return { code, expiresAtMs: BigInt(expiresAtMs) };
+    },
+    async linkDevice(req) {
+      if (!/^[A-Za-z0-9_-]{16,64}$/.test(req.code))
+        throw new ConnectError("code: not a link code", Code.InvalidArgument);
+      const { user, credential } = await accounts.linkDevice(
+        req.code,
+        requireText("device_name", req.deviceName, 0, 64),
+      );
+      return { user, credential };
+    },
+    async listDevices(req, ctx) {
+      const p = await principal(ctx);
+      return { devices: await accounts.listDevices(p.userId, req.includeRevoked) };
+    },
+    async revokeDevice(req, ctx) {
+      const p = await principal(ctx);
+      return { device: await accounts.revokeDevice(p.userId, requireId("device_id", req.deviceId, "dv")) };
+    },
+    async lookupUsers(req, ctx) {
+      await principal(ctx);
+      if (req.userIds.length + req.usernames.length > 256) {
+        throw new ConnectError("at most 256 ids and usernames in all", Code.InvalidArgument);
+      }
+      const ids = requireIds("user_ids", req.userIds, "u", 256);
+      for (const name of req.usernames) requireUsername(name);
+      return { users: await accounts.lookupUsers(ids, req.usernames) };
+    },
+    async setPushTarget(req, ctx) {
+      const p = await principal(ctx);
+      await accounts.setPushTarget(
+        p.userId,
+        p.deviceId,
+        targetFromRequest(req, options.allowHttpPushEndpoints),
+      );
+      return {};
+    },
+    async removePushTarget(_req, ctx) {
+      const p = await principal(ctx);
+      await accounts.removePushTarget(p.userId, p.deviceId);
+      return {};
+    },
+  };
+}
+
+/** The accounts role's internal face. */
+export function directoryService(accounts: Accounts): ServiceImpl<typeof DirectoryService> {
+  return {
+    async getDevices(req) {
+      const devices = await accounts.getDevices(req.deviceIds.slice(0, 1000));
+      return { devices: devices.map((d) => create(DeviceStatusSchema, d)) };
+    },
+    async getUserDevices(req) {
+      const users = await accounts.getUserDevices(req.userIds.slice(0, 1024));
+      return { users: users.map((u) => create(UserDevicesSchema, u)) };
+    },
+    async checkUsers(req) {
+      return { existingUserIds: await accounts.checkUsers(req.userIds.slice(0, 1024)) };
+    },
+    async getPushTargets(req) {
+      const targets = await accounts.getPushTargets(req.deviceIds.slice(0, 1000));
+      return {
+        targets: targets.map((t) =>
+          create(DevicePushTargetSchema, {
+            deviceId: t.deviceId,
+            userId: t.userId,
+            targetId: t.targetId,
+            target: targetToWire(t.target),
+          }),
+        ),
+      };
+    },
+    async dropPushTarget(req) {
+      return { dropped: await accounts.dropPushTarget(req.deviceId, req.targetId) };
+    },
+  };
+}

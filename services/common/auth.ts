@@ -1,0 +1,75 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import { errors, jwtVerify, SignJWT } from "jose";
+
+const ISSUER = "switchboard";
+const AUDIENCE = "switchboard-device";
+
+/** Who a request acts for, established from its access token. */
+export interface Principal {
+  /** The user. */
+  userId: string;
+  /** The device. */
+  deviceId: string;
+  /** When the token expires, in milliseconds since the Unix epoch. */
+  expiresAtMs: number;
+}
+
+/**
+ * Signs and verifies access tokens: HS256 JWTs with the user as subject and the device in `did`.
+ * Every role that authenticates holds the same key, so no call to accounts is needed to check a
+ * signature; revocation is checked separately (a token outlives nothing but its expiry).
+ */
+export class Tokens {
+  constructor(
+    private readonly key: Uint8Array,
+    private readonly ttlSeconds: number,
+  ) {}
+
+  /** Issues a token for a device. */
+  async issue(
+    userId: string,
+    deviceId: string,
+    nowMs: number,
+  ): Promise<{ token: string; expiresAtMs: number }> {
+    const issuedAt = Math.floor(nowMs / 1000);
+    const expiresAt = issuedAt + this.ttlSeconds;
+    const token = await new SignJWT({ did: deviceId })
+      .setProtectedHeader({ alg: "HS256", typ: "JWT" })
+      .setIssuer(ISSUER)
+      .setAudience(AUDIENCE)
+      .setSubject(userId)
+      .setIssuedAt(issuedAt)
+      .setExpirationTime(expiresAt)
+      .sign(this.key);
+    return { token, expiresAtMs: expiresAt * 1000 };
+  }
+
+  /** Verifies an `authorization` header value; throws Unauthenticated with the reason. */
+  async verifyHeader(header: string | null): Promise<Principal> {
+    if (header === null || header === "")
+      throw new ConnectError("missing authorization header", Code.Unauthenticated);
+    const match = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(header);
+    if (match === null)
+      throw new ConnectError("authorization header must be 'Bearer <token>'", Code.Unauthenticated);
+    try {
+      const { payload } = await jwtVerify(match[1]!, this.key, {
+        issuer: ISSUER,
+        audience: AUDIENCE,
+        algorithms: ["HS256"],
+      });
+      if (
+        typeof payload.sub !== "string" ||
+        typeof payload.did !== "string" ||
+        typeof payload.exp !== "number"
+      ) {
+        throw new ConnectError("access token is missing its claims", Code.Unauthenticated);
+      }
+      return { userId: payload.sub, deviceId: payload.did, expiresAtMs: payload.exp * 1000 };
+    } catch (err) {
+      if (err instanceof ConnectError) throw err;
+      if (err instanceof errors.JWTExpired)
+        throw new ConnectError("access token expired", Code.Unauthenticated);
+      throw new ConnectError("access token is invalid", Code.Unauthenticated);
+    }
+  }
+}

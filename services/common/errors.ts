@@ -1,0 +1,47 @@
+import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { Logger } from "./log.js";
+
+/** Error metadata (a gRPC trailer) telling the client when to retry, in milliseconds. */
+export const RETRY_AFTER_HEADER = "retry-after-ms";
+
+/**
+ * The one place where failures become wire errors: a ConnectError keeps its code, message and
+ * retry hint but no other metadata (an error relayed from an internal service carries that
+ * call's response headers, which must not reach the client and are not valid on another response);
+ * anything else is a bug or an I/O fault, logged with its cause and sent as a bare Internal so
+ * no stack, path or driver message leaks to a client.
+ */
+export function errorBoundary(log: Logger): Interceptor {
+  const translate = (err: unknown, procedure: string): ConnectError => {
+    if (err instanceof ConnectError) {
+      if ([...err.metadata.keys()].every((k) => k === RETRY_AFTER_HEADER)) return err;
+      const retry = err.metadata.get(RETRY_AFTER_HEADER);
+      return new ConnectError(
+        err.rawMessage,
+        err.code,
+        retry === null ? undefined : { [RETRY_AFTER_HEADER]: retry },
+      );
+    }
+    log.error({ err, procedure }, "unexpected error");
+    return new ConnectError("internal error", Code.Internal);
+  };
+  return (next) => async (req) => {
+    try {
+      const res = await next(req);
+      if (!res.stream) return res;
+      const messages = res.message;
+      return {
+        ...res,
+        message: (async function* () {
+          try {
+            yield* messages;
+          } catch (err) {
+            throw translate(err, req.url);
+          }
+        })(),
+      };
+    } catch (err) {
+      throw translate(err, req.url);
+    }
+  };
+}

@@ -1,0 +1,271 @@
+import { create } from "@bufbuild/protobuf";
+import type { Client } from "@connectrpc/connect";
+import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
+import {
+  type BusEvent,
+  type Delivery,
+  type DeliveryBatch,
+  DeliveryBatchSchema,
+  DeliverySchema,
+} from "../../gen/switchboard/internal/v1/events_pb.js";
+import type { NotificationService, WakeUp } from "../../gen/switchboard/internal/v1/notification_pb.js";
+import type { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
+import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import { type Entry, MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
+import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
+import type { Logger } from "../common/log.js";
+
+/** Conversations whose member lists fanout keeps. */
+const MEMBER_CACHE = 50_000;
+/** At most this many users per route lookup. */
+const LOOKUP_CHUNK = 1024;
+/**
+ * How long users' device lists are trusted, in milliseconds: a newly linked device gets pushes
+ * within this time (it gets every entry on connect regardless).
+ */
+const PUSH_CACHE_MS = 30_000;
+const DEVICE_CACHE = 100_000;
+
+interface Members {
+  version: number;
+  userIds: string[];
+  /** Muted until, per member, in milliseconds since the Unix epoch. */
+  mutes: Map<string, number>;
+  mutesVersion: number;
+}
+
+/** Where fanout hands wake-ups for devices without a live stream. */
+export interface PushHandoff {
+  directory: Client<typeof DirectoryService>;
+  notification: Client<typeof NotificationService>;
+}
+
+/** Who gets a push for an entry (besides being an offline member device), and how urgently. */
+function pushPolicy(entry: Entry): { only?: string[]; urgent: boolean } | undefined {
+  const body = entry.body;
+  switch (body.case) {
+    case "message":
+      return { urgent: true };
+    case "reaction":
+      return { urgent: false };
+    case "membership":
+      // Being added to or removed from a conversation is worth a wake-up; other changes are not.
+      if (body.value.action === MembershipAction.CREATED || body.value.action === MembershipAction.ADDED) {
+        return { only: body.value.userIds, urgent: false };
+      }
+      if (body.value.action === MembershipAction.REMOVED) return { only: body.value.userIds, urgent: false };
+      return undefined;
+    default:
+      return undefined;
+  }
+}
+
+type Payload = Delivery["payload"];
+
+/**
+ * Turns committed entries, receipts and typing indicators into deliveries: it resolves the
+ * recipients, looks up their live routes in one call per batch, and hands each gateway one batch
+ * holding everything for its devices, in event order. It keeps no state but a member cache keyed
+ * by membership version, so any number of workers can share the bus.
+ */
+export class Fanout {
+  private readonly members = new Map<string, Members>();
+  private readonly devices = new Map<string, { deviceIds: string[]; fetchedAt: number }>();
+  private readonly stops: Unsubscribe[] = [];
+
+  constructor(
+    private readonly bus: EventBus,
+    private readonly delivery: DeliveryChannel,
+    private readonly sequencer: Client<typeof SequencerService>,
+    private readonly presence: Client<typeof PresenceService>,
+    private readonly log: Logger,
+    private readonly push?: PushHandoff,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  start(): void {
+    this.stops.push(this.bus.consumeCommitted((events) => this.handle(events)));
+    this.stops.push(
+      this.bus.consumeEphemeral((events) => {
+        this.handle(events).catch((err: unknown) => this.log.warn({ err }, "typing fanout failed"));
+      }),
+    );
+  }
+
+  stop(): void {
+    for (const stop of this.stops.splice(0)) stop();
+  }
+
+  /** Delivers one batch of events; rejects (for redelivery) if routes cannot be looked up. */
+  async handle(events: readonly BusEvent[]): Promise<void> {
+    const plan: Array<{ recipients: string[]; payload: Payload }> = [];
+    const pushes: Array<{ entry: Entry; userIds: string[]; urgent: boolean }> = [];
+    for (const { event } of events) {
+      switch (event.case) {
+        case "entryCommitted": {
+          const entry = event.value.entry;
+          if (entry === undefined) break;
+          const members = await this.membersOf(
+            entry.conversationId,
+            Number(event.value.membersVersion),
+            Number(event.value.mutesVersion),
+          );
+          const recipients = [...new Set([...members.userIds, ...event.value.extraRecipientUserIds])];
+          plan.push({ recipients, payload: { case: "entry", value: entry } });
+          const policy = this.push && pushPolicy(entry);
+          if (policy) {
+            const now = this.now();
+            const userIds = (policy.only ?? recipients).filter(
+              (id) => id !== entry.senderUserId && (members.mutes.get(id) ?? 0) <= now,
+            );
+            if (userIds.length > 0) pushes.push({ entry, userIds, urgent: policy.urgent });
+          }
+          break;
+        }
+        case "receiptIssued":
+          if (event.value.receipt) {
+            plan.push({
+              recipients: event.value.notifyUserIds,
+              payload: { case: "receipt", value: event.value.receipt },
+            });
+          }
+          break;
+        case "typingRelayed":
+          if (event.value.typing) {
+            plan.push({
+              recipients: event.value.recipientUserIds,
+              payload: { case: "typing", value: event.value.typing },
+            });
+          }
+          break;
+        default:
+          break;
+      }
+    }
+    if (plan.length === 0) return;
+    const routes = await this.routesOf([...new Set(plan.flatMap((p) => p.recipients))]);
+    const batches = new Map<string, DeliveryBatch>();
+    for (const item of plan) {
+      const devicesByGateway = new Map<string, string[]>();
+      for (const userId of item.recipients) {
+        for (const r of routes.get(userId) ?? []) {
+          const list = devicesByGateway.get(r.gatewayId) ?? [];
+          if (!list.includes(r.deviceId)) list.push(r.deviceId);
+          devicesByGateway.set(r.gatewayId, list);
+        }
+      }
+      for (const [gatewayId, deviceIds] of devicesByGateway) {
+        let batch = batches.get(gatewayId);
+        if (batch === undefined) {
+          batch = create(DeliveryBatchSchema);
+          batches.set(gatewayId, batch);
+        }
+        batch.deliveries.push(create(DeliverySchema, { deviceIds, payload: item.payload }));
+      }
+    }
+    if (pushes.length > 0) this.wakeOffline(pushes, routes);
+    // A gateway that is gone loses only live pushes: its devices catch up from the log.
+    await Promise.all(
+      [...batches].map(([gatewayId, batch]) =>
+        this.delivery.deliver(gatewayId, batch).catch((err: unknown) => {
+          this.log.warn(
+            { err, gatewayId, deliveries: batch.deliveries.length },
+            "delivery to gateway failed",
+          );
+        }),
+      ),
+    );
+  }
+
+  /**
+   * Hands the notification service a wake-up for every member device with no live route. Never
+   * awaited by delivery: a slow or failing push path must not slow messages.
+   */
+  private wakeOffline(
+    pushes: Array<{ entry: Entry; userIds: string[]; urgent: boolean }>,
+    routes: Map<string, Array<{ deviceId: string; gatewayId: string }>>,
+  ): void {
+    const push = this.push;
+    if (push === undefined) return;
+    void (async () => {
+      const devices = await this.devicesOf([...new Set(pushes.flatMap((p) => p.userIds))], push.directory);
+      const wakeUps: Array<Omit<WakeUp, "$typeName">> = [];
+      for (const p of pushes) {
+        for (const userId of p.userIds) {
+          const live = new Set((routes.get(userId) ?? []).map((r) => r.deviceId));
+          for (const deviceId of devices.get(userId) ?? []) {
+            if (live.has(deviceId)) continue;
+            wakeUps.push({
+              userId,
+              deviceId,
+              conversationId: p.entry.conversationId,
+              seq: p.entry.seq,
+              urgent: p.urgent,
+            });
+          }
+        }
+      }
+      if (wakeUps.length === 0) return;
+      const { shed } = await push.notification.notify({ wakeUps });
+      if (shed > 0) this.log.warn({ shed }, "push queue full: wake-ups shed (devices still sync on connect)");
+    })().catch((err: unknown) => this.log.warn({ err }, "push hand-off failed"));
+  }
+
+  private async devicesOf(userIds: string[], directory: Client<typeof DirectoryService>) {
+    const now = this.now();
+    const out = new Map<string, string[]>();
+    const missing: string[] = [];
+    for (const id of userIds) {
+      const cached = this.devices.get(id);
+      if (cached !== undefined && now - cached.fetchedAt < PUSH_CACHE_MS) out.set(id, cached.deviceIds);
+      else missing.push(id);
+    }
+    for (let i = 0; i < missing.length; i += LOOKUP_CHUNK) {
+      const { users } = await directory.getUserDevices({ userIds: missing.slice(i, i + LOOKUP_CHUNK) });
+      for (const u of users) {
+        out.set(u.userId, u.deviceIds);
+        this.devices.delete(u.userId);
+        this.devices.set(u.userId, { deviceIds: u.deviceIds, fetchedAt: now });
+      }
+    }
+    while (this.devices.size > DEVICE_CACHE) {
+      const oldest = this.devices.keys().next().value;
+      if (oldest === undefined) break;
+      this.devices.delete(oldest);
+    }
+    return out;
+  }
+
+  private async membersOf(conversationId: string, version: number, mutesVersion: number): Promise<Members> {
+    const cached = this.members.get(conversationId);
+    if (cached !== undefined && cached.version >= version && cached.mutesVersion >= mutesVersion)
+      return cached;
+    const fresh = await this.sequencer.getMembers({ conversationId });
+    const members: Members = {
+      version: Number(fresh.membersVersion),
+      userIds: fresh.userIds,
+      mutes: new Map(fresh.mutes.map((m) => [m.userId, Number(m.mutedUntilMs)])),
+      mutesVersion: Number(fresh.mutesVersion),
+    };
+    this.members.delete(conversationId);
+    this.members.set(conversationId, members);
+    if (this.members.size > MEMBER_CACHE) {
+      const oldest = this.members.keys().next().value;
+      if (oldest !== undefined) this.members.delete(oldest);
+    }
+    return members;
+  }
+
+  private async routesOf(userIds: string[]) {
+    const byUser = new Map<string, Array<{ deviceId: string; gatewayId: string }>>();
+    for (let i = 0; i < userIds.length; i += LOOKUP_CHUNK) {
+      const { routes } = await this.presence.lookupRoutes({ userIds: userIds.slice(i, i + LOOKUP_CHUNK) });
+      for (const r of routes) {
+        const list = byUser.get(r.userId) ?? [];
+        list.push({ deviceId: r.deviceId, gatewayId: r.gatewayId });
+        byUser.set(r.userId, list);
+      }
+    }
+    return byUser;
+  }
+}

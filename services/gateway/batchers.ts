@@ -1,0 +1,153 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  type AppendItem,
+  AppendItemSchema,
+  type CursorUpdate,
+  CursorUpdateSchema,
+} from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
+import type { Logger } from "../common/log.js";
+
+/** The sequencer calls the batchers need; routed to the owning replica by the caller. */
+export interface SequencerCalls {
+  append(
+    items: AppendItem[],
+  ): Promise<Array<{ seq: bigint; serverTimeMs: bigint; errorCode: number; errorMessage: string }>>;
+  updateCursors(updates: CursorUpdate[]): Promise<void>;
+}
+
+/** A committed send. */
+export interface SendResult {
+  /** The entry's seq. */
+  seq: bigint;
+  /** Commit time, in milliseconds since the Unix epoch. */
+  serverTimeMs: bigint;
+}
+
+const MAX_APPEND_BATCH = 500;
+
+interface Waiting {
+  item: AppendItem;
+  resolve: (r: SendResult) => void;
+  reject: (e: ConnectError) => void;
+}
+
+/**
+ * Collects sends from every stream on this gateway and appends them in batches: one RPC per
+ * turn of the event loop (or per 500 sends) instead of one per message. The sequencer
+ * group-commits each batch, so the hop costs one round trip per batch.
+ */
+export class SendBatcher {
+  private queue: Waiting[] = [];
+  private scheduled = false;
+
+  constructor(
+    private readonly calls: SequencerCalls,
+    private readonly log: Logger,
+  ) {}
+
+  append(userId: string, deviceId: string, entry: OutgoingEntry): Promise<SendResult> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({
+        item: create(AppendItemSchema, { senderUserId: userId, senderDeviceId: deviceId, entry }),
+        resolve,
+        reject,
+      });
+      if (this.queue.length >= MAX_APPEND_BATCH) this.flush();
+      else if (!this.scheduled) {
+        this.scheduled = true;
+        setImmediate(() => this.flush());
+      }
+    });
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    const batch = this.queue.splice(0, this.queue.length);
+    for (let i = 0; i < batch.length; i += MAX_APPEND_BATCH)
+      void this.send(batch.slice(i, i + MAX_APPEND_BATCH));
+  }
+
+  private async send(batch: Waiting[]): Promise<void> {
+    if (batch.length === 0) return;
+    try {
+      const results = await this.calls.append(batch.map((w) => w.item));
+      batch.forEach((w, i) => {
+        const r = results[i];
+        if (r === undefined) w.reject(new ConnectError("sequencer returned too few results", Code.Internal));
+        else if (r.errorCode !== 0) w.reject(new ConnectError(r.errorMessage, r.errorCode as Code));
+        else w.resolve({ seq: r.seq, serverTimeMs: r.serverTimeMs });
+      });
+    } catch (err) {
+      const e = ConnectError.from(err);
+      this.log.warn({ err: e, sends: batch.length }, "append batch failed");
+      // The send may or may not have committed; the client retries with the same id.
+      const unavailable = new ConnectError(`sequencer unavailable: ${e.rawMessage}`, Code.Unavailable);
+      for (const w of batch)
+        w.reject(e.code === Code.Unavailable || e.code === Code.DeadlineExceeded ? unavailable : e);
+    }
+  }
+}
+
+/**
+ * Coalesces cursor movements: for each (device, conversation) only the highest values since the
+ * last flush are sent, every `intervalMs`. A lost flush costs only a re-delivery, which clients
+ * drop as a duplicate.
+ */
+export class CursorBatcher {
+  private pending = new Map<string, CursorUpdate>();
+  private readonly timer: NodeJS.Timeout;
+  private flushing: Promise<void> = Promise.resolve();
+
+  constructor(
+    private readonly calls: SequencerCalls,
+    private readonly log: Logger,
+    intervalMs: number,
+  ) {
+    this.timer = setInterval(() => void this.flush(), intervalMs);
+    this.timer.unref();
+  }
+
+  add(userId: string, deviceId: string, conversationId: string, delivered: bigint, read: bigint): void {
+    const key = `${deviceId}\n${conversationId}`;
+    const current = this.pending.get(key);
+    if (current === undefined) {
+      this.pending.set(
+        key,
+        create(CursorUpdateSchema, {
+          userId,
+          deviceId,
+          conversationId,
+          deliveredUpTo: delivered,
+          readUpTo: read,
+        }),
+      );
+      return;
+    }
+    if (delivered > current.deliveredUpTo) current.deliveredUpTo = delivered;
+    if (read > current.readUpTo) current.readUpTo = read;
+  }
+
+  /** Sends what is pending; resolves when the sequencer has it. */
+  flush(): Promise<void> {
+    if (this.pending.size === 0) return this.flushing;
+    const updates = [...this.pending.values()];
+    this.pending = new Map();
+    this.flushing = this.flushing.then(async () => {
+      for (let i = 0; i < updates.length; i += 1000) {
+        try {
+          await this.calls.updateCursors(updates.slice(i, i + 1000));
+        } catch (err) {
+          this.log.warn({ err, updates: updates.length }, "cursor update failed");
+        }
+      }
+    });
+    return this.flushing;
+  }
+
+  async close(): Promise<void> {
+    clearInterval(this.timer);
+    await this.flush();
+  }
+}

@@ -1,0 +1,296 @@
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
+import type { BusEvent, DeliveryBatch } from "../../gen/switchboard/internal/v1/events_pb.js";
+import type { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
+import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
+import type { Principal, Tokens } from "../common/auth.js";
+import type { Limits } from "../common/config.js";
+import type { Logger } from "../common/log.js";
+import { TokenBucket } from "../common/rate-limit.js";
+import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
+import { Session } from "./session.js";
+
+/** Counters an operator reads (exported as metrics by the operations issue). */
+export interface GatewayMetrics {
+  /** Receipts, typing and presence frames dropped because a device was behind. */
+  droppedEvents: number;
+  /** Streams closed for sending too many frames. */
+  floodClosures: number;
+  /** Sends refused by the per-device rate limit. */
+  rejectedRate: number;
+  /** Sends refused because too many were in flight. */
+  rejectedInFlight: number;
+  /** Streams replaced by a newer stream of the same device. */
+  replacedStreams: number;
+}
+
+/** Devices whose status or send bucket a gateway remembers at most. */
+const DEVICE_MAPS_MAX = 200_000;
+
+/** What a gateway needs from the rest of the system. */
+export interface GatewayDeps {
+  /** This gateway instance's id (routes point at it). */
+  id: string;
+  sequencer: Client<typeof SequencerService>;
+  directory: Client<typeof DirectoryService>;
+  presence: Client<typeof PresenceService>;
+  delivery: DeliveryChannel;
+  bus: EventBus;
+  tokens: Tokens;
+  limits: Limits;
+  log: Logger;
+  /** Route lifetime without a heartbeat, in milliseconds. */
+  routeTtlMs?: number;
+  /** How long a device's active status is trusted without asking accounts, in milliseconds. */
+  deviceCacheMs?: number;
+  /** How often device cursors are flushed to the sequencer, in milliseconds. */
+  cursorFlushMs?: number;
+  now?: () => number;
+}
+
+/**
+ * The edge: device streams and everything they share on this gateway instance (the send and
+ * cursor batchers, per-device rate limits, route registration, presence subscriptions).
+ */
+export class GatewayCore {
+  readonly id: string;
+  readonly sequencer: Client<typeof SequencerService>;
+  readonly presence: Client<typeof PresenceService>;
+  readonly limits: Limits;
+  readonly log: Logger;
+  readonly now: () => number;
+  readonly sends: SendBatcher;
+  readonly cursors: CursorBatcher;
+  readonly metrics: GatewayMetrics = {
+    droppedEvents: 0,
+    floodClosures: 0,
+    rejectedRate: 0,
+    rejectedInFlight: 0,
+    replacedStreams: 0,
+  };
+  private readonly directory: Client<typeof DirectoryService>;
+  private readonly tokens: Tokens;
+  private readonly byDevice = new Map<string, Session[]>();
+  private readonly watchers = new Map<string, Set<Session>>();
+  private readonly sendBuckets = new Map<string, TokenBucket>();
+  private readonly deviceStatus = new Map<string, { active: boolean; checkedAt: number }>();
+  private readonly routeTtlMs: number;
+  private readonly deviceCacheMs: number;
+  private readonly heartbeat: NodeJS.Timeout;
+  private readonly stops: Unsubscribe[] = [];
+  private draining = false;
+
+  constructor(deps: GatewayDeps) {
+    this.id = deps.id;
+    this.sequencer = deps.sequencer;
+    this.directory = deps.directory;
+    this.presence = deps.presence;
+    this.tokens = deps.tokens;
+    this.limits = deps.limits;
+    this.log = deps.log;
+    this.now = deps.now ?? Date.now;
+    this.routeTtlMs = deps.routeTtlMs ?? 30_000;
+    this.deviceCacheMs = deps.deviceCacheMs ?? 30_000;
+    const calls: SequencerCalls = {
+      append: async (items) => (await this.sequencer.append({ items })).results,
+      updateCursors: async (updates) => {
+        await this.sequencer.updateCursors({ updates });
+      },
+    };
+    this.sends = new SendBatcher(calls, this.log);
+    this.cursors = new CursorBatcher(calls, this.log, deps.cursorFlushMs ?? 25);
+    this.stops.push(deps.delivery.listen(this.id, (batch) => this.onDelivery(batch)));
+    this.stops.push(deps.bus.onBroadcast((events) => this.onBroadcast(events)));
+    // Routes are refreshed well within their TTL so a live stream never looks offline.
+    this.heartbeat = setInterval(
+      () => void this.refreshRoutes(),
+      Math.max(1000, Math.floor(this.routeTtlMs / 3)),
+    );
+    this.heartbeat.unref();
+  }
+
+  /** Streams open on this gateway. */
+  get streamCount(): number {
+    let n = 0;
+    for (const list of this.byDevice.values()) n += list.length;
+    return n;
+  }
+
+  /** Keeps a per-device map within bounds by dropping its oldest entries (insertion order). */
+  private static trim<V>(map: Map<string, V>, max: number): void {
+    for (const key of map.keys()) {
+      if (map.size <= max) return;
+      map.delete(key);
+    }
+  }
+
+  /** Verifies a token and that its device is still active. */
+  async authenticate(header: string | null): Promise<Principal> {
+    const principal = await this.tokens.verifyHeader(header);
+    const cached = this.deviceStatus.get(principal.deviceId);
+    let active = cached?.active;
+    if (cached === undefined || this.now() - cached.checkedAt > this.deviceCacheMs) {
+      const { devices } = await this.directory.getDevices({ deviceIds: [principal.deviceId] });
+      active = devices[0]?.active === true && devices[0].userId === principal.userId;
+      this.deviceStatus.delete(principal.deviceId);
+      this.deviceStatus.set(principal.deviceId, { active, checkedAt: this.now() });
+      GatewayCore.trim(this.deviceStatus, DEVICE_MAPS_MAX);
+    }
+    if (!active) throw new ConnectError("device has been revoked", Code.Unauthenticated);
+    return principal;
+  }
+
+  /** Takes a send token for a device; 0 when allowed, else milliseconds to wait. */
+  takeSendToken(deviceId: string): number {
+    let bucket = this.sendBuckets.get(deviceId);
+    if (bucket === undefined) {
+      bucket = new TokenBucket(this.limits.sendsPerSecond, this.limits.sendBurst, this.now());
+      this.sendBuckets.set(deviceId, bucket);
+      // Unary senders have no stream whose close would remove their bucket. Dropping the oldest
+      // bucket at worst hands that device a fresh burst.
+      GatewayCore.trim(this.sendBuckets, DEVICE_MAPS_MAX);
+    }
+    return bucket.take(this.now());
+  }
+
+  /** Opens a stream for a device, replacing its oldest stream beyond the per-device limit. */
+  open(principal: Principal): Session {
+    if (this.draining) throw new ConnectError("gateway is shutting down; reconnect", Code.Unavailable);
+    const session = new Session(principal, this);
+    const list = this.byDevice.get(principal.deviceId) ?? [];
+    list.push(session);
+    this.byDevice.set(principal.deviceId, list);
+    while (list.length > this.limits.maxConnectionsPerDevice) {
+      const oldest = list[0]!;
+      this.metrics.replacedStreams++;
+      oldest.close(
+        new ConnectError(
+          `replaced by a newer stream of this device (at most ${this.limits.maxConnectionsPerDevice} per device)`,
+          Code.Aborted,
+        ),
+      );
+    }
+    this.log.info(
+      { userId: principal.userId, deviceId: principal.deviceId, sessionId: session.id },
+      "stream opened",
+    );
+    return session;
+  }
+
+  /**
+   * Makes the stream reachable by fanout. The stream reads its backlog only after this resolves:
+   * an entry committed before the route existed is in the backlog, one committed after reaches
+   * the stream live, so none falls between the two.
+   */
+  async register(session: Session): Promise<void> {
+    await this.presence.registerRoutes({ routes: [this.route(session)], ttlMs: this.routeTtlMs });
+  }
+
+  /** Forgets a closed stream. */
+  detach(session: Session): void {
+    const list = this.byDevice.get(session.deviceId);
+    if (list !== undefined) {
+      const i = list.indexOf(session);
+      if (i >= 0) list.splice(i, 1);
+      if (list.length === 0) {
+        this.byDevice.delete(session.deviceId);
+        this.sendBuckets.delete(session.deviceId);
+      }
+    }
+    for (const id of session.subscriptions) this.unsubscribePresence(session, id);
+    this.presence
+      .unregisterRoutes({ routes: [this.route(session)] })
+      .catch((err: unknown) => this.log.warn({ err, sessionId: session.id }, "route removal failed"));
+    this.log.info(
+      { userId: session.userId, deviceId: session.deviceId, sessionId: session.id },
+      "stream closed",
+    );
+  }
+
+  subscribePresence(session: Session, userId: string): void {
+    session.subscriptions.add(userId);
+    let set = this.watchers.get(userId);
+    if (set === undefined) {
+      set = new Set();
+      this.watchers.set(userId, set);
+    }
+    set.add(session);
+  }
+
+  unsubscribePresence(session: Session, userId: string): void {
+    session.subscriptions.delete(userId);
+    const set = this.watchers.get(userId);
+    set?.delete(session);
+    if (set?.size === 0) this.watchers.delete(userId);
+  }
+
+  /** Closes every stream telling devices to reconnect elsewhere, and flushes cursors. */
+  async drain(): Promise<void> {
+    this.draining = true;
+    clearInterval(this.heartbeat);
+    for (const list of [...this.byDevice.values()]) {
+      for (const s of [...list])
+        s.close(new ConnectError("gateway is shutting down; reconnect", Code.Unavailable));
+    }
+    for (const stop of this.stops.splice(0)) stop();
+    await this.cursors.close();
+  }
+
+  private route(session: Session) {
+    return {
+      $typeName: "switchboard.internal.v1.DeviceRoute" as const,
+      userId: session.userId,
+      deviceId: session.deviceId,
+      gatewayId: this.id,
+      sessionId: session.id,
+    };
+  }
+
+  private async refreshRoutes(): Promise<void> {
+    const routes = [...this.byDevice.values()].flat().map((s) => this.route(s));
+    for (let i = 0; i < routes.length; i += 1000) {
+      try {
+        await this.presence.registerRoutes({ routes: routes.slice(i, i + 1000), ttlMs: this.routeTtlMs });
+      } catch (err) {
+        this.log.warn({ err }, "route heartbeat failed");
+      }
+    }
+  }
+
+  private onDelivery(batch: DeliveryBatch): void {
+    for (const d of batch.deliveries) {
+      for (const deviceId of d.deviceIds) {
+        for (const session of this.byDevice.get(deviceId) ?? []) {
+          switch (d.payload.case) {
+            case "entry":
+              session.deliverEntry(d.payload.value);
+              break;
+            case "receipt":
+              session.deliverReceipt(d.payload.value);
+              break;
+            case "typing":
+              session.deliverTyping(d.payload.value);
+              break;
+            default:
+              break;
+          }
+        }
+      }
+    }
+  }
+
+  private onBroadcast(events: readonly BusEvent[]): void {
+    for (const { event } of events) {
+      if (event.case === "presenceChanged" && event.value.presence) {
+        const p = event.value.presence;
+        for (const s of this.watchers.get(p.userId) ?? []) s.deliverPresence(p);
+      } else if (event.case === "deviceRevoked") {
+        this.deviceStatus.set(event.value.deviceId, { active: false, checkedAt: this.now() });
+        for (const s of [...(this.byDevice.get(event.value.deviceId) ?? [])]) {
+          s.close(new ConnectError("device has been revoked", Code.Unauthenticated));
+        }
+      }
+    }
+  }
+}

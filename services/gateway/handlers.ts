@@ -1,0 +1,235 @@
+import {
+  type Client,
+  Code,
+  ConnectError,
+  createContextKey,
+  type HandlerContext,
+  type Interceptor,
+  type ServiceImpl,
+} from "@connectrpc/connect";
+import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
+import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
+import { ConversationService, MemberRole } from "../../gen/switchboard/v1/conversations_pb.js";
+import { MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
+import { GatewayService } from "../../gen/switchboard/v1/gateway_pb.js";
+import type { Principal } from "../common/auth.js";
+import { RETRY_AFTER_HEADER } from "../common/errors.js";
+import { requireClientMsgId, requireId, requireIds, requireText } from "../common/validate.js";
+import type { GatewayCore } from "./gateway.js";
+
+const principalKey = createContextKey<Principal | undefined>(undefined, {
+  description: "authenticated principal",
+});
+
+/**
+ * Authenticates every call to the gateway's own services before the handler runs and before any
+ * request message is read. AccountService calls pass through; the accounts service
+ * authenticates the ones that need it.
+ */
+export function authInterceptor(core: GatewayCore): Interceptor {
+  return (next) => async (req) => {
+    if (req.service.typeName !== AccountService.typeName) {
+      req.contextValues.set(principalKey, await core.authenticate(req.header.get("authorization")));
+    }
+    return next(req);
+  };
+}
+
+function principal(ctx: HandlerContext): Principal {
+  const p = ctx.values.get(principalKey);
+  if (p === undefined) throw new ConnectError("not authenticated", Code.Unauthenticated);
+  return p;
+}
+
+/** Refuses user ids that do not exist, naming them. */
+async function requireUsers(directory: Client<typeof DirectoryService>, userIds: string[]): Promise<void> {
+  if (userIds.length === 0) return;
+  const { existingUserIds } = await directory.checkUsers({ userIds });
+  const missing = userIds.filter((id) => !existingUserIds.includes(id));
+  if (missing.length > 0) throw new ConnectError(`unknown users: ${missing.join(", ")}`, Code.NotFound);
+}
+
+/** The device stream and the unary send. */
+export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewayService> {
+  return {
+    async *connect(requests, ctx) {
+      const session = core.open(principal(ctx));
+      // The device went away (reset, timeout, server shutdown): forget the stream.
+      ctx.signal.addEventListener("abort", () => session.close(), { once: true });
+      session.start(requests);
+      yield* session.outbound.drain();
+    },
+    async send(req, ctx) {
+      const p = principal(ctx);
+      const entry = req.entry;
+      if (entry === undefined) throw new ConnectError("entry: required", Code.InvalidArgument);
+      requireClientMsgId(entry.clientMsgId);
+      requireId("conversation_id", entry.conversationId, "conversation");
+      const wait = core.takeSendToken(p.deviceId);
+      if (wait > 0) {
+        throw new ConnectError(
+          `send rate limit: at most ${core.limits.sendsPerSecond} per second per device; retry in ${wait} ms`,
+          Code.ResourceExhausted,
+          { [RETRY_AFTER_HEADER]: String(wait) },
+        );
+      }
+      const r = await core.sends.append(p.userId, p.deviceId, entry);
+      return { seq: r.seq, serverTimeMs: r.serverTimeMs };
+    },
+  };
+}
+
+/** Conversations and groups, on behalf of the authenticated user. */
+export function conversationService(
+  core: GatewayCore,
+  directory: Client<typeof DirectoryService>,
+  maxGroupSize: number,
+): ServiceImpl<typeof ConversationService> {
+  const seq = core.sequencer;
+  async function change(
+    ctx: HandlerContext,
+    conversationId: string,
+    action: MembershipAction,
+    userIds: string[],
+    title = "",
+  ) {
+    const p = principal(ctx);
+    requireId("conversation_id", conversationId, "g");
+    const ids = requireIds("user_ids", userIds, "u", maxGroupSize);
+    if (action === MembershipAction.ADDED) await requireUsers(directory, ids);
+    const { entry } = await seq.changeMembership({
+      actorUserId: p.userId,
+      actorDeviceId: p.deviceId,
+      conversationId,
+      action,
+      userIds: ids,
+      title,
+    });
+    return entry === undefined ? {} : { entry };
+  }
+  return {
+    async openDirect(req, ctx) {
+      const p = principal(ctx);
+      requireId("peer_user_id", req.peerUserId, "u");
+      if (req.peerUserId === p.userId) {
+        throw new ConnectError(
+          "peer_user_id: cannot open a conversation with yourself",
+          Code.InvalidArgument,
+        );
+      }
+      await requireUsers(directory, [req.peerUserId]);
+      const { conversation } = await seq.openDirect({
+        userId: p.userId,
+        peerUserId: req.peerUserId,
+        deviceId: p.deviceId,
+      });
+      return conversation === undefined ? {} : { conversation };
+    },
+    async createGroup(req, ctx) {
+      const p = principal(ctx);
+      const title = requireText("title", req.title, 1, 128);
+      const members = requireIds("member_user_ids", req.memberUserIds, "u", maxGroupSize).filter(
+        (id) => id !== p.userId,
+      );
+      if (members.length + 1 > maxGroupSize) {
+        throw new ConnectError(`a group has at most ${maxGroupSize} members`, Code.InvalidArgument);
+      }
+      await requireUsers(directory, members);
+      const { conversation } = await seq.createGroup({
+        userId: p.userId,
+        deviceId: p.deviceId,
+        title,
+        memberUserIds: members,
+      });
+      return conversation === undefined ? {} : { conversation };
+    },
+    addMembers: (req, ctx) => change(ctx, req.conversationId, MembershipAction.ADDED, req.userIds),
+    removeMembers: (req, ctx) => change(ctx, req.conversationId, MembershipAction.REMOVED, req.userIds),
+    async leaveGroup(req, ctx) {
+      const { entry } = await change(ctx, req.conversationId, MembershipAction.LEFT, []);
+      return entry === undefined ? {} : { entry };
+    },
+    setRole(req, ctx) {
+      if (req.role !== MemberRole.ADMIN && req.role !== MemberRole.MEMBER) {
+        throw new ConnectError(
+          "role: MEMBER_ROLE_ADMIN or MEMBER_ROLE_MEMBER required",
+          Code.InvalidArgument,
+        );
+      }
+      const action = req.role === MemberRole.ADMIN ? MembershipAction.PROMOTED : MembershipAction.DEMOTED;
+      return change(ctx, req.conversationId, action, req.userIds);
+    },
+    async renameGroup(req, ctx) {
+      const title = requireText("title", req.title, 1, 128);
+      const { entry } = await change(ctx, req.conversationId, MembershipAction.RENAMED, [], title);
+      return entry === undefined ? {} : { entry };
+    },
+    async listConversations(_req, ctx) {
+      const p = principal(ctx);
+      const { conversations } = await seq.listConversations({ userId: p.userId, deviceId: p.deviceId });
+      return { conversations };
+    },
+    async getConversation(req, ctx) {
+      const p = principal(ctx);
+      requireId("conversation_id", req.conversationId, "conversation");
+      const r = await seq.getConversation({
+        userId: p.userId,
+        deviceId: p.deviceId,
+        conversationId: req.conversationId,
+      });
+      return r.conversation === undefined
+        ? { members: r.members }
+        : { conversation: r.conversation, members: r.members };
+    },
+    async getHistory(req, ctx) {
+      const p = principal(ctx);
+      requireId("conversation_id", req.conversationId, "conversation");
+      if (req.limit > 1000) throw new ConnectError("limit: at most 1000", Code.InvalidArgument);
+      const page = await seq.getHistory({
+        userId: p.userId,
+        conversationId: req.conversationId,
+        afterSeq: req.afterSeq,
+        limit: req.limit,
+      });
+      return { entries: page.entries, lastSeq: page.lastSeq, hasMore: page.hasMore };
+    },
+    async setMute(req, ctx) {
+      const p = principal(ctx);
+      requireId("conversation_id", req.conversationId, "conversation");
+      if (req.mutedUntilMs < 0n)
+        throw new ConnectError("muted_until_ms: must not be negative", Code.InvalidArgument);
+      await seq.setMute({
+        userId: p.userId,
+        conversationId: req.conversationId,
+        mutedUntilMs: req.mutedUntilMs,
+      });
+      return {};
+    },
+  };
+}
+
+/**
+ * AccountService on the gateway: forwarded to the accounts service with the caller's
+ * authorization header, so devices need only one address.
+ */
+export function accountForwarder(
+  accounts: Client<typeof AccountService>,
+): ServiceImpl<typeof AccountService> {
+  const pass = (ctx: HandlerContext) => {
+    const authorization = ctx.requestHeader.get("authorization");
+    return { signal: ctx.signal, headers: authorization === null ? {} : { authorization } };
+  };
+  return {
+    register: (req, ctx) => accounts.register(req, pass(ctx)),
+    createToken: (req, ctx) => accounts.createToken(req, pass(ctx)),
+    createLinkCode: (req, ctx) => accounts.createLinkCode(req, pass(ctx)),
+    linkDevice: (req, ctx) => accounts.linkDevice(req, pass(ctx)),
+    listDevices: (req, ctx) => accounts.listDevices(req, pass(ctx)),
+    revokeDevice: (req, ctx) => accounts.revokeDevice(req, pass(ctx)),
+    lookupUsers: (req, ctx) => accounts.lookupUsers(req, pass(ctx)),
+    setPushTarget: (req, ctx) => accounts.setPushTarget(req, pass(ctx)),
+    removePushTarget: (req, ctx) => accounts.removePushTarget(req, pass(ctx)),
+  };
+}
+
+export { ConversationService, GatewayService };

@@ -1,0 +1,568 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { type Entry, MembershipAction, type OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
+import {
+  type ConnectRequest,
+  type ConnectResponse,
+  ConnectResponseSchema,
+  type ConversationCursor,
+  type PresenceFrame,
+  type ReceiptFrame,
+  type TypingEventFrame,
+} from "../../gen/switchboard/v1/gateway_pb.js";
+import type { Principal } from "../common/auth.js";
+import { newId } from "../common/ids.js";
+import { TokenBucket } from "../common/rate-limit.js";
+import { requireClientMsgId, requireId } from "../common/validate.js";
+import type { GatewayCore } from "./gateway.js";
+import { Outbound } from "./outbound.js";
+
+/** Entries per message frame, and bytes of payload per frame, so frames stay small. */
+const FRAME_ENTRIES = 64;
+const FRAME_BYTES = 1024 * 1024;
+const CURSORS_PER_FRAME = 256;
+const HISTORY_PAGE = 256;
+
+/** What the stream has pushed of one conversation. */
+interface ConversationProgress {
+  /** Every entry up to this seq has been queued to the device. */
+  pushed: bigint;
+  /** Entries up to this seq are known to exist and must be pushed. */
+  target: bigint;
+  /** The running catch-up from the log, if any. */
+  running: Promise<number> | undefined;
+}
+
+function frame(value: ConnectResponse["frame"]): ConnectResponse {
+  return create(ConnectResponseSchema, { frame: value });
+}
+
+function payloadBytes(entry: Entry): number {
+  const body = entry.body;
+  return body.case === "message" || body.case === "edit" || body.case === "reaction"
+    ? body.value.payload.length
+    : 0;
+}
+
+/** Splits entries into frames of at most FRAME_ENTRIES entries and about FRAME_BYTES. */
+function chunks(entries: Entry[]): Entry[][] {
+  const out: Entry[][] = [];
+  let current: Entry[] = [];
+  let bytes = 0;
+  for (const e of entries) {
+    if (current.length >= FRAME_ENTRIES || (current.length > 0 && bytes + payloadBytes(e) > FRAME_BYTES)) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(e);
+    bytes += payloadBytes(e);
+  }
+  if (current.length > 0) out.push(current);
+  return out;
+}
+
+/** True when the entry takes the principal's user out of the conversation. */
+function removesUser(entry: Entry, userId: string): boolean {
+  const body = entry.body;
+  if (body.case !== "membership") return false;
+  if (body.value.action === MembershipAction.LEFT) return entry.senderUserId === userId;
+  return body.value.action === MembershipAction.REMOVED && body.value.userIds.includes(userId);
+}
+
+/**
+ * One device stream. Entries reach the device in seq order per conversation: a live entry that
+ * follows what was pushed goes straight out; anything else (a gap, a full queue, a conversation
+ * the stream has not seen yet) is fetched from the log instead, one page at a time, so a slow
+ * device costs a bounded queue and a cursor, never unbounded memory.
+ */
+export class Session {
+  readonly id = newId("s");
+  readonly outbound: Outbound;
+  readonly openedAtMs: number;
+  readonly subscriptions = new Set<string>();
+  private readonly progress = new Map<string, ConversationProgress>();
+  // Live entries that arrived before the sync state was read: their conversations catch up after.
+  private readonly early = new Map<string, bigint>();
+  private syncLoaded = false;
+  private sendsInFlight = 0;
+  private readonly frames: TokenBucket;
+  private closed = false;
+  private idle: (() => void) | undefined;
+
+  constructor(
+    readonly principal: Principal,
+    private readonly core: GatewayCore,
+  ) {
+    const { limits } = core;
+    this.outbound = new Outbound(limits.outboundQueueFrames);
+    this.openedAtMs = core.now();
+    this.frames = new TokenBucket(limits.framesPerSecond, limits.frameBurst, this.openedAtMs);
+  }
+
+  get userId(): string {
+    return this.principal.userId;
+  }
+
+  get deviceId(): string {
+    return this.principal.deviceId;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  /** Sends ready, starts reading the device's frames and pushes its backlog. */
+  start(requests: AsyncIterable<ConnectRequest>): void {
+    const { limits } = this.core;
+    this.outbound.force(
+      frame({
+        case: "ready",
+        value: {
+          $typeName: "switchboard.v1.ReadyFrame",
+          userId: this.userId,
+          deviceId: this.deviceId,
+          sessionId: this.id,
+          serverTimeMs: BigInt(this.core.now()),
+          limits: {
+            $typeName: "switchboard.v1.StreamLimits",
+            maxPayloadBytes: limits.maxPayloadBytes,
+            maxSendsInFlight: limits.maxSendsInFlight,
+            sendsPerSecond: limits.sendsPerSecond,
+            sendBurst: limits.sendBurst,
+          },
+        },
+      }),
+    );
+    void this.readLoop(requests);
+    void this.initialSync();
+  }
+
+  /**
+   * Ends the stream. With an error the device gets that status after the frames already queued;
+   * without one the stream ends cleanly.
+   */
+  close(error?: ConnectError): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.outbound.end(error);
+    this.core.detach(this);
+  }
+
+  /** A committed entry from fanout. */
+  deliverEntry(entry: Entry): void {
+    if (this.closed) return;
+    const id = entry.conversationId;
+    if (!this.syncLoaded) {
+      const seen = this.early.get(id) ?? 0n;
+      if (entry.seq > seen) this.early.set(id, entry.seq);
+      return;
+    }
+    let p = this.progress.get(id);
+    if (p === undefined) {
+      // A conversation this stream has not seen: the user joined it after the stream opened.
+      // The log (which starts at the user's join) is the only safe source for it.
+      p = { pushed: 0n, target: 0n, running: undefined };
+      this.progress.set(id, p);
+    }
+    if (entry.seq <= p.pushed) return;
+    if (p.running === undefined && entry.seq === p.pushed + 1n && this.offerEntries([entry])) {
+      p.pushed = entry.seq;
+      if (p.target < p.pushed) p.target = p.pushed;
+      if (removesUser(entry, this.userId)) this.progress.delete(id);
+      return;
+    }
+    if (entry.seq > p.target) p.target = entry.seq;
+    this.catchUp(id, p);
+  }
+
+  /** A receipt, typing indicator or presence change: dropped if the device is behind. */
+  deliverEvent(value: ConnectResponse["frame"]): void {
+    if (this.closed) return;
+    if (!this.outbound.offer(frame(value))) this.core.metrics.droppedEvents++;
+  }
+
+  deliverReceipt(receipt: ReceiptFrame): void {
+    this.deliverEvent({ case: "receipt", value: receipt });
+  }
+
+  deliverTyping(typing: TypingEventFrame): void {
+    // The user's other devices show it; the device that is typing knows already.
+    if (typing.deviceId === this.deviceId) return;
+    this.deliverEvent({ case: "typing", value: typing });
+  }
+
+  deliverPresence(presence: PresenceFrame): void {
+    this.deliverEvent({ case: "presence", value: presence });
+  }
+
+  private offerEntries(entries: Entry[]): boolean {
+    return this.outbound.offerEntries(entries, FRAME_ENTRIES);
+  }
+
+  private async initialSync(): Promise<void> {
+    try {
+      await this.core.register(this);
+      const state = await this.core.sequencer.getSyncState({ userId: this.userId, deviceId: this.deviceId });
+      for (const c of state.conversations) {
+        const floor = c.joinedSeq > 0n ? c.joinedSeq - 1n : 0n;
+        const pushed = c.deliveredUpTo > floor ? c.deliveredUpTo : floor;
+        this.progress.set(c.conversationId, { pushed, target: c.lastSeq, running: undefined });
+      }
+      this.syncLoaded = true;
+      for (const [id, seq] of this.early) {
+        const p = this.progress.get(id) ?? { pushed: 0n, target: 0n, running: undefined };
+        if (seq > p.target) p.target = seq;
+        this.progress.set(id, p);
+      }
+      this.early.clear();
+      let entries = 0;
+      for (const [id, p] of [...this.progress]) {
+        if (this.closed) return;
+        if (p.target > p.pushed || p.running !== undefined) {
+          this.catchUp(id, p);
+          entries += (await p.running) ?? 0;
+        }
+      }
+      this.outbound.force(
+        frame({
+          case: "caughtUp",
+          value: { $typeName: "switchboard.v1.CaughtUpFrame", entries: BigInt(entries) },
+        }),
+      );
+    } catch (err) {
+      this.core.log.warn({ err, sessionId: this.id }, "initial sync failed");
+      this.close(
+        new ConnectError("could not read the device's pending entries; reconnect", Code.Unavailable),
+      );
+    }
+  }
+
+  private catchUp(conversationId: string, p: ConversationProgress): void {
+    if (p.running !== undefined) return;
+    p.running = this.fetchFromLog(conversationId, p).finally(() => {
+      p.running = undefined;
+    });
+  }
+
+  /** Pushes entries from the log until the conversation's target is reached. */
+  private async fetchFromLog(conversationId: string, p: ConversationProgress): Promise<number> {
+    let pushed = 0;
+    let failures = 0;
+    while (!this.closed && p.pushed < p.target) {
+      let page: Awaited<ReturnType<GatewayCore["sequencer"]["getHistory"]>>;
+      try {
+        page = await this.core.sequencer.getHistory({
+          userId: this.userId,
+          conversationId,
+          afterSeq: p.pushed,
+          limit: HISTORY_PAGE,
+        });
+      } catch (err) {
+        const e = ConnectError.from(err);
+        if (e.code === Code.PermissionDenied || e.code === Code.NotFound) {
+          // No longer (or never) a member: nothing of this conversation is for this device.
+          this.progress.delete(conversationId);
+          return pushed;
+        }
+        if (++failures > 5) {
+          this.close(new ConnectError("could not read the log; reconnect", Code.Unavailable));
+          return pushed;
+        }
+        await new Promise((r) => setTimeout(r, 100 * 2 ** failures));
+        continue;
+      }
+      failures = 0;
+      if (page.entries.length === 0) {
+        p.target = p.pushed;
+        break;
+      }
+      for (const chunk of chunks(page.entries)) {
+        await this.outbound.space();
+        if (this.closed) return pushed;
+        this.outbound.force(
+          frame({ case: "message", value: { $typeName: "switchboard.v1.MessageFrame", entries: chunk } }),
+        );
+        p.pushed = chunk[chunk.length - 1]!.seq;
+        pushed += chunk.length;
+        if (chunk.some((e) => removesUser(e, this.userId))) {
+          this.progress.delete(conversationId);
+          return pushed;
+        }
+      }
+      if (page.lastSeq > p.target) p.target = page.lastSeq;
+    }
+    return pushed;
+  }
+
+  private async readLoop(requests: AsyncIterable<ConnectRequest>): Promise<void> {
+    try {
+      for await (const request of requests) {
+        if (this.closed) return;
+        const wait = this.frames.take(this.core.now());
+        if (wait > 0) {
+          this.core.metrics.floodClosures++;
+          this.close(
+            new ConnectError(
+              `too many frames: at most ${this.core.limits.framesPerSecond} per second (burst ${this.core.limits.frameBurst})`,
+              Code.ResourceExhausted,
+            ),
+          );
+          return;
+        }
+        this.handle(request);
+      }
+      // The device half-closed: answer what it sent, then end cleanly.
+      while (this.sendsInFlight > 0 && !this.closed) await new Promise<void>((r) => (this.idle = r));
+      this.close();
+    } catch (err) {
+      const e = ConnectError.from(err);
+      if (e.code === Code.ResourceExhausted) {
+        this.close(new ConnectError(`frame too large: ${e.rawMessage}`, Code.ResourceExhausted));
+      } else if (e.code === Code.InvalidArgument || e.code === Code.Internal) {
+        this.close(new ConnectError(`malformed frame: ${e.rawMessage}`, Code.InvalidArgument));
+      } else {
+        this.close();
+      }
+    }
+  }
+
+  private handle(request: ConnectRequest): void {
+    const f = request.frame;
+    switch (f.case) {
+      case "send":
+        this.onSend(f.value);
+        return;
+      case "ack":
+        this.onCursors("ack", f.value.cursors, false);
+        return;
+      case "read":
+        this.onCursors("read", f.value.cursors, true);
+        return;
+      case "typing":
+        this.onTyping(f.value.conversationId, f.value.active);
+        return;
+      case "presenceSubscribe":
+        void this.onPresence(f.value.subscribeUserIds, f.value.unsubscribeUserIds);
+        return;
+      case "syncRequest":
+        void this.onSync(f.value.requestId, f.value.conversationId, f.value.afterSeq, f.value.limit);
+        return;
+      case "ping":
+        this.outbound.force(
+          frame({
+            case: "pong",
+            value: {
+              $typeName: "switchboard.v1.PongFrame",
+              nonce: f.value.nonce,
+              serverTimeMs: BigInt(this.core.now()),
+            },
+          }),
+        );
+        return;
+      default:
+        // A frame from a newer protocol version, or an empty one: refuse it, keep the stream.
+        this.refuse("unknown", Code.InvalidArgument, "empty frame or a frame type this server does not know");
+    }
+  }
+
+  private refuse(frameName: string, code: Code, message: string): void {
+    this.outbound.force(
+      frame({
+        case: "error",
+        value: { $typeName: "switchboard.v1.FrameErrorFrame", frame: frameName, code, message },
+      }),
+    );
+  }
+
+  private sendError(entry: OutgoingEntry, error: ConnectError, retryAfterMs = 0): void {
+    this.outbound.force(
+      frame({
+        case: "sendError",
+        value: {
+          $typeName: "switchboard.v1.SendErrorFrame",
+          clientMsgId: entry.clientMsgId,
+          conversationId: entry.conversationId,
+          code: error.code,
+          message: error.rawMessage,
+          retryAfterMs,
+        },
+      }),
+    );
+  }
+
+  private onSend(entry: OutgoingEntry): void {
+    const { limits } = this.core;
+    try {
+      requireClientMsgId(entry.clientMsgId);
+      requireId("conversation_id", entry.conversationId, "conversation");
+    } catch (err) {
+      this.sendError(entry, ConnectError.from(err));
+      return;
+    }
+    if (this.sendsInFlight >= limits.maxSendsInFlight) {
+      this.core.metrics.rejectedInFlight++;
+      this.sendError(
+        entry,
+        new ConnectError(
+          `too many sends in flight: at most ${limits.maxSendsInFlight} per stream`,
+          Code.ResourceExhausted,
+        ),
+        50,
+      );
+      return;
+    }
+    const wait = this.core.takeSendToken(this.deviceId);
+    if (wait > 0) {
+      this.core.metrics.rejectedRate++;
+      this.sendError(
+        entry,
+        new ConnectError(
+          `send rate limit: at most ${limits.sendsPerSecond} per second per device (burst ${limits.sendBurst})`,
+          Code.ResourceExhausted,
+        ),
+        wait,
+      );
+      return;
+    }
+    this.sendsInFlight++;
+    this.core.sends
+      .append(this.userId, this.deviceId, entry)
+      .then(
+        (r) =>
+          this.outbound.force(
+            frame({
+              case: "sendAck",
+              value: {
+                $typeName: "switchboard.v1.SendAckFrame",
+                clientMsgId: entry.clientMsgId,
+                conversationId: entry.conversationId,
+                seq: r.seq,
+                serverTimeMs: r.serverTimeMs,
+              },
+            }),
+          ),
+        (err: unknown) => {
+          const e = ConnectError.from(err);
+          this.sendError(entry, e, e.code === Code.Unavailable ? 500 : 0);
+        },
+      )
+      .finally(() => {
+        this.sendsInFlight--;
+        if (this.sendsInFlight === 0) this.idle?.();
+      });
+  }
+
+  private onCursors(name: "ack" | "read", cursors: ConversationCursor[], read: boolean): void {
+    if (cursors.length > CURSORS_PER_FRAME) {
+      this.refuse(
+        name,
+        Code.InvalidArgument,
+        `at most ${CURSORS_PER_FRAME} cursors per frame, got ${cursors.length}`,
+      );
+      return;
+    }
+    for (const c of cursors) {
+      try {
+        requireId("conversation_id", c.conversationId, "conversation");
+      } catch (err) {
+        this.refuse(name, Code.InvalidArgument, ConnectError.from(err).rawMessage);
+        continue;
+      }
+      this.core.cursors.add(this.userId, this.deviceId, c.conversationId, c.seq, read ? c.seq : 0n);
+    }
+  }
+
+  private onTyping(conversationId: string, active: boolean): void {
+    try {
+      requireId("conversation_id", conversationId, "conversation");
+    } catch (err) {
+      this.refuse("typing", Code.InvalidArgument, ConnectError.from(err).rawMessage);
+      return;
+    }
+    this.core.sequencer
+      .relayTyping({ userId: this.userId, deviceId: this.deviceId, conversationId, active })
+      .catch((err: unknown) => {
+        const e = ConnectError.from(err);
+        this.refuse("typing", e.code, e.rawMessage);
+      });
+  }
+
+  private async onPresence(subscribe: string[], unsubscribe: string[]): Promise<void> {
+    const ids = [...subscribe, ...unsubscribe];
+    if (ids.some((id) => !/^u_[0-9a-z]{26}$/.test(id))) {
+      this.refuse("presence_subscribe", Code.InvalidArgument, "user ids must be user ids (u_...)");
+      return;
+    }
+    for (const id of unsubscribe) this.core.unsubscribePresence(this, id);
+    const wanted = [...new Set(subscribe)].filter((id) => !this.subscriptions.has(id));
+    if (wanted.length === 0) return;
+    const max = this.core.limits.maxPresenceSubscriptions;
+    if (this.subscriptions.size + wanted.length > max) {
+      this.refuse(
+        "presence_subscribe",
+        Code.ResourceExhausted,
+        `at most ${max} presence subscriptions per stream`,
+      );
+      return;
+    }
+    try {
+      const { contactUserIds } = await this.core.sequencer.findContacts({
+        userId: this.userId,
+        peerUserIds: wanted,
+      });
+      const refused = wanted.filter((id) => !contactUserIds.includes(id));
+      if (refused.length > 0) {
+        this.refuse(
+          "presence_subscribe",
+          Code.PermissionDenied,
+          `presence is visible only for users you share a conversation with: ${refused.join(", ")}`,
+        );
+      }
+      if (contactUserIds.length === 0 || this.closed) return;
+      for (const id of contactUserIds) this.core.subscribePresence(this, id);
+      const { presence } = await this.core.presence.getPresence({ userIds: contactUserIds });
+      for (const p of presence) this.deliverPresence(p);
+    } catch (err) {
+      const e = ConnectError.from(err);
+      this.refuse("presence_subscribe", e.code, e.rawMessage);
+    }
+  }
+
+  private async onSync(
+    requestId: number,
+    conversationId: string,
+    afterSeq: bigint,
+    limit: number,
+  ): Promise<void> {
+    const page = {
+      $typeName: "switchboard.v1.SyncPageFrame" as const,
+      requestId,
+      conversationId,
+      entries: [] as Entry[],
+      lastSeq: 0n,
+      hasMore: false,
+      errorCode: 0,
+      errorMessage: "",
+    };
+    try {
+      requireId("conversation_id", conversationId, "conversation");
+      if (limit > 1000) throw new ConnectError("limit: at most 1000", Code.InvalidArgument);
+      const history = await this.core.sequencer.getHistory({
+        userId: this.userId,
+        conversationId,
+        afterSeq,
+        limit,
+      });
+      page.entries = history.entries;
+      page.lastSeq = history.lastSeq;
+      page.hasMore = history.hasMore;
+    } catch (err) {
+      const e = ConnectError.from(err);
+      page.errorCode = e.code;
+      page.errorMessage = e.rawMessage;
+    }
+    await this.outbound.space();
+    this.outbound.force(frame({ case: "syncPage", value: page }));
+  }
+}

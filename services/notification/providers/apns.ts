@@ -1,0 +1,233 @@
+/**
+ * Apple Push Notification service over HTTP/2 with token-based (.p8 key) authentication: one
+ * background push per wake-up.
+ * https://developer.apple.com/documentation/usernotifications/sending-notification-requests-to-apns
+ */
+import { createPrivateKey, type KeyObject } from "node:crypto";
+import { constants, type OutgoingHttpHeaders } from "node:http2";
+import { SignJWT } from "jose";
+import {
+  type PushMessage,
+  type PushOutcome,
+  type PushProvider,
+  type PushTarget,
+  retryAfterMs,
+} from "../types.js";
+import { type Answer, errorText, h2Request, header, isAnswer, SessionPool } from "./http2.js";
+
+export const DEFAULT_APNS_PRODUCTION = "https://api.push.apple.com";
+export const DEFAULT_APNS_SANDBOX = "https://api.sandbox.push.apple.com";
+
+export interface ApnsOptions {
+  /** The 10-character Team ID; the provider token's issuer. */
+  teamId: string;
+  /** The 10-character Key ID of the .p8 key; the provider token's kid. */
+  keyId: string;
+  /** The .p8 file's contents: a PKCS#8 PEM EC P-256 private key. */
+  privateKey: string;
+  /** http:// origins speak HTTP/2 without TLS (test endpoints). */
+  productionEndpoint?: string;
+  sandboxEndpoint?: string;
+  /** Per request, including connecting. Default 10 s. */
+  timeoutMs?: number;
+  /** Milliseconds since the epoch; tests move it to age the provider token. */
+  now?: () => number;
+}
+
+/**
+ * Apple rejects provider tokens older than an hour (ExpiredProviderToken) and refreshes more
+ * often than every 20 minutes (TooManyProviderTokenUpdates); 50 minutes sits between the two.
+ */
+export const PROVIDER_TOKEN_REUSE_MS = 50 * 60_000;
+/** Reasons for which the device token itself is bad: the target should be removed. */
+const GONE_REASONS = new Set(["BadDeviceToken", "DeviceTokenNotForTopic"]);
+const TOKEN_REASONS = new Set(["ExpiredProviderToken", "InvalidProviderToken"]);
+
+export class ApnsProvider implements PushProvider {
+  readonly kind = "apns" as const;
+  private readonly key: KeyObject;
+  private readonly origins: Record<"production" | "sandbox", string>;
+  private readonly timeoutMs: number;
+  private readonly now: () => number;
+  private readonly sessions = new SessionPool();
+  private token: { jwt: string; issuedAtMs: number } | undefined;
+  private signing: Promise<string> | undefined;
+  private closed = false;
+
+  constructor(private readonly options: ApnsOptions) {
+    if (options.teamId === "") throw new Error("APNs: teamId is empty");
+    if (options.keyId === "") throw new Error("APNs: keyId is empty");
+    // Parsing here turns a broken .p8 into a startup error instead of a failure on every push.
+    try {
+      this.key = createPrivateKey(options.privateKey);
+    } catch (e) {
+      throw new Error(
+        `APNs: privateKey is not a PEM private key (${e instanceof Error ? e.message : String(e)})`,
+      );
+    }
+    const curve = this.key.asymmetricKeyDetails?.namedCurve;
+    if (this.key.asymmetricKeyType !== "ec" || (curve !== "prime256v1" && curve !== "P-256")) {
+      throw new Error(
+        `APNs: privateKey must be an EC P-256 key (ES256), got ${this.key.asymmetricKeyType} ${curve ?? ""}`,
+      );
+    }
+    this.origins = {
+      production: new URL(options.productionEndpoint ?? DEFAULT_APNS_PRODUCTION).origin,
+      sandbox: new URL(options.sandboxEndpoint ?? DEFAULT_APNS_SANDBOX).origin,
+    };
+    this.timeoutMs = options.timeoutMs ?? 10_000;
+    this.now = options.now ?? Date.now;
+  }
+
+  async send(target: PushTarget, message: PushMessage): Promise<PushOutcome> {
+    if (target.kind !== "apns")
+      return { status: "failed", reason: `APNs cannot send to a ${target.kind} target` };
+    if (this.closed) return { status: "retry", reason: "APNs provider closed" };
+    // The token goes into the path: anything but hex could address another resource, and Apple
+    // would answer BadDeviceToken for it anyway.
+    if (!/^[0-9a-fA-F]+$/.test(target.token)) {
+      return { status: "gone", reason: "BadDeviceToken: the device token is not hex" };
+    }
+    // A bundle id (plus suffixes like .voip); checked here because node drops a header value it
+    // cannot send instead of failing, and APNs would then answer MissingTopic.
+    if (!/^[A-Za-z0-9._-]+$/.test(target.topic)) {
+      return { status: "failed", reason: `APNs: topic ${JSON.stringify(target.topic)} is not a bundle id` };
+    }
+    const origin = this.origins[target.environment];
+    const body = JSON.stringify(apnsPayload(message));
+
+    let jwt: string;
+    try {
+      jwt = await this.providerToken();
+    } catch (e) {
+      return { status: "failed", reason: `APNs: cannot sign the provider token: ${errorText(e)}` };
+    }
+    let answer = await this.post(origin, target, message, jwt, body);
+    if (!isAnswer(answer)) return answer;
+    if (answer.status === 403 && TOKEN_REASONS.has(reasonOf(answer))) {
+      // Clock skew or a token Apple stopped honouring: one fresh signature settles it; a key
+      // Apple does not know fails again and is reported.
+      this.forget(jwt);
+      try {
+        jwt = await this.providerToken();
+      } catch (e) {
+        return { status: "failed", reason: `APNs: cannot sign the provider token: ${errorText(e)}` };
+      }
+      answer = await this.post(origin, target, message, jwt, body);
+      if (!isAnswer(answer)) return answer;
+    }
+    return classify(answer, this.now());
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await this.sessions.close();
+  }
+
+  private async post(
+    origin: string,
+    target: { token: string; topic: string },
+    message: PushMessage,
+    jwt: string,
+    body: string,
+  ): Promise<Answer | PushOutcome> {
+    const headers = apnsHeaders(target, message, jwt, this.now());
+    try {
+      return await h2Request(this.sessions, origin, headers, body, this.timeoutMs);
+    } catch (e) {
+      return { status: "retry", reason: `APNs unreachable: ${errorText(e)}` };
+    }
+  }
+
+  /** The current provider token, re-signed once it is 50 minutes old; concurrent sends share one. */
+  private providerToken(): Promise<string> {
+    const now = this.now();
+    if (this.token !== undefined && now - this.token.issuedAtMs < PROVIDER_TOKEN_REUSE_MS) {
+      return Promise.resolve(this.token.jwt);
+    }
+    if (this.signing === undefined) {
+      this.signing = new SignJWT({})
+        .setProtectedHeader({ alg: "ES256", kid: this.options.keyId })
+        .setIssuer(this.options.teamId)
+        .setIssuedAt(Math.floor(now / 1000))
+        .sign(this.key)
+        .then((jwt) => {
+          this.token = { jwt, issuedAtMs: now };
+          return jwt;
+        })
+        .finally(() => {
+          this.signing = undefined;
+        });
+    }
+    return this.signing;
+  }
+
+  /** Drops the token only if it is still the current one: concurrent 403s share one re-sign. */
+  private forget(jwt: string): void {
+    if (this.token?.jwt === jwt) this.token = undefined;
+  }
+}
+
+/** Only content-available: iOS wakes the app, which syncs; nothing is shown and nothing leaks. */
+export function apnsPayload(message: PushMessage): Record<string, unknown> {
+  return { aps: { "content-available": 1 }, c: message.conversationId, s: String(message.seq) };
+}
+
+export function apnsHeaders(
+  target: { token: string; topic: string },
+  message: PushMessage,
+  jwt: string,
+  nowMs: number,
+): OutgoingHttpHeaders {
+  const ttlSeconds = Math.max(0, Math.floor(message.ttlSeconds));
+  const headers: OutgoingHttpHeaders = {
+    [constants.HTTP2_HEADER_METHOD]: "POST",
+    [constants.HTTP2_HEADER_PATH]: `/3/device/${target.token}`,
+    authorization: `bearer ${jwt}`,
+    "apns-topic": target.topic,
+    "apns-push-type": "background",
+    // Background pushes must use priority 5 (Apple rejects 10 for a content-available-only push),
+    // so urgency cannot raise it: iOS schedules the wake-up, and a "high" message still arrives
+    // at the next sync if iOS defers it.
+    "apns-priority": "5",
+    // 0 is Apple's "deliver once, do not store"; any other value is an absolute unix time.
+    "apns-expiration": String(ttlSeconds === 0 ? 0 : Math.floor(nowMs / 1000) + ttlSeconds),
+    "content-type": "application/json",
+  };
+  if (message.collapseKey !== "") headers["apns-collapse-id"] = message.collapseKey;
+  return headers;
+}
+
+/** https://developer.apple.com/documentation/usernotifications/handling-notification-responses-from-apns */
+function classify(answer: Answer, nowMs: number): PushOutcome {
+  if (answer.status === 200) return { status: "delivered" };
+  const reason = reasonOf(answer);
+  const text = `APNs ${answer.status} ${reason}`;
+  if (answer.status === 410 || (answer.status === 400 && GONE_REASONS.has(reason))) {
+    return { status: "gone", reason: text };
+  }
+  if (answer.status === 429 || answer.status >= 500) {
+    const after = retryAfterMs(header(answer.headers, "retry-after"), nowMs);
+    return after === undefined
+      ? { status: "retry", reason: text }
+      : { status: "retry", reason: text, retryAfterMs: after };
+  }
+  return { status: "failed", reason: text };
+}
+
+function reasonOf(answer: Answer): string {
+  try {
+    const parsed: unknown = JSON.parse(answer.body);
+    if (
+      typeof parsed === "object" &&
+      parsed !== null &&
+      "reason" in parsed &&
+      typeof parsed.reason === "string"
+    ) {
+      return parsed.reason;
+    }
+  } catch {
+    // Not JSON: fall through to the status alone.
+  }
+  return answer.body.trim() === "" ? "(no reason)" : answer.body.slice(0, 200);
+}

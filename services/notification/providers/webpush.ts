@@ -1,0 +1,253 @@
+import { createECDH } from "node:crypto";
+import webpush from "web-push";
+import {
+  type PushMessage,
+  type PushOutcome,
+  type PushProvider,
+  type PushTarget,
+  retryAfterMs,
+  type WebPushTarget,
+} from "../types.js";
+
+/**
+ * Web Push (RFC 8030 delivery, RFC 8291 aes128gcm encryption, RFC 8292 VAPID). The same protocol
+ * reaches browsers, UnifiedPush distributors and ntfy, so one provider serves all of them.
+ */
+export interface WebPushOptions {
+  /** The VAPID (application server) public key, base64url of the 65-byte P-256 point. */
+  vapidPublicKey: string;
+  /** The VAPID private key, base64url of 32 bytes, as generateVapidKeys() returns it. */
+  vapidPrivateKey: string;
+  /** Who push services contact about this server: "mailto:..." or an https URL. */
+  subject: string;
+  /** How long one push may take, answer included, in milliseconds (default 10,000). */
+  timeoutMs?: number;
+}
+
+/** A VAPID key pair, base64url; generate once and keep: subscriptions are bound to the public key. */
+export function generateVapidKeys(): { publicKey: string; privateKey: string } {
+  const { publicKey, privateKey } = webpush.generateVAPIDKeys();
+  return { publicKey, privateKey };
+}
+
+const DEFAULT_TIMEOUT_MS = 10_000;
+// Push services answer with short status texts; more than this is not worth holding in memory
+// for an endpoint that a device, not the operator, chose.
+const MAX_ANSWER_BYTES = 4096;
+const REASON_BODY_CHARS = 200;
+
+/** The bytes a base64url string (padding allowed) encodes, or undefined when it is not base64url. */
+function base64url(value: string): Buffer | undefined {
+  return /^[A-Za-z0-9_-]*={0,2}$/.test(value) ? Buffer.from(value, "base64url") : undefined;
+}
+
+function message(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function checkOptions(options: WebPushOptions): void {
+  let subject: URL;
+  try {
+    subject = new URL(options.subject);
+  } catch {
+    throw new Error(`WebPush subject: not a URL (want "mailto:you@example.com" or an https URL)`);
+  }
+  if (subject.protocol === "mailto:") {
+    if (!subject.pathname.includes("@"))
+      throw new Error("WebPush subject: a mailto: subject needs an address");
+  } else if (subject.protocol === "https:") {
+    // Apple's push service rejects these (BadJwtToken), and web-push would warn on every push.
+    if (subject.hostname === "localhost")
+      throw new Error("WebPush subject: an https subject cannot be localhost");
+  } else {
+    throw new Error(`WebPush subject: must be mailto: or https:, not ${subject.protocol}`);
+  }
+
+  const publicKey = base64url(options.vapidPublicKey);
+  if (publicKey === undefined || publicKey.length !== 65 || publicKey[0] !== 4) {
+    throw new Error("WebPush vapidPublicKey: must be base64url of a 65-byte uncompressed P-256 point");
+  }
+  const privateKey = base64url(options.vapidPrivateKey);
+  if (privateKey === undefined || privateKey.length !== 32) {
+    throw new Error("WebPush vapidPrivateKey: must be base64url of 32 bytes");
+  }
+  // A mismatched pair signs JWTs that every push service rejects with 401/403: fail at start instead.
+  let derived: Buffer;
+  try {
+    const ecdh = createECDH("prime256v1");
+    ecdh.setPrivateKey(privateKey);
+    derived = ecdh.getPublicKey();
+  } catch (err) {
+    throw new Error(`WebPush vapidPrivateKey: not a P-256 private key (${message(err)})`);
+  }
+  if (!derived.equals(publicKey)) {
+    throw new Error("WebPush vapidPublicKey: is not the public key of vapidPrivateKey");
+  }
+
+  const timeoutMs = options.timeoutMs;
+  if (timeoutMs !== undefined && !(Number.isFinite(timeoutMs) && timeoutMs > 0)) {
+    throw new Error("WebPush timeoutMs: must be a positive number of milliseconds");
+  }
+}
+
+/** Why this target cannot be pushed to, or undefined when it looks sendable. */
+function targetProblem(target: WebPushTarget): string | undefined {
+  let url: URL;
+  try {
+    url = new URL(target.endpoint);
+  } catch {
+    return "endpoint is not a URL";
+  }
+  // http only reaches here where registration allowed it (tests, a trusted private push service).
+  if (url.protocol !== "https:" && url.protocol !== "http:") {
+    return `endpoint must be https, not ${url.protocol}`;
+  }
+  const p256dh = base64url(target.p256dh);
+  if (p256dh === undefined || p256dh.length !== 65 || p256dh[0] !== 4) {
+    return "p256dh must be base64url of a 65-byte uncompressed P-256 point";
+  }
+  const auth = base64url(target.auth);
+  if (auth === undefined || auth.length !== 16) return "auth must be base64url of 16 bytes";
+  return undefined;
+}
+
+function messageProblem(msg: PushMessage): string | undefined {
+  // RFC 8030 §5.4: a Topic is at most 32 characters of the base64url alphabet.
+  if (!/^[A-Za-z0-9_-]{1,32}$/.test(msg.collapseKey)) {
+    return "collapseKey must be 1 to 32 characters of [A-Za-z0-9_-]";
+  }
+  if (!Number.isFinite(msg.ttlSeconds) || msg.ttlSeconds < 0) return "ttlSeconds must be 0 or more";
+  return undefined;
+}
+
+/** The start of a response body, read only up to MAX_ANSWER_BYTES. */
+async function readAnswer(response: Response): Promise<string> {
+  if (response.body === null) return "";
+  const reader = response.body.getReader();
+  const chunks: Uint8Array[] = [];
+  let size = 0;
+  try {
+    while (size < MAX_ANSWER_BYTES) {
+      const { done, value } = await reader.read();
+      if (done) break;
+      chunks.push(value);
+      size += value.byteLength;
+    }
+  } finally {
+    // Releases the connection when the body was longer than we read; a no-op when it ended.
+    await reader.cancel().catch(() => {});
+  }
+  return Buffer.concat(chunks).toString("utf8");
+}
+
+function described(status: number, body: string): string {
+  const text = body.trim().slice(0, REASON_BODY_CHARS);
+  return text === "" ? `push service answered ${status}` : `push service answered ${status}: ${text}`;
+}
+
+function outcomeFor(status: number, body: string, retryAfter: string | null): PushOutcome {
+  if (status >= 200 && status < 300) return { status: "delivered" };
+  if (status === 404 || status === 410) return { status: "gone", reason: described(status, body) };
+  if (status === 429 || status === 408 || status >= 500) {
+    const after = retryAfterMs(retryAfter);
+    const reason = described(status, body);
+    return after === undefined
+      ? { status: "retry", reason }
+      : { status: "retry", reason, retryAfterMs: after };
+  }
+  // 400/401/403/413, redirects (a push endpoint does not move) and other 4xx: sending the same
+  // push again would be answered the same way.
+  return { status: "failed", reason: described(status, body) };
+}
+
+function networkReason(err: unknown, timeoutMs: number): string {
+  if (err instanceof Error) {
+    if (err.name === "TimeoutError") return `no answer within ${timeoutMs} ms`;
+    if (err.name === "AbortError") return "provider closed";
+    // fetch reports every network failure as "fetch failed"; the cause says which.
+    const cause: unknown = err.cause;
+    if (cause instanceof Error) {
+      const code = (cause as NodeJS.ErrnoException).code;
+      return `network: ${code === undefined ? cause.message : `${code} ${cause.message}`}`;
+    }
+    return `network: ${err.message}`;
+  }
+  return `network: ${String(err)}`;
+}
+
+export class WebPushProvider implements PushProvider {
+  readonly kind = "webpush" as const;
+  private readonly vapid: { subject: string; publicKey: string; privateKey: string };
+  private readonly timeoutMs: number;
+  private readonly closing = new AbortController();
+
+  constructor(options: WebPushOptions) {
+    checkOptions(options);
+    // web-push accepts only unpadded base64url keys.
+    this.vapid = {
+      subject: options.subject,
+      publicKey: options.vapidPublicKey.replace(/=+$/, ""),
+      privateKey: options.vapidPrivateKey.replace(/=+$/, ""),
+    };
+    this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  }
+
+  async send(target: PushTarget, msg: PushMessage): Promise<PushOutcome> {
+    if (target.kind !== "webpush") {
+      return { status: "failed", reason: `the webpush provider cannot send to a ${target.kind} target` };
+    }
+    const problem = targetProblem(target) ?? messageProblem(msg);
+    if (problem !== undefined) return { status: "failed", reason: problem };
+    if (this.closing.signal.aborted) return { status: "retry", reason: "provider closed" };
+
+    let request: webpush.RequestDetails;
+    try {
+      // Content-free: the device learns only where to sync from; the message itself stays in the log.
+      const payload = JSON.stringify({ c: msg.conversationId, s: String(msg.seq) });
+      request = webpush.generateRequestDetails(
+        { endpoint: target.endpoint, keys: { p256dh: target.p256dh, auth: target.auth } },
+        payload,
+        {
+          // Passed on every call so that web-push's process-wide setVapidDetails() never applies.
+          vapidDetails: this.vapid,
+          contentEncoding: "aes128gcm",
+          TTL: Math.floor(msg.ttlSeconds),
+          urgency: msg.urgency,
+          topic: msg.collapseKey,
+        },
+      );
+    } catch (err) {
+      // The checks above leave little to fail here: a p256dh that is not a point on the curve.
+      return { status: "failed", reason: `push could not be encrypted: ${message(err)}` };
+    }
+
+    const headers: Record<string, string> = {};
+    for (const [name, value] of Object.entries(request.headers)) {
+      // fetch sets Content-Length from the body itself.
+      if (name.toLowerCase() !== "content-length") headers[name] = String(value);
+    }
+
+    // web-push's own sender speaks https only; fetch also reaches http endpoints (tests, private
+    // push services) and bounds the whole exchange, answer included, with one signal.
+    const signal = AbortSignal.any([AbortSignal.timeout(this.timeoutMs), this.closing.signal]);
+    try {
+      const response = await fetch(request.endpoint, {
+        method: "POST",
+        headers,
+        body: request.body,
+        // A redirect would carry a VAPID token whose audience is the old origin; treat it as an answer.
+        redirect: "manual",
+        signal,
+      });
+      const body = await readAnswer(response);
+      return outcomeFor(response.status, body, response.headers.get("retry-after"));
+    } catch (err) {
+      return { status: "retry", reason: networkReason(err, this.timeoutMs) };
+    }
+  }
+
+  /** Aborts pushes in flight (they come back as retry); fetch's shared connection pool stays. */
+  async close(): Promise<void> {
+    this.closing.abort();
+  }
+}

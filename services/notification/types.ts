@@ -1,0 +1,91 @@
+/**
+ * Push notifications are content-free wake-ups: they tell a device that a conversation has
+ * something new (at most its id and seq), and the device connects and syncs from the log. A lost
+ * push delays a message; it never loses one.
+ */
+
+/** Where a device receives pushes. One per device; registering another replaces it. */
+export type PushTarget = WebPushTarget | FcmTarget | ApnsTarget;
+
+/** A Web Push subscription (RFC 8030); also UnifiedPush distributors and ntfy. */
+export interface WebPushTarget {
+  kind: "webpush";
+  /** The push service URL from the subscription (https). */
+  endpoint: string;
+  /** The subscription's P-256 public key, base64url (65 bytes uncompressed). */
+  p256dh: string;
+  /** The subscription's authentication secret, base64url (16 bytes). */
+  auth: string;
+}
+
+/** A Firebase Cloud Messaging registration token. */
+export interface FcmTarget {
+  kind: "fcm";
+  /** The registration token. */
+  token: string;
+}
+
+/** An Apple Push Notification service device token. */
+export interface ApnsTarget {
+  kind: "apns";
+  /** The device token, hex. */
+  token: string;
+  /** The app's bundle id (the apns-topic). */
+  topic: string;
+  /** Which APNs environment issued the token. */
+  environment: "sandbox" | "production";
+}
+
+/** What one push says. */
+export interface PushMessage {
+  /** The conversation with something new. */
+  conversationId: string;
+  /** The latest seq waiting in it. */
+  seq: number;
+  /**
+   * Replaces an undelivered earlier push with the same key at the provider (Web Push Topic,
+   * FCM collapse_key, apns-collapse-id): one pending wake-up per device and conversation.
+   * At most 32 characters of [A-Za-z0-9_-].
+   */
+  collapseKey: string;
+  /** How long the provider should keep trying to deliver, in seconds. */
+  ttlSeconds: number;
+  /** "high" wakes the device now (messages); "normal" may be delayed to save battery. */
+  urgency: "high" | "normal";
+}
+
+/** How a provider answered one push. Providers return these; they do not throw for them. */
+export type PushOutcome =
+  /** The provider accepted the push. */
+  | { status: "delivered" }
+  /** The target no longer exists (404/410, Unregistered, BadDeviceToken): remove it. */
+  | { status: "gone"; reason: string }
+  /** Try again later (429, 5xx, network): after retryAfterMs if the provider said so. */
+  | { status: "retry"; reason: string; retryAfterMs?: number }
+  /** This push cannot succeed (a malformed request, bad credentials); keep the target. */
+  | { status: "failed"; reason: string };
+
+/** One push protocol. */
+export interface PushProvider {
+  /** The kind of target this provider serves. */
+  readonly kind: PushTarget["kind"];
+  /** Sends one push. Never throws for a provider or network answer: it maps it to an outcome. */
+  send(target: PushTarget, message: PushMessage): Promise<PushOutcome>;
+  /** Releases connections. */
+  close(): Promise<void>;
+}
+
+/**
+ * Parses an HTTP Retry-After header (delta-seconds or an HTTP date) into milliseconds, or
+ * undefined when absent or unreadable.
+ */
+export function retryAfterMs(
+  header: string | null | undefined,
+  nowMs: number = Date.now(),
+): number | undefined {
+  if (header === null || header === undefined || header.trim() === "") return undefined;
+  const seconds = Number(header);
+  if (Number.isFinite(seconds)) return seconds >= 0 ? Math.round(seconds * 1000) : undefined;
+  const date = Date.parse(header);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - nowMs);
+}

@@ -1,0 +1,92 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import {
+  AppendResultSchema,
+  ConversationSyncSchema,
+  MemberMuteSchema,
+  type SequencerService,
+} from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import { seqNumber } from "../common/validate.js";
+import type { Sequencer } from "./sequencer.js";
+
+/** The sequencer's RPC face. Callers are trusted services that already authenticated the user. */
+export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof SequencerService> {
+  return {
+    async append(req) {
+      const results = await sequencer.append(req.items);
+      return {
+        results: results.map((r) =>
+          "seq" in r
+            ? create(AppendResultSchema, { seq: BigInt(r.seq), serverTimeMs: BigInt(r.serverTimeMs) })
+            : create(AppendResultSchema, { errorCode: r.code, errorMessage: r.rawMessage }),
+        ),
+      };
+    },
+    async openDirect(req) {
+      return { conversation: await sequencer.openDirect(req.userId, req.peerUserId, req.deviceId) };
+    },
+    async createGroup(req) {
+      return {
+        conversation: await sequencer.createGroup(req.userId, req.deviceId, req.title, req.memberUserIds),
+      };
+    },
+    async changeMembership(req) {
+      const entry = await sequencer.changeMembership(
+        { userId: req.actorUserId, deviceId: req.actorDeviceId },
+        req.conversationId,
+        req.action,
+        req.userIds,
+        req.title,
+      );
+      return entry === undefined ? {} : { entry };
+    },
+    async getHistory(req) {
+      const page = await sequencer.getHistory(
+        req.userId,
+        req.conversationId,
+        seqNumber("after_seq", req.afterSeq),
+        req.limit,
+      );
+      return { entries: page.entries, lastSeq: BigInt(page.lastSeq), hasMore: page.hasMore };
+    },
+    async updateCursors(req) {
+      await sequencer.updateCursors(req.updates);
+      return {};
+    },
+    async getSyncState(req) {
+      const rows = await sequencer.getSyncState(req.userId, req.deviceId);
+      return { conversations: rows.map((r) => create(ConversationSyncSchema, r)) };
+    },
+    async listConversations(req) {
+      return { conversations: await sequencer.listConversations(req.userId, req.deviceId) };
+    },
+    async getConversation(req) {
+      return sequencer.getConversation(req.userId, req.deviceId, req.conversationId);
+    },
+    async getMembers(req) {
+      const m = await sequencer.getMembers(req.conversationId);
+      return {
+        userIds: m.userIds,
+        membersVersion: BigInt(m.membersVersion),
+        mutesVersion: BigInt(m.mutesVersion),
+        mutes: m.mutes.map((x) =>
+          create(MemberMuteSchema, { userId: x.userId, mutedUntilMs: BigInt(x.mutedUntilMs) }),
+        ),
+      };
+    },
+    async setMute(req) {
+      if (req.mutedUntilMs > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw new ConnectError("muted_until_ms: out of range", Code.InvalidArgument);
+      }
+      await sequencer.setMute(req.userId, req.conversationId, Number(req.mutedUntilMs));
+      return {};
+    },
+    async relayTyping(req) {
+      await sequencer.relayTyping(req.userId, req.deviceId, req.conversationId, req.active);
+      return {};
+    },
+    async findContacts(req) {
+      return { contactUserIds: await sequencer.findContacts(req.userId, req.peerUserIds) };
+    },
+  };
+}

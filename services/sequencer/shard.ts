@@ -1,0 +1,242 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { type BusEvent, BusEventSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
+import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
+import type { EventBus } from "../bus/types.js";
+import type { Logger } from "../common/log.js";
+import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
+import { ConversationState } from "./conversation.js";
+
+/** The writes and events of one group commit. */
+export class Batch {
+  readonly writes = new Map<string, ConversationWrite>();
+  readonly events: BusEvent[] = [];
+  readonly states = new Set<ConversationState>();
+  readonly durable: Promise<void>;
+  resolve!: () => void;
+  reject!: (err: unknown) => void;
+
+  constructor() {
+    this.durable = new Promise<void>((resolve, reject) => {
+      this.resolve = resolve;
+      this.reject = reject;
+    });
+    // Callers attach their own handlers; this one only keeps an unobserved failure quiet.
+    this.durable.catch(() => {});
+  }
+
+  /** The write for a conversation in this batch, created on first use. */
+  write(state: ConversationState): ConversationWrite {
+    this.states.add(state);
+    let w = this.writes.get(state.id);
+    if (w === undefined) {
+      w = { conversationId: state.id };
+      this.writes.set(state.id, w);
+    }
+    return w;
+  }
+
+  /** Appends a new entry to the conversation's write. */
+  append(state: ConversationState, entry: Entry): void {
+    const w = this.write(state);
+    w.append ??= [];
+    w.append.push(entry);
+  }
+
+  /**
+   * Rewrites an existing entry. An entry appended in this same batch is changed in place, so
+   * the store never sees a replace of a seq it has not written yet.
+   */
+  replace(state: ConversationState, entry: Entry): void {
+    const w = this.write(state);
+    const appended = w.append?.findIndex((e) => e.seq === entry.seq) ?? -1;
+    if (appended >= 0 && w.append) {
+      w.append[appended] = entry;
+      return;
+    }
+    w.replace ??= [];
+    const replace = w.replace;
+    const i = replace.findIndex((e) => e.seq === entry.seq);
+    if (i >= 0) replace[i] = entry;
+    else replace.push(entry);
+  }
+
+  /** Adds or updates members; a member removed earlier in this batch is put back. */
+  putMembers(state: ConversationState, members: MemberRecord[]): void {
+    const w = this.write(state);
+    w.putMembers ??= [];
+    const put = w.putMembers;
+    for (const m of members) {
+      if (w.removeMembers) w.removeMembers = w.removeMembers.filter((id) => id !== m.userId);
+      const i = put.findIndex((p) => p.userId === m.userId);
+      if (i >= 0) put[i] = m;
+      else put.push(m);
+    }
+  }
+
+  /** Removes members; a member put earlier in this batch is dropped from the put list. */
+  removeMembers(state: ConversationState, userIds: string[]): void {
+    const w = this.write(state);
+    if (w.putMembers) w.putMembers = w.putMembers.filter((m) => !userIds.includes(m.userId));
+    w.removeMembers ??= [];
+    const removed = w.removeMembers;
+    for (const id of userIds) if (!removed.includes(id)) removed.push(id);
+  }
+
+  /** Queues an event to publish once the batch is durable. */
+  publish(event: BusEvent["event"]): void {
+    this.events.push(create(BusEventSchema, { event }));
+  }
+}
+
+/**
+ * One logical shard: the conversations whose id hashes to it. It keeps their state in memory,
+ * assigns seqs synchronously, and group-commits: while one commit is in flight, new work
+ * collects in the next batch. At most one commit per shard is in flight, so a failed commit can
+ * never leave a later commit with a seq gap.
+ */
+export class Shard {
+  private readonly states = new Map<string, ConversationState>();
+  private readonly loading = new Map<string, Promise<ConversationState>>();
+  private open: Batch | undefined;
+  private committing = false;
+  private scheduled = false;
+  private closed = false;
+
+  constructor(
+    readonly index: number,
+    private readonly store: ConversationStore,
+    private readonly bus: EventBus,
+    private readonly log: Logger,
+    private readonly maxStates: number,
+  ) {}
+
+  /** Loads (or finds) a conversation's state and marks it busy until release(). */
+  async acquire(conversationId: string): Promise<ConversationState> {
+    let state = this.states.get(conversationId);
+    if (state === undefined) {
+      let loading = this.loading.get(conversationId);
+      if (loading === undefined) {
+        loading = this.load(conversationId).finally(() => this.loading.delete(conversationId));
+        this.loading.set(conversationId, loading);
+      }
+      state = await loading;
+    } else {
+      // Move to the end: Map iteration order is our LRU order.
+      this.states.delete(conversationId);
+      this.states.set(conversationId, state);
+    }
+    state.busy++;
+    return state;
+  }
+
+  /** Ends an operation started with acquire(). */
+  release(state: ConversationState): void {
+    state.busy--;
+    if (this.states.size > this.maxStates) this.evict();
+  }
+
+  /**
+   * Throws Unavailable if the state was dropped (after a failed commit) while the caller was
+   * awaiting; the caller's client retries with the same idempotency key.
+   */
+  assertCurrent(state: ConversationState): void {
+    if (this.states.get(state.id) !== state) {
+      throw new ConnectError(
+        "conversation state was reloaded after a storage failure; retry",
+        Code.Unavailable,
+      );
+    }
+  }
+
+  /** The batch that new work joins; its commit is scheduled. */
+  batch(): Batch {
+    if (this.closed) throw new ConnectError("sequencer is shutting down", Code.Unavailable);
+    if (this.open === undefined) this.open = new Batch();
+    this.schedule();
+    return this.open;
+  }
+
+  /** Waits for in-flight and pending commits. */
+  async drain(): Promise<void> {
+    while (this.open !== undefined || this.committing) {
+      await (this.open?.durable ?? new Promise((r) => setTimeout(r, 1))).catch(() => {});
+    }
+  }
+
+  /** Refuses new work and waits for what is pending. */
+  async close(): Promise<void> {
+    await this.drain();
+    this.closed = true;
+  }
+
+  private async load(conversationId: string): Promise<ConversationState> {
+    const [record, members, lastSeq] = await Promise.all([
+      this.store.getConversation(conversationId),
+      this.store.getMembers(conversationId),
+      this.store.getLastSeq(conversationId),
+    ]);
+    // Another load of the same id cannot race us (loads are deduplicated), but a failed commit
+    // may have dropped an older state: the fresh one from the store replaces it.
+    const state = new ConversationState(
+      conversationId,
+      record,
+      new Map(members.map((m) => [m.userId, m])),
+      lastSeq,
+    );
+    this.states.set(conversationId, state);
+    return state;
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.committing) return;
+    this.scheduled = true;
+    // setImmediate lets every request that arrived in this I/O turn join the batch.
+    setImmediate(() => void this.flush());
+  }
+
+  private async flush(): Promise<void> {
+    this.scheduled = false;
+    const batch = this.open;
+    if (batch === undefined || this.committing) return;
+    this.open = undefined;
+    this.committing = true;
+    try {
+      await this.store.commit([...batch.writes.values()]);
+      for (const state of batch.states) {
+        const appended = batch.writes.get(state.id)?.append;
+        const last = appended?.[appended.length - 1];
+        if (last !== undefined) state.committedSeq = Math.max(state.committedSeq, Number(last.seq));
+      }
+      batch.resolve();
+      if (batch.events.length > 0) {
+        this.bus.publishCommitted(batch.events).catch((err: unknown) => {
+          // The entries are durable; devices fetch them from the log on reconnect or on a gap.
+          this.log.warn({ err, shard: this.index, events: batch.events.length }, "bus publish failed");
+        });
+      }
+    } catch (err) {
+      this.log.error({ err, shard: this.index }, "commit failed; reloading affected conversations");
+      const unavailable = new ConnectError("storage commit failed; retry", Code.Unavailable);
+      batch.reject(unavailable);
+      // Work queued behind the failed batch was sequenced on top of it; it must go too.
+      // (TypeScript narrowed this.open to undefined above; the await let new work in.)
+      const next = this.open as Batch | undefined;
+      this.open = undefined;
+      next?.reject(unavailable);
+      for (const state of [...batch.states, ...(next?.states ?? [])]) {
+        if (this.states.get(state.id) === state) this.states.delete(state.id);
+      }
+    } finally {
+      this.committing = false;
+      if (this.open !== undefined) this.schedule();
+    }
+  }
+
+  private evict(): void {
+    for (const [id, state] of this.states) {
+      if (this.states.size <= this.maxStates) return;
+      if (state.busy === 0 && state.committedSeq === state.lastSeq) this.states.delete(id);
+    }
+  }
+}

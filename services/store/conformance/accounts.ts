@@ -1,0 +1,208 @@
+import { strict as assert } from "node:assert";
+import { randomUUID } from "node:crypto";
+import { describe, it } from "node:test";
+import { isStoreError, type StoreErrorKind } from "../errors.js";
+import type { AccountStore, DeviceRecord, StoreEngine, UserRecord } from "../types.js";
+
+/**
+ * The conformance suite of AccountStore, for every engine. `open` returns an engine whose close()
+ * is called at the end of each test; it may be a fresh store or a shared one, as every test works
+ * on ids and usernames of its own.
+ */
+export function runAccountStoreConformance(open: () => Promise<StoreEngine>): void {
+  const test = (name: string, fn: (store: AccountStore) => Promise<void>): void => {
+    it(name, async () => {
+      const engine = await open();
+      try {
+        await fn(engine.accounts);
+      } finally {
+        await engine.close();
+      }
+    });
+  };
+
+  describe("AccountStore conformance", () => {
+    test("a created user is found by id and by username, with its first device", async (store) => {
+      const u = user();
+      const d = device(u.userId);
+      await store.createUser(u, d);
+      assert.deepEqual(await store.getUser(u.userId), u);
+      assert.deepEqual(await store.getUserByUsername(u.username), u);
+      assert.deepEqual(await store.getDevice(d.deviceId), d);
+      assert.deepEqual(await store.listDevices(u.userId), [d]);
+    });
+
+    test("a push registration is set, replaced, and removed only if it is still the current one", async (store) => {
+      const u = user();
+      const d = device(u.userId);
+      await store.createUser(u, d);
+      const web = {
+        id: "w1",
+        target: { kind: "webpush" as const, endpoint: "https://push.example/1", p256dh: "k", auth: "a" },
+      };
+      const fcm = { id: "f1", target: { kind: "fcm" as const, token: "tok" } };
+      assert.equal(await store.setPush(d.deviceId, web), true);
+      assert.deepEqual((await store.getDevice(d.deviceId))?.push, web);
+      assert.equal(await store.setPush(d.deviceId, fcm), true);
+      // A "gone" for the old registration must not remove the new one.
+      assert.equal(await store.setPush(d.deviceId, undefined, "w1"), false);
+      assert.deepEqual((await store.getDevice(d.deviceId))?.push, fcm);
+      assert.equal(await store.setPush(d.deviceId, undefined, "f1"), true);
+      const after = await store.getDevice(d.deviceId);
+      assert.equal(after?.push, undefined);
+      assert.deepEqual(after, d, "the rest of the device is untouched");
+      assert.equal(await store.setPush(id("dv"), fcm), false, "unknown device");
+    });
+
+    test("unknown users, usernames and devices read as undefined or empty", async (store) => {
+      assert.equal(await store.getUser(id("u")), undefined);
+      assert.equal(await store.getUserByUsername(username()), undefined);
+      assert.equal(await store.getDevice(id("dv")), undefined);
+      assert.deepEqual(await store.listDevices(id("u")), []);
+    });
+
+    test("a taken username is refused and nothing of the second registration is kept", async (store) => {
+      const first = user();
+      await store.createUser(first, device(first.userId));
+      const second = user({ username: first.username });
+      const secondDevice = device(second.userId);
+      await rejectsWith(store.createUser(second, secondDevice), "already_exists");
+      assert.equal(await store.getUser(second.userId), undefined);
+      assert.equal(await store.getDevice(secondDevice.deviceId), undefined);
+      assert.deepEqual(await store.getUserByUsername(first.username), first);
+    });
+
+    test("of concurrent registrations of one username, exactly one wins", async (store) => {
+      const name = username();
+      const attempts = Array.from({ length: 5 }, () => {
+        const u = user({ username: name });
+        return { user: u, device: device(u.userId) };
+      });
+      const results = await Promise.allSettled(attempts.map((a) => store.createUser(a.user, a.device)));
+      const won = results.flatMap((r, i) => (r.status === "fulfilled" ? [i] : []));
+      assert.equal(won.length, 1);
+      for (const r of results) {
+        if (r.status === "rejected") assert.ok(isStoreError(r.reason, "already_exists"), String(r.reason));
+      }
+      const winner = attempts[won[0]!]!;
+      assert.deepEqual(await store.getUserByUsername(name), winner.user);
+      for (const a of attempts) {
+        if (a === winner) continue;
+        assert.equal(await store.getUser(a.user.userId), undefined);
+        assert.equal(await store.getDevice(a.device.deviceId), undefined);
+      }
+    });
+
+    test("addDevice to an unknown user is refused with not_found", async (store) => {
+      const d = device(id("u"));
+      await rejectsWith(store.addDevice(d, 5), "not_found");
+      assert.equal(await store.getDevice(d.deviceId), undefined);
+    });
+
+    test("addDevice enforces the active device limit; revoked devices do not count", async (store) => {
+      const u = user();
+      await store.createUser(u, device(u.userId, { createdAtMs: 1 }));
+      const second = device(u.userId, { createdAtMs: 2 });
+      await store.addDevice(second, 2);
+      const third = device(u.userId, { createdAtMs: 3 });
+      await rejectsWith(store.addDevice(third, 2), "limit");
+      assert.equal(await store.getDevice(third.deviceId), undefined);
+      await store.revokeDevice(second.deviceId, 10);
+      await store.addDevice(third, 2);
+      assert.equal((await store.listDevices(u.userId)).length, 3);
+    });
+
+    test("concurrent addDevice calls never exceed the limit", async (store) => {
+      const u = user();
+      await store.createUser(u, device(u.userId));
+      const candidates = Array.from({ length: 6 }, (_, i) => device(u.userId, { createdAtMs: 100 + i }));
+      const results = await Promise.allSettled(candidates.map((d) => store.addDevice(d, 3)));
+      assert.equal(results.filter((r) => r.status === "fulfilled").length, 2);
+      for (const r of results) {
+        if (r.status === "rejected") assert.ok(isStoreError(r.reason, "limit"), String(r.reason));
+      }
+      assert.equal((await store.listDevices(u.userId)).filter((d) => d.revokedAtMs === 0).length, 3);
+    });
+
+    test("revokeDevice marks the device revoked, is idempotent and keeps it listed", async (store) => {
+      const u = user();
+      const d = device(u.userId);
+      await store.createUser(u, d);
+      const revoked = { ...d, revokedAtMs: 5_000 };
+      assert.deepEqual(await store.revokeDevice(d.deviceId, 5_000), revoked);
+      assert.deepEqual(await store.revokeDevice(d.deviceId, 9_000), revoked);
+      assert.deepEqual(await store.getDevice(d.deviceId), revoked);
+      assert.deepEqual(await store.listDevices(u.userId), [revoked]);
+      assert.equal(await store.revokeDevice(id("dv"), 5_000), undefined);
+    });
+
+    test("listDevices lists a user's devices oldest first, and only theirs", async (store) => {
+      const u = user();
+      const other = user();
+      const first = device(u.userId, { createdAtMs: 1_000 });
+      await store.createUser(u, first);
+      await store.createUser(other, device(other.userId, { createdAtMs: 1_500 }));
+      const newest = device(u.userId, { createdAtMs: 3_000 });
+      const middle = device(u.userId, { createdAtMs: 2_000 });
+      await store.addDevice(newest, 10);
+      await store.addDevice(middle, 10);
+      await store.revokeDevice(middle.deviceId, 4_000);
+      assert.deepEqual(await store.listDevices(u.userId), [first, { ...middle, revokedAtMs: 4_000 }, newest]);
+    });
+
+    test("a link code is taken once", async (store) => {
+      const code = { codeHash: id("code"), userId: id("u"), expiresAtMs: 1_700_000_060_000 };
+      await store.putLinkCode(code);
+      assert.deepEqual(await store.takeLinkCode(code.codeHash), code);
+      assert.equal(await store.takeLinkCode(code.codeHash), undefined);
+      assert.equal(await store.takeLinkCode(id("code")), undefined);
+    });
+
+    test("of concurrent takes of one link code, exactly one gets it", async (store) => {
+      const code = { codeHash: id("code"), userId: id("u"), expiresAtMs: 1_700_000_060_000 };
+      await store.putLinkCode(code);
+      const taken = await Promise.all(Array.from({ length: 5 }, () => store.takeLinkCode(code.codeHash)));
+      assert.deepEqual(
+        taken.filter((t) => t !== undefined),
+        [code],
+      );
+    });
+  });
+}
+
+function id(prefix: string): string {
+  return `${prefix}_${randomUUID().replaceAll("-", "").slice(0, 26)}`;
+}
+
+function username(): string {
+  return `user_${randomUUID().replaceAll("-", "").slice(0, 20)}`;
+}
+
+function user(fields: Partial<UserRecord> = {}): UserRecord {
+  return {
+    userId: id("u"),
+    username: username(),
+    displayName: "Someone",
+    createdAtMs: 1_700_000_000_000,
+    ...fields,
+  };
+}
+
+function device(userId: string, fields: Partial<DeviceRecord> = {}): DeviceRecord {
+  return {
+    deviceId: id("dv"),
+    userId,
+    name: "phone",
+    secretHash: "ab".repeat(32),
+    createdAtMs: 1_700_000_000_000,
+    revokedAtMs: 0,
+    ...fields,
+  };
+}
+
+async function rejectsWith(promise: Promise<unknown>, kind: StoreErrorKind): Promise<void> {
+  await assert.rejects(promise, (err: unknown) => {
+    assert.ok(isStoreError(err, kind), `expected StoreError "${kind}", got ${String(err)}`);
+    return true;
+  });
+}

@@ -1,0 +1,162 @@
+import type { Database, Key } from "lmdb";
+import { StoreError } from "../errors.js";
+import type { AccountStore, DeviceRecord, LinkCodeRecord, PushRegistration, UserRecord } from "../types.js";
+import type { WriteUnit } from "./conversations.js";
+
+/** The sub-databases of the accounts port; engine.ts documents the key layout. */
+export interface AccountDbs {
+  users: Database<UserRecord, Key>;
+  usernames: Database<string, Key>;
+  devices: Database<DeviceRecord, Key>;
+  userDevices: Database<true, Key>;
+  linkCodes: Database<LinkCodeRecord, Key>;
+}
+
+// See conversations.ts: an exclusive upper bound for every key that starts with a prefix.
+const HIGH = Buffer.from([0xff]);
+
+function userRecord(u: UserRecord): UserRecord {
+  return { userId: u.userId, username: u.username, displayName: u.displayName, createdAtMs: u.createdAtMs };
+}
+
+function deviceRecord(d: DeviceRecord): DeviceRecord {
+  return {
+    deviceId: d.deviceId,
+    userId: d.userId,
+    name: d.name,
+    secretHash: d.secretHash,
+    createdAtMs: d.createdAtMs,
+    revokedAtMs: d.revokedAtMs,
+    ...(d.push !== undefined && { push: { id: d.push.id, target: { ...d.push.target } } }),
+  };
+}
+
+/**
+ * The accounts port on LMDB. Every check-then-write runs as one unit inside the write transaction
+ * (see engine.ts), so concurrent callers are serialised and each sees the others' writes.
+ */
+export class LmdbAccountStore implements AccountStore {
+  constructor(
+    private readonly dbs: AccountDbs,
+    private readonly writeUnit: WriteUnit,
+  ) {}
+
+  async createUser(user: UserRecord, firstDevice: DeviceRecord): Promise<void> {
+    if (firstDevice.userId !== user.userId) {
+      throw new RangeError(
+        `first device ${firstDevice.deviceId} belongs to ${firstDevice.userId}, not ${user.userId}`,
+      );
+    }
+    const { dbs } = this;
+    await this.writeUnit(() => {
+      if (dbs.usernames.doesExist(user.username)) {
+        throw new StoreError("already_exists", `username ${user.username} is taken`);
+      }
+      if (dbs.users.doesExist(user.userId))
+        throw new StoreError("already_exists", `user ${user.userId} exists`);
+      if (dbs.devices.doesExist(firstDevice.deviceId)) {
+        throw new StoreError("already_exists", `device ${firstDevice.deviceId} exists`);
+      }
+      dbs.users.put(user.userId, userRecord(user));
+      dbs.usernames.put(user.username, user.userId);
+      this.putDevice(firstDevice);
+    });
+  }
+
+  async getUser(userId: string): Promise<UserRecord | undefined> {
+    return this.dbs.users.get(userId);
+  }
+
+  async getUserByUsername(username: string): Promise<UserRecord | undefined> {
+    const userId = this.dbs.usernames.get(username);
+    return userId === undefined ? undefined : this.dbs.users.get(userId);
+  }
+
+  async addDevice(device: DeviceRecord, maxActiveDevices: number): Promise<void> {
+    const { dbs } = this;
+    await this.writeUnit(() => {
+      if (!dbs.users.doesExist(device.userId)) throw new StoreError("not_found", `no user ${device.userId}`);
+      if (dbs.devices.doesExist(device.deviceId)) {
+        throw new StoreError("already_exists", `device ${device.deviceId} exists`);
+      }
+      const active = this.devicesOf(device.userId).filter((d) => d.revokedAtMs === 0).length;
+      if (active >= maxActiveDevices) {
+        throw new StoreError("limit", `user ${device.userId} already has ${active} active devices`);
+      }
+      this.putDevice(device);
+    });
+  }
+
+  async getDevice(deviceId: string): Promise<DeviceRecord | undefined> {
+    return this.dbs.devices.get(deviceId);
+  }
+
+  async listDevices(userId: string): Promise<DeviceRecord[]> {
+    return this.devicesOf(userId);
+  }
+
+  async revokeDevice(deviceId: string, atMs: number): Promise<DeviceRecord | undefined> {
+    // 0 means "active", so it cannot be a revocation time.
+    if (!(atMs > 0)) throw new RangeError(`revocation time must be positive, got ${atMs}`);
+    const { dbs } = this;
+    return this.writeUnit(() => {
+      const device = dbs.devices.get(deviceId);
+      // Revoking twice keeps the first revocation time.
+      if (device === undefined || device.revokedAtMs !== 0) return device;
+      const revoked = { ...device, revokedAtMs: atMs };
+      dbs.devices.put(deviceId, revoked);
+      return revoked;
+    });
+  }
+
+  async setPush(
+    deviceId: string,
+    push: PushRegistration | undefined,
+    ifCurrentId?: string,
+  ): Promise<boolean> {
+    const { dbs } = this;
+    return this.writeUnit(() => {
+      const device = dbs.devices.get(deviceId);
+      if (device === undefined) return false;
+      if (ifCurrentId !== undefined && device.push?.id !== ifCurrentId) return false;
+      const { push: _old, ...rest } = device;
+      dbs.devices.put(deviceId, deviceRecord(push === undefined ? rest : { ...rest, push }));
+      return true;
+    });
+  }
+
+  async putLinkCode(code: LinkCodeRecord): Promise<void> {
+    const { dbs } = this;
+    await this.writeUnit(() => {
+      dbs.linkCodes.put(code.codeHash, {
+        codeHash: code.codeHash,
+        userId: code.userId,
+        expiresAtMs: code.expiresAtMs,
+      });
+    });
+  }
+
+  async takeLinkCode(codeHash: string): Promise<LinkCodeRecord | undefined> {
+    const { dbs } = this;
+    return this.writeUnit(() => {
+      const code = dbs.linkCodes.get(codeHash);
+      if (code !== undefined) dbs.linkCodes.remove(codeHash);
+      return code;
+    });
+  }
+
+  // The index key [userId, createdAtMs, deviceId] is what makes listings oldest first.
+  private putDevice(device: DeviceRecord): void {
+    this.dbs.devices.put(device.deviceId, deviceRecord(device));
+    this.dbs.userDevices.put([device.userId, device.createdAtMs, device.deviceId], true);
+  }
+
+  private devicesOf(userId: string): DeviceRecord[] {
+    const out: DeviceRecord[] = [];
+    for (const key of this.dbs.userDevices.getKeys({ start: [userId], end: [userId, HIGH] })) {
+      const device = this.dbs.devices.get((key as [string, number, string])[2]);
+      if (device !== undefined) out.push(device);
+    }
+    return out;
+  }
+}

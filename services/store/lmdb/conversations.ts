@@ -1,0 +1,288 @@
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import type { Database, Key } from "lmdb";
+import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
+import { StoreError } from "../errors.js";
+import type {
+  ConversationRecord,
+  ConversationStore,
+  ConversationWrite,
+  DeviceCursor,
+  MemberCursor,
+  MemberRecord,
+  UserConversation,
+} from "../types.js";
+
+/** Runs fn as one abortable unit inside the next group-committed transaction (see engine.ts). */
+export type WriteUnit = <T>(fn: () => T) => Promise<T>;
+
+/** An idempotency record: the committed seq and when it was written, in ms since the Unix epoch. */
+export interface IdempotencyValue {
+  seq: number;
+  atMs: number;
+}
+
+/** A device's cursors, keyed by [conversationId, deviceId]. */
+export interface DeviceCursorValue {
+  deliveredUpTo: number;
+  readUpTo: number;
+}
+
+/** The sub-databases of the conversation port; engine.ts documents the key layout. */
+export interface ConversationDbs {
+  conversations: Database<ConversationRecord, Key>;
+  entries: Database<Uint8Array, Key>;
+  heads: Database<number, Key>;
+  idempotency: Database<IdempotencyValue, Key>;
+  idempotencyByTime: Database<true, Key>;
+  members: Database<MemberRecord, Key>;
+  userConversations: Database<number, Key>;
+  deviceCursors: Database<DeviceCursorValue, Key>;
+}
+
+// Buffers sort after every string and number in lmdb's ordered-binary keys, so [prefix, HIGH] is an
+// exclusive upper bound for every key that starts with prefix.
+const HIGH = Buffer.from([0xff]);
+
+// Expiry deletes in slices so that a large backlog neither builds one huge transaction nor holds
+// the event loop for long.
+const EXPIRE_SLICE = 2_000;
+
+interface EncodedEntry {
+  seq: number;
+  bytes: Uint8Array;
+}
+
+interface PreparedWrite {
+  write: ConversationWrite;
+  append: EncodedEntry[];
+  replace: EncodedEntry[];
+}
+
+function conflict(message: string): StoreError {
+  return new StoreError("conflict", message);
+}
+
+function seqOf(entry: Entry, conversationId: string): number {
+  if (entry.conversationId !== conversationId) {
+    throw new RangeError(
+      `entry of conversation ${entry.conversationId} written to conversation ${conversationId}`,
+    );
+  }
+  if (entry.seq < 1n || entry.seq > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new RangeError(`entry seq ${entry.seq} out of range in ${conversationId}`);
+  }
+  return Number(entry.seq);
+}
+
+// Encoding happens before the write transaction so the transaction (which holds LMDB's single
+// writer lock) only does key checks and puts.
+function prepare(write: ConversationWrite): PreparedWrite {
+  const id = write.conversationId;
+  const append = (write.append ?? []).map((entry) => ({
+    seq: seqOf(entry, id),
+    bytes: toBinary(EntrySchema, entry),
+  }));
+  for (let i = 1; i < append.length; i++) {
+    if (append[i]!.seq !== append[i - 1]!.seq + 1) {
+      throw conflict(
+        `appended seqs of ${id} are not contiguous: ${append[i - 1]!.seq} then ${append[i]!.seq}`,
+      );
+    }
+  }
+  const replace = (write.replace ?? []).map((entry) => ({
+    seq: seqOf(entry, id),
+    bytes: toBinary(EntrySchema, entry),
+  }));
+  return { write, append, replace };
+}
+
+function decodeEntry(value: Uint8Array): Entry {
+  // Through a plain Uint8Array view, so bytes fields decode as Uint8Array (as protobuf-es creates
+  // them) rather than as Buffer slices.
+  return fromBinary(EntrySchema, new Uint8Array(value.buffer, value.byteOffset, value.byteLength));
+}
+
+function conversationRecord(c: ConversationRecord): ConversationRecord {
+  return {
+    id: c.id,
+    kind: c.kind,
+    title: c.title,
+    createdAtMs: c.createdAtMs,
+    membersVersion: c.membersVersion,
+  };
+}
+
+function memberRecord(m: MemberRecord): MemberRecord {
+  return {
+    userId: m.userId,
+    role: m.role,
+    joinedSeq: m.joinedSeq,
+    addedAtMs: m.addedAtMs,
+    deliveredUpTo: m.deliveredUpTo,
+    readUpTo: m.readUpTo,
+    ...(m.mutedUntilMs !== undefined && { mutedUntilMs: m.mutedUntilMs }),
+  };
+}
+
+/** The conversation port on LMDB. */
+export class LmdbConversationStore implements ConversationStore {
+  constructor(
+    private readonly dbs: ConversationDbs,
+    private readonly writeUnit: WriteUnit,
+  ) {}
+
+  async commit(writes: ConversationWrite[]): Promise<void> {
+    if (writes.length === 0) return;
+    const prepared = writes.map(prepare);
+    await this.writeUnit(() => this.apply(prepared));
+  }
+
+  // Runs inside the write transaction, so its reads see every unit committed before it in the same
+  // batch; that is what makes the seq fence hold between concurrent callers. Everything is checked
+  // before the first put, and the unit is a child transaction besides, so a refused or failed call
+  // leaves nothing behind and does not disturb the other callers in the batch.
+  private apply(prepared: PreparedWrite[]): void {
+    const { dbs } = this;
+    const heads = new Map<string, number>();
+    for (const { write, append, replace } of prepared) {
+      const id = write.conversationId;
+      let head = heads.get(id) ?? dbs.heads.get(id) ?? 0;
+      const first = append[0];
+      if (first !== undefined) {
+        if (first.seq !== head + 1) {
+          throw conflict(`append to ${id} starts at seq ${first.seq} but the last seq is ${head}`);
+        }
+        for (const e of append) {
+          if (dbs.entries.doesExist([id, e.seq])) throw conflict(`seq ${e.seq} of ${id} is already written`);
+        }
+        head = append[append.length - 1]!.seq;
+      }
+      for (const e of replace) {
+        // The log has no holes, so 1..head is exactly the set of written seqs.
+        if (e.seq > head) throw new StoreError("not_found", `cannot replace unwritten seq ${e.seq} of ${id}`);
+      }
+      heads.set(id, head);
+    }
+
+    const atMs = Date.now();
+    for (const { write, append, replace } of prepared) {
+      const id = write.conversationId;
+      if (write.conversation !== undefined) dbs.conversations.put(id, conversationRecord(write.conversation));
+      for (const e of append) dbs.entries.put([id, e.seq], e.bytes);
+      const last = append[append.length - 1];
+      if (last !== undefined) dbs.heads.put(id, last.seq);
+      for (const k of write.idempotency ?? []) {
+        const key = [id, k.deviceId, k.clientMsgId];
+        const previous = dbs.idempotency.get(key);
+        if (previous !== undefined) dbs.idempotencyByTime.remove([previous.atMs, ...key]);
+        dbs.idempotency.put(key, { seq: k.seq, atMs });
+        dbs.idempotencyByTime.put([atMs, ...key], true);
+      }
+      for (const e of replace) dbs.entries.put([id, e.seq], e.bytes);
+      for (const m of write.putMembers ?? []) {
+        dbs.members.put([id, m.userId], memberRecord(m));
+        dbs.userConversations.put([m.userId, id], m.joinedSeq);
+      }
+      for (const userId of write.removeMembers ?? []) {
+        dbs.members.remove([id, userId]);
+        dbs.userConversations.remove([userId, id]);
+      }
+    }
+  }
+
+  async getConversation(conversationId: string): Promise<ConversationRecord | undefined> {
+    return this.dbs.conversations.get(conversationId);
+  }
+
+  async getMembers(conversationId: string): Promise<MemberRecord[]> {
+    return [...this.dbs.members.getRange({ start: [conversationId], end: [conversationId, HIGH] })].map(
+      ({ value }) => value,
+    );
+  }
+
+  async getLastSeq(conversationId: string): Promise<number> {
+    return this.dbs.heads.get(conversationId) ?? 0;
+  }
+
+  async readEntries(conversationId: string, afterSeq: number, limit: number): Promise<Entry[]> {
+    if (!(limit >= 1) || Number.isNaN(afterSeq)) return [];
+    const start = Math.max(0, Math.floor(afterSeq)) + 1;
+    const range = this.dbs.entries.getRange({
+      start: [conversationId, start],
+      end: [conversationId, HIGH],
+      limit: Math.floor(limit),
+    });
+    return [...range].map(({ value }) => decodeEntry(value));
+  }
+
+  async getIdempotency(
+    conversationId: string,
+    deviceId: string,
+    clientMsgId: string,
+  ): Promise<number | undefined> {
+    return this.dbs.idempotency.get([conversationId, deviceId, clientMsgId])?.seq;
+  }
+
+  async listUserConversations(userId: string): Promise<UserConversation[]> {
+    return [...this.dbs.userConversations.getRange({ start: [userId], end: [userId, HIGH] })].map(
+      ({ key, value }) => ({ conversationId: (key as [string, string])[1], joinedSeq: value }),
+    );
+  }
+
+  async getDeviceCursors(conversationId: string, deviceIds: readonly string[]): Promise<DeviceCursor[]> {
+    const out: DeviceCursor[] = [];
+    for (const deviceId of new Set(deviceIds)) {
+      const value = this.dbs.deviceCursors.get([conversationId, deviceId]);
+      if (value !== undefined) {
+        out.push({ conversationId, deviceId, deliveredUpTo: value.deliveredUpTo, readUpTo: value.readUpTo });
+      }
+    }
+    return out;
+  }
+
+  async saveCursors(devices: readonly DeviceCursor[], members: readonly MemberCursor[]): Promise<void> {
+    if (devices.length === 0 && members.length === 0) return;
+    const { dbs } = this;
+    await this.writeUnit(() => {
+      for (const d of devices) {
+        dbs.deviceCursors.put([d.conversationId, d.deviceId], {
+          deliveredUpTo: d.deliveredUpTo,
+          readUpTo: d.readUpTo,
+        });
+      }
+      for (const m of members) {
+        const key = [m.conversationId, m.userId];
+        const member = dbs.members.get(key);
+        // A cursor can trail a removal; it must not bring the member back.
+        if (member === undefined) continue;
+        dbs.members.put(key, { ...member, deliveredUpTo: m.deliveredUpTo, readUpTo: m.readUpTo });
+      }
+    });
+  }
+
+  async expireIdempotency(olderThanMs: number): Promise<number> {
+    const { dbs } = this;
+    let removed = 0;
+    for (;;) {
+      const slice = await this.writeUnit(() => {
+        let count = 0;
+        // Keys are [atMs, conversationId, deviceId, clientMsgId]; [olderThanMs] sorts before every
+        // key written at exactly olderThanMs, so those stay.
+        const keys = [...dbs.idempotencyByTime.getKeys({ end: [olderThanMs], limit: EXPIRE_SLICE })];
+        for (const key of keys) {
+          const [atMs, ...primary] = key as [number, string, string, string];
+          dbs.idempotencyByTime.remove(key);
+          // A rewrite drops the old index row in the same unit; the check still keeps any stray
+          // row from deleting a record written later than it.
+          if (dbs.idempotency.get(primary)?.atMs === atMs) {
+            dbs.idempotency.remove(primary);
+            count++;
+          }
+        }
+        return { scanned: keys.length, count };
+      });
+      removed += slice.count;
+      if (slice.scanned < EXPIRE_SLICE) return removed;
+    }
+  }
+}

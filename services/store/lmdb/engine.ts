@@ -1,0 +1,133 @@
+/**
+ * The embedded store engine: both storage ports in one LMDB environment (one directory, one
+ * memory-mapped file), for `npm start` and single-node deployments.
+ *
+ * Key layout. Keys use lmdb's default ordered-binary encoding, in which array keys sort element by
+ * element and numbers sort numerically, so [conversationId, seq] ranges come out in seq order.
+ * Values are msgpack unless noted.
+ *
+ *   sub-database        key                                         value
+ *   meta                "layout"                                    layout version (LAYOUT_VERSION)
+ *   conversations       conversationId                              ConversationRecord
+ *   entries             [conversationId, seq]                       Entry, protobuf binary
+ *   heads               conversationId                              last seq (the log is 1..head)
+ *   idempotency         [conversationId, deviceId, clientMsgId]     { seq, atMs }
+ *   idempotencyByTime   [atMs, conversationId, deviceId, clientMsgId]   true (expiry index)
+ *   members             [conversationId, userId]                    MemberRecord
+ *   userConversations   [userId, conversationId]                    joinedSeq
+ *   deviceCursors       [conversationId, deviceId]                  { deliveredUpTo, readUpTo }
+ *   users               userId                                      UserRecord
+ *   usernames           username                                    userId
+ *   devices             deviceId                                    DeviceRecord
+ *   userDevices         [userId, createdAtMs, deviceId]             true (listing index)
+ *   linkCodes           codeHash                                    LinkCodeRecord
+ *
+ * Writes. Every port method that writes runs its checks and puts in one callback passed to
+ * `childTransaction`. lmdb-js runs all callbacks queued before a write transaction starts (and
+ * those queued while it runs) in that one transaction, with one commit and one fsync: that is the
+ * group commit. Each callback gets its own nested LMDB transaction, aborted if the callback throws,
+ * so a refused call (a seq conflict, a taken username) is rolled back alone while the others in the
+ * batch commit. A plain `transaction` callback would not do: lmdb-js keeps whatever a throwing
+ * callback wrote before it threw (write.js, executeTxnCallbacks).
+ *
+ * Durability. The environment is opened with lmdb-js's defaults for syncing: no noSync, noMetaSync,
+ * mapAsync or separateFlushed. Its default overlappingSync moves the fsync out of the writer lock,
+ * but mdb_txn_commit still returns only after the fsync and the meta-page write, and lmdb-js
+ * resolves a write's promise only after that, so a resolved promise means the data is on disk.
+ * Write promises resolve in commit order, and reads see a commit once its promise has resolved.
+ */
+import { mkdir } from "node:fs/promises";
+import { type Database, type Key, open, type RootDatabase } from "lmdb";
+import type { StoreEngine } from "../types.js";
+import { type AccountDbs, LmdbAccountStore } from "./accounts.js";
+import { type ConversationDbs, LmdbConversationStore, type WriteUnit } from "./conversations.js";
+
+/** Bumped when the key layout changes incompatibly; an engine refuses files of another layout. */
+const LAYOUT_VERSION = 1;
+
+/** Options of the embedded engine. */
+export interface LmdbStoreOptions {
+  /** The directory holding the environment; created if missing. */
+  path: string;
+  /**
+   * Initial size of the memory map, in bytes. lmdb-js grows the map as the data grows, so this only
+   * matters to pre-size it; by default it starts small.
+   */
+  mapSizeBytes?: number;
+}
+
+/** The embedded engine: both ports over one LMDB environment. */
+export class LmdbStoreEngine implements StoreEngine {
+  readonly conversations: LmdbConversationStore;
+  readonly accounts: LmdbAccountStore;
+  private closing: Promise<void> | undefined;
+
+  constructor(private readonly root: RootDatabase) {
+    const writeUnit: WriteUnit = (fn) => root.childTransaction(fn);
+    const db = <V>(name: string, encoding: "msgpack" | "binary" = "msgpack"): Database<V, Key> =>
+      root.openDB<V, Key>({ name, encoding });
+    const conversations: ConversationDbs = {
+      conversations: db("conversations"),
+      entries: db("entries", "binary"),
+      heads: db("heads"),
+      idempotency: db("idempotency"),
+      idempotencyByTime: db("idempotencyByTime"),
+      members: db("members"),
+      userConversations: db("userConversations"),
+      deviceCursors: db("deviceCursors"),
+    };
+    const accounts: AccountDbs = {
+      users: db("users"),
+      usernames: db("usernames"),
+      devices: db("devices"),
+      userDevices: db("userDevices"),
+      linkCodes: db("linkCodes"),
+    };
+    this.conversations = new LmdbConversationStore(conversations, writeUnit);
+    this.accounts = new LmdbAccountStore(accounts, writeUnit);
+  }
+
+  /**
+   * The id of the last committed LMDB transaction. Group commit shows as many port writes per
+   * increment; for tests and metrics.
+   */
+  lastTransactionId(): number {
+    return (this.root.getStats() as { lastTxnId: number }).lastTxnId;
+  }
+
+  /** Waits for every pending write to be committed and flushed, then closes the environment. */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      await this.root.flushed;
+      await this.root.close();
+    })();
+    return this.closing;
+  }
+}
+
+/** Opens (creating if needed) the embedded store in a directory. */
+export async function openLmdbStore(options: LmdbStoreOptions): Promise<LmdbStoreEngine> {
+  await mkdir(options.path, { recursive: true });
+  const root = open({
+    path: options.path,
+    // Without this, a path with a dot in it would be taken for a file name.
+    noSubdir: false,
+    maxDbs: 32,
+    ...(options.mapSizeBytes !== undefined ? { mapSize: options.mapSizeBytes } : {}),
+  });
+  try {
+    const meta = root.openDB<number, Key>({ name: "meta" });
+    const layout = meta.get("layout");
+    if (layout === undefined) {
+      await root.childTransaction(() => meta.put("layout", LAYOUT_VERSION));
+    } else if (layout !== LAYOUT_VERSION) {
+      throw new Error(
+        `${options.path} holds store layout ${layout}; this build reads layout ${LAYOUT_VERSION}`,
+      );
+    }
+    return new LmdbStoreEngine(root);
+  } catch (err) {
+    await root.close();
+    throw err;
+  }
+}

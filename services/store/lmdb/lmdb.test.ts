@@ -1,0 +1,225 @@
+import { strict as assert } from "node:assert";
+import { spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { create } from "@bufbuild/protobuf";
+import { open } from "lmdb";
+import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
+import { runAccountStoreConformance } from "../conformance/accounts.js";
+import { runConversationStoreConformance } from "../conformance/conversations.js";
+import { openLmdbStore } from "./engine.js";
+
+const dirs: string[] = [];
+
+async function tempDir(): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), "switchboard-lmdb-"));
+  dirs.push(dir);
+  return dir;
+}
+
+after(async () => {
+  await Promise.all(dirs.map((dir) => rm(dir, { recursive: true, force: true })));
+});
+
+const openFresh = async () => openLmdbStore({ path: await tempDir() });
+
+runConversationStoreConformance(openFresh);
+runAccountStoreConformance(openFresh);
+
+function message(conversationId: string, seq: number) {
+  return create(EntrySchema, {
+    conversationId,
+    seq: BigInt(seq),
+    body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array([seq % 256]) }) },
+  });
+}
+
+describe("LMDB engine", () => {
+  it("keeps every kind of record across close and reopen", async () => {
+    // A dot in the name must not turn the directory into a file name.
+    const path = join(await tempDir(), "store.lmdb");
+    const first = await openLmdbStore({ path, mapSizeBytes: 1 << 20 });
+    const member = {
+      userId: "u_a",
+      role: "admin" as const,
+      joinedSeq: 1,
+      addedAtMs: 1,
+      deliveredUpTo: 0,
+      readUpTo: 0,
+    };
+    await first.conversations.commit([
+      {
+        conversationId: "g_1",
+        conversation: { id: "g_1", kind: "group", title: "T", createdAtMs: 1, membersVersion: 1 },
+        append: [message("g_1", 1), message("g_1", 2)],
+        idempotency: [{ deviceId: "dv_a", clientMsgId: "c1", seq: 1 }],
+        putMembers: [member],
+      },
+    ]);
+    await first.conversations.saveCursors(
+      [{ conversationId: "g_1", deviceId: "dv_a", deliveredUpTo: 2, readUpTo: 1 }],
+      [{ conversationId: "g_1", userId: "u_a", deliveredUpTo: 2, readUpTo: 1 }],
+    );
+    const user = { userId: "u_a", username: "alice", displayName: "Alice", createdAtMs: 1 };
+    const device = {
+      deviceId: "dv_a",
+      userId: "u_a",
+      name: "p",
+      secretHash: "00",
+      createdAtMs: 1,
+      revokedAtMs: 0,
+    };
+    await first.accounts.createUser(user, device);
+    await first.accounts.putLinkCode({ codeHash: "h", userId: "u_a", expiresAtMs: 9 });
+    await first.close();
+    await first.close();
+
+    const second = await openLmdbStore({ path });
+    try {
+      const c = second.conversations;
+      assert.equal(await c.getLastSeq("g_1"), 2);
+      assert.deepEqual(
+        (await c.readEntries("g_1", 0, 10)).map((e) => e.seq),
+        [1n, 2n],
+      );
+      assert.equal((await c.getConversation("g_1"))?.title, "T");
+      assert.equal(await c.getIdempotency("g_1", "dv_a", "c1"), 1);
+      assert.deepEqual(await c.getMembers("g_1"), [{ ...member, deliveredUpTo: 2, readUpTo: 1 }]);
+      assert.deepEqual(await c.listUserConversations("u_a"), [{ conversationId: "g_1", joinedSeq: 1 }]);
+      assert.equal((await c.getDeviceCursors("g_1", ["dv_a"])).length, 1);
+      assert.deepEqual(await second.accounts.getUserByUsername("alice"), user);
+      assert.deepEqual(await second.accounts.listDevices("u_a"), [device]);
+      assert.equal((await second.accounts.takeLinkCode("h"))?.userId, "u_a");
+    } finally {
+      await second.close();
+    }
+  });
+
+  it("group-commits concurrent calls into one transaction", async () => {
+    const engine = await openFresh();
+    try {
+      const before = engine.lastTransactionId();
+      await Promise.all(
+        Array.from({ length: 100 }, (_, i) =>
+          engine.conversations.commit([{ conversationId: `g_${i}`, append: [message(`g_${i}`, 1)] }]),
+        ),
+      );
+      const used = engine.lastTransactionId() - before;
+      assert.ok(used >= 1 && used <= 2, `100 concurrent commits took ${used} transactions`);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("applies concurrent calls in call order, so one caller may pipeline seqs", async () => {
+    const engine = await openFresh();
+    try {
+      const ids = Array.from({ length: 20 }, (_, i) => `g_${i}`);
+      const calls: Promise<void>[] = [];
+      for (let seq = 1; seq <= 10; seq++) {
+        for (const id of ids)
+          calls.push(engine.conversations.commit([{ conversationId: id, append: [message(id, seq)] }]));
+      }
+      await Promise.all(calls);
+      for (const id of ids) assert.equal(await engine.conversations.getLastSeq(id), 10);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("rolls back a commit that fails after its first puts, and only that commit", async () => {
+    const engine = await openFresh();
+    try {
+      const c = engine.conversations;
+      // The key-size check of LMDB fires on the idempotency put, after the entries were put.
+      const failing = c.commit([
+        {
+          conversationId: "g_bad",
+          conversation: { id: "g_bad", kind: "group", title: "", createdAtMs: 1, membersVersion: 0 },
+          append: [message("g_bad", 1)],
+          idempotency: [{ deviceId: "dv_a", clientMsgId: "x".repeat(3000), seq: 1 }],
+        },
+      ]);
+      const neighbour = c.commit([{ conversationId: "g_good", append: [message("g_good", 1)] }]);
+      await assert.rejects(failing, /key size/i);
+      await neighbour;
+      assert.equal(await c.getLastSeq("g_bad"), 0);
+      assert.deepEqual(await c.readEntries("g_bad", 0, 10), []);
+      assert.equal(await c.getConversation("g_bad"), undefined);
+      assert.equal(await c.getLastSeq("g_good"), 1);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("refuses a directory written with another key layout", async () => {
+    const path = await tempDir();
+    const raw = open({ path });
+    await raw.openDB({ name: "meta" }).put("layout", 99);
+    await raw.close();
+    await assert.rejects(openLmdbStore({ path }), /layout 99/);
+  });
+
+  it("every commit that resolved survives a SIGKILL of the writer", { timeout: 60_000 }, async () => {
+    const path = await tempDir();
+    const conversationId = "g_crash";
+    const printed = await runAndKill(path, conversationId, 2000);
+    assert.ok(printed.length >= 2000, `writer printed only ${printed.length} seqs`);
+    // Resolutions come in commit order, so the printed seqs are exactly 1..n.
+    const max = Math.max(...printed);
+    assert.deepEqual(
+      [...printed].sort((a, b) => a - b),
+      Array.from({ length: max }, (_, i) => i + 1),
+    );
+
+    const engine = await openLmdbStore({ path });
+    try {
+      const last = await engine.conversations.getLastSeq(conversationId);
+      assert.ok(last >= max, `store ends at seq ${last}, but seq ${max} was acknowledged`);
+      const entries = await engine.conversations.readEntries(conversationId, 0, last + 10);
+      assert.deepEqual(
+        entries.map((e) => Number(e.seq)),
+        Array.from({ length: last }, (_, i) => i + 1),
+      );
+      for (const e of entries) {
+        const body = e.body.case === "message" ? e.body.value.payload : undefined;
+        assert.deepEqual(body, new Uint8Array(64).fill(Number(e.seq) % 251), `payload of seq ${e.seq}`);
+      }
+    } finally {
+      await engine.close();
+    }
+  });
+});
+
+// Runs fixtures/crash-writer.ts and SIGKILLs it once it has printed `lines` seqs; returns every seq
+// it printed, including those printed between the kill and its death.
+async function runAndKill(path: string, conversationId: string, lines: number): Promise<number[]> {
+  const fixture = fileURLToPath(new URL("./fixtures/crash-writer.ts", import.meta.url));
+  const cwd = fileURLToPath(new URL("../../..", import.meta.url));
+  const child = spawn(process.execPath, ["--import", "tsx", fixture, path, conversationId], {
+    cwd,
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const printed: number[] = [];
+  let pending = "";
+  let stderr = "";
+  child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk;
+  });
+  child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+    pending += chunk;
+    const parts = pending.split("\n");
+    // A line cut by the kill has no newline yet and is not counted.
+    pending = parts.pop() ?? "";
+    for (const part of parts) printed.push(Number(part));
+    if (printed.length >= lines && !child.killed) child.kill("SIGKILL");
+  });
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => {
+    child.on("close", (c, s) => resolve([c, s]));
+  });
+  assert.equal(signal, "SIGKILL", `writer exited on its own (code ${code}): ${stderr}`);
+  return printed;
+}

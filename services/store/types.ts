@@ -1,0 +1,242 @@
+import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
+import type { PushTarget } from "../notification/types.js";
+
+/**
+ * The storage ports of Switchboard. Every stateful service talks to one of these contracts; the
+ * embedded engine (LMDB) and the distributed engine (ScyllaDB) implement them, and one shared
+ * conformance suite (services/store/conformance) runs against each.
+ *
+ * Contract for every method: a promise that resolves means the write is durable (fsync'd for the
+ * embedded store, a quorum write for ScyllaDB). Failures reject with a StoreError (errors.ts)
+ * when they are a domain condition, or with the driver's error for I/O failures.
+ */
+
+/** Direct or group. */
+export type ConversationKind = "direct" | "group";
+
+/** A member's role in a conversation. */
+export type MemberRole = "member" | "admin";
+
+/** A conversation's metadata. */
+export interface ConversationRecord {
+  /** The conversation id ("d_..." or "g_..."). */
+  id: string;
+  /** Direct or group. */
+  kind: ConversationKind;
+  /** The group's title; empty for direct conversations. */
+  title: string;
+  /** Creation time, in milliseconds since the Unix epoch. */
+  createdAtMs: number;
+  /** The seq of the latest membership entry (0 before the first one is written). */
+  membersVersion: number;
+}
+
+/** A member of a conversation. */
+export interface MemberRecord {
+  /** The member. */
+  userId: string;
+  /** Their role. */
+  role: MemberRole;
+  /** The seq of the membership entry that added them; they may read entries from this seq on. */
+  joinedSeq: number;
+  /** When they were added, in milliseconds since the Unix epoch. */
+  addedAtMs: number;
+  /** The highest seq any of their devices acknowledged (user-level delivered receipt). */
+  deliveredUpTo: number;
+  /** The highest seq they marked read. */
+  readUpTo: number;
+  /** No push wake-ups for this conversation until then, in milliseconds since the Unix epoch. */
+  mutedUntilMs?: number;
+}
+
+/** A device's cursors in one conversation. */
+export interface DeviceCursor {
+  /** The conversation. */
+  conversationId: string;
+  /** The device. */
+  deviceId: string;
+  /** Every entry up to this seq was received by the device. */
+  deliveredUpTo: number;
+  /** Every entry up to this seq was read on the device. */
+  readUpTo: number;
+}
+
+/** A member's user-level cursors in one conversation. */
+export interface MemberCursor {
+  /** The conversation. */
+  conversationId: string;
+  /** The member. */
+  userId: string;
+  /** The highest seq any of the member's devices acknowledged. */
+  deliveredUpTo: number;
+  /** The highest seq the member read. */
+  readUpTo: number;
+}
+
+/** The idempotency record of one send. */
+export interface IdempotencyKey {
+  /** The sending device. */
+  deviceId: string;
+  /** The device's client_msg_id. */
+  clientMsgId: string;
+  /** The seq the send was committed at. */
+  seq: number;
+}
+
+/** One membership row of a user, as indexed by user. */
+export interface UserConversation {
+  /** The conversation. */
+  conversationId: string;
+  /** The seq from which the user can read the conversation. */
+  joinedSeq: number;
+}
+
+/**
+ * Everything one commit does to one conversation. All parts of all writes passed to one
+ * ConversationStore.commit call are applied atomically.
+ */
+export interface ConversationWrite {
+  /** The conversation written to. */
+  conversationId: string;
+  /** Create or replace the conversation's metadata. */
+  conversation?: ConversationRecord;
+  /**
+   * New log entries, in ascending seq order, continuing the log with no gap: the first entry's
+   * seq is the current last seq + 1. The store refuses (StoreError "conflict") a seq that is
+   * already written, which is what fences two writers that both believe they own a shard.
+   */
+  append?: Entry[];
+  /** Idempotency records for appended entries. */
+  idempotency?: IdempotencyKey[];
+  /** Existing entries rewritten in place (tombstones of delete-for-everyone). */
+  replace?: Entry[];
+  /** Members added, or whose role changed. Also maintains the per-user index. */
+  putMembers?: MemberRecord[];
+  /** Members removed (by user id). Also maintains the per-user index. */
+  removeMembers?: string[];
+}
+
+/** The conversation log, membership, idempotency index and cursors. */
+export interface ConversationStore {
+  /**
+   * Applies writes atomically and durably. Concurrent calls are group-committed: many callers'
+   * writes share one transaction and one fsync.
+   */
+  commit(writes: ConversationWrite[]): Promise<void>;
+  /** The conversation's metadata, or undefined if it does not exist. */
+  getConversation(conversationId: string): Promise<ConversationRecord | undefined>;
+  /** All members, in no particular order. */
+  getMembers(conversationId: string): Promise<MemberRecord[]>;
+  /** The seq of the last entry, 0 for an empty or unknown conversation. */
+  getLastSeq(conversationId: string): Promise<number>;
+  /** Entries with seq > afterSeq, ascending, at most limit of them. */
+  readEntries(conversationId: string, afterSeq: number, limit: number): Promise<Entry[]>;
+  /** The seq committed for (deviceId, clientMsgId) in the conversation, if any. */
+  getIdempotency(conversationId: string, deviceId: string, clientMsgId: string): Promise<number | undefined>;
+  /** The conversations a user is a member of. */
+  listUserConversations(userId: string): Promise<UserConversation[]>;
+  /** The cursors of the given devices in a conversation; devices without cursors are left out. */
+  getDeviceCursors(conversationId: string, deviceIds: readonly string[]): Promise<DeviceCursor[]>;
+  /**
+   * Saves cursors. The caller guarantees monotonicity (it only passes higher values); the store
+   * writes what it is given. Durable like every write, but never blocks entry commits.
+   */
+  saveCursors(devices: readonly DeviceCursor[], members: readonly MemberCursor[]): Promise<void>;
+  /** Deletes idempotency records older than the given time; returns how many were removed. */
+  expireIdempotency(olderThanMs: number): Promise<number>;
+}
+
+/** A user account. */
+export interface UserRecord {
+  /** Server-assigned id ("u_..."). */
+  userId: string;
+  /** Unique handle. */
+  username: string;
+  /** Free-form name. */
+  displayName: string;
+  /** Creation time, in milliseconds since the Unix epoch. */
+  createdAtMs: number;
+}
+
+/** A device and its credential. */
+export interface DeviceRecord {
+  /** Server-assigned id ("dv_..."). */
+  deviceId: string;
+  /** The owner. */
+  userId: string;
+  /** A name for people. */
+  name: string;
+  /** SHA-256 of the device secret, hex. The secret itself is never stored. */
+  secretHash: string;
+  /** Creation time, in milliseconds since the Unix epoch. */
+  createdAtMs: number;
+  /** Revocation time, in milliseconds since the Unix epoch; 0 while active. */
+  revokedAtMs: number;
+  /** Where the device receives push wake-ups, if anywhere. */
+  push?: PushRegistration;
+}
+
+/** A device's push target with an id that names this registration. */
+export interface PushRegistration {
+  /** A hash of the target; a removal reported for an older registration is recognised by it. */
+  id: string;
+  /** The target. */
+  target: PushTarget;
+}
+
+/** A one-time code that links a new device to a user. */
+export interface LinkCodeRecord {
+  /** SHA-256 of the code, hex. */
+  codeHash: string;
+  /** The user the code links to. */
+  userId: string;
+  /** Expiry, in milliseconds since the Unix epoch. */
+  expiresAtMs: number;
+}
+
+/** Users, devices and link codes. */
+export interface AccountStore {
+  /**
+   * Creates a user with its first device. Rejects with StoreError "already_exists" when the
+   * username is taken (atomically: two concurrent registrations of one name, one wins).
+   */
+  createUser(user: UserRecord, firstDevice: DeviceRecord): Promise<void>;
+  /** A user by id. */
+  getUser(userId: string): Promise<UserRecord | undefined>;
+  /** A user by username. */
+  getUserByUsername(username: string): Promise<UserRecord | undefined>;
+  /**
+   * Adds a device to an existing user. Rejects with StoreError "limit" when the user already has
+   * maxActiveDevices active devices, and "not_found" for an unknown user; atomically.
+   */
+  addDevice(device: DeviceRecord, maxActiveDevices: number): Promise<void>;
+  /** A device by id, revoked or not. */
+  getDevice(deviceId: string): Promise<DeviceRecord | undefined>;
+  /** All devices of a user, revoked ones included, oldest first. */
+  listDevices(userId: string): Promise<DeviceRecord[]>;
+  /** Marks a device revoked; returns the updated record, undefined if unknown. Idempotent. */
+  revokeDevice(deviceId: string, atMs: number): Promise<DeviceRecord | undefined>;
+  /**
+   * Sets or clears a device's push registration. With ifCurrentId, only a registration with that
+   * id is replaced (a provider's "gone" for an old token must not remove a newer one). Returns
+   * false when the device is unknown or the condition did not hold.
+   */
+  setPush(deviceId: string, push: PushRegistration | undefined, ifCurrentId?: string): Promise<boolean>;
+  /** Stores a link code. */
+  putLinkCode(code: LinkCodeRecord): Promise<void>;
+  /**
+   * Consumes a link code: returns it and deletes it atomically, so it is redeemed at most once.
+   * Returns undefined when the code is unknown or already used (expiry is the caller's check).
+   */
+  takeLinkCode(codeHash: string): Promise<LinkCodeRecord | undefined>;
+}
+
+/** A store engine: both ports plus its lifecycle. */
+export interface StoreEngine {
+  /** The conversation port. */
+  conversations: ConversationStore;
+  /** The accounts port. */
+  accounts: AccountStore;
+  /** Flushes pending writes and releases files or connections. */
+  close(): Promise<void>;
+}

@@ -1,0 +1,141 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { ApnsEnvironment } from "../../gen/switchboard/v1/accounts_pb.js";
+import {
+  type FakeWebPushService,
+  startWebPushService,
+} from "../../services/notification/providers/testing/webpush-service.js";
+import { generateVapidKeys } from "../../services/notification/providers/webpush.js";
+import type { WebPushTarget } from "../../services/notification/types.js";
+import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
+import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+
+describe("push wake-ups for offline devices, end to end through a Web Push service", () => {
+  let server: ServerProcess;
+  let push: FakeWebPushService;
+  const devices: TestDevice[] = [];
+  const vapid = generateVapidKeys();
+
+  before(async () => {
+    push = await startWebPushService();
+    server = await startServerProcess({
+      env: {
+        SWITCHBOARD_WEBPUSH_VAPID_PUBLIC_KEY: vapid.publicKey,
+        SWITCHBOARD_WEBPUSH_VAPID_PRIVATE_KEY: vapid.privateKey,
+        SWITCHBOARD_WEBPUSH_SUBJECT: "mailto:ops@switchboard.example",
+        // The fake push service listens on plain http on 127.0.0.1.
+        SWITCHBOARD_PUSH_ALLOW_HTTP: "true",
+        SWITCHBOARD_PUSH_PER_DEVICE_PER_MINUTE: "600",
+        SWITCHBOARD_PUSH_PER_DEVICE_BURST: "2",
+      },
+    });
+  });
+  after(async () => {
+    await Promise.all(devices.map((d) => d.close()));
+    await server.stop();
+    await removeDir(server.dataDir);
+    await push.close();
+  });
+
+  async function setup() {
+    const alice = await TestDevice.register(server.url, uniqueName("pa"));
+    const bob = await TestDevice.register(server.url, uniqueName("pb"));
+    devices.push(alice, bob);
+    const sub = push.subscribe({ applicationServerKey: vapid.publicKey });
+    const target = sub.target as WebPushTarget;
+    await bob.accounts.setPushTarget({
+      target: {
+        case: "webPush",
+        value: { endpoint: target.endpoint, p256dh: target.p256dh, auth: target.auth },
+      },
+    });
+    const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
+    return { alice, bob, sub, id: conversation!.conversationId };
+  }
+
+  const pushesFor = (subId: string) => push.pushes.filter((p) => p.id === subId);
+
+  it("wakes an offline device with a content-free push it can decrypt, naming only the conversation and seq", async () => {
+    const { alice, bob, sub, id } = await setup();
+    const { devices: listed } = await bob.accounts.listDevices({});
+    assert.equal(listed[0]?.pushKind, "webpush");
+    const sent = await alice.gateway.send({ entry: outgoingText(id, "p1", "the secret words") });
+    const received = await push.waitForPush(
+      (p) => p.id === sub.id && (p.payload as { s: string }).s === String(sent.seq),
+    );
+    assert.deepEqual(received.payload, { c: id, s: String(sent.seq) }, "only the conversation id and seq");
+    assert.ok(!JSON.stringify(received.payload).includes("secret"));
+    assert.equal(received.topic, id, "collapses per conversation at the push service");
+    assert.equal(received.urgency, "high");
+    assert.equal(received.claims.aud, push.origin);
+    // The push tells the device to connect; the entry comes from the log.
+    bob.connect();
+    await bob.waitFor(
+      () => bob.texts(id).includes("the secret words") || undefined,
+      "synced after the wake-up",
+    );
+  });
+
+  it("collapses a burst into few pushes ending with the latest seq, and does not push to a live device", async () => {
+    const { alice, bob, sub, id } = await setup();
+    let last = 0n;
+    for (let i = 0; i < 10; i++)
+      last = (await alice.gateway.send({ entry: outgoingText(id, `b${i}`, `burst ${i}`) })).seq;
+    await push.waitForPush((p) => p.id === sub.id && (p.payload as { s: string }).s === String(last), 5000);
+    const count = pushesFor(sub.id).length;
+    assert.ok(count <= 4, `ten messages made ${count} pushes`);
+    bob.connect();
+    await bob.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+    await alice.gateway.send({ entry: outgoingText(id, "online", "while bob is online") });
+    await bob.waitFor(() => bob.texts(id).includes("while bob is online") || undefined, "live delivery");
+    await new Promise((r) => setTimeout(r, 300));
+    assert.equal(pushesFor(sub.id).length, count, "no push while the device holds a stream");
+  });
+
+  it("sends nothing for a muted conversation, and pushes again once unmuted", async () => {
+    const { alice, bob, sub, id } = await setup();
+    await bob.conversations.setMute({ conversationId: id, mutedUntilMs: BigInt(Date.now() + 3_600_000) });
+    const { conversation } = await bob.conversations.getConversation({ conversationId: id });
+    assert.ok(conversation!.mutedUntilMs > 0n);
+    const muted = await alice.gateway.send({ entry: outgoingText(id, "m1", "muted") });
+    await new Promise((r) => setTimeout(r, 400));
+    const named = (seq: bigint) =>
+      pushesFor(sub.id).filter((p) => (p.payload as { s: string }).s === String(seq));
+    assert.equal(named(muted.seq).length, 0, "muted: no wake-up for the message");
+    await bob.conversations.setMute({ conversationId: id, mutedUntilMs: 0n });
+    const sent = await alice.gateway.send({ entry: outgoingText(id, "m2", "unmuted") });
+    await push.waitForPush((p) => p.id === sub.id && (p.payload as { s: string }).s === String(sent.seq));
+  });
+
+  it("removes a target the push service reports gone", async () => {
+    const { alice, bob, sub, id } = await setup();
+    push.unsubscribe(sub.id);
+    await alice.gateway.send({ entry: outgoingText(id, "g1", "to a gone subscription") });
+    const deadline = Date.now() + 5000;
+    for (;;) {
+      const { devices: listed } = await bob.accounts.listDevices({});
+      if (listed[0]?.pushKind === "") break;
+      assert.ok(Date.now() < deadline, "the gone target was removed");
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  });
+
+  it("refuses malformed or unsafe targets precisely", async () => {
+    const { bob } = await setup();
+    await assert.rejects(
+      bob.accounts.setPushTarget({
+        target: { case: "webPush", value: { endpoint: "ftp://x", p256dh: "a", auth: "b" } },
+      }),
+      /must be an https URL/,
+    );
+    await assert.rejects(
+      bob.accounts.setPushTarget({
+        target: {
+          case: "apns",
+          value: { token: "abc", topic: "com.example.app", environment: ApnsEnvironment.SANDBOX },
+        },
+      }),
+      /apns.token/,
+    );
+  });
+});

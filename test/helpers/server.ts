@@ -1,0 +1,61 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { waitForListening } from "../../services/cli/listening.js";
+
+const root = new URL("../../", import.meta.url).pathname;
+
+/** A switchboard server running as its own OS process, as in production. */
+export interface ServerProcess {
+  url: string;
+  dataDir: string;
+  process: ChildProcess;
+  /** Lines the process wrote to stderr (its JSON log). */
+  logs: string[];
+  /** SIGTERM and wait for exit; returns the exit code. */
+  stop(): Promise<number | null>;
+  /** SIGKILL and wait: no chance to flush anything. */
+  kill(): Promise<void>;
+}
+
+/** Starts `switchboard start` on a free port with its own data directory (or the given one). */
+export async function startServerProcess(
+  options: { dataDir?: string; env?: Record<string, string>; port?: number } = {},
+): Promise<ServerProcess> {
+  const dataDir = options.dataDir ?? (await mkdtemp(join(tmpdir(), "switchboard-test-")));
+  const child = spawn(
+    process.execPath,
+    [join(root, "bin/switchboard.js"), "start", "--data-dir", dataDir, "--port", String(options.port ?? 0)],
+    {
+      cwd: root,
+      env: { ...process.env, SWITCHBOARD_LOG_LEVEL: "info", ...options.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  const logs: string[] = [];
+  child.stderr
+    ?.setEncoding("utf8")
+    .on("data", (chunk: string) => logs.push(...chunk.split("\n").filter(Boolean)));
+  const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  const url = await waitForListening(child, () => logs, 20_000);
+  return {
+    url,
+    dataDir,
+    process: child,
+    logs,
+    async stop() {
+      if (child.exitCode === null) child.kill("SIGTERM");
+      return exited;
+    },
+    async kill() {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      await exited;
+    },
+  };
+}
+
+/** Removes a test data directory. */
+export async function removeDir(dir: string): Promise<void> {
+  await rm(dir, { recursive: true, force: true });
+}

@@ -1,0 +1,407 @@
+import assert from "node:assert/strict";
+import { randomUUID } from "node:crypto";
+import { rm } from "node:fs/promises";
+import { after, describe, test } from "node:test";
+import { create, toBinary } from "@bufbuild/protobuf";
+import { connect, type NatsConnection } from "nats";
+import {
+  type BusEvent,
+  type DeliveryBatch,
+  DeliveryBatchSchema,
+  DeliverySchema,
+} from "../../gen/switchboard/internal/v1/events_pb.js";
+import { EntrySchema, MessageBodySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import {
+  type NatsServer,
+  pingNats,
+  requireNats,
+  type Skippable,
+  startNatsServer,
+  testNatsUrl,
+} from "../../test/helpers/backends.js";
+import { createLogger } from "../common/log.js";
+import { committed, eventually, keyOf, receipt, runBusConformance } from "./conformance.js";
+import { connectNats, type NatsBusOptions, type NatsEngine } from "./nats.js";
+
+const log = createLogger({ level: "silent" });
+const url = testNatsUrl();
+// Every stream and subject this file creates carries the run id, so a shared server stays clean.
+const run = randomUUID().replaceAll("-", "").slice(0, 12);
+let opened = 0;
+
+function isolated(): { stream: string; subjectPrefix: string } {
+  const i = opened++;
+  return { stream: `SBTEST_${run}_${i}`, subjectPrefix: `sbtest.${run}.${i}` };
+}
+
+/** Quick timers, so redeliveries and reconnects happen within a test's patience. */
+const QUICK: Partial<NatsBusOptions> = {
+  ackWaitMs: 2000,
+  nakDelayMs: 50,
+  fetchExpiresMs: 1000,
+  publishTimeoutMs: 2000,
+  reconnectTimeWaitMs: 100,
+};
+
+function conversation(): string {
+  return `g_${randomUUID().replaceAll("-", "")}`;
+}
+
+const range = (from: number, to: number): number[] =>
+  Array.from({ length: to - from + 1 }, (_, i) => from + i);
+
+function deferred(): { promise: Promise<void>; resolve: () => void } {
+  let resolve: () => void = () => {};
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
+}
+
+if (!(await pingNats(url))) {
+  // Skips here, or fails under CI=true: a missing backend must be visible.
+  test("NATS bus (needs nats-server)", async (t) => {
+    await requireNats(t, url);
+  });
+} else {
+  const admin: NatsConnection = await connect({ servers: url, name: "switchboard-bus-tests" });
+  const jsm = await admin.jetstreamManager();
+  const streams = new Set<string>();
+  const engines: NatsEngine[] = [];
+
+  async function engine(
+    names: { stream: string; subjectPrefix: string },
+    options: Partial<NatsBusOptions> = {},
+  ) {
+    streams.add(names.stream);
+    const e = await connectNats({ servers: [url], ...QUICK, ...names, ...options }, log);
+    engines.push(e);
+    return e;
+  }
+
+  after(async () => {
+    await Promise.all(engines.map((e) => e.close()));
+    for (const stream of streams) await jsm.streams.delete(stream).catch(() => false);
+    await admin.close();
+  });
+
+  runBusConformance(
+    "NATS JetStream",
+    async () => {
+      const names = isolated();
+      const e = await engine(names);
+      return {
+        bus: e.bus,
+        delivery: e.delivery,
+        settle: () => e.flush(),
+        outstanding: async () => {
+          const info = await jsm.consumers.info(names.stream, "fanout");
+          return info.num_ack_pending + info.num_pending;
+        },
+        close: async () => {
+          await e.close();
+          await jsm.streams.delete(names.stream).catch(() => false);
+          streams.delete(names.stream);
+        },
+      };
+    },
+    { redeliversOnReject: true },
+  );
+
+  describe("NATS bus specifics", () => {
+    test("the stream is created with explicit limits and updated when they change", async () => {
+      const names = isolated();
+      const e = await engine(names, {
+        maxAgeMs: 60_000,
+        maxBytes: 10 * 1024 * 1024,
+        duplicateWindowMs: 30_000,
+      });
+      const config = (await jsm.streams.info(names.stream)).config;
+      assert.equal(config.storage, "file");
+      assert.equal(config.retention, "limits");
+      assert.equal(config.discard, "old");
+      assert.equal(config.max_age, 60_000 * 1e6);
+      assert.equal(config.max_bytes, 10 * 1024 * 1024);
+      assert.equal(config.duplicate_window, 30_000 * 1e6);
+      assert.equal(config.num_replicas, 1);
+      assert.deepEqual(config.subjects, [`${names.subjectPrefix}.events.>`]);
+      await e.close();
+      const again = await engine(names, {
+        maxAgeMs: 120_000,
+        maxBytes: 10 * 1024 * 1024,
+        duplicateWindowMs: 30_000,
+      });
+      assert.equal((await jsm.streams.info(names.stream)).config.max_age, 120_000 * 1e6);
+      await again.ensureConsumer();
+      const consumer = (await jsm.consumers.info(names.stream, "fanout")).config;
+      assert.equal(consumer.ack_policy, "explicit");
+      assert.equal(consumer.ack_wait, 2000 * 1e6);
+      await again.close();
+      const changed = await engine(names, { ackWaitMs: 3000, maxDeliver: 7 });
+      await changed.ensureConsumer();
+      const updated = (await jsm.consumers.info(names.stream, "fanout")).config;
+      assert.equal(updated.ack_wait, 3000 * 1e6);
+      assert.equal(updated.max_deliver, 7);
+      await changed.close();
+    });
+
+    test("the same entry or receipt published twice is stored once", async () => {
+      const names = isolated();
+      const e = await engine(names);
+      const c = conversation();
+      await e.bus.publishCommitted([committed(c, 1), receipt(c, "u_bob", 1)]);
+      await e.bus.publishCommitted([committed(c, 1), receipt(c, "u_bob", 1), committed(c, 2)]);
+      assert.equal((await jsm.streams.info(names.stream)).state.messages, 3);
+      assert.equal(e.metrics.published, 5);
+      assert.equal(e.metrics.duplicates, 2);
+    });
+
+    test("more publishes than maxPublishesInFlight wait for slots and keep their order", async () => {
+      const names = isolated();
+      const e = await engine(names, { maxPublishesInFlight: 4 });
+      const c = conversation();
+      await Promise.all([
+        e.bus.publishCommitted(range(1, 50).map((s) => committed(c, s))),
+        e.bus.publishCommitted(range(51, 60).map((s) => committed(c, s))),
+      ]);
+      const seen: string[] = [];
+      const stop = e.bus.consumeCommitted(async (events) => {
+        seen.push(...events.map(keyOf));
+      });
+      await eventually("every event", () => seen.length >= 60);
+      stop();
+      assert.deepEqual(
+        seen,
+        range(1, 60).map((s) => `${c}:${s}`),
+      );
+    });
+
+    test("without a stream publishes reject, and a consumer waits until a publisher creates it", async () => {
+      const names = isolated();
+      const consumerOnly = await engine(names, { manageStream: false });
+      const c = conversation();
+      await assert.rejects(consumerOnly.bus.publishCommitted([committed(c, 1)]));
+      assert.equal(consumerOnly.metrics.publishFailures, 1);
+      const seen: string[] = [];
+      const stop = consumerOnly.bus.consumeCommitted(async (events) => {
+        seen.push(...events.map(keyOf));
+      });
+      const publisher = await engine(names);
+      await publisher.bus.publishCommitted([committed(c, 1)]);
+      await eventually("the event at the waiting consumer", () => seen.length >= 1);
+      stop();
+      assert.deepEqual(seen, [`${c}:1`]);
+    });
+
+    test("an undecodable message is terminated, never redelivered", async () => {
+      const names = isolated();
+      const e = await engine(names);
+      const c = conversation();
+      await admin
+        .jetstream()
+        .publish(`${names.subjectPrefix}.events.${c}`, new Uint8Array([0xff, 0xff, 0xff]));
+      await e.bus.publishCommitted([committed(c, 1)]);
+      const seen: string[] = [];
+      const stop = e.bus.consumeCommitted(async (events) => {
+        seen.push(...events.map(keyOf));
+      });
+      await eventually("the valid event", () => seen.length >= 1);
+      await eventually("nothing outstanding", async () => {
+        const info = await jsm.consumers.info(names.stream, "fanout");
+        return info.num_ack_pending + info.num_pending === 0;
+      });
+      stop();
+      assert.deepEqual(seen, [`${c}:1`]);
+      assert.equal(e.metrics.terminated, 1);
+    });
+
+    test("a delivery batch over the server's payload limit arrives as several, in order", async () => {
+      const e = await engine(isolated());
+      const c = conversation();
+      const big = new Uint8Array(64 * 1024).fill(7);
+      const batch = create(DeliveryBatchSchema, {
+        deliveries: range(1, 40).map((seq) =>
+          create(DeliverySchema, {
+            deviceIds: [`dv_${seq}`],
+            payload: {
+              case: "entry",
+              value: create(EntrySchema, {
+                conversationId: c,
+                seq: BigInt(seq),
+                body: { case: "message", value: create(MessageBodySchema, { payload: big }) },
+              }),
+            },
+          }),
+        ),
+      });
+      const received: DeliveryBatch[] = [];
+      const stop = e.delivery.listen("gw_big", (b) => received.push(b));
+      await e.flush();
+      await e.delivery.deliver("gw_big", batch);
+      await eventually("every delivery", () => received.reduce((n, b) => n + b.deliveries.length, 0) >= 40);
+      stop();
+      assert.ok(received.length > 1, "the batch should have been split");
+      const joined = create(DeliveryBatchSchema, { deliveries: received.flatMap((b) => b.deliveries) });
+      assert.deepEqual(toBinary(DeliveryBatchSchema, joined), toBinary(DeliveryBatchSchema, batch));
+    });
+
+    test("gateway ids that are not subject tokens are refused", async () => {
+      const e = await engine(isolated());
+      const empty = create(DeliveryBatchSchema);
+      await assert.rejects(e.delivery.deliver("gw.a", empty), RangeError);
+      await assert.rejects(e.delivery.deliver("gw_>", empty), RangeError);
+      assert.throws(() => e.delivery.listen("*", () => {}), RangeError);
+    });
+
+    test("each ephemeral event goes to one worker of the group; broadcasts go to every process", async () => {
+      const names = isolated();
+      const [a, b, sender] = [await engine(names), await engine(names), await engine(names)];
+      const typingA: BusEvent[] = [];
+      const typingB: BusEvent[] = [];
+      a.bus.consumeEphemeral((events) => typingA.push(...events));
+      b.bus.consumeEphemeral((events) => typingB.push(...events));
+      const broadcastA: BusEvent[] = [];
+      const broadcastB: BusEvent[] = [];
+      a.bus.onBroadcast((events) => broadcastA.push(...events));
+      b.bus.onBroadcast((events) => broadcastB.push(...events));
+      await Promise.all([a.flush(), b.flush()]);
+      const c = conversation();
+      // Committed-shaped events are enough here: the core subjects carry any BusEvent.
+      for (const seq of range(1, 40)) sender.bus.publishEphemeral([committed(c, seq)]);
+      sender.bus.broadcast([committed(c, 100)]);
+      await eventually("every typing event", () => typingA.length + typingB.length >= 40);
+      await eventually("both broadcasts", () => broadcastA.length >= 1 && broadcastB.length >= 1);
+      await Promise.all([a.flush(), b.flush(), sender.flush()]);
+      const keys = [...typingA, ...typingB].map(keyOf).sort();
+      assert.deepEqual(
+        keys,
+        range(1, 40)
+          .map((s) => `${c}:${s}`)
+          .sort(),
+      );
+      assert.deepEqual(broadcastA.map(keyOf), [`${c}:100`]);
+      assert.deepEqual(broadcastB.map(keyOf), [`${c}:100`]);
+    });
+  });
+}
+
+/** A nats-server of the test's own; skips (or fails under CI=true) when the binary is missing. */
+async function ownServer(
+  t: Skippable,
+  options: { port?: number; storeDir?: string } = {},
+): Promise<NatsServer | undefined> {
+  try {
+    return await startNatsServer(options);
+  } catch (err) {
+    if (process.env.CI === "true" || !(err instanceof Error) || !err.message.startsWith("cannot run"))
+      throw err;
+    t.skip(err.message);
+    return undefined;
+  }
+}
+
+describe("NATS bus faults (own nats-server)", () => {
+  test("workers share the durable consumer, and a killed worker's batch goes to another", async (t) => {
+    const server = await ownServer(t);
+    if (server === undefined) return;
+    const stuck = deferred();
+    const names = isolated();
+    const options = { servers: [server.url], ...QUICK, ...names, ackWaitMs: 1000, batchSize: 10 };
+    const a = await connectNats(options, log);
+    const b = await connectNats(options, log);
+    const probe = await connect({ servers: server.url });
+    try {
+      await a.ensureConsumer();
+      const gotA: string[] = [];
+      const gotB: string[] = [];
+      a.bus.consumeCommitted((events) => {
+        gotA.push(...events.map(keyOf));
+        // A worker that dies mid-batch: it never settles.
+        return stuck.promise;
+      });
+      b.bus.consumeCommitted(async (events) => {
+        gotB.push(...events.map(keyOf));
+      });
+      const probeJsm = await probe.jetstreamManager();
+      await eventually(
+        "both workers waiting",
+        async () => (await probeJsm.consumers.info(names.stream, "fanout")).num_waiting >= 2,
+      );
+      const c = conversation();
+      await a.bus.publishCommitted(range(1, 100).map((s) => committed(c, s)));
+      await eventually("worker A's batch", () => gotA.length > 0);
+      await a.connection.close();
+      const all = range(1, 100).map((s) => `${c}:${s}`);
+      await eventually("every event at worker B", () => all.every((k) => gotB.includes(k)));
+      assert.ok(
+        gotA.every((k) => gotB.includes(k)),
+        "worker A's events were redelivered to B",
+      );
+      assert.ok(b.metrics.redelivered >= gotA.length);
+      await eventually("nothing outstanding", async () => {
+        const info = await probeJsm.consumers.info(names.stream, "fanout");
+        return info.num_ack_pending + info.num_pending === 0;
+      });
+    } finally {
+      stuck.resolve();
+      await Promise.all([a.close(), b.close(), probe.close()]);
+      await server.stop();
+      await rm(server.storeDir, { recursive: true, force: true });
+    }
+  });
+
+  test("a nats-server killed and restarted: publishes fail fast, then resume, and nothing is lost", async (t) => {
+    const first = await ownServer(t);
+    if (first === undefined) return;
+    let server = first;
+    const names = isolated();
+    const e = await connectNats(
+      { servers: [server.url], ...QUICK, ...names, ackWaitMs: 1000, publishTimeoutMs: 1000 },
+      log,
+    );
+    try {
+      const c = conversation();
+      const got: string[] = [];
+      const handler = async (events: readonly BusEvent[]): Promise<void> => {
+        got.push(...events.map(keyOf));
+      };
+      const stopFirst = e.bus.consumeCommitted(handler);
+      await e.bus.publishCommitted(range(1, 10).map((s) => committed(c, s)));
+      await eventually("the first events", () => got.length >= 10);
+      stopFirst();
+      // Stored, never delivered: these must survive the crash.
+      await e.bus.publishCommitted(range(11, 20).map((s) => committed(c, s)));
+
+      await server.stop("SIGKILL");
+      await eventually("the disconnect noticed", () => !e.ready());
+      await assert.rejects(e.bus.publishCommitted([committed(c, 21)]));
+      // A worker started during the outage waits for the server instead of giving up.
+      e.bus.consumeCommitted(handler);
+
+      server = await startNatsServer({ port: server.port, storeDir: server.storeDir });
+      await eventually("the reconnect", () => e.ready());
+      // The sequencer's recovery loop retries like this until the bus takes the events.
+      await eventually("a publish after the restart", () =>
+        e.bus.publishCommitted(range(21, 30).map((s) => committed(c, s))).then(
+          () => true,
+          () => false,
+        ),
+      );
+      const wanted = range(11, 30).map((s) => `${c}:${s}`);
+      await eventually("every event from before and after the crash", () =>
+        wanted.every((k) => got.includes(k)),
+      );
+      const probe = await connect({ servers: server.url });
+      try {
+        const info = await (await probe.jetstreamManager()).consumers.info(names.stream, "fanout");
+        assert.equal(info.config.durable_name, "fanout");
+      } finally {
+        await probe.close();
+      }
+    } finally {
+      await e.close();
+      await server.stop();
+      await rm(server.storeDir, { recursive: true, force: true });
+    }
+  });
+});

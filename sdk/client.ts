@@ -165,6 +165,7 @@ export class SwitchboardClient {
       serverUrl,
       credential: { deviceId: profile.credentials.deviceId, deviceSecret: profile.credentials.deviceSecret },
       unaryTimeoutMs: UNARY_TIMEOUT_MS,
+      ...(options.alternateUrls !== undefined && { alternateUrls: options.alternateUrls }),
     });
     return new SwitchboardClient(profile, conn, options.codec ?? identityCodec, options);
   }

@@ -1,5 +1,13 @@
 import { create } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
+import {
+  type Client,
+  Code,
+  ConnectError,
+  createClient,
+  type Interceptor,
+  type StreamResponse,
+  type Transport,
+} from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { AccountService, CreateTokenRequestSchema } from "../gen/switchboard/v1/accounts_pb.js";
 import { ConversationService } from "../gen/switchboard/v1/conversations_pb.js";
@@ -128,6 +136,68 @@ export interface ConnectionOptions {
   credential?: { deviceId: string; deviceSecret: string };
   /** Per-call timeout of unary calls, in milliseconds. Default 30,000. */
   unaryTimeoutMs?: number;
+  /**
+   * Other gateways of the same deployment. A call that fails because its gateway is unreachable
+   * or shutting down moves later calls (and the next stream) to the next one, round robin.
+   */
+  alternateUrls?: string[];
+}
+
+/** Errors that say "this gateway cannot serve you now", as opposed to "your request is wrong". */
+function gatewayUnavailable(err: unknown): boolean {
+  const code = ConnectError.from(err).code;
+  return code === Code.Unavailable || code === Code.Unknown || code === Code.Internal;
+}
+
+/**
+ * A transport over several gateways. Calls go to the current one; when one fails as unavailable
+ * (refused, reset, draining) the next call goes to the next gateway. The failed call itself is
+ * not retried here: the client's own retry (same client_msg_id, or the stream's reconnect loop)
+ * decides that, so nothing is sent twice behind its back.
+ */
+function failoverTransport(transports: Transport[]): Transport {
+  let current = 0;
+  const failed = (index: number, err: unknown): void => {
+    // Only the first failure of a gateway moves on; concurrent calls failing on it must not skip
+    // the next gateway too.
+    if (gatewayUnavailable(err) && current === index) current = (index + 1) % transports.length;
+  };
+  return {
+    async unary(...args) {
+      const index = current;
+      try {
+        return await transports[index]!.unary(...args);
+      } catch (err) {
+        failed(index, err);
+        throw err;
+      }
+    },
+    async stream<
+      I extends Parameters<Transport["stream"]>[0]["input"],
+      O extends Parameters<Transport["stream"]>[0]["output"],
+    >(...args: Parameters<Transport["stream"]>) {
+      const index = current;
+      let response: StreamResponse<I, O>;
+      try {
+        response = (await transports[index]!.stream(...args)) as StreamResponse<I, O>;
+      } catch (err) {
+        failed(index, err);
+        throw err;
+      }
+      const messages = response.message;
+      return {
+        ...response,
+        message: (async function* () {
+          try {
+            yield* messages;
+          } catch (err) {
+            failed(index, err);
+            throw err;
+          }
+        })(),
+      };
+    },
+  } as Transport;
 }
 
 /**
@@ -137,13 +207,12 @@ export interface ConnectionOptions {
  * that has since rotated keys.
  */
 export function connectToServer(options: ConnectionOptions): ServerConnection {
-  const baseUrl = options.serverUrl.replace(/\/+$/, "");
-  // Our own session manager lets close() end the connection at once; without it the process
+  const urls = [options.serverUrl, ...(options.alternateUrls ?? [])].map((u) => u.replace(/\/+$/, ""));
+  // Our own session managers let close() end the connections at once; without them the process
   // lingers until the idle timeout.
-  const sessionManager = new Http2SessionManager(baseUrl, {
-    pingIntervalMs: 15_000,
-    pingTimeoutMs: 10_000,
-  });
+  const sessionManagers = urls.map(
+    (baseUrl) => new Http2SessionManager(baseUrl, { pingIntervalMs: 15_000, pingTimeoutMs: 10_000 }),
+  );
   let tokens: TokenSource | undefined;
 
   const auth: Interceptor = (next) => async (req) => {
@@ -162,23 +231,31 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     }
   };
 
-  const bare = createGrpcTransport({ baseUrl, sessionManager });
+  const over = (make: (baseUrl: string, sessionManager: Http2SessionManager) => Transport): Transport => {
+    const transports = urls.map((baseUrl, i) => make(baseUrl, sessionManagers[i]!));
+    return transports.length === 1 ? transports[0]! : failoverTransport(transports);
+  };
+  const bare = over((baseUrl, sessionManager) => createGrpcTransport({ baseUrl, sessionManager }));
   const accountsBare = createClient(AccountService, bare);
   if (options.credential !== undefined) {
     tokens = new TokenSource(accountsBare, options.credential.deviceId, options.credential.deviceSecret);
   }
-  const transport = createGrpcTransport({
-    baseUrl,
-    sessionManager,
-    interceptors: [auth],
-    defaultTimeoutMs: options.unaryTimeoutMs ?? 30_000,
-  });
+  const transport = over((baseUrl, sessionManager) =>
+    createGrpcTransport({
+      baseUrl,
+      sessionManager,
+      interceptors: [auth],
+      defaultTimeoutMs: options.unaryTimeoutMs ?? 30_000,
+    }),
+  );
   return {
     accounts: createClient(AccountService, transport),
     conversations: createClient(ConversationService, transport),
     gateway: createClient(GatewayService, transport),
     tokens,
-    close: () => sessionManager.abort(),
+    close: () => {
+      for (const m of sessionManagers) m.abort();
+    },
   };
 }
 

@@ -230,6 +230,11 @@ export interface OpenOptions extends ClientTuning {
   profileDir: string;
   /** Overrides the server URL stored in the profile. */
   serverUrl?: string;
+  /**
+   * Other gateways to fail over to when the current one is unreachable or draining (when a
+   * deployment exposes several addresses instead of one load-balanced one).
+   */
+  alternateUrls?: string[];
   /** Payload codec; defaults to the identity (plaintext) codec until E2EE lands. */
   codec?: PayloadCodec;
 }

@@ -1,5 +1,8 @@
 import { Command, InvalidArgumentError } from "commander";
 import { registerClientCommands } from "../../sdk/cli/commands.js";
+import { ROLES } from "../common/config.js";
+import { createLogger } from "../common/log.js";
+import { readSettingsFile } from "../common/settings-file.js";
 import { startServer } from "../server/index.js";
 
 function port(value: string): number {
@@ -15,36 +18,150 @@ const program = new Command("switchboard")
 
 program
   .command("start")
-  .description("run every service in one process on the embedded storage")
+  .description(
+    "run Switchboard: every service in one process on embedded storage, or the services named by --role",
+  )
+  .option(
+    "--role <roles>",
+    `comma-separated services to run: ${ROLES.join(", ")} (env SWITCHBOARD_ROLES; default all)`,
+  )
+  .option("--config <file>", "a JSON file of settings, by their environment names; the environment wins")
   .option("--data-dir <dir>", "where the embedded store keeps its files (env SWITCHBOARD_DATA_DIR)")
   .option("--host <host>", "address to listen on (env SWITCHBOARD_HOST)")
   .option("--port <port>", "port to listen on, 0 for any free port (env SWITCHBOARD_PORT)", port)
+  .option("--admin-port <port>", "HTTP/1.1 port for /healthz and /readyz (env SWITCHBOARD_ADMIN_PORT)", port)
   .option("--log-level <level>", "fatal, error, warn, info, debug or silent (env SWITCHBOARD_LOG_LEVEL)")
-  .action(async (opts: { dataDir?: string; host?: string; port?: number; logLevel?: string }) => {
-    const server = await startServer({
-      ...(opts.dataDir !== undefined && { dataDir: opts.dataDir }),
-      ...(opts.host !== undefined && { host: opts.host }),
-      ...(opts.port !== undefined && { port: opts.port }),
-      ...(opts.logLevel !== undefined && { logLevel: opts.logLevel }),
-    });
-    // Tests and scripts read this line to find the port.
-    process.stdout.write(`switchboard listening on ${server.url} (data in ${server.config.dataDir})\n`);
-    let stopping = false;
-    const stop = (signal: string) => {
-      if (stopping) return;
-      stopping = true;
-      process.stdout.write(`${signal}: shutting down\n`);
-      server.close().then(
-        () => process.exit(0),
-        (err: unknown) => {
-          console.error(err);
-          process.exit(1);
-        },
+  .action(
+    async (opts: {
+      role?: string;
+      config?: string;
+      dataDir?: string;
+      host?: string;
+      port?: number;
+      adminPort?: number;
+      logLevel?: string;
+    }) => {
+      const env = opts.config ? { ...(await readSettingsFile(opts.config)), ...process.env } : process.env;
+      if (opts.role !== undefined) env.SWITCHBOARD_ROLES = opts.role;
+      const server = await startServer({
+        env,
+        ...(opts.dataDir !== undefined && { dataDir: opts.dataDir }),
+        ...(opts.host !== undefined && { host: opts.host }),
+        ...(opts.port !== undefined && { port: opts.port }),
+        ...(opts.logLevel !== undefined && { logLevel: opts.logLevel }),
+        ...(opts.adminPort !== undefined && { mesh: { adminPort: opts.adminPort } }),
+      });
+      const roles =
+        server.config.mesh.roles.length === ROLES.length ? "all roles" : server.config.mesh.roles.join(",");
+      // Tests and scripts read this line to find the port.
+      process.stdout.write(
+        `switchboard listening on ${server.url} (${roles}; data in ${server.config.dataDir}` +
+          `${server.adminUrl ? `; health on ${server.adminUrl}` : ""})\n`,
       );
-    };
-    process.on("SIGINT", () => stop("SIGINT"));
-    process.on("SIGTERM", () => stop("SIGTERM"));
+      let stopping = false;
+      const stop = (signal: string) => {
+        if (stopping) return;
+        stopping = true;
+        process.stdout.write(`${signal}: shutting down\n`);
+        server.close().then(
+          () => process.exit(0),
+          (err: unknown) => {
+            console.error(err);
+            process.exit(1);
+          },
+        );
+      };
+      process.on("SIGINT", () => stop("SIGINT"));
+      process.on("SIGTERM", () => stop("SIGTERM"));
+    },
+  );
+
+program
+  .command("migrate")
+  .description("apply the ScyllaDB schema migrations (SCYLLA_CONTACT_POINTS, SCYLLA_KEYSPACE, ...)")
+  .option("--config <file>", "a JSON file of settings, by their environment names; the environment wins")
+  .action(async (opts: { config?: string }) => {
+    const env = opts.config ? { ...(await readSettingsFile(opts.config)), ...process.env } : process.env;
+    const log = createLogger({ level: env.SWITCHBOARD_LOG_LEVEL ?? "info", base: { role: "migrate" } });
+    const { scyllaOptionsFromEnv } = await import("../store/scylla/engine.js");
+    const { migrateScylla } = await import("../store/scylla/schema.js");
+    const applied = await migrateScylla(scyllaOptionsFromEnv(env), log);
+    process.stdout.write(
+      applied.length === 0 ? "schema is up to date\n" : `applied migrations: ${applied.join(", ")}\n`,
+    );
+    log.flush();
   });
+
+function count(value: string): number {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < 1 || n > 16) throw new InvalidArgumentError("a count from 1 to 16");
+  return n;
+}
+
+program
+  .command("mesh")
+  .description(
+    "run the distributed topology on this machine: each service in its own process, with " +
+      "nats-server (JetStream) and redis-server started for it, and ScyllaDB when SCYLLA_CONTACT_POINTS is set",
+  )
+  .option("--dir <dir>", "where processes keep data and logs", ".switchboard/mesh")
+  .option("--port <port>", "the first gateway's port; the others follow it", port, 7420)
+  .option("--gateways <n>", "gateway processes", count, 2)
+  .option("--sequencers <n>", "sequencer replicas", count, 2)
+  .option("--fanouts <n>", "fanout workers", count, 2)
+  .option("--nats-url <url>", "use this NATS server instead of starting one")
+  .option("--redis-url <url>", "use this Redis instead of starting one")
+  .action(
+    async (opts: {
+      dir: string;
+      port: number;
+      gateways: number;
+      sequencers: number;
+      fanouts: number;
+      natsUrl?: string;
+      redisUrl?: string;
+    }) => {
+      const { Mesh } = await import("../mesh/launcher.js");
+      const env: Record<string, string> = {};
+      for (const [k, v] of Object.entries(process.env)) {
+        if (v !== undefined && /^(SWITCHBOARD|SCYLLA)_/.test(k)) env[k] = v;
+      }
+      const mesh = await Mesh.start({
+        dir: opts.dir,
+        gateways: opts.gateways,
+        sequencers: opts.sequencers,
+        fanouts: opts.fanouts,
+        gatewayPorts: Array.from({ length: opts.gateways }, (_, i) => opts.port + i),
+        env,
+        ...(opts.natsUrl !== undefined && { natsUrl: opts.natsUrl }),
+        ...(opts.redisUrl !== undefined && { redisUrl: opts.redisUrl }),
+      });
+      const out = process.stdout;
+      out.write(`nats:  ${mesh.natsUrl}${mesh.nats ? ` (pid ${mesh.nats.pid})` : ""}\n`);
+      out.write(`redis: ${mesh.redisUrl}${mesh.redis ? ` (pid ${mesh.redis.pid})` : ""}\n`);
+      for (const p of mesh.processes.values()) {
+        out.write(
+          `${p.name.padEnd(12)} ${p.url}  health ${p.adminUrl}/readyz  pid ${p.child?.pid}  log ${opts.dir}/${p.name}.log\n`,
+        );
+      }
+      out.write(`switchboard mesh listening on ${mesh.gatewayUrls.join(" and ")}; Ctrl-C stops it\n`);
+      let stopping = false;
+      const stop = () => {
+        if (stopping) return;
+        stopping = true;
+        out.write("stopping the mesh\n");
+        mesh.stop().then(
+          () => process.exit(0),
+          (err: unknown) => {
+            console.error(err);
+            process.exit(1);
+          },
+        );
+      };
+      process.on("SIGINT", stop);
+      process.on("SIGTERM", stop);
+    },
+  );
 
 registerClientCommands(program);
 

@@ -74,6 +74,67 @@ export interface Config {
   limits: Limits;
   /** Push notifications. */
   push: PushConfig;
+  /** Which services this process runs, which engines they use and where the others are. */
+  mesh: MeshConfig;
+}
+
+/** The services one process can run. */
+export const ROLES = ["gateway", "accounts", "sequencer", "fanout", "presence", "notification"] as const;
+
+/** One service. */
+export type Role = (typeof ROLES)[number];
+
+/** The distributed topology of one process (issue: everything in one process by default). */
+export interface MeshConfig {
+  /** The services this process runs; all of them by default. */
+  roles: Role[];
+  /** This process's id: names the gateway in routes and delivery subjects. Unique per process. */
+  instanceId: string;
+  /** Port of the HTTP/1.1 admin server (/healthz, /readyz) for probes; none when undefined. */
+  adminPort: number | undefined;
+  /** Conversation and account storage. */
+  store: "lmdb" | "scylla";
+  /** Apply the ScyllaDB schema migrations at start-up. */
+  migrate: boolean;
+  /** The bus between sequencers, fanout and gateways. */
+  bus: "memory" | "nats";
+  /** NATS settings, when bus is "nats". */
+  nats: NatsConfig;
+  /** Where routes, presence and shared rate limits live. */
+  routes: "memory" | "redis";
+  /** Redis URL, when routes is "redis". */
+  redisUrl: string | undefined;
+  /** Base URLs of the services this process calls but does not run. */
+  urls: ServiceUrls;
+  /** Sequencer replicas (StatefulSet ordinals); logical shard s belongs to replica s mod replicas. */
+  sequencerReplicas: number;
+  /** This process's sequencer ordinal, when it runs the sequencer role. */
+  sequencerOrdinal: number;
+}
+
+/** NATS connection and JetStream stream settings. */
+export interface NatsConfig {
+  /** Server URLs. */
+  servers: string[];
+  /** Prefix of every subject, so deployments can share a NATS account. */
+  subjectPrefix: string;
+  /** The JetStream stream of committed events. */
+  stream: string;
+  /** Stream replicas (1, or 3 on a NATS cluster). */
+  replicas: number;
+  /** Events older than this are discarded, in milliseconds. */
+  maxAgeMs: number;
+  /** The stream's size bound, in bytes; the oldest events go first. */
+  maxBytes: number;
+}
+
+/** Addresses of other services. */
+export interface ServiceUrls {
+  accounts: string | undefined;
+  presence: string | undefined;
+  notification: string | undefined;
+  /** One URL per sequencer replica, in ordinal order. */
+  sequencers: string[];
 }
 
 export const defaultLimits: Limits = {
@@ -92,9 +153,10 @@ export const defaultLimits: Limits = {
 };
 
 /** Overrides accepted by loadConfig; limits and push settings may be given in part. */
-export type ConfigInput = Partial<Omit<Config, "limits" | "push">> & {
+export type ConfigInput = Partial<Omit<Config, "limits" | "push" | "mesh">> & {
   limits?: Partial<Limits>;
   push?: Partial<PushConfig>;
+  mesh?: Partial<MeshConfig>;
 };
 
 /** Reads a group of variables that must be set together (or not at all). */
@@ -229,14 +291,203 @@ export function loadConfig(input: ConfigInput = {}, env: NodeJS.ProcessEnv = pro
     logLevel: input.logLevel ?? env.SWITCHBOARD_LOG_LEVEL ?? "info",
     limits,
     push: loadPush(input.push, env),
+    mesh: loadMesh(input.mesh, env),
   };
   if (config.shardCount < 1 || config.shardCount > 4096) {
     throw new ConnectError("configuration: shardCount must be between 1 and 4096", Code.InvalidArgument);
   }
   if (config.port > 65535)
     throw new ConnectError("configuration: port must be at most 65535", Code.InvalidArgument);
+  checkMesh(config);
   if (config.tokenTtlSeconds < 30) {
     throw new ConnectError("configuration: tokenTtlSeconds must be at least 30", Code.InvalidArgument);
   }
   return config;
+}
+
+function fail(message: string): never {
+  throw new ConnectError(`configuration: ${message}`, Code.InvalidArgument);
+}
+
+function oneOf<T extends string>(name: string, value: string, allowed: readonly T[]): T {
+  if (!(allowed as readonly string[]).includes(value))
+    fail(`${name} must be one of ${allowed.join(", ")}, got "${value}"`);
+  return value as T;
+}
+
+function list(raw: string | undefined): string[] {
+  return (raw ?? "")
+    .split(",")
+    .map((s) => s.trim())
+    .filter((s) => s !== "");
+}
+
+function httpUrl(name: string, value: string | undefined): string | undefined {
+  if (value === undefined || value === "") return undefined;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    fail(`${name} is not a URL: "${value}"`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:")
+    fail(`${name} must be an http(s) URL, got "${value}"`);
+  return value.replace(/\/+$/, "");
+}
+
+/**
+ * The sequencer ordinal: configured, or the trailing number of a StatefulSet pod's hostname
+ * ("switchboard-sequencer-2" is ordinal 2), so the chart need not template it per pod.
+ */
+function ordinalFrom(env: NodeJS.ProcessEnv, input: number | undefined): number {
+  if (input !== undefined) return positiveInt("sequencerOrdinal", input);
+  const raw = env.SWITCHBOARD_SEQUENCER_ORDINAL;
+  if (raw !== undefined && raw !== "") return positiveInt("SWITCHBOARD_SEQUENCER_ORDINAL", raw);
+  const match = /-(\d+)$/.exec(env.HOSTNAME ?? "");
+  return match ? Number(match[1]) : 0;
+}
+
+function loadMesh(input: Partial<MeshConfig> | undefined, env: NodeJS.ProcessEnv): MeshConfig {
+  const roles =
+    input?.roles ??
+    (env.SWITCHBOARD_ROLES
+      ? list(env.SWITCHBOARD_ROLES).map((r) => oneOf("SWITCHBOARD_ROLES", r, ROLES))
+      : [...ROLES]);
+  if (roles.length === 0) fail("SWITCHBOARD_ROLES names no role");
+  const replicas = positiveInt(
+    "SWITCHBOARD_SEQUENCER_REPLICAS",
+    input?.sequencerReplicas ?? env.SWITCHBOARD_SEQUENCER_REPLICAS ?? 1,
+  );
+  let sequencers = input?.urls?.sequencers ?? list(env.SWITCHBOARD_SEQUENCER_URLS);
+  const template = env.SWITCHBOARD_SEQUENCER_URL_TEMPLATE;
+  if (sequencers.length === 0 && template) {
+    if (!template.includes("{ordinal}")) fail("SWITCHBOARD_SEQUENCER_URL_TEMPLATE must contain {ordinal}");
+    sequencers = Array.from({ length: replicas }, (_, i) => template.replaceAll("{ordinal}", String(i)));
+  }
+  sequencers = sequencers.map((u, i) => httpUrl(`SWITCHBOARD_SEQUENCER_URLS[${i}]`, u)!);
+  const adminRaw = input?.adminPort ?? env.SWITCHBOARD_ADMIN_PORT;
+  const redisUrl = input?.redisUrl ?? (env.SWITCHBOARD_REDIS_URL || undefined);
+  const natsServers = input?.nats?.servers ?? list(env.SWITCHBOARD_NATS_URL);
+  return {
+    roles: [...new Set(roles)],
+    instanceId: input?.instanceId ?? env.SWITCHBOARD_INSTANCE_ID ?? (env.HOSTNAME || `local-${process.pid}`),
+    adminPort:
+      adminRaw === undefined || adminRaw === "" ? undefined : positiveInt("SWITCHBOARD_ADMIN_PORT", adminRaw),
+    store: oneOf("SWITCHBOARD_STORE", input?.store ?? env.SWITCHBOARD_STORE ?? "lmdb", [
+      "lmdb",
+      "scylla",
+    ] as const),
+    migrate: input?.migrate ?? env.SWITCHBOARD_MIGRATE === "true",
+    bus: oneOf(
+      "SWITCHBOARD_BUS",
+      input?.bus ?? env.SWITCHBOARD_BUS ?? (natsServers.length > 0 ? "nats" : "memory"),
+      ["memory", "nats"] as const,
+    ),
+    nats: {
+      servers: natsServers,
+      subjectPrefix: input?.nats?.subjectPrefix ?? env.SWITCHBOARD_NATS_SUBJECT_PREFIX ?? "switchboard",
+      stream: input?.nats?.stream ?? env.SWITCHBOARD_NATS_STREAM ?? "SWITCHBOARD_EVENTS",
+      replicas: positiveInt(
+        "SWITCHBOARD_NATS_STREAM_REPLICAS",
+        input?.nats?.replicas ?? env.SWITCHBOARD_NATS_STREAM_REPLICAS ?? 1,
+      ),
+      maxAgeMs: positiveInt(
+        "SWITCHBOARD_NATS_MAX_AGE_MS",
+        input?.nats?.maxAgeMs ?? env.SWITCHBOARD_NATS_MAX_AGE_MS ?? 24 * 3600 * 1000,
+      ),
+      maxBytes: positiveInt(
+        "SWITCHBOARD_NATS_MAX_BYTES",
+        input?.nats?.maxBytes ?? env.SWITCHBOARD_NATS_MAX_BYTES ?? 1024 ** 3,
+      ),
+    },
+    routes: oneOf(
+      "SWITCHBOARD_ROUTES",
+      input?.routes ?? env.SWITCHBOARD_ROUTES ?? (redisUrl ? "redis" : "memory"),
+      ["memory", "redis"] as const,
+    ),
+    redisUrl,
+    urls: {
+      accounts: httpUrl("SWITCHBOARD_ACCOUNTS_URL", input?.urls?.accounts ?? env.SWITCHBOARD_ACCOUNTS_URL),
+      presence: httpUrl("SWITCHBOARD_PRESENCE_URL", input?.urls?.presence ?? env.SWITCHBOARD_PRESENCE_URL),
+      notification: httpUrl(
+        "SWITCHBOARD_NOTIFICATION_URL",
+        input?.urls?.notification ?? env.SWITCHBOARD_NOTIFICATION_URL,
+      ),
+      sequencers,
+    },
+    sequencerReplicas: replicas,
+    sequencerOrdinal: ordinalFrom(env, input?.sequencerOrdinal),
+  };
+}
+
+/** What each role calls, so a process missing an address stops at start-up naming it. */
+const NEEDS: Record<Role, Array<"accounts" | "presence" | "notification" | "sequencer">> = {
+  gateway: ["accounts", "presence", "sequencer"],
+  accounts: [],
+  sequencer: [],
+  fanout: ["accounts", "presence", "notification", "sequencer"],
+  presence: [],
+  notification: ["accounts"],
+};
+
+const URL_VARIABLE = {
+  accounts: "SWITCHBOARD_ACCOUNTS_URL",
+  presence: "SWITCHBOARD_PRESENCE_URL",
+  notification: "SWITCHBOARD_NOTIFICATION_URL",
+  sequencer: "SWITCHBOARD_SEQUENCER_URLS (or SWITCHBOARD_SEQUENCER_URL_TEMPLATE)",
+} as const;
+
+/** Cross-field checks: the roles, engines and addresses must make a working process. */
+function checkMesh(config: Config): void {
+  const mesh = config.mesh;
+  const runs = new Set(mesh.roles);
+  const everything = ROLES.every((r) => runs.has(r));
+  if (!/^[A-Za-z0-9_-]{1,64}$/.test(mesh.instanceId)) {
+    fail(`SWITCHBOARD_INSTANCE_ID must be 1-64 letters, digits, "-" or "_", got "${mesh.instanceId}"`);
+  }
+  if (mesh.sequencerReplicas < 1 || mesh.sequencerReplicas > config.shardCount) {
+    fail(`SWITCHBOARD_SEQUENCER_REPLICAS must be between 1 and the shard count (${config.shardCount})`);
+  }
+  if (runs.has("sequencer") && mesh.sequencerOrdinal >= mesh.sequencerReplicas) {
+    fail(
+      `sequencer ordinal ${mesh.sequencerOrdinal} is outside 0..${mesh.sequencerReplicas - 1} ` +
+        "(SWITCHBOARD_SEQUENCER_ORDINAL, or the pod hostname's trailing number)",
+    );
+  }
+  if (mesh.adminPort !== undefined && mesh.adminPort > 65535)
+    fail("SWITCHBOARD_ADMIN_PORT must be at most 65535");
+  if (mesh.bus === "nats" && mesh.nats.servers.length === 0)
+    fail("SWITCHBOARD_BUS=nats needs SWITCHBOARD_NATS_URL");
+  if (mesh.routes === "redis" && mesh.redisUrl === undefined)
+    fail("SWITCHBOARD_ROUTES=redis needs SWITCHBOARD_REDIS_URL");
+  if (everything) {
+    if (mesh.sequencerReplicas !== 1)
+      fail(
+        "a process running every role is the only sequencer replica; unset SWITCHBOARD_SEQUENCER_REPLICAS",
+      );
+    return;
+  }
+  // Split across processes: the processes must agree on keys and see each other's events.
+  if (config.tokenKey === undefined) {
+    fail(
+      "SWITCHBOARD_TOKEN_KEY is required when roles run in separate processes (all of them must share it)",
+    );
+  }
+  if (mesh.bus !== "nats")
+    fail("roles in separate processes need SWITCHBOARD_BUS=nats (SWITCHBOARD_NATS_URL)");
+  for (const role of mesh.roles) {
+    for (const need of NEEDS[role]) {
+      const local =
+        need === "sequencer" ? runs.has("sequencer") && mesh.sequencerReplicas === 1 : runs.has(need);
+      if (local) continue;
+      const have = need === "sequencer" ? mesh.urls.sequencers.length > 0 : mesh.urls[need] !== undefined;
+      if (!have) fail(`the ${role} role calls the ${need} service: set ${URL_VARIABLE[need]}`);
+    }
+  }
+  if (mesh.urls.sequencers.length > 0 && mesh.urls.sequencers.length !== mesh.sequencerReplicas) {
+    fail(
+      `SWITCHBOARD_SEQUENCER_URLS lists ${mesh.urls.sequencers.length} replicas but ` +
+        `SWITCHBOARD_SEQUENCER_REPLICAS is ${mesh.sequencerReplicas}`,
+    );
+  }
 }

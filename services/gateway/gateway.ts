@@ -7,7 +7,7 @@ import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
 import type { Principal, Tokens } from "../common/auth.js";
 import type { Limits } from "../common/config.js";
 import type { Logger } from "../common/log.js";
-import { TokenBucket } from "../common/rate-limit.js";
+import { LocalRateLimiter, type RateLimit, type RateLimiter } from "../common/rate-limiter.js";
 import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
 import { Session } from "./session.js";
 
@@ -40,6 +40,8 @@ export interface GatewayDeps {
   tokens: Tokens;
   limits: Limits;
   log: Logger;
+  /** Per-device send limits: this gateway's memory, or shared by every gateway (Redis). */
+  rateLimiter?: RateLimiter;
   /** Route lifetime without a heartbeat, in milliseconds. */
   routeTtlMs?: number;
   /** How long a device's active status is trusted without asking accounts, in milliseconds. */
@@ -73,7 +75,8 @@ export class GatewayCore {
   private readonly tokens: Tokens;
   private readonly byDevice = new Map<string, Session[]>();
   private readonly watchers = new Map<string, Set<Session>>();
-  private readonly sendBuckets = new Map<string, TokenBucket>();
+  private readonly rateLimiter: RateLimiter;
+  private readonly sendLimit: RateLimit;
   private readonly deviceStatus = new Map<string, { active: boolean; checkedAt: number }>();
   private readonly routeTtlMs: number;
   private readonly deviceCacheMs: number;
@@ -92,6 +95,8 @@ export class GatewayCore {
     this.now = deps.now ?? Date.now;
     this.routeTtlMs = deps.routeTtlMs ?? 30_000;
     this.deviceCacheMs = deps.deviceCacheMs ?? 30_000;
+    this.rateLimiter = deps.rateLimiter ?? new LocalRateLimiter();
+    this.sendLimit = { name: "send", rate: this.limits.sendsPerSecond, burst: this.limits.sendBurst };
     const calls: SequencerCalls = {
       append: async (items) => (await this.sequencer.append({ items })).results,
       updateCursors: async (updates) => {
@@ -141,17 +146,15 @@ export class GatewayCore {
     return principal;
   }
 
-  /** Takes a send token for a device; 0 when allowed, else milliseconds to wait. */
-  takeSendToken(deviceId: string): number {
-    let bucket = this.sendBuckets.get(deviceId);
-    if (bucket === undefined) {
-      bucket = new TokenBucket(this.limits.sendsPerSecond, this.limits.sendBurst, this.now());
-      this.sendBuckets.set(deviceId, bucket);
-      // Unary senders have no stream whose close would remove their bucket. Dropping the oldest
-      // bucket at worst hands that device a fresh burst.
-      GatewayCore.trim(this.sendBuckets, DEVICE_MAPS_MAX);
-    }
-    return bucket.take(this.now());
+  /**
+   * Takes a send token for a device: 0 when allowed, else milliseconds to wait. Synchronous with
+   * the in-memory limiter (the common one-process case pays no promise); a promise with the
+   * shared one.
+   */
+  takeSendToken(deviceId: string): number | Promise<number> {
+    if (this.rateLimiter instanceof LocalRateLimiter)
+      return this.rateLimiter.takeSync(this.sendLimit, deviceId);
+    return this.rateLimiter.take(this.sendLimit, deviceId);
   }
 
   /** Opens a stream for a device, replacing its oldest stream beyond the per-device limit. */
@@ -195,7 +198,6 @@ export class GatewayCore {
       if (i >= 0) list.splice(i, 1);
       if (list.length === 0) {
         this.byDevice.delete(session.deviceId);
-        this.sendBuckets.delete(session.deviceId);
       }
     }
     for (const id of session.subscriptions) this.unsubscribePresence(session, id);

@@ -65,7 +65,7 @@ export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewaySer
       if (entry === undefined) throw new ConnectError("entry: required", Code.InvalidArgument);
       requireClientMsgId(entry.clientMsgId);
       requireId("conversation_id", entry.conversationId, "conversation");
-      const wait = core.takeSendToken(p.deviceId);
+      const wait = await core.takeSendToken(p.deviceId);
       if (wait > 0) {
         throw new ConnectError(
           `send rate limit: at most ${core.limits.sendsPerSecond} per second per device; retry in ${wait} ms`,

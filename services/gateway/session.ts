@@ -87,6 +87,8 @@ export class Session {
   private syncLoaded = false;
   private sendsInFlight = 0;
   private readonly frames: TokenBucket;
+  /** Sends waiting for an asynchronous rate-limit answer, in frame order. */
+  private rateChain: Promise<void> = Promise.resolve();
   private closed = false;
   private idle: (() => void) | undefined;
 
@@ -412,7 +414,28 @@ export class Session {
       );
       return;
     }
+    // Counted from here, so the in-flight bound also covers sends waiting for the rate limiter.
+    this.sendsInFlight++;
     const wait = this.core.takeSendToken(this.deviceId);
+    if (typeof wait === "number") {
+      this.afterRateLimit(entry, wait);
+      return;
+    }
+    // A shared (Redis) limiter answers asynchronously; chaining keeps this stream's sends in the
+    // order the device sent them, so they are sequenced in that order.
+    this.rateChain = this.rateChain.then(async () => {
+      let w: number;
+      try {
+        w = await wait;
+      } catch {
+        w = 0; // The limiter fails open; a broken limiter must not stop messaging.
+      }
+      this.afterRateLimit(entry, w);
+    });
+  }
+
+  private afterRateLimit(entry: OutgoingEntry, wait: number): void {
+    const { limits } = this.core;
     if (wait > 0) {
       this.core.metrics.rejectedRate++;
       this.sendError(
@@ -423,9 +446,9 @@ export class Session {
         ),
         wait,
       );
+      this.sendDone();
       return;
     }
-    this.sendsInFlight++;
     this.core.sends
       .append(this.userId, this.deviceId, entry)
       .then(
@@ -447,10 +470,12 @@ export class Session {
           this.sendError(entry, e, e.code === Code.Unavailable ? 500 : 0);
         },
       )
-      .finally(() => {
-        this.sendsInFlight--;
-        if (this.sendsInFlight === 0) this.idle?.();
-      });
+      .finally(() => this.sendDone());
+  }
+
+  private sendDone(): void {
+    this.sendsInFlight--;
+    if (this.sendsInFlight === 0) this.idle?.();
   }
 
   private onCursors(name: "ack" | "read", cursors: ConversationCursor[], read: boolean): void {

@@ -33,6 +33,7 @@ import type { Logger } from "../common/log.js";
 import { shardOf } from "../common/shard.js";
 import type { ConversationRecord, ConversationStore, MemberRecord } from "../store/types.js";
 import type { ConversationState, CursorPair } from "./conversation.js";
+import { type OutboxOptions, PublishOutbox } from "./outbox.js";
 import { type Batch, Shard } from "./shard.js";
 
 /** What a delete-for-everyone rewrites: the message and the edits and reactions naming it. */
@@ -65,6 +66,8 @@ export interface SequencerOptions {
   maxStatesPerShard?: number;
   /** The clock, in milliseconds since the Unix epoch. */
   now?: () => number;
+  /** How committed events wait for the bus during an outage. */
+  outbox?: OutboxOptions;
 }
 
 const PAGE_DEFAULT = 256;
@@ -118,18 +121,36 @@ function targetOf(entry: Entry): number | undefined {
 export class Sequencer {
   private readonly shards = new Map<number, Shard>();
   private readonly now: () => number;
+  /** Committed events on their way to the bus; holds them through a bus outage. */
+  readonly outbox: PublishOutbox;
 
   constructor(
     private readonly store: ConversationStore,
     private readonly bus: EventBus,
-    private readonly log: Logger,
+    log: Logger,
     private readonly options: SequencerOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.outbox = new PublishOutbox(bus, log, options.outbox);
     const owned = options.ownedShards ?? [...Array(options.shardCount).keys()];
     for (const index of owned) {
-      this.shards.set(index, new Shard(index, store, bus, log, options.maxStatesPerShard ?? 10_000));
+      this.shards.set(index, new Shard(index, store, this.outbox, log, options.maxStatesPerShard ?? 10_000));
     }
+  }
+
+  /** True if this replica owns the conversation's shard. */
+  owns(conversationId: string): boolean {
+    return this.shards.has(shardOf(conversationId, this.options.shardCount));
+  }
+
+  /**
+   * The user's conversations in the shards this replica owns. User-level reads are scattered to
+   * every replica and merged by the caller, so each answers for its own shards only: with a
+   * shared store (ScyllaDB) the others' rows are visible here too and would be counted twice.
+   */
+  private async userConversations(userId: string) {
+    const rows = await this.store.listUserConversations(userId);
+    return rows.filter((r) => this.owns(r.conversationId)).slice(0, USER_CONVERSATIONS_MAX);
   }
 
   /** The shard that owns a conversation, or FailedPrecondition when another replica does. */
@@ -145,9 +166,15 @@ export class Sequencer {
     return shard;
   }
 
+  /** The logical shards this replica owns, ascending. */
+  get ownedShards(): number[] {
+    return [...this.shards.keys()].sort((a, b) => a - b);
+  }
+
   /** Waits for every pending commit and refuses new work. */
   async close(): Promise<void> {
     await Promise.all([...this.shards.values()].map((s) => s.close()));
+    this.outbox.close();
   }
 
   /** Runs fn on a conversation's state with the state marked busy. */
@@ -396,6 +423,7 @@ export class Sequencer {
     cursor: CursorPair | undefined,
     userId: string,
     peer: string,
+    lastActiveMs: number,
   ): Conversation {
     const floor = member ? member.joinedSeq - 1 : 0;
     return create(ConversationSchema, {
@@ -409,6 +437,7 @@ export class Sequencer {
       createdAtMs: BigInt(record.createdAtMs),
       peerUserId: record.kind === "direct" && peer !== userId ? peer : "",
       mutedUntilMs: BigInt(member?.mutedUntilMs ?? 0),
+      lastActiveMs: BigInt(lastActiveMs),
     });
   }
 
@@ -424,6 +453,7 @@ export class Sequencer {
       state.deviceCursors.get(deviceId),
       userId,
       peer,
+      Number(state.tail[state.tail.length - 1]?.serverTimeMs ?? BigInt(record.createdAtMs)),
     );
   }
 
@@ -494,7 +524,11 @@ export class Sequencer {
         Code.InvalidArgument,
       );
     }
-    return this.withState(newId("g"), async (state, shard) => {
+    // The caller may route CreateGroup to any replica: it picks an id that hashes to a shard it
+    // owns (with R replicas, R tries on average), so the group never needs to move.
+    let id = newId("g");
+    while (!this.owns(id)) id = newId("g");
+    return this.withState(id, async (state, shard) => {
       await this.createConversation(state, shard, "group", title, { userId, deviceId }, members);
       return this.stateView(state, userId, deviceId);
     });
@@ -734,11 +768,7 @@ export class Sequencer {
           },
         });
       }
-      if (events.length > 0) {
-        this.bus
-          .publishCommitted(events)
-          .catch((err: unknown) => this.log.warn({ err }, "receipt publish failed"));
-      }
+      this.outbox.publish(events);
     });
   }
 
@@ -763,7 +793,7 @@ export class Sequencer {
 
   /** Every conversation of the user with its last seq and the device's delivered cursor. */
   async getSyncState(userId: string, deviceId: string): Promise<ConversationSync[]> {
-    const rows = (await this.store.listUserConversations(userId)).slice(0, USER_CONVERSATIONS_MAX);
+    const rows = await this.userConversations(userId);
     return Promise.all(
       rows.map(async (row) => {
         const [lastSeq, cursors] = await Promise.all([
@@ -783,7 +813,7 @@ export class Sequencer {
 
   /** The user's conversations as the device sees them, most recently active first. */
   async listConversations(userId: string, deviceId: string): Promise<Conversation[]> {
-    const rows = (await this.store.listUserConversations(userId)).slice(0, USER_CONVERSATIONS_MAX);
+    const rows = await this.userConversations(userId);
     const listed = await Promise.all(
       rows.map(async (row) => {
         const id = row.conversationId;
@@ -797,7 +827,7 @@ export class Sequencer {
         const [last] = lastSeq > 0 ? await this.store.readEntries(id, lastSeq - 1, 1) : [];
         const cursor = cursors[0];
         const peer = record.kind === "direct" ? (members.find((m) => m.userId !== userId)?.userId ?? "") : "";
-        const view = this.view(
+        return this.view(
           record,
           lastSeq,
           members.length,
@@ -805,14 +835,13 @@ export class Sequencer {
           cursor ? { delivered: cursor.deliveredUpTo, read: cursor.readUpTo } : undefined,
           userId,
           peer,
+          Number(last?.serverTimeMs ?? BigInt(record.createdAtMs)),
         );
-        return { view, activeAt: Number(last?.serverTimeMs ?? BigInt(record.createdAtMs)) };
       }),
     );
     return listed
-      .filter((c): c is { view: Conversation; activeAt: number } => c !== undefined)
-      .sort((a, b) => b.activeAt - a.activeAt)
-      .map((c) => c.view);
+      .filter((c): c is Conversation => c !== undefined)
+      .sort((a, b) => Number(b.lastActiveMs - a.lastActiveMs));
   }
 
   /** One conversation with its members, for a member. */
@@ -885,7 +914,7 @@ export class Sequencer {
 
   /** Which of the peers share at least one conversation with the user. */
   async findContacts(userId: string, peerUserIds: readonly string[]): Promise<string[]> {
-    const rows = (await this.store.listUserConversations(userId)).slice(0, USER_CONVERSATIONS_MAX);
+    const rows = await this.userConversations(userId);
     const ids = new Set(rows.map((r) => r.conversationId));
     const found = new Set<string>();
     let pending = peerUserIds.filter((peer) => {

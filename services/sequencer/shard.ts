@@ -2,10 +2,10 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type BusEvent, BusEventSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
-import type { EventBus } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
 import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
 import { ConversationState } from "./conversation.js";
+import type { PublishOutbox } from "./outbox.js";
 
 /** The writes and events of one group commit. */
 export class Batch {
@@ -106,7 +106,7 @@ export class Shard {
   constructor(
     readonly index: number,
     private readonly store: ConversationStore,
-    private readonly bus: EventBus,
+    private readonly outbox: PublishOutbox,
     private readonly log: Logger,
     private readonly maxStates: number,
   ) {}
@@ -209,12 +209,8 @@ export class Shard {
         if (last !== undefined) state.committedSeq = Math.max(state.committedSeq, Number(last.seq));
       }
       batch.resolve();
-      if (batch.events.length > 0) {
-        this.bus.publishCommitted(batch.events).catch((err: unknown) => {
-          // The entries are durable; devices fetch them from the log on reconnect or on a gap.
-          this.log.warn({ err, shard: this.index, events: batch.events.length }, "bus publish failed");
-        });
-      }
+      // Durable now; the outbox gets them to the bus, however long the bus is away.
+      this.outbox.publish(batch.events);
     } catch (err) {
       this.log.error({ err, shard: this.index }, "commit failed; reloading affected conversations");
       const unavailable = new ConnectError("storage commit failed; retry", Code.Unavailable);

@@ -1,9 +1,18 @@
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
+import * as http from "node:http";
 import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { createClient, createRouterTransport } from "@connectrpc/connect";
-import { connectNodeAdapter } from "@connectrpc/connect-node";
+import type { DescService } from "@bufbuild/protobuf";
+import {
+  type Client,
+  type ConnectRouter,
+  createClient,
+  createRouterTransport,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
+import { connectNodeAdapter, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import { NotificationService } from "../../gen/switchboard/internal/v1/notification_pb.js";
 import { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
@@ -11,11 +20,15 @@ import { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { Accounts } from "../accounts/accounts.js";
 import { accountService, directoryService } from "../accounts/handler.js";
-import { DirectDelivery, InProcessBus } from "../bus/in-process.js";
 import { Tokens } from "../common/auth.js";
-import { type Config, type ConfigInput, loadConfig } from "../common/config.js";
+import { type Config, type ConfigInput, loadConfig, type Role } from "../common/config.js";
 import { errorBoundary } from "../common/errors.js";
 import { newSecret } from "../common/ids.js";
+import {
+  internalCredential,
+  requireInternalCredential,
+  sendInternalCredential,
+} from "../common/internal-auth.js";
 import { createLogger, type Logger } from "../common/log.js";
 import { Fanout } from "../fanout/fanout.js";
 import { GatewayCore } from "../gateway/gateway.js";
@@ -31,29 +44,35 @@ import { notificationService } from "../notification/handler.js";
 import { Notifier } from "../notification/notifier.js";
 import { buildPushProviders } from "../notification/setup.js";
 import { presenceService } from "../presence/handler.js";
-import { InMemoryRouteStore } from "../presence/memory.js";
 import { Presence } from "../presence/presence.js";
 import { sequencerService } from "../sequencer/handler.js";
+import { type SequencerClient, shardedSequencerClient, shardsOfReplica } from "../sequencer/router.js";
 import { Sequencer } from "../sequencer/sequencer.js";
-import { openLmdbStore } from "../store/lmdb/engine.js";
+import { openBus, openRateLimiter, openRouteStore, openStore } from "./engines.js";
 
-/** Options for a one-process server. */
+/** Options for a server process. */
 export interface ServerOptions extends ConfigInput {
   /** A logger to use instead of one built from the configuration. */
   logger?: Logger;
+  /** The environment to read settings from; process.env by default. */
+  env?: NodeJS.ProcessEnv;
 }
 
 /** A running server. */
 export interface RunningServer {
-  /** The base URL devices connect to ("http://host:port"). */
+  /** The base URL devices (or, for internal roles, other services) connect to ("http://host:port"). */
   url: string;
   /** The bound port. */
   port: number;
+  /** The admin server's URL (/healthz, /readyz), when one is configured. */
+  adminUrl: string | undefined;
   /** The effective configuration. */
   config: Config;
-  /** The gateway, for inspection (stream counts, metrics). */
-  gateway: GatewayCore;
-  /** Drains streams, finishes commits, closes the store. Safe to call twice. */
+  /** The gateway, for inspection (stream counts, metrics), when this process runs one. */
+  gateway: GatewayCore | undefined;
+  /** Why the process is not ready; empty when it is. */
+  readiness(): string[];
+  /** Drains streams, finishes commits, closes engines. Safe to call twice. */
   close(): Promise<void>;
 }
 
@@ -75,148 +94,352 @@ async function tokenKey(config: Config): Promise<Uint8Array> {
   }
 }
 
+/** Shutdown steps, run in reverse order of registration. */
+class Closers {
+  private readonly steps: Array<{ name: string; run: () => unknown }> = [];
+  add(name: string, run: () => unknown): void {
+    this.steps.push({ name, run });
+  }
+  async run(log: Logger): Promise<void> {
+    for (const step of this.steps.splice(0).reverse()) {
+      try {
+        await step.run();
+      } catch (err) {
+        log.warn({ err, step: step.name }, "shutdown step failed");
+      }
+    }
+  }
+}
+
 /**
- * Starts every service in one process on the embedded engines. Services still talk through
- * their typed RPC interfaces (Connect's in-memory router transport), so this is the same code
- * path as the distributed deployment, minus the network.
+ * Starts the services of this process's roles: all of them by default, on the embedded engines
+ * (`npm start`), or some of them with the distributed engines and the other services' addresses
+ * (`switchboard start --role ...`, one role per pod on Kubernetes).
+ *
+ * Services always talk through their typed RPC clients. A service in this process is reached
+ * through Connect's in-memory router transport, one in another process over gRPC, so the code
+ * path is the same either way, minus the network.
  */
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
-  const { logger, ...input } = options;
-  const config = loadConfig(input);
-  const log = logger ?? createLogger({ level: config.logLevel, base: { role: "all" } });
-  await mkdir(config.dataDir, { recursive: true });
-  const store = await openLmdbStore({ path: join(config.dataDir, "store") });
-  const tokens = new Tokens(await tokenKey(config), config.tokenTtlSeconds);
-  const bus = new InProcessBus(log);
-  const delivery = new DirectDelivery();
-
-  const accounts = new Accounts(store.accounts, tokens, bus, log, {
-    maxDevicesPerUser: config.limits.maxDevicesPerUser,
-    linkCodeTtlSeconds: config.linkCodeTtlSeconds,
-  });
-  const sequencer = new Sequencer(store.conversations, bus, log, {
-    shardCount: config.shardCount,
-    limits: config.limits,
-  });
-  const presence = new Presence(new InMemoryRouteStore(), bus, log, { sweepIntervalMs: 5000 });
-  const providers = await buildPushProviders(config.push, log);
-  // The notifier needs the directory client, which needs the router that serves the notifier.
-  let notifier: Notifier | undefined;
-
-  const internal = createRouterTransport(
-    (router) => {
-      router.service(SequencerService, sequencerService(sequencer));
-      router.service(DirectoryService, directoryService(accounts));
-      router.service(PresenceService, presenceService(presence));
-      router.service(
-        AccountService,
-        accountService(accounts, tokens, { allowHttpPushEndpoints: config.push.allowHttpEndpoints }),
-      );
-      router.service(NotificationService, notificationService({ notify: (w) => notifier!.notify(w) }));
-    },
-    { router: { interceptors: [errorBoundary(log)] } },
-  );
-  const sequencerClient = createClient(SequencerService, internal);
-  const directoryClient = createClient(DirectoryService, internal);
-  const presenceClient = createClient(PresenceService, internal);
-  const accountsClient = createClient(AccountService, internal);
-
-  notifier = new Notifier(directoryClient, providers, log, {
-    perDevicePerMinute: config.push.perDevicePerMinute,
-    perDeviceBurst: config.push.perDeviceBurst,
-  });
-  const fanout = new Fanout(bus, delivery, sequencerClient, presenceClient, log, {
-    directory: directoryClient,
-    notification: createClient(NotificationService, internal),
-  });
-  fanout.start();
-  const gateway = new GatewayCore({
-    id: "gw_local",
-    sequencer: sequencerClient,
-    directory: directoryClient,
-    presence: presenceClient,
-    delivery,
-    bus,
-    tokens,
-    limits: config.limits,
-    log,
-  });
-
-  // Idempotency records are needed only for as long as a client may retry.
-  const expiry = setInterval(
-    () => {
-      store.conversations
-        .expireIdempotency(Date.now() - config.idempotencyRetentionMs)
-        .catch((err: unknown) => log.warn({ err }, "idempotency expiry failed"));
-    },
-    60 * 60 * 1000,
-  );
-  expiry.unref();
-
-  const handler = connectNodeAdapter({
-    routes: (router) => {
-      router.service(GatewayService, gatewayService(gateway));
-      router.service(
-        ConversationService,
-        conversationService(gateway, directoryClient, config.limits.maxGroupSize),
-      );
-      router.service(AccountService, accountForwarder(accountsClient));
-    },
-    // A frame carries one payload plus ids; anything much larger is refused before parsing.
-    readMaxBytes: config.limits.maxPayloadBytes + 16 * 1024,
-    // The boundary is outermost so that it also sees what authentication throws.
-    interceptors: [errorBoundary(log), authInterceptor(gateway)],
-    fallback: (req, res) => {
-      if (req.url === "/healthz" || req.url === "/readyz") {
-        res.writeHead(200, { "content-type": "text/plain" });
-        res.end("ok\n");
-        return;
-      }
-      res.writeHead(404);
-      res.end();
-    },
-  });
-  const server = http2.createServer({}, handler);
-  const sessions = new Set<http2.ServerHttp2Session>();
-  server.on("session", (session) => {
-    sessions.add(session);
-    session.once("close", () => sessions.delete(session));
-  });
-  await new Promise<void>((resolve, reject) => {
-    server.once("error", reject);
-    server.listen(config.port, config.host, () => {
-      server.off("error", reject);
-      resolve();
+  const { logger, env, ...input } = options;
+  const config = loadConfig(input, env ?? process.env);
+  const mesh = config.mesh;
+  const roles = new Set<Role>(mesh.roles);
+  const everything = roles.size === 6;
+  const log =
+    logger ??
+    createLogger({
+      level: config.logLevel,
+      base: { role: everything ? "all" : mesh.roles.join(","), instance: mesh.instanceId },
     });
-  });
-  const port = (server.address() as AddressInfo).port;
-  const url = `http://${config.host.includes(":") ? `[${config.host}]` : config.host}:${port}`;
-  log.info({ url, dataDir: config.dataDir, shards: config.shardCount }, "switchboard started");
+  const closers = new Closers();
+  const readiness: Array<() => string | undefined> = [];
+  let draining = false;
+  readiness.push(() => (draining ? "shutting down" : undefined));
 
-  let closing: Promise<void> | undefined;
-  const close = () => {
-    closing ??= (async () => {
-      log.info("shutting down");
-      clearInterval(expiry);
-      await gateway.drain();
+  try {
+    await mkdir(config.dataDir, { recursive: true });
+    const needsTokens = roles.has("gateway") || roles.has("accounts") || !everything;
+    const key = needsTokens ? await tokenKey(config) : undefined;
+    const tokens = key ? new Tokens(key, config.tokenTtlSeconds) : undefined;
+    const credential = key && !everything ? internalCredential(key) : undefined;
+
+    const busEngine = await openBus(config, log);
+    closers.add("bus", () => busEngine.close());
+    readiness.push(busEngine.problem);
+    const { bus, delivery } = busEngine;
+
+    const store =
+      roles.has("accounts") || roles.has("sequencer") ? await openStore(config, env, log) : undefined;
+    if (store) closers.add("store", () => store.close());
+
+    // Remote services: one HTTP/2 connection per address, closed at shutdown.
+    const remote = (baseUrl: string): Transport => {
+      const sessionManager = new Http2SessionManager(baseUrl, {
+        pingIntervalMs: 10_000,
+        pingTimeoutMs: 5_000,
+      });
+      closers.add(`connection to ${baseUrl}`, () => sessionManager.abort());
+      const interceptors: Interceptor[] = credential ? [sendInternalCredential(credential)] : [];
+      return createGrpcTransport({ baseUrl, sessionManager, interceptors, defaultTimeoutMs: 15_000 });
+    };
+
+    // Local services register here; they are served on the internal router and, when other
+    // processes call them, on the network as well.
+    const local: Array<{ service: DescService; register: (router: ConnectRouter) => void }> = [];
+    let localTransport: Transport | undefined;
+    const inProcess = (): Transport => {
+      localTransport ??= createRouterTransport(
+        (router) => {
+          for (const { register } of local) register(router);
+        },
+        { router: { interceptors: [errorBoundary(log)] } },
+      );
+      return localTransport;
+    };
+    const clientOf = <S extends DescService>(
+      service: S,
+      isLocal: boolean,
+      url: string | undefined,
+    ): Client<S> => {
+      if (isLocal) return createClient(service, { ...lazy(inProcess) });
+      if (url === undefined) throw new Error(`no address for ${service.typeName}`);
+      return createClient(service, remote(url));
+    };
+
+    // Sequencer replicas: this process's own shards locally, the others over gRPC.
+    let sequencer: Sequencer | undefined;
+    if (roles.has("sequencer")) {
+      const owned = shardsOfReplica(mesh.sequencerOrdinal, mesh.sequencerReplicas, config.shardCount);
+      const seq = new Sequencer(store!.conversations, bus, log, {
+        shardCount: config.shardCount,
+        ownedShards: owned,
+        limits: config.limits,
+      });
+      sequencer = seq;
+      closers.add("sequencer", () => seq.close());
+      local.push({
+        service: SequencerService,
+        register: (r) => r.service(SequencerService, sequencerService(seq)),
+      });
+      // Idempotency records are needed only for as long as a client may retry.
+      const expiry = setInterval(
+        () => {
+          store!.conversations
+            .expireIdempotency(Date.now() - config.idempotencyRetentionMs)
+            .catch((err: unknown) => log.warn({ err }, "idempotency expiry failed"));
+        },
+        60 * 60 * 1000,
+      );
+      expiry.unref();
+      closers.add("idempotency expiry", () => clearInterval(expiry));
+      log.info(
+        { ordinal: mesh.sequencerOrdinal, replicas: mesh.sequencerReplicas, shards: owned },
+        "sequencer shards",
+      );
+    }
+    const sequencerClient = (): SequencerClient => {
+      if (mesh.sequencerReplicas === 1 && roles.has("sequencer"))
+        return clientOf(SequencerService, true, undefined);
+      const replicas = mesh.urls.sequencers.map((url, ordinal) =>
+        roles.has("sequencer") && ordinal === mesh.sequencerOrdinal
+          ? clientOf(SequencerService, true, undefined)
+          : createClient(SequencerService, remote(url)),
+      );
+      return shardedSequencerClient(replicas, config.shardCount);
+    };
+
+    if (roles.has("accounts")) {
+      const accounts = new Accounts(store!.accounts, tokens!, bus, log, {
+        maxDevicesPerUser: config.limits.maxDevicesPerUser,
+        linkCodeTtlSeconds: config.linkCodeTtlSeconds,
+      });
+      local.push({
+        service: DirectoryService,
+        register: (r) => r.service(DirectoryService, directoryService(accounts)),
+      });
+      local.push({
+        service: AccountService,
+        register: (r) =>
+          r.service(
+            AccountService,
+            accountService(accounts, tokens!, { allowHttpPushEndpoints: config.push.allowHttpEndpoints }),
+          ),
+      });
+    }
+    const directoryClient = () => clientOf(DirectoryService, roles.has("accounts"), mesh.urls.accounts);
+
+    if (roles.has("presence")) {
+      const routeStore = await openRouteStore(config, log);
+      closers.add("route store", () => routeStore.close());
+      readiness.push(routeStore.problem);
+      const presence = new Presence(routeStore.store, bus, log, { sweepIntervalMs: 5000 });
+      closers.add("presence", () => presence.close());
+      local.push({
+        service: PresenceService,
+        register: (r) => r.service(PresenceService, presenceService(presence)),
+      });
+    }
+    const presenceClient = () => clientOf(PresenceService, roles.has("presence"), mesh.urls.presence);
+
+    if (roles.has("notification")) {
+      const providers = await buildPushProviders(config.push, log);
+      const notifier = new Notifier(directoryClient(), providers, log, {
+        perDevicePerMinute: config.push.perDevicePerMinute,
+        perDeviceBurst: config.push.perDeviceBurst,
+      });
+      closers.add("notifier", () => notifier.close());
+      local.push({
+        service: NotificationService,
+        register: (r) => r.service(NotificationService, notificationService(notifier)),
+      });
+    }
+
+    if (roles.has("fanout")) {
+      const fanout = new Fanout(bus, delivery, sequencerClient(), presenceClient(), log, {
+        directory: directoryClient(),
+        notification: clientOf(NotificationService, roles.has("notification"), mesh.urls.notification),
+      });
+      fanout.start();
+      closers.add("fanout", () => fanout.stop());
+    }
+
+    let gateway: GatewayCore | undefined;
+    if (roles.has("gateway")) {
+      const rateLimiter = await openRateLimiter(config, log);
+      closers.add("rate limiter", () => rateLimiter.close());
+      gateway = new GatewayCore({
+        id: mesh.instanceId,
+        sequencer: sequencerClient(),
+        directory: directoryClient(),
+        presence: presenceClient(),
+        delivery,
+        bus,
+        tokens: tokens!,
+        limits: config.limits,
+        rateLimiter,
+        log,
+      });
+    }
+
+    // The network face: the device API on a gateway, and the local services other processes call.
+    const directoryAccounts = () => clientOf(AccountService, roles.has("accounts"), mesh.urls.accounts);
+    const handler = connectNodeAdapter({
+      routes: (router) => {
+        if (gateway) {
+          router.service(GatewayService, gatewayService(gateway));
+          router.service(
+            ConversationService,
+            conversationService(gateway, directoryClient(), config.limits.maxGroupSize),
+          );
+          // Devices reach the account API through their gateway, which forwards it as is.
+          router.service(AccountService, accountForwarder(directoryAccounts()));
+        }
+        if (!everything) {
+          for (const { service, register } of local) {
+            if (!(gateway && service === AccountService)) register(router);
+          }
+        }
+      },
+      // Towards devices a frame carries one payload plus ids, so anything much larger is refused
+      // before parsing. Internal batches (appends, deliveries) carry many payloads at once.
+      readMaxBytes: gateway ? config.limits.maxPayloadBytes + 16 * 1024 : 64 * 1024 * 1024,
+      // The boundary is outermost so that it also sees what authentication throws.
+      interceptors: [
+        errorBoundary(log),
+        ...(credential ? [requireInternalCredential(credential)] : []),
+        ...(gateway ? [authInterceptor(gateway)] : []),
+      ],
+      fallback: (req, res) => {
+        if (req.url === "/healthz" || req.url === "/readyz") {
+          const problems = req.url === "/readyz" ? currentProblems() : [];
+          res.writeHead(problems.length === 0 ? 200 : 503, { "content-type": "text/plain" });
+          res.end(problems.length === 0 ? "ok\n" : `${problems.join("\n")}\n`);
+          return;
+        }
+        res.writeHead(404);
+        res.end();
+      },
+    });
+    const currentProblems = (): string[] => readiness.map((check) => check()).filter((p): p is string => !!p);
+
+    const server = http2.createServer({}, handler);
+    const sessions = new Set<http2.ServerHttp2Session>();
+    server.on("session", (session) => {
+      sessions.add(session);
+      session.once("close", () => sessions.delete(session));
+    });
+    await listen(server, config.port, config.host);
+    const port = (server.address() as AddressInfo).port;
+    const url = `http://${hostForUrl(config.host)}:${port}`;
+    closers.add("server", async () => {
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      // Streams ended above; give their last frames a moment, then close the connections.
+      // Streams ended when the gateway drained; give their last frames a moment, then close.
       for (const s of sessions) s.close();
       const force = setTimeout(() => {
         for (const s of sessions) s.destroy();
       }, 2000);
       await closed;
       clearTimeout(force);
-      fanout.stop();
-      await notifier?.close();
-      presence.close();
-      await sequencer.close();
-      await bus.close();
-      await store.close();
-      log.info("stopped");
-      log.flush();
-    })();
-    return closing;
+    });
+    if (gateway) {
+      const gw = gateway;
+      // Registered after the server, so it runs first: clients are told to go elsewhere while
+      // everything behind the gateway still works.
+      closers.add("gateway drain", () => gw.drain());
+    }
+
+    // Kubernetes probes speak HTTP/1.1, which an h2c server cannot answer.
+    let adminUrl: string | undefined;
+    if (mesh.adminPort !== undefined) {
+      const admin = http.createServer((req, res) => {
+        const path = (req.url ?? "").split("?")[0];
+        if (path === "/healthz") {
+          res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
+        } else if (path === "/readyz") {
+          const problems = currentProblems();
+          res
+            .writeHead(problems.length === 0 ? 200 : 503, { "content-type": "text/plain" })
+            .end(problems.length === 0 ? "ok\n" : `${problems.join("\n")}\n`);
+        } else {
+          res.writeHead(404).end();
+        }
+      });
+      await listen(admin, mesh.adminPort, config.host);
+      adminUrl = `http://${hostForUrl(config.host)}:${(admin.address() as AddressInfo).port}`;
+      closers.add("admin server", () => new Promise<void>((resolve) => admin.close(() => resolve())));
+    }
+
+    log.info(
+      {
+        url,
+        adminUrl,
+        roles: mesh.roles,
+        store: mesh.store,
+        bus: mesh.bus,
+        routes: mesh.routes,
+        shards: config.shardCount,
+      },
+      "switchboard started",
+    );
+
+    let closing: Promise<void> | undefined;
+    const close = () => {
+      closing ??= (async () => {
+        log.info("shutting down");
+        draining = true;
+        await closers.run(log);
+        log.info({ outbox: sequencer?.outbox.size ?? 0 }, "stopped");
+        log.flush();
+      })();
+      return closing;
+    };
+    return { url, port, adminUrl, config, gateway, readiness: currentProblems, close };
+  } catch (err) {
+    // A process that cannot start must not leave connections or files open behind the error.
+    await closers.run(log);
+    throw err;
+  }
+}
+
+/** A transport created on first use: local services register before anyone calls them. */
+function lazy(make: () => Transport): Transport {
+  return {
+    unary: (...args) => make().unary(...args),
+    stream: (...args) => make().stream(...args),
   };
-  return { url, port, config, gateway, close };
+}
+
+function hostForUrl(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
+}
+
+function listen(server: http.Server | http2.Http2Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
 }

@@ -1,0 +1,143 @@
+import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
+import type { EventBus } from "../bus/types.js";
+import type { Logger } from "../common/log.js";
+
+/** Options of the publish outbox. */
+export interface OutboxOptions {
+  /** Events held while the bus is down; the oldest are given up beyond this. */
+  maxEvents?: number;
+  /** Events republished per attempt. */
+  chunk?: number;
+  /** First and longest wait between attempts, in milliseconds. */
+  minDelayMs?: number;
+  maxDelayMs?: number;
+}
+
+/** Counters an operator watches during a bus outage. */
+export interface OutboxMetrics {
+  /** Events that went to the outbox because a publish failed or the outbox was not empty. */
+  deferred: number;
+  /** Events published from the outbox once the bus was back. */
+  republished: number;
+  /** Events given up because the outbox was full (devices still fetch them from the log). */
+  dropped: number;
+  /** Failed publish attempts. */
+  failures: number;
+}
+
+/**
+ * Sits between the sequencer's commits and the bus. Entries are durable before they get here, so
+ * the bus only makes delivery fast: when a publish fails (NATS down or slow), its events wait
+ * here and are republished in order, with backoff, once the bus accepts them again. Newer
+ * events queue behind older ones while anything waits, so a conversation is never published out
+ * of order by the retry itself. The JetStream message id (conversationId:seq) makes a retry of a
+ * publish that had in fact succeeded harmless.
+ *
+ * The outbox lives in memory and is bounded. If the process dies during an outage, or the outbox
+ * overflows, the events are not lost but their live delivery is: devices fetch the entries from
+ * the log on their next sync, which they do on every reconnect and on any seq gap.
+ */
+export class PublishOutbox {
+  readonly metrics: OutboxMetrics = { deferred: 0, republished: 0, dropped: 0, failures: 0 };
+  private readonly waiting: BusEvent[] = [];
+  private readonly maxEvents: number;
+  private readonly chunk: number;
+  private readonly minDelayMs: number;
+  private readonly maxDelayMs: number;
+  private delayMs: number;
+  private timer: NodeJS.Timeout | undefined;
+  private retrying = false;
+  private outage = false;
+  private closed = false;
+
+  constructor(
+    private readonly bus: EventBus,
+    private readonly log: Logger,
+    options: OutboxOptions = {},
+  ) {
+    this.maxEvents = options.maxEvents ?? 100_000;
+    this.chunk = options.chunk ?? 1000;
+    this.minDelayMs = options.minDelayMs ?? 250;
+    this.maxDelayMs = options.maxDelayMs ?? 5000;
+    this.delayMs = this.minDelayMs;
+  }
+
+  /** Events waiting for the bus. */
+  get size(): number {
+    return this.waiting.length;
+  }
+
+  /** Publishes committed events, or queues them behind earlier ones that are still waiting. */
+  publish(events: readonly BusEvent[]): void {
+    if (events.length === 0 || this.closed) return;
+    if (this.waiting.length > 0) {
+      this.defer(events);
+      return;
+    }
+    this.bus.publishCommitted(events).catch((err: unknown) => {
+      this.metrics.failures++;
+      if (!this.outage) {
+        this.outage = true;
+        this.log.warn({ err, events: events.length }, "bus publish failed; holding events in the outbox");
+      }
+      this.defer(events);
+    });
+  }
+
+  /** Stops retrying; whatever still waits is left to the devices' sync from the log. */
+  close(): void {
+    this.closed = true;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    if (this.waiting.length > 0) {
+      this.log.warn(
+        { events: this.waiting.length },
+        "closing with events unpublished; devices will sync them",
+      );
+    }
+  }
+
+  private defer(events: readonly BusEvent[]): void {
+    this.metrics.deferred += events.length;
+    this.waiting.push(...events);
+    const excess = this.waiting.length - this.maxEvents;
+    if (excess > 0) {
+      this.waiting.splice(0, excess);
+      this.metrics.dropped += excess;
+      this.log.warn({ dropped: excess }, "outbox full; the oldest events will reach devices by sync only");
+    }
+    this.arm();
+  }
+
+  private arm(): void {
+    if (this.timer !== undefined || this.retrying || this.closed) return;
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.retry();
+    }, this.delayMs);
+    this.timer.unref();
+  }
+
+  private async retry(): Promise<void> {
+    this.retrying = true;
+    try {
+      while (this.waiting.length > 0 && !this.closed) {
+        const chunk = this.waiting.slice(0, this.chunk);
+        await this.bus.publishCommitted(chunk);
+        // Only now: events deferred meanwhile were appended behind this chunk.
+        this.waiting.splice(0, chunk.length);
+        this.metrics.republished += chunk.length;
+      }
+      if (this.outage)
+        this.log.info({ republished: this.metrics.republished }, "bus is back; outbox drained");
+      this.outage = false;
+      this.delayMs = this.minDelayMs;
+    } catch (err) {
+      this.metrics.failures++;
+      this.log.debug({ err, waiting: this.waiting.length }, "outbox retry failed");
+      this.delayMs = Math.min(this.maxDelayMs, this.delayMs * 2);
+    } finally {
+      this.retrying = false;
+      if (this.waiting.length > 0) this.arm();
+    }
+  }
+}

@@ -1,0 +1,114 @@
+import { join } from "node:path";
+import type { Redis } from "ioredis";
+import { DirectDelivery, InProcessBus } from "../bus/in-process.js";
+import type { DeliveryChannel, EventBus } from "../bus/types.js";
+import type { Config } from "../common/config.js";
+import type { Logger } from "../common/log.js";
+import { LocalRateLimiter, type RateLimiter } from "../common/rate-limiter.js";
+import { InMemoryRouteStore } from "../presence/memory.js";
+import type { RouteStore } from "../presence/types.js";
+import { openLmdbStore } from "../store/lmdb/engine.js";
+import type { StoreEngine } from "../store/types.js";
+
+/**
+ * The engines behind each port, chosen by configuration: the embedded ones for `npm start`, the
+ * distributed ones for the mesh. Services never see which. The distributed engines' modules (and
+ * their drivers) are loaded only when configured, so the one-process server never pays for them.
+ */
+
+/** The bus and delivery channel with their lifecycle. */
+export interface BusEngine {
+  bus: EventBus;
+  delivery: DeliveryChannel;
+  /** Why the bus cannot be used right now (for readiness), or undefined. */
+  problem: () => string | undefined;
+  close(): Promise<void>;
+}
+
+export async function openBus(config: Config, log: Logger): Promise<BusEngine> {
+  const mesh = config.mesh;
+  if (mesh.bus === "memory") {
+    const bus = new InProcessBus(log);
+    return { bus, delivery: new DirectDelivery(), problem: () => undefined, close: () => bus.close() };
+  }
+  const { connectNats } = await import("../bus/nats.js");
+  const nats = await connectNats(
+    {
+      servers: mesh.nats.servers,
+      name: `switchboard ${mesh.roles.join(",")} ${mesh.instanceId}`,
+      stream: mesh.nats.stream,
+      subjectPrefix: mesh.nats.subjectPrefix,
+      replicas: mesh.nats.replicas,
+      maxAgeMs: mesh.nats.maxAgeMs,
+      maxBytes: mesh.nats.maxBytes,
+    },
+    log,
+  );
+  // Publishers and the consumer both need the stream; creating it is idempotent.
+  if (mesh.roles.includes("sequencer") || mesh.roles.includes("fanout")) await nats.ensureStream();
+  return {
+    bus: nats.bus,
+    delivery: nats.delivery,
+    problem: () => (nats.ready() ? undefined : "not connected to NATS"),
+    close: () => nats.close(),
+  };
+}
+
+export async function openStore(
+  config: Config,
+  env: NodeJS.ProcessEnv | undefined,
+  log: Logger,
+): Promise<StoreEngine> {
+  if (config.mesh.store === "lmdb") return openLmdbStore({ path: join(config.dataDir, "store") });
+  const { openScyllaStore, scyllaOptionsFromEnv } = await import("../store/scylla/engine.js");
+  const options = scyllaOptionsFromEnv(env ?? process.env);
+  return openScyllaStore({ ...options, migrate: config.mesh.migrate }, log);
+}
+
+/** A route store with its lifecycle. */
+export interface RouteStoreEngine {
+  store: RouteStore;
+  problem: () => string | undefined;
+  close(): Promise<void>;
+}
+
+/** A Redis client for the mesh: retries forever, since Redis coming back must heal everything. */
+async function redisClient(url: string, log: Logger, purpose: string): Promise<Redis> {
+  const { Redis } = await import("ioredis");
+  const client = new Redis(url, {
+    // Commands fail fast while Redis is away rather than piling up in the offline queue.
+    maxRetriesPerRequest: 1,
+    retryStrategy: (attempt) => Math.min(attempt * 100, 2000),
+  });
+  let down = false;
+  client.on("error", (err: Error) => {
+    if (!down) log.warn({ err: err.message, purpose }, "redis unavailable");
+    down = true;
+  });
+  client.on("ready", () => {
+    if (down) log.info({ purpose }, "redis is back");
+    down = false;
+  });
+  return client;
+}
+
+export async function openRouteStore(config: Config, log: Logger): Promise<RouteStoreEngine> {
+  if (config.mesh.routes === "memory") {
+    return { store: new InMemoryRouteStore(), problem: () => undefined, close: async () => {} };
+  }
+  const client = await redisClient(config.mesh.redisUrl!, log, "routes");
+  const { RedisRouteStore } = await import("../presence/redis.js");
+  return {
+    store: new RedisRouteStore(client, "sb:"),
+    problem: () => (client.status === "ready" ? undefined : `redis is ${client.status}`),
+    close: async () => {
+      await client.quit().catch(() => client.disconnect());
+    },
+  };
+}
+
+export async function openRateLimiter(config: Config, log: Logger): Promise<RateLimiter> {
+  if (config.mesh.routes === "memory") return new LocalRateLimiter();
+  const { RedisRateLimiter } = await import("../common/rate-limiter-redis.js");
+  return new RedisRateLimiter(config.mesh.redisUrl!, { keyPrefix: "sb:", logger: log });
+}

@@ -148,13 +148,13 @@ export class Mesh {
       await add(`sequencer-${i}`, "sequencer", seqPorts[i]!, { SWITCHBOARD_SEQUENCER_ORDINAL: String(i) });
     }
     const fanoutPorts = await ports(o.fanouts ?? 2);
-    fanoutPorts.forEach((p, i) =>
-      specs.push({ name: `fanout-${i}`, roles: "fanout", port: p, adminPort: 0, env: common }),
-    );
+    for (const [i, p] of fanoutPorts.entries()) {
+      specs.push({ name: `fanout-${i}`, roles: "fanout", port: p, adminPort: 0, env: common });
+    }
     const gatewayPorts = await ports(o.gateways ?? 2, o.gatewayPorts);
-    gatewayPorts.forEach((p, i) =>
-      specs.push({ name: `gateway-${i}`, roles: "gateway", port: p, adminPort: 0, env: common }),
-    );
+    for (const [i, p] of gatewayPorts.entries()) {
+      specs.push({ name: `gateway-${i}`, roles: "gateway", port: p, adminPort: 0, env: common });
+    }
     for (const spec of specs) {
       if (spec.adminPort === 0) spec.adminPort = await freePort();
       this.specs.set(spec.name, spec);

@@ -1,0 +1,144 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { loadConfig } from "./config.js";
+import { readSettingsFile } from "./settings-file.js";
+
+const KEY = Buffer.alloc(32, 7).toString("base64url");
+/** What every process of a split deployment shares. */
+const SPLIT = {
+  SWITCHBOARD_TOKEN_KEY: KEY,
+  SWITCHBOARD_NATS_URL: "nats://127.0.0.1:4222",
+  SWITCHBOARD_REDIS_URL: "redis://127.0.0.1:6379",
+};
+
+describe("mesh configuration", () => {
+  it("runs every role on the embedded engines by default", () => {
+    const { mesh } = loadConfig({}, {});
+    assert.deepEqual(mesh.roles, ["gateway", "accounts", "sequencer", "fanout", "presence", "notification"]);
+    assert.equal(mesh.store, "lmdb");
+    assert.equal(mesh.bus, "memory");
+    assert.equal(mesh.routes, "memory");
+    assert.equal(mesh.adminPort, undefined);
+  });
+
+  it("picks the distributed engines from their addresses and expands the sequencer template", () => {
+    const { mesh } = loadConfig(
+      {},
+      {
+        ...SPLIT,
+        SWITCHBOARD_ROLES: "gateway",
+        SWITCHBOARD_SEQUENCER_REPLICAS: "3",
+        SWITCHBOARD_SEQUENCER_URL_TEMPLATE: "http://seq-{ordinal}.seq:7420",
+        SWITCHBOARD_ACCOUNTS_URL: "http://accounts:7420/",
+        SWITCHBOARD_PRESENCE_URL: "http://presence:7420",
+      },
+    );
+    assert.equal(mesh.bus, "nats");
+    assert.equal(mesh.routes, "redis");
+    assert.deepEqual(mesh.urls.sequencers, [
+      "http://seq-0.seq:7420",
+      "http://seq-1.seq:7420",
+      "http://seq-2.seq:7420",
+    ]);
+    assert.equal(mesh.urls.accounts, "http://accounts:7420");
+  });
+
+  it("takes a sequencer's ordinal from a StatefulSet hostname", () => {
+    const { mesh } = loadConfig(
+      {},
+      {
+        ...SPLIT,
+        SWITCHBOARD_ROLES: "sequencer",
+        SWITCHBOARD_SEQUENCER_REPLICAS: "3",
+        HOSTNAME: "switchboard-sequencer-2",
+      },
+    );
+    assert.equal(mesh.sequencerOrdinal, 2);
+    assert.equal(mesh.instanceId, "switchboard-sequencer-2");
+  });
+
+  it("refuses a process that cannot work, naming the setting", () => {
+    const cases: Array<[Record<string, string>, RegExp]> = [
+      [{ SWITCHBOARD_ROLES: "gateway,router" }, /SWITCHBOARD_ROLES must be one of/],
+      [{ SWITCHBOARD_ROLES: "gateway" }, /SWITCHBOARD_TOKEN_KEY is required/],
+      [{ SWITCHBOARD_ROLES: "sequencer", SWITCHBOARD_TOKEN_KEY: KEY }, /need SWITCHBOARD_BUS=nats/],
+      [
+        { ...SPLIT, SWITCHBOARD_ROLES: "gateway" },
+        /gateway role calls the accounts service: set SWITCHBOARD_ACCOUNTS_URL/,
+      ],
+      [
+        {
+          ...SPLIT,
+          SWITCHBOARD_ROLES: "fanout",
+          SWITCHBOARD_ACCOUNTS_URL: "http://a:1",
+          SWITCHBOARD_PRESENCE_URL: "http://p:1",
+        },
+        /fanout role calls the notification service/,
+      ],
+      [
+        {
+          ...SPLIT,
+          SWITCHBOARD_ROLES: "sequencer",
+          SWITCHBOARD_SEQUENCER_REPLICAS: "2",
+          SWITCHBOARD_SEQUENCER_ORDINAL: "2",
+        },
+        /ordinal 2 is outside 0..1/,
+      ],
+      [
+        {
+          ...SPLIT,
+          SWITCHBOARD_ROLES: "notification",
+          SWITCHBOARD_ACCOUNTS_URL: "http://a:1",
+          SWITCHBOARD_SEQUENCER_REPLICAS: "2",
+          SWITCHBOARD_SEQUENCER_URLS: "http://s0:1",
+        },
+        /lists 1 replicas but SWITCHBOARD_SEQUENCER_REPLICAS is 2/,
+      ],
+      [{ SWITCHBOARD_BUS: "nats" }, /SWITCHBOARD_BUS=nats needs SWITCHBOARD_NATS_URL/],
+      [{ SWITCHBOARD_BUS: "kafka" }, /SWITCHBOARD_BUS must be one of memory, nats/],
+      [{ SWITCHBOARD_ROUTES: "redis" }, /needs SWITCHBOARD_REDIS_URL/],
+      [{ SWITCHBOARD_ACCOUNTS_URL: "accounts:7420" }, /SWITCHBOARD_ACCOUNTS_URL must be an http\(s\) URL/],
+      [{ SWITCHBOARD_INSTANCE_ID: "gw 1" }, /SWITCHBOARD_INSTANCE_ID must be/],
+      [{ SWITCHBOARD_SEQUENCER_REPLICAS: "2" }, /only sequencer replica/],
+      [{ SWITCHBOARD_SEQUENCER_URL_TEMPLATE: "http://seq" }, /must contain \{ordinal\}/],
+    ];
+    for (const [env, message] of cases) {
+      assert.throws(() => loadConfig({}, env), message, JSON.stringify(env));
+    }
+  });
+});
+
+describe("settings files", () => {
+  it("reads setting names to values and refuses anything else, naming the key", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "settings-"));
+    try {
+      const file = join(dir, "switchboard.json");
+      await writeFile(
+        file,
+        JSON.stringify({
+          SWITCHBOARD_PORT: 9000,
+          SWITCHBOARD_MIGRATE: true,
+          SWITCHBOARD_NATS_URL: ["nats://a", "nats://b"],
+        }),
+      );
+      assert.deepEqual(await readSettingsFile(file), {
+        SWITCHBOARD_PORT: "9000",
+        SWITCHBOARD_MIGRATE: "true",
+        SWITCHBOARD_NATS_URL: "nats://a,nats://b",
+      });
+      await writeFile(file, JSON.stringify({ SWITCHBOARD_PORT: 1, port: 2 }));
+      await assert.rejects(readSettingsFile(file), /"port" is not a setting name/);
+      await writeFile(file, JSON.stringify({ SWITCHBOARD_LIMITS: { a: 1 } }));
+      await assert.rejects(readSettingsFile(file), /"SWITCHBOARD_LIMITS" must be a string/);
+      await writeFile(file, "{ not json");
+      await assert.rejects(readSettingsFile(file), /switchboard.json: /);
+      await writeFile(file, "[]");
+      await assert.rejects(readSettingsFile(file), /expected a JSON object/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

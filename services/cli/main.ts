@@ -1,3 +1,4 @@
+import { ConnectError } from "@connectrpc/connect";
 import { Command, InvalidArgumentError } from "commander";
 import { registerClientCommands } from "../../sdk/cli/commands.js";
 import { ROLES } from "../common/config.js";
@@ -166,7 +167,10 @@ program
 registerClientCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
-  const message = err instanceof Error ? err.message : String(err);
+  // Configuration errors are ConnectErrors (they share the validation code); the code prefix
+  // would only distract on a terminal.
+  const message =
+    err instanceof ConnectError ? err.rawMessage : err instanceof Error ? err.message : String(err);
   process.stderr.write(`switchboard: ${message}\n`);
   process.exit(1);
 });

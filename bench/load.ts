@@ -7,7 +7,8 @@ import { type ClientKind, type DeviceStream, openStream } from "./stream.js";
 
 /** What one load generator (the main thread or one worker) drives. */
 export interface LoadInput {
-  url: string;
+  /** Gateways; device i (BenchDevice.index) connects to urls[i mod urls.length]. */
+  urls: string[];
   client: ClientKind;
   devices: BenchDevice[];
   /** Members are indexes into `devices`. */
@@ -54,6 +55,15 @@ export interface LoadStats {
   ackLatency: HistogramData;
   /** End-to-end latency of messages sent in the window, per receiving device. */
   deliveryLatency: HistogramData;
+  /**
+   * From the sender's sendAck to each delivery of the same entry (conversationId, seq), on the
+   * same clock: the part of send→deliver after the commit. A delivery that beats its ack counts 0.
+   */
+  ackToDeliveryLatency: HistogramData;
+  /** Deliveries that arrived before the sender's sendAck (recorded as 0 in ackToDeliveryLatency). */
+  deliveredBeforeAck: number;
+  /** For those: how much later the sendAck came. */
+  ackLagLatency: HistogramData;
   /** Deliveries owed for messages sent and acked in the window, and how many of those arrived. */
   expectedDeliveries: number;
   receivedDeliveries: number;
@@ -103,6 +113,14 @@ export class Load {
   private readonly ackDirty = new Set<Device>();
   private readonly ackLatency = new Histogram();
   private readonly deliveryLatency = new Histogram();
+  private readonly ackToDeliveryLatency = new Histogram();
+  private readonly ackLagLatency = new Histogram();
+  /**
+   * Acked entries sent in the window whose deliveries are still owed, by "conversationId:seq":
+   * when the ack came and how many deliveries remain; and deliveries that came first.
+   */
+  private readonly ackedAt = new Map<string, { at: number; owed: number }>();
+  private readonly earlyDeliveries = new Map<string, number[]>();
   private windowStart = Number.POSITIVE_INFINITY;
   private windowEnd = Number.POSITIVE_INFINITY;
   private startAt = 0;
@@ -124,7 +142,10 @@ export class Load {
     this.payloadBytes = Math.max(8, input.payloadBytes);
   }
 
-  private static emptyStats(): Omit<LoadStats, "ackLatency" | "deliveryLatency"> {
+  private static emptyStats(): Omit<
+    LoadStats,
+    "ackLatency" | "deliveryLatency" | "ackToDeliveryLatency" | "ackLagLatency"
+  > {
     return {
       sent: 0,
       acked: 0,
@@ -133,6 +154,7 @@ export class Load {
       receipts: 0,
       ackFrames: 0,
       skipped: 0,
+      deliveredBeforeAck: 0,
       expectedDeliveries: 0,
       receivedDeliveries: 0,
       unanswered: 0,
@@ -178,7 +200,8 @@ export class Load {
         clearTimeout(timer);
         reject(new Error(reason));
       };
-      d.stream = openStream(this.input.client, this.input.url, d.info.token, {
+      const urls = this.input.urls;
+      d.stream = openStream(this.input.client, urls[d.info.index % urls.length]!, d.info.token, {
         onFrame: (frame) => this.onFrame(d, frame),
         onEnd: (error) => this.onEnd(d, error),
       });
@@ -188,6 +211,8 @@ export class Load {
   /** Sends from plan.startAt for warm-up plus duration, then drains; resolves with the stats. */
   async run(plan: RunPlan): Promise<LoadStats> {
     this.stats = Load.emptyStats();
+    this.ackedAt.clear();
+    this.earlyDeliveries.clear();
     this.startAt = plan.startAt;
     this.windowStart = plan.startAt + plan.warmupMs;
     this.windowEnd = this.windowStart + plan.durationMs;
@@ -220,6 +245,8 @@ export class Load {
       ...this.stats,
       ackLatency: this.ackLatency.toData(),
       deliveryLatency: this.deliveryLatency.toData(),
+      ackToDeliveryLatency: this.ackToDeliveryLatency.toData(),
+      ackLagLatency: this.ackLagLatency.toData(),
     };
   }
 
@@ -330,6 +357,7 @@ export class Load {
           if (this.inWindow(sentAt)) {
             this.deliveryLatency.recordMs(now - sentAt);
             this.stats.receivedDeliveries++;
+            this.recordAfterAck(`${e.conversationId}:${e.seq}`, now);
           }
         }
         this.ackDirty.add(d);
@@ -345,6 +373,7 @@ export class Load {
         if (sentAt !== undefined && this.inWindow(sentAt)) {
           this.ackLatency.recordMs(now - sentAt);
           this.stats.expectedDeliveries += d.peers;
+          this.noteAck(`${f.value.conversationId}:${f.value.seq}`, now, d.peers);
         }
         if (this.sending && this.input.rate === 0) this.sendOne(d);
         return;
@@ -375,6 +404,29 @@ export class Load {
       default:
         return;
     }
+  }
+
+  private noteAck(key: string, at: number, peers: number): void {
+    const early = this.earlyDeliveries.get(key) ?? [];
+    this.earlyDeliveries.delete(key);
+    for (const t of early) {
+      this.ackToDeliveryLatency.recordMs(0);
+      this.ackLagLatency.recordMs(at - t);
+    }
+    this.stats.deliveredBeforeAck += early.length;
+    if (peers > early.length) this.ackedAt.set(key, { at, owed: peers - early.length });
+  }
+
+  private recordAfterAck(key: string, now: number): void {
+    const acked = this.ackedAt.get(key);
+    if (acked === undefined) {
+      const early = this.earlyDeliveries.get(key);
+      if (early === undefined) this.earlyDeliveries.set(key, [now]);
+      else early.push(now);
+      return;
+    }
+    this.ackToDeliveryLatency.recordMs(now - acked.at);
+    if (--acked.owed === 0) this.ackedAt.delete(key);
   }
 
   private onEnd(d: Device, error: string | undefined): void {

@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { Worker } from "node:worker_threads";
 import { Histogram, type LatencySummary } from "./histogram.js";
 import { clock, Load, type LoadInput, type LoadStats, type RunPlan, sleep } from "./load.js";
+import { type BenchMesh, type BenchMeshProcess, startMesh } from "./mesh.js";
 import {
   type BenchServer,
   type ProbeSample,
@@ -19,6 +20,13 @@ import type { WorkerRequest } from "./worker.js";
 const USAGE = `npm run bench -- [options]
 
   --url URL            use a running server (default: spawn one on a temp dir with raised limits)
+  --mesh               spawn the distributed mesh instead (every role its own process, own nats-server
+                       and redis-server, raised limits); device i connects to gateway i mod G
+  --gateways N         with --mesh: gateway processes, default 2
+  --sequencers N       with --mesh: sequencer replicas, default 2
+  --fanouts N          with --mesh: fanout workers, default 2
+  --keep-mesh-dir      with --mesh: keep the mesh's directory (data and each process's log) after the run;
+                       it is kept anyway when a process logged a warning or error or deliveries were lost
   --server-pid PID     with --url: the server's pid, for memory and CPU figures
   --devices N          devices (one user each), default 200
   --mode M             direct | group | idle (idle: connect and hold streams, send nothing), default direct
@@ -32,13 +40,14 @@ const USAGE = `npm run bench -- [options]
   --workers N          load generator worker threads; 0 runs it on the main thread, default 1
   --client C           raw (gRPC on node:http2) | connect (@connectrpc/connect-node), default raw
   --ack-interval MS    how often receivers send cumulative acks, default 20
-  --server-node-args=S     node flags for the spawned server, e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
+  --server-node-args=S     node flags for the spawned server (with --mesh: every service process), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
   --probe on|off       preload the bench's probe into the spawned server (event-loop use, GC'd memory), default on
   --json               print one JSON object instead of the report
 `;
 
 interface Options {
   url: string | undefined;
+  mesh: { gateways: number; sequencers: number; fanouts: number; keepDir: boolean } | undefined;
   serverPid: number | undefined;
   devices: number;
   mode: "direct" | "group" | "idle";
@@ -61,6 +70,11 @@ function parseOptions(): Options {
   const { values } = parseArgs({
     options: {
       url: { type: "string" },
+      mesh: { type: "boolean", default: false },
+      gateways: { type: "string", default: "2" },
+      sequencers: { type: "string", default: "2" },
+      fanouts: { type: "string", default: "2" },
+      "keep-mesh-dir": { type: "boolean", default: false },
       "server-pid": { type: "string" },
       devices: { type: "string", default: "200" },
       mode: { type: "string", default: "direct" },
@@ -98,8 +112,18 @@ function parseOptions(): Options {
   if (values.url !== undefined && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+\/?$/.test(values.url)) {
     throw new Error("--url: only a local server (http://127.0.0.1:PORT) is benchmarked");
   }
+  if (values.mesh && (values.url !== undefined || values["server-pid"] !== undefined))
+    throw new Error("--mesh spawns its own processes; it does not combine with --url or --server-pid");
   return {
     url: values.url?.replace(/\/$/, ""),
+    mesh: values.mesh
+      ? {
+          gateways: Math.floor(num("gateways", values.gateways, 1, 64)),
+          sequencers: Math.floor(num("sequencers", values.sequencers, 1, 64)),
+          fanouts: Math.floor(num("fanouts", values.fanouts, 1, 64)),
+          keepDir: values["keep-mesh-dir"],
+        }
+      : undefined,
     serverPid:
       values["server-pid"] === undefined ? undefined : num("server-pid", values["server-pid"], 1, 2 ** 31),
     devices: Math.floor(num("devices", values.devices, 2, 100_000)),
@@ -190,7 +214,7 @@ function split(
   opts: Options,
   devices: Awaited<ReturnType<typeof setUp>>["devices"],
   conversations: BenchConversation[],
-  url: string,
+  urls: string[],
 ): LoadInput[] {
   const count = Math.max(1, opts.workers);
   const parts = Array.from({ length: count }, () => ({
@@ -209,7 +233,7 @@ function split(
   return parts
     .filter((p) => p.devices.length > 0)
     .map((p) => ({
-      url,
+      urls,
       client: opts.client,
       devices: p.devices,
       conversations: p.conversations,
@@ -225,18 +249,49 @@ function split(
 interface CpuMark {
   at: number;
   server: { all: number; main: number } | undefined;
+  /** Each mesh process by name. */
+  mesh: Map<string, { all: number; main: number } | undefined>;
   client: number;
   machine: ReturnType<typeof readMachineCpu>;
 }
 
-function cpuMark(pid: number | undefined): CpuMark {
+function cpuMark(pid: number | undefined, mesh: BenchMeshProcess[]): CpuMark {
   const u = process.cpuUsage();
   return {
     at: clock(),
     server: pid === undefined ? undefined : readCpuSeconds(pid),
+    mesh: new Map(mesh.map((p) => [p.name, readCpuSeconds(p.pid)])),
     client: (u.user + u.system) / 1e6,
     machine: readMachineCpu(),
   };
+}
+
+/** Memory of every mesh process at one moment: after a full GC where the probe answers. */
+async function meshMemory(mesh: BenchMesh | undefined): Promise<Map<string, MemorySnapshot>> {
+  const out = new Map<string, MemorySnapshot>();
+  if (mesh === undefined) return out;
+  const probed = await mesh.memoryAfterGc();
+  for (const p of mesh.processes) {
+    const proc = readMemory(p.pid);
+    const gc = probed.get(p.name);
+    if (gc !== undefined)
+      out.set(p.name, {
+        rss: gc.rss,
+        anon: proc?.anon,
+        file: proc?.file,
+        heapUsed: gc.heapUsed,
+        afterGc: true,
+      });
+    else if (proc !== undefined)
+      out.set(p.name, {
+        rss: proc.rss,
+        anon: proc.anon,
+        file: proc.file,
+        heapUsed: undefined,
+        afterGc: false,
+      });
+  }
+  return out;
 }
 
 /** Server memory at one moment; after a full GC when the probe is there. */
@@ -270,14 +325,29 @@ async function main(): Promise<void> {
     if (!opts.json) process.stderr.write(`${line}\n`);
   };
   let server: BenchServer | undefined;
+  let mesh: BenchMesh | undefined;
   let url = opts.url;
+  let urls = url === undefined ? [] : [url];
   let pid = opts.serverPid;
-  if (url === undefined) {
+  if (opts.mesh !== undefined) {
+    const meshStart = clock();
+    mesh = await startMesh({
+      ...opts.mesh,
+      probe: opts.probe,
+      ...(opts.serverNodeArgs && { nodeArgs: opts.serverNodeArgs }),
+    });
+    urls = mesh.gatewayUrls;
+    url = urls[0]!;
+    log(
+      `started a mesh in ${mesh.dir} in ${fixed((clock() - meshStart) / 1000)} s: ${mesh.processes.map((p) => `${p.name} (pid ${p.pid})`).join(", ")}; gateways ${urls.join(" ")}; raised limits as below`,
+    );
+  } else if (url === undefined) {
     server = await spawnServer({
       probe: opts.probe,
       ...(opts.serverNodeArgs && { nodeArgs: opts.serverNodeArgs }),
     });
     url = server.url;
+    urls = [url];
     pid = server.pid;
     log(
       `spawned server pid ${pid} at ${url}${opts.probe ? " (with the bench's probe)" : ""} and raised limits: ${Object.entries(
@@ -288,6 +358,8 @@ async function main(): Promise<void> {
     );
   }
   const generators: Generator[] = [];
+  // A run that fails part-way keeps the mesh's logs: they are the evidence.
+  let keepMeshDir = mesh !== undefined;
   try {
     const setupStart = clock();
     const convMode = opts.mode === "group" ? "group" : "direct";
@@ -298,7 +370,8 @@ async function main(): Promise<void> {
 
     await sleep(1000);
     const memBefore = await memorySnapshot(server, pid);
-    const inputs = split(opts, devices, conversations, url);
+    const meshBefore = await meshMemory(mesh);
+    const inputs = split(opts, devices, conversations, urls);
     const connectedDevices = inputs.reduce((n, i) => n + i.devices.length, 0);
     for (const input of inputs)
       generators.push(opts.workers === 0 ? inlineGenerator(input) : workerGenerator(input));
@@ -311,6 +384,8 @@ async function main(): Promise<void> {
     );
     await sleep(2000);
     const memConnected = await memorySnapshot(server, pid);
+    const meshConnected = await meshMemory(mesh);
+    const meshProcesses = mesh?.processes ?? [];
 
     const plan: RunPlan = {
       startAt: clock() + 200,
@@ -323,13 +398,18 @@ async function main(): Promise<void> {
     let cpuStart: CpuMark | undefined;
     let cpuEnd: CpuMark | undefined;
     let peakRss = 0;
+    const meshPeakRss = new Map<string, number>();
     const sampler = setInterval(() => {
       const m = pid === undefined ? undefined : readMemory(pid);
       if (m !== undefined && m.rss > peakRss) peakRss = m.rss;
+      for (const p of meshProcesses) {
+        const rss = readMemory(p.pid)?.rss ?? 0;
+        if (rss > (meshPeakRss.get(p.name) ?? 0)) meshPeakRss.set(p.name, rss);
+      }
     }, 500);
     const marks = [
-      setTimeout(() => (cpuStart = cpuMark(pid)), windowStart - clock()),
-      setTimeout(() => (cpuEnd = cpuMark(pid)), windowEnd - clock()),
+      setTimeout(() => (cpuStart = cpuMark(pid, meshProcesses)), windowStart - clock()),
+      setTimeout(() => (cpuEnd = cpuMark(pid, meshProcesses)), windowEnd - clock()),
     ];
     log(
       opts.mode === "idle"
@@ -339,9 +419,10 @@ async function main(): Promise<void> {
     const results = await Promise.all(generators.map((g) => g.run(plan)));
     clearInterval(sampler);
     for (const m of marks) clearTimeout(m);
-    cpuEnd ??= cpuMark(pid);
+    cpuEnd ??= cpuMark(pid, meshProcesses);
     cpuStart ??= cpuEnd;
     const memEnd = await memorySnapshot(server, pid);
+    const meshEnd = await meshMemory(mesh);
     const probe = (server?.samples ?? []).filter((s) => s.t > windowStart + 500 && s.t <= windowEnd + 500);
 
     const report = summarize(opts, results, {
@@ -357,7 +438,27 @@ async function main(): Promise<void> {
       cpuStart,
       cpuEnd,
       probe,
+      mesh:
+        mesh === undefined
+          ? undefined
+          : {
+              processes: meshProcesses,
+              before: meshBefore,
+              connected: meshConnected,
+              end: meshEnd,
+              peakRss: meshPeakRss,
+              problems: mesh.problems.slice(0, 10),
+              problemCount: mesh.problemCount(),
+              dir: mesh.dir,
+            },
     });
+    const lost = report.correctness.receivedDeliveries < report.correctness.expectedDeliveries;
+    keepMeshDir =
+      mesh !== undefined &&
+      (opts.mesh?.keepDir === true ||
+        report.mesh!.problemCount > 0 ||
+        lost ||
+        report.correctness.unansweredSends > 0);
     if (opts.json) process.stdout.write(`${JSON.stringify(report, null, 2)}\n`);
     else printReport(report);
   } finally {
@@ -365,6 +466,10 @@ async function main(): Promise<void> {
     if (server !== undefined) {
       const code = await server.stop();
       if (code !== 0) process.stderr.write(`server exited with code ${code}\n`);
+    }
+    if (mesh !== undefined) {
+      await mesh.stop(keepMeshDir);
+      if (keepMeshDir) process.stderr.write(`mesh directory (data and logs) kept in ${mesh.dir}\n`);
     }
   }
 }
@@ -382,6 +487,95 @@ interface Context {
   cpuStart: CpuMark;
   cpuEnd: CpuMark;
   probe: ProbeSample[];
+  mesh:
+    | {
+        processes: BenchMeshProcess[];
+        before: Map<string, MemorySnapshot>;
+        connected: Map<string, MemorySnapshot>;
+        end: Map<string, MemorySnapshot>;
+        peakRss: Map<string, number>;
+        problems: { process: string; line: string }[];
+        problemCount: number;
+        dir: string;
+      }
+    | undefined;
+}
+
+type MeshContext = NonNullable<Context["mesh"]>;
+
+/**
+ * CPU, event-loop use and memory of every mesh process over the measured window, and per role.
+ * CPU per message divides a role's CPU seconds in the window by the messages acked in it, so it
+ * includes everything the role did meanwhile (receipts, cursors, acks), not only the send path.
+ */
+function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: number, delivered: number) {
+  const windowStart = ctx.cpuStart.at;
+  const windowEnd = ctx.cpuEnd.at;
+  const processes = m.processes.map((p) => {
+    const a = ctx.cpuStart.mesh.get(p.name);
+    const b = ctx.cpuEnd.mesh.get(p.name);
+    const cpuSeconds = a && b ? b.all - a.all : undefined;
+    const mainSeconds = a && b && p.node ? b.main - a.main : undefined;
+    const ticks = p.samples.filter((s) => s.t > windowStart + 500 && s.t <= windowEnd + 500);
+    return {
+      name: p.name,
+      role: p.role,
+      pid: p.pid,
+      cpuSeconds,
+      cpuPercent: cpuSeconds === undefined || seconds <= 0 ? undefined : (100 * cpuSeconds) / seconds,
+      mainThreadPercent:
+        mainSeconds === undefined || seconds <= 0 ? undefined : (100 * mainSeconds) / seconds,
+      eventLoopUtilization:
+        ticks.length === 0 ? undefined : ticks.reduce((n, s) => n + (s.elu ?? 0), 0) / ticks.length,
+      eventLoopDelayMaxMs: ticks.length === 0 ? undefined : Math.max(...ticks.map((s) => s.delayMax ?? 0)),
+      memoryBeforeConnect: m.before.get(p.name),
+      memoryConnected: m.connected.get(p.name),
+      memoryEnd: m.end.get(p.name),
+      peakRssBytes: m.peakRss.get(p.name),
+    };
+  });
+  const add = (xs: (number | undefined)[]) =>
+    xs.some((x) => x !== undefined) ? xs.reduce<number>((n, x) => n + (x ?? 0), 0) : undefined;
+  const roleNames = [...new Set(processes.map((p) => p.role))];
+  const roles = roleNames.map((role) => {
+    const ps = processes.filter((p) => p.role === role);
+    const cpuSeconds = add(ps.map((p) => p.cpuSeconds));
+    const connected = add(ps.map((p) => p.memoryConnected?.rss));
+    const before = add(ps.map((p) => p.memoryBeforeConnect?.rss));
+    return {
+      role,
+      processes: ps.length,
+      cpuSeconds,
+      cpuPercent: add(ps.map((p) => p.cpuPercent)),
+      mainThreadPercent: add(ps.map((p) => p.mainThreadPercent)),
+      /** CPU per acked message and per delivery, in ms and µs. */
+      cpuMsPerMessage: cpuSeconds === undefined || acked === 0 ? undefined : (1000 * cpuSeconds) / acked,
+      cpuUsPerDelivery:
+        cpuSeconds === undefined || delivered === 0 ? undefined : (1e6 * cpuSeconds) / delivered,
+      /** The busiest of the role's processes. */
+      eventLoopUtilizationMax: ps.some((p) => p.eventLoopUtilization !== undefined)
+        ? Math.max(...ps.map((p) => p.eventLoopUtilization ?? 0))
+        : undefined,
+      rssConnectedBytes: connected,
+      rssEndBytes: add(ps.map((p) => p.memoryEnd?.rss)),
+      peakRssBytes: add(ps.map((p) => p.peakRssBytes)),
+      rssPerConnectedDeviceBytes:
+        role === "gateway" && connected !== undefined && before !== undefined && ctx.connectedDevices > 0
+          ? (connected - before) / ctx.connectedDevices
+          : undefined,
+    };
+  });
+  const cpuSeconds = add(processes.map((p) => p.cpuSeconds));
+  return {
+    dir: m.dir,
+    cpuPercent: add(processes.map((p) => p.cpuPercent)),
+    mainThreadPercent: add(processes.map((p) => p.mainThreadPercent)),
+    cpuMsPerMessage: cpuSeconds === undefined || acked === 0 ? undefined : (1000 * cpuSeconds) / acked,
+    roles,
+    processes,
+    problemCount: m.problemCount,
+    problems: m.problems,
+  };
 }
 
 function summarize(opts: Options, results: LoadStats[], ctx: Context) {
@@ -398,10 +592,27 @@ function summarize(opts: Options, results: LoadStats[], ctx: Context) {
   const seconds = (ctx.cpuEnd.at - ctx.cpuStart.at) / 1000;
   const cpu = (a: number | undefined, b: number | undefined) =>
     a === undefined || b === undefined || seconds <= 0 ? undefined : (100 * (b - a)) / seconds;
-  const serverCpu = cpu(ctx.cpuStart.server?.all, ctx.cpuEnd.server?.all);
-  const serverMain = cpu(ctx.cpuStart.server?.main, ctx.cpuEnd.server?.main);
+  const acked = sum((s) => s.acked);
+  const mesh =
+    ctx.mesh &&
+    meshSummary(
+      ctx.mesh,
+      ctx,
+      seconds,
+      acked,
+      sum((s) => s.delivered),
+    );
+  // For a mesh, "server" is every process of it, nats-server and redis-server included.
+  const serverCpu = mesh ? mesh.cpuPercent : cpu(ctx.cpuStart.server?.all, ctx.cpuEnd.server?.all);
+  const serverMain = mesh ? mesh.mainThreadPercent : cpu(ctx.cpuStart.server?.main, ctx.cpuEnd.server?.main);
   const clientCpu = cpu(ctx.cpuStart.client, ctx.cpuEnd.client);
   const machineBusy = cpu(ctx.cpuStart.machine?.busy, ctx.cpuEnd.machine?.busy);
+  const ackToDelivery = new Histogram();
+  const ackLag = new Histogram();
+  for (const r of results) {
+    ackToDelivery.merge(r.ackToDeliveryLatency);
+    ackLag.merge(r.ackLagLatency);
+  }
   let timelineLength = Math.max(...results.map((r) => r.timeline.sent.length));
   const line = (pick: (r: LoadStats) => number[]) =>
     Array.from({ length: timelineLength }, (_, i) => results.reduce((n, r) => n + (pick(r)[i] ?? 0), 0));
@@ -464,6 +675,11 @@ function summarize(opts: Options, results: LoadStats[], ctx: Context) {
     },
     sendAckMs: ack.summary() satisfies LatencySummary,
     deliveryMs: delivery.summary() satisfies LatencySummary,
+    /** The part of send→deliver after the sender's ack (see LoadStats.ackToDeliveryLatency). */
+    ackToDeliverMs: ackToDelivery.summary() satisfies LatencySummary,
+    deliveredBeforeAck: sum((s) => s.deliveredBeforeAck),
+    /** For deliveries that beat their ack: how much later the ack came. */
+    ackLagMs: ackLag.summary() satisfies LatencySummary,
     correctness: {
       expectedDeliveries: sum((s) => s.expectedDeliveries),
       receivedDeliveries: sum((s) => s.receivedDeliveries),
@@ -488,6 +704,7 @@ function summarize(opts: Options, results: LoadStats[], ctx: Context) {
           ? machineBusy - serverCpu - clientCpu
           : undefined,
     },
+    mesh,
     serverEventLoop:
       elu.length === 0
         ? undefined
@@ -512,15 +729,8 @@ function printReport(r: ReturnType<typeof summarize>): void {
   const lat = (s: LatencySummary) =>
     `p50 ${fixed(s.p50, 2)}  p90 ${fixed(s.p90, 2)}  p99 ${fixed(s.p99, 2)}  max ${fixed(s.max, 2)} ms  (n=${s.count})`;
   const pct = (n: number | undefined) => (n === undefined ? "n/a" : `${fixed(n)} %`);
-  const m = r.serverMemory;
-  const mem = (s: MemorySnapshot | undefined) =>
-    s === undefined
-      ? "n/a"
-      : `${fixed(mib(s.rss))} MiB (anon ${fixed(mib(s.anon ?? 0))}, file ${fixed(mib(s.file ?? 0))}${s.heapUsed === undefined ? "" : `, JS heap ${fixed(mib(s.heapUsed))}`})`;
   const c = r.correctness;
   const cp = r.cpuPercent;
-  const el = r.serverEventLoop;
-  const d = m.perConnectedDevice;
   const out = [
     "",
     `switchboard bench: ${r.options.mode}${r.options.mode === "group" ? ` (groups of ${r.options.groupSize})` : ""}, ${r.devices} devices, ${r.conversations} conversations, payload ${r.options.payload} B, client ${r.options.client}, ${r.options.workers} worker(s)`,
@@ -532,9 +742,28 @@ function printReport(r: ReturnType<typeof summarize>): void {
     `delivered        ${fixed(t.deliveredPerSecond, 0)} entries/s to other devices (+${fixed(t.echoesPerSecond, 0)}/s echoes to senders, ${fixed(t.receiptsPerSecond, 0)}/s receipts, ${fixed(t.ackFramesPerSecond, 0)}/s ack frames)`,
     `send -> ack      ${lat(r.sendAckMs)}`,
     `send -> deliver  ${lat(r.deliveryMs)}`,
+    `ack -> deliver   ${lat(r.ackToDeliverMs)}${r.deliveredBeforeAck > 0 ? `  (${r.deliveredBeforeAck} deliveries came before their ack, which lagged p50 ${fixed(r.ackLagMs.p50)} / p99 ${fixed(r.ackLagMs.p99)} ms: counted as 0)` : ""}`,
     `delivered/owed   ${c.receivedDeliveries}/${c.expectedDeliveries}; unanswered sends ${c.unansweredSends}; duplicates ${c.duplicates}; gaps ${c.gaps}`,
     `errors           send_error ${JSON.stringify(c.sendErrors)}; frame errors ${c.frameErrors}; streams ended ${c.streamsEnded}${c.endReasons.length > 0 ? ` (${c.endReasons.join("; ")})` : ""}`,
-    `cpu              server ${pct(cp.server)} (main thread ${pct(cp.serverMainThread)}, other threads ${pct(cp.serverOtherThreads)}), bench client ${pct(cp.benchClient)}; machine ${pct(cp.machineBusy)} of ${cp.machineCapacity} % (other programs ${pct(cp.other)})`,
+    `cpu              ${r.mesh ? "mesh (all processes)" : "server"} ${pct(cp.server)} (${r.mesh ? "Node main threads" : "main thread"} ${pct(cp.serverMainThread)}, other threads ${pct(cp.serverOtherThreads)}), bench client ${pct(cp.benchClient)}; machine ${pct(cp.machineBusy)} of ${cp.machineCapacity} % (other programs ${pct(cp.other)})`,
+    ...(r.mesh ? meshLines(r) : singleServerLines(r)),
+    "",
+    `per second (sent/acked/delivered): ${r.timeline.sent.map((s, i) => `${s}/${r.timeline.acked[i]}/${r.timeline.delivered[i]}`).join(" ")}`,
+    "",
+  ];
+  process.stdout.write(out.join("\n"));
+}
+
+const mem = (s: MemorySnapshot | undefined) =>
+  s === undefined
+    ? "n/a"
+    : `${fixed(mib(s.rss))} MiB (anon ${fixed(mib(s.anon ?? 0))}, file ${fixed(mib(s.file ?? 0))}${s.heapUsed === undefined ? "" : `, JS heap ${fixed(mib(s.heapUsed))}`})`;
+
+function singleServerLines(r: ReturnType<typeof summarize>): string[] {
+  const m = r.serverMemory;
+  const el = r.serverEventLoop;
+  const d = m.perConnectedDevice;
+  return [
     el === undefined
       ? "event loop       n/a (no probe)"
       : `event loop       server main thread utilisation ${fixed(100 * el.utilization)} %, delay p99 up to ${fixed(el.delayP99MaxMs)} ms, max ${fixed(el.delayMaxMs)} ms`,
@@ -542,11 +771,38 @@ function printReport(r: ReturnType<typeof summarize>): void {
     d
       ? `per device       ${fixed(d.rssBytes / 1024)} KiB RSS${d.anonBytes === undefined ? "" : ` (${fixed(d.anonBytes / 1024)} KiB anon)`}${d.heapBytes === undefined ? "" : `, ${fixed(d.heapBytes / 1024)} KiB JS heap`} per connected device`
       : "per device       n/a (no server pid)",
-    "",
-    `per second (sent/acked/delivered): ${r.timeline.sent.map((s, i) => `${s}/${r.timeline.acked[i]}/${r.timeline.delivered[i]}`).join(" ")}`,
-    "",
   ];
-  process.stdout.write(out.join("\n"));
+}
+
+function meshLines(r: ReturnType<typeof summarize>): string[] {
+  const m = r.mesh!;
+  const o = r.options.mesh!;
+  const num = (n: number | undefined, digits = 1) => (n === undefined ? "n/a" : fixed(n, digits));
+  const pad = (s: string, n: number) => s.padStart(n);
+  const mibOf = (n: number | undefined) => (n === undefined ? "n/a" : fixed(mib(n), 0));
+  const lines = [
+    `mesh             ${o.gateways} gateways, ${o.sequencers} sequencers, ${o.fanouts} fanouts (+ accounts, presence, nats-server, redis-server): ${num(m.cpuMsPerMessage, 3)} ms CPU per acked message in all`,
+    `  ${"role".padEnd(10)}${pad("procs", 6)}${pad("cpu %", 8)}${pad("main %", 8)}${pad("ms/msg", 8)}${pad("µs/dlv", 8)}${pad("ELU max", 9)}   RSS MiB connected / end / peak`,
+    ...m.roles.map(
+      (x) =>
+        `  ${x.role.padEnd(10)}${pad(String(x.processes), 6)}${pad(num(x.cpuPercent), 8)}${pad(num(x.mainThreadPercent), 8)}${pad(num(x.cpuMsPerMessage, 3), 8)}${pad(num(x.cpuUsPerDelivery, 0), 8)}${pad(x.eventLoopUtilizationMax === undefined ? "n/a" : `${fixed(100 * x.eventLoopUtilizationMax, 0)} %`, 9)}   ${mibOf(x.rssConnectedBytes)} / ${mibOf(x.rssEndBytes)} / ${mibOf(x.peakRssBytes)}`,
+    ),
+    `  per process cpu % (ELU): ${m.processes.map((p) => `${p.name} ${num(p.cpuPercent, 0)}${p.eventLoopUtilization === undefined ? "" : ` (${fixed(100 * p.eventLoopUtilization, 0)})`}`).join(", ")}`,
+  ];
+  const gw = m.roles.find((x) => x.role === "gateway");
+  if (gw?.rssPerConnectedDeviceBytes !== undefined)
+    lines.push(
+      `per device       ${fixed(gw.rssPerConnectedDeviceBytes / 1024)} KiB gateway RSS per connected device (sum over gateways)`,
+    );
+  lines.push(
+    m.problemCount === 0
+      ? "mesh logs        no warnings or errors"
+      : `mesh logs        ${m.problemCount} warning/error lines or exits; first: ${m.problems
+          .slice(0, 3)
+          .map((p) => `[${p.process}] ${p.line.slice(0, 300)}`)
+          .join(" | ")}`,
+  );
+  return lines;
 }
 
 main().then(

@@ -51,6 +51,17 @@ process.on("SIGUSR2", () => {
 });
 `;
 
+/** Node flags that load the probe; also valid in NODE_OPTIONS, which is how mesh processes get it. */
+export const PROBE_NODE_ARGS = [
+  "--expose-gc",
+  `--import=data:text/javascript;base64,${Buffer.from(PROBE).toString("base64")}`,
+];
+
+/** The probe's sample if the stderr line is one. */
+export function parseProbeLine(line: string): ProbeSample | undefined {
+  return line.startsWith("@@probe ") ? (JSON.parse(line.slice(8)) as ProbeSample) : undefined;
+}
+
 /** One line from the probe. */
 export interface ProbeSample {
   kind: "tick" | "gc";
@@ -92,10 +103,7 @@ export async function spawnServer(options: {
   };
   // Flags meant for the bench process (a profiler, say) are not the server's.
   delete env.NODE_OPTIONS;
-  const probe =
-    options.probe === false
-      ? []
-      : ["--expose-gc", `--import=data:text/javascript;base64,${Buffer.from(PROBE).toString("base64")}`];
+  const probe = options.probe === false ? [] : PROBE_NODE_ARGS;
   const child: ChildProcess = spawn(
     process.execPath,
     [
@@ -120,8 +128,8 @@ export async function spawnServer(options: {
     const lines = (partial + chunk).split("\n");
     partial = lines.pop() ?? "";
     for (const line of lines) {
-      if (line.startsWith("@@probe ")) {
-        const s = JSON.parse(line.slice(8)) as ProbeSample;
+      const s = parseProbeLine(line);
+      if (s !== undefined) {
         if (s.kind === "gc") {
           gcWaiter?.(s);
           gcWaiter = undefined;

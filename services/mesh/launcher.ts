@@ -1,12 +1,24 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, type WriteStream } from "node:fs";
+import { createWriteStream, existsSync, type WriteStream } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { waitForListening } from "../cli/listening.js";
 import { newSecret } from "../common/ids.js";
 import { type BackendServer, freePort, startNatsServer, startRedisServer } from "./servers.js";
 
-const root = new URL("../../", import.meta.url).pathname;
+/**
+ * The checkout (or image) root: the directory above this file that holds bin/switchboard.js. From
+ * the sources that is two levels up; from the compiled build (dist/services/mesh) three.
+ */
+function findRoot(): string {
+  for (const up of ["../../", "../../../"]) {
+    const dir = new URL(up, import.meta.url).pathname;
+    if (existsSync(join(dir, "bin/switchboard.js"))) return dir;
+  }
+  throw new Error("cannot find bin/switchboard.js above services/mesh");
+}
+
+const root = findRoot();
 
 /** How many of each service the mesh runs, and where it keeps its files. */
 export interface MeshOptions {

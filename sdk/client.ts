@@ -17,7 +17,13 @@ import {
 import { Backoff } from "./backoff.js";
 import { Profile } from "./profile.js";
 import { ReorderBuffer } from "./reorder.js";
-import { connectToServer, FrameQueue, isCredentialRejected, type ServerConnection } from "./transport.js";
+import {
+  connectToServer,
+  FrameQueue,
+  isCredentialRejected,
+  isNetworkFailure,
+  type ServerConnection,
+} from "./transport.js";
 import type {
   ClientEvents,
   ClientTuning,
@@ -444,8 +450,9 @@ export class SwitchboardClient {
   private isFatal(error: ConnectError, unauthenticatedInARow: number): ConnectError | undefined {
     if (isCredentialRejected(error)) return error;
     // Another process streams as this device and the server closed our (older) stream for it;
-    // reconnecting would only push that one out in turn, back and forth.
-    if (error.code === Code.Aborted) {
+    // reconnecting would only push that one out in turn, back and forth. A connection reset also
+    // arrives as ABORTED (from connect-node, when a gateway dies); that one calls for a reconnect.
+    if (error.code === Code.Aborted && !isNetworkFailure(error)) {
       return new ConnectError(
         `this device opened a newer stream elsewhere: ${error.rawMessage}`,
         Code.Aborted,

@@ -49,6 +49,22 @@ export function isCredentialRejected(err: unknown): boolean {
   return false;
 }
 
+/**
+ * True when an error was raised on this side of the connection by the network (a reset, a
+ * refused or dropped socket) rather than sent by the server. connect-node reports a connection
+ * reset as ABORTED, the very code a gateway uses to say "a newer stream of this device replaced
+ * this one", so the code alone cannot tell them apart; the Node system error that connect-node
+ * keeps as the cause can (a status from the server has no such cause).
+ */
+export function isNetworkFailure(err: unknown): boolean {
+  for (let e: unknown = err, depth = 0; typeof e === "object" && e !== null && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && /^(E[A-Z]+|ERR_HTTP2_|ERR_STREAM_)/.test(code)) return true;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
 /** Keeps a device's access token fresh: refreshed before expiry, one refresh at a time. */
 export class TokenSource {
   private token: string | undefined;
@@ -146,7 +162,9 @@ export interface ConnectionOptions {
 /** Errors that say "this gateway cannot serve you now", as opposed to "your request is wrong". */
 function gatewayUnavailable(err: unknown): boolean {
   const code = ConnectError.from(err).code;
-  return code === Code.Unavailable || code === Code.Unknown || code === Code.Internal;
+  return (
+    code === Code.Unavailable || code === Code.Unknown || code === Code.Internal || isNetworkFailure(err)
+  );
 }
 
 /**

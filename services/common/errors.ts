@@ -5,6 +5,24 @@ import type { Logger } from "./log.js";
 export const RETRY_AFTER_HEADER = "retry-after-ms";
 
 /**
+ * True when a call to another service failed in transit rather than being answered: the peer
+ * process died or the connection dropped. connect-node reports a reset connection as ABORTED
+ * and a stream torn down with its connection as CANCELED; neither is the peer's answer, and
+ * clients treat ABORTED as final (it is how a gateway says a newer stream replaced this one), so
+ * both must reach them as UNAVAILABLE, the code that means "retry". A reset keeps the Node system
+ * error (ECONNRESET, EPIPE, ERR_HTTP2_...) as its cause; an answer from the peer has none.
+ */
+export function isTransportFailure(err: unknown): boolean {
+  if (err instanceof ConnectError && err.code === Code.Canceled) return true;
+  for (let e: unknown = err, depth = 0; typeof e === "object" && e !== null && depth < 5; depth++) {
+    const code = (e as { code?: unknown }).code;
+    if (typeof code === "string" && /^(E[A-Z]+|ERR_HTTP2_|ERR_STREAM_)/.test(code)) return true;
+    e = (e as { cause?: unknown }).cause;
+  }
+  return false;
+}
+
+/**
  * The one place where failures become wire errors: a ConnectError keeps its code, message and
  * retry hint but no other metadata (an error relayed from an internal service carries that
  * call's response headers, which must not reach the client and are not valid on another response);
@@ -14,6 +32,9 @@ export const RETRY_AFTER_HEADER = "retry-after-ms";
 export function errorBoundary(log: Logger): Interceptor {
   const translate = (err: unknown, procedure: string): ConnectError => {
     if (err instanceof ConnectError) {
+      if (isTransportFailure(err)) {
+        return new ConnectError(`a backend service is unavailable: ${err.rawMessage}`, Code.Unavailable);
+      }
       if ([...err.metadata.keys()].every((k) => k === RETRY_AFTER_HEADER)) return err;
       const retry = err.metadata.get(RETRY_AFTER_HEADER);
       return new ConnectError(

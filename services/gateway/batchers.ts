@@ -7,6 +7,7 @@ import {
   CursorUpdateSchema,
 } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
+import { isTransportFailure } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 
 /** The sequencer calls the batchers need; routed to the owning replica by the caller. */
@@ -82,10 +83,12 @@ export class SendBatcher {
     } catch (err) {
       const e = ConnectError.from(err);
       this.log.warn({ err: e, sends: batch.length }, "append batch failed");
-      // The send may or may not have committed; the client retries with the same id.
+      // The send may or may not have committed; the client retries with the same id. A sequencer
+      // killed mid-call shows up as ABORTED or CANCELED (see isTransportFailure), which the
+      // client would take as a final refusal and drop an acceptable send.
       const unavailable = new ConnectError(`sequencer unavailable: ${e.rawMessage}`, Code.Unavailable);
-      for (const w of batch)
-        w.reject(e.code === Code.Unavailable || e.code === Code.DeadlineExceeded ? unavailable : e);
+      const retry = e.code === Code.Unavailable || e.code === Code.DeadlineExceeded || isTransportFailure(e);
+      for (const w of batch) w.reject(retry ? unavailable : e);
     }
   }
 }

@@ -9,6 +9,7 @@ import {
   type SequencerService,
   UpdateCursorsResponseSchema,
 } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import { isTransportFailure } from "../common/errors.js";
 import { directConversationId } from "../common/ids.js";
 import { shardOf } from "../common/shard.js";
 
@@ -97,12 +98,18 @@ export function shardedSequencerClient(
           } catch (err) {
             // One replica failing fails only its own items; the others' commits stand.
             const error = ConnectError.from(err);
+            // A replica that died or timed out mid-call may have committed some of these: the
+            // device must retry them with the same ids (UNAVAILABLE), never take them as refused,
+            // which is what the ABORTED or CANCELED of a reset connection would tell it.
+            const retry = error.code === Code.DeadlineExceeded || isTransportFailure(error);
             answered = group.items.map(() => ({
               $typeName: "switchboard.internal.v1.AppendResult" as const,
               seq: 0n,
               serverTimeMs: 0n,
-              errorCode: error.code,
-              errorMessage: error.rawMessage,
+              errorCode: retry ? Code.Unavailable : error.code,
+              errorMessage: retry
+                ? `sequencer replica ${replica} unavailable: ${error.rawMessage}`
+                : error.rawMessage,
             }));
           }
           if (answered.length !== group.items.length) {

@@ -23,6 +23,7 @@
  * leaving it is the went-offline transition. All times are the caller's nowMs (passed as ARGV),
  * never Redis TIME, except the keys' own TTLs, which are relative and only collect garbage.
  */
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { ChainableCommander, ClientContext, Cluster, Redis, Result } from "ioredis";
 import type { Route, RouteStore, UserPresence } from "./types.js";
 
@@ -315,19 +316,32 @@ export class RedisRouteStore implements RouteStore {
       [...groups.values()].map(async (indexes) => {
         const pipeline = this.client.pipeline();
         for (const i of indexes) jobs[i]!.queue(pipeline);
-        const replies = await pipeline.exec();
+        const replies = await pipeline.exec().catch((err: unknown) => {
+          throw unavailable(err);
+        });
         if (replies === null) throw new Error("redis pipeline was discarded");
         indexes.forEach((jobIndex, i) => {
           const reply = replies[i];
           if (reply === undefined) throw new Error("redis pipeline returned too few replies");
           const [err, value] = reply;
-          if (err) throw err;
+          if (err) throw err.name === "ReplyError" ? err : unavailable(err);
           out[jobIndex] = value;
         });
       }),
     );
     return out;
   }
+}
+
+/**
+ * A failure to reach Redis (down, restarting: ioredis fails each queued command with
+ * MaxRetriesPerRequestError or "Connection is closed"), as opposed to Redis refusing a command
+ * (ReplyError). Callers (gateways registering routes, fanout looking them up) must see UNAVAILABLE
+ * and retry, not a bare INTERNAL logged as a bug.
+ */
+function unavailable(err: unknown): ConnectError {
+  const message = err instanceof Error ? err.message : String(err);
+  return new ConnectError(`route store unavailable: ${message}`, Code.Unavailable, undefined, undefined, err);
 }
 
 function member(route: Route): string {

@@ -403,6 +403,7 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
      * again), and finally, with traffic stopped, the whole contract is checked.
      */
     async function faultPhase(fault: () => Promise<void>, recover: () => Promise<void>): Promise<void> {
+      const firstLine = logLines.length;
       traffic.start();
       const startAcks = traffic.ackedCount;
       const startFailures = traffic.failures.length;
@@ -445,6 +446,13 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
       );
       await traffic.stop();
       assert.deepEqual(traffic.failures.slice(startFailures), [], "no send was refused for good");
+      // An outage is expected and handled; level 50 ("unexpected error") means a failure nobody
+      // classified, which callers then see as a bare INTERNAL.
+      assert.deepEqual(
+        logLines.slice(firstLine).filter((l) => /"level":(50|60)/.test(l)),
+        [],
+        "no process logged an error",
+      );
       await checkDelivery(conversations, traffic.acked, 40_000);
     }
 

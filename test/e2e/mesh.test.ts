@@ -66,7 +66,6 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
   // Every line every process logged, prefixed with its name, printed when a test fails.
   const logLines: string[] = [];
   const users: User[] = [];
-  const profileDirs = new Map<SwitchboardClient, string>();
   // How many send streams the fault phases run; progress is measured in rounds of it.
   let streamCount = 0;
 
@@ -154,8 +153,6 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
       logs: [new DeviceLog(`${prefix}/0`, first), new DeviceLog(`${prefix}/1`, second)],
     };
     users.push(user);
-    profileDirs.set(first, first.profileDir);
-    profileDirs.set(second, second.profileDir);
     await Promise.all(user.devices.map((d) => d.connect()));
     return user;
   }

@@ -5,6 +5,7 @@ import { ROLES } from "../common/config.js";
 import { createLogger } from "../common/log.js";
 import { readSettingsFile } from "../common/settings-file.js";
 import { startServer } from "../server/index.js";
+import { registerAdminCommands } from "./admin.js";
 
 function port(value: string): number {
   const n = Number(value);
@@ -165,6 +166,7 @@ program
   );
 
 registerClientCommands(program);
+registerAdminCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
   // Configuration errors are ConnectErrors (they share the validation code); the code prefix

@@ -227,14 +227,38 @@ export class GatewayCore {
     if (set?.size === 0) this.watchers.delete(userId);
   }
 
+  /** Devices with at least one stream open on this gateway. */
+  get deviceCount(): number {
+    return this.byDevice.size;
+  }
+
+  /** True once the gateway refuses new streams (drained by an operator, or shutting down). */
+  get isDraining(): boolean {
+    return this.draining;
+  }
+
+  /**
+   * Refuses new streams and closes every open one telling devices to reconnect elsewhere;
+   * returns how many it closed. Unlike drain() it keeps the delivery and broadcast
+   * subscriptions and the cursor batcher, so an operator can empty a gateway that keeps running
+   * until it is stopped (which then calls drain()).
+   */
+  closeStreams(): number {
+    this.draining = true;
+    let closed = 0;
+    for (const list of [...this.byDevice.values()]) {
+      for (const s of [...list]) {
+        s.close(new ConnectError("gateway is shutting down; reconnect", Code.Unavailable));
+        closed++;
+      }
+    }
+    return closed;
+  }
+
   /** Closes every stream telling devices to reconnect elsewhere, and flushes cursors. */
   async drain(): Promise<void> {
-    this.draining = true;
     clearInterval(this.heartbeat);
-    for (const list of [...this.byDevice.values()]) {
-      for (const s of [...list])
-        s.close(new ConnectError("gateway is shutting down; reconnect", Code.Unavailable));
-    }
+    this.closeStreams();
     for (const stop of this.stops.splice(0)) stop();
     await this.cursors.close();
   }

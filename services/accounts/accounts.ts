@@ -177,6 +177,7 @@ export class Accounts {
       {
         $typeName: "switchboard.internal.v1.BusEvent",
         event: { case: "deviceRevoked", value: create(DeviceRevokedSchema, { userId, deviceId }) },
+        traceContext: {},
       },
     ]);
     this.log.info({ userId, deviceId }, "device revoked");

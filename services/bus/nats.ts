@@ -9,9 +9,11 @@ import {
   DeliverPolicy,
   DiscardPolicy,
   Events,
+  headers,
   type JetStreamClient,
   type JetStreamManager,
   type JsMsg,
+  type MsgHdrs,
   type NatsConnection,
   nanos,
   ReplayPolicy,
@@ -536,7 +538,15 @@ class NatsEngineImpl implements NatsEngine {
         while (this.inFlight >= this.settings.maxPublishesInFlight) await this.freeSlot(deadline);
         const remaining = deadline - Date.now();
         if (remaining <= 0) throw new Error("nats bus: publish timed out waiting for a free slot");
-        const data = toBinary(BusEventSchema, event);
+        // The trace context rides in NATS headers, as W3C propagation over NATS does; the
+        // payload carries the event alone.
+        const traced = Object.keys(event.traceContext).length > 0;
+        const data = toBinary(BusEventSchema, traced ? { ...event, traceContext: {} } : event);
+        let hdrs: MsgHdrs | undefined;
+        if (traced) {
+          hdrs = headers();
+          for (const [k, v] of Object.entries(event.traceContext)) hdrs.set(k, v);
+        }
         if (!this.admit(data.length))
           throw new Error("nats bus: disconnected and the reconnect buffer is full");
         const identity = committedIdentity(event);
@@ -544,11 +554,11 @@ class NatsEngineImpl implements NatsEngine {
         this.inFlight++;
         // js.publish sends synchronously before its first await, so issue order is send order.
         const ack = this.js
-          .publish(
-            subject,
-            data,
-            identity?.msgId ? { msgID: identity.msgId, timeout: remaining } : { timeout: remaining },
-          )
+          .publish(subject, data, {
+            timeout: remaining,
+            ...(identity?.msgId && { msgID: identity.msgId }),
+            ...(hdrs && { headers: hdrs }),
+          })
           .then(
             (pubAck) => {
               this.metrics.published++;
@@ -726,7 +736,14 @@ class NatsEngineImpl implements NatsEngine {
       this.metrics.consumed++;
       if (m.info.redelivered) this.metrics.redelivered++;
       try {
-        events.push(fromBinary(BusEventSchema, m.data));
+        const event = fromBinary(BusEventSchema, m.data);
+        const traceparent = m.headers?.get("traceparent");
+        if (traceparent) {
+          event.traceContext.traceparent = traceparent;
+          const tracestate = m.headers?.get("tracestate");
+          if (tracestate) event.traceContext.tracestate = tracestate;
+        }
+        events.push(event);
         decoded.push(m);
       } catch (err) {
         // Redelivering bytes that cannot be decoded would fail the same way until max_deliver.

@@ -76,6 +76,8 @@ export interface Config {
   push: PushConfig;
   /** Which services this process runs, which engines they use and where the others are. */
   mesh: MeshConfig;
+  /** Trace export. */
+  tracing: { otlpEndpoint: string | undefined; sampleRatio: number };
 }
 
 /** The services one process can run. */
@@ -153,7 +155,7 @@ export const defaultLimits: Limits = {
 };
 
 /** Overrides accepted by loadConfig; limits and push settings may be given in part. */
-export type ConfigInput = Partial<Omit<Config, "limits" | "push" | "mesh">> & {
+export type ConfigInput = Partial<Omit<Config, "limits" | "push" | "mesh" | "tracing">> & {
   limits?: Partial<Limits>;
   push?: Partial<PushConfig>;
   mesh?: Partial<MeshConfig>;
@@ -292,6 +294,7 @@ export function loadConfig(input: ConfigInput = {}, env: NodeJS.ProcessEnv = pro
     limits,
     push: loadPush(input.push, env),
     mesh: loadMesh(input.mesh, env),
+    tracing: loadTracing(env),
   };
   if (config.shardCount < 1 || config.shardCount > 4096) {
     throw new ConnectError("configuration: shardCount must be between 1 and 4096", Code.InvalidArgument);
@@ -490,4 +493,21 @@ function checkMesh(config: Config): void {
         `SWITCHBOARD_SEQUENCER_REPLICAS is ${mesh.sequencerReplicas}`,
     );
   }
+}
+
+/**
+ * Traces go to an OTLP/HTTP collector when one is named (ours, or the standard OpenTelemetry
+ * variable); without one, tracing is off and spans cost a no-op call.
+ */
+function loadTracing(env: NodeJS.ProcessEnv): Config["tracing"] {
+  const endpoint = httpUrl(
+    "SWITCHBOARD_OTLP_ENDPOINT",
+    env.SWITCHBOARD_OTLP_ENDPOINT || env.OTEL_EXPORTER_OTLP_TRACES_ENDPOINT || undefined,
+  );
+  const raw = env.SWITCHBOARD_TRACE_SAMPLE_RATIO;
+  const ratio = raw === undefined || raw === "" ? 0.1 : Number(raw);
+  if (!Number.isFinite(ratio) || ratio < 0 || ratio > 1) {
+    fail(`SWITCHBOARD_TRACE_SAMPLE_RATIO must be a number from 0 to 1, got "${raw}"`);
+  }
+  return { otlpEndpoint: endpoint, sampleRatio: ratio };
 }

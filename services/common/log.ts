@@ -1,4 +1,5 @@
 import { pino } from "pino";
+import { activeTraceIds } from "./telemetry.js";
 
 /** The structured logger every service receives. Never log payloads, secrets or tokens. */
 export type Logger = pino.Logger;
@@ -18,6 +19,8 @@ export function createLogger(options: LogOptions): Logger {
       level: options.level,
       base: options.base ?? {},
       redact: { paths: ["token", "secret", "payload", "*.token", "*.secret", "*.payload"], remove: true },
+      // Every line logged inside a traced operation names its trace, so logs and traces join up.
+      mixin: () => activeTraceIds() ?? {},
     },
     pino.destination({ fd: 2, sync: false }),
   );

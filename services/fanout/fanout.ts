@@ -1,5 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
+import type { Span } from "@opentelemetry/api";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import {
   type BusEvent,
@@ -14,6 +15,7 @@ import type { SequencerService } from "../../gen/switchboard/internal/v1/sequenc
 import { type Entry, MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
+import { carries, endSpan, injectContext, SpanKind, startSpan } from "../common/telemetry.js";
 
 /** Conversations whose member lists fanout keeps. */
 const MEMBER_CACHE = 50_000;
@@ -98,9 +100,20 @@ export class Fanout {
 
   /** Delivers one batch of events; rejects (for redelivery) if routes cannot be looked up. */
   async handle(events: readonly BusEvent[]): Promise<void> {
-    const plan: Array<{ recipients: string[]; payload: Payload }> = [];
+    const plan: Array<{ recipients: string[]; payload: Payload; trace: Record<string, string> }> = [];
     const pushes: Array<{ entry: Entry; userIds: string[]; urgent: boolean }> = [];
-    for (const { event } of events) {
+    // A span per traced event, ended once its deliveries are handed over; deliveries carry it on.
+    const spans: Span[] = [];
+    let trace: Record<string, string> = {};
+    for (const { event, traceContext } of events) {
+      trace = {};
+      if (carries(traceContext)) {
+        const { span, ctx } = startSpan(`fanout.${event.case ?? "event"}`, traceContext, {
+          kind: SpanKind.CONSUMER,
+        });
+        spans.push(span);
+        trace = injectContext(ctx);
+      }
       switch (event.case) {
         case "entryCommitted": {
           const entry = event.value.entry;
@@ -111,7 +124,7 @@ export class Fanout {
             Number(event.value.mutesVersion),
           );
           const recipients = [...new Set([...members.userIds, ...event.value.extraRecipientUserIds])];
-          plan.push({ recipients, payload: { case: "entry", value: entry } });
+          plan.push({ recipients, payload: { case: "entry", value: entry }, trace });
           const policy = this.push && pushPolicy(entry);
           if (policy) {
             const now = this.now();
@@ -127,6 +140,7 @@ export class Fanout {
             plan.push({
               recipients: event.value.notifyUserIds,
               payload: { case: "receipt", value: event.value.receipt },
+              trace,
             });
           }
           break;
@@ -135,6 +149,7 @@ export class Fanout {
             plan.push({
               recipients: event.value.recipientUserIds,
               payload: { case: "typing", value: event.value.typing },
+              trace,
             });
           }
           break;
@@ -142,6 +157,19 @@ export class Fanout {
           break;
       }
     }
+    try {
+      await this.route(plan, pushes);
+      for (const span of spans) endSpan(span);
+    } catch (err) {
+      for (const span of spans) endSpan(span, err);
+      throw err;
+    }
+  }
+
+  private async route(
+    plan: Array<{ recipients: string[]; payload: Payload; trace: Record<string, string> }>,
+    pushes: Array<{ entry: Entry; userIds: string[]; urgent: boolean }>,
+  ): Promise<void> {
     if (plan.length === 0) return;
     const routes = await this.routesOf([...new Set(plan.flatMap((p) => p.recipients))]);
     const batches = new Map<string, DeliveryBatch>();
@@ -160,7 +188,9 @@ export class Fanout {
           batch = create(DeliveryBatchSchema);
           batches.set(gatewayId, batch);
         }
-        batch.deliveries.push(create(DeliverySchema, { deviceIds, payload: item.payload }));
+        batch.deliveries.push(
+          create(DeliverySchema, { deviceIds, payload: item.payload, traceContext: item.trace }),
+        );
       }
     }
     if (pushes.length > 0) this.wakeOffline(pushes, routes);

@@ -9,6 +9,7 @@ import {
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import { isTransportFailure } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
+import { context, extractContext, injectContext } from "../common/telemetry.js";
 
 /** The sequencer calls the batchers need; routed to the owning replica by the caller. */
 export interface SequencerCalls {
@@ -48,10 +49,21 @@ export class SendBatcher {
     private readonly log: Logger,
   ) {}
 
-  append(userId: string, deviceId: string, entry: OutgoingEntry): Promise<SendResult> {
+  /** Queues a send; `traceContext` is the trace it continues in the sequencer (the caller's by default). */
+  append(
+    userId: string,
+    deviceId: string,
+    entry: OutgoingEntry,
+    traceContext: Record<string, string> = injectContext(),
+  ): Promise<SendResult> {
     return new Promise((resolve, reject) => {
       this.queue.push({
-        item: create(AppendItemSchema, { senderUserId: userId, senderDeviceId: deviceId, entry }),
+        item: create(AppendItemSchema, {
+          senderUserId: userId,
+          senderDeviceId: deviceId,
+          entry,
+          traceContext,
+        }),
         resolve,
         reject,
       });
@@ -73,7 +85,10 @@ export class SendBatcher {
   private async send(batch: Waiting[]): Promise<void> {
     if (batch.length === 0) return;
     try {
-      const results = await this.calls.append(batch.map((w) => w.item));
+      // The call itself joins the first send's trace; every item carries its own context on.
+      const results = await context.with(extractContext(batch[0]!.item.traceContext), () =>
+        this.calls.append(batch.map((w) => w.item)),
+      );
       batch.forEach((w, i) => {
         const r = results[i];
         if (r === undefined) w.reject(new ConnectError("sequencer returned too few results", Code.Internal));

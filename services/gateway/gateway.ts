@@ -8,7 +8,9 @@ import type { Principal, Tokens } from "../common/auth.js";
 import type { Limits } from "../common/config.js";
 import type { Logger } from "../common/log.js";
 import { LocalRateLimiter, type RateLimit, type RateLimiter } from "../common/rate-limiter.js";
+import { carries, endSpan, SpanKind, startSpan } from "../common/telemetry.js";
 import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
+import { type GatewayObserver, observeGateway } from "./observe.js";
 import { Session } from "./session.js";
 
 /** Counters an operator reads (exported as metrics by the operations issue). */
@@ -64,6 +66,8 @@ export class GatewayCore {
   readonly now: () => number;
   readonly sends: SendBatcher;
   readonly cursors: CursorBatcher;
+  /** Latency histograms; gauges and counters are read from this object when scraped. */
+  readonly observe: GatewayObserver;
   readonly metrics: GatewayMetrics = {
     droppedEvents: 0,
     floodClosures: 0,
@@ -113,6 +117,7 @@ export class GatewayCore {
       Math.max(1000, Math.floor(this.routeTtlMs / 3)),
     );
     this.heartbeat.unref();
+    this.observe = observeGateway(this);
   }
 
   /** Streams open on this gateway. */
@@ -285,7 +290,16 @@ export class GatewayCore {
   }
 
   private onDelivery(batch: DeliveryBatch): void {
+    const now = Date.now();
     for (const d of batch.deliveries) {
+      const traced = carries(d.traceContext)
+        ? startSpan("gateway.deliver", d.traceContext, {
+            kind: SpanKind.CONSUMER,
+            attributes: { "switchboard.instance": this.id, "switchboard.devices": d.deviceIds.length },
+          }).span
+        : undefined;
+      if (d.payload.case === "entry")
+        this.observe.deliveryLag((now - Number(d.payload.value.serverTimeMs)) / 1000);
       for (const deviceId of d.deviceIds) {
         for (const session of this.byDevice.get(deviceId) ?? []) {
           switch (d.payload.case) {
@@ -303,6 +317,7 @@ export class GatewayCore {
           }
         }
       }
+      if (traced) endSpan(traced);
     }
   }
 

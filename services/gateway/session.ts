@@ -13,6 +13,7 @@ import {
 import type { Principal } from "../common/auth.js";
 import { newId } from "../common/ids.js";
 import { TokenBucket } from "../common/rate-limit.js";
+import { endSpan, injectContext, ROOT_CONTEXT, SpanKind, startSpan } from "../common/telemetry.js";
 import { requireClientMsgId, requireId } from "../common/validate.js";
 import type { GatewayCore } from "./gateway.js";
 import { Outbound } from "./outbound.js";
@@ -416,9 +417,10 @@ export class Session {
     }
     // Counted from here, so the in-flight bound also covers sends waiting for the rate limiter.
     this.sendsInFlight++;
+    const receivedAt = performance.now();
     const wait = this.core.takeSendToken(this.deviceId);
     if (typeof wait === "number") {
-      this.afterRateLimit(entry, wait);
+      this.afterRateLimit(entry, wait, receivedAt);
       return;
     }
     // A shared (Redis) limiter answers asynchronously; chaining keeps this stream's sends in the
@@ -430,11 +432,11 @@ export class Session {
       } catch {
         w = 0; // The limiter fails open; a broken limiter must not stop messaging.
       }
-      this.afterRateLimit(entry, w);
+      this.afterRateLimit(entry, w, receivedAt);
     });
   }
 
-  private afterRateLimit(entry: OutgoingEntry, wait: number): void {
+  private afterRateLimit(entry: OutgoingEntry, wait: number, receivedAt: number): void {
     const { limits } = this.core;
     if (wait > 0) {
       this.core.metrics.rejectedRate++;
@@ -449,10 +451,21 @@ export class Session {
       this.sendDone();
       return;
     }
+    // A send starts its own trace: the stream it arrived on lives far longer than one message.
+    const { span, ctx } = startSpan("gateway.send", ROOT_CONTEXT, {
+      kind: SpanKind.SERVER,
+      attributes: {
+        "switchboard.conversation_id": entry.conversationId,
+        "switchboard.instance": this.core.id,
+      },
+    });
     this.core.sends
-      .append(this.userId, this.deviceId, entry)
+      .append(this.userId, this.deviceId, entry, injectContext(ctx))
       .then(
-        (r) =>
+        (r) => {
+          this.core.observe.sendAck((performance.now() - receivedAt) / 1000, "ok");
+          span.setAttribute("switchboard.seq", Number(r.seq));
+          endSpan(span);
           this.outbound.force(
             frame({
               case: "sendAck",
@@ -464,9 +477,12 @@ export class Session {
                 serverTimeMs: r.serverTimeMs,
               },
             }),
-          ),
+          );
+        },
         (err: unknown) => {
           const e = ConnectError.from(err);
+          this.core.observe.sendAck((performance.now() - receivedAt) / 1000, "error");
+          endSpan(span, e);
           this.sendError(entry, e, e.code === Code.Unavailable ? 500 : 0);
         },
       )

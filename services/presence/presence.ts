@@ -60,6 +60,7 @@ export class Presence {
     this.bus.broadcast(
       states.map((p) => ({
         $typeName: "switchboard.internal.v1.BusEvent" as const,
+        traceContext: {},
         event: {
           case: "presenceChanged" as const,
           value: create(PresenceChangedSchema, {

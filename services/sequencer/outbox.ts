@@ -1,6 +1,20 @@
+import type { Histogram, Span } from "@opentelemetry/api";
 import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { EventBus } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
+import { carries, endSpan, injectContext, meter, SpanKind, startSpan } from "../common/telemetry.js";
+
+let publishHistogram: Histogram | undefined;
+function publishSeconds(): Histogram {
+  publishHistogram ??= meter().createHistogram("switchboard.bus.publish.duration_seconds", {
+    description: "Time for the bus to accept one batch of committed events",
+    unit: "s",
+    advice: {
+      explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
+    },
+  });
+  return publishHistogram;
+}
 
 /** Options of the publish outbox. */
 export interface OutboxOptions {
@@ -70,18 +84,35 @@ export class PublishOutbox {
   /** Publishes committed events, or queues them behind earlier ones that are still waiting. */
   publish(events: readonly BusEvent[]): void {
     if (events.length === 0 || this.closed) return;
+    // A span per traced event, so fanout continues from the publish; the event carries it on.
+    const spans: Span[] = [];
+    for (const event of events) {
+      if (!carries(event.traceContext)) continue;
+      const { span, ctx } = startSpan("bus.publish", event.traceContext, { kind: SpanKind.PRODUCER });
+      event.traceContext = injectContext(ctx);
+      spans.push(span);
+    }
     if (this.waiting.length > 0) {
+      for (const span of spans) endSpan(span, new Error("deferred to the outbox"));
       this.defer(events);
       return;
     }
-    this.bus.publishCommitted(events).catch((err: unknown) => {
-      this.metrics.failures++;
-      if (!this.outage) {
-        this.outage = true;
-        this.log.warn({ err, events: events.length }, "bus publish failed; holding events in the outbox");
-      }
-      this.defer(events);
-    });
+    const started = performance.now();
+    this.bus.publishCommitted(events).then(
+      () => {
+        publishSeconds().record((performance.now() - started) / 1000);
+        for (const span of spans) endSpan(span);
+      },
+      (err: unknown) => {
+        for (const span of spans) endSpan(span, err);
+        this.metrics.failures++;
+        if (!this.outage) {
+          this.outage = true;
+          this.log.warn({ err, events: events.length }, "bus publish failed; holding events in the outbox");
+        }
+        this.defer(events);
+      },
+    );
   }
 
   /** Stops retrying; whatever still waits is left to the devices' sync from the log. */

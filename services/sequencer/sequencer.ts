@@ -31,6 +31,7 @@ import type { Limits } from "../common/config.js";
 import { directConversationId, newId } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import { shardOf } from "../common/shard.js";
+import { carries, context, endSpan, injectContext, startSpan } from "../common/telemetry.js";
 import type { ConversationRecord, ConversationStore, MemberRecord } from "../store/types.js";
 import type { ConversationState, CursorPair } from "./conversation.js";
 import { type OutboxOptions, PublishOutbox } from "./outbox.js";
@@ -222,16 +223,22 @@ export class Sequencer {
     state.lastDurable = batch.durable;
     state.pushTail(entry);
     batch.append(state, entry);
-    batch.publish({
-      case: "entryCommitted",
-      value: {
-        $typeName: "switchboard.internal.v1.EntryCommitted",
-        entry,
-        membersVersion: BigInt(state.record?.membersVersion ?? 0),
-        extraRecipientUserIds: extra,
-        mutesVersion: BigInt(state.mutesVersion),
+    // The entry's event, and the commit, continue the trace of whatever assigned it.
+    const trace = injectContext();
+    batch.traced(trace);
+    batch.publish(
+      {
+        case: "entryCommitted",
+        value: {
+          $typeName: "switchboard.internal.v1.EntryCommitted",
+          entry,
+          membersVersion: BigInt(state.record?.membersVersion ?? 0),
+          extraRecipientUserIds: extra,
+          mutesVersion: BigInt(state.mutesVersion),
+        },
       },
-    });
+      trace,
+    );
     return entry;
   }
 
@@ -258,6 +265,26 @@ export class Sequencer {
   private async appendOne(item: AppendItem): Promise<Appended> {
     const outgoing = item.entry;
     if (outgoing === undefined) throw new ConnectError("entry: required", Code.InvalidArgument);
+    // Each item of a batched call continues the trace of its own send.
+    const { span, ctx } = startSpan(
+      "sequencer.append",
+      carries(item.traceContext) ? item.traceContext : undefined,
+      {
+        attributes: { "switchboard.conversation_id": outgoing.conversationId },
+      },
+    );
+    try {
+      const appended = await context.with(ctx, () => this.appendInState(item, outgoing));
+      span.setAttribute("switchboard.seq", appended.seq);
+      endSpan(span);
+      return appended;
+    } catch (err) {
+      endSpan(span, err);
+      throw err;
+    }
+  }
+
+  private async appendInState(item: AppendItem, outgoing: OutgoingEntry): Promise<Appended> {
     this.checkBody(outgoing);
     return this.withState(outgoing.conversationId, async (state, shard) => {
       this.requireMember(state, item.senderUserId);
@@ -753,6 +780,8 @@ export class Sequencer {
         if (notify.length === 0) continue;
         events.push({
           $typeName: "switchboard.internal.v1.BusEvent" as const,
+          // The receipt continues the trace of the ack that moved the cursor.
+          traceContext: injectContext(),
           event: {
             case: "receiptIssued" as const,
             value: create(ReceiptIssuedSchema, {
@@ -900,6 +929,7 @@ export class Sequencer {
       this.bus.publishEphemeral([
         {
           $typeName: "switchboard.internal.v1.BusEvent",
+          traceContext: injectContext(),
           event: {
             case: "typingRelayed",
             value: create(TypingRelayedSchema, {

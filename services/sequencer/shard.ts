@@ -1,11 +1,33 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { Counter, Histogram } from "@opentelemetry/api";
 import { type BusEvent, BusEventSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { Logger } from "../common/log.js";
+import { carries, endSpan, linksFrom, meter, startSpan } from "../common/telemetry.js";
 import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
 import { ConversationState } from "./conversation.js";
 import type { PublishOutbox } from "./outbox.js";
+
+// Created on first use, so they bind to the meter provider the process set up at start-up.
+let commitHistogram: Histogram | undefined;
+let commitFailureCounter: Counter | undefined;
+function commitSeconds(): Histogram {
+  commitHistogram ??= meter().createHistogram("switchboard.store.commit.duration_seconds", {
+    description: "Time for one group commit of a shard to become durable",
+    unit: "s",
+    advice: {
+      explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+    },
+  });
+  return commitHistogram;
+}
+function commitFailures(): Counter {
+  commitFailureCounter ??= meter().createCounter("switchboard.store.commit.failures", {
+    description: "Group commits that failed (their sends were refused UNAVAILABLE)",
+  });
+  return commitFailureCounter;
+}
 
 /** The writes and events of one group commit. */
 export class Batch {
@@ -83,9 +105,17 @@ export class Batch {
     for (const id of userIds) if (!removed.includes(id)) removed.push(id);
   }
 
-  /** Queues an event to publish once the batch is durable. */
-  publish(event: BusEvent["event"]): void {
-    this.events.push(create(BusEventSchema, { event }));
+  /** Queues an event to publish once the batch is durable, with the trace it continues. */
+  publish(event: BusEvent["event"], traceContext: Record<string, string> = {}): void {
+    this.events.push(create(BusEventSchema, { event, traceContext }));
+  }
+
+  /** Trace contexts of the work in this batch; the commit's span joins them. */
+  readonly traces: Array<Record<string, string>> = [];
+
+  /** Notes the trace of work that joined this batch. */
+  traced(traceContext: Record<string, string>): void {
+    if (carries(traceContext) && this.traces.length < 64) this.traces.push(traceContext);
   }
 }
 
@@ -201,8 +231,17 @@ export class Shard {
     if (batch === undefined || this.committing) return;
     this.open = undefined;
     this.committing = true;
+    // One commit serves many sends: its span is a child of the first and links the others.
+    const [first, ...others] = batch.traces;
+    const { span } = startSpan("store.commit", first, {
+      links: linksFrom(others),
+      attributes: { "switchboard.shard": this.index, "switchboard.conversations": batch.writes.size },
+    });
+    const started = performance.now();
     try {
       await this.store.commit([...batch.writes.values()]);
+      commitSeconds().record((performance.now() - started) / 1000);
+      endSpan(span);
       for (const state of batch.states) {
         const appended = batch.writes.get(state.id)?.append;
         const last = appended?.[appended.length - 1];
@@ -212,6 +251,8 @@ export class Shard {
       // Durable now; the outbox gets them to the bus, however long the bus is away.
       this.outbox.publish(batch.events);
     } catch (err) {
+      endSpan(span, err);
+      commitFailures().add(1);
       this.log.error({ err, shard: this.index }, "commit failed; reloading affected conversations");
       const unavailable = new ConnectError("storage commit failed; retry", Code.Unavailable);
       batch.reject(unavailable);

@@ -13,6 +13,7 @@ import {
   type Transport,
 } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { AdminService } from "../../gen/switchboard/internal/v1/admin_pb.js";
 import { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import { NotificationService } from "../../gen/switchboard/internal/v1/notification_pb.js";
 import { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
@@ -20,6 +21,7 @@ import { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { Accounts } from "../accounts/accounts.js";
 import { accountService, directoryService } from "../accounts/handler.js";
+import { adminService } from "../admin/handler.js";
 import { Tokens } from "../common/auth.js";
 import { type Config, type ConfigInput, loadConfig, type Role } from "../common/config.js";
 import { errorBoundary } from "../common/errors.js";
@@ -30,6 +32,9 @@ import {
   sendInternalCredential,
 } from "../common/internal-auth.js";
 import { createLogger, type Logger } from "../common/log.js";
+import type { RateLimiter } from "../common/rate-limiter.js";
+import { clientTelemetry, serverTelemetry } from "../common/rpc-telemetry.js";
+import { startTelemetry } from "../common/telemetry.js";
 import { Fanout } from "../fanout/fanout.js";
 import { GatewayCore } from "../gateway/gateway.js";
 import {
@@ -49,6 +54,10 @@ import { sequencerService } from "../sequencer/handler.js";
 import { type SequencerClient, shardedSequencerClient, shardsOfReplica } from "../sequencer/router.js";
 import { Sequencer } from "../sequencer/sequencer.js";
 import { openBus, openRateLimiter, openRouteStore, openStore } from "./engines.js";
+import { observeProcess } from "./observe.js";
+
+/** Reported in traces and metrics as service.version. */
+const VERSION = "0.1.0";
 
 /** Options for a server process. */
 export interface ServerOptions extends ConfigInput {
@@ -121,6 +130,7 @@ class Closers {
  * path is the same either way, minus the network.
  */
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
+  const startedAtMs = Date.now();
   const { logger, env, ...input } = options;
   const config = loadConfig(input, env ?? process.env);
   const mesh = config.mesh;
@@ -136,6 +146,18 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const readiness: Array<() => string | undefined> = [];
   let draining = false;
   readiness.push(() => (draining ? "shutting down" : undefined));
+  // `switchboard admin drain` turns a gateway away from devices without stopping it.
+  let drainedByOperator = false;
+  readiness.push(() => (drainedByOperator ? "drained by an operator" : undefined));
+
+  const telemetry = startTelemetry({
+    tracing: config.tracing,
+    serviceVersion: VERSION,
+    instanceId: mesh.instanceId,
+    roles: mesh.roles,
+  });
+  // Registered first, so it runs last: the final spans of the shutdown are exported too.
+  closers.add("telemetry", () => telemetry.shutdown());
 
   try {
     await mkdir(config.dataDir, { recursive: true });
@@ -160,7 +182,10 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         pingTimeoutMs: 5_000,
       });
       closers.add(`connection to ${baseUrl}`, () => sessionManager.abort());
-      const interceptors: Interceptor[] = credential ? [sendInternalCredential(credential)] : [];
+      const interceptors: Interceptor[] = [
+        clientTelemetry(),
+        ...(credential ? [sendInternalCredential(credential)] : []),
+      ];
       return createGrpcTransport({ baseUrl, sessionManager, interceptors, defaultTimeoutMs: 15_000 });
     };
 
@@ -173,7 +198,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         (router) => {
           for (const { register } of local) register(router);
         },
-        { router: { interceptors: [errorBoundary(log)] } },
+        { router: { interceptors: [serverTelemetry(), errorBoundary(log)] } },
       );
       return localTransport;
     };
@@ -229,49 +254,54 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       return shardedSequencerClient(replicas, config.shardCount);
     };
 
+    let accounts: Accounts | undefined;
     if (roles.has("accounts")) {
-      const accounts = new Accounts(store!.accounts, tokens!, bus, log, {
+      accounts = new Accounts(store!.accounts, tokens!, bus, log, {
         maxDevicesPerUser: config.limits.maxDevicesPerUser,
         linkCodeTtlSeconds: config.linkCodeTtlSeconds,
       });
       local.push({
         service: DirectoryService,
-        register: (r) => r.service(DirectoryService, directoryService(accounts)),
+        register: (r) => r.service(DirectoryService, directoryService(accounts!)),
       });
       local.push({
         service: AccountService,
         register: (r) =>
           r.service(
             AccountService,
-            accountService(accounts, tokens!, { allowHttpPushEndpoints: config.push.allowHttpEndpoints }),
+            accountService(accounts!, tokens!, { allowHttpPushEndpoints: config.push.allowHttpEndpoints }),
           ),
       });
     }
     const directoryClient = () => clientOf(DirectoryService, roles.has("accounts"), mesh.urls.accounts);
 
+    let presence: Presence | undefined;
     if (roles.has("presence")) {
       const routeStore = await openRouteStore(config, log);
       closers.add("route store", () => routeStore.close());
       readiness.push(routeStore.problem);
-      const presence = new Presence(routeStore.store, bus, log, { sweepIntervalMs: 5000 });
-      closers.add("presence", () => presence.close());
+      const p = new Presence(routeStore.store, bus, log, { sweepIntervalMs: 5000 });
+      presence = p;
+      closers.add("presence", () => p.close());
       local.push({
         service: PresenceService,
-        register: (r) => r.service(PresenceService, presenceService(presence)),
+        register: (r) => r.service(PresenceService, presenceService(p)),
       });
     }
     const presenceClient = () => clientOf(PresenceService, roles.has("presence"), mesh.urls.presence);
 
+    let notifier: Notifier | undefined;
     if (roles.has("notification")) {
       const providers = await buildPushProviders(config.push, log);
-      const notifier = new Notifier(directoryClient(), providers, log, {
+      const n = new Notifier(directoryClient(), providers, log, {
         perDevicePerMinute: config.push.perDevicePerMinute,
         perDeviceBurst: config.push.perDeviceBurst,
       });
-      closers.add("notifier", () => notifier.close());
+      notifier = n;
+      closers.add("notifier", () => n.close());
       local.push({
         service: NotificationService,
-        register: (r) => r.service(NotificationService, notificationService(notifier)),
+        register: (r) => r.service(NotificationService, notificationService(n)),
       });
     }
 
@@ -285,9 +315,11 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     }
 
     let gateway: GatewayCore | undefined;
+    let rateLimiter: RateLimiter | undefined;
     if (roles.has("gateway")) {
-      const rateLimiter = await openRateLimiter(config, log);
-      closers.add("rate limiter", () => rateLimiter.close());
+      const limiter = await openRateLimiter(config, log);
+      rateLimiter = limiter;
+      closers.add("rate limiter", () => limiter.close());
       gateway = new GatewayCore({
         id: mesh.instanceId,
         sequencer: sequencerClient(),
@@ -301,9 +333,19 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         log,
       });
     }
+    observeProcess({
+      bus: busEngine,
+      sequencer,
+      notifier,
+      fanout: roles.has("fanout"),
+      rateLimiter: rateLimiter as { metrics?: { fallbacks: number } } | undefined,
+    });
 
     // The network face: the device API on a gateway, and the local services other processes call.
     const directoryAccounts = () => clientOf(AccountService, roles.has("accounts"), mesh.urls.accounts);
+    // Every process, one-process mode included, refuses internal services (the admin service
+    // among them) without the internal credential; key is always set when a process serves.
+    const internalGuard = credential ?? (key ? internalCredential(key) : undefined);
     const handler = connectNodeAdapter({
       routes: (router) => {
         if (gateway) {
@@ -314,6 +356,24 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
           );
           // Devices reach the account API through their gateway, which forwards it as is.
           router.service(AccountService, accountForwarder(directoryAccounts()));
+        }
+        if (internalGuard) {
+          router.service(
+            AdminService,
+            adminService({
+              instanceId: mesh.instanceId,
+              roles: mesh.roles,
+              startedAtMs,
+              gateway,
+              accounts,
+              presence,
+              sequencer,
+              notifier,
+              markNotReady: () => {
+                drainedByOperator = true;
+              },
+            }),
+          );
         }
         if (!everything) {
           for (const { service, register } of local) {
@@ -326,9 +386,11 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       readMaxBytes: gateway ? config.limits.maxPayloadBytes + 16 * 1024 : 64 * 1024 * 1024,
       // The boundary is outermost so that it also sees what authentication throws.
       interceptors: [
+        serverTelemetry(),
         errorBoundary(log),
-        ...(credential ? [requireInternalCredential(credential)] : []),
-        ...(gateway ? [authInterceptor(gateway)] : []),
+        ...(internalGuard ? [requireInternalCredential(internalGuard)] : []),
+        // Internal services carry the internal credential, not a device token.
+        ...(gateway ? [exceptInternal(authInterceptor(gateway))] : []),
       ],
       fallback: (req, res) => {
         if (req.url === "/healthz" || req.url === "/readyz") {
@@ -376,6 +438,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         const path = (req.url ?? "").split("?")[0];
         if (path === "/healthz") {
           res.writeHead(200, { "content-type": "text/plain" }).end("ok\n");
+        } else if (path === "/metrics") {
+          telemetry.metricsHandler(req, res);
         } else if (path === "/readyz") {
           const problems = currentProblems();
           res
@@ -420,6 +484,14 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     await closers.run(log);
     throw err;
   }
+}
+
+/** Runs an interceptor for every service except the internal ones (switchboard.internal.*). */
+function exceptInternal(interceptor: Interceptor): Interceptor {
+  return (next) => {
+    const intercepted = interceptor(next);
+    return (req) => (req.service.typeName.startsWith("switchboard.internal.") ? next(req) : intercepted(req));
+  };
 }
 
 /** A transport created on first use: local services register before anyone calls them. */

@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,6 +6,7 @@ import { after, before, describe, it } from "node:test";
 import { type ClientTuning, type PresenceEvent, SwitchboardClient } from "../../sdk/index.js";
 import { Mesh } from "../../services/mesh/launcher.js";
 import { replicaOf } from "../../services/sequencer/router.js";
+import { meshPrerequisites } from "../helpers/backends.js";
 import { uniqueName } from "../helpers/device.js";
 import {
   type ConversationCheck,
@@ -35,22 +35,7 @@ const tuning: ClientTuning = {
   deadAfterMs: 15_000,
 };
 
-/** The binaries the mesh spawns, with the Debian package of each; the ones absent here. */
-function missingBinaries(): string[] {
-  const wanted = [
-    ["nats-server", "--version", "nats-server"],
-    ["redis-server", "--version", "redis-server"],
-  ] as const;
-  return wanted
-    .filter(([binary, flag]) => spawnSync(binary, [flag], { stdio: "ignore" }).error !== undefined)
-    .map(([binary, , pkg]) => `${binary} (Debian package ${pkg})`);
-}
-
-const missing = missingBinaries();
-const skip =
-  missing.length > 0 && process.env.CI !== "true"
-    ? `needs ${missing.join(" and ")}: apt-get install nats-server redis-server`
-    : false;
+const { missing, skip } = meshPrerequisites();
 
 /** A user with one device on each gateway. */
 interface User {

@@ -1,3 +1,4 @@
+import { spawnSync } from "node:child_process";
 import { pingNats, pingRedis } from "../../services/mesh/servers.js";
 
 /** A redis-server a test owns. */
@@ -64,4 +65,24 @@ export async function requireNats(t: Skippable, url: string = testNatsUrl()): Pr
       "and start it with -js to run these tests",
   );
   return undefined;
+}
+
+/**
+ * The binaries a multi-process mesh spawns that are absent here, each with its Debian package,
+ * and the skip reason for node:test: a reason locally, never under CI=true (the suite's before()
+ * hook then fails, naming what to install).
+ */
+export function meshPrerequisites(): { missing: string[]; skip: string | false } {
+  const wanted = [
+    ["nats-server", "--version", "nats-server"],
+    ["redis-server", "--version", "redis-server"],
+  ] as const;
+  const missing = wanted
+    .filter(([binary, flag]) => spawnSync(binary, [flag], { stdio: "ignore" }).error !== undefined)
+    .map(([binary, , pkg]) => `${binary} (Debian package ${pkg})`);
+  const skip =
+    missing.length > 0 && process.env.CI !== "true"
+      ? `needs ${missing.join(" and ")}: apt-get install nats-server redis-server`
+      : false;
+  return { missing, skip };
 }

@@ -1,0 +1,69 @@
+import { meter } from "../common/telemetry.js";
+import type { Notifier } from "../notification/notifier.js";
+import type { Sequencer } from "../sequencer/sequencer.js";
+import type { BusEngine } from "./engines.js";
+
+/**
+ * The process-level metrics that read counters the services already keep: registered once per
+ * process, read only when Prometheus scrapes.
+ */
+export function observeProcess(parts: {
+  bus: BusEngine;
+  sequencer: Sequencer | undefined;
+  notifier: Notifier | undefined;
+  fanout: boolean;
+  rateLimiter: { metrics?: { fallbacks: number } } | undefined;
+}): void {
+  const m = meter();
+  const { bus, sequencer, notifier, rateLimiter } = parts;
+  if (bus.metrics) {
+    const metrics = bus.metrics;
+    m.createObservableCounter("switchboard.bus.events", {
+      description: "Bus events by what happened to them (published, redelivered, acked, nakked, ...)",
+    }).addCallback((r) => {
+      for (const [outcome, value] of Object.entries(metrics)) r.observe(value, { outcome });
+    });
+  }
+  if (parts.fanout && bus.backlog) {
+    const backlog = bus.backlog;
+    m.createObservableGauge("switchboard.fanout.backlog", {
+      description:
+        "Committed events waiting for fanout: not yet delivered to a worker, or delivered and unacknowledged",
+    }).addCallback(async (r) => {
+      try {
+        const b = await backlog();
+        r.observe(b.pending, { state: "pending" });
+        r.observe(b.unacknowledged, { state: "unacknowledged" });
+      } catch {
+        // No answer from NATS: no sample, which an alert on absence catches.
+      }
+    });
+  }
+  if (sequencer) {
+    const outbox = sequencer.outbox;
+    m.createObservableGauge("switchboard.sequencer.outbox.events", {
+      description: "Committed events waiting for the bus (non-zero only during a bus outage)",
+    }).addCallback((r) => r.observe(outbox.size));
+    m.createObservableCounter("switchboard.sequencer.outbox.outcomes", {
+      description: "Outbox events deferred, republished and given up, and failed publish attempts",
+    }).addCallback((r) => {
+      for (const [outcome, value] of Object.entries(outbox.metrics)) r.observe(value, { outcome });
+    });
+  }
+  if (notifier) {
+    const metrics = notifier.metrics;
+    m.createObservableCounter("switchboard.push.wakeups", {
+      description:
+        "Push wake-ups by outcome (queued, collapsed, shed, delivered, gone, retried, failed, ...)",
+    }).addCallback((r) => {
+      for (const [outcome, value] of Object.entries(metrics)) r.observe(value, { outcome });
+    });
+  }
+  if (rateLimiter?.metrics) {
+    const metrics = rateLimiter.metrics;
+    m.createObservableCounter("switchboard.ratelimit.fallbacks", {
+      description:
+        "Rate-limit takes answered by the gateway's local fallback because Redis failed or was slow",
+    }).addCallback((r) => r.observe(metrics.fallbacks));
+  }
+}

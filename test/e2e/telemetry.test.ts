@@ -1,0 +1,215 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Mesh } from "../../services/mesh/launcher.js";
+import { freePort, meshPrerequisites } from "../helpers/backends.js";
+import { TestDevice, uniqueName } from "../helpers/device.js";
+import { OtlpReceiver, type ReceivedSpan, roots } from "../helpers/otlp.js";
+import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+
+/** Every hop a message takes, as spans: the stream frame to the recipient's stream. */
+const MESSAGE_PATH = [
+  "gateway.send",
+  "switchboard.internal.v1.SequencerService/Append",
+  "sequencer.append",
+  "store.commit",
+  "bus.publish",
+  "fanout.entryCommitted",
+  "gateway.deliver",
+];
+
+/** The receipt's hops: the recipient's ack to the sender's stream. */
+const RECEIPT_PATH = [
+  "switchboard.internal.v1.SequencerService/UpdateCursors",
+  "bus.publish",
+  "fanout.receiptIssued",
+  "gateway.deliver",
+];
+
+async function eventually<T>(what: string, probe: () => T | undefined, timeoutMs = 20_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = probe();
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+}
+
+/** The trace of the send of `seq` in `conversationId`, once all of `names` arrived. */
+function traceOfSend(receiver: OtlpReceiver, conversationId: string, seq: number, names: string[]) {
+  const send = receiver.spans.find(
+    (s) =>
+      s.name === "gateway.send" &&
+      s.attributes["switchboard.conversation_id"] === conversationId &&
+      Number(s.attributes["switchboard.seq"]) === seq,
+  );
+  if (send === undefined) return undefined;
+  const spans = receiver.trace(send.traceId);
+  return names.every((n) => spans.some((s) => s.name === n)) ? spans : undefined;
+}
+
+function describeSpans(spans: readonly ReceivedSpan[]): string {
+  return spans
+    .filter((s) => !s.name.includes("AccountService") && !s.name.includes("DirectoryService"))
+    .map((s) => `${s.traceId.slice(0, 6)}:${s.name}@${s.instance}${JSON.stringify(s.attributes)}`)
+    .join("\n");
+}
+
+function assertConnected(spans: ReceivedSpan[], rootName: string): void {
+  const top = roots(spans);
+  assert.deepEqual(
+    top.map((s) => s.name),
+    [rootName],
+    `one connected trace rooted at ${rootName}; spans: ${spans.map((s) => `${s.name}@${s.instance}`).join(", ")}`,
+  );
+}
+
+/** A 1:1 exchange with an ack, returning what the assertions need. */
+async function exchange(aliceUrl: string, bobUrl: string, track: (d: TestDevice) => TestDevice) {
+  const alice = track(await TestDevice.register(aliceUrl, uniqueName("alice")));
+  const bob = track(await TestDevice.register(bobUrl, uniqueName("bob")));
+  const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
+  const id = conversation!.conversationId;
+  alice.connect();
+  bob.connect();
+  await alice.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "alice caught up");
+  await bob.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "bob caught up");
+  alice.sendText(id, "traced-1", "hello");
+  const ack = await alice.waitFor(
+    () => alice.ofCase("sendAck").find((a) => a.clientMsgId === "traced-1"),
+    "ack",
+  );
+  await bob.waitFor(() => bob.texts(id).includes("hello") || undefined, "bob receives");
+  bob.write({ case: "ack", value: { cursors: [{ conversationId: id, seq: ack.seq }] } as never });
+  await alice.waitFor(() => alice.ofCase("receipt").find((r) => r.upToSeq === ack.seq), "delivered receipt");
+  return { id, seq: Number(ack.seq) };
+}
+
+describe("telemetry in one process: traces over every hop, metrics on the admin port", () => {
+  let receiver: OtlpReceiver;
+  let server: ServerProcess;
+  let adminUrl: string;
+  const devices: TestDevice[] = [];
+
+  before(async () => {
+    receiver = await OtlpReceiver.start();
+    const adminPort = await freePort();
+    adminUrl = `http://127.0.0.1:${adminPort}`;
+    server = await startServerProcess({
+      env: {
+        SWITCHBOARD_OTLP_ENDPOINT: receiver.url,
+        SWITCHBOARD_TRACE_SAMPLE_RATIO: "1",
+        SWITCHBOARD_ADMIN_PORT: String(adminPort),
+      },
+    });
+  });
+
+  after(async () => {
+    for (const d of devices) d.close();
+    await server?.stop();
+    if (server) await removeDir(server.dataDir);
+    await receiver?.close();
+  });
+
+  it("turns one send into one connected trace through every hop, and the receipt into another", async () => {
+    const { id, seq } = await exchange(server.url, server.url, (d) => {
+      devices.push(d);
+      return d;
+    });
+    const spans = await eventually("the send's spans", () =>
+      traceOfSend(receiver, id, seq, MESSAGE_PATH),
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; received: ${describeSpans(receiver.spans)}`);
+    });
+    assertConnected(spans, "gateway.send");
+    const commit = spans.find((s) => s.name === "store.commit")!;
+    const append = spans.find((s) => s.name === "sequencer.append")!;
+    assert.equal(commit.parentSpanId, append.spanId, "the store write is a child of the append");
+
+    const receipt = await eventually("the receipt's spans", () => {
+      const fan = receiver.spans.find((s) => s.name === "fanout.receiptIssued");
+      const all = fan && receiver.trace(fan.traceId);
+      return all && RECEIPT_PATH.every((n) => all.some((s) => s.name === n)) ? all : undefined;
+    });
+    assertConnected(receipt, "switchboard.internal.v1.SequencerService/UpdateCursors");
+  });
+
+  it("serves Prometheus metrics an operator alerts on", async () => {
+    const res = await fetch(`${adminUrl}/metrics`);
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    for (const name of [
+      "switchboard_gateway_send_ack_duration_seconds_bucket",
+      "switchboard_delivery_lag_seconds_bucket",
+      "switchboard_gateway_streams",
+      "switchboard_gateway_rejections_total",
+      "switchboard_store_commit_duration_seconds_bucket",
+      "switchboard_bus_publish_duration_seconds_bucket",
+      "switchboard_rpc_server_duration_seconds_bucket",
+      "switchboard_sequencer_outbox_events",
+      "switchboard_push_wakeups_total",
+    ]) {
+      assert.ok(text.includes(name), `${name} in /metrics:\n${text.slice(0, 2000)}`);
+    }
+    assert.match(text, /switchboard_gateway_send_ack_duration_seconds_count\{[^}]*outcome="ok"[^}]*\} [1-9]/);
+    assert.match(text, /rpc_grpc_status="ok"/);
+  });
+});
+
+const { missing, skip } = meshPrerequisites();
+
+describe("telemetry across processes: one trace over gateways, sequencer and fanout", { skip }, () => {
+  let receiver: OtlpReceiver;
+  let mesh: Mesh | undefined;
+  let dir = "";
+  const devices: TestDevice[] = [];
+
+  before(async () => {
+    if (missing.length > 0) throw new Error(`CI=true and ${missing.join(" and ")} missing`);
+    receiver = await OtlpReceiver.start();
+    dir = await mkdtemp(join(tmpdir(), "sb-telemetry-mesh-"));
+    mesh = await Mesh.start({
+      dir,
+      gateways: 2,
+      sequencers: 1,
+      fanouts: 1,
+      env: { SWITCHBOARD_OTLP_ENDPOINT: receiver.url, SWITCHBOARD_TRACE_SAMPLE_RATIO: "1" },
+      onLog: () => {},
+    });
+  });
+
+  after(async () => {
+    for (const d of devices) d.close();
+    await mesh?.stop();
+    await receiver?.close();
+    if (dir) await rm(dir, { recursive: true, force: true });
+  });
+
+  it("joins the spans of four processes into one trace per send, through gRPC and NATS headers", async () => {
+    const [gw0, gw1] = mesh!.gatewayUrls;
+    const { id, seq } = await exchange(gw0!, gw1!, (d) => {
+      devices.push(d);
+      return d;
+    });
+    const spans = await eventually(
+      "the send's spans",
+      () => traceOfSend(receiver, id, seq, MESSAGE_PATH),
+      30_000,
+    );
+    assertConnected(spans, "gateway.send");
+    const where = (name: string) => new Set(spans.filter((s) => s.name === name).map((s) => s.instance));
+    assert.deepEqual([...where("gateway.send")], ["gateway-0"]);
+    assert.deepEqual([...where("sequencer.append")], ["sequencer-0"]);
+    assert.deepEqual([...where("fanout.entryCommitted")], ["fanout-0"]);
+    assert.ok(where("gateway.deliver").has("gateway-1"), "delivered through the recipient's gateway");
+    // The sequencer's span is a child of the gateway's RPC client span, carried in gRPC headers.
+    const append = spans.find(
+      (s) => s.name === "switchboard.internal.v1.SequencerService/Append" && s.kind === 2,
+    );
+    const client = spans.find((s) => s.spanId === append?.parentSpanId);
+    assert.equal(client?.instance, "gateway-0");
+  });
+});

@@ -85,7 +85,8 @@ describe("push wake-ups for offline devices, end to end through a Web Push servi
         alice.gateway.send({ entry: outgoingText(id, `b${i}`, `burst ${i}`) }),
       ),
     );
-    const last = acks.reduce((max, a) => (a.seq > max ? a.seq : max), 0n);
+    let last = 0n;
+    for (const a of acks) if (a.seq > last) last = a.seq;
     await push.waitForPush((p) => p.id === sub.id && (p.payload as { s: string }).s === String(last), 5000);
     const count = pushesFor(sub.id).length;
     assert.ok(count <= 4, `ten messages made ${count} pushes`);

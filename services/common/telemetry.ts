@@ -52,6 +52,18 @@ export function meter() {
   return metrics.getMeter(INSTRUMENTATION);
 }
 
+/**
+ * An instrument made on first use rather than at import, so it binds to the meter provider the
+ * process sets up at start-up instead of the no-op one that exists before.
+ */
+export function lazyInstrument<T>(make: () => T): () => T {
+  let instrument: T | undefined;
+  return () => {
+    instrument ??= make();
+    return instrument;
+  };
+}
+
 /** A process's telemetry. */
 export interface Telemetry {
   /** Serves the Prometheus text format. */

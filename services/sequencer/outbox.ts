@@ -1,20 +1,26 @@
-import type { Histogram, Span } from "@opentelemetry/api";
+import type { Span } from "@opentelemetry/api";
 import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { EventBus } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
-import { carries, endSpan, injectContext, meter, SpanKind, startSpan } from "../common/telemetry.js";
+import {
+  carries,
+  endSpan,
+  injectContext,
+  lazyInstrument,
+  meter,
+  SpanKind,
+  startSpan,
+} from "../common/telemetry.js";
 
-let publishHistogram: Histogram | undefined;
-function publishSeconds(): Histogram {
-  publishHistogram ??= meter().createHistogram("switchboard.bus.publish.duration_seconds", {
+const publishSeconds = lazyInstrument(() =>
+  meter().createHistogram("switchboard.bus.publish.duration_seconds", {
     description: "Time for the bus to accept one batch of committed events",
     unit: "s",
     advice: {
       explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5],
     },
-  });
-  return publishHistogram;
-}
+  }),
+);
 
 /** Options of the publish outbox. */
 export interface OutboxOptions {

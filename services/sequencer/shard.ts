@@ -1,33 +1,27 @@
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Counter, Histogram } from "@opentelemetry/api";
 import { type BusEvent, BusEventSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { Logger } from "../common/log.js";
-import { carries, endSpan, linksFrom, meter, startSpan } from "../common/telemetry.js";
+import { carries, endSpan, lazyInstrument, linksFrom, meter, startSpan } from "../common/telemetry.js";
 import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
 import { ConversationState } from "./conversation.js";
 import type { PublishOutbox } from "./outbox.js";
 
-// Created on first use, so they bind to the meter provider the process set up at start-up.
-let commitHistogram: Histogram | undefined;
-let commitFailureCounter: Counter | undefined;
-function commitSeconds(): Histogram {
-  commitHistogram ??= meter().createHistogram("switchboard.store.commit.duration_seconds", {
+const commitSeconds = lazyInstrument(() =>
+  meter().createHistogram("switchboard.store.commit.duration_seconds", {
     description: "Time for one group commit of a shard to become durable",
     unit: "s",
     advice: {
       explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
     },
-  });
-  return commitHistogram;
-}
-function commitFailures(): Counter {
-  commitFailureCounter ??= meter().createCounter("switchboard.store.commit.failures", {
+  }),
+);
+const commitFailures = lazyInstrument(() =>
+  meter().createCounter("switchboard.store.commit.failures", {
     description: "Group commits that failed (their sends were refused UNAVAILABLE)",
-  });
-  return commitFailureCounter;
-}
+  }),
+);
 
 /** The writes and events of one group commit. */
 export class Batch {

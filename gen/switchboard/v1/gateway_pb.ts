@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/gateway.proto.
  */
 export const file_switchboard_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSL2AgoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAQgcKBWZyYW1lIr0ECg9Db25uZWN0UmVzcG9uc2USKwoFcmVhZHkYASABKAsyGi5zd2l0Y2hib2FyZC52MS5SZWFkeUZyYW1lSAASLwoHbWVzc2FnZRgCIAEoCzIcLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VGcmFtZUgAEjAKCHNlbmRfYWNrGAMgASgLMhwuc3dpdGNoYm9hcmQudjEuU2VuZEFja0ZyYW1lSAASNAoKc2VuZF9lcnJvchgEIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlNlbmRFcnJvckZyYW1lSAASLwoHcmVjZWlwdBgFIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgGIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABIxCghwcmVzZW5jZRgHIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWVIABIyCglzeW5jX3BhZ2UYCCABKAsyHS5zd2l0Y2hib2FyZC52MS5TeW5jUGFnZUZyYW1lSAASKQoEcG9uZxgJIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBvbmdGcmFtZUgAEjIKCWNhdWdodF91cBgKIAEoCzIdLnN3aXRjaGJvYXJkLnYxLkNhdWdodFVwRnJhbWVIABIwCgVlcnJvchgLIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkZyYW1lRXJyb3JGcmFtZUgAQgcKBWZyYW1lIjoKEkNvbnZlcnNhdGlvbkN1cnNvchIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEIj8KCEFja0ZyYW1lEjMKB2N1cnNvcnMYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3IiQAoJUmVhZEZyYW1lEjMKB2N1cnNvcnMYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3IiNgoLVHlwaW5nRnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBmFjdGl2ZRgCIAEoCCJSChZQcmVzZW5jZVN1YnNjcmliZUZyYW1lEhoKEnN1YnNjcmliZV91c2VyX2lkcxgBIAMoCRIcChR1bnN1YnNjcmliZV91c2VyX2lkcxgCIAMoCSJhChBTeW5jUmVxdWVzdEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoBBINCgVsaW1pdBgEIAEoDSIaCglQaW5nRnJhbWUSDQoFbm9uY2UYASABKAQidAoMU3RyZWFtTGltaXRzEhkKEW1heF9wYXlsb2FkX2J5dGVzGAEgASgNEhsKE21heF9zZW5kc19pbl9mbGlnaHQYAiABKA0SGAoQc2VuZHNfcGVyX3NlY29uZBgDIAEoDRISCgpzZW5kX2J1cnN0GAQgASgNIooBCgpSZWFkeUZyYW1lEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhIKCnNlc3Npb25faWQYAyABKAkSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMSLAoGbGltaXRzGAUgASgLMhwuc3dpdGNoYm9hcmQudjEuU3RyZWFtTGltaXRzIjYKDE1lc3NhZ2VGcmFtZRImCgdlbnRyaWVzGAEgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiIAoNQ2F1Z2h0VXBGcmFtZRIPCgdlbnRyaWVzGAEgASgEImMKDFNlbmRBY2tGcmFtZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAQSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMidwoOU2VuZEVycm9yRnJhbWUSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDAoEY29kZRgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEhYKDnJldHJ5X2FmdGVyX21zGAUgASgNIocBCgxSZWNlaXB0RnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSKQoEa2luZBgDIAEoDjIbLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRLaW5kEhEKCXVwX3RvX3NlcRgEIAEoBBIPCgd0aW1lX21zGAUgASgDIl8KEFR5cGluZ0V2ZW50RnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEg4KBmFjdGl2ZRgEIAEoCCJGCg1QcmVzZW5jZUZyYW1lEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoAyKzAQoNU3luY1BhZ2VGcmFtZRISCgpyZXF1ZXN0X2lkGAEgASgNEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRImCgdlbnRyaWVzGAMgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkSEAoIbGFzdF9zZXEYBCABKAQSEAoIaGFzX21vcmUYBSABKAgSEgoKZXJyb3JfY29kZRgGIAEoDRIVCg1lcnJvcl9tZXNzYWdlGAcgASgJIj8KD0ZyYW1lRXJyb3JGcmFtZRINCgVmcmFtZRgBIAEoCRIMCgRjb2RlGAIgASgNEg8KB21lc3NhZ2UYAyABKAkiMgoJUG9uZ0ZyYW1lEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgDIjsKC1NlbmRSZXF1ZXN0EiwKBWVudHJ5GAEgASgLMh0uc3dpdGNoYm9hcmQudjEuT3V0Z29pbmdFbnRyeSIzCgxTZW5kUmVzcG9uc2USCwoDc2VxGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgDKl4KC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfS0lORF9ERUxJVkVSRUQQARIVChFSRUNFSVBUX0tJTkRfUkVBRBACMqMBCg5HYXRld2F5U2VydmljZRJOCgdDb25uZWN0Eh4uc3dpdGNoYm9hcmQudjEuQ29ubmVjdFJlcXVlc3QaHy5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVzcG9uc2UoATABEkEKBFNlbmQSGy5zd2l0Y2hib2FyZC52MS5TZW5kUmVxdWVzdBocLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXNwb25zZWIGcHJvdG8z", [file_switchboard_v1_entry]);
+  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSL2AgoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAQgcKBWZyYW1lIvUECg9Db25uZWN0UmVzcG9uc2USKwoFcmVhZHkYASABKAsyGi5zd2l0Y2hib2FyZC52MS5SZWFkeUZyYW1lSAASLwoHbWVzc2FnZRgCIAEoCzIcLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VGcmFtZUgAEjAKCHNlbmRfYWNrGAMgASgLMhwuc3dpdGNoYm9hcmQudjEuU2VuZEFja0ZyYW1lSAASNAoKc2VuZF9lcnJvchgEIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlNlbmRFcnJvckZyYW1lSAASLwoHcmVjZWlwdBgFIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgGIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABIxCghwcmVzZW5jZRgHIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWVIABIyCglzeW5jX3BhZ2UYCCABKAsyHS5zd2l0Y2hib2FyZC52MS5TeW5jUGFnZUZyYW1lSAASKQoEcG9uZxgJIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBvbmdGcmFtZUgAEjIKCWNhdWdodF91cBgKIAEoCzIdLnN3aXRjaGJvYXJkLnYxLkNhdWdodFVwRnJhbWVIABIwCgVlcnJvchgLIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkZyYW1lRXJyb3JGcmFtZUgAEjYKC3ByZWtleXNfbG93GAwgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lSABCBwoFZnJhbWUiUgoPUHJla2V5c0xvd0ZyYW1lEh0KFW9uZV90aW1lX2VjX3JlbWFpbmluZxgBIAEoDRIgChhvbmVfdGltZV9reWJlcl9yZW1haW5pbmcYAiABKA0iOgoSQ29udmVyc2F0aW9uQ3Vyc29yEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiPwoIQWNrRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciJACglSZWFkRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciI2CgtUeXBpbmdGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGYWN0aXZlGAIgASgIIlIKFlByZXNlbmNlU3Vic2NyaWJlRnJhbWUSGgoSc3Vic2NyaWJlX3VzZXJfaWRzGAEgAygJEhwKFHVuc3Vic2NyaWJlX3VzZXJfaWRzGAIgAygJImEKEFN5bmNSZXF1ZXN0RnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoDRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIhoKCVBpbmdGcmFtZRINCgVub25jZRgBIAEoBCJ0CgxTdHJlYW1MaW1pdHMSGQoRbWF4X3BheWxvYWRfYnl0ZXMYASABKA0SGwoTbWF4X3NlbmRzX2luX2ZsaWdodBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhIKCnNlbmRfYnVyc3QYBCABKA0iigEKClJlYWR5RnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAxIsCgZsaW1pdHMYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5TdHJlYW1MaW1pdHMiNgoMTWVzc2FnZUZyYW1lEiYKB2VudHJpZXMYASADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSIgCg1DYXVnaHRVcEZyYW1lEg8KB2VudHJpZXMYASABKAQiYwoMU2VuZEFja0ZyYW1lEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAyJ3Cg5TZW5kRXJyb3JGcmFtZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIMCgRjb2RlGAMgASgNEg8KB21lc3NhZ2UYBCABKAkSFgoOcmV0cnlfYWZ0ZXJfbXMYBSABKA0ihwEKDFJlY2VpcHRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRraW5kGAMgASgOMhsuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEtpbmQSEQoJdXBfdG9fc2VxGAQgASgEEg8KB3RpbWVfbXMYBSABKAMiXwoQVHlwaW5nRXZlbnRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkSDgoGYWN0aXZlGAQgASgIIkYKDVByZXNlbmNlRnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSFAoMbGFzdF9zZWVuX21zGAMgASgDIrMBCg1TeW5jUGFnZUZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiYKB2VudHJpZXMYAyADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIQCghsYXN0X3NlcRgEIAEoBBIQCghoYXNfbW9yZRgFIAEoCBISCgplcnJvcl9jb2RlGAYgASgNEhUKDWVycm9yX21lc3NhZ2UYByABKAkiPwoPRnJhbWVFcnJvckZyYW1lEg0KBWZyYW1lGAEgASgJEgwKBGNvZGUYAiABKA0SDwoHbWVzc2FnZRgDIAEoCSIyCglQb25nRnJhbWUSDQoFbm9uY2UYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiOwoLU2VuZFJlcXVlc3QSLAoFZW50cnkYASABKAsyHS5zd2l0Y2hib2FyZC52MS5PdXRnb2luZ0VudHJ5IjMKDFNlbmRSZXNwb25zZRILCgNzZXEYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIyowEKDkdhdGV3YXlTZXJ2aWNlEk4KB0Nvbm5lY3QSHi5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVxdWVzdBofLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSgBMAESQQoEU2VuZBIbLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXF1ZXN0Ghwuc3dpdGNoYm9hcmQudjEuU2VuZFJlc3BvbnNlYgZwcm90bzM", [file_switchboard_v1_entry]);
 
 /**
  * A frame from the device to the server.
@@ -190,6 +190,15 @@ export type ConnectResponse = Message<"switchboard.v1.ConnectResponse"> & {
      */
     value: FrameErrorFrame;
     case: "error";
+  } | {
+    /**
+     * The device is running low on one-time prekeys in the key directory; upload more
+     * (KeyService.UploadKeys).
+     *
+     * @generated from field: switchboard.v1.PrekeysLowFrame prekeys_low = 12;
+     */
+    value: PrekeysLowFrame;
+    case: "prekeysLow";
   } | { case: undefined; value?: undefined };
 };
 
@@ -199,6 +208,36 @@ export type ConnectResponse = Message<"switchboard.v1.ConnectResponse"> & {
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_gateway, 1);
+
+/**
+ * Sent after someone fetched this device's prekey bundle and fewer one-time prekeys than the
+ * server's threshold are left of either kind. Also check KeyService.GetPrekeyCounts when the
+ * stream opens: a device that was offline when its keys ran low is not told again.
+ *
+ * @generated from message switchboard.v1.PrekeysLowFrame
+ */
+export type PrekeysLowFrame = Message<"switchboard.v1.PrekeysLowFrame"> & {
+  /**
+   * One-time EC prekeys the device has left on the server.
+   *
+   * @generated from field: uint32 one_time_ec_remaining = 1;
+   */
+  oneTimeEcRemaining: number;
+
+  /**
+   * One-time Kyber prekeys the device has left on the server.
+   *
+   * @generated from field: uint32 one_time_kyber_remaining = 2;
+   */
+  oneTimeKyberRemaining: number;
+};
+
+/**
+ * Describes the message switchboard.v1.PrekeysLowFrame.
+ * Use `create(PrekeysLowFrameSchema)` to create a new message.
+ */
+export const PrekeysLowFrameSchema: GenMessage<PrekeysLowFrame> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 2);
 
 /**
  * A position in one conversation's log.
@@ -226,7 +265,7 @@ export type ConversationCursor = Message<"switchboard.v1.ConversationCursor"> & 
  * Use `create(ConversationCursorSchema)` to create a new message.
  */
 export const ConversationCursorSchema: GenMessage<ConversationCursor> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 2);
+  messageDesc(file_switchboard_v1_gateway, 3);
 
 /**
  * Cumulative delivery acknowledgements. Acking seq N means every entry up to and including N was
@@ -248,7 +287,7 @@ export type AckFrame = Message<"switchboard.v1.AckFrame"> & {
  * Use `create(AckFrameSchema)` to create a new message.
  */
 export const AckFrameSchema: GenMessage<AckFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 3);
+  messageDesc(file_switchboard_v1_gateway, 4);
 
 /**
  * Cumulative read markers; reading N implies delivery of N.
@@ -269,7 +308,7 @@ export type ReadFrame = Message<"switchboard.v1.ReadFrame"> & {
  * Use `create(ReadFrameSchema)` to create a new message.
  */
 export const ReadFrameSchema: GenMessage<ReadFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 4);
+  messageDesc(file_switchboard_v1_gateway, 5);
 
 /**
  * A typing indicator from this device.
@@ -298,7 +337,7 @@ export type TypingFrame = Message<"switchboard.v1.TypingFrame"> & {
  * Use `create(TypingFrameSchema)` to create a new message.
  */
 export const TypingFrameSchema: GenMessage<TypingFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 5);
+  messageDesc(file_switchboard_v1_gateway, 6);
 
 /**
  * Presence subscription change for this stream.
@@ -327,7 +366,7 @@ export type PresenceSubscribeFrame = Message<"switchboard.v1.PresenceSubscribeFr
  * Use `create(PresenceSubscribeFrameSchema)` to create a new message.
  */
 export const PresenceSubscribeFrameSchema: GenMessage<PresenceSubscribeFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 6);
+  messageDesc(file_switchboard_v1_gateway, 7);
 
 /**
  * A request for a page of a conversation's log.
@@ -369,7 +408,7 @@ export type SyncRequestFrame = Message<"switchboard.v1.SyncRequestFrame"> & {
  * Use `create(SyncRequestFrameSchema)` to create a new message.
  */
 export const SyncRequestFrameSchema: GenMessage<SyncRequestFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 7);
+  messageDesc(file_switchboard_v1_gateway, 8);
 
 /**
  * Application-level keepalive.
@@ -390,7 +429,7 @@ export type PingFrame = Message<"switchboard.v1.PingFrame"> & {
  * Use `create(PingFrameSchema)` to create a new message.
  */
 export const PingFrameSchema: GenMessage<PingFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 8);
+  messageDesc(file_switchboard_v1_gateway, 9);
 
 /**
  * Limits the server enforces on this stream.
@@ -432,7 +471,7 @@ export type StreamLimits = Message<"switchboard.v1.StreamLimits"> & {
  * Use `create(StreamLimitsSchema)` to create a new message.
  */
 export const StreamLimitsSchema: GenMessage<StreamLimits> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 9);
+  messageDesc(file_switchboard_v1_gateway, 10);
 
 /**
  * The first frame on every stream.
@@ -481,7 +520,7 @@ export type ReadyFrame = Message<"switchboard.v1.ReadyFrame"> & {
  * Use `create(ReadyFrameSchema)` to create a new message.
  */
 export const ReadyFrameSchema: GenMessage<ReadyFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 10);
+  messageDesc(file_switchboard_v1_gateway, 11);
 
 /**
  * One or more entries for the device.
@@ -503,7 +542,7 @@ export type MessageFrame = Message<"switchboard.v1.MessageFrame"> & {
  * Use `create(MessageFrameSchema)` to create a new message.
  */
 export const MessageFrameSchema: GenMessage<MessageFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 11);
+  messageDesc(file_switchboard_v1_gateway, 12);
 
 /**
  * Marks the end of the backlog that was pending when the stream opened.
@@ -524,7 +563,7 @@ export type CaughtUpFrame = Message<"switchboard.v1.CaughtUpFrame"> & {
  * Use `create(CaughtUpFrameSchema)` to create a new message.
  */
 export const CaughtUpFrameSchema: GenMessage<CaughtUpFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 12);
+  messageDesc(file_switchboard_v1_gateway, 13);
 
 /**
  * A send was committed durably.
@@ -566,7 +605,7 @@ export type SendAckFrame = Message<"switchboard.v1.SendAckFrame"> & {
  * Use `create(SendAckFrameSchema)` to create a new message.
  */
 export const SendAckFrameSchema: GenMessage<SendAckFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 13);
+  messageDesc(file_switchboard_v1_gateway, 14);
 
 /**
  * A send was refused and nothing was appended.
@@ -616,7 +655,7 @@ export type SendErrorFrame = Message<"switchboard.v1.SendErrorFrame"> & {
  * Use `create(SendErrorFrameSchema)` to create a new message.
  */
 export const SendErrorFrameSchema: GenMessage<SendErrorFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 14);
+  messageDesc(file_switchboard_v1_gateway, 15);
 
 /**
  * A member's cursor moved past entries the receiving user sent.
@@ -665,7 +704,7 @@ export type ReceiptFrame = Message<"switchboard.v1.ReceiptFrame"> & {
  * Use `create(ReceiptFrameSchema)` to create a new message.
  */
 export const ReceiptFrameSchema: GenMessage<ReceiptFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 15);
+  messageDesc(file_switchboard_v1_gateway, 16);
 
 /**
  * A member's typing indicator.
@@ -707,7 +746,7 @@ export type TypingEventFrame = Message<"switchboard.v1.TypingEventFrame"> & {
  * Use `create(TypingEventFrameSchema)` to create a new message.
  */
 export const TypingEventFrameSchema: GenMessage<TypingEventFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 16);
+  messageDesc(file_switchboard_v1_gateway, 17);
 
 /**
  * A user's presence.
@@ -742,7 +781,7 @@ export type PresenceFrame = Message<"switchboard.v1.PresenceFrame"> & {
  * Use `create(PresenceFrameSchema)` to create a new message.
  */
 export const PresenceFrameSchema: GenMessage<PresenceFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 17);
+  messageDesc(file_switchboard_v1_gateway, 18);
 
 /**
  * A page of a conversation's log.
@@ -805,7 +844,7 @@ export type SyncPageFrame = Message<"switchboard.v1.SyncPageFrame"> & {
  * Use `create(SyncPageFrameSchema)` to create a new message.
  */
 export const SyncPageFrameSchema: GenMessage<SyncPageFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 18);
+  messageDesc(file_switchboard_v1_gateway, 19);
 
 /**
  * A refused frame (ack, read, typing, presence_subscribe, or one this server does not know).
@@ -841,7 +880,7 @@ export type FrameErrorFrame = Message<"switchboard.v1.FrameErrorFrame"> & {
  * Use `create(FrameErrorFrameSchema)` to create a new message.
  */
 export const FrameErrorFrameSchema: GenMessage<FrameErrorFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 19);
+  messageDesc(file_switchboard_v1_gateway, 20);
 
 /**
  * The answer to a ping.
@@ -869,7 +908,7 @@ export type PongFrame = Message<"switchboard.v1.PongFrame"> & {
  * Use `create(PongFrameSchema)` to create a new message.
  */
 export const PongFrameSchema: GenMessage<PongFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 20);
+  messageDesc(file_switchboard_v1_gateway, 21);
 
 /**
  * GatewayService.Send request.
@@ -890,7 +929,7 @@ export type SendRequest = Message<"switchboard.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 21);
+  messageDesc(file_switchboard_v1_gateway, 22);
 
 /**
  * GatewayService.Send response.
@@ -918,7 +957,7 @@ export type SendResponse = Message<"switchboard.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 22);
+  messageDesc(file_switchboard_v1_gateway, 23);
 
 /**
  * The kind of a receipt.

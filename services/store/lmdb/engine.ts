@@ -21,6 +21,9 @@
  *   devices             deviceId                                    DeviceRecord
  *   userDevices         [userId, createdAtMs, deviceId]             true (listing index)
  *   linkCodes           codeHash                                    LinkCodeRecord
+ *   deviceKeys          deviceId                                    DeviceKeysRecord
+ *   oneTimePrekeys      [deviceId, "ec" | "kyber", keyId]           { publicKey, signature? }
+ *   prekeyCounts        deviceId                                    { ec, kyber } (one-time keys left)
  *
  * Writes. Every port method that writes runs its checks and puts in one callback passed to
  * `childTransaction`. lmdb-js runs all callbacks queued before a write transaction starts (and
@@ -41,6 +44,7 @@ import { type Database, type Key, open, type RootDatabase } from "lmdb";
 import type { StoreEngine } from "../types.js";
 import { type AccountDbs, LmdbAccountStore } from "./accounts.js";
 import { type ConversationDbs, LmdbConversationStore, type WriteUnit } from "./conversations.js";
+import { type KeyDbs, LmdbKeyStore } from "./keys.js";
 
 /** Bumped when the key layout changes incompatibly; an engine refuses files of another layout. */
 const LAYOUT_VERSION = 1;
@@ -60,6 +64,7 @@ export interface LmdbStoreOptions {
 export class LmdbStoreEngine implements StoreEngine {
   readonly conversations: LmdbConversationStore;
   readonly accounts: LmdbAccountStore;
+  readonly keys: LmdbKeyStore;
   private closing: Promise<void> | undefined;
 
   constructor(private readonly root: RootDatabase) {
@@ -85,6 +90,12 @@ export class LmdbStoreEngine implements StoreEngine {
     };
     this.conversations = new LmdbConversationStore(conversations, writeUnit);
     this.accounts = new LmdbAccountStore(accounts, writeUnit);
+    const keys: KeyDbs = {
+      deviceKeys: db("deviceKeys"),
+      oneTimePrekeys: db("oneTimePrekeys"),
+      prekeyCounts: db("prekeyCounts"),
+    };
+    this.keys = new LmdbKeyStore(keys, writeUnit);
   }
 
   /**

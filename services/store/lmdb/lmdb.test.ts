@@ -10,6 +10,7 @@ import { open } from "lmdb";
 import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
+import { runKeyStoreConformance } from "../conformance/keys.js";
 import { openLmdbStore } from "./engine.js";
 
 const dirs: string[] = [];
@@ -28,6 +29,7 @@ const openFresh = async () => openLmdbStore({ path: await tempDir() });
 
 runConversationStoreConformance(openFresh);
 runAccountStoreConformance(openFresh);
+runKeyStoreConformance(openFresh);
 
 function message(conversationId: string, seq: number) {
   return create(EntrySchema, {

@@ -8,6 +8,7 @@ import type { Logger } from "../../common/log.js";
 import type { StoreEngine } from "../types.js";
 import { ScyllaAccountStore } from "./accounts.js";
 import { ScyllaConversationStore } from "./conversations.js";
+import { ScyllaKeyStore } from "./keys.js";
 import { Cql, checkKeyspaceName, clientOptions, migrateScylla, num } from "./schema.js";
 
 export { migrateScylla };
@@ -51,6 +52,7 @@ export const MAX_TTL_SECONDS = 630_720_000;
 export class ScyllaStoreEngine implements StoreEngine {
   readonly conversations: ScyllaConversationStore;
   readonly accounts: ScyllaAccountStore;
+  readonly keys: ScyllaKeyStore;
   private closing: Promise<void> | undefined;
 
   constructor(
@@ -61,6 +63,7 @@ export class ScyllaStoreEngine implements StoreEngine {
     const cql = new Cql(client);
     this.conversations = new ScyllaConversationStore(cql, settings, log);
     this.accounts = new ScyllaAccountStore(cql);
+    this.keys = new ScyllaKeyStore(cql);
   }
 
   /**

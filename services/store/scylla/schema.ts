@@ -141,6 +141,35 @@ export const MIGRATIONS: readonly Migration[] = [
         expires_at_ms bigint)`,
     ],
   },
+  {
+    id: "0003_key_directory",
+    description: "the end-to-end encryption key directory: device keys and one-time prekeys",
+    statements: [
+      // Written only with LWT: the identity key is compared-and-set.
+      `CREATE TABLE IF NOT EXISTS device_keys (
+        device_id text PRIMARY KEY,
+        user_id text,
+        registration_id int,
+        identity_key blob,
+        signed_prekey_id bigint,
+        signed_prekey blob,
+        signed_prekey_signature blob,
+        signed_prekey_at_ms bigint,
+        kyber_prekey_id bigint,
+        kyber_prekey blob,
+        kyber_prekey_signature blob,
+        kyber_prekey_at_ms bigint)`,
+      // One partition per device and kind ("ec" or "kyber"), lowest id first. Rows are inserted
+      // and deleted only with LWT, so a take (DELETE ... IF EXISTS) is won by one caller.
+      `CREATE TABLE IF NOT EXISTS one_time_prekeys (
+        device_id text,
+        kind text,
+        key_id bigint,
+        public_key blob,
+        signature blob,
+        PRIMARY KEY ((device_id, kind), key_id))`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

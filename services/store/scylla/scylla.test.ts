@@ -6,6 +6,7 @@ import { Client } from "cassandra-driver";
 import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
+import { runKeyStoreConformance } from "../conformance/keys.js";
 import type { StoreEngine } from "../types.js";
 import {
   bucketOf,
@@ -66,10 +67,16 @@ describe("ScyllaDB engine against a server", {
   // One client for every test; each test's close() must not end it.
   const open = async (): Promise<StoreEngine> => {
     assert.ok(shared !== undefined);
-    return { conversations: shared.conversations, accounts: shared.accounts, close: async () => {} };
+    return {
+      conversations: shared.conversations,
+      accounts: shared.accounts,
+      keys: shared.keys,
+      close: async () => {},
+    };
   };
   runConversationStoreConformance(open);
   runAccountStoreConformance(open);
+  runKeyStoreConformance(open);
 
   it("refuses to open a keyspace with another bucket size", async () => {
     await assert.rejects(openScyllaStore({ ...options, bucketSize: 1000 }), /bucketSize/);

@@ -6,7 +6,7 @@ import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Entry } from "../../v1/entry_pb.js";
 import { file_switchboard_v1_entry } from "../../v1/entry_pb.js";
-import type { PresenceFrame, ReceiptFrame, TypingEventFrame } from "../../v1/gateway_pb.js";
+import type { PrekeysLowFrame, PresenceFrame, ReceiptFrame, TypingEventFrame } from "../../v1/gateway_pb.js";
 import { file_switchboard_v1_gateway } from "../../v1/gateway_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/events.proto.
  */
 export const file_switchboard_internal_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("CiRzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ldmVudHMucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIuQDCghCdXNFdmVudBJCCg9lbnRyeV9jb21taXR0ZWQYASABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5FbnRyeUNvbW1pdHRlZEgAEkAKDnJlY2VpcHRfaXNzdWVkGAIgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmVjZWlwdElzc3VlZEgAEkAKDnR5cGluZ19yZWxheWVkGAMgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVHlwaW5nUmVsYXllZEgAEkQKEHByZXNlbmNlX2NoYW5nZWQYBCABKAsyKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5QcmVzZW5jZUNoYW5nZWRIABJACg5kZXZpY2VfcmV2b2tlZBgFIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJldm9rZWRIABJKCg10cmFjZV9jb250ZXh0GAYgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQnVzRXZlbnQuVHJhY2VDb250ZXh0RW50cnkaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVldmVudCKIAQoORW50cnlDb21taXR0ZWQSJAoFZW50cnkYASABKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIXCg9tZW1iZXJzX3ZlcnNpb24YAiABKAQSIAoYZXh0cmFfcmVjaXBpZW50X3VzZXJfaWRzGAMgAygJEhUKDW11dGVzX3ZlcnNpb24YBCABKAQiVwoNUmVjZWlwdElzc3VlZBItCgdyZWNlaXB0GAEgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lEhcKD25vdGlmeV91c2VyX2lkcxgCIAMoCSJdCg1UeXBpbmdSZWxheWVkEjAKBnR5cGluZxgBIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWUSGgoScmVjaXBpZW50X3VzZXJfaWRzGAIgAygJIkIKD1ByZXNlbmNlQ2hhbmdlZBIvCghwcmVzZW5jZRgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWUiMwoNRGV2aWNlUmV2b2tlZBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSK3AgoIRGVsaXZlcnkSEgoKZGV2aWNlX2lkcxgBIAMoCRImCgVlbnRyeRgCIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5SAASLwoHcmVjZWlwdBgDIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgEIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABJKCg10cmFjZV9jb250ZXh0GAUgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGVsaXZlcnkuVHJhY2VDb250ZXh0RW50cnkaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIJCgdwYXlsb2FkIkYKDURlbGl2ZXJ5QmF0Y2gSNQoKZGVsaXZlcmllcxgBIAMoCzIhLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRlbGl2ZXJ5YgZwcm90bzM", [file_switchboard_v1_entry, file_switchboard_v1_gateway]);
+  fileDesc("CiRzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ldmVudHMucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIqAECghCdXNFdmVudBJCCg9lbnRyeV9jb21taXR0ZWQYASABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5FbnRyeUNvbW1pdHRlZEgAEkAKDnJlY2VpcHRfaXNzdWVkGAIgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmVjZWlwdElzc3VlZEgAEkAKDnR5cGluZ19yZWxheWVkGAMgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVHlwaW5nUmVsYXllZEgAEkQKEHByZXNlbmNlX2NoYW5nZWQYBCABKAsyKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5QcmVzZW5jZUNoYW5nZWRIABJACg5kZXZpY2VfcmV2b2tlZBgFIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJldm9rZWRIABI6CgtwcmVrZXlzX2xvdxgHIAEoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlByZWtleXNMb3dIABJKCg10cmFjZV9jb250ZXh0GAYgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQnVzRXZlbnQuVHJhY2VDb250ZXh0RW50cnkaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVldmVudCKIAQoORW50cnlDb21taXR0ZWQSJAoFZW50cnkYASABKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIXCg9tZW1iZXJzX3ZlcnNpb24YAiABKAQSIAoYZXh0cmFfcmVjaXBpZW50X3VzZXJfaWRzGAMgAygJEhUKDW11dGVzX3ZlcnNpb24YBCABKAQiVwoNUmVjZWlwdElzc3VlZBItCgdyZWNlaXB0GAEgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lEhcKD25vdGlmeV91c2VyX2lkcxgCIAMoCSJdCg1UeXBpbmdSZWxheWVkEjAKBnR5cGluZxgBIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWUSGgoScmVjaXBpZW50X3VzZXJfaWRzGAIgAygJIkIKD1ByZXNlbmNlQ2hhbmdlZBIvCghwcmVzZW5jZRgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWUiMwoNRGV2aWNlUmV2b2tlZBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSJgCgpQcmVrZXlzTG93Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEi4KBWZyYW1lGAMgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lIrcCCghEZWxpdmVyeRISCgpkZXZpY2VfaWRzGAEgAygJEiYKBWVudHJ5GAIgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnlIABIvCgdyZWNlaXB0GAMgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lSAASMgoGdHlwaW5nGAQgASgLMiAuc3dpdGNoYm9hcmQudjEuVHlwaW5nRXZlbnRGcmFtZUgAEkoKDXRyYWNlX2NvbnRleHQYBSADKAsyMy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EZWxpdmVyeS5UcmFjZUNvbnRleHRFbnRyeRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB3BheWxvYWQiRgoNRGVsaXZlcnlCYXRjaBI1CgpkZWxpdmVyaWVzGAEgAygLMiEuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGVsaXZlcnliBnByb3RvMw", [file_switchboard_v1_entry, file_switchboard_v1_gateway]);
 
 /**
  * What the sequencer publishes on the bus after a commit, and what other services broadcast.
@@ -68,6 +68,14 @@ export type BusEvent = Message<"switchboard.internal.v1.BusEvent"> & {
      */
     value: DeviceRevoked;
     case: "deviceRevoked";
+  } | {
+    /**
+     * A device is running low on one-time prekeys; gateways tell its streams.
+     *
+     * @generated from field: switchboard.internal.v1.PrekeysLow prekeys_low = 7;
+     */
+    value: PrekeysLow;
+    case: "prekeysLow";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -237,6 +245,41 @@ export const DeviceRevokedSchema: GenMessage<DeviceRevoked> = /*@__PURE__*/
   messageDesc(file_switchboard_internal_v1_events, 5);
 
 /**
+ * A device is running low on one-time prekeys (published by accounts after a bundle fetch).
+ *
+ * @generated from message switchboard.internal.v1.PrekeysLow
+ */
+export type PrekeysLow = Message<"switchboard.internal.v1.PrekeysLow"> & {
+  /**
+   * The device's user.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The device; only its own streams get the frame.
+   *
+   * @generated from field: string device_id = 2;
+   */
+  deviceId: string;
+
+  /**
+   * The frame to send on the device's streams.
+   *
+   * @generated from field: switchboard.v1.PrekeysLowFrame frame = 3;
+   */
+  frame?: PrekeysLowFrame | undefined;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.PrekeysLow.
+ * Use `create(PrekeysLowSchema)` to create a new message.
+ */
+export const PrekeysLowSchema: GenMessage<PrekeysLow> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_events, 6);
+
+/**
  * One payload for some device streams on one gateway.
  *
  * @generated from message switchboard.internal.v1.Delivery
@@ -293,7 +336,7 @@ export type Delivery = Message<"switchboard.internal.v1.Delivery"> & {
  * Use `create(DeliverySchema)` to create a new message.
  */
 export const DeliverySchema: GenMessage<Delivery> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_events, 6);
+  messageDesc(file_switchboard_internal_v1_events, 7);
 
 /**
  * What fanout sends to one gateway in one go.
@@ -314,5 +357,5 @@ export type DeliveryBatch = Message<"switchboard.internal.v1.DeliveryBatch"> & {
  * Use `create(DeliveryBatchSchema)` to create a new message.
  */
 export const DeliveryBatchSchema: GenMessage<DeliveryBatch> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_events, 7);
+  messageDesc(file_switchboard_internal_v1_events, 8);
 

@@ -1,0 +1,478 @@
+import { create } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { KEMPublicKey, PublicKey } from "@signalapp/libsignal-client";
+import {
+  type BusEvent,
+  BusEventSchema,
+  PrekeysLowSchema,
+} from "../../gen/switchboard/internal/v1/events_pb.js";
+import { PrekeysLowFrameSchema } from "../../gen/switchboard/v1/gateway_pb.js";
+import {
+  EcPrekeySchema,
+  KyberPrekeySchema,
+  type PrekeyBundle,
+  PrekeyBundleSchema,
+  SignedEcPrekeySchema,
+} from "../../gen/switchboard/v1/keys_pb.js";
+import type { EventBus, Unsubscribe } from "../bus/types.js";
+import { RETRY_AFTER_HEADER } from "../common/errors.js";
+import type { Logger } from "../common/log.js";
+import type { RateLimit, RateLimiter } from "../common/rate-limiter.js";
+import { isStoreError } from "../store/errors.js";
+import type {
+  AccountStore,
+  DeviceKeysRecord,
+  KeyStore,
+  OneTimePrekeyRecord,
+  PrekeyCountsRecord,
+  SignedPrekeyRecord,
+} from "../store/types.js";
+
+/** Limits and thresholds of the key directory. */
+export interface KeysOptions {
+  /** One-time EC prekeys accepted in one upload. */
+  maxEcPrekeysPerUpload: number;
+  /**
+   * One-time Kyber prekeys accepted in one upload. Each is about 1.6 KiB, and uploads pass
+   * through the gateway, whose request limit is the payload limit plus 16 KiB (80 KiB by default).
+   */
+  maxKyberPrekeysPerUpload: number;
+  /** One-time prekeys of each kind a device may hold on the server. */
+  maxStoredPerKind: number;
+  /** A device is told to upload more when a fetch leaves fewer than this of either kind. */
+  lowThreshold: number;
+  /** At most one low-prekey notice per device per this many milliseconds (per accounts process). */
+  lowNoticeIntervalMs: number;
+  /** Limits bundle fetches per requesting device (prekey draining); none when absent. */
+  bundleRate?: { limiter: RateLimiter; limit: RateLimit };
+  /** The clock, in milliseconds since the Unix epoch. */
+  now?: () => number;
+}
+
+/** The defaults: 100 EC and 32 Kyber prekeys per upload, 1000 of each stored, notice below 10. */
+export const DEFAULT_KEYS_OPTIONS: KeysOptions = {
+  maxEcPrekeysPerUpload: 100,
+  maxKyberPrekeysPerUpload: 32,
+  maxStoredPerKind: 1000,
+  lowThreshold: 10,
+  lowNoticeIntervalMs: 60_000,
+};
+
+/** The default bundle fetch limit per requesting device: 2 per second, bursts of 100. */
+export const DEFAULT_BUNDLE_RATE: RateLimit = { name: "key-bundles", rate: 2, burst: 100 };
+
+/** libsignal's registration ids are 14 bits; 0 means "not given". */
+const MAX_REGISTRATION_ID = 0x3fff;
+/** A serialized EC (Curve25519) public key: type byte 0x05 and 32 bytes. */
+const EC_KEY_BYTES = 33;
+/** An XEdDSA signature. */
+const SIGNATURE_BYTES = 64;
+/** Larger than any Kyber public key libsignal knows (Kyber1024: 1569 bytes). */
+const MAX_KEM_KEY_BYTES = 2048;
+/** Low-prekey notice times remembered at most; older ones are forgotten first. */
+const MAX_NOTICE_ENTRIES = 10_000;
+
+/** A signed prekey as uploaded (the wire's SignedEcPrekey and KyberPrekey have this shape). */
+export interface SignedPrekeyInput {
+  keyId: number;
+  publicKey: Uint8Array;
+  signature: Uint8Array;
+}
+
+/** A one-time EC prekey as uploaded. */
+export interface EcPrekeyInput {
+  keyId: number;
+  publicKey: Uint8Array;
+}
+
+/** An upload, shaped like UploadKeysRequest so the handler passes the request as is. */
+export interface UploadInput {
+  /** Empty after the first upload means "keep". */
+  identityKey: Uint8Array;
+  /** 0 after the first upload means "keep". */
+  registrationId: number;
+  signedPrekey?: SignedPrekeyInput | undefined;
+  kyberLastResortPrekey?: SignedPrekeyInput | undefined;
+  oneTimePrekeys: readonly EcPrekeyInput[];
+  oneTimeKyberPrekeys: readonly SignedPrekeyInput[];
+}
+
+/** What a device knows about its own keys on the server. */
+export interface KeyStatus {
+  /** One-time prekeys left. */
+  counts: PrekeyCountsRecord;
+  /** Its stored keys, undefined before the first upload. */
+  keys: DeviceKeysRecord | undefined;
+}
+
+/** The answer to a bundle fetch. */
+export interface Bundles {
+  /** One per active device with keys, oldest device first. */
+  bundles: PrekeyBundle[];
+  /** Active devices that have not uploaded keys. */
+  devicesWithoutKeys: string[];
+}
+
+function invalid(message: string): ConnectError {
+  return new ConnectError(message, Code.InvalidArgument);
+}
+
+function precondition(message: string): ConnectError {
+  return new ConnectError(message, Code.FailedPrecondition);
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  return Buffer.compare(a, b) === 0;
+}
+
+// libsignal's native calls take Uint8Arrays backed by an ArrayBuffer (not a SharedArrayBuffer).
+function own(value: Uint8Array): Uint8Array<ArrayBuffer> {
+  return new Uint8Array(value);
+}
+
+function ecKey(field: string, value: Uint8Array): PublicKey {
+  if (value.length !== EC_KEY_BYTES) {
+    throw invalid(`${field}: a serialized EC public key is ${EC_KEY_BYTES} bytes, got ${value.length}`);
+  }
+  try {
+    return PublicKey.deserialize(own(value));
+  } catch {
+    throw invalid(`${field}: not a serialized EC public key`);
+  }
+}
+
+function kemKey(field: string, value: Uint8Array): void {
+  if (value.length === 0 || value.length > MAX_KEM_KEY_BYTES) {
+    throw invalid(
+      `${field}: a serialized Kyber public key is 1 to ${MAX_KEM_KEY_BYTES} bytes, got ${value.length}`,
+    );
+  }
+  try {
+    KEMPublicKey.deserialize(own(value));
+  } catch {
+    throw invalid(`${field}: not a serialized Kyber public key`);
+  }
+}
+
+function verifySignature(identity: PublicKey, field: string, key: SignedPrekeyInput): void {
+  if (key.signature.length !== SIGNATURE_BYTES) {
+    throw invalid(
+      `${field} (id ${key.keyId}): a signature is ${SIGNATURE_BYTES} bytes, got ${key.signature.length}`,
+    );
+  }
+  if (!identity.verify(own(key.publicKey), own(key.signature))) {
+    throw invalid(`${field} (id ${key.keyId}): the signature does not verify against the identity key`);
+  }
+}
+
+function distinctIds(field: string, keys: readonly { keyId: number }[]): void {
+  const seen = new Set<number>();
+  for (const k of keys) {
+    if (seen.has(k.keyId)) throw invalid(`${field}: key id ${k.keyId} appears twice`);
+    seen.add(k.keyId);
+  }
+}
+
+function signedEc(p: SignedPrekeyRecord) {
+  return create(SignedEcPrekeySchema, { keyId: p.keyId, publicKey: p.publicKey, signature: p.signature });
+}
+
+function kyberPrekey(p: { keyId: number; publicKey: Uint8Array; signature?: Uint8Array | undefined }) {
+  return create(KyberPrekeySchema, {
+    keyId: p.keyId,
+    publicKey: p.publicKey,
+    signature: p.signature ?? new Uint8Array(),
+  });
+}
+
+/**
+ * The end-to-end encryption key directory: devices publish the public halves of their Signal
+ * protocol keys, others fetch one bundle per device to open sessions. Every signature is verified
+ * on upload against the device's identity key, which never changes for a device. Fetches consume
+ * one-time prekeys atomically (the store guarantees each is handed out once) and tell a device on
+ * its stream, through a broadcast, when it runs low. Inputs of other kinds than keys (ids) are
+ * validated by the handler.
+ */
+export class Keys {
+  private readonly now: () => number;
+  /** deviceId -> when its last low-prekey notice went out; Map order is recency. */
+  private readonly noticed = new Map<string, number>();
+
+  constructor(
+    private readonly keys: KeyStore,
+    private readonly accounts: AccountStore,
+    private readonly bus: EventBus,
+    private readonly log: Logger,
+    private readonly options: KeysOptions = DEFAULT_KEYS_OPTIONS,
+  ) {
+    this.now = options.now ?? Date.now;
+  }
+
+  /**
+   * Publishes the device's keys: the first upload sets the identity key and registration id and
+   * needs both signed prekeys; later ones rotate them and add one-time prekeys. Returns the
+   * one-time prekey counts after the upload.
+   */
+  async upload(userId: string, deviceId: string, input: UploadInput): Promise<PrekeyCountsRecord> {
+    const o = this.options;
+    if (input.oneTimePrekeys.length > o.maxEcPrekeysPerUpload) {
+      throw invalid(
+        `one_time_prekeys: at most ${o.maxEcPrekeysPerUpload} per upload, got ${input.oneTimePrekeys.length}`,
+      );
+    }
+    if (input.oneTimeKyberPrekeys.length > o.maxKyberPrekeysPerUpload) {
+      throw invalid(
+        `one_time_kyber_prekeys: at most ${o.maxKyberPrekeysPerUpload} per upload, got ${input.oneTimeKyberPrekeys.length}`,
+      );
+    }
+    if (!Number.isInteger(input.registrationId) || input.registrationId > MAX_REGISTRATION_ID) {
+      throw invalid(`registration_id: 1 to ${MAX_REGISTRATION_ID}`);
+    }
+    distinctIds("one_time_prekeys", input.oneTimePrekeys);
+    distinctIds("one_time_kyber_prekeys", input.oneTimeKyberPrekeys);
+    if (input.identityKey.length > 0) ecKey("identity_key", input.identityKey);
+
+    await this.requireActiveDevice(userId, deviceId);
+    const stored = await this.keys.getKeys(deviceId);
+    const identityKey = this.identityOf(input, stored);
+    const registrationId = this.registrationOf(input, stored);
+    if (
+      stored === undefined &&
+      (input.signedPrekey === undefined || input.kyberLastResortPrekey === undefined)
+    ) {
+      throw precondition(
+        "the device has no keys yet: the first upload needs signed_prekey and kyber_last_resort_prekey",
+      );
+    }
+
+    // Every key is checked before anything is stored, so a refused upload stores nothing.
+    const identity = ecKey("identity_key", identityKey);
+    if (input.signedPrekey !== undefined) {
+      ecKey("signed_prekey.public_key", input.signedPrekey.publicKey);
+      verifySignature(identity, "signed_prekey", input.signedPrekey);
+    }
+    if (input.kyberLastResortPrekey !== undefined) {
+      kemKey("kyber_last_resort_prekey.public_key", input.kyberLastResortPrekey.publicKey);
+      verifySignature(identity, "kyber_last_resort_prekey", input.kyberLastResortPrekey);
+    }
+    input.oneTimePrekeys.forEach((k, i) => {
+      ecKey(`one_time_prekeys[${i}].public_key`, k.publicKey);
+    });
+    // libsignal looks one-time and last-resort Kyber prekeys up in one id space.
+    const lastResortId = input.kyberLastResortPrekey?.keyId ?? stored?.kyberLastResort.keyId;
+    input.oneTimeKyberPrekeys.forEach((k, i) => {
+      const field = `one_time_kyber_prekeys[${i}]`;
+      if (k.keyId === lastResortId)
+        throw invalid(`${field}: key id ${k.keyId} is the last-resort prekey's id`);
+      kemKey(`${field}.public_key`, k.publicKey);
+      verifySignature(identity, field, k);
+    });
+
+    const at = this.now();
+    const signed = (k: SignedPrekeyInput): SignedPrekeyRecord => ({
+      keyId: k.keyId,
+      publicKey: own(k.publicKey),
+      signature: own(k.signature),
+      uploadedAtMs: at,
+    });
+    try {
+      const counts = await this.keys.putKeys(
+        {
+          deviceId,
+          userId,
+          identityKey,
+          registrationId,
+          ...(input.signedPrekey !== undefined && { signedPrekey: signed(input.signedPrekey) }),
+          ...(input.kyberLastResortPrekey !== undefined && {
+            kyberLastResort: signed(input.kyberLastResortPrekey),
+          }),
+          oneTimeEc: input.oneTimePrekeys.map((k) => ({ keyId: k.keyId, publicKey: own(k.publicKey) })),
+          oneTimeKyber: input.oneTimeKyberPrekeys.map((k) => ({
+            keyId: k.keyId,
+            publicKey: own(k.publicKey),
+            signature: own(k.signature),
+          })),
+        },
+        o.maxStoredPerKind,
+      );
+      this.log.info(
+        {
+          userId,
+          deviceId,
+          first: stored === undefined,
+          ec: input.oneTimePrekeys.length,
+          kyber: input.oneTimeKyberPrekeys.length,
+        },
+        "keys uploaded",
+      );
+      return counts;
+    } catch (err) {
+      // A concurrent first upload of the same device with another identity won.
+      if (isStoreError(err, "conflict")) {
+        throw precondition("identity_key: the device already has another identity key; it never changes");
+      }
+      if (isStoreError(err, "limit")) {
+        throw new ConnectError(
+          `a device may hold at most ${o.maxStoredPerKind} one-time prekeys of each kind; upload fewer`,
+          Code.ResourceExhausted,
+        );
+      }
+      throw err;
+    }
+  }
+
+  /** The device's one-time prekey counts and stored keys. */
+  async status(deviceId: string): Promise<KeyStatus> {
+    const [counts, keys] = await Promise.all([this.keys.countPrekeys(deviceId), this.keys.getKeys(deviceId)]);
+    return { counts, keys };
+  }
+
+  /**
+   * One bundle per active device of a user (the requesting device left out; only deviceIds when
+   * given), each taking one one-time prekey of each kind. Devices left with few one-time prekeys
+   * are told through a broadcast.
+   */
+  async bundles(
+    requester: { userId: string; deviceId: string },
+    userId: string,
+    deviceIds: readonly string[] = [],
+  ): Promise<Bundles> {
+    const rate = this.options.bundleRate;
+    if (rate !== undefined) {
+      const wait = Math.ceil(await rate.limiter.take(rate.limit, requester.deviceId));
+      if (wait > 0) {
+        throw new ConnectError(
+          `prekey bundle fetches are limited to ${rate.limit.rate} per second per device; retry in ${wait} ms`,
+          Code.ResourceExhausted,
+          { [RETRY_AFTER_HEADER]: String(wait) },
+        );
+      }
+    }
+    if ((await this.accounts.getUser(userId)) === undefined)
+      throw new ConnectError("no such user", Code.NotFound);
+    const only = new Set(deviceIds);
+    const devices = (await this.accounts.listDevices(userId)).filter(
+      (d) =>
+        d.revokedAtMs === 0 && d.deviceId !== requester.deviceId && (only.size === 0 || only.has(d.deviceId)),
+    );
+    const found = await Promise.all(devices.map((d) => this.bundleOf(d.deviceId)));
+    const bundles: PrekeyBundle[] = [];
+    const devicesWithoutKeys: string[] = [];
+    const low: BusEvent[] = [];
+    found.forEach((f, i) => {
+      const deviceId = devices[i]?.deviceId ?? "";
+      if (f === undefined) {
+        devicesWithoutKeys.push(deviceId);
+        return;
+      }
+      bundles.push(f.bundle);
+      const notice = this.lowNotice(userId, deviceId, f.remaining);
+      if (notice !== undefined) low.push(notice);
+    });
+    if (low.length > 0) this.bus.broadcast(low);
+    return { bundles, devicesWithoutKeys };
+  }
+
+  /** Deletes a revoked device's keys. */
+  async forgetDevice(deviceId: string): Promise<void> {
+    await this.keys.deleteKeys(deviceId);
+    this.noticed.delete(deviceId);
+  }
+
+  /**
+   * Deletes the keys of devices as their revocations are broadcast. Fetches skip revoked devices
+   * anyway, so a missed broadcast only leaves unused keys behind.
+   */
+  watchRevocations(): Unsubscribe {
+    return this.bus.onBroadcast((events) => {
+      for (const e of events) {
+        if (e.event.case !== "deviceRevoked") continue;
+        const { deviceId } = e.event.value;
+        this.forgetDevice(deviceId).catch((err: unknown) =>
+          this.log.warn({ err, deviceId }, "could not delete a revoked device's keys"),
+        );
+      }
+    });
+  }
+
+  private async bundleOf(
+    deviceId: string,
+  ): Promise<{ bundle: PrekeyBundle; remaining: PrekeyCountsRecord } | undefined> {
+    const keys = await this.keys.getKeys(deviceId);
+    if (keys === undefined) return undefined;
+    const take = await this.keys.takePrekeys(deviceId);
+    const kyber: OneTimePrekeyRecord = take.kyber ?? keys.kyberLastResort;
+    const bundle = create(PrekeyBundleSchema, {
+      deviceId,
+      registrationId: keys.registrationId,
+      identityKey: keys.identityKey,
+      signedPrekey: signedEc(keys.signedPrekey),
+      kyberPrekey: kyberPrekey(kyber),
+      kyberPrekeyIsLastResort: take.kyber === undefined,
+      ...(take.ec !== undefined && {
+        oneTimePrekey: create(EcPrekeySchema, { keyId: take.ec.keyId, publicKey: take.ec.publicKey }),
+      }),
+    });
+    return { bundle, remaining: take.remaining };
+  }
+
+  private lowNotice(userId: string, deviceId: string, remaining: PrekeyCountsRecord): BusEvent | undefined {
+    const { lowThreshold, lowNoticeIntervalMs } = this.options;
+    if (remaining.ec >= lowThreshold && remaining.kyber >= lowThreshold) return undefined;
+    const now = this.now();
+    const last = this.noticed.get(deviceId);
+    if (last !== undefined && now - last < lowNoticeIntervalMs) return undefined;
+    this.noticed.delete(deviceId);
+    this.noticed.set(deviceId, now);
+    if (this.noticed.size > MAX_NOTICE_ENTRIES) {
+      const oldest = this.noticed.keys().next();
+      if (!oldest.done) this.noticed.delete(oldest.value);
+    }
+    return create(BusEventSchema, {
+      event: {
+        case: "prekeysLow",
+        value: create(PrekeysLowSchema, {
+          userId,
+          deviceId,
+          frame: create(PrekeysLowFrameSchema, {
+            oneTimeEcRemaining: remaining.ec,
+            oneTimeKyberRemaining: remaining.kyber,
+          }),
+        }),
+      },
+    });
+  }
+
+  private async requireActiveDevice(userId: string, deviceId: string): Promise<void> {
+    const device = await this.accounts.getDevice(deviceId);
+    if (device === undefined || device.userId !== userId || device.revokedAtMs !== 0) {
+      throw new ConnectError("no such device", Code.NotFound);
+    }
+  }
+
+  private identityOf(input: UploadInput, stored: DeviceKeysRecord | undefined): Uint8Array {
+    if (stored === undefined) {
+      if (input.identityKey.length === 0)
+        throw precondition("identity_key: required on the device's first upload");
+      return own(input.identityKey);
+    }
+    if (input.identityKey.length > 0 && !sameBytes(input.identityKey, stored.identityKey)) {
+      throw precondition(
+        "identity_key: the device already has another identity key; it never changes (link a new device instead)",
+      );
+    }
+    return stored.identityKey;
+  }
+
+  private registrationOf(input: UploadInput, stored: DeviceKeysRecord | undefined): number {
+    if (stored === undefined) {
+      if (input.registrationId === 0)
+        throw precondition("registration_id: required on the device's first upload");
+      return input.registrationId;
+    }
+    if (input.registrationId !== 0 && input.registrationId !== stored.registrationId) {
+      throw precondition("registration_id: the device already has another registration id; it never changes");
+    }
+    return stored.registrationId;
+  }
+}

@@ -326,6 +326,8 @@ export class GatewayCore {
       if (event.case === "presenceChanged" && event.value.presence) {
         const p = event.value.presence;
         for (const s of this.watchers.get(p.userId) ?? []) s.deliverPresence(p);
+      } else if (event.case === "prekeysLow" && event.value.frame) {
+        for (const s of this.byDevice.get(event.value.deviceId) ?? []) s.deliverPrekeysLow(event.value.frame);
       } else if (event.case === "deviceRevoked") {
         this.deviceStatus.set(event.value.deviceId, { active: false, checkedAt: this.now() });
         for (const s of [...(this.byDevice.get(event.value.deviceId) ?? [])]) {

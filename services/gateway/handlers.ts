@@ -12,6 +12,7 @@ import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { ConversationService, MemberRole } from "../../gen/switchboard/v1/conversations_pb.js";
 import { MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import { GatewayService } from "../../gen/switchboard/v1/gateway_pb.js";
+import type { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import type { Principal } from "../common/auth.js";
 import { RETRY_AFTER_HEADER } from "../common/errors.js";
 import { requireClientMsgId, requireId, requireIds, requireText } from "../common/validate.js";
@@ -229,6 +230,19 @@ export function accountForwarder(
     lookupUsers: (req, ctx) => accounts.lookupUsers(req, pass(ctx)),
     setPushTarget: (req, ctx) => accounts.setPushTarget(req, pass(ctx)),
     removePushTarget: (req, ctx) => accounts.removePushTarget(req, pass(ctx)),
+  };
+}
+
+/** Forwards the key directory to the accounts service, token and all (it authenticates again). */
+export function keyForwarder(keys: Client<typeof KeyService>): ServiceImpl<typeof KeyService> {
+  const pass = (ctx: HandlerContext) => {
+    const authorization = ctx.requestHeader.get("authorization");
+    return { signal: ctx.signal, headers: authorization === null ? {} : { authorization } };
+  };
+  return {
+    uploadKeys: (req, ctx) => keys.uploadKeys(req, pass(ctx)),
+    getPrekeyCounts: (req, ctx) => keys.getPrekeyCounts(req, pass(ctx)),
+    getBundles: (req, ctx) => keys.getBundles(req, pass(ctx)),
   };
 }
 

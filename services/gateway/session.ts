@@ -6,6 +6,7 @@ import {
   type ConnectResponse,
   ConnectResponseSchema,
   type ConversationCursor,
+  type PrekeysLowFrame,
   type PresenceFrame,
   type ReceiptFrame,
   type TypingEventFrame,
@@ -197,6 +198,11 @@ export class Session {
 
   deliverPresence(presence: PresenceFrame): void {
     this.deliverEvent({ case: "presence", value: presence });
+  }
+
+  /** Tells the device to upload more one-time prekeys; droppable, as it also asks on connect. */
+  deliverPrekeysLow(notice: PrekeysLowFrame): void {
+    this.deliverEvent({ case: "prekeysLow", value: notice });
   }
 
   private offerEntries(entries: Entry[]): boolean {

@@ -19,8 +19,11 @@ import { NotificationService } from "../../gen/switchboard/internal/v1/notificat
 import { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
+import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import { Accounts } from "../accounts/accounts.js";
 import { accountService, directoryService } from "../accounts/handler.js";
+import { DEFAULT_KEYS_OPTIONS, Keys } from "../accounts/keys.js";
+import { keyService } from "../accounts/keys-handler.js";
 import { adminService } from "../admin/handler.js";
 import { Tokens } from "../common/auth.js";
 import { type Config, type ConfigInput, loadConfig, type Role } from "../common/config.js";
@@ -44,6 +47,7 @@ import {
   conversationService,
   GatewayService,
   gatewayService,
+  keyForwarder,
 } from "../gateway/handlers.js";
 import { notificationService } from "../notification/handler.js";
 import { Notifier } from "../notification/notifier.js";
@@ -264,6 +268,13 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         service: DirectoryService,
         register: (r) => r.service(DirectoryService, directoryService(accounts!)),
       });
+      const keys = new Keys(store!.keys, store!.accounts, bus, log, DEFAULT_KEYS_OPTIONS);
+      const stopKeyWatch = keys.watchRevocations();
+      closers.add("key revocations", () => stopKeyWatch());
+      local.push({
+        service: KeyService,
+        register: (r) => r.service(KeyService, keyService(keys, accounts!, tokens!)),
+      });
       local.push({
         service: AccountService,
         register: (r) =>
@@ -356,6 +367,10 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
           );
           // Devices reach the account API through their gateway, which forwards it as is.
           router.service(AccountService, accountForwarder(directoryAccounts()));
+          router.service(
+            KeyService,
+            keyForwarder(clientOf(KeyService, roles.has("accounts"), mesh.urls.accounts)),
+          );
         }
         if (internalGuard) {
           router.service(
@@ -377,7 +392,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         }
         if (!everything) {
           for (const { service, register } of local) {
-            if (!(gateway && service === AccountService)) register(router);
+            if (!(gateway && (service === AccountService || service === KeyService))) register(router);
           }
         }
       },

@@ -2,6 +2,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Database, Key } from "lmdb";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { StoreError } from "../errors.js";
+import { conversationRecord, memberRecord } from "../records.js";
 import type {
   ConversationRecord,
   ConversationStore,
@@ -100,28 +101,6 @@ function decodeEntry(value: Uint8Array): Entry {
   // Through a plain Uint8Array view, so bytes fields decode as Uint8Array (as protobuf-es creates
   // them) rather than as Buffer slices.
   return fromBinary(EntrySchema, new Uint8Array(value.buffer, value.byteOffset, value.byteLength));
-}
-
-function conversationRecord(c: ConversationRecord): ConversationRecord {
-  return {
-    id: c.id,
-    kind: c.kind,
-    title: c.title,
-    createdAtMs: c.createdAtMs,
-    membersVersion: c.membersVersion,
-  };
-}
-
-function memberRecord(m: MemberRecord): MemberRecord {
-  return {
-    userId: m.userId,
-    role: m.role,
-    joinedSeq: m.joinedSeq,
-    addedAtMs: m.addedAtMs,
-    deliveredUpTo: m.deliveredUpTo,
-    readUpTo: m.readUpTo,
-    ...(m.mutedUntilMs !== undefined && { mutedUntilMs: m.mutedUntilMs }),
-  };
 }
 
 /** The conversation port on LMDB. */

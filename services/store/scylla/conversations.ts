@@ -3,6 +3,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import type { Logger } from "../../common/log.js";
 import { StoreError } from "../errors.js";
+import { conversationRecord, memberRecord } from "../records.js";
 import type {
   ConversationRecord,
   ConversationStore,
@@ -212,28 +213,6 @@ function plan(writes: ConversationWrite[]): Plan[] {
     for (const userId of write.removeMembers ?? []) p.members.set(userId, { remove: userId });
   }
   return [...plans.values()];
-}
-
-function conversationRecord(c: ConversationRecord): ConversationRecord {
-  return {
-    id: c.id,
-    kind: c.kind,
-    title: c.title,
-    createdAtMs: c.createdAtMs,
-    membersVersion: c.membersVersion,
-  };
-}
-
-function memberRecord(m: MemberRecord): MemberRecord {
-  return {
-    userId: m.userId,
-    role: m.role,
-    joinedSeq: m.joinedSeq,
-    addedAtMs: m.addedAtMs,
-    deliveredUpTo: m.deliveredUpTo,
-    readUpTo: m.readUpTo,
-    ...(m.mutedUntilMs !== undefined && { mutedUntilMs: m.mutedUntilMs }),
-  };
 }
 
 function decodeEntry(value: Uint8Array): Entry {

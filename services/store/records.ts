@@ -1,3 +1,5 @@
+import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
+import { StoreError } from "./errors.js";
 import type { ConversationRecord, MemberRecord } from "./types.js";
 
 /**
@@ -25,4 +27,22 @@ export function memberRecord(m: MemberRecord): MemberRecord {
     readUpTo: m.readUpTo,
     ...(m.mutedUntilMs !== undefined && { mutedUntilMs: m.mutedUntilMs }),
   };
+}
+
+/** The store's refusal of a write that does not continue the log (the fence). */
+export function conflict(message: string): StoreError {
+  return new StoreError("conflict", message);
+}
+
+/** An entry's seq, checked to belong to the conversation written and to be in range. */
+export function seqOf(entry: Entry, conversationId: string): number {
+  if (entry.conversationId !== conversationId) {
+    throw new RangeError(
+      `entry of conversation ${entry.conversationId} written to conversation ${conversationId}`,
+    );
+  }
+  if (entry.seq < 1n || entry.seq > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new RangeError(`entry seq ${entry.seq} out of range in ${conversationId}`);
+  }
+  return Number(entry.seq);
 }

@@ -2,7 +2,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Database, Key } from "lmdb";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { StoreError } from "../errors.js";
-import { conversationRecord, memberRecord } from "../records.js";
+import { conflict, conversationRecord, memberRecord, seqOf } from "../records.js";
 import type {
   ConversationRecord,
   ConversationStore,
@@ -57,22 +57,6 @@ interface PreparedWrite {
   write: ConversationWrite;
   append: EncodedEntry[];
   replace: EncodedEntry[];
-}
-
-function conflict(message: string): StoreError {
-  return new StoreError("conflict", message);
-}
-
-function seqOf(entry: Entry, conversationId: string): number {
-  if (entry.conversationId !== conversationId) {
-    throw new RangeError(
-      `entry of conversation ${entry.conversationId} written to conversation ${conversationId}`,
-    );
-  }
-  if (entry.seq < 1n || entry.seq > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new RangeError(`entry seq ${entry.seq} out of range in ${conversationId}`);
-  }
-  return Number(entry.seq);
 }
 
 // Encoding happens before the write transaction so the transaction (which holds LMDB's single

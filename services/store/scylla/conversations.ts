@@ -3,7 +3,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import type { Logger } from "../../common/log.js";
 import { StoreError } from "../errors.js";
-import { conversationRecord, memberRecord } from "../records.js";
+import { conflict, conversationRecord, memberRecord, seqOf } from "../records.js";
 import type {
   ConversationRecord,
   ConversationStore,
@@ -140,22 +140,6 @@ interface Head {
   pendingLast: number;
   pendingAtMs: number;
   pending: Uint8Array | undefined;
-}
-
-function conflict(message: string): StoreError {
-  return new StoreError("conflict", message);
-}
-
-function seqOf(entry: Entry, conversationId: string): number {
-  if (entry.conversationId !== conversationId) {
-    throw new RangeError(
-      `entry of conversation ${entry.conversationId} written to conversation ${conversationId}`,
-    );
-  }
-  if (entry.seq < 1n || entry.seq > BigInt(Number.MAX_SAFE_INTEGER)) {
-    throw new RangeError(`entry seq ${entry.seq} out of range in ${conversationId}`);
-  }
-  return Number(entry.seq);
 }
 
 // Merges a commit's writes per conversation and checks everything that needs no read. The rules

@@ -1,0 +1,299 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { describe, test } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { type Client, Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { GetMembersResponseSchema } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
+import { createLogger } from "../common/log.js";
+import { mediaService } from "./handler.js";
+import { DEFAULT_MEDIA_LIMITS, Media, type MembershipSource } from "./media.js";
+import type { ObjectStore } from "./types.js";
+
+/** A settable clock shared by the engine under test and the service. */
+export class TestClock {
+  constructor(public ms = Date.now()) {}
+  readonly now = (): number => this.ms;
+  advance(ms: number): void {
+    this.ms += ms;
+  }
+}
+
+/** An engine under test. */
+export interface OpenedObjectStore {
+  store: ObjectStore;
+  /**
+   * True when the upload URL itself refuses a body of the wrong length (the local engine). The
+   * S3 engine cannot; the service catches it at claim or download instead.
+   */
+  refusesWrongLengthOnUpload: boolean;
+  close(): Promise<void>;
+}
+
+const ALICE = "u_aaaaaaaaaaaaaaaaaaaaaaaaaa";
+const BOB = "u_bbbbbbbbbbbbbbbbbbbbbbbbbb";
+const MALLORY = "u_mmmmmmmmmmmmmmmmmmmmmmmmmm";
+const CONVERSATION = "g_cccccccccccccccccccccccccc";
+const OTHER = "g_dddddddddddddddddddddddddd";
+
+/** A sequencer stand-in: members per conversation; unknown conversations are NOT_FOUND. */
+export function fakeMembers(members: Record<string, string[]>): MembershipSource {
+  return {
+    async getMembers(req) {
+      const userIds = members[req.conversationId ?? ""];
+      if (userIds === undefined) throw new ConnectError("conversation not found", Code.NotFound);
+      return create(GetMembersResponseSchema, { userIds });
+    },
+  };
+}
+
+/** The media service over Connect's in-memory transport; "Bearer <user id>" authenticates. */
+export function mediaClient(media: Media): Client<typeof MediaService> {
+  const transport = createRouterTransport((router) => {
+    router.service(
+      MediaService,
+      mediaService(media, async (header) => {
+        const userId = header?.replace(/^Bearer /, "") ?? "";
+        if (!userId.startsWith("u_")) throw new ConnectError("missing authorization", Code.Unauthenticated);
+        return { userId, deviceId: "dv_x", expiresAtMs: Date.now() + 60_000 };
+      }),
+    );
+  });
+  return createClient(MediaService, transport);
+}
+
+/** Call options acting as a user. */
+export function as(userId: string) {
+  return { headers: { authorization: `Bearer ${userId}` } };
+}
+
+/** Asserts a promise fails with a ConnectError of this code whose message matches. */
+export async function rejectsWith(p: Promise<unknown>, code: Code, message?: RegExp): Promise<ConnectError> {
+  try {
+    await p;
+  } catch (err) {
+    const e = ConnectError.from(err);
+    assert.equal(Code[e.code], Code[code], e.message);
+    if (message) assert.match(e.rawMessage, message);
+    return e;
+  }
+  assert.fail(`expected ${Code[code]}`);
+}
+
+/**
+ * The behaviour every ObjectStore engine shares, exercised through the service and its RPCs,
+ * with uploads and downloads over real HTTP to the presigned URLs.
+ */
+export function runMediaConformance(
+  name: string,
+  open: (clock: TestClock) => Promise<OpenedObjectStore>,
+): void {
+  describe(`media conformance: ${name}`, () => {
+    async function withMedia(
+      fn: (ctx: {
+        media: Media;
+        client: Client<typeof MediaService>;
+        clock: TestClock;
+        opened: OpenedObjectStore;
+      }) => Promise<void>,
+    ): Promise<void> {
+      const clock = new TestClock();
+      const opened = await open(clock);
+      const members = fakeMembers({ [CONVERSATION]: [ALICE, BOB], [OTHER]: [MALLORY] });
+      const media = new Media(
+        opened.store,
+        members,
+        createLogger({ level: "silent" }),
+        { ...DEFAULT_MEDIA_LIMITS, maxBytes: 1024 * 1024 },
+        clock.now,
+      );
+      try {
+        await fn({ media, client: mediaClient(media), clock, opened });
+      } finally {
+        await media.close();
+        await opened.close();
+      }
+    }
+
+    test("upload and download round trip of random bytes over HTTP", async () => {
+      await withMedia(async ({ client }) => {
+        const bytes = randomBytes(70_000);
+        const up = await client.createUpload(
+          { conversationId: CONVERSATION, lengthBytes: BigInt(bytes.length) },
+          as(ALICE),
+        );
+        assert.match(up.objectId, /^m_[0-9a-z]{26}$/);
+        assert.ok(up.expiresAtMs > 0n && up.claimByMs > up.expiresAtMs);
+        const put = await fetch(up.uploadUrl, { method: "PUT", body: bytes });
+        assert.equal(put.status, 200, await put.text());
+        const claimed = await client.claimUpload(
+          { objectId: up.objectId, conversationId: CONVERSATION },
+          as(ALICE),
+        );
+        assert.equal(claimed.lengthBytes, BigInt(bytes.length));
+        // Claiming again is a no-op.
+        await client.claimUpload({ objectId: up.objectId, conversationId: CONVERSATION }, as(BOB));
+        const down = await client.createDownload(
+          { objectId: up.objectId, conversationId: CONVERSATION },
+          as(BOB),
+        );
+        assert.equal(down.lengthBytes, BigInt(bytes.length));
+        const got = await fetch(down.downloadUrl);
+        assert.equal(got.status, 200);
+        assert.deepEqual(Buffer.from(await got.arrayBuffer()), bytes);
+      });
+    });
+
+    test("the first download claims the object", async () => {
+      await withMedia(async ({ media, client, clock }) => {
+        const bytes = randomBytes(100);
+        const up = await client.createUpload({ conversationId: CONVERSATION, lengthBytes: 100n }, as(ALICE));
+        assert.equal((await fetch(up.uploadUrl, { method: "PUT", body: bytes })).status, 200);
+        await client.createDownload({ objectId: up.objectId, conversationId: CONVERSATION }, as(BOB));
+        assert.ok(((await media.store.getRecord(up.objectId))?.claimedAtMs ?? 0) > 0);
+        clock.advance(DEFAULT_MEDIA_LIMITS.unclaimedTtlMs + 1);
+        assert.equal(await media.sweep(), 0);
+        assert.deepEqual(await media.store.stat(up.objectId), { lengthBytes: 100 });
+      });
+    });
+
+    for (const [label, delta] of [
+      ["too long", 1],
+      ["too short", -1],
+    ] as const) {
+      test(`an upload ${label} is refused and nothing is kept`, async () => {
+        await withMedia(async ({ media, client, opened }) => {
+          const up = await client.createUpload(
+            { conversationId: CONVERSATION, lengthBytes: 1000n },
+            as(ALICE),
+          );
+          const put = await fetch(up.uploadUrl, { method: "PUT", body: randomBytes(1000 + delta) });
+          await put.arrayBuffer();
+          if (opened.refusesWrongLengthOnUpload) {
+            assert.equal(put.status, delta > 0 ? 413 : 400);
+            assert.equal(await media.store.stat(up.objectId), undefined);
+          }
+          await rejectsWith(
+            client.claimUpload({ objectId: up.objectId, conversationId: CONVERSATION }, as(ALICE)),
+            Code.FailedPrecondition,
+            opened.refusesWrongLengthOnUpload ? /not been uploaded/ : /instead of the declared 1000/,
+          );
+          assert.equal(await media.store.stat(up.objectId), undefined);
+          await rejectsWith(
+            client.createDownload({ objectId: up.objectId, conversationId: CONVERSATION }, as(BOB)),
+            opened.refusesWrongLengthOnUpload ? Code.FailedPrecondition : Code.NotFound,
+          );
+        });
+      });
+    }
+
+    test("a non-member gets neither an upload nor a download URL", async () => {
+      await withMedia(async ({ client }) => {
+        await rejectsWith(
+          client.createUpload({ conversationId: CONVERSATION, lengthBytes: 10n }, as(MALLORY)),
+          Code.PermissionDenied,
+          /not a member/,
+        );
+        // An unknown conversation looks the same as one the caller is not in.
+        await rejectsWith(
+          client.createUpload(
+            { conversationId: "g_zzzzzzzzzzzzzzzzzzzzzzzzzz", lengthBytes: 10n },
+            as(ALICE),
+          ),
+          Code.PermissionDenied,
+        );
+        const up = await client.createUpload({ conversationId: CONVERSATION, lengthBytes: 10n }, as(ALICE));
+        assert.equal((await fetch(up.uploadUrl, { method: "PUT", body: randomBytes(10) })).status, 200);
+        await rejectsWith(
+          client.createDownload({ objectId: up.objectId, conversationId: CONVERSATION }, as(MALLORY)),
+          Code.PermissionDenied,
+        );
+        await rejectsWith(
+          client.claimUpload({ objectId: up.objectId, conversationId: CONVERSATION }, as(MALLORY)),
+          Code.PermissionDenied,
+        );
+        // Naming a conversation one is in does not reach an object bound to another.
+        await rejectsWith(
+          client.createDownload({ objectId: up.objectId, conversationId: OTHER }, as(MALLORY)),
+          Code.NotFound,
+        );
+      });
+    });
+
+    test("a download before the upload is FAILED_PRECONDITION", async () => {
+      await withMedia(async ({ client }) => {
+        const up = await client.createUpload({ conversationId: CONVERSATION, lengthBytes: 10n }, as(ALICE));
+        await rejectsWith(
+          client.createDownload({ objectId: up.objectId, conversationId: CONVERSATION }, as(BOB)),
+          Code.FailedPrecondition,
+          /not been uploaded/,
+        );
+      });
+    });
+
+    test("sizes beyond the limit, zero and malformed ids are INVALID_ARGUMENT", async () => {
+      await withMedia(async ({ client }) => {
+        await rejectsWith(
+          client.createUpload({ conversationId: CONVERSATION, lengthBytes: 1024n * 1024n + 1n }, as(ALICE)),
+          Code.InvalidArgument,
+          /1048577 exceeds the maximum attachment size of 1048576 bytes \(1 MiB\)/,
+        );
+        await rejectsWith(
+          client.createUpload({ conversationId: CONVERSATION, lengthBytes: 0n }, as(ALICE)),
+          Code.InvalidArgument,
+          /at least 1/,
+        );
+        await rejectsWith(
+          client.createDownload({ objectId: "../../etc/passwd", conversationId: CONVERSATION }, as(ALICE)),
+          Code.InvalidArgument,
+          /object_id/,
+        );
+        await rejectsWith(
+          client.createUpload({ conversationId: "nope", lengthBytes: 1n }, as(ALICE)),
+          Code.InvalidArgument,
+          /conversation_id/,
+        );
+        await rejectsWith(
+          client.createUpload({ conversationId: CONVERSATION, lengthBytes: 1n }),
+          Code.Unauthenticated,
+        );
+      });
+    });
+
+    test("unclaimed uploads are swept after their expiry; claimed ones stay", async () => {
+      await withMedia(async ({ media, client, clock }) => {
+        const upload = async () => {
+          const up = await client.createUpload({ conversationId: CONVERSATION, lengthBytes: 32n }, as(ALICE));
+          assert.equal((await fetch(up.uploadUrl, { method: "PUT", body: randomBytes(32) })).status, 200);
+          return up.objectId;
+        };
+        const stale = await upload();
+        const kept = await upload();
+        await client.claimUpload({ objectId: kept, conversationId: CONVERSATION }, as(ALICE));
+        // Reserved but never uploaded: swept too.
+        const neverUploaded = (
+          await client.createUpload({ conversationId: CONVERSATION, lengthBytes: 5n }, as(ALICE))
+        ).objectId;
+        clock.advance(DEFAULT_MEDIA_LIMITS.unclaimedTtlMs - 1000);
+        const young = await upload();
+        assert.equal(await media.sweep(), 0);
+        clock.advance(2000);
+        assert.equal(await media.sweep(), 2);
+        assert.equal(await media.store.stat(stale), undefined);
+        assert.equal(await media.store.getRecord(stale), undefined);
+        assert.equal(await media.store.getRecord(neverUploaded), undefined);
+        assert.deepEqual(await media.store.stat(kept), { lengthBytes: 32 });
+        assert.deepEqual(await media.store.stat(young), { lengthBytes: 32 });
+        await rejectsWith(
+          client.createDownload({ objectId: stale, conversationId: CONVERSATION }, as(BOB)),
+          Code.NotFound,
+        );
+        const down = await client.createDownload({ objectId: kept, conversationId: CONVERSATION }, as(BOB));
+        assert.equal((await fetch(down.downloadUrl)).status, 200);
+        clock.advance(DEFAULT_MEDIA_LIMITS.unclaimedTtlMs);
+        assert.equal(await media.sweep(), 1);
+        assert.equal(await media.store.stat(young), undefined);
+      });
+    });
+  });
+}

@@ -1,0 +1,79 @@
+import type { IncomingMessage, ServerResponse } from "node:http";
+import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
+import type { Principal } from "../common/auth.js";
+import type { Logger } from "../common/log.js";
+import { requireId } from "../common/validate.js";
+import { LOCAL_OBJECTS_PATH, type LocalObjectStore } from "./local.js";
+import type { Media } from "./media.js";
+import { isObjectId } from "./types.js";
+
+/** Establishes who a call acts for from its `authorization` header; throws Unauthenticated. */
+export type Authenticate = (authorization: string | null) => Promise<Principal>;
+
+function requireObjectId(value: string): string {
+  if (!isObjectId(value)) throw new ConnectError("object_id: not a valid object id", Code.InvalidArgument);
+  return value;
+}
+
+/**
+ * The public MediaService. It authenticates every call itself (a gateway's GatewayCore.authenticate,
+ * or the token key plus a device check where no gateway runs), so it can be served anywhere.
+ */
+export function mediaService(media: Media, authenticate: Authenticate): ServiceImpl<typeof MediaService> {
+  const principal = (ctx: HandlerContext) => authenticate(ctx.requestHeader.get("authorization"));
+  return {
+    async createUpload(req, ctx) {
+      const p = await principal(ctx);
+      const conversationId = requireId("conversation_id", req.conversationId, "conversation");
+      const u = await media.createUpload(p.userId, conversationId, req.lengthBytes);
+      return {
+        objectId: u.objectId,
+        uploadUrl: u.uploadUrl,
+        expiresAtMs: BigInt(u.expiresAtMs),
+        claimByMs: BigInt(u.claimByMs),
+      };
+    },
+    async claimUpload(req, ctx) {
+      const p = await principal(ctx);
+      const objectId = requireObjectId(req.objectId);
+      const conversationId = requireId("conversation_id", req.conversationId, "conversation");
+      const r = await media.claimUpload(p.userId, objectId, conversationId);
+      return { lengthBytes: BigInt(r.lengthBytes) };
+    },
+    async createDownload(req, ctx) {
+      const p = await principal(ctx);
+      const objectId = requireObjectId(req.objectId);
+      const conversationId = requireId("conversation_id", req.conversationId, "conversation");
+      const d = await media.createDownload(p.userId, objectId, conversationId);
+      return {
+        downloadUrl: d.downloadUrl,
+        expiresAtMs: BigInt(d.expiresAtMs),
+        lengthBytes: BigInt(d.lengthBytes),
+      };
+    },
+  };
+}
+
+/**
+ * The HTTP/1.1 handler for the local engine's presigned URLs (`/media/v1/objects/<id>`), for
+ * `http.createServer`. Anything else is 404. A fault is logged and answered 500 without detail.
+ */
+export function localObjectsHttpHandler(
+  store: LocalObjectStore,
+  log: Logger,
+): (req: IncomingMessage, res: ServerResponse) => void {
+  return (req, res) => {
+    if (!(req.url ?? "").startsWith(LOCAL_OBJECTS_PATH)) {
+      res.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
+      req.resume();
+      return;
+    }
+    store.serve(req, res).catch((err: unknown) => {
+      log.error({ err, method: req.method }, "media request failed");
+      if (!res.headersSent) res.writeHead(500, { "content-type": "text/plain", connection: "close" });
+      res.end("internal error\n");
+      req.resume();
+    });
+  };
+}

@@ -1,0 +1,257 @@
+import { Code, ConnectError } from "@connectrpc/connect";
+import type { Logger } from "../common/log.js";
+import type { SequencerClient } from "../sequencer/router.js";
+import { newObjectId, type ObjectRecord, type ObjectStore } from "./types.js";
+
+/** The part of the sequencer the media service asks: who is in a conversation. */
+export type MembershipSource = Pick<SequencerClient, "getMembers">;
+
+/** Limits and lifetimes. */
+export interface MediaLimits {
+  /** Largest object, in bytes (104,857,600 = 100 MiB by default). */
+  maxBytes: number;
+  /** How long an upload URL works, in seconds. */
+  uploadUrlTtlSeconds: number;
+  /** How long a download URL works, in seconds. */
+  downloadUrlTtlSeconds: number;
+  /** How long an upload may stay unclaimed before the sweep deletes it, in milliseconds. */
+  unclaimedTtlMs: number;
+}
+
+/** The defaults: 100 MiB, 15-minute URLs, 24 hours to claim. */
+export const DEFAULT_MEDIA_LIMITS: MediaLimits = {
+  maxBytes: 100 * 1024 * 1024,
+  uploadUrlTtlSeconds: 15 * 60,
+  downloadUrlTtlSeconds: 15 * 60,
+  unclaimedTtlMs: 24 * 60 * 60 * 1000,
+};
+
+/** Objects deleted per sweep round; the rest wait for the next round. */
+const SWEEP_BATCH = 500;
+
+/** A new upload. */
+export interface CreatedUpload {
+  objectId: string;
+  uploadUrl: string;
+  /** Milliseconds since the Unix epoch. */
+  expiresAtMs: number;
+  /** Deleted unless claimed by then, in milliseconds since the Unix epoch. */
+  claimByMs: number;
+}
+
+/** A download URL. */
+export interface CreatedDownload {
+  downloadUrl: string;
+  /** Milliseconds since the Unix epoch. */
+  expiresAtMs: number;
+  lengthBytes: number;
+}
+
+function formatBytes(n: number): string {
+  if (n % (1024 * 1024) === 0) return `${n} bytes (${n / (1024 * 1024)} MiB)`;
+  return `${n} bytes`;
+}
+
+/**
+ * The media service's rules: sizes, conversation binding, membership, claiming and the sweep
+ * of unclaimed uploads. It sees ciphertext lengths and timing, never content.
+ *
+ * Claiming is explicit because the server cannot see references: the pointer to an object
+ * travels inside an end-to-end encrypted message. The sender's SDK calls ClaimUpload once the
+ * message is acknowledged, and a member's first download claims it too, which covers a sender
+ * that crashed between the two. An object nobody claims within unclaimedTtlMs is deleted.
+ */
+export class Media {
+  private readonly now: () => number;
+  /** Claims and sweep deletions of one object run one at a time in this process. */
+  private readonly locks = new Map<string, Promise<unknown>>();
+  private sweeper: NodeJS.Timeout | undefined;
+  private sweeping: Promise<number> | undefined;
+
+  constructor(
+    readonly store: ObjectStore,
+    private readonly members: MembershipSource,
+    private readonly log: Logger,
+    readonly limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
+    now?: () => number,
+  ) {
+    this.now = now ?? Date.now;
+  }
+
+  /** Refuses a user who is not a current member of the conversation. */
+  private async requireMember(userId: string, conversationId: string): Promise<void> {
+    let userIds: string[];
+    try {
+      ({ userIds } = await this.members.getMembers({ conversationId }));
+    } catch (err) {
+      // Whether a conversation exists is not the caller's business unless they are in it.
+      if (err instanceof ConnectError && err.code === Code.NotFound) userIds = [];
+      else throw err;
+    }
+    if (!userIds.includes(userId)) {
+      throw new ConnectError(`not a member of conversation ${conversationId}`, Code.PermissionDenied);
+    }
+  }
+
+  private async withLock<T>(objectId: string, fn: () => Promise<T>): Promise<T> {
+    const previous = this.locks.get(objectId) ?? Promise.resolve();
+    const run = previous.then(fn, fn);
+    const tail = run.catch(() => {});
+    this.locks.set(objectId, tail);
+    try {
+      return await run;
+    } finally {
+      if (this.locks.get(objectId) === tail) this.locks.delete(objectId);
+    }
+  }
+
+  /** Reserves an object of an exact length in a conversation and returns its upload URL. */
+  async createUpload(userId: string, conversationId: string, lengthBytes: bigint): Promise<CreatedUpload> {
+    const max = this.limits.maxBytes;
+    if (lengthBytes < 1n) throw new ConnectError("length_bytes: must be at least 1", Code.InvalidArgument);
+    if (lengthBytes > BigInt(max)) {
+      throw new ConnectError(
+        `length_bytes: ${lengthBytes} exceeds the maximum attachment size of ${formatBytes(max)}`,
+        Code.InvalidArgument,
+      );
+    }
+    await this.requireMember(userId, conversationId);
+    const now = this.now();
+    const record: ObjectRecord = {
+      objectId: newObjectId(),
+      conversationId,
+      uploaderUserId: userId,
+      lengthBytes: Number(lengthBytes),
+      createdAtMs: now,
+      claimedAtMs: 0,
+    };
+    // The record is durable before the URL exists, so whatever is uploaded is known to the sweep.
+    await this.store.putRecord(record);
+    const put = await this.store.presignPut(
+      record.objectId,
+      record.lengthBytes,
+      this.limits.uploadUrlTtlSeconds,
+      now,
+    );
+    return {
+      objectId: record.objectId,
+      uploadUrl: put.url,
+      expiresAtMs: put.expiresAtMs,
+      claimByMs: now + this.limits.unclaimedTtlMs,
+    };
+  }
+
+  /**
+   * The object's record for a member of the conversation it is bound to. An object bound to
+   * another conversation is reported as missing, so ids cannot be probed across conversations.
+   */
+  private async boundRecord(userId: string, objectId: string, conversationId: string): Promise<ObjectRecord> {
+    await this.requireMember(userId, conversationId);
+    const record = await this.store.getRecord(objectId);
+    if (record === undefined || record.conversationId !== conversationId) {
+      throw new ConnectError(`object ${objectId} not found in conversation ${conversationId}`, Code.NotFound);
+    }
+    return record;
+  }
+
+  /**
+   * Checks that exactly the declared length was uploaded; a mismatch (possible with the S3
+   * engine, which cannot bound a presigned PUT) is deleted.
+   */
+  private async requireUploaded(record: ObjectRecord): Promise<void> {
+    const stat = await this.store.stat(record.objectId);
+    if (stat === undefined) {
+      throw new ConnectError(`object ${record.objectId} has not been uploaded yet`, Code.FailedPrecondition);
+    }
+    if (stat.lengthBytes !== record.lengthBytes) {
+      this.log.warn(
+        { objectId: record.objectId, declared: record.lengthBytes, stored: stat.lengthBytes },
+        "uploaded object has the wrong length; deleted",
+      );
+      await this.store.delete(record.objectId);
+      throw new ConnectError(
+        `object ${record.objectId} was uploaded with ${stat.lengthBytes} bytes instead of the declared ${record.lengthBytes}; it has been deleted`,
+        Code.FailedPrecondition,
+      );
+    }
+  }
+
+  /**
+   * Marks an uploaded object as referenced, so the sweep keeps it. Idempotent. Used by the
+   * ClaimUpload RPC and by the first download; callers have checked membership.
+   */
+  async claim(objectId: string): Promise<ObjectRecord> {
+    return this.withLock(objectId, async () => {
+      const record = await this.store.getRecord(objectId);
+      if (record === undefined) throw new ConnectError(`object ${objectId} not found`, Code.NotFound);
+      await this.requireUploaded(record);
+      if (record.claimedAtMs !== 0) return record;
+      const claimed = { ...record, claimedAtMs: this.now() };
+      await this.store.putRecord(claimed);
+      return claimed;
+    });
+  }
+
+  /** ClaimUpload: a member claims an object of their conversation. */
+  async claimUpload(userId: string, objectId: string, conversationId: string): Promise<ObjectRecord> {
+    await this.boundRecord(userId, objectId, conversationId);
+    return this.claim(objectId);
+  }
+
+  /** A download URL for a current member of the object's conversation; claims the object. */
+  async createDownload(userId: string, objectId: string, conversationId: string): Promise<CreatedDownload> {
+    const record = await this.boundRecord(userId, objectId, conversationId);
+    if (record.claimedAtMs === 0) await this.claim(objectId);
+    // Checked on every download too: an S3 presigned PUT stays usable until it expires, so an
+    // object claimed early could still be replaced with another length.
+    else await this.requireUploaded(record);
+    const get = await this.store.presignGet(
+      objectId,
+      record.lengthBytes,
+      this.limits.downloadUrlTtlSeconds,
+      this.now(),
+    );
+    return { downloadUrl: get.url, expiresAtMs: get.expiresAtMs, lengthBytes: record.lengthBytes };
+  }
+
+  /** Deletes uploads left unclaimed for longer than unclaimedTtlMs; returns how many. */
+  sweep(): Promise<number> {
+    this.sweeping ??= this.sweepOnce().finally(() => {
+      this.sweeping = undefined;
+    });
+    return this.sweeping;
+  }
+
+  private async sweepOnce(): Promise<number> {
+    const cutoff = this.now() - this.limits.unclaimedTtlMs;
+    let deleted = 0;
+    for (const stale of await this.store.listUnclaimed(cutoff, SWEEP_BATCH)) {
+      await this.withLock(stale.objectId, async () => {
+        // Read again under the lock: a claim may have landed since the listing.
+        const record = await this.store.getRecord(stale.objectId);
+        if (record === undefined || record.claimedAtMs !== 0 || record.createdAtMs >= cutoff) return;
+        await this.store.delete(record.objectId);
+        deleted++;
+      });
+    }
+    if (deleted > 0) this.log.info({ deleted }, "unclaimed uploads deleted");
+    return deleted;
+  }
+
+  /** Runs the sweep every intervalMs until close. */
+  startSweeper(intervalMs: number): void {
+    if (this.sweeper) return;
+    this.sweeper = setInterval(() => {
+      this.sweep().catch((err: unknown) => this.log.warn({ err }, "media sweep failed"));
+    }, intervalMs);
+    this.sweeper.unref();
+  }
+
+  /** Stops the sweeper and waits for a sweep in progress; closes the store. */
+  async close(): Promise<void> {
+    if (this.sweeper) clearInterval(this.sweeper);
+    this.sweeper = undefined;
+    await this.sweeping?.catch(() => {});
+    await this.store.close();
+  }
+}

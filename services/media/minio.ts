@@ -1,0 +1,194 @@
+import type { Readable } from "node:stream";
+import { Client, type ClientOptions } from "minio";
+import {
+  isObjectId,
+  type ObjectRecord,
+  type ObjectStat,
+  type ObjectStore,
+  type PresignedUrl,
+  parseRecord,
+} from "./types.js";
+
+/** Options for the MinIO (S3 API) engine. */
+export interface MinioObjectStoreOptions {
+  /** Where this process reaches MinIO. */
+  endpoint: MinioEndpoint;
+  /**
+   * Where devices reach MinIO, when that differs (a public host in front of an in-cluster
+   * service). Presigned URLs are signed for the host they name, so they are made with this one.
+   */
+  publicEndpoint?: MinioEndpoint;
+  /** Access key. */
+  accessKey: string;
+  /** Secret key. */
+  secretKey: string;
+  /** The bucket; created at open if missing when createBucket is set. */
+  bucket: string;
+  /** The region the URLs are signed for ("us-east-1" unless given). Set, so presigning needs no round trip. */
+  region?: string;
+  /** Create the bucket if it does not exist. */
+  createBucket?: boolean;
+}
+
+/** A MinIO (or any S3 API) address. */
+export interface MinioEndpoint {
+  /** Host name or address. */
+  host: string;
+  /** Port. */
+  port: number;
+  /** HTTPS. */
+  useSSL: boolean;
+}
+
+/** Parses "http://host:port" or "https://host[:port]" into an endpoint. */
+export function parseMinioEndpoint(value: string): MinioEndpoint {
+  const url = new URL(value);
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error("must be an http(s) URL");
+  if (url.pathname !== "/" || url.search !== "") throw new Error("must have no path or query");
+  const useSSL = url.protocol === "https:";
+  return { host: url.hostname, port: url.port === "" ? (useSSL ? 443 : 80) : Number(url.port), useSSL };
+}
+
+const NOT_FOUND = new Set(["NotFound", "NoSuchKey"]);
+
+function isNotFound(err: unknown): boolean {
+  return NOT_FOUND.has(String((err as { code?: unknown }).code));
+}
+
+/**
+ * Attachments in a MinIO bucket, uploaded and downloaded with SigV4 presigned URLs.
+ *
+ * Keys: `objects/<id>` (ciphertext), `records/<id>.json` (the binding), `pending/<id>` (an empty
+ * marker while unclaimed). The binding is a separate small object rather than metadata or tags
+ * on the ciphertext, because it must exist before the ciphertext does (the upload URL is handed
+ * out first) and S3 metadata can only be set by whoever writes the object.
+ *
+ * The declared length: a presigned PUT signs the host only, so S3 accepts a body of any length
+ * (up to 5 GiB). A presigned POST policy could bound it, but it would give clients a second
+ * upload protocol (multipart form) besides the local engine's PUT. Instead the media service
+ * checks `statObject`'s size against the record when an object is claimed and on every
+ * download, and deletes a mismatch; an unclaimed object goes at the sweep either way. So a
+ * wrong-length upload is never served, and costs storage at most until the next check or sweep.
+ */
+export class MinioObjectStore implements ObjectStore {
+  readonly engine = "minio";
+
+  private constructor(
+    private readonly client: Client,
+    private readonly presigner: Client,
+    private readonly bucket: string,
+  ) {}
+
+  /** Connects, checking that the bucket exists (or creating it). */
+  static async open(options: MinioObjectStoreOptions): Promise<MinioObjectStore> {
+    const region = options.region ?? "us-east-1";
+    const make = (e: MinioEndpoint): Client => {
+      const o: ClientOptions = {
+        endPoint: e.host,
+        port: e.port,
+        useSSL: e.useSSL,
+        accessKey: options.accessKey,
+        secretKey: options.secretKey,
+        region,
+        pathStyle: true,
+      };
+      return new Client(o);
+    };
+    const client = make(options.endpoint);
+    const presigner = options.publicEndpoint ? make(options.publicEndpoint) : client;
+    if (!(await client.bucketExists(options.bucket))) {
+      if (!options.createBucket) throw new Error(`MinIO bucket ${options.bucket} does not exist`);
+      await client.makeBucket(options.bucket, region);
+    }
+    return new MinioObjectStore(client, presigner, options.bucket);
+  }
+
+  private async presign(method: "PUT" | "GET", id: string, ttlSeconds: number, nowMs: number) {
+    // The request date is the service's clock, so the expiry it reports is the one signed.
+    const signedAt = Math.floor(nowMs / 1000) * 1000;
+    const url = await this.presigner.presignedUrl(
+      method,
+      this.bucket,
+      `objects/${id}`,
+      ttlSeconds,
+      {},
+      new Date(signedAt),
+    );
+    return { url, expiresAtMs: signedAt + ttlSeconds * 1000 };
+  }
+
+  presignPut(id: string, _lengthBytes: number, ttlSeconds: number, nowMs: number): Promise<PresignedUrl> {
+    return this.presign("PUT", id, ttlSeconds, nowMs);
+  }
+
+  presignGet(id: string, _lengthBytes: number, ttlSeconds: number, nowMs: number): Promise<PresignedUrl> {
+    return this.presign("GET", id, ttlSeconds, nowMs);
+  }
+
+  async stat(id: string): Promise<ObjectStat | undefined> {
+    try {
+      return { lengthBytes: (await this.client.statObject(this.bucket, `objects/${id}`)).size };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  async delete(id: string): Promise<void> {
+    // The pending marker goes last: a delete cut short is finished by the next sweep.
+    await this.client.removeObject(this.bucket, `objects/${id}`);
+    await this.client.removeObject(this.bucket, `records/${id}.json`);
+    await this.client.removeObject(this.bucket, `pending/${id}`);
+  }
+
+  async putRecord(record: ObjectRecord): Promise<void> {
+    const id = record.objectId;
+    // Marker first, as in the local engine: a record is never unclaimed without one.
+    if (record.claimedAtMs === 0)
+      await this.client.putObject(this.bucket, `pending/${id}`, Buffer.alloc(0), 0);
+    const body = Buffer.from(JSON.stringify(record));
+    await this.client.putObject(this.bucket, `records/${id}.json`, body, body.length, {
+      "Content-Type": "application/json",
+    });
+    if (record.claimedAtMs !== 0) await this.client.removeObject(this.bucket, `pending/${id}`);
+  }
+
+  async getRecord(id: string): Promise<ObjectRecord | undefined> {
+    let stream: Readable;
+    try {
+      stream = await this.client.getObject(this.bucket, `records/${id}.json`);
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    const chunks: Buffer[] = [];
+    for await (const chunk of stream) chunks.push(chunk as Buffer);
+    return parseRecord(Buffer.concat(chunks).toString("utf8"));
+  }
+
+  async listUnclaimed(createdBeforeMs: number, limit: number): Promise<ObjectRecord[]> {
+    const ids: string[] = [];
+    for await (const item of this.client.listObjectsV2(this.bucket, "pending/", true)) {
+      const name = (item as { name?: string }).name;
+      const id = name?.slice("pending/".length);
+      if (id !== undefined && isObjectId(id)) ids.push(id);
+    }
+    const out: ObjectRecord[] = [];
+    for (const id of ids) {
+      if (out.length >= limit) break;
+      const record = await this.getRecord(id);
+      if (record === undefined) {
+        await this.delete(id);
+        continue;
+      }
+      if (record.claimedAtMs !== 0) {
+        await this.client.removeObject(this.bucket, `pending/${id}`);
+        continue;
+      }
+      if (record.createdAtMs < createdBeforeMs) out.push(record);
+    }
+    return out;
+  }
+
+  async close(): Promise<void> {}
+}

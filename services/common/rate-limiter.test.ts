@@ -3,7 +3,13 @@ import { randomUUID } from "node:crypto";
 import { after, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis, type RedisOptions } from "ioredis";
-import { pingRedis, requireRedis, startRedisServer, testRedisUrl } from "../../test/helpers/backends.js";
+import {
+  keysWith,
+  pingRedis,
+  requireRedis,
+  startRedisServer,
+  testRedisUrl,
+} from "../../test/helpers/backends.js";
 import { LocalRateLimiter, type RateLimit, type RateLimiter } from "./rate-limiter.js";
 import { type RateLimiterLogger, RedisRateLimiter } from "./rate-limiter-redis.js";
 
@@ -185,17 +191,6 @@ function connect(to: string, options: RedisOptions = {}): Redis {
   client.on("error", () => {});
   clients.push(client);
   return client;
-}
-
-async function keysWith(client: Redis, prefix: string): Promise<string[]> {
-  const found: string[] = [];
-  let cursor = "0";
-  do {
-    const [next, keys] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-    cursor = next;
-    found.push(...keys);
-  } while (cursor !== "0");
-  return found;
 }
 
 /** Fails if the promise has not settled within a bound far above anything expected. */

@@ -2,7 +2,13 @@ import assert from "node:assert/strict";
 import { randomUUID } from "node:crypto";
 import { after, describe, test } from "node:test";
 import { Redis, type RedisOptions } from "ioredis";
-import { pingRedis, requireRedis, startRedisServer, testRedisUrl } from "../../test/helpers/backends.js";
+import {
+  keysWith,
+  pingRedis,
+  requireRedis,
+  startRedisServer,
+  testRedisUrl,
+} from "../../test/helpers/backends.js";
 import { runRouteStoreConformance } from "./conformance.js";
 import { RedisRouteStore } from "./redis.js";
 import type { Route } from "./types.js";
@@ -30,17 +36,6 @@ function connect(to: string, options: RedisOptions = {}): Redis {
   client.on("error", () => {});
   clients.push(client);
   return client;
-}
-
-async function keysWith(client: Redis, prefix: string): Promise<string[]> {
-  const found: string[] = [];
-  let cursor = "0";
-  do {
-    const [next, keys] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
-    cursor = next;
-    found.push(...keys);
-  } while (cursor !== "0");
-  return found;
 }
 
 if (!(await pingRedis(url))) {

@@ -1,4 +1,5 @@
 import { spawnSync } from "node:child_process";
+import type { Redis } from "ioredis";
 import { pingNats, pingRedis } from "../../services/mesh/servers.js";
 
 /** A redis-server a test owns. */
@@ -85,4 +86,16 @@ export function meshPrerequisites(): { missing: string[]; skip: string | false }
       ? `needs ${missing.join(" and ")}: apt-get install nats-server redis-server`
       : false;
   return { missing, skip };
+}
+
+/** Every key under a prefix (SCAN, so a shared Redis is never blocked). */
+export async function keysWith(client: Redis, prefix: string): Promise<string[]> {
+  const found: string[] = [];
+  let cursor = "0";
+  do {
+    const [next, keys] = await client.scan(cursor, "MATCH", `${prefix}*`, "COUNT", 1000);
+    cursor = next;
+    found.push(...keys);
+  } while (cursor !== "0");
+  return found;
 }

@@ -17,7 +17,15 @@ const SPLIT = {
 describe("mesh configuration", () => {
   it("runs every role on the embedded engines by default", () => {
     const { mesh } = loadConfig({}, {});
-    assert.deepEqual(mesh.roles, ["gateway", "accounts", "sequencer", "fanout", "presence", "notification"]);
+    assert.deepEqual(mesh.roles, [
+      "gateway",
+      "accounts",
+      "sequencer",
+      "fanout",
+      "presence",
+      "notification",
+      "media",
+    ]);
     assert.equal(mesh.store, "lmdb");
     assert.equal(mesh.bus, "memory");
     assert.equal(mesh.routes, "memory");

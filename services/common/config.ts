@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { loadMediaConfig, type MediaConfig } from "../media/config.js";
 
 /** Limits enforced at the edge and in the sequencer. Defaults are what `npm start` uses. */
 export interface Limits {
@@ -78,10 +79,20 @@ export interface Config {
   mesh: MeshConfig;
   /** Trace export. */
   tracing: { otlpEndpoint: string | undefined; sampleRatio: number };
+  /** Encrypted attachments: the object store and its limits. */
+  media: MediaConfig;
 }
 
 /** The services one process can run. */
-export const ROLES = ["gateway", "accounts", "sequencer", "fanout", "presence", "notification"] as const;
+export const ROLES = [
+  "gateway",
+  "accounts",
+  "sequencer",
+  "fanout",
+  "presence",
+  "notification",
+  "media",
+] as const;
 
 /** One service. */
 export type Role = (typeof ROLES)[number];
@@ -133,6 +144,8 @@ export interface NatsConfig {
 /** Addresses of other services. */
 export interface ServiceUrls {
   accounts: string | undefined;
+  /** The media service, which gateways forward the device API's MediaService to. */
+  media: string | undefined;
   presence: string | undefined;
   notification: string | undefined;
   /** One URL per sequencer replica, in ordinal order. */
@@ -295,6 +308,7 @@ export function loadConfig(input: ConfigInput = {}, env: NodeJS.ProcessEnv = pro
     push: loadPush(input.push, env),
     mesh: loadMesh(input.mesh, env),
     tracing: loadTracing(env),
+    media: loadMediaConfig(env, input.dataDir ?? env.SWITCHBOARD_DATA_DIR ?? ".switchboard/data"),
   };
   if (config.shardCount < 1 || config.shardCount > 4096) {
     throw new ConnectError("configuration: shardCount must be between 1 and 4096", Code.InvalidArgument);
@@ -411,6 +425,7 @@ function loadMesh(input: Partial<MeshConfig> | undefined, env: NodeJS.ProcessEnv
     redisUrl,
     urls: {
       accounts: httpUrl("SWITCHBOARD_ACCOUNTS_URL", input?.urls?.accounts ?? env.SWITCHBOARD_ACCOUNTS_URL),
+      media: httpUrl("SWITCHBOARD_MEDIA_URL", input?.urls?.media ?? env.SWITCHBOARD_MEDIA_URL),
       presence: httpUrl("SWITCHBOARD_PRESENCE_URL", input?.urls?.presence ?? env.SWITCHBOARD_PRESENCE_URL),
       notification: httpUrl(
         "SWITCHBOARD_NOTIFICATION_URL",
@@ -431,6 +446,7 @@ const NEEDS: Record<Role, Array<"accounts" | "presence" | "notification" | "sequ
   fanout: ["accounts", "presence", "notification", "sequencer"],
   presence: [],
   notification: ["accounts"],
+  media: ["accounts", "sequencer"],
 };
 
 const URL_VARIABLE = {

@@ -13,6 +13,7 @@ import { ConversationService, MemberRole } from "../../gen/switchboard/v1/conver
 import { MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import { GatewayService } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
+import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Principal } from "../common/auth.js";
 import { RETRY_AFTER_HEADER } from "../common/errors.js";
 import { requireClientMsgId, requireId, requireIds, requireText } from "../common/validate.js";
@@ -216,10 +217,7 @@ export function conversationService(
 export function accountForwarder(
   accounts: Client<typeof AccountService>,
 ): ServiceImpl<typeof AccountService> {
-  const pass = (ctx: HandlerContext) => {
-    const authorization = ctx.requestHeader.get("authorization");
-    return { signal: ctx.signal, headers: authorization === null ? {} : { authorization } };
-  };
+  const pass = passAuthorization;
   return {
     register: (req, ctx) => accounts.register(req, pass(ctx)),
     createToken: (req, ctx) => accounts.createToken(req, pass(ctx)),
@@ -235,15 +233,27 @@ export function accountForwarder(
 
 /** Forwards the key directory to the accounts service, token and all (it authenticates again). */
 export function keyForwarder(keys: Client<typeof KeyService>): ServiceImpl<typeof KeyService> {
-  const pass = (ctx: HandlerContext) => {
-    const authorization = ctx.requestHeader.get("authorization");
-    return { signal: ctx.signal, headers: authorization === null ? {} : { authorization } };
-  };
+  const pass = passAuthorization;
   return {
     uploadKeys: (req, ctx) => keys.uploadKeys(req, pass(ctx)),
     getPrekeyCounts: (req, ctx) => keys.getPrekeyCounts(req, pass(ctx)),
     getBundles: (req, ctx) => keys.getBundles(req, pass(ctx)),
   };
+}
+
+/** Forwards attachments to the media service, token and all (it authenticates again). */
+export function mediaForwarder(media: Client<typeof MediaService>): ServiceImpl<typeof MediaService> {
+  return {
+    createUpload: (req, ctx) => media.createUpload(req, passAuthorization(ctx)),
+    claimUpload: (req, ctx) => media.claimUpload(req, passAuthorization(ctx)),
+    createDownload: (req, ctx) => media.createDownload(req, passAuthorization(ctx)),
+  };
+}
+
+/** The call options that carry a device's own token on to the service behind the gateway. */
+function passAuthorization(ctx: HandlerContext) {
+  const authorization = ctx.requestHeader.get("authorization");
+  return { signal: ctx.signal, headers: authorization === null ? {} : { authorization } };
 }
 
 export { ConversationService, GatewayService };

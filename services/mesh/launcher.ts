@@ -138,6 +138,9 @@ export class Mesh {
       SWITCHBOARD_SEQUENCER_URLS: seqPorts.map(url).join(","),
       SWITCHBOARD_ACCOUNTS_URL: url(accountsPort!),
       SWITCHBOARD_NOTIFICATION_URL: url(accountsPort!),
+      SWITCHBOARD_MEDIA_URL: url(accountsPort!),
+      // Each process that runs media serves its presigned URLs on a port of its own.
+      SWITCHBOARD_MEDIA_PORT: "0",
       SWITCHBOARD_PRESENCE_URL: url(presencePort!),
       ...(o.natsPrefix && {
         SWITCHBOARD_NATS_SUBJECT_PREFIX: o.natsPrefix,
@@ -154,7 +157,7 @@ export class Mesh {
       specs.push({ name, roles, port, adminPort: await freePort(), env: { ...common, ...env } });
     };
     // Stateful services first: the others call them as soon as they start.
-    await add("accounts", "accounts,notification", accountsPort!);
+    await add("accounts", "accounts,notification,media", accountsPort!);
     await add("presence", "presence", presencePort!);
     for (let i = 0; i < sequencers; i++) {
       await add(`sequencer-${i}`, "sequencer", seqPorts[i]!, { SWITCHBOARD_SEQUENCER_ORDINAL: String(i) });

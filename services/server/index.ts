@@ -20,13 +20,14 @@ import { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.j
 import { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
+import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import { Accounts } from "../accounts/accounts.js";
 import { accountService, directoryService } from "../accounts/handler.js";
 import { DEFAULT_KEYS_OPTIONS, Keys } from "../accounts/keys.js";
 import { keyService } from "../accounts/keys-handler.js";
 import { adminService } from "../admin/handler.js";
 import { Tokens } from "../common/auth.js";
-import { type Config, type ConfigInput, loadConfig, type Role } from "../common/config.js";
+import { type Config, type ConfigInput, loadConfig, ROLES, type Role } from "../common/config.js";
 import { errorBoundary } from "../common/errors.js";
 import { newSecret } from "../common/ids.js";
 import {
@@ -48,7 +49,9 @@ import {
   GatewayService,
   gatewayService,
   keyForwarder,
+  mediaForwarder,
 } from "../gateway/handlers.js";
+import { deviceAuthenticator, type StartedMedia, startMedia } from "../media/setup.js";
 import { notificationService } from "../notification/handler.js";
 import { Notifier } from "../notification/notifier.js";
 import { buildPushProviders } from "../notification/setup.js";
@@ -139,7 +142,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const config = loadConfig(input, env ?? process.env);
   const mesh = config.mesh;
   const roles = new Set<Role>(mesh.roles);
-  const everything = roles.size === 6;
+  const everything = roles.size === ROLES.length;
   const log =
     logger ??
     createLogger({
@@ -165,7 +168,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
 
   try {
     await mkdir(config.dataDir, { recursive: true });
-    const needsTokens = roles.has("gateway") || roles.has("accounts") || !everything;
+    const needsTokens = roles.has("gateway") || roles.has("accounts") || roles.has("media") || !everything;
     const key = needsTokens ? await tokenKey(config) : undefined;
     const tokens = key ? new Tokens(key, config.tokenTtlSeconds) : undefined;
     const credential = key && !everything ? internalCredential(key) : undefined;
@@ -344,6 +347,20 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         log,
       });
     }
+    let media: StartedMedia | undefined;
+    if (roles.has("media")) {
+      const gw = gateway;
+      const started = await startMedia({
+        config: config.media,
+        host: config.host,
+        tokenKey: key!,
+        members: sequencerClient(),
+        authenticate: gw ? (h) => gw.authenticate(h) : deviceAuthenticator(tokens!, directoryClient()),
+        log,
+      });
+      media = started;
+      closers.add("media", () => started.close());
+    }
     observeProcess({
       bus: busEngine,
       sequencer,
@@ -371,7 +388,13 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
             KeyService,
             keyForwarder(clientOf(KeyService, roles.has("accounts"), mesh.urls.accounts)),
           );
+          // Attachments: served here, or forwarded to the media service when it runs elsewhere.
+          if (!media && mesh.urls.media !== undefined) {
+            router.service(MediaService, mediaForwarder(createClient(MediaService, remote(mesh.urls.media))));
+          }
         }
+        // A public service that authenticates devices itself.
+        if (media) router.service(MediaService, media.service);
         if (internalGuard) {
           router.service(
             AdminService,

@@ -7,6 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { type Client, Code, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { AdminService } from "../../gen/switchboard/internal/v1/admin_pb.js";
+import { ROLES } from "../../services/common/config.js";
 import { INTERNAL_HEADER, internalCredential } from "../../services/common/internal-auth.js";
 import type { TestDevice } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
@@ -121,7 +122,7 @@ describe("switchboard admin against a running server", () => {
     await connected(a);
     await connected(laptop);
     const s = await admin.getStats({});
-    assert.equal(s.roles.length, 6);
+    assert.equal(s.roles.length, ROLES.length);
     assert.equal(s.gateway?.streams, 2);
     assert.equal(s.gateway?.devices, 2);
     assert.deepEqual(s.sequencer?.ownedShards.length, 16);
@@ -206,7 +207,9 @@ describe("switchboard admin against a running server", () => {
     await connected(b);
     const out = await cli(["drain", ...dataDirArgs]);
     assert.equal(out.code, 0, out.stderr);
-    assert.match(out.stdout, /drained gateway .*: closed 2 streams/);
+    // At least these two: streams of earlier tests may still be closing.
+    const closed = Number(/drained gateway .*: closed (\d+) streams/.exec(out.stdout)?.[1]);
+    assert.ok(closed >= 2, out.stdout);
     for (const device of [a, b]) {
       const err = await device.ended();
       assert.equal(err?.code, Code.Unavailable);

@@ -29,7 +29,8 @@ export async function startServerProcess(
     [join(root, "bin/switchboard.js"), "start", "--data-dir", dataDir, "--port", String(options.port ?? 0)],
     {
       cwd: root,
-      env: { ...process.env, SWITCHBOARD_LOG_LEVEL: "info", ...options.env },
+      // The attachment server takes a free port too, so test servers can run side by side.
+      env: { ...process.env, SWITCHBOARD_LOG_LEVEL: "info", SWITCHBOARD_MEDIA_PORT: "0", ...options.env },
       stdio: ["ignore", "pipe", "pipe"],
     },
   );

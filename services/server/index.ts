@@ -182,8 +182,12 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       roles.has("accounts") || roles.has("sequencer") ? await openStore(config, env, log) : undefined;
     if (store) closers.add("store", () => store.close());
 
-    // Remote services: one HTTP/2 connection per address, closed at shutdown.
+    // Remote services: one HTTP/2 connection per address, shared by every client of this
+    // process, closed at shutdown.
+    const remotes = new Map<string, Transport>();
     const remote = (baseUrl: string): Transport => {
+      const known = remotes.get(baseUrl);
+      if (known) return known;
       const sessionManager = new Http2SessionManager(baseUrl, {
         pingIntervalMs: 10_000,
         pingTimeoutMs: 5_000,
@@ -193,7 +197,14 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         clientTelemetry(),
         ...(credential ? [sendInternalCredential(credential)] : []),
       ];
-      return createGrpcTransport({ baseUrl, sessionManager, interceptors, defaultTimeoutMs: 15_000 });
+      const transport = createGrpcTransport({
+        baseUrl,
+        sessionManager,
+        interceptors,
+        defaultTimeoutMs: 15_000,
+      });
+      remotes.set(baseUrl, transport);
+      return transport;
     };
 
     // Local services register here; they are served on the internal router and, when other

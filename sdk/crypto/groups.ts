@@ -1,0 +1,278 @@
+import { randomUUID } from "node:crypto";
+import { join } from "node:path";
+import {
+  ErrorCode,
+  groupDecrypt,
+  groupEncrypt,
+  LibSignalErrorBase,
+  type ProtocolAddress,
+  processSenderKeyDistributionMessage,
+  SenderKeyDistributionMessage,
+  SenderKeyMessage,
+} from "@signalapp/libsignal-client";
+import { JsonDoc, toBytes } from "./files.js";
+import { addressOf, type DeviceRef, deviceOf, type SignalStores } from "./stores.js";
+
+/** Our sender key in one group. */
+export interface OwnSenderKey {
+  /** The group (conversation id). */
+  groupId: string;
+  /** libsignal's distribution id (a UUID), new on every rotation. */
+  distributionId: string;
+  /** Counts rotations, from 1. */
+  epoch: number;
+}
+
+/** A group message could not be decrypted. */
+export class GroupDecryptError extends Error {
+  constructor(
+    /** The group. */
+    readonly groupId: string,
+    /** The sending device. */
+    readonly sender: DeviceRef,
+    /** "no-key": we hold no sender key of that sender for that distribution (for example we were
+     * removed and the group rotated); "duplicate": already decrypted; "invalid": tampered or
+     * malformed. */
+    readonly reason: "no-key" | "duplicate" | "invalid",
+    message: string,
+    options?: { cause: unknown },
+  ) {
+    super(
+      `cannot decrypt a message in group ${groupId} from device ${sender.deviceId} of user ${sender.userId}: ${message}`,
+      options,
+    );
+    this.name = "GroupDecryptError";
+  }
+}
+
+interface GroupsFile {
+  version: 1;
+  /** Our current sender key per group, with the devices that received its distribution message. */
+  own: Record<string, { distributionId: string; epoch: number; distributedTo: string[] }>;
+  /**
+   * Sender keys we received, by distribution id: the group and sending device they were
+   * distributed for. A group message is only decrypted for the group its key was handed to us for,
+   * so a server cannot replay a message of one group into another.
+   */
+  received: Record<string, { groupId: string; sender: string }>;
+}
+
+/**
+ * Group encryption with sender keys. Each member device has its own sender key per group, sent to
+ * the other members' devices as a SenderKeyDistributionMessage over pairwise sessions; a group
+ * message is then encrypted once for everyone. When a member leaves or is removed, every remaining
+ * member rotates (rotate(): a new distribution id, hence a new key, distributed only to the
+ * remaining devices), so the removed member cannot decrypt anything sent afterwards.
+ */
+export class GroupCipher {
+  private readonly local: ProtocolAddress;
+  private tail: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly stores: SignalStores,
+    /** This device. */
+    readonly localDevice: DeviceRef,
+    private readonly doc: JsonDoc<GroupsFile>,
+  ) {
+    this.local = addressOf(localDevice);
+  }
+
+  /** Opens the group state kept beside the stores (`<profile>/signal/groups.json`). */
+  static async open(stores: SignalStores, localDevice: DeviceRef): Promise<GroupCipher> {
+    const doc = await JsonDoc.open<GroupsFile>(join(stores.dir, "groups.json"), () => ({
+      version: 1,
+      own: {},
+      received: {},
+    }));
+    return new GroupCipher(stores, localDevice, doc);
+  }
+
+  /** Our current sender key in a group, created on first use. */
+  async currentKey(groupId: string): Promise<OwnSenderKey> {
+    return this.serial(() => this.ensureOwn(groupId));
+  }
+
+  /**
+   * Replaces our sender key in a group (a member left or was removed, or as a precaution): a new
+   * distribution id, epoch + 1, and nobody has the new key until distributionMessage is sent to them.
+   */
+  async rotate(groupId: string): Promise<OwnSenderKey> {
+    return this.serial(async () => {
+      const previous = this.doc.value.own[groupId];
+      const next = { distributionId: randomUUID(), epoch: (previous?.epoch ?? 0) + 1, distributedTo: [] };
+      this.doc.value.own[groupId] = next;
+      await this.doc.save();
+      if (previous !== undefined) {
+        await this.stores.senderKeys.deleteSenderKeys([
+          { sender: this.local, distributionId: previous.distributionId },
+        ]);
+      }
+      return { groupId, distributionId: next.distributionId, epoch: next.epoch };
+    });
+  }
+
+  /**
+   * A member left or was removed: forgets the sender keys we received from that user's devices in
+   * the group (their later messages are not accepted) and rotates ours.
+   */
+  async removeMember(groupId: string, userId: string): Promise<OwnSenderKey> {
+    await this.serial(async () => {
+      const drop: Array<{ sender: ProtocolAddress; distributionId: string }> = [];
+      for (const [distributionId, entry] of Object.entries(this.doc.value.received)) {
+        if (entry.groupId !== groupId) continue;
+        const sender = addressFromName(entry.sender);
+        if (deviceOf(sender).userId !== userId) continue;
+        drop.push({ sender, distributionId });
+        delete this.doc.value.received[distributionId];
+      }
+      await this.doc.save();
+      await this.stores.senderKeys.deleteSenderKeys(drop);
+    });
+    return this.rotate(groupId);
+  }
+
+  /**
+   * The SenderKeyDistributionMessage of our current key in a group, to send pairwise (encrypted)
+   * to member devices that do not have it yet (see devicesWithoutKey).
+   */
+  async distributionMessage(groupId: string): Promise<{ key: OwnSenderKey; message: Uint8Array }> {
+    return this.serial(async () => {
+      const key = await this.ensureOwn(groupId);
+      const skdm = await SenderKeyDistributionMessage.create(
+        this.local,
+        key.distributionId,
+        this.stores.senderKeys,
+      );
+      return { key, message: skdm.serialize() };
+    });
+  }
+
+  /** The member devices that have not been sent our current key of the group. */
+  devicesWithoutKey(groupId: string, members: DeviceRef[]): DeviceRef[] {
+    const sent = new Set(this.doc.value.own[groupId]?.distributedTo ?? []);
+    return members.filter((d) => !sent.has(addressOf(d).name()) && addressOf(d).name() !== this.local.name());
+  }
+
+  /** Records that the devices received our current key (once the pairwise send is durable). */
+  async markDistributed(groupId: string, devices: DeviceRef[], epoch: number): Promise<void> {
+    await this.serial(async () => {
+      const own = this.doc.value.own[groupId];
+      if (own === undefined || own.epoch !== epoch) return; // rotated meanwhile: they need the new key
+      const set = new Set(own.distributedTo);
+      for (const d of devices) set.add(addressOf(d).name());
+      own.distributedTo = [...set];
+      await this.doc.save();
+    });
+  }
+
+  /**
+   * Takes in a member device's sender key, received over a pairwise session (so authenticated as
+   * that device), for one group.
+   */
+  async processDistribution(groupId: string, sender: DeviceRef, message: Uint8Array): Promise<void> {
+    await this.serial(async () => {
+      let skdm: SenderKeyDistributionMessage;
+      try {
+        skdm = SenderKeyDistributionMessage.deserialize(toBytes(message));
+      } catch (err) {
+        throw new GroupDecryptError(groupId, sender, "invalid", "malformed sender key distribution message", {
+          cause: err,
+        });
+      }
+      const distributionId = skdm.distributionId().toLowerCase();
+      const address = addressOf(sender);
+      const bound = this.doc.value.received[distributionId];
+      if (bound !== undefined && (bound.groupId !== groupId || bound.sender !== address.name())) {
+        throw new GroupDecryptError(
+          groupId,
+          sender,
+          "invalid",
+          "this sender key was already distributed for another group or sender",
+        );
+      }
+      await processSenderKeyDistributionMessage(address, skdm, this.stores.senderKeys);
+      if (bound === undefined) {
+        this.doc.value.received[distributionId] = { groupId, sender: address.name() };
+        await this.doc.save();
+      }
+    });
+  }
+
+  /** Encrypts one message for the group with our current sender key. */
+  async encrypt(
+    groupId: string,
+    plaintext: Uint8Array,
+  ): Promise<{ key: OwnSenderKey; ciphertext: Uint8Array }> {
+    return this.serial(async () => {
+      const key = await this.ensureOwn(groupId);
+      const message = await groupEncrypt(
+        this.local,
+        key.distributionId,
+        this.stores.senderKeys,
+        toBytes(plaintext),
+      );
+      return { key, ciphertext: message.serialize() };
+    });
+  }
+
+  /** Decrypts a group message from a member device; the sender key state is durable when this resolves. */
+  async decrypt(groupId: string, sender: DeviceRef, ciphertext: Uint8Array): Promise<Uint8Array> {
+    return this.serial(async () => {
+      const bytes = toBytes(ciphertext);
+      let distributionId: string;
+      try {
+        distributionId = SenderKeyMessage.deserialize(bytes).distributionId().toLowerCase();
+      } catch (err) {
+        throw new GroupDecryptError(groupId, sender, "invalid", "malformed group message", { cause: err });
+      }
+      const bound = this.doc.value.received[distributionId];
+      const address = addressOf(sender);
+      if (bound === undefined || bound.groupId !== groupId || bound.sender !== address.name()) {
+        throw new GroupDecryptError(
+          groupId,
+          sender,
+          "no-key",
+          "no sender key of this device for this group (not distributed to us, or rotated after we left)",
+        );
+      }
+      try {
+        return await groupDecrypt(address, this.stores.senderKeys, bytes);
+      } catch (err) {
+        if (err instanceof LibSignalErrorBase && err.code === ErrorCode.DuplicatedMessage) {
+          throw new GroupDecryptError(groupId, sender, "duplicate", "the message was already received", {
+            cause: err,
+          });
+        }
+        if (err instanceof LibSignalErrorBase && err.code === ErrorCode.InvalidSenderKeySession) {
+          throw new GroupDecryptError(groupId, sender, "no-key", "no sender key state for this message", {
+            cause: err,
+          });
+        }
+        const reason = err instanceof Error ? err.message : String(err);
+        throw new GroupDecryptError(groupId, sender, "invalid", reason, { cause: err });
+      }
+    });
+  }
+
+  private async ensureOwn(groupId: string): Promise<OwnSenderKey> {
+    let own = this.doc.value.own[groupId];
+    if (own === undefined) {
+      own = { distributionId: randomUUID(), epoch: 1, distributedTo: [] };
+      this.doc.value.own[groupId] = own;
+      await this.doc.save();
+    }
+    return { groupId, distributionId: own.distributionId, epoch: own.epoch };
+  }
+
+  /** Group state changes run one at a time (they share one file and libsignal's sender key records). */
+  private serial<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.tail.then(fn, fn);
+    this.tail = run.catch(() => {});
+    return run;
+  }
+}
+
+function addressFromName(name: string): ProtocolAddress {
+  const dot = name.indexOf(".");
+  return addressOf({ userId: name.slice(0, dot), deviceId: name.slice(dot + 1) });
+}

@@ -33,14 +33,18 @@ const NEEDS = {
   fanout: ["accounts", "presence", "notification", "sequencer"],
   presence: [],
   notification: ["accounts"],
+  media: ["accounts", "sequencer"],
 };
 const URL_VARIABLE = {
   accounts: "SWITCHBOARD_ACCOUNTS_URL",
   presence: "SWITCHBOARD_PRESENCE_URL",
   notification: "SWITCHBOARD_NOTIFICATION_URL",
   sequencer: "SWITCHBOARD_SEQUENCER_URL_TEMPLATE",
+  media: "SWITCHBOARD_MEDIA_URL",
 };
 const ROLES = Object.keys(NEEDS);
+/** The roles this scenario must render: media only when media.enabled. */
+const ENABLED = ROLES.filter((role) => role !== "media" || values.media.enabled);
 
 const ofKind = (kind) => docs.filter((d) => d.kind === kind);
 const name = (d) => `${d.kind}/${d.metadata?.name}`;
@@ -59,6 +63,8 @@ for (const secretName of [
   "SWITCHBOARD_TOKEN_KEY",
   "SCYLLA_PASSWORD",
   "SWITCHBOARD_WEBPUSH_VAPID_PRIVATE_KEY",
+  "SWITCHBOARD_MINIO_ACCESS_KEY",
+  "SWITCHBOARD_MINIO_SECRET_KEY",
 ]) {
   if (secretName in config) problem(`ConfigMap: ${secretName} must come from a Secret, not the ConfigMap`);
 }
@@ -92,7 +98,13 @@ for (const w of workloads) {
 for (const role of ROLES) {
   const found = [...roleOf].filter(([, r]) => r === role).map(([w]) => w);
   const kind = role === "sequencer" ? "StatefulSet" : "Deployment";
-  if (found.length !== 1 || found[0].kind !== kind) {
+  if (!ENABLED.includes(role)) {
+    if (found.length > 0) problem(`role ${role} is disabled, yet ${found.map(name).join(", ")} rendered`);
+    const leftovers = docs.filter((d) => d.metadata?.labels?.["app.kubernetes.io/component"] === role);
+    if (leftovers.length > 0) {
+      problem(`role ${role} is disabled, yet ${leftovers.map(name).join(", ")} rendered`);
+    }
+  } else if (found.length !== 1 || found[0].kind !== kind) {
     problem(`role ${role}: expected exactly one ${kind}, found ${found.map(name).join(", ") || "none"}`);
   }
 }
@@ -139,7 +151,7 @@ for (const [w, role] of roleOf) {
     checkSecretRef(`${name(w)}: SWITCHBOARD_TOKEN_KEY`, tokenKey);
   }
   for (const [variable, e] of Object.entries(env)) {
-    if (/PASSWORD|PRIVATE_KEY|TOKEN_KEY/.test(variable) && e.value !== undefined) {
+    if (/PASSWORD|PRIVATE_KEY|TOKEN_KEY|ACCESS_KEY|SECRET_KEY/.test(variable) && e.value !== undefined) {
       problem(`${name(w)}: ${variable} is a plain value; it must come from a Secret`);
     }
   }
@@ -167,6 +179,31 @@ for (const [w, role] of roleOf) {
     }
     checkUrl(`${name(w)}: ${URL_VARIABLE[need]}`, url, need);
   }
+  // Gateways forward MediaService to the media role exactly when it runs.
+  if (role === "gateway") {
+    const url = settings.SWITCHBOARD_MEDIA_URL;
+    if (values.media.enabled && !url) {
+      problem(`${name(w)}: media.enabled, but gateways get no SWITCHBOARD_MEDIA_URL`);
+    } else if (values.media.enabled) {
+      checkUrl(`${name(w)}: SWITCHBOARD_MEDIA_URL`, url, "media");
+    } else if (url) {
+      problem(`${name(w)}: media.enabled is false, yet SWITCHBOARD_MEDIA_URL is "${url}"`);
+    }
+  }
+  // Every process reads the media settings at start-up (services/media/config.ts): a MinIO store
+  // without both keys stops it, whatever its role.
+  const names = new Set([...Object.keys(config), ...Object.keys(env)]);
+  const minioStore =
+    settings.SWITCHBOARD_MEDIA_STORE === "minio" ||
+    (!settings.SWITCHBOARD_MEDIA_STORE && names.has("SWITCHBOARD_MINIO_ENDPOINT"));
+  for (const key of ["SWITCHBOARD_MINIO_ACCESS_KEY", "SWITCHBOARD_MINIO_SECRET_KEY"]) {
+    if (minioStore && !names.has(key)) {
+      problem(
+        `${name(w)}: the media settings name a MinIO store but not ${key}; the process would not start`,
+      );
+    }
+  }
+  if (role === "media") checkMedia(w, settings, env);
 }
 
 // --- The sequencer StatefulSet and the shard map.
@@ -269,6 +306,15 @@ if (values.networkPolicy.enabled) {
     if (role !== "gateway" && grpcRules.some((r) => !r.from || r.from.some((f) => !isReleasePeer(f)))) {
       problem(`NetworkPolicy: the ${role} pods' h2c port must admit only this release's pods`);
     }
+    // Only gateways call media (they forward devices' MediaService calls).
+    if (
+      role === "media" &&
+      grpcRules.some((r) =>
+        (r.from ?? []).some((f) => f.podSelector?.matchLabels?.["app.kubernetes.io/component"] !== "gateway"),
+      )
+    ) {
+      problem("NetworkPolicy: the media pods' h2c port must admit only this release's gateways");
+    }
     if (adminRules.some((r) => !r.from))
       problem(`NetworkPolicy: the ${role} pods' admin port is open to everyone`);
     const monitoring = values.networkPolicy.monitoringNamespace;
@@ -312,7 +358,7 @@ if (values.metrics.serviceMonitor.enabled) {
 }
 
 const hpas = ofKind("HorizontalPodAutoscaler");
-for (const role of ["gateway", "fanout"]) {
+for (const role of ["gateway", "fanout", "media"].filter((r) => ENABLED.includes(r))) {
   const w = [...roleOf].find(([, r]) => r === role)?.[0];
   const hpa = hpas.find((h) => h.spec.scaleTargetRef.name === w?.metadata.name);
   if (values[role].autoscaling.enabled) {
@@ -323,7 +369,7 @@ for (const role of ["gateway", "fanout"]) {
     problem(`${role}.autoscaling.enabled is false, yet ${name(hpa)} rendered`);
   }
 }
-for (const role of ROLES) {
+for (const role of ENABLED) {
   const w = [...roleOf].find(([, r]) => r === role)?.[0];
   const pdbs = ofKind("PodDisruptionBudget").filter((p) =>
     w ? matchesSelector(p.spec.selector, w.spec.template.metadata.labels) : false,
@@ -378,14 +424,59 @@ function checkSecurity(what, podSpec) {
   }
 }
 
-function checkSecretRef(what, ref) {
+function checkSecretRef(
+  what,
+  ref,
+  existingSecret = values.auth.existingSecret,
+  setting = "auth.existingSecret",
+) {
   const own = ofKind("Secret").find((s) => s.metadata.name === ref.name && !isHook(s));
   if (own && own.data?.[ref.key] === undefined && own.stringData?.[ref.key] === undefined) {
     problem(`${what}: Secret/${ref.name} has no key "${ref.key}"`);
   }
-  const external = [values.auth.existingSecret].filter(Boolean);
-  if (!own && !external.includes(ref.name)) {
-    problem(`${what}: Secret/${ref.name} is neither rendered by the chart nor auth.existingSecret`);
+  if (!own && (!existingSecret || ref.name !== existingSecret)) {
+    problem(`${what}: Secret/${ref.name} is neither rendered by the chart nor ${setting}`);
+  }
+}
+
+/** The media pods: MinIO as configured, its keys from a Secret (minio.existingSecret or the chart's). */
+function checkMedia(w, settings, env) {
+  const m = values.minio;
+  const expect = {
+    SWITCHBOARD_MEDIA_STORE: "minio",
+    SWITCHBOARD_MINIO_ENDPOINT: m.endpoint,
+    SWITCHBOARD_MINIO_BUCKET: m.bucket,
+    SWITCHBOARD_MINIO_REGION: m.region,
+    SWITCHBOARD_MINIO_CREATE_BUCKET: String(m.createBucket),
+  };
+  if (m.publicEndpoint) expect.SWITCHBOARD_MINIO_PUBLIC_ENDPOINT = m.publicEndpoint;
+  for (const [variable, value] of Object.entries(expect)) {
+    if (settings[variable] !== value) {
+      problem(`${name(w)}: ${variable} must be "${value}", got ${JSON.stringify(settings[variable])}`);
+    }
+  }
+  if (!m.publicEndpoint && "SWITCHBOARD_MINIO_PUBLIC_ENDPOINT" in settings) {
+    problem(`${name(w)}: minio.publicEndpoint is empty, yet SWITCHBOARD_MINIO_PUBLIC_ENDPOINT is set`);
+  }
+  for (const [variable, key, ownKey] of [
+    ["SWITCHBOARD_MINIO_ACCESS_KEY", m.accessKeyKey, "minio-access-key"],
+    ["SWITCHBOARD_MINIO_SECRET_KEY", m.secretKeyKey, "minio-secret-key"],
+  ]) {
+    const ref = env[variable]?.valueFrom?.secretKeyRef;
+    if (!ref) {
+      problem(`${name(w)}: ${variable} must come from a Secret (valueFrom.secretKeyRef)`);
+      continue;
+    }
+    const source = m.existingSecret
+      ? `Secret/${m.existingSecret}, key "${key}"`
+      : `the chart's Secret, key "${ownKey}"`;
+    if (m.existingSecret ? ref.name !== m.existingSecret || ref.key !== key : ref.key !== ownKey) {
+      problem(`${name(w)}: ${variable} must come from ${source}`);
+    }
+    checkSecretRef(`${name(w)}: ${variable}`, ref, m.existingSecret, "minio.existingSecret");
+  }
+  if (m.existingSecret && ofKind("Secret").some((s) => s.data?.["minio-secret-key"] !== undefined)) {
+    problem("minio.existingSecret is set, yet the chart renders MinIO keys of its own");
   }
 }
 

@@ -66,7 +66,8 @@ done
 
 # Values that must be refused, with the reason the user would read.
 step "bad values are refused"
-endpoints=(--set 'scylla.contactPoints[0]=scylla' --set 'nats.urls[0]=nats://nats:4222' --set redis.url=redis://redis:6379)
+minio=(--set minio.endpoint=http://minio:9000 --set minio.existingSecret=minio)
+endpoints=(--set 'scylla.contactPoints[0]=scylla' --set 'nats.urls[0]=nats://nats:4222' --set redis.url=redis://redis:6379 "${minio[@]}")
 refused() {
   local expected=$1
   shift
@@ -78,13 +79,21 @@ refused() {
     die "helm template refused ($*), but without \"$expected\":"$'\n'"$output"
   echo "refused as expected: $expected"
 }
-refused "/scylla/contactPoints" --set 'nats.urls[0]=nats://nats:4222' --set redis.url=redis://redis:6379
-refused "/nats" --set 'scylla.contactPoints[0]=scylla' --set redis.url=redis://redis:6379
-refused "/redis" --set 'scylla.contactPoints[0]=scylla' --set 'nats.urls[0]=nats://nats:4222'
+refused "/scylla/contactPoints" --set 'nats.urls[0]=nats://nats:4222' --set redis.url=redis://redis:6379 "${minio[@]}"
+refused "/nats" --set 'scylla.contactPoints[0]=scylla' --set redis.url=redis://redis:6379 "${minio[@]}"
+refused "/redis" --set 'scylla.contactPoints[0]=scylla' --set 'nats.urls[0]=nats://nats:4222' "${minio[@]}"
 refused "must be <= settings.shards" "${endpoints[@]}" --set settings.shards=4 --set sequencer.replicaCount=5
 refused "/push/fcm/existingSecret" "${endpoints[@]}" --set push.fcm.enabled=true
 refused "/settings/logLevel" "${endpoints[@]}" --set settings.logLevel=loud
 refused "/auth/tokenKey" "${endpoints[@]}" --set auth.tokenKey=too-short
 refused "/gateway/service/type" "${endpoints[@]}" --set gateway.service.type=Ingress
+# The media role (on by default) needs MinIO: an endpoint, and keys from a Secret or inline.
+refused "/minio/endpoint" "${endpoints[@]}" --set minio.endpoint=
+refused "/minio/existingSecret" "${endpoints[@]}" --set minio.existingSecret=
+refused "/minio/secretKey" "${endpoints[@]}" --set minio.existingSecret= --set minio.accessKey=a
+refused "/minio/endpoint" "${endpoints[@]}" --set minio.endpoint=http://minio:9000/bucket
+refused "/minio/publicEndpoint" "${endpoints[@]}" --set minio.publicEndpoint=media.example.com
+refused "/media/urlTtlSeconds" "${endpoints[@]}" --set media.urlTtlSeconds=700000
+refused "must exceed media.urlTtlSeconds" "${endpoints[@]}" --set media.urlTtlSeconds=7200 --set media.unclaimedTtlSeconds=3600
 
 step "helm chart checks passed (${#scenarios[@]} scenarios)"

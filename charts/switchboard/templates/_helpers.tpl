@@ -126,7 +126,17 @@ switchboard.ownSecretNeeded: "true" when some credential is given inline or must
 so the chart renders its own Secret.
 */}}
 {{- define "switchboard.ownSecretNeeded" -}}
-{{- if or (not .Values.auth.existingSecret) (and .Values.scylla.username (not .Values.scylla.existingSecret)) (and .Values.push.webPush.enabled .Values.push.webPush.privateKey (not .Values.push.webPush.existingSecret)) -}}
+{{- if or (not .Values.auth.existingSecret) (and .Values.scylla.username (not .Values.scylla.existingSecret)) (and .Values.push.webPush.enabled .Values.push.webPush.privateKey (not .Values.push.webPush.existingSecret)) (include "switchboard.minioInlineKeys" .) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/*
+switchboard.minioInlineKeys: "true" when the media role runs and its MinIO keys are given inline
+(rendered into the chart's Secret) rather than through minio.existingSecret.
+*/}}
+{{- define "switchboard.minioInlineKeys" -}}
+{{- if and .Values.media.enabled (not .Values.minio.existingSecret) .Values.minio.accessKey -}}
 true
 {{- end -}}
 {{- end -}}
@@ -228,6 +238,20 @@ the reason.
 {{- end -}}
 {{- if eq .Values.ports.grpc .Values.ports.admin -}}
 {{- fail "ports.grpc and ports.admin must differ" -}}
+{{- end -}}
+{{- if .Values.media.enabled -}}
+{{- if not .Values.minio.endpoint -}}
+{{- fail "media.enabled needs minio.endpoint (or set media.enabled=false)" -}}
+{{- end -}}
+{{- if and (not .Values.minio.existingSecret) (or (not .Values.minio.accessKey) (not .Values.minio.secretKey)) -}}
+{{- fail "media.enabled needs minio.existingSecret, or both minio.accessKey and minio.secretKey" -}}
+{{- end -}}
+{{- /* The binary's defaults: URLs live 900 s, unclaimed uploads 86400 s. */ -}}
+{{- $urlTtl := ternary 900 (int64 .Values.media.urlTtlSeconds) (kindIs "invalid" .Values.media.urlTtlSeconds) -}}
+{{- $unclaimed := ternary 86400 (int64 .Values.media.unclaimedTtlSeconds) (kindIs "invalid" .Values.media.unclaimedTtlSeconds) -}}
+{{- if le (int64 $unclaimed) (int64 $urlTtl) -}}
+{{- fail (printf "media.unclaimedTtlSeconds (%d) must exceed media.urlTtlSeconds (%d): an upload must be claimable after its URL expires" (int64 $unclaimed) (int64 $urlTtl)) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 

@@ -21,7 +21,7 @@ metadata:
     # A change of settings or credentials rolls every pod; a new sequencer replica count
     # therefore reaches every role at once (the shard map is a function of it).
     checksum/config: {{ include (print $root.Template.BasePath "/configmap.yaml") $root | sha256sum }}
-    checksum/credentials: {{ toJson (list $root.Values.auth $root.Values.scylla $root.Values.nats $root.Values.redis $root.Values.push) | sha256sum }}
+    checksum/credentials: {{ toJson (list $root.Values.auth $root.Values.scylla $root.Values.nats $root.Values.redis $root.Values.push $root.Values.minio) | sha256sum }}
     {{- with $pod.annotations }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -98,6 +98,9 @@ spec:
         {{- include "switchboard.secretEnv" $root | nindent 8 }}
         {{- if eq $role "notification" }}
         {{- include "switchboard.pushEnv" $root | nindent 8 }}
+        {{- end }}
+        {{- if eq $role "media" }}
+        {{- include "switchboard.mediaEnv" $root | nindent 8 }}
         {{- end }}
         {{- with $pod.extraEnv }}
         {{- toYaml . | nindent 8 }}
@@ -216,6 +219,61 @@ APNs variables must be set together or not at all in every process that reads th
 {{- with $p.apns.sandboxEndpoint }}
 - name: SWITCHBOARD_APNS_SANDBOX_ENDPOINT
   value: {{ . | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/*
+switchboard.mediaEnv: the media settings, only in the media pods. Every process validates the
+media settings at start-up, and a MinIO store without its keys stops it, so the MinIO endpoint and
+keys are not in the shared ConfigMap: the other roles keep the (unused) local defaults.
+*/}}
+{{- define "switchboard.mediaEnv" -}}
+{{- $m := .Values.minio -}}
+- name: SWITCHBOARD_MEDIA_STORE
+  value: minio
+- name: SWITCHBOARD_MINIO_ENDPOINT
+  value: {{ $m.endpoint | quote }}
+{{- with $m.publicEndpoint }}
+- name: SWITCHBOARD_MINIO_PUBLIC_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+- name: SWITCHBOARD_MINIO_BUCKET
+  value: {{ $m.bucket | quote }}
+- name: SWITCHBOARD_MINIO_REGION
+  value: {{ $m.region | quote }}
+- name: SWITCHBOARD_MINIO_CREATE_BUCKET
+  value: {{ $m.createBucket | toString | quote }}
+- name: SWITCHBOARD_MINIO_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      {{- if $m.existingSecret }}
+      name: {{ $m.existingSecret }}
+      key: {{ $m.accessKeyKey }}
+      {{- else }}
+      name: {{ include "switchboard.secretName" . }}
+      key: minio-access-key
+      {{- end }}
+- name: SWITCHBOARD_MINIO_SECRET_KEY
+  valueFrom:
+    secretKeyRef:
+      {{- if $m.existingSecret }}
+      name: {{ $m.existingSecret }}
+      key: {{ $m.secretKeyKey }}
+      {{- else }}
+      name: {{ include "switchboard.secretName" . }}
+      key: minio-secret-key
+      {{- end }}
+{{- $limitNames := dict
+    "maxBytes" "SWITCHBOARD_MEDIA_MAX_BYTES"
+    "urlTtlSeconds" "SWITCHBOARD_MEDIA_URL_TTL_SECONDS"
+    "unclaimedTtlSeconds" "SWITCHBOARD_MEDIA_UNCLAIMED_TTL_SECONDS"
+    "sweepIntervalSeconds" "SWITCHBOARD_MEDIA_SWEEP_INTERVAL_SECONDS" }}
+{{- range $key, $name := $limitNames }}
+{{- $value := index $.Values.media $key }}
+{{- if not (kindIs "invalid" $value) }}
+- name: {{ $name }}
+  value: {{ $value | int64 | quote }}
 {{- end }}
 {{- end }}
 {{- end -}}

@@ -17,6 +17,7 @@ import type { Logger } from "../common/log.js";
 import type { PushTarget } from "../notification/types.js";
 import { isStoreError } from "../store/errors.js";
 import type { AccountStore, DeviceRecord, UserRecord } from "../store/types.js";
+import type { Keys } from "./keys.js";
 
 /** Options for the accounts manager. */
 export interface AccountsOptions {
@@ -68,6 +69,12 @@ function sameHash(a: string, b: string): boolean {
 /** Domain rules for users, devices and credentials. Inputs are validated by the handler. */
 export class Accounts {
   private readonly now: () => number;
+  /**
+   * The key directory of this accounts role, which knows the devices' registration ids
+   * (DirectoryService.GetDeviceRegistrations). keyService() attaches it: both are built in the
+   * accounts role, and that is where both are at hand.
+   */
+  keyDirectory: Pick<Keys, "registrations"> | undefined;
 
   constructor(
     private readonly store: AccountStore,
@@ -248,6 +255,14 @@ export class Accounts {
           .map((d) => d.deviceId),
       })),
     );
+  }
+
+  /** The users' active devices with their registration ids from the key directory. */
+  async getDeviceRegistrations(userIds: readonly string[]) {
+    if (this.keyDirectory === undefined) {
+      throw new ConnectError("the key directory is not served by this accounts process", Code.Unimplemented);
+    }
+    return this.keyDirectory.registrations(userIds);
   }
 
   /** Which users exist. */

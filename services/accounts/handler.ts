@@ -4,6 +4,7 @@ import {
   DevicePushTargetSchema,
   DeviceStatusSchema,
   type DirectoryService,
+  UserDeviceRegistrationsSchema,
   UserDevicesSchema,
 } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
@@ -100,6 +101,10 @@ export function directoryService(accounts: Accounts): ServiceImpl<typeof Directo
     async getUserDevices(req) {
       const users = await accounts.getUserDevices(req.userIds.slice(0, 1024));
       return { users: users.map((u) => create(UserDevicesSchema, u)) };
+    },
+    async getDeviceRegistrations(req) {
+      const users = await accounts.getDeviceRegistrations(req.userIds.slice(0, 1024));
+      return { users: users.map((u) => create(UserDeviceRegistrationsSchema, u)) };
     },
     async checkUsers(req) {
       return { existingUserIds: await accounts.checkUsers(req.userIds.slice(0, 1024)) };

@@ -373,6 +373,32 @@ export class Keys {
     return { bundles, devicesWithoutKeys };
   }
 
+  /**
+   * The active devices of users with their registration ids (0 for a device without keys),
+   * oldest device first; users without any device record (unknown ids) are left out. Gateways
+   * check per-device ciphertexts against this.
+   */
+  async registrations(
+    userIds: readonly string[],
+  ): Promise<Array<{ userId: string; devices: Array<{ deviceId: string; registrationId: number }> }>> {
+    const users = await Promise.all(
+      userIds.map(async (userId) => {
+        const all = await this.accounts.listDevices(userId);
+        if (all.length === 0) return undefined;
+        const active = all.filter((d) => d.revokedAtMs === 0);
+        const keys = await Promise.all(active.map((d) => this.keys.getKeys(d.deviceId)));
+        return {
+          userId,
+          devices: active.map((d, i) => ({
+            deviceId: d.deviceId,
+            registrationId: keys[i]?.registrationId ?? 0,
+          })),
+        };
+      }),
+    );
+    return users.filter((u) => u !== undefined);
+  }
+
   /** Deletes a revoked device's keys. */
   async forgetDevice(deviceId: string): Promise<void> {
     await this.keys.deleteKeys(deviceId);

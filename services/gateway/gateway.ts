@@ -10,6 +10,7 @@ import type { Logger } from "../common/log.js";
 import { LocalRateLimiter, type RateLimit, type RateLimiter } from "../common/rate-limiter.js";
 import { carries, endSpan, SpanKind, startSpan } from "../common/telemetry.js";
 import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
+import { DeviceSets } from "./device-set.js";
 import { type GatewayObserver, observeGateway } from "./observe.js";
 import { Session } from "./session.js";
 
@@ -50,6 +51,8 @@ export interface GatewayDeps {
   deviceCacheMs?: number;
   /** How often device cursors are flushed to the sequencer, in milliseconds. */
   cursorFlushMs?: number;
+  /** How long a user's device list is trusted to accept a pairwise send, in milliseconds. */
+  deviceSetTtlMs?: number;
   now?: () => number;
 }
 
@@ -66,6 +69,8 @@ export class GatewayCore {
   readonly now: () => number;
   readonly sends: SendBatcher;
   readonly cursors: CursorBatcher;
+  /** The check of pairwise sends' per-device ciphertexts against the users' devices. */
+  readonly devices: DeviceSets;
   /** Latency histograms; gauges and counters are read from this object when scraped. */
   readonly observe: GatewayObserver;
   readonly metrics: GatewayMetrics = {
@@ -109,6 +114,12 @@ export class GatewayCore {
     };
     this.sends = new SendBatcher(calls, this.log);
     this.cursors = new CursorBatcher(calls, this.log, deps.cursorFlushMs ?? 25);
+    this.devices = new DeviceSets(this.directory, this.sequencer, {
+      maxPayloadBytes: this.limits.maxPayloadBytes,
+      maxDevicesPerUser: this.limits.maxDevicesPerUser,
+      ...(deps.deviceSetTtlMs !== undefined && { ttlMs: deps.deviceSetTtlMs }),
+      now: this.now,
+    });
     this.stops.push(deps.delivery.listen(this.id, (batch) => this.onDelivery(batch)));
     this.stops.push(deps.bus.onBroadcast((events) => this.onBroadcast(events)));
     // Routes are refreshed well within their TTL so a live stream never looks offline.
@@ -330,6 +341,7 @@ export class GatewayCore {
         for (const s of this.byDevice.get(event.value.deviceId) ?? []) s.deliverPrekeysLow(event.value.frame);
       } else if (event.case === "deviceRevoked") {
         this.deviceStatus.set(event.value.deviceId, { active: false, checkedAt: this.now() });
+        this.devices.deviceRevoked(event.value.userId);
         for (const s of [...(this.byDevice.get(event.value.deviceId) ?? [])]) {
           s.close(new ConnectError("device has been revoked", Code.Unauthenticated));
         }

@@ -17,6 +17,7 @@ import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Principal } from "../common/auth.js";
 import { RETRY_AFTER_HEADER } from "../common/errors.js";
 import { requireClientMsgId, requireId, requireIds, requireText } from "../common/validate.js";
+import { entryForDevice } from "./device-set.js";
 import type { GatewayCore } from "./gateway.js";
 
 const principalKey = createContextKey<Principal | undefined>(undefined, {
@@ -75,6 +76,8 @@ export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewaySer
           { [RETRY_AFTER_HEADER]: String(wait) },
         );
       }
+      // A mismatched device set is refused with the lists as a DeviceMismatch error detail.
+      await core.devices.check(p, entry);
       const r = await core.sends.append(p.userId, p.deviceId, entry);
       return { seq: r.seq, serverTimeMs: r.serverTimeMs };
     },
@@ -193,7 +196,11 @@ export function conversationService(
         afterSeq: req.afterSeq,
         limit: req.limit,
       });
-      return { entries: page.entries, lastSeq: page.lastSeq, hasMore: page.hasMore };
+      return {
+        entries: page.entries.map((e) => entryForDevice(e, p.deviceId)),
+        lastSeq: page.lastSeq,
+        hasMore: page.hasMore,
+      };
     },
     async setMute(req, ctx) {
       const p = principal(ctx);

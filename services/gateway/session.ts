@@ -16,6 +16,8 @@ import { newId } from "../common/ids.js";
 import { TokenBucket } from "../common/rate-limit.js";
 import { endSpan, injectContext, ROOT_CONTEXT, SpanKind, startSpan } from "../common/telemetry.js";
 import { requireClientMsgId, requireId } from "../common/validate.js";
+import { bodyBytes } from "../sequencer/device-payloads.js";
+import { entryForDevice, mismatchOf } from "./device-set.js";
 import type { GatewayCore } from "./gateway.js";
 import { Outbound } from "./outbound.js";
 
@@ -40,10 +42,7 @@ function frame(value: ConnectResponse["frame"]): ConnectResponse {
 }
 
 function payloadBytes(entry: Entry): number {
-  const body = entry.body;
-  return body.case === "message" || body.case === "edit" || body.case === "reaction"
-    ? body.value.payload.length
-    : 0;
+  return bodyBytes(entry.body);
 }
 
 /** Splits entries into frames of at most FRAME_ENTRIES entries and about FRAME_BYTES. */
@@ -91,6 +90,9 @@ export class Session {
   private readonly frames: TokenBucket;
   /** Sends waiting for an asynchronous rate-limit answer, in frame order. */
   private rateChain: Promise<void> = Promise.resolve();
+  /** Sends waiting for (or queued behind) a device-set check, in frame order. */
+  private checkChain: Promise<void> = Promise.resolve();
+  private checksPending = 0;
   private closed = false;
   private idle: (() => void) | undefined;
 
@@ -170,7 +172,11 @@ export class Session {
       this.progress.set(id, p);
     }
     if (entry.seq <= p.pushed) return;
-    if (p.running === undefined && entry.seq === p.pushed + 1n && this.offerEntries([entry])) {
+    if (
+      p.running === undefined &&
+      entry.seq === p.pushed + 1n &&
+      this.offerEntries([entryForDevice(entry, this.deviceId)])
+    ) {
       p.pushed = entry.seq;
       if (p.target < p.pushed) p.target = p.pushed;
       if (removesUser(entry, this.userId)) this.progress.delete(id);
@@ -286,7 +292,8 @@ export class Session {
         p.target = p.pushed;
         break;
       }
-      for (const chunk of chunks(page.entries)) {
+      const own = page.entries.map((e) => entryForDevice(e, this.deviceId));
+      for (const chunk of chunks(own)) {
         await this.outbound.space();
         if (this.closed) return pushed;
         this.outbound.force(
@@ -395,6 +402,7 @@ export class Session {
           code: error.code,
           message: error.rawMessage,
           retryAfterMs,
+          mismatch: mismatchOf(error),
         },
       }),
     );
@@ -457,6 +465,32 @@ export class Session {
       this.sendDone();
       return;
     }
+    const check = this.core.devices.check(this.principal, entry);
+    if (check === undefined && this.checksPending === 0) {
+      this.append(entry, receivedAt);
+      return;
+    }
+    // A pairwise send waits for its device-set check (checks run concurrently); every later
+    // send of this stream queues behind it, so sends reach the sequencer in frame order.
+    check?.catch(() => {});
+    this.checksPending++;
+    this.checkChain = this.checkChain
+      .then(() => check)
+      .then(
+        () => this.append(entry, receivedAt),
+        (err: unknown) => {
+          const e = ConnectError.from(err);
+          this.core.observe.sendAck((performance.now() - receivedAt) / 1000, "error");
+          this.sendError(entry, e, e.code === Code.Unavailable ? 500 : 0);
+          this.sendDone();
+        },
+      )
+      .finally(() => {
+        this.checksPending--;
+      });
+  }
+
+  private append(entry: OutgoingEntry, receivedAt: number): void {
     // A send starts its own trace: the stream it arrived on lives far longer than one message.
     const { span, ctx } = startSpan("gateway.send", ROOT_CONTEXT, {
       kind: SpanKind.SERVER,
@@ -601,7 +635,7 @@ export class Session {
         afterSeq,
         limit,
       });
-      page.entries = history.entries;
+      page.entries = history.entries.map((e) => entryForDevice(e, this.deviceId));
       page.lastSeq = history.lastSeq;
       page.hasMore = history.hasMore;
     } catch (err) {

@@ -34,6 +34,7 @@ import { shardOf } from "../common/shard.js";
 import { carries, context, endSpan, injectContext, startSpan } from "../common/telemetry.js";
 import type { ConversationRecord, ConversationStore, MemberRecord } from "../store/types.js";
 import type { ConversationState, CursorPair } from "./conversation.js";
+import { checkDevicePayloads, devicePayloadsOf } from "./device-payloads.js";
 import { type OutboxOptions, PublishOutbox } from "./outbox.js";
 import { type Batch, Shard } from "./shard.js";
 
@@ -102,7 +103,8 @@ function redacted(entry: Entry, bySeq: number): Entry {
   const copy = create(EntrySchema, { ...entry, redacted: true, redactedBySeq: BigInt(bySeq) });
   const body = copy.body;
   if (body.case === "message" || body.case === "edit" || body.case === "reaction") {
-    body.value = { ...body.value, payload: new Uint8Array(0) };
+    // Every device's ciphertext goes with the payload: nothing of the content stays.
+    body.value = { ...body.value, payload: new Uint8Array(0), devicePayloads: [] };
   }
   return copy;
 }
@@ -288,6 +290,12 @@ export class Sequencer {
     this.checkBody(outgoing);
     return this.withState(outgoing.conversationId, async (state, shard) => {
       this.requireMember(state, item.senderUserId);
+      if (devicePayloadsOf(outgoing.body).length > 0 && state.record?.kind !== "direct") {
+        throw new ConnectError(
+          "device_payloads: only in direct conversations; a group message carries one payload",
+          Code.InvalidArgument,
+        );
+      }
       const key = `${item.senderDeviceId}\n${outgoing.clientMsgId}`;
       const seen = await this.findRecent(state, key, item.senderDeviceId, outgoing.clientMsgId);
       if (seen !== undefined) return seen;
@@ -355,9 +363,11 @@ export class Sequencer {
       case "message":
       case "edit":
         refuseOver("payload", body.value.payload.length, limits.maxPayloadBytes);
+        checkDevicePayloads(body, limits);
         break;
       case "reaction":
         refuseOver("reaction", body.value.payload.length, limits.maxReactionBytes);
+        checkDevicePayloads(body, limits);
         break;
       case "delete":
         break;

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/entry.proto.
  */
 export const file_switchboard_v1_entry: GenFile = /*@__PURE__*/
-  fileDesc("Chpzd2l0Y2hib2FyZC92MS9lbnRyeS5wcm90bxIOc3dpdGNoYm9hcmQudjEisQMKBUVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJEhYKDnNlcnZlcl90aW1lX21zGAYgASgDEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAEjQKCm1lbWJlcnNoaXAYDiABKAsyHi5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQm9keUgAEhAKCHJlZGFjdGVkGBQgASgIEhcKD3JlZGFjdGVkX2J5X3NlcRgVIAEoBEIGCgRib2R5Ih4KC01lc3NhZ2VCb2R5Eg8KB3BheWxvYWQYASABKAwiLwoIRWRpdEJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBBIPCgdwYXlsb2FkGAIgASgMIiAKCkRlbGV0ZUJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBCIzCgxSZWFjdGlvbkJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBBIPCgdwYXlsb2FkGAIgASgMImMKDk1lbWJlcnNoaXBCb2R5EjAKBmFjdGlvbhgBIAEoDjIgLnN3aXRjaGJvYXJkLnYxLk1lbWJlcnNoaXBBY3Rpb24SEAoIdXNlcl9pZHMYAiADKAkSDQoFdGl0bGUYAyABKAkigQIKDU91dGdvaW5nRW50cnkSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSLgoHbWVzc2FnZRgKIAEoCzIbLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VCb2R5SAASKAoEZWRpdBgLIAEoCzIYLnN3aXRjaGJvYXJkLnYxLkVkaXRCb2R5SAASLAoGZGVsZXRlGAwgASgLMhouc3dpdGNoYm9hcmQudjEuRGVsZXRlQm9keUgAEjAKCHJlYWN0aW9uGA0gASgLMhwuc3dpdGNoYm9hcmQudjEuUmVhY3Rpb25Cb2R5SABCBgoEYm9keSqKAgoQTWVtYmVyc2hpcEFjdGlvbhIhCh1NRU1CRVJTSElQX0FDVElPTl9VTlNQRUNJRklFRBAAEh0KGU1FTUJFUlNISVBfQUNUSU9OX0NSRUFURUQQARIbChdNRU1CRVJTSElQX0FDVElPTl9BRERFRBACEh0KGU1FTUJFUlNISVBfQUNUSU9OX1JFTU9WRUQQAxIaChZNRU1CRVJTSElQX0FDVElPTl9MRUZUEAQSHgoaTUVNQkVSU0hJUF9BQ1RJT05fUFJPTU9URUQQBRIdChlNRU1CRVJTSElQX0FDVElPTl9ERU1PVEVEEAYSHQoZTUVNQkVSU0hJUF9BQ1RJT05fUkVOQU1FRBAHYgZwcm90bzM");
+  fileDesc("Chpzd2l0Y2hib2FyZC92MS9lbnRyeS5wcm90bxIOc3dpdGNoYm9hcmQudjEisQMKBUVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJEhYKDnNlcnZlcl90aW1lX21zGAYgASgDEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAEjQKCm1lbWJlcnNoaXAYDiABKAsyHi5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQm9keUgAEhAKCHJlZGFjdGVkGBQgASgIEhcKD3JlZGFjdGVkX2J5X3NlcRgVIAEoBEIGCgRib2R5IlkKC01lc3NhZ2VCb2R5Eg8KB3BheWxvYWQYASABKAwSOQoPZGV2aWNlX3BheWxvYWRzGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuRGV2aWNlQ2lwaGVydGV4dCJgChBEZXZpY2VDaXBoZXJ0ZXh0EhEKCWRldmljZV9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKA0SEgoKY2lwaGVydGV4dBgDIAEoDBIMCgR0eXBlGAQgASgNImoKCEVkaXRCb2R5EhIKCnRhcmdldF9zZXEYASABKAQSDwoHcGF5bG9hZBgCIAEoDBI5Cg9kZXZpY2VfcGF5bG9hZHMYAyADKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDaXBoZXJ0ZXh0IiAKCkRlbGV0ZUJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBCJuCgxSZWFjdGlvbkJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBBIPCgdwYXlsb2FkGAIgASgMEjkKD2RldmljZV9wYXlsb2FkcxgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNpcGhlcnRleHQiYwoOTWVtYmVyc2hpcEJvZHkSMAoGYWN0aW9uGAEgASgOMiAuc3dpdGNoYm9hcmQudjEuTWVtYmVyc2hpcEFjdGlvbhIQCgh1c2VyX2lkcxgCIAMoCRINCgV0aXRsZRgDIAEoCSKBAgoNT3V0Z29pbmdFbnRyeRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIuCgdtZXNzYWdlGAogASgLMhsuc3dpdGNoYm9hcmQudjEuTWVzc2FnZUJvZHlIABIoCgRlZGl0GAsgASgLMhguc3dpdGNoYm9hcmQudjEuRWRpdEJvZHlIABIsCgZkZWxldGUYDCABKAsyGi5zd2l0Y2hib2FyZC52MS5EZWxldGVCb2R5SAASMAoIcmVhY3Rpb24YDSABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWFjdGlvbkJvZHlIAEIGCgRib2R5KooCChBNZW1iZXJzaGlwQWN0aW9uEiEKHU1FTUJFUlNISVBfQUNUSU9OX1VOU1BFQ0lGSUVEEAASHQoZTUVNQkVSU0hJUF9BQ1RJT05fQ1JFQVRFRBABEhsKF01FTUJFUlNISVBfQUNUSU9OX0FEREVEEAISHQoZTUVNQkVSU0hJUF9BQ1RJT05fUkVNT1ZFRBADEhoKFk1FTUJFUlNISVBfQUNUSU9OX0xFRlQQBBIeChpNRU1CRVJTSElQX0FDVElPTl9QUk9NT1RFRBAFEh0KGU1FTUJFUlNISVBfQUNUSU9OX0RFTU9URUQQBhIdChlNRU1CRVJTSElQX0FDVElPTl9SRU5BTUVEEAdiBnByb3RvMw");
 
 /**
  * A conversation's log is a sequence of entries numbered 1, 2, 3, ... with no gaps.
@@ -112,7 +112,8 @@ export type Entry = Message<"switchboard.v1.Entry"> & {
 
   /**
    * True when this entry's content was removed by a later delete-for-everyone. The entry keeps
-   * its seq so the log has no gaps, but its payload is gone from the server.
+   * its seq so the log has no gaps, but its payload and every device payload are gone from the
+   * server.
    *
    * @generated from field: bool redacted = 20;
    */
@@ -141,11 +142,26 @@ export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
  */
 export type MessageBody = Message<"switchboard.v1.MessageBody"> & {
   /**
-   * Opaque application bytes.
+   * Opaque application bytes: one payload for every device (a plaintext-compatible message, or
+   * a group message encrypted once). Leave it empty when device_payloads is set.
    *
    * @generated from field: bytes payload = 1;
    */
   payload: Uint8Array;
+
+  /**
+   * Pairwise end-to-end encryption: one ciphertext per device instead of payload, only in
+   * direct conversations. A send must name exactly the conversation's devices (every active
+   * device of the peer with keys, and every other active device of the sender with keys, with
+   * their current registration ids) or it is refused with FAILED_PRECONDITION and the
+   * mismatched devices (SendErrorFrame.mismatch). The log keeps all of them; each device
+   * receives the entry with only its own ciphertext (none for the sending device). Setting both
+   * payload and device_payloads is INVALID_ARGUMENT. All ciphertexts together count against
+   * the payload limit.
+   *
+   * @generated from field: repeated switchboard.v1.DeviceCiphertext device_payloads = 2;
+   */
+  devicePayloads: DeviceCiphertext[];
 };
 
 /**
@@ -154,6 +170,52 @@ export type MessageBody = Message<"switchboard.v1.MessageBody"> & {
  */
 export const MessageBodySchema: GenMessage<MessageBody> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_entry, 1);
+
+/**
+ * One device's ciphertext of a pairwise end-to-end encrypted message, edit or reaction.
+ *
+ * @generated from message switchboard.v1.DeviceCiphertext
+ */
+export type DeviceCiphertext = Message<"switchboard.v1.DeviceCiphertext"> & {
+  /**
+   * The recipient device.
+   *
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+
+  /**
+   * The recipient device's registration id as the sender's session knows it (libsignal's
+   * remote registration id); it must equal the one in the key directory, otherwise the device
+   * is reported stale and the sender must open a new session with it.
+   *
+   * @generated from field: uint32 registration_id = 2;
+   */
+  registrationId: number;
+
+  /**
+   * libsignal's serialized ciphertext message; opaque to the server, never empty.
+   *
+   * @generated from field: bytes ciphertext = 3;
+   */
+  ciphertext: Uint8Array;
+
+  /**
+   * libsignal's CiphertextMessageType of ciphertext: 2 Whisper (an established session),
+   * 3 PreKey (the first messages of a new session), 7 SenderKey, 8 Plaintext. Passed through
+   * unchanged; the server does not interpret it.
+   *
+   * @generated from field: uint32 type = 4;
+   */
+  type: number;
+};
+
+/**
+ * Describes the message switchboard.v1.DeviceCiphertext.
+ * Use `create(DeviceCiphertextSchema)` to create a new message.
+ */
+export const DeviceCiphertextSchema: GenMessage<DeviceCiphertext> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_entry, 2);
 
 /**
  * Replaces the payload of an earlier message sent by the same user.
@@ -169,11 +231,21 @@ export type EditBody = Message<"switchboard.v1.EditBody"> & {
   targetSeq: bigint;
 
   /**
-   * The new opaque payload; same size limit as MessageBody.payload.
+   * The new opaque payload; same size limit as MessageBody.payload. Empty when
+   * device_payloads is set.
    *
    * @generated from field: bytes payload = 2;
    */
   payload: Uint8Array;
+
+  /**
+   * The new content as one ciphertext per device, with the same rules as
+   * MessageBody.device_payloads (direct conversations only, exactly the conversation's devices,
+   * not together with payload).
+   *
+   * @generated from field: repeated switchboard.v1.DeviceCiphertext device_payloads = 3;
+   */
+  devicePayloads: DeviceCiphertext[];
 };
 
 /**
@@ -181,7 +253,7 @@ export type EditBody = Message<"switchboard.v1.EditBody"> & {
  * Use `create(EditBodySchema)` to create a new message.
  */
 export const EditBodySchema: GenMessage<EditBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 2);
+  messageDesc(file_switchboard_v1_entry, 3);
 
 /**
  * Deletes an earlier message for everyone: the server removes its content (and that of its
@@ -204,7 +276,7 @@ export type DeleteBody = Message<"switchboard.v1.DeleteBody"> & {
  * Use `create(DeleteBodySchema)` to create a new message.
  */
 export const DeleteBodySchema: GenMessage<DeleteBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 3);
+  messageDesc(file_switchboard_v1_entry, 4);
 
 /**
  * A reaction to an earlier message. The latest reaction of a user to a message replaces the
@@ -226,6 +298,17 @@ export type ReactionBody = Message<"switchboard.v1.ReactionBody"> & {
    * @generated from field: bytes payload = 2;
    */
   payload: Uint8Array;
+
+  /**
+   * The reaction as one ciphertext per device, with the same rules as
+   * MessageBody.device_payloads (direct conversations only, exactly the conversation's devices,
+   * not together with payload; all ciphertexts together within the payload limit, since a
+   * PreKey message alone exceeds 256 bytes). A reaction with device_payloads is never a
+   * removal: remove a reaction with neither payload nor device_payloads.
+   *
+   * @generated from field: repeated switchboard.v1.DeviceCiphertext device_payloads = 3;
+   */
+  devicePayloads: DeviceCiphertext[];
 };
 
 /**
@@ -233,7 +316,7 @@ export type ReactionBody = Message<"switchboard.v1.ReactionBody"> & {
  * Use `create(ReactionBodySchema)` to create a new message.
  */
 export const ReactionBodySchema: GenMessage<ReactionBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 4);
+  messageDesc(file_switchboard_v1_entry, 5);
 
 /**
  * A membership or metadata change, written to the log so every member sees it in order.
@@ -268,7 +351,7 @@ export type MembershipBody = Message<"switchboard.v1.MembershipBody"> & {
  * Use `create(MembershipBodySchema)` to create a new message.
  */
 export const MembershipBodySchema: GenMessage<MembershipBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 5);
+  messageDesc(file_switchboard_v1_entry, 6);
 
 /**
  * What a device asks to append to a conversation. Used by the stream's send frame and by the
@@ -337,7 +420,7 @@ export type OutgoingEntry = Message<"switchboard.v1.OutgoingEntry"> & {
  * Use `create(OutgoingEntrySchema)` to create a new message.
  */
 export const OutgoingEntrySchema: GenMessage<OutgoingEntry> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 6);
+  messageDesc(file_switchboard_v1_entry, 7);
 
 /**
  * What happened to a conversation's membership or metadata.

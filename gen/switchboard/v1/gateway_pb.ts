@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/gateway.proto.
  */
 export const file_switchboard_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSL2AgoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAQgcKBWZyYW1lIvUECg9Db25uZWN0UmVzcG9uc2USKwoFcmVhZHkYASABKAsyGi5zd2l0Y2hib2FyZC52MS5SZWFkeUZyYW1lSAASLwoHbWVzc2FnZRgCIAEoCzIcLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VGcmFtZUgAEjAKCHNlbmRfYWNrGAMgASgLMhwuc3dpdGNoYm9hcmQudjEuU2VuZEFja0ZyYW1lSAASNAoKc2VuZF9lcnJvchgEIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlNlbmRFcnJvckZyYW1lSAASLwoHcmVjZWlwdBgFIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgGIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABIxCghwcmVzZW5jZRgHIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWVIABIyCglzeW5jX3BhZ2UYCCABKAsyHS5zd2l0Y2hib2FyZC52MS5TeW5jUGFnZUZyYW1lSAASKQoEcG9uZxgJIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBvbmdGcmFtZUgAEjIKCWNhdWdodF91cBgKIAEoCzIdLnN3aXRjaGJvYXJkLnYxLkNhdWdodFVwRnJhbWVIABIwCgVlcnJvchgLIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkZyYW1lRXJyb3JGcmFtZUgAEjYKC3ByZWtleXNfbG93GAwgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lSABCBwoFZnJhbWUiUgoPUHJla2V5c0xvd0ZyYW1lEh0KFW9uZV90aW1lX2VjX3JlbWFpbmluZxgBIAEoDRIgChhvbmVfdGltZV9reWJlcl9yZW1haW5pbmcYAiABKA0iOgoSQ29udmVyc2F0aW9uQ3Vyc29yEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiPwoIQWNrRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciJACglSZWFkRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciI2CgtUeXBpbmdGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGYWN0aXZlGAIgASgIIlIKFlByZXNlbmNlU3Vic2NyaWJlRnJhbWUSGgoSc3Vic2NyaWJlX3VzZXJfaWRzGAEgAygJEhwKFHVuc3Vic2NyaWJlX3VzZXJfaWRzGAIgAygJImEKEFN5bmNSZXF1ZXN0RnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoDRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIhoKCVBpbmdGcmFtZRINCgVub25jZRgBIAEoBCJ0CgxTdHJlYW1MaW1pdHMSGQoRbWF4X3BheWxvYWRfYnl0ZXMYASABKA0SGwoTbWF4X3NlbmRzX2luX2ZsaWdodBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhIKCnNlbmRfYnVyc3QYBCABKA0iigEKClJlYWR5RnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAxIsCgZsaW1pdHMYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5TdHJlYW1MaW1pdHMiNgoMTWVzc2FnZUZyYW1lEiYKB2VudHJpZXMYASADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSIgCg1DYXVnaHRVcEZyYW1lEg8KB2VudHJpZXMYASABKAQiYwoMU2VuZEFja0ZyYW1lEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAyJ3Cg5TZW5kRXJyb3JGcmFtZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIMCgRjb2RlGAMgASgNEg8KB21lc3NhZ2UYBCABKAkSFgoOcmV0cnlfYWZ0ZXJfbXMYBSABKA0ihwEKDFJlY2VpcHRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRraW5kGAMgASgOMhsuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEtpbmQSEQoJdXBfdG9fc2VxGAQgASgEEg8KB3RpbWVfbXMYBSABKAMiXwoQVHlwaW5nRXZlbnRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkSDgoGYWN0aXZlGAQgASgIIkYKDVByZXNlbmNlRnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSFAoMbGFzdF9zZWVuX21zGAMgASgDIrMBCg1TeW5jUGFnZUZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiYKB2VudHJpZXMYAyADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIQCghsYXN0X3NlcRgEIAEoBBIQCghoYXNfbW9yZRgFIAEoCBISCgplcnJvcl9jb2RlGAYgASgNEhUKDWVycm9yX21lc3NhZ2UYByABKAkiPwoPRnJhbWVFcnJvckZyYW1lEg0KBWZyYW1lGAEgASgJEgwKBGNvZGUYAiABKA0SDwoHbWVzc2FnZRgDIAEoCSIyCglQb25nRnJhbWUSDQoFbm9uY2UYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiOwoLU2VuZFJlcXVlc3QSLAoFZW50cnkYASABKAsyHS5zd2l0Y2hib2FyZC52MS5PdXRnb2luZ0VudHJ5IjMKDFNlbmRSZXNwb25zZRILCgNzZXEYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIyowEKDkdhdGV3YXlTZXJ2aWNlEk4KB0Nvbm5lY3QSHi5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVxdWVzdBofLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSgBMAESQQoEU2VuZBIbLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXF1ZXN0Ghwuc3dpdGNoYm9hcmQudjEuU2VuZFJlc3BvbnNlYgZwcm90bzM", [file_switchboard_v1_entry]);
+  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSL2AgoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAQgcKBWZyYW1lIvUECg9Db25uZWN0UmVzcG9uc2USKwoFcmVhZHkYASABKAsyGi5zd2l0Y2hib2FyZC52MS5SZWFkeUZyYW1lSAASLwoHbWVzc2FnZRgCIAEoCzIcLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VGcmFtZUgAEjAKCHNlbmRfYWNrGAMgASgLMhwuc3dpdGNoYm9hcmQudjEuU2VuZEFja0ZyYW1lSAASNAoKc2VuZF9lcnJvchgEIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlNlbmRFcnJvckZyYW1lSAASLwoHcmVjZWlwdBgFIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgGIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABIxCghwcmVzZW5jZRgHIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWVIABIyCglzeW5jX3BhZ2UYCCABKAsyHS5zd2l0Y2hib2FyZC52MS5TeW5jUGFnZUZyYW1lSAASKQoEcG9uZxgJIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBvbmdGcmFtZUgAEjIKCWNhdWdodF91cBgKIAEoCzIdLnN3aXRjaGJvYXJkLnYxLkNhdWdodFVwRnJhbWVIABIwCgVlcnJvchgLIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkZyYW1lRXJyb3JGcmFtZUgAEjYKC3ByZWtleXNfbG93GAwgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lSABCBwoFZnJhbWUiUgoPUHJla2V5c0xvd0ZyYW1lEh0KFW9uZV90aW1lX2VjX3JlbWFpbmluZxgBIAEoDRIgChhvbmVfdGltZV9reWJlcl9yZW1haW5pbmcYAiABKA0iOgoSQ29udmVyc2F0aW9uQ3Vyc29yEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiPwoIQWNrRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciJACglSZWFkRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciI2CgtUeXBpbmdGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGYWN0aXZlGAIgASgIIlIKFlByZXNlbmNlU3Vic2NyaWJlRnJhbWUSGgoSc3Vic2NyaWJlX3VzZXJfaWRzGAEgAygJEhwKFHVuc3Vic2NyaWJlX3VzZXJfaWRzGAIgAygJImEKEFN5bmNSZXF1ZXN0RnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoDRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIhoKCVBpbmdGcmFtZRINCgVub25jZRgBIAEoBCJ0CgxTdHJlYW1MaW1pdHMSGQoRbWF4X3BheWxvYWRfYnl0ZXMYASABKA0SGwoTbWF4X3NlbmRzX2luX2ZsaWdodBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhIKCnNlbmRfYnVyc3QYBCABKA0iigEKClJlYWR5RnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAxIsCgZsaW1pdHMYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5TdHJlYW1MaW1pdHMiNgoMTWVzc2FnZUZyYW1lEiYKB2VudHJpZXMYASADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSIgCg1DYXVnaHRVcEZyYW1lEg8KB2VudHJpZXMYASABKAQiYwoMU2VuZEFja0ZyYW1lEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAyKpAQoOU2VuZEVycm9yRnJhbWUSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDAoEY29kZRgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEhYKDnJldHJ5X2FmdGVyX21zGAUgASgNEjAKCG1pc21hdGNoGAYgASgLMh4uc3dpdGNoYm9hcmQudjEuRGV2aWNlTWlzbWF0Y2gipQEKDkRldmljZU1pc21hdGNoEjEKB21pc3NpbmcYASADKAsyIC5zd2l0Y2hib2FyZC52MS5NaXNtYXRjaGVkRGV2aWNlEi8KBWV4dHJhGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuTWlzbWF0Y2hlZERldmljZRIvCgVzdGFsZRgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLk1pc21hdGNoZWREZXZpY2UiTwoQTWlzbWF0Y2hlZERldmljZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAyABKA0ihwEKDFJlY2VpcHRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRraW5kGAMgASgOMhsuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEtpbmQSEQoJdXBfdG9fc2VxGAQgASgEEg8KB3RpbWVfbXMYBSABKAMiXwoQVHlwaW5nRXZlbnRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkSDgoGYWN0aXZlGAQgASgIIkYKDVByZXNlbmNlRnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSFAoMbGFzdF9zZWVuX21zGAMgASgDIrMBCg1TeW5jUGFnZUZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiYKB2VudHJpZXMYAyADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIQCghsYXN0X3NlcRgEIAEoBBIQCghoYXNfbW9yZRgFIAEoCBISCgplcnJvcl9jb2RlGAYgASgNEhUKDWVycm9yX21lc3NhZ2UYByABKAkiPwoPRnJhbWVFcnJvckZyYW1lEg0KBWZyYW1lGAEgASgJEgwKBGNvZGUYAiABKA0SDwoHbWVzc2FnZRgDIAEoCSIyCglQb25nRnJhbWUSDQoFbm9uY2UYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiOwoLU2VuZFJlcXVlc3QSLAoFZW50cnkYASABKAsyHS5zd2l0Y2hib2FyZC52MS5PdXRnb2luZ0VudHJ5IjMKDFNlbmRSZXNwb25zZRILCgNzZXEYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIyowEKDkdhdGV3YXlTZXJ2aWNlEk4KB0Nvbm5lY3QSHi5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVxdWVzdBofLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSgBMAESQQoEU2VuZBIbLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXF1ZXN0Ghwuc3dpdGNoYm9hcmQudjEuU2VuZFJlc3BvbnNlYgZwcm90bzM", [file_switchboard_v1_entry]);
 
 /**
  * A frame from the device to the server.
@@ -648,6 +648,16 @@ export type SendErrorFrame = Message<"switchboard.v1.SendErrorFrame"> & {
    * @generated from field: uint32 retry_after_ms = 5;
    */
   retryAfterMs: number;
+
+  /**
+   * Set with code 9 FAILED_PRECONDITION when the send's device_payloads do not match the
+   * conversation's devices: which are missing, extra and stale. Fix the set (fetch bundles for
+   * missing and stale devices, drop sessions with extra ones) and retry with the same
+   * client_msg_id. The unary Send carries the same message as a Connect error detail.
+   *
+   * @generated from field: switchboard.v1.DeviceMismatch mismatch = 6;
+   */
+  mismatch?: DeviceMismatch | undefined;
 };
 
 /**
@@ -656,6 +666,82 @@ export type SendErrorFrame = Message<"switchboard.v1.SendErrorFrame"> & {
  */
 export const SendErrorFrameSchema: GenMessage<SendErrorFrame> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_gateway, 15);
+
+/**
+ * Why a send's per-device ciphertexts were refused: the devices it must add, drop or re-key.
+ * Each list is sorted by device id; at least one list is non-empty.
+ *
+ * @generated from message switchboard.v1.DeviceMismatch
+ */
+export type DeviceMismatch = Message<"switchboard.v1.DeviceMismatch"> & {
+  /**
+   * Active devices with keys that have no ciphertext in the send: the peer's devices and the
+   * sender's own other devices. Fetch their bundles (KeyService.GetBundles with device_ids),
+   * open sessions, and add their ciphertexts.
+   *
+   * @generated from field: repeated switchboard.v1.MismatchedDevice missing = 1;
+   */
+  missing: MismatchedDevice[];
+
+  /**
+   * Ciphertexts for devices that must not get one: revoked or unknown devices, devices without
+   * keys, devices of other users, or the sending device itself. Drop them (and the sessions).
+   * user_id is empty for these: the server does not say whose an unknown device is.
+   *
+   * @generated from field: repeated switchboard.v1.MismatchedDevice extra = 2;
+   */
+  extra: MismatchedDevice[];
+
+  /**
+   * Devices whose registration id in the send differs from the key directory's: the session
+   * is with an older installation. Drop the session, fetch a new bundle, encrypt again.
+   *
+   * @generated from field: repeated switchboard.v1.MismatchedDevice stale = 3;
+   */
+  stale: MismatchedDevice[];
+};
+
+/**
+ * Describes the message switchboard.v1.DeviceMismatch.
+ * Use `create(DeviceMismatchSchema)` to create a new message.
+ */
+export const DeviceMismatchSchema: GenMessage<DeviceMismatch> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 16);
+
+/**
+ * One device named in a DeviceMismatch.
+ *
+ * @generated from message switchboard.v1.MismatchedDevice
+ */
+export type MismatchedDevice = Message<"switchboard.v1.MismatchedDevice"> & {
+  /**
+   * The device's user; empty for extra devices.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The device.
+   *
+   * @generated from field: string device_id = 2;
+   */
+  deviceId: string;
+
+  /**
+   * The device's registration id in the key directory; 0 for extra devices.
+   *
+   * @generated from field: uint32 registration_id = 3;
+   */
+  registrationId: number;
+};
+
+/**
+ * Describes the message switchboard.v1.MismatchedDevice.
+ * Use `create(MismatchedDeviceSchema)` to create a new message.
+ */
+export const MismatchedDeviceSchema: GenMessage<MismatchedDevice> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 17);
 
 /**
  * A member's cursor moved past entries the receiving user sent.
@@ -704,7 +790,7 @@ export type ReceiptFrame = Message<"switchboard.v1.ReceiptFrame"> & {
  * Use `create(ReceiptFrameSchema)` to create a new message.
  */
 export const ReceiptFrameSchema: GenMessage<ReceiptFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 16);
+  messageDesc(file_switchboard_v1_gateway, 18);
 
 /**
  * A member's typing indicator.
@@ -746,7 +832,7 @@ export type TypingEventFrame = Message<"switchboard.v1.TypingEventFrame"> & {
  * Use `create(TypingEventFrameSchema)` to create a new message.
  */
 export const TypingEventFrameSchema: GenMessage<TypingEventFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 17);
+  messageDesc(file_switchboard_v1_gateway, 19);
 
 /**
  * A user's presence.
@@ -781,7 +867,7 @@ export type PresenceFrame = Message<"switchboard.v1.PresenceFrame"> & {
  * Use `create(PresenceFrameSchema)` to create a new message.
  */
 export const PresenceFrameSchema: GenMessage<PresenceFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 18);
+  messageDesc(file_switchboard_v1_gateway, 20);
 
 /**
  * A page of a conversation's log.
@@ -844,7 +930,7 @@ export type SyncPageFrame = Message<"switchboard.v1.SyncPageFrame"> & {
  * Use `create(SyncPageFrameSchema)` to create a new message.
  */
 export const SyncPageFrameSchema: GenMessage<SyncPageFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 19);
+  messageDesc(file_switchboard_v1_gateway, 21);
 
 /**
  * A refused frame (ack, read, typing, presence_subscribe, or one this server does not know).
@@ -880,7 +966,7 @@ export type FrameErrorFrame = Message<"switchboard.v1.FrameErrorFrame"> & {
  * Use `create(FrameErrorFrameSchema)` to create a new message.
  */
 export const FrameErrorFrameSchema: GenMessage<FrameErrorFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 20);
+  messageDesc(file_switchboard_v1_gateway, 22);
 
 /**
  * The answer to a ping.
@@ -908,7 +994,7 @@ export type PongFrame = Message<"switchboard.v1.PongFrame"> & {
  * Use `create(PongFrameSchema)` to create a new message.
  */
 export const PongFrameSchema: GenMessage<PongFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 21);
+  messageDesc(file_switchboard_v1_gateway, 23);
 
 /**
  * GatewayService.Send request.
@@ -929,7 +1015,7 @@ export type SendRequest = Message<"switchboard.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 22);
+  messageDesc(file_switchboard_v1_gateway, 24);
 
 /**
  * GatewayService.Send response.
@@ -957,7 +1043,7 @@ export type SendResponse = Message<"switchboard.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 23);
+  messageDesc(file_switchboard_v1_gateway, 25);
 
 /**
  * The kind of a receipt.

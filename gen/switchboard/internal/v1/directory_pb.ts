@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/directory.proto.
  */
 export const file_switchboard_internal_v1_directory: GenFile = /*@__PURE__*/
-  fileDesc("Cidzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9kaXJlY3RvcnkucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIkIKDERldmljZVN0YXR1cxIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZhY3RpdmUYAyABKAgiJwoRR2V0RGV2aWNlc1JlcXVlc3QSEgoKZGV2aWNlX2lkcxgBIAMoCSJMChJHZXREZXZpY2VzUmVzcG9uc2USNgoHZGV2aWNlcxgBIAMoCzIlLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVN0YXR1cyIyCgtVc2VyRGV2aWNlcxIPCgd1c2VyX2lkGAEgASgJEhIKCmRldmljZV9pZHMYAiADKAkiKQoVR2V0VXNlckRldmljZXNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk0KFkdldFVzZXJEZXZpY2VzUmVzcG9uc2USMwoFdXNlcnMYASADKAsyJC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlcyIlChFDaGVja1VzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSIvChJDaGVja1VzZXJzUmVzcG9uc2USGQoRZXhpc3RpbmdfdXNlcl9pZHMYASADKAki3AEKEERldmljZVB1c2hUYXJnZXQSEQoJZGV2aWNlX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJdGFyZ2V0X2lkGAMgASgJEjEKCHdlYl9wdXNoGAQgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgFIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYBiABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IisKFUdldFB1c2hUYXJnZXRzUmVxdWVzdBISCgpkZXZpY2VfaWRzGAEgAygJIlQKFkdldFB1c2hUYXJnZXRzUmVzcG9uc2USOgoHdGFyZ2V0cxgBIAMoCzIpLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVB1c2hUYXJnZXQiPQoVRHJvcFB1c2hUYXJnZXRSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIRCgl0YXJnZXRfaWQYAiABKAkiKQoWRHJvcFB1c2hUYXJnZXRSZXNwb25zZRIPCgdkcm9wcGVkGAEgASgIMrkEChBEaXJlY3RvcnlTZXJ2aWNlEmUKCkdldERldmljZXMSKi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXREZXZpY2VzUmVxdWVzdBorLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldERldmljZXNSZXNwb25zZRJxCg5HZXRVc2VyRGV2aWNlcxIuLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldFVzZXJEZXZpY2VzUmVxdWVzdBovLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldFVzZXJEZXZpY2VzUmVzcG9uc2USZQoKQ2hlY2tVc2VycxIqLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkNoZWNrVXNlcnNSZXF1ZXN0Gisuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ2hlY2tVc2Vyc1Jlc3BvbnNlEnEKDkdldFB1c2hUYXJnZXRzEi4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0UHVzaFRhcmdldHNSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0UHVzaFRhcmdldHNSZXNwb25zZRJxCg5Ecm9wUHVzaFRhcmdldBIuLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRyb3BQdXNoVGFyZ2V0UmVxdWVzdBovLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRyb3BQdXNoVGFyZ2V0UmVzcG9uc2ViBnByb3RvMw", [file_switchboard_v1_accounts]);
+  fileDesc("Cidzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9kaXJlY3RvcnkucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIkIKDERldmljZVN0YXR1cxIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZhY3RpdmUYAyABKAgiJwoRR2V0RGV2aWNlc1JlcXVlc3QSEgoKZGV2aWNlX2lkcxgBIAMoCSJMChJHZXREZXZpY2VzUmVzcG9uc2USNgoHZGV2aWNlcxgBIAMoCzIlLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVN0YXR1cyIyCgtVc2VyRGV2aWNlcxIPCgd1c2VyX2lkGAEgASgJEhIKCmRldmljZV9pZHMYAiADKAkiKQoVR2V0VXNlckRldmljZXNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk0KFkdldFVzZXJEZXZpY2VzUmVzcG9uc2USMwoFdXNlcnMYASADKAsyJC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlcyIlChFDaGVja1VzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSIvChJDaGVja1VzZXJzUmVzcG9uc2USGQoRZXhpc3RpbmdfdXNlcl9pZHMYASADKAki3AEKEERldmljZVB1c2hUYXJnZXQSEQoJZGV2aWNlX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJdGFyZ2V0X2lkGAMgASgJEjEKCHdlYl9wdXNoGAQgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgFIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYBiABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IisKFUdldFB1c2hUYXJnZXRzUmVxdWVzdBISCgpkZXZpY2VfaWRzGAEgAygJIlQKFkdldFB1c2hUYXJnZXRzUmVzcG9uc2USOgoHdGFyZ2V0cxgBIAMoCzIpLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVB1c2hUYXJnZXQiPQoVRHJvcFB1c2hUYXJnZXRSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIRCgl0YXJnZXRfaWQYAiABKAkiKQoWRHJvcFB1c2hUYXJnZXRSZXNwb25zZRIPCgdkcm9wcGVkGAEgASgIIkAKEkRldmljZVJlZ2lzdHJhdGlvbhIRCglkZXZpY2VfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgNImgKF1VzZXJEZXZpY2VSZWdpc3RyYXRpb25zEg8KB3VzZXJfaWQYASABKAkSPAoHZGV2aWNlcxgCIAMoCzIrLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJlZ2lzdHJhdGlvbiIxCh1HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJhCh5HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVzcG9uc2USPwoFdXNlcnMYASADKAsyMC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlUmVnaXN0cmF0aW9uczLFBQoQRGlyZWN0b3J5U2VydmljZRJlCgpHZXREZXZpY2VzEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlc1JlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXREZXZpY2VzUmVzcG9uc2UScQoOR2V0VXNlckRldmljZXMSLi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRVc2VyRGV2aWNlc1JlcXVlc3QaLy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRVc2VyRGV2aWNlc1Jlc3BvbnNlEmUKCkNoZWNrVXNlcnMSKi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DaGVja1VzZXJzUmVxdWVzdBorLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkNoZWNrVXNlcnNSZXNwb25zZRJxCg5HZXRQdXNoVGFyZ2V0cxIuLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldFB1c2hUYXJnZXRzUmVxdWVzdBovLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldFB1c2hUYXJnZXRzUmVzcG9uc2UScQoORHJvcFB1c2hUYXJnZXQSLi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Ecm9wUHVzaFRhcmdldFJlcXVlc3QaLy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Ecm9wUHVzaFRhcmdldFJlc3BvbnNlEokBChZHZXREZXZpY2VSZWdpc3RyYXRpb25zEjYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlUmVnaXN0cmF0aW9uc1JlcXVlc3QaNy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_v1_accounts]);
 
 /**
  * A device's status.
@@ -361,6 +361,105 @@ export const DropPushTargetResponseSchema: GenMessage<DropPushTargetResponse> = 
   messageDesc(file_switchboard_internal_v1_directory, 12);
 
 /**
+ * One active device and its registration id.
+ *
+ * @generated from message switchboard.internal.v1.DeviceRegistration
+ */
+export type DeviceRegistration = Message<"switchboard.internal.v1.DeviceRegistration"> & {
+  /**
+   * The device.
+   *
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+
+  /**
+   * libsignal's registration id from the key directory; 0 when the device has not uploaded
+   * keys yet (no session can be opened with it, so no ciphertext is expected for it).
+   *
+   * @generated from field: uint32 registration_id = 2;
+   */
+  registrationId: number;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.DeviceRegistration.
+ * Use `create(DeviceRegistrationSchema)` to create a new message.
+ */
+export const DeviceRegistrationSchema: GenMessage<DeviceRegistration> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 13);
+
+/**
+ * A user's active devices with their registration ids.
+ *
+ * @generated from message switchboard.internal.v1.UserDeviceRegistrations
+ */
+export type UserDeviceRegistrations = Message<"switchboard.internal.v1.UserDeviceRegistrations"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Every active device of the user, oldest first.
+   *
+   * @generated from field: repeated switchboard.internal.v1.DeviceRegistration devices = 2;
+   */
+  devices: DeviceRegistration[];
+};
+
+/**
+ * Describes the message switchboard.internal.v1.UserDeviceRegistrations.
+ * Use `create(UserDeviceRegistrationsSchema)` to create a new message.
+ */
+export const UserDeviceRegistrationsSchema: GenMessage<UserDeviceRegistrations> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 14);
+
+/**
+ * DirectoryService.GetDeviceRegistrations request.
+ *
+ * @generated from message switchboard.internal.v1.GetDeviceRegistrationsRequest
+ */
+export type GetDeviceRegistrationsRequest = Message<"switchboard.internal.v1.GetDeviceRegistrationsRequest"> & {
+  /**
+   * At most 1,024 ids.
+   *
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message switchboard.internal.v1.GetDeviceRegistrationsRequest.
+ * Use `create(GetDeviceRegistrationsRequestSchema)` to create a new message.
+ */
+export const GetDeviceRegistrationsRequestSchema: GenMessage<GetDeviceRegistrationsRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 15);
+
+/**
+ * DirectoryService.GetDeviceRegistrations response.
+ *
+ * @generated from message switchboard.internal.v1.GetDeviceRegistrationsResponse
+ */
+export type GetDeviceRegistrationsResponse = Message<"switchboard.internal.v1.GetDeviceRegistrationsResponse"> & {
+  /**
+   * One element per known user; unknown ids are left out.
+   *
+   * @generated from field: repeated switchboard.internal.v1.UserDeviceRegistrations users = 1;
+   */
+  users: UserDeviceRegistrations[];
+};
+
+/**
+ * Describes the message switchboard.internal.v1.GetDeviceRegistrationsResponse.
+ * Use `create(GetDeviceRegistrationsResponseSchema)` to create a new message.
+ */
+export const GetDeviceRegistrationsResponseSchema: GenMessage<GetDeviceRegistrationsResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 16);
+
+/**
  * The accounts service's internal face: what other services need to know about users and
  * devices. Tokens are verified locally by every service with the shared key; the directory
  * answers whether a device is still active.
@@ -417,6 +516,17 @@ export const DirectoryService: GenService<{
     methodKind: "unary";
     input: typeof DropPushTargetRequestSchema;
     output: typeof DropPushTargetResponseSchema;
+  },
+  /**
+   * The active devices of users with their registration ids from the key directory, for the
+   * gateways' check of per-device ciphertexts.
+   *
+   * @generated from rpc switchboard.internal.v1.DirectoryService.GetDeviceRegistrations
+   */
+  getDeviceRegistrations: {
+    methodKind: "unary";
+    input: typeof GetDeviceRegistrationsRequestSchema;
+    output: typeof GetDeviceRegistrationsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_internal_v1_directory, 0);

@@ -71,8 +71,8 @@ export class Accounts {
   private readonly now: () => number;
   /**
    * The key directory of this accounts role, which knows the devices' registration ids
-   * (DirectoryService.GetDeviceRegistrations). keyService() attaches it: both are built in the
-   * accounts role, and that is where both are at hand.
+   * (DirectoryService.GetDeviceRegistrations). The server attaches it when it builds the
+   * accounts role, which owns both.
    */
   keyDirectory: Pick<Keys, "registrations"> | undefined;
 

@@ -19,8 +19,6 @@ function counts(c: PrekeyCountsRecord) {
  * authenticated like AccountService's: a valid access token of a device that is not revoked.
  */
 export function keyService(keys: Keys, accounts: Accounts, tokens: Tokens): ServiceImpl<typeof KeyService> {
-  // DirectoryService.GetDeviceRegistrations (served from `accounts`) reads the same directory.
-  accounts.keyDirectory = keys;
   async function principal(ctx: HandlerContext): Promise<Principal> {
     const p = await tokens.verifyHeader(ctx.requestHeader.get("authorization"));
     const [device] = await accounts.getDevices([p.deviceId]);

@@ -283,6 +283,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         register: (r) => r.service(DirectoryService, directoryService(accounts!)),
       });
       const keys = new Keys(store!.keys, store!.accounts, bus, log, DEFAULT_KEYS_OPTIONS);
+      // DirectoryService.GetDeviceRegistrations answers from the same key directory.
+      accounts.keyDirectory = keys;
       const stopKeyWatch = keys.watchRevocations();
       closers.add("key revocations", () => stopKeyWatch());
       local.push({

@@ -32,7 +32,8 @@ export async function writeFileAtomic(path: string, data: string, mode = 0o600):
   await syncDirectory(join(path, ".."));
 }
 
-async function syncDirectory(dir: string): Promise<void> {
+/** Makes a directory's entries (a rename, an unlink) durable. */
+export async function syncDirectory(dir: string): Promise<void> {
   let handle: Awaited<ReturnType<typeof open>> | undefined;
   try {
     handle = await open(dir, "r");
@@ -332,7 +333,8 @@ function processAlive(pid: number): boolean {
   }
 }
 
-function isErrno(err: unknown, ...codes: string[]): boolean {
+/** True for a Node system error with one of the given codes. */
+export function isErrno(err: unknown, ...codes: string[]): boolean {
   return (
     typeof err === "object" && err !== null && codes.includes((err as { code?: unknown }).code as string)
   );

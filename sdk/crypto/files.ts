@@ -1,6 +1,9 @@
 import { randomBytes } from "node:crypto";
 import { mkdir, open, readdir, readFile, rename, unlink } from "node:fs/promises";
 import { dirname, join } from "node:path";
+import { isErrno, syncDirectory } from "../profile.js";
+
+export { isErrno };
 
 // The same discipline as sdk/profile.ts (temporary file, fsync, rename, fsync of the directory),
 // for binary records and for batches: a batch of records shares one directory fsync, which is what
@@ -62,19 +65,6 @@ export async function removeFiles(dir: string, names: string[]): Promise<void> {
     });
   }
   await syncDirectory(dir);
-}
-
-async function syncDirectory(dir: string): Promise<void> {
-  let handle: Awaited<ReturnType<typeof open>> | undefined;
-  try {
-    handle = await open(dir, "r");
-    await handle.sync();
-  } catch (err) {
-    // Some platforms (Windows) cannot open or fsync directories; the rename is still atomic there.
-    if (!isErrno(err, "EISDIR", "EPERM", "EINVAL", "EBADF")) throw err;
-  } finally {
-    await handle?.close();
-  }
 }
 
 /** Reads a file, or undefined when it does not exist. */
@@ -216,10 +206,4 @@ function encodeName(key: string): string {
 function decodeName(name: string): string | undefined {
   if (!/^(?:[0-9a-f]{2})+$/.test(name)) return undefined;
   return Buffer.from(name, "hex").toString("utf8");
-}
-
-export function isErrno(err: unknown, ...codes: string[]): boolean {
-  return (
-    typeof err === "object" && err !== null && codes.includes((err as { code?: unknown }).code as string)
-  );
 }

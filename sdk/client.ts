@@ -1,20 +1,28 @@
 import { randomBytes } from "node:crypto";
 import { hostname } from "node:os";
-import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
+import { clone, create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Device, SetPushTargetRequestSchema, User } from "../gen/switchboard/v1/accounts_pb.js";
 import type { Conversation, Member, MemberRole } from "../gen/switchboard/v1/conversations_pb.js";
-import { type Entry, type OutgoingEntry, OutgoingEntrySchema } from "../gen/switchboard/v1/entry_pb.js";
+import {
+  type DeviceCiphertext,
+  type Entry,
+  type OutgoingEntry,
+  OutgoingEntrySchema,
+} from "../gen/switchboard/v1/entry_pb.js";
 import {
   type ConnectRequest,
   ConnectRequestSchema,
   type ConnectResponse,
+  type DeviceMismatch,
+  DeviceMismatchSchema,
   ReceiptKind,
   type SendAckFrame,
   type SendErrorFrame,
   type StreamLimits,
 } from "../gen/switchboard/v1/gateway_pb.js";
 import { Backoff } from "./backoff.js";
+import { E2ee, MAX_MISMATCH_RETRIES } from "./e2ee.js";
 import { Profile } from "./profile.js";
 import { ReorderBuffer } from "./reorder.js";
 import {
@@ -70,6 +78,8 @@ interface PendingSend {
    * current stream; waiting: retrying after the server asked us to. */
   state: "persisting" | "queued" | "inflight" | "waiting";
   retries: number;
+  /** Re-encryptions after refusals for mismatched devices. */
+  mismatchRetries: number;
   timer: NodeJS.Timeout | undefined;
   promise: Promise<SendResult>;
   resolve(result: SendResult): void;
@@ -134,6 +144,7 @@ export class SwitchboardClient {
     private readonly conn: ServerConnection,
     private readonly codec: PayloadCodec,
     tuning: ClientTuning,
+    private readonly e2ee: E2ee | undefined = undefined,
   ) {
     this.tuning = {
       backoffBaseMs: tuning.backoffBaseMs ?? 250,
@@ -173,7 +184,23 @@ export class SwitchboardClient {
       unaryTimeoutMs: UNARY_TIMEOUT_MS,
       ...(options.alternateUrls !== undefined && { alternateUrls: options.alternateUrls }),
     });
-    return new SwitchboardClient(profile, conn, options.codec ?? identityCodec, options);
+    let client: SwitchboardClient | undefined;
+    const e2ee =
+      options.encryption === true
+        ? await E2ee.open(
+            profile.dir,
+            { userId: profile.credentials.userId, deviceId: profile.credentials.deviceId },
+            conn,
+            (event) => client?.emit("identityChanged", event),
+          )
+        : undefined;
+    client = new SwitchboardClient(profile, conn, options.codec ?? identityCodec, options, e2ee);
+    return client;
+  }
+
+  /** True when direct conversations are end-to-end encrypted (OpenOptions.encryption). */
+  get encrypted(): boolean {
+    return this.e2ee !== undefined;
   }
 
   /** Registers a new user with this device as its first, writes a new profile and opens it. */
@@ -348,7 +375,9 @@ export class SwitchboardClient {
       await this.profile.lock();
       this.loop = this.runLoop();
     }
-    return this.firstReady.promise;
+    await this.firstReady.promise;
+    // With encryption, others can reach this device only once its keys are in the directory.
+    if (this.e2ee !== undefined) await this.e2ee.ensureKeys();
   }
 
   /**
@@ -581,8 +610,19 @@ export class SwitchboardClient {
         }
         void this.flushAcks().catch(() => {});
         this.pump();
+        // Uploads the first keys, or tops up one-time prekeys (a prekeys_low notice is sent only
+        // to devices online at that moment).
+        this.e2ee?.ensureKeys().catch((err: unknown) => this.keysFailed(err));
         return;
       }
+      case "prekeysLow":
+        this.e2ee
+          ?.replenish({
+            oneTimeEcPrekeys: frame.value.oneTimeEcRemaining,
+            oneTimeKyberPrekeys: frame.value.oneTimeKyberRemaining,
+          })
+          .catch((err: unknown) => this.keysFailed(err));
+        return;
       case "message":
         if (this.closed) return;
         this.deliver(this.reorder.offer(frame.value.entries));
@@ -672,6 +712,11 @@ export class SwitchboardClient {
     }
   }
 
+  private keysFailed(err: unknown): void {
+    if (this.closed) return;
+    this.emit("error", { error: ConnectError.from(err, Code.Internal), fatal: false });
+  }
+
   private requestSync(conversationId: string, afterSeq: bigint, limit: number): void {
     const s = this.stream;
     if (s === undefined || !s.ready) return;
@@ -691,6 +736,16 @@ export class SwitchboardClient {
       for (const raw of entries) {
         this.deliveryBacklog -= 1;
         const entry = await this.toIncoming(raw);
+        if (this.e2ee !== undefined && entry.decodeError !== undefined) {
+          // Never a crash, never a stuck stream: the app hears of it, and the entry is acked.
+          this.emit("decryptFailed", {
+            conversationId: raw.conversationId,
+            seq: raw.seq,
+            senderUserId: raw.senderUserId,
+            senderDeviceId: raw.senderDeviceId,
+            error: entry.decodeError,
+          });
+        }
         await this.emitAndWait("entry", entry);
         this.profile.setDelivered(raw.conversationId, raw.seq);
         this.scheduleAck(raw.conversationId, 1);
@@ -709,7 +764,20 @@ export class SwitchboardClient {
       targetSeq = body.value.targetSeq;
     if (hasPayload && !raw.redacted) {
       try {
-        payload = await this.codec.decode(raw);
+        const devicePayloads = body.value.devicePayloads;
+        const ownEncrypted =
+          this.e2ee !== undefined &&
+          raw.senderDeviceId === this.deviceId &&
+          body.value.payload.length === 0 &&
+          this.e2ee.hasSent(raw.clientMsgId);
+        if (this.e2ee !== undefined && (devicePayloads.length > 0 || ownEncrypted)) {
+          // Written to the profile before this resolves, so before the entry is acked.
+          payload = await this.e2ee.decode(raw, devicePayloads);
+        } else if (devicePayloads.length > 0) {
+          throw new Error("the entry is end-to-end encrypted and this client was opened without encryption");
+        } else {
+          payload = await this.codec.decode(raw);
+        }
       } catch (err) {
         decodeError = err instanceof Error ? err : new Error(String(err));
       }
@@ -820,9 +888,9 @@ export class SwitchboardClient {
     payload: Uint8Array | string,
     options: { clientMsgId?: string } = {},
   ): Promise<SendResult> {
-    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p) => ({
+    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p, devicePayloads) => ({
       case: "message",
-      value: { payload: p },
+      value: { payload: p, devicePayloads },
     }));
   }
 
@@ -833,9 +901,9 @@ export class SwitchboardClient {
     payload: Uint8Array | string,
     options: { clientMsgId?: string } = {},
   ): Promise<SendResult> {
-    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p) => ({
+    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p, devicePayloads) => ({
       case: "edit",
-      value: { targetSeq: BigInt(targetSeq), payload: p },
+      value: { targetSeq: BigInt(targetSeq), payload: p, devicePayloads },
     }));
   }
 
@@ -846,9 +914,9 @@ export class SwitchboardClient {
     payload: Uint8Array | string,
     options: { clientMsgId?: string } = {},
   ): Promise<SendResult> {
-    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p) => ({
+    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p, devicePayloads) => ({
       case: "reaction",
-      value: { targetSeq: BigInt(targetSeq), payload: p },
+      value: { targetSeq: BigInt(targetSeq), payload: p, devicePayloads },
     }));
   }
 
@@ -869,9 +937,22 @@ export class SwitchboardClient {
     conversationId: string,
     payload: Uint8Array | string,
     clientMsgId: string | undefined,
-    body: (encoded: Uint8Array) => OutgoingBody,
+    body: (encoded: Uint8Array, devicePayloads: DeviceCiphertext[]) => OutgoingBody,
   ): Promise<SendResult> {
     const plaintext = typeof payload === "string" ? textEncoder.encode(payload) : payload;
+    // An empty reaction removes one: it carries nothing to encrypt.
+    if (this.e2ee !== undefined && plaintext.byteLength > 0) {
+      const info = await this.e2ee.conversation(conversationId);
+      if (info.direct) {
+        const id = clientMsgId ?? newClientMsgId();
+        const existing = this.sends.get(id);
+        if (existing !== undefined) return existing.promise;
+        // Kept first: this device's own entry comes back without a ciphertext for it.
+        await this.e2ee.rememberSent(id, plaintext);
+        const devicePayloads = await this.encryptFor(info.peerUserId, plaintext);
+        return this.enqueueSend(conversationId, body(new Uint8Array(), devicePayloads), id, plaintext);
+      }
+    }
     const encoded = await this.codec.encode(conversationId, plaintext);
     const max = this.limits?.maxPayloadBytes ?? 0;
     if (max > 0 && encoded.byteLength > max) {
@@ -880,13 +961,90 @@ export class SwitchboardClient {
         Code.InvalidArgument,
       );
     }
-    return this.enqueueSend(conversationId, body(encoded), clientMsgId);
+    return this.enqueueSend(conversationId, body(encoded, []), clientMsgId);
+  }
+
+  /** Encrypts for the peer's and this user's other devices, refusing what exceeds the limit. */
+  private async encryptFor(peerUserId: string, plaintext: Uint8Array): Promise<DeviceCiphertext[]> {
+    const e2ee = this.e2ee;
+    if (e2ee === undefined) throw new ConnectError("encryption is off", Code.Internal);
+    let devicePayloads: DeviceCiphertext[];
+    try {
+      devicePayloads = await e2ee.encrypt(peerUserId, plaintext);
+    } catch (err) {
+      throw ConnectError.from(err, Code.FailedPrecondition);
+    }
+    if (devicePayloads.length === 0) {
+      // An empty list would be a plaintext send; nobody can be reached yet.
+      throw new ConnectError(
+        "no device of the conversation has keys in the key directory yet; nothing can be encrypted",
+        Code.FailedPrecondition,
+      );
+    }
+    const total = devicePayloads.reduce((n, c) => n + c.ciphertext.byteLength, 0);
+    const max = this.limits?.maxPayloadBytes ?? 0;
+    if (max > 0 && total > max) {
+      throw new ConnectError(
+        `ciphertexts of ${total} bytes for ${devicePayloads.length} devices exceed the server's limit of ${max}`,
+        Code.InvalidArgument,
+      );
+    }
+    return devicePayloads;
+  }
+
+  /**
+   * The server refused a send for mismatched devices: fix the device set (new sessions for
+   * missing and stale devices, none for extra ones), encrypt the kept plaintext again, persist the
+   * new ciphertexts and resend with the same client_msg_id.
+   */
+  private async reencrypt(p: PendingSend, mismatch: DeviceMismatch): Promise<void> {
+    const e2ee = this.e2ee;
+    const id = p.item.clientMsgId;
+    try {
+      if (e2ee === undefined || p.item.plaintext === undefined) throw new Error("not an encrypted send");
+      await e2ee.applyMismatch(mismatch);
+      const info = await e2ee.conversation(p.item.conversationId);
+      if (!info.direct) throw new Error("not a direct conversation");
+      const devicePayloads = await this.encryptFor(info.peerUserId, Buffer.from(p.item.plaintext, "base64"));
+      const outgoing = clone(OutgoingEntrySchema, p.outgoing);
+      const body = outgoing.body;
+      if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") {
+        throw new Error(`a ${body.case} send has no ciphertexts`);
+      }
+      body.value.devicePayloads = devicePayloads;
+      const item: OutboxItem = {
+        ...p.item,
+        outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
+      };
+      if (this.sends.get(id) !== p) return;
+      await this.profile.addToOutbox(item);
+      p.outgoing = outgoing;
+      p.item = item;
+    } catch (err) {
+      if (this.sends.get(id) !== p) return;
+      this.failSend(p, ConnectError.from(err, Code.FailedPrecondition));
+      return;
+    }
+    if (this.sends.get(id) !== p || p.state !== "waiting") return;
+    p.state = "queued";
+    this.pump();
+  }
+
+  private failSend(p: PendingSend, error: ConnectError): void {
+    const clientMsgId = p.item.clientMsgId;
+    this.sends.delete(clientMsgId);
+    if (p.timer !== undefined) clearTimeout(p.timer);
+    void this.profile.removeFromOutbox(clientMsgId).catch(() => {});
+    p.reject(error);
+    this.emit("sendFailed", { clientMsgId, conversationId: p.item.conversationId, error });
+    this.pump();
   }
 
   private async enqueueSend(
     conversationId: string,
     body: OutgoingBody,
     clientMsgId: string = newClientMsgId(),
+    plaintext?: Uint8Array,
   ): Promise<SendResult> {
     if (this.closed) throw this.fatal ?? new ConnectError("client is closed", Code.Canceled);
     const existing = this.sends.get(clientMsgId);
@@ -897,6 +1055,7 @@ export class SwitchboardClient {
       conversationId,
       outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
       createdAtMs: Date.now(),
+      ...(plaintext !== undefined && { plaintext: Buffer.from(plaintext).toString("base64") }),
     };
     const pending = this.newPending(item, outgoing, "persisting");
     // Registered before the write so that sends leave in the order the app made them.
@@ -933,7 +1092,17 @@ export class SwitchboardClient {
       resolve = res;
       reject = rej;
     });
-    return { item, outgoing, state, retries: 0, timer: undefined, promise, resolve, reject };
+    return {
+      item,
+      outgoing,
+      state,
+      retries: 0,
+      mismatchRetries: 0,
+      timer: undefined,
+      promise,
+      resolve,
+      reject,
+    };
   }
 
   /** Puts queued sends on the stream, up to the server's in-flight limit. */
@@ -976,6 +1145,19 @@ export class SwitchboardClient {
         error: new ConnectError(`send refused: ${err.message}`, err.code as Code),
         fatal: false,
       });
+      return;
+    }
+    if (
+      err.code === Code.FailedPrecondition &&
+      err.mismatch !== undefined &&
+      this.e2ee !== undefined &&
+      p.item.plaintext !== undefined &&
+      p.mismatchRetries < MAX_MISMATCH_RETRIES
+    ) {
+      p.mismatchRetries += 1;
+      p.state = "waiting";
+      void this.reencrypt(p, err.mismatch);
+      this.pump();
       return;
     }
     const retryable =
@@ -1040,11 +1222,12 @@ export class SwitchboardClient {
   // Unary APIs
 
   /** The raw generated clients, for calls this class does not wrap. */
-  get api(): Pick<ServerConnection, "accounts" | "conversations" | "gateway"> {
+  get api(): Pick<ServerConnection, "accounts" | "conversations" | "gateway" | "keys"> {
     return {
       accounts: this.conn.accounts,
       conversations: this.conn.conversations,
       gateway: this.conn.gateway,
+      keys: this.conn.keys,
     };
   }
 
@@ -1059,19 +1242,48 @@ export class SwitchboardClient {
   ): Promise<SendResult> {
     const plaintext = typeof payload === "string" ? textEncoder.encode(payload) : payload;
     const clientMsgId = options.clientMsgId ?? newClientMsgId();
-    const entry = create(OutgoingEntrySchema, {
-      clientMsgId,
-      conversationId,
-      body: { case: "message", value: { payload: await this.codec.encode(conversationId, plaintext) } },
-    });
+    const direct = this.e2ee !== undefined ? await this.e2ee.conversation(conversationId) : undefined;
+    const peerUserId = direct?.direct === true ? direct.peerUserId : undefined;
+    let entry: OutgoingEntry;
+    if (peerUserId !== undefined) {
+      await this.e2ee?.rememberSent(clientMsgId, plaintext);
+      const devicePayloads = await this.encryptFor(peerUserId, plaintext);
+      entry = create(OutgoingEntrySchema, {
+        clientMsgId,
+        conversationId,
+        body: { case: "message", value: { devicePayloads } },
+      });
+    } else {
+      entry = create(OutgoingEntrySchema, {
+        clientMsgId,
+        conversationId,
+        body: { case: "message", value: { payload: await this.codec.encode(conversationId, plaintext) } },
+      });
+    }
     const attempts = options.attempts ?? 5;
     const backoff = new Backoff(this.tuning.backoffBaseMs, this.tuning.backoffCapMs);
+    let mismatchRetries = 0;
     for (let attempt = 1; ; attempt++) {
       try {
         const res = await this.conn.gateway.send({ entry }, { timeoutMs: UNARY_TIMEOUT_MS });
         return { clientMsgId, conversationId, seq: res.seq, serverTimeMs: res.serverTimeMs };
       } catch (err) {
         const error = ConnectError.from(err);
+        const mismatch =
+          error.code === Code.FailedPrecondition ? error.findDetails(DeviceMismatchSchema)[0] : undefined;
+        if (peerUserId !== undefined && mismatch !== undefined && mismatchRetries < MAX_MISMATCH_RETRIES) {
+          mismatchRetries += 1;
+          await this.e2ee?.applyMismatch(mismatch);
+          entry = create(OutgoingEntrySchema, {
+            clientMsgId,
+            conversationId,
+            body: {
+              case: "message",
+              value: { devicePayloads: await this.encryptFor(peerUserId, plaintext) },
+            },
+          });
+          continue;
+        }
         const transient =
           error.code === Code.Unavailable ||
           error.code === Code.ResourceExhausted ||

@@ -1,6 +1,7 @@
 // The Switchboard TypeScript SDK. See README.md in this folder.
 export { Backoff } from "./backoff.js";
 export { identityCodec, newClientMsgId, SwitchboardClient } from "./client.js";
+export { E2ee, MAX_MISMATCH_RETRIES } from "./e2ee.js";
 export { Profile, writeFileAtomic } from "./profile.js";
 export { ReorderBuffer, type ReorderOptions, type SyncAnswer } from "./reorder.js";
 export {
@@ -15,6 +16,7 @@ export type {
   ClientEvents,
   ClientTuning,
   ConnectedEvent,
+  DecryptFailedEvent,
   DeviceCredentials,
   DisconnectedEvent,
   EntryKind,

@@ -12,6 +12,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { AccountService, CreateTokenRequestSchema } from "../gen/switchboard/v1/accounts_pb.js";
 import { ConversationService } from "../gen/switchboard/v1/conversations_pb.js";
 import { GatewayService } from "../gen/switchboard/v1/gateway_pb.js";
+import { KeyService } from "../gen/switchboard/v1/keys_pb.js";
 
 /** The RPCs that run before a device has a token. */
 const UNAUTHENTICATED_METHODS = new Set(["Register", "CreateToken", "LinkDevice"]);
@@ -138,6 +139,8 @@ export interface ServerConnection {
   conversations: Client<typeof ConversationService>;
   /** GatewayService. */
   gateway: Client<typeof GatewayService>;
+  /** KeyService (the key directory for end-to-end encryption). */
+  keys: Client<typeof KeyService>;
   /** Present once credentials were attached. */
   tokens: TokenSource | undefined;
   /** Closes the HTTP/2 connection, ending every call on it. */
@@ -270,6 +273,7 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     accounts: createClient(AccountService, transport),
     conversations: createClient(ConversationService, transport),
     gateway: createClient(GatewayService, transport),
+    keys: createClient(KeyService, transport),
     tokens,
     close: () => {
       for (const m of sessionManagers) m.abort();

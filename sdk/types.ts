@@ -1,6 +1,7 @@
 import type { ConnectError } from "@connectrpc/connect";
 import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
+import type { IdentityChangeEvent } from "./crypto/stores.js";
 
 /**
  * Turns application plaintext into the bytes the server stores, and back. The server never looks
@@ -45,6 +46,14 @@ export interface OutboxItem {
   outgoing: string;
   /** When the app asked for the send, in milliseconds since the Unix epoch. */
   createdAtMs: number;
+  /**
+   * End-to-end encrypted sends only: the app's plaintext, base64. The ciphertexts in `outgoing`
+   * go stale when the conversation's devices change (a refusal for mismatched devices), so a send
+   * resumed after a restart must be able to encrypt again. The profile directory is private to
+   * the user (0700, files 0600), like the Signal private keys next to it; the item is deleted once
+   * the server answers.
+   */
+  plaintext?: string;
 }
 
 /** The outcome of a send that the server committed durably (one tick). */
@@ -167,6 +176,24 @@ export interface SendFailedEvent {
   error: ConnectError;
 }
 
+/**
+ * An end-to-end encrypted entry this device could not decrypt (tampered, no ciphertext for this
+ * device, no session, an untrusted identity). The entry is still handed to the app (with
+ * decodeError set) and acknowledged, so the stream moves on.
+ */
+export interface DecryptFailedEvent {
+  /** The conversation. */
+  conversationId: string;
+  /** The entry's seq. */
+  seq: bigint;
+  /** The sending user. */
+  senderUserId: string;
+  /** The sending device. */
+  senderDeviceId: string;
+  /** Why. */
+  error: Error;
+}
+
 /** A problem the app should know about. */
 export interface ErrorEvent {
   /** What went wrong. */
@@ -197,6 +224,10 @@ export interface ClientEvents {
   sendFailed: SendFailedEvent;
   /** A non-fatal problem, or a fatal one that stopped the client. */
   error: ErrorEvent;
+  /** An end-to-end encrypted entry could not be decrypted (encryption mode only). */
+  decryptFailed: DecryptFailedEvent;
+  /** A contact device's identity key changed (encryption mode only); refused if it was verified. */
+  identityChanged: IdentityChangeEvent;
 }
 
 /** A listener; an "entry" listener may return a promise to hold back the ack until it settles. */
@@ -235,8 +266,14 @@ export interface OpenOptions extends ClientTuning {
    * deployment exposes several addresses instead of one load-balanced one).
    */
   alternateUrls?: string[];
-  /** Payload codec; defaults to the identity (plaintext) codec until E2EE lands. */
+  /** Payload codec; defaults to the identity (plaintext) codec. Applies to group payloads. */
   codec?: PayloadCodec;
+  /**
+   * End-to-end encryption of direct conversations (Signal protocol, one ciphertext per device).
+   * Keys live in `<profile>/signal`; the device uploads its keys on connect. Groups still use the
+   * codec's single payload. Default false.
+   */
+  encryption?: boolean;
 }
 
 /** Options of SwitchboardClient.register. */

@@ -4,6 +4,7 @@ import { after, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis, type RedisOptions } from "ioredis";
 import {
+  cleanUpRedis,
   keysWith,
   pingRedis,
   requireRedis,
@@ -230,13 +231,7 @@ if (!(await pingRedis(url))) {
 } else {
   const shared = connect(url);
 
-  after(async () => {
-    const keys = await keysWith(shared, runPrefix);
-    for (let i = 0; i < keys.length; i += 500) await shared.del(...keys.slice(i, i + 500));
-    await Promise.all(
-      clients.map((c) => (c.status === "end" ? undefined : c.quit().catch(() => c.disconnect()))),
-    );
-  });
+  after(() => cleanUpRedis(shared, runPrefix, clients));
 
   runRateLimiterConformance("RedisRateLimiter", async () => {
     // Generous: this suite is about the buckets, and a loaded machine must not push it into fallback.

@@ -3,6 +3,7 @@ import { randomUUID } from "node:crypto";
 import { after, describe, test } from "node:test";
 import { Redis, type RedisOptions } from "ioredis";
 import {
+  cleanUpRedis,
   keysWith,
   pingRedis,
   requireRedis,
@@ -46,13 +47,7 @@ if (!(await pingRedis(url))) {
 } else {
   const shared = connect(url);
 
-  after(async () => {
-    const keys = await keysWith(shared, runPrefix);
-    for (let i = 0; i < keys.length; i += 500) await shared.del(...keys.slice(i, i + 500));
-    await Promise.all(
-      clients.map((c) => (c.status === "end" ? undefined : c.quit().catch(() => c.disconnect()))),
-    );
-  });
+  after(() => cleanUpRedis(shared, runPrefix, clients));
 
   runRouteStoreConformance("RedisRouteStore", async () => ({
     store: new RedisRouteStore(shared, nextPrefix()),

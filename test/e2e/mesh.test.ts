@@ -168,6 +168,14 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
     return seen;
   };
 
+  type Receipt = ReturnType<typeof allReceipts>[number];
+  /** Waits until a receipt matching `wanted` was seen, naming what was seen if none comes. */
+  const receiptSeen = (receipts: Receipt[], wanted: (r: Receipt) => boolean, what: string) =>
+    eventually(
+      () => receipts.some(wanted),
+      () => `${what}: ${JSON.stringify(receipts, (_, v) => (typeof v === "bigint" ? `${v}` : v))}`,
+    );
+
   describe("without faults", () => {
     let alice: User;
     let bob: User;
@@ -211,48 +219,40 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
         // Delivered receipts: both of alice's devices hear that bob's devices have her messages.
         const last = sent.at(-1)!.seq;
         for (const receipts of [receiptsA0, receiptsA1]) {
-          await eventually(
-            () =>
-              receipts.some(
-                (r) =>
-                  r.conversationId === direct &&
-                  r.kind === "delivered" &&
-                  r.userId === bob.userId &&
-                  r.upToSeq >= last,
-              ),
-            () =>
-              `delivered receipts: ${JSON.stringify(receipts, (_, v) => (typeof v === "bigint" ? `${v}` : v))}`,
+          await receiptSeen(
+            receipts,
+            (r) =>
+              r.conversationId === direct &&
+              r.kind === "delivered" &&
+              r.userId === bob.userId &&
+              r.upToSeq >= last,
+            "delivered receipts",
           );
         }
         // Read on gateway-1, seen by alice on both gateways.
         b1.markRead(direct, reply.seq);
         for (const receipts of [receiptsA0, receiptsA1]) {
-          await eventually(
-            () =>
-              receipts.some(
-                (r) =>
-                  r.conversationId === direct &&
-                  r.kind === "read" &&
-                  r.userId === bob.userId &&
-                  r.upToSeq === reply.seq,
-              ),
-            () =>
-              `read receipts: ${JSON.stringify(receipts, (_, v) => (typeof v === "bigint" ? `${v}` : v))}`,
+          await receiptSeen(
+            receipts,
+            (r) =>
+              r.conversationId === direct &&
+              r.kind === "read" &&
+              r.userId === bob.userId &&
+              r.upToSeq === reply.seq,
+            "read receipts",
           );
         }
         // Group receipts are per member.
         const groupSeq = (await a0.send(group, "receipts please")).seq;
         for (const member of [bob, carol]) {
-          await eventually(
-            () =>
-              receiptsA1.some(
-                (r) =>
-                  r.conversationId === group &&
-                  r.kind === "delivered" &&
-                  r.userId === member.userId &&
-                  r.upToSeq >= groupSeq,
-              ),
-            () => `no delivered receipt from ${member.name} in the group`,
+          await receiptSeen(
+            receiptsA1,
+            (r) =>
+              r.conversationId === group &&
+              r.kind === "delivered" &&
+              r.userId === member.userId &&
+              r.upToSeq >= groupSeq,
+            `delivered receipt from ${member.name} in the group`,
           );
         }
 

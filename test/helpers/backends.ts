@@ -99,3 +99,12 @@ export async function keysWith(client: Redis, prefix: string): Promise<string[]>
   } while (cursor !== "0");
   return found;
 }
+
+/** Deletes a test run's keys from a shared Redis and closes the run's clients. */
+export async function cleanUpRedis(shared: Redis, prefix: string, clients: readonly Redis[]): Promise<void> {
+  const keys = await keysWith(shared, prefix);
+  for (let i = 0; i < keys.length; i += 500) await shared.del(...keys.slice(i, i + 500));
+  await Promise.all(
+    clients.map((c) => (c.status === "end" ? undefined : c.quit().catch(() => c.disconnect()))),
+  );
+}

@@ -167,6 +167,24 @@ export const defaultLimits: Limits = {
   outboundQueueFrames: 1024,
 };
 
+/** The bytes of one DeviceCiphertext on the wire without its ciphertext: a 29-character device id, a registration id, a type and the framing, rounded up. */
+export const DEVICE_ENTRY_WIRE_BYTES = 48;
+
+/**
+ * The largest request a gateway parses (one stream frame or unary request): the payload limit,
+ * 16 KiB for ids and framing, and the device entries of a group send naming every device of a
+ * full group. Those entries' ids do not count against the payload limit (only the ciphertexts
+ * do), so without this room a large group's send could not be encoded at all. 464 KiB with the
+ * defaults.
+ */
+export function gatewayReadMaxBytes(limits: Limits): number {
+  return (
+    limits.maxPayloadBytes +
+    16 * 1024 +
+    limits.maxGroupSize * limits.maxDevicesPerUser * DEVICE_ENTRY_WIRE_BYTES
+  );
+}
+
 /** Overrides accepted by loadConfig; limits and push settings may be given in part. */
 export type ConfigInput = Partial<Omit<Config, "limits" | "push" | "mesh" | "tracing">> & {
   limits?: Partial<Limits>;

@@ -2,7 +2,11 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import {
+  DeviceCiphertextSchema,
+  MessageBodySchema,
+  OutgoingEntrySchema,
+} from "../../gen/switchboard/v1/entry_pb.js";
 import { createLogger } from "../common/log.js";
 import { SendBatcher } from "./batchers.js";
 
@@ -38,5 +42,44 @@ describe("SendBatcher", () => {
       assert.equal(err.code, Code.FailedPrecondition);
       return true;
     });
+  });
+
+  it("keeps a batch of group sends with many device ids well within the internal request limit", async () => {
+    const batches: number[] = [];
+    const batcher = new SendBatcher(
+      {
+        append: async (items) => {
+          batches.push(items.length);
+          return items.map((_, i) => ({
+            seq: BigInt(i + 1),
+            serverTimeMs: 0n,
+            errorCode: 0,
+            errorMessage: "",
+          }));
+        },
+        updateCursors: () => Promise.resolve(),
+      },
+      createLogger({ level: "silent" }),
+    );
+    // 60 KiB of payload and key distributions plus 8,000 device entries: about 430 KB each.
+    const devicePayloads = Array.from({ length: 8000 }, (_, i) =>
+      create(DeviceCiphertextSchema, {
+        deviceId: `dv_${String(i).padStart(26, "0")}`,
+        registrationId: 1,
+        ciphertext: new Uint8Array(i === 0 ? 1 : 0),
+      }),
+    );
+    const entry = create(OutgoingEntrySchema, {
+      clientMsgId: "g",
+      conversationId: "g_x",
+      body: {
+        case: "message",
+        value: create(MessageBodySchema, { payload: new Uint8Array(60 * 1024), devicePayloads }),
+      },
+    });
+    await Promise.all(Array.from({ length: 200 }, () => batcher.append("u_a", "dv_a", entry)));
+    assert.ok(batches.length > 1, "split by bytes, not only by count");
+    // 32 MiB of such sends is 76 of them, far below the 500 a batch may otherwise hold.
+    assert.ok(Math.max(...batches) <= 77, `batches of ${batches.join(", ")}`);
   });
 });

@@ -7,9 +7,11 @@ import {
   CursorUpdateSchema,
 } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
+import { DEVICE_ENTRY_WIRE_BYTES } from "../common/config.js";
 import { isTransportFailure } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { context, extractContext, injectContext } from "../common/telemetry.js";
+import { bodyBytes, devicePayloadsOf } from "../sequencer/device-payloads.js";
 
 /** The sequencer calls the batchers need; routed to the owning replica by the caller. */
 export interface SequencerCalls {
@@ -28,6 +30,17 @@ export interface SendResult {
 }
 
 const MAX_APPEND_BATCH = 500;
+/**
+ * Half the internal request limit (64 MiB, services/server/index.ts). 500 direct sends at the
+ * payload limit stay within it, but a group send can carry thousands of device ids besides, and
+ * a batch the sequencer refused to parse would fail every send in it.
+ */
+const MAX_APPEND_BYTES = 32 * 1024 * 1024;
+
+/** About what an append item takes on the wire. */
+function itemBytes(entry: OutgoingEntry): number {
+  return 256 + bodyBytes(entry.body) + devicePayloadsOf(entry.body).length * DEVICE_ENTRY_WIRE_BYTES;
+}
 
 interface Waiting {
   item: AppendItem;
@@ -37,11 +50,12 @@ interface Waiting {
 
 /**
  * Collects sends from every stream on this gateway and appends them in batches: one RPC per
- * turn of the event loop (or per 500 sends) instead of one per message. The sequencer
+ * turn of the event loop (or per 500 sends, or 32 MiB) instead of one per message. The sequencer
  * group-commits each batch, so the hop costs one round trip per batch.
  */
 export class SendBatcher {
   private queue: Waiting[] = [];
+  private queuedBytes = 0;
   private scheduled = false;
 
   constructor(
@@ -67,7 +81,8 @@ export class SendBatcher {
         resolve,
         reject,
       });
-      if (this.queue.length >= MAX_APPEND_BATCH) this.flush();
+      this.queuedBytes += itemBytes(entry);
+      if (this.queue.length >= MAX_APPEND_BATCH || this.queuedBytes >= MAX_APPEND_BYTES) this.flush();
       else if (!this.scheduled) {
         this.scheduled = true;
         setImmediate(() => this.flush());
@@ -77,6 +92,7 @@ export class SendBatcher {
 
   private flush(): void {
     this.scheduled = false;
+    this.queuedBytes = 0;
     const batch = this.queue.splice(0, this.queue.length);
     for (let i = 0; i < batch.length; i += MAX_APPEND_BATCH)
       void this.send(batch.slice(i, i + MAX_APPEND_BATCH));

@@ -1,13 +1,26 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
+import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
   DeviceCiphertextSchema,
   EntrySchema,
   MembershipBodySchema,
   MessageBodySchema,
+  type OutgoingEntry,
+  OutgoingEntrySchema,
+  ReactionBodySchema,
 } from "../../gen/switchboard/v1/entry_pb.js";
-import { compareDevices, entryForDevice, mismatchError, mismatchOf } from "./device-set.js";
+import {
+  compareDevices,
+  DeviceSets,
+  entryForDevice,
+  mismatchError,
+  mismatchOf,
+  withoutKeyHolders,
+} from "./device-set.js";
 
 const ALICE = "u_a";
 const BOB = "u_b";
@@ -36,13 +49,13 @@ describe("compareDevices", () => {
 
   it("accepts every other device with keys, the sender's own included, and nothing else", () => {
     assert.equal(
-      compareDevices(sender, BOB, devices, [ct("dv_a2", 12), ct("dv_b1", 21), ct("dv_b2", 22)]),
+      compareDevices(sender, [ALICE, BOB], devices, [ct("dv_a2", 12), ct("dv_b1", 21), ct("dv_b2", 22)]),
       undefined,
     );
   });
 
   it("names missing, extra and stale devices, sorted, with users and current registration ids", () => {
-    const m = compareDevices(sender, BOB, devices, [
+    const m = compareDevices(sender, [ALICE, BOB], devices, [
       ct("dv_b2", 99),
       ct("dv_a3", 5),
       ct("dv_a1", 11),
@@ -112,5 +125,278 @@ describe("entryForDevice", () => {
       body: { case: "membership", value: create(MembershipBodySchema) },
     });
     assert.equal(entryForDevice(membership, "dv_b1"), membership);
+  });
+});
+
+const CAROL = "u_c";
+/** Ids that pass the shape rules (26 base32 characters after the prefix). */
+const dv = (name: string) => `dv_${name.padStart(26, "0")}`;
+const key = (deviceId: string, registrationId: number, ciphertext: number[] = []) =>
+  create(DeviceCiphertextSchema, {
+    deviceId,
+    registrationId,
+    ciphertext: new Uint8Array(ciphertext),
+    type: 3,
+  });
+
+function groupSend(
+  devicePayloads: ReturnType<typeof key>[],
+  payload: number[] = [9, 9],
+  conversationId = "g_group",
+): OutgoingEntry {
+  return create(OutgoingEntrySchema, {
+    clientMsgId: "m",
+    conversationId,
+    body: {
+      case: "message",
+      value: create(MessageBodySchema, { payload: new Uint8Array(payload), devicePayloads }),
+    },
+  });
+}
+
+describe("compareDevices in a group", () => {
+  it("expects every member's devices with keys but the sending one, and names the others", () => {
+    const devices = new Map([
+      [
+        ALICE,
+        new Map([
+          ["dv_a1", 11],
+          ["dv_a2", 12],
+        ]),
+      ],
+      [
+        BOB,
+        new Map([
+          ["dv_b1", 21],
+          ["dv_b2", 0],
+        ]),
+      ],
+      [CAROL, new Map([["dv_c1", 31]])],
+    ]);
+    const sender = { userId: ALICE, deviceId: "dv_a1" };
+    const members = [ALICE, BOB, CAROL];
+    assert.equal(
+      compareDevices(sender, members, devices, [ct("dv_a2", 12), ct("dv_b1", 21), ct("dv_c1", 31)]),
+      undefined,
+    );
+    // Carol was removed: her device is extra, and a new member's device would be missing.
+    const m = compareDevices(sender, [ALICE, BOB], devices, [
+      ct("dv_a2", 12),
+      ct("dv_b1", 21),
+      ct("dv_c1", 31),
+    ]);
+    assert.deepEqual(
+      m?.extra.map((d) => [d.userId, d.deviceId]),
+      [["", "dv_c1"]],
+    );
+    const added = compareDevices(sender, members, devices, [ct("dv_a2", 12), ct("dv_b1", 21)]);
+    assert.deepEqual(
+      added?.missing.map((d) => [d.userId, d.deviceId, d.registrationId]),
+      [[CAROL, "dv_c1", 31]],
+    );
+  });
+});
+
+describe("withoutKeyHolders", () => {
+  it("drops empty ciphertexts and leaves the rest, without touching the request", () => {
+    const entry = groupSend([key(dv("b1"), 21), key(dv("c1"), 31, [1, 2])]);
+    const stored = withoutKeyHolders(entry);
+    assert.ok(stored.body.case === "message");
+    assert.deepEqual(
+      stored.body.value.devicePayloads.map((p) => p.deviceId),
+      [dv("c1")],
+    );
+    assert.deepEqual([...stored.body.value.payload], [9, 9]);
+    assert.ok(entry.body.case === "message");
+    assert.equal(entry.body.value.devicePayloads.length, 2);
+    const full = groupSend([key(dv("c1"), 31, [1])]);
+    assert.equal(withoutKeyHolders(full), full, "nothing to drop: the same object");
+  });
+});
+
+describe("DeviceSets with groups", () => {
+  const A1 = dv("a1");
+  const A2 = dv("a2");
+  const B1 = dv("b1");
+  const C1 = dv("c1");
+
+  /** A directory and a sequencer whose answers the test changes, counting the calls. */
+  function fixture(options: { ttlMs?: number; maxGroupMembers?: number } = {}) {
+    const state = {
+      members: new Map<string, string[]>([["g_group", [ALICE, BOB]]]),
+      devices: new Map<string, Map<string, number>>([
+        [
+          ALICE,
+          new Map([
+            [A1, 11],
+            [A2, 12],
+          ]),
+        ],
+        [BOB, new Map([[B1, 21]])],
+        [CAROL, new Map([[C1, 31]])],
+      ]),
+      conversationReads: 0,
+      directoryReads: 0,
+      now: 0,
+    };
+    const directory = {
+      getDeviceRegistrations: async ({ userIds }: { userIds: string[] }) => {
+        state.directoryReads++;
+        return {
+          users: userIds.flatMap((userId) => {
+            const d = state.devices.get(userId);
+            return d === undefined
+              ? []
+              : [
+                  {
+                    userId,
+                    devices: [...d].map(([deviceId, registrationId]) => ({ deviceId, registrationId })),
+                  },
+                ];
+          }),
+        };
+      },
+    } as unknown as Client<typeof DirectoryService>;
+    const sequencer = {
+      getConversation: async ({ userId, conversationId }: { userId: string; conversationId: string }) => {
+        state.conversationReads++;
+        const members = state.members.get(conversationId);
+        if (members === undefined) throw new ConnectError("conversation not found", Code.NotFound);
+        if (!members.includes(userId)) throw new ConnectError("not a member", Code.PermissionDenied);
+        return { members: members.map((m) => ({ userId: m })) };
+      },
+    } as unknown as Client<typeof SequencerService>;
+    const sets = new DeviceSets(directory, sequencer, {
+      maxPayloadBytes: 100,
+      maxDevicesPerUser: 2,
+      maxGroupSize: 3,
+      ttlMs: options.ttlMs ?? 5000,
+      ...(options.maxGroupMembers !== undefined && { maxGroupMembers: options.maxGroupMembers }),
+      now: () => state.now,
+    });
+    return { state, sets };
+  }
+  const alice = { userId: ALICE, deviceId: A1 };
+  const refusal = (code: Code, pattern: RegExp) => (e: unknown) =>
+    e instanceof ConnectError && e.code === code && pattern.test(e.rawMessage);
+
+  it("accepts the exact set, passes the key holders' empty ciphertexts to nobody, and leaves payload-only sends alone", async () => {
+    const { sets } = fixture();
+    const checked = await sets.check(alice, groupSend([key(A2, 12), key(B1, 21, [5])]));
+    assert.ok(checked?.body.case === "message");
+    assert.deepEqual(
+      checked.body.value.devicePayloads.map((p) => p.deviceId),
+      [B1],
+    );
+    assert.equal(sets.check(alice, groupSend([])), undefined, "no device payloads: no check");
+    const reaction = create(OutgoingEntrySchema, {
+      clientMsgId: "r",
+      conversationId: "g_group",
+      body: {
+        case: "reaction",
+        value: create(ReactionBodySchema, {
+          targetSeq: 2n,
+          payload: new Uint8Array([1]),
+          devicePayloads: [key(A2, 12), key(B1, 21)],
+        }),
+      },
+    });
+    const r = await sets.check(alice, reaction);
+    assert.ok(r?.body.case === "reaction");
+    assert.equal(r.body.value.devicePayloads.length, 0);
+  });
+
+  it("refuses device_payloads without payload, and sets over the limits, with INVALID_ARGUMENT", async () => {
+    const { sets } = fixture();
+    await assert.rejects(
+      sets.check(alice, groupSend([key(A2, 12), key(B1, 21, [5])], [])) ?? Promise.resolve(),
+      refusal(Code.InvalidArgument, /payload: required with device_payloads in a group/),
+    );
+    await assert.rejects(
+      sets.check(
+        alice,
+        groupSend([key(A2, 12), key(B1, 21, new Array(60).fill(1))], new Array(41).fill(1)),
+      ) ?? Promise.resolve(),
+      refusal(Code.InvalidArgument, /payload and device_payloads: 101 bytes together; the limit is 100/),
+    );
+    const seven = ["1", "2", "3", "4", "5", "6", "7"].map((n) => key(dv(`x${n}`), 1));
+    await assert.rejects(
+      sets.check(alice, groupSend(seven)) ?? Promise.resolve(),
+      refusal(Code.InvalidArgument, /at most 6 devices in a group conversation, got 7/),
+    );
+  });
+
+  it("caches members for the TTL, reads them again before refusing, and names a new member's devices missing", async () => {
+    const { state, sets } = fixture();
+    await sets.check(alice, groupSend([key(A2, 12), key(B1, 21)]));
+    await sets.check(alice, groupSend([key(A2, 12), key(B1, 21)]));
+    assert.equal(state.conversationReads, 1, "members come from the cache within the TTL");
+
+    // Carol joins; a sender who already knows is accepted on a fresh read, not refused.
+    state.members.set("g_group", [ALICE, BOB, CAROL]);
+    await sets.check(alice, groupSend([key(A2, 12), key(B1, 21), key(C1, 31, [7])]));
+    assert.equal(state.conversationReads, 2);
+    // The cache now has Carol: a sender who does not know is refused, after one more fresh read.
+    await assert.rejects(
+      sets.check(alice, groupSend([key(A2, 12), key(B1, 21)])) ?? Promise.resolve(),
+      (e: unknown) => {
+        const m = e instanceof ConnectError ? mismatchOf(e) : undefined;
+        assert.deepEqual(
+          m?.missing.map((d) => [d.userId, d.deviceId, d.registrationId]),
+          [[CAROL, C1, 31]],
+        );
+        return true;
+      },
+    );
+    assert.equal(state.conversationReads, 3);
+
+    // Bob is removed: the cached list still has him, so leaving him out is checked afresh and
+    // accepted; naming him is extra.
+    state.members.set("g_group", [ALICE, CAROL]);
+    await sets.check(alice, groupSend([key(A2, 12), key(C1, 31)]));
+    assert.equal(state.conversationReads, 4);
+    await assert.rejects(
+      sets.check(alice, groupSend([key(A2, 12), key(B1, 21), key(C1, 31)])) ?? Promise.resolve(),
+      (e: unknown) => {
+        const m = e instanceof ConnectError ? mismatchOf(e) : undefined;
+        assert.deepEqual(
+          m?.extra.map((d) => [d.userId, d.deviceId]),
+          [["", B1]],
+        );
+        return true;
+      },
+    );
+    assert.equal(state.conversationReads, 5, "the refusal read the members again");
+
+    // A membership entry passing the gateway drops the cached members at once.
+    await sets.check(alice, groupSend([key(A2, 12), key(C1, 31)]));
+    assert.equal(state.conversationReads, 5);
+    sets.membershipChanged("g_group");
+    await sets.check(alice, groupSend([key(A2, 12), key(C1, 31)]));
+    assert.equal(state.conversationReads, 6);
+  });
+
+  it("refuses a non-member with the sequencer's PERMISSION_DENIED and no device lists", async () => {
+    const { sets } = fixture();
+    await assert.rejects(
+      sets.check({ userId: CAROL, deviceId: C1 }, groupSend([key(A1, 11)])) ?? Promise.resolve(),
+      (e: unknown) =>
+        e instanceof ConnectError && e.code === Code.PermissionDenied && mismatchOf(e) === undefined,
+    );
+  });
+
+  it("re-reads members after the TTL and keeps the member ids within the bound", async () => {
+    const { state, sets } = fixture({ ttlMs: 1000, maxGroupMembers: 3 });
+    state.members.set("g_other", [ALICE, BOB]);
+    await sets.check(alice, groupSend([key(A2, 12), key(B1, 21)]));
+    state.now = 1001;
+    await sets.check(alice, groupSend([key(A2, 12), key(B1, 21)]));
+    assert.equal(state.conversationReads, 2, "read again after the TTL");
+    // Two groups of two members exceed the bound of 3 ids: the older group is dropped.
+    await sets.check(alice, groupSend([key(A2, 12), key(B1, 21)], [1], "g_other"));
+    await sets.check(alice, groupSend([key(A2, 12), key(B1, 21)], [1], "g_other"));
+    assert.equal(state.conversationReads, 3);
+    await sets.check(alice, groupSend([key(A2, 12), key(B1, 21)]));
+    assert.equal(state.conversationReads, 4, "the first group was dropped from the cache");
   });
 });

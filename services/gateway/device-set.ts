@@ -11,8 +11,10 @@ import {
 } from "../../gen/switchboard/v1/gateway_pb.js";
 import {
   checkDevicePayloads,
+  conversationKind,
   type DevicePayloadLimits,
   devicePayloadsOf,
+  needsDeviceCheck,
 } from "../sequencer/device-payloads.js";
 
 /** A user's active devices: device id -> registration id (0 when it has no keys). */
@@ -32,6 +34,8 @@ export interface DeviceSetOptions extends DevicePayloadLimits {
   maxUsers?: number;
   /** Direct conversations whose two members are kept at most. */
   maxConversations?: number;
+  /** Group member ids kept at most, over all groups (least recently read groups dropped first). */
+  maxGroupMembers?: number;
   /** The clock, in milliseconds since the Unix epoch. */
   now?: () => number;
 }
@@ -41,17 +45,18 @@ const LOOKUP_BATCH = 1024;
 
 /**
  * Compares a send's ciphertexts with the devices that must get one: every active device with
- * keys of the peer, and of the sender except the sending device. Returns undefined when they
- * match. Lists are sorted by device id.
+ * keys of every member (the peer of a direct conversation, or a group's members; the sender is
+ * one of them), except the sending device. Returns undefined when they match. Lists are sorted
+ * by device id.
  */
 export function compareDevices(
   sender: Sender,
-  peerUserId: string,
+  members: readonly string[],
   devices: ReadonlyMap<string, UserDevices>,
   payloads: readonly DeviceCiphertext[],
 ): DeviceMismatch | undefined {
   const expected = new Map<string, { userId: string; registrationId: number }>();
-  for (const userId of [peerUserId, sender.userId]) {
+  for (const userId of new Set([...members, sender.userId])) {
     for (const [deviceId, registrationId] of devices.get(userId) ?? []) {
       if (registrationId !== 0 && deviceId !== sender.deviceId)
         expected.set(deviceId, { userId, registrationId });
@@ -128,8 +133,28 @@ export function entryForDevice(entry: Entry, deviceId: string): Entry {
   }
 }
 
+/**
+ * The entry without the group ciphertexts left empty for devices that already hold the
+ * sender's key: they carry nothing for anyone, so the log need not keep them. Returned as is
+ * when there are none.
+ */
+export function withoutKeyHolders(entry: OutgoingEntry): OutgoingEntry {
+  const body = entry.body;
+  if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") return entry;
+  if (body.value.devicePayloads.every((p) => p.ciphertext.length > 0)) return entry;
+  const devicePayloads = body.value.devicePayloads.filter((p) => p.ciphertext.length > 0);
+  // A spread keeps the union's case and value paired; TypeScript cannot follow it.
+  const value = { ...body.value, devicePayloads } as typeof body.value;
+  return { ...entry, body: { case: body.case, value } as OutgoingEntry["body"] };
+}
+
 interface Cached {
   devices: UserDevices;
+  fetchedAt: number;
+}
+
+interface CachedGroup {
+  members: readonly string[];
   fetchedAt: number;
 }
 
@@ -139,16 +164,18 @@ interface Waiter {
 }
 
 /**
- * The gateway's check of pairwise sends (docs/encryption.md, "Per-device ciphertexts and
- * mismatched devices"). It keeps, per gateway, the two members of each direct conversation
- * (fixed for its life, so never refetched) and each user's active devices with their
- * registration ids (DirectoryService.GetDeviceRegistrations), which are:
+ * The gateway's check of sends with per-device ciphertexts (docs/encryption.md, "Per-device
+ * ciphertexts and mismatched devices"): pairwise messages in direct conversations and sender
+ * key distributions in groups. It keeps, per gateway, the two members of each direct
+ * conversation (fixed for its life, so never refetched), each group's members, and each user's
+ * active devices with their registration ids (DirectoryService.GetDeviceRegistrations). Group
+ * members and devices are:
  *
- * - trusted for `ttlMs` (5 s) when they accept a send, and dropped at once when a revocation
- *   is broadcast;
- * - read again before any refusal, so a device the sender already knows about is never
- *   refused because of this cache;
- * - fetched in one call per turn of the event loop for every user asked in it.
+ * - trusted for `ttlMs` (5 s) when they accept a send; devices are dropped at once when a
+ *   revocation is broadcast, a group's members when a membership entry of it passes this gateway;
+ * - read again before any refusal, so a device or member the sender already knows about is
+ *   never refused because of this cache;
+ * - for devices, fetched in one call per turn of the event loop for every user asked in it.
  */
 export class DeviceSets {
   private readonly ttlMs: number;
@@ -156,12 +183,19 @@ export class DeviceSets {
   private readonly maxConversations: number;
   private readonly now: () => number;
   private readonly users = new Map<string, Cached>();
+  private readonly maxGroupMembers: number;
   private readonly pairs = new Map<string, readonly [string, string]>();
+  private readonly groups = new Map<string, CachedGroup>();
+  /** Member ids held in `groups`, for its bound. */
+  private groupMembers = 0;
+  private readonly groupReads = new Map<string, Promise<readonly string[]>>();
   private readonly inFlight = new Map<string, Promise<UserDevices | undefined>>();
   private queue = new Map<string, Waiter[]>();
   private scheduled = false;
   /** Bumped by each revocation; a read started before one does not fill the cache. */
   private generation = 0;
+  /** Bumped by each membership change, for the same reason. */
+  private groupGeneration = 0;
 
   constructor(
     private readonly directory: Client<typeof DirectoryService>,
@@ -171,19 +205,21 @@ export class DeviceSets {
     this.ttlMs = options.ttlMs ?? 5000;
     this.maxUsers = options.maxUsers ?? 100_000;
     this.maxConversations = options.maxConversations ?? 100_000;
+    this.maxGroupMembers = options.maxGroupMembers ?? 1_000_000;
     this.now = options.now ?? Date.now;
   }
 
   /**
-   * Checks a send's per-device ciphertexts. Undefined (nothing to wait for) when the entry has
-   * none, which keeps plain sends synchronous; otherwise a promise that rejects with
-   * INVALID_ARGUMENT for a malformed set, the sequencer's error for a non-member, or
-   * mismatchError() when the set does not match.
+   * Checks a send's per-device ciphertexts, or a group's sender-key message without any
+   * (needsDeviceCheck). Undefined (nothing to wait for) for any other send, which keeps plain
+   * sends synchronous; otherwise a promise of the entry to append (a
+   * group's without the empty ciphertexts of key holders) that rejects with INVALID_ARGUMENT
+   * for a malformed set, the sequencer's error for a non-member, or mismatchError() when the
+   * set does not match.
    */
-  check(sender: Sender, entry: OutgoingEntry): Promise<void> | undefined {
-    const payloads = devicePayloadsOf(entry.body);
-    if (payloads.length === 0) return undefined;
-    return this.verify(sender, entry, payloads);
+  check(sender: Sender, entry: OutgoingEntry): Promise<OutgoingEntry> | undefined {
+    if (!needsDeviceCheck(entry.conversationId, entry.body)) return undefined;
+    return this.verify(sender, entry, devicePayloadsOf(entry.body));
   }
 
   /** Forgets a user's devices (one of them was revoked). */
@@ -192,25 +228,92 @@ export class DeviceSets {
     this.users.delete(userId);
   }
 
-  private async verify(sender: Sender, entry: OutgoingEntry, payloads: readonly DeviceCiphertext[]) {
-    checkDevicePayloads(entry.body, this.options);
-    if (!entry.conversationId.startsWith("d_")) {
-      throw new ConnectError(
-        "device_payloads: only in direct conversations; a group message carries one payload",
-        Code.InvalidArgument,
-      );
+  /** Forgets a group's members (a membership entry of it was committed). */
+  membershipChanged(conversationId: string): void {
+    this.groupGeneration++;
+    this.dropGroup(conversationId);
+  }
+
+  private async verify(
+    sender: Sender,
+    entry: OutgoingEntry,
+    payloads: readonly DeviceCiphertext[],
+  ): Promise<OutgoingEntry> {
+    const kind = conversationKind(entry.conversationId);
+    checkDevicePayloads(entry.body, kind, this.options, true);
+    const id = entry.conversationId;
+    const members = kind === "direct" ? await this.pair(sender, id) : await this.group(sender, id, false);
+    const cached = await this.devicesOf(members, false);
+    if (compareDevices(sender, members, cached, payloads) !== undefined) {
+      // Refused only on a fresh read of members (they change in groups) and devices alike.
+      const current = kind === "direct" ? members : await this.group(sender, id, true);
+      const fresh = await this.devicesOf(current, true);
+      const mismatch = compareDevices(sender, current, fresh, payloads);
+      if (mismatch !== undefined) throw mismatchError(mismatch);
     }
-    const [a, b] = await this.members(sender, entry.conversationId);
-    const peer = a === sender.userId ? b : a;
-    const cached = await this.devicesOf([sender.userId, peer], false);
-    if (compareDevices(sender, peer, cached, payloads) === undefined) return;
-    const fresh = await this.devicesOf([sender.userId, peer], true);
-    const mismatch = compareDevices(sender, peer, fresh, payloads);
-    if (mismatch !== undefined) throw mismatchError(mismatch);
+    return kind === "direct" ? entry : withoutKeyHolders(entry);
+  }
+
+  /**
+   * A group's members, read as the sender, which the sequencer refuses unless they are a
+   * member. From the cache unless `fresh`, or too old, or without the sender (who may have
+   * been added since).
+   */
+  private async group(sender: Sender, conversationId: string, fresh: boolean): Promise<readonly string[]> {
+    const cached = this.groups.get(conversationId);
+    if (
+      !fresh &&
+      cached !== undefined &&
+      this.now() - cached.fetchedAt <= this.ttlMs &&
+      cached.members.includes(sender.userId)
+    )
+      return cached.members;
+    if (!fresh) {
+      const running = this.groupReads.get(conversationId);
+      if (running !== undefined) {
+        const members = await running;
+        if (members.includes(sender.userId)) return members;
+      }
+    }
+    const read = this.readGroup(sender, conversationId);
+    this.groupReads.set(conversationId, read);
+    const clear = () => {
+      if (this.groupReads.get(conversationId) === read) this.groupReads.delete(conversationId);
+    };
+    read.then(clear, clear);
+    return read;
+  }
+
+  private async readGroup(sender: Sender, conversationId: string): Promise<readonly string[]> {
+    const generation = this.groupGeneration;
+    const { members: list } = await this.sequencer.getConversation({
+      userId: sender.userId,
+      deviceId: sender.deviceId,
+      conversationId,
+    });
+    const members = list.map((m) => m.userId);
+    // A read that started before a membership change may hold the old members.
+    if (generation === this.groupGeneration) {
+      this.dropGroup(conversationId);
+      this.groups.set(conversationId, { members, fetchedAt: this.now() });
+      this.groupMembers += members.length;
+      for (const key of this.groups.keys()) {
+        if (this.groupMembers <= this.maxGroupMembers || key === conversationId) break;
+        this.dropGroup(key);
+      }
+    }
+    return members;
+  }
+
+  private dropGroup(conversationId: string): void {
+    const cached = this.groups.get(conversationId);
+    if (cached === undefined) return;
+    this.groups.delete(conversationId);
+    this.groupMembers -= cached.members.length;
   }
 
   /** The two members of a direct conversation, checking that the sender is one of them. */
-  private async members(sender: Sender, conversationId: string): Promise<readonly [string, string]> {
+  private async pair(sender: Sender, conversationId: string): Promise<readonly [string, string]> {
     let pair = this.pairs.get(conversationId);
     if (pair === undefined) {
       // The sequencer refuses a non-member (PERMISSION_DENIED) or an unknown conversation.
@@ -230,7 +333,7 @@ export class DeviceSets {
   }
 
   /** Users' device lists, from the cache unless `fresh`. */
-  private async devicesOf(userIds: string[], fresh: boolean): Promise<Map<string, UserDevices>> {
+  private async devicesOf(userIds: readonly string[], fresh: boolean): Promise<Map<string, UserDevices>> {
     const now = this.now();
     const out = new Map<string, UserDevices>();
     const reads: Array<Promise<void>> = [];

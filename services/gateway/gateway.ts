@@ -117,6 +117,7 @@ export class GatewayCore {
     this.devices = new DeviceSets(this.directory, this.sequencer, {
       maxPayloadBytes: this.limits.maxPayloadBytes,
       maxDevicesPerUser: this.limits.maxDevicesPerUser,
+      maxGroupSize: this.limits.maxGroupSize,
       ...(deps.deviceSetTtlMs !== undefined && { ttlMs: deps.deviceSetTtlMs }),
       now: this.now,
     });
@@ -309,8 +310,13 @@ export class GatewayCore {
             attributes: { "switchboard.instance": this.id, "switchboard.devices": d.deviceIds.length },
           }).span
         : undefined;
-      if (d.payload.case === "entry")
+      if (d.payload.case === "entry") {
         this.observe.deliveryLag((now - Number(d.payload.value.serverTimeMs)) / 1000);
+        // Group sends are checked against the members; a change reaches this gateway when any
+        // member's device is here, which the sender's usually is.
+        if (d.payload.value.body.case === "membership")
+          this.devices.membershipChanged(d.payload.value.conversationId);
+      }
       for (const deviceId of d.deviceIds) {
         for (const session of this.byDevice.get(deviceId) ?? []) {
           switch (d.payload.case) {

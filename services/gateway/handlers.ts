@@ -77,8 +77,8 @@ export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewaySer
         );
       }
       // A mismatched device set is refused with the lists as a DeviceMismatch error detail.
-      await core.devices.check(p, entry);
-      const r = await core.sends.append(p.userId, p.deviceId, entry);
+      const checked = (await core.devices.check(p, entry)) ?? entry;
+      const r = await core.sends.append(p.userId, p.deviceId, checked);
       return { seq: r.seq, serverTimeMs: r.serverTimeMs };
     },
   };

@@ -470,14 +470,15 @@ export class Session {
       this.append(entry, receivedAt);
       return;
     }
-    // A pairwise send waits for its device-set check (checks run concurrently); every later
-    // send of this stream queues behind it, so sends reach the sequencer in frame order.
+    // A send with device payloads waits for its device-set check (checks run concurrently);
+    // every later send of this stream queues behind it, so sends reach the sequencer in frame
+    // order.
     check?.catch(() => {});
     this.checksPending++;
     this.checkChain = this.checkChain
-      .then(() => check)
+      .then(() => check ?? entry)
       .then(
-        () => this.append(entry, receivedAt),
+        (checked) => this.append(checked, receivedAt),
         (err: unknown) => {
           const e = ConnectError.from(err);
           this.core.observe.sendAck((performance.now() - receivedAt) / 1000, "error");

@@ -48,18 +48,44 @@ function pairwise(conversationId: string, clientMsgId: string, deviceIds: string
   });
 }
 
+function group(
+  clientMsgId: string,
+  payload: number[],
+  ciphertexts: Array<[string, number[]]>,
+): OutgoingEntry {
+  const entry = pairwise("g_x", clientMsgId, []);
+  if (entry.body.case === "message") {
+    entry.body.value.payload = new Uint8Array(payload);
+    entry.body.value.devicePayloads = ciphertexts.map(([deviceId, ciphertext]) =>
+      create(DeviceCiphertextSchema, {
+        deviceId,
+        registrationId: 7,
+        ciphertext: new Uint8Array(ciphertext),
+        type: 3,
+      }),
+    );
+  }
+  return entry;
+}
+
 describe("checkDevicePayloads", () => {
-  const limits = { maxPayloadBytes: 10, maxDevicesPerUser: 2 };
-  const refused = (entry: OutgoingEntry, pattern: RegExp) =>
+  const limits = { maxPayloadBytes: 10, maxDevicesPerUser: 2, maxGroupSize: 3 };
+  const refused = (
+    entry: OutgoingEntry,
+    pattern: RegExp,
+    kind: "direct" | "group" = "direct",
+    keyHolders = false,
+  ) =>
     assert.throws(
-      () => checkDevicePayloads(entry.body, limits),
+      () => checkDevicePayloads(entry.body, kind, limits, keyHolders),
       (e: unknown) =>
         e instanceof ConnectError && e.code === Code.InvalidArgument && pattern.test(e.rawMessage),
     );
 
   it("passes a well-formed set and a body without one", () => {
-    checkDevicePayloads(pairwise("d_x", "m", [B1, B2]).body, limits);
-    checkDevicePayloads(create(OutgoingEntrySchema).body, limits);
+    checkDevicePayloads(pairwise("d_x", "m", [B1, B2]).body, "direct", limits);
+    checkDevicePayloads(create(OutgoingEntrySchema).body, "direct", limits);
+    checkDevicePayloads(create(OutgoingEntrySchema).body, "group", limits);
   });
 
   it("refuses payload with device_payloads, duplicates, bad ids, empty ciphertexts and oversized sets", () => {
@@ -70,7 +96,7 @@ describe("checkDevicePayloads", () => {
     refused(pairwise("d_x", "m", ["nope"]), /device_id/);
     refused(
       pairwise("d_x", "m", [A1, B1, B2, "dv_000000000000000000000000c1", "dv_000000000000000000000000c2"]),
-      /at most 4/,
+      /at most 4 devices in a direct conversation, got 5/,
     );
     const empty = pairwise("d_x", "m", [B1]);
     if (empty.body.case === "message") empty.body.value.devicePayloads[0]!.ciphertext = new Uint8Array();
@@ -81,6 +107,73 @@ describe("checkDevicePayloads", () => {
     const big = pairwise("d_x", "m", [B1, B2]);
     if (big.body.case === "message") big.body.value.devicePayloads[0]!.ciphertext = new Uint8Array(9);
     refused(big, /11 bytes together; the limit is 10/);
+  });
+
+  it("in a group: requires payload, counts it with the ciphertexts, and allows empty ones only for key holders at the gateway", () => {
+    // The gateway's view: devices that hold the sender key get an empty ciphertext.
+    checkDevicePayloads(
+      group(
+        "g",
+        [1],
+        [
+          [B1, []],
+          [B2, [2, 3]],
+        ],
+      ).body,
+      "group",
+      limits,
+      true,
+    );
+    // The sequencer's: those were dropped before the log, so an empty one is malformed.
+    refused(
+      group(
+        "g",
+        [1],
+        [
+          [B1, []],
+          [B2, [2, 3]],
+        ],
+      ),
+      /device_payloads\[0\]\.ciphertext: required/,
+      "group",
+    );
+    checkDevicePayloads(group("g", [1], [[B2, [2, 3]]]).body, "group", limits);
+    refused(group("g", [], [[B1, [1]]]), /payload: required with device_payloads in a group/, "group", true);
+    refused(
+      group(
+        "g",
+        [1, 1, 1, 1],
+        [
+          [B1, [1, 1, 1]],
+          [B2, [1, 1, 1, 1]],
+        ],
+      ),
+      /payload and device_payloads: 11 bytes together; the limit is 10/,
+      "group",
+      true,
+    );
+    const seven = ["1", "2", "3", "4", "5", "6", "7"].map((n): [string, number[]] => [
+      `dv_000000000000000000000000${n}x`,
+      [],
+    ]);
+    refused(group("g", [1], seven), /at most 6 devices in a group conversation, got 7/, "group", true);
+    refused(
+      group(
+        "g",
+        [1],
+        [
+          [B1, []],
+          [B1, []],
+        ],
+      ),
+      /appears twice/,
+      "group",
+      true,
+    );
+    // In a direct conversation an empty ciphertext stays malformed even at the gateway.
+    const empty = pairwise("d_x", "m", [B1]);
+    if (empty.body.case === "message") empty.body.value.devicePayloads[0]!.ciphertext = new Uint8Array();
+    refused(empty, /ciphertext: required/, "direct", true);
   });
 });
 
@@ -130,12 +223,43 @@ describe("Sequencer with per-device ciphertexts", () => {
     assert.equal(tomb.body.value.devicePayloads.length, 0);
   });
 
-  it("refuses per-device ciphertexts in a group", async () => {
-    const group = await sequencer.createGroup(ALICE, A1, "g", [BOB]);
-    await assert.rejects(append(pairwise(group.conversationId, "g1", [B1])), (e: unknown) => {
+  it("stores a group's payload with its key distributions, and refuses device_payloads without payload", async () => {
+    const created = await sequencer.createGroup(ALICE, A1, "g", [BOB]);
+    const id = created.conversationId;
+    const withKeys = group("g1", [4, 4], [[B1, [1, 2]]]);
+    withKeys.conversationId = id;
+    const sent = await append(withKeys);
+    const [stored] = await engine.conversations.readEntries(id, sent.seq - 1, 1);
+    assert.ok(stored?.body.case === "message");
+    assert.deepEqual([...stored.body.value.payload], [4, 4]);
+    assert.deepEqual(
+      stored.body.value.devicePayloads.map((p) => p.deviceId),
+      [B1],
+    );
+    const bare = pairwise(id, "g2", [B1]);
+    await assert.rejects(append(bare), (e: unknown) => {
       return (
-        e instanceof ConnectError && e.code === Code.InvalidArgument && /only in direct/.test(e.rawMessage)
+        e instanceof ConnectError &&
+        e.code === Code.InvalidArgument &&
+        /payload: required with device_payloads in a group/.test(e.rawMessage)
       );
+    });
+    // The key holders' empty ciphertexts never reach the log.
+    const holders = group("g3", [4], [[B1, []]]);
+    holders.conversationId = id;
+    await assert.rejects(append(holders), (e: unknown) => {
+      return (
+        e instanceof ConnectError &&
+        e.code === Code.InvalidArgument &&
+        /ciphertext: required/.test(e.rawMessage)
+      );
+    });
+    // A direct conversation still refuses payload together with device_payloads.
+    const { conversationId: direct } = await sequencer.openDirect(ALICE, BOB, A1);
+    const both = group("d1", [4], [[B1, [1]]]);
+    both.conversationId = direct;
+    await assert.rejects(append(both), (e: unknown) => {
+      return e instanceof ConnectError && e.code === Code.InvalidArgument && /not both/.test(e.rawMessage);
     });
   });
 });

@@ -7,10 +7,23 @@ const MAX_REGISTRATION_ID = 0x3fff;
 
 /** What the shape rules of per-device ciphertexts need to know. */
 export interface DevicePayloadLimits {
-  /** Largest payload, in bytes: all of an entry's ciphertexts together stay within it. */
+  /** Largest payload, in bytes: an entry's payload and all of its ciphertexts together stay within it. */
   maxPayloadBytes: number;
   /** Active devices per user: a direct conversation has at most twice this many devices. */
   maxDevicesPerUser: number;
+  /** Members per group: a group has at most this many times maxDevicesPerUser devices. */
+  maxGroupSize: number;
+}
+
+/** Which rules a conversation's device payloads follow. */
+export type ConversationKind = "direct" | "group";
+
+/**
+ * The kind of a conversation, from its id: direct ids are derived ("d_", ids.ts) and group ids
+ * are minted with "g_", so the kind is known before the conversation is loaded.
+ */
+export function conversationKind(conversationId: string): ConversationKind {
+  return conversationId.startsWith("d_") ? "direct" : "group";
 }
 
 const NONE: readonly DeviceCiphertext[] = [];
@@ -22,7 +35,22 @@ export function devicePayloadsOf(body: Entry["body"] | OutgoingEntry["body"]): r
     : NONE;
 }
 
-/** The bytes a body carries: its payload, or all of its device ciphertexts. */
+/** libsignal's CiphertextMessageType SenderKey: a payload encrypted once with a sender key. */
+export const SENDER_KEY_PAYLOAD_TYPE = 7;
+
+/**
+ * Whether a body's device set must be checked: it has per-device ciphertexts, or it is a group
+ * body encrypted with a sender key. The latter with no ciphertexts at all is a sender who
+ * believes nobody else holds keys; checking it tells them of the devices that do, which would
+ * otherwise get a message they have no key for.
+ */
+export function needsDeviceCheck(conversationId: string, body: OutgoingEntry["body"]): boolean {
+  if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") return false;
+  if (body.value.devicePayloads.length > 0) return true;
+  return conversationKind(conversationId) === "group" && body.value.payloadType === SENDER_KEY_PAYLOAD_TYPE;
+}
+
+/** The bytes a body carries: its payload and all of its device ciphertexts. */
 export function bodyBytes(body: Entry["body"] | OutgoingEntry["body"]): number {
   if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") return 0;
   let bytes = body.value.payload.length;
@@ -36,23 +64,46 @@ function invalid(message: string): ConnectError {
 
 /**
  * The shape rules of a body's per-device ciphertexts (whether they match the conversation's
- * devices is the gateway's check): never together with payload; each names a device id, a
- * registration id and a non-empty ciphertext; no device twice; at most every device of two
- * users; all ciphertexts together within the payload limit. A body without them passes.
+ * devices is the gateway's check). A body without them passes. In both kinds each names a
+ * device id and a registration id, and no device appears twice.
+ *
+ * - direct: never together with payload; every ciphertext non-empty; at most every device of
+ *   two users; all ciphertexts together within the payload limit.
+ * - group: payload (the sender-key ciphertext) is required, and the ciphertexts only hand out
+ *   the sender key; at most every device of a full group; payload and ciphertexts together
+ *   within the payload limit. An empty ciphertext stands for a device that already holds the
+ *   sender key, which only the gateway sees (`keyHolders`): it drops them before the log, so
+ *   the sequencer refuses them.
  */
-export function checkDevicePayloads(body: OutgoingEntry["body"], limits: DevicePayloadLimits): void {
+export function checkDevicePayloads(
+  body: OutgoingEntry["body"],
+  kind: ConversationKind,
+  limits: DevicePayloadLimits,
+  keyHolders = false,
+): void {
   const payloads = devicePayloadsOf(body);
   if (payloads.length === 0) return;
-  if (
-    (body.case === "message" || body.case === "edit" || body.case === "reaction") &&
-    body.value.payload.length > 0
-  )
-    throw invalid("payload and device_payloads: set one of them, not both");
-  const maxDevices = 2 * limits.maxDevicesPerUser;
+  const payload =
+    body.case === "message" || body.case === "edit" || body.case === "reaction"
+      ? body.value.payload
+      : new Uint8Array(0);
+  if (kind === "direct" && payload.length > 0)
+    throw invalid("payload and device_payloads: set one of them, not both, in a direct conversation");
+  if (kind === "group" && payload.length === 0) {
+    throw invalid(
+      "payload: required with device_payloads in a group (the content encrypted once with the " +
+        "sender key; device_payloads only hand out the sender key)",
+    );
+  }
+  const maxDevices =
+    kind === "direct" ? 2 * limits.maxDevicesPerUser : limits.maxGroupSize * limits.maxDevicesPerUser;
   if (payloads.length > maxDevices)
-    throw invalid(`device_payloads: at most ${maxDevices} ciphertexts, got ${payloads.length}`);
+    throw invalid(
+      `device_payloads: at most ${maxDevices} devices in a ${kind} conversation, got ${payloads.length}`,
+    );
+  const emptyAllowed = kind === "group" && keyHolders;
   const seen = new Set<string>();
-  let bytes = 0;
+  let bytes = payload.length;
   payloads.forEach((p, i) => {
     const field = `device_payloads[${i}]`;
     requireId(`${field}.device_id`, p.deviceId, "dv");
@@ -60,12 +111,14 @@ export function checkDevicePayloads(body: OutgoingEntry["body"], limits: DeviceP
     seen.add(p.deviceId);
     if (p.registrationId < 1 || p.registrationId > MAX_REGISTRATION_ID)
       throw invalid(`${field}.registration_id: 1 to ${MAX_REGISTRATION_ID}`);
-    if (p.ciphertext.length === 0) throw invalid(`${field}.ciphertext: required`);
+    if (p.ciphertext.length === 0 && !emptyAllowed) throw invalid(`${field}.ciphertext: required`);
     bytes += p.ciphertext.length;
   });
   if (bytes > limits.maxPayloadBytes) {
     throw invalid(
-      `device_payloads: the ciphertexts are ${bytes} bytes together; the limit is ${limits.maxPayloadBytes}`,
+      kind === "direct"
+        ? `device_payloads: the ciphertexts are ${bytes} bytes together; the limit is ${limits.maxPayloadBytes}`
+        : `payload and device_payloads: ${bytes} bytes together; the limit is ${limits.maxPayloadBytes}`,
     );
   }
 }

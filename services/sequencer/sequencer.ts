@@ -34,7 +34,7 @@ import { shardOf } from "../common/shard.js";
 import { carries, context, endSpan, injectContext, startSpan } from "../common/telemetry.js";
 import type { ConversationRecord, ConversationStore, MemberRecord } from "../store/types.js";
 import type { ConversationState, CursorPair } from "./conversation.js";
-import { checkDevicePayloads, devicePayloadsOf } from "./device-payloads.js";
+import { checkDevicePayloads, conversationKind } from "./device-payloads.js";
 import { type OutboxOptions, PublishOutbox } from "./outbox.js";
 import { type Batch, Shard } from "./shard.js";
 
@@ -104,7 +104,7 @@ function redacted(entry: Entry, bySeq: number): Entry {
   const body = copy.body;
   if (body.case === "message" || body.case === "edit" || body.case === "reaction") {
     // Every device's ciphertext goes with the payload: nothing of the content stays.
-    body.value = { ...body.value, payload: new Uint8Array(0), devicePayloads: [] };
+    body.value = { ...body.value, payload: new Uint8Array(0), devicePayloads: [], payloadType: 0 };
   }
   return copy;
 }
@@ -290,12 +290,6 @@ export class Sequencer {
     this.checkBody(outgoing);
     return this.withState(outgoing.conversationId, async (state, shard) => {
       this.requireMember(state, item.senderUserId);
-      if (devicePayloadsOf(outgoing.body).length > 0 && state.record?.kind !== "direct") {
-        throw new ConnectError(
-          "device_payloads: only in direct conversations; a group message carries one payload",
-          Code.InvalidArgument,
-        );
-      }
       const key = `${item.senderDeviceId}\n${outgoing.clientMsgId}`;
       const seen = await this.findRecent(state, key, item.senderDeviceId, outgoing.clientMsgId);
       if (seen !== undefined) return seen;
@@ -359,15 +353,16 @@ export class Sequencer {
   private checkBody(outgoing: OutgoingEntry): void {
     const { limits } = this.options;
     const body = outgoing.body;
+    const kind = conversationKind(outgoing.conversationId);
     switch (body.case) {
       case "message":
       case "edit":
         refuseOver("payload", body.value.payload.length, limits.maxPayloadBytes);
-        checkDevicePayloads(body, limits);
+        checkDevicePayloads(body, kind, limits);
         break;
       case "reaction":
         refuseOver("reaction", body.value.payload.length, limits.maxReactionBytes);
-        checkDevicePayloads(body, limits);
+        checkDevicePayloads(body, kind, limits);
         break;
       case "delete":
         break;

@@ -27,7 +27,14 @@ import { DEFAULT_KEYS_OPTIONS, Keys } from "../accounts/keys.js";
 import { keyService } from "../accounts/keys-handler.js";
 import { adminService } from "../admin/handler.js";
 import { Tokens } from "../common/auth.js";
-import { type Config, type ConfigInput, loadConfig, ROLES, type Role } from "../common/config.js";
+import {
+  type Config,
+  type ConfigInput,
+  gatewayReadMaxBytes,
+  loadConfig,
+  ROLES,
+  type Role,
+} from "../common/config.js";
 import { errorBoundary } from "../common/errors.js";
 import { newSecret } from "../common/ids.js";
 import {
@@ -432,9 +439,9 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
           }
         }
       },
-      // Towards devices a frame carries one payload plus ids, so anything much larger is refused
+      // From devices a frame carries one payload plus ids, so anything much larger is refused
       // before parsing. Internal batches (appends, deliveries) carry many payloads at once.
-      readMaxBytes: gateway ? config.limits.maxPayloadBytes + 16 * 1024 : 64 * 1024 * 1024,
+      readMaxBytes: gateway ? gatewayReadMaxBytes(config.limits) : 64 * 1024 * 1024,
       // The boundary is outermost so that it also sees what authentication throws.
       interceptors: [
         serverTelemetry(),

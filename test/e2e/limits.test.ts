@@ -47,13 +47,14 @@ describe("limits and bad input: a precise error, and everyone else carries on", 
     assert.match(refused.message, /2000 bytes; the limit is 1024/);
     a.sendText(id, "ok", "still fine");
     await a.waitFor(() => a.ofCase("sendAck").find((x) => x.clientMsgId === "ok"), "next send works");
-    // 40 KiB is past readMaxBytes (1 KiB + 16 KiB): the server refuses to parse the frame at all.
+    // 600 KB is past readMaxBytes (1 KiB + 16 KiB + 48 bytes for each device of a full group,
+    // 1,024 × 8: 401 KiB): the server refuses to parse the frame at all.
     a.write({
       case: "send",
       value: create(OutgoingEntrySchema, {
         clientMsgId: "huge",
         conversationId: id,
-        body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array(40_000) }) },
+        body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array(600_000) }) },
       }),
     });
     const err = await a.ended();

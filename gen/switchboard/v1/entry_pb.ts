@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/entry.proto.
  */
 export const file_switchboard_v1_entry: GenFile = /*@__PURE__*/
-  fileDesc("Chpzd2l0Y2hib2FyZC92MS9lbnRyeS5wcm90bxIOc3dpdGNoYm9hcmQudjEisQMKBUVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJEhYKDnNlcnZlcl90aW1lX21zGAYgASgDEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAEjQKCm1lbWJlcnNoaXAYDiABKAsyHi5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQm9keUgAEhAKCHJlZGFjdGVkGBQgASgIEhcKD3JlZGFjdGVkX2J5X3NlcRgVIAEoBEIGCgRib2R5IlkKC01lc3NhZ2VCb2R5Eg8KB3BheWxvYWQYASABKAwSOQoPZGV2aWNlX3BheWxvYWRzGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuRGV2aWNlQ2lwaGVydGV4dCJgChBEZXZpY2VDaXBoZXJ0ZXh0EhEKCWRldmljZV9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKA0SEgoKY2lwaGVydGV4dBgDIAEoDBIMCgR0eXBlGAQgASgNImoKCEVkaXRCb2R5EhIKCnRhcmdldF9zZXEYASABKAQSDwoHcGF5bG9hZBgCIAEoDBI5Cg9kZXZpY2VfcGF5bG9hZHMYAyADKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDaXBoZXJ0ZXh0IiAKCkRlbGV0ZUJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBCJuCgxSZWFjdGlvbkJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBBIPCgdwYXlsb2FkGAIgASgMEjkKD2RldmljZV9wYXlsb2FkcxgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNpcGhlcnRleHQiYwoOTWVtYmVyc2hpcEJvZHkSMAoGYWN0aW9uGAEgASgOMiAuc3dpdGNoYm9hcmQudjEuTWVtYmVyc2hpcEFjdGlvbhIQCgh1c2VyX2lkcxgCIAMoCRINCgV0aXRsZRgDIAEoCSKBAgoNT3V0Z29pbmdFbnRyeRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIuCgdtZXNzYWdlGAogASgLMhsuc3dpdGNoYm9hcmQudjEuTWVzc2FnZUJvZHlIABIoCgRlZGl0GAsgASgLMhguc3dpdGNoYm9hcmQudjEuRWRpdEJvZHlIABIsCgZkZWxldGUYDCABKAsyGi5zd2l0Y2hib2FyZC52MS5EZWxldGVCb2R5SAASMAoIcmVhY3Rpb24YDSABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWFjdGlvbkJvZHlIAEIGCgRib2R5KooCChBNZW1iZXJzaGlwQWN0aW9uEiEKHU1FTUJFUlNISVBfQUNUSU9OX1VOU1BFQ0lGSUVEEAASHQoZTUVNQkVSU0hJUF9BQ1RJT05fQ1JFQVRFRBABEhsKF01FTUJFUlNISVBfQUNUSU9OX0FEREVEEAISHQoZTUVNQkVSU0hJUF9BQ1RJT05fUkVNT1ZFRBADEhoKFk1FTUJFUlNISVBfQUNUSU9OX0xFRlQQBBIeChpNRU1CRVJTSElQX0FDVElPTl9QUk9NT1RFRBAFEh0KGU1FTUJFUlNISVBfQUNUSU9OX0RFTU9URUQQBhIdChlNRU1CRVJTSElQX0FDVElPTl9SRU5BTUVEEAdiBnByb3RvMw");
+  fileDesc("Chpzd2l0Y2hib2FyZC92MS9lbnRyeS5wcm90bxIOc3dpdGNoYm9hcmQudjEisQMKBUVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJEhYKDnNlcnZlcl90aW1lX21zGAYgASgDEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAEjQKCm1lbWJlcnNoaXAYDiABKAsyHi5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQm9keUgAEhAKCHJlZGFjdGVkGBQgASgIEhcKD3JlZGFjdGVkX2J5X3NlcRgVIAEoBEIGCgRib2R5Im8KC01lc3NhZ2VCb2R5Eg8KB3BheWxvYWQYASABKAwSOQoPZGV2aWNlX3BheWxvYWRzGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuRGV2aWNlQ2lwaGVydGV4dBIUCgxwYXlsb2FkX3R5cGUYAyABKA0iYAoQRGV2aWNlQ2lwaGVydGV4dBIRCglkZXZpY2VfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgNEhIKCmNpcGhlcnRleHQYAyABKAwSDAoEdHlwZRgEIAEoDSKAAQoIRWRpdEJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBBIPCgdwYXlsb2FkGAIgASgMEjkKD2RldmljZV9wYXlsb2FkcxgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNpcGhlcnRleHQSFAoMcGF5bG9hZF90eXBlGAQgASgNIiAKCkRlbGV0ZUJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBCKEAQoMUmVhY3Rpb25Cb2R5EhIKCnRhcmdldF9zZXEYASABKAQSDwoHcGF5bG9hZBgCIAEoDBI5Cg9kZXZpY2VfcGF5bG9hZHMYAyADKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDaXBoZXJ0ZXh0EhQKDHBheWxvYWRfdHlwZRgEIAEoDSJjCg5NZW1iZXJzaGlwQm9keRIwCgZhY3Rpb24YASABKA4yIC5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQWN0aW9uEhAKCHVzZXJfaWRzGAIgAygJEg0KBXRpdGxlGAMgASgJIoECCg1PdXRnb2luZ0VudHJ5EhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAQgYKBGJvZHkqigIKEE1lbWJlcnNoaXBBY3Rpb24SIQodTUVNQkVSU0hJUF9BQ1RJT05fVU5TUEVDSUZJRUQQABIdChlNRU1CRVJTSElQX0FDVElPTl9DUkVBVEVEEAESGwoXTUVNQkVSU0hJUF9BQ1RJT05fQURERUQQAhIdChlNRU1CRVJTSElQX0FDVElPTl9SRU1PVkVEEAMSGgoWTUVNQkVSU0hJUF9BQ1RJT05fTEVGVBAEEh4KGk1FTUJFUlNISVBfQUNUSU9OX1BST01PVEVEEAUSHQoZTUVNQkVSU0hJUF9BQ1RJT05fREVNT1RFRBAGEh0KGU1FTUJFUlNISVBfQUNUSU9OX1JFTkFNRUQQB2IGcHJvdG8z");
 
 /**
  * A conversation's log is a sequence of entries numbered 1, 2, 3, ... with no gaps.
@@ -143,25 +143,53 @@ export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
 export type MessageBody = Message<"switchboard.v1.MessageBody"> & {
   /**
    * Opaque application bytes: one payload for every device (a plaintext-compatible message, or
-   * a group message encrypted once). Leave it empty when device_payloads is set.
+   * a group message encrypted once with the sender's sender key). In a direct conversation,
+   * leave it empty when device_payloads is set; in a group, it is required with
+   * device_payloads (INVALID_ARGUMENT otherwise).
    *
    * @generated from field: bytes payload = 1;
    */
   payload: Uint8Array;
 
   /**
-   * Pairwise end-to-end encryption: one ciphertext per device instead of payload, only in
-   * direct conversations. A send must name exactly the conversation's devices (every active
-   * device of the peer with keys, and every other active device of the sender with keys, with
-   * their current registration ids) or it is refused with FAILED_PRECONDITION and the
-   * mismatched devices (SendErrorFrame.mismatch). The log keeps all of them; each device
-   * receives the entry with only its own ciphertext (none for the sending device). Setting both
-   * payload and device_payloads is INVALID_ARGUMENT. All ciphertexts together count against
-   * the payload limit.
+   * One entry per recipient device, with exactly the conversation's devices: every active
+   * device with keys of every member (the peer, or the group's current members), the sender's
+   * own other devices included and the sending device left out, each with its current
+   * registration id. Otherwise the send is refused with FAILED_PRECONDITION and the mismatched
+   * devices (SendErrorFrame.mismatch), and nothing is stored.
+   *
+   * Direct conversations (pairwise end-to-end encryption): instead of payload (setting both is
+   * INVALID_ARGUMENT), each entry carries the content encrypted for that device, never empty;
+   * at most 2 × the devices per user; all ciphertexts together within the payload limit.
+   *
+   * Groups (sender keys): together with payload, each entry's ciphertext is either a pairwise
+   * message carrying a SenderKeyDistributionMessage, for a device that does not hold the
+   * sender's current sender key, or empty, for one that does. At most the group size limit ×
+   * the devices per user; payload and all ciphertexts together within the payload limit (the
+   * device ids do not count). Empty entries are dropped once the send is accepted: the log
+   * keeps the payload and the key distributions only. A group message with payload alone is
+   * not checked unless its payload_type is 7 (a sender-key ciphertext): then no entries at all
+   * claims that no other device holds keys, and is checked like any other set.
+   *
+   * The log keeps the remaining entries; each device receives the entry with only its own
+   * (none for the sending device).
    *
    * @generated from field: repeated switchboard.v1.DeviceCiphertext device_payloads = 2;
    */
   devicePayloads: DeviceCiphertext[];
+
+  /**
+   * What payload is, for clients: 0 opaque application bytes (a plaintext-compatible client's
+   * payload); 1 a group send that only hands out the sender's key in device_payloads ahead of
+   * a message they did not fit beside (payload is a fixed marker; clients show nothing); or
+   * libsignal's CiphertextMessageType when payload is end-to-end encrypted (7 SenderKey: a group
+   * message encrypted once with the sender's sender key). Passed through
+   * unchanged; the server only uses it to check a group message with 7 and no device_payloads
+   * against the group's devices (see device_payloads).
+   *
+   * @generated from field: uint32 payload_type = 3;
+   */
+  payloadType: number;
 };
 
 /**
@@ -172,7 +200,8 @@ export const MessageBodySchema: GenMessage<MessageBody> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_entry, 1);
 
 /**
- * One device's ciphertext of a pairwise end-to-end encrypted message, edit or reaction.
+ * One device's entry of a message, edit or reaction with per-device ciphertexts: its pairwise
+ * ciphertext of the content (direct conversations) or of a sender key distribution (groups).
  *
  * @generated from message switchboard.v1.DeviceCiphertext
  */
@@ -194,7 +223,9 @@ export type DeviceCiphertext = Message<"switchboard.v1.DeviceCiphertext"> & {
   registrationId: number;
 
   /**
-   * libsignal's serialized ciphertext message; opaque to the server, never empty.
+   * libsignal's serialized ciphertext message; opaque to the server. Never empty in a direct
+   * conversation. In a group, empty means the device already holds the sender's current sender
+   * key and needs nothing; such entries are checked (the device must be named) but not stored.
    *
    * @generated from field: bytes ciphertext = 3;
    */
@@ -231,21 +262,29 @@ export type EditBody = Message<"switchboard.v1.EditBody"> & {
   targetSeq: bigint;
 
   /**
-   * The new opaque payload; same size limit as MessageBody.payload. Empty when
-   * device_payloads is set.
+   * The new opaque payload; same size limit as MessageBody.payload. As there: empty when
+   * device_payloads is set in a direct conversation, required with it in a group.
    *
    * @generated from field: bytes payload = 2;
    */
   payload: Uint8Array;
 
   /**
-   * The new content as one ciphertext per device, with the same rules as
-   * MessageBody.device_payloads (direct conversations only, exactly the conversation's devices,
-   * not together with payload).
+   * The new content per device, with the same rules as MessageBody.device_payloads: in a direct
+   * conversation one ciphertext per device instead of payload; in a group the sender key
+   * distributions (or empty entries) that go with the sender-key payload.
    *
    * @generated from field: repeated switchboard.v1.DeviceCiphertext device_payloads = 3;
    */
   devicePayloads: DeviceCiphertext[];
+
+  /**
+   * What payload is, as MessageBody.payload_type: 0 opaque application bytes, 7 a sender-key
+   * ciphertext. Passed through unchanged.
+   *
+   * @generated from field: uint32 payload_type = 4;
+   */
+  payloadType: number;
 };
 
 /**
@@ -293,22 +332,33 @@ export type ReactionBody = Message<"switchboard.v1.ReactionBody"> & {
   targetSeq: bigint;
 
   /**
-   * Opaque reaction bytes (for example an emoji, or its ciphertext); at most 256 bytes.
+   * Opaque reaction bytes (for example an emoji, or its sender-key ciphertext in a group); at
+   * most 256 bytes. As MessageBody.payload: empty when device_payloads is set in a direct
+   * conversation, required with it in a group.
    *
    * @generated from field: bytes payload = 2;
    */
   payload: Uint8Array;
 
   /**
-   * The reaction as one ciphertext per device, with the same rules as
-   * MessageBody.device_payloads (direct conversations only, exactly the conversation's devices,
-   * not together with payload; all ciphertexts together within the payload limit, since a
-   * PreKey message alone exceeds 256 bytes). A reaction with device_payloads is never a
-   * removal: remove a reaction with neither payload nor device_payloads.
+   * The reaction per device, with the same rules as MessageBody.device_payloads: in a direct
+   * conversation one ciphertext per device instead of payload; in a group the sender key
+   * distributions (or empty entries) that go with the sender-key payload. All ciphertexts (and
+   * in a group the payload) together within the payload limit, not 256 bytes, since a PreKey
+   * message alone exceeds that. A reaction with device_payloads is never a removal: remove a
+   * reaction with neither payload nor device_payloads.
    *
    * @generated from field: repeated switchboard.v1.DeviceCiphertext device_payloads = 3;
    */
   devicePayloads: DeviceCiphertext[];
+
+  /**
+   * What payload is, as MessageBody.payload_type: 0 opaque application bytes, 7 a sender-key
+   * ciphertext. Passed through unchanged.
+   *
+   * @generated from field: uint32 payload_type = 4;
+   */
+  payloadType: number;
 };
 
 /**

@@ -675,17 +675,20 @@ export const SendErrorFrameSchema: GenMessage<SendErrorFrame> = /*@__PURE__*/
  */
 export type DeviceMismatch = Message<"switchboard.v1.DeviceMismatch"> & {
   /**
-   * Active devices with keys that have no ciphertext in the send: the peer's devices and the
-   * sender's own other devices. Fetch their bundles (KeyService.GetBundles with device_ids),
-   * open sessions, and add their ciphertexts.
+   * Active devices with keys that have no entry in the send: the peer's devices or those of
+   * every group member (including members added since the sender last looked, and devices
+   * linked since), and the sender's own other devices. Fetch their bundles
+   * (KeyService.GetBundles with device_ids), open sessions, and add their entries (in a group,
+   * with a sender key distribution: they do not hold the key yet).
    *
    * @generated from field: repeated switchboard.v1.MismatchedDevice missing = 1;
    */
   missing: MismatchedDevice[];
 
   /**
-   * Ciphertexts for devices that must not get one: revoked or unknown devices, devices without
-   * keys, devices of other users, or the sending device itself. Drop them (and the sessions).
+   * Entries for devices that must not get one: revoked or unknown devices, devices without
+   * keys, devices of users outside the conversation (in a group, also members removed since),
+   * or the sending device itself. Drop them (and the sessions).
    * user_id is empty for these: the server does not say whose an unknown device is.
    *
    * @generated from field: repeated switchboard.v1.MismatchedDevice extra = 2;

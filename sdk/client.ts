@@ -1,8 +1,15 @@
 import { randomBytes } from "node:crypto";
+import { readFile } from "node:fs/promises";
 import { hostname } from "node:os";
+import { basename } from "node:path";
 import { clone, create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Device, SetPushTargetRequestSchema, User } from "../gen/switchboard/v1/accounts_pb.js";
+import {
+  type AttachmentPointer,
+  AttachmentPointerSchema,
+  SealedContentSchema,
+} from "../gen/switchboard/v1/content_pb.js";
 import type { Conversation, Member, MemberRole } from "../gen/switchboard/v1/conversations_pb.js";
 import {
   type DeviceCiphertext,
@@ -22,8 +29,17 @@ import {
   type StreamLimits,
 } from "../gen/switchboard/v1/gateway_pb.js";
 import { Backoff } from "./backoff.js";
-import { E2ee, MAX_MISMATCH_RETRIES } from "./e2ee.js";
-import { Profile } from "./profile.js";
+import { decryptAttachment, encryptAttachment } from "./crypto/attachments.js";
+import {
+  type ContactSafetyNumber,
+  E2ee,
+  KEYS_ONLY_PAYLOAD_TYPE,
+  MAX_MISMATCH_RETRIES,
+  parseSealed,
+  SENDER_KEY_PAYLOAD_TYPE,
+  type SealedPart,
+} from "./e2ee.js";
+import { Profile, writeFileAtomic } from "./profile.js";
 import { ReorderBuffer } from "./reorder.js";
 import {
   connectToServer,
@@ -41,6 +57,7 @@ import type {
   Listener,
   OpenOptions,
   OutboxItem,
+  OutgoingAttachment,
   PayloadCodec,
   RegisterOptions,
   SendResult,
@@ -69,6 +86,11 @@ export function newClientMsgId(): string {
 }
 
 type OutgoingBody = NonNullable<MessageInitShape<typeof OutgoingEntrySchema>["body"]>;
+/** Builds a send's body from its payload, its per-device ciphertexts and the payload's type. */
+type BodyOf = (payload: Uint8Array, devicePayloads: DeviceCiphertext[], payloadType: number) => OutgoingBody;
+
+/** Largest payload assumed before the server said (StreamLimits): the default limit. */
+const DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024;
 type RequestFrame = NonNullable<MessageInitShape<typeof ConnectRequestSchema>["frame"]>;
 
 interface PendingSend {
@@ -80,6 +102,8 @@ interface PendingSend {
   retries: number;
   /** Re-encryptions after refusals for mismatched devices. */
   mismatchRetries: number;
+  /** Group sends: the devices this send hands our sender key to (not kept across restarts). */
+  distributed?: SealedPart["distributed"];
   timer: NodeJS.Timeout | undefined;
   promise: Promise<SendResult>;
   resolve(result: SendResult): void;
@@ -119,6 +143,8 @@ export class SwitchboardClient {
   private readonly reorder: ReorderBuffer;
   private readonly backoff: Backoff;
   private readonly sends = new Map<string, PendingSend>();
+  /** Encrypted sends are sealed and queued one at a time, so they leave in the order sealed. */
+  private sealing: Promise<unknown> = Promise.resolve();
   private readonly presenceSubscriptions = new Set<string>();
   private readonly ackDue = new Set<string>();
   private readonly readDue = new Map<string, bigint>();
@@ -746,7 +772,8 @@ export class SwitchboardClient {
             error: entry.decodeError,
           });
         }
-        await this.emitAndWait("entry", entry);
+        // A keys-only entry carried sender keys and nothing for the app.
+        if (!entry.keysOnly) await this.emitAndWait("entry", entry);
         this.profile.setDelivered(raw.conversationId, raw.seq);
         this.scheduleAck(raw.conversationId, 1);
       }
@@ -762,18 +789,33 @@ export class SwitchboardClient {
     const hasPayload = body.case === "message" || body.case === "edit" || body.case === "reaction";
     if (body.case === "edit" || body.case === "delete" || body.case === "reaction")
       targetSeq = body.value.targetSeq;
+    let attachments: AttachmentPointer[] = [];
+    let keysOnly = false;
+    if (body.case === "membership" && this.e2ee !== undefined) {
+      try {
+        await this.e2ee.membershipChanged(raw);
+      } catch (err) {
+        this.emit("error", { error: ConnectError.from(err, Code.Internal), fatal: false });
+      }
+    }
     if (hasPayload && !raw.redacted) {
       try {
-        const devicePayloads = body.value.devicePayloads;
         const ownEncrypted =
           this.e2ee !== undefined &&
           raw.senderDeviceId === this.deviceId &&
           body.value.payload.length === 0 &&
           this.e2ee.hasSent(raw.clientMsgId);
-        if (this.e2ee !== undefined && (devicePayloads.length > 0 || ownEncrypted)) {
+        const encrypted =
+          body.value.devicePayloads.length > 0 ||
+          body.value.payloadType === SENDER_KEY_PAYLOAD_TYPE ||
+          body.value.payloadType === KEYS_ONLY_PAYLOAD_TYPE;
+        if (this.e2ee !== undefined && (encrypted || ownEncrypted)) {
           // Written to the profile before this resolves, so before the entry is acked.
-          payload = await this.e2ee.decode(raw, devicePayloads);
-        } else if (devicePayloads.length > 0) {
+          const content = parseSealed(await this.e2ee.decode(raw));
+          payload = content.payload;
+          attachments = content.attachments;
+          keysOnly = content.keysOnly;
+        } else if (encrypted) {
           throw new Error("the entry is end-to-end encrypted and this client was opened without encryption");
         } else {
           payload = await this.codec.decode(raw);
@@ -791,6 +833,8 @@ export class SwitchboardClient {
       serverTimeMs: raw.serverTimeMs,
       kind: body.case ?? "unknown",
       payload,
+      attachments,
+      keysOnly,
       targetSeq,
       membership: body.case === "membership" ? body.value : undefined,
       redacted: raw.redacted,
@@ -888,10 +932,7 @@ export class SwitchboardClient {
     payload: Uint8Array | string,
     options: { clientMsgId?: string } = {},
   ): Promise<SendResult> {
-    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p, devicePayloads) => ({
-      case: "message",
-      value: { payload: p, devicePayloads },
-    }));
+    return this.sendWithPayload(conversationId, payload, options.clientMsgId, messageBody);
   }
 
   /** Replaces the payload of one of this user's earlier messages. */
@@ -901,10 +942,15 @@ export class SwitchboardClient {
     payload: Uint8Array | string,
     options: { clientMsgId?: string } = {},
   ): Promise<SendResult> {
-    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p, devicePayloads) => ({
-      case: "edit",
-      value: { targetSeq: BigInt(targetSeq), payload: p, devicePayloads },
-    }));
+    return this.sendWithPayload(
+      conversationId,
+      payload,
+      options.clientMsgId,
+      (p, devicePayloads, payloadType) => ({
+        case: "edit",
+        value: { targetSeq: BigInt(targetSeq), payload: p, devicePayloads, payloadType },
+      }),
+    );
   }
 
   /** Reacts to a message; an empty payload removes this user's reaction. */
@@ -914,10 +960,15 @@ export class SwitchboardClient {
     payload: Uint8Array | string,
     options: { clientMsgId?: string } = {},
   ): Promise<SendResult> {
-    return this.sendWithPayload(conversationId, payload, options.clientMsgId, (p, devicePayloads) => ({
-      case: "reaction",
-      value: { targetSeq: BigInt(targetSeq), payload: p, devicePayloads },
-    }));
+    return this.sendWithPayload(
+      conversationId,
+      payload,
+      options.clientMsgId,
+      (p, devicePayloads, payloadType) => ({
+        case: "reaction",
+        value: { targetSeq: BigInt(targetSeq), payload: p, devicePayloads, payloadType },
+      }),
+    );
   }
 
   /** Deletes a message for everyone. */
@@ -937,21 +988,12 @@ export class SwitchboardClient {
     conversationId: string,
     payload: Uint8Array | string,
     clientMsgId: string | undefined,
-    body: (encoded: Uint8Array, devicePayloads: DeviceCiphertext[]) => OutgoingBody,
+    body: BodyOf,
   ): Promise<SendResult> {
     const plaintext = typeof payload === "string" ? textEncoder.encode(payload) : payload;
     // An empty reaction removes one: it carries nothing to encrypt.
     if (this.e2ee !== undefined && plaintext.byteLength > 0) {
-      const info = await this.e2ee.conversation(conversationId);
-      if (info.direct) {
-        const id = clientMsgId ?? newClientMsgId();
-        const existing = this.sends.get(id);
-        if (existing !== undefined) return existing.promise;
-        // Kept first: this device's own entry comes back without a ciphertext for it.
-        await this.e2ee.rememberSent(id, plaintext);
-        const devicePayloads = await this.encryptFor(info.peerUserId, plaintext);
-        return this.enqueueSend(conversationId, body(new Uint8Array(), devicePayloads), id, plaintext);
-      }
+      return this.sendSealed(conversationId, sealedContent(plaintext, []), clientMsgId, body);
     }
     const encoded = await this.codec.encode(conversationId, plaintext);
     const max = this.limits?.maxPayloadBytes ?? 0;
@@ -961,57 +1003,121 @@ export class SwitchboardClient {
         Code.InvalidArgument,
       );
     }
-    return this.enqueueSend(conversationId, body(encoded, []), clientMsgId);
+    return this.enqueueSend(conversationId, body(encoded, [], 0), clientMsgId);
   }
 
-  /** Encrypts for the peer's and this user's other devices, refusing what exceeds the limit. */
-  private async encryptFor(peerUserId: string, plaintext: Uint8Array): Promise<DeviceCiphertext[]> {
-    const e2ee = this.e2ee;
-    if (e2ee === undefined) throw new ConnectError("encryption is off", Code.Internal);
-    let devicePayloads: DeviceCiphertext[];
-    try {
-      devicePayloads = await e2ee.encrypt(peerUserId, plaintext);
-    } catch (err) {
-      throw ConnectError.from(err, Code.FailedPrecondition);
-    }
-    if (devicePayloads.length === 0) {
-      // An empty list would be a plaintext send; nobody can be reached yet.
+  /**
+   * Encrypts a SealedContent for the conversation and queues it (after any keys-only parts a
+   * group's key distribution needs). Sealing and queueing run one send at a time, so sends leave
+   * in the order their sender keys advanced.
+   */
+  private async sendSealed(
+    conversationId: string,
+    content: Uint8Array,
+    clientMsgId: string | undefined,
+    body: BodyOf,
+  ): Promise<SendResult> {
+    const e2ee = this.requireE2ee();
+    const id = clientMsgId ?? newClientMsgId();
+    const existing = this.sends.get(id);
+    if (existing !== undefined) return existing.promise;
+    const run = async (): Promise<{ result: Promise<SendResult> }> => {
+      // Kept first: this device's own entry comes back without a ciphertext for it.
+      await e2ee.rememberSent(id, content);
+      const parts = await this.seal(conversationId, content);
+      let result: Promise<SendResult> | undefined;
+      for (const part of parts) {
+        const partId = part.keysOnly ? newClientMsgId() : id;
+        if (part.keysOnly) await e2ee.rememberSent(partId, part.content);
+        const partBody = part.keysOnly ? messageBody : body;
+        // enqueueSend registers the send before its first await: the order is kept.
+        const sent = this.enqueueSend(
+          conversationId,
+          partBody(part.payload, part.devicePayloads, part.payloadType),
+          partId,
+          part.content,
+        );
+        const pending = this.sends.get(partId);
+        if (pending !== undefined) pending.distributed = part.distributed;
+        if (part.keysOnly) sent.catch(() => {});
+        else result = sent;
+      }
+      if (result === undefined) throw new ConnectError("nothing to send", Code.Internal);
+      return { result };
+    };
+    const next = this.sealing.then(run, run);
+    this.sealing = next.catch(() => {});
+    return (await next).result;
+  }
+
+  private requireE2ee(): E2ee {
+    if (this.e2ee === undefined) {
       throw new ConnectError(
-        "no device of the conversation has keys in the key directory yet; nothing can be encrypted",
+        "end-to-end encryption is off: open the client with encryption: true",
         Code.FailedPrecondition,
       );
     }
-    const total = devicePayloads.reduce((n, c) => n + c.ciphertext.byteLength, 0);
-    const max = this.limits?.maxPayloadBytes ?? 0;
-    if (max > 0 && total > max) {
-      throw new ConnectError(
-        `ciphertexts of ${total} bytes for ${devicePayloads.length} devices exceed the server's limit of ${max}`,
-        Code.InvalidArgument,
-      );
+    return this.e2ee;
+  }
+
+  /** Seals a content, refusing what no device can read or what exceeds the limit. */
+  private async seal(conversationId: string, content: Uint8Array): Promise<SealedPart[]> {
+    const e2ee = this.requireE2ee();
+    const max = this.limits?.maxPayloadBytes || DEFAULT_MAX_PAYLOAD_BYTES;
+    let parts: SealedPart[];
+    try {
+      parts = await e2ee.seal(conversationId, content, max);
+    } catch (err) {
+      throw ConnectError.from(err, Code.FailedPrecondition);
     }
-    return devicePayloads;
+    for (const part of parts) {
+      if (part.payloadType === 0 && part.devicePayloads.length === 0) {
+        // An empty list would be a plaintext send; nobody can be reached yet.
+        throw new ConnectError(
+          "no device of the conversation has keys in the key directory yet; nothing can be encrypted",
+          Code.FailedPrecondition,
+        );
+      }
+      const total =
+        part.payload.byteLength + part.devicePayloads.reduce((n, c) => n + c.ciphertext.byteLength, 0);
+      if (total > max) {
+        throw new ConnectError(
+          `ciphertexts of ${total} bytes for ${part.devicePayloads.length} devices exceed the server's limit of ${max}`,
+          Code.InvalidArgument,
+        );
+      }
+    }
+    return parts;
   }
 
   /**
    * The server refused a send for mismatched devices: fix the device set (new sessions for
-   * missing and stale devices, none for extra ones), encrypt the kept plaintext again, persist the
-   * new ciphertexts and resend with the same client_msg_id.
+   * missing and stale devices, none for extra ones; a new sender key in a group that lost a
+   * device), encrypt the kept plaintext again, persist the new ciphertexts and resend with the
+   * same client_msg_id.
    */
   private async reencrypt(p: PendingSend, mismatch: DeviceMismatch): Promise<void> {
     const e2ee = this.e2ee;
     const id = p.item.clientMsgId;
     try {
       if (e2ee === undefined || p.item.plaintext === undefined) throw new Error("not an encrypted send");
-      await e2ee.applyMismatch(mismatch);
-      const info = await e2ee.conversation(p.item.conversationId);
-      if (!info.direct) throw new Error("not a direct conversation");
-      const devicePayloads = await this.encryptFor(info.peerUserId, Buffer.from(p.item.plaintext, "base64"));
+      await e2ee.applyMismatch(mismatch, p.item.conversationId);
+      const content = Buffer.from(p.item.plaintext, "base64");
+      const parts = await this.seal(p.item.conversationId, content);
+      const part = parts[0];
+      if (parts.length !== 1 || part === undefined) {
+        throw new Error(
+          "after the device change the sender key must go to more devices than fit in one message; send again",
+        );
+      }
       const outgoing = clone(OutgoingEntrySchema, p.outgoing);
       const body = outgoing.body;
       if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") {
         throw new Error(`a ${body.case} send has no ciphertexts`);
       }
-      body.value.devicePayloads = devicePayloads;
+      body.value.payload = part.payload;
+      body.value.payloadType = part.payloadType;
+      body.value.devicePayloads = part.devicePayloads;
       const item: OutboxItem = {
         ...p.item,
         outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
@@ -1020,6 +1126,7 @@ export class SwitchboardClient {
       await this.profile.addToOutbox(item);
       p.outgoing = outgoing;
       p.item = item;
+      p.distributed = part.distributed;
     } catch (err) {
       if (this.sends.get(id) !== p) return;
       this.failSend(p, ConnectError.from(err, Code.FailedPrecondition));
@@ -1133,6 +1240,9 @@ export class SwitchboardClient {
       seq: ack.seq,
       serverTimeMs: ack.serverTimeMs,
     };
+    if (p.distributed !== undefined && this.e2ee !== undefined) {
+      this.e2ee.keyDistributed(p.distributed).catch((err: unknown) => this.keysFailed(err));
+    }
     p.resolve(result);
     this.emit("sent", result);
     this.pump();
@@ -1242,48 +1352,60 @@ export class SwitchboardClient {
   ): Promise<SendResult> {
     const plaintext = typeof payload === "string" ? textEncoder.encode(payload) : payload;
     const clientMsgId = options.clientMsgId ?? newClientMsgId();
-    const direct = this.e2ee !== undefined ? await this.e2ee.conversation(conversationId) : undefined;
-    const peerUserId = direct?.direct === true ? direct.peerUserId : undefined;
-    let entry: OutgoingEntry;
-    if (peerUserId !== undefined) {
-      await this.e2ee?.rememberSent(clientMsgId, plaintext);
-      const devicePayloads = await this.encryptFor(peerUserId, plaintext);
-      entry = create(OutgoingEntrySchema, {
-        clientMsgId,
-        conversationId,
-        body: { case: "message", value: { devicePayloads } },
-      });
-    } else {
-      entry = create(OutgoingEntrySchema, {
+    const e2ee = this.e2ee;
+    if (e2ee === undefined) {
+      const entry = create(OutgoingEntrySchema, {
         clientMsgId,
         conversationId,
         body: { case: "message", value: { payload: await this.codec.encode(conversationId, plaintext) } },
       });
+      return this.unary(entry, options.attempts);
     }
-    const attempts = options.attempts ?? 5;
-    const backoff = new Backoff(this.tuning.backoffBaseMs, this.tuning.backoffCapMs);
-    let mismatchRetries = 0;
-    for (let attempt = 1; ; attempt++) {
+    const content = sealedContent(plaintext, []);
+    await e2ee.rememberSent(clientMsgId, content);
+    let parts = await this.seal(conversationId, content);
+    for (let mismatchRetries = 0; ; mismatchRetries++) {
       try {
-        const res = await this.conn.gateway.send({ entry }, { timeoutMs: UNARY_TIMEOUT_MS });
-        return { clientMsgId, conversationId, seq: res.seq, serverTimeMs: res.serverTimeMs };
+        let result: SendResult | undefined;
+        for (const part of parts) {
+          const id = part.keysOnly ? newClientMsgId() : clientMsgId;
+          if (part.keysOnly) await e2ee.rememberSent(id, part.content);
+          const entry = create(OutgoingEntrySchema, {
+            clientMsgId: id,
+            conversationId,
+            body: messageBody(part.payload, part.devicePayloads, part.payloadType),
+          });
+          result = await this.unary(entry, options.attempts);
+          await e2ee.keyDistributed(part.distributed);
+        }
+        if (result === undefined) throw new ConnectError("nothing to send", Code.Internal);
+        return result;
       } catch (err) {
         const error = ConnectError.from(err);
         const mismatch =
           error.code === Code.FailedPrecondition ? error.findDetails(DeviceMismatchSchema)[0] : undefined;
-        if (peerUserId !== undefined && mismatch !== undefined && mismatchRetries < MAX_MISMATCH_RETRIES) {
-          mismatchRetries += 1;
-          await this.e2ee?.applyMismatch(mismatch);
-          entry = create(OutgoingEntrySchema, {
-            clientMsgId,
-            conversationId,
-            body: {
-              case: "message",
-              value: { devicePayloads: await this.encryptFor(peerUserId, plaintext) },
-            },
-          });
-          continue;
-        }
+        if (mismatch === undefined || mismatchRetries >= MAX_MISMATCH_RETRIES) throw error;
+        await e2ee.applyMismatch(mismatch, conversationId);
+        // Keys-only parts already accepted stay; the resealed parts repeat what is still needed.
+        parts = await this.seal(conversationId, content);
+      }
+    }
+  }
+
+  /** GatewayService.Send with retries of transient failures under the same idempotency key. */
+  private async unary(entry: OutgoingEntry, attempts = 5): Promise<SendResult> {
+    const backoff = new Backoff(this.tuning.backoffBaseMs, this.tuning.backoffCapMs);
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const res = await this.conn.gateway.send({ entry }, { timeoutMs: UNARY_TIMEOUT_MS });
+        return {
+          clientMsgId: entry.clientMsgId,
+          conversationId: entry.conversationId,
+          seq: res.seq,
+          serverTimeMs: res.serverTimeMs,
+        };
+      } catch (err) {
+        const error = ConnectError.from(err);
         const transient =
           error.code === Code.Unavailable ||
           error.code === Code.ResourceExhausted ||
@@ -1292,6 +1414,124 @@ export class SwitchboardClient {
         await new Promise((resolve) => setTimeout(resolve, Math.max(backoff.next(), 50)));
       }
     }
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Attachments (end-to-end encrypted)
+
+  /**
+   * Sends a file: encrypts it with a fresh key (AES-256-GCM), uploads the ciphertext straight to
+   * the media store through a presigned URL, sends the pointer, key and digest inside an end-to-end
+   * encrypted message, then claims the object for the conversation. Needs encryption.
+   */
+  async sendAttachment(
+    conversationId: string,
+    file: OutgoingAttachment,
+    options: { caption?: string | Uint8Array; clientMsgId?: string } = {},
+  ): Promise<SendResult & { attachment: AttachmentPointer }> {
+    this.requireE2ee();
+    const attachment = await this.uploadAttachment(conversationId, file);
+    const caption =
+      typeof options.caption === "string"
+        ? textEncoder.encode(options.caption)
+        : (options.caption ?? new Uint8Array());
+    const result = await this.sendSealed(
+      conversationId,
+      sealedContent(caption, [attachment]),
+      options.clientMsgId,
+      messageBody,
+    );
+    try {
+      await this.conn.media.claimUpload({ objectId: attachment.objectId, conversationId });
+    } catch (err) {
+      // The message is sent; a recipient's first download claims the object too.
+      this.emit("error", { error: ConnectError.from(err), fatal: false });
+    }
+    return { ...result, attachment };
+  }
+
+  /** Encrypts and uploads a file; the pointer to send (with its key) is returned. */
+  async uploadAttachment(conversationId: string, file: OutgoingAttachment): Promise<AttachmentPointer> {
+    const data = file.data ?? (file.path !== undefined ? await readFile(file.path) : undefined);
+    if (data === undefined)
+      throw new ConnectError("an attachment needs data or a path", Code.InvalidArgument);
+    const sealed = encryptAttachment(data);
+    const upload = await this.conn.media.createUpload({
+      conversationId,
+      lengthBytes: BigInt(sealed.ciphertext.byteLength),
+    });
+    let res: Response;
+    try {
+      res = await fetch(upload.uploadUrl, {
+        method: "PUT",
+        body: sealed.ciphertext,
+        headers: { "content-type": "application/octet-stream" },
+      });
+    } catch (err) {
+      throw new ConnectError(`the attachment upload failed: ${String(err)}`, Code.Unavailable);
+    }
+    if (!res.ok) {
+      const detail = (await res.text().catch(() => "")).slice(0, 300);
+      throw new ConnectError(
+        `the media store refused the upload: HTTP ${res.status} ${detail}`.trim(),
+        res.status >= 500 ? Code.Unavailable : Code.FailedPrecondition,
+      );
+    }
+    return create(AttachmentPointerSchema, {
+      objectId: upload.objectId,
+      key: sealed.key,
+      digest: sealed.digest,
+      sizeBytes: BigInt(data.byteLength),
+      ciphertextBytes: BigInt(sealed.ciphertext.byteLength),
+      fileName: file.fileName ?? (file.path !== undefined ? basename(file.path) : ""),
+      contentType: file.contentType ?? "",
+    });
+  }
+
+  /**
+   * Downloads an attachment of a message in the conversation, checks its digest and decrypts it.
+   * Throws AttachmentError ("digest", "authentication", "format") when the bytes are not the
+   * sender's; with `path` the plaintext is written there atomically, never unverified.
+   */
+  async downloadAttachment(
+    conversationId: string,
+    attachment: AttachmentPointer,
+    options: { path?: string } = {},
+  ): Promise<Uint8Array> {
+    const download = await this.conn.media.createDownload({ objectId: attachment.objectId, conversationId });
+    let res: Response;
+    try {
+      res = await fetch(download.downloadUrl);
+    } catch (err) {
+      throw new ConnectError(`the attachment download failed: ${String(err)}`, Code.Unavailable);
+    }
+    if (!res.ok) {
+      throw new ConnectError(
+        `the media store refused the download: HTTP ${res.status}`,
+        res.status >= 500 ? Code.Unavailable : Code.FailedPrecondition,
+      );
+    }
+    const ciphertext = new Uint8Array(await res.arrayBuffer());
+    const plaintext = decryptAttachment(ciphertext, attachment.key, attachment.digest);
+    if (options.path !== undefined) await writeFileAtomic(options.path, plaintext);
+    return plaintext;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Identity of contacts
+
+  /**
+   * The safety numbers of this user and another, one per device of theirs (each device has its own
+   * identity key), as people compare them out of band. A device never contacted is fetched from the
+   * key directory first (which opens a session with it).
+   */
+  async safetyNumbers(peerUserId: string): Promise<ContactSafetyNumber[]> {
+    return this.requireE2ee().safetyNumbers(peerUserId);
+  }
+
+  /** Marks a contact device's current identity key as verified (its changes are then refused). */
+  async verifyContact(peerUserId: string, peerDeviceId: string): Promise<void> {
+    await this.requireE2ee().verify({ userId: peerUserId, deviceId: peerDeviceId });
   }
 
   /** Looks users up by id and/or username; unknown ones are left out. */
@@ -1431,4 +1671,15 @@ function credentialsFrom(
 function required<T>(value: T | undefined, what: string): T {
   if (value === undefined) throw new ConnectError(`server response lacks ${what}`, Code.Internal);
   return value;
+}
+
+/** A message body with the given payload, per-device ciphertexts and payload type. */
+const messageBody: BodyOf = (payload, devicePayloads, payloadType) => ({
+  case: "message",
+  value: { payload, devicePayloads, payloadType },
+});
+
+/** The plaintext of an end-to-end encrypted message. */
+function sealedContent(payload: Uint8Array, attachments: AttachmentPointer[]): Uint8Array {
+  return toBinary(SealedContentSchema, create(SealedContentSchema, { payload, attachments }));
 }

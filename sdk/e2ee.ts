@@ -1,37 +1,105 @@
 import { join } from "node:path";
-import { create } from "@bufbuild/protobuf";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
+import { type SealedContent, SealedContentSchema } from "../gen/switchboard/v1/content_pb.js";
 import { ConversationKind } from "../gen/switchboard/v1/conversations_pb.js";
-import { type DeviceCiphertext, DeviceCiphertextSchema, type Entry } from "../gen/switchboard/v1/entry_pb.js";
+import {
+  type DeviceCiphertext,
+  DeviceCiphertextSchema,
+  type Entry,
+  MembershipAction,
+} from "../gen/switchboard/v1/entry_pb.js";
 import type { DeviceMismatch } from "../gen/switchboard/v1/gateway_pb.js";
 import type { KeyService } from "../gen/switchboard/v1/keys_pb.js";
 import { JsonDoc, RecordDir } from "./crypto/files.js";
+import { GroupCipher } from "./crypto/groups.js";
 import { generateInitialKeys, type RemainingPrekeys, replenishPrekeys } from "./crypto/keys.js";
 import { DecryptError, DevicesWithoutKeysError, PairwiseCipher } from "./crypto/pairwise.js";
+import { safetyNumber } from "./crypto/safety.js";
 import { type DeviceRef, type IdentityChangeEvent, SignalStores } from "./crypto/stores.js";
 import type { ServerConnection } from "./transport.js";
 
 /** How many times a send refused for mismatched devices is re-encrypted before it fails. */
 export const MAX_MISMATCH_RETRIES = 3;
 
+/** libsignal's CiphertextMessageType of a sender-key message: MessageBody.payload_type of groups. */
+export const SENDER_KEY_PAYLOAD_TYPE = 7;
+
+/**
+ * MessageBody.payload_type of a group send that only hands out our sender key (device_payloads)
+ * ahead of the message, when the keys do not fit beside it. Its payload is the plain marker
+ * below, not a sender-key ciphertext: a device whose key comes in a later part could not decrypt
+ * one, and the marker says nothing the device payloads do not.
+ */
+export const KEYS_ONLY_PAYLOAD_TYPE = 1;
+
+const KEYS_ONLY_MARKER = toBinary(SealedContentSchema, create(SealedContentSchema, { keysOnly: true }));
+
 /** The devices this device encrypts for, per user, as last learned (`<profile>/e2ee/devices.json`). */
 interface KnownDevicesFile {
   version: 1;
   /** A user is listed once its devices were fetched in full at least once. */
   users: Record<string, string[]>;
+  /**
+   * Per group, the seq of the last membership entry whose key rotation is done: entries are seen
+   * again (redelivery, history) and must not rotate twice.
+   */
+  membershipSeqs?: Record<string, string>;
 }
 
-/** What a direct conversation needs: the peer. Groups are not encrypted pairwise (yet). */
+/** A direct conversation is encrypted pairwise for its peer's devices; a group with sender keys. */
 type ConversationInfo = { direct: true; peerUserId: string } | { direct: false };
 
+/** One send of an encrypted message: its body's fields, and what to remember about it. */
+export interface SealedPart {
+  /** The SealedContent this part carries, kept so this device can read its own entry back. */
+  content: Uint8Array;
+  /** MessageBody.payload: the sender-key ciphertext in a group, empty in a direct conversation. */
+  payload: Uint8Array;
+  /** MessageBody.payload_type. */
+  payloadType: number;
+  /** One entry per recipient device (an empty ciphertext for a group device holding our key). */
+  devicePayloads: DeviceCiphertext[];
+  /** A part that only hands out sender keys (sent before the content when they do not fit in one). */
+  keysOnly: boolean;
+  /** The devices this part hands our sender key to, marked as holding it once it is acknowledged. */
+  distributed?: { groupId: string; devices: DeviceRef[]; epoch: number };
+}
+
+/** The safety number of this user and one device of a contact. */
+export interface ContactSafetyNumber {
+  /** The contact's device. */
+  deviceId: string;
+  /** 60 digits, the same on both sides. */
+  digits: string;
+  /** The digits in 12 groups of 5. */
+  display: string;
+  /** True once marked verified for the key these digits were computed from. */
+  verified: boolean;
+}
+
+/** Room left for a keys-only part's marker payload when splitting a key distribution. */
+const KEYS_ONLY_PAYLOAD_ROOM = 16;
+
+/** Parses the plaintext of an encrypted entry. */
+export function parseSealed(plaintext: Uint8Array): SealedContent {
+  try {
+    return fromBinary(SealedContentSchema, plaintext);
+  } catch (err) {
+    throw new Error("the decrypted content is not a SealedContent message", { cause: err });
+  }
+}
+
 /**
- * The client's end-to-end encryption for direct conversations: keys in the key directory,
- * per-device encryption from pairwise Signal sessions, decryption of this device's ciphertext,
- * and the plaintexts of decrypted entries kept in the profile (`<profile>/e2ee/plaintexts`), since
- * a ciphertext can be decrypted only once.
+ * The client's end-to-end encryption: keys in the key directory; direct conversations encrypted
+ * per device over pairwise Signal sessions; groups encrypted once with this device's sender key,
+ * handed to the members' devices over those sessions and rotated when the membership changes;
+ * and the plaintexts of decrypted entries kept in the profile (`<profile>/e2ee/plaintexts`),
+ * since a ciphertext can be decrypted only once. Every plaintext is a SealedContent.
  */
 export class E2ee {
   private readonly conversations = new Map<string, Promise<ConversationInfo>>();
+  private readonly members = new Map<string, Promise<string[]>>();
   private readonly decoding = new Map<string, Promise<Uint8Array>>();
   private keysChecked: Promise<void> | undefined;
   private replenishing: Promise<void> | undefined;
@@ -39,6 +107,7 @@ export class E2ee {
   private constructor(
     readonly stores: SignalStores,
     readonly cipher: PairwiseCipher,
+    readonly groups: GroupCipher,
     private readonly self: DeviceRef,
     private readonly keys: Client<typeof KeyService>,
     private readonly conn: ServerConnection,
@@ -65,7 +134,8 @@ export class E2ee {
       if (e2ee === undefined) throw new Error("not ready");
       return e2ee.fetchBundles(userId, deviceIds);
     });
-    e2ee = new E2ee(stores, cipher, self, conn.keys, conn, known, plaintexts);
+    const groups = await GroupCipher.open(stores, self);
+    e2ee = new E2ee(stores, cipher, groups, self, conn.keys, conn, known, plaintexts);
     return e2ee;
   }
 
@@ -129,8 +199,156 @@ export class E2ee {
     return info;
   }
 
+  /** A group's member user ids, cached until a membership entry or a refusal says otherwise. */
+  private groupMembers(groupId: string): Promise<string[]> {
+    let members = this.members.get(groupId);
+    if (members === undefined) {
+      members = this.conn.conversations
+        .getConversation({ conversationId: groupId })
+        .then((res) => res.members.map((m) => m.userId));
+      members.catch(() => this.members.delete(groupId));
+      this.members.set(groupId, members);
+    }
+    return members;
+  }
+
+  /** Every device of the group's members with keys, as far as known, except this one. */
+  private async groupRecipients(groupId: string): Promise<DeviceRef[]> {
+    const out: DeviceRef[] = [];
+    for (const userId of await this.groupMembers(groupId)) {
+      for (const deviceId of await this.devicesOf(userId)) {
+        if (userId === this.self.userId && deviceId === this.self.deviceId) continue;
+        out.push({ userId, deviceId });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * A group's membership changed (an entry of the log): the member list is read again, and our
+   * sender key is rotated when someone left or was removed (they must not read what follows) or
+   * joined (they must not read what came before). Done once per entry, durably.
+   */
+  async membershipChanged(entry: Entry): Promise<void> {
+    if (entry.body.case !== "membership") return;
+    const groupId = entry.conversationId;
+    const seqs = this.known.value.membershipSeqs ?? {};
+    if (entry.seq <= BigInt(seqs[groupId] ?? "0")) return;
+    this.members.delete(groupId);
+    const { action, userIds } = entry.body.value;
+    const others = userIds.filter((u) => u !== this.self.userId);
+    if (action === MembershipAction.REMOVED || action === MembershipAction.LEFT) {
+      if (others.length > 0) {
+        for (const userId of others) await this.groups.removeMember(groupId, userId);
+      }
+    } else if (action === MembershipAction.ADDED && others.length > 0) {
+      await this.groups.rotate(groupId);
+    }
+    seqs[groupId] = entry.seq.toString();
+    this.known.value.membershipSeqs = seqs;
+    await this.known.save();
+  }
+
   // -------------------------------------------------------------------------------------------
   // Sending
+
+  /**
+   * Encrypts a SealedContent for a conversation: one part in a direct conversation (a ciphertext
+   * per device); in a group, the content encrypted once with our sender key plus our sender key
+   * for every recipient device that lacks it, split into keys-only parts first when the
+   * distribution does not fit in `maxBytes` with the content.
+   */
+  async seal(conversationId: string, content: Uint8Array, maxBytes: number): Promise<SealedPart[]> {
+    const info = await this.conversation(conversationId);
+    if (info.direct) {
+      const devicePayloads = await this.encrypt(info.peerUserId, content);
+      return [{ content, payload: new Uint8Array(), payloadType: 0, devicePayloads, keysOnly: false }];
+    }
+    return this.sealGroup(conversationId, content, maxBytes);
+  }
+
+  private async sealGroup(groupId: string, content: Uint8Array, maxBytes: number): Promise<SealedPart[]> {
+    await this.groups.rotateIfWorn(groupId);
+    for (let attempt = 0; ; attempt++) {
+      const recipients = await this.groupRecipients(groupId);
+      const { key, message } = await this.groups.distributionMessage(groupId);
+      const need = this.groups.devicesWithoutKey(groupId, recipients);
+      const holders = new Map<string, number>();
+      for (const d of recipients) {
+        if (need.includes(d)) continue;
+        const registrationId = await this.cipher.registrationIdOf(d);
+        // Holding our key without a session cannot happen; if it does, hand the key over again.
+        if (registrationId === 0) need.push(d);
+        else holders.set(d.deviceId, registrationId);
+      }
+      let keyed: DeviceCiphertext[] = [];
+      if (need.length > 0) {
+        const skdm = toBinary(
+          SealedContentSchema,
+          create(SealedContentSchema, { senderKeyDistribution: message }),
+        );
+        try {
+          keyed = (await this.cipher.encrypt(skdm, need)).map((c) =>
+            create(DeviceCiphertextSchema, {
+              deviceId: c.deviceId,
+              registrationId: c.registrationId,
+              ciphertext: c.ciphertext,
+              type: c.type,
+            }),
+          );
+        } catch (err) {
+          if (!(err instanceof DevicesWithoutKeysError) || attempt >= 2) throw err;
+          for (const d of err.devices) this.forgetDevice(d.userId, d.deviceId);
+          await this.known.save();
+          continue;
+        }
+      }
+      const userOf = new Map(recipients.map((d) => [d.deviceId, d.userId]));
+      const everyone = (chunk: DeviceCiphertext[]): DeviceCiphertext[] => {
+        const inChunk = new Set(chunk.map((c) => c.deviceId));
+        const rest = [
+          ...[...holders].map(([deviceId, registrationId]) => ({ deviceId, registrationId })),
+          ...keyed.map((c) => ({ deviceId: c.deviceId, registrationId: c.registrationId })),
+        ].filter((d) => !inChunk.has(d.deviceId));
+        return [...chunk, ...rest.map((d) => create(DeviceCiphertextSchema, d))];
+      };
+      const handed = (chunk: DeviceCiphertext[]) => ({
+        groupId,
+        epoch: key.epoch,
+        devices: chunk.map((c) => ({ userId: userOf.get(c.deviceId) ?? "", deviceId: c.deviceId })),
+      });
+      const final = await this.groups.encrypt(groupId, content);
+      // The content's part takes what fits beside it; the rest go first in keys-only parts.
+      const chunks = split(keyed, maxBytes - final.ciphertext.length, maxBytes - KEYS_ONLY_PAYLOAD_ROOM);
+      const parts: SealedPart[] = [];
+      for (const chunk of chunks.slice(1)) {
+        parts.push({
+          content: KEYS_ONLY_MARKER,
+          payload: KEYS_ONLY_MARKER,
+          payloadType: KEYS_ONLY_PAYLOAD_TYPE,
+          devicePayloads: everyone(chunk),
+          keysOnly: true,
+          distributed: handed(chunk),
+        });
+      }
+      const first = chunks[0] ?? [];
+      parts.push({
+        content,
+        payload: final.ciphertext,
+        payloadType: SENDER_KEY_PAYLOAD_TYPE,
+        devicePayloads: everyone(first),
+        keysOnly: false,
+        distributed: handed(first),
+      });
+      return parts;
+    }
+  }
+
+  /** Our sender key reached these devices (their send was acknowledged). */
+  async keyDistributed(distributed: SealedPart["distributed"]): Promise<void> {
+    if (distributed === undefined || distributed.devices.length === 0) return;
+    await this.groups.markDistributed(distributed.groupId, distributed.devices, distributed.epoch);
+  }
 
   /** Keeps the plaintext of a send of this device, for its own entry when it comes back. */
   async rememberSent(clientMsgId: string, plaintext: Uint8Array): Promise<void> {
@@ -177,7 +395,8 @@ export class E2ee {
 
   private async devicesOf(userId: string): Promise<string[]> {
     const listed = this.known.value.users[userId];
-    if (listed !== undefined) return listed;
+    // An empty list is asked again: the user may have uploaded keys since.
+    if (listed !== undefined && listed.length > 0) return listed;
     // First contact: every device with keys (sessions that exist already are kept).
     const res = await this.keys.getBundles({ userId, deviceIds: [] });
     const ids: string[] = [];
@@ -195,7 +414,15 @@ export class E2ee {
    * Applies a DeviceMismatch: missing devices are added (their sessions open on the next
    * encrypt), extra ones forgotten with their sessions, stale ones re-keyed from a new bundle.
    */
-  async applyMismatch(mismatch: DeviceMismatch): Promise<void> {
+  async applyMismatch(mismatch: DeviceMismatch, conversationId?: string): Promise<void> {
+    if (conversationId !== undefined && !(await this.conversation(conversationId)).direct) {
+      this.members.delete(conversationId);
+      // A device we handed our key to is no longer a recipient (revoked, or its user left):
+      // everything after this must be under a key it never saw.
+      if (mismatch.extra.length > 0) await this.groups.rotate(conversationId);
+    }
+    // A stale device was re-installed: its new session needs our keys again.
+    if (mismatch.stale.length > 0) await this.groups.forgetDevices(mismatch.stale);
     for (const d of mismatch.missing) {
       const list = this.known.value.users[d.userId] ?? [];
       if (!list.includes(d.deviceId)) list.push(d.deviceId);
@@ -232,6 +459,33 @@ export class E2ee {
   }
 
   // -------------------------------------------------------------------------------------------
+  // Identity
+
+  /** Safety numbers with each device of a contact (fetched from the directory on first contact). */
+  async safetyNumbers(peerUserId: string): Promise<ContactSafetyNumber[]> {
+    const own = this.stores.identity.keyPair().publicKey;
+    const out: ContactSafetyNumber[] = [];
+    for (const deviceId of await this.devicesOf(peerUserId)) {
+      if (peerUserId === this.self.userId && deviceId === this.self.deviceId) continue;
+      const known = this.stores.identity.identityOf({ userId: peerUserId, deviceId });
+      if (known === undefined) continue;
+      const n = safetyNumber(
+        { userId: this.self.userId, identityKey: own },
+        { userId: peerUserId, identityKey: known.key },
+      );
+      out.push({ deviceId, digits: n.digits, display: n.display, verified: known.verified });
+    }
+    return out;
+  }
+
+  /** Marks a contact device's current identity key as verified. */
+  async verify(device: DeviceRef): Promise<void> {
+    const known = this.stores.identity.identityOf(device);
+    if (known === undefined) throw new Error(`no identity key is known for device ${device.deviceId}`);
+    await this.stores.identity.setVerified(device, known.key, true);
+  }
+
+  // -------------------------------------------------------------------------------------------
   // Receiving
 
   /**
@@ -239,28 +493,49 @@ export class E2ee {
    * profile before this resolves (the session has moved on; the ciphertext cannot be decrypted
    * again), so a crash before the ack only means a redelivery that is answered from the profile.
    */
-  decode(entry: Entry, devicePayloads: DeviceCiphertext[]): Promise<Uint8Array> {
+  decode(entry: Entry): Promise<Uint8Array> {
     const key = `r/${entry.conversationId}/${entry.seq}`;
     const stored = this.plaintexts.get(key);
     if (stored !== undefined) return Promise.resolve(stored);
     let running = this.decoding.get(key);
     if (running === undefined) {
-      running = this.decodeOnce(key, entry, devicePayloads).finally(() => this.decoding.delete(key));
+      running = this.decodeOnce(key, entry).finally(() => this.decoding.delete(key));
       this.decoding.set(key, running);
     }
     return running;
   }
 
-  private async decodeOnce(
-    key: string,
-    entry: Entry,
-    devicePayloads: DeviceCiphertext[],
-  ): Promise<Uint8Array> {
+  private async decodeOnce(key: string, entry: Entry): Promise<Uint8Array> {
+    const body = entry.body;
+    if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction")
+      throw new Error(`a ${body.case} entry carries no content`);
+    const devicePayloads = body.value.devicePayloads;
     let plaintext: Uint8Array;
     if (entry.senderDeviceId === this.self.deviceId) {
       const sent = this.plaintexts.get(`s/${entry.clientMsgId}`);
       if (sent === undefined) throw new Error("this device sent the entry but no longer has its plaintext");
       plaintext = sent;
+    } else if (
+      body.value.payloadType === SENDER_KEY_PAYLOAD_TYPE ||
+      body.value.payloadType === KEYS_ONLY_PAYLOAD_TYPE
+    ) {
+      const sender = { userId: entry.senderUserId, deviceId: entry.senderDeviceId };
+      const mine = devicePayloads.find((c) => c.deviceId === this.self.deviceId);
+      if (mine !== undefined) {
+        // Our copy of the sender's key, over the pairwise session (which authenticates it).
+        const inner = parseSealed(
+          await this.cipher.decrypt(sender, { type: mine.type, ciphertext: mine.ciphertext }),
+        );
+        await this.learnDevice(sender.userId, sender.deviceId);
+        if (inner.senderKeyDistribution.length > 0)
+          await this.groups.processDistribution(entry.conversationId, sender, inner.senderKeyDistribution);
+      }
+      // A keys-only part holds nothing else, and nothing at all for a device whose key is in
+      // another part.
+      plaintext =
+        body.value.payloadType === KEYS_ONLY_PAYLOAD_TYPE
+          ? KEYS_ONLY_MARKER
+          : await this.groups.decrypt(entry.conversationId, sender, body.value.payload);
     } else {
       const mine = devicePayloads.find((c) => c.deviceId === this.self.deviceId);
       if (mine === undefined) {
@@ -277,4 +552,26 @@ export class E2ee {
     await this.plaintexts.put([[key, plaintext]]);
     return plaintext;
   }
+}
+
+/**
+ * Splits key distribution ciphertexts into sends: the first takes up to `firstBytes`, each next
+ * one up to `restBytes`. Always at least one (possibly empty) chunk.
+ */
+function split(keyed: DeviceCiphertext[], firstBytes: number, restBytes: number): DeviceCiphertext[][] {
+  const chunks: DeviceCiphertext[][] = [[]];
+  let room = firstBytes;
+  for (const c of keyed) {
+    const size = c.ciphertext.length;
+    if (size > restBytes) throw new Error(`a key distribution of ${size} bytes exceeds the payload limit`);
+    let chunk = chunks[chunks.length - 1] as DeviceCiphertext[];
+    if (size > room) {
+      chunk = [];
+      chunks.push(chunk);
+      room = restBytes;
+    }
+    chunk.push(c);
+    room -= size;
+  }
+  return chunks;
 }

@@ -1,7 +1,14 @@
 // The Switchboard TypeScript SDK. See README.md in this folder.
 export { Backoff } from "./backoff.js";
 export { identityCodec, newClientMsgId, SwitchboardClient } from "./client.js";
-export { E2ee, MAX_MISMATCH_RETRIES } from "./e2ee.js";
+export {
+  type ContactSafetyNumber,
+  E2ee,
+  MAX_MISMATCH_RETRIES,
+  parseSealed,
+  SENDER_KEY_PAYLOAD_TYPE,
+  type SealedPart,
+} from "./e2ee.js";
 export { Profile, writeFileAtomic } from "./profile.js";
 export { ReorderBuffer, type ReorderOptions, type SyncAnswer } from "./reorder.js";
 export {
@@ -27,6 +34,7 @@ export type {
   LocalCursor,
   OpenOptions,
   OutboxItem,
+  OutgoingAttachment,
   PayloadCodec,
   PresenceEvent,
   ReceiptEvent,

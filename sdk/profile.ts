@@ -14,11 +14,11 @@ const TMP_MARK = ".tmp-";
  * temporary file, fsync it, rename it over the target, fsync the directory so the rename itself
  * survives a power cut.
  */
-export async function writeFileAtomic(path: string, data: string, mode = 0o600): Promise<void> {
+export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
   const tmp = `${path}${TMP_MARK}${process.pid}-${randomBytes(4).toString("hex")}`;
   const file = await open(tmp, "w", mode);
   try {
-    await file.writeFile(data, "utf8");
+    await file.writeFile(data);
     await file.sync();
   } finally {
     await file.close();

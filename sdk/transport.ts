@@ -13,6 +13,7 @@ import { AccountService, CreateTokenRequestSchema } from "../gen/switchboard/v1/
 import { ConversationService } from "../gen/switchboard/v1/conversations_pb.js";
 import { GatewayService } from "../gen/switchboard/v1/gateway_pb.js";
 import { KeyService } from "../gen/switchboard/v1/keys_pb.js";
+import { MediaService } from "../gen/switchboard/v1/media_pb.js";
 
 /** The RPCs that run before a device has a token. */
 const UNAUTHENTICATED_METHODS = new Set(["Register", "CreateToken", "LinkDevice"]);
@@ -141,6 +142,8 @@ export interface ServerConnection {
   gateway: Client<typeof GatewayService>;
   /** KeyService (the key directory for end-to-end encryption). */
   keys: Client<typeof KeyService>;
+  /** MediaService (upload and download URLs for encrypted attachments). */
+  media: Client<typeof MediaService>;
   /** Present once credentials were attached. */
   tokens: TokenSource | undefined;
   /** Closes the HTTP/2 connection, ending every call on it. */
@@ -274,6 +277,7 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     conversations: createClient(ConversationService, transport),
     gateway: createClient(GatewayService, transport),
     keys: createClient(KeyService, transport),
+    media: createClient(MediaService, transport),
     tokens,
     close: () => {
       for (const m of sessionManagers) m.abort();

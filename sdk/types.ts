@@ -1,4 +1,5 @@
 import type { ConnectError } from "@connectrpc/connect";
+import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
 import type { IdentityChangeEvent } from "./crypto/stores.js";
@@ -71,6 +72,18 @@ export interface SendResult {
 /** The kinds of conversation log entries. */
 export type EntryKind = "message" | "edit" | "delete" | "reaction" | "membership" | "unknown";
 
+/** A file to send as an encrypted attachment: its bytes, or a path to read them from. */
+export interface OutgoingAttachment {
+  /** The file's bytes (or give path). */
+  data?: Uint8Array;
+  /** A file to read (or give data). */
+  path?: string;
+  /** The name shown to recipients; defaults to the path's base name. */
+  fileName?: string;
+  /** The media type, for example "image/png". */
+  contentType?: string;
+}
+
 /** A log entry as the app sees it: in seq order per conversation, payload decoded. */
 export interface IncomingEntry {
   /** The conversation. */
@@ -89,6 +102,10 @@ export interface IncomingEntry {
   kind: EntryKind;
   /** Decoded payload of a message, edit or reaction; undefined otherwise or if decoding failed. */
   payload: Uint8Array | undefined;
+  /** Encrypted files attached to the message (download with downloadAttachment); empty if none. */
+  attachments: AttachmentPointer[];
+  /** True for a group entry that only carried sender keys; never emitted as "entry". */
+  keysOnly: boolean;
   /** The entry an edit, delete or reaction refers to; undefined for other kinds. */
   targetSeq: bigint | undefined;
   /** The membership change, for membership entries. */

@@ -111,7 +111,7 @@ test("three members, sender keys, and a removed member who cannot read later mes
   await assert.rejects(alice.groups.decrypt(g, carol.ref, fromCarol.ciphertext), { reason: "no-key" });
 });
 
-test("a device that joins later reads messages sent after it got the key", async () => {
+test("a member who joins later reads messages under the rotated key, not the ones before it", async () => {
   const g = "g_late";
   const alice = await member("u_alice", "dv_la1");
   const bob = await member("u_bob", "dv_lb1");
@@ -119,12 +119,27 @@ test("a device that joins later reads messages sent after it got the key", async
   const early = await alice.groups.encrypt(g, text("before dan"));
   assert.equal(str(await bob.groups.decrypt(g, alice.ref, early.ciphertext)), "before dan");
   const dan = await member("u_dan", "dv_ld1");
+  // As the SDK does on a membership entry adding someone: a new key for the new member set.
+  await alice.groups.rotate(g);
   await distribute(g, alice, [bob, dan]);
   const later = await alice.groups.encrypt(g, text("welcome dan"));
   assert.equal(str(await dan.groups.decrypt(g, alice.ref, later.ciphertext)), "welcome dan");
   assert.equal(str(await bob.groups.decrypt(g, alice.ref, later.ciphertext)), "welcome dan");
-  // The key handed to Dan starts at his join: earlier messages stay closed to him.
-  await assert.rejects(dan.groups.decrypt(g, alice.ref, early.ciphertext), GroupDecryptError);
+  await assert.rejects(dan.groups.decrypt(g, alice.ref, early.ciphertext), { reason: "no-key" });
+});
+
+test("a key handed over mid-epoch opens the epoch from its first message, in any order", async () => {
+  const g = "g_epoch";
+  const alice = await member("u_alice", "dv_ea1");
+  const bob = await member("u_bob", "dv_eb1");
+  // Alice encrypts before anyone has her key; Bob's device gets it afterwards and still reads both,
+  // the later one first.
+  const one = await alice.groups.encrypt(g, text("one"));
+  const two = await alice.groups.encrypt(g, text("two"));
+  await distribute(g, alice, [bob]);
+  assert.equal(str(await bob.groups.decrypt(g, alice.ref, two.ciphertext)), "two");
+  assert.equal(str(await bob.groups.decrypt(g, alice.ref, one.ciphertext)), "one");
+  await assert.rejects(bob.groups.decrypt(g, alice.ref, one.ciphertext), { reason: "duplicate" });
 });
 
 test("a tampered group message is refused", async () => {

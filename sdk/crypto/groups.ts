@@ -45,10 +45,30 @@ export class GroupDecryptError extends Error {
   }
 }
 
+interface OwnRecord {
+  distributionId: string;
+  epoch: number;
+  distributedTo: string[];
+  /**
+   * The distribution message of this key as first created (base64): every device gets the same
+   * one, from the chain's first iteration, so it can decrypt every message of this key in any order
+   * (a send repaired after a device mismatch may land after a later one).
+   */
+  distribution?: string;
+  /** Messages encrypted with this key; it is rotated before libsignal's forward-jump limit. */
+  messages?: number;
+}
+
+/**
+ * Messages after which our sender key is rotated: a device handed the key's first iteration must
+ * still reach the newest message within libsignal's 25,000 forward jumps.
+ */
+export const SENDER_KEY_MAX_MESSAGES = 10_000;
+
 interface GroupsFile {
   version: 1;
   /** Our current sender key per group, with the devices that received its distribution message. */
-  own: Record<string, { distributionId: string; epoch: number; distributedTo: string[] }>;
+  own: Record<string, OwnRecord>;
   /**
    * Sender keys we received, by distribution id: the group and sending device they were
    * distributed for. A group message is only decrypted for the group its key was handed to us for,
@@ -97,18 +117,31 @@ export class GroupCipher {
    * distribution id, epoch + 1, and nobody has the new key until distributionMessage is sent to them.
    */
   async rotate(groupId: string): Promise<OwnSenderKey> {
-    return this.serial(async () => {
-      const previous = this.doc.value.own[groupId];
-      const next = { distributionId: randomUUID(), epoch: (previous?.epoch ?? 0) + 1, distributedTo: [] };
-      this.doc.value.own[groupId] = next;
-      await this.doc.save();
-      if (previous !== undefined) {
-        await this.stores.senderKeys.deleteSenderKeys([
-          { sender: this.local, distributionId: previous.distributionId },
-        ]);
-      }
-      return { groupId, distributionId: next.distributionId, epoch: next.epoch };
+    return this.serial(() => this.rotateNow(groupId));
+  }
+
+  /**
+   * Rotates our key of a group once it encrypted SENDER_KEY_MAX_MESSAGES messages. Called before a
+   * send works out who needs the key, never in the middle of one.
+   */
+  async rotateIfWorn(groupId: string): Promise<void> {
+    await this.serial(async () => {
+      const own = this.doc.value.own[groupId];
+      if (own !== undefined && (own.messages ?? 0) >= SENDER_KEY_MAX_MESSAGES) await this.rotateNow(groupId);
     });
+  }
+
+  private async rotateNow(groupId: string): Promise<OwnSenderKey> {
+    const previous = this.doc.value.own[groupId];
+    const next = { distributionId: randomUUID(), epoch: (previous?.epoch ?? 0) + 1, distributedTo: [] };
+    this.doc.value.own[groupId] = next;
+    await this.doc.save();
+    if (previous !== undefined) {
+      await this.stores.senderKeys.deleteSenderKeys([
+        { sender: this.local, distributionId: previous.distributionId },
+      ]);
+    }
+    return { groupId, distributionId: next.distributionId, epoch: next.epoch };
   }
 
   /**
@@ -138,19 +171,49 @@ export class GroupCipher {
   async distributionMessage(groupId: string): Promise<{ key: OwnSenderKey; message: Uint8Array }> {
     return this.serial(async () => {
       const key = await this.ensureOwn(groupId);
+      const distribution = await this.firstIterationDistribution(key);
+      return { key, message: new Uint8Array(Buffer.from(distribution, "base64")) };
+    });
+  }
+
+  /**
+   * The distribution message of a key is taken before its first encryption and kept, so every
+   * holder of the key can read the whole epoch whatever order the keys and messages arrive in
+   * (a key handed over in a later send still opens a message encrypted before it). The price: a
+   * device handed the key mid-epoch can read the epoch's earlier messages, which is why a member
+   * joining rotates the key.
+   */
+  private async firstIterationDistribution(key: OwnSenderKey): Promise<string> {
+    const own = this.doc.value.own[key.groupId] as OwnRecord;
+    if (own.distribution === undefined) {
       const skdm = await SenderKeyDistributionMessage.create(
         this.local,
         key.distributionId,
         this.stores.senderKeys,
       );
-      return { key, message: skdm.serialize() };
-    });
+      own.distribution = Buffer.from(skdm.serialize()).toString("base64");
+      await this.doc.save();
+    }
+    return own.distribution;
   }
 
   /** The member devices that have not been sent our current key of the group. */
   devicesWithoutKey(groupId: string, members: DeviceRef[]): DeviceRef[] {
     const sent = new Set(this.doc.value.own[groupId]?.distributedTo ?? []);
     return members.filter((d) => !sent.has(addressOf(d).name()) && addressOf(d).name() !== this.local.name());
+  }
+
+  /**
+   * Forgets that devices hold any of our keys (they were re-installed: reported stale, so their
+   * new sessions need the keys again).
+   */
+  async forgetDevices(devices: DeviceRef[]): Promise<void> {
+    const names = new Set(devices.map((d) => addressOf(d).name()));
+    await this.serial(async () => {
+      for (const own of Object.values(this.doc.value.own))
+        own.distributedTo = own.distributedTo.filter((n) => !names.has(n));
+      await this.doc.save();
+    });
   }
 
   /** Records that the devices received our current key (once the pairwise send is durable). */
@@ -205,6 +268,10 @@ export class GroupCipher {
   ): Promise<{ key: OwnSenderKey; ciphertext: Uint8Array }> {
     return this.serial(async () => {
       const key = await this.ensureOwn(groupId);
+      await this.firstIterationDistribution(key);
+      const own = this.doc.value.own[groupId] as OwnRecord;
+      own.messages = (own.messages ?? 0) + 1;
+      await this.doc.save();
       const message = await groupEncrypt(
         this.local,
         key.distributionId,

@@ -121,6 +121,12 @@ export class PairwiseCipher {
     return record?.hasCurrentState() ?? false;
   }
 
+  /** The device's registration id as our session knows it; 0 without a session. */
+  async registrationIdOf(device: DeviceRef): Promise<number> {
+    const record = await this.stores.sessions.getSession(addressOf(device));
+    return record?.hasCurrentState() === true ? record.remoteRegistrationId() : 0;
+  }
+
   /**
    * Encrypts one plaintext for each of the devices, opening sessions where there are none (one
    * bundle fetch per user, for the devices that lack a session). Refuses with

@@ -1,0 +1,199 @@
+import assert from "node:assert/strict";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { clone } from "@bufbuild/protobuf";
+import { type Entry, EntrySchema } from "../gen/switchboard/v1/entry_pb.js";
+import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
+import { SwitchboardClient } from "./client.js";
+import { GroupDecryptError } from "./crypto/groups.js";
+import { SENDER_KEY_PAYLOAD_TYPE } from "./e2ee.js";
+import type { ClientTuning, DecryptFailedEvent, IncomingEntry } from "./types.js";
+
+const tuning: ClientTuning = { backoffBaseMs: 20, backoffCapMs: 200 };
+const decoder = new TextDecoder();
+
+async function eventually(check: () => boolean, message: () => string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) assert.fail(`timed out: ${message()}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}
+
+/** What a device handed to the app: message texts with their raw entries, and failures. */
+class Inbox {
+  readonly texts: string[] = [];
+  readonly raw = new Map<string, Entry>();
+  readonly keysOnlySeen: IncomingEntry[] = [];
+  readonly failures: DecryptFailedEvent[] = [];
+  readonly seqs = new Set<bigint>();
+  constructor(
+    readonly name: string,
+    readonly client: SwitchboardClient,
+  ) {
+    client.on("entry", (e: IncomingEntry) => {
+      this.seqs.add(e.seq);
+      if (e.keysOnly) this.keysOnlySeen.push(e);
+      if (e.kind === "message" && e.payload !== undefined) {
+        const text = decoder.decode(e.payload);
+        this.texts.push(text);
+        this.raw.set(text, e.raw);
+      }
+    });
+    client.on("decryptFailed", (f) => {
+      this.failures.push(f);
+    });
+  }
+
+  async has(...texts: string[]): Promise<void> {
+    await eventually(
+      () => texts.every((t) => this.texts.includes(t)),
+      () => `${this.name} has ${JSON.stringify(this.texts)}, wants ${JSON.stringify(texts)}`,
+    );
+  }
+}
+
+describe("end-to-end encrypted groups with sender keys (SDK against a server process)", () => {
+  let base: string;
+  let server: ServerProcess;
+  const clients: SwitchboardClient[] = [];
+  let n = 0;
+
+  before(async () => {
+    base = await mkdtemp(join(tmpdir(), "sb-e2ee-groups-"));
+    // A small payload limit, so handing the sender key to a handful of new devices (a PreKey
+    // message each, about 1.8 KB with its Kyber ciphertext) needs more than one send.
+    server = await startServerProcess({
+      dataDir: join(base, "server"),
+      env: { SWITCHBOARD_MAX_PAYLOAD_BYTES: "4096" },
+    });
+  });
+
+  after(async () => {
+    for (const c of clients) await c.close().catch(() => {});
+    await server?.stop();
+    await removeDir(base);
+  });
+
+  async function register(name: string): Promise<SwitchboardClient> {
+    const client = await SwitchboardClient.register({
+      serverUrl: server.url,
+      profileDir: join(base, `profile-${name}-${n++}`),
+      username: `${name}_${n}`,
+      encryption: true,
+      ...tuning,
+    });
+    clients.push(client);
+    return client;
+  }
+
+  async function link(first: SwitchboardClient, name: string): Promise<SwitchboardClient> {
+    const { code } = await first.createLinkCode();
+    const client = await SwitchboardClient.link({
+      serverUrl: server.url,
+      profileDir: join(base, `profile-${name}-${n++}`),
+      code,
+      encryption: true,
+      ...tuning,
+    });
+    clients.push(client);
+    return client;
+  }
+
+  it("members' devices read each other; keys are split across sends; a device linked later reads later messages; a removed member cannot decrypt what follows", async () => {
+    const alice1 = await register("alice");
+    const bob1 = await register("bob");
+    const carol = await register("carol");
+    const alice2 = await link(alice1, "alice2");
+    const bob2 = await link(bob1, "bob2");
+    const all = { a1: alice1, a2: alice2, b1: bob1, b2: bob2, c: carol };
+    const inbox = Object.fromEntries(Object.entries(all).map(([k, c]) => [k, new Inbox(k, c)])) as Record<
+      keyof typeof all,
+      Inbox
+    >;
+    for (const c of Object.values(all)) await c.connect();
+
+    const group = await alice1.createGroup("secret plans", [bob1.userId, carol.userId]);
+    const id = group.conversationId;
+
+    // alice1's first send hands her key to four devices: at 4,096 bytes per send that is keys-only
+    // parts first, then the message; nobody's app sees the keys-only entries.
+    await alice1.send(id, "group-secret-1 from alice1");
+    await bob2.send(id, "group-secret-2 from bob2");
+    await carol.send(id, "group-secret-3 from carol");
+    await alice2.send(id, "group-secret-4 from alice2");
+    const texts = ["group-secret-1 from alice1", "group-secret-2 from bob2", "group-secret-3 from carol"];
+    texts.push("group-secret-4 from alice2");
+    for (const box of Object.values(inbox)) await box.has(...texts);
+    for (const box of Object.values(inbox)) {
+      assert.deepEqual(box.failures, [], `${box.name} failed to decrypt`);
+      assert.deepEqual(box.keysOnlySeen, [], `${box.name} was shown a keys-only entry`);
+    }
+
+    // The server holds one sender-key ciphertext for a group message, not the text.
+    const raw = inbox.b1.raw.get("group-secret-1 from alice1");
+    assert.ok(raw !== undefined && raw.body.case === "message");
+    assert.equal(raw.body.value.payloadType, SENDER_KEY_PAYLOAD_TYPE);
+    assert.ok(!Buffer.from(raw.body.value.payload).includes("group-secret-1"));
+    // The history holds only keys-only entries between the start and alice1's message.
+    const history = await bob1.getHistory(id, { limit: 100 });
+    const shown = history.entries.filter((e) => e.kind === "message" && !e.keysOnly);
+    assert.deepEqual(
+      shown.map((e) => decoder.decode(e.payload)),
+      texts,
+    );
+
+    // A tampered group ciphertext is refused with a clear error, never shown as a message.
+    const tampered = clone(EntrySchema, raw);
+    if (tampered.body.case !== "message") assert.fail("not a message");
+    tampered.seq = 10_000n;
+    const bytes = tampered.body.value.payload;
+    bytes[bytes.length - 10] = (bytes[bytes.length - 10] ?? 0) ^ 0xff;
+    const opened = await carol.toIncoming(tampered);
+    assert.equal(opened.payload, undefined);
+    assert.ok(opened.decodeError instanceof GroupDecryptError, String(opened.decodeError));
+    assert.match(opened.decodeError.message, /cannot decrypt a message in group/);
+
+    // A device linked later: once the gateway's 5 s view of bob's devices has expired, the next
+    // send names bob3 as missing, hands it the key and reaches it, invisibly to the app.
+    const bob3 = await link(bob1, "bob3");
+    const b3 = new Inbox("b3", bob3);
+    await bob3.connect();
+    await new Promise((resolve) => setTimeout(resolve, 5_500));
+    const failed: string[] = [];
+    for (const c of Object.values(all)) c.on("sendFailed", (f) => failed.push(f.error.message));
+    await alice1.send(id, "group-secret-5 after bob3 joined");
+    await bob3.send(id, "group-secret-6 from bob3");
+    for (const box of [...Object.values(inbox), b3]) {
+      await box.has("group-secret-5 after bob3 joined", "group-secret-6 from bob3");
+    }
+    assert.deepEqual(failed, []);
+
+    // carol is removed. Every remaining device rotates its key on the membership entry, so what
+    // follows is under keys carol never received: handed her ciphertext, she cannot open it.
+    const removed = await alice1.removeMembers(id, [carol.userId]);
+    assert.ok(removed !== undefined);
+    const remaining = [inbox.a1, inbox.a2, inbox.b1, inbox.b2, b3];
+    await eventually(
+      () => remaining.every((box) => box.seqs.has(removed.seq)),
+      () => "the removal reached every remaining device",
+    );
+    await bob1.send(id, "group-secret-7 after carol left");
+    await alice2.send(id, "group-secret-8 after carol left");
+    for (const box of remaining) {
+      await box.has("group-secret-7 after carol left", "group-secret-8 after carol left");
+    }
+    for (const text of ["group-secret-7 after carol left", "group-secret-8 after carol left"]) {
+      const later = inbox.a1.raw.get(text);
+      assert.ok(later !== undefined);
+      const attempt = await carol.toIncoming(later);
+      assert.equal(attempt.payload, undefined, `carol read "${text}"`);
+      assert.ok(attempt.decodeError instanceof GroupDecryptError);
+      assert.equal(attempt.decodeError.reason, "no-key");
+    }
+    assert.ok(!inbox.c.texts.some((t) => t.includes("after carol left")));
+    assert.deepEqual(failed, []);
+  });
+});

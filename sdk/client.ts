@@ -218,6 +218,7 @@ export class SwitchboardClient {
             { userId: profile.credentials.userId, deviceId: profile.credentials.deviceId },
             conn,
             (event) => client?.emit("identityChanged", event),
+            options.signedPrekeyMaxAgeMs,
           )
         : undefined;
     client = new SwitchboardClient(profile, conn, options.codec ?? identityCodec, options, e2ee);

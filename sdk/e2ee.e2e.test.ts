@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import { SwitchboardClient } from "./client.js";
+import { connectToServer } from "./transport.js";
 import type { ClientTuning, DecryptFailedEvent, IncomingEntry } from "./types.js";
 
 const tuning: ClientTuning = { backoffBaseMs: 20, backoffCapMs: 200 };
@@ -185,6 +186,45 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     for (const file of await filesUnder(server.dataDir)) {
       const bytes = await readFile(file).catch(() => Buffer.alloc(0));
       for (const t of sentTexts) assert.ok(!bytes.includes(t), `${file} contains "${t}"`);
+    }
+  });
+
+  it("an old signed prekey is replaced when a stream opens; sessions open against the new one", async () => {
+    const alice = await register("rotating");
+    await alice.connect();
+    const deviceId = alice.deviceId;
+    const secret = JSON.parse(
+      await readFile(join(alice.profileDir, "credentials.json"), "utf8"),
+    ).deviceSecret;
+    const conn = connectToServer({ serverUrl: server.url, credential: { deviceId, deviceSecret: secret } });
+    try {
+      const first = await conn.keys.getPrekeyCounts({});
+      const dir = alice.profileDir;
+      await alice.close();
+      // Reopened with a maximum age its keys already exceed: the next stream rotates both.
+      const reopened = await SwitchboardClient.open({
+        profileDir: dir,
+        encryption: true,
+        signedPrekeyMaxAgeMs: 1,
+        ...tuning,
+      });
+      clients.push(reopened);
+      await reopened.connect();
+      const second = await conn.keys.getPrekeyCounts({});
+      assert.notEqual(second.signedPrekeyId, first.signedPrekeyId);
+      assert.notEqual(second.kyberLastResortPrekeyId, first.kyberLastResortPrekeyId);
+      assert.ok(second.signedPrekeyUploadedAtMs > first.signedPrekeyUploadedAtMs);
+
+      // A new contact's session is opened against the new keys, and the device reads it.
+      const inbox = new Inbox("rotated", reopened);
+      const carol = await register("carol");
+      await carol.connect();
+      const { conversationId } = await carol.openDirect(reopened.userId);
+      await carol.send(conversationId, "after the rotation");
+      await inbox.has("after the rotation");
+      assert.deepEqual(inbox.failures, []);
+    } finally {
+      conn.close();
     }
   });
 

@@ -13,7 +13,14 @@ import type { DeviceMismatch } from "../gen/switchboard/v1/gateway_pb.js";
 import type { KeyService } from "../gen/switchboard/v1/keys_pb.js";
 import { JsonDoc, RecordDir } from "./crypto/files.js";
 import { GroupCipher } from "./crypto/groups.js";
-import { generateInitialKeys, type RemainingPrekeys, replenishPrekeys } from "./crypto/keys.js";
+import {
+  generateInitialKeys,
+  type RemainingPrekeys,
+  replenishPrekeys,
+  rotateSignedPrekeys,
+  SIGNED_PREKEY_MAX_AGE_MS,
+  signedPrekeyNeedsRotation,
+} from "./crypto/keys.js";
 import { DecryptError, DevicesWithoutKeysError, PairwiseCipher } from "./crypto/pairwise.js";
 import { safetyNumber } from "./crypto/safety.js";
 import { type DeviceRef, type IdentityChangeEvent, SignalStores } from "./crypto/stores.js";
@@ -102,6 +109,8 @@ export class E2ee {
   private readonly members = new Map<string, Promise<string[]>>();
   private readonly decoding = new Map<string, Promise<Uint8Array>>();
   private keysChecked: Promise<void> | undefined;
+  /** See ClientTuning.signedPrekeyMaxAgeMs. */
+  signedPrekeyMaxAgeMs = SIGNED_PREKEY_MAX_AGE_MS;
   private replenishing: Promise<void> | undefined;
 
   private constructor(
@@ -121,6 +130,7 @@ export class E2ee {
     self: DeviceRef,
     conn: ServerConnection,
     onIdentityChange: (event: IdentityChangeEvent) => void,
+    signedPrekeyMaxAgeMs?: number,
   ): Promise<E2ee> {
     const stores = await SignalStores.open(profileDir, { onIdentityChange });
     const dir = join(profileDir, "e2ee");
@@ -136,6 +146,7 @@ export class E2ee {
     });
     const groups = await GroupCipher.open(stores, self);
     e2ee = new E2ee(stores, cipher, groups, self, conn.keys, conn, known, plaintexts);
+    if (signedPrekeyMaxAgeMs !== undefined) e2ee.signedPrekeyMaxAgeMs = signedPrekeyMaxAgeMs;
     return e2ee;
   }
 
@@ -164,6 +175,14 @@ export class E2ee {
       await this.keys.uploadKeys(await generateInitialKeys(this.stores));
       return;
     }
+    // Weekly, as Signal does: a signed prekey's private half leaking opens only the sessions
+    // started against it while it was current.
+    const oldest = Math.min(
+      Number(counts.signedPrekeyUploadedAtMs),
+      Number(counts.kyberLastResortPrekeyUploadedAtMs),
+    );
+    if (signedPrekeyNeedsRotation(oldest, Date.now(), this.signedPrekeyMaxAgeMs))
+      await this.keys.uploadKeys(await rotateSignedPrekeys(this.stores));
     await this.replenish({
       oneTimeEcPrekeys: counts.counts?.oneTimeEcPrekeys ?? 0,
       oneTimeKyberPrekeys: counts.counts?.oneTimeKyberPrekeys ?? 0,

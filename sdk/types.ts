@@ -286,11 +286,17 @@ export interface OpenOptions extends ClientTuning {
   /** Payload codec; defaults to the identity (plaintext) codec. Applies to group payloads. */
   codec?: PayloadCodec;
   /**
-   * End-to-end encryption of direct conversations (Signal protocol, one ciphertext per device).
-   * Keys live in `<profile>/signal`; the device uploads its keys on connect. Groups still use the
-   * codec's single payload. Default false.
+   * End-to-end encryption (Signal protocol): direct conversations with one ciphertext per
+   * device, groups with sender keys, attachments with a key per file (docs/encryption.md). Keys
+   * live in `<profile>/signal`; the device uploads its keys on connect. The codec is not used
+   * for encrypted content. Default false.
    */
   encryption?: boolean;
+  /**
+   * With encryption: the age at which the signed EC prekey and the Kyber last-resort prekey are
+   * replaced, checked whenever a stream opens. Default 7 days.
+   */
+  signedPrekeyMaxAgeMs?: number;
 }
 
 /** Options of SwitchboardClient.register. */

@@ -173,11 +173,14 @@ export async function rotateSignedPrekeys(
   return create(UploadKeysRequestSchema, { signedPrekey, kyberLastResortPrekey });
 }
 
+/** How long a signed prekey (EC or Kyber last resort) is used before it is replaced: 7 days. */
+export const SIGNED_PREKEY_MAX_AGE_MS = 7 * 86_400_000;
+
 /** True when a signed prekey uploaded at `uploadedAtMs` is older than `maxAgeMs` (default 7 days). */
 export function signedPrekeyNeedsRotation(
   uploadedAtMs: number,
   now = Date.now(),
-  maxAgeMs = 7 * 86_400_000,
+  maxAgeMs = SIGNED_PREKEY_MAX_AGE_MS,
 ): boolean {
   return uploadedAtMs <= 0 || now - uploadedAtMs >= maxAgeMs;
 }

@@ -306,21 +306,9 @@ export class E2ee {
           SealedContentSchema,
           create(SealedContentSchema, { senderKeyDistribution: message }),
         );
-        try {
-          keyed = (await this.cipher.encrypt(skdm, need)).map((c) =>
-            create(DeviceCiphertextSchema, {
-              deviceId: c.deviceId,
-              registrationId: c.registrationId,
-              ciphertext: c.ciphertext,
-              type: c.type,
-            }),
-          );
-        } catch (err) {
-          if (!(err instanceof DevicesWithoutKeysError) || attempt >= 2) throw err;
-          for (const d of err.devices) this.forgetDevice(d.userId, d.deviceId);
-          await this.known.save();
-          continue;
-        }
+        const out = await this.encryptEach(skdm, need, attempt >= 2);
+        if (out === undefined) continue;
+        keyed = out;
       }
       const userOf = new Map(recipients.map((d) => [d.deviceId, d.userId]));
       const everyone = (chunk: DeviceCiphertext[]): DeviceCiphertext[] => {
@@ -393,22 +381,35 @@ export class E2ee {
           recipients.push({ userId, deviceId });
         }
       }
-      try {
-        const out = await this.cipher.encrypt(plaintext, recipients);
-        return out.map((c) =>
-          create(DeviceCiphertextSchema, {
-            deviceId: c.deviceId,
-            registrationId: c.registrationId,
-            ciphertext: c.ciphertext,
-            type: c.type,
-          }),
-        );
-      } catch (err) {
-        // A device the server no longer hands keys for: leave it out (the server will say if not).
-        if (!(err instanceof DevicesWithoutKeysError) || attempt >= 2) throw err;
-        for (const d of err.devices) this.forgetDevice(d.userId, d.deviceId);
-        await this.known.save();
-      }
+      const out = await this.encryptEach(plaintext, recipients, attempt >= 2);
+      if (out !== undefined) return out;
+    }
+  }
+
+  /**
+   * One DeviceCiphertext per recipient. A device the server no longer hands keys for is left
+   * out from then on (the server says so if that is wrong) and undefined returned, for the
+   * caller to work out its recipients again; on the last attempt it is an error.
+   */
+  private async encryptEach(
+    plaintext: Uint8Array,
+    recipients: DeviceRef[],
+    lastAttempt: boolean,
+  ): Promise<DeviceCiphertext[] | undefined> {
+    try {
+      return (await this.cipher.encrypt(plaintext, recipients)).map((c) =>
+        create(DeviceCiphertextSchema, {
+          deviceId: c.deviceId,
+          registrationId: c.registrationId,
+          ciphertext: c.ciphertext,
+          type: c.type,
+        }),
+      );
+    } catch (err) {
+      if (!(err instanceof DevicesWithoutKeysError) || lastAttempt) throw err;
+      for (const d of err.devices) this.forgetDevice(d.userId, d.deviceId);
+      await this.known.save();
+      return undefined;
     }
   }
 

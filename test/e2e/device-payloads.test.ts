@@ -51,11 +51,12 @@ function ciphertextFor(deviceId: string, text: string): Uint8Array {
   return new TextEncoder().encode(`${text} for ${deviceId}`);
 }
 
-function pairwise(
+/** A message send with a payload (empty in a direct conversation) and device entries. */
+function messageSend(
   conversationId: string,
   clientMsgId: string,
-  text: string,
-  to: Array<{ deviceId: string; registrationId: number }>,
+  payload: Uint8Array,
+  entries: Array<{ deviceId: string; registrationId: number; ciphertext: Uint8Array; type: number }>,
 ): OutgoingEntry {
   return create(OutgoingEntrySchema, {
     clientMsgId,
@@ -63,17 +64,21 @@ function pairwise(
     body: {
       case: "message",
       value: create(MessageBodySchema, {
-        devicePayloads: to.map((d) =>
-          create(DeviceCiphertextSchema, {
-            deviceId: d.deviceId,
-            registrationId: d.registrationId,
-            ciphertext: ciphertextFor(d.deviceId, text),
-            type: 3,
-          }),
-        ),
+        payload,
+        devicePayloads: entries.map((e) => create(DeviceCiphertextSchema, e)),
       }),
     },
   });
+}
+
+function pairwise(
+  conversationId: string,
+  clientMsgId: string,
+  text: string,
+  to: Array<{ deviceId: string; registrationId: number }>,
+): OutgoingEntry {
+  const entries = to.map((d) => ({ ...d, ciphertext: ciphertextFor(d.deviceId, text), type: 3 }));
+  return messageSend(conversationId, clientMsgId, new Uint8Array(0), entries);
 }
 
 const to = (keyed: Keyed[]) =>
@@ -102,24 +107,12 @@ function groupSend(
   distributeTo: Keyed[] = [],
 ): OutgoingEntry {
   const needKey = new Set(distributeTo.map((k) => k.device.deviceId));
-  return create(OutgoingEntrySchema, {
-    clientMsgId,
-    conversationId,
-    body: {
-      case: "message",
-      value: create(MessageBodySchema, {
-        payload: new TextEncoder().encode(`sender-key ${text}`),
-        devicePayloads: to.map((d) =>
-          create(DeviceCiphertextSchema, {
-            deviceId: d.deviceId,
-            registrationId: d.registrationId,
-            ciphertext: needKey.has(d.deviceId) ? ciphertextFor(d.deviceId, "skdm") : new Uint8Array(0),
-            type: needKey.has(d.deviceId) ? 3 : 0,
-          }),
-        ),
-      }),
-    },
-  });
+  const entries = to.map((d) =>
+    needKey.has(d.deviceId)
+      ? { ...d, ciphertext: ciphertextFor(d.deviceId, "skdm"), type: 3 }
+      : { ...d, ciphertext: new Uint8Array(0), type: 0 },
+  );
+  return messageSend(conversationId, clientMsgId, new TextEncoder().encode(`sender-key ${text}`), entries);
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));

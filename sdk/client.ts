@@ -792,6 +792,7 @@ export class SwitchboardClient {
       targetSeq = body.value.targetSeq;
     let attachments: AttachmentPointer[] = [];
     let keysOnly = false;
+    let encryptedContent = false;
     if (body.case === "membership" && this.e2ee !== undefined) {
       try {
         await this.e2ee.membershipChanged(raw);
@@ -816,6 +817,7 @@ export class SwitchboardClient {
           payload = content.payload;
           attachments = content.attachments;
           keysOnly = content.keysOnly;
+          encryptedContent = true;
         } else if (encrypted) {
           throw new Error("the entry is end-to-end encrypted and this client was opened without encryption");
         } else {
@@ -836,6 +838,7 @@ export class SwitchboardClient {
       payload,
       attachments,
       keysOnly,
+      encrypted: encryptedContent,
       targetSeq,
       membership: body.case === "membership" ? body.value : undefined,
       redacted: raw.redacted,

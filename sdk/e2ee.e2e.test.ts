@@ -24,11 +24,15 @@ class Inbox {
   readonly texts: string[] = [];
   readonly edits: string[] = [];
   readonly failures: DecryptFailedEvent[] = [];
+  /** The texts of messages that arrived without end-to-end encryption. */
+  readonly unencrypted: string[] = [];
   constructor(
     readonly name: string,
     readonly client: SwitchboardClient,
   ) {
     client.on("entry", (e: IncomingEntry) => {
+      if (e.kind === "message" && e.payload !== undefined && !e.encrypted)
+        this.unencrypted.push(decoder.decode(e.payload));
       if (e.kind === "message" && e.payload !== undefined) this.texts.push(decoder.decode(e.payload));
       if (e.kind === "edit" && e.payload !== undefined) this.edits.push(decoder.decode(e.payload));
     });
@@ -262,6 +266,31 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     await f1.has("secret-from-the-outbox");
     await f2.has("secret-from-the-outbox");
     assert.deepEqual(again.pendingSends(), []);
+  });
+
+  it("a plaintext message from a client without encryption is delivered marked unencrypted", async () => {
+    const alice = await register("marks");
+    const inbox = new Inbox("marks", alice);
+    await alice.connect();
+    const plain = await SwitchboardClient.register({
+      serverUrl: server.url,
+      profileDir: join(base, `profile-plain-${n++}`),
+      username: `plain_${n}`,
+      ...tuning,
+    });
+    clients.push(plain);
+    await plain.connect();
+    const { conversationId } = await plain.openDirect(alice.userId);
+    await plain.send(conversationId, "sent in the clear");
+    await inbox.has("sent in the clear");
+    assert.deepEqual(inbox.unencrypted, ["sent in the clear"]);
+    // What alice's contacts send her with encryption is marked encrypted.
+    const bob = await register("marks_bob");
+    await bob.connect();
+    const direct = await bob.openDirect(alice.userId);
+    await bob.send(direct.conversationId, "sealed for alice");
+    await inbox.has("sealed for alice");
+    assert.deepEqual(inbox.unencrypted, ["sent in the clear"]);
   });
 
   it("a tampered or undecryptable entry is surfaced with its seq and acked; the stream moves on", async () => {

@@ -106,6 +106,12 @@ export interface IncomingEntry {
   attachments: AttachmentPointer[];
   /** True for a group entry that only carried sender keys; never emitted as "entry". */
   keysOnly: boolean;
+  /**
+   * True when the payload was end-to-end decrypted (or is this device's own encrypted send). A
+   * client opened with encryption also accepts plaintext payloads, from clients opened without
+   * it; apps should mark those, since anyone on the path could have written or read them.
+   */
+  encrypted: boolean;
   /** The entry an edit, delete or reaction refers to; undefined for other kinds. */
   targetSeq: bigint | undefined;
   /** The membership change, for membership entries. */

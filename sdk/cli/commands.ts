@@ -1,12 +1,27 @@
+import { stat } from "node:fs/promises";
 import { homedir } from "node:os";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { createInterface, emitKeypressEvents, type Interface } from "node:readline";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Command, InvalidArgumentError } from "commander";
+import type { AttachmentPointer } from "../../gen/switchboard/v1/content_pb.js";
 import { type Conversation, ConversationKind } from "../../gen/switchboard/v1/conversations_pb.js";
 import { MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import { newClientMsgId, SwitchboardClient } from "../client.js";
+import { AttachmentError } from "../crypto/attachments.js";
+import type { IdentityChangeEvent } from "../crypto/stores.js";
 import type { IncomingEntry, ReceiptEvent } from "../types.js";
+import { chooseEncryption, lockProfile, publishKeys } from "./encryption.js";
+import {
+  exists,
+  FileExistsError,
+  formatBytes,
+  isDirectory,
+  printable,
+  safeFileName,
+  saveFile,
+  shellArg,
+} from "./files.js";
 
 const DEFAULT_SERVER = "http://127.0.0.1:7420";
 
@@ -30,6 +45,8 @@ export interface CliIo {
 interface GlobalOptions {
   server?: string;
   profile?: string;
+  /** --encryption (true), --no-encryption (false), or neither (the profile's own mode). */
+  encryption?: boolean;
 }
 
 const processIo: CliIo = {
@@ -44,8 +61,9 @@ const processIo: CliIo = {
 };
 
 /**
- * Adds the client commands (register, link, send, listen, chat, groups, history, ...) to a
- * commander program. Each takes --server and --profile; errors print one line and exit 1.
+ * Adds the client commands (register, link, send, download, safety-number, listen, chat, groups,
+ * history, ...) to a commander program. Each takes --server, --profile and --[no-]encryption;
+ * errors print one line and exit 1.
  */
 export function registerClientCommands(program: Command, io: CliIo = processIo): void {
   const cmd = (parent: Command, spec: string, description: string): Command =>
@@ -59,6 +77,14 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
       .option(
         "--profile <dir>",
         "profile directory (env SWITCHBOARD_PROFILE, default ~/.switchboard/profile)",
+      )
+      .option(
+        "--encryption",
+        "end-to-end encryption (the default for new profiles; turns it on for good in a profile made without it)",
+      )
+      .option(
+        "--no-encryption",
+        "no end-to-end encryption, to talk to clients without it (a profile registered so stays so)",
       );
 
   cmd(program, "register <username>", "create a user with this device as its first, in a new profile")
@@ -68,10 +94,12 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
       run(
         io,
         async (username: string, opts: GlobalOptions & { displayName?: string; deviceName?: string }) => {
+          const encryption = opts.encryption !== false;
           const client = await SwitchboardClient.register({
             serverUrl: serverFor(opts),
             profileDir: profileFor(opts),
             username,
+            encryption,
             ...(opts.displayName !== undefined && { displayName: opts.displayName }),
             ...(opts.deviceName !== undefined && { deviceName: opts.deviceName }),
           });
@@ -81,13 +109,14 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
           } finally {
             await client.close();
           }
+          await announceEncryption(io, client.profileDir, opts, encryption);
         },
       ),
     );
 
   cmd(program, "link-code", "print a one-time code with which another device joins this user").action(
     run(io, async (opts: GlobalOptions) =>
-      withClient(opts, async (client) => {
+      withClient(opts, io, "none", async ({ client }) => {
         const { code, expiresAtMs } = await client.createLinkCode();
         io.out(code);
         io.err(`valid until ${new Date(Number(expiresAtMs)).toLocaleTimeString()}; on the new device run:`);
@@ -100,10 +129,12 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
     .option("--device-name <name>", "name of this device (default: the host name)")
     .action(
       run(io, async (code: string, opts: GlobalOptions & { deviceName?: string }) => {
+        const encryption = opts.encryption !== false;
         const client = await SwitchboardClient.link({
           serverUrl: serverFor(opts),
           profileDir: profileFor(opts),
           code,
+          encryption,
           ...(opts.deviceName !== undefined && { deviceName: opts.deviceName }),
         });
         try {
@@ -112,25 +143,72 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
         } finally {
           await client.close();
         }
+        await announceEncryption(io, client.profileDir, opts, encryption);
       }),
     );
 
   cmd(
     program,
-    "send <to> <text>",
-    "send a message to a username, or to a conversation id (g_..., d_...)",
-  ).action(
-    run(io, async (to: string, text: string, opts: GlobalOptions) =>
-      withClient(opts, async (client) => {
-        const conversationId = await resolveConversation(client, to);
-        const result = await client.sendUnary(conversationId, text);
-        io.out(`sent #${result.seq} to ${to}`);
+    "send <to> [text]",
+    "send a message (with --file, an end-to-end encrypted file) to a username, or to a conversation id (g_..., d_...)",
+  )
+    .option("--file <path>", "attach this file, end-to-end encrypted; the text, if any, is its caption")
+    .action(
+      run(io, async (to: string, text: string | undefined, opts: GlobalOptions & { file?: string }) => {
+        if (opts.file !== undefined) {
+          await sendFile(io, opts, to, opts.file, text);
+          return;
+        }
+        if (text === undefined) throw new Error("nothing to send: give a text, --file <path>, or both");
+        await withClient(opts, io, "content", async ({ client, encrypted }) => {
+          const conversationId = await resolveConversation(client, to);
+          const result = await client.sendUnary(conversationId, text);
+          io.out(`sent #${result.seq} to ${to} (${encrypted ? "end-to-end encrypted" : "not encrypted"})`);
+        });
       }),
-    ),
-  );
+    );
+
+  cmd(
+    program,
+    "download <with> <seq>",
+    "save the files of entry #seq of a conversation (username or conversation id), verified and decrypted",
+  )
+    .option(
+      "--out <path>",
+      "where to write the file (default: the name it was sent with, in the current directory); a directory for several",
+    )
+    .option("--force", "replace a file that already exists")
+    .action(
+      run(io, async (target: string, seq: string, opts: GlobalOptions & { out?: string; force?: boolean }) =>
+        withClient(opts, io, "content", (session) =>
+          download(session.client, io, target, positiveSeq(seq), opts.out, opts.force === true),
+        ),
+      ),
+    );
+
+  cmd(
+    program,
+    "safety-number <username>",
+    "print the safety number with each device of a user, to compare with theirs in person or on a call",
+  )
+    .option("--verify <deviceId>", "mark that device of theirs verified once its number matched")
+    .action(
+      run(io, async (username: string, opts: GlobalOptions & { verify?: string }) =>
+        withClient(opts, io, "content", async ({ client, encrypted }) => {
+          if (!encrypted) {
+            throw new Error(
+              "safety numbers belong to end-to-end encryption, which this profile does not use (--encryption turns it on for good)",
+            );
+          }
+          await safetyNumbers(client, io, username.replace(/^@/, ""), opts.verify);
+        }),
+      ),
+    );
 
   cmd(program, "listen", "print incoming messages and receipts until Ctrl-C").action(
-    run(io, async (opts: GlobalOptions) => withClient(opts, (client) => listen(client, io))),
+    run(io, async (opts: GlobalOptions) =>
+      withClient(opts, io, "stream", (session) => listen(session, opts, io)),
+    ),
   );
 
   const group = program.command("group").description("manage groups");
@@ -140,7 +218,7 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
     "create a group with you as admin and the given usernames",
   ).action(
     run(io, async (title: string, members: string[], opts: GlobalOptions) =>
-      withClient(opts, async (client) => {
+      withClient(opts, io, "none", async ({ client }) => {
         const ids = await userIdsFor(client, members);
         const conversation = await client.createGroup(title, ids);
         io.out(conversation.conversationId);
@@ -152,8 +230,11 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
   );
   cmd(group, "add <groupId> <usernames...>", "add users to a group (admins only)").action(
     run(io, async (groupId: string, usernames: string[], opts: GlobalOptions) =>
-      withClient(opts, async (client) => {
+      withClient(opts, io, "content", async ({ client, encrypted }) => {
         const entry = await client.addMembers(requireGroupId(groupId), await userIdsFor(client, usernames));
+        // The entry rotates this device's sender key at once (new members must not read what
+        // came before), rather than whenever this device next reads the log.
+        if (entry !== undefined && encrypted) await client.toIncoming(entry);
         io.out(
           entry === undefined
             ? "nobody added (already members)"
@@ -164,11 +245,13 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
   );
   cmd(group, "remove <groupId> <usernames...>", "remove users from a group (admins only)").action(
     run(io, async (groupId: string, usernames: string[], opts: GlobalOptions) =>
-      withClient(opts, async (client) => {
+      withClient(opts, io, "content", async ({ client, encrypted }) => {
         const entry = await client.removeMembers(
           requireGroupId(groupId),
           await userIdsFor(client, usernames),
         );
+        // As for add: removed members must not hold the key of what this device sends next.
+        if (entry !== undefined && encrypted) await client.toIncoming(entry);
         io.out(
           entry === undefined
             ? "nobody removed (not members)"
@@ -184,7 +267,7 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
   ] as const) {
     cmd(program, name, groupsOnly ? "list your groups" : "list your conversations").action(
       run(io, async (opts: GlobalOptions) =>
-        withClient(opts, async (client) => {
+        withClient(opts, io, "none", async ({ client }) => {
           const names = new Names(client);
           let conversations = await client.listConversations();
           if (groupsOnly) conversations = conversations.filter((c) => c.kind === ConversationKind.GROUP);
@@ -194,7 +277,7 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
             const unread = c.lastSeq > c.readUpTo ? c.lastSeq - c.readUpTo : 0n;
             const what =
               c.kind === ConversationKind.GROUP
-                ? `${c.title} (${c.memberCount} members)`
+                ? `${printable(c.title)} (${c.memberCount} members)`
                 : names.label(c.peerUserId);
             io.out(
               `${c.conversationId}  ${what}  last #${c.lastSeq}${unread > 0n ? `  unread ${unread}` : ""}`,
@@ -210,12 +293,18 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
     .option("--limit <n>", "at most this many entries (max 1000)", nonNegative, 50)
     .action(
       run(io, async (target: string, opts: GlobalOptions & { after: number; limit: number }) =>
-        withClient(opts, async (client) => {
+        withClient(opts, io, "content", async ({ client, encrypted }) => {
           const conversationId = await resolveConversation(client, target);
           const page = await client.getHistory(conversationId, { afterSeq: opts.after, limit: opts.limit });
           const names = new Names(client);
           await names.load(page.entries.flatMap((e) => [e.senderUserId, ...(e.membership?.userIds ?? [])]));
-          for (const e of page.entries) io.out(formatEntry(e, names, client.userId));
+          const view: EntryView = {
+            encrypted,
+            download: downloadHint(opts, hintTarget(target, conversationId)),
+          };
+          for (const e of page.entries) {
+            if (!e.keysOnly) io.out(formatEntry(e, names, client.userId, view));
+          }
           if (page.entries.length === 0) io.err(`no entries after #${opts.after} (last is #${page.lastSeq})`);
           const last = page.entries.at(-1);
           if (page.hasMore && last !== undefined) io.err(`more: --after ${last.seq}`);
@@ -225,9 +314,30 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
 
   cmd(program, "chat <with>", "chat interactively with a user or in a conversation").action(
     run(io, async (target: string, opts: GlobalOptions) =>
-      withClient(opts, (client) => chat(client, target, io)),
+      withClient(opts, io, "stream", (session) => chat(session, target, opts, io)),
     ),
   );
+}
+
+/** After register or link: puts the new device's keys in the key directory, and says so. */
+async function announceEncryption(
+  io: CliIo,
+  profileDir: string,
+  opts: GlobalOptions,
+  encryption: boolean,
+): Promise<void> {
+  if (!encryption) {
+    io.out("end-to-end encryption: off (--no-encryption); this profile talks to clients without it");
+    return;
+  }
+  try {
+    await publishKeys(profileDir, serverFor(opts));
+  } catch (err) {
+    throw new Error(
+      `the profile is ready, but its encryption keys could not be uploaded (any later command retries): ${describeError(err)}`,
+    );
+  }
+  io.out("end-to-end encryption: on (this device's keys are in the key directory)");
 }
 
 // -----------------------------------------------------------------------------------------------
@@ -241,19 +351,67 @@ function profileFor(opts: GlobalOptions): string {
   return opts.profile ?? process.env.SWITCHBOARD_PROFILE ?? join(homedir(), ".switchboard", "profile");
 }
 
+/**
+ * What a command does with the profile's end-to-end encryption: "none" touches no content (lists,
+ * link codes), "content" encrypts or decrypts without a stream, "stream" opens the stream.
+ */
+type ClientUse = "none" | "content" | "stream";
+
+/** An open client for one command. */
+interface Session {
+  client: SwitchboardClient;
+  /** True when the profile is end-to-end encrypted. */
+  encrypted: boolean;
+  /** Opens the stream; the command's hold on the profile passes to the client. */
+  connect(): Promise<void>;
+}
+
 async function withClient<T>(
   opts: GlobalOptions,
-  body: (client: SwitchboardClient) => Promise<T>,
+  io: CliIo,
+  use: ClientUse,
+  body: (session: Session) => Promise<T>,
 ): Promise<T> {
+  const profileDir = profileFor(opts);
   const server = opts.server ?? process.env.SWITCHBOARD_URL;
-  const client = await SwitchboardClient.open({
-    profileDir: profileFor(opts),
-    ...(server !== undefined && { serverUrl: server }),
-  });
+  const encrypted = await chooseEncryption(profileDir, opts.encryption);
+  const withKeys = encrypted && use !== "none";
+  let unlock = withKeys ? await lockProfile(profileDir) : undefined;
+  const release = async (): Promise<void> => {
+    const u = unlock;
+    unlock = undefined;
+    await u?.();
+  };
   try {
-    return await body(client);
+    // A stream uploads missing keys when it opens; without one, this is the only chance.
+    if (withKeys && use === "content") await publishKeys(profileDir, server);
+    const client = await SwitchboardClient.open({
+      profileDir,
+      encryption: withKeys,
+      ...(server !== undefined && { serverUrl: server }),
+    });
+    if (use === "content") {
+      const names = new Names(client);
+      client.on("identityChanged", async (event) => {
+        await names.load([event.device.userId]).catch(() => {});
+        io.err(identityWarning(event, names));
+      });
+    }
+    try {
+      return await body({
+        client,
+        encrypted,
+        connect: async () => {
+          // The client takes the profile's lock itself when its stream opens.
+          await release();
+          await client.connect();
+        },
+      });
+    } finally {
+      await client.close();
+    }
   } finally {
-    await client.close();
+    await release();
   }
 }
 
@@ -279,7 +437,12 @@ export function describeError(err: unknown): string {
       err.code === Code.Unavailable && /ECONNREFUSED|ENOTFOUND|ETIMEDOUT/.test(err.rawMessage)
         ? " (is the server running? see --server)"
         : "";
-    return `${err.rawMessage} [${Code[err.code] ?? err.code}]${hint}`;
+    const noKeys =
+      err.code === Code.FailedPrecondition &&
+      err.rawMessage.includes("no device of the conversation has keys")
+        ? " (nobody there uses end-to-end encryption yet; a client without it is reached from a profile registered with --no-encryption)"
+        : "";
+    return `${err.rawMessage} [${Code[err.code] ?? err.code}]${hint}${noKeys}`;
   }
   return err instanceof Error ? err.message : String(err);
 }
@@ -288,6 +451,13 @@ function nonNegative(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError("a non-negative integer");
   return n;
+}
+
+function positiveSeq(value: string): bigint {
+  if (!/^[0-9]+$/.test(value) || BigInt(value) < 1n) {
+    throw new Error(`"${value}" is not a seq (the #number of an entry, from history or listen)`);
+  }
+  return BigInt(value);
 }
 
 function requireGroupId(id: string): string {
@@ -347,31 +517,68 @@ function time(ms: bigint): string {
   return new Date(Number(ms)).toTimeString().slice(0, 8);
 }
 
-function text(e: IncomingEntry): string {
-  if (e.redacted) return "(deleted)";
-  if (e.decodeError !== undefined) return `(cannot decode: ${e.decodeError.message})`;
-  return e.payload === undefined ? "" : decoder.decode(e.payload);
+/** How entries are shown to this device. */
+interface EntryView {
+  /** True when the profile is end-to-end encrypted: entries that arrive in plaintext are marked. */
+  encrypted: boolean;
+  /** The command that downloads an entry's files, for the hint under them. */
+  download?: (seq: bigint) => string;
 }
 
-/** One line describing an entry. */
-export function formatEntry(e: IncomingEntry, names: Names, selfUserId?: string): string {
+function text(e: IncomingEntry): string {
+  if (e.redacted) return "(deleted)";
+  if (e.decodeError !== undefined) {
+    return `(could not decrypt: ${printable(e.decodeError.message)})`;
+  }
+  return e.payload === undefined ? "" : printable(decoder.decode(e.payload));
+}
+
+/**
+ * True for a message, edit or reaction that was not end-to-end encrypted (a plaintext client's).
+ * An encrypted profile shows it marked, since anyone on the path could have read or written it.
+ */
+function sentInPlaintext(e: IncomingEntry): boolean {
+  return e.payload !== undefined && e.payload.length > 0 && !e.encrypted;
+}
+
+/** One line per attached file: name, size and how to save it. */
+function attachmentLines(e: IncomingEntry, view: EntryView): string[] {
+  return e.attachments.map((a: AttachmentPointer) => {
+    const name = a.fileName === "" ? "(no name)" : printable(a.fileName);
+    const type = a.contentType === "" ? "" : `, ${printable(a.contentType)}`;
+    const how = view.download === undefined ? "" : `; download with: ${view.download(e.seq)}`;
+    return `    [file] ${name} (${formatBytes(a.sizeBytes)}${type})${how}`;
+  });
+}
+
+/** An entry as text: one line, then one more per attached file. */
+export function formatEntry(
+  e: IncomingEntry,
+  names: Names,
+  selfUserId?: string,
+  view: EntryView = { encrypted: false },
+): string {
   const who = e.senderUserId === selfUserId ? "you" : names.label(e.senderUserId);
   const head = `#${e.seq} [${time(e.serverTimeMs)}]`;
+  const plain = view.encrypted && sentInPlaintext(e) ? " (not encrypted)" : "";
   switch (e.kind) {
-    case "message":
-      return `${head} ${who}: ${text(e)}`;
+    case "message": {
+      const body = text(e) || (e.attachments.length > 0 && !e.redacted ? "(file)" : "");
+      const files = e.redacted ? [] : attachmentLines(e, view);
+      return [`${head} ${who}: ${body}${plain}`, ...files].join("\n");
+    }
     case "edit":
-      return `${head} ${who} edited #${e.targetSeq}: ${text(e)}`;
+      return `${head} ${who} edited #${e.targetSeq}: ${text(e)}${plain}`;
     case "delete":
       return `${head} ${who} deleted #${e.targetSeq}`;
     case "reaction":
-      return `${head} ${who} reacted ${text(e) || "(removed)"} to #${e.targetSeq}`;
+      return `${head} ${who} reacted ${text(e) || "(removed)"} to #${e.targetSeq}${plain}`;
     case "membership": {
       const m = e.membership;
       const users = (m?.userIds ?? []).map((id) => names.label(id)).join(", ");
       switch (m?.action) {
         case MembershipAction.CREATED:
-          return `${head} ${who} created ${m.title ? `"${m.title}"` : "the conversation"} with ${users}`;
+          return `${head} ${who} created ${m.title ? `"${printable(m.title)}"` : "the conversation"} with ${users}`;
         case MembershipAction.ADDED:
           return `${head} ${who} added ${users}`;
         case MembershipAction.REMOVED:
@@ -383,7 +590,7 @@ export function formatEntry(e: IncomingEntry, names: Names, selfUserId?: string)
         case MembershipAction.DEMOTED:
           return `${head} ${who} made ${users} a member`;
         case MembershipAction.RENAMED:
-          return `${head} ${who} renamed the group to "${m.title}"`;
+          return `${head} ${who} renamed the group to "${printable(m.title)}"`;
         default:
           return `${head} ${who} changed the membership`;
       }
@@ -391,6 +598,35 @@ export function formatEntry(e: IncomingEntry, names: Names, selfUserId?: string)
     default:
       return `${head} ${who}: (unknown entry)`;
   }
+}
+
+/** What a user should know when a contact's device shows a new identity key. */
+function identityWarning(event: IdentityChangeEvent, names: Names): string {
+  const who = names.label(event.device.userId);
+  const device = `${who}'s device ${event.device.deviceId}`;
+  const username = who.startsWith("@") ? who.slice(1) : event.device.userId;
+  if (event.outcome === "refused") {
+    return (
+      `!! ${device} presented a new identity key, refused because you verified the old one ` +
+      "(someone may be intercepting, or they reinstalled: ask them in person)"
+    );
+  }
+  return (
+    `!! ${device} has a new identity key (they reinstalled, or someone is intercepting): the safety ` +
+    `number changed; compare it again: switchboard safety-number ${shellArg(username)}`
+  );
+}
+
+/** The conversation argument a download hint names: the username, as typed, or the id. */
+function hintTarget(target: string, conversationId: string): string {
+  if (target.startsWith("g_") || target.startsWith("d_")) return conversationId;
+  return target.replace(/^@/, "");
+}
+
+/** The download command for an entry's files, repeating --profile when it was given. */
+function downloadHint(opts: GlobalOptions, target: string): (seq: bigint) => string {
+  const profile = opts.profile === undefined ? "" : ` --profile ${shellArg(opts.profile)}`;
+  return (seq) => `switchboard download ${shellArg(target)} ${seq}${profile}`;
 }
 
 function interrupted(io: CliIo): Promise<void> {
@@ -424,7 +660,14 @@ class ConversationLabels {
   label(conversationId: string): string {
     const c = this.known.get(conversationId);
     if (c === undefined) return conversationId;
-    return c.kind === ConversationKind.GROUP ? `${c.title}` : this.names.label(c.peerUserId);
+    return c.kind === ConversationKind.GROUP ? printable(c.title) : this.names.label(c.peerUserId);
+  }
+
+  /** How commands name the conversation: the peer's username for a direct one, else its id. */
+  target(conversationId: string): string {
+    const c = this.known.get(conversationId);
+    const peer = c?.kind === ConversationKind.DIRECT ? this.names.label(c.peerUserId) : "";
+    return peer.startsWith("@") ? peer.slice(1) : conversationId;
   }
 }
 
@@ -439,21 +682,32 @@ function receiptLine(r: ReceiptEvent, names: Names, where: string, tty: boolean)
 // -----------------------------------------------------------------------------------------------
 // listen
 
-async function listen(client: SwitchboardClient, io: CliIo): Promise<void> {
+async function listen(session: Session, opts: GlobalOptions, io: CliIo): Promise<void> {
+  const { client, encrypted } = session;
   const names = new Names(client);
   const labels = new ConversationLabels(client, names);
   client.on("entry", async (e) => {
     await labels.load(e.conversationId);
     await names.load([e.senderUserId, ...(e.membership?.userIds ?? [])]);
-    io.out(`(${labels.label(e.conversationId)}) ${formatEntry(e, names, client.userId)}`);
+    const view: EntryView = {
+      encrypted,
+      download: downloadHint(opts, labels.target(e.conversationId)),
+    };
+    io.out(`(${labels.label(e.conversationId)}) ${formatEntry(e, names, client.userId, view)}`);
   });
   client.on("receipt", async (r) => {
     await labels.load(r.conversationId);
     await names.load([r.userId]);
     io.out(receiptLine(r, names, ` in ${labels.label(r.conversationId)}`, io.isTTY));
   });
+  client.on("identityChanged", async (event) => {
+    await names.load([event.device.userId]).catch(() => {});
+    io.out(identityWarning(event, names));
+  });
   client.on("caughtUp", (e) =>
-    io.err(`-- caught up (${e.entries} waiting entries); listening, Ctrl-C to stop`),
+    io.err(
+      `-- caught up (${e.entries} waiting entries); listening${encrypted ? "" : " (this profile is not end-to-end encrypted)"}, Ctrl-C to stop`,
+    ),
   );
   client.on("disconnected", (e) => {
     if (e.retryInMs !== undefined)
@@ -462,9 +716,172 @@ async function listen(client: SwitchboardClient, io: CliIo): Promise<void> {
   client.on("error", (e) => io.err(`-- ${e.fatal ? "fatal: " : ""}${describeError(e.error)}`));
   const stop = interrupted(io);
   const fatal = client.waitFor("error", (e) => e.fatal);
-  await client.connect();
+  await session.connect();
   const end = await Promise.race([stop.then(() => undefined), fatal]);
   if (end !== undefined) throw end.error;
+}
+
+// -----------------------------------------------------------------------------------------------
+// send --file, download, safety-number
+
+async function sendFile(
+  io: CliIo,
+  opts: GlobalOptions,
+  to: string,
+  path: string,
+  caption: string | undefined,
+): Promise<void> {
+  let size: number;
+  try {
+    const info = await stat(path);
+    if (!info.isFile()) throw new Error(`${path} is not a file`);
+    size = info.size;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") throw new Error(`no file at ${path}`);
+    throw err;
+  }
+  await withClient(opts, io, "stream", async (session) => {
+    const { client } = session;
+    if (!session.encrypted) {
+      throw new Error(
+        "files are sent end-to-end encrypted only, and this profile does not use encryption (--encryption turns it on for good)",
+      );
+    }
+    const conversationId = await resolveConversation(client, to);
+    // Attachments go over the stream, which also brings what others sent meanwhile: those
+    // entries are acknowledged, so they are shown here rather than lost to the next `listen`.
+    const names = new Names(client);
+    const labels = new ConversationLabels(client, names);
+    client.on("entry", async (e) => {
+      if (e.senderUserId === client.userId) return; // this user's own doings
+      await labels.load(e.conversationId);
+      await names.load([e.senderUserId, ...(e.membership?.userIds ?? [])]);
+      const view: EntryView = {
+        encrypted: true,
+        download: downloadHint(opts, labels.target(e.conversationId)),
+      };
+      io.out(`(${labels.label(e.conversationId)}) ${formatEntry(e, names, client.userId, view)}`);
+    });
+    client.on("identityChanged", async (event) => {
+      await names.load([event.device.userId]).catch(() => {});
+      io.err(identityWarning(event, names));
+    });
+    client.on("disconnected", (e) => {
+      if (e.retryInMs !== undefined)
+        io.err(`-- disconnected (${e.error?.rawMessage ?? "?"}); retrying in ${e.retryInMs} ms`);
+    });
+    client.on("error", (e) => io.err(`-- ${e.fatal ? "fatal: " : ""}${describeError(e.error)}`));
+    await session.connect();
+    const result = await client.sendAttachment(
+      conversationId,
+      { path, fileName: basename(path) },
+      caption === undefined ? {} : { caption },
+    );
+    io.out(
+      `sent #${result.seq} to ${to} (end-to-end encrypted): ${printable(result.attachment.fileName)}, ${formatBytes(size)}`,
+    );
+  });
+}
+
+async function download(
+  client: SwitchboardClient,
+  io: CliIo,
+  target: string,
+  seq: bigint,
+  out: string | undefined,
+  force: boolean,
+): Promise<void> {
+  const conversationId = await resolveConversation(client, target);
+  const page = await client.getHistory(conversationId, { afterSeq: seq - 1n, limit: 1 });
+  const entry = page.entries[0];
+  if (entry === undefined || entry.seq !== seq) {
+    throw new Error(`there is no entry #${seq} with ${target} (the last is #${page.lastSeq})`);
+  }
+  if (entry.redacted) throw new Error(`entry #${seq} was deleted for everyone, and its files with it`);
+  if (entry.decodeError !== undefined) {
+    throw new Error(
+      `entry #${seq} cannot be decrypted on this device, so neither can its files: ${entry.decodeError.message}`,
+    );
+  }
+  const files = entry.keysOnly ? [] : entry.attachments;
+  if (files.length === 0) throw new Error(`entry #${seq} has no attachment`);
+
+  // Every target is settled (and checked) before anything is downloaded.
+  const paths: string[] = [];
+  if (files.length === 1 && out !== undefined && !(await isDirectory(out))) {
+    paths.push(out);
+  } else {
+    const dir = out ?? ".";
+    if (out !== undefined && !(await isDirectory(out))) {
+      throw new Error(`entry #${seq} has ${files.length} files: --out must be an existing directory`);
+    }
+    const taken = new Set<string>();
+    for (const [i, a] of files.entries()) {
+      let name = safeFileName(a.fileName, `attachment-${seq}${files.length > 1 ? `-${i + 1}` : ""}`);
+      if (taken.has(name)) name = `${i + 1}-${name}`;
+      taken.add(name);
+      paths.push(out === undefined ? name : join(dir, name));
+    }
+  }
+  if (!force) {
+    for (const path of paths) if (await exists(path)) throw new FileExistsError(path);
+  }
+
+  for (const [i, a] of files.entries()) {
+    const path = paths[i]!;
+    let data: Uint8Array;
+    try {
+      data = await client.downloadAttachment(conversationId, a);
+    } catch (err) {
+      if (!(err instanceof AttachmentError)) throw err;
+      const why =
+        err.reason === "digest"
+          ? "the downloaded bytes are not the ones the sender uploaded (tampered with or corrupted)"
+          : err.reason === "authentication"
+            ? "the bytes do not decrypt with the key the sender sent (tampered with)"
+            : "the download is malformed";
+      throw new Error(
+        `${printable(a.fileName) || "the file"} of entry #${seq} failed verification: ${why}; nothing was written`,
+      );
+    }
+    await saveFile(path, data, force);
+    io.out(`saved ${path} (${formatBytes(data.byteLength)}; verified and decrypted)`);
+  }
+}
+
+async function safetyNumbers(
+  client: SwitchboardClient,
+  io: CliIo,
+  username: string,
+  verify: string | undefined,
+): Promise<void> {
+  const user = await client.userByUsername(username);
+  let numbers = await client.safetyNumbers(user.userId);
+  if (numbers.length === 0) {
+    throw new Error(
+      `@${username} has no ${user.userId === client.userId ? "other " : ""}device with end-to-end encryption keys yet`,
+    );
+  }
+  if (verify !== undefined) {
+    if (!numbers.some((n) => n.deviceId === verify)) {
+      throw new Error(
+        `${verify} is not one of @${username}'s devices with keys (${numbers.map((n) => n.deviceId).join(", ")})`,
+      );
+    }
+    await client.verifyContact(user.userId, verify);
+    numbers = await client.safetyNumbers(user.userId);
+  }
+  for (const n of numbers) {
+    io.out(`${n.deviceId}  ${n.display}  ${n.verified ? "verified" : "not verified"}`);
+  }
+  if (verify !== undefined) {
+    io.err(`marked @${username}'s device ${verify} verified: a new key of that device will be refused`);
+  } else {
+    io.err(
+      `compare with what @${username} sees (switchboard safety-number ${shellArg(client.username)} on their device); ` +
+        `if it matches: switchboard safety-number ${shellArg(username)} --verify <device>`,
+    );
+  }
 }
 
 // -----------------------------------------------------------------------------------------------
@@ -474,12 +891,14 @@ const TYPING_REFRESH_MS = 3_000;
 const TYPING_IDLE_MS = 5_000;
 const TYPING_EXPIRY_MS = 10_000;
 
-async function chat(client: SwitchboardClient, target: string, io: CliIo): Promise<void> {
+async function chat(session: Session, target: string, opts: GlobalOptions, io: CliIo): Promise<void> {
+  const { client, encrypted } = session;
   const conversationId = await resolveConversation(client, target);
   const names = new Names(client);
   const labels = new ConversationLabels(client, names);
   await labels.load(conversationId);
   const here = labels.label(conversationId);
+  const view: EntryView = { encrypted, download: downloadHint(opts, hintTarget(target, conversationId)) };
   const input = io.input ?? process.stdin;
   const tty = io.isTTY && (input as NodeJS.ReadStream).isTTY === true;
   let rl: Interface | undefined;
@@ -497,9 +916,9 @@ async function chat(client: SwitchboardClient, target: string, io: CliIo): Promi
   if (seen > 0n) {
     const from = seen > 20n ? seen - 20n : 0n;
     const page = await client.getHistory(conversationId, { afterSeq: from, limit: 20 });
-    const earlier = page.entries.filter((e) => e.seq <= seen);
+    const earlier = page.entries.filter((e) => e.seq <= seen && !e.keysOnly);
     await names.load(earlier.flatMap((e) => [e.senderUserId, ...(e.membership?.userIds ?? [])]));
-    for (const e of earlier) show(formatEntry(e, names, client.userId));
+    for (const e of earlier) show(formatEntry(e, names, client.userId, view));
   }
 
   const typingUntil = new Map<string, number>();
@@ -516,7 +935,7 @@ async function chat(client: SwitchboardClient, target: string, io: CliIo): Promi
     if (e.fromThisDevice && sentHere.has(e.clientMsgId)) return; // shown when acked
     await names.load([e.senderUserId, ...(e.membership?.userIds ?? [])]);
     typingUntil.delete(e.senderUserId);
-    show(formatEntry(e, names, client.userId));
+    show(formatEntry(e, names, client.userId, view));
     if (e.senderUserId !== client.userId) client.markRead(conversationId, e.seq);
   });
   client.on("receipt", async (r) => {
@@ -541,8 +960,15 @@ async function chat(client: SwitchboardClient, target: string, io: CliIo): Promi
     if (e.retryInMs !== undefined)
       show(`-- offline (${e.error?.rawMessage ?? "?"}); retrying in ${e.retryInMs} ms`);
   });
+  client.on("identityChanged", async (event) => {
+    await names.load([event.device.userId]).catch(() => {});
+    show(identityWarning(event, names));
+  });
   client.on("connected", () =>
-    show(`-- connected; chatting in ${here}. Type a message and press Enter; Ctrl-D to leave.`),
+    show(
+      `-- connected; chatting in ${here}, ${encrypted ? "end-to-end encrypted" : "NOT end-to-end encrypted"}. ` +
+        `Type a message and press Enter${encrypted ? "; /file <path> sends a file" : ""}; Ctrl-D to leave.`,
+    ),
   );
   client.on("error", (e) => show(`-- ${e.fatal ? "fatal: " : ""}${describeError(e.error)}`));
 
@@ -556,6 +982,26 @@ async function chat(client: SwitchboardClient, target: string, io: CliIo): Promi
     typingSentAt = 0;
   };
 
+  const sendFileInChat = async (path: string, clientMsgId: string): Promise<void> => {
+    try {
+      if (!encrypted)
+        throw new Error("files are sent end-to-end encrypted only, and this profile does not use encryption");
+      if (path === "") throw new Error("/file needs the path of a file");
+      const info = await stat(path).catch(() => undefined);
+      if (info === undefined || !info.isFile()) throw new Error(`no file at ${path}`);
+      const r = await client.sendAttachment(
+        conversationId,
+        { path, fileName: basename(path) },
+        { clientMsgId },
+      );
+      show(
+        `#${r.seq} [${time(r.serverTimeMs)}] you: (file)  ✓\n    [file] ${printable(r.attachment.fileName)} (${formatBytes(info.size)})`,
+      );
+    } catch (err) {
+      show(`-- not sent: ${describeError(err)}`);
+    }
+  };
+
   const sends: Array<Promise<void>> = [];
   const onLine = (line: string): void => {
     const message = line.trim();
@@ -567,6 +1013,10 @@ async function chat(client: SwitchboardClient, target: string, io: CliIo): Promi
     stopTyping();
     const clientMsgId = newClientMsgId();
     sentHere.add(clientMsgId);
+    if (/^\/file(\s|$)/.test(message)) {
+      sends.push(sendFileInChat(message.slice("/file".length).trim(), clientMsgId));
+      return;
+    }
     const sending = client.send(conversationId, message, { clientMsgId }).then(
       (r) => show(`#${r.seq} [${time(r.serverTimeMs)}] you: ${message}  ✓`),
       (err: unknown) => show(`-- not sent: ${describeError(err)}`),
@@ -594,7 +1044,7 @@ async function chat(client: SwitchboardClient, target: string, io: CliIo): Promi
   }
 
   const fatal = client.waitFor("error", (e) => e.fatal);
-  const connected = client.connect();
+  const connected = session.connect();
   connected.catch(() => {}); // a fatal error also arrives through `fatal`
   const first = await Promise.race([
     connected.then(() => "connected" as const),

@@ -1,0 +1,104 @@
+import { randomBytes } from "node:crypto";
+import { link, stat, unlink } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import { syncDirectory, writeFileAtomic } from "../profile.js";
+
+/**
+ * Removes terminal control characters from text that others wrote (messages, file names): an
+ * escape sequence in a message must not recolour, move or retitle the reader's terminal.
+ * Newlines and tabs stay.
+ */
+export function printable(text: string): string {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, "\uFFFD");
+}
+
+/**
+ * A name to save a received file under, in the chosen directory: the sender picks the file name,
+ * so it is cut to its last path component and stripped of control characters; "", "." and ".."
+ * become the fallback.
+ */
+export function safeFileName(name: string, fallback: string): string {
+  const last = name.split(/[/\\]/).at(-1) ?? "";
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+  const cleaned = last.replace(/[\x00-\x1f\x7f-\x9f]/g, "").trim();
+  if (cleaned === "" || cleaned === "." || cleaned === "..") return fallback;
+  // Most file systems take 255 bytes per name; keep the extension when cutting.
+  if (Buffer.byteLength(cleaned) <= 255) return cleaned;
+  const dot = cleaned.lastIndexOf(".");
+  const ext = dot > 0 && cleaned.length - dot <= 16 ? cleaned.slice(dot) : "";
+  let stem = cleaned.slice(0, cleaned.length - ext.length);
+  while (Buffer.byteLength(stem + ext) > 255) stem = stem.slice(0, -1);
+  return stem + ext;
+}
+
+/** A size for people: "812 bytes", "12.3 KiB", "4.0 MiB". */
+export function formatBytes(bytes: bigint | number): string {
+  const n = Number(bytes);
+  if (n < 1024) return `${n} byte${n === 1 ? "" : "s"}`;
+  const units = ["KiB", "MiB", "GiB", "TiB"];
+  let value = n / 1024;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit += 1;
+  }
+  return `${value.toFixed(1)} ${units[unit]}`;
+}
+
+/** Quotes a command-line argument for a POSIX shell when it needs it. */
+export function shellArg(arg: string): string {
+  return /^[\w@%+=:,./-]+$/.test(arg) ? arg : `'${arg.replace(/'/g, `'\\''`)}'`;
+}
+
+/** True when something (a file, a directory) exists at the path. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw err;
+  }
+}
+
+/** True when the path is an existing directory. */
+export async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw err;
+  }
+}
+
+/** The refusal to replace a file that exists, without --force. */
+export class FileExistsError extends Error {
+  constructor(readonly path: string) {
+    super(`${path} already exists; choose another --out, or add --force to replace it`);
+    this.name = "FileExistsError";
+  }
+}
+
+/**
+ * Writes a file durably and atomically. Without `overwrite` an existing file is never replaced,
+ * not even one created while the download ran: the bytes go to a temporary file that is then
+ * hard-linked into place, which fails if the name is taken.
+ */
+export async function saveFile(path: string, data: Uint8Array, overwrite: boolean): Promise<void> {
+  if (overwrite) {
+    await writeFileAtomic(path, data);
+    return;
+  }
+  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.part`);
+  await writeFileAtomic(tmp, data);
+  try {
+    await link(tmp, path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EEXIST") throw new FileExistsError(path);
+    throw err;
+  } finally {
+    await unlink(tmp).catch(() => {});
+  }
+  await syncDirectory(dirname(path));
+}

@@ -8,16 +8,15 @@ import { Code, ConnectError } from "@connectrpc/connect";
 import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import { Inbox } from "../test/helpers/inbox.js";
 import { type S3rverInstance, startS3rver } from "../test/helpers/s3rver.js";
+import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
-import { SwitchboardClient } from "./client.js";
+import type { SwitchboardClient } from "./client.js";
 import { AttachmentError } from "./crypto/attachments.js";
-import type { ClientTuning } from "./types.js";
 
 // Encrypted attachments end to end: SDK clients against a real server process, once with the local
 // directory engine (HMAC-signed URLs served by the media service) and once with the MinIO engine
 // pointed at an s3rver the test starts. The files are 1-3 MB, so each backend takes seconds.
 
-const tuning: ClientTuning = { backoffBaseMs: 20, backoffCapMs: 200 };
 /** The media service's limit for these servers: 3 MiB of ciphertext. */
 const MAX_BYTES = 3 * 1024 * 1024;
 /** What encryption adds to a file: a 12-byte IV and a 16-byte GCM tag. */
@@ -110,7 +109,7 @@ for (const backend of [localBackend(), minioBackend()]) {
   describe(`end-to-end encrypted attachments, ${backend.name} (SDK against a server process)`, () => {
     let base: string;
     let server: ServerProcess | undefined;
-    const clients: SwitchboardClient[] = [];
+    let devices: TestDevices;
     let n = 0;
 
     before(async () => {
@@ -120,6 +119,8 @@ for (const backend of [localBackend(), minioBackend()]) {
         dataDir: join(base, "server"),
         env: { ...env, SWITCHBOARD_MEDIA_MAX_BYTES: String(MAX_BYTES) },
       });
+      const url = server.url;
+      devices = new TestDevices(base, () => url);
       assert.ok(
         server.logs.some((l) => l.includes("media service started") && l.includes(`"engine":"`)),
         "the media service started",
@@ -132,7 +133,7 @@ for (const backend of [localBackend(), minioBackend()]) {
     });
 
     after(async () => {
-      for (const c of clients) await c.close().catch(() => {});
+      await devices?.close();
       const code = await server?.stop();
       await backend.stop();
       await removeDir(base);
@@ -141,30 +142,8 @@ for (const backend of [localBackend(), minioBackend()]) {
       }
     });
 
-    async function register(name: string): Promise<SwitchboardClient> {
-      const client = await SwitchboardClient.register({
-        serverUrl: server!.url,
-        profileDir: join(base, `profile-${name}-${n++}`),
-        username: `${name}_${n}`,
-        encryption: true,
-        ...tuning,
-      });
-      clients.push(client);
-      return client;
-    }
-
-    async function link(first: SwitchboardClient, name: string): Promise<SwitchboardClient> {
-      const { code } = await first.createLinkCode();
-      const client = await SwitchboardClient.link({
-        serverUrl: server!.url,
-        profileDir: join(base, `profile-${name}-${n++}`),
-        code,
-        encryption: true,
-        ...tuning,
-      });
-      clients.push(client);
-      return client;
-    }
+    const register = (name: string) => devices.register(name);
+    const link = (first: SwitchboardClient, name: string) => devices.link(first, name);
 
     /** A fresh empty directory for one device's downloads. */
     async function downloads(name: string): Promise<string> {

@@ -4,62 +4,20 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { clone } from "@bufbuild/protobuf";
-import { type Entry, EntrySchema } from "../gen/switchboard/v1/entry_pb.js";
+import { EntrySchema } from "../gen/switchboard/v1/entry_pb.js";
+import { eventually, Inbox } from "../test/helpers/inbox.js";
+import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
-import { SwitchboardClient } from "./client.js";
+import type { SwitchboardClient } from "./client.js";
 import { GroupDecryptError } from "./crypto/groups.js";
 import { SENDER_KEY_PAYLOAD_TYPE } from "./e2ee.js";
-import type { ClientTuning, DecryptFailedEvent, IncomingEntry } from "./types.js";
 
-const tuning: ClientTuning = { backoffBaseMs: 20, backoffCapMs: 200 };
 const decoder = new TextDecoder();
-
-async function eventually(check: () => boolean, message: () => string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out: ${message()}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-/** What a device handed to the app: message texts with their raw entries, and failures. */
-class Inbox {
-  readonly texts: string[] = [];
-  readonly raw = new Map<string, Entry>();
-  readonly keysOnlySeen: IncomingEntry[] = [];
-  readonly failures: DecryptFailedEvent[] = [];
-  readonly seqs = new Set<bigint>();
-  constructor(
-    readonly name: string,
-    readonly client: SwitchboardClient,
-  ) {
-    client.on("entry", (e: IncomingEntry) => {
-      this.seqs.add(e.seq);
-      if (e.keysOnly) this.keysOnlySeen.push(e);
-      if (e.kind === "message" && e.payload !== undefined) {
-        const text = decoder.decode(e.payload);
-        this.texts.push(text);
-        this.raw.set(text, e.raw);
-      }
-    });
-    client.on("decryptFailed", (f) => {
-      this.failures.push(f);
-    });
-  }
-
-  async has(...texts: string[]): Promise<void> {
-    await eventually(
-      () => texts.every((t) => this.texts.includes(t)),
-      () => `${this.name} has ${JSON.stringify(this.texts)}, wants ${JSON.stringify(texts)}`,
-    );
-  }
-}
 
 describe("end-to-end encrypted groups with sender keys (SDK against a server process)", () => {
   let base: string;
   let server: ServerProcess;
-  const clients: SwitchboardClient[] = [];
-  let n = 0;
+  let devices: TestDevices;
 
   before(async () => {
     base = await mkdtemp(join(tmpdir(), "sb-e2ee-groups-"));
@@ -69,38 +27,17 @@ describe("end-to-end encrypted groups with sender keys (SDK against a server pro
       dataDir: join(base, "server"),
       env: { SWITCHBOARD_MAX_PAYLOAD_BYTES: "4096" },
     });
+    devices = new TestDevices(base, () => server.url);
   });
 
   after(async () => {
-    for (const c of clients) await c.close().catch(() => {});
+    await devices?.close();
     await server?.stop();
     await removeDir(base);
   });
 
-  async function register(name: string): Promise<SwitchboardClient> {
-    const client = await SwitchboardClient.register({
-      serverUrl: server.url,
-      profileDir: join(base, `profile-${name}-${n++}`),
-      username: `${name}_${n}`,
-      encryption: true,
-      ...tuning,
-    });
-    clients.push(client);
-    return client;
-  }
-
-  async function link(first: SwitchboardClient, name: string): Promise<SwitchboardClient> {
-    const { code } = await first.createLinkCode();
-    const client = await SwitchboardClient.link({
-      serverUrl: server.url,
-      profileDir: join(base, `profile-${name}-${n++}`),
-      code,
-      encryption: true,
-      ...tuning,
-    });
-    clients.push(client);
-    return client;
-  }
+  const register = (name: string) => devices.register(name);
+  const link = (first: SwitchboardClient, name: string) => devices.link(first, name);
 
   it("members' devices read each other; keys are split across sends; a device linked later reads later messages; a removed member cannot decrypt what follows", async () => {
     const alice1 = await register("alice");
@@ -129,11 +66,15 @@ describe("end-to-end encrypted groups with sender keys (SDK against a server pro
     for (const box of Object.values(inbox)) await box.has(...texts);
     for (const box of Object.values(inbox)) {
       assert.deepEqual(box.failures, [], `${box.name} failed to decrypt`);
-      assert.deepEqual(box.keysOnlySeen, [], `${box.name} was shown a keys-only entry`);
+      assert.deepEqual(
+        box.entries.filter((e) => e.keysOnly),
+        [],
+        `${box.name} was shown a keys-only entry`,
+      );
     }
 
     // The server holds one sender-key ciphertext for a group message, not the text.
-    const raw = inbox.b1.raw.get("group-secret-1 from alice1");
+    const raw = inbox.b1.byText("group-secret-1 from alice1")?.raw;
     assert.ok(raw !== undefined && raw.body.case === "message");
     assert.equal(raw.body.value.payloadType, SENDER_KEY_PAYLOAD_TYPE);
     assert.ok(!Buffer.from(raw.body.value.payload).includes("group-secret-1"));
@@ -177,7 +118,7 @@ describe("end-to-end encrypted groups with sender keys (SDK against a server pro
     assert.ok(removed !== undefined);
     const remaining = [inbox.a1, inbox.a2, inbox.b1, inbox.b2, b3];
     await eventually(
-      () => remaining.every((box) => box.seqs.has(removed.seq)),
+      () => remaining.every((box) => box.entries.some((e) => e.seq === removed.seq)),
       () => "the removal reached every remaining device",
     );
     await bob1.send(id, "group-secret-7 after carol left");
@@ -186,14 +127,14 @@ describe("end-to-end encrypted groups with sender keys (SDK against a server pro
       await box.has("group-secret-7 after carol left", "group-secret-8 after carol left");
     }
     for (const text of ["group-secret-7 after carol left", "group-secret-8 after carol left"]) {
-      const later = inbox.a1.raw.get(text);
+      const later = inbox.a1.byText(text)?.raw;
       assert.ok(later !== undefined);
       const attempt = await carol.toIncoming(later);
       assert.equal(attempt.payload, undefined, `carol read "${text}"`);
       assert.ok(attempt.decodeError instanceof GroupDecryptError);
       assert.equal(attempt.decodeError.reason, "no-key");
     }
-    assert.ok(!inbox.c.texts.some((t) => t.includes("after carol left")));
+    assert.ok(!inbox.c.texts().some((t) => t.includes("after carol left")));
     assert.deepEqual(failed, []);
   });
 });

@@ -3,51 +3,13 @@ import { mkdtemp, readdir, readFile, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { eventually, Inbox } from "../test/helpers/inbox.js";
+import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
-import { SwitchboardClient } from "./client.js";
+import type { SwitchboardClient } from "./client.js";
 import { connectToServer } from "./transport.js";
-import type { ClientTuning, DecryptFailedEvent, IncomingEntry } from "./types.js";
 
-const tuning: ClientTuning = { backoffBaseMs: 20, backoffCapMs: 200 };
 const decoder = new TextDecoder();
-
-async function eventually(check: () => boolean, message: () => string, timeoutMs = 15_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out: ${message()}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
-  }
-}
-
-/** The plaintexts of messages a device handed to the app, and its decryption failures. */
-class Inbox {
-  readonly texts: string[] = [];
-  readonly edits: string[] = [];
-  readonly failures: DecryptFailedEvent[] = [];
-  /** The texts of messages that arrived without end-to-end encryption. */
-  readonly unencrypted: string[] = [];
-  constructor(
-    readonly name: string,
-    readonly client: SwitchboardClient,
-  ) {
-    client.on("entry", (e: IncomingEntry) => {
-      if (e.kind === "message" && e.payload !== undefined && !e.encrypted)
-        this.unencrypted.push(decoder.decode(e.payload));
-      if (e.kind === "message" && e.payload !== undefined) this.texts.push(decoder.decode(e.payload));
-      if (e.kind === "edit" && e.payload !== undefined) this.edits.push(decoder.decode(e.payload));
-    });
-    client.on("decryptFailed", (f) => {
-      this.failures.push(f);
-    });
-  }
-
-  async has(...texts: string[]): Promise<void> {
-    await eventually(
-      () => texts.every((t) => this.texts.includes(t)),
-      () => `${this.name} has ${JSON.stringify(this.texts)}, wants ${JSON.stringify(texts)}`,
-    );
-  }
-}
 
 /** Every file under a directory, recursively. */
 async function filesUnder(dir: string): Promise<string[]> {
@@ -60,47 +22,29 @@ async function filesUnder(dir: string): Promise<string[]> {
   return out;
 }
 
+/** The texts of the messages that arrived without end-to-end encryption. */
+const unencrypted = (inbox: Inbox) =>
+  inbox.entries.filter((e) => e.kind === "message" && !e.encrypted).map((e) => decoder.decode(e.payload));
+
 describe("end-to-end encrypted direct messages (SDK against a server process)", () => {
   let base: string;
   let server: ServerProcess;
-  const clients: SwitchboardClient[] = [];
-  let n = 0;
+  let devices: TestDevices;
 
   before(async () => {
     base = await mkdtemp(join(tmpdir(), "sb-e2ee-"));
     server = await startServerProcess({ dataDir: join(base, "server") });
+    devices = new TestDevices(base, () => server.url);
   });
 
   after(async () => {
-    for (const c of clients) await c.close().catch(() => {});
+    await devices?.close();
     await server?.stop();
     await removeDir(base);
   });
 
-  async function register(name: string): Promise<SwitchboardClient> {
-    const client = await SwitchboardClient.register({
-      serverUrl: server.url,
-      profileDir: join(base, `profile-${name}-${n++}`),
-      username: `${name}_${n}`,
-      encryption: true,
-      ...tuning,
-    });
-    clients.push(client);
-    return client;
-  }
-
-  async function link(first: SwitchboardClient, name: string): Promise<SwitchboardClient> {
-    const { code } = await first.createLinkCode();
-    const client = await SwitchboardClient.link({
-      serverUrl: server.url,
-      profileDir: join(base, `profile-${name}-${n++}`),
-      code,
-      encryption: true,
-      ...tuning,
-    });
-    clients.push(client);
-    return client;
-  }
+  const register = (name: string) => devices.register(name);
+  const link = (first: SwitchboardClient, name: string) => devices.link(first, name);
 
   it("two users with two devices each chat 1:1; a later device reads later messages; the server stores no plaintext", async () => {
     const alice1 = await register("alice");
@@ -156,8 +100,8 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     sentTexts.push("secret-edited text");
     for (const inbox of inboxes) {
       await eventually(
-        () => inbox.edits.includes("secret-edited text"),
-        () => `${inbox.name} has edits ${JSON.stringify(inbox.edits)}`,
+        () => inbox.texts("edit").includes("secret-edited text"),
+        () => `${inbox.name} has edits ${JSON.stringify(inbox.texts("edit"))}`,
       );
     }
 
@@ -206,13 +150,7 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
       const dir = alice.profileDir;
       await alice.close();
       // Reopened with a maximum age its keys already exceed: the next stream rotates both.
-      const reopened = await SwitchboardClient.open({
-        profileDir: dir,
-        encryption: true,
-        signedPrekeyMaxAgeMs: 1,
-        ...tuning,
-      });
-      clients.push(reopened);
+      const reopened = await devices.reopen(dir, { signedPrekeyMaxAgeMs: 1 });
       await reopened.connect();
       const second = await conn.keys.getPrekeyCounts({});
       assert.notEqual(second.signedPrekeyId, first.signedPrekeyId);
@@ -244,8 +182,7 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     // Encrypted and written to the outbox while the stream is down (no server answer yet).
     const profileDir = erin.profileDir;
     await erin.close();
-    const offline = await SwitchboardClient.open({ profileDir, encryption: true, ...tuning });
-    clients.push(offline);
+    const offline = await devices.reopen(profileDir);
     const pending = offline.send(id, "secret-from-the-outbox");
     pending.catch(() => {});
     await eventually(
@@ -258,8 +195,7 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     const f2 = new Inbox("frank2", frank2);
     await frank2.connect();
     await new Promise((resolve) => setTimeout(resolve, 5_500));
-    const again = await SwitchboardClient.open({ profileDir, encryption: true, ...tuning });
-    clients.push(again);
+    const again = await devices.reopen(profileDir);
     const sent = again.waitFor("sent");
     await again.connect();
     await sent;
@@ -272,25 +208,19 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     const alice = await register("marks");
     const inbox = new Inbox("marks", alice);
     await alice.connect();
-    const plain = await SwitchboardClient.register({
-      serverUrl: server.url,
-      profileDir: join(base, `profile-plain-${n++}`),
-      username: `plain_${n}`,
-      ...tuning,
-    });
-    clients.push(plain);
+    const plain = await devices.register("plain", { encryption: false });
     await plain.connect();
     const { conversationId } = await plain.openDirect(alice.userId);
     await plain.send(conversationId, "sent in the clear");
     await inbox.has("sent in the clear");
-    assert.deepEqual(inbox.unencrypted, ["sent in the clear"]);
+    assert.deepEqual(unencrypted(inbox), ["sent in the clear"]);
     // What alice's contacts send her with encryption is marked encrypted.
     const bob = await register("marks_bob");
     await bob.connect();
     const direct = await bob.openDirect(alice.userId);
     await bob.send(direct.conversationId, "sealed for alice");
     await inbox.has("sealed for alice");
-    assert.deepEqual(inbox.unencrypted, ["sent in the clear"]);
+    assert.deepEqual(unencrypted(inbox), ["sent in the clear"]);
   });
 
   it("a tampered or undecryptable entry is surfaced with its seq and acked; the stream moves on", async () => {

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import type { SwitchboardClient } from "../../sdk/client.js";
-import type { DecryptFailedEvent, IncomingEntry } from "../../sdk/types.js";
+import type { DecryptFailedEvent, EntryKind, IncomingEntry } from "../../sdk/types.js";
+
+const decoder = new TextDecoder();
 
 /** Polls until check holds, or fails with message() after timeoutMs. */
 export async function eventually(
@@ -30,6 +32,31 @@ export class Inbox {
     client.on("decryptFailed", (f: DecryptFailedEvent) => {
       this.failures.push(f);
     });
+  }
+
+  /** The UTF-8 payloads of the entries of a kind handed to the app, in arrival order. */
+  texts(kind: EntryKind = "message"): string[] {
+    return this.entries
+      .filter((e) => e.kind === kind && e.payload !== undefined)
+      .map((e) => decoder.decode(e.payload));
+  }
+
+  /** The message whose payload is this text, if it arrived. */
+  byText(text: string): IncomingEntry | undefined {
+    return this.entries.find(
+      (e) => e.kind === "message" && e.payload !== undefined && decoder.decode(e.payload) === text,
+    );
+  }
+
+  /** Waits until messages with all of these texts arrived. */
+  async has(...texts: string[]): Promise<void> {
+    await eventually(
+      () => {
+        const got = this.texts();
+        return texts.every((t) => got.includes(t));
+      },
+      () => `${this.name} has ${JSON.stringify(this.texts())}, wants ${JSON.stringify(texts)}`,
+    );
   }
 
   /** Waits for the entry at seq of a conversation and returns it. */

@@ -541,6 +541,16 @@ function sentInPlaintext(e: IncomingEntry): boolean {
   return e.payload !== undefined && e.payload.length > 0 && !e.encrypted;
 }
 
+/**
+ * What to show for a message or edit that reached this device with nothing in it. The server
+ * hands each device only its own ciphertext, so an entry encrypted for the conversation's other
+ * devices (sent before this one was linked or had keys) arrives as an empty plaintext.
+ */
+function unreadable(e: IncomingEntry): string {
+  if (e.redacted || e.decodeError !== undefined || e.encrypted) return "";
+  return "(nothing this device can read: encrypted for other devices, before it was linked or had keys)";
+}
+
 /** One line per attached file: name, size and how to save it. */
 function attachmentLines(e: IncomingEntry, view: EntryView): string[] {
   return e.attachments.map((a: AttachmentPointer) => {
@@ -563,12 +573,12 @@ export function formatEntry(
   const plain = view.encrypted && sentInPlaintext(e) ? " (not encrypted)" : "";
   switch (e.kind) {
     case "message": {
-      const body = text(e) || (e.attachments.length > 0 && !e.redacted ? "(file)" : "");
+      const body = text(e) || (e.attachments.length > 0 ? "(file)" : unreadable(e));
       const files = e.redacted ? [] : attachmentLines(e, view);
       return [`${head} ${who}: ${body}${plain}`, ...files].join("\n");
     }
     case "edit":
-      return `${head} ${who} edited #${e.targetSeq}: ${text(e)}${plain}`;
+      return `${head} ${who} edited #${e.targetSeq}: ${text(e) || unreadable(e)}${plain}`;
     case "delete":
       return `${head} ${who} deleted #${e.targetSeq}`;
     case "reaction":

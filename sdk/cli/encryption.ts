@@ -5,16 +5,21 @@ import { Profile } from "../profile.js";
 import { connectToServer } from "../transport.js";
 
 /**
- * Whether a profile holds Signal keys (`<profile>/signal/local.json`, written on the first
- * encrypted open). Such a profile is end-to-end encrypted for good: peers encrypt to its keys, so
- * opening it without encryption could read nothing they send and would send them plaintext.
+ * Whether a profile was opened with end-to-end encryption before: it holds Signal keys
+ * (`<profile>/signal`) or decrypted messages (`<profile>/e2ee`). Such a profile is encrypted for
+ * good: peers encrypt to its keys, so opening it without encryption could read nothing they send
+ * and would send them plaintext. A profile that lost its keys but kept the rest still counts, so
+ * that its failures to decrypt show instead of a silent fall back to plaintext.
  */
 export async function hasEncryptionKeys(profileDir: string): Promise<boolean> {
-  try {
-    return (await stat(join(profileDir, "signal", "local.json"))).isFile();
-  } catch {
-    return false;
+  for (const dir of ["signal", "e2ee"]) {
+    try {
+      if ((await stat(join(profileDir, dir))).isDirectory()) return true;
+    } catch {
+      // Not there: look at the next.
+    }
   }
+  return false;
 }
 
 /**

@@ -271,7 +271,9 @@ export class GroupCipher {
       await this.firstIterationDistribution(key);
       const own = this.doc.value.own[groupId] as OwnRecord;
       own.messages = (own.messages ?? 0) + 1;
-      await this.doc.save();
+      // The count only decides when the key is worn out; losing up to 99 of it in a crash is
+      // harmless, while a whole-file write per message grows with the group.
+      if (own.messages % 100 === 0) await this.doc.save();
       const message = await groupEncrypt(
         this.local,
         key.distributionId,

@@ -1037,12 +1037,22 @@ async function chat(session: Session, target: string, opts: GlobalOptions, io: C
   // Handlers go on in the same tick as the interface is made: piped input may be read at once.
   const lines = createInterface({ input, output: tty ? process.stdout : undefined, terminal: tty });
   rl = lines;
-  const closed = new Promise<void>((resolve) => lines.once("close", () => resolve()));
+  const closed = new Promise<void>((resolve) =>
+    lines.once("close", () => {
+      // A receipt or typing event after Ctrl-D must not prompt again: prompting resumes stdin,
+      // and the process would wait on the terminal for good.
+      rl = undefined;
+      resolve();
+    }),
+  );
   lines.on("line", onLine);
   if (tty) {
     emitKeypressEvents(input as NodeJS.ReadStream, lines);
-    (input as NodeJS.ReadStream).on("keypress", (_s: string, key: { name?: string } | undefined) => {
-      if (key?.name === "return" || key?.name === "enter") return;
+    type Key = { name?: string; ctrl?: boolean; meta?: boolean } | undefined;
+    (input as NodeJS.ReadStream).on("keypress", (s: string | undefined, key: Key) => {
+      // Only keys that type something: not Enter, Ctrl-D or the arrows.
+      if (key?.name === "return" || key?.name === "enter" || key?.ctrl || key?.meta) return;
+      if (s === undefined || (key?.name !== undefined && key.name.length > 1 && key.name !== "space")) return;
       const now = Date.now();
       if (now - typingSentAt >= TYPING_REFRESH_MS) {
         typingSentAt = now;

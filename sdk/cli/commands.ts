@@ -1,6 +1,6 @@
 import { stat } from "node:fs/promises";
 import { homedir } from "node:os";
-import { basename, join } from "node:path";
+import { basename, dirname, join } from "node:path";
 import { createInterface, emitKeypressEvents, type Interface } from "node:readline";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { type Command, InvalidArgumentError } from "commander";
@@ -833,8 +833,10 @@ async function download(
       paths.push(out === undefined ? name : join(dir, name));
     }
   }
-  if (!force) {
-    for (const path of paths) if (await exists(path)) throw new FileExistsError(path);
+  for (const path of paths) {
+    if (!(await isDirectory(dirname(path))))
+      throw new Error(`cannot save ${path}: no directory ${dirname(path)}`);
+    if (!force && (await exists(path))) throw new FileExistsError(path);
   }
 
   for (const [i, a] of files.entries()) {

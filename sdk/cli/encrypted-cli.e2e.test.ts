@@ -259,6 +259,20 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
     const missing = await cli("download", alice.username, "999", "--profile", bob.profile);
     assert.equal(missing.code, 1);
     assert.match(missing.err[0] ?? "", /^switchboard: there is no entry #999 with .* \(the last is #\d+\)$/);
+    const nowhere = join(dir, "no-such-dir", "x.bin");
+    const noDir = await cli(
+      "download",
+      alice.username,
+      String(seq),
+      "--out",
+      nowhere,
+      "--profile",
+      bob.profile,
+    );
+    assert.deepEqual(
+      [noDir.code, noDir.err],
+      [1, [`switchboard: cannot save ${nowhere}: no directory ${join(dir, "no-such-dir")}`]],
+    );
     const notSeq = await cli("download", alice.username, "x1", "--profile", bob.profile);
     assert.equal(notSeq.code, 1);
     assert.match(notSeq.err[0] ?? "", /is not a seq/);

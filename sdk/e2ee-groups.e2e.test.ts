@@ -137,4 +137,31 @@ describe("end-to-end encrypted groups with sender keys (SDK against a server pro
     assert.ok(!inbox.c.texts().some((t) => t.includes("after carol left")));
     assert.deepEqual(failed, []);
   });
+
+  it("a process that never saw a removal still sends under a key the removed member does not hold", async () => {
+    const alice = await register("ralice");
+    const bob = await register("rbob");
+    const carol = await register("rcarol");
+    const a = new Inbox("alice", alice);
+    const c = new Inbox("carol", carol);
+    for (const client of [alice, bob, carol]) await client.connect();
+    const { conversationId: id } = await alice.createGroup("rotation", [bob.userId, carol.userId]);
+    await bob.send(id, "bob, before");
+    await c.has("bob, before");
+
+    // bob's app is closed when carol is removed, and a new process only sends: it reads the
+    // members afresh (carol is gone) but never handles the membership entry.
+    const profileDir = bob.profileDir;
+    await bob.close();
+    await alice.removeMembers(id, [carol.userId]);
+    const fresh = await devices.reopen(profileDir);
+    await fresh.sendUnary(id, "bob, after carol left");
+    await a.has("bob, after carol left");
+    const later = a.byText("bob, after carol left")?.raw;
+    assert.ok(later !== undefined);
+    const attempt = await carol.toIncoming(later);
+    assert.equal(attempt.payload, undefined, "carol read a message sent after her removal");
+    assert.ok(attempt.decodeError instanceof GroupDecryptError);
+    assert.equal(attempt.decodeError.reason, "no-key");
+  });
 });

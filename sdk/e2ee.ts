@@ -290,6 +290,7 @@ export class E2ee {
     await this.groups.rotateIfWorn(groupId);
     for (let attempt = 0; ; attempt++) {
       const recipients = await this.groupRecipients(groupId);
+      await this.groups.rotateIfRecipientsChanged(groupId, recipients);
       const { key, message } = await this.groups.distributionMessage(groupId);
       const need = this.groups.devicesWithoutKey(groupId, recipients);
       const holders = new Map<string, number>();

@@ -156,3 +156,35 @@ test("a tampered group message is refused", async () => {
   });
   assert.equal(str(await bob.groups.decrypt(g, alice.ref, ciphertext)), "intact");
 });
+
+test("the key rotates when a holder is no longer a recipient or a new user is, without membership entries", async () => {
+  const g = "g_recipients";
+  const alice = await member("u_alice", "dv_ra1");
+  const bob = await member("u_bob", "dv_rb1");
+  const carol = await member("u_carol", "dv_rc1");
+  await alice.groups.rotateIfRecipientsChanged(g, [bob.ref, carol.ref]);
+  await distribute(g, alice, [bob, carol]);
+  const first = await alice.groups.currentKey(g);
+
+  // The same recipients, and a second device of a user already there: the key stays.
+  await alice.groups.rotateIfRecipientsChanged(g, [bob.ref, carol.ref]);
+  const bob2 = await member("u_bob", "dv_rb2");
+  await alice.groups.rotateIfRecipientsChanged(g, [bob.ref, bob2.ref, carol.ref]);
+  assert.equal((await alice.groups.currentKey(g)).distributionId, first.distributionId);
+
+  // Carol is gone from the recipients (say a process that never saw her removal): a new key, which
+  // only the remaining devices are given.
+  await alice.groups.rotateIfRecipientsChanged(g, [bob.ref, bob2.ref]);
+  const second = await alice.groups.currentKey(g);
+  assert.notEqual(second.distributionId, first.distributionId);
+  assert.deepEqual(alice.groups.devicesWithoutKey(g, [bob.ref, bob2.ref]), [bob.ref, bob2.ref]);
+  await distribute(g, alice, [bob, bob2]);
+  const after = await alice.groups.encrypt(g, text("without carol"));
+  assert.equal(str(await bob2.groups.decrypt(g, alice.ref, after.ciphertext)), "without carol");
+  await assert.rejects(carol.groups.decrypt(g, alice.ref, after.ciphertext), { reason: "no-key" });
+
+  // Dan, a user the key was not made among, appears: another new key.
+  const dan = await member("u_dan", "dv_rd1");
+  await alice.groups.rotateIfRecipientsChanged(g, [bob.ref, bob2.ref, dan.ref]);
+  assert.notEqual((await alice.groups.currentKey(g)).distributionId, second.distributionId);
+});

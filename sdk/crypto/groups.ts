@@ -57,6 +57,8 @@ interface OwnRecord {
   distribution?: string;
   /** Messages encrypted with this key; it is rotated before libsignal's forward-jump limit. */
   messages?: number;
+  /** The members (user ids) this key was first handed out among; a newcomer gets a new key. */
+  users?: string[];
 }
 
 /**
@@ -128,6 +130,33 @@ export class GroupCipher {
     await this.serial(async () => {
       const own = this.doc.value.own[groupId];
       if (own !== undefined && (own.messages ?? 0) >= SENDER_KEY_MAX_MESSAGES) await this.rotateNow(groupId);
+    });
+  }
+
+  /**
+   * Rotates our key of a group when its recipients are no longer the ones it was made for: a
+   * device holding it is not a recipient any more (its user left or was removed, or it was
+   * revoked), or a user who was not a member when the key was first used is one now. Called with
+   * the current recipients before every send, so it holds in a process that never saw the
+   * membership entries (one that only sends). Records the members for a key used the first time.
+   */
+  async rotateIfRecipientsChanged(groupId: string, recipients: DeviceRef[]): Promise<void> {
+    await this.serial(async () => {
+      let own = this.doc.value.own[groupId];
+      const names = new Set(recipients.map((d) => addressOf(d).name()));
+      const users = new Set([this.localDevice.userId, ...recipients.map((d) => d.userId)]);
+      if (own !== undefined) {
+        const known = own.users;
+        const gone = own.distributedTo.some((n) => !names.has(n));
+        const joined = known !== undefined && [...users].some((u) => !known.includes(u));
+        if (gone || joined) await this.rotateNow(groupId);
+      }
+      await this.ensureOwn(groupId);
+      own = this.doc.value.own[groupId] as OwnRecord;
+      if (own.users === undefined) {
+        own.users = [...users];
+        await this.doc.save();
+      }
     });
   }
 

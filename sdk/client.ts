@@ -249,7 +249,7 @@ export class SwitchboardClient {
       conn.close();
     }
     await Profile.create(options.profileDir, credentials);
-    return SwitchboardClient.open(options);
+    return SwitchboardClient.openPublished(options);
   }
 
   /** Joins an existing user with a link code from another device; writes a new profile. */
@@ -267,7 +267,25 @@ export class SwitchboardClient {
       conn.close();
     }
     await Profile.create(options.profileDir, credentials);
-    return SwitchboardClient.open(options);
+    return SwitchboardClient.openPublished(options);
+  }
+
+  /**
+   * Opens a new profile and, with encryption, puts the device's keys in the directory at once:
+   * nobody can encrypt to a device before, and an app may well send before it connects. If that
+   * fails the profile stands and connect() uploads them.
+   */
+  private static async openPublished(options: OpenOptions): Promise<SwitchboardClient> {
+    const client = await SwitchboardClient.open(options);
+    if (client.e2ee !== undefined) {
+      try {
+        await client.e2ee.ensureKeys();
+      } catch (err) {
+        await client.close();
+        throw err;
+      }
+    }
+    return client;
   }
 
   private static async refuseExistingProfile(dir: string): Promise<void> {

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, stat } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { Code, ConnectError } from "@connectrpc/connect";
 import { eventually, Inbox } from "../test/helpers/inbox.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
@@ -168,6 +169,32 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     } finally {
       conn.close();
     }
+  });
+
+  it("register puts the keys in the directory before any stream; a profile that lost them is told so", async () => {
+    const dana = await register("dana");
+    const secret = JSON.parse(await readFile(join(dana.profileDir, "credentials.json"), "utf8")).deviceSecret;
+    const conn = connectToServer({
+      serverUrl: server.url,
+      credential: { deviceId: dana.deviceId, deviceSecret: secret },
+    });
+    try {
+      assert.equal((await conn.keys.getPrekeyCounts({})).keysUploaded, true, "uploaded at register");
+    } finally {
+      conn.close();
+    }
+    // The profile's Signal directory is lost: a new identity is made locally, which the directory
+    // can never take for this device. connect() says so instead of running unreachable.
+    const profileDir = dana.profileDir;
+    await dana.close();
+    await rm(join(profileDir, "signal"), { recursive: true, force: true });
+    const lost = await devices.reopen(profileDir);
+    await assert.rejects(lost.connect(), (err: unknown) => {
+      const e = ConnectError.from(err);
+      assert.equal(e.code, Code.FailedPrecondition);
+      assert.match(e.rawMessage, /Signal keys are missing from its profile/);
+      return true;
+    });
   });
 
   it("a send left in the outbox re-encrypts its kept plaintext after a restart when the devices changed", async () => {

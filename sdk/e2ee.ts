@@ -1,6 +1,6 @@
 import { join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
-import type { Client } from "@connectrpc/connect";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import { type SealedContent, SealedContentSchema } from "../gen/switchboard/v1/content_pb.js";
 import { ConversationKind } from "../gen/switchboard/v1/conversations_pb.js";
 import {
@@ -109,7 +109,9 @@ export class E2ee {
   private readonly members = new Map<string, Promise<string[]>>();
   private readonly decoding = new Map<string, Promise<Uint8Array>>();
   private keysChecked: Promise<void> | undefined;
-  /** See ClientTuning.signedPrekeyMaxAgeMs. */
+  /** A new identity was made for this profile and is not in the key directory yet. */
+  private identityUnpublished: boolean;
+  /** See OpenOptions.signedPrekeyMaxAgeMs. */
   signedPrekeyMaxAgeMs = SIGNED_PREKEY_MAX_AGE_MS;
   private replenishing: Promise<void> | undefined;
 
@@ -123,7 +125,9 @@ export class E2ee {
     private readonly known: JsonDoc<KnownDevicesFile>,
     /** Plaintexts by `r/<conversationId>/<seq>` (received) and `s/<clientMsgId>` (sent here). */
     private readonly plaintexts: RecordDir,
-  ) {}
+  ) {
+    this.identityUnpublished = stores.identityCreated;
+  }
 
   static async open(
     profileDir: string,
@@ -173,7 +177,18 @@ export class E2ee {
     const counts = await this.keys.getPrekeyCounts({});
     if (!counts.keysUploaded) {
       await this.keys.uploadKeys(await generateInitialKeys(this.stores));
+      this.identityUnpublished = false;
       return;
+    }
+    if (this.identityUnpublished) {
+      // The directory's identity for this device never changes, and its private key is gone.
+      throw new ConnectError(
+        `this device's Signal keys are missing from its profile (${this.stores.dir} was lost or ` +
+          "replaced) while the key directory keeps the identity they belonged to, which never " +
+          "changes: nobody can encrypt to this device any more. Link a new device for this user " +
+          "and revoke this one.",
+        Code.FailedPrecondition,
+      );
     }
     // Weekly, as Signal does: a signed prekey's private half leaking opens only the sessions
     // started against it while it was current.

@@ -511,24 +511,30 @@ export class SignalStores {
     readonly signedPreKeys: SignedPreKeyFileStore,
     readonly kyberPreKeys: KyberPreKeyFileStore,
     readonly senderKeys: SenderKeyFileStore,
+    /** True when this open made the identity (the profile had none). */
+    readonly identityCreated: boolean,
   ) {}
 
   /** Opens the stores of a profile directory, creating our identity on first use. */
   static async open(profileDir: string, options: SignalStoresOptions = {}): Promise<SignalStores> {
     const dir = join(profileDir, "signal");
     await ensureDir(dir);
-    const local = await JsonDoc.open<LocalFile>(join(dir, "local.json"), () => ({
-      version: 1,
-      identityKeyPair: Buffer.from(IdentityKeyPair.generate().serialize()).toString("base64"),
-      registrationId: randomInt(1, 16384),
-      nextIds: {
-        ec: randomInt(1, MAX_PREKEY_ID),
-        signed: randomInt(1, MAX_PREKEY_ID),
-        kyber: randomInt(1, MAX_PREKEY_ID),
-      },
-      lastResortKyberIds: [],
-      createdAtMs: Date.now(),
-    }));
+    let identityCreated = false;
+    const local = await JsonDoc.open<LocalFile>(join(dir, "local.json"), () => {
+      identityCreated = true;
+      return {
+        version: 1,
+        identityKeyPair: Buffer.from(IdentityKeyPair.generate().serialize()).toString("base64"),
+        registrationId: randomInt(1, 16384),
+        nextIds: {
+          ec: randomInt(1, MAX_PREKEY_ID),
+          signed: randomInt(1, MAX_PREKEY_ID),
+          kyber: randomInt(1, MAX_PREKEY_ID),
+        },
+        lastResortKyberIds: [],
+        createdAtMs: Date.now(),
+      };
+    });
     // First open: the identity must be durable before anything is derived from it.
     await local.save();
     const identities = await JsonDoc.open<IdentityFile>(join(dir, "identities.json"), () => ({
@@ -551,6 +557,7 @@ export class SignalStores {
       new SignedPreKeyFileStore(signed as RecordDir),
       new KyberPreKeyFileStore(kyber as RecordDir, kyberUsed as RecordDir, local),
       new SenderKeyFileStore(senderKeys as RecordDir),
+      identityCreated,
     );
   }
 

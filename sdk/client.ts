@@ -30,11 +30,13 @@ import {
 } from "../gen/switchboard/v1/gateway_pb.js";
 import { Backoff } from "./backoff.js";
 import { decryptAttachment, encryptAttachment } from "./crypto/attachments.js";
+import { DecryptError } from "./crypto/pairwise.js";
 import {
   type ContactSafetyNumber,
   E2ee,
   KEYS_ONLY_PAYLOAD_TYPE,
   MAX_MISMATCH_RETRIES,
+  PAIRWISE_PAYLOAD_TYPE,
   parseSealed,
   SENDER_KEY_PAYLOAD_TYPE,
   type SealedPart,
@@ -127,6 +129,21 @@ const FRAME_CURSOR_LIMIT = 256;
 const UNARY_TIMEOUT_MS = 30_000;
 /** Entries handed to the app but not yet processed before the stream reader waits for the app. */
 const DELIVERY_HIGH_WATER = 2_000;
+
+/** The payload types whose content is end-to-end encrypted (sdk/e2ee.ts). */
+const ENCRYPTED_PAYLOAD_TYPES = new Set([
+  PAIRWISE_PAYLOAD_TYPE,
+  KEYS_ONLY_PAYLOAD_TYPE,
+  SENDER_KEY_PAYLOAD_TYPE,
+]);
+
+/**
+ * An entry encrypted for other devices only (sent before this one was linked): shown with its
+ * decodeError, but not a failure to report.
+ */
+function notAddressed(err: Error): boolean {
+  return err instanceof DecryptError && err.reason === "not-addressed";
+}
 
 const textEncoder = new TextEncoder();
 
@@ -781,7 +798,7 @@ export class SwitchboardClient {
       for (const raw of entries) {
         this.deliveryBacklog -= 1;
         const entry = await this.toIncoming(raw);
-        if (this.e2ee !== undefined && entry.decodeError !== undefined) {
+        if (this.e2ee !== undefined && entry.decodeError !== undefined && !notAddressed(entry.decodeError)) {
           // Never a crash, never a stuck stream: the app hears of it, and the entry is acked.
           this.emit("decryptFailed", {
             conversationId: raw.conversationId,
@@ -826,9 +843,7 @@ export class SwitchboardClient {
           body.value.payload.length === 0 &&
           this.e2ee.hasSent(raw.clientMsgId);
         const encrypted =
-          body.value.devicePayloads.length > 0 ||
-          body.value.payloadType === SENDER_KEY_PAYLOAD_TYPE ||
-          body.value.payloadType === KEYS_ONLY_PAYLOAD_TYPE;
+          body.value.devicePayloads.length > 0 || ENCRYPTED_PAYLOAD_TYPES.has(body.value.payloadType);
         if (this.e2ee !== undefined && (encrypted || ownEncrypted)) {
           // Written to the profile before this resolves, so before the entry is acked.
           const content = parseSealed(await this.e2ee.decode(raw));
@@ -1093,8 +1108,8 @@ export class SwitchboardClient {
       throw ConnectError.from(err, Code.FailedPrecondition);
     }
     for (const part of parts) {
-      if (part.payloadType === 0 && part.devicePayloads.length === 0) {
-        // An empty list would be a plaintext send; nobody can be reached yet.
+      if (part.payloadType === PAIRWISE_PAYLOAD_TYPE && part.devicePayloads.length === 0) {
+        // A direct message for no device at all: nobody can be reached yet.
         throw new ConnectError(
           "no device of the conversation has keys in the key directory yet; nothing can be encrypted",
           Code.FailedPrecondition,

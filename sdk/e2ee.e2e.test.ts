@@ -8,6 +8,7 @@ import { eventually, Inbox } from "../test/helpers/inbox.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import type { SwitchboardClient } from "./client.js";
+import { DecryptError } from "./crypto/pairwise.js";
 import { connectToServer } from "./transport.js";
 
 const decoder = new TextDecoder();
@@ -95,6 +96,14 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     // bob3 never sees what was sent before it existed, and it is not a decryption failure either:
     // it only receives entries from its own start.
     for (const inbox of inboxes) assert.deepEqual(inbox.failures, [], inbox.name);
+    // In its history, the earlier messages say they were encrypted for other devices only.
+    const history = await bob3.getHistory(id, { limit: 100 });
+    const unaddressed = history.entries.filter((e) => e.kind === "message" && e.payload === undefined);
+    assert.equal(unaddressed.length, firstFour.length, "the four messages from before bob3 was linked");
+    for (const e of unaddressed) {
+      assert.ok(e.decodeError instanceof DecryptError, String(e.decodeError));
+      assert.equal(e.decodeError.reason, "not-addressed");
+    }
 
     // Edits travel encrypted too.
     await alice1.edit(id, result.seq, "secret-edited text");

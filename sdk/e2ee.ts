@@ -32,6 +32,9 @@ export const MAX_MISMATCH_RETRIES = 3;
 /** libsignal's CiphertextMessageType of a sender-key message: MessageBody.payload_type of groups. */
 export const SENDER_KEY_PAYLOAD_TYPE = 7;
 
+/** MessageBody.payload_type of a direct message whose content is only in device_payloads. */
+export const PAIRWISE_PAYLOAD_TYPE = 2;
+
 /**
  * MessageBody.payload_type of a group send that only hands out our sender key (device_payloads)
  * ahead of the message, when the keys do not fit beside it. Its payload is the plain marker
@@ -296,7 +299,15 @@ export class E2ee {
     const info = await this.conversation(conversationId);
     if (info.direct) {
       const devicePayloads = await this.encrypt(info.peerUserId, content);
-      return [{ content, payload: new Uint8Array(), payloadType: 0, devicePayloads, keysOnly: false }];
+      return [
+        {
+          content,
+          payload: new Uint8Array(),
+          payloadType: PAIRWISE_PAYLOAD_TYPE,
+          devicePayloads,
+          keysOnly: false,
+        },
+      ];
     }
     return this.sealGroup(conversationId, content, maxBytes);
   }
@@ -577,8 +588,8 @@ export class E2ee {
       if (mine === undefined) {
         throw new DecryptError(
           { userId: entry.senderUserId, deviceId: entry.senderDeviceId },
-          "no-session",
-          "the entry carries no ciphertext for this device (sent before it had keys?)",
+          "not-addressed",
+          "the entry was encrypted for other devices only (sent before this device was linked or had keys)",
         );
       }
       const sender = { userId: entry.senderUserId, deviceId: entry.senderDeviceId };

@@ -9,6 +9,7 @@ import { type Conversation, ConversationKind } from "../../gen/switchboard/v1/co
 import { MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import { newClientMsgId, SwitchboardClient } from "../client.js";
 import { AttachmentError } from "../crypto/attachments.js";
+import { DecryptError } from "../crypto/pairwise.js";
 import type { IdentityChangeEvent } from "../crypto/stores.js";
 import type { IncomingEntry, ReceiptEvent } from "../types.js";
 import { chooseEncryption, lockProfile, publishKeys } from "./encryption.js";
@@ -527,6 +528,10 @@ interface EntryView {
 
 function text(e: IncomingEntry): string {
   if (e.redacted) return "(deleted)";
+  if (e.decodeError instanceof DecryptError && e.decodeError.reason === "not-addressed") {
+    // The server hands each device only its own ciphertext; this entry had none for this one.
+    return "(nothing this device can read: encrypted for other devices, before it was linked or had keys)";
+  }
   if (e.decodeError !== undefined) {
     return `(could not decrypt: ${printable(e.decodeError.message)})`;
   }
@@ -539,16 +544,6 @@ function text(e: IncomingEntry): string {
  */
 function sentInPlaintext(e: IncomingEntry): boolean {
   return e.payload !== undefined && e.payload.length > 0 && !e.encrypted;
-}
-
-/**
- * What to show for a message or edit that reached this device with nothing in it. The server
- * hands each device only its own ciphertext, so an entry encrypted for the conversation's other
- * devices (sent before this one was linked or had keys) arrives as an empty plaintext.
- */
-function unreadable(e: IncomingEntry): string {
-  if (e.redacted || e.decodeError !== undefined || e.encrypted) return "";
-  return "(nothing this device can read: encrypted for other devices, before it was linked or had keys)";
 }
 
 /** One line per attached file: name, size and how to save it. */
@@ -573,12 +568,12 @@ export function formatEntry(
   const plain = view.encrypted && sentInPlaintext(e) ? " (not encrypted)" : "";
   switch (e.kind) {
     case "message": {
-      const body = text(e) || (e.attachments.length > 0 ? "(file)" : unreadable(e));
+      const body = text(e) || (e.attachments.length > 0 ? "(file)" : "");
       const files = e.redacted ? [] : attachmentLines(e, view);
       return [`${head} ${who}: ${body}${plain}`, ...files].join("\n");
     }
     case "edit":
-      return `${head} ${who} edited #${e.targetSeq}: ${text(e) || unreadable(e)}${plain}`;
+      return `${head} ${who} edited #${e.targetSeq}: ${text(e)}${plain}`;
     case "delete":
       return `${head} ${who} deleted #${e.targetSeq}`;
     case "reaction":

@@ -77,7 +77,12 @@ export type DecryptFailure =
   /** No session matches (for example a Whisper message after our state was lost): ask for a resend. */
   | "no-session"
   /** Bad MAC, malformed or tampered bytes, or keys that do not match. */
-  | "invalid";
+  | "invalid"
+  /**
+   * The entry was encrypted for the devices of its time, not this one (sent before this device
+   * was linked or had keys): there is nothing to decrypt, and nothing went wrong.
+   */
+  | "not-addressed";
 
 /** A ciphertext from another device that could not be decrypted. */
 export class DecryptError extends Error {

@@ -35,19 +35,24 @@ export function devicePayloadsOf(body: Entry["body"] | OutgoingEntry["body"]): r
     : NONE;
 }
 
+/** MessageBody.payload_type of a direct message whose content is only in device_payloads. */
+export const PAIRWISE_PAYLOAD_TYPE = 2;
 /** libsignal's CiphertextMessageType SenderKey: a payload encrypted once with a sender key. */
 export const SENDER_KEY_PAYLOAD_TYPE = 7;
 
 /**
- * Whether a body's device set must be checked: it has per-device ciphertexts, or it is a group
- * body encrypted with a sender key. The latter with no ciphertexts at all is a sender who
- * believes nobody else holds keys; checking it tells them of the devices that do, which would
- * otherwise get a message they have no key for.
+ * Whether a body's device set must be checked: it has per-device ciphertexts, or its
+ * payload_type says it is end-to-end encrypted for the conversation's devices (pairwise in a
+ * direct conversation, a sender key in a group). The latter with no ciphertexts at all is a
+ * sender who believes no other device holds keys; checking it tells them of the devices that
+ * do, which would otherwise get a message they cannot read.
  */
 export function needsDeviceCheck(conversationId: string, body: OutgoingEntry["body"]): boolean {
   if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") return false;
   if (body.value.devicePayloads.length > 0) return true;
-  return conversationKind(conversationId) === "group" && body.value.payloadType === SENDER_KEY_PAYLOAD_TYPE;
+  const encryptedAs =
+    conversationKind(conversationId) === "direct" ? PAIRWISE_PAYLOAD_TYPE : SENDER_KEY_PAYLOAD_TYPE;
+  return body.value.payloadType === encryptedAs;
 }
 
 /** The bytes a body carries: its payload and all of its device ciphertexts. */

@@ -198,6 +198,20 @@ describe("per-device ciphertexts and mismatched devices (one server process, rea
     );
   });
 
+  it("a pairwise message (payload_type 2) naming no devices is checked; an empty plaintext is not", async () => {
+    const { a1, ka2, kb1, kb2, id } = await setup();
+    const before = await a1.conversations.getHistory({ conversationId: id, afterSeq: 0n });
+    const nobody = pairwise(id, "n1", "for nobody", []);
+    if (nobody.body.case === "message") nobody.body.value.payloadType = 2;
+    const mismatch = await mismatchOfSend(a1, nobody);
+    assert.deepEqual(listed(mismatch.missing), byDevice([ka2, kb1, kb2].map(expect)));
+    const after = await a1.conversations.getHistory({ conversationId: id, afterSeq: 0n });
+    assert.equal(after.lastSeq, before.lastSeq, "no seq was used");
+    // payload_type 0 and nothing at all: a plaintext client's empty message, taken as it is.
+    const sent = await a1.gateway.send({ entry: pairwise(id, "n2", "empty", []) });
+    assert.equal(sent.seq, before.lastSeq + 1n);
+  });
+
   it("refuses missing, extra and stale devices with the exact lists, stores nothing, and takes the corrected retry", async () => {
     const { a1, b1, ka1, ka2, kb1, kb2, id } = await setup();
     // A third device of Alice's, keyed and then revoked: a ciphertext for it is extra.

@@ -167,9 +167,11 @@ export type MessageBody = Message<"switchboard.v1.MessageBody"> & {
    * sender's current sender key, or empty, for one that does. At most the group size limit ×
    * the devices per user; payload and all ciphertexts together within the payload limit (the
    * device ids do not count). Empty entries are dropped once the send is accepted: the log
-   * keeps the payload and the key distributions only. A group message with payload alone is
-   * not checked unless its payload_type is 7 (a sender-key ciphertext): then no entries at all
-   * claims that no other device holds keys, and is checked like any other set.
+   * keeps the payload and the key distributions only.
+   *
+   * A send with no entries at all is not checked, unless its payload_type says it is end-to-end
+   * encrypted (2 in a direct conversation, 7 in a group): then it claims that no other device
+   * holds keys, and is checked like any other set.
    *
    * The log keeps the remaining entries; each device receives the entry with only its own
    * (none for the sending device).
@@ -181,11 +183,13 @@ export type MessageBody = Message<"switchboard.v1.MessageBody"> & {
   /**
    * What payload is, for clients: 0 opaque application bytes (a plaintext-compatible client's
    * payload); 1 a group send that only hands out the sender's key in device_payloads ahead of
-   * a message they did not fit beside (payload is a fixed marker; clients show nothing); or
-   * libsignal's CiphertextMessageType when payload is end-to-end encrypted (7 SenderKey: a group
+   * a message they did not fit beside (payload is a fixed marker; clients show nothing); 2 the
+   * content is per device, in device_payloads only (pairwise Signal messages; payload empty), so
+   * a device that receives the entry with no ciphertext for it was not among the devices it was
+   * encrypted for (it was linked later); 7 payload is a libsignal SenderKey message (a group
    * message encrypted once with the sender's sender key). Passed through
-   * unchanged; the server only uses it to check a group message with 7 and no device_payloads
-   * against the group's devices (see device_payloads).
+   * unchanged; the server only uses it to check a send with 2 or 7 and no device_payloads
+   * against the conversation's devices (see device_payloads).
    *
    * @generated from field: uint32 payload_type = 3;
    */
@@ -279,8 +283,8 @@ export type EditBody = Message<"switchboard.v1.EditBody"> & {
   devicePayloads: DeviceCiphertext[];
 
   /**
-   * What payload is, as MessageBody.payload_type: 0 opaque application bytes, 7 a sender-key
-   * ciphertext. Passed through unchanged.
+   * What payload is, as MessageBody.payload_type: 0 opaque application bytes, 2 per device (in
+   * device_payloads), 7 a sender-key ciphertext. Passed through unchanged.
    *
    * @generated from field: uint32 payload_type = 4;
    */
@@ -353,8 +357,8 @@ export type ReactionBody = Message<"switchboard.v1.ReactionBody"> & {
   devicePayloads: DeviceCiphertext[];
 
   /**
-   * What payload is, as MessageBody.payload_type: 0 opaque application bytes, 7 a sender-key
-   * ciphertext. Passed through unchanged.
+   * What payload is, as MessageBody.payload_type: 0 opaque application bytes, 2 per device (in
+   * device_payloads), 7 a sender-key ciphertext. Passed through unchanged.
    *
    * @generated from field: uint32 payload_type = 4;
    */

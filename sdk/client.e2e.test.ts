@@ -10,6 +10,7 @@ import { Code, type ConnectError } from "@connectrpc/connect";
 import { Command } from "commander";
 import { MembershipAction, OutgoingEntrySchema } from "../gen/switchboard/v1/entry_pb.js";
 import { startServer } from "../services/server/index.js";
+import { eventually } from "../test/helpers/inbox.js";
 import { type CliIo, registerClientCommands } from "./cli/commands.js";
 import { SwitchboardClient } from "./client.js";
 import { Profile } from "./profile.js";
@@ -19,15 +20,6 @@ const root = new URL("../", import.meta.url).pathname;
 const text = (e: IncomingEntry): string => new TextDecoder().decode(e.payload ?? new Uint8Array());
 // Fast reconnects keep the test short; everything else is the SDK's default.
 const tuning: ClientTuning = { backoffBaseMs: 20, backoffCapMs: 200 };
-
-/** Resolves when check() holds, polling; fails with the message after the timeout. */
-async function eventually(check: () => boolean, message: () => string, timeoutMs = 10_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out: ${message()}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
-}
 
 /** Every entry a client handed to the app, per conversation, with checks on order. */
 class Recorder {

@@ -7,20 +7,13 @@ import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { Command } from "commander";
+import { eventually } from "../../test/helpers/inbox.js";
 import { scanDirectory } from "../../test/helpers/scan.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../../test/helpers/server.js";
 import { SwitchboardClient } from "../client.js";
 import { type CliIo, registerClientCommands } from "./commands.js";
 
 const root = new URL("../../", import.meta.url).pathname;
-
-async function eventually(check: () => boolean, message: () => string, timeoutMs = 20_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out: ${message()}`);
-    await new Promise((resolve) => setTimeout(resolve, 25));
-  }
-}
 
 /** One CLI command running in this process, with its output as it comes. */
 interface Run {

@@ -192,8 +192,7 @@ for (const backend of [localBackend(), minioBackend()]) {
         samePointer(pointer, sent.attachment, box.name);
         const dir = await downloads(box.name);
         const path = join(dir, pointer.fileName);
-        const bytes = await box.client.downloadAttachment(id, pointer, { path });
-        assert.ok(Buffer.from(bytes).equals(data), `${box.name}: the returned bytes are the file`);
+        await box.client.downloadAttachment(id, pointer, { path });
         assert.ok((await readFile(path)).equals(data), `${box.name}: the written file is the file`);
         assert.deepEqual(await readdir(dir), [pointer.fileName], `${box.name}: nothing else written`);
         assert.deepEqual(box.failures, [], `${box.name}: no decryption failure`);
@@ -229,11 +228,15 @@ for (const backend of [localBackend(), minioBackend()]) {
 
       const marker = `group-file-marker-${randomBytes(6).toString("hex")}`;
       const data = fileWith(1_500_000, marker);
+      // From a file: encrypted and uploaded streaming, through a temporary file of ciphertext.
+      const source = join(await downloads("source"), "plans-source.pdf");
+      await writeFile(source, data);
       const sent = await alice.sendAttachment(id, {
-        data,
+        path: source,
         fileName: "plans.pdf",
         contentType: "application/pdf",
       });
+      assert.equal(sent.attachment.sizeBytes, BigInt(data.length));
       await checkStored(sent.attachment.objectId, data, marker);
       for (const box of boxes) {
         const entry = await box.entry(id, sent.seq);
@@ -331,13 +334,18 @@ for (const backend of [localBackend(), minioBackend()]) {
 
       // One byte too many once encrypted: the limit counts what is stored, the ciphertext.
       const over = randomBytes(MAX_BYTES - OVERHEAD + 1);
+      const tooLong = new RegExp(
+        `length_bytes: ${MAX_BYTES + 1} exceeds the maximum attachment size of ${MAX_BYTES} bytes \\(3 MiB\\)`,
+      );
       await refusedWith(
         alice.sendAttachment(id, { data: over, fileName: "big.bin" }),
         Code.InvalidArgument,
-        new RegExp(
-          `length_bytes: ${MAX_BYTES + 1} exceeds the maximum attachment size of ${MAX_BYTES} bytes \\(3 MiB\\)`,
-        ),
+        tooLong,
       );
+      // The same from a file: refused once its ciphertext's length is known, before any upload.
+      const overFile = join(await downloads("over"), "big.bin");
+      await writeFile(overFile, over);
+      await refusedWith(alice.sendAttachment(id, { path: overFile }), Code.InvalidArgument, tooLong);
       await refusedWith(
         alice.uploadAttachment(id, { data: randomBytes(MAX_BYTES) }),
         Code.InvalidArgument,

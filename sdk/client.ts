@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
-import { readFile } from "node:fs/promises";
-import { hostname } from "node:os";
-import { basename } from "node:path";
+import { mkdtemp, rm } from "node:fs/promises";
+import { hostname, tmpdir } from "node:os";
+import { basename, join } from "node:path";
 import { clone, create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Device, SetPushTargetRequestSchema, User } from "../gen/switchboard/v1/accounts_pb.js";
@@ -29,7 +29,14 @@ import {
   type StreamLimits,
 } from "../gen/switchboard/v1/gateway_pb.js";
 import { Backoff } from "./backoff.js";
-import { decryptAttachment, encryptAttachment } from "./crypto/attachments.js";
+import {
+  ATTACHMENT_OVERHEAD,
+  type AttachmentSecrets,
+  decryptAttachment,
+  decryptAttachmentFile,
+  encryptAttachment,
+  encryptAttachmentFile,
+} from "./crypto/attachments.js";
 import { DecryptError } from "./crypto/pairwise.js";
 import {
   type ContactSafetyNumber,
@@ -41,7 +48,8 @@ import {
   SENDER_KEY_PAYLOAD_TYPE,
   type SealedPart,
 } from "./e2ee.js";
-import { Profile, writeFileAtomic } from "./profile.js";
+import { getObject, putObject } from "./media-http.js";
+import { Profile } from "./profile.js";
 import { ReorderBuffer } from "./reorder.js";
 import {
   connectToServer,
@@ -1487,71 +1495,79 @@ export class SwitchboardClient {
     return { ...result, attachment };
   }
 
-  /** Encrypts and uploads a file; the pointer to send (with its key) is returned. */
+  /**
+   * Encrypts and uploads a file; the pointer to send (with its key) is returned. A `path` is
+   * encrypted and uploaded streaming, through a temporary file of ciphertext, so its size does not
+   * bound memory; `data` is handled in memory.
+   */
   async uploadAttachment(conversationId: string, file: OutgoingAttachment): Promise<AttachmentPointer> {
-    const data = file.data ?? (file.path !== undefined ? await readFile(file.path) : undefined);
-    if (data === undefined)
-      throw new ConnectError("an attachment needs data or a path", Code.InvalidArgument);
-    const sealed = encryptAttachment(data);
-    const upload = await this.conn.media.createUpload({
-      conversationId,
-      lengthBytes: BigInt(sealed.ciphertext.byteLength),
-    });
-    let res: Response;
-    try {
-      res = await fetch(upload.uploadUrl, {
-        method: "PUT",
-        body: sealed.ciphertext,
-        headers: { "content-type": "application/octet-stream" },
+    const fileName = file.fileName ?? (file.path !== undefined ? basename(file.path) : "");
+    const pointer = (objectId: string, secrets: AttachmentSecrets) =>
+      create(AttachmentPointerSchema, {
+        objectId,
+        key: secrets.key,
+        digest: secrets.digest,
+        sizeBytes: BigInt(secrets.size - ATTACHMENT_OVERHEAD),
+        ciphertextBytes: BigInt(secrets.size),
+        fileName,
+        contentType: file.contentType ?? "",
       });
-    } catch (err) {
-      throw new ConnectError(`the attachment upload failed: ${String(err)}`, Code.Unavailable);
+    if (file.data !== undefined) {
+      const sealed = encryptAttachment(file.data);
+      const upload = await this.createUpload(conversationId, sealed.size);
+      await putObject(upload.uploadUrl, sealed.ciphertext, sealed.size);
+      return pointer(upload.objectId, sealed);
     }
-    if (!res.ok) {
-      const detail = (await res.text().catch(() => "")).slice(0, 300);
-      throw new ConnectError(
-        `the media store refused the upload: HTTP ${res.status} ${detail}`.trim(),
-        res.status >= 500 ? Code.Unavailable : Code.FailedPrecondition,
-      );
+    if (file.path === undefined)
+      throw new ConnectError("an attachment needs data or a path", Code.InvalidArgument);
+    const dir = await mkdtemp(join(tmpdir(), "switchboard-upload-"));
+    try {
+      const encrypted = join(dir, "ciphertext");
+      const secrets = await encryptAttachmentFile(file.path, encrypted);
+      const upload = await this.createUpload(conversationId, secrets.size);
+      await putObject(upload.uploadUrl, { path: encrypted }, secrets.size);
+      return pointer(upload.objectId, secrets);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
-    return create(AttachmentPointerSchema, {
-      objectId: upload.objectId,
-      key: sealed.key,
-      digest: sealed.digest,
-      sizeBytes: BigInt(data.byteLength),
-      ciphertextBytes: BigInt(sealed.ciphertext.byteLength),
-      fileName: file.fileName ?? (file.path !== undefined ? basename(file.path) : ""),
-      contentType: file.contentType ?? "",
-    });
+  }
+
+  private createUpload(conversationId: string, length: number) {
+    return this.conn.media.createUpload({ conversationId, lengthBytes: BigInt(length) });
   }
 
   /**
    * Downloads an attachment of a message in the conversation, checks its digest and decrypts it.
    * Throws AttachmentError ("digest", "authentication", "format") when the bytes are not the
-   * sender's; with `path` the plaintext is written there atomically, never unverified.
+   * sender's. Without `path` the plaintext is returned; with it, the download streams through a
+   * temporary file of ciphertext and the plaintext is written to `path` atomically, never
+   * unverified, in constant memory.
    */
+  async downloadAttachment(conversationId: string, attachment: AttachmentPointer): Promise<Uint8Array>;
   async downloadAttachment(
     conversationId: string,
     attachment: AttachmentPointer,
-    options: { path?: string } = {},
-  ): Promise<Uint8Array> {
+    options: { path: string },
+  ): Promise<undefined>;
+  async downloadAttachment(
+    conversationId: string,
+    attachment: AttachmentPointer,
+    options?: { path: string },
+  ): Promise<Uint8Array | undefined> {
     const download = await this.conn.media.createDownload({ objectId: attachment.objectId, conversationId });
-    let res: Response;
+    if (options === undefined) {
+      const ciphertext = (await getObject(download.downloadUrl)) as Uint8Array;
+      return decryptAttachment(ciphertext, attachment.key, attachment.digest);
+    }
+    const dir = await mkdtemp(join(tmpdir(), "switchboard-download-"));
     try {
-      res = await fetch(download.downloadUrl);
-    } catch (err) {
-      throw new ConnectError(`the attachment download failed: ${String(err)}`, Code.Unavailable);
+      const encrypted = join(dir, "ciphertext");
+      await getObject(download.downloadUrl, { path: encrypted });
+      await decryptAttachmentFile(encrypted, options.path, attachment.key, attachment.digest);
+      return undefined;
+    } finally {
+      await rm(dir, { recursive: true, force: true });
     }
-    if (!res.ok) {
-      throw new ConnectError(
-        `the media store refused the download: HTTP ${res.status}`,
-        res.status >= 500 ? Code.Unavailable : Code.FailedPrecondition,
-      );
-    }
-    const ciphertext = new Uint8Array(await res.arrayBuffer());
-    const plaintext = decryptAttachment(ciphertext, attachment.key, attachment.digest);
-    if (options.path !== undefined) await writeFileAtomic(options.path, plaintext);
-    return plaintext;
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-import { stat } from "node:fs/promises";
+import { stat, unlink } from "node:fs/promises";
 import { homedir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import { createInterface, emitKeypressEvents, type Interface } from "node:readline";
@@ -18,9 +18,10 @@ import {
   FileExistsError,
   formatBytes,
   isDirectory,
+  partPath,
+  placeFile,
   printable,
   safeFileName,
-  saveFile,
   shellArg,
 } from "./files.js";
 
@@ -836,10 +837,12 @@ async function download(
 
   for (const [i, a] of files.entries()) {
     const path = paths[i]!;
-    let data: Uint8Array;
+    // Streamed into a part file beside the target, verified, then moved into place.
+    const part = partPath(path);
     try {
-      data = await client.downloadAttachment(conversationId, a);
+      await client.downloadAttachment(conversationId, a, { path: part });
     } catch (err) {
+      await unlink(part).catch(() => {});
       if (!(err instanceof AttachmentError)) throw err;
       const why =
         err.reason === "digest"
@@ -851,8 +854,9 @@ async function download(
         `${printable(a.fileName) || "the file"} of entry #${seq} failed verification: ${why}; nothing was written`,
       );
     }
-    await saveFile(path, data, force);
-    io.out(`saved ${path} (${formatBytes(data.byteLength)}; verified and decrypted)`);
+    const { size } = await stat(part);
+    await placeFile(part, path, force);
+    io.out(`saved ${path} (${formatBytes(size)}; verified and decrypted)`);
   }
 }
 

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
-import { link, stat, unlink } from "node:fs/promises";
+import { link, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { syncDirectory, writeFileAtomic } from "../profile.js";
+import { syncDirectory } from "../profile.js";
 
 /**
  * Removes terminal control characters from text that others wrote (messages, file names): an
@@ -80,25 +80,25 @@ export class FileExistsError extends Error {
   }
 }
 
+/** A temporary name beside `path`, for a file that is moved into place once complete. */
+export function partPath(path: string): string {
+  return join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.part`);
+}
+
 /**
- * Writes a file durably and atomically. Without `overwrite` an existing file is never replaced,
- * not even one created while the download ran: the bytes go to a temporary file that is then
- * hard-linked into place, which fails if the name is taken.
+ * Moves a complete file (`part`, beside `path`) into place, durably. Without `overwrite` an
+ * existing file is never replaced, not even one created while the download ran: the part is
+ * hard-linked into place, which fails if the name is taken. The part is gone afterwards.
  */
-export async function saveFile(path: string, data: Uint8Array, overwrite: boolean): Promise<void> {
-  if (overwrite) {
-    await writeFileAtomic(path, data);
-    return;
-  }
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString("hex")}.part`);
-  await writeFileAtomic(tmp, data);
+export async function placeFile(part: string, path: string, overwrite: boolean): Promise<void> {
   try {
-    await link(tmp, path);
+    if (overwrite) await rename(part, path);
+    else await link(part, path);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === "EEXIST") throw new FileExistsError(path);
     throw err;
   } finally {
-    await unlink(tmp).catch(() => {});
+    await unlink(part).catch(() => {});
   }
   await syncDirectory(dirname(path));
 }

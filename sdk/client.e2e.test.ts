@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm } from "node:fs/promises";
 import { createServer, type Server, type Socket, connect as tcpConnect } from "node:net";
 import { tmpdir } from "node:os";
@@ -11,6 +10,7 @@ import { Command } from "commander";
 import { MembershipAction, OutgoingEntrySchema } from "../gen/switchboard/v1/entry_pb.js";
 import { startServer } from "../services/server/index.js";
 import { eventually } from "../test/helpers/inbox.js";
+import { runNode } from "../test/helpers/process.js";
 import { type CliIo, registerClientCommands } from "./cli/commands.js";
 import { SwitchboardClient } from "./client.js";
 import { Profile } from "./profile.js";
@@ -553,20 +553,9 @@ describe("SwitchboardClient against a real server", () => {
     const ivy = await user("ivy");
     const jack = await user("jack");
     const run = (...args: string[]) =>
-      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-        const child = spawn(process.execPath, ["--import", "tsx", "services/cli/main.ts", ...args], {
-          cwd: root,
-          env: { ...process.env, SWITCHBOARD_URL: server.url },
-        });
-        let stdout = "";
-        let stderr = "";
-        child.stdout.on("data", (d: Buffer) => {
-          stdout += d.toString();
-        });
-        child.stderr.on("data", (d: Buffer) => {
-          stderr += d.toString();
-        });
-        child.on("exit", (code) => resolve({ code, stdout, stderr }));
+      runNode(["--import", "tsx", "services/cli/main.ts", ...args], {
+        cwd: root,
+        env: { ...process.env, SWITCHBOARD_URL: server.url },
       });
     await ivy.close();
     await jack.close();

@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
@@ -8,6 +7,7 @@ import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
 import { Command } from "commander";
 import { eventually } from "../../test/helpers/inbox.js";
+import { runNode } from "../../test/helpers/process.js";
 import { scanDirectory } from "../../test/helpers/scan.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../../test/helpers/server.js";
 import { SwitchboardClient } from "../client.js";
@@ -509,20 +509,9 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
 
   it("runs register, send --file and download through bin/switchboard.js", async () => {
     const run = (...args: string[]) =>
-      new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) => {
-        const child = spawn(process.execPath, [join(root, "bin/switchboard.js"), ...args], {
-          cwd: base,
-          env: { ...process.env, SWITCHBOARD_URL: server.url },
-        });
-        let stdout = "";
-        let stderr = "";
-        child.stdout.on("data", (d: Buffer) => {
-          stdout += d.toString();
-        });
-        child.stderr.on("data", (d: Buffer) => {
-          stderr += d.toString();
-        });
-        child.on("exit", (c) => resolve({ code: c, stdout, stderr }));
+      runNode([join(root, "bin/switchboard.js"), ...args], {
+        cwd: base,
+        env: { ...process.env, SWITCHBOARD_URL: server.url },
       });
     n += 1;
     const [erin, finn] = [`erin_${n}`, `finn_${n}`];

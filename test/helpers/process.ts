@@ -1,0 +1,24 @@
+import { spawn } from "node:child_process";
+
+/** What a finished child process printed, and how it exited. */
+export interface Finished {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs node with these arguments to its end, collecting its output. */
+export function runNode(args: string[], options: { cwd: string; env: NodeJS.ProcessEnv }): Promise<Finished> {
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, args, options);
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (d: Buffer) => {
+      stdout += d.toString();
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      stderr += d.toString();
+    });
+    child.on("exit", (code) => resolve({ code, stdout, stderr }));
+  });
+}

@@ -18,6 +18,8 @@ import type { PushTarget } from "../notification/types.js";
 import { isStoreError } from "../store/errors.js";
 import type { AccountStore, DeviceRecord, UserRecord } from "../store/types.js";
 import type { Keys } from "./keys.js";
+import { Privacy } from "./privacy.js";
+import { defaultPrivacy, type PrivacyDefaults } from "./privacy-config.js";
 
 /** Options for the accounts manager. */
 export interface AccountsOptions {
@@ -27,6 +29,8 @@ export interface AccountsOptions {
   linkCodeTtlSeconds: number;
   /** The clock, in milliseconds since the Unix epoch. */
   now?: () => number;
+  /** Privacy settings of users who never chose (default: everyone for each). */
+  privacyDefaults?: PrivacyDefaults;
 }
 
 function toUser(u: UserRecord): User {
@@ -75,6 +79,8 @@ export class Accounts {
    * accounts role, which owns both.
    */
   keyDirectory: Pick<Keys, "registrations"> | undefined;
+  /** Users' privacy settings (who may add them to groups or start a direct conversation). */
+  readonly privacy: Privacy;
 
   constructor(
     private readonly store: AccountStore,
@@ -84,6 +90,7 @@ export class Accounts {
     private readonly options: AccountsOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.privacy = new Privacy(store, options.privacyDefaults ?? defaultPrivacy, log);
   }
 
   private newDevice(userId: string, name: string): { record: DeviceRecord; credential: DeviceCredential } {

@@ -6,12 +6,14 @@ import {
   type DirectoryService,
   UserDeviceRegistrationsSchema,
   UserDevicesSchema,
+  UserPrivacySchema,
 } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { Principal, Tokens } from "../common/auth.js";
 import { requireId, requireIds, requireText, requireUsername } from "../common/validate.js";
 import { targetFromRequest, targetToWire } from "../notification/targets.js";
 import type { Accounts } from "./accounts.js";
+import { privacyChangesFromWire, privacyToWire } from "./privacy.js";
 
 /** The public AccountService, served by the accounts role (gateways forward to it). */
 export function accountService(
@@ -88,6 +90,15 @@ export function accountService(
       await accounts.removePushTarget(p.userId, p.deviceId);
       return {};
     },
+    async getPrivacy(_req, ctx) {
+      const p = await principal(ctx);
+      return { settings: privacyToWire(await accounts.privacy.get(p.userId)) };
+    },
+    async setPrivacy(req, ctx) {
+      const p = await principal(ctx);
+      const changes = privacyChangesFromWire(req.settings);
+      return { settings: privacyToWire(await accounts.privacy.set(p.userId, changes)) };
+    },
   };
 }
 
@@ -108,6 +119,14 @@ export function directoryService(accounts: Accounts): ServiceImpl<typeof Directo
     },
     async checkUsers(req) {
       return { existingUserIds: await accounts.checkUsers(req.userIds.slice(0, 1024)) };
+    },
+    async getUserPrivacy(req) {
+      const users = await accounts.privacy.ofUsers(req.userIds.slice(0, 1024));
+      return {
+        users: users.map((u) =>
+          create(UserPrivacySchema, { userId: u.userId, settings: privacyToWire(u.settings) }),
+        ),
+      };
     },
     async getPushTargets(req) {
       const targets = await accounts.getPushTargets(req.deviceIds.slice(0, 1000));

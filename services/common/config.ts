@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { loadPrivacyDefaults, type PrivacyDefaults } from "../accounts/privacy-config.js";
 import { loadMediaConfig, type MediaConfig } from "../media/config.js";
 
 /** Limits enforced at the edge and in the sequencer. Defaults are what `npm start` uses. */
@@ -81,6 +82,8 @@ export interface Config {
   tracing: { otlpEndpoint: string | undefined; sampleRatio: number };
   /** Encrypted attachments: the object store and its limits. */
   media: MediaConfig;
+  /** Privacy settings of users who never chose their own (see docs/security.md, consent). */
+  privacyDefaults: PrivacyDefaults;
 }
 
 /** The services one process can run. */
@@ -327,6 +330,7 @@ export function loadConfig(input: ConfigInput = {}, env: NodeJS.ProcessEnv = pro
     mesh: loadMesh(input.mesh, env),
     tracing: loadTracing(env),
     media: loadMediaConfig(env, input.dataDir ?? env.SWITCHBOARD_DATA_DIR ?? ".switchboard/data"),
+    privacyDefaults: loadPrivacyDefaults(input.privacyDefaults, env),
   };
   if (config.shardCount < 1 || config.shardCount > 4096) {
     throw new ConnectError("configuration: shardCount must be between 1 and 4096", Code.InvalidArgument);

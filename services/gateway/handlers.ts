@@ -235,6 +235,8 @@ export function accountForwarder(
     lookupUsers: (req, ctx) => accounts.lookupUsers(req, pass(ctx)),
     setPushTarget: (req, ctx) => accounts.setPushTarget(req, pass(ctx)),
     removePushTarget: (req, ctx) => accounts.removePushTarget(req, pass(ctx)),
+    getPrivacy: (req, ctx) => accounts.getPrivacy(req, pass(ctx)),
+    setPrivacy: (req, ctx) => accounts.setPrivacy(req, pass(ctx)),
   };
 }
 

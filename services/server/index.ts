@@ -284,6 +284,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       accounts = new Accounts(store!.accounts, tokens!, bus, log, {
         maxDevicesPerUser: config.limits.maxDevicesPerUser,
         linkCodeTtlSeconds: config.linkCodeTtlSeconds,
+        privacyDefaults: config.privacyDefaults,
       });
       local.push({
         service: DirectoryService,

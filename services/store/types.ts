@@ -194,6 +194,21 @@ export interface LinkCodeRecord {
   expiresAtMs: number;
 }
 
+/** Who may do something that involves a user: anyone, users who share a conversation with them, no one. */
+export type PrivacyAudience = "everyone" | "contacts" | "nobody";
+
+/**
+ * A user's privacy settings as stored. A field is absent until the user first sets it, so the
+ * server's configured default applies to it (and a changed default reaches every such user).
+ * Later settings (last seen, read receipts) are new optional fields.
+ */
+export interface PrivacyRecord {
+  /** Who may add the user to groups. */
+  groupAdd?: PrivacyAudience;
+  /** Who may start a new direct conversation with the user. */
+  directOpen?: PrivacyAudience;
+}
+
 /** Users, devices and link codes. */
 export interface AccountStore {
   /**
@@ -229,6 +244,17 @@ export interface AccountStore {
    * Returns undefined when the code is unknown or already used (expiry is the caller's check).
    */
   takeLinkCode(codeHash: string): Promise<LinkCodeRecord | undefined>;
+  /**
+   * The stored privacy settings of users, by user id. A user who never set any (or an unknown
+   * user) maps to an empty record.
+   */
+  getPrivacy(userIds: readonly string[]): Promise<Map<string, PrivacyRecord>>;
+  /**
+   * Sets the fields present in changes and keeps the others (a change of one setting never
+   * overwrites a concurrent change of another). Returns the stored settings after the write.
+   * Rejects with StoreError "not_found" for an unknown user.
+   */
+  setPrivacy(userId: string, changes: PrivacyRecord): Promise<PrivacyRecord>;
 }
 
 /** The two kinds of one-time prekeys: elliptic-curve (X25519) and Kyber (ML-KEM). */

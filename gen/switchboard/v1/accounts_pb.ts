@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/accounts.proto.
  */
 export const file_switchboard_v1_accounts: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zd2l0Y2hib2FyZC92MS9hY2NvdW50cy5wcm90bxIOc3dpdGNoYm9hcmQudjEiVgoEVXNlchIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIVCg1jcmVhdGVkX2F0X21zGAQgASgDInsKBkRldmljZRIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEhUKDWNyZWF0ZWRfYXRfbXMYBCABKAMSFQoNcmV2b2tlZF9hdF9tcxgFIAEoAxIRCglwdXNoX2tpbmQYBiABKAkiTQoQRGV2aWNlQ3JlZGVudGlhbBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAMgASgJIk4KD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkibAoQUmVnaXN0ZXJSZXNwb25zZRIiCgR1c2VyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchI0CgpjcmVkZW50aWFsGAIgASgLMiAuc3dpdGNoYm9hcmQudjEuRGV2aWNlQ3JlZGVudGlhbCI+ChJDcmVhdGVUb2tlblJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJEhUKDWRldmljZV9zZWNyZXQYAiABKAkiQgoTQ3JlYXRlVG9rZW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNZXhwaXJlc19hdF9tcxgCIAEoAyIXChVDcmVhdGVMaW5rQ29kZVJlcXVlc3QiPQoWQ3JlYXRlTGlua0NvZGVSZXNwb25zZRIMCgRjb2RlGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAMiNgoRTGlua0RldmljZVJlcXVlc3QSDAoEY29kZRgBIAEoCRITCgtkZXZpY2VfbmFtZRgCIAEoCSJuChJMaW5rRGV2aWNlUmVzcG9uc2USIgoEdXNlchgBIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISNAoKY3JlZGVudGlhbBgCIAEoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNyZWRlbnRpYWwiLQoSTGlzdERldmljZXNSZXF1ZXN0EhcKD2luY2x1ZGVfcmV2b2tlZBgBIAEoCCI+ChNMaXN0RGV2aWNlc1Jlc3BvbnNlEicKB2RldmljZXMYASADKAsyFi5zd2l0Y2hib2FyZC52MS5EZXZpY2UiKAoTUmV2b2tlRGV2aWNlUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkiPgoUUmV2b2tlRGV2aWNlUmVzcG9uc2USJgoGZGV2aWNlGAEgASgLMhYuc3dpdGNoYm9hcmQudjEuRGV2aWNlIjkKEkxvb2t1cFVzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIRCgl1c2VybmFtZXMYAiADKAkiOgoTTG9va3VwVXNlcnNSZXNwb25zZRIjCgV1c2VycxgBIAMoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXIiPwoNV2ViUHVzaFRhcmdldBIQCghlbmRwb2ludBgBIAEoCRIOCgZwMjU2ZGgYAiABKAkSDAoEYXV0aBgDIAEoCSIaCglGY21UYXJnZXQSDQoFdG9rZW4YASABKAkiYAoKQXBuc1RhcmdldBINCgV0b2tlbhgBIAEoCRINCgV0b3BpYxgCIAEoCRI0CgtlbnZpcm9ubWVudBgDIAEoDjIfLnN3aXRjaGJvYXJkLnYxLkFwbnNFbnZpcm9ubWVudCKpAQoUU2V0UHVzaFRhcmdldFJlcXVlc3QSMQoId2ViX3B1c2gYASABKAsyHS5zd2l0Y2hib2FyZC52MS5XZWJQdXNoVGFyZ2V0SAASKAoDZmNtGAIgASgLMhkuc3dpdGNoYm9hcmQudjEuRmNtVGFyZ2V0SAASKgoEYXBucxgDIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkFwbnNUYXJnZXRIAEIICgZ0YXJnZXQiFwoVU2V0UHVzaFRhcmdldFJlc3BvbnNlIhkKF1JlbW92ZVB1c2hUYXJnZXRSZXF1ZXN0IhoKGFJlbW92ZVB1c2hUYXJnZXRSZXNwb25zZSpyCg9BcG5zRW52aXJvbm1lbnQSIAocQVBOU19FTlZJUk9OTUVOVF9VTlNQRUNJRklFRBAAEhwKGEFQTlNfRU5WSVJPTk1FTlRfU0FOREJPWBABEh8KG0FQTlNfRU5WSVJPTk1FTlRfUFJPRFVDVElPThACMr0GCg5BY2NvdW50U2VydmljZRJNCghSZWdpc3RlchIfLnN3aXRjaGJvYXJkLnYxLlJlZ2lzdGVyUmVxdWVzdBogLnN3aXRjaGJvYXJkLnYxLlJlZ2lzdGVyUmVzcG9uc2USVgoLQ3JlYXRlVG9rZW4SIi5zd2l0Y2hib2FyZC52MS5DcmVhdGVUb2tlblJlcXVlc3QaIy5zd2l0Y2hib2FyZC52MS5DcmVhdGVUb2tlblJlc3BvbnNlEl8KDkNyZWF0ZUxpbmtDb2RlEiUuc3dpdGNoYm9hcmQudjEuQ3JlYXRlTGlua0NvZGVSZXF1ZXN0GiYuc3dpdGNoYm9hcmQudjEuQ3JlYXRlTGlua0NvZGVSZXNwb25zZRJTCgpMaW5rRGV2aWNlEiEuc3dpdGNoYm9hcmQudjEuTGlua0RldmljZVJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5MaW5rRGV2aWNlUmVzcG9uc2USVgoLTGlzdERldmljZXMSIi5zd2l0Y2hib2FyZC52MS5MaXN0RGV2aWNlc1JlcXVlc3QaIy5zd2l0Y2hib2FyZC52MS5MaXN0RGV2aWNlc1Jlc3BvbnNlElkKDFJldm9rZURldmljZRIjLnN3aXRjaGJvYXJkLnYxLlJldm9rZURldmljZVJlcXVlc3QaJC5zd2l0Y2hib2FyZC52MS5SZXZva2VEZXZpY2VSZXNwb25zZRJWCgtMb29rdXBVc2VycxIiLnN3aXRjaGJvYXJkLnYxLkxvb2t1cFVzZXJzUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkxvb2t1cFVzZXJzUmVzcG9uc2USXAoNU2V0UHVzaFRhcmdldBIkLnN3aXRjaGJvYXJkLnYxLlNldFB1c2hUYXJnZXRSZXF1ZXN0GiUuc3dpdGNoYm9hcmQudjEuU2V0UHVzaFRhcmdldFJlc3BvbnNlEmUKEFJlbW92ZVB1c2hUYXJnZXQSJy5zd2l0Y2hib2FyZC52MS5SZW1vdmVQdXNoVGFyZ2V0UmVxdWVzdBooLnN3aXRjaGJvYXJkLnYxLlJlbW92ZVB1c2hUYXJnZXRSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("Ch1zd2l0Y2hib2FyZC92MS9hY2NvdW50cy5wcm90bxIOc3dpdGNoYm9hcmQudjEiVgoEVXNlchIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIVCg1jcmVhdGVkX2F0X21zGAQgASgDInsKBkRldmljZRIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEhUKDWNyZWF0ZWRfYXRfbXMYBCABKAMSFQoNcmV2b2tlZF9hdF9tcxgFIAEoAxIRCglwdXNoX2tpbmQYBiABKAkiTQoQRGV2aWNlQ3JlZGVudGlhbBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAMgASgJIk4KD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkibAoQUmVnaXN0ZXJSZXNwb25zZRIiCgR1c2VyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlchI0CgpjcmVkZW50aWFsGAIgASgLMiAuc3dpdGNoYm9hcmQudjEuRGV2aWNlQ3JlZGVudGlhbCI+ChJDcmVhdGVUb2tlblJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJEhUKDWRldmljZV9zZWNyZXQYAiABKAkiQgoTQ3JlYXRlVG9rZW5SZXNwb25zZRIUCgxhY2Nlc3NfdG9rZW4YASABKAkSFQoNZXhwaXJlc19hdF9tcxgCIAEoAyIXChVDcmVhdGVMaW5rQ29kZVJlcXVlc3QiPQoWQ3JlYXRlTGlua0NvZGVSZXNwb25zZRIMCgRjb2RlGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAMiNgoRTGlua0RldmljZVJlcXVlc3QSDAoEY29kZRgBIAEoCRITCgtkZXZpY2VfbmFtZRgCIAEoCSJuChJMaW5rRGV2aWNlUmVzcG9uc2USIgoEdXNlchgBIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISNAoKY3JlZGVudGlhbBgCIAEoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNyZWRlbnRpYWwiLQoSTGlzdERldmljZXNSZXF1ZXN0EhcKD2luY2x1ZGVfcmV2b2tlZBgBIAEoCCI+ChNMaXN0RGV2aWNlc1Jlc3BvbnNlEicKB2RldmljZXMYASADKAsyFi5zd2l0Y2hib2FyZC52MS5EZXZpY2UiKAoTUmV2b2tlRGV2aWNlUmVxdWVzdBIRCglkZXZpY2VfaWQYASABKAkiPgoUUmV2b2tlRGV2aWNlUmVzcG9uc2USJgoGZGV2aWNlGAEgASgLMhYuc3dpdGNoYm9hcmQudjEuRGV2aWNlIjkKEkxvb2t1cFVzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCRIRCgl1c2VybmFtZXMYAiADKAkiOgoTTG9va3VwVXNlcnNSZXNwb25zZRIjCgV1c2VycxgBIAMoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXIiPwoNV2ViUHVzaFRhcmdldBIQCghlbmRwb2ludBgBIAEoCRIOCgZwMjU2ZGgYAiABKAkSDAoEYXV0aBgDIAEoCSIaCglGY21UYXJnZXQSDQoFdG9rZW4YASABKAkiYAoKQXBuc1RhcmdldBINCgV0b2tlbhgBIAEoCRINCgV0b3BpYxgCIAEoCRI0CgtlbnZpcm9ubWVudBgDIAEoDjIfLnN3aXRjaGJvYXJkLnYxLkFwbnNFbnZpcm9ubWVudCKpAQoUU2V0UHVzaFRhcmdldFJlcXVlc3QSMQoId2ViX3B1c2gYASABKAsyHS5zd2l0Y2hib2FyZC52MS5XZWJQdXNoVGFyZ2V0SAASKAoDZmNtGAIgASgLMhkuc3dpdGNoYm9hcmQudjEuRmNtVGFyZ2V0SAASKgoEYXBucxgDIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkFwbnNUYXJnZXRIAEIICgZ0YXJnZXQiFwoVU2V0UHVzaFRhcmdldFJlc3BvbnNlIhkKF1JlbW92ZVB1c2hUYXJnZXRSZXF1ZXN0IhoKGFJlbW92ZVB1c2hUYXJnZXRSZXNwb25zZSJ7Cg9Qcml2YWN5U2V0dGluZ3MSMgoJZ3JvdXBfYWRkGAEgASgOMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeUF1ZGllbmNlEjQKC2RpcmVjdF9vcGVuGAIgASgOMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeUF1ZGllbmNlIhMKEUdldFByaXZhY3lSZXF1ZXN0IkcKEkdldFByaXZhY3lSZXNwb25zZRIxCghzZXR0aW5ncxgBIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlByaXZhY3lTZXR0aW5ncyJGChFTZXRQcml2YWN5UmVxdWVzdBIxCghzZXR0aW5ncxgBIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlByaXZhY3lTZXR0aW5ncyJHChJTZXRQcml2YWN5UmVzcG9uc2USMQoIc2V0dGluZ3MYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5U2V0dGluZ3MiIgoOUHJpdmFjeVJlZnVzYWwSEAoIdXNlcl9pZHMYASADKAkqcgoPQXBuc0Vudmlyb25tZW50EiAKHEFQTlNfRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIcChhBUE5TX0VOVklST05NRU5UX1NBTkRCT1gQARIfChtBUE5TX0VOVklST05NRU5UX1BST0RVQ1RJT04QAiqOAQoPUHJpdmFjeUF1ZGllbmNlEiAKHFBSSVZBQ1lfQVVESUVOQ0VfVU5TUEVDSUZJRUQQABIdChlQUklWQUNZX0FVRElFTkNFX0VWRVJZT05FEAESHQoZUFJJVkFDWV9BVURJRU5DRV9DT05UQUNUUxACEhsKF1BSSVZBQ1lfQVVESUVOQ0VfTk9CT0RZEAMy5wcKDkFjY291bnRTZXJ2aWNlEk0KCFJlZ2lzdGVyEh8uc3dpdGNoYm9hcmQudjEuUmVnaXN0ZXJSZXF1ZXN0GiAuc3dpdGNoYm9hcmQudjEuUmVnaXN0ZXJSZXNwb25zZRJWCgtDcmVhdGVUb2tlbhIiLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZVRva2VuUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZVRva2VuUmVzcG9uc2USXwoOQ3JlYXRlTGlua0NvZGUSJS5zd2l0Y2hib2FyZC52MS5DcmVhdGVMaW5rQ29kZVJlcXVlc3QaJi5zd2l0Y2hib2FyZC52MS5DcmVhdGVMaW5rQ29kZVJlc3BvbnNlElMKCkxpbmtEZXZpY2USIS5zd2l0Y2hib2FyZC52MS5MaW5rRGV2aWNlUmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLkxpbmtEZXZpY2VSZXNwb25zZRJWCgtMaXN0RGV2aWNlcxIiLnN3aXRjaGJvYXJkLnYxLkxpc3REZXZpY2VzUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkxpc3REZXZpY2VzUmVzcG9uc2USWQoMUmV2b2tlRGV2aWNlEiMuc3dpdGNoYm9hcmQudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBokLnN3aXRjaGJvYXJkLnYxLlJldm9rZURldmljZVJlc3BvbnNlElYKC0xvb2t1cFVzZXJzEiIuc3dpdGNoYm9hcmQudjEuTG9va3VwVXNlcnNSZXF1ZXN0GiMuc3dpdGNoYm9hcmQudjEuTG9va3VwVXNlcnNSZXNwb25zZRJcCg1TZXRQdXNoVGFyZ2V0EiQuc3dpdGNoYm9hcmQudjEuU2V0UHVzaFRhcmdldFJlcXVlc3QaJS5zd2l0Y2hib2FyZC52MS5TZXRQdXNoVGFyZ2V0UmVzcG9uc2USZQoQUmVtb3ZlUHVzaFRhcmdldBInLnN3aXRjaGJvYXJkLnYxLlJlbW92ZVB1c2hUYXJnZXRSZXF1ZXN0Giguc3dpdGNoYm9hcmQudjEuUmVtb3ZlUHVzaFRhcmdldFJlc3BvbnNlElMKCkdldFByaXZhY3kSIS5zd2l0Y2hib2FyZC52MS5HZXRQcml2YWN5UmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLkdldFByaXZhY3lSZXNwb25zZRJTCgpTZXRQcml2YWN5EiEuc3dpdGNoYm9hcmQudjEuU2V0UHJpdmFjeVJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5TZXRQcml2YWN5UmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * A user as other users see it.
@@ -678,6 +678,138 @@ export const RemovePushTargetResponseSchema: GenMessage<RemovePushTargetResponse
   messageDesc(file_switchboard_v1_accounts, 23);
 
 /**
+ * A user's privacy settings. Settings added later (last seen, read receipts, profile) are new
+ * fields whose zero value means "leave unchanged" in SetPrivacy, so a client that does not know
+ * a setting never resets it.
+ *
+ * @generated from message switchboard.v1.PrivacySettings
+ */
+export type PrivacySettings = Message<"switchboard.v1.PrivacySettings"> & {
+  /**
+   * Who may add the user to a group (CreateGroup, AddMembers). A refused add is
+   * PERMISSION_DENIED with a PrivacyRefusal detail, and nobody of that call is added.
+   *
+   * @generated from field: switchboard.v1.PrivacyAudience group_add = 1;
+   */
+  groupAdd: PrivacyAudience;
+
+  /**
+   * Who may start a new direct conversation with the user (OpenDirect). An existing direct
+   * conversation is never affected.
+   *
+   * @generated from field: switchboard.v1.PrivacyAudience direct_open = 2;
+   */
+  directOpen: PrivacyAudience;
+};
+
+/**
+ * Describes the message switchboard.v1.PrivacySettings.
+ * Use `create(PrivacySettingsSchema)` to create a new message.
+ */
+export const PrivacySettingsSchema: GenMessage<PrivacySettings> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 24);
+
+/**
+ * AccountService.GetPrivacy request.
+ *
+ * @generated from message switchboard.v1.GetPrivacyRequest
+ */
+export type GetPrivacyRequest = Message<"switchboard.v1.GetPrivacyRequest"> & {
+};
+
+/**
+ * Describes the message switchboard.v1.GetPrivacyRequest.
+ * Use `create(GetPrivacyRequestSchema)` to create a new message.
+ */
+export const GetPrivacyRequestSchema: GenMessage<GetPrivacyRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 25);
+
+/**
+ * AccountService.GetPrivacy response.
+ *
+ * @generated from message switchboard.v1.GetPrivacyResponse
+ */
+export type GetPrivacyResponse = Message<"switchboard.v1.GetPrivacyResponse"> & {
+  /**
+   * Every setting as in force; none is PRIVACY_AUDIENCE_UNSPECIFIED.
+   *
+   * @generated from field: switchboard.v1.PrivacySettings settings = 1;
+   */
+  settings?: PrivacySettings | undefined;
+};
+
+/**
+ * Describes the message switchboard.v1.GetPrivacyResponse.
+ * Use `create(GetPrivacyResponseSchema)` to create a new message.
+ */
+export const GetPrivacyResponseSchema: GenMessage<GetPrivacyResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 26);
+
+/**
+ * AccountService.SetPrivacy request.
+ *
+ * @generated from message switchboard.v1.SetPrivacyRequest
+ */
+export type SetPrivacyRequest = Message<"switchboard.v1.SetPrivacyRequest"> & {
+  /**
+   * The settings to change; unspecified fields keep their value. INVALID_ARGUMENT for an
+   * unknown enum value.
+   *
+   * @generated from field: switchboard.v1.PrivacySettings settings = 1;
+   */
+  settings?: PrivacySettings | undefined;
+};
+
+/**
+ * Describes the message switchboard.v1.SetPrivacyRequest.
+ * Use `create(SetPrivacyRequestSchema)` to create a new message.
+ */
+export const SetPrivacyRequestSchema: GenMessage<SetPrivacyRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 27);
+
+/**
+ * AccountService.SetPrivacy response.
+ *
+ * @generated from message switchboard.v1.SetPrivacyResponse
+ */
+export type SetPrivacyResponse = Message<"switchboard.v1.SetPrivacyResponse"> & {
+  /**
+   * Every setting as in force after the change.
+   *
+   * @generated from field: switchboard.v1.PrivacySettings settings = 1;
+   */
+  settings?: PrivacySettings | undefined;
+};
+
+/**
+ * Describes the message switchboard.v1.SetPrivacyResponse.
+ * Use `create(SetPrivacyResponseSchema)` to create a new message.
+ */
+export const SetPrivacyResponseSchema: GenMessage<SetPrivacyResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 28);
+
+/**
+ * The error detail of a call refused by other users' privacy settings (PERMISSION_DENIED).
+ *
+ * @generated from message switchboard.v1.PrivacyRefusal
+ */
+export type PrivacyRefusal = Message<"switchboard.v1.PrivacyRefusal"> & {
+  /**
+   * The users whose settings refused the caller, in the order of the request.
+   *
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message switchboard.v1.PrivacyRefusal.
+ * Use `create(PrivacyRefusalSchema)` to create a new message.
+ */
+export const PrivacyRefusalSchema: GenMessage<PrivacyRefusal> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 29);
+
+/**
  * Which APNs environment issued a device token.
  *
  * @generated from enum switchboard.v1.ApnsEnvironment
@@ -710,6 +842,48 @@ export enum ApnsEnvironment {
  */
 export const ApnsEnvironmentSchema: GenEnum<ApnsEnvironment> = /*@__PURE__*/
   enumDesc(file_switchboard_v1_accounts, 0);
+
+/**
+ * Who may do something that involves a user.
+ *
+ * @generated from enum switchboard.v1.PrivacyAudience
+ */
+export enum PrivacyAudience {
+  /**
+   * Never returned. In SetPrivacy: leave the setting as it is.
+   *
+   * @generated from enum value: PRIVACY_AUDIENCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * Any signed-in user.
+   *
+   * @generated from enum value: PRIVACY_AUDIENCE_EVERYONE = 1;
+   */
+  EVERYONE = 1,
+
+  /**
+   * Users who share at least one conversation (direct or group) with the user at the time of
+   * the request.
+   *
+   * @generated from enum value: PRIVACY_AUDIENCE_CONTACTS = 2;
+   */
+  CONTACTS = 2,
+
+  /**
+   * No one.
+   *
+   * @generated from enum value: PRIVACY_AUDIENCE_NOBODY = 3;
+   */
+  NOBODY = 3,
+}
+
+/**
+ * Describes the enum switchboard.v1.PrivacyAudience.
+ */
+export const PrivacyAudienceSchema: GenEnum<PrivacyAudience> = /*@__PURE__*/
+  enumDesc(file_switchboard_v1_accounts, 1);
 
 /**
  * Users, their devices and the devices' credentials. Register, CreateToken and LinkDevice are
@@ -809,6 +983,26 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof RemovePushTargetRequestSchema;
     output: typeof RemovePushTargetResponseSchema;
+  },
+  /**
+   * The caller's privacy settings, as in force (the server's defaults where never set).
+   *
+   * @generated from rpc switchboard.v1.AccountService.GetPrivacy
+   */
+  getPrivacy: {
+    methodKind: "unary";
+    input: typeof GetPrivacyRequestSchema;
+    output: typeof GetPrivacyResponseSchema;
+  },
+  /**
+   * Changes some of the caller's privacy settings; fields left unspecified keep their value.
+   *
+   * @generated from rpc switchboard.v1.AccountService.SetPrivacy
+   */
+  setPrivacy: {
+    methodKind: "unary";
+    input: typeof SetPrivacyRequestSchema;
+    output: typeof SetPrivacyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_v1_accounts, 0);

@@ -158,6 +158,64 @@ export function runAccountStoreConformance(open: () => Promise<StoreEngine>): vo
       assert.equal(await store.takeLinkCode(id("code")), undefined);
     });
 
+    test("privacy settings are unset until set, and each change keeps the other settings", async (store) => {
+      const u = user();
+      await store.createUser(u, device(u.userId));
+      assert.deepEqual(await store.getPrivacy([u.userId]), new Map([[u.userId, {}]]));
+      assert.deepEqual(await store.setPrivacy(u.userId, { groupAdd: "contacts" }), { groupAdd: "contacts" });
+      assert.deepEqual(await store.setPrivacy(u.userId, { directOpen: "nobody" }), {
+        groupAdd: "contacts",
+        directOpen: "nobody",
+      });
+      assert.deepEqual(await store.setPrivacy(u.userId, { groupAdd: "everyone" }), {
+        groupAdd: "everyone",
+        directOpen: "nobody",
+      });
+      assert.deepEqual(await store.setPrivacy(u.userId, {}), { groupAdd: "everyone", directOpen: "nobody" });
+      assert.deepEqual((await store.getPrivacy([u.userId])).get(u.userId), {
+        groupAdd: "everyone",
+        directOpen: "nobody",
+      });
+    });
+
+    test("getPrivacy answers for every id asked, unknown users and users without settings as empty", async (store) => {
+      const a = user();
+      const b = user();
+      await store.createUser(a, device(a.userId));
+      await store.createUser(b, device(b.userId));
+      await store.setPrivacy(a.userId, { directOpen: "contacts" });
+      const unknown = id("u");
+      const found = await store.getPrivacy([a.userId, b.userId, unknown, a.userId]);
+      assert.deepEqual(
+        found,
+        new Map([
+          [a.userId, { directOpen: "contacts" }],
+          [b.userId, {}],
+          [unknown, {}],
+        ]),
+      );
+      assert.deepEqual(await store.getPrivacy([]), new Map());
+    });
+
+    test("setPrivacy of an unknown user is refused with not_found and stores nothing", async (store) => {
+      const unknown = id("u");
+      await rejectsWith(store.setPrivacy(unknown, { groupAdd: "nobody" }), "not_found");
+      assert.deepEqual((await store.getPrivacy([unknown])).get(unknown), {});
+    });
+
+    test("concurrent changes of different privacy settings all survive", async (store) => {
+      const u = user();
+      await store.createUser(u, device(u.userId));
+      await Promise.all([
+        store.setPrivacy(u.userId, { groupAdd: "nobody" }),
+        store.setPrivacy(u.userId, { directOpen: "contacts" }),
+      ]);
+      assert.deepEqual((await store.getPrivacy([u.userId])).get(u.userId), {
+        groupAdd: "nobody",
+        directOpen: "contacts",
+      });
+    });
+
     test("of concurrent takes of one link code, exactly one gets it", async (store) => {
       const code = { codeHash: id("code"), userId: id("u"), expiresAtMs: 1_700_000_060_000 };
       await store.putLinkCode(code);

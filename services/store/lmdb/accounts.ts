@@ -1,6 +1,13 @@
 import type { Database, Key } from "lmdb";
 import { StoreError } from "../errors.js";
-import type { AccountStore, DeviceRecord, LinkCodeRecord, PushRegistration, UserRecord } from "../types.js";
+import type {
+  AccountStore,
+  DeviceRecord,
+  LinkCodeRecord,
+  PrivacyRecord,
+  PushRegistration,
+  UserRecord,
+} from "../types.js";
 import type { WriteUnit } from "./conversations.js";
 
 /** The sub-databases of the accounts port; engine.ts documents the key layout. */
@@ -10,6 +17,7 @@ export interface AccountDbs {
   devices: Database<DeviceRecord, Key>;
   userDevices: Database<true, Key>;
   linkCodes: Database<LinkCodeRecord, Key>;
+  userPrivacy: Database<PrivacyRecord, Key>;
 }
 
 // See conversations.ts: an exclusive upper bound for every key that starts with a prefix.
@@ -28,6 +36,14 @@ function deviceRecord(d: DeviceRecord): DeviceRecord {
     createdAtMs: d.createdAtMs,
     revokedAtMs: d.revokedAtMs,
     ...(d.push !== undefined && { push: { id: d.push.id, target: { ...d.push.target } } }),
+  };
+}
+
+// Only the known fields, none undefined (msgpack would store an explicit undefined).
+function privacyRecord(p: PrivacyRecord): PrivacyRecord {
+  return {
+    ...(p.groupAdd !== undefined && { groupAdd: p.groupAdd }),
+    ...(p.directOpen !== undefined && { directOpen: p.directOpen }),
   };
 }
 
@@ -142,6 +158,23 @@ export class LmdbAccountStore implements AccountStore {
       const code = dbs.linkCodes.get(codeHash);
       if (code !== undefined) dbs.linkCodes.remove(codeHash);
       return code;
+    });
+  }
+
+  async getPrivacy(userIds: readonly string[]): Promise<Map<string, PrivacyRecord>> {
+    const out = new Map<string, PrivacyRecord>();
+    for (const userId of userIds) out.set(userId, privacyRecord(this.dbs.userPrivacy.get(userId) ?? {}));
+    return out;
+  }
+
+  async setPrivacy(userId: string, changes: PrivacyRecord): Promise<PrivacyRecord> {
+    const { dbs } = this;
+    // Read and written in one unit, so concurrent changes of different settings all survive.
+    return this.writeUnit(() => {
+      if (!dbs.users.doesExist(userId)) throw new StoreError("not_found", `no user ${userId}`);
+      const merged = privacyRecord({ ...dbs.userPrivacy.get(userId), ...privacyRecord(changes) });
+      dbs.userPrivacy.put(userId, merged);
+      return merged;
     });
   }
 

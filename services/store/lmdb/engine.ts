@@ -21,6 +21,7 @@
  *   devices             deviceId                                    DeviceRecord
  *   userDevices         [userId, createdAtMs, deviceId]             true (listing index)
  *   linkCodes           codeHash                                    LinkCodeRecord
+ *   userPrivacy         userId                                      PrivacyRecord (set fields only)
  *   deviceKeys          deviceId                                    DeviceKeysRecord
  *   oneTimePrekeys      [deviceId, "ec" | "kyber", keyId]           { publicKey, signature? }
  *   prekeyCounts        deviceId                                    { ec, kyber } (one-time keys left)
@@ -87,6 +88,7 @@ export class LmdbStoreEngine implements StoreEngine {
       devices: db("devices"),
       userDevices: db("userDevices"),
       linkCodes: db("linkCodes"),
+      userPrivacy: db("userPrivacy"),
     };
     this.conversations = new LmdbConversationStore(conversations, writeUnit);
     this.accounts = new LmdbAccountStore(accounts, writeUnit);

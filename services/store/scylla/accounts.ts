@@ -1,5 +1,13 @@
 import { StoreError } from "../errors.js";
-import type { AccountStore, DeviceRecord, LinkCodeRecord, PushRegistration, UserRecord } from "../types.js";
+import type {
+  AccountStore,
+  DeviceRecord,
+  LinkCodeRecord,
+  PrivacyAudience,
+  PrivacyRecord,
+  PushRegistration,
+  UserRecord,
+} from "../types.js";
 import { type Cql, num, type Row, sleep } from "./schema.js";
 
 /**
@@ -57,6 +65,17 @@ function deviceOf(row: Row, userId: string): DeviceRecord {
     }),
   };
 }
+
+/** The rows of user_privacy: a PrivacyRecord field and its row name. */
+const PRIVACY_NAMES: readonly (readonly [keyof PrivacyRecord, string])[] = [
+  ["groupAdd", "group_add"],
+  ["directOpen", "direct_open"],
+];
+
+const AUDIENCES: ReadonlySet<string> = new Set<PrivacyAudience>(["everyone", "contacts", "nobody"]);
+
+/** Users whose settings getPrivacy reads at once (one single-partition read each). */
+const PRIVACY_READ_CONCURRENCY = 32;
 
 interface DevicePointer {
   userId: string;
@@ -256,6 +275,50 @@ export class ScyllaAccountStore implements AccountStore {
     const result = await this.cql.lwt("DELETE FROM link_codes WHERE code_hash = ? IF EXISTS", [codeHash]);
     if (!result.wasApplied()) return undefined;
     return { codeHash, userId: row.get("user_id") as string, expiresAtMs: num(row.get("expires_at_ms")) };
+  }
+
+  async getPrivacy(userIds: readonly string[]): Promise<Map<string, PrivacyRecord>> {
+    const out = new Map<string, PrivacyRecord>();
+    const unique = [...new Set(userIds)];
+    for (let i = 0; i < unique.length; i += PRIVACY_READ_CONCURRENCY) {
+      const chunk = unique.slice(i, i + PRIVACY_READ_CONCURRENCY);
+      const records = await Promise.all(chunk.map((id) => this.readPrivacy(id)));
+      for (const [j, id] of chunk.entries()) out.set(id, records[j]!);
+    }
+    return out;
+  }
+
+  async setPrivacy(userId: string, changes: PrivacyRecord): Promise<PrivacyRecord> {
+    if ((await this.getUser(userId)) === undefined) throw new StoreError("not_found", `no user ${userId}`);
+    const now = Date.now();
+    const writes = PRIVACY_NAMES.flatMap(([field, name]) => {
+      const value = changes[field];
+      return value === undefined
+        ? []
+        : [
+            {
+              query: "INSERT INTO user_privacy (user_id, name, value, updated_at_ms) VALUES (?, ?, ?, ?)",
+              params: [userId, name, value, now],
+            },
+          ];
+    });
+    // One partition, so the batch is atomic without the batch log.
+    if (writes.length > 0) await this.cql.batch(writes);
+    return this.readPrivacy(userId);
+  }
+
+  // Rows of settings this build does not know (written by a newer one) are left out.
+  private async readPrivacy(userId: string): Promise<PrivacyRecord> {
+    const record: PrivacyRecord = {};
+    const result = await this.cql.run("SELECT name, value FROM user_privacy WHERE user_id = ?", [userId]);
+    for (const row of result.rows ?? []) {
+      const field = PRIVACY_NAMES.find(([, name]) => name === row.get("name"))?.[0];
+      const value = row.get("value") as string | null;
+      if (field !== undefined && value !== null && AUDIENCES.has(value)) {
+        record[field] = value as PrivacyAudience;
+      }
+    }
+    return record;
   }
 
   private async claimUsername(user: UserRecord): Promise<void> {

@@ -170,6 +170,21 @@ export const MIGRATIONS: readonly Migration[] = [
         PRIMARY KEY ((device_id, kind), key_id))`,
     ],
   },
+  {
+    id: "0004_user_privacy",
+    description: "users' privacy settings, one row per setting",
+    statements: [
+      // One row per setting (name "group_add", "direct_open", ...; value its audience), so a
+      // setting added later needs no schema change and a change of one setting never overwrites
+      // a concurrent change of another. Plain last-write-wins writes: nothing is compared.
+      `CREATE TABLE IF NOT EXISTS user_privacy (
+        user_id text,
+        name text,
+        value text,
+        updated_at_ms bigint,
+        PRIMARY KEY (user_id, name))`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

@@ -4,7 +4,7 @@
 
 import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
 import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
-import type { ApnsTarget, FcmTarget, WebPushTarget } from "../../v1/accounts_pb.js";
+import type { ApnsTarget, FcmTarget, PrivacySettings, WebPushTarget } from "../../v1/accounts_pb.js";
 import { file_switchboard_v1_accounts } from "../../v1/accounts_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/directory.proto.
  */
 export const file_switchboard_internal_v1_directory: GenFile = /*@__PURE__*/
-  fileDesc("Cidzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9kaXJlY3RvcnkucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIkIKDERldmljZVN0YXR1cxIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZhY3RpdmUYAyABKAgiJwoRR2V0RGV2aWNlc1JlcXVlc3QSEgoKZGV2aWNlX2lkcxgBIAMoCSJMChJHZXREZXZpY2VzUmVzcG9uc2USNgoHZGV2aWNlcxgBIAMoCzIlLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVN0YXR1cyIyCgtVc2VyRGV2aWNlcxIPCgd1c2VyX2lkGAEgASgJEhIKCmRldmljZV9pZHMYAiADKAkiKQoVR2V0VXNlckRldmljZXNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk0KFkdldFVzZXJEZXZpY2VzUmVzcG9uc2USMwoFdXNlcnMYASADKAsyJC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlcyIlChFDaGVja1VzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSIvChJDaGVja1VzZXJzUmVzcG9uc2USGQoRZXhpc3RpbmdfdXNlcl9pZHMYASADKAki3AEKEERldmljZVB1c2hUYXJnZXQSEQoJZGV2aWNlX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJdGFyZ2V0X2lkGAMgASgJEjEKCHdlYl9wdXNoGAQgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgFIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYBiABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IisKFUdldFB1c2hUYXJnZXRzUmVxdWVzdBISCgpkZXZpY2VfaWRzGAEgAygJIlQKFkdldFB1c2hUYXJnZXRzUmVzcG9uc2USOgoHdGFyZ2V0cxgBIAMoCzIpLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVB1c2hUYXJnZXQiPQoVRHJvcFB1c2hUYXJnZXRSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIRCgl0YXJnZXRfaWQYAiABKAkiKQoWRHJvcFB1c2hUYXJnZXRSZXNwb25zZRIPCgdkcm9wcGVkGAEgASgIIkAKEkRldmljZVJlZ2lzdHJhdGlvbhIRCglkZXZpY2VfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgNImgKF1VzZXJEZXZpY2VSZWdpc3RyYXRpb25zEg8KB3VzZXJfaWQYASABKAkSPAoHZGV2aWNlcxgCIAMoCzIrLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJlZ2lzdHJhdGlvbiIxCh1HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJhCh5HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVzcG9uc2USPwoFdXNlcnMYASADKAsyMC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlUmVnaXN0cmF0aW9uczLFBQoQRGlyZWN0b3J5U2VydmljZRJlCgpHZXREZXZpY2VzEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlc1JlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXREZXZpY2VzUmVzcG9uc2UScQoOR2V0VXNlckRldmljZXMSLi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRVc2VyRGV2aWNlc1JlcXVlc3QaLy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRVc2VyRGV2aWNlc1Jlc3BvbnNlEmUKCkNoZWNrVXNlcnMSKi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DaGVja1VzZXJzUmVxdWVzdBorLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkNoZWNrVXNlcnNSZXNwb25zZRJxCg5HZXRQdXNoVGFyZ2V0cxIuLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldFB1c2hUYXJnZXRzUmVxdWVzdBovLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldFB1c2hUYXJnZXRzUmVzcG9uc2UScQoORHJvcFB1c2hUYXJnZXQSLi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Ecm9wUHVzaFRhcmdldFJlcXVlc3QaLy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Ecm9wUHVzaFRhcmdldFJlc3BvbnNlEokBChZHZXREZXZpY2VSZWdpc3RyYXRpb25zEjYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlUmVnaXN0cmF0aW9uc1JlcXVlc3QaNy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_v1_accounts]);
+  fileDesc("Cidzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9kaXJlY3RvcnkucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIkIKDERldmljZVN0YXR1cxIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZhY3RpdmUYAyABKAgiJwoRR2V0RGV2aWNlc1JlcXVlc3QSEgoKZGV2aWNlX2lkcxgBIAMoCSJMChJHZXREZXZpY2VzUmVzcG9uc2USNgoHZGV2aWNlcxgBIAMoCzIlLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVN0YXR1cyIyCgtVc2VyRGV2aWNlcxIPCgd1c2VyX2lkGAEgASgJEhIKCmRldmljZV9pZHMYAiADKAkiKQoVR2V0VXNlckRldmljZXNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk0KFkdldFVzZXJEZXZpY2VzUmVzcG9uc2USMwoFdXNlcnMYASADKAsyJC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlcyIlChFDaGVja1VzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSIvChJDaGVja1VzZXJzUmVzcG9uc2USGQoRZXhpc3RpbmdfdXNlcl9pZHMYASADKAki3AEKEERldmljZVB1c2hUYXJnZXQSEQoJZGV2aWNlX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJdGFyZ2V0X2lkGAMgASgJEjEKCHdlYl9wdXNoGAQgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgFIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYBiABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IisKFUdldFB1c2hUYXJnZXRzUmVxdWVzdBISCgpkZXZpY2VfaWRzGAEgAygJIlQKFkdldFB1c2hUYXJnZXRzUmVzcG9uc2USOgoHdGFyZ2V0cxgBIAMoCzIpLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVB1c2hUYXJnZXQiPQoVRHJvcFB1c2hUYXJnZXRSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIRCgl0YXJnZXRfaWQYAiABKAkiKQoWRHJvcFB1c2hUYXJnZXRSZXNwb25zZRIPCgdkcm9wcGVkGAEgASgIIkAKEkRldmljZVJlZ2lzdHJhdGlvbhIRCglkZXZpY2VfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgNImgKF1VzZXJEZXZpY2VSZWdpc3RyYXRpb25zEg8KB3VzZXJfaWQYASABKAkSPAoHZGV2aWNlcxgCIAMoCzIrLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJlZ2lzdHJhdGlvbiIxCh1HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJhCh5HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVzcG9uc2USPwoFdXNlcnMYASADKAsyMC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlUmVnaXN0cmF0aW9ucyJRCgtVc2VyUHJpdmFjeRIPCgd1c2VyX2lkGAEgASgJEjEKCHNldHRpbmdzGAIgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeVNldHRpbmdzIikKFUdldFVzZXJQcml2YWN5UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJNChZHZXRVc2VyUHJpdmFjeVJlc3BvbnNlEjMKBXVzZXJzGAEgAygLMiQuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVXNlclByaXZhY3kyuAYKEERpcmVjdG9yeVNlcnZpY2USZQoKR2V0RGV2aWNlcxIqLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldERldmljZXNSZXF1ZXN0Gisuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlc1Jlc3BvbnNlEnEKDkdldFVzZXJEZXZpY2VzEi4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlckRldmljZXNSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlckRldmljZXNSZXNwb25zZRJlCgpDaGVja1VzZXJzEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ2hlY2tVc2Vyc1JlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DaGVja1VzZXJzUmVzcG9uc2UScQoOR2V0UHVzaFRhcmdldHMSLi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRQdXNoVGFyZ2V0c1JlcXVlc3QaLy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRQdXNoVGFyZ2V0c1Jlc3BvbnNlEnEKDkRyb3BQdXNoVGFyZ2V0Ei4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRHJvcFB1c2hUYXJnZXRSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRHJvcFB1c2hUYXJnZXRSZXNwb25zZRKJAQoWR2V0RGV2aWNlUmVnaXN0cmF0aW9ucxI2LnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldERldmljZVJlZ2lzdHJhdGlvbnNSZXF1ZXN0Gjcuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlUmVnaXN0cmF0aW9uc1Jlc3BvbnNlEnEKDkdldFVzZXJQcml2YWN5Ei4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlclByaXZhY3lSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlclByaXZhY3lSZXNwb25zZWIGcHJvdG8z", [file_switchboard_v1_accounts]);
 
 /**
  * A device's status.
@@ -460,6 +460,77 @@ export const GetDeviceRegistrationsResponseSchema: GenMessage<GetDeviceRegistrat
   messageDesc(file_switchboard_internal_v1_directory, 16);
 
 /**
+ * One user's privacy settings.
+ *
+ * @generated from message switchboard.internal.v1.UserPrivacy
+ */
+export type UserPrivacy = Message<"switchboard.internal.v1.UserPrivacy"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The settings in force; none is PRIVACY_AUDIENCE_UNSPECIFIED.
+   *
+   * @generated from field: switchboard.v1.PrivacySettings settings = 2;
+   */
+  settings?: PrivacySettings | undefined;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.UserPrivacy.
+ * Use `create(UserPrivacySchema)` to create a new message.
+ */
+export const UserPrivacySchema: GenMessage<UserPrivacy> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 17);
+
+/**
+ * DirectoryService.GetUserPrivacy request.
+ *
+ * @generated from message switchboard.internal.v1.GetUserPrivacyRequest
+ */
+export type GetUserPrivacyRequest = Message<"switchboard.internal.v1.GetUserPrivacyRequest"> & {
+  /**
+   * At most 1,024 ids.
+   *
+   * @generated from field: repeated string user_ids = 1;
+   */
+  userIds: string[];
+};
+
+/**
+ * Describes the message switchboard.internal.v1.GetUserPrivacyRequest.
+ * Use `create(GetUserPrivacyRequestSchema)` to create a new message.
+ */
+export const GetUserPrivacyRequestSchema: GenMessage<GetUserPrivacyRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 18);
+
+/**
+ * DirectoryService.GetUserPrivacy response.
+ *
+ * @generated from message switchboard.internal.v1.GetUserPrivacyResponse
+ */
+export type GetUserPrivacyResponse = Message<"switchboard.internal.v1.GetUserPrivacyResponse"> & {
+  /**
+   * One element per id asked, in that order; an unknown id gets the defaults (callers check
+   * that users exist with CheckUsers).
+   *
+   * @generated from field: repeated switchboard.internal.v1.UserPrivacy users = 1;
+   */
+  users: UserPrivacy[];
+};
+
+/**
+ * Describes the message switchboard.internal.v1.GetUserPrivacyResponse.
+ * Use `create(GetUserPrivacyResponseSchema)` to create a new message.
+ */
+export const GetUserPrivacyResponseSchema: GenMessage<GetUserPrivacyResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 19);
+
+/**
  * The accounts service's internal face: what other services need to know about users and
  * devices. Tokens are verified locally by every service with the shared key; the directory
  * answers whether a device is still active.
@@ -527,6 +598,17 @@ export const DirectoryService: GenService<{
     methodKind: "unary";
     input: typeof GetDeviceRegistrationsRequestSchema;
     output: typeof GetDeviceRegistrationsResponseSchema;
+  },
+  /**
+   * The privacy settings in force of users (the server's defaults where never set), for the
+   * gateways' consent checks of group adds and new direct conversations.
+   *
+   * @generated from rpc switchboard.internal.v1.DirectoryService.GetUserPrivacy
+   */
+  getUserPrivacy: {
+    methodKind: "unary";
+    input: typeof GetUserPrivacyRequestSchema;
+    output: typeof GetUserPrivacyResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_internal_v1_directory, 0);

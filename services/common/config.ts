@@ -70,6 +70,14 @@ export interface Config {
   tokenKey: Uint8Array | undefined;
   /** Idempotency records are kept this long, in milliseconds. */
   idempotencyRetentionMs: number;
+  /**
+   * Byte budget of a sequencer process's in-memory hot state (recent entries, idempotency keys,
+   * members and cursors of its conversations, all shards together); least recently used
+   * conversations are evicted past it and read back from the store when next used.
+   */
+  sequencerCacheBytes: number;
+  /** Conversations each sequencer shard keeps in memory, at most (within the byte budget). */
+  sequencerCacheConversations: number;
   /** pino level. */
   logLevel: string;
   /** Edge and sequencer limits. */
@@ -323,6 +331,14 @@ export function loadConfig(input: ConfigInput = {}, env: NodeJS.ProcessEnv = pro
     idempotencyRetentionMs: positiveInt(
       "idempotencyRetentionMs",
       input.idempotencyRetentionMs ?? 7 * 24 * 3600 * 1000,
+    ),
+    sequencerCacheBytes: positiveInt(
+      "SWITCHBOARD_SEQUENCER_CACHE_BYTES",
+      input.sequencerCacheBytes ?? (env.SWITCHBOARD_SEQUENCER_CACHE_BYTES || 128 * 1024 * 1024),
+    ),
+    sequencerCacheConversations: positiveInt(
+      "SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS",
+      input.sequencerCacheConversations ?? (env.SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS || 10_000),
     ),
     logLevel: input.logLevel ?? env.SWITCHBOARD_LOG_LEVEL ?? "info",
     limits,

@@ -16,7 +16,9 @@ import type { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Principal } from "../common/auth.js";
 import { RETRY_AFTER_HEADER } from "../common/errors.js";
+import { directConversationId } from "../common/ids.js";
 import { requireClientMsgId, requireId, requireIds, requireText } from "../common/validate.js";
+import { Consent } from "./consent.js";
 import { entryForDevice } from "./device-set.js";
 import type { GatewayCore } from "./gateway.js";
 
@@ -91,6 +93,36 @@ export function conversationService(
   maxGroupSize: number,
 ): ServiceImpl<typeof ConversationService> {
   const seq = core.sequencer;
+  const consent = new Consent(directory, seq, core.log);
+  /**
+   * An admin's AddMembers: the ids not yet members, once their privacy settings admit the actor
+   * (one refusal refuses the whole call). Anyone else gets the sequencer's own answer, before any
+   * setting is read, so a non-member learns nothing about the group or the users.
+   */
+  async function admitted(p: Principal, conversationId: string, ids: string[]): Promise<string[]> {
+    const { members } = await seq.getConversation({ userId: p.userId, deviceId: p.deviceId, conversationId });
+    if (members.find((m) => m.userId === p.userId)?.role !== MemberRole.ADMIN) return ids;
+    const current = new Set(members.map((m) => m.userId));
+    // Only the newcomers go on: a member removed meanwhile is not re-added without consent.
+    const newcomers = ids.filter((id) => !current.has(id));
+    await consent.require(p.userId, newcomers, "group_add");
+    return newcomers;
+  }
+  /** The caller's existing direct conversation with the peer, if there is one. */
+  async function existingDirect(p: Principal, peerUserId: string) {
+    try {
+      const { conversation } = await seq.getConversation({
+        userId: p.userId,
+        deviceId: p.deviceId,
+        conversationId: directConversationId(p.userId, peerUserId),
+      });
+      return conversation;
+    } catch (err) {
+      const code = ConnectError.from(err).code;
+      if (code === Code.NotFound || code === Code.PermissionDenied) return undefined;
+      throw err;
+    }
+  }
   async function change(
     ctx: HandlerContext,
     conversationId: string,
@@ -100,8 +132,11 @@ export function conversationService(
   ) {
     const p = principal(ctx);
     requireId("conversation_id", conversationId, "g");
-    const ids = requireIds("user_ids", userIds, "u", maxGroupSize);
-    if (action === MembershipAction.ADDED) await requireUsers(directory, ids);
+    let ids = requireIds("user_ids", userIds, "u", maxGroupSize);
+    if (action === MembershipAction.ADDED) {
+      await requireUsers(directory, ids);
+      ids = await admitted(p, conversationId, ids);
+    }
     const { entry } = await seq.changeMembership({
       actorUserId: p.userId,
       actorDeviceId: p.deviceId,
@@ -123,6 +158,12 @@ export function conversationService(
         );
       }
       await requireUsers(directory, [req.peerUserId]);
+      if ((await consent.refusing(p.userId, [req.peerUserId], "direct_open")).length > 0) {
+        // Consent governs new direct conversations only; an existing one stays open to both.
+        const existing = await existingDirect(p, req.peerUserId);
+        if (existing === undefined) throw consent.refused(p.userId, [req.peerUserId], "direct_open");
+        return { conversation: existing };
+      }
       const { conversation } = await seq.openDirect({
         userId: p.userId,
         peerUserId: req.peerUserId,
@@ -140,6 +181,7 @@ export function conversationService(
         throw new ConnectError(`a group has at most ${maxGroupSize} members`, Code.InvalidArgument);
       }
       await requireUsers(directory, members);
+      await consent.require(p.userId, members, "group_add");
       const { conversation } = await seq.createGroup({
         userId: p.userId,
         deviceId: p.deviceId,

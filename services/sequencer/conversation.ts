@@ -1,10 +1,21 @@
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { ConversationRecord, MemberRecord } from "../store/types.js";
+import {
+  CURSOR_BYTES,
+  entryBytes,
+  keyBytes,
+  MEMBER_BYTES,
+  ownBuffers,
+  STATE_OVERHEAD_BYTES,
+} from "./hot-state.js";
 
-/** How many recent entries of an active conversation stay in memory. */
+/**
+ * How many recent entries of an active conversation stay in memory, at most; the process-wide
+ * byte budget (HotStateBudget) usually keeps fewer.
+ */
 export const TAIL_ENTRIES = 256;
-/** How many recent idempotency keys of a conversation stay in memory. */
-const RECENT_KEYS = 4096;
+/** How many recent idempotency keys of a conversation stay in memory, at most. */
+export const RECENT_KEYS = 4096;
 
 /** An idempotency key seen recently, with the commit it waits on if not yet durable. */
 export interface RecentSend {
@@ -33,10 +44,23 @@ export class ConversationState {
   lastSeq: number;
   /** Highest seq known durable; reads never go past it. */
   committedSeq: number;
-  /** Recent entries, ascending and contiguous, ending at lastSeq. */
+  /**
+   * Recent entries, ascending and contiguous, ending at lastSeq (empty when evicted: reads then
+   * go to the store). Change it only through pushTail, replaceTail and shed, which keep the
+   * byte count.
+   */
   readonly tail: Entry[] = [];
-  /** Recent idempotency keys ("deviceId\nclientMsgId"). */
+  /** The estimated bytes of each tail entry, as counted when it joined the tail. */
+  private readonly tailSizes: number[] = [];
+  private tailBytes = 0;
+  /**
+   * Recent idempotency keys ("deviceId\nclientMsgId"). Add through remember(), which keeps the
+   * byte count.
+   */
   readonly recent = new Map<string, RecentSend>();
+  private recentBytes = 0;
+  /** Commit time of the newest entry, in milliseconds since the Unix epoch; 0 if none since load. */
+  lastServerTimeMs = 0;
   /** Device cursors loaded so far. */
   readonly deviceCursors = new Map<string, CursorPair>();
   /** Operations between load and completion; a busy state is never evicted. */
@@ -72,19 +96,66 @@ export class ConversationState {
     return first === undefined ? this.lastSeq + 1 : Number(first.seq);
   }
 
-  /** Adds a newly assigned entry. */
+  /** Adds a newly assigned entry (its payloads get buffers of their own). */
   pushTail(entry: Entry): void {
+    ownBuffers(entry);
+    const bytes = entryBytes(entry);
     this.tail.push(entry);
-    if (this.tail.length > TAIL_ENTRIES) this.tail.splice(0, this.tail.length - TAIL_ENTRIES);
+    this.tailSizes.push(bytes);
+    this.tailBytes += bytes;
+    this.lastServerTimeMs = Math.max(this.lastServerTimeMs, Number(entry.serverTimeMs));
+    if (this.tail.length > TAIL_ENTRIES) this.dropTail(this.tail.length - TAIL_ENTRIES);
+  }
+
+  /** Replaces the tail's entry at the same seq, if the tail still holds it. */
+  replaceTail(entry: Entry): void {
+    const i = Number(entry.seq) - this.tailStart();
+    // A replacement (a tombstone) is never larger; the count keeps the original's size.
+    if (i >= 0 && i < this.tail.length) this.tail[i] = entry;
   }
 
   /** Remembers an idempotency key. */
   remember(key: string, send: RecentSend): void {
+    if (!this.recent.has(key)) this.recentBytes += keyBytes(key);
     this.recent.set(key, send);
     if (this.recent.size > RECENT_KEYS) {
       const oldest = this.recent.keys().next().value;
-      if (oldest !== undefined) this.recent.delete(oldest);
+      if (oldest !== undefined) this.forgetKey(oldest);
     }
+  }
+
+  /**
+   * Drops the committed tail entries (the store has them; reads fall back to it). Idempotency
+   * keys stay while the state is in use: an operation may have missed a key in the store just
+   * before its commit and count on finding it here, or it would be sequenced twice. An idle
+   * state is dropped whole instead, keys and all.
+   */
+  shed(): number {
+    let entries = 0;
+    while (entries < this.tail.length && Number(this.tail[entries]!.seq) <= this.committedSeq) entries++;
+    this.dropTail(entries);
+    return entries;
+  }
+
+  /** The estimated bytes this state holds: tail, keys, members, cursors and itself. */
+  bytes(): number {
+    return (
+      STATE_OVERHEAD_BYTES +
+      this.tailBytes +
+      this.recentBytes +
+      this.members.size * MEMBER_BYTES +
+      this.deviceCursors.size * CURSOR_BYTES
+    );
+  }
+
+  private dropTail(count: number): void {
+    if (count <= 0) return;
+    this.tail.splice(0, count);
+    for (const bytes of this.tailSizes.splice(0, count)) this.tailBytes -= bytes;
+  }
+
+  private forgetKey(key: string): void {
+    if (this.recent.delete(key)) this.recentBytes -= keyBytes(key);
   }
 
   /** Whether the user is a member. */

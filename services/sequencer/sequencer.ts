@@ -35,6 +35,7 @@ import { carries, context, endSpan, injectContext, startSpan } from "../common/t
 import type { ConversationRecord, ConversationStore, MemberRecord } from "../store/types.js";
 import type { ConversationState, CursorPair } from "./conversation.js";
 import { checkDevicePayloads, conversationKind } from "./device-payloads.js";
+import { HotStateBudget } from "./hot-state.js";
 import { type OutboxOptions, PublishOutbox } from "./outbox.js";
 import { type Batch, Shard } from "./shard.js";
 
@@ -64,14 +65,21 @@ export interface SequencerOptions {
   ownedShards?: readonly number[];
   /** Limits on payloads and groups. */
   limits: Limits;
-  /** Conversation states kept in memory per shard. */
+  /** Conversation states kept in memory per shard, at most. */
   maxStatesPerShard?: number;
+  /**
+   * The byte budget of the hot state (tails, idempotency keys, members, cursors) of all this
+   * replica's shards together; least recently used conversations are evicted past it.
+   */
+  cacheBytes?: number;
   /** The clock, in milliseconds since the Unix epoch. */
   now?: () => number;
   /** How committed events wait for the bus during an outage. */
   outbox?: OutboxOptions;
 }
 
+/** The hot state's byte budget when none is configured (config.ts has the deployed default). */
+const DEFAULT_CACHE_BYTES = 128 * 1024 * 1024;
 const PAGE_DEFAULT = 256;
 const PAGE_MAX = 1000;
 // Receipts name the senders of the entries a cursor moved past; past this many entries the
@@ -126,6 +134,8 @@ export class Sequencer {
   private readonly now: () => number;
   /** Committed events on their way to the bus; holds them through a bus outage. */
   readonly outbox: PublishOutbox;
+  /** The byte budget of the shards' in-memory state, with what it holds and evicts. */
+  readonly hotState: HotStateBudget;
 
   constructor(
     private readonly store: ConversationStore,
@@ -135,9 +145,11 @@ export class Sequencer {
   ) {
     this.now = options.now ?? Date.now;
     this.outbox = new PublishOutbox(bus, log, options.outbox);
+    this.hotState = new HotStateBudget(options.cacheBytes ?? DEFAULT_CACHE_BYTES, log);
     const owned = options.ownedShards ?? [...Array(options.shardCount).keys()];
     for (const index of owned) {
-      this.shards.set(index, new Shard(index, store, this.outbox, log, options.maxStatesPerShard ?? 10_000));
+      const maxStates = options.maxStatesPerShard ?? 10_000;
+      this.shards.set(index, new Shard(index, store, this.outbox, log, maxStates, this.hotState));
     }
   }
 
@@ -203,8 +215,7 @@ export class Sequencer {
 
   /** Commit time, never earlier than the conversation's previous entry. */
   private commitTime(state: ConversationState): number {
-    const last = state.tail[state.tail.length - 1];
-    return Math.max(this.now(), last ? Number(last.serverTimeMs) : 0);
+    return Math.max(this.now(), state.lastServerTimeMs);
   }
 
   /** Assigns the next seq and queues the entry in the open batch. Synchronous by design. */
@@ -294,6 +305,12 @@ export class Sequencer {
       const seen = await this.findRecent(state, key, item.senderDeviceId, outgoing.clientMsgId);
       if (seen !== undefined) return seen;
       const prepared = await this.prepareBody(state, item.senderUserId, outgoing);
+      // The tail must cover everything after the delete's scan (see scanOn); checked again
+      // after each read, and nothing awaits between the last check and the block below.
+      const plan = prepared.redact;
+      while (plan !== undefined && state.tailStart() > plan.scannedTo + 1) {
+        if (!(await this.scanOn(state, plan))) break;
+      }
       shard.assertCurrent(state);
       // Everything from here to the end of the block is synchronous: no other operation on this
       // conversation can interleave between the checks and the seq assignment.
@@ -416,6 +433,20 @@ export class Sequencer {
     return { redact: { target: targetSeq, scannedTo, entries } };
   }
 
+  /**
+   * Extends a delete's scan by one page; false when there was nothing more to read. redactAll
+   * (synchronous) takes the entries that arrived after the scan from the tail, so the tail must
+   * start right after the scan; the byte budget may have shed committed entries from it while
+   * the scan read the store.
+   */
+  private async scanOn(state: ConversationState, plan: RedactPlan): Promise<boolean> {
+    const page = await this.readCommitted(state, plan.scannedTo, PAGE_MAX);
+    if (page.length === 0) return false;
+    for (const e of page) if (targetOf(e) === plan.target && e.body.case !== "delete") plan.entries.push(e);
+    plan.scannedTo = Number(page[page.length - 1]!.seq);
+    return true;
+  }
+
   /** Queues tombstones for a deleted message and what refers to it. */
   private redactAll(state: ConversationState, batch: Batch, plan: RedactPlan, deleteSeq: number): void {
     // Entries that arrived between the scan and now are only in the tail.
@@ -429,8 +460,7 @@ export class Sequencer {
       if (base.redacted) continue;
       const tomb = redacted(base, deleteSeq);
       batch.replace(state, tomb);
-      const i = seq - state.tailStart();
-      if (i >= 0 && i < state.tail.length) state.tail[i] = tomb;
+      state.replaceTail(tomb);
     }
   }
 
@@ -485,7 +515,7 @@ export class Sequencer {
       state.deviceCursors.get(deviceId),
       userId,
       peer,
-      Number(state.tail[state.tail.length - 1]?.serverTimeMs ?? BigInt(record.createdAtMs)),
+      state.lastServerTimeMs || record.createdAtMs,
     );
   }
 

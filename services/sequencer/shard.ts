@@ -6,6 +6,7 @@ import type { Logger } from "../common/log.js";
 import { carries, endSpan, lazyInstrument, linksFrom, meter, startSpan } from "../common/telemetry.js";
 import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
 import { ConversationState } from "./conversation.js";
+import type { HotStateBudget, StateOwner } from "./hot-state.js";
 import type { PublishOutbox } from "./outbox.js";
 
 const commitSeconds = lazyInstrument(() =>
@@ -119,9 +120,11 @@ export class Batch {
  * collects in the next batch. At most one commit per shard is in flight, so a failed commit can
  * never leave a later commit with a seq gap.
  */
-export class Shard {
+export class Shard implements StateOwner {
   private readonly states = new Map<string, ConversationState>();
   private readonly loading = new Map<string, Promise<ConversationState>>();
+  /** Acquires waiting for a load, by conversation: the loaded state is theirs, never evicted. */
+  private readonly waiting = new Map<string, number>();
   private open: Batch | undefined;
   private committing = false;
   private scheduled = false;
@@ -132,7 +135,10 @@ export class Shard {
     private readonly store: ConversationStore,
     private readonly outbox: PublishOutbox,
     private readonly log: Logger,
+    /** Conversation states kept in memory, at most (the byte budget usually keeps fewer). */
     private readonly maxStates: number,
+    /** The process-wide byte budget this shard's states count against. */
+    private readonly budget: HotStateBudget,
   ) {}
 
   /** Loads (or finds) a conversation's state and marks it busy until release(). */
@@ -144,13 +150,23 @@ export class Shard {
         loading = this.load(conversationId).finally(() => this.loading.delete(conversationId));
         this.loading.set(conversationId, loading);
       }
-      state = await loading;
+      // Between the load and this acquire resuming, other work may run and evict idle states:
+      // a waiter pins the state it is about to receive.
+      this.waiting.set(conversationId, (this.waiting.get(conversationId) ?? 0) + 1);
+      try {
+        state = await loading;
+      } finally {
+        const left = (this.waiting.get(conversationId) ?? 1) - 1;
+        if (left === 0) this.waiting.delete(conversationId);
+        else this.waiting.set(conversationId, left);
+      }
     } else {
       // Move to the end: Map iteration order is our LRU order.
       this.states.delete(conversationId);
       this.states.set(conversationId, state);
     }
     state.busy++;
+    if (this.states.get(conversationId) === state) this.budget.touch(state, this);
     return state;
   }
 
@@ -158,6 +174,19 @@ export class Shard {
   release(state: ConversationState): void {
     state.busy--;
     if (this.states.size > this.maxStates) this.evict();
+    this.budget.settle(state);
+  }
+
+  /**
+   * Drops a state from memory if it is the current one and idle: nothing in use, nothing
+   * uncommitted, nobody waiting for it. The next operation reloads it from the store.
+   */
+  drop(state: ConversationState): boolean {
+    if (this.states.get(state.id) !== state) return false;
+    if (state.busy > 0 || state.committedSeq !== state.lastSeq || this.waiting.has(state.id)) return false;
+    this.states.delete(state.id);
+    this.budget.forget(state);
+    return true;
   }
 
   /**
@@ -200,6 +229,9 @@ export class Shard {
       this.store.getMembers(conversationId),
       this.store.getLastSeq(conversationId),
     ]);
+    // The newest entry's time, so commit times stay monotonic across an eviction even if the
+    // clock steps back. Only a page of one entry, and the state stays until evicted again.
+    const [last] = lastSeq > 0 ? await this.store.readEntries(conversationId, lastSeq - 1, 1) : [];
     // Another load of the same id cannot race us (loads are deduplicated), but a failed commit
     // may have dropped an older state: the fresh one from the store replaces it.
     const state = new ConversationState(
@@ -208,6 +240,7 @@ export class Shard {
       new Map(members.map((m) => [m.userId, m])),
       lastSeq,
     );
+    state.lastServerTimeMs = Number(last?.serverTimeMs ?? 0n);
     this.states.set(conversationId, state);
     return state;
   }
@@ -257,6 +290,7 @@ export class Shard {
       next?.reject(unavailable);
       for (const state of [...batch.states, ...(next?.states ?? [])]) {
         if (this.states.get(state.id) === state) this.states.delete(state.id);
+        this.budget.forget(state);
       }
     } finally {
       this.committing = false;
@@ -264,10 +298,11 @@ export class Shard {
     }
   }
 
+  /** Keeps the count of states within maxStates, least recently used first. */
   private evict(): void {
-    for (const [id, state] of this.states) {
+    for (const state of this.states.values()) {
       if (this.states.size <= this.maxStates) return;
-      if (state.busy === 0 && state.committedSeq === state.lastSeq) this.states.delete(id);
+      if (this.drop(state)) this.budget.countEviction();
     }
   }
 }

@@ -245,6 +245,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         shardCount: config.shardCount,
         ownedShards: owned,
         limits: config.limits,
+        cacheBytes: config.sequencerCacheBytes,
+        maxStatesPerShard: config.sequencerCacheConversations,
       });
       sequencer = seq;
       closers.add("sequencer", () => seq.close());

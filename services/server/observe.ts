@@ -49,6 +49,25 @@ export function observeProcess(parts: {
     }).addCallback((r) => {
       for (const [outcome, value] of Object.entries(outbox.metrics)) r.observe(value, { outcome });
     });
+    const hot = sequencer.hotState;
+    m.createObservableGauge("switchboard.sequencer.hot_state.bytes", {
+      description: "Estimated bytes of the shards' in-memory state (tails, keys, members, cursors)",
+      unit: "By",
+    }).addCallback((r) => r.observe(hot.heldBytes));
+    m.createObservableGauge("switchboard.sequencer.hot_state.budget_bytes", {
+      description: "The byte budget of that state (SWITCHBOARD_SEQUENCER_CACHE_BYTES)",
+      unit: "By",
+    }).addCallback((r) => r.observe(hot.limitBytes));
+    m.createObservableGauge("switchboard.sequencer.hot_state.conversations", {
+      description: "Conversations whose state is in memory",
+    }).addCallback((r) => r.observe(hot.conversations));
+    m.createObservableCounter("switchboard.sequencer.hot_state.evictions", {
+      description:
+        "Evictions from the in-memory state: whole idle conversations, and tail entries shed by conversations in use",
+    }).addCallback((r) => {
+      r.observe(hot.metrics.evictedConversations, { kind: "conversation" });
+      r.observe(hot.metrics.evictedEntries, { kind: "entry" });
+    });
   }
   if (notifier) {
     const metrics = notifier.metrics;

@@ -1,0 +1,398 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { AppendItemSchema } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import {
+  DeleteBodySchema,
+  type Entry,
+  EntrySchema,
+  MessageBodySchema,
+  type OutgoingEntry,
+  OutgoingEntrySchema,
+  ReactionBodySchema,
+} from "../../gen/switchboard/v1/entry_pb.js";
+import { InProcessBus } from "../bus/in-process.js";
+import { defaultLimits } from "../common/config.js";
+import { createLogger } from "../common/log.js";
+import { openLmdbStore } from "../store/lmdb/engine.js";
+import type { ConversationStore, StoreEngine } from "../store/types.js";
+import { ConversationState, TAIL_ENTRIES } from "./conversation.js";
+import {
+  ENTRY_OVERHEAD_BYTES,
+  entryBytes,
+  HotStateBudget,
+  KEY_OVERHEAD_BYTES,
+  MEMBER_BYTES,
+  STATE_OVERHEAD_BYTES,
+  type StateOwner,
+} from "./hot-state.js";
+import { Sequencer } from "./sequencer.js";
+
+const log = createLogger({ level: "silent" });
+const ALICE = "u_0000000000000000000000000a";
+const BOB = "u_0000000000000000000000000b";
+const DEVICE = "dv_000000000000000000000000a";
+
+function entry(seq: number, payloadBytes: number): Entry {
+  return create(EntrySchema, {
+    conversationId: "g_x",
+    seq: BigInt(seq),
+    serverTimeMs: BigInt(1000 + seq),
+    body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array(payloadBytes) }) },
+  });
+}
+
+function state(id = "g_x"): ConversationState {
+  return new ConversationState(id, undefined, new Map(), 0);
+}
+
+/** Appends n entries as the sequencer does: assigned, then committed. */
+function fill(s: ConversationState, n: number, payloadBytes: number): void {
+  for (let i = 0; i < n; i++) {
+    s.lastSeq++;
+    s.pushTail(entry(s.lastSeq, payloadBytes));
+  }
+  s.committedSeq = s.lastSeq;
+}
+
+/** Owns states like a shard: drops them when idle and committed. */
+class Owner implements StateOwner {
+  readonly dropped: ConversationState[] = [];
+  drop(s: ConversationState): boolean {
+    if (s.busy > 0 || s.committedSeq !== s.lastSeq) return false;
+    this.dropped.push(s);
+    return true;
+  }
+}
+
+describe("ConversationState byte accounting", () => {
+  it("counts tail entries by their payload and gives them buffers of their own", () => {
+    // A request decoded from one buffer: its payload is a view into the whole of it.
+    const big = entry(1, 1000);
+    const request = new Uint8Array(1_000_000);
+    const encoded = toBinary(EntrySchema, big);
+    request.set(encoded, 500);
+    const decoded = fromBinary(EntrySchema, request.subarray(500, 500 + encoded.length));
+    assert.equal(decoded.body.case, "message");
+    const payloadBefore = decoded.body.case === "message" ? decoded.body.value.payload : undefined;
+    assert.equal(payloadBefore?.buffer.byteLength, 1_000_000, "decoded bytes are a view (the premise)");
+
+    const s = state();
+    const empty = s.bytes();
+    assert.equal(empty, STATE_OVERHEAD_BYTES);
+    s.lastSeq = 1;
+    s.pushTail(decoded);
+    const payload = decoded.body.case === "message" ? decoded.body.value.payload : undefined;
+    assert.equal(payload?.byteLength, 1000);
+    assert.equal(payload?.buffer.byteLength, 1000, "the tail's copy holds only its own bytes");
+    assert.equal(s.bytes() - empty, entryBytes(decoded));
+    assert.ok(entryBytes(decoded) >= 1000 + ENTRY_OVERHEAD_BYTES);
+    assert.equal(s.lastServerTimeMs, 1001);
+  });
+
+  it("keeps the count right when the tail passes its entry limit", () => {
+    const s = state();
+    fill(s, TAIL_ENTRIES + 50, 100);
+    assert.equal(s.tail.length, TAIL_ENTRIES);
+    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + TAIL_ENTRIES * entryBytes(entry(1, 100)));
+  });
+
+  it("counts idempotency keys once each, members and cursors by number", () => {
+    const s = state();
+    s.remember("dv_a\nm1", { seq: 1, serverTimeMs: 1, durable: undefined });
+    s.remember("dv_a\nm1", { seq: 1, serverTimeMs: 1, durable: undefined });
+    assert.equal(s.bytes() - STATE_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES + 2 * "dv_a\nm1".length);
+    s.members.set(ALICE, {
+      userId: ALICE,
+      role: "admin",
+      joinedSeq: 1,
+      addedAtMs: 0,
+      deliveredUpTo: 0,
+      readUpTo: 0,
+    });
+    assert.equal(s.bytes() - STATE_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES + 14 + MEMBER_BYTES);
+  });
+
+  it("sheds committed entries only, and a tombstone keeps the count of what it replaced", () => {
+    const s = state();
+    fill(s, 10, 5000);
+    s.lastSeq++;
+    s.pushTail(entry(11, 5000)); // assigned, not yet committed
+    const before = s.bytes();
+    s.replaceTail(create(EntrySchema, { ...entry(3, 0), redacted: true }));
+    assert.equal(s.bytes(), before);
+    assert.equal(s.shed(), 10);
+    assert.deepEqual(
+      s.tail.map((e) => Number(e.seq)),
+      [11],
+      "the uncommitted entry stays",
+    );
+    assert.equal(s.tailStart(), 11);
+    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + entryBytes(entry(11, 5000)));
+    s.committedSeq = 11;
+    assert.equal(s.shed(), 1);
+    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES);
+    assert.equal(s.tailStart(), 12, "an empty tail starts after lastSeq");
+  });
+});
+
+describe("HotStateBudget", () => {
+  it("evicts idle conversations least recently used first, until within the budget", () => {
+    const owner = new Owner();
+    const per = STATE_OVERHEAD_BYTES + 4 * entryBytes(entry(1, 10_000));
+    const budget = new HotStateBudget(per * 3);
+    const states = ["a", "b", "c", "d", "e"].map((id) => state(id));
+    for (const s of states) {
+      s.busy++;
+      budget.touch(s, owner);
+      fill(s, 4, 10_000);
+      s.busy--;
+      budget.settle(s);
+    }
+    assert.deepEqual(
+      owner.dropped.map((s) => s.id),
+      ["a", "b"],
+    );
+    assert.equal(budget.heldBytes, per * 3);
+    assert.equal(budget.conversations, 3);
+    // Using "c" again makes "d" the oldest.
+    budget.touch(states[2]!, owner);
+    const f = state("f");
+    budget.touch(f, owner);
+    fill(f, 4, 10_000);
+    budget.settle(f);
+    assert.deepEqual(
+      owner.dropped.map((s) => s.id),
+      ["a", "b", "d"],
+    );
+    assert.equal(budget.metrics.evictedConversations, 3);
+  });
+
+  it("makes a conversation in use shed its committed tail, never its uncommitted entries", () => {
+    const owner = new Owner();
+    const budget = new HotStateBudget(50_000);
+    const hot = state("hot");
+    hot.busy = 1;
+    budget.touch(hot, owner);
+    fill(hot, 20, 10_000);
+    hot.lastSeq++;
+    hot.pushTail(entry(hot.lastSeq, 10_000));
+    budget.settle(hot);
+    assert.equal(owner.dropped.length, 0, "a busy conversation is not dropped");
+    assert.equal(hot.tail.length, 1);
+    assert.equal(Number(hot.tail[0]!.seq), 21);
+    assert.equal(budget.metrics.evictedEntries, 20);
+    assert.equal(budget.heldBytes, hot.bytes());
+    assert.ok(budget.heldBytes <= 50_000);
+  });
+
+  it("forgets states their shard dropped", () => {
+    const owner = new Owner();
+    const budget = new HotStateBudget(1 << 30);
+    const s = state();
+    budget.touch(s, owner);
+    fill(s, 3, 1000);
+    budget.settle(s);
+    assert.equal(budget.heldBytes, s.bytes());
+    budget.forget(s);
+    budget.forget(s);
+    assert.equal(budget.heldBytes, 0);
+    assert.equal(budget.conversations, 0);
+  });
+});
+
+describe("Sequencer with a zero byte budget: nothing stays that can go", () => {
+  let dir: string;
+  let engine: StoreEngine;
+  let sequencer: Sequencer;
+  /** Reads after this seq (a delete's scan past its target) take 200 ms, so others commit meanwhile. */
+  let slowAfter = Number.POSITIVE_INFINITY;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hot-state-zero-"));
+    engine = await openLmdbStore({ path: dir });
+    const slow: ConversationStore = Object.create(engine.conversations);
+    slow.readEntries = async (conversationId, afterSeq, limit) => {
+      if (afterSeq >= slowAfter) await new Promise((r) => setTimeout(r, 200));
+      return engine.conversations.readEntries(conversationId, afterSeq, limit);
+    };
+    sequencer = new Sequencer(slow, new InProcessBus(log), log, {
+      shardCount: 1,
+      limits: defaultLimits,
+      cacheBytes: 0,
+    });
+  });
+  after(async () => {
+    await sequencer.close();
+    await engine.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("a delete redacts reactions committed (and shed from the tail) while it scanned the log", async () => {
+    const { conversationId: id } = await sequencer.createGroup(ALICE, DEVICE, "race", [BOB]);
+    const item = (clientMsgId: string, value: OutgoingEntry["body"]) =>
+      create(AppendItemSchema, {
+        senderUserId: ALICE,
+        senderDeviceId: DEVICE,
+        entry: create(OutgoingEntrySchema, { clientMsgId, conversationId: id, body: value }),
+      });
+    const [message] = await sequencer.append([
+      item("m", { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array(100) }) }),
+    ]);
+    assert.ok(message !== undefined && "seq" in message);
+    const targetSeq = BigInt(message.seq);
+    // Entries after the target, so the delete has a page of the log to scan.
+    await sequencer.append([
+      item("after", { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array(1) }) }),
+    ]);
+    slowAfter = Number(targetSeq);
+    const deleting = sequencer.append([
+      item("d", { case: "delete", value: create(DeleteBodySchema, { targetSeq }) }),
+    ]);
+    // While the delete reads its page, reactions commit; the budget sheds them from the tail.
+    await new Promise((r) => setTimeout(r, 50));
+    const reacted = await sequencer.append(
+      Array.from({ length: 3 }, (_, i) =>
+        item(`r${i}`, {
+          case: "reaction",
+          value: create(ReactionBodySchema, { targetSeq, payload: new Uint8Array([1, 2, 3]) }),
+        }),
+      ),
+    );
+    const [deleted] = await deleting;
+    slowAfter = Number.POSITIVE_INFINITY;
+    assert.ok(deleted !== undefined && "seq" in deleted, String(deleted));
+    for (const r of reacted) {
+      assert.ok("seq" in r, String(r));
+      assert.ok(r.seq < deleted.seq, "the reactions were sequenced before the delete (the premise)");
+    }
+    const page = await sequencer.getHistory(BOB, id, 0, 100);
+    const redactable = page.entries.filter((x) => x.seq === targetSeq || x.body.case === "reaction");
+    assert.equal(redactable.length, 4);
+    for (const e of redactable) {
+      assert.equal(e.redacted, true, `seq ${e.seq}, before the delete at ${deleted.seq}, is a tombstone`);
+      assert.ok(e.body.case === "message" || e.body.case === "reaction");
+      assert.equal(e.body.value.payload.length, 0);
+    }
+    assert.equal(sequencer.hotState.conversations, 0, "nothing idle is kept");
+  });
+});
+
+describe("Sequencer within a small byte budget (real LMDB store)", () => {
+  let dir: string;
+  let engine: StoreEngine;
+  let sequencer: Sequencer;
+  const BUDGET = 256 * 1024;
+  const PAYLOAD = 20_000;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hot-state-test-"));
+    engine = await openLmdbStore({ path: dir });
+    sequencer = new Sequencer(engine.conversations, new InProcessBus(log), log, {
+      shardCount: 4,
+      limits: defaultLimits,
+      cacheBytes: BUDGET,
+    });
+  });
+  after(async () => {
+    await sequencer.close();
+    await engine.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  function send(conversationId: string, clientMsgId: string, i: number) {
+    const payload = new Uint8Array(PAYLOAD).fill(i % 251);
+    return create(AppendItemSchema, {
+      senderUserId: ALICE,
+      senderDeviceId: DEVICE,
+      entry: create(OutgoingEntrySchema, {
+        clientMsgId,
+        conversationId,
+        body: { case: "message", value: create(MessageBodySchema, { payload }) },
+      }),
+    });
+  }
+
+  it("holds many conversations' large messages within the budget and still serves them whole and in order", async () => {
+    const ids: string[] = [];
+    for (let g = 0; g < 12; g++)
+      ids.push((await sequencer.createGroup(ALICE, DEVICE, `g${g}`, [BOB])).conversationId);
+    const perConversation = 40; // 12 x 40 x 20 KB = 9.6 MB sent, 37x the budget
+    for (let i = 0; i < perConversation; i++) {
+      const results = await sequencer.append(ids.map((id) => send(id, `m${i}`, i)));
+      for (const r of results) assert.ok("seq" in r, `append failed: ${String(r)}`);
+      assert.ok(
+        sequencer.hotState.heldBytes <= BUDGET,
+        `held ${sequencer.hotState.heldBytes} bytes, budget ${BUDGET}`,
+      );
+    }
+    assert.ok(
+      sequencer.hotState.metrics.evictedConversations + sequencer.hotState.metrics.evictedEntries > 0,
+    );
+    for (const id of ids) {
+      const page = await sequencer.getHistory(BOB, id, 0, 1000);
+      assert.deepEqual(
+        page.entries.map((e) => Number(e.seq)),
+        Array.from({ length: perConversation + 1 }, (_, i) => i + 1),
+      );
+      for (const e of page.entries.slice(1)) {
+        const i = Number(e.seq) - 2;
+        assert.equal(e.clientMsgId, `m${i}`);
+        assert.ok(e.body.case === "message" && e.body.value.payload.every((b) => b === i % 251));
+      }
+    }
+    // A retry of a send whose key was evicted finds it in the store: same seq, no second entry.
+    const [again] = await sequencer.append([send(ids[0]!, "m0", 0)]);
+    assert.ok(again !== undefined && "seq" in again && again.seq === 2);
+    assert.equal((await sequencer.getHistory(BOB, ids[0]!, 0, 1000)).lastSeq, perConversation + 1);
+  });
+
+  it("a delete redacts reactions that were evicted from the tail", async () => {
+    const { conversationId: id } = await sequencer.createGroup(ALICE, DEVICE, "redact", [BOB]);
+    const [message] = await sequencer.append([send(id, "target", 1)]);
+    assert.ok(message !== undefined && "seq" in message);
+    const reaction = (clientMsgId: string) =>
+      create(AppendItemSchema, {
+        senderUserId: BOB,
+        senderDeviceId: "dv_000000000000000000000000b",
+        entry: create(OutgoingEntrySchema, {
+          clientMsgId,
+          conversationId: id,
+          body: {
+            case: "reaction",
+            value: create(ReactionBodySchema, {
+              targetSeq: BigInt(message.seq),
+              payload: new Uint8Array([0xf0, 0x9f, 0x91, 0x8d]),
+            }),
+          },
+        }),
+      });
+    await sequencer.append([reaction("r1")]);
+    // Enough other traffic to push this conversation out of the budget.
+    const others = await sequencer.createGroup(ALICE, DEVICE, "noise", [BOB]);
+    for (let i = 0; i < 20; i++) await sequencer.append([send(others.conversationId, `n${i}`, i)]);
+    const [deleted] = await sequencer.append([
+      create(AppendItemSchema, {
+        senderUserId: ALICE,
+        senderDeviceId: DEVICE,
+        entry: create(OutgoingEntrySchema, {
+          clientMsgId: "del",
+          conversationId: id,
+          body: { case: "delete", value: create(DeleteBodySchema, { targetSeq: BigInt(message.seq) }) },
+        }),
+      }),
+    ]);
+    assert.ok(deleted !== undefined && "seq" in deleted, String(deleted));
+    const page = await sequencer.getHistory(BOB, id, 0, 100);
+    const bySeq = new Map(page.entries.map((e) => [Number(e.seq), e]));
+    for (const seq of [message.seq, message.seq + 1]) {
+      const e = bySeq.get(seq);
+      assert.equal(e?.redacted, true, `seq ${seq} is a tombstone`);
+      assert.ok(e?.body.case === "message" || e?.body.case === "reaction");
+      assert.equal(e.body.value.payload.length, 0);
+    }
+  });
+});

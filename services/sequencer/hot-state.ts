@@ -1,0 +1,187 @@
+import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
+import type { Logger } from "../common/log.js";
+import type { ConversationState } from "./conversation.js";
+
+/**
+ * The sequencer's hot state (each active conversation's recent entries, recent idempotency keys,
+ * member map and device cursors) is a cache over the store: anything dropped is read back from
+ * the store when next needed. Counts alone do not bound it (256 entries of up to 64 KiB each, in
+ * up to 10,000 conversations per shard), so it is also held to a byte budget, shared by every
+ * shard of the process and spent least recently used conversation first.
+ *
+ * Sizes are estimates of what V8 and the allocator hold (payload bytes exactly, strings at two
+ * bytes a character, a fixed overhead per object), rounded up: the budget is meant to track the
+ * process's memory, not to count exactly.
+ */
+
+/** One entry's object, its body and its numbers, without the variable parts. */
+export const ENTRY_OVERHEAD_BYTES = 320;
+/** One device ciphertext's object, without its ciphertext and device id. */
+const DEVICE_PAYLOAD_OVERHEAD_BYTES = 96;
+/** One idempotency key: the map slot, the RecentSend object, without the key's characters. */
+export const KEY_OVERHEAD_BYTES = 128;
+/** One member: the map slot, the MemberRecord and its 28-character user id. */
+export const MEMBER_BYTES = 256;
+/** One device's cursors: the map slot, the pair and its 29-character device id. */
+export const CURSOR_BYTES = 160;
+/** A conversation's state with empty tail and maps: the object, its maps and its record. */
+export const STATE_OVERHEAD_BYTES = 1024;
+
+/** Bytes a string holds (V8 keeps two-byte strings for non-Latin-1 text; assume the worst). */
+function stringBytes(s: string): number {
+  return 2 * s.length;
+}
+
+/** The estimated bytes an entry holds in memory. */
+export function entryBytes(entry: Entry): number {
+  let bytes =
+    ENTRY_OVERHEAD_BYTES +
+    stringBytes(entry.conversationId) +
+    stringBytes(entry.senderUserId) +
+    stringBytes(entry.senderDeviceId) +
+    stringBytes(entry.clientMsgId);
+  const body = entry.body;
+  switch (body.case) {
+    case "message":
+    case "edit":
+    case "reaction":
+      bytes += body.value.payload.byteLength;
+      for (const d of body.value.devicePayloads)
+        bytes += DEVICE_PAYLOAD_OVERHEAD_BYTES + d.ciphertext.byteLength + stringBytes(d.deviceId);
+      break;
+    case "membership":
+      bytes += stringBytes(body.value.title);
+      for (const id of body.value.userIds) bytes += 16 + stringBytes(id);
+      break;
+    default:
+      break;
+  }
+  return bytes;
+}
+
+/** The estimated bytes of one idempotency key held in memory. */
+export function keyBytes(key: string): number {
+  return KEY_OVERHEAD_BYTES + stringBytes(key);
+}
+
+/** A copy of the bytes that holds nothing else: a view keeps its whole backing buffer alive. */
+function owned(bytes: Uint8Array): Uint8Array {
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+}
+
+/**
+ * Gives the entry's payloads buffers of their own. A decoded request's bytes fields are views
+ * (subarray) into the buffer the whole request arrived in, often a batch of many sends: one
+ * entry kept in a tail would keep every payload of that batch alive, outside the JS heap, where
+ * neither the heap limit nor this budget sees it.
+ */
+export function ownBuffers(entry: Entry): void {
+  const body = entry.body;
+  if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") return;
+  body.value.payload = owned(body.value.payload);
+  for (const d of body.value.devicePayloads) d.ciphertext = owned(d.ciphertext);
+}
+
+/** What holds a conversation's state: its shard, which can drop an idle state. */
+export interface StateOwner {
+  /** Drops the state if it is still the current one and idle; true if it did. */
+  drop(state: ConversationState): boolean;
+}
+
+/** Counters of the budget's work, read by the metrics callbacks. */
+export interface HotStateMetrics {
+  /** Idle conversations dropped from memory to stay within the budget. */
+  evictedConversations: number;
+  /** Tail entries dropped from conversations still in use to stay within the budget. */
+  evictedEntries: number;
+}
+
+/**
+ * The byte budget for the hot state of every shard of one sequencer process, with one LRU
+ * order across all of them. States report their size when an operation acquires and releases
+ * them; when the total is over the budget, the least recently used conversations go first:
+ * an idle one is dropped whole (members, keys, cursors, tail), one in use sheds its committed
+ * tail entries. What is left over the budget is what operations in flight hold (uncommitted
+ * entries, the keys and members of conversations in use), which the gateways' in-flight limits
+ * bound.
+ */
+export class HotStateBudget {
+  /** Every resident state, least recently used first, with the bytes it last reported. */
+  private readonly lru = new Map<ConversationState, { bytes: number; owner: StateOwner }>();
+  private total = 0;
+  private warned = false;
+  readonly metrics: HotStateMetrics = { evictedConversations: 0, evictedEntries: 0 };
+
+  constructor(
+    /** The budget, in bytes. */
+    readonly limitBytes: number,
+    private readonly log?: Logger,
+  ) {}
+
+  /** The bytes the resident states reported, in all. */
+  get heldBytes(): number {
+    return this.total;
+  }
+
+  /** Resident conversation states. */
+  get conversations(): number {
+    return this.lru.size;
+  }
+
+  /** Marks the state most recently used (adding it if new) and takes its current size. */
+  touch(state: ConversationState, owner: StateOwner): void {
+    const held = this.lru.get(state);
+    if (held !== undefined) this.lru.delete(state);
+    const bytes = state.bytes();
+    this.total += bytes - (held?.bytes ?? 0);
+    this.lru.set(state, { bytes, owner });
+  }
+
+  /** Takes the state's current size, then evicts until the total is within the budget. */
+  settle(state: ConversationState): void {
+    const held = this.lru.get(state);
+    if (held !== undefined) {
+      const bytes = state.bytes();
+      this.total += bytes - held.bytes;
+      held.bytes = bytes;
+    }
+    if (this.total > this.limitBytes) this.evict();
+  }
+
+  /** Counts a conversation its shard dropped for its own count limit. */
+  countEviction(): void {
+    this.metrics.evictedConversations++;
+  }
+
+  /** Forgets a state its shard dropped. */
+  forget(state: ConversationState): void {
+    const held = this.lru.get(state);
+    if (held === undefined) return;
+    this.total -= held.bytes;
+    this.lru.delete(state);
+  }
+
+  private evict(): void {
+    if (!this.warned) {
+      this.warned = true;
+      this.log?.info(
+        { budgetBytes: this.limitBytes, heldBytes: this.total, conversations: this.lru.size },
+        "sequencer hot state reached its byte budget; evicting least recently used conversations",
+      );
+    }
+    for (const [state, held] of this.lru) {
+      if (this.total <= this.limitBytes) return;
+      if (held.owner.drop(state)) {
+        this.metrics.evictedConversations++;
+        this.forget(state);
+        continue;
+      }
+      const shed = state.shed();
+      if (shed === 0) continue;
+      this.metrics.evictedEntries += shed;
+      const bytes = state.bytes();
+      this.total += bytes - held.bytes;
+      held.bytes = bytes;
+    }
+  }
+}

@@ -28,6 +28,21 @@ export interface Limits {
   maxPresenceSubscriptions: number;
   /** Frames queued towards one device before it is marked behind and must catch up from the log. */
   outboundQueueFrames: number;
+  /**
+   * Bytes (encoded frames) queued towards one device before it is marked behind: live pushes
+   * are dropped past it and the backlog and sync pages wait for room. Answers to the device's
+   * own requests may pass it by as much again; past that the device is not reading and its
+   * stream ends with RESOURCE_EXHAUSTED.
+   */
+  outboundQueueBytes: number;
+  /**
+   * Bytes of entries in one sync page, GetHistory page or backlog message frame (encoded size);
+   * a page holds at least one entry. At most 4 MiB (grpc-js's default receive limit) and at least
+   * the largest entry a device may send.
+   */
+  maxPageBytes: number;
+  /** Sync requests one stream may have waiting behind the one being answered. */
+  maxQueuedSyncRequests: number;
 }
 
 /** Push providers; a kind without credentials falls back to logging its pushes. */
@@ -50,6 +65,32 @@ export interface PushConfig {
   perDevicePerMinute: number;
   /** Pushes per device in a burst. */
   perDeviceBurst: number;
+}
+
+/**
+ * Abuse controls of the accounts service (issue 15). Each "per period" count is a rate limit whose
+ * burst is the same count: a quiet key may spend a whole period's allowance at once, then gets one
+ * more every period / count. 0 turns a limit off. Limits are kept in the shared rate limiter
+ * (Redis when SWITCHBOARD_ROUTES=redis), so every accounts process enforces one budget.
+ */
+export interface AccountLimits {
+  /** Registrations per source address (IPv6: per /64) per hour. */
+  registrationsPerAddressPerHour: number;
+  /** Registrations per hour on the whole deployment. */
+  registrationsPerHour: number;
+  /** Peers (addresses or CIDR ranges) whose X-Forwarded-For names the caller; none by default. */
+  trustedProxies: string[];
+  /** Usernames (and display names) refused, matched by confusable skeleton. */
+  reservedUsernames: string[];
+  /** Users and usernames one user may look up per minute (LookupUsers; each id or name counts one). */
+  lookupsPerMinute: number;
+  /** GetBundles calls one user may make per minute. */
+  bundleFetchesPerMinute: number;
+  /**
+   * One-time prekeys one user may take from one device of another user per day; past it, bundles
+   * carry only the signed prekey and the Kyber last-resort prekey, which still open a session.
+   */
+  oneTimePrekeysPerPairPerDay: number;
 }
 
 /** Everything a Switchboard process needs to know at start-up. */
@@ -82,6 +123,8 @@ export interface Config {
   logLevel: string;
   /** Edge and sequencer limits. */
   limits: Limits;
+  /** Bounds on connections and HTTP/2 requests at the network face (see docs/security.md). */
+  edge: EdgeLimits;
   /** Push notifications. */
   push: PushConfig;
   /** Which services this process runs, which engines they use and where the others are. */
@@ -92,6 +135,8 @@ export interface Config {
   media: MediaConfig;
   /** Privacy settings of users who never chose their own (see docs/security.md, consent). */
   privacyDefaults: PrivacyDefaults;
+  /** Abuse controls of the accounts service. */
+  accountLimits: AccountLimits;
 }
 
 /** The services one process can run. */
@@ -176,7 +221,83 @@ export const defaultLimits: Limits = {
   maxGroupSize: 1024,
   maxPresenceSubscriptions: 256,
   outboundQueueFrames: 1024,
+  outboundQueueBytes: 4 * 1024 * 1024,
+  maxPageBytes: 1024 * 1024,
+  maxQueuedSyncRequests: 64,
 };
+
+/** grpc-js's default receive limit: no frame or response the server writes may reach it. */
+export const CLIENT_RECEIVE_LIMIT_BYTES = 4 * 1024 * 1024;
+
+/**
+ * What one client, signed in or not, can make the network face hold: connections, HTTP/2
+ * streams, half-read requests and idle sessions. Counted per source address (an IPv6 address by
+ * its /64, which one subscriber usually holds whole) and for the whole process.
+ */
+export interface EdgeLimits {
+  /** HTTP/2 streams one connection may have open at once, advertised in SETTINGS. */
+  maxStreamsPerConnection: number;
+  /** Connections the process accepts at once; more are closed on arrival. */
+  maxConnections: number;
+  /** Connections one source address may hold at once. Behind a NAT or proxy, raise it. */
+  maxConnectionsPerAddress: number;
+  /**
+   * Requests whose body is one message (unary calls) being read or answered at once, process-wide;
+   * more get RESOURCE_EXHAUSTED at once. Calls carrying the internal credential do not count.
+   */
+  maxRequestsInFlight: number;
+  /** The same, per source address. */
+  maxRequestsInFlightPerAddress: number;
+  /** Milliseconds a new connection has to send its HTTP/2 preface and settings. */
+  handshakeTimeoutMs: number;
+  /** Milliseconds a connection may stay open with no request on it. */
+  idleTimeoutMs: number;
+  /** Milliseconds a unary request has from its headers to the end of its body. */
+  requestBodyTimeoutMs: number;
+  /** Largest block of request headers, in bytes, advertised in SETTINGS. */
+  maxHeaderListBytes: number;
+}
+
+export const defaultEdgeLimits: EdgeLimits = {
+  maxStreamsPerConnection: 100,
+  maxConnections: 20_000,
+  maxConnectionsPerAddress: 256,
+  maxRequestsInFlight: 4096,
+  maxRequestsInFlightPerAddress: 512,
+  handshakeTimeoutMs: 10_000,
+  idleTimeoutMs: 120_000,
+  requestBodyTimeoutMs: 15_000,
+  maxHeaderListBytes: 16 * 1024,
+};
+
+const ENV_EDGE: Record<string, keyof EdgeLimits> = {
+  SWITCHBOARD_MAX_STREAMS_PER_CONNECTION: "maxStreamsPerConnection",
+  SWITCHBOARD_MAX_CONNECTIONS: "maxConnections",
+  SWITCHBOARD_MAX_CONNECTIONS_PER_ADDRESS: "maxConnectionsPerAddress",
+  SWITCHBOARD_MAX_REQUESTS_IN_FLIGHT: "maxRequestsInFlight",
+  SWITCHBOARD_MAX_REQUESTS_IN_FLIGHT_PER_ADDRESS: "maxRequestsInFlightPerAddress",
+  SWITCHBOARD_HANDSHAKE_TIMEOUT_MS: "handshakeTimeoutMs",
+  SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_MS: "idleTimeoutMs",
+  SWITCHBOARD_REQUEST_BODY_TIMEOUT_MS: "requestBodyTimeoutMs",
+  SWITCHBOARD_MAX_HEADER_LIST_BYTES: "maxHeaderListBytes",
+};
+
+function loadEdge(input: Partial<EdgeLimits> | undefined, env: NodeJS.ProcessEnv): EdgeLimits {
+  const edge: EdgeLimits = { ...defaultEdgeLimits };
+  for (const [variable, key] of Object.entries(ENV_EDGE)) {
+    const raw = env[variable];
+    if (raw !== undefined && raw !== "") edge[key] = positiveInt(variable, raw);
+  }
+  for (const [key, value] of Object.entries(input ?? {})) {
+    if (value !== undefined) edge[key as keyof EdgeLimits] = positiveInt(key, value);
+  }
+  for (const [key, value] of Object.entries(edge)) {
+    // Zero would turn every connection or request away (or, for a timeout, close it at once).
+    if (value < 1) fail(`${key} must be at least 1`);
+  }
+  if (edge.maxStreamsPerConnection > 2 ** 31 - 1) fail("maxStreamsPerConnection is too large");
+  return edge;
+}
 
 /** The bytes of one DeviceCiphertext on the wire without its ciphertext: a 29-character device id, a registration id, a type and the framing, rounded up. */
 export const DEVICE_ENTRY_WIRE_BYTES = 48;
@@ -197,8 +318,12 @@ export function gatewayReadMaxBytes(limits: Limits): number {
 }
 
 /** Overrides accepted by loadConfig; limits and push settings may be given in part. */
-export type ConfigInput = Partial<Omit<Config, "limits" | "push" | "mesh" | "tracing">> & {
+export type ConfigInput = Partial<
+  Omit<Config, "limits" | "push" | "mesh" | "tracing" | "edge" | "accountLimits">
+> & {
   limits?: Partial<Limits>;
+  accountLimits?: Partial<AccountLimits>;
+  edge?: Partial<EdgeLimits>;
   push?: Partial<PushConfig>;
   mesh?: Partial<MeshConfig>;
 };
@@ -283,7 +408,26 @@ const ENV_LIMITS: Record<string, keyof Limits> = {
   SWITCHBOARD_MAX_DEVICES_PER_USER: "maxDevicesPerUser",
   SWITCHBOARD_MAX_GROUP_SIZE: "maxGroupSize",
   SWITCHBOARD_OUTBOUND_QUEUE_FRAMES: "outboundQueueFrames",
+  SWITCHBOARD_OUTBOUND_QUEUE_BYTES: "outboundQueueBytes",
+  SWITCHBOARD_MAX_PAGE_BYTES: "maxPageBytes",
+  SWITCHBOARD_MAX_QUEUED_SYNC_REQUESTS: "maxQueuedSyncRequests",
 };
+
+/**
+ * Pages and queued output must hold the largest entry a device may send, and no frame may reach
+ * a stock client's receive limit (64 KiB is left for the frame's own fields).
+ */
+function checkPageLimits(limits: Limits): void {
+  const bad = (message: string) => new ConnectError(`configuration: ${message}`, Code.InvalidArgument);
+  const ceiling = CLIENT_RECEIVE_LIMIT_BYTES - 64 * 1024;
+  const entry = gatewayReadMaxBytes(limits);
+  if (limits.maxPageBytes > ceiling)
+    throw bad(`maxPageBytes must be at most ${ceiling} (grpc-js clients receive at most 4 MiB)`);
+  if (limits.maxPageBytes < entry)
+    throw bad(`maxPageBytes must be at least ${entry}, the largest entry the payload limits allow`);
+  if (limits.outboundQueueBytes < limits.maxPageBytes)
+    throw bad("outboundQueueBytes must be at least maxPageBytes");
+}
 
 function positiveInt(name: string, value: unknown): number {
   const n = typeof value === "string" ? Number(value) : value;
@@ -309,6 +453,7 @@ export function loadConfig(input: ConfigInput = {}, env: NodeJS.ProcessEnv = pro
   for (const [key, value] of Object.entries(input.limits ?? {})) {
     if (value !== undefined) limits[key as keyof Limits] = positiveInt(key, value);
   }
+  checkPageLimits(limits);
   const tokenKeyText = env.SWITCHBOARD_TOKEN_KEY;
   const tokenKey = input.tokenKey ?? (tokenKeyText ? Buffer.from(tokenKeyText, "base64url") : undefined);
   if (tokenKey !== undefined && tokenKey.length < 32) {
@@ -342,11 +487,13 @@ export function loadConfig(input: ConfigInput = {}, env: NodeJS.ProcessEnv = pro
     ),
     logLevel: input.logLevel ?? env.SWITCHBOARD_LOG_LEVEL ?? "info",
     limits,
+    edge: loadEdge(input.edge, env),
     push: loadPush(input.push, env),
     mesh: loadMesh(input.mesh, env),
     tracing: loadTracing(env),
     media: loadMediaConfig(env, input.dataDir ?? env.SWITCHBOARD_DATA_DIR ?? ".switchboard/data"),
     privacyDefaults: loadPrivacyDefaults(input.privacyDefaults, env),
+    accountLimits: loadAccountLimits(input.accountLimits, env),
   };
   if (config.shardCount < 1 || config.shardCount > 4096) {
     throw new ConnectError("configuration: shardCount must be between 1 and 4096", Code.InvalidArgument);
@@ -358,6 +505,79 @@ export function loadConfig(input: ConfigInput = {}, env: NodeJS.ProcessEnv = pro
     throw new ConnectError("configuration: tokenTtlSeconds must be at least 30", Code.InvalidArgument);
   }
   return config;
+}
+
+/**
+ * The reserved usernames when SWITCHBOARD_RESERVED_USERNAMES is unset: names people read as the
+ * operator speaking (staff roles, the product's name, infrastructure words). They are matched
+ * loosely (services/accounts/usernames.ts), so "adm1n", "support_" and a Cyrillic "ѕupport" are
+ * refused too.
+ */
+const DEFAULT_RESERVED_USERNAMES = [
+  "admin",
+  "administrator",
+  "root",
+  "support",
+  "help",
+  "helpdesk",
+  "security",
+  "system",
+  "switchboard",
+  "official",
+  "staff",
+  "moderator",
+  "mod",
+  "operator",
+  "abuse",
+  "postmaster",
+  "webmaster",
+  "hostmaster",
+  "noreply",
+  "no_reply",
+  "info",
+  "billing",
+  "api",
+  "bot",
+  "server",
+  "everyone",
+  "null",
+  "undefined",
+];
+
+function loadAccountLimits(input: Partial<AccountLimits> | undefined, env: NodeJS.ProcessEnv): AccountLimits {
+  const count = (name: string, given: number | undefined, fallback: number) =>
+    positiveInt(name, given ?? (env[name] === undefined || env[name] === "" ? fallback : env[name]));
+  const reserved =
+    input?.reservedUsernames ??
+    (env.SWITCHBOARD_RESERVED_USERNAMES !== undefined
+      ? list(env.SWITCHBOARD_RESERVED_USERNAMES)
+      : DEFAULT_RESERVED_USERNAMES);
+  const proxies = input?.trustedProxies ?? list(env.SWITCHBOARD_TRUSTED_PROXIES);
+  for (const p of proxies) {
+    if (!/^[0-9A-Fa-f:.]+(\/\d{1,3})?$/.test(p))
+      fail(`SWITCHBOARD_TRUSTED_PROXIES: not an address or CIDR range: "${p}"`);
+  }
+  return {
+    registrationsPerAddressPerHour: count(
+      "SWITCHBOARD_REGISTRATIONS_PER_ADDRESS_PER_HOUR",
+      input?.registrationsPerAddressPerHour,
+      10,
+    ),
+    registrationsPerHour: count("SWITCHBOARD_REGISTRATIONS_PER_HOUR", input?.registrationsPerHour, 600),
+    trustedProxies: proxies,
+    reservedUsernames: reserved,
+    lookupsPerMinute: count("SWITCHBOARD_LOOKUPS_PER_MINUTE", input?.lookupsPerMinute, 300),
+    bundleFetchesPerMinute: count(
+      "SWITCHBOARD_BUNDLE_FETCHES_PER_MINUTE",
+      input?.bundleFetchesPerMinute,
+      1200,
+    ),
+    oneTimePrekeysPerPairPerDay: count(
+      "SWITCHBOARD_ONE_TIME_PREKEYS_PER_PAIR_PER_DAY",
+      input?.oneTimePrekeysPerPairPerDay,
+      4,
+    ),
+  };
 }
 
 function fail(message: string): never {
@@ -479,7 +699,8 @@ function loadMesh(input: Partial<MeshConfig> | undefined, env: NodeJS.ProcessEnv
 /** What each role calls, so a process missing an address stops at start-up naming it. */
 const NEEDS: Record<Role, Array<"accounts" | "presence" | "notification" | "sequencer">> = {
   gateway: ["accounts", "presence", "sequencer"],
-  accounts: [],
+  // A link records where the new device starts in each conversation (RecordDeviceLink).
+  accounts: ["sequencer"],
   sequencer: [],
   fanout: ["accounts", "presence", "notification", "sequencer"],
   presence: [],

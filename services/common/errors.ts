@@ -1,5 +1,7 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import { INTERNAL_HEADER } from "./internal-auth.js";
 import type { Logger } from "./log.js";
+import type { Refusals } from "./refusals.js";
 
 /** Error metadata (a gRPC trailer) telling the client when to retry, in milliseconds. */
 export const RETRY_AFTER_HEADER = "retry-after-ms";
@@ -22,6 +24,18 @@ export function isTransportFailure(err: unknown): boolean {
   return false;
 }
 
+/** Codes that say the server turned a request away (as opposed to failing to serve it). */
+const REFUSAL_CODES = new Set<Code>([
+  Code.InvalidArgument,
+  Code.NotFound,
+  Code.AlreadyExists,
+  Code.PermissionDenied,
+  Code.ResourceExhausted,
+  Code.FailedPrecondition,
+  Code.OutOfRange,
+  Code.Unauthenticated,
+]);
+
 /**
  * The one place where failures become wire errors: a ConnectError keeps its code, message and
  * retry hint but no other metadata (an error relayed from an internal service carries that
@@ -29,9 +43,15 @@ export function isTransportFailure(err: unknown): boolean {
  * anything else is a bug or an I/O fault, logged with its cause and sent as a bare Internal so
  * no stack, path or driver message leaks to a client.
  */
-export function errorBoundary(log: Logger): Interceptor {
-  const translate = (err: unknown, procedure: string): ConnectError => {
+export function errorBoundary(log: Logger, refusals?: Refusals): Interceptor {
+  const translate = (err: unknown, procedure: string, fromOutside: boolean): ConnectError => {
     if (err instanceof ConnectError) {
+      // At the network face, a client's request turned away is counted and logged once, here;
+      // a call from another service is that service's to report.
+      if (refusals && fromOutside && REFUSAL_CODES.has(err.code) && !isTransportFailure(err)) {
+        const code = Code[err.code].replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase();
+        refusals.refuse(code, err.rawMessage, { procedure, code });
+      }
       if (isTransportFailure(err)) {
         return new ConnectError(`a backend service is unavailable: ${err.rawMessage}`, Code.Unavailable);
       }
@@ -47,6 +67,8 @@ export function errorBoundary(log: Logger): Interceptor {
     return new ConnectError("internal error", Code.Internal);
   };
   return (next) => async (req) => {
+    const fromOutside = !req.header.has(INTERNAL_HEADER);
+    const procedure = `/${req.service.typeName}/${req.method.name}`;
     try {
       const res = await next(req);
       if (!res.stream) return res;
@@ -57,12 +79,12 @@ export function errorBoundary(log: Logger): Interceptor {
           try {
             yield* messages;
           } catch (err) {
-            throw translate(err, req.url);
+            throw translate(err, procedure, fromOutside);
           }
         })(),
       };
     } catch (err) {
-      throw translate(err, req.url);
+      throw translate(err, procedure, fromOutside);
     }
   };
 }

@@ -1,3 +1,4 @@
+import { timingSafeEqual } from "node:crypto";
 import { chmod, mkdir, readFile, writeFile } from "node:fs/promises";
 import * as http from "node:http";
 import * as http2 from "node:http2";
@@ -25,6 +26,8 @@ import { Accounts } from "../accounts/accounts.js";
 import { accountService, directoryService } from "../accounts/handler.js";
 import { DEFAULT_KEYS_OPTIONS, Keys } from "../accounts/keys.js";
 import { keyService } from "../accounts/keys-handler.js";
+import { trustedProxyList, withPeerAddress } from "../accounts/peer.js";
+import { perPeriod, type RefusalSink } from "../accounts/refusals.js";
 import { adminService } from "../admin/handler.js";
 import { Tokens } from "../common/auth.js";
 import {
@@ -43,6 +46,7 @@ import {
   sendInternalCredential,
 } from "../common/internal-auth.js";
 import { createLogger, type Logger } from "../common/log.js";
+import { Refusals } from "../common/refusals.js";
 import type { RateLimiter } from "../common/rate-limiter.js";
 import { clientTelemetry, serverTelemetry } from "../common/rpc-telemetry.js";
 import { startTelemetry } from "../common/telemetry.js";
@@ -67,6 +71,7 @@ import { Presence } from "../presence/presence.js";
 import { sequencerService } from "../sequencer/handler.js";
 import { type SequencerClient, shardedSequencerClient, shardsOfReplica } from "../sequencer/router.js";
 import { Sequencer } from "../sequencer/sequencer.js";
+import { EdgeGuard, streamingProcedures } from "./edge.js";
 import { openBus, openRateLimiter, openRouteStore, openStore } from "./engines.js";
 import { observeProcess } from "./observe.js";
 
@@ -283,18 +288,46 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
 
     let accounts: Accounts | undefined;
     if (roles.has("accounts")) {
+      // The abuse controls' buckets: in this process, or on Redis shared by every accounts process.
+      const accountLimiter = await openRateLimiter(config, log);
+      closers.add("accounts rate limiter", () => accountLimiter.close());
+      const al = config.accountLimits;
+      const rate = (limit: ReturnType<typeof perPeriod>) =>
+        limit === undefined ? undefined : { limiter: accountLimiter, limit };
+      // The process's refusal counter (declared with the network face below; used only on calls).
+      const accountRefusals: RefusalSink = { refuse: (...args) => refusals.refuse(...args) };
       accounts = new Accounts(store!.accounts, tokens!, bus, log, {
         maxDevicesPerUser: config.limits.maxDevicesPerUser,
         linkCodeTtlSeconds: config.linkCodeTtlSeconds,
+        refusals: accountRefusals,
+        abuse: {
+          registerPerAddress: rate(perPeriod("register-address", al.registrationsPerAddressPerHour, 3600)),
+          registerServerWide: rate(perPeriod("register-all", al.registrationsPerHour, 3600)),
+          lookups: rate(perPeriod("user-lookups", al.lookupsPerMinute, 60)),
+          reservedNames: al.reservedUsernames,
+        },
         privacyDefaults: config.privacyDefaults,
       });
       local.push({
         service: DirectoryService,
         register: (r) => r.service(DirectoryService, directoryService(accounts!)),
       });
-      const keys = new Keys(store!.keys, store!.accounts, bus, log, DEFAULT_KEYS_OPTIONS);
+      const bundleRate = rate(perPeriod("key-bundles", al.bundleFetchesPerMinute, 60));
+      const oneTimePrekeyRate = rate(perPeriod("one-time-prekeys", al.oneTimePrekeysPerPairPerDay, 86_400));
+      const keys = new Keys(store!.keys, store!.accounts, bus, log, {
+        ...DEFAULT_KEYS_OPTIONS,
+        refusals: accountRefusals,
+        ...(bundleRate && { bundleRate }),
+        ...(oneTimePrekeyRate && { oneTimePrekeyRate }),
+      });
       // DirectoryService.GetDeviceRegistrations answers from the same key directory.
       accounts.keyDirectory = keys;
+      // A device being linked is served no history from before its link: every sequencer
+      // replica records where it starts before the device exists.
+      const linkRecorder = sequencerClient();
+      accounts.deviceLinks = async (userId, deviceId) => {
+        await linkRecorder.recordDeviceLink({ userId, deviceId });
+      };
       const stopKeyWatch = keys.watchRevocations();
       closers.add("key revocations", () => stopKeyWatch());
       local.push({
@@ -397,6 +430,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     // Every process, one-process mode included, refuses internal services (the admin service
     // among them) without the internal credential; key is always set when a process serves.
     const internalGuard = credential ?? (key ? internalCredential(key) : undefined);
+    const refusals = new Refusals(log);
     const handler = connectNodeAdapter({
       routes: (router) => {
         if (gateway) {
@@ -448,7 +482,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       // The boundary is outermost so that it also sees what authentication throws.
       interceptors: [
         serverTelemetry(),
-        errorBoundary(log),
+        errorBoundary(log, refusals),
         ...(internalGuard ? [requireInternalCredential(internalGuard)] : []),
         // Internal services carry the internal credential, not a device token.
         ...(gateway ? [exceptInternal(authInterceptor(gateway))] : []),
@@ -466,7 +500,20 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     });
     const currentProblems = (): string[] => readiness.map((check) => check()).filter((p): p is string => !!p);
 
-    const server = http2.createServer({}, handler);
+    const edge = new EdgeGuard(config.edge, refusals, streamingProcedures([GatewayService]), internalGuard);
+    // Every request carries the caller's address from the socket (PEER_HEADER), for per-address
+    // limits behind the gateway; only a call with the internal credential may bring its own.
+    const expectedInternal = internalGuard === undefined ? undefined : Buffer.from(internalGuard);
+    const peerAware = withPeerAddress(handler, {
+      trustedProxies: trustedProxyList(config.accountLimits.trustedProxies),
+      isInternal: (given) => {
+        if (expectedInternal === undefined || given === undefined) return false;
+        const bytes = Buffer.from(given);
+        return bytes.length === expectedInternal.length && timingSafeEqual(bytes, expectedInternal);
+      },
+    });
+    const server = http2.createServer(edge.serverOptions(), edge.wrap(peerAware));
+    edge.attach(server);
     const sessions = new Set<http2.ServerHttp2Session>();
     server.on("session", (session) => {
       sessions.add(session);

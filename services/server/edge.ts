@@ -1,0 +1,429 @@
+import { timingSafeEqual } from "node:crypto";
+import * as http2 from "node:http2";
+import { isIPv6, type Socket } from "node:net";
+import type { DescService } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
+import type { EdgeLimits } from "../common/config.js";
+import { INTERNAL_HEADER } from "../common/internal-auth.js";
+import type { Refusals } from "../common/refusals.js";
+
+/**
+ * The network face's own bounds, below Connect: what a client can make the process hold before
+ * any service code runs. Connect parses a unary request only once its body is complete and
+ * gives an HTTP/2 server no limit of its own on connections, streams or time, so without these a
+ * client that opens connections and requests and never finishes them holds memory until the
+ * process dies (finding 1 of the hostile-client review). See docs/security.md.
+ */
+
+type Handler = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void;
+
+/** Counters for the admin service and tests. */
+export interface EdgeMetrics {
+  connectionsOpen: number;
+  requestsInFlight: number;
+}
+
+/**
+ * The key a client's connections and requests are counted under: its IPv4 address, or the /64
+ * of its IPv6 address (a subscriber is usually given a whole /64, so counting single IPv6
+ * addresses would bound nothing).
+ */
+export function addressKey(remote: string | undefined): string {
+  if (remote === undefined) return "unknown";
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(remote);
+  if (mapped) return mapped[1]!;
+  if (!isIPv6(remote)) return remote;
+  const [head = "", tail = ""] = remote.split("::");
+  const left = head === "" ? [] : head.split(":");
+  const right = remote.includes("::") ? (tail === "" ? [] : tail.split(":")) : [];
+  const groups = [...left, ...Array<string>(8 - left.length - right.length).fill("0"), ...right];
+  return `${groups
+    .slice(0, 4)
+    .map((g) => Number.parseInt(g, 16).toString(16))
+    .join(":")}::/64`;
+}
+
+/** The procedures whose request is a stream of messages: no body deadline applies to them. */
+export function streamingProcedures(services: readonly DescService[]): Set<string> {
+  const paths = new Set<string>();
+  for (const service of services) {
+    for (const method of service.methods) {
+      if (method.methodKind === "client_streaming" || method.methodKind === "bidi_streaming") {
+        paths.add(`/${service.typeName}/${method.name}`);
+      }
+    }
+  }
+  return paths;
+}
+
+const CODE_NAMES: Partial<Record<Code, string>> = {
+  [Code.InvalidArgument]: "invalid_argument",
+  [Code.ResourceExhausted]: "resource_exhausted",
+  [Code.Unauthenticated]: "unauthenticated",
+};
+const CONNECT_HTTP_STATUS: Partial<Record<Code, number>> = {
+  [Code.InvalidArgument]: 400,
+  [Code.ResourceExhausted]: 429,
+  [Code.Unauthenticated]: 401,
+};
+
+/**
+ * Percent-encodes a grpc-message value as the gRPC HTTP/2 specification says: only bytes
+ * outside printable ASCII, and "%" itself. Connect escapes with encodeURIComponent, which also
+ * escapes ":", ";" and ","; grpc-js decodes with decodeURI, which leaves those escaped, so stock
+ * grpc-js clients read "rate limit%3A ...". Any decoder of either kind reads this form right.
+ */
+export function encodeGrpcMessage(message: string): string {
+  let out = "";
+  for (const byte of Buffer.from(message, "utf8")) {
+    out +=
+      byte >= 0x20 && byte <= 0x7e && byte !== 0x25
+        ? String.fromCharCode(byte)
+        : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
+  }
+  return out;
+}
+
+function decodeGrpcMessage(value: string): string {
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return value;
+  }
+}
+
+/** Connect reports a request it cannot parse as INTERNAL "parse binary: <parser detail>". */
+const PARSE_FAILURE = /^(parse binary|parse json|protocol error)/;
+
+function malformed(procedure: string): string {
+  return `malformed request: not a valid ${procedure.split("/").pop() ?? "request"} message`;
+}
+
+/** The process's bounds on connections and requests; attach() to the server, wrap() the handler. */
+export class EdgeGuard {
+  readonly metrics: EdgeMetrics = { connectionsOpen: 0, requestsInFlight: 0 };
+  private readonly connectionsByAddress = new Map<string, number>();
+  private readonly requestsByAddress = new Map<string, number>();
+  private readonly credential: Buffer | undefined;
+
+  constructor(
+    private readonly limits: EdgeLimits,
+    private readonly refusals: Refusals,
+    private readonly streaming: ReadonlySet<string>,
+    internalCredential: string | undefined,
+  ) {
+    this.credential = internalCredential === undefined ? undefined : Buffer.from(internalCredential);
+  }
+
+  /** The HTTP/2 server options these bounds need: SETTINGS the server advertises. */
+  serverOptions(): http2.ServerOptions {
+    return {
+      settings: {
+        maxConcurrentStreams: this.limits.maxStreamsPerConnection,
+        maxHeaderListSize: this.limits.maxHeaderListBytes,
+      },
+      maxHeaderListPairs: 128,
+    };
+  }
+
+  /** Counts connections, refuses those over the limits, and times out silent and idle ones. */
+  attach(server: http2.Http2Server): void {
+    // Node's own connection listener, registered when the server was made, runs first and emits
+    // "session" before ours sees the connection: the session is paired with its raw socket here,
+    // because only the raw socket can be destroyed (the session's is a guarded proxy, and
+    // destroying a session that never got a preface leaves its socket open).
+    let created: http2.ServerHttp2Session | undefined;
+    server.on("session", (session: http2.ServerHttp2Session) => {
+      created = session;
+    });
+    server.on("connection", (socket: Socket) => {
+      const session = created;
+      created = undefined;
+      if (this.admitConnection(socket) && session !== undefined) this.watchSession(session, socket);
+    });
+  }
+
+  /** Wraps the request handler with the request bounds and the wire-error fixes. */
+  wrap(handler: Handler): Handler {
+    return (req, res) => {
+      const procedure = req.url.split("?")[0] ?? "";
+      const internal = this.isInternalCaller(req);
+      fixErrorEncoding(req, res, procedure, this.refusals);
+      if (procedure.startsWith("/switchboard.internal.") && !internal) {
+        // Refused before the body is read: an outsider cannot park requests on internal paths.
+        this.refusals.refuse(
+          "internal_without_credential",
+          "internal service called without the credential",
+          {
+            address: addressKey(req.socket.remoteAddress),
+            procedure,
+            code: "unauthenticated",
+          },
+        );
+        refuse(req, res, Code.Unauthenticated, `${procedure.slice(1).split("/")[0]} is internal`);
+        return;
+      }
+      if (!this.streaming.has(procedure)) {
+        if (!internal && !this.admitRequest(req, res, procedure)) return;
+        this.bodyDeadline(req, res, procedure);
+      }
+      handler(req, res);
+    };
+  }
+
+  private isInternalCaller(req: http2.Http2ServerRequest): boolean {
+    if (this.credential === undefined) return false;
+    const given = req.headers[INTERNAL_HEADER];
+    if (typeof given !== "string") return false;
+    const bytes = Buffer.from(given);
+    return bytes.length === this.credential.length && timingSafeEqual(bytes, this.credential);
+  }
+
+  private admitConnection(socket: Socket): boolean {
+    const address = addressKey(socket.remoteAddress);
+    const open = this.connectionsByAddress.get(address) ?? 0;
+    let refusal: string | undefined;
+    if (this.metrics.connectionsOpen >= this.limits.maxConnections) refusal = "connections";
+    else if (open >= this.limits.maxConnectionsPerAddress) refusal = "connections_per_address";
+    if (refusal !== undefined) {
+      this.refusals.refuse(refusal, "connection refused: too many open", {
+        address,
+        limit: refusal === "connections" ? this.limits.maxConnections : this.limits.maxConnectionsPerAddress,
+      });
+      socket.destroy();
+      return false;
+    }
+    this.metrics.connectionsOpen++;
+    this.connectionsByAddress.set(address, open + 1);
+    socket.once("close", () => {
+      this.metrics.connectionsOpen--;
+      decrement(this.connectionsByAddress, address);
+    });
+    return true;
+  }
+
+  private watchSession(session: http2.ServerHttp2Session, socket: Socket): void {
+    const address = addressKey(socket.remoteAddress);
+    // The client's preface ends with its SETTINGS; a socket that never sends them holds a
+    // descriptor for nothing.
+    const handshake = setTimeout(() => {
+      this.refusals.refuse("handshake_timeout", "connection closed: no HTTP/2 preface in time", {
+        address,
+        timeoutMs: this.limits.handshakeTimeoutMs,
+      });
+      socket.destroy();
+    }, this.limits.handshakeTimeoutMs);
+    handshake.unref();
+    session.once("remoteSettings", () => clearTimeout(handshake));
+
+    // Idle: no stream open. A device's stream keeps its connection; a connection left with no
+    // request (a scanner, a client that went away without closing) is told GOAWAY.
+    let open = 0;
+    let idle: NodeJS.Timeout | undefined;
+    const armIdle = () => {
+      idle = setTimeout(() => {
+        this.refusals.refuse("idle_connection", "connection closed: idle", {
+          address,
+          timeoutMs: this.limits.idleTimeoutMs,
+        });
+        session.close();
+        // A peer that ignores GOAWAY and keeps the socket open is cut off.
+        setTimeout(() => socket.destroy(), 5000).unref();
+      }, this.limits.idleTimeoutMs);
+      idle.unref();
+    };
+    armIdle();
+    session.on("stream", (stream: http2.ServerHttp2Stream) => {
+      open++;
+      clearTimeout(idle);
+      stream.once("close", () => {
+        if (--open === 0 && !session.closed && !session.destroyed) armIdle();
+      });
+    });
+    session.once("close", () => {
+      clearTimeout(handshake);
+      clearTimeout(idle);
+    });
+  }
+
+  /** Counts a unary request in flight, or refuses it at once when its address or the process is full. */
+  private admitRequest(
+    req: http2.Http2ServerRequest,
+    res: http2.Http2ServerResponse,
+    procedure: string,
+  ): boolean {
+    const address = addressKey(req.socket.remoteAddress);
+    const mine = this.requestsByAddress.get(address) ?? 0;
+    let refusal: string | undefined;
+    if (this.metrics.requestsInFlight >= this.limits.maxRequestsInFlight) refusal = "requests_in_flight";
+    else if (mine >= this.limits.maxRequestsInFlightPerAddress) refusal = "requests_in_flight_per_address";
+    if (refusal !== undefined) {
+      const limit =
+        refusal === "requests_in_flight"
+          ? `${this.limits.maxRequestsInFlight} in the server`
+          : `${this.limits.maxRequestsInFlightPerAddress} per client address`;
+      this.refusals.refuse(refusal, "request refused: too many in flight", {
+        address,
+        procedure,
+        code: "resource_exhausted",
+      });
+      refuse(
+        req,
+        res,
+        Code.ResourceExhausted,
+        `too many requests in flight: at most ${limit}; retry shortly`,
+      );
+      return false;
+    }
+    this.metrics.requestsInFlight++;
+    this.requestsByAddress.set(address, mine + 1);
+    res.once("close", () => {
+      this.metrics.requestsInFlight--;
+      decrement(this.requestsByAddress, address);
+    });
+    return true;
+  }
+
+  /**
+   * A unary request's body must arrive within the deadline, however slowly it trickles: the
+   * stream is reset (RST_STREAM CANCEL) otherwise, which frees what Connect holds for it.
+   */
+  private bodyDeadline(
+    req: http2.Http2ServerRequest,
+    res: http2.Http2ServerResponse,
+    procedure: string,
+  ): void {
+    const timer = setTimeout(() => {
+      if (req.complete || res.writableEnded) return;
+      this.refusals.refuse("request_body_timeout", "request reset: body not complete in time", {
+        address: addressKey(req.socket.remoteAddress),
+        procedure,
+        timeoutMs: this.limits.requestBodyTimeoutMs,
+      });
+      req.stream.close(http2.constants.NGHTTP2_CANCEL);
+    }, this.limits.requestBodyTimeoutMs);
+    timer.unref();
+    const clear = () => clearTimeout(timer);
+    req.once("end", clear);
+    res.once("close", clear);
+  }
+}
+
+function decrement(counts: Map<string, number>, key: string): void {
+  const n = (counts.get(key) ?? 1) - 1;
+  if (n <= 0) counts.delete(key);
+  else counts.set(key, n);
+}
+
+/** Answers a request with an error in its own protocol (gRPC, gRPC-Web or Connect), without reading it. */
+function refuse(
+  req: http2.Http2ServerRequest,
+  res: http2.Http2ServerResponse,
+  code: Code,
+  message: string,
+): void {
+  const contentType = String(req.headers["content-type"] ?? "");
+  if (contentType.startsWith("application/grpc")) {
+    // Trailers-only: the status travels in the one HEADERS frame.
+    res.writeHead(200, {
+      "content-type": contentType.startsWith("application/grpc-web")
+        ? "application/grpc-web+proto"
+        : "application/grpc",
+      "grpc-status": String(code),
+      "grpc-message": encodeGrpcMessage(message),
+    });
+    res.end();
+  } else {
+    res.writeHead(CONNECT_HTTP_STATUS[code] ?? 500, { "content-type": "application/json" });
+    res.end(JSON.stringify({ code: CODE_NAMES[code] ?? "unknown", message }));
+  }
+  // The unread body is not wanted; resetting the stream tells the client to stop sending it.
+  req.stream.close(http2.constants.NGHTTP2_NO_ERROR);
+}
+
+/**
+ * Rewrites the error Connect writes for two cases it gets wrong for this server's clients: a
+ * request it cannot parse is INVALID_ARGUMENT with no parser detail (Connect says INTERNAL
+ * "parse binary: premature EOF"), and grpc-message is escaped as the gRPC specification says.
+ * gRPC carries the status in headers or trailers, Connect's unary protocol in a JSON body.
+ */
+function fixErrorEncoding(
+  req: http2.Http2ServerRequest,
+  res: http2.Http2ServerResponse,
+  procedure: string,
+  refusals: Refusals,
+): void {
+  const contentType = String(req.headers["content-type"] ?? "");
+  const address = () => addressKey(req.socket.remoteAddress);
+  const fixStatus = (headers: http2.OutgoingHttpHeaders): void => {
+    const raw = headers["grpc-message"];
+    if (typeof raw !== "string") return;
+    let message = decodeGrpcMessage(raw);
+    if (headers["grpc-status"] === String(Code.Internal) && PARSE_FAILURE.test(message)) {
+      headers["grpc-status"] = String(Code.InvalidArgument);
+      message = malformed(procedure);
+      refusals.refuse("malformed_request", message, {
+        address: address(),
+        procedure,
+        code: "invalid_argument",
+      });
+    }
+    headers["grpc-message"] = encodeGrpcMessage(message);
+  };
+  if (contentType.startsWith("application/grpc") && !contentType.startsWith("application/grpc-web")) {
+    const writeHead = res.writeHead.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
+    res.writeHead = ((...args: unknown[]) => {
+      const headers = args[args.length - 1];
+      if (typeof headers === "object" && headers !== null) fixStatus(headers as http2.OutgoingHttpHeaders);
+      return writeHead(...args);
+    }) as typeof res.writeHead;
+    const addTrailers = res.addTrailers.bind(res);
+    res.addTrailers = (trailers: http2.OutgoingHttpHeaders) => {
+      fixStatus(trailers);
+      addTrailers(trailers);
+    };
+    return;
+  }
+  if (contentType === "application/proto" || contentType === "application/json") {
+    // Connect's unary protocol: an error is a JSON body with a non-200 status.
+    const writeHead = res.writeHead.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
+    let buffering = false;
+    const chunks: Buffer[] = [];
+    res.writeHead = ((...args: unknown[]) => {
+      buffering = args[0] === 500;
+      if (buffering) return res;
+      return writeHead(...args);
+    }) as typeof res.writeHead;
+    const write = res.write.bind(res) as (...args: unknown[]) => boolean;
+    res.write = ((chunk: unknown, ...rest: unknown[]) => {
+      if (!buffering) return write(chunk, ...rest);
+      chunks.push(Buffer.from(chunk as Uint8Array));
+      return true;
+    }) as typeof res.write;
+    const end = res.end.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
+    res.end = ((...args: unknown[]) => {
+      if (!buffering) return end(...args);
+      buffering = false;
+      if (args[0] instanceof Uint8Array || typeof args[0] === "string") chunks.push(Buffer.from(args[0]));
+      let status = 500;
+      let body = Buffer.concat(chunks);
+      try {
+        const parsed = JSON.parse(body.toString("utf8")) as { code?: string; message?: string };
+        if (parsed.code === "internal" && PARSE_FAILURE.test(parsed.message ?? "")) {
+          status = 400;
+          const message = malformed(procedure);
+          body = Buffer.from(JSON.stringify({ code: "invalid_argument", message }));
+          refusals.refuse("malformed_request", message, {
+            address: address(),
+            procedure,
+            code: "invalid_argument",
+          });
+        }
+      } catch {
+        // Not JSON: pass it through unchanged.
+      }
+      writeHead(status, { "content-type": "application/json" });
+      return end(body);
+    }) as typeof res.end;
+  }
+}

@@ -1,0 +1,253 @@
+import assert from "node:assert/strict";
+import * as http2 from "node:http2";
+import { describe, it } from "node:test";
+import * as grpc from "@grpc/grpc-js";
+import * as protoLoader from "@grpc/proto-loader";
+import { connectFrom, halfOpenRequests, idleConnections, rssBytes } from "../../bench/attacks.js";
+import { TestDevice, uniqueName } from "../helpers/device.js";
+import { eventually } from "../helpers/inbox.js";
+import { serverFixture } from "../helpers/fixture.js";
+
+/**
+ * Hostile clients at the network face (issue 15, findings 1, 7, 8 and 9), each against a real
+ * server process. The attacker connects from 127.0.0.2 or 127.0.0.3, the well-behaved bystander
+ * from 127.0.0.1, as two hosts on the internet would: per-address bounds are what keep the
+ * bystander served.
+ */
+
+const MiB = 1024 * 1024;
+
+/** One bystander round trip: a unary call a signed-in device makes all the time. */
+async function roundTrip(device: TestDevice): Promise<void> {
+  await device.conversations.listConversations({}, { timeoutMs: 3000 });
+}
+
+/** A gRPC call over raw HTTP/2 with the given body; returns the status and message it ends with. */
+function rawUnary(
+  url: string,
+  path: string,
+  body: Uint8Array,
+): Promise<{ status: number; message: string; raw: string }> {
+  return new Promise((resolve, reject) => {
+    const session = http2.connect(url);
+    session.on("error", reject);
+    const stream = session.request({
+      ":method": "POST",
+      ":path": path,
+      "content-type": "application/grpc",
+      te: "trailers",
+    });
+    let status: string | undefined;
+    let raw = "";
+    const take = (h: http2.IncomingHttpHeaders) => {
+      if (h["grpc-status"] !== undefined) {
+        status = String(h["grpc-status"]);
+        raw = String(h["grpc-message"] ?? "");
+      }
+    };
+    stream.on("response", take);
+    stream.on("trailers", take);
+    stream.on("data", () => {});
+    stream.on("error", reject);
+    stream.once("close", () => {
+      session.close();
+      if (status === undefined) reject(new Error(`no grpc-status (rst ${stream.rstCode})`));
+      else resolve({ status: Number(status), message: decodeURIComponent(raw), raw });
+    });
+    const envelope = Buffer.alloc(5 + body.length);
+    envelope.writeUInt32BE(body.length, 1);
+    envelope.set(body, 5);
+    stream.end(envelope);
+  });
+}
+
+describe("hostile clients: connections and HTTP/2 requests", () => {
+  const fx = serverFixture({
+    // Small enough that the test runs in seconds, the same mechanisms as the defaults.
+    SWITCHBOARD_REQUEST_BODY_TIMEOUT_MS: "2000",
+    SWITCHBOARD_MAX_REQUESTS_IN_FLIGHT_PER_ADDRESS: "300",
+    SWITCHBOARD_MAX_CONNECTIONS_PER_ADDRESS: "40",
+    SWITCHBOARD_HANDSHAKE_TIMEOUT_MS: "1000",
+    SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_MS: "2000",
+    // A small container: before these bounds, the server died of this attack at 20-28k streams.
+    NODE_OPTIONS: "--max-old-space-size=256",
+  });
+
+  it("half-open unauthenticated requests: streams capped per connection, over-limit requests refused, stalled bodies reset; the bystander is served", async () => {
+    const bystander = fx.track(await TestDevice.register(fx.server.url, uniqueName("by")));
+    await roundTrip(bystander);
+    const pid = fx.server.process.pid!;
+    const before = await rssBytes(pid);
+
+    // 20 connections x 1,000 streams, as reported. Over 40 connections per address would be
+    // refused; 20 are allowed, and each may open only 100 streams at once.
+    const attack = halfOpenRequests({
+      url: fx.server.url,
+      localAddress: "127.0.0.2",
+      connections: 20,
+      streamsPerConnection: 1000,
+    });
+    try {
+      // While the attack holds its requests open, the bystander's calls keep succeeding.
+      for (let i = 0; i < 10; i++) {
+        await roundTrip(bystander);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+      // Requests past the per-address bound are answered at once, without reading them.
+      await eventually(
+        () => (attack.statuses.get(8) ?? 0) > 0,
+        () => `over-limit requests answered RESOURCE_EXHAUSTED: ${[...attack.statuses]}`,
+        5000,
+      );
+      const during = await rssBytes(pid);
+      // The bound: 300 half-read requests and 2,000 streams cost tens of MiB, not a GiB.
+      assert.ok(
+        during - before < 200 * MiB,
+        `server RSS grew by ${((during - before) / MiB).toFixed(0)} MiB under the attack`,
+      );
+      // Bodies that never complete are reset (RST_STREAM CANCEL) after the deadline, and the
+      // attacker's queued streams get their turn and meet the same fate.
+      await eventually(
+        () => (attack.resets.get(http2.constants.NGHTTP2_CANCEL) ?? 0) >= 300,
+        () => `stalled requests reset after the body deadline: ${[...attack.resets]}`,
+        10_000,
+      );
+      assert.equal(fx.server.process.exitCode, null, "the server is still running");
+      await roundTrip(bystander);
+    } finally {
+      attack.stop();
+    }
+    const logs = fx.server.logs.join("\n");
+    assert.match(logs, /"refusal":"request_body_timeout"/);
+    assert.match(logs, /"refusal":"requests_in_flight_per_address"/);
+    // Refusals are logged once per window and address, not once per request.
+    const lines = fx.server.logs.filter((l) => l.includes('"refusal":"request_body_timeout"'));
+    assert.ok(lines.length < 10, `${lines.length} log lines for one address's timeouts`);
+  });
+
+  it("connections past the per-address bound are closed on arrival; silent sockets and idle sessions are closed", async () => {
+    const bystander = fx.track(await TestDevice.register(fx.server.url, uniqueName("by")));
+    const attack = idleConnections({
+      url: fx.server.url,
+      localAddress: "127.0.0.3",
+      sockets: 150,
+      sessions: 30,
+    });
+    try {
+      // 140 of 180 are over the per-address bound of 40 and are closed at once; the 40 let in
+      // are closed by the handshake (bare sockets) or idle (sessions) timeouts.
+      await eventually(
+        () => attack.closedByServer === attack.opened,
+        () => `${attack.closedByServer} of ${attack.opened} idle connections closed`,
+        15_000,
+      );
+      await roundTrip(bystander);
+    } finally {
+      attack.stop();
+    }
+    const logs = fx.server.logs.join("\n");
+    assert.match(logs, /"refusal":"connections_per_address"/);
+    assert.match(logs, /"refusal":"handshake_timeout"/);
+    assert.match(logs, /"refusal":"idle_connection"/);
+    // A session that makes requests keeps its connection: the bystander's stream lives on.
+    bystander.connect();
+    await bystander.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+    await new Promise((r) => setTimeout(r, 2500));
+    await roundTrip(bystander);
+  });
+
+  it("advertises its stream limit in SETTINGS", async () => {
+    const session = connectFrom(fx.server.url, "127.0.0.4");
+    try {
+      const settings = await new Promise<http2.Settings>((resolve) =>
+        session.once("remoteSettings", resolve),
+      );
+      assert.equal(settings.maxConcurrentStreams, 100);
+      assert.equal(settings.maxHeaderListSize, 16 * 1024);
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it("a malformed unary request is INVALID_ARGUMENT with no parser detail (gRPC and Connect)", async () => {
+    // Field 1 (username, a string) announces 100 bytes and has 2: "premature EOF" for the parser.
+    const garbage = Uint8Array.of(0x0a, 100, 0x61, 0x62);
+    const grpcAnswer = await rawUnary(fx.server.url, "/switchboard.v1.AccountService/Register", garbage);
+    assert.equal(grpcAnswer.status, 3, grpcAnswer.message);
+    assert.doesNotMatch(grpcAnswer.message, /EOF|parse binary/);
+    assert.match(grpcAnswer.message, /malformed request/);
+
+    // Connect's unary protocol: the error is a JSON body.
+    const session = http2.connect(fx.server.url);
+    try {
+      const answer = await new Promise<{ status: number; body: string }>((resolve, reject) => {
+        const stream = session.request({
+          ":method": "POST",
+          ":path": "/switchboard.v1.AccountService/Register",
+          "content-type": "application/proto",
+          "connect-protocol-version": "1",
+        });
+        let status = 0;
+        let body = "";
+        stream.on("response", (h) => {
+          status = Number(h[":status"]);
+        });
+        stream.setEncoding("utf8");
+        stream.on("data", (c: string) => {
+          body += c;
+        });
+        stream.on("error", reject);
+        stream.once("close", () => resolve({ status, body }));
+        stream.end(Buffer.from(garbage));
+      });
+      assert.equal(answer.status, 400, answer.body);
+      const parsed = JSON.parse(answer.body) as { code: string; message: string };
+      assert.equal(parsed.code, "invalid_argument");
+      assert.doesNotMatch(parsed.message, /EOF|parse binary/);
+    } finally {
+      session.close();
+    }
+    assert.match(fx.server.logs.join("\n"), /"refusal":"malformed_request"/);
+  });
+
+  it("internal services are refused before their body is read", async () => {
+    const answer = await rawUnary(
+      fx.server.url,
+      "/switchboard.internal.v1.SequencerService/Append",
+      new Uint8Array(0),
+    );
+    assert.equal(answer.status, 16);
+  });
+
+  it("a stock @grpc/grpc-js client reads error messages as written, not percent-escaped", async () => {
+    const protoRoot = new URL("../../proto", import.meta.url).pathname;
+    const definition = await protoLoader.load(["switchboard/v1/accounts.proto"], {
+      includeDirs: [protoRoot],
+    });
+    const v1 = (grpc.loadPackageDefinition(definition).switchboard as grpc.GrpcObject).v1 as grpc.GrpcObject;
+    const Ctor = v1.AccountService as grpc.ServiceClientConstructor;
+    const client = new Ctor(new URL(fx.server.url).host, grpc.credentials.createInsecure());
+    try {
+      const err = await new Promise<grpc.ServiceError>((resolve, reject) => {
+        (
+          client as unknown as Record<string, (r: object, cb: (e: grpc.ServiceError | null) => void) => void>
+        ).CreateToken!.call(client, { deviceId: "d_nope", deviceSecret: "x" }, (e) =>
+          e ? resolve(e) : reject(new Error("CreateToken with a made-up device succeeded")),
+        );
+      });
+      assert.doesNotMatch(err.details, /%[0-9A-F]{2}/, err.details);
+      // A message with the characters Connect used to escape, read back verbatim.
+      const long = await new Promise<grpc.ServiceError>((resolve, reject) => {
+        (
+          client as unknown as Record<string, (r: object, cb: (e: grpc.ServiceError | null) => void) => void>
+        ).Register!.call(client, { username: "a:b;c,d é", deviceName: "x" }, (e) =>
+          e ? resolve(e) : reject(new Error("an invalid username was accepted")),
+        );
+      });
+      assert.equal(long.code, grpc.status.INVALID_ARGUMENT);
+      assert.doesNotMatch(long.details, /%[0-9A-F]{2}/, long.details);
+    } finally {
+      client.close();
+    }
+  });
+});

@@ -5,8 +5,8 @@ import * as grpc from "@grpc/grpc-js";
 import * as protoLoader from "@grpc/proto-loader";
 import { connectFrom, halfOpenRequests, idleConnections, rssBytes } from "../../bench/attacks.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
-import { eventually } from "../helpers/inbox.js";
 import { serverFixture } from "../helpers/fixture.js";
+import { eventually } from "../helpers/inbox.js";
 
 /**
  * Hostile clients at the network face (issue 15, findings 1, 7, 8 and 9), each against a real

@@ -18,6 +18,24 @@ import type { PushTarget } from "../notification/types.js";
 import { isStoreError } from "../store/errors.js";
 import type { AccountStore, DeviceRecord, UserRecord } from "../store/types.js";
 import type { Keys } from "./keys.js";
+import { type AccountRate, enforce, LoggedRefusals, type RefusalSink } from "./refusals.js";
+import { lookAlikes, ReservedNames } from "./usernames.js";
+
+/** Existing usernames a registration checks for look-alikes at most (see lookAlikes). */
+const MAX_LOOKALIKE_LOOKUPS = 64;
+
+/** The abuse controls of the accounts manager; each is off when absent. */
+export interface AccountAbuseOptions {
+  /** Registrations per source address (the key is the address, an IPv6 one by its /64). */
+  registerPerAddress?: AccountRate | undefined;
+  /** Registrations on the whole deployment. */
+  registerServerWide?: AccountRate | undefined;
+  /** Names looked up per requesting user (LookupUsers; each id or username costs one). */
+  lookups?: AccountRate | undefined;
+  /** Usernames and display names nobody may take, matched loosely. */
+  reservedNames?: readonly string[] | undefined;
+}
+
 import { Privacy } from "./privacy.js";
 import { defaultPrivacy, type PrivacyDefaults } from "./privacy-config.js";
 
@@ -27,6 +45,10 @@ export interface AccountsOptions {
   maxDevicesPerUser: number;
   /** Link code lifetime, in seconds. */
   linkCodeTtlSeconds: number;
+  /** Rate limits and reserved names. */
+  abuse?: AccountAbuseOptions;
+  /** Counts and logs refusals; one of its own when absent. */
+  refusals?: RefusalSink;
   /** The clock, in milliseconds since the Unix epoch. */
   now?: () => number;
   /** Privacy settings of users who never chose (default: everyone for each). */
@@ -70,15 +92,35 @@ function sameHash(a: string, b: string): boolean {
   return x.length === y.length && timingSafeEqual(x, y);
 }
 
+/**
+ * A link code names the device that made it: `<device id>_<secret>`. The code is stored only as a
+ * hash, so the device id cannot be altered without making the code unknown, and redeeming it can
+ * check that device without a store field (codes made before this format are refused as unknown).
+ */
+function linkCodeCreator(code: string): string | undefined {
+  const match = /^(dv_[0-9a-z]{26})_[A-Za-z0-9_-]{16,}$/.exec(code);
+  return match?.[1];
+}
+
 /** Domain rules for users, devices and credentials. Inputs are validated by the handler. */
 export class Accounts {
   private readonly now: () => number;
+  private readonly abuse: AccountAbuseOptions;
+  private readonly reserved: ReservedNames;
+  /** Refusals by an abuse control, counted and logged. */
+  private readonly refusals: RefusalSink;
   /**
    * The key directory of this accounts role, which knows the devices' registration ids
    * (DirectoryService.GetDeviceRegistrations). The server attaches it when it builds the
    * accounts role, which owns both.
    */
   keyDirectory: Pick<Keys, "registrations"> | undefined;
+  /**
+   * Records where a device being linked starts in each of its user's conversations
+   * (SequencerService.RecordDeviceLink on every replica), so it is never served history from
+   * before its link. The server attaches it; a link fails while it cannot be recorded.
+   */
+  deviceLinks: ((userId: string, deviceId: string) => Promise<void>) | undefined;
   /** Users' privacy settings (who may add them to groups or start a direct conversation). */
   readonly privacy: Privacy;
 
@@ -90,6 +132,9 @@ export class Accounts {
     private readonly options: AccountsOptions,
   ) {
     this.now = options.now ?? Date.now;
+    this.abuse = options.abuse ?? {};
+    this.reserved = new ReservedNames(this.abuse.reservedNames ?? []);
+    this.refusals = options.refusals ?? new LoggedRefusals(log);
     this.privacy = new Privacy(store, options.privacyDefaults ?? defaultPrivacy, log);
   }
 
@@ -111,8 +156,58 @@ export class Accounts {
     return { record, credential };
   }
 
-  /** Creates a user and its first device. */
-  async register(username: string, displayName: string, deviceName: string) {
+  /**
+   * Creates a user and its first device. `peer` is the caller's network address as the edge saw
+   * it (PEER_HEADER), the key of the per-address limit; in-process callers (tools, tests) give none.
+   */
+  async register(username: string, displayName: string, deviceName: string, peer?: string) {
+    // Name rules first: they cost nothing and spend no one's registration allowance.
+    const reservedUsername = this.reserved.match(username);
+    const reservedDisplay = displayName === "" ? undefined : this.reserved.match(displayName);
+    if (reservedUsername !== undefined || reservedDisplay !== undefined) {
+      this.refusals.refuse("username_reserved", "registration refused: reserved name", {
+        peer,
+        code: "invalid_argument",
+      });
+      const field = reservedUsername !== undefined ? "username" : "display_name";
+      throw new ConnectError(
+        `${field}: too close to the reserved name "${reservedUsername ?? reservedDisplay}"; choose another`,
+        Code.InvalidArgument,
+      );
+    }
+    const a = this.abuse;
+    await enforce(
+      peer === undefined ? undefined : a.registerPerAddress,
+      peer ?? "",
+      1,
+      this.refusals,
+      "register_rate_address",
+      `registrations are limited to ${a.registerPerAddress?.limit.burst} per hour per network address`,
+      { peer },
+    );
+    await enforce(
+      a.registerServerWide,
+      "all",
+      1,
+      this.refusals,
+      "register_rate_server",
+      `registrations are limited to ${a.registerServerWide?.limit.burst} per hour on this server`,
+      { peer },
+    );
+    const similar = await Promise.all(
+      lookAlikes(username, MAX_LOOKALIKE_LOOKUPS).map((n) => this.store.getUserByUsername(n)),
+    );
+    const lookAlike = similar.find((u) => u !== undefined);
+    if (lookAlike !== undefined) {
+      this.refusals.refuse("username_lookalike", "registration refused: look-alike of an existing username", {
+        peer,
+        code: "already_exists",
+      });
+      throw new ConnectError(
+        `username "${username}" looks like an existing user's ("${lookAlike.username}"); choose another`,
+        Code.AlreadyExists,
+      );
+    }
     const user: UserRecord = {
       userId: newId("u"),
       username,
@@ -143,9 +238,13 @@ export class Accounts {
     return this.tokens.issue(device.userId, device.deviceId, this.now());
   }
 
-  /** Issues a one-time code that links a new device to the user. */
-  async createLinkCode(userId: string) {
-    const code = newSecret(18);
+  /**
+   * Issues a one-time code that links a new device to the user. The code names the device that
+   * made it: it is void once that device is revoked, or once any device of the user is revoked
+   * after the code was made (a revocation says the account was at risk; see linkDevice).
+   */
+  async createLinkCode(userId: string, deviceId: string) {
+    const code = `${deviceId}_${newSecret(18)}`;
     const expiresAtMs = this.now() + this.options.linkCodeTtlSeconds * 1000;
     await this.store.putLinkCode({ codeHash: sha256Hex(code), userId, expiresAtMs });
     return { code, expiresAtMs };
@@ -159,7 +258,38 @@ export class Accounts {
     }
     const user = await this.store.getUser(record.userId);
     if (user === undefined) throw new ConnectError("link code is unknown, used or expired", Code.NotFound);
+    const creator = linkCodeCreator(code);
+    if (creator === undefined) throw new ConnectError("link code is unknown, used or expired", Code.NotFound);
+    // Made at expiry minus the lifetime; a revocation at or after that moment voids the code.
+    const createdAtMs = record.expiresAtMs - this.options.linkCodeTtlSeconds * 1000;
+    const devices = await this.store.listDevices(user.userId);
+    const maker = devices.find((d) => d.deviceId === creator);
+    const revokedSince = devices.some((d) => d.revokedAtMs !== 0 && d.revokedAtMs >= createdAtMs);
+    if (maker === undefined || maker.revokedAtMs !== 0 || revokedSince) {
+      this.refusals.refuse("link_code_void", "link refused: the code was voided by a revocation", {
+        userId: user.userId,
+        code: "permission_denied",
+      });
+      throw new ConnectError(
+        maker === undefined || maker.revokedAtMs !== 0
+          ? "link code is void: the device that created it has been revoked"
+          : "link code is void: a device of the account was revoked after it was created",
+        Code.PermissionDenied,
+      );
+    }
     const device = this.newDevice(user.userId, deviceName);
+    // Before the device exists, so none of its reads can come first. On failure the code is
+    // put back: nothing was linked, and the same code can be tried again.
+    try {
+      await this.deviceLinks?.(user.userId, device.record.deviceId);
+    } catch (err) {
+      await this.store.putLinkCode(record);
+      this.log.warn({ err, userId: user.userId }, "could not record where a linked device starts");
+      throw new ConnectError(
+        "the device could not be linked now; retry with the same code",
+        Code.Unavailable,
+      );
+    }
     try {
       await this.store.addDevice(device.record, this.options.maxDevicesPerUser);
     } catch (err) {
@@ -196,6 +326,23 @@ export class Accounts {
     ]);
     this.log.info({ userId, deviceId }, "device revoked");
     return toDevice(revoked);
+  }
+
+  /**
+   * Spends `names` of the user's lookup allowance (each id or username looked up costs one), so a
+   * user cannot enumerate the directory; RESOURCE_EXHAUSTED past it.
+   */
+  async limitLookups(requesterUserId: string, names: number): Promise<void> {
+    const lookups = this.abuse.lookups;
+    await enforce(
+      lookups,
+      requesterUserId,
+      names,
+      this.refusals,
+      "lookup_rate",
+      `user lookups are limited to ${lookups?.limit.burst} names per minute per user`,
+      { userId: requesterUserId },
+    );
   }
 
   /** Users by id and by username; unknown ones are left out. */

@@ -13,6 +13,7 @@ import type { Principal, Tokens } from "../common/auth.js";
 import { requireId, requireIds, requireText, requireUsername } from "../common/validate.js";
 import { targetFromRequest, targetToWire } from "../notification/targets.js";
 import type { Accounts } from "./accounts.js";
+import { PEER_HEADER, UNKNOWN_PEER } from "./peer.js";
 import { privacyChangesFromWire, privacyToWire } from "./privacy.js";
 
 /** The public AccountService, served by the accounts role (gateways forward to it). */
@@ -29,11 +30,21 @@ export function accountService(
     return p;
   }
   return {
-    async register(req) {
+    async register(req, ctx) {
+      const username = requireUsername(req.username);
+      // A trailing or doubled dot reads as punctuation around someone else's name.
+      if (/^\.|\.$|\.\./.test(username)) {
+        throw new ConnectError(
+          "username: may not start or end with a dot, or hold two in a row",
+          Code.InvalidArgument,
+        );
+      }
       const { user, credential } = await accounts.register(
-        requireUsername(req.username),
+        username,
         requireText("display_name", req.displayName, 0, 64),
         requireText("device_name", req.deviceName, 0, 64),
+        // Set by the edge from the TCP peer (services/accounts/peer.ts), never by the client.
+        ctx.requestHeader.get(PEER_HEADER) ?? UNKNOWN_PEER,
       );
       return { user, credential };
     },
@@ -47,7 +58,7 @@ export function accountService(
     },
     async createLinkCode(_req, ctx) {
       const p = await principal(ctx);
-      const { code, expiresAtMs } = await accounts.createLinkCode(p.userId);
+      const { code, expiresAtMs } = await accounts.createLinkCode(p.userId, p.deviceId);
       return { code, expiresAtMs: BigInt(expiresAtMs) };
     },
     async linkDevice(req) {
@@ -68,12 +79,13 @@ export function accountService(
       return { device: await accounts.revokeDevice(p.userId, requireId("device_id", req.deviceId, "dv")) };
     },
     async lookupUsers(req, ctx) {
-      await principal(ctx);
+      const p = await principal(ctx);
       if (req.userIds.length + req.usernames.length > 256) {
         throw new ConnectError("at most 256 ids and usernames in all", Code.InvalidArgument);
       }
       const ids = requireIds("user_ids", req.userIds, "u", 256);
       for (const name of req.usernames) requireUsername(name);
+      await accounts.limitLookups(p.userId, ids.length + req.usernames.length);
       return { users: await accounts.lookupUsers(ids, req.usernames) };
     },
     async setPushTarget(req, ctx) {

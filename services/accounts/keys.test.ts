@@ -138,7 +138,7 @@ describe("key directory", () => {
     const { user, credential } = await accounts.register(`user_${names++}`, "", "first");
     const deviceIds = [credential.deviceId];
     for (let i = 1; i < devices; i++) {
-      const { code } = await accounts.createLinkCode(user.userId);
+      const { code } = await accounts.createLinkCode(user.userId, credential.deviceId);
       deviceIds.push((await accounts.linkDevice(code, `device ${i}`)).credential.deviceId);
     }
     return { userId: user.userId, deviceIds };

@@ -15,7 +15,6 @@ import {
   SignedEcPrekeySchema,
 } from "../../gen/switchboard/v1/keys_pb.js";
 import type { EventBus, Unsubscribe } from "../bus/types.js";
-import { RETRY_AFTER_HEADER } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import type { RateLimit, RateLimiter } from "../common/rate-limiter.js";
 import { isStoreError } from "../store/errors.js";
@@ -27,6 +26,7 @@ import type {
   PrekeyCountsRecord,
   SignedPrekeyRecord,
 } from "../store/types.js";
+import { enforce, LoggedRefusals, type RefusalSink } from "./refusals.js";
 
 /** Limits and thresholds of the key directory. */
 export interface KeysOptions {
@@ -43,8 +43,16 @@ export interface KeysOptions {
   lowThreshold: number;
   /** At most one low-prekey notice per device per this many milliseconds (per accounts process). */
   lowNoticeIntervalMs: number;
-  /** Limits bundle fetches per requesting device (prekey draining); none when absent. */
+  /** Limits GetBundles calls per requesting user (one token per call); none when absent. */
   bundleRate?: { limiter: RateLimiter; limit: RateLimit };
+  /**
+   * Limits the one-time prekeys one user takes from one device of another (prekey draining):
+   * past it, that requester gets bundles without one-time prekeys (the signed prekey and the
+   * Kyber last-resort prekey still open a session). None when absent.
+   */
+  oneTimePrekeyRate?: { limiter: RateLimiter; limit: RateLimit };
+  /** Counts and logs refusals; one is made when absent. */
+  refusals?: RefusalSink;
   /** The clock, in milliseconds since the Unix epoch. */
   now?: () => number;
 }
@@ -57,9 +65,6 @@ export const DEFAULT_KEYS_OPTIONS: KeysOptions = {
   lowThreshold: 10,
   lowNoticeIntervalMs: 60_000,
 };
-
-/** The default bundle fetch limit per requesting device: 2 per second, bursts of 100. */
-export const DEFAULT_BUNDLE_RATE: RateLimit = { name: "key-bundles", rate: 2, burst: 100 };
 
 /** libsignal's registration ids are 14 bits; 0 means "not given". */
 const MAX_REGISTRATION_ID = 0x3fff;
@@ -195,6 +200,7 @@ function kyberPrekey(p: { keyId: number; publicKey: Uint8Array; signature?: Uint
  */
 export class Keys {
   private readonly now: () => number;
+  private readonly refusals: RefusalSink;
   /** deviceId -> when its last low-prekey notice went out; Map order is recency. */
   private readonly noticed = new Map<string, number>();
 
@@ -206,6 +212,7 @@ export class Keys {
     private readonly options: KeysOptions = DEFAULT_KEYS_OPTIONS,
   ) {
     this.now = options.now ?? Date.now;
+    this.refusals = options.refusals ?? new LoggedRefusals(log);
   }
 
   /**
@@ -338,16 +345,15 @@ export class Keys {
     deviceIds: readonly string[] = [],
   ): Promise<Bundles> {
     const rate = this.options.bundleRate;
-    if (rate !== undefined) {
-      const wait = Math.ceil(await rate.limiter.take(rate.limit, requester.deviceId));
-      if (wait > 0) {
-        throw new ConnectError(
-          `prekey bundle fetches are limited to ${rate.limit.rate} per second per device; retry in ${wait} ms`,
-          Code.ResourceExhausted,
-          { [RETRY_AFTER_HEADER]: String(wait) },
-        );
-      }
-    }
+    await enforce(
+      rate,
+      requester.userId,
+      1,
+      this.refusals,
+      "bundle_rate",
+      `prekey bundle fetches are limited to ${rate?.limit.burst} per minute per user`,
+      { userId: requester.userId },
+    );
     if ((await this.accounts.getUser(userId)) === undefined)
       throw new ConnectError("no such user", Code.NotFound);
     const only = new Set(deviceIds);
@@ -355,7 +361,11 @@ export class Keys {
       (d) =>
         d.revokedAtMs === 0 && d.deviceId !== requester.deviceId && (only.size === 0 || only.has(d.deviceId)),
     );
-    const found = await Promise.all(devices.map((d) => this.bundleOf(d.deviceId)));
+    const found = await Promise.all(
+      devices.map(async (d) =>
+        this.bundleOf(d.deviceId, await this.mayTakeOneTime(requester.userId, d.deviceId)),
+      ),
+    );
     const bundles: PrekeyBundle[] = [];
     const devicesWithoutKeys: string[] = [];
     const low: BusEvent[] = [];
@@ -366,6 +376,7 @@ export class Keys {
         return;
       }
       bundles.push(f.bundle);
+      if (f.remaining === undefined) return;
       const notice = this.lowNotice(userId, deviceId, f.remaining);
       if (notice !== undefined) low.push(notice);
     });
@@ -421,12 +432,35 @@ export class Keys {
     });
   }
 
+  /**
+   * Whether the requester may take another one-time prekey of the device. Fetching one's own
+   * devices is never limited; a refusal is counted (the fetch itself still succeeds).
+   */
+  private async mayTakeOneTime(requesterUserId: string, deviceId: string): Promise<boolean> {
+    const rate = this.options.oneTimePrekeyRate;
+    if (rate === undefined) return true;
+    const wait = await rate.limiter.take(rate.limit, `${requesterUserId}:${deviceId}`);
+    if (wait <= 0) return true;
+    this.refusals.refuse("prekey_pair_limit", "one-time prekey withheld: per-pair limit reached", {
+      userId: requesterUserId,
+      deviceId,
+    });
+    return false;
+  }
+
+  /**
+   * The device's bundle; with oneTime false, without one-time prekeys (the Kyber last-resort
+   * prekey instead) and without touching the store's counts (remaining is then undefined).
+   */
   private async bundleOf(
     deviceId: string,
-  ): Promise<{ bundle: PrekeyBundle; remaining: PrekeyCountsRecord } | undefined> {
+    oneTime: boolean,
+  ): Promise<{ bundle: PrekeyBundle; remaining: PrekeyCountsRecord | undefined } | undefined> {
     const keys = await this.keys.getKeys(deviceId);
     if (keys === undefined) return undefined;
-    const take = await this.keys.takePrekeys(deviceId);
+    const take = oneTime
+      ? await this.keys.takePrekeys(deviceId)
+      : { ec: undefined, kyber: undefined, remaining: undefined };
     const kyber: OneTimePrekeyRecord = take.kyber ?? keys.kyberLastResort;
     const bundle = create(PrekeyBundleSchema, {
       deviceId,

@@ -157,7 +157,7 @@ describe("AdminService on in-process managers", () => {
 
   it("LookupUser lists every device and the live routes, by username or id", async () => {
     const { user, credential } = await accounts.register("admin_alice", "Alice", "phone");
-    const { code } = await accounts.createLinkCode(user!.userId);
+    const { code } = await accounts.createLinkCode(user!.userId, credential!.deviceId);
     const laptop = await accounts.linkDevice(code, "laptop");
     await accounts.revokeDevice(user!.userId, laptop.credential.deviceId);
     await presence.register(

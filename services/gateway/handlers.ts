@@ -268,7 +268,16 @@ export function accountForwarder(
 ): ServiceImpl<typeof AccountService> {
   const pass = passAuthorization;
   return {
-    register: (req, ctx) => accounts.register(req, pass(ctx)),
+    // The caller's address, set by this process's edge from the socket, keys the accounts
+    // service's per-address registration limit.
+    register: (req, ctx) => {
+      const options = pass(ctx);
+      const peer = ctx.requestHeader.get("x-switchboard-peer");
+      return accounts.register(
+        req,
+        peer === null ? options : { ...options, headers: { ...options.headers, "x-switchboard-peer": peer } },
+      );
+    },
     createToken: (req, ctx) => accounts.createToken(req, pass(ctx)),
     createLinkCode: (req, ctx) => accounts.createLinkCode(req, pass(ctx)),
     linkDevice: (req, ctx) => accounts.linkDevice(req, pass(ctx)),

@@ -49,6 +49,7 @@ import {
   type SealedPart,
 } from "./e2ee.js";
 import { getObject, putObject } from "./media-http.js";
+import { type PrivacyChoices, privacyChangesToWire, privacyFromWire } from "./privacy.js";
 import { Profile } from "./profile.js";
 import { ReorderBuffer } from "./reorder.js";
 import {
@@ -1621,6 +1622,20 @@ export class SwitchboardClient {
   /** Stops push wake-ups to this device. */
   async removePushTarget(): Promise<void> {
     await this.conn.accounts.removePushTarget({});
+  }
+
+  /** This user's privacy settings as in force (the server's defaults where never set). */
+  async getPrivacy(): Promise<PrivacyChoices> {
+    return privacyFromWire((await this.conn.accounts.getPrivacy({})).settings);
+  }
+
+  /**
+   * Changes some of this user's privacy settings (who may add them to groups, who may start a
+   * direct conversation with them); settings not given keep their value. Returns all of them.
+   */
+  async setPrivacy(changes: Partial<PrivacyChoices>): Promise<PrivacyChoices> {
+    const res = await this.conn.accounts.setPrivacy({ settings: privacyChangesToWire(changes) });
+    return privacyFromWire(res.settings);
   }
 
   /** This user's devices. */

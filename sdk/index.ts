@@ -9,6 +9,12 @@ export {
   SENDER_KEY_PAYLOAD_TYPE,
   type SealedPart,
 } from "./e2ee.js";
+export {
+  AUDIENCES,
+  type Audience,
+  type PrivacyChoices,
+  privacyRefusalOf,
+} from "./privacy.js";
 export { Profile, writeFileAtomic } from "./profile.js";
 export { ReorderBuffer, type ReorderOptions, type SyncAnswer } from "./reorder.js";
 export {

@@ -11,6 +11,7 @@ import { newClientMsgId, SwitchboardClient } from "../client.js";
 import { AttachmentError } from "../crypto/attachments.js";
 import { DecryptError } from "../crypto/pairwise.js";
 import type { IdentityChangeEvent } from "../crypto/stores.js";
+import { AUDIENCES, type Audience } from "../privacy.js";
 import type { IncomingEntry, ReceiptEvent } from "../types.js";
 import { chooseEncryption, lockProfile, publishKeys } from "./encryption.js";
 import {
@@ -26,6 +27,14 @@ import {
 } from "./files.js";
 
 const DEFAULT_SERVER = "http://127.0.0.1:7420";
+
+/** Parses a privacy audience option (`privacy --groups/--direct`). */
+function audience(value: string): Audience {
+  if (!(AUDIENCES as readonly string[]).includes(value)) {
+    throw new InvalidArgumentError(`expected ${AUDIENCES.join(", ")}`);
+  }
+  return value as Audience;
+}
 
 /** Where command output goes; replaceable so the commands can run inside tests. */
 export interface CliIo {
@@ -212,6 +221,33 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
       withClient(opts, io, "stream", (session) => listen(session, opts, io)),
     ),
   );
+
+  cmd(
+    program,
+    "privacy",
+    "show your privacy settings, or change who may add you to groups (--groups) and who may start a direct conversation with you (--direct)",
+  )
+    .option("--groups <audience>", "who may add you to groups: everyone, contacts or nobody", audience)
+    .option(
+      "--direct <audience>",
+      "who may start a new direct conversation with you: everyone, contacts or nobody",
+      audience,
+    )
+    .action(
+      run(io, async (opts: GlobalOptions & { groups?: Audience; direct?: Audience }) =>
+        withClient(opts, io, "none", async ({ client }) => {
+          const changes = {
+            ...(opts.groups !== undefined && { groupAdd: opts.groups }),
+            ...(opts.direct !== undefined && { directOpen: opts.direct }),
+          };
+          const settings =
+            Object.keys(changes).length === 0 ? await client.getPrivacy() : await client.setPrivacy(changes);
+          io.out(`groups: ${settings.groupAdd}`);
+          io.out(`direct: ${settings.directOpen}`);
+          io.err('"contacts" are the users who share a conversation with you (direct or group)');
+        }),
+      ),
+    );
 
   const group = program.command("group").description("manage groups");
   cmd(

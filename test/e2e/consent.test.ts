@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { Command } from "commander";
 import { PrivacyAudience, PrivacyRefusalSchema } from "../../gen/switchboard/v1/accounts_pb.js";
+import { type CliIo, registerClientCommands } from "../../sdk/cli/commands.js";
 import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { serverFixture } from "../helpers/fixture.js";
@@ -192,6 +197,57 @@ describe("consent: who may add a user to groups or start a direct conversation",
       [bob.userId],
       /direct conversations/,
     );
+  });
+});
+
+describe("switchboard privacy (the CLI)", () => {
+  const fx = serverFixture();
+  let base = "";
+  after(async () => {
+    if (base !== "") await removeDir(base);
+  });
+
+  /** Runs `switchboard ...args` in this process against the test server. */
+  async function cli(...args: string[]): Promise<{ code: number; out: string[]; err: string[] }> {
+    const out: string[] = [];
+    const err: string[] = [];
+    let code = 0;
+    const io: CliIo = {
+      out: (l) => out.push(...l.split("\n")),
+      err: (l) => err.push(...l.split("\n")),
+      exit: (c) => {
+        code = c;
+      },
+      isTTY: false,
+    };
+    // Usage errors come back as the thrown CommanderError, not as noise on the test's stderr.
+    const program = new Command("switchboard").exitOverride().configureOutput({ writeErr: () => {} });
+    registerClientCommands(program, io);
+    await program.parseAsync([...args, "--server", fx.server.url], { from: "user" });
+    return { code, out, err };
+  }
+
+  it("shows and changes the settings, refuses an unknown audience, and the refusal reaches others", async () => {
+    base = await mkdtemp(join(tmpdir(), "sb-consent-cli-"));
+    const [bob, alice] = [uniqueName("pb"), uniqueName("pa")];
+    const bobProfile = ["--profile", join(base, "bob"), "--no-encryption"];
+    const aliceProfile = ["--profile", join(base, "alice"), "--no-encryption"];
+    assert.equal((await cli("register", bob, ...bobProfile)).code, 0);
+    assert.equal((await cli("register", alice, ...aliceProfile)).code, 0);
+
+    const shown = await cli("privacy", ...bobProfile);
+    assert.deepEqual(shown.out, ["groups: everyone", "direct: everyone"]);
+    const changed = await cli("privacy", "--groups", "nobody", ...bobProfile);
+    assert.equal(changed.code, 0, changed.err.join("\n"));
+    assert.deepEqual(changed.out, ["groups: nobody", "direct: everyone"]);
+    const both = await cli("privacy", "--direct", "contacts", ...bobProfile);
+    assert.deepEqual(both.out, ["groups: nobody", "direct: contacts"]);
+
+    await assert.rejects(cli("privacy", "--direct", "friends", ...bobProfile), /everyone, contacts, nobody/);
+
+    const refused = await cli("group", "create", "t", bob, ...aliceProfile);
+    assert.equal(refused.code, 1);
+    assert.match(refused.err.join("\n"), /does not accept group invitations from you/);
   });
 });
 

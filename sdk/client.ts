@@ -8,6 +8,8 @@ import type { Device, SetPushTargetRequestSchema, User } from "../gen/switchboar
 import {
   type AttachmentPointer,
   AttachmentPointerSchema,
+  ContentKind,
+  type RetryRequest,
   SealedContentSchema,
 } from "../gen/switchboard/v1/content_pb.js";
 import type { Conversation, Member, MemberRole } from "../gen/switchboard/v1/conversations_pb.js";
@@ -40,6 +42,8 @@ import {
 import { DecryptError } from "./crypto/pairwise.js";
 import {
   type ContactSafetyNumber,
+  checkContext,
+  contentKindOf,
   E2ee,
   KEYS_ONLY_PAYLOAD_TYPE,
   MAX_MISMATCH_RETRIES,
@@ -107,9 +111,12 @@ type RequestFrame = NonNullable<MessageInitShape<typeof ConnectRequestSchema>["f
 interface PendingSend {
   item: OutboxItem;
   outgoing: OutgoingEntry;
-  /** persisting: being written to the outbox; queued: waiting for a slot; inflight: sent on the
+  /** sealing: the plaintext intent is (being) written to the outbox and waits to be encrypted;
+   * persisting: being written to the outbox; queued: waiting for a slot; inflight: sent on the
    * current stream; waiting: retrying after the server asked us to. */
-  state: "persisting" | "queued" | "inflight" | "waiting";
+  state: "sealing" | "persisting" | "queued" | "inflight" | "waiting";
+  /** An encrypted send's sealing is on the sealing chain (or on a timer after a transient failure). */
+  sealScheduled?: boolean;
   retries: number;
   /** Re-encryptions after refusals for mismatched devices. */
   mismatchRetries: number;
@@ -171,6 +178,8 @@ export class SwitchboardClient {
   private readonly sends = new Map<string, PendingSend>();
   /** Encrypted sends are sealed and queued one at a time, so they leave in the order sealed. */
   private sealing: Promise<unknown> = Promise.resolve();
+  /** Retry requests on their way (awaited by getHistory and close, so a command does not cut them off). */
+  private readonly retrySends = new Set<Promise<void>>();
   private readonly presenceSubscriptions = new Set<string>();
   private readonly ackDue = new Set<string>();
   private readonly readDue = new Map<string, bigint>();
@@ -197,6 +206,8 @@ export class SwitchboardClient {
     private readonly codec: PayloadCodec,
     tuning: ClientTuning,
     private readonly e2ee: E2ee | undefined = undefined,
+    /** OpenOptions.acceptUnencrypted. */
+    private readonly acceptUnencrypted = false,
   ) {
     this.tuning = {
       backoffBaseMs: tuning.backoffBaseMs ?? 250,
@@ -237,17 +248,27 @@ export class SwitchboardClient {
       ...(options.alternateUrls !== undefined && { alternateUrls: options.alternateUrls }),
     });
     let client: SwitchboardClient | undefined;
-    const e2ee =
-      options.encryption === true
-        ? await E2ee.open(
-            profile.dir,
-            { userId: profile.credentials.userId, deviceId: profile.credentials.deviceId },
-            conn,
-            (event) => client?.emit("identityChanged", event),
-            options.signedPrekeyMaxAgeMs,
-          )
-        : undefined;
-    client = new SwitchboardClient(profile, conn, options.codec ?? identityCodec, options, e2ee);
+    // A profile made with encryption stays encrypted unless the app says otherwise: one that lost
+    // its Signal state must not fall back to plaintext silently.
+    const encryption = options.encryption ?? profile.credentials.encrypted === true;
+    const e2ee = encryption
+      ? await E2ee.open(
+          profile.dir,
+          { userId: profile.credentials.userId, deviceId: profile.credentials.deviceId },
+          conn,
+          (event) => client?.emit("identityChanged", event),
+          options.signedPrekeyMaxAgeMs,
+        )
+      : undefined;
+    client = new SwitchboardClient(
+      profile,
+      conn,
+      options.codec ?? identityCodec,
+      options,
+      e2ee,
+      options.acceptUnencrypted === true,
+    );
+    if (e2ee !== undefined) e2ee.onDevicesChanged = (event) => client?.emit("devicesChanged", event);
     return client;
   }
 
@@ -274,7 +295,7 @@ export class SwitchboardClient {
     } finally {
       conn.close();
     }
-    await Profile.create(options.profileDir, credentials);
+    await Profile.create(options.profileDir, { ...credentials, encrypted: options.encryption === true });
     return SwitchboardClient.openPublished(options);
   }
 
@@ -292,7 +313,7 @@ export class SwitchboardClient {
     } finally {
       conn.close();
     }
-    await Profile.create(options.profileDir, credentials);
+    await Profile.create(options.profileDir, { ...credentials, encrypted: options.encryption === true });
     return SwitchboardClient.openPublished(options);
   }
 
@@ -445,6 +466,8 @@ export class SwitchboardClient {
       this.firstReady = { promise, resolve, reject };
       await this.profile.lock();
       this.loop = this.runLoop();
+      // Intents written before a crash, never encrypted: encrypted now, in their order.
+      for (const p of this.sends.values()) if (p.state === "sealing") this.scheduleSeal(p);
     }
     await this.firstReady.promise;
     // With encryption, others can reach this device only once its keys are in the directory.
@@ -476,6 +499,7 @@ export class SwitchboardClient {
     this.closed = true;
     this.wakeSleep?.();
     await this.deliveryChain;
+    await Promise.allSettled([...this.retrySends]);
     await this.flushAcks().catch(() => {});
     const s = this.stream;
     if (s !== undefined) {
@@ -854,19 +878,46 @@ export class SwitchboardClient {
         const encrypted =
           body.value.devicePayloads.length > 0 || ENCRYPTED_PAYLOAD_TYPES.has(body.value.payloadType);
         if (this.e2ee !== undefined && (encrypted || ownEncrypted)) {
+          const fresh = !this.e2ee.hasDecoded(raw);
           // Written to the profile before this resolves, so before the entry is acked.
           const content = parseSealed(await this.e2ee.decode(raw));
+          // A keys-only part is a plain marker: it carries nothing to bind.
+          if (!content.keysOnly) checkContext(content, raw);
           payload = content.payload;
           attachments = content.attachments;
           keysOnly = content.keysOnly;
           encryptedContent = true;
+          if (content.retryRequest !== undefined) {
+            // A control message: nothing for the app.
+            keysOnly = true;
+            payload = undefined;
+            if (fresh && raw.senderDeviceId !== this.deviceId)
+              await this.retryRequested(raw, content.retryRequest);
+          }
         } else if (encrypted) {
           throw new Error("the entry is end-to-end encrypted and this client was opened without encryption");
+        } else if (
+          this.e2ee !== undefined &&
+          !this.acceptUnencrypted &&
+          raw.senderDeviceId !== this.deviceId &&
+          body.value.payload.length > 0 &&
+          this.e2ee.encryptsWith(raw.senderUserId)
+        ) {
+          // A peer who encrypts does not send plaintext; a server that strips the encryption
+          // (payload_type rewritten to 0, device payloads dropped) must not get it shown.
+          throw new DecryptError(
+            { userId: raw.senderUserId, deviceId: raw.senderDeviceId },
+            "unencrypted",
+            "the entry is not end-to-end encrypted, but this device has encrypted with its sender " +
+              "before (the server may have stripped the encryption); refused (acceptUnencrypted shows it)",
+          );
         } else {
           payload = await this.codec.decode(raw);
         }
       } catch (err) {
         decodeError = err instanceof Error ? err : new Error(String(err));
+        const retry = this.e2ee?.retryFor(raw, decodeError);
+        if (retry !== undefined) this.sendRetryRequest(raw.senderUserId, retry);
       }
     }
     return {
@@ -888,6 +939,62 @@ export class SwitchboardClient {
       fromThisDevice: raw.senderDeviceId !== "" && raw.senderDeviceId === this.deviceId,
       raw,
     };
+  }
+
+  /**
+   * Asks a sending device to hand its sender key of a group over again (a retry request in the
+   * direct conversation with its user, pairwise encrypted, never shown to apps). In the
+   * background: getHistory and close wait for it.
+   */
+  private sendRetryRequest(peerUserId: string, request: RetryRequest): void {
+    const run = async (): Promise<void> => {
+      const { conversationId } = await this.openDirect(peerUserId);
+      const content = toBinary(
+        SealedContentSchema,
+        create(SealedContentSchema, { conversationId, kind: ContentKind.CONTROL, retryRequest: request }),
+      );
+      await this.sendContentUnary(conversationId, content, newClientMsgId(), 3);
+    };
+    const sending: Promise<void> = run()
+      .catch((err: unknown) => {
+        if (!this.closed) this.emit("error", { error: ConnectError.from(err, Code.Internal), fatal: false });
+      })
+      .finally(() => this.retrySends.delete(sending));
+    this.retrySends.add(sending);
+  }
+
+  /**
+   * A device asked this one for its sender key of a group again: it is marked as lacking it, and
+   * with a stream up the key goes out at once in a keys-only send (otherwise with the next send).
+   */
+  private async retryRequested(raw: Entry, request: RetryRequest): Promise<void> {
+    const e2ee = this.requireE2ee();
+    try {
+      const requester = { userId: raw.senderUserId, deviceId: raw.senderDeviceId };
+      if (!(await e2ee.retryRequested(requester, request))) return;
+      if (!this.connected) return;
+      const run = async (): Promise<void> => {
+        const max = this.limits?.maxPayloadBytes || DEFAULT_MAX_PAYLOAD_BYTES;
+        for (const part of await e2ee.sealKeysOnly(request.conversationId, max)) {
+          const partId = newClientMsgId();
+          await e2ee.rememberSent(partId, part.content);
+          const sent = this.enqueueSend(
+            request.conversationId,
+            messageBody(part.payload, part.devicePayloads, part.payloadType),
+            partId,
+            part.content,
+          );
+          const pending = this.sends.get(partId);
+          if (pending !== undefined) pending.distributed = part.distributed;
+          sent.catch(() => {});
+        }
+      };
+      const next = this.sealing.then(run, run);
+      this.sealing = next.catch(() => {});
+      next.catch((err: unknown) => this.keysFailed(err));
+    } catch (err) {
+      this.keysFailed(err);
+    }
   }
 
   private scheduleAck(conversationId: string, entries: number): void {
@@ -1039,7 +1146,13 @@ export class SwitchboardClient {
     const plaintext = typeof payload === "string" ? textEncoder.encode(payload) : payload;
     // An empty reaction removes one: it carries nothing to encrypt.
     if (this.e2ee !== undefined && plaintext.byteLength > 0) {
-      return this.sendSealed(conversationId, sealedContent(plaintext, []), clientMsgId, body);
+      const template = body(new Uint8Array(), [], 0);
+      return this.sendSealed(
+        conversationId,
+        sealedContent(conversationId, template, plaintext, []),
+        clientMsgId,
+        body,
+      );
     }
     const encoded = await this.codec.encode(conversationId, plaintext);
     const max = this.limits?.maxPayloadBytes ?? 0;
@@ -1053,9 +1166,11 @@ export class SwitchboardClient {
   }
 
   /**
-   * Encrypts a SealedContent for the conversation and queues it (after any keys-only parts a
-   * group's key distribution needs). Sealing and queueing run one send at a time, so sends leave
-   * in the order their sender keys advanced.
+   * Queues an encrypted send: the plaintext intent is written to the outbox first (durable before
+   * anything is encrypted, so a crash loses nothing the app handed over), then the content is
+   * encrypted for the conversation on the sealing chain, one send at a time, and the ciphertexts
+   * replace the intent in the outbox (after any keys-only parts a group's key distribution
+   * needs). Sends leave in the order their sender keys advanced.
    */
   private async sendSealed(
     conversationId: string,
@@ -1063,37 +1178,113 @@ export class SwitchboardClient {
     clientMsgId: string | undefined,
     body: BodyOf,
   ): Promise<SendResult> {
-    const e2ee = this.requireE2ee();
+    this.requireE2ee();
+    if (this.closed) throw this.fatal ?? new ConnectError("client is closed", Code.Canceled);
     const id = clientMsgId ?? newClientMsgId();
     const existing = this.sends.get(id);
     if (existing !== undefined) return existing.promise;
-    const run = async (): Promise<{ result: Promise<SendResult> }> => {
-      // Kept first: this device's own entry comes back without a ciphertext for it.
-      await e2ee.rememberSent(id, content);
-      const parts = await this.seal(conversationId, content);
-      let result: Promise<SendResult> | undefined;
-      for (const part of parts) {
-        const partId = part.keysOnly ? newClientMsgId() : id;
-        if (part.keysOnly) await e2ee.rememberSent(partId, part.content);
-        const partBody = part.keysOnly ? messageBody : body;
-        // enqueueSend registers the send before its first await: the order is kept.
-        const sent = this.enqueueSend(
-          conversationId,
-          partBody(part.payload, part.devicePayloads, part.payloadType),
-          partId,
-          part.content,
-        );
-        const pending = this.sends.get(partId);
-        if (pending !== undefined) pending.distributed = part.distributed;
-        if (part.keysOnly) sent.catch(() => {});
-        else result = sent;
+    const outgoing = create(OutgoingEntrySchema, {
+      clientMsgId: id,
+      conversationId,
+      body: body(new Uint8Array(), [], 0),
+    });
+    const item: OutboxItem = {
+      clientMsgId: id,
+      conversationId,
+      outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
+      createdAtMs: Date.now(),
+      plaintext: Buffer.from(content).toString("base64"),
+      sealed: false,
+    };
+    const pending = this.newPending(item, outgoing, "sealing");
+    // Registered before the write so that sends leave in the order the app made them.
+    this.sends.set(id, pending);
+    try {
+      await this.profile.addToOutbox(item);
+    } catch (err) {
+      this.sends.delete(id);
+      throw ConnectError.from(err, Code.Internal);
+    }
+    this.scheduleSeal(pending);
+    return pending.promise;
+  }
+
+  /** Encrypts a send whose intent is in the outbox, on the sealing chain (see sendSealed). */
+  private scheduleSeal(p: PendingSend): void {
+    if (p.sealScheduled === true) return;
+    p.sealScheduled = true;
+    const e2ee = this.requireE2ee();
+    const id = p.item.clientMsgId;
+    const run = async (): Promise<void> => {
+      if (this.sends.get(id) !== p) return;
+      try {
+        const content = Buffer.from(p.item.plaintext ?? "", "base64");
+        // Kept first: this device's own entry comes back without a ciphertext for it.
+        await e2ee.rememberSent(id, content);
+        const parts = await this.seal(p.item.conversationId, content, !this.connected);
+        for (const part of parts) {
+          if (part.keysOnly) {
+            const partId = newClientMsgId();
+            await e2ee.rememberSent(partId, part.content);
+            // enqueueSend registers the send before its first await: the order is kept.
+            const sent = this.enqueueSend(
+              p.item.conversationId,
+              messageBody(part.payload, part.devicePayloads, part.payloadType),
+              partId,
+              part.content,
+            );
+            const keys = this.sends.get(partId);
+            if (keys !== undefined) keys.distributed = part.distributed;
+            sent.catch(() => {});
+            continue;
+          }
+          const outgoing = clone(OutgoingEntrySchema, p.outgoing);
+          const body = outgoing.body;
+          if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") {
+            throw new Error(`a ${body.case} send has no ciphertexts`);
+          }
+          body.value.payload = part.payload;
+          body.value.payloadType = part.payloadType;
+          body.value.devicePayloads = part.devicePayloads;
+          const { sealed: _intent, ...rest } = p.item;
+          const item: OutboxItem = {
+            ...rest,
+            outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
+          };
+          if (this.sends.get(id) !== p) return;
+          // Behind the keys-only parts just queued, and behind every send sealed before it.
+          this.sends.delete(id);
+          this.sends.set(id, p);
+          p.state = "persisting";
+          await this.profile.addToOutbox(item);
+          p.outgoing = outgoing;
+          p.item = item;
+          p.distributed = part.distributed;
+          if (p.state === "persisting") p.state = "queued";
+        }
+        this.pump();
+      } catch (err) {
+        if (this.closed || this.sends.get(id) !== p) return; // the intent stays in the outbox
+        const error = ConnectError.from(err, Code.FailedPrecondition);
+        if (error.code === Code.Unavailable || error.code === Code.DeadlineExceeded) {
+          // The server is away: try again later; the intent stays in the outbox meanwhile.
+          p.state = "sealing";
+          p.sealScheduled = false;
+          p.retries += 1;
+          p.timer = setTimeout(
+            () => {
+              p.timer = undefined;
+              if (this.sends.get(id) === p) this.scheduleSeal(p);
+            },
+            Math.min(30_000, 250 * 2 ** Math.min(p.retries, 7)),
+          );
+          return;
+        }
+        this.failSend(p, error);
       }
-      if (result === undefined) throw new ConnectError("nothing to send", Code.Internal);
-      return { result };
     };
     const next = this.sealing.then(run, run);
     this.sealing = next.catch(() => {});
-    return (await next).result;
   }
 
   private requireE2ee(): E2ee {
@@ -1106,13 +1297,20 @@ export class SwitchboardClient {
     return this.e2ee;
   }
 
-  /** Seals a content, refusing what no device can read or what exceeds the limit. */
-  private async seal(conversationId: string, content: Uint8Array): Promise<SealedPart[]> {
+  /**
+   * Seals a content, refusing what no device can read or what exceeds the limit. `freshMembers`:
+   * a group's member list is read again first (no stream brings the membership entries).
+   */
+  private async seal(
+    conversationId: string,
+    content: Uint8Array,
+    freshMembers = false,
+  ): Promise<SealedPart[]> {
     const e2ee = this.requireE2ee();
     const max = this.limits?.maxPayloadBytes || DEFAULT_MAX_PAYLOAD_BYTES;
     let parts: SealedPart[];
     try {
-      parts = await e2ee.seal(conversationId, content, max);
+      parts = await e2ee.seal(conversationId, content, max, { freshMembers });
     } catch (err) {
       throw ConnectError.from(err, Code.FailedPrecondition);
     }
@@ -1232,7 +1430,8 @@ export class SwitchboardClient {
       void this.profile.removeFromOutbox(item.clientMsgId).catch(() => {});
       return;
     }
-    const pending = this.newPending(item, outgoing, "queued");
+    if (item.sealed === false && this.e2ee === undefined) return; // kept for an encrypted open
+    const pending = this.newPending(item, outgoing, item.sealed === false ? "sealing" : "queued");
     // Nobody awaits a send from a previous run; its outcome arrives as "sent" or "sendFailed".
     pending.promise.catch(() => {});
     this.sends.set(item.clientMsgId, pending);
@@ -1267,6 +1466,8 @@ export class SwitchboardClient {
     for (const p of this.sends.values()) if (p.state === "inflight") inFlight += 1;
     for (const p of this.sends.values()) {
       if (inFlight >= limit) return;
+      // Sends leave in order: nothing overtakes one still being encrypted or written.
+      if (p.state === "sealing" || p.state === "persisting") return;
       if (p.state !== "queued") continue;
       p.state = "inflight";
       inFlight += 1;
@@ -1407,9 +1608,26 @@ export class SwitchboardClient {
       });
       return this.unary(entry, options.attempts);
     }
-    const content = sealedContent(plaintext, []);
+    const content = sealedContent(conversationId, { case: "message", value: {} }, plaintext, []);
+    return this.sendContentUnary(conversationId, content, clientMsgId, options.attempts);
+  }
+
+  /**
+   * Encrypts a SealedContent and sends it without the stream. A group's member list is read
+   * again first: no membership entry reaches a client without a stream, and a removed member
+   * must not hold the key of what follows. The device's prekeys are topped up too.
+   */
+  private async sendContentUnary(
+    conversationId: string,
+    content: Uint8Array,
+    clientMsgId: string,
+    attempts?: number,
+  ): Promise<SendResult> {
+    const e2ee = this.requireE2ee();
+    await e2ee.ensureKeysSoon();
     await e2ee.rememberSent(clientMsgId, content);
-    let parts = await this.seal(conversationId, content);
+    let parts = await this.seal(conversationId, content, true);
+    const options = { attempts };
     for (let mismatchRetries = 0; ; mismatchRetries++) {
       try {
         let result: SendResult | undefined;
@@ -1433,7 +1651,7 @@ export class SwitchboardClient {
         if (mismatch === undefined || mismatchRetries >= MAX_MISMATCH_RETRIES) throw error;
         await e2ee.applyMismatch(mismatch, conversationId);
         // Keys-only parts already accepted stay; the resealed parts repeat what is still needed.
-        parts = await this.seal(conversationId, content);
+        parts = await this.seal(conversationId, content, true);
       }
     }
   }
@@ -1483,7 +1701,7 @@ export class SwitchboardClient {
         : (options.caption ?? new Uint8Array());
     const result = await this.sendSealed(
       conversationId,
-      sealedContent(caption, [attachment]),
+      sealedContent(conversationId, { case: "message", value: {} }, caption, [attachment]),
       options.clientMsgId,
       messageBody,
     );
@@ -1716,6 +1934,10 @@ export class SwitchboardClient {
     });
     const entries: IncomingEntry[] = [];
     for (const raw of res.entries) entries.push(await this.toIncoming(raw));
+    // Retry requests this page asked for go out before the caller (a command) closes.
+    await Promise.allSettled([...this.retrySends]);
+    // A device that only reads history must top up its one-time prekeys too.
+    await this.e2ee?.ensureKeysSoon().catch((err: unknown) => this.keysFailed(err));
     return { entries, lastSeq: res.lastSeq, hasMore: res.hasMore };
   }
 }
@@ -1747,7 +1969,26 @@ const messageBody: BodyOf = (payload, devicePayloads, payloadType) => ({
   value: { payload, devicePayloads, payloadType },
 });
 
-/** The plaintext of an end-to-end encrypted message. */
-function sealedContent(payload: Uint8Array, attachments: AttachmentPointer[]): Uint8Array {
-  return toBinary(SealedContentSchema, create(SealedContentSchema, { payload, attachments }));
+/**
+ * The plaintext of an end-to-end encrypted message, edit or reaction, bound to its conversation,
+ * its kind of entry and its target (checked by the recipient: checkContext).
+ */
+function sealedContent(
+  conversationId: string,
+  template: OutgoingBody,
+  payload: Uint8Array,
+  attachments: AttachmentPointer[],
+): Uint8Array {
+  const targetSeq =
+    template.case === "edit" || template.case === "reaction" ? BigInt(template.value.targetSeq ?? 0) : 0n;
+  return toBinary(
+    SealedContentSchema,
+    create(SealedContentSchema, {
+      payload,
+      attachments,
+      conversationId,
+      kind: contentKindOf(template.case),
+      targetSeq,
+    }),
+  );
 }

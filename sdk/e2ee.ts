@@ -1,7 +1,13 @@
 import { join } from "node:path";
 import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
-import { type SealedContent, SealedContentSchema } from "../gen/switchboard/v1/content_pb.js";
+import {
+  ContentKind,
+  type RetryRequest,
+  RetryRequestSchema,
+  type SealedContent,
+  SealedContentSchema,
+} from "../gen/switchboard/v1/content_pb.js";
 import { ConversationKind } from "../gen/switchboard/v1/conversations_pb.js";
 import {
   type DeviceCiphertext,
@@ -12,7 +18,7 @@ import {
 import type { DeviceMismatch } from "../gen/switchboard/v1/gateway_pb.js";
 import type { KeyService } from "../gen/switchboard/v1/keys_pb.js";
 import { JsonDoc, RecordDir } from "./crypto/files.js";
-import { GroupCipher } from "./crypto/groups.js";
+import { GroupCipher, GroupDecryptError } from "./crypto/groups.js";
 import {
   generateInitialKeys,
   type RemainingPrekeys,
@@ -44,6 +50,32 @@ export const PAIRWISE_PAYLOAD_TYPE = 2;
 export const KEYS_ONLY_PAYLOAD_TYPE = 1;
 
 const KEYS_ONLY_MARKER = toBinary(SealedContentSchema, create(SealedContentSchema, { keysOnly: true }));
+
+/**
+ * How often this device asks one sending device, per group, to hand its sender key over again
+ * after a failure, and how often it answers one requesting device per group: a corrupted or
+ * withheld key distribution heals at the cost of at most one pairwise message per minute and pair.
+ */
+export const RETRY_INTERVAL_MS = 60_000;
+/** Pairs (device, group) remembered for RETRY_INTERVAL_MS; the oldest are forgotten beyond. */
+const RETRY_MEMORY = 10_000;
+/** A stream-less call (sendUnary, getHistory) checks the device's prekeys at most this often. */
+const KEYS_CHECK_INTERVAL_MS = 60_000;
+
+/** A contact's devices as this device encrypts for them changed. */
+export interface DevicesChangedEvent {
+  /** The contact (or this user, for its other devices). */
+  userId: string;
+  /** Devices added to the ones this device encrypts for. */
+  added: string[];
+  /** Devices no longer encrypted for (revoked, or reinstalled and reported stale). */
+  removed: string[];
+  /**
+   * True when the user verified one of this contact's devices: a device they did not verify now
+   * receives what is sent to them, and they should compare its safety number.
+   */
+  verifiedContact: boolean;
+}
 
 /** The devices this device encrypts for, per user, as last learned (`<profile>/e2ee/devices.json`). */
 interface KnownDevicesFile {
@@ -86,10 +118,66 @@ export interface ContactSafetyNumber {
   display: string;
   /** True once marked verified for the key these digits were computed from. */
   verified: boolean;
+  /**
+   * True when the device presented a new identity key after it was verified: the digits are
+   * those of the new key, the old verification no longer holds, and nothing is sent to or
+   * decrypted from the device until the user compares them and accepts with verifyContact.
+   */
+  identityChanged: boolean;
 }
 
 /** Room left for a keys-only part's marker payload when splitting a key distribution. */
 const KEYS_ONLY_PAYLOAD_ROOM = 16;
+
+/** The ContentKind of an entry's body. */
+export function contentKindOf(bodyCase: string | undefined): ContentKind {
+  switch (bodyCase) {
+    case "message":
+      return ContentKind.MESSAGE;
+    case "edit":
+      return ContentKind.EDIT;
+    case "reaction":
+      return ContentKind.REACTION;
+    default:
+      return ContentKind.UNSPECIFIED;
+  }
+}
+
+/**
+ * Refuses content encrypted for another conversation, kind of entry or target than the entry
+ * carrying it (a server copying a direct message's ciphertext into a group entry, an edit into a
+ * message, one group's message into another): DecryptError "wrong-context".
+ */
+export function checkContext(content: SealedContent, entry: Entry): void {
+  const sender = { userId: entry.senderUserId, deviceId: entry.senderDeviceId };
+  const body = entry.body;
+  const direct = entry.conversationId.startsWith("d_");
+  if (content.conversationId !== entry.conversationId) {
+    throw new DecryptError(
+      sender,
+      "wrong-context",
+      `the content was encrypted for conversation ${content.conversationId || "(none)"}, not ${entry.conversationId}; ` +
+        "the server moved it (refused)",
+    );
+  }
+  if (content.kind === ContentKind.CONTROL && direct && body.case === "message") return;
+  const kind = contentKindOf(body.case);
+  if (content.kind !== kind) {
+    throw new DecryptError(
+      sender,
+      "wrong-context",
+      `the content was encrypted for ${ContentKind[content.kind] ?? content.kind} entries, not a ${body.case} (refused)`,
+    );
+  }
+  const target = body.case === "edit" || body.case === "reaction" ? body.value.targetSeq : 0n;
+  if (content.targetSeq !== target) {
+    throw new DecryptError(
+      sender,
+      "wrong-context",
+      `the content targets #${content.targetSeq}, not #${target} (refused)`,
+    );
+  }
+}
 
 /** Parses the plaintext of an encrypted entry. */
 export function parseSealed(plaintext: Uint8Array): SealedContent {
@@ -117,6 +205,13 @@ export class E2ee {
   /** See OpenOptions.signedPrekeyMaxAgeMs. */
   signedPrekeyMaxAgeMs = SIGNED_PREKEY_MAX_AGE_MS;
   private replenishing: Promise<void> | undefined;
+  private keysCheckedAtMs = 0;
+  /** `<sender device>|<group>` => when this device last asked that device to resend its key. */
+  private readonly retriesAsked = new Map<string, number>();
+  /** `<requesting device>|<group>` => when this device last answered such a request. */
+  private readonly retriesAnswered = new Map<string, number>();
+  /** Told when the devices encrypted for of a user change. */
+  onDevicesChanged: (event: DevicesChangedEvent) => void = () => {};
 
   private constructor(
     readonly stores: SignalStores,
@@ -174,6 +269,16 @@ export class E2ee {
       this.keysChecked = undefined;
     });
     return this.keysChecked;
+  }
+
+  /**
+   * ensureKeys for calls without a stream (sendUnary, getHistory): a device that never streams
+   * must top up its one-time prekeys too. At most once a minute per process.
+   */
+  async ensureKeysSoon(): Promise<void> {
+    if (Date.now() - this.keysCheckedAtMs < KEYS_CHECK_INTERVAL_MS) return;
+    await this.ensureKeys();
+    this.keysCheckedAtMs = Date.now();
   }
 
   private async checkKeys(): Promise<void> {
@@ -295,7 +400,14 @@ export class E2ee {
    * for every recipient device that lacks it, split into keys-only parts first when the
    * distribution does not fit in `maxBytes` with the content.
    */
-  async seal(conversationId: string, content: Uint8Array, maxBytes: number): Promise<SealedPart[]> {
+  async seal(
+    conversationId: string,
+    content: Uint8Array,
+    maxBytes: number,
+    options: { freshMembers?: boolean } = {},
+  ): Promise<SealedPart[]> {
+    // A profile whose Signal keys were lost must not encrypt under a new identity nobody knows.
+    if (this.identityUnpublished) await this.ensureKeys();
     const info = await this.conversation(conversationId);
     if (info.direct) {
       const devicePayloads = await this.encrypt(info.peerUserId, content);
@@ -309,10 +421,26 @@ export class E2ee {
         },
       ];
     }
+    // Without a stream no membership entry arrives to say who left: the member list is read
+    // again, and the key rotates if a holder is no longer a member.
+    if (options.freshMembers === true) this.members.delete(conversationId);
     return this.sealGroup(conversationId, content, maxBytes);
   }
 
-  private async sealGroup(groupId: string, content: Uint8Array, maxBytes: number): Promise<SealedPart[]> {
+  /**
+   * Keys-only parts handing our current sender key of a group to the member devices that lack it
+   * (after a retry request), or none when every device holds it.
+   */
+  async sealKeysOnly(groupId: string, maxBytes: number): Promise<SealedPart[]> {
+    this.members.delete(groupId);
+    return this.sealGroup(groupId, undefined, maxBytes);
+  }
+
+  private async sealGroup(
+    groupId: string,
+    content: Uint8Array | undefined,
+    maxBytes: number,
+  ): Promise<SealedPart[]> {
     await this.groups.rotateIfWorn(groupId);
     for (let attempt = 0; ; attempt++) {
       const recipients = await this.groupRecipients(groupId);
@@ -331,7 +459,11 @@ export class E2ee {
       if (need.length > 0) {
         const skdm = toBinary(
           SealedContentSchema,
-          create(SealedContentSchema, { senderKeyDistribution: message }),
+          create(SealedContentSchema, {
+            senderKeyDistribution: message,
+            conversationId: groupId,
+            kind: ContentKind.SENDER_KEY,
+          }),
         );
         const out = await this.encryptEach(skdm, need, attempt >= 2);
         if (out === undefined) continue;
@@ -351,6 +483,18 @@ export class E2ee {
         epoch: key.epoch,
         devices: chunk.map((c) => ({ userId: userOf.get(c.deviceId) ?? "", deviceId: c.deviceId })),
       });
+      if (content === undefined) {
+        if (keyed.length === 0) return [];
+        const rest = maxBytes - KEYS_ONLY_PAYLOAD_ROOM;
+        return split(keyed, rest, rest).map((chunk) => ({
+          content: KEYS_ONLY_MARKER,
+          payload: KEYS_ONLY_MARKER,
+          payloadType: KEYS_ONLY_PAYLOAD_TYPE,
+          devicePayloads: everyone(chunk),
+          keysOnly: true,
+          distributed: handed(chunk),
+        }));
+      }
       const final = await this.groups.encrypt(groupId, content);
       // The content's part takes what fits beside it; the rest go first in keys-only parts.
       const chunks = split(keyed, maxBytes - final.ciphertext.length, maxBytes - KEYS_ONLY_PAYLOAD_ROOM);
@@ -387,6 +531,11 @@ export class E2ee {
   /** Keeps the plaintext of a send of this device, for its own entry when it comes back. */
   async rememberSent(clientMsgId: string, plaintext: Uint8Array): Promise<void> {
     await this.plaintexts.put([[`s/${clientMsgId}`, plaintext]]);
+  }
+
+  /** True when the entry was decrypted before (its plaintext is kept). */
+  hasDecoded(entry: Entry): boolean {
+    return this.plaintexts.has(`r/${entry.conversationId}/${entry.seq}`);
   }
 
   /** True when this device kept the plaintext of an encrypted send with this client_msg_id. */
@@ -436,6 +585,7 @@ export class E2ee {
       if (!(err instanceof DevicesWithoutKeysError) || lastAttempt) throw err;
       for (const d of err.devices) this.forgetDevice(d.userId, d.deviceId);
       await this.known.save();
+      for (const d of err.devices) this.devicesChanged(d.userId, [], [d.deviceId]);
       return undefined;
     }
   }
@@ -470,9 +620,21 @@ export class E2ee {
     }
     // A stale device was re-installed: its new session needs our keys again.
     if (mismatch.stale.length > 0) await this.groups.forgetDevices(mismatch.stale);
+    const changes = new Map<string, { added: string[]; removed: string[] }>();
+    const changeOf = (userId: string) => {
+      let c = changes.get(userId);
+      if (c === undefined) {
+        c = { added: [], removed: [] };
+        changes.set(userId, c);
+      }
+      return c;
+    };
     for (const d of mismatch.missing) {
       const list = this.known.value.users[d.userId] ?? [];
-      if (!list.includes(d.deviceId)) list.push(d.deviceId);
+      if (!list.includes(d.deviceId)) {
+        list.push(d.deviceId);
+        changeOf(d.userId).added.push(d.deviceId);
+      }
       this.known.value.users[d.userId] = list;
     }
     for (const d of mismatch.extra) {
@@ -480,6 +642,7 @@ export class E2ee {
         if ((this.known.value.users[userId] ?? []).includes(d.deviceId)) {
           this.forgetDevice(userId, d.deviceId);
           await this.cipher.dropSession({ userId, deviceId: d.deviceId });
+          changeOf(userId).removed.push(d.deviceId);
         }
       }
     }
@@ -490,6 +653,27 @@ export class E2ee {
       this.known.value.users[d.userId] = list;
     }
     await this.known.save();
+    for (const [userId, c] of changes) this.devicesChanged(userId, c.added, c.removed);
+  }
+
+  /** Tells the app that the devices encrypted for of a user changed. */
+  private devicesChanged(userId: string, added: string[], removed: string[]): void {
+    if (added.length === 0 && removed.length === 0) return;
+    const verifiedContact = userId !== this.self.userId && this.stores.identity.verifiedUser(userId);
+    try {
+      this.onDevicesChanged({ userId, added, removed, verifiedContact });
+    } catch {
+      // A listener's failure must not break a send.
+    }
+  }
+
+  /**
+   * True when this device has encrypted with the user before (it knows devices of theirs with
+   * keys, or has exchanged pairwise messages with one): plaintext from them is suspicious.
+   */
+  encryptsWith(userId: string): boolean {
+    if ((this.known.value.users[userId] ?? []).length > 0) return true;
+    return this.stores.identity.knowsUser(userId);
   }
 
   private forgetDevice(userId: string, deviceId: string): void {
@@ -503,6 +687,7 @@ export class E2ee {
     if (list === undefined || list.includes(deviceId)) return;
     list.push(deviceId);
     await this.known.save();
+    this.devicesChanged(userId, [deviceId], []);
   }
 
   // -------------------------------------------------------------------------------------------
@@ -516,20 +701,88 @@ export class E2ee {
       if (peerUserId === this.self.userId && deviceId === this.self.deviceId) continue;
       const known = this.stores.identity.identityOf({ userId: peerUserId, deviceId });
       if (known === undefined) continue;
+      // After a refused change, the number of the key the device presents now: the one to compare.
+      const key = known.pendingKey ?? known.key;
       const n = safetyNumber(
         { userId: this.self.userId, identityKey: own },
-        { userId: peerUserId, identityKey: known.key },
+        { userId: peerUserId, identityKey: key },
       );
-      out.push({ deviceId, digits: n.digits, display: n.display, verified: known.verified });
+      out.push({
+        deviceId,
+        digits: n.digits,
+        display: n.display,
+        verified: known.verified,
+        identityChanged: known.pendingKey !== undefined,
+      });
     }
     return out;
   }
 
-  /** Marks a contact device's current identity key as verified. */
+  /**
+   * Marks a contact device's identity key as verified: the one its safety number shows. After a
+   * refused change that is the new key, which is accepted: the old session goes (the next message
+   * opens one with the new key) and the device gets our group keys again.
+   */
   async verify(device: DeviceRef): Promise<void> {
     const known = this.stores.identity.identityOf(device);
     if (known === undefined) throw new Error(`no identity key is known for device ${device.deviceId}`);
+    if (known.pendingKey !== undefined) {
+      await this.stores.identity.acceptPending(device);
+      await this.cipher.dropSession(device);
+      await this.groups.forgetDevices([device]);
+      return;
+    }
     await this.stores.identity.setVerified(device, known.key, true);
+  }
+
+  // -------------------------------------------------------------------------------------------
+  // Retry requests: a sender key that did not arrive is asked for again
+
+  /**
+   * After a group entry failed to decrypt: the retry request to send to its sending device (over
+   * the direct conversation with its user), or undefined when none is due. Asked when our copy
+   * of the sender's key was corrupted or never came (no key for the message); at most once per
+   * sending device and group every RETRY_INTERVAL_MS. Not for this user's own devices (there is
+   * no direct conversation with oneself).
+   */
+  retryFor(entry: Entry, err: Error): RetryRequest | undefined {
+    const body = entry.body;
+    if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") return undefined;
+    if (
+      body.value.payloadType !== SENDER_KEY_PAYLOAD_TYPE &&
+      body.value.payloadType !== KEYS_ONLY_PAYLOAD_TYPE
+    )
+      return undefined;
+    if (entry.senderUserId === this.self.userId || entry.senderDeviceId === "") return undefined;
+    const keyMissing = err instanceof GroupDecryptError && err.reason === "no-key";
+    const keyBroken =
+      err instanceof DecryptError && (err.reason === "invalid" || err.reason === "no-session");
+    if (!keyMissing && !keyBroken) return undefined;
+    if (!rateLimited(this.retriesAsked, `${entry.senderDeviceId}|${entry.conversationId}`)) return undefined;
+    return create(RetryRequestSchema, {
+      conversationId: entry.conversationId,
+      seq: entry.seq,
+      deviceId: entry.senderDeviceId,
+    });
+  }
+
+  /**
+   * A retry request from another device (authenticated by the pairwise session it came in):
+   * when it names this device and the requester is a recipient of the group, the requester is
+   * marked as lacking our current sender key, so the next group send (or sealKeysOnly) hands it
+   * over again. True when honoured; at most once per requesting device and group every
+   * RETRY_INTERVAL_MS.
+   */
+  async retryRequested(requester: DeviceRef, request: RetryRequest): Promise<boolean> {
+    if (request.deviceId !== this.self.deviceId || !request.conversationId.startsWith("g_")) return false;
+    const key = `${requester.deviceId}|${request.conversationId}`;
+    if (!rateLimited(this.retriesAnswered, key)) return false;
+    this.members.delete(request.conversationId);
+    const recipients = await this.groupRecipients(request.conversationId);
+    const device = recipients.find((d) => d.userId === requester.userId && d.deviceId === requester.deviceId);
+    if (device === undefined) return false;
+    await this.groups.forgetDevicesIn(request.conversationId, [device]);
+    return true;
   }
 
   // -------------------------------------------------------------------------------------------
@@ -568,21 +821,41 @@ export class E2ee {
     ) {
       const sender = { userId: entry.senderUserId, deviceId: entry.senderDeviceId };
       const mine = devicePayloads.find((c) => c.deviceId === this.self.deviceId);
+      let keyError: Error | undefined;
       if (mine !== undefined) {
-        // Our copy of the sender's key, over the pairwise session (which authenticates it).
-        const inner = parseSealed(
-          await this.cipher.decrypt(sender, { type: mine.type, ciphertext: mine.ciphertext }),
-        );
-        await this.learnDevice(sender.userId, sender.deviceId);
-        if (inner.senderKeyDistribution.length > 0)
-          await this.groups.processDistribution(entry.conversationId, sender, inner.senderKeyDistribution);
+        try {
+          // Our copy of the sender's key, over the pairwise session (which authenticates it).
+          const inner = parseSealed(
+            await this.cipher.decrypt(sender, { type: mine.type, ciphertext: mine.ciphertext }),
+          );
+          await this.learnDevice(sender.userId, sender.deviceId);
+          if (inner.conversationId !== entry.conversationId || inner.kind !== ContentKind.SENDER_KEY) {
+            throw new DecryptError(
+              sender,
+              "wrong-context",
+              `a sender key distributed for conversation ${inner.conversationId || "(none)"} arrived in ${entry.conversationId} (refused)`,
+            );
+          }
+          if (inner.senderKeyDistribution.length > 0)
+            await this.groups.processDistribution(entry.conversationId, sender, inner.senderKeyDistribution);
+        } catch (err) {
+          // The key did not arrive (corrupted on the way, say): the message may still open
+          // with a key we hold; if not, this error says why, and a retry is asked for.
+          keyError = err instanceof Error ? err : new Error(String(err));
+        }
       }
       // A keys-only part holds nothing else, and nothing at all for a device whose key is in
       // another part.
-      plaintext =
-        body.value.payloadType === KEYS_ONLY_PAYLOAD_TYPE
-          ? KEYS_ONLY_MARKER
-          : await this.groups.decrypt(entry.conversationId, sender, body.value.payload);
+      if (body.value.payloadType === KEYS_ONLY_PAYLOAD_TYPE) {
+        if (keyError !== undefined) throw keyError;
+        plaintext = KEYS_ONLY_MARKER;
+      } else {
+        try {
+          plaintext = await this.groups.decrypt(entry.conversationId, sender, body.value.payload);
+        } catch (err) {
+          throw keyError ?? err;
+        }
+      }
     } else {
       const mine = devicePayloads.find((c) => c.deviceId === this.self.deviceId);
       if (mine === undefined) {
@@ -599,6 +872,21 @@ export class E2ee {
     await this.plaintexts.put([[key, plaintext]]);
     return plaintext;
   }
+}
+
+/** Remembers a (device, group) pair for RETRY_INTERVAL_MS; false when it was already there. */
+function rateLimited(memory: Map<string, number>, key: string): boolean {
+  const now = Date.now();
+  const last = memory.get(key);
+  if (last !== undefined && now - last < RETRY_INTERVAL_MS) return false;
+  memory.delete(key);
+  memory.set(key, now);
+  while (memory.size > RETRY_MEMORY) {
+    const oldest = memory.keys().next().value;
+    if (oldest === undefined) break;
+    memory.delete(oldest);
+  }
+  return true;
 }
 
 /**

@@ -3,9 +3,12 @@ export { Backoff } from "./backoff.js";
 export { identityCodec, newClientMsgId, SwitchboardClient } from "./client.js";
 export {
   type ContactSafetyNumber,
+  checkContext,
+  type DevicesChangedEvent,
   E2ee,
   MAX_MISMATCH_RETRIES,
   parseSealed,
+  RETRY_INTERVAL_MS,
   SENDER_KEY_PAYLOAD_TYPE,
   type SealedPart,
 } from "./e2ee.js";

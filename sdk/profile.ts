@@ -321,6 +321,7 @@ function parseCredentials(raw: string, dir: string): DeviceCredentials {
     username: record.username as string,
     deviceId: record.deviceId as string,
     deviceSecret: record.deviceSecret as string,
+    ...(typeof record.encrypted === "boolean" && { encrypted: record.encrypted }),
   };
 }
 

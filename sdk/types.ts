@@ -3,6 +3,7 @@ import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
 import type { IdentityChangeEvent } from "./crypto/stores.js";
+import type { DevicesChangedEvent } from "./e2ee.js";
 
 /**
  * Turns application plaintext into the bytes the server stores, and back. The server never looks
@@ -27,6 +28,12 @@ export interface DeviceCredentials {
   deviceId: string;
   /** The device's secret from Register or LinkDevice (base64url). */
   deviceSecret: string;
+  /**
+   * True when the profile was made with end-to-end encryption: it is opened encrypted unless the
+   * app says otherwise (OpenOptions.encryption), even if its Signal state was lost, so it never
+   * falls back to plaintext by itself.
+   */
+  encrypted?: boolean;
 }
 
 /** A device's position in one conversation, as kept in the profile. */
@@ -55,6 +62,11 @@ export interface OutboxItem {
    * the server answers.
    */
   plaintext?: string;
+  /**
+   * false: only the intent is written (the plaintext in `plaintext`, `outgoing` without
+   * ciphertexts); it is encrypted when the client connects. Absent once encrypted.
+   */
+  sealed?: false;
 }
 
 /** The outcome of a send that the server committed durably (one tick). */
@@ -251,6 +263,12 @@ export interface ClientEvents {
   decryptFailed: DecryptFailedEvent;
   /** A contact device's identity key changed (encryption mode only); refused if it was verified. */
   identityChanged: IdentityChangeEvent;
+  /**
+   * The devices this device encrypts for of a user changed (encryption mode only): a device was
+   * added (a new device of theirs now receives what is sent to them) or removed. Fires when a
+   * send learns it, so at send time; `verifiedContact` says the user verified that contact.
+   */
+  devicesChanged: DevicesChangedEvent;
 }
 
 /** A listener; an "entry" listener may return a promise to hold back the ack until it settles. */
@@ -298,6 +316,13 @@ export interface OpenOptions extends ClientTuning {
    * for encrypted content. Default false.
    */
   encryption?: boolean;
+  /**
+   * With encryption: show plaintext entries from users this device has encrypted with before.
+   * Default false: such an entry is handed over with no payload and decodeError a DecryptError
+   * with reason "unencrypted", since a server can strip the encryption of an entry (rewrite its
+   * payload_type to 0) and pass the ciphertext or its own text off as a plaintext message.
+   */
+  acceptUnencrypted?: boolean;
   /**
    * With encryption: the age at which the signed EC prekey and the Kyber last-resort prekey are
    * replaced, checked whenever a stream opens. Default 7 days.

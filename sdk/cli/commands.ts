@@ -11,9 +11,10 @@ import { newClientMsgId, SwitchboardClient } from "../client.js";
 import { AttachmentError } from "../crypto/attachments.js";
 import { DecryptError } from "../crypto/pairwise.js";
 import type { IdentityChangeEvent } from "../crypto/stores.js";
+import type { DevicesChangedEvent } from "../e2ee.js";
 import { AUDIENCES, type Audience } from "../privacy.js";
 import type { IncomingEntry, ReceiptEvent } from "../types.js";
-import { chooseEncryption, lockProfile, publishKeys } from "./encryption.js";
+import { chooseEncryption, lockProfile, markedEncrypted, publishKeys } from "./encryption.js";
 import {
   exists,
   FileExistsError,
@@ -58,6 +59,8 @@ interface GlobalOptions {
   profile?: string;
   /** --encryption (true), --no-encryption (false), or neither (the profile's own mode). */
   encryption?: boolean;
+  /** --accept-unencrypted: show plaintext entries from contacts who encrypt (refused by default). */
+  acceptUnencrypted?: boolean;
 }
 
 const processIo: CliIo = {
@@ -96,6 +99,10 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
       .option(
         "--no-encryption",
         "no end-to-end encryption, to talk to clients without it (a profile registered so stays so)",
+      )
+      .option(
+        "--accept-unencrypted",
+        "show entries that arrive without encryption from contacts who encrypt (by default they are refused: the server may have stripped the encryption)",
       );
 
   cmd(program, "register <username>", "create a user with this device as its first, in a new profile")
@@ -412,7 +419,16 @@ async function withClient<T>(
 ): Promise<T> {
   const profileDir = profileFor(opts);
   const server = opts.server ?? process.env.SWITCHBOARD_URL;
-  const encrypted = await chooseEncryption(profileDir, opts.encryption);
+  const encrypted = await chooseEncryption(
+    profileDir,
+    opts.encryption,
+    use === "none" ? undefined : (server ?? ""),
+  );
+  if (opts.encryption === false && encrypted === false && (await markedEncrypted(profileDir))) {
+    io.err(
+      "-- warning: this profile was end-to-end encrypted and lost its keys; --no-encryption sends and shows plaintext",
+    );
+  }
   const withKeys = encrypted && use !== "none";
   let unlock = withKeys ? await lockProfile(profileDir) : undefined;
   const release = async (): Promise<void> => {
@@ -426,6 +442,7 @@ async function withClient<T>(
     const client = await SwitchboardClient.open({
       profileDir,
       encryption: withKeys,
+      acceptUnencrypted: opts.acceptUnencrypted === true,
       ...(server !== undefined && { serverUrl: server }),
     });
     if (use === "content") {
@@ -433,6 +450,11 @@ async function withClient<T>(
       client.on("identityChanged", async (event) => {
         await names.load([event.device.userId]).catch(() => {});
         io.err(identityWarning(event, names));
+      });
+      client.on("devicesChanged", async (event) => {
+        await names.load([event.userId]).catch(() => {});
+        const line = devicesWarning(event, names, client.userId);
+        if (line !== undefined) io.err(line);
       });
     }
     try {
@@ -544,8 +566,9 @@ class Names {
   }
 
   label(userId: string): string {
+    // The server hands out names and ids: shown on one line, whatever they hold.
     const name = this.known.get(userId);
-    return name === undefined ? userId : `@${name}`;
+    return printable(name === undefined ? userId : `@${name}`);
   }
 }
 
@@ -568,6 +591,15 @@ function text(e: IncomingEntry): string {
   if (e.decodeError instanceof DecryptError && e.decodeError.reason === "not-addressed") {
     // The server hands each device only its own ciphertext; this entry had none for this one.
     return "(nothing this device can read: encrypted for other devices, before it was linked or had keys)";
+  }
+  if (e.decodeError instanceof DecryptError && e.decodeError.reason === "unencrypted") {
+    return (
+      "(!! refused: arrived NOT end-to-end encrypted from a contact who encrypts; the server may have " +
+      "stripped the encryption. --accept-unencrypted shows it)"
+    );
+  }
+  if (e.decodeError instanceof DecryptError && e.decodeError.reason === "wrong-context") {
+    return `(!! refused: ${printable(e.decodeError.message)})`;
   }
   if (e.decodeError !== undefined) {
     return `(could not decrypt: ${printable(e.decodeError.message)})`;
@@ -650,13 +682,39 @@ function identityWarning(event: IdentityChangeEvent, names: Names): string {
   if (event.outcome === "refused") {
     return (
       `!! ${device} presented a new identity key, refused because you verified the old one ` +
-      "(someone may be intercepting, or they reinstalled: ask them in person)"
+      "(someone may be intercepting: ask them in person). Nothing is sent to or read from that " +
+      `device until you compare the new safety number (switchboard safety-number ${shellArg(username)}) ` +
+      `and, if it matches, accept it: switchboard safety-number ${shellArg(username)} --verify ${shellArg(event.device.deviceId)}`
     );
   }
   return (
     `!! ${device} has a new identity key (they reinstalled, or someone is intercepting): the safety ` +
     `number changed; compare it again: switchboard safety-number ${shellArg(username)}`
   );
+}
+
+/** What a user should know when a contact's devices change; undefined for nothing worth a line. */
+function devicesWarning(event: DevicesChangedEvent, names: Names, selfUserId: string): string | undefined {
+  const who = event.userId === selfUserId ? "you" : names.label(event.userId);
+  const username = who.startsWith("@") ? who.slice(1) : event.userId;
+  const parts: string[] = [];
+  if (event.added.length > 0) {
+    const list = event.added.map((d) => printable(d)).join(", ");
+    parts.push(
+      event.userId === selfUserId
+        ? `-- your new device ${list} now receives what you send`
+        : `${event.verifiedContact ? "!!" : "--"} ${who} has a new device ${list}, which now receives what you send them` +
+            (event.verifiedContact
+              ? `; you verified their other devices, and this one is NOT verified: compare: switchboard safety-number ${shellArg(username)}`
+              : ""),
+    );
+  }
+  if (event.removed.length > 0) {
+    parts.push(
+      `-- ${who}: device ${event.removed.map((d) => printable(d)).join(", ")} no longer receives messages`,
+    );
+  }
+  return parts.length === 0 ? undefined : parts.join("\n");
 }
 
 /** The conversation argument a download hint names: the username, as typed, or the id. */
@@ -746,6 +804,11 @@ async function listen(session: Session, opts: GlobalOptions, io: CliIo): Promise
     await names.load([event.device.userId]).catch(() => {});
     io.out(identityWarning(event, names));
   });
+  client.on("devicesChanged", async (event) => {
+    await names.load([event.userId]).catch(() => {});
+    const line = devicesWarning(event, names, client.userId);
+    if (line !== undefined) io.out(line);
+  });
   client.on("caughtUp", (e) =>
     io.err(
       `-- caught up (${e.entries} waiting entries); listening${encrypted ? "" : " (this profile is not end-to-end encrypted)"}, Ctrl-C to stop`,
@@ -807,6 +870,11 @@ async function sendFile(
     client.on("identityChanged", async (event) => {
       await names.load([event.device.userId]).catch(() => {});
       io.err(identityWarning(event, names));
+    });
+    client.on("devicesChanged", async (event) => {
+      await names.load([event.userId]).catch(() => {});
+      const line = devicesWarning(event, names, client.userId);
+      if (line !== undefined) io.err(line);
     });
     client.on("disconnected", (e) => {
       if (e.retryInMs !== undefined)
@@ -904,6 +972,7 @@ async function safetyNumbers(
 ): Promise<void> {
   const user = await client.userByUsername(username);
   let numbers = await client.safetyNumbers(user.userId);
+  let accepting = false;
   if (numbers.length === 0) {
     throw new Error(
       `@${username} has no ${user.userId === client.userId ? "other " : ""}device with end-to-end encryption keys yet`,
@@ -915,14 +984,30 @@ async function safetyNumbers(
         `${verify} is not one of @${username}'s devices with keys (${numbers.map((n) => n.deviceId).join(", ")})`,
       );
     }
+    accepting = numbers.some((n) => n.deviceId === verify && n.identityChanged);
     await client.verifyContact(user.userId, verify);
     numbers = await client.safetyNumbers(user.userId);
   }
   for (const n of numbers) {
-    io.out(`${n.deviceId}  ${n.display}  ${n.verified ? "verified" : "not verified"}`);
+    const state = n.identityChanged
+      ? "IDENTITY CHANGED: this is the number of its NEW key; your verification of the old key no longer holds, and nothing is sent to or read from this device until you accept the new key"
+      : n.verified
+        ? "verified"
+        : "not verified";
+    io.out(`${n.deviceId}  ${n.display}  ${state}`);
   }
+  const changed = numbers.filter((n) => n.identityChanged);
   if (verify !== undefined) {
-    io.err(`marked @${username}'s device ${verify} verified: a new key of that device will be refused`);
+    io.err(
+      accepting
+        ? `accepted @${username}'s device ${verify}'s new key, verified: messages to and from it resume`
+        : `marked @${username}'s device ${verify} verified: a new key of that device will be refused`,
+    );
+  } else if (changed.length > 0) {
+    io.err(
+      `compare the new number with what @${username} sees (switchboard safety-number ${shellArg(client.username)} on their device); ` +
+        `only if it matches, accept the new key: switchboard safety-number ${shellArg(username)} --verify ${shellArg(changed[0]?.deviceId ?? "<device>")}`,
+    );
   } else {
     io.err(
       `compare with what @${username} sees (switchboard safety-number ${shellArg(client.username)} on their device); ` +
@@ -1010,6 +1095,11 @@ async function chat(session: Session, target: string, opts: GlobalOptions, io: C
   client.on("identityChanged", async (event) => {
     await names.load([event.device.userId]).catch(() => {});
     show(identityWarning(event, names));
+  });
+  client.on("devicesChanged", async (event) => {
+    await names.load([event.userId]).catch(() => {});
+    const line = devicesWarning(event, names, client.userId);
+    if (line !== undefined) show(line);
   });
   client.on("connected", () =>
     show(

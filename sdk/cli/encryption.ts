@@ -22,14 +22,31 @@ export async function hasEncryptionKeys(profileDir: string): Promise<boolean> {
   return false;
 }
 
+/** True when the profile's credentials say it was made with end-to-end encryption. */
+export async function markedEncrypted(profileDir: string): Promise<boolean> {
+  try {
+    return (await Profile.open(profileDir)).credentials.encrypted === true;
+  } catch {
+    return false;
+  }
+}
+
 /**
  * Decides whether a command opens an existing profile with end-to-end encryption. `requested` is
  * --encryption (true), --no-encryption (false) or neither (undefined). A profile keeps the mode it
  * was made with, so a command run without either flag never changes it: an encrypted profile
  * stays encrypted, and one registered with --no-encryption stays plaintext until --encryption
- * turns it on.
+ * turns it on. A profile counts as encrypted when it holds Signal state, when its credentials say
+ * it was made encrypted, or (a profile from before that mark, asked only when `serverUrl` is
+ * given; "" for the profile's own server) when the key directory holds keys of its device: one that lost its Signal state never
+ * falls back to plaintext by itself. Only an explicit --no-encryption does that, and only once
+ * the keys are gone (nothing could decrypt any more).
  */
-export async function chooseEncryption(profileDir: string, requested: boolean | undefined): Promise<boolean> {
+export async function chooseEncryption(
+  profileDir: string,
+  requested: boolean | undefined,
+  serverUrl?: string,
+): Promise<boolean> {
   const keys = await hasEncryptionKeys(profileDir);
   if (requested === false && keys) {
     throw new Error(
@@ -38,7 +55,26 @@ export async function chooseEncryption(profileDir: string, requested: boolean | 
         "another profile with --no-encryption",
     );
   }
-  return requested ?? keys;
+  if (requested !== undefined) return requested;
+  if (keys) return true;
+  const marked = (await Profile.open(profileDir)).credentials.encrypted;
+  if (marked !== undefined) return marked;
+  return serverUrl !== undefined && (await keysInDirectory(profileDir, serverUrl));
+}
+
+/** True when the key directory holds keys of the profile's device. */
+async function keysInDirectory(profileDir: string, serverUrl: string): Promise<boolean> {
+  const profile = await Profile.open(profileDir);
+  const { deviceId, deviceSecret } = profile.credentials;
+  const conn = connectToServer({
+    serverUrl: serverUrl || profile.credentials.serverUrl,
+    credential: { deviceId, deviceSecret },
+  });
+  try {
+    return (await conn.keys.getPrekeyCounts({})).keysUploaded;
+  } finally {
+    conn.close();
+  }
 }
 
 /**

@@ -4,13 +4,25 @@ import { basename, dirname, join } from "node:path";
 import { syncDirectory } from "../profile.js";
 
 /**
- * Removes terminal control characters from text that others wrote (messages, file names): an
- * escape sequence in a message must not recolour, move or retitle the reader's terminal.
- * Newlines and tabs stay.
+ * Makes text that others wrote (messages, names, titles, file names) safe to print on one line:
+ * an escape sequence must not recolour, move or retitle the reader's terminal, and a newline must
+ * not start a line that looks like another message (`ok\n#55 [12:00:00] you: I agree`). C0
+ * controls, newlines and tabs included, become their visible Control Pictures (a newline shows as
+ * "␊"), DEL as "␡", C1 controls as U+FFFD, and the Unicode line and paragraph separators and the
+ * bidirectional overrides and isolates (which can reorder what is shown) as `<U+XXXX>`.
  */
 export function printable(text: string): string {
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
-  return text.replace(/[\x00-\x08\x0b-\x1f\x7f-\x9f]/g, "\uFFFD");
+  return text.replace(
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
+    /[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]/g,
+    (c) => {
+      const code = c.charCodeAt(0);
+      if (code < 0x20) return String.fromCharCode(0x2400 + code);
+      if (code === 0x7f) return "\u2421";
+      if (code <= 0x9f) return "\uFFFD";
+      return `<U+${code.toString(16).toUpperCase().padStart(4, "0")}>`;
+    },
+  );
 }
 
 /**

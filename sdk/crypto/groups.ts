@@ -245,6 +245,20 @@ export class GroupCipher {
     });
   }
 
+  /**
+   * Forgets that devices hold our key of one group (one asked for it again: its copy was
+   * corrupted or never arrived), so the next send hands it over.
+   */
+  async forgetDevicesIn(groupId: string, devices: DeviceRef[]): Promise<void> {
+    const names = new Set(devices.map((d) => addressOf(d).name()));
+    await this.serial(async () => {
+      const own = this.doc.value.own[groupId];
+      if (own === undefined) return;
+      own.distributedTo = own.distributedTo.filter((n) => !names.has(n));
+      await this.doc.save();
+    });
+  }
+
   /** Records that the devices received our current key (once the pairwise send is durable). */
   async markDistributed(groupId: string, devices: DeviceRef[], epoch: number): Promise<void> {
     await this.serial(async () => {

@@ -82,7 +82,17 @@ export type DecryptFailure =
    * The entry was encrypted for the devices of its time, not this one (sent before this device
    * was linked or had keys): there is nothing to decrypt, and nothing went wrong.
    */
-  | "not-addressed";
+  | "not-addressed"
+  /**
+   * The content was encrypted for another conversation, another kind of entry or another target
+   * than the entry carrying it: a server moved or relabelled a ciphertext. Refused, never shown.
+   */
+  | "wrong-context"
+  /**
+   * The entry arrived in plaintext from a user this device has encrypted with before (a server
+   * may have stripped the encryption). Refused unless the app opted in (acceptUnencrypted).
+   */
+  | "unencrypted";
 
 /** A ciphertext from another device that could not be decrypted. */
 export class DecryptError extends Error {

@@ -84,12 +84,18 @@ export interface RememberedIdentity {
   verified: boolean;
   /** When we first saw this key, in milliseconds since the Unix epoch. */
   firstSeenMs: number;
+  /**
+   * A different key the device presented after the user verified `key`, refused. While it is set
+   * the old verification no longer holds and nothing is sent to or decrypted from the device, under
+   * either key, until the user compares the new safety number and accepts it (acceptPending).
+   */
+  pendingKey?: PublicKey;
 }
 
 interface IdentityFile {
   version: 1;
   /** By libsignal address name: base64 key, verified flag, first seen. */
-  identities: Record<string, { key: string; verified: boolean; firstSeenMs: number }>;
+  identities: Record<string, { key: string; verified: boolean; firstSeenMs: number; pendingKey?: string }>;
 }
 
 interface LocalFile {
@@ -163,7 +169,7 @@ export class IdentityStore extends IdentityKeyStore {
   override async saveIdentity(name: ProtocolAddress, key: PublicKey): Promise<IdentityChange> {
     const known = this.remembered(name.name());
     if (known?.key.equals(key)) return IdentityChange.NewOrUnchanged;
-    if (known?.verified) {
+    if (known !== undefined && this.guarded(name.name())) {
       throw new UntrustedIdentityError(deviceOf(name), "refusing to replace the verified identity key");
     }
     this.set(name.name(), key, false);
@@ -191,12 +197,21 @@ export class IdentityStore extends IdentityKeyStore {
     _direction: Direction,
   ): Promise<boolean> {
     const known = this.remembered(name.name());
-    if (known === undefined || known.key.equals(key)) return true;
-    if (!known.verified) return true;
+    if (known === undefined) return true;
+    if (known.pendingKey === undefined && known.key.equals(key)) return true;
+    if (!this.guarded(name.name())) return true;
+    if (known.pendingKey === undefined || !known.pendingKey.equals(key)) {
+      // Kept so that safety numbers show the key actually presented, and it can be accepted.
+      if (!known.key.equals(key)) {
+        const entry = this.doc.value.identities[name.name()];
+        if (entry !== undefined) entry.pendingKey = Buffer.from(key.serialize()).toString("base64");
+        await this.doc.save();
+      }
+    }
     this.emit({
       device: deviceOf(name),
       previousKey: known.key,
-      newKey: key,
+      newKey: this.remembered(name.name())?.pendingKey ?? key,
       wasVerified: true,
       outcome: "refused",
     });
@@ -229,13 +244,48 @@ export class IdentityStore extends IdentityKeyStore {
     await this.doc.save();
   }
 
+  /**
+   * Accepts the key a verified device presented after its verification (see pendingKey), on the
+   * user's say-so once they compared the new safety number: it replaces the remembered key,
+   * verified. Returns the accepted key, or undefined when no change is pending.
+   */
+  async acceptPending(device: DeviceRef): Promise<PublicKey | undefined> {
+    const known = this.identityOf(device);
+    if (known?.pendingKey === undefined) return undefined;
+    await this.trustIdentity(device, known.pendingKey, true);
+    return known.pendingKey;
+  }
+
+  /** Verified, or verified before a refused change: its key changes are refused. */
+  private guarded(name: string): boolean {
+    const entry = this.doc.value.identities[name];
+    return entry !== undefined && (entry.verified || entry.pendingKey !== undefined);
+  }
+
+  /** True when any device of the user has a remembered identity (we exchanged pairwise messages). */
+  knowsUser(userId: string): boolean {
+    const prefix = `${userId}.`;
+    return Object.keys(this.doc.value.identities).some((name) => name.startsWith(prefix));
+  }
+
+  /** True when any device of the user is marked verified. */
+  verifiedUser(userId: string): boolean {
+    const prefix = `${userId}.`;
+    return Object.entries(this.doc.value.identities).some(
+      ([name, entry]) => name.startsWith(prefix) && (entry.verified || entry.pendingKey !== undefined),
+    );
+  }
+
   private remembered(name: string): RememberedIdentity | undefined {
     const entry = this.doc.value.identities[name];
     if (entry === undefined) return undefined;
     return {
       key: PublicKey.deserialize(toBytes(Buffer.from(entry.key, "base64"))),
-      verified: entry.verified,
+      verified: entry.verified && entry.pendingKey === undefined,
       firstSeenMs: entry.firstSeenMs,
+      ...(entry.pendingKey !== undefined && {
+        pendingKey: PublicKey.deserialize(toBytes(Buffer.from(entry.pendingKey, "base64"))),
+      }),
     };
   }
 
@@ -267,7 +317,10 @@ export class UntrustedIdentityError extends Error {
   ) {
     super(
       `untrusted identity of device ${device.deviceId} of user ${device.userId}: ${reason}; ` +
-        "compare safety numbers again and accept the new key with trustIdentity",
+        "nothing is sent to or decrypted from that device until you compare the new safety number " +
+        "(SwitchboardClient.safetyNumbers, or `switchboard safety-number <user>`) and, if it matches, " +
+        "accept the new key with SwitchboardClient.verifyContact(userId, deviceId) (or " +
+        "`switchboard safety-number <user> --verify <device>`)",
     );
     this.name = "UntrustedIdentityError";
   }

@@ -2,15 +2,15 @@
 // @generated from file switchboard/v1/content.proto (package switchboard.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file switchboard/v1/content.proto.
  */
 export const file_switchboard_v1_content: GenFile = /*@__PURE__*/
-  fileDesc("Chxzd2l0Y2hib2FyZC92MS9jb250ZW50LnByb3RvEg5zd2l0Y2hib2FyZC52MSKMAQoNU2VhbGVkQ29udGVudBIPCgdwYXlsb2FkGAEgASgMEjYKC2F0dGFjaG1lbnRzGAIgAygLMiEuc3dpdGNoYm9hcmQudjEuQXR0YWNobWVudFBvaW50ZXISHwoXc2VuZGVyX2tleV9kaXN0cmlidXRpb24YAyABKAwSEQoJa2V5c19vbmx5GAQgASgIIpoBChFBdHRhY2htZW50UG9pbnRlchIRCglvYmplY3RfaWQYASABKAkSCwoDa2V5GAIgASgMEg4KBmRpZ2VzdBgDIAEoDBISCgpzaXplX2J5dGVzGAQgASgEEhgKEGNpcGhlcnRleHRfYnl0ZXMYBSABKAQSEQoJZmlsZV9uYW1lGAYgASgJEhQKDGNvbnRlbnRfdHlwZRgHIAEoCWIGcHJvdG8z");
+  fileDesc("Chxzd2l0Y2hib2FyZC92MS9jb250ZW50LnByb3RvEg5zd2l0Y2hib2FyZC52MSKZAgoNU2VhbGVkQ29udGVudBIPCgdwYXlsb2FkGAEgASgMEjYKC2F0dGFjaG1lbnRzGAIgAygLMiEuc3dpdGNoYm9hcmQudjEuQXR0YWNobWVudFBvaW50ZXISHwoXc2VuZGVyX2tleV9kaXN0cmlidXRpb24YAyABKAwSEQoJa2V5c19vbmx5GAQgASgIEhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRIpCgRraW5kGAYgASgOMhsuc3dpdGNoYm9hcmQudjEuQ29udGVudEtpbmQSEgoKdGFyZ2V0X3NlcRgHIAEoBBIzCg1yZXRyeV9yZXF1ZXN0GAggASgLMhwuc3dpdGNoYm9hcmQudjEuUmV0cnlSZXF1ZXN0IkcKDFJldHJ5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEhEKCWRldmljZV9pZBgDIAEoCSKaAQoRQXR0YWNobWVudFBvaW50ZXISEQoJb2JqZWN0X2lkGAEgASgJEgsKA2tleRgCIAEoDBIOCgZkaWdlc3QYAyABKAwSEgoKc2l6ZV9ieXRlcxgEIAEoBBIYChBjaXBoZXJ0ZXh0X2J5dGVzGAUgASgEEhEKCWZpbGVfbmFtZRgGIAEoCRIUCgxjb250ZW50X3R5cGUYByABKAkqrgEKC0NvbnRlbnRLaW5kEhwKGENPTlRFTlRfS0lORF9VTlNQRUNJRklFRBAAEhgKFENPTlRFTlRfS0lORF9NRVNTQUdFEAESFQoRQ09OVEVOVF9LSU5EX0VESVQQAhIZChVDT05URU5UX0tJTkRfUkVBQ1RJT04QAxIbChdDT05URU5UX0tJTkRfU0VOREVSX0tFWRAEEhgKFENPTlRFTlRfS0lORF9DT05UUk9MEAViBnByb3RvMw");
 
 /**
  * What an end-to-end encrypted ciphertext decrypts to: the plaintext format shared by every
@@ -54,6 +54,37 @@ export type SealedContent = Message<"switchboard.v1.SealedContent"> & {
    * @generated from field: bool keys_only = 4;
    */
   keysOnly: boolean;
+
+  /**
+   * The conversation this content was encrypted for. The recipient refuses content whose
+   * conversation is not the one of the entry carrying it, so a server cannot move a ciphertext
+   * (a direct message into a group entry, one group's message into another).
+   *
+   * @generated from field: string conversation_id = 5;
+   */
+  conversationId: string;
+
+  /**
+   * The kind of entry this content was encrypted for; refused on another kind.
+   *
+   * @generated from field: switchboard.v1.ContentKind kind = 6;
+   */
+  kind: ContentKind;
+
+  /**
+   * For an edit or a reaction: the seq of the message it targets (refused on another target).
+   *
+   * @generated from field: uint64 target_seq = 7;
+   */
+  targetSeq: bigint;
+
+  /**
+   * Set when this content asks the receiving device to send its sender key again; clients do
+   * not show it. Only ever inside a pairwise ciphertext of a direct conversation.
+   *
+   * @generated from field: switchboard.v1.RetryRequest retry_request = 8;
+   */
+  retryRequest?: RetryRequest | undefined;
 };
 
 /**
@@ -62,6 +93,43 @@ export type SealedContent = Message<"switchboard.v1.SealedContent"> & {
  */
 export const SealedContentSchema: GenMessage<SealedContent> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_content, 0);
+
+/**
+ * A device could not decrypt a group entry of the device it sends this to (its sender key
+ * distribution was corrupted or never arrived): please hand the key over again. The receiver
+ * honours it for the device that sent it (authenticated by the pairwise session), rate-limited.
+ *
+ * @generated from message switchboard.v1.RetryRequest
+ */
+export type RetryRequest = Message<"switchboard.v1.RetryRequest"> & {
+  /**
+   * The group.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The entry that failed.
+   *
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * The device asked to resend its key (the one that sent the failed entry).
+   *
+   * @generated from field: string device_id = 3;
+   */
+  deviceId: string;
+};
+
+/**
+ * Describes the message switchboard.v1.RetryRequest.
+ * Use `create(RetryRequestSchema)` to create a new message.
+ */
+export const RetryRequestSchema: GenMessage<RetryRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_content, 1);
 
 /**
  * Where an encrypted file is and how to open it. Inside SealedContent only: the key never reaches
@@ -127,5 +195,58 @@ export type AttachmentPointer = Message<"switchboard.v1.AttachmentPointer"> & {
  * Use `create(AttachmentPointerSchema)` to create a new message.
  */
 export const AttachmentPointerSchema: GenMessage<AttachmentPointer> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_content, 1);
+  messageDesc(file_switchboard_v1_content, 2);
+
+/**
+ * What kind of entry a SealedContent belongs to.
+ *
+ * @generated from enum switchboard.v1.ContentKind
+ */
+export enum ContentKind {
+  /**
+   * @generated from enum value: CONTENT_KIND_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A message (MessageBody).
+   *
+   * @generated from enum value: CONTENT_KIND_MESSAGE = 1;
+   */
+  MESSAGE = 1,
+
+  /**
+   * An edit (EditBody).
+   *
+   * @generated from enum value: CONTENT_KIND_EDIT = 2;
+   */
+  EDIT = 2,
+
+  /**
+   * A reaction (ReactionBody).
+   *
+   * @generated from enum value: CONTENT_KIND_REACTION = 3;
+   */
+  REACTION = 3,
+
+  /**
+   * A pairwise message of a group entry that only carries the sender's sender key.
+   *
+   * @generated from enum value: CONTENT_KIND_SENDER_KEY = 4;
+   */
+  SENDER_KEY = 4,
+
+  /**
+   * A control message of a direct conversation (a retry request).
+   *
+   * @generated from enum value: CONTENT_KIND_CONTROL = 5;
+   */
+  CONTROL = 5,
+}
+
+/**
+ * Describes the enum switchboard.v1.ContentKind.
+ */
+export const ContentKindSchema: GenEnum<ContentKind> = /*@__PURE__*/
+  enumDesc(file_switchboard_v1_content, 0);
 

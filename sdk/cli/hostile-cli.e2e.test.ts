@@ -1,0 +1,218 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { Command } from "commander";
+import { eventually } from "../../test/helpers/inbox.js";
+import { removeDir, type ServerProcess, startServerProcess } from "../../test/helpers/server.js";
+import { SwitchboardClient } from "../client.js";
+import { type CliIo, registerClientCommands } from "./commands.js";
+
+const root = new URL("../../", import.meta.url).pathname;
+
+interface Ran {
+  code: number;
+  out: string[];
+  err: string[];
+}
+
+/**
+ * The CLI where a careless profile, a crash or a peer's text could mislead its user: a profile
+ * that lost its keys, `chat` killed right after lines were typed, and peer-supplied text that
+ * tries to look like another line.
+ */
+describe("the CLI against lost keys, crashes and spoofed lines (commands against a server process)", () => {
+  let base: string;
+  let server: ServerProcess;
+  let n = 0;
+
+  before(async () => {
+    base = await mkdtemp(join(tmpdir(), "sb-cli-hostile-"));
+    server = await startServerProcess({ dataDir: join(base, "server") });
+  });
+
+  after(async () => {
+    await server?.stop();
+    await removeDir(base);
+  });
+
+  function start(args: string[], extra: { interrupted?: Promise<void> } = {}) {
+    const out: string[] = [];
+    const err: string[] = [];
+    let code = 0;
+    const io: CliIo = {
+      out: (l) => out.push(...l.split("\n")),
+      err: (l) => err.push(...l.split("\n")),
+      exit: (c) => {
+        code = c;
+      },
+      isTTY: false,
+      ...(extra.interrupted !== undefined && { interrupted: extra.interrupted }),
+    };
+    const program = new Command("switchboard").exitOverride();
+    registerClientCommands(program, io);
+    const done = program.parseAsync([...args, "--server", server.url], { from: "user" }).then(() => code);
+    return { out, err, done };
+  }
+
+  async function cli(...args: string[]): Promise<Ran> {
+    const r = start(args);
+    return { code: await r.done, out: r.out, err: r.err };
+  }
+
+  async function ok(...args: string[]): Promise<string[]> {
+    const r = await cli(...args);
+    assert.equal(r.code, 0, `switchboard ${args.join(" ")} failed: ${r.err.join("\n")}`);
+    return r.out;
+  }
+
+  async function register(name: string): Promise<{ username: string; profile: string }> {
+    n += 1;
+    const username = `${name}_${n}`;
+    const profile = join(base, `profile-${username}`);
+    await ok("register", username, "--profile", profile);
+    return { username, profile };
+  }
+
+  async function directId(profile: string, peer: string): Promise<string> {
+    const client = await SwitchboardClient.open({ profileDir: profile, encryption: false });
+    try {
+      return (await client.openDirect((await client.userByUsername(peer)).userId)).conversationId;
+    } finally {
+      await client.close();
+    }
+  }
+
+  it("a profile that lost its Signal state never sends plaintext without being told to", async () => {
+    const alice = await register("alice");
+    const bob = await register("bob");
+    await ok("send", bob.username, "encrypted hello", "--profile", alice.profile);
+    // Everything but credentials.json lost.
+    for (const dir of ["signal", "e2ee"])
+      await rm(join(alice.profile, dir), { recursive: true, force: true });
+
+    const r = await cli("send", bob.username, "plaintext by accident?", "--profile", alice.profile);
+    assert.equal(r.code, 1, `sent: ${r.out.join("\n")}`);
+    assert.match(r.err.join("\n"), /Signal keys are missing/);
+    const client = await SwitchboardClient.open({ profileDir: bob.profile, encryption: false });
+    try {
+      const dm = (await client.openDirect((await client.userByUsername(alice.username)).userId))
+        .conversationId;
+      const page = await client.api.conversations.getHistory({ conversationId: dm, afterSeq: 0n, limit: 0 });
+      for (const e of page.entries) {
+        if (e.body.case === "message")
+          assert.ok(
+            !Buffer.from(e.body.value.payload).includes("plaintext by accident"),
+            "plaintext was sent",
+          );
+      }
+    } finally {
+      await client.close();
+    }
+  });
+
+  it("lines typed into `chat` survive a kill right after they were read, and go out on the next run", async () => {
+    const alice = await register("alice");
+    const bob = await register("bob");
+    await ok("send", bob.username, "before the crash", "--profile", alice.profile);
+    const dm = await directId(alice.profile, bob.username);
+    const port = Number(new URL(server.url).port);
+    // The server is away: nothing can be encrypted (the devices are not known), only kept.
+    await server.stop();
+
+    const child = spawn(
+      process.execPath,
+      [join(root, "bin/switchboard.js"), "chat", dm, "--profile", alice.profile],
+      {
+        cwd: base,
+        env: { ...process.env, SWITCHBOARD_URL: server.url },
+        stdio: ["pipe", "pipe", "pipe"],
+      },
+    );
+    const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+    let output = "";
+    child.stdout.on("data", (d: Buffer) => {
+      output += d.toString();
+    });
+    child.stderr.on("data", (d: Buffer) => {
+      output += d.toString();
+    });
+    const lines = Array.from({ length: 8 }, (_, i) => `typed line ${i + 1}`);
+    child.stdin.write(lines.map((l) => `${l}\n`).join(""));
+    const outbox = async (): Promise<Array<{ plaintext?: string }>> => {
+      try {
+        return JSON.parse(await readFile(join(alice.profile, "outbox.json"), "utf8")).items ?? [];
+      } catch {
+        return [];
+      }
+    };
+    let kept: Array<{ plaintext?: string }> = [];
+    await eventually(
+      () => {
+        void outbox().then((items) => {
+          kept = items;
+        });
+        return kept.length === lines.length;
+      },
+      () => `the outbox holds ${kept.length} of ${lines.length} typed lines; chat printed:\n${output}`,
+    );
+    child.kill("SIGKILL");
+    await exited;
+
+    server = await startServerProcess({ dataDir: server.dataDir, port });
+    let stop!: () => void;
+    const interrupted = new Promise<void>((resolve) => {
+      stop = resolve;
+    });
+    const listen = start(["listen", "--profile", alice.profile], { interrupted });
+    let history: string[] = [];
+    await eventually(
+      () => {
+        void cli("history", alice.username, "--profile", bob.profile).then((r) => {
+          history = r.out;
+        });
+        return lines.every((l) => history.some((h) => h.endsWith(`: ${l}`)));
+      },
+      () => `bob's history:\n${history.join("\n")}\nlisten: ${listen.err.join("\n")}`,
+      30_000,
+    );
+    stop();
+    assert.equal(await listen.done, 0, listen.err.join("\n"));
+    // In the order typed.
+    const order = lines.map((l) => history.findIndex((h) => h.endsWith(`: ${l}`)));
+    assert.deepEqual(
+      order,
+      [...order].sort((a, b) => a - b),
+    );
+  });
+
+  it("newlines and control characters in peers' text and group titles cannot pass for other lines", async () => {
+    const alice = await register("alice");
+    const bob = await register("bob");
+    const groupId = (
+      await ok(
+        "group",
+        "create",
+        "plans\n#7 [09:00:00] you: fake title line",
+        bob.username,
+        "--profile",
+        alice.profile,
+      )
+    )[0] as string;
+    const spoof = "ok\n#55 [12:00:00] you: I agree to pay alice 1000 EUR\u202e\x1b[2J";
+    await ok("send", groupId, spoof, "--profile", alice.profile);
+
+    const history = await ok("history", groupId, "--profile", bob.profile);
+    assert.ok(!history.some((l) => l.startsWith("#55")), `a spoofed line:\n${history.join("\n")}`);
+    const line = history.find((l) => l.includes("I agree to pay"));
+    assert.ok(line !== undefined, history.join("\n"));
+    assert.match(line, /: ok␊#55 \[12:00:00\] you: I agree to pay alice 1000 EUR<U\+202E>␛\[2J$/);
+    assert.ok(!history.some((l) => l.startsWith("#7 ")), history.join("\n"));
+
+    const groups = await ok("groups", "--profile", bob.profile);
+    assert.equal(groups.length, 1, groups.join("\n"));
+    assert.match(groups[0] ?? "", /plans␊#7 \[09:00:00\] you: fake title line/);
+  });
+});

@@ -1,0 +1,319 @@
+import assert from "node:assert/strict";
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { open } from "lmdb";
+import { ContentKind, SealedContentSchema } from "../gen/switchboard/v1/content_pb.js";
+import {
+  DeviceCiphertextSchema,
+  type Entry,
+  EntrySchema,
+  OutgoingEntrySchema,
+} from "../gen/switchboard/v1/entry_pb.js";
+import { TestDevices } from "../test/helpers/sdk-devices.js";
+import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
+import type { SwitchboardClient } from "./client.js";
+import { GroupDecryptError } from "./crypto/groups.js";
+import { DecryptError, PairwiseCipher } from "./crypto/pairwise.js";
+import { type IdentityChangeEvent, SignalStores, UntrustedIdentityError } from "./crypto/stores.js";
+import { type DevicesChangedEvent, PAIRWISE_PAYLOAD_TYPE, SENDER_KEY_PAYLOAD_TYPE } from "./e2ee.js";
+import { connectToServer } from "./transport.js";
+
+const decoder = new TextDecoder();
+const text = (e: { payload: Uint8Array | undefined }) =>
+  e.payload === undefined ? undefined : decoder.decode(e.payload);
+
+/**
+ * The client against a hostile server: the server's stored log is edited while it is stopped (as
+ * a server that controls its disk would), or entries are written with a device's own token, and
+ * the SDK must refuse or heal.
+ */
+describe("end-to-end encryption against a malicious server (SDK against a server process)", () => {
+  let base: string;
+  let server: ServerProcess;
+  let devices: TestDevices;
+
+  before(async () => {
+    base = await mkdtemp(join(tmpdir(), "sb-e2ee-hostile-"));
+    server = await startServerProcess({ dataDir: join(base, "server") });
+    devices = new TestDevices(base, () => server.url);
+  });
+
+  after(async () => {
+    await devices?.close();
+    await server?.stop();
+    await removeDir(base);
+  });
+
+  /** Stops the server, rewrites stored entries as a malicious server would, starts it again on the same port. */
+  async function tamper(edits: Array<{ conversationId: string; seq: bigint; edit: (e: Entry) => void }>) {
+    const port = Number(new URL(server.url).port);
+    await server.stop();
+    const root = open({ path: join(server.dataDir, "store"), noSubdir: false, maxDbs: 32 });
+    const entries = root.openDB<Uint8Array, [string, number]>({ name: "entries", encoding: "binary" });
+    for (const { conversationId, seq, edit } of edits) {
+      const key: [string, number] = [conversationId, Number(seq)];
+      const bytes = entries.get(key);
+      assert.ok(bytes !== undefined, `no stored entry ${conversationId}#${seq}`);
+      const entry = fromBinary(EntrySchema, bytes);
+      edit(entry);
+      await entries.put(key, toBinary(EntrySchema, entry));
+    }
+    await root.close();
+    server = await startServerProcess({ dataDir: server.dataDir, port });
+  }
+
+  async function historyEntry(client: SwitchboardClient, conversationId: string, seq: bigint) {
+    const page = await client.getHistory(conversationId, { afterSeq: seq - 1n, limit: 1 });
+    const e = page.entries[0];
+    assert.ok(e !== undefined && e.seq === seq, `no entry #${seq}`);
+    return e;
+  }
+
+  it("a direct message's ciphertext copied into a group entry is refused, and a message stripped to plaintext is not shown", async () => {
+    const alice = await devices.register("alice");
+    const bob = await devices.register("bob");
+    const group = (await alice.createGroup("moved", [bob.userId])).conversationId;
+    const dm = (await alice.openDirect(bob.userId)).conversationId;
+
+    await alice.sendUnary(dm, "hello bob");
+    assert.equal(
+      text(await historyEntry(bob, dm, (await alice.sendUnary(dm, "still there?")).seq)),
+      "still there?",
+    );
+    const inGroup = await alice.sendUnary(group, "group hello");
+    const secret = await alice.sendUnary(dm, "private to bob only");
+    const stripped = await alice.sendUnary(dm, "encrypted, then stripped");
+
+    let copied: Uint8Array | undefined;
+    await tamper([
+      {
+        conversationId: dm,
+        seq: secret.seq,
+        edit: (e) => {
+          if (e.body.case !== "message") throw new Error("not a message");
+          copied = toBinary(
+            DeviceCiphertextSchema,
+            e.body.value.devicePayloads.find((d) => d.deviceId === bob.deviceId)!,
+          );
+        },
+      },
+    ]);
+    await tamper([
+      {
+        conversationId: group,
+        seq: inGroup.seq,
+        edit: (e) => {
+          // The direct message's ciphertext for bob, relabelled as alice's group message.
+          if (e.body.case !== "message" || copied === undefined) throw new Error("not a message");
+          e.body.value.payload = new Uint8Array();
+          e.body.value.payloadType = PAIRWISE_PAYLOAD_TYPE;
+          e.body.value.devicePayloads = [fromBinary(DeviceCiphertextSchema, copied)];
+        },
+      },
+      {
+        conversationId: dm,
+        seq: stripped.seq,
+        edit: (e) => {
+          // payload_type 2 rewritten to 0, the device payloads dropped: "plaintext" from alice.
+          if (e.body.case !== "message") throw new Error("not a message");
+          e.body.value.payloadType = 0;
+          e.body.value.payload = new TextEncoder().encode("server text: pay alice 1000 EUR");
+          e.body.value.devicePayloads = [];
+        },
+      },
+    ]);
+
+    const moved = await historyEntry(bob, group, inGroup.seq);
+    assert.equal(moved.payload, undefined, `the private text was shown in the group: ${text(moved)}`);
+    assert.ok(moved.decodeError instanceof DecryptError, String(moved.decodeError));
+    assert.equal(moved.decodeError.reason, "wrong-context");
+    assert.match(moved.decodeError.message, new RegExp(`encrypted for conversation ${dm}, not ${group}`));
+
+    const plain = await historyEntry(bob, dm, stripped.seq);
+    assert.equal(plain.payload, undefined, `a stripped entry was shown: ${text(plain)}`);
+    assert.ok(plain.decodeError instanceof DecryptError, String(plain.decodeError));
+    assert.equal(plain.decodeError.reason, "unencrypted");
+  });
+
+  it("a client without a stream learns of a removal before its next group send: the removed member's key no longer opens it", async () => {
+    const alice = await devices.register("alice");
+    const bob = await devices.register("bob");
+    const carol = await devices.register("carol");
+    const group = (await alice.createGroup("removal", [bob.userId, carol.userId])).conversationId;
+    const before = await bob.sendUnary(group, "before the removal");
+    // carol's device takes in bob's sender key.
+    assert.equal(text(await historyEntry(carol, group, before.seq)), "before the removal");
+
+    await alice.removeMembers(group, [carol.userId]);
+    const afterRemoval = await bob.sendUnary(group, "secret after the removal");
+
+    // What the server stores, fed to carol's device with the key it holds.
+    const page = await alice.api.conversations.getHistory({
+      conversationId: group,
+      afterSeq: afterRemoval.seq - 1n,
+      limit: 1,
+    });
+    const raw = page.entries[0];
+    assert.ok(raw !== undefined && raw.body.case === "message");
+    assert.equal(raw.body.value.payloadType, SENDER_KEY_PAYLOAD_TYPE);
+    const seen = await carol.toIncoming(raw);
+    assert.equal(seen.payload, undefined, `carol read "${text(seen)}" after her removal`);
+    assert.ok(seen.decodeError instanceof GroupDecryptError, String(seen.decodeError));
+    assert.equal(text(await historyEntry(alice, group, afterRemoval.seq)), "secret after the removal");
+  });
+
+  it("a corrupted sender key distribution heals: the recipient asks again, the sender hands the key over again", async () => {
+    const alice = await devices.register("alice");
+    const bob = await devices.register("bob");
+    const group = (await alice.createGroup("healing", [bob.userId])).conversationId;
+    const first = await alice.sendUnary(group, "first, key corrupted");
+    await tamper([
+      {
+        conversationId: group,
+        seq: first.seq,
+        edit: (e) => {
+          if (e.body.case !== "message") throw new Error("not a message");
+          const mine = e.body.value.devicePayloads.find((d) => d.deviceId === bob.deviceId);
+          assert.ok(mine !== undefined, "no key distribution for bob");
+          const i = Math.floor(mine.ciphertext.length / 2);
+          mine.ciphertext[i] = (mine.ciphertext[i] as number) ^ 0x01;
+        },
+      },
+    ]);
+    const second = await alice.sendUnary(group, "second");
+    const failed = await historyEntry(bob, group, second.seq);
+    assert.ok(failed.decodeError !== undefined, "bob read a message without alice's key");
+
+    // bob's failure sent alice a retry request in their direct conversation; alice reads it.
+    const dm = (await alice.openDirect(bob.userId)).conversationId;
+    const dmPage = await alice.getHistory(dm);
+    assert.deepEqual(
+      dmPage.entries.filter((e) => !e.keysOnly).map((e) => text(e)),
+      [],
+      "the retry request was shown to the app",
+    );
+    assert.ok(
+      dmPage.entries.some((e) => e.keysOnly),
+      "no retry request reached alice",
+    );
+
+    const third = await alice.sendUnary(group, "third, after the retry");
+    assert.equal(text(await historyEntry(bob, group, third.seq)), "third, after the retry");
+    // The same key opens what failed before.
+    assert.equal(text(await historyEntry(bob, group, second.seq)), "second");
+    assert.equal(text(await historyEntry(bob, group, first.seq)), "first, key corrupted");
+  });
+
+  it("a verified contact's new device is reported at send time; a changed identity shows its new number and is accepted only by verifying it", async () => {
+    const alice = await devices.register("alice");
+    const bob = await devices.register("bob");
+    const dm = (await alice.openDirect(bob.userId)).conversationId;
+    await alice.sendUnary(dm, "hi bob");
+    const [original] = await alice.safetyNumbers(bob.userId);
+    assert.ok(original !== undefined);
+    await alice.verifyContact(bob.userId, bob.deviceId);
+
+    const bob2 = await devices.link(bob, "bob2");
+    const changes: DevicesChangedEvent[] = [];
+    alice.on("devicesChanged", (e) => {
+      changes.push(e);
+    });
+    await alice.sendUnary(dm, "hi again");
+    assert.deepEqual(
+      changes.map((c) => ({ userId: c.userId, added: c.added, verifiedContact: c.verifiedContact })),
+      [{ userId: bob.userId, added: [bob2.deviceId], verifiedContact: true }],
+    );
+
+    // The server (here: anyone with bob's device token) injects a message from bob's device
+    // under another identity key.
+    const credentials = (await import(join(bob.profileDir, "credentials.json"), { with: { type: "json" } }))
+      .default as { deviceSecret: string };
+    const impostor = await SignalStores.open(join(base, "impostor"));
+    const conn = connectToServer({
+      serverUrl: server.url,
+      credential: { deviceId: bob.deviceId, deviceSecret: credentials.deviceSecret },
+    });
+    try {
+      const cipher = new PairwiseCipher(
+        impostor,
+        { userId: bob.userId, deviceId: bob.deviceId },
+        (userId, deviceIds) => conn.keys.getBundles({ userId, deviceIds }),
+      );
+      const content = toBinary(
+        SealedContentSchema,
+        create(SealedContentSchema, {
+          payload: new TextEncoder().encode("from a swapped key"),
+          conversationId: dm,
+          kind: ContentKind.MESSAGE,
+        }),
+      );
+      const cts = await cipher.encrypt(content, [
+        { userId: alice.userId, deviceId: alice.deviceId },
+        { userId: bob.userId, deviceId: bob2.deviceId },
+      ]);
+      await conn.gateway.send({
+        entry: create(OutgoingEntrySchema, {
+          clientMsgId: "impostor-1",
+          conversationId: dm,
+          body: {
+            case: "message",
+            value: {
+              payloadType: PAIRWISE_PAYLOAD_TYPE,
+              devicePayloads: cts.map((c) => create(DeviceCiphertextSchema, c)),
+            },
+          },
+        }),
+      });
+    } finally {
+      conn.close();
+    }
+
+    const identity: IdentityChangeEvent[] = [];
+    alice.on("identityChanged", (e) => {
+      identity.push(e);
+    });
+    const page = await alice.getHistory(dm);
+    const injected = page.entries.find((e) => e.clientMsgId === "impostor-1");
+    assert.ok(injected?.decodeError instanceof UntrustedIdentityError, String(injected?.decodeError));
+    assert.ok(identity.some((e) => e.outcome === "refused" && e.device.deviceId === bob.deviceId));
+
+    const changed = (await alice.safetyNumbers(bob.userId)).find((n) => n.deviceId === bob.deviceId);
+    assert.ok(changed !== undefined);
+    assert.equal(changed.identityChanged, true);
+    assert.equal(changed.verified, false, "the old verification still shows as holding");
+    assert.notEqual(changed.digits, original.digits, "the old number is still shown");
+
+    // Nothing goes to that device until the change is accepted, and the refusal says how.
+    await assert.rejects(alice.sendUnary(dm, "to the changed device"), /verifyContact/);
+
+    await alice.verifyContact(bob.userId, bob.deviceId);
+    const accepted = (await alice.safetyNumbers(bob.userId)).find((n) => n.deviceId === bob.deviceId);
+    assert.deepEqual(
+      { digits: accepted?.digits, verified: accepted?.verified, identityChanged: accepted?.identityChanged },
+      { digits: changed.digits, verified: true, identityChanged: false },
+    );
+  });
+
+  it("sendUnary and getHistory top up one-time prekeys, for a device that never streams", async () => {
+    const bob = await devices.register("bob");
+    const stranger = await devices.register("stranger");
+    for (let i = 0; i < 20; i++) await stranger.api.keys.getBundles({ userId: bob.userId, deviceIds: [] });
+    const drained = await bob.api.keys.getPrekeyCounts({});
+    assert.ok(
+      (drained.counts?.oneTimeKyberPrekeys ?? 0) < 16,
+      `kyber left: ${drained.counts?.oneTimeKyberPrekeys}`,
+    );
+
+    const dm = (await bob.openDirect(stranger.userId)).conversationId;
+    await bob.getHistory(dm);
+    const topped = await bob.api.keys.getPrekeyCounts({});
+    assert.ok(
+      (topped.counts?.oneTimeKyberPrekeys ?? 0) >= 32,
+      `kyber after: ${topped.counts?.oneTimeKyberPrekeys}`,
+    );
+    assert.ok((topped.counts?.oneTimeEcPrekeys ?? 0) >= 80, `ec after: ${topped.counts?.oneTimeEcPrekeys}`);
+  });
+});

@@ -200,6 +200,28 @@ describe("consent: who may add a user to groups or start a direct conversation",
   });
 });
 
+describe("consent with server-wide defaults set by the operator", () => {
+  const fx = serverFixture({ SWITCHBOARD_PRIVACY_GROUP_ADD_DEFAULT: "contacts" });
+
+  it("applies the default to users who never chose, and a user's own choice over it", async () => {
+    const [alice, bob, carol] = [await fx.user("oa"), await fx.user("ob"), await fx.user("oc")];
+    const { settings } = await bob.accounts.getPrivacy({});
+    assert.equal(settings?.groupAdd, CONTACTS);
+    assert.equal(settings?.directOpen, EVERYONE);
+    await refusedFor(
+      alice.conversations.createGroup({ title: "t", memberUserIds: [bob.userId] }),
+      [bob.userId],
+      /group invitations/,
+    );
+    await setPrivacy(carol, { groupAdd: EVERYONE });
+    const { conversation } = await alice.conversations.createGroup({
+      title: "t",
+      memberUserIds: [carol.userId],
+    });
+    assert.equal(conversation?.memberCount, 2);
+  });
+});
+
 describe("switchboard privacy (the CLI)", () => {
   const fx = serverFixture();
   let base = "";

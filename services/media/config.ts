@@ -43,7 +43,8 @@ function positiveInt(env: Env, name: string, fallback: number): number {
  * Reads the media settings (all optional for the local engine):
  * SWITCHBOARD_MEDIA_STORE (`local` | `minio`; `minio` when SWITCHBOARD_MINIO_ENDPOINT is set),
  * SWITCHBOARD_MEDIA_MAX_BYTES, SWITCHBOARD_MEDIA_URL_TTL_SECONDS,
- * SWITCHBOARD_MEDIA_UNCLAIMED_TTL_SECONDS, SWITCHBOARD_MEDIA_SWEEP_INTERVAL_SECONDS;
+ * SWITCHBOARD_MEDIA_UNCLAIMED_TTL_SECONDS, SWITCHBOARD_MEDIA_SWEEP_INTERVAL_SECONDS,
+ * SWITCHBOARD_MEDIA_UPLOAD_BYTES_PER_DAY, SWITCHBOARD_MEDIA_MAX_UPLOADS_IN_FLIGHT;
  * local: SWITCHBOARD_MEDIA_DIR, SWITCHBOARD_MEDIA_PORT, SWITCHBOARD_MEDIA_PUBLIC_URL,
  * SWITCHBOARD_MEDIA_URL_KEY; minio: SWITCHBOARD_MINIO_ENDPOINT, SWITCHBOARD_MINIO_PUBLIC_ENDPOINT,
  * SWITCHBOARD_MINIO_ACCESS_KEY, SWITCHBOARD_MINIO_SECRET_KEY, SWITCHBOARD_MINIO_BUCKET,
@@ -63,7 +64,28 @@ export function loadMediaConfig(env: Env, dataDir: string): MediaConfig {
         "SWITCHBOARD_MEDIA_UNCLAIMED_TTL_SECONDS",
         DEFAULT_MEDIA_LIMITS.unclaimedTtlMs / 1000,
       ) * 1000,
+    uploadBytesPerDay: DEFAULT_MEDIA_LIMITS.uploadBytesPerDay,
+    maxUploadsInFlight: DEFAULT_MEDIA_LIMITS.maxUploadsInFlight,
   };
+  const count = (name: string, fallback: number): number => {
+    const raw = env[name];
+    if (raw === undefined || raw === "") return fallback;
+    if (!/^\d+$/.test(raw) || !Number.isSafeInteger(Number(raw))) {
+      fail(`${name} must be a non-negative integer (0: off), got "${raw}"`);
+    }
+    return Number(raw);
+  };
+  limits.uploadBytesPerDay = count(
+    "SWITCHBOARD_MEDIA_UPLOAD_BYTES_PER_DAY",
+    DEFAULT_MEDIA_LIMITS.uploadBytesPerDay,
+  );
+  limits.maxUploadsInFlight = count(
+    "SWITCHBOARD_MEDIA_MAX_UPLOADS_IN_FLIGHT",
+    DEFAULT_MEDIA_LIMITS.maxUploadsInFlight,
+  );
+  if (limits.uploadBytesPerDay > 0 && limits.uploadBytesPerDay < limits.maxBytes) {
+    fail("SWITCHBOARD_MEDIA_UPLOAD_BYTES_PER_DAY must be 0 (off) or at least SWITCHBOARD_MEDIA_MAX_BYTES");
+  }
   if (limits.unclaimedTtlMs <= ttl * 1000) {
     fail("SWITCHBOARD_MEDIA_UNCLAIMED_TTL_SECONDS must be longer than SWITCHBOARD_MEDIA_URL_TTL_SECONDS");
   }

@@ -1,5 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { RETRY_AFTER_HEADER } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
+import type { RateLimiter } from "../common/rate-limiter.js";
 import type { SequencerClient } from "../sequencer/router.js";
 import { newObjectId, type ObjectRecord, type ObjectStore } from "./types.js";
 
@@ -16,15 +18,79 @@ export interface MediaLimits {
   downloadUrlTtlSeconds: number;
   /** How long an upload may stay unclaimed before the sweep deletes it, in milliseconds. */
   unclaimedTtlMs: number;
+  /**
+   * Bytes one user may reserve for uploads per day (declared lengths, charged when the upload is
+   * created, whichever engine stores it); also the burst. 0 turns the quota off.
+   */
+  uploadBytesPerDay: number;
+  /**
+   * Uploads one user may have created and not yet claimed (per media process); 0 turns the bound
+   * off. A slot frees when the object is claimed or when the sweep would delete it.
+   */
+  maxUploadsInFlight: number;
 }
 
-/** The defaults: 100 MiB, 15-minute URLs, 24 hours to claim. */
+/** The defaults: 100 MiB, 15-minute URLs, 24 hours to claim, 1 GiB a day and 64 in flight per user. */
 export const DEFAULT_MEDIA_LIMITS: MediaLimits = {
   maxBytes: 100 * 1024 * 1024,
   uploadUrlTtlSeconds: 15 * 60,
   downloadUrlTtlSeconds: 15 * 60,
   unclaimedTtlMs: 24 * 60 * 60 * 1000,
+  uploadBytesPerDay: 1024 * 1024 * 1024,
+  maxUploadsInFlight: 64,
 };
+
+/** Users whose in-flight uploads are remembered at most; the least recently active are forgotten. */
+const MAX_TRACKED_UPLOADERS = 100_000;
+
+/** Where the media service reports refusals (the process's counter and log). */
+export interface MediaRefusals {
+  refuse(reason: string, message: string, fields?: Record<string, string | number | undefined>): void;
+}
+
+/** What the upload quota needs from the process. */
+export interface MediaQuotaOptions {
+  /** Keeps the bytes-per-day buckets; shared by every media process on Redis. None: no byte quota. */
+  limiter?: RateLimiter | undefined;
+  /** Counts and logs refusals; logged here when absent. */
+  refusals?: MediaRefusals | undefined;
+}
+
+/**
+ * Uploads created and not yet claimed, per user: objectId -> when its slot frees (the sweep
+ * deadline). Memory is bounded by MAX_TRACKED_UPLOADERS users of at most maxUploadsInFlight each.
+ */
+class UploadsInFlight {
+  private readonly byUser = new Map<string, Map<string, number>>();
+
+  /** The user's live slots, expired ones dropped. */
+  count(userId: string, nowMs: number): number {
+    const slots = this.byUser.get(userId);
+    if (slots === undefined) return 0;
+    for (const [objectId, until] of slots) if (until <= nowMs) slots.delete(objectId);
+    if (slots.size === 0) this.byUser.delete(userId);
+    return slots.size;
+  }
+
+  add(userId: string, objectId: string, untilMs: number): void {
+    const slots = this.byUser.get(userId) ?? new Map<string, number>();
+    // Delete then set: Map order is recency, the trim below forgets the oldest users first.
+    this.byUser.delete(userId);
+    this.byUser.set(userId, slots);
+    slots.set(objectId, untilMs);
+    if (this.byUser.size > MAX_TRACKED_UPLOADERS) {
+      const oldest = this.byUser.keys().next();
+      if (!oldest.done) this.byUser.delete(oldest.value);
+    }
+  }
+
+  remove(userId: string, objectId: string): void {
+    const slots = this.byUser.get(userId);
+    if (slots === undefined) return;
+    slots.delete(objectId);
+    if (slots.size === 0) this.byUser.delete(userId);
+  }
+}
 
 /** Objects deleted per sweep round; the rest wait for the next round. */
 const SWEEP_BATCH = 500;
@@ -67,6 +133,8 @@ export class Media {
   private readonly locks = new Map<string, Promise<unknown>>();
   private sweeper: NodeJS.Timeout | undefined;
   private sweeping: Promise<number> | undefined;
+  private readonly inFlight = new UploadsInFlight();
+  private readonly refusals: MediaRefusals;
 
   constructor(
     readonly store: ObjectStore,
@@ -74,8 +142,39 @@ export class Media {
     private readonly log: Logger,
     readonly limits: MediaLimits = DEFAULT_MEDIA_LIMITS,
     now?: () => number,
+    private readonly quota: MediaQuotaOptions = {},
   ) {
     this.now = now ?? Date.now;
+    this.refusals = quota.refusals ?? {
+      refuse: (reason, message, fields) => log.info({ refusal: reason, ...fields }, message),
+    };
+  }
+
+  /**
+   * The per-user upload quota: objects in flight, then bytes per day (charged on the declared
+   * length, so a refusal of the first spends none of the second). RESOURCE_EXHAUSTED with a
+   * retry hint when the bytes will be available again.
+   */
+  private async requireQuota(userId: string, lengthBytes: number, now: number): Promise<void> {
+    const { maxUploadsInFlight, uploadBytesPerDay } = this.limits;
+    if (maxUploadsInFlight > 0 && this.inFlight.count(userId, now) >= maxUploadsInFlight) {
+      const message = `at most ${maxUploadsInFlight} uploads may be in flight (created and not yet claimed) per user; claim or wait for earlier ones`;
+      this.refusals.refuse("upload_in_flight", message, { userId, code: "resource_exhausted" });
+      throw new ConnectError(message, Code.ResourceExhausted);
+    }
+    const limiter = this.quota.limiter;
+    if (limiter === undefined || uploadBytesPerDay <= 0) return;
+    const limit = { name: "upload-bytes", rate: uploadBytesPerDay / 86_400, burst: uploadBytesPerDay };
+    const wait = await limiter.take(limit, userId, lengthBytes);
+    if (wait <= 0) return;
+    const retry = Number.isFinite(wait) ? Math.ceil(wait) : 86_400_000;
+    const message = `uploads are limited to ${formatBytes(uploadBytesPerDay)} per user per day; retry in ${retry} ms`;
+    this.refusals.refuse("upload_bytes_per_day", message, {
+      userId,
+      lengthBytes,
+      code: "resource_exhausted",
+    });
+    throw new ConnectError(message, Code.ResourceExhausted, { [RETRY_AFTER_HEADER]: String(retry) });
   }
 
   /** Refuses a user who is not a current member of the conversation. */
@@ -117,6 +216,7 @@ export class Media {
     }
     await this.requireMember(userId, conversationId);
     const now = this.now();
+    await this.requireQuota(userId, Number(lengthBytes), now);
     const record: ObjectRecord = {
       objectId: newObjectId(),
       conversationId,
@@ -127,6 +227,7 @@ export class Media {
     };
     // The record is durable before the URL exists, so whatever is uploaded is known to the sweep.
     await this.store.putRecord(record);
+    this.inFlight.add(userId, record.objectId, now + this.limits.unclaimedTtlMs);
     const put = await this.store.presignPut(
       record.objectId,
       record.lengthBytes,
@@ -188,6 +289,7 @@ export class Media {
       if (record.claimedAtMs !== 0) return record;
       const claimed = { ...record, claimedAtMs: this.now() };
       await this.store.putRecord(claimed);
+      this.inFlight.remove(record.uploaderUserId, objectId);
       return claimed;
     });
   }
@@ -231,6 +333,7 @@ export class Media {
         const record = await this.store.getRecord(stale.objectId);
         if (record === undefined || record.claimedAtMs !== 0 || record.createdAtMs >= cutoff) return;
         await this.store.delete(record.objectId);
+        this.inFlight.remove(record.uploaderUserId, record.objectId);
         deleted++;
       });
     }

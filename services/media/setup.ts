@@ -9,7 +9,7 @@ import type { Logger } from "../common/log.js";
 import { deriveMediaUrlKey, type MediaConfig } from "./config.js";
 import { type Authenticate, localObjectsHttpHandler, mediaService } from "./handler.js";
 import { LocalObjectStore } from "./local.js";
-import { Media, type MembershipSource } from "./media.js";
+import { Media, type MediaQuotaOptions, type MembershipSource } from "./media.js";
 import { MinioObjectStore } from "./minio.js";
 import type { ObjectStore } from "./types.js";
 
@@ -36,6 +36,8 @@ export interface MediaDependencies {
   /** Authenticates device calls. */
   authenticate: Authenticate;
   log: Logger;
+  /** The upload quota's limiter and the process's refusal counter. */
+  quota?: MediaQuotaOptions;
 }
 
 /**
@@ -98,7 +100,7 @@ export async function startMedia(deps: MediaDependencies): Promise<StartedMedia>
   } else {
     store = await MinioObjectStore.open(engine.options);
   }
-  const media = new Media(store, deps.members, log, config.limits);
+  const media = new Media(store, deps.members, log, config.limits, undefined, deps.quota);
   media.startSweeper(config.sweepIntervalMs);
   log.info({ engine: store.engine, objectsUrl, maxBytes: config.limits.maxBytes }, "media service started");
   return {

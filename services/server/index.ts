@@ -406,6 +406,9 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     let media: StartedMedia | undefined;
     if (roles.has("media")) {
       const gw = gateway;
+      // The upload quota's buckets: in this process, or on Redis shared by every media process.
+      const mediaLimiter = await openRateLimiter(config, log);
+      closers.add("media rate limiter", () => mediaLimiter.close());
       const started = await startMedia({
         config: config.media,
         host: config.host,
@@ -413,6 +416,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
         members: sequencerClient(),
         authenticate: gw ? (h) => gw.authenticate(h) : deviceAuthenticator(tokens!, directoryClient()),
         log,
+        // The process's refusal counter (declared with the network face below; used only on calls).
+        quota: { limiter: mediaLimiter, refusals: { refuse: (...args) => refusals.refuse(...args) } },
       });
       media = started;
       closers.add("media", () => started.close());

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { connect } from "node:net";
 import { describe, it } from "node:test";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
@@ -6,6 +7,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { IdentityKeyPair, KEMKeyPair, PrivateKey } from "@signalapp/libsignal-client";
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
+import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
 import { serverFixture } from "../helpers/fixture.js";
 
@@ -273,5 +275,51 @@ describe("registration limits, per source address and server-wide (one server pr
       third.close();
     }
     assert.ok(fx.server.logs.some((l) => l.includes('"refusal":"register_rate_address"')));
+  });
+});
+
+describe("upload quota per user (one server process, local object store)", () => {
+  const fx = serverFixture({
+    SWITCHBOARD_MEDIA_MAX_BYTES: "1000",
+    SWITCHBOARD_MEDIA_UPLOAD_BYTES_PER_DAY: "2500",
+    SWITCHBOARD_MEDIA_MAX_UPLOADS_IN_FLIGHT: "3",
+  });
+
+  it("bounds objects in flight and bytes per day, per user", async () => {
+    const alice = await fx.user("alice");
+    const bob = await fx.user("bob");
+    const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
+    const conversationId = conversation!.conversationId;
+    const aliceMedia = createClient(MediaService, alice.transport);
+
+    // Three uploads created and never claimed fill alice's slots.
+    const held = [];
+    for (let i = 0; i < 3; i++)
+      held.push(await aliceMedia.createUpload({ conversationId, lengthBytes: 100n }));
+    await refused(
+      aliceMedia.createUpload({ conversationId, lengthBytes: 100n }),
+      Code.ResourceExhausted,
+      /at most 3 uploads may be in flight/,
+    );
+    // Claiming one frees its slot.
+    const first = held[0]!;
+    assert.equal((await fetch(first.uploadUrl, { method: "PUT", body: randomBytes(100) })).status, 200);
+    await aliceMedia.claimUpload({ objectId: first.objectId, conversationId });
+    const fourth = await aliceMedia.createUpload({ conversationId, lengthBytes: 1000n });
+    assert.equal((await fetch(fourth.uploadUrl, { method: "PUT", body: randomBytes(1000) })).status, 200);
+    await aliceMedia.claimUpload({ objectId: fourth.objectId, conversationId });
+
+    // 1,300 of 2,500 bytes spent; 1,000 more fit, then 1,000 do not.
+    const fifth = await aliceMedia.createUpload({ conversationId, lengthBytes: 1000n });
+    assert.equal((await fetch(fifth.uploadUrl, { method: "PUT", body: randomBytes(1000) })).status, 200);
+    await aliceMedia.claimUpload({ objectId: fifth.objectId, conversationId });
+    const e = await refused(
+      aliceMedia.createUpload({ conversationId, lengthBytes: 1000n }),
+      Code.ResourceExhausted,
+      /limited to 2500 bytes per user per day/,
+    );
+    assert.ok(Number(e.metadata.get("retry-after-ms")) > 0);
+    // Bob's quota is his own.
+    await createClient(MediaService, bob.transport).createUpload({ conversationId, lengthBytes: 1000n });
   });
 });

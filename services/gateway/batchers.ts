@@ -7,17 +7,25 @@ import {
   CursorUpdateSchema,
 } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
+import { type DeviceMismatch, DeviceMismatchSchema } from "../../gen/switchboard/v1/gateway_pb.js";
 import { DEVICE_ENTRY_WIRE_BYTES } from "../common/config.js";
 import { isTransportFailure } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { context, extractContext, injectContext } from "../common/telemetry.js";
 import { bodyBytes, devicePayloadsOf } from "../sequencer/device-payloads.js";
+import { checkedMembersOf } from "./device-set.js";
 
 /** The sequencer calls the batchers need; routed to the owning replica by the caller. */
 export interface SequencerCalls {
-  append(
-    items: AppendItem[],
-  ): Promise<Array<{ seq: bigint; serverTimeMs: bigint; errorCode: number; errorMessage: string }>>;
+  append(items: AppendItem[]): Promise<
+    Array<{
+      seq: bigint;
+      serverTimeMs: bigint;
+      errorCode: number;
+      errorMessage: string;
+      mismatch?: DeviceMismatch | undefined;
+    }>
+  >;
   updateCursors(updates: CursorUpdate[]): Promise<void>;
 }
 
@@ -37,9 +45,14 @@ const MAX_APPEND_BATCH = 500;
  */
 const MAX_APPEND_BYTES = 32 * 1024 * 1024;
 
-/** About what an append item takes on the wire. */
-function itemBytes(entry: OutgoingEntry): number {
-  return 256 + bodyBytes(entry.body) + devicePayloadsOf(entry.body).length * DEVICE_ENTRY_WIRE_BYTES;
+/** About what an append item takes on the wire, with the members its device set was checked against. */
+function itemBytes(item: AppendItem): number {
+  const entry = item.entry!;
+  let checked = 0;
+  for (const m of item.checkedMembers) checked += 32 + m.deviceIds.length * 32;
+  return (
+    256 + bodyBytes(entry.body) + devicePayloadsOf(entry.body).length * DEVICE_ENTRY_WIRE_BYTES + checked
+  );
 }
 
 interface Waiting {
@@ -71,17 +84,16 @@ export class SendBatcher {
     traceContext: Record<string, string> = injectContext(),
   ): Promise<SendResult> {
     return new Promise((resolve, reject) => {
-      this.queue.push({
-        item: create(AppendItemSchema, {
-          senderUserId: userId,
-          senderDeviceId: deviceId,
-          entry,
-          traceContext,
-        }),
-        resolve,
-        reject,
+      const item = create(AppendItemSchema, {
+        senderUserId: userId,
+        senderDeviceId: deviceId,
+        entry,
+        traceContext,
+        // A group send's device check: the shard holds it against the members at its seq.
+        checkedMembers: checkedMembersOf(entry),
       });
-      this.queuedBytes += itemBytes(entry);
+      this.queue.push({ item, resolve, reject });
+      this.queuedBytes += itemBytes(item);
       if (this.queue.length >= MAX_APPEND_BATCH || this.queuedBytes >= MAX_APPEND_BYTES) this.flush();
       else if (!this.scheduled) {
         this.scheduled = true;
@@ -108,8 +120,11 @@ export class SendBatcher {
       batch.forEach((w, i) => {
         const r = results[i];
         if (r === undefined) w.reject(new ConnectError("sequencer returned too few results", Code.Internal));
-        else if (r.errorCode !== 0) w.reject(new ConnectError(r.errorMessage, r.errorCode as Code));
-        else w.resolve({ seq: r.seq, serverTimeMs: r.serverTimeMs });
+        else if (r.errorCode !== 0) {
+          // A group whose members changed since the check: the devices to drop ride along.
+          const details = r.mismatch === undefined ? [] : [{ desc: DeviceMismatchSchema, value: r.mismatch }];
+          w.reject(new ConnectError(r.errorMessage, r.errorCode as Code, undefined, details));
+        } else w.resolve({ seq: r.seq, serverTimeMs: r.serverTimeMs });
       });
     } catch (err) {
       const e = ConnectError.from(err);

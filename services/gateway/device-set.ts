@@ -1,7 +1,11 @@
 import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
-import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import {
+  type CheckedMember,
+  CheckedMemberSchema,
+  type SequencerService,
+} from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { DeviceCiphertext, Entry, OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import {
   type DeviceMismatch,
@@ -14,8 +18,12 @@ import {
   conversationKind,
   type DevicePayloadLimits,
   devicePayloadsOf,
+  mismatchError,
+  mismatchOf,
   needsDeviceCheck,
 } from "../sequencer/device-payloads.js";
+
+export { mismatchError, mismatchOf };
 
 /** A user's active devices: device id -> registration id (0 when it has no keys). */
 export type UserDevices = ReadonlyMap<string, number>;
@@ -86,28 +94,36 @@ export function compareDevices(
 }
 
 /**
- * The refusal of a mismatched send: FAILED_PRECONDITION naming the devices, with the lists as
- * a DeviceMismatch error detail (the stream copies it into SendErrorFrame.mismatch).
+ * The members a group send was checked against, each with the devices it addresses (every
+ * payload's device belongs to one of them once compareDevices found no mismatch).
  */
-export function mismatchError(mismatch: DeviceMismatch): ConnectError {
-  const named = (list: MismatchedDevice[]) =>
-    list.map((d) => (d.userId === "" ? d.deviceId : `${d.deviceId} (${d.userId})`)).join(", ");
-  const parts: string[] = [];
-  if (mismatch.missing.length > 0) parts.push(`missing ${named(mismatch.missing)}`);
-  if (mismatch.extra.length > 0) parts.push(`extra ${named(mismatch.extra)}`);
-  if (mismatch.stale.length > 0) parts.push(`stale ${named(mismatch.stale)}`);
-  return new ConnectError(
-    `device_payloads do not match the conversation's devices: ${parts.join("; ")}. ` +
-      "Add the missing, drop the extra, re-key the stale, and retry with the same client_msg_id",
-    Code.FailedPrecondition,
-    undefined,
-    [{ desc: DeviceMismatchSchema, value: mismatch }],
+export function checkedMembers(
+  sender: Sender,
+  members: readonly string[],
+  devices: ReadonlyMap<string, UserDevices>,
+  payloads: readonly DeviceCiphertext[],
+): CheckedMember[] {
+  const addressed = new Set(payloads.map((p) => p.deviceId));
+  return [...new Set([...members, sender.userId])].map((userId) =>
+    create(CheckedMemberSchema, {
+      userId,
+      deviceIds: [...(devices.get(userId)?.keys() ?? [])].filter((id) => addressed.has(id)),
+    }),
   );
 }
 
-/** The DeviceMismatch an error carries, if any. */
-export function mismatchOf(error: ConnectError): DeviceMismatch | undefined {
-  return error.code === Code.FailedPrecondition ? error.findDetails(DeviceMismatchSchema)[0] : undefined;
+/**
+ * What each group send that passed the check was checked against, keyed by the entry check()
+ * returned: the send batcher puts it in the AppendItem (AppendItem.checked_members), and the
+ * sequencer shard refuses the send unless those are still the members when it assigns the seq.
+ * Kept beside the entry rather than in it so that every path that appends a checked entry
+ * carries it without changing what the check returns.
+ */
+const checkedBy = new WeakMap<OutgoingEntry, CheckedMember[]>();
+
+/** The members a checked group send was checked against (empty for any other entry). */
+export function checkedMembersOf(entry: OutgoingEntry): CheckedMember[] {
+  return checkedBy.get(entry) ?? [];
 }
 
 /**
@@ -242,16 +258,22 @@ export class DeviceSets {
     const kind = conversationKind(entry.conversationId);
     checkDevicePayloads(entry.body, kind, this.options, true);
     const id = entry.conversationId;
-    const members = kind === "direct" ? await this.pair(sender, id) : await this.group(sender, id, false);
-    const cached = await this.devicesOf(members, false);
-    if (compareDevices(sender, members, cached, payloads) !== undefined) {
+    let members: readonly string[] =
+      kind === "direct" ? await this.pair(sender, id) : await this.group(sender, id, false);
+    let devices = await this.devicesOf(members, false);
+    if (compareDevices(sender, members, devices, payloads) !== undefined) {
       // Refused only on a fresh read of members (they change in groups) and devices alike.
-      const current = kind === "direct" ? members : await this.group(sender, id, true);
-      const fresh = await this.devicesOf(current, true);
-      const mismatch = compareDevices(sender, current, fresh, payloads);
+      members = kind === "direct" ? members : await this.group(sender, id, true);
+      devices = await this.devicesOf(members, true);
+      const mismatch = compareDevices(sender, members, devices, payloads);
       if (mismatch !== undefined) throw mismatchError(mismatch);
     }
-    return kind === "direct" ? entry : withoutKeyHolders(entry);
+    if (kind === "direct") return entry;
+    // A direct conversation's two members never change; a group's may have by the time the
+    // send is ordered, which the shard checks against these.
+    const checked = withoutKeyHolders(entry);
+    checkedBy.set(checked, checkedMembers(sender, members, devices, payloads));
+    return checked;
   }
 
   /**

@@ -234,6 +234,7 @@ export function conversationService(
       if (req.limit > 1000) throw new ConnectError("limit: at most 1000", Code.InvalidArgument);
       const page = await seq.getHistory({
         userId: p.userId,
+        deviceId: p.deviceId,
         conversationId: req.conversationId,
         afterSeq: req.afterSeq,
         limit: req.limit,

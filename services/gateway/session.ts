@@ -269,6 +269,7 @@ export class Session {
       try {
         page = await this.core.sequencer.getHistory({
           userId: this.userId,
+          deviceId: this.deviceId,
           conversationId,
           afterSeq: p.pushed,
           limit: HISTORY_PAGE,
@@ -632,6 +633,7 @@ export class Session {
       if (limit > 1000) throw new ConnectError("limit: at most 1000", Code.InvalidArgument);
       const history = await this.core.sequencer.getHistory({
         userId: this.userId,
+        deviceId: this.deviceId,
         conversationId,
         afterSeq,
         limit,

@@ -5,10 +5,15 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { AppendItemSchema } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import {
+  AppendItemSchema,
+  type CheckedMember,
+  CheckedMemberSchema,
+} from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
   DeleteBodySchema,
   DeviceCiphertextSchema,
+  MembershipAction,
   MessageBodySchema,
   type OutgoingEntry,
   OutgoingEntrySchema,
@@ -18,7 +23,7 @@ import { defaultLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
 import { openLmdbStore } from "../store/lmdb/engine.js";
 import type { StoreEngine } from "../store/types.js";
-import { checkDevicePayloads } from "./device-payloads.js";
+import { checkDevicePayloads, mismatchOf } from "./device-payloads.js";
 import { type Appended, Sequencer } from "./sequencer.js";
 
 const log = createLogger({ level: "silent" });
@@ -27,6 +32,12 @@ const BOB = "u_0000000000000000000000000b";
 const A1 = "dv_000000000000000000000000a1";
 const B1 = "dv_000000000000000000000000b1";
 const B2 = "dv_000000000000000000000000b2";
+const CAROL = "u_0000000000000000000000000c";
+const C1 = "dv_000000000000000000000000c1";
+
+/** The members a gateway's device check saw, with the devices the send addresses. */
+const checked = (...members: Array<[string, string[]]>): CheckedMember[] =>
+  members.map(([userId, deviceIds]) => create(CheckedMemberSchema, { userId, deviceIds }));
 
 function pairwise(conversationId: string, clientMsgId: string, deviceIds: string[]): OutgoingEntry {
   return create(OutgoingEntrySchema, {
@@ -196,9 +207,9 @@ describe("Sequencer with per-device ciphertexts", () => {
     await rm(dir, { recursive: true, force: true });
   });
 
-  async function append(entry: OutgoingEntry): Promise<Appended> {
+  async function append(entry: OutgoingEntry, checkedMembers: CheckedMember[] = []): Promise<Appended> {
     const [r] = await sequencer.append([
-      create(AppendItemSchema, { senderUserId: ALICE, senderDeviceId: A1, entry }),
+      create(AppendItemSchema, { senderUserId: ALICE, senderDeviceId: A1, entry, checkedMembers }),
     ]);
     if (r instanceof ConnectError) throw r;
     return r!;
@@ -228,7 +239,7 @@ describe("Sequencer with per-device ciphertexts", () => {
     const id = created.conversationId;
     const withKeys = group("g1", [4, 4], [[B1, [1, 2]]]);
     withKeys.conversationId = id;
-    const sent = await append(withKeys);
+    const sent = await append(withKeys, checked([ALICE, []], [BOB, [B1]]));
     const [stored] = await engine.conversations.readEntries(id, sent.seq - 1, 1);
     assert.ok(stored?.body.case === "message");
     assert.deepEqual([...stored.body.value.payload], [4, 4]);
@@ -261,5 +272,56 @@ describe("Sequencer with per-device ciphertexts", () => {
     await assert.rejects(append(both), (e: unknown) => {
       return e instanceof ConnectError && e.code === Code.InvalidArgument && /not both/.test(e.rawMessage);
     });
+  });
+
+  it("holds a group send to the members it was checked against, at the seq it would get", async () => {
+    const { conversationId: id } = await sequencer.createGroup(ALICE, A1, "g", [BOB, CAROL]);
+    const send = (clientMsgId: string) => {
+      const entry = group(clientMsgId, [9], [[B1, [1]]]);
+      entry.conversationId = id;
+      return entry;
+    };
+    const all = checked([ALICE, []], [BOB, [B1]], [CAROL, [C1]]);
+    assert.equal((await append(send("h1"), all)).seq, 2);
+    // Not checked at all: refused, never stored.
+    await assert.rejects(append(send("h2")), (e: unknown) => {
+      return (
+        e instanceof ConnectError && e.code === Code.InvalidArgument && /checked_members/.test(e.rawMessage)
+      );
+    });
+    await sequencer.changeMembership(
+      { userId: ALICE, deviceId: A1 },
+      id,
+      MembershipAction.REMOVED,
+      [CAROL],
+      "",
+    );
+    // Checked against the members before the removal: carol's device comes back as extra.
+    const refused = await append(send("h3"), all).then(
+      () => assert.fail("accepted"),
+      (e: unknown) => ConnectError.from(e),
+    );
+    assert.equal(refused.code, Code.FailedPrecondition);
+    assert.match(refused.rawMessage, /members changed .*removed u_0000000000000000000000000c/);
+    assert.deepEqual(
+      mismatchOf(refused)?.extra.map((d) => d.deviceId),
+      [C1],
+    );
+    // A member added since is named, with no devices (the shard knows none).
+    await sequencer.changeMembership(
+      { userId: ALICE, deviceId: A1 },
+      id,
+      MembershipAction.ADDED,
+      [CAROL],
+      "",
+    );
+    const added = await append(send("h4"), checked([ALICE, []], [BOB, [B1]])).then(
+      () => assert.fail("accepted"),
+      (e: unknown) => ConnectError.from(e),
+    );
+    assert.match(added.rawMessage, /added u_0000000000000000000000000c/);
+    assert.deepEqual(mismatchOf(added)?.extra, []);
+    assert.equal((await append(send("h4"), all)).seq, 5);
+    assert.equal(await engine.conversations.getLastSeq(id), 5, "nothing refused was stored");
   });
 });

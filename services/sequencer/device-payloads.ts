@@ -1,5 +1,13 @@
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { CheckedMember } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { DeviceCiphertext, Entry, OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
+import {
+  type DeviceMismatch,
+  DeviceMismatchSchema,
+  type MismatchedDevice,
+  MismatchedDeviceSchema,
+} from "../../gen/switchboard/v1/gateway_pb.js";
 import { requireId } from "../common/validate.js";
 
 /** libsignal's registration ids are 14 bits; 0 is never a device's. */
@@ -126,4 +134,68 @@ export function checkDevicePayloads(
         : `payload and device_payloads: ${bytes} bytes together; the limit is ${limits.maxPayloadBytes}`,
     );
   }
+}
+
+/**
+ * The refusal of a mismatched send: FAILED_PRECONDITION naming the devices, with the lists as
+ * a DeviceMismatch error detail (the stream copies it into SendErrorFrame.mismatch). `why`
+ * replaces the opening of the message when the cause is not the device lists alone.
+ */
+export function mismatchError(
+  mismatch: DeviceMismatch,
+  why = "device_payloads do not match the conversation's devices",
+): ConnectError {
+  const named = (list: MismatchedDevice[]) =>
+    list.map((d) => (d.userId === "" ? d.deviceId : `${d.deviceId} (${d.userId})`)).join(", ");
+  const parts: string[] = [];
+  if (mismatch.missing.length > 0) parts.push(`missing ${named(mismatch.missing)}`);
+  if (mismatch.extra.length > 0) parts.push(`extra ${named(mismatch.extra)}`);
+  if (mismatch.stale.length > 0) parts.push(`stale ${named(mismatch.stale)}`);
+  return new ConnectError(
+    `${why}${parts.length > 0 ? `: ${parts.join("; ")}` : ""}. ` +
+      "Add the missing, drop the extra, re-key the stale, and retry with the same client_msg_id",
+    Code.FailedPrecondition,
+    undefined,
+    [{ desc: DeviceMismatchSchema, value: mismatch }],
+  );
+}
+
+/** The DeviceMismatch an error carries, if any. */
+export function mismatchOf(error: ConnectError): DeviceMismatch | undefined {
+  return error.code === Code.FailedPrecondition ? error.findDetails(DeviceMismatchSchema)[0] : undefined;
+}
+
+/**
+ * The shard's check of a group send against the members at the seq it is about to assign: the
+ * gateway checked the send's devices against `checked` (a member list that may be seconds old),
+ * so the send stands only if those are exactly the current members. Undefined when they are;
+ * otherwise the refusal, whose DeviceMismatch lists as extra every device the send addresses of
+ * a member removed since (key holders included, so the sender rotates its key). Members added
+ * since have no device list here (the shard does not know devices); they are named in the
+ * message, and any mismatch makes the sender read the members again.
+ */
+export function membershipRefusal(
+  checked: readonly CheckedMember[],
+  current: ReadonlyMap<string, unknown>,
+): ConnectError | undefined {
+  const seen = new Set<string>();
+  const removed: string[] = [];
+  const extra: MismatchedDevice[] = [];
+  for (const m of checked) {
+    seen.add(m.userId);
+    if (current.has(m.userId)) continue;
+    removed.push(m.userId);
+    // user_id stays empty for extra devices, as the protocol says of every extra device.
+    for (const deviceId of m.deviceIds) extra.push(create(MismatchedDeviceSchema, { deviceId }));
+  }
+  const added = [...current.keys()].filter((userId) => !seen.has(userId));
+  if (removed.length === 0 && added.length === 0) return undefined;
+  const changes: string[] = [];
+  if (removed.length > 0) changes.push(`removed ${removed.sort().join(", ")}`);
+  if (added.length > 0) changes.push(`added ${added.sort().join(", ")}`);
+  extra.sort((a, b) => (a.deviceId < b.deviceId ? -1 : 1));
+  return mismatchError(
+    create(DeviceMismatchSchema, { missing: [], extra, stale: [] }),
+    `the group's members changed before this send was ordered (${changes.join("; ")}); read the members again`,
+  );
 }

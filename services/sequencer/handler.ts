@@ -7,6 +7,7 @@ import {
   type SequencerService,
 } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { seqNumber } from "../common/validate.js";
+import { mismatchOf } from "./device-payloads.js";
 import type { Sequencer } from "./sequencer.js";
 
 /** The sequencer's RPC face. Callers are trusted services that already authenticated the user. */
@@ -18,7 +19,12 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
         results: results.map((r) =>
           "seq" in r
             ? create(AppendResultSchema, { seq: BigInt(r.seq), serverTimeMs: BigInt(r.serverTimeMs) })
-            : create(AppendResultSchema, { errorCode: r.code, errorMessage: r.rawMessage }),
+            : create(AppendResultSchema, {
+                errorCode: r.code,
+                errorMessage: r.rawMessage,
+                // A group send refused because its members changed: the devices to drop.
+                mismatch: mismatchOf(r),
+              }),
         ),
       };
     },
@@ -41,11 +47,15 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
       return entry === undefined ? {} : { entry };
     },
     async getHistory(req) {
+      // The device decides where the log starts for it (a device linked later reads less).
+      if (req.deviceId === "") throw new ConnectError("device_id: required", Code.InvalidArgument);
       const page = await sequencer.getHistory(
         req.userId,
         req.conversationId,
         seqNumber("after_seq", req.afterSeq),
         req.limit,
+        0,
+        req.deviceId,
       );
       return { entries: page.entries, lastSeq: BigInt(page.lastSeq), hasMore: page.hasMore };
     },
@@ -84,6 +94,11 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
     async relayTyping(req) {
       await sequencer.relayTyping(req.userId, req.deviceId, req.conversationId, req.active);
       return {};
+    },
+    async recordDeviceLink(req) {
+      if (req.userId === "" || req.deviceId === "")
+        throw new ConnectError("user_id and device_id: required", Code.InvalidArgument);
+      return { conversations: await sequencer.recordDeviceLink(req.userId, req.deviceId) };
     },
     async findContacts(req) {
       return { contactUserIds: await sequencer.findContacts(req.userId, req.peerUserIds) };

@@ -6,6 +6,7 @@ import {
   FindContactsResponseSchema,
   GetSyncStateResponseSchema,
   ListConversationsResponseSchema,
+  RecordDeviceLinkResponseSchema,
   type SequencerService,
   UpdateCursorsResponseSchema,
 } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
@@ -186,6 +187,13 @@ export function shardedSequencerClient(
 
     relayTyping(request, options?: CallOptions) {
       return owner(request.conversationId ?? "").relayTyping(request, options);
+    },
+
+    async recordDeviceLink(request, options?: CallOptions) {
+      // Every replica records it for its own shards; the link fails unless all of them did.
+      const answers = await Promise.all(replicas.map((r) => r.recordDeviceLink(request, options)));
+      const conversations = answers.reduce((n, a) => n + a.conversations, 0);
+      return create(RecordDeviceLinkResponseSchema, { conversations });
     },
 
     async findContacts(request, options?: CallOptions) {

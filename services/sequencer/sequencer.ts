@@ -32,9 +32,14 @@ import { directConversationId, newId } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import { shardOf } from "../common/shard.js";
 import { carries, context, endSpan, injectContext, startSpan } from "../common/telemetry.js";
-import type { ConversationRecord, ConversationStore, MemberRecord } from "../store/types.js";
+import type { ConversationRecord, ConversationStore, DeviceFloor, MemberRecord } from "../store/types.js";
 import type { ConversationState, CursorPair } from "./conversation.js";
-import { checkDevicePayloads, conversationKind } from "./device-payloads.js";
+import {
+  checkDevicePayloads,
+  conversationKind,
+  membershipRefusal,
+  needsDeviceCheck,
+} from "./device-payloads.js";
 import { HotStateBudget } from "./hot-state.js";
 import { type OutboxOptions, PublishOutbox } from "./outbox.js";
 import { type Batch, Shard } from "./shard.js";
@@ -87,6 +92,11 @@ const PAGE_MAX = 1000;
 const RECEIPT_SCAN_MAX = 2000;
 // FindContacts and listings look at most this many of a user's conversations.
 const USER_CONVERSATIONS_MAX = 5000;
+// Device floors (where a linked device starts reading) kept in memory, and how many
+// conversations' last seqs are read at once while a device is linked.
+const FLOOR_CACHE_MAX = 100_000;
+const FLOOR_READS_AT_ONCE = 64;
+const FLOOR_WRITE_SLICE = 1000;
 
 function denied(message: string): ConnectError {
   return new ConnectError(message, Code.PermissionDenied);
@@ -134,13 +144,23 @@ export class Sequencer {
   private readonly now: () => number;
   /** Committed events on their way to the bus; holds them through a bus outage. */
   readonly outbox: PublishOutbox;
+  /** Sends refused by the shard's own checks, by reason, since start. */
+  readonly refusals = { membersChanged: 0 };
+  private refusalLoggedAtMs = Number.NEGATIVE_INFINITY;
+  /**
+   * Linked devices' floors in this replica's conversations, "deviceId\nconversationId" -> the
+   * floor, null when none was recorded. Never stale: a floor is written before its device
+   * exists (RecordDeviceLink), by the replica that owns the conversation, which sets it here.
+   */
+  private readonly floors = new Map<string, number | null>();
+
   /** The byte budget of the shards' in-memory state, with what it holds and evicts. */
   readonly hotState: HotStateBudget;
 
   constructor(
     private readonly store: ConversationStore,
     private readonly bus: EventBus,
-    log: Logger,
+    private readonly log: Logger,
     private readonly options: SequencerOptions,
   ) {
     this.now = options.now ?? Date.now;
@@ -320,6 +340,7 @@ export class Sequencer {
         return { seq: again.seq, serverTimeMs: again.serverTimeMs };
       }
       this.requireMember(state, item.senderUserId);
+      this.requireMembersAsChecked(state, item, outgoing);
       const batch = shard.batch();
       const entry = this.assign(state, batch, {
         senderUserId: item.senderUserId,
@@ -346,6 +367,37 @@ export class Sequencer {
       sent.durable = undefined;
       return { seq, serverTimeMs: sent.serverTimeMs };
     });
+  }
+
+  /**
+   * A group send whose devices the gateway checked stands only if the members it was checked
+   * against are the members now, at the seq about to be assigned (called in the synchronous
+   * block before assign, so no membership change can come between). The gateway trusts cached
+   * members for seconds; this is what keeps a member removed in that window from being sent a
+   * key or a message they could read. A group send that needs the check and carries none was
+   * not checked at all, and is refused too.
+   */
+  private requireMembersAsChecked(state: ConversationState, item: AppendItem, outgoing: OutgoingEntry): void {
+    if (state.record?.kind !== "group" || !needsDeviceCheck(outgoing.conversationId, outgoing.body)) return;
+    if (item.checkedMembers.length === 0) {
+      throw new ConnectError(
+        "checked_members: required for a group send with device_payloads or a sender-key payload",
+        Code.InvalidArgument,
+      );
+    }
+    const refusal = membershipRefusal(item.checkedMembers, state.members);
+    if (refusal === undefined) return;
+    this.refusals.membersChanged++;
+    const now = this.now();
+    // Logged at most once per 10 s: a client can make as many of these as it has sends.
+    if (now - this.refusalLoggedAtMs >= 10_000) {
+      this.refusalLoggedAtMs = now;
+      this.log.info(
+        { refusal: "group_members_changed", conversationId: state.id, count: this.refusals.membersChanged },
+        "group send refused: checked against members that changed before its seq",
+      );
+    }
+    throw refusal;
   }
 
   private async findRecent(
@@ -486,8 +538,10 @@ export class Sequencer {
     userId: string,
     peer: string,
     lastActiveMs: number,
+    deviceFloor = 0,
   ): Conversation {
-    const floor = member ? member.joinedSeq - 1 : 0;
+    // Nothing before the user joined, or before this device was linked, is the device's to read.
+    const floor = Math.max(member ? member.joinedSeq - 1 : 0, deviceFloor);
     return create(ConversationSchema, {
       conversationId: record.id,
       kind: record.kind === "direct" ? ConversationKind.DIRECT : ConversationKind.GROUP,
@@ -503,7 +557,12 @@ export class Sequencer {
     });
   }
 
-  private stateView(state: ConversationState, userId: string, deviceId: string): Conversation {
+  private stateView(
+    state: ConversationState,
+    userId: string,
+    deviceId: string,
+    deviceFloor = 0,
+  ): Conversation {
     const record = state.record!;
     const peer =
       record.kind === "direct" ? ([...state.members.keys()].find((id) => id !== userId) ?? "") : "";
@@ -516,6 +575,7 @@ export class Sequencer {
       userId,
       peer,
       state.lastServerTimeMs || record.createdAtMs,
+      deviceFloor,
     );
   }
 
@@ -730,11 +790,16 @@ export class Sequencer {
     conversationId: string,
     afterSeq: number,
     limit: number,
+    _maxBytes = 0,
+    deviceId = "",
   ): Promise<{ entries: Entry[]; lastSeq: number; hasMore: boolean }> {
     const pageSize = limit === 0 ? PAGE_DEFAULT : Math.min(limit, PAGE_MAX);
     return this.withState(conversationId, async (state) => {
       const member = this.requireMember(state, userId);
-      const after = Math.max(afterSeq, member.joinedSeq - 1);
+      // A device linked after the user joined reads from its link on (the RPC requires the
+      // device; only in-process callers read as the user).
+      const floor = deviceId === "" ? 0 : await this.deviceFloor(deviceId, conversationId);
+      const after = Math.max(afterSeq, member.joinedSeq - 1, floor);
       const entries = await this.readCommitted(state, after, pageSize);
       const last = entries[entries.length - 1];
       const reached = last === undefined ? after : Number(last.seq);
@@ -855,9 +920,56 @@ export class Sequencer {
     return [...senders];
   }
 
+  /** A device's floor in a conversation of this replica (0 when it has none). */
+  private async deviceFloor(deviceId: string, conversationId: string): Promise<number> {
+    const key = `${deviceId}\n${conversationId}`;
+    let floor = this.floors.get(key);
+    if (floor === undefined) {
+      floor = (await this.store.getDeviceFloor(deviceId, conversationId)) ?? null;
+      this.rememberFloor(key, floor);
+    }
+    return floor ?? 0;
+  }
+
+  private rememberFloor(key: string, floor: number | null): void {
+    this.floors.delete(key);
+    this.floors.set(key, floor);
+    for (const oldest of this.floors.keys()) {
+      if (this.floors.size <= FLOOR_CACHE_MAX) break;
+      this.floors.delete(oldest);
+    }
+  }
+
+  /**
+   * Records, for a device about to be linked to the user, where it starts in each of the
+   * user's conversations in this replica's shards: their last committed seq now. The device
+   * is then served nothing from before (history, sync pages, the backlog on connect), while
+   * the user's other devices keep the whole history. Called before the device exists, so no
+   * read of its floors can come first; a send still being committed as this runs may reach it.
+   * Every conversation of the user, not only the first USER_CONVERSATIONS_MAX of a listing.
+   */
+  async recordDeviceLink(userId: string, deviceId: string): Promise<number> {
+    const rows = (await this.store.listUserConversations(userId)).filter((r) => this.owns(r.conversationId));
+    const floors: DeviceFloor[] = [];
+    for (let i = 0; i < rows.length; i += FLOOR_READS_AT_ONCE) {
+      const slice = rows.slice(i, i + FLOOR_READS_AT_ONCE);
+      const seqs = await Promise.all(slice.map((r) => this.store.getLastSeq(r.conversationId)));
+      slice.forEach((r, j) => {
+        floors.push({ deviceId, conversationId: r.conversationId, floorSeq: seqs[j] ?? 0 });
+      });
+    }
+    for (let i = 0; i < floors.length; i += FLOOR_WRITE_SLICE)
+      await this.store.putDeviceFloors(floors.slice(i, i + FLOOR_WRITE_SLICE));
+    for (const f of floors) this.rememberFloor(`${deviceId}\n${f.conversationId}`, f.floorSeq);
+    return floors.length;
+  }
+
   /** Every conversation of the user with its last seq and the device's delivered cursor. */
   async getSyncState(userId: string, deviceId: string): Promise<ConversationSync[]> {
-    const rows = await this.userConversations(userId);
+    const [rows, floors] = await Promise.all([
+      this.userConversations(userId),
+      this.store.listDeviceFloors(deviceId),
+    ]);
     return Promise.all(
       rows.map(async (row) => {
         const [lastSeq, cursors] = await Promise.all([
@@ -869,7 +981,8 @@ export class Sequencer {
           conversationId: row.conversationId,
           lastSeq: BigInt(lastSeq),
           deliveredUpTo: BigInt(cursors[0]?.deliveredUpTo ?? 0),
-          joinedSeq: BigInt(row.joinedSeq),
+          // The device's start: where its user joined, or the first seq after its link.
+          joinedSeq: BigInt(Math.max(row.joinedSeq, (floors.get(row.conversationId) ?? 0) + 1)),
         };
       }),
     );
@@ -877,7 +990,10 @@ export class Sequencer {
 
   /** The user's conversations as the device sees them, most recently active first. */
   async listConversations(userId: string, deviceId: string): Promise<Conversation[]> {
-    const rows = await this.userConversations(userId);
+    const [rows, floors] = await Promise.all([
+      this.userConversations(userId),
+      this.store.listDeviceFloors(deviceId),
+    ]);
     const listed = await Promise.all(
       rows.map(async (row) => {
         const id = row.conversationId;
@@ -900,6 +1016,7 @@ export class Sequencer {
           userId,
           peer,
           Number(last?.serverTimeMs ?? BigInt(record.createdAtMs)),
+          floors.get(id) ?? 0,
         );
       }),
     );
@@ -913,8 +1030,9 @@ export class Sequencer {
     return this.withState(conversationId, async (state) => {
       this.requireMember(state, userId);
       await this.loadCursors(state, [deviceId]);
+      const floor = await this.deviceFloor(deviceId, conversationId);
       return {
-        conversation: this.stateView(state, userId, deviceId),
+        conversation: this.stateView(state, userId, deviceId, floor),
         members: [...state.members.values()].map(toMember),
       };
     });

@@ -73,6 +73,19 @@ export interface MemberCursor {
   readUpTo: number;
 }
 
+/**
+ * Where a device linked to a user who was already in a conversation starts reading it: the
+ * device is served entries after floorSeq only, never the history from before its link.
+ */
+export interface DeviceFloor {
+  /** The conversation. */
+  conversationId: string;
+  /** The linked device. */
+  deviceId: string;
+  /** The conversation's last seq when the device was linked. */
+  floorSeq: number;
+}
+
 /** The idempotency record of one send. */
 export interface IdempotencyKey {
   /** The sending device. */
@@ -144,6 +157,15 @@ export interface ConversationStore {
   saveCursors(devices: readonly DeviceCursor[], members: readonly MemberCursor[]): Promise<void>;
   /** Deletes idempotency records older than the given time; returns how many were removed. */
   expireIdempotency(olderThanMs: number): Promise<number>;
+  /**
+   * Records where linked devices start reading conversations (writes what it is given; a
+   * device is linked once, so its floors are written once). Durable like every write.
+   */
+  putDeviceFloors(floors: readonly DeviceFloor[]): Promise<void>;
+  /** A device's floor in one conversation; undefined when none was recorded. */
+  getDeviceFloor(deviceId: string, conversationId: string): Promise<number | undefined>;
+  /** Every floor recorded for a device, by conversation id. */
+  listDeviceFloors(deviceId: string): Promise<Map<string, number>>;
 }
 
 /** A user account. */

@@ -411,6 +411,33 @@ export function runConversationStoreConformance(open: () => Promise<StoreEngine>
       await store.saveCursors([], []);
     });
 
+    test("device floors are recorded per device and conversation, and read back one or all", async (store) => {
+      // Device ids of this test alone: a shared store keeps other tests' floors.
+      const linked = `dv_${randomUUID().replaceAll("-", "")}`;
+      const other = `dv_${randomUUID().replaceAll("-", "")}`;
+      const [a, b, c] = [groupId(), groupId(), groupId()];
+      assert.equal(await store.getDeviceFloor(linked, a), undefined);
+      assert.deepEqual(await store.listDeviceFloors(linked), new Map());
+      await store.putDeviceFloors([
+        { deviceId: linked, conversationId: a, floorSeq: 7 },
+        { deviceId: linked, conversationId: b, floorSeq: 0 },
+        { deviceId: other, conversationId: a, floorSeq: 3 },
+      ]);
+      await store.putDeviceFloors([]);
+      assert.equal(await store.getDeviceFloor(linked, a), 7);
+      assert.equal(await store.getDeviceFloor(linked, b), 0, "a floor of 0 is a floor, not none");
+      assert.equal(await store.getDeviceFloor(linked, c), undefined);
+      assert.equal(await store.getDeviceFloor(other, a), 3);
+      assert.deepEqual(
+        await store.listDeviceFloors(linked),
+        new Map([
+          [a, 7],
+          [b, 0],
+        ]),
+      );
+      assert.deepEqual(await store.listDeviceFloors(other), new Map([[a, 3]]));
+    });
+
     test("member cursors update the member record in place and skip non-members", async (store) => {
       const id = groupId();
       const alice = userId();

@@ -8,6 +8,7 @@ import type {
   ConversationStore,
   ConversationWrite,
   DeviceCursor,
+  DeviceFloor,
   MemberCursor,
   MemberRecord,
   UserConversation,
@@ -38,6 +39,7 @@ export interface ConversationDbs {
   members: Database<MemberRecord, Key>;
   userConversations: Database<number, Key>;
   deviceCursors: Database<DeviceCursorValue, Key>;
+  deviceFloors: Database<number, Key>;
 }
 
 // Buffers sort after every string and number in lmdb's ordered-binary keys, so [prefix, HIGH] is an
@@ -221,6 +223,22 @@ export class LmdbConversationStore implements ConversationStore {
         dbs.members.put(key, { ...member, deliveredUpTo: m.deliveredUpTo, readUpTo: m.readUpTo });
       }
     });
+  }
+
+  async putDeviceFloors(floors: readonly DeviceFloor[]): Promise<void> {
+    if (floors.length === 0) return;
+    await this.writeUnit(() => {
+      for (const f of floors) this.dbs.deviceFloors.put([f.deviceId, f.conversationId], f.floorSeq);
+    });
+  }
+
+  async getDeviceFloor(deviceId: string, conversationId: string): Promise<number | undefined> {
+    return this.dbs.deviceFloors.get([deviceId, conversationId]);
+  }
+
+  async listDeviceFloors(deviceId: string): Promise<Map<string, number>> {
+    const range = this.dbs.deviceFloors.getRange({ start: [deviceId], end: [deviceId, HIGH] });
+    return new Map([...range].map(({ key, value }) => [(key as [string, string])[1], value]));
   }
 
   async expireIdempotency(olderThanMs: number): Promise<number> {

@@ -16,6 +16,7 @@
  *   members             [conversationId, userId]                    MemberRecord
  *   userConversations   [userId, conversationId]                    joinedSeq
  *   deviceCursors       [conversationId, deviceId]                  { deliveredUpTo, readUpTo }
+ *   deviceFloors        [deviceId, conversationId]                  floorSeq (a linked device's start)
  *   users               userId                                      UserRecord
  *   usernames           username                                    userId
  *   devices             deviceId                                    DeviceRecord
@@ -81,6 +82,7 @@ export class LmdbStoreEngine implements StoreEngine {
       members: db("members"),
       userConversations: db("userConversations"),
       deviceCursors: db("deviceCursors"),
+      deviceFloors: db("deviceFloors"),
     };
     const accounts: AccountDbs = {
       users: db("users"),

@@ -9,6 +9,7 @@ import type {
   ConversationStore,
   ConversationWrite,
   DeviceCursor,
+  DeviceFloor,
   IdempotencyKey,
   MemberCursor,
   MemberRecord,
@@ -473,6 +474,46 @@ export class ScyllaConversationStore implements ConversationStore {
         return slices;
       }),
     );
+  }
+
+  async putDeviceFloors(floors: readonly DeviceFloor[]): Promise<void> {
+    // One unlogged batch per device (its partition) and slice: atomic per slice, one round trip.
+    const byDevice = new Map<string, { query: string; params: unknown[] }[]>();
+    for (const f of floors) {
+      const list = byDevice.get(f.deviceId) ?? [];
+      list.push({
+        query: "INSERT INTO device_floors (device_id, conversation_id, floor_seq) VALUES (?, ?, ?)",
+        params: [f.deviceId, f.conversationId, f.floorSeq],
+      });
+      byDevice.set(f.deviceId, list);
+    }
+    await Promise.all(
+      [...byDevice.values()].flatMap((statements) => {
+        const slices: Promise<unknown>[] = [];
+        for (let i = 0; i < statements.length; i += 100)
+          slices.push(this.cql.batch(statements.slice(i, i + 100)));
+        return slices;
+      }),
+    );
+  }
+
+  async getDeviceFloor(deviceId: string, conversationId: string): Promise<number | undefined> {
+    const row = await this.cql.one(
+      "SELECT floor_seq FROM device_floors WHERE device_id = ? AND conversation_id = ?",
+      [deviceId, conversationId],
+    );
+    return row === undefined ? undefined : num(row.get("floor_seq"));
+  }
+
+  async listDeviceFloors(deviceId: string): Promise<Map<string, number>> {
+    const out = new Map<string, number>();
+    for await (const row of this.cql.pages(
+      "SELECT conversation_id, floor_seq FROM device_floors WHERE device_id = ?",
+      [deviceId],
+    )) {
+      out.set(row.get("conversation_id") as string, num(row.get("floor_seq")));
+    }
+    return out;
   }
 
   async expireIdempotency(olderThanMs: number): Promise<number> {

@@ -185,6 +185,19 @@ export const MIGRATIONS: readonly Migration[] = [
         PRIMARY KEY (user_id, name))`,
     ],
   },
+  {
+    id: "0005_device_floors",
+    description: "where devices linked later start reading each conversation",
+    statements: [
+      // Partitioned by device: a device's sync reads all of its floors at once, and history
+      // reads one row of that partition.
+      `CREATE TABLE IF NOT EXISTS device_floors (
+        device_id text,
+        conversation_id text,
+        floor_seq bigint,
+        PRIMARY KEY (device_id, conversation_id))`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

@@ -8,13 +8,15 @@ import type { Conversation, Member } from "../../v1/conversations_pb.js";
 import { file_switchboard_v1_conversations } from "../../v1/conversations_pb.js";
 import type { Entry, MembershipAction, OutgoingEntry } from "../../v1/entry_pb.js";
 import { file_switchboard_v1_entry } from "../../v1/entry_pb.js";
+import type { DeviceMismatch } from "../../v1/gateway_pb.js";
+import { file_switchboard_v1_gateway } from "../../v1/gateway_pb.js";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file switchboard/internal/v1/sequencer.proto.
  */
 export const file_switchboard_internal_v1_sequencer: GenFile = /*@__PURE__*/
-  fileDesc("Cidzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9zZXF1ZW5jZXIucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIu8BCgpBcHBlbmRJdGVtEhYKDnNlbmRlcl91c2VyX2lkGAEgASgJEhgKEHNlbmRlcl9kZXZpY2VfaWQYAiABKAkSLAoFZW50cnkYAyABKAsyHS5zd2l0Y2hib2FyZC52MS5PdXRnb2luZ0VudHJ5EkwKDXRyYWNlX2NvbnRleHQYBCADKAsyNS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5BcHBlbmRJdGVtLlRyYWNlQ29udGV4dEVudHJ5GjMKEVRyYWNlQ29udGV4dEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiXgoMQXBwZW5kUmVzdWx0EgsKA3NlcRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoAxISCgplcnJvcl9jb2RlGAMgASgNEhUKDWVycm9yX21lc3NhZ2UYBCABKAkiQwoNQXBwZW5kUmVxdWVzdBIyCgVpdGVtcxgBIAMoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkFwcGVuZEl0ZW0iSAoOQXBwZW5kUmVzcG9uc2USNgoHcmVzdWx0cxgBIAMoCzIlLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkFwcGVuZFJlc3VsdCJNChFPcGVuRGlyZWN0UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhQKDHBlZXJfdXNlcl9pZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkiSAoST3BlbkRpcmVjdFJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbiJgChJDcmVhdGVHcm91cFJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSDQoFdGl0bGUYAyABKAkSFwoPbWVtYmVyX3VzZXJfaWRzGAQgAygJIkkKE0NyZWF0ZUdyb3VwUmVzcG9uc2USMgoMY29udmVyc2F0aW9uGAEgASgLMhwuc3dpdGNoYm9hcmQudjEuQ29udmVyc2F0aW9uIrUBChdDaGFuZ2VNZW1iZXJzaGlwUmVxdWVzdBIVCg1hY3Rvcl91c2VyX2lkGAEgASgJEhcKD2FjdG9yX2RldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSMAoGYWN0aW9uGAQgASgOMiAuc3dpdGNoYm9hcmQudjEuTWVtYmVyc2hpcEFjdGlvbhIQCgh1c2VyX2lkcxgFIAMoCRINCgV0aXRsZRgGIAEoCSJAChhDaGFuZ2VNZW1iZXJzaGlwUmVzcG9uc2USJAoFZW50cnkYASABKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSJyChFHZXRIaXN0b3J5UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIRCglhZnRlcl9zZXEYAyABKAQSDQoFbGltaXQYBCABKA0SEQoJbWF4X2J5dGVzGAUgASgNImAKEkdldEhpc3RvcnlSZXNwb25zZRImCgdlbnRyaWVzGAEgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkSEAoIbGFzdF9zZXEYAiABKAQSEAoIaGFzX21vcmUYAyABKAgieAoMQ3Vyc29yVXBkYXRlEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIXCg9kZWxpdmVyZWRfdXBfdG8YBCABKAQSEgoKcmVhZF91cF90bxgFIAEoBCJOChRVcGRhdGVDdXJzb3JzUmVxdWVzdBI2Cgd1cGRhdGVzGAEgAygLMiUuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ3Vyc29yVXBkYXRlIhcKFVVwZGF0ZUN1cnNvcnNSZXNwb25zZSI5ChNHZXRTeW5jU3RhdGVSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJImoKEENvbnZlcnNhdGlvblN5bmMSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCGxhc3Rfc2VxGAIgASgEEhcKD2RlbGl2ZXJlZF91cF90bxgDIAEoBBISCgpqb2luZWRfc2VxGAQgASgEIlgKFEdldFN5bmNTdGF0ZVJlc3BvbnNlEkAKDWNvbnZlcnNhdGlvbnMYASADKAsyKS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Db252ZXJzYXRpb25TeW5jIj4KGExpc3RDb252ZXJzYXRpb25zUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSJQChlMaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEjMKDWNvbnZlcnNhdGlvbnMYASADKAsyHC5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb24iVQoWR2V0Q29udmVyc2F0aW9uUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkidgoXR2V0Q29udmVyc2F0aW9uUmVzcG9uc2USMgoMY29udmVyc2F0aW9uGAEgASgLMhwuc3dpdGNoYm9hcmQudjEuQ29udmVyc2F0aW9uEicKB21lbWJlcnMYAiADKAsyFi5zd2l0Y2hib2FyZC52MS5NZW1iZXIiLAoRR2V0TWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJIooBChJHZXRNZW1iZXJzUmVzcG9uc2USEAoIdXNlcl9pZHMYASADKAkSFwoPbWVtYmVyc192ZXJzaW9uGAIgASgEEjIKBW11dGVzGAMgAygLMiMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuTWVtYmVyTXV0ZRIVCg1tdXRlc192ZXJzaW9uGAQgASgEIjUKCk1lbWJlck11dGUSDwoHdXNlcl9pZBgBIAEoCRIWCg5tdXRlZF91bnRpbF9tcxgCIAEoAyJSCg5TZXRNdXRlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIWCg5tdXRlZF91bnRpbF9tcxgDIAEoAyIRCg9TZXRNdXRlUmVzcG9uc2UiYQoSUmVsYXlUeXBpbmdSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIOCgZhY3RpdmUYBCABKAgiFQoTUmVsYXlUeXBpbmdSZXNwb25zZSI9ChNGaW5kQ29udGFjdHNSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFQoNcGVlcl91c2VyX2lkcxgCIAMoCSIwChRGaW5kQ29udGFjdHNSZXNwb25zZRIYChBjb250YWN0X3VzZXJfaWRzGAEgAygJMokLChBTZXF1ZW5jZXJTZXJ2aWNlElkKBkFwcGVuZBImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkFwcGVuZFJlcXVlc3QaJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5BcHBlbmRSZXNwb25zZRJlCgpPcGVuRGlyZWN0Eiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuT3BlbkRpcmVjdFJlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5PcGVuRGlyZWN0UmVzcG9uc2USaAoLQ3JlYXRlR3JvdXASKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DcmVhdGVHcm91cFJlcXVlc3QaLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DcmVhdGVHcm91cFJlc3BvbnNlEncKEENoYW5nZU1lbWJlcnNoaXASMC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DaGFuZ2VNZW1iZXJzaGlwUmVxdWVzdBoxLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkNoYW5nZU1lbWJlcnNoaXBSZXNwb25zZRJlCgpHZXRIaXN0b3J5Eiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0SGlzdG9yeVJlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRIaXN0b3J5UmVzcG9uc2USbgoNVXBkYXRlQ3Vyc29ycxItLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlVwZGF0ZUN1cnNvcnNSZXF1ZXN0Gi4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVXBkYXRlQ3Vyc29yc1Jlc3BvbnNlEmsKDEdldFN5bmNTdGF0ZRIsLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldFN5bmNTdGF0ZVJlcXVlc3QaLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRTeW5jU3RhdGVSZXNwb25zZRJ6ChFMaXN0Q29udmVyc2F0aW9ucxIxLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBoyLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USdAoPR2V0Q29udmVyc2F0aW9uEi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBowLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlEmUKCkdldE1lbWJlcnMSKi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRNZW1iZXJzUmVxdWVzdBorLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldE1lbWJlcnNSZXNwb25zZRJoCgtSZWxheVR5cGluZxIrLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlJlbGF5VHlwaW5nUmVxdWVzdBosLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlJlbGF5VHlwaW5nUmVzcG9uc2USawoMRmluZENvbnRhY3RzEiwuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRmluZENvbnRhY3RzUmVxdWVzdBotLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkZpbmRDb250YWN0c1Jlc3BvbnNlElwKB1NldE11dGUSJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5TZXRNdXRlUmVxdWVzdBooLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlNldE11dGVSZXNwb25zZWIGcHJvdG8z", [file_switchboard_v1_conversations, file_switchboard_v1_entry]);
+  fileDesc("Cidzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9zZXF1ZW5jZXIucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIrACCgpBcHBlbmRJdGVtEhYKDnNlbmRlcl91c2VyX2lkGAEgASgJEhgKEHNlbmRlcl9kZXZpY2VfaWQYAiABKAkSLAoFZW50cnkYAyABKAsyHS5zd2l0Y2hib2FyZC52MS5PdXRnb2luZ0VudHJ5EkwKDXRyYWNlX2NvbnRleHQYBCADKAsyNS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5BcHBlbmRJdGVtLlRyYWNlQ29udGV4dEVudHJ5Ej8KD2NoZWNrZWRfbWVtYmVycxgFIAMoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkNoZWNrZWRNZW1iZXIaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI0Cg1DaGVja2VkTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSEgoKZGV2aWNlX2lkcxgCIAMoCSKQAQoMQXBwZW5kUmVzdWx0EgsKA3NlcRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoAxISCgplcnJvcl9jb2RlGAMgASgNEhUKDWVycm9yX21lc3NhZ2UYBCABKAkSMAoIbWlzbWF0Y2gYBSABKAsyHi5zd2l0Y2hib2FyZC52MS5EZXZpY2VNaXNtYXRjaCJDCg1BcHBlbmRSZXF1ZXN0EjIKBWl0ZW1zGAEgAygLMiMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQXBwZW5kSXRlbSJICg5BcHBlbmRSZXNwb25zZRI2CgdyZXN1bHRzGAEgAygLMiUuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQXBwZW5kUmVzdWx0Ik0KEU9wZW5EaXJlY3RSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSFAoMcGVlcl91c2VyX2lkGAIgASgJEhEKCWRldmljZV9pZBgDIAEoCSJIChJPcGVuRGlyZWN0UmVzcG9uc2USMgoMY29udmVyc2F0aW9uGAEgASgLMhwuc3dpdGNoYm9hcmQudjEuQ29udmVyc2F0aW9uImAKEkNyZWF0ZUdyb3VwUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRINCgV0aXRsZRgDIAEoCRIXCg9tZW1iZXJfdXNlcl9pZHMYBCADKAkiSQoTQ3JlYXRlR3JvdXBSZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb24itQEKF0NoYW5nZU1lbWJlcnNoaXBSZXF1ZXN0EhUKDWFjdG9yX3VzZXJfaWQYASABKAkSFwoPYWN0b3JfZGV2aWNlX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRIwCgZhY3Rpb24YBCABKA4yIC5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQWN0aW9uEhAKCHVzZXJfaWRzGAUgAygJEg0KBXRpdGxlGAYgASgJIkAKGENoYW5nZU1lbWJlcnNoaXBSZXNwb25zZRIkCgVlbnRyeRgBIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5IoUBChFHZXRIaXN0b3J5UmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIRCglhZnRlcl9zZXEYAyABKAQSDQoFbGltaXQYBCABKA0SEQoJbWF4X2J5dGVzGAUgASgNEhEKCWRldmljZV9pZBgGIAEoCSJgChJHZXRIaXN0b3J5UmVzcG9uc2USJgoHZW50cmllcxgBIAMoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5EhAKCGxhc3Rfc2VxGAIgASgEEhAKCGhhc19tb3JlGAMgASgIIngKDEN1cnNvclVwZGF0ZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSFwoPZGVsaXZlcmVkX3VwX3RvGAQgASgEEhIKCnJlYWRfdXBfdG8YBSABKAQiTgoUVXBkYXRlQ3Vyc29yc1JlcXVlc3QSNgoHdXBkYXRlcxgBIAMoCzIlLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkN1cnNvclVwZGF0ZSIXChVVcGRhdGVDdXJzb3JzUmVzcG9uc2UiOQoTR2V0U3luY1N0YXRlUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSJqChBDb252ZXJzYXRpb25TeW5jEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIQCghsYXN0X3NlcRgCIAEoBBIXCg9kZWxpdmVyZWRfdXBfdG8YAyABKAQSEgoKam9pbmVkX3NlcRgEIAEoBCJYChRHZXRTeW5jU3RhdGVSZXNwb25zZRJACg1jb252ZXJzYXRpb25zGAEgAygLMikuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ29udmVyc2F0aW9uU3luYyI+ChhMaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkiUAoZTGlzdENvbnZlcnNhdGlvbnNSZXNwb25zZRIzCg1jb252ZXJzYXRpb25zGAEgAygLMhwuc3dpdGNoYm9hcmQudjEuQ29udmVyc2F0aW9uIlUKFkdldENvbnZlcnNhdGlvblJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJInYKF0dldENvbnZlcnNhdGlvblJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbhInCgdtZW1iZXJzGAIgAygLMhYuc3dpdGNoYm9hcmQudjEuTWVtYmVyIiwKEUdldE1lbWJlcnNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSKKAQoSR2V0TWVtYmVyc1Jlc3BvbnNlEhAKCHVzZXJfaWRzGAEgAygJEhcKD21lbWJlcnNfdmVyc2lvbhgCIAEoBBIyCgVtdXRlcxgDIAMoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLk1lbWJlck11dGUSFQoNbXV0ZXNfdmVyc2lvbhgEIAEoBCI1CgpNZW1iZXJNdXRlEg8KB3VzZXJfaWQYASABKAkSFgoObXV0ZWRfdW50aWxfbXMYAiABKAMiUgoOU2V0TXV0ZVJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSFgoObXV0ZWRfdW50aWxfbXMYAyABKAMiEQoPU2V0TXV0ZVJlc3BvbnNlImEKElJlbGF5VHlwaW5nUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSDgoGYWN0aXZlGAQgASgIIhUKE1JlbGF5VHlwaW5nUmVzcG9uc2UiPQoTRmluZENvbnRhY3RzUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhUKDXBlZXJfdXNlcl9pZHMYAiADKAkiMAoURmluZENvbnRhY3RzUmVzcG9uc2USGAoQY29udGFjdF91c2VyX2lkcxgBIAMoCSI9ChdSZWNvcmREZXZpY2VMaW5rUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIxChhSZWNvcmREZXZpY2VMaW5rUmVzcG9uc2USFQoNY29udmVyc2F0aW9ucxgBIAEoDTKCDAoQU2VxdWVuY2VyU2VydmljZRJZCgZBcHBlbmQSJi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5BcHBlbmRSZXF1ZXN0Gicuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQXBwZW5kUmVzcG9uc2USZQoKT3BlbkRpcmVjdBIqLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLk9wZW5EaXJlY3RSZXF1ZXN0Gisuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuT3BlbkRpcmVjdFJlc3BvbnNlEmgKC0NyZWF0ZUdyb3VwEisuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ3JlYXRlR3JvdXBSZXF1ZXN0Giwuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ3JlYXRlR3JvdXBSZXNwb25zZRJ3ChBDaGFuZ2VNZW1iZXJzaGlwEjAuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ2hhbmdlTWVtYmVyc2hpcFJlcXVlc3QaMS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DaGFuZ2VNZW1iZXJzaGlwUmVzcG9uc2USZQoKR2V0SGlzdG9yeRIqLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldEhpc3RvcnlSZXF1ZXN0Gisuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0SGlzdG9yeVJlc3BvbnNlEm4KDVVwZGF0ZUN1cnNvcnMSLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5VcGRhdGVDdXJzb3JzUmVxdWVzdBouLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlVwZGF0ZUN1cnNvcnNSZXNwb25zZRJrCgxHZXRTeW5jU3RhdGUSLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRTeW5jU3RhdGVSZXF1ZXN0Gi0uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0U3luY1N0YXRlUmVzcG9uc2USegoRTGlzdENvbnZlcnNhdGlvbnMSMS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5MaXN0Q29udmVyc2F0aW9uc1JlcXVlc3QaMi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5MaXN0Q29udmVyc2F0aW9uc1Jlc3BvbnNlEnQKD0dldENvbnZlcnNhdGlvbhIvLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldENvbnZlcnNhdGlvblJlcXVlc3QaMC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRDb252ZXJzYXRpb25SZXNwb25zZRJlCgpHZXRNZW1iZXJzEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0TWVtYmVyc1JlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRNZW1iZXJzUmVzcG9uc2USaAoLUmVsYXlUeXBpbmcSKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5SZWxheVR5cGluZ1JlcXVlc3QaLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5SZWxheVR5cGluZ1Jlc3BvbnNlEmsKDEZpbmRDb250YWN0cxIsLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkZpbmRDb250YWN0c1JlcXVlc3QaLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5GaW5kQ29udGFjdHNSZXNwb25zZRJcCgdTZXRNdXRlEicuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuU2V0TXV0ZVJlcXVlc3QaKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5TZXRNdXRlUmVzcG9uc2USdwoQUmVjb3JkRGV2aWNlTGluaxIwLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlJlY29yZERldmljZUxpbmtSZXF1ZXN0GjEuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmVjb3JkRGV2aWNlTGlua1Jlc3BvbnNlYgZwcm90bzM", [file_switchboard_v1_conversations, file_switchboard_v1_entry, file_switchboard_v1_gateway]);
 
 /**
  * One entry to append.
@@ -50,6 +52,16 @@ export type AppendItem = Message<"switchboard.internal.v1.AppendItem"> & {
    * @generated from field: map<string, string> trace_context = 4;
    */
   traceContext: { [key: string]: string };
+
+  /**
+   * For a group send whose device set the gateway checked (device_payloads, or payload_type 7):
+   * the members it was checked against, each with the devices the send addresses (key holders
+   * included). The shard refuses the send unless these are exactly the members at the seq it
+   * assigns, so a removal ordered before the send always wins over a gateway's cached members.
+   *
+   * @generated from field: repeated switchboard.internal.v1.CheckedMember checked_members = 5;
+   */
+  checkedMembers: CheckedMember[];
 };
 
 /**
@@ -58,6 +70,35 @@ export type AppendItem = Message<"switchboard.internal.v1.AppendItem"> & {
  */
 export const AppendItemSchema: GenMessage<AppendItem> = /*@__PURE__*/
   messageDesc(file_switchboard_internal_v1_sequencer, 0);
+
+/**
+ * One member of a group as a send's device check saw them.
+ *
+ * @generated from message switchboard.internal.v1.CheckedMember
+ */
+export type CheckedMember = Message<"switchboard.internal.v1.CheckedMember"> & {
+  /**
+   * The member.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The member's devices the send carries an entry for (a key distribution or a key holder's
+   * empty entry); empty for a member without devices with keys.
+   *
+   * @generated from field: repeated string device_ids = 2;
+   */
+  deviceIds: string[];
+};
+
+/**
+ * Describes the message switchboard.internal.v1.CheckedMember.
+ * Use `create(CheckedMemberSchema)` to create a new message.
+ */
+export const CheckedMemberSchema: GenMessage<CheckedMember> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_sequencer, 1);
 
 /**
  * The outcome of one AppendItem.
@@ -92,6 +133,14 @@ export type AppendResult = Message<"switchboard.internal.v1.AppendResult"> & {
    * @generated from field: string error_message = 4;
    */
   errorMessage: string;
+
+  /**
+   * With FAILED_PRECONDITION for a group whose members changed since the gateway checked the
+   * send: the devices to drop (those of removed members); the sender reads the members again.
+   *
+   * @generated from field: switchboard.v1.DeviceMismatch mismatch = 5;
+   */
+  mismatch?: DeviceMismatch | undefined;
 };
 
 /**
@@ -99,7 +148,7 @@ export type AppendResult = Message<"switchboard.internal.v1.AppendResult"> & {
  * Use `create(AppendResultSchema)` to create a new message.
  */
 export const AppendResultSchema: GenMessage<AppendResult> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 1);
+  messageDesc(file_switchboard_internal_v1_sequencer, 2);
 
 /**
  * SequencerService.Append request.
@@ -120,7 +169,7 @@ export type AppendRequest = Message<"switchboard.internal.v1.AppendRequest"> & {
  * Use `create(AppendRequestSchema)` to create a new message.
  */
 export const AppendRequestSchema: GenMessage<AppendRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 2);
+  messageDesc(file_switchboard_internal_v1_sequencer, 3);
 
 /**
  * SequencerService.Append response.
@@ -141,7 +190,7 @@ export type AppendResponse = Message<"switchboard.internal.v1.AppendResponse"> &
  * Use `create(AppendResponseSchema)` to create a new message.
  */
 export const AppendResponseSchema: GenMessage<AppendResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 3);
+  messageDesc(file_switchboard_internal_v1_sequencer, 4);
 
 /**
  * SequencerService.OpenDirect request.
@@ -176,7 +225,7 @@ export type OpenDirectRequest = Message<"switchboard.internal.v1.OpenDirectReque
  * Use `create(OpenDirectRequestSchema)` to create a new message.
  */
 export const OpenDirectRequestSchema: GenMessage<OpenDirectRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 4);
+  messageDesc(file_switchboard_internal_v1_sequencer, 5);
 
 /**
  * SequencerService.OpenDirect response.
@@ -197,7 +246,7 @@ export type OpenDirectResponse = Message<"switchboard.internal.v1.OpenDirectResp
  * Use `create(OpenDirectResponseSchema)` to create a new message.
  */
 export const OpenDirectResponseSchema: GenMessage<OpenDirectResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 5);
+  messageDesc(file_switchboard_internal_v1_sequencer, 6);
 
 /**
  * SequencerService.CreateGroup request.
@@ -239,7 +288,7 @@ export type CreateGroupRequest = Message<"switchboard.internal.v1.CreateGroupReq
  * Use `create(CreateGroupRequestSchema)` to create a new message.
  */
 export const CreateGroupRequestSchema: GenMessage<CreateGroupRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 6);
+  messageDesc(file_switchboard_internal_v1_sequencer, 7);
 
 /**
  * SequencerService.CreateGroup response.
@@ -260,7 +309,7 @@ export type CreateGroupResponse = Message<"switchboard.internal.v1.CreateGroupRe
  * Use `create(CreateGroupResponseSchema)` to create a new message.
  */
 export const CreateGroupResponseSchema: GenMessage<CreateGroupResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 7);
+  messageDesc(file_switchboard_internal_v1_sequencer, 8);
 
 /**
  * SequencerService.ChangeMembership request.
@@ -316,7 +365,7 @@ export type ChangeMembershipRequest = Message<"switchboard.internal.v1.ChangeMem
  * Use `create(ChangeMembershipRequestSchema)` to create a new message.
  */
 export const ChangeMembershipRequestSchema: GenMessage<ChangeMembershipRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 8);
+  messageDesc(file_switchboard_internal_v1_sequencer, 9);
 
 /**
  * SequencerService.ChangeMembership response.
@@ -337,7 +386,7 @@ export type ChangeMembershipResponse = Message<"switchboard.internal.v1.ChangeMe
  * Use `create(ChangeMembershipResponseSchema)` to create a new message.
  */
 export const ChangeMembershipResponseSchema: GenMessage<ChangeMembershipResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 9);
+  messageDesc(file_switchboard_internal_v1_sequencer, 10);
 
 /**
  * SequencerService.GetHistory request.
@@ -382,6 +431,14 @@ export type GetHistoryRequest = Message<"switchboard.internal.v1.GetHistoryReque
    * @generated from field: uint32 max_bytes = 5;
    */
   maxBytes: number;
+
+  /**
+   * The reading device (required): a device linked after the user joined reads from its link
+   * on (RecordDeviceLink), never the history before it.
+   *
+   * @generated from field: string device_id = 6;
+   */
+  deviceId: string;
 };
 
 /**
@@ -389,7 +446,7 @@ export type GetHistoryRequest = Message<"switchboard.internal.v1.GetHistoryReque
  * Use `create(GetHistoryRequestSchema)` to create a new message.
  */
 export const GetHistoryRequestSchema: GenMessage<GetHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 10);
+  messageDesc(file_switchboard_internal_v1_sequencer, 11);
 
 /**
  * SequencerService.GetHistory response.
@@ -424,7 +481,7 @@ export type GetHistoryResponse = Message<"switchboard.internal.v1.GetHistoryResp
  * Use `create(GetHistoryResponseSchema)` to create a new message.
  */
 export const GetHistoryResponseSchema: GenMessage<GetHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 11);
+  messageDesc(file_switchboard_internal_v1_sequencer, 12);
 
 /**
  * One device's cursor movement in one conversation. Zero leaves a cursor unchanged.
@@ -473,7 +530,7 @@ export type CursorUpdate = Message<"switchboard.internal.v1.CursorUpdate"> & {
  * Use `create(CursorUpdateSchema)` to create a new message.
  */
 export const CursorUpdateSchema: GenMessage<CursorUpdate> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 12);
+  messageDesc(file_switchboard_internal_v1_sequencer, 13);
 
 /**
  * SequencerService.UpdateCursors request.
@@ -494,7 +551,7 @@ export type UpdateCursorsRequest = Message<"switchboard.internal.v1.UpdateCursor
  * Use `create(UpdateCursorsRequestSchema)` to create a new message.
  */
 export const UpdateCursorsRequestSchema: GenMessage<UpdateCursorsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 13);
+  messageDesc(file_switchboard_internal_v1_sequencer, 14);
 
 /**
  * SequencerService.UpdateCursors response.
@@ -509,7 +566,7 @@ export type UpdateCursorsResponse = Message<"switchboard.internal.v1.UpdateCurso
  * Use `create(UpdateCursorsResponseSchema)` to create a new message.
  */
 export const UpdateCursorsResponseSchema: GenMessage<UpdateCursorsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 14);
+  messageDesc(file_switchboard_internal_v1_sequencer, 15);
 
 /**
  * SequencerService.GetSyncState request.
@@ -537,7 +594,7 @@ export type GetSyncStateRequest = Message<"switchboard.internal.v1.GetSyncStateR
  * Use `create(GetSyncStateRequestSchema)` to create a new message.
  */
 export const GetSyncStateRequestSchema: GenMessage<GetSyncStateRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 15);
+  messageDesc(file_switchboard_internal_v1_sequencer, 16);
 
 /**
  * One conversation's state for a device.
@@ -567,7 +624,8 @@ export type ConversationSync = Message<"switchboard.internal.v1.ConversationSync
   deliveredUpTo: bigint;
 
   /**
-   * The seq from which the user can see the log.
+   * The seq from which this device can see the log: where its user joined, or for a device
+   * linked later, the first seq after its link.
    *
    * @generated from field: uint64 joined_seq = 4;
    */
@@ -579,7 +637,7 @@ export type ConversationSync = Message<"switchboard.internal.v1.ConversationSync
  * Use `create(ConversationSyncSchema)` to create a new message.
  */
 export const ConversationSyncSchema: GenMessage<ConversationSync> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 16);
+  messageDesc(file_switchboard_internal_v1_sequencer, 17);
 
 /**
  * SequencerService.GetSyncState response.
@@ -600,7 +658,7 @@ export type GetSyncStateResponse = Message<"switchboard.internal.v1.GetSyncState
  * Use `create(GetSyncStateResponseSchema)` to create a new message.
  */
 export const GetSyncStateResponseSchema: GenMessage<GetSyncStateResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 17);
+  messageDesc(file_switchboard_internal_v1_sequencer, 18);
 
 /**
  * SequencerService.ListConversations request.
@@ -628,7 +686,7 @@ export type ListConversationsRequest = Message<"switchboard.internal.v1.ListConv
  * Use `create(ListConversationsRequestSchema)` to create a new message.
  */
 export const ListConversationsRequestSchema: GenMessage<ListConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 18);
+  messageDesc(file_switchboard_internal_v1_sequencer, 19);
 
 /**
  * SequencerService.ListConversations response.
@@ -649,7 +707,7 @@ export type ListConversationsResponse = Message<"switchboard.internal.v1.ListCon
  * Use `create(ListConversationsResponseSchema)` to create a new message.
  */
 export const ListConversationsResponseSchema: GenMessage<ListConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 19);
+  messageDesc(file_switchboard_internal_v1_sequencer, 20);
 
 /**
  * SequencerService.GetConversation request.
@@ -684,7 +742,7 @@ export type GetConversationRequest = Message<"switchboard.internal.v1.GetConvers
  * Use `create(GetConversationRequestSchema)` to create a new message.
  */
 export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 20);
+  messageDesc(file_switchboard_internal_v1_sequencer, 21);
 
 /**
  * SequencerService.GetConversation response.
@@ -712,7 +770,7 @@ export type GetConversationResponse = Message<"switchboard.internal.v1.GetConver
  * Use `create(GetConversationResponseSchema)` to create a new message.
  */
 export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 21);
+  messageDesc(file_switchboard_internal_v1_sequencer, 22);
 
 /**
  * SequencerService.GetMembers request.
@@ -733,7 +791,7 @@ export type GetMembersRequest = Message<"switchboard.internal.v1.GetMembersReque
  * Use `create(GetMembersRequestSchema)` to create a new message.
  */
 export const GetMembersRequestSchema: GenMessage<GetMembersRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 22);
+  messageDesc(file_switchboard_internal_v1_sequencer, 23);
 
 /**
  * SequencerService.GetMembers response.
@@ -775,7 +833,7 @@ export type GetMembersResponse = Message<"switchboard.internal.v1.GetMembersResp
  * Use `create(GetMembersResponseSchema)` to create a new message.
  */
 export const GetMembersResponseSchema: GenMessage<GetMembersResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 23);
+  messageDesc(file_switchboard_internal_v1_sequencer, 24);
 
 /**
  * One member's mute.
@@ -803,7 +861,7 @@ export type MemberMute = Message<"switchboard.internal.v1.MemberMute"> & {
  * Use `create(MemberMuteSchema)` to create a new message.
  */
 export const MemberMuteSchema: GenMessage<MemberMute> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 24);
+  messageDesc(file_switchboard_internal_v1_sequencer, 25);
 
 /**
  * SequencerService.SetMute request.
@@ -838,7 +896,7 @@ export type SetMuteRequest = Message<"switchboard.internal.v1.SetMuteRequest"> &
  * Use `create(SetMuteRequestSchema)` to create a new message.
  */
 export const SetMuteRequestSchema: GenMessage<SetMuteRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 25);
+  messageDesc(file_switchboard_internal_v1_sequencer, 26);
 
 /**
  * SequencerService.SetMute response.
@@ -853,7 +911,7 @@ export type SetMuteResponse = Message<"switchboard.internal.v1.SetMuteResponse">
  * Use `create(SetMuteResponseSchema)` to create a new message.
  */
 export const SetMuteResponseSchema: GenMessage<SetMuteResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 26);
+  messageDesc(file_switchboard_internal_v1_sequencer, 27);
 
 /**
  * SequencerService.RelayTyping request.
@@ -895,7 +953,7 @@ export type RelayTypingRequest = Message<"switchboard.internal.v1.RelayTypingReq
  * Use `create(RelayTypingRequestSchema)` to create a new message.
  */
 export const RelayTypingRequestSchema: GenMessage<RelayTypingRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 27);
+  messageDesc(file_switchboard_internal_v1_sequencer, 28);
 
 /**
  * SequencerService.RelayTyping response.
@@ -910,7 +968,7 @@ export type RelayTypingResponse = Message<"switchboard.internal.v1.RelayTypingRe
  * Use `create(RelayTypingResponseSchema)` to create a new message.
  */
 export const RelayTypingResponseSchema: GenMessage<RelayTypingResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 28);
+  messageDesc(file_switchboard_internal_v1_sequencer, 29);
 
 /**
  * SequencerService.FindContacts request.
@@ -938,7 +996,7 @@ export type FindContactsRequest = Message<"switchboard.internal.v1.FindContactsR
  * Use `create(FindContactsRequestSchema)` to create a new message.
  */
 export const FindContactsRequestSchema: GenMessage<FindContactsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 29);
+  messageDesc(file_switchboard_internal_v1_sequencer, 30);
 
 /**
  * SequencerService.FindContacts response.
@@ -959,7 +1017,56 @@ export type FindContactsResponse = Message<"switchboard.internal.v1.FindContacts
  * Use `create(FindContactsResponseSchema)` to create a new message.
  */
 export const FindContactsResponseSchema: GenMessage<FindContactsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_sequencer, 30);
+  messageDesc(file_switchboard_internal_v1_sequencer, 31);
+
+/**
+ * SequencerService.RecordDeviceLink request.
+ *
+ * @generated from message switchboard.internal.v1.RecordDeviceLinkRequest
+ */
+export type RecordDeviceLinkRequest = Message<"switchboard.internal.v1.RecordDeviceLinkRequest"> & {
+  /**
+   * The user the device is being linked to.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The new device's id (minted, not yet created).
+   *
+   * @generated from field: string device_id = 2;
+   */
+  deviceId: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.RecordDeviceLinkRequest.
+ * Use `create(RecordDeviceLinkRequestSchema)` to create a new message.
+ */
+export const RecordDeviceLinkRequestSchema: GenMessage<RecordDeviceLinkRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_sequencer, 32);
+
+/**
+ * SequencerService.RecordDeviceLink response.
+ *
+ * @generated from message switchboard.internal.v1.RecordDeviceLinkResponse
+ */
+export type RecordDeviceLinkResponse = Message<"switchboard.internal.v1.RecordDeviceLinkResponse"> & {
+  /**
+   * Conversations of this replica's shards in which the start was recorded.
+   *
+   * @generated from field: uint32 conversations = 1;
+   */
+  conversations: number;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.RecordDeviceLinkResponse.
+ * Use `create(RecordDeviceLinkResponseSchema)` to create a new message.
+ */
+export const RecordDeviceLinkResponseSchema: GenMessage<RecordDeviceLinkResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_sequencer, 33);
 
 /**
  * The sequencer owns conversations: membership, the ordered log, the idempotency index and the
@@ -1101,6 +1208,18 @@ export const SequencerService: GenService<{
     methodKind: "unary";
     input: typeof SetMuteRequestSchema;
     output: typeof SetMuteResponseSchema;
+  },
+  /**
+   * Records where a device being linked starts in each of its user's conversations (their last
+   * seq now): it is served nothing from before. Called by accounts before the device exists;
+   * each replica answers for its own shards, so the caller asks every replica.
+   *
+   * @generated from rpc switchboard.internal.v1.SequencerService.RecordDeviceLink
+   */
+  recordDeviceLink: {
+    methodKind: "unary";
+    input: typeof RecordDeviceLinkRequestSchema;
+    output: typeof RecordDeviceLinkResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_internal_v1_sequencer, 0);

@@ -3,6 +3,7 @@ import type { DirectoryService } from "../../gen/switchboard/internal/v1/directo
 import type { BusEvent, DeliveryBatch } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
 import type { Principal, Tokens } from "../common/auth.js";
 import type { Limits } from "../common/config.js";
@@ -13,6 +14,7 @@ import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
 import { DeviceSets } from "./device-set.js";
 import { type GatewayObserver, observeGateway } from "./observe.js";
 import { Session } from "./session.js";
+import { requireEntrySize } from "./untrusted.js";
 
 /** Counters an operator reads (exported as metrics by the operations issue). */
 export interface GatewayMetrics {
@@ -26,7 +28,17 @@ export interface GatewayMetrics {
   rejectedInFlight: number;
   /** Streams replaced by a newer stream of the same device. */
   replacedStreams: number;
+  /**
+   * Other refusals by reason: `stream_not_reading` (a stream ended because its device did not
+   * read), `sync_requests_queued` (a sync request past the queue), `unknown_fields` (device
+   * messages that carried fields the schema does not know, dropped), `entry_too_large` (a send
+   * whose encoded entry passed its limit).
+   */
+  refusals: Map<string, number>;
 }
+
+/** A refusal reason is logged at most once per this many milliseconds (with the count so far). */
+const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 /** Devices whose status or send bucket a gateway remembers at most. */
 const DEVICE_MAPS_MAX = 200_000;
@@ -79,7 +91,9 @@ export class GatewayCore {
     rejectedRate: 0,
     rejectedInFlight: 0,
     replacedStreams: 0,
+    refusals: new Map(),
   };
+  private readonly refusalLoggedAt = new Map<string, number>();
   private readonly directory: Client<typeof DirectoryService>;
   private readonly tokens: Tokens;
   private readonly byDevice = new Map<string, Session[]>();
@@ -130,6 +144,32 @@ export class GatewayCore {
     );
     this.heartbeat.unref();
     this.observe = observeGateway(this);
+  }
+
+  /**
+   * Counts a refusal and logs it at info, once per reason per REFUSAL_LOG_INTERVAL_MS so a flood
+   * of refusals cannot become a flood of log lines. Fields carry ids and sizes, never content.
+   */
+  refused(reason: string, message: string, fields: Record<string, string | number> = {}): void {
+    const count = (this.metrics.refusals.get(reason) ?? 0) + 1;
+    this.metrics.refusals.set(reason, count);
+    const now = this.now();
+    const last = this.refusalLoggedAt.get(reason);
+    if (last !== undefined && now - last < REFUSAL_LOG_INTERVAL_MS) return;
+    this.refusalLoggedAt.set(reason, now);
+    this.log.info({ refusal: reason, count, ...fields }, message);
+  }
+
+  /** A send's encoded entry within its limit (untrusted.ts), or INVALID_ARGUMENT, counted. */
+  checkEntrySize(entry: OutgoingEntry): void {
+    try {
+      requireEntrySize(entry, this.limits);
+    } catch (err) {
+      this.refused("entry_too_large", "send refused: the encoded entry passes its limit", {
+        conversationId: entry.conversationId,
+      });
+      throw err;
+    }
   }
 
   /** Streams open on this gateway. */

@@ -21,6 +21,8 @@ import { requireClientMsgId, requireId, requireIds, requireText } from "../commo
 import { Consent } from "./consent.js";
 import { entryForDevice } from "./device-set.js";
 import type { GatewayCore } from "./gateway.js";
+import { boundPage } from "./session.js";
+import { dropUnknownFields } from "./untrusted.js";
 
 const principalKey = createContextKey<Principal | undefined>(undefined, {
   description: "authenticated principal",
@@ -28,14 +30,39 @@ const principalKey = createContextKey<Principal | undefined>(undefined, {
 
 /**
  * Authenticates every call to the gateway's own services before the handler runs and before any
- * request message is read. AccountService calls pass through; the accounts service
+ * stream message is read. AccountService calls pass through; the accounts service
  * authenticates the ones that need it.
+ *
+ * It also drops every field a device sent that the schema does not know, from every request
+ * message and stream frame of every device-facing service, before a handler sees it: protobuf-es
+ * keeps unknown fields and encodes them again, so they would reach the log, the key directory
+ * and other devices past every size limit.
  */
 export function authInterceptor(core: GatewayCore): Interceptor {
+  const noteDropped = (procedure: string, bytes: number) => {
+    core.refused("unknown_fields", "dropped fields this server does not know from a device message", {
+      procedure,
+      bytes,
+    });
+  };
   return (next) => async (req) => {
     if (req.service.typeName !== AccountService.typeName) {
       req.contextValues.set(principalKey, await core.authenticate(req.header.get("authorization")));
     }
+    const procedure = `/${req.service.typeName}/${req.method.name}`;
+    if (req.stream) {
+      const messages = req.message;
+      async function* known() {
+        for await (const message of messages) {
+          const dropped = dropUnknownFields(message);
+          if (dropped > 0) noteDropped(procedure, dropped);
+          yield message;
+        }
+      }
+      return next({ ...req, message: known() });
+    }
+    const dropped = dropUnknownFields(req.message);
+    if (dropped > 0) noteDropped(procedure, dropped);
     return next(req);
   };
 }
@@ -70,6 +97,7 @@ export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewaySer
       if (entry === undefined) throw new ConnectError("entry: required", Code.InvalidArgument);
       requireClientMsgId(entry.clientMsgId);
       requireId("conversation_id", entry.conversationId, "conversation");
+      core.checkEntrySize(entry);
       const wait = await core.takeSendToken(p.deviceId);
       if (wait > 0) {
         throw new ConnectError(
@@ -232,17 +260,22 @@ export function conversationService(
       const p = principal(ctx);
       requireId("conversation_id", req.conversationId, "conversation");
       if (req.limit > 1000) throw new ConnectError("limit: at most 1000", Code.InvalidArgument);
+      // A page is bounded in bytes too, so no response nears a client's 4 MiB receive limit:
+      // it may hold fewer than `limit` entries, with has_more set.
+      const maxBytes = core.limits.maxPageBytes;
       const page = await seq.getHistory({
         userId: p.userId,
         deviceId: p.deviceId,
         conversationId: req.conversationId,
         afterSeq: req.afterSeq,
         limit: req.limit,
+        maxBytes,
       });
+      const bounded = boundPage(page.entries, maxBytes);
       return {
-        entries: page.entries.map((e) => entryForDevice(e, p.deviceId)),
+        entries: bounded.entries.map((e) => entryForDevice(e, p.deviceId)),
         lastSeq: page.lastSeq,
-        hasMore: page.hasMore,
+        hasMore: page.hasMore || bounded.cut,
       };
     },
     async setMute(req, ctx) {

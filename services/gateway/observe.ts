@@ -51,6 +51,7 @@ export function observeGateway(source: {
     r.observe(source.metrics.rejectedInFlight, { ...gateway, reason: "sends_in_flight" });
     r.observe(source.metrics.floodClosures, { ...gateway, reason: "frame_flood" });
     r.observe(source.metrics.replacedStreams, { ...gateway, reason: "stream_replaced" });
+    for (const [reason, n] of source.metrics.refusals) r.observe(n, { ...gateway, reason });
   });
   return {
     sendAck: (seconds, outcome) => sendAck.record(seconds, { outcome }),

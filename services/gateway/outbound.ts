@@ -2,24 +2,55 @@ import { create } from "@bufbuild/protobuf";
 import type { ConnectError } from "@connectrpc/connect";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { type ConnectResponse, ConnectResponseSchema } from "../../gen/switchboard/v1/gateway_pb.js";
+import { encodedSizeBound } from "../common/wire-size.js";
+
+/** The bounds of one stream's queue. */
+export interface OutboundLimits {
+  /** Frames queued before offers are refused and producers wait. */
+  frames: number;
+  /** Bytes (encoded size bound of the frames) queued before offers are refused and producers wait. */
+  bytes: number;
+  /** Bytes of entries per message frame: joined live entries stop there. */
+  frameBytes: number;
+  /** Entries per message frame. */
+  frameEntries: number;
+}
+
+/** Bytes a message frame costs without its entries (tag, length, type). */
+const MESSAGE_FRAME_OVERHEAD = 32;
 
 /**
- * The frames waiting to be written to one device. Bounded: `offer` refuses when full, and the
- * caller falls back to the log (the device catches up later). Answers to the device's own
- * requests use `force`, which is bounded by the per-stream limit on requests in flight.
+ * The frames waiting to be written to one device, bounded in frames and in bytes.
+ *
+ * - `offer` (live pushes, receipts, typing, presence) refuses when either bound is reached;
+ *   the caller falls back to the log, or drops the event.
+ * - `put` (backlog and sync pages) waits until the frame fits, so a device that does not read
+ *   stops the server producing for it instead of growing the queue.
+ * - `force` (small answers to the device's own requests: acks, pongs, errors) may pass the
+ *   bounds by as much again (a device that stops reading for a moment still gets its answers
+ *   in order); past that the device is not reading, and `force` reports it by returning false:
+ *   the caller ends the stream.
  */
 export class Outbound {
   private readonly items: ConnectResponse[] = [];
+  /** Encoded size bound of each queued frame, in the order of items. */
+  private readonly sizes: number[] = [];
+  private queuedBytes = 0;
   private wakeReader: (() => void) | undefined;
   private spaceWaiters: Array<() => void> = [];
   private ended = false;
   private error: ConnectError | undefined;
 
-  constructor(private readonly capacity: number) {}
+  constructor(private readonly limits: OutboundLimits) {}
 
   /** Frames waiting. */
   get size(): number {
     return this.items.length;
+  }
+
+  /** Bytes waiting (the encoded size bound of the frames). */
+  get bytes(): number {
+    return this.queuedBytes;
   }
 
   /** True once end() was called. */
@@ -30,8 +61,9 @@ export class Outbound {
   /** Queues a frame if there is room. */
   offer(frame: ConnectResponse): boolean {
     if (this.ended) return true;
-    if (this.items.length >= this.capacity) return false;
-    this.push(frame);
+    const size = encodedSizeBound(frame);
+    if (!this.fits(size, 1)) return false;
+    this.push(frame, size);
     return true;
   }
 
@@ -41,24 +73,64 @@ export class Outbound {
    * saves a protobuf envelope, an HTTP/2 DATA frame and a trip through the stream machinery per
    * entry. Returns false when the entries did not fit.
    */
-  offerEntries(entries: Entry[], maxPerFrame: number): boolean {
+  offerEntries(entries: Entry[]): boolean {
     if (this.ended) return true;
-    const last = this.items[this.items.length - 1];
-    if (last?.frame.case === "message" && last.frame.value.entries.length + entries.length <= maxPerFrame) {
+    let size = 0;
+    for (const e of entries) size += encodedSizeBound(e);
+    const lastIndex = this.items.length - 1;
+    const last = this.items[lastIndex];
+    if (
+      last?.frame.case === "message" &&
+      last.frame.value.entries.length + entries.length <= this.limits.frameEntries &&
+      this.sizes[lastIndex]! + size <= this.limits.frameBytes + MESSAGE_FRAME_OVERHEAD &&
+      this.queuedBytes + size <= this.limits.bytes
+    ) {
       last.frame.value.entries.push(...entries);
+      this.sizes[lastIndex]! += size;
+      this.queuedBytes += size;
       return true;
     }
-    return this.offer(create(ConnectResponseSchema, { frame: { case: "message", value: { entries } } }));
+    const frame = create(ConnectResponseSchema, { frame: { case: "message", value: { entries } } });
+    if (!this.fits(size + MESSAGE_FRAME_OVERHEAD, 1)) return false;
+    this.push(frame, size + MESSAGE_FRAME_OVERHEAD);
+    return true;
   }
 
-  /** Queues a frame regardless of room. */
-  force(frame: ConnectResponse): void {
-    if (!this.ended) this.push(frame);
+  /**
+   * Queues a frame once it fits within the bounds (at once when the queue is empty, whatever its
+   * size), waiting for the device to read otherwise. The check and the push happen together, so
+   * producers woken at once cannot overfill the queue. Resolves false if the queue ended first.
+   */
+  async put(frame: ConnectResponse): Promise<boolean> {
+    const size = encodedSizeBound(frame);
+    while (!this.ended && !this.fits(size, 1)) {
+      await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
+    }
+    if (this.ended) return false;
+    this.push(frame, size);
+    return true;
   }
 
-  /** Resolves when there is room for at least one frame, or the queue ended. */
-  async space(): Promise<void> {
-    while (!this.ended && this.items.length >= this.capacity) {
+  /**
+   * Queues an answer to the device's own request, past the bounds by at most as much again.
+   * Returns false (queuing nothing) when even that is full: the device is not reading.
+   */
+  force(frame: ConnectResponse): boolean {
+    if (this.ended) return true;
+    const size = encodedSizeBound(frame);
+    if (
+      this.items.length > 0 &&
+      (this.items.length + 1 > 2 * this.limits.frames || this.queuedBytes + size > 2 * this.limits.bytes)
+    ) {
+      return false;
+    }
+    this.push(frame, size);
+    return true;
+  }
+
+  /** Resolves when there is room for a frame of `bytes`, or the queue ended. */
+  async space(bytes = 0): Promise<void> {
+    while (!this.ended && !this.fits(bytes, 1)) {
       await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
     }
   }
@@ -75,6 +147,8 @@ export class Outbound {
   /** Ends at once, dropping queued frames. */
   abort(error: ConnectError): void {
     this.items.length = 0;
+    this.sizes.length = 0;
+    this.queuedBytes = 0;
     this.end(error);
   }
 
@@ -83,7 +157,8 @@ export class Outbound {
     for (;;) {
       const frame = this.items.shift();
       if (frame !== undefined) {
-        if (this.spaceWaiters.length > 0 && this.items.length < this.capacity) {
+        this.queuedBytes -= this.sizes.shift() ?? 0;
+        if (this.spaceWaiters.length > 0) {
           for (const w of this.spaceWaiters.splice(0)) w();
         }
         yield frame;
@@ -97,8 +172,16 @@ export class Outbound {
     if (this.error !== undefined) throw this.error;
   }
 
-  private push(frame: ConnectResponse): void {
+  /** True when `frames` more frames of `bytes` in all stay within the bounds (or the queue is empty). */
+  private fits(bytes: number, frames: number): boolean {
+    if (this.items.length === 0) return true;
+    return this.items.length + frames <= this.limits.frames && this.queuedBytes + bytes <= this.limits.bytes;
+  }
+
+  private push(frame: ConnectResponse, size: number): void {
     this.items.push(frame);
+    this.sizes.push(size);
+    this.queuedBytes += size;
     this.wake();
   }
 

@@ -16,14 +16,13 @@ import { newId } from "../common/ids.js";
 import { TokenBucket } from "../common/rate-limit.js";
 import { endSpan, injectContext, ROOT_CONTEXT, SpanKind, startSpan } from "../common/telemetry.js";
 import { requireClientMsgId, requireId } from "../common/validate.js";
-import { bodyBytes } from "../sequencer/device-payloads.js";
+import { encodedSizeBound } from "../common/wire-size.js";
 import { entryForDevice, mismatchOf } from "./device-set.js";
 import type { GatewayCore } from "./gateway.js";
 import { Outbound } from "./outbound.js";
 
-/** Entries per message frame, and bytes of payload per frame, so frames stay small. */
+/** Entries per message frame, so frames stay small (their bytes are bounded by maxPageBytes). */
 const FRAME_ENTRIES = 64;
-const FRAME_BYTES = 1024 * 1024;
 const CURSORS_PER_FRAME = 256;
 const HISTORY_PAGE = 256;
 
@@ -41,26 +40,40 @@ function frame(value: ConnectResponse["frame"]): ConnectResponse {
   return create(ConnectResponseSchema, { frame: value });
 }
 
-function payloadBytes(entry: Entry): number {
-  return bodyBytes(entry.body);
-}
-
-/** Splits entries into frames of at most FRAME_ENTRIES entries and about FRAME_BYTES. */
-function chunks(entries: Entry[]): Entry[][] {
+/**
+ * Splits entries into frames of at most FRAME_ENTRIES entries and maxBytes of encoded entries
+ * (one entry at least).
+ */
+function chunks(entries: Entry[], maxBytes: number): Entry[][] {
   const out: Entry[][] = [];
   let current: Entry[] = [];
   let bytes = 0;
   for (const e of entries) {
-    if (current.length >= FRAME_ENTRIES || (current.length > 0 && bytes + payloadBytes(e) > FRAME_BYTES)) {
+    const size = encodedSizeBound(e);
+    if (current.length >= FRAME_ENTRIES || (current.length > 0 && bytes + size > maxBytes)) {
       out.push(current);
       current = [];
       bytes = 0;
     }
     current.push(e);
-    bytes += payloadBytes(e);
+    bytes += size;
   }
   if (current.length > 0) out.push(current);
   return out;
+}
+
+/**
+ * The longest prefix of a page whose encoded entries stay within maxBytes (one entry at least),
+ * and whether entries were cut: the sequencer bounds its pages already, this holds the bound
+ * against one that does not (an older replica during an upgrade).
+ */
+export function boundPage(entries: Entry[], maxBytes: number): { entries: Entry[]; cut: boolean } {
+  let bytes = 0;
+  for (let i = 0; i < entries.length; i++) {
+    bytes += encodedSizeBound(entries[i]!);
+    if (i > 0 && bytes > maxBytes) return { entries: entries.slice(0, i), cut: true };
+  }
+  return { entries, cut: false };
 }
 
 /** True when the entry takes the principal's user out of the conversation. */
@@ -95,13 +108,22 @@ export class Session {
   private checksPending = 0;
   private closed = false;
   private idle: (() => void) | undefined;
+  /** Reads of the log (catch-up pages and sync pages) run one at a time, each behind the last. */
+  private logReads: Promise<void> = Promise.resolve();
+  /** Sync requests being answered or waiting to be. */
+  private syncsPending = 0;
 
   constructor(
     readonly principal: Principal,
     private readonly core: GatewayCore,
   ) {
     const { limits } = core;
-    this.outbound = new Outbound(limits.outboundQueueFrames);
+    this.outbound = new Outbound({
+      frames: limits.outboundQueueFrames,
+      bytes: limits.outboundQueueBytes,
+      frameBytes: limits.maxPageBytes,
+      frameEntries: FRAME_ENTRIES,
+    });
     this.openedAtMs = core.now();
     this.frames = new TokenBucket(limits.framesPerSecond, limits.frameBurst, this.openedAtMs);
   }
@@ -121,7 +143,7 @@ export class Session {
   /** Sends ready, starts reading the device's frames and pushes its backlog. */
   start(requests: AsyncIterable<ConnectRequest>): void {
     const { limits } = this.core;
-    this.outbound.force(
+    this.answer(
       frame({
         case: "ready",
         value: {
@@ -153,6 +175,44 @@ export class Session {
     this.closed = true;
     this.outbound.end(error);
     this.core.detach(this);
+  }
+
+  /**
+   * Queues an answer to the device's own request. A device whose queue is full even for those
+   * (twice the outbound bounds) is not reading: its stream ends with RESOURCE_EXHAUSTED and
+   * what was queued for it is dropped, so it holds no more memory.
+   */
+  private answer(f: ConnectResponse): void {
+    if (this.closed || this.outbound.force(f)) return;
+    const { limits } = this.core;
+    const queued = { frames: this.outbound.size, bytes: this.outbound.bytes };
+    this.closed = true;
+    this.core.refused("stream_not_reading", "stream ended: the device does not read its frames", {
+      userId: this.userId,
+      deviceId: this.deviceId,
+      sessionId: this.id,
+      queuedFrames: queued.frames,
+      queuedBytes: queued.bytes,
+    });
+    this.outbound.abort(
+      new ConnectError(
+        `the device does not read its stream: ${queued.frames} frames, ${queued.bytes} bytes queued ` +
+          `(at most ${limits.outboundQueueFrames} frames, ${limits.outboundQueueBytes} bytes, and as ` +
+          "much again for answers)",
+        Code.ResourceExhausted,
+      ),
+    );
+    this.core.detach(this);
+  }
+
+  /** Runs a read of the log after every earlier one has finished (one at a time per stream). */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.logReads.then(fn);
+    this.logReads = run.then(
+      () => {},
+      () => {},
+    );
+    return run;
   }
 
   /** A committed entry from fanout. */
@@ -212,7 +272,7 @@ export class Session {
   }
 
   private offerEntries(entries: Entry[]): boolean {
-    return this.outbound.offerEntries(entries, FRAME_ENTRIES);
+    return this.outbound.offerEntries(entries);
   }
 
   private async initialSync(): Promise<void> {
@@ -239,7 +299,7 @@ export class Session {
           entries += (await p.running) ?? 0;
         }
       }
-      this.outbound.force(
+      this.answer(
         frame({
           case: "caughtUp",
           value: { $typeName: "switchboard.v1.CaughtUpFrame", entries: BigInt(entries) },
@@ -260,20 +320,18 @@ export class Session {
     });
   }
 
-  /** Pushes entries from the log until the conversation's target is reached. */
+  /**
+   * Pushes entries from the log until the conversation's target is reached. Each page is read
+   * only once the queue has room for it, and reads of the log run one at a time per stream, so
+   * a device that does not read holds its queue and nothing more.
+   */
   private async fetchFromLog(conversationId: string, p: ConversationProgress): Promise<number> {
     let pushed = 0;
     let failures = 0;
     while (!this.closed && p.pushed < p.target) {
-      let page: Awaited<ReturnType<GatewayCore["sequencer"]["getHistory"]>>;
+      let step: { pushed: number; done: boolean };
       try {
-        page = await this.core.sequencer.getHistory({
-          userId: this.userId,
-          deviceId: this.deviceId,
-          conversationId,
-          afterSeq: p.pushed,
-          limit: HISTORY_PAGE,
-        });
+        step = await this.exclusive(() => this.pushPage(conversationId, p));
       } catch (err) {
         const e = ConnectError.from(err);
         if (e.code === Code.PermissionDenied || e.code === Code.NotFound) {
@@ -289,27 +347,60 @@ export class Session {
         continue;
       }
       failures = 0;
-      if (page.entries.length === 0) {
-        p.target = p.pushed;
-        break;
-      }
-      const own = page.entries.map((e) => entryForDevice(e, this.deviceId));
-      for (const chunk of chunks(own)) {
-        await this.outbound.space();
-        if (this.closed) return pushed;
-        this.outbound.force(
-          frame({ case: "message", value: { $typeName: "switchboard.v1.MessageFrame", entries: chunk } }),
-        );
-        p.pushed = chunk[chunk.length - 1]!.seq;
-        pushed += chunk.length;
-        if (chunk.some((e) => removesUser(e, this.userId))) {
-          this.progress.delete(conversationId);
-          return pushed;
-        }
-      }
-      if (page.lastSeq > p.target) p.target = page.lastSeq;
+      pushed += step.pushed;
+      if (step.done) break;
     }
     return pushed;
+  }
+
+  /**
+   * Reads one page of a conversation's log once the queue has room for it and queues it as
+   * message frames; runs inside exclusive(), so the stream holds at most one page beyond its
+   * queue.
+   */
+  private async pushPage(
+    conversationId: string,
+    p: ConversationProgress,
+  ): Promise<{ pushed: number; done: boolean }> {
+    const { maxPageBytes } = this.core.limits;
+    await this.outbound.space(maxPageBytes);
+    if (this.closed) return { pushed: 0, done: true };
+    const page = await this.readPage(conversationId, p.pushed, HISTORY_PAGE);
+    if (page.entries.length === 0) {
+      p.target = p.pushed;
+      return { pushed: 0, done: true };
+    }
+    let pushed = 0;
+    const own = page.entries.map((e) => entryForDevice(e, this.deviceId));
+    for (const chunk of chunks(own, maxPageBytes)) {
+      const queued = await this.outbound.put(
+        frame({ case: "message", value: { $typeName: "switchboard.v1.MessageFrame", entries: chunk } }),
+      );
+      if (!queued || this.closed) return { pushed, done: true };
+      p.pushed = chunk[chunk.length - 1]!.seq;
+      pushed += chunk.length;
+      if (chunk.some((e) => removesUser(e, this.userId))) {
+        this.progress.delete(conversationId);
+        return { pushed, done: true };
+      }
+    }
+    if (page.lastSeq > p.target) p.target = page.lastSeq;
+    return { pushed, done: false };
+  }
+
+  /** A page of the log for this user, at most maxPageBytes of entries. */
+  private async readPage(conversationId: string, afterSeq: bigint, limit: number) {
+    const maxBytes = this.core.limits.maxPageBytes;
+    const page = await this.core.sequencer.getHistory({
+      userId: this.userId,
+      deviceId: this.deviceId,
+      conversationId,
+      afterSeq,
+      limit,
+      maxBytes,
+    });
+    const bounded = boundPage(page.entries, maxBytes);
+    return { entries: bounded.entries, lastSeq: page.lastSeq, hasMore: page.hasMore || bounded.cut };
   }
 
   private async readLoop(requests: AsyncIterable<ConnectRequest>): Promise<void> {
@@ -363,10 +454,10 @@ export class Session {
         void this.onPresence(f.value.subscribeUserIds, f.value.unsubscribeUserIds);
         return;
       case "syncRequest":
-        void this.onSync(f.value.requestId, f.value.conversationId, f.value.afterSeq, f.value.limit);
+        this.onSync(f.value.requestId, f.value.conversationId, f.value.afterSeq, f.value.limit);
         return;
       case "ping":
-        this.outbound.force(
+        this.answer(
           frame({
             case: "pong",
             value: {
@@ -384,7 +475,7 @@ export class Session {
   }
 
   private refuse(frameName: string, code: Code, message: string): void {
-    this.outbound.force(
+    this.answer(
       frame({
         case: "error",
         value: { $typeName: "switchboard.v1.FrameErrorFrame", frame: frameName, code, message },
@@ -393,7 +484,7 @@ export class Session {
   }
 
   private sendError(entry: OutgoingEntry, error: ConnectError, retryAfterMs = 0): void {
-    this.outbound.force(
+    this.answer(
       frame({
         case: "sendError",
         value: {
@@ -414,6 +505,7 @@ export class Session {
     try {
       requireClientMsgId(entry.clientMsgId);
       requireId("conversation_id", entry.conversationId, "conversation");
+      this.core.checkEntrySize(entry);
     } catch (err) {
       this.sendError(entry, ConnectError.from(err));
       return;
@@ -508,7 +600,7 @@ export class Session {
           this.core.observe.sendAck((performance.now() - receivedAt) / 1000, "ok");
           span.setAttribute("switchboard.seq", Number(r.seq));
           endSpan(span);
-          this.outbound.force(
+          this.answer(
             frame({
               case: "sendAck",
               value: {
@@ -612,12 +704,12 @@ export class Session {
     }
   }
 
-  private async onSync(
-    requestId: number,
-    conversationId: string,
-    afterSeq: bigint,
-    limit: number,
-  ): Promise<void> {
+  /**
+   * Answers a sync request. Requests are answered one at a time, in order, each page read only
+   * once the queue has room for it; up to maxQueuedSyncRequests wait behind the one being
+   * answered, and one more is refused at once (RESOURCE_EXHAUSTED on its request id).
+   */
+  private onSync(requestId: number, conversationId: string, afterSeq: bigint, limit: number): void {
     const page = {
       $typeName: "switchboard.v1.SyncPageFrame" as const,
       requestId,
@@ -628,25 +720,37 @@ export class Session {
       errorCode: 0,
       errorMessage: "",
     };
-    try {
-      requireId("conversation_id", conversationId, "conversation");
-      if (limit > 1000) throw new ConnectError("limit: at most 1000", Code.InvalidArgument);
-      const history = await this.core.sequencer.getHistory({
+    const max = this.core.limits.maxQueuedSyncRequests;
+    if (this.syncsPending > max) {
+      this.core.refused("sync_requests_queued", "sync request refused: too many waiting on one stream", {
         userId: this.userId,
         deviceId: this.deviceId,
-        conversationId,
-        afterSeq,
-        limit,
+        sessionId: this.id,
       });
-      page.entries = history.entries.map((e) => entryForDevice(e, this.deviceId));
-      page.lastSeq = history.lastSeq;
-      page.hasMore = history.hasMore;
-    } catch (err) {
-      const e = ConnectError.from(err);
-      page.errorCode = e.code;
-      page.errorMessage = e.rawMessage;
+      page.errorCode = Code.ResourceExhausted;
+      page.errorMessage = `too many sync requests: one is answered at a time and at most ${max} wait behind it; send the next when a page arrives`;
+      this.answer(frame({ case: "syncPage", value: page }));
+      return;
     }
-    await this.outbound.space();
-    this.outbound.force(frame({ case: "syncPage", value: page }));
+    this.syncsPending++;
+    void this.exclusive(async () => {
+      try {
+        requireId("conversation_id", conversationId, "conversation");
+        if (limit > 1000) throw new ConnectError("limit: at most 1000", Code.InvalidArgument);
+        await this.outbound.space(this.core.limits.maxPageBytes);
+        if (this.closed) return;
+        const history = await this.readPage(conversationId, afterSeq, limit);
+        page.entries = history.entries.map((e) => entryForDevice(e, this.deviceId));
+        page.lastSeq = history.lastSeq;
+        page.hasMore = history.hasMore;
+      } catch (err) {
+        const e = ConnectError.from(err);
+        page.errorCode = e.code;
+        page.errorMessage = e.rawMessage;
+      }
+      await this.outbound.put(frame({ case: "syncPage", value: page }));
+    }).finally(() => {
+      this.syncsPending--;
+    });
   }
 }

@@ -54,7 +54,7 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
         req.conversationId,
         seqNumber("after_seq", req.afterSeq),
         req.limit,
-        0,
+        req.maxBytes,
         req.deviceId,
       );
       return { entries: page.entries, lastSeq: BigInt(page.lastSeq), hasMore: page.hasMore };

@@ -103,11 +103,13 @@ describe("Sequencer on a real store with injected commit failures", () => {
     await fresh.close();
   });
 
-  it("refuses a non-member and an unknown conversation precisely", async () => {
+  it("refuses a non-member and an unknown conversation with one answer", async () => {
     const group = await sequencer.createGroup(BOB, DEVICE, "bob only", []);
     const [denied] = await sequencer.append([item(group.conversationId, "x")]);
     assert.ok(denied instanceof ConnectError && denied.code === Code.PermissionDenied);
     const [missing] = await sequencer.append([item("g_zzzzzzzzzzzzzzzzzzzzzzzzzz", "x")]);
-    assert.ok(missing instanceof ConnectError && missing.code === Code.NotFound);
+    // Whether a conversation exists is not told to someone outside it (issue 15, finding 4).
+    assert.ok(missing instanceof ConnectError && missing.code === Code.PermissionDenied);
+    assert.equal(missing.rawMessage, denied.rawMessage);
   });
 });

@@ -32,6 +32,7 @@ import { directConversationId, newId } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import { shardOf } from "../common/shard.js";
 import { carries, context, endSpan, injectContext, startSpan } from "../common/telemetry.js";
+import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationRecord, ConversationStore, DeviceFloor, MemberRecord } from "../store/types.js";
 import type { ConversationState, CursorPair } from "./conversation.js";
 import {
@@ -87,6 +88,9 @@ export interface SequencerOptions {
 const DEFAULT_CACHE_BYTES = 128 * 1024 * 1024;
 const PAGE_DEFAULT = 256;
 const PAGE_MAX = 1000;
+// Entries read from the store at a time for a byte-bounded page: 32 of the largest entries
+// (about 460 KiB each) is the most one page read holds beyond its bound.
+const BOUNDED_READ_STEP = 32;
 // Receipts name the senders of the entries a cursor moved past; past this many entries the
 // receipt goes to every member instead of reading the whole range.
 const RECEIPT_SCAN_MAX = 2000;
@@ -97,6 +101,9 @@ const USER_CONVERSATIONS_MAX = 5000;
 const FLOOR_CACHE_MAX = 100_000;
 const FLOOR_READS_AT_ONCE = 64;
 const FLOOR_WRITE_SLICE = 1000;
+
+/** The one answer to a non-member, whether or not the conversation exists. */
+const NOT_A_MEMBER = "not a member of this conversation";
 
 function denied(message: string): ConnectError {
   return new ConnectError(message, Code.PermissionDenied);
@@ -225,11 +232,15 @@ export class Sequencer {
       shard.release(state);
     }
   }
+  /**
+   * The user's membership, or PERMISSION_DENIED. A conversation that does not exist gets the
+   * same answer as one the user is not in: direct conversation ids are derived from the two
+   * user ids, so any other answer would tell anyone whether two users ever talked.
+   */
 
   private requireMember(state: ConversationState, userId: string): MemberRecord {
-    if (state.record === undefined) throw new ConnectError("conversation not found", Code.NotFound);
-    const member = state.members.get(userId);
-    if (member === undefined) throw denied("not a member of this conversation");
+    const member = state.record === undefined ? undefined : state.members.get(userId);
+    if (member === undefined) throw denied(NOT_A_MEMBER);
     return member;
   }
 
@@ -527,6 +538,29 @@ export class Sequencer {
     const entries = await this.store.readEntries(state.id, after, upTo - after);
     return entries.filter((e) => Number(e.seq) <= upTo);
   }
+  /** As readCommitted, stopping before the entries' encoded size passes maxBytes (one at least). */
+  private async readBounded(
+    state: ConversationState,
+    after: number,
+    limit: number,
+    maxBytes: number,
+  ): Promise<Entry[]> {
+    const out: Entry[] = [];
+    let bytes = 0;
+    for (let from = after; out.length < limit; ) {
+      const step = await this.readCommitted(state, from, Math.min(BOUNDED_READ_STEP, limit - out.length));
+      if (step.length === 0) return out;
+      for (const entry of step) {
+        const size = encodedSizeBound(entry);
+        if (out.length > 0 && bytes + size > maxBytes) return out;
+        out.push(entry);
+        bytes += size;
+      }
+      from = Number(step[step.length - 1]!.seq);
+    }
+    return out;
+  }
+
 
   /** The conversation as a user's device sees it. */
   private view(
@@ -784,13 +818,17 @@ export class Sequencer {
     });
   }
 
-  /** A page of the log for a member, never before the entry that added them. */
+  /**
+   * A page of the log for a member, never before the entry that added them. With maxBytes the
+   * page also stops before its entries' encoded size would pass it (one entry at least), and
+   * the store is read in small steps so a page of large entries is never held whole.
+   */
   async getHistory(
     userId: string,
     conversationId: string,
     afterSeq: number,
     limit: number,
-    _maxBytes = 0,
+    maxBytes = 0,
     deviceId = "",
   ): Promise<{ entries: Entry[]; lastSeq: number; hasMore: boolean }> {
     const pageSize = limit === 0 ? PAGE_DEFAULT : Math.min(limit, PAGE_MAX);
@@ -800,7 +838,10 @@ export class Sequencer {
       // device; only in-process callers read as the user).
       const floor = deviceId === "" ? 0 : await this.deviceFloor(deviceId, conversationId);
       const after = Math.max(afterSeq, member.joinedSeq - 1, floor);
-      const entries = await this.readCommitted(state, after, pageSize);
+      const entries =
+        maxBytes > 0
+          ? await this.readBounded(state, after, pageSize, maxBytes)
+          : await this.readCommitted(state, after, pageSize);
       const last = entries[entries.length - 1];
       const reached = last === undefined ? after : Number(last.seq);
       return { entries, lastSeq: state.committedSeq, hasMore: reached < state.committedSeq };

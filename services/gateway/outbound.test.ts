@@ -1,0 +1,72 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { EntrySchema, MessageBodySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { type ConnectResponse, ConnectResponseSchema } from "../../gen/switchboard/v1/gateway_pb.js";
+import { encodedSizeBound } from "../common/wire-size.js";
+import { Outbound } from "./outbound.js";
+
+const KiB = 1024;
+
+function entry(seq: number, bytes: number) {
+  return create(EntrySchema, {
+    conversationId: "g_00000000000000000000000000",
+    seq: BigInt(seq),
+    body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array(bytes) }) },
+  });
+}
+
+function messageFrame(bytes: number): ConnectResponse {
+  return create(ConnectResponseSchema, { frame: { case: "message", value: { entries: [entry(1, bytes)] } } });
+}
+
+function pong(): ConnectResponse {
+  return create(ConnectResponseSchema, { frame: { case: "pong", value: { nonce: 1n } } });
+}
+
+describe("Outbound: bounded in frames and bytes", () => {
+  it("refuses live frames past the byte bound, not only past the frame bound", () => {
+    const q = new Outbound({ frames: 1000, bytes: 100 * KiB, frameBytes: 64 * KiB, frameEntries: 64 });
+    assert.ok(q.offer(messageFrame(60 * KiB)));
+    assert.ok(!q.offer(messageFrame(60 * KiB)), "a second 60 KiB frame passes 100 KiB");
+    assert.ok(q.offer(pong()), "a small frame still fits");
+    assert.ok(q.bytes <= 100 * KiB);
+  });
+
+  it("joins live entries to the last frame only within the frame's byte bound", () => {
+    const q = new Outbound({ frames: 1000, bytes: 1024 * KiB, frameBytes: 64 * KiB, frameEntries: 64 });
+    assert.ok(q.offerEntries([entry(1, 40 * KiB)]));
+    assert.ok(q.offerEntries([entry(2, 40 * KiB)]));
+    assert.equal(q.size, 2, "the second entry did not fit in the first frame");
+  });
+
+  it("put waits for room and never overfills when producers wake together", async () => {
+    const q = new Outbound({ frames: 1000, bytes: 100 * KiB, frameBytes: 64 * KiB, frameEntries: 64 });
+    assert.ok(await q.put(messageFrame(60 * KiB)));
+    const waiting = [q.put(messageFrame(60 * KiB)), q.put(messageFrame(60 * KiB))];
+    await new Promise((r) => setImmediate(r));
+    assert.equal(q.size, 1, "both wait while the queue is full");
+    const reader = q.drain();
+    await reader.next();
+    await new Promise((r) => setImmediate(r));
+    assert.equal(q.size, 1, "one producer got the room, the other still waits");
+    assert.ok(q.bytes <= 100 * KiB);
+    q.end();
+    assert.deepEqual(await Promise.all(waiting), [true, false]);
+  });
+
+  it("lets answers pass the bounds by as much again, then reports the device as not reading", () => {
+    const q = new Outbound({ frames: 10, bytes: 100 * KiB, frameBytes: 64 * KiB, frameEntries: 64 });
+    let n = 0;
+    while (q.force(pong())) n++;
+    assert.equal(n, 20, "twice the frame bound");
+    assert.ok(q.bytes <= 200 * KiB);
+  });
+
+  it("measures frames by their encoding, unknown fields included", () => {
+    const frame = messageFrame(10);
+    const inner = frame.frame.value as { entries: Array<{ $unknown?: unknown }> };
+    inner.entries[0]!.$unknown = [{ no: 999, wireType: 2, data: new Uint8Array(300 * KiB) }];
+    assert.ok(encodedSizeBound(frame) > 300 * KiB);
+  });
+});

@@ -158,3 +158,36 @@ export async function rssBytes(pid: number): Promise<number> {
   if (!kb) throw new Error(`no VmRSS for pid ${pid}`);
   return Number(kb[1]) * 1024;
 }
+
+/**
+ * Run as a program (`node --import tsx bench/attacks.ts NAME URL SECONDS`), an attack gets a
+ * process of its own, as an attacker on another host has: the bench's bystander is then not
+ * slowed by the attacker's own event loop. It prints its outcome as one JSON line and exits.
+ */
+async function runAsProgram(name: string, url: string, seconds: number): Promise<void> {
+  const outcome =
+    name === "half-open"
+      ? halfOpenRequests({ url, localAddress: "127.0.0.2", connections: 20, streamsPerConnection: 1000 })
+      : name === "idle"
+        ? idleConnections({ url, localAddress: "127.0.0.2", sockets: 1500, sessions: 300 })
+        : undefined;
+  if (outcome === undefined) throw new Error(`unknown attack ${name}`);
+  await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
+  const report = {
+    opened: outcome.opened,
+    statuses: Object.fromEntries(outcome.statuses),
+    resets: Object.fromEntries(outcome.resets),
+    closedByServer: outcome.closedByServer,
+  };
+  outcome.stop();
+  process.stdout.write(`${JSON.stringify(report)}\n`);
+  process.exit(0);
+}
+
+if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1])) {
+  const [name = "", url = "", seconds = "10"] = process.argv.slice(2);
+  runAsProgram(name, url, Number(seconds)).catch((err: unknown) => {
+    process.stderr.write(`attack: ${String(err)}\n`);
+    process.exit(1);
+  });
+}

@@ -43,6 +43,8 @@ const USAGE = `npm run bench -- [options]
   --server-node-args=S     node flags for the spawned server (with --mesh: every service process), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
   --probe on|off       preload the bench's probe into the spawned server (event-loop use, GC'd memory), default on
   --json               print one JSON object instead of the report
+  --attack NAME        run a hostile client instead and report server RSS and a bystander's round trips
+                       (half-open | idle | slow-reader | all; --attack --help for its options)
 `;
 
 interface Options {
@@ -320,6 +322,11 @@ const mib = (bytes: number) => bytes / (1024 * 1024);
 const fixed = (n: number, digits = 1) => n.toFixed(digits);
 
 async function main(): Promise<void> {
+  // Hostile clients have a runner of their own (bench/attack.ts).
+  if (process.argv.some((a) => a === "--attack" || a.startsWith("--attack="))) {
+    await (await import("./attack.js")).runAttacks(process.argv.slice(2));
+    return;
+  }
   const opts = parseOptions();
   const log = (line: string) => {
     if (!opts.json) process.stderr.write(`${line}\n`);

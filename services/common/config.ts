@@ -49,6 +49,11 @@ export interface Limits {
 export interface PushConfig {
   /** Accept http:// Web Push endpoints (tests, a private push service on a trusted network). */
   allowHttpEndpoints: boolean;
+  /**
+   * Send Web Push to endpoints that are or resolve to loopback, private or link-local addresses
+   * (checked at send time, on the address connected to). Defaults to allowHttpEndpoints.
+   */
+  allowPrivateEndpoints: boolean;
   /** Web Push (VAPID) credentials. */
   webPush?: { vapidPublicKey: string; vapidPrivateKey: string; subject: string };
   /** FCM HTTP v1: a service-account JSON file, and endpoints for private deployments or tests. */
@@ -359,8 +364,13 @@ function loadPush(input: Partial<PushConfig> | undefined, env: NodeJS.ProcessEnv
     keyId: "SWITCHBOARD_APNS_KEY_ID",
     keyFile: "SWITCHBOARD_APNS_KEY_FILE",
   });
+  const allowHttpEndpoints = input?.allowHttpEndpoints ?? env.SWITCHBOARD_PUSH_ALLOW_HTTP === "true";
+  const privateRaw = env.SWITCHBOARD_PUSH_ALLOW_PRIVATE_ENDPOINTS;
   const push: PushConfig = {
-    allowHttpEndpoints: input?.allowHttpEndpoints ?? env.SWITCHBOARD_PUSH_ALLOW_HTTP === "true",
+    allowHttpEndpoints,
+    allowPrivateEndpoints:
+      input?.allowPrivateEndpoints ??
+      (privateRaw === undefined || privateRaw === "" ? allowHttpEndpoints : privateRaw === "true"),
     perDevicePerMinute: positiveInt(
       "SWITCHBOARD_PUSH_PER_DEVICE_PER_MINUTE",
       input?.perDevicePerMinute ?? env.SWITCHBOARD_PUSH_PER_DEVICE_PER_MINUTE ?? 12,

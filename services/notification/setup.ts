@@ -21,7 +21,11 @@ export async function buildPushProviders(config: PushConfig, log: Logger): Promi
     }
   };
   const providers: PushProvider[] = [];
-  providers.push(config.webPush ? new WebPushProvider(config.webPush) : new LogPushProvider("webpush", log));
+  providers.push(
+    config.webPush
+      ? new WebPushProvider({ ...config.webPush, allowPrivateEndpoints: config.allowPrivateEndpoints })
+      : new LogPushProvider("webpush", log),
+  );
   if (config.fcm) {
     const json = await read("FCM service account", config.fcm.serviceAccountFile);
     providers.push(

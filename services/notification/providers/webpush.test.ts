@@ -25,6 +25,8 @@ function provider(timeoutMs = 2000): WebPushProvider {
     vapidPrivateKey: vapid.privateKey,
     subject: SUBJECT,
     timeoutMs,
+    // The fake push service listens on 127.0.0.1, which a default provider refuses to call.
+    allowPrivateEndpoints: true,
   });
 }
 

@@ -1,5 +1,14 @@
 import { createECDH } from "node:crypto";
+import * as http from "node:http";
+import * as https from "node:https";
 import webpush from "web-push";
+import {
+  INTERNAL_ENDPOINT_CODE,
+  isInternalAddress,
+  publicOnlyLookup,
+  type Resolver,
+  systemResolver,
+} from "../targets.js";
 import {
   type PushMessage,
   type PushOutcome,
@@ -22,6 +31,21 @@ export interface WebPushOptions {
   subject: string;
   /** How long one push may take, answer included, in milliseconds (default 10,000). */
   timeoutMs?: number;
+  /**
+   * Send to endpoints on loopback, private and link-local addresses (tests, a private push service
+   * on a trusted network). Off by default: a device chooses its endpoint, and must not make the
+   * server call into its own network (SSRF).
+   */
+  allowPrivateEndpoints?: boolean;
+  /** Resolves endpoint host names at send time; the system resolver by default. */
+  resolve?: Resolver;
+}
+
+/** What came back from a push service. */
+interface Answer {
+  status: number;
+  retryAfter: string | null;
+  body: string;
 }
 
 /** A VAPID key pair, base64url; generate once and keep: subscriptions are bound to the public key. */
@@ -120,24 +144,46 @@ function messageProblem(msg: PushMessage): string | undefined {
   return undefined;
 }
 
-/** The start of a response body, read only up to MAX_ANSWER_BYTES. */
-async function readAnswer(response: Response): Promise<string> {
-  if (response.body === null) return "";
-  const reader = response.body.getReader();
-  const chunks: Uint8Array[] = [];
-  let size = 0;
-  try {
-    while (size < MAX_ANSWER_BYTES) {
-      const { done, value } = await reader.read();
-      if (done) break;
-      chunks.push(value);
-      size += value.byteLength;
-    }
-  } finally {
-    // Releases the connection when the body was longer than we read; a no-op when it ended.
-    await reader.cancel().catch(() => {});
-  }
-  return Buffer.concat(chunks).toString("utf8");
+/**
+ * POSTs one push and reads the start of the answer (up to MAX_ANSWER_BYTES). With a lookup, the
+ * connection goes to the address that lookup checked; redirects are answers, never followed.
+ */
+function post(
+  url: URL,
+  headers: Record<string, string>,
+  body: Buffer,
+  signal: AbortSignal,
+  lookup: ReturnType<typeof publicOnlyLookup>,
+): Promise<Answer> {
+  return new Promise<Answer>((resolve, reject) => {
+    const request = (url.protocol === "https:" ? https : http).request(url, {
+      method: "POST",
+      headers: { ...headers, "content-length": String(body.length) },
+      signal,
+      lookup,
+    });
+    request.once("error", reject);
+    request.once("response", (response) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      const done = () => {
+        response.destroy();
+        resolve({
+          status: response.statusCode ?? 0,
+          retryAfter: [response.headers["retry-after"]].flat()[0] ?? null,
+          body: Buffer.concat(chunks).toString("utf8"),
+        });
+      };
+      response.on("data", (chunk: Buffer) => {
+        chunks.push(chunk);
+        size += chunk.length;
+        if (size >= MAX_ANSWER_BYTES) done();
+      });
+      response.once("end", done);
+      response.once("error", reject);
+    });
+    request.end(body);
+  });
 }
 
 function described(status: number, body: string): string {
@@ -160,8 +206,14 @@ function outcomeFor(status: number, body: string, retryAfter: string | null): Pu
   return { status: "failed", reason: described(status, body) };
 }
 
-function networkReason(err: unknown, timeoutMs: number): string {
+function networkReason(err: unknown, timeoutMs: number, signal: AbortSignal): string {
   if (err instanceof Error) {
+    if (signal.aborted) {
+      const reason: unknown = signal.reason;
+      return reason instanceof Error && reason.name === "TimeoutError"
+        ? `no answer within ${timeoutMs} ms`
+        : "provider closed";
+    }
     if (err.name === "TimeoutError") return `no answer within ${timeoutMs} ms`;
     if (err.name === "AbortError") return "provider closed";
     // fetch reports every network failure as "fetch failed"; the cause says which.
@@ -180,6 +232,11 @@ export class WebPushProvider implements PushProvider {
   private readonly vapid: { subject: string; publicKey: string; privateKey: string };
   private readonly timeoutMs: number;
   private readonly closing = new AbortController();
+  /** Resolves endpoints for the connection, refusing internal addresses unless allowPrivate. */
+  private readonly lookup: ReturnType<typeof publicOnlyLookup>;
+  private readonly allowPrivate: boolean;
+  /** Pushes refused because the endpoint is (or resolves to) an internal address. */
+  refusedEndpoints = 0;
 
   constructor(options: WebPushOptions) {
     checkOptions(options);
@@ -190,6 +247,14 @@ export class WebPushProvider implements PushProvider {
       privateKey: options.vapidPrivateKey.replace(/=+$/, ""),
     };
     this.timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+    this.allowPrivate = options.allowPrivateEndpoints === true;
+    this.lookup = publicOnlyLookup(options.resolve ?? systemResolver, this.allowPrivate);
+  }
+
+  /** The refusal of an endpoint on an internal address: failed, not retried (it would fail again). */
+  private refuseEndpoint(reason: string): PushOutcome {
+    this.refusedEndpoints++;
+    return { status: "failed", reason: `endpoint refused: ${reason}` };
   }
 
   async send(target: PushTarget, msg: PushMessage): Promise<PushOutcome> {
@@ -227,22 +292,26 @@ export class WebPushProvider implements PushProvider {
       if (name.toLowerCase() !== "content-length") headers[name] = String(value);
     }
 
-    // web-push's own sender speaks https only; fetch also reaches http endpoints (tests, private
-    // push services) and bounds the whole exchange, answer included, with one signal.
+    // The endpoint is the device's choice: an address literal is checked here, a name by the
+    // connection's own lookup (at send time, so a name re-pointed after registration is caught).
+    const url = new URL(request.endpoint);
+    const literal = url.hostname.replace(/^\[|\]$/g, "");
+    if (!this.allowPrivate && isInternalAddress(literal)) {
+      return this.refuseEndpoint(`${literal} is a loopback, private or link-local address`);
+    }
+    // web-push's own sender speaks https only; this also reaches http endpoints (tests, private
+    // push services) and bounds the whole exchange, answer included, with one signal. A redirect
+    // would carry a VAPID token whose audience is the old origin; it is an answer, not followed.
     const signal = AbortSignal.any([AbortSignal.timeout(this.timeoutMs), this.closing.signal]);
     try {
-      const response = await fetch(request.endpoint, {
-        method: "POST",
-        headers,
-        body: request.body,
-        // A redirect would carry a VAPID token whose audience is the old origin; treat it as an answer.
-        redirect: "manual",
-        signal,
-      });
-      const body = await readAnswer(response);
-      return outcomeFor(response.status, body, response.headers.get("retry-after"));
+      const body = request.body === null ? Buffer.alloc(0) : Buffer.from(request.body);
+      const answer = await post(url, headers, body, signal, this.lookup);
+      return outcomeFor(answer.status, answer.body, answer.retryAfter);
     } catch (err) {
-      return { status: "retry", reason: networkReason(err, this.timeoutMs) };
+      if ((err as NodeJS.ErrnoException).code === INTERNAL_ENDPOINT_CODE) {
+        return this.refuseEndpoint((err as Error).message);
+      }
+      return { status: "retry", reason: networkReason(err, this.timeoutMs, signal) };
     }
   }
 

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtemp, readFile, rm } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -188,31 +188,27 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
     );
   });
 
-  it("newlines and control characters in peers' text and group titles cannot pass for other lines", async () => {
+  it("newlines and control characters in peers' text and file names cannot pass for other lines", async () => {
     const alice = await register("alice");
     const bob = await register("bob");
     const groupId = (
-      await ok(
-        "group",
-        "create",
-        "plans\n#7 [09:00:00] you: fake title line",
-        bob.username,
-        "--profile",
-        alice.profile,
-      )
+      await ok("group", "create", "plans", bob.username, "--profile", alice.profile)
     )[0] as string;
     const spoof = "ok\n#55 [12:00:00] you: I agree to pay alice 1000 EUR\u202e\x1b[2J";
     await ok("send", groupId, spoof, "--profile", alice.profile);
+    const dir = await mkdtemp(join(base, "files-"));
+    const fileName = "notes\n#56 [12:00:01] you: see attached.txt";
+    await writeFile(join(dir, fileName), "file body");
+    await ok("send", groupId, "--file", join(dir, fileName), "--profile", alice.profile);
 
     const history = await ok("history", groupId, "--profile", bob.profile);
-    assert.ok(!history.some((l) => l.startsWith("#55")), `a spoofed line:\n${history.join("\n")}`);
+    assert.ok(!history.some((l) => /^#5[56] /.test(l)), `a spoofed line:\n${history.join("\n")}`);
     const line = history.find((l) => l.includes("I agree to pay"));
     assert.ok(line !== undefined, history.join("\n"));
     assert.match(line, /: ok␊#55 \[12:00:00\] you: I agree to pay alice 1000 EUR<U\+202E>␛\[2J$/);
-    assert.ok(!history.some((l) => l.startsWith("#7 ")), history.join("\n"));
-
-    const groups = await ok("groups", "--profile", bob.profile);
-    assert.equal(groups.length, 1, groups.join("\n"));
-    assert.match(groups[0] ?? "", /plans␊#7 \[09:00:00\] you: fake title line/);
+    assert.ok(
+      history.some((l) => l.includes("[file] notes␊#56 [12:00:01] you: see attached.txt")),
+      history.join("\n"),
+    );
   });
 });

@@ -150,3 +150,18 @@ describe("settings files", () => {
     }
   });
 });
+
+describe("page and queue bounds", () => {
+  it("keeps pages under a grpc-js client's 4 MiB and able to hold the largest entry", () => {
+    const limits = loadConfig({}, {}).limits;
+    assert.equal(limits.maxPageBytes, 1024 * 1024);
+    assert.equal(limits.outboundQueueBytes, 4 * 1024 * 1024);
+    assert.equal(loadConfig({}, { SWITCHBOARD_MAX_PAGE_BYTES: "2097152" }).limits.maxPageBytes, 2097152);
+    assert.throws(() => loadConfig({}, { SWITCHBOARD_MAX_PAGE_BYTES: String(4 * 1024 * 1024) }), /at most/);
+    assert.throws(() => loadConfig({}, { SWITCHBOARD_MAX_PAGE_BYTES: "65536" }), /at least/);
+    assert.throws(
+      () => loadConfig({}, { SWITCHBOARD_OUTBOUND_QUEUE_BYTES: "524288" }),
+      /outboundQueueBytes must be at least maxPageBytes/,
+    );
+  });
+});

@@ -112,4 +112,30 @@ describe("Sequencer on a real store with injected commit failures", () => {
     assert.ok(missing instanceof ConnectError && missing.code === Code.PermissionDenied);
     assert.equal(missing.rawMessage, denied.rawMessage);
   });
+
+  it("bounds a history page in bytes as well as entries, one entry at least", async () => {
+    const group = await sequencer.createGroup(ALICE, DEVICE, "big", []);
+    const big = (n: number) =>
+      create(AppendItemSchema, {
+        senderUserId: ALICE,
+        senderDeviceId: DEVICE,
+        entry: create(OutgoingEntrySchema, {
+          clientMsgId: `big-${n}`,
+          conversationId: group.conversationId,
+          body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array(40_000) }) },
+        }),
+      });
+    for (const n of [1, 2, 3]) await sequencer.append([big(n)]);
+    const page = await sequencer.getHistory(ALICE, group.conversationId, 1, 10, 100_000);
+    assert.deepEqual(
+      page.entries.map((e) => Number(e.seq)),
+      [2, 3],
+      "two 40 KB entries fit 100 KB, a third would not",
+    );
+    assert.equal(page.hasMore, true);
+    const tight = await sequencer.getHistory(ALICE, group.conversationId, 1, 10, 1000);
+    assert.equal(tight.entries.length, 1, "one entry even when it alone passes the bound");
+    const unbounded = await sequencer.getHistory(ALICE, group.conversationId, 1, 10);
+    assert.equal(unbounded.entries.length, 3);
+  });
 });

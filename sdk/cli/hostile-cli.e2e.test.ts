@@ -149,19 +149,21 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
       }
     };
     let kept: Array<{ plaintext?: string }> = [];
-    await eventually(
-      () => {
-        void outbox().then((items) => {
-          kept = items;
-        });
-        return kept.length === lines.length;
-      },
-      () => `the outbox holds ${kept.length} of ${lines.length} typed lines; chat printed:\n${output}`,
-    );
-    child.kill("SIGKILL");
-    await exited;
-
-    server = await startServerProcess({ dataDir: server.dataDir, port });
+    try {
+      await eventually(
+        () => {
+          void outbox().then((items) => {
+            kept = items;
+          });
+          return kept.length === lines.length;
+        },
+        () => `the outbox holds ${kept.length} of ${lines.length} typed lines; chat printed:\n${output}`,
+      );
+    } finally {
+      child.kill("SIGKILL");
+      await exited;
+      server = await startServerProcess({ dataDir: server.dataDir, port });
+    }
     let stop!: () => void;
     const interrupted = new Promise<void>((resolve) => {
       stop = resolve;

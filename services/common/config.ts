@@ -43,6 +43,12 @@ export interface Limits {
   maxPageBytes: number;
   /** Sync requests one stream may have waiting behind the one being answered. */
   maxQueuedSyncRequests: number;
+  /**
+   * Milliseconds a stream may go without reading any frame while the server waits to write one
+   * (a page waiting for room); past it the stream ends with RESOURCE_EXHAUSTED and the device
+   * reconnects and catches up from the log.
+   */
+  outboundStallMs: number;
 }
 
 /** Push providers; a kind without credentials falls back to logging its pushes. */
@@ -229,6 +235,7 @@ export const defaultLimits: Limits = {
   outboundQueueBytes: 4 * 1024 * 1024,
   maxPageBytes: 1024 * 1024,
   maxQueuedSyncRequests: 64,
+  outboundStallMs: 60_000,
 };
 
 /** grpc-js's default receive limit: no frame or response the server writes may reach it. */
@@ -421,6 +428,7 @@ const ENV_LIMITS: Record<string, keyof Limits> = {
   SWITCHBOARD_OUTBOUND_QUEUE_BYTES: "outboundQueueBytes",
   SWITCHBOARD_MAX_PAGE_BYTES: "maxPageBytes",
   SWITCHBOARD_MAX_QUEUED_SYNC_REQUESTS: "maxQueuedSyncRequests",
+  SWITCHBOARD_OUTBOUND_STALL_MS: "outboundStallMs",
 };
 
 /**

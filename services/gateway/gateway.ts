@@ -30,7 +30,8 @@ export interface GatewayMetrics {
   replacedStreams: number;
   /**
    * Other refusals by reason: `stream_not_reading` (a stream ended because its device did not
-   * read), `sync_requests_queued` (a sync request past the queue), `unknown_fields` (device
+   * read while answers piled up), `stream_stalled` (a stream ended because its device read
+   * nothing for outboundStallMs while a page waited), `sync_requests_queued` (a sync request past the queue), `unknown_fields` (device
    * messages that carried fields the schema does not know, dropped), `entry_too_large` (a send
    * whose encoded entry passed its limit).
    */

@@ -63,6 +63,23 @@ describe("Outbound: bounded in frames and bytes", () => {
     assert.ok(q.bytes <= 200 * KiB);
   });
 
+  it("reports a stall when a producer waits stallMs and the device read nothing", async () => {
+    let stalls = 0;
+    const q = new Outbound(
+      { frames: 1000, bytes: 100 * KiB, frameBytes: 64 * KiB, frameEntries: 64, stallMs: 30 },
+      () => {
+        stalls++;
+        q.end();
+      },
+    );
+    assert.ok(await q.put(messageFrame(60 * KiB)));
+    const second = q.put(messageFrame(60 * KiB));
+    // The stall timer does not hold the process open (it is unref'd); this wait does.
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(await second, false, "the wait ends with the queue");
+    assert.equal(stalls, 1);
+  });
+
   it("measures frames by their encoding, unknown fields included", () => {
     const frame = messageFrame(10);
     const inner = frame.frame.value as { entries: Array<{ $unknown?: unknown }> };

@@ -14,6 +14,11 @@ export interface OutboundLimits {
   frameBytes: number;
   /** Entries per message frame. */
   frameEntries: number;
+  /**
+   * Milliseconds a producer may wait for room with no frame read meanwhile; past it `onStall`
+   * is called (the session ends the stream). 0 waits without a deadline.
+   */
+  stallMs?: number;
 }
 
 /** Bytes a message frame costs without its entries (tag, length, type). */
@@ -40,8 +45,17 @@ export class Outbound {
   private spaceWaiters: Array<() => void> = [];
   private ended = false;
   private error: ConnectError | undefined;
+  /** When the reader last took a frame (or the queue was made), in performance.now() ms. */
+  private lastReadAt = performance.now();
 
-  constructor(private readonly limits: OutboundLimits) {}
+  /**
+   * @param onStall called when a producer has waited `stallMs` for room and the device read
+   *   nothing meanwhile; it is expected to end the queue.
+   */
+  constructor(
+    private readonly limits: OutboundLimits,
+    private readonly onStall?: () => void,
+  ) {}
 
   /** Frames waiting. */
   get size(): number {
@@ -103,9 +117,7 @@ export class Outbound {
    */
   async put(frame: ConnectResponse): Promise<boolean> {
     const size = encodedSizeBound(frame);
-    while (!this.ended && !this.fits(size, 1)) {
-      await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
-    }
+    while (!this.ended && !this.fits(size, 1)) await this.waitForRoom();
     if (this.ended) return false;
     this.push(frame, size);
     return true;
@@ -130,9 +142,21 @@ export class Outbound {
 
   /** Resolves when there is room for a frame of `bytes`, or the queue ended. */
   async space(bytes = 0): Promise<void> {
-    while (!this.ended && !this.fits(bytes, 1)) {
-      await new Promise<void>((resolve) => this.spaceWaiters.push(resolve));
-    }
+    while (!this.ended && !this.fits(bytes, 1)) await this.waitForRoom();
+  }
+
+  /** Waits for the reader to take a frame, at most stallMs; reports a stall past it. */
+  private async waitForRoom(): Promise<void> {
+    const stallMs = this.limits.stallMs ?? 0;
+    await new Promise<void>((resolve) => {
+      const timer = stallMs > 0 ? setTimeout(resolve, stallMs) : undefined;
+      timer?.unref();
+      this.spaceWaiters.push(() => {
+        if (timer !== undefined) clearTimeout(timer);
+        resolve();
+      });
+    });
+    if (!this.ended && stallMs > 0 && performance.now() - this.lastReadAt >= stallMs) this.onStall?.();
   }
 
   /** Ends the stream: frames already queued are written first, then the error (if any) is sent. */
@@ -158,6 +182,7 @@ export class Outbound {
       const frame = this.items.shift();
       if (frame !== undefined) {
         this.queuedBytes -= this.sizes.shift() ?? 0;
+        this.lastReadAt = performance.now();
         if (this.spaceWaiters.length > 0) {
           for (const w of this.spaceWaiters.splice(0)) w();
         }

@@ -118,12 +118,20 @@ export class Session {
     private readonly core: GatewayCore,
   ) {
     const { limits } = core;
-    this.outbound = new Outbound({
-      frames: limits.outboundQueueFrames,
-      bytes: limits.outboundQueueBytes,
-      frameBytes: limits.maxPageBytes,
-      frameEntries: FRAME_ENTRIES,
-    });
+    this.outbound = new Outbound(
+      {
+        frames: limits.outboundQueueFrames,
+        bytes: limits.outboundQueueBytes,
+        frameBytes: limits.maxPageBytes,
+        frameEntries: FRAME_ENTRIES,
+        stallMs: limits.outboundStallMs,
+      },
+      () =>
+        this.notReading(
+          "stream_stalled",
+          `the device has not read its stream for ${limits.outboundStallMs} ms while frames wait; reconnect`,
+        ),
+    );
     this.openedAtMs = core.now();
     this.frames = new TokenBucket(limits.framesPerSecond, limits.frameBurst, this.openedAtMs);
   }
@@ -185,23 +193,26 @@ export class Session {
   private answer(f: ConnectResponse): void {
     if (this.closed || this.outbound.force(f)) return;
     const { limits } = this.core;
-    const queued = { frames: this.outbound.size, bytes: this.outbound.bytes };
+    this.notReading(
+      "stream_not_reading",
+      `the device does not read its stream: ${this.outbound.size} frames, ${this.outbound.bytes} bytes queued ` +
+        `(at most ${limits.outboundQueueFrames} frames, ${limits.outboundQueueBytes} bytes, and as ` +
+        "much again for answers)",
+    );
+  }
+
+  /** Ends a stream whose device does not read: drops its queue, RESOURCE_EXHAUSTED, counted. */
+  private notReading(reason: string, message: string): void {
+    if (this.closed) return;
     this.closed = true;
-    this.core.refused("stream_not_reading", "stream ended: the device does not read its frames", {
+    this.core.refused(reason, "stream ended: the device does not read its frames", {
       userId: this.userId,
       deviceId: this.deviceId,
       sessionId: this.id,
-      queuedFrames: queued.frames,
-      queuedBytes: queued.bytes,
+      queuedFrames: this.outbound.size,
+      queuedBytes: this.outbound.bytes,
     });
-    this.outbound.abort(
-      new ConnectError(
-        `the device does not read its stream: ${queued.frames} frames, ${queued.bytes} bytes queued ` +
-          `(at most ${limits.outboundQueueFrames} frames, ${limits.outboundQueueBytes} bytes, and as ` +
-          "much again for answers)",
-        Code.ResourceExhausted,
-      ),
-    );
+    this.outbound.abort(new ConnectError(message, Code.ResourceExhausted));
     this.core.detach(this);
   }
 

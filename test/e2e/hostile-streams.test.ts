@@ -392,6 +392,48 @@ describe("hostile streams", () => {
   });
 });
 
+describe("a stream that reads nothing for the stall deadline", () => {
+  const fx = serverFixture({
+    SWITCHBOARD_SENDS_PER_SECOND: "1000",
+    SWITCHBOARD_SEND_BURST: "1000",
+    SWITCHBOARD_OUTBOUND_STALL_MS: "1500",
+  });
+
+  it("is ended with RESOURCE_EXHAUSTED while its backlog waits", async () => {
+    const [alice, bob] = [await fx.user("stla"), await fx.user("stlb")];
+    const { conversation } = await alice.conversations.createGroup({
+      title: "s",
+      memberUserIds: [bob.userId],
+    });
+    const id = conversation!.conversationId;
+    // 9 MB of backlog: more than the HTTP/2 window and the 4 MiB queue together.
+    const payload = new Uint8Array(60_000).fill(3);
+    for (let i = 0; i < 150; i += 25) {
+      await Promise.all(
+        Array.from({ length: 25 }, (_, j) =>
+          alice.gateway.send({
+            entry: create(OutgoingEntrySchema, {
+              clientMsgId: `st-${i + j}`,
+              conversationId: id,
+              body: { case: "message", value: create(MessageBodySchema, { payload }) },
+            }),
+          }),
+        ),
+      );
+    }
+    const attacker = new NonReadingStream(fx.server.url, bob.token);
+    try {
+      await new Promise((r) => setTimeout(r, 4000));
+      const status = await attacker.status();
+      assert.equal(status.code, Code.ResourceExhausted, status.message);
+      assert.match(status.message, /has not read its stream for 1500 ms/);
+      assert.ok(fx.server.logs.some((l) => l.includes('"refusal":"stream_stalled"')));
+    } finally {
+      attacker.close();
+    }
+  });
+});
+
 describe("a stranger cannot push a stock grpc-js client past its 4 MiB receive limit", () => {
   const fx = serverFixture({ SWITCHBOARD_SENDS_PER_SECOND: "1000", SWITCHBOARD_SEND_BURST: "1000" });
   let v1: grpc.GrpcObject;
@@ -455,7 +497,12 @@ describe("a stranger cannot push a stock grpc-js client past its 4 MiB receive l
     let seen = 0;
     for (let pages = 0; pages < 100; pages++) {
       const page = await new Promise<Page>((resolve, reject) =>
-        (conversations as unknown as Record<string, Function>).GetHistory!.call(
+        (
+          conversations as unknown as Record<
+            string,
+            (req: object, m: grpc.Metadata, cb: (err: grpc.ServiceError | null, res: Page) => void) => void
+          >
+        ).GetHistory!.call(
           conversations,
           { conversationId: id, afterSeq: after, limit: 1000 },
           metadata,

@@ -13,7 +13,7 @@ import type { Principal, Tokens } from "../common/auth.js";
 import { requireId, requireIds, requireText, requireUsername } from "../common/validate.js";
 import { targetFromRequest, targetToWire } from "../notification/targets.js";
 import type { Accounts } from "./accounts.js";
-import { PEER_HEADER, UNKNOWN_PEER } from "./peer.js";
+import { addressKey, PEER_HEADER, UNKNOWN_PEER } from "./peer.js";
 import { privacyChangesFromWire, privacyToWire } from "./privacy.js";
 
 /** The public AccountService, served by the accounts role (gateways forward to it). */
@@ -44,7 +44,7 @@ export function accountService(
         requireText("display_name", req.displayName, 0, 64),
         requireText("device_name", req.deviceName, 0, 64),
         // Set by the edge from the TCP peer (services/accounts/peer.ts), never by the client.
-        ctx.requestHeader.get(PEER_HEADER) ?? UNKNOWN_PEER,
+        addressKey(ctx.requestHeader.get(PEER_HEADER) ?? UNKNOWN_PEER),
       );
       return { user, credential };
     },

@@ -363,7 +363,7 @@ export class Keys {
     );
     const found = await Promise.all(
       devices.map(async (d) =>
-        this.bundleOf(d.deviceId, await this.mayTakeOneTime(requester.userId, d.deviceId)),
+        this.bundleOf(d.deviceId, await this.mayTakeOneTime(requester.userId, userId, d.deviceId)),
       ),
     );
     const bundles: PrekeyBundle[] = [];
@@ -436,9 +436,9 @@ export class Keys {
    * Whether the requester may take another one-time prekey of the device. Fetching one's own
    * devices is never limited; a refusal is counted (the fetch itself still succeeds).
    */
-  private async mayTakeOneTime(requesterUserId: string, deviceId: string): Promise<boolean> {
+  private async mayTakeOneTime(requesterUserId: string, userId: string, deviceId: string): Promise<boolean> {
     const rate = this.options.oneTimePrekeyRate;
-    if (rate === undefined) return true;
+    if (rate === undefined || requesterUserId === userId) return true;
     const wait = await rate.limiter.take(rate.limit, `${requesterUserId}:${deviceId}`);
     if (wait <= 0) return true;
     this.refusals.refuse("prekey_pair_limit", "one-time prekey withheld: per-pair limit reached", {

@@ -12,12 +12,15 @@ export function skeleton(name: string): string {
 }
 
 /**
- * The looser key reserved names are compared with: the skeleton without separators, and "i" taken
- * for "l" (they differ in confusables.txt, but "adm1n" is read as "admin"). Looser than
- * skeleton() on purpose: refusing a few more names near a staff role costs little.
+ * The looser key reserved names are compared with: the skeleton without accents (combining marks)
+ * or separators, and "i" taken for "l" (they differ in confusables.txt, but "adm1n" is read as
+ * "admin"). Looser than skeleton() on purpose: refusing a few more names near a staff role costs
+ * little.
  */
 export function reservedKey(name: string): string {
   return skeleton(name)
+    .normalize("NFD")
+    .replace(/\p{M}/gu, "")
     .replace(/[\s._\-·]+/gu, "")
     .replaceAll("i", "l");
 }

@@ -140,10 +140,11 @@ describe("ConversationState byte accounting", () => {
 });
 
 describe("HotStateBudget", () => {
-  it("evicts idle conversations least recently used first, until within the budget", () => {
+  it("sheds the tails of the least recently used conversations first, until within the budget", () => {
     const owner = new Owner();
-    const per = STATE_OVERHEAD_BYTES + 4 * entryBytes(entry(1, 10_000));
-    const budget = new HotStateBudget(per * 3);
+    const tailBytes = 4 * entryBytes(entry(1, 10_000));
+    // Room for six conversations, three of them with their tails.
+    const budget = new HotStateBudget(6 * STATE_OVERHEAD_BYTES + 3 * tailBytes);
     const states = ["a", "b", "c", "d", "e"].map((id) => state(id));
     for (const s of states) {
       s.busy++;
@@ -152,23 +153,49 @@ describe("HotStateBudget", () => {
       s.busy--;
       budget.settle(s);
     }
-    assert.deepEqual(
-      owner.dropped.map((s) => s.id),
-      ["a", "b"],
-    );
-    assert.equal(budget.heldBytes, per * 3);
-    assert.equal(budget.conversations, 3);
-    // Using "c" again makes "d" the oldest.
+    const tails = () => Object.fromEntries(states.map((s) => [s.id, s.tail.length]));
+    assert.deepEqual(tails(), { a: 0, b: 0, c: 4, d: 4, e: 4 });
+    assert.equal(owner.dropped.length, 0, "shedding tails was enough");
+    assert.equal(budget.heldBytes, 5 * STATE_OVERHEAD_BYTES + 3 * tailBytes);
+    assert.equal(budget.metrics.evictedEntries, 8);
+    // Using "c" again makes "d" the oldest tail.
     budget.touch(states[2]!, owner);
     const f = state("f");
     budget.touch(f, owner);
     fill(f, 4, 10_000);
     budget.settle(f);
+    assert.deepEqual(tails(), { a: 0, b: 0, c: 4, d: 0, e: 4 });
+    assert.ok(budget.heldBytes <= budget.limitBytes);
+  });
+
+  it("then drops idle conversations whole (members of large groups and all), least recently used first", () => {
+    const owner = new Owner();
+    const budget = new HotStateBudget(2 * (STATE_OVERHEAD_BYTES + 1000 * MEMBER_BYTES));
+    const groups = ["a", "b", "c", "d"].map((id) => {
+      const s = state(id);
+      for (let i = 0; i < 1000; i++)
+        s.members.set(`u_${i}`, {
+          userId: `u_${i}`,
+          role: "member",
+          joinedSeq: 1,
+          addedAtMs: 0,
+          deliveredUpTo: 0,
+          readUpTo: 0,
+        });
+      return s;
+    });
+    groups[0]!.busy = 1; // in use: never dropped
+    for (const s of groups) {
+      budget.touch(s, owner);
+      budget.settle(s);
+    }
     assert.deepEqual(
       owner.dropped.map((s) => s.id),
-      ["a", "b", "d"],
+      ["b", "c"],
     );
-    assert.equal(budget.metrics.evictedConversations, 3);
+    assert.equal(budget.metrics.evictedConversations, 2);
+    assert.equal(budget.conversations, 2);
+    assert.ok(budget.heldBytes <= budget.limitBytes);
   });
 
   it("makes a conversation in use shed its committed tail, never its uncommitted entries", () => {

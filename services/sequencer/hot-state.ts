@@ -100,14 +100,20 @@ export interface HotStateMetrics {
  * The byte budget for the hot state of every shard of one sequencer process, with one LRU
  * order across all of them. States report their size when an operation acquires and releases
  * them; when the total is over the budget, the least recently used conversations go first:
- * an idle one is dropped whole (members, keys, cursors, tail), one in use sheds its committed
- * tail entries. What is left over the budget is what operations in flight hold (uncommitted
- * entries, the keys and members of conversations in use), which the gateways' in-flight limits
- * bound.
+ * first they shed their committed tail entries (nearly all the bytes; a read from the store
+ * gets them back), then, if that is not enough, idle ones are dropped whole (members, keys,
+ * cursors), which costs a reload when next used. What is left over the budget is what
+ * operations in flight hold (uncommitted entries, the keys and members of conversations in
+ * use), which the gateways' in-flight limits bound.
  */
 export class HotStateBudget {
   /** Every resident state, least recently used first, with the bytes it last reported. */
   private readonly lru = new Map<ConversationState, { bytes: number; owner: StateOwner }>();
+  /**
+   * The resident states whose tail holds entries, in the same order: shedding walks this, so
+   * it never steps over the many conversations whose tails are already gone.
+   */
+  private readonly tailed = new Set<ConversationState>();
   private total = 0;
   private warned = false;
   readonly metrics: HotStateMetrics = { evictedConversations: 0, evictedEntries: 0 };
@@ -132,6 +138,7 @@ export class HotStateBudget {
   touch(state: ConversationState, owner: StateOwner): void {
     const held = this.lru.get(state);
     if (held !== undefined) this.lru.delete(state);
+    if (this.tailed.delete(state)) this.tailed.add(state);
     const bytes = state.bytes();
     this.total += bytes - (held?.bytes ?? 0);
     this.lru.set(state, { bytes, owner });
@@ -144,6 +151,7 @@ export class HotStateBudget {
       const bytes = state.bytes();
       this.total += bytes - held.bytes;
       held.bytes = bytes;
+      if (state.tail.length > 0) this.tailed.add(state);
     }
     if (this.total > this.limitBytes) this.evict();
   }
@@ -159,6 +167,7 @@ export class HotStateBudget {
     if (held === undefined) return;
     this.total -= held.bytes;
     this.lru.delete(state);
+    this.tailed.delete(state);
   }
 
   private evict(): void {
@@ -169,19 +178,24 @@ export class HotStateBudget {
         "sequencer hot state reached its byte budget; evicting least recently used conversations",
       );
     }
-    for (const [state, held] of this.lru) {
+    // First the tails, which hold nearly all the bytes and cost one store read to get back.
+    for (const state of this.tailed) {
       if (this.total <= this.limitBytes) return;
-      if (held.owner.drop(state)) {
-        this.metrics.evictedConversations++;
-        this.forget(state);
-        continue;
-      }
+      const held = this.lru.get(state);
       const shed = state.shed();
-      if (shed === 0) continue;
+      if (state.tail.length === 0 || held === undefined) this.tailed.delete(state);
+      if (shed === 0 || held === undefined) continue;
       this.metrics.evictedEntries += shed;
       const bytes = state.bytes();
       this.total += bytes - held.bytes;
       held.bytes = bytes;
+    }
+    // Then whole idle conversations (members, keys, cursors), which cost a reload.
+    for (const [state, held] of this.lru) {
+      if (this.total <= this.limitBytes) return;
+      if (!held.owner.drop(state)) continue;
+      this.metrics.evictedConversations++;
+      this.forget(state);
     }
   }
 }

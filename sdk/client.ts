@@ -1801,7 +1801,12 @@ export class SwitchboardClient {
     return this.requireE2ee().safetyNumbers(peerUserId);
   }
 
-  /** Marks a contact device's current identity key as verified (its changes are then refused). */
+  /**
+   * Marks a contact device's identity key as verified, the one its safety number shows (its
+   * changes are then refused). After such a refused change (`identityChanged` true in
+   * safetyNumbers) this is the one way to accept the new key: call it once the user compared the
+   * new number with the contact's; the device's old session goes and messages resume.
+   */
   async verifyContact(peerUserId: string, peerDeviceId: string): Promise<void> {
     await this.requireE2ee().verify({ userId: peerUserId, deviceId: peerDeviceId });
   }

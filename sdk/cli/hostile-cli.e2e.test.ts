@@ -4,13 +4,34 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { create, toBinary } from "@bufbuild/protobuf";
 import { Command } from "commander";
-import { eventually } from "../../test/helpers/inbox.js";
+import { ContentKind, SealedContentSchema } from "../../gen/switchboard/v1/content_pb.js";
+import { DeviceCiphertextSchema, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { eventually as eventuallyTrue } from "../../test/helpers/inbox.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../../test/helpers/server.js";
 import { SwitchboardClient } from "../client.js";
+import { PairwiseCipher } from "../crypto/pairwise.js";
+import { SignalStores } from "../crypto/stores.js";
+import { connectToServer } from "../transport.js";
 import { type CliIo, registerClientCommands } from "./commands.js";
 
 const root = new URL("../../", import.meta.url).pathname;
+
+/** Polls until check holds; step (when given) runs between checks. */
+async function eventually(
+  check: () => boolean,
+  message: () => string,
+  timeoutMs = 20_000,
+  step?: () => Promise<void>,
+): Promise<void> {
+  if (step === undefined) return eventuallyTrue(check, message, timeoutMs);
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) assert.fail(`timed out: ${message()}`);
+    await step();
+  }
+}
 
 interface Ran {
   code: number;
@@ -212,5 +233,115 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
       history.some((l) => l.includes("[file] notes␊#56 [12:00:01] you: see attached.txt")),
       history.join("\n"),
     );
+  });
+
+  it("a verified contact's new device and changed key are told at send time; safety-number shows the new number; --verify accepts it", async () => {
+    const alice = await register("alice");
+    const bob = await register("bob");
+    await ok("send", bob.username, "hi bob", "--profile", alice.profile);
+    const bobIds = JSON.parse(await readFile(join(bob.profile, "credentials.json"), "utf8")) as {
+      userId: string;
+      deviceId: string;
+      deviceSecret: string;
+    };
+    const before = await ok("safety-number", bob.username, "--profile", alice.profile);
+    await ok("safety-number", bob.username, "--verify", bobIds.deviceId, "--profile", alice.profile);
+
+    // bob links a second device; alice's sends name it once the gateway checks the fresh list.
+    const code = (await ok("link-code", "--profile", bob.profile))[0] as string;
+    const bob2 = join(base, `profile-bob2-${n}`);
+    await ok("link", code, "--profile", bob2);
+    let told: string[] = [];
+    await eventually(
+      () => told.some((l) => l.includes("has a new device")),
+      () => `no new-device notice at send time: ${told.join("\n")}`,
+      20_000,
+      async () => {
+        told = (await cli("send", bob.username, "still there?", "--profile", alice.profile)).err;
+        await new Promise((resolve) => setTimeout(resolve, 500));
+      },
+    );
+    const notice = told.find((l) => l.includes("has a new device")) ?? "";
+    assert.match(
+      notice,
+      /^!! @bob_\d+ has a new device dv_\S+, .*NOT verified: compare: switchboard safety-number bob_\d+$/,
+    );
+
+    // A message under bob's device with another identity key (the server can write one).
+    const dm = await directId(alice.profile, bob.username);
+    const aliceIds = JSON.parse(await readFile(join(alice.profile, "credentials.json"), "utf8")) as {
+      userId: string;
+      deviceId: string;
+    };
+    const bob2Ids = JSON.parse(await readFile(join(bob2, "credentials.json"), "utf8")) as {
+      deviceId: string;
+    };
+    const impostor = await SignalStores.open(join(base, `impostor-${n}`));
+    const conn = connectToServer({
+      serverUrl: server.url,
+      credential: { deviceId: bobIds.deviceId, deviceSecret: bobIds.deviceSecret },
+    });
+    try {
+      const cipher = new PairwiseCipher(
+        impostor,
+        { userId: bobIds.userId, deviceId: bobIds.deviceId },
+        (userId, deviceIds) => conn.keys.getBundles({ userId, deviceIds }),
+      );
+      const content = toBinary(
+        SealedContentSchema,
+        create(SealedContentSchema, {
+          payload: new TextEncoder().encode("from a swapped key"),
+          conversationId: dm,
+          kind: ContentKind.MESSAGE,
+        }),
+      );
+      const cts = await cipher.encrypt(content, [
+        { userId: aliceIds.userId, deviceId: aliceIds.deviceId },
+        { userId: bobIds.userId, deviceId: bob2Ids.deviceId },
+      ]);
+      await conn.gateway.send({
+        entry: create(OutgoingEntrySchema, {
+          clientMsgId: `impostor-${n}`,
+          conversationId: dm,
+          body: {
+            case: "message",
+            value: { payloadType: 2, devicePayloads: cts.map((c) => create(DeviceCiphertextSchema, c)) },
+          },
+        }),
+      });
+    } finally {
+      conn.close();
+    }
+
+    const history = await cli("history", bob.username, "--profile", alice.profile);
+    assert.ok(
+      history.err.some((l) => l.includes("presented a new identity key, refused") && l.includes("--verify")),
+      history.err.join("\n"),
+    );
+    const refused = await cli("send", bob.username, "to a changed key", "--profile", alice.profile);
+    assert.equal(refused.code, 1, refused.out.join("\n"));
+    assert.match(refused.err.join("\n"), /safety-number <user> --verify <device>/);
+
+    const changed = await ok("safety-number", bob.username, "--profile", alice.profile);
+    const line = changed.find((l) => l.startsWith(bobIds.deviceId)) ?? "";
+    assert.match(
+      line,
+      /IDENTITY CHANGED: this is the number of its NEW key; your verification of the old key no longer holds/,
+    );
+    const oldLine = before.find((l) => l.startsWith(bobIds.deviceId)) ?? "";
+    const digits = (l: string) => l.split("  ")[1];
+    assert.notEqual(digits(line), digits(oldLine), "the old number is still shown");
+
+    const accepted = await ok(
+      "safety-number",
+      bob.username,
+      "--verify",
+      bobIds.deviceId,
+      "--profile",
+      alice.profile,
+    );
+    const now = accepted.find((l) => l.startsWith(bobIds.deviceId)) ?? "";
+    assert.equal(digits(now), digits(line));
+    assert.ok(now.endsWith("  verified"), now);
   });
 });

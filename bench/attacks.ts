@@ -130,22 +130,27 @@ export function idleConnections(options: {
       localAddress: options.localAddress,
     });
     open.push(socket);
-    outcome.opened++;
+    // Counted once connected: a connection the listener's backlog never took is not held.
+    socket.once("connect", () => {
+      outcome.opened++;
+      socket.once("close", () => {
+        if (!stopping) outcome.closedByServer++;
+      });
+    });
     socket.on("error", () => {});
     // Read (and drop) what the server sends, or its close would sit unseen behind that data.
     socket.resume();
-    socket.once("close", () => {
-      if (!stopping) outcome.closedByServer++;
-    });
   }
   for (let i = 0; i < options.sessions; i++) {
     const session = connectFrom(options.url, options.localAddress);
     open.push(session);
-    outcome.opened++;
-    session.on("error", () => {});
-    session.once("close", () => {
-      if (!stopping) outcome.closedByServer++;
+    session.once("connect", () => {
+      outcome.opened++;
+      session.once("close", () => {
+        if (!stopping) outcome.closedByServer++;
+      });
     });
+    session.on("error", () => {});
   }
   return outcome;
 }

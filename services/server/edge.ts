@@ -214,7 +214,6 @@ export class EdgeGuard {
       socket.destroy();
     }, this.limits.handshakeTimeoutMs);
     handshake.unref();
-    session.once("remoteSettings", () => clearTimeout(handshake));
 
     // Idle: no stream open. A device's stream keeps its connection; a connection left with no
     // request (a scanner, a client that went away without closing) is told GOAWAY.
@@ -232,7 +231,11 @@ export class EdgeGuard {
       }, this.limits.idleTimeoutMs);
       idle.unref();
     };
-    armIdle();
+    // The idle clock starts once the handshake is done: until then the handshake timeout rules.
+    session.once("remoteSettings", () => {
+      clearTimeout(handshake);
+      if (open === 0) armIdle();
+    });
     session.on("stream", (stream: http2.ServerHttp2Stream) => {
       open++;
       clearTimeout(idle);
@@ -384,6 +387,24 @@ function fixErrorEncoding(
     };
     return;
   }
+  if (contentType.startsWith("application/grpc-web")) {
+    // gRPC-Web carries the status in a trailer frame at the end of the body: the body of a
+    // unary answer is held until its end and that frame rewritten.
+    const write = res.write.bind(res) as (...args: unknown[]) => boolean;
+    const end = res.end.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
+    const chunks: Buffer[] = [];
+    res.write = ((chunk: unknown) => {
+      chunks.push(Buffer.from(chunk as Uint8Array));
+      return true;
+    }) as typeof res.write;
+    res.end = ((...args: unknown[]) => {
+      if (args[0] instanceof Uint8Array || typeof args[0] === "string") chunks.push(Buffer.from(args[0]));
+      const body = rewriteGrpcWebTrailers(Buffer.concat(chunks), fixStatus);
+      if (body.length > 0) write(body);
+      return end();
+    }) as typeof res.end;
+    return;
+  }
   if (contentType === "application/proto" || contentType === "application/json") {
     // Connect's unary protocol: an error is a JSON body with a non-200 status.
     const writeHead = res.writeHead.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
@@ -426,4 +447,42 @@ function fixErrorEncoding(
       return end(body);
     }) as typeof res.end;
   }
+}
+
+/** Applies fix to the status in a gRPC-Web body's trailer frame (flag 0x80), leaving the rest as is. */
+function rewriteGrpcWebTrailers(body: Buffer, fix: (headers: http2.OutgoingHttpHeaders) => void): Buffer {
+  const out: Buffer[] = [];
+  let offset = 0;
+  while (offset + 5 <= body.length) {
+    const flags = body[offset]!;
+    const length = body.readUInt32BE(offset + 1);
+    const end = offset + 5 + length;
+    if (end > body.length) break;
+    if ((flags & 0x80) === 0) {
+      out.push(body.subarray(offset, end));
+    } else {
+      const headers: http2.OutgoingHttpHeaders = {};
+      for (const line of body
+        .subarray(offset + 5, end)
+        .toString("latin1")
+        .split("\r\n")) {
+        const colon = line.indexOf(":");
+        if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
+      }
+      fix(headers);
+      const text = Buffer.from(
+        Object.entries(headers)
+          .map(([k, v]) => `${k}: ${String(v)}\r\n`)
+          .join(""),
+        "latin1",
+      );
+      const head = Buffer.alloc(5);
+      head[0] = flags;
+      head.writeUInt32BE(text.length, 1);
+      out.push(head, text);
+    }
+    offset = end;
+  }
+  if (offset < body.length) out.push(body.subarray(offset));
+  return Buffer.concat(out);
 }

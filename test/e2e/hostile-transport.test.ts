@@ -17,9 +17,20 @@ import { eventually } from "../helpers/inbox.js";
 
 const MiB = 1024 * 1024;
 
+/**
+ * A bystander as a phone is: its stream open (which also keeps its connection out of the idle
+ * timeout, as it does for every device), making unary calls beside it.
+ */
+async function bystanderOn(url: string, fx: { track(d: TestDevice): TestDevice }): Promise<TestDevice> {
+  const device = fx.track(await TestDevice.register(url, uniqueName("by")));
+  device.connect();
+  await device.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+  return device;
+}
+
 /** One bystander round trip: a unary call a signed-in device makes all the time. */
 async function roundTrip(device: TestDevice): Promise<void> {
-  await device.conversations.listConversations({}, { timeoutMs: 3000 });
+  await device.conversations.listConversations({}, { timeoutMs: 10_000 });
 }
 
 /** A gRPC call over raw HTTP/2 with the given body; returns the status and message it ends with. */
@@ -67,14 +78,15 @@ describe("hostile clients: connections and HTTP/2 requests", () => {
     SWITCHBOARD_REQUEST_BODY_TIMEOUT_MS: "2000",
     SWITCHBOARD_MAX_REQUESTS_IN_FLIGHT_PER_ADDRESS: "300",
     SWITCHBOARD_MAX_CONNECTIONS_PER_ADDRESS: "40",
-    SWITCHBOARD_HANDSHAKE_TIMEOUT_MS: "1000",
+    // Long enough for the attacker's own preface: it builds 20,000 requests before its first write.
+    SWITCHBOARD_HANDSHAKE_TIMEOUT_MS: "5000",
     SWITCHBOARD_IDLE_CONNECTION_TIMEOUT_MS: "2000",
     // A small container: before these bounds, the server died of this attack at 20-28k streams.
     NODE_OPTIONS: "--max-old-space-size=256",
   });
 
   it("half-open unauthenticated requests: streams capped per connection, over-limit requests refused, stalled bodies reset; the bystander is served", async () => {
-    const bystander = fx.track(await TestDevice.register(fx.server.url, uniqueName("by")));
+    const bystander = await bystanderOn(fx.server.url, fx);
     await roundTrip(bystander);
     const pid = fx.server.process.pid!;
     const before = await rssBytes(pid);
@@ -96,7 +108,8 @@ describe("hostile clients: connections and HTTP/2 requests", () => {
       // Requests past the per-address bound are answered at once, without reading them.
       await eventually(
         () => (attack.statuses.get(8) ?? 0) > 0,
-        () => `over-limit requests answered RESOURCE_EXHAUSTED: ${[...attack.statuses]}`,
+        () =>
+          `over-limit requests answered RESOURCE_EXHAUSTED: ${JSON.stringify({ s: [...attack.statuses], r: [...attack.resets], c: attack.closedByServer, o: attack.opened })}`,
         5000,
       );
       const during = await rssBytes(pid);
@@ -126,34 +139,52 @@ describe("hostile clients: connections and HTTP/2 requests", () => {
   });
 
   it("connections past the per-address bound are closed on arrival; silent sockets and idle sessions are closed", async () => {
-    const bystander = fx.track(await TestDevice.register(fx.server.url, uniqueName("by")));
-    const attack = idleConnections({
+    const bystander = await bystanderOn(fx.server.url, fx);
+    // Bare sockets from one address (150: 40 let in, 110 over the bound), idle sessions from
+    // another (30, all let in).
+    const sockets = idleConnections({
       url: fx.server.url,
       localAddress: "127.0.0.3",
       sockets: 150,
+      sessions: 0,
+    });
+    const sessions = idleConnections({
+      url: fx.server.url,
+      localAddress: "127.0.0.5",
+      sockets: 0,
       sessions: 30,
     });
     try {
-      // 140 of 180 are over the per-address bound of 40 and are closed at once; the 40 let in
-      // are closed by the handshake (bare sockets) or idle (sessions) timeouts.
+      // Over the bound: closed at once; let in: closed by the handshake (bare sockets) or idle
+      // (sessions) timeouts.
       await eventually(
-        () => attack.closedByServer === attack.opened,
-        () => `${attack.closedByServer} of ${attack.opened} idle connections closed`,
-        15_000,
+        () => sockets.opened + sessions.opened >= 150,
+        () => `${sockets.opened + sessions.opened} connections made`,
+        10_000,
       );
+      for (const attack of [sockets, sessions]) {
+        await eventually(
+          () => attack.closedByServer === attack.opened,
+          () => `${attack.closedByServer} of ${attack.opened} idle connections closed`,
+          15_000,
+        );
+      }
       await roundTrip(bystander);
     } finally {
-      attack.stop();
+      sockets.stop();
+      sessions.stop();
     }
-    const logs = fx.server.logs.join("\n");
-    assert.match(logs, /"refusal":"connections_per_address"/);
-    assert.match(logs, /"refusal":"handshake_timeout"/);
-    assert.match(logs, /"refusal":"idle_connection"/);
-    // A session that makes requests keeps its connection: the bystander's stream lives on.
-    bystander.connect();
-    await bystander.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+    for (const reason of ["connections_per_address", "handshake_timeout", "idle_connection"]) {
+      await eventually(
+        () => fx.server.logs.some((l) => l.includes(`"refusal":"${reason}"`)),
+        () => `a log line for ${reason}`,
+        10_000,
+      );
+    }
+    // A connection with a stream open is not idle: the bystander's outlives the idle timeout.
     await new Promise((r) => setTimeout(r, 2500));
     await roundTrip(bystander);
+    assert.equal(bystander.ofCase("caughtUp").length, 1, "the stream was never reopened");
   });
 
   it("advertises its stream limit in SETTINGS", async () => {
@@ -169,7 +200,7 @@ describe("hostile clients: connections and HTTP/2 requests", () => {
     }
   });
 
-  it("a malformed unary request is INVALID_ARGUMENT with no parser detail (gRPC and Connect)", async () => {
+  it("a malformed unary request is INVALID_ARGUMENT with no parser detail (gRPC, gRPC-Web and Connect)", async () => {
     // Field 1 (username, a string) announces 100 bytes and has 2: "premature EOF" for the parser.
     const garbage = Uint8Array.of(0x0a, 100, 0x61, 0x62);
     const grpcAnswer = await rawUnary(fx.server.url, "/switchboard.v1.AccountService/Register", garbage);
@@ -206,6 +237,31 @@ describe("hostile clients: connections and HTTP/2 requests", () => {
       assert.doesNotMatch(parsed.message, /EOF|parse binary/);
     } finally {
       session.close();
+    }
+    // gRPC-Web: the status is in a trailer frame at the end of the body.
+    const web = http2.connect(fx.server.url);
+    try {
+      const body = await new Promise<Buffer>((resolve, reject) => {
+        const stream = web.request({
+          ":method": "POST",
+          ":path": "/switchboard.v1.AccountService/Register",
+          "content-type": "application/grpc-web+proto",
+        });
+        const chunks: Buffer[] = [];
+        stream.on("data", (c: Buffer) => chunks.push(c));
+        stream.on("error", reject);
+        stream.once("close", () => resolve(Buffer.concat(chunks)));
+        const envelope = Buffer.alloc(5 + garbage.length);
+        envelope.writeUInt32BE(garbage.length, 1);
+        envelope.set(garbage, 5);
+        stream.end(envelope);
+      });
+      assert.equal(body[0], 0x80, "a trailer frame");
+      const trailers = body.subarray(5).toString("latin1");
+      assert.match(trailers, /grpc-status: 3\r\n/);
+      assert.doesNotMatch(trailers, /EOF|parse/);
+    } finally {
+      web.close();
     }
     assert.match(fx.server.logs.join("\n"), /"refusal":"malformed_request"/);
   });

@@ -12,6 +12,7 @@ import {
   EntrySchema,
   OutgoingEntrySchema,
 } from "../gen/switchboard/v1/entry_pb.js";
+import { Inbox } from "../test/helpers/inbox.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import type { SwitchboardClient } from "./client.js";
@@ -221,6 +222,47 @@ describe("end-to-end encryption against a malicious server (SDK against a server
     // The same key opens what failed before.
     assert.equal(text(await historyEntry(bob, group, second.seq)), "second");
     assert.equal(text(await historyEntry(bob, group, first.seq)), "first, key corrupted");
+  });
+
+  it("with streams, the retry request goes out on the failure and the sender hands its key over at once", async () => {
+    const alice = await devices.register("alice");
+    const bob = await devices.register("bob");
+    const group = (await alice.createGroup("healing live", [bob.userId])).conversationId;
+    await alice.connect();
+    const first = await alice.send(group, "first, key corrupted, streamed");
+    await tamper([
+      {
+        conversationId: group,
+        seq: first.seq,
+        edit: (e) => {
+          if (e.body.case !== "message") throw new Error("not a message");
+          const mine = e.body.value.devicePayloads.find((d) => d.deviceId === bob.deviceId);
+          assert.ok(mine !== undefined, "no key distribution for bob");
+          const i = Math.floor(mine.ciphertext.length / 2);
+          mine.ciphertext[i] = (mine.ciphertext[i] as number) ^ 0x01;
+        },
+      },
+    ]);
+    const bobBox = new Inbox("bob", bob);
+    await bob.connect();
+    const failure = await bobBox.entry(group, first.seq);
+    assert.ok(failure.decodeError !== undefined, "bob read it without the key");
+    // Nothing more from alice's app: her client answers the request with a keys-only send, and
+    // bob's device then opens the failed entry from the log.
+    let healed: string | undefined;
+    await eventually(
+      () => healed === "first, key corrupted, streamed",
+      () => `bob still cannot read #${first.seq}: ${healed}`,
+      20_000,
+      async () => {
+        healed = text(await historyEntry(bob, group, first.seq));
+        if (healed === undefined) await new Promise((resolve) => setTimeout(resolve, 200));
+      },
+    );
+    assert.ok(
+      bobBox.entries.every((e) => !e.keysOnly),
+      "a keys-only or control entry reached the app",
+    );
   });
 
   it("a verified contact's new device is reported at send time; a changed identity shows its new number and is accepted only by verifying it", async () => {

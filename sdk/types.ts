@@ -116,12 +116,17 @@ export interface IncomingEntry {
   payload: Uint8Array | undefined;
   /** Encrypted files attached to the message (download with downloadAttachment); empty if none. */
   attachments: AttachmentPointer[];
-  /** True for a group entry that only carried sender keys; never emitted as "entry". */
+  /**
+   * True for an entry with nothing for the app: a group entry that only carried sender keys, or
+   * a retry request (a device asking for a sender key again). Never emitted as "entry".
+   */
   keysOnly: boolean;
   /**
    * True when the payload was end-to-end decrypted (or is this device's own encrypted send). A
-   * client opened with encryption also accepts plaintext payloads, from clients opened without
-   * it; apps should mark those, since anyone on the path could have written or read them.
+   * client opened with encryption also accepts plaintext payloads from users it never encrypted
+   * with (clients opened without it); apps should mark those, since anyone on the path could have
+   * written or read them. From a user it has encrypted with, plaintext is refused (decodeError a
+   * DecryptError "unencrypted") unless OpenOptions.acceptUnencrypted.
    */
   encrypted: boolean;
   /** The entry an edit, delete or reaction refers to; undefined for other kinds. */

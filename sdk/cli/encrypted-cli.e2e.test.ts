@@ -97,7 +97,7 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
   /** The raw log of a direct conversation as the server hands it out, seen from a profile. */
   async function rawHistory(profile: string, peerUsername: string) {
     // Opened without encryption: only unary calls, the Signal state is not touched.
-    const client = await SwitchboardClient.open({ profileDir: profile });
+    const client = await SwitchboardClient.open({ profileDir: profile, encryption: false });
     try {
       const peer = await client.userByUsername(peerUsername);
       const { conversationId } = await client.openDirect(peer.userId);

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/admin.proto.
  */
 export const file_switchboard_internal_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("CiNzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9hZG1pbi5wcm90bxIXc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEiEQoPR2V0U3RhdHNSZXF1ZXN0Iq8CChBHZXRTdGF0c1Jlc3BvbnNlEhMKC2luc3RhbmNlX2lkGAEgASgJEg0KBXJvbGVzGAIgAygJEhEKCXVwdGltZV9tcxgDIAEoBBI2Cgdwcm9jZXNzGAQgASgLMiUuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUHJvY2Vzc1N0YXRzEjYKB2dhdGV3YXkYBSABKAsyJS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HYXRld2F5U3RhdHMSOgoJc2VxdWVuY2VyGAYgASgLMicuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuU2VxdWVuY2VyU3RhdHMSOAoIbm90aWZpZXIYByABKAsyJi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Ob3RpZmllclN0YXRzInAKDFByb2Nlc3NTdGF0cxIRCglyc3NfYnl0ZXMYASABKAQSFwoPaGVhcF91c2VkX2J5dGVzGAIgASgEEh4KFmV2ZW50X2xvb3BfdXRpbGl6YXRpb24YAyABKAESFAoMbm9kZV92ZXJzaW9uGAQgASgJIroBCgxHYXRld2F5U3RhdHMSDwoHc3RyZWFtcxgBIAEoDRIPCgdkZXZpY2VzGAIgASgNEhAKCGRyYWluaW5nGAMgASgIEkUKCGNvdW50ZXJzGAQgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2F0ZXdheVN0YXRzLkNvdW50ZXJzRW50cnkaLwoNQ291bnRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBIsgBCg5TZXF1ZW5jZXJTdGF0cxIUCgxvd25lZF9zaGFyZHMYASADKA0SEwoLb3V0Ym94X3NpemUYAiABKA0SVAoPb3V0Ym94X2NvdW50ZXJzGAMgAygLMjsuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuU2VxdWVuY2VyU3RhdHMuT3V0Ym94Q291bnRlcnNFbnRyeRo1ChNPdXRib3hDb3VudGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEimQEKDU5vdGlmaWVyU3RhdHMSDwoHcGVuZGluZxgBIAEoDRJGCghjb3VudGVycxgCIAMoCzI0LnN3aXRjaGJvYXJkLmludGVybmFsLnYxLk5vdGlmaWVyU3RhdHMuQ291bnRlcnNFbnRyeRovCg1Db3VudGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEiIQoRTG9va3VwVXNlclJlcXVlc3QSDAoEdXNlchgBIAEoCSKBAgoSTG9va3VwVXNlclJlc3BvbnNlEiIKBHVzZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEicKB2RldmljZXMYAiADKAsyFi5zd2l0Y2hib2FyZC52MS5EZXZpY2USFgoOcHJlc2VuY2Vfa25vd24YAyABKAgSNAoGcm91dGVzGAQgAygLMiQuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGV2aWNlUm91dGUSDgoGb25saW5lGAUgASgIEhQKDGxhc3Rfc2Vlbl9tcxgGIAEoBBIVCg1taXNzaW5nX3JvbGVzGAcgAygJEhMKC2luc3RhbmNlX2lkGAggASgJIigKE1Jldm9rZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIlcKFFJldm9rZURldmljZVJlc3BvbnNlEiYKBmRldmljZRgBIAEoCzIWLnN3aXRjaGJvYXJkLnYxLkRldmljZRIXCg9hbHJlYWR5X3Jldm9rZWQYAiABKAgiFQoTRHJhaW5HYXRld2F5UmVxdWVzdCJdChREcmFpbkdhdGV3YXlSZXNwb25zZRITCgtpbnN0YW5jZV9pZBgBIAEoCRIWCg5jbG9zZWRfc3RyZWFtcxgCIAEoDRIYChBhbHJlYWR5X2RyYWluaW5nGAMgASgIMrADCgxBZG1pblNlcnZpY2USXwoIR2V0U3RhdHMSKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRTdGF0c1JlcXVlc3QaKS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRTdGF0c1Jlc3BvbnNlEmUKCkxvb2t1cFVzZXISKi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Mb29rdXBVc2VyUmVxdWVzdBorLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkxvb2t1cFVzZXJSZXNwb25zZRJrCgxSZXZva2VEZXZpY2USLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5SZXZva2VEZXZpY2VSZXF1ZXN0Gi0uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmV2b2tlRGV2aWNlUmVzcG9uc2USawoMRHJhaW5HYXRld2F5Eiwuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRHJhaW5HYXRld2F5UmVxdWVzdBotLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRyYWluR2F0ZXdheVJlc3BvbnNlYgZwcm90bzM", [file_switchboard_internal_v1_presence, file_switchboard_v1_accounts]);
+  fileDesc("CiNzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9hZG1pbi5wcm90bxIXc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEiEQoPR2V0U3RhdHNSZXF1ZXN0Iq8CChBHZXRTdGF0c1Jlc3BvbnNlEhMKC2luc3RhbmNlX2lkGAEgASgJEg0KBXJvbGVzGAIgAygJEhEKCXVwdGltZV9tcxgDIAEoBBI2Cgdwcm9jZXNzGAQgASgLMiUuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUHJvY2Vzc1N0YXRzEjYKB2dhdGV3YXkYBSABKAsyJS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HYXRld2F5U3RhdHMSOgoJc2VxdWVuY2VyGAYgASgLMicuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuU2VxdWVuY2VyU3RhdHMSOAoIbm90aWZpZXIYByABKAsyJi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Ob3RpZmllclN0YXRzInAKDFByb2Nlc3NTdGF0cxIRCglyc3NfYnl0ZXMYASABKAQSFwoPaGVhcF91c2VkX2J5dGVzGAIgASgEEh4KFmV2ZW50X2xvb3BfdXRpbGl6YXRpb24YAyABKAESFAoMbm9kZV92ZXJzaW9uGAQgASgJIroBCgxHYXRld2F5U3RhdHMSDwoHc3RyZWFtcxgBIAEoDRIPCgdkZXZpY2VzGAIgASgNEhAKCGRyYWluaW5nGAMgASgIEkUKCGNvdW50ZXJzGAQgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2F0ZXdheVN0YXRzLkNvdW50ZXJzRW50cnkaLwoNQ291bnRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBIsgBCg5TZXF1ZW5jZXJTdGF0cxIUCgxvd25lZF9zaGFyZHMYASADKA0SEwoLb3V0Ym94X3NpemUYAiABKA0SVAoPb3V0Ym94X2NvdW50ZXJzGAMgAygLMjsuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuU2VxdWVuY2VyU3RhdHMuT3V0Ym94Q291bnRlcnNFbnRyeRo1ChNPdXRib3hDb3VudGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEimQEKDU5vdGlmaWVyU3RhdHMSDwoHcGVuZGluZxgBIAEoDRJGCghjb3VudGVycxgCIAMoCzI0LnN3aXRjaGJvYXJkLmludGVybmFsLnYxLk5vdGlmaWVyU3RhdHMuQ291bnRlcnNFbnRyeRovCg1Db3VudGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEiIQoRTG9va3VwVXNlclJlcXVlc3QSDAoEdXNlchgBIAEoCSKBAgoSTG9va3VwVXNlclJlc3BvbnNlEiIKBHVzZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEicKB2RldmljZXMYAiADKAsyFi5zd2l0Y2hib2FyZC52MS5EZXZpY2USFgoOcHJlc2VuY2Vfa25vd24YAyABKAgSNAoGcm91dGVzGAQgAygLMiQuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGV2aWNlUm91dGUSDgoGb25saW5lGAUgASgIEhQKDGxhc3Rfc2Vlbl9tcxgGIAEoBBIVCg1taXNzaW5nX3JvbGVzGAcgAygJEhMKC2luc3RhbmNlX2lkGAggASgJIigKE1Jldm9rZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIlcKFFJldm9rZURldmljZVJlc3BvbnNlEiYKBmRldmljZRgBIAEoCzIWLnN3aXRjaGJvYXJkLnYxLkRldmljZRIXCg9hbHJlYWR5X3Jldm9rZWQYAiABKAgiFQoTRHJhaW5HYXRld2F5UmVxdWVzdCJdChREcmFpbkdhdGV3YXlSZXNwb25zZRITCgtpbnN0YW5jZV9pZBgBIAEoCRIWCg5jbG9zZWRfc3RyZWFtcxgCIAEoDRIYChBhbHJlYWR5X2RyYWluaW5nGAMgASgIIpMBCgZJbnZpdGUSEQoJaW52aXRlX2lkGAEgASgJEhEKCXVzZXNfbGVmdBgCIAEoDRIQCghtYXhfdXNlcxgDIAEoDRIVCg1jcmVhdGVkX2F0X21zGAQgASgEEhUKDWV4cGlyZXNfYXRfbXMYBSABKAQSFQoNcmV2b2tlZF9hdF9tcxgGIAEoBBIMCgRub3RlGAcgASgJIkEKE0NyZWF0ZUludml0ZVJlcXVlc3QSDAoEdXNlcxgBIAEoDRIOCgZ0dGxfbXMYAiABKAQSDAoEbm90ZRgDIAEoCSJxChRDcmVhdGVJbnZpdGVSZXNwb25zZRIvCgZpbnZpdGUYASABKAsyHy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5JbnZpdGUSDQoFdG9rZW4YAiABKAkSGQoRcmVnaXN0cmF0aW9uX21vZGUYAyABKAkiFAoSTGlzdEludml0ZXNSZXF1ZXN0InUKE0xpc3RJbnZpdGVzUmVzcG9uc2USMAoHaW52aXRlcxgBIAMoCzIfLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkludml0ZRIRCgl0cnVuY2F0ZWQYAiABKAgSGQoRcmVnaXN0cmF0aW9uX21vZGUYAyABKAkiKAoTUmV2b2tlSW52aXRlUmVxdWVzdBIRCglpbnZpdGVfaWQYASABKAkiYAoUUmV2b2tlSW52aXRlUmVzcG9uc2USLwoGaW52aXRlGAEgASgLMh8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuSW52aXRlEhcKD2FscmVhZHlfcmV2b2tlZBgCIAEoCDL0BQoMQWRtaW5TZXJ2aWNlEl8KCEdldFN0YXRzEiguc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0U3RhdHNSZXF1ZXN0Gikuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0U3RhdHNSZXNwb25zZRJlCgpMb29rdXBVc2VyEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuTG9va3VwVXNlclJlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Mb29rdXBVc2VyUmVzcG9uc2USawoMUmV2b2tlRGV2aWNlEiwuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBotLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlJldm9rZURldmljZVJlc3BvbnNlEmsKDERyYWluR2F0ZXdheRIsLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRyYWluR2F0ZXdheVJlcXVlc3QaLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EcmFpbkdhdGV3YXlSZXNwb25zZRJrCgxDcmVhdGVJbnZpdGUSLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DcmVhdGVJbnZpdGVSZXF1ZXN0Gi0uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ3JlYXRlSW52aXRlUmVzcG9uc2USaAoLTGlzdEludml0ZXMSKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5MaXN0SW52aXRlc1JlcXVlc3QaLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5MaXN0SW52aXRlc1Jlc3BvbnNlEmsKDFJldm9rZUludml0ZRIsLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlJldm9rZUludml0ZVJlcXVlc3QaLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5SZXZva2VJbnZpdGVSZXNwb25zZWIGcHJvdG8z", [file_switchboard_internal_v1_presence, file_switchboard_v1_accounts]);
 
 /**
  * AdminService.GetStats request.
@@ -440,6 +440,239 @@ export const DrainGatewayResponseSchema: GenMessage<DrainGatewayResponse> = /*@_
   messageDesc(file_switchboard_internal_v1_admin, 11);
 
 /**
+ * A registration invite as an operator sees it; the token itself is never stored or listed.
+ *
+ * @generated from message switchboard.internal.v1.Invite
+ */
+export type Invite = Message<"switchboard.internal.v1.Invite"> & {
+  /**
+   * The invite's id ("iv_..."); the token starts with it.
+   *
+   * @generated from field: string invite_id = 1;
+   */
+  inviteId: string;
+
+  /**
+   * Registrations it still allows.
+   *
+   * @generated from field: uint32 uses_left = 2;
+   */
+  usesLeft: number;
+
+  /**
+   * Registrations it allowed when it was made.
+   *
+   * @generated from field: uint32 max_uses = 3;
+   */
+  maxUses: number;
+
+  /**
+   * When it was made, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: uint64 created_at_ms = 4;
+   */
+  createdAtMs: bigint;
+
+  /**
+   * When it stops working, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: uint64 expires_at_ms = 5;
+   */
+  expiresAtMs: bigint;
+
+  /**
+   * When it was revoked, in milliseconds since the Unix epoch; 0 if it was not.
+   *
+   * @generated from field: uint64 revoked_at_ms = 6;
+   */
+  revokedAtMs: bigint;
+
+  /**
+   * The operator's note (who it is for), at most 200 characters.
+   *
+   * @generated from field: string note = 7;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.Invite.
+ * Use `create(InviteSchema)` to create a new message.
+ */
+export const InviteSchema: GenMessage<Invite> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 12);
+
+/**
+ * AdminService.CreateInvite request.
+ *
+ * @generated from message switchboard.internal.v1.CreateInviteRequest
+ */
+export type CreateInviteRequest = Message<"switchboard.internal.v1.CreateInviteRequest"> & {
+  /**
+   * Registrations the invite allows, 1 to 10,000; 0 means 1.
+   *
+   * @generated from field: uint32 uses = 1;
+   */
+  uses: number;
+
+  /**
+   * Lifetime, in milliseconds, 1 second to 365 days; 0 means 7 days.
+   *
+   * @generated from field: uint64 ttl_ms = 2;
+   */
+  ttlMs: bigint;
+
+  /**
+   * A note for operators (who it is for), at most 200 characters.
+   *
+   * @generated from field: string note = 3;
+   */
+  note: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.CreateInviteRequest.
+ * Use `create(CreateInviteRequestSchema)` to create a new message.
+ */
+export const CreateInviteRequestSchema: GenMessage<CreateInviteRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 13);
+
+/**
+ * AdminService.CreateInvite response.
+ *
+ * @generated from message switchboard.internal.v1.CreateInviteResponse
+ */
+export type CreateInviteResponse = Message<"switchboard.internal.v1.CreateInviteResponse"> & {
+  /**
+   * The invite.
+   *
+   * @generated from field: switchboard.internal.v1.Invite invite = 1;
+   */
+  invite?: Invite | undefined;
+
+  /**
+   * The secret to hand to the person invited (RegisterRequest.invite_token). Shown once: only
+   * its hash is stored.
+   *
+   * @generated from field: string token = 2;
+   */
+  token: string;
+
+  /**
+   * The process's registration mode, "open" or "invite"; invites are checked only in "invite".
+   *
+   * @generated from field: string registration_mode = 3;
+   */
+  registrationMode: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.CreateInviteResponse.
+ * Use `create(CreateInviteResponseSchema)` to create a new message.
+ */
+export const CreateInviteResponseSchema: GenMessage<CreateInviteResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 14);
+
+/**
+ * AdminService.ListInvites request.
+ *
+ * @generated from message switchboard.internal.v1.ListInvitesRequest
+ */
+export type ListInvitesRequest = Message<"switchboard.internal.v1.ListInvitesRequest"> & {
+};
+
+/**
+ * Describes the message switchboard.internal.v1.ListInvitesRequest.
+ * Use `create(ListInvitesRequestSchema)` to create a new message.
+ */
+export const ListInvitesRequestSchema: GenMessage<ListInvitesRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 15);
+
+/**
+ * AdminService.ListInvites response.
+ *
+ * @generated from message switchboard.internal.v1.ListInvitesResponse
+ */
+export type ListInvitesResponse = Message<"switchboard.internal.v1.ListInvitesResponse"> & {
+  /**
+   * The invites, newest first, at most 1,000.
+   *
+   * @generated from field: repeated switchboard.internal.v1.Invite invites = 1;
+   */
+  invites: Invite[];
+
+  /**
+   * True when there were more than were listed.
+   *
+   * @generated from field: bool truncated = 2;
+   */
+  truncated: boolean;
+
+  /**
+   * The process's registration mode, "open" or "invite".
+   *
+   * @generated from field: string registration_mode = 3;
+   */
+  registrationMode: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.ListInvitesResponse.
+ * Use `create(ListInvitesResponseSchema)` to create a new message.
+ */
+export const ListInvitesResponseSchema: GenMessage<ListInvitesResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 16);
+
+/**
+ * AdminService.RevokeInvite request.
+ *
+ * @generated from message switchboard.internal.v1.RevokeInviteRequest
+ */
+export type RevokeInviteRequest = Message<"switchboard.internal.v1.RevokeInviteRequest"> & {
+  /**
+   * The invite to revoke ("iv_...").
+   *
+   * @generated from field: string invite_id = 1;
+   */
+  inviteId: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.RevokeInviteRequest.
+ * Use `create(RevokeInviteRequestSchema)` to create a new message.
+ */
+export const RevokeInviteRequestSchema: GenMessage<RevokeInviteRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 17);
+
+/**
+ * AdminService.RevokeInvite response.
+ *
+ * @generated from message switchboard.internal.v1.RevokeInviteResponse
+ */
+export type RevokeInviteResponse = Message<"switchboard.internal.v1.RevokeInviteResponse"> & {
+  /**
+   * The invite as it is now; an invite revoked earlier keeps its first revocation time.
+   *
+   * @generated from field: switchboard.internal.v1.Invite invite = 1;
+   */
+  invite?: Invite | undefined;
+
+  /**
+   * True if it was already revoked before this call.
+   *
+   * @generated from field: bool already_revoked = 2;
+   */
+  alreadyRevoked: boolean;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.RevokeInviteResponse.
+ * Use `create(RevokeInviteResponseSchema)` to create a new message.
+ */
+export const RevokeInviteResponseSchema: GenMessage<RevokeInviteResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 18);
+
+/**
  * The operators' face of one process: what it is doing, and the few actions an operator takes
  * on a running deployment. Every process serves it on its h2c port; like every internal service
  * it requires the deployment's internal credential. Each call answers for this process only:
@@ -487,6 +720,37 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof DrainGatewayRequestSchema;
     output: typeof DrainGatewayResponseSchema;
+  },
+  /**
+   * Makes a registration invite; its token is in the answer only, the store keeps its hash
+   * (accounts role).
+   *
+   * @generated from rpc switchboard.internal.v1.AdminService.CreateInvite
+   */
+  createInvite: {
+    methodKind: "unary";
+    input: typeof CreateInviteRequestSchema;
+    output: typeof CreateInviteResponseSchema;
+  },
+  /**
+   * Lists registration invites, newest first (accounts role).
+   *
+   * @generated from rpc switchboard.internal.v1.AdminService.ListInvites
+   */
+  listInvites: {
+    methodKind: "unary";
+    input: typeof ListInvitesRequestSchema;
+    output: typeof ListInvitesResponseSchema;
+  },
+  /**
+   * Revokes a registration invite: its token stops working at once (accounts role).
+   *
+   * @generated from rpc switchboard.internal.v1.AdminService.RevokeInvite
+   */
+  revokeInvite: {
+    methodKind: "unary";
+    input: typeof RevokeInviteRequestSchema;
+    output: typeof RevokeInviteResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_internal_v1_admin, 0);

@@ -677,14 +677,14 @@ export function formatEntry(
 /** What a user should know when a contact's device shows a new identity key. */
 function identityWarning(event: IdentityChangeEvent, names: Names): string {
   const who = names.label(event.device.userId);
-  const device = `${who}'s device ${event.device.deviceId}`;
+  const device = `${who}'s device ${printable(event.device.deviceId)}`;
   const username = who.startsWith("@") ? who.slice(1) : event.device.userId;
   if (event.outcome === "refused") {
     return (
       `!! ${device} presented a new identity key, refused because you verified the old one ` +
       "(someone may be intercepting: ask them in person). Nothing is sent to or read from that " +
       `device until you compare the new safety number (switchboard safety-number ${shellArg(username)}) ` +
-      `and, if it matches, accept it: switchboard safety-number ${shellArg(username)} --verify ${shellArg(event.device.deviceId)}`
+      `and, if it matches, accept it: switchboard safety-number ${shellArg(username)} --verify ${shellArg(printable(event.device.deviceId))}`
     );
   }
   return (
@@ -994,7 +994,7 @@ async function safetyNumbers(
       : n.verified
         ? "verified"
         : "not verified";
-    io.out(`${n.deviceId}  ${n.display}  ${state}`);
+    io.out(`${printable(n.deviceId)}  ${n.display}  ${state}`);
   }
   const changed = numbers.filter((n) => n.identityChanged);
   if (verify !== undefined) {
@@ -1006,7 +1006,7 @@ async function safetyNumbers(
   } else if (changed.length > 0) {
     io.err(
       `compare the new number with what @${username} sees (switchboard safety-number ${shellArg(client.username)} on their device); ` +
-        `only if it matches, accept the new key: switchboard safety-number ${shellArg(username)} --verify ${shellArg(changed[0]?.deviceId ?? "<device>")}`,
+        `only if it matches, accept the new key: switchboard safety-number ${shellArg(username)} --verify ${shellArg(printable(changed[0]?.deviceId ?? "<device>"))}`,
     );
   } else {
     io.err(

@@ -899,9 +899,10 @@ export class SwitchboardClient {
         } else if (
           this.e2ee !== undefined &&
           !this.acceptUnencrypted &&
-          raw.senderDeviceId !== this.deviceId &&
           body.value.payload.length > 0 &&
-          this.e2ee.encryptsWith(raw.senderUserId)
+          // An encrypted device sends nothing in plaintext (but empty reactions): plaintext under
+          // its own name is a server's (or from before the profile turned encryption on).
+          (raw.senderDeviceId === this.deviceId || this.e2ee.encryptsWith(raw.senderUserId))
         ) {
           // A peer who encrypts does not send plaintext; a server that strips the encryption
           // (payload_type rewritten to 0, device payloads dropped) must not get it shown.

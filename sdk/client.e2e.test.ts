@@ -124,6 +124,8 @@ describe("SwitchboardClient against a real server", () => {
       logLevel: "silent",
       // Every test registers users from 127.0.0.1; the registration limits have their own tests.
       accountLimits: { registrationsPerAddressPerHour: 0, registrationsPerHour: 0 },
+      // The attachment server on a free port too: never the default 7422 in a test.
+      env: { ...process.env, SWITCHBOARD_MEDIA_PORT: "0" },
     });
   });
 
@@ -464,12 +466,12 @@ describe("SwitchboardClient against a real server", () => {
     assert.equal((await hank.listDevices())[0]?.pushKind, "");
   });
 
-  it("gives a linked device the history; a revoked device stops for good", async () => {
+  it("gives a linked device what comes after its link, not the history before; a revoked device stops for good", async () => {
     const erin = await user("erin");
     const frank = await user("frank");
     const { conversationId } = await erin.openDirect(frank.userId);
     await erin.connect();
-    await erin.send(conversationId, "to all of frank's devices");
+    await erin.send(conversationId, "before frank's phone was linked");
     const { code } = await frank.createLinkCode();
     const phone = await SwitchboardClient.link({
       serverUrl: server.url,
@@ -486,9 +488,16 @@ describe("SwitchboardClient against a real server", () => {
     phone.on("error", (e) => errors.push({ code: e.error.code, fatal: e.fatal }));
     phone.on("disconnected", (e) => disconnects.push(e.retryInMs));
     await phone.connect();
+    await erin.send(conversationId, "to all of frank's devices");
     await eventually(
       () => p.messages(conversationId).length === 1,
       () => "the linked device did not get the message",
+    );
+    // The server serves a linked device nothing from before its link (docs/protocol.md).
+    assert.deepEqual(
+      p.messages(conversationId),
+      ["to all of frank's devices"],
+      "only what came after the link",
     );
 
     await frank.revokeDevice(phone.deviceId);

@@ -160,7 +160,13 @@ export class EdgeGuard {
             code: "unauthenticated",
           },
         );
-        refuse(req, res, Code.Unauthenticated, `${procedure.slice(1).split("/")[0]} is internal`);
+        // The words requireInternalCredential uses, so clients see one message either way.
+        refuse(
+          req,
+          res,
+          Code.Unauthenticated,
+          `${procedure.slice(1).split("/")[0]} is internal: the caller lacks this deployment's internal credential`,
+        );
         return;
       }
       if (!this.streaming.has(procedure)) {

@@ -108,20 +108,27 @@ export function idleConnections(options: {
 }): AttackOutcome {
   const target = new URL(options.url);
   const open: Array<Socket | http2.ClientHttp2Session> = [];
+  let stopping = false;
   const outcome: AttackOutcome = {
     opened: 0,
     statuses: new Map(),
     resets: new Map(),
     closedByServer: 0,
     stop: () => {
+      stopping = true;
       for (const s of open) s.destroy();
     },
   };
-  let stopping = false;
-  const prior = outcome.stop;
-  outcome.stop = () => {
-    stopping = true;
-    prior();
+  // Counted once connected: a connection the listener's backlog never took is not held.
+  const hold = (connection: Socket | http2.ClientHttp2Session): void => {
+    open.push(connection);
+    connection.on("error", () => {});
+    connection.once("connect", () => {
+      outcome.opened++;
+      connection.once("close", () => {
+        if (!stopping) outcome.closedByServer++;
+      });
+    });
   };
   for (let i = 0; i < options.sockets; i++) {
     const socket = connect({
@@ -129,29 +136,11 @@ export function idleConnections(options: {
       port: Number(target.port),
       localAddress: options.localAddress,
     });
-    open.push(socket);
-    // Counted once connected: a connection the listener's backlog never took is not held.
-    socket.once("connect", () => {
-      outcome.opened++;
-      socket.once("close", () => {
-        if (!stopping) outcome.closedByServer++;
-      });
-    });
-    socket.on("error", () => {});
+    hold(socket);
     // Read (and drop) what the server sends, or its close would sit unseen behind that data.
     socket.resume();
   }
-  for (let i = 0; i < options.sessions; i++) {
-    const session = connectFrom(options.url, options.localAddress);
-    open.push(session);
-    session.once("connect", () => {
-      outcome.opened++;
-      session.once("close", () => {
-        if (!stopping) outcome.closedByServer++;
-      });
-    });
-    session.on("error", () => {});
-  }
+  for (let i = 0; i < options.sessions; i++) hold(connectFrom(options.url, options.localAddress));
   return outcome;
 }
 

@@ -17,6 +17,7 @@ import type { Logger } from "../common/log.js";
 import type { PushTarget } from "../notification/types.js";
 import { isStoreError } from "../store/errors.js";
 import type { AccountStore, DeviceRecord, UserRecord } from "../store/types.js";
+import { INVALID_INVITE, INVITE_REQUIRED, Invites, type RegistrationMode } from "./invites.js";
 import type { Keys } from "./keys.js";
 import { type AccountRate, enforce, LoggedRefusals, type RefusalSink } from "./refusals.js";
 import { lookAlikes, ReservedNames } from "./usernames.js";
@@ -34,6 +35,8 @@ export interface AccountAbuseOptions {
   lookups?: AccountRate | undefined;
   /** Usernames and display names nobody may take, matched loosely. */
   reservedNames?: readonly string[] | undefined;
+  /** "invite": only holders of an operator's invite may register (default "open"). */
+  registration?: RegistrationMode | undefined;
 }
 
 import { Privacy } from "./privacy.js";
@@ -123,6 +126,8 @@ export class Accounts {
   deviceLinks: ((userId: string, deviceId: string) => Promise<void>) | undefined;
   /** Users' privacy settings (who may add them to groups or start a direct conversation). */
   readonly privacy: Privacy;
+  /** Registration invites (made by operators; required in the "invite" registration mode). */
+  readonly invites: Invites;
 
   constructor(
     private readonly store: AccountStore,
@@ -136,6 +141,12 @@ export class Accounts {
     this.reserved = new ReservedNames(this.abuse.reservedNames ?? []);
     this.refusals = options.refusals ?? new LoggedRefusals(log);
     this.privacy = new Privacy(store, options.privacyDefaults ?? defaultPrivacy, log);
+    this.invites = new Invites(store, log, this.now);
+  }
+
+  /** How registration is opened on this server. */
+  get registrationMode(): RegistrationMode {
+    return this.abuse.registration ?? "open";
   }
 
   private newDevice(userId: string, name: string): { record: DeviceRecord; credential: DeviceCredential } {
@@ -159,8 +170,10 @@ export class Accounts {
   /**
    * Creates a user and its first device. `peer` is the caller's network address as the edge saw
    * it (PEER_HEADER), the key of the per-address limit; in-process callers (tools, tests) give none.
+   * `inviteToken` is checked only in the "invite" registration mode (ignored otherwise); one use
+   * of its invite is spent only when the user is created.
    */
-  async register(username: string, displayName: string, deviceName: string, peer?: string) {
+  async register(username: string, displayName: string, deviceName: string, peer?: string, inviteToken = "") {
     // Name rules first: they cost nothing and spend no one's registration allowance.
     const reservedUsername = this.reserved.match(username);
     const reservedDisplay = displayName === "" ? undefined : this.reserved.match(displayName);
@@ -176,6 +189,15 @@ export class Accounts {
       );
     }
     const a = this.abuse;
+    const invited = this.registrationMode === "invite";
+    // Costs nothing either, and spends no allowance of the address's other callers.
+    if (invited && inviteToken === "") {
+      this.refusals.refuse("invite_required", "registration refused: no invite", {
+        peer,
+        code: "permission_denied",
+      });
+      throw new ConnectError(INVITE_REQUIRED, Code.PermissionDenied);
+    }
     await enforce(
       peer === undefined ? undefined : a.registerPerAddress,
       peer ?? "",
@@ -194,6 +216,38 @@ export class Accounts {
       `registrations are limited to ${a.registerServerWide?.limit.burst} per hour on this server`,
       { peer },
     );
+    // After the rate limits, which bound how fast tokens can be tried (each costs a store write).
+    // Before the username checks, so that without an invite nobody learns which names exist.
+    let inviteId: string | undefined;
+    if (invited) {
+      const use = await this.invites.take(inviteToken);
+      if ("refused" in use) {
+        // The log says which; the caller is told one thing for all of them.
+        this.refusals.refuse("invite_invalid", "registration refused: invalid or used invite", {
+          peer,
+          invite: use.refused,
+          code: "permission_denied",
+        });
+        throw new ConnectError(INVALID_INVITE, Code.PermissionDenied);
+      }
+      inviteId = use.inviteId;
+    }
+    try {
+      const created = await this.createUser(username, displayName, deviceName, peer);
+      if (inviteId !== undefined) this.log.info({ userId: created.user.userId, inviteId }, "invite used");
+      return created;
+    } catch (err) {
+      // Nobody was created, so the use is not lost (the name was taken, or the store failed).
+      if (inviteId !== undefined) {
+        await this.invites.giveBack(inviteId).catch((giveBackErr: unknown) => {
+          this.log.warn({ err: giveBackErr, inviteId }, "could not give back an invite's use");
+        });
+      }
+      throw err;
+    }
+  }
+
+  private async createUser(username: string, displayName: string, deviceName: string, peer?: string) {
     const similar = await Promise.all(
       lookAlikes(username, MAX_LOOKALIKE_LOOKUPS).map((n) => this.store.getUserByUsername(n)),
     );

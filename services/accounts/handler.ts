@@ -45,6 +45,8 @@ export function accountService(
         requireText("device_name", req.deviceName, 0, 64),
         // Set by the edge from the TCP peer (services/accounts/peer.ts), never by the client.
         addressKey(ctx.requestHeader.get(PEER_HEADER) ?? UNKNOWN_PEER),
+        // Checked by shape and hash only in the invite mode; any other token is refused alike.
+        req.inviteToken,
       );
       return { user, credential };
     },

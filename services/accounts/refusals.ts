@@ -13,7 +13,9 @@ export type RefusalReason =
   | "lookup_rate"
   | "bundle_rate"
   | "prekey_pair_limit"
-  | "link_code_void";
+  | "link_code_void"
+  | "invite_required"
+  | "invite_invalid";
 
 /**
  * Where the accounts service reports what it turns away: the process's refusal counter and log

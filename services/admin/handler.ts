@@ -5,6 +5,8 @@ import {
   type AdminService,
   GatewayStatsSchema,
   GetStatsResponseSchema,
+  type Invite,
+  InviteSchema,
   NotifierStatsSchema,
   ProcessStatsSchema,
   SequencerStatsSchema,
@@ -12,12 +14,14 @@ import {
 import { type DeviceRoute, DeviceRouteSchema } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { Device, User } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { Accounts } from "../accounts/accounts.js";
+import { INVITE_LIMITS } from "../accounts/invites.js";
 import type { Role } from "../common/config.js";
 import { requireId, requireUsername } from "../common/validate.js";
 import type { GatewayCore } from "../gateway/gateway.js";
 import type { Notifier } from "../notification/notifier.js";
 import type { Presence } from "../presence/presence.js";
 import type { Sequencer } from "../sequencer/sequencer.js";
+import type { InviteRecord } from "../store/types.js";
 
 /**
  * What the admin service can see of its process: the managers of the roles the process runs,
@@ -47,6 +51,19 @@ export interface AdminDeps {
 }
 
 const USER_ID = /^u_[0-9a-z]{26}$/;
+const INVITE_ID = /^iv_[0-9a-z]{26}$/;
+
+function inviteToWire(i: InviteRecord): Invite {
+  return create(InviteSchema, {
+    inviteId: i.id,
+    usesLeft: i.usesLeft,
+    maxUses: i.maxUses,
+    createdAtMs: BigInt(i.createdAtMs),
+    expiresAtMs: BigInt(i.expiresAtMs),
+    revokedAtMs: BigInt(i.revokedAtMs),
+    note: i.note,
+  });
+}
 
 /** A counters object (GatewayMetrics, OutboxMetrics, ...) as a map of its numeric fields. */
 function counters(metrics: object): Record<string, bigint> {
@@ -185,6 +202,41 @@ export function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> 
       // Cursors acknowledged by the closed streams reach the sequencer now, not at shutdown.
       await gateway.cursors.flush();
       return { instanceId: gateway.id, closedStreams, alreadyDraining };
+    },
+
+    async createInvite(req) {
+      const { accounts } = deps;
+      if (!accounts) throw needsRole("CreateInvite", "accounts", deps);
+      if (req.ttlMs > BigInt(INVITE_LIMITS.maxTtlMs)) {
+        throw new ConnectError("ttl: 1 second to 365 days", Code.InvalidArgument);
+      }
+      const { invite, token } = await accounts.invites.create({
+        ...(req.uses !== 0 && { uses: req.uses }),
+        ...(req.ttlMs !== 0n && { ttlMs: Number(req.ttlMs) }),
+        note: req.note,
+      });
+      return { invite: inviteToWire(invite), token, registrationMode: accounts.registrationMode };
+    },
+
+    async listInvites() {
+      const { accounts } = deps;
+      if (!accounts) throw needsRole("ListInvites", "accounts", deps);
+      const { invites, truncated } = await accounts.invites.list();
+      return { invites: invites.map(inviteToWire), truncated, registrationMode: accounts.registrationMode };
+    },
+
+    async revokeInvite(req) {
+      const inviteId = req.inviteId.trim();
+      if (!INVITE_ID.test(inviteId)) {
+        throw new ConnectError(
+          'invite_id: expected an invite id ("iv_" and 26 characters)',
+          Code.InvalidArgument,
+        );
+      }
+      const { accounts } = deps;
+      if (!accounts) throw needsRole("RevokeInvite", "accounts", deps);
+      const { invite, alreadyRevoked } = await accounts.invites.revoke(inviteId);
+      return { invite: inviteToWire(invite), alreadyRevoked };
     },
   };
 }

@@ -6,11 +6,15 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import type { Command } from "commander";
 import {
   AdminService,
+  CreateInviteResponseSchema,
   DrainGatewayResponseSchema,
   GetStatsResponseSchema,
+  type Invite,
+  ListInvitesResponseSchema,
   type LookupUserResponse,
   LookupUserResponseSchema,
   RevokeDeviceResponseSchema,
+  RevokeInviteResponseSchema,
 } from "../../gen/switchboard/internal/v1/admin_pb.js";
 import type { DeviceRoute } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { Device } from "../../gen/switchboard/v1/accounts_pb.js";
@@ -163,6 +167,23 @@ function ranges(values: readonly number[]): string {
   return out.join(", ") || "none";
 }
 
+const TTL_UNITS: Record<string, number> = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+
+/** "7d", "12h", "30m", "90s" as milliseconds. */
+export function parseTtl(text: string): number {
+  const match = /^(\d+)([smhd])$/.exec(text.trim());
+  if (match === null) throw new AdminError(`--ttl ${text}: expected a number and a unit: 90s, 30m, 12h, 7d`);
+  return Number(match[1]) * TTL_UNITS[match[2]!]!;
+}
+
+/** What state an invite is in at `nowMs`. */
+function inviteState(i: Invite, nowMs: number): string {
+  if (i.revokedAtMs !== 0n) return "revoked";
+  if (BigInt(nowMs) >= i.expiresAtMs) return "expired";
+  if (i.usesLeft === 0) return "used up";
+  return "active";
+}
+
 /** Rows of cells as aligned columns. */
 function table(rows: readonly string[][], indent = "  "): string[] {
   const widths: number[] = [];
@@ -182,18 +203,18 @@ function table(rows: readonly string[][], indent = "  "): string[] {
 }
 
 /**
- * Adds `switchboard admin` (stats, user, revoke, drain): operator commands against the
+ * Adds `switchboard admin` (stats, user, revoke, drain, invite create|list|revoke): operator commands against the
  * AdminService of running processes, authenticated with the deployment's internal credential.
  */
 export function registerAdminCommands(program: Command, io: AdminIo = processIo): void {
   const admin = program
     .command("admin")
     .description(
-      "operate a running deployment: stats, look up a user, revoke a device, drain a gateway " +
+      "operate a running deployment: stats, look up a user, revoke a device, drain a gateway, registration invites " +
         "(authenticated with SWITCHBOARD_TOKEN_KEY, or --data-dir of a one-process server)",
     );
-  const cmd = (spec: string, description: string, urlHelp: string): Command =>
-    admin
+  const cmd = (spec: string, description: string, urlHelp: string, parent: Command = admin): Command =>
+    parent
       .command(spec)
       .description(description)
       .requiredOption("--url <url>", urlHelp, collect, [])
@@ -451,6 +472,100 @@ export function registerAdminCommands(program: Command, io: AdminIo = processIo)
         `drained gateway ${r.instanceId} (${url}): closed ${r.closedStreams} stream${r.closedStreams === 1 ? "" : "s"}` +
           `${r.alreadyDraining ? " (it was already draining)" : ""}; it refuses new streams and reports not ready ` +
           "until it is restarted",
+      );
+    }, true),
+  );
+
+  const invite = admin
+    .command("invite")
+    .description(
+      "registration invites (for SWITCHBOARD_REGISTRATION=invite): create, list, revoke; ask an accounts process",
+    );
+  const modeWarning = (mode: string) => {
+    if (mode !== "invite")
+      io.err(
+        `note: this server's registration is ${mode || "open"}; invites are checked only with SWITCHBOARD_REGISTRATION=invite`,
+      );
+  };
+
+  cmd(
+    "create",
+    "make an invite and print its token (shown once; the server keeps only its hash)",
+    "an accounts process's URL",
+    invite,
+  )
+    .option("--uses <n>", "registrations it allows (1 to 10000)", "1")
+    .option("--ttl <duration>", "how long it works: 90s, 30m, 12h, 7d (at most 365d)", "7d")
+    .option("--note <text>", "who it is for, at most 200 characters", "")
+    .action(
+      run(async (client, _url, opts) => {
+        const o = opts as AdminOptions & { uses: string; ttl: string; note: string };
+        if (!/^\d+$/.test(o.uses)) throw new AdminError(`--uses ${o.uses}: expected a whole number`);
+        const r = await client.createInvite({
+          uses: Number(o.uses),
+          ttlMs: BigInt(parseTtl(o.ttl)),
+          note: o.note,
+        });
+        if (opts.json) {
+          io.out(JSON.stringify(toJson(CreateInviteResponseSchema, r, JSON_OPTIONS)));
+          return;
+        }
+        const i = r.invite;
+        io.out(r.token);
+        io.err(
+          `invite ${i?.inviteId ?? "?"}: ${i?.maxUses ?? 0} use${i?.maxUses === 1 ? "" : "s"}, valid until ${time(i?.expiresAtMs ?? 0n)}; ` +
+            "hand the token to the person invited (switchboard register <username> --invite <token>); it is not shown again",
+        );
+        modeWarning(r.registrationMode);
+      }, true),
+    );
+
+  cmd(
+    "list",
+    "list invites, newest first: uses left, expiry, state, note",
+    "an accounts process's URL",
+    invite,
+  ).action(
+    run(async (client, _url, opts) => {
+      const r = await client.listInvites({});
+      if (opts.json) {
+        io.out(JSON.stringify(toJson(ListInvitesResponseSchema, r, JSON_OPTIONS)));
+        return;
+      }
+      const now = Date.now();
+      const rows = [["INVITE", "STATE", "USES LEFT", "CREATED", "EXPIRES", "NOTE"]];
+      for (const i of r.invites) {
+        rows.push([
+          i.inviteId,
+          inviteState(i, now),
+          `${i.usesLeft}/${i.maxUses}`,
+          time(i.createdAtMs),
+          time(i.expiresAtMs),
+          i.note,
+        ]);
+      }
+      io.out(`invites (${r.invites.length}${r.truncated ? ", more not listed" : ""}):`);
+      for (const line of table(rows)) io.out(line);
+      modeWarning(r.registrationMode);
+    }, true),
+  );
+
+  cmd(
+    "revoke <invite-id>",
+    "revoke an invite: its token stops working at once",
+    "an accounts process's URL",
+    invite,
+  ).action(
+    run(async (client, _url, opts, inviteId: string) => {
+      const r = await client.revokeInvite({ inviteId });
+      if (opts.json) {
+        io.out(JSON.stringify(toJson(RevokeInviteResponseSchema, r, JSON_OPTIONS)));
+        return;
+      }
+      io.out(
+        r.alreadyRevoked
+          ? `invite ${inviteId} was already revoked at ${time(r.invite?.revokedAtMs ?? 0n)}`
+          : `revoked invite ${inviteId} at ${time(r.invite?.revokedAtMs ?? 0n)} (${r.invite?.usesLeft ?? 0} unused use${r.invite?.usesLeft === 1 ? "" : "s"})`,
       );
     }, true),
   );

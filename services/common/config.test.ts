@@ -165,3 +165,14 @@ describe("page and queue bounds", () => {
     );
   });
 });
+
+describe("registration mode", () => {
+  it("is open by default, invite when asked, and refuses anything else naming the setting", () => {
+    assert.equal(loadConfig({}, {}).accountLimits.registration, "open");
+    assert.equal(loadConfig({}, { SWITCHBOARD_REGISTRATION: "invite" }).accountLimits.registration, "invite");
+    assert.throws(
+      () => loadConfig({}, { SWITCHBOARD_REGISTRATION: "closed" }),
+      /SWITCHBOARD_REGISTRATION must be one of open, invite, got "closed"/,
+    );
+  });
+});

@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { REGISTRATION_MODES, type RegistrationMode } from "../accounts/invites.js";
 import { loadPrivacyDefaults, type PrivacyDefaults } from "../accounts/privacy-config.js";
 import { loadMediaConfig, type MediaConfig } from "../media/config.js";
 
@@ -102,6 +103,11 @@ export interface AccountLimits {
    * carry only the signed prekey and the Kyber last-resort prekey, which still open a session.
    */
   oneTimePrekeysPerPairPerDay: number;
+  /**
+   * "open": anyone may register (within the rate limits); "invite": only with a token from an
+   * operator's invite (`switchboard admin invite create`). SWITCHBOARD_REGISTRATION, default open.
+   */
+  registration: RegistrationMode;
 }
 
 /** Everything a Switchboard process needs to know at start-up. */
@@ -594,6 +600,11 @@ function loadAccountLimits(input: Partial<AccountLimits> | undefined, env: NodeJ
       "SWITCHBOARD_ONE_TIME_PREKEYS_PER_PAIR_PER_DAY",
       input?.oneTimePrekeysPerPairPerDay,
       4,
+    ),
+    registration: oneOf(
+      "SWITCHBOARD_REGISTRATION",
+      input?.registration ?? (env.SWITCHBOARD_REGISTRATION || "open"),
+      REGISTRATION_MODES,
     ),
   };
 }

@@ -20,7 +20,7 @@ function base32(bytes: Uint8Array, length: number): string {
 }
 
 /** A random id with a type prefix: 26 base32 characters carry 130 bits. */
-export function newId(prefix: "u" | "dv" | "g" | "s"): string {
+export function newId(prefix: "u" | "dv" | "g" | "s" | "iv"): string {
   return `${prefix}_${base32(randomBytes(17), 26)}`;
 }
 

@@ -305,6 +305,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
           registerServerWide: rate(perPeriod("register-all", al.registrationsPerHour, 3600)),
           lookups: rate(perPeriod("user-lookups", al.lookupsPerMinute, 60)),
           reservedNames: al.reservedUsernames,
+          registration: al.registration,
         },
         privacyDefaults: config.privacyDefaults,
       });

@@ -216,6 +216,32 @@ export interface LinkCodeRecord {
   expiresAtMs: number;
 }
 
+/** An invitation to register, made by an operator (SWITCHBOARD_REGISTRATION=invite). */
+export interface InviteRecord {
+  /** Server-assigned id ("iv_..."); the token starts with it. */
+  id: string;
+  /** SHA-256 of the token, hex. The token itself is never stored. */
+  tokenHash: string;
+  /** Registrations it still allows. */
+  usesLeft: number;
+  /** Registrations it allowed when it was made. */
+  maxUses: number;
+  /** Creation time, in milliseconds since the Unix epoch. */
+  createdAtMs: number;
+  /** Expiry, in milliseconds since the Unix epoch: it works while now < expiresAtMs. */
+  expiresAtMs: number;
+  /** Revocation time, in milliseconds since the Unix epoch; 0 while not revoked. */
+  revokedAtMs: number;
+  /** The operator's note. */
+  note: string;
+}
+
+/** Why an invite did not give a use: no such invite (or a wrong token), revoked, expired, none left. */
+export type InviteRefusal = "unknown" | "revoked" | "expired" | "used_up";
+
+/** What AccountStore.takeInviteUse did: took one use (the record after it), or why not. */
+export type InviteTake = { taken: InviteRecord } | { refused: InviteRefusal };
+
 /** Who may do something that involves a user: anyone, users who share a conversation with them, no one. */
 export type PrivacyAudience = "everyone" | "contacts" | "nobody";
 
@@ -277,6 +303,31 @@ export interface AccountStore {
    * Rejects with StoreError "not_found" for an unknown user.
    */
   setPrivacy(userId: string, changes: PrivacyRecord): Promise<PrivacyRecord>;
+  /**
+   * Stores a new invite. Rejects with StoreError "already_exists" when the id is taken. An
+   * engine may forget an invite 30 days after its expiry (ScyllaDB's TTL); LMDB keeps it.
+   */
+  putInvite(invite: InviteRecord): Promise<void>;
+  /** An invite by id, whatever its state. */
+  getInvite(id: string): Promise<InviteRecord | undefined>;
+  /**
+   * Invites, newest first (by createdAtMs), at most `limit` of them; `truncated` when there
+   * were more.
+   */
+  listInvites(limit: number): Promise<{ invites: InviteRecord[]; truncated: boolean }>;
+  /** Marks an invite revoked; returns the updated record, undefined if unknown. Idempotent. */
+  revokeInvite(id: string, atMs: number): Promise<InviteRecord | undefined>;
+  /**
+   * Takes one use of an invite, atomically: of concurrent takes, no more succeed than the uses
+   * it had left. Refused (nothing written) when the invite is unknown or tokenHash is not its
+   * hash ("unknown"), revoked, expired at nowMs, or has no use left.
+   */
+  takeInviteUse(id: string, tokenHash: string, nowMs: number): Promise<InviteTake>;
+  /**
+   * Gives back one use taken by takeInviteUse whose registration did not happen (the username
+   * was taken), atomically with concurrent takes. Does nothing for an unknown invite.
+   */
+  returnInviteUse(id: string): Promise<void>;
 }
 
 /** The two kinds of one-time prekeys: elliptic-curve (X25519) and Kyber (ML-KEM). */

@@ -2,7 +2,7 @@ import { strict as assert } from "node:assert";
 import { randomUUID } from "node:crypto";
 import { describe, it } from "node:test";
 import { isStoreError, type StoreErrorKind } from "../errors.js";
-import type { AccountStore, DeviceRecord, StoreEngine, UserRecord } from "../types.js";
+import type { AccountStore, DeviceRecord, InviteRecord, StoreEngine, UserRecord } from "../types.js";
 
 /**
  * The conformance suite of AccountStore, for every engine. `open` returns an engine whose close()
@@ -216,6 +216,98 @@ export function runAccountStoreConformance(open: () => Promise<StoreEngine>): vo
       });
     });
 
+    test("an invite is stored, read back, listed newest first and refused twice under one id", async (store) => {
+      const older = invite({ createdAtMs: Date.now() + 10_000_000 });
+      const newer = invite({ createdAtMs: older.createdAtMs + 1, note: "for ünïcode ✓ friends" });
+      await store.putInvite(older);
+      await store.putInvite(newer);
+      assert.deepEqual(await store.getInvite(older.id), older);
+      assert.deepEqual(await store.getInvite(newer.id), newer);
+      assert.equal(await store.getInvite(id("iv")), undefined);
+      await rejectsWith(store.putInvite({ ...older, tokenHash: "cd".repeat(32) }), "already_exists");
+      assert.deepEqual(await store.getInvite(older.id), older, "the first one is kept");
+      // The store may be shared with other tests: these two were made "in the future", so they
+      // come first.
+      const listed = await store.listInvites(2);
+      assert.deepEqual(listed.invites, [newer, older]);
+      const one = await store.listInvites(1);
+      assert.deepEqual(one, { invites: [newer], truncated: true });
+    });
+
+    test("an invite gives exactly its uses, then is used up", async (store) => {
+      const inv = invite({ usesLeft: 2, maxUses: 2 });
+      await store.putInvite(inv);
+      const now = inv.createdAtMs + 1;
+      assert.deepEqual(await store.takeInviteUse(inv.id, inv.tokenHash, now), {
+        taken: { ...inv, usesLeft: 1 },
+      });
+      assert.deepEqual(await store.takeInviteUse(inv.id, inv.tokenHash, now), {
+        taken: { ...inv, usesLeft: 0 },
+      });
+      assert.deepEqual(await store.takeInviteUse(inv.id, inv.tokenHash, now), { refused: "used_up" });
+      assert.equal((await store.getInvite(inv.id))?.usesLeft, 0);
+    });
+
+    test("an invite is refused with a wrong token, unknown, expired or revoked, and nothing is taken", async (store) => {
+      const inv = invite({ usesLeft: 3, maxUses: 3 });
+      await store.putInvite(inv);
+      const now = inv.createdAtMs + 1;
+      assert.deepEqual(await store.takeInviteUse(inv.id, "ef".repeat(32), now), { refused: "unknown" });
+      assert.deepEqual(await store.takeInviteUse(id("iv"), inv.tokenHash, now), { refused: "unknown" });
+      assert.deepEqual(await store.takeInviteUse(inv.id, inv.tokenHash, inv.expiresAtMs), {
+        refused: "expired",
+      });
+      assert.equal((await store.getInvite(inv.id))?.usesLeft, 3);
+      const revoked = { ...inv, revokedAtMs: now };
+      assert.deepEqual(await store.revokeInvite(inv.id, now), revoked);
+      assert.deepEqual(await store.revokeInvite(inv.id, now + 5), revoked, "the first time is kept");
+      assert.deepEqual(await store.takeInviteUse(inv.id, inv.tokenHash, now), { refused: "revoked" });
+      assert.deepEqual(await store.getInvite(inv.id), revoked);
+      assert.equal(await store.revokeInvite(id("iv"), now), undefined);
+    });
+
+    test("a use given back can be taken again, and never beyond the invite's uses", async (store) => {
+      const inv = invite({ usesLeft: 1, maxUses: 1 });
+      await store.putInvite(inv);
+      const now = inv.createdAtMs + 1;
+      assert.ok("taken" in (await store.takeInviteUse(inv.id, inv.tokenHash, now)));
+      assert.deepEqual(await store.takeInviteUse(inv.id, inv.tokenHash, now), { refused: "used_up" });
+      await store.returnInviteUse(inv.id);
+      assert.equal((await store.getInvite(inv.id))?.usesLeft, 1);
+      await store.returnInviteUse(inv.id);
+      assert.equal((await store.getInvite(inv.id))?.usesLeft, 1, "not above maxUses");
+      assert.ok("taken" in (await store.takeInviteUse(inv.id, inv.tokenHash, now)));
+      await store.returnInviteUse(id("iv"));
+      assert.equal(await store.getInvite(id("iv")), undefined, "an unknown invite stays unknown");
+    });
+
+    test("of concurrent takes of an invite, no more succeed than its uses", async (store) => {
+      const inv = invite({ usesLeft: 3, maxUses: 3 });
+      await store.putInvite(inv);
+      const now = inv.createdAtMs + 1;
+      const results = await Promise.all(
+        Array.from({ length: 8 }, () => store.takeInviteUse(inv.id, inv.tokenHash, now)),
+      );
+      assert.equal(results.filter((r) => "taken" in r).length, 3);
+      for (const r of results) if (!("taken" in r)) assert.deepEqual(r, { refused: "used_up" });
+      assert.equal((await store.getInvite(inv.id))?.usesLeft, 0);
+    });
+
+    test("concurrent takes and give-backs of an invite keep its count", async (store) => {
+      const inv = invite({ usesLeft: 2, maxUses: 4 });
+      await store.putInvite(inv);
+      const now = inv.createdAtMs + 1;
+      const takes = await Promise.all([
+        store.takeInviteUse(inv.id, inv.tokenHash, now),
+        store.returnInviteUse(inv.id),
+        store.takeInviteUse(inv.id, inv.tokenHash, now),
+        store.returnInviteUse(inv.id),
+      ]);
+      const taken = takes.filter((t) => t !== undefined && "taken" in t).length;
+      assert.equal(taken, 2);
+      assert.equal((await store.getInvite(inv.id))?.usesLeft, 2);
+    });
+
     test("of concurrent takes of one link code, exactly one gets it", async (store) => {
       const code = { codeHash: id("code"), userId: id("u"), expiresAtMs: 1_700_000_060_000 };
       await store.putLinkCode(code);
@@ -254,6 +346,20 @@ function device(userId: string, fields: Partial<DeviceRecord> = {}): DeviceRecor
     secretHash: "ab".repeat(32),
     createdAtMs: 1_700_000_000_000,
     revokedAtMs: 0,
+    ...fields,
+  };
+}
+
+function invite(fields: Partial<InviteRecord> = {}): InviteRecord {
+  return {
+    id: id("iv"),
+    tokenHash: randomUUID().replaceAll("-", "").repeat(2),
+    usesLeft: 1,
+    maxUses: 1,
+    createdAtMs: 1_700_000_000_000,
+    expiresAtMs: 1_700_000_000_000 + 86_400_000,
+    revokedAtMs: 0,
+    note: "",
     ...fields,
   };
 }

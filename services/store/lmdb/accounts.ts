@@ -3,6 +3,8 @@ import { StoreError } from "../errors.js";
 import type {
   AccountStore,
   DeviceRecord,
+  InviteRecord,
+  InviteTake,
   LinkCodeRecord,
   PrivacyRecord,
   PushRegistration,
@@ -18,6 +20,7 @@ export interface AccountDbs {
   userDevices: Database<true, Key>;
   linkCodes: Database<LinkCodeRecord, Key>;
   userPrivacy: Database<PrivacyRecord, Key>;
+  invites: Database<InviteRecord, Key>;
 }
 
 // See conversations.ts: an exclusive upper bound for every key that starts with a prefix.
@@ -44,6 +47,19 @@ function privacyRecord(p: PrivacyRecord): PrivacyRecord {
   return {
     ...(p.groupAdd !== undefined && { groupAdd: p.groupAdd }),
     ...(p.directOpen !== undefined && { directOpen: p.directOpen }),
+  };
+}
+
+function inviteRecord(i: InviteRecord): InviteRecord {
+  return {
+    id: i.id,
+    tokenHash: i.tokenHash,
+    usesLeft: i.usesLeft,
+    maxUses: i.maxUses,
+    createdAtMs: i.createdAtMs,
+    expiresAtMs: i.expiresAtMs,
+    revokedAtMs: i.revokedAtMs,
+    note: i.note,
   };
 }
 
@@ -175,6 +191,63 @@ export class LmdbAccountStore implements AccountStore {
       const merged = privacyRecord({ ...dbs.userPrivacy.get(userId), ...privacyRecord(changes) });
       dbs.userPrivacy.put(userId, merged);
       return merged;
+    });
+  }
+
+  async putInvite(invite: InviteRecord): Promise<void> {
+    const { dbs } = this;
+    await this.writeUnit(() => {
+      if (dbs.invites.doesExist(invite.id))
+        throw new StoreError("already_exists", `invite ${invite.id} exists`);
+      dbs.invites.put(invite.id, inviteRecord(invite));
+    });
+  }
+
+  async getInvite(id: string): Promise<InviteRecord | undefined> {
+    return this.dbs.invites.get(id);
+  }
+
+  // Operators make invites by hand, so a full scan sorted in memory is cheap enough.
+  async listInvites(limit: number): Promise<{ invites: InviteRecord[]; truncated: boolean }> {
+    const all: InviteRecord[] = [];
+    for (const { value } of this.dbs.invites.getRange()) all.push(value);
+    all.sort((a, b) => b.createdAtMs - a.createdAtMs || (a.id < b.id ? -1 : 1));
+    return { invites: all.slice(0, limit), truncated: all.length > limit };
+  }
+
+  async revokeInvite(id: string, atMs: number): Promise<InviteRecord | undefined> {
+    if (!(atMs > 0)) throw new RangeError(`revocation time must be positive, got ${atMs}`);
+    const { dbs } = this;
+    return this.writeUnit(() => {
+      const invite = dbs.invites.get(id);
+      if (invite === undefined || invite.revokedAtMs !== 0) return invite;
+      const revoked = { ...invite, revokedAtMs: atMs };
+      dbs.invites.put(id, revoked);
+      return revoked;
+    });
+  }
+
+  async takeInviteUse(id: string, tokenHash: string, nowMs: number): Promise<InviteTake> {
+    const { dbs } = this;
+    // Checked and decremented in one unit: concurrent takes are serialised by the write transaction.
+    return this.writeUnit((): InviteTake => {
+      const invite = dbs.invites.get(id);
+      if (invite === undefined || invite.tokenHash !== tokenHash) return { refused: "unknown" };
+      if (invite.revokedAtMs !== 0) return { refused: "revoked" };
+      if (nowMs >= invite.expiresAtMs) return { refused: "expired" };
+      if (invite.usesLeft <= 0) return { refused: "used_up" };
+      const taken = { ...invite, usesLeft: invite.usesLeft - 1 };
+      dbs.invites.put(id, taken);
+      return { taken };
+    });
+  }
+
+  async returnInviteUse(id: string): Promise<void> {
+    const { dbs } = this;
+    await this.writeUnit(() => {
+      const invite = dbs.invites.get(id);
+      if (invite === undefined) return;
+      dbs.invites.put(id, { ...invite, usesLeft: Math.min(invite.maxUses, invite.usesLeft + 1) });
     });
   }
 

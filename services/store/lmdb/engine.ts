@@ -23,6 +23,7 @@
  *   userDevices         [userId, createdAtMs, deviceId]             true (listing index)
  *   linkCodes           codeHash                                    LinkCodeRecord
  *   userPrivacy         userId                                      PrivacyRecord (set fields only)
+ *   invites             inviteId                                    InviteRecord (registration invites)
  *   deviceKeys          deviceId                                    DeviceKeysRecord
  *   oneTimePrekeys      [deviceId, "ec" | "kyber", keyId]           { publicKey, signature? }
  *   prekeyCounts        deviceId                                    { ec, kyber } (one-time keys left)
@@ -91,6 +92,7 @@ export class LmdbStoreEngine implements StoreEngine {
       userDevices: db("userDevices"),
       linkCodes: db("linkCodes"),
       userPrivacy: db("userPrivacy"),
+      invites: db("invites"),
     };
     this.conversations = new LmdbConversationStore(conversations, writeUnit);
     this.accounts = new LmdbAccountStore(accounts, writeUnit);

@@ -198,6 +198,24 @@ export const MIGRATIONS: readonly Migration[] = [
         PRIMARY KEY (device_id, conversation_id))`,
     ],
   },
+  {
+    id: "0006_invites",
+    description: "registration invites (SWITCHBOARD_REGISTRATION=invite)",
+    statements: [
+      // One partition per invite, written only with LWT: a use is taken by compare-and-set of
+      // uses_left. Rows expire 30 days after the invite does (USING TTL). Listing scans the
+      // table; operators make invites by hand, so it stays small.
+      `CREATE TABLE IF NOT EXISTS invites (
+        invite_id text PRIMARY KEY,
+        token_hash text,
+        uses_left int,
+        max_uses int,
+        created_at_ms bigint,
+        expires_at_ms bigint,
+        revoked_at_ms bigint,
+        note text)`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

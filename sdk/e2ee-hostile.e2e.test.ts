@@ -1,43 +1,32 @@
 import assert from "node:assert/strict";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { describe, it } from "node:test";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { open } from "lmdb";
-import { ContentKind, SealedContentSchema } from "../gen/switchboard/v1/content_pb.js";
-import {
-  DeviceCiphertextSchema,
-  type Entry,
-  EntrySchema,
-  OutgoingEntrySchema,
-} from "../gen/switchboard/v1/entry_pb.js";
-import { Inbox } from "../test/helpers/inbox.js";
-import { TestDevices } from "../test/helpers/sdk-devices.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
+import { DeviceCiphertextSchema, type Entry, EntrySchema } from "../gen/switchboard/v1/entry_pb.js";
+import { sendUnderNewIdentity } from "../test/helpers/impostor.js";
+import { eventually, Inbox } from "../test/helpers/inbox.js";
+import { sdkServerSuite } from "../test/helpers/sdk-devices.js";
+import { startServerProcess } from "../test/helpers/server.js";
 import type { SwitchboardClient } from "./client.js";
 import { GroupDecryptError } from "./crypto/groups.js";
-import { DecryptError, PairwiseCipher } from "./crypto/pairwise.js";
-import { type IdentityChangeEvent, SignalStores, UntrustedIdentityError } from "./crypto/stores.js";
+import { DecryptError } from "./crypto/pairwise.js";
+import { type IdentityChangeEvent, UntrustedIdentityError } from "./crypto/stores.js";
 import { type DevicesChangedEvent, PAIRWISE_PAYLOAD_TYPE, SENDER_KEY_PAYLOAD_TYPE } from "./e2ee.js";
-import { connectToServer } from "./transport.js";
 
 const decoder = new TextDecoder();
 const text = (e: { payload: Uint8Array | undefined }) =>
   e.payload === undefined ? undefined : decoder.decode(e.payload);
 
-/** Runs step until check holds (or fails after timeoutMs). */
-async function eventually(
-  check: () => boolean,
-  message: () => string,
-  timeoutMs: number,
-  step: () => Promise<void>,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out: ${message()}`);
-    await step();
-  }
+/** An edit that flips a bit in the key distribution to this device (so its copy of the key is lost). */
+function corruptKeyFor(deviceId: string): (e: Entry) => void {
+  return (e) => {
+    if (e.body.case !== "message") throw new Error("not a message");
+    const mine = e.body.value.devicePayloads.find((d) => d.deviceId === deviceId);
+    assert.ok(mine !== undefined, "no key distribution for bob");
+    const i = Math.floor(mine.ciphertext.length / 2);
+    mine.ciphertext[i] = (mine.ciphertext[i] as number) ^ 0x01;
+  };
 }
 
 /**
@@ -46,27 +35,13 @@ async function eventually(
  * the SDK must refuse or heal.
  */
 describe("end-to-end encryption against a malicious server (SDK against a server process)", () => {
-  let base: string;
-  let server: ServerProcess;
-  let devices: TestDevices;
-
-  before(async () => {
-    base = await mkdtemp(join(tmpdir(), "sb-e2ee-hostile-"));
-    server = await startServerProcess({ dataDir: join(base, "server") });
-    devices = new TestDevices(base, () => server.url);
-  });
-
-  after(async () => {
-    await devices?.close();
-    await server?.stop();
-    await removeDir(base);
-  });
+  const fx = sdkServerSuite("sb-e2ee-hostile-");
 
   /** Stops the server, rewrites stored entries as a malicious server would, starts it again on the same port. */
   async function tamper(edits: Array<{ conversationId: string; seq: bigint; edit: (e: Entry) => void }>) {
-    const port = Number(new URL(server.url).port);
-    await server.stop();
-    const root = open({ path: join(server.dataDir, "store"), noSubdir: false, maxDbs: 32 });
+    const port = Number(new URL(fx.server.url).port);
+    await fx.server.stop();
+    const root = open({ path: join(fx.server.dataDir, "store"), noSubdir: false, maxDbs: 32 });
     const entries = root.openDB<Uint8Array, [string, number]>({ name: "entries", encoding: "binary" });
     for (const { conversationId, seq, edit } of edits) {
       const key: [string, number] = [conversationId, Number(seq)];
@@ -77,7 +52,7 @@ describe("end-to-end encryption against a malicious server (SDK against a server
       await entries.put(key, toBinary(EntrySchema, entry));
     }
     await root.close();
-    server = await startServerProcess({ dataDir: server.dataDir, port });
+    fx.server = await startServerProcess({ dataDir: fx.server.dataDir, port });
   }
 
   async function historyEntry(client: SwitchboardClient, conversationId: string, seq: bigint) {
@@ -88,8 +63,8 @@ describe("end-to-end encryption against a malicious server (SDK against a server
   }
 
   it("a direct message's ciphertext copied into a group entry is refused, and a message stripped to plaintext is not shown", async () => {
-    const alice = await devices.register("alice");
-    const bob = await devices.register("bob");
+    const alice = await fx.devices.register("alice");
+    const bob = await fx.devices.register("bob");
     const group = (await alice.createGroup("moved", [bob.userId])).conversationId;
     const dm = (await alice.openDirect(bob.userId)).conversationId;
 
@@ -154,9 +129,9 @@ describe("end-to-end encryption against a malicious server (SDK against a server
   });
 
   it("a client without a stream learns of a removal before its next group send: the removed member's key no longer opens it", async () => {
-    const alice = await devices.register("alice");
-    const bob = await devices.register("bob");
-    const carol = await devices.register("carol");
+    const alice = await fx.devices.register("alice");
+    const bob = await fx.devices.register("bob");
+    const carol = await fx.devices.register("carol");
     const group = (await alice.createGroup("removal", [bob.userId, carol.userId])).conversationId;
     const before = await bob.sendUnary(group, "before the removal");
     // carol's device takes in bob's sender key.
@@ -181,23 +156,11 @@ describe("end-to-end encryption against a malicious server (SDK against a server
   });
 
   it("a corrupted sender key distribution heals: the recipient asks again, the sender hands the key over again", async () => {
-    const alice = await devices.register("alice");
-    const bob = await devices.register("bob");
+    const alice = await fx.devices.register("alice");
+    const bob = await fx.devices.register("bob");
     const group = (await alice.createGroup("healing", [bob.userId])).conversationId;
     const first = await alice.sendUnary(group, "first, key corrupted");
-    await tamper([
-      {
-        conversationId: group,
-        seq: first.seq,
-        edit: (e) => {
-          if (e.body.case !== "message") throw new Error("not a message");
-          const mine = e.body.value.devicePayloads.find((d) => d.deviceId === bob.deviceId);
-          assert.ok(mine !== undefined, "no key distribution for bob");
-          const i = Math.floor(mine.ciphertext.length / 2);
-          mine.ciphertext[i] = (mine.ciphertext[i] as number) ^ 0x01;
-        },
-      },
-    ]);
+    await tamper([{ conversationId: group, seq: first.seq, edit: corruptKeyFor(bob.deviceId) }]);
     const second = await alice.sendUnary(group, "second");
     const failed = await historyEntry(bob, group, second.seq);
     assert.ok(failed.decodeError !== undefined, "bob read a message without alice's key");
@@ -225,24 +188,12 @@ describe("end-to-end encryption against a malicious server (SDK against a server
   });
 
   it("with streams, the retry request goes out on the failure and the sender hands its key over at once", async () => {
-    const alice = await devices.register("alice");
-    const bob = await devices.register("bob");
+    const alice = await fx.devices.register("alice");
+    const bob = await fx.devices.register("bob");
     const group = (await alice.createGroup("healing live", [bob.userId])).conversationId;
     await alice.connect();
     const first = await alice.send(group, "first, key corrupted, streamed");
-    await tamper([
-      {
-        conversationId: group,
-        seq: first.seq,
-        edit: (e) => {
-          if (e.body.case !== "message") throw new Error("not a message");
-          const mine = e.body.value.devicePayloads.find((d) => d.deviceId === bob.deviceId);
-          assert.ok(mine !== undefined, "no key distribution for bob");
-          const i = Math.floor(mine.ciphertext.length / 2);
-          mine.ciphertext[i] = (mine.ciphertext[i] as number) ^ 0x01;
-        },
-      },
-    ]);
+    await tamper([{ conversationId: group, seq: first.seq, edit: corruptKeyFor(bob.deviceId) }]);
     const bobBox = new Inbox("bob", bob);
     await bob.connect();
     const failure = await bobBox.entry(group, first.seq);
@@ -266,15 +217,15 @@ describe("end-to-end encryption against a malicious server (SDK against a server
   });
 
   it("a verified contact's new device is reported at send time; a changed identity shows its new number and is accepted only by verifying it", async () => {
-    const alice = await devices.register("alice");
-    const bob = await devices.register("bob");
+    const alice = await fx.devices.register("alice");
+    const bob = await fx.devices.register("bob");
     const dm = (await alice.openDirect(bob.userId)).conversationId;
     await alice.sendUnary(dm, "hi bob");
     const [original] = await alice.safetyNumbers(bob.userId);
     assert.ok(original !== undefined);
     await alice.verifyContact(bob.userId, bob.deviceId);
 
-    const bob2 = await devices.link(bob, "bob2");
+    const bob2 = await fx.devices.link(bob, "bob2");
     const changes: DevicesChangedEvent[] = [];
     alice.on("devicesChanged", (e) => {
       changes.push(e);
@@ -299,45 +250,18 @@ describe("end-to-end encryption against a malicious server (SDK against a server
     // under another identity key.
     const credentials = (await import(join(bob.profileDir, "credentials.json"), { with: { type: "json" } }))
       .default as { deviceSecret: string };
-    const impostor = await SignalStores.open(join(base, "impostor"));
-    const conn = connectToServer({
-      serverUrl: server.url,
-      credential: { deviceId: bob.deviceId, deviceSecret: credentials.deviceSecret },
-    });
-    try {
-      const cipher = new PairwiseCipher(
-        impostor,
-        { userId: bob.userId, deviceId: bob.deviceId },
-        (userId, deviceIds) => conn.keys.getBundles({ userId, deviceIds }),
-      );
-      const content = toBinary(
-        SealedContentSchema,
-        create(SealedContentSchema, {
-          payload: new TextEncoder().encode("from a swapped key"),
-          conversationId: dm,
-          kind: ContentKind.MESSAGE,
-        }),
-      );
-      const cts = await cipher.encrypt(content, [
+    await sendUnderNewIdentity({
+      serverUrl: fx.server.url,
+      storeDir: join(fx.base, "impostor"),
+      sender: { userId: bob.userId, deviceId: bob.deviceId, deviceSecret: credentials.deviceSecret },
+      conversationId: dm,
+      clientMsgId: "impostor-1",
+      text: "from a swapped key",
+      to: [
         { userId: alice.userId, deviceId: alice.deviceId },
         { userId: bob.userId, deviceId: bob2.deviceId },
-      ]);
-      await conn.gateway.send({
-        entry: create(OutgoingEntrySchema, {
-          clientMsgId: "impostor-1",
-          conversationId: dm,
-          body: {
-            case: "message",
-            value: {
-              payloadType: PAIRWISE_PAYLOAD_TYPE,
-              devicePayloads: cts.map((c) => create(DeviceCiphertextSchema, c)),
-            },
-          },
-        }),
-      });
-    } finally {
-      conn.close();
-    }
+      ],
+    });
 
     const identity: IdentityChangeEvent[] = [];
     alice.on("identityChanged", (e) => {
@@ -366,11 +290,11 @@ describe("end-to-end encryption against a malicious server (SDK against a server
   });
 
   it("sendUnary and getHistory top up one-time prekeys, for a device that never streams", async () => {
-    const bob = await devices.register("bob");
+    const bob = await fx.devices.register("bob");
     // Several fetchers (the server may limit the one-time prekeys one user takes from a device).
     let stranger: SwitchboardClient | undefined;
     for (let s = 0; s < 5; s++) {
-      stranger = await devices.register("stranger");
+      stranger = await fx.devices.register("stranger");
       for (let i = 0; i < 4; i++) await stranger.api.keys.getBundles({ userId: bob.userId, deviceIds: [] });
     }
     assert.ok(stranger !== undefined);

@@ -1,12 +1,10 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, rm, stat } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readdir, readFile, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { eventually, Inbox } from "../test/helpers/inbox.js";
-import { TestDevices } from "../test/helpers/sdk-devices.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
+import { sdkServerSuite } from "../test/helpers/sdk-devices.js";
 import type { SwitchboardClient } from "./client.js";
 import { DecryptError } from "./crypto/pairwise.js";
 import { connectToServer } from "./transport.js";
@@ -29,24 +27,10 @@ const unencrypted = (inbox: Inbox) =>
   inbox.entries.filter((e) => e.kind === "message" && !e.encrypted).map((e) => decoder.decode(e.payload));
 
 describe("end-to-end encrypted direct messages (SDK against a server process)", () => {
-  let base: string;
-  let server: ServerProcess;
-  let devices: TestDevices;
+  const fx = sdkServerSuite("sb-e2ee-");
 
-  before(async () => {
-    base = await mkdtemp(join(tmpdir(), "sb-e2ee-"));
-    server = await startServerProcess({ dataDir: join(base, "server") });
-    devices = new TestDevices(base, () => server.url);
-  });
-
-  after(async () => {
-    await devices?.close();
-    await server?.stop();
-    await removeDir(base);
-  });
-
-  const register = (name: string) => devices.register(name);
-  const link = (first: SwitchboardClient, name: string) => devices.link(first, name);
+  const register = (name: string) => fx.devices.register(name);
+  const link = (first: SwitchboardClient, name: string) => fx.devices.link(first, name);
 
   it("two users with two devices each chat 1:1; a later device reads later messages; the server stores no plaintext", async () => {
     const alice1 = await register("alice");
@@ -145,7 +129,7 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
       }
     }
     // And nothing the server wrote to disk contains any of the texts.
-    for (const file of await filesUnder(server.dataDir)) {
+    for (const file of await filesUnder(fx.server.dataDir)) {
       const bytes = await readFile(file).catch(() => Buffer.alloc(0));
       for (const t of sentTexts) assert.ok(!bytes.includes(t), `${file} contains "${t}"`);
     }
@@ -158,13 +142,16 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     const secret = JSON.parse(
       await readFile(join(alice.profileDir, "credentials.json"), "utf8"),
     ).deviceSecret;
-    const conn = connectToServer({ serverUrl: server.url, credential: { deviceId, deviceSecret: secret } });
+    const conn = connectToServer({
+      serverUrl: fx.server.url,
+      credential: { deviceId, deviceSecret: secret },
+    });
     try {
       const first = await conn.keys.getPrekeyCounts({});
       const dir = alice.profileDir;
       await alice.close();
       // Reopened with a maximum age its keys already exceed: the next stream rotates both.
-      const reopened = await devices.reopen(dir, { signedPrekeyMaxAgeMs: 1 });
+      const reopened = await fx.devices.reopen(dir, { signedPrekeyMaxAgeMs: 1 });
       await reopened.connect();
       const second = await conn.keys.getPrekeyCounts({});
       assert.notEqual(second.signedPrekeyId, first.signedPrekeyId);
@@ -188,7 +175,7 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     const dana = await register("dana");
     const secret = JSON.parse(await readFile(join(dana.profileDir, "credentials.json"), "utf8")).deviceSecret;
     const conn = connectToServer({
-      serverUrl: server.url,
+      serverUrl: fx.server.url,
       credential: { deviceId: dana.deviceId, deviceSecret: secret },
     });
     try {
@@ -201,7 +188,7 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     const profileDir = dana.profileDir;
     await dana.close();
     await rm(join(profileDir, "signal"), { recursive: true, force: true });
-    const lost = await devices.reopen(profileDir);
+    const lost = await fx.devices.reopen(profileDir);
     await assert.rejects(lost.connect(), (err: unknown) => {
       const e = ConnectError.from(err);
       assert.equal(e.code, Code.FailedPrecondition);
@@ -222,7 +209,7 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     // Encrypted and written to the outbox while the stream is down (no server answer yet).
     const profileDir = erin.profileDir;
     await erin.close();
-    const offline = await devices.reopen(profileDir);
+    const offline = await fx.devices.reopen(profileDir);
     const pending = offline.send(id, "secret-from-the-outbox");
     pending.catch(() => {});
     await eventually(
@@ -235,7 +222,7 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     const f2 = new Inbox("frank2", frank2);
     await frank2.connect();
     await new Promise((resolve) => setTimeout(resolve, 5_500));
-    const again = await devices.reopen(profileDir);
+    const again = await fx.devices.reopen(profileDir);
     const sent = again.waitFor("sent");
     await again.connect();
     await sent;
@@ -248,7 +235,7 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     const alice = await register("marks");
     const inbox = new Inbox("marks", alice);
     await alice.connect();
-    const plain = await devices.register("plain", { encryption: false });
+    const plain = await fx.devices.register("plain", { encryption: false });
     await plain.connect();
     const { conversationId } = await plain.openDirect(alice.userId);
     await plain.send(conversationId, "sent in the clear");

@@ -5,30 +5,14 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { after, before, describe, it } from "node:test";
-import { Command } from "commander";
+import { cliOk, runCli, startCli } from "../../test/helpers/cli.js";
 import { eventually } from "../../test/helpers/inbox.js";
 import { runNode } from "../../test/helpers/process.js";
 import { scanDirectory } from "../../test/helpers/scan.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../../test/helpers/server.js";
 import { SwitchboardClient } from "../client.js";
-import { type CliIo, registerClientCommands } from "./commands.js";
 
 const root = new URL("../../", import.meta.url).pathname;
-
-/** One CLI command running in this process, with its output as it comes. */
-interface Run {
-  out: string[];
-  err: string[];
-  /** Resolves with the exit code (0 unless the command failed). */
-  done: Promise<number>;
-}
-
-/** The outcome of a command that ran to its end. */
-interface Ran {
-  code: number;
-  out: string[];
-  err: string[];
-}
 
 describe("the CLI end-to-end encrypted (commands against a server process)", () => {
   let base: string;
@@ -45,38 +29,10 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
     await removeDir(base);
   });
 
-  /** Starts a command as `switchboard ...args` would, against the test server. */
-  function start(args: string[], extra: { input?: PassThrough; interrupted?: Promise<void> } = {}): Run {
-    const out: string[] = [];
-    const err: string[] = [];
-    let code = 0;
-    const io: CliIo = {
-      out: (l) => out.push(...l.split("\n")),
-      err: (l) => err.push(...l.split("\n")),
-      exit: (c) => {
-        code = c;
-      },
-      isTTY: false,
-      ...(extra.input !== undefined && { input: extra.input }),
-      ...(extra.interrupted !== undefined && { interrupted: extra.interrupted }),
-    };
-    const program = new Command("switchboard").exitOverride();
-    registerClientCommands(program, io);
-    const done = program.parseAsync([...args, "--server", server.url], { from: "user" }).then(() => code);
-    return { out, err, done };
-  }
-
-  async function cli(...args: string[]): Promise<Ran> {
-    const r = start(args);
-    return { code: await r.done, out: r.out, err: r.err };
-  }
-
-  /** Runs a command that must succeed; its output lines. */
-  async function ok(...args: string[]): Promise<string[]> {
-    const r = await cli(...args);
-    assert.equal(r.code, 0, `switchboard ${args.join(" ")} failed: ${r.err.join("\n")}`);
-    return r.out;
-  }
+  const start = (args: string[], extra: { input?: PassThrough; interrupted?: Promise<void> } = {}) =>
+    startCli(server.url, args, extra);
+  const cli = (...args: string[]) => runCli(server.url, args);
+  const ok = (...args: string[]) => cliOk(server.url, args);
 
   /** Registers a user in a new profile; returns the username and the profile directory. */
   async function register(name: string, ...flags: string[]): Promise<{ username: string; profile: string }> {

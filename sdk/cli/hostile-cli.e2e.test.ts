@@ -4,40 +4,13 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { create, toBinary } from "@bufbuild/protobuf";
-import { Command } from "commander";
-import { ContentKind, SealedContentSchema } from "../../gen/switchboard/v1/content_pb.js";
-import { DeviceCiphertextSchema, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
-import { eventually as eventuallyTrue } from "../../test/helpers/inbox.js";
+import { cliOk, runCli, startCli } from "../../test/helpers/cli.js";
+import { sendUnderNewIdentity } from "../../test/helpers/impostor.js";
+import { eventually } from "../../test/helpers/inbox.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../../test/helpers/server.js";
 import { SwitchboardClient } from "../client.js";
-import { PairwiseCipher } from "../crypto/pairwise.js";
-import { SignalStores } from "../crypto/stores.js";
-import { connectToServer } from "../transport.js";
-import { type CliIo, registerClientCommands } from "./commands.js";
 
 const root = new URL("../../", import.meta.url).pathname;
-
-/** Polls until check holds; step (when given) runs between checks. */
-async function eventually(
-  check: () => boolean,
-  message: () => string,
-  timeoutMs = 20_000,
-  step?: () => Promise<void>,
-): Promise<void> {
-  if (step === undefined) return eventuallyTrue(check, message, timeoutMs);
-  const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out: ${message()}`);
-    await step();
-  }
-}
-
-interface Ran {
-  code: number;
-  out: string[];
-  err: string[];
-}
 
 /**
  * The CLI where a careless profile, a crash or a peer's text could mislead its user: a profile
@@ -59,35 +32,10 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
     await removeDir(base);
   });
 
-  function start(args: string[], extra: { interrupted?: Promise<void> } = {}) {
-    const out: string[] = [];
-    const err: string[] = [];
-    let code = 0;
-    const io: CliIo = {
-      out: (l) => out.push(...l.split("\n")),
-      err: (l) => err.push(...l.split("\n")),
-      exit: (c) => {
-        code = c;
-      },
-      isTTY: false,
-      ...(extra.interrupted !== undefined && { interrupted: extra.interrupted }),
-    };
-    const program = new Command("switchboard").exitOverride();
-    registerClientCommands(program, io);
-    const done = program.parseAsync([...args, "--server", server.url], { from: "user" }).then(() => code);
-    return { out, err, done };
-  }
-
-  async function cli(...args: string[]): Promise<Ran> {
-    const r = start(args);
-    return { code: await r.done, out: r.out, err: r.err };
-  }
-
-  async function ok(...args: string[]): Promise<string[]> {
-    const r = await cli(...args);
-    assert.equal(r.code, 0, `switchboard ${args.join(" ")} failed: ${r.err.join("\n")}`);
-    return r.out;
-  }
+  const start = (args: string[], extra: { interrupted?: Promise<void> } = {}) =>
+    startCli(server.url, args, extra);
+  const cli = (...args: string[]) => runCli(server.url, args);
+  const ok = (...args: string[]) => cliOk(server.url, args);
 
   async function register(name: string): Promise<{ username: string; profile: string }> {
     n += 1;
@@ -276,42 +224,18 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
     const bob2Ids = JSON.parse(await readFile(join(bob2, "credentials.json"), "utf8")) as {
       deviceId: string;
     };
-    const impostor = await SignalStores.open(join(base, `impostor-${n}`));
-    const conn = connectToServer({
+    await sendUnderNewIdentity({
       serverUrl: server.url,
-      credential: { deviceId: bobIds.deviceId, deviceSecret: bobIds.deviceSecret },
-    });
-    try {
-      const cipher = new PairwiseCipher(
-        impostor,
-        { userId: bobIds.userId, deviceId: bobIds.deviceId },
-        (userId, deviceIds) => conn.keys.getBundles({ userId, deviceIds }),
-      );
-      const content = toBinary(
-        SealedContentSchema,
-        create(SealedContentSchema, {
-          payload: new TextEncoder().encode("from a swapped key"),
-          conversationId: dm,
-          kind: ContentKind.MESSAGE,
-        }),
-      );
-      const cts = await cipher.encrypt(content, [
+      storeDir: join(base, `impostor-${n}`),
+      sender: bobIds,
+      conversationId: dm,
+      clientMsgId: `impostor-${n}`,
+      text: "from a swapped key",
+      to: [
         { userId: aliceIds.userId, deviceId: aliceIds.deviceId },
         { userId: bobIds.userId, deviceId: bob2Ids.deviceId },
-      ]);
-      await conn.gateway.send({
-        entry: create(OutgoingEntrySchema, {
-          clientMsgId: `impostor-${n}`,
-          conversationId: dm,
-          body: {
-            case: "message",
-            value: { payloadType: 2, devicePayloads: cts.map((c) => create(DeviceCiphertextSchema, c)) },
-          },
-        }),
-      });
-    } finally {
-      conn.close();
-    }
+      ],
+    });
 
     const history = await cli("history", bob.username, "--profile", alice.profile);
     assert.ok(

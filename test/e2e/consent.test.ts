@@ -4,9 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { Command } from "commander";
 import { PrivacyAudience, PrivacyRefusalSchema } from "../../gen/switchboard/v1/accounts_pb.js";
-import { type CliIo, registerClientCommands } from "../../sdk/cli/commands.js";
+import { runCli } from "../helpers/cli.js";
 import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { serverFixture } from "../helpers/fixture.js";
@@ -230,24 +229,9 @@ describe("switchboard privacy (the CLI)", () => {
   });
 
   /** Runs `switchboard ...args` in this process against the test server. */
-  async function cli(...args: string[]): Promise<{ code: number; out: string[]; err: string[] }> {
-    const out: string[] = [];
-    const err: string[] = [];
-    let code = 0;
-    const io: CliIo = {
-      out: (l) => out.push(...l.split("\n")),
-      err: (l) => err.push(...l.split("\n")),
-      exit: (c) => {
-        code = c;
-      },
-      isTTY: false,
-    };
+  const cli = (...args: string[]) =>
     // Usage errors come back as the thrown CommanderError, not as noise on the test's stderr.
-    const program = new Command("switchboard").exitOverride().configureOutput({ writeErr: () => {} });
-    registerClientCommands(program, io);
-    await program.parseAsync([...args, "--server", fx.server.url], { from: "user" });
-    return { code, out, err };
-  }
+    runCli(fx.server.url, args, { quietUsage: true });
 
   it("shows and changes the settings, refuses an unknown audience, and the refusal reaches others", async () => {
     base = await mkdtemp(join(tmpdir(), "sb-consent-cli-"));

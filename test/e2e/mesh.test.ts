@@ -8,11 +8,11 @@ import { Mesh } from "../../services/mesh/launcher.js";
 import { replicaOf } from "../../services/sequencer/router.js";
 import { meshPrerequisites } from "../helpers/backends.js";
 import { uniqueName } from "../helpers/device.js";
+import { eventually } from "../helpers/inbox.js";
 import {
   type ConversationCheck,
   checkDelivery,
   DeviceLog,
-  eventually,
   type SendStream,
   TrafficGenerator,
 } from "../helpers/mesh-traffic.js";

@@ -4,16 +4,20 @@ import type { DecryptFailedEvent, EntryKind, IncomingEntry } from "../../sdk/typ
 
 const decoder = new TextDecoder();
 
-/** Polls until check holds, or fails with message() after timeoutMs. */
+/**
+ * Polls until check holds, or fails with message() after timeoutMs. Between checks it runs step
+ * when given (a test that must act to make progress), else waits 20 ms.
+ */
 export async function eventually(
-  check: () => boolean,
+  check: () => boolean | Promise<boolean>,
   message: () => string,
   timeoutMs = 20_000,
+  step: () => Promise<unknown> = () => new Promise((resolve) => setTimeout(resolve, 20)),
 ): Promise<void> {
   const deadline = Date.now() + timeoutMs;
-  while (!check()) {
-    if (Date.now() > deadline) assert.fail(`timed out: ${message()}`);
-    await new Promise((resolve) => setTimeout(resolve, 20));
+  while (!(await check())) {
+    if (Date.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms: ${message()}`);
+    await step();
   }
 }
 

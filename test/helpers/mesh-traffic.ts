@@ -2,24 +2,12 @@ import assert from "node:assert/strict";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { SwitchboardClient } from "../../sdk/index.js";
+import { eventually } from "./inbox.js";
 
 /**
  * Traffic and bookkeeping for the multi-process suite: what each device received, what each
  * sender got acknowledged, and the checks of the delivery contract against the log itself.
  */
-
-/** Resolves when check() holds, polling; fails with the message after the deadline. */
-export async function eventually(
-  check: () => boolean | Promise<boolean>,
-  message: () => string,
-  timeoutMs = 20_000,
-): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) assert.fail(`timed out after ${timeoutMs} ms: ${message()}`);
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
-}
 
 /** One entry as a device's app saw it. */
 export interface Seen {

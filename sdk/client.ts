@@ -288,6 +288,7 @@ export class SwitchboardClient {
           username: options.username,
           displayName: options.displayName ?? "",
           deviceName: options.deviceName ?? hostname(),
+          inviteToken: options.inviteToken ?? "",
         },
         { timeoutMs: UNARY_TIMEOUT_MS },
       );

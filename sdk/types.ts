@@ -345,6 +345,11 @@ export interface RegisterOptions extends Omit<OpenOptions, "serverUrl"> {
   displayName?: string;
   /** Name of this device. */
   deviceName?: string;
+  /**
+   * A token from the server's operator (`switchboard admin invite create`), needed when the
+   * server registers by invite only (SWITCHBOARD_REGISTRATION=invite); ignored by open servers.
+   */
+  inviteToken?: string;
 }
 
 /** Options of SwitchboardClient.link. */

@@ -108,10 +108,17 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
   cmd(program, "register <username>", "create a user with this device as its first, in a new profile")
     .option("--display-name <name>", "name shown to others (default: the username)")
     .option("--device-name <name>", "name of this device (default: the host name)")
+    .option(
+      "--invite <token>",
+      "an invite token from the server's operator (servers that register by invite only)",
+    )
     .action(
       run(
         io,
-        async (username: string, opts: GlobalOptions & { displayName?: string; deviceName?: string }) => {
+        async (
+          username: string,
+          opts: GlobalOptions & { displayName?: string; deviceName?: string; invite?: string },
+        ) => {
           const encryption = opts.encryption !== false;
           const client = await SwitchboardClient.register({
             serverUrl: serverFor(opts),
@@ -120,6 +127,7 @@ export function registerClientCommands(program: Command, io: CliIo = processIo):
             encryption,
             ...(opts.displayName !== undefined && { displayName: opts.displayName }),
             ...(opts.deviceName !== undefined && { deviceName: opts.deviceName }),
+            ...(opts.invite !== undefined && { inviteToken: opts.invite }),
           });
           try {
             io.out(`registered @${client.username} (user ${client.userId}, device ${client.deviceId})`);
@@ -502,7 +510,11 @@ export function describeError(err: unknown): string {
       err.rawMessage.includes("no device of the conversation has keys")
         ? " (nobody there uses end-to-end encryption yet; a client without it is reached from a profile registered with --no-encryption)"
         : "";
-    return `${err.rawMessage} [${Code[err.code] ?? err.code}]${hint}${noKeys}`;
+    const invite =
+      err.code === Code.PermissionDenied && err.rawMessage === "registration needs an invite"
+        ? " (this server registers by invite only: ask its operator for one and pass --invite <token>)"
+        : "";
+    return `${err.rawMessage} [${Code[err.code] ?? err.code}]${hint}${noKeys}${invite}`;
   }
   return err instanceof Error ? err.message : String(err);
 }

@@ -500,7 +500,9 @@ export function registerAdminCommands(program: Command, io: AdminIo = processIo)
     .action(
       run(async (client, _url, opts) => {
         const o = opts as AdminOptions & { uses: string; ttl: string; note: string };
-        if (!/^\d+$/.test(o.uses)) throw new AdminError(`--uses ${o.uses}: expected a whole number`);
+        // 0 would mean "the default" on the wire, so it is refused here.
+        if (!/^\d+$/.test(o.uses) || Number(o.uses) < 1)
+          throw new AdminError(`--uses ${o.uses}: expected a whole number, at least 1`);
         const r = await client.createInvite({
           uses: Number(o.uses),
           ttlMs: BigInt(parseTtl(o.ttl)),

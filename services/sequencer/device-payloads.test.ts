@@ -14,10 +14,10 @@ import {
   DeleteBodySchema,
   DeviceCiphertextSchema,
   MembershipAction,
-  MessageBodySchema,
   type OutgoingEntry,
   OutgoingEntrySchema,
 } from "../../gen/switchboard/v1/entry_pb.js";
+import { messageEntry } from "../../test/helpers/entries.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { defaultLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
@@ -40,22 +40,15 @@ const checked = (...members: Array<[string, string[]]>): CheckedMember[] =>
   members.map(([userId, deviceIds]) => create(CheckedMemberSchema, { userId, deviceIds }));
 
 function pairwise(conversationId: string, clientMsgId: string, deviceIds: string[]): OutgoingEntry {
-  return create(OutgoingEntrySchema, {
-    clientMsgId,
-    conversationId,
-    body: {
-      case: "message",
-      value: create(MessageBodySchema, {
-        devicePayloads: deviceIds.map((deviceId) =>
-          create(DeviceCiphertextSchema, {
-            deviceId,
-            registrationId: 7,
-            ciphertext: new Uint8Array([1, 2]),
-            type: 2,
-          }),
-        ),
+  return messageEntry(conversationId, clientMsgId, {
+    devicePayloads: deviceIds.map((deviceId) =>
+      create(DeviceCiphertextSchema, {
+        deviceId,
+        registrationId: 7,
+        ciphertext: new Uint8Array([1, 2]),
+        type: 2,
       }),
-    },
+    ),
   });
 }
 
@@ -281,6 +274,15 @@ describe("Sequencer with per-device ciphertexts", () => {
       entry.conversationId = id;
       return entry;
     };
+    /** Alice adds or removes carol. */
+    const carol = (action: MembershipAction) =>
+      sequencer.changeMembership({ userId: ALICE, deviceId: A1 }, id, action, [CAROL], "");
+    /** The refusal of an append that must be refused. */
+    const refusal = (appended: Promise<Appended>) =>
+      appended.then(
+        () => assert.fail("accepted"),
+        (e: unknown) => ConnectError.from(e),
+      );
     const all = checked([ALICE, []], [BOB, [B1]], [CAROL, [C1]]);
     assert.equal((await append(send("h1"), all)).seq, 2);
     // Not checked at all: refused, never stored.
@@ -289,18 +291,9 @@ describe("Sequencer with per-device ciphertexts", () => {
         e instanceof ConnectError && e.code === Code.InvalidArgument && /checked_members/.test(e.rawMessage)
       );
     });
-    await sequencer.changeMembership(
-      { userId: ALICE, deviceId: A1 },
-      id,
-      MembershipAction.REMOVED,
-      [CAROL],
-      "",
-    );
+    await carol(MembershipAction.REMOVED);
     // Checked against the members before the removal: carol's device comes back as extra.
-    const refused = await append(send("h3"), all).then(
-      () => assert.fail("accepted"),
-      (e: unknown) => ConnectError.from(e),
-    );
+    const refused = await refusal(append(send("h3"), all));
     assert.equal(refused.code, Code.FailedPrecondition);
     assert.match(refused.rawMessage, /members changed .*removed u_0000000000000000000000000c/);
     assert.deepEqual(
@@ -308,17 +301,8 @@ describe("Sequencer with per-device ciphertexts", () => {
       [C1],
     );
     // A member added since is named, with no devices (the shard knows none).
-    await sequencer.changeMembership(
-      { userId: ALICE, deviceId: A1 },
-      id,
-      MembershipAction.ADDED,
-      [CAROL],
-      "",
-    );
-    const added = await append(send("h4"), checked([ALICE, []], [BOB, [B1]])).then(
-      () => assert.fail("accepted"),
-      (e: unknown) => ConnectError.from(e),
-    );
+    await carol(MembershipAction.ADDED);
+    const added = await refusal(append(send("h4"), checked([ALICE, []], [BOB, [B1]])));
     assert.match(added.rawMessage, /added u_0000000000000000000000000c/);
     assert.deepEqual(mismatchOf(added)?.extra, []);
     assert.equal((await append(send("h4"), all)).seq, 5);

@@ -14,6 +14,7 @@ import {
   OutgoingEntrySchema,
   ReactionBodySchema,
 } from "../../gen/switchboard/v1/entry_pb.js";
+import { messageItem } from "../../test/helpers/entries.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { defaultLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
@@ -332,15 +333,7 @@ describe("Sequencer within a small byte budget (real LMDB store)", () => {
 
   function send(conversationId: string, clientMsgId: string, i: number) {
     const payload = new Uint8Array(PAYLOAD).fill(i % 251);
-    return create(AppendItemSchema, {
-      senderUserId: ALICE,
-      senderDeviceId: DEVICE,
-      entry: create(OutgoingEntrySchema, {
-        clientMsgId,
-        conversationId,
-        body: { case: "message", value: create(MessageBodySchema, { payload }) },
-      }),
-    });
+    return messageItem({ userId: ALICE, deviceId: DEVICE }, conversationId, clientMsgId, payload);
   }
 
   it("holds many conversations' large messages within the budget and still serves them whole and in order", async () => {

@@ -7,6 +7,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { AppendItemSchema } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { MessageBodySchema, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { messageItem } from "../../test/helpers/entries.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { defaultLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
@@ -20,15 +21,7 @@ const BOB = "u_0000000000000000000000000b";
 const DEVICE = "dv_000000000000000000000000a";
 
 function item(conversationId: string, clientMsgId: string) {
-  return create(AppendItemSchema, {
-    senderUserId: ALICE,
-    senderDeviceId: DEVICE,
-    entry: create(OutgoingEntrySchema, {
-      clientMsgId,
-      conversationId,
-      body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array([1]) }) },
-    }),
-  });
+  return messageItem({ userId: ALICE, deviceId: DEVICE }, conversationId, clientMsgId, new Uint8Array([1]));
 }
 
 describe("Sequencer on a real store with injected commit failures", () => {

@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { IdentityKeyPair, KEMKeyPair, PrivateKey } from "@signalapp/libsignal-client";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   DeleteBodySchema,
   DeviceCiphertextSchema,
@@ -16,35 +15,12 @@ import {
   DeviceMismatchSchema,
   type MismatchedDevice,
 } from "../../gen/switchboard/v1/gateway_pb.js";
-import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import type { TestDevice } from "../helpers/device.js";
+import { messageEntry } from "../helpers/entries.js";
 import { serverFixture } from "../helpers/fixture.js";
+import { type Keyed, publishKeys } from "../helpers/keys.js";
 
 const UNKNOWN_DEVICE = "dv_00000000000000000000000000";
-
-function signed(identity: IdentityKeyPair, keyId: number, key: Uint8Array) {
-  const publicKey = new Uint8Array(key);
-  return { keyId, publicKey, signature: identity.privateKey.sign(publicKey) };
-}
-
-/** Publishes a device's keys (as its first upload) so the directory knows its registration id. */
-async function publishKeys(device: TestDevice, registrationId: number): Promise<void> {
-  const identity = IdentityKeyPair.generate();
-  await createClient(KeyService, device.transport).uploadKeys({
-    identityKey: identity.publicKey.serialize(),
-    registrationId,
-    signedPrekey: signed(identity, 1, PrivateKey.generate().getPublicKey().serialize()),
-    kyberLastResortPrekey: signed(identity, 1_000_000, KEMKeyPair.generate().getPublicKey().serialize()),
-    oneTimePrekeys: [],
-    oneTimeKyberPrekeys: [],
-  });
-}
-
-/** A device with its registration id, as a sender's sessions know it. */
-interface Keyed {
-  device: TestDevice;
-  registrationId: number;
-}
 
 /** A fake ciphertext that names its recipient, so a test can see who got what. */
 function ciphertextFor(deviceId: string, text: string): Uint8Array {
@@ -58,16 +34,9 @@ function messageSend(
   payload: Uint8Array,
   entries: Array<{ deviceId: string; registrationId: number; ciphertext: Uint8Array; type: number }>,
 ): OutgoingEntry {
-  return create(OutgoingEntrySchema, {
-    clientMsgId,
-    conversationId,
-    body: {
-      case: "message",
-      value: create(MessageBodySchema, {
-        payload,
-        devicePayloads: entries.map((e) => create(DeviceCiphertextSchema, e)),
-      }),
-    },
+  return messageEntry(conversationId, clientMsgId, {
+    payload,
+    devicePayloads: entries.map((e) => create(DeviceCiphertextSchema, e)),
   });
 }
 

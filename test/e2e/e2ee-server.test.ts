@@ -1,48 +1,23 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { IdentityKeyPair, KEMKeyPair, PrivateKey } from "@signalapp/libsignal-client";
+import { Code, ConnectError } from "@connectrpc/connect";
 import {
   DeviceCiphertextSchema,
   type Entry,
   MembershipAction,
-  MessageBodySchema,
   type OutgoingEntry,
-  OutgoingEntrySchema,
 } from "../../gen/switchboard/v1/entry_pb.js";
 import { DeviceMismatchSchema } from "../../gen/switchboard/v1/gateway_pb.js";
-import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
-import { outgoingText, type TestDevice } from "../helpers/device.js";
+import { outgoingText } from "../helpers/device.js";
+import { messageEntry } from "../helpers/entries.js";
 import { serverFixture } from "../helpers/fixture.js";
+import { type Keyed, publishKeys } from "../helpers/keys.js";
 
 // The server's side of end-to-end encryption (issue 17): what the server itself must refuse or
 // withhold, whatever a client's caches say.
 
 const SENDER_KEY = 7;
-
-function signed(identity: IdentityKeyPair, keyId: number, key: Uint8Array) {
-  const publicKey = new Uint8Array(key);
-  return { keyId, publicKey, signature: identity.privateKey.sign(publicKey) };
-}
-
-/** Publishes a device's keys so the directory knows its registration id. */
-async function publishKeys(device: TestDevice, registrationId: number): Promise<void> {
-  const identity = IdentityKeyPair.generate();
-  await createClient(KeyService, device.transport).uploadKeys({
-    identityKey: identity.publicKey.serialize(),
-    registrationId,
-    signedPrekey: signed(identity, 1, PrivateKey.generate().getPublicKey().serialize()),
-    kyberLastResortPrekey: signed(identity, 1_000_000, KEMKeyPair.generate().getPublicKey().serialize()),
-    oneTimePrekeys: [],
-    oneTimeKyberPrekeys: [],
-  });
-}
-
-interface Keyed {
-  device: TestDevice;
-  registrationId: number;
-}
 
 /**
  * A sender-key group send: the content once in payload (payload_type 7), a key distribution for
@@ -55,24 +30,17 @@ function groupSend(
   distributeTo: Keyed[] = [],
 ): OutgoingEntry {
   const needKey = new Set(distributeTo.map((k) => k.device.deviceId));
-  return create(OutgoingEntrySchema, {
-    clientMsgId,
-    conversationId,
-    body: {
-      case: "message",
-      value: create(MessageBodySchema, {
-        payload: new TextEncoder().encode(`sender-key ciphertext ${clientMsgId}`),
-        payloadType: SENDER_KEY,
-        devicePayloads: to.map((k) =>
-          create(DeviceCiphertextSchema, {
-            deviceId: k.device.deviceId,
-            registrationId: k.registrationId,
-            ciphertext: needKey.has(k.device.deviceId) ? new TextEncoder().encode("skdm") : new Uint8Array(0),
-            type: needKey.has(k.device.deviceId) ? 3 : 0,
-          }),
-        ),
+  return messageEntry(conversationId, clientMsgId, {
+    payload: new TextEncoder().encode(`sender-key ciphertext ${clientMsgId}`),
+    payloadType: SENDER_KEY,
+    devicePayloads: to.map((k) =>
+      create(DeviceCiphertextSchema, {
+        deviceId: k.device.deviceId,
+        registrationId: k.registrationId,
+        ciphertext: needKey.has(k.device.deviceId) ? new TextEncoder().encode("skdm") : new Uint8Array(0),
+        type: needKey.has(k.device.deviceId) ? 3 : 0,
       }),
-    },
+    ),
   });
 }
 

@@ -9,17 +9,14 @@ import {
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { ConversationService } from "../../gen/switchboard/v1/conversations_pb.js";
-import {
-  MessageBodySchema,
-  type OutgoingEntry,
-  OutgoingEntrySchema,
-} from "../../gen/switchboard/v1/entry_pb.js";
+import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import {
   type ConnectRequest,
   ConnectRequestSchema,
   type ConnectResponse,
   GatewayService,
 } from "../../gen/switchboard/v1/gateway_pb.js";
+import { messageEntry } from "./entries.js";
 
 /** The value of a server frame of case C. */
 export type FrameValue<C extends NonNullable<ConnectResponse["frame"]["case"]>> = Extract<
@@ -241,11 +238,7 @@ export class TestDevice {
 
 /** An OutgoingEntry with a UTF-8 text payload. */
 export function outgoingText(conversationId: string, clientMsgId: string, text: string): OutgoingEntry {
-  return create(OutgoingEntrySchema, {
-    clientMsgId,
-    conversationId,
-    body: { case: "message", value: create(MessageBodySchema, { payload: new TextEncoder().encode(text) }) },
-  });
+  return messageEntry(conversationId, clientMsgId, { payload: new TextEncoder().encode(text) });
 }
 
 /** A username unique to this test run. */

@@ -1193,20 +1193,12 @@ export class SwitchboardClient {
     const item: OutboxItem = {
       clientMsgId: id,
       conversationId,
-      outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
+      outgoing: outboxEncoding(outgoing),
       createdAtMs: Date.now(),
       plaintext: Buffer.from(content).toString("base64"),
       sealed: false,
     };
-    const pending = this.newPending(item, outgoing, "sealing");
-    // Registered before the write so that sends leave in the order the app made them.
-    this.sends.set(id, pending);
-    try {
-      await this.profile.addToOutbox(item);
-    } catch (err) {
-      this.sends.delete(id);
-      throw ConnectError.from(err, Code.Internal);
-    }
+    const pending = await this.addSend(item, outgoing, "sealing");
     this.scheduleSeal(pending);
     return pending.promise;
   }
@@ -1240,18 +1232,11 @@ export class SwitchboardClient {
             sent.catch(() => {});
             continue;
           }
-          const outgoing = clone(OutgoingEntrySchema, p.outgoing);
-          const body = outgoing.body;
-          if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") {
-            throw new Error(`a ${body.case} send has no ciphertexts`);
-          }
-          body.value.payload = part.payload;
-          body.value.payloadType = part.payloadType;
-          body.value.devicePayloads = part.devicePayloads;
+          const outgoing = withCiphertexts(p.outgoing, part);
           const { sealed: _intent, ...rest } = p.item;
           const item: OutboxItem = {
             ...rest,
-            outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
+            outgoing: outboxEncoding(outgoing),
           };
           if (this.sends.get(id) !== p) return;
           // Behind the keys-only parts just queued, and behind every send sealed before it.
@@ -1356,17 +1341,10 @@ export class SwitchboardClient {
           "after the device change the sender key must go to more devices than fit in one message; send again",
         );
       }
-      const outgoing = clone(OutgoingEntrySchema, p.outgoing);
-      const body = outgoing.body;
-      if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") {
-        throw new Error(`a ${body.case} send has no ciphertexts`);
-      }
-      body.value.payload = part.payload;
-      body.value.payloadType = part.payloadType;
-      body.value.devicePayloads = part.devicePayloads;
+      const outgoing = withCiphertexts(p.outgoing, part);
       const item: OutboxItem = {
         ...p.item,
-        outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
+        outgoing: outboxEncoding(outgoing),
       };
       if (this.sends.get(id) !== p) return;
       await this.profile.addToOutbox(item);
@@ -1406,22 +1384,32 @@ export class SwitchboardClient {
     const item: OutboxItem = {
       clientMsgId,
       conversationId,
-      outgoing: Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64"),
+      outgoing: outboxEncoding(outgoing),
       createdAtMs: Date.now(),
       ...(plaintext !== undefined && { plaintext: Buffer.from(plaintext).toString("base64") }),
     };
-    const pending = this.newPending(item, outgoing, "persisting");
-    // Registered before the write so that sends leave in the order the app made them.
-    this.sends.set(clientMsgId, pending);
-    try {
-      await this.profile.addToOutbox(item);
-    } catch (err) {
-      this.sends.delete(clientMsgId);
-      throw ConnectError.from(err, Code.Internal);
-    }
+    const pending = await this.addSend(item, outgoing, "persisting");
     if (pending.state === "persisting") pending.state = "queued";
     this.pump();
     return pending.promise;
+  }
+
+  /** Registers a new send and writes it to the outbox; a failed write forgets it again. */
+  private async addSend(
+    item: OutboxItem,
+    outgoing: OutgoingEntry,
+    state: PendingSend["state"],
+  ): Promise<PendingSend> {
+    const pending = this.newPending(item, outgoing, state);
+    // Registered before the write so that sends leave in the order the app made them.
+    this.sends.set(item.clientMsgId, pending);
+    try {
+      await this.profile.addToOutbox(item);
+    } catch (err) {
+      this.sends.delete(item.clientMsgId);
+      throw ConnectError.from(err, Code.Internal);
+    }
+    return pending;
   }
 
   private restoreSend(item: OutboxItem): void {
@@ -1968,6 +1956,24 @@ function credentialsFrom(
 function required<T>(value: T | undefined, what: string): T {
   if (value === undefined) throw new ConnectError(`server response lacks ${what}`, Code.Internal);
   return value;
+}
+
+/** How a send is kept in the outbox: its OutgoingEntry in base64. */
+function outboxEncoding(outgoing: OutgoingEntry): string {
+  return Buffer.from(toBinary(OutgoingEntrySchema, outgoing)).toString("base64");
+}
+
+/** A copy of a send with the payload and device ciphertexts of a sealed part in its body. */
+function withCiphertexts(outgoing: OutgoingEntry, part: SealedPart): OutgoingEntry {
+  const copy = clone(OutgoingEntrySchema, outgoing);
+  const body = copy.body;
+  if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") {
+    throw new Error(`a ${body.case} send has no ciphertexts`);
+  }
+  body.value.payload = part.payload;
+  body.value.payloadType = part.payloadType;
+  body.value.devicePayloads = part.devicePayloads;
+  return copy;
 }
 
 /** A message body with the given payload, per-device ciphertexts and payload type. */

@@ -483,32 +483,25 @@ export class E2ee {
         epoch: key.epoch,
         devices: chunk.map((c) => ({ userId: userOf.get(c.deviceId) ?? "", deviceId: c.deviceId })),
       });
+      /** A part that carries only key distributions (sender keys for these devices). */
+      const keysOnly = (chunk: DeviceCiphertext[]): SealedPart => ({
+        content: KEYS_ONLY_MARKER,
+        payload: KEYS_ONLY_MARKER,
+        payloadType: KEYS_ONLY_PAYLOAD_TYPE,
+        devicePayloads: everyone(chunk),
+        keysOnly: true,
+        distributed: handed(chunk),
+      });
       if (content === undefined) {
         if (keyed.length === 0) return [];
         const rest = maxBytes - KEYS_ONLY_PAYLOAD_ROOM;
-        return split(keyed, rest, rest).map((chunk) => ({
-          content: KEYS_ONLY_MARKER,
-          payload: KEYS_ONLY_MARKER,
-          payloadType: KEYS_ONLY_PAYLOAD_TYPE,
-          devicePayloads: everyone(chunk),
-          keysOnly: true,
-          distributed: handed(chunk),
-        }));
+        return split(keyed, rest, rest).map(keysOnly);
       }
       const final = await this.groups.encrypt(groupId, content);
       // The content's part takes what fits beside it; the rest go first in keys-only parts.
       const chunks = split(keyed, maxBytes - final.ciphertext.length, maxBytes - KEYS_ONLY_PAYLOAD_ROOM);
       const parts: SealedPart[] = [];
-      for (const chunk of chunks.slice(1)) {
-        parts.push({
-          content: KEYS_ONLY_MARKER,
-          payload: KEYS_ONLY_MARKER,
-          payloadType: KEYS_ONLY_PAYLOAD_TYPE,
-          devicePayloads: everyone(chunk),
-          keysOnly: true,
-          distributed: handed(chunk),
-        });
-      }
+      for (const chunk of chunks.slice(1)) parts.push(keysOnly(chunk));
       const first = chunks[0] ?? [];
       parts.push({
         content,

@@ -1,44 +1,27 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
-import { after, before, describe, it } from "node:test";
-import { cliOk, runCli, startCli } from "../../test/helpers/cli.js";
+import { describe, it } from "node:test";
+import { cliServerSuite } from "../../test/helpers/cli.js";
 import { eventually } from "../../test/helpers/inbox.js";
 import { runNode } from "../../test/helpers/process.js";
 import { scanDirectory } from "../../test/helpers/scan.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../../test/helpers/server.js";
 import { SwitchboardClient } from "../client.js";
 
 const root = new URL("../../", import.meta.url).pathname;
 
 describe("the CLI end-to-end encrypted (commands against a server process)", () => {
-  let base: string;
-  let server: ServerProcess;
+  const fx = cliServerSuite("sb-cli-e2ee-");
+  const { start, cli, ok } = fx;
   let n = 0;
-
-  before(async () => {
-    base = await mkdtemp(join(tmpdir(), "sb-cli-e2ee-"));
-    server = await startServerProcess({ dataDir: join(base, "server") });
-  });
-
-  after(async () => {
-    await server?.stop();
-    await removeDir(base);
-  });
-
-  const start = (args: string[], extra: { input?: PassThrough; interrupted?: Promise<void> } = {}) =>
-    startCli(server.url, args, extra);
-  const cli = (...args: string[]) => runCli(server.url, args);
-  const ok = (...args: string[]) => cliOk(server.url, args);
 
   /** Registers a user in a new profile; returns the username and the profile directory. */
   async function register(name: string, ...flags: string[]): Promise<{ username: string; profile: string }> {
     n += 1;
     const username = `${name}_${n}`;
-    const profile = join(base, `profile-${username}`);
+    const profile = join(fx.base, `profile-${username}`);
     const out = await ok("register", username, "--profile", profile, ...flags);
     assert.match(out.at(-1) ?? "", flags.includes("--no-encryption") ? /encryption: off/ : /encryption: on/);
     return { username, profile };
@@ -131,7 +114,7 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
     assert.ok(control?.body.case === "message");
     assert.equal(Buffer.from(control.body.value.payload).toString(), "plain-cli-control from carol");
 
-    const scan = await scanDirectory(server.dataDir, [...secrets, "plain-cli-control from carol"]);
+    const scan = await scanDirectory(fx.server.dataDir, [...secrets, "plain-cli-control from carol"]);
     assert.deepEqual(
       scan.findings.filter((f) => f.marker !== "plain-cli-control from carol"),
       [],
@@ -146,7 +129,7 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
   it("send --file and download round-trip the exact bytes; download never overwrites without --force", async () => {
     const alice = await register("alice");
     const bob = await register("bob");
-    const dir = join(base, `files-${n}`);
+    const dir = join(fx.base, `files-${n}`);
     await mkdir(dir);
     const original = randomBytes(300_000);
     const source = join(dir, "report.bin");
@@ -245,7 +228,7 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
     } finally {
       await sender.close();
     }
-    const dir = join(base, `names-${n}`);
+    const dir = join(fx.base, `names-${n}`);
     const inside = join(dir, "inside");
     await mkdir(inside, { recursive: true });
     const history = await ok("history", alice.username, "--profile", bob.profile);
@@ -262,9 +245,9 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
   it("download of an object altered in the media store fails clearly and writes nothing", async () => {
     const alice = await register("alice");
     const bob = await register("bob");
-    const objects = join(server.dataDir, "media", "objects");
+    const objects = join(fx.server.dataDir, "media", "objects");
     const before = new Set(await readdir(objects).catch(() => [] as string[]));
-    const source = join(base, `tamper-${n}.txt`);
+    const source = join(fx.base, `tamper-${n}.txt`);
     await writeFile(source, "the real contract, all 12 pages");
     await ok("send", bob.username, "--file", source, "--profile", alice.profile);
     const added = (await readdir(objects)).filter((id) => !before.has(id));
@@ -277,7 +260,7 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
 
     const history = await ok("history", alice.username, "--profile", bob.profile);
     const seq = downloadSeq(history, `tamper-${n}.txt`);
-    const out = join(base, `tampered-${n}.txt`);
+    const out = join(fx.base, `tampered-${n}.txt`);
     const r = await cli("download", alice.username, String(seq), "--out", out, "--profile", bob.profile);
     assert.equal(r.code, 1);
     assert.deepEqual(r.err, [
@@ -403,7 +386,7 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
 
     // bob links a second device: it has no ciphertext of what was sent before it existed.
     const code = (await ok("link-code", "--profile", bob.profile))[0]!;
-    const bob2 = join(base, `profile-bob2-${n}`);
+    const bob2 = join(fx.base, `profile-bob2-${n}`);
     await ok("link", code, "--profile", bob2);
     // The server gives it no history from before its link; whatever it shows of that time is
     // never the text, and says it carries nothing for this device.
@@ -426,7 +409,7 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
     assert.equal(busy.code, 1);
     assert.match(busy.err[0] ?? "", /is in use by process \d+; .*stop the other command/);
 
-    const source = join(base, `listen-${n}.txt`);
+    const source = join(fx.base, `listen-${n}.txt`);
     await writeFile(source, "for every device");
     // The gateway trusts its list of bob's devices for 5 s; past that it names the new device as
     // missing, and alice's client encrypts for it too.
@@ -444,7 +427,7 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
       lines.join("\n"),
     );
     const seq = downloadSeq(lines, `listen-${n}.txt`);
-    const out = join(base, `listened-${n}.txt`);
+    const out = join(fx.base, `listened-${n}.txt`);
     await ok("download", alice.username, String(seq), "--out", out, "--profile", bob2);
     assert.equal(await readFile(out, "utf8"), "for every device");
 
@@ -470,12 +453,12 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
   it("runs register, send --file and download through bin/switchboard.js", async () => {
     const run = (...args: string[]) =>
       runNode([join(root, "bin/switchboard.js"), ...args], {
-        cwd: base,
-        env: { ...process.env, SWITCHBOARD_URL: server.url },
+        cwd: fx.base,
+        env: { ...process.env, SWITCHBOARD_URL: fx.server.url },
       });
     n += 1;
     const [erin, finn] = [`erin_${n}`, `finn_${n}`];
-    const [erinProfile, finnProfile] = [join(base, `bin-${erin}`), join(base, `bin-${finn}`)];
+    const [erinProfile, finnProfile] = [join(fx.base, `bin-${erin}`), join(fx.base, `bin-${finn}`)];
     for (const [name, profile] of [
       [erin, erinProfile],
       [finn, finnProfile],
@@ -484,8 +467,8 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
       assert.equal(r.code, 0, r.stderr);
     }
     const data = randomBytes(5_000);
-    await mkdir(join(base, `bin-src-${n}`));
-    const source = join(base, `bin-src-${n}`, `bin-${n}.dat`);
+    await mkdir(join(fx.base, `bin-src-${n}`));
+    const source = join(fx.base, `bin-src-${n}`, `bin-${n}.dat`);
     await writeFile(source, data);
     const sent = await run("send", finn, "--file", source, "--profile", erinProfile);
     assert.equal(sent.code, 0, sent.stderr);
@@ -495,7 +478,7 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
     const got = await run("download", erin, seq, "--profile", finnProfile);
     assert.equal(got.code, 0, got.stderr);
     assert.equal(got.stdout, `saved bin-${n}.dat (4.9 KiB; verified and decrypted)\n`);
-    assert.ok((await readFile(join(base, `bin-${n}.dat`))).equals(data));
+    assert.ok((await readFile(join(fx.base, `bin-${n}.dat`))).equals(data));
     const again = await run("download", erin, seq, "--profile", finnProfile);
     assert.equal(again.code, 1);
     assert.equal(

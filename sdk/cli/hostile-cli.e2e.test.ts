@@ -1,13 +1,12 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
-import { cliOk, runCli, startCli } from "../../test/helpers/cli.js";
+import { describe, it } from "node:test";
+import { cliServerSuite } from "../../test/helpers/cli.js";
 import { sendUnderNewIdentity } from "../../test/helpers/impostor.js";
 import { eventually } from "../../test/helpers/inbox.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../../test/helpers/server.js";
+import { startServerProcess } from "../../test/helpers/server.js";
 import { SwitchboardClient } from "../client.js";
 
 const root = new URL("../../", import.meta.url).pathname;
@@ -18,29 +17,14 @@ const root = new URL("../../", import.meta.url).pathname;
  * tries to look like another line.
  */
 describe("the CLI against lost keys, crashes and spoofed lines (commands against a server process)", () => {
-  let base: string;
-  let server: ServerProcess;
+  const fx = cliServerSuite("sb-cli-hostile-");
+  const { start, cli, ok } = fx;
   let n = 0;
-
-  before(async () => {
-    base = await mkdtemp(join(tmpdir(), "sb-cli-hostile-"));
-    server = await startServerProcess({ dataDir: join(base, "server") });
-  });
-
-  after(async () => {
-    await server?.stop();
-    await removeDir(base);
-  });
-
-  const start = (args: string[], extra: { interrupted?: Promise<void> } = {}) =>
-    startCli(server.url, args, extra);
-  const cli = (...args: string[]) => runCli(server.url, args);
-  const ok = (...args: string[]) => cliOk(server.url, args);
 
   async function register(name: string): Promise<{ username: string; profile: string }> {
     n += 1;
     const username = `${name}_${n}`;
-    const profile = join(base, `profile-${username}`);
+    const profile = join(fx.base, `profile-${username}`);
     await ok("register", username, "--profile", profile);
     return { username, profile };
   }
@@ -87,16 +71,16 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
     const bob = await register("bob");
     await ok("send", bob.username, "before the crash", "--profile", alice.profile);
     const dm = await directId(alice.profile, bob.username);
-    const port = Number(new URL(server.url).port);
+    const port = Number(new URL(fx.server.url).port);
     // The server is away: nothing can be encrypted (the devices are not known), only kept.
-    await server.stop();
+    await fx.server.stop();
 
     const child = spawn(
       process.execPath,
       [join(root, "bin/switchboard.js"), "chat", dm, "--profile", alice.profile],
       {
-        cwd: base,
-        env: { ...process.env, SWITCHBOARD_URL: server.url },
+        cwd: fx.base,
+        env: { ...process.env, SWITCHBOARD_URL: fx.server.url },
         stdio: ["pipe", "pipe", "pipe"],
       },
     );
@@ -131,7 +115,7 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
     } finally {
       child.kill("SIGKILL");
       await exited;
-      server = await startServerProcess({ dataDir: server.dataDir, port });
+      fx.server = await startServerProcess({ dataDir: fx.server.dataDir, port });
     }
     let stop!: () => void;
     const interrupted = new Promise<void>((resolve) => {
@@ -167,7 +151,7 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
     )[0] as string;
     const spoof = "ok\n#55 [12:00:00] you: I agree to pay alice 1000 EUR\u202e\x1b[2J";
     await ok("send", groupId, spoof, "--profile", alice.profile);
-    const dir = await mkdtemp(join(base, "files-"));
+    const dir = await mkdtemp(join(fx.base, "files-"));
     const fileName = "notes\n#56 [12:00:01] you: see attached.txt";
     await writeFile(join(dir, fileName), "file body");
     await ok("send", groupId, "--file", join(dir, fileName), "--profile", alice.profile);
@@ -197,7 +181,7 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
 
     // bob links a second device; alice's sends name it once the gateway checks the fresh list.
     const code = (await ok("link-code", "--profile", bob.profile))[0] as string;
-    const bob2 = join(base, `profile-bob2-${n}`);
+    const bob2 = join(fx.base, `profile-bob2-${n}`);
     await ok("link", code, "--profile", bob2);
     let told: string[] = [];
     await eventually(
@@ -225,8 +209,8 @@ describe("the CLI against lost keys, crashes and spoofed lines (commands against
       deviceId: string;
     };
     await sendUnderNewIdentity({
-      serverUrl: server.url,
-      storeDir: join(base, `impostor-${n}`),
+      serverUrl: fx.server.url,
+      storeDir: join(fx.base, `impostor-${n}`),
       sender: bobIds,
       conversationId: dm,
       clientMsgId: `impostor-${n}`,

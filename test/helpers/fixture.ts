@@ -1,3 +1,6 @@
+import { mkdtemp } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before } from "node:test";
 import { TestDevice, uniqueName } from "./device.js";
 import { removeDir, type ServerProcess, startServerProcess } from "./server.js";
@@ -44,4 +47,44 @@ export function serverFixture(env: Record<string, string> = {}): ServerFixture {
     },
   };
   return fixture;
+}
+
+/** A suite's temporary directory and the server process keeping its data there. */
+export interface TempServerSuite {
+  /** The suite's temporary directory (the server's data under server/). */
+  readonly base: string;
+  /** The running server; a test that restarts it puts the new process here. */
+  server: ServerProcess;
+}
+
+/**
+ * Before the suite, makes a temporary directory named with prefix and starts a server process
+ * with its data in it; after the suite, runs beforeStop (closing clients), stops the server and
+ * removes the directory.
+ */
+export function tempServerSuite(prefix: string, beforeStop?: () => Promise<void>): TempServerSuite {
+  let base: string | undefined;
+  let server: ServerProcess | undefined;
+  before(async () => {
+    base = await mkdtemp(join(tmpdir(), prefix));
+    server = await startServerProcess({ dataDir: join(base, "server") });
+  });
+  after(async () => {
+    await beforeStop?.();
+    await server?.stop();
+    if (base !== undefined) await removeDir(base);
+  });
+  return {
+    get base() {
+      if (base === undefined) throw new Error("the suite starts in before()");
+      return base;
+    },
+    get server() {
+      if (server === undefined) throw new Error("the suite starts in before()");
+      return server;
+    },
+    set server(next) {
+      server = next;
+    },
+  };
 }

@@ -1,10 +1,8 @@
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before } from "node:test";
+import { before } from "node:test";
 import { SwitchboardClient } from "../../sdk/client.js";
 import type { ClientTuning } from "../../sdk/types.js";
-import { removeDir, type ServerProcess, startServerProcess } from "./server.js";
+import { type TempServerSuite, tempServerSuite } from "./fixture.js";
 
 /** Quick reconnects, so tests that restart things do not wait out the production backoff. */
 export const TEST_TUNING: ClientTuning = { backoffBaseMs: 20, backoffCapMs: 200 };
@@ -67,51 +65,36 @@ export class TestDevices {
 }
 
 /** What sdkServerSuite gives the tests of a suite (available inside tests). */
-export interface SdkServerSuite {
-  /** The suite's temporary directory: the server's data and the devices' profiles. */
-  readonly base: string;
-  /** The running server; a test that restarts it puts the new process here. */
-  server: ServerProcess;
+export interface SdkServerSuite extends TempServerSuite {
   /** SDK devices on the current server, closed after the suite. */
   readonly devices: TestDevices;
 }
 
 /**
- * Starts a server process (data under a new temporary directory named with prefix) and a device
- * factory before the suite; after it, closes the devices, stops the server and removes the
- * directory.
+ * A server process in a temporary directory for the suite (tempServerSuite, prefix names the
+ * directory) and a factory of SDK devices on it, closed before the server stops.
  */
 export function sdkServerSuite(prefix: string): SdkServerSuite {
-  let base: string | undefined;
-  let server: ServerProcess | undefined;
   let devices: TestDevices | undefined;
-  before(async () => {
-    base = await mkdtemp(join(tmpdir(), prefix));
-    server = await startServerProcess({ dataDir: join(base, "server") });
-    devices = new TestDevices(base, () => suite.server.url);
-  });
-  after(async () => {
+  const suite = tempServerSuite(prefix, async () => {
     await devices?.close();
-    await server?.stop();
-    if (base !== undefined) await removeDir(base);
   });
-  const started = <T>(value: T | undefined): T => {
-    if (value === undefined) throw new Error("the suite starts in before()");
-    return value;
-  };
-  const suite: SdkServerSuite = {
+  before(() => {
+    devices = new TestDevices(suite.base, () => suite.server.url);
+  });
+  return {
     get base() {
-      return started(base);
+      return suite.base;
     },
     get server() {
-      return started(server);
+      return suite.server;
     },
     set server(next) {
-      server = next;
+      suite.server = next;
     },
     get devices() {
-      return started(devices);
+      if (devices === undefined) throw new Error("the suite starts in before()");
+      return devices;
     },
   };
-  return suite;
 }

@@ -6,7 +6,7 @@ import { open } from "lmdb";
 import { DeviceCiphertextSchema, type Entry, EntrySchema } from "../gen/switchboard/v1/entry_pb.js";
 import { sendUnderNewIdentity } from "../test/helpers/impostor.js";
 import { eventually, Inbox } from "../test/helpers/inbox.js";
-import { sdkServerSuite } from "../test/helpers/sdk-devices.js";
+import { SdkServerSuite } from "../test/helpers/sdk-devices.js";
 import { startServerProcess } from "../test/helpers/server.js";
 import type { SwitchboardClient } from "./client.js";
 import { GroupDecryptError } from "./crypto/groups.js";
@@ -35,7 +35,7 @@ function corruptKeyFor(deviceId: string): (e: Entry) => void {
  * the SDK must refuse or heal.
  */
 describe("end-to-end encryption against a malicious server (SDK against a server process)", () => {
-  const fx = sdkServerSuite("sb-e2ee-hostile-");
+  const fx = new SdkServerSuite("sb-e2ee-hostile-");
 
   /** Stops the server, rewrites stored entries as a malicious server would, starts it again on the same port. */
   async function tamper(edits: Array<{ conversationId: string; seq: bigint; edit: (e: Entry) => void }>) {

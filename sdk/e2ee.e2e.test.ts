@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { eventually, Inbox } from "../test/helpers/inbox.js";
-import { sdkServerSuite } from "../test/helpers/sdk-devices.js";
+import { SdkServerSuite } from "../test/helpers/sdk-devices.js";
 import type { SwitchboardClient } from "./client.js";
 import { DecryptError } from "./crypto/pairwise.js";
 import { connectToServer } from "./transport.js";
@@ -27,7 +27,7 @@ const unencrypted = (inbox: Inbox) =>
   inbox.entries.filter((e) => e.kind === "message" && !e.encrypted).map((e) => decoder.decode(e.payload));
 
 describe("end-to-end encrypted direct messages (SDK against a server process)", () => {
-  const fx = sdkServerSuite("sb-e2ee-");
+  const fx = new SdkServerSuite("sb-e2ee-");
 
   const register = (name: string) => fx.devices.register(name);
   const link = (first: SwitchboardClient, name: string) => fx.devices.link(first, name);

@@ -4,7 +4,7 @@ import { mkdir, readdir, readFile, rm, stat, writeFile } from "node:fs/promises"
 import { join } from "node:path";
 import { PassThrough } from "node:stream";
 import { describe, it } from "node:test";
-import { cliServerSuite } from "../../test/helpers/cli.js";
+import { CliServerSuite } from "../../test/helpers/cli.js";
 import { eventually } from "../../test/helpers/inbox.js";
 import { runNode } from "../../test/helpers/process.js";
 import { scanDirectory } from "../../test/helpers/scan.js";
@@ -13,7 +13,7 @@ import { SwitchboardClient } from "../client.js";
 const root = new URL("../../", import.meta.url).pathname;
 
 describe("the CLI end-to-end encrypted (commands against a server process)", () => {
-  const fx = cliServerSuite("sb-cli-e2ee-");
+  const fx = new CliServerSuite("sb-cli-e2ee-");
   const { start, cli, ok } = fx;
   let n = 0;
 

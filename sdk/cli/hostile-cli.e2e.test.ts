@@ -3,7 +3,7 @@ import { spawn } from "node:child_process";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { cliServerSuite } from "../../test/helpers/cli.js";
+import { CliServerSuite } from "../../test/helpers/cli.js";
 import { sendUnderNewIdentity } from "../../test/helpers/impostor.js";
 import { eventually } from "../../test/helpers/inbox.js";
 import { startServerProcess } from "../../test/helpers/server.js";
@@ -17,7 +17,7 @@ const root = new URL("../../", import.meta.url).pathname;
  * tries to look like another line.
  */
 describe("the CLI against lost keys, crashes and spoofed lines (commands against a server process)", () => {
-  const fx = cliServerSuite("sb-cli-hostile-");
+  const fx = new CliServerSuite("sb-cli-hostile-");
   const { start, cli, ok } = fx;
   let n = 0;
 

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import type { PassThrough } from "node:stream";
 import { Command } from "commander";
 import { type CliIo, registerClientCommands } from "../../sdk/cli/commands.js";
-import { type TempServerSuite, tempServerSuite } from "./fixture.js";
+import { TempServerSuite } from "./fixture.js";
 
 /** One CLI command running in this process, with its output as it comes. */
 export interface CliRun {
@@ -61,28 +61,9 @@ export async function cliOk(serverUrl: string, args: string[]): Promise<string[]
   return r.out;
 }
 
-/** What cliServerSuite gives the tests of a suite: the commands run against its current server. */
-export interface CliServerSuite extends TempServerSuite {
-  start(args: string[], extra?: CliExtra): CliRun;
-  cli(...args: string[]): Promise<CliRan>;
-  ok(...args: string[]): Promise<string[]>;
-}
-
-/** A server process in a temporary directory for the suite (tempServerSuite), and the CLI against it. */
-export function cliServerSuite(prefix: string): CliServerSuite {
-  const suite = tempServerSuite(prefix);
-  return {
-    get base() {
-      return suite.base;
-    },
-    get server() {
-      return suite.server;
-    },
-    set server(next) {
-      suite.server = next;
-    },
-    start: (args, extra = {}) => startCli(suite.server.url, args, extra),
-    cli: (...args) => runCli(suite.server.url, args),
-    ok: (...args) => cliOk(suite.server.url, args),
-  };
+/** A server process in a temporary directory for the suite, and the CLI against its current server. */
+export class CliServerSuite extends TempServerSuite {
+  readonly start = (args: string[], extra: CliExtra = {}): CliRun => startCli(this.server.url, args, extra);
+  readonly cli = (...args: string[]): Promise<CliRan> => runCli(this.server.url, args);
+  readonly ok = (...args: string[]): Promise<string[]> => cliOk(this.server.url, args);
 }

@@ -49,42 +49,43 @@ export function serverFixture(env: Record<string, string> = {}): ServerFixture {
   return fixture;
 }
 
-/** A suite's temporary directory and the server process keeping its data there. */
-export interface TempServerSuite {
-  /** The suite's temporary directory (the server's data under server/). */
-  readonly base: string;
-  /** The running server; a test that restarts it puts the new process here. */
-  server: ServerProcess;
-}
-
 /**
- * Before the suite, makes a temporary directory named with prefix and starts a server process
- * with its data in it; after the suite, runs beforeStop (closing clients), stops the server and
- * removes the directory.
+ * A suite's temporary directory and the server process keeping its data there: before the
+ * suite, makes the directory (named with prefix) and starts the server with its data under
+ * server/; after the suite, runs beforeStop (subclasses close their clients), stops the server
+ * and removes the directory. Construct it inside describe().
  */
-export function tempServerSuite(prefix: string, beforeStop?: () => Promise<void>): TempServerSuite {
-  let base: string | undefined;
-  let server: ServerProcess | undefined;
-  before(async () => {
-    base = await mkdtemp(join(tmpdir(), prefix));
-    server = await startServerProcess({ dataDir: join(base, "server") });
-  });
-  after(async () => {
-    await beforeStop?.();
-    await server?.stop();
-    if (base !== undefined) await removeDir(base);
-  });
-  return {
-    get base() {
-      if (base === undefined) throw new Error("the suite starts in before()");
-      return base;
-    },
-    get server() {
-      if (server === undefined) throw new Error("the suite starts in before()");
-      return server;
-    },
-    set server(next) {
-      server = next;
-    },
-  };
+export class TempServerSuite {
+  #base: string | undefined;
+  #server: ServerProcess | undefined;
+
+  constructor(prefix: string) {
+    before(async () => {
+      this.#base = await mkdtemp(join(tmpdir(), prefix));
+      this.#server = await startServerProcess({ dataDir: join(this.#base, "server") });
+    });
+    after(async () => {
+      await this.beforeStop();
+      await this.#server?.stop();
+      if (this.#base !== undefined) await removeDir(this.#base);
+    });
+  }
+
+  protected async beforeStop(): Promise<void> {}
+
+  /** The suite's temporary directory (available inside tests). */
+  get base(): string {
+    if (this.#base === undefined) throw new Error("the suite starts in before()");
+    return this.#base;
+  }
+
+  /** The running server; a test that restarts it puts the new process here. */
+  get server(): ServerProcess {
+    if (this.#server === undefined) throw new Error("the suite starts in before()");
+    return this.#server;
+  }
+
+  set server(next: ServerProcess) {
+    this.#server = next;
+  }
 }

@@ -2,7 +2,7 @@ import { join } from "node:path";
 import { before } from "node:test";
 import { SwitchboardClient } from "../../sdk/client.js";
 import type { ClientTuning } from "../../sdk/types.js";
-import { type TempServerSuite, tempServerSuite } from "./fixture.js";
+import { TempServerSuite } from "./fixture.js";
 
 /** Quick reconnects, so tests that restart things do not wait out the production backoff. */
 export const TEST_TUNING: ClientTuning = { backoffBaseMs: 20, backoffCapMs: 200 };
@@ -64,37 +64,25 @@ export class TestDevices {
   }
 }
 
-/** What sdkServerSuite gives the tests of a suite (available inside tests). */
-export interface SdkServerSuite extends TempServerSuite {
-  /** SDK devices on the current server, closed after the suite. */
-  readonly devices: TestDevices;
-}
+/** A server process in a temporary directory for the suite, and SDK devices on its current server. */
+export class SdkServerSuite extends TempServerSuite {
+  #devices: TestDevices | undefined;
 
-/**
- * A server process in a temporary directory for the suite (tempServerSuite, prefix names the
- * directory) and a factory of SDK devices on it, closed before the server stops.
- */
-export function sdkServerSuite(prefix: string): SdkServerSuite {
-  let devices: TestDevices | undefined;
-  const suite = tempServerSuite(prefix, async () => {
-    await devices?.close();
-  });
-  before(() => {
-    devices = new TestDevices(suite.base, () => suite.server.url);
-  });
-  return {
-    get base() {
-      return suite.base;
-    },
-    get server() {
-      return suite.server;
-    },
-    set server(next) {
-      suite.server = next;
-    },
-    get devices() {
-      if (devices === undefined) throw new Error("the suite starts in before()");
-      return devices;
-    },
-  };
+  constructor(prefix: string) {
+    super(prefix);
+    before(() => {
+      this.#devices = new TestDevices(this.base, () => this.server.url);
+    });
+  }
+
+  /** Closed before the server stops. */
+  protected override async beforeStop(): Promise<void> {
+    await this.#devices?.close();
+  }
+
+  /** SDK devices on the current server (available inside tests). */
+  get devices(): TestDevices {
+    if (this.#devices === undefined) throw new Error("the suite starts in before()");
+    return this.#devices;
+  }
 }

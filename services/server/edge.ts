@@ -173,7 +173,19 @@ export class EdgeGuard {
         if (!internal && !this.admitRequest(req, res, procedure)) return;
         this.bodyDeadline(req, res, procedure);
       }
-      handler(req, res);
+      // Connect starts on the next turn of the event loop, not inside the socket read that
+      // brought the HEADERS frame: node:http2 parses a whole read (up to megabytes) in one go
+      // and opens each stream synchronously, so a client that sends thousands of HEADERS
+      // each followed by RST_STREAM (an HTTP/2 "rapid reset", or a Node client destroyed with
+      // requests queued behind SETTINGS_MAX_CONCURRENT_STREAMS) would otherwise have Connect
+      // build a handler context, an AbortController and a ConnectError with a stack trace for
+      // every one, all before the loop runs again: seconds of blocked loop for everyone. By
+      // the time the deferred call runs, such a stream is already closed and Connect never
+      // sees it.
+      setImmediate(() => {
+        if (req.stream.closed || req.stream.destroyed) return;
+        handler(req, res);
+      });
     };
   }
 

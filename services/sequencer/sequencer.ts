@@ -151,6 +151,8 @@ export class Sequencer {
   private readonly now: () => number;
   /** Committed events on their way to the bus; holds them through a bus outage. */
   readonly outbox: PublishOutbox;
+  /** The byte budget of the shards' in-memory state, with what it holds and evicts. */
+  readonly hotState: HotStateBudget;
   /** Sends refused by the shard's own checks, by reason, since start. */
   readonly refusals = { membersChanged: 0 };
   private refusalLoggedAtMs = Number.NEGATIVE_INFINITY;
@@ -160,9 +162,6 @@ export class Sequencer {
    * exists (RecordDeviceLink), by the replica that owns the conversation, which sets it here.
    */
   private readonly floors = new Map<string, number | null>();
-
-  /** The byte budget of the shards' in-memory state, with what it holds and evicts. */
-  readonly hotState: HotStateBudget;
 
   constructor(
     private readonly store: ConversationStore,
@@ -232,12 +231,12 @@ export class Sequencer {
       shard.release(state);
     }
   }
+
   /**
    * The user's membership, or PERMISSION_DENIED. A conversation that does not exist gets the
    * same answer as one the user is not in: direct conversation ids are derived from the two
    * user ids, so any other answer would tell anyone whether two users ever talked.
    */
-
   private requireMember(state: ConversationState, userId: string): MemberRecord {
     const member = state.record === undefined ? undefined : state.members.get(userId);
     if (member === undefined) throw denied(NOT_A_MEMBER);
@@ -538,6 +537,7 @@ export class Sequencer {
     const entries = await this.store.readEntries(state.id, after, upTo - after);
     return entries.filter((e) => Number(e.seq) <= upTo);
   }
+
   /** As readCommitted, stopping before the entries' encoded size passes maxBytes (one at least). */
   private async readBounded(
     state: ConversationState,
@@ -560,7 +560,6 @@ export class Sequencer {
     }
     return out;
   }
-
 
   /** The conversation as a user's device sees it. */
   private view(

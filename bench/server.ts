@@ -108,6 +108,8 @@ export async function spawnServer(options: {
     ...process.env,
     ...RAISED_LIMITS,
     SWITCHBOARD_LOG_LEVEL: "warn",
+    // The attachment server on a free port, so a bench never collides with a running server.
+    SWITCHBOARD_MEDIA_PORT: "0",
     ...options.env,
   };
   // Flags meant for the bench process (a profiler, say) are not the server's.

@@ -46,8 +46,8 @@ import {
   sendInternalCredential,
 } from "../common/internal-auth.js";
 import { createLogger, type Logger } from "../common/log.js";
-import { Refusals } from "../common/refusals.js";
 import type { RateLimiter } from "../common/rate-limiter.js";
+import { Refusals } from "../common/refusals.js";
 import { clientTelemetry, serverTelemetry } from "../common/rpc-telemetry.js";
 import { startTelemetry } from "../common/telemetry.js";
 import { Fanout } from "../fanout/fanout.js";

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
-import { Inbox } from "../test/helpers/inbox.js";
+import { eventually, Inbox } from "../test/helpers/inbox.js";
 import { type S3rverInstance, startS3rver } from "../test/helpers/s3rver.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
@@ -119,11 +119,14 @@ for (const backend of [localBackend(), minioBackend()]) {
         dataDir: join(base, "server"),
         env: { ...env, SWITCHBOARD_MEDIA_MAX_BYTES: String(MAX_BYTES) },
       });
-      const url = server.url;
+      const started = server;
+      const url = started.url;
       devices = new TestDevices(base, () => url);
-      assert.ok(
-        server.logs.some((l) => l.includes("media service started") && l.includes(`"engine":"`)),
-        "the media service started",
+      // The log is on stderr and the listening line on stdout: the log line may come a moment later.
+      await eventually(
+        () => started.logs.some((l) => l.includes("media service started") && l.includes(`"engine":"`)),
+        () => "the media service started",
+        10_000,
       );
       const engine = backend.name.startsWith("MinIO") ? "minio" : "local";
       assert.ok(

@@ -9,7 +9,7 @@ import { runCli } from "../helpers/cli.js";
 import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { serverFixture } from "../helpers/fixture.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+import { loggedLine, removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
 
 const { EVERYONE, CONTACTS, NOBODY } = PrivacyAudience;
 
@@ -101,9 +101,10 @@ describe("consent: who may add a user to groups or start a direct conversation",
     await alice.conversations.addMembers({ conversationId: id, userIds: [bob.userId] });
     const after = await alice.conversations.getConversation({ conversationId: id });
     assert.equal(after.members.length, 4);
-    assert.ok(
-      fx.server.logs.some((line) => line.includes('"refusal":"consent_group_add"')),
-      "the refusal was logged with its reason",
+    await loggedLine(
+      fx.server,
+      (line) => line.includes('"refusal":"consent_group_add"'),
+      "consent_group_add",
     );
   });
 

@@ -10,6 +10,7 @@ import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
 import { serverFixture } from "../helpers/fixture.js";
+import { loggedLine } from "../helpers/server.js";
 
 /** Rejects with `code` and a message matching `pattern`; returns the error. */
 async function refused(call: Promise<unknown>, code: Code, pattern: RegExp): Promise<ConnectError> {
@@ -274,7 +275,11 @@ describe("registration limits, per source address and server-wide (one server pr
       second.close();
       third.close();
     }
-    assert.ok(fx.server.logs.some((l) => l.includes('"refusal":"register_rate_address"')));
+    await loggedLine(
+      fx.server,
+      (l) => l.includes('"refusal":"register_rate_address"'),
+      "register_rate_address",
+    );
   });
 });
 

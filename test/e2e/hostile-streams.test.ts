@@ -13,6 +13,7 @@ import { directConversationId } from "../../services/common/ids.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { serverFixture } from "../helpers/fixture.js";
 import { filesUnder } from "../helpers/scan.js";
+import { loggedLine } from "../helpers/server.js";
 
 /**
  * Issue 15, findings 2, 4, 5 and 6: a stream that stops reading, the direct-conversation
@@ -202,7 +203,7 @@ describe("hostile streams", () => {
       const status = await attacker.status();
       assert.equal(status.code, Code.ResourceExhausted, status.message);
       assert.match(status.message, /does not read its stream/);
-      assert.ok(fx.server.logs.some((l) => l.includes('"refusal":"stream_not_reading"')));
+      await loggedLine(fx.server, (l) => l.includes('"refusal":"stream_not_reading"'), "stream_not_reading");
       assert.ok(peak - baseline <= ATTACK_RSS_BUDGET);
     } finally {
       attacker.close();
@@ -427,7 +428,7 @@ describe("a stream that reads nothing for the stall deadline", () => {
       const status = await attacker.status();
       assert.equal(status.code, Code.ResourceExhausted, status.message);
       assert.match(status.message, /has not read its stream for 1500 ms/);
-      assert.ok(fx.server.logs.some((l) => l.includes('"refusal":"stream_stalled"')));
+      await loggedLine(fx.server, (l) => l.includes('"refusal":"stream_stalled"'), "stream_stalled");
     } finally {
       attacker.close();
     }

@@ -10,6 +10,7 @@ import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { type ServerFixture, serverFixture } from "../helpers/fixture.js";
+import { eventually } from "../helpers/inbox.js";
 
 const root = new URL("../../", import.meta.url).pathname;
 
@@ -95,9 +96,10 @@ describe("invite-only registration (SWITCHBOARD_REGISTRATION=invite) against a s
     const name = uniqueName("noinv");
     await rejectsWith(register(name), Code.PermissionDenied, /^registration needs an invite$/);
     await rejectsWith(register(name, ""), Code.PermissionDenied, /^registration needs an invite$/);
-    assert.ok(
-      fx.server.logs.some((l) => l.includes('"refusal":"invite_required"')),
-      "the refusal is logged with its reason",
+    await eventually(
+      () => fx.server.logs.some((l) => l.includes('"refusal":"invite_required"')),
+      () => "the refusal is logged with its reason",
+      10_000,
     );
     // Nobody was created: the name is free for an invited registration.
     const { token } = await createInvite();
@@ -126,7 +128,12 @@ describe("invite-only registration (SWITCHBOARD_REGISTRATION=invite) against a s
 
     const third = uniqueName("inv_c");
     await rejectsWith(register(third, created.token), Code.PermissionDenied, /^invalid or used invite$/);
-    assert.ok(fx.server.logs.some((l) => l.includes('"refusal":"invite_invalid"') && l.includes("used_up")));
+    // The server's log is written asynchronously: wait for the line rather than race it.
+    await eventually(
+      () => fx.server.logs.some((l) => l.includes('"refusal":"invite_invalid"') && l.includes("used_up")),
+      () => "the used-up refusal is logged with its case",
+      10_000,
+    );
 
     const text = await admin("invite", "list");
     assert.equal(text.code, 0, text.stderr);

@@ -68,3 +68,22 @@ export async function startServerProcess(
 export async function removeDir(dir: string): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 }
+
+/**
+ * Waits until the server has logged a line that matches. The server writes its log
+ * asynchronously on stderr, so a line about something that just happened may still be on its way:
+ * asserting on `logs` at once would race it.
+ */
+export async function loggedLine(
+  server: { logs: string[] },
+  matches: (line: string) => boolean,
+  what: string,
+  timeoutMs = 10_000,
+): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!server.logs.some(matches)) {
+    if (Date.now() > deadline)
+      throw new Error(`timed out after ${timeoutMs} ms waiting for a log line: ${what}`);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+  }
+}

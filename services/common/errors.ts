@@ -1,90 +1,149 @@
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { INTERNAL_HEADER } from "./internal-auth.js";
-import type { Logger } from "./log.js";
-import type { Refusals } from "./refusals.js";
-
-/** Error metadata (a gRPC trailer) telling the client when to retry, in milliseconds. */
-export const RETRY_AFTER_HEADER = "retry-after-ms";
-
 /**
- * True when a call to another service failed in transit rather than being answered: the peer
- * process died or the connection dropped. connect-node reports a reset connection as ABORTED
- * and a stream torn down with its connection as CANCELED; neither is the peer's answer, and
- * clients treat ABORTED as final (it is how a gateway says a newer stream replaced this one), so
- * both must reach them as UNAVAILABLE, the code that means "retry". A reset keeps the Node system
- * error (ECONNRESET, EPIPE, ERR_HTTP2_...) as its cause; an answer from the peer has none.
+ * The failures domain code reports. Managers, stores and adapters throw these and never build
+ * wire errors: which gRPC/Connect code each becomes is decided in one table, at the boundary
+ * (services/common/boundary.ts). Anything else thrown is a bug or an I/O fault and reaches a
+ * client as a bare INTERNAL.
+ *
+ * The message is for the client: it says what was refused and why, in words that identify
+ * nothing the caller may not know (never a payload, token, secret or another user's data).
  */
-export function isTransportFailure(err: unknown): boolean {
-  if (err instanceof ConnectError && err.code === Code.Canceled) return true;
-  for (let e: unknown = err, depth = 0; typeof e === "object" && e !== null && depth < 5; depth++) {
-    const code = (e as { code?: unknown }).code;
-    if (typeof code === "string" && /^(E[A-Z]+|ERR_HTTP2_|ERR_STREAM_)/.test(code)) return true;
-    e = (e as { cause?: unknown }).cause;
-  }
-  return false;
+
+/** What kind of failure: the key of the boundary's code table. */
+export type ErrorKind =
+  /** The request itself is malformed or breaks a documented rule (a size, a format). */
+  | "invalid_input"
+  /** A position or range outside what exists (a seq past the head). */
+  | "out_of_range"
+  /** The thing named does not exist, or the caller may not learn whether it does. */
+  | "not_found"
+  /** Creating something that exists already (a username taken, a key uploaded twice). */
+  | "already_exists"
+  /** The current state does not allow this now (a stale version, a device not yet linked). */
+  | "conflict"
+  /** The caller is known but may not do this. */
+  | "permission_denied"
+  /** The caller's credentials are missing, wrong or revoked. */
+  | "unauthenticated"
+  /** A quota or rate limit: retry after `retryAfterMs` when given, or make less. */
+  | "limit"
+  /** A dependency cannot serve right now; retrying later is safe (`retryAfterMs` when known). */
+  | "unavailable"
+  /** A newer session or request took this one's place; do not retry this one. */
+  | "superseded"
+  /** A wait ran past its deadline. */
+  | "deadline"
+  /** This process does not serve the operation (it is configured elsewhere). */
+  | "unimplemented";
+
+/** Options common to every domain error. */
+export interface DomainErrorOptions {
+  /** When the caller may retry, in milliseconds (sent as the retry-after-ms trailer). */
+  retryAfterMs?: number;
+  /** The underlying failure, for logs; never shown to the client. */
+  cause?: unknown;
 }
 
-/** Codes that say the server turned a request away (as opposed to failing to serve it). */
-const REFUSAL_CODES = new Set<Code>([
-  Code.InvalidArgument,
-  Code.NotFound,
-  Code.AlreadyExists,
-  Code.PermissionDenied,
-  Code.ResourceExhausted,
-  Code.FailedPrecondition,
-  Code.OutOfRange,
-  Code.Unauthenticated,
-]);
+/** A failure domain code reports on purpose; `kind` chooses the wire code at the boundary. */
+export class DomainError extends Error {
+  /** When the caller may retry, in milliseconds, when that is known. */
+  readonly retryAfterMs: number | undefined;
 
-/**
- * The one place where failures become wire errors: a ConnectError keeps its code, message and
- * retry hint but no other metadata (an error relayed from an internal service carries that
- * call's response headers, which must not reach the client and are not valid on another response);
- * anything else is a bug or an I/O fault, logged with its cause and sent as a bare Internal so
- * no stack, path or driver message leaks to a client.
- */
-export function errorBoundary(log: Logger, refusals?: Refusals): Interceptor {
-  const translate = (err: unknown, procedure: string, fromOutside: boolean): ConnectError => {
-    if (err instanceof ConnectError) {
-      // At the network face, a client's request turned away is counted and logged once, here;
-      // a call from another service is that service's to report.
-      if (refusals && fromOutside && REFUSAL_CODES.has(err.code) && !isTransportFailure(err)) {
-        const code = Code[err.code].replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase();
-        refusals.refuse(code, err.rawMessage, { procedure, code });
-      }
-      if (isTransportFailure(err)) {
-        return new ConnectError(`a backend service is unavailable: ${err.rawMessage}`, Code.Unavailable);
-      }
-      if ([...err.metadata.keys()].every((k) => k === RETRY_AFTER_HEADER)) return err;
-      const retry = err.metadata.get(RETRY_AFTER_HEADER);
-      return new ConnectError(
-        err.rawMessage,
-        err.code,
-        retry === null ? undefined : { [RETRY_AFTER_HEADER]: retry },
-      );
-    }
-    log.error({ err, procedure }, "unexpected error");
-    return new ConnectError("internal error", Code.Internal);
-  };
-  return (next) => async (req) => {
-    const fromOutside = !req.header.has(INTERNAL_HEADER);
-    const procedure = `/${req.service.typeName}/${req.method.name}`;
-    try {
-      const res = await next(req);
-      if (!res.stream) return res;
-      const messages = res.message;
-      return {
-        ...res,
-        message: (async function* () {
-          try {
-            yield* messages;
-          } catch (err) {
-            throw translate(err, procedure, fromOutside);
-          }
-        })(),
-      };
-    } catch (err) {
-      throw translate(err, procedure, fromOutside);
-    }
-  };
+  constructor(
+    readonly kind: ErrorKind,
+    message: string,
+    options: DomainErrorOptions = {},
+  ) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = "DomainError";
+    this.retryAfterMs = options.retryAfterMs;
+  }
+}
+
+/** The request is malformed or breaks a documented rule. */
+export class InvalidInputError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("invalid_input", message, options);
+  }
+}
+
+/** A position or range outside what exists. */
+export class OutOfRangeError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("out_of_range", message, options);
+  }
+}
+
+/** The thing named does not exist (or the caller may not learn whether it does). */
+export class NotFoundError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("not_found", message, options);
+  }
+}
+
+/** Creating something that already exists. */
+export class AlreadyExistsError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("already_exists", message, options);
+  }
+}
+
+/** The current state does not allow the operation now. */
+export class ConflictError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("conflict", message, options);
+  }
+}
+
+/** The caller is known but may not do this. */
+export class PermissionError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("permission_denied", message, options);
+  }
+}
+
+/** The caller's credentials are missing, wrong or revoked. */
+export class UnauthenticatedError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("unauthenticated", message, options);
+  }
+}
+
+/** A quota or rate limit was reached; `retryAfterMs` says when to try again, when known. */
+export class LimitError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("limit", message, options);
+  }
+}
+
+/** A dependency cannot serve right now; retrying later is safe. */
+export class UnavailableError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("unavailable", message, options);
+  }
+}
+
+/** A newer session or request replaced this one. */
+export class SupersededError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("superseded", message, options);
+  }
+}
+
+/** A wait ran past its deadline. */
+export class DeadlineError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("deadline", message, options);
+  }
+}
+
+/** This process does not serve the operation. */
+export class UnimplementedError extends DomainError {
+  constructor(message: string, options?: DomainErrorOptions) {
+    super("unimplemented", message, options);
+  }
+}
+
+/** True when err is a DomainError of the given kind. */
+export function isDomainError(err: unknown, kind?: ErrorKind): err is DomainError {
+  return err instanceof DomainError && (kind === undefined || err.kind === kind);
 }

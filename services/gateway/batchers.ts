@@ -9,7 +9,7 @@ import {
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import { type DeviceMismatch, DeviceMismatchSchema } from "../../gen/switchboard/v1/gateway_pb.js";
 import { DEVICE_ENTRY_WIRE_BYTES } from "../common/config.js";
-import { isTransportFailure } from "../common/errors.js";
+import { isTransportFailure } from "../common/boundary.js";
 import type { Logger } from "../common/log.js";
 import { context, extractContext, injectContext } from "../common/telemetry.js";
 import { bodyBytes, devicePayloadsOf } from "../sequencer/device-payloads.js";

@@ -15,7 +15,7 @@ import { GatewayService } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Principal } from "../common/auth.js";
-import { RETRY_AFTER_HEADER } from "../common/errors.js";
+import { RETRY_AFTER_HEADER } from "../common/boundary.js";
 import { directConversationId } from "../common/ids.js";
 import { requireClientMsgId, requireId, requireIds, requireText } from "../common/validate.js";
 import { Consent } from "./consent.js";

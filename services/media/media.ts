@@ -1,5 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { RETRY_AFTER_HEADER } from "../common/errors.js";
+import { RETRY_AFTER_HEADER } from "../common/boundary.js";
 import type { Logger } from "../common/log.js";
 import type { RateLimiter } from "../common/rate-limiter.js";
 import type { SequencerClient } from "../sequencer/router.js";

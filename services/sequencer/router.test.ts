@@ -9,7 +9,7 @@ import { AppendItemSchema, SequencerService } from "../../gen/switchboard/intern
 import { MessageBodySchema, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { defaultLimits } from "../common/config.js";
-import { errorBoundary } from "../common/errors.js";
+import { errorBoundary } from "../common/boundary.js";
 import { directConversationId } from "../common/ids.js";
 import { createLogger } from "../common/log.js";
 import { shardOf } from "../common/shard.js";

@@ -10,7 +10,7 @@ import {
   type SequencerService,
   UpdateCursorsResponseSchema,
 } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
-import { isTransportFailure } from "../common/errors.js";
+import { isTransportFailure } from "../common/boundary.js";
 import { directConversationId } from "../common/ids.js";
 import { shardOf } from "../common/shard.js";
 

@@ -38,7 +38,7 @@ import {
   ROLES,
   type Role,
 } from "../common/config.js";
-import { errorBoundary } from "../common/errors.js";
+import { errorBoundary } from "../common/boundary.js";
 import { newSecret } from "../common/ids.js";
 import {
   internalCredential,

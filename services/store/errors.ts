@@ -1,13 +1,18 @@
+import { DomainError } from "../common/errors.js";
+
 /** Domain conditions every store engine reports the same way. */
 export type StoreErrorKind = "not_found" | "already_exists" | "limit" | "conflict";
 
-/** A domain condition from a store; anything else a store throws is an I/O failure. */
-export class StoreError extends Error {
-  constructor(
-    readonly kind: StoreErrorKind,
-    message: string,
-  ) {
-    super(message);
+/**
+ * A domain condition from a store; anything else a store throws is an I/O failure. It is a
+ * DomainError, so one that reaches the boundary unhandled gets its kind's code; managers catch the
+ * ones whose message should say more (a username taken, a device limit).
+ */
+export class StoreError extends DomainError {
+  declare readonly kind: StoreErrorKind;
+
+  constructor(kind: StoreErrorKind, message: string) {
+    super(kind, message);
     this.name = "StoreError";
   }
 }

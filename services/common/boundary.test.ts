@@ -1,0 +1,105 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
+import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
+import { CODE_OF_KIND, errorBoundary, RETRY_AFTER_HEADER } from "./boundary.js";
+import {
+  AlreadyExistsError,
+  ConflictError,
+  DeadlineError,
+  type DomainError,
+  type ErrorKind,
+  InvalidInputError,
+  LimitError,
+  NotFoundError,
+  OutOfRangeError,
+  PermissionError,
+  SupersededError,
+  UnauthenticatedError,
+  UnavailableError,
+  UnimplementedError,
+} from "./errors.js";
+import { createLogger } from "./log.js";
+import { Refusals } from "./refusals.js";
+
+/** Each domain error class with the kind it must carry and the wire code a client must see. */
+const EXPECTED: [new (message: string) => DomainError, ErrorKind, Code][] = [
+  [InvalidInputError, "invalid_input", Code.InvalidArgument],
+  [OutOfRangeError, "out_of_range", Code.OutOfRange],
+  [NotFoundError, "not_found", Code.NotFound],
+  [AlreadyExistsError, "already_exists", Code.AlreadyExists],
+  [ConflictError, "conflict", Code.FailedPrecondition],
+  [PermissionError, "permission_denied", Code.PermissionDenied],
+  [UnauthenticatedError, "unauthenticated", Code.Unauthenticated],
+  [LimitError, "limit", Code.ResourceExhausted],
+  [UnavailableError, "unavailable", Code.Unavailable],
+  [SupersededError, "superseded", Code.Aborted],
+  [DeadlineError, "deadline", Code.DeadlineExceeded],
+  [UnimplementedError, "unimplemented", Code.Unimplemented],
+];
+
+/** An AccountService whose LookupUsers throws `thrown`, behind the real boundary, and a client for it. */
+function serving(thrown: () => unknown, refusals?: Refusals) {
+  const log = createLogger({ level: "silent" });
+  const transport = createRouterTransport(
+    (router) =>
+      router.service(AccountService, {
+        lookupUsers() {
+          throw thrown();
+        },
+      }),
+    { router: { interceptors: [errorBoundary(log, refusals)] } },
+  );
+  return createClient(AccountService, transport);
+}
+
+async function failure(thrown: () => unknown, refusals?: Refusals): Promise<ConnectError> {
+  try {
+    await serving(thrown, refusals).lookupUsers({});
+  } catch (err) {
+    return ConnectError.from(err);
+  }
+  assert.fail("the call succeeded");
+}
+
+describe("the error boundary's code table", () => {
+  it("covers every kind, and every class carries its kind", () => {
+    assert.deepEqual(
+      EXPECTED.map(([, kind]) => kind).sort(),
+      (Object.keys(CODE_OF_KIND) as ErrorKind[]).sort(),
+      "one row per kind, no kind without a class",
+    );
+    for (const [Class, kind] of EXPECTED) assert.equal(new Class("m").kind, kind, Class.name);
+  });
+
+  for (const [Class, kind, code] of EXPECTED) {
+    it(`${Class.name} reaches the client as ${Code[code]} with its message`, async () => {
+      const err = await failure(() => new Class(`refused: ${kind}`));
+      assert.equal(err.code, code);
+      assert.equal(err.rawMessage, `refused: ${kind}`);
+    });
+  }
+
+  it("sends a limit's retry hint as the retry-after-ms trailer, rounded up, and nothing of its cause", async () => {
+    const err = await failure(
+      () => new LimitError("too many", { retryAfterMs: 1234.2, cause: new Error("secret detail") }),
+    );
+    assert.equal(err.code, Code.ResourceExhausted);
+    assert.equal(err.metadata.get(RETRY_AFTER_HEADER), "1235");
+    assert.doesNotMatch(err.message, /secret detail/);
+  });
+
+  it("turns anything else into a bare INTERNAL that leaks nothing", async () => {
+    const err = await failure(() => new TypeError("cannot read /srv/data/private.key"));
+    assert.equal(err.code, Code.Internal);
+    assert.equal(err.rawMessage, "internal error");
+  });
+
+  it("counts a domain refusal from outside by its wire code", async () => {
+    const refusals = new Refusals(createLogger({ level: "silent" }));
+    await failure(() => new PermissionError("not a member of this conversation"), refusals);
+    await failure(() => new UnavailableError("store down"), refusals);
+    assert.equal(refusals.counts.get("permission_denied"), 1);
+    assert.equal(refusals.counts.get("unavailable"), undefined, "unavailable is a failure, not a refusal");
+  });
+});

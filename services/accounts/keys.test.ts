@@ -17,7 +17,7 @@ import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { Tokens } from "../common/auth.js";
 import { createLogger } from "../common/log.js";
-import { LocalRateLimiter } from "../common/rate-limiter.js";
+import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import { type LmdbStoreEngine, openLmdbStore } from "../store/lmdb/engine.js";
 import { Accounts } from "./accounts.js";
 import {

@@ -16,7 +16,7 @@ import {
 } from "../../gen/switchboard/v1/keys_pb.js";
 import type { EventBus, Unsubscribe } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
-import type { RateLimit, RateLimiter } from "../common/rate-limiter.js";
+import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
 import { isStoreError } from "../store/errors.js";
 import type {
   AccountStore,

@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { RETRY_AFTER_HEADER } from "../common/boundary.js";
 import type { Logger } from "../common/log.js";
-import type { RateLimit, RateLimiter } from "../common/rate-limiter.js";
+import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
 import { lazyInstrument, meter } from "../common/telemetry.js";
 
 /** Why the accounts service refused a caller; the label of switchboard.abuse.refusals. */

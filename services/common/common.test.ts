@@ -3,25 +3,8 @@ import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { loadConfig } from "./config.js";
 import { directConversationId, newId } from "./ids.js";
-import { TokenBucket } from "./rate-limit.js";
 import { shardOf } from "./shard.js";
 import { requireClientMsgId, requireId, requireText, requireUsername } from "./validate.js";
-
-describe("TokenBucket", () => {
-  it("allows the burst, then refills at the rate, and says how long to wait", () => {
-    const bucket = new TokenBucket(10, 3, 0);
-    assert.equal(bucket.take(0), 0);
-    assert.equal(bucket.take(0), 0);
-    assert.equal(bucket.take(0), 0);
-    assert.equal(bucket.take(0), 100, "one token takes 100 ms at 10/s");
-    assert.equal(bucket.take(50), 50);
-    assert.equal(bucket.take(100), 0);
-    assert.equal(bucket.take(10_000), 0, "refill never exceeds the burst");
-    assert.equal(bucket.take(10_000), 0);
-    assert.equal(bucket.take(10_000), 0);
-    assert.ok(bucket.take(10_000) > 0);
-  });
-});
 
 describe("ids", () => {
   it("direct conversation ids are the same for both orders and differ per pair", () => {

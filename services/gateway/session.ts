@@ -13,7 +13,7 @@ import {
 } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { Principal } from "../common/auth.js";
 import { newId } from "../common/ids.js";
-import { TokenBucket } from "../common/rate-limit.js";
+import { TokenBucket } from "../common/rate-limit/token-bucket.js";
 import { endSpan, injectContext, ROOT_CONTEXT, SpanKind, startSpan } from "../common/telemetry.js";
 import { requireClientMsgId, requireId } from "../common/validate.js";
 import { encodedSizeBound } from "../common/wire-size.js";

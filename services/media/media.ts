@@ -1,7 +1,7 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import { RETRY_AFTER_HEADER } from "../common/boundary.js";
 import type { Logger } from "../common/log.js";
-import type { RateLimiter } from "../common/rate-limiter.js";
+import type { RateLimiter } from "../common/rate-limit/types.js";
 import type { SequencerClient } from "../sequencer/router.js";
 import { newObjectId, type ObjectRecord, type ObjectStore } from "./types.js";
 

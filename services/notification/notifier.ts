@@ -1,7 +1,7 @@
 import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { Logger } from "../common/log.js";
-import { TokenBucket } from "../common/rate-limit.js";
+import { TokenBucket } from "../common/rate-limit/token-bucket.js";
 import { targetFromWire } from "./targets.js";
 import type { PushMessage, PushOutcome, PushProvider, PushTarget } from "./types.js";
 

@@ -5,7 +5,8 @@ import { DirectDelivery, InProcessBus } from "../bus/in-process.js";
 import type { DeliveryChannel, EventBus } from "../bus/types.js";
 import type { Config } from "../common/config.js";
 import type { Logger } from "../common/log.js";
-import { LocalRateLimiter, type RateLimiter } from "../common/rate-limiter.js";
+import { LocalRateLimiter } from "../common/rate-limit/memory.js";
+import type { RateLimiter } from "../common/rate-limit/types.js";
 import { InMemoryRouteStore } from "../presence/memory.js";
 import type { RouteStore } from "../presence/types.js";
 import { openLmdbStore } from "../store/lmdb/engine.js";
@@ -121,6 +122,6 @@ export async function openRouteStore(config: Config, log: Logger): Promise<Route
 
 export async function openRateLimiter(config: Config, log: Logger): Promise<RateLimiter> {
   if (config.mesh.routes === "memory") return new LocalRateLimiter();
-  const { RedisRateLimiter } = await import("../common/rate-limiter-redis.js");
+  const { RedisRateLimiter } = await import("../common/rate-limit/redis.js");
   return new RedisRateLimiter(config.mesh.redisUrl!, { keyPrefix: "sb:", logger: log });
 }

@@ -46,7 +46,7 @@ import {
   sendInternalCredential,
 } from "../common/internal-auth.js";
 import { createLogger, type Logger } from "../common/log.js";
-import type { RateLimiter } from "../common/rate-limiter.js";
+import type { RateLimiter } from "../common/rate-limit/types.js";
 import { Refusals } from "../common/refusals.js";
 import { clientTelemetry, serverTelemetry } from "../common/rpc-telemetry.js";
 import { startTelemetry } from "../common/telemetry.js";

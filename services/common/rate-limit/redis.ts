@@ -1,5 +1,7 @@
 /**
- * Rate limits shared by every gateway: Redis through ioredis, one Lua script per take.
+ * Rate limits shared by every gateway: Redis through ioredis, one Lua script per take. The
+ * distributed engine of the RateLimiter port (types.ts); services/server/engines.ts imports this
+ * module, and with it ioredis, only when Redis is configured.
  *
  * Key layout, P the prefix (default "sb:"):
  *
@@ -26,14 +28,10 @@
  * which is acceptable for a rate limit and cheaper than persisting it.
  */
 import { type Cluster, Redis, type Result } from "ioredis";
-import type { Logger } from "./log.js";
-import {
-  checkTake,
-  GCRA_EPSILON_MS,
-  LocalRateLimiter,
-  type RateLimit,
-  type RateLimiter,
-} from "./rate-limiter.js";
+import { UnavailableError } from "../errors.js";
+import type { Logger } from "../log.js";
+import { LocalRateLimiter } from "./memory.js";
+import { checkTake, GCRA_EPSILON_MS, type RateLimit, type RateLimiter } from "./types.js";
 
 declare module "ioredis" {
   interface RedisCommander<Context> {
@@ -99,7 +97,11 @@ const UNUSABLE = new Set(["reconnecting", "close", "end", "disconnecting"]);
 const DEFAULT_TIMEOUT_MS = 150;
 const DEFAULT_RETRY_AFTER_MS = 1000;
 
-class RedisTimeoutError extends Error {
+/**
+ * Redis did not answer in time. Its own class so the outage warning names it (the log's err.type);
+ * an UnavailableError like every other reason Redis cannot be used.
+ */
+class RedisTimeoutError extends UnavailableError {
   constructor(ms: number) {
     super(`redis did not answer a rate-limit take within ${ms} ms`);
     this.name = "RedisTimeoutError";
@@ -159,12 +161,12 @@ export class RedisRateLimiter implements RateLimiter {
 
   async take(limit: RateLimit, key: string, cost = 1): Promise<number> {
     checkTake(limit, cost);
-    if (this.closed) throw new Error("rate limiter is closed");
+    if (this.closed) throw new UnavailableError("rate limiter is closed");
     if (cost > limit.burst) return Number.POSITIVE_INFINITY;
     const startedAt = this.now();
     const status = this.client.status;
     if (UNUSABLE.has(status)) {
-      this.markDown(new Error(`redis client is ${status}`), startedAt);
+      this.markDown(new UnavailableError(`redis client is ${status}`), startedAt);
       return this.fallBack(limit, key, cost);
     }
     const probe = this.downSince !== undefined;

@@ -1,3 +1,7 @@
+// Not an engine of the RateLimiter port (types.ts): a bucket an object owns and takes from
+// synchronously (a device's stream, the notifier's per-device pushes), where nothing is shared
+// and a promise per frame would cost more than the check.
+
 /**
  * A token bucket: `rate` tokens per second up to `burst`. Time comes from the caller so the
  * bucket is deterministic in tests.

@@ -1,0 +1,65 @@
+import assert from "node:assert/strict";
+import { describe, it, test } from "node:test";
+import { runRateLimiterConformance } from "./conformance.js";
+import { LocalRateLimiter } from "./memory.js";
+import { TokenBucket } from "./token-bucket.js";
+import type { RateLimit } from "./types.js";
+
+/** A clock the test moves by hand. */
+function manualClock(): { now: () => number; advance(ms: number): Promise<void> } {
+  let t = 1_000;
+  return {
+    now: () => t,
+    advance: async (ms) => {
+      t += ms;
+    },
+  };
+}
+
+runRateLimiterConformance("LocalRateLimiter", async () => {
+  const clock = manualClock();
+  const limiter = new LocalRateLimiter({ now: clock.now });
+  return { limiter, advance: clock.advance, exact: true, close: () => limiter.close() };
+});
+
+describe("LocalRateLimiter specifics", () => {
+  test("forgets the least recently used keys beyond maxKeys", async () => {
+    const clock = manualClock();
+    const limiter = new LocalRateLimiter({ now: clock.now, maxKeys: 2 });
+    const limit: RateLimit = { name: "send", rate: 0.001, burst: 1 };
+    assert.equal(limiter.takeSync(limit, "k1"), 0);
+    assert.equal(limiter.takeSync(limit, "k2"), 0);
+    assert.ok(limiter.takeSync(limit, "k1") > 0, "k1 is drained, and now the most recently used");
+    assert.equal(limiter.takeSync(limit, "k3"), 0);
+    assert.equal(limiter.size, 2);
+    assert.ok(limiter.takeSync(limit, "k1") > 0, "k1 is remembered");
+    assert.equal(limiter.takeSync(limit, "k2"), 0, "k2 was forgotten: a fresh burst");
+    assert.equal(limiter.size, 2);
+  });
+
+  test("a bucket idle until full behaves as a new one", async () => {
+    const clock = manualClock();
+    const limiter = new LocalRateLimiter({ now: clock.now });
+    const limit: RateLimit = { name: "send", rate: 10, burst: 2 };
+    assert.equal(limiter.takeSync(limit, "k", 2), 0);
+    await clock.advance(200);
+    assert.equal(limiter.takeSync(limit, "k", 2), 0);
+    assert.equal(limiter.takeSync(limit, "k"), 100);
+  });
+});
+
+describe("TokenBucket", () => {
+  it("allows the burst, then refills at the rate, and says how long to wait", () => {
+    const bucket = new TokenBucket(10, 3, 0);
+    assert.equal(bucket.take(0), 0);
+    assert.equal(bucket.take(0), 0);
+    assert.equal(bucket.take(0), 0);
+    assert.equal(bucket.take(0), 100, "one token takes 100 ms at 10/s");
+    assert.equal(bucket.take(50), 50);
+    assert.equal(bucket.take(100), 0);
+    assert.equal(bucket.take(10_000), 0, "refill never exceeds the burst");
+    assert.equal(bucket.take(10_000), 0);
+    assert.equal(bucket.take(10_000), 0);
+    assert.ok(bucket.take(10_000) > 0);
+  });
+});

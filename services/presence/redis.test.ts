@@ -10,6 +10,7 @@ import {
   startRedisServer,
   testRedisUrl,
 } from "../../test/helpers/backends.js";
+import { isDomainError } from "../common/errors.js";
 import { runRouteStoreConformance } from "./conformance.js";
 import { RedisRouteStore } from "./redis.js";
 import type { Route } from "./types.js";
@@ -79,6 +80,22 @@ if (!(await pingRedis(url))) {
       assert.match(seenKey, /:seen:/);
       assert.equal(await shared.get(seenKey), String(T0 + 5));
       assert.ok((await shared.pttl(seenKey)) > 80 * 24 * 3600 * 1000);
+    });
+
+    test("keeps the key layout: a user's keys sit in the hash-tag slot of FNV-1a mod 16", async (t) => {
+      if ((await requireRedis(t, url)) === undefined) return;
+      // Existing deployments hold keys named this way; a different hash would orphan them.
+      const prefix = nextPrefix();
+      const store = new RedisRouteStore(shared, prefix);
+      await store.register([route("u_alice", "phone"), route("a", "phone")], TTL, T0);
+      assert.deepEqual((await keysWith(shared, prefix)).sort(), [
+        `${prefix}{12}:due`,
+        `${prefix}{12}:g:a`,
+        `${prefix}{12}:r:a`,
+        `${prefix}{15}:due`,
+        `${prefix}{15}:g:u_alice`,
+        `${prefix}{15}:r:u_alice`,
+      ]);
     });
 
     test("expire settles only due users, in batches", async (t) => {
@@ -159,8 +176,11 @@ if (!(await pingRedis(url))) {
       assert.deepEqual(await store.register(routes, TTL, T0), [a, b]);
 
       await server.stop();
-      // During the outage calls fail fast instead of hanging.
-      await assert.rejects(store.lookup([a], T0 + 1));
+      // During the outage calls fail fast instead of hanging, as unavailable (clients retry).
+      await assert.rejects(
+        store.lookup([a], T0 + 1),
+        (err: unknown) => isDomainError(err, "unavailable") && /^route store unavailable: /.test(err.message),
+      );
       server = await startRedisServer({ port: server.port });
       for (let i = 0; client.status !== "ready"; i++) {
         assert.ok(i < 200, `client did not reconnect: ${client.status}`);

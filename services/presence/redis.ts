@@ -23,8 +23,9 @@
  * leaving it is the went-offline transition. All times are the caller's nowMs (passed as ARGV),
  * never Redis TIME, except the keys' own TTLs, which are relative and only collect garbage.
  */
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { ChainableCommander, ClientContext, Cluster, Redis, Result } from "ioredis";
+import { UnavailableError } from "../common/errors.js";
+import { shardOf } from "../common/shard.js";
 import type { Route, RouteStore, UserPresence } from "./types.js";
 
 /** The three per-user route scripts share one shape: the user's keys, then their arguments. */
@@ -277,7 +278,8 @@ export class RedisRouteStore implements RouteStore {
     due: string;
     seen: string;
   } {
-    const shard = shardOf(userId);
+    // The project's FNV-1a, SHARDS ways: stable across processes and versions, which the layout needs.
+    const shard = shardOf(userId, SHARDS);
     const base = `${this.prefix}{${shard}}:`;
     return {
       shard,
@@ -337,11 +339,11 @@ export class RedisRouteStore implements RouteStore {
  * A failure to reach Redis (down, restarting: ioredis fails each queued command with
  * MaxRetriesPerRequestError or "Connection is closed"), as opposed to Redis refusing a command
  * (ReplyError). Callers (gateways registering routes, fanout looking them up) must see UNAVAILABLE
- * and retry, not a bare INTERNAL logged as a bug.
+ * (the boundary's code for an UnavailableError) and retry, not a bare INTERNAL logged as a bug.
  */
-function unavailable(err: unknown): ConnectError {
+function unavailable(err: unknown): UnavailableError {
   const message = err instanceof Error ? err.message : String(err);
-  return new ConnectError(`route store unavailable: ${message}`, Code.Unavailable, undefined, undefined, err);
+  return new UnavailableError(`route store unavailable: ${message}`, { cause: err });
 }
 
 function member(route: Route): string {
@@ -360,14 +362,4 @@ function groupByUser(routes: readonly Route[]): Map<string, Route[]> {
 
 function strings(value: unknown): string[] {
   return Array.isArray(value) ? value.filter((v): v is string => typeof v === "string") : [];
-}
-
-/** FNV-1a over the UTF-16 code units: stable across processes and versions, which the layout needs. */
-function shardOf(userId: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < userId.length; i++) {
-    h ^= userId.charCodeAt(i);
-    h = Math.imul(h, 0x01000193);
-  }
-  return (h >>> 0) % SHARDS;
 }

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import type { Logger } from "../../common/log.js";
+import { shardOf as shardBy } from "../../common/shard.js";
 import { StoreError } from "../errors.js";
 import { conflict, conversationRecord, memberRecord, seqOf } from "../records.js";
 import type {
@@ -48,14 +49,9 @@ export function slotOf(atMs: number): number {
   return Math.floor(atMs / IDEMPOTENCY_SLOT_MS);
 }
 
-/** The expiry-index shard of a conversation (FNV-1a of its id). */
+/** The expiry-index shard of a conversation: the project's FNV-1a of its id, IDEMPOTENCY_SHARDS ways. */
 export function shardOf(conversationId: string): number {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < conversationId.length; i++) {
-    h ^= conversationId.charCodeAt(i);
-    h = Math.imul(h, 0x01000193) >>> 0;
-  }
-  return h % IDEMPOTENCY_SHARDS;
+  return shardBy(conversationId, IDEMPOTENCY_SHARDS);
 }
 
 /** One entry, encoded. */

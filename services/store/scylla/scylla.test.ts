@@ -127,6 +127,11 @@ describe("ScyllaDB engine without a server", () => {
     assert.equal(shards.size, IDEMPOTENCY_SHARDS);
     for (const s of shards) assert.ok(s >= 0 && s < IDEMPOTENCY_SHARDS);
     assert.equal(shardOf("g_same"), shardOf("g_same"));
+    // Persisted in idempotency_by_time's partition key: these values must never change.
+    assert.deepEqual(
+      ["", "a", "g_abc", "d_u_1_u_2", "conversation.with dots", "😀"].map((id) => shardOf(id)),
+      [5, 12, 5, 6, 28, 24],
+    );
     assert.equal(slotOf(0), 0);
     assert.equal(slotOf(599_999), 0);
     assert.equal(slotOf(600_000), 1);

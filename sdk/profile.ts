@@ -1,85 +1,15 @@
-import { randomBytes } from "node:crypto";
-import { mkdir, open, readdir, readFile, rename, unlink } from "node:fs/promises";
+import { mkdir, open, readFile, unlink } from "node:fs/promises";
 import { join } from "node:path";
+import { isErrno, removeLeftovers, SerialFile, syncDirectory, writeFileAtomic } from "./durable-file.js";
 import type { DeviceCredentials, LocalCursor, OutboxItem } from "./types.js";
+
+// Kept here too for the callers that import them from the profile (sdk/index.ts, the CLI).
+export { isErrno, syncDirectory, writeFileAtomic };
 
 const CREDENTIALS = "credentials.json";
 const STATE = "state.json";
 const OUTBOX = "outbox.json";
 const LOCK = "profile.lock";
-const TMP_MARK = ".tmp-";
-
-/**
- * Replaces a file so that a crash leaves either the old or the new content, never a mix: write a
- * temporary file, fsync it, rename it over the target, fsync the directory so the rename itself
- * survives a power cut.
- */
-export async function writeFileAtomic(path: string, data: string | Uint8Array, mode = 0o600): Promise<void> {
-  const tmp = `${path}${TMP_MARK}${process.pid}-${randomBytes(4).toString("hex")}`;
-  const file = await open(tmp, "w", mode);
-  try {
-    await file.writeFile(data);
-    await file.sync();
-  } finally {
-    await file.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await unlink(tmp).catch(() => {});
-    throw err;
-  }
-  await syncDirectory(join(path, ".."));
-}
-
-/** Makes a directory's entries (a rename, an unlink) durable. */
-export async function syncDirectory(dir: string): Promise<void> {
-  let handle: Awaited<ReturnType<typeof open>> | undefined;
-  try {
-    handle = await open(dir, "r");
-    await handle.sync();
-  } catch (err) {
-    // Some platforms (Windows) cannot open or fsync directories; the rename is still atomic there.
-    if (!isErrno(err, "EISDIR", "EPERM", "EINVAL", "EBADF")) throw err;
-  } finally {
-    await handle?.close();
-  }
-}
-
-/**
- * Writes one file from a snapshot function, one write at a time. Calls made while a write runs
- * share the next write, which takes its snapshot when it starts and so includes all of them.
- */
-class SerialFile {
-  private last: Promise<void> = Promise.resolve();
-  private queued: Promise<void> | undefined;
-
-  constructor(
-    private readonly path: string,
-    private readonly snapshot: () => string,
-  ) {}
-
-  /** Resolves when the writes started so far have finished (failed or not). */
-  settled(): Promise<void> {
-    return this.last.then(
-      () => {},
-      () => {},
-    );
-  }
-
-  write(): Promise<void> {
-    if (this.queued !== undefined) return this.queued;
-    const next = this.last
-      .catch(() => {})
-      .then(() => {
-        this.queued = undefined;
-        return writeFileAtomic(this.path, this.snapshot());
-      });
-    this.queued = next;
-    this.last = next;
-    return next;
-  }
-}
 
 interface StateFile {
   version: 1;
@@ -261,9 +191,7 @@ export class Profile {
 
   private async load(): Promise<void> {
     // Leftovers of writes interrupted by a crash; the target files are intact.
-    for (const name of await readdir(this.dir)) {
-      if (name.includes(TMP_MARK)) await unlink(join(this.dir, name)).catch(() => {});
-    }
+    await removeLeftovers(this.dir);
     const state = await readJson<StateFile>(join(this.dir, STATE));
     for (const [id, c] of Object.entries(state?.cursors ?? {})) {
       this.cursorMap.set(id, { delivered: BigInt(c.delivered), read: BigInt(c.read) });
@@ -332,11 +260,4 @@ function processAlive(pid: number): boolean {
   } catch (err) {
     return isErrno(err, "EPERM");
   }
-}
-
-/** True for a Node system error with one of the given codes. */
-export function isErrno(err: unknown, ...codes: string[]): boolean {
-  return (
-    typeof err === "object" && err !== null && codes.includes((err as { code?: unknown }).code as string)
-  );
 }

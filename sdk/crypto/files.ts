@@ -1,80 +1,27 @@
-import { randomBytes } from "node:crypto";
-import { mkdir, open, readdir, readFile, rename, unlink } from "node:fs/promises";
-import { dirname, join } from "node:path";
-import { isErrno, syncDirectory } from "../profile.js";
+import { readdir, readFile, unlink } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  ensureDir,
+  isErrno,
+  isLeftover,
+  readOptional,
+  removeFiles,
+  SerialFile,
+  writeFilesAtomic,
+} from "../durable-file.js";
 
-export { isErrno };
+// Re-exported: the Signal stores and earlier callers import them from this module.
+export { ensureDir, isErrno, readOptional, removeFiles, writeFilesAtomic };
 
-// The same discipline as sdk/profile.ts (temporary file, fsync, rename, fsync of the directory),
-// for binary records and for batches: a batch of records shares one directory fsync, which is what
-// makes generating a hundred prekeys cheap.
-
-const TMP_MARK = ".tmp-";
+// Durable writes go through sdk/durable-file.ts (temporary file, fsync, rename, fsync of the
+// directory); a batch of records shares one directory fsync, which is what makes generating a
+// hundred prekeys cheap.
 
 /** Copies bytes into a fresh ArrayBuffer-backed array (libsignal refuses shared or pooled buffers). */
 export function toBytes(data: Uint8Array): Uint8Array<ArrayBuffer> {
   const out = new Uint8Array(data.byteLength);
   out.set(data);
   return out;
-}
-
-/** Creates a directory (and its parents) and makes its entry in the parent durable. */
-export async function ensureDir(dir: string): Promise<void> {
-  await mkdir(dir, { recursive: true, mode: 0o700 });
-  await syncDirectory(dirname(dir));
-}
-
-async function writeTemp(path: string, data: Uint8Array | string): Promise<string> {
-  const tmp = `${path}${TMP_MARK}${process.pid}-${randomBytes(4).toString("hex")}`;
-  const file = await open(tmp, "w", 0o600);
-  try {
-    await file.writeFile(data);
-    await file.sync();
-  } finally {
-    await file.close();
-  }
-  return tmp;
-}
-
-/**
- * Replaces several files of one directory atomically each (a crash leaves every file either old or
- * new), durable when the promise resolves.
- */
-export async function writeFilesAtomic(dir: string, files: Array<[name: string, data: Uint8Array | string]>) {
-  if (files.length === 0) return;
-  const temps: Array<[tmp: string, path: string]> = [];
-  try {
-    for (const [name, data] of files) {
-      const path = join(dir, name);
-      temps.push([await writeTemp(path, data), path]);
-    }
-    for (const [tmp, path] of temps) await rename(tmp, path);
-  } catch (err) {
-    for (const [tmp] of temps) await unlink(tmp).catch(() => {});
-    throw err;
-  }
-  await syncDirectory(dir);
-}
-
-/** Deletes files of one directory, durable when the promise resolves; missing files are ignored. */
-export async function removeFiles(dir: string, names: string[]): Promise<void> {
-  if (names.length === 0) return;
-  for (const name of names) {
-    await unlink(join(dir, name)).catch((err: unknown) => {
-      if (!isErrno(err, "ENOENT")) throw err;
-    });
-  }
-  await syncDirectory(dir);
-}
-
-/** Reads a file, or undefined when it does not exist. */
-export async function readOptional(path: string): Promise<Buffer | undefined> {
-  try {
-    return await readFile(path);
-  } catch (err) {
-    if (isErrno(err, "ENOENT")) return undefined;
-    throw err;
-  }
 }
 
 /**
@@ -95,7 +42,7 @@ export class RecordDir {
     await ensureDir(dir);
     const records = new RecordDir(dir);
     for (const name of await readdir(dir)) {
-      if (name.includes(TMP_MARK)) {
+      if (isLeftover(name)) {
         await unlink(join(dir, name)).catch(() => {});
         continue;
       }
@@ -162,14 +109,15 @@ export class RecordDir {
  * starts, so writes requested while one runs are carried by the next.
  */
 export class JsonDoc<T> {
-  private last: Promise<void> = Promise.resolve();
-  private queued: Promise<void> | undefined;
+  private readonly file: SerialFile;
 
   private constructor(
-    private readonly path: string,
+    path: string,
     /** The current value; mutate it, then call save(). */
     public value: T,
-  ) {}
+  ) {
+    this.file = new SerialFile(path, () => `${JSON.stringify(this.value)}\n`);
+  }
 
   static async open<T>(path: string, initial: () => T): Promise<JsonDoc<T>> {
     const raw = await readOptional(path);
@@ -183,18 +131,7 @@ export class JsonDoc<T> {
 
   /** Writes the current value; resolves once it (or a later snapshot) is durable. */
   save(): Promise<void> {
-    if (this.queued !== undefined) return this.queued;
-    const next = this.last
-      .catch(() => {})
-      .then(() => {
-        this.queued = undefined;
-        const dir = dirname(this.path);
-        const name = this.path.slice(dir.length + 1);
-        return writeFilesAtomic(dir, [[name, `${JSON.stringify(this.value)}\n`]]);
-      });
-    this.queued = next;
-    this.last = next;
-    return next;
+    return this.file.write();
   }
 }
 

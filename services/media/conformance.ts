@@ -5,6 +5,7 @@ import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { GetMembersResponseSchema } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
+import { errorBoundary } from "../common/boundary.js";
 import { createLogger } from "../common/log.js";
 import { mediaService } from "./handler.js";
 import { DEFAULT_MEDIA_LIMITS, Media, type MembershipSource } from "./media.js";
@@ -47,18 +48,25 @@ export function fakeMembers(members: Record<string, string[]>): MembershipSource
   };
 }
 
-/** The media service over Connect's in-memory transport; "Bearer <user id>" authenticates. */
+/**
+ * The media service over Connect's in-memory transport, behind the error boundary as in a server
+ * (which turns the service's domain errors into codes); "Bearer <user id>" authenticates.
+ */
 export function mediaClient(media: Media): Client<typeof MediaService> {
-  const transport = createRouterTransport((router) => {
-    router.service(
-      MediaService,
-      mediaService(media, async (header) => {
-        const userId = header?.replace(/^Bearer /, "") ?? "";
-        if (!userId.startsWith("u_")) throw new ConnectError("missing authorization", Code.Unauthenticated);
-        return { userId, deviceId: "dv_x", expiresAtMs: Date.now() + 60_000 };
-      }),
-    );
-  });
+  const boundary = errorBoundary(createLogger({ level: "silent" }));
+  const transport = createRouterTransport(
+    (router) => {
+      router.service(
+        MediaService,
+        mediaService(media, async (header) => {
+          const userId = header?.replace(/^Bearer /, "") ?? "";
+          if (!userId.startsWith("u_")) throw new ConnectError("missing authorization", Code.Unauthenticated);
+          return { userId, deviceId: "dv_x", expiresAtMs: Date.now() + 60_000 };
+        }),
+      );
+    },
+    { router: { interceptors: [boundary] } },
+  );
   return createClient(MediaService, transport);
 }
 

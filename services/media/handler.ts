@@ -1,7 +1,8 @@
 import type { IncomingMessage, ServerResponse } from "node:http";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Principal } from "../common/auth.js";
+import { InvalidInputError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { requireId } from "../common/validate.js";
 import { LOCAL_OBJECTS_PATH, type LocalObjectStore } from "./local.js";
@@ -12,7 +13,7 @@ import { isObjectId } from "./types.js";
 export type Authenticate = (authorization: string | null) => Promise<Principal>;
 
 function requireObjectId(value: string): string {
-  if (!isObjectId(value)) throw new ConnectError("object_id: not a valid object id", Code.InvalidArgument);
+  if (!isObjectId(value)) throw new InvalidInputError("object_id: not a valid object id");
   return value;
 }
 

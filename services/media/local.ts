@@ -1,11 +1,12 @@
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
 import { createWriteStream } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
-import { link, mkdir, open, readdir, readFile, rename, rm, stat, unlink } from "node:fs/promises";
+import { link, mkdir, open, readdir, readFile, rm, stat, unlink } from "node:fs/promises";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
+import { syncDirectory, syncFile, writeFileDurably } from "../common/durable-file.js";
 import {
   isObjectId,
   type ObjectRecord,
@@ -145,8 +146,8 @@ export class LocalObjectStore implements ObjectStore {
     if (!isObjectId(id)) throw new Error("not an object id");
     // Marker before record: a crash between the two leaves a marker, which the sweep clears;
     // the other order could leave an unclaimed record nothing would ever sweep.
-    if (record.claimedAtMs === 0) await writeDurably(this.pendingPath(id), "", this.tmpPath(id));
-    await writeDurably(this.recordPath(id), JSON.stringify(record), this.tmpPath(id));
+    if (record.claimedAtMs === 0) await writeFileDurably(this.pendingPath(id), "", this.tmpPath(id));
+    await writeFileDurably(this.recordPath(id), JSON.stringify(record), this.tmpPath(id));
     if (record.claimedAtMs !== 0) await rm(this.pendingPath(id), { force: true });
   }
 
@@ -265,12 +266,7 @@ export class LocalObjectStore implements ObjectStore {
       if (received < len) {
         throw new Refusal(400, `body is ${received} bytes; this upload takes exactly ${len}`);
       }
-      const written = await open(tmp, "r");
-      try {
-        await written.sync();
-      } finally {
-        await written.close();
-      }
+      await syncFile(tmp);
       try {
         await link(tmp, this.objectPath(id));
       } catch (err) {
@@ -278,7 +274,7 @@ export class LocalObjectStore implements ObjectStore {
           throw new Refusal(409, "object already uploaded");
         throw err;
       }
-      await fsyncDir(join(this.options.dir, "objects"));
+      await syncDirectory(join(this.options.dir, "objects"));
     } finally {
       req.off("close", onClose);
       req.unpipe(counter);
@@ -311,32 +307,5 @@ export class LocalObjectStore implements ObjectStore {
     } finally {
       await file.close().catch(() => {});
     }
-  }
-}
-
-/** Writes a small file atomically: temp file, fsync, rename, fsync of the directory. */
-async function writeDurably(path: string, text: string, tmp: string): Promise<void> {
-  const file = await open(tmp, "wx", 0o600);
-  try {
-    await file.writeFile(text);
-    await file.sync();
-  } finally {
-    await file.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await unlink(tmp).catch(() => {});
-    throw err;
-  }
-  await fsyncDir(join(path, ".."));
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const handle = await open(dir, "r");
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }

@@ -1,5 +1,12 @@
 import { Code, ConnectError } from "@connectrpc/connect";
-import { RETRY_AFTER_HEADER } from "../common/boundary.js";
+import {
+  ConflictError,
+  InvalidInputError,
+  isDomainError,
+  LimitError,
+  NotFoundError,
+  PermissionError,
+} from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import type { RateLimiter } from "../common/rate-limit/types.js";
 import type { SequencerClient } from "../sequencer/router.js";
@@ -152,15 +159,15 @@ export class Media {
 
   /**
    * The per-user upload quota: objects in flight, then bytes per day (charged on the declared
-   * length, so a refusal of the first spends none of the second). RESOURCE_EXHAUSTED with a
-   * retry hint when the bytes will be available again.
+   * length, so a refusal of the first spends none of the second). A LimitError, with a retry
+   * hint when the bytes will be available again.
    */
   private async requireQuota(userId: string, lengthBytes: number, now: number): Promise<void> {
     const { maxUploadsInFlight, uploadBytesPerDay } = this.limits;
     if (maxUploadsInFlight > 0 && this.inFlight.count(userId, now) >= maxUploadsInFlight) {
       const message = `at most ${maxUploadsInFlight} uploads may be in flight (created and not yet claimed) per user; claim or wait for earlier ones`;
       this.refusals.refuse("upload_in_flight", message, { userId, code: "resource_exhausted" });
-      throw new ConnectError(message, Code.ResourceExhausted);
+      throw new LimitError(message);
     }
     const limiter = this.quota.limiter;
     if (limiter === undefined || uploadBytesPerDay <= 0) return;
@@ -174,7 +181,7 @@ export class Media {
       lengthBytes,
       code: "resource_exhausted",
     });
-    throw new ConnectError(message, Code.ResourceExhausted, { [RETRY_AFTER_HEADER]: String(retry) });
+    throw new LimitError(message, { retryAfterMs: retry });
   }
 
   /** Refuses a user who is not a current member of the conversation. */
@@ -183,12 +190,14 @@ export class Media {
     try {
       ({ userIds } = await this.members.getMembers({ conversationId }));
     } catch (err) {
-      // Whether a conversation exists is not the caller's business unless they are in it.
-      if (err instanceof ConnectError && err.code === Code.NotFound) userIds = [];
-      else throw err;
+      // Whether a conversation exists is not the caller's business unless they are in it. The
+      // sequencer answers over Connect (a ConnectError); an in-process stand-in may throw its own.
+      if ((err instanceof ConnectError && err.code === Code.NotFound) || isDomainError(err, "not_found")) {
+        userIds = [];
+      } else throw err;
     }
     if (!userIds.includes(userId)) {
-      throw new ConnectError(`not a member of conversation ${conversationId}`, Code.PermissionDenied);
+      throw new PermissionError(`not a member of conversation ${conversationId}`);
     }
   }
 
@@ -207,11 +216,10 @@ export class Media {
   /** Reserves an object of an exact length in a conversation and returns its upload URL. */
   async createUpload(userId: string, conversationId: string, lengthBytes: bigint): Promise<CreatedUpload> {
     const max = this.limits.maxBytes;
-    if (lengthBytes < 1n) throw new ConnectError("length_bytes: must be at least 1", Code.InvalidArgument);
+    if (lengthBytes < 1n) throw new InvalidInputError("length_bytes: must be at least 1");
     if (lengthBytes > BigInt(max)) {
-      throw new ConnectError(
+      throw new InvalidInputError(
         `length_bytes: ${lengthBytes} exceeds the maximum attachment size of ${formatBytes(max)}`,
-        Code.InvalidArgument,
       );
     }
     await this.requireMember(userId, conversationId);
@@ -250,7 +258,7 @@ export class Media {
     await this.requireMember(userId, conversationId);
     const record = await this.store.getRecord(objectId);
     if (record === undefined || record.conversationId !== conversationId) {
-      throw new ConnectError(`object ${objectId} not found in conversation ${conversationId}`, Code.NotFound);
+      throw new NotFoundError(`object ${objectId} not found in conversation ${conversationId}`);
     }
     return record;
   }
@@ -262,7 +270,7 @@ export class Media {
   private async requireUploaded(record: ObjectRecord): Promise<void> {
     const stat = await this.store.stat(record.objectId);
     if (stat === undefined) {
-      throw new ConnectError(`object ${record.objectId} has not been uploaded yet`, Code.FailedPrecondition);
+      throw new ConflictError(`object ${record.objectId} has not been uploaded yet`);
     }
     if (stat.lengthBytes !== record.lengthBytes) {
       this.log.warn(
@@ -270,9 +278,8 @@ export class Media {
         "uploaded object has the wrong length; deleted",
       );
       await this.store.delete(record.objectId);
-      throw new ConnectError(
+      throw new ConflictError(
         `object ${record.objectId} was uploaded with ${stat.lengthBytes} bytes instead of the declared ${record.lengthBytes}; it has been deleted`,
-        Code.FailedPrecondition,
       );
     }
   }
@@ -284,7 +291,7 @@ export class Media {
   async claim(objectId: string): Promise<ObjectRecord> {
     return this.withLock(objectId, async () => {
       const record = await this.store.getRecord(objectId);
-      if (record === undefined) throw new ConnectError(`object ${objectId} not found`, Code.NotFound);
+      if (record === undefined) throw new NotFoundError(`object ${objectId} not found`);
       await this.requireUploaded(record);
       if (record.claimedAtMs !== 0) return record;
       const claimed = { ...record, claimedAtMs: this.now() };

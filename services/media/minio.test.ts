@@ -5,7 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import S3rver from "s3rver";
+import { createLogger } from "../common/log.js";
+import { openMedia } from "../server/engines.js";
 import { runMediaConformance, type TestClock } from "./conformance.js";
+import { DEFAULT_MEDIA_LIMITS } from "./media.js";
 import { MinioObjectStore, parseMinioEndpoint } from "./minio.js";
 
 // s3rver speaks the S3 API but checks no signatures, so the conformance suite proves the
@@ -127,4 +130,32 @@ describe("MinIO engine: presigned URL signatures", () => {
       /bucket does-not-exist does not exist/,
     );
   });
+});
+
+test("openMedia chooses the MinIO engine when configured, with no server of its own", async () => {
+  const engine = await openMedia(
+    {
+      host: "127.0.0.1",
+      media: {
+        limits: DEFAULT_MEDIA_LIMITS,
+        sweepIntervalMs: 60_000,
+        engine: {
+          kind: "minio",
+          options: {
+            endpoint: { host: "127.0.0.1", port, useSSL: false },
+            accessKey: ACCESS_KEY,
+            secretKey: SECRET_KEY,
+            bucket: `media-${process.pid}-${bucketNo++}`,
+            createBucket: true,
+          },
+        },
+      },
+    },
+    new Uint8Array(32),
+    createLogger({ level: "silent" }),
+  );
+  assert.equal(engine.store.engine, "minio");
+  assert.equal(engine.objectsUrl, undefined);
+  await engine.stop();
+  await engine.store.close();
 });

@@ -1,5 +1,7 @@
 import type { Readable } from "node:stream";
-import { Client, type ClientOptions } from "minio";
+// Types only: the driver is loaded by MinioObjectStore.open, so importing this module (for
+// parseMinioEndpoint, or by the configuration) never loads minio in a process that does not use it.
+import type { Client, ClientOptions } from "minio";
 import {
   isObjectId,
   type ObjectRecord,
@@ -82,6 +84,7 @@ export class MinioObjectStore implements ObjectStore {
   /** Connects, checking that the bucket exists (or creating it). */
   static async open(options: MinioObjectStoreOptions): Promise<MinioObjectStore> {
     const region = options.region ?? "us-east-1";
+    const { Client } = await import("minio");
     const make = (e: MinioEndpoint): Client => {
       const o: ClientOptions = {
         endPoint: e.host,

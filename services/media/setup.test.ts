@@ -6,25 +6,32 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { createClient, createRouterTransport } from "@connectrpc/connect";
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
+import { errorBoundary } from "../common/boundary.js";
 import { createLogger } from "../common/log.js";
+import { openMedia } from "../server/engines.js";
 import { loadMediaConfig } from "./config.js";
 import { as, fakeMembers } from "./conformance.js";
 import { startMedia } from "./setup.js";
 
 test("startMedia: the local engine serves its URLs on its own HTTP port", async () => {
   const dataDir = await mkdtemp(join(tmpdir(), "switchboard-media-setup-"));
+  const log = createLogger({ level: "silent" });
+  const config = loadMediaConfig({ SWITCHBOARD_MEDIA_PORT: "0" }, dataDir);
+  const engine = await openMedia({ media: config, host: "127.0.0.1" }, randomBytes(32), log);
   const started = await startMedia({
-    config: loadMediaConfig({ SWITCHBOARD_MEDIA_PORT: "0" }, dataDir),
-    host: "127.0.0.1",
-    tokenKey: randomBytes(32),
+    config,
+    engine,
     members: fakeMembers({ g_cccccccccccccccccccccccccc: ["u_aaaaaaaaaaaaaaaaaaaaaaaaaa"] }),
     authenticate: async (h) => ({ userId: h!.slice(7), deviceId: "dv_x", expiresAtMs: Date.now() + 60_000 }),
-    log: createLogger({ level: "silent" }),
+    log,
   });
   try {
+    assert.equal(engine.store.engine, "local");
     const client = createClient(
       MediaService,
-      createRouterTransport((r) => r.service(MediaService, started.service)),
+      createRouterTransport((r) => r.service(MediaService, started.service), {
+        router: { interceptors: [errorBoundary(log)] },
+      }),
     );
     const user = as("u_aaaaaaaaaaaaaaaaaaaaaaaaaa");
     const conversationId = "g_cccccccccccccccccccccccccc";

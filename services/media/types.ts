@@ -67,6 +67,19 @@ export interface ObjectStore {
   close(): Promise<void>;
 }
 
+/**
+ * An opened engine as services/server/engines.ts hands it to the media service: the store, and
+ * what the engine serves itself (the local engine's HTTP server of its presigned URLs).
+ */
+export interface MediaEngine {
+  /** The object store; the media service closes it. */
+  store: ObjectStore;
+  /** The local engine's HTTP server ("http://host:port"); undefined when URLs point elsewhere (MinIO). */
+  objectsUrl: string | undefined;
+  /** Stops what the engine serves itself, letting uploads in flight finish briefly; not the store. */
+  stop(): Promise<void>;
+}
+
 const ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz";
 const OBJECT_ID = /^m_[0-9a-z]{26}$/;
 

@@ -7,6 +7,9 @@ import type { Config } from "../common/config.js";
 import type { Logger } from "../common/log.js";
 import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import type { RateLimiter } from "../common/rate-limit/types.js";
+import { deriveMediaUrlKey } from "../media/config.js";
+import { openLocalMedia } from "../media/local-server.js";
+import type { MediaEngine } from "../media/types.js";
 import { InMemoryRouteStore } from "../presence/memory.js";
 import type { RouteStore } from "../presence/types.js";
 import { openLmdbStore } from "../store/lmdb/engine.js";
@@ -124,4 +127,32 @@ export async function openRateLimiter(config: Config, log: Logger): Promise<Rate
   if (config.mesh.routes === "memory") return new LocalRateLimiter();
   const { RedisRateLimiter } = await import("../common/rate-limit/redis.js");
   return new RedisRateLimiter(config.mesh.redisUrl!, { keyPrefix: "sb:", logger: log });
+}
+
+/**
+ * The media object store: a directory served by this process's own HTTP server, or MinIO (any S3
+ * API), whose driver is loaded only then. `tokenKey` is the access-token key, from which the local
+ * engine's URL key is derived unless one is configured.
+ */
+export async function openMedia(
+  config: Pick<Config, "media" | "host">,
+  tokenKey: Uint8Array,
+  log: Logger,
+): Promise<MediaEngine> {
+  const engine = config.media.engine;
+  if (engine.kind === "local") {
+    return openLocalMedia(
+      {
+        dir: engine.dir,
+        host: config.host,
+        port: engine.port,
+        publicBaseUrl: engine.publicBaseUrl,
+        urlKey: engine.urlKey ?? deriveMediaUrlKey(tokenKey),
+      },
+      log,
+    );
+  }
+  const { MinioObjectStore } = await import("../media/minio.js");
+  const store = await MinioObjectStore.open(engine.options);
+  return { store, objectsUrl: undefined, stop: async () => {} };
 }

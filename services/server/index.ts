@@ -72,7 +72,7 @@ import { sequencerService } from "../sequencer/handler.js";
 import { type SequencerClient, shardedSequencerClient, shardsOfReplica } from "../sequencer/router.js";
 import { Sequencer } from "../sequencer/sequencer.js";
 import { EdgeGuard, streamingProcedures } from "./edge.js";
-import { openBus, openRateLimiter, openRouteStore, openStore } from "./engines.js";
+import { openBus, openMedia, openRateLimiter, openRouteStore, openStore } from "./engines.js";
 import { observeProcess } from "./observe.js";
 
 /** Reported in traces and metrics as service.version. */
@@ -412,8 +412,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       closers.add("media rate limiter", () => mediaLimiter.close());
       const started = await startMedia({
         config: config.media,
-        host: config.host,
-        tokenKey: key!,
+        engine: await openMedia(config, key!, log),
         members: sequencerClient(),
         authenticate: gw ? (h) => gw.authenticate(h) : deviceAuthenticator(tokens!, directoryClient()),
         log,

@@ -13,31 +13,12 @@ import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
 import { carries, endSpan, SpanKind, startSpan } from "../common/telemetry.js";
 import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
 import { DeviceSets } from "./device-set.js";
-import { type GatewayObserver, observeGateway } from "./observe.js";
+import { observeGateway } from "./observe.js";
 import { Session } from "./session.js";
+import type { GatewayMetrics, GatewayObserver, SessionHost } from "./types.js";
 import { requireEntrySize } from "./untrusted.js";
 
-/** Counters an operator reads (exported as metrics by the operations issue). */
-export interface GatewayMetrics {
-  /** Receipts, typing and presence frames dropped because a device was behind. */
-  droppedEvents: number;
-  /** Streams closed for sending too many frames. */
-  floodClosures: number;
-  /** Sends refused by the per-device rate limit. */
-  rejectedRate: number;
-  /** Sends refused because too many were in flight. */
-  rejectedInFlight: number;
-  /** Streams replaced by a newer stream of the same device. */
-  replacedStreams: number;
-  /**
-   * Other refusals by reason: `stream_not_reading` (a stream ended because its device did not
-   * read while answers piled up), `stream_stalled` (a stream ended because its device read
-   * nothing for outboundStallMs while a page waited), `sync_requests_queued` (a sync request past the queue), `unknown_fields` (device
-   * messages that carried fields the schema does not know, dropped), `entry_too_large` (a send
-   * whose encoded entry passed its limit).
-   */
-  refusals: Map<string, number>;
-}
+export type { GatewayMetrics } from "./types.js";
 
 /** A refusal reason is logged at most once per this many milliseconds (with the count so far). */
 const REFUSAL_LOG_INTERVAL_MS = 10_000;
@@ -74,7 +55,7 @@ export interface GatewayDeps {
  * The edge: device streams and everything they share on this gateway instance (the send and
  * cursor batchers, per-device rate limits, route registration, presence subscriptions).
  */
-export class GatewayCore {
+export class GatewayCore implements SessionHost<Session> {
   readonly id: string;
   readonly sequencer: Client<typeof SequencerService>;
   readonly presence: Client<typeof PresenceService>;

@@ -1,14 +1,8 @@
 import type { Histogram } from "@opentelemetry/api";
 import { meter } from "../common/telemetry.js";
-import type { GatewayMetrics } from "./gateway.js";
+import type { GatewayObserver, ObservedGateway } from "./types.js";
 
-/** What a gateway exposes for Prometheus. */
-export interface GatewayObserver {
-  /** A send answered: seconds from the frame's arrival to its ack (or error). */
-  sendAck(seconds: number, outcome: "ok" | "error"): void;
-  /** An entry handed to a stream: seconds since it was committed. */
-  deliveryLag(seconds: number): void;
-}
+export type { GatewayObserver } from "./types.js";
 
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
@@ -17,12 +11,7 @@ const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5
  * read from the gateway's own fields only when Prometheus scrapes, so they cost nothing between
  * scrapes.
  */
-export function observeGateway(source: {
-  id: string;
-  metrics: GatewayMetrics;
-  streamCount: number;
-  deviceCount: number;
-}): GatewayObserver {
+export function observeGateway(source: ObservedGateway): GatewayObserver {
   const m = meter();
   const sendAck: Histogram = m.createHistogram("switchboard.gateway.send_ack.duration_seconds", {
     description: "Time from a send frame's arrival to its send_ack (one tick) or send_error",

@@ -18,8 +18,8 @@ import { endSpan, injectContext, ROOT_CONTEXT, SpanKind, startSpan } from "../co
 import { requireClientMsgId, requireId } from "../common/validate.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 import { entryForDevice, mismatchOf } from "./device-set.js";
-import type { GatewayCore } from "./gateway.js";
 import { Outbound } from "./outbound.js";
+import type { SessionHost } from "./types.js";
 
 /** Entries per message frame, so frames stay small (their bytes are bounded by maxPageBytes). */
 const FRAME_ENTRIES = 64;
@@ -115,7 +115,7 @@ export class Session {
 
   constructor(
     readonly principal: Principal,
-    private readonly core: GatewayCore,
+    private readonly core: SessionHost<Session>,
   ) {
     const { limits } = core;
     this.outbound = new Outbound(

@@ -1,6 +1,5 @@
 import { timingSafeEqual } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { DeviceRevokedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import {
   type Device,
@@ -12,14 +11,25 @@ import {
 } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { EventBus } from "../bus/types.js";
 import type { Tokens } from "../common/auth.js";
+import {
+  AlreadyExistsError,
+  InvalidInputError,
+  LimitError,
+  NotFoundError,
+  PermissionError,
+  UnauthenticatedError,
+  UnavailableError,
+  UnimplementedError,
+} from "../common/errors.js";
 import { newId, newSecret, sha256Hex } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
+import { Refusals } from "../common/refusals.js";
 import type { PushTarget } from "../notification/types.js";
 import { isStoreError } from "../store/errors.js";
 import type { AccountStore, DeviceRecord, UserRecord } from "../store/types.js";
 import { INVALID_INVITE, INVITE_REQUIRED, Invites, type RegistrationMode } from "./invites.js";
 import type { Keys } from "./keys.js";
-import { type AccountRate, enforce, LoggedRefusals, type RefusalSink } from "./refusals.js";
+import { type AccountRate, enforce, type RefusalSink } from "./refusals.js";
 import { lookAlikes, ReservedNames } from "./usernames.js";
 
 /** Existing usernames a registration checks for look-alikes at most (see lookAlikes). */
@@ -50,7 +60,7 @@ export interface AccountsOptions {
   linkCodeTtlSeconds: number;
   /** Rate limits and reserved names. */
   abuse?: AccountAbuseOptions;
-  /** Counts and logs refusals; one of its own when absent. */
+  /** Counts and logs refusals (the process's); one of its own when absent. */
   refusals?: RefusalSink;
   /** The clock, in milliseconds since the Unix epoch. */
   now?: () => number;
@@ -139,7 +149,7 @@ export class Accounts {
     this.now = options.now ?? Date.now;
     this.abuse = options.abuse ?? {};
     this.reserved = new ReservedNames(this.abuse.reservedNames ?? []);
-    this.refusals = options.refusals ?? new LoggedRefusals(log);
+    this.refusals = options.refusals ?? new Refusals(log);
     this.privacy = new Privacy(store, options.privacyDefaults ?? defaultPrivacy, log);
     this.invites = new Invites(store, log, this.now);
   }
@@ -183,9 +193,8 @@ export class Accounts {
         code: "invalid_argument",
       });
       const field = reservedUsername !== undefined ? "username" : "display_name";
-      throw new ConnectError(
+      throw new InvalidInputError(
         `${field}: too close to the reserved name "${reservedUsername ?? reservedDisplay}"; choose another`,
-        Code.InvalidArgument,
       );
     }
     const a = this.abuse;
@@ -196,7 +205,7 @@ export class Accounts {
         peer,
         code: "permission_denied",
       });
-      throw new ConnectError(INVITE_REQUIRED, Code.PermissionDenied);
+      throw new PermissionError(INVITE_REQUIRED);
     }
     await enforce(
       peer === undefined ? undefined : a.registerPerAddress,
@@ -228,7 +237,7 @@ export class Accounts {
           invite: use.refused,
           code: "permission_denied",
         });
-        throw new ConnectError(INVALID_INVITE, Code.PermissionDenied);
+        throw new PermissionError(INVALID_INVITE);
       }
       inviteId = use.inviteId;
     }
@@ -257,9 +266,8 @@ export class Accounts {
         peer,
         code: "already_exists",
       });
-      throw new ConnectError(
+      throw new AlreadyExistsError(
         `username "${username}" looks like an existing user's ("${lookAlike.username}"); choose another`,
-        Code.AlreadyExists,
       );
     }
     const user: UserRecord = {
@@ -273,7 +281,7 @@ export class Accounts {
       await this.store.createUser(user, device.record);
     } catch (err) {
       if (isStoreError(err, "already_exists")) {
-        throw new ConnectError(`username "${username}" is taken`, Code.AlreadyExists);
+        throw new AlreadyExistsError(`username "${username}" is taken`);
       }
       throw err;
     }
@@ -286,9 +294,9 @@ export class Accounts {
     const device = await this.store.getDevice(deviceId);
     // One message for unknown device and wrong secret, so ids cannot be probed.
     if (device === undefined || !sameHash(device.secretHash, sha256Hex(secret))) {
-      throw new ConnectError("unknown device or wrong secret", Code.Unauthenticated);
+      throw new UnauthenticatedError("unknown device or wrong secret");
     }
-    if (device.revokedAtMs !== 0) throw new ConnectError("device has been revoked", Code.Unauthenticated);
+    if (device.revokedAtMs !== 0) throw new UnauthenticatedError("device has been revoked");
     return this.tokens.issue(device.userId, device.deviceId, this.now());
   }
 
@@ -308,12 +316,12 @@ export class Accounts {
   async linkDevice(code: string, deviceName: string) {
     const record = await this.store.takeLinkCode(sha256Hex(code));
     if (record === undefined || record.expiresAtMs < this.now()) {
-      throw new ConnectError("link code is unknown, used or expired", Code.NotFound);
+      throw new NotFoundError("link code is unknown, used or expired");
     }
     const user = await this.store.getUser(record.userId);
-    if (user === undefined) throw new ConnectError("link code is unknown, used or expired", Code.NotFound);
+    if (user === undefined) throw new NotFoundError("link code is unknown, used or expired");
     const creator = linkCodeCreator(code);
-    if (creator === undefined) throw new ConnectError("link code is unknown, used or expired", Code.NotFound);
+    if (creator === undefined) throw new NotFoundError("link code is unknown, used or expired");
     // Made at expiry minus the lifetime; a revocation at or after that moment voids the code.
     const createdAtMs = record.expiresAtMs - this.options.linkCodeTtlSeconds * 1000;
     const devices = await this.store.listDevices(user.userId);
@@ -324,11 +332,10 @@ export class Accounts {
         userId: user.userId,
         code: "permission_denied",
       });
-      throw new ConnectError(
+      throw new PermissionError(
         maker === undefined || maker.revokedAtMs !== 0
           ? "link code is void: the device that created it has been revoked"
           : "link code is void: a device of the account was revoked after it was created",
-        Code.PermissionDenied,
       );
     }
     const device = this.newDevice(user.userId, deviceName);
@@ -339,18 +346,14 @@ export class Accounts {
     } catch (err) {
       await this.store.putLinkCode(record);
       this.log.warn({ err, userId: user.userId }, "could not record where a linked device starts");
-      throw new ConnectError(
-        "the device could not be linked now; retry with the same code",
-        Code.Unavailable,
-      );
+      throw new UnavailableError("the device could not be linked now; retry with the same code");
     }
     try {
       await this.store.addDevice(device.record, this.options.maxDevicesPerUser);
     } catch (err) {
       if (isStoreError(err, "limit")) {
-        throw new ConnectError(
+        throw new LimitError(
           `a user may have at most ${this.options.maxDevicesPerUser} active devices; revoke one first`,
-          Code.ResourceExhausted,
         );
       }
       throw err;
@@ -368,8 +371,7 @@ export class Accounts {
   /** Revokes one of the user's devices and tells every gateway to close its streams. */
   async revokeDevice(userId: string, deviceId: string): Promise<Device> {
     const device = await this.store.getDevice(deviceId);
-    if (device === undefined || device.userId !== userId)
-      throw new ConnectError("no such device", Code.NotFound);
+    if (device === undefined || device.userId !== userId) throw new NotFoundError("no such device");
     const revoked = (await this.store.revokeDevice(deviceId, this.now())) ?? device;
     this.bus.broadcast([
       {
@@ -414,7 +416,7 @@ export class Accounts {
   async setPushTarget(userId: string, deviceId: string, target: PushTarget): Promise<void> {
     const device = await this.store.getDevice(deviceId);
     if (device === undefined || device.userId !== userId || device.revokedAtMs !== 0) {
-      throw new ConnectError("no such device", Code.NotFound);
+      throw new NotFoundError("no such device");
     }
     await this.store.setPush(deviceId, { id: pushTargetId(target), target });
     this.log.info({ userId, deviceId, kind: target.kind }, "push target registered");
@@ -423,8 +425,7 @@ export class Accounts {
   /** Stops pushes to the device. */
   async removePushTarget(userId: string, deviceId: string): Promise<void> {
     const device = await this.store.getDevice(deviceId);
-    if (device === undefined || device.userId !== userId)
-      throw new ConnectError("no such device", Code.NotFound);
+    if (device === undefined || device.userId !== userId) throw new NotFoundError("no such device");
     await this.store.setPush(deviceId, undefined);
   }
 
@@ -468,7 +469,7 @@ export class Accounts {
   /** The users' active devices with their registration ids from the key directory. */
   async getDeviceRegistrations(userIds: readonly string[]) {
     if (this.keyDirectory === undefined) {
-      throw new ConnectError("the key directory is not served by this accounts process", Code.Unimplemented);
+      throw new UnimplementedError("the key directory is not served by this accounts process");
     }
     return this.keyDirectory.registrations(userIds);
   }

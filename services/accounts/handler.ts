@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import {
   DevicePushTargetSchema,
   DeviceStatusSchema,
@@ -10,6 +10,7 @@ import {
 } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { Principal, Tokens } from "../common/auth.js";
+import { InvalidInputError, UnauthenticatedError } from "../common/errors.js";
 import { requireId, requireIds, requireText, requireUsername } from "../common/validate.js";
 import { targetFromRequest, targetToWire } from "../notification/targets.js";
 import type { Accounts } from "./accounts.js";
@@ -25,8 +26,7 @@ export function accountService(
   async function principal(ctx: HandlerContext): Promise<Principal> {
     const p = await tokens.verifyHeader(ctx.requestHeader.get("authorization"));
     const [device] = await accounts.getDevices([p.deviceId]);
-    if (device === undefined || !device.active)
-      throw new ConnectError("device has been revoked", Code.Unauthenticated);
+    if (device === undefined || !device.active) throw new UnauthenticatedError("device has been revoked");
     return p;
   }
   return {
@@ -34,10 +34,7 @@ export function accountService(
       const username = requireUsername(req.username);
       // A trailing or doubled dot reads as punctuation around someone else's name.
       if (/^\.|\.$|\.\./.test(username)) {
-        throw new ConnectError(
-          "username: may not start or end with a dot, or hold two in a row",
-          Code.InvalidArgument,
-        );
+        throw new InvalidInputError("username: may not start or end with a dot, or hold two in a row");
       }
       const { user, credential } = await accounts.register(
         username,
@@ -53,7 +50,7 @@ export function accountService(
     async createToken(req) {
       requireId("device_id", req.deviceId, "dv");
       if (req.deviceSecret.length === 0 || req.deviceSecret.length > 128) {
-        throw new ConnectError("device_secret: required, at most 128 characters", Code.InvalidArgument);
+        throw new InvalidInputError("device_secret: required, at most 128 characters");
       }
       const { token, expiresAtMs } = await accounts.createToken(req.deviceId, req.deviceSecret);
       return { accessToken: token, expiresAtMs: BigInt(expiresAtMs) };
@@ -64,8 +61,7 @@ export function accountService(
       return { code, expiresAtMs: BigInt(expiresAtMs) };
     },
     async linkDevice(req) {
-      if (!/^[A-Za-z0-9_-]{16,64}$/.test(req.code))
-        throw new ConnectError("code: not a link code", Code.InvalidArgument);
+      if (!/^[A-Za-z0-9_-]{16,64}$/.test(req.code)) throw new InvalidInputError("code: not a link code");
       const { user, credential } = await accounts.linkDevice(
         req.code,
         requireText("device_name", req.deviceName, 0, 64),
@@ -83,7 +79,7 @@ export function accountService(
     async lookupUsers(req, ctx) {
       const p = await principal(ctx);
       if (req.userIds.length + req.usernames.length > 256) {
-        throw new ConnectError("at most 256 ids and usernames in all", Code.InvalidArgument);
+        throw new InvalidInputError("at most 256 ids and usernames in all");
       }
       const ids = requireIds("user_ids", req.userIds, "u", 256);
       for (const name of req.usernames) requireUsername(name);

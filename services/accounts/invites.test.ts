@@ -6,16 +6,24 @@ import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { InProcessBus } from "../bus/in-process.js";
 import { Tokens } from "../common/auth.js";
+import { toConnectError } from "../common/boundary.js";
+import { DomainError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
+import { Refusals } from "../common/refusals.js";
 import { type LmdbStoreEngine, openLmdbStore } from "../store/lmdb/engine.js";
 import { Accounts } from "./accounts.js";
 import { INVALID_INVITE, inviteIdOf } from "./invites.js";
-import { LoggedRefusals } from "./refusals.js";
 
 const log = createLogger({ level: "silent" });
 
+/** What a client gets for err: a manager's domain error as the boundary sends it. */
+function wire(err: unknown): ConnectError {
+  return err instanceof DomainError ? toConnectError(err) : ConnectError.from(err);
+}
+
 function deniedWith(message: string): (err: unknown) => boolean {
-  return (err) => {
+  return (thrown) => {
+    const err = wire(thrown);
     assert.ok(err instanceof ConnectError, String(err));
     assert.equal(err.code, Code.PermissionDenied);
     assert.equal(err.rawMessage, message);
@@ -27,13 +35,13 @@ describe("registration by invite (accounts manager on LMDB)", () => {
   let dir: string;
   let engine: LmdbStoreEngine;
   let accounts: Accounts;
-  let refusals: LoggedRefusals;
+  let refusals: Refusals;
   let clock = 1_800_000_000_000;
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "invites-test-"));
     engine = await openLmdbStore({ path: dir });
-    refusals = new LoggedRefusals(log);
+    refusals = new Refusals(log);
     accounts = new Accounts(
       engine.accounts,
       new Tokens(new Uint8Array(32).fill(1), 3600),
@@ -71,7 +79,7 @@ describe("registration by invite (accounts manager on LMDB)", () => {
     );
     assert.equal(results.filter((r) => r.status === "fulfilled").length, 1);
     for (const r of results) {
-      if (r.status === "rejected") assert.equal((r.reason as ConnectError).code, Code.AlreadyExists);
+      if (r.status === "rejected") assert.equal(wire(r.reason).code, Code.AlreadyExists);
     }
     assert.equal((await engine.accounts.getInvite(invite.id))?.usesLeft, 4);
   });
@@ -114,7 +122,7 @@ describe("registration by invite (accounts manager on LMDB)", () => {
       { note: "é".repeat(201) },
     ]) {
       await assert.rejects(accounts.invites.create(params), (err: unknown) => {
-        assert.equal((err as ConnectError).code, Code.InvalidArgument, JSON.stringify(params));
+        assert.equal(wire(err).code, Code.InvalidArgument, JSON.stringify(params));
         return true;
       });
     }

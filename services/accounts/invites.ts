@@ -1,4 +1,4 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { InvalidInputError, NotFoundError } from "../common/errors.js";
 import { newId, newSecret, sha256Hex } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import type { AccountStore, InviteRecord, InviteRefusal } from "../store/types.js";
@@ -69,18 +69,17 @@ export class Invites {
   async create(params: NewInvite): Promise<{ invite: InviteRecord; token: string }> {
     const uses = params.uses ?? INVITE_LIMITS.defaultUses;
     if (!Number.isInteger(uses) || uses < 1 || uses > INVITE_LIMITS.maxUses) {
-      throw new ConnectError(`uses: 1 to ${INVITE_LIMITS.maxUses}`, Code.InvalidArgument);
+      throw new InvalidInputError(`uses: 1 to ${INVITE_LIMITS.maxUses}`);
     }
     const ttlMs = params.ttlMs ?? INVITE_LIMITS.defaultTtlMs;
     if (!Number.isInteger(ttlMs) || ttlMs < INVITE_LIMITS.minTtlMs || ttlMs > INVITE_LIMITS.maxTtlMs) {
-      throw new ConnectError("ttl: 1 second to 365 days", Code.InvalidArgument);
+      throw new InvalidInputError("ttl: 1 second to 365 days");
     }
     const note = params.note ?? "";
     // Control characters would let a note rewrite the operator's terminal in `invite list`.
     if ([...note].length > INVITE_LIMITS.maxNoteChars || /\p{Cc}/u.test(note)) {
-      throw new ConnectError(
+      throw new InvalidInputError(
         `note: at most ${INVITE_LIMITS.maxNoteChars} characters, no control characters`,
-        Code.InvalidArgument,
       );
     }
     const id = newId("iv");
@@ -109,7 +108,7 @@ export class Invites {
   /** Revokes an invite; NOT_FOUND for an unknown one. */
   async revoke(id: string): Promise<{ invite: InviteRecord; alreadyRevoked: boolean }> {
     const before = await this.store.getInvite(id);
-    if (before === undefined) throw new ConnectError(`no invite ${id}`, Code.NotFound);
+    if (before === undefined) throw new NotFoundError(`no invite ${id}`);
     const invite = (await this.store.revokeInvite(id, this.now())) ?? before;
     if (before.revokedAtMs === 0) this.log.info({ inviteId: id }, "invite revoked");
     return { invite, alreadyRevoked: before.revokedAtMs !== 0 };

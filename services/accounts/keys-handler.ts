@@ -1,7 +1,8 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type HandlerContext, type ServiceImpl } from "@connectrpc/connect";
+import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import { type KeyService, PrekeyCountsSchema } from "../../gen/switchboard/v1/keys_pb.js";
 import type { Principal, Tokens } from "../common/auth.js";
+import { UnauthenticatedError } from "../common/errors.js";
 import { requireId, requireIds } from "../common/validate.js";
 import type { PrekeyCountsRecord } from "../store/types.js";
 import type { Accounts } from "./accounts.js";
@@ -22,8 +23,7 @@ export function keyService(keys: Keys, accounts: Accounts, tokens: Tokens): Serv
   async function principal(ctx: HandlerContext): Promise<Principal> {
     const p = await tokens.verifyHeader(ctx.requestHeader.get("authorization"));
     const [device] = await accounts.getDevices([p.deviceId]);
-    if (device === undefined || !device.active)
-      throw new ConnectError("device has been revoked", Code.Unauthenticated);
+    if (device === undefined || !device.active) throw new UnauthenticatedError("device has been revoked");
     return p;
   }
   return {

@@ -16,6 +16,8 @@ import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
 import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { Tokens } from "../common/auth.js";
+import { errorBoundary, toConnectError } from "../common/boundary.js";
+import { DomainError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
 import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import { type LmdbStoreEngine, openLmdbStore } from "../store/lmdb/engine.js";
@@ -86,8 +88,10 @@ function later(extra: Partial<UploadInput> = {}): UploadInput {
   };
 }
 
+/** Asserts the code and message a client gets (a manager's domain error as the boundary sends it). */
 async function rejectsWithCode(promise: Promise<unknown>, code: Code, message?: RegExp): Promise<void> {
-  await assert.rejects(promise, (err: unknown) => {
+  await assert.rejects(promise, (thrown: unknown) => {
+    const err = thrown instanceof DomainError ? toConnectError(thrown) : thrown;
     assert.ok(err instanceof ConnectError, `expected a ConnectError, got ${String(err)}`);
     assert.equal(err.code, code, `expected ${Code[code]}, got ${Code[err.code]}: ${err.rawMessage}`);
     if (message) assert.match(err.rawMessage, message);
@@ -530,8 +534,11 @@ describe("key directory", () => {
 
   it("serves KeyService with authentication, over the wire", async () => {
     const keys = keysWith();
-    const transport = createRouterTransport((router) =>
-      router.service(KeyService, keyService(keys, accounts, tokens)),
+    const transport = createRouterTransport(
+      (router) => router.service(KeyService, keyService(keys, accounts, tokens)),
+      {
+        router: { interceptors: [errorBoundary(log)] },
+      },
     );
     const client = createClient(KeyService, transport);
     const alice = await newUser();

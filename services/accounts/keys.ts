@@ -1,5 +1,4 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { KEMPublicKey, PublicKey } from "@signalapp/libsignal-client";
 import {
   type BusEvent,
@@ -15,8 +14,10 @@ import {
   SignedEcPrekeySchema,
 } from "../../gen/switchboard/v1/keys_pb.js";
 import type { EventBus, Unsubscribe } from "../bus/types.js";
+import { ConflictError, InvalidInputError, LimitError, NotFoundError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
+import { Refusals } from "../common/refusals.js";
 import { isStoreError } from "../store/errors.js";
 import type {
   AccountStore,
@@ -26,7 +27,7 @@ import type {
   PrekeyCountsRecord,
   SignedPrekeyRecord,
 } from "../store/types.js";
-import { enforce, LoggedRefusals, type RefusalSink } from "./refusals.js";
+import { enforce, type RefusalSink } from "./refusals.js";
 
 /** Limits and thresholds of the key directory. */
 export interface KeysOptions {
@@ -118,14 +119,6 @@ export interface Bundles {
   devicesWithoutKeys: string[];
 }
 
-function invalid(message: string): ConnectError {
-  return new ConnectError(message, Code.InvalidArgument);
-}
-
-function precondition(message: string): ConnectError {
-  return new ConnectError(message, Code.FailedPrecondition);
-}
-
 function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
   return Buffer.compare(a, b) === 0;
 }
@@ -137,43 +130,47 @@ function own(value: Uint8Array): Uint8Array<ArrayBuffer> {
 
 function ecKey(field: string, value: Uint8Array): PublicKey {
   if (value.length !== EC_KEY_BYTES) {
-    throw invalid(`${field}: a serialized EC public key is ${EC_KEY_BYTES} bytes, got ${value.length}`);
+    throw new InvalidInputError(
+      `${field}: a serialized EC public key is ${EC_KEY_BYTES} bytes, got ${value.length}`,
+    );
   }
   try {
     return PublicKey.deserialize(own(value));
   } catch {
-    throw invalid(`${field}: not a serialized EC public key`);
+    throw new InvalidInputError(`${field}: not a serialized EC public key`);
   }
 }
 
 function kemKey(field: string, value: Uint8Array): void {
   if (value.length === 0 || value.length > MAX_KEM_KEY_BYTES) {
-    throw invalid(
+    throw new InvalidInputError(
       `${field}: a serialized Kyber public key is 1 to ${MAX_KEM_KEY_BYTES} bytes, got ${value.length}`,
     );
   }
   try {
     KEMPublicKey.deserialize(own(value));
   } catch {
-    throw invalid(`${field}: not a serialized Kyber public key`);
+    throw new InvalidInputError(`${field}: not a serialized Kyber public key`);
   }
 }
 
 function verifySignature(identity: PublicKey, field: string, key: SignedPrekeyInput): void {
   if (key.signature.length !== SIGNATURE_BYTES) {
-    throw invalid(
+    throw new InvalidInputError(
       `${field} (id ${key.keyId}): a signature is ${SIGNATURE_BYTES} bytes, got ${key.signature.length}`,
     );
   }
   if (!identity.verify(own(key.publicKey), own(key.signature))) {
-    throw invalid(`${field} (id ${key.keyId}): the signature does not verify against the identity key`);
+    throw new InvalidInputError(
+      `${field} (id ${key.keyId}): the signature does not verify against the identity key`,
+    );
   }
 }
 
 function distinctIds(field: string, keys: readonly { keyId: number }[]): void {
   const seen = new Set<number>();
   for (const k of keys) {
-    if (seen.has(k.keyId)) throw invalid(`${field}: key id ${k.keyId} appears twice`);
+    if (seen.has(k.keyId)) throw new InvalidInputError(`${field}: key id ${k.keyId} appears twice`);
     seen.add(k.keyId);
   }
 }
@@ -212,7 +209,7 @@ export class Keys {
     private readonly options: KeysOptions = DEFAULT_KEYS_OPTIONS,
   ) {
     this.now = options.now ?? Date.now;
-    this.refusals = options.refusals ?? new LoggedRefusals(log);
+    this.refusals = options.refusals ?? new Refusals(log);
   }
 
   /**
@@ -223,17 +220,17 @@ export class Keys {
   async upload(userId: string, deviceId: string, input: UploadInput): Promise<PrekeyCountsRecord> {
     const o = this.options;
     if (input.oneTimePrekeys.length > o.maxEcPrekeysPerUpload) {
-      throw invalid(
+      throw new InvalidInputError(
         `one_time_prekeys: at most ${o.maxEcPrekeysPerUpload} per upload, got ${input.oneTimePrekeys.length}`,
       );
     }
     if (input.oneTimeKyberPrekeys.length > o.maxKyberPrekeysPerUpload) {
-      throw invalid(
+      throw new InvalidInputError(
         `one_time_kyber_prekeys: at most ${o.maxKyberPrekeysPerUpload} per upload, got ${input.oneTimeKyberPrekeys.length}`,
       );
     }
     if (!Number.isInteger(input.registrationId) || input.registrationId > MAX_REGISTRATION_ID) {
-      throw invalid(`registration_id: 1 to ${MAX_REGISTRATION_ID}`);
+      throw new InvalidInputError(`registration_id: 1 to ${MAX_REGISTRATION_ID}`);
     }
     distinctIds("one_time_prekeys", input.oneTimePrekeys);
     distinctIds("one_time_kyber_prekeys", input.oneTimeKyberPrekeys);
@@ -247,7 +244,7 @@ export class Keys {
       stored === undefined &&
       (input.signedPrekey === undefined || input.kyberLastResortPrekey === undefined)
     ) {
-      throw precondition(
+      throw new ConflictError(
         "the device has no keys yet: the first upload needs signed_prekey and kyber_last_resort_prekey",
       );
     }
@@ -270,7 +267,7 @@ export class Keys {
     input.oneTimeKyberPrekeys.forEach((k, i) => {
       const field = `one_time_kyber_prekeys[${i}]`;
       if (k.keyId === lastResortId)
-        throw invalid(`${field}: key id ${k.keyId} is the last-resort prekey's id`);
+        throw new InvalidInputError(`${field}: key id ${k.keyId} is the last-resort prekey's id`);
       kemKey(`${field}.public_key`, k.publicKey);
       verifySignature(identity, field, k);
     });
@@ -316,12 +313,13 @@ export class Keys {
     } catch (err) {
       // A concurrent first upload of the same device with another identity won.
       if (isStoreError(err, "conflict")) {
-        throw precondition("identity_key: the device already has another identity key; it never changes");
+        throw new ConflictError(
+          "identity_key: the device already has another identity key; it never changes",
+        );
       }
       if (isStoreError(err, "limit")) {
-        throw new ConnectError(
+        throw new LimitError(
           `a device may hold at most ${o.maxStoredPerKind} one-time prekeys of each kind; upload fewer`,
-          Code.ResourceExhausted,
         );
       }
       throw err;
@@ -354,8 +352,7 @@ export class Keys {
       `prekey bundle fetches are limited to ${rate?.limit.burst} per minute per user`,
       { userId: requester.userId },
     );
-    if ((await this.accounts.getUser(userId)) === undefined)
-      throw new ConnectError("no such user", Code.NotFound);
+    if ((await this.accounts.getUser(userId)) === undefined) throw new NotFoundError("no such user");
     const only = new Set(deviceIds);
     const devices = (await this.accounts.listDevices(userId)).filter(
       (d) =>
@@ -506,18 +503,18 @@ export class Keys {
   private async requireActiveDevice(userId: string, deviceId: string): Promise<void> {
     const device = await this.accounts.getDevice(deviceId);
     if (device === undefined || device.userId !== userId || device.revokedAtMs !== 0) {
-      throw new ConnectError("no such device", Code.NotFound);
+      throw new NotFoundError("no such device");
     }
   }
 
   private identityOf(input: UploadInput, stored: DeviceKeysRecord | undefined): Uint8Array {
     if (stored === undefined) {
       if (input.identityKey.length === 0)
-        throw precondition("identity_key: required on the device's first upload");
+        throw new ConflictError("identity_key: required on the device's first upload");
       return own(input.identityKey);
     }
     if (input.identityKey.length > 0 && !sameBytes(input.identityKey, stored.identityKey)) {
-      throw precondition(
+      throw new ConflictError(
         "identity_key: the device already has another identity key; it never changes (link a new device instead)",
       );
     }
@@ -527,11 +524,13 @@ export class Keys {
   private registrationOf(input: UploadInput, stored: DeviceKeysRecord | undefined): number {
     if (stored === undefined) {
       if (input.registrationId === 0)
-        throw precondition("registration_id: required on the device's first upload");
+        throw new ConflictError("registration_id: required on the device's first upload");
       return input.registrationId;
     }
     if (input.registrationId !== 0 && input.registrationId !== stored.registrationId) {
-      throw precondition("registration_id: the device already has another registration id; it never changes");
+      throw new ConflictError(
+        "registration_id: the device already has another registration id; it never changes",
+      );
     }
     return stored.registrationId;
   }

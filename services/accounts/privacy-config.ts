@@ -1,4 +1,4 @@
-import { Code, ConnectError } from "@connectrpc/connect";
+import { InvalidInputError } from "../common/errors.js";
 import type { PrivacyAudience } from "../store/types.js";
 
 /**
@@ -37,9 +37,8 @@ export function loadPrivacyDefaults(
     const raw = input?.[key] ?? env[ENV[key]];
     if (raw === undefined || raw === "") continue;
     if (!(PRIVACY_AUDIENCES as readonly string[]).includes(raw)) {
-      throw new ConnectError(
+      throw new InvalidInputError(
         `configuration: ${ENV[key]} must be one of ${PRIVACY_AUDIENCES.join(", ")}, got "${raw}"`,
-        Code.InvalidArgument,
       );
     }
     out[key] = raw as PrivacyAudience;

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import { PrivacyAudience, PrivacySettingsSchema } from "../../gen/switchboard/v1/accounts_pb.js";
+import { wireCodeOf } from "../common/boundary.js";
 import { privacyChangesFromWire, privacyToWire } from "./privacy.js";
 import { loadPrivacyDefaults } from "./privacy-config.js";
 
@@ -35,7 +36,7 @@ describe("privacy settings", () => {
     );
     assert.throws(
       () => privacyChangesFromWire(create(PrivacySettingsSchema, { groupAdd: 4 as PrivacyAudience })),
-      (err: unknown) => err instanceof ConnectError && err.code === Code.InvalidArgument,
+      (err: unknown) => wireCodeOf(err) === Code.InvalidArgument,
     );
     const wire = privacyToWire({ groupAdd: "nobody", directOpen: "everyone" });
     assert.equal(wire.groupAdd, PrivacyAudience.NOBODY);

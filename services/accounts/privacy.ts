@@ -1,10 +1,10 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
 import {
   type PrivacySettings,
   PrivacySettingsSchema,
   PrivacyAudience as WireAudience,
 } from "../../gen/switchboard/v1/accounts_pb.js";
+import { InvalidInputError, NotFoundError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { isStoreError } from "../store/errors.js";
 import type { AccountStore, PrivacyAudience, PrivacyRecord } from "../store/types.js";
@@ -56,9 +56,8 @@ export function privacyChangesFromWire(settings: PrivacySettings | undefined): P
     if (value === WireAudience.UNSPECIFIED) continue;
     const audience = audienceFromWire(value);
     if (audience === undefined) {
-      throw new ConnectError(
+      throw new InvalidInputError(
         `settings.${name}: not a PrivacyAudience (${value}); use EVERYONE, CONTACTS or NOBODY`,
-        Code.InvalidArgument,
       );
     }
     changes[key] = audience;
@@ -93,7 +92,7 @@ export class Privacy {
       if (Object.keys(changes).length > 0) this.log.info({ userId, ...changes }, "privacy settings changed");
       return this.inForce(stored);
     } catch (err) {
-      if (isStoreError(err, "not_found")) throw new ConnectError("no such user", Code.NotFound);
+      if (isStoreError(err, "not_found")) throw new NotFoundError("no such user");
       throw err;
     }
   }

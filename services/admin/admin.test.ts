@@ -9,7 +9,9 @@ import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
 import { Accounts } from "../accounts/accounts.js";
 import { DirectDelivery, InProcessBus } from "../bus/in-process.js";
 import { Tokens } from "../common/auth.js";
+import { errorBoundary, toConnectError } from "../common/boundary.js";
 import { defaultLimits } from "../common/config.js";
+import { DomainError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
 import { GatewayCore } from "../gateway/gateway.js";
 import { Notifier } from "../notification/notifier.js";
@@ -24,12 +26,17 @@ const log = createLogger({ level: "silent" });
 function adminClient(deps: AdminDeps): Client<typeof AdminService> {
   return createClient(
     AdminService,
-    createRouterTransport((router) => router.service(AdminService, adminService(deps))),
+    // Behind the error boundary, as every process serves it: the handler throws domain errors.
+    createRouterTransport((router) => router.service(AdminService, adminService(deps)), {
+      router: { interceptors: [errorBoundary(log)] },
+    }),
   );
 }
 
 async function rejectsWith(promise: Promise<unknown>, code: Code, pattern: RegExp): Promise<void> {
-  await assert.rejects(promise, (err: unknown) => {
+  await assert.rejects(promise, (thrown: unknown) => {
+    // A manager called directly throws a domain error; this is what the boundary sends for it.
+    const err = thrown instanceof DomainError ? toConnectError(thrown) : thrown;
     assert.ok(err instanceof ConnectError, `expected a ConnectError, got ${String(err)}`);
     assert.equal(err.code, code, `expected ${Code[code]}, got ${Code[err.code]}: ${err.rawMessage}`);
     assert.match(err.rawMessage, pattern);

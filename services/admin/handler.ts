@@ -1,6 +1,6 @@
 import { performance } from "node:perf_hooks";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import {
   type AdminService,
   GatewayStatsSchema,
@@ -16,6 +16,7 @@ import type { Device, User } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { Accounts } from "../accounts/accounts.js";
 import { INVITE_LIMITS } from "../accounts/invites.js";
 import type { Role } from "../common/config.js";
+import { ConflictError, InvalidInputError, NotFoundError } from "../common/errors.js";
 import { requireId, requireUsername } from "../common/validate.js";
 import type { GatewayCore } from "../gateway/gateway.js";
 import type { Notifier } from "../notification/notifier.js";
@@ -76,10 +77,9 @@ function counters(metrics: object): Record<string, bigint> {
 }
 
 /** FailedPrecondition naming the role that can answer. */
-function needsRole(what: string, role: Role, deps: AdminDeps): ConnectError {
-  return new ConnectError(
+function needsRole(what: string, role: Role, deps: AdminDeps): ConflictError {
+  return new ConflictError(
     `${what} needs the ${role} role; this process (${deps.instanceId}) runs ${deps.roles.join(", ") || "no role"}: ask a ${role} process`,
-    Code.FailedPrecondition,
   );
 }
 
@@ -126,13 +126,11 @@ export function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> 
 
     async lookupUser(req) {
       const query = req.user.trim();
-      if (query === "")
-        throw new ConnectError("user: a username or a user id is required", Code.InvalidArgument);
+      if (query === "") throw new InvalidInputError("user: a username or a user id is required");
       const { accounts, presence } = deps;
       if (!accounts && !presence) {
-        throw new ConnectError(
+        throw new ConflictError(
           `LookupUser needs the accounts role (user and devices) or the presence role (routes); this process (${deps.instanceId}) runs ${deps.roles.join(", ") || "no role"}: ask an accounts or a presence process`,
-          Code.FailedPrecondition,
         );
       }
       const isId = USER_ID.test(query);
@@ -144,14 +142,13 @@ export function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> 
         // A username may have the shape of an id; the id wins.
         const found = await accounts.lookupUsers(isId ? [query] : [], [query]);
         user = found.find((u) => u.userId === query) ?? found[0];
-        if (user === undefined) throw new ConnectError(`no user "${query}"`, Code.NotFound);
+        if (user === undefined) throw new NotFoundError(`no user "${query}"`);
         userId = user.userId;
         devices = await accounts.listDevices(user.userId, true);
       }
       if (presence && userId === undefined) {
-        throw new ConnectError(
+        throw new ConflictError(
           `this process (${deps.instanceId}) runs presence without accounts and knows users by id only: pass the user id (u_...), or ask an accounts process to resolve "${query}"`,
-          Code.FailedPrecondition,
         );
       }
       const missingRoles: string[] = [];
@@ -185,7 +182,7 @@ export function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> 
       const { accounts } = deps;
       if (!accounts) throw needsRole("RevokeDevice", "accounts", deps);
       const [status] = await accounts.getDevices([deviceId]);
-      if (status === undefined) throw new ConnectError(`no device ${deviceId}`, Code.NotFound);
+      if (status === undefined) throw new NotFoundError(`no device ${deviceId}`);
       // Revoking again is harmless: the store keeps the first time, and the broadcast closes any
       // stream a gateway still holds (say, one that missed the first broadcast).
       const device = await accounts.revokeDevice(status.userId, deviceId);
@@ -208,7 +205,7 @@ export function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> 
       const { accounts } = deps;
       if (!accounts) throw needsRole("CreateInvite", "accounts", deps);
       if (req.ttlMs > BigInt(INVITE_LIMITS.maxTtlMs)) {
-        throw new ConnectError("ttl: 1 second to 365 days", Code.InvalidArgument);
+        throw new InvalidInputError("ttl: 1 second to 365 days");
       }
       const { invite, token } = await accounts.invites.create({
         ...(req.uses !== 0 && { uses: req.uses }),
@@ -228,10 +225,7 @@ export function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> 
     async revokeInvite(req) {
       const inviteId = req.inviteId.trim();
       if (!INVITE_ID.test(inviteId)) {
-        throw new ConnectError(
-          'invite_id: expected an invite id ("iv_" and 26 characters)',
-          Code.InvalidArgument,
-        );
+        throw new InvalidInputError('invite_id: expected an invite id ("iv_" and 26 characters)');
       }
       const { accounts } = deps;
       if (!accounts) throw needsRole("RevokeInvite", "accounts", deps);

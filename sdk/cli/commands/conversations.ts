@@ -1,0 +1,38 @@
+import type { Command } from "commander";
+
+import { ConversationKind } from "../../../gen/switchboard/v1/conversations_pb.js";
+import { printable } from "../files.js";
+import { type CliIo, run } from "../io.js";
+import { Names } from "../names.js";
+import { clientCommand, type GlobalOptions } from "../options.js";
+import { withClient } from "../session.js";
+
+/** `conversations` and `groups`: list them, with unread counts. */
+export function registerConversationLists(program: Command, io: CliIo): void {
+  for (const [name, groupsOnly] of [
+    ["conversations", false],
+    ["groups", true],
+  ] as const) {
+    clientCommand(program, name, groupsOnly ? "list your groups" : "list your conversations").action(
+      run(io, async (opts: GlobalOptions) =>
+        withClient(opts, io, "none", async ({ client }) => {
+          const names = new Names(client);
+          let conversations = await client.listConversations();
+          if (groupsOnly) conversations = conversations.filter((c) => c.kind === ConversationKind.GROUP);
+          await names.load(conversations.map((c) => c.peerUserId).filter((id) => id !== ""));
+          if (conversations.length === 0) io.err(groupsOnly ? "no groups" : "no conversations");
+          for (const c of conversations) {
+            const unread = c.lastSeq > c.readUpTo ? c.lastSeq - c.readUpTo : 0n;
+            const what =
+              c.kind === ConversationKind.GROUP
+                ? `${printable(c.title)} (${c.memberCount} members)`
+                : names.label(c.peerUserId);
+            io.out(
+              `${c.conversationId}  ${what}  last #${c.lastSeq}${unread > 0n ? `  unread ${unread}` : ""}`,
+            );
+          }
+        }),
+      ),
+    );
+  }
+}

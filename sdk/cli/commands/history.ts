@@ -1,0 +1,34 @@
+import type { Command } from "commander";
+
+import { downloadHint, type EntryView, formatEntry, hintTarget } from "../format.js";
+import { type CliIo, run } from "../io.js";
+import { Names, resolveConversation } from "../names.js";
+import { clientCommand, type GlobalOptions, nonNegative } from "../options.js";
+import { withClient } from "../session.js";
+
+/** `history`: print a page of a conversation's log. */
+export function registerHistory(program: Command, io: CliIo): void {
+  clientCommand(program, "history <with>", "print a conversation's log (username or conversation id)")
+    .option("--after <seq>", "entries after this seq", nonNegative, 0)
+    .option("--limit <n>", "at most this many entries (max 1000)", nonNegative, 50)
+    .action(
+      run(io, async (target: string, opts: GlobalOptions & { after: number; limit: number }) =>
+        withClient(opts, io, "content", async ({ client, encrypted }) => {
+          const conversationId = await resolveConversation(client, target);
+          const page = await client.getHistory(conversationId, { afterSeq: opts.after, limit: opts.limit });
+          const names = new Names(client);
+          await names.load(page.entries.flatMap((e) => [e.senderUserId, ...(e.membership?.userIds ?? [])]));
+          const view: EntryView = {
+            encrypted,
+            download: downloadHint(opts, hintTarget(target, conversationId)),
+          };
+          for (const e of page.entries) {
+            if (!e.keysOnly) io.out(formatEntry(e, names, client.userId, view));
+          }
+          if (page.entries.length === 0) io.err(`no entries after #${opts.after} (last is #${page.lastSeq})`);
+          const last = page.entries.at(-1);
+          if (page.hasMore && last !== undefined) io.err(`more: --after ${last.seq}`);
+        }),
+      ),
+    );
+}

@@ -6,6 +6,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import { connect, type NatsConnection } from "nats";
 import {
   type BusEvent,
+  BusEventSchema,
   type DeliveryBatch,
   DeliveryBatchSchema,
   DeliverySchema,
@@ -21,6 +22,8 @@ import {
 } from "../../test/helpers/backends.js";
 import { createLogger } from "../common/log.js";
 import { committed, eventually, keyOf, receipt, runBusConformance } from "./conformance.js";
+import { committedSubject, conversationToken } from "./nats/subjects.js";
+import { packRepeated, unpackEvents } from "./nats/wire.js";
 import { connectNats, type NatsBusOptions, type NatsEngine } from "./nats.js";
 
 const log = createLogger({ level: "silent" });
@@ -57,6 +60,31 @@ function deferred(): { promise: Promise<void>; resolve: () => void } {
   });
   return { promise, resolve };
 }
+
+describe("NATS bus parts without a server", () => {
+  test("conversation subjects: plain ids as they are, others by their FNV-1a, which must not change", () => {
+    assert.equal(conversationToken("g_abc"), "g_abc");
+    // A publisher on another version must pick the same subject for the same conversation.
+    assert.equal(conversationToken("conversation.with dots"), "_h491fad3c");
+    assert.equal(conversationToken("😀"), "_hcb31c4b8");
+    assert.equal(committedSubject("sb", undefined), "sb.events._");
+    assert.equal(committedSubject("sb", { conversationId: "a.b" }), "sb.events._h108bf50c");
+  });
+
+  test("packs events within the payload limit and unpacks them in order", () => {
+    const events = range(1, 20).map((seq) => committed("g_pack", seq));
+    const items = events.map((e) => toBinary(BusEventSchema, e));
+    const limit = Math.max(...items.map((i) => i.length)) * 3 + 10;
+    const payloads = packRepeated(items, limit);
+    assert.ok(payloads.length > 1);
+    for (const p of payloads) assert.ok(p.length <= limit);
+    assert.deepEqual(
+      payloads.flatMap((p) => unpackEvents(p)).map((e) => keyOf(e)),
+      events.map((e) => keyOf(e)),
+    );
+    assert.throws(() => packRepeated(items, 8), /exceeds the 8-byte payload limit/);
+  });
+});
 
 if (!(await pingNats(url))) {
   // Skips here, or fails under CI=true: a missing backend must be visible.

@@ -1,11 +1,12 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError, type ServiceImpl } from "@connectrpc/connect";
+import type { ServiceImpl } from "@connectrpc/connect";
 import {
   AppendResultSchema,
   ConversationSyncSchema,
   MemberMuteSchema,
   type SequencerService,
 } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import { InvalidInputError } from "../common/errors.js";
 import { seqNumber } from "../common/validate.js";
 import { mismatchOf } from "./device-payloads.js";
 import type { Sequencer } from "./sequencer.js";
@@ -48,7 +49,7 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
     },
     async getHistory(req) {
       // The device decides where the log starts for it (a device linked later reads less).
-      if (req.deviceId === "") throw new ConnectError("device_id: required", Code.InvalidArgument);
+      if (req.deviceId === "") throw new InvalidInputError("device_id: required");
       const page = await sequencer.getHistory(
         req.userId,
         req.conversationId,
@@ -86,7 +87,7 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
     },
     async setMute(req) {
       if (req.mutedUntilMs > BigInt(Number.MAX_SAFE_INTEGER)) {
-        throw new ConnectError("muted_until_ms: out of range", Code.InvalidArgument);
+        throw new InvalidInputError("muted_until_ms: out of range");
       }
       await sequencer.setMute(req.userId, req.conversationId, Number(req.mutedUntilMs));
       return {};
@@ -97,7 +98,7 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
     },
     async recordDeviceLink(req) {
       if (req.userId === "" || req.deviceId === "")
-        throw new ConnectError("user_id and device_id: required", Code.InvalidArgument);
+        throw new InvalidInputError("user_id and device_id: required");
       return { conversations: await sequencer.recordDeviceLink(req.userId, req.deviceId) };
     },
     async findContacts(req) {

@@ -8,8 +8,8 @@ import { Code, ConnectError, createClient, createRouterTransport } from "@connec
 import { AppendItemSchema, SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { MessageBodySchema, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { InProcessBus } from "../bus/in-process.js";
-import { defaultLimits } from "../common/config.js";
 import { errorBoundary } from "../common/boundary.js";
+import { defaultLimits } from "../common/config.js";
 import { directConversationId } from "../common/ids.js";
 import { createLogger } from "../common/log.js";
 import { shardOf } from "../common/shard.js";

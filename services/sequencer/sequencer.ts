@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { ConnectError } from "@connectrpc/connect";
 import { ReceiptIssuedSchema, TypingRelayedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type {
   AppendItem,
@@ -27,7 +27,15 @@ import {
   TypingEventFrameSchema,
 } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { EventBus } from "../bus/types.js";
+import { toConnectError } from "../common/boundary.js";
 import type { Limits } from "../common/config.js";
+import {
+  ConflictError,
+  DomainError,
+  InvalidInputError,
+  NotFoundError,
+  PermissionError,
+} from "../common/errors.js";
 import { directConversationId, newId } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import { shardOf } from "../common/shard.js";
@@ -105,13 +113,24 @@ const FLOOR_WRITE_SLICE = 1000;
 /** The one answer to a non-member, whether or not the conversation exists. */
 const NOT_A_MEMBER = "not a member of this conversation";
 
-function denied(message: string): ConnectError {
-  return new ConnectError(message, Code.PermissionDenied);
+function denied(message: string): PermissionError {
+  return new PermissionError(message);
 }
 
 function refuseOver(what: string, bytes: number, limit: number): void {
-  if (bytes > limit)
-    throw new ConnectError(`${what} is ${bytes} bytes; the limit is ${limit}`, Code.InvalidArgument);
+  if (bytes > limit) throw new InvalidInputError(`${what} is ${bytes} bytes; the limit is ${limit}`);
+}
+
+/**
+ * The per-item answer of a batched append. Each item is answered on its own (AppendResult's
+ * error_code and error_message), not thrown through the boundary, so the refusal is turned into
+ * its wire form here, with the boundary's own table; a DeviceMismatch refusal is already a
+ * ConnectError because it carries its lists as an error detail.
+ */
+function itemRefusal(err: unknown): ConnectError {
+  if (err instanceof ConnectError) return err;
+  if (err instanceof DomainError) return toConnectError(err);
+  return ConnectError.from(err);
 }
 
 function toMember(m: MemberRecord): Member {
@@ -199,10 +218,7 @@ export class Sequencer {
     const index = shardOf(conversationId, this.options.shardCount);
     const shard = this.shards.get(index);
     if (shard === undefined) {
-      throw new ConnectError(
-        `shard ${index} is not owned by this sequencer replica`,
-        Code.FailedPrecondition,
-      );
+      throw new ConflictError(`shard ${index} is not owned by this sequencer replica`);
     }
     return shard;
   }
@@ -296,18 +312,12 @@ export class Sequencer {
 
   /** Appends a batch of items; results in request order, one refusal does not affect others. */
   async append(items: readonly AppendItem[]): Promise<Array<Appended | ConnectError>> {
-    return Promise.all(
-      items.map((item) =>
-        this.appendOne(item).catch((err: unknown) =>
-          err instanceof ConnectError ? err : ConnectError.from(err),
-        ),
-      ),
-    );
+    return Promise.all(items.map((item) => this.appendOne(item).catch(itemRefusal)));
   }
 
   private async appendOne(item: AppendItem): Promise<Appended> {
     const outgoing = item.entry;
-    if (outgoing === undefined) throw new ConnectError("entry: required", Code.InvalidArgument);
+    if (outgoing === undefined) throw new InvalidInputError("entry: required");
     // Each item of a batched call continues the trace of its own send.
     const { span, ctx } = startSpan(
       "sequencer.append",
@@ -390,9 +400,8 @@ export class Sequencer {
   private requireMembersAsChecked(state: ConversationState, item: AppendItem, outgoing: OutgoingEntry): void {
     if (state.record?.kind !== "group" || !needsDeviceCheck(outgoing.conversationId, outgoing.body)) return;
     if (item.checkedMembers.length === 0) {
-      throw new ConnectError(
+      throw new InvalidInputError(
         "checked_members: required for a group send with device_payloads or a sender-key payload",
-        Code.InvalidArgument,
       );
     }
     const refusal = membershipRefusal(item.checkedMembers, state.members);
@@ -446,14 +455,10 @@ export class Sequencer {
       case "delete":
         break;
       default:
-        throw new ConnectError(
-          "entry: a message, edit, delete or reaction body is required",
-          Code.InvalidArgument,
-        );
+        throw new InvalidInputError("entry: a message, edit, delete or reaction body is required");
     }
     const target = "targetSeq" in body.value ? body.value.targetSeq : undefined;
-    if (target !== undefined && target === 0n)
-      throw new ConnectError("target_seq: required", Code.InvalidArgument);
+    if (target !== undefined && target === 0n) throw new InvalidInputError("target_seq: required");
   }
 
   /** Checks the target of an edit, delete or reaction; for a delete, finds what to redact. */
@@ -466,17 +471,13 @@ export class Sequencer {
     if (body.case !== "edit" && body.case !== "delete" && body.case !== "reaction") return {};
     const targetSeq = Number(body.value.targetSeq);
     const member = this.requireMember(state, userId);
-    if (targetSeq < member.joinedSeq) throw new ConnectError("target_seq: no such entry", Code.NotFound);
+    if (targetSeq < member.joinedSeq) throw new NotFoundError("target_seq: no such entry");
     const target = targetSeq <= state.committedSeq ? await this.entryAt(state, targetSeq) : undefined;
-    if (target === undefined) throw new ConnectError("target_seq: no such entry", Code.NotFound);
+    if (target === undefined) throw new NotFoundError("target_seq: no such entry");
     if (target.body.case !== "message") {
-      throw new ConnectError(
-        "target_seq: only messages can be edited, deleted or reacted to",
-        Code.FailedPrecondition,
-      );
+      throw new ConflictError("target_seq: only messages can be edited, deleted or reacted to");
     }
-    if (target.redacted)
-      throw new ConnectError("target_seq: the message was deleted", Code.FailedPrecondition);
+    if (target.redacted) throw new ConflictError("target_seq: the message was deleted");
     if (body.case === "edit" && target.senderUserId !== userId)
       throw denied("only the sender can edit a message");
     if (body.case !== "delete") return {};
@@ -649,7 +650,7 @@ export class Sequencer {
   /** The direct conversation of two users, created on first use. */
   async openDirect(userId: string, peerUserId: string, deviceId: string): Promise<Conversation> {
     if (userId === peerUserId)
-      throw new ConnectError("peer_user_id: cannot open a conversation with yourself", Code.InvalidArgument);
+      throw new InvalidInputError("peer_user_id: cannot open a conversation with yourself");
     const id = directConversationId(userId, peerUserId);
     return this.withState(id, async (state, shard) => {
       if (state.record === undefined) {
@@ -674,10 +675,7 @@ export class Sequencer {
   ): Promise<Conversation> {
     const members = [userId, ...new Set(memberIds.filter((id) => id !== userId))];
     if (members.length > this.options.limits.maxGroupSize) {
-      throw new ConnectError(
-        `a group has at most ${this.options.limits.maxGroupSize} members`,
-        Code.InvalidArgument,
-      );
+      throw new InvalidInputError(`a group has at most ${this.options.limits.maxGroupSize} members`);
     }
     // The caller may route CreateGroup to any replica: it picks an id that hashes to a shard it
     // owns (with R replicas, R tries on average), so the group never needs to move.
@@ -706,7 +704,7 @@ export class Sequencer {
     return this.withState(conversationId, async (state, shard) => {
       const me = this.requireMember(state, actor.userId);
       if (state.record?.kind !== "group") {
-        throw new ConnectError("direct conversations have fixed membership", Code.FailedPrecondition);
+        throw new ConflictError("direct conversations have fixed membership");
       }
       if (action !== MembershipAction.LEFT && me.role !== "admin")
         throw denied("only group admins can do this");
@@ -737,9 +735,8 @@ export class Sequencer {
           const added = [...new Set(userIds)].filter((id) => !state.members.has(id));
           if (added.length === 0) break;
           if (state.members.size + added.length > this.options.limits.maxGroupSize) {
-            throw new ConnectError(
+            throw new ConflictError(
               `the group would have ${state.members.size + added.length} members; the limit is ${this.options.limits.maxGroupSize}`,
-              Code.FailedPrecondition,
             );
           }
           entry = membership(action, added);
@@ -759,7 +756,7 @@ export class Sequencer {
         }
         case MembershipAction.REMOVED: {
           if (userIds.includes(actor.userId)) {
-            throw new ConnectError("user_ids: use LeaveGroup to leave a group", Code.InvalidArgument);
+            throw new InvalidInputError("user_ids: use LeaveGroup to leave a group");
           }
           const removed = [...new Set(userIds)].filter((id) => state.members.has(id));
           if (removed.length === 0) break;
@@ -786,15 +783,14 @@ export class Sequencer {
         case MembershipAction.DEMOTED: {
           const role = action === MembershipAction.PROMOTED ? "admin" : "member";
           const unknown = userIds.find((id) => !state.members.has(id));
-          if (unknown !== undefined)
-            throw new ConnectError(`user_ids: ${unknown} is not a member`, Code.FailedPrecondition);
+          if (unknown !== undefined) throw new ConflictError(`user_ids: ${unknown} is not a member`);
           const changed = [...new Set(userIds)].filter((id) => state.members.get(id)?.role !== role);
           if (changed.length === 0) break;
           const adminsLeft = [...state.members.values()].filter(
             (m) => m.role === "admin" && !changed.includes(m.userId),
           );
           if (role === "member" && adminsLeft.length === 0) {
-            throw new ConnectError("a group needs at least one admin", Code.FailedPrecondition);
+            throw new ConflictError("a group needs at least one admin");
           }
           entry = membership(action, changed);
           const records = changed.map((id) => ({ ...state.members.get(id)!, role }) as MemberRecord);
@@ -810,7 +806,7 @@ export class Sequencer {
           break;
         }
         default:
-          throw new ConnectError("action: not a membership change a client can make", Code.InvalidArgument);
+          throw new InvalidInputError("action: not a membership change a client can make");
       }
       await batch.durable;
       return entry;
@@ -1081,7 +1077,7 @@ export class Sequencer {
   /** Current members, the membership version and the mutes in force, for fanout. */
   async getMembers(conversationId: string) {
     return this.withState(conversationId, async (state) => {
-      if (state.record === undefined) throw new ConnectError("conversation not found", Code.NotFound);
+      if (state.record === undefined) throw new NotFoundError("conversation not found");
       const now = this.now();
       const mutes = [...state.members.values()].flatMap((m) =>
         (m.mutedUntilMs ?? 0) > now ? [{ userId: m.userId, mutedUntilMs: m.mutedUntilMs ?? 0 }] : [],

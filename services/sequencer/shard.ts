@@ -1,7 +1,7 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { type BusEvent, BusEventSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
+import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { carries, endSpan, lazyInstrument, linksFrom, meter, startSpan } from "../common/telemetry.js";
 import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
@@ -195,16 +195,13 @@ export class Shard implements StateOwner {
    */
   assertCurrent(state: ConversationState): void {
     if (this.states.get(state.id) !== state) {
-      throw new ConnectError(
-        "conversation state was reloaded after a storage failure; retry",
-        Code.Unavailable,
-      );
+      throw new UnavailableError("conversation state was reloaded after a storage failure; retry");
     }
   }
 
   /** The batch that new work joins; its commit is scheduled. */
   batch(): Batch {
-    if (this.closed) throw new ConnectError("sequencer is shutting down", Code.Unavailable);
+    if (this.closed) throw new UnavailableError("sequencer is shutting down");
     if (this.open === undefined) this.open = new Batch();
     this.schedule();
     return this.open;
@@ -281,7 +278,13 @@ export class Shard implements StateOwner {
       endSpan(span, err);
       commitFailures().add(1);
       this.log.error({ err, shard: this.index }, "commit failed; reloading affected conversations");
-      const unavailable = new ConnectError("storage commit failed; retry", Code.Unavailable);
+      // Every commit failure, the store's fence conflict included (a StoreError "conflict": the
+      // log was written by another process, or this one's reservation was lost), is UNAVAILABLE
+      // and never the conflict's own FAILED_PRECONDITION: a shard that lost its fence is one whose
+      // ownership moved or is contested, and the client must retry with the same client_msg_id,
+      // as it does when ownership moves. Its state is reloaded below, so the retry sees the log
+      // as the store has it; the store's message stays in the log, not in the answer.
+      const unavailable = new UnavailableError("storage commit failed; retry", { cause: err });
       batch.reject(unavailable);
       // Work queued behind the failed batch was sequenced on top of it; it must go too.
       // (TypeScript narrowed this.open to undefined above; the await let new work in.)

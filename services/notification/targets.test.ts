@@ -4,8 +4,8 @@ import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { ApnsEnvironment, SetPushTargetRequestSchema } from "../../gen/switchboard/v1/accounts_pb.js";
+import { InvalidInputError } from "../common/errors.js";
 import { generateVapidKeys, WebPushProvider } from "./providers/webpush.js";
 import {
   INTERNAL_ENDPOINT_CODE,
@@ -28,7 +28,8 @@ function refused(fn: () => unknown, pattern: RegExp): void {
   assert.throws(
     fn,
     (e: unknown) =>
-      e instanceof ConnectError && e.code === Code.InvalidArgument && pattern.test(e.rawMessage),
+      // INVALID_ARGUMENT at the boundary.
+      e instanceof InvalidInputError && pattern.test(e.message),
   );
 }
 

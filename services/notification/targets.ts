@@ -5,13 +5,13 @@ import { BlockList, isIP, type LookupFunction } from "node:net";
 /** The callback of a net lookup function (a single address). */
 type LookupCallback = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
 
-import { Code, ConnectError } from "@connectrpc/connect";
 import type { DevicePushTarget } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import { ApnsEnvironment, type SetPushTargetRequest } from "../../gen/switchboard/v1/accounts_pb.js";
+import { InvalidInputError } from "../common/errors.js";
 import type { PushTarget } from "./types.js";
 
-function invalid(message: string): ConnectError {
-  return new ConnectError(message, Code.InvalidArgument);
+function invalid(message: string): InvalidInputError {
+  return new InvalidInputError(message);
 }
 
 function base64urlBytes(field: string, value: string, length: number, first?: number): void {

@@ -1,12 +1,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { ApnsEnvironment } from "../../gen/switchboard/v1/accounts_pb.js";
-import {
-  type FakeWebPushService,
-  startWebPushService,
-} from "../../services/notification/providers/testing/webpush-service.js";
 import { generateVapidKeys } from "../../services/notification/providers/webpush.js";
 import type { WebPushTarget } from "../../services/notification/types.js";
+import { type FakeWebPushService, startWebPushService } from "../fakes/push/webpush-service.js";
 import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
 

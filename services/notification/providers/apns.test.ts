@@ -1,12 +1,17 @@
 import assert from "node:assert/strict";
-import { generateKeyPairSync, type KeyObject } from "node:crypto";
+import { generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
 import { connect } from "node:http2";
 import { createServer } from "node:net";
 import { describe, it, type TestContext } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import {
+  apnsError,
+  FakeApnsService,
+  type FakeApnsServiceOptions,
+} from "../../../test/fakes/push/apns-service.js";
 import type { ApnsTarget, PushMessage } from "../types.js";
 import { type ApnsOptions, ApnsProvider, apnsHeaders, apnsPayload } from "./apns.js";
-import { apnsError, FakeApnsService, type FakeApnsServiceOptions } from "./testing/apns-service.js";
+import { runPushProviderConformance } from "./conformance.js";
 
 const TEAM = "TEAM123456";
 const KEY_ID = "KEY1234567";
@@ -393,4 +398,49 @@ describe("FakeApnsService", () => {
     });
     assert.equal(production.requests.length, 3);
   });
+});
+
+runPushProviderConformance("APNs", async ({ timeoutMs }) => {
+  const service = await FakeApnsService.start({
+    teamId: TEAM,
+    keyId: KEY_ID,
+    publicKey: team.publicKey,
+    topics: [TOPIC],
+  });
+  const provider = new ApnsProvider({
+    teamId: TEAM,
+    keyId: KEY_ID,
+    privateKey: team.pem,
+    productionEndpoint: service.origin,
+    sandboxEndpoint: service.origin,
+    timeoutMs,
+  });
+  return {
+    provider,
+    newTarget: () => ({
+      kind: "apns",
+      token: randomBytes(32).toString("hex"),
+      topic: TOPIC,
+      environment: "production",
+    }),
+    foreignTarget: { kind: "fcm", token: "not-for-apns" },
+    forgetTarget: (t) => service.unregister((t as ApnsTarget).token),
+    throttleNext: (seconds) =>
+      service.answer(apnsError(429, "TooManyRequests", { "retry-after": String(seconds) })),
+    stallNext: () => service.answer({ status: 200, hang: true }),
+    received: async (t) =>
+      service.requests
+        .filter((r) => r.deviceToken === (t as ApnsTarget).token && r.status === 200)
+        .map((r) => {
+          // aps is for iOS itself; the app receives the other keys.
+          const { aps: _aps, ...data } = r.body as Record<string, unknown>;
+          return { data, collapseKey: r.headers["apns-collapse-id"] as string | undefined };
+        }),
+    requestCount: () => service.requests.length,
+    problems: () => service.problems(),
+    close: async () => {
+      await provider.close();
+      await service.close();
+    },
+  };
 });

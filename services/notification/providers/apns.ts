@@ -3,7 +3,7 @@
  * background push per wake-up.
  * https://developer.apple.com/documentation/usernotifications/sending-notification-requests-to-apns
  */
-import { createPrivateKey, type KeyObject } from "node:crypto";
+import type { KeyObject } from "node:crypto";
 import { constants, type OutgoingHttpHeaders } from "node:http2";
 import { SignJWT } from "jose";
 import {
@@ -13,7 +13,8 @@ import {
   type PushTarget,
   retryAfterMs,
 } from "../types.js";
-import { type Answer, errorText, h2Request, header, isAnswer, SessionPool } from "./http2.js";
+import { type Answer, errorText, header, isAnswer } from "./http2.js";
+import { parsePrivateKey, TokenAuthorizedClient, TokenCache } from "./token-auth.js";
 
 export const DEFAULT_APNS_PRODUCTION = "https://api.push.apple.com";
 export const DEFAULT_APNS_SANDBOX = "https://api.sandbox.push.apple.com";
@@ -47,24 +48,13 @@ export class ApnsProvider implements PushProvider {
   readonly kind = "apns" as const;
   private readonly key: KeyObject;
   private readonly origins: Record<"production" | "sandbox", string>;
-  private readonly timeoutMs: number;
   private readonly now: () => number;
-  private readonly sessions = new SessionPool();
-  private token: { jwt: string; issuedAtMs: number } | undefined;
-  private signing: Promise<string> | undefined;
-  private closed = false;
+  private readonly client: TokenAuthorizedClient;
 
   constructor(private readonly options: ApnsOptions) {
     if (options.teamId === "") throw new Error("APNs: teamId is empty");
     if (options.keyId === "") throw new Error("APNs: keyId is empty");
-    // Parsing here turns a broken .p8 into a startup error instead of a failure on every push.
-    try {
-      this.key = createPrivateKey(options.privateKey);
-    } catch (e) {
-      throw new Error(
-        `APNs: privateKey is not a PEM private key (${e instanceof Error ? e.message : String(e)})`,
-      );
-    }
+    this.key = parsePrivateKey("APNs", options.privateKey);
     const curve = this.key.asymmetricKeyDetails?.namedCurve;
     if (this.key.asymmetricKeyType !== "ec" || (curve !== "prime256v1" && curve !== "P-256")) {
       throw new Error(
@@ -75,14 +65,22 @@ export class ApnsProvider implements PushProvider {
       production: new URL(options.productionEndpoint ?? DEFAULT_APNS_PRODUCTION).origin,
       sandbox: new URL(options.sandboxEndpoint ?? DEFAULT_APNS_SANDBOX).origin,
     };
-    this.timeoutMs = options.timeoutMs ?? 10_000;
     this.now = options.now ?? Date.now;
+    this.client = new TokenAuthorizedClient({
+      service: "APNs",
+      tokens: new TokenCache(() => this.signProviderToken(), this.now),
+      tokenFailure: (e) => ({
+        status: "failed",
+        reason: `APNs: cannot sign the provider token: ${errorText(e)}`,
+      }),
+      timeoutMs: options.timeoutMs ?? 10_000,
+    });
   }
 
   async send(target: PushTarget, message: PushMessage): Promise<PushOutcome> {
     if (target.kind !== "apns")
       return { status: "failed", reason: `APNs cannot send to a ${target.kind} target` };
-    if (this.closed) return { status: "retry", reason: "APNs provider closed" };
+    if (this.client.closed) return { status: "retry", reason: "APNs provider closed" };
     // The token goes into the path: anything but hex could address another resource, and Apple
     // would answer BadDeviceToken for it anyway.
     if (!/^[0-9a-fA-F]+$/.test(target.token)) {
@@ -95,76 +93,31 @@ export class ApnsProvider implements PushProvider {
     }
     const origin = this.origins[target.environment];
     const body = JSON.stringify(apnsPayload(message));
-
-    let jwt: string;
-    try {
-      jwt = await this.providerToken();
-    } catch (e) {
-      return { status: "failed", reason: `APNs: cannot sign the provider token: ${errorText(e)}` };
-    }
-    let answer = await this.post(origin, target, message, jwt, body);
-    if (!isAnswer(answer)) return answer;
-    if (answer.status === 403 && TOKEN_REASONS.has(reasonOf(answer))) {
+    const answer = await this.client.post(
+      origin,
+      (jwt) => apnsHeaders(target, message, jwt, this.now()),
+      body,
       // Clock skew or a token Apple stopped honouring: one fresh signature settles it; a key
       // Apple does not know fails again and is reported.
-      this.forget(jwt);
-      try {
-        jwt = await this.providerToken();
-      } catch (e) {
-        return { status: "failed", reason: `APNs: cannot sign the provider token: ${errorText(e)}` };
-      }
-      answer = await this.post(origin, target, message, jwt, body);
-      if (!isAnswer(answer)) return answer;
-    }
+      (a) => a.status === 403 && TOKEN_REASONS.has(reasonOf(a)),
+    );
+    if (!isAnswer(answer)) return answer;
     return classify(answer, this.now());
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    await this.sessions.close();
+    await this.client.close();
   }
 
-  private async post(
-    origin: string,
-    target: { token: string; topic: string },
-    message: PushMessage,
-    jwt: string,
-    body: string,
-  ): Promise<Answer | PushOutcome> {
-    const headers = apnsHeaders(target, message, jwt, this.now());
-    try {
-      return await h2Request(this.sessions, origin, headers, body, this.timeoutMs);
-    } catch (e) {
-      return { status: "retry", reason: `APNs unreachable: ${errorText(e)}` };
-    }
-  }
-
-  /** The current provider token, re-signed once it is 50 minutes old; concurrent sends share one. */
-  private providerToken(): Promise<string> {
+  /** A provider token, reused for 50 minutes (PROVIDER_TOKEN_REUSE_MS). */
+  private async signProviderToken(): Promise<{ value: string; refreshAtMs: number }> {
     const now = this.now();
-    if (this.token !== undefined && now - this.token.issuedAtMs < PROVIDER_TOKEN_REUSE_MS) {
-      return Promise.resolve(this.token.jwt);
-    }
-    if (this.signing === undefined) {
-      this.signing = new SignJWT({})
-        .setProtectedHeader({ alg: "ES256", kid: this.options.keyId })
-        .setIssuer(this.options.teamId)
-        .setIssuedAt(Math.floor(now / 1000))
-        .sign(this.key)
-        .then((jwt) => {
-          this.token = { jwt, issuedAtMs: now };
-          return jwt;
-        })
-        .finally(() => {
-          this.signing = undefined;
-        });
-    }
-    return this.signing;
-  }
-
-  /** Drops the token only if it is still the current one: concurrent 403s share one re-sign. */
-  private forget(jwt: string): void {
-    if (this.token?.jwt === jwt) this.token = undefined;
+    const jwt = await new SignJWT({})
+      .setProtectedHeader({ alg: "ES256", kid: this.options.keyId })
+      .setIssuer(this.options.teamId)
+      .setIssuedAt(Math.floor(now / 1000))
+      .sign(this.key);
+    return { value: jwt, refreshAtMs: now + PROVIDER_TOKEN_REUSE_MS };
   }
 }
 

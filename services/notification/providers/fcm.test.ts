@@ -1,13 +1,18 @@
 import assert from "node:assert/strict";
-import { createPrivateKey, generateKeyPairSync, type KeyObject } from "node:crypto";
+import { createPrivateKey, generateKeyPairSync, type KeyObject, randomBytes } from "node:crypto";
 import { connect } from "node:http2";
 import { createServer } from "node:net";
 import { describe, it, type TestContext } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { SignJWT } from "jose";
+import {
+  FakeFcmService,
+  type FakeFcmServiceOptions,
+  fcmError,
+} from "../../../test/fakes/push/fcm-service.js";
 import type { FcmTarget, PushMessage } from "../types.js";
+import { runPushProviderConformance } from "./conformance.js";
 import { type FcmOptions, FcmProvider, fcmMessage, fcmOptionsFromServiceAccount } from "./fcm.js";
-import { FakeFcmService, type FakeFcmServiceOptions, fcmError } from "./testing/fcm-service.js";
 
 const PROJECT = "switchboard-test";
 const EMAIL = "push@switchboard-test.iam.gserviceaccount.com";
@@ -499,4 +504,51 @@ describe("FakeFcmService", () => {
     assert.ok(problems.some((p) => p.includes("message.data.s must be a string")));
     assert.ok(problems.some((p) => p.includes("background needs apns-priority 5")));
   });
+});
+
+runPushProviderConformance("FCM", async ({ timeoutMs }) => {
+  const service = await FakeFcmService.start({
+    projectId: PROJECT,
+    clientEmail: EMAIL,
+    publicKey: account.publicKey,
+    privateKeyId: KEY_ID,
+  });
+  const provider = new FcmProvider({
+    projectId: PROJECT,
+    clientEmail: EMAIL,
+    privateKey: account.pem,
+    privateKeyId: KEY_ID,
+    tokenUri: service.tokenUri,
+    endpoint: service.origin,
+    timeoutMs,
+  });
+  const messageOf = (r: { body: unknown }) => (r.body as { message: Record<string, unknown> }).message;
+  return {
+    provider,
+    newTarget: () => ({
+      kind: "fcm",
+      token: `${randomBytes(8).toString("base64url")}:APA91b${randomBytes(40).toString("base64url")}`,
+    }),
+    foreignTarget: { kind: "apns", token: "00", topic: "org.example", environment: "production" },
+    // Only FCM's own verdict on a token removes it; FCM says so as UNREGISTERED.
+    forgetTarget: () => service.answerSend(fcmError(404, "NOT_FOUND", "UNREGISTERED")),
+    throttleNext: (seconds) =>
+      service.answerSend(
+        fcmError(429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED", "quota", { "retry-after": String(seconds) }),
+      ),
+    stallNext: () => service.answerSend({ status: 200, hang: true }),
+    received: async (t) =>
+      service.sendRequests
+        .filter((r) => r.status === 200 && messageOf(r).token === (t as FcmTarget).token)
+        .map((r) => {
+          const m = messageOf(r);
+          return { data: m.data, collapseKey: (m.android as { collapse_key?: string }).collapse_key };
+        }),
+    requestCount: () => service.sendRequests.length + service.tokenRequests.length,
+    problems: () => service.problems(),
+    close: async () => {
+      await provider.close();
+      await service.close();
+    },
+  };
 });

@@ -2,8 +2,8 @@
  * Firebase Cloud Messaging, HTTP v1 API: OAuth2 service-account credentials and one content-free
  * data message per push. https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages
  */
-import { createPrivateKey, type KeyObject } from "node:crypto";
-import { constants, type OutgoingHttpHeaders } from "node:http2";
+import type { KeyObject } from "node:crypto";
+import { constants } from "node:http2";
 import { SignJWT } from "jose";
 import {
   type PushMessage,
@@ -12,7 +12,8 @@ import {
   type PushTarget,
   retryAfterMs,
 } from "../types.js";
-import { type Answer, errorText, h2Request, header, isAnswer, SessionPool } from "./http2.js";
+import { type Answer, errorText, header, isAnswer } from "./http2.js";
+import { type IssuedToken, parsePrivateKey, TokenAuthorizedClient, TokenCache } from "./token-auth.js";
 
 export const FCM_SCOPE = "https://www.googleapis.com/auth/firebase.messaging";
 export const DEFAULT_TOKEN_URI = "https://oauth2.googleapis.com/token";
@@ -90,23 +91,13 @@ export class FcmProvider implements PushProvider {
   private readonly sendPath: string;
   private readonly timeoutMs: number;
   private readonly now: () => number;
-  private readonly sessions = new SessionPool();
-  private cached: { token: string; refreshAtMs: number } | undefined;
-  private pending: Promise<string> | undefined;
+  private readonly client: TokenAuthorizedClient;
   private refused: { outcome: PushOutcome; untilMs: number } | undefined;
-  private closed = false;
 
   constructor(private readonly options: FcmOptions) {
     if (options.projectId === "") throw new Error("FCM: projectId is empty");
     if (options.clientEmail === "") throw new Error("FCM: clientEmail is empty");
-    // Parsing here turns a broken key into a startup error instead of a failure on every push.
-    try {
-      this.key = createPrivateKey(options.privateKey);
-    } catch (e) {
-      throw new Error(
-        `FCM: privateKey is not a PEM private key (${e instanceof Error ? e.message : String(e)})`,
-      );
-    }
+    this.key = parsePrivateKey("FCM", options.privateKey);
     if (this.key.asymmetricKeyType !== "rsa") {
       throw new Error(`FCM: privateKey must be an RSA key (RS256), got ${this.key.asymmetricKeyType}`);
     }
@@ -115,77 +106,48 @@ export class FcmProvider implements PushProvider {
     this.sendPath = `/v1/projects/${encodeURIComponent(options.projectId)}/messages:send`;
     this.timeoutMs = options.timeoutMs ?? 10_000;
     this.now = options.now ?? Date.now;
+    this.client = new TokenAuthorizedClient({
+      service: "FCM",
+      tokens: new TokenCache(() => this.requestToken(), this.now),
+      tokenFailure: outcomeOf,
+      timeoutMs: this.timeoutMs,
+    });
   }
 
   async send(target: PushTarget, message: PushMessage): Promise<PushOutcome> {
     if (target.kind !== "fcm")
       return { status: "failed", reason: `FCM cannot send to a ${target.kind} target` };
-    if (this.closed) return { status: "retry", reason: "FCM provider closed" };
+    if (this.client.closed) return { status: "retry", reason: "FCM provider closed" };
     const body = JSON.stringify(fcmMessage(target.token, message, this.now()));
-
-    let token: string;
-    try {
-      token = await this.accessToken();
-    } catch (e) {
-      return outcomeOf(e);
-    }
-    let answer = await this.post(token, body);
-    if (!isAnswer(answer)) return answer;
-    if (needsFreshToken(answer)) {
+    const answer = await this.client.post(
+      this.origin,
+      (token) => ({
+        [constants.HTTP2_HEADER_METHOD]: "POST",
+        [constants.HTTP2_HEADER_PATH]: this.sendPath,
+        authorization: `Bearer ${token}`,
+        "content-type": "application/json; charset=UTF-8",
+      }),
+      body,
       // A token can be revoked or expire early (clock skew); one fresh token tells that apart from
       // a credential that lacks permission, which fails again and is reported.
-      this.forget(token);
-      try {
-        token = await this.accessToken();
-      } catch (e) {
-        return outcomeOf(e);
-      }
-      answer = await this.post(token, body);
-      if (!isAnswer(answer)) return answer;
-    }
+      needsFreshToken,
+    );
+    if (!isAnswer(answer)) return answer;
     return classify(answer, this.now());
   }
 
   async close(): Promise<void> {
-    this.closed = true;
-    await this.sessions.close();
+    await this.client.close();
   }
 
-  private async post(token: string, body: string): Promise<Answer | PushOutcome> {
-    const headers: OutgoingHttpHeaders = {
-      [constants.HTTP2_HEADER_METHOD]: "POST",
-      [constants.HTTP2_HEADER_PATH]: this.sendPath,
-      authorization: `Bearer ${token}`,
-      "content-type": "application/json; charset=UTF-8",
-    };
-    try {
-      return await h2Request(this.sessions, this.origin, headers, body, this.timeoutMs);
-    } catch (e) {
-      return { status: "retry", reason: `FCM unreachable: ${errorText(e)}` };
+  /**
+   * One OAuth2 token request (the token cache shares it among waiting sends). A credential Google
+   * refused is not asked again for CREDENTIAL_FAILURE_HOLD_MS.
+   */
+  private async requestToken(): Promise<IssuedToken> {
+    if (this.refused !== undefined && this.now() < this.refused.untilMs) {
+      throw new OutcomeError(this.refused.outcome);
     }
-  }
-
-  /** The cached access token, or one token request shared by every send waiting for it. */
-  private accessToken(): Promise<string> {
-    const now = this.now();
-    if (this.cached !== undefined && now < this.cached.refreshAtMs) return Promise.resolve(this.cached.token);
-    if (this.refused !== undefined && now < this.refused.untilMs) {
-      return Promise.reject(new OutcomeError(this.refused.outcome));
-    }
-    if (this.pending === undefined) {
-      this.pending = this.requestToken().finally(() => {
-        this.pending = undefined;
-      });
-    }
-    return this.pending;
-  }
-
-  /** Drops the token only if it is still the cached one: concurrent 401s share one refresh. */
-  private forget(token: string): void {
-    if (this.cached?.token === token) this.cached = undefined;
-  }
-
-  private async requestToken(): Promise<string> {
     const startedMs = this.now();
     const iat = Math.floor(startedMs / 1000);
     const header: { alg: "RS256"; typ: "JWT"; kid?: string } = { alg: "RS256", typ: "JWT" };
@@ -240,9 +202,8 @@ export class FcmProvider implements PushProvider {
     // Refreshing early keeps a send from carrying a token that expires in flight; the lead is
     // capped at half the lifetime so short-lived tokens are still used.
     const leadMs = Math.min(5 * 60_000, lifetimeMs / 2);
-    this.cached = { token, refreshAtMs: startedMs + lifetimeMs - leadMs };
     this.refused = undefined;
-    return token;
+    return { value: token, refreshAtMs: startedMs + lifetimeMs - leadMs };
   }
 }
 

@@ -5,8 +5,9 @@ import type { AddressInfo } from "node:net";
 import { after, before, describe, test } from "node:test";
 import { importJWK, SignJWT } from "jose";
 import webpush from "web-push";
-import type { PushMessage, PushOutcome, WebPushTarget } from "../types.js";
-import { type FakeWebPushService, startWebPushService } from "./testing/webpush-service.js";
+import { type FakeWebPushService, startWebPushService } from "../../../test/fakes/push/webpush-service.js";
+import type { PushMessage, PushOutcome, PushTarget, WebPushTarget } from "../types.js";
+import { runPushProviderConformance } from "./conformance.js";
 import { generateVapidKeys, WebPushProvider } from "./webpush.js";
 
 const SUBJECT = "mailto:ops@switchboard.example";
@@ -291,4 +292,28 @@ describe("WebPushProvider options", () => {
       assert.throws(() => new WebPushProvider({ ...base, ...override }), error, JSON.stringify(override));
     }
   });
+});
+
+runPushProviderConformance("Web Push", async ({ timeoutMs }) => {
+  const service = await startWebPushService();
+  const push = provider(timeoutMs);
+  const idOf = (t: PushTarget) => (t as WebPushTarget).endpoint.split("/").pop() ?? "";
+  return {
+    provider: push,
+    newTarget: () => service.subscribe({ applicationServerKey: vapid.publicKey }).target,
+    foreignTarget: { kind: "fcm", token: "not-for-web-push" },
+    forgetTarget: (t) => service.unsubscribe(idOf(t)),
+    throttleNext: (seconds) => service.script({ status: 429, headers: { "retry-after": String(seconds) } }),
+    // Longer than any test: close() clears the timer.
+    stallNext: () => service.script({ status: 201, delayMs: 600_000 }),
+    received: async (t) =>
+      service.pushes.filter((p) => p.id === idOf(t)).map((p) => ({ data: p.payload, collapseKey: p.topic })),
+    requestCount: () => service.requests.length,
+    problems: () =>
+      service.requests.flatMap((r) => (r.rejected === undefined ? [] : [`${r.id}: ${r.rejected}`])),
+    close: async () => {
+      await push.close();
+      await service.close();
+    },
+  };
 });

@@ -3,7 +3,7 @@ import { createServer, type IncomingHttpHeaders, type IncomingMessage, type Serv
 import type { AddressInfo } from "node:net";
 import ece from "http_ece";
 import { importJWK, jwtVerify } from "jose";
-import type { WebPushTarget } from "../../types.js";
+import type { WebPushTarget } from "../../../services/notification/types.js";
 
 /**
  * A local Web Push service for tests: it checks each push the way a real one does (RFC 8030

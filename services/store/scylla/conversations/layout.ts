@@ -1,0 +1,79 @@
+/**
+ * How a conversation's data sits in the tables: log partitions (buckets), the idempotency expiry
+ * index (slots and shards), entries as blobs. These decide partition keys of stored data, so none
+ * of them may change under a live keyspace.
+ */
+import { fromBinary } from "@bufbuild/protobuf";
+import { type Entry, EntrySchema } from "../../../../gen/switchboard/v1/entry_pb.js";
+import { shardOf as shardBy } from "../../../common/shard.js";
+import { IDEMPOTENCY_SHARDS, IDEMPOTENCY_SLOT_MS } from "../schema.js";
+
+/** The largest unconditional batch of entries, in bytes (ScyllaDB refuses batches over 1 MiB). */
+const MAX_BATCH_BYTES = 256 * 1024;
+
+/** Engine settings the conversation port needs. */
+export interface ConversationSettings {
+  /** Seqs per log partition. */
+  bucketSize: number;
+  /** TTL of entries and idempotency records, in seconds; 0 keeps them forever. */
+  entryTtlSeconds: number;
+}
+
+/** The log partition of a seq: floor(seq / bucketSize). */
+export function bucketOf(seq: number, bucketSize: number): number {
+  return Math.floor(seq / bucketSize);
+}
+
+/** The expiry slot of a time in milliseconds. */
+export function slotOf(atMs: number): number {
+  return Math.floor(atMs / IDEMPOTENCY_SLOT_MS);
+}
+
+/** The expiry-index shard of a conversation: the project's FNV-1a of its id, IDEMPOTENCY_SHARDS ways. */
+export function shardOf(conversationId: string): number {
+  return shardBy(conversationId, IDEMPOTENCY_SHARDS);
+}
+
+/** One entry, encoded. */
+export interface EncodedEntry {
+  /** The entry's seq. */
+  seq: number;
+  /** The Entry message's wire form, as stored in log_entries.entry. */
+  bytes: Uint8Array;
+}
+
+/** Splits entries (ascending, contiguous) into batches within one bucket and MAX_BATCH_BYTES. */
+export function entrySlices(entries: readonly EncodedEntry[], bucketSize: number): EncodedEntry[][] {
+  const out: EncodedEntry[][] = [];
+  let current: EncodedEntry[] = [];
+  let bytes = 0;
+  for (const e of entries) {
+    const last = current[current.length - 1];
+    if (
+      last !== undefined &&
+      (bucketOf(last.seq, bucketSize) !== bucketOf(e.seq, bucketSize) ||
+        bytes + e.bytes.length > MAX_BATCH_BYTES)
+    ) {
+      out.push(current);
+      current = [];
+      bytes = 0;
+    }
+    current.push(e);
+    bytes += e.bytes.length;
+  }
+  if (current.length > 0) out.push(current);
+  return out;
+}
+
+/** An entry back from its blob (the driver's Buffer, read in place). */
+export function decodeEntry(value: Uint8Array): Entry {
+  return fromBinary(EntrySchema, new Uint8Array(value.buffer, value.byteOffset, value.byteLength));
+}
+
+/** The empty blob: what a cleared log_heads.pending holds. */
+export const EMPTY = Buffer.alloc(0);
+
+// The driver takes blobs only as Buffer; this is a view, not a copy.
+export function blob(bytes: Uint8Array): Buffer {
+  return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}

@@ -1,0 +1,107 @@
+/**
+ * Reads of a conversation: metadata, members, the log (paged bucket by bucket), idempotency
+ * records, and a user's conversations.
+ */
+import type { Entry } from "../../../../gen/switchboard/v1/entry_pb.js";
+import type { ConversationRecord, MemberRecord, UserConversation } from "../../types.js";
+import { type Cql, num } from "../schema.js";
+import { readHead } from "./head.js";
+import { bucketOf, type ConversationSettings, decodeEntry } from "./layout.js";
+
+/** The conversation port's reads. */
+export class ConversationReads {
+  constructor(
+    private readonly cql: Cql,
+    private readonly settings: ConversationSettings,
+  ) {}
+
+  async getConversation(conversationId: string): Promise<ConversationRecord | undefined> {
+    const row = await this.cql.one(
+      "SELECT kind, title, created_at_ms, members_version FROM conversations WHERE conversation_id = ?",
+      [conversationId],
+    );
+    if (row === undefined) return undefined;
+    return {
+      id: conversationId,
+      kind: row.get("kind") as ConversationRecord["kind"],
+      title: (row.get("title") as string | null) ?? "",
+      createdAtMs: num(row.get("created_at_ms")),
+      membersVersion: num(row.get("members_version")),
+    };
+  }
+
+  async getMembers(conversationId: string): Promise<MemberRecord[]> {
+    const out: MemberRecord[] = [];
+    for await (const row of this.cql.pages(
+      `SELECT user_id, role, joined_seq, added_at_ms, delivered_up_to, read_up_to, muted_until_ms
+        FROM members WHERE conversation_id = ?`,
+      [conversationId],
+    )) {
+      // A cursor saved after a removal leaves a row with cursor columns only: not a member.
+      const role = row.get("role") as MemberRecord["role"] | null;
+      if (role === null) continue;
+      const muted = row.get("muted_until_ms");
+      out.push({
+        userId: row.get("user_id") as string,
+        role,
+        joinedSeq: num(row.get("joined_seq")),
+        addedAtMs: num(row.get("added_at_ms")),
+        deliveredUpTo: num(row.get("delivered_up_to")),
+        readUpTo: num(row.get("read_up_to")),
+        ...(muted !== null && muted !== undefined && { mutedUntilMs: num(muted) }),
+      });
+    }
+    return out;
+  }
+
+  async readEntries(conversationId: string, afterSeq: number, limit: number): Promise<Entry[]> {
+    if (!(limit >= 1) || Number.isNaN(afterSeq)) return [];
+    const want = Math.floor(limit);
+    const start = Math.max(0, Math.floor(afterSeq)) + 1;
+    const head = await readHead(this.cql, conversationId, false);
+    // Entries of a reserved commit may already be written; they are never taken back.
+    const bound = Math.max(head.lastSeq, head.pendingLast);
+    const out: Entry[] = [];
+    if (start > bound) return out;
+    // Walking bucket by bucket up to the head, rather than stopping at the first short bucket,
+    // also steps over buckets emptied by the entry TTL.
+    const { bucketSize } = this.settings;
+    for (let bucket = bucketOf(start, bucketSize); bucket <= bucketOf(bound, bucketSize); bucket++) {
+      const from = Math.max(start, bucket * bucketSize);
+      for await (const row of this.cql.pages(
+        "SELECT entry FROM log_entries WHERE conversation_id = ? AND bucket = ? AND seq >= ? LIMIT ?",
+        [conversationId, bucket, from, want - out.length],
+      )) {
+        out.push(decodeEntry(row.get("entry") as Buffer));
+      }
+      if (out.length >= want) break;
+    }
+    return out;
+  }
+
+  async getIdempotency(
+    conversationId: string,
+    deviceId: string,
+    clientMsgId: string,
+  ): Promise<number | undefined> {
+    const row = await this.cql.one(
+      "SELECT seq FROM idempotency WHERE conversation_id = ? AND device_id = ? AND client_msg_id = ?",
+      [conversationId, deviceId, clientMsgId],
+    );
+    return row === undefined ? undefined : num(row.get("seq"));
+  }
+
+  async listUserConversations(userId: string): Promise<UserConversation[]> {
+    const out: UserConversation[] = [];
+    for await (const row of this.cql.pages(
+      "SELECT conversation_id, joined_seq FROM user_conversations WHERE user_id = ?",
+      [userId],
+    )) {
+      out.push({
+        conversationId: row.get("conversation_id") as string,
+        joinedSeq: num(row.get("joined_seq")),
+      });
+    }
+    return out;
+  }
+}

@@ -18,6 +18,7 @@ import {
 } from "../../gen/switchboard/internal/v1/admin_pb.js";
 import type { DeviceRoute } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { Device } from "../../gen/switchboard/v1/accounts_pb.js";
+import { environment } from "../common/config.js";
 import { internalCredential, sendInternalCredential } from "../common/internal-auth.js";
 
 /** Where admin output goes; replaceable so the commands can run inside tests. */
@@ -33,7 +34,7 @@ export interface AdminIo {
 const processIo: AdminIo = {
   out: (line) => process.stdout.write(`${line}\n`),
   err: (line) => process.stderr.write(`${line}\n`),
-  env: process.env,
+  env: environment(),
 };
 
 /** Options every admin command takes. */

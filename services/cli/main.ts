@@ -1,9 +1,14 @@
 import { ConnectError } from "@connectrpc/connect";
 import { Command, InvalidArgumentError } from "commander";
 import { registerClientCommands } from "../../sdk/cli/commands.js";
-import { ROLES } from "../common/config.js";
+import {
+  ConfigurationError,
+  loadMigrateSettings,
+  ROLES,
+  settingsEnvironment,
+  settingVariables,
+} from "../common/config.js";
 import { createLogger } from "../common/log.js";
-import { readSettingsFile } from "../common/settings-file.js";
 import { startServer } from "../server/index.js";
 import { registerAdminCommands } from "./admin.js";
 
@@ -43,7 +48,7 @@ program
       adminPort?: number;
       logLevel?: string;
     }) => {
-      const env = opts.config ? { ...(await readSettingsFile(opts.config)), ...process.env } : process.env;
+      const env = await settingsEnvironment(opts.config);
       if (opts.role !== undefined) env.SWITCHBOARD_ROLES = opts.role;
       const server = await startServer({
         env,
@@ -83,11 +88,10 @@ program
   .description("apply the ScyllaDB schema migrations (SCYLLA_CONTACT_POINTS, SCYLLA_KEYSPACE, ...)")
   .option("--config <file>", "a JSON file of settings, by their environment names; the environment wins")
   .action(async (opts: { config?: string }) => {
-    const env = opts.config ? { ...(await readSettingsFile(opts.config)), ...process.env } : process.env;
-    const log = createLogger({ level: env.SWITCHBOARD_LOG_LEVEL ?? "info", base: { role: "migrate" } });
-    const { scyllaOptionsFromEnv } = await import("../store/scylla/engine.js");
+    const settings = loadMigrateSettings(await settingsEnvironment(opts.config));
+    const log = createLogger({ level: settings.logLevel, base: { role: "migrate" } });
     const { migrateScylla } = await import("../store/scylla/schema.js");
-    const applied = await migrateScylla(scyllaOptionsFromEnv(env), log);
+    const applied = await migrateScylla(settings.scylla, log);
     process.stdout.write(
       applied.length === 0 ? "schema is up to date\n" : `applied migrations: ${applied.join(", ")}\n`,
     );
@@ -124,10 +128,7 @@ program
       redisUrl?: string;
     }) => {
       const { Mesh } = await import("../mesh/launcher.js");
-      const env: Record<string, string> = {};
-      for (const [k, v] of Object.entries(process.env)) {
-        if (v !== undefined && /^(SWITCHBOARD|SCYLLA)_/.test(k)) env[k] = v;
-      }
+      const env = settingVariables();
       const mesh = await Mesh.start({
         dir: opts.dir,
         gateways: opts.gateways,
@@ -169,10 +170,16 @@ registerClientCommands(program);
 registerAdminCommands(program);
 
 program.parseAsync(process.argv).catch((err: unknown) => {
-  // Configuration errors are ConnectErrors (they share the validation code); the code prefix
-  // would only distract on a terminal.
+  // A ConfigurationError's message names the setting. A ConnectError (a call that failed) is
+  // printed without its code prefix, which would only distract on a terminal.
   const message =
-    err instanceof ConnectError ? err.rawMessage : err instanceof Error ? err.message : String(err);
+    err instanceof ConfigurationError
+      ? err.message
+      : err instanceof ConnectError
+        ? err.rawMessage
+        : err instanceof Error
+          ? err.message
+          : String(err);
   process.stderr.write(`switchboard: ${message}\n`);
   process.exit(1);
 });

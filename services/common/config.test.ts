@@ -3,8 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { loadConfig } from "./config.js";
-import { readSettingsFile } from "./settings-file.js";
+import { loadConfig, readSettingsFile } from "./config.js";
 
 const KEY = Buffer.alloc(32, 7).toString("base64url");
 /** What every process of a split deployment shares. */

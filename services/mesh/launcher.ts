@@ -3,6 +3,7 @@ import { createWriteStream, existsSync, type WriteStream } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { waitForListening } from "../cli/listening.js";
+import { environment } from "../common/config.js";
 import { newSecret } from "../common/ids.js";
 import { type BackendServer, freePort, startNatsServer, startRedisServer } from "./servers.js";
 
@@ -202,7 +203,7 @@ export class Mesh {
       {
         cwd: root,
         env: {
-          ...process.env,
+          ...environment(),
           SWITCHBOARD_LOG_LEVEL: "info",
           SWITCHBOARD_INSTANCE_ID: name,
           ...spec.env,

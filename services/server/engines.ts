@@ -70,15 +70,13 @@ export async function openBus(config: Config, log: Logger): Promise<BusEngine> {
   };
 }
 
-export async function openStore(
-  config: Config,
-  env: NodeJS.ProcessEnv | undefined,
-  log: Logger,
-): Promise<StoreEngine> {
+export async function openStore(config: Config, log: Logger): Promise<StoreEngine> {
   if (config.mesh.store === "lmdb") return openLmdbStore({ path: join(config.dataDir, "store") });
-  const { openScyllaStore, scyllaOptionsFromEnv } = await import("../store/scylla/engine.js");
-  const options = scyllaOptionsFromEnv(env ?? process.env);
-  return openScyllaStore({ ...options, migrate: config.mesh.migrate }, log);
+  // loadConfig reads SCYLLA_* for every process that opens the store.
+  if (config.scylla === undefined)
+    throw new Error("SWITCHBOARD_STORE=scylla but no ScyllaDB settings were loaded");
+  const { openScyllaStore } = await import("../store/scylla/engine.js");
+  return openScyllaStore({ ...config.scylla, migrate: config.mesh.migrate }, log);
 }
 
 /** A route store with its lifecycle. */

@@ -82,7 +82,7 @@ const VERSION = "0.1.0";
 export interface ServerOptions extends ConfigInput {
   /** A logger to use instead of one built from the configuration. */
   logger?: Logger;
-  /** The environment to read settings from; process.env by default. */
+  /** The environment to read settings from; the process's by default (see loadConfig). */
   env?: NodeJS.ProcessEnv;
 }
 
@@ -151,7 +151,7 @@ class Closers {
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const startedAtMs = Date.now();
   const { logger, env, ...input } = options;
-  const config = loadConfig(input, env ?? process.env);
+  const config = loadConfig(input, env);
   const mesh = config.mesh;
   const roles = new Set<Role>(mesh.roles);
   const everything = roles.size === ROLES.length;
@@ -190,8 +190,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     readiness.push(busEngine.problem);
     const { bus, delivery } = busEngine;
 
-    const store =
-      roles.has("accounts") || roles.has("sequencer") ? await openStore(config, env, log) : undefined;
+    const store = roles.has("accounts") || roles.has("sequencer") ? await openStore(config, log) : undefined;
     if (store) closers.add("store", () => store.close());
 
     // Remote services: one HTTP/2 connection per address, shared by every client of this

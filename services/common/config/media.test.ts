@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { loadMediaConfig } from "./config.js";
+import { loadMediaConfig } from "../config.js";
 
 test("media settings: defaults are the local engine with 100 MiB and 24 h to claim", () => {
   const c = loadMediaConfig({}, "/data");

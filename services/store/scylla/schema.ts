@@ -16,7 +16,28 @@
 import { randomUUID } from "node:crypto";
 import { auth, Client, type ClientOptions, type QueryOptions, types } from "cassandra-driver";
 import type { Logger } from "../../common/log.js";
-import type { ScyllaOptions } from "./engine.js";
+
+/**
+ * What migrations and the driver need to reach the cluster: the connection part of the engine's
+ * ScyllaOptions (engine.ts), declared here so that the schema does not import the engine that
+ * imports it. Any ScyllaOptions is one.
+ */
+export interface ScyllaConnectionOptions {
+  /** Nodes to contact first: "host" or "host:port" (port 9042 when absent). */
+  contactPoints: string[];
+  /** The datacenter this process is in; LOCAL_QUORUM and LOCAL_SERIAL are counted there. */
+  localDataCenter: string;
+  /** The keyspace holding every table. */
+  keyspace: string;
+  /** PasswordAuthenticator's user name, when the cluster requires credentials (with password). */
+  username?: string;
+  /** PasswordAuthenticator's password (with username). */
+  password?: string;
+  /** Replication factor in localDataCenter, applied when migrateScylla creates the keyspace. */
+  replicationFactor?: number;
+  /** Replication factor per datacenter when migrateScylla creates the keyspace; wins over replicationFactor. */
+  replication?: Record<string, number>;
+}
 
 /** One schema migration. */
 export interface Migration {
@@ -241,7 +262,7 @@ export function checkKeyspaceName(name: string): void {
 }
 
 /** The replication clause of CREATE KEYSPACE for the options (NetworkTopologyStrategy). */
-export function replicationClause(options: ScyllaOptions): string | undefined {
+export function replicationClause(options: ScyllaConnectionOptions): string | undefined {
   const map =
     options.replication ??
     (options.replicationFactor !== undefined
@@ -266,7 +287,7 @@ function cqlString(value: string): string {
  * Creates the keyspace when options carry a replication setting, then applies every pending
  * migration in order. Returns the ids applied by this call (empty when the schema was current).
  */
-export async function migrateScylla(options: ScyllaOptions, log?: Logger): Promise<string[]> {
+export async function migrateScylla(options: ScyllaConnectionOptions, log?: Logger): Promise<string[]> {
   checkMigrations(MIGRATIONS);
   checkKeyspaceName(options.keyspace);
   const admin = new Client(clientOptions(options, false));
@@ -320,7 +341,7 @@ export function checkMigrations(migrations: readonly Migration[]): void {
   }
 }
 
-async function ensureKeyspace(admin: Client, options: ScyllaOptions, log?: Logger): Promise<void> {
+async function ensureKeyspace(admin: Client, options: ScyllaConnectionOptions, log?: Logger): Promise<void> {
   const replication = replicationClause(options);
   if (replication === undefined) {
     const found = await admin.execute(
@@ -366,7 +387,7 @@ async function acquireLock(cql: Cql, owner: string, log?: Logger): Promise<void>
 }
 
 /** Driver options for the engine's settings, with or without the keyspace bound. */
-export function clientOptions(options: ScyllaOptions, withKeyspace: boolean): ClientOptions {
+export function clientOptions(options: ScyllaConnectionOptions, withKeyspace: boolean): ClientOptions {
   return {
     contactPoints: options.contactPoints,
     localDataCenter: options.localDataCenter,

@@ -4,6 +4,7 @@ import { after, before, describe, it } from "node:test";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Client } from "cassandra-driver";
 import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
+import { loadScyllaConfig } from "../../common/config.js";
 import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
@@ -17,7 +18,7 @@ import {
   shardOf,
   slotOf,
 } from "./conversations.js";
-import { openScyllaStore, type ScyllaOptions, scyllaOptionsFromEnv } from "./engine.js";
+import { openScyllaStore, type ScyllaOptions } from "./engine.js";
 import {
   checkMigrations,
   clientOptions,
@@ -37,7 +38,7 @@ describe("ScyllaDB engine against a server", {
   let shared: StoreEngine | undefined;
 
   before(async () => {
-    const fromEnv = scyllaOptionsFromEnv(process.env);
+    const fromEnv = loadScyllaConfig(process.env);
     options = {
       ...fromEnv,
       keyspace: `switchboard_test_${randomBytes(6).toString("hex")}`,
@@ -218,15 +219,15 @@ describe("ScyllaDB engine without a server", () => {
     assert.throws(() => replicationClause({ ...base, replicationFactor: 0 }), /positive integer/);
   });
 
-  describe("scyllaOptionsFromEnv", () => {
+  describe("loadScyllaConfig", () => {
     it("reads every variable, with defaults", () => {
-      assert.deepEqual(scyllaOptionsFromEnv({ SCYLLA_CONTACT_POINTS: "10.0.0.1, db-2:9043,[::1]:9042" }), {
+      assert.deepEqual(loadScyllaConfig({ SCYLLA_CONTACT_POINTS: "10.0.0.1, db-2:9043,[::1]:9042" }), {
         contactPoints: ["10.0.0.1", "db-2:9043", "[::1]:9042"],
         localDataCenter: "datacenter1",
         keyspace: "switchboard",
       });
       assert.deepEqual(
-        scyllaOptionsFromEnv({
+        loadScyllaConfig({
           SCYLLA_CONTACT_POINTS: "scylla",
           SCYLLA_LOCAL_DC: "eu-west-1",
           SCYLLA_KEYSPACE: "sb_prod",
@@ -268,7 +269,7 @@ describe("ScyllaDB engine without a server", () => {
         ],
       ];
       for (const [env, message] of cases) {
-        assert.throws(() => scyllaOptionsFromEnv(env), message, JSON.stringify(env));
+        assert.throws(() => loadScyllaConfig(env), message, JSON.stringify(env));
       }
     });
   });

@@ -1,0 +1,169 @@
+/**
+ * loadConfig: explicit input over the environment (and a settings file under it) over defaults,
+ * every value validated, so a bad setting stops the process at start-up with a message naming it.
+ */
+import { z } from "zod";
+import {
+  type AccountLimits,
+  loadAccountLimits,
+  loadPrivacyDefaults,
+  type PrivacyDefaults,
+} from "./accounts.js";
+import { environment } from "./environment.js";
+import { fail } from "./error.js";
+import { type EdgeLimits, type Limits, loadEdge, loadLimits } from "./limits.js";
+import { loadMediaConfig, type MediaConfig } from "./media.js";
+import { checkMesh, loadMesh, type MeshConfig } from "./mesh.js";
+import { loadPush, type PushConfig } from "./push.js";
+import { check, type Env, int, intVariable, nonEmptyText, textOr, without } from "./schema.js";
+import { loadScyllaConfig, type ScyllaSettings } from "./scylla.js";
+import { loadTracing, type TracingConfig } from "./telemetry.js";
+
+/** Everything a Switchboard process needs to know at start-up. */
+export interface Config {
+  /** Where the embedded store keeps its files. */
+  dataDir: string;
+  /** Address the public (device-facing) server binds to. */
+  host: string;
+  /** Port of the public server; 0 picks a free one. */
+  port: number;
+  /** Logical sequencer shards; fixed for the life of a deployment. */
+  shardCount: number;
+  /** Access token lifetime, in seconds. */
+  tokenTtlSeconds: number;
+  /** Link code lifetime, in seconds. */
+  linkCodeTtlSeconds: number;
+  /** HMAC key for access tokens (at least 32 bytes); generated into dataDir when absent. */
+  tokenKey: Uint8Array | undefined;
+  /** Idempotency records are kept this long, in milliseconds. */
+  idempotencyRetentionMs: number;
+  /**
+   * Byte budget of a sequencer process's in-memory hot state (recent entries, idempotency keys,
+   * members and cursors of its conversations, all shards together); least recently used
+   * conversations are evicted past it and read back from the store when next used.
+   */
+  sequencerCacheBytes: number;
+  /** Conversations each sequencer shard keeps in memory, at most (within the byte budget). */
+  sequencerCacheConversations: number;
+  /** pino level. */
+  logLevel: string;
+  /** Edge and sequencer limits. */
+  limits: Limits;
+  /** Bounds on connections and HTTP/2 requests at the network face (see docs/security.md). */
+  edge: EdgeLimits;
+  /** Push notifications. */
+  push: PushConfig;
+  /** Which services this process runs, which engines they use and where the others are. */
+  mesh: MeshConfig;
+  /** Trace export. */
+  tracing: TracingConfig;
+  /** Encrypted attachments: the object store and its limits. */
+  media: MediaConfig;
+  /** Privacy settings of users who never chose their own (see docs/security.md, consent). */
+  privacyDefaults: PrivacyDefaults;
+  /** Abuse controls of the accounts service. */
+  accountLimits: AccountLimits;
+  /**
+   * The ScyllaDB connection, when this process opens the store there (SWITCHBOARD_STORE=scylla
+   * and it runs accounts or the sequencer); undefined otherwise, and SCYLLA_* is not read.
+   */
+  scylla: ScyllaSettings | undefined;
+}
+
+/** Overrides accepted by loadConfig; limits and push settings may be given in part. */
+export type ConfigInput = Partial<
+  Omit<Config, "limits" | "push" | "mesh" | "tracing" | "edge" | "accountLimits" | "scylla">
+> & {
+  limits?: Partial<Limits>;
+  accountLimits?: Partial<AccountLimits>;
+  edge?: Partial<EdgeLimits>;
+  push?: Partial<PushConfig>;
+  mesh?: Partial<MeshConfig>;
+};
+
+/** The process's own variables, in the order they are checked. */
+export const serverVariables = z.object({
+  SWITCHBOARD_TOKEN_KEY: nonEmptyText().transform((text) =>
+    text === undefined ? undefined : Buffer.from(text, "base64url"),
+  ),
+  SWITCHBOARD_DATA_DIR: textOr(".switchboard/data"),
+  SWITCHBOARD_HOST: textOr("127.0.0.1"),
+  SWITCHBOARD_PORT: intVariable("port", 7420, false),
+  SWITCHBOARD_SHARDS: intVariable("shardCount", 16, false),
+  SWITCHBOARD_TOKEN_TTL_SECONDS: intVariable("tokenTtlSeconds", 3600, false),
+  SWITCHBOARD_SEQUENCER_CACHE_BYTES: intVariable(
+    "SWITCHBOARD_SEQUENCER_CACHE_BYTES",
+    128 * 1024 * 1024,
+    true,
+  ),
+  SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS: intVariable(
+    "SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS",
+    10_000,
+    true,
+  ),
+  SWITCHBOARD_LOG_LEVEL: textOr("info"),
+});
+
+export function loadConfig(input: ConfigInput = {}, env: Env = environment()): Config {
+  const limits = loadLimits(input.limits, env);
+  const vars = check(
+    serverVariables,
+    without(env, {
+      SWITCHBOARD_TOKEN_KEY: input.tokenKey,
+      SWITCHBOARD_DATA_DIR: input.dataDir,
+      SWITCHBOARD_HOST: input.host,
+      SWITCHBOARD_PORT: input.port,
+      SWITCHBOARD_SHARDS: input.shardCount,
+      SWITCHBOARD_TOKEN_TTL_SECONDS: input.tokenTtlSeconds,
+      SWITCHBOARD_SEQUENCER_CACHE_BYTES: input.sequencerCacheBytes,
+      SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS: input.sequencerCacheConversations,
+      SWITCHBOARD_LOG_LEVEL: input.logLevel,
+    }),
+  );
+  const tokenKey = input.tokenKey ?? vars.SWITCHBOARD_TOKEN_KEY;
+  if (tokenKey !== undefined && tokenKey.length < 32)
+    fail("SWITCHBOARD_TOKEN_KEY must encode at least 32 bytes (base64url)");
+  const given = <T>(value: T | undefined, label: string, fromEnv: number) =>
+    value === undefined ? fromEnv : int(label, value);
+  const dataDir = input.dataDir ?? vars.SWITCHBOARD_DATA_DIR;
+  const config: Config = {
+    dataDir,
+    host: input.host ?? vars.SWITCHBOARD_HOST,
+    port: given(input.port, "port", vars.SWITCHBOARD_PORT),
+    shardCount: given(input.shardCount, "shardCount", vars.SWITCHBOARD_SHARDS),
+    tokenTtlSeconds: given(input.tokenTtlSeconds, "tokenTtlSeconds", vars.SWITCHBOARD_TOKEN_TTL_SECONDS),
+    linkCodeTtlSeconds: int("linkCodeTtlSeconds", input.linkCodeTtlSeconds ?? 600),
+    tokenKey,
+    idempotencyRetentionMs: int(
+      "idempotencyRetentionMs",
+      input.idempotencyRetentionMs ?? 7 * 24 * 3600 * 1000,
+    ),
+    sequencerCacheBytes: given(
+      input.sequencerCacheBytes,
+      "SWITCHBOARD_SEQUENCER_CACHE_BYTES",
+      vars.SWITCHBOARD_SEQUENCER_CACHE_BYTES,
+    ),
+    sequencerCacheConversations: given(
+      input.sequencerCacheConversations,
+      "SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS",
+      vars.SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS,
+    ),
+    logLevel: input.logLevel ?? vars.SWITCHBOARD_LOG_LEVEL,
+    limits,
+    edge: loadEdge(input.edge, env),
+    push: loadPush(input.push, env),
+    mesh: loadMesh(input.mesh, env),
+    tracing: loadTracing(env),
+    media: loadMediaConfig(env, dataDir),
+    privacyDefaults: loadPrivacyDefaults(input.privacyDefaults, env),
+    accountLimits: loadAccountLimits(input.accountLimits, env),
+    scylla: undefined,
+  };
+  if (config.shardCount < 1 || config.shardCount > 4096) fail("shardCount must be between 1 and 4096");
+  if (config.port > 65535) fail("port must be at most 65535");
+  checkMesh(config.mesh, config.shardCount, config.tokenKey);
+  if (config.tokenTtlSeconds < 30) fail("tokenTtlSeconds must be at least 30");
+  const opensStore = config.mesh.roles.includes("accounts") || config.mesh.roles.includes("sequencer");
+  if (config.mesh.store === "scylla" && opensStore) config.scylla = loadScyllaConfig(env);
+  return config;
+}

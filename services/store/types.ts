@@ -155,7 +155,10 @@ export interface ConversationStore {
    * writes what it is given. Durable like every write, but never blocks entry commits.
    */
   saveCursors(devices: readonly DeviceCursor[], members: readonly MemberCursor[]): Promise<void>;
-  /** Deletes idempotency records older than the given time; returns how many were removed. */
+  /**
+   * Deletes idempotency records written before olderThanMs (milliseconds since the Unix epoch);
+   * returns how many were removed.
+   */
   expireIdempotency(olderThanMs: number): Promise<number>;
   /**
    * Records where linked devices start reading conversations (writes what it is given; a
@@ -277,7 +280,10 @@ export interface AccountStore {
   getDevice(deviceId: string): Promise<DeviceRecord | undefined>;
   /** All devices of a user, revoked ones included, oldest first. */
   listDevices(userId: string): Promise<DeviceRecord[]>;
-  /** Marks a device revoked; returns the updated record, undefined if unknown. Idempotent. */
+  /**
+   * Marks a device revoked at atMs (milliseconds since the Unix epoch); returns the updated
+   * record, undefined if unknown. Idempotent.
+   */
   revokeDevice(deviceId: string, atMs: number): Promise<DeviceRecord | undefined>;
   /**
    * Sets or clears a device's push registration. With ifCurrentId, only a registration with that
@@ -315,12 +321,16 @@ export interface AccountStore {
    * were more.
    */
   listInvites(limit: number): Promise<{ invites: InviteRecord[]; truncated: boolean }>;
-  /** Marks an invite revoked; returns the updated record, undefined if unknown. Idempotent. */
+  /**
+   * Marks an invite revoked at atMs (milliseconds since the Unix epoch); returns the updated
+   * record, undefined if unknown. Idempotent.
+   */
   revokeInvite(id: string, atMs: number): Promise<InviteRecord | undefined>;
   /**
    * Takes one use of an invite, atomically: of concurrent takes, no more succeed than the uses
    * it had left. Refused (nothing written) when the invite is unknown or tokenHash is not its
-   * hash ("unknown"), revoked, expired at nowMs, or has no use left.
+   * hash ("unknown"), revoked, expired at nowMs (milliseconds since the Unix epoch), or has no use
+   * left.
    */
   takeInviteUse(id: string, tokenHash: string, nowMs: number): Promise<InviteTake>;
   /**

@@ -3,7 +3,7 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { loadConfig, readSettingsFile } from "./config.js";
+import { ConfigurationError, loadConfig, readSettingsFile } from "./config.js";
 
 const KEY = Buffer.alloc(32, 7).toString("base64url");
 /** What every process of a split deployment shares. */
@@ -172,6 +172,49 @@ describe("registration mode", () => {
     assert.throws(
       () => loadConfig({}, { SWITCHBOARD_REGISTRATION: "closed" }),
       /SWITCHBOARD_REGISTRATION must be one of open, invite, got "closed"/,
+    );
+  });
+});
+
+describe("configuration errors", () => {
+  it("are ConfigurationErrors, start-up failures with no wire code, whichever section refuses", () => {
+    const bad: Array<Record<string, string>> = [
+      { SWITCHBOARD_PORT: "x" },
+      { SWITCHBOARD_MEDIA_MAX_BYTES: "0" },
+      { SWITCHBOARD_STORE: "scylla" },
+      { SWITCHBOARD_PRIVACY_GROUP_ADD_DEFAULT: "friends" },
+    ];
+    for (const env of bad) {
+      assert.throws(
+        () => loadConfig({}, env),
+        (err: unknown) => err instanceof ConfigurationError && !("code" in err),
+        JSON.stringify(env),
+      );
+    }
+  });
+
+  it("reads SCYLLA_* only for a process that opens the store on ScyllaDB", () => {
+    const scylla = { SWITCHBOARD_STORE: "scylla", SCYLLA_CONTACT_POINTS: "db-1,db-2:9043" };
+    assert.deepEqual(loadConfig({}, scylla).scylla, {
+      contactPoints: ["db-1", "db-2:9043"],
+      localDataCenter: "datacenter1",
+      keyspace: "switchboard",
+    });
+    assert.equal(loadConfig({}, {}).scylla, undefined);
+    const gateway = {
+      SWITCHBOARD_STORE: "scylla",
+      SWITCHBOARD_ROLES: "presence",
+      SWITCHBOARD_TOKEN_KEY: KEY,
+      SWITCHBOARD_NATS_URL: "nats://127.0.0.1:4222",
+    };
+    assert.equal(loadConfig({}, gateway).scylla, undefined);
+  });
+
+  it("leaves a variable unread when loadConfig's input sets its value", () => {
+    assert.equal(loadConfig({ port: 0 }, { SWITCHBOARD_PORT: "not a port" }).port, 0);
+    assert.throws(
+      () => loadConfig({}, { SWITCHBOARD_PORT: "not a port" }),
+      /port must be a non-negative integer/,
     );
   });
 });

@@ -1,5 +1,5 @@
-import { Code, ConnectError } from "@connectrpc/connect";
 import { errors, jwtVerify, SignJWT } from "jose";
+import { UnauthenticatedError } from "./errors.js";
 
 const ISSUER = "switchboard";
 const AUDIENCE = "switchboard-device";
@@ -44,13 +44,11 @@ export class Tokens {
     return { token, expiresAtMs: expiresAt * 1000 };
   }
 
-  /** Verifies an `authorization` header value; throws Unauthenticated with the reason. */
+  /** Verifies an `authorization` header value; throws UnauthenticatedError with the reason. */
   async verifyHeader(header: string | null): Promise<Principal> {
-    if (header === null || header === "")
-      throw new ConnectError("missing authorization header", Code.Unauthenticated);
+    if (header === null || header === "") throw new UnauthenticatedError("missing authorization header");
     const match = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(header);
-    if (match === null)
-      throw new ConnectError("authorization header must be 'Bearer <token>'", Code.Unauthenticated);
+    if (match === null) throw new UnauthenticatedError("authorization header must be 'Bearer <token>'");
     try {
       const { payload } = await jwtVerify(match[1]!, this.key, {
         issuer: ISSUER,
@@ -62,14 +60,14 @@ export class Tokens {
         typeof payload.did !== "string" ||
         typeof payload.exp !== "number"
       ) {
-        throw new ConnectError("access token is missing its claims", Code.Unauthenticated);
+        throw new UnauthenticatedError("access token is missing its claims");
       }
       return { userId: payload.sub, deviceId: payload.did, expiresAtMs: payload.exp * 1000 };
     } catch (err) {
-      if (err instanceof ConnectError) throw err;
-      if (err instanceof errors.JWTExpired)
-        throw new ConnectError("access token expired", Code.Unauthenticated);
-      throw new ConnectError("access token is invalid", Code.Unauthenticated);
+      if (err instanceof UnauthenticatedError) throw err;
+      if (err instanceof errors.JWTExpired) throw new UnauthenticatedError("access token expired");
+      // The verifier's own words (which check failed) stay out of the answer.
+      throw new UnauthenticatedError("access token is invalid");
     }
   }
 }

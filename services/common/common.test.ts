@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
+import { wireCodeOf } from "./boundary.js";
 import { loadConfig } from "./config.js";
 import { directConversationId, newId } from "./ids.js";
 import { shardOf } from "./shard.js";
@@ -27,7 +28,7 @@ describe("ids", () => {
 
 describe("validation", () => {
   const invalid = (fn: () => unknown) =>
-    assert.throws(fn, (e: unknown) => e instanceof ConnectError && e.code === Code.InvalidArgument);
+    assert.throws(fn, (e: unknown) => wireCodeOf(e) === Code.InvalidArgument);
   it("accepts good values and refuses bad ones with INVALID_ARGUMENT", () => {
     assert.equal(requireClientMsgId("abc-_09"), "abc-_09");
     invalid(() => requireClientMsgId(""));

@@ -1,5 +1,6 @@
 import { createHmac, timingSafeEqual } from "node:crypto";
-import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
+import type { Interceptor } from "@connectrpc/connect";
+import { UnauthenticatedError } from "./errors.js";
 
 /** The header that carries the deployment's internal credential between services. */
 export const INTERNAL_HEADER = "x-switchboard-internal";
@@ -25,9 +26,9 @@ export function requireInternalCredential(credential: string): Interceptor {
     if (req.service.typeName.startsWith(INTERNAL_PACKAGE)) {
       const given = Buffer.from(req.header.get(INTERNAL_HEADER) ?? "");
       if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-        throw new ConnectError(
+        // Thrown inside the error boundary (services/server/index.ts), which makes it UNAUTHENTICATED.
+        throw new UnauthenticatedError(
           `${req.service.typeName} is internal: the caller lacks this deployment's internal credential`,
-          Code.Unauthenticated,
         );
       }
     }

@@ -38,7 +38,9 @@ interface Members {
 
 /** Where fanout hands wake-ups for devices without a live stream. */
 export interface PushHandoff {
+  /** The accounts directory: which devices each member has, to find those without a stream. */
   directory: Client<typeof DirectoryService>;
+  /** The notification service, which sends the (content-free) wake-ups. */
   notification: Client<typeof NotificationService>;
 }
 

@@ -7,6 +7,7 @@ import {
   MessageBodySchema,
   OutgoingEntrySchema,
 } from "../../gen/switchboard/v1/entry_pb.js";
+import { wireCodeOf } from "../common/boundary.js";
 import { createLogger } from "../common/log.js";
 import { SendBatcher } from "./batchers.js";
 
@@ -24,8 +25,8 @@ describe("SendBatcher", () => {
     );
     const entry = create(OutgoingEntrySchema, { clientMsgId: "m1", conversationId: "c_x" });
     await assert.rejects(batcher.append("u_a", "dv_a", entry), (err: unknown) => {
-      assert.ok(err instanceof ConnectError);
-      assert.equal(err.code, Code.Unavailable);
+      assert.equal(wireCodeOf(err), Code.Unavailable);
+      assert.match((err as Error).message, /^sequencer unavailable: /);
       return true;
     });
   });

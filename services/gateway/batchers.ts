@@ -8,8 +8,9 @@ import {
 } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import { type DeviceMismatch, DeviceMismatchSchema } from "../../gen/switchboard/v1/gateway_pb.js";
-import { DEVICE_ENTRY_WIRE_BYTES } from "../common/config.js";
 import { isTransportFailure } from "../common/boundary.js";
+import { DEVICE_ENTRY_WIRE_BYTES } from "../common/config.js";
+import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { context, extractContext, injectContext } from "../common/telemetry.js";
 import { bodyBytes, devicePayloadsOf } from "../sequencer/device-payloads.js";
@@ -17,6 +18,11 @@ import { checkedMembersOf } from "./device-set.js";
 
 /** The sequencer calls the batchers need; routed to the owning replica by the caller. */
 export interface SequencerCalls {
+  /**
+   * Appends a batch; one answer per item, in order: its seq and commit time (milliseconds since
+   * the Unix epoch), or its refusal (a gRPC code, a message, and for a group send whose members
+   * changed, the devices to drop).
+   */
   append(items: AppendItem[]): Promise<
     Array<{
       seq: bigint;
@@ -26,6 +32,7 @@ export interface SequencerCalls {
       mismatch?: DeviceMismatch | undefined;
     }>
   >;
+  /** Moves devices' delivered and read cursors (only ever forward). */
   updateCursors(updates: CursorUpdate[]): Promise<void>;
 }
 
@@ -58,7 +65,7 @@ function itemBytes(item: AppendItem): number {
 interface Waiting {
   item: AppendItem;
   resolve: (r: SendResult) => void;
-  reject: (e: ConnectError) => void;
+  reject: (e: ConnectError | UnavailableError) => void;
 }
 
 /**
@@ -119,6 +126,8 @@ export class SendBatcher {
       );
       batch.forEach((w, i) => {
         const r = results[i];
+        // The sequencer's answers, relayed as the ConnectErrors they are (this is its client): a
+        // broken answer stays INTERNAL, and a refusal keeps its code and its DeviceMismatch.
         if (r === undefined) w.reject(new ConnectError("sequencer returned too few results", Code.Internal));
         else if (r.errorCode !== 0) {
           // A group whose members changed since the check: the devices to drop ride along.
@@ -132,7 +141,7 @@ export class SendBatcher {
       // The send may or may not have committed; the client retries with the same id. A sequencer
       // killed mid-call shows up as ABORTED or CANCELED (see isTransportFailure), which the
       // client would take as a final refusal and drop an acceptable send.
-      const unavailable = new ConnectError(`sequencer unavailable: ${e.rawMessage}`, Code.Unavailable);
+      const unavailable = new UnavailableError(`sequencer unavailable: ${e.rawMessage}`);
       const retry = e.code === Code.Unavailable || e.code === Code.DeadlineExceeded || isTransportFailure(e);
       for (const w of batch) w.reject(retry ? unavailable : e);
     }
@@ -158,6 +167,7 @@ export class CursorBatcher {
     this.timer.unref();
   }
 
+  /** Notes a device's cursors in a conversation (0n for one it does not move); the highest wins. */
   add(userId: string, deviceId: string, conversationId: string, delivered: bigint, read: bigint): void {
     const key = `${deviceId}\n${conversationId}`;
     const current = this.pending.get(key);
@@ -195,6 +205,7 @@ export class CursorBatcher {
     return this.flushing;
   }
 
+  /** Stops the timer and flushes what is pending. */
   async close(): Promise<void> {
     clearInterval(this.timer);
     await this.flush();

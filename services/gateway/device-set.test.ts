@@ -13,6 +13,7 @@ import {
   OutgoingEntrySchema,
   ReactionBodySchema,
 } from "../../gen/switchboard/v1/entry_pb.js";
+import { wireCodeOf } from "../common/boundary.js";
 import {
   compareDevices,
   DeviceSets,
@@ -21,6 +22,7 @@ import {
   mismatchOf,
   withoutKeyHolders,
 } from "./device-set.js";
+import { inBand } from "./session/frames.js";
 
 const ALICE = "u_a";
 const BOB = "u_b";
@@ -277,8 +279,9 @@ describe("DeviceSets with groups", () => {
     return { state, sets };
   }
   const alice = { userId: ALICE, deviceId: A1 };
+  // A domain error or a ConnectError, as the device would read it.
   const refusal = (code: Code, pattern: RegExp) => (e: unknown) =>
-    e instanceof ConnectError && e.code === code && pattern.test(e.rawMessage);
+    wireCodeOf(e) === code && e instanceof Error && pattern.test(inBand(e).rawMessage);
 
   it("accepts the exact set, passes the key holders' empty ciphertexts to nobody, and leaves payload-only sends alone", async () => {
     const { sets } = fixture();

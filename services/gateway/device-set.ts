@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import { type Client, ConnectError } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import {
   type CheckedMember,
@@ -13,6 +13,7 @@ import {
   type MismatchedDevice,
   MismatchedDeviceSchema,
 } from "../../gen/switchboard/v1/gateway_pb.js";
+import { PermissionError, UnavailableError } from "../common/errors.js";
 import {
   checkDevicePayloads,
   conversationKind,
@@ -30,7 +31,9 @@ export type UserDevices = ReadonlyMap<string, number>;
 
 /** The sending device. */
 export interface Sender {
+  /** The sender's user ("u_..."). */
   userId: string;
+  /** The sending device ("dv_..."), which is never sent a ciphertext of its own send. */
   deviceId: string;
 }
 
@@ -350,7 +353,7 @@ export class DeviceSets {
       trim(this.pairs, this.maxConversations);
     }
     if (pair[0] !== sender.userId && pair[1] !== sender.userId)
-      throw new ConnectError("not a member of this conversation", Code.PermissionDenied);
+      throw new PermissionError("not a member of this conversation");
     return pair;
   }
 
@@ -426,8 +429,9 @@ export class DeviceSets {
       }
       trim(this.users, this.maxUsers);
     } catch (err) {
+      // The directory's answer (this is its client), named in the refusal.
       const e = ConnectError.from(err);
-      const failed = new ConnectError(`could not read the devices' keys: ${e.rawMessage}`, Code.Unavailable);
+      const failed = new UnavailableError(`could not read the devices' keys: ${e.rawMessage}`);
       for (const userId of userIds) for (const w of queue.get(userId) ?? []) w.reject(failed);
     }
   }

@@ -1,4 +1,4 @@
-import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { BusEvent, DeliveryBatch } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
@@ -7,6 +7,7 @@ import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
 import type { Principal, Tokens } from "../common/auth.js";
 import type { Limits } from "../common/config.js";
+import { SupersededError, UnauthenticatedError, UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
@@ -30,13 +31,21 @@ const DEVICE_MAPS_MAX = 200_000;
 export interface GatewayDeps {
   /** This gateway instance's id (routes point at it). */
   id: string;
+  /** The sequencer (routed to the owning replica): appends, cursors, sync state, history. */
   sequencer: Client<typeof SequencerService>;
+  /** The accounts directory: device status, device registrations, users and their privacy. */
   directory: Client<typeof DirectoryService>;
+  /** The presence service: routes of streams to gateways, and users' presence. */
   presence: Client<typeof PresenceService>;
+  /** Where fanout delivers entries, receipts and typing to this gateway's streams. */
   delivery: DeliveryChannel;
+  /** Broadcasts every gateway hears: presence changes, low prekeys, revoked devices. */
   bus: EventBus;
+  /** Verifies devices' access tokens. */
   tokens: Tokens;
+  /** The limits every stream and call enforces. */
   limits: Limits;
+  /** The gateway's logger. */
   log: Logger;
   /** Per-device send limits: this gateway's memory, or shared by every gateway (Redis). */
   rateLimiter?: RateLimiter;
@@ -48,6 +57,7 @@ export interface GatewayDeps {
   cursorFlushMs?: number;
   /** How long a user's device list is trusted to accept a pairwise send, in milliseconds. */
   deviceSetTtlMs?: number;
+  /** The clock, in milliseconds since the Unix epoch (Date.now unless a test sets it). */
   now?: () => number;
 }
 
@@ -56,6 +66,7 @@ export interface GatewayDeps {
  * cursor batchers, per-device rate limits, route registration, presence subscriptions).
  */
 export class GatewayCore implements SessionHost<Session> {
+  // The members SessionHost names are described in types.ts.
   readonly id: string;
   readonly sequencer: Client<typeof SequencerService>;
   readonly presence: Client<typeof PresenceService>;
@@ -182,7 +193,7 @@ export class GatewayCore implements SessionHost<Session> {
       this.deviceStatus.set(principal.deviceId, { active, checkedAt: this.now() });
       GatewayCore.trim(this.deviceStatus, DEVICE_MAPS_MAX);
     }
-    if (!active) throw new ConnectError("device has been revoked", Code.Unauthenticated);
+    if (!active) throw new UnauthenticatedError("device has been revoked");
     return principal;
   }
 
@@ -199,7 +210,7 @@ export class GatewayCore implements SessionHost<Session> {
 
   /** Opens a stream for a device, replacing its oldest stream beyond the per-device limit. */
   open(principal: Principal): Session {
-    if (this.draining) throw new ConnectError("gateway is shutting down; reconnect", Code.Unavailable);
+    if (this.draining) throw new UnavailableError("gateway is shutting down; reconnect");
     const session = new Session(principal, this);
     const list = this.byDevice.get(principal.deviceId) ?? [];
     list.push(session);
@@ -208,9 +219,8 @@ export class GatewayCore implements SessionHost<Session> {
       const oldest = list[0]!;
       this.metrics.replacedStreams++;
       oldest.close(
-        new ConnectError(
+        new SupersededError(
           `replaced by a newer stream of this device (at most ${this.limits.maxConnectionsPerDevice} per device)`,
-          Code.Aborted,
         ),
       );
     }
@@ -250,6 +260,7 @@ export class GatewayCore implements SessionHost<Session> {
     );
   }
 
+  /** Sends the stream every presence change of the user. */
   subscribePresence(session: Session, userId: string): void {
     session.subscriptions.add(userId);
     let set = this.watchers.get(userId);
@@ -260,6 +271,7 @@ export class GatewayCore implements SessionHost<Session> {
     set.add(session);
   }
 
+  /** Stops sending the stream the user's presence changes. */
   unsubscribePresence(session: Session, userId: string): void {
     session.subscriptions.delete(userId);
     const set = this.watchers.get(userId);
@@ -288,7 +300,7 @@ export class GatewayCore implements SessionHost<Session> {
     let closed = 0;
     for (const list of [...this.byDevice.values()]) {
       for (const s of [...list]) {
-        s.close(new ConnectError("gateway is shutting down; reconnect", Code.Unavailable));
+        s.close(new UnavailableError("gateway is shutting down; reconnect"));
         closed++;
       }
     }
@@ -372,7 +384,7 @@ export class GatewayCore implements SessionHost<Session> {
         this.deviceStatus.set(event.value.deviceId, { active: false, checkedAt: this.now() });
         this.devices.deviceRevoked(event.value.userId);
         for (const s of [...(this.byDevice.get(event.value.deviceId) ?? [])]) {
-          s.close(new ConnectError("device has been revoked", Code.Unauthenticated));
+          s.close(new UnauthenticatedError("device has been revoked"));
         }
       }
     }

@@ -15,7 +15,7 @@ import { GatewayService } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Principal } from "../common/auth.js";
-import { RETRY_AFTER_HEADER } from "../common/boundary.js";
+import { InvalidInputError, LimitError, NotFoundError, UnauthenticatedError } from "../common/errors.js";
 import { directConversationId } from "../common/ids.js";
 import { requireClientMsgId, requireId, requireIds, requireText } from "../common/validate.js";
 import { Consent } from "./consent.js";
@@ -69,7 +69,7 @@ export function authInterceptor(core: GatewayCore): Interceptor {
 
 function principal(ctx: HandlerContext): Principal {
   const p = ctx.values.get(principalKey);
-  if (p === undefined) throw new ConnectError("not authenticated", Code.Unauthenticated);
+  if (p === undefined) throw new UnauthenticatedError("not authenticated");
   return p;
 }
 
@@ -78,7 +78,7 @@ async function requireUsers(directory: Client<typeof DirectoryService>, userIds:
   if (userIds.length === 0) return;
   const { existingUserIds } = await directory.checkUsers({ userIds });
   const missing = userIds.filter((id) => !existingUserIds.includes(id));
-  if (missing.length > 0) throw new ConnectError(`unknown users: ${missing.join(", ")}`, Code.NotFound);
+  if (missing.length > 0) throw new NotFoundError(`unknown users: ${missing.join(", ")}`);
 }
 
 /** The device stream and the unary send. */
@@ -94,16 +94,15 @@ export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewaySer
     async send(req, ctx) {
       const p = principal(ctx);
       const entry = req.entry;
-      if (entry === undefined) throw new ConnectError("entry: required", Code.InvalidArgument);
+      if (entry === undefined) throw new InvalidInputError("entry: required");
       requireClientMsgId(entry.clientMsgId);
       requireId("conversation_id", entry.conversationId, "conversation");
       core.checkEntrySize(entry);
       const wait = await core.takeSendToken(p.deviceId);
       if (wait > 0) {
-        throw new ConnectError(
+        throw new LimitError(
           `send rate limit: at most ${core.limits.sendsPerSecond} per second per device; retry in ${wait} ms`,
-          Code.ResourceExhausted,
-          { [RETRY_AFTER_HEADER]: String(wait) },
+          { retryAfterMs: wait },
         );
       }
       // A mismatched device set is refused with the lists as a DeviceMismatch error detail.
@@ -146,6 +145,7 @@ export function conversationService(
       });
       return conversation;
     } catch (err) {
+      // The sequencer's answer to this client's call.
       const code = ConnectError.from(err).code;
       if (code === Code.NotFound || code === Code.PermissionDenied) return undefined;
       throw err;
@@ -180,10 +180,7 @@ export function conversationService(
       const p = principal(ctx);
       requireId("peer_user_id", req.peerUserId, "u");
       if (req.peerUserId === p.userId) {
-        throw new ConnectError(
-          "peer_user_id: cannot open a conversation with yourself",
-          Code.InvalidArgument,
-        );
+        throw new InvalidInputError("peer_user_id: cannot open a conversation with yourself");
       }
       await requireUsers(directory, [req.peerUserId]);
       if ((await consent.refusing(p.userId, [req.peerUserId], "direct_open")).length > 0) {
@@ -206,7 +203,7 @@ export function conversationService(
         (id) => id !== p.userId,
       );
       if (members.length + 1 > maxGroupSize) {
-        throw new ConnectError(`a group has at most ${maxGroupSize} members`, Code.InvalidArgument);
+        throw new InvalidInputError(`a group has at most ${maxGroupSize} members`);
       }
       await requireUsers(directory, members);
       await consent.require(p.userId, members, "group_add");
@@ -226,10 +223,7 @@ export function conversationService(
     },
     setRole(req, ctx) {
       if (req.role !== MemberRole.ADMIN && req.role !== MemberRole.MEMBER) {
-        throw new ConnectError(
-          "role: MEMBER_ROLE_ADMIN or MEMBER_ROLE_MEMBER required",
-          Code.InvalidArgument,
-        );
+        throw new InvalidInputError("role: MEMBER_ROLE_ADMIN or MEMBER_ROLE_MEMBER required");
       }
       const action = req.role === MemberRole.ADMIN ? MembershipAction.PROMOTED : MembershipAction.DEMOTED;
       return change(ctx, req.conversationId, action, req.userIds);
@@ -259,7 +253,7 @@ export function conversationService(
     async getHistory(req, ctx) {
       const p = principal(ctx);
       requireId("conversation_id", req.conversationId, "conversation");
-      if (req.limit > 1000) throw new ConnectError("limit: at most 1000", Code.InvalidArgument);
+      if (req.limit > 1000) throw new InvalidInputError("limit: at most 1000");
       // A page is bounded in bytes too, so no response nears a client's 4 MiB receive limit:
       // it may hold fewer than `limit` entries, with has_more set.
       const maxBytes = core.limits.maxPageBytes;
@@ -281,8 +275,7 @@ export function conversationService(
     async setMute(req, ctx) {
       const p = principal(ctx);
       requireId("conversation_id", req.conversationId, "conversation");
-      if (req.mutedUntilMs < 0n)
-        throw new ConnectError("muted_until_ms: must not be negative", Code.InvalidArgument);
+      if (req.mutedUntilMs < 0n) throw new InvalidInputError("muted_until_ms: must not be negative");
       await seq.setMute({
         userId: p.userId,
         conversationId: req.conversationId,

@@ -1,5 +1,4 @@
 import { create } from "@bufbuild/protobuf";
-import type { ConnectError } from "@connectrpc/connect";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { type ConnectResponse, ConnectResponseSchema } from "../../gen/switchboard/v1/gateway_pb.js";
 import { encodedSizeBound } from "../common/wire-size.js";
@@ -44,7 +43,8 @@ export class Outbound {
   private wakeReader: (() => void) | undefined;
   private spaceWaiters: Array<() => void> = [];
   private ended = false;
-  private error: ConnectError | undefined;
+  /** What the stream ends with (a domain error or a ConnectError; the boundary makes it a code). */
+  private error: Error | undefined;
   /** When the reader last took a frame (or the queue was made), in performance.now() ms. */
   private lastReadAt = performance.now();
 
@@ -160,7 +160,7 @@ export class Outbound {
   }
 
   /** Ends the stream: frames already queued are written first, then the error (if any) is sent. */
-  end(error?: ConnectError): void {
+  end(error?: Error): void {
     if (this.ended) return;
     this.ended = true;
     this.error = error;
@@ -169,7 +169,7 @@ export class Outbound {
   }
 
   /** Ends at once, dropping queued frames. */
-  abort(error: ConnectError): void {
+  abort(error: Error): void {
     this.items.length = 0;
     this.sizes.length = 0;
     this.queuedBytes = 0;

@@ -1,7 +1,7 @@
 import { toBinary } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
 import { type OutgoingEntry, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { DEVICE_ENTRY_WIRE_BYTES, type Limits } from "../common/config.js";
+import { InvalidInputError } from "../common/errors.js";
 import { stripUnknownFields } from "../common/wire-size.js";
 import { bodyBytes, devicePayloadsOf } from "../sequencer/device-payloads.js";
 
@@ -37,9 +37,8 @@ export function requireEntrySize(entry: OutgoingEntry, limits: Limits): void {
   const bytes = toBinary(OutgoingEntrySchema, entry).length;
   const max = maxEntryBytes(limits, devicePayloadsOf(entry.body).length);
   if (bytes > max) {
-    throw new ConnectError(
+    throw new InvalidInputError(
       `entry: ${bytes} bytes encoded; the limit is ${max} (the ${limits.maxPayloadBytes}-byte payload limit plus ids and framing)`,
-      Code.InvalidArgument,
     );
   }
 }

@@ -1,0 +1,254 @@
+import { Code } from "@connectrpc/connect";
+import type { Entry } from "../../../gen/switchboard/v1/entry_pb.js";
+import { InvalidInputError, UnavailableError } from "../../common/errors.js";
+import { requireId } from "../../common/validate.js";
+import { entryForDevice } from "../device-set.js";
+import type { StreamContext } from "./context.js";
+import { boundPage, chunks, frame, inBand, removesUser } from "./frames.js";
+
+/** Entries read from the log per catch-up page. */
+const HISTORY_PAGE = 256;
+
+/** What the stream has pushed of one conversation. */
+interface ConversationProgress {
+  /** Every entry up to this seq has been queued to the device. */
+  pushed: bigint;
+  /** Entries up to this seq are known to exist and must be pushed. */
+  target: bigint;
+  /** The running catch-up from the log, if any. */
+  running: Promise<number> | undefined;
+}
+
+/**
+ * What one stream owes its device from the conversation logs, in seq order per conversation: a
+ * live entry that follows what was pushed goes straight out; anything else (a gap, a full queue,
+ * a conversation the stream has not seen yet) is fetched from the log instead, one page at a
+ * time, so a slow device costs a bounded queue and a cursor, never unbounded memory. It also
+ * answers the device's sync requests, whose pages are reads of the same logs.
+ */
+export class Backlog {
+  private readonly progress = new Map<string, ConversationProgress>();
+  // Live entries that arrived before the sync state was read: their conversations catch up after.
+  private readonly early = new Map<string, bigint>();
+  private syncLoaded = false;
+  /** Reads of the log (catch-up pages and sync pages) run one at a time, each behind the last. */
+  private logReads: Promise<void> = Promise.resolve();
+  /** Sync requests being answered or waiting to be. */
+  private syncsPending = 0;
+
+  constructor(private readonly stream: StreamContext) {}
+
+  /**
+   * Resumes from the device's cursors: reads where each of its conversations stands, then pushes
+   * everything past the cursors. Resolves to the entries pushed, or undefined if the stream ended
+   * meanwhile. Rejects when the sync state cannot be read.
+   */
+  async resume(): Promise<number | undefined> {
+    const { userId, deviceId } = this.stream;
+    const state = await this.stream.host.sequencer.getSyncState({ userId, deviceId });
+    for (const c of state.conversations) {
+      const floor = c.joinedSeq > 0n ? c.joinedSeq - 1n : 0n;
+      const pushed = c.deliveredUpTo > floor ? c.deliveredUpTo : floor;
+      this.progress.set(c.conversationId, { pushed, target: c.lastSeq, running: undefined });
+    }
+    this.syncLoaded = true;
+    for (const [id, seq] of this.early) {
+      const p = this.progress.get(id) ?? { pushed: 0n, target: 0n, running: undefined };
+      if (seq > p.target) p.target = seq;
+      this.progress.set(id, p);
+    }
+    this.early.clear();
+    let entries = 0;
+    for (const [id, p] of [...this.progress]) {
+      if (this.stream.isClosed) return undefined;
+      if (p.target > p.pushed || p.running !== undefined) {
+        this.catchUp(id, p);
+        entries += (await p.running) ?? 0;
+      }
+    }
+    return entries;
+  }
+
+  /** A committed entry from fanout. */
+  deliver(entry: Entry): void {
+    const id = entry.conversationId;
+    if (!this.syncLoaded) {
+      const seen = this.early.get(id) ?? 0n;
+      if (entry.seq > seen) this.early.set(id, entry.seq);
+      return;
+    }
+    let p = this.progress.get(id);
+    if (p === undefined) {
+      // A conversation this stream has not seen: the user joined it after the stream opened.
+      // The log (which starts at the user's join) is the only safe source for it.
+      p = { pushed: 0n, target: 0n, running: undefined };
+      this.progress.set(id, p);
+    }
+    if (entry.seq <= p.pushed) return;
+    if (
+      p.running === undefined &&
+      entry.seq === p.pushed + 1n &&
+      this.stream.outbound.offerEntries([entryForDevice(entry, this.stream.deviceId)])
+    ) {
+      p.pushed = entry.seq;
+      if (p.target < p.pushed) p.target = p.pushed;
+      if (removesUser(entry, this.stream.userId)) this.progress.delete(id);
+      return;
+    }
+    if (entry.seq > p.target) p.target = entry.seq;
+    this.catchUp(id, p);
+  }
+
+  /**
+   * Answers a sync request. Requests are answered one at a time, in order, each page read only
+   * once the queue has room for it; up to maxQueuedSyncRequests wait behind the one being
+   * answered, and one more is refused at once (RESOURCE_EXHAUSTED on its request id).
+   */
+  sync(requestId: number, conversationId: string, afterSeq: bigint, limit: number): void {
+    const { host, outbound } = this.stream;
+    const page = {
+      $typeName: "switchboard.v1.SyncPageFrame" as const,
+      requestId,
+      conversationId,
+      entries: [] as Entry[],
+      lastSeq: 0n,
+      hasMore: false,
+      errorCode: 0,
+      errorMessage: "",
+    };
+    const max = host.limits.maxQueuedSyncRequests;
+    if (this.syncsPending > max) {
+      host.refused("sync_requests_queued", "sync request refused: too many waiting on one stream", {
+        userId: this.stream.userId,
+        deviceId: this.stream.deviceId,
+        sessionId: this.stream.id,
+      });
+      page.errorCode = Code.ResourceExhausted;
+      page.errorMessage = `too many sync requests: one is answered at a time and at most ${max} wait behind it; send the next when a page arrives`;
+      this.stream.answer(frame({ case: "syncPage", value: page }));
+      return;
+    }
+    this.syncsPending++;
+    void this.exclusive(async () => {
+      try {
+        requireId("conversation_id", conversationId, "conversation");
+        if (limit > 1000) throw new InvalidInputError("limit: at most 1000");
+        await outbound.space(host.limits.maxPageBytes);
+        if (this.stream.isClosed) return;
+        const history = await this.readPage(conversationId, afterSeq, limit);
+        page.entries = history.entries.map((e) => entryForDevice(e, this.stream.deviceId));
+        page.lastSeq = history.lastSeq;
+        page.hasMore = history.hasMore;
+      } catch (err) {
+        const e = inBand(err);
+        page.errorCode = e.code;
+        page.errorMessage = e.rawMessage;
+      }
+      await outbound.put(frame({ case: "syncPage", value: page }));
+    }).finally(() => {
+      this.syncsPending--;
+    });
+  }
+
+  /** Runs a read of the log after every earlier one has finished (one at a time per stream). */
+  private exclusive<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.logReads.then(fn);
+    this.logReads = run.then(
+      () => {},
+      () => {},
+    );
+    return run;
+  }
+
+  private catchUp(conversationId: string, p: ConversationProgress): void {
+    if (p.running !== undefined) return;
+    p.running = this.fetchFromLog(conversationId, p).finally(() => {
+      p.running = undefined;
+    });
+  }
+
+  /**
+   * Pushes entries from the log until the conversation's target is reached. Each page is read
+   * only once the queue has room for it, and reads of the log run one at a time per stream, so
+   * a device that does not read holds its queue and nothing more.
+   */
+  private async fetchFromLog(conversationId: string, p: ConversationProgress): Promise<number> {
+    let pushed = 0;
+    let failures = 0;
+    while (!this.stream.isClosed && p.pushed < p.target) {
+      let step: { pushed: number; done: boolean };
+      try {
+        step = await this.exclusive(() => this.pushPage(conversationId, p));
+      } catch (err) {
+        // The sequencer's answer (a call's ConnectError) or a domain error of this process.
+        const e = inBand(err);
+        if (e.code === Code.PermissionDenied || e.code === Code.NotFound) {
+          // No longer (or never) a member: nothing of this conversation is for this device.
+          this.progress.delete(conversationId);
+          return pushed;
+        }
+        if (++failures > 5) {
+          this.stream.close(new UnavailableError("could not read the log; reconnect"));
+          return pushed;
+        }
+        await new Promise((r) => setTimeout(r, 100 * 2 ** failures));
+        continue;
+      }
+      failures = 0;
+      pushed += step.pushed;
+      if (step.done) break;
+    }
+    return pushed;
+  }
+
+  /**
+   * Reads one page of a conversation's log once the queue has room for it and queues it as
+   * message frames; runs inside exclusive(), so the stream holds at most one page beyond its
+   * queue.
+   */
+  private async pushPage(
+    conversationId: string,
+    p: ConversationProgress,
+  ): Promise<{ pushed: number; done: boolean }> {
+    const { outbound } = this.stream;
+    const { maxPageBytes } = this.stream.host.limits;
+    await outbound.space(maxPageBytes);
+    if (this.stream.isClosed) return { pushed: 0, done: true };
+    const page = await this.readPage(conversationId, p.pushed, HISTORY_PAGE);
+    if (page.entries.length === 0) {
+      p.target = p.pushed;
+      return { pushed: 0, done: true };
+    }
+    let pushed = 0;
+    const own = page.entries.map((e) => entryForDevice(e, this.stream.deviceId));
+    for (const chunk of chunks(own, maxPageBytes)) {
+      const queued = await outbound.put(
+        frame({ case: "message", value: { $typeName: "switchboard.v1.MessageFrame", entries: chunk } }),
+      );
+      if (!queued || this.stream.isClosed) return { pushed, done: true };
+      p.pushed = chunk[chunk.length - 1]!.seq;
+      pushed += chunk.length;
+      if (chunk.some((e) => removesUser(e, this.stream.userId))) {
+        this.progress.delete(conversationId);
+        return { pushed, done: true };
+      }
+    }
+    if (page.lastSeq > p.target) p.target = page.lastSeq;
+    return { pushed, done: false };
+  }
+
+  /** A page of the log for this user, at most maxPageBytes of entries. */
+  private async readPage(conversationId: string, afterSeq: bigint, limit: number) {
+    const maxBytes = this.stream.host.limits.maxPageBytes;
+    const page = await this.stream.host.sequencer.getHistory({
+      userId: this.stream.userId,
+      deviceId: this.stream.deviceId,
+      conversationId,
+      afterSeq,
+      limit,
+      maxBytes,
+    });
+    const bounded = boundPage(page.entries, maxBytes);
+    return { entries: bounded.entries, lastSeq: page.lastSeq, hasMore: page.hasMore || bounded.cut };
+  }
+}

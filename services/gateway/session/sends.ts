@@ -1,0 +1,187 @@
+import { Code } from "@connectrpc/connect";
+import type { OutgoingEntry } from "../../../gen/switchboard/v1/entry_pb.js";
+import type { Principal } from "../../common/auth.js";
+import { DomainError, LimitError } from "../../common/errors.js";
+import { endSpan, injectContext, ROOT_CONTEXT, SpanKind, startSpan } from "../../common/telemetry.js";
+import { requireClientMsgId, requireId } from "../../common/validate.js";
+import { mismatchOf } from "../device-set.js";
+import type { StreamContext } from "./context.js";
+import { frame, inBand } from "./frames.js";
+
+/**
+ * The sends of one stream, from frame to ack: validation, the in-flight bound, the per-device
+ * rate limit, the device-set check of pairwise ciphertexts, and the append. Sends reach the
+ * sequencer in the order the device sent them, whatever each waits for; each is answered with
+ * a send_ack or a send_error on its client_msg_id, never by ending the stream.
+ */
+export class Sends {
+  private inFlight = 0;
+  /** Sends waiting for an asynchronous rate-limit answer, in frame order. */
+  private rateChain: Promise<void> = Promise.resolve();
+  /** Sends waiting for (or queued behind) a device-set check, in frame order. */
+  private checkChain: Promise<void> = Promise.resolve();
+  private checksPending = 0;
+  private idle: (() => void) | undefined;
+
+  constructor(
+    private readonly stream: StreamContext,
+    private readonly principal: Principal,
+  ) {}
+
+  /** Resolves once no send is in flight (or the stream ended), so a half-close answers every send. */
+  async settled(): Promise<void> {
+    while (this.inFlight > 0 && !this.stream.isClosed) await new Promise<void>((r) => (this.idle = r));
+  }
+
+  /** A send frame. */
+  receive(entry: OutgoingEntry): void {
+    const { host } = this.stream;
+    const { limits } = host;
+    try {
+      requireClientMsgId(entry.clientMsgId);
+      requireId("conversation_id", entry.conversationId, "conversation");
+      host.checkEntrySize(entry);
+    } catch (err) {
+      this.refuse(entry, err);
+      return;
+    }
+    if (this.inFlight >= limits.maxSendsInFlight) {
+      host.metrics.rejectedInFlight++;
+      this.refuse(
+        entry,
+        new LimitError(`too many sends in flight: at most ${limits.maxSendsInFlight} per stream`, {
+          retryAfterMs: 50,
+        }),
+      );
+      return;
+    }
+    // Counted from here, so the in-flight bound also covers sends waiting for the rate limiter.
+    this.inFlight++;
+    const receivedAt = performance.now();
+    const wait = host.takeSendToken(this.stream.deviceId);
+    if (typeof wait === "number") {
+      this.afterRateLimit(entry, wait, receivedAt);
+      return;
+    }
+    // A shared (Redis) limiter answers asynchronously; chaining keeps this stream's sends in the
+    // order the device sent them, so they are sequenced in that order.
+    this.rateChain = this.rateChain.then(async () => {
+      let w: number;
+      try {
+        w = await wait;
+      } catch {
+        w = 0; // The limiter fails open; a broken limiter must not stop messaging.
+      }
+      this.afterRateLimit(entry, w, receivedAt);
+    });
+  }
+
+  /**
+   * Answers a send with its refusal, in band: the stream goes on. The retry hint is the domain
+   * error's own; without one, half a second for UNAVAILABLE (the send may be retried as it is)
+   * and none otherwise.
+   */
+  private refuse(entry: OutgoingEntry, err: unknown): void {
+    const error = inBand(err);
+    const hinted = err instanceof DomainError ? err.retryAfterMs : undefined;
+    const retryAfterMs = hinted ?? (error.code === Code.Unavailable ? 500 : 0);
+    this.stream.answer(
+      frame({
+        case: "sendError",
+        value: {
+          $typeName: "switchboard.v1.SendErrorFrame",
+          clientMsgId: entry.clientMsgId,
+          conversationId: entry.conversationId,
+          code: error.code,
+          message: error.rawMessage,
+          retryAfterMs,
+          mismatch: mismatchOf(error),
+        },
+      }),
+    );
+  }
+
+  private afterRateLimit(entry: OutgoingEntry, wait: number, receivedAt: number): void {
+    const { host } = this.stream;
+    const { limits } = host;
+    if (wait > 0) {
+      host.metrics.rejectedRate++;
+      this.refuse(
+        entry,
+        new LimitError(
+          `send rate limit: at most ${limits.sendsPerSecond} per second per device (burst ${limits.sendBurst})`,
+          { retryAfterMs: wait },
+        ),
+      );
+      this.done();
+      return;
+    }
+    const check = host.devices.check(this.principal, entry);
+    if (check === undefined && this.checksPending === 0) {
+      this.append(entry, receivedAt);
+      return;
+    }
+    // A send with device payloads waits for its device-set check (checks run concurrently);
+    // every later send of this stream queues behind it, so sends reach the sequencer in frame
+    // order.
+    check?.catch(() => {});
+    this.checksPending++;
+    this.checkChain = this.checkChain
+      .then(() => check ?? entry)
+      .then(
+        (checked) => this.append(checked, receivedAt),
+        (err: unknown) => {
+          host.observe.sendAck((performance.now() - receivedAt) / 1000, "error");
+          this.refuse(entry, err);
+          this.done();
+        },
+      )
+      .finally(() => {
+        this.checksPending--;
+      });
+  }
+
+  private append(entry: OutgoingEntry, receivedAt: number): void {
+    const { host } = this.stream;
+    // A send starts its own trace: the stream it arrived on lives far longer than one message.
+    const { span, ctx } = startSpan("gateway.send", ROOT_CONTEXT, {
+      kind: SpanKind.SERVER,
+      attributes: {
+        "switchboard.conversation_id": entry.conversationId,
+        "switchboard.instance": host.id,
+      },
+    });
+    host.sends
+      .append(this.stream.userId, this.stream.deviceId, entry, injectContext(ctx))
+      .then(
+        (r) => {
+          host.observe.sendAck((performance.now() - receivedAt) / 1000, "ok");
+          span.setAttribute("switchboard.seq", Number(r.seq));
+          endSpan(span);
+          this.stream.answer(
+            frame({
+              case: "sendAck",
+              value: {
+                $typeName: "switchboard.v1.SendAckFrame",
+                clientMsgId: entry.clientMsgId,
+                conversationId: entry.conversationId,
+                seq: r.seq,
+                serverTimeMs: r.serverTimeMs,
+              },
+            }),
+          );
+        },
+        (err: unknown) => {
+          host.observe.sendAck((performance.now() - receivedAt) / 1000, "error");
+          endSpan(span, inBand(err));
+          this.refuse(entry, err);
+        },
+      )
+      .finally(() => this.done());
+  }
+
+  private done(): void {
+    this.inFlight--;
+    if (this.inFlight === 0) this.idle?.();
+  }
+}

@@ -3,7 +3,7 @@ import { readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { waitForListening } from "../services/cli/listening.js";
+import { waitForListening } from "../services/mesh/listening.js";
 
 const root = new URL("../", import.meta.url).pathname;
 

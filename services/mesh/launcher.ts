@@ -2,9 +2,9 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { createWriteStream, existsSync, type WriteStream } from "node:fs";
 import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
-import { waitForListening } from "../cli/listening.js";
 import { environment } from "../common/config.js";
 import { newSecret } from "../common/ids.js";
+import { waitForListening } from "./listening.js";
 import { type BackendServer, freePort, startNatsServer, startRedisServer } from "./servers.js";
 
 /**

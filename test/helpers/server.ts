@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { waitForListening } from "../../services/cli/listening.js";
+import { waitForListening } from "../../services/mesh/listening.js";
 
 const root = new URL("../../", import.meta.url).pathname;
 

@@ -7,10 +7,10 @@ import { join } from "node:path";
  * test) that sets a variable before running a command is heard. A flag always wins over its
  * variable.
  *
- * | Variable              | Flag        | Meaning                                          | When unset                                               |
- * | --------------------- | ----------- | ------------------------------------------------ | -------------------------------------------------------- |
- * | `SWITCHBOARD_URL`     | `--server`  | URL of the server the commands talk to           | the profile's own server; for a new profile, DEFAULT_SERVER |
- * | `SWITCHBOARD_PROFILE` | `--profile` | directory of the profile (credentials and keys)  | `~/.switchboard/profile`                                 |
+ * - `SWITCHBOARD_URL` (flag `--server`): the URL of the server the commands talk to. Unset: an
+ *   existing profile talks to the server it was made with; register and link use DEFAULT_SERVER.
+ * - `SWITCHBOARD_PROFILE` (flag `--profile`): the profile directory (credentials, Signal keys,
+ *   kept plaintexts). Unset: `~/.switchboard/profile`.
  */
 export interface CliEnvironment {
   /** SWITCHBOARD_URL: the server's URL (`http://host:port`), or undefined when unset. */

@@ -1,6 +1,5 @@
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { Logger } from "../common/log.js";
-import type { ConversationState } from "./conversation.js";
 
 /**
  * The sequencer's hot state (each active conversation's recent entries, recent idempotency keys,
@@ -82,10 +81,23 @@ export function ownBuffers(entry: Entry): void {
   for (const d of body.value.devicePayloads) d.ciphertext = owned(d.ciphertext);
 }
 
+/**
+ * What the budget needs of a conversation's state (ConversationState, in conversation.ts, which
+ * imports this file's sizes: naming the class here would make an import loop).
+ */
+export interface BudgetedState {
+  /** The estimated bytes the state holds now. */
+  bytes(): number;
+  /** Drops the committed entries of the tail; returns how many were dropped. */
+  shed(): number;
+  /** The recent entries held in memory; the budget only looks at how many. */
+  readonly tail: readonly unknown[];
+}
+
 /** What holds a conversation's state: its shard, which can drop an idle state. */
 export interface StateOwner {
   /** Drops the state if it is still the current one and idle; true if it did. */
-  drop(state: ConversationState): boolean;
+  drop(state: BudgetedState): boolean;
 }
 
 /** Counters of the budget's work, read by the metrics callbacks. */
@@ -108,14 +120,15 @@ export interface HotStateMetrics {
  */
 export class HotStateBudget {
   /** Every resident state, least recently used first, with the bytes it last reported. */
-  private readonly lru = new Map<ConversationState, { bytes: number; owner: StateOwner }>();
+  private readonly lru = new Map<BudgetedState, { bytes: number; owner: StateOwner }>();
   /**
    * The resident states whose tail holds entries, in the same order: shedding walks this, so
    * it never steps over the many conversations whose tails are already gone.
    */
-  private readonly tailed = new Set<ConversationState>();
+  private readonly tailed = new Set<BudgetedState>();
   private total = 0;
   private warned = false;
+  /** Counters since start, for the metrics callbacks. */
   readonly metrics: HotStateMetrics = { evictedConversations: 0, evictedEntries: 0 };
 
   constructor(
@@ -135,7 +148,7 @@ export class HotStateBudget {
   }
 
   /** Marks the state most recently used (adding it if new) and takes its current size. */
-  touch(state: ConversationState, owner: StateOwner): void {
+  touch(state: BudgetedState, owner: StateOwner): void {
     const held = this.lru.get(state);
     if (held !== undefined) this.lru.delete(state);
     if (this.tailed.delete(state)) this.tailed.add(state);
@@ -145,7 +158,7 @@ export class HotStateBudget {
   }
 
   /** Takes the state's current size, then evicts until the total is within the budget. */
-  settle(state: ConversationState): void {
+  settle(state: BudgetedState): void {
     const held = this.lru.get(state);
     if (held !== undefined) {
       const bytes = state.bytes();
@@ -162,7 +175,7 @@ export class HotStateBudget {
   }
 
   /** Forgets a state its shard dropped. */
-  forget(state: ConversationState): void {
+  forget(state: BudgetedState): void {
     const held = this.lru.get(state);
     if (held === undefined) return;
     this.total -= held.bytes;

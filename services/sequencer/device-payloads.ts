@@ -71,6 +71,10 @@ export function bodyBytes(body: Entry["body"] | OutgoingEntry["body"]): number {
   return bytes;
 }
 
+// These checks stay wire errors (ConnectError), unlike the rest of the sequencer: the gateway
+// runs them itself, before a send reaches the sequencer, and turns what they throw into a
+// SendErrorFrame with ConnectError.from, which would make a DomainError UNKNOWN. They can become
+// InvalidInputError once the gateway converts with the boundary's table (toConnectError).
 function invalid(message: string): ConnectError {
   return new ConnectError(message, Code.InvalidArgument);
 }
@@ -140,6 +144,9 @@ export function checkDevicePayloads(
  * The refusal of a mismatched send: FAILED_PRECONDITION naming the devices, with the lists as
  * a DeviceMismatch error detail (the stream copies it into SendErrorFrame.mismatch). `why`
  * replaces the opening of the message when the cause is not the device lists alone.
+ *
+ * A ConnectError, not a DomainError, on purpose: the DeviceMismatch travels as an error detail,
+ * which the boundary's table (a code, a message, a retry hint) has no place for.
  */
 export function mismatchError(
   mismatch: DeviceMismatch,

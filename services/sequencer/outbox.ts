@@ -28,8 +28,9 @@ export interface OutboxOptions {
   maxEvents?: number;
   /** Events republished per attempt. */
   chunk?: number;
-  /** First and longest wait between attempts, in milliseconds. */
+  /** First wait between attempts, in milliseconds; it doubles after each failed attempt. */
   minDelayMs?: number;
+  /** Longest wait between attempts, in milliseconds. */
   maxDelayMs?: number;
 }
 
@@ -58,6 +59,7 @@ export interface OutboxMetrics {
  * the log on their next sync, which they do on every reconnect and on any seq gap.
  */
 export class PublishOutbox {
+  /** Counters since start, for the metrics callbacks and the admin status. */
   readonly metrics: OutboxMetrics = { deferred: 0, republished: 0, dropped: 0, failures: 0 };
   private readonly waiting: BusEvent[] = [];
   private readonly maxEvents: number;

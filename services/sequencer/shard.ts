@@ -26,11 +26,17 @@ const commitFailures = lazyInstrument(() =>
 
 /** The writes and events of one group commit. */
 export class Batch {
+  /** The store write of each conversation in the batch, by conversation id. */
   readonly writes = new Map<string, ConversationWrite>();
+  /** Events to publish once the batch is durable, in the order they were queued. */
   readonly events: BusEvent[] = [];
+  /** The states whose writes are in the batch: their committed seq moves on success. */
   readonly states = new Set<ConversationState>();
+  /** Settles when the commit does: resolves once durable, rejects (UNAVAILABLE) if it failed. */
   readonly durable: Promise<void>;
+  /** Settles `durable` as committed (called by the shard's flush). */
   resolve!: () => void;
+  /** Settles `durable` as failed (called by the shard's flush). */
   reject!: (err: unknown) => void;
 
   constructor() {

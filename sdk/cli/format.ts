@@ -10,6 +10,7 @@ import type { GlobalOptions } from "./options.js";
 
 const decoder = new TextDecoder();
 
+/** A server time (epoch milliseconds) as the local time of day, HH:MM:SS. */
 export function time(ms: bigint): string {
   return new Date(Number(ms)).toTimeString().slice(0, 8);
 }

@@ -2,6 +2,9 @@ import { type Conversation, ConversationKind } from "../../gen/switchboard/v1/co
 import type { SwitchboardClient } from "../client.js";
 import { printable } from "./files.js";
 
+// Users and conversations as people name them (@username, a group's title) and as the server does (ids).
+
+/** A username as shown: with one leading @. */
 export function at(username: string): string {
   return `@${username.replace(/^@/, "")}`;
 }
@@ -15,6 +18,7 @@ export async function resolveConversation(client: SwitchboardClient, target: str
   return (await client.openDirect(user.userId)).conversationId;
 }
 
+/** The user ids of usernames (with or without @), in order; an unknown one is an error naming it. */
 export async function userIdsFor(client: SwitchboardClient, usernames: readonly string[]): Promise<string[]> {
   const wanted = usernames.map((u) => u.replace(/^@/, ""));
   if (wanted.length === 0) return [];

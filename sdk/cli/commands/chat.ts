@@ -19,10 +19,18 @@ export function registerChat(program: Command, io: CliIo): void {
   );
 }
 
+/** While keys are pressed, the typing indicator is sent again this often (milliseconds). */
 const TYPING_REFRESH_MS = 3_000;
+/** No key pressed for this long (milliseconds): the indicator is turned off. */
 const TYPING_IDLE_MS = 5_000;
+/** A peer counts as typing this long after their last indicator (milliseconds): no second "is typing" line. */
 const TYPING_EXPIRY_MS = 10_000;
 
+/**
+ * The chat loop: recent context, then what arrives, with typing indicators and receipts; each line
+ * typed is sent (`/file <path>` sends a file). Ends on Ctrl-D, /quit, Ctrl-C or a fatal error,
+ * after what was typed has reached the server.
+ */
 async function chat(session: Session, target: string, opts: GlobalOptions, io: CliIo): Promise<void> {
   const { client, encrypted } = session;
   const conversationId = await resolveConversation(client, target);

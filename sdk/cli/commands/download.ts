@@ -39,6 +39,7 @@ export function registerDownload(program: Command, io: CliIo): void {
     );
 }
 
+/** Saves entry #seq's files: every target checked first, each file verified before it is moved into place. */
 async function download(
   client: SwitchboardClient,
   io: CliIo,

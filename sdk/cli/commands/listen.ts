@@ -15,6 +15,7 @@ export function registerListen(program: Command, io: CliIo): void {
   );
 }
 
+/** Prints entries, receipts and key changes of every conversation until Ctrl-C or a fatal error. */
 async function listen(session: Session, opts: GlobalOptions, io: CliIo): Promise<void> {
   const { client, encrypted } = session;
   const names = new Names(client);

@@ -28,6 +28,7 @@ export function registerSafetyNumber(program: Command, io: CliIo): void {
     );
 }
 
+/** Prints the safety number with each device of a user; with `verify`, marks that device verified first. */
 async function safetyNumbers(
   client: SwitchboardClient,
   io: CliIo,

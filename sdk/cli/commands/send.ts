@@ -32,6 +32,7 @@ export function registerSend(program: Command, io: CliIo): void {
     );
 }
 
+/** `send --file`: over the stream, showing what others sent meanwhile (it is acknowledged here). */
 async function sendFile(
   io: CliIo,
   opts: GlobalOptions,

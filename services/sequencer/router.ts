@@ -114,6 +114,9 @@ export function shardedSequencerClient(
             }));
           }
           if (answered.length !== group.items.length) {
+            // A replica breaking the protocol: INTERNAL with what was wrong. No domain error
+            // means INTERNAL (the boundary sends those as a bare "internal error"), so this one
+            // stays a ConnectError, which the boundary relays as it is.
             throw new ConnectError(
               `sequencer replica ${replica} answered ${answered.length} results for ${group.items.length} items`,
               Code.Internal,

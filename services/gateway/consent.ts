@@ -1,12 +1,10 @@
 import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
-import type { Counter } from "@opentelemetry/api";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { PrivacyRefusalSchema } from "../../gen/switchboard/v1/accounts_pb.js";
 import { audienceFromWire } from "../accounts/privacy.js";
-import type { Logger } from "../common/log.js";
-import { meter } from "../common/telemetry.js";
+import type { RefusalFields } from "../common/refusals.js";
 import type { PrivacyAudience } from "../store/types.js";
 
 /**
@@ -29,12 +27,22 @@ export type ConsentKind = "group_add" | "direct_open";
 const PRIVACY_BATCH = 1024;
 /** Ids per SequencerService.FindContacts call (its documented cap). */
 const CONTACTS_BATCH = 256;
-/** A refusal reason is logged at most once per this many milliseconds per actor. */
-const LOG_INTERVAL_MS = 10_000;
-/** Actors whose last log time is remembered at most (the log fold is best effort past that). */
-const LOGGED_MAX = 10_000;
+/**
+ * Where consent refusals are counted and logged: the process's refusal sink
+ * (services/common/refusals.ts: the `switchboard.refusals` metric and its folded log), seen
+ * through consent's two reasons, so a misspelt reason is a type error rather than a new label.
+ */
+export interface ConsentRefusalSink {
+  /** Records one refusal; `fields` carry ids and counts, never anyone's settings. */
+  refuse(reason: `consent_${ConsentKind}`, message: string, fields?: RefusalFields): void;
+}
 
-/** The error a refused call gets: PERMISSION_DENIED naming the users, with a PrivacyRefusal. */
+/**
+ * The error a refused call gets: PERMISSION_DENIED naming the users, with a PrivacyRefusal.
+ * A ConnectError rather than a domain error because the PrivacyRefusal detail (which the SDK
+ * reads) must cross the wire, and domain errors carry no details; the error boundary passes a
+ * ConnectError on with its details.
+ */
 export function consentError(kind: ConsentKind, userIds: readonly string[]): ConnectError {
   const who = userIds.join(", ");
   const verb = userIds.length === 1 ? "does" : "do";
@@ -49,21 +57,11 @@ export function consentError(kind: ConsentKind, userIds: readonly string[]): Con
 
 /** Checks users' privacy settings on behalf of the gateway's ConversationService. */
 export class Consent {
-  /** Refusals by kind since start, for tests. */
-  readonly refusals = new Map<ConsentKind, number>();
-  private readonly counter: Counter;
-  private readonly loggedAt = new Map<string, number>();
-
   constructor(
     private readonly directory: Client<typeof DirectoryService>,
     private readonly sequencer: Client<typeof SequencerService>,
-    private readonly log: Logger,
-    private readonly now: () => number = Date.now,
-  ) {
-    this.counter = meter().createCounter("switchboard.consent.refusals", {
-      description: "Group adds and new direct conversations refused by the users' privacy settings, by kind",
-    });
-  }
+    private readonly refusals: ConsentRefusalSink,
+  ) {}
 
   /**
    * The users among targets whose setting of this kind does not admit the actor, in the order
@@ -107,21 +105,17 @@ export class Consent {
     throw this.refused(actorUserId, refused, kind);
   }
 
-  /** Counts a refusal, logs it (once per actor and kind per interval) and returns its error. */
+  /**
+   * Counts and logs a refusal in the refusal sink (reason `consent_group_add` or
+   * `consent_direct_open`; the sink folds repeats into one line per reason per window) and
+   * returns its error.
+   */
   refused(actorUserId: string, refusedUserIds: readonly string[], kind: ConsentKind): ConnectError {
-    this.refusals.set(kind, (this.refusals.get(kind) ?? 0) + 1);
-    this.counter.add(1, { kind });
-    const key = `${kind}\n${actorUserId}`;
-    const now = this.now();
-    const last = this.loggedAt.get(key);
-    if (last === undefined || now - last >= LOG_INTERVAL_MS) {
-      if (this.loggedAt.size >= LOGGED_MAX) this.loggedAt.clear();
-      this.loggedAt.set(key, now);
-      this.log.info(
-        { refusal: `consent_${kind}`, actorUserId, refused: refusedUserIds.length },
-        "refused by the users' privacy settings",
-      );
-    }
+    this.refusals.refuse(`consent_${kind}`, "refused by the users' privacy settings", {
+      actorUserId,
+      refused: refusedUserIds.length,
+      code: "permission_denied",
+    });
     return consentError(kind, refusedUserIds);
   }
 }

@@ -17,8 +17,9 @@ import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Principal } from "../common/auth.js";
 import { InvalidInputError, LimitError, NotFoundError, UnauthenticatedError } from "../common/errors.js";
 import { directConversationId } from "../common/ids.js";
+import { Refusals } from "../common/refusals.js";
 import { requireClientMsgId, requireId, requireIds, requireText } from "../common/validate.js";
-import { Consent } from "./consent.js";
+import { Consent, type ConsentRefusalSink } from "./consent.js";
 import { entryForDevice } from "./device-set.js";
 import type { GatewayCore } from "./gateway.js";
 import { boundPage } from "./session.js";
@@ -113,14 +114,19 @@ export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewaySer
   };
 }
 
-/** Conversations and groups, on behalf of the authenticated user. */
+/**
+ * Conversations and groups, on behalf of the authenticated user. Consent refusals go to
+ * `refusals`, the process's sink (a sink of this service's own, on the same metric, when none
+ * is given).
+ */
 export function conversationService(
   core: GatewayCore,
   directory: Client<typeof DirectoryService>,
   maxGroupSize: number,
+  refusals: ConsentRefusalSink = new Refusals(core.log),
 ): ServiceImpl<typeof ConversationService> {
   const seq = core.sequencer;
-  const consent = new Consent(directory, seq, core.log);
+  const consent = new Consent(directory, seq, refusals);
   /**
    * An admin's AddMembers: the ids not yet members, once their privacy settings admit the actor
    * (one refusal refuses the whole call). Anyone else gets the sequencer's own answer, before any

@@ -1,0 +1,97 @@
+import type { DescService } from "@bufbuild/protobuf";
+import {
+  type Client,
+  type ConnectRouter,
+  createClient,
+  createRouterTransport,
+  type Interceptor,
+  type Transport,
+} from "@connectrpc/connect";
+import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { errorBoundary } from "../common/boundary.js";
+import { sendInternalCredential } from "../common/internal-auth.js";
+import type { Logger } from "../common/log.js";
+import { clientTelemetry, serverTelemetry } from "../common/rpc-telemetry.js";
+import type { Closers } from "./lifecycle.js";
+
+/** A service of this process: served on the internal router and, for other processes, on the network. */
+export interface LocalService {
+  /** The service's descriptor. */
+  service: DescService;
+  /** Registers the service's implementation on a router. */
+  register: (router: ConnectRouter) => void;
+}
+
+/**
+ * How the services of a process reach each other. Services always talk through their typed RPC
+ * clients: one in this process through Connect's in-memory router transport, one in another
+ * process over gRPC, so the code path is the same either way, minus the network.
+ */
+export class ServiceClients {
+  /** This process's services, in registration order. */
+  readonly local: LocalService[] = [];
+  /** One HTTP/2 connection per address, shared by every client of this process. */
+  private readonly remotes = new Map<string, Transport>();
+  private localTransport: Transport | undefined;
+
+  constructor(
+    private readonly closers: Closers,
+    /** The internal credential sent on calls to other processes (multi-process only). */
+    private readonly credential: string | undefined,
+    private readonly log: Logger,
+  ) {}
+
+  /** Adds a service of this process. */
+  register(service: DescService, register: (router: ConnectRouter) => void): void {
+    this.local.push({ service, register });
+  }
+
+  /** The transport to a service in another process; its connection is closed at shutdown. */
+  remote(baseUrl: string): Transport {
+    const known = this.remotes.get(baseUrl);
+    if (known) return known;
+    const sessionManager = new Http2SessionManager(baseUrl, {
+      pingIntervalMs: 10_000,
+      pingTimeoutMs: 5_000,
+    });
+    this.closers.add(`connection to ${baseUrl}`, () => sessionManager.abort());
+    const interceptors: Interceptor[] = [
+      clientTelemetry(),
+      ...(this.credential ? [sendInternalCredential(this.credential)] : []),
+    ];
+    const transport = createGrpcTransport({
+      baseUrl,
+      sessionManager,
+      interceptors,
+      defaultTimeoutMs: 15_000,
+    });
+    this.remotes.set(baseUrl, transport);
+    return transport;
+  }
+
+  /** The in-memory router over every local service, behind the same boundary as the network face. */
+  private inProcess(): Transport {
+    this.localTransport ??= createRouterTransport(
+      (router) => {
+        for (const { register } of this.local) register(router);
+      },
+      { router: { interceptors: [serverTelemetry(), errorBoundary(this.log)] } },
+    );
+    return this.localTransport;
+  }
+
+  /** A client of a service: in this process when isLocal, else at url. */
+  clientOf<S extends DescService>(service: S, isLocal: boolean, url: string | undefined): Client<S> {
+    if (isLocal) return createClient(service, { ...lazy(() => this.inProcess()) });
+    if (url === undefined) throw new Error(`no address for ${service.typeName}`);
+    return createClient(service, this.remote(url));
+  }
+}
+
+/** A transport created on first use: local services register before anyone calls them. */
+function lazy(make: () => Transport): Transport {
+  return {
+    unary: (...args) => make().unary(...args),
+    stream: (...args) => make().stream(...args),
+  };
+}

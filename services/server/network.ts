@@ -1,0 +1,196 @@
+import { timingSafeEqual } from "node:crypto";
+import type * as http from "node:http";
+import * as http2 from "node:http2";
+import type { AddressInfo } from "node:net";
+import { createClient, type Interceptor } from "@connectrpc/connect";
+import { type ConnectNodeAdapterOptions, connectNodeAdapter } from "@connectrpc/connect-node";
+import { AdminService } from "../../gen/switchboard/internal/v1/admin_pb.js";
+import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
+import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
+import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
+import type { Accounts } from "../accounts/accounts.js";
+import { trustedProxyList, withPeerAddress } from "../accounts/peer.js";
+import { adminService } from "../admin/handler.js";
+import { errorBoundary } from "../common/boundary.js";
+import { gatewayReadMaxBytes, ROLES } from "../common/config.js";
+import { requireInternalCredential } from "../common/internal-auth.js";
+import { serverTelemetry } from "../common/rpc-telemetry.js";
+import type { GatewayCore } from "../gateway/gateway.js";
+import {
+  accountForwarder,
+  authInterceptor,
+  ConversationService,
+  conversationService,
+  GatewayService,
+  gatewayService,
+  keyForwarder,
+  mediaForwarder,
+} from "../gateway/handlers.js";
+import type { StartedMedia } from "../media/setup.js";
+import type { Notifier } from "../notification/notifier.js";
+import type { Presence } from "../presence/presence.js";
+import type { Sequencer } from "../sequencer/sequencer.js";
+import { EdgeGuard, streamingProcedures } from "./edge.js";
+import type { Closers } from "./lifecycle.js";
+import { directoryClient, type RoleContext } from "./roles.js";
+
+/** What the RPC handler does with a request that is not an RPC (health.ts: probes). */
+export type HttpFallback = NonNullable<ConnectNodeAdapterOptions["fallback"]>;
+
+/** What the network face serves: the managers of this process's roles, each unset when it does not run that role. */
+export interface NetworkParts {
+  ctx: RoleContext;
+  gateway: GatewayCore | undefined;
+  media: StartedMedia | undefined;
+  accounts: Accounts | undefined;
+  presence: Presence | undefined;
+  sequencer: Sequencer | undefined;
+  notifier: Notifier | undefined;
+  /** The internal credential every internal service requires; set whenever the process serves. */
+  internalGuard: string | undefined;
+  /** When the process started, in milliseconds since the Unix epoch (AdminService.GetStats). */
+  startedAtMs: number;
+  /** Turns readiness false (AdminService.DrainGateway). */
+  markNotReady: () => void;
+  /** Answers what is not an RPC (health and readiness). */
+  fallback: HttpFallback;
+}
+
+/**
+ * The network face: the device API on a gateway, and the local services other processes call,
+ * behind the edge guard on one h2c port. Returns the bound URL and port.
+ */
+export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; port: number }> {
+  const { ctx, gateway, media, internalGuard } = parts;
+  const { config, roles, clients, refusals, closers, log } = ctx;
+  const mesh = config.mesh;
+  // In one process the services call each other in memory; nothing internal is on the network.
+  const everything = roles.size === ROLES.length;
+  const directoryAccounts = () => clients.clientOf(AccountService, roles.has("accounts"), mesh.urls.accounts);
+  const handler = connectNodeAdapter({
+    routes: (router) => {
+      if (gateway) {
+        router.service(GatewayService, gatewayService(gateway));
+        router.service(
+          ConversationService,
+          conversationService(gateway, directoryClient(ctx), config.limits.maxGroupSize),
+        );
+        // Devices reach the account API through their gateway, which forwards it as is.
+        router.service(AccountService, accountForwarder(directoryAccounts()));
+        router.service(
+          KeyService,
+          keyForwarder(clients.clientOf(KeyService, roles.has("accounts"), mesh.urls.accounts)),
+        );
+        // Attachments: served here, or forwarded to the media service when it runs elsewhere.
+        if (!media && mesh.urls.media !== undefined) {
+          router.service(
+            MediaService,
+            mediaForwarder(createClient(MediaService, clients.remote(mesh.urls.media))),
+          );
+        }
+      }
+      // A public service that authenticates devices itself.
+      if (media) router.service(MediaService, media.service);
+      if (internalGuard) {
+        router.service(
+          AdminService,
+          adminService({
+            instanceId: mesh.instanceId,
+            roles: mesh.roles,
+            startedAtMs: parts.startedAtMs,
+            gateway,
+            accounts: parts.accounts,
+            presence: parts.presence,
+            sequencer: parts.sequencer,
+            notifier: parts.notifier,
+            markNotReady: parts.markNotReady,
+          }),
+        );
+      }
+      if (!everything) {
+        for (const { service, register } of clients.local) {
+          if (!(gateway && (service === AccountService || service === KeyService))) register(router);
+        }
+      }
+    },
+    // From devices a frame carries one payload plus ids, so anything much larger is refused
+    // before parsing. Internal batches (appends, deliveries) carry many payloads at once.
+    readMaxBytes: gateway ? gatewayReadMaxBytes(config.limits) : 64 * 1024 * 1024,
+    // The boundary is outermost so that it also sees what authentication throws.
+    interceptors: [
+      serverTelemetry(),
+      errorBoundary(log, refusals),
+      ...(internalGuard ? [requireInternalCredential(internalGuard)] : []),
+      // Internal services carry the internal credential, not a device token.
+      ...(gateway ? [exceptInternal(authInterceptor(gateway))] : []),
+    ],
+    fallback: parts.fallback,
+  });
+
+  const edge = new EdgeGuard(config.edge, refusals, streamingProcedures([GatewayService]), internalGuard);
+  // Every request carries the caller's address from the socket (PEER_HEADER), for per-address
+  // limits behind the gateway; only a call with the internal credential may bring its own.
+  const expectedInternal = internalGuard === undefined ? undefined : Buffer.from(internalGuard);
+  const peerAware = withPeerAddress(handler, {
+    trustedProxies: trustedProxyList(config.accountLimits.trustedProxies),
+    isInternal: (given) => {
+      if (expectedInternal === undefined || given === undefined) return false;
+      const bytes = Buffer.from(given);
+      return bytes.length === expectedInternal.length && timingSafeEqual(bytes, expectedInternal);
+    },
+  });
+  const server = http2.createServer(edge.serverOptions(), edge.wrap(peerAware));
+  edge.attach(server);
+  const sessions = new Set<http2.ServerHttp2Session>();
+  server.on("session", (session) => {
+    sessions.add(session);
+    session.once("close", () => sessions.delete(session));
+  });
+  await listen(server, config.port, config.host);
+  const port = (server.address() as AddressInfo).port;
+  const url = `http://${hostForUrl(config.host)}:${port}`;
+  closeServer(closers, server, sessions);
+  return { url, port };
+}
+
+/** Registers the server's shutdown: stop accepting, close its sessions, destroy stragglers after 2 s. */
+function closeServer(
+  closers: Closers,
+  server: http2.Http2Server,
+  sessions: Set<http2.ServerHttp2Session>,
+): void {
+  closers.add("server", async () => {
+    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    // Streams ended when the gateway drained; give their last frames a moment, then close.
+    for (const s of sessions) s.close();
+    const force = setTimeout(() => {
+      for (const s of sessions) s.destroy();
+    }, 2000);
+    await closed;
+    clearTimeout(force);
+  });
+}
+
+/** Runs an interceptor for every service except the internal ones (switchboard.internal.*). */
+function exceptInternal(interceptor: Interceptor): Interceptor {
+  return (next) => {
+    const intercepted = interceptor(next);
+    return (req) => (req.service.typeName.startsWith("switchboard.internal.") ? next(req) : intercepted(req));
+  };
+}
+
+/** A host as it appears in a URL (IPv6 literals in brackets). */
+export function hostForUrl(host: string): string {
+  return host.includes(":") ? `[${host}]` : host;
+}
+
+/** Listens on port and host; rejects when the port cannot be bound. */
+export function listen(server: http.Server | http2.Http2Server, port: number, host: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, host, () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
+}

@@ -1,0 +1,252 @@
+import { createClient } from "@connectrpc/connect";
+import { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
+import { NotificationService } from "../../gen/switchboard/internal/v1/notification_pb.js";
+import { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
+import { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
+import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
+import { Accounts } from "../accounts/accounts.js";
+import { accountService, directoryService } from "../accounts/handler.js";
+import { DEFAULT_KEYS_OPTIONS, Keys } from "../accounts/keys.js";
+import { keyService } from "../accounts/keys-handler.js";
+import { perPeriod } from "../accounts/refusals.js";
+import type { DeliveryChannel, EventBus } from "../bus/types.js";
+import type { Tokens } from "../common/auth.js";
+import type { Config, Role } from "../common/config.js";
+import type { Logger } from "../common/log.js";
+import type { RateLimiter } from "../common/rate-limit/types.js";
+import type { Refusals } from "../common/refusals.js";
+import { Fanout } from "../fanout/fanout.js";
+import { GatewayCore } from "../gateway/gateway.js";
+import { deviceAuthenticator, type StartedMedia, startMedia } from "../media/setup.js";
+import { notificationService } from "../notification/handler.js";
+import { Notifier } from "../notification/notifier.js";
+import { buildPushProviders } from "../notification/setup.js";
+import { presenceService } from "../presence/handler.js";
+import { Presence } from "../presence/presence.js";
+import { sequencerService } from "../sequencer/handler.js";
+import { type SequencerClient, shardedSequencerClient, shardsOfReplica } from "../sequencer/router.js";
+import { Sequencer } from "../sequencer/sequencer.js";
+import type { StoreEngine } from "../store/types.js";
+import { openMedia, openRateLimiter, openRouteStore } from "./engines.js";
+import type { Closers, Readiness } from "./lifecycle.js";
+import type { ServiceClients } from "./local-transport.js";
+
+/**
+ * The services of each role, built on what the process has opened. Each role registers the
+ * services it serves with `clients` and reaches the others through it, in this process or not.
+ */
+
+/** What every role is built on. */
+export interface RoleContext {
+  /** The effective configuration. */
+  config: Config;
+  /** The roles this process runs. */
+  roles: ReadonlySet<Role>;
+  log: Logger;
+  bus: EventBus;
+  delivery: DeliveryChannel;
+  /** The store, opened when the process runs the accounts or the sequencer role. */
+  store: StoreEngine | undefined;
+  /** The access token key, when a role of this process needs tokens. */
+  key: Uint8Array | undefined;
+  /** Issues and checks access tokens, when a role of this process needs them. */
+  tokens: Tokens | undefined;
+  closers: Closers;
+  readiness: Readiness;
+  clients: ServiceClients;
+  /** The process's refusal counter and log (used only on calls). */
+  refusals: Refusals;
+}
+
+/** This process's sequencer replica, serving its own shards (sequencer role). */
+export function startSequencerRole(ctx: RoleContext): Sequencer {
+  const { config, store, log, closers } = ctx;
+  const mesh = config.mesh;
+  const owned = shardsOfReplica(mesh.sequencerOrdinal, mesh.sequencerReplicas, config.shardCount);
+  const seq = new Sequencer(store!.conversations, ctx.bus, log, {
+    shardCount: config.shardCount,
+    ownedShards: owned,
+    limits: config.limits,
+    cacheBytes: config.sequencerCacheBytes,
+    maxStatesPerShard: config.sequencerCacheConversations,
+  });
+  closers.add("sequencer", () => seq.close());
+  ctx.clients.register(SequencerService, (r) => r.service(SequencerService, sequencerService(seq)));
+  // Idempotency records are needed only for as long as a client may retry.
+  const expiry = setInterval(
+    () => {
+      store!.conversations
+        .expireIdempotency(Date.now() - config.idempotencyRetentionMs)
+        .catch((err: unknown) => log.warn({ err }, "idempotency expiry failed"));
+    },
+    60 * 60 * 1000,
+  );
+  expiry.unref();
+  closers.add("idempotency expiry", () => clearInterval(expiry));
+  log.info(
+    { ordinal: mesh.sequencerOrdinal, replicas: mesh.sequencerReplicas, shards: owned },
+    "sequencer shards",
+  );
+  return seq;
+}
+
+/** Sequencer replicas: this process's own shards locally, the others over gRPC. */
+export function sequencerClient(ctx: RoleContext): SequencerClient {
+  const { config, roles, clients } = ctx;
+  const mesh = config.mesh;
+  if (mesh.sequencerReplicas === 1 && roles.has("sequencer"))
+    return clients.clientOf(SequencerService, true, undefined);
+  const replicas = mesh.urls.sequencers.map((url, ordinal) =>
+    roles.has("sequencer") && ordinal === mesh.sequencerOrdinal
+      ? clients.clientOf(SequencerService, true, undefined)
+      : createClient(SequencerService, clients.remote(url)),
+  );
+  return shardedSequencerClient(replicas, config.shardCount);
+}
+
+/** The accounts role's directory client: in this process or at the accounts address. */
+export function directoryClient(ctx: RoleContext) {
+  return ctx.clients.clientOf(DirectoryService, ctx.roles.has("accounts"), ctx.config.mesh.urls.accounts);
+}
+
+/** The presence role's client: in this process or at the presence address. */
+export function presenceClient(ctx: RoleContext) {
+  return ctx.clients.clientOf(PresenceService, ctx.roles.has("presence"), ctx.config.mesh.urls.presence);
+}
+
+/** Users, devices and the key directory with their abuse controls (accounts role). */
+export async function startAccountsRole(ctx: RoleContext): Promise<Accounts> {
+  const { config, store, log, closers, bus, clients, refusals } = ctx;
+  const tokens = ctx.tokens!;
+  // The abuse controls' buckets: in this process, or on Redis shared by every accounts process.
+  const accountLimiter = await openRateLimiter(config, log);
+  closers.add("accounts rate limiter", () => accountLimiter.close());
+  const al = config.accountLimits;
+  const rate = (limit: ReturnType<typeof perPeriod>) =>
+    limit === undefined ? undefined : { limiter: accountLimiter, limit };
+  const accounts = new Accounts(store!.accounts, tokens, bus, log, {
+    maxDevicesPerUser: config.limits.maxDevicesPerUser,
+    linkCodeTtlSeconds: config.linkCodeTtlSeconds,
+    refusals,
+    abuse: {
+      registerPerAddress: rate(perPeriod("register-address", al.registrationsPerAddressPerHour, 3600)),
+      registerServerWide: rate(perPeriod("register-all", al.registrationsPerHour, 3600)),
+      lookups: rate(perPeriod("user-lookups", al.lookupsPerMinute, 60)),
+      reservedNames: al.reservedUsernames,
+      registration: al.registration,
+    },
+    privacyDefaults: config.privacyDefaults,
+  });
+  clients.register(DirectoryService, (r) => r.service(DirectoryService, directoryService(accounts)));
+  const bundleRate = rate(perPeriod("key-bundles", al.bundleFetchesPerMinute, 60));
+  const oneTimePrekeyRate = rate(perPeriod("one-time-prekeys", al.oneTimePrekeysPerPairPerDay, 86_400));
+  const keys = new Keys(store!.keys, store!.accounts, bus, log, {
+    ...DEFAULT_KEYS_OPTIONS,
+    refusals,
+    ...(bundleRate && { bundleRate }),
+    ...(oneTimePrekeyRate && { oneTimePrekeyRate }),
+  });
+  // DirectoryService.GetDeviceRegistrations answers from the same key directory.
+  accounts.keyDirectory = keys;
+  // A device being linked is served no history from before its link: every sequencer
+  // replica records where it starts before the device exists.
+  const linkRecorder = sequencerClient(ctx);
+  accounts.deviceLinks = async (userId, deviceId) => {
+    await linkRecorder.recordDeviceLink({ userId, deviceId });
+  };
+  const stopKeyWatch = keys.watchRevocations();
+  closers.add("key revocations", () => stopKeyWatch());
+  clients.register(KeyService, (r) => r.service(KeyService, keyService(keys, accounts, tokens)));
+  clients.register(AccountService, (r) =>
+    r.service(
+      AccountService,
+      accountService(accounts, tokens, { allowHttpPushEndpoints: config.push.allowHttpEndpoints }),
+    ),
+  );
+  return accounts;
+}
+
+/** Device routes and online state (presence role). */
+export async function startPresenceRole(ctx: RoleContext): Promise<Presence> {
+  const { config, log, closers } = ctx;
+  const routeStore = await openRouteStore(config, log);
+  closers.add("route store", () => routeStore.close());
+  ctx.readiness.add(routeStore.problem);
+  const p = new Presence(routeStore.store, ctx.bus, log, { sweepIntervalMs: 5000 });
+  closers.add("presence", () => p.close());
+  ctx.clients.register(PresenceService, (r) => r.service(PresenceService, presenceService(p)));
+  return p;
+}
+
+/** The push queue and its providers (notification role). */
+export async function startNotificationRole(ctx: RoleContext): Promise<Notifier> {
+  const { config, log } = ctx;
+  const providers = await buildPushProviders(config.push, log);
+  const n = new Notifier(directoryClient(ctx), providers, log, {
+    perDevicePerMinute: config.push.perDevicePerMinute,
+    perDeviceBurst: config.push.perDeviceBurst,
+  });
+  ctx.closers.add("notifier", () => n.close());
+  ctx.clients.register(NotificationService, (r) => r.service(NotificationService, notificationService(n)));
+  return n;
+}
+
+/** Delivery of appended messages to the recipients' gateways and push (fanout role). */
+export function startFanoutRole(ctx: RoleContext): void {
+  const { roles, config } = ctx;
+  const fanout = new Fanout(ctx.bus, ctx.delivery, sequencerClient(ctx), presenceClient(ctx), ctx.log, {
+    directory: directoryClient(ctx),
+    notification: ctx.clients.clientOf(
+      NotificationService,
+      roles.has("notification"),
+      config.mesh.urls.notification,
+    ),
+  });
+  fanout.start();
+  ctx.closers.add("fanout", () => fanout.stop());
+}
+
+/** The device-facing gateway and its rate limiter (gateway role). */
+export async function startGatewayRole(
+  ctx: RoleContext,
+): Promise<{ gateway: GatewayCore; rateLimiter: RateLimiter }> {
+  const { config, log } = ctx;
+  const limiter = await openRateLimiter(config, log);
+  ctx.closers.add("rate limiter", () => limiter.close());
+  const gateway = new GatewayCore({
+    id: config.mesh.instanceId,
+    sequencer: sequencerClient(ctx),
+    directory: directoryClient(ctx),
+    presence: presenceClient(ctx),
+    delivery: ctx.delivery,
+    bus: ctx.bus,
+    tokens: ctx.tokens!,
+    limits: config.limits,
+    rateLimiter: limiter,
+    log,
+  });
+  return { gateway, rateLimiter: limiter };
+}
+
+/** Attachments: the media service with its upload quota (media role). */
+export async function startMediaRole(
+  ctx: RoleContext,
+  gateway: GatewayCore | undefined,
+): Promise<StartedMedia> {
+  const { config, log, closers } = ctx;
+  const gw = gateway;
+  // The upload quota's buckets: in this process, or on Redis shared by every media process.
+  const mediaLimiter = await openRateLimiter(config, log);
+  closers.add("media rate limiter", () => mediaLimiter.close());
+  const started = await startMedia({
+    config: config.media,
+    engine: await openMedia(config, ctx.key!, log),
+    members: sequencerClient(ctx),
+    authenticate: gw ? (h) => gw.authenticate(h) : deviceAuthenticator(ctx.tokens!, directoryClient(ctx)),
+    log,
+    quota: { limiter: mediaLimiter, refusals: ctx.refusals },
+  });
+  closers.add("media", () => started.close());
+  return started;
+}

@@ -9,7 +9,7 @@ import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
 import { Accounts } from "../accounts/accounts.js";
 import { DirectDelivery, InProcessBus } from "../bus/in-process.js";
 import { Tokens } from "../common/auth.js";
-import { errorBoundary, toConnectError } from "../common/boundary.js";
+import { errorBoundary, toConnectError, wireCodeOf } from "../common/boundary.js";
 import { defaultLimits } from "../common/config.js";
 import { DomainError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
@@ -298,7 +298,7 @@ describe("AdminService on in-process managers", () => {
       assert.equal(gateway.isDraining, true);
       assert.throws(
         () => gateway.open(principal),
-        (err: unknown) => err instanceof ConnectError && err.code === Code.Unavailable,
+        (err: unknown) => wireCodeOf(err) === Code.Unavailable,
       );
       const again = await admin.drainGateway({});
       assert.equal(again.closedStreams, 0);

@@ -1,0 +1,64 @@
+import { hostname } from "node:os";
+import { E2ee } from "../e2ee.js";
+import { Profile } from "../profile.js";
+import { connectToServer, type ServerConnection } from "../transport.js";
+import type { DeviceCredentials, OpenOptions, PayloadCodec } from "../types.js";
+import { ClientContext, tuningWithDefaults, UNARY_TIMEOUT_MS } from "./context.js";
+import { Emitter } from "./events.js";
+
+/** Opens a profile, its connection and (when on) its encryption: everything a client shares. */
+export async function openContext(options: OpenOptions, defaultCodec: PayloadCodec): Promise<ClientContext> {
+  const profile = await Profile.open(options.profileDir);
+  const serverUrl = options.serverUrl ?? profile.credentials.serverUrl;
+  const conn = connectToServer({
+    serverUrl,
+    credential: { deviceId: profile.credentials.deviceId, deviceSecret: profile.credentials.deviceSecret },
+    unaryTimeoutMs: UNARY_TIMEOUT_MS,
+    ...(options.alternateUrls !== undefined && { alternateUrls: options.alternateUrls }),
+  });
+  const events = new Emitter();
+  // A profile made with encryption stays encrypted unless the app says otherwise: one that lost
+  // its Signal state must not fall back to plaintext silently.
+  const encryption = options.encryption ?? profile.credentials.encrypted === true;
+  const e2ee = encryption
+    ? await E2ee.open(
+        profile.dir,
+        { userId: profile.credentials.userId, deviceId: profile.credentials.deviceId },
+        conn,
+        (event) => events.emit("identityChanged", event),
+        options.signedPrekeyMaxAgeMs,
+      )
+    : undefined;
+  if (e2ee !== undefined) e2ee.onDevicesChanged = (event) => events.emit("devicesChanged", event);
+  return new ClientContext(
+    profile,
+    conn,
+    options.codec ?? defaultCodec,
+    tuningWithDefaults(options),
+    events,
+    e2ee,
+    options.acceptUnencrypted === true,
+  );
+}
+
+/**
+ * Writes a new profile for a device the server makes with `join` (registration or linking).
+ * Refuses an existing profile before the server creates anything, so a typo does not leave an
+ * orphan account.
+ */
+export async function createProfile(
+  options: { serverUrl: string; profileDir: string; encryption?: boolean },
+  join: (conn: ServerConnection, defaultDeviceName: string) => Promise<DeviceCredentials>,
+): Promise<void> {
+  if (await Profile.exists(options.profileDir)) {
+    throw new Error(`a profile already exists in ${options.profileDir}; use another --profile directory`);
+  }
+  const conn = connectToServer({ serverUrl: options.serverUrl });
+  let credentials: DeviceCredentials;
+  try {
+    credentials = await join(conn, hostname());
+  } finally {
+    conn.close();
+  }
+  await Profile.create(options.profileDir, { ...credentials, encrypted: options.encryption === true });
+}

@@ -1,0 +1,76 @@
+import { clock } from "./load.js";
+import type { BenchMesh, BenchMeshProcess } from "./mesh.js";
+import { type BenchServer, readCpuSeconds, readMachineCpu, readMemory } from "./server.js";
+
+/** What the bench reads of the server's processes and its own: CPU marks and memory snapshots. */
+
+/** CPU seconds used so far, by the server (or each mesh process), the bench and the machine. */
+export interface CpuMark {
+  at: number;
+  server: { all: number; main: number } | undefined;
+  /** Each mesh process by name. */
+  mesh: Map<string, { all: number; main: number } | undefined>;
+  client: number;
+  machine: ReturnType<typeof readMachineCpu>;
+}
+
+export function cpuMark(pid: number | undefined, mesh: BenchMeshProcess[]): CpuMark {
+  const u = process.cpuUsage();
+  return {
+    at: clock(),
+    server: pid === undefined ? undefined : readCpuSeconds(pid),
+    mesh: new Map(mesh.map((p) => [p.name, readCpuSeconds(p.pid)])),
+    client: (u.user + u.system) / 1e6,
+    machine: readMachineCpu(),
+  };
+}
+
+/** Memory of every mesh process at one moment: after a full GC where the probe answers. */
+export async function meshMemory(mesh: BenchMesh | undefined): Promise<Map<string, MemorySnapshot>> {
+  const out = new Map<string, MemorySnapshot>();
+  if (mesh === undefined) return out;
+  const probed = await mesh.memoryAfterGc();
+  for (const p of mesh.processes) {
+    const proc = readMemory(p.pid);
+    const gc = probed.get(p.name);
+    if (gc !== undefined)
+      out.set(p.name, {
+        rss: gc.rss,
+        anon: proc?.anon,
+        file: proc?.file,
+        heapUsed: gc.heapUsed,
+        afterGc: true,
+      });
+    else if (proc !== undefined)
+      out.set(p.name, {
+        rss: proc.rss,
+        anon: proc.anon,
+        file: proc.file,
+        heapUsed: undefined,
+        afterGc: false,
+      });
+  }
+  return out;
+}
+
+/** Server memory at one moment; after a full GC when the probe is there. */
+export interface MemorySnapshot {
+  rss: number;
+  /** Anonymous memory (heaps, malloc) and file-backed pages (code, LMDB's memory map). */
+  anon: number | undefined;
+  file: number | undefined;
+  heapUsed: number | undefined;
+  afterGc: boolean;
+}
+
+export async function memorySnapshot(
+  server: BenchServer | undefined,
+  pid: number | undefined,
+): Promise<MemorySnapshot | undefined> {
+  const probed = await server?.memoryAfterGc();
+  const proc = pid === undefined ? undefined : readMemory(pid);
+  if (probed !== undefined) {
+    return { rss: probed.rss, anon: proc?.anon, file: proc?.file, heapUsed: probed.heapUsed, afterGc: true };
+  }
+  return proc && { rss: proc.rss, anon: proc.anon, file: proc.file, heapUsed: undefined, afterGc: false };
+}

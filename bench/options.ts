@@ -1,0 +1,135 @@
+import { parseArgs } from "node:util";
+import type { ClientKind } from "./stream.js";
+
+/** The load run's command line: its usage text and the options parsed from it. */
+
+export const USAGE = `npm run bench -- [options]
+
+  --url URL            use a running server (default: spawn one on a temp dir with raised limits)
+  --mesh               spawn the distributed mesh instead (every role its own process, own nats-server
+                       and redis-server, raised limits); device i connects to gateway i mod G
+  --gateways N         with --mesh: gateway processes, default 2
+  --sequencers N       with --mesh: sequencer replicas, default 2
+  --fanouts N          with --mesh: fanout workers, default 2
+  --keep-mesh-dir      with --mesh: keep the mesh's directory (data and each process's log) after the run;
+                       it is kept anyway when a process logged a warning or error or deliveries were lost
+  --server-pid PID     with --url: the server's pid, for memory and CPU figures
+  --devices N          devices (one user each), default 200
+  --mode M             direct | group | idle (idle: connect and hold streams, send nothing), default direct
+  --group-size N       members per group in group mode, default 8
+  --rate R             target sends/s over all devices; 0 = as fast as --inflight allows, default 5000
+  --inflight N         sends in flight per device (the cap in rate mode, the window with --rate 0), default 32
+  --duration S         measured seconds, default 10
+  --warmup S           seconds of traffic before measuring, default 2
+  --drain S            after sending stops, wait up to S seconds for outstanding acks and deliveries, default 10
+  --payload B          payload bytes (at least 8: the send timestamp), default 64
+  --workers N          load generator worker threads; 0 runs it on the main thread, default 1
+  --client C           raw (gRPC on node:http2) | connect (@connectrpc/connect-node), default raw
+  --ack-interval MS    how often receivers send cumulative acks, default 20
+  --server-node-args=S     node flags for the spawned server (with --mesh: every service process), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
+  --probe on|off       preload the bench's probe into the spawned server (event-loop use, GC'd memory), default on
+  --json               print one JSON object instead of the report
+  --attack NAME        run a hostile client instead and report server RSS and a bystander's round trips
+                       (half-open | idle | slow-reader | all; --attack --help for its options)
+`;
+
+/** A load run, as the command line asked for it. */
+export interface Options {
+  url: string | undefined;
+  mesh: { gateways: number; sequencers: number; fanouts: number; keepDir: boolean } | undefined;
+  serverPid: number | undefined;
+  devices: number;
+  mode: "direct" | "group" | "idle";
+  groupSize: number;
+  rate: number;
+  inflight: number;
+  duration: number;
+  warmup: number;
+  payload: number;
+  drain: number;
+  workers: number;
+  client: ClientKind;
+  ackInterval: number;
+  serverNodeArgs: string[] | undefined;
+  probe: boolean;
+  json: boolean;
+}
+
+/** Parses process.argv; prints the usage and exits on --help. */
+export function parseOptions(): Options {
+  const { values } = parseArgs({
+    options: {
+      url: { type: "string" },
+      mesh: { type: "boolean", default: false },
+      gateways: { type: "string", default: "2" },
+      sequencers: { type: "string", default: "2" },
+      fanouts: { type: "string", default: "2" },
+      "keep-mesh-dir": { type: "boolean", default: false },
+      "server-pid": { type: "string" },
+      devices: { type: "string", default: "200" },
+      mode: { type: "string", default: "direct" },
+      "group-size": { type: "string", default: "8" },
+      rate: { type: "string", default: "5000" },
+      inflight: { type: "string", default: "32" },
+      duration: { type: "string", default: "10" },
+      warmup: { type: "string", default: "2" },
+      payload: { type: "string", default: "64" },
+      drain: { type: "string", default: "10" },
+      workers: { type: "string", default: "1" },
+      client: { type: "string", default: "raw" },
+      "ack-interval": { type: "string", default: "20" },
+      "server-node-args": { type: "string" },
+      probe: { type: "string", default: "on" },
+      json: { type: "boolean", default: false },
+      help: { type: "boolean", default: false },
+    },
+  });
+  if (values.help) {
+    process.stdout.write(USAGE);
+    process.exit(0);
+  }
+  const num = (name: string, raw: string, min: number, max: number): number => {
+    const n = Number(raw);
+    if (!Number.isFinite(n) || n < min || n > max)
+      throw new Error(`--${name}: a number from ${min} to ${max}, got ${raw}`);
+    return n;
+  };
+  const mode = values.mode;
+  if (mode !== "direct" && mode !== "group" && mode !== "idle")
+    throw new Error("--mode: direct, group or idle");
+  const client = values.client;
+  if (client !== "raw" && client !== "connect") throw new Error("--client: raw or connect");
+  if (values.url !== undefined && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+\/?$/.test(values.url)) {
+    throw new Error("--url: only a local server (http://127.0.0.1:PORT) is benchmarked");
+  }
+  if (values.mesh && (values.url !== undefined || values["server-pid"] !== undefined))
+    throw new Error("--mesh spawns its own processes; it does not combine with --url or --server-pid");
+  return {
+    url: values.url?.replace(/\/$/, ""),
+    mesh: values.mesh
+      ? {
+          gateways: Math.floor(num("gateways", values.gateways, 1, 64)),
+          sequencers: Math.floor(num("sequencers", values.sequencers, 1, 64)),
+          fanouts: Math.floor(num("fanouts", values.fanouts, 1, 64)),
+          keepDir: values["keep-mesh-dir"],
+        }
+      : undefined,
+    serverPid:
+      values["server-pid"] === undefined ? undefined : num("server-pid", values["server-pid"], 1, 2 ** 31),
+    devices: Math.floor(num("devices", values.devices, 2, 100_000)),
+    mode,
+    groupSize: Math.floor(num("group-size", values["group-size"], 2, 1024)),
+    rate: num("rate", values.rate, 0, 1_000_000),
+    inflight: Math.floor(num("inflight", values.inflight, 1, 4096)),
+    duration: num("duration", values.duration, 0, 3600),
+    warmup: num("warmup", values.warmup, 0, 600),
+    payload: Math.floor(num("payload", values.payload, 8, 60_000)),
+    drain: num("drain", values.drain, 0, 600),
+    workers: Math.floor(num("workers", values.workers, 0, 16)),
+    client,
+    ackInterval: num("ack-interval", values["ack-interval"], 1, 10_000),
+    serverNodeArgs: values["server-node-args"]?.split(/\s+/).filter(Boolean),
+    probe: values.probe !== "off",
+    json: values.json,
+  };
+}

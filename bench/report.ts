@@ -1,0 +1,90 @@
+import type { LatencySummary } from "./histogram.js";
+import type { MemorySnapshot } from "./measure.js";
+import type { Report } from "./summary.js";
+
+/** The human-readable report of a load run. */
+
+export const mib = (bytes: number) => bytes / (1024 * 1024);
+export const fixed = (n: number, digits = 1) => n.toFixed(digits);
+
+/** Prints the report on stdout. */
+export function printReport(r: Report): void {
+  const t = r.throughput;
+  const lat = (s: LatencySummary) =>
+    `p50 ${fixed(s.p50, 2)}  p90 ${fixed(s.p90, 2)}  p99 ${fixed(s.p99, 2)}  max ${fixed(s.max, 2)} ms  (n=${s.count})`;
+  const pct = (n: number | undefined) => (n === undefined ? "n/a" : `${fixed(n)} %`);
+  const c = r.correctness;
+  const cp = r.cpuPercent;
+  const out = [
+    "",
+    `switchboard bench: ${r.options.mode}${r.options.mode === "group" ? ` (groups of ${r.options.groupSize})` : ""}, ${r.devices} devices, ${r.conversations} conversations, payload ${r.options.payload} B, client ${r.options.client}, ${r.options.workers} worker(s)`,
+    `machine: ${r.machine.cpus} x ${r.machine.cpuModel}, ${fixed(r.machine.memoryGiB)} GiB, node ${r.machine.node}`,
+    "",
+    `target rate      ${t.targetRate === 0 ? (r.options.mode === "idle" ? "idle" : `max (${r.options.inflight} in flight/device)`) : `${t.targetRate} msgs/s`}`,
+    `sent             ${fixed(t.sentPerSecond, 0)} msgs/s${t.skippedSends > 0 ? `  (${t.skippedSends} sends skipped: every device at its in-flight limit)` : ""}`,
+    `acked            ${fixed(t.ackedPerSecond, 0)} msgs/s`,
+    `delivered        ${fixed(t.deliveredPerSecond, 0)} entries/s to other devices (+${fixed(t.echoesPerSecond, 0)}/s echoes to senders, ${fixed(t.receiptsPerSecond, 0)}/s receipts, ${fixed(t.ackFramesPerSecond, 0)}/s ack frames)`,
+    `send -> ack      ${lat(r.sendAckMs)}`,
+    `send -> deliver  ${lat(r.deliveryMs)}`,
+    `ack -> deliver   ${lat(r.ackToDeliverMs)}${r.deliveredBeforeAck > 0 ? `  (${r.deliveredBeforeAck} deliveries came before their ack, which lagged p50 ${fixed(r.ackLagMs.p50)} / p99 ${fixed(r.ackLagMs.p99)} ms: counted as 0)` : ""}`,
+    `delivered/owed   ${c.receivedDeliveries}/${c.expectedDeliveries}; unanswered sends ${c.unansweredSends}; duplicates ${c.duplicates}; gaps ${c.gaps}`,
+    `errors           send_error ${JSON.stringify(c.sendErrors)}; frame errors ${c.frameErrors}; streams ended ${c.streamsEnded}${c.endReasons.length > 0 ? ` (${c.endReasons.join("; ")})` : ""}`,
+    `cpu              ${r.mesh ? "mesh (all processes)" : "server"} ${pct(cp.server)} (${r.mesh ? "Node main threads" : "main thread"} ${pct(cp.serverMainThread)}, other threads ${pct(cp.serverOtherThreads)}), bench client ${pct(cp.benchClient)}; machine ${pct(cp.machineBusy)} of ${cp.machineCapacity} % (other programs ${pct(cp.other)})`,
+    ...(r.mesh ? meshLines(r) : singleServerLines(r)),
+    "",
+    `per second (sent/acked/delivered): ${r.timeline.sent.map((s, i) => `${s}/${r.timeline.acked[i]}/${r.timeline.delivered[i]}`).join(" ")}`,
+    "",
+  ];
+  process.stdout.write(out.join("\n"));
+}
+
+const mem = (s: MemorySnapshot | undefined) =>
+  s === undefined
+    ? "n/a"
+    : `${fixed(mib(s.rss))} MiB (anon ${fixed(mib(s.anon ?? 0))}, file ${fixed(mib(s.file ?? 0))}${s.heapUsed === undefined ? "" : `, JS heap ${fixed(mib(s.heapUsed))}`})`;
+
+function singleServerLines(r: Report): string[] {
+  const m = r.serverMemory;
+  const el = r.serverEventLoop;
+  const d = m.perConnectedDevice;
+  return [
+    el === undefined
+      ? "event loop       n/a (no probe)"
+      : `event loop       server main thread utilisation ${fixed(100 * el.utilization)} %, delay p99 up to ${fixed(el.delayP99MaxMs)} ms, max ${fixed(el.delayMaxMs)} ms`,
+    `server memory    before connect ${mem(m.beforeConnect)}, connected ${mem(m.afterConnect)}, end ${mem(m.end)}, peak RSS ${m.peakRssBytes === undefined ? "n/a" : `${fixed(mib(m.peakRssBytes))} MiB`}${m.beforeConnect?.afterGc ? " (snapshots after a full GC)" : ""}`,
+    d
+      ? `per device       ${fixed(d.rssBytes / 1024)} KiB RSS${d.anonBytes === undefined ? "" : ` (${fixed(d.anonBytes / 1024)} KiB anon)`}${d.heapBytes === undefined ? "" : `, ${fixed(d.heapBytes / 1024)} KiB JS heap`} per connected device`
+      : "per device       n/a (no server pid)",
+  ];
+}
+
+function meshLines(r: Report): string[] {
+  const m = r.mesh!;
+  const o = r.options.mesh!;
+  const num = (n: number | undefined, digits = 1) => (n === undefined ? "n/a" : fixed(n, digits));
+  const pad = (s: string, n: number) => s.padStart(n);
+  const mibOf = (n: number | undefined) => (n === undefined ? "n/a" : fixed(mib(n), 0));
+  const lines = [
+    `mesh             ${o.gateways} gateways, ${o.sequencers} sequencers, ${o.fanouts} fanouts (+ accounts, presence, nats-server, redis-server): ${num(m.cpuMsPerMessage, 3)} ms CPU per acked message in all`,
+    `  ${"role".padEnd(10)}${pad("procs", 6)}${pad("cpu %", 8)}${pad("main %", 8)}${pad("ms/msg", 8)}${pad("µs/dlv", 8)}${pad("ELU max", 9)}   RSS MiB connected / end / peak`,
+    ...m.roles.map(
+      (x) =>
+        `  ${x.role.padEnd(10)}${pad(String(x.processes), 6)}${pad(num(x.cpuPercent), 8)}${pad(num(x.mainThreadPercent), 8)}${pad(num(x.cpuMsPerMessage, 3), 8)}${pad(num(x.cpuUsPerDelivery, 0), 8)}${pad(x.eventLoopUtilizationMax === undefined ? "n/a" : `${fixed(100 * x.eventLoopUtilizationMax, 0)} %`, 9)}   ${mibOf(x.rssConnectedBytes)} / ${mibOf(x.rssEndBytes)} / ${mibOf(x.peakRssBytes)}`,
+    ),
+    `  per process cpu % (ELU): ${m.processes.map((p) => `${p.name} ${num(p.cpuPercent, 0)}${p.eventLoopUtilization === undefined ? "" : ` (${fixed(100 * p.eventLoopUtilization, 0)})`}`).join(", ")}`,
+  ];
+  const gw = m.roles.find((x) => x.role === "gateway");
+  if (gw?.rssPerConnectedDeviceBytes !== undefined)
+    lines.push(
+      `per device       ${fixed(gw.rssPerConnectedDeviceBytes / 1024)} KiB gateway RSS per connected device (sum over gateways)`,
+    );
+  lines.push(
+    m.problemCount === 0
+      ? "mesh logs        no warnings or errors"
+      : `mesh logs        ${m.problemCount} warning/error lines or exits; first: ${m.problems
+          .slice(0, 3)
+          .map((p) => `[${p.process}] ${p.line.slice(0, 300)}`)
+          .join(" | ")}`,
+  );
+  return lines;
+}

@@ -1,0 +1,264 @@
+import { cpus, totalmem } from "node:os";
+import { Histogram, type LatencySummary } from "./histogram.js";
+import type { LoadStats } from "./load.js";
+import type { CpuMark, MemorySnapshot } from "./measure.js";
+import type { BenchMeshProcess } from "./mesh.js";
+import type { Options } from "./options.js";
+import { type ProbeSample, RAISED_LIMITS } from "./server.js";
+
+/** A load run's figures, gathered from the generators' stats and the measurements around them. */
+
+/** What was measured around the run (memory, CPU, the probe, the mesh). */
+export interface Context {
+  connectedDevices: number;
+  connectFailed: number;
+  conversations: number;
+  url: string;
+  spawned: boolean;
+  memBefore: MemorySnapshot | undefined;
+  memConnected: MemorySnapshot | undefined;
+  memEnd: MemorySnapshot | undefined;
+  peakRss: number;
+  cpuStart: CpuMark;
+  cpuEnd: CpuMark;
+  probe: ProbeSample[];
+  mesh:
+    | {
+        processes: BenchMeshProcess[];
+        before: Map<string, MemorySnapshot>;
+        connected: Map<string, MemorySnapshot>;
+        end: Map<string, MemorySnapshot>;
+        peakRss: Map<string, number>;
+        problems: { process: string; line: string }[];
+        problemCount: number;
+        dir: string;
+      }
+    | undefined;
+}
+
+type MeshContext = NonNullable<Context["mesh"]>;
+
+/**
+ * CPU, event-loop use and memory of every mesh process over the measured window, and per role.
+ * CPU per message divides a role's CPU seconds in the window by the messages acked in it, so it
+ * includes everything the role did meanwhile (receipts, cursors, acks), not only the send path.
+ */
+function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: number, delivered: number) {
+  const windowStart = ctx.cpuStart.at;
+  const windowEnd = ctx.cpuEnd.at;
+  const processes = m.processes.map((p) => {
+    const a = ctx.cpuStart.mesh.get(p.name);
+    const b = ctx.cpuEnd.mesh.get(p.name);
+    const cpuSeconds = a && b ? b.all - a.all : undefined;
+    const mainSeconds = a && b && p.node ? b.main - a.main : undefined;
+    const ticks = p.samples.filter((s) => s.t > windowStart + 500 && s.t <= windowEnd + 500);
+    return {
+      name: p.name,
+      role: p.role,
+      pid: p.pid,
+      cpuSeconds,
+      cpuPercent: cpuSeconds === undefined || seconds <= 0 ? undefined : (100 * cpuSeconds) / seconds,
+      mainThreadPercent:
+        mainSeconds === undefined || seconds <= 0 ? undefined : (100 * mainSeconds) / seconds,
+      eventLoopUtilization:
+        ticks.length === 0 ? undefined : ticks.reduce((n, s) => n + (s.elu ?? 0), 0) / ticks.length,
+      eventLoopDelayMaxMs: ticks.length === 0 ? undefined : Math.max(...ticks.map((s) => s.delayMax ?? 0)),
+      memoryBeforeConnect: m.before.get(p.name),
+      memoryConnected: m.connected.get(p.name),
+      memoryEnd: m.end.get(p.name),
+      peakRssBytes: m.peakRss.get(p.name),
+    };
+  });
+  const add = (xs: (number | undefined)[]) =>
+    xs.some((x) => x !== undefined) ? xs.reduce<number>((n, x) => n + (x ?? 0), 0) : undefined;
+  const roleNames = [...new Set(processes.map((p) => p.role))];
+  const roles = roleNames.map((role) => {
+    const ps = processes.filter((p) => p.role === role);
+    const cpuSeconds = add(ps.map((p) => p.cpuSeconds));
+    const connected = add(ps.map((p) => p.memoryConnected?.rss));
+    const before = add(ps.map((p) => p.memoryBeforeConnect?.rss));
+    return {
+      role,
+      processes: ps.length,
+      cpuSeconds,
+      cpuPercent: add(ps.map((p) => p.cpuPercent)),
+      mainThreadPercent: add(ps.map((p) => p.mainThreadPercent)),
+      /** CPU per acked message and per delivery, in ms and µs. */
+      cpuMsPerMessage: cpuSeconds === undefined || acked === 0 ? undefined : (1000 * cpuSeconds) / acked,
+      cpuUsPerDelivery:
+        cpuSeconds === undefined || delivered === 0 ? undefined : (1e6 * cpuSeconds) / delivered,
+      /** The busiest of the role's processes. */
+      eventLoopUtilizationMax: ps.some((p) => p.eventLoopUtilization !== undefined)
+        ? Math.max(...ps.map((p) => p.eventLoopUtilization ?? 0))
+        : undefined,
+      rssConnectedBytes: connected,
+      rssEndBytes: add(ps.map((p) => p.memoryEnd?.rss)),
+      peakRssBytes: add(ps.map((p) => p.peakRssBytes)),
+      rssPerConnectedDeviceBytes:
+        role === "gateway" && connected !== undefined && before !== undefined && ctx.connectedDevices > 0
+          ? (connected - before) / ctx.connectedDevices
+          : undefined,
+    };
+  });
+  const cpuSeconds = add(processes.map((p) => p.cpuSeconds));
+  return {
+    dir: m.dir,
+    cpuPercent: add(processes.map((p) => p.cpuPercent)),
+    mainThreadPercent: add(processes.map((p) => p.mainThreadPercent)),
+    cpuMsPerMessage: cpuSeconds === undefined || acked === 0 ? undefined : (1000 * cpuSeconds) / acked,
+    roles,
+    processes,
+    problemCount: m.problemCount,
+    problems: m.problems,
+  };
+}
+
+/** The report of a run: what --json prints and printReport formats. */
+export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
+  const sum = (pick: (s: LoadStats) => number) => results.reduce((n, s) => n + pick(s), 0);
+  const ack = new Histogram();
+  const delivery = new Histogram();
+  for (const r of results) {
+    ack.merge(r.ackLatency);
+    delivery.merge(r.deliveryLatency);
+  }
+  const sendErrors: Record<string, number> = {};
+  for (const r of results)
+    for (const [k, v] of Object.entries(r.sendErrors)) sendErrors[k] = (sendErrors[k] ?? 0) + v;
+  const seconds = (ctx.cpuEnd.at - ctx.cpuStart.at) / 1000;
+  const cpu = (a: number | undefined, b: number | undefined) =>
+    a === undefined || b === undefined || seconds <= 0 ? undefined : (100 * (b - a)) / seconds;
+  const acked = sum((s) => s.acked);
+  const mesh =
+    ctx.mesh &&
+    meshSummary(
+      ctx.mesh,
+      ctx,
+      seconds,
+      acked,
+      sum((s) => s.delivered),
+    );
+  // For a mesh, "server" is every process of it, nats-server and redis-server included.
+  const serverCpu = mesh ? mesh.cpuPercent : cpu(ctx.cpuStart.server?.all, ctx.cpuEnd.server?.all);
+  const serverMain = mesh ? mesh.mainThreadPercent : cpu(ctx.cpuStart.server?.main, ctx.cpuEnd.server?.main);
+  const clientCpu = cpu(ctx.cpuStart.client, ctx.cpuEnd.client);
+  const machineBusy = cpu(ctx.cpuStart.machine?.busy, ctx.cpuEnd.machine?.busy);
+  const ackToDelivery = new Histogram();
+  const ackLag = new Histogram();
+  for (const r of results) {
+    ackToDelivery.merge(r.ackToDeliveryLatency);
+    ackLag.merge(r.ackLagLatency);
+  }
+  let timelineLength = Math.max(...results.map((r) => r.timeline.sent.length));
+  const line = (pick: (r: LoadStats) => number[]) =>
+    Array.from({ length: timelineLength }, (_, i) => results.reduce((n, r) => n + (pick(r)[i] ?? 0), 0));
+  const timeline = {
+    sent: line((r) => r.timeline.sent),
+    acked: line((r) => r.timeline.acked),
+    delivered: line((r) => r.timeline.delivered),
+  };
+  while (
+    timelineLength > 0 &&
+    timeline.sent[timelineLength - 1] === 0 &&
+    timeline.acked[timelineLength - 1] === 0 &&
+    timeline.delivered[timelineLength - 1] === 0
+  )
+    timelineLength--;
+  for (const l of Object.values(timeline)) l.length = timelineLength;
+  const { memBefore, memConnected } = ctx;
+  const perDevice =
+    memBefore && memConnected && ctx.connectedDevices > 0
+      ? {
+          rssBytes: (memConnected.rss - memBefore.rss) / ctx.connectedDevices,
+          anonBytes:
+            memBefore.anon !== undefined && memConnected.anon !== undefined
+              ? (memConnected.anon - memBefore.anon) / ctx.connectedDevices
+              : undefined,
+          heapBytes:
+            memBefore.heapUsed !== undefined && memConnected.heapUsed !== undefined
+              ? (memConnected.heapUsed - memBefore.heapUsed) / ctx.connectedDevices
+              : undefined,
+          afterGc: memBefore.afterGc && memConnected.afterGc,
+        }
+      : undefined;
+  const elu = ctx.probe.map((s) => s.elu ?? 0);
+  const duration = opts.duration;
+  const rate = (n: number) => (duration > 0 ? n / duration : 0);
+  return {
+    options: { ...opts, url: ctx.url },
+    machine: {
+      cpus: cpus().length,
+      cpuModel: cpus()[0]?.model ?? "",
+      memoryGiB: totalmem() / 2 ** 30,
+      node: process.version,
+    },
+    server: {
+      spawned: ctx.spawned,
+      limits: ctx.spawned ? RAISED_LIMITS : "as configured by the running server",
+    },
+    devices: ctx.connectedDevices,
+    connectFailures: ctx.connectFailed,
+    conversations: ctx.conversations,
+    throughput: {
+      targetRate: opts.mode === "idle" ? 0 : opts.rate,
+      sentPerSecond: rate(sum((s) => s.sent)),
+      ackedPerSecond: rate(sum((s) => s.acked)),
+      deliveredPerSecond: rate(sum((s) => s.delivered)),
+      echoesPerSecond: rate(sum((s) => s.echoes)),
+      receiptsPerSecond: rate(sum((s) => s.receipts)),
+      ackFramesPerSecond: rate(sum((s) => s.ackFrames)),
+      skippedSends: sum((s) => s.skipped),
+    },
+    sendAckMs: ack.summary() satisfies LatencySummary,
+    deliveryMs: delivery.summary() satisfies LatencySummary,
+    /** The part of send→deliver after the sender's ack (see LoadStats.ackToDeliveryLatency). */
+    ackToDeliverMs: ackToDelivery.summary() satisfies LatencySummary,
+    deliveredBeforeAck: sum((s) => s.deliveredBeforeAck),
+    /** For deliveries that beat their ack: how much later the ack came. */
+    ackLagMs: ackLag.summary() satisfies LatencySummary,
+    correctness: {
+      expectedDeliveries: sum((s) => s.expectedDeliveries),
+      receivedDeliveries: sum((s) => s.receivedDeliveries),
+      unansweredSends: sum((s) => s.unanswered),
+      duplicates: sum((s) => s.duplicates),
+      gaps: sum((s) => s.gaps),
+      sendErrors,
+      frameErrors: sum((s) => s.frameErrors),
+      streamsEnded: sum((s) => s.streamsEnded),
+      endReasons: results.flatMap((r) => r.endReasons).slice(0, 5),
+    },
+    cpuPercent: {
+      server: serverCpu,
+      serverMainThread: serverMain,
+      serverOtherThreads:
+        serverCpu !== undefined && serverMain !== undefined ? serverCpu - serverMain : undefined,
+      benchClient: clientCpu,
+      machineBusy,
+      machineCapacity: cpus().length * 100,
+      other:
+        machineBusy !== undefined && serverCpu !== undefined && clientCpu !== undefined
+          ? machineBusy - serverCpu - clientCpu
+          : undefined,
+    },
+    mesh,
+    serverEventLoop:
+      elu.length === 0
+        ? undefined
+        : {
+            utilization: elu.reduce((a, b) => a + b, 0) / elu.length,
+            delayP99MaxMs: Math.max(...ctx.probe.map((s) => s.delayP99 ?? 0)),
+            delayMaxMs: Math.max(...ctx.probe.map((s) => s.delayMax ?? 0)),
+          },
+    serverMemory: {
+      beforeConnect: memBefore,
+      afterConnect: memConnected,
+      end: ctx.memEnd,
+      peakRssBytes: ctx.peakRss || undefined,
+      perConnectedDevice: perDevice,
+    },
+    timeline,
+  };
+}
+
+/** A run's report. */
+export type Report = ReturnType<typeof summarize>;

@@ -1,5 +1,4 @@
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
-import type { PushTarget } from "../notification/types.js";
 
 /**
  * The storage ports of Switchboard. Every stateful service talks to one of these contracts; the
@@ -206,8 +205,42 @@ export interface PushRegistration {
   /** A hash of the target; a removal reported for an older registration is recognised by it. */
   id: string;
   /** The target. */
-  target: PushTarget;
+  target: StoredPushTarget;
 }
+
+/**
+ * Where a device receives pushes, as the store keeps it (JSON in ScyllaDB, a record in LMDB).
+ * The notification service's PushTarget (services/notification/types.ts) has this shape; it is
+ * declared here because the store, below the services, owns what it persists. The compiler
+ * checks the two agree wherever a target passes between them.
+ */
+export type StoredPushTarget =
+  | {
+      /** A Web Push subscription (RFC 8030). */
+      kind: "webpush";
+      /** The push service URL from the subscription (https). */
+      endpoint: string;
+      /** The subscription's P-256 public key, base64url (65 bytes uncompressed). */
+      p256dh: string;
+      /** The subscription's authentication secret, base64url (16 bytes). */
+      auth: string;
+    }
+  | {
+      /** A Firebase Cloud Messaging registration. */
+      kind: "fcm";
+      /** The registration token. */
+      token: string;
+    }
+  | {
+      /** An Apple Push Notification service registration. */
+      kind: "apns";
+      /** The device token, hex. */
+      token: string;
+      /** The app's bundle id (the apns-topic). */
+      topic: string;
+      /** Which APNs environment issued the token. */
+      environment: "sandbox" | "production";
+    };
 
 /** A one-time code that links a new device to a user. */
 export interface LinkCodeRecord {

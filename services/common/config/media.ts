@@ -5,7 +5,7 @@
 import { join } from "node:path";
 import { z } from "zod";
 import { ConfigurationError } from "./error.js";
-import { check, type Env, flag, nonEmptyText } from "./schema.js";
+import { check, type Env, flag, nonEmptyText, refuse } from "./schema.js";
 
 /** Limits and lifetimes (the media service's MediaLimits). */
 export interface MediaLimits {
@@ -82,12 +82,6 @@ export interface MediaConfig {
     | { kind: "minio"; options: MinioSettings };
 }
 
-/** A message, as is. */
-function issue(ctx: z.RefinementCtx, message: string): never {
-  ctx.addIssue({ code: "custom", message });
-  return z.NEVER as never;
-}
-
 /** A positive integer variable, or fallback when unset or empty. */
 const positive = (name: string, fallback: number) =>
   z
@@ -96,7 +90,7 @@ const positive = (name: string, fallback: number) =>
     .transform((raw, ctx) => {
       if (raw === undefined || raw === "") return fallback;
       if (!/^\d+$/.test(raw) || !Number.isSafeInteger(Number(raw)) || Number(raw) < 1)
-        return issue(ctx, `${name} must be a positive integer, got "${raw}"`);
+        return refuse(ctx, `${name} must be a positive integer, got "${raw}"`);
       return Number(raw);
     });
 
@@ -108,7 +102,7 @@ const count = (name: string, fallback: number) =>
     .transform((raw, ctx) => {
       if (raw === undefined || raw === "") return fallback;
       if (!/^\d+$/.test(raw) || !Number.isSafeInteger(Number(raw)))
-        return issue(ctx, `${name} must be a non-negative integer (0: off), got "${raw}"`);
+        return refuse(ctx, `${name} must be a non-negative integer (0: off), got "${raw}"`);
       return Number(raw);
     });
 
@@ -127,7 +121,7 @@ const endpoint = (name: string) =>
     try {
       return parseEndpoint(raw);
     } catch (err) {
-      return issue(ctx, `${name}: ${(err as Error).message}`);
+      return refuse(ctx, `${name}: ${(err as Error).message}`);
     }
   });
 
@@ -163,7 +157,7 @@ export const localMediaVariables = z.object({
   SWITCHBOARD_MEDIA_URL_KEY: nonEmptyText().transform((raw, ctx) => {
     const key = raw === undefined ? undefined : Buffer.from(raw, "base64url");
     if (key !== undefined && key.length < 32)
-      return issue(ctx, "SWITCHBOARD_MEDIA_URL_KEY must be at least 32 bytes, base64url");
+      return refuse(ctx, "SWITCHBOARD_MEDIA_URL_KEY must be at least 32 bytes, base64url");
     return key;
   }),
   SWITCHBOARD_MEDIA_PUBLIC_URL: nonEmptyText().refine(
@@ -172,7 +166,7 @@ export const localMediaVariables = z.object({
   ),
   SWITCHBOARD_MEDIA_PORT: nonEmptyText().transform((raw = "7422", ctx) => {
     if (!/^\d{1,5}$/.test(raw) || Number(raw) > 65535)
-      return issue(ctx, `SWITCHBOARD_MEDIA_PORT must be a port number (0 for any free port), got "${raw}"`);
+      return refuse(ctx, `SWITCHBOARD_MEDIA_PORT must be a port number (0 for any free port), got "${raw}"`);
     return Number(raw);
   }),
   /** Unset or empty: <data dir>/media. */

@@ -14,6 +14,7 @@ import {
   oneOf,
   oneOfVariable,
   optionalIntVariable,
+  refuse,
   text,
   textOr,
   without,
@@ -94,11 +95,18 @@ const ROUTE_ENGINES = ["memory", "redis"] as const;
 
 /** The mesh variables, in the order they are checked. */
 export const meshVariables = z.object({
-  SWITCHBOARD_ROLES: nonEmptyText().transform((raw) => {
+  SWITCHBOARD_ROLES: nonEmptyText().transform((raw, ctx) => {
     if (raw === undefined) return undefined;
-    const roles = list(raw).map((r) => oneOf("SWITCHBOARD_ROLES", r, ROLES));
-    if (roles.length === 0) fail("SWITCHBOARD_ROLES names no role");
-    return roles;
+    const roles = list(raw);
+    if (roles.length === 0) return refuse(ctx, "configuration: SWITCHBOARD_ROLES names no role");
+    for (const role of roles) {
+      if (!(ROLES as readonly string[]).includes(role))
+        return refuse(
+          ctx,
+          `configuration: SWITCHBOARD_ROLES must be one of ${ROLES.join(", ")}, got "${role}"`,
+        );
+    }
+    return roles as Role[];
   }),
   SWITCHBOARD_SEQUENCER_REPLICAS: intVariable("SWITCHBOARD_SEQUENCER_REPLICAS", 1, false),
   SWITCHBOARD_SEQUENCER_URLS: listOf(),

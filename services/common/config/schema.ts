@@ -62,6 +62,25 @@ export function nonNegativeInt(label: string) {
   });
 }
 
+/** Stops a transform with a message, as is (the messages are the ones operators know). */
+export function refuse(ctx: z.RefinementCtx, message: string): never {
+  ctx.addIssue({ code: "custom", message });
+  return z.NEVER as never;
+}
+
+/** A variable holding a non-negative integer; undefined when unset (or, with emptyIsUnset, empty). */
+function intText(label: string, emptyIsUnset: boolean): z.ZodType<number | undefined, string | undefined> {
+  const int = nonNegativeInt(label);
+  return z
+    .string()
+    .optional()
+    .transform((raw, ctx) => {
+      if (raw === undefined || (emptyIsUnset && raw === "")) return undefined;
+      const parsed = int.safeParse(raw);
+      return parsed.success ? parsed.data : refuse(ctx, parsed.error.issues[0]?.message ?? label);
+    });
+}
+
 /**
  * A variable holding a non-negative integer, or fallback when it is unset. With emptyIsUnset an
  * empty value counts as unset; without it, "" is read as 0 (as the settings always have been).
@@ -71,32 +90,12 @@ export function intVariable(
   fallback: number,
   emptyIsUnset: boolean,
 ): z.ZodType<number, string | undefined> {
-  const int = nonNegativeInt(label);
-  return z
-    .string()
-    .optional()
-    .transform((raw, ctx) => {
-      if (raw === undefined || (emptyIsUnset && raw === "")) return fallback;
-      const parsed = int.safeParse(raw);
-      if (parsed.success) return parsed.data;
-      for (const issue of parsed.error.issues) ctx.addIssue({ code: "custom", message: issue.message });
-      return z.NEVER;
-    });
+  return intText(label, emptyIsUnset).transform((n) => n ?? fallback);
 }
 
 /** A variable holding a non-negative integer; undefined when unset or empty. */
 export function optionalIntVariable(label: string): z.ZodType<number | undefined, string | undefined> {
-  const int = nonNegativeInt(label);
-  return z
-    .string()
-    .optional()
-    .transform((raw, ctx) => {
-      if (raw === undefined || raw === "") return undefined;
-      const parsed = int.safeParse(raw);
-      if (parsed.success) return parsed.data;
-      for (const issue of parsed.error.issues) ctx.addIssue({ code: "custom", message: issue.message });
-      return z.NEVER;
-    });
+  return intText(label, true);
 }
 
 /** A variable holding one of allowed; undefined when unset (an empty value is refused). */
@@ -107,9 +106,7 @@ export function oneOfVariable<T extends string>(label: string, allowed: readonly
     .transform((raw, ctx) => {
       if (raw === undefined) return undefined;
       const message = oneOfMessage(label, raw, allowed);
-      if (message === undefined) return raw as T;
-      ctx.addIssue({ code: "custom", message });
-      return z.NEVER;
+      return message === undefined ? (raw as T) : refuse(ctx, message);
     });
 }
 
@@ -130,16 +127,10 @@ export function httpUrl(label: string) {
       try {
         url = new URL(value);
       } catch {
-        ctx.addIssue({ code: "custom", message: `configuration: ${label} is not a URL: "${value}"` });
-        return z.NEVER;
+        return refuse(ctx, `configuration: ${label} is not a URL: "${value}"`);
       }
-      if (url.protocol !== "http:" && url.protocol !== "https:") {
-        ctx.addIssue({
-          code: "custom",
-          message: `configuration: ${label} must be an http(s) URL, got "${value}"`,
-        });
-        return z.NEVER;
-      }
+      if (url.protocol !== "http:" && url.protocol !== "https:")
+        return refuse(ctx, `configuration: ${label} must be an http(s) URL, got "${value}"`);
       return value.replace(/\/+$/, "");
     });
 }

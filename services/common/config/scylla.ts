@@ -4,7 +4,7 @@
  */
 import { z } from "zod";
 import { ConfigurationError } from "./error.js";
-import { check, type Env } from "./schema.js";
+import { check, type Env, refuse } from "./schema.js";
 
 /** Where and how the engine connects (the store's ScyllaOptions without `migrate`). */
 export interface ScyllaSettings {
@@ -31,11 +31,6 @@ const KEYSPACE_NAME = /^[a-z][a-z0-9_]{0,47}$/;
 const HOST = /^[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$/;
 const IPV6 = /^\[[0-9A-Fa-f:.]+\]$/;
 
-function issue(ctx: z.RefinementCtx, message: string): never {
-  ctx.addIssue({ code: "custom", message });
-  return z.NEVER as never;
-}
-
 /** The trimmed text of a variable; undefined when unset or blank. */
 const trimmed = () =>
   z
@@ -51,7 +46,7 @@ const integer = (name: string, min: number, max: number) =>
     if (value === undefined) return undefined;
     const n = Number(value);
     if (!/^\d+$/.test(value) || n < min || n > max)
-      return issue(ctx, `${name} must be an integer from ${min} to ${max}, got "${value}"`);
+      return refuse(ctx, `${name} must be an integer from ${min} to ${max}, got "${value}"`);
     return n;
   });
 
@@ -60,7 +55,10 @@ const contactPoints = z
   .optional()
   .transform((value, ctx) => {
     if (value === undefined || value.trim() === "")
-      return issue(ctx, "SCYLLA_CONTACT_POINTS is not set; give a comma-separated list of host or host:port");
+      return refuse(
+        ctx,
+        "SCYLLA_CONTACT_POINTS is not set; give a comma-separated list of host or host:port",
+      );
     const points: string[] = [];
     for (const raw of value.split(",")) {
       const point = raw.trim();
@@ -71,9 +69,9 @@ const contactPoints = z
       const port = colon > 0 ? point.slice(colon + 1) : undefined;
       const hostOk = bracketed ? IPV6.test(host) && port !== undefined : HOST.test(host);
       if (!hostOk)
-        return issue(ctx, `SCYLLA_CONTACT_POINTS: "${point}" is not a host, host:port or [ipv6]:port`);
+        return refuse(ctx, `SCYLLA_CONTACT_POINTS: "${point}" is not a host, host:port or [ipv6]:port`);
       if (port !== undefined && !(/^\d{1,5}$/.test(port) && Number(port) >= 1 && Number(port) <= 65_535))
-        return issue(ctx, `SCYLLA_CONTACT_POINTS: "${point}" has an invalid port`);
+        return refuse(ctx, `SCYLLA_CONTACT_POINTS: "${point}" has an invalid port`);
       points.push(point);
     }
     return points;
@@ -86,7 +84,7 @@ export const scyllaVariables = z.object({
   SCYLLA_KEYSPACE: trimmed().transform((name = "switchboard", ctx) =>
     KEYSPACE_NAME.test(name)
       ? name
-      : issue(
+      : refuse(
           ctx,
           `SCYLLA_KEYSPACE: keyspace name "${name}" must be 1-48 characters of a-z, 0-9 and _, starting with a letter`,
         ),

@@ -40,7 +40,7 @@ export const defaultNotifierOptions: NotifierOptions = {
   ttlSeconds: 24 * 3600,
 };
 
-/** What the notifier did, for operators (exported as metrics by the operations work). */
+/** What the notifier did, for operators (switchboard.push.wakeups in server/observe.ts; admin stats). */
 export interface NotifierMetrics {
   /** New wake-ups queued. */
   queued: number;

@@ -8,6 +8,7 @@ import {
   type MismatchedDevice,
   MismatchedDeviceSchema,
 } from "../../gen/switchboard/v1/gateway_pb.js";
+import { InvalidInputError } from "../common/errors.js";
 import { requireId } from "../common/validate.js";
 
 /** libsignal's registration ids are 14 bits; 0 is never a device's. */
@@ -71,12 +72,9 @@ export function bodyBytes(body: Entry["body"] | OutgoingEntry["body"]): number {
   return bytes;
 }
 
-// These checks stay wire errors (ConnectError), unlike the rest of the sequencer: the gateway
-// runs them itself, before a send reaches the sequencer, and turns what they throw into a
-// SendErrorFrame with ConnectError.from, which would make a DomainError UNKNOWN. They can become
-// InvalidInputError once the gateway converts with the boundary's table (toConnectError).
-function invalid(message: string): ConnectError {
-  return new ConnectError(message, Code.InvalidArgument);
+/** The refusal of a malformed set: INVALID_ARGUMENT at the boundary (and in the gateway's frames). */
+function invalid(message: string): InvalidInputError {
+  return new InvalidInputError(message);
 }
 
 /**

@@ -13,15 +13,14 @@ import {
 } from "../../gen/switchboard/internal/v1/admin_pb.js";
 import { type DeviceRoute, DeviceRouteSchema } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { Device, User } from "../../gen/switchboard/v1/accounts_pb.js";
-import type { Accounts } from "../accounts/accounts.js";
-import { INVITE_LIMITS } from "../accounts/invites.js";
+import { type Accounts, INVITE_LIMITS } from "../accounts/index.js";
 import type { Role } from "../common/config.js";
 import { ConflictError, InvalidInputError, NotFoundError } from "../common/errors.js";
 import { requireId, requireUsername } from "../common/validate.js";
 import type { GatewayCore } from "../gateway/gateway.js";
 import type { Notifier } from "../notification/notifier.js";
-import type { Presence } from "../presence/presence.js";
-import type { Sequencer } from "../sequencer/sequencer.js";
+import type { Presence } from "../presence/index.js";
+import type { Sequencer } from "../sequencer/index.js";
 import type { InviteRecord } from "../store/types.js";
 
 /**

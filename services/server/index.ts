@@ -1,5 +1,5 @@
 import { mkdir } from "node:fs/promises";
-import type { Accounts } from "../accounts/accounts.js";
+import type { Accounts } from "../accounts/index.js";
 import { Tokens } from "../common/auth.js";
 import { type Config, type ConfigInput, loadConfig, ROLES, type Role } from "../common/config.js";
 import { internalCredential } from "../common/internal-auth.js";

@@ -5,11 +5,15 @@ import { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.j
 import { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
-import { Accounts } from "../accounts/accounts.js";
-import { accountService, directoryService } from "../accounts/handler.js";
-import { DEFAULT_KEYS_OPTIONS, Keys } from "../accounts/keys.js";
-import { keyService } from "../accounts/keys-handler.js";
-import { perPeriod } from "../accounts/refusals.js";
+import {
+  Accounts,
+  accountService,
+  DEFAULT_KEYS_OPTIONS,
+  directoryService,
+  Keys,
+  keyService,
+  perPeriod,
+} from "../accounts/index.js";
 import type { DeliveryChannel, EventBus } from "../bus/types.js";
 import type { Tokens } from "../common/auth.js";
 import type { Config, Role } from "../common/config.js";

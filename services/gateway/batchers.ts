@@ -13,7 +13,7 @@ import { DEVICE_ENTRY_WIRE_BYTES } from "../common/config.js";
 import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { context, extractContext, injectContext } from "../common/telemetry.js";
-import { bodyBytes, devicePayloadsOf } from "../sequencer/device-payloads.js";
+import { bodyBytes, devicePayloadsOf } from "../sequencer/index.js";
 import { checkedMembersOf } from "./device-set.js";
 
 /** The sequencer calls the batchers need; routed to the owning replica by the caller. */

@@ -3,7 +3,7 @@ import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { PrivacyRefusalSchema } from "../../gen/switchboard/v1/accounts_pb.js";
-import { audienceFromWire } from "../accounts/privacy.js";
+import { audienceFromWire } from "../accounts/index.js";
 import type { RefusalFields } from "../common/refusals.js";
 import type { PrivacyAudience } from "../store/types.js";
 

@@ -22,7 +22,7 @@ import {
   mismatchError,
   mismatchOf,
   needsDeviceCheck,
-} from "../sequencer/device-payloads.js";
+} from "../sequencer/index.js";
 
 export { mismatchError, mismatchOf };
 

@@ -3,7 +3,7 @@ import { type OutgoingEntry, OutgoingEntrySchema } from "../../gen/switchboard/v
 import { DEVICE_ENTRY_WIRE_BYTES, type Limits } from "../common/config.js";
 import { InvalidInputError } from "../common/errors.js";
 import { stripUnknownFields } from "../common/wire-size.js";
-import { bodyBytes, devicePayloadsOf } from "../sequencer/device-payloads.js";
+import { bodyBytes, devicePayloadsOf } from "../sequencer/index.js";
 
 /**
  * Bytes an outgoing entry may take beyond its payload and device entries: the client message id

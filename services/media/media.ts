@@ -9,7 +9,7 @@ import {
 } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import type { RateLimiter } from "../common/rate-limit/types.js";
-import type { SequencerClient } from "../sequencer/router.js";
+import type { SequencerClient } from "../sequencer/index.js";
 import { newObjectId, type ObjectRecord, type ObjectStore } from "./types.js";
 
 /** The part of the sequencer the media service asks: who is in a conversation. */

@@ -1,0 +1,20 @@
+/**
+ * The gateway's public face: what the composition root and the admin service use of it. The
+ * session machinery (services/gateway/session/), the batchers and the outbound queues are the
+ * gateway's own and may change without notice.
+ */
+
+// The manager holding every device stream of this process, and what it is given.
+export { GatewayCore, type GatewayDeps } from "./gateway.js";
+// The public RPC faces the network serves, and the forwarders to the services behind them.
+export {
+  accountForwarder,
+  authInterceptor,
+  ConversationService,
+  conversationService,
+  GatewayService,
+  gatewayService,
+  keyForwarder,
+  mediaForwarder,
+} from "./handlers.js";
+export type { GatewayMetrics, GatewayObserver, ObservedGateway } from "./types.js";

@@ -1,6 +1,7 @@
 // The Switchboard TypeScript SDK. See README.md in this folder.
 export { Backoff } from "./backoff.js";
 export { identityCodec, newClientMsgId, SwitchboardClient } from "./client.js";
+export { writeFileAtomic } from "./durable-file.js";
 export {
   type ContactSafetyNumber,
   checkContext,
@@ -18,7 +19,7 @@ export {
   type PrivacyChoices,
   privacyRefusalOf,
 } from "./privacy.js";
-export { Profile, writeFileAtomic } from "./profile.js";
+export { Profile } from "./profile.js";
 export { ReorderBuffer, type ReorderOptions, type SyncAnswer } from "./reorder.js";
 export {
   type ConnectionOptions,

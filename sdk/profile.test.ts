@@ -4,7 +4,8 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { Profile, writeFileAtomic } from "./profile.js";
+import { writeFileAtomic } from "./durable-file.js";
+import { Profile } from "./profile.js";
 import type { DeviceCredentials, OutboxItem } from "./types.js";
 
 const dirs: string[] = [];
@@ -69,7 +70,7 @@ describe("writeFileAtomic", () => {
     const path = join(dir, "state.json");
     // A child rewrites a large file as fast as it can; we kill it at an arbitrary moment.
     const script = `
-      import { writeFileAtomic } from ${JSON.stringify(new URL("./profile.ts", import.meta.url).href)};
+      import { writeFileAtomic } from ${JSON.stringify(new URL("./durable-file.ts", import.meta.url).href)};
       const big = "x".repeat(256 * 1024);
       for (let i = 0; ; i++) {
         await writeFileAtomic(${JSON.stringify(path)}, JSON.stringify({ i, big }));

@@ -1,10 +1,7 @@
 import { mkdir, open, readFile, unlink } from "node:fs/promises";
 import { join } from "node:path";
-import { isErrno, removeLeftovers, SerialFile, syncDirectory, writeFileAtomic } from "./durable-file.js";
+import { isErrno, removeLeftovers, SerialFile, writeFileAtomic } from "./durable-file.js";
 import type { DeviceCredentials, LocalCursor, OutboxItem } from "./types.js";
-
-// Kept here too for the callers that import them from the profile (sdk/index.ts, the CLI).
-export { isErrno, syncDirectory, writeFileAtomic };
 
 const CREDENTIALS = "credentials.json";
 const STATE = "state.json";

@@ -3,7 +3,7 @@ import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
 import type { IdentityChangeEvent } from "./crypto/stores/types.js";
-import type { DevicesChangedEvent } from "./e2ee.js";
+import type { DevicesChangedEvent } from "./e2ee/types.js";
 
 /**
  * Turns application plaintext into the bytes the server stores, and back. The server never looks

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { link, rename, stat, unlink } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
-import { syncDirectory } from "../profile.js";
+import { syncDirectory } from "../durable-file.js";
 
 /**
  * Makes text that others wrote (messages, names, titles, file names) safe to print on one line:

@@ -1,15 +1,11 @@
-import { readFile } from "node:fs/promises";
-import { join } from "node:path";
 import { toJson } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
-import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { Command } from "commander";
 import {
-  AdminService,
+  type AdminService,
   CreateInviteResponseSchema,
   DrainGatewayResponseSchema,
   GetStatsResponseSchema,
-  type Invite,
   ListInvitesResponseSchema,
   type LookupUserResponse,
   LookupUserResponseSchema,
@@ -19,7 +15,11 @@ import {
 import type { DeviceRoute } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { Device } from "../../gen/switchboard/v1/accounts_pb.js";
 import { environment } from "../common/config.js";
-import { internalCredential, sendInternalCredential } from "../common/internal-auth.js";
+import { AdminError, adminCredential, connect, describeAdminError } from "./admin/connection.js";
+import { bytes, collect, duration, inviteState, parseTtl, ranges, table, time } from "./admin/format.js";
+
+export { adminCredential, describeAdminError } from "./admin/connection.js";
+export { parseTtl } from "./admin/format.js";
 
 /** Where admin output goes; replaceable so the commands can run inside tests. */
 export interface AdminIo {
@@ -46,162 +46,6 @@ interface AdminOptions {
 
 /** Zeros and empty lists are printed too, so scripts find every field. */
 const JSON_OPTIONS = { alwaysEmitImplicit: true } as const;
-
-/** An error already phrased for the operator. */
-class AdminError extends Error {}
-
-/**
- * The deployment's internal credential: derived from SWITCHBOARD_TOKEN_KEY, or from the token key
- * a one-process server generated into its data directory (`--data-dir`, which wins when given).
- */
-export async function adminCredential(dataDir: string | undefined, env: NodeJS.ProcessEnv): Promise<string> {
-  let key: Buffer;
-  let source: string;
-  if (dataDir !== undefined) {
-    source = join(dataDir, "token.key");
-    try {
-      key = Buffer.from((await readFile(source, "utf8")).trim(), "base64url");
-    } catch (err) {
-      const code = (err as NodeJS.ErrnoException).code;
-      throw new AdminError(
-        code === "ENOENT"
-          ? `no token key at ${source}: is --data-dir the data directory of a one-process server that has started once?`
-          : `cannot read ${source}: ${(err as Error).message}`,
-      );
-    }
-  } else if (env.SWITCHBOARD_TOKEN_KEY) {
-    source = "SWITCHBOARD_TOKEN_KEY";
-    key = Buffer.from(env.SWITCHBOARD_TOKEN_KEY, "base64url");
-  } else {
-    throw new AdminError(
-      "no internal credential: set SWITCHBOARD_TOKEN_KEY to the deployment's token key, or pass " +
-        "--data-dir <dir> of a one-process server (its <dir>/token.key)",
-    );
-  }
-  if (key.length < 32) throw new AdminError(`${source} must encode at least 32 bytes (base64url)`);
-  return internalCredential(key);
-}
-
-/** One admin client per process URL; close() drops the connections so the command can exit. */
-function connect(url: string, credential: string): { client: Client<typeof AdminService>; close(): void } {
-  let parsed: URL;
-  try {
-    parsed = new URL(url);
-  } catch {
-    throw new AdminError(`--url ${url}: not a URL (e.g. http://127.0.0.1:7420)`);
-  }
-  if (parsed.protocol !== "http:" && parsed.protocol !== "https:")
-    throw new AdminError(`--url ${url}: expected http:// or https://`);
-  const sessionManager = new Http2SessionManager(url);
-  const transport = createGrpcTransport({
-    baseUrl: url,
-    sessionManager,
-    interceptors: [sendInternalCredential(credential)],
-    defaultTimeoutMs: 15_000,
-  });
-  return { client: createClient(AdminService, transport), close: () => sessionManager.abort() };
-}
-
-/** One line for an operator: what went wrong at which process, and what to do about it. */
-export function describeAdminError(url: string, err: unknown): string {
-  if (err instanceof AdminError) return err.message;
-  if (err instanceof ConnectError) {
-    switch (err.code) {
-      case Code.Unauthenticated:
-        return (
-          `${url} refused the internal credential: SWITCHBOARD_TOKEN_KEY (or --data-dir) is not ` +
-          `this deployment's token key [${err.rawMessage}]`
-        );
-      case Code.Unimplemented:
-        return `${url} does not serve the admin service (an older version, or not a Switchboard process)`;
-      case Code.Unavailable:
-        if (/ECONNREFUSED|ENOTFOUND|ETIMEDOUT|EHOSTUNREACH/.test(err.rawMessage))
-          return `${url} is not reachable: ${err.rawMessage}`;
-        break;
-      default:
-        break;
-    }
-    return `${url}: ${err.rawMessage} [${Code[err.code] ?? err.code}]`;
-  }
-  return `${url}: ${err instanceof Error ? err.message : String(err)}`;
-}
-
-function collect(value: string, previous: string[]): string[] {
-  return [...previous, value];
-}
-
-/** Milliseconds as "3d 4h", "12m 5s", "800ms". */
-function duration(ms: number): string {
-  if (ms < 1000) return `${ms}ms`;
-  const s = Math.floor(ms / 1000);
-  const parts: Array<[number, string]> = [
-    [Math.floor(s / 86400), "d"],
-    [Math.floor((s % 86400) / 3600), "h"],
-    [Math.floor((s % 3600) / 60), "m"],
-    [s % 60, "s"],
-  ];
-  const first = parts.findIndex(([n]) => n > 0);
-  return parts
-    .slice(first, first + 2)
-    .map(([n, u]) => `${n}${u}`)
-    .join(" ");
-}
-
-function bytes(n: bigint): string {
-  const mib = Number(n) / (1024 * 1024);
-  return mib >= 1024 ? `${(mib / 1024).toFixed(1)} GiB` : `${mib.toFixed(1)} MiB`;
-}
-
-function time(ms: bigint): string {
-  return ms === 0n ? "-" : new Date(Number(ms)).toISOString().replace(/\.\d+Z$/, "Z");
-}
-
-/** Shard numbers as ranges: 0-3, 8, 10-15. */
-function ranges(values: readonly number[]): string {
-  const out: string[] = [];
-  for (let i = 0; i < values.length; ) {
-    let j = i;
-    while (j + 1 < values.length && values[j + 1] === values[j]! + 1) j++;
-    out.push(j === i ? `${values[i]}` : `${values[i]}-${values[j]}`);
-    i = j + 1;
-  }
-  return out.join(", ") || "none";
-}
-
-const TTL_UNITS: Record<string, number> = { s: 1_000, m: 60_000, h: 3_600_000, d: 86_400_000 };
-
-/** "7d", "12h", "30m", "90s" as milliseconds. */
-export function parseTtl(text: string): number {
-  const match = /^(\d+)([smhd])$/.exec(text.trim());
-  if (match === null) throw new AdminError(`--ttl ${text}: expected a number and a unit: 90s, 30m, 12h, 7d`);
-  return Number(match[1]) * TTL_UNITS[match[2]!]!;
-}
-
-/** What state an invite is in at `nowMs`. */
-function inviteState(i: Invite, nowMs: number): string {
-  if (i.revokedAtMs !== 0n) return "revoked";
-  if (BigInt(nowMs) >= i.expiresAtMs) return "expired";
-  if (i.usesLeft === 0) return "used up";
-  return "active";
-}
-
-/** Rows of cells as aligned columns. */
-function table(rows: readonly string[][], indent = "  "): string[] {
-  const widths: number[] = [];
-  for (const row of rows) {
-    row.forEach((cell, i) => {
-      widths[i] = Math.max(widths[i] ?? 0, cell.length);
-    });
-  }
-  return rows.map(
-    (row) =>
-      indent +
-      row
-        .map((cell, i) => cell.padEnd(widths[i]!))
-        .join("  ")
-        .trimEnd(),
-  );
-}
 
 /**
  * Adds `switchboard admin` (stats, user, revoke, drain, invite create|list|revoke): operator commands against the

@@ -32,6 +32,7 @@ export {
   type MediaLimits,
   type MinioSettings,
   type ObjectStoreEndpoint,
+  parseEndpoint,
 } from "./config/media.js";
 export { type MeshConfig, type NatsConfig, ROLES, type Role, type ServiceUrls } from "./config/mesh.js";
 export type { PushConfig } from "./config/push.js";

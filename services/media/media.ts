@@ -1,4 +1,5 @@
 import { Code, ConnectError } from "@connectrpc/connect";
+import { defaultMediaLimits, type MediaLimits } from "../common/config.js";
 import {
   ConflictError,
   InvalidInputError,
@@ -15,37 +16,12 @@ import { newObjectId, type ObjectRecord, type ObjectStore } from "./types.js";
 /** The part of the sequencer the media service asks: who is in a conversation. */
 export type MembershipSource = Pick<SequencerClient, "getMembers">;
 
-/** Limits and lifetimes. */
-export interface MediaLimits {
-  /** Largest object, in bytes (104,857,600 = 100 MiB by default). */
-  maxBytes: number;
-  /** How long an upload URL works, in seconds. */
-  uploadUrlTtlSeconds: number;
-  /** How long a download URL works, in seconds. */
-  downloadUrlTtlSeconds: number;
-  /** How long an upload may stay unclaimed before the sweep deletes it, in milliseconds. */
-  unclaimedTtlMs: number;
-  /**
-   * Bytes one user may reserve for uploads per day (declared lengths, charged when the upload is
-   * created, whichever engine stores it); also the burst. 0 turns the quota off.
-   */
-  uploadBytesPerDay: number;
-  /**
-   * Uploads one user may have created and not yet claimed (per media process); 0 turns the bound
-   * off. A slot frees when the object is claimed or when the sweep would delete it.
-   */
-  maxUploadsInFlight: number;
-}
+// The limits are settings: their type, documentation and defaults live with the configuration
+// (services/common/config/media.ts), which validates them; the service uses them as given.
+export type { MediaLimits };
 
 /** The defaults: 100 MiB, 15-minute URLs, 24 hours to claim, 1 GiB a day and 64 in flight per user. */
-export const DEFAULT_MEDIA_LIMITS: MediaLimits = {
-  maxBytes: 100 * 1024 * 1024,
-  uploadUrlTtlSeconds: 15 * 60,
-  downloadUrlTtlSeconds: 15 * 60,
-  unclaimedTtlMs: 24 * 60 * 60 * 1000,
-  uploadBytesPerDay: 1024 * 1024 * 1024,
-  maxUploadsInFlight: 64,
-};
+export const DEFAULT_MEDIA_LIMITS: MediaLimits = defaultMediaLimits;
 
 /** Users whose in-flight uploads are remembered at most; the least recently active are forgotten. */
 const MAX_TRACKED_UPLOADERS = 100_000;

@@ -2,6 +2,7 @@ import type { Readable } from "node:stream";
 // Types only: the driver is loaded by MinioObjectStore.open, so importing this module (for
 // parseMinioEndpoint, or by the configuration) never loads minio in a process that does not use it.
 import type { Client, ClientOptions } from "minio";
+import { type ObjectStoreEndpoint, parseEndpoint } from "../common/config.js";
 import {
   isObjectId,
   type ObjectRecord,
@@ -32,24 +33,11 @@ export interface MinioObjectStoreOptions {
   createBucket?: boolean;
 }
 
-/** A MinIO (or any S3 API) address. */
-export interface MinioEndpoint {
-  /** Host name or address. */
-  host: string;
-  /** Port. */
-  port: number;
-  /** HTTPS. */
-  useSSL: boolean;
-}
+/** A MinIO (or any S3 API) address; parsed and checked by the configuration. */
+export type MinioEndpoint = ObjectStoreEndpoint;
 
-/** Parses "http://host:port" or "https://host[:port]" into an endpoint. */
-export function parseMinioEndpoint(value: string): MinioEndpoint {
-  const url = new URL(value);
-  if (url.protocol !== "http:" && url.protocol !== "https:") throw new Error("must be an http(s) URL");
-  if (url.pathname !== "/" || url.search !== "") throw new Error("must have no path or query");
-  const useSSL = url.protocol === "https:";
-  return { host: url.hostname, port: url.port === "" ? (useSSL ? 443 : 80) : Number(url.port), useSSL };
-}
+/** Parses "http://host:port" or "https://host[:port]" into an endpoint (the configuration's rule). */
+export const parseMinioEndpoint = parseEndpoint;
 
 const NOT_FOUND = new Set(["NotFound", "NoSuchKey"]);
 

@@ -1,5 +1,4 @@
 import { create } from "@bufbuild/protobuf";
-import { KEMPublicKey, PublicKey } from "@signalapp/libsignal-client";
 import {
   type BusEvent,
   BusEventSchema,
@@ -27,7 +26,19 @@ import type {
   PrekeyCountsRecord,
   SignedPrekeyRecord,
 } from "../store/types.js";
+import {
+  distinctIds,
+  type EcPrekeyInput,
+  ecKey,
+  kemKey,
+  own,
+  type SignedPrekeyInput,
+  sameBytes,
+  verifySignature,
+} from "./key-checks.js";
 import { enforce, type RefusalSink } from "./refusals.js";
+
+export type { EcPrekeyInput, SignedPrekeyInput } from "./key-checks.js";
 
 /** Limits and thresholds of the key directory. */
 export interface KeysOptions {
@@ -69,27 +80,8 @@ export const DEFAULT_KEYS_OPTIONS: KeysOptions = {
 
 /** libsignal's registration ids are 14 bits; 0 means "not given". */
 const MAX_REGISTRATION_ID = 0x3fff;
-/** A serialized EC (Curve25519) public key: type byte 0x05 and 32 bytes. */
-const EC_KEY_BYTES = 33;
-/** An XEdDSA signature. */
-const SIGNATURE_BYTES = 64;
-/** Larger than any Kyber public key libsignal knows (Kyber1024: 1569 bytes). */
-const MAX_KEM_KEY_BYTES = 2048;
 /** Low-prekey notice times remembered at most; older ones are forgotten first. */
 const MAX_NOTICE_ENTRIES = 10_000;
-
-/** A signed prekey as uploaded (the wire's SignedEcPrekey and KyberPrekey have this shape). */
-export interface SignedPrekeyInput {
-  keyId: number;
-  publicKey: Uint8Array;
-  signature: Uint8Array;
-}
-
-/** A one-time EC prekey as uploaded. */
-export interface EcPrekeyInput {
-  keyId: number;
-  publicKey: Uint8Array;
-}
 
 /** An upload, shaped like UploadKeysRequest so the handler passes the request as is. */
 export interface UploadInput {
@@ -117,62 +109,6 @@ export interface Bundles {
   bundles: PrekeyBundle[];
   /** Active devices that have not uploaded keys. */
   devicesWithoutKeys: string[];
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  return Buffer.compare(a, b) === 0;
-}
-
-// libsignal's native calls take Uint8Arrays backed by an ArrayBuffer (not a SharedArrayBuffer).
-function own(value: Uint8Array): Uint8Array<ArrayBuffer> {
-  return new Uint8Array(value);
-}
-
-function ecKey(field: string, value: Uint8Array): PublicKey {
-  if (value.length !== EC_KEY_BYTES) {
-    throw new InvalidInputError(
-      `${field}: a serialized EC public key is ${EC_KEY_BYTES} bytes, got ${value.length}`,
-    );
-  }
-  try {
-    return PublicKey.deserialize(own(value));
-  } catch {
-    throw new InvalidInputError(`${field}: not a serialized EC public key`);
-  }
-}
-
-function kemKey(field: string, value: Uint8Array): void {
-  if (value.length === 0 || value.length > MAX_KEM_KEY_BYTES) {
-    throw new InvalidInputError(
-      `${field}: a serialized Kyber public key is 1 to ${MAX_KEM_KEY_BYTES} bytes, got ${value.length}`,
-    );
-  }
-  try {
-    KEMPublicKey.deserialize(own(value));
-  } catch {
-    throw new InvalidInputError(`${field}: not a serialized Kyber public key`);
-  }
-}
-
-function verifySignature(identity: PublicKey, field: string, key: SignedPrekeyInput): void {
-  if (key.signature.length !== SIGNATURE_BYTES) {
-    throw new InvalidInputError(
-      `${field} (id ${key.keyId}): a signature is ${SIGNATURE_BYTES} bytes, got ${key.signature.length}`,
-    );
-  }
-  if (!identity.verify(own(key.publicKey), own(key.signature))) {
-    throw new InvalidInputError(
-      `${field} (id ${key.keyId}): the signature does not verify against the identity key`,
-    );
-  }
-}
-
-function distinctIds(field: string, keys: readonly { keyId: number }[]): void {
-  const seen = new Set<number>();
-  for (const k of keys) {
-    if (seen.has(k.keyId)) throw new InvalidInputError(`${field}: key id ${k.keyId} appears twice`);
-    seen.add(k.keyId);
-  }
 }
 
 function signedEc(p: SignedPrekeyRecord) {

@@ -4,37 +4,10 @@
  * push delays a message; it never loses one.
  */
 
-/** Where a device receives pushes. One per device; registering another replaces it. */
-export type PushTarget = WebPushTarget | FcmTarget | ApnsTarget;
+// The targets are records the store keeps; their shapes are declared with the store's types.
+import type { PushTarget } from "../store/types.js";
 
-/** A Web Push subscription (RFC 8030); also UnifiedPush distributors and ntfy. */
-export interface WebPushTarget {
-  kind: "webpush";
-  /** The push service URL from the subscription (https). */
-  endpoint: string;
-  /** The subscription's P-256 public key, base64url (65 bytes uncompressed). */
-  p256dh: string;
-  /** The subscription's authentication secret, base64url (16 bytes). */
-  auth: string;
-}
-
-/** A Firebase Cloud Messaging registration token. */
-export interface FcmTarget {
-  kind: "fcm";
-  /** The registration token. */
-  token: string;
-}
-
-/** An Apple Push Notification service device token. */
-export interface ApnsTarget {
-  kind: "apns";
-  /** The device token, hex. */
-  token: string;
-  /** The app's bundle id (the apns-topic). */
-  topic: string;
-  /** Which APNs environment issued the token. */
-  environment: "sandbox" | "production";
-}
+export type { ApnsTarget, FcmTarget, PushTarget, WebPushTarget } from "../store/types.js";
 
 /** What one push says. */
 export interface PushMessage {

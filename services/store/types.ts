@@ -205,42 +205,44 @@ export interface PushRegistration {
   /** A hash of the target; a removal reported for an older registration is recognised by it. */
   id: string;
   /** The target. */
-  target: StoredPushTarget;
+  target: PushTarget;
 }
 
 /**
- * Where a device receives pushes, as the store keeps it (JSON in ScyllaDB, a record in LMDB).
- * The notification service's PushTarget (services/notification/types.ts) has this shape; it is
- * declared here because the store, below the services, owns what it persists. The compiler
- * checks the two agree wherever a target passes between them.
+ * Where a device receives pushes. One per device; registering another replaces it. Declared here,
+ * below the services, because the store owns what it persists (JSON in ScyllaDB, a record in
+ * LMDB); the notification service re-exports these types as its own.
  */
-export type StoredPushTarget =
-  | {
-      /** A Web Push subscription (RFC 8030). */
-      kind: "webpush";
-      /** The push service URL from the subscription (https). */
-      endpoint: string;
-      /** The subscription's P-256 public key, base64url (65 bytes uncompressed). */
-      p256dh: string;
-      /** The subscription's authentication secret, base64url (16 bytes). */
-      auth: string;
-    }
-  | {
-      /** A Firebase Cloud Messaging registration. */
-      kind: "fcm";
-      /** The registration token. */
-      token: string;
-    }
-  | {
-      /** An Apple Push Notification service registration. */
-      kind: "apns";
-      /** The device token, hex. */
-      token: string;
-      /** The app's bundle id (the apns-topic). */
-      topic: string;
-      /** Which APNs environment issued the token. */
-      environment: "sandbox" | "production";
-    };
+export type PushTarget = WebPushTarget | FcmTarget | ApnsTarget;
+
+/** A Web Push subscription (RFC 8030); also UnifiedPush distributors and ntfy. */
+export interface WebPushTarget {
+  kind: "webpush";
+  /** The push service URL from the subscription (https). */
+  endpoint: string;
+  /** The subscription's P-256 public key, base64url (65 bytes uncompressed). */
+  p256dh: string;
+  /** The subscription's authentication secret, base64url (16 bytes). */
+  auth: string;
+}
+
+/** A Firebase Cloud Messaging registration token. */
+export interface FcmTarget {
+  kind: "fcm";
+  /** The registration token. */
+  token: string;
+}
+
+/** An Apple Push Notification service device token. */
+export interface ApnsTarget {
+  kind: "apns";
+  /** The device token, hex. */
+  token: string;
+  /** The app's bundle id (the apns-topic). */
+  topic: string;
+  /** Which APNs environment issued the token. */
+  environment: "sandbox" | "production";
+}
 
 /** A one-time code that links a new device to a user. */
 export interface LinkCodeRecord {

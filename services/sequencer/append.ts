@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { ConnectError } from "@connectrpc/connect";
+import { Code, ConnectError } from "@connectrpc/connect";
 import type { AppendItem } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { type Entry, EntrySchema, type OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import { toConnectError } from "../common/boundary.js";
@@ -67,12 +67,15 @@ function targetOf(entry: Entry): number | undefined {
  * The per-item answer of a batched append. Each item is answered on its own (AppendResult's
  * error_code and error_message), not thrown through the boundary, so the refusal is turned into
  * its wire form here, with the boundary's own table; a DeviceMismatch refusal is already a
- * ConnectError because it carries its lists as an error detail.
+ * ConnectError because it carries its lists as an error detail. Anything else is a bug or an I/O
+ * fault: like the boundary, it is logged with its cause and answered as a bare INTERNAL, so no
+ * stack, path or driver message reaches a client.
  */
-function itemRefusal(err: unknown): ConnectError {
+function itemRefusal(err: unknown, log: Logger): ConnectError {
   if (err instanceof ConnectError) return err;
   if (err instanceof DomainError) return toConnectError(err);
-  return ConnectError.from(err);
+  log.error({ err }, "unexpected error appending an item");
+  return new ConnectError("internal error", Code.Internal);
 }
 
 /**
@@ -96,7 +99,7 @@ export class Appender {
 
   /** Appends a batch of items; results in request order, one refusal does not affect others. */
   async append(items: readonly AppendItem[]): Promise<Array<Appended | ConnectError>> {
-    return Promise.all(items.map((item) => this.appendOne(item).catch(itemRefusal)));
+    return Promise.all(items.map((item) => this.appendOne(item).catch((err) => itemRefusal(err, this.log))));
   }
 
   private async appendOne(item: AppendItem): Promise<Appended> {

@@ -80,6 +80,36 @@ describe("Sequencer on a real store with injected commit failures", () => {
     assert.equal(new Set(page.entries.map((e) => e.clientMsgId)).size, 16);
   });
 
+  it("answers an item that failed for an unexpected reason with a bare INTERNAL, never the cause", async () => {
+    const group = await sequencer.createGroup(ALICE, DEVICE, "g-internal", [BOB]);
+    let failIdempotencyReads = 1;
+    // A fresh replica has no recent-send memory, so the dedupe check reads the store.
+    const fresh = new Sequencer(
+      Object.assign(Object.create(engine.conversations), {
+        getIdempotency: async (...args: Parameters<ConversationStore["getIdempotency"]>) => {
+          if (failIdempotencyReads > 0) {
+            failIdempotencyReads--;
+            throw new Error("injected: read timeout at /var/lib/switchboard/store (host 10.0.0.7)");
+          }
+          return engine.conversations.getIdempotency(...args);
+        },
+      }) as ConversationStore,
+      new InProcessBus(log),
+      log,
+      { shardCount: 4, limits: defaultLimits },
+    );
+    const [failed, next] = await fresh.append([
+      item(group.conversationId, "x1"),
+      item(group.conversationId, "x2"),
+    ]);
+    await fresh.close();
+    assert.ok(failed instanceof ConnectError, `expected a refusal, got ${String(failed)}`);
+    assert.equal(failed.code, Code.Internal);
+    assert.equal(failed.rawMessage, "internal error");
+    assert.doesNotMatch(failed.message, /injected|var\/lib|10\.0\.0\.7/);
+    assert.ok(next !== undefined && "seq" in next, "the other item of the batch is not affected");
+  });
+
   it("concurrent retries of one send get one seq, and a retry after restart finds it in the store", async () => {
     const group = await sequencer.createGroup(ALICE, DEVICE, "g2", [BOB]);
     const id = group.conversationId;

@@ -17,11 +17,38 @@ import { type Accounts, INVITE_LIMITS } from "../accounts/index.js";
 import type { Role } from "../common/config.js";
 import { ConflictError, InvalidInputError, NotFoundError } from "../common/errors.js";
 import { requireId, requireUsername } from "../common/validate.js";
-import type { GatewayCore } from "../gateway/gateway.js";
-import type { Notifier } from "../notification/notifier.js";
 import type { Presence } from "../presence/index.js";
 import type { Sequencer } from "../sequencer/index.js";
 import type { InviteRecord } from "../store/types.js";
+
+/**
+ * What the admin service reads of a gateway and asks of it (GatewayCore has this shape). Declared
+ * here so the admin service depends on what it uses, not on the gateway's internals.
+ */
+export interface AdminGateway {
+  /** The gateway's instance id. */
+  readonly id: string;
+  /** Device streams open on it. */
+  readonly streamCount: number;
+  /** Devices with at least one open stream. */
+  readonly deviceCount: number;
+  /** True once it refuses new streams (drained by an operator, or shutting down). */
+  readonly isDraining: boolean;
+  /** Its counters (GatewayMetrics), reported by name. */
+  readonly metrics: object;
+  /** Refuses new streams and closes every open one (devices reconnect elsewhere); returns how many. */
+  closeStreams(): number;
+  /** The cursor acknowledgements not yet sent to the sequencer. */
+  readonly cursors: { flush(): Promise<void> };
+}
+
+/** What the admin service reads of the push queue (Notifier has this shape). */
+export interface AdminNotifier {
+  /** Wake-ups waiting or in flight. */
+  readonly size: number;
+  /** Its counters (NotifierMetrics), reported by name. */
+  readonly metrics: object;
+}
 
 /**
  * What the admin service can see of its process: the managers of the roles the process runs,
@@ -35,7 +62,7 @@ export interface AdminDeps {
   /** When the process started, in milliseconds since the Unix epoch. */
   startedAtMs: number;
   /** The gateway (gateway role). */
-  gateway?: GatewayCore | undefined;
+  gateway?: AdminGateway | undefined;
   /** Users and devices (accounts role). */
   accounts?: Accounts | undefined;
   /** Routes and online state (presence role). */
@@ -43,7 +70,7 @@ export interface AdminDeps {
   /** This replica's shards and outbox (sequencer role). */
   sequencer?: Sequencer | undefined;
   /** The push queue (notification role). */
-  notifier?: Notifier | undefined;
+  notifier?: AdminNotifier | undefined;
   /** Turns the process's readiness false (the gateway was drained); called by DrainGateway. */
   markNotReady?: () => void;
   /** The clock, in milliseconds since the Unix epoch. */

@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
+import { DeviceMismatchSchema } from "../../gen/switchboard/v1/gateway_pb.js";
 import { CODE_OF_KIND, errorBoundary, RETRY_AFTER_HEADER } from "./boundary.js";
 import {
   AlreadyExistsError,
@@ -87,6 +89,21 @@ describe("the error boundary's code table", () => {
     assert.equal(err.code, Code.ResourceExhausted);
     assert.equal(err.metadata.get(RETRY_AFTER_HEADER), "1235");
     assert.doesNotMatch(err.message, /secret detail/);
+  });
+
+  it("sends a domain error's details with it, for clients that act on them", async () => {
+    const mismatch = create(DeviceMismatchSchema, { extra: [{ deviceId: "dv_x" }] });
+    const err = await failure(
+      () =>
+        new ConflictError("re-address the send", {
+          details: [{ desc: DeviceMismatchSchema, value: mismatch }],
+        }),
+    );
+    assert.equal(err.code, Code.FailedPrecondition);
+    assert.deepEqual(
+      err.findDetails(DeviceMismatchSchema).map((m) => m.extra.map((d) => d.deviceId)),
+      [["dv_x"]],
+    );
   });
 
   it("turns anything else into a bare INTERNAL that leaks nothing", async () => {

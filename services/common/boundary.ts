@@ -48,8 +48,8 @@ export function isTransportFailure(err: unknown): boolean {
 }
 
 /**
- * The wire form of a domain error: its code from the table, its message, and the retry hint as
- * the retry-after-ms trailer when it has one. The cause stays behind (it is for logs).
+ * The wire form of a domain error: its code from the table, its message, the retry hint as the
+ * retry-after-ms trailer when it has one, and its details. The cause stays behind (it is for logs).
  */
 export function toConnectError(err: DomainError): ConnectError {
   const retry = err.retryAfterMs;
@@ -57,6 +57,7 @@ export function toConnectError(err: DomainError): ConnectError {
     err.message,
     CODE_OF_KIND[err.kind],
     retry === undefined ? undefined : { [RETRY_AFTER_HEADER]: String(Math.max(0, Math.ceil(retry))) },
+    err.details.map((d) => ({ desc: d.desc, value: d.value })),
   );
 }
 

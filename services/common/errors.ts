@@ -8,6 +8,8 @@
  * nothing the caller may not know (never a payload, token, secret or another user's data).
  */
 
+import type { DescMessage, MessageShape } from "@bufbuild/protobuf";
+
 /** What kind of failure: the key of the boundary's code table. */
 export type ErrorKind =
   /** The request itself is malformed or breaks a documented rule (a size, a format). */
@@ -35,10 +37,23 @@ export type ErrorKind =
   /** This process does not serve the operation (it is configured elsewhere). */
   | "unimplemented";
 
+/**
+ * A protobuf message that travels with the error (a google.rpc.Status detail) for clients that
+ * act on it, such as the devices a send must re-address.
+ */
+export interface ErrorDetail<Desc extends DescMessage = DescMessage> {
+  /** The message's schema. */
+  desc: Desc;
+  /** The message. */
+  value: MessageShape<Desc>;
+}
+
 /** Options common to every domain error. */
 export interface DomainErrorOptions {
   /** When the caller may retry, in milliseconds (sent as the retry-after-ms trailer). */
   retryAfterMs?: number;
+  /** Messages the client needs to act on the failure, sent as error details. */
+  details?: readonly ErrorDetail[];
   /** The underlying failure, for logs; never shown to the client. */
   cause?: unknown;
 }
@@ -47,6 +62,8 @@ export interface DomainErrorOptions {
 export class DomainError extends Error {
   /** When the caller may retry, in milliseconds, when that is known. */
   readonly retryAfterMs: number | undefined;
+  /** Messages sent with the error as details; none for most failures. */
+  readonly details: readonly ErrorDetail[];
 
   constructor(
     readonly kind: ErrorKind,
@@ -56,6 +73,7 @@ export class DomainError extends Error {
     super(message, options.cause === undefined ? undefined : { cause: options.cause });
     this.name = "DomainError";
     this.retryAfterMs = options.retryAfterMs;
+    this.details = options.details ?? [];
   }
 }
 

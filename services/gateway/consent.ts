@@ -1,9 +1,10 @@
 import { create } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { PrivacyRefusalSchema } from "../../gen/switchboard/v1/accounts_pb.js";
 import { audienceFromWire } from "../accounts/index.js";
+import { PermissionError } from "../common/errors.js";
 import type { RefusalFields } from "../common/refusals.js";
 import type { PrivacyAudience } from "../store/types.js";
 
@@ -38,21 +39,19 @@ export interface ConsentRefusalSink {
 }
 
 /**
- * The error a refused call gets: PERMISSION_DENIED naming the users, with a PrivacyRefusal.
- * A ConnectError rather than a domain error because the PrivacyRefusal detail (which the SDK
- * reads) must cross the wire, and domain errors carry no details; the error boundary passes a
- * ConnectError on with its details.
+ * The error a refused call gets: PERMISSION_DENIED naming the users, with a PrivacyRefusal detail
+ * (which the SDK reads) that the boundary sends with it.
  */
-export function consentError(kind: ConsentKind, userIds: readonly string[]): ConnectError {
+export function consentError(kind: ConsentKind, userIds: readonly string[]): PermissionError {
   const who = userIds.join(", ");
   const verb = userIds.length === 1 ? "does" : "do";
   const message =
     kind === "group_add"
       ? `${who} ${verb} not accept group invitations from you; nobody was added`
       : `${who} ${verb} not accept new direct conversations from you`;
-  return new ConnectError(message, Code.PermissionDenied, undefined, [
-    { desc: PrivacyRefusalSchema, value: create(PrivacyRefusalSchema, { userIds: [...userIds] }) },
-  ]);
+  return new PermissionError(message, {
+    details: [{ desc: PrivacyRefusalSchema, value: create(PrivacyRefusalSchema, { userIds: [...userIds] }) }],
+  });
 }
 
 /** Checks users' privacy settings on behalf of the gateway's ConversationService. */
@@ -110,7 +109,7 @@ export class Consent {
    * `consent_direct_open`; the sink folds repeats into one line per reason per window) and
    * returns its error.
    */
-  refused(actorUserId: string, refusedUserIds: readonly string[], kind: ConsentKind): ConnectError {
+  refused(actorUserId: string, refusedUserIds: readonly string[], kind: ConsentKind): PermissionError {
     this.refusals.refuse(`consent_${kind}`, "refused by the users' privacy settings", {
       actorUserId,
       refused: refusedUserIds.length,

@@ -14,6 +14,7 @@ import {
   ReactionBodySchema,
 } from "../../gen/switchboard/v1/entry_pb.js";
 import { wireCodeOf } from "../common/boundary.js";
+import { DomainError } from "../common/errors.js";
 import {
   compareDevices,
   DeviceSets,
@@ -85,7 +86,7 @@ describe("compareDevices", () => {
     );
     const err = mismatchError(m);
     assert.match(
-      err.rawMessage,
+      err.message,
       /missing dv_a2 \(u_a\), dv_b1 \(u_b\); extra dv_a1, dv_a3, dv_x; stale dv_b2 \(u_b\)/,
     );
     assert.deepEqual(
@@ -343,7 +344,7 @@ describe("DeviceSets with groups", () => {
     await assert.rejects(
       sets.check(alice, groupSend([key(A2, 12), key(B1, 21)])) ?? Promise.resolve(),
       (e: unknown) => {
-        const m = e instanceof ConnectError ? mismatchOf(e) : undefined;
+        const m = e instanceof ConnectError || e instanceof DomainError ? mismatchOf(e) : undefined;
         assert.deepEqual(
           m?.missing.map((d) => [d.userId, d.deviceId, d.registrationId]),
           [[CAROL, C1, 31]],
@@ -361,7 +362,7 @@ describe("DeviceSets with groups", () => {
     await assert.rejects(
       sets.check(alice, groupSend([key(A2, 12), key(B1, 21), key(C1, 31)])) ?? Promise.resolve(),
       (e: unknown) => {
-        const m = e instanceof ConnectError ? mismatchOf(e) : undefined;
+        const m = e instanceof ConnectError || e instanceof DomainError ? mismatchOf(e) : undefined;
         assert.deepEqual(
           m?.extra.map((d) => [d.userId, d.deviceId]),
           [["", B1]],

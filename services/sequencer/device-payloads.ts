@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { Code, ConnectError } from "@connectrpc/connect";
+import { Code, type ConnectError } from "@connectrpc/connect";
 import type { CheckedMember } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { DeviceCiphertext, Entry, OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import {
@@ -8,7 +8,7 @@ import {
   type MismatchedDevice,
   MismatchedDeviceSchema,
 } from "../../gen/switchboard/v1/gateway_pb.js";
-import { InvalidInputError } from "../common/errors.js";
+import { ConflictError, DomainError, InvalidInputError } from "../common/errors.js";
 import { requireId } from "../common/validate.js";
 
 /** libsignal's registration ids are 14 bits; 0 is never a device's. */
@@ -142,31 +142,31 @@ export function checkDevicePayloads(
  * The refusal of a mismatched send: FAILED_PRECONDITION naming the devices, with the lists as
  * a DeviceMismatch error detail (the stream copies it into SendErrorFrame.mismatch). `why`
  * replaces the opening of the message when the cause is not the device lists alone.
- *
- * A ConnectError, not a DomainError, on purpose: the DeviceMismatch travels as an error detail,
- * which the boundary's table (a code, a message, a retry hint) has no place for.
  */
 export function mismatchError(
   mismatch: DeviceMismatch,
   why = "device_payloads do not match the conversation's devices",
-): ConnectError {
+): ConflictError {
   const named = (list: MismatchedDevice[]) =>
     list.map((d) => (d.userId === "" ? d.deviceId : `${d.deviceId} (${d.userId})`)).join(", ");
   const parts: string[] = [];
   if (mismatch.missing.length > 0) parts.push(`missing ${named(mismatch.missing)}`);
   if (mismatch.extra.length > 0) parts.push(`extra ${named(mismatch.extra)}`);
   if (mismatch.stale.length > 0) parts.push(`stale ${named(mismatch.stale)}`);
-  return new ConnectError(
+  return new ConflictError(
     `${why}${parts.length > 0 ? `: ${parts.join("; ")}` : ""}. ` +
       "Add the missing, drop the extra, re-key the stale, and retry with the same client_msg_id",
-    Code.FailedPrecondition,
-    undefined,
-    [{ desc: DeviceMismatchSchema, value: mismatch }],
+    { details: [{ desc: DeviceMismatchSchema, value: mismatch }] },
   );
 }
 
-/** The DeviceMismatch an error carries, if any. */
-export function mismatchOf(error: ConnectError): DeviceMismatch | undefined {
+/** The DeviceMismatch a refusal carries (on the wire, or as the domain error before it), if any. */
+export function mismatchOf(error: ConnectError | DomainError): DeviceMismatch | undefined {
+  if (error instanceof DomainError) {
+    if (error.kind !== "conflict") return undefined;
+    const detail = error.details.find((d) => d.desc.typeName === DeviceMismatchSchema.typeName);
+    return detail?.value as DeviceMismatch | undefined;
+  }
   return error.code === Code.FailedPrecondition ? error.findDetails(DeviceMismatchSchema)[0] : undefined;
 }
 
@@ -182,7 +182,7 @@ export function mismatchOf(error: ConnectError): DeviceMismatch | undefined {
 export function membershipRefusal(
   checked: readonly CheckedMember[],
   current: ReadonlyMap<string, unknown>,
-): ConnectError | undefined {
+): ConflictError | undefined {
   const seen = new Set<string>();
   const removed: string[] = [];
   const extra: MismatchedDevice[] = [];

@@ -24,9 +24,8 @@ import {
 import { newId, newSecret, sha256Hex } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import { Refusals } from "../common/refusals.js";
-import type { PushTarget } from "../notification/types.js";
 import { isStoreError } from "../store/errors.js";
-import type { AccountStore, DeviceRecord, UserRecord } from "../store/types.js";
+import type { AccountStore, DeviceRecord, PushTarget, UserRecord } from "../store/types.js";
 import { INVALID_INVITE, INVITE_REQUIRED, Invites, type RegistrationMode } from "./invites.js";
 import type { Keys } from "./keys.js";
 import { type AccountRate, enforce, type RefusalSink } from "./refusals.js";

@@ -12,7 +12,7 @@ import type { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { Principal, Tokens } from "../common/auth.js";
 import { InvalidInputError, UnauthenticatedError } from "../common/errors.js";
 import { requireId, requireIds, requireText, requireUsername } from "../common/validate.js";
-import { targetFromRequest, targetToWire } from "../notification/targets.js";
+import { targetFromRequest, targetToWire } from "../notification/index.js";
 import type { Accounts } from "./accounts.js";
 import { addressKey, PEER_HEADER, UNKNOWN_PEER } from "./peer.js";
 import { privacyChangesFromWire, privacyToWire } from "./privacy.js";

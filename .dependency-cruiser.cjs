@@ -72,6 +72,19 @@ module.exports = {
         pathNot: ["^services/$1/", "^services/[^/]+/(index|types)\\.ts$"],
       },
     },
+    {
+      name: "composition-root-uses-public-faces",
+      comment:
+        "The composition root wires services through their public faces too; only the engines it " +
+        "chooses, loaded lazily with import(), are reached directly.",
+      severity: "error",
+      from: { path: "^services/(server|mesh|cli)/", pathNot: TEST_FILE },
+      to: {
+        path: `^services/(${SERVICES})/`,
+        pathNot: "^services/[^/]+/(index|types)\\.ts$",
+        dependencyTypesNot: ["dynamic-import"],
+      },
+    },
   ],
   options: {
     doNotFollow: { path: "node_modules" },

@@ -14,21 +14,21 @@ import { errorBoundary } from "../common/boundary.js";
 import { gatewayReadMaxBytes, ROLES } from "../common/config.js";
 import { requireInternalCredential } from "../common/internal-auth.js";
 import { serverTelemetry } from "../common/rpc-telemetry.js";
-import type { GatewayCore } from "../gateway/gateway.js";
 import {
   accountForwarder,
   authInterceptor,
   ConversationService,
   conversationService,
+  type GatewayCore,
   GatewayService,
   gatewayService,
   keyForwarder,
   mediaForwarder,
-} from "../gateway/handlers.js";
-import type { StartedMedia } from "../media/setup.js";
-import type { Notifier } from "../notification/notifier.js";
-import type { Presence } from "../presence/presence.js";
-import type { Sequencer } from "../sequencer/sequencer.js";
+} from "../gateway/index.js";
+import type { StartedMedia } from "../media/index.js";
+import type { Notifier } from "../notification/index.js";
+import type { Presence } from "../presence/index.js";
+import type { Sequencer } from "../sequencer/index.js";
 import { EdgeGuard, streamingProcedures } from "./edge.js";
 import type { Closers } from "./lifecycle.js";
 import { directoryClient, type RoleContext } from "./roles.js";

@@ -1,6 +1,6 @@
 import { meter } from "../common/telemetry.js";
-import type { Notifier } from "../notification/notifier.js";
-import type { Sequencer } from "../sequencer/sequencer.js";
+import type { Notifier } from "../notification/index.js";
+import type { Sequencer } from "../sequencer/index.js";
 import type { BusEngine } from "./engines.js";
 
 /**

@@ -20,17 +20,18 @@ import type { Config, Role } from "../common/config.js";
 import type { Logger } from "../common/log.js";
 import type { RateLimiter } from "../common/rate-limit/types.js";
 import type { Refusals } from "../common/refusals.js";
-import { Fanout } from "../fanout/fanout.js";
-import { GatewayCore } from "../gateway/gateway.js";
-import { deviceAuthenticator, type StartedMedia, startMedia } from "../media/setup.js";
-import { notificationService } from "../notification/handler.js";
-import { Notifier } from "../notification/notifier.js";
-import { buildPushProviders } from "../notification/setup.js";
-import { presenceService } from "../presence/handler.js";
-import { Presence } from "../presence/presence.js";
-import { sequencerService } from "../sequencer/handler.js";
-import { type SequencerClient, shardedSequencerClient, shardsOfReplica } from "../sequencer/router.js";
-import { Sequencer } from "../sequencer/sequencer.js";
+import { Fanout } from "../fanout/index.js";
+import { GatewayCore } from "../gateway/index.js";
+import { deviceAuthenticator, type StartedMedia, startMedia } from "../media/index.js";
+import { buildPushProviders, Notifier, notificationService } from "../notification/index.js";
+import { Presence, presenceService } from "../presence/index.js";
+import {
+  Sequencer,
+  type SequencerClient,
+  sequencerService,
+  shardedSequencerClient,
+  shardsOfReplica,
+} from "../sequencer/index.js";
 import type { StoreEngine } from "../store/types.js";
 import { openMedia, openRateLimiter, openRouteStore } from "./engines.js";
 import type { Closers, Readiness } from "./lifecycle.js";

@@ -1,6 +1,6 @@
 import { timingSafeEqual } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { DeviceRevokedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
+import { BusEventSchema, DeviceRevokedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import {
   type Device,
   type DeviceCredential,
@@ -373,11 +373,9 @@ export class Accounts {
     if (device === undefined || device.userId !== userId) throw new NotFoundError("no such device");
     const revoked = (await this.store.revokeDevice(deviceId, this.now())) ?? device;
     this.bus.broadcast([
-      {
-        $typeName: "switchboard.internal.v1.BusEvent",
+      create(BusEventSchema, {
         event: { case: "deviceRevoked", value: create(DeviceRevokedSchema, { userId, deviceId }) },
-        traceContext: {},
-      },
+      }),
     ]);
     this.log.info({ userId, deviceId }, "device revoked");
     return toDevice(revoked);

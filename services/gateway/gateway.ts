@@ -1,7 +1,8 @@
+import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { BusEvent, DeliveryBatch } from "../../gen/switchboard/internal/v1/events_pb.js";
-import type { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
+import { DeviceRouteSchema, type PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
@@ -316,13 +317,12 @@ export class GatewayCore implements SessionHost<Session> {
   }
 
   private route(session: Session) {
-    return {
-      $typeName: "switchboard.internal.v1.DeviceRoute" as const,
+    return create(DeviceRouteSchema, {
       userId: session.userId,
       deviceId: session.deviceId,
       gatewayId: this.id,
       sessionId: session.id,
-    };
+    });
   }
 
   private async refreshRoutes(): Promise<void> {

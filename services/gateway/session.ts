@@ -95,13 +95,11 @@ export class Session implements StreamContext {
       frame({
         case: "ready",
         value: {
-          $typeName: "switchboard.v1.ReadyFrame",
           userId: this.userId,
           deviceId: this.deviceId,
           sessionId: this.id,
           serverTimeMs: BigInt(this.core.now()),
           limits: {
-            $typeName: "switchboard.v1.StreamLimits",
             maxPayloadBytes: limits.maxPayloadBytes,
             maxSendsInFlight: limits.maxSendsInFlight,
             sendsPerSecond: limits.sendsPerSecond,
@@ -198,7 +196,7 @@ export class Session implements StreamContext {
       this.answer(
         frame({
           case: "caughtUp",
-          value: { $typeName: "switchboard.v1.CaughtUpFrame", entries: BigInt(entries) },
+          value: { entries: BigInt(entries) },
         }),
       );
     } catch (err) {

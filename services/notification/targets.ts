@@ -1,12 +1,19 @@
 import type { LookupOptions } from "node:dns";
 import { lookup as dnsLookup } from "node:dns/promises";
 import { BlockList, isIP, type LookupFunction } from "node:net";
+import { create } from "@bufbuild/protobuf";
 
 /** The callback of a net lookup function (a single address). */
 type LookupCallback = (err: NodeJS.ErrnoException | null, address: string, family: number) => void;
 
 import type { DevicePushTarget } from "../../gen/switchboard/internal/v1/directory_pb.js";
-import { ApnsEnvironment, type SetPushTargetRequest } from "../../gen/switchboard/v1/accounts_pb.js";
+import {
+  ApnsEnvironment,
+  ApnsTargetSchema,
+  FcmTargetSchema,
+  type SetPushTargetRequest,
+  WebPushTargetSchema,
+} from "../../gen/switchboard/v1/accounts_pb.js";
 import { InvalidInputError } from "../common/errors.js";
 import type { PushTarget } from "./types.js";
 
@@ -214,25 +221,23 @@ export function targetToWire(target: PushTarget): DevicePushTarget["target"] {
     case "webpush":
       return {
         case: "webPush",
-        value: {
-          $typeName: "switchboard.v1.WebPushTarget",
+        value: create(WebPushTargetSchema, {
           endpoint: target.endpoint,
           p256dh: target.p256dh,
           auth: target.auth,
-        },
+        }),
       };
     case "fcm":
-      return { case: "fcm", value: { $typeName: "switchboard.v1.FcmTarget", token: target.token } };
+      return { case: "fcm", value: create(FcmTargetSchema, { token: target.token }) };
     case "apns":
       return {
         case: "apns",
-        value: {
-          $typeName: "switchboard.v1.ApnsTarget",
+        value: create(ApnsTargetSchema, {
           token: target.token,
           topic: target.topic,
           environment:
             target.environment === "sandbox" ? ApnsEnvironment.SANDBOX : ApnsEnvironment.PRODUCTION,
-        },
+        }),
       };
   }
 }

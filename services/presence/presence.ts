@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { PresenceChangedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
+import { BusEventSchema, PresenceChangedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import { PresenceFrameSchema } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { EventBus } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
@@ -58,20 +58,20 @@ export class Presence {
     if (userIds.length === 0) return;
     const states = await this.store.presence(userIds, this.now());
     this.bus.broadcast(
-      states.map((p) => ({
-        $typeName: "switchboard.internal.v1.BusEvent" as const,
-        traceContext: {},
-        event: {
-          case: "presenceChanged" as const,
-          value: create(PresenceChangedSchema, {
-            presence: create(PresenceFrameSchema, {
-              userId: p.userId,
-              online: p.online,
-              lastSeenMs: BigInt(p.lastSeenMs),
+      states.map((p) =>
+        create(BusEventSchema, {
+          event: {
+            case: "presenceChanged",
+            value: create(PresenceChangedSchema, {
+              presence: create(PresenceFrameSchema, {
+                userId: p.userId,
+                online: p.online,
+                lastSeenMs: BigInt(p.lastSeenMs),
+              }),
             }),
-          }),
-        },
-      })),
+          },
+        }),
+      ),
     );
   }
 }

@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { EntryCommittedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import { type Entry, EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { injectContext } from "../common/telemetry.js";
 import { encodedSizeBound } from "../common/wire-size.js";
@@ -55,13 +56,12 @@ export class ConversationLog {
     batch.publish(
       {
         case: "entryCommitted",
-        value: {
-          $typeName: "switchboard.internal.v1.EntryCommitted",
+        value: create(EntryCommittedSchema, {
           entry,
           membersVersion: BigInt(state.record?.membersVersion ?? 0),
           extraRecipientUserIds: extra,
           mutesVersion: BigInt(state.mutesVersion),
-        },
+        }),
       },
       trace,
     );

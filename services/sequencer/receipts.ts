@@ -1,5 +1,10 @@
 import { create } from "@bufbuild/protobuf";
-import { ReceiptIssuedSchema, TypingRelayedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
+import {
+  type BusEvent,
+  BusEventSchema,
+  ReceiptIssuedSchema,
+  TypingRelayedSchema,
+} from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { CursorUpdate } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
   ReceiptFrameSchema,
@@ -101,29 +106,30 @@ export class Receipts {
         [...devices.values()].map((d) => ({ conversationId, ...d })),
         memberCursors,
       );
-      const events = [];
+      const events: BusEvent[] = [];
       const now = BigInt(this.now());
       for (const move of moves) {
         const notify = await this.sendersBetween(state, move.from, move.to, move.userId);
         if (notify.length === 0) continue;
-        events.push({
-          $typeName: "switchboard.internal.v1.BusEvent" as const,
-          // The receipt continues the trace of the ack that moved the cursor.
-          traceContext: injectContext(),
-          event: {
-            case: "receiptIssued" as const,
-            value: create(ReceiptIssuedSchema, {
-              receipt: create(ReceiptFrameSchema, {
-                conversationId,
-                userId: move.userId,
-                kind: move.kind,
-                upToSeq: BigInt(move.to),
-                timeMs: now,
+        events.push(
+          create(BusEventSchema, {
+            // The receipt continues the trace of the ack that moved the cursor.
+            traceContext: injectContext(),
+            event: {
+              case: "receiptIssued",
+              value: create(ReceiptIssuedSchema, {
+                receipt: create(ReceiptFrameSchema, {
+                  conversationId,
+                  userId: move.userId,
+                  kind: move.kind,
+                  upToSeq: BigInt(move.to),
+                  timeMs: now,
+                }),
+                notifyUserIds: notify,
               }),
-              notifyUserIds: notify,
-            }),
-          },
-        });
+            },
+          }),
+        );
       }
       this.outbox.publish(events);
     });
@@ -158,8 +164,7 @@ export class Receipts {
     await this.shards.withState(conversationId, async (state) => {
       requireMember(state, userId);
       this.bus.publishEphemeral([
-        {
-          $typeName: "switchboard.internal.v1.BusEvent",
+        create(BusEventSchema, {
           traceContext: injectContext(),
           event: {
             case: "typingRelayed",
@@ -168,7 +173,7 @@ export class Receipts {
               recipientUserIds: [...state.members.keys()],
             }),
           },
-        },
+        }),
       ]);
     });
   }

@@ -3,6 +3,7 @@ import { type CallOptions, type Client, Code, ConnectError } from "@connectrpc/c
 import {
   AppendResponseSchema,
   type AppendResult,
+  AppendResultSchema,
   FindContactsResponseSchema,
   GetSyncStateResponseSchema,
   ListConversationsResponseSchema,
@@ -103,15 +104,14 @@ export function shardedSequencerClient(
             // device must retry them with the same ids (UNAVAILABLE), never take them as refused,
             // which is what the ABORTED or CANCELED of a reset connection would tell it.
             const retry = error.code === Code.DeadlineExceeded || isTransportFailure(error);
-            answered = group.items.map(() => ({
-              $typeName: "switchboard.internal.v1.AppendResult" as const,
-              seq: 0n,
-              serverTimeMs: 0n,
-              errorCode: retry ? Code.Unavailable : error.code,
-              errorMessage: retry
-                ? `sequencer replica ${replica} unavailable: ${error.rawMessage}`
-                : error.rawMessage,
-            }));
+            answered = group.items.map(() =>
+              create(AppendResultSchema, {
+                errorCode: retry ? Code.Unavailable : error.code,
+                errorMessage: retry
+                  ? `sequencer replica ${replica} unavailable: ${error.rawMessage}`
+                  : error.rawMessage,
+              }),
+            );
           }
           if (answered.length !== group.items.length) {
             // A replica breaking the protocol: INTERNAL with what was wrong. No domain error

@@ -1,5 +1,8 @@
 import { create } from "@bufbuild/protobuf";
-import type { ConversationSync } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import {
+  type ConversationSync,
+  ConversationSyncSchema,
+} from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
   type Conversation,
   ConversationKind,
@@ -147,14 +150,13 @@ export class Views {
           this.store.getLastSeq(row.conversationId),
           this.store.getDeviceCursors(row.conversationId, [deviceId]),
         ]);
-        return {
-          $typeName: "switchboard.internal.v1.ConversationSync" as const,
+        return create(ConversationSyncSchema, {
           conversationId: row.conversationId,
           lastSeq: BigInt(lastSeq),
           deliveredUpTo: BigInt(cursors[0]?.deliveredUpTo ?? 0),
           // The device's start: where its user joined, or the first seq after its link.
           joinedSeq: BigInt(Math.max(row.joinedSeq, (floors.get(row.conversationId) ?? 0) + 1)),
-        };
+        });
       }),
     );
   }

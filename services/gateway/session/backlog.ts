@@ -107,7 +107,6 @@ export class Backlog {
   sync(requestId: number, conversationId: string, afterSeq: bigint, limit: number): void {
     const { host, outbound } = this.stream;
     const page = {
-      $typeName: "switchboard.v1.SyncPageFrame" as const,
       requestId,
       conversationId,
       entries: [] as Entry[],
@@ -222,9 +221,7 @@ export class Backlog {
     let pushed = 0;
     const own = page.entries.map((e) => entryForDevice(e, this.stream.deviceId));
     for (const chunk of chunks(own, maxPageBytes)) {
-      const queued = await outbound.put(
-        frame({ case: "message", value: { $typeName: "switchboard.v1.MessageFrame", entries: chunk } }),
-      );
+      const queued = await outbound.put(frame({ case: "message", value: { entries: chunk } }));
       if (!queued || this.stream.isClosed) return { pushed, done: true };
       p.pushed = chunk[chunk.length - 1]!.seq;
       pushed += chunk.length;

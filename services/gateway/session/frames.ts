@@ -1,4 +1,4 @@
-import { create } from "@bufbuild/protobuf";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { ConnectError } from "@connectrpc/connect";
 import { type Entry, MembershipAction } from "../../../gen/switchboard/v1/entry_pb.js";
 import { type ConnectResponse, ConnectResponseSchema } from "../../../gen/switchboard/v1/gateway_pb.js";
@@ -19,8 +19,13 @@ export function inBand(err: unknown): ConnectError {
   return err instanceof DomainError ? toConnectError(err) : ConnectError.from(err);
 }
 
-/** One frame to the device. */
-export function frame(value: ConnectResponse["frame"]): ConnectResponse {
+/** A frame's init shape: the oneof case with its message's fields ($typeName and defaults optional). */
+type FrameInit = NonNullable<
+  Exclude<MessageInitShape<typeof ConnectResponseSchema>, ConnectResponse>["frame"]
+>;
+
+/** One frame to the device, built from its init shape like every message (create fills the rest). */
+export function frame(value: FrameInit): ConnectResponse {
   return create(ConnectResponseSchema, { frame: value });
 }
 

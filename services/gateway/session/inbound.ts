@@ -90,7 +90,6 @@ export class InboundFrames {
           frame({
             case: "pong",
             value: {
-              $typeName: "switchboard.v1.PongFrame",
               nonce: f.value.nonce,
               serverTimeMs: BigInt(this.stream.host.now()),
             },
@@ -108,7 +107,7 @@ export class InboundFrames {
     this.stream.answer(
       frame({
         case: "error",
-        value: { $typeName: "switchboard.v1.FrameErrorFrame", frame: frameName, code, message },
+        value: { frame: frameName, code, message },
       }),
     );
   }

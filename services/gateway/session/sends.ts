@@ -89,7 +89,6 @@ export class Sends {
       frame({
         case: "sendError",
         value: {
-          $typeName: "switchboard.v1.SendErrorFrame",
           clientMsgId: entry.clientMsgId,
           conversationId: entry.conversationId,
           code: error.code,
@@ -162,7 +161,6 @@ export class Sends {
             frame({
               case: "sendAck",
               value: {
-                $typeName: "switchboard.v1.SendAckFrame",
                 clientMsgId: entry.clientMsgId,
                 conversationId: entry.conversationId,
                 seq: r.seq,

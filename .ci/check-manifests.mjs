@@ -25,7 +25,7 @@ for (const doc of parseAllDocuments(readFileSync(renderedPath, "utf8"))) {
 const problems = [];
 const problem = (message) => problems.push(message);
 
-/** What each role calls (services/common/config.ts, NEEDS), and the variable naming it. */
+/** What each role calls (services/common/config/mesh.ts, NEEDS), and the variable naming it. */
 const NEEDS = {
   gateway: ["accounts", "presence", "sequencer"],
   accounts: [],
@@ -190,7 +190,7 @@ for (const [w, role] of roleOf) {
       problem(`${name(w)}: media.enabled is false, yet SWITCHBOARD_MEDIA_URL is "${url}"`);
     }
   }
-  // Every process reads the media settings at start-up (services/media/config.ts): a MinIO store
+  // Every process reads the media settings at start-up (services/common/config/media.ts): a MinIO store
   // without both keys stops it, whatever its role.
   const names = new Set([...Object.keys(config), ...Object.keys(env)]);
   const minioStore =

@@ -11,6 +11,7 @@ import {
 } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { EventBus } from "../bus/types.js";
 import type { Tokens } from "../common/auth.js";
+import { defaultPrivacy, type PrivacyDefaults } from "../common/config.js";
 import {
   AlreadyExistsError,
   InvalidInputError,
@@ -28,6 +29,7 @@ import { isStoreError } from "../store/errors.js";
 import type { AccountStore, DeviceRecord, PushTarget, UserRecord } from "../store/types.js";
 import { INVALID_INVITE, INVITE_REQUIRED, Invites, type RegistrationMode } from "./invites.js";
 import type { Keys } from "./keys.js";
+import { Privacy } from "./privacy.js";
 import { type AccountRate, enforce, type RefusalSink } from "./refusals.js";
 import { lookAlikes, ReservedNames } from "./usernames.js";
 
@@ -47,9 +49,6 @@ export interface AccountAbuseOptions {
   /** "invite": only holders of an operator's invite may register (default "open"). */
   registration?: RegistrationMode | undefined;
 }
-
-import { Privacy } from "./privacy.js";
-import { defaultPrivacy, type PrivacyDefaults } from "./privacy-config.js";
 
 /** Options for the accounts manager. */
 export interface AccountsOptions {

@@ -3,11 +3,8 @@ import { newId, newSecret, sha256Hex } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import type { AccountStore, InviteRecord, InviteRefusal } from "../store/types.js";
 
-/** How registration is opened: to anyone, or only to holders of an operator's invite. */
-export type RegistrationMode = "open" | "invite";
-
-/** Registration modes, for configuration checks. */
-export const REGISTRATION_MODES: readonly RegistrationMode[] = ["open", "invite"];
+// How registration is opened (to anyone, or only to invite holders) is a setting.
+export type { RegistrationMode } from "../common/config.js";
 
 /** Bounds of one invite as an operator makes it. */
 export const INVITE_LIMITS = {

@@ -4,8 +4,8 @@ import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { PrivacyAudience, PrivacySettingsSchema } from "../../gen/switchboard/v1/accounts_pb.js";
 import { wireCodeOf } from "../common/boundary.js";
+import { loadPrivacyDefaults } from "../common/config/accounts.js";
 import { privacyChangesFromWire, privacyToWire } from "./privacy.js";
-import { loadPrivacyDefaults } from "./privacy-config.js";
 
 describe("privacy settings", () => {
   it("reads the server-wide defaults from input over the environment, refusing unknown audiences", () => {

@@ -4,11 +4,11 @@ import {
   PrivacySettingsSchema,
   PrivacyAudience as WireAudience,
 } from "../../gen/switchboard/v1/accounts_pb.js";
+import type { PrivacyDefaults } from "../common/config.js";
 import { InvalidInputError, NotFoundError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { isStoreError } from "../store/errors.js";
 import type { AccountStore, PrivacyAudience, PrivacyRecord } from "../store/types.js";
-import type { PrivacyDefaults } from "./privacy-config.js";
 
 /** Every setting with the value in force: the user's own, or the server's default. */
 export type PrivacyInForce = Required<PrivacyRecord>;

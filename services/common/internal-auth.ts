@@ -26,7 +26,7 @@ export function requireInternalCredential(credential: string): Interceptor {
     if (req.service.typeName.startsWith(INTERNAL_PACKAGE)) {
       const given = Buffer.from(req.header.get(INTERNAL_HEADER) ?? "");
       if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
-        // Thrown inside the error boundary (services/server/index.ts), which makes it UNAUTHENTICATED.
+        // Thrown inside the error boundary (services/common/boundary.ts, installed by services/server), which makes it UNAUTHENTICATED.
         throw new UnauthenticatedError(
           `${req.service.typeName} is internal: the caller lacks this deployment's internal credential`,
         );

@@ -46,7 +46,7 @@ export interface SendResult {
 
 const MAX_APPEND_BATCH = 500;
 /**
- * Half the internal request limit (64 MiB, services/server/index.ts). 500 direct sends at the
+ * Half the internal request limit (64 MiB, services/server/network.ts). 500 direct sends at the
  * payload limit stay within it, but a group send can carry thousands of device ids besides, and
  * a batch the sequencer refused to parse would fail every send in it.
  */

@@ -196,6 +196,10 @@ export function loadAccountLimits(input: Partial<AccountLimits> | undefined, env
   };
 }
 
+/**
+ * The privacy defaults from explicit input over the environment over defaultPrivacy; an unknown
+ * audience is a ConfigurationError naming its variable.
+ */
 export function loadPrivacyDefaults(input: Partial<PrivacyDefaults> | undefined, env: Env): PrivacyDefaults {
   const vars = check(
     privacyVariables,

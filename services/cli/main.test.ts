@@ -57,9 +57,24 @@ describe("switchboard with a setting it cannot use", () => {
         "switchboard: SCYLLA_CONTACT_POINTS is not set; give a comma-separated list of host or host:port\n",
       ],
     ];
+    const missingKey = join(dir, "no-such-apns-key.p8");
+    cases.push([
+      ["start", "--data-dir", dir],
+      {
+        // Free ports, in case the process got as far as listening (it must not).
+        SWITCHBOARD_PORT: "0",
+        SWITCHBOARD_MEDIA_PORT: "0",
+        SWITCHBOARD_ADMIN_PORT: "0",
+        SWITCHBOARD_APNS_TEAM_ID: "TEAM123456",
+        SWITCHBOARD_APNS_KEY_ID: "KEY1234567",
+        SWITCHBOARD_APNS_KEY_FILE: missingKey,
+      },
+      `switchboard: configuration: cannot read the APNs key at ${missingKey}: ENOENT: no such file or directory, open '${missingKey}'\n`,
+    ]);
     for (const [args, settings, message] of cases) {
       const run = await switchboard(args, settings);
-      assert.equal(run.stderr, message, args.join(" "));
+      // The last line: a process that got as far as starting its roles has logged before it.
+      assert.equal(`${run.stderr.trimEnd().split("\n").at(-1)}\n`, message, args.join(" "));
       assert.equal(run.code, 1);
       assert.doesNotMatch(run.stdout, /listening/);
     }

@@ -1,14 +1,16 @@
+import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Redis } from "ioredis";
 import type { JetStreamManager } from "nats";
 import { DirectDelivery, InProcessBus } from "../bus/in-process.js";
 import type { DeliveryChannel, EventBus } from "../bus/types.js";
-import type { Config } from "../common/config.js";
+import { type Config, ConfigurationError, type PushConfig } from "../common/config.js";
 import type { Logger } from "../common/log.js";
 import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import type { RateLimiter } from "../common/rate-limit/types.js";
 import { deriveMediaUrlKey, openLocalMedia } from "../media/index.js";
 import type { MediaEngine } from "../media/types.js";
+import type { PushProvider } from "../notification/index.js";
 import { InMemoryRouteStore } from "../presence/index.js";
 import type { RouteStore } from "../presence/types.js";
 import { openLmdbStore } from "../store/lmdb/engine.js";
@@ -22,7 +24,9 @@ import type { StoreEngine } from "../store/types.js";
 
 /** The bus and delivery channel with their lifecycle. */
 export interface BusEngine {
+  /** Where committed events, ephemeral events and broadcasts are published and consumed. */
   bus: EventBus;
+  /** Where fanout hands each gateway its delivery batches. */
   delivery: DeliveryChannel;
   /** Why the bus cannot be used right now (for readiness), or undefined. */
   problem: () => string | undefined;
@@ -30,6 +34,7 @@ export interface BusEngine {
   metrics?: Readonly<Record<string, number>>;
   /** Events the fanout consumer has not yet had acknowledged (NATS only). */
   backlog?: () => Promise<{ pending: number; unacknowledged: number }>;
+  /** Drains what is in flight and disconnects. */
   close(): Promise<void>;
 }
 
@@ -80,8 +85,11 @@ export async function openStore(config: Config, log: Logger): Promise<StoreEngin
 
 /** A route store with its lifecycle. */
 export interface RouteStoreEngine {
+  /** Device routes and presence. */
   store: RouteStore;
+  /** Why the store cannot be used right now (for readiness), or undefined. */
   problem: () => string | undefined;
+  /** Disconnects (Redis) or does nothing (memory). */
   close(): Promise<void>;
 }
 
@@ -152,4 +160,67 @@ export async function openMedia(
   const { MinioObjectStore } = await import("../media/minio.js");
   const store = await MinioObjectStore.open(engine.options);
   return { store, objectsUrl: undefined, stop: async () => {} };
+}
+
+/**
+ * The push providers: one per kind, the real one where credentials are configured (its module
+ * and library loaded only then), otherwise the log-only embedded default. Credentials are read
+ * here, at start-up, so a bad file stops the process with a message naming it.
+ */
+export async function openPushProviders(config: PushConfig, log: Logger): Promise<PushProvider[]> {
+  const read = async (what: string, path: string) => {
+    try {
+      return await readFile(path, "utf8");
+    } catch (err) {
+      throw new ConfigurationError(
+        `configuration: cannot read the ${what} at ${path}: ${(err as Error).message}`,
+      );
+    }
+  };
+  const { LogPushProvider } = await import("../notification/providers/log.js");
+  const providers: PushProvider[] = [];
+  if (config.webPush) {
+    const { WebPushProvider } = await import("../notification/providers/webpush.js");
+    providers.push(
+      new WebPushProvider({ ...config.webPush, allowPrivateEndpoints: config.allowPrivateEndpoints }),
+    );
+  } else {
+    providers.push(new LogPushProvider("webpush", log));
+  }
+  if (config.fcm) {
+    const json = await read("FCM service account", config.fcm.serviceAccountFile);
+    const { FcmProvider, fcmOptionsFromServiceAccount } = await import("../notification/providers/fcm.js");
+    providers.push(
+      new FcmProvider(
+        fcmOptionsFromServiceAccount(json, {
+          ...(config.fcm.endpoint !== undefined && { endpoint: config.fcm.endpoint }),
+          ...(config.fcm.tokenUri !== undefined && { tokenUri: config.fcm.tokenUri }),
+        }),
+      ),
+    );
+  } else {
+    providers.push(new LogPushProvider("fcm", log));
+  }
+  if (config.apns) {
+    const privateKey = await read("APNs key", config.apns.keyFile);
+    const { ApnsProvider } = await import("../notification/providers/apns.js");
+    providers.push(
+      new ApnsProvider({
+        teamId: config.apns.teamId,
+        keyId: config.apns.keyId,
+        privateKey,
+        ...(config.apns.productionEndpoint !== undefined && {
+          productionEndpoint: config.apns.productionEndpoint,
+        }),
+        ...(config.apns.sandboxEndpoint !== undefined && { sandboxEndpoint: config.apns.sandboxEndpoint }),
+      }),
+    );
+  } else {
+    providers.push(new LogPushProvider("apns", log));
+  }
+  log.info(
+    { webpush: !!config.webPush, fcm: !!config.fcm, apns: !!config.apns },
+    "push providers (unconfigured kinds only log their pushes)",
+  );
+  return providers;
 }

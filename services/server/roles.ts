@@ -23,7 +23,7 @@ import type { Refusals } from "../common/refusals.js";
 import { Fanout } from "../fanout/index.js";
 import { GatewayCore } from "../gateway/index.js";
 import { deviceAuthenticator, type StartedMedia, startMedia } from "../media/index.js";
-import { buildPushProviders, Notifier, notificationService } from "../notification/index.js";
+import { Notifier, notificationService } from "../notification/index.js";
 import { Presence, presenceService } from "../presence/index.js";
 import {
   Sequencer,
@@ -33,7 +33,7 @@ import {
   shardsOfReplica,
 } from "../sequencer/index.js";
 import type { StoreEngine } from "../store/types.js";
-import { openMedia, openRateLimiter, openRouteStore } from "./engines.js";
+import { openMedia, openPushProviders, openRateLimiter, openRouteStore } from "./engines.js";
 import type { Closers, Readiness } from "./lifecycle.js";
 import type { ServiceClients } from "./local-transport.js";
 
@@ -187,7 +187,7 @@ export async function startPresenceRole(ctx: RoleContext): Promise<Presence> {
 /** The push queue and its providers (notification role). */
 export async function startNotificationRole(ctx: RoleContext): Promise<Notifier> {
   const { config, log } = ctx;
-  const providers = await buildPushProviders(config.push, log);
+  const providers = await openPushProviders(config.push, log);
   const n = new Notifier(directoryClient(ctx), providers, log, {
     perDevicePerMinute: config.push.perDevicePerMinute,
     perDeviceBurst: config.push.perDeviceBurst,

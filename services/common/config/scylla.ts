@@ -14,8 +14,9 @@ export interface ScyllaSettings {
   localDataCenter: string;
   /** The keyspace holding every table. */
   keyspace: string;
-  /** Credentials for PasswordAuthenticator, when the cluster requires them (both or neither). */
+  /** PasswordAuthenticator's user name, when the cluster requires credentials (with password). */
   username?: string;
+  /** PasswordAuthenticator's password (with username). */
   password?: string;
   /** Applied by migrations when they create the keyspace. */
   replicationFactor?: number;

@@ -1,3 +1,4 @@
+import { MAX_TTL_SECONDS } from "../../common/config.js";
 import { StoreError } from "../errors.js";
 import type {
   AccountStore,
@@ -23,9 +24,6 @@ const ADD_DEVICE_ATTEMPTS = 64;
 
 /** Link codes stay readable this long past their expiry, in seconds, so the caller can say "expired". */
 const LINK_CODE_GRACE_SECONDS = 86_400;
-
-/** The longest TTL the database accepts, in seconds. */
-const MAX_TTL_SECONDS = 630_720_000;
 
 /** Invites stay readable this long past their expiry, in seconds, so the operator sees "expired". */
 const INVITE_GRACE_SECONDS = 30 * 86_400;

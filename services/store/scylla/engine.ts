@@ -4,33 +4,25 @@
  * why its writes happen in the order they do.
  */
 import { Client } from "cassandra-driver";
+import { MAX_TTL_SECONDS } from "../../common/config.js";
 import type { Logger } from "../../common/log.js";
 import type { StoreEngine } from "../types.js";
 import { ScyllaAccountStore } from "./accounts.js";
 import { ScyllaConversationStore } from "./conversations.js";
 import { ScyllaKeyStore } from "./keys.js";
-import { Cql, checkKeyspaceName, clientOptions, migrateScylla, num } from "./schema.js";
+import {
+  Cql,
+  checkKeyspaceName,
+  clientOptions,
+  migrateScylla,
+  num,
+  type ScyllaConnectionOptions,
+} from "./schema.js";
 
 export { migrateScylla };
 
-/** Options of the ScyllaDB engine. */
-export interface ScyllaOptions {
-  /** Nodes to contact first: "host" or "host:port" (port 9042 when absent). */
-  contactPoints: string[];
-  /** The datacenter this process is in; LOCAL_QUORUM and LOCAL_SERIAL are counted there. */
-  localDataCenter: string;
-  /** The keyspace holding every table. */
-  keyspace: string;
-  /** Credentials for PasswordAuthenticator, when the cluster requires them. */
-  username?: string;
-  password?: string;
-  /** Applied by migrateScylla when it creates the keyspace (in localDataCenter). */
-  replicationFactor?: number;
-  /**
-   * Applied by migrateScylla when it creates the keyspace: replication factor per datacenter
-   * (NetworkTopologyStrategy). Takes precedence over replicationFactor.
-   */
-  replication?: Record<string, number>;
+/** Options of the ScyllaDB engine: where the cluster is (ScyllaConnectionOptions) and how to use it. */
+export interface ScyllaOptions extends ScyllaConnectionOptions {
   /** Log entries expire after this many seconds (0 or absent: kept forever). */
   entryTtlSeconds?: number;
   /**
@@ -44,9 +36,6 @@ export interface ScyllaOptions {
 
 /** Seqs per log partition unless configured. */
 export const DEFAULT_BUCKET_SIZE = 1000;
-
-/** The longest TTL Cassandra and ScyllaDB accept, in seconds (20 years). */
-export const MAX_TTL_SECONDS = 630_720_000;
 
 /** The ScyllaDB engine: both ports over one driver client. */
 export class ScyllaStoreEngine implements StoreEngine {

@@ -15,26 +15,16 @@
  */
 import { randomUUID } from "node:crypto";
 import { auth, Client, type ClientOptions, type QueryOptions, types } from "cassandra-driver";
+import type { ScyllaSettings } from "../../common/config.js";
 import type { Logger } from "../../common/log.js";
 
 /**
- * What migrations and the driver need to reach the cluster: the connection part of the engine's
- * ScyllaOptions (engine.ts), declared here so that the schema does not import the engine that
- * imports it. Any ScyllaOptions is one.
+ * What migrations and the driver need to reach the cluster: the connection part of the settings
+ * (services/common/config/scylla.ts), plus a replication map code may give for multi-DC keyspaces.
+ * Declared here, not in engine.ts, so that the schema does not import the engine that imports it;
+ * the engine's ScyllaOptions extends it.
  */
-export interface ScyllaConnectionOptions {
-  /** Nodes to contact first: "host" or "host:port" (port 9042 when absent). */
-  contactPoints: string[];
-  /** The datacenter this process is in; LOCAL_QUORUM and LOCAL_SERIAL are counted there. */
-  localDataCenter: string;
-  /** The keyspace holding every table. */
-  keyspace: string;
-  /** PasswordAuthenticator's user name, when the cluster requires credentials (with password). */
-  username?: string;
-  /** PasswordAuthenticator's password (with username). */
-  password?: string;
-  /** Replication factor in localDataCenter, applied when migrateScylla creates the keyspace. */
-  replicationFactor?: number;
+export interface ScyllaConnectionOptions extends Omit<ScyllaSettings, "entryTtlSeconds"> {
   /** Replication factor per datacenter when migrateScylla creates the keyspace; wins over replicationFactor. */
   replication?: Record<string, number>;
 }

@@ -3,7 +3,12 @@
 //   node .ci/check-manifests.mjs <rendered.yaml> <scenario-values.yaml>
 // Exits non-zero, naming every violation.
 import { readFileSync } from "node:fs";
+import { register } from "tsx/esm/api";
 import { parse, parseAllDocuments } from "yaml";
+
+// The server's own table of what each role calls, so the chart is checked against the code.
+register();
+const { ROLE_NEEDS } = await import("../services/common/config/mesh.ts");
 
 const [renderedPath, scenarioPath] = process.argv.slice(2);
 if (!renderedPath || !scenarioPath) {
@@ -25,16 +30,8 @@ for (const doc of parseAllDocuments(readFileSync(renderedPath, "utf8"))) {
 const problems = [];
 const problem = (message) => problems.push(message);
 
-/** What each role calls (services/common/config/mesh.ts, NEEDS), and the variable naming it. */
-const NEEDS = {
-  gateway: ["accounts", "presence", "sequencer"],
-  accounts: [],
-  sequencer: [],
-  fanout: ["accounts", "presence", "notification", "sequencer"],
-  presence: [],
-  notification: ["accounts"],
-  media: ["accounts", "sequencer"],
-};
+/** What each role calls (services/common/config/mesh.ts), and the variable the chart names it with. */
+const NEEDS = ROLE_NEEDS;
 const URL_VARIABLE = {
   accounts: "SWITCHBOARD_ACCOUNTS_URL",
   presence: "SWITCHBOARD_PRESENCE_URL",

@@ -239,8 +239,13 @@ function ordinalOfHostname(hostname: string | undefined): number {
   return match ? Number(match[1]) : 0;
 }
 
-/** What each role calls, so a process missing an address stops at start-up naming it. */
-const NEEDS: Record<Role, Array<"accounts" | "presence" | "notification" | "sequencer">> = {
+/**
+ * What each role calls, so a process missing an address stops at start-up naming it (and the Helm
+ * chart's check, .ci/check-manifests.mjs, reads this table to check every role's pods get them).
+ */
+export const ROLE_NEEDS: Readonly<
+  Record<Role, ReadonlyArray<"accounts" | "presence" | "notification" | "sequencer">>
+> = {
   gateway: ["accounts", "presence", "sequencer"],
   // A link records where the new device starts in each conversation (RecordDeviceLink).
   accounts: ["sequencer"],
@@ -299,7 +304,7 @@ export function checkMesh(mesh: MeshConfig, shardCount: number, tokenKey: Uint8A
   if (mesh.bus !== "nats")
     fail("roles in separate processes need SWITCHBOARD_BUS=nats (SWITCHBOARD_NATS_URL)");
   for (const role of mesh.roles) {
-    for (const need of NEEDS[role]) {
+    for (const need of ROLE_NEEDS[role]) {
       const local =
         need === "sequencer" ? runs.has("sequencer") && mesh.sequencerReplicas === 1 : runs.has(need);
       if (local) continue;

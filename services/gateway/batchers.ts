@@ -155,6 +155,8 @@ export class SendBatcher {
  */
 export class CursorBatcher {
   private pending = new Map<string, CursorUpdate>();
+  /** When each pending update was first noted, in milliseconds since the Unix epoch. */
+  private notedAt = new Map<string, number>();
   private readonly timer: NodeJS.Timeout;
   private flushing: Promise<void> = Promise.resolve();
 
@@ -162,6 +164,9 @@ export class CursorBatcher {
     private readonly calls: SequencerCalls,
     private readonly log: Logger,
     intervalMs: number,
+    /** Told, per update the sequencer took, how many seconds it trailed the device's ack. */
+    private readonly onSaved: (lagSeconds: number) => void = () => {},
+    private readonly now: () => number = Date.now,
   ) {
     this.timer = setInterval(() => void this.flush(), intervalMs);
     this.timer.unref();
@@ -182,6 +187,7 @@ export class CursorBatcher {
           readUpTo: read,
         }),
       );
+      this.notedAt.set(key, this.now());
       return;
     }
     if (delivered > current.deliveredUpTo) current.deliveredUpTo = delivered;
@@ -192,11 +198,15 @@ export class CursorBatcher {
   flush(): Promise<void> {
     if (this.pending.size === 0) return this.flushing;
     const updates = [...this.pending.values()];
+    const notedAt = [...this.notedAt.values()];
     this.pending = new Map();
+    this.notedAt = new Map();
     this.flushing = this.flushing.then(async () => {
       for (let i = 0; i < updates.length; i += 1000) {
         try {
           await this.calls.updateCursors(updates.slice(i, i + 1000));
+          const now = this.now();
+          for (const at of notedAt.slice(i, i + 1000)) this.onSaved((now - at) / 1000);
         } catch (err) {
           this.log.warn({ err, updates: updates.length }, "cursor update failed");
         }

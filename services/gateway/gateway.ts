@@ -122,7 +122,13 @@ export class GatewayCore implements SessionHost<Session> {
       },
     };
     this.sends = new SendBatcher(calls, this.log);
-    this.cursors = new CursorBatcher(calls, this.log, deps.cursorFlushMs ?? 25);
+    this.cursors = new CursorBatcher(
+      calls,
+      this.log,
+      deps.cursorFlushMs ?? 25,
+      (seconds) => this.observe.cursorLag(seconds),
+      this.now,
+    );
     this.devices = new DeviceSets(this.directory, this.sequencer, {
       maxPayloadBytes: this.limits.maxPayloadBytes,
       maxDevicesPerUser: this.limits.maxDevicesPerUser,

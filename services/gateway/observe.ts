@@ -7,7 +7,7 @@ export type { GatewayObserver } from "./types.js";
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 /**
- * The gateway's metrics: two latency histograms recorded on the hot path, and gauges and counters
+ * The gateway's metrics: three latency histograms recorded on the hot path, and gauges and counters
  * read from the gateway's own fields only when Prometheus scrapes, so they cost nothing between
  * scrapes.
  */
@@ -20,6 +20,12 @@ export function observeGateway(source: ObservedGateway): GatewayObserver {
   });
   const lag: Histogram = m.createHistogram("switchboard.delivery.lag_seconds", {
     description: "Time from an entry's commit to its hand-over to a recipient stream on this gateway",
+    unit: "s",
+    advice: { explicitBucketBoundaries: LATENCY_BUCKETS },
+  });
+  const cursorLag: Histogram = m.createHistogram("switchboard.gateway.cursor_lag_seconds", {
+    description:
+      "Time from a device's ack (or read) to the sequencer holding the cursor it moved: how far the server's cursors trail",
     unit: "s",
     advice: { explicitBucketBoundaries: LATENCY_BUCKETS },
   });
@@ -45,5 +51,6 @@ export function observeGateway(source: ObservedGateway): GatewayObserver {
   return {
     sendAck: (seconds, outcome) => sendAck.record(seconds, { outcome }),
     deliveryLag: (seconds) => lag.record(Math.max(0, seconds)),
+    cursorLag: (seconds) => cursorLag.record(Math.max(0, seconds)),
   };
 }

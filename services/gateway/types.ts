@@ -41,6 +41,11 @@ export interface GatewayObserver {
   sendAck(seconds: number, outcome: "ok" | "error"): void;
   /** An entry handed to a stream: seconds since it was committed. */
   deliveryLag(seconds: number): void;
+  /**
+   * A device's cursor reached the sequencer: seconds from the first ack (or read) that moved it
+   * since the last flush to the sequencer's answer, i.e. how far the server's cursor trailed.
+   */
+  cursorLag(seconds: number): void;
 }
 
 /** What a gateway exposes to observe.ts: read only when Prometheus scrapes. */

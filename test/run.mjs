@@ -6,8 +6,15 @@
 // SWITCHBOARD_TEST_NATS_URL / SWITCHBOARD_TEST_REDIS_URL point at servers already running, this
 // runner starts its own on free ports (the same code `switchboard mesh` uses), hands their URLs to
 // the test processes, and stops them by PID when the tests end, whatever the outcome.
+//
+// The suites that need a CQL database (they read SCYLLA_CONTACT_POINTS) share one Apache Cassandra
+// 5.0 node (services/mesh/cassandra.ts: jars fetched once from Maven Central into
+// ~/.cache/switchboard, run on Java 17, on free ports). It is started only when a selected test
+// file reads process.env.SCYLLA_CONTACT_POINTS and the environment does not already name a
+// database. Under CI=true a database that cannot be started fails the run; elsewhere the suites
+// skip and say why.
 import { spawn, spawnSync } from "node:child_process";
-import { readdirSync, statSync } from "node:fs";
+import { readdirSync, readFileSync, statSync } from "node:fs";
 import { join, relative } from "node:path";
 import { register } from "tsx/esm/api";
 
@@ -40,6 +47,7 @@ if (files.length === 0) {
 
 register();
 const { startNatsServer, startRedisServer } = await import("../services/mesh/servers.ts");
+const { CASSANDRA_VERSION, javaProblem, startCassandra } = await import("../services/mesh/cassandra.ts");
 
 const installed = (binary) => spawnSync(binary, ["--version"], { stdio: "ignore" }).error === undefined;
 
@@ -59,11 +67,66 @@ async function startSharedBackends(env) {
     env[variable] = server.url;
     console.log(`# ${binary} for the tests: ${server.url} (pid ${server.pid})`);
   }
+  if (env.SCYLLA_CONTACT_POINTS === undefined && files.some(readsScylla)) {
+    // Under CI=true a missing database throws: stop what was started before giving up.
+    const cassandra = await startSharedCassandra().catch(async (err) => {
+      await Promise.all(owned.map((s) => s.stop("SIGTERM")));
+      throw err;
+    });
+    if (cassandra !== undefined) {
+      owned.push(cassandra);
+      env.SCYLLA_CONTACT_POINTS = cassandra.contactPoint;
+      env.SCYLLA_LOCAL_DC = cassandra.localDataCenter;
+    }
+  }
   return () => Promise.all(owned.map((s) => s.stop("SIGTERM")));
 }
 
+/**
+ * True if a test file talks to the CQL database, so the run needs one: it reads
+ * `process.env.SCYLLA_CONTACT_POINTS` (tests that only parse the variable do not start Cassandra).
+ */
+function readsScylla(file) {
+  return readFileSync(join(root, file), "utf8").includes("process.env.SCYLLA_CONTACT_POINTS");
+}
+
+/** One Cassandra node for the run, or undefined (with the reason printed) when this machine has none. */
+async function startSharedCassandra() {
+  const ci = process.env.CI === "true";
+  const problem = javaProblem();
+  const howTo =
+    "the CQL suites skip; install Java 17 and Maven (Debian: openjdk-17-jre-headless maven) and this " +
+    `runner fetches Apache Cassandra ${CASSANDRA_VERSION} once, or set SCYLLA_CONTACT_POINTS to a running ` +
+    "ScyllaDB or Cassandra";
+  if (problem !== undefined) {
+    if (ci) throw new Error(`CI=true needs a CQL database for the tests: ${problem}`);
+    console.log(`# no CQL database for the tests (${problem}): ${howTo}`);
+    return undefined;
+  }
+  const started = Date.now();
+  try {
+    const server = await startCassandra({ log: (line) => console.log(`# ${line}`) });
+    console.log(
+      `# cassandra ${CASSANDRA_VERSION} for the tests: ${server.contactPoint} (pid ${server.pid}, ` +
+        `datacenter ${server.localDataCenter}, up in ${Date.now() - started} ms)`,
+    );
+    return server;
+  } catch (err) {
+    const message = err instanceof Error ? err.message : String(err);
+    if (ci)
+      throw new Error(
+        `CI=true needs a CQL database for the tests, and Cassandra could not start: ${message}`,
+      );
+    console.log(`# Cassandra could not start (${message}): ${howTo}`);
+    return undefined;
+  }
+}
+
 const env = { ...process.env };
-const stopBackends = await startSharedBackends(env);
+const stopBackends = await startSharedBackends(env).catch((err) => {
+  console.error(`# ${err instanceof Error ? err.message : err}`);
+  process.exit(1);
+});
 const child = spawn(
   process.execPath,
   ["--import", "tsx", "--test", "--test-concurrency=2", "--test-timeout=180000", ...files],

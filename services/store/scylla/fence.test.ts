@@ -84,8 +84,14 @@ describe("ScyllaDB fence under two concurrent writers", { skip: SKIP }, () => {
     await admin.execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`).finally(() => admin.shutdown());
   });
 
-  it("of two writers appending the same seqs at once, exactly one wins each time", async () => {
+  /** The two engines, once before() opened them. */
+  const engines = (): [StoreEngine, StoreEngine] => {
     assert.ok(a !== undefined && b !== undefined);
+    return [a, b];
+  };
+
+  it("of two writers appending the same seqs at once, exactly one wins each time", async () => {
+    const [a, b] = engines();
     const id = conversationId();
     const winners: string[] = [];
     for (let round = 0; round < 12; round++) {
@@ -128,7 +134,7 @@ describe("ScyllaDB fence under two concurrent writers", { skip: SKIP }, () => {
   });
 
   it("two writers retrying on conflict store every message once, at seqs 1..n with no gap", async () => {
-    assert.ok(a !== undefined && b !== undefined);
+    const [a, b] = engines();
     const id = conversationId();
     const perWriter = 15;
     const conflicts = { a: 0, b: 0 };

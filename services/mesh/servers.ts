@@ -1,12 +1,15 @@
 import { type ChildProcess, spawn } from "node:child_process";
+import { existsSync } from "node:fs";
 import { mkdtemp } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { cachedToolPath, installHint, onPath } from "./go-tools.js";
 
 /**
  * Local nats-server and redis-server processes for the one-machine mesh and the tests that kill
- * backends. Both come from Debian's packages (nats-server, redis-server).
+ * backends. redis-server is Debian's package; nats-server is preferably the current release built
+ * into the tool cache (go-tools.ts), else Debian's (2.9), see natsServerBinary.
  */
 
 /** A backend server process this program owns. */
@@ -21,6 +24,10 @@ export interface BackendServer {
 /** A NATS server this program owns, with its JetStream store directory. */
 export interface NatsServer extends BackendServer {
   storeDir: string;
+  /** The executable started. */
+  binary: string;
+  /** The version the server announced in its INFO greeting, e.g. "2.15.3". */
+  version: string;
 }
 
 /** A TCP port that was free a moment ago. */
@@ -78,6 +85,41 @@ export function pingRedis(url: string, timeoutMs = 1000): Promise<boolean> {
 /** True if a NATS server greets at the URL. */
 export function pingNats(url: string, timeoutMs = 1000): Promise<boolean> {
   return probe(url, 4222, undefined, (r) => r.startsWith("INFO "), timeoutMs);
+}
+
+/** The version a NATS server announces in its INFO greeting, or undefined if it does not greet. */
+export async function natsVersion(url: string, timeoutMs = 1000): Promise<string | undefined> {
+  let version: string | undefined;
+  await probe(
+    url,
+    4222,
+    undefined,
+    (r) => {
+      if (!r.startsWith("INFO ")) return false;
+      try {
+        const info = JSON.parse(r.slice("INFO ".length, r.indexOf("\r\n"))) as { version?: unknown };
+        if (typeof info.version === "string") version = info.version;
+      } catch {
+        // Not JSON: a server that greets, of no version we can read.
+      }
+      return true;
+    },
+    timeoutMs,
+  );
+  return version;
+}
+
+/**
+ * The nats-server to start, first found of: $SWITCHBOARD_NATS_SERVER_BIN; the pinned current
+ * release in the tool cache (`npx tsx services/mesh/go-tools.ts install nats-server` builds it);
+ * `nats-server` on PATH (Debian's package, 2.9). Undefined when there is none.
+ */
+export function natsServerBinary(): string | undefined {
+  const chosen = process.env.SWITCHBOARD_NATS_SERVER_BIN;
+  if (chosen !== undefined && chosen !== "") return chosen;
+  const cached = cachedToolPath("nats-server");
+  if (existsSync(cached)) return cached;
+  return onPath("nats-server");
 }
 
 /** Spawns a server binary and waits until `ready` says it serves. */
@@ -145,7 +187,8 @@ export async function startRedisServer(
 }
 
 /**
- * Spawns `nats-server -js` with file storage on a free port (or the given one and store, to restart
+ * Spawns `nats-server -js` (natsServerBinary's choice; the result names it and the version it
+ * announced) with file storage on a free port (or the given one and store, to restart
  * "the same" server after a crash) and waits until it accepts clients, which it does only after
  * JetStream has recovered its streams.
  */
@@ -154,14 +197,16 @@ export async function startNatsServer(
 ): Promise<NatsServer> {
   const port = options.port ?? (await freePort());
   const storeDir = options.storeDir ?? (await mkdtemp(join(tmpdir(), "sb-nats-")));
+  const binary = natsServerBinary() ?? "nats-server";
   const server = await spawnServer(
-    "nats-server",
-    "nats-server",
+    binary,
+    `nats-server, or build the current release: ${installHint("nats-server")}`,
     ["-js", "-a", "127.0.0.1", "-p", String(port), "-sd", storeDir],
     `nats://127.0.0.1:${port}`,
     port,
     (url) => pingNats(url, 200),
     options.timeoutMs ?? 10_000,
   );
-  return { ...server, storeDir };
+  const version = (await natsVersion(server.url)) ?? "unknown";
+  return { ...server, storeDir, binary, version };
 }

@@ -24,6 +24,9 @@ const commitFailures = lazyInstrument(() =>
   }),
 );
 
+/** The retry hint of a send refused because its commit failed, in ms. */
+const RETRY_AFTER_MS = 1_000;
+
 /** The writes and events of one group commit. */
 export class Batch {
   /** The store write of each conversation in the batch, by conversation id. */
@@ -290,7 +293,18 @@ export class Shard implements StateOwner {
       // ownership moved or is contested, and the client must retry with the same client_msg_id,
       // as it does when ownership moves. Its state is reloaded below, so the retry sees the log
       // as the store has it; the store's message stays in the log, not in the answer.
-      const unavailable = new UnavailableError("storage commit failed; retry", { cause: err });
+      // A storage fault the store already named (a full disk) keeps its message; either way the
+      // client gets a retry hint.
+      const unavailable =
+        err instanceof UnavailableError
+          ? new UnavailableError(err.message, {
+              retryAfterMs: err.retryAfterMs ?? RETRY_AFTER_MS,
+              cause: err,
+            })
+          : new UnavailableError("storage commit failed; retry", {
+              retryAfterMs: RETRY_AFTER_MS,
+              cause: err,
+            });
       batch.reject(unavailable);
       // Work queued behind the failed batch was sequenced on top of it; it must go too.
       // (TypeScript narrowed this.open to undefined above; the await let new work in.)

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import type { Config } from "../common/config.js";
 import { newSecret } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
+import type { StoreEngine } from "../store/types.js";
 
 /**
  * Shutdown steps, run in reverse order of registration: what a step depends on was opened
@@ -36,6 +37,15 @@ export class Readiness {
   problems(): string[] {
     return this.checks.map((check) => check()).filter((p): p is string => !!p);
   }
+}
+
+/**
+ * The store's readiness check: why its writes are failing (a full disk), for engines that can
+ * tell (the embedded one; StoreEngine leaves it optional by shape until every engine reports).
+ */
+export function storeWriteCheck(store: StoreEngine): () => string | undefined {
+  const reporting = store as StoreEngine & { writeProblem?: () => string | undefined };
+  return () => reporting.writeProblem?.();
 }
 
 /**

@@ -34,7 +34,7 @@ import {
 } from "../sequencer/index.js";
 import type { StoreEngine } from "../store/types.js";
 import { openMedia, openPushProviders, openRateLimiter, openRouteStore } from "./engines.js";
-import type { Closers, Readiness } from "./lifecycle.js";
+import { type Closers, type Readiness, storeWriteCheck } from "./lifecycle.js";
 import type { ServiceClients } from "./local-transport.js";
 
 /**
@@ -77,6 +77,8 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
     maxStatesPerShard: config.sequencerCacheConversations,
   });
   closers.add("sequencer", () => seq.close());
+  // Not ready while the store refuses writes (a full disk); reads and streams go on meanwhile.
+  ctx.readiness.add(storeWriteCheck(store!));
   ctx.clients.register(SequencerService, (r) => r.service(SequencerService, sequencerService(seq)));
   // Idempotency records are needed only for as long as a client may retry.
   const expiry = setInterval(
@@ -124,6 +126,8 @@ export function presenceClient(ctx: RoleContext) {
 export async function startAccountsRole(ctx: RoleContext): Promise<Accounts> {
   const { config, store, log, closers, bus, clients, refusals } = ctx;
   const tokens = ctx.tokens!;
+  // The sequencer role, when this process runs it too, has added the store's check already.
+  if (!ctx.roles.has("sequencer")) ctx.readiness.add(storeWriteCheck(store!));
   // The abuse controls' buckets: in this process, or on Redis shared by every accounts process.
   const accountLimiter = await openRateLimiter(config, log);
   closers.add("accounts rate limiter", () => accountLimiter.close());

@@ -41,6 +41,15 @@
  * but mdb_txn_commit still returns only after the fsync and the meta-page write, and lmdb-js
  * resolves a write's promise only after that, so a resolved promise means the data is on disk.
  * Write promises resolve in commit order, and reads see a commit once its promise has resolved.
+ *
+ * Storage faults (write-faults.ts). A commit the disk refuses (full, EIO, a failed fsync) rejects
+ * its writes with UnavailableError and stores none of them; reads and later writes go on, and
+ * writes succeed again once they fit. Two lmdb-js habits would otherwise end the process on such
+ * a failure with an unhandled rejection: each write's error carries its cause as a second rejected
+ * promise (`commitError`), observed by WriteFaults; and with event-turn batching (its default)
+ * lmdb-js starts each batch with an internal write promise that nobody awaits, so the engine
+ * turns that batching off. Group commit does not depend on it: the `childTransaction` callbacks
+ * queued before a transaction starts still share it.
  */
 import { mkdir } from "node:fs/promises";
 import { type Database, type Key, open, type RootDatabase } from "lmdb";
@@ -48,6 +57,7 @@ import type { StoreEngine } from "../types.js";
 import { type AccountDbs, LmdbAccountStore } from "./accounts.js";
 import { type ConversationDbs, LmdbConversationStore, type WriteUnit } from "./conversations.js";
 import { type KeyDbs, LmdbKeyStore } from "./keys.js";
+import { WriteFaults } from "./write-faults.js";
 
 /** Bumped when the key layout changes incompatibly; an engine refuses files of another layout. */
 const LAYOUT_VERSION = 1;
@@ -69,9 +79,10 @@ export class LmdbStoreEngine implements StoreEngine {
   readonly accounts: LmdbAccountStore;
   readonly keys: LmdbKeyStore;
   private closing: Promise<void> | undefined;
+  private readonly faults = new WriteFaults();
 
   constructor(private readonly root: RootDatabase) {
-    const writeUnit: WriteUnit = (fn) => root.childTransaction(fn);
+    const writeUnit: WriteUnit = (fn) => this.faults.run(() => root.childTransaction(fn));
     const db = <V>(name: string, encoding: "msgpack" | "binary" = "msgpack"): Database<V, Key> =>
       root.openDB<V, Key>({ name, encoding });
     const conversations: ConversationDbs = {
@@ -112,9 +123,18 @@ export class LmdbStoreEngine implements StoreEngine {
     return (this.root.getStats() as { lastTxnId: number }).lastTxnId;
   }
 
+  /** Why writes are failing right now (for readiness), or undefined when they are not. */
+  writeProblem(): string | undefined {
+    return this.faults.problem();
+  }
+
   /** Waits for every pending write to be committed and flushed, then closes the environment. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      // lmdb-js's flush promise for a transaction that failed never settles, and both `flushed`
+      // and close() wait for the latest one: an empty transaction (it needs no space, so it
+      // commits on a full disk too) replaces it with one that does.
+      await this.root.childTransaction(() => {}).catch(() => {});
       await this.root.flushed;
       await this.root.close();
     })();
@@ -130,6 +150,8 @@ export async function openLmdbStore(options: LmdbStoreOptions): Promise<LmdbStor
     // Without this, a path with a dot in it would be taken for a file name.
     noSubdir: false,
     maxDbs: 32,
+    // See "Storage faults" above: its batches start with a write promise nobody can observe.
+    eventTurnBatching: false,
     ...(options.mapSizeBytes !== undefined ? { mapSize: options.mapSizeBytes } : {}),
   });
   try {

@@ -1,0 +1,99 @@
+import { DomainError, UnavailableError } from "../../common/errors.js";
+import { lazyInstrument, meter } from "../../common/telemetry.js";
+
+/**
+ * Storage faults of the embedded engine: a commit that the disk refused (full, EIO, a failed
+ * fsync) becomes a retryable refusal instead of an error nobody expects, and is remembered so
+ * that readiness and metrics can say writes are failing.
+ *
+ * What a full disk looks like. LMDB grows its data file as it writes; when the filesystem has no
+ * room for the growth, the write thread's mdb_txn_commit fails ("mdb_page_spill flushing error 5",
+ * EIO, or ENOSPC) and lmdb-js rejects every write of that transaction with "Commit failed (see
+ * commitError for details)", the cause in `commitError`, a promise that is rejected too. Nothing of
+ * that transaction is stored. The environment stays usable: reads go on, and a later commit
+ * succeeds as soon as it fits (in freed pages, or because space came back).
+ */
+
+/** How long writes count as failing after the last failure, in ms. */
+export const FAILING_HOLD_MS = 10_000;
+
+/** The client's retry hint for a refused write, in ms. */
+export const RETRY_AFTER_MS = 1_000;
+
+const writeFailures = lazyInstrument(() =>
+  meter().createCounter("switchboard.store.write_failures", {
+    description:
+      "Store transactions the storage refused (full disk, I/O error, failed fsync); their writes were refused UNAVAILABLE",
+  }),
+);
+
+/** lmdb-js's failed commit: the error it gives each write of a transaction that did not commit. */
+interface CommitFailure extends Error {
+  /** Rejected with the cause (the errno's error) once the write thread reports it. */
+  commitError?: Promise<never>;
+}
+
+/** An errno-style failure (from lmdb's native code or the filesystem). */
+function isIoFailure(err: unknown): err is Error {
+  if (!(err instanceof Error) || err instanceof DomainError) return false;
+  const { code } = err as { code?: unknown };
+  if ((err as CommitFailure).commitError !== undefined) return true;
+  // lmdb-js reports native failures with the errno (or an MDB_ code) as a number.
+  if (typeof code === "number") return true;
+  return typeof code === "string" && /^E[A-Z]+$/.test(code);
+}
+
+/** Tracks the engine's write failures and turns them into refusals. */
+export class WriteFaults {
+  private lastFailureAtMs = 0;
+  private failingSinceMs = 0;
+  private reason = "";
+  private failures = 0;
+
+  constructor(private readonly now: () => number = Date.now) {}
+
+  /**
+   * Runs a write and classifies its failure: a storage fault becomes UnavailableError (retryable,
+   * with a retry hint); a domain refusal or a bug passes through unchanged.
+   */
+  async run<T>(write: () => Promise<T>): Promise<T> {
+    try {
+      return await write();
+    } catch (err) {
+      if (!isIoFailure(err)) throw err;
+      // lmdb-js rejects the cause separately and leaves it to the caller: observed here, or it
+      // would be an unhandled rejection, which ends the process.
+      (err as CommitFailure).commitError?.then(undefined, (cause: unknown) => {
+        if (cause instanceof Error) this.reason = cause.message;
+      });
+      this.failed(err);
+      throw new UnavailableError("storage is failing: the write was not stored; retry", {
+        retryAfterMs: RETRY_AFTER_MS,
+        cause: err,
+      });
+    }
+  }
+
+  /**
+   * Why writes are failing, for readiness, or undefined: until FAILING_HOLD_MS after the last
+   * failure. Time, not the next success, ends it: a smaller write may fit on a disk that is still
+   * nearly full, and readiness must not flap on it; and a process taken out of service while not
+   * ready gets no writes that could prove it well again.
+   */
+  problem(): string | undefined {
+    if (this.lastFailureAtMs === 0 || this.now() - this.lastFailureAtMs >= FAILING_HOLD_MS) return undefined;
+    const since = new Date(this.failingSinceMs).toISOString();
+    return `storage writes failing since ${since} (${this.failures} failed): ${this.reason || "commit failed"}`;
+  }
+
+  private failed(err: Error): void {
+    if (this.problem() === undefined) {
+      this.failingSinceMs = this.now();
+      this.failures = 0;
+    }
+    this.lastFailureAtMs = this.now();
+    this.failures++;
+    if (!(err as CommitFailure).commitError) this.reason = err.message;
+    writeFailures().add(1);
+  }
+}

@@ -1,3 +1,5 @@
+import { appendFileSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
 import { ConnectError } from "@connectrpc/connect";
 import { Command, InvalidArgumentError } from "commander";
 import { registerClientCommands } from "../../sdk/cli/commands.js";
@@ -98,6 +100,11 @@ program
     log.flush();
   });
 
+function storeEngine(value: string): "lmdb" | "scylla" {
+  if (value !== "lmdb" && value !== "scylla") throw new InvalidArgumentError("lmdb or scylla");
+  return value;
+}
+
 function count(value: string): number {
   const n = Number(value);
   if (!Number.isInteger(n) || n < 1 || n > 16) throw new InvalidArgumentError("a count from 1 to 16");
@@ -108,7 +115,7 @@ program
   .command("mesh")
   .description(
     "run the distributed topology on this machine: each service in its own process, with " +
-      "nats-server (JetStream) and redis-server started for it, and ScyllaDB when SCYLLA_CONTACT_POINTS is set",
+      "nats-server (JetStream) and redis-server started for it, restarting any that dies",
   )
   .option("--dir <dir>", "where processes keep data and logs", ".switchboard/mesh")
   .option("--port <port>", "the first gateway's port; the others follow it", port, 7420)
@@ -117,6 +124,13 @@ program
   .option("--fanouts <n>", "fanout workers", count, 2)
   .option("--nats-url <url>", "use this NATS server instead of starting one")
   .option("--redis-url <url>", "use this Redis instead of starting one")
+  .option(
+    "--store <engine>",
+    "lmdb (each process's files) or scylla (the cluster in SCYLLA_CONTACT_POINTS, else a local " +
+      "Cassandra node started for it); SCYLLA_CONTACT_POINTS alone also selects scylla",
+    storeEngine,
+  )
+  .option("--no-restart", "leave a process that dies down instead of restarting it")
   .action(
     async (opts: {
       dir: string;
@@ -126,8 +140,20 @@ program
       fanouts: number;
       natsUrl?: string;
       redisUrl?: string;
+      store?: "lmdb" | "scylla";
+      restart: boolean;
     }) => {
       const { Mesh } = await import("../mesh/launcher.js");
+      const { describeBackend, describeProcess } = await import("../mesh/settings.js");
+      const out = process.stdout;
+      // The launcher's own lines (deaths, restarts, giving up) go to the terminal and to a file.
+      mkdirSync(opts.dir, { recursive: true });
+      const launcherLog = join(opts.dir, "launcher.log");
+      const say = (line: string) => {
+        const stamped = `${new Date().toISOString()} mesh: ${line}\n`;
+        out.write(stamped);
+        appendFileSync(launcherLog, stamped);
+      };
       const env = settingVariables();
       const mesh = await Mesh.start({
         dir: opts.dir,
@@ -136,33 +162,52 @@ program
         fanouts: opts.fanouts,
         gatewayPorts: Array.from({ length: opts.gateways }, (_, i) => opts.port + i),
         env,
+        onEvent: say,
+        ownProcessGroups: true,
+        ...(opts.restart && { restart: {} }),
+        ...(opts.store !== undefined && { store: opts.store }),
         ...(opts.natsUrl !== undefined && { natsUrl: opts.natsUrl }),
         ...(opts.redisUrl !== undefined && { redisUrl: opts.redisUrl }),
       });
-      const out = process.stdout;
-      out.write(`nats:  ${mesh.natsUrl}${mesh.nats ? ` (pid ${mesh.nats.pid})` : ""}\n`);
-      out.write(`redis: ${mesh.redisUrl}${mesh.redis ? ` (pid ${mesh.redis.pid})` : ""}\n`);
+      // Each process's settings, as the settings file has them (secrets redacted).
+      const { processes, backends } = mesh.settings();
+      for (const b of backends) out.write(`${describeBackend(b)}\n`);
+      for (const p of processes) out.write(`${describeProcess(p)}\n`);
+      out.write(
+        `settings: ${join(opts.dir, "settings.txt")} (secrets in ${join(opts.dir, "secrets.env")})\n`,
+      );
       for (const p of mesh.processes.values()) {
         out.write(
           `${p.name.padEnd(12)} ${p.url}  health ${p.adminUrl}/readyz  pid ${p.child?.pid}  log ${opts.dir}/${p.name}.log\n`,
         );
       }
-      out.write(`switchboard mesh listening on ${mesh.gatewayUrls.join(" and ")}; Ctrl-C stops it\n`);
+      out.write(
+        `switchboard mesh listening on ${mesh.gatewayUrls.join(" and ")}; ` +
+          `${opts.restart ? "processes that die are restarted; " : ""}Ctrl-C stops it\n`,
+      );
       let stopping = false;
-      const stop = () => {
-        if (stopping) return;
+      const stop = (signal: string) => {
+        if (stopping) {
+          // A second signal: no more waiting for drains.
+          say(`${signal} again: killing every process now`);
+          mesh.killAll();
+          process.exit(1);
+        }
         stopping = true;
-        out.write("stopping the mesh\n");
-        mesh.stop().then(
-          () => process.exit(0),
+        say(`${signal}: stopping the mesh (restarting nothing; a second ${signal} kills everything)`);
+        mesh.stop(30_000).then(
+          () => {
+            say("stopped");
+            process.exit(0);
+          },
           (err: unknown) => {
             console.error(err);
             process.exit(1);
           },
         );
       };
-      process.on("SIGINT", stop);
-      process.on("SIGTERM", stop);
+      process.on("SIGINT", () => stop("SIGINT"));
+      process.on("SIGTERM", () => stop("SIGTERM"));
     },
   );
 

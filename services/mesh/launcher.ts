@@ -1,25 +1,29 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { createWriteStream, existsSync, type WriteStream } from "node:fs";
-import { mkdir } from "node:fs/promises";
+import { createWriteStream, type WriteStream } from "node:fs";
+import { chmod, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { environment } from "../common/config.js";
+import { environment, settingVariables } from "../common/config.js";
 import { newSecret } from "../common/ids.js";
+import { type CassandraServer, startCassandra } from "./cassandra.js";
+import { startMeshDatabase } from "./database.js";
 import { waitForListening } from "./listening.js";
+import { root, stopBackend, watchPid, withDeadline } from "./process-control.js";
 import { type BackendServer, freePort, startNatsServer, startRedisServer } from "./servers.js";
-
-/**
- * The checkout (or image) root: the directory above this file that holds bin/switchboard.js. From
- * the sources that is two levels up; from the compiled build (dist/services/mesh) three.
- */
-function findRoot(): string {
-  for (const up of ["../../", "../../../"]) {
-    const dir = new URL(up, import.meta.url).pathname;
-    if (existsSync(join(dir, "bin/switchboard.js"))) return dir;
-  }
-  throw new Error("cannot find bin/switchboard.js above services/mesh");
-}
-
-const root = findRoot();
+import {
+  type BackendSettings,
+  describeBackend,
+  describeProcess,
+  type ProcessSettings,
+  secretLines,
+} from "./settings.js";
+import {
+  DEFAULT_RESTART_POLICY,
+  type ExitStatus,
+  type Incarnation,
+  type RestartPolicy,
+  type Supervised,
+  Supervisor,
+} from "./supervisor.js";
 
 /** How many of each service the mesh runs, and where it keeps its files. */
 export interface MeshOptions {
@@ -45,6 +49,26 @@ export interface MeshOptions {
   onLog?: (process: string, line: string) => void;
   /** Subject prefix and stream name on a shared NATS, so meshes can share one server. */
   natsPrefix?: string;
+  /**
+   * Restart processes that die (role processes and the nats-server/redis-server the mesh started),
+   * with this policy over the defaults; off unless given, so tests that kill processes keep control.
+   */
+  restart?: Partial<RestartPolicy>;
+  /** Where the supervisor's lines go (a death, a restart, giving up); stderr by default. */
+  onEvent?: (line: string) => void;
+  /**
+   * Runs each role process in a process group of its own, so a terminal's Ctrl-C reaches only the
+   * launcher, which then stops the processes in order (gateways first) instead of all at once.
+   */
+  ownProcessGroups?: boolean;
+  /**
+   * "scylla": the store on a CQL database for every process. The cluster in `env`'s
+   * SCYLLA_CONTACT_POINTS if it names one; otherwise the mesh starts a local Apache Cassandra 5.0
+   * node (services/mesh/cassandra.ts) with its files in `dir`/cassandra. The schema is migrated
+   * once before the processes start. Without this option, SCYLLA_CONTACT_POINTS in `env` still
+   * selects the cluster (each process then migrates on its own).
+   */
+  store?: "lmdb" | "scylla";
 }
 
 /** One service process of the mesh. */
@@ -71,24 +95,43 @@ interface Spec {
   env: Record<string, string>;
 }
 
+/** The settings file and the secrets file the launcher writes in its directory. */
+export const SETTINGS_FILE = "settings.txt";
+export const SECRETS_FILE = "secrets.env";
+
 /**
  * The whole distributed topology on one machine: every service in its own OS process, linked by
  * gRPC and NATS JetStream, with routes and rate limits in Redis, exactly as the Helm chart runs it
  * (minus Kubernetes). Used by `switchboard mesh`, the multi-process test suite and the benchmark.
+ * With `restart`, a process that dies is started again (services/mesh/supervisor.ts), as
+ * Kubernetes restarts a pod's container.
  */
 export class Mesh {
   readonly processes = new Map<string, MeshProcess>();
   nats: BackendServer | undefined;
   redis: BackendServer | undefined;
+  /** The Cassandra node this mesh started for `store: "scylla"`, if it started one. */
+  cassandra: CassandraServer | undefined;
   natsUrl = "";
   redisUrl = "";
   private readonly specs = new Map<string, Spec>();
-  private readonly exits = new Map<string, Promise<void>>();
+  private readonly exits = new Map<string, Promise<ExitStatus>>();
   private readonly logs = new Map<string, WriteStream>();
+  /** Children stopped on purpose (kill, stop, a start-up that timed out): their exit is no death. */
+  private readonly deliberate = new WeakSet<ChildProcess>();
+  /** Ends the PID watch of a backend server, by name, before it is stopped on purpose. */
+  private readonly backendWatches = new Map<string, () => void>();
+  private readonly supervisor: Supervisor | undefined;
   private natsDir = "";
   private stopped = false;
+  private stopping: Promise<void> | undefined;
 
-  private constructor(private readonly options: MeshOptions) {}
+  private constructor(private readonly options: MeshOptions) {
+    if (options.restart !== undefined) {
+      const say = options.onEvent ?? ((line: string) => process.stderr.write(`${line}\n`));
+      this.supervisor = new Supervisor({ ...DEFAULT_RESTART_POLICY, ...options.restart }, say);
+    }
+  }
 
   /** Starts the backends (unless given) and every service process; resolves once all listen. */
   static async start(options: MeshOptions): Promise<Mesh> {
@@ -107,6 +150,11 @@ export class Mesh {
     return [...this.processes.values()].filter((p) => p.name.startsWith("gateway-")).map((p) => p.url);
   }
 
+  /** The processes given up on after too many restarts. */
+  get givenUp(): string[] {
+    return this.supervisor?.givenUp ?? [];
+  }
+
   private async boot(): Promise<void> {
     const o = this.options;
     await mkdir(o.dir, { recursive: true });
@@ -121,6 +169,13 @@ export class Mesh {
       this.redis = await startRedisServer({});
       this.redisUrl = this.redis.url;
     }
+    let scylla: Record<string, string> = {};
+    if (o.store === "scylla") {
+      const database = await startMeshDatabase(o.dir, o.env ?? {}, (line) => this.say(line));
+      this.cassandra = database.cassandra;
+      scylla = database.settings;
+    }
+    this.superviseBackends();
 
     const sequencers = o.sequencers ?? 2;
     const ports = async (n: number, fixed?: number[]) =>
@@ -148,6 +203,7 @@ export class Mesh {
         SWITCHBOARD_NATS_STREAM: `${o.natsPrefix.toUpperCase().replace(/[^A-Z0-9]/g, "_")}_EVENTS`,
       }),
       ...o.env,
+      ...scylla,
     };
     if (common.SCYLLA_CONTACT_POINTS) {
       common.SWITCHBOARD_STORE = "scylla";
@@ -179,38 +235,70 @@ export class Mesh {
     const stateful = specs.filter((s) => !s.name.startsWith("fanout-") && !s.name.startsWith("gateway-"));
     await Promise.all(stateful.map((s) => this.launch(s.name)));
     await Promise.all(specs.filter((s) => !stateful.includes(s)).map((s) => this.launch(s.name)));
+    await this.writeSettings();
   }
 
-  /** Starts (or restarts) one service process on its own port and data directory. */
+  /** A line for the operator (the supervisor's channel). */
+  private say(line: string): void {
+    if (this.options.onEvent) this.options.onEvent(line);
+    else process.stderr.write(`${line}\n`);
+  }
+
+  /** The program, arguments and settings (beyond the inherited environment) of one process. */
+  private commandOf(spec: Spec): { argv: string[]; env: Record<string, string>; dataDir: string } {
+    const dataDir = join(this.options.dir, spec.name);
+    const argv = [
+      process.execPath,
+      join(root, "bin/switchboard.js"),
+      "start",
+      "--role",
+      spec.roles,
+      "--port",
+      String(spec.port),
+      "--admin-port",
+      String(spec.adminPort),
+      "--data-dir",
+      dataDir,
+    ];
+    return {
+      argv,
+      env: { SWITCHBOARD_LOG_LEVEL: "info", SWITCHBOARD_INSTANCE_ID: spec.name, ...spec.env },
+      dataDir,
+    };
+  }
+
+  /**
+   * Starts (or restarts) one service process on its own port and data directory. On a mesh that
+   * restarts processes, it is watched from then on (again, if it was killed on purpose before).
+   */
   async launch(name: string): Promise<MeshProcess> {
+    const { proc, incarnation } = await this.spawnProcess(name);
+    this.supervisor?.watch(this.unitOf(name), incarnation);
+    return proc;
+  }
+
+  /** What the supervisor restarts for a role process. */
+  private unitOf(name: string): Supervised {
+    return {
+      name,
+      start: async () => {
+        const { incarnation } = await this.spawnProcess(name);
+        await this.writeSettings();
+        return incarnation;
+      },
+    };
+  }
+
+  private async spawnProcess(name: string): Promise<{ proc: MeshProcess; incarnation: Incarnation }> {
     const spec = this.specs.get(name);
     if (spec === undefined) throw new Error(`no mesh process named ${name}`);
-    const dataDir = join(this.options.dir, name);
-    const child = spawn(
-      process.execPath,
-      [
-        join(root, "bin/switchboard.js"),
-        "start",
-        "--role",
-        spec.roles,
-        "--port",
-        String(spec.port),
-        "--admin-port",
-        String(spec.adminPort),
-        "--data-dir",
-        dataDir,
-      ],
-      {
-        cwd: root,
-        env: {
-          ...environment(),
-          SWITCHBOARD_LOG_LEVEL: "info",
-          SWITCHBOARD_INSTANCE_ID: name,
-          ...spec.env,
-        },
-        stdio: ["ignore", "pipe", "pipe"],
-      },
-    );
+    const { argv, env } = this.commandOf(spec);
+    const child = spawn(argv[0]!, argv.slice(1), {
+      cwd: root,
+      env: { ...environment(), ...env },
+      stdio: ["ignore", "pipe", "pipe"],
+      detached: this.options.ownProcessGroups === true,
+    });
     const recent: string[] = [];
     const proc: MeshProcess = {
       name,
@@ -221,7 +309,12 @@ export class Mesh {
       recent,
     };
     this.processes.set(name, proc);
-    this.exits.set(name, new Promise<void>((resolve) => child.once("exit", () => resolve())));
+    const exited = new Promise<ExitStatus>((resolve) =>
+      child.once("exit", (code, signal) =>
+        resolve({ code, signal, deliberate: this.stopped || this.deliberate.has(child) }),
+      ),
+    );
+    this.exits.set(name, exited);
     let sink = this.logs.get(name);
     if (sink === undefined && this.options.onLog === undefined) {
       sink = createWriteStream(join(this.options.dir, `${name}.log`), { flags: "a" });
@@ -239,8 +332,70 @@ export class Mesh {
         else sink?.write(`${line}\n`);
       }
     });
-    await waitForListening(child, () => [`${name}:`, ...recent], 60_000);
-    return proc;
+    try {
+      await waitForListening(child, () => [`${name}:`, ...recent], 60_000);
+    } catch (err) {
+      // Still running but not listening: a failed start leaves nothing behind.
+      if (child.exitCode === null && child.signalCode === null) {
+        this.deliberate.add(child);
+        child.kill("SIGKILL");
+        await exited;
+      }
+      throw err;
+    }
+    return { proc, incarnation: { pid: child.pid!, exited } };
+  }
+
+  /** Watches the nats-server and redis-server this mesh started, restarting them when they die. */
+  private superviseBackends(): void {
+    if (this.supervisor === undefined) return;
+    if (this.cassandra !== undefined) {
+      this.supervisor.watch(
+        { name: "cassandra", start: () => this.startBackend("cassandra") },
+        this.watchBackend("cassandra", this.cassandra),
+      );
+    }
+    if (this.nats !== undefined) {
+      this.supervisor.watch(
+        { name: "nats-server", start: () => this.startBackend("nats-server") },
+        this.watchBackend("nats-server", this.nats),
+      );
+    }
+    if (this.redis !== undefined) {
+      this.supervisor.watch(
+        { name: "redis-server", start: () => this.startBackend("redis-server") },
+        this.watchBackend("redis-server", this.redis),
+      );
+    }
+  }
+
+  private watchBackend(name: string, server: { pid: number }): Incarnation {
+    const watch = watchPid(server.pid);
+    this.backendWatches.set(name, watch.cancel);
+    return { pid: server.pid, exited: watch.exited };
+  }
+
+  /**
+   * Starts nats-server (same port and JetStream store), redis-server (same port, empty) or the
+   * Cassandra node (same ports and files) again.
+   */
+  private async startBackend(name: "nats-server" | "redis-server" | "cassandra"): Promise<Incarnation> {
+    const old = this.cassandra;
+    const server =
+      name === "nats-server"
+        ? await startNatsServer({ port: this.nats!.port, storeDir: this.natsDir })
+        : name === "redis-server"
+          ? await startRedisServer({ port: this.redis!.port })
+          : await startCassandra({ dir: old!.dir, port: old!.port, storagePort: old!.storagePort });
+    if (this.stopped) {
+      await server.stop("SIGTERM");
+      throw new Error("the mesh is stopping");
+    }
+    if (name === "nats-server") this.nats = server as BackendServer;
+    else if (name === "redis-server") this.redis = server as BackendServer;
+    else this.cassandra = server as CassandraServer;
+    await this.writeSettings();
+    return this.watchBackend(name, server);
   }
 
   /** Kills one process (SIGKILL by default: a crash, nothing flushed) and waits for it to exit. */
@@ -248,6 +403,7 @@ export class Mesh {
     const proc = this.processes.get(name);
     const child = proc?.child;
     if (child === undefined) return;
+    this.deliberate.add(child);
     if (child.exitCode === null && child.signalCode === null) child.kill(signal);
     await this.exits.get(name);
     proc!.child = undefined;
@@ -263,39 +419,118 @@ export class Mesh {
   async restartNats(downMs = 0): Promise<void> {
     if (this.nats === undefined) throw new Error("this mesh uses an external NATS server");
     const port = this.nats.port;
+    this.backendWatches.get("nats-server")?.();
     await this.nats.stop("SIGKILL");
     if (downMs > 0) await new Promise((resolve) => setTimeout(resolve, downMs));
     this.nats = await startNatsServer({ port, storeDir: this.natsDir });
+    this.superviseBackends();
   }
 
   /** Kills the mesh's own redis-server and starts an empty one on the same port. */
   async restartRedis(downMs = 0): Promise<void> {
     if (this.redis === undefined) throw new Error("this mesh uses an external Redis");
     const port = this.redis.port;
+    this.backendWatches.get("redis-server")?.();
     await this.redis.stop("SIGKILL");
     if (downMs > 0) await new Promise((resolve) => setTimeout(resolve, downMs));
     this.redis = await startRedisServer({ port });
+    this.superviseBackends();
   }
 
-  /** Stops every process (SIGTERM: gateways drain, sequencers finish commits), then the backends. */
-  async stop(): Promise<void> {
-    if (this.stopped) return;
+  /** Every process's settings and the backends', with current PIDs. */
+  settings(): { processes: ProcessSettings[]; backends: BackendSettings[] } {
+    const processes = [...this.specs.values()].map((spec): ProcessSettings => {
+      const { argv, env, dataDir } = this.commandOf(spec);
+      return {
+        name: spec.name,
+        roles: spec.roles,
+        pid: this.processes.get(spec.name)?.child?.pid,
+        port: spec.port,
+        adminPort: spec.adminPort,
+        dataDir,
+        logFile: this.options.onLog ? undefined : join(this.options.dir, `${spec.name}.log`),
+        cwd: root,
+        argv,
+        env: settingVariables({ ...environment(), ...env }),
+      };
+    });
+    const backends: BackendSettings[] = [];
+    if (this.nats) {
+      backends.push({ name: "nats-server", pid: this.nats.pid, url: this.nats.url, dataDir: this.natsDir });
+    } else backends.push({ name: "nats (external)", pid: undefined, url: this.natsUrl });
+    if (this.redis) backends.push({ name: "redis-server", pid: this.redis.pid, url: this.redis.url });
+    else backends.push({ name: "redis (external)", pid: undefined, url: this.redisUrl });
+    const c = this.cassandra;
+    if (c) backends.push({ name: "cassandra", pid: c.pid, url: `cql://${c.contactPoint}`, dataDir: c.dir });
+    return { processes, backends };
+  }
+
+  /**
+   * Writes every process's settings (secrets redacted) to settings.txt in the mesh directory, and
+   * the secrets to secrets.env, readable by its owner only. Rewritten after each restart (new PIDs).
+   */
+  async writeSettings(): Promise<void> {
+    const { processes, backends } = this.settings();
+    const secrets = join(this.options.dir, SECRETS_FILE);
+    const text = [
+      `# switchboard mesh, ${new Date().toISOString()}; launcher pid ${process.pid}`,
+      `# Values shown as <redacted> are in ${secrets} (mode 0600): \`set -a; . ${secrets}; set +a\``,
+      "# before a command below starts that process again by hand.",
+      ...backends.map(describeBackend),
+      "",
+      ...processes.map((p) => `${describeProcess(p)}\n`),
+    ].join("\n");
+    await writeFile(secrets, `${secretLines(processes).join("\n")}\n`, { mode: 0o600 });
+    await chmod(secrets, 0o600);
+    await writeFile(join(this.options.dir, SETTINGS_FILE), text);
+  }
+
+  /**
+   * Stops every process by its PID (SIGTERM: gateways drain, sequencers finish commits), then the
+   * backends, restarting nothing. What has not exited when `deadlineMs` is reached is SIGKILLed.
+   */
+  stop(deadlineMs = 30_000): Promise<void> {
+    this.stopping ??= this.stopAll(Date.now() + deadlineMs);
+    return this.stopping;
+  }
+
+  private async stopAll(deadline: number): Promise<void> {
     this.stopped = true;
+    // Cancels pending restarts now; a restart already starting a process is awaited below.
+    const restarting = this.supervisor?.stop();
+    for (const cancel of this.backendWatches.values()) cancel();
     const order = ["gateway-", "fanout-", "presence", "accounts", "sequencer-"];
     for (const prefix of order) {
       const names = [...this.processes.keys()].filter((n) => n.startsWith(prefix));
-      await Promise.all(names.map((n) => this.stopOne(n)));
+      await Promise.all(names.map((n) => this.stopOne(n, deadline)));
     }
-    await this.nats?.stop("SIGTERM");
-    await this.redis?.stop("SIGTERM");
+    await withDeadline(restarting ?? Promise.resolve(), deadline);
+    await Promise.all([this.nats, this.redis].map((b) => b && stopBackend(b, deadline)));
+    // The database last: the processes that wrote to it are gone.
+    if (this.cassandra) await stopBackend(this.cassandra, deadline);
     for (const sink of this.logs.values()) sink.end();
   }
 
-  private async stopOne(name: string): Promise<void> {
+  /** SIGKILLs every process and backend at once (a second Ctrl-C), without waiting. */
+  killAll(): void {
+    this.stopped = true;
+    void this.supervisor?.stop();
+    for (const proc of this.processes.values()) {
+      const child = proc.child;
+      if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }
+    for (const b of [this.nats, this.redis, this.cassandra]) if (b) void b.stop("SIGKILL");
+  }
+
+  private async stopOne(name: string, deadline: number): Promise<void> {
     const child = this.processes.get(name)?.child;
     if (child === undefined || child.exitCode !== null || child.signalCode !== null) return;
+    this.deliberate.add(child);
     child.kill("SIGTERM");
-    const timer = setTimeout(() => child.kill("SIGKILL"), 10_000);
+    const timer = setTimeout(
+      () => child.kill("SIGKILL"),
+      Math.max(0, Math.min(10_000, deadline - Date.now())),
+    );
     await this.exits.get(name);
     clearTimeout(timer);
   }

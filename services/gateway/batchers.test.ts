@@ -9,7 +9,8 @@ import {
 } from "../../gen/switchboard/v1/entry_pb.js";
 import { wireCodeOf } from "../common/boundary.js";
 import { createLogger } from "../common/log.js";
-import { SendBatcher } from "./batchers.js";
+import type { CursorUpdate } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import { CursorBatcher, SendBatcher } from "./batchers.js";
 
 describe("SendBatcher", () => {
   it("turns a sequencer that died mid-call into UNAVAILABLE, which devices retry", async () => {
@@ -82,5 +83,43 @@ describe("SendBatcher", () => {
     assert.ok(batches.length > 1, "split by bytes, not only by count");
     // 32 MiB of such sends is 76 of them, far below the 500 a batch may otherwise hold.
     assert.ok(Math.max(...batches) <= 77, `batches of ${batches.join(", ")}`);
+  });
+});
+
+describe("CursorBatcher", () => {
+  it("keeps one flush in flight and sends what came meanwhile in the next, so cursors do not queue up behind a slow sequencer", async () => {
+    const calls: CursorUpdate[][] = [];
+    const answers: Array<() => void> = [];
+    const batcher = new CursorBatcher(
+      {
+        append: () => Promise.reject(new Error("not used")),
+        updateCursors: (updates) => {
+          calls.push(updates.map((u) => ({ ...u })));
+          return new Promise<void>((resolve) => answers.push(resolve));
+        },
+      },
+      createLogger({ level: "silent" }),
+      // No timer ticks during the test: the flushes below are the only ones.
+      3_600_000,
+    );
+    batcher.add("u_1", "dv_1", "c_1", 1n, 0n);
+    const first = batcher.flush();
+    assert.equal(calls.length, 1);
+    // Acks arriving while the sequencer is slow, each followed by a flush (as timer ticks would).
+    const waiting: Array<Promise<void>> = [];
+    for (let seq = 2n; seq <= 100n; seq++) {
+      batcher.add("u_1", "dv_1", "c_1", seq, 0n);
+      waiting.push(batcher.flush());
+    }
+    assert.equal(calls.length, 1, "no second call while the first is in flight");
+    answers.shift()!();
+    await first;
+    await new Promise((r) => setImmediate(r));
+    assert.equal(calls.length, 2, "what came meanwhile went in one call");
+    assert.equal(calls[1]![0]!.deliveredUpTo, 100n, "the second call carries the latest ack");
+    answers.shift()!();
+    await Promise.all(waiting);
+    assert.equal(calls.length, 2);
+    await batcher.close();
   });
 });

@@ -150,15 +150,20 @@ export class SendBatcher {
 
 /**
  * Coalesces cursor movements: for each (device, conversation) only the highest values since the
- * last flush are sent, every `intervalMs`. A lost flush costs only a re-delivery, which clients
- * drop as a duplicate.
+ * last flush are sent, every `intervalMs`. One flush is in flight at a time: what the devices ack
+ * meanwhile coalesces and goes in the next, sent as soon as the sequencer answers, so a slow
+ * sequencer gets fewer, larger calls and the server's cursors trail the acks by about one call,
+ * not by a queue of calls that grows faster than it drains. A lost flush costs only a
+ * re-delivery, which clients drop as a duplicate.
  */
 export class CursorBatcher {
   private pending = new Map<string, CursorUpdate>();
   /** When each pending update was first noted, in milliseconds since the Unix epoch. */
   private notedAt = new Map<string, number>();
   private readonly timer: NodeJS.Timeout;
+  /** The flush in flight (resolved when none is). */
   private flushing: Promise<void> = Promise.resolve();
+  private inFlight = false;
 
   constructor(
     private readonly calls: SequencerCalls,
@@ -168,7 +173,10 @@ export class CursorBatcher {
     private readonly onSaved: (lagSeconds: number) => void = () => {},
     private readonly now: () => number = Date.now,
   ) {
-    this.timer = setInterval(() => void this.flush(), intervalMs);
+    // A tick during a flush does nothing: the flush sends what came meanwhile when it ends.
+    this.timer = setInterval(() => {
+      if (!this.inFlight) void this.flush();
+    }, intervalMs);
     this.timer.unref();
   }
 
@@ -194,25 +202,40 @@ export class CursorBatcher {
     if (read > current.readUpTo) current.readUpTo = read;
   }
 
-  /** Sends what is pending; resolves when the sequencer has it. */
-  flush(): Promise<void> {
-    if (this.pending.size === 0) return this.flushing;
+  /** Sends what is pending (after the flush in flight, if any); resolves when the sequencer has it. */
+  async flush(): Promise<void> {
+    while (this.inFlight) await this.flushing;
+    if (this.pending.size === 0) return;
     const updates = [...this.pending.values()];
     const notedAt = [...this.notedAt.values()];
     this.pending = new Map();
     this.notedAt = new Map();
-    this.flushing = this.flushing.then(async () => {
-      for (let i = 0; i < updates.length; i += 1000) {
-        try {
-          await this.calls.updateCursors(updates.slice(i, i + 1000));
-          const now = this.now();
-          for (const at of notedAt.slice(i, i + 1000)) this.onSaved((now - at) / 1000);
-        } catch (err) {
-          this.log.warn({ err, updates: updates.length }, "cursor update failed");
-        }
-      }
+    this.inFlight = true;
+    this.flushing = this.send(updates, notedAt).finally(() => {
+      this.inFlight = false;
+      if (this.pending.size > 0) void this.flush();
     });
-    return this.flushing;
+    await this.flushing;
+  }
+
+  private async send(updates: CursorUpdate[], notedAt: number[]): Promise<void> {
+    // Chunks in parallel: the router splits each by replica anyway, and one slow chunk should
+    // not hold the others' cursors back.
+    const chunks: Array<Promise<void>> = [];
+    for (let i = 0; i < updates.length; i += 1000) {
+      const slice = updates.slice(i, i + 1000);
+      const noted = notedAt.slice(i, i + 1000);
+      chunks.push(
+        this.calls.updateCursors(slice).then(
+          () => {
+            const now = this.now();
+            for (const at of noted) this.onSaved((now - at) / 1000);
+          },
+          (err: unknown) => this.log.warn({ err, updates: slice.length }, "cursor update failed"),
+        ),
+      );
+    }
+    await Promise.all(chunks);
   }
 
   /** Stops the timer and flushes what is pending. */

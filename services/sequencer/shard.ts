@@ -230,10 +230,13 @@ export class Shard implements StateOwner {
   }
 
   private async load(conversationId: string): Promise<ConversationState> {
-    const [record, members, lastSeq] = await Promise.all([
+    // The head first: getLastSeq may complete a commit its writer left pending, and that commit's
+    // members and metadata must be in what is read next (read beside it, a removed member could
+    // stay in memory, a rename be lost).
+    const lastSeq = await this.store.getLastSeq(conversationId);
+    const [record, members] = await Promise.all([
       this.store.getConversation(conversationId),
       this.store.getMembers(conversationId),
-      this.store.getLastSeq(conversationId),
     ]);
     // The newest entry's time, so commit times stay monotonic across an eviction even if the
     // clock steps back. Only a page of one entry, and the state stays until evicted again.

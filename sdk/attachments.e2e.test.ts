@@ -5,9 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { Client as MinioClient } from "minio";
 import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import { eventually, Inbox } from "../test/helpers/inbox.js";
-import { type S3rverInstance, startS3rver } from "../test/helpers/s3rver.js";
+import { type MinioServer, skipWithoutMinio, startMinio } from "../test/helpers/minio.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import type { SwitchboardClient } from "./client.js";
@@ -15,7 +16,8 @@ import { AttachmentError } from "./crypto/attachments.js";
 
 // Encrypted attachments end to end: SDK clients against a real server process, once with the local
 // directory engine (HMAC-signed URLs served by the media service) and once with the MinIO engine
-// pointed at an s3rver the test starts. The files are 1-3 MB, so each backend takes seconds.
+// pointed at a real MinIO server the test starts (test/helpers/minio.ts), which checks the
+// presigned URLs' signatures itself. The files are 1-3 MB, so each backend takes seconds.
 
 /** The media service's limit for these servers: 3 MiB of ciphertext. */
 const MAX_BYTES = 3 * 1024 * 1024;
@@ -30,12 +32,16 @@ function fileWith(size: number, marker: string): Buffer {
   return data;
 }
 
-/** A media engine under test: the server's environment and where the engine keeps ciphertext. */
+/** A media engine under test: the server's environment and the ciphertext the engine keeps. */
 interface Backend {
   name: string;
+  /** Why this backend cannot run here, or false. */
+  skip: string | false;
   start(): Promise<Record<string, string>>;
-  /** The file holding an object's ciphertext, given the server's data directory. */
-  objectFile(dataDir: string, objectId: string): string;
+  /** An object's stored ciphertext, read behind the media service's back. */
+  readObject(dataDir: string, objectId: string): Promise<Buffer>;
+  /** Replaces an object's stored ciphertext behind the media service's back. */
+  writeObject(dataDir: string, objectId: string, bytes: Buffer): Promise<void>;
   /** Ids of the objects stored. */
   objectIds(dataDir: string): Promise<string[]>;
   stop(): Promise<void>;
@@ -50,37 +56,66 @@ async function namesIn(dir: string): Promise<string[]> {
   }
 }
 
-const localBackend = (): Backend => ({
-  name: "local directory engine",
-  // The default engine: nothing to configure beyond the limit.
-  start: async () => ({}),
-  objectFile: (dataDir, objectId) => join(dataDir, "media", "objects", objectId),
-  objectIds: (dataDir) => namesIn(join(dataDir, "media", "objects")),
-  stop: async () => {},
-});
+const localBackend = (): Backend => {
+  const objectFile = (dataDir: string, objectId: string) => join(dataDir, "media", "objects", objectId);
+  return {
+    name: "local directory engine",
+    skip: false,
+    // The default engine: nothing to configure beyond the limit.
+    start: async () => ({}),
+    readObject: (dataDir, objectId) => readFile(objectFile(dataDir, objectId)),
+    writeObject: (dataDir, objectId, bytes) => writeFile(objectFile(dataDir, objectId), bytes),
+    objectIds: (dataDir) => namesIn(join(dataDir, "media", "objects")),
+    stop: async () => {},
+  };
+};
 
 const minioBackend = (): Backend => {
-  let s3: S3rverInstance | undefined;
+  let minio: MinioServer | undefined;
+  // The test's own S3 client with the root credentials: MinIO keeps objects in its own format,
+  // so the bytes are read and replaced through the S3 API, not the files.
+  let admin: MinioClient | undefined;
+  const key = (objectId: string) => `objects/${objectId}`;
   return {
-    name: "MinIO engine on s3rver",
+    name: "MinIO engine on a real MinIO server",
+    skip: skipWithoutMinio(),
     async start() {
-      s3 = await startS3rver();
+      minio = await startMinio();
+      admin = new MinioClient({
+        endPoint: "127.0.0.1",
+        port: minio.port,
+        useSSL: false,
+        accessKey: minio.accessKey,
+        secretKey: minio.secretKey,
+        pathStyle: true,
+      });
       return {
         SWITCHBOARD_MEDIA_STORE: "minio",
-        SWITCHBOARD_MINIO_ENDPOINT: s3.endpoint,
-        SWITCHBOARD_MINIO_ACCESS_KEY: s3.accessKey,
-        SWITCHBOARD_MINIO_SECRET_KEY: s3.secretKey,
+        SWITCHBOARD_MINIO_ENDPOINT: minio.endpoint,
+        SWITCHBOARD_MINIO_ACCESS_KEY: minio.accessKey,
+        SWITCHBOARD_MINIO_SECRET_KEY: minio.secretKey,
         SWITCHBOARD_MINIO_BUCKET: BUCKET,
         SWITCHBOARD_MINIO_CREATE_BUCKET: "true",
       };
     },
-    objectFile: (_dataDir, objectId) => s3!.objectFile(BUCKET, `objects/${objectId}`),
-    objectIds: async () =>
-      (await namesIn(join(s3!.directory, BUCKET, "objects")))
-        .filter((n) => n.endsWith("._S3rver_object"))
-        .map((n) => n.slice(0, -"._S3rver_object".length)),
+    async readObject(_dataDir, objectId) {
+      const chunks: Buffer[] = [];
+      for await (const chunk of await admin!.getObject(BUCKET, key(objectId))) chunks.push(chunk as Buffer);
+      return Buffer.concat(chunks);
+    },
+    async writeObject(_dataDir, objectId, bytes) {
+      await admin!.putObject(BUCKET, key(objectId), bytes, bytes.length);
+    },
+    async objectIds() {
+      const ids: string[] = [];
+      for await (const item of admin!.listObjectsV2(BUCKET, "objects/", true)) {
+        const name = (item as { name?: string }).name;
+        if (name !== undefined) ids.push(name.slice("objects/".length));
+      }
+      return ids;
+    },
     stop: async () => {
-      await s3?.close();
+      await minio?.close();
     },
   };
 };
@@ -106,7 +141,9 @@ async function refusedWith(promise: Promise<unknown>, code: Code, pattern: RegEx
 }
 
 for (const backend of [localBackend(), minioBackend()]) {
-  describe(`end-to-end encrypted attachments, ${backend.name} (SDK against a server process)`, () => {
+  describe(`end-to-end encrypted attachments, ${backend.name} (SDK against a server process)`, {
+    skip: backend.skip,
+  }, () => {
     let base: string;
     let server: ServerProcess | undefined;
     let devices: TestDevices;
@@ -157,7 +194,7 @@ for (const backend of [localBackend(), minioBackend()]) {
 
     /** The stored ciphertext: the file's length plus the overhead, with no trace of the plaintext. */
     async function checkStored(objectId: string, plaintext: Buffer, marker: string): Promise<void> {
-      const stored = await readFile(backend.objectFile(server!.dataDir, objectId));
+      const stored = await backend.readObject(server!.dataDir, objectId);
       assert.equal(stored.length, plaintext.length + OVERHEAD, "the store holds the ciphertext's length");
       assert.ok(!stored.includes(marker), "the stored object contains the file's marker");
       assert.ok(!stored.includes(plaintext.subarray(1000, 1064)), "the stored object contains plaintext");
@@ -294,12 +331,11 @@ for (const backend of [localBackend(), minioBackend()]) {
       const pointer = (await box.entry(id, sent.seq)).attachments[0]!;
 
       // One bit flipped in the middle of the stored ciphertext, behind the media service's back.
-      const file = backend.objectFile(server!.dataDir, sent.attachment.objectId);
-      const original = await readFile(file);
+      const original = await backend.readObject(server!.dataDir, sent.attachment.objectId);
       const tampered = Buffer.from(original);
       const at = Math.floor(tampered.length / 2);
       tampered[at] = (tampered[at] ?? 0) ^ 0x01;
-      await writeFile(file, tampered);
+      await backend.writeObject(server!.dataDir, sent.attachment.objectId, tampered);
 
       const dir = await downloads("tampered");
       const path = join(dir, "photo.jpg");
@@ -317,7 +353,7 @@ for (const backend of [localBackend(), minioBackend()]) {
       );
 
       // Put back, the same object downloads and decrypts: the flipped bit was the only problem.
-      await writeFile(file, original);
+      await backend.writeObject(server!.dataDir, sent.attachment.objectId, original);
       await bob.downloadAttachment(id, pointer, { path });
       assert.ok((await readFile(path)).equals(data));
     });

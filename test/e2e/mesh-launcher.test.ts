@@ -1,0 +1,225 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtemp, readFile, rm, stat } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { type ClientTuning, SwitchboardClient } from "../../sdk/index.js";
+import { freePort, meshPrerequisites } from "../helpers/backends.js";
+import { uniqueName } from "../helpers/device.js";
+import { eventually, Inbox } from "../helpers/inbox.js";
+
+/**
+ * `switchboard mesh` as an operator runs it: the command itself in a child process, one process
+ * per role plus its own nats-server and redis-server. A role process SIGKILLed is restarted by the
+ * launcher (a new PID, serving again, said in its output), and a signal to the launcher stops
+ * every process by PID without restarting any.
+ */
+
+const root = new URL("../../", import.meta.url).pathname;
+const tuning: ClientTuning = {
+  backoffBaseMs: 50,
+  backoffCapMs: 1_000,
+  pingIntervalMs: 5_000,
+  deadAfterMs: 15_000,
+};
+const { missing, skip } = meshPrerequisites();
+
+/** Whether a PID names a live process. */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe("switchboard mesh restarts what dies", { skip }, () => {
+  let dir = "";
+  let launcher: ChildProcess | undefined;
+  let launcherExit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | undefined;
+  let output = "";
+  let gatewayUrl = "";
+  const clients: SwitchboardClient[] = [];
+
+  /** Waits until the launcher's output matches, and returns the match. */
+  async function line(pattern: RegExp, what: string, timeoutMs = 60_000): Promise<RegExpExecArray> {
+    let match: RegExpExecArray | null = null;
+    await eventually(
+      () => {
+        match = pattern.exec(output);
+        return match !== null;
+      },
+      () => `${what}; the launcher printed:\n${output.slice(-6000)}`,
+      timeoutMs,
+    );
+    return match!;
+  }
+
+  /** The PID the launcher's listing gives a process ("fanout-0     http://...  pid 123  log ..."). */
+  const listedPid = (name: string): number =>
+    Number(new RegExp(`^${name} +\\S+ +health \\S+ +pid (\\d+)`, "m").exec(output)?.[1]);
+
+  before(async () => {
+    if (missing.length > 0) {
+      throw new Error(
+        `CI=true and ${missing.join(" and ")} missing: apt-get install nats-server redis-server`,
+      );
+    }
+    dir = await mkdtemp(join(tmpdir(), "sb-mesh-launcher-"));
+    const port = await freePort();
+    launcher = spawn(
+      process.execPath,
+      [
+        join(root, "bin/switchboard.js"),
+        "mesh",
+        "--dir",
+        join(dir, "mesh"),
+        "--port",
+        String(port),
+        "--gateways",
+        "1",
+        "--sequencers",
+        "1",
+        "--fanouts",
+        "1",
+      ],
+      { cwd: root, env: process.env, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    const child = launcher;
+    launcherExit = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+      output += chunk;
+    });
+    child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+      output += chunk;
+    });
+    gatewayUrl = (
+      await line(/switchboard mesh listening on (http:\/\/\S+?);/, "the mesh did not start", 120_000)
+    )[1]!;
+  });
+
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close().catch(() => {})));
+    if (launcher !== undefined && launcher.exitCode === null && launcher.signalCode === null) {
+      launcher.kill("SIGTERM");
+      const timer = setTimeout(() => launcher?.kill("SIGKILL"), 40_000);
+      await launcherExit;
+      clearTimeout(timer);
+    }
+    // Whatever a failed run left behind, by the PIDs the launcher printed.
+    for (const m of output.matchAll(/pid (\d+)/g)) {
+      const pid = Number(m[1]);
+      if (pid !== launcher?.pid && alive(pid)) process.kill(pid, "SIGKILL");
+    }
+    if (dir !== "") await rm(dir, { recursive: true, force: true });
+  });
+
+  it("prints each process's settings with secrets redacted, and writes them to settings.txt", async () => {
+    const settings = await readFile(join(dir, "mesh", "settings.txt"), "utf8");
+    const secrets = await readFile(join(dir, "mesh", "secrets.env"), "utf8");
+    const key = /^SWITCHBOARD_TOKEN_KEY=(\S+)$/m.exec(secrets)?.[1];
+    assert.ok(key !== undefined && key.length >= 16, `secrets.env holds the token key: ${secrets}`);
+    assert.equal((await stat(join(dir, "mesh", "secrets.env"))).mode & 0o777, 0o600);
+    for (const [where, text] of [
+      ["stdout", output],
+      ["settings.txt", settings],
+    ] as const) {
+      assert.ok(!text.includes(key), `${where} shows the token key`);
+      assert.match(text, /SWITCHBOARD_TOKEN_KEY='<redacted>'/, where);
+      for (const name of ["accounts", "presence", "sequencer-0", "fanout-0", "gateway-0"]) {
+        const block = new RegExp(`^# ${name}: roles \\S+, pid \\d+, rpc port \\d+, admin port \\d+$`, "m");
+        assert.match(text, block, `${where} describes ${name}`);
+      }
+      assert.match(
+        text,
+        /bin\/switchboard\.js start --role fanout --port \d+ --admin-port \d+ --data-dir \S+fanout-0/,
+      );
+      assert.match(text, /SWITCHBOARD_SEQUENCER_ORDINAL=0/);
+      assert.match(text, /^# nats-server: nats:\/\/127\.0\.0\.1:\d+, pid \d+/m);
+    }
+  });
+
+  it("restarts a SIGKILLed fanout worker and gateway: new PIDs, serving again, and says so", async () => {
+    const open = async (prefix: string): Promise<{ client: SwitchboardClient; inbox: Inbox }> => {
+      const client = await SwitchboardClient.register({
+        serverUrl: gatewayUrl,
+        profileDir: join(dir, "profiles", prefix),
+        username: uniqueName(prefix),
+        ...tuning,
+      });
+      clients.push(client);
+      const inbox = new Inbox(prefix, client);
+      await client.connect();
+      return { client, inbox };
+    };
+    const alice = await open("alice");
+    const bob = await open("bob");
+    const { conversationId } = await alice.client.openDirect(bob.client.userId);
+    await alice.client.send(conversationId, "before");
+    await bob.inbox.has("before");
+
+    // The only fanout worker: until it is back, nothing reaches bob's open stream.
+    const fanoutPid = listedPid("fanout-0");
+    assert.ok(alive(fanoutPid), `fanout-0's pid ${fanoutPid} is listed and alive`);
+    process.kill(fanoutPid, "SIGKILL");
+    await line(
+      new RegExp(`fanout-0 \\(pid ${fanoutPid}\\) died: signal SIGKILL`),
+      "the launcher did not say fanout-0 died",
+    );
+    await line(
+      /restarting fanout-0 in [\d.]+ s \(attempt 1\)/,
+      "the launcher did not say it restarts fanout-0",
+    );
+    const fanoutBack = Number(
+      (await line(/fanout-0 is back \(pid (\d+), attempt 1\)/, "fanout-0 did not come back"))[1],
+    );
+    assert.notEqual(fanoutBack, fanoutPid);
+    assert.ok(alive(fanoutBack));
+    await alice.client.send(conversationId, "after fanout");
+    await bob.inbox.has("after fanout");
+
+    // The only gateway: both devices reconnect to its new incarnation on the same port.
+    const gatewayPid = listedPid("gateway-0");
+    process.kill(gatewayPid, "SIGKILL");
+    await line(
+      new RegExp(`gateway-0 \\(pid ${gatewayPid}\\) died: signal SIGKILL`),
+      "no death line for gateway-0",
+    );
+    const gatewayBack = Number(
+      (await line(/gateway-0 is back \(pid (\d+), attempt 1\)/, "gateway-0 did not come back"))[1],
+    );
+    assert.notEqual(gatewayBack, gatewayPid);
+    await alice.client.send(conversationId, "after gateway");
+    await bob.inbox.has("after gateway");
+
+    // The settings file follows the restarts.
+    const settings = await readFile(join(dir, "mesh", "settings.txt"), "utf8");
+    assert.match(settings, new RegExp(`^# fanout-0: roles fanout, pid ${fanoutBack},`, "m"));
+    assert.match(settings, new RegExp(`^# gateway-0: roles gateway, pid ${gatewayBack},`, "m"));
+  });
+
+  it("stops every process by PID on SIGTERM, restarting none", async () => {
+    const pids = ["accounts", "presence", "sequencer-0"].map(listedPid);
+    const current = (name: string) =>
+      Number(
+        [...output.matchAll(new RegExp(`${name} is back \\(pid (\\d+)`, "g"))].at(-1)?.[1] ?? listedPid(name),
+      );
+    pids.push(current("fanout-0"), current("gateway-0"));
+    pids.push(...[...output.matchAll(/^# (?:nats|redis)-server: \S+, pid (\d+)/gm)].map((m) => Number(m[1])));
+    assert.ok(pids.every(alive), `every process runs before the stop: ${pids}`);
+    const before = output.length;
+    launcher!.kill("SIGTERM");
+    const exit = await launcherExit!;
+    assert.deepEqual(exit, { code: 0, signal: null }, output.slice(-3000));
+    const stopping = output.slice(before);
+    assert.match(stopping, /SIGTERM: stopping the mesh/);
+    assert.doesNotMatch(stopping, /died|restarting \S+ in|is back/, stopping);
+    assert.deepEqual(
+      pids.filter(alive),
+      [],
+      `processes left running after the launcher exited; it printed:\n${stopping}`,
+    );
+  });
+});

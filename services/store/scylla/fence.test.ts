@@ -1,12 +1,13 @@
 import { strict as assert } from "node:assert";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { create, equals } from "@bufbuild/protobuf";
+import { create, equals, toBinary } from "@bufbuild/protobuf";
 import { Client } from "cassandra-driver";
 import { type Entry, EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { loadScyllaConfig } from "../../common/config.js";
 import { isStoreError } from "../errors.js";
 import type { StoreEngine } from "../types.js";
+import { encodeIntent, type Intent } from "./conversations.js";
 import { openScyllaStore, type ScyllaOptions } from "./engine.js";
 import { clientOptions, migrateScylla } from "./schema.js";
 
@@ -166,5 +167,67 @@ describe("ScyllaDB fence under two concurrent writers", { skip: SKIP }, () => {
       assert.equal(await b.conversations.getIdempotency(id, e.senderDeviceId, e.clientMsgId), Number(e.seq));
     }
     assert.equal(await b.conversations.getLastSeq(id), 2 * perWriter);
+  });
+
+  it("a reservation whose writer died is completed by the other writer, never given to another message", async () => {
+    const [a, b] = engines();
+    const id = conversationId();
+    await append(a, id, [message(id, 1, "a", 0)]);
+    // Writer A reserves seq 2 (its message, its idempotency record, a new member) and dies before
+    // writing anything else: the intent sits in the head row, older than the grace period.
+    const lost = message(id, 2, "a", 1);
+    const intent: Intent = {
+      id: "writer-a-crashed",
+      conversationId: id,
+      tsMicros: Date.now() * 1000 + 1000,
+      atMs: Date.now() - 60_000,
+      firstSeq: 2,
+      lastSeq: 2,
+      entries: [{ seq: 2, bytes: toBinary(EntrySchema, lost) }],
+      replaced: [],
+      idempotency: [{ deviceId: lost.senderDeviceId, clientMsgId: lost.clientMsgId, seq: 2 }],
+      members: [
+        {
+          put: {
+            userId: "u_carol",
+            role: "member",
+            joinedSeq: 2,
+            addedAtMs: 1,
+            deliveredUpTo: 0,
+            readUpTo: 0,
+          },
+        },
+      ],
+    };
+    const cql = new Client(clientOptions(options, true));
+    try {
+      const reserved = await cql.execute(
+        `UPDATE log_heads SET pending_id = ?, pending_last = ?, pending = ?, pending_at_ms = ?
+          WHERE conversation_id = ? IF last_seq = 1 AND pending_id = ''`,
+        [intent.id, intent.lastSeq, encodeIntent(intent), intent.atMs, id],
+        { prepare: true },
+      );
+      assert.equal(reserved.wasApplied(), true);
+    } finally {
+      await cql.shutdown();
+    }
+    // Writer B, taking over, tries seq 2 for its own message: refused, and A's commit completed.
+    const mine = message(id, 2, "b", 0);
+    await assert.rejects(append(b, id, [mine]), (err: unknown) => isStoreError(err, "conflict"));
+    assert.equal(await b.conversations.getLastSeq(id), 2);
+    const [stored] = await b.conversations.readEntries(id, 1, 10);
+    assert.ok(stored !== undefined && equals(EntrySchema, stored, lost), "seq 2 holds A's message");
+    // A's client retrying with the same client message id is answered with seq 2.
+    assert.equal(await b.conversations.getIdempotency(id, lost.senderDeviceId, lost.clientMsgId), 2);
+    assert.deepEqual(
+      (await b.conversations.getMembers(id)).map((m) => m.userId),
+      ["u_carol"],
+    );
+    // B's message takes the next seq.
+    await append(b, id, [message(id, 3, "b", 0)]);
+    assert.deepEqual(
+      (await a.conversations.readEntries(id, 0, 10)).map((e) => e.clientMsgId),
+      ["a-0", "a-1", "b-0"],
+    );
   });
 });

@@ -106,7 +106,15 @@ export class PublishOutbox {
       return;
     }
     const started = performance.now();
-    this.bus.publishCommitted(events).then(
+    // A bus that throws instead of rejecting is handled the same way: the caller's commit is
+    // durable already and must not be reported as failed.
+    let publishing: Promise<void>;
+    try {
+      publishing = this.bus.publishCommitted(events);
+    } catch (err) {
+      publishing = Promise.reject(err);
+    }
+    publishing.then(
       () => {
         publishSeconds().record((performance.now() - started) / 1000);
         for (const span of spans) endSpan(span);

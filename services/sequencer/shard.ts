@@ -27,6 +27,13 @@ const commitFailures = lazyInstrument(() =>
 /** The retry hint of a send refused because its commit failed, in ms. */
 const RETRY_AFTER_MS = 1_000;
 
+/**
+ * How long a commit may take before its sends are refused, in ms: far beyond a healthy commit
+ * (milliseconds on LMDB, tens of them on ScyllaDB, whose driver gives up on its own well before),
+ * so only a store that stopped answering reaches it.
+ */
+export const COMMIT_TIMEOUT_MS = 30_000;
+
 /** The writes and events of one group commit. */
 export class Batch {
   /** The store write of each conversation in the batch, by conversation id. */
@@ -148,6 +155,8 @@ export class Shard implements StateOwner {
     private readonly maxStates: number,
     /** The process-wide byte budget this shard's states count against. */
     private readonly budget: HotStateBudget,
+    /** How long a commit may take before its sends are refused UNAVAILABLE, in milliseconds. */
+    private readonly commitTimeoutMs = COMMIT_TIMEOUT_MS,
   ) {}
 
   /** Loads (or finds) a conversation's state and marks it busy until release(). */
@@ -258,7 +267,11 @@ export class Shard implements StateOwner {
     if (this.scheduled || this.committing) return;
     this.scheduled = true;
     // setImmediate lets every request that arrived in this I/O turn join the batch.
-    setImmediate(() => void this.flush());
+    // flush handles every store failure itself; this catch is for a bug, which must not end the
+    // process through an unhandled rejection.
+    setImmediate(() =>
+      this.flush().catch((err: unknown) => this.log.error({ err, shard: this.index }, "shard flush failed")),
+    );
   }
 
   private async flush(): Promise<void> {
@@ -274,20 +287,54 @@ export class Shard implements StateOwner {
       attributes: { "switchboard.shard": this.index, "switchboard.conversations": batch.writes.size },
     });
     const started = performance.now();
+    // A store that does not answer (a hung fsync, an unreachable database) must not hold the
+    // shard's sends forever: past the timeout they are refused as if the commit had failed. The
+    // shard still waits for the store before its next commit (one in flight, always), and what
+    // the store did with the batch is found by the reload and the senders' retries.
+    let abandoned = false;
+    const timer = setTimeout(() => {
+      abandoned = true;
+      commitFailures().add(1);
+      this.log.error(
+        { shard: this.index, timeoutMs: this.commitTimeoutMs },
+        "commit did not finish in time; refusing its sends and reloading affected conversations",
+      );
+      this.abandon(
+        batch,
+        new UnavailableError("storage did not answer in time; retry", { retryAfterMs: RETRY_AFTER_MS }),
+      );
+    }, this.commitTimeoutMs);
+    let failure: { err: unknown } | undefined;
     try {
       await this.store.commit([...batch.writes.values()]);
-      commitSeconds().record((performance.now() - started) / 1000);
-      endSpan(span);
-      for (const state of batch.states) {
-        const appended = batch.writes.get(state.id)?.append;
-        const last = appended?.[appended.length - 1];
-        if (last !== undefined) state.committedSeq = Math.max(state.committedSeq, Number(last.seq));
-      }
-      batch.resolve();
-      // Durable now; the outbox gets them to the bus, however long the bus is away.
-      this.outbox.publish(batch.events);
     } catch (err) {
+      failure = { err };
+    } finally {
+      clearTimeout(timer);
+    }
+    try {
+      if (failure === undefined) {
+        commitSeconds().record((performance.now() - started) / 1000);
+        endSpan(span);
+        for (const state of batch.states) {
+          const appended = batch.writes.get(state.id)?.append;
+          const last = appended?.[appended.length - 1];
+          if (last !== undefined) state.committedSeq = Math.max(state.committedSeq, Number(last.seq));
+        }
+        batch.resolve();
+        // Durable now (even if its senders were told otherwise after a timeout: their retries
+        // find it); the outbox gets the events to the bus, however long the bus is away.
+        this.outbox.publish(batch.events);
+        return;
+      }
+      const { err } = failure;
       endSpan(span, err);
+      if (abandoned) {
+        // Its sends were refused and its conversations reloaded already; work queued since was
+        // sequenced on the reloaded states, not on top of this batch, so it stays.
+        this.log.warn({ err, shard: this.index }, "a commit that had timed out failed");
+        return;
+      }
       commitFailures().add(1);
       this.log.error({ err, shard: this.index }, "commit failed; reloading affected conversations");
       // Every commit failure, the store's fence conflict included (a StoreError "conflict": the
@@ -298,7 +345,8 @@ export class Shard implements StateOwner {
       // as the store has it; the store's message stays in the log, not in the answer.
       // A storage fault the store already named (a full disk) keeps its message; either way the
       // client gets a retry hint.
-      const unavailable =
+      this.abandon(
+        batch,
         err instanceof UnavailableError
           ? new UnavailableError(err.message, {
               retryAfterMs: err.retryAfterMs ?? RETRY_AFTER_MS,
@@ -307,20 +355,27 @@ export class Shard implements StateOwner {
           : new UnavailableError("storage commit failed; retry", {
               retryAfterMs: RETRY_AFTER_MS,
               cause: err,
-            });
-      batch.reject(unavailable);
-      // Work queued behind the failed batch was sequenced on top of it; it must go too.
-      // (TypeScript narrowed this.open to undefined above; the await let new work in.)
-      const next = this.open as Batch | undefined;
-      this.open = undefined;
-      next?.reject(unavailable);
-      for (const state of [...batch.states, ...(next?.states ?? [])]) {
-        if (this.states.get(state.id) === state) this.states.delete(state.id);
-        this.budget.forget(state);
-      }
+            }),
+      );
     } finally {
       this.committing = false;
       if (this.open !== undefined) this.schedule();
+    }
+  }
+
+  /**
+   * Refuses a batch that did not (or may not have) become durable, and the open batch, whose work
+   * was sequenced on top of it; drops their conversations' states so the next operation reloads
+   * them as the store has them.
+   */
+  private abandon(batch: Batch, refusal: UnavailableError): void {
+    batch.reject(refusal);
+    const next = this.open;
+    this.open = undefined;
+    next?.reject(refusal);
+    for (const state of [...batch.states, ...(next?.states ?? [])]) {
+      if (this.states.get(state.id) === state) this.states.delete(state.id);
+      this.budget.forget(state);
     }
   }
 

@@ -346,26 +346,18 @@ export class Mesh {
     return { proc, incarnation: { pid: child.pid!, exited } };
   }
 
-  /** Watches the nats-server and redis-server this mesh started, restarting them when they die. */
+  /** Watches the backends this mesh started (nats-server, redis-server, Cassandra), restarting them when they die. */
   private superviseBackends(): void {
-    if (this.supervisor === undefined) return;
-    if (this.cassandra !== undefined) {
-      this.supervisor.watch(
-        { name: "cassandra", start: () => this.startBackend("cassandra") },
-        this.watchBackend("cassandra", this.cassandra),
-      );
-    }
-    if (this.nats !== undefined) {
-      this.supervisor.watch(
-        { name: "nats-server", start: () => this.startBackend("nats-server") },
-        this.watchBackend("nats-server", this.nats),
-      );
-    }
-    if (this.redis !== undefined) {
-      this.supervisor.watch(
-        { name: "redis-server", start: () => this.startBackend("redis-server") },
-        this.watchBackend("redis-server", this.redis),
-      );
+    const supervisor = this.supervisor;
+    if (supervisor === undefined) return;
+    const running: Array<["nats-server" | "redis-server" | "cassandra", { pid: number } | undefined]> = [
+      ["cassandra", this.cassandra],
+      ["nats-server", this.nats],
+      ["redis-server", this.redis],
+    ];
+    for (const [name, server] of running) {
+      if (server === undefined || supervisor.isWatching(name)) continue;
+      supervisor.watch({ name, start: () => this.startBackend(name) }, this.watchBackend(name, server));
     }
   }
 

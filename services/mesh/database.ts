@@ -7,7 +7,7 @@ import { root } from "./process-control.js";
 
 /** The store settings `switchboard mesh --store scylla` gives every process, and the node it started. */
 export interface MeshDatabase {
-  /** SWITCHBOARD_STORE, and SCYLLA_CONTACT_POINTS / SCYLLA_LOCAL_DC when the node is local. */
+  /** SWITCHBOARD_STORE, and SCYLLA_CONTACT_POINTS, _LOCAL_DC and _REPLICATION_FACTOR when the node is local. */
   settings: Record<string, string>;
   /** The local Cassandra node, when the mesh started one. */
   cassandra: CassandraServer | undefined;
@@ -37,6 +37,8 @@ export async function startMeshDatabase(
     cassandra = await startCassandra({ dir: home, log: say });
     settings.SCYLLA_CONTACT_POINTS = cassandra.contactPoint;
     settings.SCYLLA_LOCAL_DC = cassandra.localDataCenter;
+    // One node holds one copy; migrate creates the keyspace with it.
+    settings.SCYLLA_REPLICATION_FACTOR = env.SCYLLA_REPLICATION_FACTOR ?? "1";
   }
   try {
     await migrate({ ...env, ...settings }, say);

@@ -1,3 +1,4 @@
+import { errors, types } from "cassandra-driver";
 import { StoreError } from "../errors.js";
 import type {
   DeviceKeysRecord,
@@ -59,6 +60,18 @@ function signedParams(p: SignedPrekeyRecord): unknown[] {
   return [long(p.keyId), blob(p.publicKey), blob(p.signature), long(p.uploadedAtMs)];
 }
 
+/**
+ * True for an LWT that timed out (Paxos contention or a slow replica): whether it applied is
+ * unknown, and may be decided later by the next proposer on the partition.
+ */
+function casTimeout(err: unknown): boolean {
+  return (
+    err instanceof errors.ResponseError &&
+    err.code === types.responseErrorCodes.writeTimeout &&
+    (err as { writeType?: string }).writeType === "CAS"
+  );
+}
+
 function shuffle<T>(items: T[]): T[] {
   for (let i = items.length - 1; i > 0; i--) {
     const j = Math.floor(Math.random() * (i + 1));
@@ -77,6 +90,9 @@ function shuffle<T>(items: T[]): T[] {
  * one-time prekeys; the client's retry of the same upload completes it, as stored ids are skipped.
  */
 export class ScyllaKeyStore implements KeyStore {
+  /** The last take queued per (device, kind) partition in this process. */
+  private readonly takes = new Map<string, Promise<unknown>>();
+
   constructor(private readonly cql: Cql) {}
 
   async putKeys(write: DeviceKeysWrite, maxOneTimePerKind: number): Promise<PrekeyCountsRecord> {
@@ -240,9 +256,29 @@ export class ScyllaKeyStore implements KeyStore {
     return num(row?.get("n"));
   }
 
+  /**
+   * One take at a time per (device, kind) in this process. The keys of a kind share a partition,
+   * and LWTs on one partition are serialised by Paxos whatever row they touch: concurrent takes
+   * from one process only fought each other's ballots until the contention timeout (60 concurrent
+   * takes of one device failed that way against Cassandra). Other processes still compete, which
+   * the random candidate order spreads.
+   */
+  private takeOne(deviceId: string, kind: PrekeyKind): Promise<OneTimePrekeyRecord | undefined> {
+    const key = `${deviceId}\n${kind}`;
+    const run = (this.takes.get(key) ?? Promise.resolve()).then(() => this.claimOne(deviceId, kind));
+    const settled = run.catch(() => {});
+    this.takes.set(key, settled);
+    void settled.then(() => {
+      if (this.takes.get(key) === settled) this.takes.delete(key);
+    });
+    return run;
+  }
+
   // Claims one key by deleting it conditionally: of concurrent takers of one key, only one sees
-  // its delete applied. The others try the next candidate, then read again.
-  private async takeOne(deviceId: string, kind: PrekeyKind): Promise<OneTimePrekeyRecord | undefined> {
+  // its delete applied. The others try the next candidate, then read again. A delete that timed
+  // out may or may not have applied: its key is never handed out by this take (a one-time key lost
+  // is harmless; one handed out twice is not), and if the delete did not apply a later take gets it.
+  private async claimOne(deviceId: string, kind: PrekeyKind): Promise<OneTimePrekeyRecord | undefined> {
     for (let attempt = 0; attempt < TAKE_ATTEMPTS; attempt++) {
       const result = await this.cql.run(
         `SELECT key_id, public_key, signature FROM one_time_prekeys WHERE device_id = ? AND kind = ?
@@ -253,10 +289,16 @@ export class ScyllaKeyStore implements KeyStore {
       if (rows.length === 0) return undefined;
       for (const row of shuffle([...rows])) {
         const keyId = num(row.get("key_id"));
-        const deleted = await this.cql.lwt(
-          "DELETE FROM one_time_prekeys WHERE device_id = ? AND kind = ? AND key_id = ? IF EXISTS",
-          [deviceId, kind, long(keyId)],
-        );
+        let deleted: types.ResultSet;
+        try {
+          deleted = await this.cql.lwt(
+            "DELETE FROM one_time_prekeys WHERE device_id = ? AND kind = ? AND key_id = ? IF EXISTS",
+            [deviceId, kind, long(keyId)],
+          );
+        } catch (err) {
+          if (casTimeout(err)) continue;
+          throw err;
+        }
         if (!deleted.wasApplied()) continue;
         const signature = row.get("signature") as Buffer | null;
         return {

@@ -83,6 +83,51 @@ describe("ScyllaDB engine against a server", { skip: SKIP }, () => {
   runAccountStoreConformance(open);
   runKeyStoreConformance(open);
 
+  it("hands out each one-time prekey once to 200 concurrent takes from two processes", async () => {
+    assert.ok(shared !== undefined);
+    // The keys of a device share a partition, whose LWTs Paxos serialises: unqueued, this many
+    // concurrent takes timed out at LOCAL_SERIAL instead of waiting their turn.
+    const other = await openScyllaStore(options);
+    try {
+      const key = (keyId: number, size: number) => ({
+        keyId,
+        publicKey: new Uint8Array(size).fill(keyId % 256),
+      });
+      const signed = (size: number) => ({ ...key(1, size), signature: new Uint8Array(64), uploadedAtMs: 1 });
+      const deviceId = `dv_${randomBytes(8).toString("hex")}`;
+      await shared.keys.putKeys(
+        {
+          deviceId,
+          userId: `u_${randomBytes(8).toString("hex")}`,
+          identityKey: new Uint8Array(33).fill(1),
+          registrationId: 7,
+          signedPrekey: signed(33),
+          kyberLastResort: signed(1569),
+          oneTimeEc: Array.from({ length: 150 }, (_, i) => key(i + 1, 33)),
+          oneTimeKyber: Array.from({ length: 150 }, (_, i) => ({
+            ...key(i + 1, 1569),
+            signature: new Uint8Array(64),
+          })),
+        },
+        1000,
+      );
+      const takes = await Promise.all(
+        Array.from({ length: 200 }, (_, i) => (i % 2 === 0 ? shared! : other).keys.takePrekeys(deviceId)),
+      );
+      for (const kind of ["ec", "kyber"] as const) {
+        const ids = takes.flatMap((t) => (t[kind] ? [t[kind].keyId] : [])).sort((a, b) => a - b);
+        assert.deepEqual(
+          ids,
+          Array.from({ length: 150 }, (_, i) => i + 1),
+          `${kind}: every key handed out exactly once`,
+        );
+      }
+      assert.deepEqual(await shared.keys.countPrekeys(deviceId), { ec: 0, kyber: 0 });
+    } finally {
+      await other.close();
+    }
+  });
+
   it("refuses to open a keyspace with another bucket size", async () => {
     await assert.rejects(openScyllaStore({ ...options, bucketSize: 1000 }), /bucketSize/);
   });

@@ -351,13 +351,16 @@ function device(userId: string, fields: Partial<DeviceRecord> = {}): DeviceRecor
 }
 
 function invite(fields: Partial<InviteRecord> = {}): InviteRecord {
+  // Current times: an engine may expire rows by the wall clock (ScyllaDB's TTL keeps an invite 30
+  // days past its expiry), so an invite that expired years ago could vanish mid-test.
+  const createdAtMs = Date.now();
   return {
     id: id("iv"),
     tokenHash: randomUUID().replaceAll("-", "").repeat(2),
     usesLeft: 1,
     maxUses: 1,
-    createdAtMs: 1_700_000_000_000,
-    expiresAtMs: 1_700_000_000_000 + 86_400_000,
+    createdAtMs,
+    expiresAtMs: createdAtMs + 86_400_000,
     revokedAtMs: 0,
     note: "",
     ...fields,

@@ -1,14 +1,20 @@
 import { create } from "@bufbuild/protobuf";
-import type { Client } from "@connectrpc/connect";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { BusEvent, DeliveryBatch } from "../../gen/switchboard/internal/v1/events_pb.js";
-import { DeviceRouteSchema, type PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
+import {
+  type DeviceRoute,
+  DeviceRouteSchema,
+  type PresenceService,
+} from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
 import type { Principal, Tokens } from "../common/auth.js";
+import { isTransportFailure } from "../common/boundary.js";
 import type { Limits } from "../common/config.js";
 import { SupersededError, UnauthenticatedError, UnavailableError } from "../common/errors.js";
+import { newId } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
@@ -27,6 +33,15 @@ const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 /** Devices whose status or send bucket a gateway remembers at most. */
 const DEVICE_MAPS_MAX = 200_000;
+
+/** How often the gateway checks that the route store still holds its routes, in milliseconds. */
+const ROUTE_CHECK_MS = 1_000;
+/**
+ * Streams that read their sync state at once when routes come back after a loss; the next group
+ * starts when these have read it or after RESYNC_STAGGER_MS, whichever is first.
+ */
+const RESYNC_GROUP = 64;
+const RESYNC_STAGGER_MS = 250;
 
 /** What a gateway needs from the rest of the system. */
 export interface GatewayDeps {
@@ -52,6 +67,11 @@ export interface GatewayDeps {
   rateLimiter?: RateLimiter;
   /** Route lifetime without a heartbeat, in milliseconds. */
   routeTtlMs?: number;
+  /**
+   * How often the gateway checks that the route store still holds its routes, in milliseconds
+   * (a lost route means live entries reach no stream until it is registered again).
+   */
+  routeCheckMs?: number;
   /** How long a device's active status is trusted without asking accounts, in milliseconds. */
   deviceCacheMs?: number;
   /** How often device cursors are flushed to the sequencer, in milliseconds. */
@@ -99,6 +119,17 @@ export class GatewayCore implements SessionHost<Session> {
   private readonly routeTtlMs: number;
   private readonly deviceCacheMs: number;
   private readonly heartbeat: NodeJS.Timeout;
+  private readonly routeCheck: NodeJS.Timeout;
+  /**
+   * A route of no device, registered only by the route check: while the route store holds it, it
+   * holds every route registered before it. It is replaced (the new one registered first) every
+   * heartbeat so it never expires.
+   */
+  private beacon: DeviceRoute;
+  private beaconAt = 0;
+  /** From a failed registration, or a check that found the beacon gone, until routes are back. */
+  private routesLost = true;
+  private checkingRoutes = false;
   private readonly stops: Unsubscribe[] = [];
   private draining = false;
 
@@ -139,11 +170,14 @@ export class GatewayCore implements SessionHost<Session> {
     this.stops.push(deps.delivery.listen(this.id, (batch) => this.onDelivery(batch)));
     this.stops.push(deps.bus.onBroadcast((events) => this.onBroadcast(events)));
     // Routes are refreshed well within their TTL so a live stream never looks offline.
-    this.heartbeat = setInterval(
-      () => void this.refreshRoutes(),
-      Math.max(1000, Math.floor(this.routeTtlMs / 3)),
-    );
+    this.heartbeat = setInterval(() => void this.heartbeatRoutes(), this.heartbeatMs);
     this.heartbeat.unref();
+    // The route store can lose routes between heartbeats (Redis restarted empty): the check
+    // notices within routeCheckMs and registers them again, and the streams catch up.
+    this.beacon = this.newBeacon();
+    this.routeCheck = setInterval(() => void this.checkRoutes(), deps.routeCheckMs ?? ROUTE_CHECK_MS);
+    this.routeCheck.unref();
+    void this.checkRoutes();
     this.observe = observeGateway(this);
   }
 
@@ -159,6 +193,19 @@ export class GatewayCore implements SessionHost<Session> {
     if (last !== undefined && now - last < REFUSAL_LOG_INTERVAL_MS) return;
     this.refusalLoggedAt.set(reason, now);
     this.log.info({ refusal: reason, count, ...fields }, message);
+  }
+
+  /**
+   * Logs at warn that the gateway works around a service that does not answer, once per reason
+   * per REFUSAL_LOG_INTERVAL_MS (it is not a refusal, so nothing is counted).
+   */
+  private degraded(reason: string, message: string, fields: Record<string, string | number> = {}): void {
+    const key = `degraded:${reason}`;
+    const now = this.now();
+    const last = this.refusalLoggedAt.get(key);
+    if (last !== undefined && now - last < REFUSAL_LOG_INTERVAL_MS) return;
+    this.refusalLoggedAt.set(key, now);
+    this.log.warn({ degraded: reason, ...fields }, message);
   }
 
   /** A send's encoded entry within its limit (untrusted.ts), or INVALID_ARGUMENT, counted. */
@@ -188,17 +235,32 @@ export class GatewayCore implements SessionHost<Session> {
     }
   }
 
-  /** Verifies a token and that its device is still active. */
+  /**
+   * Verifies a token and that its device is still active. While accounts does not answer, the
+   * signed, unexpired token stands in for the status check (what this gateway last heard of the
+   * device, if anything, still counts): a device revoked meanwhile is told by the revocation
+   * broadcast, and its status is asked again at its next request once accounts answers.
+   */
   async authenticate(header: string | null): Promise<Principal> {
     const principal = await this.tokens.verifyHeader(header);
     const cached = this.deviceStatus.get(principal.deviceId);
     let active = cached?.active;
     if (cached === undefined || this.now() - cached.checkedAt > this.deviceCacheMs) {
-      const { devices } = await this.directory.getDevices({ deviceIds: [principal.deviceId] });
-      active = devices[0]?.active === true && devices[0].userId === principal.userId;
-      this.deviceStatus.delete(principal.deviceId);
-      this.deviceStatus.set(principal.deviceId, { active, checkedAt: this.now() });
-      GatewayCore.trim(this.deviceStatus, DEVICE_MAPS_MAX);
+      try {
+        const { devices } = await this.directory.getDevices({ deviceIds: [principal.deviceId] });
+        active = devices[0]?.active === true && devices[0].userId === principal.userId;
+        this.deviceStatus.delete(principal.deviceId);
+        this.deviceStatus.set(principal.deviceId, { active, checkedAt: this.now() });
+        GatewayCore.trim(this.deviceStatus, DEVICE_MAPS_MAX);
+      } catch (err) {
+        if (!unreachable(err)) throw err;
+        active = cached?.active ?? true;
+        this.degraded(
+          "accounts_unreachable",
+          "accounts does not answer: device status taken from the token (and what this gateway last heard)",
+          { deviceId: principal.deviceId },
+        );
+      }
     }
     if (!active) throw new UnauthenticatedError("device has been revoked");
     return principal;
@@ -241,10 +303,16 @@ export class GatewayCore implements SessionHost<Session> {
   /**
    * Makes the stream reachable by fanout. The stream reads its backlog only after this resolves:
    * an entry committed before the route existed is in the backlog, one committed after reaches
-   * the stream live, so none falls between the two.
+   * the stream live, so none falls between the two. If the route store does not answer, the
+   * stream goes on without a route: the route check registers it once the store is back, and
+   * then the stream reads its sync state again for what was committed meanwhile.
    */
   async register(session: Session): Promise<void> {
-    await this.presence.registerRoutes({ routes: [this.route(session)], ttlMs: this.routeTtlMs });
+    try {
+      await this.presence.registerRoutes({ routes: [this.route(session)], ttlMs: this.routeTtlMs });
+    } catch (err) {
+      this.lostRoutes(err, "route registration failed");
+    }
   }
 
   /** Forgets a closed stream. */
@@ -317,6 +385,7 @@ export class GatewayCore implements SessionHost<Session> {
   /** Closes every stream telling devices to reconnect elsewhere, and flushes cursors. */
   async drain(): Promise<void> {
     clearInterval(this.heartbeat);
+    clearInterval(this.routeCheck);
     this.closeStreams();
     for (const stop of this.stops.splice(0)) stop();
     await this.cursors.close();
@@ -331,14 +400,109 @@ export class GatewayCore implements SessionHost<Session> {
     });
   }
 
-  private async refreshRoutes(): Promise<void> {
-    const routes = [...this.byDevice.values()].flat().map((s) => this.route(s));
+  private get heartbeatMs(): number {
+    return Math.max(1000, Math.floor(this.routeTtlMs / 3));
+  }
+
+  private newBeacon(): DeviceRoute {
+    return create(DeviceRouteSchema, {
+      userId: `gateway:${this.id}`,
+      deviceId: `gateway:${this.id}`,
+      gatewayId: this.id,
+      sessionId: newId("s"),
+    });
+  }
+
+  /** Notes that routes may be missing from the store; logged once per loss. */
+  private lostRoutes(err: unknown, message: string): void {
+    if (!this.routesLost) {
+      this.log.warn(
+        { err },
+        `${message}: streams go on; their routes are registered again and the streams catch up once the route store answers`,
+      );
+    }
+    this.routesLost = true;
+  }
+
+  /** Registers every stream's route (after `first`, if given); false if any part failed. */
+  private async refreshRoutes(first: DeviceRoute[] = []): Promise<boolean> {
+    const routes = [...first, ...[...this.byDevice.values()].flat().map((s) => this.route(s))];
+    let ok = true;
     for (let i = 0; i < routes.length; i += 1000) {
       try {
         await this.presence.registerRoutes({ routes: routes.slice(i, i + 1000), ttlMs: this.routeTtlMs });
       } catch (err) {
-        this.log.warn({ err }, "route heartbeat failed");
+        this.lostRoutes(err, "route heartbeat failed");
+        ok = false;
       }
+    }
+    return ok;
+  }
+
+  private async heartbeatRoutes(): Promise<void> {
+    await this.refreshRoutes();
+  }
+
+  /**
+   * Checks that the route store still holds the beacon, hence every route registered before it.
+   * When it does not (or did not answer), registers the beacon and every route again, then has
+   * every stream read its sync state again: what was committed while the routes were missing
+   * reached no gateway, and the log is where it is.
+   */
+  private async checkRoutes(): Promise<void> {
+    if (this.checkingRoutes || this.draining) return;
+    this.checkingRoutes = true;
+    try {
+      if (!this.routesLost) {
+        try {
+          // Replacing the beacon: the new one first, then the old one must still be there.
+          let next: DeviceRoute | undefined;
+          if (this.now() - this.beaconAt >= this.heartbeatMs) {
+            next = this.newBeacon();
+            await this.presence.registerRoutes({ routes: [next], ttlMs: this.routeTtlMs });
+          }
+          const { routes } = await this.presence.lookupRoutes({ userIds: [this.beacon.userId] });
+          if (routes.some((r) => r.sessionId === this.beacon.sessionId)) {
+            if (next !== undefined) this.replaceBeacon(next);
+            return;
+          }
+          this.lostRoutes(undefined, "the route store lost this gateway's routes (restarted empty?)");
+        } catch (err) {
+          this.lostRoutes(err, "the route store does not answer");
+        }
+      }
+      const beacon = this.newBeacon();
+      if (!(await this.refreshRoutes([beacon]))) return;
+      this.replaceBeacon(beacon);
+      const streams = [...this.byDevice.values()].flat();
+      this.routesLost = false;
+      if (streams.length === 0) return;
+      this.log.info(
+        { streams: streams.length },
+        "routes registered again; the streams catch up from the log",
+      );
+      void this.resync(streams);
+    } finally {
+      this.checkingRoutes = false;
+    }
+  }
+
+  private replaceBeacon(next: DeviceRoute): void {
+    const old = this.beacon;
+    this.beacon = next;
+    this.beaconAt = this.now();
+    if (old.sessionId !== next.sessionId) this.presence.unregisterRoutes({ routes: [old] }).catch(() => {});
+  }
+
+  /** Has streams read their sync state again, a group at a time so the sequencer is not flooded. */
+  private async resync(streams: Session[]): Promise<void> {
+    for (let i = 0; i < streams.length; i += RESYNC_GROUP) {
+      const group = streams
+        .slice(i, i + RESYNC_GROUP)
+        .map((s) =>
+          s.resync().catch((err: unknown) => this.log.warn({ err, sessionId: s.id }, "stream resync failed")),
+        );
+      await Promise.race([Promise.all(group), new Promise((r) => setTimeout(r, RESYNC_STAGGER_MS))]);
     }
   }
 
@@ -395,4 +559,10 @@ export class GatewayCore implements SessionHost<Session> {
       }
     }
   }
+}
+
+/** A call that failed because the service did not answer (down, restarting), not a refusal. */
+function unreachable(err: unknown): boolean {
+  const e = ConnectError.from(err);
+  return e.code === Code.Unavailable || e.code === Code.DeadlineExceeded || isTransportFailure(e);
 }

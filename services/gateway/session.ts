@@ -173,6 +173,16 @@ export class Session implements StreamContext {
     this.deliverEvent({ case: "prekeysLow", value: notice });
   }
 
+  /**
+   * Catches up from the log whatever was committed while this stream's route was missing from
+   * the route store (fanout delivered it to no gateway); the gateway calls it once the route is
+   * back.
+   */
+  resync(): Promise<void> {
+    if (this.closed) return Promise.resolve();
+    return this.backlog.refresh();
+  }
+
   /** Sends this stream the user's presence changes from now on. */
   watchPresence(userId: string): void {
     this.core.subscribePresence(this, userId);

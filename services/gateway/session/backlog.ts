@@ -1,4 +1,5 @@
 import { Code } from "@connectrpc/connect";
+import type { ConversationSync } from "../../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { Entry } from "../../../gen/switchboard/v1/entry_pb.js";
 import { InvalidInputError, UnavailableError } from "../../common/errors.js";
 import { requireId } from "../../common/validate.js";
@@ -8,6 +9,27 @@ import { boundPage, chunks, frame, inBand, removesUser } from "./frames.js";
 
 /** Entries read from the log per catch-up page. */
 const HISTORY_PAGE = 256;
+/** First and longest wait between reads of a sync state that failed, in milliseconds. */
+const SYNC_RETRY_MIN_MS = 250;
+const SYNC_RETRY_MAX_MS = 2_000;
+
+/** Where each of the device's conversations stands, and whether every shard answered. */
+interface SyncState {
+  conversations: ConversationSync[];
+  /** False when some sequencer replica did not answer: its conversations are missing. */
+  complete: boolean;
+}
+
+/**
+ * The answer of the replicas that did answer, when a sharded sequencer client's getSyncState
+ * failed only in part: it may reject with them attached as `partial` (the conversations of
+ * the live replicas). Anything else is a plain failure.
+ */
+function partialAnswer(err: unknown): ConversationSync[] | undefined {
+  if (typeof err !== "object" || err === null || !("partial" in err)) return undefined;
+  const partial = (err as { partial: unknown }).partial;
+  return Array.isArray(partial) ? (partial as ConversationSync[]) : undefined;
+}
 
 /** What the stream has pushed of one conversation. */
 interface ConversationProgress {
@@ -31,6 +53,12 @@ export class Backlog {
   // Live entries that arrived before the sync state was read: their conversations catch up after.
   private readonly early = new Map<string, bigint>();
   private syncLoaded = false;
+  /** False while the last sync state read lacked some replica's conversations. */
+  private complete = false;
+  /** A refresh was asked for before the first sync state was read. */
+  private refreshWanted = false;
+  private refreshing = false;
+  private refreshAgain = false;
   /** Reads of the log (catch-up pages and sync pages) run one at a time, each behind the last. */
   private logReads: Promise<void> = Promise.resolve();
   /** Sync requests being answered or waiting to be. */
@@ -41,23 +69,18 @@ export class Backlog {
   /**
    * Resumes from the device's cursors: reads where each of its conversations stands, then pushes
    * everything past the cursors. Resolves to the entries pushed, or undefined if the stream ended
-   * meanwhile. Rejects when the sync state cannot be read.
+   * meanwhile. A sync state that cannot be read (a sequencer replica down) does not end the
+   * stream: it is read again until it can be, and what could be read is pushed meanwhile.
    */
   async resume(): Promise<number | undefined> {
-    const { userId, deviceId } = this.stream;
-    const state = await this.stream.host.sequencer.getSyncState({ userId, deviceId });
-    for (const c of state.conversations) {
-      const floor = c.joinedSeq > 0n ? c.joinedSeq - 1n : 0n;
-      const pushed = c.deliveredUpTo > floor ? c.deliveredUpTo : floor;
-      this.progress.set(c.conversationId, { pushed, target: c.lastSeq, running: undefined });
-    }
+    const state = await this.readSyncState();
+    if (state === undefined) return undefined;
     this.syncLoaded = true;
-    for (const [id, seq] of this.early) {
-      const p = this.progress.get(id) ?? { pushed: 0n, target: 0n, running: undefined };
-      if (seq > p.target) p.target = seq;
-      this.progress.set(id, p);
-    }
-    this.early.clear();
+    this.merge(state);
+    if (this.refreshWanted) {
+      this.refreshWanted = false;
+      void this.refresh();
+    } else if (!state.complete) void sleep(SYNC_RETRY_MIN_MS).then(() => this.refresh());
     let entries = 0;
     for (const [id, p] of [...this.progress]) {
       if (this.stream.isClosed) return undefined;
@@ -69,15 +92,107 @@ export class Backlog {
     return entries;
   }
 
+  /**
+   * Reads the sync state again and catches up every conversation that moved past what was
+   * pushed: after the route store lost this stream's route for a while (entries committed
+   * meanwhile reached no gateway), and until a sync state read in part is complete.
+   */
+  async refresh(): Promise<void> {
+    if (!this.syncLoaded) {
+      // resume() reads the state after this and refreshes once more when it is done.
+      this.refreshWanted = true;
+      return;
+    }
+    if (this.refreshing) {
+      this.refreshAgain = true;
+      return;
+    }
+    this.refreshing = true;
+    try {
+      let wait = SYNC_RETRY_MIN_MS;
+      do {
+        this.refreshAgain = false;
+        const state = await this.readSyncState();
+        if (state === undefined) return;
+        this.merge(state);
+        for (const [id, p] of this.progress) if (p.target > p.pushed) this.catchUp(id, p);
+        if (!state.complete) {
+          await sleep(wait);
+          wait = Math.min(wait * 2, SYNC_RETRY_MAX_MS);
+          this.refreshAgain = true;
+        }
+      } while (this.refreshAgain && !this.stream.isClosed);
+    } finally {
+      this.refreshing = false;
+    }
+  }
+
+  /**
+   * The device's sync state, read until at least part of it can be (backing off), or undefined
+   * once the stream has ended.
+   */
+  private async readSyncState(): Promise<SyncState | undefined> {
+    const { userId, deviceId, host } = this.stream;
+    let wait = SYNC_RETRY_MIN_MS;
+    for (let failures = 0; !this.stream.isClosed; failures++) {
+      try {
+        const state = await host.sequencer.getSyncState({ userId, deviceId });
+        return { conversations: state.conversations, complete: true };
+      } catch (err) {
+        const partial = partialAnswer(err);
+        if (partial !== undefined) return { conversations: partial, complete: false };
+        // Logged once per outage of this stream; the stream stays open and sends still work.
+        if (failures === 0)
+          host.log.warn(
+            { err, sessionId: this.stream.id },
+            "could not read the device's sync state; retrying while the stream stays open",
+          );
+        await sleep(wait);
+        wait = Math.min(wait * 2, SYNC_RETRY_MAX_MS);
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Takes in a sync state: conversations not seen yet start at the device's cursor, known ones
+   * only raise their target. Live entries that came before a complete state (or whose
+   * conversation the partial state did not name) wait in `early` until it names them.
+   */
+  private merge(state: SyncState): void {
+    for (const c of state.conversations) {
+      const floor = c.joinedSeq > 0n ? c.joinedSeq - 1n : 0n;
+      const p = this.progress.get(c.conversationId);
+      if (p === undefined) {
+        const pushed = c.deliveredUpTo > floor ? c.deliveredUpTo : floor;
+        this.progress.set(c.conversationId, { pushed, target: c.lastSeq, running: undefined });
+      } else if (c.lastSeq > p.target) p.target = c.lastSeq;
+    }
+    this.complete = state.complete;
+    for (const [id, seq] of [...this.early]) {
+      let p = this.progress.get(id);
+      if (p === undefined) {
+        // Not named by a partial state: its replica did not answer; wait for it.
+        if (!state.complete) continue;
+        p = { pushed: 0n, target: 0n, running: undefined };
+        this.progress.set(id, p);
+      }
+      if (seq > p.target) p.target = seq;
+      this.early.delete(id);
+    }
+  }
+
   /** A committed entry from fanout. */
   deliver(entry: Entry): void {
     const id = entry.conversationId;
-    if (!this.syncLoaded) {
+    let p = this.progress.get(id);
+    if (!this.syncLoaded || (p === undefined && !this.complete)) {
+      // Before the sync state, or in a conversation whose replica has not answered it yet: its
+      // cursor is unknown, so it waits for the state that names it.
       const seen = this.early.get(id) ?? 0n;
       if (entry.seq > seen) this.early.set(id, entry.seq);
       return;
     }
-    let p = this.progress.get(id);
     if (p === undefined) {
       // A conversation this stream has not seen: the user joined it after the stream opened.
       // The log (which starts at the user's join) is the only safe source for it.
@@ -248,4 +363,8 @@ export class Backlog {
     const bounded = boundPage(page.entries, maxBytes);
     return { entries: bounded.entries, lastSeq: page.lastSeq, hasMore: page.hasMore || bounded.cut };
   }
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }

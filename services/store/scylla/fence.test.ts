@@ -7,9 +7,11 @@ import { type Entry, EntrySchema, MessageBodySchema } from "../../../gen/switchb
 import { loadScyllaConfig } from "../../common/config.js";
 import { isStoreError } from "../errors.js";
 import type { StoreEngine } from "../types.js";
+import { ConversationLog } from "./conversations/log.js";
+import { CommitRows } from "./conversations/rows.js";
 import { encodeIntent, type Intent } from "./conversations.js";
 import { openScyllaStore, type ScyllaOptions } from "./engine.js";
-import { clientOptions, migrateScylla } from "./schema.js";
+import { Cql, clientOptions, migrateScylla } from "./schema.js";
 
 /**
  * The store's fence with two writers, as two sequencer replicas that both believe they own a shard
@@ -55,6 +57,41 @@ function append(store: StoreEngine, id: string, entries: Entry[]): Promise<void>
       })),
     },
   ]);
+}
+
+/** A message's intent at `seq`, reserved by a writer whose clock says it is a minute old. */
+function staleIntent(id: string, entry: Entry, intentId: string): Intent {
+  const seq = Number(entry.seq);
+  return {
+    id: intentId,
+    conversationId: id,
+    tsMicros: Date.now() * 1000 + 1000,
+    atMs: Date.now() - 60_000,
+    firstSeq: seq,
+    lastSeq: seq,
+    entries: [{ seq, bytes: toBinary(EntrySchema, entry) }],
+    replaced: [],
+    idempotency: [{ deviceId: entry.senderDeviceId, clientMsgId: entry.clientMsgId, seq }],
+    members: [],
+  };
+}
+
+/** Reserves an intent in the head row as its writer's reservation does. */
+async function reserve(client: Client, intent: Intent): Promise<void> {
+  const reserved = await client.execute(
+    `UPDATE log_heads SET pending_id = ?, pending_last = ?, pending = ?, pending_at_ms = ?
+      WHERE conversation_id = ? IF last_seq = ? AND pending_id = ''`,
+    [
+      intent.id,
+      intent.lastSeq,
+      encodeIntent(intent),
+      intent.atMs,
+      intent.conversationId,
+      intent.firstSeq - 1,
+    ],
+    { prepare: true },
+  );
+  assert.equal(reserved.wasApplied(), true);
 }
 
 describe("ScyllaDB fence under two concurrent writers", { skip: SKIP }, () => {
@@ -229,5 +266,62 @@ describe("ScyllaDB fence under two concurrent writers", { skip: SKIP }, () => {
       (await a.conversations.readEntries(id, 0, 10)).map((e) => e.clientMsgId),
       ["a-0", "a-1", "b-0"],
     );
+  });
+
+  it("a recovery claims the intent before applying it, so its writer's release cannot take it back", async () => {
+    const [a, b] = engines();
+    const id = conversationId();
+    await append(a, id, [message(id, 1, "a", 0)]);
+    // Writer A reserved seq 2 for its message; its clock is behind, so to a reader it looks dead.
+    const sent = message(id, 2, "a", 1);
+    const intent = staleIntent(id, sent, "writer-a-slow");
+    const client = new Client(clientOptions(options, true));
+    try {
+      await reserve(client, intent);
+      // A reader recovers it, and is held just before writing the intent's rows.
+      let applying!: () => void;
+      const started = new Promise<void>((resolve) => {
+        applying = resolve;
+      });
+      let proceed!: () => void;
+      const gate = new Promise<void>((resolve) => {
+        proceed = resolve;
+      });
+      const cql = new Cql(client);
+      class HeldRows extends CommitRows {
+        override async apply(i: Intent): Promise<void> {
+          applying();
+          await gate;
+          return super.apply(i);
+        }
+      }
+      const reader = new ConversationLog(
+        cql,
+        new HeldRows(cql, { bucketSize: options.bucketSize ?? 1000, entryTtlSeconds: 0 }),
+      );
+      const recovered = reader.getLastSeq(id);
+      await started;
+      // Meanwhile writer A, alive after all, gives its reservation back (another part of its
+      // commit was refused), as log.ts's release does.
+      const released = await client.execute(
+        `UPDATE log_heads SET pending_id = '', pending_last = 0, pending = ?, pending_at_ms = 0
+          WHERE conversation_id = ? IF pending_id = ?`,
+        [Buffer.alloc(0), id, intent.id],
+        { prepare: true },
+      );
+      proceed();
+      const last = await recovered;
+      assert.equal(released.wasApplied(), false, "the release took back an intent being recovered");
+      assert.equal(last, 2);
+    } finally {
+      await client.shutdown();
+    }
+    // Whatever happened, a retry of A's message must be answered with a seq that holds it.
+    const next = (await b.conversations.getLastSeq(id)) + 1;
+    await append(b, id, [message(id, next, "b", 0)]);
+    const seq = await b.conversations.getIdempotency(id, sent.senderDeviceId, sent.clientMsgId);
+    assert.ok(seq !== undefined);
+    const [holder] = await b.conversations.readEntries(id, seq - 1, 1);
+    assert.equal(holder?.clientMsgId, sent.clientMsgId, `seq ${seq} holds another message`);
   });
 });

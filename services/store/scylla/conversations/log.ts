@@ -136,12 +136,10 @@ export class ConversationLog {
 
   /** Advances the head past an applied intent and ends its reservation. */
   private async finish(intent: Intent): Promise<void> {
-    const result = await this.cql.lwt(
-      `UPDATE log_heads SET last_seq = ?, commit_ts = ?, pending_id = '', pending_last = 0, pending = ?,
-        pending_at_ms = 0 WHERE conversation_id = ? IF pending_id = ?`,
-      [intent.lastSeq, intent.tsMicros, EMPTY, intent.conversationId, intent.id],
-    );
-    if (result.wasApplied()) return;
+    if (await this.advance(intent, intent.id)) return;
+    // A recoverer claimed it while this writer applied it: the rows are written (by this writer,
+    // identically by the recoverer), so whichever of the two advances the head first is right.
+    if (await this.advance(intent, claimOf(intent.id))) return;
     // Only a recoverer finishing the same intent ends a reservation other than its writer.
     const head = await readHead(this.cql, intent.conversationId, true);
     if (head.lastSeq < intent.lastSeq) {
@@ -163,9 +161,10 @@ export class ConversationLog {
       const head = await readHead(this.cql, conversationId, young === "wait");
       if (head.pendingId === "") return head;
       const age = Date.now() - head.pendingAtMs;
-      if ((age >= PENDING_GRACE_MS || this.unfinished.has(head.pendingId)) && head.pending !== undefined) {
-        await this.recover(decodeIntent(head.pending));
-        this.unfinished.delete(head.pendingId);
+      const intentId = intentIdOf(head.pendingId);
+      if ((age >= PENDING_GRACE_MS || this.unfinished.has(intentId)) && head.pending !== undefined) {
+        await this.recover(decodeIntent(head.pending), head.pendingId);
+        this.unfinished.delete(intentId);
         continue;
       }
       if (young === "refuse") {
@@ -175,17 +174,48 @@ export class ConversationLog {
     }
   }
 
-  /** Completes an intent whose writer stopped between reserving and advancing the head. */
-  private async recover(intent: Intent): Promise<void> {
+  /**
+   * Completes an intent whose writer stopped between reserving and advancing the head. It first
+   * claims the reservation (renames pending_id, by LWT), so that its writer, if alive after all,
+   * can no longer release it: a release after this process wrote the intent's entries and
+   * idempotency records would free the seqs for other messages while the records still pointed
+   * at them. Never roll back what another process may be rolling forward.
+   */
+  private async recover(intent: Intent, pendingId: string): Promise<void> {
+    const claim = claimOf(intent.id);
+    if (pendingId !== claim) {
+      const claimed = await this.cql.lwt(
+        "UPDATE log_heads SET pending_id = ? WHERE conversation_id = ? IF pending_id = ?",
+        [claim, intent.conversationId, pendingId],
+      );
+      // The writer finished or released it first, or another reader claimed it: read again.
+      if (!claimed.wasApplied()) return;
+    }
     this.log?.warn(
       { conversationId: intent.conversationId, firstSeq: intent.firstSeq, lastSeq: intent.lastSeq },
       "completing a commit its writer left pending",
     );
     await this.rows.apply(intent);
-    await this.cql.lwt(
+    await this.advance(intent, claim);
+  }
+
+  /** Advances the head past an applied intent if its reservation is still `pendingId`. */
+  private async advance(intent: Intent, pendingId: string): Promise<boolean> {
+    const result = await this.cql.lwt(
       `UPDATE log_heads SET last_seq = ?, commit_ts = ?, pending_id = '', pending_last = 0, pending = ?,
         pending_at_ms = 0 WHERE conversation_id = ? IF pending_id = ?`,
-      [intent.lastSeq, intent.tsMicros, EMPTY, intent.conversationId, intent.id],
+      [intent.lastSeq, intent.tsMicros, EMPTY, intent.conversationId, pendingId],
     );
+    return result.wasApplied();
   }
+}
+
+/** The pending_id of a reservation a recovering reader has claimed. */
+function claimOf(intentId: string): string {
+  return `${intentId}~claimed`;
+}
+
+/** The intent id of a pending_id, claimed or not. */
+function intentIdOf(pendingId: string): string {
+  return pendingId.endsWith("~claimed") ? pendingId.slice(0, -"~claimed".length) : pendingId;
 }

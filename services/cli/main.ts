@@ -127,7 +127,7 @@ program
   .option(
     "--store <engine>",
     "lmdb (each process's files) or scylla (the cluster in SCYLLA_CONTACT_POINTS, else a local " +
-      "Cassandra node started for it); SCYLLA_CONTACT_POINTS alone also selects scylla",
+      "Cassandra node started for it); default scylla when SCYLLA_CONTACT_POINTS is set, else lmdb",
     storeEngine,
   )
   .option("--no-restart", "leave a process that dies down instead of restarting it")
@@ -165,7 +165,8 @@ program
         onEvent: say,
         ownProcessGroups: true,
         ...(opts.restart && { restart: {} }),
-        ...(opts.store !== undefined && { store: opts.store }),
+        // A cluster named in the environment is used like --store scylla: migrated once, up front.
+        ...((opts.store !== undefined || env.SCYLLA_CONTACT_POINTS) && { store: opts.store ?? "scylla" }),
         ...(opts.natsUrl !== undefined && { natsUrl: opts.natsUrl }),
         ...(opts.redisUrl !== undefined && { redisUrl: opts.redisUrl }),
       });

@@ -65,8 +65,8 @@ export interface MeshOptions {
    * "scylla": the store on a CQL database for every process. The cluster in `env`'s
    * SCYLLA_CONTACT_POINTS if it names one; otherwise the mesh starts a local Apache Cassandra 5.0
    * node (services/mesh/cassandra.ts) with its files in `dir`/cassandra. The schema is migrated
-   * once before the processes start. Without this option, SCYLLA_CONTACT_POINTS in `env` still
-   * selects the cluster (each process then migrates on its own).
+   * once before the processes start. "lmdb": each process's files, whatever `env` says. Without
+   * this option, SCYLLA_CONTACT_POINTS in `env` selects the cluster (each process migrates on its own).
    */
   store?: "lmdb" | "scylla";
 }
@@ -205,7 +205,7 @@ export class Mesh {
       ...o.env,
       ...scylla,
     };
-    if (common.SCYLLA_CONTACT_POINTS) {
+    if (common.SCYLLA_CONTACT_POINTS && o.store === undefined) {
       common.SWITCHBOARD_STORE = "scylla";
       common.SWITCHBOARD_MIGRATE = "true";
     }

@@ -35,31 +35,94 @@ function alive(pid: number): boolean {
   }
 }
 
-describe("switchboard mesh restarts what dies", { skip }, () => {
-  let dir = "";
-  let launcher: ChildProcess | undefined;
-  let launcherExit: Promise<{ code: number | null; signal: NodeJS.Signals | null }> | undefined;
-  let output = "";
-  let gatewayUrl = "";
-  const clients: SwitchboardClient[] = [];
+/** `switchboard mesh` running as a child process, and what it printed. */
+class Launcher {
+  output = "";
+  readonly child: ChildProcess;
+  readonly exit: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
 
-  /** Waits until the launcher's output matches, and returns the match. */
-  async function line(pattern: RegExp, what: string, timeoutMs = 60_000): Promise<RegExpExecArray> {
+  constructor(args: string[], env: NodeJS.ProcessEnv) {
+    this.child = spawn(process.execPath, [join(root, "bin/switchboard.js"), "mesh", ...args], {
+      cwd: root,
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const child = this.child;
+    this.exit = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
+    const collect = (chunk: string): void => {
+      this.output += chunk;
+    };
+    child.stdout?.setEncoding("utf8").on("data", collect);
+    child.stderr?.setEncoding("utf8").on("data", collect);
+  }
+
+  /** Waits until the output matches, and returns the match. */
+  async line(pattern: RegExp, what: string, timeoutMs = 60_000): Promise<RegExpExecArray> {
     let match: RegExpExecArray | null = null;
     await eventually(
       () => {
-        match = pattern.exec(output);
+        match = pattern.exec(this.output);
+        if (match === null && (this.child.exitCode !== null || this.child.signalCode !== null)) {
+          assert.fail(`${what}: the launcher exited; it printed:\n${this.output.slice(-6000)}`);
+        }
         return match !== null;
       },
-      () => `${what}; the launcher printed:\n${output.slice(-6000)}`,
+      () => `${what}; the launcher printed:\n${this.output.slice(-6000)}`,
       timeoutMs,
     );
     return match!;
   }
 
+  /** The first gateway's URL, once the mesh is up. */
+  async started(timeoutMs: number): Promise<string> {
+    return (
+      await this.line(/switchboard mesh listening on (http:\/\/\S+?);/, "the mesh did not start", timeoutMs)
+    )[1]!;
+  }
+
   /** The PID the launcher's listing gives a process ("fanout-0     http://...  pid 123  log ..."). */
-  const listedPid = (name: string): number =>
-    Number(new RegExp(`^${name} +\\S+ +health \\S+ +pid (\\d+)`, "m").exec(output)?.[1]);
+  listedPid(name: string): number {
+    return Number(new RegExp(`^${name} +\\S+ +health \\S+ +pid (\\d+)`, "m").exec(this.output)?.[1]);
+  }
+
+  /** Stops it (SIGTERM, SIGKILL after 40 s), then SIGKILLs any process it printed that is left. */
+  async close(): Promise<void> {
+    if (this.child.exitCode === null && this.child.signalCode === null) {
+      this.child.kill("SIGTERM");
+      const timer = setTimeout(() => this.child.kill("SIGKILL"), 40_000);
+      await this.exit;
+      clearTimeout(timer);
+    }
+    for (const m of this.output.matchAll(/pid (\d+)/g)) {
+      const pid = Number(m[1]);
+      if (pid !== this.child.pid && alive(pid)) process.kill(pid, "SIGKILL");
+    }
+  }
+}
+
+/** Registers a device on the gateway and opens its stream; its inbox collects what it receives. */
+async function device(
+  serverUrl: string,
+  profileDir: string,
+  prefix: string,
+): Promise<{ client: SwitchboardClient; inbox: Inbox }> {
+  const client = await SwitchboardClient.register({
+    serverUrl,
+    profileDir,
+    username: uniqueName(prefix),
+    ...tuning,
+  });
+  const inbox = new Inbox(prefix, client);
+  await client.connect();
+  return { client, inbox };
+}
+
+describe("switchboard mesh restarts what dies", { skip }, () => {
+  let dir = "";
+  let launcher: Launcher;
+  let gatewayUrl = "";
+  const clients: SwitchboardClient[] = [];
+  const output = (): string => launcher.output;
 
   before(async () => {
     if (missing.length > 0) {
@@ -69,11 +132,8 @@ describe("switchboard mesh restarts what dies", { skip }, () => {
     }
     dir = await mkdtemp(join(tmpdir(), "sb-mesh-launcher-"));
     const port = await freePort();
-    launcher = spawn(
-      process.execPath,
+    launcher = new Launcher(
       [
-        join(root, "bin/switchboard.js"),
-        "mesh",
         "--dir",
         join(dir, "mesh"),
         "--port",
@@ -84,35 +144,18 @@ describe("switchboard mesh restarts what dies", { skip }, () => {
         "1",
         "--fanouts",
         "1",
+        // Each process's LMDB files, even when the runner names a CQL cluster for other suites.
+        "--store",
+        "lmdb",
       ],
-      { cwd: root, env: process.env, stdio: ["ignore", "pipe", "pipe"] },
+      process.env,
     );
-    const child = launcher;
-    launcherExit = new Promise((resolve) => child.once("exit", (code, signal) => resolve({ code, signal })));
-    child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
-      output += chunk;
-    });
-    child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
-      output += chunk;
-    });
-    gatewayUrl = (
-      await line(/switchboard mesh listening on (http:\/\/\S+?);/, "the mesh did not start", 120_000)
-    )[1]!;
+    gatewayUrl = await launcher.started(120_000);
   });
 
   after(async () => {
     await Promise.all(clients.map((c) => c.close().catch(() => {})));
-    if (launcher !== undefined && launcher.exitCode === null && launcher.signalCode === null) {
-      launcher.kill("SIGTERM");
-      const timer = setTimeout(() => launcher?.kill("SIGKILL"), 40_000);
-      await launcherExit;
-      clearTimeout(timer);
-    }
-    // Whatever a failed run left behind, by the PIDs the launcher printed.
-    for (const m of output.matchAll(/pid (\d+)/g)) {
-      const pid = Number(m[1]);
-      if (pid !== launcher?.pid && alive(pid)) process.kill(pid, "SIGKILL");
-    }
+    await launcher?.close();
     if (dir !== "") await rm(dir, { recursive: true, force: true });
   });
 
@@ -123,7 +166,7 @@ describe("switchboard mesh restarts what dies", { skip }, () => {
     assert.ok(key !== undefined && key.length >= 16, `secrets.env holds the token key: ${secrets}`);
     assert.equal((await stat(join(dir, "mesh", "secrets.env"))).mode & 0o777, 0o600);
     for (const [where, text] of [
-      ["stdout", output],
+      ["stdout", output()],
       ["settings.txt", settings],
     ] as const) {
       assert.ok(!text.includes(key), `${where} shows the token key`);
@@ -142,17 +185,10 @@ describe("switchboard mesh restarts what dies", { skip }, () => {
   });
 
   it("restarts a SIGKILLed fanout worker and gateway: new PIDs, serving again, and says so", async () => {
-    const open = async (prefix: string): Promise<{ client: SwitchboardClient; inbox: Inbox }> => {
-      const client = await SwitchboardClient.register({
-        serverUrl: gatewayUrl,
-        profileDir: join(dir, "profiles", prefix),
-        username: uniqueName(prefix),
-        ...tuning,
-      });
-      clients.push(client);
-      const inbox = new Inbox(prefix, client);
-      await client.connect();
-      return { client, inbox };
+    const open = async (prefix: string) => {
+      const opened = await device(gatewayUrl, join(dir, "profiles", prefix), prefix);
+      clients.push(opened.client);
+      return opened;
     };
     const alice = await open("alice");
     const bob = await open("bob");
@@ -161,19 +197,19 @@ describe("switchboard mesh restarts what dies", { skip }, () => {
     await bob.inbox.has("before");
 
     // The only fanout worker: until it is back, nothing reaches bob's open stream.
-    const fanoutPid = listedPid("fanout-0");
+    const fanoutPid = launcher.listedPid("fanout-0");
     assert.ok(alive(fanoutPid), `fanout-0's pid ${fanoutPid} is listed and alive`);
     process.kill(fanoutPid, "SIGKILL");
-    await line(
+    await launcher.line(
       new RegExp(`fanout-0 \\(pid ${fanoutPid}\\) died: signal SIGKILL`),
       "the launcher did not say fanout-0 died",
     );
-    await line(
+    await launcher.line(
       /restarting fanout-0 in [\d.]+ s \(attempt 1\)/,
       "the launcher did not say it restarts fanout-0",
     );
     const fanoutBack = Number(
-      (await line(/fanout-0 is back \(pid (\d+), attempt 1\)/, "fanout-0 did not come back"))[1],
+      (await launcher.line(/fanout-0 is back \(pid (\d+), attempt 1\)/, "fanout-0 did not come back"))[1],
     );
     assert.notEqual(fanoutBack, fanoutPid);
     assert.ok(alive(fanoutBack));
@@ -181,14 +217,14 @@ describe("switchboard mesh restarts what dies", { skip }, () => {
     await bob.inbox.has("after fanout");
 
     // The only gateway: both devices reconnect to its new incarnation on the same port.
-    const gatewayPid = listedPid("gateway-0");
+    const gatewayPid = launcher.listedPid("gateway-0");
     process.kill(gatewayPid, "SIGKILL");
-    await line(
+    await launcher.line(
       new RegExp(`gateway-0 \\(pid ${gatewayPid}\\) died: signal SIGKILL`),
       "no death line for gateway-0",
     );
     const gatewayBack = Number(
-      (await line(/gateway-0 is back \(pid (\d+), attempt 1\)/, "gateway-0 did not come back"))[1],
+      (await launcher.line(/gateway-0 is back \(pid (\d+), attempt 1\)/, "gateway-0 did not come back"))[1],
     );
     assert.notEqual(gatewayBack, gatewayPid);
     await alice.client.send(conversationId, "after gateway");
@@ -201,19 +237,22 @@ describe("switchboard mesh restarts what dies", { skip }, () => {
   });
 
   it("stops every process by PID on SIGTERM, restarting none", async () => {
-    const pids = ["accounts", "presence", "sequencer-0"].map(listedPid);
+    const pids = ["accounts", "presence", "sequencer-0"].map((n) => launcher.listedPid(n));
     const current = (name: string) =>
       Number(
-        [...output.matchAll(new RegExp(`${name} is back \\(pid (\\d+)`, "g"))].at(-1)?.[1] ?? listedPid(name),
+        [...output().matchAll(new RegExp(`${name} is back \\(pid (\\d+)`, "g"))].at(-1)?.[1] ??
+          launcher.listedPid(name),
       );
     pids.push(current("fanout-0"), current("gateway-0"));
-    pids.push(...[...output.matchAll(/^# (?:nats|redis)-server: \S+, pid (\d+)/gm)].map((m) => Number(m[1])));
+    pids.push(
+      ...[...output().matchAll(/^# (?:nats|redis)-server: \S+, pid (\d+)/gm)].map((m) => Number(m[1])),
+    );
     assert.ok(pids.every(alive), `every process runs before the stop: ${pids}`);
-    const before = output.length;
-    launcher!.kill("SIGTERM");
-    const exit = await launcherExit!;
-    assert.deepEqual(exit, { code: 0, signal: null }, output.slice(-3000));
-    const stopping = output.slice(before);
+    const before = output().length;
+    launcher.child.kill("SIGTERM");
+    const exit = await launcher.exit;
+    assert.deepEqual(exit, { code: 0, signal: null }, output().slice(-3000));
+    const stopping = output().slice(before);
     assert.match(stopping, /SIGTERM: stopping the mesh/);
     assert.doesNotMatch(stopping, /died|restarting \S+ in|is back/, stopping);
     assert.deepEqual(
@@ -221,5 +260,69 @@ describe("switchboard mesh restarts what dies", { skip }, () => {
       [],
       `processes left running after the launcher exited; it printed:\n${stopping}`,
     );
+  });
+});
+
+// The cluster test/run.mjs starts (a local Cassandra 5.0 node) or the one named: skipped without
+// one, except under CI=true, where a missing database must be visible.
+const SCYLLA_SKIP =
+  process.env.SCYLLA_CONTACT_POINTS || process.env.CI === "true"
+    ? skip
+    : "SCYLLA_CONTACT_POINTS is not set (node test/run.mjs starts a local Cassandra node for it)";
+
+describe("switchboard mesh --store scylla on the cluster in SCYLLA_CONTACT_POINTS", {
+  skip: SCYLLA_SKIP,
+}, () => {
+  let dir = "";
+  let launcher: Launcher | undefined;
+  const clients: SwitchboardClient[] = [];
+
+  after(async () => {
+    await Promise.all(clients.map((c) => c.close().catch(() => {})));
+    await launcher?.close();
+    if (dir !== "") await rm(dir, { recursive: true, force: true });
+  });
+
+  it("migrates the schema once, runs every process on the shared store and delivers", async () => {
+    if (!process.env.SCYLLA_CONTACT_POINTS)
+      throw new Error("CI=true requires a CQL database: SCYLLA_CONTACT_POINTS");
+    dir = await mkdtemp(join(tmpdir(), "sb-mesh-scylla-"));
+    // A keyspace of its own: other suites share the cluster.
+    const keyspace = `mesh_launcher_${process.pid}_${Date.now()}`;
+    launcher = new Launcher(
+      [
+        "--dir",
+        join(dir, "mesh"),
+        "--port",
+        String(await freePort()),
+        "--gateways",
+        "1",
+        "--sequencers",
+        "2",
+        "--fanouts",
+        "1",
+        "--store",
+        "scylla",
+      ],
+      { ...process.env, SCYLLA_KEYSPACE: keyspace, SCYLLA_REPLICATION_FACTOR: "1" },
+    );
+    const gatewayUrl = await launcher.started(180_000);
+    assert.match(launcher.output, /mesh: schema: applied migrations: 0001_conversation_log/);
+    const settings = await readFile(join(dir, "mesh", "settings.txt"), "utf8");
+    for (const name of ["accounts", "sequencer-0", "sequencer-1", "fanout-0", "gateway-0"]) {
+      const block = settings.split(/\n(?=# [\w-]+: roles )/).find((b) => b.startsWith(`# ${name}:`)) ?? "";
+      assert.match(block, /SWITCHBOARD_STORE=scylla/, `${name} runs on the shared store`);
+      assert.match(block, new RegExp(`SCYLLA_KEYSPACE=${keyspace}`), name);
+    }
+    const open = async (prefix: string) => {
+      const opened = await device(gatewayUrl, join(dir, "profiles", prefix), prefix);
+      clients.push(opened.client);
+      return opened;
+    };
+    const alice = await open("alice");
+    const bob = await open("bob");
+    const { conversationId } = await alice.client.openDirect(bob.client.userId);
+    await alice.client.send(conversationId, "on the shared store");
+    await bob.inbox.has("on the shared store");
   });
 });

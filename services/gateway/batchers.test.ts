@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
+import type { CursorUpdate } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
   DeviceCiphertextSchema,
   MessageBodySchema,
@@ -9,7 +10,6 @@ import {
 } from "../../gen/switchboard/v1/entry_pb.js";
 import { wireCodeOf } from "../common/boundary.js";
 import { createLogger } from "../common/log.js";
-import type { CursorUpdate } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { CursorBatcher, SendBatcher } from "./batchers.js";
 
 describe("SendBatcher", () => {

@@ -387,6 +387,8 @@ export class GatewayCore implements SessionHost<Session> {
     clearInterval(this.heartbeat);
     clearInterval(this.routeCheck);
     this.closeStreams();
+    // The beacon would otherwise linger until it expires, showing a gateway that is gone.
+    this.presence.unregisterRoutes({ routes: [this.beacon] }).catch(() => {});
     for (const stop of this.stops.splice(0)) stop();
     await this.cursors.close();
   }

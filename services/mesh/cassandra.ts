@@ -180,6 +180,7 @@ export async function fetchCassandra(
  * (periodic, 10 s) replay stops at the last sync marker, so a SIGKILLed node came back without
  * writes it had acknowledged (8 of 300 in a test here), and a test that kills the database would
  * blame the application for the database's setting; one node has no replica to cover for it.
+ * `auto_snapshot: false`: tests drop a keyspace each, and a snapshot per drop only costs time.
  */
 function cassandraYaml(dir: string, port: number, storagePort: number): string {
   return `cluster_name: switchboard_test
@@ -229,6 +230,7 @@ cas_contention_timeout: 5000ms
 truncate_request_timeout: 60000ms
 request_timeout: 10000ms
 materialized_views_enabled: false
+auto_snapshot: false
 sasi_indexes_enabled: false
 `;
 }

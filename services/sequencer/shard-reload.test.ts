@@ -22,6 +22,9 @@ import { Shard } from "./shard.js";
  * the members from before that commit.
  */
 
+/** Schema changes on a loaded one-node test cluster can outlast the driver's 12 s default. */
+const DDL_TIMEOUT_MS = 120_000;
+
 const SKIPPED =
   "SCYLLA_CONTACT_POINTS is not set; the shard reload test against ScyllaDB did not run " +
   "(node test/run.mjs starts Apache Cassandra 5.0 when Java 17 and Maven are installed)";
@@ -74,7 +77,9 @@ describe("Shard reload on the ScyllaDB engine", { skip: SKIP }, () => {
     await cql?.shutdown();
     if (options === undefined) return;
     const admin = new Client(clientOptions(options, false));
-    await admin.execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`).finally(() => admin.shutdown());
+    await admin
+      .execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`, [], { readTimeout: DDL_TIMEOUT_MS })
+      .finally(() => admin.shutdown());
   });
 
   it("reads members and metadata after the head, so a commit the head completes is in them", async () => {

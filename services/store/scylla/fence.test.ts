@@ -20,6 +20,9 @@ import { Cql, clientOptions, migrateScylla } from "./schema.js";
  * "conflict".
  */
 
+/** Schema changes on a loaded one-node test cluster can outlast the driver's 12 s default. */
+const DDL_TIMEOUT_MS = 120_000;
+
 const SKIPPED =
   "SCYLLA_CONTACT_POINTS is not set; the ScyllaDB fence tests did not run " +
   "(node test/run.mjs starts Apache Cassandra 5.0 when Java 17 and Maven are installed)";
@@ -119,7 +122,9 @@ describe("ScyllaDB fence under two concurrent writers", { skip: SKIP }, () => {
     await b?.close();
     if (options === undefined) return;
     const admin = new Client(clientOptions(options, false));
-    await admin.execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`).finally(() => admin.shutdown());
+    await admin
+      .execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`, [], { readTimeout: DDL_TIMEOUT_MS })
+      .finally(() => admin.shutdown());
   });
 
   /** The two engines, once before() opened them. */

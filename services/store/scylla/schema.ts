@@ -274,6 +274,13 @@ function cqlString(value: string): string {
 }
 
 /**
+ * How DDL runs: unprepared, and allowed to take longer than a query's 12 s. A schema change waits
+ * for the new schema to reach every node (and, on a loaded test node, for flushes); timing out
+ * client-side would fail a migration whose statement then completes anyway.
+ */
+const DDL = { prepare: false, readTimeout: 120_000 };
+
+/**
  * Creates the keyspace when options carry a replication setting, then applies every pending
  * migration in order. Returns the ids applied by this call (empty when the schema was current).
  */
@@ -292,7 +299,7 @@ export async function migrateScylla(options: ScyllaConnectionOptions, log?: Logg
   try {
     await client.connect();
     const cql = new Cql(client);
-    for (const statement of BOOTSTRAP) await client.execute(statement, [], { prepare: false });
+    for (const statement of BOOTSTRAP) await client.execute(statement, [], DDL);
     const owner = randomUUID();
     await acquireLock(cql, owner, log);
     try {
@@ -306,7 +313,7 @@ export async function migrateScylla(options: ScyllaConnectionOptions, log?: Logg
       for (const migration of MIGRATIONS) {
         if (applied.has(migration.id)) continue;
         log?.info({ migration: migration.id }, "applying ScyllaDB migration");
-        for (const statement of migration.statements) await client.execute(statement, [], { prepare: false });
+        for (const statement of migration.statements) await client.execute(statement, [], DDL);
         await cql.lwt(
           "INSERT INTO schema_migrations (id, description, applied_at_ms) VALUES (?, ?, ?) IF NOT EXISTS",
           [migration.id, migration.description, Date.now()],
@@ -351,11 +358,11 @@ async function ensureKeyspace(admin: Client, options: ScyllaConnectionOptions, l
   try {
     // Tablets (the default for new keyspaces since ScyllaDB 6) do not support LWT, which the fence
     // and the account invariants rely on; older ScyllaDB and Cassandra reject the option instead.
-    await admin.execute(`${create} AND tablets = {'enabled': false}`, [], { prepare: false });
+    await admin.execute(`${create} AND tablets = {'enabled': false}`, [], DDL);
   } catch (err) {
     if (!/tablets/i.test(String(err))) throw err;
     log?.info("the cluster does not know tablets; creating the keyspace without the option");
-    await admin.execute(create, [], { prepare: false });
+    await admin.execute(create, [], DDL);
   }
 }
 

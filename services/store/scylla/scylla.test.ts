@@ -29,6 +29,9 @@ import {
   replicationClause,
 } from "./schema.js";
 
+/** Schema changes on a loaded one-node test cluster can outlast the driver's 12 s default. */
+const DDL_TIMEOUT_MS = 120_000;
+
 const SKIPPED =
   "SCYLLA_CONTACT_POINTS is not set; the ScyllaDB conformance suites did not run " +
   "(node test/run.mjs starts Apache Cassandra 5.0 when Java 17 and Maven are installed)";
@@ -63,7 +66,7 @@ describe("ScyllaDB engine against a server", { skip: SKIP }, () => {
     if (options === undefined) return;
     const admin = new Client(clientOptions(options, false));
     try {
-      await admin.execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`);
+      await admin.execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`, [], { readTimeout: DDL_TIMEOUT_MS });
     } finally {
       await admin.shutdown();
     }
@@ -140,7 +143,9 @@ describe("ScyllaDB engine against a server", { skip: SKIP }, () => {
       assert.deepEqual(runs.flat().sort(), MIGRATIONS.map((m) => m.id).sort());
     } finally {
       const admin = new Client(clientOptions(options, false));
-      await admin.execute(`DROP KEYSPACE IF EXISTS ${keyspace}`).finally(() => admin.shutdown());
+      await admin
+        .execute(`DROP KEYSPACE IF EXISTS ${keyspace}`, [], { readTimeout: DDL_TIMEOUT_MS })
+        .finally(() => admin.shutdown());
     }
   });
 });

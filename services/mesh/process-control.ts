@@ -12,7 +12,7 @@ import type { ExitStatus } from "./supervisor.js";
 export function findRoot(): string {
   for (const up of ["../../", "../../../"]) {
     const dir = new URL(up, import.meta.url).pathname;
-    if (existsSync(join(dir, "bin/switchboard.js"))) return dir;
+    if (existsSync(join(dir, "bin/switchboard.js"))) return dir.replace(/\/$/, "");
   }
   throw new Error("cannot find bin/switchboard.js above services/mesh");
 }

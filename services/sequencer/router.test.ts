@@ -195,4 +195,34 @@ describe("shardedSequencerClient over two replicas, each on its own store", () =
     assert.equal(results[1]!.errorCode, 0, results[1]!.errorMessage);
     assert.ok(results[1]!.seq > 0n);
   });
+
+  it("answers the sync state in part while a replica is down, naming it, and fails on a refusal", async () => {
+    const me = users[5]!;
+    const ids = users.slice(0, 5).map((peer) => directConversationId(me, peer));
+    const down = (reason: ConnectError): SequencerClient => ({
+      ...replicas[1]!,
+      getSyncState: () => Promise.reject(reason),
+    });
+    const partial = shardedSequencerClient(
+      [replicas[0]!, down(new ConnectError("connect ECONNREFUSED", Code.Unavailable))],
+      SHARDS,
+    );
+    const sync = await partial.getSyncState({ userId: me, deviceId: device(me) });
+    assert.deepEqual(sync.unansweredReplicas, [1]);
+    assert.deepEqual(
+      sync.conversations.map((c) => c.conversationId).sort(),
+      ids.filter((id) => replicaOf(id, 2, SHARDS) === 0).sort(),
+      "the live replica's conversations, and only those",
+    );
+    // A refusal is an answer, not an outage: the whole call fails with it.
+    const refusing = shardedSequencerClient(
+      [replicas[0]!, down(new ConnectError("no", Code.PermissionDenied))],
+      SHARDS,
+    );
+    await assert.rejects(refusing.getSyncState({ userId: me, deviceId: device(me) }), (err: unknown) => {
+      return ConnectError.from(err).code === Code.PermissionDenied;
+    });
+    const complete = await client.getSyncState({ userId: me, deviceId: device(me) });
+    assert.deepEqual(complete.unansweredReplicas, []);
+  });
 });

@@ -4,6 +4,7 @@ import {
   AppendResponseSchema,
   type AppendResult,
   AppendResultSchema,
+  type ConversationSync,
   FindContactsResponseSchema,
   GetSyncStateResponseSchema,
   ListConversationsResponseSchema,
@@ -164,8 +165,30 @@ export function shardedSequencerClient(
     },
 
     async getSyncState(request, options?: CallOptions) {
-      const answers = await Promise.all(replicas.map((r) => r.getSyncState(request, options)));
-      return create(GetSyncStateResponseSchema, { conversations: answers.flatMap((a) => a.conversations) });
+      // A replica that does not answer must not hide the conversations of those that do: a
+      // reconnecting device gets those now and the rest when the replica is back. Any other
+      // failure (a refusal) fails the whole call.
+      const settled = await Promise.allSettled(replicas.map((r) => r.getSyncState(request, options)));
+      const conversations: ConversationSync[] = [];
+      const unansweredReplicas: number[] = [];
+      for (const [replica, s] of settled.entries()) {
+        if (s.status === "fulfilled") {
+          conversations.push(...s.value.conversations);
+          continue;
+        }
+        const error = ConnectError.from(s.reason);
+        const down =
+          error.code === Code.Unavailable ||
+          error.code === Code.DeadlineExceeded ||
+          isTransportFailure(error);
+        if (!down) throw error;
+        unansweredReplicas.push(replica);
+      }
+      if (unansweredReplicas.length === replicas.length) {
+        const first = ConnectError.from((settled[0] as PromiseRejectedResult).reason);
+        throw new ConnectError(`no sequencer replica answered: ${first.rawMessage}`, Code.Unavailable);
+      }
+      return create(GetSyncStateResponseSchema, { conversations, unansweredReplicas });
     },
 
     async listConversations(request, options?: CallOptions) {

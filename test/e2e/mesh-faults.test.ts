@@ -260,12 +260,9 @@ describe("the mesh when a service a stream depends on fails", { skip }, () => {
     });
   });
 
-  it("a sequencer replica down: a device reconnects and receives the live replica's conversations; the others resume when it returns", {
-    // The gateway takes a partial sync state (services/gateway/session/backlog.ts, partialAnswer)
-    // but the sharded sequencer client (services/sequencer/router.ts) does not give one yet: its
-    // getSyncState fails whole when one replica does not answer, so the stream waits for it.
-    todo: "the sequencer router's getSyncState must answer in part (with `partial`) when a replica is down",
-  }, async () => {
+  // The sharded sequencer client answers getSyncState in part when a replica does not answer
+  // (GetSyncStateResponse.unanswered_replicas), and the gateway pushes what it has meanwhile.
+  it("a sequencer replica down: a device reconnects and receives the live replica's conversations; the others resume when it returns", async () => {
     await withLogs(async () => {
       const live = onReplica(0);
       const dead = onReplica(1);

@@ -20,17 +20,6 @@ interface SyncState {
   complete: boolean;
 }
 
-/**
- * The answer of the replicas that did answer, when a sharded sequencer client's getSyncState
- * failed only in part: it may reject with them attached as `partial` (the conversations of
- * the live replicas). Anything else is a plain failure.
- */
-function partialAnswer(err: unknown): ConversationSync[] | undefined {
-  if (typeof err !== "object" || err === null || !("partial" in err)) return undefined;
-  const partial = (err as { partial: unknown }).partial;
-  return Array.isArray(partial) ? (partial as ConversationSync[]) : undefined;
-}
-
 /** What the stream has pushed of one conversation. */
 interface ConversationProgress {
   /** Every entry up to this seq has been queued to the device. */
@@ -137,10 +126,9 @@ export class Backlog {
     for (let failures = 0; !this.stream.isClosed; failures++) {
       try {
         const state = await host.sequencer.getSyncState({ userId, deviceId });
-        return { conversations: state.conversations, complete: true };
+        // Some replicas did not answer: push what the others named now, the rest later.
+        return { conversations: state.conversations, complete: state.unansweredReplicas.length === 0 };
       } catch (err) {
-        const partial = partialAnswer(err);
-        if (partial !== undefined) return { conversations: partial, complete: false };
         // Logged once per outage of this stream; the stream stays open and sends still work.
         if (failures === 0)
           host.log.warn(

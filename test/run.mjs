@@ -15,6 +15,7 @@
 // skip and say why.
 import { spawn, spawnSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { register } from "tsx/esm/api";
 
@@ -46,26 +47,29 @@ if (files.length === 0) {
 }
 
 register();
-const { startNatsServer, startRedisServer } = await import("../services/mesh/servers.ts");
+const { natsServerBinary, startNatsServer, startRedisServer } = await import("../services/mesh/servers.ts");
 const { CASSANDRA_VERSION, javaProblem, startCassandra } = await import("../services/mesh/cassandra.ts");
 
 const installed = (binary) => spawnSync(binary, ["--version"], { stdio: "ignore" }).error === undefined;
+// nats-server: the pinned release built into the tool cache when there is one, else PATH's.
+const natsAvailable = () => natsServerBinary() !== undefined;
 
 /** Starts the shared backends the environment does not already name; returns how to stop them. */
 async function startSharedBackends(env) {
   const owned = [];
   const wanted = [
-    ["SWITCHBOARD_TEST_NATS_URL", "nats-server", startNatsServer],
-    ["SWITCHBOARD_TEST_REDIS_URL", "redis-server", startRedisServer],
+    ["SWITCHBOARD_TEST_NATS_URL", "nats-server", startNatsServer, natsAvailable],
+    ["SWITCHBOARD_TEST_REDIS_URL", "redis-server", startRedisServer, () => installed("redis-server")],
   ];
-  for (const [variable, binary, start] of wanted) {
+  for (const [variable, binary, start, available] of wanted) {
     if (env[variable] !== undefined) continue;
     // Without the binary the suites that need it skip (or, under CI=true, fail naming the package).
-    if (!installed(binary)) continue;
+    if (!available()) continue;
     const server = await start();
     owned.push(server);
     env[variable] = server.url;
-    console.log(`# ${binary} for the tests: ${server.url} (pid ${server.pid})`);
+    const version = server.version === undefined ? "" : ` ${server.version}`;
+    console.log(`# ${binary}${version} for the tests: ${server.url} (pid ${server.pid})`);
   }
   if (env.SCYLLA_CONTACT_POINTS === undefined && files.some(readsScylla)) {
     // Under CI=true a missing database throws: stop what was started before giving up.
@@ -79,7 +83,14 @@ async function startSharedBackends(env) {
       env.SCYLLA_LOCAL_DC = cassandra.localDataCenter;
     }
   }
-  return () => Promise.all(owned.map((s) => s.stop("SIGTERM")));
+  // A nats-server's JetStream store is this run's own temporary directory: removed with it.
+  return () =>
+    Promise.all(
+      owned.map(async (s) => {
+        await s.stop("SIGTERM");
+        if (s.storeDir !== undefined) await rm(s.storeDir, { recursive: true, force: true });
+      }),
+    );
 }
 
 /**

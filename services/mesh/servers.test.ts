@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
+import { rm } from "node:fs/promises";
 import { afterEach, describe, test } from "node:test";
 import { cachedToolPath, GO_TOOLS, onPath } from "./go-tools.js";
 import { natsServerBinary, startNatsServer } from "./servers.js";
@@ -27,6 +28,7 @@ describe("startNatsServer's choice of binary", () => {
       assert.equal(`v${server.version}`, GO_TOOLS["nats-server"].version);
     } finally {
       await server.stop("SIGTERM");
+      await rm(server.storeDir, { recursive: true, force: true });
     }
   });
 
@@ -41,6 +43,7 @@ describe("startNatsServer's choice of binary", () => {
       assert.match(server.version, /^\d+\.\d+\.\d+/);
     } finally {
       await server.stop("SIGTERM");
+      await rm(server.storeDir, { recursive: true, force: true });
     }
   });
 

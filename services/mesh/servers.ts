@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { existsSync } from "node:fs";
-import { mkdtemp } from "node:fs/promises";
+import { mkdtemp, rm } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -206,7 +206,11 @@ export async function startNatsServer(
     port,
     (url) => pingNats(url, 200),
     options.timeoutMs ?? 10_000,
-  );
+  ).catch(async (err: unknown) => {
+    // A store this call made for a server that never ran is nobody's: remove it.
+    if (options.storeDir === undefined) await rm(storeDir, { recursive: true, force: true });
+    throw err;
+  });
   const version = (await natsVersion(server.url)) ?? "unknown";
   return { ...server, storeDir, binary, version };
 }

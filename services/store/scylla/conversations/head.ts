@@ -11,6 +11,17 @@ import { type Cql, num, type Row } from "../schema.js";
  */
 export const PENDING_GRACE_MS = 15_000;
 
+/**
+ * A process's own observations of pending reservations: when (on this process's monotonic clock,
+ * in milliseconds) it first saw each conversation's current pending_id. Age is never measured
+ * against the writer's clock, which may run ahead (stalling the conversation by the skew) or
+ * behind; see pendingAgeMs.
+ */
+const firstSeen = new Map<string, { pendingId: string; atMs: number }>();
+
+/** Observations kept at most; the oldest is forgotten first (it only restarts that one's count). */
+const MAX_OBSERVED = 10_000;
+
 /** The head row as read. */
 export interface Head {
   /** False before the conversation's first append: the reservation is then an INSERT. */
@@ -23,15 +34,58 @@ export interface Head {
   pendingId: string;
   /** The last seq reserved by the pending commit; 0 for none. */
   pendingLast: number;
-  /** When the pending commit reserved its seqs, in milliseconds since the Unix epoch. */
+  /**
+   * When the pending commit counts as reserved, in milliseconds since the Unix epoch on THIS
+   * process's clock: now minus the reservation's age (pendingAgeMs), so that `Date.now() -
+   * pendingAtMs` is an age measured on one clock. 0 when nothing is pending.
+   */
   pendingAtMs: number;
   /** The pending commit's encoded intent. */
   pending: Uint8Array | undefined;
 }
 
-const HEAD_COLUMNS = "last_seq, commit_ts, pending_id, pending_last, pending, pending_at_ms";
+// WRITETIME(pending_id) is the Paxos ballot's time of the LWT that set it (the database
+// coordinator's clock, in microseconds), and toUnixTimestamp(now()) the reading coordinator's
+// time (milliseconds): both database clocks, neither the writer's.
+const HEAD_COLUMNS =
+  "last_seq, commit_ts, pending_id, pending_last, pending, WRITETIME(pending_id) AS pending_ts, " +
+  "toUnixTimestamp(now()) AS db_now_ms";
 
-function headOf(row: Row | undefined): Head {
+/**
+ * The age of a pending reservation, in milliseconds, measured on one clock at a time and never on
+ * the writer's (its pending_at_ms is ignored):
+ *
+ * - this process's monotonic clock, from the moment it first saw this pending_id on this
+ *   conversation: however wrong any other clock is, a reservation a crashed writer left is
+ *   recovered PENDING_GRACE_MS after a reader first sees it;
+ * - the database's clock: now on the reading coordinator minus the ballot time of the LWT that set
+ *   pending_id, so a process that starts long after a writer died does not wait the grace out
+ *   again. Database nodes run NTP; should one run ahead, a live writer's reservation is claimed
+ *   early, which the claim makes safe (its writer's advance accepts the claim, log.ts).
+ *
+ * The larger of the two counts.
+ */
+function pendingAgeMs(conversationId: string, pendingId: string, row: Row): number {
+  const now = performance.now();
+  const seen = firstSeen.get(conversationId);
+  let observedMs = 0;
+  if (seen !== undefined && seen.pendingId === pendingId) {
+    observedMs = now - seen.atMs;
+  } else {
+    firstSeen.delete(conversationId);
+    firstSeen.set(conversationId, { pendingId, atMs: now });
+    if (firstSeen.size > MAX_OBSERVED) firstSeen.delete(firstSeen.keys().next().value as string);
+  }
+  const ballotMicros = row.get("pending_ts");
+  const dbNowMs = row.get("db_now_ms");
+  const dbMs =
+    ballotMicros === null || ballotMicros === undefined || dbNowMs === null || dbNowMs === undefined
+      ? 0
+      : num(dbNowMs) - num(ballotMicros) / 1000;
+  return Math.max(0, observedMs, dbMs);
+}
+
+function headOf(conversationId: string, row: Row | undefined): Head {
   if (row === undefined) {
     return {
       exists: false,
@@ -44,13 +98,15 @@ function headOf(row: Row | undefined): Head {
     };
   }
   const pending = row.get("pending") as Buffer | null;
+  const pendingId = (row.get("pending_id") as string | null) ?? "";
+  if (pendingId === "") firstSeen.delete(conversationId);
   return {
     exists: true,
     lastSeq: num(row.get("last_seq")),
     commitTs: num(row.get("commit_ts")),
-    pendingId: (row.get("pending_id") as string | null) ?? "",
+    pendingId,
     pendingLast: num(row.get("pending_last")),
-    pendingAtMs: num(row.get("pending_at_ms")),
+    pendingAtMs: pendingId === "" ? 0 : Date.now() - pendingAgeMs(conversationId, pendingId, row),
     pending: pending === null || pending.length === 0 ? undefined : pending,
   };
 }
@@ -58,6 +114,7 @@ function headOf(row: Row | undefined): Head {
 /** Reads the head; serial (LOCAL_SERIAL) also finishes an LWT left half-done on it. */
 export async function readHead(cql: Cql, conversationId: string, serial: boolean): Promise<Head> {
   return headOf(
+    conversationId,
     await cql.one(`SELECT ${HEAD_COLUMNS} FROM log_heads WHERE conversation_id = ?`, [conversationId], {
       serial,
     }),

@@ -1,0 +1,151 @@
+import { strict as assert } from "node:assert";
+import { randomBytes } from "node:crypto";
+import { after, before, describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { Client } from "cassandra-driver";
+import { type Entry, EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
+import { loadScyllaConfig } from "../../common/config.js";
+import type { ConversationWrite, StoreEngine } from "../types.js";
+import { PENDING_GRACE_MS, readHead } from "./conversations/head.js";
+import { ConversationLog } from "./conversations/log.js";
+import { CommitRows } from "./conversations/rows.js";
+import { openScyllaStore, type ScyllaOptions } from "./engine.js";
+import { Cql, clientOptions, migrateScylla } from "./schema.js";
+
+/**
+ * The engine's edges a review found on paper, each run against the real database: clocks that
+ * disagree, a read in the middle of a commit, conditional writes whose outcome is unknown.
+ */
+
+/** Schema changes on a loaded one-node test cluster can outlast the driver's 12 s default. */
+const DDL_TIMEOUT_MS = 120_000;
+
+const SKIPPED =
+  "SCYLLA_CONTACT_POINTS is not set; the ScyllaDB edge tests did not run " +
+  "(node test/run.mjs starts Apache Cassandra 5.0 when Java 17 and Maven are installed)";
+// Skips here, or fails under CI=true: a missing database must be visible.
+const SKIP = process.env.SCYLLA_CONTACT_POINTS || process.env.CI === "true" ? false : SKIPPED;
+if (SKIP) console.log(SKIPPED);
+
+const BUCKET_SIZE = 4;
+
+const conversationId = (): string => `g_edge_${randomBytes(6).toString("hex")}`;
+
+function message(id: string, seq: number, n: number): Entry {
+  return create(EntrySchema, {
+    conversationId: id,
+    seq: BigInt(seq),
+    senderUserId: "u_a",
+    senderDeviceId: "dv_a",
+    clientMsgId: `m-${n}`,
+    serverTimeMs: 1_700_000_000_000n + BigInt(seq),
+    body: {
+      case: "message",
+      value: create(MessageBodySchema, { payload: new TextEncoder().encode(`m-${n}`) }),
+    },
+  });
+}
+
+/** Appends seqs from..to with their idempotency records. */
+function appendWrite(id: string, from: number, to: number): ConversationWrite {
+  const entries = Array.from({ length: to - from + 1 }, (_, i) => message(id, from + i, from + i));
+  return {
+    conversationId: id,
+    append: entries,
+    idempotency: entries.map((e) => ({
+      deviceId: e.senderDeviceId,
+      clientMsgId: e.clientMsgId,
+      seq: Number(e.seq),
+    })),
+  };
+}
+
+/** Runs fn with this process's wall clock moved by offsetMs (a writer whose clock is wrong). */
+async function withClockOffset<T>(offsetMs: number, fn: () => Promise<T>): Promise<T> {
+  const real = Date.now;
+  Date.now = () => real() + offsetMs;
+  try {
+    return await fn();
+  } finally {
+    Date.now = real;
+  }
+}
+
+/** Rejects with `message` if `promise` has not settled within ms (a liveness bound, not a timing check). */
+function within<T>(promise: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const bound = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
+}
+
+describe("ScyllaDB engine's edges", { skip: SKIP }, () => {
+  let options: ScyllaOptions;
+  let store: StoreEngine | undefined;
+  let client: Client | undefined;
+
+  before(async () => {
+    if (!process.env.SCYLLA_CONTACT_POINTS) throw new Error(`CI=true requires a CQL database: ${SKIPPED}`);
+    const fromEnv = loadScyllaConfig(process.env);
+    options = {
+      ...fromEnv,
+      keyspace: `switchboard_edges_${randomBytes(6).toString("hex")}`,
+      replicationFactor: fromEnv.replicationFactor ?? 1,
+      bucketSize: BUCKET_SIZE,
+    };
+    await migrateScylla(options);
+    store = await openScyllaStore(options);
+    client = new Client(clientOptions(options, true));
+  });
+
+  after(async () => {
+    await store?.close();
+    await client?.shutdown();
+    if (options === undefined) return;
+    const admin = new Client(clientOptions(options, false));
+    await admin
+      .execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`, [], { readTimeout: DDL_TIMEOUT_MS })
+      .finally(() => admin.shutdown());
+  });
+
+  const engine = (): { store: StoreEngine; cql: Cql } => {
+    assert.ok(store !== undefined && client !== undefined);
+    return { store, cql: new Cql(client) };
+  };
+
+  it("a crashed writer whose clock ran an hour ahead blocks its conversation only for the grace period", async () => {
+    const { store, cql } = engine();
+    const id = conversationId();
+    await store.conversations.commit([appendWrite(id, 1, 1)]);
+    // The writer reserves seq 2 with its clock an hour ahead, then dies before writing anything.
+    class Crashing extends CommitRows {
+      override async apply(): Promise<void> {
+        throw new Error("the writer crashed");
+      }
+    }
+    const writer = new ConversationLog(
+      cql,
+      new Crashing(cql, { bucketSize: BUCKET_SIZE, entryTtlSeconds: 0 }),
+    );
+    await assert.rejects(
+      withClockOffset(3_600_000, () => writer.commit([appendWrite(id, 2, 2)])),
+      /the writer crashed/,
+    );
+    // On the reader's clock the reservation is not in the future, whatever the writer's said.
+    const head = await readHead(cql, id, true);
+    assert.notEqual(head.pendingId, "");
+    assert.ok(
+      head.pendingAtMs <= Date.now(),
+      `the reservation's age is measured on the writer's clock: ${head.pendingAtMs - Date.now()} ms ahead`,
+    );
+    // Another process completes it once the grace period has passed since it first saw it.
+    const last = await within(
+      store.conversations.getLastSeq(id),
+      PENDING_GRACE_MS + 30_000,
+      "the conversation stayed blocked well past the grace period",
+    );
+    assert.equal(last, 2);
+    assert.equal(await store.conversations.getIdempotency(id, "dv_a", "m-2"), 2);
+  });
+});

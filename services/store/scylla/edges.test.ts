@@ -8,9 +8,10 @@ import { loadScyllaConfig } from "../../common/config.js";
 import type { ConversationWrite, StoreEngine } from "../types.js";
 import { PENDING_GRACE_MS, readHead } from "./conversations/head.js";
 import { ConversationLog } from "./conversations/log.js";
+import { ConversationReads } from "./conversations/reads.js";
 import { CommitRows } from "./conversations/rows.js";
 import { openScyllaStore, type ScyllaOptions } from "./engine.js";
-import { Cql, clientOptions, migrateScylla } from "./schema.js";
+import { Cql, clientOptions, migrateScylla, type Row, type RunOptions } from "./schema.js";
 
 /**
  * The engine's edges a review found on paper, each run against the real database: clocks that
@@ -69,6 +70,15 @@ async function withClockOffset<T>(offsetMs: number, fn: () => Promise<T>): Promi
   } finally {
     Date.now = real;
   }
+}
+
+/** A promise and the function that resolves it. */
+function signal(): { promise: Promise<void>; resolve: () => void } {
+  let resolve!: () => void;
+  const promise = new Promise<void>((r) => {
+    resolve = r;
+  });
+  return { promise, resolve };
 }
 
 /** Rejects with `message` if `promise` has not settled within ms (a liveness bound, not a timing check). */
@@ -147,5 +157,57 @@ describe("ScyllaDB engine's edges", { skip: SKIP }, () => {
     );
     assert.equal(last, 2);
     assert.equal(await store.conversations.getIdempotency(id, "dv_a", "m-2"), 2);
+  });
+
+  it("a read in the middle of a commit sees a prefix of it, never a hole between bucket slices", async () => {
+    const { store, cql } = engine();
+    const id = conversationId();
+    await store.conversations.commit([appendWrite(id, 1, 1)]);
+    // The writer appends 2..9: slices [2, 3] (bucket 0), [4..7] (bucket 1), [8, 9] (bucket 2),
+    // written one after another. Its first slice waits until the reader has read bucket 0.
+    const firstSliceHeld = signal();
+    const readerReadBucket0 = signal();
+    const secondSliceWritten = signal();
+    let slices = 0;
+    class WriterCql extends Cql {
+      override async batch(queries: { query: string; params: unknown[] }[], options: RunOptions = {}) {
+        const isSlice = queries[0]?.query.includes("log_entries") === true;
+        const n = isSlice ? ++slices : 0;
+        if (n === 1) {
+          firstSliceHeld.resolve();
+          await readerReadBucket0.promise;
+        }
+        const result = await super.batch(queries, options);
+        if (n === 2) secondSliceWritten.resolve();
+        return result;
+      }
+    }
+    class ReaderCql extends Cql {
+      override async *pages(query: string, params: unknown[], options: RunOptions = {}): AsyncGenerator<Row> {
+        yield* super.pages(query, params, options);
+        if (query.includes("log_entries") && params[1] === 0) {
+          // Bucket 0 is read: the writer's first two slices land before bucket 1 is.
+          readerReadBucket0.resolve();
+          await secondSliceWritten.promise;
+        }
+      }
+    }
+    const settings = { bucketSize: BUCKET_SIZE, entryTtlSeconds: 0 };
+    const writerCql = new WriterCql(cql.client);
+    const writer = new ConversationLog(writerCql, new CommitRows(writerCql, settings));
+    const committed = writer.commit([appendWrite(id, 2, 9)]);
+    await firstSliceHeld.promise;
+    const seen = await new ConversationReads(new ReaderCql(cql.client), settings).readEntries(id, 0, 100);
+    await committed;
+    const seqs = seen.map((e) => Number(e.seq));
+    assert.deepEqual(
+      seqs,
+      Array.from({ length: seqs.length }, (_, i) => i + 1),
+      `the read returned a hole: ${seqs.join(", ")}`,
+    );
+    assert.deepEqual(
+      (await store.conversations.readEntries(id, 0, 100)).map((e) => Number(e.seq)),
+      [1, 2, 3, 4, 5, 6, 7, 8, 9],
+    );
   });
 });

@@ -63,6 +63,11 @@ export class ConversationReads {
     const bound = Math.max(head.lastSeq, head.pendingLast);
     const out: Entry[] = [];
     if (start > bound) return out;
+    // Above the committed head the entries are a commit's, written bucket slice by bucket slice
+    // while this read walks the buckets: a slice may land after its bucket was read and before
+    // the next bucket is, so the read stops at the first missing seq there instead of returning
+    // a hole. Below the head every seq was written; a missing one is the entry TTL's doing.
+    let expected = Math.max(head.lastSeq, start - 1) + 1;
     // Walking bucket by bucket up to the head, rather than stopping at the first short bucket,
     // also steps over buckets emptied by the entry TTL.
     const { bucketSize } = this.settings;
@@ -72,9 +77,17 @@ export class ConversationReads {
         "SELECT entry FROM log_entries WHERE conversation_id = ? AND bucket = ? AND seq >= ? LIMIT ?",
         [conversationId, bucket, from, want - out.length],
       )) {
-        out.push(decodeEntry(row.get("entry") as Buffer));
+        const entry = decodeEntry(row.get("entry") as Buffer);
+        const seq = Number(entry.seq);
+        if (seq > head.lastSeq) {
+          if (seq !== expected) return out;
+          expected++;
+        }
+        out.push(entry);
       }
       if (out.length >= want) break;
+      // The pending commit's next slice is not written yet: nothing later is readable either.
+      if (expected <= Math.min(bound, (bucket + 1) * bucketSize - 1)) return out;
     }
     return out;
   }

@@ -11,6 +11,7 @@ import type {
   PushRegistration,
   UserRecord,
 } from "../types.js";
+import { unknownOutcome } from "./outcome.js";
 import { type Cql, num, type Row, sleep } from "./schema.js";
 
 /**
@@ -131,6 +132,9 @@ export class ScyllaAccountStore implements AccountStore {
    * The username claim is the commit point and comes first, so a losing registration writes
    * nothing. The user row comes last: a crash in between leaves a claim without a user, which
    * getUserByUsername does not show and a later registration may take over after CLAIM_GRACE_MS.
+   * A conditional write that times out is read back (see decided), so a timeout whose write did
+   * apply carries on, and one whose write did not is undone like any refusal: no username stays
+   * held and no device half-written for the client's retry to trip over.
    */
   async createUser(user: UserRecord, firstDevice: DeviceRecord): Promise<void> {
     if (firstDevice.userId !== user.userId) {
@@ -143,30 +147,40 @@ export class ScyllaAccountStore implements AccountStore {
     try {
       await this.claimDeviceId(firstDevice);
       try {
-        const result = await this.cql.lwtBatch([
-          {
-            query: `INSERT INTO user_devices (user_id, created_at_ms, device_id, version)
+        const applied = await this.decided(
+          () =>
+            this.cql.lwtBatch([
+              {
+                query: `INSERT INTO user_devices (user_id, created_at_ms, device_id, version)
               VALUES (?, ${VERSION_CREATED_AT}, '${VERSION_DEVICE_ID}', 1) IF NOT EXISTS`,
-            params: [user.userId],
-          },
-          { query: INSERT_DEVICE, params: deviceParams(firstDevice) },
-        ]);
-        if (!result.wasApplied()) throw new StoreError("already_exists", `user ${user.userId} exists`);
+                params: [user.userId],
+              },
+              { query: INSERT_DEVICE, params: deviceParams(firstDevice) },
+            ]),
+          () => this.hasDeviceRow(firstDevice),
+        );
+        if (!applied) throw new StoreError("already_exists", `user ${user.userId} exists`);
       } catch (err) {
         released.push(this.releaseDeviceId(firstDevice));
         throw err;
       }
     } catch (err) {
-      released.push(
-        this.cql.lwt("DELETE FROM usernames WHERE username = ? IF user_id = ?", [user.username, user.userId]),
-      );
+      released.push(this.releaseUsername(user));
       await Promise.allSettled(released);
       throw err;
     }
-    await this.cql.run(
-      "INSERT INTO users (user_id, username, display_name, created_at_ms) VALUES (?, ?, ?, ?)",
-      [user.userId, user.username, user.displayName, user.createdAtMs],
-    );
+    const insertUser = () =>
+      this.cql.run("INSERT INTO users (user_id, username, display_name, created_at_ms) VALUES (?, ?, ?, ?)", [
+        user.userId,
+        user.username,
+        user.displayName,
+        user.createdAtMs,
+      ]);
+    // A plain insert is idempotent: one whose outcome is unknown is simply written again.
+    await insertUser().catch((err: unknown) => {
+      if (!unknownOutcome(err)) throw err;
+      return insertUser();
+    });
   }
 
   async getUser(userId: string): Promise<UserRecord | undefined> {
@@ -211,15 +225,20 @@ export class ScyllaAccountStore implements AccountStore {
           throw new StoreError("limit", `user ${device.userId} already has ${active} active devices`);
         }
         // The version moves with every device added, so the count above still holds if it applies.
-        const result = await this.cql.lwtBatch([
-          {
-            query: `UPDATE user_devices SET version = ? WHERE user_id = ? AND created_at_ms = ${VERSION_CREATED_AT}
+        const applied = await this.decided(
+          () =>
+            this.cql.lwtBatch([
+              {
+                query: `UPDATE user_devices SET version = ? WHERE user_id = ? AND created_at_ms = ${VERSION_CREATED_AT}
               AND device_id = '${VERSION_DEVICE_ID}' IF version = ?`,
-            params: [version + 1, device.userId, version],
-          },
-          { query: INSERT_DEVICE, params: deviceParams(device) },
-        ]);
-        if (result.wasApplied()) return;
+                params: [version + 1, device.userId, version],
+              },
+              { query: INSERT_DEVICE, params: deviceParams(device) },
+            ]),
+          // The device id is this call's (claimed above), so its row exists only if this applied.
+          () => this.hasDeviceRow(device),
+        );
+        if (applied) return;
         await sleep(Math.random() * 10 * (attempt + 1));
       }
       throw new Error(`adding a device to ${device.userId} kept losing to concurrent changes`);
@@ -445,39 +464,137 @@ export class ScyllaAccountStore implements AccountStore {
     return record;
   }
 
-  private async claimUsername(user: UserRecord): Promise<void> {
-    const claimed = await this.cql.lwt(
-      "INSERT INTO usernames (username, user_id, claimed_at_ms) VALUES (?, ?, ?) IF NOT EXISTS",
-      [user.username, user.userId, Date.now()],
+  /**
+   * Runs a conditional write and says whether it applied. When it fails with an unknown outcome
+   * (outcome.ts), `readBack` (a LOCAL_SERIAL read, which settles any Paxos round left in flight)
+   * says whether it applied after all; if even that fails, the write's own error is thrown.
+   * `refused` receives the result of a write that was refused (the row an IF found there).
+   */
+  private async decided(
+    write: () => Promise<{ wasApplied(): boolean; rows?: Row[] }>,
+    readBack: () => Promise<boolean>,
+    refused?: (rows: Row[] | undefined) => void,
+  ): Promise<boolean> {
+    let result: { wasApplied(): boolean; rows?: Row[] };
+    try {
+      result = await write();
+    } catch (err) {
+      if (!unknownOutcome(err)) throw err;
+      let applied: boolean;
+      try {
+        applied = await readBack();
+      } catch {
+        throw err;
+      }
+      // Not applied, and now it never will be: the caller's timeout stands, nothing is held.
+      if (!applied) throw err;
+      return true;
+    }
+    if (!result.wasApplied()) refused?.(result.rows);
+    return result.wasApplied();
+  }
+
+  /** The user id holding a username, read at LOCAL_SERIAL. */
+  private async usernameHolder(username: string): Promise<string | undefined> {
+    const row = await this.cql.one("SELECT user_id FROM usernames WHERE username = ?", [username], {
+      serial: true,
+    });
+    return (row?.get("user_id") as string | null | undefined) ?? undefined;
+  }
+
+  /** True if the device's row is in its user's partition, read at LOCAL_SERIAL. */
+  private async hasDeviceRow(device: DeviceRecord): Promise<boolean> {
+    const row = await this.cql.one(
+      "SELECT device_id FROM user_devices WHERE user_id = ? AND created_at_ms = ? AND device_id = ?",
+      [device.userId, device.createdAtMs, device.deviceId],
+      { serial: true },
     );
-    if (claimed.wasApplied()) return;
+    return row !== undefined;
+  }
+
+  /** True if the device id points at this device, read at LOCAL_SERIAL. */
+  private async holdsDeviceId(device: DeviceRecord): Promise<boolean> {
+    const row = await this.cql.one(
+      "SELECT user_id, created_at_ms FROM devices_by_id WHERE device_id = ?",
+      [device.deviceId],
+      { serial: true },
+    );
+    return (
+      row !== undefined &&
+      row.get("user_id") === device.userId &&
+      num(row.get("created_at_ms")) === device.createdAtMs
+    );
+  }
+
+  private async claimUsername(user: UserRecord): Promise<void> {
+    const refusal: { holder?: Row | undefined } = {};
+    const claimed = await this.decided(
+      () =>
+        this.cql.lwt(
+          "INSERT INTO usernames (username, user_id, claimed_at_ms) VALUES (?, ?, ?) IF NOT EXISTS",
+          [user.username, user.userId, Date.now()],
+        ),
+      async () => (await this.usernameHolder(user.username)) === user.userId,
+      // A failed conditional insert returns the row that is there.
+      (rows) => {
+        refusal.holder = rows?.[0];
+      },
+    );
+    if (claimed) return;
     const taken = new StoreError("already_exists", `username ${user.username} is taken`);
-    // A failed conditional insert returns the row that is there.
-    const holder = claimed.rows?.[0];
+    const holder = refusal.holder;
     const holderId = holder?.get("user_id") as string | null | undefined;
     if (holder === undefined || holderId === null || holderId === undefined) throw taken;
     if (Date.now() - num(holder.get("claimed_at_ms")) < CLAIM_GRACE_MS) throw taken;
     if ((await this.getUser(holderId)) !== undefined) throw taken;
-    const takeover = await this.cql.lwt(
-      "UPDATE usernames SET user_id = ?, claimed_at_ms = ? WHERE username = ? IF user_id = ?",
-      [user.userId, Date.now(), user.username, holderId],
+    const takeover = await this.decided(
+      () =>
+        this.cql.lwt(
+          "UPDATE usernames SET user_id = ?, claimed_at_ms = ? WHERE username = ? IF user_id = ?",
+          [user.userId, Date.now(), user.username, holderId],
+        ),
+      async () => (await this.usernameHolder(user.username)) === user.userId,
     );
-    if (!takeover.wasApplied()) throw taken;
+    if (!takeover) throw taken;
+  }
+
+  /** Gives back a username this registration claimed; with an unknown outcome, tries once more. */
+  private async releaseUsername(user: UserRecord): Promise<void> {
+    const release = () =>
+      this.cql.lwt("DELETE FROM usernames WHERE username = ? IF user_id = ?", [user.username, user.userId]);
+    await this.decided(release, async () => (await this.usernameHolder(user.username)) !== user.userId).catch(
+      async (err: unknown) => {
+        if (!unknownOutcome(err)) throw err;
+        await release();
+      },
+    );
   }
 
   private async claimDeviceId(device: DeviceRecord): Promise<void> {
-    const result = await this.cql.lwt(
-      "INSERT INTO devices_by_id (device_id, user_id, created_at_ms) VALUES (?, ?, ?) IF NOT EXISTS",
-      [device.deviceId, device.userId, device.createdAtMs],
+    const claimed = await this.decided(
+      () =>
+        this.cql.lwt(
+          "INSERT INTO devices_by_id (device_id, user_id, created_at_ms) VALUES (?, ?, ?) IF NOT EXISTS",
+          [device.deviceId, device.userId, device.createdAtMs],
+        ),
+      () => this.holdsDeviceId(device),
     );
-    if (!result.wasApplied()) throw new StoreError("already_exists", `device ${device.deviceId} exists`);
+    if (!claimed) throw new StoreError("already_exists", `device ${device.deviceId} exists`);
   }
 
-  private releaseDeviceId(device: DeviceRecord): Promise<unknown> {
-    return this.cql.lwt("DELETE FROM devices_by_id WHERE device_id = ? IF user_id = ?", [
-      device.deviceId,
-      device.userId,
-    ]);
+  /** Gives back a device id this call claimed; with an unknown outcome, tries once more. */
+  private async releaseDeviceId(device: DeviceRecord): Promise<void> {
+    const release = () =>
+      this.cql.lwt("DELETE FROM devices_by_id WHERE device_id = ? IF user_id = ?", [
+        device.deviceId,
+        device.userId,
+      ]);
+    await this.decided(release, async () => !(await this.holdsDeviceId(device))).catch(
+      async (err: unknown) => {
+        if (!unknownOutcome(err)) throw err;
+        await release();
+      },
+    );
   }
 
   private async pointer(deviceId: string): Promise<DevicePointer | undefined> {

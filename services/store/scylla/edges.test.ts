@@ -2,10 +2,11 @@ import { strict as assert } from "node:assert";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Client } from "cassandra-driver";
+import { Client, errors, types } from "cassandra-driver";
 import { type Entry, EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { loadScyllaConfig } from "../../common/config.js";
-import type { ConversationWrite, StoreEngine } from "../types.js";
+import type { ConversationWrite, DeviceRecord, StoreEngine, UserRecord } from "../types.js";
+import { ScyllaAccountStore } from "./accounts.js";
 import { PENDING_GRACE_MS, readHead } from "./conversations/head.js";
 import { ConversationLog } from "./conversations/log.js";
 import { ConversationReads } from "./conversations/reads.js";
@@ -69,6 +70,47 @@ async function withClockOffset<T>(offsetMs: number, fn: () => Promise<T>): Promi
     return await fn();
   } finally {
     Date.now = real;
+  }
+}
+
+/** What a faulty connection does to the next conditional write whose text contains `match`. */
+interface Fault {
+  match: string;
+  /** "before": fails without sending it; "after": sends it, then fails as if the answer was lost. */
+  when: "before" | "after";
+}
+
+/** The driver's error for an LWT whose Paxos round timed out: outcome unknown. */
+function casTimeout(): Error {
+  const err = new errors.ResponseError(
+    types.responseErrorCodes.writeTimeout,
+    "Server timeout during write query at consistency LOCAL_SERIAL (0 replica(s) acknowledged the write over 1 required)",
+  );
+  Object.assign(err, { writeType: "CAS" });
+  return err;
+}
+
+/** A connection whose conditional writes time out as `faults` say, each fault once. */
+class FaultyCql extends Cql {
+  readonly faults: Fault[] = [];
+
+  override lwt(query: string, params: unknown[]): Promise<types.ResultSet> {
+    return this.faulty([query], () => super.lwt(query, params));
+  }
+
+  override lwtBatch(queries: { query: string; params: unknown[] }[]): Promise<types.ResultSet> {
+    return this.faulty(
+      queries.map((q) => q.query),
+      () => super.lwtBatch(queries),
+    );
+  }
+
+  private async faulty(texts: string[], send: () => Promise<types.ResultSet>): Promise<types.ResultSet> {
+    const i = this.faults.findIndex((f) => texts.some((t) => t.includes(f.match)));
+    if (i < 0) return send();
+    const [fault] = this.faults.splice(i, 1);
+    if (fault!.when === "after") await send();
+    throw casTimeout();
   }
 }
 
@@ -209,5 +251,99 @@ describe("ScyllaDB engine's edges", { skip: SKIP }, () => {
       (await store.conversations.readEntries(id, 0, 100)).map((e) => Number(e.seq)),
       [1, 2, 3, 4, 5, 6, 7, 8, 9],
     );
+  });
+
+  describe("conditional writes that time out with an unknown outcome", () => {
+    const accounts = (): { store: ScyllaAccountStore; cql: FaultyCql } => {
+      assert.ok(client !== undefined);
+      const cql = new FaultyCql(client);
+      return { store: new ScyllaAccountStore(cql), cql };
+    };
+    const suffix = (): string => randomBytes(5).toString("hex");
+    const user = (s: string): UserRecord => ({
+      userId: `u_${s}`,
+      username: `user_${s}`,
+      displayName: "",
+      createdAtMs: 1_700_000_000_000,
+    });
+    const device = (s: string, n: number, createdAtMs = 1_700_000_000_000 + n): DeviceRecord => ({
+      deviceId: `dv_${s}_${n}`,
+      userId: `u_${s}`,
+      name: `device ${n}`,
+      secretHash: "00",
+      createdAtMs,
+      revokedAtMs: 0,
+    });
+
+    it("createUser whose username claim applied but timed out registers the user", async () => {
+      const { store, cql } = accounts();
+      const s = suffix();
+      cql.faults.push({ match: "INSERT INTO usernames", when: "after" });
+      await store.createUser(user(s), device(s, 0));
+      assert.equal((await store.getUserByUsername(`user_${s}`))?.userId, `u_${s}`);
+      assert.equal((await store.getDevice(`dv_${s}_0`))?.userId, `u_${s}`);
+    });
+
+    it("createUser whose first device applied but timed out registers the user, leaving nothing half-made", async () => {
+      const { store, cql } = accounts();
+      const s = suffix();
+      cql.faults.push({ match: "INSERT INTO user_devices", when: "after" });
+      await store.createUser(user(s), device(s, 0));
+      assert.equal((await store.getUserByUsername(`user_${s}`))?.userId, `u_${s}`);
+      assert.deepEqual(
+        (await store.listDevices(`u_${s}`)).map((d) => d.deviceId),
+        [`dv_${s}_0`],
+      );
+      assert.equal((await store.getDevice(`dv_${s}_0`))?.userId, `u_${s}`);
+    });
+
+    it("createUser whose username claim timed out before applying holds nothing: the retry succeeds", async () => {
+      const { store, cql } = accounts();
+      const s = suffix();
+      cql.faults.push({ match: "INSERT INTO usernames", when: "before" });
+      await assert.rejects(store.createUser(user(s), device(s, 0)), /Server timeout/);
+      await store.createUser(user(s), device(s, 0));
+      assert.equal((await store.getUserByUsername(`user_${s}`))?.userId, `u_${s}`);
+    });
+
+    it("addDevice whose device id claim applied but timed out adds the device", async () => {
+      const { store, cql } = accounts();
+      const s = suffix();
+      await store.createUser(user(s), device(s, 0));
+      cql.faults.push({ match: "INSERT INTO devices_by_id", when: "after" });
+      await store.addDevice(device(s, 1), 5);
+      assert.equal((await store.getDevice(`dv_${s}_1`))?.userId, `u_${s}`);
+    });
+
+    it("addDevice whose batch applied but timed out adds the device, with no phantom left", async () => {
+      const { store, cql } = accounts();
+      const s = suffix();
+      await store.createUser(user(s), device(s, 0));
+      cql.faults.push({ match: "SET version", when: "after" });
+      await store.addDevice(device(s, 1), 5);
+      assert.equal(
+        (await store.getDevice(`dv_${s}_1`))?.userId,
+        `u_${s}`,
+        "the device is listed but not found",
+      );
+      assert.deepEqual(
+        (await store.listDevices(`u_${s}`)).map((d) => d.deviceId),
+        [`dv_${s}_0`, `dv_${s}_1`],
+      );
+    });
+
+    it("addDevice whose batch timed out before applying leaves nothing held: the retry succeeds", async () => {
+      const { store, cql } = accounts();
+      const s = suffix();
+      await store.createUser(user(s), device(s, 0));
+      cql.faults.push({ match: "SET version", when: "before" });
+      await assert.rejects(store.addDevice(device(s, 1), 5), /Server timeout/);
+      assert.equal(await store.getDevice(`dv_${s}_1`), undefined);
+      await store.addDevice(device(s, 1), 5);
+      assert.deepEqual(
+        (await store.listDevices(`u_${s}`)).map((d) => d.deviceId),
+        [`dv_${s}_0`, `dv_${s}_1`],
+      );
+    });
   });
 });

@@ -14,6 +14,8 @@ export interface Seen {
   seq: bigint;
   clientMsgId: string;
   kind: string;
+  /** When the app got it, in milliseconds since the epoch (recovery times are measured with it). */
+  atMs: number;
 }
 
 /**
@@ -58,7 +60,7 @@ export class DeviceLog {
       if (last === undefined && e.seq !== 1n) {
         this.violations.push(`${this.name} ${e.conversationId}: first entry has seq ${e.seq}`);
       }
-      list.push({ seq: e.seq, clientMsgId: e.clientMsgId, kind: e.kind });
+      list.push({ seq: e.seq, clientMsgId: e.clientMsgId, kind: e.kind, atMs: Date.now() });
     });
   }
 
@@ -83,7 +85,12 @@ export class TrafficGenerator {
   /** Per conversation: acknowledged client_msg_id -> seq. */
   readonly acked = new Map<string, Map<string, bigint>>();
   /** When each acknowledged send was made and answered, in milliseconds since the epoch. */
-  readonly timings: Array<{ conversationId: string; sentAtMs: number; ackedAtMs: number }> = [];
+  readonly timings: Array<{
+    conversationId: string;
+    clientMsgId: string;
+    sentAtMs: number;
+    ackedAtMs: number;
+  }> = [];
   /** Seqs acknowledged more than once under different ids (a reused seq), or refusals. */
   readonly failures: string[] = [];
   private readonly outstanding = new Map<Promise<unknown>, { conversationId: string; sentAtMs: number }>();
@@ -138,7 +145,12 @@ export class TrafficGenerator {
       .send(stream.conversationId, text)
       .then(
         (r) => {
-          this.timings.push({ conversationId: stream.conversationId, sentAtMs, ackedAtMs: Date.now() });
+          this.timings.push({
+            conversationId: stream.conversationId,
+            clientMsgId: r.clientMsgId,
+            sentAtMs,
+            ackedAtMs: Date.now(),
+          });
           this.record(stream, r.clientMsgId, r.seq);
         },
         (err: unknown) => {

@@ -32,6 +32,7 @@ function fakeCore(log: Entry[], queueFrames: number) {
     sequencer: {
       getSyncState: async () => ({
         conversations: [{ conversationId: CONV, lastSeq: 0n, deliveredUpTo: 0n, joinedSeq: 1n }],
+        unansweredReplicas: [],
       }),
       getHistory: async (req: { afterSeq: bigint; limit: number }) => {
         historyCalls++;

@@ -5,7 +5,7 @@ import { create } from "@bufbuild/protobuf";
 import { Client, errors, types } from "cassandra-driver";
 import { type Entry, EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { loadScyllaConfig } from "../../common/config.js";
-import type { ConversationWrite, DeviceRecord, StoreEngine, UserRecord } from "../types.js";
+import type { ConversationWrite, DeviceRecord, MemberRecord, StoreEngine, UserRecord } from "../types.js";
 import { ScyllaAccountStore } from "./accounts.js";
 import { PENDING_GRACE_MS, readHead } from "./conversations/head.js";
 import { ConversationLog } from "./conversations/log.js";
@@ -251,6 +251,55 @@ describe("ScyllaDB engine's edges", { skip: SKIP }, () => {
       (await store.conversations.readEntries(id, 0, 100)).map((e) => Number(e.seq)),
       [1, 2, 3, 4, 5, 6, 7, 8, 9],
     );
+  });
+
+  it("an unmute, a cursor move and a later commit each win over the one before, though a writer's clock ran ahead", async () => {
+    const { store } = engine();
+    const id = conversationId();
+    const alice = (over: Partial<MemberRecord> = {}): MemberRecord => ({
+      userId: "u_alice",
+      role: "member",
+      joinedSeq: 1,
+      addedAtMs: 1,
+      deliveredUpTo: 0,
+      readUpTo: 0,
+      ...over,
+    });
+    // A writer whose clock runs an hour ahead (another process: its own driver client, whose
+    // timestamps the skew also moves) commits seq 1 and Alice, muted: its cells carry its future
+    // commit timestamp.
+    const skewed = await openScyllaStore(options);
+    try {
+      await withClockOffset(3_600_000, () =>
+        skewed.conversations.commit([
+          { ...appendWrite(id, 1, 1), putMembers: [alice({ mutedUntilMs: 9e12 })] },
+        ]),
+      );
+    } finally {
+      await skewed.close();
+    }
+    assert.equal((await store.conversations.getMembers(id))[0]?.mutedUntilMs, 9e12);
+    // Then, on a correct clock: Alice unmutes (a member write with no append) ...
+    await store.conversations.commit([{ conversationId: id, putMembers: [alice()] }]);
+    assert.equal(
+      (await store.conversations.getMembers(id))[0]?.mutedUntilMs,
+      undefined,
+      "the unmute was lost",
+    );
+    // ... her cursors move ...
+    await store.conversations.saveCursors(
+      [{ conversationId: id, deviceId: "dv_alice", deliveredUpTo: 1, readUpTo: 1 }],
+      [{ conversationId: id, userId: "u_alice", deliveredUpTo: 1, readUpTo: 1 }],
+    );
+    const moved = (await store.conversations.getMembers(id))[0];
+    assert.deepEqual([moved?.deliveredUpTo, moved?.readUpTo], [1, 1], "the cursor move was lost");
+    // ... and a later fenced commit (she becomes an admin) wins over both.
+    await store.conversations.commit([
+      { ...appendWrite(id, 2, 2), putMembers: [alice({ role: "admin", deliveredUpTo: 1, readUpTo: 1 })] },
+    ]);
+    const last = (await store.conversations.getMembers(id))[0];
+    assert.equal(last?.role, "admin", "the commit after them was lost");
+    assert.equal(last?.mutedUntilMs, undefined);
   });
 
   describe("conditional writes that time out with an unknown outcome", () => {

@@ -227,6 +227,19 @@ export const MIGRATIONS: readonly Migration[] = [
         note text)`,
     ],
   },
+  {
+    id: "0007_conversation_clocks",
+    description: "the highest write timestamp of a conversation's unfenced writes, for commits to sort after",
+    statements: [
+      // Written only without LWT, each write's value being its own write timestamp, so the cell
+      // always holds the highest one written (last write wins by timestamp). Apart from log_heads
+      // because a plain write there would create a head row the fence's INSERT ... IF NOT EXISTS
+      // then refuses. See conversations/clock.ts.
+      `CREATE TABLE IF NOT EXISTS conversation_clocks (
+        conversation_id text PRIMARY KEY,
+        plain_ts bigint)`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

@@ -4,6 +4,7 @@
  */
 import type { DeviceCursor, DeviceFloor, MemberCursor } from "../../types.js";
 import { type Cql, num } from "../schema.js";
+import { nextWriteTs } from "./clock.js";
 
 /** The conversation port's cursors and device floors. */
 export class ConversationCursors {
@@ -55,11 +56,17 @@ export class ConversationCursors {
       );
     }
     await Promise.all(
-      [...byPartition.values()].flatMap((statements) => {
+      [...byPartition].map(async ([key, statements]) => {
+        // Member rows are also written by fenced commits: their cursor cells take the
+        // conversation's write clock (clock.ts), so a cursor move is never lost to a commit
+        // stamped ahead of the driver's clock. device_cursors has no other writer.
+        const ts = key.startsWith("m\n")
+          ? { timestampMicros: await nextWriteTs(this.cql, key.slice(2)) }
+          : {};
         const slices: Promise<unknown>[] = [];
         for (let i = 0; i < statements.length; i += 100)
-          slices.push(this.cql.batch(statements.slice(i, i + 100)));
-        return slices;
+          slices.push(this.cql.batch(statements.slice(i, i + 100), ts));
+        await Promise.all(slices);
       }),
     );
   }

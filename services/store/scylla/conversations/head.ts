@@ -28,7 +28,11 @@ export interface Head {
   exists: boolean;
   /** The last committed seq; 0 for none. */
   lastSeq: number;
-  /** The write timestamp of the last commit's cells, in microseconds. */
+  /**
+   * The write timestamp a new commit's cells must sort after, in microseconds: the larger of the
+   * last commit's (log_heads.commit_ts) and the highest unfenced write's to the conversation's
+   * rows (conversation_clocks.plain_ts, see clock.ts). 0 for none.
+   */
   commitTs: number;
   /** The reservation's id; empty when no commit is pending. */
   pendingId: string;
@@ -85,12 +89,12 @@ function pendingAgeMs(conversationId: string, pendingId: string, row: Row): numb
   return Math.max(0, observedMs, dbMs);
 }
 
-function headOf(conversationId: string, row: Row | undefined): Head {
+function headOf(conversationId: string, row: Row | undefined, plainTs: number): Head {
   if (row === undefined) {
     return {
       exists: false,
       lastSeq: 0,
-      commitTs: 0,
+      commitTs: plainTs,
       pendingId: "",
       pendingLast: 0,
       pendingAtMs: 0,
@@ -103,7 +107,7 @@ function headOf(conversationId: string, row: Row | undefined): Head {
   return {
     exists: true,
     lastSeq: num(row.get("last_seq")),
-    commitTs: num(row.get("commit_ts")),
+    commitTs: Math.max(num(row.get("commit_ts")), plainTs),
     pendingId,
     pendingLast: num(row.get("pending_last")),
     pendingAtMs: pendingId === "" ? 0 : Date.now() - pendingAgeMs(conversationId, pendingId, row),
@@ -112,11 +116,31 @@ function headOf(conversationId: string, row: Row | undefined): Head {
 }
 
 /** Reads the head; serial (LOCAL_SERIAL) also finishes an LWT left half-done on it. */
-export async function readHead(cql: Cql, conversationId: string, serial: boolean): Promise<Head> {
-  return headOf(
-    conversationId,
-    await cql.one(`SELECT ${HEAD_COLUMNS} FROM log_heads WHERE conversation_id = ?`, [conversationId], {
+export async function readHead(
+  cql: Cql,
+  conversationId: string,
+  serial: boolean,
+  withClock = true,
+): Promise<Head> {
+  const [row, plainTs] = await Promise.all([
+    cql.one(`SELECT ${HEAD_COLUMNS} FROM log_heads WHERE conversation_id = ?`, [conversationId], {
       serial,
     }),
-  );
+    withClock ? readPlainTs(cql, conversationId) : 0,
+  ]);
+  return headOf(conversationId, row, plainTs);
+}
+
+/** The highest write timestamp of the conversation's unfenced writes (clock.ts), in microseconds. */
+export async function readPlainTs(cql: Cql, conversationId: string): Promise<number> {
+  const row = await cql.one("SELECT plain_ts FROM conversation_clocks WHERE conversation_id = ?", [
+    conversationId,
+  ]);
+  return num(row?.get("plain_ts"));
+}
+
+/** The write timestamp of the conversation's last commit (log_heads.commit_ts), in microseconds. */
+export async function readCommitTs(cql: Cql, conversationId: string): Promise<number> {
+  const row = await cql.one("SELECT commit_ts FROM log_heads WHERE conversation_id = ?", [conversationId]);
+  return num(row?.get("commit_ts"));
 }

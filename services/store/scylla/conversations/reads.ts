@@ -58,7 +58,7 @@ export class ConversationReads {
     if (!(limit >= 1) || Number.isNaN(afterSeq)) return [];
     const want = Math.floor(limit);
     const start = Math.max(0, Math.floor(afterSeq)) + 1;
-    const head = await readHead(this.cql, conversationId, false);
+    const head = await readHead(this.cql, conversationId, false, false);
     // Entries of a reserved commit may already be written; they are never taken back.
     const bound = Math.max(head.lastSeq, head.pendingLast);
     const out: Entry[] = [];

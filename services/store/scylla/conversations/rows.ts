@@ -5,6 +5,7 @@
  */
 import type { ConversationRecord } from "../../types.js";
 import type { Cql } from "../schema.js";
+import { nextWriteTs } from "./clock.js";
 import type { Intent, MemberOp, Plan } from "./intent.js";
 import {
   blob,
@@ -86,15 +87,23 @@ export class CommitRows {
     const ttl = this.settings.entryTtlSeconds;
     const id = p.conversationId;
     const writes: Promise<unknown>[] = [];
+    // Cells that fenced commits also write take the conversation's write clock (clock.ts), never
+    // the driver's: a commit stamped by a writer whose clock ran ahead would otherwise win over
+    // them, and an unmute or a rename after it would be lost.
+    const ts =
+      p.replaced.size > 0 || p.conversation !== undefined || p.members.size > 0
+        ? { timestampMicros: await nextWriteTs(this.cql, id) }
+        : {};
     for (const [seq, bytes] of p.replaced) {
       writes.push(
         this.cql.run(
           "INSERT INTO log_entries (conversation_id, bucket, seq, entry) VALUES (?, ?, ?, ?) USING TTL ?",
           [id, bucketOf(seq, this.settings.bucketSize), seq, blob(bytes), ttl],
+          ts,
         ),
       );
     }
-    if (p.conversation !== undefined) writes.push(this.putConversation(p.conversation, {}));
+    if (p.conversation !== undefined) writes.push(this.putConversation(p.conversation, ts));
     const atMs = Date.now();
     const tsMicros = atMs * 1000;
     for (const k of p.idempotency.values()) {
@@ -113,7 +122,7 @@ export class CommitRows {
         ),
       );
     }
-    for (const op of p.members.values()) writes.push(this.member(id, op, {}));
+    for (const op of p.members.values()) writes.push(this.member(id, op, ts));
     await allOrFirstError(writes);
   }
 

@@ -128,8 +128,29 @@ export interface ConversationWrite {
   removeMembers?: string[];
 }
 
+/** Entries a store committed for a writer that did not finish its commit (see onRecovered). */
+export interface RecoveredCommit {
+  /** The conversation appended to. */
+  conversationId: string;
+  /** The entries the commit appended, ascending by seq. */
+  entries: Entry[];
+}
+
 /** The conversation log, membership, idempotency index and cursors. */
 export interface ConversationStore {
+  /**
+   * The bytes of entries (encoded, appended and rewritten) one commit should carry, at most.
+   * A caller that can split its work at operation boundaries (a sequencer shard's batches) keeps
+   * each commit within it; a single operation larger than it commits alone. Undefined: no bound.
+   */
+  readonly maxCommitBytes?: number;
+  /**
+   * Registers a listener told of every commit this store finished for a writer that did not: the
+   * writer's process died, or its commit failed after part of it was written (ScyllaDB's recovery
+   * of a pending intent). Nobody published those entries' events; the listener does. Engines whose
+   * commits are all or nothing (LMDB) never call it and may leave it out. Returns the unsubscribe.
+   */
+  onRecovered?(listener: (recovered: RecoveredCommit) => void): () => void;
   /**
    * Applies writes atomically and durably. Concurrent calls are group-committed: many callers'
    * writes share one transaction and one fsync.

@@ -26,11 +26,12 @@ import type {
   DeviceFloor,
   MemberCursor,
   MemberRecord,
+  RecoveredCommit,
   UserConversation,
 } from "../types.js";
 import { ConversationCursors } from "./conversations/cursors.js";
 import { IdempotencyExpiry } from "./conversations/expiry.js";
-import type { ConversationSettings } from "./conversations/layout.js";
+import { type ConversationSettings, DEFAULT_MAX_COMMIT_BYTES } from "./conversations/layout.js";
 import { ConversationLog } from "./conversations/log.js";
 import { ConversationReads } from "./conversations/reads.js";
 import { CommitRows } from "./conversations/rows.js";
@@ -41,6 +42,7 @@ export { decodeIntent, encodeIntent, type Intent, type MemberOp } from "./conver
 export {
   bucketOf,
   type ConversationSettings,
+  DEFAULT_MAX_COMMIT_BYTES,
   type EncodedEntry,
   entrySlices,
   shardOf,
@@ -49,12 +51,15 @@ export {
 
 /** The conversation port on ScyllaDB: each call goes to the part that does its job. */
 export class ScyllaConversationStore implements ConversationStore {
+  /** A commit's entries go base64 into one LWT cell (its intent): see ConversationSettings. */
+  readonly maxCommitBytes: number;
   private readonly log: ConversationLog;
   private readonly reads: ConversationReads;
   private readonly cursors: ConversationCursors;
   private readonly expiry: IdempotencyExpiry;
 
   constructor(cql: Cql, settings: ConversationSettings, log?: Logger) {
+    this.maxCommitBytes = settings.maxCommitBytes ?? DEFAULT_MAX_COMMIT_BYTES;
     this.log = new ConversationLog(cql, new CommitRows(cql, settings), log);
     this.reads = new ConversationReads(cql, settings);
     this.cursors = new ConversationCursors(cql);
@@ -63,6 +68,10 @@ export class ScyllaConversationStore implements ConversationStore {
 
   commit(writes: ConversationWrite[]): Promise<void> {
     return this.log.commit(writes);
+  }
+
+  onRecovered(listener: (recovered: RecoveredCommit) => void): () => void {
+    return this.log.onRecovered(listener);
   }
 
   getConversation(conversationId: string): Promise<ConversationRecord | undefined> {

@@ -8,7 +8,8 @@ import { MAX_TTL_SECONDS } from "../../common/config.js";
 import type { Logger } from "../../common/log.js";
 import type { StoreEngine } from "../types.js";
 import { ScyllaAccountStore } from "./accounts.js";
-import { ScyllaConversationStore } from "./conversations.js";
+import { MAX_COMMIT_BYTES_LIMIT } from "./conversations/layout.js";
+import { DEFAULT_MAX_COMMIT_BYTES, ScyllaConversationStore } from "./conversations.js";
 import { ScyllaKeyStore } from "./keys.js";
 import {
   Cql,
@@ -30,6 +31,13 @@ export interface ScyllaOptions extends ScyllaConnectionOptions {
    * on first open and refuses to open with another value.
    */
   bucketSize?: number;
+  /**
+   * Encoded entry bytes one commit carries per conversation, at most, where the committer can split
+   * (default 2 MiB, at most 4 MiB): a sequencer shard closes its batch before passing it, and a
+   * single operation larger than it commits alone. A commit's intent holds these bytes base64 in
+   * one LWT cell, which must stay under the cluster's max_mutation_size (docs/scylla.md).
+   */
+  maxCommitBytes?: number;
   /** Apply migrations when opening. */
   migrate?: boolean;
 }
@@ -46,7 +54,7 @@ export class ScyllaStoreEngine implements StoreEngine {
 
   constructor(
     private readonly client: Client,
-    settings: { bucketSize: number; entryTtlSeconds: number },
+    settings: { bucketSize: number; entryTtlSeconds: number; maxCommitBytes?: number },
     log?: Logger,
   ) {
     const cql = new Cql(client);
@@ -78,6 +86,16 @@ export async function openScyllaStore(options: ScyllaOptions, log?: Logger): Pro
       `entryTtlSeconds must be an integer from 0 to ${MAX_TTL_SECONDS}, got ${entryTtlSeconds}`,
     );
   }
+  const maxCommitBytes = options.maxCommitBytes ?? DEFAULT_MAX_COMMIT_BYTES;
+  if (
+    !Number.isSafeInteger(maxCommitBytes) ||
+    maxCommitBytes < 1 ||
+    maxCommitBytes > MAX_COMMIT_BYTES_LIMIT
+  ) {
+    throw new Error(
+      `maxCommitBytes must be an integer from 1 to ${MAX_COMMIT_BYTES_LIMIT}, got ${maxCommitBytes}`,
+    );
+  }
   if (options.migrate) await migrateScylla(options, log);
   const client = new Client(clientOptions(options, true));
   try {
@@ -92,7 +110,7 @@ export async function openScyllaStore(options: ScyllaOptions, log?: Logger): Pro
     }
     // Where the idempotency expiry scan starts the first time.
     await recordOnce(cql, "idempotency_epoch_ms", Date.now());
-    return new ScyllaStoreEngine(client, { bucketSize, entryTtlSeconds }, log);
+    return new ScyllaStoreEngine(client, { bucketSize, entryTtlSeconds, maxCommitBytes }, log);
   } catch (err) {
     await client.shutdown();
     throw err;

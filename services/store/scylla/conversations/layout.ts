@@ -17,7 +17,33 @@ export interface ConversationSettings {
   bucketSize: number;
   /** TTL of entries and idempotency records, in seconds; 0 keeps them forever. */
   entryTtlSeconds: number;
+  /**
+   * Encoded entry bytes one commit carries per conversation, at most, when the committer can split
+   * its work (the port's maxCommitBytes); DEFAULT_MAX_COMMIT_BYTES when absent.
+   */
+  maxCommitBytes?: number;
 }
+
+/**
+ * Entry bytes per commit unless configured. A commit's intent holds its entries base64-encoded
+ * (4/3 of this) in one LWT cell, which with everything else must stay under MAX_INTENT_BYTES.
+ */
+export const DEFAULT_MAX_COMMIT_BYTES = 2 * 1024 * 1024;
+
+/**
+ * The largest maxCommitBytes accepted: 4/3 of it (base64) stays well under MAX_INTENT_BYTES, with
+ * room for the commit's members and idempotency records.
+ */
+export const MAX_COMMIT_BYTES_LIMIT = 4 * 1024 * 1024;
+
+/**
+ * The largest intent (log_heads.pending) a commit may store, in bytes. Cassandra and ScyllaDB
+ * refuse a mutation over max_mutation_size (commitlog_segment_size / 2: 16 MiB by default), and an
+ * LWT writes the cell twice (the Paxos proposal, then the row); half of that leaves room for both
+ * and for clusters with a smaller segment. An intent over it is refused before anything is
+ * written: it would be refused by the database at every attempt.
+ */
+export const MAX_INTENT_BYTES = 8 * 1024 * 1024;
 
 /** The log partition of a seq: floor(seq / bucketSize). */
 export function bucketOf(seq: number, bucketSize: number): number {

@@ -8,11 +8,11 @@
 import type { Logger } from "../../../common/log.js";
 import { StoreError } from "../../errors.js";
 import { conflict } from "../../records.js";
-import type { ConversationWrite } from "../../types.js";
+import type { ConversationWrite, RecoveredCommit } from "../../types.js";
 import { type Cql, sleep } from "../schema.js";
 import { type Head, PENDING_GRACE_MS, readHead } from "./head.js";
 import { decodeIntent, encodeIntent, type Intent, intentOf, plan } from "./intent.js";
-import { EMPTY } from "./layout.js";
+import { decodeEntry, EMPTY, MAX_INTENT_BYTES } from "./layout.js";
 import { allOrFirstError } from "./parallel.js";
 import type { CommitRows } from "./rows.js";
 
@@ -20,6 +20,8 @@ import type { CommitRows } from "./rows.js";
 export class ConversationLog {
   /** Ids of this process's intents whose commit failed after the reservation. */
   private readonly unfinished = new Set<string>();
+  /** Told of every intent this process completed for a writer that did not (see onRecovered). */
+  private readonly recoveredListeners = new Set<(recovered: RecoveredCommit) => void>();
 
   constructor(
     private readonly cql: Cql,
@@ -54,9 +56,22 @@ export class ConversationLog {
     );
 
     const intents = plans.map((p, i) => (p.firstSeq > 0 ? intentOf(p, heads[i]!.commitTs) : undefined));
+    // Encoded once: the size check and the reservation use the same bytes. An intent the database
+    // would refuse at every attempt is refused here, before anything is written.
+    const encoded = intents.map((intent) => (intent === undefined ? undefined : encodeIntent(intent)));
+    for (const [i, bytes] of encoded.entries()) {
+      if (bytes !== undefined && bytes.length > MAX_INTENT_BYTES) {
+        const intent = intents[i]!;
+        throw new StoreError(
+          "limit",
+          `the commit of seqs ${intent.firstSeq}..${intent.lastSeq} to ${intent.conversationId} is ` +
+            `${bytes.length} bytes as an intent; the limit is ${MAX_INTENT_BYTES} (commit fewer entries at once)`,
+        );
+      }
+    }
     const reservations = await Promise.allSettled(
       intents.map((intent, i) =>
-        intent === undefined ? Promise.resolve() : this.reserve(intent, heads[i]!),
+        intent === undefined ? Promise.resolve() : this.reserve(intent, encoded[i]!, heads[i]!),
       ),
     );
     const refused = reservations.find((r) => r.status === "rejected");
@@ -93,10 +108,18 @@ export class ConversationLog {
     return (await this.settledHead(conversationId, "wait")).lastSeq;
   }
 
+  /**
+   * Registers a listener told of every intent this process completes for a writer that did not
+   * (the port's onRecovered): nobody published its entries' events. Returns the unsubscribe.
+   */
+  onRecovered(listener: (recovered: RecoveredCommit) => void): () => void {
+    this.recoveredListeners.add(listener);
+    return () => this.recoveredListeners.delete(listener);
+  }
+
   /** The fence: takes seqs firstSeq..lastSeq, or refuses with "conflict". */
-  private async reserve(intent: Intent, head: Head): Promise<void> {
+  private async reserve(intent: Intent, pending: Buffer, head: Head): Promise<void> {
     const id = intent.conversationId;
-    const pending = encodeIntent(intent);
     const result = head.exists
       ? await this.cql.lwt(
           `UPDATE log_heads SET pending_id = ?, pending_last = ?, pending = ?, pending_at_ms = ?
@@ -196,7 +219,25 @@ export class ConversationLog {
       "completing a commit its writer left pending",
     );
     await this.rows.apply(intent);
-    await this.advance(intent, claim);
+    // Only the process whose advance ended the reservation tells its listeners: a writer that
+    // advanced first (it was slow, not dead) publishes its events itself.
+    if (await this.advance(intent, claim)) this.tellRecovered(intent);
+  }
+
+  private tellRecovered(intent: Intent): void {
+    if (this.recoveredListeners.size === 0) return;
+    const recovered: RecoveredCommit = {
+      conversationId: intent.conversationId,
+      entries: intent.entries.map((e) => decodeEntry(e.bytes)),
+    };
+    for (const listener of this.recoveredListeners) {
+      try {
+        listener(recovered);
+      } catch (err) {
+        // A listener's bug must not turn a completed recovery into a failed read.
+        this.log?.error({ err, conversationId: intent.conversationId }, "a recovery listener failed");
+      }
+    }
   }
 
   /** Advances the head past an applied intent if its reservation is still `pendingId`. */

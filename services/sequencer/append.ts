@@ -13,6 +13,7 @@ import {
 } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { carries, context, endSpan, startSpan } from "../common/telemetry.js";
+import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationStore } from "../store/types.js";
 import type { ConversationState } from "./conversation.js";
 import {
@@ -23,7 +24,7 @@ import {
 } from "./device-payloads.js";
 import { type ConversationLog, PAGE_MAX } from "./log.js";
 import { type ReplicaShards, requireMember } from "./replica.js";
-import type { Batch } from "./shard.js";
+import type { Batch, Shard } from "./shard.js";
 import type { Appended } from "./types.js";
 
 /** What a delete-for-everyone rewrites: the message and the edits and reactions naming it. */
@@ -129,7 +130,7 @@ export class Appender {
     return this.shards.withState(outgoing.conversationId, async (state, shard) => {
       requireMember(state, item.senderUserId);
       const key = `${item.senderDeviceId}\n${outgoing.clientMsgId}`;
-      const seen = await this.findRecent(state, key, item.senderDeviceId, outgoing.clientMsgId);
+      const seen = await this.findRecent(state, shard, key, item.senderDeviceId, outgoing.clientMsgId);
       if (seen !== undefined) return seen;
       const prepared = await this.prepareBody(state, item.senderUserId, outgoing);
       // The tail must cover everything after the delete's scan (see scanOn); checked again
@@ -148,7 +149,8 @@ export class Appender {
       }
       requireMember(state, item.senderUserId);
       this.requireMembersAsChecked(state, item, outgoing);
-      const batch = shard.batch();
+      // The entry's size decides whether it still fits the open batch (see Shard.batch).
+      const batch = shard.batch(encodedSizeBound(outgoing));
       const entry = this.entries.assign(state, batch, {
         senderUserId: item.senderUserId,
         senderDeviceId: item.senderDeviceId,
@@ -208,6 +210,7 @@ export class Appender {
 
   private async findRecent(
     state: ConversationState,
+    shard: Shard,
     key: string,
     deviceId: string,
     clientMsgId: string,
@@ -219,9 +222,18 @@ export class Appender {
     }
     const seq = await this.store.getIdempotency(state.id, deviceId, clientMsgId);
     if (seq === undefined) return undefined;
-    const entry = await this.entries.entryAt(state, seq);
+    // Past what this state has committed, the entry is another writer's (or a recovery's): only
+    // the store has it, never this state's tail.
+    const entry =
+      seq <= state.committedSeq
+        ? await this.entries.entryAt(state, seq)
+        : (await this.store.readEntries(state.id, seq - 1, 1)).find((e) => Number(e.seq) === seq);
     const result = { seq, serverTimeMs: Number(entry?.serverTimeMs ?? 0n) };
     state.remember(key, { ...result, durable: undefined });
+    // The process that committed it may have died before publishing its event, or the commit was
+    // finished by a recovery or another writer: publishing it again costs a duplicate the
+    // consumers drop, not publishing it costs the recipients their live delivery and push.
+    if (entry !== undefined) shard.republish(entry, state.mutesVersion);
     return result;
   }
 

@@ -1,5 +1,11 @@
+import { create } from "@bufbuild/protobuf";
 import type { Span } from "@opentelemetry/api";
-import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
+import {
+  type BusEvent,
+  BusEventSchema,
+  EntryCommittedSchema,
+} from "../../gen/switchboard/internal/v1/events_pb.js";
+import { type Entry, MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import type { EventBus } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
 import {
@@ -11,6 +17,7 @@ import {
   SpanKind,
   startSpan,
 } from "../common/telemetry.js";
+import type { ConversationStore, RecoveredCommit } from "../store/types.js";
 
 const publishSeconds = lazyInstrument(() =>
   meter().createHistogram("switchboard.bus.publish.duration_seconds", {
@@ -21,6 +28,39 @@ const publishSeconds = lazyInstrument(() =>
     },
   }),
 );
+
+/**
+ * The committed event of an entry whose own event may never have been published (its commit was
+ * finished by a recovery, or failed after part of it was written), rebuilt from the entry alone.
+ * membersVersion defaults to the entry's seq: a conversation's members version is the seq of its
+ * last membership entry, so this is at least the version the entry was committed under and
+ * fanout refreshes a member list older than it. Users a membership entry removed get it too, as
+ * they did from the original event. Consumers tolerate a second copy: the bus drops a repeated
+ * (conversation, seq) message id within its duplicate window, and a gateway stream drops an entry
+ * at or below what it has pushed.
+ */
+export function committedEvent(entry: Entry, membersVersion = Number(entry.seq), mutesVersion = 0): BusEvent {
+  const body = entry.body;
+  const extra =
+    body.case !== "membership"
+      ? []
+      : body.value.action === MembershipAction.REMOVED
+        ? body.value.userIds
+        : body.value.action === MembershipAction.LEFT
+          ? [entry.senderUserId]
+          : [];
+  return create(BusEventSchema, {
+    event: {
+      case: "entryCommitted",
+      value: create(EntryCommittedSchema, {
+        entry,
+        membersVersion: BigInt(membersVersion),
+        extraRecipientUserIds: extra,
+        mutesVersion: BigInt(mutesVersion),
+      }),
+    },
+  });
+}
 
 /** Options of the publish outbox. */
 export interface OutboxOptions {
@@ -71,6 +111,8 @@ export class PublishOutbox {
   private retrying = false;
   private outage = false;
   private closed = false;
+  /** Stores whose recoveries this outbox publishes, and how to stop. */
+  private readonly followed = new Map<ConversationStore, () => void>();
 
   constructor(
     private readonly bus: EventBus,
@@ -131,9 +173,30 @@ export class PublishOutbox {
     );
   }
 
+  /**
+   * Publishes the events of every commit the store finishes for a writer that did not (its
+   * onRecovered): that writer published nothing for them. Once per store, however many shards
+   * ask.
+   */
+  followRecoveries(store: ConversationStore): void {
+    if (store.onRecovered === undefined || this.followed.has(store)) return;
+    this.followed.set(
+      store,
+      store.onRecovered((recovered: RecoveredCommit) => {
+        this.log.info(
+          { conversationId: recovered.conversationId, entries: recovered.entries.length },
+          "publishing the entries of a commit completed for its writer",
+        );
+        this.publish(recovered.entries.map((entry) => committedEvent(entry)));
+      }),
+    );
+  }
+
   /** Stops retrying; whatever still waits is left to the devices' sync from the log. */
   close(): void {
     this.closed = true;
+    for (const stop of this.followed.values()) stop();
+    this.followed.clear();
     if (this.timer !== undefined) clearTimeout(this.timer);
     if (this.waiting.length > 0) {
       this.log.warn(

@@ -4,10 +4,11 @@ import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { carries, endSpan, lazyInstrument, linksFrom, meter, startSpan } from "../common/telemetry.js";
+import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
 import { ConversationState } from "./conversation.js";
 import type { HotStateBudget, StateOwner } from "./hot-state.js";
-import type { PublishOutbox } from "./outbox.js";
+import { committedEvent, type PublishOutbox } from "./outbox.js";
 
 const commitSeconds = lazyInstrument(() =>
   meter().createHistogram("switchboard.store.commit.duration_seconds", {
@@ -42,6 +43,8 @@ export class Batch {
   readonly events: BusEvent[] = [];
   /** The states whose writes are in the batch: their committed seq moves on success. */
   readonly states = new Set<ConversationState>();
+  /** Encoded size of the entries appended and rewritten, in bytes (a bound; see Shard.batch). */
+  bytes = 0;
   /** Settles when the commit does: resolves once durable, rejects (UNAVAILABLE) if it failed. */
   readonly durable: Promise<void>;
   /** Settles `durable` as committed (called by the shard's flush). */
@@ -74,6 +77,7 @@ export class Batch {
     const w = this.write(state);
     w.append ??= [];
     w.append.push(entry);
+    this.bytes += encodedSizeBound(entry);
   }
 
   /**
@@ -82,6 +86,7 @@ export class Batch {
    */
   replace(state: ConversationState, entry: Entry): void {
     const w = this.write(state);
+    this.bytes += encodedSizeBound(entry);
     const appended = w.append?.findIndex((e) => e.seq === entry.seq) ?? -1;
     if (appended >= 0 && w.append) {
       w.append[appended] = entry;
@@ -134,7 +139,9 @@ export class Batch {
  * One logical shard: the conversations whose id hashes to it. It keeps their state in memory,
  * assigns seqs synchronously, and group-commits: while one commit is in flight, new work
  * collects in the next batch. At most one commit per shard is in flight, so a failed commit can
- * never leave a later commit with a seq gap.
+ * never leave a later commit with a seq gap. A batch is closed before it passes the store's
+ * maxCommitBytes (a ScyllaDB commit's entries go into one LWT cell, which the database bounds);
+ * closed batches wait their turn, in order, and a failure refuses every batch behind it too.
  */
 export class Shard implements StateOwner {
   private readonly states = new Map<string, ConversationState>();
@@ -142,6 +149,8 @@ export class Shard implements StateOwner {
   /** Acquires waiting for a load, by conversation: the loaded state is theirs, never evicted. */
   private readonly waiting = new Map<string, number>();
   private open: Batch | undefined;
+  /** Batches closed for size, oldest first; each commits after the one before it. */
+  private readonly sealed: Batch[] = [];
   private committing = false;
   private scheduled = false;
   private closed = false;
@@ -157,7 +166,11 @@ export class Shard implements StateOwner {
     private readonly budget: HotStateBudget,
     /** How long a commit may take before its sends are refused UNAVAILABLE, in milliseconds. */
     private readonly commitTimeoutMs = COMMIT_TIMEOUT_MS,
-  ) {}
+  ) {
+    // Commits the store finishes for a writer that did not (a crashed replica's, found while
+    // loading) have their events published by whoever finishes them.
+    outbox.followRecoveries(store);
+  }
 
   /** Loads (or finds) a conversation's state and marks it busy until release(). */
   async acquire(conversationId: string): Promise<ConversationState> {
@@ -217,18 +230,44 @@ export class Shard implements StateOwner {
     }
   }
 
-  /** The batch that new work joins; its commit is scheduled. */
-  batch(): Batch {
+  /**
+   * The batch that new work joins; its commit is scheduled. `bytes` is what the caller is about
+   * to add (encoded entry bytes, a bound): when the open batch would pass the store's
+   * maxCommitBytes with it, the batch is closed and the work goes into a new one, so commits stay
+   * within the bound whole operations at a time (an operation larger than it commits alone).
+   */
+  batch(bytes = 0): Batch {
     if (this.closed) throw new UnavailableError("sequencer is shutting down");
+    const max = this.store.maxCommitBytes;
+    if (
+      this.open !== undefined &&
+      max !== undefined &&
+      this.open.bytes > 0 &&
+      this.open.bytes + bytes > max
+    ) {
+      this.sealed.push(this.open);
+      this.open = undefined;
+    }
     if (this.open === undefined) this.open = new Batch();
     this.schedule();
     return this.open;
   }
 
+  /**
+   * Publishes again the event of an entry committed earlier, whose own event may have been lost:
+   * a retry answered from the store (its committing process may have died before publishing, or
+   * another writer or a recovery committed it). Consumers drop the duplicate when there is one.
+   */
+  republish(entry: Entry, mutesVersion = 0): void {
+    this.outbox.publish([committedEvent(entry, Number(entry.seq), mutesVersion)]);
+  }
+
   /** Waits for in-flight and pending commits. */
   async drain(): Promise<void> {
-    while (this.open !== undefined || this.committing) {
-      await (this.open?.durable ?? new Promise((r) => setTimeout(r, 1))).catch(() => {});
+    while (this.open !== undefined || this.sealed.length > 0 || this.committing) {
+      await (this.sealed[0]?.durable ?? this.open?.durable ?? new Promise((r) => setTimeout(r, 1))).catch(
+        () => {},
+      );
     }
   }
 
@@ -276,9 +315,11 @@ export class Shard implements StateOwner {
 
   private async flush(): Promise<void> {
     this.scheduled = false;
-    const batch = this.open;
-    if (batch === undefined || this.committing) return;
-    this.open = undefined;
+    if (this.committing) return;
+    // The oldest closed batch first: batches commit in the order their seqs were assigned.
+    const batch = this.sealed.shift() ?? this.open;
+    if (batch === undefined) return;
+    if (batch === this.open) this.open = undefined;
     this.committing = true;
     // One commit serves many sends: its span is a child of the first and links the others.
     const [first, ...others] = batch.traces;
@@ -329,6 +370,9 @@ export class Shard implements StateOwner {
       }
       const { err } = failure;
       endSpan(span, err);
+      // Parts of a failed commit may be durable (a commit to several conversations on ScyllaDB
+      // finishes each on its own): their events are published once the store says which.
+      this.publishDurableParts(batch);
       if (abandoned) {
         // Its sends were refused and its conversations reloaded already; work queued since was
         // sequenced on the reloaded states, not on top of this batch, so it stays.
@@ -359,8 +403,42 @@ export class Shard implements StateOwner {
       );
     } finally {
       this.committing = false;
-      if (this.open !== undefined) this.schedule();
+      if (this.open !== undefined || this.sealed.length > 0) this.schedule();
     }
+  }
+
+  /**
+   * After a failed commit, publishes the events of whatever part of it the store holds: for each
+   * conversation it appended to, the store's head is settled (which completes this process's own
+   * unfinished reservation at once) and the entries of the batch's seqs up to it are published,
+   * as the store has them. In the background: a store that failed may be slow to answer. An entry
+   * published twice (also by the recovery that completed it) is dropped by the consumers.
+   */
+  private publishDurableParts(batch: Batch): void {
+    const ranges = [...batch.writes.values()].flatMap((w) => {
+      const first = w.append?.[0];
+      const last = w.append?.[w.append.length - 1];
+      return first === undefined || last === undefined
+        ? []
+        : [{ id: w.conversationId, first: Number(first.seq), last: Number(last.seq) }];
+    });
+    if (ranges.length === 0) return;
+    void Promise.all(
+      ranges.map(async ({ id, first, last }) => {
+        const upTo = Math.min(last, await this.store.getLastSeq(id));
+        if (upTo < first) return;
+        const entries = await this.store.readEntries(id, first - 1, upTo - first + 1);
+        const durable = entries.filter((e) => Number(e.seq) <= upTo);
+        if (durable.length === 0) return;
+        this.log.info(
+          { shard: this.index, conversationId: id, firstSeq: first, lastSeq: upTo },
+          "publishing the durable part of a failed commit",
+        );
+        this.outbox.publish(durable.map((e) => committedEvent(e)));
+      }),
+    ).catch((err: unknown) =>
+      this.log.warn({ err, shard: this.index }, "could not find the durable part of a failed commit"),
+    );
   }
 
   /**
@@ -370,10 +448,11 @@ export class Shard implements StateOwner {
    */
   private abandon(batch: Batch, refusal: UnavailableError): void {
     batch.reject(refusal);
-    const next = this.open;
+    // Everything behind it was sequenced on top of it: the closed batches and the open one.
+    const behind = [...this.sealed.splice(0), ...(this.open === undefined ? [] : [this.open])];
     this.open = undefined;
-    next?.reject(refusal);
-    for (const state of [...batch.states, ...(next?.states ?? [])]) {
+    for (const next of behind) next.reject(refusal);
+    for (const state of [batch, ...behind].flatMap((b) => [...b.states])) {
       if (this.states.get(state.id) === state) this.states.delete(state.id);
       this.budget.forget(state);
     }

@@ -58,7 +58,9 @@ describe("Shard with a store that stops answering", () => {
       if (held !== undefined && !(await held.wait)) throw new Error("injected: the store gave up");
       return engine.conversations.commit(writes);
     };
-    // A short timeout, so the test does not wait for the real one; nothing asserts on durations.
+    // A short timeout, so the test does not wait for the real 30 s one; nothing asserts on
+    // durations. Long enough that a real commit on a loaded machine never reaches it: only the
+    // commits the gate holds do.
     shard = new Shard(
       0,
       store,
@@ -66,7 +68,7 @@ describe("Shard with a store that stops answering", () => {
       log,
       100,
       new HotStateBudget(64 * 1024 * 1024),
-      50,
+      1000,
     );
   });
   after(async () => {

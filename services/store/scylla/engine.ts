@@ -11,6 +11,7 @@ import { ScyllaAccountStore } from "./accounts.js";
 import { MAX_COMMIT_BYTES_LIMIT } from "./conversations/layout.js";
 import { DEFAULT_MAX_COMMIT_BYTES, ScyllaConversationStore } from "./conversations.js";
 import { ScyllaKeyStore } from "./keys.js";
+import { refusingOutages } from "./outage.js";
 import {
   Cql,
   checkKeyspaceName,
@@ -58,9 +59,10 @@ export class ScyllaStoreEngine implements StoreEngine {
     log?: Logger,
   ) {
     const cql = new Cql(client);
-    this.conversations = new ScyllaConversationStore(cql, settings, log);
-    this.accounts = new ScyllaAccountStore(cql);
-    this.keys = new ScyllaKeyStore(cql);
+    // An unreachable or overloaded cluster is a retryable refusal at every port (outage.ts).
+    this.conversations = refusingOutages(new ScyllaConversationStore(cql, settings, log));
+    this.accounts = refusingOutages(new ScyllaAccountStore(cql));
+    this.keys = refusingOutages(new ScyllaKeyStore(cql));
   }
 
   /**

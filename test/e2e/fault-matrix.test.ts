@@ -395,14 +395,9 @@ describe("fault matrix: the mesh, every process SIGKILLed in turn under traffic"
 
   it("accounts", (t) => roleProcess(t, "accounts"));
 
-  // A todo until the ScyllaDB store classifies the driver's failures: while the node is down (and
-  // for ~13 s after it answers again, the driver's default reconnection backoff), every store call
-  // fails with NoHostAvailableError or a socket error that reaches the boundary unclassified, so
-  // sends are refused INTERNAL for good (the SDK does not retry them) instead of UNAVAILABLE.
-  // Nothing acknowledged is lost meanwhile: every other check of the phase passes.
-  it("the database (the mesh's own Cassandra node), restarted on its files", {
-    todo: "sends are refused INTERNAL, not UNAVAILABLE, while the database is unreachable (services/store/scylla passes driver errors up unclassified)",
-  }, async (t) => {
+  // While the node is down every store call fails; the engine refuses them UNAVAILABLE
+  // (services/store/scylla/outage.ts), which the SDK retries, so nothing is refused for good.
+  it("the database (the mesh's own Cassandra node), restarted on its files", async (t) => {
     if (noJava !== undefined) {
       t.skip(`the mesh runs on LMDB here: ${noJava}`);
       return;

@@ -41,7 +41,16 @@ const syntax = new errors.ResponseError(
 describe("the ScyllaDB engine's ports when the database is away", () => {
   it("turns an unreachable or overloaded cluster into a retryable UnavailableError", async () => {
     const store = refusingOutages(new FakeStore());
-    for (const failure of [noHost, coordinatorTimeout, new errors.OperationTimedOutError("no answer")]) {
+    const socketClosed = Object.assign(Object.create(errors.DriverError.prototype) as Error, {
+      message: "Socket was closed",
+      isSocketError: true,
+    });
+    for (const failure of [
+      noHost,
+      coordinatorTimeout,
+      new errors.OperationTimedOutError("no answer"),
+      socketClosed,
+    ]) {
       store.failure = failure;
       await assert.rejects(store.readTwice(), (err: unknown) => {
         assert.ok(err instanceof UnavailableError, `UnavailableError for ${String(failure)}`);

@@ -27,6 +27,8 @@ const TRANSIENT_CODES = new Set<number>([
 export function outageOf(err: unknown): UnavailableError | undefined {
   const transient =
     err instanceof errors.NoHostAvailableError ||
+    // A request in flight on a connection that closed (the node died): the driver marks it.
+    (err instanceof errors.DriverError && (err as { isSocketError?: unknown }).isSocketError === true) ||
     err instanceof errors.OperationTimedOutError ||
     err instanceof errors.BusyConnectionError ||
     (err instanceof errors.ResponseError && TRANSIENT_CODES.has(err.code));

@@ -4,12 +4,12 @@ import { after, before, describe, it } from "node:test";
 import { create, toBinary } from "@bufbuild/protobuf";
 import { Client } from "cassandra-driver";
 import { EntrySchema, MessageBodySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../../test/helpers/scylla.js";
 import { InProcessBus } from "../bus/in-process.js";
-import { loadScyllaConfig } from "../common/config.js";
 import { createLogger } from "../common/log.js";
 import { encodeIntent, type Intent } from "../store/scylla/conversations.js";
 import { openScyllaStore, type ScyllaOptions } from "../store/scylla/engine.js";
-import { clientOptions, migrateScylla } from "../store/scylla/schema.js";
+import { clientOptions } from "../store/scylla/schema.js";
 import type { ConversationRecord, MemberRecord, StoreEngine } from "../store/types.js";
 import { HotStateBudget } from "./hot-state.js";
 import { PublishOutbox } from "./outbox.js";
@@ -21,16 +21,6 @@ import { Shard } from "./shard.js";
  * metadata included. A reload that read the members beside the head, instead of after it, kept
  * the members from before that commit.
  */
-
-/** Schema changes on a loaded one-node test cluster can outlast the driver's 12 s default. */
-const DDL_TIMEOUT_MS = 120_000;
-
-const SKIPPED =
-  "SCYLLA_CONTACT_POINTS is not set; the shard reload test against ScyllaDB did not run " +
-  "(node test/run.mjs starts Apache Cassandra 5.0 when Java 17 and Maven are installed)";
-// Skips here, or fails under CI=true: a missing database must be visible.
-const SKIP = process.env.SCYLLA_CONTACT_POINTS || process.env.CI === "true" ? false : SKIPPED;
-if (SKIP) console.log(SKIPPED);
 
 const log = createLogger({ level: "silent" });
 
@@ -54,20 +44,15 @@ const entry = (conversationId: string, seq: number) =>
     body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array([seq]) }) },
   });
 
-describe("Shard reload on the ScyllaDB engine", { skip: SKIP }, () => {
+describe("Shard reload on the ScyllaDB engine", { skip: SCYLLA_SKIP }, () => {
   let options: ScyllaOptions;
+  let keyspace: ScratchKeyspace | undefined;
   let store: StoreEngine | undefined;
   let cql: Client | undefined;
 
   before(async () => {
-    if (!process.env.SCYLLA_CONTACT_POINTS) throw new Error(`CI=true requires a CQL database: ${SKIPPED}`);
-    const fromEnv = loadScyllaConfig(process.env);
-    options = {
-      ...fromEnv,
-      keyspace: `switchboard_reload_${randomBytes(6).toString("hex")}`,
-      replicationFactor: fromEnv.replicationFactor ?? 1,
-    };
-    await migrateScylla(options);
+    keyspace = await scratchKeyspace("reload");
+    options = keyspace.options;
     store = await openScyllaStore(options);
     cql = new Client(clientOptions(options, true));
   });
@@ -75,11 +60,7 @@ describe("Shard reload on the ScyllaDB engine", { skip: SKIP }, () => {
   after(async () => {
     await store?.close();
     await cql?.shutdown();
-    if (options === undefined) return;
-    const admin = new Client(clientOptions(options, false));
-    await admin
-      .execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`, [], { readTimeout: DDL_TIMEOUT_MS })
-      .finally(() => admin.shutdown());
+    await keyspace?.drop();
   });
 
   it("reads members and metadata after the head, so a commit the head completes is in them", async () => {

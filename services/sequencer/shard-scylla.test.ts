@@ -6,13 +6,14 @@ import { Client } from "cassandra-driver";
 import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
 import { type Entry, EntrySchema, MessageBodySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { messageItem } from "../../test/helpers/entries.js";
+import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../../test/helpers/scylla.js";
 import { InProcessBus } from "../bus/in-process.js";
-import { defaultLimits, loadScyllaConfig } from "../common/config.js";
+import { defaultLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 import { encodeIntent, type Intent } from "../store/scylla/conversations.js";
 import { openScyllaStore, type ScyllaOptions } from "../store/scylla/engine.js";
-import { clientOptions, migrateScylla } from "../store/scylla/schema.js";
+import { clientOptions } from "../store/scylla/schema.js";
 import type { StoreEngine } from "../store/types.js";
 import { HotStateBudget } from "./hot-state.js";
 import { PublishOutbox } from "./outbox.js";
@@ -25,16 +26,6 @@ import { type Batch, Shard } from "./shard.js";
  * limit, and was refused at every attempt), and entries whose commit was finished by someone
  * other than their sender's shard still get their events published.
  */
-
-/** Schema changes on a loaded one-node test cluster can outlast the driver's 12 s default. */
-const DDL_TIMEOUT_MS = 120_000;
-
-const SKIPPED =
-  "SCYLLA_CONTACT_POINTS is not set; the shard commit tests against ScyllaDB did not run " +
-  "(node test/run.mjs starts Apache Cassandra 5.0 when Java 17 and Maven are installed)";
-// Skips here, or fails under CI=true: a missing database must be visible.
-const SKIP = process.env.SCYLLA_CONTACT_POINTS || process.env.CI === "true" ? false : SKIPPED;
-if (SKIP) console.log(SKIPPED);
 
 const log = createLogger({ level: "silent" });
 const ALICE = "u_0000000000000000000000000a";
@@ -75,20 +66,15 @@ async function eventFor(seen: Map<string, bigint[]>, conversationId: string, seq
   }
 }
 
-describe("Shard commits on the ScyllaDB engine", { skip: SKIP }, () => {
+describe("Shard commits on the ScyllaDB engine", { skip: SCYLLA_SKIP }, () => {
   let options: ScyllaOptions;
+  let keyspace: ScratchKeyspace | undefined;
   let store: StoreEngine | undefined;
   let cql: Client | undefined;
 
   before(async () => {
-    if (!process.env.SCYLLA_CONTACT_POINTS) throw new Error(`CI=true requires a CQL database: ${SKIPPED}`);
-    const fromEnv = loadScyllaConfig(process.env);
-    options = {
-      ...fromEnv,
-      keyspace: `switchboard_shard_${randomBytes(6).toString("hex")}`,
-      replicationFactor: fromEnv.replicationFactor ?? 1,
-    };
-    await migrateScylla(options);
+    keyspace = await scratchKeyspace("shard");
+    options = keyspace.options;
     store = await openScyllaStore(options);
     cql = new Client(clientOptions(options, true));
   });
@@ -96,11 +82,7 @@ describe("Shard commits on the ScyllaDB engine", { skip: SKIP }, () => {
   after(async () => {
     await store?.close();
     await cql?.shutdown();
-    if (options === undefined) return;
-    const admin = new Client(clientOptions(options, false));
-    await admin
-      .execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`, [], { readTimeout: DDL_TIMEOUT_MS })
-      .finally(() => admin.shutdown());
+    await keyspace?.drop();
   });
 
   function newShard(bus: InProcessBus): Shard {

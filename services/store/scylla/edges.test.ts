@@ -4,7 +4,7 @@ import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Client, errors, types } from "cassandra-driver";
 import { type Entry, EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
-import { loadScyllaConfig } from "../../common/config.js";
+import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../../../test/helpers/scylla.js";
 import type { ConversationWrite, DeviceRecord, MemberRecord, StoreEngine, UserRecord } from "../types.js";
 import { ScyllaAccountStore } from "./accounts.js";
 import { PENDING_GRACE_MS, readHead } from "./conversations/head.js";
@@ -12,22 +12,12 @@ import { ConversationLog } from "./conversations/log.js";
 import { ConversationReads } from "./conversations/reads.js";
 import { CommitRows } from "./conversations/rows.js";
 import { openScyllaStore, type ScyllaOptions } from "./engine.js";
-import { Cql, clientOptions, migrateScylla, type Row, type RunOptions } from "./schema.js";
+import { Cql, clientOptions, type Row, type RunOptions } from "./schema.js";
 
 /**
  * The engine's edges a review found on paper, each run against the real database: clocks that
  * disagree, a read in the middle of a commit, conditional writes whose outcome is unknown.
  */
-
-/** Schema changes on a loaded one-node test cluster can outlast the driver's 12 s default. */
-const DDL_TIMEOUT_MS = 120_000;
-
-const SKIPPED =
-  "SCYLLA_CONTACT_POINTS is not set; the ScyllaDB edge tests did not run " +
-  "(node test/run.mjs starts Apache Cassandra 5.0 when Java 17 and Maven are installed)";
-// Skips here, or fails under CI=true: a missing database must be visible.
-const SKIP = process.env.SCYLLA_CONTACT_POINTS || process.env.CI === "true" ? false : SKIPPED;
-if (SKIP) console.log(SKIPPED);
 
 const BUCKET_SIZE = 4;
 
@@ -132,21 +122,15 @@ function within<T>(promise: Promise<T>, ms: number, message: string): Promise<T>
   return Promise.race([promise, bound]).finally(() => clearTimeout(timer));
 }
 
-describe("ScyllaDB engine's edges", { skip: SKIP }, () => {
+describe("ScyllaDB engine's edges", { skip: SCYLLA_SKIP }, () => {
   let options: ScyllaOptions;
+  let keyspace: ScratchKeyspace | undefined;
   let store: StoreEngine | undefined;
   let client: Client | undefined;
 
   before(async () => {
-    if (!process.env.SCYLLA_CONTACT_POINTS) throw new Error(`CI=true requires a CQL database: ${SKIPPED}`);
-    const fromEnv = loadScyllaConfig(process.env);
-    options = {
-      ...fromEnv,
-      keyspace: `switchboard_edges_${randomBytes(6).toString("hex")}`,
-      replicationFactor: fromEnv.replicationFactor ?? 1,
-      bucketSize: BUCKET_SIZE,
-    };
-    await migrateScylla(options);
+    keyspace = await scratchKeyspace("edges", { bucketSize: BUCKET_SIZE });
+    options = keyspace.options;
     store = await openScyllaStore(options);
     client = new Client(clientOptions(options, true));
   });
@@ -154,11 +138,7 @@ describe("ScyllaDB engine's edges", { skip: SKIP }, () => {
   after(async () => {
     await store?.close();
     await client?.shutdown();
-    if (options === undefined) return;
-    const admin = new Client(clientOptions(options, false));
-    await admin
-      .execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`, [], { readTimeout: DDL_TIMEOUT_MS })
-      .finally(() => admin.shutdown());
+    await keyspace?.drop();
   });
 
   const engine = (): { store: StoreEngine; cql: Cql } => {

@@ -4,14 +4,14 @@ import { after, before, describe, it } from "node:test";
 import { create, equals, toBinary } from "@bufbuild/protobuf";
 import { Client } from "cassandra-driver";
 import { type Entry, EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
-import { loadScyllaConfig } from "../../common/config.js";
+import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../../../test/helpers/scylla.js";
 import { isStoreError } from "../errors.js";
 import type { StoreEngine } from "../types.js";
 import { ConversationLog } from "./conversations/log.js";
 import { CommitRows } from "./conversations/rows.js";
 import { encodeIntent, type Intent } from "./conversations.js";
 import { openScyllaStore, type ScyllaOptions } from "./engine.js";
-import { Cql, clientOptions, migrateScylla } from "./schema.js";
+import { Cql, clientOptions } from "./schema.js";
 
 /**
  * The store's fence with two writers, as two sequencer replicas that both believe they own a shard
@@ -19,16 +19,6 @@ import { Cql, clientOptions, migrateScylla } from "./schema.js";
  * same time. Exactly one wins each seq, no seq is reused or skipped, and the loser gets the store's
  * "conflict".
  */
-
-/** Schema changes on a loaded one-node test cluster can outlast the driver's 12 s default. */
-const DDL_TIMEOUT_MS = 120_000;
-
-const SKIPPED =
-  "SCYLLA_CONTACT_POINTS is not set; the ScyllaDB fence tests did not run " +
-  "(node test/run.mjs starts Apache Cassandra 5.0 when Java 17 and Maven are installed)";
-// Skips here, or fails under CI=true: a missing database must be visible.
-const SKIP = process.env.SCYLLA_CONTACT_POINTS || process.env.CI === "true" ? false : SKIPPED;
-if (SKIP) console.log(SKIPPED);
 
 const conversationId = (): string => `g_fence_${randomBytes(6).toString("hex")}`;
 
@@ -97,21 +87,15 @@ async function reserve(client: Client, intent: Intent): Promise<void> {
   assert.equal(reserved.wasApplied(), true);
 }
 
-describe("ScyllaDB fence under two concurrent writers", { skip: SKIP }, () => {
+describe("ScyllaDB fence under two concurrent writers", { skip: SCYLLA_SKIP }, () => {
   let options: ScyllaOptions;
+  let keyspace: ScratchKeyspace | undefined;
   let a: StoreEngine | undefined;
   let b: StoreEngine | undefined;
 
   before(async () => {
-    if (!process.env.SCYLLA_CONTACT_POINTS) throw new Error(`CI=true requires a CQL database: ${SKIPPED}`);
-    const fromEnv = loadScyllaConfig(process.env);
-    options = {
-      ...fromEnv,
-      keyspace: `switchboard_fence_${randomBytes(6).toString("hex")}`,
-      replicationFactor: fromEnv.replicationFactor ?? 1,
-      bucketSize: 4,
-    };
-    await migrateScylla(options);
+    keyspace = await scratchKeyspace("fence", { bucketSize: 4 });
+    options = keyspace.options;
     // Two engines, two clients: nothing is shared but the database.
     a = await openScyllaStore(options);
     b = await openScyllaStore(options);
@@ -120,11 +104,7 @@ describe("ScyllaDB fence under two concurrent writers", { skip: SKIP }, () => {
   after(async () => {
     await a?.close();
     await b?.close();
-    if (options === undefined) return;
-    const admin = new Client(clientOptions(options, false));
-    await admin
-      .execute(`DROP KEYSPACE IF EXISTS ${options.keyspace}`, [], { readTimeout: DDL_TIMEOUT_MS })
-      .finally(() => admin.shutdown());
+    await keyspace?.drop();
   });
 
   /** The two engines, once before() opened them. */

@@ -1,5 +1,5 @@
 import { DomainError, UnavailableError } from "../../common/errors.js";
-import { lazyInstrument, meter } from "../../common/telemetry.js";
+import { FaultWindow } from "../faults.js";
 
 /**
  * Storage faults of the embedded engine: a commit that the disk refused (full, EIO, a failed
@@ -14,18 +14,10 @@ import { lazyInstrument, meter } from "../../common/telemetry.js";
  * succeeds as soon as it fits (in freed pages, or because space came back).
  */
 
-/** How long writes count as failing after the last failure, in ms. */
-export const FAILING_HOLD_MS = 10_000;
+export { FAILING_HOLD_MS } from "../faults.js";
 
 /** The client's retry hint for a refused write, in ms. */
 export const RETRY_AFTER_MS = 1_000;
-
-const writeFailures = lazyInstrument(() =>
-  meter().createCounter("switchboard.store.write_failures", {
-    description:
-      "Store transactions the storage refused (full disk, I/O error, failed fsync); their writes were refused UNAVAILABLE",
-  }),
-);
 
 /** lmdb-js's failed commit: the error it gives each write of a transaction that did not commit. */
 interface CommitFailure extends Error {
@@ -45,12 +37,11 @@ function isIoFailure(err: unknown): err is Error {
 
 /** Tracks the engine's write failures and turns them into refusals. */
 export class WriteFaults {
-  private lastFailureAtMs = 0;
-  private failingSinceMs = 0;
-  private reason = "";
-  private failures = 0;
+  private readonly window: FaultWindow;
 
-  constructor(private readonly now: () => number = Date.now) {}
+  constructor(now: () => number = Date.now) {
+    this.window = new FaultWindow("storage writes", now);
+  }
 
   /**
    * Runs a write and classifies its failure: a storage fault becomes UnavailableError (retryable,
@@ -64,9 +55,9 @@ export class WriteFaults {
       // lmdb-js rejects the cause separately and leaves it to the caller: observed here, or it
       // would be an unhandled rejection, which ends the process.
       (err as CommitFailure).commitError?.then(undefined, (cause: unknown) => {
-        if (cause instanceof Error) this.reason = cause.message;
+        if (cause instanceof Error) this.window.explain(cause.message);
       });
-      this.failed(err);
+      this.window.failed((err as CommitFailure).commitError ? "" : err.message);
       throw new UnavailableError("storage is failing: the write was not stored; retry", {
         retryAfterMs: RETRY_AFTER_MS,
         cause: err,
@@ -74,26 +65,8 @@ export class WriteFaults {
     }
   }
 
-  /**
-   * Why writes are failing, for readiness, or undefined: until FAILING_HOLD_MS after the last
-   * failure. Time, not the next success, ends it: a smaller write may fit on a disk that is still
-   * nearly full, and readiness must not flap on it; and a process taken out of service while not
-   * ready gets no writes that could prove it well again.
-   */
+  /** Why writes are failing, for readiness, or undefined (FaultWindow.problem). */
   problem(): string | undefined {
-    if (this.lastFailureAtMs === 0 || this.now() - this.lastFailureAtMs >= FAILING_HOLD_MS) return undefined;
-    const since = new Date(this.failingSinceMs).toISOString();
-    return `storage writes failing since ${since} (${this.failures} failed): ${this.reason || "commit failed"}`;
-  }
-
-  private failed(err: Error): void {
-    if (this.problem() === undefined) {
-      this.failingSinceMs = this.now();
-      this.failures = 0;
-    }
-    this.lastFailureAtMs = this.now();
-    this.failures++;
-    if (!(err as CommitFailure).commitError) this.reason = err.message;
-    writeFailures().add(1);
+    return this.window.problem();
   }
 }

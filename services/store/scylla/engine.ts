@@ -6,6 +6,7 @@
 import { Client } from "cassandra-driver";
 import { MAX_TTL_SECONDS } from "../../common/config.js";
 import type { Logger } from "../../common/log.js";
+import { FaultWindow } from "../faults.js";
 import type { StoreEngine } from "../types.js";
 import { ScyllaAccountStore } from "./accounts.js";
 import { MAX_COMMIT_BYTES_LIMIT } from "./conversations/layout.js";
@@ -52,6 +53,7 @@ export class ScyllaStoreEngine implements StoreEngine {
   readonly accounts: ScyllaAccountStore;
   readonly keys: ScyllaKeyStore;
   private closing: Promise<void> | undefined;
+  private readonly outages = new FaultWindow("the database");
 
   constructor(
     private readonly client: Client,
@@ -59,10 +61,16 @@ export class ScyllaStoreEngine implements StoreEngine {
     log?: Logger,
   ) {
     const cql = new Cql(client);
-    // An unreachable or overloaded cluster is a retryable refusal at every port (outage.ts).
-    this.conversations = refusingOutages(new ScyllaConversationStore(cql, settings, log));
-    this.accounts = refusingOutages(new ScyllaAccountStore(cql));
-    this.keys = refusingOutages(new ScyllaKeyStore(cql));
+    // An unreachable or overloaded cluster is a retryable refusal at every port (outage.ts), and
+    // makes the process not ready while it lasts.
+    this.conversations = refusingOutages(new ScyllaConversationStore(cql, settings, log), this.outages);
+    this.accounts = refusingOutages(new ScyllaAccountStore(cql), this.outages);
+    this.keys = refusingOutages(new ScyllaKeyStore(cql), this.outages);
+  }
+
+  /** Why the database cannot be used right now (for readiness), or undefined. */
+  writeProblem(): string | undefined {
+    return this.outages.problem();
   }
 
   /**

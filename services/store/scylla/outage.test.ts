@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import { errors, types } from "cassandra-driver";
 import { UnavailableError } from "../../common/errors.js";
 import { StoreError } from "../errors.js";
+import { FAILING_HOLD_MS, FaultWindow } from "../faults.js";
 import { outageOf, refusingOutages } from "./outage.js";
 
 /** A store whose read fails with whatever the test sets, and which calls itself internally. */
@@ -60,6 +61,20 @@ describe("the ScyllaDB engine's ports when the database is away", () => {
         return true;
       });
     }
+  });
+
+  it("remembers the outage for readiness until the hold passes", async () => {
+    let now = 1_000_000;
+    const window = new FaultWindow("the database", () => now);
+    const store = refusingOutages(new FakeStore(), window);
+    store.failure = new errors.ResponseError(types.responseErrorCodes.syntaxError, "bad");
+    await assert.rejects(store.read());
+    assert.equal(window.problem(), undefined, "a wrong request is no outage");
+    store.failure = noHost;
+    await assert.rejects(store.read());
+    assert.match(window.problem() ?? "", /^the database failing since .* \(1 failed\): /);
+    now += FAILING_HOLD_MS;
+    assert.equal(window.problem(), undefined);
   });
 
   it("passes domain refusals, wrong requests and results through untouched", async () => {

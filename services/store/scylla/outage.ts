@@ -10,6 +10,7 @@
  */
 import { errors, types } from "cassandra-driver";
 import { UnavailableError } from "../../common/errors.js";
+import type { FaultWindow } from "../faults.js";
 
 /** How long a client should wait before retrying, in milliseconds. */
 const RETRY_AFTER_MS = 1000;
@@ -41,9 +42,10 @@ export function outageOf(err: unknown): UnavailableError | undefined {
 
 /**
  * The store with every method that returns a promise turning an outage's driver error into an
- * UnavailableError. Properties and synchronous methods pass through untouched.
+ * UnavailableError, recorded in `window` (readiness and the write-failure metric) when given.
+ * Properties and synchronous methods pass through untouched.
  */
-export function refusingOutages<T extends object>(store: T): T {
+export function refusingOutages<T extends object>(store: T, window?: FaultWindow): T {
   return new Proxy(store, {
     get(target, property, receiver) {
       const value = Reflect.get(target, property, receiver);
@@ -52,7 +54,10 @@ export function refusingOutages<T extends object>(store: T): T {
         const result = (value as (...a: unknown[]) => unknown).apply(this === receiver ? target : this, args);
         if (!(result instanceof Promise)) return result;
         return result.catch((err: unknown) => {
-          throw outageOf(err) ?? err;
+          const outage = outageOf(err);
+          if (outage === undefined) throw err;
+          window?.failed(err instanceof Error ? err.message : String(err));
+          throw outage;
         });
       };
     },

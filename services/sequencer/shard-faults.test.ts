@@ -9,7 +9,7 @@ import {
   BusEventSchema,
   EntryCommittedSchema,
 } from "../../gen/switchboard/internal/v1/events_pb.js";
-import { type Entry, EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { committedEntry } from "../../test/helpers/entries.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { UnavailableError } from "../common/errors.js";
 import { createLogger } from "../common/log.js";
@@ -27,14 +27,7 @@ import { type Batch, Shard } from "./shard.js";
 
 const log = createLogger({ level: "silent" });
 
-function entry(conversationId: string, seq: number, text: string): Entry {
-  return create(EntrySchema, {
-    conversationId,
-    seq: BigInt(seq),
-    clientMsgId: text,
-    body: { case: "message", value: { payload: new TextEncoder().encode(text) } },
-  });
-}
+const entry = committedEntry;
 
 describe("Shard with a store that stops answering", () => {
   let dir: string;

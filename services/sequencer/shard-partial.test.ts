@@ -3,9 +3,8 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { create } from "@bufbuild/protobuf";
 import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
-import { type Entry, EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { committedEntry } from "../../test/helpers/entries.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { createLogger } from "../common/log.js";
 import { openLmdbStore } from "../store/lmdb/engine.js";
@@ -22,14 +21,7 @@ import { type Batch, Shard } from "./shard.js";
 
 const log = createLogger({ level: "silent" });
 
-function entry(conversationId: string, seq: number, text: string): Entry {
-  return create(EntrySchema, {
-    conversationId,
-    seq: BigInt(seq),
-    clientMsgId: text,
-    body: { case: "message", value: { payload: new TextEncoder().encode(text) } },
-  });
-}
+const entry = committedEntry;
 
 describe("Shard after a commit that failed part-way", () => {
   let dir: string;

@@ -3,20 +3,25 @@ import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it, type TestContext } from "node:test";
-import { type ClientTuning, SwitchboardClient } from "../../sdk/index.js";
+import type { ClientTuning } from "../../sdk/index.js";
 import { javaProblem, startCassandra } from "../../services/mesh/cassandra.js";
 import { Mesh } from "../../services/mesh/launcher.js";
 import { replicaOf } from "../../services/sequencer/router.js";
 import { freePort, meshPrerequisites } from "../helpers/backends.js";
-import { uniqueName } from "../helpers/device.js";
 import { eventually } from "../helpers/inbox.js";
 import {
   type ConversationCheck,
   checkDelivery,
-  DeviceLog,
   type SendStream,
   TrafficGenerator,
 } from "../helpers/mesh-traffic.js";
+import {
+  type DeviceUrls,
+  gatewayUrls,
+  type MeshUser,
+  MeshUsers,
+  withFailureDump,
+} from "../helpers/mesh-users.js";
 import { measureRecovery, type Recovery, recoveryTable } from "../helpers/recovery.js";
 import { type ServerProcess, startServerProcess } from "../helpers/server.js";
 
@@ -79,57 +84,28 @@ after(() => {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-/** A user with two devices. */
-interface User {
-  name: string;
-  userId: string;
-  devices: SwitchboardClient[];
-  logs: DeviceLog[];
-}
-
-/** Where devices connect: device `index` of a user uses `serverUrl`, falling over to the rest. */
-type Urls = (index: number) => { serverUrl: string; alternateUrls: string[] };
+type User = MeshUser;
 
 /**
  * Users, conversations and traffic on one deployment, and the fault phase that checks them.
  * `lines` gives every line the deployment's processes logged so far, in order.
  */
 class Rig {
-  readonly users: User[] = [];
+  private readonly people: MeshUsers;
   readonly conversations: ConversationCheck[] = [];
   traffic!: TrafficGenerator;
 
   constructor(
-    private readonly dir: string,
-    private readonly urls: Urls,
+    dir: string,
+    urls: DeviceUrls,
     private readonly lines: () => readonly string[],
-  ) {}
+  ) {
+    this.people = new MeshUsers(dir, urls, tuning);
+  }
 
-  /** Registers a user whose first device uses urls(0) and second urls(1). */
-  async newUser(prefix: string): Promise<User> {
-    const name = uniqueName(prefix);
-    const first = await SwitchboardClient.register({
-      ...this.urls(0),
-      profileDir: join(this.dir, "profiles", `${name}-0`),
-      username: name,
-      ...tuning,
-    });
-    const { code } = await first.createLinkCode();
-    const second = await SwitchboardClient.link({
-      ...this.urls(1),
-      profileDir: join(this.dir, "profiles", `${name}-1`),
-      code,
-      ...tuning,
-    });
-    const user: User = {
-      name,
-      userId: first.userId,
-      devices: [first, second],
-      logs: [new DeviceLog(`${prefix}/0`, first), new DeviceLog(`${prefix}/1`, second)],
-    };
-    this.users.push(user);
-    await Promise.all(user.devices.map((d) => d.connect()));
-    return user;
+  /** The users registered so far. */
+  get users(): readonly User[] {
+    return this.people.all;
   }
 
   /**
@@ -137,7 +113,7 @@ class Rig {
    * `enough` holds for the conversations), each with two send streams from different devices.
    */
   async populate(enough: (ids: string[]) => boolean = () => true): Promise<void> {
-    const [p, q, r] = await Promise.all(["pat", "quinn", "ria"].map((n) => this.newUser(n)));
+    const [p, q, r] = await Promise.all(["pat", "quinn", "ria"].map((n) => this.people.add(n)));
     const check = (label: string, conversationId: string, members: User[]): ConversationCheck => ({
       label,
       conversationId,
@@ -163,8 +139,8 @@ class Rig {
     this.traffic = new TrafficGenerator(streams, SEND_INTERVAL_MS);
   }
 
-  async close(): Promise<void> {
-    for (const u of this.users) await Promise.all(u.devices.map((d) => d.close().catch(() => {})));
+  close(): Promise<void> {
+    return this.people.closeAll();
   }
 
   /**
@@ -263,24 +239,11 @@ class Rig {
   }
 
   /** Runs a body; on failure, appends the warnings logged and the devices' connection events. */
-  async withLogs(name: string, body: () => Promise<void>): Promise<void> {
-    try {
-      await body();
-    } catch (err) {
-      const problems = this.lines()
-        .filter((l) => /"level":(40|50|60)/.test(l))
-        .slice(-80)
-        .map((l) => (l.length > 600 ? `${l.slice(0, 600)}…` : l));
-      const devices = this.users.flatMap((u) => u.logs.map((l) => `${l.name}: ${l.events.join(" | ")}`));
-      const full = join(tmpdir(), `sb-fault-matrix-${name}-${Date.now()}.log`);
-      await writeFile(full, `${this.lines().join("\n")}\n`);
-      const dump = `\n--- every process's log: ${full}\n--- device events ---\n${devices.join("\n")}\n--- warnings and errors (last 80) ---\n${problems.join("\n")}`;
-      if (err instanceof Error) {
-        err.message += dump;
-        throw err;
-      }
-      throw new Error(`${String(err)}${dump}`);
-    }
+  withLogs(name: string, body: () => Promise<void>): Promise<void> {
+    return withFailureDump(
+      { lines: this.lines, users: this.people, name: `fault-matrix-${name}`, warnings: 80 },
+      body,
+    );
   }
 }
 
@@ -315,10 +278,10 @@ describe("fault matrix: the mesh, every process SIGKILLed in turn under traffic"
       },
     });
     const meshUp = Date.now();
-    const all = mesh.gatewayUrls;
+    const running = mesh;
     rig = new Rig(
       dir,
-      (i) => ({ serverUrl: all[i]!, alternateUrls: all.filter((_, j) => j !== i) }),
+      gatewayUrls(() => running.gatewayUrls),
       () => logLines,
     );
     // Both sequencer replicas own a conversation, so killing either hits live traffic.

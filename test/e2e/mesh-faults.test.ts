@@ -7,9 +7,9 @@ import { type ClientTuning, SwitchboardClient } from "../../sdk/index.js";
 import { Mesh } from "../../services/mesh/launcher.js";
 import { replicaOf } from "../../services/sequencer/router.js";
 import { meshPrerequisites } from "../helpers/backends.js";
-import { uniqueName } from "../helpers/device.js";
 import { eventually } from "../helpers/inbox.js";
-import { type ConversationCheck, checkDelivery, DeviceLog } from "../helpers/mesh-traffic.js";
+import { type ConversationCheck, checkDelivery, type DeviceLog } from "../helpers/mesh-traffic.js";
+import { gatewayUrls, type MeshUser, MeshUsers, withFailureDump } from "../helpers/mesh-users.js";
 
 /**
  * Faults of the services a stream depends on, on the distributed mesh (every service its own OS
@@ -32,18 +32,13 @@ const DELIVERY_BOUND_MS = 15_000;
 
 const { missing, skip } = meshPrerequisites();
 
-interface User {
-  name: string;
-  userId: string;
-  devices: SwitchboardClient[];
-  logs: DeviceLog[];
-}
+type User = MeshUser;
 
 describe("the mesh when a service a stream depends on fails", { skip }, () => {
   let dir = "";
   let mesh: Mesh | undefined;
   const logLines: string[] = [];
-  const users: User[] = [];
+  let users: MeshUsers | undefined;
   let alice: User;
   let bob: User;
   /** Conversations of alice and bob, at least one on each sequencer replica. */
@@ -58,6 +53,7 @@ describe("the mesh when a service a stream depends on fails", { skip }, () => {
       );
     }
     dir = await mkdtemp(join(tmpdir(), "sb-mesh-faults-"));
+    users = new MeshUsers(dir, urls, tuning);
     mesh = await Mesh.start({
       dir,
       gateways: 2,
@@ -88,59 +84,20 @@ describe("the mesh when a service a stream depends on fails", { skip }, () => {
   after(async () => {
     const keep = process.env.SWITCHBOARD_MESH_TEST_LOG;
     if (keep) await writeFile(keep, `${logLines.join("\n")}\n`);
-    for (const u of users) await Promise.all(u.devices.map((d) => d.close().catch(() => {})));
+    await users?.closeAll();
     await mesh?.stop();
     if (dir !== "") await rm(dir, { recursive: true, force: true });
   });
 
   /** Runs a test body; on failure, appends the processes' warnings and the devices' events. */
-  async function withLogs(body: () => Promise<void>): Promise<void> {
-    try {
-      await body();
-    } catch (err) {
-      const problems = logLines.filter((l) => /"level":(40|50|60)/.test(l)).slice(-60);
-      const devices = users.flatMap((u) => u.logs.map((l) => `${l.name}: ${l.events.join(" | ")}`));
-      const full = join(tmpdir(), `sb-mesh-faults-failure-${Date.now()}.log`);
-      await writeFile(full, `${logLines.join("\n")}\n`);
-      const dump = `\n--- every process's log: ${full}\n--- device events ---\n${devices.join("\n")}\n--- warnings (last 60) ---\n${problems.join("\n")}`;
-      if (err instanceof Error) {
-        err.message += dump;
-        throw err;
-      }
-      throw new Error(`${String(err)}${dump}`);
-    }
-  }
+  const withLogs = (body: () => Promise<void>) =>
+    withFailureDump(
+      { lines: () => logLines, users: users!, name: "mesh-faults-failure", warnings: 60 },
+      body,
+    );
 
-  function urls(gateway: number): { serverUrl: string; alternateUrls: string[] } {
-    const all = mesh!.gatewayUrls;
-    return { serverUrl: all[gateway]!, alternateUrls: all.filter((_, i) => i !== gateway) };
-  }
-
-  async function newUser(prefix: string): Promise<User> {
-    const name = uniqueName(prefix);
-    const first = await SwitchboardClient.register({
-      ...urls(0),
-      profileDir: join(dir, "profiles", `${name}-0`),
-      username: name,
-      ...tuning,
-    });
-    const { code } = await first.createLinkCode();
-    const second = await SwitchboardClient.link({
-      ...urls(1),
-      profileDir: join(dir, "profiles", `${name}-1`),
-      code,
-      ...tuning,
-    });
-    const user: User = {
-      name,
-      userId: first.userId,
-      devices: [first, second],
-      logs: [new DeviceLog(`${prefix}/0`, first), new DeviceLog(`${prefix}/1`, second)],
-    };
-    users.push(user);
-    await Promise.all(user.devices.map((d) => d.connect()));
-    return user;
-  }
+  const urls = gatewayUrls(() => mesh!.gatewayUrls);
+  const newUser = (prefix: string) => users!.add(prefix);
 
   /** Closes a device's client and opens its profile again, on `gateway` (the others as alternates). */
   async function reopen(user: User, index: number, gateway: number): Promise<SwitchboardClient> {

@@ -7,15 +7,14 @@ import { type ClientTuning, type PresenceEvent, SwitchboardClient } from "../../
 import { Mesh } from "../../services/mesh/launcher.js";
 import { replicaOf } from "../../services/sequencer/router.js";
 import { meshPrerequisites } from "../helpers/backends.js";
-import { uniqueName } from "../helpers/device.js";
 import { eventually } from "../helpers/inbox.js";
 import {
   type ConversationCheck,
   checkDelivery,
-  DeviceLog,
   type SendStream,
   TrafficGenerator,
 } from "../helpers/mesh-traffic.js";
+import { gatewayUrls, type MeshUser, MeshUsers, withFailureDump } from "../helpers/mesh-users.js";
 
 /**
  * The distributed topology as Kubernetes runs it, on one machine: every service its own OS process
@@ -38,19 +37,14 @@ const tuning: ClientTuning = {
 const { missing, skip } = meshPrerequisites();
 
 /** A user with one device on each gateway. */
-interface User {
-  name: string;
-  userId: string;
-  devices: SwitchboardClient[];
-  logs: DeviceLog[];
-}
+type User = MeshUser;
 
 describe("the distributed mesh, one OS process per service", { skip }, () => {
   let dir = "";
   let mesh: Mesh | undefined;
   // Every line every process logged, prefixed with its name, printed when a test fails.
   const logLines: string[] = [];
-  const users: User[] = [];
+  let users: MeshUsers | undefined;
   // How many send streams the fault phases run; progress is measured in rounds of it.
   let streamCount = 0;
 
@@ -61,6 +55,7 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
       );
     }
     dir = await mkdtemp(join(tmpdir(), "sb-mesh-"));
+    users = new MeshUsers(dir, urls, tuning);
     mesh = await Mesh.start({
       dir,
       gateways: 2,
@@ -84,63 +79,26 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
     // For a look at a passing run: SWITCHBOARD_MESH_TEST_LOG=/path keeps every process's log there.
     const keep = process.env.SWITCHBOARD_MESH_TEST_LOG;
     if (keep) await writeFile(keep, `${logLines.join("\n")}\n`);
-    for (const u of users) await Promise.all(u.devices.map((d) => d.close().catch(() => {})));
+    await users?.closeAll();
     await mesh?.stop();
     if (dir !== "") await rm(dir, { recursive: true, force: true });
   });
 
   /** Runs a test body; on failure, appends the processes' warnings and their last lines. */
-  async function withLogs(body: () => Promise<void>): Promise<void> {
-    try {
-      await body();
-    } catch (err) {
-      const problems = logLines.filter((l) => /"level":(40|50|60)/.test(l)).slice(-150);
-      const tails = [...(mesh?.processes.keys() ?? [])].flatMap((name) =>
-        logLines.filter((l) => l.startsWith(`${name} `)).slice(-25),
-      );
-      const full = join(tmpdir(), `sb-mesh-failure-${Date.now()}.log`);
-      const devices = users.flatMap((u) => u.logs.map((l) => `${l.name}: ${l.events.join(" | ")}`));
-      await writeFile(full, `${logLines.join("\n")}\n`);
-      const dump = `\n--- every process's full log: ${full}\n--- device connection events ---\n${devices.join("\n")}\n--- warnings and errors (last 150) ---\n${problems.join("\n")}\n--- last lines per process ---\n${tails.join("\n")}`;
-      if (err instanceof Error) {
-        err.message += dump;
-        throw err;
-      }
-      throw new Error(`${String(err)}${dump}`);
-    }
-  }
+  const withLogs = (body: () => Promise<void>) =>
+    withFailureDump(
+      {
+        lines: () => logLines,
+        users: users!,
+        name: "mesh-failure",
+        warnings: 150,
+        tailsOf: mesh?.processes.keys() ?? [],
+      },
+      body,
+    );
 
-  function urls(gateway: number): { serverUrl: string; alternateUrls: string[] } {
-    const all = mesh!.gatewayUrls;
-    return { serverUrl: all[gateway]!, alternateUrls: all.filter((_, i) => i !== gateway) };
-  }
-
-  /** Registers a user whose first device streams through gateway-0 and second through gateway-1. */
-  async function newUser(prefix: string): Promise<User> {
-    const name = uniqueName(prefix);
-    const first = await SwitchboardClient.register({
-      ...urls(0),
-      profileDir: join(dir, "profiles", `${name}-0`),
-      username: name,
-      ...tuning,
-    });
-    const { code } = await first.createLinkCode();
-    const second = await SwitchboardClient.link({
-      ...urls(1),
-      profileDir: join(dir, "profiles", `${name}-1`),
-      code,
-      ...tuning,
-    });
-    const user: User = {
-      name,
-      userId: first.userId,
-      devices: [first, second],
-      logs: [new DeviceLog(`${prefix}/0`, first), new DeviceLog(`${prefix}/1`, second)],
-    };
-    users.push(user);
-    await Promise.all(user.devices.map((d) => d.connect()));
-    return user;
-  }
+  const urls = gatewayUrls(() => mesh!.gatewayUrls);
+  const newUser = (prefix: string) => users!.add(prefix);
 
   /** Closes a device's client and opens its profile again on the same gateway. */
   async function reopen(user: User, index: number): Promise<void> {

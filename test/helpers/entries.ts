@@ -1,6 +1,8 @@
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { type AppendItem, AppendItemSchema } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
+  type Entry,
+  EntrySchema,
   MessageBodySchema,
   type OutgoingEntry,
   OutgoingEntrySchema,
@@ -30,5 +32,15 @@ export function messageItem(
     senderUserId: sender.userId,
     senderDeviceId: sender.deviceId,
     entry: messageEntry(conversationId, clientMsgId, { payload }),
+  });
+}
+
+/** A committed message entry at `seq` whose client_msg_id and payload are `text`. */
+export function committedEntry(conversationId: string, seq: number, text: string): Entry {
+  return create(EntrySchema, {
+    conversationId,
+    seq: BigInt(seq),
+    clientMsgId: text,
+    body: { case: "message", value: { payload: new TextEncoder().encode(text) } },
   });
 }

@@ -46,3 +46,4 @@ export {
 export { readSettingsFile, SETTING_NAME } from "./config/settings-file.js";
 export type { TracingConfig } from "./config/telemetry.js";
 export { VARIABLES } from "./config/variables.js";
+export type { WebConfig } from "./config/web.js";

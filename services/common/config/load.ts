@@ -18,6 +18,7 @@ import { loadPush, type PushConfig } from "./push.js";
 import { check, type Env, int, intVariable, nonEmptyText, textOr, without } from "./schema.js";
 import { loadScyllaConfig, type ScyllaSettings } from "./scylla.js";
 import { loadTracing, type TracingConfig } from "./telemetry.js";
+import { loadWeb, type WebConfig } from "./web.js";
 
 /** Everything a Switchboard process needs to know at start-up. */
 export interface Config {
@@ -63,6 +64,8 @@ export interface Config {
   privacyDefaults: PrivacyDefaults;
   /** Abuse controls of the accounts service. */
   accountLimits: AccountLimits;
+  /** Which web origins may call the device API from a browser (CORS). */
+  web: WebConfig;
   /**
    * The ScyllaDB connection, when this process opens the store there (SWITCHBOARD_STORE=scylla
    * and it runs accounts or the sequencer); undefined otherwise, and SCYLLA_* is not read.
@@ -72,8 +75,9 @@ export interface Config {
 
 /** Overrides accepted by loadConfig; limits and push settings may be given in part. */
 export type ConfigInput = Partial<
-  Omit<Config, "limits" | "push" | "mesh" | "tracing" | "edge" | "accountLimits" | "scylla">
+  Omit<Config, "limits" | "push" | "mesh" | "tracing" | "edge" | "accountLimits" | "scylla" | "web">
 > & {
+  web?: Partial<WebConfig>;
   limits?: Partial<Limits>;
   accountLimits?: Partial<AccountLimits>;
   edge?: Partial<EdgeLimits>;
@@ -157,6 +161,7 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
     media: loadMediaConfig(env, dataDir),
     privacyDefaults: loadPrivacyDefaults(input.privacyDefaults, env),
     accountLimits: loadAccountLimits(input.accountLimits, env),
+    web: loadWeb(input.web, env),
     scylla: undefined,
   };
   if (config.shardCount < 1 || config.shardCount > 4096) fail("shardCount must be between 1 and 4096");

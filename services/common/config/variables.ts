@@ -11,6 +11,7 @@ import { meshVariables } from "./mesh.js";
 import { pushVariables } from "./push.js";
 import { scyllaVariables } from "./scylla.js";
 import { tracingVariables } from "./telemetry.js";
+import { webVariables } from "./web.js";
 
 /** Each section's variables: names to the zod schema of their text. */
 export const VARIABLES: Readonly<Record<string, z.ZodObject>> = {
@@ -26,4 +27,5 @@ export const VARIABLES: Readonly<Record<string, z.ZodObject>> = {
   accounts: accountVariables,
   privacy: privacyVariables,
   scylla: scyllaVariables,
+  web: webVariables,
 };

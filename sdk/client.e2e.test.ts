@@ -145,6 +145,9 @@ describe("SwitchboardClient against a real server", () => {
       serverUrl,
       profileDir: profileDir(name),
       username: `${name}_${n}`,
+      // Plaintext on purpose: these tests are about delivery, order and reconnects (encryption has
+      // its own suites), and plaintext keeps them fast.
+      encryption: false,
       ...tuning,
     });
     clients.push(client);
@@ -478,6 +481,7 @@ describe("SwitchboardClient against a real server", () => {
       profileDir: profileDir("frank-phone"),
       code,
       deviceName: "phone",
+      encryption: false,
       ...tuning,
     });
     clients.push(phone);

@@ -12,6 +12,7 @@ import { createProfile, openContext } from "./client/open.js";
 import { assembleParts, type ClientParts } from "./client/parts.js";
 import type { ContactSafetyNumber } from "./e2ee.js";
 import type { PrivacyChoices } from "./privacy.js";
+import type { ProfileStorage } from "./storage/port.js";
 import type { ServerConnection } from "./transport.js";
 import type {
   ClientEvents,
@@ -27,7 +28,7 @@ import type {
 
 export { newClientMsgId };
 
-/** The default codec: payloads travel as given (until end-to-end encryption lands). */
+/** The codec of plaintext profiles (encryption: false): payloads travel as given. */
 export const identityCodec: PayloadCodec = {
   async encode(_conversationId, plaintext) {
     return plaintext;
@@ -135,9 +136,14 @@ export class SwitchboardClient {
     return this.ctx.profile.credentials.deviceId;
   }
 
-  /** The profile directory. */
+  /** The profile directory (with the file engine); with another engine, its location. */
   get profileDir(): string {
-    return this.ctx.profile.dir;
+    return this.ctx.profile.location;
+  }
+
+  /** Where the profile is kept (OpenOptions.storage, or the file engine over profileDir). */
+  get storage(): ProfileStorage {
+    return this.ctx.profile.storage;
   }
 
   /** True while a stream is up (after ready). */

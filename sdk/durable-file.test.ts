@@ -3,10 +3,11 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { removeFiles, removeLeftovers, SerialFile, writeFilesAtomic } from "./durable-file.js";
+import { removeFiles, removeLeftovers, writeFilesAtomic } from "./durable-file.js";
 
 // writeFileAtomic is tested in profile.test.ts (including a reader racing a rewrite); these cover
-// the batch writes the Signal stores use, the clean-up of interrupted writes and SerialFile.
+// the batch writes the file engine uses and the clean-up of interrupted writes (SerialWrite is in
+// sdk/storage/storage.test.ts).
 
 const dirs: string[] = [];
 async function tempDir(): Promise<string> {
@@ -39,27 +40,5 @@ describe("durable files", () => {
     await writeFile(join(dir, "state.json.tmp-4242-deadbeef"), "{half");
     await removeLeftovers(dir);
     assert.deepEqual(await readdir(dir), ["state.json"]);
-  });
-
-  it("SerialFile: writes asked for before a write starts share it, and it writes the latest value", async () => {
-    const dir = await tempDir();
-    const path = join(dir, "doc.json");
-    let value = 0;
-    let snapshots = 0;
-    const file = new SerialFile(path, () => {
-      snapshots += 1;
-      return String(value);
-    });
-    value = 1;
-    const first = file.write();
-    value = 2;
-    const second = file.write();
-    value = 3;
-    const third = file.write();
-    assert.equal(second, third);
-    await Promise.all([first, second, third]);
-    assert.equal(await readFile(path, "utf8"), "3");
-    assert.ok(snapshots <= 2, `${snapshots} snapshots for three writes`);
-    await file.settled();
   });
 });

@@ -4,8 +4,8 @@ import { dirname, join } from "node:path";
 
 // The SDK's one way of writing files that must survive a crash or a power cut: write a temporary
 // file, fsync it, rename it over the target, fsync the directory so the rename itself is durable.
-// The profile (credentials, cursors, outbox) and the Signal stores (sdk/crypto/files.ts) both write
-// through here. The SDK ships as its own package, so it does not share services/media's copy.
+// The file storage engine (sdk/storage/file.ts), which keeps the profile and the Signal stores, and
+// the CLI's downloads write through here. The SDK ships as its own package, so it does not share services/media's copy.
 
 /** Marks the temporary files of interrupted writes (the target files are intact). */
 const TMP_MARK = ".tmp-";
@@ -119,43 +119,5 @@ export async function readOptional(path: string): Promise<Buffer | undefined> {
   } catch (err) {
     if (isErrno(err, "ENOENT")) return undefined;
     throw err;
-  }
-}
-
-/**
- * Writes one file from a snapshot function, one write at a time. Calls made while a write runs
- * share the next write, which takes its snapshot when it starts and so includes all of them.
- */
-export class SerialFile {
-  private last: Promise<void> = Promise.resolve();
-  private queued: Promise<void> | undefined;
-
-  constructor(
-    /** The file replaced by each write. */
-    private readonly path: string,
-    /** The content to write, taken when a write starts. */
-    private readonly snapshot: () => string,
-  ) {}
-
-  /** Resolves when the writes started so far have finished (failed or not). */
-  settled(): Promise<void> {
-    return this.last.then(
-      () => {},
-      () => {},
-    );
-  }
-
-  /** Writes the current snapshot; resolves once it (or a later snapshot) is durable. */
-  write(): Promise<void> {
-    if (this.queued !== undefined) return this.queued;
-    const next = this.last
-      .catch(() => {})
-      .then(() => {
-        this.queued = undefined;
-        return writeFileAtomic(this.path, this.snapshot());
-      });
-    this.queued = next;
-    this.last = next;
-    return next;
   }
 }

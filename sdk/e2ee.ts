@@ -1,4 +1,3 @@
-import { join } from "node:path";
 import type { RetryRequest } from "../gen/switchboard/v1/content_pb.js";
 import type { DeviceCiphertext, Entry } from "../gen/switchboard/v1/entry_pb.js";
 import type { DeviceMismatch } from "../gen/switchboard/v1/gateway_pb.js";
@@ -14,6 +13,8 @@ import { type ConversationInfo, Recipients } from "./e2ee/recipients.js";
 import { RetryRequests } from "./e2ee/retries.js";
 import type { ContactSafetyNumber, DevicesChangedEvent } from "./e2ee/types.js";
 import { Verification } from "./e2ee/verification.js";
+import { storageAt } from "./storage/file.js";
+import type { ProfileStorage } from "./storage/port.js";
 import type { ServerConnection } from "./transport.js";
 
 export {
@@ -32,7 +33,7 @@ export type { ContactSafetyNumber, DevicesChangedEvent } from "./e2ee/types.js";
  * The client's end-to-end encryption: keys in the key directory; direct conversations encrypted
  * per device over pairwise Signal sessions; groups encrypted once with this device's sender key,
  * handed to the members' devices over those sessions and rotated when the membership changes;
- * and the plaintexts of decrypted entries kept in the profile (`<profile>/e2ee/plaintexts`),
+ * and the plaintexts of decrypted entries kept in the profile (`e2ee/plaintexts/`),
  * since a ciphertext can be decrypted only once. Every plaintext is a SealedContent.
  *
  * A facade over parts with one job each, in ./e2ee/: key-upkeep.ts (this device's keys in the
@@ -68,23 +69,24 @@ export class E2ee {
     this.verification = new Verification(stores, cipher, groups, self, devices);
   }
 
+  /** Opens the encryption state of a profile (a directory, or the storage engine it lives in). */
   static async open(
-    profileDir: string,
+    profile: string | ProfileStorage,
     self: DeviceRef,
     conn: ServerConnection,
     onIdentityChange: (event: IdentityChangeEvent) => void,
     signedPrekeyMaxAgeMs?: number,
   ): Promise<E2ee> {
-    const stores = await SignalStores.open(profileDir, { onIdentityChange });
-    const dir = join(profileDir, "e2ee");
+    const storage = storageAt(profile);
+    const stores = await SignalStores.open(storage, { onIdentityChange });
     const cipher = new PairwiseCipher(stores, self, bundleFetcher(conn.keys));
     let e2ee: E2ee | undefined;
     // The app sets onDevicesChanged after open: the directory tells whatever is set at the time.
-    const devices = await DeviceDirectory.open(dir, stores, cipher, self, conn.keys, (event) =>
+    const devices = await DeviceDirectory.open(storage, stores, cipher, self, conn.keys, (event) =>
       e2ee?.onDevicesChanged(event),
     );
     const groups = await GroupCipher.open(stores, self);
-    const decryptor = await Decryptor.open(dir, cipher, groups, self, devices);
+    const decryptor = await Decryptor.open(storage, cipher, groups, self, devices);
     e2ee = new E2ee(stores, cipher, groups, self, conn, devices, decryptor);
     if (signedPrekeyMaxAgeMs !== undefined) e2ee.signedPrekeyMaxAgeMs = signedPrekeyMaxAgeMs;
     return e2ee;

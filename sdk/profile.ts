@@ -1,12 +1,12 @@
-import { mkdir, open, readFile, unlink } from "node:fs/promises";
-import { join } from "node:path";
-import { isErrno, removeLeftovers, SerialFile, writeFileAtomic } from "./durable-file.js";
+import { storageAt } from "./storage/file.js";
+import type { ProfileStorage, StorageLock } from "./storage/port.js";
+import { readJson, SerialWrite } from "./storage/records.js";
 import type { DeviceCredentials, LocalCursor, OutboxItem } from "./types.js";
 
+// Keys in the profile's storage (with the file engine, the files of the profile directory).
 const CREDENTIALS = "credentials.json";
 const STATE = "state.json";
 const OUTBOX = "outbox.json";
-const LOCK = "profile.lock";
 
 interface StateFile {
   version: 1;
@@ -20,66 +20,62 @@ interface OutboxFile {
 }
 
 /**
- * A device's local state in one directory: credentials, per-conversation cursors and the outbox of
- * unanswered sends. Every file is replaced atomically. Cursors are written when flushCursors() is
- * called (the client does so before acknowledging entries to the server, so the server's cursor
- * never runs ahead of the device's); outbox additions are durable before addToOutbox resolves.
+ * A device's local state: credentials, per-conversation cursors and the outbox of unanswered
+ * sends, kept in a ProfileStorage (a directory with the default file engine). Every value is
+ * replaced atomically. Cursors are written when flushCursors() is called (the client does so
+ * before acknowledging entries to the server, so the server's cursor never runs ahead of the
+ * device's); outbox additions are durable before addToOutbox resolves.
  */
 export class Profile {
   private readonly cursorMap = new Map<string, LocalCursor>();
   private readonly outboxItems = new Map<string, OutboxItem>();
-  private readonly stateFile: SerialFile;
-  private readonly outboxFile: SerialFile;
+  private readonly stateFile: SerialWrite;
+  private readonly outboxFile: SerialWrite;
   private cursorsDirty = false;
-  private locked = false;
+  private held: StorageLock | undefined;
 
   private constructor(
-    /** The profile directory. */
-    readonly dir: string,
+    /** Where the profile lives. */
+    readonly storage: ProfileStorage,
     /** The device's credentials. */
     readonly credentials: DeviceCredentials,
   ) {
-    this.stateFile = new SerialFile(join(dir, STATE), () => this.serializeState());
-    this.outboxFile = new SerialFile(join(dir, OUTBOX), () => this.serializeOutbox());
+    this.stateFile = new SerialWrite(storage, STATE, () => this.serializeState());
+    this.outboxFile = new SerialWrite(storage, OUTBOX, () => this.serializeOutbox());
   }
 
-  /** True if the directory holds a profile. */
-  static async exists(dir: string): Promise<boolean> {
-    try {
-      await readFile(join(dir, CREDENTIALS));
-      return true;
-    } catch (err) {
-      if (isErrno(err, "ENOENT")) return false;
-      throw err;
-    }
+  /** Where the profile lives, for messages (the directory with the file engine). */
+  get location(): string {
+    return this.storage.location;
+  }
+
+  /** True if the storage (or directory) holds a profile. */
+  static async exists(place: string | ProfileStorage): Promise<boolean> {
+    return (await storageAt(place).get(CREDENTIALS)) !== undefined;
   }
 
   /** Creates a profile for new credentials; refuses to overwrite an existing one. */
-  static async create(dir: string, credentials: DeviceCredentials): Promise<Profile> {
-    await mkdir(dir, { recursive: true, mode: 0o700 });
-    if (await Profile.exists(dir)) {
-      throw new Error(`a profile already exists in ${dir}; use another --profile directory`);
+  static async create(place: string | ProfileStorage, credentials: DeviceCredentials): Promise<Profile> {
+    const storage = storageAt(place);
+    if (await Profile.exists(storage)) {
+      throw new Error(`a profile already exists in ${storage.location}; use another --profile directory`);
     }
-    const profile = new Profile(dir, { ...credentials });
-    await writeFileAtomic(join(dir, CREDENTIALS), `${JSON.stringify(credentials, null, 2)}\n`);
+    const profile = new Profile(storage, { ...credentials });
+    await storage.put([[CREDENTIALS, new TextEncoder().encode(`${JSON.stringify(credentials, null, 2)}\n`)]]);
     await profile.stateFile.write();
     await profile.outboxFile.write();
     return profile;
   }
 
   /** Opens an existing profile. */
-  static async open(dir: string): Promise<Profile> {
-    let raw: string;
-    try {
-      raw = await readFile(join(dir, CREDENTIALS), "utf8");
-    } catch (err) {
-      if (isErrno(err, "ENOENT")) {
-        throw new Error(`no profile in ${dir}; run "register" or "link" first`);
-      }
-      throw err;
+  static async open(place: string | ProfileStorage): Promise<Profile> {
+    const storage = storageAt(place);
+    const raw = await storage.get(CREDENTIALS);
+    if (raw === undefined) {
+      throw new Error(`no profile in ${storage.location}; run "register" or "link" first`);
     }
-    const credentials = parseCredentials(raw, dir);
-    const profile = new Profile(dir, credentials);
+    const credentials = parseCredentials(new TextDecoder().decode(raw), storage.location);
+    const profile = new Profile(storage, credentials);
     await profile.load();
     return profile;
   }
@@ -154,46 +150,28 @@ export class Profile {
   }
 
   /**
-   * Takes the profile's lock, so that two processes never stream as the same device and overwrite
-   * each other's cursors. A lock left by a process that died is taken over.
+   * Takes the profile's lock (ProfileStorage.lock), so that two clients never stream as the same
+   * device and overwrite each other's cursors. The file engine takes over a lock left by a process
+   * that died.
    */
   async lock(): Promise<void> {
-    if (this.locked) return;
-    const path = join(this.dir, LOCK);
-    for (let attempt = 0; attempt < 3; attempt++) {
-      try {
-        const handle = await open(path, "wx", 0o600);
-        await handle.writeFile(`${process.pid}\n`);
-        await handle.close();
-        this.locked = true;
-        return;
-      } catch (err) {
-        if (!isErrno(err, "EEXIST")) throw err;
-      }
-      const holder = Number.parseInt(await readFile(path, "utf8").catch(() => ""), 10);
-      if (Number.isInteger(holder) && processAlive(holder)) {
-        throw new Error(`profile ${this.dir} is in use by process ${holder}`);
-      }
-      await unlink(path).catch(() => {});
-    }
-    throw new Error(`could not lock profile ${this.dir}`);
+    if (this.held !== undefined) return;
+    this.held = await this.storage.lock();
   }
 
   /** Releases the lock taken by lock(). */
   async unlock(): Promise<void> {
-    if (!this.locked) return;
-    this.locked = false;
-    await unlink(join(this.dir, LOCK)).catch(() => {});
+    const held = this.held;
+    this.held = undefined;
+    await held?.release();
   }
 
   private async load(): Promise<void> {
-    // Leftovers of writes interrupted by a crash; the target files are intact.
-    await removeLeftovers(this.dir);
-    const state = await readJson<StateFile>(join(this.dir, STATE));
+    const state = await readJson<StateFile>(this.storage, STATE);
     for (const [id, c] of Object.entries(state?.cursors ?? {})) {
       this.cursorMap.set(id, { delivered: BigInt(c.delivered), read: BigInt(c.read) });
     }
-    const outbox = await readJson<OutboxFile>(join(this.dir, OUTBOX));
+    const outbox = await readJson<OutboxFile>(this.storage, OUTBOX);
     for (const item of outbox?.items ?? []) this.outboxItems.set(item.clientMsgId, item);
   }
 
@@ -212,33 +190,18 @@ export class Profile {
   }
 }
 
-async function readJson<T>(path: string): Promise<T | undefined> {
-  let raw: string;
-  try {
-    raw = await readFile(path, "utf8");
-  } catch (err) {
-    if (isErrno(err, "ENOENT")) return undefined;
-    throw err;
-  }
-  try {
-    return JSON.parse(raw) as T;
-  } catch {
-    throw new Error(`profile file ${path} is not valid JSON`);
-  }
-}
-
-function parseCredentials(raw: string, dir: string): DeviceCredentials {
+function parseCredentials(raw: string, where: string): DeviceCredentials {
   let value: unknown;
   try {
     value = JSON.parse(raw);
   } catch {
-    throw new Error(`profile ${dir}: ${CREDENTIALS} is not valid JSON`);
+    throw new Error(`profile ${where}: ${CREDENTIALS} is not valid JSON`);
   }
   const fields = ["serverUrl", "userId", "username", "deviceId", "deviceSecret"] as const;
-  if (typeof value !== "object" || value === null) throw new Error(`profile ${dir}: bad ${CREDENTIALS}`);
+  if (typeof value !== "object" || value === null) throw new Error(`profile ${where}: bad ${CREDENTIALS}`);
   const record = value as Record<string, unknown>;
   for (const field of fields) {
-    if (typeof record[field] !== "string") throw new Error(`profile ${dir}: ${CREDENTIALS} lacks ${field}`);
+    if (typeof record[field] !== "string") throw new Error(`profile ${where}: ${CREDENTIALS} lacks ${field}`);
   }
   return {
     serverUrl: record.serverUrl as string,
@@ -248,13 +211,4 @@ function parseCredentials(raw: string, dir: string): DeviceCredentials {
     deviceSecret: record.deviceSecret as string,
     ...(typeof record.encrypted === "boolean" && { encrypted: record.encrypted }),
   };
-}
-
-function processAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (err) {
-    return isErrno(err, "EPERM");
-  }
 }

@@ -4,6 +4,7 @@ import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
 import type { IdentityChangeEvent } from "./crypto/stores/types.js";
 import type { DevicesChangedEvent } from "./e2ee/types.js";
+import type { ProfileStorage } from "./storage/port.js";
 
 /**
  * Turns application plaintext into the bytes the server stores, and back. The server never looks
@@ -303,8 +304,16 @@ export interface ClientTuning {
 
 /** Options of SwitchboardClient.open. */
 export interface OpenOptions extends ClientTuning {
-  /** Directory holding the device's profile (credentials, cursors, outbox). */
-  profileDir: string;
+  /**
+   * Directory holding the device's profile (credentials, cursors, outbox, Signal state), kept by
+   * the file engine. Give this or `storage`.
+   */
+  profileDir?: string;
+  /**
+   * Where to keep the profile instead of a directory: any ProfileStorage (sdk/storage/port.ts), for
+   * example MemoryStorage or an engine over the app's own database. Give this or `profileDir`.
+   */
+  storage?: ProfileStorage;
   /** Overrides the server URL stored in the profile. */
   serverUrl?: string;
   /**
@@ -317,8 +326,11 @@ export interface OpenOptions extends ClientTuning {
   /**
    * End-to-end encryption (Signal protocol): direct conversations with one ciphertext per
    * device, groups with sender keys, attachments with a key per file (docs/encryption.md). Keys
-   * live in `<profile>/signal`; the device uploads its keys on connect. The codec is not used
-   * for encrypted content. Default false.
+   * live in the profile's storage (`<profile>/signal`); the device uploads its keys on connect.
+   * The codec is not used for encrypted content. Default: on. register and link make encrypted
+   * profiles unless this is false, and open keeps the mode the profile was made with (a profile
+   * made with `encryption: false` opens in plaintext; false here turns an encrypted one off, which
+   * is an explicit choice). Plaintext is never the default, as in the CLI.
    */
   encryption?: boolean;
   /**

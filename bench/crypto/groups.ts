@@ -116,7 +116,7 @@ export async function groupOfSize(root: string, p: Plan, size: number, message: 
     rotationBytes = bodyBytes(await handOutKey(member, groupId, refs));
   });
 
-  const fileSize = async (name: string) => (await stat(join(member.stores.dir, name))).size;
+  const fileSize = async (name: string) => (await stat(join(member.stores.location, name))).size;
   const stateFiles = `${bytes(await fileSize("groups.json"))} / ${bytes(await fileSize("identities.json"))}`;
   await rm(dir, { recursive: true, force: true });
   return {

@@ -1,7 +1,8 @@
 import { join } from "node:path";
-import { RecordDir } from "../../sdk/crypto/files.js";
 import { addressOf, type DeviceCiphertext } from "../../sdk/crypto/index.js";
 import { MemoryKeyDirectory } from "../../sdk/crypto/memory-directory.js";
+import { FileStorage } from "../../sdk/storage/file.js";
+import { RecordSet } from "../../sdk/storage/records.js";
 import { newId } from "../../services/common/ids.js";
 import { bodyBytes, byDevice, newDevice, newDevices } from "./devices.js";
 import { bytes, fromSamples, now, perSecond, since, type Timing, table, timeOps, us } from "./measure.js";
@@ -49,7 +50,7 @@ export async function pairwise(root: string, p: Plan, message: Uint8Array) {
   const decrypt = await timeOps(p.messages, p.warmup, (i) => bob.cipher.decrypt(alice.ref, sent[i]!));
   // The floor under every state change: one durable write of a session record by the stores.
   const record = (await alice.stores.sessions.getSession(addressOf(bob.ref)))!.serialize();
-  const records = await RecordDir.open(join(root, "floor"));
+  const records = await RecordSet.open(new FileStorage(join(root, "floor")), "records/");
   const write = await timeOps(p.messages, p.warmup, () => records.put([["session", record]]));
   // ...and turn by turn, where every message after a reply steps the Diffie-Hellman ratchet.
   const turns = { encrypt: [] as number[], decrypt: [] as number[] };

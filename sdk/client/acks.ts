@@ -78,6 +78,12 @@ export class Acks {
     this.ackDue.clear();
     this.readDue.clear();
     this.ackEntries = 0;
+    // The cursors to ack are read before the flush: the flush writes them (or later ones), while
+    // entries delivered during the flush may move a cursor past what it wrote.
+    const ackCursors = acks.flatMap((conversationId) => {
+      const c = this.ctx.profile.cursor(conversationId);
+      return c === undefined || c.delivered === 0n ? [] : [{ conversationId, seq: c.delivered }];
+    });
     const putBack = (): void => {
       for (const id of acks) this.ackDue.add(id);
       for (const [id, seq] of reads) if (!this.readDue.has(id)) this.readDue.set(id, seq);
@@ -95,10 +101,6 @@ export class Acks {
       putBack();
       return;
     }
-    const ackCursors = acks.flatMap((conversationId) => {
-      const c = this.ctx.profile.cursor(conversationId);
-      return c === undefined || c.delivered === 0n ? [] : [{ conversationId, seq: c.delivered }];
-    });
     for (let i = 0; i < ackCursors.length; i += FRAME_CURSOR_LIMIT) {
       this.stream.push(s, { case: "ack", value: { cursors: ackCursors.slice(i, i + FRAME_CURSOR_LIMIT) } });
     }

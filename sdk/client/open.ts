@@ -1,6 +1,8 @@
 import { hostname } from "node:os";
 import { E2ee } from "../e2ee.js";
 import { Profile } from "../profile.js";
+import { FileStorage } from "../storage/file.js";
+import type { ProfileStorage } from "../storage/port.js";
 import { connectToServer, type ServerConnection } from "../transport.js";
 import type { DeviceCredentials, OpenOptions, PayloadCodec } from "../types.js";
 import { ClientContext, tuningWithDefaults, UNARY_TIMEOUT_MS } from "./context.js";
@@ -8,7 +10,7 @@ import { Emitter } from "./events.js";
 
 /** Opens a profile, its connection and (when on) its encryption: everything a client shares. */
 export async function openContext(options: OpenOptions, defaultCodec: PayloadCodec): Promise<ClientContext> {
-  const profile = await Profile.open(options.profileDir);
+  const profile = await Profile.open(storageOf(options));
   const serverUrl = options.serverUrl ?? profile.credentials.serverUrl;
   const conn = connectToServer({
     serverUrl,
@@ -22,7 +24,7 @@ export async function openContext(options: OpenOptions, defaultCodec: PayloadCod
   const encryption = options.encryption ?? profile.credentials.encrypted === true;
   const e2ee = encryption
     ? await E2ee.open(
-        profile.dir,
+        profile.storage,
         { userId: profile.credentials.userId, deviceId: profile.credentials.deviceId },
         conn,
         (event) => events.emit("identityChanged", event),
@@ -47,11 +49,12 @@ export async function openContext(options: OpenOptions, defaultCodec: PayloadCod
  * orphan account.
  */
 export async function createProfile(
-  options: { serverUrl: string; profileDir: string; encryption?: boolean },
+  options: { serverUrl: string; profileDir?: string; storage?: ProfileStorage; encryption?: boolean },
   join: (conn: ServerConnection, defaultDeviceName: string) => Promise<DeviceCredentials>,
 ): Promise<void> {
-  if (await Profile.exists(options.profileDir)) {
-    throw new Error(`a profile already exists in ${options.profileDir}; use another --profile directory`);
+  const storage = storageOf(options);
+  if (await Profile.exists(storage)) {
+    throw new Error(`a profile already exists in ${storage.location}; use another --profile directory`);
   }
   const conn = connectToServer({ serverUrl: options.serverUrl });
   let credentials: DeviceCredentials;
@@ -60,5 +63,18 @@ export async function createProfile(
   } finally {
     conn.close();
   }
-  await Profile.create(options.profileDir, { ...credentials, encrypted: options.encryption === true });
+  // Encrypted unless the app asks for plaintext: the CLI and the SDK agree on the default.
+  await Profile.create(storage, { ...credentials, encrypted: options.encryption !== false });
+}
+
+/** The storage an app named: its own engine, or the file engine over profileDir. */
+export function storageOf(options: { profileDir?: string; storage?: ProfileStorage }): ProfileStorage {
+  if (options.storage !== undefined && options.profileDir !== undefined) {
+    throw new Error("give profileDir or storage, not both");
+  }
+  if (options.storage !== undefined) return options.storage;
+  if (options.profileDir === undefined || options.profileDir === "") {
+    throw new Error("give profileDir (a directory for the profile) or storage (a ProfileStorage engine)");
+  }
+  return new FileStorage(options.profileDir);
 }

@@ -1,5 +1,4 @@
 import { randomUUID } from "node:crypto";
-import { join } from "node:path";
 import {
   ErrorCode,
   groupDecrypt,
@@ -10,8 +9,8 @@ import {
   SenderKeyDistributionMessage,
   SenderKeyMessage,
 } from "@signalapp/libsignal-client";
-import { JsonDoc, toBytes } from "./files.js";
-import { addressOf, type DeviceRef, deviceOf, type SignalStores } from "./stores.js";
+import { JsonDoc, toBytes } from "../storage/records.js";
+import { addressOf, type DeviceRef, deviceOf, SIGNAL_PREFIX, type SignalStores } from "./stores.js";
 
 /** Our sender key in one group. */
 export interface OwnSenderKey {
@@ -101,7 +100,7 @@ export class GroupCipher {
 
   /** Opens the group state kept beside the stores (`<profile>/signal/groups.json`). */
   static async open(stores: SignalStores, localDevice: DeviceRef): Promise<GroupCipher> {
-    const doc = await JsonDoc.open<GroupsFile>(join(stores.dir, "groups.json"), () => ({
+    const doc = await JsonDoc.open<GroupsFile>(stores.storage, `${SIGNAL_PREFIX}groups.json`, () => ({
       version: 1,
       own: {},
       received: {},

@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { KEMPublicKey, PublicKey } from "@signalapp/libsignal-client";
-import { toBytes } from "./files.js";
+import { toBytes } from "../storage/records.js";
 import {
   generateInitialKeys,
   MAX_EC_PREKEYS_PER_UPLOAD,

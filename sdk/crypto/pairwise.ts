@@ -13,7 +13,7 @@ import {
   signalEncrypt,
 } from "@signalapp/libsignal-client";
 import type { PrekeyBundle } from "../../gen/switchboard/v1/keys_pb.js";
-import { toBytes } from "./files.js";
+import { toBytes } from "../storage/records.js";
 import {
   addressOf,
   type DeviceRef,

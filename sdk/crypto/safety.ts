@@ -1,6 +1,6 @@
 import { timingSafeEqual } from "node:crypto";
 import { Fingerprint, PublicKey, ScannableFingerprint } from "@signalapp/libsignal-client";
-import { toBytes } from "./files.js";
+import { toBytes } from "../storage/records.js";
 
 /** Signal's parameters: 5200 SHA-512 iterations, fingerprint version 2. */
 export const SAFETY_NUMBER_ITERATIONS = 5200;

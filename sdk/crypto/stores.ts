@@ -6,7 +6,7 @@ export { IdentityStore, UntrustedIdentityError } from "./stores/identity.js";
 export { KyberPreKeyFileStore, PreKeyFileStore, SignedPreKeyFileStore } from "./stores/prekeys.js";
 export { SenderKeyFileStore } from "./stores/sender-keys.js";
 export { SessionFileStore } from "./stores/sessions.js";
-export { SignalStores, type SignalStoresOptions } from "./stores/signal-stores.js";
+export { SIGNAL_PREFIX, SignalStores, type SignalStoresOptions } from "./stores/signal-stores.js";
 export type {
   DeviceRef,
   IdentityChangeEvent,

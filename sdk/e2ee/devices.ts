@@ -1,10 +1,10 @@
-import { join } from "node:path";
 import type { Client } from "@connectrpc/connect";
 import type { DeviceMismatch } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
-import { JsonDoc } from "../crypto/files.js";
 import type { BundleFetcher, PairwiseCipher } from "../crypto/pairwise.js";
 import type { DeviceRef, SignalStores } from "../crypto/stores.js";
+import type { ProfileStorage } from "../storage/port.js";
+import { JsonDoc } from "../storage/records.js";
 import type { DevicesChangedEvent } from "./types.js";
 
 /** The devices this device encrypts for, per user, as last learned (`<profile>/e2ee/devices.json`). */
@@ -42,16 +42,16 @@ export class DeviceDirectory {
     private readonly onChanged: (event: DevicesChangedEvent) => void,
   ) {}
 
-  /** Opens `<e2eeDir>/devices.json`. */
+  /** Opens `e2ee/devices.json` in the profile's storage. */
   static async open(
-    e2eeDir: string,
+    storage: ProfileStorage,
     stores: SignalStores,
     cipher: PairwiseCipher,
     self: DeviceRef,
     keys: Client<typeof KeyService>,
     onChanged: (event: DevicesChangedEvent) => void,
   ): Promise<DeviceDirectory> {
-    const known = await JsonDoc.open<KnownDevicesFile>(join(e2eeDir, "devices.json"), () => ({
+    const known = await JsonDoc.open<KnownDevicesFile>(storage, "e2ee/devices.json", () => ({
       version: 1,
       users: {},
     }));

@@ -1,10 +1,10 @@
-import { join } from "node:path";
 import { ContentKind } from "../../gen/switchboard/v1/content_pb.js";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
-import { RecordDir } from "../crypto/files.js";
 import type { GroupCipher } from "../crypto/groups.js";
 import { DecryptError, type PairwiseCipher } from "../crypto/pairwise.js";
 import type { DeviceRef } from "../crypto/stores.js";
+import type { ProfileStorage } from "../storage/port.js";
+import { RecordSet } from "../storage/records.js";
 import { KEYS_ONLY_MARKER, KEYS_ONLY_PAYLOAD_TYPE, parseSealed, SENDER_KEY_PAYLOAD_TYPE } from "./content.js";
 import type { DeviceDirectory } from "./devices.js";
 
@@ -22,18 +22,18 @@ export class Decryptor {
     private readonly self: DeviceRef,
     private readonly devices: DeviceDirectory,
     /** Plaintexts by `r/<conversationId>/<seq>` (received) and `s/<clientMsgId>` (sent here). */
-    private readonly plaintexts: RecordDir,
+    private readonly plaintexts: RecordSet,
   ) {}
 
-  /** Opens `<e2eeDir>/plaintexts`. */
+  /** Opens `e2ee/plaintexts/` in the profile's storage. */
   static async open(
-    e2eeDir: string,
+    storage: ProfileStorage,
     cipher: PairwiseCipher,
     groups: GroupCipher,
     self: DeviceRef,
     devices: DeviceDirectory,
   ): Promise<Decryptor> {
-    const plaintexts = await RecordDir.open(join(e2eeDir, "plaintexts"));
+    const plaintexts = await RecordSet.open(storage, "e2ee/plaintexts/");
     return new Decryptor(cipher, groups, self, devices, plaintexts);
   }
 

@@ -74,7 +74,7 @@ export class KeyUpkeep {
     if (this.identityUnpublished) {
       // The directory's identity for this device never changes, and its private key is gone.
       throw new ConnectError(
-        `this device's Signal keys are missing from its profile (${this.stores.dir} was lost or ` +
+        `this device's Signal keys are missing from its profile (${this.stores.location} was lost or ` +
           "replaced) while the key directory keeps the identity they belonged to, which never " +
           "changes: nobody can encrypt to this device any more. Link a new device for this user " +
           "and revoke this one.",

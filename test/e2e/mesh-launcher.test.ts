@@ -110,6 +110,8 @@ async function device(
     serverUrl,
     profileDir,
     username: uniqueName(prefix),
+    // Plaintext, as before the SDK encrypted by default: this suite is about restarts.
+    encryption: false,
     ...tuning,
   });
   const inbox = new Inbox(prefix, client);

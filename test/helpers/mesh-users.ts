@@ -46,6 +46,8 @@ export class MeshUsers {
       ...this.urls(0),
       profileDir: join(this.dir, "profiles", `${name}-0`),
       username: name,
+      // Plaintext, as before the SDK encrypted by default: the mesh suites are about delivery.
+      encryption: false,
       ...this.tuning,
     });
     const { code } = await first.createLinkCode();
@@ -53,6 +55,7 @@ export class MeshUsers {
       ...this.urls(1),
       profileDir: join(this.dir, "profiles", `${name}-1`),
       code,
+      encryption: false,
       ...this.tuning,
     });
     const user: MeshUser = {

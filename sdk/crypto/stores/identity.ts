@@ -7,7 +7,7 @@ import {
   type ProtocolAddress,
   PublicKey,
 } from "@signalapp/libsignal-client";
-import { type JsonDoc, toBytes } from "../files.js";
+import { type JsonDoc, toBytes } from "../../storage/records.js";
 import { addressOf, deviceOf } from "./address.js";
 import type { IdentityFile, LocalFile } from "./documents.js";
 import type { DeviceRef, IdentityChangeEvent, RememberedIdentity } from "./types.js";

@@ -8,12 +8,12 @@ import {
   SignedPreKeyRecord,
   SignedPreKeyStore,
 } from "@signalapp/libsignal-client";
-import type { JsonDoc, RecordDir } from "../files.js";
+import type { JsonDoc, RecordSet } from "../../storage/records.js";
 import type { LocalFile } from "./documents.js";
 
 /** One-time EC prekeys (private halves); used ones are removed by libsignal. */
 export class PreKeyFileStore extends PreKeyStore {
-  constructor(private readonly records: RecordDir) {
+  constructor(private readonly records: RecordSet) {
     super();
   }
 
@@ -48,7 +48,7 @@ export class PreKeyFileStore extends PreKeyStore {
 
 /** Signed EC prekeys (the current one and a few previous ones, for messages in flight). */
 export class SignedPreKeyFileStore extends SignedPreKeyStore {
-  constructor(private readonly records: RecordDir) {
+  constructor(private readonly records: RecordSet) {
     super();
   }
 
@@ -86,8 +86,8 @@ export class SignedPreKeyFileStore extends SignedPreKeyStore {
  */
 export class KyberPreKeyFileStore extends KyberPreKeyStore {
   constructor(
-    private readonly records: RecordDir,
-    private readonly used: RecordDir,
+    private readonly records: RecordSet,
+    private readonly used: RecordSet,
     private readonly local: JsonDoc<LocalFile>,
   ) {
     super();

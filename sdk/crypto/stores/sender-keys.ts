@@ -4,11 +4,11 @@ import {
   SenderKeyStore,
   type Uuid,
 } from "@signalapp/libsignal-client";
-import type { RecordDir } from "../files.js";
+import type { RecordSet } from "../../storage/records.js";
 
 /** Sender keys: ours and other members', per (sender device, distribution id). */
 export class SenderKeyFileStore extends SenderKeyStore {
-  constructor(private readonly records: RecordDir) {
+  constructor(private readonly records: RecordSet) {
     super();
   }
 

@@ -1,9 +1,9 @@
 import { type ProtocolAddress, SessionRecord, SessionStore } from "@signalapp/libsignal-client";
-import type { RecordDir } from "../files.js";
+import type { RecordSet } from "../../storage/records.js";
 
 /** Double Ratchet sessions, one per remote device. */
 export class SessionFileStore extends SessionStore {
-  constructor(private readonly records: RecordDir) {
+  constructor(private readonly records: RecordSet) {
     super();
   }
 

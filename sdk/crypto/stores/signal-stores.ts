@@ -1,7 +1,8 @@
 import { randomInt } from "node:crypto";
-import { join } from "node:path";
 import { IdentityKeyPair } from "@signalapp/libsignal-client";
-import { ensureDir, JsonDoc, RecordDir } from "../files.js";
+import { storageAt } from "../../storage/file.js";
+import type { ProfileStorage } from "../../storage/port.js";
+import { JsonDoc, RecordSet } from "../../storage/records.js";
 import { type IdentityFile, type LocalFile, MAX_PREKEY_ID } from "./documents.js";
 import { IdentityStore } from "./identity.js";
 import { KyberPreKeyFileStore, PreKeyFileStore, SignedPreKeyFileStore } from "./prekeys.js";
@@ -15,22 +16,26 @@ export interface SignalStoresOptions {
   onIdentityChange?: (event: IdentityChangeEvent) => void;
 }
 
+/** The folder of the Signal stores in a profile's storage. */
+export const SIGNAL_PREFIX = "signal/";
+
 /**
- * Every libsignal store of one device, persisted under `<profile>/signal/`:
+ * Every libsignal store of one device, persisted under `signal/` in the profile's storage (with the
+ * file engine, the folder `<profile>/signal/`):
  *
- * - `local.json`: our identity key pair, registration id, prekey id counters (mode 0600);
+ * - `local.json`: our identity key pair, registration id, prekey id counters;
  * - `identities.json`: other devices' identity keys with their verified flags;
  * - `sessions/`, `prekeys/`, `signed-prekeys/`, `kyber-prekeys/`, `kyber-used/`, `sender-keys/`:
- *   one file per record, named by the hex of its key.
+ *   one entry per record, named by the hex of its key.
  *
- * Every write is atomic (temporary file, fsync, rename, directory fsync) and durable before the
- * store call returns, so when libsignal's encrypt or decrypt resolves, the state it depends on is
- * on disk. Everything is also cached in memory; reads never touch the disk.
+ * Every write is atomic and durable before the store call returns (the storage port's promise), so
+ * when libsignal's encrypt or decrypt resolves, the state it depends on is stored. Everything is
+ * also cached in memory; reads never touch the storage.
  */
 export class SignalStores {
   private constructor(
-    /** The store's directory (`<profile>/signal`). */
-    readonly dir: string,
+    /** The profile's storage. */
+    readonly storage: ProfileStorage,
     private readonly local: JsonDoc<LocalFile>,
     readonly identity: IdentityStore,
     readonly sessions: SessionFileStore,
@@ -42,12 +47,14 @@ export class SignalStores {
     readonly identityCreated: boolean,
   ) {}
 
-  /** Opens the stores of a profile directory, creating our identity on first use. */
-  static async open(profileDir: string, options: SignalStoresOptions = {}): Promise<SignalStores> {
-    const dir = join(profileDir, "signal");
-    await ensureDir(dir);
+  /** Opens the stores of a profile (a directory or a storage engine), creating our identity on first use. */
+  static async open(
+    profile: string | ProfileStorage,
+    options: SignalStoresOptions = {},
+  ): Promise<SignalStores> {
+    const storage = storageAt(profile);
     let identityCreated = false;
-    const local = await JsonDoc.open<LocalFile>(join(dir, "local.json"), () => {
+    const local = await JsonDoc.open<LocalFile>(storage, `${SIGNAL_PREFIX}local.json`, () => {
       identityCreated = true;
       return {
         version: 1,
@@ -64,28 +71,33 @@ export class SignalStores {
     });
     // First open: the identity must be durable before anything is derived from it.
     await local.save();
-    const identities = await JsonDoc.open<IdentityFile>(join(dir, "identities.json"), () => ({
+    const identities = await JsonDoc.open<IdentityFile>(storage, `${SIGNAL_PREFIX}identities.json`, () => ({
       version: 1,
       identities: {},
     }));
     const [sessions, preKeys, signed, kyber, kyberUsed, senderKeys] = await Promise.all(
       ["sessions", "prekeys", "signed-prekeys", "kyber-prekeys", "kyber-used", "sender-keys"].map((name) =>
-        RecordDir.open(join(dir, name)),
+        RecordSet.open(storage, `${SIGNAL_PREFIX}${name}/`),
       ),
     );
     const identity = new IdentityStore(local, identities);
     if (options.onIdentityChange) identity.onChange(options.onIdentityChange);
     return new SignalStores(
-      dir,
+      storage,
       local,
       identity,
-      new SessionFileStore(sessions as RecordDir),
-      new PreKeyFileStore(preKeys as RecordDir),
-      new SignedPreKeyFileStore(signed as RecordDir),
-      new KyberPreKeyFileStore(kyber as RecordDir, kyberUsed as RecordDir, local),
-      new SenderKeyFileStore(senderKeys as RecordDir),
+      new SessionFileStore(sessions as RecordSet),
+      new PreKeyFileStore(preKeys as RecordSet),
+      new SignedPreKeyFileStore(signed as RecordSet),
+      new KyberPreKeyFileStore(kyber as RecordSet, kyberUsed as RecordSet, local),
+      new SenderKeyFileStore(senderKeys as RecordSet),
       identityCreated,
     );
+  }
+
+  /** Where the stores live, for messages (`<profile>/signal` with the file engine). */
+  get location(): string {
+    return `${this.storage.location}/signal`;
   }
 
   /** Our registration id (1 to 16383). */

@@ -1,6 +1,6 @@
 import type { AttachmentPointer } from "../../gen/switchboard/v1/content_pb.js";
 import { MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
-import { DecryptError } from "../crypto/pairwise.js";
+import type { DecryptError, DecryptFailure } from "../crypto/pairwise.js";
 import type { IdentityChangeEvent } from "../crypto/stores.js";
 import type { DevicesChangedEvent } from "../e2ee.js";
 import type { IncomingEntry, ReceiptEvent } from "../types.js";
@@ -23,20 +23,30 @@ export interface EntryView {
   download?: (seq: bigint) => string;
 }
 
+/**
+ * Why an entry could not be decrypted, when its error is the SDK's DecryptError. Told by the
+ * error's name rather than instanceof: importing the class would load libsignal when the CLI
+ * starts (commands.ts), and this module is on that path.
+ */
+function decryptFailure(err: Error | undefined): DecryptFailure | undefined {
+  return err?.name === "DecryptError" ? (err as DecryptError).reason : undefined;
+}
+
 function text(e: IncomingEntry): string {
   if (e.redacted) return "(deleted)";
-  if (e.decodeError instanceof DecryptError && e.decodeError.reason === "not-addressed") {
+  const failure = decryptFailure(e.decodeError);
+  if (failure === "not-addressed") {
     // The server hands each device only its own ciphertext; this entry had none for this one.
     return "(nothing this device can read: encrypted for other devices, before it was linked or had keys)";
   }
-  if (e.decodeError instanceof DecryptError && e.decodeError.reason === "unencrypted") {
+  if (failure === "unencrypted") {
     return (
       "(!! refused: arrived NOT end-to-end encrypted from a contact who encrypts; the server may have " +
       "stripped the encryption. --accept-unencrypted shows it)"
     );
   }
-  if (e.decodeError instanceof DecryptError && e.decodeError.reason === "wrong-context") {
-    return `(!! refused: ${printable(e.decodeError.message)})`;
+  if (failure === "wrong-context") {
+    return `(!! refused: ${printable(e.decodeError?.message ?? "")})`;
   }
   if (e.decodeError !== undefined) {
     return `(could not decrypt: ${printable(e.decodeError.message)})`;

@@ -1,5 +1,4 @@
-import { SwitchboardClient } from "../client.js";
-import { chooseEncryption, lockProfile, markedEncrypted, publishKeys } from "./encryption.js";
+import type { SwitchboardClient } from "../client.js";
 import { devicesWarning, identityWarning } from "./format.js";
 import type { CliIo } from "./io.js";
 import { Names } from "./names.js";
@@ -31,6 +30,10 @@ export async function withClient<T>(
   use: ClientUse,
   body: (session: Session) => Promise<T>,
 ): Promise<T> {
+  // The client (and with it libsignal and the transport) loads here, when a command runs, not
+  // when the CLI starts: `switchboard --help` and argument errors never pay for it.
+  const [{ SwitchboardClient }, { chooseEncryption, lockProfile, markedEncrypted, publishKeys }] =
+    await Promise.all([import("../client.js"), import("./encryption.js")]);
   const profileDir = profileFor(opts);
   const server = namedServer(opts);
   const encrypted = await chooseEncryption(

@@ -14,7 +14,8 @@ import {
 } from "../../gen/switchboard/internal/v1/admin_pb.js";
 import type { DeviceRoute } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { Device } from "../../gen/switchboard/v1/accounts_pb.js";
-import { environment } from "../common/config.js";
+// Not the config barrel: it loads every settings schema (zod), which `switchboard --help` need not.
+import { environment } from "../common/config/environment.js";
 import { AdminError, adminCredential, connect, describeAdminError } from "./admin/connection.js";
 import { bytes, collect, duration, inviteState, parseTtl, ranges, table, time } from "./admin/format.js";
 

@@ -1,7 +1,4 @@
 import type { Command } from "commander";
-
-import { SwitchboardClient } from "../../client.js";
-import { publishKeys } from "../encryption.js";
 import { type CliIo, describeError, run } from "../io.js";
 import { clientCommand, type GlobalOptions } from "../options.js";
 import { withClient } from "../session.js";
@@ -28,6 +25,7 @@ export function registerAccountCommands(program: Command, io: CliIo): void {
           opts: GlobalOptions & { displayName?: string; deviceName?: string; invite?: string },
         ) => {
           const encryption = opts.encryption !== false;
+          const { SwitchboardClient } = await import("../../client.js");
           const client = await SwitchboardClient.register({
             serverUrl: serverFor(opts),
             profileDir: profileFor(opts),
@@ -66,6 +64,7 @@ export function registerAccountCommands(program: Command, io: CliIo): void {
     .action(
       run(io, async (code: string, opts: GlobalOptions & { deviceName?: string }) => {
         const encryption = opts.encryption !== false;
+        const { SwitchboardClient } = await import("../../client.js");
         const client = await SwitchboardClient.link({
           serverUrl: serverFor(opts),
           profileDir: profileFor(opts),
@@ -96,6 +95,7 @@ async function announceEncryption(
     return;
   }
   try {
+    const { publishKeys } = await import("../encryption.js");
     await publishKeys(profileDir, serverFor(opts));
   } catch (err) {
     throw new Error(

@@ -2,7 +2,6 @@ import { stat } from "node:fs/promises";
 import { basename } from "node:path";
 import { createInterface, emitKeypressEvents, type Interface } from "node:readline";
 import type { Command } from "commander";
-import { newClientMsgId } from "../../client.js";
 import { formatBytes, printable } from "../files.js";
 import { downloadHint, type EntryView, formatEntry, hintTarget, receiptLine, time } from "../format.js";
 import { type CliIo, describeError, interrupted, run } from "../io.js";
@@ -33,6 +32,8 @@ const TYPING_EXPIRY_MS = 10_000;
  */
 async function chat(session: Session, target: string, opts: GlobalOptions, io: CliIo): Promise<void> {
   const { client, encrypted } = session;
+  // Loaded by withClient already; imported here, not at the top, for the CLI's start-up (commands.ts).
+  const { newClientMsgId } = await import("../../client.js");
   const conversationId = await resolveConversation(client, target);
   const names = new Names(client);
   const labels = new ConversationLabels(client, names);

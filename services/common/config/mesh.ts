@@ -1,6 +1,7 @@
 /** Which services a process runs, the engines they use and where the other services are. */
 import { z } from "zod";
 import { fail } from "./error.js";
+import { ROLES, type Role } from "./roles.js";
 import {
   check,
   type Env,
@@ -20,19 +21,7 @@ import {
   without,
 } from "./schema.js";
 
-/** The services one process can run. */
-export const ROLES = [
-  "gateway",
-  "accounts",
-  "sequencer",
-  "fanout",
-  "presence",
-  "notification",
-  "media",
-] as const;
-
-/** One service. */
-export type Role = (typeof ROLES)[number];
+export { ROLES, type Role };
 
 /** The distributed topology of one process (issue: everything in one process by default). */
 export interface MeshConfig {

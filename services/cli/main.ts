@@ -13,6 +13,9 @@ import {
 import { createLogger } from "../common/log.js";
 import { startServer } from "../server/index.js";
 import { registerAdminCommands } from "./admin.js";
+import { handleClosedOutput, keepRunningOnClosedOutput } from "./closed-output.js";
+
+handleClosedOutput();
 
 function port(value: string): number {
   const n = Number(value);
@@ -50,6 +53,8 @@ program
       adminPort?: number;
       logLevel?: string;
     }) => {
+      // `switchboard start | head -1` reads the listening line; the server keeps serving.
+      keepRunningOnClosedOutput();
       const env = await settingsEnvironment(opts.config);
       if (opts.role !== undefined) env.SWITCHBOARD_ROLES = opts.role;
       const server = await startServer({
@@ -62,11 +67,6 @@ program
       });
       const roles =
         server.config.mesh.roles.length === ROLES.length ? "all roles" : server.config.mesh.roles.join(",");
-      // Tests and scripts read this line to find the port.
-      process.stdout.write(
-        `switchboard listening on ${server.url} (${roles}; data in ${server.config.dataDir}` +
-          `${server.adminUrl ? `; health on ${server.adminUrl}` : ""})\n`,
-      );
       let stopping = false;
       const stop = (signal: string) => {
         if (stopping) return;
@@ -82,6 +82,13 @@ program
       };
       process.on("SIGINT", () => stop("SIGINT"));
       process.on("SIGTERM", () => stop("SIGTERM"));
+      // Tests and scripts read this line to find the port, then may signal the process at once:
+      // it comes after the handlers, since a signal that finds no handler yet kills the process
+      // without its shutdown (seen in about half of the immediate SIGTERMs).
+      process.stdout.write(
+        `switchboard listening on ${server.url} (${roles}; data in ${server.config.dataDir}` +
+          `${server.adminUrl ? `; health on ${server.adminUrl}` : ""})\n`,
+      );
     },
   );
 
@@ -143,6 +150,7 @@ program
       store?: "lmdb" | "scylla";
       restart: boolean;
     }) => {
+      keepRunningOnClosedOutput();
       const { Mesh } = await import("../mesh/launcher.js");
       const { describeBackend, describeProcess } = await import("../mesh/settings.js");
       const out = process.stdout;

@@ -1,8 +1,12 @@
+import { createRequire } from "node:module";
 import { pino } from "pino";
 import { activeTraceIds } from "./telemetry.js";
 
 /** The structured logger every service receives. Never log payloads, secrets or tokens. */
 export type Logger = pino.Logger;
+
+/** How log lines are written: one JSON object per line, or lines for people. */
+export type LogFormat = "json" | "pretty";
 
 /** Options for the process logger. */
 export interface LogOptions {
@@ -10,10 +14,40 @@ export interface LogOptions {
   level: string;
   /** Static fields on every line (for example the role). */
   base?: Record<string, unknown>;
+  /** The format; by default chosen by logFormatFor(process.stderr). */
+  format?: LogFormat;
 }
 
-/** Creates the process logger: JSON lines on stderr, so stdout stays free for CLI output. */
+/**
+ * Lines for people when the log goes to a terminal, JSON lines for machines everywhere else (a
+ * file, a pipe, a container runtime). The log's own stream decides, stderr, since that is where
+ * it is written: `switchboard start > out.txt` on a terminal still shows readable logs.
+ */
+export function logFormatFor(stream: { isTTY?: boolean }): LogFormat {
+  return stream.isTTY === true ? "pretty" : "json";
+}
+
+// pino-pretty is loaded only for a terminal: its dependencies are no cost to processes that log
+// JSON (every deployed one), and `require` keeps createLogger synchronous.
+const require = createRequire(import.meta.url);
+
+/** Creates the process logger on stderr, so stdout stays free for CLI output. */
 export function createLogger(options: LogOptions): Logger {
+  const format = options.format ?? logFormatFor(process.stderr);
+  const destination =
+    format === "pretty"
+      ? // In this thread, as a stream, not as a pino transport (a worker thread per process):
+        // it is only used on a terminal, at the pace people read. Like pino.destination below it
+        // writes through sonic-boom, which drops lines to a closed pipe instead of throwing.
+        (require("pino-pretty") as typeof import("pino-pretty"))({
+          destination: 2,
+          sync: false,
+          translateTime: "SYS:HH:MM:ss.l",
+          // The same on every line of one process; the JSON log keeps them.
+          ignore: "pid,hostname,role,instance",
+          singleLine: true,
+        })
+      : pino.destination({ fd: 2, sync: false });
   return pino(
     {
       level: options.level,
@@ -22,6 +56,6 @@ export function createLogger(options: LogOptions): Logger {
       // Every line logged inside a traced operation names its trace, so logs and traces join up.
       mixin: () => activeTraceIds() ?? {},
     },
-    pino.destination({ fd: 2, sync: false }),
+    destination,
   );
 }

@@ -12,6 +12,7 @@ import type { StartedMedia } from "../media/index.js";
 import type { Notifier } from "../notification/index.js";
 import type { Presence } from "../presence/index.js";
 import type { Sequencer } from "../sequencer/index.js";
+import { lockDataDir } from "./data-dir-lock.js";
 import { openBus, openStore } from "./engines.js";
 import { healthFallback, startAdminServer } from "./health.js";
 import { Closers, Readiness, tokenKey } from "./lifecycle.js";
@@ -106,6 +107,14 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
 
   try {
     await mkdir(config.dataDir, { recursive: true });
+    const opensStore = roles.has("accounts") || roles.has("sequencer");
+    // The embedded store's files are this process's alone (data-dir-lock.ts); ScyllaDB is shared
+    // by design, and what else sits in the directory (token.key, written once) tolerates sharing.
+    if (opensStore && mesh.store === "lmdb") {
+      const lock = lockDataDir(config.dataDir);
+      // Registered before the store, so released after it is closed.
+      closers.add("data directory lock", () => lock.release());
+    }
     const needsTokens = roles.has("gateway") || roles.has("accounts") || roles.has("media") || !everything;
     const key = needsTokens ? await tokenKey(config) : undefined;
     const tokens = key ? new Tokens(key, config.tokenTtlSeconds) : undefined;
@@ -116,7 +125,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     readiness.add(busEngine.problem);
     const { bus, delivery } = busEngine;
 
-    const store = roles.has("accounts") || roles.has("sequencer") ? await openStore(config, log) : undefined;
+    const store = opensStore ? await openStore(config, log) : undefined;
     if (store) closers.add("store", () => store.close());
 
     const ctx: RoleContext = {

@@ -1,10 +1,23 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { type Attributes, context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { ATTR_ERROR_TYPE } from "@opentelemetry/semantic-conventions";
+import {
+  ATTR_RPC_METHOD,
+  ATTR_RPC_RESPONSE_STATUS_CODE,
+  ATTR_RPC_SYSTEM_NAME,
+  METRIC_RPC_SERVER_CALL_DURATION,
+  RPC_SYSTEM_NAME_VALUE_CONNECTRPC,
+  RPC_SYSTEM_NAME_VALUE_GRPC,
+} from "./semconv.js";
 import { meter, tracer } from "./telemetry.js";
 
 /**
- * Tracing and metrics for every RPC, on both sides. The W3C trace context travels in the request
- * headers, so a send's trace continues from the gateway into the sequencer and the other services.
+ * Tracing and metrics for every RPC, on both sides, named as the OpenTelemetry RPC semantic
+ * conventions (semconv 1.40) name them: `rpc.server.call.duration` with `rpc.system.name`,
+ * `rpc.method` (fully qualified, "package.Service/Method"), `rpc.response.status_code` and, for
+ * server errors only, `error.type`. The deprecated `rpc.service`, `rpc.system` and
+ * `rpc.grpc.status_code` are not emitted. The W3C trace context travels in the request headers,
+ * so a send's trace continues from the gateway into the sequencer and the other services.
  */
 
 const headerGetter = {
@@ -13,40 +26,81 @@ const headerGetter = {
 };
 const headerSetter = { set: (h: Headers, key: string, value: string) => h.set(key, value) };
 
-function codeName(err: unknown): string {
-  if (err === undefined) return "ok";
-  return Code[ConnectError.from(err).code]?.replace(/([a-z])([A-Z])/g, "$1_$2").toLowerCase() ?? "unknown";
+/**
+ * Codes the conventions count as the server's failure (the others are the caller's: a bad
+ * argument, a missing permission, a precondition). Only these set `error.type` and an error span.
+ */
+const SERVER_ERRORS = new Set<Code>([
+  Code.Unknown,
+  Code.DeadlineExceeded,
+  Code.Unimplemented,
+  Code.Internal,
+  Code.Unavailable,
+  Code.DataLoss,
+]);
+
+/** The RPC system a request speaks: gRPC and gRPC-Web are "grpc"; the Connect protocol is "connectrpc". */
+export function rpcSystemOf(header: Headers): string {
+  const type = header.get("content-type") ?? "";
+  return type.startsWith("application/grpc") ? RPC_SYSTEM_NAME_VALUE_GRPC : RPC_SYSTEM_NAME_VALUE_CONNECTRPC;
+}
+
+/**
+ * The status code as each system spells it: gRPC's canonical names ("OK", "UNAVAILABLE"), the
+ * Connect protocol's error codes ("unavailable"), "OK" for a success in both.
+ */
+export function statusCodeOf(system: string, err: unknown): { status: string; serverError: boolean } {
+  if (err === undefined) return { status: "OK", serverError: false };
+  const code = ConnectError.from(err).code;
+  const snake = (Code[code] ?? "Unknown").replace(/([a-z])([A-Z])/g, "$1_$2");
+  return {
+    status: system === RPC_SYSTEM_NAME_VALUE_GRPC ? snake.toUpperCase() : snake.toLowerCase(),
+    serverError: SERVER_ERRORS.has(code),
+  };
+}
+
+/** The attributes of a finished call: its status, and error.type when the server failed. */
+function outcomeAttributes(system: string, err: unknown): Attributes {
+  const { status, serverError } = statusCodeOf(system, err);
+  return serverError
+    ? { [ATTR_RPC_RESPONSE_STATUS_CODE]: status, [ATTR_ERROR_TYPE]: status }
+    : { [ATTR_RPC_RESPONSE_STATUS_CODE]: status };
 }
 
 /** Server side: a span per unary call, continuing the caller's trace; duration and outcome by code. */
 export function serverTelemetry(): Interceptor {
   const m = meter();
-  const duration = m.createHistogram("switchboard.rpc.server.duration_seconds", {
-    description: "Time to answer a unary RPC, by service, method and gRPC code",
+  const duration = m.createHistogram(METRIC_RPC_SERVER_CALL_DURATION, {
+    description: "Time to answer a unary RPC, by system, method and status code",
     unit: "s",
     advice: {
       explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     },
   });
   const streams = m.createCounter("switchboard.rpc.server.streams", {
-    description: "Streams ended, by service, method and gRPC code",
+    description: "Streams that ended with an error, by system, method and status code",
   });
   return (next) => async (req) => {
-    const attributes = { "rpc.service": req.service.typeName, "rpc.method": req.method.name };
+    const system = rpcSystemOf(req.header);
+    const attributes = {
+      [ATTR_RPC_SYSTEM_NAME]: system,
+      [ATTR_RPC_METHOD]: `${req.service.typeName}/${req.method.name}`,
+    };
     if (req.stream) {
-      // A device stream lives for hours; its frames get their own spans (see the gateway).
+      // A device stream lives for hours: a duration would say nothing, so it is not in
+      // rpc.server.call.duration; its frames get their own spans (see the gateway).
       try {
         const res = await next(req);
         return res;
       } catch (err) {
-        streams.add(1, { ...attributes, "rpc.grpc.status": codeName(err) });
+        streams.add(1, { ...attributes, ...outcomeAttributes(system, err) });
         throw err;
       }
     }
     const parent = propagation.extract(context.active(), req.header, headerGetter);
     const span = tracer().startSpan(
       `${req.service.typeName}/${req.method.name}`,
-      { kind: SpanKind.SERVER, attributes: { "rpc.system": "grpc", ...attributes } },
+      { kind: SpanKind.SERVER, attributes },
       parent,
     );
     const started = performance.now();
@@ -57,10 +111,11 @@ export function serverTelemetry(): Interceptor {
       failure = err;
       throw err;
     } finally {
-      const code = codeName(failure);
-      duration.record((performance.now() - started) / 1000, { ...attributes, "rpc.grpc.status": code });
-      if (failure !== undefined) span.setStatus({ code: SpanStatusCode.ERROR, message: code });
-      span.setAttribute("rpc.grpc.status", code);
+      const outcome = outcomeAttributes(system, failure);
+      duration.record((performance.now() - started) / 1000, { ...attributes, ...outcome });
+      span.setAttributes(outcome);
+      if (outcome[ATTR_ERROR_TYPE] !== undefined)
+        span.setStatus({ code: SpanStatusCode.ERROR, message: String(outcome[ATTR_ERROR_TYPE]) });
       span.end();
     }
   };
@@ -73,22 +128,30 @@ export function clientTelemetry(): Interceptor {
       propagation.inject(context.active(), req.header, headerSetter);
       return next(req);
     }
+    // The internal calls go over gRPC (createGrpcTransport).
     const span = tracer().startSpan(`${req.service.typeName}/${req.method.name}`, {
       kind: SpanKind.CLIENT,
       attributes: {
-        "rpc.system": "grpc",
-        "rpc.service": req.service.typeName,
-        "rpc.method": req.method.name,
+        [ATTR_RPC_SYSTEM_NAME]: RPC_SYSTEM_NAME_VALUE_GRPC,
+        [ATTR_RPC_METHOD]: `${req.service.typeName}/${req.method.name}`,
       },
     });
     const ctx = trace.setSpan(context.active(), span);
     propagation.inject(ctx, req.header, headerSetter);
+    let failure: unknown;
     try {
       return await context.with(ctx, () => next(req));
     } catch (err) {
-      span.setStatus({ code: SpanStatusCode.ERROR, message: codeName(err) });
+      failure = err;
       throw err;
     } finally {
+      // A client sees every failure as one: the conventions' client side has no caller to blame.
+      const { status } = statusCodeOf(RPC_SYSTEM_NAME_VALUE_GRPC, failure);
+      span.setAttribute(ATTR_RPC_RESPONSE_STATUS_CODE, status);
+      if (failure !== undefined) {
+        span.setAttribute(ATTR_ERROR_TYPE, status);
+        span.setStatus({ code: SpanStatusCode.ERROR, message: status });
+      }
       span.end();
     }
   };

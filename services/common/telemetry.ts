@@ -13,7 +13,7 @@ import {
   trace,
 } from "@opentelemetry/api";
 import { W3CTraceContextPropagator } from "@opentelemetry/core";
-import { PrometheusExporter } from "@opentelemetry/exporter-prometheus";
+import { PrometheusExporter, PrometheusSerializer } from "@opentelemetry/exporter-prometheus";
 import { OTLPTraceExporter } from "@opentelemetry/exporter-trace-otlp-http";
 import { resourceFromAttributes } from "@opentelemetry/resources";
 import { MeterProvider } from "@opentelemetry/sdk-metrics";
@@ -24,11 +24,14 @@ import {
 } from "@opentelemetry/sdk-trace-base";
 import { NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
 import { ATTR_SERVICE_NAME, ATTR_SERVICE_VERSION } from "@opentelemetry/semantic-conventions";
+import { withUnitSuffixes } from "./prometheus-names.js";
+import { startRuntimeMetrics } from "./runtime-metrics.js";
 
 /**
  * OpenTelemetry for every process: traces (off unless an OTLP endpoint is configured; the API's
  * no-op tracer then costs a function call per span) and metrics (always on, exported for
- * Prometheus on the admin port's /metrics).
+ * Prometheus on the admin port's /metrics), the runtime's own (event loop, heap, GC, CPU,
+ * memory) included.
  */
 
 /** Tracing settings. */
@@ -113,13 +116,30 @@ export function startTelemetry(options: {
     tracerProvider.register({ propagator: new W3CTraceContextPropagator() });
   }
 
+  // The exporter is the reader that collects; serialising here adds the units to the names.
   const prometheus = new PrometheusExporter({ preventServerStart: true });
+  const serializer = new PrometheusSerializer();
   const meterProvider = new MeterProvider({ resource, readers: [prometheus] });
   metrics.setGlobalMeterProvider(meterProvider);
+  const stopRuntimeMetrics = startRuntimeMetrics(meterProvider, INSTRUMENTATION);
 
   const telemetry: Telemetry = {
-    metricsHandler: (req, res) => prometheus.getMetricsRequestHandler(req, res),
+    metricsHandler: (_req, res) => {
+      prometheus.collect().then(
+        ({ resourceMetrics }) => {
+          res
+            .writeHead(200, { "content-type": "text/plain; version=0.0.4; charset=utf-8" })
+            .end(serializer.serialize(withUnitSuffixes(resourceMetrics)));
+        },
+        (err: unknown) => {
+          res
+            .writeHead(500, { "content-type": "text/plain" })
+            .end(`# failed to collect metrics: ${String(err)}\n`);
+        },
+      );
+    },
     async shutdown() {
+      stopRuntimeMetrics();
       await tracerProvider?.shutdown();
       await meterProvider.shutdown();
       trace.disable();

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
-import type { Span } from "@opentelemetry/api";
+import { type Context, context, type Span } from "@opentelemetry/api";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import {
   type BusEvent,
@@ -15,7 +15,7 @@ import type { SequencerService } from "../../gen/switchboard/internal/v1/sequenc
 import { type Entry, MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
-import { carries, endSpan, injectContext, SpanKind, startSpan } from "../common/telemetry.js";
+import { carries, endSpan, injectContext, linksFrom, SpanKind, startSpan } from "../common/telemetry.js";
 
 /** Conversations whose member lists fanout keeps. */
 const MEMBER_CACHE = 50_000;
@@ -106,24 +106,32 @@ export class Fanout {
     const pushes: Array<{ entry: Entry; userIds: string[]; urgent: boolean }> = [];
     // A span per traced event, ended once its deliveries are handed over; deliveries carry it on.
     const spans: Span[] = [];
+    // The calls fanout makes for an event (members, routes, pushes) run in its span's context,
+    // so they are children in the sender's trace rather than traces of their own.
+    const contexts: Context[] = [];
     let trace: Record<string, string> = {};
     for (const { event, traceContext } of events) {
       trace = {};
+      let ctx: Context = context.active();
       if (carries(traceContext)) {
-        const { span, ctx } = startSpan(`fanout.${event.case ?? "event"}`, traceContext, {
+        const started = startSpan(`fanout.${event.case ?? "event"}`, traceContext, {
           kind: SpanKind.CONSUMER,
         });
-        spans.push(span);
+        spans.push(started.span);
+        contexts.push(started.ctx);
+        ctx = started.ctx;
         trace = injectContext(ctx);
       }
       switch (event.case) {
         case "entryCommitted": {
           const entry = event.value.entry;
           if (entry === undefined) break;
-          const members = await this.membersOf(
-            entry.conversationId,
-            Number(event.value.membersVersion),
-            Number(event.value.mutesVersion),
+          const members = await context.with(ctx, () =>
+            this.membersOf(
+              entry.conversationId,
+              Number(event.value.membersVersion),
+              Number(event.value.mutesVersion),
+            ),
           );
           const recipients = [...new Set([...members.userIds, ...event.value.extraRecipientUserIds])];
           plan.push({ recipients, payload: { case: "entry", value: entry }, trace });
@@ -160,10 +168,33 @@ export class Fanout {
       }
     }
     try {
-      await this.route(plan, pushes);
+      await this.inBatchContext(contexts, () => this.route(plan, pushes));
       for (const span of spans) endSpan(span);
     } catch (err) {
       for (const span of spans) endSpan(span, err);
+      throw err;
+    }
+  }
+
+  /**
+   * Runs the batch's shared work (one route lookup, the push hand-off) in the first traced
+   * event's context, linked to the others' (OpenTelemetry's model for batched work): one span
+   * "fanout.route" when the batch carries more than one trace, the first event's span otherwise.
+   */
+  private async inBatchContext<T>(contexts: Context[], work: () => Promise<T>): Promise<T> {
+    const [first, ...others] = contexts;
+    if (first === undefined) return work();
+    if (others.length === 0) return context.with(first, work);
+    const { span, ctx } = startSpan("fanout.route", first, {
+      links: linksFrom(others.map((c) => injectContext(c))),
+      attributes: { "switchboard.fanout.traces": contexts.length },
+    });
+    try {
+      const result = await context.with(ctx, work);
+      endSpan(span);
+      return result;
+    } catch (err) {
+      endSpan(span, err);
       throw err;
     }
   }

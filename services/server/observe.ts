@@ -4,6 +4,14 @@ import type { Sequencer } from "../sequencer/index.js";
 import type { BusEngine } from "./engines.js";
 
 /**
+ * Outcome label values are snake_case across every metric ("publish_failures", "rate_limited"),
+ * whatever the counters' field names are in code.
+ */
+export function outcomeLabel(field: string): string {
+  return field.replace(/([a-z0-9])([A-Z])/g, "$1_$2").toLowerCase();
+}
+
+/**
  * The process-level metrics that read counters the services already keep: registered once per
  * process, read only when Prometheus scrapes.
  */
@@ -21,7 +29,8 @@ export function observeProcess(parts: {
     m.createObservableCounter("switchboard.bus.events", {
       description: "Bus events by what happened to them (published, redelivered, acked, nakked, ...)",
     }).addCallback((r) => {
-      for (const [outcome, value] of Object.entries(metrics)) r.observe(value, { outcome });
+      for (const [field, value] of Object.entries(metrics))
+        r.observe(value, { outcome: outcomeLabel(field) });
     });
   }
   if (parts.fanout && bus.backlog) {
@@ -47,7 +56,8 @@ export function observeProcess(parts: {
     m.createObservableCounter("switchboard.sequencer.outbox.outcomes", {
       description: "Outbox events deferred, republished and given up, and failed publish attempts",
     }).addCallback((r) => {
-      for (const [outcome, value] of Object.entries(outbox.metrics)) r.observe(value, { outcome });
+      for (const [field, value] of Object.entries(outbox.metrics))
+        r.observe(value, { outcome: outcomeLabel(field) });
     });
     const hot = sequencer.hotState;
     m.createObservableGauge("switchboard.sequencer.hot_state.bytes", {
@@ -75,7 +85,8 @@ export function observeProcess(parts: {
       description:
         "Push wake-ups by outcome (queued, collapsed, shed, delivered, gone, retried, failed, ...)",
     }).addCallback((r) => {
-      for (const [outcome, value] of Object.entries(metrics)) r.observe(value, { outcome });
+      for (const [field, value] of Object.entries(metrics))
+        r.observe(value, { outcome: outcomeLabel(field) });
     });
   }
   if (rateLimiter?.metrics) {

@@ -3,6 +3,9 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
+import { createConnectTransport } from "@connectrpc/connect-node";
+import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { Mesh } from "../../services/mesh/launcher.js";
 import { freePort, meshPrerequisites } from "../helpers/backends.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
@@ -138,9 +141,20 @@ describe("telemetry in one process: traces over every hop, metrics on the admin 
   });
 
   it("serves Prometheus metrics an operator alerts on", async () => {
+    // A refused registration: a caller's error, counted with its code but not as a server error.
+    // Sent with the Connect protocol, so the metric shows both systems.
+    const connectClient = createClient(
+      AccountService,
+      createConnectTransport({ baseUrl: server.url, httpVersion: "2" }),
+    );
+    await assert.rejects(connectClient.register({ username: "", deviceName: "test" }), (err) => {
+      assert.equal(ConnectError.from(err).code, Code.InvalidArgument);
+      return true;
+    });
     const res = await fetch(`${adminUrl}/metrics`);
     assert.equal(res.status, 200);
     const text = await res.text();
+    const series = (name: string) => text.split("\n").filter((line) => line.startsWith(`${name}{`));
     for (const name of [
       "switchboard_gateway_send_ack_duration_seconds_bucket",
       "switchboard_delivery_lag_seconds_bucket",
@@ -148,14 +162,48 @@ describe("telemetry in one process: traces over every hop, metrics on the admin 
       "switchboard_gateway_rejections_total",
       "switchboard_store_commit_duration_seconds_bucket",
       "switchboard_bus_publish_duration_seconds_bucket",
-      "switchboard_rpc_server_duration_seconds_bucket",
       "switchboard_sequencer_outbox_events",
       "switchboard_push_wakeups_total",
+      // The runtime: event loop, heap, GC, CPU and memory, under the OpenTelemetry conventions.
+      "nodejs_eventloop_delay_p99_seconds",
+      "nodejs_eventloop_utilization_ratio",
+      "v8js_memory_heap_used_bytes",
+      "v8js_gc_duration_seconds_bucket",
+      "process_cpu_time_seconds_total",
+      "process_memory_usage_bytes",
     ]) {
-      assert.ok(text.includes(name), `${name} in /metrics:\n${text.slice(0, 2000)}`);
+      assert.ok(series(name).length > 0, `${name} in /metrics:\n${text.slice(0, 2000)}`);
     }
     assert.match(text, /switchboard_gateway_send_ack_duration_seconds_count\{[^}]*outcome="ok"[^}]*\} [1-9]/);
-    assert.match(text, /rpc_grpc_status="ok"/);
+    assert.ok(series("process_cpu_time_seconds_total").some((l) => l.includes('cpu_mode="user"')));
+
+    // rpc.server.call.duration with the conventions' attributes: the devices' calls over gRPC,
+    // the internal ones (in this process, Connect's in-memory transport) as connectrpc.
+    const calls = series("rpc_server_call_duration_seconds_count");
+    const register = calls.find(
+      (l) =>
+        l.includes('rpc_method="switchboard.v1.AccountService/Register"') &&
+        l.includes('rpc_system_name="grpc"') &&
+        l.includes('rpc_response_status_code="OK"'),
+    );
+    assert.ok(register, `gRPC registrations counted:\n${calls.join("\n")}`);
+    assert.ok(!register.includes("error_type="), "a success has no error.type");
+    const invalid = calls.find(
+      (l) =>
+        l.includes('rpc_method="switchboard.v1.AccountService/Register"') &&
+        l.includes('rpc_system_name="connectrpc"') &&
+        l.includes('rpc_response_status_code="invalid_argument"'),
+    );
+    assert.ok(invalid, `the refused registration counted by its code:\n${calls.join("\n")}`);
+    assert.ok(!invalid.includes("error_type="), "a caller's error is not the server's: no error.type");
+    assert.ok(
+      calls.some((l) => l.includes('rpc_method="switchboard.internal.v1.SequencerService/Append"')),
+      "internal calls counted too",
+    );
+    assert.doesNotMatch(text, /rpc_grpc_status|rpc_service=/, "the deprecated attributes are gone");
+    // Outcome values are snake_case on every metric.
+    assert.ok(series("switchboard_push_wakeups_total").some((l) => l.includes('outcome="rate_limited"')));
+    assert.doesNotMatch(text, /outcome="[a-z]+[A-Z]/, "no camelCase outcome label");
   });
 });
 
@@ -194,12 +242,31 @@ describe("telemetry across processes: one trace over gateways, sequencer and fan
       devices.push(d);
       return d;
     });
+    // Across processes, fanout's own calls are in the trace too: not roots of traces of their own.
+    const lookup = "switchboard.internal.v1.PresenceService/LookupRoutes";
     const spans = await eventually(
       "the send's spans",
-      () => traceOfSend(receiver, id, seq, MESSAGE_PATH),
+      () => traceOfSend(receiver, id, seq, [...MESSAGE_PATH, lookup]),
       30_000,
-    );
+    ).catch((err: Error) => {
+      throw new Error(`${err.message}; received: ${describeSpans(receiver.spans)}`);
+    });
     assertConnected(spans, "gateway.send");
+    assert.ok(
+      spans.some((s) => s.name === lookup && s.instance === "fanout-0" && s.kind === 3),
+      "fanout's route lookup (its client span) is in the send's trace",
+    );
+    // The bus hop under the messaging conventions: the sequencer's publish, fanout's consume.
+    const sent = spans.find((s) => s.name.startsWith("send ") && s.instance === "sequencer-0");
+    const processed = spans.find((s) => s.name.startsWith("process ") && s.instance === "fanout-0");
+    assert.equal(sent?.attributes["messaging.system"], "nats");
+    assert.equal(sent?.attributes["messaging.operation.type"], "send");
+    assert.equal(processed?.attributes["messaging.operation.type"], "process");
+    assert.equal(
+      processed?.parentSpanId,
+      sent?.spanId,
+      "the consume continues the publish from the NATS headers",
+    );
     const where = (name: string) => new Set(spans.filter((s) => s.name === name).map((s) => s.instance));
     assert.deepEqual([...where("gateway.send")], ["gateway-0"]);
     assert.deepEqual([...where("sequencer.append")], ["sequencer-0"]);

@@ -2,13 +2,16 @@
  * The workers of the durable fanout consumer: each pulls batches, hands them to its handler and
  * settles every event by the handler's outcome (ack, or nak with a growing delay).
  */
+import type { Span } from "@opentelemetry/api";
 import type { Consumer, ConsumerMessages, JetStreamClient, JsMsg } from "nats";
 import type { BusEvent } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import type { Logger } from "../../common/log.js";
+import { endSpan } from "../../common/telemetry.js";
 import type { Unsubscribe } from "../types.js";
 import { type Link, sleep } from "./connection.js";
 import { type CommittedStream, isNotFound } from "./jetstream.js";
 import type { Settings } from "./settings.js";
+import { processSpan } from "./tracing.js";
 import type { NatsBusMetrics } from "./types.js";
 import { decodeCommitted } from "./wire.js";
 
@@ -173,11 +176,22 @@ export class CommittedConsumers {
   private async handleBatch(msgs: JsMsg[], handler: Handler, health: Health): Promise<void> {
     const events: BusEvent[] = [];
     const decoded: JsMsg[] = [];
+    // One span per traced event, ended when it is settled; the handler continues from it.
+    const spans: Span[] = [];
     for (const m of msgs) {
       this.metrics.consumed++;
       if (m.info.redelivered) this.metrics.redelivered++;
       try {
-        events.push(decodeCommitted(m));
+        const event = decodeCommitted(m);
+        const span = processSpan(event, {
+          stream: this.settings.stream,
+          durable: this.settings.durable,
+          subject: m.subject,
+          msgId: m.headers?.get("Nats-Msg-Id") || undefined,
+          bodyBytes: m.data.length,
+        });
+        if (span) spans.push(span);
+        events.push(event);
         decoded.push(m);
       } catch (err) {
         // Redelivering bytes that cannot be decoded would fail the same way until max_deliver.
@@ -200,6 +214,7 @@ export class CommittedConsumers {
     try {
       await handler(events);
       for (const m of decoded) this.settle(m, "ack", 0);
+      for (const span of spans) endSpan(span);
       if (health.failing) {
         this.log.info({ failedBatches: health.failedBatches }, "bus event handler recovered");
         health.failing = false;
@@ -215,6 +230,7 @@ export class CommittedConsumers {
         const delay = Math.min(this.settings.nakDelayMs * 2 ** (m.info.deliveryCount - 1), MAX_NAK_DELAY_MS);
         this.settle(m, "nak", delay);
       }
+      for (const span of spans) endSpan(span, err);
     } finally {
       clearInterval(progress);
     }

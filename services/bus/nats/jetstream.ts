@@ -17,11 +17,13 @@ import {
 } from "nats";
 import type { BusEvent } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import type { Logger } from "../../common/log.js";
+import { endSpan } from "../../common/telemetry.js";
 import type { Link } from "./connection.js";
 import type { Settings } from "./settings.js";
 import { committedIdentity, committedSubject } from "./subjects.js";
+import { sendSpan } from "./tracing.js";
 import type { NatsBusMetrics } from "./types.js";
-import { encodeCommitted } from "./wire.js";
+import { encodeCommitted, traceHeaders } from "./wire.js";
 
 function errorCode(err: unknown): string | undefined {
   if (typeof err === "object" && err !== null && "code" in err)
@@ -137,11 +139,19 @@ export class CommittedStream {
         while (this.inFlight >= this.settings.maxPublishesInFlight) await this.freeSlot(deadline);
         const remaining = deadline - Date.now();
         if (remaining <= 0) throw new Error("nats bus: publish timed out waiting for a free slot");
-        const { data, hdrs } = encodeCommitted(event);
-        if (!this.link.admit(data.length))
-          throw new Error("nats bus: disconnected and the reconnect buffer is full");
         const identity = committedIdentity(event);
         const subject = committedSubject(this.settings.prefix, identity);
+        const data = encodeCommitted(event);
+        if (!this.link.admit(data.length))
+          throw new Error("nats bus: disconnected and the reconnect buffer is full");
+        const traced = sendSpan(event, {
+          stream: this.settings.stream,
+          subject,
+          msgId: identity?.msgId,
+          bodyBytes: data.length,
+        });
+        // The consumer continues from the send span; an untraced event carries what it has.
+        const hdrs = traceHeaders(traced?.carrier ?? event.traceContext);
         this.inFlight++;
         // js.publish sends synchronously before its first await, so issue order is send order.
         const ack = this.js
@@ -154,9 +164,11 @@ export class CommittedStream {
             (pubAck) => {
               this.metrics.published++;
               if (pubAck.duplicate) this.metrics.duplicates++;
+              if (traced) endSpan(traced.span);
             },
             (err: unknown) => {
               this.metrics.publishFailures++;
+              if (traced) endSpan(traced.span, err);
               throw err;
             },
           )

@@ -7,18 +7,24 @@ import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { headers, type JsMsg, type MsgHdrs } from "nats";
 import { type BusEvent, BusEventSchema } from "../../../gen/switchboard/internal/v1/events_pb.js";
 
-/** A committed event as published: the payload, and the headers carrying its trace context. */
-export function encodeCommitted(event: BusEvent): { data: Uint8Array; hdrs: MsgHdrs | undefined } {
-  // The trace context rides in NATS headers, as W3C propagation over NATS does; the
-  // payload carries the event alone.
-  const traced = Object.keys(event.traceContext).length > 0;
-  const data = toBinary(BusEventSchema, traced ? { ...event, traceContext: {} } : event);
-  let hdrs: MsgHdrs | undefined;
-  if (traced) {
-    hdrs = headers();
-    for (const [k, v] of Object.entries(event.traceContext)) hdrs.set(k, v);
-  }
-  return { data, hdrs };
+/**
+ * A committed event's payload: the event without its trace context, which rides in NATS headers
+ * (traceHeaders), as W3C propagation over NATS does.
+ */
+export function encodeCommitted(event: BusEvent): Uint8Array {
+  return toBinary(
+    BusEventSchema,
+    Object.keys(event.traceContext).length > 0 ? { ...event, traceContext: {} } : event,
+  );
+}
+
+/** The headers carrying a trace context (undefined when it is empty). */
+export function traceHeaders(traceContext: Readonly<Record<string, string>>): MsgHdrs | undefined {
+  const entries = Object.entries(traceContext);
+  if (entries.length === 0) return undefined;
+  const hdrs = headers();
+  for (const [k, v] of entries) hdrs.set(k, v);
+  return hdrs;
 }
 
 /** A committed event as consumed, its trace context back from the headers; throws on bad bytes. */

@@ -21,6 +21,10 @@ export {
 } from "./privacy.js";
 export { Profile } from "./profile.js";
 export { ReorderBuffer, type ReorderOptions, type SyncAnswer } from "./reorder.js";
+// Where a device keeps its profile: the port, the file engine (the default) and the memory engine.
+export { FileStorage } from "./storage/file.js";
+export { MemoryStorage } from "./storage/memory.js";
+export { isStorageKey, type ProfileStorage, type StorageLock } from "./storage/port.js";
 export {
   type ConnectionOptions,
   connectToServer,

@@ -1,21 +1,29 @@
-import { appendFileSync, mkdirSync } from "node:fs";
+import { appendFileSync, existsSync, mkdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { ConnectError } from "@connectrpc/connect";
 import { Command, InvalidArgumentError } from "commander";
 import { registerClientCommands } from "../../sdk/cli/commands.js";
-import {
-  ConfigurationError,
-  loadMigrateSettings,
-  ROLES,
-  settingsEnvironment,
-  settingVariables,
-} from "../common/config.js";
-import { createLogger } from "../common/log.js";
-import { startServer } from "../server/index.js";
+// Start-up loads only what defines the commands (each command starts in well under half a second,
+// docs/benchmarks.md): the server, the mesh, the configuration's schemas (zod) and the logger are
+// imported inside the actions that use them, and these two come from their own small files rather
+// than the configuration module's barrel. test/release/startup.test.ts checks what --help loads.
+import { ConfigurationError } from "../common/config/error.js";
+import { ROLES } from "../common/config/roles.js";
 import { registerAdminCommands } from "./admin.js";
 import { handleClosedOutput, keepRunningOnClosedOutput } from "./closed-output.js";
 
 handleClosedOutput();
+
+/** This release's version, from the package.json above the sources (services/cli) or the build (dist/services/cli). */
+function version(): string {
+  for (const up of ["../../package.json", "../../../package.json"]) {
+    const path = new URL(up, import.meta.url);
+    if (!existsSync(path)) continue;
+    const pkg = JSON.parse(readFileSync(path, "utf8")) as { name?: string; version?: string };
+    if (pkg.name === "switchboard" && pkg.version !== undefined) return pkg.version;
+  }
+  return "unknown";
+}
 
 function port(value: string): number {
   const n = Number(value);
@@ -26,6 +34,7 @@ function port(value: string): number {
 
 const program = new Command("switchboard")
   .description("Switchboard: an open-source messaging backend")
+  .version(version())
   .showHelpAfterError();
 
 program
@@ -55,6 +64,10 @@ program
     }) => {
       // `switchboard start | head -1` reads the listening line; the server keeps serving.
       keepRunningOnClosedOutput();
+      const [{ settingsEnvironment }, { startServer }] = await Promise.all([
+        import("../common/config.js"),
+        import("../server/index.js"),
+      ]);
       const env = await settingsEnvironment(opts.config);
       if (opts.role !== undefined) env.SWITCHBOARD_ROLES = opts.role;
       const server = await startServer({
@@ -97,6 +110,10 @@ program
   .description("apply the ScyllaDB schema migrations (SCYLLA_CONTACT_POINTS, SCYLLA_KEYSPACE, ...)")
   .option("--config <file>", "a JSON file of settings, by their environment names; the environment wins")
   .action(async (opts: { config?: string }) => {
+    const [{ loadMigrateSettings, settingsEnvironment }, { createLogger }] = await Promise.all([
+      import("../common/config.js"),
+      import("../common/log.js"),
+    ]);
     const settings = loadMigrateSettings(await settingsEnvironment(opts.config));
     const log = createLogger({ level: settings.logLevel, base: { role: "migrate" } });
     const { migrateScylla } = await import("../store/scylla/schema.js");
@@ -162,6 +179,7 @@ program
         out.write(stamped);
         appendFileSync(launcherLog, stamped);
       };
+      const { settingVariables } = await import("../common/config.js");
       const env = settingVariables();
       const mesh = await Mesh.start({
         dir: opts.dir,

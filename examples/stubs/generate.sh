@@ -4,6 +4,7 @@
 #
 #   bash examples/stubs/generate.sh prepare [python|java|go]...   fetch the pinned tools (network)
 #   bash examples/stubs/generate.sh [python|java|go]...           generate (offline; all three by default)
+#   bash examples/stubs/generate.sh check [python|java|go]...     exit 1, saying what, unless prepared
 #   bash examples/stubs/generate.sh python-venv                   print the Python venv's directory
 #
 # The stubs land in examples/stubs/<language>/gen/ (gitignored): they are made from proto/ every
@@ -15,7 +16,8 @@
 #   checked); grpcio-tools' protoc writes the messages, the .pyi types and the grpcio clients.
 # - Java: protoc and protoc-gen-grpc-java, the executables Maven Central publishes
 #   (com.google.protobuf:protoc, io.grpc:protoc-gen-grpc-java), run by buf (the npm devDependency)
-#   with buf.gen.java.yaml.
+#   with buf.gen.java.yaml. `prepare java` also builds examples/bot-java once online, so that
+#   Maven has every dependency and plugin of its pom in ~/.m2 and later builds run offline (-o).
 # - Go: protoc-gen-go, protoc-gen-go-grpc and protoc-gen-connect-go at the versions go/go.mod
 #   pins (its `tool` lines; go.sum is checked against the checksum database), run by buf with
 #   buf.gen.go.yaml; the generated package is then compiled in that module.
@@ -71,8 +73,21 @@ prepare_python() {
   mv "$venv.building" "$venv"
 }
 
+# Marks a Maven cache that holds everything examples/bot-java/pom.xml needs (per pom content).
+maven_marker() { echo "$(java_tools)/maven-resolved-$(hash_of "$root/examples/bot-java/pom.xml")"; }
+
 prepare_java() {
   command -v mvn >/dev/null || die "mvn is missing (Debian: apt-get install maven)"
+  command -v java >/dev/null || die "java is missing (Debian: apt-get install openjdk-17-jdk-headless)"
+  fetch_java_tools
+  if [ ! -e "$(maven_marker)" ]; then
+    generate_java
+    mvn -q -B -Dstyle.color=never -f "$root/examples/bot-java/pom.xml" package
+    touch "$(maven_marker)"
+  fi
+}
+
+fetch_java_tools() {
   local dir m2 c
   dir="$(java_tools)"
   [ -x "$dir/protoc" ] && [ -x "$dir/protoc-gen-grpc-java" ] && return
@@ -80,7 +95,7 @@ prepare_java() {
   m2="$HOME/.m2/repository"
   for artifact in "com.google.protobuf:protoc:$PROTOC_VERSION" "io.grpc:protoc-gen-grpc-java:$GRPC_JAVA_PLUGIN_VERSION"; do
     # Maven checks the file against the repository's checksum (-C: a mismatch is an error).
-    mvn -q -B -C -Dmaven.repo.local="$m2" org.apache.maven.plugins:maven-dependency-plugin:3.11.0:get \
+    mvn -q -B -Dstyle.color=never -C -Dmaven.repo.local="$m2" org.apache.maven.plugins:maven-dependency-plugin:3.11.0:get \
       -Dartifact="$artifact:exe:$c" -Dtransitive=false
   done
   rm -rf "$dir.building"
@@ -142,6 +157,22 @@ generate_go() {
   echo "go: $(find "$here/go/gen" -name '*.go' | wc -l) files in examples/stubs/go/gen, compiled"
 }
 
+check() {
+  local missing=()
+  for lang in "$@"; do
+    case "$lang" in
+      python) [ -x "$(python_venv)/bin/python" ] || missing+=(python) ;;
+      java) [ -e "$(maven_marker)" ] || missing+=(java) ;;
+      go) [ -x "$(go_tools)/protoc-gen-go-grpc" ] || missing+=(go) ;;
+      *) die "unknown language $lang (python, java, go)" ;;
+    esac
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "not prepared: ${missing[*]}; run 'bash examples/stubs/generate.sh prepare ${missing[*]}' (it downloads)" >&2
+    exit 1
+  fi
+}
+
 languages() { [ "$#" -gt 0 ] && echo "$@" || echo python java go; }
 
 case "${1:-}" in
@@ -153,6 +184,11 @@ case "${1:-}" in
         *) die "unknown language $lang (python, java, go)" ;;
       esac
     done
+    ;;
+  check)
+    shift
+    # shellcheck disable=SC2046
+    check $(languages "$@")
     ;;
   python-venv) python_venv ;;
   java-tools) java_tools ;;

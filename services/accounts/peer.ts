@@ -89,10 +89,13 @@ export function trustedProxyList(entries: readonly string[]): BlockList | undefi
  * Switchboard process (a gateway forwarding a device's call) and keeps the address that process
  * set; `isInternal` checks that credential.
  */
-export function withPeerAddress(
-  handler: (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
+export function withPeerAddress<
+  Req extends { headers: http2.IncomingHttpHeaders; socket?: { remoteAddress?: string | undefined } },
+  Res,
+>(
+  handler: (req: Req, res: Res) => void,
   options: { trustedProxies: BlockList | undefined; isInternal: (header: string | undefined) => boolean },
-): (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void {
+): (req: Req, res: Res) => void {
   return (req, res) => {
     const headers = req.headers;
     const internal = options.isInternal(single(headers["x-switchboard-internal"]));

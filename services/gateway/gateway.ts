@@ -115,6 +115,8 @@ export class GatewayCore implements SessionHost<Session> {
   private readonly watchers = new Map<string, Set<Session>>();
   private readonly rateLimiter: RateLimiter;
   private readonly sendLimit: RateLimit;
+  /** The stream's frame bucket, per device, for frames that arrive as unary calls (web.ts). */
+  private readonly frameLimit: RateLimit;
   private readonly deviceStatus = new Map<string, { active: boolean; checkedAt: number }>();
   private readonly routeTtlMs: number;
   private readonly deviceCacheMs: number;
@@ -146,6 +148,7 @@ export class GatewayCore implements SessionHost<Session> {
     this.deviceCacheMs = deps.deviceCacheMs ?? 30_000;
     this.rateLimiter = deps.rateLimiter ?? new LocalRateLimiter();
     this.sendLimit = { name: "send", rate: this.limits.sendsPerSecond, burst: this.limits.sendBurst };
+    this.frameLimit = { name: "frames", rate: this.limits.framesPerSecond, burst: this.limits.frameBurst };
     const calls: SequencerCalls = {
       append: async (items) => (await this.sequencer.append({ items })).results,
       updateCursors: async (updates) => {
@@ -275,6 +278,13 @@ export class GatewayCore implements SessionHost<Session> {
     if (this.rateLimiter instanceof LocalRateLimiter)
       return this.rateLimiter.takeSync(this.sendLimit, deviceId);
     return this.rateLimiter.take(this.sendLimit, deviceId);
+  }
+
+  /** Takes a frame token for a device's unary ack or typing call: 0 when allowed, else milliseconds to wait. */
+  takeFrameToken(deviceId: string): number | Promise<number> {
+    if (this.rateLimiter instanceof LocalRateLimiter)
+      return this.rateLimiter.takeSync(this.frameLimit, deviceId);
+    return this.rateLimiter.take(this.frameLimit, deviceId);
   }
 
   /** Opens a stream for a device, replacing its oldest stream beyond the per-device limit. */

@@ -24,6 +24,7 @@ import { entryForDevice } from "./device-set.js";
 import type { GatewayCore } from "./gateway.js";
 import { boundPage } from "./session.js";
 import { dropUnknownFields } from "./untrusted.js";
+import { webCalls } from "./web.js";
 
 const principalKey = createContextKey<Principal | undefined>(undefined, {
   description: "authenticated principal",
@@ -82,9 +83,10 @@ async function requireUsers(directory: Client<typeof DirectoryService>, userIds:
   if (missing.length > 0) throw new NotFoundError(`unknown users: ${missing.join(", ")}`);
 }
 
-/** The device stream and the unary send. */
+/** The device stream, the unary send, and the web binding of the stream (web.ts). */
 export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewayService> {
   return {
+    ...webCalls(core, principal),
     async *connect(requests, ctx) {
       const session = core.open(principal(ctx));
       // The device went away (reset, timeout, server shutdown): forget the stream.

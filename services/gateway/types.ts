@@ -30,7 +30,8 @@ export interface GatewayMetrics {
    * read while answers piled up), `stream_stalled` (a stream ended because its device read
    * nothing for outboundStallMs while a page waited), `sync_requests_queued` (a sync request
    * past the queue), `unknown_fields` (device messages that carried fields the schema does not
-   * know, dropped), `entry_too_large` (a send whose encoded entry passed its limit).
+   * know, dropped), `entry_too_large` (a send whose encoded entry passed its limit),
+   * `unary_frame_rate` (an Ack or SetTyping call past the device's frame budget).
    */
   refusals: Map<string, number>;
 }

@@ -1,4 +1,5 @@
 import { timingSafeEqual } from "node:crypto";
+import type * as http from "node:http";
 import * as http2 from "node:http2";
 import { isIPv6, type Socket } from "node:net";
 import type { DescService } from "@bufbuild/protobuf";
@@ -6,6 +7,9 @@ import { Code } from "@connectrpc/connect";
 import type { EdgeLimits } from "../common/config.js";
 import { INTERNAL_HEADER } from "../common/internal-auth.js";
 import type { Refusals } from "../common/refusals.js";
+import { encodeGrpcMessage, fixErrorEncoding, type NodeRequest, type NodeResponse } from "./wire-errors.js";
+
+export type { NodeRequest, NodeResponse } from "./wire-errors.js";
 
 /**
  * The network face's own bounds, below Connect: what a client can make the process hold before
@@ -15,7 +19,26 @@ import type { Refusals } from "../common/refusals.js";
  * process dies (finding 1 of the hostile-client review). See docs/security.md.
  */
 
-type Handler = (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void;
+type Handler = (req: NodeRequest, res: NodeResponse) => void;
+
+/** True for a request that arrived over HTTP/2. */
+function overHttp2(req: NodeRequest): req is http2.Http2ServerRequest {
+  return "stream" in req && req.stream !== undefined;
+}
+
+/** True once the client went away (reset its stream, or closed its HTTP/1.1 connection). */
+function gone(req: NodeRequest): boolean {
+  return overHttp2(req) ? req.stream.closed || req.stream.destroyed : req.destroyed || req.socket.destroyed;
+}
+
+/**
+ * Stops reading a request: its HTTP/2 stream is reset with the code, an HTTP/1.1 connection
+ * (which cannot skip an unread body) is closed.
+ */
+function stopReading(req: NodeRequest, code: number): void {
+  if (overHttp2(req)) req.stream.close(code);
+  else req.socket.destroy();
+}
 
 /** Counters for the admin service and tests. */
 export interface EdgeMetrics {
@@ -43,6 +66,21 @@ export function addressKey(remote: string | undefined): string {
     .join(":")}::/64`;
 }
 
+/**
+ * The procedures whose answer is a stream of messages and whose request is one (Subscribe):
+ * their body deadline applies, but they live as long as the device listens, so they are not
+ * counted as unary requests in flight (the per-device stream limit bounds them).
+ */
+export function answerStreamProcedures(services: readonly DescService[]): Set<string> {
+  const paths = new Set<string>();
+  for (const service of services) {
+    for (const method of service.methods) {
+      if (method.methodKind === "server_streaming") paths.add(`/${service.typeName}/${method.name}`);
+    }
+  }
+  return paths;
+}
+
 /** The procedures whose request is a stream of messages: no body deadline applies to them. */
 export function streamingProcedures(services: readonly DescService[]): Set<string> {
   const paths = new Set<string>();
@@ -67,38 +105,6 @@ const CONNECT_HTTP_STATUS: Partial<Record<Code, number>> = {
   [Code.Unauthenticated]: 401,
 };
 
-/**
- * Percent-encodes a grpc-message value as the gRPC HTTP/2 specification says: only bytes
- * outside printable ASCII, and "%" itself. Connect escapes with encodeURIComponent, which also
- * escapes ":", ";" and ","; grpc-js decodes with decodeURI, which leaves those escaped, so stock
- * grpc-js clients read "rate limit%3A ...". Any decoder of either kind reads this form right.
- */
-export function encodeGrpcMessage(message: string): string {
-  let out = "";
-  for (const byte of Buffer.from(message, "utf8")) {
-    out +=
-      byte >= 0x20 && byte <= 0x7e && byte !== 0x25
-        ? String.fromCharCode(byte)
-        : `%${byte.toString(16).toUpperCase().padStart(2, "0")}`;
-  }
-  return out;
-}
-
-function decodeGrpcMessage(value: string): string {
-  try {
-    return decodeURIComponent(value);
-  } catch {
-    return value;
-  }
-}
-
-/** Connect reports a request it cannot parse as INTERNAL "parse binary: <parser detail>". */
-const PARSE_FAILURE = /^(parse binary|parse json|protocol error)/;
-
-function malformed(procedure: string): string {
-  return `malformed request: not a valid ${procedure.split("/").pop() ?? "request"} message`;
-}
-
 /** The process's bounds on connections and requests; attach() to the server, wrap() the handler. */
 export class EdgeGuard {
   readonly metrics: EdgeMetrics = { connectionsOpen: 0, requestsInFlight: 0 };
@@ -111,6 +117,7 @@ export class EdgeGuard {
     private readonly refusals: Refusals,
     private readonly streaming: ReadonlySet<string>,
     internalCredential: string | undefined,
+    private readonly answerStreams: ReadonlySet<string> = new Set(),
   ) {
     this.credential = internalCredential === undefined ? undefined : Buffer.from(internalCredential);
   }
@@ -126,7 +133,10 @@ export class EdgeGuard {
     };
   }
 
-  /** Counts connections, refuses those over the limits, and times out silent and idle ones. */
+  /**
+   * Times out silent and idle HTTP/2 connections; the front door (front-door.ts) admitted them
+   * (admit) before it handed them to this server.
+   */
   attach(server: http2.Http2Server): void {
     // Node's own connection listener, registered when the server was made, runs first and emits
     // "session" before ours sees the connection: the session is paired with its raw socket here,
@@ -139,16 +149,30 @@ export class EdgeGuard {
     server.on("connection", (socket: Socket) => {
       const session = created;
       created = undefined;
-      if (this.admitConnection(socket) && session !== undefined) this.watchSession(session, socket);
+      if (session !== undefined) this.watchSession(session, socket);
     });
+  }
+
+  /** Counts a new connection, or closes it at once when its address or the process is full. */
+  admit(socket: Socket): boolean {
+    return this.admitConnection(socket);
+  }
+
+  /** Closes a connection that sent nothing to tell its protocol by within the handshake timeout. */
+  silent(socket: Socket): void {
+    this.refusals.refuse("handshake_timeout", "connection closed: no request in time", {
+      address: addressKey(socket.remoteAddress),
+      timeoutMs: this.limits.handshakeTimeoutMs,
+    });
+    socket.destroy();
   }
 
   /** Wraps the request handler with the request bounds and the wire-error fixes. */
   wrap(handler: Handler): Handler {
     return (req, res) => {
-      const procedure = req.url.split("?")[0] ?? "";
+      const procedure = (req.url ?? "").split("?")[0] ?? "";
       const internal = this.isInternalCaller(req);
-      fixErrorEncoding(req, res, procedure, this.refusals);
+      fixErrorEncoding(req, res, procedure, this.refusals, () => addressKey(req.socket.remoteAddress));
       if (procedure.startsWith("/switchboard.internal.") && !internal) {
         // Refused before the body is read: an outsider cannot park requests on internal paths.
         this.refusals.refuse(
@@ -170,7 +194,8 @@ export class EdgeGuard {
         return;
       }
       if (!this.streaming.has(procedure)) {
-        if (!internal && !this.admitRequest(req, res, procedure)) return;
+        const counted = !internal && !this.answerStreams.has(procedure);
+        if (counted && !this.admitRequest(req, res, procedure)) return;
         this.bodyDeadline(req, res, procedure);
       }
       // Connect starts on the next turn of the event loop, not inside the socket read that
@@ -183,13 +208,13 @@ export class EdgeGuard {
       // the time the deferred call runs, such a stream is already closed and Connect never
       // sees it.
       setImmediate(() => {
-        if (req.stream.closed || req.stream.destroyed) return;
+        if (gone(req)) return;
         handler(req, res);
       });
     };
   }
 
-  private isInternalCaller(req: http2.Http2ServerRequest): boolean {
+  private isInternalCaller(req: NodeRequest): boolean {
     if (this.credential === undefined) return false;
     const given = req.headers[INTERNAL_HEADER];
     if (typeof given !== "string") return false;
@@ -268,11 +293,7 @@ export class EdgeGuard {
   }
 
   /** Counts a unary request in flight, or refuses it at once when its address or the process is full. */
-  private admitRequest(
-    req: http2.Http2ServerRequest,
-    res: http2.Http2ServerResponse,
-    procedure: string,
-  ): boolean {
+  private admitRequest(req: NodeRequest, res: NodeResponse, procedure: string): boolean {
     const address = addressKey(req.socket.remoteAddress);
     const mine = this.requestsByAddress.get(address) ?? 0;
     let refusal: string | undefined;
@@ -309,11 +330,7 @@ export class EdgeGuard {
    * A unary request's body must arrive within the deadline, however slowly it trickles: the
    * stream is reset (RST_STREAM CANCEL) otherwise, which frees what Connect holds for it.
    */
-  private bodyDeadline(
-    req: http2.Http2ServerRequest,
-    res: http2.Http2ServerResponse,
-    procedure: string,
-  ): void {
+  private bodyDeadline(req: NodeRequest, res: NodeResponse, procedure: string): void {
     const timer = setTimeout(() => {
       if (req.complete || res.writableEnded) return;
       this.refusals.refuse("request_body_timeout", "request reset: body not complete in time", {
@@ -321,7 +338,7 @@ export class EdgeGuard {
         procedure,
         timeoutMs: this.limits.requestBodyTimeoutMs,
       });
-      req.stream.close(http2.constants.NGHTTP2_CANCEL);
+      stopReading(req, http2.constants.NGHTTP2_CANCEL);
     }, this.limits.requestBodyTimeoutMs);
     timer.unref();
     const clear = () => clearTimeout(timer);
@@ -337,16 +354,14 @@ function decrement(counts: Map<string, number>, key: string): void {
 }
 
 /** Answers a request with an error in its own protocol (gRPC, gRPC-Web or Connect), without reading it. */
-function refuse(
-  req: http2.Http2ServerRequest,
-  res: http2.Http2ServerResponse,
-  code: Code,
-  message: string,
-): void {
+function refuse(req: NodeRequest, res: NodeResponse, code: Code, message: string): void {
   const contentType = String(req.headers["content-type"] ?? "");
+  // An HTTP/1.1 connection cannot skip the unread body: it is closed after the answer.
+  const close: http.OutgoingHttpHeaders = overHttp2(req) ? {} : { connection: "close" };
   if (contentType.startsWith("application/grpc")) {
     // Trailers-only: the status travels in the one HEADERS frame.
     res.writeHead(200, {
+      ...close,
       "content-type": contentType.startsWith("application/grpc-web")
         ? "application/grpc-web+proto"
         : "application/grpc",
@@ -355,152 +370,9 @@ function refuse(
     });
     res.end();
   } else {
-    res.writeHead(CONNECT_HTTP_STATUS[code] ?? 500, { "content-type": "application/json" });
+    res.writeHead(CONNECT_HTTP_STATUS[code] ?? 500, { ...close, "content-type": "application/json" });
     res.end(JSON.stringify({ code: CODE_NAMES[code] ?? "unknown", message }));
   }
   // The unread body is not wanted; resetting the stream tells the client to stop sending it.
-  req.stream.close(http2.constants.NGHTTP2_NO_ERROR);
-}
-
-/**
- * Rewrites the error Connect writes for two cases it gets wrong for this server's clients: a
- * request it cannot parse is INVALID_ARGUMENT with no parser detail (Connect says INTERNAL
- * "parse binary: premature EOF"), and grpc-message is escaped as the gRPC specification says.
- * gRPC carries the status in headers or trailers, Connect's unary protocol in a JSON body.
- */
-function fixErrorEncoding(
-  req: http2.Http2ServerRequest,
-  res: http2.Http2ServerResponse,
-  procedure: string,
-  refusals: Refusals,
-): void {
-  const contentType = String(req.headers["content-type"] ?? "");
-  const address = () => addressKey(req.socket.remoteAddress);
-  const fixStatus = (headers: http2.OutgoingHttpHeaders): void => {
-    const raw = headers["grpc-message"];
-    if (typeof raw !== "string") return;
-    let message = decodeGrpcMessage(raw);
-    if (headers["grpc-status"] === String(Code.Internal) && PARSE_FAILURE.test(message)) {
-      headers["grpc-status"] = String(Code.InvalidArgument);
-      message = malformed(procedure);
-      refusals.refuse("malformed_request", message, {
-        address: address(),
-        procedure,
-        code: "invalid_argument",
-      });
-    }
-    headers["grpc-message"] = encodeGrpcMessage(message);
-  };
-  if (contentType.startsWith("application/grpc") && !contentType.startsWith("application/grpc-web")) {
-    const writeHead = res.writeHead.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
-    res.writeHead = ((...args: unknown[]) => {
-      const headers = args[args.length - 1];
-      if (typeof headers === "object" && headers !== null) fixStatus(headers as http2.OutgoingHttpHeaders);
-      return writeHead(...args);
-    }) as typeof res.writeHead;
-    const addTrailers = res.addTrailers.bind(res);
-    res.addTrailers = (trailers: http2.OutgoingHttpHeaders) => {
-      fixStatus(trailers);
-      addTrailers(trailers);
-    };
-    return;
-  }
-  if (contentType.startsWith("application/grpc-web")) {
-    // gRPC-Web carries the status in a trailer frame at the end of the body: the body of a
-    // unary answer is held until its end and that frame rewritten.
-    const write = res.write.bind(res) as (...args: unknown[]) => boolean;
-    const end = res.end.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
-    const chunks: Buffer[] = [];
-    res.write = ((chunk: unknown) => {
-      chunks.push(Buffer.from(chunk as Uint8Array));
-      return true;
-    }) as typeof res.write;
-    res.end = ((...args: unknown[]) => {
-      if (args[0] instanceof Uint8Array || typeof args[0] === "string") chunks.push(Buffer.from(args[0]));
-      const body = rewriteGrpcWebTrailers(Buffer.concat(chunks), fixStatus);
-      if (body.length > 0) write(body);
-      return end();
-    }) as typeof res.end;
-    return;
-  }
-  if (contentType === "application/proto" || contentType === "application/json") {
-    // Connect's unary protocol: an error is a JSON body with a non-200 status.
-    const writeHead = res.writeHead.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
-    let buffering = false;
-    const chunks: Buffer[] = [];
-    res.writeHead = ((...args: unknown[]) => {
-      buffering = args[0] === 500;
-      if (buffering) return res;
-      return writeHead(...args);
-    }) as typeof res.writeHead;
-    const write = res.write.bind(res) as (...args: unknown[]) => boolean;
-    res.write = ((chunk: unknown, ...rest: unknown[]) => {
-      if (!buffering) return write(chunk, ...rest);
-      chunks.push(Buffer.from(chunk as Uint8Array));
-      return true;
-    }) as typeof res.write;
-    const end = res.end.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
-    res.end = ((...args: unknown[]) => {
-      if (!buffering) return end(...args);
-      buffering = false;
-      if (args[0] instanceof Uint8Array || typeof args[0] === "string") chunks.push(Buffer.from(args[0]));
-      let status = 500;
-      let body = Buffer.concat(chunks);
-      try {
-        const parsed = JSON.parse(body.toString("utf8")) as { code?: string; message?: string };
-        if (parsed.code === "internal" && PARSE_FAILURE.test(parsed.message ?? "")) {
-          status = 400;
-          const message = malformed(procedure);
-          body = Buffer.from(JSON.stringify({ code: "invalid_argument", message }));
-          refusals.refuse("malformed_request", message, {
-            address: address(),
-            procedure,
-            code: "invalid_argument",
-          });
-        }
-      } catch {
-        // Not JSON: pass it through unchanged.
-      }
-      writeHead(status, { "content-type": "application/json" });
-      return end(body);
-    }) as typeof res.end;
-  }
-}
-
-/** Applies fix to the status in a gRPC-Web body's trailer frame (flag 0x80), leaving the rest as is. */
-function rewriteGrpcWebTrailers(body: Buffer, fix: (headers: http2.OutgoingHttpHeaders) => void): Buffer {
-  const out: Buffer[] = [];
-  let offset = 0;
-  while (offset + 5 <= body.length) {
-    const flags = body[offset]!;
-    const length = body.readUInt32BE(offset + 1);
-    const end = offset + 5 + length;
-    if (end > body.length) break;
-    if ((flags & 0x80) === 0) {
-      out.push(body.subarray(offset, end));
-    } else {
-      const headers: http2.OutgoingHttpHeaders = {};
-      for (const line of body
-        .subarray(offset + 5, end)
-        .toString("latin1")
-        .split("\r\n")) {
-        const colon = line.indexOf(":");
-        if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-      }
-      fix(headers);
-      const text = Buffer.from(
-        Object.entries(headers)
-          .map(([k, v]) => `${k}: ${String(v)}\r\n`)
-          .join(""),
-        "latin1",
-      );
-      const head = Buffer.alloc(5);
-      head[0] = flags;
-      head.writeUInt32BE(text.length, 1);
-      out.push(head, text);
-    }
-    offset = end;
-  }
-  if (offset < body.length) out.push(body.subarray(offset));
-  return Buffer.concat(out);
+  if (overHttp2(req)) req.stream.close(http2.constants.NGHTTP2_NO_ERROR);
 }

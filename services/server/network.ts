@@ -1,6 +1,6 @@
 import { timingSafeEqual } from "node:crypto";
-import type * as http from "node:http";
-import * as http2 from "node:http2";
+import type * as http2 from "node:http2";
+import type * as net from "node:net";
 import type { AddressInfo } from "node:net";
 import { createClient, type Interceptor } from "@connectrpc/connect";
 import { type ConnectNodeAdapterOptions, connectNodeAdapter } from "@connectrpc/connect-node";
@@ -29,7 +29,9 @@ import type { StartedMedia } from "../media/index.js";
 import type { Notifier } from "../notification/index.js";
 import type { Presence } from "../presence/index.js";
 import type { Sequencer } from "../sequencer/index.js";
-import { EdgeGuard, streamingProcedures } from "./edge.js";
+import { withCors } from "./cors.js";
+import { answerStreamProcedures, EdgeGuard, streamingProcedures } from "./edge.js";
+import { frontDoor } from "./front-door.js";
 import type { Closers } from "./lifecycle.js";
 import { directoryClient, type RoleContext } from "./roles.js";
 
@@ -57,7 +59,9 @@ export interface NetworkParts {
 
 /**
  * The network face: the device API on a gateway, and the local services other processes call,
- * behind the edge guard on one h2c port. Returns the bound URL and port.
+ * behind the edge guard on one cleartext port that speaks HTTP/2 (h2c) and HTTP/1.1 (for
+ * browsers; front-door.ts), with CORS for the configured web origins. Returns the bound URL and
+ * port.
  */
 export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; port: number }> {
   const { ctx, gateway, media, internalGuard } = parts;
@@ -126,7 +130,13 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
     fallback: parts.fallback,
   });
 
-  const edge = new EdgeGuard(config.edge, refusals, streamingProcedures([GatewayService]), internalGuard);
+  const edge = new EdgeGuard(
+    config.edge,
+    refusals,
+    streamingProcedures([GatewayService]),
+    internalGuard,
+    answerStreamProcedures([GatewayService]),
+  );
   // Every request carries the caller's address from the socket (PEER_HEADER), for per-address
   // limits behind the gateway; only a call with the internal credential may bring its own.
   const expectedInternal = internalGuard === undefined ? undefined : Buffer.from(internalGuard);
@@ -138,32 +148,36 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
       return bytes.length === expectedInternal.length && timingSafeEqual(bytes, expectedInternal);
     },
   });
-  const server = http2.createServer(edge.serverOptions(), edge.wrap(peerAware));
-  edge.attach(server);
+  // CORS outermost, so the edge's own refusals reach a browser readable.
+  const door = frontDoor(withCors(edge.wrap(peerAware), config.web.corsOrigins, refusals), edge, config.edge);
   const sessions = new Set<http2.ServerHttp2Session>();
-  server.on("session", (session) => {
+  door.h2.on("session", (session) => {
     sessions.add(session);
     session.once("close", () => sessions.delete(session));
   });
-  await listen(server, config.port, config.host);
-  const port = (server.address() as AddressInfo).port;
+  await listen(door.server, config.port, config.host);
+  const port = (door.server.address() as AddressInfo).port;
   const url = `http://${hostForUrl(config.host)}:${port}`;
-  closeServer(closers, server, sessions);
+  closeServer(closers, door, sessions);
   return { url, port };
 }
 
-/** Registers the server's shutdown: stop accepting, close its sessions, destroy stragglers after 2 s. */
+/** Registers the port's shutdown: stop accepting, close its connections, destroy stragglers after 2 s. */
 function closeServer(
   closers: Closers,
-  server: http2.Http2Server,
+  door: ReturnType<typeof frontDoor>,
   sessions: Set<http2.ServerHttp2Session>,
 ): void {
   closers.add("server", async () => {
-    const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+    // Resolves once every connection the port accepted has closed, on either protocol.
+    const closed = new Promise<void>((resolve) => door.server.close(() => resolve()));
     // Streams ended when the gateway drained; give their last frames a moment, then close.
     for (const s of sessions) s.close();
+    // Stops its timeout checks and closes its idle keep-alive connections.
+    door.h1.close();
     const force = setTimeout(() => {
       for (const s of sessions) s.destroy();
+      door.h1.closeAllConnections();
     }, 2000);
     await closed;
     clearTimeout(force);
@@ -184,7 +198,7 @@ export function hostForUrl(host: string): string {
 }
 
 /** Listens on port and host; rejects when the port cannot be bound. */
-export function listen(server: http.Server | http2.Http2Server, port: number, host: string): Promise<void> {
+export function listen(server: net.Server, port: number, host: string): Promise<void> {
   return new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(port, host, () => {

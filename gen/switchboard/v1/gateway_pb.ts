@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/gateway.proto.
  */
 export const file_switchboard_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSL2AgoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAQgcKBWZyYW1lIvUECg9Db25uZWN0UmVzcG9uc2USKwoFcmVhZHkYASABKAsyGi5zd2l0Y2hib2FyZC52MS5SZWFkeUZyYW1lSAASLwoHbWVzc2FnZRgCIAEoCzIcLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VGcmFtZUgAEjAKCHNlbmRfYWNrGAMgASgLMhwuc3dpdGNoYm9hcmQudjEuU2VuZEFja0ZyYW1lSAASNAoKc2VuZF9lcnJvchgEIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlNlbmRFcnJvckZyYW1lSAASLwoHcmVjZWlwdBgFIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgGIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABIxCghwcmVzZW5jZRgHIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWVIABIyCglzeW5jX3BhZ2UYCCABKAsyHS5zd2l0Y2hib2FyZC52MS5TeW5jUGFnZUZyYW1lSAASKQoEcG9uZxgJIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBvbmdGcmFtZUgAEjIKCWNhdWdodF91cBgKIAEoCzIdLnN3aXRjaGJvYXJkLnYxLkNhdWdodFVwRnJhbWVIABIwCgVlcnJvchgLIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkZyYW1lRXJyb3JGcmFtZUgAEjYKC3ByZWtleXNfbG93GAwgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lSABCBwoFZnJhbWUiUgoPUHJla2V5c0xvd0ZyYW1lEh0KFW9uZV90aW1lX2VjX3JlbWFpbmluZxgBIAEoDRIgChhvbmVfdGltZV9reWJlcl9yZW1haW5pbmcYAiABKA0iOgoSQ29udmVyc2F0aW9uQ3Vyc29yEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiPwoIQWNrRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciJACglSZWFkRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciI2CgtUeXBpbmdGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGYWN0aXZlGAIgASgIIlIKFlByZXNlbmNlU3Vic2NyaWJlRnJhbWUSGgoSc3Vic2NyaWJlX3VzZXJfaWRzGAEgAygJEhwKFHVuc3Vic2NyaWJlX3VzZXJfaWRzGAIgAygJImEKEFN5bmNSZXF1ZXN0RnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoDRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIhoKCVBpbmdGcmFtZRINCgVub25jZRgBIAEoBCJ0CgxTdHJlYW1MaW1pdHMSGQoRbWF4X3BheWxvYWRfYnl0ZXMYASABKA0SGwoTbWF4X3NlbmRzX2luX2ZsaWdodBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhIKCnNlbmRfYnVyc3QYBCABKA0iigEKClJlYWR5RnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAxIsCgZsaW1pdHMYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5TdHJlYW1MaW1pdHMiNgoMTWVzc2FnZUZyYW1lEiYKB2VudHJpZXMYASADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSIgCg1DYXVnaHRVcEZyYW1lEg8KB2VudHJpZXMYASABKAQiYwoMU2VuZEFja0ZyYW1lEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAyKpAQoOU2VuZEVycm9yRnJhbWUSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDAoEY29kZRgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEhYKDnJldHJ5X2FmdGVyX21zGAUgASgNEjAKCG1pc21hdGNoGAYgASgLMh4uc3dpdGNoYm9hcmQudjEuRGV2aWNlTWlzbWF0Y2gipQEKDkRldmljZU1pc21hdGNoEjEKB21pc3NpbmcYASADKAsyIC5zd2l0Y2hib2FyZC52MS5NaXNtYXRjaGVkRGV2aWNlEi8KBWV4dHJhGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuTWlzbWF0Y2hlZERldmljZRIvCgVzdGFsZRgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLk1pc21hdGNoZWREZXZpY2UiTwoQTWlzbWF0Y2hlZERldmljZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAyABKA0ihwEKDFJlY2VpcHRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRraW5kGAMgASgOMhsuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEtpbmQSEQoJdXBfdG9fc2VxGAQgASgEEg8KB3RpbWVfbXMYBSABKAMiXwoQVHlwaW5nRXZlbnRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkSDgoGYWN0aXZlGAQgASgIIkYKDVByZXNlbmNlRnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSFAoMbGFzdF9zZWVuX21zGAMgASgDIrMBCg1TeW5jUGFnZUZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiYKB2VudHJpZXMYAyADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIQCghsYXN0X3NlcRgEIAEoBBIQCghoYXNfbW9yZRgFIAEoCBISCgplcnJvcl9jb2RlGAYgASgNEhUKDWVycm9yX21lc3NhZ2UYByABKAkiPwoPRnJhbWVFcnJvckZyYW1lEg0KBWZyYW1lGAEgASgJEgwKBGNvZGUYAiABKA0SDwoHbWVzc2FnZRgDIAEoCSIyCglQb25nRnJhbWUSDQoFbm9uY2UYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiOwoLU2VuZFJlcXVlc3QSLAoFZW50cnkYASABKAsyHS5zd2l0Y2hib2FyZC52MS5PdXRnb2luZ0VudHJ5IjMKDFNlbmRSZXNwb25zZRILCgNzZXEYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIyowEKDkdhdGV3YXlTZXJ2aWNlEk4KB0Nvbm5lY3QSHi5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVxdWVzdBofLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSgBMAESQQoEU2VuZBIbLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXF1ZXN0Ghwuc3dpdGNoYm9hcmQudjEuU2VuZFJlc3BvbnNlYgZwcm90bzM", [file_switchboard_v1_entry]);
+  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSL2AgoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAQgcKBWZyYW1lIvUECg9Db25uZWN0UmVzcG9uc2USKwoFcmVhZHkYASABKAsyGi5zd2l0Y2hib2FyZC52MS5SZWFkeUZyYW1lSAASLwoHbWVzc2FnZRgCIAEoCzIcLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VGcmFtZUgAEjAKCHNlbmRfYWNrGAMgASgLMhwuc3dpdGNoYm9hcmQudjEuU2VuZEFja0ZyYW1lSAASNAoKc2VuZF9lcnJvchgEIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlNlbmRFcnJvckZyYW1lSAASLwoHcmVjZWlwdBgFIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgGIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABIxCghwcmVzZW5jZRgHIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWVIABIyCglzeW5jX3BhZ2UYCCABKAsyHS5zd2l0Y2hib2FyZC52MS5TeW5jUGFnZUZyYW1lSAASKQoEcG9uZxgJIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBvbmdGcmFtZUgAEjIKCWNhdWdodF91cBgKIAEoCzIdLnN3aXRjaGJvYXJkLnYxLkNhdWdodFVwRnJhbWVIABIwCgVlcnJvchgLIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkZyYW1lRXJyb3JGcmFtZUgAEjYKC3ByZWtleXNfbG93GAwgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lSABCBwoFZnJhbWUiUgoPUHJla2V5c0xvd0ZyYW1lEh0KFW9uZV90aW1lX2VjX3JlbWFpbmluZxgBIAEoDRIgChhvbmVfdGltZV9reWJlcl9yZW1haW5pbmcYAiABKA0iOgoSQ29udmVyc2F0aW9uQ3Vyc29yEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiPwoIQWNrRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciJACglSZWFkRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciI2CgtUeXBpbmdGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGYWN0aXZlGAIgASgIIlIKFlByZXNlbmNlU3Vic2NyaWJlRnJhbWUSGgoSc3Vic2NyaWJlX3VzZXJfaWRzGAEgAygJEhwKFHVuc3Vic2NyaWJlX3VzZXJfaWRzGAIgAygJImEKEFN5bmNSZXF1ZXN0RnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoDRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIhoKCVBpbmdGcmFtZRINCgVub25jZRgBIAEoBCJ0CgxTdHJlYW1MaW1pdHMSGQoRbWF4X3BheWxvYWRfYnl0ZXMYASABKA0SGwoTbWF4X3NlbmRzX2luX2ZsaWdodBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhIKCnNlbmRfYnVyc3QYBCABKA0iigEKClJlYWR5RnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAxIsCgZsaW1pdHMYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5TdHJlYW1MaW1pdHMiNgoMTWVzc2FnZUZyYW1lEiYKB2VudHJpZXMYASADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSIgCg1DYXVnaHRVcEZyYW1lEg8KB2VudHJpZXMYASABKAQiYwoMU2VuZEFja0ZyYW1lEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAyKpAQoOU2VuZEVycm9yRnJhbWUSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDAoEY29kZRgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEhYKDnJldHJ5X2FmdGVyX21zGAUgASgNEjAKCG1pc21hdGNoGAYgASgLMh4uc3dpdGNoYm9hcmQudjEuRGV2aWNlTWlzbWF0Y2gipQEKDkRldmljZU1pc21hdGNoEjEKB21pc3NpbmcYASADKAsyIC5zd2l0Y2hib2FyZC52MS5NaXNtYXRjaGVkRGV2aWNlEi8KBWV4dHJhGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuTWlzbWF0Y2hlZERldmljZRIvCgVzdGFsZRgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLk1pc21hdGNoZWREZXZpY2UiTwoQTWlzbWF0Y2hlZERldmljZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAyABKA0ihwEKDFJlY2VpcHRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRraW5kGAMgASgOMhsuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEtpbmQSEQoJdXBfdG9fc2VxGAQgASgEEg8KB3RpbWVfbXMYBSABKAMiXwoQVHlwaW5nRXZlbnRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkSDgoGYWN0aXZlGAQgASgIIkYKDVByZXNlbmNlRnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSFAoMbGFzdF9zZWVuX21zGAMgASgDIrMBCg1TeW5jUGFnZUZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiYKB2VudHJpZXMYAyADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIQCghsYXN0X3NlcRgEIAEoBBIQCghoYXNfbW9yZRgFIAEoCBISCgplcnJvcl9jb2RlGAYgASgNEhUKDWVycm9yX21lc3NhZ2UYByABKAkiPwoPRnJhbWVFcnJvckZyYW1lEg0KBWZyYW1lGAEgASgJEgwKBGNvZGUYAiABKA0SDwoHbWVzc2FnZRgDIAEoCSIyCglQb25nRnJhbWUSDQoFbm9uY2UYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiOwoLU2VuZFJlcXVlc3QSLAoFZW50cnkYASABKAsyHS5zd2l0Y2hib2FyZC52MS5PdXRnb2luZ0VudHJ5IjMKDFNlbmRSZXNwb25zZRILCgNzZXEYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiLQoQU3Vic2NyaWJlUmVxdWVzdBIZChFwcmVzZW5jZV91c2VyX2lkcxgBIAMoCSJDChFTdWJzY3JpYmVSZXNwb25zZRIuCgVmcmFtZRgBIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSJ1CgpBY2tSZXF1ZXN0EjUKCWRlbGl2ZXJlZBgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvchIwCgRyZWFkGAIgAygLMiIuc3dpdGNoYm9hcmQudjEuQ29udmVyc2F0aW9uQ3Vyc29yIg0KC0Fja1Jlc3BvbnNlIjsKEFNldFR5cGluZ1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBmFjdGl2ZRgCIAEoCCITChFTZXRUeXBpbmdSZXNwb25zZSpeCgtSZWNlaXB0S2luZBIcChhSRUNFSVBUX0tJTkRfVU5TUEVDSUZJRUQQABIaChZSRUNFSVBUX0tJTkRfREVMSVZFUkVEEAESFQoRUkVDRUlQVF9LSU5EX1JFQUQQAjKJAwoOR2F0ZXdheVNlcnZpY2USTgoHQ29ubmVjdBIeLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXF1ZXN0Gh8uc3dpdGNoYm9hcmQudjEuQ29ubmVjdFJlc3BvbnNlKAEwARJBCgRTZW5kEhsuc3dpdGNoYm9hcmQudjEuU2VuZFJlcXVlc3QaHC5zd2l0Y2hib2FyZC52MS5TZW5kUmVzcG9uc2USUgoJU3Vic2NyaWJlEiAuc3dpdGNoYm9hcmQudjEuU3Vic2NyaWJlUmVxdWVzdBohLnN3aXRjaGJvYXJkLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESPgoDQWNrEhouc3dpdGNoYm9hcmQudjEuQWNrUmVxdWVzdBobLnN3aXRjaGJvYXJkLnYxLkFja1Jlc3BvbnNlElAKCVNldFR5cGluZxIgLnN3aXRjaGJvYXJkLnYxLlNldFR5cGluZ1JlcXVlc3QaIS5zd2l0Y2hib2FyZC52MS5TZXRUeXBpbmdSZXNwb25zZWIGcHJvdG8z", [file_switchboard_v1_entry]);
 
 /**
  * A frame from the device to the server.
@@ -1049,6 +1049,138 @@ export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_gateway, 25);
 
 /**
+ * GatewayService.Subscribe request.
+ *
+ * @generated from message switchboard.v1.SubscribeRequest
+ */
+export type SubscribeRequest = Message<"switchboard.v1.SubscribeRequest"> & {
+  /**
+   * Users whose presence the stream follows from the start, as a presence_subscribe frame would
+   * (each must share a conversation with the caller; at most 256). To change the set, subscribe
+   * again.
+   *
+   * @generated from field: repeated string presence_user_ids = 1;
+   */
+  presenceUserIds: string[];
+};
+
+/**
+ * Describes the message switchboard.v1.SubscribeRequest.
+ * Use `create(SubscribeRequestSchema)` to create a new message.
+ */
+export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 26);
+
+/**
+ * GatewayService.Subscribe response: one server frame.
+ *
+ * @generated from message switchboard.v1.SubscribeResponse
+ */
+export type SubscribeResponse = Message<"switchboard.v1.SubscribeResponse"> & {
+  /**
+   * The frame, exactly as the Connect stream would carry it. Answers to the device's own frames
+   * (send_ack, send_error, sync_page, pong, error) never appear here: on this binding those are
+   * the answers of the unary calls.
+   *
+   * @generated from field: switchboard.v1.ConnectResponse frame = 1;
+   */
+  frame?: ConnectResponse | undefined;
+};
+
+/**
+ * Describes the message switchboard.v1.SubscribeResponse.
+ * Use `create(SubscribeResponseSchema)` to create a new message.
+ */
+export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 27);
+
+/**
+ * GatewayService.Ack request: at least one cursor in all.
+ *
+ * @generated from message switchboard.v1.AckRequest
+ */
+export type AckRequest = Message<"switchboard.v1.AckRequest"> & {
+  /**
+   * The device has received every entry up to each seq (at most 256 cursors).
+   *
+   * @generated from field: repeated switchboard.v1.ConversationCursor delivered = 1;
+   */
+  delivered: ConversationCursor[];
+
+  /**
+   * The user has read every entry up to each seq; implies delivered (at most 256 cursors).
+   *
+   * @generated from field: repeated switchboard.v1.ConversationCursor read = 2;
+   */
+  read: ConversationCursor[];
+};
+
+/**
+ * Describes the message switchboard.v1.AckRequest.
+ * Use `create(AckRequestSchema)` to create a new message.
+ */
+export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 28);
+
+/**
+ * GatewayService.Ack response.
+ *
+ * @generated from message switchboard.v1.AckResponse
+ */
+export type AckResponse = Message<"switchboard.v1.AckResponse"> & {
+};
+
+/**
+ * Describes the message switchboard.v1.AckResponse.
+ * Use `create(AckResponseSchema)` to create a new message.
+ */
+export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 29);
+
+/**
+ * GatewayService.SetTyping request.
+ *
+ * @generated from message switchboard.v1.SetTypingRequest
+ */
+export type SetTypingRequest = Message<"switchboard.v1.SetTypingRequest"> & {
+  /**
+   * The conversation; the user must be a member.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * True when typing started, false when it stopped; resend true every few seconds.
+   *
+   * @generated from field: bool active = 2;
+   */
+  active: boolean;
+};
+
+/**
+ * Describes the message switchboard.v1.SetTypingRequest.
+ * Use `create(SetTypingRequestSchema)` to create a new message.
+ */
+export const SetTypingRequestSchema: GenMessage<SetTypingRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 30);
+
+/**
+ * GatewayService.SetTyping response.
+ *
+ * @generated from message switchboard.v1.SetTypingResponse
+ */
+export type SetTypingResponse = Message<"switchboard.v1.SetTypingResponse"> & {
+};
+
+/**
+ * Describes the message switchboard.v1.SetTypingResponse.
+ * Use `create(SetTypingResponseSchema)` to create a new message.
+ */
+export const SetTypingResponseSchema: GenMessage<SetTypingResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 31);
+
+/**
  * The kind of a receipt.
  *
  * @generated from enum switchboard.v1.ReceiptKind
@@ -1111,6 +1243,43 @@ export const GatewayService: GenService<{
     methodKind: "unary";
     input: typeof SendRequestSchema;
     output: typeof SendResponseSchema;
+  },
+  /**
+   * The receiving half of Connect, for clients that cannot hold a bidirectional stream (web
+   * browsers: Connect or gRPC-Web over HTTP/1.1). The same frames in the same order as Connect's:
+   * ready, everything after the device's delivered cursors, caught_up, then live message,
+   * receipt, typing, presence and prekeys_low frames. The device's own frames travel as unary
+   * calls instead: Send, Ack, SetTyping, and ConversationService.GetHistory for a gap. It counts
+   * as one of the device's streams (2 per device). See docs/protocol.md, "The web binding".
+   *
+   * @generated from rpc switchboard.v1.GatewayService.Subscribe
+   */
+  subscribe: {
+    methodKind: "server_streaming";
+    input: typeof SubscribeRequestSchema;
+    output: typeof SubscribeResponseSchema;
+  },
+  /**
+   * Cumulative delivered and read cursors of the calling device, as the stream's ack and read
+   * frames. Answers once the sequencer has them; an ack the server did not keep only costs a
+   * re-delivery.
+   *
+   * @generated from rpc switchboard.v1.GatewayService.Ack
+   */
+  ack: {
+    methodKind: "unary";
+    input: typeof AckRequestSchema;
+    output: typeof AckResponseSchema;
+  },
+  /**
+   * A typing indicator of the calling device, as the stream's typing frame.
+   *
+   * @generated from rpc switchboard.v1.GatewayService.SetTyping
+   */
+  setTyping: {
+    methodKind: "unary";
+    input: typeof SetTypingRequestSchema;
+    output: typeof SetTypingResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_v1_gateway, 0);

@@ -1,5 +1,5 @@
 import type { ConversationStore, DeviceFloor } from "../store/types.js";
-import type { ReplicaShards } from "./replica.js";
+import { ReplicaShards } from "./replica.js";
 
 // Device floors (where a linked device starts reading) kept in memory, and how many
 // conversations' last seqs are read at once while a device is linked.
@@ -54,9 +54,10 @@ export class DeviceFloors {
    * read of its floors can come first; a send still being committed as this runs may reach it.
    * Every conversation of the user, not only the first USER_CONVERSATIONS_MAX (views.ts) of a listing.
    */
-  async recordDeviceLink(userId: string, deviceId: string): Promise<number> {
+  async recordDeviceLink(userId: string, deviceId: string, held = this.shards.held()): Promise<number> {
+    const { shardCount } = this.shards;
     const rows = (await this.store.listUserConversations(userId)).filter((r) =>
-      this.shards.owns(r.conversationId),
+      ReplicaShards.within(held, r.conversationId, shardCount),
     );
     const floors: DeviceFloor[] = [];
     for (let i = 0; i < rows.length; i += FLOOR_READS_AT_ONCE) {

@@ -65,11 +65,16 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
       return {};
     },
     async getSyncState(req) {
-      const rows = await sequencer.getSyncState(req.userId, req.deviceId);
-      return { conversations: rows.map((r) => create(ConversationSyncSchema, r)) };
+      const held = sequencer.heldShards();
+      const rows = await sequencer.getSyncState(req.userId, req.deviceId, held);
+      return { conversations: rows.map((r) => create(ConversationSyncSchema, r)), shards: [...held] };
     },
     async listConversations(req) {
-      return { conversations: await sequencer.listConversations(req.userId, req.deviceId) };
+      const held = sequencer.heldShards();
+      return {
+        conversations: await sequencer.listConversations(req.userId, req.deviceId, held),
+        shards: [...held],
+      };
     },
     async getConversation(req) {
       return sequencer.getConversation(req.userId, req.deviceId, req.conversationId);
@@ -99,10 +104,18 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
     async recordDeviceLink(req) {
       if (req.userId === "" || req.deviceId === "")
         throw new InvalidInputError("user_id and device_id: required");
-      return { conversations: await sequencer.recordDeviceLink(req.userId, req.deviceId) };
+      const held = sequencer.heldShards();
+      return {
+        conversations: await sequencer.recordDeviceLink(req.userId, req.deviceId, held),
+        shards: [...held],
+      };
     },
     async findContacts(req) {
-      return { contactUserIds: await sequencer.findContacts(req.userId, req.peerUserIds) };
+      const held = sequencer.heldShards();
+      return {
+        contactUserIds: await sequencer.findContacts(req.userId, req.peerUserIds, held),
+        shards: [...held],
+      };
     },
   };
 }

@@ -18,6 +18,7 @@ export {
 } from "./device-payloads.js";
 // Composition (services/server): the service itself, its RPC face and its clients.
 export { sequencerService } from "./handler.js";
+export { DEFAULT_LEASE_MS, planLeases, rightfulHolder, ShardOwnership } from "./ownership.js";
 export { replicaOf, type SequencerClient, shardedSequencerClient, shardsOfReplica } from "./router.js";
 export { Sequencer } from "./sequencer.js";
 export type { Appended, SequencerOptions } from "./types.js";

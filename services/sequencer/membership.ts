@@ -2,7 +2,13 @@ import { create } from "@bufbuild/protobuf";
 import type { Conversation } from "../../gen/switchboard/v1/conversations_pb.js";
 import { type Entry, MembershipAction, MembershipBodySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import type { Limits } from "../common/config.js";
-import { ConflictError, InvalidInputError, NotFoundError, PermissionError } from "../common/errors.js";
+import {
+  ConflictError,
+  InvalidInputError,
+  NotFoundError,
+  PermissionError,
+  UnavailableError,
+} from "../common/errors.js";
 import { directConversationId, newId } from "../common/ids.js";
 import type { MemberRecord } from "../store/types.js";
 import type { ConversationState } from "./conversation.js";
@@ -93,6 +99,13 @@ export class Membership {
     }
     // The caller may route CreateGroup to any replica: it picks an id that hashes to a shard it
     // owns (with R replicas, R tries on average), so the group never needs to move.
+    // Under leases a replica may hold no shard for a moment (starting, or fenced): refuse then,
+    // rather than draw ids for ever.
+    if (this.shards.owned.length === 0) {
+      throw new UnavailableError("this sequencer replica serves no shard now; retry", {
+        retryAfterMs: 500,
+      });
+    }
     let id = newId("g");
     while (!this.shards.owns(id)) id = newId("g");
     return this.shards.withState(id, async (state, shard) => {

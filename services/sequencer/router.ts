@@ -4,7 +4,6 @@ import {
   AppendResponseSchema,
   type AppendResult,
   AppendResultSchema,
-  type ConversationSync,
   FindContactsResponseSchema,
   GetSyncStateResponseSchema,
   ListConversationsResponseSchema,
@@ -36,7 +35,7 @@ export function shardsOfReplica(ordinal: number, replicas: number, shardCount: n
   return owned;
 }
 
-/** The replica that owns a conversation under the map above. */
+/** The replica that owns a conversation under the map above (its home; failover may move it). */
 export function replicaOf(conversationId: string, replicas: number, shardCount: number): number {
   return shardOf(conversationId, shardCount) % replicas;
 }
@@ -60,38 +59,143 @@ function partition<T>(
   return groups;
 }
 
+/** How the sharded client finds replicas. */
+export interface ShardedClientOptions {
+  /**
+   * How long a replica whose connection failed is passed over, in milliseconds: calls for its
+   * shards go to the next replica in ring order (where failover moves them) until then, and the
+   * first call after it tries the replica again.
+   */
+  suspectMs?: number;
+  /** The clock, in milliseconds. */
+  now?: () => number;
+}
+
+/** A replica whose connection failed is passed over this long unless configured, in ms. */
+const SUSPECT_MS = 2_000;
+
+/** True when a replica's failure means it (or its shard) could not serve, not that it refused. */
+function outage(error: ConnectError): boolean {
+  return error.code === Code.Unavailable || error.code === Code.DeadlineExceeded || isTransportFailure(error);
+}
+
 /**
- * A sequencer client that routes every call to the replica owning the conversation's shard.
- * Calls naming one conversation go to its owner; batches (Append, UpdateCursors) are split by
- * owner and sent in parallel; user-level reads (sync state, listings, contacts) go to every
- * replica, each answering for its own shards, and are merged. With one replica it is a plain
- * client, which is what the one-process server uses.
+ * A sequencer client that routes every call to the replica serving the conversation's shard.
+ * Calls naming one conversation go to its holder; batches (Append, UpdateCursors) are split by
+ * holder and sent in parallel; user-level reads (sync state, listings, contacts, device links)
+ * go to every replica, each answering for the shards it holds and naming them, and are merged.
+ * With one replica it is a plain client, which is what the one-process server uses.
  *
- * Routing is deterministic and there is no forwarding: a replica asked about a shard it does not
- * own answers FailedPrecondition, so a wrong map shows up as errors instead of double writes.
+ * Where a shard is: its home replica (the static map above), or, while that one's connection
+ * fails, the next replica in ring order, which is where failover moves it (ownership.ts). The
+ * client learns nothing from the leases themselves: a replica asked about a shard it does not
+ * hold answers UNAVAILABLE under leases (FAILED_PRECONDITION under the static map, where a wrong
+ * map must show up as errors instead of double writes), and reads and idempotent calls then try
+ * the next replica in ring order. A write whose outcome is unknown is never sent twice here: its
+ * caller retries it with the same idempotency key.
  */
 export function shardedSequencerClient(
   replicas: readonly SequencerClient[],
   shardCount: number,
+  options: ShardedClientOptions = {},
 ): SequencerClient {
   if (replicas.length === 0) throw new Error("at least one sequencer replica is needed");
   if (replicas.length === 1) return replicas[0]!;
   const count = replicas.length;
-  const owner = (conversationId: string): SequencerClient => {
-    if (conversationId === "") {
-      // Any replica gives the same precise InvalidArgument for a missing id.
-      return replicas[0]!;
+  const now = options.now ?? Date.now;
+  const suspectMs = options.suspectMs ?? SUSPECT_MS;
+  const suspectedUntil = new Array<number>(count).fill(0);
+  const homeShards = replicas.map((_, ordinal) => shardsOfReplica(ordinal, count, shardCount));
+
+  const noteFailure = (replica: number, err: unknown): ConnectError => {
+    const error = ConnectError.from(err);
+    if (isTransportFailure(error)) suspectedUntil[replica] = now() + suspectMs;
+    return error;
+  };
+  /** The replicas to try for a conversation, best first: ring order, suspected ones last. */
+  const candidates = (conversationId: string): number[] => {
+    // Any replica gives the same precise InvalidArgument for a missing id.
+    const home = conversationId === "" ? 0 : replicaOf(conversationId, count, shardCount);
+    const ring = Array.from({ length: count }, (_, k) => (home + k) % count);
+    const at = now();
+    return [...ring.filter((r) => suspectedUntil[r]! <= at), ...ring.filter((r) => suspectedUntil[r]! > at)];
+  };
+  const route = (conversationId: string): number => candidates(conversationId)[0]!;
+
+  /**
+   * One conversation's call: to its holder, and for an idempotent call (`retry`) on to the next
+   * replica in ring order when one could not serve it (down, or not holding the shard now).
+   */
+  async function single<T>(
+    conversationId: string,
+    retry: boolean,
+    call: (client: SequencerClient) => Promise<T>,
+  ): Promise<T> {
+    const order = candidates(conversationId);
+    for (let i = 0; ; i++) {
+      const replica = order[i]!;
+      try {
+        return await call(replicas[replica]!);
+      } catch (err) {
+        const error = noteFailure(replica, err);
+        if (!retry || i + 1 >= order.length || !outage(error)) throw err;
+      }
     }
-    return replicas[replicaOf(conversationId, count, shardCount)]!;
+  }
+
+  /**
+   * A user-level read of every replica. The answers name the shards they covered (a replica
+   * that held none refuses UNAVAILABLE instead); returns the answers with the shards no replica
+   * covered. A refusal (not an outage) fails the whole call.
+   */
+  async function scatter<T extends { shards: number[] }>(
+    call: (client: SequencerClient) => Promise<T>,
+  ): Promise<{ answers: T[]; missing: number[]; firstFailure: ConnectError | undefined }> {
+    const settled = await Promise.allSettled(replicas.map((r) => call(r)));
+    const answers: T[] = [];
+    const covered = new Set<number>();
+    let firstFailure: ConnectError | undefined;
+    for (const [replica, s] of settled.entries()) {
+      if (s.status === "fulfilled") {
+        answers.push(s.value);
+        // A replica of a version before failover names no shard: it answered for its home ones.
+        for (const shard of s.value.shards.length > 0 ? s.value.shards : homeShards[replica]!)
+          covered.add(shard);
+        continue;
+      }
+      const error = noteFailure(replica, s.reason);
+      if (!outage(error)) throw error;
+      firstFailure ??= error;
+    }
+    const missing = [...Array(shardCount).keys()].filter((s) => !covered.has(s));
+    return { answers, missing, firstFailure };
+  }
+
+  /** Throws UNAVAILABLE unless every shard was covered by some answer. */
+  const requireAll = (missing: number[], firstFailure: ConnectError | undefined) => {
+    if (missing.length === 0) return;
+    throw new ConnectError(
+      `no sequencer replica answered for shards ${missing.join(", ")}: ${firstFailure?.rawMessage ?? "they are moving"}`,
+      Code.Unavailable,
+    );
+  };
+  const allShards = [...Array(shardCount).keys()];
+  /** Keeps the first of each key: a shard that moved during a scatter may be answered twice. */
+  const unique = <T>(items: T[], key: (item: T) => string): T[] => {
+    const seen = new Set<string>();
+    return items.filter((item) => {
+      const k = key(item);
+      if (seen.has(k)) return false;
+      seen.add(k);
+      return true;
+    });
   };
   let nextCreate = 0;
 
   return {
     async append(request, options?: CallOptions) {
       const items = request.items ?? [];
-      const groups = partition(items, (item) =>
-        replicaOf(item.entry?.conversationId ?? "", count, shardCount),
-      );
+      const groups = partition(items, (item) => route(item.entry?.conversationId ?? ""));
       const results: AppendResult[] = new Array(items.length);
       await Promise.all(
         [...groups].map(async ([replica, group]) => {
@@ -100,10 +204,11 @@ export function shardedSequencerClient(
             answered = (await replicas[replica]!.append({ items: group.items }, options)).results;
           } catch (err) {
             // One replica failing fails only its own items; the others' commits stand.
-            const error = ConnectError.from(err);
+            const error = noteFailure(replica, err);
             // A replica that died or timed out mid-call may have committed some of these: the
             // device must retry them with the same ids (UNAVAILABLE), never take them as refused,
-            // which is what the ABORTED or CANCELED of a reset connection would tell it.
+            // which is what the ABORTED or CANCELED of a reset connection would tell it. The
+            // retry goes to the next replica in ring order while this one is suspected.
             const retry = error.code === Code.DeadlineExceeded || isTransportFailure(error);
             answered = group.items.map(() =>
               create(AppendResultSchema, {
@@ -132,102 +237,121 @@ export function shardedSequencerClient(
     },
 
     openDirect(request, options?: CallOptions) {
-      return owner(directConversationId(request.userId ?? "", request.peerUserId ?? "")).openDirect(
-        request,
-        options,
-      );
+      // Idempotent: the conversation's id is derived from the two users, and it is created once.
+      const id = directConversationId(request.userId ?? "", request.peerUserId ?? "");
+      return single(id, true, (r) => r.openDirect(request, options));
     },
 
-    createGroup(request, options?: CallOptions) {
-      // The receiving replica picks a group id in its own shards; spread creations over all.
-      const replica = replicas[nextCreate++ % count]!;
-      return replica.createGroup(request, options);
+    async createGroup(request, options?: CallOptions) {
+      // The receiving replica picks a group id in its own shards; spread creations over all, and
+      // past one that is down or holds no shard right now.
+      const first = nextCreate++ % count;
+      const at = now();
+      const order = Array.from({ length: count }, (_, k) => (first + k) % count).sort(
+        (a, b) => Number(suspectedUntil[a]! > at) - Number(suspectedUntil[b]! > at),
+      );
+      for (let i = 0; ; i++) {
+        const replica = order[i]!;
+        try {
+          return await replicas[replica]!.createGroup(request, options);
+        } catch (err) {
+          const error = noteFailure(replica, err);
+          // Only a refusal made before any work is tried elsewhere: a connection lost mid-call
+          // may have created the group, and a second one must not appear.
+          const before = error.code === Code.Unavailable && /serves no shard now/.test(error.rawMessage);
+          const refused = isTransportFailure(error) && /ECONNREFUSED/.test(String(error.cause ?? error));
+          if (i + 1 >= order.length || !(before || refused)) throw err;
+        }
+      }
     },
 
     changeMembership(request, options?: CallOptions) {
-      return owner(request.conversationId ?? "").changeMembership(request, options);
+      return single(request.conversationId ?? "", false, (r) => r.changeMembership(request, options));
     },
 
     getHistory(request, options?: CallOptions) {
-      return owner(request.conversationId ?? "").getHistory(request, options);
+      return single(request.conversationId ?? "", true, (r) => r.getHistory(request, options));
     },
 
     async updateCursors(request, options?: CallOptions) {
-      const groups = partition(request.updates ?? [], (u) =>
-        replicaOf(u.conversationId ?? "", count, shardCount),
-      );
+      const groups = partition(request.updates ?? [], (u) => route(u.conversationId ?? ""));
       await Promise.all(
-        [...groups].map(([replica, group]) =>
-          replicas[replica]!.updateCursors({ updates: group.items }, options),
-        ),
+        [...groups].map(async ([replica, group]) => {
+          try {
+            await replicas[replica]!.updateCursors({ updates: group.items }, options);
+          } catch (err) {
+            throw noteFailure(replica, err);
+          }
+        }),
       );
       return create(UpdateCursorsResponseSchema, {});
     },
 
     async getSyncState(request, options?: CallOptions) {
-      // A replica that does not answer must not hide the conversations of those that do: a
-      // reconnecting device gets those now and the rest when the replica is back. Any other
-      // failure (a refusal) fails the whole call.
-      const settled = await Promise.allSettled(replicas.map((r) => r.getSyncState(request, options)));
-      const conversations: ConversationSync[] = [];
-      const unansweredReplicas: number[] = [];
-      for (const [replica, s] of settled.entries()) {
-        if (s.status === "fulfilled") {
-          conversations.push(...s.value.conversations);
-          continue;
-        }
-        const error = ConnectError.from(s.reason);
-        const down =
-          error.code === Code.Unavailable ||
-          error.code === Code.DeadlineExceeded ||
-          isTransportFailure(error);
-        if (!down) throw error;
-        unansweredReplicas.push(replica);
+      // Shards no replica answered for must not hide the conversations of those that were: a
+      // reconnecting device gets those now and the rest when their shards are served again.
+      const { answers, missing, firstFailure } = await scatter((r) => r.getSyncState(request, options));
+      if (missing.length === shardCount) {
+        throw new ConnectError(
+          `no sequencer replica answered: ${firstFailure?.rawMessage ?? "no shard is served"}`,
+          Code.Unavailable,
+        );
       }
-      if (unansweredReplicas.length === replicas.length) {
-        const first = ConnectError.from((settled[0] as PromiseRejectedResult).reason);
-        throw new ConnectError(`no sequencer replica answered: ${first.rawMessage}`, Code.Unavailable);
-      }
-      return create(GetSyncStateResponseSchema, { conversations, unansweredReplicas });
+      const conversations = unique(
+        answers.flatMap((a) => a.conversations),
+        (c) => c.conversationId,
+      );
+      // The replicas whose shards (by the static map) are among the missing ones.
+      const unansweredReplicas = homeShards.flatMap((shards, replica) =>
+        shards.some((s) => missing.includes(s)) ? [replica] : [],
+      );
+      const shards = allShards.filter((s) => !missing.includes(s));
+      return create(GetSyncStateResponseSchema, { conversations, unansweredReplicas, shards });
     },
 
     async listConversations(request, options?: CallOptions) {
-      const answers = await Promise.all(replicas.map((r) => r.listConversations(request, options)));
-      const conversations = answers
-        .flatMap((a) => a.conversations)
-        .sort((a, b) => Number(b.lastActiveMs - a.lastActiveMs));
-      return create(ListConversationsResponseSchema, { conversations });
+      const { answers, missing, firstFailure } = await scatter((r) => r.listConversations(request, options));
+      requireAll(missing, firstFailure);
+      const conversations = unique(
+        answers.flatMap((a) => a.conversations),
+        (c) => c.conversationId,
+      ).sort((a, b) => Number(b.lastActiveMs - a.lastActiveMs));
+      return create(ListConversationsResponseSchema, { conversations, shards: allShards });
     },
 
     getConversation(request, options?: CallOptions) {
-      return owner(request.conversationId ?? "").getConversation(request, options);
+      return single(request.conversationId ?? "", true, (r) => r.getConversation(request, options));
     },
 
     getMembers(request, options?: CallOptions) {
-      return owner(request.conversationId ?? "").getMembers(request, options);
+      return single(request.conversationId ?? "", true, (r) => r.getMembers(request, options));
     },
 
     setMute(request, options?: CallOptions) {
-      return owner(request.conversationId ?? "").setMute(request, options);
+      // Idempotent: it sets the mute to a value.
+      return single(request.conversationId ?? "", true, (r) => r.setMute(request, options));
     },
 
     relayTyping(request, options?: CallOptions) {
-      return owner(request.conversationId ?? "").relayTyping(request, options);
+      return single(request.conversationId ?? "", true, (r) => r.relayTyping(request, options));
     },
 
     async recordDeviceLink(request, options?: CallOptions) {
-      // Every replica records it for its own shards; the link fails unless all of them did.
-      const answers = await Promise.all(replicas.map((r) => r.recordDeviceLink(request, options)));
+      // Every shard must have its floors recorded by the replica holding it; the link fails unless
+      // all were.
+      const { answers, missing, firstFailure } = await scatter((r) => r.recordDeviceLink(request, options));
+      requireAll(missing, firstFailure);
       const conversations = answers.reduce((n, a) => n + a.conversations, 0);
-      return create(RecordDeviceLinkResponseSchema, { conversations });
+      return create(RecordDeviceLinkResponseSchema, { conversations, shards: allShards });
     },
 
     async findContacts(request, options?: CallOptions) {
-      const answers = await Promise.all(replicas.map((r) => r.findContacts(request, options)));
+      const { answers, missing, firstFailure } = await scatter((r) => r.findContacts(request, options));
+      requireAll(missing, firstFailure);
       const found = new Set(answers.flatMap((a) => a.contactUserIds));
       // Keep the caller's order, as a single replica does.
       const contactUserIds = (request.peerUserIds ?? []).filter((id) => found.has(id));
-      return create(FindContactsResponseSchema, { contactUserIds });
+      return create(FindContactsResponseSchema, { contactUserIds, shards: allShards });
     },
   };
 }

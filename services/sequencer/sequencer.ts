@@ -7,6 +7,7 @@ import type {
 import type { Conversation, Member } from "../../gen/switchboard/v1/conversations_pb.js";
 import type { Entry, MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import type { EventBus } from "../bus/types.js";
+import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import type { ConversationStore } from "../store/types.js";
 import { Appender, type AppendRefusals } from "./append.js";
@@ -52,14 +53,17 @@ export class Sequencer {
   private readonly receipts: Receipts;
   private readonly floors: DeviceFloors;
   private readonly views: Views;
+  private readonly leased: boolean;
 
   constructor(store: ConversationStore, bus: EventBus, log: Logger, options: SequencerOptions) {
     const now = options.now ?? Date.now;
+    this.leased = options.leased ?? false;
     this.outbox = new PublishOutbox(bus, log, options.outbox);
     this.hotState = new HotStateBudget(options.cacheBytes ?? DEFAULT_CACHE_BYTES, log);
     this.shards = new ReplicaShards(store, this.outbox, log, this.hotState, {
       shardCount: options.shardCount,
-      owned: options.ownedShards ?? [...Array(options.shardCount).keys()],
+      owned: options.leased ? [] : (options.ownedShards ?? [...Array(options.shardCount).keys()]),
+      leased: options.leased ?? false,
       maxStatesPerShard: options.maxStatesPerShard ?? DEFAULT_MAX_STATES_PER_SHARD,
     });
     const entries = new ConversationLog(store, now);
@@ -84,6 +88,25 @@ export class Sequencer {
   /** The logical shards this replica owns, ascending. */
   get ownedShards(): number[] {
     return this.shards.owned;
+  }
+
+  /**
+   * The shards held now, as a snapshot. The user-level reads (sync state, listings, contacts,
+   * device links) answer for exactly the snapshot they are given, and say so to the caller.
+   */
+  heldShards(): ReadonlySet<number> {
+    const held = this.shards.held();
+    // An answer for no shard would read, to a router of an older version, as an answer for its
+    // home shards: a replica that holds none (starting, fenced) refuses instead.
+    if (held.size === 0 && this.leased) {
+      throw new UnavailableError("this sequencer replica serves no shard now; retry", { retryAfterMs: 500 });
+    }
+    return held;
+  }
+
+  /** The shards and where they can move: what the lease protocol (ownership.ts) drives. */
+  get replicaShards(): ReplicaShards {
+    return this.shards;
   }
 
   /** Waits for every pending commit and refuses new work. */
@@ -145,18 +168,18 @@ export class Sequencer {
   }
 
   /** Records where a device about to be linked starts in each of the user's conversations here. */
-  recordDeviceLink(userId: string, deviceId: string): Promise<number> {
-    return this.floors.recordDeviceLink(userId, deviceId);
+  recordDeviceLink(userId: string, deviceId: string, held?: ReadonlySet<number>): Promise<number> {
+    return this.floors.recordDeviceLink(userId, deviceId, held);
   }
 
   /** Every conversation of the user with its last seq and the device's delivered cursor. */
-  getSyncState(userId: string, deviceId: string): Promise<ConversationSync[]> {
-    return this.views.getSyncState(userId, deviceId);
+  getSyncState(userId: string, deviceId: string, held?: ReadonlySet<number>): Promise<ConversationSync[]> {
+    return this.views.getSyncState(userId, deviceId, held);
   }
 
   /** The user's conversations as the device sees them, most recently active first. */
-  listConversations(userId: string, deviceId: string): Promise<Conversation[]> {
-    return this.views.listConversations(userId, deviceId);
+  listConversations(userId: string, deviceId: string, held?: ReadonlySet<number>): Promise<Conversation[]> {
+    return this.views.listConversations(userId, deviceId, held);
   }
 
   /** One conversation with its members, for a member. */
@@ -184,7 +207,11 @@ export class Sequencer {
   }
 
   /** Which of the peers share at least one conversation with the user. */
-  findContacts(userId: string, peerUserIds: readonly string[]): Promise<string[]> {
-    return this.views.findContacts(userId, peerUserIds);
+  findContacts(
+    userId: string,
+    peerUserIds: readonly string[],
+    held?: ReadonlySet<number>,
+  ): Promise<string[]> {
+    return this.views.findContacts(userId, peerUserIds, held);
   }
 }

@@ -153,7 +153,7 @@ export class Shard implements StateOwner {
   private readonly sealed: Batch[] = [];
   private committing = false;
   private scheduled = false;
-  private closed = false;
+  private closed: string | undefined;
 
   constructor(
     readonly index: number,
@@ -237,7 +237,7 @@ export class Shard implements StateOwner {
    * within the bound whole operations at a time (an operation larger than it commits alone).
    */
   batch(bytes = 0): Batch {
-    if (this.closed) throw new UnavailableError("sequencer is shutting down");
+    if (this.closed !== undefined) throw new UnavailableError(this.closed, { retryAfterMs: RETRY_AFTER_MS });
     const max = this.store.maxCommitBytes;
     if (
       this.open !== undefined &&
@@ -271,10 +271,19 @@ export class Shard implements StateOwner {
     }
   }
 
-  /** Refuses new work and waits for what is pending. */
-  async close(): Promise<void> {
+  /**
+   * Refuses new work and waits for what is pending. `reason` is what later work is refused
+   * with (UNAVAILABLE): the process stopping, or the shard moving to another replica.
+   */
+  async close(reason = "sequencer is shutting down"): Promise<void> {
     await this.drain();
-    this.closed = true;
+    this.closed = reason;
+  }
+
+  /** Forgets every state (the shard was handed on): their bytes leave the process's budget. */
+  discard(): void {
+    for (const state of this.states.values()) this.budget.forget(state);
+    this.states.clear();
   }
 
   private async load(conversationId: string): Promise<ConversationState> {

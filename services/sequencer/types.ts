@@ -16,6 +16,11 @@ export interface SequencerOptions {
   shardCount: number;
   /** Which logical shards this replica owns; all of them when absent. */
   ownedShards?: readonly number[];
+  /**
+   * Shards are taken and handed on under leases (services/sequencer/ownership.ts drives it): the
+   * replica starts with none, and ownedShards is ignored.
+   */
+  leased?: boolean;
   /** Limits on payloads and groups. */
   limits: Limits;
   /** Conversation states kept in memory per shard, at most (a count, not bytes). */

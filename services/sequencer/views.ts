@@ -17,7 +17,7 @@ import type { ConversationState, CursorPair } from "./conversation.js";
 import type { DeviceFloors } from "./floors.js";
 import { type ConversationLog, PAGE_DEFAULT, PAGE_MAX } from "./log.js";
 import type { Receipts } from "./receipts.js";
-import { type ReplicaShards, requireMember } from "./replica.js";
+import { ReplicaShards, requireMember } from "./replica.js";
 import type { HistoryPage } from "./types.js";
 
 // FindContacts and listings look at most this many of a user's conversations.
@@ -99,13 +99,18 @@ export class Views {
   ) {}
 
   /**
-   * The user's conversations in the shards this replica owns. User-level reads are scattered to
-   * every replica and merged by the caller, so each answers for its own shards only: with a
-   * shared store (ScyllaDB) the others' rows are visible here too and would be counted twice.
+   * The user's conversations in `held`, the shards this replica held when the call began.
+   * User-level reads are scattered to every replica and merged by the caller, so each answers for
+   * its own shards only (with a shared store (ScyllaDB) the others' rows are visible here too and
+   * would be counted twice), and says which those were: a snapshot, so that a shard moving
+   * during the call is either in both the rows and the answer's shard list or in neither.
    */
-  private async userConversations(userId: string) {
+  private async userConversations(userId: string, held: ReadonlySet<number>) {
     const rows = await this.store.listUserConversations(userId);
-    return rows.filter((r) => this.shards.owns(r.conversationId)).slice(0, USER_CONVERSATIONS_MAX);
+    const { shardCount } = this.shards;
+    return rows
+      .filter((r) => ReplicaShards.within(held, r.conversationId, shardCount))
+      .slice(0, USER_CONVERSATIONS_MAX);
   }
 
   /**
@@ -139,9 +144,13 @@ export class Views {
   }
 
   /** Every conversation of the user with its last seq and the device's delivered cursor. */
-  async getSyncState(userId: string, deviceId: string): Promise<ConversationSync[]> {
+  async getSyncState(
+    userId: string,
+    deviceId: string,
+    held = this.shards.held(),
+  ): Promise<ConversationSync[]> {
     const [rows, floors] = await Promise.all([
-      this.userConversations(userId),
+      this.userConversations(userId, held),
       this.store.listDeviceFloors(deviceId),
     ]);
     return Promise.all(
@@ -162,9 +171,13 @@ export class Views {
   }
 
   /** The user's conversations as the device sees them, most recently active first. */
-  async listConversations(userId: string, deviceId: string): Promise<Conversation[]> {
+  async listConversations(
+    userId: string,
+    deviceId: string,
+    held = this.shards.held(),
+  ): Promise<Conversation[]> {
     const [rows, floors] = await Promise.all([
-      this.userConversations(userId),
+      this.userConversations(userId, held),
       this.store.listDeviceFloors(deviceId),
     ]);
     const listed = await Promise.all(
@@ -216,8 +229,12 @@ export class Views {
   }
 
   /** Which of the peers share at least one conversation with the user. */
-  async findContacts(userId: string, peerUserIds: readonly string[]): Promise<string[]> {
-    const rows = await this.userConversations(userId);
+  async findContacts(
+    userId: string,
+    peerUserIds: readonly string[],
+    held = this.shards.held(),
+  ): Promise<string[]> {
+    const rows = await this.userConversations(userId, held);
     const ids = new Set(rows.map((r) => r.conversationId));
     const found = new Set<string>();
     let pending = peerUserIds.filter((peer) => {

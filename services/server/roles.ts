@@ -13,6 +13,7 @@ import {
   Keys,
   keyService,
   perPeriod,
+  UserData,
 } from "../accounts/index.js";
 import type { DeliveryChannel, EventBus } from "../bus/types.js";
 import type { Tokens } from "../common/auth.js";
@@ -28,6 +29,7 @@ import { Presence, presenceService } from "../presence/index.js";
 import {
   Sequencer,
   type SequencerClient,
+  ShardOwnership,
   sequencerService,
   shardedSequencerClient,
   shardsOfReplica,
@@ -69,14 +71,28 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
   const { config, store, log, closers } = ctx;
   const mesh = config.mesh;
   const owned = shardsOfReplica(mesh.sequencerOrdinal, mesh.sequencerReplicas, config.shardCount);
+  // Failover needs a store every replica shares (ScyllaDB's leases) and another replica to move to.
+  const leases = mesh.sequencerReplicas > 1 && mesh.shardLeaseMs > 0 ? store!.leases : undefined;
   const seq = new Sequencer(store!.conversations, ctx.bus, log, {
     shardCount: config.shardCount,
     ownedShards: owned,
+    leased: leases !== undefined,
     limits: config.limits,
     cacheBytes: config.sequencerCacheBytes,
     maxStatesPerShard: config.sequencerCacheConversations,
   });
   closers.add("sequencer", () => seq.close());
+  if (leases !== undefined) {
+    const ownership = new ShardOwnership(leases, seq.replicaShards, log, {
+      ordinal: mesh.sequencerOrdinal,
+      replicas: mesh.sequencerReplicas,
+      leaseMs: mesh.shardLeaseMs,
+    });
+    ownership.start();
+    // Closers run last-added first: the shards are handed on (drained) before the sequencer
+    // closes, so a rolling restart moves them in a tick rather than a lease term.
+    closers.add("shard leases", () => ownership.stop(mesh.shardLeaseMs));
+  }
   // Not ready while the store refuses writes (a full disk); reads and streams go on meanwhile.
   ctx.readiness.add(storeWriteCheck(store!));
   ctx.clients.register(SequencerService, (r) => r.service(SequencerService, sequencerService(seq)));
@@ -92,8 +108,13 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
   expiry.unref();
   closers.add("idempotency expiry", () => clearInterval(expiry));
   log.info(
-    { ordinal: mesh.sequencerOrdinal, replicas: mesh.sequencerReplicas, shards: owned },
-    "sequencer shards",
+    {
+      ordinal: mesh.sequencerOrdinal,
+      replicas: mesh.sequencerReplicas,
+      shards: owned,
+      failover: leases === undefined ? "off" : `leases of ${mesh.shardLeaseMs} ms`,
+    },
+    leases === undefined ? "sequencer shards" : "sequencer home shards (served once their leases are taken)",
   );
   return seq;
 }
@@ -164,6 +185,15 @@ export async function startAccountsRole(ctx: RoleContext): Promise<Accounts> {
   accounts.deviceLinks = async (userId, deviceId) => {
     await linkRecorder.recordDeviceLink({ userId, deviceId });
   };
+  // Operators' deletion and export of a user: the user's place in conversations through the
+  // sequencer service, whichever process holds it.
+  accounts.userData = new UserData(
+    (userId, deviceId) => accounts.revokeDevice(userId, deviceId),
+    store!.accounts,
+    store!.keys,
+    linkRecorder,
+    log,
+  );
   const stopKeyWatch = keys.watchRevocations();
   closers.add("key revocations", () => stopKeyWatch());
   clients.register(KeyService, (r) => r.service(KeyService, keyService(keys, accounts, tokens)));

@@ -49,6 +49,12 @@ export interface MeshConfig {
   sequencerReplicas: number;
   /** This process's sequencer ordinal, when it runs the sequencer role. */
   sequencerOrdinal: number;
+  /**
+   * The shard lease term in milliseconds (services/sequencer/ownership.ts): on a store the
+   * replicas share (ScyllaDB), a dead replica's shards move to a live one about this long after
+   * it stopped. 0 turns failover off (every replica keeps exactly its home shards).
+   */
+  shardLeaseMs: number;
 }
 
 /** NATS connection and JetStream stream settings. */
@@ -121,6 +127,7 @@ export const meshVariables = z.object({
   SWITCHBOARD_NOTIFICATION_URL: httpUrl("SWITCHBOARD_NOTIFICATION_URL"),
   /** Unset or empty: the trailing number of HOSTNAME. */
   SWITCHBOARD_SEQUENCER_ORDINAL: optionalIntVariable("SWITCHBOARD_SEQUENCER_ORDINAL"),
+  SWITCHBOARD_SHARD_LEASE_MS: intVariable("SWITCHBOARD_SHARD_LEASE_MS", 3_000, false),
 });
 
 export function loadMesh(input: Partial<MeshConfig> | undefined, env: Env): MeshConfig {
@@ -148,6 +155,7 @@ export function loadMesh(input: Partial<MeshConfig> | undefined, env: Env): Mesh
       SWITCHBOARD_PRESENCE_URL: given(input?.urls?.presence),
       SWITCHBOARD_NOTIFICATION_URL: given(input?.urls?.notification),
       SWITCHBOARD_SEQUENCER_ORDINAL: given(input?.sequencerOrdinal),
+      SWITCHBOARD_SHARD_LEASE_MS: given(input?.shardLeaseMs),
     }),
   );
   const roles = input?.roles ?? vars.SWITCHBOARD_ROLES ?? [...ROLES];
@@ -216,6 +224,10 @@ export function loadMesh(input: Partial<MeshConfig> | undefined, env: Env): Mesh
       input?.sequencerOrdinal === undefined
         ? (vars.SWITCHBOARD_SEQUENCER_ORDINAL ?? ordinalOfHostname(vars.HOSTNAME))
         : int("sequencerOrdinal", input.sequencerOrdinal),
+    shardLeaseMs:
+      input?.shardLeaseMs === undefined
+        ? vars.SWITCHBOARD_SHARD_LEASE_MS
+        : int("SWITCHBOARD_SHARD_LEASE_MS", input.shardLeaseMs),
   };
 }
 
@@ -270,6 +282,9 @@ export function checkMesh(mesh: MeshConfig, shardCount: number, tokenKey: Uint8A
       `sequencer ordinal ${mesh.sequencerOrdinal} is outside 0..${mesh.sequencerReplicas - 1} ` +
         "(SWITCHBOARD_SEQUENCER_ORDINAL, or the pod hostname's trailing number)",
     );
+  }
+  if (mesh.shardLeaseMs !== 0 && (mesh.shardLeaseMs < 3_000 || mesh.shardLeaseMs > 600_000)) {
+    fail("SWITCHBOARD_SHARD_LEASE_MS must be 0 (no failover) or from 3000 to 600000");
   }
   if (mesh.adminPort !== undefined && mesh.adminPort > 65535)
     fail("SWITCHBOARD_ADMIN_PORT must be at most 65535");

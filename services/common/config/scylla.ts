@@ -22,7 +22,16 @@ export interface ScyllaSettings {
   replicationFactor?: number;
   /** Log entries expire after this many seconds (0 or absent: kept forever). */
   entryTtlSeconds?: number;
+  /**
+   * Encoded entry bytes one commit carries per conversation, at most, where a shard can split its
+   * batch (the engine's default, 2 MiB, when absent): a commit's intent holds them in one LWT cell,
+   * which must stay under the cluster's max_mutation_size (docs/scylla.md).
+   */
+  maxCommitBytes?: number;
 }
+
+/** The largest SCYLLA_MAX_COMMIT_BYTES (the engine refuses more: half of an 8 MiB intent, base64). */
+const MAX_COMMIT_BYTES = 4 * 1024 * 1024;
 
 /** The longest TTL Cassandra and ScyllaDB accept, in seconds (20 years). */
 export const MAX_TTL_SECONDS = 630_720_000;
@@ -98,6 +107,7 @@ export const scyllaVariables = z.object({
     .transform((v) => (v === "" ? undefined : v)),
   SCYLLA_REPLICATION_FACTOR: integer("SCYLLA_REPLICATION_FACTOR", 1, 100),
   SCYLLA_ENTRY_TTL_SECONDS: integer("SCYLLA_ENTRY_TTL_SECONDS", 0, MAX_TTL_SECONDS),
+  SCYLLA_MAX_COMMIT_BYTES: integer("SCYLLA_MAX_COMMIT_BYTES", 65_536, MAX_COMMIT_BYTES),
 });
 
 /** Reads the SCYLLA_* settings; SCYLLA_CONTACT_POINTS is required. */
@@ -117,6 +127,7 @@ export function loadScyllaConfig(env: Env): ScyllaSettings {
       replicationFactor: vars.SCYLLA_REPLICATION_FACTOR,
     }),
     ...(vars.SCYLLA_ENTRY_TTL_SECONDS !== undefined && { entryTtlSeconds: vars.SCYLLA_ENTRY_TTL_SECONDS }),
+    ...(vars.SCYLLA_MAX_COMMIT_BYTES !== undefined && { maxCommitBytes: vars.SCYLLA_MAX_COMMIT_BYTES }),
   };
 }
 

@@ -12,6 +12,7 @@ import { ScyllaAccountStore } from "./accounts.js";
 import { MAX_COMMIT_BYTES_LIMIT } from "./conversations/layout.js";
 import { DEFAULT_MAX_COMMIT_BYTES, ScyllaConversationStore } from "./conversations.js";
 import { ScyllaKeyStore } from "./keys.js";
+import { ScyllaShardLeases } from "./leases.js";
 import { refusingOutages } from "./outage.js";
 import {
   Cql,
@@ -52,6 +53,7 @@ export class ScyllaStoreEngine implements StoreEngine {
   readonly conversations: ScyllaConversationStore;
   readonly accounts: ScyllaAccountStore;
   readonly keys: ScyllaKeyStore;
+  readonly leases: ScyllaShardLeases;
   private closing: Promise<void> | undefined;
   private readonly outages = new FaultWindow("the database");
 
@@ -66,6 +68,9 @@ export class ScyllaStoreEngine implements StoreEngine {
     this.conversations = refusingOutages(new ScyllaConversationStore(cql, settings, log), this.outages);
     this.accounts = refusingOutages(new ScyllaAccountStore(cql), this.outages);
     this.keys = refusingOutages(new ScyllaKeyStore(cql), this.outages);
+    // Not through the outage window: a lease read failing is the ownership loop's business (it
+    // stops serving in time), not a refused write a device would see.
+    this.leases = new ScyllaShardLeases(cql);
   }
 
   /** Why the database cannot be used right now (for readiness), or undefined. */

@@ -240,6 +240,24 @@ export const MIGRATIONS: readonly Migration[] = [
         plain_ts bigint)`,
     ],
   },
+  {
+    id: "0008_shard_leases",
+    description: "sequencer replicas' heartbeats and the shard leases that failover moves",
+    statements: [
+      // Written with USING TTL only: a replica that stops writing disappears on its own.
+      `CREATE TABLE IF NOT EXISTS sequencer_replicas (
+        ordinal int PRIMARY KEY,
+        incarnation text,
+        started_at_ms bigint)`,
+      // Written only by LWT on epoch (services/store/scylla/leases.ts); never expires, so the
+      // epoch keeps growing across every move.
+      `CREATE TABLE IF NOT EXISTS shard_leases (
+        shard int PRIMARY KEY,
+        owner int,
+        epoch bigint,
+        moved_at_ms bigint)`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

@@ -1,10 +1,11 @@
 // Checks what `helm template` rendered for one scenario of charts/switchboard against the rules a
 // working Switchboard deployment needs, so a chart change that would break a cluster fails CI here:
-//   node .ci/check-manifests.mjs <rendered.yaml> <scenario-values.yaml>
+//   [HELM_API_VERSIONS=<a,b>] node .ci/check-manifests.mjs <rendered.yaml> <scenario-values.yaml>
 // Exits non-zero, naming every violation.
 import { readFileSync } from "node:fs";
 import { register } from "tsx/esm/api";
 import { parse, parseAllDocuments } from "yaml";
+import { checkMonitoring, checkSpread } from "./check-monitoring.mjs";
 
 // The server's own table of what each role calls, so the chart is checked against the code.
 register();
@@ -47,8 +48,10 @@ const ofKind = (kind) => docs.filter((d) => d.kind === kind);
 const name = (d) => `${d.kind}/${d.metadata?.name}`;
 const isHook = (d) => d.metadata?.annotations?.["helm.sh/hook"] !== undefined;
 
-// --- The ConfigMap every role reads.
-const configMaps = ofKind("ConfigMap");
+// --- The ConfigMap every role reads (the Grafana dashboard's is checked with the monitoring).
+const configMaps = ofKind("ConfigMap").filter(
+  (c) => c.metadata.labels?.["app.kubernetes.io/component"] !== "dashboard",
+);
 if (configMaps.length !== 1) fatal(`expected one ConfigMap, found ${configMaps.length}`);
 const config = configMaps[0].data ?? {};
 const adminPort = Number(config.SWITCHBOARD_ADMIN_PORT);
@@ -376,6 +379,19 @@ for (const role of ENABLED) {
   if (!values[role].pdb.enabled && pdbs.length > 0)
     problem(`${role}.pdb.enabled is false, yet a PDB selects it`);
 }
+
+// --- Alerts, dashboard, Ingress and routes (check-monitoring.mjs); topology spread per role.
+const fullname = configMaps[0].metadata.name;
+checkMonitoring({
+  docs,
+  values,
+  problem,
+  namespace: configMaps[0].metadata.namespace,
+  fullname,
+  // The --api-versions the render was given (helm-check.sh), comma-separated.
+  apiVersions: (process.env.HELM_API_VERSIONS ?? "").split(",").filter(Boolean),
+});
+for (const [workload, role] of roleOf) checkSpread({ workload, role, values, problem });
 
 for (const d of docs) {
   const limit = d.kind === "Service" ? 63 : 253;

@@ -64,6 +64,16 @@ for values in "${scenarios[@]}"; do
     die "the manifests rendered for $values break the rules above"
 done
 
+# metrics.prometheusRule.enabled "auto" (the default): a PrometheusRule exactly when the cluster
+# serves the Prometheus Operator's CRD. A plain render above has none; this one says it does.
+step "scenario default-values with the PrometheusRule CRD (auto)"
+crd=monitoring.coreos.com/v1/PrometheusRule
+"$helm" template sb "$chart" --namespace switchboard -f "$chart/ci/default-values.yaml" --api-versions "$crd" \
+  >"$out/default-with-crd.yaml" || die "helm template failed with --api-versions $crd"
+grep -q '^kind: PrometheusRule$' "$out/default-with-crd.yaml" || die "no PrometheusRule although the cluster serves $crd"
+HELM_API_VERSIONS=$crd node .ci/check-manifests.mjs "$out/default-with-crd.yaml" "$chart/ci/default-values.yaml" ||
+  die "the manifests rendered with $crd break the rules above"
+
 # Values that must be refused, with the reason the user would read.
 step "bad values are refused"
 minio=(--set minio.endpoint=http://minio:9000 --set minio.existingSecret=minio)
@@ -95,5 +105,10 @@ refused "/minio/endpoint" "${endpoints[@]}" --set minio.endpoint=http://minio:90
 refused "/minio/publicEndpoint" "${endpoints[@]}" --set minio.publicEndpoint=media.example.com
 refused "/media/urlTtlSeconds" "${endpoints[@]}" --set media.urlTtlSeconds=700000
 refused "must exceed media.urlTtlSeconds" "${endpoints[@]}" --set media.urlTtlSeconds=7200 --set media.unclaimedTtlSeconds=3600
+# Routes need a Gateway to attach to, an Ingress a host; the rule switch is true, false or auto.
+refused "/gateway/route/grpc/parentRefs" "${endpoints[@]}" --set gateway.route.grpc.enabled=true
+refused "/gateway/route/http/parentRefs" "${endpoints[@]}" --set gateway.route.http.enabled=true
+refused "/gateway/ingress/hosts" "${endpoints[@]}" --set gateway.ingress.enabled=true --set-json 'gateway.ingress.hosts=[]'
+refused "/metrics/prometheusRule/enabled" "${endpoints[@]}" --set metrics.prometheusRule.enabled=yes
 
 step "helm chart checks passed (${#scenarios[@]} scenarios)"

@@ -75,9 +75,25 @@ spec:
                 {{- include "switchboard.roleSelectorLabels" (dict "root" $root "role" $role) | nindent 16 }}
       {{- end }}
   {{- end }}
-  {{- with (default $pod.topologySpreadConstraints $v.topologySpreadConstraints) }}
+  {{- $spread := default $pod.topologySpreadConstraints $v.topologySpreadConstraints }}
+  {{- if $spread }}
   topologySpreadConstraints:
-    {{- toYaml . | nindent 4 }}
+    {{- toYaml $spread | nindent 4 }}
+  {{- else if $pod.topologySpread }}
+  # Each role of this release is spread on its own: its selector names the release and the role,
+  # so neither other roles nor other releases count towards its skew.
+  topologySpreadConstraints:
+    {{- range $pod.topologySpread }}
+    - {{- toYaml . | nindent 6 }}
+      labelSelector:
+        matchLabels:
+          {{- include "switchboard.roleSelectorLabels" (dict "root" $root "role" $role) | nindent 10 }}
+      {{- if ne $role "sequencer" }}
+      # A rollout's new pods are spread among themselves (Deployments label them with it).
+      matchLabelKeys:
+        - pod-template-hash
+      {{- end }}
+    {{- end }}
   {{- end }}
   containers:
     - name: switchboard

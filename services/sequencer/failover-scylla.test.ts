@@ -137,7 +137,7 @@ describe("sequencer shard failover on the ScyllaDB engine", { skip: SCYLLA_SKIP 
     keyspace = await scratchKeyspace("failover");
     await start(0);
     await start(1);
-    client = shardedSequencerClient([clientOf(0), clientOf(1)], SHARDS, { suspectMs: 1_000 });
+    client = shardedSequencerClient([clientOf(0), clientOf(1)], SHARDS, { failover: true, suspectMs: 1_000 });
   });
 
   after(async () => {

@@ -196,6 +196,47 @@ describe("shardedSequencerClient over two replicas, each on its own store", () =
     assert.ok(results[1]!.seq > 0n);
   });
 
+  it("keeps every call on the home replica without failover, so a down replica means UNAVAILABLE", async () => {
+    // On LMDB no other replica can serve a shard: sending its calls elsewhere would turn an
+    // outage the device retries into the other replica's FAILED_PRECONDITION, refused for good.
+    const me = users[5]!;
+    const ids = users.slice(0, 5).map((peer) => directConversationId(me, peer));
+    const onOne = ids.find((id) => replicaOf(id, 2, SHARDS) === 1)!;
+    const refused = Object.assign(new Error("connect ECONNREFUSED 127.0.0.1:1"), { code: "ECONNREFUSED" });
+    const dead = new Proxy(replicas[1]!, {
+      get: () => () =>
+        Promise.reject(new ConnectError(refused.message, Code.Unavailable, undefined, undefined, refused)),
+    });
+    const staticMap = shardedSequencerClient([replicas[0]!, dead], SHARDS);
+    for (let attempt = 0; attempt < 2; attempt++) {
+      await assert.rejects(
+        staticMap.getHistory({ userId: me, deviceId: device(me), conversationId: onOne }),
+        (err: unknown) => ConnectError.from(err).code === Code.Unavailable,
+      );
+      const { results } = await staticMap.append({
+        items: [
+          create(AppendItemSchema, {
+            senderUserId: me,
+            senderDeviceId: device(me),
+            entry: create(OutgoingEntrySchema, {
+              clientMsgId: `static-${attempt}`,
+              conversationId: onOne,
+              body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array([1]) }) },
+            }),
+          }),
+        ],
+      });
+      assert.equal(results[0]!.errorCode, Code.Unavailable, results[0]!.errorMessage);
+    }
+    // With failover the same calls go on to the next replica in ring order, which (holding no
+    // lease here) answers as the static map does: proof that the call did move.
+    const moving = shardedSequencerClient([replicas[0]!, dead], SHARDS, { failover: true });
+    await assert.rejects(
+      moving.getHistory({ userId: me, deviceId: device(me), conversationId: onOne }),
+      (err: unknown) => /is not owned by this sequencer replica/.test(ConnectError.from(err).rawMessage),
+    );
+  });
+
   it("answers the sync state in part while a replica is down, naming it, and fails on a refusal", async () => {
     const me = users[5]!;
     const ids = users.slice(0, 5).map((peer) => directConversationId(me, peer));

@@ -62,6 +62,12 @@ function partition<T>(
 /** How the sharded client finds replicas. */
 export interface ShardedClientOptions {
   /**
+   * Shards move under leases (the replicas share a ScyllaDB store, services/sequencer/ownership.ts):
+   * look for a shard past its home replica, in ring order. Without it every call goes to the home
+   * replica, which is the only one that can serve it (LMDB).
+   */
+  failover?: boolean;
+  /**
    * How long a replica whose connection failed is passed over, in milliseconds: calls for its
    * shards go to the next replica in ring order (where failover moves them) until then, and the
    * first call after it tries the replica again.
@@ -86,8 +92,9 @@ function outage(error: ConnectError): boolean {
  * go to every replica, each answering for the shards it holds and naming them, and are merged.
  * With one replica it is a plain client, which is what the one-process server uses.
  *
- * Where a shard is: its home replica (the static map above), or, while that one's connection
- * fails, the next replica in ring order, which is where failover moves it (ownership.ts). The
+ * Where a shard is: its home replica (the static map above), or, with `failover`, while that
+ * one's connection fails, the next replica in ring order, which is where failover moves it
+ * (ownership.ts). The
  * client learns nothing from the leases themselves: a replica asked about a shard it does not
  * hold answers UNAVAILABLE under leases (FAILED_PRECONDITION under the static map, where a wrong
  * map must show up as errors instead of double writes), and reads and idempotent calls then try
@@ -116,6 +123,7 @@ export function shardedSequencerClient(
   const candidates = (conversationId: string): number[] => {
     // Any replica gives the same precise InvalidArgument for a missing id.
     const home = conversationId === "" ? 0 : replicaOf(conversationId, count, shardCount);
+    if (!options.failover) return [home];
     const ring = Array.from({ length: count }, (_, k) => (home + k) % count);
     const at = now();
     return [...ring.filter((r) => suspectedUntil[r]! <= at), ...ring.filter((r) => suspectedUntil[r]! > at)];

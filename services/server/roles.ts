@@ -130,7 +130,10 @@ export function sequencerClient(ctx: RoleContext): SequencerClient {
       ? clients.clientOf(SequencerService, true, undefined)
       : createClient(SequencerService, clients.remote(url)),
   );
-  return shardedSequencerClient(replicas, config.shardCount);
+  // Every process of a deployment has the same store setting (the chart and the launcher give
+  // it to all), so routers and sequencer replicas agree on whether shards can move.
+  const failover = mesh.store === "scylla" && mesh.shardLeaseMs > 0;
+  return shardedSequencerClient(replicas, config.shardCount, { failover });
 }
 
 /** The accounts role's directory client: in this process or at the accounts address. */

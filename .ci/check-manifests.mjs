@@ -5,6 +5,7 @@
 import { readFileSync } from "node:fs";
 import { register } from "tsx/esm/api";
 import { parse, parseAllDocuments } from "yaml";
+import { checkBundled } from "./check-bundled.mjs";
 import { checkMonitoring, checkSpread } from "./check-monitoring.mjs";
 
 // The server's own table of what each role calls, so the chart is checked against the code.
@@ -83,6 +84,9 @@ const statefulSets = ofKind("StatefulSet");
 const workloads = [...deployments, ...statefulSets];
 const roleOf = new Map();
 for (const w of workloads) {
+  // The release's own NATS and Redis are checked by check-bundled.mjs.
+  if (["nats", "redis"].includes(w.spec?.template?.metadata?.labels?.["app.kubernetes.io/component"]))
+    continue;
   const container = w.spec?.template?.spec?.containers?.[0];
   const args = container?.args ?? [];
   const i = args.indexOf("--role");
@@ -392,6 +396,7 @@ checkMonitoring({
   apiVersions: (process.env.HELM_API_VERSIONS ?? "").split(",").filter(Boolean),
 });
 for (const [workload, role] of roleOf) checkSpread({ workload, role, values, problem });
+checkBundled({ docs, values, config, fullname, namespace: configMaps[0].metadata.namespace, problem });
 
 for (const d of docs) {
   const limit = d.kind === "Service" ? 63 : 253;

@@ -76,7 +76,7 @@ HELM_API_VERSIONS=$crd node .ci/check-manifests.mjs "$out/default-with-crd.yaml"
 
 # Values that must be refused, with the reason the user would read.
 step "bad values are refused"
-minio=(--set minio.endpoint=http://minio:9000 --set minio.existingSecret=minio)
+minio=(--set media.enabled=true --set minio.endpoint=http://minio:9000 --set minio.existingSecret=minio)
 endpoints=(--set 'scylla.contactPoints[0]=scylla' --set 'nats.urls[0]=nats://nats:4222' --set redis.url=redis://redis:6379 "${minio[@]}")
 refused() {
   local expected=$1
@@ -90,14 +90,16 @@ refused() {
   echo "refused as expected: $expected"
 }
 refused "/scylla/contactPoints" --set 'nats.urls[0]=nats://nats:4222' --set redis.url=redis://redis:6379 "${minio[@]}"
-refused "/nats" --set 'scylla.contactPoints[0]=scylla' --set redis.url=redis://redis:6379 "${minio[@]}"
-refused "/redis" --set 'scylla.contactPoints[0]=scylla' --set 'nats.urls[0]=nats://nats:4222' "${minio[@]}"
+# Without the bundled servers, NATS and Redis must be named.
+refused "/nats" --set 'scylla.contactPoints[0]=scylla' --set nats.bundled.enabled=false "${minio[@]}"
+refused "/redis" --set 'scylla.contactPoints[0]=scylla' --set redis.bundled.enabled=false "${minio[@]}"
+refused "the bundled NATS is a single server" --set 'scylla.contactPoints[0]=scylla' --set nats.streamReplicas=3
 refused "must be <= settings.shards" "${endpoints[@]}" --set settings.shards=4 --set sequencer.replicaCount=5
 refused "/push/fcm/existingSecret" "${endpoints[@]}" --set push.fcm.enabled=true
 refused "/settings/logLevel" "${endpoints[@]}" --set settings.logLevel=loud
 refused "/auth/tokenKey" "${endpoints[@]}" --set auth.tokenKey=too-short
 refused "/gateway/service/type" "${endpoints[@]}" --set gateway.service.type=Ingress
-# The media role (on by default) needs MinIO: an endpoint, and keys from a Secret or inline.
+# The media role (off by default) needs MinIO: an endpoint, and keys from a Secret or inline.
 refused "/minio/endpoint" "${endpoints[@]}" --set minio.endpoint=
 refused "/minio/existingSecret" "${endpoints[@]}" --set minio.existingSecret=
 refused "/minio/secretKey" "${endpoints[@]}" --set minio.existingSecret= --set minio.accessKey=a

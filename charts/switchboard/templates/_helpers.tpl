@@ -230,6 +230,9 @@ the reason.
 {{- if gt $replicas $shards -}}
 {{- fail (printf "sequencer.replicaCount (%d) must be <= settings.shards (%d): every replica owns at least one shard" $replicas $shards) -}}
 {{- end -}}
+{{- if and (include "switchboard.bundled" (dict "root" . "backend" "nats")) (gt (int .Values.nats.streamReplicas) 1) -}}
+{{- fail (printf "nats.streamReplicas is %d, but the bundled NATS is a single server: set nats.urls to a NATS cluster, or streamReplicas to 1" (int .Values.nats.streamReplicas)) -}}
+{{- end -}}
 {{- if and .Values.scylla.username (not .Values.scylla.password) (not .Values.scylla.existingSecret) -}}
 {{- fail "scylla.username needs scylla.password (or use scylla.existingSecret)" -}}
 {{- end -}}
@@ -274,3 +277,23 @@ Prometheus when networkPolicy.monitoringNamespace is set.
   {{- end }}
 {{- end -}}
 {{- end }}
+
+{{/*
+switchboard.bundled: "true" when the release runs its own single-node server for a backend
+("nats" or "redis"): bundled.enabled and no external server named. Call with
+(dict "root" $ "backend" "nats").
+*/}}
+{{- define "switchboard.bundled" -}}
+{{- $v := index .root.Values .backend -}}
+{{- $named := or $v.existingSecret (ternary (not (empty $v.urls)) (not (empty $v.url)) (eq .backend "nats")) -}}
+{{- if and $v.bundled.enabled (not $named) -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+switchboard.bundledUrl: the URL of the release's own NATS or Redis. Call as switchboard.bundled.
+*/}}
+{{- define "switchboard.bundledUrl" -}}
+{{- $name := printf "%s-%s" (include "switchboard.fullname" .root) .backend -}}
+{{- $host := include "switchboard.svcHost" (dict "root" .root "name" $name) -}}
+{{- ternary (printf "nats://%s:4222" $host) (printf "redis://%s:6379" $host) (eq .backend "nats") -}}
+{{- end -}}

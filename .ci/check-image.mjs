@@ -278,7 +278,11 @@ try {
             throw new Error(
               `RUN ${ins.body}: would change this host's files (npm's cache, an absolute path); a build stage's RUN here must stay inside its WORKDIR`,
             );
-          run(ins.body, { cwd: inStage(workdir), env: { ...process.env, ...env } });
+          run(ins.body, {
+            cwd: inStage(workdir),
+            // Packages already in the cache are not asked about again (.ci/run's install filled it).
+            env: { ...process.env, npm_config_prefer_offline: "true", ...env },
+          });
           break;
         case "USER":
         case "EXPOSE":

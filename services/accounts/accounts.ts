@@ -31,6 +31,8 @@ import { INVALID_INVITE, INVITE_REQUIRED, Invites, type RegistrationMode } from 
 import type { Keys } from "./keys.js";
 import { Privacy } from "./privacy.js";
 import { type AccountRate, enforce, type RefusalSink } from "./refusals.js";
+import { Suspensions } from "./suspension.js";
+import type { UserData } from "./user-data.js";
 import { lookAlikes, ReservedNames } from "./usernames.js";
 
 /** Existing usernames a registration checks for look-alikes at most (see lookAlikes). */
@@ -136,6 +138,10 @@ export class Accounts {
   readonly privacy: Privacy;
   /** Registration invites (made by operators; required in the "invite" registration mode). */
   readonly invites: Invites;
+  /** Operator suspensions of users. */
+  readonly suspensions: Suspensions;
+  /** Operator deletion and export of a user's data; the server attaches it (it needs the sequencer). */
+  userData: UserData | undefined;
 
   constructor(
     private readonly store: AccountStore,
@@ -150,6 +156,7 @@ export class Accounts {
     this.refusals = options.refusals ?? new Refusals(log);
     this.privacy = new Privacy(store, options.privacyDefaults ?? defaultPrivacy, log);
     this.invites = new Invites(store, log, this.now);
+    this.suspensions = new Suspensions(store, bus, log, this.now);
   }
 
   /** How registration is opened on this server. */
@@ -295,6 +302,9 @@ export class Accounts {
       throw new UnauthenticatedError("unknown device or wrong secret");
     }
     if (device.revokedAtMs !== 0) throw new UnauthenticatedError("device has been revoked");
+    if ((await this.suspensions.suspendedAmong([device.userId])).size > 0) {
+      throw new PermissionError("account suspended by an operator");
+    }
     return this.tokens.issue(device.userId, device.deviceId, this.now());
   }
 
@@ -442,12 +452,17 @@ export class Accounts {
     return dropped;
   }
 
-  /** Device status for other services. */
+  /** Device status for other services: a suspended user's devices are not active. */
   async getDevices(deviceIds: readonly string[]) {
-    const devices = await Promise.all(deviceIds.map((id) => this.store.getDevice(id)));
-    return devices
-      .filter((d): d is DeviceRecord => d !== undefined)
-      .map((d) => ({ deviceId: d.deviceId, userId: d.userId, active: d.revokedAtMs === 0 }));
+    const devices = (await Promise.all(deviceIds.map((id) => this.store.getDevice(id)))).filter(
+      (d): d is DeviceRecord => d !== undefined,
+    );
+    const suspended = await this.suspensions.suspendedAmong(devices.map((d) => d.userId));
+    return devices.map((d) => ({
+      deviceId: d.deviceId,
+      userId: d.userId,
+      active: d.revokedAtMs === 0 && !suspended.has(d.userId),
+    }));
   }
 
   /** Active devices of users. */

@@ -17,3 +17,6 @@ export { addressKey, PEER_HEADER, trustedProxyList, withPeerAddress } from "./pe
 // The gateway reads a conversation opener's privacy setting off the wire the same way.
 export { audienceFromWire } from "./privacy.js";
 export { type AccountRate, perPeriod, type RefusalReason } from "./refusals.js";
+// Operator suspension, deletion and export of a user (the admin service's user commands).
+export type { Suspended } from "./suspension.js";
+export { EXPORT_SCAN, UserData, type UserExport } from "./user-data.js";

@@ -351,14 +351,20 @@ export class Keys {
 
   /**
    * Deletes the keys of devices as their revocations are broadcast. Fetches skip revoked devices
-   * anyway, so a missed broadcast only leaves unused keys behind.
+   * anyway, so a missed broadcast only leaves unused keys behind. The same broadcast closes the
+   * streams of a suspended user's devices, which keep their keys: only a device the store has
+   * revoked (or no longer has) loses them.
    */
   watchRevocations(): Unsubscribe {
+    const forgetIfRevoked = async (deviceId: string) => {
+      const device = await this.accounts.getDevice(deviceId);
+      if (device === undefined || device.revokedAtMs !== 0) await this.forgetDevice(deviceId);
+    };
     return this.bus.onBroadcast((events) => {
       for (const e of events) {
         if (e.event.case !== "deviceRevoked") continue;
         const { deviceId } = e.event.value;
-        this.forgetDevice(deviceId).catch((err: unknown) =>
+        forgetIfRevoked(deviceId).catch((err: unknown) =>
           this.log.warn({ err, deviceId }, "could not delete a revoked device's keys"),
         );
       }

@@ -16,10 +16,13 @@ import type { Device, User } from "../../gen/switchboard/v1/accounts_pb.js";
 import { type Accounts, INVITE_LIMITS } from "../accounts/index.js";
 import type { Role } from "../common/config.js";
 import { ConflictError, InvalidInputError, NotFoundError } from "../common/errors.js";
+import type { Logger } from "../common/log.js";
 import { requireId, requireUsername } from "../common/validate.js";
 import type { Presence } from "../presence/index.js";
 import type { Sequencer } from "../sequencer/index.js";
 import type { InviteRecord } from "../store/types.js";
+import { audited } from "./audit.js";
+import { userActions } from "./users.js";
 
 /**
  * What the admin service reads of a gateway and asks of it (GatewayCore has this shape). Declared
@@ -75,6 +78,8 @@ export interface AdminDeps {
   markNotReady?: () => void;
   /** The clock, in milliseconds since the Unix epoch. */
   now?: () => number;
+  /** Where audit lines go (audit.ts); none in tests that do not read them. */
+  log?: Logger | undefined;
 }
 
 const USER_ID = /^u_[0-9a-z]{26}$/;
@@ -109,10 +114,18 @@ function needsRole(what: string, role: Role, deps: AdminDeps): ConflictError {
   );
 }
 
-/** The admin service's RPC face (AdminService), served by every process. */
+/**
+ * The admin service's RPC face (AdminService), served by every process; every call but
+ * GetStats leaves an audit line (audit.ts).
+ */
 export function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> {
+  return audited(adminCalls(deps), deps.log);
+}
+
+function adminCalls(deps: AdminDeps): ServiceImpl<typeof AdminService> {
   const now = deps.now ?? Date.now;
   return {
+    ...userActions(deps),
     async getStats() {
       const memory = process.memoryUsage();
       const stats = create(GetStatsResponseSchema, {
@@ -209,10 +222,12 @@ export function adminService(deps: AdminDeps): ServiceImpl<typeof AdminService> 
       if (!accounts) throw needsRole("RevokeDevice", "accounts", deps);
       const [status] = await accounts.getDevices([deviceId]);
       if (status === undefined) throw new NotFoundError(`no device ${deviceId}`);
+      // Not status.active: a suspended user's devices are inactive without being revoked.
+      const before = (await accounts.listDevices(status.userId, true)).find((d) => d.deviceId === deviceId);
       // Revoking again is harmless: the store keeps the first time, and the broadcast closes any
       // stream a gateway still holds (say, one that missed the first broadcast).
       const device = await accounts.revokeDevice(status.userId, deviceId);
-      return { device, alreadyRevoked: !status.active };
+      return { device, alreadyRevoked: before !== undefined && before.revokedAtMs !== 0n };
     },
 
     async drainGateway() {

@@ -18,32 +18,19 @@ import type { Device } from "../../gen/switchboard/v1/accounts_pb.js";
 import { environment } from "../common/config/environment.js";
 import { AdminError, adminCredential, connect, describeAdminError } from "./admin/connection.js";
 import { bytes, collect, duration, inviteState, parseTtl, ranges, table, time } from "./admin/format.js";
+import type { AdminIo, AdminOptions } from "./admin/kit.js";
+import { registerUserCommands } from "./admin/users.js";
 
 export { adminCredential, describeAdminError } from "./admin/connection.js";
 export { parseTtl } from "./admin/format.js";
 
-/** Where admin output goes; replaceable so the commands can run inside tests. */
-export interface AdminIo {
-  /** A line of results. */
-  out(line: string): void;
-  /** A line of diagnostics. */
-  err(line: string): void;
-  /** The environment to read SWITCHBOARD_TOKEN_KEY from. */
-  env: NodeJS.ProcessEnv;
-}
+export type { AdminIo } from "./admin/kit.js";
 
 const processIo: AdminIo = {
   out: (line) => process.stdout.write(`${line}\n`),
   err: (line) => process.stderr.write(`${line}\n`),
   env: environment(),
 };
-
-/** Options every admin command takes. */
-interface AdminOptions {
-  url: string[];
-  dataDir?: string;
-  json?: boolean;
-}
 
 /** Zeros and empty lists are printed too, so scripts find every field. */
 const JSON_OPTIONS = { alwaysEmitImplicit: true } as const;
@@ -68,7 +55,8 @@ export function registerAdminCommands(program: Command, io: AdminIo = processIo)
         "--data-dir <dir>",
         "read the token key from <dir>/token.key (a one-process server's data directory)",
       )
-      .option("--json", "print the answer as JSON (one object per line)");
+      .option("--json", "print the answer as JSON (one object per line)")
+      .option("--operator <name>", "who is acting, for the servers' audit log (default: your login name)");
 
   /**
    * Runs an action against each URL in turn with one credential; failures are printed per URL
@@ -93,7 +81,7 @@ export function registerAdminCommands(program: Command, io: AdminIo = processIo)
       for (const url of opts.url) {
         let connection: ReturnType<typeof connect> | undefined;
         try {
-          connection = connect(url, credential);
+          connection = connect(url, credential, opts.operator);
           await action(connection.client, url, opts, ...positional);
         } catch (err) {
           failed++;
@@ -173,7 +161,7 @@ export function registerAdminCommands(program: Command, io: AdminIo = processIo)
     // is resolved first and the others are asked by id.
     let asked = query;
     const ask = async (url: string, user: string) => {
-      const connection = connect(url, credential);
+      const connection = connect(url, credential, opts.operator);
       try {
         return await connection.client.lookupUser({ user });
       } finally {
@@ -417,4 +405,6 @@ export function registerAdminCommands(program: Command, io: AdminIo = processIo)
       );
     }, true),
   );
+
+  registerUserCommands(admin, { io, cmd, run });
 }

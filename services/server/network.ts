@@ -107,6 +107,8 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
             sequencer: parts.sequencer,
             notifier: parts.notifier,
             markNotReady: parts.markNotReady,
+            // Operator actions are audited in the process log.
+            log: ctx.log,
           }),
         );
       }

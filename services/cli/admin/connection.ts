@@ -1,4 +1,5 @@
 import { readFile } from "node:fs/promises";
+import { userInfo } from "node:os";
 import { join } from "node:path";
 import { type Client, Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -42,10 +43,29 @@ export async function adminCredential(dataDir: string | undefined, env: NodeJS.P
   return internalCredential(key);
 }
 
-/** One admin client per process URL; close() drops the connections so the command can exit. */
+/**
+ * The header naming the operator in the servers' audit log (services/admin/audit.ts; the same
+ * string, not imported, so the CLI does not load the admin service).
+ */
+const OPERATOR_HEADER = "x-switchboard-operator";
+
+/** The login name, the default operator of the audit log. */
+function loginName(): string {
+  try {
+    return userInfo().username;
+  } catch {
+    return "";
+  }
+}
+
+/**
+ * One admin client per process URL; close() drops the connections so the command can exit.
+ * `operator` names who acts in the servers' audit log (the login name by default).
+ */
 export function connect(
   url: string,
   credential: string,
+  operator: string = loginName(),
 ): { client: Client<typeof AdminService>; close(): void } {
   let parsed: URL;
   try {
@@ -59,7 +79,14 @@ export function connect(
   const transport = createGrpcTransport({
     baseUrl: url,
     sessionManager,
-    interceptors: [sendInternalCredential(credential)],
+    interceptors: [
+      sendInternalCredential(credential),
+      (next) => (req) => {
+        // A header value is printable ASCII; anything else becomes "?".
+        if (operator !== "") req.header.set(OPERATOR_HEADER, operator.replace(/[^\x20-\x7e]/g, "?"));
+        return next(req);
+      },
+    ],
     defaultTimeoutMs: 15_000,
   });
   return { client: createClient(AdminService, transport), close: () => sessionManager.abort() };

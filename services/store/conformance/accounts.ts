@@ -317,6 +317,81 @@ export function runAccountStoreConformance(open: () => Promise<StoreEngine>): vo
         [code],
       );
     });
+
+    // Optional methods (setSuspended, deleteUser): an engine without them skips, saying so.
+    const optional = (
+      name: string,
+      method: "setSuspended" | "deleteUser",
+      fn: (store: AccountStore & Required<Pick<AccountStore, typeof method>>) => Promise<void>,
+    ): void => {
+      it(name, async (t) => {
+        const engine = await open();
+        try {
+          if (engine.accounts[method] === undefined) {
+            t.skip(`this engine has no AccountStore.${method}`);
+            return;
+          }
+          await fn(engine.accounts as AccountStore & Required<Pick<AccountStore, typeof method>>);
+        } finally {
+          await engine.close();
+        }
+      });
+    };
+
+    optional(
+      "a suspension is stored, keeps its first time, and is lifted with 0",
+      "setSuspended",
+      async (store) => {
+        const u = user();
+        await store.createUser(u, device(u.userId));
+        assert.equal(
+          (await store.setSuspended(u.userId, 1_700_000_000_000))?.suspendedAtMs,
+          1_700_000_000_000,
+        );
+        assert.equal(
+          (await store.setSuspended(u.userId, 1_700_000_500_000))?.suspendedAtMs,
+          1_700_000_000_000,
+        );
+        assert.equal((await store.getUser(u.userId))?.suspendedAtMs, 1_700_000_000_000);
+        assert.equal((await store.getUserByUsername(u.username))?.suspendedAtMs, 1_700_000_000_000);
+        const lifted = await store.setSuspended(u.userId, 0);
+        assert.ok(!lifted?.suspendedAtMs);
+        assert.deepEqual(
+          { ...(await store.getUser(u.userId)), suspendedAtMs: 0 },
+          { ...u, suspendedAtMs: 0 },
+        );
+        assert.equal(await store.setSuspended(id("u"), 1_700_000_000_000), undefined, "unknown user");
+      },
+    );
+
+    optional(
+      "a deleted user leaves no user, username, device or setting behind",
+      "deleteUser",
+      async (store) => {
+        const u = user();
+        const first = device(u.userId);
+        const second = device(u.userId, { createdAtMs: first.createdAtMs + 1 });
+        await store.createUser(u, first);
+        await store.addDevice(second, 8);
+        await store.setPrivacy(u.userId, { groupAdd: "contacts" });
+        const other = user();
+        await store.createUser(other, device(other.userId));
+
+        assert.equal(await store.deleteUser(u.userId), true);
+        assert.equal(await store.getUser(u.userId), undefined);
+        assert.equal(await store.getUserByUsername(u.username), undefined);
+        assert.equal(await store.getDevice(first.deviceId), undefined);
+        assert.equal(await store.getDevice(second.deviceId), undefined);
+        assert.deepEqual(await store.listDevices(u.userId), []);
+        assert.deepEqual((await store.getPrivacy([u.userId])).get(u.userId), {});
+        assert.equal(await store.deleteUser(u.userId), false, "deleting twice finds nothing");
+        assert.deepEqual(await store.getUser(other.userId), other, "another user is untouched");
+        // The username is free again.
+        const again = user({ username: u.username });
+        await store.createUser(again, device(again.userId));
+        assert.deepEqual(await store.getUserByUsername(u.username), again);
+      },
+    );
   });
 }
 

@@ -27,7 +27,14 @@ export interface AccountDbs {
 const HIGH = Buffer.from([0xff]);
 
 function userRecord(u: UserRecord): UserRecord {
-  return { userId: u.userId, username: u.username, displayName: u.displayName, createdAtMs: u.createdAtMs };
+  return {
+    userId: u.userId,
+    username: u.username,
+    displayName: u.displayName,
+    createdAtMs: u.createdAtMs,
+    // Stored only while suspended, so records of users never suspended keep their shape.
+    ...(u.suspendedAtMs ? { suspendedAtMs: u.suspendedAtMs } : {}),
+  };
 }
 
 function deviceRecord(d: DeviceRecord): DeviceRecord {
@@ -248,6 +255,37 @@ export class LmdbAccountStore implements AccountStore {
       const invite = dbs.invites.get(id);
       if (invite === undefined) return;
       dbs.invites.put(id, { ...invite, usesLeft: Math.min(invite.maxUses, invite.usesLeft + 1) });
+    });
+  }
+
+  async setSuspended(userId: string, atMs: number): Promise<UserRecord | undefined> {
+    if (!(atMs >= 0)) throw new RangeError(`suspension time must be 0 or positive, got ${atMs}`);
+    const { dbs } = this;
+    return this.writeUnit(() => {
+      const user = dbs.users.get(userId);
+      if (user === undefined) return undefined;
+      // Suspending twice keeps the first time.
+      if (atMs !== 0 && user.suspendedAtMs) return user;
+      const next = userRecord({ ...user, suspendedAtMs: atMs });
+      dbs.users.put(userId, next);
+      return next;
+    });
+  }
+
+  async deleteUser(userId: string): Promise<boolean> {
+    const { dbs } = this;
+    return this.writeUnit(() => {
+      const user = dbs.users.get(userId);
+      if (user === undefined) return false;
+      for (const key of [...dbs.userDevices.getKeys({ start: [userId], end: [userId, HIGH] })]) {
+        dbs.devices.remove((key as [string, number, string])[2]);
+        dbs.userDevices.remove(key);
+      }
+      // Only the user's own name: a username re-registered since is another user's.
+      if (dbs.usernames.get(user.username) === userId) dbs.usernames.remove(user.username);
+      dbs.userPrivacy.remove(userId);
+      dbs.users.remove(userId);
+      return true;
     });
   }
 

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/admin.proto.
  */
 export const file_switchboard_internal_v1_admin: GenFile = /*@__PURE__*/
-  fileDesc("CiNzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9hZG1pbi5wcm90bxIXc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEiEQoPR2V0U3RhdHNSZXF1ZXN0Iq8CChBHZXRTdGF0c1Jlc3BvbnNlEhMKC2luc3RhbmNlX2lkGAEgASgJEg0KBXJvbGVzGAIgAygJEhEKCXVwdGltZV9tcxgDIAEoBBI2Cgdwcm9jZXNzGAQgASgLMiUuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUHJvY2Vzc1N0YXRzEjYKB2dhdGV3YXkYBSABKAsyJS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HYXRld2F5U3RhdHMSOgoJc2VxdWVuY2VyGAYgASgLMicuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuU2VxdWVuY2VyU3RhdHMSOAoIbm90aWZpZXIYByABKAsyJi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Ob3RpZmllclN0YXRzInAKDFByb2Nlc3NTdGF0cxIRCglyc3NfYnl0ZXMYASABKAQSFwoPaGVhcF91c2VkX2J5dGVzGAIgASgEEh4KFmV2ZW50X2xvb3BfdXRpbGl6YXRpb24YAyABKAESFAoMbm9kZV92ZXJzaW9uGAQgASgJIroBCgxHYXRld2F5U3RhdHMSDwoHc3RyZWFtcxgBIAEoDRIPCgdkZXZpY2VzGAIgASgNEhAKCGRyYWluaW5nGAMgASgIEkUKCGNvdW50ZXJzGAQgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2F0ZXdheVN0YXRzLkNvdW50ZXJzRW50cnkaLwoNQ291bnRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBIsgBCg5TZXF1ZW5jZXJTdGF0cxIUCgxvd25lZF9zaGFyZHMYASADKA0SEwoLb3V0Ym94X3NpemUYAiABKA0SVAoPb3V0Ym94X2NvdW50ZXJzGAMgAygLMjsuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuU2VxdWVuY2VyU3RhdHMuT3V0Ym94Q291bnRlcnNFbnRyeRo1ChNPdXRib3hDb3VudGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEimQEKDU5vdGlmaWVyU3RhdHMSDwoHcGVuZGluZxgBIAEoDRJGCghjb3VudGVycxgCIAMoCzI0LnN3aXRjaGJvYXJkLmludGVybmFsLnYxLk5vdGlmaWVyU3RhdHMuQ291bnRlcnNFbnRyeRovCg1Db3VudGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEiIQoRTG9va3VwVXNlclJlcXVlc3QSDAoEdXNlchgBIAEoCSKBAgoSTG9va3VwVXNlclJlc3BvbnNlEiIKBHVzZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEicKB2RldmljZXMYAiADKAsyFi5zd2l0Y2hib2FyZC52MS5EZXZpY2USFgoOcHJlc2VuY2Vfa25vd24YAyABKAgSNAoGcm91dGVzGAQgAygLMiQuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGV2aWNlUm91dGUSDgoGb25saW5lGAUgASgIEhQKDGxhc3Rfc2Vlbl9tcxgGIAEoBBIVCg1taXNzaW5nX3JvbGVzGAcgAygJEhMKC2luc3RhbmNlX2lkGAggASgJIigKE1Jldm9rZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIlcKFFJldm9rZURldmljZVJlc3BvbnNlEiYKBmRldmljZRgBIAEoCzIWLnN3aXRjaGJvYXJkLnYxLkRldmljZRIXCg9hbHJlYWR5X3Jldm9rZWQYAiABKAgiFQoTRHJhaW5HYXRld2F5UmVxdWVzdCJdChREcmFpbkdhdGV3YXlSZXNwb25zZRITCgtpbnN0YW5jZV9pZBgBIAEoCRIWCg5jbG9zZWRfc3RyZWFtcxgCIAEoDRIYChBhbHJlYWR5X2RyYWluaW5nGAMgASgIIpMBCgZJbnZpdGUSEQoJaW52aXRlX2lkGAEgASgJEhEKCXVzZXNfbGVmdBgCIAEoDRIQCghtYXhfdXNlcxgDIAEoDRIVCg1jcmVhdGVkX2F0X21zGAQgASgEEhUKDWV4cGlyZXNfYXRfbXMYBSABKAQSFQoNcmV2b2tlZF9hdF9tcxgGIAEoBBIMCgRub3RlGAcgASgJIkEKE0NyZWF0ZUludml0ZVJlcXVlc3QSDAoEdXNlcxgBIAEoDRIOCgZ0dGxfbXMYAiABKAQSDAoEbm90ZRgDIAEoCSJxChRDcmVhdGVJbnZpdGVSZXNwb25zZRIvCgZpbnZpdGUYASABKAsyHy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5JbnZpdGUSDQoFdG9rZW4YAiABKAkSGQoRcmVnaXN0cmF0aW9uX21vZGUYAyABKAkiFAoSTGlzdEludml0ZXNSZXF1ZXN0InUKE0xpc3RJbnZpdGVzUmVzcG9uc2USMAoHaW52aXRlcxgBIAMoCzIfLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkludml0ZRIRCgl0cnVuY2F0ZWQYAiABKAgSGQoRcmVnaXN0cmF0aW9uX21vZGUYAyABKAkiKAoTUmV2b2tlSW52aXRlUmVxdWVzdBIRCglpbnZpdGVfaWQYASABKAkiYAoUUmV2b2tlSW52aXRlUmVzcG9uc2USLwoGaW52aXRlGAEgASgLMh8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuSW52aXRlEhcKD2FscmVhZHlfcmV2b2tlZBgCIAEoCDL0BQoMQWRtaW5TZXJ2aWNlEl8KCEdldFN0YXRzEiguc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0U3RhdHNSZXF1ZXN0Gikuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0U3RhdHNSZXNwb25zZRJlCgpMb29rdXBVc2VyEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuTG9va3VwVXNlclJlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Mb29rdXBVc2VyUmVzcG9uc2USawoMUmV2b2tlRGV2aWNlEiwuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBotLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlJldm9rZURldmljZVJlc3BvbnNlEmsKDERyYWluR2F0ZXdheRIsLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRyYWluR2F0ZXdheVJlcXVlc3QaLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EcmFpbkdhdGV3YXlSZXNwb25zZRJrCgxDcmVhdGVJbnZpdGUSLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DcmVhdGVJbnZpdGVSZXF1ZXN0Gi0uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ3JlYXRlSW52aXRlUmVzcG9uc2USaAoLTGlzdEludml0ZXMSKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5MaXN0SW52aXRlc1JlcXVlc3QaLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5MaXN0SW52aXRlc1Jlc3BvbnNlEmsKDFJldm9rZUludml0ZRIsLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlJldm9rZUludml0ZVJlcXVlc3QaLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5SZXZva2VJbnZpdGVSZXNwb25zZWIGcHJvdG8z", [file_switchboard_internal_v1_presence, file_switchboard_v1_accounts]);
+  fileDesc("CiNzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9hZG1pbi5wcm90bxIXc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEiEQoPR2V0U3RhdHNSZXF1ZXN0Iq8CChBHZXRTdGF0c1Jlc3BvbnNlEhMKC2luc3RhbmNlX2lkGAEgASgJEg0KBXJvbGVzGAIgAygJEhEKCXVwdGltZV9tcxgDIAEoBBI2Cgdwcm9jZXNzGAQgASgLMiUuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUHJvY2Vzc1N0YXRzEjYKB2dhdGV3YXkYBSABKAsyJS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HYXRld2F5U3RhdHMSOgoJc2VxdWVuY2VyGAYgASgLMicuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuU2VxdWVuY2VyU3RhdHMSOAoIbm90aWZpZXIYByABKAsyJi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Ob3RpZmllclN0YXRzInAKDFByb2Nlc3NTdGF0cxIRCglyc3NfYnl0ZXMYASABKAQSFwoPaGVhcF91c2VkX2J5dGVzGAIgASgEEh4KFmV2ZW50X2xvb3BfdXRpbGl6YXRpb24YAyABKAESFAoMbm9kZV92ZXJzaW9uGAQgASgJIroBCgxHYXRld2F5U3RhdHMSDwoHc3RyZWFtcxgBIAEoDRIPCgdkZXZpY2VzGAIgASgNEhAKCGRyYWluaW5nGAMgASgIEkUKCGNvdW50ZXJzGAQgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2F0ZXdheVN0YXRzLkNvdW50ZXJzRW50cnkaLwoNQ291bnRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAQ6AjgBIsgBCg5TZXF1ZW5jZXJTdGF0cxIUCgxvd25lZF9zaGFyZHMYASADKA0SEwoLb3V0Ym94X3NpemUYAiABKA0SVAoPb3V0Ym94X2NvdW50ZXJzGAMgAygLMjsuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuU2VxdWVuY2VyU3RhdHMuT3V0Ym94Q291bnRlcnNFbnRyeRo1ChNPdXRib3hDb3VudGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEimQEKDU5vdGlmaWVyU3RhdHMSDwoHcGVuZGluZxgBIAEoDRJGCghjb3VudGVycxgCIAMoCzI0LnN3aXRjaGJvYXJkLmludGVybmFsLnYxLk5vdGlmaWVyU3RhdHMuQ291bnRlcnNFbnRyeRovCg1Db3VudGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoBDoCOAEiIQoRTG9va3VwVXNlclJlcXVlc3QSDAoEdXNlchgBIAEoCSKBAgoSTG9va3VwVXNlclJlc3BvbnNlEiIKBHVzZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEicKB2RldmljZXMYAiADKAsyFi5zd2l0Y2hib2FyZC52MS5EZXZpY2USFgoOcHJlc2VuY2Vfa25vd24YAyABKAgSNAoGcm91dGVzGAQgAygLMiQuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGV2aWNlUm91dGUSDgoGb25saW5lGAUgASgIEhQKDGxhc3Rfc2Vlbl9tcxgGIAEoBBIVCg1taXNzaW5nX3JvbGVzGAcgAygJEhMKC2luc3RhbmNlX2lkGAggASgJIigKE1Jldm9rZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIlcKFFJldm9rZURldmljZVJlc3BvbnNlEiYKBmRldmljZRgBIAEoCzIWLnN3aXRjaGJvYXJkLnYxLkRldmljZRIXCg9hbHJlYWR5X3Jldm9rZWQYAiABKAgiFQoTRHJhaW5HYXRld2F5UmVxdWVzdCJdChREcmFpbkdhdGV3YXlSZXNwb25zZRITCgtpbnN0YW5jZV9pZBgBIAEoCRIWCg5jbG9zZWRfc3RyZWFtcxgCIAEoDRIYChBhbHJlYWR5X2RyYWluaW5nGAMgASgIIpMBCgZJbnZpdGUSEQoJaW52aXRlX2lkGAEgASgJEhEKCXVzZXNfbGVmdBgCIAEoDRIQCghtYXhfdXNlcxgDIAEoDRIVCg1jcmVhdGVkX2F0X21zGAQgASgEEhUKDWV4cGlyZXNfYXRfbXMYBSABKAQSFQoNcmV2b2tlZF9hdF9tcxgGIAEoBBIMCgRub3RlGAcgASgJIkEKE0NyZWF0ZUludml0ZVJlcXVlc3QSDAoEdXNlcxgBIAEoDRIOCgZ0dGxfbXMYAiABKAQSDAoEbm90ZRgDIAEoCSJxChRDcmVhdGVJbnZpdGVSZXNwb25zZRIvCgZpbnZpdGUYASABKAsyHy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5JbnZpdGUSDQoFdG9rZW4YAiABKAkSGQoRcmVnaXN0cmF0aW9uX21vZGUYAyABKAkiFAoSTGlzdEludml0ZXNSZXF1ZXN0InUKE0xpc3RJbnZpdGVzUmVzcG9uc2USMAoHaW52aXRlcxgBIAMoCzIfLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkludml0ZRIRCgl0cnVuY2F0ZWQYAiABKAgSGQoRcmVnaXN0cmF0aW9uX21vZGUYAyABKAkiKAoTUmV2b2tlSW52aXRlUmVxdWVzdBIRCglpbnZpdGVfaWQYASABKAkiYAoUUmV2b2tlSW52aXRlUmVzcG9uc2USLwoGaW52aXRlGAEgASgLMh8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuSW52aXRlEhcKD2FscmVhZHlfcmV2b2tlZBgCIAEoCCIyChJTdXNwZW5kVXNlclJlcXVlc3QSDAoEdXNlchgBIAEoCRIOCgZyZWFzb24YAiABKAkihQEKE1N1c3BlbmRVc2VyUmVzcG9uc2USIgoEdXNlchgBIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISFwoPc3VzcGVuZGVkX2F0X21zGAIgASgEEhkKEWFscmVhZHlfc3VzcGVuZGVkGAMgASgIEhYKDmRldmljZXNfY2xvc2VkGAQgASgNIiQKFFVuc3VzcGVuZFVzZXJSZXF1ZXN0EgwKBHVzZXIYASABKAkiUgoVVW5zdXNwZW5kVXNlclJlc3BvbnNlEiIKBHVzZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEhUKDXdhc19zdXNwZW5kZWQYAiABKAgiNAoRRGVsZXRlVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkimAEKEkRlbGV0ZVVzZXJSZXNwb25zZRIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEg8KB2RldmljZXMYAyABKA0SGwoTZGV2aWNlX2tleXNfZGVsZXRlZBgEIAEoDRITCgtncm91cHNfbGVmdBgFIAEoDRIcChRkaXJlY3RfY29udmVyc2F0aW9ucxgGIAEoDSIhChFFeHBvcnRVc2VyUmVxdWVzdBIMCgR1c2VyGAEgASgJIvUCChJFeHBvcnRVc2VyUmVzcG9uc2USIgoEdXNlchgBIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISFwoPc3VzcGVuZGVkX2F0X21zGAIgASgEEjYKB2RldmljZXMYAyADKAsyJS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EZXZpY2VFeHBvcnQSSQoHcHJpdmFjeRgEIAMoCzI4LnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkV4cG9ydFVzZXJSZXNwb25zZS5Qcml2YWN5RW50cnkSQgoNY29udmVyc2F0aW9ucxgFIAMoCzIrLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkNvbnZlcnNhdGlvbkV4cG9ydBIWCg5leHBvcnRlZF9hdF9tcxgGIAEoBBITCgtpbnN0YW5jZV9pZBgHIAEoCRouCgxQcml2YWN5RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASKFAQoMRGV2aWNlRXhwb3J0EiYKBmRldmljZRgBIAEoCzIWLnN3aXRjaGJvYXJkLnYxLkRldmljZRIQCghoYXNfa2V5cxgCIAEoCBIbChNvbmVfdGltZV9lY19wcmVrZXlzGAMgASgNEh4KFm9uZV90aW1lX2t5YmVyX3ByZWtleXMYBCABKA0ihwIKEkNvbnZlcnNhdGlvbkV4cG9ydBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDAoEa2luZBgCIAEoCRINCgV0aXRsZRgDIAEoCRIUCgxwZWVyX3VzZXJfaWQYBCABKAkSFQoNY3JlYXRlZF9hdF9tcxgFIAEoBBIQCghsYXN0X3NlcRgGIAEoBBIPCgdtZW1iZXJzGAcgASgNEhQKDGVudHJpZXNfc2VudBgIIAEoBBISCgpieXRlc19zZW50GAkgASgEEhUKDXNjYW5fY29tcGxldGUYCiABKAgSEgoKcmVhZF91cF90bxgLIAEoBBIWCg5tdXRlZF91bnRpbF9tcxgMIAEoBDKcCQoMQWRtaW5TZXJ2aWNlEl8KCEdldFN0YXRzEiguc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0U3RhdHNSZXF1ZXN0Gikuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0U3RhdHNSZXNwb25zZRJlCgpMb29rdXBVc2VyEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuTG9va3VwVXNlclJlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Mb29rdXBVc2VyUmVzcG9uc2USawoMUmV2b2tlRGV2aWNlEiwuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBotLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlJldm9rZURldmljZVJlc3BvbnNlEmsKDERyYWluR2F0ZXdheRIsLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRyYWluR2F0ZXdheVJlcXVlc3QaLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EcmFpbkdhdGV3YXlSZXNwb25zZRJrCgxDcmVhdGVJbnZpdGUSLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DcmVhdGVJbnZpdGVSZXF1ZXN0Gi0uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ3JlYXRlSW52aXRlUmVzcG9uc2USaAoLTGlzdEludml0ZXMSKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5MaXN0SW52aXRlc1JlcXVlc3QaLC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5MaXN0SW52aXRlc1Jlc3BvbnNlEmsKDFJldm9rZUludml0ZRIsLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlJldm9rZUludml0ZVJlcXVlc3QaLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5SZXZva2VJbnZpdGVSZXNwb25zZRJoCgtTdXNwZW5kVXNlchIrLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlN1c3BlbmRVc2VyUmVxdWVzdBosLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlN1c3BlbmRVc2VyUmVzcG9uc2USbgoNVW5zdXNwZW5kVXNlchItLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlVuc3VzcGVuZFVzZXJSZXF1ZXN0Gi4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVW5zdXNwZW5kVXNlclJlc3BvbnNlEmUKCkRlbGV0ZVVzZXISKi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EZWxldGVVc2VyUmVxdWVzdBorLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRlbGV0ZVVzZXJSZXNwb25zZRJlCgpFeHBvcnRVc2VyEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRXhwb3J0VXNlclJlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5FeHBvcnRVc2VyUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_internal_v1_presence, file_switchboard_v1_accounts]);
 
 /**
  * AdminService.GetStats request.
@@ -673,6 +673,437 @@ export const RevokeInviteResponseSchema: GenMessage<RevokeInviteResponse> = /*@_
   messageDesc(file_switchboard_internal_v1_admin, 18);
 
 /**
+ * AdminService.SuspendUser request.
+ *
+ * @generated from message switchboard.internal.v1.SuspendUserRequest
+ */
+export type SuspendUserRequest = Message<"switchboard.internal.v1.SuspendUserRequest"> & {
+  /**
+   * A username or a user id ("u_...").
+   *
+   * @generated from field: string user = 1;
+   */
+  user: string;
+
+  /**
+   * Why, for the audit log (not stored), at most 200 characters.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.SuspendUserRequest.
+ * Use `create(SuspendUserRequestSchema)` to create a new message.
+ */
+export const SuspendUserRequestSchema: GenMessage<SuspendUserRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 19);
+
+/**
+ * AdminService.SuspendUser response.
+ *
+ * @generated from message switchboard.internal.v1.SuspendUserResponse
+ */
+export type SuspendUserResponse = Message<"switchboard.internal.v1.SuspendUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: switchboard.v1.User user = 1;
+   */
+  user?: User | undefined;
+
+  /**
+   * When the suspension began, in milliseconds since the Unix epoch; a user suspended earlier
+   * keeps the first time.
+   *
+   * @generated from field: uint64 suspended_at_ms = 2;
+   */
+  suspendedAtMs: bigint;
+
+  /**
+   * True if the user was already suspended before this call.
+   *
+   * @generated from field: bool already_suspended = 3;
+   */
+  alreadySuspended: boolean;
+
+  /**
+   * Active devices whose streams gateways were told to close.
+   *
+   * @generated from field: uint32 devices_closed = 4;
+   */
+  devicesClosed: number;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.SuspendUserResponse.
+ * Use `create(SuspendUserResponseSchema)` to create a new message.
+ */
+export const SuspendUserResponseSchema: GenMessage<SuspendUserResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 20);
+
+/**
+ * AdminService.UnsuspendUser request.
+ *
+ * @generated from message switchboard.internal.v1.UnsuspendUserRequest
+ */
+export type UnsuspendUserRequest = Message<"switchboard.internal.v1.UnsuspendUserRequest"> & {
+  /**
+   * A username or a user id ("u_...").
+   *
+   * @generated from field: string user = 1;
+   */
+  user: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.UnsuspendUserRequest.
+ * Use `create(UnsuspendUserRequestSchema)` to create a new message.
+ */
+export const UnsuspendUserRequestSchema: GenMessage<UnsuspendUserRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 21);
+
+/**
+ * AdminService.UnsuspendUser response.
+ *
+ * @generated from message switchboard.internal.v1.UnsuspendUserResponse
+ */
+export type UnsuspendUserResponse = Message<"switchboard.internal.v1.UnsuspendUserResponse"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: switchboard.v1.User user = 1;
+   */
+  user?: User | undefined;
+
+  /**
+   * True if the user was suspended before this call (false: nothing changed).
+   *
+   * @generated from field: bool was_suspended = 2;
+   */
+  wasSuspended: boolean;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.UnsuspendUserResponse.
+ * Use `create(UnsuspendUserResponseSchema)` to create a new message.
+ */
+export const UnsuspendUserResponseSchema: GenMessage<UnsuspendUserResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 22);
+
+/**
+ * AdminService.DeleteUser request.
+ *
+ * @generated from message switchboard.internal.v1.DeleteUserRequest
+ */
+export type DeleteUserRequest = Message<"switchboard.internal.v1.DeleteUserRequest"> & {
+  /**
+   * The user id ("u_..."): deletion names the account exactly, never by a username that may have
+   * changed hands.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * Why, for the audit log (not stored), at most 200 characters.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.DeleteUserRequest.
+ * Use `create(DeleteUserRequestSchema)` to create a new message.
+ */
+export const DeleteUserRequestSchema: GenMessage<DeleteUserRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 23);
+
+/**
+ * AdminService.DeleteUser response: what was removed.
+ *
+ * @generated from message switchboard.internal.v1.DeleteUserResponse
+ */
+export type DeleteUserResponse = Message<"switchboard.internal.v1.DeleteUserResponse"> & {
+  /**
+   * The user id that was deleted.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The username it had, now free to register again.
+   *
+   * @generated from field: string username = 2;
+   */
+  username: string;
+
+  /**
+   * Devices revoked (every device the user had; ones revoked earlier included).
+   *
+   * @generated from field: uint32 devices = 3;
+   */
+  devices: number;
+
+  /**
+   * Devices whose published keys were deleted.
+   *
+   * @generated from field: uint32 device_keys_deleted = 4;
+   */
+  deviceKeysDeleted: number;
+
+  /**
+   * Groups the user left (a "left" membership entry in each, as if they had left themselves).
+   *
+   * @generated from field: uint32 groups_left = 5;
+   */
+  groupsLeft: number;
+
+  /**
+   * Direct conversations kept for the other person (their history stays theirs).
+   *
+   * @generated from field: uint32 direct_conversations = 6;
+   */
+  directConversations: number;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.DeleteUserResponse.
+ * Use `create(DeleteUserResponseSchema)` to create a new message.
+ */
+export const DeleteUserResponseSchema: GenMessage<DeleteUserResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 24);
+
+/**
+ * AdminService.ExportUser request.
+ *
+ * @generated from message switchboard.internal.v1.ExportUserRequest
+ */
+export type ExportUserRequest = Message<"switchboard.internal.v1.ExportUserRequest"> & {
+  /**
+   * A username or a user id ("u_...").
+   *
+   * @generated from field: string user = 1;
+   */
+  user: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.ExportUserRequest.
+ * Use `create(ExportUserRequestSchema)` to create a new message.
+ */
+export const ExportUserRequestSchema: GenMessage<ExportUserRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 25);
+
+/**
+ * AdminService.ExportUser response: everything the server holds about the user, no content.
+ *
+ * @generated from message switchboard.internal.v1.ExportUserResponse
+ */
+export type ExportUserResponse = Message<"switchboard.internal.v1.ExportUserResponse"> & {
+  /**
+   * The account.
+   *
+   * @generated from field: switchboard.v1.User user = 1;
+   */
+  user?: User | undefined;
+
+  /**
+   * When the user was suspended, in milliseconds since the Unix epoch; 0 if not suspended.
+   *
+   * @generated from field: uint64 suspended_at_ms = 2;
+   */
+  suspendedAtMs: bigint;
+
+  /**
+   * Every device, revoked ones included, oldest first, with what the key directory holds.
+   *
+   * @generated from field: repeated switchboard.internal.v1.DeviceExport devices = 3;
+   */
+  devices: DeviceExport[];
+
+  /**
+   * The privacy settings the user set ("group_add", "direct_open" to "everyone", "contacts" or
+   * "nobody"); settings never set (the server's default applies) are absent.
+   *
+   * @generated from field: map<string, string> privacy = 4;
+   */
+  privacy: { [key: string]: string };
+
+  /**
+   * The conversations the user is a member of.
+   *
+   * @generated from field: repeated switchboard.internal.v1.ConversationExport conversations = 5;
+   */
+  conversations: ConversationExport[];
+
+  /**
+   * When the export was made, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: uint64 exported_at_ms = 6;
+   */
+  exportedAtMs: bigint;
+
+  /**
+   * The instance that answered.
+   *
+   * @generated from field: string instance_id = 7;
+   */
+  instanceId: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.ExportUserResponse.
+ * Use `create(ExportUserResponseSchema)` to create a new message.
+ */
+export const ExportUserResponseSchema: GenMessage<ExportUserResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 26);
+
+/**
+ * One device in an export.
+ *
+ * @generated from message switchboard.internal.v1.DeviceExport
+ */
+export type DeviceExport = Message<"switchboard.internal.v1.DeviceExport"> & {
+  /**
+   * The device (push_kind names the push target's kind; the target itself is not exported).
+   *
+   * @generated from field: switchboard.v1.Device device = 1;
+   */
+  device?: Device | undefined;
+
+  /**
+   * True when the key directory holds the device's identity key and signed prekeys.
+   *
+   * @generated from field: bool has_keys = 2;
+   */
+  hasKeys: boolean;
+
+  /**
+   * One-time EC prekeys the directory holds for it.
+   *
+   * @generated from field: uint32 one_time_ec_prekeys = 3;
+   */
+  oneTimeEcPrekeys: number;
+
+  /**
+   * One-time Kyber prekeys the directory holds for it.
+   *
+   * @generated from field: uint32 one_time_kyber_prekeys = 4;
+   */
+  oneTimeKyberPrekeys: number;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.DeviceExport.
+ * Use `create(DeviceExportSchema)` to create a new message.
+ */
+export const DeviceExportSchema: GenMessage<DeviceExport> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 27);
+
+/**
+ * One conversation in an export: its shape and sizes, never its content.
+ *
+ * @generated from message switchboard.internal.v1.ConversationExport
+ */
+export type ConversationExport = Message<"switchboard.internal.v1.ConversationExport"> & {
+  /**
+   * The conversation id.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * "direct" or "group".
+   *
+   * @generated from field: string kind = 2;
+   */
+  kind: string;
+
+  /**
+   * The group's title (stored by the server in the clear); empty for direct conversations.
+   *
+   * @generated from field: string title = 3;
+   */
+  title: string;
+
+  /**
+   * The other user of a direct conversation; empty for groups.
+   *
+   * @generated from field: string peer_user_id = 4;
+   */
+  peerUserId: string;
+
+  /**
+   * When the conversation was created, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: uint64 created_at_ms = 5;
+   */
+  createdAtMs: bigint;
+
+  /**
+   * The conversation's last seq (its length in log entries).
+   *
+   * @generated from field: uint64 last_seq = 6;
+   */
+  lastSeq: bigint;
+
+  /**
+   * Its members now.
+   *
+   * @generated from field: uint32 members = 7;
+   */
+  members: number;
+
+  /**
+   * Entries the user sent in it, among those read (see scan_complete).
+   *
+   * @generated from field: uint64 entries_sent = 8;
+   */
+  entriesSent: bigint;
+
+  /**
+   * Their stored size in bytes (ciphertext and envelope, as encoded), among those read.
+   *
+   * @generated from field: uint64 bytes_sent = 9;
+   */
+  bytesSent: bigint;
+
+  /**
+   * False when the export stopped reading this conversation's log at its bound (100,000 entries
+   * per export, or 64 MiB read): entries_sent and bytes_sent then count the entries read.
+   *
+   * @generated from field: bool scan_complete = 10;
+   */
+  scanComplete: boolean;
+
+  /**
+   * The highest seq the user marked read.
+   *
+   * @generated from field: uint64 read_up_to = 11;
+   */
+  readUpTo: bigint;
+
+  /**
+   * Muted by the user until then, in milliseconds since the Unix epoch; 0 when not muted.
+   *
+   * @generated from field: uint64 muted_until_ms = 12;
+   */
+  mutedUntilMs: bigint;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.ConversationExport.
+ * Use `create(ConversationExportSchema)` to create a new message.
+ */
+export const ConversationExportSchema: GenMessage<ConversationExport> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_admin, 28);
+
+/**
  * The operators' face of one process: what it is doing, and the few actions an operator takes
  * on a running deployment. Every process serves it on its h2c port; like every internal service
  * it requires the deployment's internal credential. Each call answers for this process only:
@@ -751,6 +1182,49 @@ export const AdminService: GenService<{
     methodKind: "unary";
     input: typeof RevokeInviteRequestSchema;
     output: typeof RevokeInviteResponseSchema;
+  },
+  /**
+   * Suspends a user: no device of theirs gets a token or a stream, open streams close; the
+   * account and everything it holds stay until UnsuspendUser (accounts role).
+   *
+   * @generated from rpc switchboard.internal.v1.AdminService.SuspendUser
+   */
+  suspendUser: {
+    methodKind: "unary";
+    input: typeof SuspendUserRequestSchema;
+    output: typeof SuspendUserResponseSchema;
+  },
+  /**
+   * Lifts a user's suspension: their active devices work again (accounts role).
+   *
+   * @generated from rpc switchboard.internal.v1.AdminService.UnsuspendUser
+   */
+  unsuspendUser: {
+    methodKind: "unary";
+    input: typeof UnsuspendUserRequestSchema;
+    output: typeof UnsuspendUserResponseSchema;
+  },
+  /**
+   * Deletes a user: revokes every device, deletes their keys and push targets, leaves every
+   * group, then removes the account and frees the username (accounts role). See docs/admin.md.
+   *
+   * @generated from rpc switchboard.internal.v1.AdminService.DeleteUser
+   */
+  deleteUser: {
+    methodKind: "unary";
+    input: typeof DeleteUserRequestSchema;
+    output: typeof DeleteUserResponseSchema;
+  },
+  /**
+   * What the server holds about a user, without message content: the account, devices, key
+   * counts, settings, and the conversations they are in with sizes (accounts role).
+   *
+   * @generated from rpc switchboard.internal.v1.AdminService.ExportUser
+   */
+  exportUser: {
+    methodKind: "unary";
+    input: typeof ExportUserRequestSchema;
+    output: typeof ExportUserResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_internal_v1_admin, 0);

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from urllib.parse import urlparse
 
 import grpc
@@ -24,8 +24,6 @@ class BotState:
     device_id: str
     # From Register; exchanged for access tokens with CreateToken. Shown once by the server.
     device_secret: str
-    # Unary mode only: the last seq handled per conversation (decimal strings; seqs are uint64).
-    cursors: dict[str, str] = field(default_factory=dict)
 
 
 class _CallDetails(
@@ -103,7 +101,7 @@ def load_or_register(server: str, path: str, username: str) -> BotState:
     try:
         with open(path, encoding="utf-8") as f:
             raw = json.load(f)
-        return BotState(raw["userId"], raw["deviceId"], raw["deviceSecret"], dict(raw.get("cursors", {})))
+        return BotState(raw["userId"], raw["deviceId"], raw["deviceSecret"])
     except FileNotFoundError:
         pass
     channel = open_channel(server)
@@ -133,7 +131,6 @@ def save_state(path: str, state: BotState) -> None:
                 "userId": state.user_id,
                 "deviceId": state.device_id,
                 "deviceSecret": state.device_secret,
-                "cursors": state.cursors,
             },
             f,
             indent=2,

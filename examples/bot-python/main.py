@@ -22,7 +22,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description="Switchboard echo bot (Python)")
     p.add_argument("--server", default="http://127.0.0.1:7420")
     p.add_argument("--username", default="echo_bot")
-    p.add_argument("--state", help="credential and cursors; default .switchboard/bots/<username>.json")
+    p.add_argument("--state", help="the credential; default .switchboard/bots/<username>.json")
     p.add_argument("--mode", choices=("stream", "unary"), default="stream")
     p.add_argument("--poll-ms", type=int, default=1000)
     p.add_argument("--stubs", default=os.path.join(HERE, "..", "stubs", "python", "gen"), help="generated stubs")
@@ -33,7 +33,7 @@ def main() -> int:
     sys.path.insert(0, args.stubs)
     # After the path is set: these import the generated modules.
     import grpc
-    from api import Api, load_or_register, save_state
+    from api import Api, load_or_register
     from stream import run_stream
     from unary import run_unary
     from util import Stopper, log
@@ -58,7 +58,7 @@ def main() -> int:
         if args.mode == "stream":
             run_stream(api, state.user_id, stop, log)
         else:
-            run_unary(api, state, lambda: save_state(state_path, state), args.poll_ms / 1000, stop, log)
+            run_unary(api, state.user_id, args.poll_ms / 1000, stop, log)
         log("stopped")
         return 0
     except grpc.RpcError as e:

@@ -1,14 +1,13 @@
-"""Unary mode: no stream. Every poll, list the bot's conversations, read each one's history after
-the bot's own cursor with GetHistory, reply with GatewayService.Send, and save the cursor. The unary
-API has no ack here, so the cursor lives in the bot's state file and the server's delivered cursor
-for this device does not move (senders see no "delivered" receipt)."""
+"""Unary mode: no stream. Every poll, list the bot's conversations; in each one whose last seq is
+past this device's delivered cursor (which ListConversations returns), read the history after the
+cursor with GetHistory, reply with GatewayService.Send, then move the cursor with
+GatewayService.Ack. The server keeps the cursor, so the bot stores nothing but its credential,
+senders see "delivered", and a stream the device opens later starts after it."""
 
 from __future__ import annotations
 
-from typing import Callable
-
 import grpc
-from api import Api, BotState
+from api import Api
 from echo import reply_to
 from switchboard.v1 import conversations_pb2, entry_pb2, gateway_pb2
 from util import Log, Stopper, backoff_s
@@ -16,7 +15,7 @@ from util import Log, Stopper, backoff_s
 CALL_TIMEOUT_S = 10  # every call has a deadline
 
 
-def run_unary(api: Api, state: BotState, save: Callable[[], None], poll_s: float, stop: Stopper, log: Log) -> None:
+def run_unary(api: Api, bot_user_id: str, poll_s: float, stop: Stopper, log: Log) -> None:
     ready = False
     failures = 0
     while not stop.is_set():
@@ -28,24 +27,26 @@ def run_unary(api: Api, state: BotState, save: Callable[[], None], poll_s: float
                 log(f"ready: polling {len(listed.conversations)} conversations every {round(poll_s * 1000)} ms")
                 ready = True
             for c in listed.conversations:
-                after = int(state.cursors.get(c.conversation_id, "0"))
+                after = c.delivered_up_to
                 while after < c.last_seq and not stop.is_set():
                     page = api.conversations.GetHistory(
                         conversations_pb2.GetHistoryRequest(conversation_id=c.conversation_id, after_seq=after, limit=100),
                         timeout=CALL_TIMEOUT_S,
                     )
                     for entry in page.entries:
-                        reply = reply_to(entry, state.user_id)
+                        reply = reply_to(entry, bot_user_id)
                         if reply is not None:
                             seq = _send_reply(api, reply, stop, log)
                             if seq is not None:
                                 log(f"replied to {entry.conversation_id}#{entry.seq} with #{seq}")
                         after = entry.seq
-                    # Saved after the replies are durable: a crash before this line only repeats
+                    if len(page.entries) == 0:
+                        break
+                    # Acked after the replies are durable: a crash before this line only repeats
                     # replies, and their client_msg_ids make the repeats no-ops.
-                    state.cursors[c.conversation_id] = str(after)
-                    save()
-                    if not page.has_more or len(page.entries) == 0:
+                    cursor = gateway_pb2.ConversationCursor(conversation_id=c.conversation_id, seq=after)
+                    api.gateway.Ack(gateway_pb2.AckRequest(delivered=[cursor]), timeout=CALL_TIMEOUT_S)
+                    if not page.has_more:
                         break
             failures = 0
         except grpc.RpcError as e:

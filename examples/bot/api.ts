@@ -12,8 +12,6 @@ export interface BotState {
   deviceId: string;
   /** From Register; exchanged for access tokens with CreateToken. Shown once by the server. */
   deviceSecret: string;
-  /** Unary mode only: the last seq handled per conversation (decimal strings; seqs are uint64). */
-  cursors: Record<string, string>;
 }
 
 /** The generated clients, authenticated as the bot's device. */
@@ -75,7 +73,6 @@ export async function loadOrRegister(server: string, path: string, username: str
       userId: r.user!.userId,
       deviceId: r.credential!.deviceId,
       deviceSecret: r.credential!.deviceSecret,
-      cursors: {},
     };
     await saveState(path, state);
     return state;

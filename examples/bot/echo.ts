@@ -9,14 +9,16 @@ const MAX_REPLY_CHARS = 1_000;
  * The bot's whole behaviour: the reply to one log entry, or undefined for none. Both modes call
  * it for every entry they receive, so all the protocol work lives elsewhere.
  *
- * Payloads are opaque bytes to Switchboard; this bot treats them as UTF-8 text. Once end-to-end
- * encryption lands, a bot is an E2EE device like any other and decodes payloads with the SDK's
- * codec instead of TextDecoder.
+ * Payloads are opaque bytes to Switchboard; this bot treats them as UTF-8 text. It has no Signal
+ * keys, so it reads plaintext payloads only (payload_type 0): an end-to-end encrypted entry (a
+ * group member's sender-key message, say) is not for it and gets no answer. A bot that must read
+ * encrypted messages is a device of the SDK with encryption on (examples/bot-e2ee).
  */
 export function replyTo(entry: Entry, botUserId: string): OutgoingEntry | undefined {
   // Every member device gets every entry, the bot's own replies included; and only messages
   // are answered (not edits, reactions, deletes or membership changes).
   if (entry.senderUserId === botUserId || entry.body.case !== "message" || entry.redacted) return undefined;
+  if (entry.body.value.payloadType !== 0) return undefined;
   let text = new TextDecoder().decode(entry.body.value.payload);
   if (entry.conversationId.startsWith("g_")) {
     if (!text.startsWith(GROUP_COMMAND)) return undefined;

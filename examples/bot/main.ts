@@ -1,10 +1,12 @@
 // An echo bot for Switchboard, written against the generated stubs in gen/ only.
 // Run it (with a server on :7420, `npm start`):
 //   node --import tsx examples/bot/main.ts --username echo_bot --mode stream
-// Then send it a direct message, e.g. `./bin/switchboard.js send echo_bot hello`.
+// Then send it a direct message from a profile without encryption (the bot has no Signal keys):
+//   ./bin/switchboard.js register pat --no-encryption --profile .switchboard/pat
+//   ./bin/switchboard.js send echo_bot hello --profile .switchboard/pat
 // docs/integrations.md walks through it.
 import { parseArgs } from "node:util";
-import { connectApi, loadOrRegister, saveState } from "./api.js";
+import { connectApi, loadOrRegister } from "./api.js";
 import { runStream } from "./stream.js";
 import { runUnary } from "./unary.js";
 
@@ -42,15 +44,7 @@ log(`bot ${args.username} (${state.userId}), device ${state.deviceId}, ${mode} m
 const api = connectApi(args.server, state);
 try {
   if (mode === "stream") await runStream(api, state.userId, stopping.signal, log);
-  else
-    await runUnary(
-      api,
-      state,
-      () => saveState(statePath, state),
-      Number(args["poll-ms"]),
-      stopping.signal,
-      log,
-    );
+  else await runUnary(api, state.userId, Number(args["poll-ms"]), stopping.signal, log);
   log("stopped");
 } catch (err) {
   log(`fatal: ${err instanceof Error ? err.message : String(err)}`);

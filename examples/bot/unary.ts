@@ -1,19 +1,19 @@
 import { Code, ConnectError } from "@connectrpc/connect";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
-import type { Api, BotState } from "./api.js";
+import type { Api } from "./api.js";
 import { replyTo } from "./echo.js";
 import { backoffMs, type Log, pause } from "./util.js";
 
 /**
- * Unary mode: no stream. Every pollMs, list the bot's conversations, read each one's history
- * after the bot's own cursor with GetHistory, reply with GatewayService.Send, and save the
- * cursor. The unary API has no ack, so the cursor lives in the bot's state file and the server's
- * delivered cursor for this device does not move (senders see no "delivered" receipt).
+ * Unary mode: no stream. Every pollMs, list the bot's conversations; in each one whose last seq is
+ * past this device's delivered cursor (which ListConversations returns), read the history after
+ * the cursor with GetHistory, reply with GatewayService.Send, then move the cursor with
+ * GatewayService.Ack. The server keeps the cursor, so the bot stores nothing but its credential,
+ * senders see "delivered", and a stream the device opens later starts after it.
  */
 export async function runUnary(
   api: Api,
-  state: BotState,
-  save: () => Promise<void>,
+  botUserId: string,
   pollMs: number,
   signal: AbortSignal,
   log: Log,
@@ -25,25 +25,28 @@ export async function runUnary(
       if (!ready) log(`ready: polling ${conversations.length} conversations every ${pollMs} ms`);
       ready = true;
       for (const c of conversations) {
-        let after = BigInt(state.cursors[c.conversationId] ?? "0");
+        let after = c.deliveredUpTo;
         while (after < c.lastSeq && !signal.aborted) {
           const page = await api.conversations.getHistory(
             { conversationId: c.conversationId, afterSeq: after, limit: 100 },
             { signal },
           );
           for (const entry of page.entries) {
-            const reply = replyTo(entry, state.userId);
+            const reply = replyTo(entry, botUserId);
             if (reply !== undefined) {
               const seq = await sendReply(api, reply, signal, log);
               if (seq !== undefined) log(`replied to ${entry.conversationId}#${entry.seq} with #${seq}`);
             }
             after = entry.seq;
           }
-          // Saved after the replies are durable: a crash before this line only repeats replies,
+          if (page.entries.length === 0) break;
+          // Acked after the replies are durable: a crash before this line only repeats replies,
           // and their client_msg_ids make the repeats no-ops.
-          state.cursors[c.conversationId] = after.toString();
-          await save();
-          if (!page.hasMore || page.entries.length === 0) break;
+          await api.gateway.ack(
+            { delivered: [{ conversationId: c.conversationId, seq: after }] },
+            { signal },
+          );
+          if (!page.hasMore) break;
         }
       }
       failures = 0;

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { SwitchboardClient } from "../../sdk/client.js";
-import type { IncomingEntry } from "../../sdk/types.js";
+import type { IncomingEntry, ReceiptEvent } from "../../sdk/types.js";
 import { uniqueName } from "../helpers/device.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
 
@@ -110,6 +110,7 @@ function startBot(bot: Bot, options: string[]): BotProcess {
 /** A person on the TypeScript SDK, without encryption (the bots have no Signal keys). */
 async function person(server: ServerProcess, dir: string) {
   const received: IncomingEntry[] = [];
+  const receipts: ReceiptEvent[] = [];
   const client = await SwitchboardClient.register({
     serverUrl: server.url,
     profileDir: join(dir, uniqueName("profile")),
@@ -121,10 +122,32 @@ async function person(server: ServerProcess, dir: string) {
   client.on("entry", (e) => {
     received.push(e);
   });
+  client.on("receipt", (r) => {
+    receipts.push(r);
+  });
   await client.connect();
   const text = (e: IncomingEntry) => new TextDecoder().decode(e.payload);
   return {
     client,
+    /** Waits for a delivered receipt of `userId` covering `seq`: that device acked it. */
+    async waitForDelivered(conversationId: string, userId: string, seq: bigint, timeoutMs = 20_000) {
+      const deadline = Date.now() + timeoutMs;
+      const has = () =>
+        receipts.some(
+          (r) =>
+            r.conversationId === conversationId &&
+            r.userId === userId &&
+            r.kind === "delivered" &&
+            r.upToSeq >= seq,
+        );
+      while (!has()) {
+        if (Date.now() > deadline)
+          throw new Error(
+            `no delivered receipt up to ${seq}: ${JSON.stringify(receipts, (_k, v) => (typeof v === "bigint" ? String(v) : v))}`,
+          );
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    },
     /** Waits until the conversation holds a message from `fromUserId` with this text. */
     async waitForText(conversationId: string, fromUserId: string, wanted: string, timeoutMs = 20_000) {
       const deadline = Date.now() + timeoutMs;
@@ -179,8 +202,11 @@ describe("partner bots in Python and Java (examples/bot-python, examples/bot-jav
           const botUser = await p.client.userByUsername(botName);
           const { conversationId } = await p.client.openDirect(botUser.userId);
 
-          await p.client.send(conversationId, "hello");
+          const hello = await p.client.send(conversationId, "hello");
           await p.waitForText(conversationId, botUser.userId, "echo: hello");
+          // The bot acked what it handled (an ack frame on the stream, GatewayService.Ack in
+          // unary mode), so the sender sees two ticks.
+          await p.waitForDelivered(conversationId, botUser.userId, hello.seq);
           const code = await running.stop();
           assert.ok(bot.cleanExit.includes(code ?? -1), `exit ${code}:\n${running.output.join("\n")}`);
           assert.ok(
@@ -189,7 +215,7 @@ describe("partner bots in Python and Java (examples/bot-python, examples/bot-jav
           );
 
           // Offline is normal: a message sent while the bot is down is answered when it returns,
-          // with the credentials (and, in unary mode, the cursors) it saved.
+          // with the credential it saved, from the delivered cursor the server kept.
           await p.client.send(conversationId, "are you there?");
           running = startBot(bot, options);
           await p.waitForText(conversationId, botUser.userId, "echo: are you there?");

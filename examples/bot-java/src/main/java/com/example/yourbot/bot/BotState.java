@@ -11,8 +11,6 @@ import java.nio.file.Path;
 import java.nio.file.StandardCopyOption;
 import java.nio.file.StandardOpenOption;
 import java.nio.file.attribute.PosixFilePermissions;
-import java.util.LinkedHashMap;
-import java.util.Map;
 
 /**
  * What the bot keeps between runs, in one JSON file (mode 0600: the secret is a password). The
@@ -25,15 +23,11 @@ final class BotState {
   String deviceId;
   /** From Register; exchanged for access tokens with CreateToken. Shown once by the server. */
   String deviceSecret;
-  /** Unary mode only: the last seq handled per conversation (decimal strings; seqs are uint64). */
-  Map<String, String> cursors = new LinkedHashMap<>();
 
   /** The saved state, or null when there is none yet. */
   static BotState load(Path path) throws IOException {
     try {
-      BotState state = GSON.fromJson(Files.readString(path, StandardCharsets.UTF_8), BotState.class);
-      if (state.cursors == null) state.cursors = new LinkedHashMap<>();
-      return state;
+      return GSON.fromJson(Files.readString(path, StandardCharsets.UTF_8), BotState.class);
     } catch (NoSuchFileException e) {
       return null;
     }

@@ -62,7 +62,7 @@ public final class Main {
       Stopper.log("bot " + username + " (" + state.userId + "), device " + state.deviceId + ", " + mode + " mode, " + server);
       try (Api api = new Api(server, state)) {
         if (mode.equals("stream")) new StreamMode(api, state.userId, stop).run();
-        else new UnaryMode(api, state, () -> state.save(statePath), Long.parseLong(args.get("--poll-ms")), stop).run();
+        else new UnaryMode(api, state.userId, Long.parseLong(args.get("--poll-ms")), stop).run();
       }
       Stopper.log("stopped");
     } catch (Exception e) {

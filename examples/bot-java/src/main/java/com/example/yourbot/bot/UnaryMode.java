@@ -1,6 +1,8 @@
 package com.example.yourbot.bot;
 
+import com.example.yourbot.switchboard.v1.AckRequest;
 import com.example.yourbot.switchboard.v1.Conversation;
+import com.example.yourbot.switchboard.v1.ConversationCursor;
 import com.example.yourbot.switchboard.v1.Entry;
 import com.example.yourbot.switchboard.v1.GetHistoryRequest;
 import com.example.yourbot.switchboard.v1.GetHistoryResponse;
@@ -10,40 +12,33 @@ import com.example.yourbot.switchboard.v1.SendRequest;
 import io.grpc.Metadata;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
-import java.io.IOException;
 import java.util.List;
 import java.util.concurrent.TimeUnit;
 
 /**
- * Unary mode: no stream. Every poll, list the bot's conversations, read each one's history after
- * the bot's own cursor with GetHistory, reply with GatewayService.Send, and save the cursor. The
- * unary API has no ack here, so the cursor lives in the bot's state file and the server's delivered
- * cursor for this device does not move (senders see no "delivered" receipt).
+ * Unary mode: no stream. Every poll, list the bot's conversations; in each one whose last seq is
+ * past this device's delivered cursor (which ListConversations returns), read the history after
+ * the cursor with GetHistory, reply with GatewayService.Send, then move the cursor with
+ * GatewayService.Ack. The server keeps the cursor, so the bot stores nothing but its credential,
+ * senders see "delivered", and a stream the device opens later starts after it.
  */
 final class UnaryMode {
   private static final Metadata.Key<String> RETRY_AFTER_MS =
       Metadata.Key.of("retry-after-ms", Metadata.ASCII_STRING_MARSHALLER);
 
-  /** Saves the state file (the cursors). */
-  interface Saver {
-    void save() throws IOException;
-  }
-
   private final Api api;
-  private final BotState state;
-  private final Saver saver;
+  private final String botUserId;
   private final long pollMs;
   private final Stopper stop;
 
-  UnaryMode(Api api, BotState state, Saver saver, long pollMs, Stopper stop) {
+  UnaryMode(Api api, String botUserId, long pollMs, Stopper stop) {
     this.api = api;
-    this.state = state;
-    this.saver = saver;
+    this.botUserId = botUserId;
     this.pollMs = pollMs;
     this.stop = stop;
   }
 
-  void run() throws IOException, InterruptedException {
+  void run() throws InterruptedException {
     boolean ready = false;
     for (int failures = 0; !stop.isSet(); ) {
       try {
@@ -69,8 +64,8 @@ final class UnaryMode {
     }
   }
 
-  private void poll(Conversation c) throws IOException, InterruptedException {
-    long after = Long.parseUnsignedLong(state.cursors.getOrDefault(c.getConversationId(), "0"));
+  private void poll(Conversation c) throws InterruptedException {
+    long after = c.getDeliveredUpTo();
     while (Long.compareUnsigned(after, c.getLastSeq()) < 0 && !stop.isSet()) {
       GetHistoryResponse page =
           api.conversations
@@ -82,7 +77,7 @@ final class UnaryMode {
                       .setLimit(100)
                       .build());
       for (Entry entry : page.getEntriesList()) {
-        OutgoingEntry reply = Echo.replyTo(entry, state.userId);
+        OutgoingEntry reply = Echo.replyTo(entry, botUserId);
         if (reply != null) {
           Long seq = sendReply(reply);
           if (seq != null)
@@ -90,11 +85,17 @@ final class UnaryMode {
         }
         after = entry.getSeq();
       }
-      // Saved after the replies are durable: a crash before this line only repeats replies, and
+      if (page.getEntriesCount() == 0) break;
+      // Acked after the replies are durable: a crash before this line only repeats replies, and
       // their client_msg_ids make the repeats no-ops.
-      state.cursors.put(c.getConversationId(), Long.toUnsignedString(after));
-      saver.save();
-      if (!page.getHasMore() || page.getEntriesCount() == 0) break;
+      api.gateway
+          .withDeadlineAfter(Api.CALL_TIMEOUT_S, TimeUnit.SECONDS)
+          .ack(
+              AckRequest.newBuilder()
+                  .addDelivered(
+                      ConversationCursor.newBuilder().setConversationId(c.getConversationId()).setSeq(after))
+                  .build());
+      if (!page.getHasMore()) break;
     }
   }
 

@@ -5,21 +5,38 @@ import { newSecret } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import type { StoreEngine } from "../store/types.js";
 
+/** How long one shutdown step may take before the next one runs anyway, in milliseconds. */
+export const CLOSE_STEP_TIMEOUT_MS = 15_000;
+
 /**
  * Shutdown steps, run in reverse order of registration: what a step depends on was opened
- * before it, so it is closed after it.
+ * before it, so it is closed after it. Each step has a deadline: a store or a connection that
+ * hangs (a database that stopped answering, a disk that blocks) must not keep the process from
+ * stopping; what it held is then left to the operating system, and the log says which step.
  */
 export class Closers {
   private readonly steps: Array<{ name: string; run: () => unknown }> = [];
   add(name: string, run: () => unknown): void {
     this.steps.push({ name, run });
   }
-  async run(log: Logger): Promise<void> {
+  async run(log: Logger, stepTimeoutMs = CLOSE_STEP_TIMEOUT_MS): Promise<void> {
     for (const step of this.steps.splice(0).reverse()) {
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<"late">((resolve) => {
+        timer = setTimeout(() => resolve("late"), stepTimeoutMs);
+      });
       try {
-        await step.run();
+        const outcome = await Promise.race([Promise.resolve().then(step.run), late]);
+        if (outcome === "late") {
+          log.error(
+            { step: step.name, timeoutMs: stepTimeoutMs },
+            "shutdown step did not finish in time; going on",
+          );
+        }
       } catch (err) {
         log.warn({ err, step: step.name }, "shutdown step failed");
+      } finally {
+        clearTimeout(timer);
       }
     }
   }

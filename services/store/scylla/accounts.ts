@@ -11,6 +11,7 @@ import type {
   PushRegistration,
   UserRecord,
 } from "../types.js";
+import { outageOf } from "./outage.js";
 import { unknownOutcome } from "./outcome.js";
 import { type Cql, num, type Row, sleep } from "./schema.js";
 
@@ -22,6 +23,9 @@ export const CLAIM_GRACE_MS = 5 * 60_000;
 
 /** How often addDevice retries when other device changes of the same user keep winning. */
 const ADD_DEVICE_ATTEMPTS = 64;
+
+/** Tries of a new user's row after its username and device were claimed (0.1 s, 0.4 s apart). */
+const USER_INSERT_ATTEMPTS = 3;
 
 /** Link codes stay readable this long past their expiry, in seconds, so the caller can say "expired". */
 const LINK_CODE_GRACE_SECONDS = 86_400;
@@ -176,11 +180,19 @@ export class ScyllaAccountStore implements AccountStore {
         user.displayName,
         user.createdAtMs,
       ]);
-    // A plain insert is idempotent: one whose outcome is unknown is simply written again.
-    await insertUser().catch((err: unknown) => {
-      if (!unknownOutcome(err)) throw err;
-      return insertUser();
-    });
+    // A plain insert is idempotent: one whose outcome is unknown, or that met a passing outage, is
+    // simply written again. Giving up here leaves the username claimed without a user until
+    // CLAIM_GRACE_MS lets a registration take it over, so a few tries are worth the wait.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await insertUser();
+        return;
+      } catch (err) {
+        if (attempt >= USER_INSERT_ATTEMPTS || !(unknownOutcome(err) || outageOf(err) !== undefined))
+          throw err;
+        await sleep(100 * 4 ** (attempt - 1));
+      }
+    }
   }
 
   async getUser(userId: string): Promise<UserRecord | undefined> {

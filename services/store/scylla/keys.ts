@@ -1,4 +1,4 @@
-import { errors, types } from "cassandra-driver";
+import type { types } from "cassandra-driver";
 import { StoreError } from "../errors.js";
 import type {
   DeviceKeysRecord,
@@ -10,6 +10,7 @@ import type {
   PrekeyTake,
   SignedPrekeyRecord,
 } from "../types.js";
+import { unknownOutcome } from "./outcome.js";
 import { type Cql, long, num, type Row, sleep } from "./schema.js";
 
 /** How often a take retries when concurrent takers keep winning the keys it picked. */
@@ -58,18 +59,6 @@ function keysOf(row: Row, deviceId: string): DeviceKeysRecord {
 
 function signedParams(p: SignedPrekeyRecord): unknown[] {
   return [long(p.keyId), blob(p.publicKey), blob(p.signature), long(p.uploadedAtMs)];
-}
-
-/**
- * True for an LWT that timed out (Paxos contention or a slow replica): whether it applied is
- * unknown, and may be decided later by the next proposer on the partition.
- */
-function casTimeout(err: unknown): boolean {
-  return (
-    err instanceof errors.ResponseError &&
-    err.code === types.responseErrorCodes.writeTimeout &&
-    (err as { writeType?: string }).writeType === "CAS"
-  );
 }
 
 function shuffle<T>(items: T[]): T[] {
@@ -296,7 +285,9 @@ export class ScyllaKeyStore implements KeyStore {
             [deviceId, kind, long(keyId)],
           );
         } catch (err) {
-          if (casTimeout(err)) continue;
+          // Whether the delete applied is unknown (outcome.ts): the key may be gone, so it is never
+          // handed out; at worst one key is wasted, never given twice. The next candidate is tried.
+          if (unknownOutcome(err)) continue;
           throw err;
         }
         if (!deleted.wasApplied()) continue;

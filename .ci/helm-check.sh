@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Lints and renders charts/switchboard for every scenario under charts/switchboard/ci/, checks the
-# rendered manifests (.ci/check-manifests.mjs), and checks that bad values are refused.
-# Needs node_modules (npm ci) for the `yaml` package. Run from anywhere: `bash .ci/helm-check.sh`.
+# rendered manifests (.ci/check-manifests.mjs) and validates them against the Kubernetes and CRD
+# schemas (.ci/check-schemas.mjs), and checks that bad values are refused.
+# Needs node_modules (npm ci) for the `yaml` and kubernetes-models packages.
+# Run from anywhere: `bash .ci/helm-check.sh`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -62,6 +64,8 @@ for values in "${scenarios[@]}"; do
     die "helm template failed for $values"
   node .ci/check-manifests.mjs "$out/$scenario.yaml" "$values" ||
     die "the manifests rendered for $values break the rules above"
+  node .ci/check-schemas.mjs "$out/$scenario.yaml" ||
+    die "the manifests rendered for $values do not match the Kubernetes (or CRD) schemas"
 done
 
 # metrics.prometheusRule.enabled "auto" (the default): a PrometheusRule exactly when the cluster
@@ -73,6 +77,7 @@ crd=monitoring.coreos.com/v1/PrometheusRule
 grep -q '^kind: PrometheusRule$' "$out/default-with-crd.yaml" || die "no PrometheusRule although the cluster serves $crd"
 HELM_API_VERSIONS=$crd node .ci/check-manifests.mjs "$out/default-with-crd.yaml" "$chart/ci/default-values.yaml" ||
   die "the manifests rendered with $crd break the rules above"
+node .ci/check-schemas.mjs "$out/default-with-crd.yaml" || die "the PrometheusRule does not match its CRD's schema"
 
 # Values that must be refused, with the reason the user would read.
 step "bad values are refused"

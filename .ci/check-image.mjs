@@ -372,6 +372,8 @@ try {
     SWITCHBOARD_HOST: "127.0.0.1",
     SWITCHBOARD_DATA_DIR: join(tmp, "data"),
     SWITCHBOARD_ADMIN_PORT: String(await freePort()),
+    // Any free port for the media URLs too: never the default 7422 (a developer's server may hold it).
+    SWITCHBOARD_MEDIA_PORT: "0",
   };
   const cli = (...a) =>
     spawnSync(process.execPath, ["bin/switchboard.js", ...a], {

@@ -16,9 +16,13 @@ import { type ServerProcess, startServerProcess } from "../helpers/server.js";
 
 const root = new URL("../../", import.meta.url).pathname;
 const require = createRequire(join(root, "package.json"));
+// npm's own variables from an outer `npm test` describe this repository, not the package or the app.
+const env = Object.fromEntries(
+  Object.entries(process.env).filter(([k]) => !/^npm_(package|lifecycle)_/.test(k)),
+);
 
 /** Runs a command to its end (npm is a shell script on some systems: no shell needed on Linux). */
-function run(command: string, args: string[], cwd: string, env = process.env): Promise<Finished> {
+function run(command: string, args: string[], cwd: string): Promise<Finished> {
   return new Promise((resolve, reject) => {
     const child = spawn(command, args, { cwd, env, stdio: ["ignore", "pipe", "pipe"] });
     let stdout = "";
@@ -99,25 +103,17 @@ describe("the SDK package (npm pack, installed into an empty project)", () => {
   });
 
   it("packs, installs, and a plain .mjs app exchanges encrypted messages with profiles in files and in memory", async () => {
-    const packed = await runNode([join(root, "sdk/pack.mjs"), "--out", base], {
-      cwd: root,
-      env: process.env,
-    });
+    const packed = await runNode([join(root, "sdk/pack.mjs"), "--out", base], { cwd: root, env });
     ok("node sdk/pack.mjs", packed);
     const tarball = packed.stdout.trim().split("\n").at(-1) as string;
     assert.match(tarball, /switchboard-sdk-0\.1\.0\.tgz$/);
 
     // @types/node at the version this repository uses, so the npm cache already holds it.
     const typesNode = JSON.parse(await readFile(require.resolve("@types/node/package.json"), "utf8")).version;
-    // npm's own variables from an outer `npm test` would describe this repository, not the app.
-    const env = Object.fromEntries(
-      Object.entries(process.env).filter(([k]) => !/^npm_(package|lifecycle)_/.test(k)),
-    );
     const installed = await run(
       "npm",
       ["install", "--prefer-offline", "--no-audit", "--no-fund", tarball, `@types/node@${typesNode}`],
       app,
-      env,
     );
     ok("npm install <tarball>", installed);
     const manifest = JSON.parse(
@@ -143,7 +139,7 @@ describe("the SDK package (npm pack, installed into an empty project)", () => {
     await writeFile(join(app, "tsconfig.json"), `${JSON.stringify(TSCONFIG, null, 2)}\n`);
     const checked = await runNode([require.resolve("typescript/bin/tsc"), "-p", "tsconfig.json"], {
       cwd: app,
-      env: process.env,
+      env,
     });
     ok("tsc on the app", checked);
   });

@@ -46,11 +46,15 @@ export function storageConformance(name: string, target: ConformanceTarget): voi
     it("stores bytes as given: empty values, every byte, and no sharing with the caller's buffers", async () => {
       const s = await target.create();
       const all = Uint8Array.from({ length: 256 }, (_, i) => i);
+      const buffer = Buffer.from("a Buffer");
       await s.put([
         ["a/empty", new Uint8Array(0)],
         ["a/all", all],
+        ["a/buffer", buffer],
       ]);
       all[0] = 99;
+      buffer.fill(0);
+      assert.equal(text(await s.get("a/buffer")), "a Buffer");
       assert.deepEqual(await s.get("a/empty"), new Uint8Array(0));
       const read = await s.get("a/all");
       assert.deepEqual(

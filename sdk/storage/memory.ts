@@ -17,20 +17,22 @@ export class MemoryStorage implements ProfileStorage {
   async get(key: string): Promise<Uint8Array | undefined> {
     checkStorageKey(key);
     const value = this.entries.get(key);
-    return value === undefined ? undefined : value.slice();
+    return value === undefined ? undefined : new Uint8Array(value);
   }
 
   async list(prefix: string): Promise<Array<[key: string, value: Uint8Array]>> {
     checkStoragePrefix(prefix);
     const out: Array<[string, Uint8Array]> = [];
-    for (const [key, value] of this.entries) if (key.startsWith(prefix)) out.push([key, value.slice()]);
+    for (const [key, value] of this.entries)
+      if (key.startsWith(prefix)) out.push([key, new Uint8Array(value)]);
     return out;
   }
 
   async put(entries: ReadonlyArray<readonly [key: string, value: Uint8Array]>): Promise<void> {
     // Every key is checked before anything is stored: a bad batch changes nothing.
     for (const [key] of entries) checkStorageKey(key);
-    for (const [key, value] of entries) this.entries.set(key, value.slice());
+    // new Uint8Array(view) copies; a Buffer's slice() would not.
+    for (const [key, value] of entries) this.entries.set(key, new Uint8Array(value));
   }
 
   async delete(keys: readonly string[]): Promise<void> {

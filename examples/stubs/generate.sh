@@ -53,7 +53,8 @@ classifier() {
   echo "$os-$arch"
 }
 
-hash_of() { sha256sum "$@" | sha256sum | cut -c1-12; }
+# Of the contents only (not the paths), so every clone on a machine shares the cache.
+hash_of() { cat "$@" | sha256sum | cut -c1-12; }
 
 python_venv() { echo "$cache/python-$(hash_of "$here/python/requirements.txt")"; }
 java_tools() { echo "$cache/java-tools-$PROTOC_VERSION-$GRPC_JAVA_PLUGIN_VERSION"; }

@@ -1,6 +1,6 @@
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
-import { type Context, context, type Span } from "@opentelemetry/api";
+import { type Context, context, trace as otelTrace, type Span } from "@opentelemetry/api";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import {
   type BusEvent,
@@ -15,7 +15,7 @@ import type { SequencerService } from "../../gen/switchboard/internal/v1/sequenc
 import { type Entry, MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
-import { carries, endSpan, injectContext, linksFrom, SpanKind, startSpan } from "../common/telemetry.js";
+import { carries, endSpan, injectContext, SpanKind, startSpan } from "../common/telemetry.js";
 
 /** Conversations whose member lists fanout keeps. */
 const MEMBER_CACHE = 50_000;
@@ -186,7 +186,10 @@ export class Fanout {
     if (first === undefined) return work();
     if (others.length === 0) return context.with(first, work);
     const { span, ctx } = startSpan("fanout.route", first, {
-      links: linksFrom(others.map((c) => injectContext(c))),
+      links: others.flatMap((c) => {
+        const linked = otelTrace.getSpanContext(c);
+        return linked ? [{ context: linked }] : [];
+      }),
       attributes: { "switchboard.fanout.traces": contexts.length },
     });
     try {

@@ -32,6 +32,8 @@ export const ATTR_MESSAGING_OPERATION_NAME = "messaging.operation.name";
 export const ATTR_MESSAGING_MESSAGE_ID = "messaging.message.id";
 /** The size of the message body, in bytes. */
 export const ATTR_MESSAGING_MESSAGE_BODY_SIZE = "messaging.message.body.size";
+/** How many messages a batch send or receive carried. */
+export const ATTR_MESSAGING_BATCH_MESSAGE_COUNT = "messaging.batch.message_count";
 
 /** CPU time of the process, in seconds, by cpu.mode (counter). */
 export const METRIC_PROCESS_CPU_TIME = "process.cpu.time";

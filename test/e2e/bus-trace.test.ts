@@ -113,6 +113,7 @@ describe("trace context over the NATS bus into fanout and its calls", () => {
         `process ${stream}`,
         "fanout.entryCommitted",
         "switchboard.internal.v1.PresenceService/LookupRoutes",
+        `send sbtrace.${run}.gateway`,
         "gateway.deliver",
       ];
       return wanted.every((n) => names.has(n)) ? traced : undefined;
@@ -164,6 +165,17 @@ describe("trace context over the NATS bus into fanout and its calls", () => {
     );
     assert.equal(lookup.attributes["rpc.method"], "switchboard.internal.v1.PresenceService/LookupRoutes");
     assert.equal(lookup.attributes["rpc.response.status_code"], "OK");
+
+    // The hand-over to the gateway's core subject: a PRODUCER span in fanout's context.
+    const handOver = one(`send sbtrace.${run}.gateway`);
+    assert.equal(handOver.kind, SpanKind.PRODUCER);
+    assert.equal(handOver.attributes["messaging.system"], "nats");
+    assert.match(
+      String(handOver.attributes["messaging.destination.name"]),
+      new RegExp(`^sbtrace\\.${run}\\.gateway\\.`),
+    );
+    assert.ok(Number(handOver.attributes["messaging.batch.message_count"]) >= 1);
+    assert.equal(parentOf(handOver), fanout.spanContext().spanId, "published in fanout's context");
 
     // One connected trace: the only span without a parent in it is the device's send.
     const roots = spans.filter((s) => parentOf(s) === undefined || !byId.has(parentOf(s)!));

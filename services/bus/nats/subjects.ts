@@ -12,9 +12,11 @@ import {
 } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import type { Logger } from "../../common/log.js";
 import { fnv1a } from "../../common/shard.js";
+import { endSpan } from "../../common/telemetry.js";
 import type { Unsubscribe } from "../types.js";
 import type { Link } from "./connection.js";
 import { SAFE_TOKEN } from "./settings.js";
+import { deliverySpan } from "./tracing.js";
 import type { NatsBusMetrics } from "./types.js";
 import { packRepeated, unpackEvents } from "./wire.js";
 
@@ -126,13 +128,25 @@ export class CoreSubjects {
             batch.deliveries.map((d) => toBinary(DeliverySchema, d)),
             limit,
           );
-    for (const payload of payloads) {
-      if (!this.link.admit(payload.length)) {
-        this.metrics.dropped += batch.deliveries.length;
-        throw new Error("nats bus: disconnected and the reconnect buffer is full");
+    const span = deliverySpan(
+      `${this.prefix}.gateway`,
+      subject,
+      payloads.reduce((n, p) => n + p.length, 0),
+      batch.deliveries.length,
+    );
+    try {
+      for (const payload of payloads) {
+        if (!this.link.admit(payload.length)) {
+          this.metrics.dropped += batch.deliveries.length;
+          throw new Error("nats bus: disconnected and the reconnect buffer is full");
+        }
+        this.link.connection.publish(subject, payload);
       }
-      this.link.connection.publish(subject, payload);
+    } catch (err) {
+      if (span) endSpan(span, err);
+      throw err;
     }
+    if (span) endSpan(span);
   }
 
   /** Receives the batches delivered to a gateway. */

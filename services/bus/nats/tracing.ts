@@ -8,9 +8,10 @@
  * Only events that arrive traced get spans: with tracing off, or for an unsampled trace, this
  * costs a check per event.
  */
-import type { Span } from "@opentelemetry/api";
+import { context, type Span, trace } from "@opentelemetry/api";
 import type { BusEvent } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import {
+  ATTR_MESSAGING_BATCH_MESSAGE_COUNT,
   ATTR_MESSAGING_CONSUMER_GROUP_NAME,
   ATTR_MESSAGING_DESTINATION_NAME,
   ATTR_MESSAGING_MESSAGE_BODY_SIZE,
@@ -79,4 +80,30 @@ export function processSpan(event: BusEvent, facts: MessageFacts & { durable: st
   });
   event.traceContext = injectContext(ctx);
   return span;
+}
+
+/**
+ * The span of one delivery batch published to a gateway's core subject, in the context fanout
+ * runs it in (the event's span, or its batch's); undefined outside a recording span. The
+ * deliveries carry their own events' contexts in the payload, so each gateway.deliver span is a
+ * child of its event's fanout span, and this one records the hop.
+ */
+export function deliverySpan(
+  name: string,
+  subject: string,
+  bodyBytes: number,
+  deliveries: number,
+): Span | undefined {
+  if (!trace.getActiveSpan()?.isRecording()) return undefined;
+  return startSpan(`send ${name}`, context.active(), {
+    kind: SpanKind.PRODUCER,
+    attributes: {
+      [ATTR_MESSAGING_SYSTEM]: "nats",
+      [ATTR_MESSAGING_DESTINATION_NAME]: subject,
+      [ATTR_MESSAGING_OPERATION_TYPE]: MESSAGING_OPERATION_TYPE_VALUE_SEND,
+      [ATTR_MESSAGING_OPERATION_NAME]: "publish",
+      [ATTR_MESSAGING_MESSAGE_BODY_SIZE]: bodyBytes,
+      [ATTR_MESSAGING_BATCH_MESSAGE_COUNT]: deliveries,
+    },
+  }).span;
 }

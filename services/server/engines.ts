@@ -80,7 +80,15 @@ export async function openStore(config: Config, log: Logger): Promise<StoreEngin
   if (config.scylla === undefined)
     throw new Error("SWITCHBOARD_STORE=scylla but no ScyllaDB settings were loaded");
   const { openScyllaStore } = await import("../store/scylla/engine.js");
-  return openScyllaStore({ ...config.scylla, migrate: config.mesh.migrate }, log);
+  return openScyllaStore(
+    {
+      ...config.scylla,
+      migrate: config.mesh.migrate,
+      // Idempotency records are kept as long as a client may retry; the database expires them.
+      idempotencyTtlSeconds: Math.ceil(config.idempotencyRetentionMs / 1000),
+    },
+    log,
+  );
 }
 
 /** A route store with its lifecycle. */

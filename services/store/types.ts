@@ -402,15 +402,16 @@ export interface AccountStore {
   /**
    * Suspends a user at atMs (milliseconds since the Unix epoch), or lifts the suspension with 0;
    * returns the user after the write, undefined for an unknown user. Suspending a suspended user
-   * keeps the first time. Optional while the ScyllaDB engine has no column for it: without it an
-   * operator cannot suspend (the admin service says so).
+   * keeps the first time. Optional for engines that cannot store it: without it an operator
+   * cannot suspend (the admin service says so). Both engines here have it.
    */
   setSuspended?(userId: string, atMs: number): Promise<UserRecord | undefined>;
   /**
-   * Removes a user atomically: the user, the username (free to register again), every device
-   * record and its listing row, and the privacy settings. Returns false for an unknown user.
-   * Keys, conversations and pushes are the callers' (the admin service's deletion) to remove
-   * first. Optional like setSuspended.
+   * Removes a user: the user, the username (free to register again), every device record and
+   * its listing row, and the privacy settings. Returns false for an unknown user. LMDB does it
+   * atomically; ScyllaDB row by row, devices first and the user row last, so running it again
+   * finishes an interrupted one. Keys, conversations and pushes are the callers' (the admin
+   * service's deletion) to remove first. Optional like setSuspended.
    */
   deleteUser?(userId: string): Promise<boolean>;
 }

@@ -11,6 +11,7 @@ import type {
   PushRegistration,
   UserRecord,
 } from "../types.js";
+import { deleteUser, setSuspended, suspendedAt } from "./operator.js";
 import { outageOf } from "./outage.js";
 import { unknownOutcome } from "./outcome.js";
 import { type Cql, num, type Row, sleep } from "./schema.js";
@@ -196,17 +197,30 @@ export class ScyllaAccountStore implements AccountStore {
   }
 
   async getUser(userId: string): Promise<UserRecord | undefined> {
-    const row = await this.cql.one(
-      "SELECT username, display_name, created_at_ms FROM users WHERE user_id = ?",
-      [userId],
-    );
+    const [row, suspendedAtMs] = await Promise.all([
+      this.cql.one("SELECT username, display_name, created_at_ms FROM users WHERE user_id = ?", [userId]),
+      suspendedAt(this.cql, userId),
+    ]);
     if (row === undefined) return undefined;
     return {
       userId,
       username: row.get("username") as string,
       displayName: (row.get("display_name") as string | null) ?? "",
       createdAtMs: num(row.get("created_at_ms")),
+      ...(suspendedAtMs !== undefined && { suspendedAtMs }),
     };
+  }
+
+  async setSuspended(userId: string, atMs: number): Promise<UserRecord | undefined> {
+    const user = await this.getUser(userId);
+    return user === undefined ? undefined : setSuspended(this.cql, user, atMs);
+  }
+
+  async deleteUser(userId: string): Promise<boolean> {
+    const user = await this.getUser(userId);
+    if (user === undefined) return false;
+    await deleteUser(this.cql, user);
+    return true;
   }
 
   async getUserByUsername(username: string): Promise<UserRecord | undefined> {

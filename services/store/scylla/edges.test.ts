@@ -12,7 +12,7 @@ import { ConversationLog } from "./conversations/log.js";
 import { ConversationReads } from "./conversations/reads.js";
 import { CommitRows } from "./conversations/rows.js";
 import { openScyllaStore, type ScyllaOptions } from "./engine.js";
-import { Cql, clientOptions, type Row, type RunOptions } from "./schema.js";
+import { Cql, clientOptions, IDEMPOTENCY_SHARDS, type Row, type RunOptions } from "./schema.js";
 
 /**
  * The engine's edges a review found on paper, each run against the real database: clocks that
@@ -280,6 +280,43 @@ describe("ScyllaDB engine's edges", { skip: SCYLLA_SKIP }, () => {
     const last = (await store.conversations.getMembers(id))[0];
     assert.equal(last?.role, "admin", "the commit after them was lost");
     assert.equal(last?.mutedUntilMs, undefined);
+  });
+
+  it("with idempotencyTtlSeconds, records expire on their own and no expiry index row is written", async () => {
+    const { cql } = engine();
+    const ttlStore = await openScyllaStore({ ...options, idempotencyTtlSeconds: 600 });
+    try {
+      const id = conversationId();
+      const before = Date.now();
+      await ttlStore.conversations.commit([appendWrite(id, 1, 2)]);
+      // A retry is still answered from the record.
+      assert.equal(await ttlStore.conversations.getIdempotency(id, "dv_a", "m-2"), 2);
+      const ttl = await cql.one(
+        "SELECT TTL(seq) AS ttl FROM idempotency WHERE conversation_id = ? AND device_id = ? AND client_msg_id = ?",
+        [id, "dv_a", "m-1"],
+      );
+      const seconds = ttl?.get("ttl") as number | null;
+      assert.ok(
+        seconds !== null && seconds > 0 && seconds <= 600,
+        `the record expires within 600 s (${seconds})`,
+      );
+      // The sweep's index has nothing of it: no write per send spent on it.
+      const slot = Math.floor(before / 600_000);
+      let indexed = 0;
+      for (const s of [slot, slot + 1]) {
+        for (let shard = 0; shard < IDEMPOTENCY_SHARDS; shard++) {
+          for await (const row of cql.pages(
+            "SELECT conversation_id FROM idempotency_by_time WHERE slot = ? AND shard = ?",
+            [s, shard],
+          )) {
+            if (row.get("conversation_id") === id) indexed++;
+          }
+        }
+      }
+      assert.equal(indexed, 0);
+    } finally {
+      await ttlStore.close();
+    }
   });
 
   describe("conditional writes that time out with an unknown outcome", () => {

@@ -9,7 +9,7 @@ import type { Logger } from "../../common/log.js";
 import { FaultWindow } from "../faults.js";
 import type { StoreEngine } from "../types.js";
 import { ScyllaAccountStore } from "./accounts.js";
-import { MAX_COMMIT_BYTES_LIMIT } from "./conversations/layout.js";
+import { type ConversationSettings, MAX_COMMIT_BYTES_LIMIT } from "./conversations/layout.js";
 import { DEFAULT_MAX_COMMIT_BYTES, ScyllaConversationStore } from "./conversations.js";
 import { ScyllaKeyStore } from "./keys.js";
 import { ScyllaShardLeases } from "./leases.js";
@@ -41,6 +41,13 @@ export interface ScyllaOptions extends ScyllaConnectionOptions {
    * one LWT cell, which must stay under the cluster's max_mutation_size (docs/scylla.md).
    */
   maxCommitBytes?: number;
+  /**
+   * Idempotency records expire this long after they are written, in seconds (the time a client
+   * may retry a send; the server passes its idempotency retention, 7 days). The database then
+   * expires them and commits write no expiry index row. 0 or absent: they are swept
+   * (expireIdempotency), as before this option.
+   */
+  idempotencyTtlSeconds?: number;
   /** Apply migrations when opening. */
   migrate?: boolean;
 }
@@ -59,7 +66,7 @@ export class ScyllaStoreEngine implements StoreEngine {
 
   constructor(
     private readonly client: Client,
-    settings: { bucketSize: number; entryTtlSeconds: number; maxCommitBytes?: number },
+    settings: ConversationSettings,
     log?: Logger,
   ) {
     const cql = new Cql(client);
@@ -101,6 +108,16 @@ export async function openScyllaStore(options: ScyllaOptions, log?: Logger): Pro
       `entryTtlSeconds must be an integer from 0 to ${MAX_TTL_SECONDS}, got ${entryTtlSeconds}`,
     );
   }
+  const idempotencyTtlSeconds = options.idempotencyTtlSeconds ?? 0;
+  if (
+    !Number.isInteger(idempotencyTtlSeconds) ||
+    idempotencyTtlSeconds < 0 ||
+    idempotencyTtlSeconds > MAX_TTL_SECONDS
+  ) {
+    throw new Error(
+      `idempotencyTtlSeconds must be an integer from 0 to ${MAX_TTL_SECONDS}, got ${idempotencyTtlSeconds}`,
+    );
+  }
   const maxCommitBytes = options.maxCommitBytes ?? DEFAULT_MAX_COMMIT_BYTES;
   if (
     !Number.isSafeInteger(maxCommitBytes) ||
@@ -125,7 +142,11 @@ export async function openScyllaStore(options: ScyllaOptions, log?: Logger): Pro
     }
     // Where the idempotency expiry scan starts the first time.
     await recordOnce(cql, "idempotency_epoch_ms", Date.now());
-    return new ScyllaStoreEngine(client, { bucketSize, entryTtlSeconds, maxCommitBytes }, log);
+    return new ScyllaStoreEngine(
+      client,
+      { bucketSize, entryTtlSeconds, maxCommitBytes, idempotencyTtlSeconds },
+      log,
+    );
   } catch (err) {
     await client.shutdown();
     throw err;

@@ -258,6 +258,17 @@ export const MIGRATIONS: readonly Migration[] = [
         moved_at_ms bigint)`,
     ],
   },
+  {
+    id: "0009_user_suspensions",
+    description: "operators' suspensions of users",
+    statements: [
+      // A table of its own rather than a column on users: ALTER TABLE ... ADD has no IF NOT EXISTS
+      // on every database this engine runs on, and a migration must be safe to run again.
+      `CREATE TABLE IF NOT EXISTS user_suspensions (
+        user_id text PRIMARY KEY,
+        suspended_at_ms bigint)`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

@@ -18,6 +18,13 @@ export interface ConversationSettings {
   /** TTL of entries and idempotency records, in seconds; 0 keeps them forever. */
   entryTtlSeconds: number;
   /**
+   * Idempotency records expire this long after they are written, in seconds: as long as a client
+   * may retry a send. When set, the database expires them on its own and commits write no expiry
+   * index row (one write per send fewer; the sweep then only finds rows written without it). 0 or
+   * absent: records live as long as entries, and the sweep (expiry.ts) removes them.
+   */
+  idempotencyTtlSeconds?: number;
+  /**
    * Encoded entry bytes one commit carries per conversation, at most, when the committer can split
    * its work (the port's maxCommitBytes); DEFAULT_MAX_COMMIT_BYTES when absent.
    */

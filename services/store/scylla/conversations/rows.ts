@@ -3,7 +3,7 @@
  * and their expiry index, members and the per-user index. The fence (log.ts) decides when; these
  * writes are idempotent, so a writer and a recoverer may both run them.
  */
-import type { ConversationRecord } from "../../types.js";
+import type { ConversationRecord, IdempotencyKey } from "../../types.js";
 import type { Cql } from "../schema.js";
 import { nextWriteTs } from "./clock.js";
 import type { Intent, MemberOp, Plan } from "./intent.js";
@@ -53,31 +53,7 @@ export class CommitRows {
     const writes: Promise<unknown>[] = [];
     for (const e of intent.replaced) writes.push(this.cql.run(insert, params(e), ts));
     if (intent.conversation !== undefined) writes.push(this.putConversation(intent.conversation, ts));
-    for (const k of intent.idempotency) {
-      writes.push(
-        this.cql.run(
-          `INSERT INTO idempotency (conversation_id, device_id, client_msg_id, seq, at_ms)
-            VALUES (?, ?, ?, ?, ?) USING TTL ?`,
-          [id, k.deviceId, k.clientMsgId, k.seq, intent.atMs, ttl],
-          ts,
-        ),
-        this.cql.run(
-          `INSERT INTO idempotency_by_time (slot, shard, at_ms, conversation_id, device_id, client_msg_id, write_ts)
-            VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?`,
-          [
-            slotOf(intent.atMs),
-            shardOf(id),
-            intent.atMs,
-            id,
-            k.deviceId,
-            k.clientMsgId,
-            intent.tsMicros,
-            ttl,
-          ],
-          ts,
-        ),
-      );
-    }
+    for (const k of intent.idempotency) writes.push(...this.idempotency(id, k, intent.atMs, intent.tsMicros));
     for (const op of intent.members) writes.push(this.member(id, op, ts));
     await allOrFirstError(writes);
   }
@@ -105,25 +81,35 @@ export class CommitRows {
     }
     if (p.conversation !== undefined) writes.push(this.putConversation(p.conversation, ts));
     const atMs = Date.now();
-    const tsMicros = atMs * 1000;
-    for (const k of p.idempotency.values()) {
-      writes.push(
-        this.cql.run(
-          `INSERT INTO idempotency (conversation_id, device_id, client_msg_id, seq, at_ms)
-            VALUES (?, ?, ?, ?, ?) USING TTL ?`,
-          [id, k.deviceId, k.clientMsgId, k.seq, atMs, ttl],
-          { timestampMicros: tsMicros },
-        ),
-        this.cql.run(
-          `INSERT INTO idempotency_by_time (slot, shard, at_ms, conversation_id, device_id, client_msg_id, write_ts)
-            VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?`,
-          [slotOf(atMs), shardOf(id), atMs, id, k.deviceId, k.clientMsgId, tsMicros, ttl],
-          { timestampMicros: tsMicros },
-        ),
-      );
-    }
+    for (const k of p.idempotency.values()) writes.push(...this.idempotency(id, k, atMs, atMs * 1000));
     for (const op of p.members.values()) writes.push(this.member(id, op, ts));
     await allOrFirstError(writes);
+  }
+
+  /**
+   * An idempotency record, written at `tsMicros`. With idempotencyTtlSeconds the database expires
+   * it (within the entries' own TTL, if shorter); otherwise its expiry index row goes with it, for
+   * the sweep (expiry.ts), which deletes the record at this same timestamp.
+   */
+  private idempotency(id: string, k: IdempotencyKey, atMs: number, tsMicros: number): Promise<unknown>[] {
+    const entryTtl = this.settings.entryTtlSeconds;
+    const ownTtl = this.settings.idempotencyTtlSeconds ?? 0;
+    const ttl = ownTtl > 0 && (entryTtl === 0 || ownTtl < entryTtl) ? ownTtl : entryTtl;
+    const ts = { timestampMicros: tsMicros };
+    const record = this.cql.run(
+      `INSERT INTO idempotency (conversation_id, device_id, client_msg_id, seq, at_ms)
+        VALUES (?, ?, ?, ?, ?) USING TTL ?`,
+      [id, k.deviceId, k.clientMsgId, k.seq, atMs, ttl],
+      ts,
+    );
+    if (ownTtl > 0) return [record];
+    const indexed = this.cql.run(
+      `INSERT INTO idempotency_by_time (slot, shard, at_ms, conversation_id, device_id, client_msg_id, write_ts)
+        VALUES (?, ?, ?, ?, ?, ?, ?) USING TTL ?`,
+      [slotOf(atMs), shardOf(id), atMs, id, k.deviceId, k.clientMsgId, tsMicros, entryTtl],
+      ts,
+    );
+    return [record, indexed];
   }
 
   private putConversation(c: ConversationRecord, ts: { timestampMicros?: number }): Promise<unknown> {

@@ -172,7 +172,8 @@ export class EdgeGuard {
     return (req, res) => {
       const procedure = (req.url ?? "").split("?")[0] ?? "";
       const internal = this.isInternalCaller(req);
-      fixErrorEncoding(req, res, procedure, this.refusals, () => addressKey(req.socket.remoteAddress));
+      // The address now: an HTTP/1.1 request loses its socket once its connection is gone.
+      fixErrorEncoding(req, res, procedure, this.refusals, addressKey(req.socket.remoteAddress));
       if (procedure.startsWith("/switchboard.internal.") && !internal) {
         // Refused before the body is read: an outsider cannot park requests on internal paths.
         this.refusals.refuse(

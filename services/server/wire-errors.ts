@@ -55,7 +55,7 @@ export function fixErrorEncoding(
   res: NodeResponse,
   procedure: string,
   refusals: Refusals,
-  address: () => string,
+  address: string,
 ): void {
   const contentType = String(req.headers["content-type"] ?? "");
   const fixStatus = (headers: http2.OutgoingHttpHeaders): void => {
@@ -66,7 +66,7 @@ export function fixErrorEncoding(
       headers["grpc-status"] = String(Code.InvalidArgument);
       message = malformed(procedure);
       refusals.refuse("malformed_request", message, {
-        address: address(),
+        address,
         procedure,
         code: "invalid_argument",
       });
@@ -88,29 +88,25 @@ export function fixErrorEncoding(
     return;
   }
   if (contentType.startsWith("application/grpc-web")) {
-    // gRPC-Web carries the status in a trailer frame at the end of the body. An answer that
-    // starts with a message is a success so far and passes through as it comes (a Subscribe
-    // stream lasts for hours: holding it would hold everything it sends); one that starts with
-    // the trailer frame is an error, held until its end and that frame rewritten.
-    const write = res.write.bind(res) as (...args: unknown[]) => boolean;
-    const end = res.end.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
-    const chunks: Buffer[] = [];
-    let passing = false;
-    res.write = ((chunk: unknown, ...rest: unknown[]) => {
-      if (passing) return write(chunk, ...rest);
-      chunks.push(Buffer.from(chunk as Uint8Array));
-      const first = chunks[0]![0];
-      if (first === undefined || (first & 0x80) !== 0) return true;
-      passing = true;
-      return write(Buffer.concat(chunks.splice(0)));
-    }) as typeof res.write;
-    res.end = ((...args: unknown[]) => {
-      if (passing) return end(...args);
-      if (args[0] instanceof Uint8Array || typeof args[0] === "string") chunks.push(Buffer.from(args[0]));
-      const body = rewriteGrpcWebTrailers(Buffer.concat(chunks), fixStatus);
-      if (body.length > 0) write(body);
-      return end();
-    }) as typeof res.end;
+    // gRPC-Web carries the status in a trailer frame (flag 0x80) at the end of the body.
+    holdErrorAnswer(res, 0x80, (body) => rewriteGrpcWebTrailers(body, fixStatus));
+    return;
+  }
+  if (contentType.startsWith("application/connect+")) {
+    // Connect's streaming protocol: the status is the end-stream message (flag 0x02), JSON.
+    holdErrorAnswer(res, 0x02, (body) =>
+      rewriteEnvelopes(body, 0x02, (json) => {
+        const parsed = JSON.parse(json) as { error?: { code?: string; message?: string } };
+        if (parsed.error?.code !== "internal" || !PARSE_FAILURE.test(parsed.error.message ?? "")) return json;
+        const message = malformed(procedure);
+        refusals.refuse("malformed_request", message, {
+          address,
+          procedure,
+          code: "invalid_argument",
+        });
+        return JSON.stringify({ ...parsed, error: { code: "invalid_argument", message } });
+      }),
+    );
     return;
   }
   if (contentType === "application/proto" || contentType === "application/json") {
@@ -143,7 +139,7 @@ export function fixErrorEncoding(
           const message = malformed(procedure);
           body = Buffer.from(JSON.stringify({ code: "invalid_argument", message }));
           refusals.refuse("malformed_request", message, {
-            address: address(),
+            address,
             procedure,
             code: "invalid_argument",
           });
@@ -188,6 +184,76 @@ function rewriteGrpcWebTrailers(body: Buffer, fix: (headers: http2.OutgoingHttpH
       head[0] = flags;
       head.writeUInt32BE(text.length, 1);
       out.push(head, text);
+    }
+    offset = end;
+  }
+  if (offset < body.length) out.push(body.subarray(offset));
+  return Buffer.concat(out);
+}
+
+/**
+ * Holds an enveloped answer (gRPC-Web, Connect streaming) while it starts with its end frame
+ * (`endFlag`): such an answer is an error, rewritten whole at its end. One that starts with a
+ * message is a success so far and passes through as it comes (a Subscribe stream lasts for
+ * hours: holding it would hold everything it sends). Write callbacks are called either way.
+ */
+function holdErrorAnswer(res: NodeResponse, endFlag: number, rewrite: (body: Buffer) => Buffer): void {
+  const write = res.write.bind(res) as (...args: unknown[]) => boolean;
+  const end = res.end.bind(res) as (...args: unknown[]) => NodeResponse;
+  const chunks: Buffer[] = [];
+  let passing = false;
+  const callbackIn = (args: unknown[]) =>
+    args.find((a) => typeof a === "function") as (() => void) | undefined;
+  res.write = ((chunk: unknown, ...rest: unknown[]) => {
+    if (passing) return write(chunk, ...rest);
+    chunks.push(Buffer.from(chunk as Uint8Array));
+    const first = chunks[0]![0];
+    if (first === undefined || (first & endFlag) !== 0) {
+      const callback = callbackIn(rest);
+      if (callback !== undefined) process.nextTick(callback);
+      return true;
+    }
+    passing = true;
+    return write(Buffer.concat(chunks.splice(0)), ...rest);
+  }) as typeof res.write;
+  res.end = ((...args: unknown[]) => {
+    if (passing) return end(...args);
+    if (args[0] instanceof Uint8Array || typeof args[0] === "string") chunks.push(Buffer.from(args[0]));
+    const held = Buffer.concat(chunks);
+    let body: Buffer = held;
+    try {
+      body = rewrite(held);
+    } catch {
+      // A body that is not what Connect writes goes out as it is.
+    }
+    if (body.length > 0) write(body);
+    const callback = callbackIn(args);
+    return callback === undefined ? end() : end(callback);
+  }) as typeof res.end;
+}
+
+/** Applies fix to the text of every envelope with `flag` in a body, leaving the rest as is. */
+function rewriteEnvelopes(body: Buffer, flag: number, fix: (text: string) => string): Buffer {
+  const out: Buffer[] = [];
+  let offset = 0;
+  while (offset + 5 <= body.length) {
+    const flags = body[offset]!;
+    const end = offset + 5 + body.readUInt32BE(offset + 1);
+    if (end > body.length) break;
+    if ((flags & flag) === 0) {
+      out.push(body.subarray(offset, end));
+    } else {
+      let text = body.subarray(offset + 5, end).toString("utf8");
+      try {
+        text = fix(text);
+      } catch {
+        // Not what Connect writes: passed through unchanged.
+      }
+      const payload = Buffer.from(text, "utf8");
+      const head = Buffer.alloc(5);
+      head[0] = flags;
+      head.writeUInt32BE(payload.length, 1);
+      out.push(head, payload);
     }
     offset = end;
   }

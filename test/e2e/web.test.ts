@@ -155,7 +155,10 @@ describe("web clients: Subscribe and unary calls over HTTP/1.1", () => {
     assert.match(bob.ended?.error?.rawMessage ?? "", /presence_user_ids: at most 256/);
   });
 
-  it("serves h2c on the same port", async () => {
+  it("serves h2c on the same port, and the health paths on both protocols", async () => {
+    const health = await fetch(`${server.url}/healthz`);
+    assert.equal(health.status, 200);
+    await health.text();
     const sessions = new Http2SessionManager(server.url);
     try {
       const accounts = createClient(

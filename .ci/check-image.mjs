@@ -12,7 +12,9 @@
 // The runtime stage's RUN lines change only the base image's files (the data directory, npm's
 // removal), which this host must not: they are checked against RUNTIME_SYSTEM_STEPS, not run.
 //
-//   node .ci/check-image.mjs [--keep]    (a step of .ci/run; --keep leaves the trees to look at)
+//   node .ci/check-image.mjs [--keep] [--node <binary>]
+// (a step of .ci/run; --keep leaves the trees to look at; --node runs the tree with another Node,
+// such as the image's version, instead of this one)
 import { spawn, spawnSync } from "node:child_process";
 import {
   closeSync,
@@ -34,6 +36,8 @@ import { fileURLToPath } from "node:url";
 
 const root = fileURLToPath(new URL("..", import.meta.url));
 const keep = process.argv.includes("--keep");
+const nodeAt = process.argv.indexOf("--node");
+const nodeBin = nodeAt === -1 ? process.execPath : process.argv[nodeAt + 1];
 const problems = [];
 const problem = (message) => {
   problems.push(message);
@@ -348,13 +352,8 @@ try {
   walk(join(app, "node_modules"));
   say(`native binaries: ${natives}, all ELF ${process.arch} (${libc})`);
 
-  say(
-    "\n== it runs (with this host's Node " +
-      process.version +
-      "; the image has Node " +
-      args.NODE_VERSION +
-      ")",
-  );
+  const nodeVersion = spawnSync(nodeBin, ["--version"], { encoding: "utf8" }).stdout.trim();
+  say(`\n== it runs (with Node ${nodeVersion}; the image has Node ${args.NODE_VERSION})`);
   const home = join(tmp, "home");
   mkdirSync(home);
   // The image's settings, on loopback (this host is not a container) and a free admin port.
@@ -376,7 +375,7 @@ try {
     SWITCHBOARD_MEDIA_PORT: "0",
   };
   const cli = (...a) =>
-    spawnSync(process.execPath, ["bin/switchboard.js", ...a], {
+    spawnSync(nodeBin, ["bin/switchboard.js", ...a], {
       cwd: app,
       env,
       encoding: "utf8",
@@ -393,14 +392,14 @@ try {
 
   if (healthArgv !== undefined) {
     const probe = () =>
-      spawnSync(healthArgv[0] === "node" ? process.execPath : healthArgv[0], healthArgv.slice(1), {
+      spawnSync(healthArgv[0] === "node" ? nodeBin : healthArgv[0], healthArgv.slice(1), {
         cwd: app,
         env,
         encoding: "utf8",
         timeout: 30_000,
       }).status;
     const server = spawn(
-      process.execPath,
+      nodeBin,
       ["bin/switchboard.js", ...JSON.parse(last("CMD")?.body ?? '["start"]'), "--port", "0"],
       { cwd: app, env, stdio: ["ignore", "pipe", "pipe"] },
     );

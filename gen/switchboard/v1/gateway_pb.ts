@@ -1079,8 +1079,8 @@ export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*
 export type SubscribeResponse = Message<"switchboard.v1.SubscribeResponse"> & {
   /**
    * The frame, exactly as the Connect stream would carry it. Answers to the device's own frames
-   * (send_ack, send_error, sync_page, pong, error) never appear here: on this binding those are
-   * the answers of the unary calls.
+   * (send_ack, send_error, sync_page, pong) never appear here: on this binding those are the
+   * answers of the unary calls. An error frame names presence_user_ids that were refused.
    *
    * @generated from field: switchboard.v1.ConnectResponse frame = 1;
    */

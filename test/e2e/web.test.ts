@@ -46,8 +46,14 @@ describe("web clients: Subscribe and unary calls over HTTP/1.1", () => {
       );
       assert.equal(ready.deviceId, bob.deviceId);
       await bob.waitFor("caught_up", (fs) => fs.find((f) => f.frame.case === "caughtUp"));
-      alice.subscribe();
+      // Alice follows Bob's presence from the start: he is online (his stream is open).
+      alice.subscribe([bob.userId]);
       await alice.waitFor("caught_up", (fs) => fs.find((f) => f.frame.case === "caughtUp"));
+      await alice.waitFor("bob online", (fs) =>
+        fs.find(
+          (f) => f.frame.case === "presence" && f.frame.value.userId === bob.userId && f.frame.value.online,
+        ),
+      );
 
       const received: bigint[] = [];
       const sent: bigint[] = [];

@@ -11,8 +11,8 @@
 // `npm ci --omit=dev` keeps), read from each package's package.json. Development-only packages
 // (test and build tools) are not conveyed and not checked.
 import { execFileSync } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
+import { join, relative, resolve } from "node:path";
 import parseSpdx from "spdx-expression-parse";
 
 /**
@@ -94,7 +94,7 @@ function checkLicenses(root) {
   const problems = [];
   const seen = new Set();
   for (const node of nodes) {
-    // The root and workspace packages are this project: they must carry its license.
+    // The root and workspace packages are this project (checkProject checks their license).
     const ours = node.location === "" || !node.location.includes("node_modules/");
     const key = `${node.name}@${node.version}`;
     if (seen.has(key)) continue;
@@ -103,10 +103,6 @@ function checkLicenses(root) {
     let verdict;
     if (ours) {
       verdict = license === "AGPL-3.0-only" ? "ours" : undefined;
-      if (verdict === undefined)
-        problems.push(
-          `${key} (this project, ${node.location || "root"}) declares ${license ?? "no license"}, not AGPL-3.0-only`,
-        );
     } else if (license === undefined) {
       problems.push(`${key} (${node.location}) declares no license`);
     } else {
@@ -135,6 +131,39 @@ function checkLicenses(root) {
   return { rows, problems };
 }
 
+/**
+ * The project's own side: LICENSE holds the AGPL-3.0 text, and every package.json of the project
+ * outside node_modules (the root's, sdk/'s) declares AGPL-3.0-only, so that metadata, the license
+ * file and the README agree.
+ */
+function checkProject(root) {
+  const problems = [];
+  const license = join(root, "LICENSE");
+  const text = existsSync(license) ? readFileSync(license, "utf8") : "";
+  if (!/GNU AFFERO GENERAL PUBLIC LICENSE\s+Version 3, 19 November 2007/.test(text))
+    problems.push("LICENSE is missing or is not the GNU AGPL version 3 text");
+  const manifests = [];
+  const walk = (dir, depth) => {
+    for (const e of readdirSync(dir, { withFileTypes: true })) {
+      if (
+        e.isDirectory() &&
+        depth < 2 &&
+        !["node_modules", "dist", ".git"].includes(e.name) &&
+        !e.name.startsWith(".")
+      )
+        walk(join(dir, e.name), depth + 1);
+      else if (e.name === "package.json") manifests.push(join(dir, e.name));
+    }
+  };
+  walk(root, 0);
+  for (const path of manifests) {
+    const declared = JSON.parse(readFileSync(path, "utf8")).license;
+    if (declared !== "AGPL-3.0-only")
+      problems.push(`${relative(root, path)} declares ${declared ?? "no license"}, not AGPL-3.0-only`);
+  }
+  return problems;
+}
+
 function main() {
   const args = process.argv.slice(2);
   const at = args.indexOf("--root");
@@ -144,6 +173,7 @@ function main() {
     process.exit(1);
   }
   const { rows, problems } = checkLicenses(root);
+  problems.push(...checkProject(root));
   rows.sort((a, b) => a.name.localeCompare(b.name));
   const width = Math.max(...rows.map((r) => r.name.length + r.version.length + 1));
   for (const r of rows) console.log(`${`${r.name}@${r.version}`.padEnd(width)}  ${r.license}  ${r.verdict}`);
@@ -155,7 +185,7 @@ function main() {
   const project = JSON.parse(readFileSync(join(root, "package.json"), "utf8"));
   console.log(`\n${rows.length} production packages of ${project.name}; conflicts: ${problems.length}`);
   if (problems.length > 0) {
-    console.error("\nlicenses: these production dependencies cannot be conveyed under AGPL-3.0-only:");
+    console.error("\nlicenses: what cannot be conveyed under AGPL-3.0-only, or does not say it is:");
     for (const p of problems) console.error(`  ${p}`);
     console.error(
       "Replace the package, or, after checking its license by hand, add it to EXCEPTIONS in .ci/licenses.mjs with the reason.",

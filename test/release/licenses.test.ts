@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -80,13 +80,14 @@ describe("license check (.ci/licenses.mjs)", () => {
 
   it("fails on a package that declares no license, and on a project not under AGPL-3.0-only", async () => {
     const dir = await project(join(tmp, "missing"), { license: "Apache-2.0" }, { silent: {} });
+    await mkdir(join(dir, "lib"));
+    await writeFile(join(dir, "lib/package.json"), JSON.stringify({ name: "lib", license: "MIT" }));
     const result = await check(dir);
     assert.equal(result.code, 1, result.stdout);
     assert.match(result.stderr, /silent@1\.0\.0 \(node_modules\/silent\) declares no license/);
-    assert.match(
-      result.stderr,
-      /app@1\.0\.0 \(this project, root\) declares Apache-2\.0, not AGPL-3\.0-only/,
-    );
+    assert.match(result.stderr, /^ {2}package\.json declares Apache-2\.0, not AGPL-3\.0-only$/m);
+    assert.match(result.stderr, /^ {2}lib\/package\.json declares MIT, not AGPL-3\.0-only$/m);
+    assert.match(result.stderr, /LICENSE is missing or is not the GNU AGPL version 3 text/);
   });
 
   it("passes on allowed licenses, legacy license fields and a conflicting dev-only package", async () => {
@@ -101,6 +102,7 @@ describe("license check (.ci/licenses.mjs)", () => {
         "test-tool": { license: "SSPL-1.0", dev: true },
       },
     );
+    await copyFile(join(root, "LICENSE"), join(dir, "LICENSE"));
     const result = await check(dir);
     assert.equal(result.code, 0, result.stderr);
     assert.match(result.stdout, /^legacy@1\.0\.0\s+\(MIT\) OR \(Apache-2\.0\)\s+allowed$/m);

@@ -4,6 +4,7 @@ import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { ReceiptKind } from "../../gen/switchboard/v1/gateway_pb.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
 
@@ -101,6 +102,18 @@ describe("the example bot (examples/bot)", () => {
       try {
         user.sendText(conversationId, "m1", "hello");
         await user.waitFor(() => replies(user, conversationId).includes("echo: hello"), "the bot's reply");
+        // The bot acked what it handled (an ack frame on the stream, GatewayService.Ack in unary
+        // mode): the sender gets its delivered receipt.
+        const hello = user.ofCase("sendAck").find((a) => a.clientMsgId === "m1")!.seq;
+        await user.waitFor(
+          () =>
+            user
+              .ofCase("receipt")
+              .some(
+                (r) => r.userId !== user.userId && r.kind === ReceiptKind.DELIVERED && r.upToSeq >= hello,
+              ),
+          "the bot's delivered receipt",
+        );
         assert.equal(await bot.stop(), 0, "the bot exits cleanly on SIGTERM");
 
         // Offline is normal: a message sent while the bot is down is answered when it returns,

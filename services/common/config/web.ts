@@ -36,7 +36,8 @@ export function loadWeb(input: Partial<WebConfig> | undefined, env: Env): WebCon
     // Browsers send the serialized origin; anything else (a path, a trailing slash, upper case)
     // would never match one.
     if (parsed === undefined || !/^https?:$/.test(parsed.protocol) || parsed.origin !== origin) {
-      const hint = parsed !== undefined && /^https?:$/.test(parsed.protocol) ? ` (write "${parsed.origin}")` : "";
+      const hint =
+        parsed !== undefined && /^https?:$/.test(parsed.protocol) ? ` (write "${parsed.origin}")` : "";
       fail(`SWITCHBOARD_CORS_ORIGINS: not an http(s) origin: "${origin}"${hint}`);
     }
   }

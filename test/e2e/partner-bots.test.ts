@@ -190,6 +190,40 @@ describe("partner bots in Python and Java (examples/bot-python, examples/bot-jav
   });
 
   for (const bot of bots) {
+    it(`${bot.name}, stream mode: reconnects after the server restarts (UNAVAILABLE) and answers again`, async () => {
+      const own = await startServerProcess();
+      const port = Number(new URL(own.url).port);
+      let current = own;
+      const botName = uniqueName(`${bot.name}_re`);
+      const running = startBot(bot, [
+        "--server",
+        own.url,
+        "--username",
+        botName,
+        "--state",
+        join(dir, `${botName}.json`),
+      ]);
+      try {
+        await running.waitFor(/ready:/, "ready line");
+        assert.equal(await own.stop(), 0);
+        await running.waitFor(/reconnecting/, "a reconnect after the shutdown");
+        current = await startServerProcess({ dataDir: own.dataDir, port });
+        const p = await person(current, dir);
+        try {
+          const botUser = await p.client.userByUsername(botName);
+          const { conversationId } = await p.client.openDirect(botUser.userId);
+          await p.client.send(conversationId, "back?");
+          await p.waitForText(conversationId, botUser.userId, "echo: back?", 30_000);
+        } finally {
+          await p.client.close();
+        }
+      } finally {
+        await running.stop();
+        await current.stop();
+        await removeDir(own.dataDir);
+      }
+    });
+
     for (const mode of ["stream", "unary"] as const) {
       it(`${bot.name}, ${mode} mode: registers, answers, stops on SIGTERM, and catches up after a restart`, async () => {
         const botName = uniqueName(`${bot.name}_${mode}`);

@@ -133,6 +133,14 @@ final class Api implements AutoCloseable {
     }
   }
 
+  /**
+   * Lets the next call connect at once. The channel's own reconnect backoff grows to 2 minutes;
+   * the bot's backoff (30 s at most) decides when to try instead.
+   */
+  void resetConnectBackoff() {
+    channel.resetConnectBackoff();
+  }
+
   @Override
   public void close() throws InterruptedException {
     channel.shutdownNow().awaitTermination(5, TimeUnit.SECONDS);

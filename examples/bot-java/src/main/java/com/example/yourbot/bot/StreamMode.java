@@ -81,6 +81,7 @@ final class StreamMode {
       long delay = Stopper.backoffMs(attempt[0]++);
       Stopper.log("stream: " + why + "; reconnecting in " + delay + " ms");
       stop.pause(delay);
+      api.resetConnectBackoff();
     }
   }
 

@@ -162,6 +162,14 @@ export interface ConversationStore {
   getMembers(conversationId: string): Promise<MemberRecord[]>;
   /** The seq of the last entry, 0 for an empty or unknown conversation. */
   getLastSeq(conversationId: string): Promise<number>;
+  /**
+   * The seq of the last entry as an ordinary read sees it: never past what is committed, but it
+   * may trail a commit in flight, and it does not finish a commit its writer left pending (which
+   * getLastSeq does, and which is what a shard loading a conversation needs). For views of many
+   * conversations at once (listings, sync states): on ScyllaDB it is one plain read instead of a
+   * LOCAL_SERIAL (Paxos) read that competes with the writers' LWTs.
+   */
+  peekLastSeq(conversationId: string): Promise<number>;
   /** Entries with seq > afterSeq, ascending, at most limit of them. */
   readEntries(conversationId: string, afterSeq: number, limit: number): Promise<Entry[]>;
   /** The seq committed for (deviceId, clientMsgId) in the conversation, if any. */

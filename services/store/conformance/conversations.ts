@@ -59,6 +59,8 @@ export function runConversationStoreConformance(open: () => Promise<StoreEngine>
       await store.commit([{ conversationId: id, append: [message(id, 3)] }]);
       await store.commit([{ conversationId: id, append: [message(id, 4), message(id, 5), message(id, 6)] }]);
       assert.equal(await store.getLastSeq(id), 6);
+      assert.equal(await store.peekLastSeq(id), 6, "an ordinary read sees every finished commit");
+      assert.equal(await store.peekLastSeq(groupId()), 0);
       assert.deepEqual(seqs(await store.readEntries(id, 0, 100)), [1, 2, 3, 4, 5, 6]);
     });
 

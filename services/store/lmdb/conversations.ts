@@ -169,6 +169,11 @@ export class LmdbConversationStore implements ConversationStore {
     return this.dbs.heads.get(conversationId) ?? 0;
   }
 
+  /** The same as getLastSeq: a commit is one transaction here, never seen half-done. */
+  peekLastSeq(conversationId: string): Promise<number> {
+    return this.getLastSeq(conversationId);
+  }
+
   async readEntries(conversationId: string, afterSeq: number, limit: number): Promise<Entry[]> {
     if (!(limit >= 1) || Number.isNaN(afterSeq)) return [];
     const start = Math.max(0, Math.floor(afterSeq)) + 1;

@@ -86,6 +86,10 @@ export class ScyllaConversationStore implements ConversationStore {
     return this.log.getLastSeq(conversationId);
   }
 
+  peekLastSeq(conversationId: string): Promise<number> {
+    return this.reads.peekLastSeq(conversationId);
+  }
+
   readEntries(conversationId: string, afterSeq: number, limit: number): Promise<Entry[]> {
     return this.reads.readEntries(conversationId, afterSeq, limit);
   }

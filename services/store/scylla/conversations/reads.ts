@@ -15,6 +15,18 @@ export class ConversationReads {
     private readonly settings: ConversationSettings,
   ) {}
 
+  /**
+   * last_seq at LOCAL_QUORUM: what the last advance (an LWT, committed to a quorum) wrote. An LWT
+   * still in its Paxos round is not seen, nor a pending reservation, so the answer may trail the
+   * log (and what readEntries shows of a commit in flight), never lead it.
+   */
+  async peekLastSeq(conversationId: string): Promise<number> {
+    const row = await this.cql.one("SELECT last_seq FROM log_heads WHERE conversation_id = ?", [
+      conversationId,
+    ]);
+    return num(row?.get("last_seq"));
+  }
+
   async getConversation(conversationId: string): Promise<ConversationRecord | undefined> {
     const row = await this.cql.one(
       "SELECT kind, title, created_at_ms, members_version FROM conversations WHERE conversation_id = ?",

@@ -155,40 +155,17 @@ export function fixErrorEncoding(
 
 /** Applies fix to the status in a gRPC-Web body's trailer frame (flag 0x80), leaving the rest as is. */
 function rewriteGrpcWebTrailers(body: Buffer, fix: (headers: http2.OutgoingHttpHeaders) => void): Buffer {
-  const out: Buffer[] = [];
-  let offset = 0;
-  while (offset + 5 <= body.length) {
-    const flags = body[offset]!;
-    const length = body.readUInt32BE(offset + 1);
-    const end = offset + 5 + length;
-    if (end > body.length) break;
-    if ((flags & 0x80) === 0) {
-      out.push(body.subarray(offset, end));
-    } else {
-      const headers: http2.OutgoingHttpHeaders = {};
-      for (const line of body
-        .subarray(offset + 5, end)
-        .toString("latin1")
-        .split("\r\n")) {
-        const colon = line.indexOf(":");
-        if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
-      }
-      fix(headers);
-      const text = Buffer.from(
-        Object.entries(headers)
-          .map(([k, v]) => `${k}: ${String(v)}\r\n`)
-          .join(""),
-        "latin1",
-      );
-      const head = Buffer.alloc(5);
-      head[0] = flags;
-      head.writeUInt32BE(text.length, 1);
-      out.push(head, text);
+  return rewriteEnvelopes(body, 0x80, (text) => {
+    const headers: http2.OutgoingHttpHeaders = {};
+    for (const line of text.split("\r\n")) {
+      const colon = line.indexOf(":");
+      if (colon > 0) headers[line.slice(0, colon).trim().toLowerCase()] = line.slice(colon + 1).trim();
     }
-    offset = end;
-  }
-  if (offset < body.length) out.push(body.subarray(offset));
-  return Buffer.concat(out);
+    fix(headers);
+    return Object.entries(headers)
+      .map(([k, v]) => `${k}: ${String(v)}\r\n`)
+      .join("");
+  });
 }
 
 /**

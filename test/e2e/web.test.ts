@@ -7,7 +7,7 @@ import { ReceiptKind } from "../../gen/switchboard/v1/gateway_pb.js";
 import { outgoingText, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
-import { WebDevice, type WebProtocol } from "../helpers/web-client.js";
+import { WebDevice, type WebLibrary, type WebProtocol } from "../helpers/web-client.js";
 
 const ALLOWED = "http://allowed.example:8080";
 
@@ -28,18 +28,24 @@ describe("web clients: Subscribe and unary calls over HTTP/1.1", () => {
   });
 
   /** Two registered web devices in a direct conversation. */
-  async function pair(protocol: WebProtocol) {
-    const alice = new WebDevice(server.url, protocol);
-    const bob = new WebDevice(server.url, protocol);
+  async function pair(protocol: WebProtocol, library: WebLibrary = "connect-node") {
+    const alice = new WebDevice(server.url, protocol, library);
+    const bob = new WebDevice(server.url, protocol, library);
     await alice.register(uniqueName("web_a"));
     await bob.register(uniqueName("web_b"));
     const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
     return { alice, bob, conversationId: conversation!.conversationId };
   }
 
-  for (const protocol of ["connect", "grpc-web"] as const) {
-    it(`${protocol}: sends, acks and resumes across a reconnect, receiving each entry once and in order`, async () => {
-      const { alice, bob, conversationId } = await pair(protocol);
+  const variants = [
+    ["connect", "connect-node"],
+    ["grpc-web", "connect-node"],
+    ["connect", "connect-web"],
+    ["grpc-web", "connect-web"],
+  ] as const;
+  for (const [protocol, library] of variants) {
+    it(`${protocol} (${library}): sends, acks and resumes across a reconnect, receiving each entry once and in order`, async () => {
+      const { alice, bob, conversationId } = await pair(protocol, library);
       bob.subscribe();
       const ready = await bob.waitFor("ready", (fs) =>
         fs[0]?.frame.case === "ready" ? fs[0].frame.value : undefined,
@@ -59,14 +65,14 @@ describe("web clients: Subscribe and unary calls over HTTP/1.1", () => {
       const sent: bigint[] = [];
       const send = async (i: number) => {
         const r = await alice.gateway.send({
-          entry: outgoingText(conversationId, `m${protocol}${i}`, `hello ${i}`),
+          entry: outgoingText(conversationId, `m${protocol}${library}${i}`, `hello ${i}`),
         });
         sent.push(r.seq);
       };
       for (let i = 0; i < 3; i++) await send(i);
       // A retry with the same client_msg_id answers the original seq.
       const retry = await alice.gateway.send({
-        entry: outgoingText(conversationId, `m${protocol}0`, "hello 0"),
+        entry: outgoingText(conversationId, `m${protocol}${library}0`, "hello 0"),
       });
       assert.equal(retry.seq, sent[0]);
 

@@ -6,6 +6,7 @@ import {
   type Transport,
 } from "@connectrpc/connect";
 import { createConnectTransport, createGrpcWebTransport } from "@connectrpc/connect-node";
+import * as web from "@connectrpc/connect-web";
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { ConversationService } from "../../gen/switchboard/v1/conversations_pb.js";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
@@ -15,9 +16,15 @@ import { type ConnectResponse, GatewayService } from "../../gen/switchboard/v1/g
 export type WebProtocol = "connect" | "grpc-web";
 
 /**
+ * Whose transport: connect-node's with httpVersion "1.1", or connect-web's, the browser library
+ * itself, on Node's fetch (HTTP/1.1, as a browser talking to a cleartext server).
+ */
+export type WebLibrary = "connect-node" | "connect-web";
+
+/**
  * A device as a browser is one, from Node: Connect or gRPC-Web over HTTP/1.1 (connect-node's
- * transports with httpVersion "1.1", the same wire as connect-web's fetch), a Subscribe stream
- * for receiving and unary calls for everything the device says.
+ * transports with httpVersion "1.1", or connect-web's on fetch), a Subscribe stream for
+ * receiving and unary calls for everything the device says.
  */
 export class WebDevice {
   readonly transport: Transport;
@@ -37,14 +44,21 @@ export class WebDevice {
   constructor(
     readonly url: string,
     readonly protocol: WebProtocol,
+    readonly library: WebLibrary = "connect-node",
   ) {
     const auth: Interceptor = (next) => (req) => {
       if (this.token) req.header.set("authorization", `Bearer ${this.token}`);
       return next(req);
     };
-    const options = { baseUrl: url, httpVersion: "1.1" as const, interceptors: [auth] };
-    this.transport =
-      protocol === "connect" ? createConnectTransport(options) : createGrpcWebTransport(options);
+    if (library === "connect-web") {
+      const options = { baseUrl: url, interceptors: [auth] };
+      this.transport =
+        protocol === "connect" ? web.createConnectTransport(options) : web.createGrpcWebTransport(options);
+    } else {
+      const options = { baseUrl: url, httpVersion: "1.1" as const, interceptors: [auth] };
+      this.transport =
+        protocol === "connect" ? createConnectTransport(options) : createGrpcWebTransport(options);
+    }
     this.accounts = createClient(AccountService, this.transport);
     this.conversations = createClient(ConversationService, this.transport);
     this.gateway = createClient(GatewayService, this.transport);
@@ -52,7 +66,7 @@ export class WebDevice {
 
   /** Registers a user with this device and signs in. */
   async register(username: string): Promise<void> {
-    const r = await this.accounts.register({ username, deviceName: `web-${this.protocol}` });
+    const r = await this.accounts.register({ username, deviceName: `${this.library}-${this.protocol}` });
     this.userId = r.user!.userId;
     this.deviceId = r.credential!.deviceId;
     const t = await this.accounts.createToken({

@@ -9,6 +9,8 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+// Inside this repository the SDK's sources; an app of its own installs the package and imports
+// "@switchboard/sdk" instead (sdk/README.md says how).
 import { SwitchboardClient } from "../../sdk/index.js";
 
 const { values: args } = parseArgs({

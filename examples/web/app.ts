@@ -182,6 +182,8 @@ function ack(conversationId: string, seq: bigint): void {
 
 async function open(conversationId: string): Promise<void> {
   current = conversationId;
+  // Reopened after a reload: the stream brings only what was not acked, the history the rest.
+  localStorage.setItem(`${storageKey}:open`, conversationId);
   const { members } = await conversations.getConversation({ conversationId });
   const peer = members.find((m) => m.userId !== credentials?.userId);
   $("title").textContent = peer === undefined ? "chat" : `chat with ${await nameOf(peer.userId)}`;
@@ -287,6 +289,7 @@ function wire(): void {
   });
   $("signout").addEventListener("click", () => {
     localStorage.removeItem(storageKey);
+    localStorage.removeItem(`${storageKey}:open`);
     location.reload();
   });
 }
@@ -301,7 +304,11 @@ const saved = localStorage.getItem(storageKey);
 if (saved === null) {
   status(`not registered (server ${serverUrl}, ${protocol})`);
 } else {
+  const reopen = localStorage.getItem(`${storageKey}:open`);
   signIn(JSON.parse(saved) as Credentials)
-    .then(() => listen())
+    .then(async () => {
+      if (reopen !== null) await open(reopen);
+      await listen();
+    })
     .catch((err: unknown) => status(`sign-in failed: ${ConnectError.from(err).rawMessage}`));
 }

@@ -128,5 +128,24 @@ describe("web example in headless Chromium", { skip: missing }, () => {
     );
     assert.equal(received.length, 2, `entries the resumed stream delivered: ${JSON.stringify(received)}`);
     assert.equal(new Set(received).size, 2);
+
+    // A plain reload: the chat reopens from its history, and the stream brings nothing again.
+    await bob.evaluate(() =>
+      (
+        globalThis as unknown as { switchboardExample: { settled(): Promise<void> } }
+      ).switchboardExample.settled(),
+    );
+    await bob.reload();
+    await bob.locator("#status", { hasText: "up to date" }).waitFor({ timeout: 15_000 });
+    const again = await waitForLines(bob, "the chat after a reload", (t) => t.length === 4);
+    assert.deepEqual(
+      again.map((l) => l.replace(/ ✓.*$/, "")),
+      shown.map((l) => l.replace(/ ✓.*$/, "")),
+    );
+    const redelivered = await bob.evaluate(
+      () =>
+        (globalThis as unknown as { switchboardExample: { received: string[] } }).switchboardExample.received,
+    );
+    assert.deepEqual(redelivered, [], "nothing acked comes again");
   });
 });

@@ -82,6 +82,22 @@ describe("web clients: bounds on HTTP/1.1 and the web binding", () => {
     bob.unsubscribe();
   });
 
+  it("a Subscribe whose client goes away is closed on the server at once", async () => {
+    for (const protocol of ["connect", "grpc-web"] as const) {
+      const device = await webUser(protocol);
+      device.subscribe();
+      const ready = await device.waitFor("ready", (fs) =>
+        fs[0]?.frame.case === "ready" ? fs[0].frame.value : undefined,
+      );
+      device.unsubscribe();
+      await loggedLine(
+        fx.server,
+        (l) => l.includes('"msg":"stream closed"') && l.includes(ready.sessionId),
+        `stream ${ready.sessionId} (${protocol}) closed`,
+      );
+    }
+  });
+
   it("a third Subscribe of one device closes the oldest with ABORTED", async () => {
     const device = await webUser();
     const second = new WebDevice(fx.server.url, "grpc-web");

@@ -75,6 +75,9 @@ export function frontDoor(handler: Handler, edge: EdgeGuard, limits: EdgeLimits)
       if (preface) {
         h2.emit("connection", socket);
       } else {
+        // As the HTTP/1.1 server's own sockets are: a client that half-closes after its
+        // request still gets the answer.
+        socket.allowHalfOpen = true;
         h1.emit("connection", socket);
         socket.resume();
       }

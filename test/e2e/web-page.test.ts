@@ -108,6 +108,8 @@ describe("web example in headless Chromium", { skip: missing }, () => {
       t.some((l) => l.startsWith(`${aliceName}: while you were away 2`)),
     );
     await bob.goto(url("grpc-web"));
+    // The chat reopens from its history; the stream's backlog has come once it says caught up.
+    await bob.locator("#status", { hasText: "up to date" }).waitFor({ timeout: 15_000 });
     const shown = await waitForLines(bob, "the messages sent while bob was away", (t) =>
       t.includes(`${aliceName}: while you were away 2`),
     );

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/accounts.proto.
  */
 export const file_switchboard_v1_accounts: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zd2l0Y2hib2FyZC92MS9hY2NvdW50cy5wcm90bxIOc3dpdGNoYm9hcmQudjEiVgoEVXNlchIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIVCg1jcmVhdGVkX2F0X21zGAQgASgDInsKBkRldmljZRIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEhUKDWNyZWF0ZWRfYXRfbXMYBCABKAMSFQoNcmV2b2tlZF9hdF9tcxgFIAEoAxIRCglwdXNoX2tpbmQYBiABKAkiTQoQRGV2aWNlQ3JlZGVudGlhbBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAMgASgJImQKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkSFAoMaW52aXRlX3Rva2VuGAQgASgJImwKEFJlZ2lzdGVyUmVzcG9uc2USIgoEdXNlchgBIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISNAoKY3JlZGVudGlhbBgCIAEoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNyZWRlbnRpYWwiPgoSQ3JlYXRlVG9rZW5SZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAIgASgJIkIKE0NyZWF0ZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAMiFwoVQ3JlYXRlTGlua0NvZGVSZXF1ZXN0Ij0KFkNyZWF0ZUxpbmtDb2RlUmVzcG9uc2USDAoEY29kZRgBIAEoCRIVCg1leHBpcmVzX2F0X21zGAIgASgDIjYKEUxpbmtEZXZpY2VSZXF1ZXN0EgwKBGNvZGUYASABKAkSEwoLZGV2aWNlX25hbWUYAiABKAkibgoSTGlua0RldmljZVJlc3BvbnNlEiIKBHVzZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEjQKCmNyZWRlbnRpYWwYAiABKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDcmVkZW50aWFsIi0KEkxpc3REZXZpY2VzUmVxdWVzdBIXCg9pbmNsdWRlX3Jldm9rZWQYASABKAgiPgoTTGlzdERldmljZXNSZXNwb25zZRInCgdkZXZpY2VzGAEgAygLMhYuc3dpdGNoYm9hcmQudjEuRGV2aWNlIigKE1Jldm9rZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIj4KFFJldm9rZURldmljZVJlc3BvbnNlEiYKBmRldmljZRgBIAEoCzIWLnN3aXRjaGJvYXJkLnYxLkRldmljZSI5ChJMb29rdXBVc2Vyc1JlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkSEQoJdXNlcm5hbWVzGAIgAygJIjoKE0xvb2t1cFVzZXJzUmVzcG9uc2USIwoFdXNlcnMYASADKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJImAKCkFwbnNUYXJnZXQSDQoFdG9rZW4YASABKAkSDQoFdG9waWMYAiABKAkSNAoLZW52aXJvbm1lbnQYAyABKA4yHy5zd2l0Y2hib2FyZC52MS5BcG5zRW52aXJvbm1lbnQiqQEKFFNldFB1c2hUYXJnZXRSZXF1ZXN0EjEKCHdlYl9wdXNoGAEgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgCIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYAyABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IhcKFVNldFB1c2hUYXJnZXRSZXNwb25zZSIZChdSZW1vdmVQdXNoVGFyZ2V0UmVxdWVzdCIaChhSZW1vdmVQdXNoVGFyZ2V0UmVzcG9uc2UiewoPUHJpdmFjeVNldHRpbmdzEjIKCWdyb3VwX2FkZBgBIAEoDjIfLnN3aXRjaGJvYXJkLnYxLlByaXZhY3lBdWRpZW5jZRI0CgtkaXJlY3Rfb3BlbhgCIAEoDjIfLnN3aXRjaGJvYXJkLnYxLlByaXZhY3lBdWRpZW5jZSITChFHZXRQcml2YWN5UmVxdWVzdCJHChJHZXRQcml2YWN5UmVzcG9uc2USMQoIc2V0dGluZ3MYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5U2V0dGluZ3MiRgoRU2V0UHJpdmFjeVJlcXVlc3QSMQoIc2V0dGluZ3MYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5U2V0dGluZ3MiRwoSU2V0UHJpdmFjeVJlc3BvbnNlEjEKCHNldHRpbmdzGAEgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeVNldHRpbmdzIiIKDlByaXZhY3lSZWZ1c2FsEhAKCHVzZXJfaWRzGAEgAygJKnIKD0FwbnNFbnZpcm9ubWVudBIgChxBUE5TX0VOVklST05NRU5UX1VOU1BFQ0lGSUVEEAASHAoYQVBOU19FTlZJUk9OTUVOVF9TQU5EQk9YEAESHwobQVBOU19FTlZJUk9OTUVOVF9QUk9EVUNUSU9OEAIqjgEKD1ByaXZhY3lBdWRpZW5jZRIgChxQUklWQUNZX0FVRElFTkNFX1VOU1BFQ0lGSUVEEAASHQoZUFJJVkFDWV9BVURJRU5DRV9FVkVSWU9ORRABEh0KGVBSSVZBQ1lfQVVESUVOQ0VfQ09OVEFDVFMQAhIbChdQUklWQUNZX0FVRElFTkNFX05PQk9EWRADMucHCg5BY2NvdW50U2VydmljZRJNCghSZWdpc3RlchIfLnN3aXRjaGJvYXJkLnYxLlJlZ2lzdGVyUmVxdWVzdBogLnN3aXRjaGJvYXJkLnYxLlJlZ2lzdGVyUmVzcG9uc2USVgoLQ3JlYXRlVG9rZW4SIi5zd2l0Y2hib2FyZC52MS5DcmVhdGVUb2tlblJlcXVlc3QaIy5zd2l0Y2hib2FyZC52MS5DcmVhdGVUb2tlblJlc3BvbnNlEl8KDkNyZWF0ZUxpbmtDb2RlEiUuc3dpdGNoYm9hcmQudjEuQ3JlYXRlTGlua0NvZGVSZXF1ZXN0GiYuc3dpdGNoYm9hcmQudjEuQ3JlYXRlTGlua0NvZGVSZXNwb25zZRJTCgpMaW5rRGV2aWNlEiEuc3dpdGNoYm9hcmQudjEuTGlua0RldmljZVJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5MaW5rRGV2aWNlUmVzcG9uc2USVgoLTGlzdERldmljZXMSIi5zd2l0Y2hib2FyZC52MS5MaXN0RGV2aWNlc1JlcXVlc3QaIy5zd2l0Y2hib2FyZC52MS5MaXN0RGV2aWNlc1Jlc3BvbnNlElkKDFJldm9rZURldmljZRIjLnN3aXRjaGJvYXJkLnYxLlJldm9rZURldmljZVJlcXVlc3QaJC5zd2l0Y2hib2FyZC52MS5SZXZva2VEZXZpY2VSZXNwb25zZRJWCgtMb29rdXBVc2VycxIiLnN3aXRjaGJvYXJkLnYxLkxvb2t1cFVzZXJzUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkxvb2t1cFVzZXJzUmVzcG9uc2USXAoNU2V0UHVzaFRhcmdldBIkLnN3aXRjaGJvYXJkLnYxLlNldFB1c2hUYXJnZXRSZXF1ZXN0GiUuc3dpdGNoYm9hcmQudjEuU2V0UHVzaFRhcmdldFJlc3BvbnNlEmUKEFJlbW92ZVB1c2hUYXJnZXQSJy5zd2l0Y2hib2FyZC52MS5SZW1vdmVQdXNoVGFyZ2V0UmVxdWVzdBooLnN3aXRjaGJvYXJkLnYxLlJlbW92ZVB1c2hUYXJnZXRSZXNwb25zZRJTCgpHZXRQcml2YWN5EiEuc3dpdGNoYm9hcmQudjEuR2V0UHJpdmFjeVJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5HZXRQcml2YWN5UmVzcG9uc2USUwoKU2V0UHJpdmFjeRIhLnN3aXRjaGJvYXJkLnYxLlNldFByaXZhY3lSZXF1ZXN0GiIuc3dpdGNoYm9hcmQudjEuU2V0UHJpdmFjeVJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("Ch1zd2l0Y2hib2FyZC92MS9hY2NvdW50cy5wcm90bxIOc3dpdGNoYm9hcmQudjEiVgoEVXNlchIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIVCg1jcmVhdGVkX2F0X21zGAQgASgDInsKBkRldmljZRIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEhUKDWNyZWF0ZWRfYXRfbXMYBCABKAMSFQoNcmV2b2tlZF9hdF9tcxgFIAEoAxIRCglwdXNoX2tpbmQYBiABKAkiTQoQRGV2aWNlQ3JlZGVudGlhbBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAMgASgJImQKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkSFAoMaW52aXRlX3Rva2VuGAQgASgJImwKEFJlZ2lzdGVyUmVzcG9uc2USIgoEdXNlchgBIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISNAoKY3JlZGVudGlhbBgCIAEoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNyZWRlbnRpYWwiPgoSQ3JlYXRlVG9rZW5SZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAIgASgJIkIKE0NyZWF0ZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAMiFwoVQ3JlYXRlTGlua0NvZGVSZXF1ZXN0Ij0KFkNyZWF0ZUxpbmtDb2RlUmVzcG9uc2USDAoEY29kZRgBIAEoCRIVCg1leHBpcmVzX2F0X21zGAIgASgDIjYKEUxpbmtEZXZpY2VSZXF1ZXN0EgwKBGNvZGUYASABKAkSEwoLZGV2aWNlX25hbWUYAiABKAkibgoSTGlua0RldmljZVJlc3BvbnNlEiIKBHVzZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEjQKCmNyZWRlbnRpYWwYAiABKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDcmVkZW50aWFsIi0KEkxpc3REZXZpY2VzUmVxdWVzdBIXCg9pbmNsdWRlX3Jldm9rZWQYASABKAgiPgoTTGlzdERldmljZXNSZXNwb25zZRInCgdkZXZpY2VzGAEgAygLMhYuc3dpdGNoYm9hcmQudjEuRGV2aWNlIigKE1Jldm9rZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIj4KFFJldm9rZURldmljZVJlc3BvbnNlEiYKBmRldmljZRgBIAEoCzIWLnN3aXRjaGJvYXJkLnYxLkRldmljZSI5ChJMb29rdXBVc2Vyc1JlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkSEQoJdXNlcm5hbWVzGAIgAygJIjoKE0xvb2t1cFVzZXJzUmVzcG9uc2USIwoFdXNlcnMYASADKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJImAKCkFwbnNUYXJnZXQSDQoFdG9rZW4YASABKAkSDQoFdG9waWMYAiABKAkSNAoLZW52aXJvbm1lbnQYAyABKA4yHy5zd2l0Y2hib2FyZC52MS5BcG5zRW52aXJvbm1lbnQiqQEKFFNldFB1c2hUYXJnZXRSZXF1ZXN0EjEKCHdlYl9wdXNoGAEgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgCIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYAyABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IhcKFVNldFB1c2hUYXJnZXRSZXNwb25zZSIZChdSZW1vdmVQdXNoVGFyZ2V0UmVxdWVzdCIaChhSZW1vdmVQdXNoVGFyZ2V0UmVzcG9uc2UiewoPUHJpdmFjeVNldHRpbmdzEjIKCWdyb3VwX2FkZBgBIAEoDjIfLnN3aXRjaGJvYXJkLnYxLlByaXZhY3lBdWRpZW5jZRI0CgtkaXJlY3Rfb3BlbhgCIAEoDjIfLnN3aXRjaGJvYXJkLnYxLlByaXZhY3lBdWRpZW5jZSITChFHZXRQcml2YWN5UmVxdWVzdCJHChJHZXRQcml2YWN5UmVzcG9uc2USMQoIc2V0dGluZ3MYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5U2V0dGluZ3MiRgoRU2V0UHJpdmFjeVJlcXVlc3QSMQoIc2V0dGluZ3MYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5U2V0dGluZ3MiRwoSU2V0UHJpdmFjeVJlc3BvbnNlEjEKCHNldHRpbmdzGAEgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeVNldHRpbmdzIiIKDlByaXZhY3lSZWZ1c2FsEhAKCHVzZXJfaWRzGAEgAygJIiMKEEJsb2NrVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIqChFCbG9ja1VzZXJSZXNwb25zZRIVCg1uZXdseV9ibG9ja2VkGAEgASgIIiUKElVuYmxvY2tVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIioKE1VuYmxvY2tVc2VyUmVzcG9uc2USEwoLd2FzX2Jsb2NrZWQYASABKAgiNQoLQmxvY2tlZFVzZXISDwoHdXNlcl9pZBgBIAEoCRIVCg1ibG9ja2VkX2F0X21zGAIgASgEIhkKF0xpc3RCbG9ja2VkVXNlcnNSZXF1ZXN0IkgKGExpc3RCbG9ja2VkVXNlcnNSZXNwb25zZRIsCgdibG9ja2VkGAEgAygLMhsuc3dpdGNoYm9hcmQudjEuQmxvY2tlZFVzZXIicgoQRGlzY2xvc2VkTWVzc2FnZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEhYKDnNlbmRlcl91c2VyX2lkGAMgASgJEhIKCnNlbnRfYXRfbXMYBCABKAQSDAoEdGV4dBgFIAEoCSKeAQoRUmVwb3J0VXNlclJlcXVlc3QSGAoQcmVwb3J0ZWRfdXNlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJEhIKCnRhcmdldF9zZXEYBCABKAQSMgoIbWVzc2FnZXMYBSADKAsyIC5zd2l0Y2hib2FyZC52MS5EaXNjbG9zZWRNZXNzYWdlIicKElJlcG9ydFVzZXJSZXNwb25zZRIRCglyZXBvcnRfaWQYASABKAkqcgoPQXBuc0Vudmlyb25tZW50EiAKHEFQTlNfRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIcChhBUE5TX0VOVklST05NRU5UX1NBTkRCT1gQARIfChtBUE5TX0VOVklST05NRU5UX1BST0RVQ1RJT04QAiqOAQoPUHJpdmFjeUF1ZGllbmNlEiAKHFBSSVZBQ1lfQVVESUVOQ0VfVU5TUEVDSUZJRUQQABIdChlQUklWQUNZX0FVRElFTkNFX0VWRVJZT05FEAESHQoZUFJJVkFDWV9BVURJRU5DRV9DT05UQUNUUxACEhsKF1BSSVZBQ1lfQVVESUVOQ0VfTk9CT0RZEAMyzQoKDkFjY291bnRTZXJ2aWNlEk0KCFJlZ2lzdGVyEh8uc3dpdGNoYm9hcmQudjEuUmVnaXN0ZXJSZXF1ZXN0GiAuc3dpdGNoYm9hcmQudjEuUmVnaXN0ZXJSZXNwb25zZRJWCgtDcmVhdGVUb2tlbhIiLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZVRva2VuUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZVRva2VuUmVzcG9uc2USXwoOQ3JlYXRlTGlua0NvZGUSJS5zd2l0Y2hib2FyZC52MS5DcmVhdGVMaW5rQ29kZVJlcXVlc3QaJi5zd2l0Y2hib2FyZC52MS5DcmVhdGVMaW5rQ29kZVJlc3BvbnNlElMKCkxpbmtEZXZpY2USIS5zd2l0Y2hib2FyZC52MS5MaW5rRGV2aWNlUmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLkxpbmtEZXZpY2VSZXNwb25zZRJWCgtMaXN0RGV2aWNlcxIiLnN3aXRjaGJvYXJkLnYxLkxpc3REZXZpY2VzUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkxpc3REZXZpY2VzUmVzcG9uc2USWQoMUmV2b2tlRGV2aWNlEiMuc3dpdGNoYm9hcmQudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBokLnN3aXRjaGJvYXJkLnYxLlJldm9rZURldmljZVJlc3BvbnNlElYKC0xvb2t1cFVzZXJzEiIuc3dpdGNoYm9hcmQudjEuTG9va3VwVXNlcnNSZXF1ZXN0GiMuc3dpdGNoYm9hcmQudjEuTG9va3VwVXNlcnNSZXNwb25zZRJcCg1TZXRQdXNoVGFyZ2V0EiQuc3dpdGNoYm9hcmQudjEuU2V0UHVzaFRhcmdldFJlcXVlc3QaJS5zd2l0Y2hib2FyZC52MS5TZXRQdXNoVGFyZ2V0UmVzcG9uc2USZQoQUmVtb3ZlUHVzaFRhcmdldBInLnN3aXRjaGJvYXJkLnYxLlJlbW92ZVB1c2hUYXJnZXRSZXF1ZXN0Giguc3dpdGNoYm9hcmQudjEuUmVtb3ZlUHVzaFRhcmdldFJlc3BvbnNlElMKCkdldFByaXZhY3kSIS5zd2l0Y2hib2FyZC52MS5HZXRQcml2YWN5UmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLkdldFByaXZhY3lSZXNwb25zZRJTCgpTZXRQcml2YWN5EiEuc3dpdGNoYm9hcmQudjEuU2V0UHJpdmFjeVJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5TZXRQcml2YWN5UmVzcG9uc2USUAoJQmxvY2tVc2VyEiAuc3dpdGNoYm9hcmQudjEuQmxvY2tVc2VyUmVxdWVzdBohLnN3aXRjaGJvYXJkLnYxLkJsb2NrVXNlclJlc3BvbnNlElYKC1VuYmxvY2tVc2VyEiIuc3dpdGNoYm9hcmQudjEuVW5ibG9ja1VzZXJSZXF1ZXN0GiMuc3dpdGNoYm9hcmQudjEuVW5ibG9ja1VzZXJSZXNwb25zZRJlChBMaXN0QmxvY2tlZFVzZXJzEicuc3dpdGNoYm9hcmQudjEuTGlzdEJsb2NrZWRVc2Vyc1JlcXVlc3QaKC5zd2l0Y2hib2FyZC52MS5MaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USUwoKUmVwb3J0VXNlchIhLnN3aXRjaGJvYXJkLnYxLlJlcG9ydFVzZXJSZXF1ZXN0GiIuc3dpdGNoYm9hcmQudjEuUmVwb3J0VXNlclJlc3BvbnNlYgZwcm90bzM");
 
 /**
  * A user as other users see it.
@@ -821,6 +821,275 @@ export const PrivacyRefusalSchema: GenMessage<PrivacyRefusal> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_accounts, 29);
 
 /**
+ * AccountService.BlockUser request.
+ *
+ * @generated from message switchboard.v1.BlockUserRequest
+ */
+export type BlockUserRequest = Message<"switchboard.v1.BlockUserRequest"> & {
+  /**
+   * The user to block ("u_..."); NOT_FOUND for an unknown user, INVALID_ARGUMENT for oneself.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message switchboard.v1.BlockUserRequest.
+ * Use `create(BlockUserRequestSchema)` to create a new message.
+ */
+export const BlockUserRequestSchema: GenMessage<BlockUserRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 30);
+
+/**
+ * AccountService.BlockUser response.
+ *
+ * @generated from message switchboard.v1.BlockUserResponse
+ */
+export type BlockUserResponse = Message<"switchboard.v1.BlockUserResponse"> & {
+  /**
+   * False when the user was blocked already (nothing changed).
+   *
+   * @generated from field: bool newly_blocked = 1;
+   */
+  newlyBlocked: boolean;
+};
+
+/**
+ * Describes the message switchboard.v1.BlockUserResponse.
+ * Use `create(BlockUserResponseSchema)` to create a new message.
+ */
+export const BlockUserResponseSchema: GenMessage<BlockUserResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 31);
+
+/**
+ * AccountService.UnblockUser request.
+ *
+ * @generated from message switchboard.v1.UnblockUserRequest
+ */
+export type UnblockUserRequest = Message<"switchboard.v1.UnblockUserRequest"> & {
+  /**
+   * The user to unblock ("u_...").
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message switchboard.v1.UnblockUserRequest.
+ * Use `create(UnblockUserRequestSchema)` to create a new message.
+ */
+export const UnblockUserRequestSchema: GenMessage<UnblockUserRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 32);
+
+/**
+ * AccountService.UnblockUser response.
+ *
+ * @generated from message switchboard.v1.UnblockUserResponse
+ */
+export type UnblockUserResponse = Message<"switchboard.v1.UnblockUserResponse"> & {
+  /**
+   * False when the user was not blocked (nothing changed).
+   *
+   * @generated from field: bool was_blocked = 1;
+   */
+  wasBlocked: boolean;
+};
+
+/**
+ * Describes the message switchboard.v1.UnblockUserResponse.
+ * Use `create(UnblockUserResponseSchema)` to create a new message.
+ */
+export const UnblockUserResponseSchema: GenMessage<UnblockUserResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 33);
+
+/**
+ * One user the caller blocked.
+ *
+ * @generated from message switchboard.v1.BlockedUser
+ */
+export type BlockedUser = Message<"switchboard.v1.BlockedUser"> & {
+  /**
+   * The blocked user.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * When the block was made, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: uint64 blocked_at_ms = 2;
+   */
+  blockedAtMs: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.BlockedUser.
+ * Use `create(BlockedUserSchema)` to create a new message.
+ */
+export const BlockedUserSchema: GenMessage<BlockedUser> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 34);
+
+/**
+ * AccountService.ListBlockedUsers request.
+ *
+ * @generated from message switchboard.v1.ListBlockedUsersRequest
+ */
+export type ListBlockedUsersRequest = Message<"switchboard.v1.ListBlockedUsersRequest"> & {
+};
+
+/**
+ * Describes the message switchboard.v1.ListBlockedUsersRequest.
+ * Use `create(ListBlockedUsersRequestSchema)` to create a new message.
+ */
+export const ListBlockedUsersRequestSchema: GenMessage<ListBlockedUsersRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 35);
+
+/**
+ * AccountService.ListBlockedUsers response.
+ *
+ * @generated from message switchboard.v1.ListBlockedUsersResponse
+ */
+export type ListBlockedUsersResponse = Message<"switchboard.v1.ListBlockedUsersResponse"> & {
+  /**
+   * Every block of the caller (at most the server's cap, 1,000), by user id.
+   *
+   * @generated from field: repeated switchboard.v1.BlockedUser blocked = 1;
+   */
+  blocked: BlockedUser[];
+};
+
+/**
+ * Describes the message switchboard.v1.ListBlockedUsersResponse.
+ * Use `create(ListBlockedUsersResponseSchema)` to create a new message.
+ */
+export const ListBlockedUsersResponseSchema: GenMessage<ListBlockedUsersResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 36);
+
+/**
+ * One message the reporter's device decrypted and chose to disclose with a report.
+ *
+ * @generated from message switchboard.v1.DisclosedMessage
+ */
+export type DisclosedMessage = Message<"switchboard.v1.DisclosedMessage"> & {
+  /**
+   * The conversation it was in ("d_..." or "g_...").
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * Its position in that conversation's log.
+   *
+   * @generated from field: uint64 seq = 2;
+   */
+  seq: bigint;
+
+  /**
+   * Who sent it, as the reporter's device saw it.
+   *
+   * @generated from field: string sender_user_id = 3;
+   */
+  senderUserId: string;
+
+  /**
+   * When the server stored it, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: uint64 sent_at_ms = 4;
+   */
+  sentAtMs: bigint;
+
+  /**
+   * The plaintext, as the reporter's device decrypted it: at most 4,096 bytes of UTF-8.
+   *
+   * @generated from field: string text = 5;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message switchboard.v1.DisclosedMessage.
+ * Use `create(DisclosedMessageSchema)` to create a new message.
+ */
+export const DisclosedMessageSchema: GenMessage<DisclosedMessage> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 37);
+
+/**
+ * AccountService.ReportUser request. At most 50 messages and 64 KiB of text in all;
+ * INVALID_ARGUMENT past either.
+ *
+ * @generated from message switchboard.v1.ReportUserRequest
+ */
+export type ReportUserRequest = Message<"switchboard.v1.ReportUserRequest"> & {
+  /**
+   * The reported user ("u_..."); NOT_FOUND for an unknown user, INVALID_ARGUMENT for oneself.
+   *
+   * @generated from field: string reported_user_id = 1;
+   */
+  reportedUserId: string;
+
+  /**
+   * Why, in the reporter's words: at most 500 characters.
+   *
+   * @generated from field: string reason = 2;
+   */
+  reason: string;
+
+  /**
+   * The conversation of a reported message, or empty when reporting the user.
+   *
+   * @generated from field: string conversation_id = 3;
+   */
+  conversationId: string;
+
+  /**
+   * The reported message's seq in conversation_id, or 0.
+   *
+   * @generated from field: uint64 target_seq = 4;
+   */
+  targetSeq: bigint;
+
+  /**
+   * What the reporter's device decided to disclose, oldest first. The server cannot check it
+   * against the ciphertexts it stores; operators read it as the reporter's account.
+   *
+   * @generated from field: repeated switchboard.v1.DisclosedMessage messages = 5;
+   */
+  messages: DisclosedMessage[];
+};
+
+/**
+ * Describes the message switchboard.v1.ReportUserRequest.
+ * Use `create(ReportUserRequestSchema)` to create a new message.
+ */
+export const ReportUserRequestSchema: GenMessage<ReportUserRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 38);
+
+/**
+ * AccountService.ReportUser response.
+ *
+ * @generated from message switchboard.v1.ReportUserResponse
+ */
+export type ReportUserResponse = Message<"switchboard.v1.ReportUserResponse"> & {
+  /**
+   * The stored report's id ("rp_...").
+   *
+   * @generated from field: string report_id = 1;
+   */
+  reportId: string;
+};
+
+/**
+ * Describes the message switchboard.v1.ReportUserResponse.
+ * Use `create(ReportUserResponseSchema)` to create a new message.
+ */
+export const ReportUserResponseSchema: GenMessage<ReportUserResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 39);
+
+/**
  * Which APNs environment issued a device token.
  *
  * @generated from enum switchboard.v1.ApnsEnvironment
@@ -1014,6 +1283,49 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof SetPrivacyRequestSchema;
     output: typeof SetPrivacyResponseSchema;
+  },
+  /**
+   * Blocks a user: they can no longer send to the caller in direct conversations, see the
+   * caller's presence, last seen or typing, start a direct conversation with or add the caller to
+   * groups. Groups already shared are unaffected. Private: only the caller's own devices list it.
+   *
+   * @generated from rpc switchboard.v1.AccountService.BlockUser
+   */
+  blockUser: {
+    methodKind: "unary";
+    input: typeof BlockUserRequestSchema;
+    output: typeof BlockUserResponseSchema;
+  },
+  /**
+   * Lifts a block; unknown or not blocked is not an error.
+   *
+   * @generated from rpc switchboard.v1.AccountService.UnblockUser
+   */
+  unblockUser: {
+    methodKind: "unary";
+    input: typeof UnblockUserRequestSchema;
+    output: typeof UnblockUserResponseSchema;
+  },
+  /**
+   * The users the caller has blocked, from any of the caller's devices.
+   *
+   * @generated from rpc switchboard.v1.AccountService.ListBlockedUsers
+   */
+  listBlockedUsers: {
+    methodKind: "unary";
+    input: typeof ListBlockedUsersRequestSchema;
+    output: typeof ListBlockedUsersResponseSchema;
+  },
+  /**
+   * Reports a user (or some of their messages) to the operators, with the plaintexts the
+   * caller's device chose to disclose. Rate-limited per reporter (RESOURCE_EXHAUSTED).
+   *
+   * @generated from rpc switchboard.v1.AccountService.ReportUser
+   */
+  reportUser: {
+    methodKind: "unary";
+    input: typeof ReportUserRequestSchema;
+    output: typeof ReportUserResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_v1_accounts, 0);

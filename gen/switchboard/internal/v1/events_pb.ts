@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/events.proto.
  */
 export const file_switchboard_internal_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("CiRzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ldmVudHMucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIqAECghCdXNFdmVudBJCCg9lbnRyeV9jb21taXR0ZWQYASABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5FbnRyeUNvbW1pdHRlZEgAEkAKDnJlY2VpcHRfaXNzdWVkGAIgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmVjZWlwdElzc3VlZEgAEkAKDnR5cGluZ19yZWxheWVkGAMgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVHlwaW5nUmVsYXllZEgAEkQKEHByZXNlbmNlX2NoYW5nZWQYBCABKAsyKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5QcmVzZW5jZUNoYW5nZWRIABJACg5kZXZpY2VfcmV2b2tlZBgFIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJldm9rZWRIABI6CgtwcmVrZXlzX2xvdxgHIAEoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlByZWtleXNMb3dIABJKCg10cmFjZV9jb250ZXh0GAYgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQnVzRXZlbnQuVHJhY2VDb250ZXh0RW50cnkaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVldmVudCKIAQoORW50cnlDb21taXR0ZWQSJAoFZW50cnkYASABKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIXCg9tZW1iZXJzX3ZlcnNpb24YAiABKAQSIAoYZXh0cmFfcmVjaXBpZW50X3VzZXJfaWRzGAMgAygJEhUKDW11dGVzX3ZlcnNpb24YBCABKAQiVwoNUmVjZWlwdElzc3VlZBItCgdyZWNlaXB0GAEgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lEhcKD25vdGlmeV91c2VyX2lkcxgCIAMoCSJdCg1UeXBpbmdSZWxheWVkEjAKBnR5cGluZxgBIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWUSGgoScmVjaXBpZW50X3VzZXJfaWRzGAIgAygJIkIKD1ByZXNlbmNlQ2hhbmdlZBIvCghwcmVzZW5jZRgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWUiMwoNRGV2aWNlUmV2b2tlZBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSJgCgpQcmVrZXlzTG93Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEi4KBWZyYW1lGAMgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lIrcCCghEZWxpdmVyeRISCgpkZXZpY2VfaWRzGAEgAygJEiYKBWVudHJ5GAIgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnlIABIvCgdyZWNlaXB0GAMgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lSAASMgoGdHlwaW5nGAQgASgLMiAuc3dpdGNoYm9hcmQudjEuVHlwaW5nRXZlbnRGcmFtZUgAEkoKDXRyYWNlX2NvbnRleHQYBSADKAsyMy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EZWxpdmVyeS5UcmFjZUNvbnRleHRFbnRyeRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB3BheWxvYWQiRgoNRGVsaXZlcnlCYXRjaBI1CgpkZWxpdmVyaWVzGAEgAygLMiEuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGVsaXZlcnliBnByb3RvMw", [file_switchboard_v1_entry, file_switchboard_v1_gateway]);
+  fileDesc("CiRzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ldmVudHMucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIuIECghCdXNFdmVudBJCCg9lbnRyeV9jb21taXR0ZWQYASABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5FbnRyeUNvbW1pdHRlZEgAEkAKDnJlY2VpcHRfaXNzdWVkGAIgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmVjZWlwdElzc3VlZEgAEkAKDnR5cGluZ19yZWxheWVkGAMgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVHlwaW5nUmVsYXllZEgAEkQKEHByZXNlbmNlX2NoYW5nZWQYBCABKAsyKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5QcmVzZW5jZUNoYW5nZWRIABJACg5kZXZpY2VfcmV2b2tlZBgFIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJldm9rZWRIABI6CgtwcmVrZXlzX2xvdxgHIAEoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlByZWtleXNMb3dIABJACg5ibG9ja3NfY2hhbmdlZBgMIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkJsb2Nrc0NoYW5nZWRIABJKCg10cmFjZV9jb250ZXh0GAYgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQnVzRXZlbnQuVHJhY2VDb250ZXh0RW50cnkaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVldmVudCKIAQoORW50cnlDb21taXR0ZWQSJAoFZW50cnkYASABKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIXCg9tZW1iZXJzX3ZlcnNpb24YAiABKAQSIAoYZXh0cmFfcmVjaXBpZW50X3VzZXJfaWRzGAMgAygJEhUKDW11dGVzX3ZlcnNpb24YBCABKAQiVwoNUmVjZWlwdElzc3VlZBItCgdyZWNlaXB0GAEgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lEhcKD25vdGlmeV91c2VyX2lkcxgCIAMoCSJdCg1UeXBpbmdSZWxheWVkEjAKBnR5cGluZxgBIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWUSGgoScmVjaXBpZW50X3VzZXJfaWRzGAIgAygJIkIKD1ByZXNlbmNlQ2hhbmdlZBIvCghwcmVzZW5jZRgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWUiMwoNRGV2aWNlUmV2b2tlZBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSIgCg1CbG9ja3NDaGFuZ2VkEg8KB3VzZXJfaWQYASABKAkiYAoKUHJla2V5c0xvdxIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIuCgVmcmFtZRgDIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlByZWtleXNMb3dGcmFtZSK3AgoIRGVsaXZlcnkSEgoKZGV2aWNlX2lkcxgBIAMoCRImCgVlbnRyeRgCIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5SAASLwoHcmVjZWlwdBgDIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgEIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABJKCg10cmFjZV9jb250ZXh0GAUgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGVsaXZlcnkuVHJhY2VDb250ZXh0RW50cnkaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIJCgdwYXlsb2FkIkYKDURlbGl2ZXJ5QmF0Y2gSNQoKZGVsaXZlcmllcxgBIAMoCzIhLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRlbGl2ZXJ5YgZwcm90bzM", [file_switchboard_v1_entry, file_switchboard_v1_gateway]);
 
 /**
  * What the sequencer publishes on the bus after a commit, and what other services broadcast.
@@ -76,6 +76,15 @@ export type BusEvent = Message<"switchboard.internal.v1.BusEvent"> & {
      */
     value: PrekeysLow;
     case: "prekeysLow";
+  } | {
+    /**
+     * A user's blocks changed; gateways drop their cached copy. (A high number, clear of the
+     * next events other work adds.)
+     *
+     * @generated from field: switchboard.internal.v1.BlocksChanged blocks_changed = 12;
+     */
+    value: BlocksChanged;
+    case: "blocksChanged";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -245,6 +254,27 @@ export const DeviceRevokedSchema: GenMessage<DeviceRevoked> = /*@__PURE__*/
   messageDesc(file_switchboard_internal_v1_events, 5);
 
 /**
+ * A user blocked or unblocked someone (published by accounts).
+ *
+ * @generated from message switchboard.internal.v1.BlocksChanged
+ */
+export type BlocksChanged = Message<"switchboard.internal.v1.BlocksChanged"> & {
+  /**
+   * The user whose blocks changed.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.BlocksChanged.
+ * Use `create(BlocksChangedSchema)` to create a new message.
+ */
+export const BlocksChangedSchema: GenMessage<BlocksChanged> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_events, 6);
+
+/**
  * A device is running low on one-time prekeys (published by accounts after a bundle fetch).
  *
  * @generated from message switchboard.internal.v1.PrekeysLow
@@ -277,7 +307,7 @@ export type PrekeysLow = Message<"switchboard.internal.v1.PrekeysLow"> & {
  * Use `create(PrekeysLowSchema)` to create a new message.
  */
 export const PrekeysLowSchema: GenMessage<PrekeysLow> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_events, 6);
+  messageDesc(file_switchboard_internal_v1_events, 7);
 
 /**
  * One payload for some device streams on one gateway.
@@ -336,7 +366,7 @@ export type Delivery = Message<"switchboard.internal.v1.Delivery"> & {
  * Use `create(DeliverySchema)` to create a new message.
  */
 export const DeliverySchema: GenMessage<Delivery> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_events, 7);
+  messageDesc(file_switchboard_internal_v1_events, 8);
 
 /**
  * What fanout sends to one gateway in one go.
@@ -357,5 +387,5 @@ export type DeliveryBatch = Message<"switchboard.internal.v1.DeliveryBatch"> & {
  * Use `create(DeliveryBatchSchema)` to create a new message.
  */
 export const DeliveryBatchSchema: GenMessage<DeliveryBatch> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_events, 8);
+  messageDesc(file_switchboard_internal_v1_events, 9);
 

@@ -13,6 +13,7 @@ export {
   REGISTRATION_MODES,
   type RegistrationMode,
 } from "./config/accounts.js";
+export { type CallsConfig, TURN_TTL_BOUNDS, type TurnConfig } from "./config/calls.js";
 export { environment, settingsEnvironment, settingVariables } from "./config/environment.js";
 export { ConfigurationError } from "./config/error.js";
 export {

@@ -9,6 +9,7 @@ import {
   loadPrivacyDefaults,
   type PrivacyDefaults,
 } from "./accounts.js";
+import { type CallsConfig, loadCalls } from "./calls.js";
 import { environment } from "./environment.js";
 import { fail } from "./error.js";
 import { type EdgeLimits, type Limits, loadEdge, loadLimits } from "./limits.js";
@@ -66,6 +67,8 @@ export interface Config {
   accountLimits: AccountLimits;
   /** Which web origins may call the device API from a browser (CORS). */
   web: WebConfig;
+  /** Calls: the TURN relays devices are given credentials for. */
+  calls: CallsConfig;
   /**
    * The ScyllaDB connection, when this process opens the store there (SWITCHBOARD_STORE=scylla
    * and it runs accounts or the sequencer); undefined otherwise, and SCYLLA_* is not read.
@@ -75,7 +78,7 @@ export interface Config {
 
 /** Overrides accepted by loadConfig; limits and push settings may be given in part. */
 export type ConfigInput = Partial<
-  Omit<Config, "limits" | "push" | "mesh" | "tracing" | "edge" | "accountLimits" | "scylla" | "web">
+  Omit<Config, "limits" | "push" | "mesh" | "tracing" | "edge" | "accountLimits" | "scylla" | "web" | "calls">
 > & {
   web?: Partial<WebConfig>;
   limits?: Partial<Limits>;
@@ -162,6 +165,7 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
     privacyDefaults: loadPrivacyDefaults(input.privacyDefaults, env),
     accountLimits: loadAccountLimits(input.accountLimits, env),
     web: loadWeb(input.web, env),
+    calls: loadCalls(env),
     scylla: undefined,
   };
   if (config.shardCount < 1 || config.shardCount > 4096) fail("shardCount must be between 1 and 4096");

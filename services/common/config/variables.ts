@@ -4,6 +4,7 @@
  */
 import type { z } from "zod";
 import { accountVariables, privacyVariables } from "./accounts.js";
+import { callVariables } from "./calls.js";
 import { edgeVariables, limitVariables } from "./limits.js";
 import { serverVariables } from "./load.js";
 import { localMediaVariables, mediaVariables, minioVariables } from "./media.js";
@@ -28,4 +29,5 @@ export const VARIABLES: Readonly<Record<string, z.ZodObject>> = {
   privacy: privacyVariables,
   scylla: scyllaVariables,
   web: webVariables,
+  calls: callVariables,
 };

@@ -329,8 +329,77 @@ export interface PrivacyRecord {
   directOpen?: PrivacyAudience;
 }
 
+/** One block: a user no longer reachable by another (services/accounts/blocks.ts). */
+export interface BlockRecord {
+  /** The blocked user. */
+  blockedUserId: string;
+  /** When the block was made, in milliseconds since the Unix epoch. */
+  blockedAtMs: number;
+}
+
+/** A message a reporter's device decrypted and disclosed with a report. */
+export interface DisclosedMessageRecord {
+  /** Its conversation. */
+  conversationId: string;
+  /** Its seq there. */
+  seq: number;
+  /** Its sender as the reporter's device saw it. */
+  senderUserId: string;
+  /** When the server stored it, in milliseconds since the Unix epoch. */
+  sentAtMs: number;
+  /** The plaintext (bounded by the accounts service: 4,096 bytes each, 64 KiB a report). */
+  text: string;
+}
+
+/** A user's report of another user, kept for operators. */
+export interface ReportRecord {
+  /** "rp_..." (time-ordered: newer ids sort after older ones). */
+  reportId: string;
+  /** Who reported. */
+  reporterUserId: string;
+  /** Who was reported. */
+  reportedUserId: string;
+  /** When, in milliseconds since the Unix epoch. */
+  createdAtMs: number;
+  /** The reporter's words. */
+  reason: string;
+  /** The reported message's conversation, or "". */
+  conversationId: string;
+  /** The reported message's seq, or 0. */
+  targetSeq: number;
+  /** What the reporter's device disclosed, oldest first. */
+  messages: DisclosedMessageRecord[];
+}
+
+/**
+ * Users' blocks and reports: account data, kept by the accounts store of each engine (the
+ * AccountStore includes it).
+ */
+export interface SafetyStore {
+  /**
+   * Records that userId blocked blockedUserId at atMs; returns false (nothing written) when it
+   * was blocked already. Rejects with StoreError "limit" when userId already has maxBlocks blocks
+   * (LMDB checks atomically; ScyllaDB counts before writing, so racing blocks may pass it by a few).
+   */
+  block(userId: string, blockedUserId: string, atMs: number, maxBlocks: number): Promise<boolean>;
+  /** Removes a block; returns whether there was one. */
+  unblock(userId: string, blockedUserId: string): Promise<boolean>;
+  /** The blocks of a user, by blocked user id; empty for an unknown user. */
+  listBlocked(userId: string): Promise<BlockRecord[]>;
+  /** Stores a report (its id is new). */
+  putReport(report: ReportRecord): Promise<void>;
+  /**
+   * Reports newest first (by reportId), of one reported user or (undefined) of everyone, at most
+   * `limit`; `truncated` when there were more. ScyllaDB lists everyone's from the last 90 days.
+   */
+  listReports(
+    reportedUserId: string | undefined,
+    limit: number,
+  ): Promise<{ reports: ReportRecord[]; truncated: boolean }>;
+}
+
 /** Users, devices and link codes. */
-export interface AccountStore {
+export interface AccountStore extends SafetyStore {
   /**
    * Creates a user with its first device. Rejects with StoreError "already_exists" when the
    * username is taken (atomically: two concurrent registrations of one name, one wins).

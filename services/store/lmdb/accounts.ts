@@ -2,15 +2,18 @@ import type { Database, Key } from "lmdb";
 import { StoreError } from "../errors.js";
 import type {
   AccountStore,
+  BlockRecord,
   DeviceRecord,
   InviteRecord,
   InviteTake,
   LinkCodeRecord,
   PrivacyRecord,
   PushRegistration,
+  ReportRecord,
   UserRecord,
 } from "../types.js";
 import type { WriteUnit } from "./conversations.js";
+import { LmdbSafetyStore, type SafetyDbs } from "./safety.js";
 
 /** The sub-databases of the accounts port; engine.ts documents the key layout. */
 export interface AccountDbs {
@@ -21,6 +24,8 @@ export interface AccountDbs {
   linkCodes: Database<LinkCodeRecord, Key>;
   userPrivacy: Database<PrivacyRecord, Key>;
   invites: Database<InviteRecord, Key>;
+  /** Blocks and reports (safety.ts). */
+  safety: SafetyDbs;
 }
 
 // See conversations.ts: an exclusive upper bound for every key that starts with a prefix.
@@ -75,10 +80,35 @@ function inviteRecord(i: InviteRecord): InviteRecord {
  * (see engine.ts), so concurrent callers are serialised and each sees the others' writes.
  */
 export class LmdbAccountStore implements AccountStore {
+  /** Blocks and reports, in a file of their own. */
+  private readonly safety: LmdbSafetyStore;
+
   constructor(
     private readonly dbs: AccountDbs,
     private readonly writeUnit: WriteUnit,
-  ) {}
+  ) {
+    this.safety = new LmdbSafetyStore(dbs.safety, writeUnit);
+  }
+
+  block(userId: string, blockedUserId: string, atMs: number, maxBlocks: number): Promise<boolean> {
+    return this.safety.block(userId, blockedUserId, atMs, maxBlocks);
+  }
+
+  unblock(userId: string, blockedUserId: string): Promise<boolean> {
+    return this.safety.unblock(userId, blockedUserId);
+  }
+
+  listBlocked(userId: string): Promise<BlockRecord[]> {
+    return this.safety.listBlocked(userId);
+  }
+
+  putReport(report: ReportRecord): Promise<void> {
+    return this.safety.putReport(report);
+  }
+
+  listReports(reportedUserId: string | undefined, limit: number) {
+    return this.safety.listReports(reportedUserId, limit);
+  }
 
   async createUser(user: UserRecord, firstDevice: DeviceRecord): Promise<void> {
     if (firstDevice.userId !== user.userId) {

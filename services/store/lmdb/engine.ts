@@ -24,6 +24,7 @@
  *   linkCodes           codeHash                                    LinkCodeRecord
  *   userPrivacy         userId                                      PrivacyRecord (set fields only)
  *   invites             inviteId                                    InviteRecord (registration invites)
+ *   userBlocks, reports, reportsByUser: see safety.ts
  *   deviceKeys          deviceId                                    DeviceKeysRecord
  *   oneTimePrekeys      [deviceId, "ec" | "kyber", keyId]           { publicKey, signature? }
  *   prekeyCounts        deviceId                                    { ec, kyber } (one-time keys left)
@@ -104,6 +105,7 @@ export class LmdbStoreEngine implements StoreEngine {
       linkCodes: db("linkCodes"),
       userPrivacy: db("userPrivacy"),
       invites: db("invites"),
+      safety: { userBlocks: db("userBlocks"), reports: db("reports"), reportsByUser: db("reportsByUser") },
     };
     this.conversations = new LmdbConversationStore(conversations, writeUnit);
     this.accounts = new LmdbAccountStore(accounts, writeUnit);

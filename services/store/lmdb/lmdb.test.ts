@@ -11,6 +11,7 @@ import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entr
 import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
+import { runSafetyStoreConformance } from "../conformance/safety.js";
 import { openLmdbStore } from "./engine.js";
 
 const dirs: string[] = [];
@@ -30,6 +31,7 @@ const openFresh = async () => openLmdbStore({ path: await tempDir() });
 runConversationStoreConformance(openFresh);
 runAccountStoreConformance(openFresh);
 runKeyStoreConformance(openFresh);
+runSafetyStoreConformance(openFresh);
 
 function message(conversationId: string, seq: number) {
   return create(EntrySchema, {

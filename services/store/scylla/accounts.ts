@@ -2,6 +2,7 @@ import { MAX_TTL_SECONDS } from "../../common/config.js";
 import { StoreError } from "../errors.js";
 import type {
   AccountStore,
+  BlockRecord,
   DeviceRecord,
   InviteRecord,
   InviteTake,
@@ -9,11 +10,13 @@ import type {
   PrivacyAudience,
   PrivacyRecord,
   PushRegistration,
+  ReportRecord,
   UserRecord,
 } from "../types.js";
 import { deleteUser, setSuspended, suspendedAt } from "./operator.js";
 import { outageOf } from "./outage.js";
 import { unknownOutcome } from "./outcome.js";
+import { ScyllaSafetyStore } from "./safety.js";
 import { type Cql, num, type Row, sleep } from "./schema.js";
 
 /**
@@ -131,7 +134,32 @@ interface DevicePointer {
  * conditional one it should have followed.
  */
 export class ScyllaAccountStore implements AccountStore {
-  constructor(private readonly cql: Cql) {}
+  /** Blocks and reports, in a file of their own. */
+  private readonly safety: ScyllaSafetyStore;
+
+  constructor(private readonly cql: Cql) {
+    this.safety = new ScyllaSafetyStore(cql);
+  }
+
+  block(userId: string, blockedUserId: string, atMs: number, maxBlocks: number): Promise<boolean> {
+    return this.safety.block(userId, blockedUserId, atMs, maxBlocks);
+  }
+
+  unblock(userId: string, blockedUserId: string): Promise<boolean> {
+    return this.safety.unblock(userId, blockedUserId);
+  }
+
+  listBlocked(userId: string): Promise<BlockRecord[]> {
+    return this.safety.listBlocked(userId);
+  }
+
+  putReport(report: ReportRecord): Promise<void> {
+    return this.safety.putReport(report);
+  }
+
+  listReports(reportedUserId: string | undefined, limit: number) {
+    return this.safety.listReports(reportedUserId, limit);
+  }
 
   /**
    * The username claim is the commit point and comes first, so a losing registration writes

@@ -269,6 +269,33 @@ export const MIGRATIONS: readonly Migration[] = [
         suspended_at_ms bigint)`,
     ],
   },
+  {
+    id: "0010_blocks_and_reports",
+    description: "users' blocks of other users, and their reports for operators",
+    statements: [
+      // One partition per blocking user: the gateways read a user's whole list at once.
+      `CREATE TABLE IF NOT EXISTS user_blocks (
+        user_id text,
+        blocked_user_id text,
+        blocked_at_ms bigint,
+        PRIMARY KEY (user_id, blocked_user_id))`,
+      // A report's body (JSON of the ReportRecord) by id; the two listings below hold ids only.
+      `CREATE TABLE IF NOT EXISTS abuse_reports (
+        report_id text PRIMARY KEY,
+        body text)`,
+      // Report ids sort by time, so each listing reads its partition in reverse.
+      `CREATE TABLE IF NOT EXISTS abuse_reports_by_user (
+        reported_user_id text,
+        report_id text,
+        PRIMARY KEY (reported_user_id, report_id))`,
+      // Everyone's reports by UTC day (days since the epoch): reports are rate-limited per
+      // reporter, so a day's partition stays small enough to read whole.
+      `CREATE TABLE IF NOT EXISTS abuse_reports_by_day (
+        day int,
+        report_id text,
+        PRIMARY KEY (day, report_id))`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

@@ -8,6 +8,7 @@ import { loadScyllaConfig } from "../../common/config.js";
 import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
+import { runSafetyStoreConformance } from "../conformance/safety.js";
 import type { StoreEngine } from "../types.js";
 import {
   bucketOf,
@@ -85,6 +86,7 @@ describe("ScyllaDB engine against a server", { skip: SKIP }, () => {
   runConversationStoreConformance(open);
   runAccountStoreConformance(open);
   runKeyStoreConformance(open);
+  runSafetyStoreConformance(open);
 
   it("hands out each one-time prekey once to 200 concurrent takes from two processes", async () => {
     assert.ok(shared !== undefined);

@@ -69,7 +69,8 @@ export function authInterceptor(core: GatewayCore): Interceptor {
   };
 }
 
-function principal(ctx: HandlerContext): Principal {
+/** The device a call acts for, as authInterceptor established it. */
+export function principal(ctx: HandlerContext): Principal {
   const p = ctx.values.get(principalKey);
   if (p === undefined) throw new UnauthenticatedError("not authenticated");
   return p;

@@ -4,6 +4,8 @@
  * gateway's own and may change without notice.
  */
 
+// Calls: TURN credentials (the call frames travel on the device stream).
+export { CallService, callService } from "./calls/handler.js";
 // The manager holding every device stream of this process, and what it is given.
 export { GatewayCore, type GatewayDeps } from "./gateway.js";
 // The public RPC faces the network serves, and the forwarders to the services behind them.
@@ -16,5 +18,6 @@ export {
   gatewayService,
   keyForwarder,
   mediaForwarder,
+  principal,
 } from "./handlers.js";
 export type { GatewayMetrics, GatewayObserver, ObservedGateway } from "./types.js";

@@ -17,13 +17,16 @@ import { serverTelemetry } from "../common/rpc-telemetry.js";
 import {
   accountForwarder,
   authInterceptor,
+  CallService,
   ConversationService,
+  callService,
   conversationService,
   type GatewayCore,
   GatewayService,
   gatewayService,
   keyForwarder,
   mediaForwarder,
+  principal,
 } from "../gateway/index.js";
 import type { StartedMedia } from "../media/index.js";
 import type { Notifier } from "../notification/index.js";
@@ -78,6 +81,8 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
           ConversationService,
           conversationService(gateway, directoryClient(ctx), config.limits.maxGroupSize),
         );
+        // TURN credentials for calls, signed here with the secret the relays share.
+        router.service(CallService, callService(config.calls.turn, principal));
         // Devices reach the account API through their gateway, which forwards it as is.
         router.service(AccountService, accountForwarder(directoryAccounts()));
         router.service(

@@ -33,6 +33,8 @@ export interface AccountLimits {
    * carry only the signed prekey and the Kyber last-resort prekey, which still open a session.
    */
   oneTimePrekeysPerPairPerDay: number;
+  /** Reports (ReportUser) one user may make per day. */
+  reportsPerDay: number;
   /**
    * "open": anyone may register (within the rate limits); "invite": only with a token from an
    * operator's invite (`switchboard admin invite create`). SWITCHBOARD_REGISTRATION, default open.
@@ -110,6 +112,7 @@ const COUNTS = {
   lookupsPerMinute: ["SWITCHBOARD_LOOKUPS_PER_MINUTE", 300],
   bundleFetchesPerMinute: ["SWITCHBOARD_BUNDLE_FETCHES_PER_MINUTE", 1200],
   oneTimePrekeysPerPairPerDay: ["SWITCHBOARD_ONE_TIME_PREKEYS_PER_PAIR_PER_DAY", 4],
+  reportsPerDay: ["SWITCHBOARD_REPORTS_PER_DAY", 20],
 } as const;
 
 type Count = keyof typeof COUNTS;
@@ -144,6 +147,7 @@ export const accountVariables = z.object({
   SWITCHBOARD_LOOKUPS_PER_MINUTE: count("lookupsPerMinute"),
   SWITCHBOARD_BUNDLE_FETCHES_PER_MINUTE: count("bundleFetchesPerMinute"),
   SWITCHBOARD_ONE_TIME_PREKEYS_PER_PAIR_PER_DAY: count("oneTimePrekeysPerPairPerDay"),
+  SWITCHBOARD_REPORTS_PER_DAY: count("reportsPerDay"),
   SWITCHBOARD_REGISTRATION: nonEmptyText()
     .pipe(oneOfVariable("SWITCHBOARD_REGISTRATION", REGISTRATION_MODES))
     .transform((mode) => mode ?? "open"),
@@ -189,6 +193,7 @@ export function loadAccountLimits(input: Partial<AccountLimits> | undefined, env
     lookupsPerMinute: countOf("lookupsPerMinute"),
     bundleFetchesPerMinute: countOf("bundleFetchesPerMinute"),
     oneTimePrekeysPerPairPerDay: countOf("oneTimePrekeysPerPairPerDay"),
+    reportsPerDay: countOf("reportsPerDay"),
     registration:
       input?.registration === undefined
         ? vars.SWITCHBOARD_REGISTRATION

@@ -68,7 +68,8 @@ export interface AccountsOptions {
   privacyDefaults?: PrivacyDefaults;
 }
 
-function toUser(u: UserRecord): User {
+/** A stored user as the API shows it (the account and admin services). */
+export function toUser(u: UserRecord): User {
   return create(UserSchema, {
     userId: u.userId,
     username: u.username,
@@ -77,7 +78,8 @@ function toUser(u: UserRecord): User {
   });
 }
 
-function toDevice(d: DeviceRecord): Device {
+/** A stored device as the API shows it (the account and admin services). */
+export function toDevice(d: DeviceRecord): Device {
   return create(DeviceSchema, {
     deviceId: d.deviceId,
     userId: d.userId,

@@ -5,7 +5,14 @@
  */
 
 // The managers: users, devices and credentials; the key directory.
-export { type AccountAbuseOptions, Accounts, type AccountsOptions, pushTargetId } from "./accounts.js";
+export {
+  type AccountAbuseOptions,
+  Accounts,
+  type AccountsOptions,
+  pushTargetId,
+  toDevice,
+  toUser,
+} from "./accounts.js";
 // Composition (services/server): the RPC faces.
 export { accountService, directoryService } from "./handler.js";
 // The bounds of an invite, for the admin service's checks of CreateInvite.

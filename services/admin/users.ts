@@ -5,12 +5,10 @@ import {
   ConversationExportSchema,
   DeviceExportSchema,
 } from "../../gen/switchboard/internal/v1/admin_pb.js";
-import { type Device, DeviceSchema, type User, UserSchema } from "../../gen/switchboard/v1/accounts_pb.js";
-import type { Accounts } from "../accounts/index.js";
+import { type Accounts, toDevice, toUser } from "../accounts/index.js";
 import type { Role } from "../common/config.js";
 import { ConflictError, InvalidInputError, NotFoundError } from "../common/errors.js";
 import { requireId, requireText, requireUsername } from "../common/validate.js";
-import type { DeviceRecord, UserRecord } from "../store/types.js";
 
 /** What the user commands need of the process (AdminDeps has this shape). */
 export interface UserActionDeps {
@@ -29,26 +27,6 @@ const USER_ID = /^u_[0-9a-z]{26}$/;
 /** The operator's reason, for the audit log: optional, at most 200 characters, no control characters. */
 function reason(value: string): string {
   return requireText("reason", value, 0, 200);
-}
-
-function toUser(u: UserRecord): User {
-  return create(UserSchema, {
-    userId: u.userId,
-    username: u.username,
-    displayName: u.displayName,
-    createdAtMs: BigInt(u.createdAtMs),
-  });
-}
-
-function toDevice(d: DeviceRecord): Device {
-  return create(DeviceSchema, {
-    deviceId: d.deviceId,
-    userId: d.userId,
-    name: d.name,
-    createdAtMs: BigInt(d.createdAtMs),
-    revokedAtMs: BigInt(d.revokedAtMs),
-    pushKind: d.push?.target.kind ?? "",
-  });
 }
 
 /** The user commands of the admin service: suspend, unsuspend, delete, export (accounts role). */

@@ -11,6 +11,7 @@ import { eventually } from "../helpers/inbox.js";
 import {
   type ConversationCheck,
   checkDelivery,
+  everyDeviceCaughtUp,
   type SendStream,
   TrafficGenerator,
 } from "../helpers/mesh-traffic.js";
@@ -366,24 +367,7 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
         40_000,
       );
       // Every device is live again: it receives entries committed after recovery.
-      const mark = new Map(
-        conversations.map((c) => [c.conversationId, maxSeq(traffic.acked.get(c.conversationId))]),
-      );
-      await eventually(
-        () =>
-          conversations.every((c) =>
-            c.devices.every((d) => (d.in(c.conversationId).at(-1)?.seq ?? 0n) >= mark.get(c.conversationId)!),
-          ),
-        () =>
-          conversations
-            .map(
-              (c) =>
-                `${c.label} (acked up to ${mark.get(c.conversationId)}): ` +
-                c.devices.map((d) => `${d.name}=${d.in(c.conversationId).at(-1)?.seq ?? 0n}`).join(" "),
-            )
-            .join("; "),
-        40_000,
-      );
+      await everyDeviceCaughtUp(conversations, traffic.acked, 40_000);
       await traffic.stop();
       assert.deepEqual(traffic.failures.slice(startFailures), [], "no send was refused for good");
       // An outage is expected and handled; level 50 ("unexpected error") means a failure nobody
@@ -507,10 +491,4 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
 /** The time field of a process's JSON log line, in milliseconds since the epoch. */
 function logTime(line: string): number {
   return Number(/"time":(\d+)/.exec(line)?.[1] ?? 0);
-}
-
-function maxSeq(acked: ReadonlyMap<string, bigint> | undefined): bigint {
-  let max = 0n;
-  for (const s of acked?.values() ?? []) if (s > max) max = s;
-  return max;
 }

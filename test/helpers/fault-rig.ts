@@ -13,7 +13,13 @@ import { writeFile } from "node:fs/promises";
 import { after, type TestContext } from "node:test";
 import type { ClientTuning } from "../../sdk/index.js";
 import { eventually } from "./inbox.js";
-import { type ConversationCheck, checkDelivery, type SendStream, TrafficGenerator } from "./mesh-traffic.js";
+import {
+  type ConversationCheck,
+  checkDelivery,
+  everyDeviceCaughtUp,
+  type SendStream,
+  TrafficGenerator,
+} from "./mesh-traffic.js";
 import { type DeviceUrls, type MeshUser, MeshUsers, withFailureDump } from "./mesh-users.js";
 import { measureRecovery, type Recovery, recoveryTable } from "./recovery.js";
 
@@ -162,24 +168,7 @@ export class Rig {
         `sends are not acknowledged after recovery: ${conversations.map((c) => `${c.label} ${ackedSince(c)}`).join(", ")}`,
       DELIVERY_BOUND_MS,
     );
-    const mark = new Map(
-      conversations.map((c) => [c.conversationId, maxSeq(traffic.acked.get(c.conversationId))]),
-    );
-    await eventually(
-      () =>
-        conversations.every((c) =>
-          c.devices.every((d) => (d.in(c.conversationId).at(-1)?.seq ?? 0n) >= mark.get(c.conversationId)!),
-        ),
-      () =>
-        conversations
-          .map(
-            (c) =>
-              `${c.label} (acked up to ${mark.get(c.conversationId)}): ` +
-              c.devices.map((d) => `${d.name}=${d.in(c.conversationId).at(-1)?.seq ?? 0n}`).join(" "),
-          )
-          .join("; "),
-      DELIVERY_BOUND_MS,
-    );
+    await everyDeviceCaughtUp(conversations, traffic.acked, DELIVERY_BOUND_MS);
     await traffic.stop(DELIVERY_BOUND_MS);
     const refused = traffic.failures.slice(startFailures);
     const { entries } = await checkDelivery(conversations, traffic.acked, DELIVERY_BOUND_MS);
@@ -220,10 +209,4 @@ export class Rig {
       body,
     );
   }
-}
-
-function maxSeq(acked: ReadonlyMap<string, bigint> | undefined): bigint {
-  let max = 0n;
-  for (const s of acked?.values() ?? []) if (s > max) max = s;
-  return max;
 }

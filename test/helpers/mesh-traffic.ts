@@ -280,3 +280,36 @@ export async function checkDelivery(
   }
   return { entries: total };
 }
+
+/** The highest acknowledged seq of a conversation (0 when none). */
+function maxSeq(acked: ReadonlyMap<string, bigint> | undefined): bigint {
+  let max = 0n;
+  for (const s of acked?.values() ?? []) if (s > max) max = s;
+  return max;
+}
+
+/**
+ * Waits (up to boundMs) until every member device of every conversation holds the highest seq
+ * acknowledged so far: the devices are live again after a fault. The failure names, per
+ * conversation, where each device stands.
+ */
+export async function everyDeviceCaughtUp(
+  conversations: readonly ConversationCheck[],
+  acked: ReadonlyMap<string, ReadonlyMap<string, bigint>>,
+  boundMs: number,
+): Promise<void> {
+  const mark = new Map(conversations.map((c) => [c.conversationId, maxSeq(acked.get(c.conversationId))]));
+  const at = (d: DeviceLog, c: ConversationCheck) => d.in(c.conversationId).at(-1)?.seq ?? 0n;
+  await eventually(
+    () => conversations.every((c) => c.devices.every((d) => at(d, c) >= mark.get(c.conversationId)!)),
+    () =>
+      conversations
+        .map(
+          (c) =>
+            `${c.label} (acked up to ${mark.get(c.conversationId)}): ` +
+            c.devices.map((d) => `${d.name}=${at(d, c)}`).join(" "),
+        )
+        .join("; "),
+    boundMs,
+  );
+}

@@ -31,6 +31,7 @@ import { INVALID_INVITE, INVITE_REQUIRED, Invites, type RegistrationMode } from 
 import type { Keys } from "./keys.js";
 import { Privacy } from "./privacy.js";
 import { type AccountRate, enforce, type RefusalSink } from "./refusals.js";
+import { Blocks, Reports } from "./safety.js";
 import { Suspensions } from "./suspension.js";
 import type { UserData } from "./user-data.js";
 import { lookAlikes, ReservedNames } from "./usernames.js";
@@ -50,6 +51,8 @@ export interface AccountAbuseOptions {
   reservedNames?: readonly string[] | undefined;
   /** "invite": only holders of an operator's invite may register (default "open"). */
   registration?: RegistrationMode | undefined;
+  /** Reports per reporting user (ReportUser). */
+  reports?: AccountRate | undefined;
 }
 
 /** Options for the accounts manager. */
@@ -142,6 +145,10 @@ export class Accounts {
   readonly invites: Invites;
   /** Operator suspensions of users. */
   readonly suspensions: Suspensions;
+  /** Users' blocks of other users. */
+  readonly blocks: Blocks;
+  /** Users' reports of other users, for operators. */
+  readonly reports: Reports;
   /** Operator deletion and export of a user's data; the server attaches it (it needs the sequencer). */
   userData: UserData | undefined;
 
@@ -159,6 +166,8 @@ export class Accounts {
     this.privacy = new Privacy(store, options.privacyDefaults ?? defaultPrivacy, log);
     this.invites = new Invites(store, log, this.now);
     this.suspensions = new Suspensions(store, bus, log, this.now);
+    this.blocks = new Blocks(store, bus, log, this.now);
+    this.reports = new Reports(store, this.abuse.reports, this.refusals, log, this.now);
   }
 
   /** How registration is opened on this server. */

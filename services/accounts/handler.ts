@@ -4,11 +4,12 @@ import {
   DevicePushTargetSchema,
   DeviceStatusSchema,
   type DirectoryService,
+  UserBlocksSchema,
   UserDeviceRegistrationsSchema,
   UserDevicesSchema,
   UserPrivacySchema,
 } from "../../gen/switchboard/internal/v1/directory_pb.js";
-import type { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
+import { type AccountService, BlockedUserSchema } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { Principal, Tokens } from "../common/auth.js";
 import { InvalidInputError, UnauthenticatedError } from "../common/errors.js";
 import { requireId, requireIds, requireText, requireUsername } from "../common/validate.js";
@@ -109,6 +110,44 @@ export function accountService(
       const changes = privacyChangesFromWire(req.settings);
       return { settings: privacyToWire(await accounts.privacy.set(p.userId, changes)) };
     },
+    async blockUser(req, ctx) {
+      const p = await principal(ctx);
+      return { newlyBlocked: await accounts.blocks.block(p.userId, requireId("user_id", req.userId, "u")) };
+    },
+    async unblockUser(req, ctx) {
+      const p = await principal(ctx);
+      return { wasBlocked: await accounts.blocks.unblock(p.userId, requireId("user_id", req.userId, "u")) };
+    },
+    async listBlockedUsers(_req, ctx) {
+      const p = await principal(ctx);
+      const blocks = await accounts.blocks.list(p.userId);
+      return {
+        blocked: blocks.map((b) =>
+          create(BlockedUserSchema, { userId: b.blockedUserId, blockedAtMs: BigInt(b.blockedAtMs) }),
+        ),
+      };
+    },
+    async reportUser(req, ctx) {
+      const p = await principal(ctx);
+      const reportedUserId = requireId("reported_user_id", req.reportedUserId, "u");
+      const conversationId =
+        req.conversationId === "" ? "" : requireId("conversation_id", req.conversationId, "conversation");
+      const messages = req.messages.map((m, i) => ({
+        conversationId: requireId(`messages[${i}].conversation_id`, m.conversationId, "conversation"),
+        seq: Number(m.seq),
+        senderUserId: requireId(`messages[${i}].sender_user_id`, m.senderUserId, "u"),
+        sentAtMs: Number(m.sentAtMs),
+        text: m.text,
+      }));
+      const reportId = await accounts.reports.report(p.userId, {
+        reportedUserId,
+        reason: req.reason,
+        conversationId,
+        targetSeq: Number(req.targetSeq),
+        messages,
+      });
+      return { reportId };
+    },
   };
 }
 
@@ -137,6 +176,10 @@ export function directoryService(accounts: Accounts): ServiceImpl<typeof Directo
           create(UserPrivacySchema, { userId: u.userId, settings: privacyToWire(u.settings) }),
         ),
       };
+    },
+    async getBlockedUsers(req) {
+      const users = await accounts.blocks.ofUsers(req.userIds.slice(0, 256));
+      return { users: users.map((u) => create(UserBlocksSchema, u)) };
     },
     async getPushTargets(req) {
       const targets = await accounts.getPushTargets(req.deviceIds.slice(0, 1000));

@@ -13,7 +13,8 @@ export type RefusalReason =
   | "prekey_pair_limit"
   | "link_code_void"
   | "invite_required"
-  | "invite_invalid";
+  | "invite_invalid"
+  | "report_rate";
 
 /**
  * The process's refusal counter and log (services/common/refusals.ts), seen through the accounts

@@ -20,7 +20,18 @@ import type { Logger } from "../common/log.js";
 export const OPERATOR_HEADER = "x-switchboard-operator";
 
 /** Request fields an audit line records: ids and operator input, never a secret. */
-const REQUEST_FIELDS = ["user", "userId", "deviceId", "inviteId", "reason", "uses", "ttlMs", "note"] as const;
+const REQUEST_FIELDS = [
+  "user",
+  "userId",
+  "reportedUser",
+  "deviceId",
+  "inviteId",
+  "reason",
+  "uses",
+  "ttlMs",
+  "note",
+  "limit",
+] as const;
 /** Response strings it records, by name only (a token is never one of them). */
 const RESPONSE_STRINGS = new Set(["userId", "username", "instanceId", "inviteId", "deviceId"]);
 

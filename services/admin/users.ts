@@ -1,10 +1,12 @@
 import { create } from "@bufbuild/protobuf";
 import type { ServiceImpl } from "@connectrpc/connect";
 import {
+  AbuseReportSchema,
   type AdminService,
   ConversationExportSchema,
   DeviceExportSchema,
 } from "../../gen/switchboard/internal/v1/admin_pb.js";
+import { DisclosedMessageSchema } from "../../gen/switchboard/v1/accounts_pb.js";
 import { type Accounts, toDevice, toUser } from "../accounts/index.js";
 import type { Role } from "../common/config.js";
 import { ConflictError, InvalidInputError, NotFoundError } from "../common/errors.js";
@@ -29,10 +31,16 @@ function reason(value: string): string {
   return requireText("reason", value, 0, 200);
 }
 
-/** The user commands of the admin service: suspend, unsuspend, delete, export (accounts role). */
+/**
+ * The user commands of the admin service: suspend, unsuspend, delete, export, and reading users'
+ * reports (accounts role).
+ */
 export function userActions(
   deps: UserActionDeps,
-): Pick<ServiceImpl<typeof AdminService>, "suspendUser" | "unsuspendUser" | "deleteUser" | "exportUser"> {
+): Pick<
+  ServiceImpl<typeof AdminService>,
+  "suspendUser" | "unsuspendUser" | "deleteUser" | "exportUser" | "listReports"
+> {
   const now = deps.now ?? Date.now;
   const accountsFor = (rpc: string): Accounts => {
     if (deps.accounts) return deps.accounts;
@@ -53,6 +61,40 @@ export function userActions(
   };
 
   return {
+    // Audited like every admin call (audit.ts): the line names the reported user asked and how
+    // many reports were read, never their content.
+    async listReports(req) {
+      reason(req.reason);
+      const limit = req.limit === 0 ? 50 : req.limit;
+      if (limit > 500) throw new InvalidInputError("limit: at most 500");
+      const accounts = accountsFor("ListReports");
+      const reported = req.reportedUser.trim() === "" ? undefined : await resolve(accounts, req.reportedUser);
+      const { reports, truncated } = await accounts.reports.list(reported, limit);
+      return {
+        truncated,
+        reports: reports.map((r) =>
+          create(AbuseReportSchema, {
+            reportId: r.reportId,
+            reporterUserId: r.reporterUserId,
+            reportedUserId: r.reportedUserId,
+            createdAtMs: BigInt(r.createdAtMs),
+            reason: r.reason,
+            conversationId: r.conversationId,
+            targetSeq: BigInt(r.targetSeq),
+            messages: r.messages.map((m) =>
+              create(DisclosedMessageSchema, {
+                conversationId: m.conversationId,
+                seq: BigInt(m.seq),
+                senderUserId: m.senderUserId,
+                sentAtMs: BigInt(m.sentAtMs),
+                text: m.text,
+              }),
+            ),
+          }),
+        ),
+      };
+    },
+
     async suspendUser(req) {
       reason(req.reason);
       const accounts = accountsFor("SuspendUser");

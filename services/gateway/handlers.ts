@@ -324,6 +324,10 @@ export function accountForwarder(
     removePushTarget: (req, ctx) => accounts.removePushTarget(req, pass(ctx)),
     getPrivacy: (req, ctx) => accounts.getPrivacy(req, pass(ctx)),
     setPrivacy: (req, ctx) => accounts.setPrivacy(req, pass(ctx)),
+    blockUser: (req, ctx) => accounts.blockUser(req, pass(ctx)),
+    unblockUser: (req, ctx) => accounts.unblockUser(req, pass(ctx)),
+    listBlockedUsers: (req, ctx) => accounts.listBlockedUsers(req, pass(ctx)),
+    reportUser: (req, ctx) => accounts.reportUser(req, pass(ctx)),
   };
 }
 

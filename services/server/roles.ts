@@ -166,6 +166,7 @@ export async function startAccountsRole(ctx: RoleContext): Promise<Accounts> {
       registerPerAddress: rate(perPeriod("register-address", al.registrationsPerAddressPerHour, 3600)),
       registerServerWide: rate(perPeriod("register-all", al.registrationsPerHour, 3600)),
       lookups: rate(perPeriod("user-lookups", al.lookupsPerMinute, 60)),
+      reports: rate(perPeriod("user-reports", al.reportsPerDay, 86_400)),
       reservedNames: al.reservedUsernames,
       registration: al.registration,
     },

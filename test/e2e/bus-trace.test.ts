@@ -9,7 +9,7 @@ import { InMemorySpanExporter, type ReadableSpan, SimpleSpanProcessor } from "@o
 import { NodeTracerProvider } from "@opentelemetry/sdk-trace-node";
 import { type RunningServer, startServer } from "../../services/server/index.js";
 import { pingNats, requireNats, testNatsUrl } from "../helpers/backends.js";
-import { TestDevice, uniqueName } from "../helpers/device.js";
+import { deliveredText, type TestDevice } from "../helpers/device.js";
 
 /**
  * One server process's roles in this test process with NATS JetStream as the bus, and
@@ -80,22 +80,13 @@ describe("trace context over the NATS bus into fanout and its calls", () => {
       await requireNats(t);
       return;
     }
-    const alice = await TestDevice.register(server.url, uniqueName("alice"));
-    const bob = await TestDevice.register(server.url, uniqueName("bob"));
-    devices.push(alice, bob);
-    const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
-    const id = conversation!.conversationId;
-    alice.connect();
-    bob.connect();
-    await alice.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "alice caught up");
-    await bob.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "bob caught up");
-    alice.sendText(id, "bus-traced-1", "over the bus");
-    const ack = await alice.waitFor(
-      () => alice.ofCase("sendAck").find((a) => a.clientMsgId === "bus-traced-1"),
-      "ack",
+    const { id, seq: acked } = await deliveredText(
+      { alice: server.url, bob: server.url },
+      "bus-traced-1",
+      "over the bus",
+      (d) => devices.push(d),
     );
-    await bob.waitFor(() => bob.texts(id).includes("over the bus") || undefined, "bob receives");
-    const seq = Number(ack.seq);
+    const seq = Number(acked);
 
     const spans = await eventually("the send's trace through fanout", () => {
       const all = exporter.getFinishedSpans();

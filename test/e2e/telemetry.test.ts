@@ -8,7 +8,7 @@ import { createConnectTransport } from "@connectrpc/connect-node";
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { Mesh } from "../../services/mesh/launcher.js";
 import { freePort, meshPrerequisites } from "../helpers/backends.js";
-import { TestDevice, uniqueName } from "../helpers/device.js";
+import { deliveredText, type TestDevice } from "../helpers/device.js";
 import { OtlpReceiver, type ReceivedSpan, roots } from "../helpers/otlp.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
 
@@ -72,23 +72,15 @@ function assertConnected(spans: ReceivedSpan[], rootName: string): void {
 
 /** A 1:1 exchange with an ack, returning what the assertions need. */
 async function exchange(aliceUrl: string, bobUrl: string, track: (d: TestDevice) => TestDevice) {
-  const alice = track(await TestDevice.register(aliceUrl, uniqueName("alice")));
-  const bob = track(await TestDevice.register(bobUrl, uniqueName("bob")));
-  const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
-  const id = conversation!.conversationId;
-  alice.connect();
-  bob.connect();
-  await alice.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "alice caught up");
-  await bob.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "bob caught up");
-  alice.sendText(id, "traced-1", "hello");
-  const ack = await alice.waitFor(
-    () => alice.ofCase("sendAck").find((a) => a.clientMsgId === "traced-1"),
-    "ack",
+  const { alice, bob, id, seq } = await deliveredText(
+    { alice: aliceUrl, bob: bobUrl },
+    "traced-1",
+    "hello",
+    track,
   );
-  await bob.waitFor(() => bob.texts(id).includes("hello") || undefined, "bob receives");
-  bob.write({ case: "ack", value: { cursors: [{ conversationId: id, seq: ack.seq }] } as never });
-  await alice.waitFor(() => alice.ofCase("receipt").find((r) => r.upToSeq === ack.seq), "delivered receipt");
-  return { id, seq: Number(ack.seq) };
+  bob.write({ case: "ack", value: { cursors: [{ conversationId: id, seq }] } as never });
+  await alice.waitFor(() => alice.ofCase("receipt").find((r) => r.upToSeq === seq), "delivered receipt");
+  return { id, seq: Number(seq) };
 }
 
 describe("telemetry in one process: traces over every hop, metrics on the admin port", () => {

@@ -245,3 +245,33 @@ export function outgoingText(conversationId: string, clientMsgId: string, text: 
 export function uniqueName(prefix: string): string {
   return `${prefix}_${Math.random().toString(36).slice(2, 10)}`;
 }
+
+/**
+ * Two new users (each with one device, registered at its own URL), their direct conversation,
+ * both streams open and caught up, and one text from alice that bob has received. `track` sees
+ * each device as it is registered (to close them later).
+ */
+export async function deliveredText(
+  urls: { alice: string; bob: string },
+  clientMsgId: string,
+  text: string,
+  track: (d: TestDevice) => void,
+): Promise<{ alice: TestDevice; bob: TestDevice; id: string; seq: bigint }> {
+  const alice = await TestDevice.register(urls.alice, uniqueName("alice"));
+  track(alice);
+  const bob = await TestDevice.register(urls.bob, uniqueName("bob"));
+  track(bob);
+  const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
+  const id = conversation!.conversationId;
+  alice.connect();
+  bob.connect();
+  await alice.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "alice caught up");
+  await bob.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "bob caught up");
+  alice.sendText(id, clientMsgId, text);
+  const ack = await alice.waitFor(
+    () => alice.ofCase("sendAck").find((a) => a.clientMsgId === clientMsgId),
+    "ack",
+  );
+  await bob.waitFor(() => bob.texts(id).includes(text) || undefined, "bob receives");
+  return { alice, bob, id, seq: ack.seq };
+}

@@ -2,15 +2,15 @@
 // @generated from file switchboard/v1/calls.proto (package switchboard.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file switchboard/v1/calls.proto.
  */
 export const file_switchboard_v1_calls: GenFile = /*@__PURE__*/
-  fileDesc("Chpzd2l0Y2hib2FyZC92MS9jYWxscy5wcm90bxIOc3dpdGNoYm9hcmQudjEiGwoZR2V0VHVybkNyZWRlbnRpYWxzUmVxdWVzdCJjChpHZXRUdXJuQ3JlZGVudGlhbHNSZXNwb25zZRIuCgtpY2Vfc2VydmVycxgBIAMoCzIZLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlchIVCg1leHBpcmVzX2F0X21zGAIgASgDIj8KCUljZVNlcnZlchIMCgR1cmxzGAEgAygJEhAKCHVzZXJuYW1lGAIgASgJEhIKCmNyZWRlbnRpYWwYAyABKAkyegoLQ2FsbFNlcnZpY2USawoSR2V0VHVybkNyZWRlbnRpYWxzEikuc3dpdGNoYm9hcmQudjEuR2V0VHVybkNyZWRlbnRpYWxzUmVxdWVzdBoqLnN3aXRjaGJvYXJkLnYxLkdldFR1cm5DcmVkZW50aWFsc1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("Chpzd2l0Y2hib2FyZC92MS9jYWxscy5wcm90bxIOc3dpdGNoYm9hcmQudjEiGwoZR2V0VHVybkNyZWRlbnRpYWxzUmVxdWVzdCJjChpHZXRUdXJuQ3JlZGVudGlhbHNSZXNwb25zZRIuCgtpY2Vfc2VydmVycxgBIAMoCzIZLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlchIVCg1leHBpcmVzX2F0X21zGAIgASgDIj8KCUljZVNlcnZlchIMCgR1cmxzGAEgAygJEhAKCHVzZXJuYW1lGAIgASgJEhIKCmNyZWRlbnRpYWwYAyABKAkiNAoLQ2FsbFBheWxvYWQSEQoJZGV2aWNlX2lkGAEgASgJEhIKCmNpcGhlcnRleHQYAiABKAwitwEKCUNhbGxGcmFtZRIPCgdjYWxsX2lkGAEgASgJEhQKDHBlZXJfdXNlcl9pZBgCIAEoCRIqCgZzaWduYWwYAyABKA4yGi5zd2l0Y2hib2FyZC52MS5DYWxsU2lnbmFsEigKBW1lZGlhGAQgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbE1lZGlhEi0KCHBheWxvYWRzGAUgAygLMhsuc3dpdGNoYm9hcmQudjEuQ2FsbFBheWxvYWQi0QEKDkNhbGxFdmVudEZyYW1lEg8KB2NhbGxfaWQYASABKAkSFAoMZnJvbV91c2VyX2lkGAIgASgJEhYKDmZyb21fZGV2aWNlX2lkGAMgASgJEioKBnNpZ25hbBgEIAEoDjIaLnN3aXRjaGJvYXJkLnYxLkNhbGxTaWduYWwSKAoFbWVkaWEYBSABKA4yGS5zd2l0Y2hib2FyZC52MS5DYWxsTWVkaWESEgoKY2lwaGVydGV4dBgGIAEoDBIWCg5zZXJ2ZXJfdGltZV9tcxgHIAEoAyqUAgoKQ2FsbFNpZ25hbBIbChdDQUxMX1NJR05BTF9VTlNQRUNJRklFRBAAEhUKEUNBTExfU0lHTkFMX09GRkVSEAESFgoSQ0FMTF9TSUdOQUxfQU5TV0VSEAISHgoaQ0FMTF9TSUdOQUxfSUNFX0NBTkRJREFURVMQAxIXChNDQUxMX1NJR05BTF9SSU5HSU5HEAQSFgoSQ0FMTF9TSUdOQUxfQUNDRVBUEAUSFwoTQ0FMTF9TSUdOQUxfREVDTElORRAGEhQKEENBTExfU0lHTkFMX0JVU1kQBxIWChJDQUxMX1NJR05BTF9IQU5HVVAQCBIiCh5DQUxMX1NJR05BTF9BTlNXRVJFRF9FTFNFV0hFUkUQCSpTCglDYWxsTWVkaWESGgoWQ0FMTF9NRURJQV9VTlNQRUNJRklFRBAAEhQKEENBTExfTUVESUFfQVVESU8QARIUChBDQUxMX01FRElBX1ZJREVPEAIyegoLQ2FsbFNlcnZpY2USawoSR2V0VHVybkNyZWRlbnRpYWxzEikuc3dpdGNoYm9hcmQudjEuR2V0VHVybkNyZWRlbnRpYWxzUmVxdWVzdBoqLnN3aXRjaGJvYXJkLnYxLkdldFR1cm5DcmVkZW50aWFsc1Jlc3BvbnNlYgZwcm90bzM");
 
 /**
  * CallService.GetTurnCredentials request.
@@ -89,6 +89,271 @@ export type IceServer = Message<"switchboard.v1.IceServer"> & {
  */
 export const IceServerSchema: GenMessage<IceServer> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_calls, 2);
+
+/**
+ * One device's ciphertext of a call frame: the signalling content (SDP, candidates) encrypted
+ * for that device alone with the pairwise session the devices use for messages.
+ *
+ * @generated from message switchboard.v1.CallPayload
+ */
+export type CallPayload = Message<"switchboard.v1.CallPayload"> & {
+  /**
+   * The recipient device; it must be a device of peer_user_id.
+   *
+   * @generated from field: string device_id = 1;
+   */
+  deviceId: string;
+
+  /**
+   * The ciphertext; at most 16,384 bytes (docs/calls.md, limits).
+   *
+   * @generated from field: bytes ciphertext = 2;
+   */
+  ciphertext: Uint8Array;
+};
+
+/**
+ * Describes the message switchboard.v1.CallPayload.
+ * Use `create(CallPayloadSchema)` to create a new message.
+ */
+export const CallPayloadSchema: GenMessage<CallPayload> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_calls, 3);
+
+/**
+ * A call frame from a device (ConnectRequest.call).
+ *
+ * @generated from message switchboard.v1.CallFrame
+ */
+export type CallFrame = Message<"switchboard.v1.CallFrame"> & {
+  /**
+   * The call, chosen by the caller for its offer and repeated by both sides on every frame:
+   * 1 to 64 characters of [A-Za-z0-9_-].
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * The other party: the callee on the caller's frames, the caller on the callee's. The two
+   * must share a direct conversation (ConversationService.OpenDirect).
+   *
+   * @generated from field: string peer_user_id = 2;
+   */
+  peerUserId: string;
+
+  /**
+   * What this frame is.
+   *
+   * @generated from field: switchboard.v1.CallSignal signal = 3;
+   */
+  signal: CallSignal;
+
+  /**
+   * Audio or video; on OFFER only.
+   *
+   * @generated from field: switchboard.v1.CallMedia media = 4;
+   */
+  media: CallMedia;
+
+  /**
+   * Per-device ciphertexts (at most one per device of the peer, at most 16). With payloads the
+   * frame goes to those devices only; without, to every device of the peer that is online.
+   *
+   * @generated from field: repeated switchboard.v1.CallPayload payloads = 5;
+   */
+  payloads: CallPayload[];
+};
+
+/**
+ * Describes the message switchboard.v1.CallFrame.
+ * Use `create(CallFrameSchema)` to create a new message.
+ */
+export const CallFrameSchema: GenMessage<CallFrame> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_calls, 4);
+
+/**
+ * A call frame for this device (ConnectResponse.call).
+ *
+ * @generated from message switchboard.v1.CallEventFrame
+ */
+export type CallEventFrame = Message<"switchboard.v1.CallEventFrame"> & {
+  /**
+   * The call.
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * Who sent it (empty for ANSWERED_ELSEWHERE, which comes from the server).
+   *
+   * @generated from field: string from_user_id = 2;
+   */
+  fromUserId: string;
+
+  /**
+   * The sending device (for ANSWERED_ELSEWHERE: the device that took the call).
+   *
+   * @generated from field: string from_device_id = 3;
+   */
+  fromDeviceId: string;
+
+  /**
+   * What this frame is.
+   *
+   * @generated from field: switchboard.v1.CallSignal signal = 4;
+   */
+  signal: CallSignal;
+
+  /**
+   * Audio or video, on OFFER.
+   *
+   * @generated from field: switchboard.v1.CallMedia media = 5;
+   */
+  media: CallMedia;
+
+  /**
+   * This device's ciphertext, if the sender included one for it.
+   *
+   * @generated from field: bytes ciphertext = 6;
+   */
+  ciphertext: Uint8Array;
+
+  /**
+   * When the server relayed it, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: int64 server_time_ms = 7;
+   */
+  serverTimeMs: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.CallEventFrame.
+ * Use `create(CallEventFrameSchema)` to create a new message.
+ */
+export const CallEventFrameSchema: GenMessage<CallEventFrame> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_calls, 5);
+
+/**
+ * A step of a 1:1 call's signalling (docs/calls.md). Call frames travel on the device stream,
+ * are relayed live to the devices that hold a stream and are never stored.
+ *
+ * @generated from enum switchboard.v1.CallSignal
+ */
+export enum CallSignal {
+  /**
+   * Never sent; refused.
+   *
+   * @generated from enum value: CALL_SIGNAL_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The caller offers a call (ciphertext: the SDP offer, one per callee device). Every device
+   * of the callee that is online rings.
+   *
+   * @generated from enum value: CALL_SIGNAL_OFFER = 1;
+   */
+  OFFER = 1,
+
+  /**
+   * A callee device's SDP answer to the caller's device (ciphertext).
+   *
+   * @generated from enum value: CALL_SIGNAL_ANSWER = 2;
+   */
+  ANSWER = 2,
+
+  /**
+   * ICE candidates for the other side (ciphertext).
+   *
+   * @generated from enum value: CALL_SIGNAL_ICE_CANDIDATES = 3;
+   */
+  ICE_CANDIDATES = 3,
+
+  /**
+   * A callee device is ringing (sent to the caller's device).
+   *
+   * @generated from enum value: CALL_SIGNAL_RINGING = 4;
+   */
+  RINGING = 4,
+
+  /**
+   * A callee device takes the call (sent to the caller's device). The first accept the caller's
+   * gateway sees wins: the callee's other devices get ANSWERED_ELSEWHERE and stop ringing, and a
+   * later accept is answered with ANSWERED_ELSEWHERE instead of reaching the caller.
+   *
+   * @generated from enum value: CALL_SIGNAL_ACCEPT = 5;
+   */
+  ACCEPT = 5,
+
+  /**
+   * A callee device refuses the call (sent to the caller's device).
+   *
+   * @generated from enum value: CALL_SIGNAL_DECLINE = 6;
+   */
+  DECLINE = 6,
+
+  /**
+   * A callee device is in another call (sent to the caller's device).
+   *
+   * @generated from enum value: CALL_SIGNAL_BUSY = 7;
+   */
+  BUSY = 7,
+
+  /**
+   * Either side ends the call, or the caller gives up ringing; every device of the peer stops.
+   *
+   * @generated from enum value: CALL_SIGNAL_HANGUP = 8;
+   */
+  HANGUP = 8,
+
+  /**
+   * From the server only: another device of this user took the call; stop ringing.
+   *
+   * @generated from enum value: CALL_SIGNAL_ANSWERED_ELSEWHERE = 9;
+   */
+  ANSWERED_ELSEWHERE = 9,
+}
+
+/**
+ * Describes the enum switchboard.v1.CallSignal.
+ */
+export const CallSignalSchema: GenEnum<CallSignal> = /*@__PURE__*/
+  enumDesc(file_switchboard_v1_calls, 0);
+
+/**
+ * Audio only, or with video.
+ *
+ * @generated from enum switchboard.v1.CallMedia
+ */
+export enum CallMedia {
+  /**
+   * Not said (every signal but OFFER).
+   *
+   * @generated from enum value: CALL_MEDIA_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A voice call.
+   *
+   * @generated from enum value: CALL_MEDIA_AUDIO = 1;
+   */
+  AUDIO = 1,
+
+  /**
+   * A video call (with audio).
+   *
+   * @generated from enum value: CALL_MEDIA_VIDEO = 2;
+   */
+  VIDEO = 2,
+}
+
+/**
+ * Describes the enum switchboard.v1.CallMedia.
+ */
+export const CallMediaSchema: GenEnum<CallMedia> = /*@__PURE__*/
+  enumDesc(file_switchboard_v1_calls, 1);
 
 /**
  * Voice and video calls (docs/calls.md). Media never passes through Switchboard: devices send it

@@ -7,6 +7,7 @@ import { audienceFromWire } from "../accounts/index.js";
 import { PermissionError } from "../common/errors.js";
 import type { RefusalFields } from "../common/refusals.js";
 import type { PrivacyAudience } from "../store/types.js";
+import type { BlockLists } from "./blocks.js";
 
 /**
  * Consent: users' privacy settings decide who may add them to groups (`group_add`) and who may
@@ -60,6 +61,7 @@ export class Consent {
     private readonly directory: Client<typeof DirectoryService>,
     private readonly sequencer: Client<typeof SequencerService>,
     private readonly refusals: ConsentRefusalSink,
+    private readonly blocks?: Pick<BlockLists, "blockedAmong">,
   ) {}
 
   /**
@@ -73,6 +75,11 @@ export class Consent {
   ): Promise<string[]> {
     const targets = [...new Set(targetUserIds)].filter((id) => id !== actorUserId);
     if (targets.length === 0) return [];
+    // A user who blocked the actor refuses as a "nobody" setting would, with the same error, so
+    // the actor cannot tell a block from a privacy setting.
+    const blockers = new Set(
+      this.blocks === undefined ? [] : await this.blocks.blockedAmong(targets, actorUserId),
+    );
     const audiences = new Map<string, PrivacyAudience>();
     for (let i = 0; i < targets.length; i += PRIVACY_BATCH) {
       const { users } = await this.directory.getUserPrivacy({ userIds: targets.slice(i, i + PRIVACY_BATCH) });
@@ -92,6 +99,7 @@ export class Consent {
       for (const id of contactUserIds) contacts.add(id);
     }
     return targets.filter((id) => {
+      if (blockers.has(id)) return true;
       const audience = audiences.get(id) ?? "nobody";
       return audience === "nobody" || (audience === "contacts" && !contacts.has(id));
     });

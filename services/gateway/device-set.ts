@@ -241,6 +241,19 @@ export class DeviceSets {
     return this.verify(sender, entry, devicePayloadsOf(entry.body));
   }
 
+  /** The two members of a direct conversation when this gateway knows them already. */
+  knownPair(conversationId: string): readonly [string, string] | undefined {
+    return this.pairs.get(conversationId);
+  }
+
+  /**
+   * The two members of a direct conversation, read as the sender once per gateway (they never
+   * change); PERMISSION_DENIED for a non-member, the sequencer's error for an unknown one.
+   */
+  directPair(sender: Sender, conversationId: string): Promise<readonly [string, string]> {
+    return this.pair(sender, conversationId);
+  }
+
   /** Forgets a user's devices (one of them was revoked). */
   deviceRevoked(userId: string): void {
     this.generation++;

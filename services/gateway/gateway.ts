@@ -20,6 +20,7 @@ import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
 import { carries, endSpan, SpanKind, startSpan } from "../common/telemetry.js";
 import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
+import { BlockLists } from "./blocks.js";
 import { DeviceSets } from "./device-set.js";
 import { observeGateway } from "./observe.js";
 import { Session } from "./session.js";
@@ -98,6 +99,7 @@ export class GatewayCore implements SessionHost<Session> {
   readonly cursors: CursorBatcher;
   /** The check of pairwise sends' per-device ciphertexts against the users' devices. */
   readonly devices: DeviceSets;
+  readonly blocks: BlockLists;
   /** Latency histograms; gauges and counters are read from this object when scraped. */
   readonly observe: GatewayObserver;
   readonly metrics: GatewayMetrics = {
@@ -170,6 +172,7 @@ export class GatewayCore implements SessionHost<Session> {
       ...(deps.deviceSetTtlMs !== undefined && { ttlMs: deps.deviceSetTtlMs }),
       now: this.now,
     });
+    this.blocks = new BlockLists(this.directory);
     this.stops.push(deps.delivery.listen(this.id, (batch) => this.onDelivery(batch)));
     this.stops.push(deps.bus.onBroadcast((events) => this.onBroadcast(events)));
     // Routes are refreshed well within their TTL so a live stream never looks offline.
@@ -562,6 +565,8 @@ export class GatewayCore implements SessionHost<Session> {
         for (const s of this.watchers.get(p.userId) ?? []) s.deliverPresence(p);
       } else if (event.case === "prekeysLow" && event.value.frame) {
         for (const s of this.byDevice.get(event.value.deviceId) ?? []) s.deliverPrekeysLow(event.value.frame);
+      } else if (event.case === "blocksChanged") {
+        this.blocks.changed(event.value.userId);
       } else if (event.case === "deviceRevoked") {
         this.deviceStatus.set(event.value.deviceId, { active: false, checkedAt: this.now() });
         this.devices.deviceRevoked(event.value.userId);

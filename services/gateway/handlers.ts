@@ -110,7 +110,8 @@ export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewaySer
         );
       }
       // A mismatched device set is refused with the lists as a DeviceMismatch error detail.
-      const checked = (await core.devices.check(p, entry)) ?? entry;
+      // A direct send to a user who blocked the sender is refused first (blocks.ts).
+      const checked = (await core.blocks.checkSend(core.devices, p, entry)) ?? entry;
       const r = await core.sends.append(p.userId, p.deviceId, checked);
       return { seq: r.seq, serverTimeMs: r.serverTimeMs };
     },
@@ -129,7 +130,7 @@ export function conversationService(
   refusals: ConsentRefusalSink = new Refusals(core.log),
 ): ServiceImpl<typeof ConversationService> {
   const seq = core.sequencer;
-  const consent = new Consent(directory, seq, refusals);
+  const consent = new Consent(directory, seq, refusals, core.blocks);
   /**
    * An admin's AddMembers: the ids not yet members, once their privacy settings admit the actor
    * (one refusal refuses the whole call). Anyone else gets the sequencer's own answer, before any

@@ -160,12 +160,18 @@ export class Session implements StreamContext {
   deliverTyping(typing: TypingEventFrame): void {
     // The user's other devices show it; the device that is typing knows already.
     if (typing.deviceId === this.deviceId) return;
-    this.deliverEvent({ case: "typing", value: typing });
+    // A user who blocked this stream's user is never shown typing to them.
+    this.core.blocks.unlessBlocked(typing.userId, this.userId, () =>
+      this.deliverEvent({ case: "typing", value: typing }),
+    );
   }
 
   /** A presence change of a user this stream subscribed to. */
   deliverPresence(presence: PresenceFrame): void {
-    this.deliverEvent({ case: "presence", value: presence });
+    // Nor online or last seen: to a blocked user the blocker's presence never changes.
+    this.core.blocks.unlessBlocked(presence.userId, this.userId, () =>
+      this.deliverEvent({ case: "presence", value: presence }),
+    );
   }
 
   /** Tells the device to upload more one-time prekeys; droppable, as it also asks on connect. */

@@ -5,6 +5,7 @@ import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { Limits } from "../common/config.js";
 import type { Logger } from "../common/log.js";
 import type { CursorBatcher, SendBatcher } from "./batchers.js";
+import type { BlockLists } from "./blocks.js";
 import type { DeviceSets } from "./device-set.js";
 
 /**
@@ -81,6 +82,8 @@ export interface GatewayServices {
   readonly cursors: CursorBatcher;
   /** The check of pairwise sends' per-device ciphertexts against the users' devices. */
   readonly devices: DeviceSets;
+  /** Users' block lists as this gateway needs them (blocks.ts). */
+  readonly blocks: BlockLists;
   /** Latency histograms. */
   readonly observe: GatewayObserver;
   /** Counters read when Prometheus scrapes. */

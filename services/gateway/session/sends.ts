@@ -115,7 +115,8 @@ export class Sends {
       this.done();
       return;
     }
-    const check = host.devices.check(this.principal, entry);
+    // The block check (blocks.ts) and the device-set check; undefined when neither must wait.
+    const check = host.blocks.checkSend(host.devices, this.principal, entry);
     if (check === undefined && this.checksPending === 0) {
       this.append(entry, receivedAt);
       return;

@@ -1,30 +1,18 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { type Finished, runSwitchboard } from "../../test/helpers/process.js";
 
-const root = join(import.meta.dirname, "../..");
+const _root = join(import.meta.dirname, "../..");
 
 /** Runs the switchboard command with only the given settings (none inherited). */
-function switchboard(
-  args: readonly string[],
-  settings: Record<string, string>,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function switchboard(args: readonly string[], settings: Record<string, string>): Promise<Finished> {
   const inherited = Object.fromEntries(
     Object.entries(process.env).filter(([k]) => !/^(SWITCHBOARD|SCYLLA)_/.test(k)),
   );
-  const child = spawn(process.execPath, [join(root, "bin/switchboard.js"), ...args], {
-    cwd: root,
-    env: { ...inherited, ...settings },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-  child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-  return new Promise((resolve) => child.once("close", (code) => resolve({ code, stdout, stderr })));
+  return runSwitchboard(args, { ...inherited, ...settings });
 }
 
 describe("switchboard with a setting it cannot use", () => {

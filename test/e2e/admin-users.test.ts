@@ -1,29 +1,19 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
-import { join } from "node:path";
 import { before, describe, it } from "node:test";
 import { Code } from "@connectrpc/connect";
 import { ConversationKind } from "../../gen/switchboard/v1/conversations_pb.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { serverFixture } from "../helpers/fixture.js";
+import { type Finished, runSwitchboard } from "../helpers/process.js";
 import { loggedLine } from "../helpers/server.js";
 
-const root = new URL("../../", import.meta.url).pathname;
+const _root = new URL("../../", import.meta.url).pathname;
 
 /** Runs `switchboard admin ...` as its own process, as an operator would. */
-function cli(args: readonly string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function cli(args: readonly string[]): Promise<Finished> {
   const { SWITCHBOARD_TOKEN_KEY: _ignored, ...inherited } = process.env;
-  const child = spawn(process.execPath, [join(root, "bin/switchboard.js"), "admin", ...args], {
-    cwd: root,
-    env: inherited,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-  child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-  return new Promise((resolve) => child.once("close", (code) => resolve({ code, stdout, stderr })));
+  return runSwitchboard(["admin", ...args], inherited);
 }
 
 async function connected(device: TestDevice): Promise<void> {

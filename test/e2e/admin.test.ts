@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { readFile } from "node:fs/promises";
 import * as http2 from "node:http2";
 import { join } from "node:path";
@@ -12,25 +11,14 @@ import { INTERNAL_HEADER, internalCredential } from "../../services/common/inter
 import type { TestDevice } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { serverFixture } from "../helpers/fixture.js";
+import { type Finished, runSwitchboard } from "../helpers/process.js";
 
-const root = new URL("../../", import.meta.url).pathname;
+const _root = new URL("../../", import.meta.url).pathname;
 
 /** Runs `switchboard admin ...` as its own process, as an operator would. */
-function cli(
-  args: readonly string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
+function cli(args: readonly string[], env: Record<string, string> = {}): Promise<Finished> {
   const { SWITCHBOARD_TOKEN_KEY: _ignored, ...inherited } = process.env;
-  const child = spawn(process.execPath, [join(root, "bin/switchboard.js"), "admin", ...args], {
-    cwd: root,
-    env: { ...inherited, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-  child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-  return new Promise((resolve) => child.once("close", (code) => resolve({ code, stdout, stderr })));
+  return runSwitchboard(["admin", ...args], { ...inherited, ...env });
 }
 
 /** GET over h2c (the server answers /readyz on its h2c port when it has no admin port). */

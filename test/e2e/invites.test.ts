@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -11,28 +10,14 @@ import { uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { type ServerFixture, serverFixture } from "../helpers/fixture.js";
 import { eventually } from "../helpers/inbox.js";
+import { type Finished, runSwitchboard } from "../helpers/process.js";
 
-const root = new URL("../../", import.meta.url).pathname;
-
-interface Ran {
-  code: number | null;
-  stdout: string;
-  stderr: string;
-}
+const _root = new URL("../../", import.meta.url).pathname;
 
 /** Runs `switchboard ...` as its own process, as an operator or a user would. */
-function switchboard(args: readonly string[]): Promise<Ran> {
+function switchboard(args: readonly string[]): Promise<Finished> {
   const { SWITCHBOARD_TOKEN_KEY: _key, SWITCHBOARD_URL: _url, SWITCHBOARD_PROFILE: _p, ...env } = process.env;
-  const child = spawn(process.execPath, [join(root, "bin/switchboard.js"), ...args], {
-    cwd: root,
-    env,
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.setEncoding("utf8").on("data", (c: string) => (stdout += c));
-  child.stderr.setEncoding("utf8").on("data", (c: string) => (stderr += c));
-  return new Promise((resolve) => child.once("close", (code) => resolve({ code, stdout, stderr })));
+  return runSwitchboard(args, env);
 }
 
 /** The public AccountService of a server, unauthenticated (Register needs no token). */
@@ -52,7 +37,7 @@ describe("invite-only registration (SWITCHBOARD_REGISTRATION=invite) against a s
   const fx = serverFixture({ SWITCHBOARD_REGISTRATION: "invite" });
   const sessions: Http2SessionManager[] = [];
   let accounts: Client<typeof AccountService>;
-  let admin: (...args: string[]) => Promise<Ran>;
+  let admin: (...args: string[]) => Promise<Finished>;
   const tokens: string[] = [];
 
   /** `admin invite create` with the given flags, as JSON. */

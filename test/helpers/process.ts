@@ -19,6 +19,17 @@ export function runNode(args: string[], options: { cwd: string; env: NodeJS.Proc
     child.stderr.on("data", (d: Buffer) => {
       stderr += d.toString();
     });
-    child.on("exit", (code) => resolve({ code, stdout, stderr }));
+    // "close", not "exit": the output may still be in the pipes when the process exits.
+    child.on("close", (code) => resolve({ code, stdout, stderr }));
   });
+}
+
+const root = new URL("../../", import.meta.url).pathname;
+
+/**
+ * Runs the `switchboard` command (bin/switchboard.js) as its own process, as an operator or a
+ * user would, with exactly this environment, to its end.
+ */
+export function runSwitchboard(args: readonly string[], env: NodeJS.ProcessEnv): Promise<Finished> {
+  return runNode([`${root}bin/switchboard.js`, ...args], { cwd: root, env });
 }

@@ -238,7 +238,14 @@ describe("telemetry across processes: one trace over gateways, sequencer and fan
     const lookup = "switchboard.internal.v1.PresenceService/LookupRoutes";
     const spans = await eventually(
       "the send's spans",
-      () => traceOfSend(receiver, id, seq, [...MESSAGE_PATH, lookup]),
+      () => {
+        // Every process exports in batches: the sender's gateway may export its delivery (the
+        // echo to the sender) before the recipient's gateway has exported its own.
+        const trace = traceOfSend(receiver, id, seq, [...MESSAGE_PATH, lookup]);
+        return trace?.some((s) => s.name === "gateway.deliver" && s.instance === "gateway-1")
+          ? trace
+          : undefined;
+      },
       30_000,
     ).catch((err: Error) => {
       throw new Error(`${err.message}; received: ${describeSpans(receiver.spans)}`);

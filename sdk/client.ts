@@ -10,6 +10,7 @@ import type { ClientContext } from "./client/context.js";
 import { clientClosed } from "./client/errors.js";
 import { createProfile, openContext } from "./client/open.js";
 import { assembleParts, type ClientParts } from "./client/parts.js";
+import type { Safety } from "./client/safety.js";
 import type { ContactSafetyNumber } from "./e2ee.js";
 import type { PrivacyChoices } from "./privacy.js";
 import type { ProfileStorage } from "./storage/port.js";
@@ -435,6 +436,14 @@ export class SwitchboardClient {
   /** Stops push wake-ups to this device. */
   removePushTarget(): Promise<void> {
     return this.parts.accounts.removePushTarget();
+  }
+
+  /**
+   * Blocking and reporting: `block(userId)`, `unblock(userId)`, `blocked()` (from any of this
+   * user's devices) and `report(userId, { reason, conversationId, targetSeq, disclose })`.
+   */
+  get safety(): Safety {
+    return this.parts.safety;
   }
 
   /** This user's privacy settings as in force (the server's defaults where never set). */

@@ -7,6 +7,7 @@ import { registerGroupCommands } from "./commands/groups.js";
 import { registerHistory } from "./commands/history.js";
 import { registerListen } from "./commands/listen.js";
 import { registerPrivacy } from "./commands/privacy.js";
+import { registerSafety } from "./commands/safety.js";
 import { registerSafetyNumber } from "./commands/safety-number.js";
 import { registerSend } from "./commands/send.js";
 import { type CliIo, processIo } from "./io.js";
@@ -34,6 +35,7 @@ const COMMANDS: ReadonlyArray<(program: Command, io: CliIo) => void> = [
   registerSafetyNumber,
   registerListen,
   registerPrivacy,
+  registerSafety,
   registerGroupCommands,
   registerConversationLists,
   registerHistory,

@@ -9,6 +9,7 @@ import { Delivery } from "./delivery.js";
 import { SendQueue } from "./outbox.js";
 import { Presence } from "./presence.js";
 import { Receiver } from "./receive.js";
+import { Safety } from "./safety.js";
 import { Sealer } from "./sealing.js";
 import { Sends } from "./sends.js";
 import { StreamLoop } from "./stream.js";
@@ -37,6 +38,7 @@ export interface ClientParts {
   reorder: ReorderBuffer;
   attachments: Attachments;
   accounts: Accounts;
+  safety: Safety;
   conversations: Conversations;
 }
 
@@ -70,6 +72,7 @@ export function assembleParts(ctx: ClientContext): ClientParts {
     connected,
   });
   parts.conversations = new Conversations(ctx, parts.decoder);
+  parts.safety = new Safety(ctx.conn, (id, options) => parts.conversations.getHistory(id, options));
   parts.delivery = new Delivery(ctx, parts.decoder, parts.acks);
   parts.attachments = new Attachments(ctx, parts.sealer);
   parts.receiver = new Receiver(ctx, {

@@ -19,6 +19,7 @@ import { environment } from "../common/config/environment.js";
 import { AdminError, adminCredential, connect, describeAdminError } from "./admin/connection.js";
 import { bytes, collect, duration, inviteState, parseTtl, ranges, table, time } from "./admin/format.js";
 import type { AdminIo, AdminOptions } from "./admin/kit.js";
+import { registerReportCommands } from "./admin/reports.js";
 import { registerUserCommands } from "./admin/users.js";
 
 export { adminCredential, describeAdminError } from "./admin/connection.js";
@@ -407,4 +408,5 @@ export function registerAdminCommands(program: Command, io: AdminIo = processIo)
   );
 
   registerUserCommands(admin, { io, cmd, run });
+  registerReportCommands({ io, cmd, run });
 }

@@ -21,6 +21,7 @@ import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
 import { carries, endSpan, SpanKind, startSpan } from "../common/telemetry.js";
 import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
 import { BlockLists } from "./blocks.js";
+import { CallRelay } from "./calls/relay.js";
 import { DeviceSets } from "./device-set.js";
 import { observeGateway } from "./observe.js";
 import { Session } from "./session.js";
@@ -100,6 +101,8 @@ export class GatewayCore implements SessionHost<Session> {
   /** The check of pairwise sends' per-device ciphertexts against the users' devices. */
   readonly devices: DeviceSets;
   readonly blocks: BlockLists;
+  /** Call signalling: relayed live to the peer's devices (calls/relay.ts). */
+  readonly calls: CallRelay;
   /** Latency histograms; gauges and counters are read from this object when scraped. */
   readonly observe: GatewayObserver;
   readonly metrics: GatewayMetrics = {
@@ -173,6 +176,16 @@ export class GatewayCore implements SessionHost<Session> {
       now: this.now,
     });
     this.blocks = new BlockLists(this.directory);
+    this.calls = new CallRelay({
+      gatewayId: this.id,
+      presence: this.presence,
+      sequencer: this.sequencer,
+      delivery: deps.delivery,
+      log: this.log,
+      now: this.now,
+      refused: (reason, message, fields) => this.refused(reason, message, fields),
+      blockedBy: async (owner, userId) => (await this.blocks.listOf(owner)).has(userId),
+    });
     this.stops.push(deps.delivery.listen(this.id, (batch) => this.onDelivery(batch)));
     this.stops.push(deps.bus.onBroadcast((events) => this.onBroadcast(events)));
     // Routes are refreshed well within their TTL so a live stream never looks offline.
@@ -548,6 +561,9 @@ export class GatewayCore implements SessionHost<Session> {
               break;
             case "typing":
               session.deliverTyping(d.payload.value);
+              break;
+            case "call":
+              this.calls.deliver(session, d.payload.value);
               break;
             default:
               break;

@@ -6,6 +6,7 @@ import type { Limits } from "../common/config.js";
 import type { Logger } from "../common/log.js";
 import type { CursorBatcher, SendBatcher } from "./batchers.js";
 import type { BlockLists } from "./blocks.js";
+import type { CallRelay } from "./calls/relay.js";
 import type { DeviceSets } from "./device-set.js";
 
 /**
@@ -84,6 +85,8 @@ export interface GatewayServices {
   readonly devices: DeviceSets;
   /** Users' block lists as this gateway needs them (blocks.ts). */
   readonly blocks: BlockLists;
+  /** Call signalling: checks, bounds and relays call frames (calls/relay.ts). */
+  readonly calls: CallRelay;
   /** Latency histograms. */
   readonly observe: GatewayObserver;
   /** Counters read when Prometheus scrapes. */

@@ -85,6 +85,10 @@ export class InboundFrames {
       case "syncRequest":
         this.backlog.sync(f.value.requestId, f.value.conversationId, f.value.afterSeq, f.value.limit);
         return;
+      case "call":
+        // Relayed live to the peer's devices, never stored (calls/relay.ts).
+        this.stream.host.calls.receive(this.stream, f.value);
+        return;
       case "ping":
         this.stream.answer(
           frame({

@@ -1,0 +1,32 @@
+/**
+ * Bounds on call signalling, per device (docs/calls.md, "Limits"). Call frames also count against
+ * the stream's frame budget like every frame; these bound what one device can make the server
+ * relay, in counts and in bytes, so a flood of offers or oversized SDP costs its sender only.
+ */
+export const CALL_LIMITS = {
+  /** Largest ciphertext for one device, in bytes (an SDP offer with video is a few KiB). */
+  payloadBytes: 16_384,
+  /** Per-device ciphertexts in one frame (the callee's devices, at most). */
+  payloadsPerFrame: 16,
+  /** Sustained offers (new calls) per device, per minute. */
+  offersPerMinute: 10,
+  /** Offers a device may make in a burst. */
+  offerBurst: 5,
+  /** Sustained call signalling per device, in bytes per second (ciphertexts plus 64 per frame). */
+  bytesPerSecond: 64 * 1024,
+  /** Call signalling a device may send in a burst, in bytes. */
+  byteBurst: 256 * 1024,
+  /** Calls a device may have ringing or going at once as the caller (on its gateway). */
+  callsPerDevice: 4,
+  /** How long a call rings before the gateway forgets it, in milliseconds. */
+  ringMs: 2 * 60_000,
+  /** How long an answered call is remembered without a hangup, in milliseconds. */
+  answeredMs: 12 * 3600_000,
+  /** Calls, devices' budgets and membership checks a gateway remembers at most (each map). */
+  remembered: 100_000,
+  /** How long a checked pair of users is trusted to share a direct conversation, in milliseconds. */
+  pairCheckMs: 30_000,
+} as const;
+
+/** What a frame costs in the byte budget beyond its ciphertexts (ids and framing). */
+export const CALL_FRAME_OVERHEAD_BYTES = 64;

@@ -14,8 +14,8 @@ export const CALL_LIMITS = {
   offerBurst: 5,
   /** Sustained call signalling per device, in bytes per second (ciphertexts plus 64 per frame). */
   bytesPerSecond: 64 * 1024,
-  /** Call signalling a device may send in a burst, in bytes. */
-  byteBurst: 256 * 1024,
+  /** Call signalling a device may send in a burst, in bytes: two frames of the largest size. */
+  byteBurst: 2 * (16 * 16_384 + 64),
   /** Calls a device may have ringing or going at once as the caller (on its gateway). */
   callsPerDevice: 4,
   /** How long a call rings before the gateway forgets it, in milliseconds. */

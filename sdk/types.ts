@@ -1,5 +1,6 @@
 import type { ConnectError } from "@connectrpc/connect";
 import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
+import type { CallLogBody } from "../gen/switchboard/v1/calls_pb.js";
 import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
 import type { IdentityChangeEvent } from "./crypto/stores/types.js";
@@ -83,7 +84,7 @@ export interface SendResult {
 }
 
 /** The kinds of conversation log entries. */
-export type EntryKind = "message" | "edit" | "delete" | "reaction" | "membership" | "unknown";
+export type EntryKind = "message" | "edit" | "delete" | "reaction" | "membership" | "call" | "unknown";
 
 /** A file to send as an encrypted attachment: its bytes, or a path to read them from. */
 export interface OutgoingAttachment {
@@ -134,6 +135,8 @@ export interface IncomingEntry {
   targetSeq: bigint | undefined;
   /** The membership change, for membership entries. */
   membership: MembershipBody | undefined;
+  /** The call's record (who, when, how long, audio or video), for call entries (docs/calls.md). */
+  call: CallLogBody | undefined;
   /** True when a later delete-for-everyone removed this entry's content. */
   redacted: boolean;
   /** Set when the PayloadCodec failed to decode the payload. */

@@ -148,6 +148,7 @@ export class EntryDecoder {
       encrypted: encryptedContent,
       targetSeq,
       membership: body.case === "membership" ? body.value : undefined,
+      call: body.case === "call" ? body.value : undefined,
       redacted: raw.redacted,
       decodeError,
       fromThisDevice: raw.senderDeviceId !== "" && raw.senderDeviceId === this.ctx.deviceId,

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/calls.proto.
  */
 export const file_switchboard_v1_calls: GenFile = /*@__PURE__*/
-  fileDesc("Chpzd2l0Y2hib2FyZC92MS9jYWxscy5wcm90bxIOc3dpdGNoYm9hcmQudjEiGwoZR2V0VHVybkNyZWRlbnRpYWxzUmVxdWVzdCJjChpHZXRUdXJuQ3JlZGVudGlhbHNSZXNwb25zZRIuCgtpY2Vfc2VydmVycxgBIAMoCzIZLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlchIVCg1leHBpcmVzX2F0X21zGAIgASgDIj8KCUljZVNlcnZlchIMCgR1cmxzGAEgAygJEhAKCHVzZXJuYW1lGAIgASgJEhIKCmNyZWRlbnRpYWwYAyABKAkiNAoLQ2FsbFBheWxvYWQSEQoJZGV2aWNlX2lkGAEgASgJEhIKCmNpcGhlcnRleHQYAiABKAwitwEKCUNhbGxGcmFtZRIPCgdjYWxsX2lkGAEgASgJEhQKDHBlZXJfdXNlcl9pZBgCIAEoCRIqCgZzaWduYWwYAyABKA4yGi5zd2l0Y2hib2FyZC52MS5DYWxsU2lnbmFsEigKBW1lZGlhGAQgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbE1lZGlhEi0KCHBheWxvYWRzGAUgAygLMhsuc3dpdGNoYm9hcmQudjEuQ2FsbFBheWxvYWQi0QEKDkNhbGxFdmVudEZyYW1lEg8KB2NhbGxfaWQYASABKAkSFAoMZnJvbV91c2VyX2lkGAIgASgJEhYKDmZyb21fZGV2aWNlX2lkGAMgASgJEioKBnNpZ25hbBgEIAEoDjIaLnN3aXRjaGJvYXJkLnYxLkNhbGxTaWduYWwSKAoFbWVkaWEYBSABKA4yGS5zd2l0Y2hib2FyZC52MS5DYWxsTWVkaWESEgoKY2lwaGVydGV4dBgGIAEoDBIWCg5zZXJ2ZXJfdGltZV9tcxgHIAEoAyqUAgoKQ2FsbFNpZ25hbBIbChdDQUxMX1NJR05BTF9VTlNQRUNJRklFRBAAEhUKEUNBTExfU0lHTkFMX09GRkVSEAESFgoSQ0FMTF9TSUdOQUxfQU5TV0VSEAISHgoaQ0FMTF9TSUdOQUxfSUNFX0NBTkRJREFURVMQAxIXChNDQUxMX1NJR05BTF9SSU5HSU5HEAQSFgoSQ0FMTF9TSUdOQUxfQUNDRVBUEAUSFwoTQ0FMTF9TSUdOQUxfREVDTElORRAGEhQKEENBTExfU0lHTkFMX0JVU1kQBxIWChJDQUxMX1NJR05BTF9IQU5HVVAQCBIiCh5DQUxMX1NJR05BTF9BTlNXRVJFRF9FTFNFV0hFUkUQCSpTCglDYWxsTWVkaWESGgoWQ0FMTF9NRURJQV9VTlNQRUNJRklFRBAAEhQKEENBTExfTUVESUFfQVVESU8QARIUChBDQUxMX01FRElBX1ZJREVPEAIyegoLQ2FsbFNlcnZpY2USawoSR2V0VHVybkNyZWRlbnRpYWxzEikuc3dpdGNoYm9hcmQudjEuR2V0VHVybkNyZWRlbnRpYWxzUmVxdWVzdBoqLnN3aXRjaGJvYXJkLnYxLkdldFR1cm5DcmVkZW50aWFsc1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("Chpzd2l0Y2hib2FyZC92MS9jYWxscy5wcm90bxIOc3dpdGNoYm9hcmQudjEiGwoZR2V0VHVybkNyZWRlbnRpYWxzUmVxdWVzdCJjChpHZXRUdXJuQ3JlZGVudGlhbHNSZXNwb25zZRIuCgtpY2Vfc2VydmVycxgBIAMoCzIZLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlchIVCg1leHBpcmVzX2F0X21zGAIgASgDIj8KCUljZVNlcnZlchIMCgR1cmxzGAEgAygJEhAKCHVzZXJuYW1lGAIgASgJEhIKCmNyZWRlbnRpYWwYAyABKAkiNAoLQ2FsbFBheWxvYWQSEQoJZGV2aWNlX2lkGAEgASgJEhIKCmNpcGhlcnRleHQYAiABKAwitwEKCUNhbGxGcmFtZRIPCgdjYWxsX2lkGAEgASgJEhQKDHBlZXJfdXNlcl9pZBgCIAEoCRIqCgZzaWduYWwYAyABKA4yGi5zd2l0Y2hib2FyZC52MS5DYWxsU2lnbmFsEigKBW1lZGlhGAQgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbE1lZGlhEi0KCHBheWxvYWRzGAUgAygLMhsuc3dpdGNoYm9hcmQudjEuQ2FsbFBheWxvYWQi0QEKDkNhbGxFdmVudEZyYW1lEg8KB2NhbGxfaWQYASABKAkSFAoMZnJvbV91c2VyX2lkGAIgASgJEhYKDmZyb21fZGV2aWNlX2lkGAMgASgJEioKBnNpZ25hbBgEIAEoDjIaLnN3aXRjaGJvYXJkLnYxLkNhbGxTaWduYWwSKAoFbWVkaWEYBSABKA4yGS5zd2l0Y2hib2FyZC52MS5DYWxsTWVkaWESEgoKY2lwaGVydGV4dBgGIAEoDBIWCg5zZXJ2ZXJfdGltZV9tcxgHIAEoAyKbAgoLQ2FsbExvZ0JvZHkSDwoHY2FsbF9pZBgBIAEoCRIWCg5jYWxsZXJfdXNlcl9pZBgCIAEoCRIWCg5jYWxsZWVfdXNlcl9pZBgDIAEoCRIoCgVtZWRpYRgEIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkNhbGxNZWRpYRIsCgdvdXRjb21lGAUgASgOMhsuc3dpdGNoYm9hcmQudjEuQ2FsbE91dGNvbWUSFQoNc3RhcnRlZF9hdF9tcxgGIAEoAxIWCg5hbnN3ZXJlZF9hdF9tcxgHIAEoAxITCgtlbmRlZF9hdF9tcxgIIAEoAxITCgtkdXJhdGlvbl9tcxgJIAEoBBIaChJhbnN3ZXJlZF9kZXZpY2VfaWQYCiABKAkqlAIKCkNhbGxTaWduYWwSGwoXQ0FMTF9TSUdOQUxfVU5TUEVDSUZJRUQQABIVChFDQUxMX1NJR05BTF9PRkZFUhABEhYKEkNBTExfU0lHTkFMX0FOU1dFUhACEh4KGkNBTExfU0lHTkFMX0lDRV9DQU5ESURBVEVTEAMSFwoTQ0FMTF9TSUdOQUxfUklOR0lORxAEEhYKEkNBTExfU0lHTkFMX0FDQ0VQVBAFEhcKE0NBTExfU0lHTkFMX0RFQ0xJTkUQBhIUChBDQUxMX1NJR05BTF9CVVNZEAcSFgoSQ0FMTF9TSUdOQUxfSEFOR1VQEAgSIgoeQ0FMTF9TSUdOQUxfQU5TV0VSRURfRUxTRVdIRVJFEAkqUwoJQ2FsbE1lZGlhEhoKFkNBTExfTUVESUFfVU5TUEVDSUZJRUQQABIUChBDQUxMX01FRElBX0FVRElPEAESFAoQQ0FMTF9NRURJQV9WSURFTxACKpEBCgtDYWxsT3V0Y29tZRIcChhDQUxMX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVDQUxMX09VVENPTUVfQU5TV0VSRUQQARIXChNDQUxMX09VVENPTUVfTUlTU0VEEAISGQoVQ0FMTF9PVVRDT01FX0RFQ0xJTkVEEAMSFQoRQ0FMTF9PVVRDT01FX0JVU1kQBDJ6CgtDYWxsU2VydmljZRJrChJHZXRUdXJuQ3JlZGVudGlhbHMSKS5zd2l0Y2hib2FyZC52MS5HZXRUdXJuQ3JlZGVudGlhbHNSZXF1ZXN0Giouc3dpdGNoYm9hcmQudjEuR2V0VHVybkNyZWRlbnRpYWxzUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * CallService.GetTurnCredentials request.
@@ -235,6 +235,93 @@ export const CallEventFrameSchema: GenMessage<CallEventFrame> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_calls, 5);
 
 /**
+ * A call in a direct conversation's log (Entry.call): written by the server when the call ends,
+ * never by a device, so every device of both users shows the same call history, and a missed
+ * call waits in the log for a callee who was offline. Metadata only: who, when, how long, audio
+ * or video; nothing of the media or the signalling.
+ *
+ * @generated from message switchboard.v1.CallLogBody
+ */
+export type CallLogBody = Message<"switchboard.v1.CallLogBody"> & {
+  /**
+   * The call id the caller chose.
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * Who called (also the entry's sender).
+   *
+   * @generated from field: string caller_user_id = 2;
+   */
+  callerUserId: string;
+
+  /**
+   * Who was called.
+   *
+   * @generated from field: string callee_user_id = 3;
+   */
+  calleeUserId: string;
+
+  /**
+   * Audio or video, as offered.
+   *
+   * @generated from field: switchboard.v1.CallMedia media = 4;
+   */
+  media: CallMedia;
+
+  /**
+   * How it ended.
+   *
+   * @generated from field: switchboard.v1.CallOutcome outcome = 5;
+   */
+  outcome: CallOutcome;
+
+  /**
+   * When the offer was relayed, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: int64 started_at_ms = 6;
+   */
+  startedAtMs: bigint;
+
+  /**
+   * When a callee device took it, in milliseconds since the Unix epoch; 0 unless answered.
+   *
+   * @generated from field: int64 answered_at_ms = 7;
+   */
+  answeredAtMs: bigint;
+
+  /**
+   * When it ended, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: int64 ended_at_ms = 8;
+   */
+  endedAtMs: bigint;
+
+  /**
+   * From answered to ended, in milliseconds; 0 unless answered.
+   *
+   * @generated from field: uint64 duration_ms = 9;
+   */
+  durationMs: bigint;
+
+  /**
+   * The callee device that took it; empty unless answered.
+   *
+   * @generated from field: string answered_device_id = 10;
+   */
+  answeredDeviceId: string;
+};
+
+/**
+ * Describes the message switchboard.v1.CallLogBody.
+ * Use `create(CallLogBodySchema)` to create a new message.
+ */
+export const CallLogBodySchema: GenMessage<CallLogBody> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_calls, 6);
+
+/**
  * A step of a 1:1 call's signalling (docs/calls.md). Call frames travel on the device stream,
  * are relayed live to the devices that hold a stream and are never stored.
  *
@@ -354,6 +441,54 @@ export enum CallMedia {
  */
 export const CallMediaSchema: GenEnum<CallMedia> = /*@__PURE__*/
   enumDesc(file_switchboard_v1_calls, 1);
+
+/**
+ * How a call ended, as its log entry says.
+ *
+ * @generated from enum switchboard.v1.CallOutcome
+ */
+export enum CallOutcome {
+  /**
+   * Never written.
+   *
+   * @generated from enum value: CALL_OUTCOME_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * A callee device took the call; duration_ms says how long it went.
+   *
+   * @generated from enum value: CALL_OUTCOME_ANSWERED = 1;
+   */
+  ANSWERED = 1,
+
+  /**
+   * Nobody took it: the caller hung up while it rang, or it rang out (two minutes).
+   *
+   * @generated from enum value: CALL_OUTCOME_MISSED = 2;
+   */
+  MISSED = 2,
+
+  /**
+   * A callee device refused it.
+   *
+   * @generated from enum value: CALL_OUTCOME_DECLINED = 3;
+   */
+  DECLINED = 3,
+
+  /**
+   * The callee was in another call.
+   *
+   * @generated from enum value: CALL_OUTCOME_BUSY = 4;
+   */
+  BUSY = 4,
+}
+
+/**
+ * Describes the enum switchboard.v1.CallOutcome.
+ */
+export const CallOutcomeSchema: GenEnum<CallOutcome> = /*@__PURE__*/
+  enumDesc(file_switchboard_v1_calls, 2);
 
 /**
  * Voice and video calls (docs/calls.md). Media never passes through Switchboard: devices send it

@@ -39,6 +39,30 @@ export function runSafetyStoreConformance(open: () => Promise<StoreEngine>): voi
       assert.deepEqual(await store.listBlocked(a), [{ blockedUserId: c, blockedAtMs: 3000 }]);
     });
 
+    test("deleting a user removes their own blocks, not others' blocks of them", async (store) => {
+      const u = {
+        userId: id("u"),
+        username: `user_${randomUUID().slice(0, 8)}`,
+        displayName: "",
+        createdAtMs: 1,
+      };
+      const d = {
+        deviceId: id("dv"),
+        userId: u.userId,
+        name: "phone",
+        secretHash: "ab".repeat(32),
+        createdAtMs: 1,
+        revokedAtMs: 0,
+      };
+      await store.createUser(u, d);
+      const [other, blocker] = [id("u"), id("u")];
+      await store.block(u.userId, other, 1, 10);
+      await store.block(blocker, u.userId, 2, 10);
+      assert.equal(await store.deleteUser?.(u.userId), true);
+      assert.deepEqual(await store.listBlocked(u.userId), []);
+      assert.deepEqual(await store.listBlocked(blocker), [{ blockedUserId: u.userId, blockedAtMs: 2 }]);
+    });
+
     test("blocks past the cap are refused with limit", async (store) => {
       const a = id("u");
       await store.block(a, id("u"), 1, 2);

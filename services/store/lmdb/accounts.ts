@@ -314,6 +314,9 @@ export class LmdbAccountStore implements AccountStore {
       // Only the user's own name: a username re-registered since is another user's.
       if (dbs.usernames.get(user.username) === userId) dbs.usernames.remove(user.username);
       dbs.userPrivacy.remove(userId);
+      // The user's own blocks; others' blocks of the user and reports about them stay with those.
+      const blocks = dbs.safety.userBlocks;
+      for (const key of [...blocks.getKeys({ start: [userId], end: [userId, HIGH] })]) blocks.remove(key);
       dbs.users.remove(userId);
       return true;
     });

@@ -24,6 +24,8 @@ export async function setSuspended(cql: Cql, user: UserRecord, atMs: number): Pr
   const { suspendedAtMs: _, ...rest } = user;
   if (atMs === 0) {
     await cql.run("DELETE FROM user_suspensions WHERE user_id = ?", [user.userId]);
+    // The user's own blocks; others' blocks of the user and reports about them stay with those.
+    await cql.run("DELETE FROM user_blocks WHERE user_id = ?", [user.userId]);
     return rest;
   }
   const already = await suspendedAt(cql, user.userId);

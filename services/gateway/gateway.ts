@@ -186,6 +186,7 @@ export class GatewayCore implements SessionHost<Session> {
       refused: (reason, message, fields) => this.refused(reason, message, fields),
       blockedBy: async (owner, userId) => (await this.blocks.listOf(owner)).has(userId),
     });
+    this.stops.push(() => this.calls.stop());
     this.stops.push(deps.delivery.listen(this.id, (batch) => this.onDelivery(batch)));
     this.stops.push(deps.bus.onBroadcast((events) => this.onBroadcast(events)));
     // Routes are refreshed well within their TTL so a live stream never looks offline.

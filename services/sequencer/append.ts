@@ -15,6 +15,7 @@ import type { Logger } from "../common/log.js";
 import { carries, context, endSpan, startSpan } from "../common/telemetry.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationStore } from "../store/types.js";
+import { checkCallLog } from "./call-log.js";
 import type { ConversationState } from "./conversation.js";
 import {
   checkDevicePayloads,
@@ -126,7 +127,10 @@ export class Appender {
   }
 
   private async appendInState(item: AppendItem, outgoing: OutgoingEntry): Promise<Appended> {
-    this.checkBody(outgoing);
+    // A call's log entry comes from a gateway with its body beside the entry (call-log.ts).
+    let body: Entry["body"] = outgoing.body;
+    if (item.callLog) body = { case: "call", value: checkCallLog(item, outgoing) };
+    else this.checkBody(outgoing);
     return this.shards.withState(outgoing.conversationId, async (state, shard) => {
       requireMember(state, item.senderUserId);
       const key = `${item.senderDeviceId}\n${outgoing.clientMsgId}`;
@@ -155,7 +159,7 @@ export class Appender {
         senderUserId: item.senderUserId,
         senderDeviceId: item.senderDeviceId,
         clientMsgId: outgoing.clientMsgId,
-        body: outgoing.body,
+        body,
       });
       const seq = Number(entry.seq);
       const write = batch.write(state);

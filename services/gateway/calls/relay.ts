@@ -8,20 +8,26 @@
  * goes to the caller's device, so they all pass through that one process, which lets the first
  * through and answers every other callee device with ANSWERED_ELSEWHERE (they stop ringing).
  */
+
+import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { type Client, Code } from "@connectrpc/connect";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import {
   type Delivery,
   DeliveryBatchSchema,
   DeliverySchema,
 } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import type { PresenceService } from "../../../gen/switchboard/internal/v1/presence_pb.js";
-import type { SequencerService } from "../../../gen/switchboard/internal/v1/sequencer_pb.js";
+import {
+  AppendItemSchema,
+  type SequencerService,
+} from "../../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
   type CallEventFrame,
   CallEventFrameSchema,
   type CallFrame,
   CallMedia,
+  CallOutcome,
   CallSignal,
 } from "../../../gen/switchboard/v1/calls_pb.js";
 import type { ConnectResponse } from "../../../gen/switchboard/v1/gateway_pb.js";
@@ -33,9 +39,11 @@ import { TokenBucket } from "../../common/rate-limit/token-bucket.js";
 import { requireId } from "../../common/validate.js";
 import { frame, inBand } from "../session/frames.js";
 import { CALL_FRAME_OVERHEAD_BYTES, CALL_LIMITS } from "./limits.js";
-import { CallerCalls } from "./state.js";
+import { type CallerCall, CallerCalls } from "./state.js";
 
 const CALL_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** Tries at writing a call's log entry while the sequencer is unavailable (250 ms, 500 ms, ... apart). */
+const LOG_ATTEMPTS = 4;
 
 /** The stream a call frame came in on. */
 export interface CallStream {
@@ -83,7 +91,12 @@ export class CallRelay {
   onOfflineCallee: OfflineCallee | undefined;
 
   constructor(private readonly deps: CallRelayDeps) {
-    this.calls = new CallerCalls(deps.now);
+    this.calls = new CallerCalls(deps.now, (call) => void this.rangOut(call));
+  }
+
+  /** Forgets every call (the gateway is stopping); their log entries are not written. */
+  stop(): void {
+    this.calls.clear();
   }
 
   /** A call frame from a device's stream: checked, bounded, relayed; refusals answered in band. */
@@ -91,12 +104,24 @@ export class CallRelay {
     try {
       this.check(stream, f);
       this.charge(stream.deviceId, f);
-      if (f.signal === CallSignal.OFFER) this.calls.open(stream.deviceId, f.callId, f.peerUserId);
+      if (f.signal === CallSignal.OFFER)
+        this.calls.open({
+          callId: f.callId,
+          callerUserId: stream.userId,
+          callerDeviceId: stream.deviceId,
+          peerUserId: f.peerUserId,
+          media: f.media,
+        });
     } catch (err) {
       this.refuse(stream, err);
       return;
     }
-    if (f.signal === CallSignal.HANGUP) this.calls.close(stream.deviceId, f.callId);
+    if (f.signal === CallSignal.HANGUP) {
+      // The caller hangs up: answered, or missed if it still rang.
+      const ended = this.calls.close(stream.deviceId, f.callId);
+      if (ended !== undefined)
+        void this.writeLog(ended, ended.acceptedBy === undefined ? CallOutcome.MISSED : CallOutcome.ANSWERED);
+    }
     this.relay(stream, f).catch((err: unknown) => {
       if (f.signal === CallSignal.OFFER) this.calls.close(stream.deviceId, f.callId);
       this.refuse(stream, err);
@@ -129,10 +154,18 @@ export class CallRelay {
           // A device that lost the race has nothing to say to the caller any more.
           if (call.acceptedBy !== undefined && call.acceptedBy !== ev.fromDeviceId) return;
           break;
+        case CallSignal.DECLINE:
+        case CallSignal.BUSY:
+          if (call.acceptedBy !== undefined) return;
+          this.calls.close(receiver.deviceId, ev.callId);
+          void this.writeLog(call, ev.signal === CallSignal.BUSY ? CallOutcome.BUSY : CallOutcome.DECLINED);
+          break;
         case CallSignal.HANGUP:
-          if (call.acceptedBy === undefined || call.acceptedBy === ev.fromDeviceId)
+          // Before an accept, one callee device hanging up is that device ignoring the call.
+          if (call.acceptedBy === ev.fromDeviceId) {
             this.calls.close(receiver.deviceId, ev.callId);
-          else return;
+            void this.writeLog(call, CallOutcome.ANSWERED);
+          } else if (call.acceptedBy !== undefined) return;
           break;
         default:
           break;
@@ -259,6 +292,73 @@ export class CallRelay {
     );
     if (reached === 0 && f.signal === CallSignal.OFFER)
       this.onOfflineCallee?.({ callId: f.callId, callerUserId: stream.userId, calleeUserId: f.peerUserId });
+  }
+
+  /** A call nobody took in time: logged as missed; the callee's devices and the caller's stop ringing. */
+  private async rangOut(call: CallerCall): Promise<void> {
+    await this.writeLog(call, CallOutcome.MISSED);
+    const hangup = (fromUserId: string, fromDeviceId: string) => () =>
+      create(CallEventFrameSchema, {
+        callId: call.callId,
+        fromUserId,
+        fromDeviceId,
+        signal: CallSignal.HANGUP,
+        serverTimeMs: BigInt(this.deps.now()),
+      });
+    try {
+      await this.send(call.peerUserId, undefined, hangup(call.callerUserId, call.callerDeviceId));
+      await this.send(call.callerUserId, [call.callerDeviceId], hangup(call.peerUserId, ""));
+    } catch (err) {
+      this.deps.log.warn({ err, callId: call.callId }, "could not stop a call that rang out");
+    }
+  }
+
+  /**
+   * Appends the call's entry to the direct conversation (as the caller's device, once: the
+   * client_msg_id comes from the call id), retrying while the sequencer is unavailable.
+   */
+  private async writeLog(call: CallerCall, outcome: CallOutcome): Promise<void> {
+    const endedAt = this.deps.now();
+    const answered = outcome === CallOutcome.ANSWERED;
+    const item = create(AppendItemSchema, {
+      senderUserId: call.callerUserId,
+      senderDeviceId: call.callerDeviceId,
+      entry: {
+        clientMsgId: `call-${createHash("sha256").update(call.callId).digest("base64url").slice(0, 32)}`,
+        conversationId: directConversationId(call.callerUserId, call.peerUserId),
+      },
+      callLog: {
+        callId: call.callId,
+        callerUserId: call.callerUserId,
+        calleeUserId: call.peerUserId,
+        media: call.media,
+        outcome,
+        startedAtMs: BigInt(call.startedAt),
+        answeredAtMs: BigInt(answered ? call.answeredAt : 0),
+        endedAtMs: BigInt(endedAt),
+        durationMs: BigInt(answered ? Math.max(0, endedAt - call.answeredAt) : 0),
+        answeredDeviceId: answered ? (call.acceptedBy ?? "") : "",
+      },
+    });
+    for (let attempt = 0; ; attempt++) {
+      let code: Code;
+      let message: string;
+      try {
+        const [result] = (await this.deps.sequencer.append({ items: [item] })).results;
+        if (result === undefined || result.errorCode === 0) return;
+        code = result.errorCode;
+        message = result.errorMessage;
+      } catch (err) {
+        const e = ConnectError.from(err);
+        code = e.code;
+        message = e.rawMessage;
+      }
+      if (code !== Code.Unavailable || attempt >= LOG_ATTEMPTS - 1) {
+        this.deps.log.warn({ callId: call.callId, code, message }, "could not write a call's log entry");
+        return;
+      }
+      await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** attempt));
+    }
   }
 
   /** Tells the callee's devices (all but the winner, or only those listed) that another device took the call. */

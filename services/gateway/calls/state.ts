@@ -3,13 +3,26 @@
  * accept through and turn the others away. Bounded per device and in all, and forgotten when
  * the call ends, stops ringing, or outlives CALL_LIMITS.answeredMs.
  */
+import type { CallMedia } from "../../../gen/switchboard/v1/calls_pb.js";
 import { LimitError } from "../../common/errors.js";
 import { CALL_LIMITS } from "./limits.js";
 
 /** One call as its caller's gateway remembers it. */
 export interface CallerCall {
+  /** The call id. */
+  callId: string;
+  /** The caller (this gateway's stream's user). */
+  callerUserId: string;
+  /** The caller's device. */
+  callerDeviceId: string;
   /** The callee. */
   peerUserId: string;
+  /** Audio or video, as offered. */
+  media: CallMedia;
+  /** When the offer came, in milliseconds since the Unix epoch. */
+  startedAt: number;
+  /** When the winning accept came, in milliseconds since the Unix epoch; 0 while ringing. */
+  answeredAt: number;
   /** The callee device whose accept won; undefined while ringing. */
   acceptedBy: string | undefined;
   /** When it is forgotten, in milliseconds since the Unix epoch. */
@@ -21,10 +34,20 @@ export class CallerCalls {
   private readonly byDevice = new Map<string, Map<string, CallerCall>>();
   private size = 0;
 
-  constructor(private readonly now: () => number) {}
+  /**
+   * now is the clock; ended hears of each call the gateway forgets without a hangup (rang out:
+   * missed), at the latest CALL_LIMITS.ringMs after its offer, on a timer of its own.
+   */
+  constructor(
+    private readonly now: () => number,
+    private readonly rangOut: (call: CallerCall) => void,
+  ) {}
+
+  private readonly timers = new Map<CallerCall, NodeJS.Timeout>();
 
   /** Starts ringing a call (an offer again for the same call id rings on). LIMIT past the bounds. */
-  open(deviceId: string, callId: string, peerUserId: string): void {
+  open(call: Pick<CallerCall, "callId" | "callerUserId" | "callerDeviceId" | "peerUserId" | "media">): void {
+    const { callerDeviceId: deviceId, callId, peerUserId } = call;
     const calls = this.live(deviceId);
     const known = calls.get(callId);
     if (known !== undefined && known.peerUserId === peerUserId) return;
@@ -36,9 +59,26 @@ export class CallerCalls {
       throw new LimitError("calls: this gateway is at its limit of calls; retry in a minute", {
         retryAfterMs: 60_000,
       });
-    if (known === undefined) this.size++;
-    calls.set(callId, { peerUserId, acceptedBy: undefined, expiresAt: this.now() + CALL_LIMITS.ringMs });
+    if (known !== undefined) this.forget(known);
+    else this.size++;
+    const now = this.now();
+    const opened: CallerCall = {
+      ...call,
+      startedAt: now,
+      answeredAt: 0,
+      acceptedBy: undefined,
+      expiresAt: now + CALL_LIMITS.ringMs,
+    };
+    calls.set(callId, opened);
     this.byDevice.set(deviceId, calls);
+    const timer = setTimeout(() => {
+      // Looked up as is: by now the call counts as expired, which get() would hide.
+      if (this.byDevice.get(deviceId)?.get(callId) !== opened || opened.acceptedBy !== undefined) return;
+      this.close(deviceId, callId);
+      this.rangOut(opened);
+    }, CALL_LIMITS.ringMs);
+    timer.unref();
+    this.timers.set(opened, timer);
   }
 
   /** The call, unless it expired. */
@@ -51,14 +91,35 @@ export class CallerCalls {
     const call = this.get(deviceId, callId);
     if (call === undefined) return;
     call.acceptedBy = calleeDeviceId;
-    call.expiresAt = this.now() + CALL_LIMITS.answeredMs;
+    call.answeredAt = this.now();
+    call.expiresAt = call.answeredAt + CALL_LIMITS.answeredMs;
+    this.forget(call);
   }
 
-  /** Forgets a call (hung up). */
-  close(deviceId: string, callId: string): void {
+  /** Forgets a call (hung up, declined); returns it as it was, if it was known. */
+  close(deviceId: string, callId: string): CallerCall | undefined {
     const calls = this.byDevice.get(deviceId);
-    if (calls?.delete(callId)) this.size--;
+    const call = calls?.get(callId);
+    if (call !== undefined) {
+      calls!.delete(callId);
+      this.size--;
+      this.forget(call);
+    }
     if (calls?.size === 0) this.byDevice.delete(deviceId);
+    return call;
+  }
+
+  /** Forgets every call and its timer (the gateway is stopping). */
+  clear(): void {
+    for (const timer of this.timers.values()) clearTimeout(timer);
+    this.timers.clear();
+    this.byDevice.clear();
+    this.size = 0;
+  }
+
+  private forget(call: CallerCall): void {
+    clearTimeout(this.timers.get(call));
+    this.timers.delete(call);
   }
 
   /** The device's calls with the expired ones dropped. */
@@ -69,6 +130,7 @@ export class CallerCalls {
       if (call.expiresAt <= now) {
         calls.delete(id);
         this.size--;
+        this.forget(call);
       }
     }
     if (calls.size === 0) this.byDevice.delete(deviceId);

@@ -24,8 +24,6 @@ export async function setSuspended(cql: Cql, user: UserRecord, atMs: number): Pr
   const { suspendedAtMs: _, ...rest } = user;
   if (atMs === 0) {
     await cql.run("DELETE FROM user_suspensions WHERE user_id = ?", [user.userId]);
-    // The user's own blocks; others' blocks of the user and reports about them stay with those.
-    await cql.run("DELETE FROM user_blocks WHERE user_id = ?", [user.userId]);
     return rest;
   }
   const already = await suspendedAt(cql, user.userId);
@@ -78,6 +76,8 @@ export async function deleteUser(cql: Cql, user: UserRecord): Promise<void> {
   }
   await cql.run("DELETE FROM user_privacy WHERE user_id = ?", [user.userId]);
   await cql.run("DELETE FROM user_suspensions WHERE user_id = ?", [user.userId]);
+  // The user's own blocks; others' blocks of the user and reports about them stay with those.
+  await cql.run("DELETE FROM user_blocks WHERE user_id = ?", [user.userId]);
   await lwtDelete(cql, "DELETE FROM usernames WHERE username = ? IF user_id = ?", [
     user.username,
     user.userId,

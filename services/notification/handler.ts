@@ -4,7 +4,7 @@ import type { Notifier } from "./notifier.js";
 
 /** The notification service's RPC face: queue and return at once. */
 export function notificationService(
-  notifier: Pick<Notifier, "notify">,
+  notifier: Pick<Notifier, "notify" | "notifyCall">,
 ): ServiceImpl<typeof NotificationService> {
   return {
     async notify(req) {
@@ -15,6 +15,19 @@ export function notificationService(
           conversationId: w.conversationId,
           seq: Number(w.seq),
           urgent: w.urgent,
+        })),
+      );
+      return { queued, shed };
+    },
+    async notifyCall(req) {
+      // A call rings at most the devices a user may have; anything past that is not a callee's.
+      const { queued, shed } = notifier.notifyCall(
+        req.deviceIds.slice(0, 16).map((deviceId) => ({
+          userId: req.userId,
+          deviceId,
+          conversationId: req.conversationId,
+          callId: req.callId,
+          ended: req.ended,
         })),
       );
       return { queued, shed };

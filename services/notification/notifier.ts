@@ -1,9 +1,10 @@
+import { createHash } from "node:crypto";
 import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { Logger } from "../common/log.js";
 import { TokenBucket } from "../common/rate-limit/token-bucket.js";
 import { targetFromWire } from "./targets.js";
-import type { PushMessage, PushOutcome, PushProvider, PushTarget } from "./types.js";
+import type { PushCall, PushMessage, PushOutcome, PushProvider, PushTarget } from "./types.js";
 
 /** Options for the notifier; defaults in `defaultNotifierOptions`. */
 export interface NotifierOptions {
@@ -74,7 +75,23 @@ export interface WakeUp {
   urgent: boolean;
 }
 
+/** One device to wake, or stop ringing, for one call. */
+export interface CallWakeUp {
+  userId: string;
+  deviceId: string;
+  /** The direct conversation of caller and callee. */
+  conversationId: string;
+  callId: string;
+  /** True once the call ended: withdraws the wake-up, or supersedes one already sent. */
+  ended: boolean;
+}
+
+/** How long providers keep trying to deliver a call's push, in seconds: about its ringing. */
+export const CALL_PUSH_TTL_SECONDS = 120;
+
 interface Pending extends WakeUp {
+  /** Set for a call's wake-up. */
+  call?: PushCall;
   attempts: number;
   /** The seq of the push in flight, if one is. */
   sending: number | undefined;
@@ -159,6 +176,58 @@ export class Notifier {
     return { queued, shed };
   }
 
+  /**
+   * Queues calls' wake-ups, one per device and call: an end that comes before the wake-up left
+   * withdraws it; one that comes later is sent under the same collapse key, superseding it at
+   * the provider (and telling a device that rings to stop). Call pushes have buckets of their
+   * own, so a busy conversation cannot delay a ringing phone.
+   */
+  notifyCall(wakeUps: readonly CallWakeUp[]): { queued: number; shed: number } {
+    let queued = 0;
+    let shed = 0;
+    for (const w of wakeUps) {
+      const key = `${w.deviceId}\ncall\n${w.callId}`;
+      const existing = this.pending.get(key);
+      if (existing?.call !== undefined) {
+        if (w.ended && !existing.call.ended) {
+          if (existing.sending === undefined && existing.seq === 0) {
+            // It never left: withdrawn.
+            this.pending.delete(key);
+            this.ready.delete(key);
+          } else {
+            existing.call.ended = true;
+            existing.seq = (existing.sending ?? existing.seq) + 1;
+            existing.attempts = 0;
+            if (existing.sending === undefined) this.ready.add(key);
+          }
+        }
+        this.metrics.collapsed++;
+        queued++;
+        continue;
+      }
+      if (this.closed || this.pending.size >= this.options.queueLimit) {
+        this.metrics.shed++;
+        shed++;
+        continue;
+      }
+      this.pending.set(key, {
+        userId: w.userId,
+        deviceId: w.deviceId,
+        conversationId: w.conversationId,
+        seq: 0,
+        urgent: true,
+        call: { callId: w.callId, ended: w.ended },
+        attempts: 0,
+        sending: undefined,
+      });
+      this.ready.add(key);
+      this.metrics.queued++;
+      queued++;
+    }
+    this.pump();
+    return { queued, shed };
+  }
+
   /** Stops taking work, cancels waits and lets pushes in flight finish. */
   async close(): Promise<void> {
     this.closed = true;
@@ -177,7 +246,7 @@ export class Notifier {
       this.ready.delete(key);
       const item = this.pending.get(key);
       if (item === undefined || item.sending !== undefined) continue;
-      const wait = this.bucket(item.deviceId).take(this.now());
+      const wait = this.bucket(item.call ? `call\n${item.deviceId}` : item.deviceId).take(this.now());
       if (wait > 0) {
         this.metrics.rateLimited++;
         this.later(key, wait);
@@ -252,12 +321,25 @@ export class Notifier {
             reason: `provider threw: ${err instanceof Error ? err.message : String(err)}`,
           }));
         }
+        // A PushKit token is not the token a device registers for wake-ups: APNs refusing the
+        // VoIP push says nothing about the registered target, which must stay.
+        if (item.call && registration.target.kind === "apns" && outcome.status === "gone")
+          outcome = { status: "failed", reason: outcome.reason };
         this.settle(item, outcome, registration.targetId);
       }),
     );
   }
 
   private message(item: Pending): PushMessage {
+    if (item.call !== undefined)
+      return {
+        conversationId: item.conversationId,
+        seq: 0,
+        collapseKey: callCollapseKey(item.call.callId),
+        ttlSeconds: CALL_PUSH_TTL_SECONDS,
+        urgency: "high",
+        call: { ...item.call },
+      };
     return {
       conversationId: item.conversationId,
       seq: item.seq,
@@ -269,7 +351,9 @@ export class Notifier {
   }
 
   private settle(item: Pending, outcome: PushOutcome, targetId: string | undefined): void {
-    const key = `${item.deviceId}\n${item.conversationId}`;
+    const key = item.call
+      ? `${item.deviceId}\ncall\n${item.call.callId}`
+      : `${item.deviceId}\n${item.conversationId}`;
     const sent = item.sending ?? item.seq;
     item.sending = undefined;
     switch (outcome.status) {
@@ -316,4 +400,9 @@ export class Notifier {
     if (this.inFlight === 0) for (const r of this.idle.splice(0)) r();
     this.pump();
   }
+}
+
+/** A call's collapse key: 32 characters of [A-Za-z0-9_-] from the call id, the same for its end. */
+export function callCollapseKey(callId: string): string {
+  return `c${createHash("sha256").update(callId).digest("base64url").slice(0, 31)}`;
 }

@@ -25,6 +25,20 @@ export interface PushMessage {
   ttlSeconds: number;
   /** "high" wakes the device now (messages); "normal" may be delayed to save battery. */
   urgency: "high" | "normal";
+  /**
+   * Set for a call's wake-up (docs/calls.md): a VoIP push where the platform has one (APNs
+   * apns-push-type voip), high priority everywhere, collapsed per call; `ended` supersedes it
+   * so a device that was rung stops ringing.
+   */
+  call?: PushCall;
+}
+
+/** What a call's push says: the call id and whether it rings or ended; nothing else. */
+export interface PushCall {
+  /** The call id the caller chose. */
+  callId: string;
+  /** False while it rings; true once it ended (answered elsewhere, hung up, rang out). */
+  ended: boolean;
 }
 
 /** How a provider answered one push. Providers return these; they do not throw for them. */

@@ -13,6 +13,7 @@ import {
   type PushTarget,
   retryAfterMs,
 } from "../types.js";
+import { contentFree } from "./content-free.js";
 import { type Answer, errorText, header, isAnswer } from "./http2.js";
 import { parsePrivateKey, TokenAuthorizedClient, TokenCache } from "./token-auth.js";
 
@@ -123,7 +124,9 @@ export class ApnsProvider implements PushProvider {
 
 /** Only content-available: iOS wakes the app, which syncs; nothing is shown and nothing leaks. */
 export function apnsPayload(message: PushMessage): Record<string, unknown> {
-  return { aps: { "content-available": 1 }, c: message.conversationId, s: String(message.seq) };
+  // A VoIP push wakes the app through PushKit, which reports the call to CallKit; no aps needed.
+  if (message.call !== undefined) return { aps: {}, ...contentFree(message) };
+  return { aps: { "content-available": 1 }, ...contentFree(message) };
 }
 
 export function apnsHeaders(
@@ -147,6 +150,12 @@ export function apnsHeaders(
     "apns-expiration": String(ttlSeconds === 0 ? 0 : Math.floor(nowMs / 1000) + ttlSeconds),
     "content-type": "application/json",
   };
+  if (message.call !== undefined) {
+    // A call rings through PushKit: push type voip, at once (10), on the app's ".voip" topic.
+    headers["apns-push-type"] = "voip";
+    headers["apns-priority"] = "10";
+    headers["apns-topic"] = target.topic.endsWith(".voip") ? target.topic : `${target.topic}.voip`;
+  }
   if (message.collapseKey !== "") headers["apns-collapse-id"] = message.collapseKey;
   return headers;
 }

@@ -12,6 +12,7 @@ import {
   type PushTarget,
   retryAfterMs,
 } from "../types.js";
+import { contentFree } from "./content-free.js";
 import { type Answer, errorText, header, isAnswer } from "./http2.js";
 import { type IssuedToken, parsePrivateKey, TokenAuthorizedClient, TokenCache } from "./token-auth.js";
 
@@ -220,7 +221,8 @@ export function fcmMessage(
   };
   const apnsHeaders: Record<string, string> = {
     // A content-available-only push is a background push, and APNs rejects priority 10 for those
-    // whatever the urgency; iOS decides when to wake the app.
+    // whatever the urgency; iOS decides when to wake the app. (FCM cannot send APNs VoIP pushes:
+    // an iOS app rung through FCM gets this background push, Android gets priority HIGH.)
     "apns-priority": "5",
     "apns-push-type": "background",
   };
@@ -234,7 +236,7 @@ export function fcmMessage(
   return {
     message: {
       token,
-      data: { c: message.conversationId, s: String(message.seq) },
+      data: contentFree(message),
       android,
       apns: { headers: apnsHeaders, payload: { aps: { "content-available": 1 } } },
     },

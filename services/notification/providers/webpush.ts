@@ -17,6 +17,7 @@ import {
   retryAfterMs,
   type WebPushTarget,
 } from "../types.js";
+import { contentFree } from "./content-free.js";
 
 /**
  * Web Push (RFC 8030 delivery, RFC 8291 aes128gcm encryption, RFC 8292 VAPID). The same protocol
@@ -268,7 +269,7 @@ export class WebPushProvider implements PushProvider {
     let request: webpush.RequestDetails;
     try {
       // Content-free: the device learns only where to sync from; the message itself stays in the log.
-      const payload = JSON.stringify({ c: msg.conversationId, s: String(msg.seq) });
+      const payload = JSON.stringify(contentFree(msg));
       request = webpush.generateRequestDetails(
         { endpoint: target.endpoint, keys: { p256dh: target.p256dh, auth: target.auth } },
         payload,

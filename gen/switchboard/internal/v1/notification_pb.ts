@@ -10,7 +10,85 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/notification.proto.
  */
 export const file_switchboard_internal_v1_notification: GenFile = /*@__PURE__*/
-  fileDesc("Cipzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ub3RpZmljYXRpb24ucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxImIKBldha2VVcBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAyABKAkSCwoDc2VxGAQgASgEEg4KBnVyZ2VudBgFIAEoCCJCCg1Ob3RpZnlSZXF1ZXN0EjEKCHdha2VfdXBzGAEgAygLMh8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuV2FrZVVwIi4KDk5vdGlmeVJlc3BvbnNlEg4KBnF1ZXVlZBgBIAEoDRIMCgRzaGVkGAIgASgNMnAKE05vdGlmaWNhdGlvblNlcnZpY2USWQoGTm90aWZ5EiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuTm90aWZ5UmVxdWVzdBonLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLk5vdGlmeVJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("Cipzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ub3RpZmljYXRpb24ucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxInEKEU5vdGlmeUNhbGxSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkSEgoKZGV2aWNlX2lkcxgCIAMoCRIPCgdjYWxsX2lkGAMgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgEIAEoCRINCgVlbmRlZBgFIAEoCCIyChJOb3RpZnlDYWxsUmVzcG9uc2USDgoGcXVldWVkGAEgASgNEgwKBHNoZWQYAiABKA0iYgoGV2FrZVVwEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRILCgNzZXEYBCABKAQSDgoGdXJnZW50GAUgASgIIkIKDU5vdGlmeVJlcXVlc3QSMQoId2FrZV91cHMYASADKAsyHy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5XYWtlVXAiLgoOTm90aWZ5UmVzcG9uc2USDgoGcXVldWVkGAEgASgNEgwKBHNoZWQYAiABKA0y1wEKE05vdGlmaWNhdGlvblNlcnZpY2USWQoGTm90aWZ5EiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuTm90aWZ5UmVxdWVzdBonLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLk5vdGlmeVJlc3BvbnNlEmUKCk5vdGlmeUNhbGwSKi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Ob3RpZnlDYWxsUmVxdWVzdBorLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLk5vdGlmeUNhbGxSZXNwb25zZWIGcHJvdG8z");
+
+/**
+ * NotificationService.NotifyCall request.
+ *
+ * @generated from message switchboard.internal.v1.NotifyCallRequest
+ */
+export type NotifyCallRequest = Message<"switchboard.internal.v1.NotifyCallRequest"> & {
+  /**
+   * The callee.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The callee's devices to wake (those without a stream when the call was offered); at most 16.
+   *
+   * @generated from field: repeated string device_ids = 2;
+   */
+  deviceIds: string[];
+
+  /**
+   * The call.
+   *
+   * @generated from field: string call_id = 3;
+   */
+  callId: string;
+
+  /**
+   * The direct conversation of caller and callee (all the push says besides the call id).
+   *
+   * @generated from field: string conversation_id = 4;
+   */
+  conversationId: string;
+
+  /**
+   * False: the call rings, wake the devices. True: it ended, withdraw the wake-up (or supersede
+   * one already delivered, so the device stops ringing).
+   *
+   * @generated from field: bool ended = 5;
+   */
+  ended: boolean;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.NotifyCallRequest.
+ * Use `create(NotifyCallRequestSchema)` to create a new message.
+ */
+export const NotifyCallRequestSchema: GenMessage<NotifyCallRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_notification, 0);
+
+/**
+ * NotificationService.NotifyCall response.
+ *
+ * @generated from message switchboard.internal.v1.NotifyCallResponse
+ */
+export type NotifyCallResponse = Message<"switchboard.internal.v1.NotifyCallResponse"> & {
+  /**
+   * How many were queued (new, collapsed or withdrawn).
+   *
+   * @generated from field: uint32 queued = 1;
+   */
+  queued: number;
+
+  /**
+   * How many were shed because the queue was full.
+   *
+   * @generated from field: uint32 shed = 2;
+   */
+  shed: number;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.NotifyCallResponse.
+ * Use `create(NotifyCallResponseSchema)` to create a new message.
+ */
+export const NotifyCallResponseSchema: GenMessage<NotifyCallResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_notification, 1);
 
 /**
  * One device to wake for one conversation.
@@ -59,7 +137,7 @@ export type WakeUp = Message<"switchboard.internal.v1.WakeUp"> & {
  * Use `create(WakeUpSchema)` to create a new message.
  */
 export const WakeUpSchema: GenMessage<WakeUp> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_notification, 0);
+  messageDesc(file_switchboard_internal_v1_notification, 2);
 
 /**
  * NotificationService.Notify request.
@@ -80,7 +158,7 @@ export type NotifyRequest = Message<"switchboard.internal.v1.NotifyRequest"> & {
  * Use `create(NotifyRequestSchema)` to create a new message.
  */
 export const NotifyRequestSchema: GenMessage<NotifyRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_notification, 1);
+  messageDesc(file_switchboard_internal_v1_notification, 3);
 
 /**
  * NotificationService.Notify response.
@@ -108,7 +186,7 @@ export type NotifyResponse = Message<"switchboard.internal.v1.NotifyResponse"> &
  * Use `create(NotifyResponseSchema)` to create a new message.
  */
 export const NotifyResponseSchema: GenMessage<NotifyResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_notification, 2);
+  messageDesc(file_switchboard_internal_v1_notification, 4);
 
 /**
  * Content-free push wake-ups for devices without a live stream. Fanout hands it every entry for
@@ -127,6 +205,17 @@ export const NotificationService: GenService<{
     methodKind: "unary";
     input: typeof NotifyRequestSchema;
     output: typeof NotifyResponseSchema;
+  },
+  /**
+   * Queues a call's high-priority wake-up (a VoIP push) for a callee's devices without a stream,
+   * or withdraws it when the call has ended (docs/calls.md). Collapsed per device and call.
+   *
+   * @generated from rpc switchboard.internal.v1.NotificationService.NotifyCall
+   */
+  notifyCall: {
+    methodKind: "unary";
+    input: typeof NotifyCallRequestSchema;
+    output: typeof NotifyCallResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_internal_v1_notification, 0);

@@ -2,7 +2,7 @@ import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import { PermissionError } from "../common/errors.js";
-import { conversationKind } from "../sequencer/device-payloads.js";
+import { conversationKind } from "../sequencer/index.js";
 import type { DeviceSets, Sender } from "./device-set.js";
 
 /**

@@ -2,6 +2,7 @@ import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { BusEvent, DeliveryBatch } from "../../gen/switchboard/internal/v1/events_pb.js";
+import type { NotificationService } from "../../gen/switchboard/internal/v1/notification_pb.js";
 import {
   type DeviceRoute,
   DeviceRouteSchema,
@@ -57,6 +58,8 @@ export interface GatewayDeps {
   presence: Client<typeof PresenceService>;
   /** Where fanout delivers entries, receipts and typing to this gateway's streams. */
   delivery: DeliveryChannel;
+  /** Push wake-ups of calls for callees' devices without a stream; unset: calls ring online devices only. */
+  notification?: Client<typeof NotificationService>;
   /** Broadcasts every gateway hears: presence changes, low prekeys, revoked devices. */
   bus: EventBus;
   /** Verifies devices' access tokens. */
@@ -185,6 +188,14 @@ export class GatewayCore implements SessionHost<Session> {
       now: this.now,
       refused: (reason, message, fields) => this.refused(reason, message, fields),
       blockedBy: async (owner, userId) => (await this.blocks.listOf(owner)).has(userId),
+      userDevices: async (userId) =>
+        (await this.directory.getUserDevices({ userIds: [userId] })).users.find((u) => u.userId === userId)
+          ?.deviceIds ?? [],
+      ...(deps.notification !== undefined && {
+        notifyCall: async (call) => {
+          await deps.notification!.notifyCall(call);
+        },
+      }),
     });
     this.stops.push(() => this.calls.stop());
     this.stops.push(deps.delivery.listen(this.id, (batch) => this.onDelivery(batch)));

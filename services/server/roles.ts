@@ -263,6 +263,14 @@ export async function startGatewayRole(
     directory: directoryClient(ctx),
     presence: presenceClient(ctx),
     delivery: ctx.delivery,
+    // Calls ring callees' devices without a stream by push, where a notification service is.
+    ...((ctx.roles.has("notification") || config.mesh.urls.notification !== undefined) && {
+      notification: ctx.clients.clientOf(
+        NotificationService,
+        ctx.roles.has("notification"),
+        config.mesh.urls.notification,
+      ),
+    }),
     bus: ctx.bus,
     tokens: ctx.tokens!,
     limits: config.limits,

@@ -76,10 +76,20 @@ export interface CallRelayDeps {
   refused(reason: string, message: string, fields?: Record<string, string | number>): void;
   /** Whether owner has blocked userId (the gateway's block lists). */
   blockedBy(owner: string, userId: string): Promise<boolean>;
+  /** A user's active devices (the accounts directory). */
+  userDevices(userId: string): Promise<string[]>;
+  /**
+   * Queues a call's wake-up for devices without a stream, or its withdrawal (NotificationService
+   * .NotifyCall); undefined where no notification service is reachable.
+   */
+  notifyCall?: (call: {
+    userId: string;
+    deviceIds: string[];
+    callId: string;
+    conversationId: string;
+    ended: boolean;
+  }) => Promise<void>;
 }
-
-/** Seen by an observer (tests, metrics): a call offer that found no device of the callee online. */
-export type OfflineCallee = (call: { callId: string; callerUserId: string; calleeUserId: string }) => void;
 
 /** One per gateway: checks, bounds and relays call frames, and arbitrates accepts of its callers' calls. */
 export class CallRelay {
@@ -87,8 +97,6 @@ export class CallRelay {
   private readonly bytes = new Map<string, { tokens: number; at: number }>();
   private readonly pairs = new Map<string, number>();
   private readonly calls: CallerCalls;
-  /** Called when an offer reached no device (the callee is offline): the push hook. */
-  onOfflineCallee: OfflineCallee | undefined;
 
   constructor(private readonly deps: CallRelayDeps) {
     this.calls = new CallerCalls(deps.now, (call) => void this.rangOut(call));
@@ -101,9 +109,11 @@ export class CallRelay {
 
   /** A call frame from a device's stream: checked, bounded, relayed; refusals answered in band. */
   receive(stream: CallStream, f: CallFrame): void {
+    // An offer again for a ringing call (to a device woken by push, say) is no new call.
+    const newCall = f.signal === CallSignal.OFFER && this.calls.get(stream.deviceId, f.callId) === undefined;
     try {
       this.check(stream, f);
-      this.charge(stream.deviceId, f);
+      this.charge(stream.deviceId, f, newCall);
       if (f.signal === CallSignal.OFFER)
         this.calls.open({
           callId: f.callId,
@@ -122,8 +132,8 @@ export class CallRelay {
       if (ended !== undefined)
         void this.writeLog(ended, ended.acceptedBy === undefined ? CallOutcome.MISSED : CallOutcome.ANSWERED);
     }
-    this.relay(stream, f).catch((err: unknown) => {
-      if (f.signal === CallSignal.OFFER) this.calls.close(stream.deviceId, f.callId);
+    this.relay(stream, f, newCall).catch((err: unknown) => {
+      if (newCall) this.calls.close(stream.deviceId, f.callId);
       this.refuse(stream, err);
     });
   }
@@ -145,6 +155,8 @@ export class CallRelay {
           }
           if (first) {
             this.calls.accept(receiver.deviceId, ev.callId, ev.fromDeviceId);
+            // The devices woken by push stop ringing too.
+            this.withdrawPush(call);
             void this.answeredElsewhere(ev.callId, call.peerUserId, ev.fromDeviceId, undefined);
           }
           break;
@@ -214,9 +226,9 @@ export class CallRelay {
   }
 
   /** Takes the frame from the device's budgets: offers by count, every frame by bytes. */
-  private charge(deviceId: string, f: CallFrame): void {
+  private charge(deviceId: string, f: CallFrame, newCall: boolean): void {
     const now = this.deps.now();
-    if (f.signal === CallSignal.OFFER) {
+    if (newCall) {
       let bucket = this.offers.get(deviceId);
       if (bucket === undefined) {
         bucket = new TokenBucket(CALL_LIMITS.offersPerMinute / 60, CALL_LIMITS.offerBurst, now);
@@ -267,7 +279,7 @@ export class CallRelay {
   }
 
   /** Checks the pair shares a direct conversation, then hands the frame to the peer's devices. */
-  private async relay(stream: CallStream, f: CallFrame): Promise<void> {
+  private async relay(stream: CallStream, f: CallFrame, newCall: boolean): Promise<void> {
     await this.requirePair(stream.userId, f.peerUserId);
     // Every frame, not only offers: a block in the middle of a call ends what the blocked user can send.
     await this.requireNotBlocked(stream.userId, f.peerUserId);
@@ -290,8 +302,41 @@ export class CallRelay {
           serverTimeMs: BigInt(this.deps.now()),
         }),
     );
-    if (reached === 0 && f.signal === CallSignal.OFFER)
-      this.onOfflineCallee?.({ callId: f.callId, callerUserId: stream.userId, calleeUserId: f.peerUserId });
+    if (newCall) await this.wakeOffline(stream, f, reached);
+  }
+
+  /** Rings the callee's devices that hold no stream with a VoIP push, remembered to withdraw it. */
+  private async wakeOffline(stream: CallStream, f: CallFrame, reached: Set<string>): Promise<void> {
+    if (this.deps.notifyCall === undefined) return;
+    const call = this.calls.get(stream.deviceId, f.callId);
+    const offline = (await this.deps.userDevices(f.peerUserId)).filter((d) => !reached.has(d)).slice(0, 16);
+    if (offline.length === 0 || call === undefined) return;
+    call.pushed = offline;
+    await this.deps.notifyCall({
+      userId: f.peerUserId,
+      deviceIds: offline,
+      callId: f.callId,
+      conversationId: directConversationId(stream.userId, f.peerUserId),
+      ended: false,
+    });
+  }
+
+  /** Withdraws (or supersedes) the wake-ups of a call that stopped ringing. */
+  private withdrawPush(call: CallerCall): void {
+    if (call.pushed.length === 0 || this.deps.notifyCall === undefined) return;
+    const deviceIds = call.pushed;
+    call.pushed = [];
+    this.deps
+      .notifyCall({
+        userId: call.peerUserId,
+        deviceIds,
+        callId: call.callId,
+        conversationId: directConversationId(call.callerUserId, call.peerUserId),
+        ended: true,
+      })
+      .catch((err: unknown) =>
+        this.deps.log.warn({ err, callId: call.callId }, "could not withdraw a call's push"),
+      );
   }
 
   /** A call nobody took in time: logged as missed; the callee's devices and the caller's stop ringing. */
@@ -318,6 +363,7 @@ export class CallRelay {
    * client_msg_id comes from the call id), retrying while the sequencer is unavailable.
    */
   private async writeLog(call: CallerCall, outcome: CallOutcome): Promise<void> {
+    this.withdrawPush(call);
     const endedAt = this.deps.now();
     const answered = outcome === CallOutcome.ANSWERED;
     const item = create(AppendItemSchema, {
@@ -390,13 +436,13 @@ export class CallRelay {
 
   /**
    * Delivers an event to each online device of userId (only the listed ones, when given) through
-   * the gateways holding their streams. Returns how many devices it was handed to.
+   * the gateways holding their streams. Returns the devices it was handed to.
    */
   private async send(
     userId: string,
     only: string[] | undefined,
     eventFor: (deviceId: string) => CallEventFrame | undefined,
-  ): Promise<number> {
+  ): Promise<Set<string>> {
     const { routes } = await this.deps.presence.lookupRoutes({ userIds: [userId] });
     const byGateway = new Map<string, Delivery[]>();
     const devices = new Set<string>();
@@ -415,7 +461,7 @@ export class CallRelay {
         this.deps.delivery.deliver(gatewayId, create(DeliveryBatchSchema, { deliveries })),
       ),
     );
-    return devices.size;
+    return devices;
   }
 
   /** PERMISSION_DENIED unless the two users are the members of their direct conversation. */

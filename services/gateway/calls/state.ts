@@ -27,6 +27,8 @@ export interface CallerCall {
   acceptedBy: string | undefined;
   /** When it is forgotten, in milliseconds since the Unix epoch. */
   expiresAt: number;
+  /** The callee devices rung by push (no stream when it was offered), to withdraw it from. */
+  pushed: string[];
 }
 
 export class CallerCalls {
@@ -68,6 +70,7 @@ export class CallerCalls {
       answeredAt: 0,
       acceptedBy: undefined,
       expiresAt: now + CALL_LIMITS.ringMs,
+      pushed: [],
     };
     calls.set(callId, opened);
     this.byDevice.set(deviceId, calls);

@@ -1,0 +1,123 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { CallFrameSchema, CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
+import { callCollapseKey } from "../../services/notification/notifier.js";
+import { generateVapidKeys } from "../../services/notification/providers/webpush.js";
+import type { WebPushTarget } from "../../services/notification/types.js";
+import { type FakeWebPushService, startWebPushService } from "../fakes/push/webpush-service.js";
+import { TestDevice, uniqueName } from "../helpers/device.js";
+import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+
+const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
+  case: "call" as const,
+  value: create(CallFrameSchema, value),
+});
+
+async function online(d: TestDevice): Promise<TestDevice> {
+  d.connect();
+  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up");
+  return d;
+}
+
+describe("calls to offline callees: a call push through a Web Push service, and a missed-call entry", () => {
+  let server: ServerProcess;
+  let push: FakeWebPushService;
+  const devices: TestDevice[] = [];
+  const vapid = generateVapidKeys();
+
+  before(async () => {
+    push = await startWebPushService();
+    server = await startServerProcess({
+      env: {
+        SWITCHBOARD_WEBPUSH_VAPID_PUBLIC_KEY: vapid.publicKey,
+        SWITCHBOARD_WEBPUSH_VAPID_PRIVATE_KEY: vapid.privateKey,
+        SWITCHBOARD_WEBPUSH_SUBJECT: "mailto:ops@switchboard.example",
+        SWITCHBOARD_PUSH_ALLOW_HTTP: "true",
+      },
+    });
+  });
+  after(async () => {
+    await Promise.all(devices.map((d) => d.close()));
+    await server.stop();
+    await removeDir(server.dataDir);
+    await push.close();
+  });
+
+  async function setup() {
+    const alice = await TestDevice.register(server.url, uniqueName("ca"));
+    const bob = await TestDevice.register(server.url, uniqueName("cb"));
+    devices.push(alice, bob);
+    const sub = push.subscribe({ applicationServerKey: vapid.publicKey });
+    const target = sub.target as WebPushTarget;
+    await bob.accounts.setPushTarget({
+      target: {
+        case: "webPush",
+        value: { endpoint: target.endpoint, p256dh: target.p256dh, auth: target.auth },
+      },
+    });
+    const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
+    await online(alice);
+    return { alice, bob, sub, id: conversation!.conversationId };
+  }
+
+  it("rings an offline callee with a high-urgency push collapsed per call, supersedes it when the call ends, and leaves a missed call in the log", async () => {
+    const { alice, bob, sub, id } = await setup();
+    const callId = "offline-ring-1";
+    alice.write(
+      callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.OFFER, media: CallMedia.VIDEO }),
+    );
+    const ring = await push.waitForPush(
+      (p) => p.id === sub.id && (p.payload as { k?: string }).k === "call",
+      10_000,
+    );
+    assert.deepEqual(
+      ring.payload,
+      { k: "call", i: callId, c: id },
+      "content-free: the call and the conversation",
+    );
+    assert.equal(ring.urgency, "high");
+    assert.equal(ring.topic, callCollapseKey(callId), "collapsed per call");
+    assert.ok(ring.ttl > 0 && ring.ttl <= 120, "kept only about as long as a call rings");
+
+    // The caller gives up: the push is superseded under the same topic, so a ringing device stops.
+    alice.write(callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.HANGUP }));
+    const ended = await push.waitForPush(
+      (p) => p.id === sub.id && (p.payload as { k?: string }).k === "call_ended",
+      10_000,
+    );
+    assert.deepEqual(ended.payload, { k: "call_ended", i: callId, c: id });
+    assert.equal(ended.topic, ring.topic);
+
+    // bob connects later: the missed call is waiting in the log; the ringing was never stored.
+    await online(bob);
+    const missed = await bob.waitFor(
+      () => bob.entries(id).find((e) => e.body.case === "call" && e.body.value.callId === callId),
+      "the missed call entry",
+    );
+    assert.ok(missed.body.case === "call");
+    assert.equal(missed.body.value.outcome, CallOutcome.MISSED);
+    assert.equal(missed.body.value.media, CallMedia.VIDEO);
+    assert.equal(bob.ofCase("call").length, 0);
+  });
+
+  it("does not push to a callee device that holds a stream", async () => {
+    const { alice, bob, sub } = await setup();
+    await online(bob);
+    const callId = "online-ring-1";
+    alice.write(
+      callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }),
+    );
+    await bob.waitFor(() => bob.ofCase("call").find((e) => e.callId === callId), "the live offer");
+    alice.write(callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.HANGUP }));
+    // The call's log entry is written after the hangup; the push would have left before it.
+    await alice.waitFor(
+      () => alice.entries().find((e) => e.body.case === "call" && e.body.value.callId === callId),
+      "the call entry",
+    );
+    assert.equal(
+      push.pushes.filter((p) => p.id === sub.id && (p.payload as { i?: string }).i === callId).length,
+      0,
+    );
+  });
+});

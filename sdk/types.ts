@@ -1,6 +1,6 @@
 import type { ConnectError } from "@connectrpc/connect";
-import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import type { CallLogBody } from "../gen/switchboard/v1/calls_pb.js";
+import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
 import type { IdentityChangeEvent } from "./crypto/stores/types.js";
@@ -278,6 +278,11 @@ export interface ClientEvents {
    * send learns it, so at send time; `verifiedContact` says the user verified that contact.
    */
   devicesChanged: DevicesChangedEvent;
+  /**
+   * This user's blocks changed, on this device or another of theirs: `safety.blocked()` lists
+   * them. Droppable (like presence), so an app that shows blocks lists them on `connected` too.
+   */
+  blocksChanged: Record<string, never>;
 }
 
 /** A listener; an "entry" listener may return a promise to hold back the ack until it settles. */

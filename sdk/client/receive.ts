@@ -50,6 +50,9 @@ export class Receiver {
       case "prekeysLow":
         this.prekeysLow(frame.value);
         return;
+      case "blocksChanged":
+        this.ctx.events.emit("blocksChanged", {});
+        return;
       case "message":
         if (this.ctx.closed) return;
         this.parts.delivery.deliver(this.parts.reorder().offer(frame.value.entries));

@@ -38,10 +38,14 @@ export class Blocks {
     private readonly now: () => number,
   ) {}
 
-  private changed(userId: string): void {
+  /** Tells every gateway: they drop their copy, and tell the user's streams (all devices). */
+  private async changed(userId: string): Promise<void> {
+    const deviceIds = (await this.store.listDevices(userId))
+      .filter((d) => d.revokedAtMs === 0)
+      .map((d) => d.deviceId);
     this.bus.broadcast([
       create(BusEventSchema, {
-        event: { case: "blocksChanged", value: create(BlocksChangedSchema, { userId }) },
+        event: { case: "blocksChanged", value: create(BlocksChangedSchema, { userId, deviceIds }) },
       }),
     ]);
   }
@@ -61,7 +65,7 @@ export class Blocks {
       throw err;
     }
     // Broadcast even when nothing changed, for a gateway that missed the first one.
-    this.changed(userId);
+    await this.changed(userId);
     // Counts only: who blocked whom stays out of the logs.
     if (added) this.log.info({ userId }, "user blocked someone");
     return added;
@@ -70,7 +74,7 @@ export class Blocks {
   /** Lifts a block; false when there was none. */
   async unblock(userId: string, targetUserId: string): Promise<boolean> {
     const removed = await this.store.unblock(userId, targetUserId);
-    this.changed(userId);
+    await this.changed(userId);
     return removed;
   }
 

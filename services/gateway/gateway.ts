@@ -595,6 +595,8 @@ export class GatewayCore implements SessionHost<Session> {
         for (const s of this.byDevice.get(event.value.deviceId) ?? []) s.deliverPrekeysLow(event.value.frame);
       } else if (event.case === "blocksChanged") {
         this.blocks.changed(event.value.userId);
+        for (const d of event.value.deviceIds)
+          for (const s of this.byDevice.get(d) ?? []) s.deliverBlocksChanged();
       } else if (event.case === "deviceRevoked") {
         this.deviceStatus.set(event.value.deviceId, { active: false, checkedAt: this.now() });
         this.devices.deviceRevoked(event.value.userId);

@@ -1,3 +1,4 @@
+import { create } from "@bufbuild/protobuf";
 import type { ConnectError } from "@connectrpc/connect";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import type {
@@ -8,6 +9,7 @@ import type {
   ReceiptFrame,
   TypingEventFrame,
 } from "../../gen/switchboard/v1/gateway_pb.js";
+import { BlocksChangedFrameSchema } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { Principal } from "../common/auth.js";
 import { type DomainError, LimitError, UnavailableError } from "../common/errors.js";
 import { newId } from "../common/ids.js";
@@ -172,6 +174,11 @@ export class Session implements StreamContext {
     this.core.blocks.unlessBlocked(presence.userId, this.userId, () =>
       this.deliverEvent({ case: "presence", value: presence }),
     );
+  }
+
+  /** Tells the device its user's blocks changed; droppable, as the device lists them on connect. */
+  deliverBlocksChanged(): void {
+    this.deliverEvent({ case: "blocksChanged", value: create(BlocksChangedFrameSchema) });
   }
 
   /** Tells the device to upload more one-time prekeys; droppable, as it also asks on connect. */

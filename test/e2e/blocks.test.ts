@@ -212,15 +212,20 @@ describe("blocking: direct sends, presence, typing and group adds, against a ser
   it("syncs blocks to every device of the user; refuses oneself and unknown users precisely", async () => {
     const [alice, bob] = [await fx.user("sa"), await fx.user("sb")];
     const bob2 = fx.track(await bob.link("laptop"));
+    await connected(bob2);
     await bob.accounts.blockUser({ userId: alice.userId });
+    // The other device is told live, and lists the block.
+    await bob2.waitFor(() => bob2.ofCase("blocksChanged")[0], "blocks_changed on the second device");
     const listed = (await bob2.accounts.listBlockedUsers({})).blocked;
     assert.deepEqual(
       listed.map((b) => b.userId),
       [alice.userId],
     );
     assert.ok(listed[0]!.blockedAtMs > 0n);
-    // The second device's unblock is the first device's too.
+    // The second device's unblock is the first device's too, and tells it.
+    await connected(bob);
     await bob2.accounts.unblockUser({ userId: alice.userId });
+    await bob.waitFor(() => bob.ofCase("blocksChanged")[0], "blocks_changed on the first device");
     assert.deepEqual((await bob.accounts.listBlockedUsers({})).blocked, []);
 
     await rejectsWith(bob.accounts.blockUser({ userId: bob.userId }), Code.InvalidArgument, /yourself/);

@@ -72,6 +72,7 @@ program
       if (opts.role !== undefined) env.SWITCHBOARD_ROLES = opts.role;
       const server = await startServer({
         env,
+        captureConsole: true,
         ...(opts.dataDir !== undefined && { dataDir: opts.dataDir }),
         ...(opts.host !== undefined && { host: opts.host }),
         ...(opts.port !== undefined && { port: opts.port }),

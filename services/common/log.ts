@@ -1,4 +1,5 @@
 import { createRequire } from "node:module";
+import { format } from "node:util";
 import { pino } from "pino";
 import { activeTraceIds } from "./telemetry.js";
 
@@ -58,4 +59,27 @@ export function createLogger(options: LogOptions): Logger {
     },
     destination,
   );
+}
+
+/**
+ * Routes what libraries write with console.error and console.warn through the process log, as
+ * JSON lines at error and warn level, and returns how to undo it. lmdb-js reports a failed commit
+ * (a full disk: EIO) with console.error and a raw stack, beside the rejection it also hands its
+ * caller; without this, an operator reading the log finds lines that are not log lines. Only for
+ * a process's own server (the CLI's start), never inside tests, whose console is the runner's.
+ */
+export function captureConsole(log: Logger): () => void {
+  const original = { error: console.error, warn: console.warn };
+  const route =
+    (level: "error" | "warn") =>
+    (...args: unknown[]) => {
+      const err = args.find((a): a is Error => a instanceof Error);
+      log[level]({ ...(err && { err }), console: format(...args) }, "a library wrote to the console");
+    };
+  console.error = route("error");
+  console.warn = route("warn");
+  return () => {
+    console.error = original.error;
+    console.warn = original.warn;
+  };
 }

@@ -3,7 +3,7 @@ import type { Accounts } from "../accounts/index.js";
 import { Tokens } from "../common/auth.js";
 import { type Config, type ConfigInput, loadConfig, ROLES, type Role } from "../common/config.js";
 import { internalCredential } from "../common/internal-auth.js";
-import { createLogger, type Logger } from "../common/log.js";
+import { captureConsole, createLogger, type Logger } from "../common/log.js";
 import type { RateLimiter } from "../common/rate-limit/types.js";
 import { Refusals } from "../common/refusals.js";
 import { startTelemetry } from "../common/telemetry.js";
@@ -46,6 +46,11 @@ export interface ServerOptions extends ConfigInput {
   logger?: Logger;
   /** The environment to read settings from; the process's by default (see loadConfig). */
   env?: NodeJS.ProcessEnv;
+  /**
+   * Send libraries' console.error and console.warn through the log (captureConsole): for a
+   * process that is the server, not for a server started inside tests.
+   */
+  captureConsole?: boolean;
 }
 
 /** A running server. */
@@ -77,7 +82,7 @@ export interface RunningServer {
  */
 export async function startServer(options: ServerOptions = {}): Promise<RunningServer> {
   const startedAtMs = Date.now();
-  const { logger, env, ...input } = options;
+  const { logger, env, captureConsole: capture, ...input } = options;
   const config = loadConfig(input, env);
   const mesh = config.mesh;
   const roles = new Set<Role>(mesh.roles);
@@ -89,6 +94,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       base: { role: everything ? "all" : mesh.roles.join(","), instance: mesh.instanceId },
     });
   const closers = new Closers();
+  if (capture) closers.add("console", captureConsole(log));
   const readiness = new Readiness();
   let draining = false;
   readiness.add(() => (draining ? "shutting down" : undefined));

@@ -208,5 +208,9 @@ describe("storage faults: a full disk under the LMDB store is a refusal, not a c
       "the log is gapless",
     );
     assert.equal(new Set(final.map((e) => e.clientMsgId)).size, final.length, "no message twice");
+    // What an operator reads: every line either server wrote is a JSON log line, the failed
+    // commits included (no raw stack or native library message on stderr).
+    const raw = servers.flatMap((s) => s.logs).filter((line) => !line.startsWith("{"));
+    assert.deepEqual(raw.slice(0, 5), [], `${raw.length} lines were not JSON log lines`);
   });
 });

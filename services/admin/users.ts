@@ -6,7 +6,7 @@ import {
   ConversationExportSchema,
   DeviceExportSchema,
 } from "../../gen/switchboard/internal/v1/admin_pb.js";
-import { DisclosedMessageSchema } from "../../gen/switchboard/v1/accounts_pb.js";
+import { BlockedUserSchema, DisclosedMessageSchema } from "../../gen/switchboard/v1/accounts_pb.js";
 import { type Accounts, toDevice, toUser } from "../accounts/index.js";
 import type { Role } from "../common/config.js";
 import { ConflictError, InvalidInputError, NotFoundError } from "../common/errors.js";
@@ -135,7 +135,8 @@ export function userActions(
       const accounts = accountsFor("ExportUser");
       const userData = accounts.userData;
       if (userData === undefined) throw new ConflictError("this accounts process cannot export users");
-      const e = await userData.export(await resolve(accounts, req.user));
+      const userId = await resolve(accounts, req.user);
+      const [e, blocks] = await Promise.all([userData.export(userId), accounts.blocks.list(userId)]);
       const privacy: Record<string, string> = {};
       if (e.privacy.groupAdd !== undefined) privacy.group_add = e.privacy.groupAdd;
       if (e.privacy.directOpen !== undefined) privacy.direct_open = e.privacy.directOpen;
@@ -151,6 +152,9 @@ export function userActions(
           }),
         ),
         privacy,
+        blocked: blocks.map((b) =>
+          create(BlockedUserSchema, { userId: b.blockedUserId, blockedAtMs: BigInt(b.blockedAtMs) }),
+        ),
         conversations: e.conversations.map((c) =>
           create(ConversationExportSchema, {
             ...c,

@@ -300,6 +300,14 @@ describe("reports: stored for operators, listed by the admin CLI, rate-limited p
     const json = JSON.parse(all.stdout) as { reports: { reportId: string; reportedUserId: string }[] };
     assert.ok(json.reports.some((r) => r.reportId === reportId && r.reportedUserId === spammerId));
 
+    // What the server holds about the victim includes their blocks.
+    const exported = await admin(["export", victim, "--json", ...adminArgs]);
+    const held = JSON.parse(exported.stdout) as { blocked: { userId: string }[] };
+    assert.deepEqual(
+      held.blocked.map((b) => b.userId),
+      [spammerId],
+    );
+
     const suspended = await admin(["suspend", spammerId, "--reason", reportId, ...adminArgs]);
     assert.equal(suspended.code, 0, suspended.stderr);
     const refusedLogin = await cli("send", victim, "again", ...spammerProfile);

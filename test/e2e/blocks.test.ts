@@ -315,6 +315,31 @@ describe("reports: stored for operators, listed by the admin CLI, rate-limited p
     assert.match(refusedLogin.err.join("\n"), /suspended/);
   });
 
+  it("an encrypted conversation's report discloses the plaintexts the reporter's device decrypted", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "sb-reports-e2ee-"));
+    try {
+      const cli = (...args: string[]) => runCli(fx.server.url, args, { quietUsage: true });
+      const [sender, receiver] = [uniqueName("es"), uniqueName("er")];
+      const senderProfile = ["--profile", join(dir, "sender")];
+      const receiverProfile = ["--profile", join(dir, "receiver")];
+      assert.equal((await cli("register", sender, ...senderProfile)).code, 0);
+      assert.equal((await cli("register", receiver, ...receiverProfile)).code, 0);
+      const sent = await cli("send", receiver, "secret offer", ...senderProfile);
+      assert.equal(sent.code, 0, sent.err.join("\n"));
+      const reported = await cli("report", sender, "--disclose", "3", ...receiverProfile);
+      assert.equal(reported.code, 0, reported.err.join("\n"));
+      const listed = await admin(["reports", sender, "--json", ...adminArgs]);
+      const json = JSON.parse(listed.stdout) as { reports: { messages: { text: string }[] }[] };
+      assert.deepEqual(
+        json.reports[0]?.messages.map((m) => m.text),
+        ["secret offer"],
+        "the plaintext, decrypted on the receiver's device",
+      );
+    } finally {
+      await removeDir(dir);
+    }
+  });
+
   it("bounds a report's messages and bytes, and refuses a reporter's flood with RESOURCE_EXHAUSTED", async () => {
     const [reporter, target] = [await fx.user("ra"), await fx.user("rt")];
     const message = (text: string) => ({

@@ -1,0 +1,191 @@
+/** The conversation port: the ordered log, members, idempotency and cursors (see ../types.ts). */
+import type { Entry } from "../../../gen/switchboard/v1/entry_pb.js";
+
+/** Direct or group. */
+export type ConversationKind = "direct" | "group";
+
+/** A member's role in a conversation. */
+export type MemberRole = "member" | "admin";
+
+/** A conversation's metadata. */
+export interface ConversationRecord {
+  /** The conversation id ("d_..." or "g_..."). */
+  id: string;
+  /** Direct or group. */
+  kind: ConversationKind;
+  /** The group's title; empty for direct conversations. */
+  title: string;
+  /** Creation time, in milliseconds since the Unix epoch. */
+  createdAtMs: number;
+  /** The seq of the latest membership entry (0 before the first one is written). */
+  membersVersion: number;
+}
+
+/** A member of a conversation. */
+export interface MemberRecord {
+  /** The member. */
+  userId: string;
+  /** Their role. */
+  role: MemberRole;
+  /** The seq of the membership entry that added them; they may read entries from this seq on. */
+  joinedSeq: number;
+  /** When they were added, in milliseconds since the Unix epoch. */
+  addedAtMs: number;
+  /** The highest seq any of their devices acknowledged (user-level delivered receipt). */
+  deliveredUpTo: number;
+  /** The highest seq they marked read. */
+  readUpTo: number;
+  /** No push wake-ups for this conversation until then, in milliseconds since the Unix epoch. */
+  mutedUntilMs?: number;
+}
+
+/** A device's cursors in one conversation. */
+export interface DeviceCursor {
+  /** The conversation. */
+  conversationId: string;
+  /** The device. */
+  deviceId: string;
+  /** Every entry up to this seq was received by the device. */
+  deliveredUpTo: number;
+  /** Every entry up to this seq was read on the device. */
+  readUpTo: number;
+}
+
+/** A member's user-level cursors in one conversation. */
+export interface MemberCursor {
+  /** The conversation. */
+  conversationId: string;
+  /** The member. */
+  userId: string;
+  /** The highest seq any of the member's devices acknowledged. */
+  deliveredUpTo: number;
+  /** The highest seq the member read. */
+  readUpTo: number;
+}
+
+/**
+ * Where a device linked to a user who was already in a conversation starts reading it: the
+ * device is served entries after floorSeq only, never the history from before its link.
+ */
+export interface DeviceFloor {
+  /** The conversation. */
+  conversationId: string;
+  /** The linked device. */
+  deviceId: string;
+  /** The conversation's last seq when the device was linked. */
+  floorSeq: number;
+}
+
+/** The idempotency record of one send. */
+export interface IdempotencyKey {
+  /** The sending device. */
+  deviceId: string;
+  /** The device's client_msg_id. */
+  clientMsgId: string;
+  /** The seq the send was committed at. */
+  seq: number;
+}
+
+/** One membership row of a user, as indexed by user. */
+export interface UserConversation {
+  /** The conversation. */
+  conversationId: string;
+  /** The seq from which the user can read the conversation. */
+  joinedSeq: number;
+}
+
+/**
+ * Everything one commit does to one conversation. All parts of all writes passed to one
+ * ConversationStore.commit call are applied atomically.
+ */
+export interface ConversationWrite {
+  /** The conversation written to. */
+  conversationId: string;
+  /** Create or replace the conversation's metadata. */
+  conversation?: ConversationRecord;
+  /**
+   * New log entries, in ascending seq order, continuing the log with no gap: the first entry's
+   * seq is the current last seq + 1. The store refuses (StoreError "conflict") a seq that is
+   * already written, which is what fences two writers that both believe they own a shard.
+   */
+  append?: Entry[];
+  /** Idempotency records for appended entries. */
+  idempotency?: IdempotencyKey[];
+  /** Existing entries rewritten in place (tombstones of delete-for-everyone). */
+  replace?: Entry[];
+  /** Members added, or whose role changed. Also maintains the per-user index. */
+  putMembers?: MemberRecord[];
+  /** Members removed (by user id). Also maintains the per-user index. */
+  removeMembers?: string[];
+}
+
+/** Entries a store committed for a writer that did not finish its commit (see onRecovered). */
+export interface RecoveredCommit {
+  /** The conversation appended to. */
+  conversationId: string;
+  /** The entries the commit appended, ascending by seq. */
+  entries: Entry[];
+}
+
+/** The conversation log, membership, idempotency index and cursors. */
+export interface ConversationStore {
+  /**
+   * The bytes of entries (encoded, appended and rewritten) one commit should carry, at most.
+   * A caller that can split its work at operation boundaries (a sequencer shard's batches) keeps
+   * each commit within it; a single operation larger than it commits alone. Undefined: no bound.
+   */
+  readonly maxCommitBytes?: number;
+  /**
+   * Registers a listener told of every commit this store finished for a writer that did not: the
+   * writer's process died, or its commit failed after part of it was written (ScyllaDB's recovery
+   * of a pending intent). Nobody published those entries' events; the listener does. Engines whose
+   * commits are all or nothing (LMDB) never call it and may leave it out. Returns the unsubscribe.
+   */
+  onRecovered?(listener: (recovered: RecoveredCommit) => void): () => void;
+  /**
+   * Applies writes atomically and durably. Concurrent calls are group-committed: many callers'
+   * writes share one transaction and one fsync.
+   */
+  commit(writes: ConversationWrite[]): Promise<void>;
+  /** The conversation's metadata, or undefined if it does not exist. */
+  getConversation(conversationId: string): Promise<ConversationRecord | undefined>;
+  /** All members, in no particular order. */
+  getMembers(conversationId: string): Promise<MemberRecord[]>;
+  /** The seq of the last entry, 0 for an empty or unknown conversation. */
+  getLastSeq(conversationId: string): Promise<number>;
+  /**
+   * The seq of the last entry as an ordinary read sees it: never past what is committed, but it
+   * may trail a commit in flight, and it does not finish a commit its writer left pending (which
+   * getLastSeq does, and which is what a shard loading a conversation needs). For views of many
+   * conversations at once (listings, sync states): on ScyllaDB it is one plain read instead of a
+   * LOCAL_SERIAL (Paxos) read that competes with the writers' LWTs.
+   */
+  peekLastSeq(conversationId: string): Promise<number>;
+  /** Entries with seq > afterSeq, ascending, at most limit of them. */
+  readEntries(conversationId: string, afterSeq: number, limit: number): Promise<Entry[]>;
+  /** The seq committed for (deviceId, clientMsgId) in the conversation, if any. */
+  getIdempotency(conversationId: string, deviceId: string, clientMsgId: string): Promise<number | undefined>;
+  /** The conversations a user is a member of. */
+  listUserConversations(userId: string): Promise<UserConversation[]>;
+  /** The cursors of the given devices in a conversation; devices without cursors are left out. */
+  getDeviceCursors(conversationId: string, deviceIds: readonly string[]): Promise<DeviceCursor[]>;
+  /**
+   * Saves cursors. The caller guarantees monotonicity (it only passes higher values); the store
+   * writes what it is given. Durable like every write, but never blocks entry commits.
+   */
+  saveCursors(devices: readonly DeviceCursor[], members: readonly MemberCursor[]): Promise<void>;
+  /**
+   * Deletes idempotency records written before olderThanMs (milliseconds since the Unix epoch);
+   * returns how many were removed.
+   */
+  expireIdempotency(olderThanMs: number): Promise<number>;
+  /**
+   * Records where linked devices start reading conversations (writes what it is given; a
+   * device is linked once, so its floors are written once). Durable like every write.
+   */
+  putDeviceFloors(floors: readonly DeviceFloor[]): Promise<void>;
+  /** A device's floor in one conversation; undefined when none was recorded. */
+  getDeviceFloor(deviceId: string, conversationId: string): Promise<number | undefined>;
+  /** Every floor recorded for a device, by conversation id. */
+  listDeviceFloors(deviceId: string): Promise<Map<string, number>>;
+}

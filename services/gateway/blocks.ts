@@ -126,6 +126,22 @@ export class BlockLists {
   }
 
   /**
+   * Calls deliver unless the typing user blocked the viewer (anywhere), or the viewer blocked the
+   * typing user and the conversation is direct (their messages cannot arrive there either; in a
+   * shared group they do, and so does their typing).
+   */
+  typingVisible(
+    typing: { userId: string; conversationId: string },
+    viewer: string,
+    deliver: () => void,
+  ): void {
+    this.unlessBlocked(typing.userId, viewer, () => {
+      if (conversationKind(typing.conversationId) !== "direct") deliver();
+      else this.unlessBlocked(viewer, typing.userId, deliver);
+    });
+  }
+
+  /**
    * Undefined (nothing to wait for) when the send may go on at once: a group send, or a direct
    * one whose members and recipient's list are cached and admit it. Otherwise a promise that
    * rejects with NOT_ACCEPTED (PERMISSION_DENIED) when the recipient blocked the sender, or with

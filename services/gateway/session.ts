@@ -162,8 +162,7 @@ export class Session implements StreamContext {
   deliverTyping(typing: TypingEventFrame): void {
     // The user's other devices show it; the device that is typing knows already.
     if (typing.deviceId === this.deviceId) return;
-    // A user who blocked this stream's user is never shown typing to them.
-    this.core.blocks.unlessBlocked(typing.userId, this.userId, () =>
+    this.core.blocks.typingVisible(typing, this.userId, () =>
       this.deliverEvent({ case: "typing", value: typing }),
     );
   }

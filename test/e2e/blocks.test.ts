@@ -121,9 +121,19 @@ describe("blocking: direct sends, presence, typing and group adds, against a ser
     bob.write({ case: "typing", value: { conversationId: group, active: true } as never });
     carol.write({ case: "typing", value: { conversationId: group, active: true } as never });
     await alice.waitFor(() => alice.ofCase("typing").find((t) => t.userId === carol.userId), "carol typing");
-    // Bob sees alice's typing: the block hides the blocker, not the person blocked.
+    // Bob sees alice's typing in the group they share, not in their direct conversation (where
+    // her messages cannot arrive either).
+    alice.write({ case: "typing", value: { conversationId: direct!.conversationId, active: true } as never });
     alice.write({ case: "typing", value: { conversationId: group, active: true } as never });
     await bob.waitFor(() => bob.ofCase("typing").find((t) => t.userId === alice.userId), "alice typing");
+    assert.deepEqual(
+      bob
+        .ofCase("typing")
+        .filter((t) => t.userId === alice.userId)
+        .map((t) => t.conversationId),
+      [group],
+      "alice's typing in the direct conversation is not shown to bob",
+    );
     assert.deepEqual(
       alice.ofCase("presence").filter((p) => p.userId === bob.userId),
       [],

@@ -37,7 +37,12 @@ export function registerReportCommands({ io, cmd, run }: AdminKit): void {
           return;
         }
         for (const rep of r.reports) {
-          const about = rep.conversationId === "" ? "" : ` about ${rep.conversationId}#${rep.targetSeq}`;
+          const about =
+            rep.conversationId === ""
+              ? ""
+              : rep.targetSeq > 0n
+                ? ` about ${rep.conversationId}#${rep.targetSeq}`
+                : ` in ${rep.conversationId}`;
           io.out(
             `${rep.reportId}  ${time(rep.createdAtMs)}  reported ${rep.reportedUserId} by ${rep.reporterUserId}${about}: ${oneLine(rep.reason)}`,
           );

@@ -53,6 +53,8 @@ export interface AccountAbuseOptions {
   registration?: RegistrationMode | undefined;
   /** Reports per reporting user (ReportUser). */
   reports?: AccountRate | undefined;
+  /** Blocks and unblocks per user (BlockUser, UnblockUser). */
+  blockChanges?: AccountRate | undefined;
 }
 
 /** Options for the accounts manager. */
@@ -166,7 +168,7 @@ export class Accounts {
     this.privacy = new Privacy(store, options.privacyDefaults ?? defaultPrivacy, log);
     this.invites = new Invites(store, log, this.now);
     this.suspensions = new Suspensions(store, bus, log, this.now);
-    this.blocks = new Blocks(store, bus, log, this.now);
+    this.blocks = new Blocks(store, bus, log, this.now, this.abuse.blockChanges, this.refusals);
     this.reports = new Reports(store, this.abuse.reports, this.refusals, log, this.now);
   }
 

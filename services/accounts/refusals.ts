@@ -14,7 +14,8 @@ export type RefusalReason =
   | "link_code_void"
   | "invite_required"
   | "invite_invalid"
-  | "report_rate";
+  | "report_rate"
+  | "block_rate";
 
 /**
  * The process's refusal counter and log (services/common/refusals.ts), seen through the accounts

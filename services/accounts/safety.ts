@@ -36,7 +36,23 @@ export class Blocks {
     private readonly bus: EventBus,
     private readonly log: Logger,
     private readonly now: () => number,
+    private readonly rate?: AccountRate | undefined,
+    private readonly refusals?: RefusalSink,
   ) {}
+
+  /** Spends one of the user's block changes: each is a store write and a broadcast to every gateway. */
+  private async spend(userId: string): Promise<void> {
+    if (this.refusals === undefined) return;
+    await enforce(
+      this.rate,
+      userId,
+      1,
+      this.refusals,
+      "block_rate",
+      `blocks and unblocks are limited to ${this.rate?.limit.burst} per hour per user`,
+      { userId },
+    );
+  }
 
   /** Tells every gateway: they drop their copy, and tell the user's streams (all devices). */
   private async changed(userId: string): Promise<void> {
@@ -53,6 +69,7 @@ export class Blocks {
   /** Blocks target for userId; false when blocked already. */
   async block(userId: string, targetUserId: string): Promise<boolean> {
     if (targetUserId === userId) throw new InvalidInputError("user_id: you cannot block yourself");
+    await this.spend(userId);
     if ((await this.store.getUser(targetUserId)) === undefined)
       throw new NotFoundError(`no user ${targetUserId}`);
     let added: boolean;
@@ -73,6 +90,7 @@ export class Blocks {
 
   /** Lifts a block; false when there was none. */
   async unblock(userId: string, targetUserId: string): Promise<boolean> {
+    await this.spend(userId);
     const removed = await this.store.unblock(userId, targetUserId);
     await this.changed(userId);
     return removed;

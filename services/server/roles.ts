@@ -167,6 +167,7 @@ export async function startAccountsRole(ctx: RoleContext): Promise<Accounts> {
       registerServerWide: rate(perPeriod("register-all", al.registrationsPerHour, 3600)),
       lookups: rate(perPeriod("user-lookups", al.lookupsPerMinute, 60)),
       reports: rate(perPeriod("user-reports", al.reportsPerDay, 86_400)),
+      blockChanges: rate(perPeriod("user-block-changes", al.blockChangesPerHour, 3600)),
       reservedNames: al.reservedUsernames,
       registration: al.registration,
     },

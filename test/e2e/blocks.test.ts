@@ -14,6 +14,8 @@ import { loggedLine, removeDir } from "../helpers/server.js";
 
 /** Reports one user may make per day on this suite's server (SWITCHBOARD_REPORTS_PER_DAY). */
 const REPORTS_PER_DAY = 3;
+/** Blocks and unblocks one user may make per hour here (SWITCHBOARD_BLOCK_CHANGES_PER_HOUR). */
+const BLOCK_CHANGES_PER_HOUR = 6;
 
 async function connected(device: TestDevice): Promise<void> {
   device.connect();
@@ -37,7 +39,29 @@ async function refusal(promise: Promise<unknown>, ids: readonly string[]) {
 }
 
 describe("blocking: direct sends, presence, typing and group adds, against a server process", () => {
-  const fx = serverFixture({ SWITCHBOARD_REPORTS_PER_DAY: String(REPORTS_PER_DAY) });
+  const fx = serverFixture({ SWITCHBOARD_BLOCK_CHANGES_PER_HOUR: String(BLOCK_CHANGES_PER_HOUR) });
+
+  it("refuses a flood of blocks and unblocks with RESOURCE_EXHAUSTED, per user", async () => {
+    const [flooder, target, other] = [await fx.user("fa"), await fx.user("ft"), await fx.user("fo")];
+    for (let i = 0; i < BLOCK_CHANGES_PER_HOUR; i++) {
+      if (i % 2 === 0) await flooder.accounts.blockUser({ userId: target.userId });
+      else await flooder.accounts.unblockUser({ userId: target.userId });
+    }
+    await rejectsWith(
+      flooder.accounts.blockUser({ userId: target.userId }),
+      Code.ResourceExhausted,
+      new RegExp(
+        `^blocks and unblocks are limited to ${BLOCK_CHANGES_PER_HOUR} per hour per user; retry in \\d+ ms$`,
+      ),
+    );
+    assert.deepEqual(
+      (await flooder.accounts.listBlockedUsers({})).blocked,
+      [],
+      "the refused block was not made",
+    );
+    // Someone else's budget is their own.
+    await other.accounts.blockUser({ userId: target.userId });
+  });
 
   it("refuses a blocked sender's direct sends without saying why; nothing reaches the blocker; unblock restores", async () => {
     const [alice, bob] = [await fx.user("ba"), await fx.user("bb")];

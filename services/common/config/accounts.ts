@@ -35,6 +35,8 @@ export interface AccountLimits {
   oneTimePrekeysPerPairPerDay: number;
   /** Reports (ReportUser) one user may make per day. */
   reportsPerDay: number;
+  /** Blocks and unblocks (BlockUser, UnblockUser) one user may make per hour. */
+  blockChangesPerHour: number;
   /**
    * "open": anyone may register (within the rate limits); "invite": only with a token from an
    * operator's invite (`switchboard admin invite create`). SWITCHBOARD_REGISTRATION, default open.
@@ -113,6 +115,7 @@ const COUNTS = {
   bundleFetchesPerMinute: ["SWITCHBOARD_BUNDLE_FETCHES_PER_MINUTE", 1200],
   oneTimePrekeysPerPairPerDay: ["SWITCHBOARD_ONE_TIME_PREKEYS_PER_PAIR_PER_DAY", 4],
   reportsPerDay: ["SWITCHBOARD_REPORTS_PER_DAY", 20],
+  blockChangesPerHour: ["SWITCHBOARD_BLOCK_CHANGES_PER_HOUR", 120],
 } as const;
 
 type Count = keyof typeof COUNTS;
@@ -148,6 +151,7 @@ export const accountVariables = z.object({
   SWITCHBOARD_BUNDLE_FETCHES_PER_MINUTE: count("bundleFetchesPerMinute"),
   SWITCHBOARD_ONE_TIME_PREKEYS_PER_PAIR_PER_DAY: count("oneTimePrekeysPerPairPerDay"),
   SWITCHBOARD_REPORTS_PER_DAY: count("reportsPerDay"),
+  SWITCHBOARD_BLOCK_CHANGES_PER_HOUR: count("blockChangesPerHour"),
   SWITCHBOARD_REGISTRATION: nonEmptyText()
     .pipe(oneOfVariable("SWITCHBOARD_REGISTRATION", REGISTRATION_MODES))
     .transform((mode) => mode ?? "open"),
@@ -194,6 +198,7 @@ export function loadAccountLimits(input: Partial<AccountLimits> | undefined, env
     bundleFetchesPerMinute: countOf("bundleFetchesPerMinute"),
     oneTimePrekeysPerPairPerDay: countOf("oneTimePrekeysPerPairPerDay"),
     reportsPerDay: countOf("reportsPerDay"),
+    blockChangesPerHour: countOf("blockChangesPerHour"),
     registration:
       input?.registration === undefined
         ? vars.SWITCHBOARD_REGISTRATION

@@ -27,6 +27,9 @@ interface CachedList {
 
 const EMPTY: ReadonlySet<string> = new Set();
 
+/** Users per DirectoryService.GetBlockedUsers call (its cap). */
+const GET_BLOCKED_BATCH = 256;
+
 /**
  * Each gateway's copy of the block lists it needs (DirectoryService.GetBlockedUsers), bounded by
  * users and bytes, least recently used out first. A list stays until a BlocksChanged broadcast
@@ -96,9 +99,25 @@ export class BlockLists {
     return read;
   }
 
-  /** Which of `owners` have blocked `userId`, in the order given. */
+  /**
+   * Which of `owners` have blocked `userId`, in the order given. Lists not cached are read in
+   * calls of up to 256 users (a group add names up to 1,024).
+   */
   async blockedAmong(owners: readonly string[], userId: string): Promise<string[]> {
-    const lists = await Promise.all(owners.map((o) => this.listOf(o)));
+    const missing = [...new Set(owners)].filter((o) => this.cached(o) === undefined && !this.reads.has(o));
+    const generation = this.generation;
+    const fetched = new Map<string, ReadonlySet<string>>();
+    for (let i = 0; i < missing.length; i += GET_BLOCKED_BATCH) {
+      const { users } = await this.directory.getBlockedUsers({
+        userIds: missing.slice(i, i + GET_BLOCKED_BATCH),
+      });
+      for (const u of users) {
+        const ids: ReadonlySet<string> = new Set(u.blockedUserIds);
+        fetched.set(u.userId, ids);
+        if (generation === this.generation) this.store(u.userId, ids);
+      }
+    }
+    const lists = await Promise.all(owners.map((o) => fetched.get(o) ?? this.listOf(o)));
     return owners.filter((_, i) => lists[i]!.has(userId));
   }
 

@@ -138,8 +138,11 @@ export class Fanout {
           const policy = this.push && pushPolicy(entry);
           if (policy) {
             const now = this.now();
+            // A mention the sender chose to show the server wakes its user through a mute.
+            const mentioned = entry.body.case === "message" ? entry.body.value.mentionedUserIds : [];
             const userIds = (policy.only ?? recipients).filter(
-              (id) => id !== entry.senderUserId && (members.mutes.get(id) ?? 0) <= now,
+              (id) =>
+                id !== entry.senderUserId && ((members.mutes.get(id) ?? 0) <= now || mentioned.includes(id)),
             );
             if (userIds.length > 0) pushes.push({ entry, userIds, urgent: policy.urgent });
           }

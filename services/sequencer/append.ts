@@ -25,6 +25,7 @@ import {
 } from "./device-payloads.js";
 import { type ConversationLog, PAGE_MAX } from "./log.js";
 import { type ReplicaShards, requireMember } from "./replica.js";
+import { checkReplyAndMentions } from "./replies.js";
 import type { Batch, Shard } from "./shard.js";
 import type { Appended } from "./types.js";
 
@@ -132,10 +133,11 @@ export class Appender {
     if (item.callLog) body = { case: "call", value: checkCallLog(item, outgoing) };
     else this.checkBody(outgoing);
     return this.shards.withState(outgoing.conversationId, async (state, shard) => {
-      requireMember(state, item.senderUserId);
+      const sender = requireMember(state, item.senderUserId);
       const key = `${item.senderDeviceId}\n${outgoing.clientMsgId}`;
       const seen = await this.findRecent(state, shard, key, item.senderDeviceId, outgoing.clientMsgId);
       if (seen !== undefined) return seen;
+      if (body.case === "message") checkReplyAndMentions(state, sender, body.value);
       const prepared = await this.prepareBody(state, item.senderUserId, outgoing);
       // The tail must cover everything after the delete's scan (see scanOn); checked again
       // after each read, and nothing awaits between the last check and the block below.

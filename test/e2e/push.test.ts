@@ -5,6 +5,7 @@ import { generateVapidKeys } from "../../services/notification/providers/webpush
 import type { WebPushTarget } from "../../services/notification/types.js";
 import { type FakeWebPushService, startWebPushService } from "../fakes/push/webpush-service.js";
 import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
+import { messageEntry } from "../helpers/entries.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
 
 describe("push wake-ups for offline devices, end to end through a Web Push service", () => {
@@ -108,6 +109,22 @@ describe("push wake-ups for offline devices, end to end through a Web Push servi
     await bob.conversations.setMute({ conversationId: id, mutedUntilMs: 0n });
     const sent = await alice.gateway.send({ entry: outgoingText(id, "m2", "unmuted") });
     await push.waitForPush((p) => p.id === sub.id && (p.payload as { s: string }).s === String(sent.seq));
+  });
+
+  it("wakes a muted member whom a message mentions, and only that message", async () => {
+    const { alice, bob, sub, id } = await setup();
+    await bob.conversations.setMute({ conversationId: id, mutedUntilMs: BigInt(Date.now() + 3_600_000) });
+    const plain = await alice.gateway.send({ entry: outgoingText(id, "n1", "no mention") });
+    const mention = await alice.gateway.send({
+      entry: messageEntry(id, "n2", {
+        payload: new TextEncoder().encode("@bob look"),
+        mentionedUserIds: [bob.userId],
+      }),
+    });
+    await push.waitForPush((p) => p.id === sub.id && (p.payload as { s: string }).s === String(mention.seq));
+    const named = (seq: bigint) =>
+      pushesFor(sub.id).filter((p) => (p.payload as { s: string }).s === String(seq));
+    assert.equal(named(plain.seq).length, 0, "the message without a mention stays muted");
   });
 
   it("removes a target the push service reports gone", async () => {

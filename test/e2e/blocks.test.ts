@@ -304,6 +304,11 @@ describe("reports: stored for operators, listed by the admin CLI, rate-limited p
 
     const blocked = await cli("block", spammer, ...victimProfile);
     assert.deepEqual(blocked.out, [`blocked @${spammer}`]);
+    // What the spammer's CLI shows: the message was not accepted, not why.
+    const refusedSend = await cli("send", victim, "more spam", ...spammerProfile);
+    assert.equal(refusedSend.code, 1);
+    assert.match(refusedSend.err.join("\n"), /message not accepted/);
+    assert.doesNotMatch(refusedSend.err.join("\n"), /block/i);
     const list = await cli("blocked", ...victimProfile);
     assert.equal(list.out.length, 1);
     assert.match(list.out[0]!, new RegExp(`^@${spammer}  u_[0-9a-z]{26}  since `));

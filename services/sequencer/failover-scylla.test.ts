@@ -258,4 +258,45 @@ describe("sequencer shard failover on the ScyllaDB engine", { skip: SCYLLA_SKIP 
       else assert.equal(lease.epoch, 1, `shard ${lease.shard} never moved`);
     }
   });
+
+  it("a replica stopped cleanly hands its shards over before it exits, with no lease term to wait", async () => {
+    await until("each replica holds its home shards", () =>
+      [0, 1].every((o) => held(o).join() === home(o).join()),
+    );
+    const conversationId = peers
+      .map((p) => directConversationId(ALICE, p))
+      .find((id) => replicaOf(id, 2, SHARDS) === 1)!;
+    const stopping = replicas[1]!;
+    const stoppedAt = Date.now();
+    // What SIGTERM does (roles.ts: the shard leases' closer runs before the sequencer's).
+    await stopping.ownership.stop(1_000);
+    // Every one of its shards was handed to the live replica by the time stop returned: nobody
+    // waits for its heartbeat to expire.
+    const moved = await replicas[0]!.engine.leases!.leases();
+    for (const shard of home(1)) {
+      assert.equal(moved.find((l) => l.shard === shard)?.owner, 0, `shard ${shard} was handed over at stop`);
+    }
+    stopping.down = true;
+    await until("replica 0 serves every shard", () => held(0).length === SHARDS);
+    // A send to a moved shard is acknowledged by the live replica (retried while it is moving).
+    let acknowledged: bigint | undefined;
+    for (let attempt = 0; acknowledged === undefined; attempt++) {
+      assert.ok(attempt < 200, "the send was acknowledged after the hand-over");
+      const { results } = await client.append({
+        items: [messageItem(sender, conversationId, `after-stop-${attempt}`, new Uint8Array([1]))],
+      });
+      if (results[0]!.errorCode === 0) acknowledged = results[0]!.seq;
+      else {
+        assert.equal(results[0]!.errorCode, Code.Unavailable, results[0]!.errorMessage);
+        await sleep(50);
+      }
+    }
+    console.log(
+      `clean stop: a send to its shards acknowledged by the other replica ${Date.now() - stoppedAt} ms after the stop began`,
+    );
+    await start(1);
+    await until("the restarted replica has its shards back", () =>
+      [0, 1].every((o) => held(o).join() === home(o).join()),
+    );
+  });
 });

@@ -6,6 +6,7 @@ import type { Conversation, Member, MemberRole } from "../gen/switchboard/v1/con
 import type { Entry } from "../gen/switchboard/v1/entry_pb.js";
 import { linkAccount, registerAccount } from "./client/accounts.js";
 import { newClientMsgId } from "./client/bodies.js";
+import type { Calls } from "./client/calls.js";
 import type { ClientContext } from "./client/context.js";
 import { clientClosed } from "./client/errors.js";
 import { createProfile, openContext } from "./client/open.js";
@@ -305,6 +306,20 @@ export class SwitchboardClient {
     options: { clientMsgId?: string; attempts?: number } = {},
   ): Promise<SendResult> {
     return this.parts.sends.unary(conversationId, payload, options);
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // Calls
+
+  /**
+   * Voice and video calls' signalling (docs/calls.md), end-to-end encrypted per device; steps
+   * arrive as "call" events. Encryption mode only; media is the app's WebRTC stack's.
+   */
+  get calls(): Pick<
+    Calls,
+    "start" | "iceServers" | "ringing" | "accept" | "decline" | "hangUp" | "sendCandidates"
+  > {
+    return this.parts.calls;
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ export {
   TokenSource,
 } from "./transport.js";
 export type {
+  CallEndReason,
+  CallEvent,
   ClientEvents,
   ClientTuning,
   ConnectedEvent,

@@ -10,6 +10,7 @@ import {
 } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { AccountService, CreateTokenRequestSchema } from "../gen/switchboard/v1/accounts_pb.js";
+import { CallService } from "../gen/switchboard/v1/calls_pb.js";
 import { ConversationService } from "../gen/switchboard/v1/conversations_pb.js";
 import { GatewayService } from "../gen/switchboard/v1/gateway_pb.js";
 import { KeyService } from "../gen/switchboard/v1/keys_pb.js";
@@ -144,6 +145,8 @@ export interface ServerConnection {
   keys: Client<typeof KeyService>;
   /** MediaService (upload and download URLs for encrypted attachments). */
   media: Client<typeof MediaService>;
+  /** CallService (TURN credentials for calls). */
+  calls: Client<typeof CallService>;
   /** Present once credentials were attached. */
   tokens: TokenSource | undefined;
   /** Closes the HTTP/2 connection, ending every call on it. */
@@ -278,6 +281,7 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     gateway: createClient(GatewayService, transport),
     keys: createClient(KeyService, transport),
     media: createClient(MediaService, transport),
+    calls: createClient(CallService, transport),
     tokens,
     close: () => {
       for (const m of sessionManagers) m.abort();

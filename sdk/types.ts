@@ -283,6 +283,33 @@ export interface ClientEvents {
    * them. Droppable (like presence), so an app that shows blocks lists them on `connected` too.
    */
   blocksChanged: Record<string, never>;
+  /** A call's signalling from the peer, decrypted (encryption mode only; docs/calls.md). */
+  call: CallEvent;
+}
+
+/** Why a call ended, as the peer or the server said. */
+export type CallEndReason = "hangup" | "declined" | "busy" | "answeredElsewhere";
+
+/** A step of a call (the "call" event). */
+export interface CallEvent {
+  /**
+   * incoming: an offer, ring (payload: the SDP offer); ringing: a callee device rings; connected:
+   * a callee device took the call (payload: its SDP answer); answer, candidates: SDP or ICE
+   * candidates from the peer's device; ended: see reason.
+   */
+  kind: "incoming" | "ringing" | "connected" | "answer" | "candidates" | "ended";
+  /** The call. */
+  callId: string;
+  /** The other party. */
+  peerUserId: string;
+  /** Its device that sent this (for answeredElsewhere: this user's device that took the call). */
+  peerDeviceId: string;
+  /** For incoming: a video call. */
+  video?: boolean;
+  /** The decrypted bytes the peer's app gave (SDP, candidates), when the signal carries any. */
+  payload?: Uint8Array | undefined;
+  /** For ended. */
+  reason?: CallEndReason;
 }
 
 /** A listener; an "entry" listener may return a promise to hold back the ack until it settles. */

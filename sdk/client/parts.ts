@@ -2,6 +2,7 @@ import { ReorderBuffer } from "../reorder.js";
 import { Accounts } from "./accounts.js";
 import { Acks } from "./acks.js";
 import { Attachments } from "./attachments.js";
+import { Calls } from "./calls.js";
 import type { ClientContext } from "./context.js";
 import { Conversations } from "./conversations.js";
 import { EntryDecoder } from "./decode.js";
@@ -40,6 +41,8 @@ export interface ClientParts {
   accounts: Accounts;
   safety: Safety;
   conversations: Conversations;
+  /** Call signalling (calls.ts). */
+  calls: Calls;
 }
 
 /**
@@ -75,7 +78,9 @@ export function assembleParts(ctx: ClientContext): ClientParts {
   parts.safety = new Safety(ctx.conn, (id, options) => parts.conversations.getHistory(id, options));
   parts.delivery = new Delivery(ctx, parts.decoder, parts.acks);
   parts.attachments = new Attachments(ctx, parts.sealer);
+  parts.calls = new Calls(ctx, parts.stream);
   parts.receiver = new Receiver(ctx, {
+    calls: parts.calls,
     stream: parts.stream,
     presence: parts.presence,
     acks: parts.acks,

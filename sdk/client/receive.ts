@@ -11,6 +11,7 @@ import {
 } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { ReorderBuffer } from "../reorder.js";
 import type { Acks } from "./acks.js";
+import type { Calls } from "./calls.js";
 import type { ClientContext } from "./context.js";
 import type { Delivery } from "./delivery.js";
 import type { SendQueue } from "./outbox.js";
@@ -24,6 +25,8 @@ export interface ReceiverParts {
   acks: Acks;
   queue: SendQueue;
   delivery: Delivery;
+  /** Call signalling. */
+  calls: Calls;
   /** Set once the reorder buffer exists (it asks this receiver for syncs). */
   reorder: () => ReorderBuffer;
 }
@@ -90,6 +93,9 @@ export class Receiver {
         return;
       case "error":
         this.serverError(frame.value);
+        return;
+      case "call":
+        if (!this.ctx.closed) void this.parts.calls.receive(frame.value);
         return;
       case "pong":
       case undefined:

@@ -1,0 +1,193 @@
+import { randomBytes } from "node:crypto";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import {
+  type CallEventFrame,
+  CallFrameSchema,
+  CallMedia,
+  CallPayloadSchema,
+  CallSignal,
+} from "../../gen/switchboard/v1/calls_pb.js";
+import type { CallEndReason, CallEvent } from "../types.js";
+import type { ClientContext } from "./context.js";
+import type { StreamLoop } from "./stream.js";
+
+/** Binds a call payload to its call, so no ciphertext of a message or another call passes for it. */
+const DOMAIN = "switchboard-call-v1";
+
+/**
+ * Call signalling (docs/calls.md): frames on the stream, with the SDP and candidates end-to-end
+ * encrypted for each device of the peer with the pairwise sessions messages use. The media
+ * itself is the app's WebRTC stack's; this part carries what it needs to set it up.
+ */
+export class Calls {
+  constructor(
+    private readonly ctx: ClientContext,
+    private readonly stream: StreamLoop,
+  ) {}
+
+  /**
+   * Starts a call: the SDP offer goes to every device of peerUserId, each with its own
+   * ciphertext, and they all ring. Returns the call id; "call" events follow.
+   */
+  async start(peerUserId: string, options: { video: boolean; offer: Uint8Array }): Promise<string> {
+    const callId = `c${randomBytes(16).toString("base64url")}`;
+    await this.offer(peerUserId, options.video, options.offer, callId);
+    return callId;
+  }
+
+  /** TURN relays and short-lived credentials for them, as RTCPeerConnection's iceServers take them. */
+  async iceServers(): Promise<{ urls: string[]; username: string; credential: string }[]> {
+    const { iceServers } = await this.ctx.conn.calls.getTurnCredentials({});
+    return iceServers.map((s) => ({ urls: [...s.urls], username: s.username, credential: s.credential }));
+  }
+
+  /** This device rings (tell the caller). */
+  ringing(callId: string, callerUserId: string): void {
+    this.signal(callId, callerUserId, CallSignal.RINGING);
+  }
+
+  /** Takes the call, with the SDP answer for the caller's device. */
+  accept(callId: string, callerUserId: string, callerDeviceId: string, answer: Uint8Array): Promise<void> {
+    return this.toDevice(callId, callerUserId, callerDeviceId, CallSignal.ACCEPT, answer);
+  }
+
+  /** Refuses the call. */
+  decline(callId: string, callerUserId: string): void {
+    this.signal(callId, callerUserId, CallSignal.DECLINE);
+  }
+
+  /** Ends the call (or stops ringing it, for the caller). */
+  hangUp(callId: string, peerUserId: string): void {
+    this.signal(callId, peerUserId, CallSignal.HANGUP);
+  }
+
+  /** ICE candidates for the peer's device in the call. */
+  sendCandidates(
+    callId: string,
+    peerUserId: string,
+    peerDeviceId: string,
+    candidates: Uint8Array,
+  ): Promise<void> {
+    return this.toDevice(callId, peerUserId, peerDeviceId, CallSignal.ICE_CANDIDATES, candidates);
+  }
+
+  /** Offers a call to every device of peerUserId, each with its own copy of the SDP offer. */
+  async offer(peerUserId: string, video: boolean, sdp: Uint8Array, callId: string): Promise<void> {
+    const e2ee = this.ctx.requireE2ee();
+    const plaintext = bind(callId, sdp);
+    const ciphertexts = await e2ee.encrypt(peerUserId, plaintext);
+    this.write({
+      callId,
+      peerUserId,
+      signal: CallSignal.OFFER,
+      media: video ? CallMedia.VIDEO : CallMedia.AUDIO,
+      payloads: ciphertexts.map((c) =>
+        create(CallPayloadSchema, { deviceId: c.deviceId, ciphertext: wire(c.type, c.ciphertext) }),
+      ),
+    });
+  }
+
+  /** A signal with a payload for one device of the peer (an answer, candidates, an accept). */
+  async toDevice(
+    callId: string,
+    peerUserId: string,
+    peerDeviceId: string,
+    signal: CallSignal,
+    payload: Uint8Array,
+  ): Promise<void> {
+    const e2ee = this.ctx.requireE2ee();
+    const [c] = await e2ee.cipher.encrypt(bind(callId, payload), [
+      { userId: peerUserId, deviceId: peerDeviceId },
+    ]);
+    if (c === undefined)
+      throw new ConnectError(`no session with device ${peerDeviceId}`, Code.FailedPrecondition);
+    const payloads = [
+      create(CallPayloadSchema, { deviceId: c.deviceId, ciphertext: wire(c.type, c.ciphertext) }),
+    ];
+    this.write({ callId, peerUserId, signal, payloads });
+  }
+
+  /** A signal without payload to every device of the peer (ringing, decline, busy, hangup). */
+  signal(callId: string, peerUserId: string, signal: CallSignal): void {
+    this.write({ callId, peerUserId, signal });
+  }
+
+  /** A call frame from the server: decrypted and turned into a "call" event. */
+  async receive(ev: CallEventFrame): Promise<void> {
+    let payload: Uint8Array | undefined;
+    if (ev.ciphertext.length > 1) {
+      try {
+        const e2ee = this.ctx.requireE2ee();
+        const plain = await e2ee.cipher.decrypt(
+          { userId: ev.fromUserId, deviceId: ev.fromDeviceId },
+          { type: ev.ciphertext[0]!, ciphertext: ev.ciphertext.subarray(1) },
+        );
+        payload = unbind(ev.callId, plain);
+      } catch (err) {
+        this.ctx.events.reportError(err, Code.DataLoss);
+        return;
+      }
+    }
+    const event = toEvent(ev, payload);
+    if (event !== undefined) this.ctx.events.emit("call", event);
+  }
+
+  private write(init: MessageInitShape<typeof CallFrameSchema>): void {
+    const s = this.stream.ready;
+    if (s === undefined)
+      throw new ConnectError("not connected: call signalling needs the stream", Code.Unavailable);
+    this.stream.push(s, { case: "call", value: create(CallFrameSchema, init) });
+  }
+}
+
+function toEvent(ev: CallEventFrame, payload: Uint8Array | undefined): CallEvent | undefined {
+  const base = { callId: ev.callId, peerUserId: ev.fromUserId, peerDeviceId: ev.fromDeviceId };
+  const ended = (reason: CallEndReason): CallEvent => ({ ...base, kind: "ended", reason });
+  switch (ev.signal) {
+    case CallSignal.OFFER:
+      return { ...base, kind: "incoming", video: ev.media === CallMedia.VIDEO, payload };
+    case CallSignal.RINGING:
+      return { ...base, kind: "ringing" };
+    case CallSignal.ACCEPT:
+      return { ...base, kind: "connected", payload };
+    case CallSignal.ANSWER:
+      return { ...base, kind: "answer", payload };
+    case CallSignal.ICE_CANDIDATES:
+      return { ...base, kind: "candidates", payload };
+    case CallSignal.DECLINE:
+      return ended("declined");
+    case CallSignal.BUSY:
+      return ended("busy");
+    case CallSignal.HANGUP:
+      return ended("hangup");
+    case CallSignal.ANSWERED_ELSEWHERE:
+      return ended("answeredElsewhere");
+    default:
+      return undefined;
+  }
+}
+
+/** The plaintext of a call payload: the domain and the call id, then the app's bytes. */
+function bind(callId: string, payload: Uint8Array): Uint8Array {
+  const head = new TextEncoder().encode(`${DOMAIN}\0${callId}\0`);
+  const out = new Uint8Array(head.length + payload.length);
+  out.set(head);
+  out.set(payload, head.length);
+  return out;
+}
+
+function unbind(callId: string, plain: Uint8Array): Uint8Array {
+  const head = new TextEncoder().encode(`${DOMAIN}\0${callId}\0`);
+  if (plain.length < head.length || !head.every((b, i) => plain[i] === b))
+    throw new ConnectError(`a call payload that is not for call ${callId}`, Code.DataLoss);
+  return plain.subarray(head.length);
+}
+
+/** A ciphertext on the wire: its Signal message type, then its bytes. */
+function wire(type: number, ciphertext: Uint8Array): Uint8Array {
+  const out = new Uint8Array(1 + ciphertext.length);
+  out[0] = type;
+  out.set(ciphertext, 1);
+  return out;
+}

@@ -87,4 +87,43 @@ describe("call signalling with the SDK (end-to-end encrypted, against a server p
       () => "the call entry in bob's history",
     );
   });
+
+  it("a callee device that comes online while the call rings says it rings, and the caller offers it the call", async () => {
+    const alice = await fx.devices.register("alice");
+    const bob1 = await fx.devices.register("bob");
+    const bob2 = await fx.devices.link(bob1, "bob2");
+    const [a, b2] = [alice, bob2].map(calls) as [CallEvent[], CallEvent[]];
+    for (const c of [alice, bob1]) await c.connect();
+    await alice.openDirect(bob1.userId);
+    await eventually(
+      () => alice.connected && bob1.connected,
+      () => "connected",
+    );
+    const callId = await alice.calls.start(bob1.userId, { video: false, offer: bytes("v=0 offer") });
+    // bob2 was offline (a call push would wake it); it connects and says it rings, without an offer.
+    await bob2.connect();
+    await eventually(
+      () => bob2.connected,
+      () => "bob2 connected",
+    );
+    bob2.calls.ringing(callId, alice.userId);
+    const ringing = await event(
+      a,
+      (e) => e.kind === "ringing" && e.peerDeviceId === bob2.deviceId,
+      "bob2 ringing",
+    );
+    await alice.calls.offerTo(callId, bob1.userId, ringing.peerDeviceId, {
+      video: false,
+      offer: bytes("v=0 offer again"),
+    });
+    const incoming = await event(
+      b2,
+      (e) => e.kind === "incoming" && e.callId === callId,
+      "the offer on bob2",
+    );
+    assert.equal(text(incoming.payload), "v=0 offer again");
+    assert.equal(incoming.video, false);
+    alice.calls.hangUp(callId, bob1.userId);
+    await event(b2, (e) => e.kind === "ended", "ended on bob2");
+  });
 });

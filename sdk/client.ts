@@ -317,7 +317,7 @@ export class SwitchboardClient {
    */
   get calls(): Pick<
     Calls,
-    "start" | "iceServers" | "ringing" | "accept" | "decline" | "hangUp" | "sendCandidates"
+    "start" | "offerTo" | "iceServers" | "ringing" | "accept" | "decline" | "hangUp" | "sendCandidates"
   > {
     return this.parts.calls;
   }

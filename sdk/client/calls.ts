@@ -42,6 +42,19 @@ export class Calls {
     return iceServers.map((s) => ({ urls: [...s.urls], username: s.username, credential: s.credential }));
   }
 
+  /**
+   * Offers a ringing call again to one device of the callee: one that says it rings without
+   * having had the offer (woken by a call push while offline; docs/calls.md).
+   */
+  offerTo(
+    callId: string,
+    calleeUserId: string,
+    deviceId: string,
+    options: { video: boolean; offer: Uint8Array },
+  ): Promise<void> {
+    return this.toDevice(callId, calleeUserId, deviceId, CallSignal.OFFER, options.offer, options.video);
+  }
+
   /** This device rings (tell the caller). */
   ringing(callId: string, callerUserId: string): void {
     this.signal(callId, callerUserId, CallSignal.RINGING);
@@ -95,6 +108,7 @@ export class Calls {
     peerDeviceId: string,
     signal: CallSignal,
     payload: Uint8Array,
+    video = false,
   ): Promise<void> {
     const e2ee = this.ctx.requireE2ee();
     const [c] = await e2ee.cipher.encrypt(bind(callId, payload), [
@@ -105,7 +119,9 @@ export class Calls {
     const payloads = [
       create(CallPayloadSchema, { deviceId: c.deviceId, ciphertext: wire(c.type, c.ciphertext) }),
     ];
-    this.write({ callId, peerUserId, signal, payloads });
+    const media =
+      signal === CallSignal.OFFER ? (video ? CallMedia.VIDEO : CallMedia.AUDIO) : CallMedia.UNSPECIFIED;
+    this.write({ callId, peerUserId, signal, media, payloads });
   }
 
   /** A signal without payload to every device of the peer (ringing, decline, busy, hangup). */

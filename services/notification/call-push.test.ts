@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
 import { describe, it } from "node:test";
 import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
+import { FakeApnsService } from "../../test/fakes/push/apns-service.js";
 import { createLogger } from "../common/log.js";
 import { CALL_PUSH_TTL_SECONDS, type CallWakeUp, callCollapseKey, Notifier } from "./notifier.js";
-import { apnsHeaders, apnsPayload } from "./providers/apns.js";
+import { ApnsProvider, apnsHeaders, apnsPayload } from "./providers/apns.js";
 import { fcmMessage } from "./providers/fcm.js";
 import { targetToWire } from "./targets.js";
 import type { PushMessage, PushOutcome, PushProvider, PushTarget } from "./types.js";
@@ -126,5 +128,52 @@ describe("call pushes", () => {
     assert.deepEqual(fcm.data, { k: "call_ended", i: "call-1", c: "d_conversation" });
     assert.equal((fcm.android as { priority: string }).priority, "HIGH");
     assert.equal((fcm.android as { collapse_key: string }).collapse_key, message.collapseKey);
+  });
+
+  it("reach an APNs (the fake, over real HTTP/2) as VoIP pushes on the .voip topic, superseded under the same collapse id", async (t) => {
+    const { privateKey, publicKey } = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+    const apns = await FakeApnsService.start({
+      teamId: "TEAM123456",
+      keyId: "KEY1234567",
+      publicKey,
+      topics: ["org.switchboard.app"],
+    });
+    const provider = new ApnsProvider({
+      teamId: "TEAM123456",
+      keyId: "KEY1234567",
+      privateKey: privateKey.export({ type: "pkcs8", format: "pem" }) as string,
+      productionEndpoint: apns.origin,
+      sandboxEndpoint: apns.origin,
+      timeoutMs: 2000,
+    });
+    t.after(async () => {
+      await provider.close();
+      await apns.close();
+    });
+    const target: PushTarget = {
+      kind: "apns",
+      token: "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90",
+      topic: "org.switchboard.app",
+      environment: "production",
+    };
+    const ringing: PushMessage = {
+      conversationId: "d_conversation",
+      seq: 0,
+      collapseKey: callCollapseKey("call-1"),
+      ttlSeconds: CALL_PUSH_TTL_SECONDS,
+      urgency: "high",
+      call: { callId: "call-1", ended: false },
+    };
+    assert.deepEqual(await provider.send(target, ringing), { status: "delivered" });
+    assert.deepEqual(await provider.send(target, { ...ringing, call: { callId: "call-1", ended: true } }), {
+      status: "delivered",
+    });
+    assert.deepEqual(apns.problems(), []);
+    const [first, second] = apns.requests;
+    assert.equal(first!.headers["apns-push-type"], "voip");
+    assert.equal(first!.headers["apns-topic"], "org.switchboard.app.voip");
+    assert.equal(first!.headers["apns-priority"], "10");
+    assert.equal(first!.headers["apns-collapse-id"], second!.headers["apns-collapse-id"]);
+    assert.deepEqual(second!.body, { aps: {}, k: "call_ended", i: "call-1", c: "d_conversation" });
   });
 });

@@ -267,10 +267,14 @@ export class FakeApnsService {
 
     const topic = h("apns-topic");
     if (topic === undefined || topic === "") return reject(400, "MissingTopic", "no apns-topic");
-    if (this.options.topics !== undefined && !this.options.topics.includes(topic)) {
+    const pushType = h("apns-push-type");
+    // A VoIP push goes to the app's topic with ".voip" appended (PushKit), and only there.
+    const appTopic = pushType === "voip" ? topic.replace(/\.voip$/, "") : topic;
+    if (pushType === "voip" && appTopic === topic)
+      return reject(400, "TopicDisallowed", `a voip push to ${topic}, not <bundle id>.voip`);
+    if (this.options.topics !== undefined && !this.options.topics.includes(appTopic)) {
       return reject(400, "TopicDisallowed", `topic ${topic}`);
     }
-    const pushType = h("apns-push-type");
     if (pushType === undefined || !PUSH_TYPES.has(pushType)) {
       return reject(400, "InvalidPushType", `apns-push-type ${pushType ?? "missing"}`);
     }
@@ -309,7 +313,7 @@ export class FakeApnsService {
       // Apple documents no reason for this; PayloadEmpty is the nearest it would say.
       return reject(400, "PayloadEmpty", "body is not JSON");
     }
-    const problems = payloadProblems(record.body);
+    const problems = pushType === "voip" ? voipPayloadProblems(record.body) : payloadProblems(record.body);
     if (problems.length > 0) {
       record.problems.push(...problems);
       // Not an Apple reason: Apple would deliver these, but a Switchboard push must not carry them.
@@ -338,6 +342,24 @@ export function payloadProblems(body: unknown): string[] {
   if (typeof body.s !== "string" || !/^\d+$/.test(body.s)) problems.push("s (seq) must be a decimal string");
   for (const key of Object.keys(body))
     if (!["aps", "c", "s"].includes(key)) problems.push(`unexpected key ${key}`);
+  return problems;
+}
+
+/**
+ * A call's VoIP push (docs/calls.md): nothing to show (aps carries no alert, sound or badge), k is
+ * "call" or "call_ended", i the call id, c the conversation id; nothing else.
+ */
+export function voipPayloadProblems(body: unknown): string[] {
+  const problems: string[] = [];
+  if (!isRecord(body)) return ["payload is not an object"];
+  const aps = body.aps;
+  if (!isRecord(aps)) return ["payload has no aps dictionary"];
+  for (const key of Object.keys(aps)) problems.push(`aps.${key}: a call push shows nothing`);
+  if (body.k !== "call" && body.k !== "call_ended") problems.push(`k ${JSON.stringify(body.k)}`);
+  if (typeof body.i !== "string" || body.i === "") problems.push("i (call id) missing");
+  if (typeof body.c !== "string" || body.c === "") problems.push("c (conversation id) missing");
+  for (const key of Object.keys(body))
+    if (!["aps", "k", "i", "c"].includes(key)) problems.push(`unexpected key ${key}`);
   return problems;
 }
 

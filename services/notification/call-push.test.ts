@@ -176,4 +176,44 @@ describe("call pushes", () => {
     assert.equal(first!.headers["apns-collapse-id"], second!.headers["apns-collapse-id"]);
     assert.deepEqual(second!.body, { aps: {}, k: "call_ended", i: "call-1", c: "d_conversation" });
   });
+
+  it("keep an APNs target that refuses a VoIP push (a regular token is not a PushKit token)", async () => {
+    const dropped: string[] = [];
+    const apnsDirectory = {
+      async getPushTargets(req: { deviceIds: string[] }) {
+        return {
+          targets: req.deviceIds.map((deviceId) => ({
+            deviceId,
+            userId: "u",
+            targetId: `t-${deviceId}`,
+            target: targetToWire({
+              kind: "apns",
+              token: "ab",
+              topic: "org.switchboard.app",
+              environment: "production",
+            }),
+          })),
+        };
+      },
+      async dropPushTarget(req: { deviceId: string }) {
+        dropped.push(req.deviceId);
+        return { dropped: true };
+      },
+    } as unknown as Client<typeof DirectoryService>;
+    const sent: PushMessage[] = [];
+    const refusing: PushProvider = {
+      kind: "apns",
+      async send(_t, message) {
+        sent.push(message);
+        return { status: "gone", reason: "APNs 400 DeviceTokenNotForTopic" };
+      },
+      async close() {},
+    };
+    const n = new Notifier(apnsDirectory, [refusing], log);
+    n.notifyCall([ring("dv_4")]);
+    await until(() => sent.length === 1 && n.size === 0, "the refused ring settled");
+    assert.equal(n.metrics.failed, 1);
+    assert.deepEqual(dropped, []);
+    await n.close();
+  });
 });

@@ -38,11 +38,13 @@ export class CallerCalls {
 
   /**
    * now is the clock; ended hears of each call the gateway forgets without a hangup (rang out:
-   * missed), at the latest CALL_LIMITS.ringMs after its offer, on a timer of its own.
+   * missed), ringMs after its offer, on a timer of its own.
    */
   constructor(
     private readonly now: () => number,
     private readonly rangOut: (call: CallerCall) => void,
+    /** How long a call rings, in milliseconds. */
+    private readonly ringMs: number = CALL_LIMITS.ringMs,
   ) {}
 
   private readonly timers = new Map<CallerCall, NodeJS.Timeout>();
@@ -69,7 +71,7 @@ export class CallerCalls {
       startedAt: now,
       answeredAt: 0,
       acceptedBy: undefined,
-      expiresAt: now + CALL_LIMITS.ringMs,
+      expiresAt: now + this.ringMs,
       pushed: [],
     };
     calls.set(callId, opened);
@@ -79,7 +81,7 @@ export class CallerCalls {
       if (this.byDevice.get(deviceId)?.get(callId) !== opened || opened.acceptedBy !== undefined) return;
       this.close(deviceId, callId);
       this.rangOut(opened);
-    }, CALL_LIMITS.ringMs);
+    }, this.ringMs);
     timer.unref();
     this.timers.set(opened, timer);
   }

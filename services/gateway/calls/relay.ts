@@ -9,19 +9,15 @@
  * through and answers every other callee device with ANSWERED_ELSEWHERE (they stop ringing).
  */
 
-import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
-import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import { type Client, Code } from "@connectrpc/connect";
 import {
   type Delivery,
   DeliveryBatchSchema,
   DeliverySchema,
 } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import type { PresenceService } from "../../../gen/switchboard/internal/v1/presence_pb.js";
-import {
-  AppendItemSchema,
-  type SequencerService,
-} from "../../../gen/switchboard/internal/v1/sequencer_pb.js";
+import type { SequencerService } from "../../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
   type CallEventFrame,
   CallEventFrameSchema,
@@ -39,11 +35,10 @@ import { TokenBucket } from "../../common/rate-limit/token-bucket.js";
 import { requireId } from "../../common/validate.js";
 import { frame, inBand } from "../session/frames.js";
 import { CALL_FRAME_OVERHEAD_BYTES, CALL_LIMITS } from "./limits.js";
+import { appendCallLog } from "./log.js";
 import { type CallerCall, CallerCalls } from "./state.js";
 
 const CALL_ID = /^[A-Za-z0-9_-]{1,64}$/;
-/** Tries at writing a call's log entry while the sequencer is unavailable (250 ms, 500 ms, ... apart). */
-const LOG_ATTEMPTS = 4;
 
 /** The stream a call frame came in on. */
 export interface CallStream {
@@ -302,7 +297,11 @@ export class CallRelay {
           serverTimeMs: BigInt(this.deps.now()),
         }),
     );
-    if (newCall) await this.wakeOffline(stream, f, reached);
+    // The call rings where it reached; a push that cannot be queued is logged, not refused.
+    if (newCall)
+      await this.wakeOffline(stream, f, reached).catch((err: unknown) =>
+        this.deps.log.warn({ err, callId: f.callId }, "could not ring the callee's devices without a stream"),
+      );
   }
 
   /** Rings the callee's devices that hold no stream with a VoIP push, remembered to withdraw it. */
@@ -358,53 +357,10 @@ export class CallRelay {
     }
   }
 
-  /**
-   * Appends the call's entry to the direct conversation (as the caller's device, once: the
-   * client_msg_id comes from the call id), retrying while the sequencer is unavailable.
-   */
+  /** Withdraws the call's push and appends its entry (log.ts). */
   private async writeLog(call: CallerCall, outcome: CallOutcome): Promise<void> {
     this.withdrawPush(call);
-    const endedAt = this.deps.now();
-    const answered = outcome === CallOutcome.ANSWERED;
-    const item = create(AppendItemSchema, {
-      senderUserId: call.callerUserId,
-      senderDeviceId: call.callerDeviceId,
-      entry: {
-        clientMsgId: `call-${createHash("sha256").update(call.callId).digest("base64url").slice(0, 32)}`,
-        conversationId: directConversationId(call.callerUserId, call.peerUserId),
-      },
-      callLog: {
-        callId: call.callId,
-        callerUserId: call.callerUserId,
-        calleeUserId: call.peerUserId,
-        media: call.media,
-        outcome,
-        startedAtMs: BigInt(call.startedAt),
-        answeredAtMs: BigInt(answered ? call.answeredAt : 0),
-        endedAtMs: BigInt(endedAt),
-        durationMs: BigInt(answered ? Math.max(0, endedAt - call.answeredAt) : 0),
-        answeredDeviceId: answered ? (call.acceptedBy ?? "") : "",
-      },
-    });
-    for (let attempt = 0; ; attempt++) {
-      let code: Code;
-      let message: string;
-      try {
-        const [result] = (await this.deps.sequencer.append({ items: [item] })).results;
-        if (result === undefined || result.errorCode === 0) return;
-        code = result.errorCode;
-        message = result.errorMessage;
-      } catch (err) {
-        const e = ConnectError.from(err);
-        code = e.code;
-        message = e.rawMessage;
-      }
-      if (code !== Code.Unavailable || attempt >= LOG_ATTEMPTS - 1) {
-        this.deps.log.warn({ callId: call.callId, code, message }, "could not write a call's log entry");
-        return;
-      }
-      await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** attempt));
-    }
+    await appendCallLog(this.deps.sequencer, this.deps.log, call, outcome, this.deps.now());
   }
 
   /** Tells the callee's devices (all but the winner, or only those listed) that another device took the call. */

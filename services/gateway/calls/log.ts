@@ -1,0 +1,71 @@
+/**
+ * A call's entry in the direct conversation's log (Entry.call, docs/calls.md), appended by the
+ * gateway that held the caller's stream, as the caller's device.
+ */
+import { createHash } from "node:crypto";
+import { create } from "@bufbuild/protobuf";
+import { type Client, Code, ConnectError } from "@connectrpc/connect";
+import {
+  AppendItemSchema,
+  type SequencerService,
+} from "../../../gen/switchboard/internal/v1/sequencer_pb.js";
+import { CallOutcome } from "../../../gen/switchboard/v1/calls_pb.js";
+import { directConversationId } from "../../common/ids.js";
+import type { Logger } from "../../common/log.js";
+import type { CallerCall } from "./state.js";
+
+/** Tries at writing a call's log entry while the sequencer is unavailable (250 ms, 500 ms, ... apart). */
+const LOG_ATTEMPTS = 4;
+
+/**
+ * Appends the call's entry, once (the client_msg_id comes from the call id), retrying while the
+ * sequencer is unavailable; a refusal is logged. endedAt is in milliseconds since the Unix epoch.
+ */
+export async function appendCallLog(
+  sequencer: Client<typeof SequencerService>,
+  log: Logger,
+  call: CallerCall,
+  outcome: CallOutcome,
+  endedAt: number,
+): Promise<void> {
+  const answered = outcome === CallOutcome.ANSWERED;
+  const item = create(AppendItemSchema, {
+    senderUserId: call.callerUserId,
+    senderDeviceId: call.callerDeviceId,
+    entry: {
+      clientMsgId: `call-${createHash("sha256").update(call.callId).digest("base64url").slice(0, 32)}`,
+      conversationId: directConversationId(call.callerUserId, call.peerUserId),
+    },
+    callLog: {
+      callId: call.callId,
+      callerUserId: call.callerUserId,
+      calleeUserId: call.peerUserId,
+      media: call.media,
+      outcome,
+      startedAtMs: BigInt(call.startedAt),
+      answeredAtMs: BigInt(answered ? call.answeredAt : 0),
+      endedAtMs: BigInt(endedAt),
+      durationMs: BigInt(answered ? Math.max(0, endedAt - call.answeredAt) : 0),
+      answeredDeviceId: answered ? (call.acceptedBy ?? "") : "",
+    },
+  });
+  for (let attempt = 0; ; attempt++) {
+    let code: Code;
+    let message: string;
+    try {
+      const [result] = (await sequencer.append({ items: [item] })).results;
+      if (result === undefined || result.errorCode === 0) return;
+      code = result.errorCode;
+      message = result.errorMessage;
+    } catch (err) {
+      const e = ConnectError.from(err);
+      code = e.code;
+      message = e.rawMessage;
+    }
+    if (code !== Code.Unavailable || attempt >= LOG_ATTEMPTS - 1) {
+      log.warn({ callId: call.callId, code, message }, "could not write a call's log entry");
+      return;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** attempt));
+  }
+}

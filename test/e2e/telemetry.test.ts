@@ -143,9 +143,21 @@ describe("telemetry in one process: traces over every hop, metrics on the admin 
       assert.equal(ConnectError.from(err).code, Code.InvalidArgument);
       return true;
     });
-    const res = await fetch(`${adminUrl}/metrics`);
-    assert.equal(res.status, 200);
-    const text = await res.text();
+    // A GC histogram has series only once the server collected garbage at least once: calls
+    // (each allocates) until it has, for a bounded time, so a quiet fresh process is not a flake.
+    let text = "";
+    for (let tries = 0; ; tries++) {
+      const res = await fetch(`${adminUrl}/metrics`);
+      assert.equal(res.status, 200);
+      text = await res.text();
+      if (text.includes("v8js_gc_duration_seconds_bucket{") || tries >= 100) break;
+      await Promise.all(
+        Array.from({ length: 20 }, () =>
+          connectClient.register({ username: "", deviceName: "gc" }).catch(() => {}),
+        ),
+      );
+      await new Promise((r) => setTimeout(r, 200));
+    }
     const series = (name: string) => text.split("\n").filter((line) => line.startsWith(`${name}{`));
     for (const name of [
       "switchboard_gateway_send_ack_duration_seconds_bucket",

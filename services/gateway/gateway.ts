@@ -1,13 +1,8 @@
-import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { BusEvent, DeliveryBatch } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { NotificationService } from "../../gen/switchboard/internal/v1/notification_pb.js";
-import {
-  type DeviceRoute,
-  DeviceRouteSchema,
-  type PresenceService,
-} from "../../gen/switchboard/internal/v1/presence_pb.js";
+import type { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
 import type { SequencerService } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DeliveryChannel, EventBus, Unsubscribe } from "../bus/types.js";
@@ -15,7 +10,6 @@ import type { Principal, Tokens } from "../common/auth.js";
 import { isTransportFailure } from "../common/boundary.js";
 import type { Limits } from "../common/config.js";
 import { SupersededError, UnauthenticatedError, UnavailableError } from "../common/errors.js";
-import { newId } from "../common/ids.js";
 import type { Logger } from "../common/log.js";
 import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
@@ -25,6 +19,7 @@ import { BlockLists } from "./blocks.js";
 import { CallRelay } from "./calls/relay.js";
 import { DeviceSets } from "./device-set.js";
 import { observeGateway } from "./observe.js";
+import { RouteKeeper } from "./routes.js";
 import { Session } from "./session.js";
 import type { GatewayMetrics, GatewayObserver, SessionHost } from "./types.js";
 import { requireEntrySize } from "./untrusted.js";
@@ -36,15 +31,6 @@ const REFUSAL_LOG_INTERVAL_MS = 10_000;
 
 /** Devices whose status or send bucket a gateway remembers at most. */
 const DEVICE_MAPS_MAX = 200_000;
-
-/** How often the gateway checks that the route store still holds its routes, in milliseconds. */
-const ROUTE_CHECK_MS = 1_000;
-/**
- * Streams that read their sync state at once when routes come back after a loss; the next group
- * starts when these have read it or after RESYNC_STAGGER_MS, whichever is first.
- */
-const RESYNC_GROUP = 64;
-const RESYNC_STAGGER_MS = 250;
 
 /** What a gateway needs from the rest of the system. */
 export interface GatewayDeps {
@@ -126,21 +112,9 @@ export class GatewayCore implements SessionHost<Session> {
   /** The stream's frame bucket, per device, for frames that arrive as unary calls (web.ts). */
   private readonly frameLimit: RateLimit;
   private readonly deviceStatus = new Map<string, { active: boolean; checkedAt: number }>();
-  private readonly routeTtlMs: number;
   private readonly deviceCacheMs: number;
-  private readonly heartbeat: NodeJS.Timeout;
-  private readonly routeCheck: NodeJS.Timeout;
-  /**
-   * A route of no device, registered only by the route check: while the route store holds it, it
-   * holds every route registered before it. It is replaced (the new one registered first) every
-   * heartbeat so it never expires.
-   */
-  private beacon: DeviceRoute;
-  private beaconAt = 0;
-  /** From a failed registration, or a check that found the beacon gone, until routes are back. */
-  private routesLost = true;
-  private checkingRoutes = false;
   private readonly stops: Unsubscribe[] = [];
+  private readonly routes: RouteKeeper;
   private draining = false;
 
   constructor(deps: GatewayDeps) {
@@ -152,7 +126,6 @@ export class GatewayCore implements SessionHost<Session> {
     this.limits = deps.limits;
     this.log = deps.log;
     this.now = deps.now ?? Date.now;
-    this.routeTtlMs = deps.routeTtlMs ?? 30_000;
     this.deviceCacheMs = deps.deviceCacheMs ?? 30_000;
     this.rateLimiter = deps.rateLimiter ?? new LocalRateLimiter();
     this.sendLimit = { name: "send", rate: this.limits.sendsPerSecond, burst: this.limits.sendBurst };
@@ -200,15 +173,16 @@ export class GatewayCore implements SessionHost<Session> {
     this.stops.push(() => this.calls.stop());
     this.stops.push(deps.delivery.listen(this.id, (batch) => this.onDelivery(batch)));
     this.stops.push(deps.bus.onBroadcast((events) => this.onBroadcast(events)));
-    // Routes are refreshed well within their TTL so a live stream never looks offline.
-    this.heartbeat = setInterval(() => void this.heartbeatRoutes(), this.heartbeatMs);
-    this.heartbeat.unref();
-    // The route store can lose routes between heartbeats (Redis restarted empty): the check
-    // notices within routeCheckMs and registers them again, and the streams catch up.
-    this.beacon = this.newBeacon();
-    this.routeCheck = setInterval(() => void this.checkRoutes(), deps.routeCheckMs ?? ROUTE_CHECK_MS);
-    this.routeCheck.unref();
-    void this.checkRoutes();
+    this.routes = new RouteKeeper({
+      id: this.id,
+      presence: this.presence,
+      log: this.log,
+      now: this.now,
+      routeTtlMs: deps.routeTtlMs ?? 30_000,
+      routeCheckMs: deps.routeCheckMs,
+      sessions: () => [...this.byDevice.values()].flat(),
+      draining: () => this.draining,
+    });
     this.observe = observeGateway(this);
   }
 
@@ -345,12 +319,8 @@ export class GatewayCore implements SessionHost<Session> {
    * stream goes on without a route: the route check registers it once the store is back, and
    * then the stream reads its sync state again for what was committed meanwhile.
    */
-  async register(session: Session): Promise<void> {
-    try {
-      await this.presence.registerRoutes({ routes: [this.route(session)], ttlMs: this.routeTtlMs });
-    } catch (err) {
-      this.lostRoutes(err, "route registration failed");
-    }
+  register(session: Session): Promise<void> {
+    return this.routes.register(session);
   }
 
   /** Forgets a closed stream. */
@@ -364,9 +334,7 @@ export class GatewayCore implements SessionHost<Session> {
       }
     }
     for (const id of session.subscriptions) this.unsubscribePresence(session, id);
-    this.presence
-      .unregisterRoutes({ routes: [this.route(session)] })
-      .catch((err: unknown) => this.log.warn({ err, sessionId: session.id }, "route removal failed"));
+    this.routes.unregister(session);
     this.log.info(
       { userId: session.userId, deviceId: session.deviceId, sessionId: session.id },
       "stream closed",
@@ -422,128 +390,10 @@ export class GatewayCore implements SessionHost<Session> {
 
   /** Closes every stream telling devices to reconnect elsewhere, and flushes cursors. */
   async drain(): Promise<void> {
-    clearInterval(this.heartbeat);
-    clearInterval(this.routeCheck);
+    this.routes.stop();
     this.closeStreams();
-    // The beacon would otherwise linger until it expires, showing a gateway that is gone.
-    this.presence.unregisterRoutes({ routes: [this.beacon] }).catch(() => {});
     for (const stop of this.stops.splice(0)) stop();
     await this.cursors.close();
-  }
-
-  private route(session: Session) {
-    return create(DeviceRouteSchema, {
-      userId: session.userId,
-      deviceId: session.deviceId,
-      gatewayId: this.id,
-      sessionId: session.id,
-    });
-  }
-
-  private get heartbeatMs(): number {
-    return Math.max(1000, Math.floor(this.routeTtlMs / 3));
-  }
-
-  private newBeacon(): DeviceRoute {
-    return create(DeviceRouteSchema, {
-      userId: `gateway:${this.id}`,
-      deviceId: `gateway:${this.id}`,
-      gatewayId: this.id,
-      sessionId: newId("s"),
-    });
-  }
-
-  /** Notes that routes may be missing from the store; logged once per loss. */
-  private lostRoutes(err: unknown, message: string): void {
-    if (!this.routesLost) {
-      this.log.warn(
-        { err },
-        `${message}: streams go on; their routes are registered again and the streams catch up once the route store answers`,
-      );
-    }
-    this.routesLost = true;
-  }
-
-  /** Registers every stream's route (after `first`, if given); false if any part failed. */
-  private async refreshRoutes(first: DeviceRoute[] = []): Promise<boolean> {
-    const routes = [...first, ...[...this.byDevice.values()].flat().map((s) => this.route(s))];
-    let ok = true;
-    for (let i = 0; i < routes.length; i += 1000) {
-      try {
-        await this.presence.registerRoutes({ routes: routes.slice(i, i + 1000), ttlMs: this.routeTtlMs });
-      } catch (err) {
-        this.lostRoutes(err, "route heartbeat failed");
-        ok = false;
-      }
-    }
-    return ok;
-  }
-
-  private async heartbeatRoutes(): Promise<void> {
-    await this.refreshRoutes();
-  }
-
-  /**
-   * Checks that the route store still holds the beacon, hence every route registered before it.
-   * When it does not (or did not answer), registers the beacon and every route again, then has
-   * every stream read its sync state again: what was committed while the routes were missing
-   * reached no gateway, and the log is where it is.
-   */
-  private async checkRoutes(): Promise<void> {
-    if (this.checkingRoutes || this.draining) return;
-    this.checkingRoutes = true;
-    try {
-      if (!this.routesLost) {
-        try {
-          // Replacing the beacon: the new one first, then the old one must still be there.
-          let next: DeviceRoute | undefined;
-          if (this.now() - this.beaconAt >= this.heartbeatMs) {
-            next = this.newBeacon();
-            await this.presence.registerRoutes({ routes: [next], ttlMs: this.routeTtlMs });
-          }
-          const { routes } = await this.presence.lookupRoutes({ userIds: [this.beacon.userId] });
-          if (routes.some((r) => r.sessionId === this.beacon.sessionId)) {
-            if (next !== undefined) this.replaceBeacon(next);
-            return;
-          }
-          this.lostRoutes(undefined, "the route store lost this gateway's routes (restarted empty?)");
-        } catch (err) {
-          this.lostRoutes(err, "the route store does not answer");
-        }
-      }
-      const beacon = this.newBeacon();
-      if (!(await this.refreshRoutes([beacon]))) return;
-      this.replaceBeacon(beacon);
-      const streams = [...this.byDevice.values()].flat();
-      this.routesLost = false;
-      if (streams.length === 0) return;
-      this.log.info(
-        { streams: streams.length },
-        "routes registered again; the streams catch up from the log",
-      );
-      void this.resync(streams);
-    } finally {
-      this.checkingRoutes = false;
-    }
-  }
-
-  private replaceBeacon(next: DeviceRoute): void {
-    const old = this.beacon;
-    this.beacon = next;
-    this.beaconAt = this.now();
-    if (old.sessionId !== next.sessionId) this.presence.unregisterRoutes({ routes: [old] }).catch(() => {});
-  }
-
-  /** Has streams read their sync state again, a group at a time so the sequencer is not flooded. */
-  private async resync(streams: Session[]): Promise<void> {
-    for (let i = 0; i < streams.length; i += RESYNC_GROUP) {
-      const group = streams
-        .slice(i, i + RESYNC_GROUP)
-        .map((s) =>
-          s.resync().catch((err: unknown) => this.log.warn({ err, sessionId: s.id }, "stream resync failed")),
-        );
-      await Promise.race([Promise.all(group), new Promise((r) => setTimeout(r, RESYNC_STAGGER_MS))]);
-    }
   }
 
   private onDelivery(batch: DeliveryBatch): void {

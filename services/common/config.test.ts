@@ -111,6 +111,15 @@ describe("mesh configuration", () => {
       [{ SWITCHBOARD_INSTANCE_ID: "gw 1" }, /SWITCHBOARD_INSTANCE_ID must be/],
       [{ SWITCHBOARD_SEQUENCER_REPLICAS: "2" }, /only sequencer replica/],
       [{ SWITCHBOARD_SEQUENCER_URL_TEMPLATE: "http://seq" }, /must contain \{ordinal\}/],
+      [
+        { SWITCHBOARD_SHARD_LEASE_MS: "1000" },
+        /SWITCHBOARD_SHARD_LEASE_MS must be 0 \(no failover\) or from 3000/,
+      ],
+      [
+        { SWITCHBOARD_PUSH_PER_DEVICE_PER_MINUTE: "0" },
+        /SWITCHBOARD_PUSH_PER_DEVICE_PER_MINUTE must be at least 1/,
+      ],
+      [{ SWITCHBOARD_PUSH_PER_DEVICE_BURST: "0" }, /SWITCHBOARD_PUSH_PER_DEVICE_BURST must be at least 1/],
     ];
     for (const [env, message] of cases) {
       assert.throws(() => loadConfig({}, env), message, JSON.stringify(env));

@@ -1,6 +1,6 @@
 /** Push providers and the per-device push budget. */
 import { z } from "zod";
-import { ConfigurationError } from "./error.js";
+import { ConfigurationError, fail } from "./error.js";
 import { check, type Env, flag, int, intVariable, nonEmptyText, without } from "./schema.js";
 
 /** Push providers; a kind without credentials falls back to logging its pushes. */
@@ -109,6 +109,10 @@ export function loadPush(input: Partial<PushConfig> | undefined, env: Env): Push
         ? vars.SWITCHBOARD_PUSH_PER_DEVICE_BURST
         : int("SWITCHBOARD_PUSH_PER_DEVICE_BURST", input.perDeviceBurst),
   };
+  // A zero rate would never refill a device's bucket: its pushes would wait for ever (the queue
+  // used to spin on it). Turning pushes off is leaving the providers unconfigured.
+  if (push.perDevicePerMinute < 1) fail("SWITCHBOARD_PUSH_PER_DEVICE_PER_MINUTE must be at least 1");
+  if (push.perDeviceBurst < 1) fail("SWITCHBOARD_PUSH_PER_DEVICE_BURST must be at least 1");
   const web = input?.webPush ?? webPush;
   if (web !== undefined) push.webPush = web;
   const fcmFile = vars.SWITCHBOARD_FCM_SERVICE_ACCOUNT_FILE;

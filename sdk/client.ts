@@ -5,7 +5,7 @@ import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import type { Conversation, Member, MemberRole } from "../gen/switchboard/v1/conversations_pb.js";
 import type { Entry } from "../gen/switchboard/v1/entry_pb.js";
 import { linkAccount, registerAccount } from "./client/accounts.js";
-import { newClientMsgId } from "./client/bodies.js";
+import { type MessageLinks, newClientMsgId } from "./client/bodies.js";
 import type { Calls } from "./client/calls.js";
 import type { ClientContext } from "./client/context.js";
 import { clientClosed } from "./client/errors.js";
@@ -258,13 +258,17 @@ export class SwitchboardClient {
   // ---------------------------------------------------------------------------------------------
   // Sending
 
-  /** Sends a message; resolves when the server has stored it durably (one tick). */
+  /**
+   * Sends a message; resolves when the server has stored it durably (one tick). `replyTo` names
+   * the entry it replies to and `mentions` the users (ids) to wake even if they muted the
+   * conversation: both travel in clear beside the encrypted content (docs/protocol.md).
+   */
   send(
     conversationId: string,
     payload: Uint8Array | string,
-    options: { clientMsgId?: string } = {},
+    options: { clientMsgId?: string } & MessageLinks = {},
   ): Promise<SendResult> {
-    return this.parts.sends.send(conversationId, payload, options.clientMsgId);
+    return this.parts.sends.send(conversationId, payload, options.clientMsgId, options);
   }
 
   /** Replaces the payload of one of this user's earlier messages. */
@@ -303,7 +307,7 @@ export class SwitchboardClient {
   sendUnary(
     conversationId: string,
     payload: Uint8Array | string,
-    options: { clientMsgId?: string; attempts?: number } = {},
+    options: { clientMsgId?: string; attempts?: number } & MessageLinks = {},
   ): Promise<SendResult> {
     return this.parts.sends.unary(conversationId, payload, options);
   }

@@ -250,6 +250,27 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
     assert.deepEqual(unencrypted(inbox), ["sent in the clear"]);
   });
 
+  it("a reply and a mention travel beside the encrypted content, over the stream and without it", async () => {
+    const erin = await register("erin");
+    const fred = await register("fred");
+    const f = new Inbox("fred", fred);
+    await erin.connect();
+    await fred.connect();
+    const id = (await erin.openDirect(fred.userId)).conversationId;
+    const first = await erin.send(id, "question");
+    await erin.send(id, "over the stream", { replyTo: first.seq, mentions: [fred.userId] });
+    await erin.sendUnary(id, "without it", { replyTo: first.seq });
+    await f.has("without it");
+    const streamed = f.entries.find((e) => new TextDecoder().decode(e.payload) === "over the stream");
+    assert.equal(streamed?.encrypted, true);
+    assert.equal(streamed?.replyTo, first.seq);
+    assert.deepEqual(streamed?.mentions, [fred.userId]);
+    const unary = f.entries.find((e) => new TextDecoder().decode(e.payload) === "without it");
+    assert.equal(unary?.replyTo, first.seq);
+    assert.deepEqual(unary?.mentions, []);
+    assert.equal(f.entries.find((e) => e.seq === first.seq)?.replyTo, undefined);
+  });
+
   it("a tampered or undecryptable entry is surfaced with its seq and acked; the stream moves on", async () => {
     const carol = await register("carol");
     const dave = await register("dave");

@@ -133,6 +133,10 @@ export interface IncomingEntry {
   encrypted: boolean;
   /** The entry an edit, delete or reaction refers to; undefined for other kinds. */
   targetSeq: bigint | undefined;
+  /** The entry a message replies to (its reply_to_seq); undefined when it replies to none. */
+  replyTo: bigint | undefined;
+  /** The users a message mentions to the server (to wake them through a mute); often empty. */
+  mentions: string[];
   /** The membership change, for membership entries. */
   membership: MembershipBody | undefined;
   /** The call's record (who, when, how long, audio or video), for call entries (docs/calls.md). */

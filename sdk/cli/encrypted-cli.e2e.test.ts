@@ -126,6 +126,34 @@ describe("the CLI end-to-end encrypted (commands against a server process)", () 
     );
   });
 
+  it("send --reply-to and --mention: the reply and the mention reach the other side with the encrypted text", async () => {
+    const alice = await register("alice");
+    const bob = await register("bob");
+    const sent = await ok("send", bob.username, "lunch at noon?", "--profile", alice.profile);
+    const seq = /sent #(\d+)/.exec(sent.join("\n"))?.[1];
+    assert.ok(seq !== undefined, sent.join("\n"));
+    await ok(
+      "send",
+      alice.username,
+      "yes please",
+      "--reply-to",
+      seq,
+      "--mention",
+      `@${alice.username}`,
+      "--profile",
+      bob.profile,
+    );
+    const lines = await ok("history", bob.username, "--profile", alice.profile);
+    const reply = lines.find((l) => l.includes("yes please"));
+    assert.ok(reply !== undefined, lines.join("\n"));
+    assert.match(reply, new RegExp(`\\(reply to #${seq}\\): yes please`));
+    assert.match(reply, new RegExp(`\\(mentions @${alice.username}\\)`));
+    // A reply to an entry that does not exist is refused, naming it.
+    const refused = await cli("send", alice.username, "no", "--reply-to", "999", "--profile", bob.profile);
+    assert.notEqual(refused.code, 0);
+    assert.match(refused.err.join("\n"), /reply_to_seq: no such entry/);
+  });
+
   it("send --file and download round-trip the exact bytes; download never overwrites without --force", async () => {
     const alice = await register("alice");
     const bob = await register("bob");

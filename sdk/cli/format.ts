@@ -86,7 +86,10 @@ export function formatEntry(
     case "message": {
       const body = text(e) || (e.attachments.length > 0 ? "(file)" : "");
       const files = e.redacted ? [] : attachmentLines(e, view);
-      return [`${head} ${who}: ${body}${plain}`, ...files].join("\n");
+      const reply = e.replyTo === undefined ? "" : ` (reply to #${e.replyTo})`;
+      const mentions =
+        e.mentions.length === 0 ? "" : ` (mentions ${e.mentions.map((id) => names.label(id)).join(", ")})`;
+      return [`${head} ${who}${reply}: ${body}${plain}${mentions}`, ...files].join("\n");
     }
     case "edit":
       return `${head} ${who} edited #${e.targetSeq}: ${text(e)}${plain}`;

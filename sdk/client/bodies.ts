@@ -37,6 +37,31 @@ export const messageBody: BodyOf = (payload, devicePayloads, payloadType) => ({
   value: { payload, devicePayloads, payloadType },
 });
 
+/**
+ * What a message tells the server in clear besides its content (docs/protocol.md): the entry it
+ * replies to, and users to wake through a mute. Keep a mention in the content alone by not naming
+ * it here; the server then learns nothing of it.
+ */
+export interface MessageLinks {
+  /** The seq of the entry this message replies to. */
+  replyTo?: bigint | number | undefined;
+  /** Users (ids) this message mentions and who should be woken even if they muted it. */
+  mentions?: readonly string[] | undefined;
+}
+
+/** The body of a message with its links (messageBody when there are none). */
+export function linkedMessageBody(links: MessageLinks | undefined): BodyOf {
+  if (links === undefined || (links.replyTo === undefined && (links.mentions?.length ?? 0) === 0)) {
+    return messageBody;
+  }
+  const replyToSeq = BigInt(links.replyTo ?? 0);
+  const mentionedUserIds = [...(links.mentions ?? [])];
+  return (payload, devicePayloads, payloadType) => ({
+    case: "message",
+    value: { payload, devicePayloads, payloadType, replyToSeq, mentionedUserIds },
+  });
+}
+
 /** The body of an edit or a reaction: a payload that targets an earlier entry. */
 export function targetedBody(kind: "edit" | "reaction", targetSeq: bigint | number): BodyOf {
   return (payload, devicePayloads, payloadType) => ({

@@ -147,6 +147,8 @@ export class EntryDecoder {
       keysOnly,
       encrypted: encryptedContent,
       targetSeq,
+      replyTo: body.case === "message" && body.value.replyToSeq > 0n ? body.value.replyToSeq : undefined,
+      mentions: body.case === "message" ? [...body.value.mentionedUserIds] : [],
       membership: body.case === "membership" ? body.value : undefined,
       call: body.case === "call" ? body.value : undefined,
       redacted: raw.redacted,

@@ -7,6 +7,8 @@ import { MAX_MISMATCH_RETRIES } from "../e2ee.js";
 import type { SendResult } from "../types.js";
 import {
   type BodyOf,
+  linkedMessageBody,
+  type MessageLinks,
   messageBody,
   newClientMsgId,
   payloadBytes,
@@ -28,9 +30,14 @@ export class Sends {
     private readonly sealer: Sealer,
   ) {}
 
-  /** A message. */
-  send(conversationId: string, payload: Uint8Array | string, clientMsgId?: string): Promise<SendResult> {
-    return this.withPayload(conversationId, payload, clientMsgId, messageBody);
+  /** A message, with what it tells the server of a reply and mentions (links). */
+  send(
+    conversationId: string,
+    payload: Uint8Array | string,
+    clientMsgId?: string,
+    links?: MessageLinks,
+  ): Promise<SendResult> {
+    return this.withPayload(conversationId, payload, clientMsgId, linkedMessageBody(links));
   }
 
   /** An edit or a reaction: a payload aimed at an earlier entry (one path for both). */
@@ -89,23 +96,21 @@ export class Sends {
   async unary(
     conversationId: string,
     payload: Uint8Array | string,
-    options: { clientMsgId?: string; attempts?: number },
+    options: { clientMsgId?: string; attempts?: number } & MessageLinks,
   ): Promise<SendResult> {
     const plaintext = payloadBytes(payload);
     const clientMsgId = options.clientMsgId ?? newClientMsgId();
+    const body = linkedMessageBody(options);
     if (this.ctx.e2ee === undefined) {
       const entry = create(OutgoingEntrySchema, {
         clientMsgId,
         conversationId,
-        body: {
-          case: "message",
-          value: { payload: await this.ctx.codec.encode(conversationId, plaintext) },
-        },
+        body: body(await this.ctx.codec.encode(conversationId, plaintext), [], 0),
       });
       return this.sendEntry(entry, options.attempts);
     }
     const content = sealedContent(conversationId, { case: "message", value: {} }, plaintext, []);
-    return this.contentUnary(conversationId, content, clientMsgId, options.attempts);
+    return this.contentUnary(conversationId, content, clientMsgId, options.attempts, body);
   }
 
   /**
@@ -118,6 +123,7 @@ export class Sends {
     content: Uint8Array,
     clientMsgId: string,
     attempts?: number,
+    body: BodyOf = messageBody,
   ): Promise<SendResult> {
     const e2ee = this.ctx.requireE2ee();
     await e2ee.ensureKeysSoon();
@@ -132,7 +138,8 @@ export class Sends {
           const entry = create(OutgoingEntrySchema, {
             clientMsgId: id,
             conversationId,
-            body: messageBody(part.payload, part.devicePayloads, part.payloadType),
+            // A keys-only part is no message of the user's: it neither replies nor mentions.
+            body: (part.keysOnly ? messageBody : body)(part.payload, part.devicePayloads, part.payloadType),
           });
           result = await this.sendEntry(entry, attempts);
           await e2ee.keyDistributed(part.distributed);

@@ -17,7 +17,9 @@ export function registerHistory(program: Command, io: CliIo): void {
           const conversationId = await resolveConversation(client, target);
           const page = await client.getHistory(conversationId, { afterSeq: opts.after, limit: opts.limit });
           const names = new Names(client);
-          await names.load(page.entries.flatMap((e) => [e.senderUserId, ...(e.membership?.userIds ?? [])]));
+          await names.load(
+            page.entries.flatMap((e) => [e.senderUserId, ...(e.membership?.userIds ?? []), ...e.mentions]),
+          );
           const view: EntryView = {
             encrypted,
             download: downloadHint(opts, hintTarget(target, conversationId)),

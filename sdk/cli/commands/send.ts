@@ -4,7 +4,7 @@ import type { Command } from "commander";
 import { formatBytes, printable } from "../files.js";
 import { downloadHint, type EntryView, formatEntry } from "../format.js";
 import { type CliIo, describeError, run } from "../io.js";
-import { ConversationLabels, Names, resolveConversation } from "../names.js";
+import { ConversationLabels, Names, resolveConversation, userIdsFor } from "../names.js";
 import { clientCommand, type GlobalOptions } from "../options.js";
 import { showKeyChanges, withClient } from "../session.js";
 
@@ -16,8 +16,13 @@ export function registerSend(program: Command, io: CliIo): void {
     "send a message (with --file, an end-to-end encrypted file) to a username, or to a conversation id (g_..., d_...)",
   )
     .option("--file <path>", "attach this file, end-to-end encrypted; the text, if any, is its caption")
+    .option("--reply-to <seq>", "reply to this entry of the conversation (the server sees which)")
+    .option(
+      "--mention <usernames...>",
+      "wake these members even if they muted the conversation (the server sees whom)",
+    )
     .action(
-      run(io, async (to: string, text: string | undefined, opts: GlobalOptions & { file?: string }) => {
+      run(io, async (to: string, text: string | undefined, opts: GlobalOptions & SendOptions) => {
         if (opts.file !== undefined) {
           await sendFile(io, opts, to, opts.file, text);
           return;
@@ -25,11 +30,28 @@ export function registerSend(program: Command, io: CliIo): void {
         if (text === undefined) throw new Error("nothing to send: give a text, --file <path>, or both");
         await withClient(opts, io, "content", async ({ client, encrypted }) => {
           const conversationId = await resolveConversation(client, to);
-          const result = await client.sendUnary(conversationId, text);
+          const result = await client.sendUnary(conversationId, text, {
+            replyTo: replyToOf(opts.replyTo),
+            mentions: opts.mention === undefined ? undefined : await userIdsFor(client, opts.mention),
+          });
           io.out(`sent #${result.seq} to ${to} (${encrypted ? "end-to-end encrypted" : "not encrypted"})`);
         });
       }),
     );
+}
+
+/** The options of `send`. */
+interface SendOptions {
+  file?: string;
+  replyTo?: string;
+  mention?: string[];
+}
+
+/** A --reply-to value as a seq, or a precise refusal. */
+function replyToOf(raw: string | undefined): bigint | undefined {
+  if (raw === undefined) return undefined;
+  if (!/^[1-9][0-9]{0,18}$/.test(raw)) throw new Error(`--reply-to: a seq (a positive number), got "${raw}"`);
+  return BigInt(raw);
 }
 
 /** `send --file`: over the stream, showing what others sent meanwhile (it is acknowledged here). */

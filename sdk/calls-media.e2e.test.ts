@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { RTCPeerConnection, RtpHeader, RtpPacket } from "werift";
-import { type Coturn, coturnMissing, startCoturn } from "../test/helpers/coturn.js";
+import { type Coturn, coturnMissing, startCoturn } from "../services/mesh/coturn.js";
 import { eventually } from "../test/helpers/inbox.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";

@@ -156,6 +156,10 @@ program
     storeEngine,
   )
   .option("--no-restart", "leave a process that dies down instead of restarting it")
+  .option(
+    "--no-relay",
+    "start no local TURN relay for calls (one starts when coturn's turnserver is installed)",
+  )
   .action(
     async (opts: {
       dir: string;
@@ -167,6 +171,7 @@ program
       redisUrl?: string;
       store?: "lmdb" | "scylla";
       restart: boolean;
+      relay: boolean;
     }) => {
       keepRunningOnClosedOutput();
       const { Mesh } = await import("../mesh/launcher.js");
@@ -192,6 +197,7 @@ program
         onEvent: say,
         ownProcessGroups: true,
         ...(opts.restart && { restart: {} }),
+        ...(!opts.relay && { relay: false }),
         // A cluster named in the environment is used like --store scylla: migrated once, up front.
         ...((opts.store !== undefined || env.SCYLLA_CONTACT_POINTS) && { store: opts.store ?? "scylla" }),
         ...(opts.natsUrl !== undefined && { natsUrl: opts.natsUrl }),

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { environment, settingVariables } from "../common/config.js";
 import { newSecret } from "../common/ids.js";
 import { type CassandraServer, startCassandra } from "./cassandra.js";
+import { type Coturn, coturnMissing, startCoturn } from "./coturn.js";
 import { startMeshDatabase } from "./database.js";
 import { waitForListening } from "./listening.js";
 import { root, stopBackend, watchPid, withDeadline } from "./process-control.js";
@@ -69,6 +70,13 @@ export interface MeshOptions {
    * this option, SCYLLA_CONTACT_POINTS in `env` selects the cluster (each process migrates on its own).
    */
   store?: "lmdb" | "scylla";
+  /**
+   * Start a local TURN relay (coturn, services/mesh/coturn.ts) for calls and give the gateways its
+   * address and shared secret, unless `env` names relays already (SWITCHBOARD_TURN_URLS). On by
+   * default where Debian's `turnserver` is installed; without it calls get no relay, and the
+   * launcher says so.
+   */
+  relay?: boolean;
 }
 
 /** One service process of the mesh. */
@@ -112,6 +120,8 @@ export class Mesh {
   redis: BackendServer | undefined;
   /** The Cassandra node this mesh started for `store: "scylla"`, if it started one. */
   cassandra: CassandraServer | undefined;
+  /** The TURN relay this mesh started for calls, if it started one. */
+  coturn: Coturn | undefined;
   natsUrl = "";
   redisUrl = "";
   private readonly specs = new Map<string, Spec>();
@@ -176,6 +186,7 @@ export class Mesh {
       scylla = database.settings;
     }
     this.superviseBackends();
+    const relay = await this.startRelay();
 
     const sequencers = o.sequencers ?? 2;
     const ports = async (n: number, fixed?: number[]) =>
@@ -202,6 +213,7 @@ export class Mesh {
         SWITCHBOARD_NATS_SUBJECT_PREFIX: o.natsPrefix,
         SWITCHBOARD_NATS_STREAM: `${o.natsPrefix.toUpperCase().replace(/[^A-Z0-9]/g, "_")}_EVENTS`,
       }),
+      ...relay,
       ...o.env,
       ...scylla,
     };
@@ -454,7 +466,23 @@ export class Mesh {
     else backends.push({ name: "redis (external)", pid: undefined, url: this.redisUrl });
     const c = this.cassandra;
     if (c) backends.push({ name: "cassandra", pid: c.pid, url: `cql://${c.contactPoint}`, dataDir: c.dir });
+    if (this.coturn)
+      backends.push({ name: "coturn (turnserver)", pid: this.coturn.pid, url: this.coturn.url });
     return { processes, backends };
+  }
+
+  /** The local TURN relay's settings for every process, when the mesh runs one (see relay). */
+  private async startRelay(): Promise<Record<string, string>> {
+    const o = this.options;
+    if (o.relay === false || o.env?.SWITCHBOARD_TURN_URLS) return {};
+    const missing = coturnMissing();
+    if (missing !== false) {
+      if (o.relay === true) throw new Error(`relay: ${missing}`);
+      this.say(`no TURN relay for calls: ${missing}`);
+      return {};
+    }
+    this.coturn = await startCoturn(newSecret(24));
+    return { SWITCHBOARD_TURN_URLS: this.coturn.url, SWITCHBOARD_TURN_SECRET: this.coturn.secret };
   }
 
   /**
@@ -500,6 +528,7 @@ export class Mesh {
     await Promise.all([this.nats, this.redis].map((b) => b && stopBackend(b, deadline)));
     // The database last: the processes that wrote to it are gone.
     if (this.cassandra) await stopBackend(this.cassandra, deadline);
+    if (this.coturn) await withDeadline(this.coturn.stop(), deadline);
     for (const sink of this.logs.values()) sink.end();
   }
 
@@ -512,6 +541,7 @@ export class Mesh {
       if (child && child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
     }
     for (const b of [this.nats, this.redis, this.cassandra]) if (b) void b.stop("SIGKILL");
+    void this.coturn?.stop();
   }
 
   private async stopOne(name: string, deadline: number): Promise<void> {

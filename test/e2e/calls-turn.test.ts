@@ -4,7 +4,7 @@ import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createTurnClient, type TurnProtocol } from "werift";
 import { CallService } from "../../gen/switchboard/v1/calls_pb.js";
 import { turnPassword } from "../../services/gateway/calls/turn.js";
-import { type Coturn, coturnMissing, startCoturn } from "../helpers/coturn.js";
+import { type Coturn, coturnMissing, startCoturn } from "../../services/mesh/coturn.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
 

@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { type ClientTuning, SwitchboardClient } from "../../sdk/index.js";
+import { coturnMissing } from "../../services/mesh/coturn.js";
 import { freePort, meshPrerequisites } from "../helpers/backends.js";
 import { uniqueName } from "../helpers/device.js";
 import { eventually, Inbox } from "../helpers/inbox.js";
@@ -183,7 +184,34 @@ describe("switchboard mesh restarts what dies", { skip }, () => {
       );
       assert.match(text, /SWITCHBOARD_SEQUENCER_ORDINAL=0/);
       assert.match(text, /^# nats-server: nats:\/\/127\.0\.0\.1:\d+, pid \d+/m);
+      if (coturnMissing() === false) {
+        assert.match(text, /^# coturn \(turnserver\): turn:127\.0\.0\.1:\d+\?transport=udp, pid \d+/m);
+        assert.match(text, /SWITCHBOARD_TURN_SECRET='<redacted>'/, where);
+      }
     }
+  });
+
+  it("runs a TURN relay for calls and hands devices credentials for it", async (t) => {
+    const missingRelay = coturnMissing();
+    if (missingRelay !== false) {
+      if (process.env.CI === "true") throw new Error(`CI=true: ${missingRelay}`);
+      t.skip(missingRelay);
+      return;
+    }
+    const client = await SwitchboardClient.register({
+      serverUrl: gatewayUrl,
+      profileDir: join(dir, "relay-user"),
+      username: `relay_${Date.now().toString(36)}`,
+      encryption: false,
+    });
+    clients.push(client);
+    const servers = await client.calls.iceServers();
+    assert.ok(
+      servers.some(
+        (s) => s.urls.some((u) => /^turn:127\.0\.0\.1:\d+\?transport=udp$/.test(u)) && s.username !== "",
+      ),
+      `a TURN relay with credentials: ${JSON.stringify(servers)}`,
+    );
   });
 
   it("restarts a SIGKILLed fanout worker and gateway: new PIDs, serving again, and says so", async () => {

@@ -4,12 +4,13 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { freePort } from "../../services/mesh/servers.js";
+import { freePort } from "./servers.js";
 
 /**
- * A local coturn (Debian's `turnserver`) for the call tests: plain TURN over UDP and TCP on a
- * free port of 127.0.0.1, relaying on 127.0.0.1, checking credentials with the coturn REST API
- * shared secret exactly as a production relay configured for Switchboard does (docs/calls.md).
+ * A local coturn (Debian's `turnserver`) for `switchboard mesh` and the call tests: plain TURN
+ * over UDP and TCP on a free port of 127.0.0.1, relaying on 127.0.0.1, checking credentials with
+ * the coturn REST API shared secret exactly as a production relay configured for Switchboard does
+ * (docs/calls.md). A deployment runs its own coturn (the Helm chart points gateways at it).
  */
 export interface Coturn {
   /** The listening port (UDP and TCP). */
@@ -27,7 +28,7 @@ export interface Coturn {
   stop(): Promise<void>;
 }
 
-/** Why the call tests cannot run here, or false: turnserver is the Debian package coturn (.ci/run installs it). */
+/** Why no local relay can run here, or false: turnserver is the Debian package coturn (.ci/run installs it). */
 export function coturnMissing(): string | false {
   const found = (process.env.PATH ?? "")
     .split(":")

@@ -118,6 +118,9 @@ spec:
         {{- if eq $role "media" }}
         {{- include "switchboard.mediaEnv" $root | nindent 8 }}
         {{- end }}
+        {{- if and (eq $role "gateway") $root.Values.turn.urls }}
+        {{- include "switchboard.turnEnv" $root | nindent 8 }}
+        {{- end }}
         {{- with $pod.extraEnv }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
@@ -453,4 +456,27 @@ spec:
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end }}
+{{- end -}}
+
+{{/*
+switchboard.turnEnv: the TURN relays for calls (docs/calls.md), in the gateway pods only: they
+answer CallService.GetTurnCredentials. The shared secret comes from turn.existingSecret or, given
+inline, from the chart's Secret.
+*/}}
+{{- define "switchboard.turnEnv" -}}
+{{- $t := .Values.turn -}}
+- name: SWITCHBOARD_TURN_URLS
+  value: {{ join "," $t.urls | quote }}
+- name: SWITCHBOARD_TURN_TTL_SECONDS
+  value: {{ $t.ttlSeconds | quote }}
+- name: SWITCHBOARD_TURN_SECRET
+  valueFrom:
+    secretKeyRef:
+      {{- if $t.existingSecret }}
+      name: {{ $t.existingSecret }}
+      key: {{ $t.existingSecretKey }}
+      {{- else }}
+      name: {{ include "switchboard.secretName" . }}
+      key: turn-secret
+      {{- end }}
 {{- end -}}

@@ -3,11 +3,8 @@ import { after, before, describe, it } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { CallFrameSchema, CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
 import { callCollapseKey } from "../../services/notification/notifier.js";
-import { generateVapidKeys } from "../../services/notification/providers/webpush.js";
-import type { WebPushTarget } from "../../services/notification/types.js";
-import { type FakeWebPushService, startWebPushService } from "../fakes/push/webpush-service.js";
-import { TestDevice, uniqueName } from "../helpers/device.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+import type { TestDevice } from "../helpers/device.js";
+import { WebPushFixture } from "../helpers/webpush.js";
 
 const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
   case: "call" as const,
@@ -21,44 +18,14 @@ async function online(d: TestDevice): Promise<TestDevice> {
 }
 
 describe("calls to offline callees: a call push through a Web Push service, and a missed-call entry", () => {
-  let server: ServerProcess;
-  let push: FakeWebPushService;
-  const devices: TestDevice[] = [];
-  const vapid = generateVapidKeys();
-
-  before(async () => {
-    push = await startWebPushService();
-    server = await startServerProcess({
-      env: {
-        SWITCHBOARD_WEBPUSH_VAPID_PUBLIC_KEY: vapid.publicKey,
-        SWITCHBOARD_WEBPUSH_VAPID_PRIVATE_KEY: vapid.privateKey,
-        SWITCHBOARD_WEBPUSH_SUBJECT: "mailto:ops@switchboard.example",
-        SWITCHBOARD_PUSH_ALLOW_HTTP: "true",
-      },
-    });
-  });
-  after(async () => {
-    await Promise.all(devices.map((d) => d.close()));
-    await server.stop();
-    await removeDir(server.dataDir);
-    await push.close();
-  });
+  const fx = new WebPushFixture();
+  before(() => fx.start());
+  after(() => fx.stop());
 
   async function setup() {
-    const alice = await TestDevice.register(server.url, uniqueName("ca"));
-    const bob = await TestDevice.register(server.url, uniqueName("cb"));
-    devices.push(alice, bob);
-    const sub = push.subscribe({ applicationServerKey: vapid.publicKey });
-    const target = sub.target as WebPushTarget;
-    await bob.accounts.setPushTarget({
-      target: {
-        case: "webPush",
-        value: { endpoint: target.endpoint, p256dh: target.p256dh, auth: target.auth },
-      },
-    });
-    const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
-    await online(alice);
-    return { alice, bob, sub, id: conversation!.conversationId };
+    const pair = await fx.pair("ca", "cb");
+    await online(pair.alice);
+    return pair;
   }
 
   it("rings an offline callee with a high-urgency push collapsed per call, supersedes it when the call ends, and leaves a missed call in the log", async () => {
@@ -67,7 +34,7 @@ describe("calls to offline callees: a call push through a Web Push service, and 
     alice.write(
       callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.OFFER, media: CallMedia.VIDEO }),
     );
-    const ring = await push.waitForPush(
+    const ring = await fx.push.waitForPush(
       (p) => p.id === sub.id && (p.payload as { k?: string }).k === "call",
       10_000,
     );
@@ -82,7 +49,7 @@ describe("calls to offline callees: a call push through a Web Push service, and 
 
     // The caller gives up: the push is superseded under the same topic, so a ringing device stops.
     alice.write(callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.HANGUP }));
-    const ended = await push.waitForPush(
+    const ended = await fx.push.waitForPush(
       (p) => p.id === sub.id && (p.payload as { k?: string }).k === "call_ended",
       10_000,
     );
@@ -116,7 +83,7 @@ describe("calls to offline callees: a call push through a Web Push service, and 
       "the call entry",
     );
     assert.equal(
-      push.pushes.filter((p) => p.id === sub.id && (p.payload as { i?: string }).i === callId).length,
+      fx.push.pushes.filter((p) => p.id === sub.id && (p.payload as { i?: string }).i === callId).length,
       0,
     );
   });

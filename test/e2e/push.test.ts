@@ -1,71 +1,33 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { ApnsEnvironment } from "../../gen/switchboard/v1/accounts_pb.js";
-import { generateVapidKeys } from "../../services/notification/providers/webpush.js";
-import type { WebPushTarget } from "../../services/notification/types.js";
-import { type FakeWebPushService, startWebPushService } from "../fakes/push/webpush-service.js";
-import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
+import { outgoingText } from "../helpers/device.js";
 import { messageEntry } from "../helpers/entries.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+import { WebPushFixture } from "../helpers/webpush.js";
 
 describe("push wake-ups for offline devices, end to end through a Web Push service", () => {
-  let server: ServerProcess;
-  let push: FakeWebPushService;
-  const devices: TestDevice[] = [];
-  const vapid = generateVapidKeys();
+  const fx = new WebPushFixture();
+  before(() =>
+    fx.start({ SWITCHBOARD_PUSH_PER_DEVICE_PER_MINUTE: "600", SWITCHBOARD_PUSH_PER_DEVICE_BURST: "2" }),
+  );
+  after(() => fx.stop());
+  const setup = () => fx.pair("pa", "pb");
 
-  before(async () => {
-    push = await startWebPushService();
-    server = await startServerProcess({
-      env: {
-        SWITCHBOARD_WEBPUSH_VAPID_PUBLIC_KEY: vapid.publicKey,
-        SWITCHBOARD_WEBPUSH_VAPID_PRIVATE_KEY: vapid.privateKey,
-        SWITCHBOARD_WEBPUSH_SUBJECT: "mailto:ops@switchboard.example",
-        // The fake push service listens on plain http on 127.0.0.1.
-        SWITCHBOARD_PUSH_ALLOW_HTTP: "true",
-        SWITCHBOARD_PUSH_PER_DEVICE_PER_MINUTE: "600",
-        SWITCHBOARD_PUSH_PER_DEVICE_BURST: "2",
-      },
-    });
-  });
-  after(async () => {
-    await Promise.all(devices.map((d) => d.close()));
-    await server.stop();
-    await removeDir(server.dataDir);
-    await push.close();
-  });
-
-  async function setup() {
-    const alice = await TestDevice.register(server.url, uniqueName("pa"));
-    const bob = await TestDevice.register(server.url, uniqueName("pb"));
-    devices.push(alice, bob);
-    const sub = push.subscribe({ applicationServerKey: vapid.publicKey });
-    const target = sub.target as WebPushTarget;
-    await bob.accounts.setPushTarget({
-      target: {
-        case: "webPush",
-        value: { endpoint: target.endpoint, p256dh: target.p256dh, auth: target.auth },
-      },
-    });
-    const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
-    return { alice, bob, sub, id: conversation!.conversationId };
-  }
-
-  const pushesFor = (subId: string) => push.pushes.filter((p) => p.id === subId);
+  const pushesFor = (subId: string) => fx.push.pushes.filter((p) => p.id === subId);
 
   it("wakes an offline device with a content-free push it can decrypt, naming only the conversation and seq", async () => {
     const { alice, bob, sub, id } = await setup();
     const { devices: listed } = await bob.accounts.listDevices({});
     assert.equal(listed[0]?.pushKind, "webpush");
     const sent = await alice.gateway.send({ entry: outgoingText(id, "p1", "the secret words") });
-    const received = await push.waitForPush(
+    const received = await fx.push.waitForPush(
       (p) => p.id === sub.id && (p.payload as { s: string }).s === String(sent.seq),
     );
     assert.deepEqual(received.payload, { c: id, s: String(sent.seq) }, "only the conversation id and seq");
     assert.ok(!JSON.stringify(received.payload).includes("secret"));
     assert.equal(received.topic, id, "collapses per conversation at the push service");
     assert.equal(received.urgency, "high");
-    assert.equal(received.claims.aud, push.origin);
+    assert.equal(received.claims.aud, fx.push.origin);
     // The push tells the device to connect; the entry comes from the log.
     bob.connect();
     await bob.waitFor(
@@ -77,7 +39,7 @@ describe("push wake-ups for offline devices, end to end through a Web Push servi
   it("collapses a burst into few pushes ending with the latest seq, and does not push to a live device", async () => {
     const { alice, bob, sub, id } = await setup();
     // Sent at once, as a burst really arrives: the test is about collapsing, and ten sends one
-    // after another on a busy machine can be slow enough for each to earn its own push.
+    // after another on a busy machine can be slow enough for each to earn its own fx.push.
     const acks = await Promise.all(
       Array.from({ length: 10 }, (_, i) =>
         alice.gateway.send({ entry: outgoingText(id, `b${i}`, `burst ${i}`) }),
@@ -85,7 +47,10 @@ describe("push wake-ups for offline devices, end to end through a Web Push servi
     );
     let last = 0n;
     for (const a of acks) if (a.seq > last) last = a.seq;
-    await push.waitForPush((p) => p.id === sub.id && (p.payload as { s: string }).s === String(last), 5000);
+    await fx.push.waitForPush(
+      (p) => p.id === sub.id && (p.payload as { s: string }).s === String(last),
+      5000,
+    );
     const count = pushesFor(sub.id).length;
     assert.ok(count <= 4, `ten messages made ${count} pushes`);
     bob.connect();
@@ -108,7 +73,7 @@ describe("push wake-ups for offline devices, end to end through a Web Push servi
     assert.equal(named(muted.seq).length, 0, "muted: no wake-up for the message");
     await bob.conversations.setMute({ conversationId: id, mutedUntilMs: 0n });
     const sent = await alice.gateway.send({ entry: outgoingText(id, "m2", "unmuted") });
-    await push.waitForPush((p) => p.id === sub.id && (p.payload as { s: string }).s === String(sent.seq));
+    await fx.push.waitForPush((p) => p.id === sub.id && (p.payload as { s: string }).s === String(sent.seq));
   });
 
   it("wakes a muted member whom a message mentions, and only that message", async () => {
@@ -121,7 +86,9 @@ describe("push wake-ups for offline devices, end to end through a Web Push servi
         mentionedUserIds: [bob.userId],
       }),
     });
-    await push.waitForPush((p) => p.id === sub.id && (p.payload as { s: string }).s === String(mention.seq));
+    await fx.push.waitForPush(
+      (p) => p.id === sub.id && (p.payload as { s: string }).s === String(mention.seq),
+    );
     const named = (seq: bigint) =>
       pushesFor(sub.id).filter((p) => (p.payload as { s: string }).s === String(seq));
     assert.equal(named(plain.seq).length, 0, "the message without a mention stays muted");
@@ -129,7 +96,7 @@ describe("push wake-ups for offline devices, end to end through a Web Push servi
 
   it("removes a target the push service reports gone", async () => {
     const { alice, bob, sub, id } = await setup();
-    push.unsubscribe(sub.id);
+    fx.push.unsubscribe(sub.id);
     await alice.gateway.send({ entry: outgoingText(id, "g1", "to a gone subscription") });
     const deadline = Date.now() + 5000;
     for (;;) {

@@ -56,6 +56,12 @@ const EXCEPTIONS = [
     reason:
       "MPL-2.0 without an Exhibit B notice (checked in 3.6.7's LICENSE and sources): section 3.3 allows AGPL",
   },
+  {
+    name: "mediabunny",
+    license: "MPL-2.0",
+    reason:
+      "werift's media containers; MPL-2.0 without an Exhibit B notice (checked in 1.61.0's LICENSE, src and dist): section 3.3 allows AGPL",
+  },
 ];
 
 /** The verdict on one SPDX expression: allowed when every AND branch and some OR branch is. */

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/entry.proto.
  */
 export const file_switchboard_v1_entry: GenFile = /*@__PURE__*/
-  fileDesc("Chpzd2l0Y2hib2FyZC92MS9lbnRyeS5wcm90bxIOc3dpdGNoYm9hcmQudjEi3gMKBUVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJEhYKDnNlcnZlcl90aW1lX21zGAYgASgDEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAEjQKCm1lbWJlcnNoaXAYDiABKAsyHi5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQm9keUgAEisKBGNhbGwYDyABKAsyGy5zd2l0Y2hib2FyZC52MS5DYWxsTG9nQm9keUgAEhAKCHJlZGFjdGVkGBQgASgIEhcKD3JlZGFjdGVkX2J5X3NlcRgVIAEoBEIGCgRib2R5IqEBCgtNZXNzYWdlQm9keRIPCgdwYXlsb2FkGAEgASgMEjkKD2RldmljZV9wYXlsb2FkcxgCIAMoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNpcGhlcnRleHQSFAoMcGF5bG9hZF90eXBlGAMgASgNEhQKDHJlcGx5X3RvX3NlcRgEIAEoBBIaChJtZW50aW9uZWRfdXNlcl9pZHMYBSADKAkiYAoQRGV2aWNlQ2lwaGVydGV4dBIRCglkZXZpY2VfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgNEhIKCmNpcGhlcnRleHQYAyABKAwSDAoEdHlwZRgEIAEoDSKAAQoIRWRpdEJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBBIPCgdwYXlsb2FkGAIgASgMEjkKD2RldmljZV9wYXlsb2FkcxgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNpcGhlcnRleHQSFAoMcGF5bG9hZF90eXBlGAQgASgNIiAKCkRlbGV0ZUJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBCKEAQoMUmVhY3Rpb25Cb2R5EhIKCnRhcmdldF9zZXEYASABKAQSDwoHcGF5bG9hZBgCIAEoDBI5Cg9kZXZpY2VfcGF5bG9hZHMYAyADKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDaXBoZXJ0ZXh0EhQKDHBheWxvYWRfdHlwZRgEIAEoDSJjCg5NZW1iZXJzaGlwQm9keRIwCgZhY3Rpb24YASABKA4yIC5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQWN0aW9uEhAKCHVzZXJfaWRzGAIgAygJEg0KBXRpdGxlGAMgASgJIoECCg1PdXRnb2luZ0VudHJ5EhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAQgYKBGJvZHkqigIKEE1lbWJlcnNoaXBBY3Rpb24SIQodTUVNQkVSU0hJUF9BQ1RJT05fVU5TUEVDSUZJRUQQABIdChlNRU1CRVJTSElQX0FDVElPTl9DUkVBVEVEEAESGwoXTUVNQkVSU0hJUF9BQ1RJT05fQURERUQQAhIdChlNRU1CRVJTSElQX0FDVElPTl9SRU1PVkVEEAMSGgoWTUVNQkVSU0hJUF9BQ1RJT05fTEVGVBAEEh4KGk1FTUJFUlNISVBfQUNUSU9OX1BST01PVEVEEAUSHQoZTUVNQkVSU0hJUF9BQ1RJT05fREVNT1RFRBAGEh0KGU1FTUJFUlNISVBfQUNUSU9OX1JFTkFNRUQQB2IGcHJvdG8z", [file_switchboard_v1_calls]);
+  fileDesc("Chpzd2l0Y2hib2FyZC92MS9lbnRyeS5wcm90bxIOc3dpdGNoYm9hcmQudjEixQQKBUVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJEhYKDnNlcnZlcl90aW1lX21zGAYgASgDEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAEjQKCm1lbWJlcnNoaXAYDiABKAsyHi5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQm9keUgAEisKBGNhbGwYDyABKAsyGy5zd2l0Y2hib2FyZC52MS5DYWxsTG9nQm9keUgAEj0KDGRpc2FwcGVhcmluZxgQIAEoCzIlLnN3aXRjaGJvYXJkLnYxLkRpc2FwcGVhcmluZ1RpbWVyQm9keUgAEhAKCHJlZGFjdGVkGBQgASgIEhcKD3JlZGFjdGVkX2J5X3NlcRgVIAEoBBIVCg1leHBpcmVzX2F0X21zGBYgASgDEg8KB2V4cGlyZWQYFyABKAhCBgoEYm9keSJGChVEaXNhcHBlYXJpbmdUaW1lckJvZHkSGAoQZHVyYXRpb25fc2Vjb25kcxgBIAEoDRITCgthZG1pbnNfb25seRgCIAEoCCKhAQoLTWVzc2FnZUJvZHkSDwoHcGF5bG9hZBgBIAEoDBI5Cg9kZXZpY2VfcGF5bG9hZHMYAiADKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDaXBoZXJ0ZXh0EhQKDHBheWxvYWRfdHlwZRgDIAEoDRIUCgxyZXBseV90b19zZXEYBCABKAQSGgoSbWVudGlvbmVkX3VzZXJfaWRzGAUgAygJImAKEERldmljZUNpcGhlcnRleHQSEQoJZGV2aWNlX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoDRISCgpjaXBoZXJ0ZXh0GAMgASgMEgwKBHR5cGUYBCABKA0igAEKCEVkaXRCb2R5EhIKCnRhcmdldF9zZXEYASABKAQSDwoHcGF5bG9hZBgCIAEoDBI5Cg9kZXZpY2VfcGF5bG9hZHMYAyADKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDaXBoZXJ0ZXh0EhQKDHBheWxvYWRfdHlwZRgEIAEoDSIgCgpEZWxldGVCb2R5EhIKCnRhcmdldF9zZXEYASABKAQihAEKDFJlYWN0aW9uQm9keRISCgp0YXJnZXRfc2VxGAEgASgEEg8KB3BheWxvYWQYAiABKAwSOQoPZGV2aWNlX3BheWxvYWRzGAMgAygLMiAuc3dpdGNoYm9hcmQudjEuRGV2aWNlQ2lwaGVydGV4dBIUCgxwYXlsb2FkX3R5cGUYBCABKA0iYwoOTWVtYmVyc2hpcEJvZHkSMAoGYWN0aW9uGAEgASgOMiAuc3dpdGNoYm9hcmQudjEuTWVtYmVyc2hpcEFjdGlvbhIQCgh1c2VyX2lkcxgCIAMoCRINCgV0aXRsZRgDIAEoCSKBAgoNT3V0Z29pbmdFbnRyeRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIuCgdtZXNzYWdlGAogASgLMhsuc3dpdGNoYm9hcmQudjEuTWVzc2FnZUJvZHlIABIoCgRlZGl0GAsgASgLMhguc3dpdGNoYm9hcmQudjEuRWRpdEJvZHlIABIsCgZkZWxldGUYDCABKAsyGi5zd2l0Y2hib2FyZC52MS5EZWxldGVCb2R5SAASMAoIcmVhY3Rpb24YDSABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWFjdGlvbkJvZHlIAEIGCgRib2R5KooCChBNZW1iZXJzaGlwQWN0aW9uEiEKHU1FTUJFUlNISVBfQUNUSU9OX1VOU1BFQ0lGSUVEEAASHQoZTUVNQkVSU0hJUF9BQ1RJT05fQ1JFQVRFRBABEhsKF01FTUJFUlNISVBfQUNUSU9OX0FEREVEEAISHQoZTUVNQkVSU0hJUF9BQ1RJT05fUkVNT1ZFRBADEhoKFk1FTUJFUlNISVBfQUNUSU9OX0xFRlQQBBIeChpNRU1CRVJTSElQX0FDVElPTl9QUk9NT1RFRBAFEh0KGU1FTUJFUlNISVBfQUNUSU9OX0RFTU9URUQQBhIdChlNRU1CRVJTSElQX0FDVElPTl9SRU5BTUVEEAdiBnByb3RvMw", [file_switchboard_v1_calls]);
 
 /**
  * A conversation's log is a sequence of entries numbered 1, 2, 3, ... with no gaps.
@@ -119,6 +119,15 @@ export type Entry = Message<"switchboard.v1.Entry"> & {
      */
     value: CallLogBody;
     case: "call";
+  } | {
+    /**
+     * A change of the conversation's disappearing-message timer, written through
+     * ConversationService.SetDisappearingTimer; devices cannot send one.
+     *
+     * @generated from field: switchboard.v1.DisappearingTimerBody disappearing = 16;
+     */
+    value: DisappearingTimerBody;
+    case: "disappearing";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -136,6 +145,25 @@ export type Entry = Message<"switchboard.v1.Entry"> & {
    * @generated from field: uint64 redacted_by_seq = 21;
    */
   redactedBySeq: bigint;
+
+  /**
+   * When the entry disappears, in milliseconds since the Unix epoch; 0 for never. Set by the
+   * sequencer on entries devices send (messages, edits, deletes, reactions) while the
+   * conversation's disappearing timer is on: server_time_ms plus the timer. Once past, the entry
+   * is deleted from the server and served as expired; devices delete their copy too.
+   *
+   * @generated from field: int64 expires_at_ms = 22;
+   */
+  expiresAtMs: bigint;
+
+  /**
+   * True when the entry is gone: it expired (disappearing messages) or its content was removed
+   * from the server. Only conversation_id, seq and expired are set; the seq stays in the log
+   * (no gap), so a device marks it done and never asks for it again.
+   *
+   * @generated from field: bool expired = 23;
+   */
+  expired: boolean;
 };
 
 /**
@@ -144,6 +172,37 @@ export type Entry = Message<"switchboard.v1.Entry"> & {
  */
 export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_entry, 0);
+
+/**
+ * A conversation's disappearing-message timer, as a log entry so every member sees the change in
+ * order. Entries sent after it (by seq) expire duration_seconds after their server_time_ms;
+ * entries before it keep the expiry they were written with.
+ *
+ * @generated from message switchboard.v1.DisappearingTimerBody
+ */
+export type DisappearingTimerBody = Message<"switchboard.v1.DisappearingTimerBody"> & {
+  /**
+   * 0 (off), 86400 (24 hours), 604800 (7 days) or 7776000 (90 days).
+   *
+   * @generated from field: uint32 duration_seconds = 1;
+   */
+  durationSeconds: number;
+
+  /**
+   * Groups only: from this entry on, only admins may change the timer. In a direct
+   * conversation always false (either member may change it).
+   *
+   * @generated from field: bool admins_only = 2;
+   */
+  adminsOnly: boolean;
+};
+
+/**
+ * Describes the message switchboard.v1.DisappearingTimerBody.
+ * Use `create(DisappearingTimerBodySchema)` to create a new message.
+ */
+export const DisappearingTimerBodySchema: GenMessage<DisappearingTimerBody> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_entry, 1);
 
 /**
  * An application message. The payload is opaque to the server (ciphertext once end-to-end
@@ -232,7 +291,7 @@ export type MessageBody = Message<"switchboard.v1.MessageBody"> & {
  * Use `create(MessageBodySchema)` to create a new message.
  */
 export const MessageBodySchema: GenMessage<MessageBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 1);
+  messageDesc(file_switchboard_v1_entry, 2);
 
 /**
  * One device's entry of a message, edit or reaction with per-device ciphertexts: its pairwise
@@ -281,7 +340,7 @@ export type DeviceCiphertext = Message<"switchboard.v1.DeviceCiphertext"> & {
  * Use `create(DeviceCiphertextSchema)` to create a new message.
  */
 export const DeviceCiphertextSchema: GenMessage<DeviceCiphertext> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 2);
+  messageDesc(file_switchboard_v1_entry, 3);
 
 /**
  * Replaces the payload of an earlier message sent by the same user.
@@ -327,7 +386,7 @@ export type EditBody = Message<"switchboard.v1.EditBody"> & {
  * Use `create(EditBodySchema)` to create a new message.
  */
 export const EditBodySchema: GenMessage<EditBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 3);
+  messageDesc(file_switchboard_v1_entry, 4);
 
 /**
  * Deletes an earlier message for everyone: the server removes its content (and that of its
@@ -350,7 +409,7 @@ export type DeleteBody = Message<"switchboard.v1.DeleteBody"> & {
  * Use `create(DeleteBodySchema)` to create a new message.
  */
 export const DeleteBodySchema: GenMessage<DeleteBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 4);
+  messageDesc(file_switchboard_v1_entry, 5);
 
 /**
  * A reaction to an earlier message. The latest reaction of a user to a message replaces the
@@ -401,7 +460,7 @@ export type ReactionBody = Message<"switchboard.v1.ReactionBody"> & {
  * Use `create(ReactionBodySchema)` to create a new message.
  */
 export const ReactionBodySchema: GenMessage<ReactionBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 5);
+  messageDesc(file_switchboard_v1_entry, 6);
 
 /**
  * A membership or metadata change, written to the log so every member sees it in order.
@@ -436,7 +495,7 @@ export type MembershipBody = Message<"switchboard.v1.MembershipBody"> & {
  * Use `create(MembershipBodySchema)` to create a new message.
  */
 export const MembershipBodySchema: GenMessage<MembershipBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 6);
+  messageDesc(file_switchboard_v1_entry, 7);
 
 /**
  * What a device asks to append to a conversation. Used by the stream's send frame and by the
@@ -505,7 +564,7 @@ export type OutgoingEntry = Message<"switchboard.v1.OutgoingEntry"> & {
  * Use `create(OutgoingEntrySchema)` to create a new message.
  */
 export const OutgoingEntrySchema: GenMessage<OutgoingEntry> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 7);
+  messageDesc(file_switchboard_v1_entry, 8);
 
 /**
  * What happened to a conversation's membership or metadata.

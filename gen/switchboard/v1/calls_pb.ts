@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/calls.proto.
  */
 export const file_switchboard_v1_calls: GenFile = /*@__PURE__*/
-  fileDesc("Chpzd2l0Y2hib2FyZC92MS9jYWxscy5wcm90bxIOc3dpdGNoYm9hcmQudjEiGwoZR2V0VHVybkNyZWRlbnRpYWxzUmVxdWVzdCJjChpHZXRUdXJuQ3JlZGVudGlhbHNSZXNwb25zZRIuCgtpY2Vfc2VydmVycxgBIAMoCzIZLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlchIVCg1leHBpcmVzX2F0X21zGAIgASgDIj8KCUljZVNlcnZlchIMCgR1cmxzGAEgAygJEhAKCHVzZXJuYW1lGAIgASgJEhIKCmNyZWRlbnRpYWwYAyABKAkiNAoLQ2FsbFBheWxvYWQSEQoJZGV2aWNlX2lkGAEgASgJEhIKCmNpcGhlcnRleHQYAiABKAwitwEKCUNhbGxGcmFtZRIPCgdjYWxsX2lkGAEgASgJEhQKDHBlZXJfdXNlcl9pZBgCIAEoCRIqCgZzaWduYWwYAyABKA4yGi5zd2l0Y2hib2FyZC52MS5DYWxsU2lnbmFsEigKBW1lZGlhGAQgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbE1lZGlhEi0KCHBheWxvYWRzGAUgAygLMhsuc3dpdGNoYm9hcmQudjEuQ2FsbFBheWxvYWQi0QEKDkNhbGxFdmVudEZyYW1lEg8KB2NhbGxfaWQYASABKAkSFAoMZnJvbV91c2VyX2lkGAIgASgJEhYKDmZyb21fZGV2aWNlX2lkGAMgASgJEioKBnNpZ25hbBgEIAEoDjIaLnN3aXRjaGJvYXJkLnYxLkNhbGxTaWduYWwSKAoFbWVkaWEYBSABKA4yGS5zd2l0Y2hib2FyZC52MS5DYWxsTWVkaWESEgoKY2lwaGVydGV4dBgGIAEoDBIWCg5zZXJ2ZXJfdGltZV9tcxgHIAEoAyKbAgoLQ2FsbExvZ0JvZHkSDwoHY2FsbF9pZBgBIAEoCRIWCg5jYWxsZXJfdXNlcl9pZBgCIAEoCRIWCg5jYWxsZWVfdXNlcl9pZBgDIAEoCRIoCgVtZWRpYRgEIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkNhbGxNZWRpYRIsCgdvdXRjb21lGAUgASgOMhsuc3dpdGNoYm9hcmQudjEuQ2FsbE91dGNvbWUSFQoNc3RhcnRlZF9hdF9tcxgGIAEoAxIWCg5hbnN3ZXJlZF9hdF9tcxgHIAEoAxITCgtlbmRlZF9hdF9tcxgIIAEoAxITCgtkdXJhdGlvbl9tcxgJIAEoBBIaChJhbnN3ZXJlZF9kZXZpY2VfaWQYCiABKAkqlAIKCkNhbGxTaWduYWwSGwoXQ0FMTF9TSUdOQUxfVU5TUEVDSUZJRUQQABIVChFDQUxMX1NJR05BTF9PRkZFUhABEhYKEkNBTExfU0lHTkFMX0FOU1dFUhACEh4KGkNBTExfU0lHTkFMX0lDRV9DQU5ESURBVEVTEAMSFwoTQ0FMTF9TSUdOQUxfUklOR0lORxAEEhYKEkNBTExfU0lHTkFMX0FDQ0VQVBAFEhcKE0NBTExfU0lHTkFMX0RFQ0xJTkUQBhIUChBDQUxMX1NJR05BTF9CVVNZEAcSFgoSQ0FMTF9TSUdOQUxfSEFOR1VQEAgSIgoeQ0FMTF9TSUdOQUxfQU5TV0VSRURfRUxTRVdIRVJFEAkqUwoJQ2FsbE1lZGlhEhoKFkNBTExfTUVESUFfVU5TUEVDSUZJRUQQABIUChBDQUxMX01FRElBX0FVRElPEAESFAoQQ0FMTF9NRURJQV9WSURFTxACKpEBCgtDYWxsT3V0Y29tZRIcChhDQUxMX09VVENPTUVfVU5TUEVDSUZJRUQQABIZChVDQUxMX09VVENPTUVfQU5TV0VSRUQQARIXChNDQUxMX09VVENPTUVfTUlTU0VEEAISGQoVQ0FMTF9PVVRDT01FX0RFQ0xJTkVEEAMSFQoRQ0FMTF9PVVRDT01FX0JVU1kQBDJ6CgtDYWxsU2VydmljZRJrChJHZXRUdXJuQ3JlZGVudGlhbHMSKS5zd2l0Y2hib2FyZC52MS5HZXRUdXJuQ3JlZGVudGlhbHNSZXF1ZXN0Giouc3dpdGNoYm9hcmQudjEuR2V0VHVybkNyZWRlbnRpYWxzUmVzcG9uc2ViBnByb3RvMw");
+  fileDesc("Chpzd2l0Y2hib2FyZC92MS9jYWxscy5wcm90bxIOc3dpdGNoYm9hcmQudjEiGwoZR2V0VHVybkNyZWRlbnRpYWxzUmVxdWVzdCJjChpHZXRUdXJuQ3JlZGVudGlhbHNSZXNwb25zZRIuCgtpY2Vfc2VydmVycxgBIAMoCzIZLnN3aXRjaGJvYXJkLnYxLkljZVNlcnZlchIVCg1leHBpcmVzX2F0X21zGAIgASgDIj8KCUljZVNlcnZlchIMCgR1cmxzGAEgAygJEhAKCHVzZXJuYW1lGAIgASgJEhIKCmNyZWRlbnRpYWwYAyABKAkiNAoLQ2FsbFBheWxvYWQSEQoJZGV2aWNlX2lkGAEgASgJEhIKCmNpcGhlcnRleHQYAiABKAwi6AEKCUNhbGxGcmFtZRIPCgdjYWxsX2lkGAEgASgJEhQKDHBlZXJfdXNlcl9pZBgCIAEoCRIqCgZzaWduYWwYAyABKA4yGi5zd2l0Y2hib2FyZC52MS5DYWxsU2lnbmFsEigKBW1lZGlhGAQgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbE1lZGlhEi0KCHBheWxvYWRzGAUgAygLMhsuc3dpdGNoYm9hcmQudjEuQ2FsbFBheWxvYWQSFwoPY29udmVyc2F0aW9uX2lkGBQgASgJEhYKDmhvc3RfZGV2aWNlX2lkGBUgASgJIl8KD0NhbGxQYXJ0aWNpcGFudBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIUCgxqb2luZWRfYXRfbXMYAyABKAMSEgoKbGVmdF9hdF9tcxgEIAEoAyLKAgoOQ2FsbEV2ZW50RnJhbWUSDwoHY2FsbF9pZBgBIAEoCRIUCgxmcm9tX3VzZXJfaWQYAiABKAkSFgoOZnJvbV9kZXZpY2VfaWQYAyABKAkSKgoGc2lnbmFsGAQgASgOMhouc3dpdGNoYm9hcmQudjEuQ2FsbFNpZ25hbBIoCgVtZWRpYRgFIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkNhbGxNZWRpYRISCgpjaXBoZXJ0ZXh0GAYgASgMEhYKDnNlcnZlcl90aW1lX21zGAcgASgDEhcKD2NvbnZlcnNhdGlvbl9pZBgUIAEoCRI1CgxwYXJ0aWNpcGFudHMYFSADKAsyHy5zd2l0Y2hib2FyZC52MS5DYWxsUGFydGljaXBhbnQSDwoHc2Z1X3VybBgWIAEoCRIWCg5ob3N0X2RldmljZV9pZBgXIAEoCSL8AgoLQ2FsbExvZ0JvZHkSDwoHY2FsbF9pZBgBIAEoCRIWCg5jYWxsZXJfdXNlcl9pZBgCIAEoCRIWCg5jYWxsZWVfdXNlcl9pZBgDIAEoCRIoCgVtZWRpYRgEIAEoDjIZLnN3aXRjaGJvYXJkLnYxLkNhbGxNZWRpYRIsCgdvdXRjb21lGAUgASgOMhsuc3dpdGNoYm9hcmQudjEuQ2FsbE91dGNvbWUSFQoNc3RhcnRlZF9hdF9tcxgGIAEoAxIWCg5hbnN3ZXJlZF9hdF9tcxgHIAEoAxITCgtlbmRlZF9hdF9tcxgIIAEoAxITCgtkdXJhdGlvbl9tcxgJIAEoBBIaChJhbnN3ZXJlZF9kZXZpY2VfaWQYCiABKAkSDQoFZ3JvdXAYFCABKAgSNQoMcGFydGljaXBhbnRzGBUgAygLMh8uc3dpdGNoYm9hcmQudjEuQ2FsbFBhcnRpY2lwYW50EhkKEXBlYWtfcGFydGljaXBhbnRzGBYgASgNKu8CCgpDYWxsU2lnbmFsEhsKF0NBTExfU0lHTkFMX1VOU1BFQ0lGSUVEEAASFQoRQ0FMTF9TSUdOQUxfT0ZGRVIQARIWChJDQUxMX1NJR05BTF9BTlNXRVIQAhIeChpDQUxMX1NJR05BTF9JQ0VfQ0FORElEQVRFUxADEhcKE0NBTExfU0lHTkFMX1JJTkdJTkcQBBIWChJDQUxMX1NJR05BTF9BQ0NFUFQQBRIXChNDQUxMX1NJR05BTF9ERUNMSU5FEAYSFAoQQ0FMTF9TSUdOQUxfQlVTWRAHEhYKEkNBTExfU0lHTkFMX0hBTkdVUBAIEiIKHkNBTExfU0lHTkFMX0FOU1dFUkVEX0VMU0VXSEVSRRAJEhQKEENBTExfU0lHTkFMX0pPSU4QChIVChFDQUxMX1NJR05BTF9MRUFWRRALEhYKEkNBTExfU0lHTkFMX0pPSU5FRBAMEhQKEENBTExfU0lHTkFMX0ZVTEwQDSpTCglDYWxsTWVkaWESGgoWQ0FMTF9NRURJQV9VTlNQRUNJRklFRBAAEhQKEENBTExfTUVESUFfQVVESU8QARIUChBDQUxMX01FRElBX1ZJREVPEAIqkQEKC0NhbGxPdXRjb21lEhwKGENBTExfT1VUQ09NRV9VTlNQRUNJRklFRBAAEhkKFUNBTExfT1VUQ09NRV9BTlNXRVJFRBABEhcKE0NBTExfT1VUQ09NRV9NSVNTRUQQAhIZChVDQUxMX09VVENPTUVfREVDTElORUQQAxIVChFDQUxMX09VVENPTUVfQlVTWRAEMnoKC0NhbGxTZXJ2aWNlEmsKEkdldFR1cm5DcmVkZW50aWFscxIpLnN3aXRjaGJvYXJkLnYxLkdldFR1cm5DcmVkZW50aWFsc1JlcXVlc3QaKi5zd2l0Y2hib2FyZC52MS5HZXRUdXJuQ3JlZGVudGlhbHNSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * CallService.GetTurnCredentials request.
@@ -162,6 +162,23 @@ export type CallFrame = Message<"switchboard.v1.CallFrame"> & {
    * @generated from field: repeated switchboard.v1.CallPayload payloads = 5;
    */
   payloads: CallPayload[];
+
+  /**
+   * Group calls: the group conversation. Set, the frame is a group call's: OFFER with no
+   * peer_user_id starts the call and rings every other member; JOIN and LEAVE go to the host
+   * (peer_user_id and host_device_id: the device that started it); OFFER, ANSWER and
+   * ICE_CANDIDATES with peer_user_id and one payload go to one participant's device (mesh).
+   *
+   * @generated from field: string conversation_id = 20;
+   */
+  conversationId: string;
+
+  /**
+   * Group calls: the host device (the one that started the call), for JOIN and LEAVE.
+   *
+   * @generated from field: string host_device_id = 21;
+   */
+  hostDeviceId: string;
 };
 
 /**
@@ -170,6 +187,49 @@ export type CallFrame = Message<"switchboard.v1.CallFrame"> & {
  */
 export const CallFrameSchema: GenMessage<CallFrame> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_calls, 4);
+
+/**
+ * A device in a group call.
+ *
+ * @generated from message switchboard.v1.CallParticipant
+ */
+export type CallParticipant = Message<"switchboard.v1.CallParticipant"> & {
+  /**
+   * Its user.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The device.
+   *
+   * @generated from field: string device_id = 2;
+   */
+  deviceId: string;
+
+  /**
+   * When it joined, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: int64 joined_at_ms = 3;
+   */
+  joinedAtMs: bigint;
+
+  /**
+   * When it left, in milliseconds since the Unix epoch; 0 while in the call (or, in the log
+   * entry, when it was still in when the call ended).
+   *
+   * @generated from field: int64 left_at_ms = 4;
+   */
+  leftAtMs: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.CallParticipant.
+ * Use `create(CallParticipantSchema)` to create a new message.
+ */
+export const CallParticipantSchema: GenMessage<CallParticipant> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_calls, 5);
 
 /**
  * A call frame for this device (ConnectResponse.call).
@@ -225,6 +285,36 @@ export type CallEventFrame = Message<"switchboard.v1.CallEventFrame"> & {
    * @generated from field: int64 server_time_ms = 7;
    */
   serverTimeMs: bigint;
+
+  /**
+   * Group calls: the group conversation; empty for a 1:1 call.
+   *
+   * @generated from field: string conversation_id = 20;
+   */
+  conversationId: string;
+
+  /**
+   * Group calls, on the ring (OFFER) and JOINED: the devices in the call (on the ring, the host
+   * device; on JOINED, everyone there but this device).
+   *
+   * @generated from field: repeated switchboard.v1.CallParticipant participants = 21;
+   */
+  participants: CallParticipant[];
+
+  /**
+   * Group calls, on the ring (OFFER) and JOINED: the SFU to send media to, when the server is
+   * configured with one (SWITCHBOARD_CALL_SFU_URL); empty: a mesh of peer connections.
+   *
+   * @generated from field: string sfu_url = 22;
+   */
+  sfuUrl: string;
+
+  /**
+   * Group calls, on the ring: the host device (also from_device_id), to send JOIN and LEAVE to.
+   *
+   * @generated from field: string host_device_id = 23;
+   */
+  hostDeviceId: string;
 };
 
 /**
@@ -232,7 +322,7 @@ export type CallEventFrame = Message<"switchboard.v1.CallEventFrame"> & {
  * Use `create(CallEventFrameSchema)` to create a new message.
  */
 export const CallEventFrameSchema: GenMessage<CallEventFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_calls, 5);
+  messageDesc(file_switchboard_v1_calls, 6);
 
 /**
  * A call in a direct conversation's log (Entry.call): written by the server when the call ends,
@@ -312,6 +402,30 @@ export type CallLogBody = Message<"switchboard.v1.CallLogBody"> & {
    * @generated from field: string answered_device_id = 10;
    */
   answeredDeviceId: string;
+
+  /**
+   * A group call (the entry is in the group conversation; callee_user_id is empty). Then
+   * ANSWERED means a device other than the caller's joined, answered_at_ms is the first such
+   * join and answered_device_id that device; MISSED means nobody else joined.
+   *
+   * @generated from field: bool group = 20;
+   */
+  group: boolean;
+
+  /**
+   * Group calls: every device that joined, the caller's first, with when it joined and left
+   * (at most 128; a device that joined twice is listed with its first join and last leave).
+   *
+   * @generated from field: repeated switchboard.v1.CallParticipant participants = 21;
+   */
+  participants: CallParticipant[];
+
+  /**
+   * Group calls: the most devices in the call at once.
+   *
+   * @generated from field: uint32 peak_participants = 22;
+   */
+  peakParticipants: number;
 };
 
 /**
@@ -319,7 +433,7 @@ export type CallLogBody = Message<"switchboard.v1.CallLogBody"> & {
  * Use `create(CallLogBodySchema)` to create a new message.
  */
 export const CallLogBodySchema: GenMessage<CallLogBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_calls, 6);
+  messageDesc(file_switchboard_v1_calls, 7);
 
 /**
  * A step of a 1:1 call's signalling (docs/calls.md). Call frames travel on the device stream,
@@ -400,6 +514,39 @@ export enum CallSignal {
    * @generated from enum value: CALL_SIGNAL_ANSWERED_ELSEWHERE = 9;
    */
   ANSWERED_ELSEWHERE = 9,
+
+  /**
+   * Group calls: a device asks to join (sent to the call's host device, which rang it), or,
+   * from the server, a device joined (to every participant).
+   *
+   * @generated from enum value: CALL_SIGNAL_JOIN = 10;
+   */
+  JOIN = 10,
+
+  /**
+   * Group calls: a device leaves (sent to the host device), or, from the server, a device left
+   * (to every remaining participant).
+   *
+   * @generated from enum value: CALL_SIGNAL_LEAVE = 11;
+   */
+  LEAVE = 11,
+
+  /**
+   * Group calls, from the server only: this device is in the call; `participants` lists the
+   * devices already there, each to set up a peer connection with (mesh) or to expect on the
+   * SFU.
+   *
+   * @generated from enum value: CALL_SIGNAL_JOINED = 12;
+   */
+  JOINED = 12,
+
+  /**
+   * Group calls, from the server only: this device was not let in, as the call has its 32
+   * participants (RESOURCE_EXHAUSTED; docs/calls.md). Asking again later may succeed.
+   *
+   * @generated from enum value: CALL_SIGNAL_FULL = 13;
+   */
+  FULL = 13,
 }
 
 /**

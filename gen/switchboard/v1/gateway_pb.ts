@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/gateway.proto.
  */
 export const file_switchboard_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSKhAwoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAEikKBGNhbGwYCCABKAsyGS5zd2l0Y2hib2FyZC52MS5DYWxsRnJhbWVIAEIHCgVmcmFtZSLjBQoPQ29ubmVjdFJlc3BvbnNlEisKBXJlYWR5GAEgASgLMhouc3dpdGNoYm9hcmQudjEuUmVhZHlGcmFtZUgAEi8KB21lc3NhZ2UYAiABKAsyHC5zd2l0Y2hib2FyZC52MS5NZXNzYWdlRnJhbWVIABIwCghzZW5kX2FjaxgDIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlNlbmRBY2tGcmFtZUgAEjQKCnNlbmRfZXJyb3IYBCABKAsyHi5zd2l0Y2hib2FyZC52MS5TZW5kRXJyb3JGcmFtZUgAEi8KB3JlY2VpcHQYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWNlaXB0RnJhbWVIABIyCgZ0eXBpbmcYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5UeXBpbmdFdmVudEZyYW1lSAASMQoIcHJlc2VuY2UYByABKAsyHS5zd2l0Y2hib2FyZC52MS5QcmVzZW5jZUZyYW1lSAASMgoJc3luY19wYWdlGAggASgLMh0uc3dpdGNoYm9hcmQudjEuU3luY1BhZ2VGcmFtZUgAEikKBHBvbmcYCSABKAsyGS5zd2l0Y2hib2FyZC52MS5Qb25nRnJhbWVIABIyCgljYXVnaHRfdXAYCiABKAsyHS5zd2l0Y2hib2FyZC52MS5DYXVnaHRVcEZyYW1lSAASMAoFZXJyb3IYCyABKAsyHy5zd2l0Y2hib2FyZC52MS5GcmFtZUVycm9yRnJhbWVIABI2CgtwcmVrZXlzX2xvdxgMIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlByZWtleXNMb3dGcmFtZUgAEi4KBGNhbGwYDSABKAsyHi5zd2l0Y2hib2FyZC52MS5DYWxsRXZlbnRGcmFtZUgAEjwKDmJsb2Nrc19jaGFuZ2VkGBQgASgLMiIuc3dpdGNoYm9hcmQudjEuQmxvY2tzQ2hhbmdlZEZyYW1lSABCBwoFZnJhbWUiFAoSQmxvY2tzQ2hhbmdlZEZyYW1lIlIKD1ByZWtleXNMb3dGcmFtZRIdChVvbmVfdGltZV9lY19yZW1haW5pbmcYASABKA0SIAoYb25lX3RpbWVfa3liZXJfcmVtYWluaW5nGAIgASgNIjoKEkNvbnZlcnNhdGlvbkN1cnNvchIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEIj8KCEFja0ZyYW1lEjMKB2N1cnNvcnMYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3IiQAoJUmVhZEZyYW1lEjMKB2N1cnNvcnMYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3IiNgoLVHlwaW5nRnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBmFjdGl2ZRgCIAEoCCJSChZQcmVzZW5jZVN1YnNjcmliZUZyYW1lEhoKEnN1YnNjcmliZV91c2VyX2lkcxgBIAMoCRIcChR1bnN1YnNjcmliZV91c2VyX2lkcxgCIAMoCSJhChBTeW5jUmVxdWVzdEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoBBINCgVsaW1pdBgEIAEoDSIaCglQaW5nRnJhbWUSDQoFbm9uY2UYASABKAQidAoMU3RyZWFtTGltaXRzEhkKEW1heF9wYXlsb2FkX2J5dGVzGAEgASgNEhsKE21heF9zZW5kc19pbl9mbGlnaHQYAiABKA0SGAoQc2VuZHNfcGVyX3NlY29uZBgDIAEoDRISCgpzZW5kX2J1cnN0GAQgASgNIooBCgpSZWFkeUZyYW1lEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhIKCnNlc3Npb25faWQYAyABKAkSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMSLAoGbGltaXRzGAUgASgLMhwuc3dpdGNoYm9hcmQudjEuU3RyZWFtTGltaXRzIjYKDE1lc3NhZ2VGcmFtZRImCgdlbnRyaWVzGAEgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiIAoNQ2F1Z2h0VXBGcmFtZRIPCgdlbnRyaWVzGAEgASgEImMKDFNlbmRBY2tGcmFtZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAQSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMiqQEKDlNlbmRFcnJvckZyYW1lEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgwKBGNvZGUYAyABKA0SDwoHbWVzc2FnZRgEIAEoCRIWCg5yZXRyeV9hZnRlcl9tcxgFIAEoDRIwCghtaXNtYXRjaBgGIAEoCzIeLnN3aXRjaGJvYXJkLnYxLkRldmljZU1pc21hdGNoIqUBCg5EZXZpY2VNaXNtYXRjaBIxCgdtaXNzaW5nGAEgAygLMiAuc3dpdGNoYm9hcmQudjEuTWlzbWF0Y2hlZERldmljZRIvCgVleHRyYRgCIAMoCzIgLnN3aXRjaGJvYXJkLnYxLk1pc21hdGNoZWREZXZpY2USLwoFc3RhbGUYAyADKAsyIC5zd2l0Y2hib2FyZC52MS5NaXNtYXRjaGVkRGV2aWNlIk8KEE1pc21hdGNoZWREZXZpY2USDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAMgASgNIocBCgxSZWNlaXB0RnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSKQoEa2luZBgDIAEoDjIbLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRLaW5kEhEKCXVwX3RvX3NlcRgEIAEoBBIPCgd0aW1lX21zGAUgASgDIl8KEFR5cGluZ0V2ZW50RnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEg4KBmFjdGl2ZRgEIAEoCCJGCg1QcmVzZW5jZUZyYW1lEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoAyKzAQoNU3luY1BhZ2VGcmFtZRISCgpyZXF1ZXN0X2lkGAEgASgNEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRImCgdlbnRyaWVzGAMgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkSEAoIbGFzdF9zZXEYBCABKAQSEAoIaGFzX21vcmUYBSABKAgSEgoKZXJyb3JfY29kZRgGIAEoDRIVCg1lcnJvcl9tZXNzYWdlGAcgASgJIj8KD0ZyYW1lRXJyb3JGcmFtZRINCgVmcmFtZRgBIAEoCRIMCgRjb2RlGAIgASgNEg8KB21lc3NhZ2UYAyABKAkiMgoJUG9uZ0ZyYW1lEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgDIjsKC1NlbmRSZXF1ZXN0EiwKBWVudHJ5GAEgASgLMh0uc3dpdGNoYm9hcmQudjEuT3V0Z29pbmdFbnRyeSIzCgxTZW5kUmVzcG9uc2USCwoDc2VxGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgDIi0KEFN1YnNjcmliZVJlcXVlc3QSGQoRcHJlc2VuY2VfdXNlcl9pZHMYASADKAkiQwoRU3Vic2NyaWJlUmVzcG9uc2USLgoFZnJhbWUYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVzcG9uc2UidQoKQWNrUmVxdWVzdBI1CglkZWxpdmVyZWQYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3ISMAoEcmVhZBgCIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciINCgtBY2tSZXNwb25zZSI7ChBTZXRUeXBpbmdSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZhY3RpdmUYAiABKAgiEwoRU2V0VHlwaW5nUmVzcG9uc2UqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIyiQMKDkdhdGV3YXlTZXJ2aWNlEk4KB0Nvbm5lY3QSHi5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVxdWVzdBofLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSgBMAESQQoEU2VuZBIbLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXF1ZXN0Ghwuc3dpdGNoYm9hcmQudjEuU2VuZFJlc3BvbnNlElIKCVN1YnNjcmliZRIgLnN3aXRjaGJvYXJkLnYxLlN1YnNjcmliZVJlcXVlc3QaIS5zd2l0Y2hib2FyZC52MS5TdWJzY3JpYmVSZXNwb25zZTABEj4KA0FjaxIaLnN3aXRjaGJvYXJkLnYxLkFja1JlcXVlc3QaGy5zd2l0Y2hib2FyZC52MS5BY2tSZXNwb25zZRJQCglTZXRUeXBpbmcSIC5zd2l0Y2hib2FyZC52MS5TZXRUeXBpbmdSZXF1ZXN0GiEuc3dpdGNoYm9hcmQudjEuU2V0VHlwaW5nUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_v1_calls, file_switchboard_v1_entry]);
+  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSKhAwoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAEikKBGNhbGwYCCABKAsyGS5zd2l0Y2hib2FyZC52MS5DYWxsRnJhbWVIAEIHCgVmcmFtZSKjBgoPQ29ubmVjdFJlc3BvbnNlEisKBXJlYWR5GAEgASgLMhouc3dpdGNoYm9hcmQudjEuUmVhZHlGcmFtZUgAEi8KB21lc3NhZ2UYAiABKAsyHC5zd2l0Y2hib2FyZC52MS5NZXNzYWdlRnJhbWVIABIwCghzZW5kX2FjaxgDIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlNlbmRBY2tGcmFtZUgAEjQKCnNlbmRfZXJyb3IYBCABKAsyHi5zd2l0Y2hib2FyZC52MS5TZW5kRXJyb3JGcmFtZUgAEi8KB3JlY2VpcHQYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWNlaXB0RnJhbWVIABIyCgZ0eXBpbmcYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5UeXBpbmdFdmVudEZyYW1lSAASMQoIcHJlc2VuY2UYByABKAsyHS5zd2l0Y2hib2FyZC52MS5QcmVzZW5jZUZyYW1lSAASMgoJc3luY19wYWdlGAggASgLMh0uc3dpdGNoYm9hcmQudjEuU3luY1BhZ2VGcmFtZUgAEikKBHBvbmcYCSABKAsyGS5zd2l0Y2hib2FyZC52MS5Qb25nRnJhbWVIABIyCgljYXVnaHRfdXAYCiABKAsyHS5zd2l0Y2hib2FyZC52MS5DYXVnaHRVcEZyYW1lSAASMAoFZXJyb3IYCyABKAsyHy5zd2l0Y2hib2FyZC52MS5GcmFtZUVycm9yRnJhbWVIABI2CgtwcmVrZXlzX2xvdxgMIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlByZWtleXNMb3dGcmFtZUgAEi4KBGNhbGwYDSABKAsyHi5zd2l0Y2hib2FyZC52MS5DYWxsRXZlbnRGcmFtZUgAEjwKDmJsb2Nrc19jaGFuZ2VkGBQgASgLMiIuc3dpdGNoYm9hcmQudjEuQmxvY2tzQ2hhbmdlZEZyYW1lSAASPgoPcHJpdmFjeV9jaGFuZ2VkGBAgASgLMiMuc3dpdGNoYm9hcmQudjEuUHJpdmFjeUNoYW5nZWRGcmFtZUgAQgcKBWZyYW1lIhUKE1ByaXZhY3lDaGFuZ2VkRnJhbWUiFAoSQmxvY2tzQ2hhbmdlZEZyYW1lIlIKD1ByZWtleXNMb3dGcmFtZRIdChVvbmVfdGltZV9lY19yZW1haW5pbmcYASABKA0SIAoYb25lX3RpbWVfa3liZXJfcmVtYWluaW5nGAIgASgNIjoKEkNvbnZlcnNhdGlvbkN1cnNvchIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEIj8KCEFja0ZyYW1lEjMKB2N1cnNvcnMYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3IiQAoJUmVhZEZyYW1lEjMKB2N1cnNvcnMYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3IiNgoLVHlwaW5nRnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBmFjdGl2ZRgCIAEoCCJSChZQcmVzZW5jZVN1YnNjcmliZUZyYW1lEhoKEnN1YnNjcmliZV91c2VyX2lkcxgBIAMoCRIcChR1bnN1YnNjcmliZV91c2VyX2lkcxgCIAMoCSJhChBTeW5jUmVxdWVzdEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoBBINCgVsaW1pdBgEIAEoDSIaCglQaW5nRnJhbWUSDQoFbm9uY2UYASABKAQidAoMU3RyZWFtTGltaXRzEhkKEW1heF9wYXlsb2FkX2J5dGVzGAEgASgNEhsKE21heF9zZW5kc19pbl9mbGlnaHQYAiABKA0SGAoQc2VuZHNfcGVyX3NlY29uZBgDIAEoDRISCgpzZW5kX2J1cnN0GAQgASgNIooBCgpSZWFkeUZyYW1lEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhIKCnNlc3Npb25faWQYAyABKAkSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMSLAoGbGltaXRzGAUgASgLMhwuc3dpdGNoYm9hcmQudjEuU3RyZWFtTGltaXRzIjYKDE1lc3NhZ2VGcmFtZRImCgdlbnRyaWVzGAEgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiIAoNQ2F1Z2h0VXBGcmFtZRIPCgdlbnRyaWVzGAEgASgEImMKDFNlbmRBY2tGcmFtZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAQSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMiqQEKDlNlbmRFcnJvckZyYW1lEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgwKBGNvZGUYAyABKA0SDwoHbWVzc2FnZRgEIAEoCRIWCg5yZXRyeV9hZnRlcl9tcxgFIAEoDRIwCghtaXNtYXRjaBgGIAEoCzIeLnN3aXRjaGJvYXJkLnYxLkRldmljZU1pc21hdGNoIqUBCg5EZXZpY2VNaXNtYXRjaBIxCgdtaXNzaW5nGAEgAygLMiAuc3dpdGNoYm9hcmQudjEuTWlzbWF0Y2hlZERldmljZRIvCgVleHRyYRgCIAMoCzIgLnN3aXRjaGJvYXJkLnYxLk1pc21hdGNoZWREZXZpY2USLwoFc3RhbGUYAyADKAsyIC5zd2l0Y2hib2FyZC52MS5NaXNtYXRjaGVkRGV2aWNlIk8KEE1pc21hdGNoZWREZXZpY2USDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAMgASgNIocBCgxSZWNlaXB0RnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSKQoEa2luZBgDIAEoDjIbLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRLaW5kEhEKCXVwX3RvX3NlcRgEIAEoBBIPCgd0aW1lX21zGAUgASgDIl8KEFR5cGluZ0V2ZW50RnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEg4KBmFjdGl2ZRgEIAEoCCJGCg1QcmVzZW5jZUZyYW1lEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoAyKzAQoNU3luY1BhZ2VGcmFtZRISCgpyZXF1ZXN0X2lkGAEgASgNEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRImCgdlbnRyaWVzGAMgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkSEAoIbGFzdF9zZXEYBCABKAQSEAoIaGFzX21vcmUYBSABKAgSEgoKZXJyb3JfY29kZRgGIAEoDRIVCg1lcnJvcl9tZXNzYWdlGAcgASgJIj8KD0ZyYW1lRXJyb3JGcmFtZRINCgVmcmFtZRgBIAEoCRIMCgRjb2RlGAIgASgNEg8KB21lc3NhZ2UYAyABKAkiMgoJUG9uZ0ZyYW1lEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgDIjsKC1NlbmRSZXF1ZXN0EiwKBWVudHJ5GAEgASgLMh0uc3dpdGNoYm9hcmQudjEuT3V0Z29pbmdFbnRyeSIzCgxTZW5kUmVzcG9uc2USCwoDc2VxGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgDIi0KEFN1YnNjcmliZVJlcXVlc3QSGQoRcHJlc2VuY2VfdXNlcl9pZHMYASADKAkiQwoRU3Vic2NyaWJlUmVzcG9uc2USLgoFZnJhbWUYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVzcG9uc2UidQoKQWNrUmVxdWVzdBI1CglkZWxpdmVyZWQYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3ISMAoEcmVhZBgCIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciINCgtBY2tSZXNwb25zZSI7ChBTZXRUeXBpbmdSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZhY3RpdmUYAiABKAgiEwoRU2V0VHlwaW5nUmVzcG9uc2UqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIyiQMKDkdhdGV3YXlTZXJ2aWNlEk4KB0Nvbm5lY3QSHi5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVxdWVzdBofLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSgBMAESQQoEU2VuZBIbLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXF1ZXN0Ghwuc3dpdGNoYm9hcmQudjEuU2VuZFJlc3BvbnNlElIKCVN1YnNjcmliZRIgLnN3aXRjaGJvYXJkLnYxLlN1YnNjcmliZVJlcXVlc3QaIS5zd2l0Y2hib2FyZC52MS5TdWJzY3JpYmVSZXNwb25zZTABEj4KA0FjaxIaLnN3aXRjaGJvYXJkLnYxLkFja1JlcXVlc3QaGy5zd2l0Y2hib2FyZC52MS5BY2tSZXNwb25zZRJQCglTZXRUeXBpbmcSIC5zd2l0Y2hib2FyZC52MS5TZXRUeXBpbmdSZXF1ZXN0GiEuc3dpdGNoYm9hcmQudjEuU2V0VHlwaW5nUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_v1_calls, file_switchboard_v1_entry]);
 
 /**
  * A frame from the device to the server.
@@ -228,6 +228,15 @@ export type ConnectResponse = Message<"switchboard.v1.ConnectResponse"> & {
      */
     value: BlocksChangedFrame;
     case: "blocksChanged";
+  } | {
+    /**
+     * The user's privacy settings changed (on this device or another of theirs): read them again
+     * (AccountService.GetPrivacy). Droppable like presence, so also read them on connect.
+     *
+     * @generated from field: switchboard.v1.PrivacyChangedFrame privacy_changed = 16;
+     */
+    value: PrivacyChangedFrame;
+    case: "privacyChanged";
   } | { case: undefined; value?: undefined };
 };
 
@@ -237,6 +246,21 @@ export type ConnectResponse = Message<"switchboard.v1.ConnectResponse"> & {
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_gateway, 1);
+
+/**
+ * The user's privacy settings changed; the frame carries no settings (GetPrivacy has them).
+ *
+ * @generated from message switchboard.v1.PrivacyChangedFrame
+ */
+export type PrivacyChangedFrame = Message<"switchboard.v1.PrivacyChangedFrame"> & {
+};
+
+/**
+ * Describes the message switchboard.v1.PrivacyChangedFrame.
+ * Use `create(PrivacyChangedFrameSchema)` to create a new message.
+ */
+export const PrivacyChangedFrameSchema: GenMessage<PrivacyChangedFrame> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 2);
 
 /**
  * The user's blocks changed; the frame carries no list (ListBlockedUsers has it).
@@ -251,7 +275,7 @@ export type BlocksChangedFrame = Message<"switchboard.v1.BlocksChangedFrame"> & 
  * Use `create(BlocksChangedFrameSchema)` to create a new message.
  */
 export const BlocksChangedFrameSchema: GenMessage<BlocksChangedFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 2);
+  messageDesc(file_switchboard_v1_gateway, 3);
 
 /**
  * Sent after someone fetched this device's prekey bundle and fewer one-time prekeys than the
@@ -281,7 +305,7 @@ export type PrekeysLowFrame = Message<"switchboard.v1.PrekeysLowFrame"> & {
  * Use `create(PrekeysLowFrameSchema)` to create a new message.
  */
 export const PrekeysLowFrameSchema: GenMessage<PrekeysLowFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 3);
+  messageDesc(file_switchboard_v1_gateway, 4);
 
 /**
  * A position in one conversation's log.
@@ -309,7 +333,7 @@ export type ConversationCursor = Message<"switchboard.v1.ConversationCursor"> & 
  * Use `create(ConversationCursorSchema)` to create a new message.
  */
 export const ConversationCursorSchema: GenMessage<ConversationCursor> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 4);
+  messageDesc(file_switchboard_v1_gateway, 5);
 
 /**
  * Cumulative delivery acknowledgements. Acking seq N means every entry up to and including N was
@@ -331,7 +355,7 @@ export type AckFrame = Message<"switchboard.v1.AckFrame"> & {
  * Use `create(AckFrameSchema)` to create a new message.
  */
 export const AckFrameSchema: GenMessage<AckFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 5);
+  messageDesc(file_switchboard_v1_gateway, 6);
 
 /**
  * Cumulative read markers; reading N implies delivery of N.
@@ -352,7 +376,7 @@ export type ReadFrame = Message<"switchboard.v1.ReadFrame"> & {
  * Use `create(ReadFrameSchema)` to create a new message.
  */
 export const ReadFrameSchema: GenMessage<ReadFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 6);
+  messageDesc(file_switchboard_v1_gateway, 7);
 
 /**
  * A typing indicator from this device.
@@ -381,7 +405,7 @@ export type TypingFrame = Message<"switchboard.v1.TypingFrame"> & {
  * Use `create(TypingFrameSchema)` to create a new message.
  */
 export const TypingFrameSchema: GenMessage<TypingFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 7);
+  messageDesc(file_switchboard_v1_gateway, 8);
 
 /**
  * Presence subscription change for this stream.
@@ -410,7 +434,7 @@ export type PresenceSubscribeFrame = Message<"switchboard.v1.PresenceSubscribeFr
  * Use `create(PresenceSubscribeFrameSchema)` to create a new message.
  */
 export const PresenceSubscribeFrameSchema: GenMessage<PresenceSubscribeFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 8);
+  messageDesc(file_switchboard_v1_gateway, 9);
 
 /**
  * A request for a page of a conversation's log.
@@ -452,7 +476,7 @@ export type SyncRequestFrame = Message<"switchboard.v1.SyncRequestFrame"> & {
  * Use `create(SyncRequestFrameSchema)` to create a new message.
  */
 export const SyncRequestFrameSchema: GenMessage<SyncRequestFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 9);
+  messageDesc(file_switchboard_v1_gateway, 10);
 
 /**
  * Application-level keepalive.
@@ -473,7 +497,7 @@ export type PingFrame = Message<"switchboard.v1.PingFrame"> & {
  * Use `create(PingFrameSchema)` to create a new message.
  */
 export const PingFrameSchema: GenMessage<PingFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 10);
+  messageDesc(file_switchboard_v1_gateway, 11);
 
 /**
  * Limits the server enforces on this stream.
@@ -515,7 +539,7 @@ export type StreamLimits = Message<"switchboard.v1.StreamLimits"> & {
  * Use `create(StreamLimitsSchema)` to create a new message.
  */
 export const StreamLimitsSchema: GenMessage<StreamLimits> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 11);
+  messageDesc(file_switchboard_v1_gateway, 12);
 
 /**
  * The first frame on every stream.
@@ -564,7 +588,7 @@ export type ReadyFrame = Message<"switchboard.v1.ReadyFrame"> & {
  * Use `create(ReadyFrameSchema)` to create a new message.
  */
 export const ReadyFrameSchema: GenMessage<ReadyFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 12);
+  messageDesc(file_switchboard_v1_gateway, 13);
 
 /**
  * One or more entries for the device.
@@ -586,7 +610,7 @@ export type MessageFrame = Message<"switchboard.v1.MessageFrame"> & {
  * Use `create(MessageFrameSchema)` to create a new message.
  */
 export const MessageFrameSchema: GenMessage<MessageFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 13);
+  messageDesc(file_switchboard_v1_gateway, 14);
 
 /**
  * Marks the end of the backlog that was pending when the stream opened.
@@ -607,7 +631,7 @@ export type CaughtUpFrame = Message<"switchboard.v1.CaughtUpFrame"> & {
  * Use `create(CaughtUpFrameSchema)` to create a new message.
  */
 export const CaughtUpFrameSchema: GenMessage<CaughtUpFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 14);
+  messageDesc(file_switchboard_v1_gateway, 15);
 
 /**
  * A send was committed durably.
@@ -649,7 +673,7 @@ export type SendAckFrame = Message<"switchboard.v1.SendAckFrame"> & {
  * Use `create(SendAckFrameSchema)` to create a new message.
  */
 export const SendAckFrameSchema: GenMessage<SendAckFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 15);
+  messageDesc(file_switchboard_v1_gateway, 16);
 
 /**
  * A send was refused and nothing was appended.
@@ -709,7 +733,7 @@ export type SendErrorFrame = Message<"switchboard.v1.SendErrorFrame"> & {
  * Use `create(SendErrorFrameSchema)` to create a new message.
  */
 export const SendErrorFrameSchema: GenMessage<SendErrorFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 16);
+  messageDesc(file_switchboard_v1_gateway, 17);
 
 /**
  * Why a send's per-device ciphertexts were refused: the devices it must add, drop or re-key.
@@ -753,7 +777,7 @@ export type DeviceMismatch = Message<"switchboard.v1.DeviceMismatch"> & {
  * Use `create(DeviceMismatchSchema)` to create a new message.
  */
 export const DeviceMismatchSchema: GenMessage<DeviceMismatch> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 17);
+  messageDesc(file_switchboard_v1_gateway, 18);
 
 /**
  * One device named in a DeviceMismatch.
@@ -788,7 +812,7 @@ export type MismatchedDevice = Message<"switchboard.v1.MismatchedDevice"> & {
  * Use `create(MismatchedDeviceSchema)` to create a new message.
  */
 export const MismatchedDeviceSchema: GenMessage<MismatchedDevice> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 18);
+  messageDesc(file_switchboard_v1_gateway, 19);
 
 /**
  * A member's cursor moved past entries the receiving user sent.
@@ -837,7 +861,7 @@ export type ReceiptFrame = Message<"switchboard.v1.ReceiptFrame"> & {
  * Use `create(ReceiptFrameSchema)` to create a new message.
  */
 export const ReceiptFrameSchema: GenMessage<ReceiptFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 19);
+  messageDesc(file_switchboard_v1_gateway, 20);
 
 /**
  * A member's typing indicator.
@@ -879,7 +903,7 @@ export type TypingEventFrame = Message<"switchboard.v1.TypingEventFrame"> & {
  * Use `create(TypingEventFrameSchema)` to create a new message.
  */
 export const TypingEventFrameSchema: GenMessage<TypingEventFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 20);
+  messageDesc(file_switchboard_v1_gateway, 21);
 
 /**
  * A user's presence.
@@ -914,7 +938,7 @@ export type PresenceFrame = Message<"switchboard.v1.PresenceFrame"> & {
  * Use `create(PresenceFrameSchema)` to create a new message.
  */
 export const PresenceFrameSchema: GenMessage<PresenceFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 21);
+  messageDesc(file_switchboard_v1_gateway, 22);
 
 /**
  * A page of a conversation's log.
@@ -977,7 +1001,7 @@ export type SyncPageFrame = Message<"switchboard.v1.SyncPageFrame"> & {
  * Use `create(SyncPageFrameSchema)` to create a new message.
  */
 export const SyncPageFrameSchema: GenMessage<SyncPageFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 22);
+  messageDesc(file_switchboard_v1_gateway, 23);
 
 /**
  * A refused frame (ack, read, typing, presence_subscribe, or one this server does not know).
@@ -1013,7 +1037,7 @@ export type FrameErrorFrame = Message<"switchboard.v1.FrameErrorFrame"> & {
  * Use `create(FrameErrorFrameSchema)` to create a new message.
  */
 export const FrameErrorFrameSchema: GenMessage<FrameErrorFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 23);
+  messageDesc(file_switchboard_v1_gateway, 24);
 
 /**
  * The answer to a ping.
@@ -1041,7 +1065,7 @@ export type PongFrame = Message<"switchboard.v1.PongFrame"> & {
  * Use `create(PongFrameSchema)` to create a new message.
  */
 export const PongFrameSchema: GenMessage<PongFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 24);
+  messageDesc(file_switchboard_v1_gateway, 25);
 
 /**
  * GatewayService.Send request.
@@ -1062,7 +1086,7 @@ export type SendRequest = Message<"switchboard.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 25);
+  messageDesc(file_switchboard_v1_gateway, 26);
 
 /**
  * GatewayService.Send response.
@@ -1090,7 +1114,7 @@ export type SendResponse = Message<"switchboard.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 26);
+  messageDesc(file_switchboard_v1_gateway, 27);
 
 /**
  * GatewayService.Subscribe request.
@@ -1113,7 +1137,7 @@ export type SubscribeRequest = Message<"switchboard.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 27);
+  messageDesc(file_switchboard_v1_gateway, 28);
 
 /**
  * GatewayService.Subscribe response: one server frame.
@@ -1136,7 +1160,7 @@ export type SubscribeResponse = Message<"switchboard.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 28);
+  messageDesc(file_switchboard_v1_gateway, 29);
 
 /**
  * GatewayService.Ack request: at least one cursor in all.
@@ -1164,7 +1188,7 @@ export type AckRequest = Message<"switchboard.v1.AckRequest"> & {
  * Use `create(AckRequestSchema)` to create a new message.
  */
 export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 29);
+  messageDesc(file_switchboard_v1_gateway, 30);
 
 /**
  * GatewayService.Ack response.
@@ -1179,7 +1203,7 @@ export type AckResponse = Message<"switchboard.v1.AckResponse"> & {
  * Use `create(AckResponseSchema)` to create a new message.
  */
 export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 30);
+  messageDesc(file_switchboard_v1_gateway, 31);
 
 /**
  * GatewayService.SetTyping request.
@@ -1207,7 +1231,7 @@ export type SetTypingRequest = Message<"switchboard.v1.SetTypingRequest"> & {
  * Use `create(SetTypingRequestSchema)` to create a new message.
  */
 export const SetTypingRequestSchema: GenMessage<SetTypingRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 31);
+  messageDesc(file_switchboard_v1_gateway, 32);
 
 /**
  * GatewayService.SetTyping response.
@@ -1222,7 +1246,7 @@ export type SetTypingResponse = Message<"switchboard.v1.SetTypingResponse"> & {
  * Use `create(SetTypingResponseSchema)` to create a new message.
  */
 export const SetTypingResponseSchema: GenMessage<SetTypingResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 32);
+  messageDesc(file_switchboard_v1_gateway, 33);
 
 /**
  * The kind of a receipt.

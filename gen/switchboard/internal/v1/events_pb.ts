@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/events.proto.
  */
 export const file_switchboard_internal_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("CiRzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ldmVudHMucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIuIECghCdXNFdmVudBJCCg9lbnRyeV9jb21taXR0ZWQYASABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5FbnRyeUNvbW1pdHRlZEgAEkAKDnJlY2VpcHRfaXNzdWVkGAIgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmVjZWlwdElzc3VlZEgAEkAKDnR5cGluZ19yZWxheWVkGAMgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVHlwaW5nUmVsYXllZEgAEkQKEHByZXNlbmNlX2NoYW5nZWQYBCABKAsyKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5QcmVzZW5jZUNoYW5nZWRIABJACg5kZXZpY2VfcmV2b2tlZBgFIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJldm9rZWRIABI6CgtwcmVrZXlzX2xvdxgHIAEoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlByZWtleXNMb3dIABJACg5ibG9ja3NfY2hhbmdlZBgMIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkJsb2Nrc0NoYW5nZWRIABJKCg10cmFjZV9jb250ZXh0GAYgAygLMjMuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQnVzRXZlbnQuVHJhY2VDb250ZXh0RW50cnkaMwoRVHJhY2VDb250ZXh0RW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUIHCgVldmVudCKIAQoORW50cnlDb21taXR0ZWQSJAoFZW50cnkYASABKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIXCg9tZW1iZXJzX3ZlcnNpb24YAiABKAQSIAoYZXh0cmFfcmVjaXBpZW50X3VzZXJfaWRzGAMgAygJEhUKDW11dGVzX3ZlcnNpb24YBCABKAQiVwoNUmVjZWlwdElzc3VlZBItCgdyZWNlaXB0GAEgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lEhcKD25vdGlmeV91c2VyX2lkcxgCIAMoCSJdCg1UeXBpbmdSZWxheWVkEjAKBnR5cGluZxgBIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWUSGgoScmVjaXBpZW50X3VzZXJfaWRzGAIgAygJIkIKD1ByZXNlbmNlQ2hhbmdlZBIvCghwcmVzZW5jZRgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWUiMwoNRGV2aWNlUmV2b2tlZBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCSI0Cg1CbG9ja3NDaGFuZ2VkEg8KB3VzZXJfaWQYASABKAkSEgoKZGV2aWNlX2lkcxgCIAMoCSJgCgpQcmVrZXlzTG93Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEi4KBWZyYW1lGAMgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lIucCCghEZWxpdmVyeRISCgpkZXZpY2VfaWRzGAEgAygJEiYKBWVudHJ5GAIgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnlIABIvCgdyZWNlaXB0GAMgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lSAASMgoGdHlwaW5nGAQgASgLMiAuc3dpdGNoYm9hcmQudjEuVHlwaW5nRXZlbnRGcmFtZUgAEi4KBGNhbGwYBiABKAsyHi5zd2l0Y2hib2FyZC52MS5DYWxsRXZlbnRGcmFtZUgAEkoKDXRyYWNlX2NvbnRleHQYBSADKAsyMy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EZWxpdmVyeS5UcmFjZUNvbnRleHRFbnRyeRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB3BheWxvYWQiRgoNRGVsaXZlcnlCYXRjaBI1CgpkZWxpdmVyaWVzGAEgAygLMiEuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGVsaXZlcnliBnByb3RvMw", [file_switchboard_v1_calls, file_switchboard_v1_entry, file_switchboard_v1_gateway]);
+  fileDesc("CiRzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ldmVudHMucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIqYFCghCdXNFdmVudBJCCg9lbnRyeV9jb21taXR0ZWQYASABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5FbnRyeUNvbW1pdHRlZEgAEkAKDnJlY2VpcHRfaXNzdWVkGAIgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmVjZWlwdElzc3VlZEgAEkAKDnR5cGluZ19yZWxheWVkGAMgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVHlwaW5nUmVsYXllZEgAEkQKEHByZXNlbmNlX2NoYW5nZWQYBCABKAsyKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5QcmVzZW5jZUNoYW5nZWRIABJACg5kZXZpY2VfcmV2b2tlZBgFIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJldm9rZWRIABI6CgtwcmVrZXlzX2xvdxgHIAEoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlByZWtleXNMb3dIABJACg5ibG9ja3NfY2hhbmdlZBgMIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkJsb2Nrc0NoYW5nZWRIABJCCg9wcml2YWN5X2NoYW5nZWQYKSABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Qcml2YWN5Q2hhbmdlZEgAEkoKDXRyYWNlX2NvbnRleHQYBiADKAsyMy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5CdXNFdmVudC5UcmFjZUNvbnRleHRFbnRyeRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgcKBWV2ZW50IogBCg5FbnRyeUNvbW1pdHRlZBIkCgVlbnRyeRgBIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5EhcKD21lbWJlcnNfdmVyc2lvbhgCIAEoBBIgChhleHRyYV9yZWNpcGllbnRfdXNlcl9pZHMYAyADKAkSFQoNbXV0ZXNfdmVyc2lvbhgEIAEoBCJXCg1SZWNlaXB0SXNzdWVkEi0KB3JlY2VpcHQYASABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWNlaXB0RnJhbWUSFwoPbm90aWZ5X3VzZXJfaWRzGAIgAygJIl0KDVR5cGluZ1JlbGF5ZWQSMAoGdHlwaW5nGAEgASgLMiAuc3dpdGNoYm9hcmQudjEuVHlwaW5nRXZlbnRGcmFtZRIaChJyZWNpcGllbnRfdXNlcl9pZHMYAiADKAkiQgoPUHJlc2VuY2VDaGFuZ2VkEi8KCHByZXNlbmNlGAEgASgLMh0uc3dpdGNoYm9hcmQudjEuUHJlc2VuY2VGcmFtZSIzCg1EZXZpY2VSZXZva2VkEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIjQKDUJsb2Nrc0NoYW5nZWQSDwoHdXNlcl9pZBgBIAEoCRISCgpkZXZpY2VfaWRzGAIgAygJIjUKDlByaXZhY3lDaGFuZ2VkEg8KB3VzZXJfaWQYASABKAkSEgoKZGV2aWNlX2lkcxgCIAMoCSJgCgpQcmVrZXlzTG93Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEi4KBWZyYW1lGAMgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lIucCCghEZWxpdmVyeRISCgpkZXZpY2VfaWRzGAEgAygJEiYKBWVudHJ5GAIgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnlIABIvCgdyZWNlaXB0GAMgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lSAASMgoGdHlwaW5nGAQgASgLMiAuc3dpdGNoYm9hcmQudjEuVHlwaW5nRXZlbnRGcmFtZUgAEi4KBGNhbGwYBiABKAsyHi5zd2l0Y2hib2FyZC52MS5DYWxsRXZlbnRGcmFtZUgAEkoKDXRyYWNlX2NvbnRleHQYBSADKAsyMy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EZWxpdmVyeS5UcmFjZUNvbnRleHRFbnRyeRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB3BheWxvYWQiRgoNRGVsaXZlcnlCYXRjaBI1CgpkZWxpdmVyaWVzGAEgAygLMiEuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGVsaXZlcnliBnByb3RvMw", [file_switchboard_v1_calls, file_switchboard_v1_entry, file_switchboard_v1_gateway]);
 
 /**
  * What the sequencer publishes on the bus after a commit, and what other services broadcast.
@@ -87,6 +87,15 @@ export type BusEvent = Message<"switchboard.internal.v1.BusEvent"> & {
      */
     value: BlocksChanged;
     case: "blocksChanged";
+  } | {
+    /**
+     * A user's privacy settings changed; gateways drop their cached copy and tell the user's
+     * streams. (The next free number above 40, as the session's numbering rule asks.)
+     *
+     * @generated from field: switchboard.internal.v1.PrivacyChanged privacy_changed = 41;
+     */
+    value: PrivacyChanged;
+    case: "privacyChanged";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -284,6 +293,34 @@ export const BlocksChangedSchema: GenMessage<BlocksChanged> = /*@__PURE__*/
   messageDesc(file_switchboard_internal_v1_events, 6);
 
 /**
+ * A user changed their privacy settings (published by accounts).
+ *
+ * @generated from message switchboard.internal.v1.PrivacyChanged
+ */
+export type PrivacyChanged = Message<"switchboard.internal.v1.PrivacyChanged"> & {
+  /**
+   * The user whose settings changed.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The user's active devices, whose streams are told (PrivacyChangedFrame).
+   *
+   * @generated from field: repeated string device_ids = 2;
+   */
+  deviceIds: string[];
+};
+
+/**
+ * Describes the message switchboard.internal.v1.PrivacyChanged.
+ * Use `create(PrivacyChangedSchema)` to create a new message.
+ */
+export const PrivacyChangedSchema: GenMessage<PrivacyChanged> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_events, 7);
+
+/**
  * A device is running low on one-time prekeys (published by accounts after a bundle fetch).
  *
  * @generated from message switchboard.internal.v1.PrekeysLow
@@ -316,7 +353,7 @@ export type PrekeysLow = Message<"switchboard.internal.v1.PrekeysLow"> & {
  * Use `create(PrekeysLowSchema)` to create a new message.
  */
 export const PrekeysLowSchema: GenMessage<PrekeysLow> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_events, 7);
+  messageDesc(file_switchboard_internal_v1_events, 8);
 
 /**
  * One payload for some device streams on one gateway.
@@ -383,7 +420,7 @@ export type Delivery = Message<"switchboard.internal.v1.Delivery"> & {
  * Use `create(DeliverySchema)` to create a new message.
  */
 export const DeliverySchema: GenMessage<Delivery> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_events, 8);
+  messageDesc(file_switchboard_internal_v1_events, 9);
 
 /**
  * What fanout sends to one gateway in one go.
@@ -404,5 +441,5 @@ export type DeliveryBatch = Message<"switchboard.internal.v1.DeliveryBatch"> & {
  * Use `create(DeliveryBatchSchema)` to create a new message.
  */
 export const DeliveryBatchSchema: GenMessage<DeliveryBatch> = /*@__PURE__*/
-  messageDesc(file_switchboard_internal_v1_events, 9);
+  messageDesc(file_switchboard_internal_v1_events, 10);
 

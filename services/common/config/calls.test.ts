@@ -6,7 +6,26 @@ const SECRET = "a-secret-of-sixteen-or-more";
 
 describe("calls settings (TURN)", () => {
   it("has no relays by default, and a day of credential lifetime", () => {
-    assert.deepEqual(loadCalls({}), { turn: { urls: [], secret: undefined, ttlSeconds: 86_400 } });
+    assert.deepEqual(loadCalls({}), {
+      turn: { urls: [], secret: undefined, ttlSeconds: 86_400 },
+      sfuUrl: undefined,
+    });
+  });
+
+  it("takes an SFU URL for group calls, and refuses one devices could not use", () => {
+    assert.equal(
+      loadCalls({ SWITCHBOARD_CALL_SFU_URL: "wss://sfu.example.com/rooms" }).sfuUrl,
+      "wss://sfu.example.com/rooms",
+    );
+    assert.throws(() => loadCalls({ SWITCHBOARD_CALL_SFU_URL: "sfu.example.com" }), /is not a URL/);
+    assert.throws(
+      () => loadCalls({ SWITCHBOARD_CALL_SFU_URL: "turn:sfu.example.com:3478" }),
+      /must be a wss:, https:, ws: or http: URL/,
+    );
+    assert.throws(
+      () => loadCalls({ SWITCHBOARD_CALL_SFU_URL: `https://sfu.example.com/${"x".repeat(600)}` }),
+      /at most 512 bytes/,
+    );
   });
 
   it("takes TURN and STUN URIs with the secret and a lifetime", () => {

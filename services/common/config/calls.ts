@@ -23,6 +23,11 @@ export interface TurnConfig {
 /** The calls section. */
 export interface CallsConfig {
   turn: TurnConfig;
+  /**
+   * The SFU group calls send media to (`wss://sfu.example.com/`), handed to devices on a group
+   * call's ring; undefined: group calls are a mesh of peer connections. Signalling is the same.
+   */
+  sfuUrl: string | undefined;
 }
 
 /** Shortest and longest credential lifetimes accepted, in seconds (a minute; a week). */
@@ -34,7 +39,11 @@ export const callVariables = z.object({
   SWITCHBOARD_TURN_SECRET: nonEmptyText(),
   // A day, as the TURN REST API draft suggests: long enough for any call on one allocation.
   SWITCHBOARD_TURN_TTL_SECONDS: intVariable("SWITCHBOARD_TURN_TTL_SECONDS", 86_400, true),
+  SWITCHBOARD_CALL_SFU_URL: nonEmptyText(),
 });
+
+/** Longest SFU URL accepted, in bytes: it rides on every group call's ring. */
+export const SFU_URL_MAX_BYTES = 512;
 
 const ICE_URI = /^(turns?|stuns?):[^\s/?#]+(\?transport=(udp|tcp))?$/;
 
@@ -60,5 +69,21 @@ export function loadCalls(env: Env): CallsConfig {
   // Anything shorter is guessable offline from one issued credential.
   if (secret !== undefined && Buffer.byteLength(secret) < 16)
     fail("SWITCHBOARD_TURN_SECRET must be at least 16 bytes");
-  return { turn: { urls, secret, ttlSeconds } };
+  return { turn: { urls, secret, ttlSeconds }, sfuUrl: sfuUrl(vars.SWITCHBOARD_CALL_SFU_URL) };
+}
+
+/** The SFU URL, checked: wss:, https:, ws: or http:, at most SFU_URL_MAX_BYTES. */
+function sfuUrl(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return fail(`SWITCHBOARD_CALL_SFU_URL is not a URL: "${value}"`);
+  }
+  if (!["wss:", "https:", "ws:", "http:"].includes(url.protocol))
+    fail(`SWITCHBOARD_CALL_SFU_URL must be a wss:, https:, ws: or http: URL, got "${value}"`);
+  if (Buffer.byteLength(value) > SFU_URL_MAX_BYTES)
+    fail(`SWITCHBOARD_CALL_SFU_URL must be at most ${SFU_URL_MAX_BYTES} bytes`);
+  return value;
 }

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/conversations.proto.
  */
 export const file_switchboard_v1_conversations: GenFile = /*@__PURE__*/
-  fileDesc("CiJzd2l0Y2hib2FyZC92MS9jb252ZXJzYXRpb25zLnByb3RvEg5zd2l0Y2hib2FyZC52MSKEAQoGTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSKAoEcm9sZRgCIAEoDjIaLnN3aXRjaGJvYXJkLnYxLk1lbWJlclJvbGUSEgoKam9pbmVkX3NlcRgDIAEoBBIXCg9kZWxpdmVyZWRfdXBfdG8YBCABKAQSEgoKcmVhZF91cF90bxgFIAEoBCKYAgoMQ29udmVyc2F0aW9uEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIuCgRraW5kGAIgASgOMiAuc3dpdGNoYm9hcmQudjEuQ29udmVyc2F0aW9uS2luZBINCgV0aXRsZRgDIAEoCRIQCghsYXN0X3NlcRgEIAEoBBIXCg9kZWxpdmVyZWRfdXBfdG8YBSABKAQSEgoKcmVhZF91cF90bxgGIAEoBBIUCgxtZW1iZXJfY291bnQYByABKA0SFQoNY3JlYXRlZF9hdF9tcxgIIAEoAxIUCgxwZWVyX3VzZXJfaWQYCSABKAkSFgoObXV0ZWRfdW50aWxfbXMYCiABKAMSFgoObGFzdF9hY3RpdmVfbXMYCyABKAMiKQoRT3BlbkRpcmVjdFJlcXVlc3QSFAoMcGVlcl91c2VyX2lkGAEgASgJIkgKEk9wZW5EaXJlY3RSZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb24iPAoSQ3JlYXRlR3JvdXBSZXF1ZXN0Eg0KBXRpdGxlGAEgASgJEhcKD21lbWJlcl91c2VyX2lkcxgCIAMoCSJJChNDcmVhdGVHcm91cFJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbiI+ChFBZGRNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEAoIdXNlcl9pZHMYAiADKAkiOgoSQWRkTWVtYmVyc1Jlc3BvbnNlEiQKBWVudHJ5GAEgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiQQoUUmVtb3ZlTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIj0KFVJlbW92ZU1lbWJlcnNSZXNwb25zZRIkCgVlbnRyeRgBIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5IiwKEUxlYXZlR3JvdXBSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSI6ChJMZWF2ZUdyb3VwUmVzcG9uc2USJAoFZW50cnkYASABKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSJlCg5TZXRSb2xlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEAoIdXNlcl9pZHMYAiADKAkSKAoEcm9sZRgDIAEoDjIaLnN3aXRjaGJvYXJkLnYxLk1lbWJlclJvbGUiNwoPU2V0Um9sZVJlc3BvbnNlEiQKBWVudHJ5GAEgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiPAoSUmVuYW1lR3JvdXBSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgV0aXRsZRgCIAEoCSI7ChNSZW5hbWVHcm91cFJlc3BvbnNlEiQKBWVudHJ5GAEgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiGgoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0IlAKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMwoNY29udmVyc2F0aW9ucxgBIAMoCzIcLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbiIxChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJ2ChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb24SJwoHbWVtYmVycxgCIAMoCzIWLnN3aXRjaGJvYXJkLnYxLk1lbWJlciJOChFHZXRIaXN0b3J5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNImAKEkdldEhpc3RvcnlSZXNwb25zZRImCgdlbnRyaWVzGAEgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkSEAoIbGFzdF9zZXEYAiABKAQSEAoIaGFzX21vcmUYAyABKAgiQQoOU2V0TXV0ZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDm11dGVkX3VudGlsX21zGAIgASgDIhEKD1NldE11dGVSZXNwb25zZSJlChtTZXREaXNhcHBlYXJpbmdUaW1lclJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYAiABKA0SEwoLYWRtaW5zX29ubHkYAyABKAgiRAocU2V0RGlzYXBwZWFyaW5nVGltZXJSZXNwb25zZRIkCgVlbnRyeRgBIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5KnAKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACKlgKCk1lbWJlclJvbGUSGwoXTUVNQkVSX1JPTEVfVU5TUEVDSUZJRUQQABIWChJNRU1CRVJfUk9MRV9NRU1CRVIQARIVChFNRU1CRVJfUk9MRV9BRE1JThACMtAIChNDb252ZXJzYXRpb25TZXJ2aWNlElMKCk9wZW5EaXJlY3QSIS5zd2l0Y2hib2FyZC52MS5PcGVuRGlyZWN0UmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLk9wZW5EaXJlY3RSZXNwb25zZRJWCgtDcmVhdGVHcm91cBIiLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZUdyb3VwUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZUdyb3VwUmVzcG9uc2USUwoKQWRkTWVtYmVycxIhLnN3aXRjaGJvYXJkLnYxLkFkZE1lbWJlcnNSZXF1ZXN0GiIuc3dpdGNoYm9hcmQudjEuQWRkTWVtYmVyc1Jlc3BvbnNlElwKDVJlbW92ZU1lbWJlcnMSJC5zd2l0Y2hib2FyZC52MS5SZW1vdmVNZW1iZXJzUmVxdWVzdBolLnN3aXRjaGJvYXJkLnYxLlJlbW92ZU1lbWJlcnNSZXNwb25zZRJTCgpMZWF2ZUdyb3VwEiEuc3dpdGNoYm9hcmQudjEuTGVhdmVHcm91cFJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5MZWF2ZUdyb3VwUmVzcG9uc2USSgoHU2V0Um9sZRIeLnN3aXRjaGJvYXJkLnYxLlNldFJvbGVSZXF1ZXN0Gh8uc3dpdGNoYm9hcmQudjEuU2V0Um9sZVJlc3BvbnNlElYKC1JlbmFtZUdyb3VwEiIuc3dpdGNoYm9hcmQudjEuUmVuYW1lR3JvdXBSZXF1ZXN0GiMuc3dpdGNoYm9hcmQudjEuUmVuYW1lR3JvdXBSZXNwb25zZRJoChFMaXN0Q29udmVyc2F0aW9ucxIoLnN3aXRjaGJvYXJkLnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBopLnN3aXRjaGJvYXJkLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USYgoPR2V0Q29udmVyc2F0aW9uEiYuc3dpdGNoYm9hcmQudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBonLnN3aXRjaGJvYXJkLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlElMKCkdldEhpc3RvcnkSIS5zd2l0Y2hib2FyZC52MS5HZXRIaXN0b3J5UmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLkdldEhpc3RvcnlSZXNwb25zZRJKCgdTZXRNdXRlEh4uc3dpdGNoYm9hcmQudjEuU2V0TXV0ZVJlcXVlc3QaHy5zd2l0Y2hib2FyZC52MS5TZXRNdXRlUmVzcG9uc2UScQoUU2V0RGlzYXBwZWFyaW5nVGltZXISKy5zd2l0Y2hib2FyZC52MS5TZXREaXNhcHBlYXJpbmdUaW1lclJlcXVlc3QaLC5zd2l0Y2hib2FyZC52MS5TZXREaXNhcHBlYXJpbmdUaW1lclJlc3BvbnNlYgZwcm90bzM", [file_switchboard_v1_entry]);
+  fileDesc("CiJzd2l0Y2hib2FyZC92MS9jb252ZXJzYXRpb25zLnByb3RvEg5zd2l0Y2hib2FyZC52MSKEAQoGTWVtYmVyEg8KB3VzZXJfaWQYASABKAkSKAoEcm9sZRgCIAEoDjIaLnN3aXRjaGJvYXJkLnYxLk1lbWJlclJvbGUSEgoKam9pbmVkX3NlcRgDIAEoBBIXCg9kZWxpdmVyZWRfdXBfdG8YBCABKAQSEgoKcmVhZF91cF90bxgFIAEoBCLFAgoMQ29udmVyc2F0aW9uEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIuCgRraW5kGAIgASgOMiAuc3dpdGNoYm9hcmQudjEuQ29udmVyc2F0aW9uS2luZBINCgV0aXRsZRgDIAEoCRIQCghsYXN0X3NlcRgEIAEoBBIXCg9kZWxpdmVyZWRfdXBfdG8YBSABKAQSEgoKcmVhZF91cF90bxgGIAEoBBIUCgxtZW1iZXJfY291bnQYByABKA0SFQoNY3JlYXRlZF9hdF9tcxgIIAEoAxIUCgxwZWVyX3VzZXJfaWQYCSABKAkSFgoObXV0ZWRfdW50aWxfbXMYCiABKAMSFgoObGFzdF9hY3RpdmVfbXMYCyABKAMSKwoEcGlucxgpIAMoCzIdLnN3aXRjaGJvYXJkLnYxLlBpbm5lZE1lc3NhZ2UiXgoNUGlubmVkTWVzc2FnZRILCgNzZXEYASABKAQSDwoHcGluX3NlcRgCIAEoBBIZChFwaW5uZWRfYnlfdXNlcl9pZBgDIAEoCRIUCgxwaW5uZWRfYXRfbXMYBCABKAMiKQoRT3BlbkRpcmVjdFJlcXVlc3QSFAoMcGVlcl91c2VyX2lkGAEgASgJIkgKEk9wZW5EaXJlY3RSZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb24iPAoSQ3JlYXRlR3JvdXBSZXF1ZXN0Eg0KBXRpdGxlGAEgASgJEhcKD21lbWJlcl91c2VyX2lkcxgCIAMoCSJJChNDcmVhdGVHcm91cFJlc3BvbnNlEjIKDGNvbnZlcnNhdGlvbhgBIAEoCzIcLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbiI+ChFBZGRNZW1iZXJzUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEAoIdXNlcl9pZHMYAiADKAkiOgoSQWRkTWVtYmVyc1Jlc3BvbnNlEiQKBWVudHJ5GAEgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiQQoUUmVtb3ZlTWVtYmVyc1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhAKCHVzZXJfaWRzGAIgAygJIj0KFVJlbW92ZU1lbWJlcnNSZXNwb25zZRIkCgVlbnRyeRgBIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5IiwKEUxlYXZlR3JvdXBSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSI6ChJMZWF2ZUdyb3VwUmVzcG9uc2USJAoFZW50cnkYASABKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSJlCg5TZXRSb2xlUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEAoIdXNlcl9pZHMYAiADKAkSKAoEcm9sZRgDIAEoDjIaLnN3aXRjaGJvYXJkLnYxLk1lbWJlclJvbGUiNwoPU2V0Um9sZVJlc3BvbnNlEiQKBWVudHJ5GAEgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiPAoSUmVuYW1lR3JvdXBSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRINCgV0aXRsZRgCIAEoCSI7ChNSZW5hbWVHcm91cFJlc3BvbnNlEiQKBWVudHJ5GAEgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiGgoYTGlzdENvbnZlcnNhdGlvbnNSZXF1ZXN0IlAKGUxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USMwoNY29udmVyc2F0aW9ucxgBIAMoCzIcLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbiIxChZHZXRDb252ZXJzYXRpb25SZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCSJ2ChdHZXRDb252ZXJzYXRpb25SZXNwb25zZRIyCgxjb252ZXJzYXRpb24YASABKAsyHC5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb24SJwoHbWVtYmVycxgCIAMoCzIWLnN3aXRjaGJvYXJkLnYxLk1lbWJlciJOChFHZXRIaXN0b3J5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSEQoJYWZ0ZXJfc2VxGAIgASgEEg0KBWxpbWl0GAMgASgNImAKEkdldEhpc3RvcnlSZXNwb25zZRImCgdlbnRyaWVzGAEgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkSEAoIbGFzdF9zZXEYAiABKAQSEAoIaGFzX21vcmUYAyABKAgiQQoOU2V0TXV0ZVJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhYKDm11dGVkX3VudGlsX21zGAIgASgDIhEKD1NldE11dGVSZXNwb25zZSJlChtTZXREaXNhcHBlYXJpbmdUaW1lclJlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEhgKEGR1cmF0aW9uX3NlY29uZHMYAiABKA0SEwoLYWRtaW5zX29ubHkYAyABKAgiRAocU2V0RGlzYXBwZWFyaW5nVGltZXJSZXNwb25zZRIkCgVlbnRyeRgBIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5KnAKEENvbnZlcnNhdGlvbktpbmQSIQodQ09OVkVSU0FUSU9OX0tJTkRfVU5TUEVDSUZJRUQQABIcChhDT05WRVJTQVRJT05fS0lORF9ESVJFQ1QQARIbChdDT05WRVJTQVRJT05fS0lORF9HUk9VUBACKlgKCk1lbWJlclJvbGUSGwoXTUVNQkVSX1JPTEVfVU5TUEVDSUZJRUQQABIWChJNRU1CRVJfUk9MRV9NRU1CRVIQARIVChFNRU1CRVJfUk9MRV9BRE1JThACMtAIChNDb252ZXJzYXRpb25TZXJ2aWNlElMKCk9wZW5EaXJlY3QSIS5zd2l0Y2hib2FyZC52MS5PcGVuRGlyZWN0UmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLk9wZW5EaXJlY3RSZXNwb25zZRJWCgtDcmVhdGVHcm91cBIiLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZUdyb3VwUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZUdyb3VwUmVzcG9uc2USUwoKQWRkTWVtYmVycxIhLnN3aXRjaGJvYXJkLnYxLkFkZE1lbWJlcnNSZXF1ZXN0GiIuc3dpdGNoYm9hcmQudjEuQWRkTWVtYmVyc1Jlc3BvbnNlElwKDVJlbW92ZU1lbWJlcnMSJC5zd2l0Y2hib2FyZC52MS5SZW1vdmVNZW1iZXJzUmVxdWVzdBolLnN3aXRjaGJvYXJkLnYxLlJlbW92ZU1lbWJlcnNSZXNwb25zZRJTCgpMZWF2ZUdyb3VwEiEuc3dpdGNoYm9hcmQudjEuTGVhdmVHcm91cFJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5MZWF2ZUdyb3VwUmVzcG9uc2USSgoHU2V0Um9sZRIeLnN3aXRjaGJvYXJkLnYxLlNldFJvbGVSZXF1ZXN0Gh8uc3dpdGNoYm9hcmQudjEuU2V0Um9sZVJlc3BvbnNlElYKC1JlbmFtZUdyb3VwEiIuc3dpdGNoYm9hcmQudjEuUmVuYW1lR3JvdXBSZXF1ZXN0GiMuc3dpdGNoYm9hcmQudjEuUmVuYW1lR3JvdXBSZXNwb25zZRJoChFMaXN0Q29udmVyc2F0aW9ucxIoLnN3aXRjaGJvYXJkLnYxLkxpc3RDb252ZXJzYXRpb25zUmVxdWVzdBopLnN3aXRjaGJvYXJkLnYxLkxpc3RDb252ZXJzYXRpb25zUmVzcG9uc2USYgoPR2V0Q29udmVyc2F0aW9uEiYuc3dpdGNoYm9hcmQudjEuR2V0Q29udmVyc2F0aW9uUmVxdWVzdBonLnN3aXRjaGJvYXJkLnYxLkdldENvbnZlcnNhdGlvblJlc3BvbnNlElMKCkdldEhpc3RvcnkSIS5zd2l0Y2hib2FyZC52MS5HZXRIaXN0b3J5UmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLkdldEhpc3RvcnlSZXNwb25zZRJKCgdTZXRNdXRlEh4uc3dpdGNoYm9hcmQudjEuU2V0TXV0ZVJlcXVlc3QaHy5zd2l0Y2hib2FyZC52MS5TZXRNdXRlUmVzcG9uc2UScQoUU2V0RGlzYXBwZWFyaW5nVGltZXISKy5zd2l0Y2hib2FyZC52MS5TZXREaXNhcHBlYXJpbmdUaW1lclJlcXVlc3QaLC5zd2l0Y2hib2FyZC52MS5TZXREaXNhcHBlYXJpbmdUaW1lclJlc3BvbnNlYgZwcm90bzM", [file_switchboard_v1_entry]);
 
 /**
  * A member of a conversation and how far they have got.
@@ -147,6 +147,15 @@ export type Conversation = Message<"switchboard.v1.Conversation"> & {
    * @generated from field: int64 last_active_ms = 11;
    */
   lastActiveMs: bigint;
+
+  /**
+   * The messages pinned now (Entry.pin), in the order they were pinned, oldest first; at most 3.
+   * A delete-for-everyone of a pinned message unpins it. Only pins of messages the calling
+   * device can read are listed (none from before the caller joined or the device was linked).
+   *
+   * @generated from field: repeated switchboard.v1.PinnedMessage pins = 41;
+   */
+  pins: PinnedMessage[];
 };
 
 /**
@@ -155,6 +164,48 @@ export type Conversation = Message<"switchboard.v1.Conversation"> & {
  */
 export const ConversationSchema: GenMessage<Conversation> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_conversations, 1);
+
+/**
+ * A pinned message of a conversation.
+ *
+ * @generated from message switchboard.v1.PinnedMessage
+ */
+export type PinnedMessage = Message<"switchboard.v1.PinnedMessage"> & {
+  /**
+   * The pinned message's seq.
+   *
+   * @generated from field: uint64 seq = 1;
+   */
+  seq: bigint;
+
+  /**
+   * The seq of the pin entry that pinned it.
+   *
+   * @generated from field: uint64 pin_seq = 2;
+   */
+  pinSeq: bigint;
+
+  /**
+   * Who pinned it.
+   *
+   * @generated from field: string pinned_by_user_id = 3;
+   */
+  pinnedByUserId: string;
+
+  /**
+   * When it was pinned, in milliseconds since the Unix epoch (the pin entry's commit time).
+   *
+   * @generated from field: int64 pinned_at_ms = 4;
+   */
+  pinnedAtMs: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.PinnedMessage.
+ * Use `create(PinnedMessageSchema)` to create a new message.
+ */
+export const PinnedMessageSchema: GenMessage<PinnedMessage> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_conversations, 2);
 
 /**
  * ConversationService.OpenDirect request.
@@ -175,7 +226,7 @@ export type OpenDirectRequest = Message<"switchboard.v1.OpenDirectRequest"> & {
  * Use `create(OpenDirectRequestSchema)` to create a new message.
  */
 export const OpenDirectRequestSchema: GenMessage<OpenDirectRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 2);
+  messageDesc(file_switchboard_v1_conversations, 3);
 
 /**
  * ConversationService.OpenDirect response.
@@ -196,7 +247,7 @@ export type OpenDirectResponse = Message<"switchboard.v1.OpenDirectResponse"> & 
  * Use `create(OpenDirectResponseSchema)` to create a new message.
  */
 export const OpenDirectResponseSchema: GenMessage<OpenDirectResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 3);
+  messageDesc(file_switchboard_v1_conversations, 4);
 
 /**
  * ConversationService.CreateGroup request.
@@ -224,7 +275,7 @@ export type CreateGroupRequest = Message<"switchboard.v1.CreateGroupRequest"> & 
  * Use `create(CreateGroupRequestSchema)` to create a new message.
  */
 export const CreateGroupRequestSchema: GenMessage<CreateGroupRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 4);
+  messageDesc(file_switchboard_v1_conversations, 5);
 
 /**
  * ConversationService.CreateGroup response.
@@ -245,7 +296,7 @@ export type CreateGroupResponse = Message<"switchboard.v1.CreateGroupResponse"> 
  * Use `create(CreateGroupResponseSchema)` to create a new message.
  */
 export const CreateGroupResponseSchema: GenMessage<CreateGroupResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 5);
+  messageDesc(file_switchboard_v1_conversations, 6);
 
 /**
  * ConversationService.AddMembers request.
@@ -273,7 +324,7 @@ export type AddMembersRequest = Message<"switchboard.v1.AddMembersRequest"> & {
  * Use `create(AddMembersRequestSchema)` to create a new message.
  */
 export const AddMembersRequestSchema: GenMessage<AddMembersRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 6);
+  messageDesc(file_switchboard_v1_conversations, 7);
 
 /**
  * ConversationService.AddMembers response.
@@ -294,7 +345,7 @@ export type AddMembersResponse = Message<"switchboard.v1.AddMembersResponse"> & 
  * Use `create(AddMembersResponseSchema)` to create a new message.
  */
 export const AddMembersResponseSchema: GenMessage<AddMembersResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 7);
+  messageDesc(file_switchboard_v1_conversations, 8);
 
 /**
  * ConversationService.RemoveMembers request.
@@ -322,7 +373,7 @@ export type RemoveMembersRequest = Message<"switchboard.v1.RemoveMembersRequest"
  * Use `create(RemoveMembersRequestSchema)` to create a new message.
  */
 export const RemoveMembersRequestSchema: GenMessage<RemoveMembersRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 8);
+  messageDesc(file_switchboard_v1_conversations, 9);
 
 /**
  * ConversationService.RemoveMembers response.
@@ -343,7 +394,7 @@ export type RemoveMembersResponse = Message<"switchboard.v1.RemoveMembersRespons
  * Use `create(RemoveMembersResponseSchema)` to create a new message.
  */
 export const RemoveMembersResponseSchema: GenMessage<RemoveMembersResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 9);
+  messageDesc(file_switchboard_v1_conversations, 10);
 
 /**
  * ConversationService.LeaveGroup request.
@@ -364,7 +415,7 @@ export type LeaveGroupRequest = Message<"switchboard.v1.LeaveGroupRequest"> & {
  * Use `create(LeaveGroupRequestSchema)` to create a new message.
  */
 export const LeaveGroupRequestSchema: GenMessage<LeaveGroupRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 10);
+  messageDesc(file_switchboard_v1_conversations, 11);
 
 /**
  * ConversationService.LeaveGroup response.
@@ -385,7 +436,7 @@ export type LeaveGroupResponse = Message<"switchboard.v1.LeaveGroupResponse"> & 
  * Use `create(LeaveGroupResponseSchema)` to create a new message.
  */
 export const LeaveGroupResponseSchema: GenMessage<LeaveGroupResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 11);
+  messageDesc(file_switchboard_v1_conversations, 12);
 
 /**
  * ConversationService.SetRole request.
@@ -420,7 +471,7 @@ export type SetRoleRequest = Message<"switchboard.v1.SetRoleRequest"> & {
  * Use `create(SetRoleRequestSchema)` to create a new message.
  */
 export const SetRoleRequestSchema: GenMessage<SetRoleRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 12);
+  messageDesc(file_switchboard_v1_conversations, 13);
 
 /**
  * ConversationService.SetRole response.
@@ -441,7 +492,7 @@ export type SetRoleResponse = Message<"switchboard.v1.SetRoleResponse"> & {
  * Use `create(SetRoleResponseSchema)` to create a new message.
  */
 export const SetRoleResponseSchema: GenMessage<SetRoleResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 13);
+  messageDesc(file_switchboard_v1_conversations, 14);
 
 /**
  * ConversationService.RenameGroup request.
@@ -469,7 +520,7 @@ export type RenameGroupRequest = Message<"switchboard.v1.RenameGroupRequest"> & 
  * Use `create(RenameGroupRequestSchema)` to create a new message.
  */
 export const RenameGroupRequestSchema: GenMessage<RenameGroupRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 14);
+  messageDesc(file_switchboard_v1_conversations, 15);
 
 /**
  * ConversationService.RenameGroup response.
@@ -490,7 +541,7 @@ export type RenameGroupResponse = Message<"switchboard.v1.RenameGroupResponse"> 
  * Use `create(RenameGroupResponseSchema)` to create a new message.
  */
 export const RenameGroupResponseSchema: GenMessage<RenameGroupResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 15);
+  messageDesc(file_switchboard_v1_conversations, 16);
 
 /**
  * ConversationService.ListConversations request.
@@ -505,7 +556,7 @@ export type ListConversationsRequest = Message<"switchboard.v1.ListConversations
  * Use `create(ListConversationsRequestSchema)` to create a new message.
  */
 export const ListConversationsRequestSchema: GenMessage<ListConversationsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 16);
+  messageDesc(file_switchboard_v1_conversations, 17);
 
 /**
  * ConversationService.ListConversations response.
@@ -526,7 +577,7 @@ export type ListConversationsResponse = Message<"switchboard.v1.ListConversation
  * Use `create(ListConversationsResponseSchema)` to create a new message.
  */
 export const ListConversationsResponseSchema: GenMessage<ListConversationsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 17);
+  messageDesc(file_switchboard_v1_conversations, 18);
 
 /**
  * ConversationService.GetConversation request.
@@ -547,7 +598,7 @@ export type GetConversationRequest = Message<"switchboard.v1.GetConversationRequ
  * Use `create(GetConversationRequestSchema)` to create a new message.
  */
 export const GetConversationRequestSchema: GenMessage<GetConversationRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 18);
+  messageDesc(file_switchboard_v1_conversations, 19);
 
 /**
  * ConversationService.GetConversation response.
@@ -575,7 +626,7 @@ export type GetConversationResponse = Message<"switchboard.v1.GetConversationRes
  * Use `create(GetConversationResponseSchema)` to create a new message.
  */
 export const GetConversationResponseSchema: GenMessage<GetConversationResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 19);
+  messageDesc(file_switchboard_v1_conversations, 20);
 
 /**
  * ConversationService.GetHistory request.
@@ -610,7 +661,7 @@ export type GetHistoryRequest = Message<"switchboard.v1.GetHistoryRequest"> & {
  * Use `create(GetHistoryRequestSchema)` to create a new message.
  */
 export const GetHistoryRequestSchema: GenMessage<GetHistoryRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 20);
+  messageDesc(file_switchboard_v1_conversations, 21);
 
 /**
  * ConversationService.GetHistory response.
@@ -645,7 +696,7 @@ export type GetHistoryResponse = Message<"switchboard.v1.GetHistoryResponse"> & 
  * Use `create(GetHistoryResponseSchema)` to create a new message.
  */
 export const GetHistoryResponseSchema: GenMessage<GetHistoryResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 21);
+  messageDesc(file_switchboard_v1_conversations, 22);
 
 /**
  * ConversationService.SetMute request.
@@ -674,7 +725,7 @@ export type SetMuteRequest = Message<"switchboard.v1.SetMuteRequest"> & {
  * Use `create(SetMuteRequestSchema)` to create a new message.
  */
 export const SetMuteRequestSchema: GenMessage<SetMuteRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 22);
+  messageDesc(file_switchboard_v1_conversations, 23);
 
 /**
  * ConversationService.SetMute response.
@@ -689,7 +740,7 @@ export type SetMuteResponse = Message<"switchboard.v1.SetMuteResponse"> & {
  * Use `create(SetMuteResponseSchema)` to create a new message.
  */
 export const SetMuteResponseSchema: GenMessage<SetMuteResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 23);
+  messageDesc(file_switchboard_v1_conversations, 24);
 
 /**
  * ConversationService.SetDisappearingTimer request.
@@ -725,7 +776,7 @@ export type SetDisappearingTimerRequest = Message<"switchboard.v1.SetDisappearin
  * Use `create(SetDisappearingTimerRequestSchema)` to create a new message.
  */
 export const SetDisappearingTimerRequestSchema: GenMessage<SetDisappearingTimerRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 24);
+  messageDesc(file_switchboard_v1_conversations, 25);
 
 /**
  * ConversationService.SetDisappearingTimer response.
@@ -746,7 +797,7 @@ export type SetDisappearingTimerResponse = Message<"switchboard.v1.SetDisappeari
  * Use `create(SetDisappearingTimerResponseSchema)` to create a new message.
  */
 export const SetDisappearingTimerResponseSchema: GenMessage<SetDisappearingTimerResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_conversations, 25);
+  messageDesc(file_switchboard_v1_conversations, 26);
 
 /**
  * Direct or group.

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/entry.proto.
  */
 export const file_switchboard_v1_entry: GenFile = /*@__PURE__*/
-  fileDesc("Chpzd2l0Y2hib2FyZC92MS9lbnRyeS5wcm90bxIOc3dpdGNoYm9hcmQudjEixQQKBUVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJEhYKDnNlcnZlcl90aW1lX21zGAYgASgDEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAEjQKCm1lbWJlcnNoaXAYDiABKAsyHi5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQm9keUgAEisKBGNhbGwYDyABKAsyGy5zd2l0Y2hib2FyZC52MS5DYWxsTG9nQm9keUgAEj0KDGRpc2FwcGVhcmluZxgQIAEoCzIlLnN3aXRjaGJvYXJkLnYxLkRpc2FwcGVhcmluZ1RpbWVyQm9keUgAEhAKCHJlZGFjdGVkGBQgASgIEhcKD3JlZGFjdGVkX2J5X3NlcRgVIAEoBBIVCg1leHBpcmVzX2F0X21zGBYgASgDEg8KB2V4cGlyZWQYFyABKAhCBgoEYm9keSJGChVEaXNhcHBlYXJpbmdUaW1lckJvZHkSGAoQZHVyYXRpb25fc2Vjb25kcxgBIAEoDRITCgthZG1pbnNfb25seRgCIAEoCCKhAQoLTWVzc2FnZUJvZHkSDwoHcGF5bG9hZBgBIAEoDBI5Cg9kZXZpY2VfcGF5bG9hZHMYAiADKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDaXBoZXJ0ZXh0EhQKDHBheWxvYWRfdHlwZRgDIAEoDRIUCgxyZXBseV90b19zZXEYBCABKAQSGgoSbWVudGlvbmVkX3VzZXJfaWRzGAUgAygJImAKEERldmljZUNpcGhlcnRleHQSEQoJZGV2aWNlX2lkGAEgASgJEhcKD3JlZ2lzdHJhdGlvbl9pZBgCIAEoDRISCgpjaXBoZXJ0ZXh0GAMgASgMEgwKBHR5cGUYBCABKA0igAEKCEVkaXRCb2R5EhIKCnRhcmdldF9zZXEYASABKAQSDwoHcGF5bG9hZBgCIAEoDBI5Cg9kZXZpY2VfcGF5bG9hZHMYAyADKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDaXBoZXJ0ZXh0EhQKDHBheWxvYWRfdHlwZRgEIAEoDSIgCgpEZWxldGVCb2R5EhIKCnRhcmdldF9zZXEYASABKAQihAEKDFJlYWN0aW9uQm9keRISCgp0YXJnZXRfc2VxGAEgASgEEg8KB3BheWxvYWQYAiABKAwSOQoPZGV2aWNlX3BheWxvYWRzGAMgAygLMiAuc3dpdGNoYm9hcmQudjEuRGV2aWNlQ2lwaGVydGV4dBIUCgxwYXlsb2FkX3R5cGUYBCABKA0iYwoOTWVtYmVyc2hpcEJvZHkSMAoGYWN0aW9uGAEgASgOMiAuc3dpdGNoYm9hcmQudjEuTWVtYmVyc2hpcEFjdGlvbhIQCgh1c2VyX2lkcxgCIAMoCRINCgV0aXRsZRgDIAEoCSKBAgoNT3V0Z29pbmdFbnRyeRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRIuCgdtZXNzYWdlGAogASgLMhsuc3dpdGNoYm9hcmQudjEuTWVzc2FnZUJvZHlIABIoCgRlZGl0GAsgASgLMhguc3dpdGNoYm9hcmQudjEuRWRpdEJvZHlIABIsCgZkZWxldGUYDCABKAsyGi5zd2l0Y2hib2FyZC52MS5EZWxldGVCb2R5SAASMAoIcmVhY3Rpb24YDSABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWFjdGlvbkJvZHlIAEIGCgRib2R5KooCChBNZW1iZXJzaGlwQWN0aW9uEiEKHU1FTUJFUlNISVBfQUNUSU9OX1VOU1BFQ0lGSUVEEAASHQoZTUVNQkVSU0hJUF9BQ1RJT05fQ1JFQVRFRBABEhsKF01FTUJFUlNISVBfQUNUSU9OX0FEREVEEAISHQoZTUVNQkVSU0hJUF9BQ1RJT05fUkVNT1ZFRBADEhoKFk1FTUJFUlNISVBfQUNUSU9OX0xFRlQQBBIeChpNRU1CRVJTSElQX0FDVElPTl9QUk9NT1RFRBAFEh0KGU1FTUJFUlNISVBfQUNUSU9OX0RFTU9URUQQBhIdChlNRU1CRVJTSElQX0FDVElPTl9SRU5BTUVEEAdiBnByb3RvMw", [file_switchboard_v1_calls]);
+  fileDesc("Chpzd2l0Y2hib2FyZC92MS9lbnRyeS5wcm90bxIOc3dpdGNoYm9hcmQudjEi7QQKBUVudHJ5EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQSFgoOc2VuZGVyX3VzZXJfaWQYAyABKAkSGAoQc2VuZGVyX2RldmljZV9pZBgEIAEoCRIVCg1jbGllbnRfbXNnX2lkGAUgASgJEhYKDnNlcnZlcl90aW1lX21zGAYgASgDEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAEjQKCm1lbWJlcnNoaXAYDiABKAsyHi5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQm9keUgAEisKBGNhbGwYDyABKAsyGy5zd2l0Y2hib2FyZC52MS5DYWxsTG9nQm9keUgAEj0KDGRpc2FwcGVhcmluZxgQIAEoCzIlLnN3aXRjaGJvYXJkLnYxLkRpc2FwcGVhcmluZ1RpbWVyQm9keUgAEiYKA3BpbhgRIAEoCzIXLnN3aXRjaGJvYXJkLnYxLlBpbkJvZHlIABIQCghyZWRhY3RlZBgUIAEoCBIXCg9yZWRhY3RlZF9ieV9zZXEYFSABKAQSFQoNZXhwaXJlc19hdF9tcxgWIAEoAxIPCgdleHBpcmVkGBcgASgIQgYKBGJvZHkiRgoVRGlzYXBwZWFyaW5nVGltZXJCb2R5EhgKEGR1cmF0aW9uX3NlY29uZHMYASABKA0SEwoLYWRtaW5zX29ubHkYAiABKAgioQEKC01lc3NhZ2VCb2R5Eg8KB3BheWxvYWQYASABKAwSOQoPZGV2aWNlX3BheWxvYWRzGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuRGV2aWNlQ2lwaGVydGV4dBIUCgxwYXlsb2FkX3R5cGUYAyABKA0SFAoMcmVwbHlfdG9fc2VxGAQgASgEEhoKEm1lbnRpb25lZF91c2VyX2lkcxgFIAMoCSJgChBEZXZpY2VDaXBoZXJ0ZXh0EhEKCWRldmljZV9pZBgBIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAiABKA0SEgoKY2lwaGVydGV4dBgDIAEoDBIMCgR0eXBlGAQgASgNIoABCghFZGl0Qm9keRISCgp0YXJnZXRfc2VxGAEgASgEEg8KB3BheWxvYWQYAiABKAwSOQoPZGV2aWNlX3BheWxvYWRzGAMgAygLMiAuc3dpdGNoYm9hcmQudjEuRGV2aWNlQ2lwaGVydGV4dBIUCgxwYXlsb2FkX3R5cGUYBCABKA0iIAoKRGVsZXRlQm9keRISCgp0YXJnZXRfc2VxGAEgASgEIoQBCgxSZWFjdGlvbkJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBBIPCgdwYXlsb2FkGAIgASgMEjkKD2RldmljZV9wYXlsb2FkcxgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNpcGhlcnRleHQSFAoMcGF5bG9hZF90eXBlGAQgASgNIiwKB1BpbkJvZHkSEgoKdGFyZ2V0X3NlcRgBIAEoBBINCgV1bnBpbhgCIAEoCCJjCg5NZW1iZXJzaGlwQm9keRIwCgZhY3Rpb24YASABKA4yIC5zd2l0Y2hib2FyZC52MS5NZW1iZXJzaGlwQWN0aW9uEhAKCHVzZXJfaWRzGAIgAygJEg0KBXRpdGxlGAMgASgJIqkCCg1PdXRnb2luZ0VudHJ5EhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEi4KB21lc3NhZ2UYCiABKAsyGy5zd2l0Y2hib2FyZC52MS5NZXNzYWdlQm9keUgAEigKBGVkaXQYCyABKAsyGC5zd2l0Y2hib2FyZC52MS5FZGl0Qm9keUgAEiwKBmRlbGV0ZRgMIAEoCzIaLnN3aXRjaGJvYXJkLnYxLkRlbGV0ZUJvZHlIABIwCghyZWFjdGlvbhgNIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlYWN0aW9uQm9keUgAEiYKA3BpbhgRIAEoCzIXLnN3aXRjaGJvYXJkLnYxLlBpbkJvZHlIAEIGCgRib2R5KooCChBNZW1iZXJzaGlwQWN0aW9uEiEKHU1FTUJFUlNISVBfQUNUSU9OX1VOU1BFQ0lGSUVEEAASHQoZTUVNQkVSU0hJUF9BQ1RJT05fQ1JFQVRFRBABEhsKF01FTUJFUlNISVBfQUNUSU9OX0FEREVEEAISHQoZTUVNQkVSU0hJUF9BQ1RJT05fUkVNT1ZFRBADEhoKFk1FTUJFUlNISVBfQUNUSU9OX0xFRlQQBBIeChpNRU1CRVJTSElQX0FDVElPTl9QUk9NT1RFRBAFEh0KGU1FTUJFUlNISVBfQUNUSU9OX0RFTU9URUQQBhIdChlNRU1CRVJTSElQX0FDVElPTl9SRU5BTUVEEAdiBnByb3RvMw", [file_switchboard_v1_calls]);
 
 /**
  * A conversation's log is a sequence of entries numbered 1, 2, 3, ... with no gaps.
@@ -128,6 +128,14 @@ export type Entry = Message<"switchboard.v1.Entry"> & {
      */
     value: DisappearingTimerBody;
     case: "disappearing";
+  } | {
+    /**
+     * A message pinned or unpinned (Conversation.pins lists what is pinned now).
+     *
+     * @generated from field: switchboard.v1.PinBody pin = 17;
+     */
+    value: PinBody;
+    case: "pin";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -463,6 +471,40 @@ export const ReactionBodySchema: GenMessage<ReactionBody> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_entry, 6);
 
 /**
+ * Pins a message to the top of the conversation, or unpins it. In a group only admins may pin
+ * or unpin (PERMISSION_DENIED); in a direct conversation either member. The server sees which
+ * message is pinned (not its content) so that every member's devices list the same pins.
+ *
+ * @generated from message switchboard.v1.PinBody
+ */
+export type PinBody = Message<"switchboard.v1.PinBody"> & {
+  /**
+   * The seq of the message to pin or unpin. It must be an entry the caller can read, as for
+   * MessageBody.reply_to_seq: committed and at or after the caller's join (NOT_FOUND
+   * otherwise); and a message not deleted for everyone (FAILED_PRECONDITION otherwise).
+   *
+   * @generated from field: uint64 target_seq = 1;
+   */
+  targetSeq: bigint;
+
+  /**
+   * False pins the message: ALREADY_EXISTS if it is pinned, FAILED_PRECONDITION when the
+   * conversation already has the most pins it may have (3; unpin one first). True unpins it:
+   * FAILED_PRECONDITION if it is not pinned.
+   *
+   * @generated from field: bool unpin = 2;
+   */
+  unpin: boolean;
+};
+
+/**
+ * Describes the message switchboard.v1.PinBody.
+ * Use `create(PinBodySchema)` to create a new message.
+ */
+export const PinBodySchema: GenMessage<PinBody> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_entry, 7);
+
+/**
  * A membership or metadata change, written to the log so every member sees it in order.
  *
  * @generated from message switchboard.v1.MembershipBody
@@ -495,7 +537,7 @@ export type MembershipBody = Message<"switchboard.v1.MembershipBody"> & {
  * Use `create(MembershipBodySchema)` to create a new message.
  */
 export const MembershipBodySchema: GenMessage<MembershipBody> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 7);
+  messageDesc(file_switchboard_v1_entry, 8);
 
 /**
  * What a device asks to append to a conversation. Used by the stream's send frame and by the
@@ -556,6 +598,14 @@ export type OutgoingEntry = Message<"switchboard.v1.OutgoingEntry"> & {
      */
     value: ReactionBody;
     case: "reaction";
+  } | {
+    /**
+     * Pins or unpins a message.
+     *
+     * @generated from field: switchboard.v1.PinBody pin = 17;
+     */
+    value: PinBody;
+    case: "pin";
   } | { case: undefined; value?: undefined };
 };
 
@@ -564,7 +614,7 @@ export type OutgoingEntry = Message<"switchboard.v1.OutgoingEntry"> & {
  * Use `create(OutgoingEntrySchema)` to create a new message.
  */
 export const OutgoingEntrySchema: GenMessage<OutgoingEntry> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_entry, 8);
+  messageDesc(file_switchboard_v1_entry, 9);
 
 /**
  * What happened to a conversation's membership or metadata.

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/content.proto.
  */
 export const file_switchboard_v1_content: GenFile = /*@__PURE__*/
-  fileDesc("Chxzd2l0Y2hib2FyZC92MS9jb250ZW50LnByb3RvEg5zd2l0Y2hib2FyZC52MSKZAgoNU2VhbGVkQ29udGVudBIPCgdwYXlsb2FkGAEgASgMEjYKC2F0dGFjaG1lbnRzGAIgAygLMiEuc3dpdGNoYm9hcmQudjEuQXR0YWNobWVudFBvaW50ZXISHwoXc2VuZGVyX2tleV9kaXN0cmlidXRpb24YAyABKAwSEQoJa2V5c19vbmx5GAQgASgIEhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRIpCgRraW5kGAYgASgOMhsuc3dpdGNoYm9hcmQudjEuQ29udGVudEtpbmQSEgoKdGFyZ2V0X3NlcRgHIAEoBBIzCg1yZXRyeV9yZXF1ZXN0GAggASgLMhwuc3dpdGNoYm9hcmQudjEuUmV0cnlSZXF1ZXN0IkcKDFJldHJ5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEhEKCWRldmljZV9pZBgDIAEoCSKaAQoRQXR0YWNobWVudFBvaW50ZXISEQoJb2JqZWN0X2lkGAEgASgJEgsKA2tleRgCIAEoDBIOCgZkaWdlc3QYAyABKAwSEgoKc2l6ZV9ieXRlcxgEIAEoBBIYChBjaXBoZXJ0ZXh0X2J5dGVzGAUgASgEEhEKCWZpbGVfbmFtZRgGIAEoCRIUCgxjb250ZW50X3R5cGUYByABKAkqrgEKC0NvbnRlbnRLaW5kEhwKGENPTlRFTlRfS0lORF9VTlNQRUNJRklFRBAAEhgKFENPTlRFTlRfS0lORF9NRVNTQUdFEAESFQoRQ09OVEVOVF9LSU5EX0VESVQQAhIZChVDT05URU5UX0tJTkRfUkVBQ1RJT04QAxIbChdDT05URU5UX0tJTkRfU0VOREVSX0tFWRAEEhgKFENPTlRFTlRfS0lORF9DT05UUk9MEAViBnByb3RvMw");
+  fileDesc("Chxzd2l0Y2hib2FyZC92MS9jb250ZW50LnByb3RvEg5zd2l0Y2hib2FyZC52MSLUAgoNU2VhbGVkQ29udGVudBIPCgdwYXlsb2FkGAEgASgMEjYKC2F0dGFjaG1lbnRzGAIgAygLMiEuc3dpdGNoYm9hcmQudjEuQXR0YWNobWVudFBvaW50ZXISHwoXc2VuZGVyX2tleV9kaXN0cmlidXRpb24YAyABKAwSEQoJa2V5c19vbmx5GAQgASgIEhcKD2NvbnZlcnNhdGlvbl9pZBgFIAEoCRIpCgRraW5kGAYgASgOMhsuc3dpdGNoYm9hcmQudjEuQ29udGVudEtpbmQSEgoKdGFyZ2V0X3NlcRgHIAEoBBIzCg1yZXRyeV9yZXF1ZXN0GAggASgLMhwuc3dpdGNoYm9hcmQudjEuUmV0cnlSZXF1ZXN0EjkKEGhpc3RvcnlfdHJhbnNmZXIYHiABKAsyHy5zd2l0Y2hib2FyZC52MS5IaXN0b3J5VHJhbnNmZXIiggEKD0hpc3RvcnlUcmFuc2ZlchIVCg1mb3JfZGV2aWNlX2lkGAEgASgJEjEKBmJ1bmRsZRgCIAEoCzIhLnN3aXRjaGJvYXJkLnYxLkF0dGFjaG1lbnRQb2ludGVyEhMKC2VudHJ5X2NvdW50GAMgASgNEhAKCHNpbmNlX21zGAQgASgDIkcKDFJldHJ5UmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEhEKCWRldmljZV9pZBgDIAEoCSKaAQoRQXR0YWNobWVudFBvaW50ZXISEQoJb2JqZWN0X2lkGAEgASgJEgsKA2tleRgCIAEoDBIOCgZkaWdlc3QYAyABKAwSEgoKc2l6ZV9ieXRlcxgEIAEoBBIYChBjaXBoZXJ0ZXh0X2J5dGVzGAUgASgEEhEKCWZpbGVfbmFtZRgGIAEoCRIUCgxjb250ZW50X3R5cGUYByABKAkqrgEKC0NvbnRlbnRLaW5kEhwKGENPTlRFTlRfS0lORF9VTlNQRUNJRklFRBAAEhgKFENPTlRFTlRfS0lORF9NRVNTQUdFEAESFQoRQ09OVEVOVF9LSU5EX0VESVQQAhIZChVDT05URU5UX0tJTkRfUkVBQ1RJT04QAxIbChdDT05URU5UX0tJTkRfU0VOREVSX0tFWRAEEhgKFENPTlRFTlRfS0lORF9DT05UUk9MEAViBnByb3RvMw");
 
 /**
  * What an end-to-end encrypted ciphertext decrypts to: the plaintext format shared by every
@@ -85,6 +85,15 @@ export type SealedContent = Message<"switchboard.v1.SealedContent"> & {
    * @generated from field: switchboard.v1.RetryRequest retry_request = 8;
    */
   retryRequest?: RetryRequest | undefined;
+
+  /**
+   * Set on the message that hands a newly linked device of the same user the recent history of
+   * the sending device (docs/encryption.md, "History for a newly linked device"); clients do not
+   * show it. Only ever in a group whose one member is the user (a transfer conversation).
+   *
+   * @generated from field: switchboard.v1.HistoryTransfer history_transfer = 30;
+   */
+  historyTransfer?: HistoryTransfer | undefined;
 };
 
 /**
@@ -93,6 +102,50 @@ export type SealedContent = Message<"switchboard.v1.SealedContent"> & {
  */
 export const SealedContentSchema: GenMessage<SealedContent> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_content, 0);
+
+/**
+ * Where a history bundle is and how to open it: the pointer to the encrypted bundle (a
+ * HistoryBundle, encrypted and uploaded like an attachment) and the device it is for. Inside
+ * SealedContent only.
+ *
+ * @generated from message switchboard.v1.HistoryTransfer
+ */
+export type HistoryTransfer = Message<"switchboard.v1.HistoryTransfer"> & {
+  /**
+   * The device the bundle is for; the user's other devices ignore the transfer.
+   *
+   * @generated from field: string for_device_id = 1;
+   */
+  forDeviceId: string;
+
+  /**
+   * The encrypted HistoryBundle: its object, key, digest and lengths.
+   *
+   * @generated from field: switchboard.v1.AttachmentPointer bundle = 2;
+   */
+  bundle?: AttachmentPointer | undefined;
+
+  /**
+   * How many entries the bundle holds (checked against the bundle itself).
+   *
+   * @generated from field: uint32 entry_count = 3;
+   */
+  entryCount: number;
+
+  /**
+   * The oldest time the bundle covers, in milliseconds since the Unix epoch.
+   *
+   * @generated from field: int64 since_ms = 4;
+   */
+  sinceMs: bigint;
+};
+
+/**
+ * Describes the message switchboard.v1.HistoryTransfer.
+ * Use `create(HistoryTransferSchema)` to create a new message.
+ */
+export const HistoryTransferSchema: GenMessage<HistoryTransfer> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_content, 1);
 
 /**
  * A device could not decrypt a group entry of the device it sends this to (its sender key
@@ -129,7 +182,7 @@ export type RetryRequest = Message<"switchboard.v1.RetryRequest"> & {
  * Use `create(RetryRequestSchema)` to create a new message.
  */
 export const RetryRequestSchema: GenMessage<RetryRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_content, 1);
+  messageDesc(file_switchboard_v1_content, 2);
 
 /**
  * Where an encrypted file is and how to open it. Inside SealedContent only: the key never reaches
@@ -195,7 +248,7 @@ export type AttachmentPointer = Message<"switchboard.v1.AttachmentPointer"> & {
  * Use `create(AttachmentPointerSchema)` to create a new message.
  */
 export const AttachmentPointerSchema: GenMessage<AttachmentPointer> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_content, 2);
+  messageDesc(file_switchboard_v1_content, 3);
 
 /**
  * What kind of entry a SealedContent belongs to.

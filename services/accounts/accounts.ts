@@ -165,7 +165,7 @@ export class Accounts {
     this.abuse = options.abuse ?? {};
     this.reserved = new ReservedNames(this.abuse.reservedNames ?? []);
     this.refusals = options.refusals ?? new Refusals(log);
-    this.privacy = new Privacy(store, options.privacyDefaults ?? defaultPrivacy, log);
+    this.privacy = new Privacy(store, options.privacyDefaults ?? defaultPrivacy, log, bus);
     this.invites = new Invites(store, log, this.now);
     this.suspensions = new Suspensions(store, bus, log, this.now);
     this.blocks = new Blocks(store, bus, log, this.now, this.abuse.blockChanges, this.refusals);

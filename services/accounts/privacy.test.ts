@@ -9,17 +9,35 @@ import { privacyChangesFromWire, privacyToWire } from "./privacy.js";
 
 describe("privacy settings", () => {
   it("reads the server-wide defaults from input over the environment, refusing unknown audiences", () => {
-    assert.deepEqual(loadPrivacyDefaults(undefined, {}), { groupAdd: "everyone", directOpen: "everyone" });
+    const shipped = {
+      groupAdd: "everyone",
+      directOpen: "everyone",
+      lastSeen: "everyone",
+      readReceipts: true,
+    };
+    assert.deepEqual(loadPrivacyDefaults(undefined, {}), shipped);
     assert.deepEqual(
       loadPrivacyDefaults(undefined, {
         SWITCHBOARD_PRIVACY_GROUP_ADD_DEFAULT: "contacts",
         SWITCHBOARD_PRIVACY_DIRECT_OPEN_DEFAULT: "nobody",
+        SWITCHBOARD_PRIVACY_LAST_SEEN_DEFAULT: "contacts",
+        SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT: "off",
       }),
-      { groupAdd: "contacts", directOpen: "nobody" },
+      { groupAdd: "contacts", directOpen: "nobody", lastSeen: "contacts", readReceipts: false },
     );
     assert.deepEqual(
-      loadPrivacyDefaults({ groupAdd: "nobody" }, { SWITCHBOARD_PRIVACY_GROUP_ADD_DEFAULT: "contacts" }),
-      { groupAdd: "nobody", directOpen: "everyone" },
+      loadPrivacyDefaults(
+        { groupAdd: "nobody", readReceipts: true },
+        {
+          SWITCHBOARD_PRIVACY_GROUP_ADD_DEFAULT: "contacts",
+          SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT: "off",
+        },
+      ),
+      { ...shipped, groupAdd: "nobody" },
+    );
+    assert.throws(
+      () => loadPrivacyDefaults(undefined, { SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT: "yes" }),
+      /SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT must be one of on, off/,
     );
     assert.throws(
       () => loadPrivacyDefaults(undefined, { SWITCHBOARD_PRIVACY_DIRECT_OPEN_DEFAULT: "friends" }),
@@ -38,8 +56,26 @@ describe("privacy settings", () => {
       () => privacyChangesFromWire(create(PrivacySettingsSchema, { groupAdd: 4 as PrivacyAudience })),
       (err: unknown) => wireCodeOf(err) === Code.InvalidArgument,
     );
-    const wire = privacyToWire({ groupAdd: "nobody", directOpen: "everyone" });
+    // read_receipts is optional: absent leaves it alone, false turns it off.
+    assert.deepEqual(
+      privacyChangesFromWire(
+        create(PrivacySettingsSchema, { lastSeen: PrivacyAudience.NOBODY, readReceipts: false }),
+      ),
+      { lastSeen: "nobody", readReceipts: false },
+    );
+    assert.throws(
+      () => privacyChangesFromWire(create(PrivacySettingsSchema, { lastSeen: 7 as PrivacyAudience })),
+      (err: unknown) => wireCodeOf(err) === Code.InvalidArgument && /settings\.last_seen/.test(String(err)),
+    );
+    const wire = privacyToWire({
+      groupAdd: "nobody",
+      directOpen: "everyone",
+      lastSeen: "contacts",
+      readReceipts: false,
+    });
     assert.equal(wire.groupAdd, PrivacyAudience.NOBODY);
     assert.equal(wire.directOpen, PrivacyAudience.EVERYONE);
+    assert.equal(wire.lastSeen, PrivacyAudience.CONTACTS);
+    assert.equal(wire.readReceipts, false);
   });
 });

@@ -1,9 +1,11 @@
 import { create } from "@bufbuild/protobuf";
+import { BusEventSchema, PrivacyChangedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import {
   type PrivacySettings,
   PrivacySettingsSchema,
   PrivacyAudience as WireAudience,
 } from "../../gen/switchboard/v1/accounts_pb.js";
+import type { EventBus } from "../bus/types.js";
 import type { PrivacyDefaults } from "../common/config.js";
 import { InvalidInputError, NotFoundError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
@@ -38,6 +40,8 @@ export function privacyToWire(settings: PrivacyInForce): PrivacySettings {
   return create(PrivacySettingsSchema, {
     groupAdd: TO_WIRE[settings.groupAdd],
     directOpen: TO_WIRE[settings.directOpen],
+    lastSeen: TO_WIRE[settings.lastSeen],
+    readReceipts: settings.readReceipts,
   });
 }
 
@@ -51,6 +55,7 @@ export function privacyChangesFromWire(settings: PrivacySettings | undefined): P
   const fields = [
     ["group_add", "groupAdd", settings.groupAdd],
     ["direct_open", "directOpen", settings.directOpen],
+    ["last_seen", "lastSeen", settings.lastSeen],
   ] as const;
   for (const [name, key, value] of fields) {
     if (value === WireAudience.UNSPECIFIED) continue;
@@ -62,21 +67,30 @@ export function privacyChangesFromWire(settings: PrivacySettings | undefined): P
     }
     changes[key] = audience;
   }
+  // Absent (proto3 optional) leaves it alone; false is a choice, not "unset".
+  if (settings.readReceipts !== undefined) changes.readReceipts = settings.readReceipts;
   return changes;
 }
 
-/** Users' privacy settings: what they chose over the server's defaults. */
+/**
+ * Users' privacy settings: what they chose over the server's defaults. Every change is broadcast
+ * as PrivacyChanged, so gateways drop their cached copy (services/gateway/privacy.ts enforces
+ * last seen and read receipts) and the user's other devices are told.
+ */
 export class Privacy {
   constructor(
     private readonly store: AccountStore,
     private readonly defaults: PrivacyDefaults,
     private readonly log: Logger,
+    private readonly bus?: EventBus,
   ) {}
 
   private inForce(record: PrivacyRecord | undefined): PrivacyInForce {
     return {
       groupAdd: record?.groupAdd ?? this.defaults.groupAdd,
       directOpen: record?.directOpen ?? this.defaults.directOpen,
+      lastSeen: record?.lastSeen ?? this.defaults.lastSeen,
+      readReceipts: record?.readReceipts ?? this.defaults.readReceipts,
     };
   }
 
@@ -89,12 +103,28 @@ export class Privacy {
   async set(userId: string, changes: PrivacyRecord): Promise<PrivacyInForce> {
     try {
       const stored = await this.store.setPrivacy(userId, changes);
-      if (Object.keys(changes).length > 0) this.log.info({ userId, ...changes }, "privacy settings changed");
+      if (Object.keys(changes).length > 0) {
+        this.log.info({ userId, ...changes }, "privacy settings changed");
+        await this.changed(userId);
+      }
       return this.inForce(stored);
     } catch (err) {
       if (isStoreError(err, "not_found")) throw new NotFoundError("no such user");
       throw err;
     }
+  }
+
+  /** Tells every gateway: they drop their copy, and tell the user's streams (all devices). */
+  private async changed(userId: string): Promise<void> {
+    if (this.bus === undefined) return;
+    const deviceIds = (await this.store.listDevices(userId))
+      .filter((d) => d.revokedAtMs === 0)
+      .map((d) => d.deviceId);
+    this.bus.broadcast([
+      create(BusEventSchema, {
+        event: { case: "privacyChanged", value: create(PrivacyChangedSchema, { userId, deviceIds }) },
+      }),
+    ]);
   }
 
   /** The settings in force of each user asked for, in the order asked (unknown users: defaults). */

@@ -59,14 +59,26 @@ export interface PrivacyDefaults {
   groupAdd: PrivacyAudience;
   /** Who may start a new direct conversation with a user. */
   directOpen: PrivacyAudience;
+  /** Who sees a user's online state and last seen ("contacts": a direct conversation). */
+  lastSeen: PrivacyAudience;
+  /** Whether a user's read receipts reach others (reciprocal). */
+  readReceipts: boolean;
 }
+
+/** The values of an on/off setting's variable. */
+const SWITCHES = ["on", "off"] as const;
 
 /**
  * Everyone, as WhatsApp ships: a new user must be reachable by someone who knows their username,
  * and "contacts" for new direct conversations would leave a new user unreachable by anyone they
  * share no group with. Operators of public deployments may tighten group adds to "contacts".
  */
-export const defaultPrivacy: PrivacyDefaults = { groupAdd: "everyone", directOpen: "everyone" };
+export const defaultPrivacy: PrivacyDefaults = {
+  groupAdd: "everyone",
+  directOpen: "everyone",
+  lastSeen: "everyone",
+  readReceipts: true,
+};
 
 /**
  * The reserved usernames when SWITCHBOARD_RESERVED_USERNAMES is unset: names people read as the
@@ -165,6 +177,12 @@ export const privacyVariables = z.object({
   SWITCHBOARD_PRIVACY_DIRECT_OPEN_DEFAULT: nonEmptyText()
     .pipe(oneOfVariable("SWITCHBOARD_PRIVACY_DIRECT_OPEN_DEFAULT", PRIVACY_AUDIENCES))
     .transform((a) => a ?? defaultPrivacy.directOpen),
+  SWITCHBOARD_PRIVACY_LAST_SEEN_DEFAULT: nonEmptyText()
+    .pipe(oneOfVariable("SWITCHBOARD_PRIVACY_LAST_SEEN_DEFAULT", PRIVACY_AUDIENCES))
+    .transform((a) => a ?? defaultPrivacy.lastSeen),
+  SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT: nonEmptyText()
+    .pipe(oneOfVariable("SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT", SWITCHES))
+    .transform((a) => (a === undefined ? defaultPrivacy.readReceipts : a === "on")),
 });
 
 export function loadAccountLimits(input: Partial<AccountLimits> | undefined, env: Env): AccountLimits {
@@ -216,6 +234,9 @@ export function loadPrivacyDefaults(input: Partial<PrivacyDefaults> | undefined,
     without(env, {
       SWITCHBOARD_PRIVACY_GROUP_ADD_DEFAULT: input?.groupAdd,
       SWITCHBOARD_PRIVACY_DIRECT_OPEN_DEFAULT: input?.directOpen,
+      SWITCHBOARD_PRIVACY_LAST_SEEN_DEFAULT: input?.lastSeen,
+      SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT:
+        input?.readReceipts === undefined ? undefined : input.readReceipts ? "on" : "off",
     }),
   );
   // Given but empty is the default too.
@@ -223,7 +244,7 @@ export function loadPrivacyDefaults(input: Partial<PrivacyDefaults> | undefined,
     variable: string,
     value: string | undefined,
     fromEnv: PrivacyAudience,
-    key: keyof PrivacyDefaults,
+    key: "groupAdd" | "directOpen" | "lastSeen",
   ) =>
     value === undefined
       ? fromEnv
@@ -243,5 +264,12 @@ export function loadPrivacyDefaults(input: Partial<PrivacyDefaults> | undefined,
       vars.SWITCHBOARD_PRIVACY_DIRECT_OPEN_DEFAULT,
       "directOpen",
     ),
+    lastSeen: audience(
+      "SWITCHBOARD_PRIVACY_LAST_SEEN_DEFAULT",
+      input?.lastSeen,
+      vars.SWITCHBOARD_PRIVACY_LAST_SEEN_DEFAULT,
+      "lastSeen",
+    ),
+    readReceipts: input?.readReceipts ?? vars.SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT,
   };
 }

@@ -216,6 +216,33 @@ export function runAccountStoreConformance(open: () => Promise<StoreEngine>): vo
       });
     });
 
+    test("last seen and read receipts are kept beside the other settings; a switch off is kept as false", async (store) => {
+      const u = user();
+      await store.createUser(u, device(u.userId));
+      await store.setPrivacy(u.userId, { groupAdd: "contacts" });
+      assert.deepEqual(await store.setPrivacy(u.userId, { lastSeen: "nobody", readReceipts: false }), {
+        groupAdd: "contacts",
+        lastSeen: "nobody",
+        readReceipts: false,
+      });
+      await Promise.all([
+        store.setPrivacy(u.userId, { lastSeen: "contacts" }),
+        store.setPrivacy(u.userId, { directOpen: "nobody" }),
+      ]);
+      assert.deepEqual((await store.getPrivacy([u.userId])).get(u.userId), {
+        groupAdd: "contacts",
+        directOpen: "nobody",
+        lastSeen: "contacts",
+        readReceipts: false,
+      });
+      assert.deepEqual(await store.setPrivacy(u.userId, { readReceipts: true }), {
+        groupAdd: "contacts",
+        directOpen: "nobody",
+        lastSeen: "contacts",
+        readReceipts: true,
+      });
+    });
+
     test("an invite is stored, read back, listed newest first and refused twice under one id", async (store) => {
       const older = invite({ createdAtMs: Date.now() + 10_000_000 });
       const newer = invite({ createdAtMs: older.createdAtMs + 1, note: "for ünïcode ✓ friends" });

@@ -59,6 +59,8 @@ function privacyRecord(p: PrivacyRecord): PrivacyRecord {
   return {
     ...(p.groupAdd !== undefined && { groupAdd: p.groupAdd }),
     ...(p.directOpen !== undefined && { directOpen: p.directOpen }),
+    ...(p.lastSeen !== undefined && { lastSeen: p.lastSeen }),
+    ...(p.readReceipts !== undefined && { readReceipts: p.readReceipts }),
   };
 }
 

@@ -121,13 +121,17 @@ export type PrivacyAudience = "everyone" | "contacts" | "nobody";
 /**
  * A user's privacy settings as stored. A field is absent until the user first sets it, so the
  * server's configured default applies to it (and a changed default reaches every such user).
- * Later settings (last seen, read receipts) are new optional fields.
+ * Later settings (profile) are new optional fields.
  */
 export interface PrivacyRecord {
   /** Who may add the user to groups. */
   groupAdd?: PrivacyAudience;
   /** Who may start a new direct conversation with the user. */
   directOpen?: PrivacyAudience;
+  /** Who sees the user's online state and last seen ("contacts": a direct conversation). */
+  lastSeen?: PrivacyAudience;
+  /** Whether the user's read receipts reach others (and theirs reach the user). */
+  readReceipts?: boolean;
 }
 
 /** One block: a user no longer reachable by another (services/accounts/blocks.ts). */

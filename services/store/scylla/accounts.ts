@@ -76,13 +76,20 @@ function deviceOf(row: Row, userId: string): DeviceRecord {
   };
 }
 
-/** The rows of user_privacy: a PrivacyRecord field and its row name. */
-const PRIVACY_NAMES: readonly (readonly [keyof PrivacyRecord, string])[] = [
-  ["groupAdd", "group_add"],
-  ["directOpen", "direct_open"],
+/** The rows of user_privacy: a PrivacyRecord field, its row name and whether it is an on/off switch. */
+const PRIVACY_NAMES: readonly (readonly [keyof PrivacyRecord, string, "audience" | "switch"])[] = [
+  ["groupAdd", "group_add", "audience"],
+  ["directOpen", "direct_open", "audience"],
+  ["lastSeen", "last_seen", "audience"],
+  ["readReceipts", "read_receipts", "switch"],
 ];
 
 const AUDIENCES: ReadonlySet<string> = new Set<PrivacyAudience>(["everyone", "contacts", "nobody"]);
+
+/** A switch's row value ("on" or "off"), so the value column stays text for every setting. */
+function switchText(value: boolean): string {
+  return value ? "on" : "off";
+}
 
 /** Users whose settings getPrivacy reads at once (one single-partition read each). */
 const PRIVACY_READ_CONCURRENCY = 32;
@@ -374,7 +381,7 @@ export class ScyllaAccountStore implements AccountStore {
         : [
             {
               query: "INSERT INTO user_privacy (user_id, name, value, updated_at_ms) VALUES (?, ?, ?, ?)",
-              params: [userId, name, value, now],
+              params: [userId, name, typeof value === "boolean" ? switchText(value) : value, now],
             },
           ];
     });
@@ -412,9 +419,13 @@ export class ScyllaAccountStore implements AccountStore {
     const record: PrivacyRecord = {};
     const result = await this.cql.run("SELECT name, value FROM user_privacy WHERE user_id = ?", [userId]);
     for (const row of result.rows ?? []) {
-      const field = PRIVACY_NAMES.find(([, name]) => name === row.get("name"))?.[0];
+      const known = PRIVACY_NAMES.find(([, name]) => name === row.get("name"));
       const value = row.get("value") as string | null;
-      if (field !== undefined && value !== null && AUDIENCES.has(value)) {
+      if (known === undefined || value === null) continue;
+      const [field, , kind] = known;
+      if (kind === "switch" && field === "readReceipts") {
+        if (value === "on" || value === "off") record[field] = value === "on";
+      } else if (kind === "audience" && field !== "readReceipts" && AUDIENCES.has(value)) {
         record[field] = value as PrivacyAudience;
       }
     }

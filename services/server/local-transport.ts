@@ -3,8 +3,8 @@ import {
   type Client,
   type ConnectRouter,
   createClient,
-  createRouterTransport,
   type Interceptor,
+  type ServiceImpl,
   type Transport,
 } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -12,20 +12,24 @@ import { errorBoundary } from "../common/boundary.js";
 import { sendInternalCredential } from "../common/internal-auth.js";
 import type { Logger } from "../common/log.js";
 import { clientTelemetry, serverTelemetry } from "../common/rpc-telemetry.js";
+import { createDirectTransport } from "./direct-transport.js";
 import type { Closers } from "./lifecycle.js";
 
 /** A service of this process: served on the internal router and, for other processes, on the network. */
 export interface LocalService {
   /** The service's descriptor. */
   service: DescService;
+  /** The implementation, which in-process clients call directly. */
+  impl: object;
   /** Registers the service's implementation on a router. */
   register: (router: ConnectRouter) => void;
 }
 
 /**
  * How the services of a process reach each other. Services always talk through their typed RPC
- * clients: one in this process through Connect's in-memory router transport, one in another
- * process over gRPC, so the code path is the same either way, minus the network.
+ * clients: one in this process through a transport that calls its implementation directly
+ * (direct-transport.ts: the same interceptors, no serialisation), one in another process over
+ * gRPC, so the calling code is the same either way.
  */
 export class ServiceClients {
   /** This process's services, in registration order. */
@@ -42,8 +46,8 @@ export class ServiceClients {
   ) {}
 
   /** Adds a service of this process. */
-  register(service: DescService, register: (router: ConnectRouter) => void): void {
-    this.local.push({ service, register });
+  register<S extends DescService>(service: S, impl: ServiceImpl<S>): void {
+    this.local.push({ service, impl, register: (router) => router.service(service, impl) });
   }
 
   /** The transport to a service in another process; its connection is closed at shutdown. */
@@ -69,13 +73,11 @@ export class ServiceClients {
     return transport;
   }
 
-  /** The in-memory router over every local service, behind the same boundary as the network face. */
+  /** The direct transport to every local service, behind the same boundary as the network face. */
   private inProcess(): Transport {
-    this.localTransport ??= createRouterTransport(
-      (router) => {
-        for (const { register } of this.local) register(router);
-      },
-      { router: { interceptors: [serverTelemetry(), errorBoundary(this.log)] } },
+    this.localTransport ??= createDirectTransport(
+      () => this.local,
+      [serverTelemetry(), errorBoundary(this.log)],
     );
     return this.localTransport;
   }

@@ -95,7 +95,7 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
   }
   // Not ready while the store refuses writes (a full disk); reads and streams go on meanwhile.
   ctx.readiness.add(storeWriteCheck(store!));
-  ctx.clients.register(SequencerService, (r) => r.service(SequencerService, sequencerService(seq)));
+  ctx.clients.register(SequencerService, sequencerService(seq));
   // Idempotency records are needed only for as long as a client may retry.
   const expiry = setInterval(
     () => {
@@ -173,7 +173,7 @@ export async function startAccountsRole(ctx: RoleContext): Promise<Accounts> {
     },
     privacyDefaults: config.privacyDefaults,
   });
-  clients.register(DirectoryService, (r) => r.service(DirectoryService, directoryService(accounts)));
+  clients.register(DirectoryService, directoryService(accounts));
   const bundleRate = rate(perPeriod("key-bundles", al.bundleFetchesPerMinute, 60));
   const oneTimePrekeyRate = rate(perPeriod("one-time-prekeys", al.oneTimePrekeysPerPairPerDay, 86_400));
   const keys = new Keys(store!.keys, store!.accounts, bus, log, {
@@ -201,12 +201,10 @@ export async function startAccountsRole(ctx: RoleContext): Promise<Accounts> {
   );
   const stopKeyWatch = keys.watchRevocations();
   closers.add("key revocations", () => stopKeyWatch());
-  clients.register(KeyService, (r) => r.service(KeyService, keyService(keys, accounts, tokens)));
-  clients.register(AccountService, (r) =>
-    r.service(
-      AccountService,
-      accountService(accounts, tokens, { allowHttpPushEndpoints: config.push.allowHttpEndpoints }),
-    ),
+  clients.register(KeyService, keyService(keys, accounts, tokens));
+  clients.register(
+    AccountService,
+    accountService(accounts, tokens, { allowHttpPushEndpoints: config.push.allowHttpEndpoints }),
   );
   return accounts;
 }
@@ -219,7 +217,7 @@ export async function startPresenceRole(ctx: RoleContext): Promise<Presence> {
   ctx.readiness.add(routeStore.problem);
   const p = new Presence(routeStore.store, ctx.bus, log, { sweepIntervalMs: 5000 });
   closers.add("presence", () => p.close());
-  ctx.clients.register(PresenceService, (r) => r.service(PresenceService, presenceService(p)));
+  ctx.clients.register(PresenceService, presenceService(p));
   return p;
 }
 
@@ -232,7 +230,7 @@ export async function startNotificationRole(ctx: RoleContext): Promise<Notifier>
     perDeviceBurst: config.push.perDeviceBurst,
   });
   ctx.closers.add("notifier", () => n.close());
-  ctx.clients.register(NotificationService, (r) => r.service(NotificationService, notificationService(n)));
+  ctx.clients.register(NotificationService, notificationService(n));
   return n;
 }
 

@@ -16,6 +16,7 @@ import { type EdgeLimits, type Limits, loadEdge, loadLimits } from "./limits.js"
 import { loadMediaConfig, type MediaConfig } from "./media.js";
 import { checkMesh, loadMesh, type MeshConfig } from "./mesh.js";
 import { loadPush, type PushConfig } from "./push.js";
+import { loadRetention, type RetentionConfig } from "./retention.js";
 import { check, type Env, int, intVariable, nonEmptyText, textOr, without } from "./schema.js";
 import { loadScyllaConfig, type ScyllaSettings } from "./scylla.js";
 import { loadTracing, type TracingConfig } from "./telemetry.js";
@@ -69,6 +70,8 @@ export interface Config {
   web: WebConfig;
   /** Calls: the TURN relays devices are given credentials for. */
   calls: CallsConfig;
+  /** Disappearing-message timers and the sweep of expired entries. */
+  retention: RetentionConfig;
   /**
    * The ScyllaDB connection, when this process opens the store there (SWITCHBOARD_STORE=scylla
    * and it runs accounts or the sequencer); undefined otherwise, and SCYLLA_* is not read.
@@ -166,6 +169,7 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
     accountLimits: loadAccountLimits(input.accountLimits, env),
     web: loadWeb(input.web, env),
     calls: loadCalls(env),
+    retention: input.retention ?? loadRetention(env),
     scylla: undefined,
   };
   if (config.shardCount < 1 || config.shardCount > 4096) fail("shardCount must be between 1 and 4096");

@@ -10,6 +10,7 @@ import { serverVariables } from "./load.js";
 import { localMediaVariables, mediaVariables, minioVariables } from "./media.js";
 import { meshVariables } from "./mesh.js";
 import { pushVariables } from "./push.js";
+import { retentionVariables } from "./retention.js";
 import { scyllaVariables } from "./scylla.js";
 import { tracingVariables } from "./telemetry.js";
 import { webVariables } from "./web.js";
@@ -30,4 +31,5 @@ export const VARIABLES: Readonly<Record<string, z.ZodObject>> = {
   scylla: scyllaVariables,
   web: webVariables,
   calls: callVariables,
+  retention: retentionVariables,
 };

@@ -1,0 +1,55 @@
+/**
+ * Retention of log entries: which disappearing-message timers members may choose, and the
+ * background sweep that deletes entries past their expiry from the store.
+ */
+import { z } from "zod";
+import { fail } from "./error.js";
+import { check, type Env, intVariable, listOf } from "./schema.js";
+
+/** The retention section. */
+export interface RetentionConfig {
+  /**
+   * The disappearing-message timers a member may set, in seconds, besides 0 (off); ascending.
+   * WhatsApp's 24 hours, 7 days and 90 days by default.
+   */
+  disappearingSeconds: number[];
+  /** How often a sequencer process deletes expired entries from its store, in milliseconds. */
+  expirySweepMs: number;
+  /** Entries one sweep step deletes, at most (one bounded write); a sweep takes steps until done. */
+  expirySweepBatch: number;
+}
+
+/** The default timers: 24 hours, 7 days, 90 days. */
+export const DEFAULT_DISAPPEARING_SECONDS: readonly number[] = [86_400, 604_800, 7_776_000];
+
+/** The longest timer accepted, in seconds (a year): entries are written with it as a TTL. */
+const MAX_DISAPPEARING_SECONDS = 365 * 86_400;
+
+/** The retention settings' variables. */
+export const retentionVariables = z.object({
+  SWITCHBOARD_DISAPPEARING_TIMERS: listOf(),
+  SWITCHBOARD_EXPIRY_SWEEP_MS: intVariable("SWITCHBOARD_EXPIRY_SWEEP_MS", 60_000, true),
+  SWITCHBOARD_EXPIRY_SWEEP_BATCH: intVariable("SWITCHBOARD_EXPIRY_SWEEP_BATCH", 1_000, true),
+});
+
+/** The retention settings from the environment, each checked. */
+export function loadRetention(env: Env): RetentionConfig {
+  const vars = check(retentionVariables, env);
+  const given = vars.SWITCHBOARD_DISAPPEARING_TIMERS;
+  const seconds = given.length === 0 ? [...DEFAULT_DISAPPEARING_SECONDS] : given.map(Number);
+  for (const [i, s] of seconds.entries()) {
+    if (!Number.isInteger(s) || s < 1 || s > MAX_DISAPPEARING_SECONDS) {
+      fail(
+        `SWITCHBOARD_DISAPPEARING_TIMERS: "${given[i]}" is not a number of seconds from 1 to ${MAX_DISAPPEARING_SECONDS}`,
+      );
+    }
+  }
+  if (vars.SWITCHBOARD_EXPIRY_SWEEP_MS < 1_000) fail("SWITCHBOARD_EXPIRY_SWEEP_MS must be at least 1000");
+  if (vars.SWITCHBOARD_EXPIRY_SWEEP_BATCH < 1 || vars.SWITCHBOARD_EXPIRY_SWEEP_BATCH > 10_000)
+    fail("SWITCHBOARD_EXPIRY_SWEEP_BATCH must be between 1 and 10000");
+  return {
+    disappearingSeconds: [...new Set(seconds)].sort((a, b) => a - b),
+    expirySweepMs: vars.SWITCHBOARD_EXPIRY_SWEEP_MS,
+    expirySweepBatch: vars.SWITCHBOARD_EXPIRY_SWEEP_BATCH,
+  };
+}

@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/gateway.proto.
  */
 export const file_switchboard_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSKhAwoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAEikKBGNhbGwYCCABKAsyGS5zd2l0Y2hib2FyZC52MS5DYWxsRnJhbWVIAEIHCgVmcmFtZSKjBgoPQ29ubmVjdFJlc3BvbnNlEisKBXJlYWR5GAEgASgLMhouc3dpdGNoYm9hcmQudjEuUmVhZHlGcmFtZUgAEi8KB21lc3NhZ2UYAiABKAsyHC5zd2l0Y2hib2FyZC52MS5NZXNzYWdlRnJhbWVIABIwCghzZW5kX2FjaxgDIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlNlbmRBY2tGcmFtZUgAEjQKCnNlbmRfZXJyb3IYBCABKAsyHi5zd2l0Y2hib2FyZC52MS5TZW5kRXJyb3JGcmFtZUgAEi8KB3JlY2VpcHQYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWNlaXB0RnJhbWVIABIyCgZ0eXBpbmcYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5UeXBpbmdFdmVudEZyYW1lSAASMQoIcHJlc2VuY2UYByABKAsyHS5zd2l0Y2hib2FyZC52MS5QcmVzZW5jZUZyYW1lSAASMgoJc3luY19wYWdlGAggASgLMh0uc3dpdGNoYm9hcmQudjEuU3luY1BhZ2VGcmFtZUgAEikKBHBvbmcYCSABKAsyGS5zd2l0Y2hib2FyZC52MS5Qb25nRnJhbWVIABIyCgljYXVnaHRfdXAYCiABKAsyHS5zd2l0Y2hib2FyZC52MS5DYXVnaHRVcEZyYW1lSAASMAoFZXJyb3IYCyABKAsyHy5zd2l0Y2hib2FyZC52MS5GcmFtZUVycm9yRnJhbWVIABI2CgtwcmVrZXlzX2xvdxgMIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlByZWtleXNMb3dGcmFtZUgAEi4KBGNhbGwYDSABKAsyHi5zd2l0Y2hib2FyZC52MS5DYWxsRXZlbnRGcmFtZUgAEjwKDmJsb2Nrc19jaGFuZ2VkGBQgASgLMiIuc3dpdGNoYm9hcmQudjEuQmxvY2tzQ2hhbmdlZEZyYW1lSAASPgoPcHJpdmFjeV9jaGFuZ2VkGBAgASgLMiMuc3dpdGNoYm9hcmQudjEuUHJpdmFjeUNoYW5nZWRGcmFtZUgAQgcKBWZyYW1lIhUKE1ByaXZhY3lDaGFuZ2VkRnJhbWUiFAoSQmxvY2tzQ2hhbmdlZEZyYW1lIlIKD1ByZWtleXNMb3dGcmFtZRIdChVvbmVfdGltZV9lY19yZW1haW5pbmcYASABKA0SIAoYb25lX3RpbWVfa3liZXJfcmVtYWluaW5nGAIgASgNIjoKEkNvbnZlcnNhdGlvbkN1cnNvchIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEIj8KCEFja0ZyYW1lEjMKB2N1cnNvcnMYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3IiQAoJUmVhZEZyYW1lEjMKB2N1cnNvcnMYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3IiNgoLVHlwaW5nRnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBmFjdGl2ZRgCIAEoCCJSChZQcmVzZW5jZVN1YnNjcmliZUZyYW1lEhoKEnN1YnNjcmliZV91c2VyX2lkcxgBIAMoCRIcChR1bnN1YnNjcmliZV91c2VyX2lkcxgCIAMoCSJhChBTeW5jUmVxdWVzdEZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEhEKCWFmdGVyX3NlcRgDIAEoBBINCgVsaW1pdBgEIAEoDSIaCglQaW5nRnJhbWUSDQoFbm9uY2UYASABKAQidAoMU3RyZWFtTGltaXRzEhkKEW1heF9wYXlsb2FkX2J5dGVzGAEgASgNEhsKE21heF9zZW5kc19pbl9mbGlnaHQYAiABKA0SGAoQc2VuZHNfcGVyX3NlY29uZBgDIAEoDRISCgpzZW5kX2J1cnN0GAQgASgNIooBCgpSZWFkeUZyYW1lEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEhIKCnNlc3Npb25faWQYAyABKAkSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMSLAoGbGltaXRzGAUgASgLMhwuc3dpdGNoYm9hcmQudjEuU3RyZWFtTGltaXRzIjYKDE1lc3NhZ2VGcmFtZRImCgdlbnRyaWVzGAEgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkiIAoNQ2F1Z2h0VXBGcmFtZRIPCgdlbnRyaWVzGAEgASgEImMKDFNlbmRBY2tGcmFtZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAQSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMiqQEKDlNlbmRFcnJvckZyYW1lEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgwKBGNvZGUYAyABKA0SDwoHbWVzc2FnZRgEIAEoCRIWCg5yZXRyeV9hZnRlcl9tcxgFIAEoDRIwCghtaXNtYXRjaBgGIAEoCzIeLnN3aXRjaGJvYXJkLnYxLkRldmljZU1pc21hdGNoIqUBCg5EZXZpY2VNaXNtYXRjaBIxCgdtaXNzaW5nGAEgAygLMiAuc3dpdGNoYm9hcmQudjEuTWlzbWF0Y2hlZERldmljZRIvCgVleHRyYRgCIAMoCzIgLnN3aXRjaGJvYXJkLnYxLk1pc21hdGNoZWREZXZpY2USLwoFc3RhbGUYAyADKAsyIC5zd2l0Y2hib2FyZC52MS5NaXNtYXRjaGVkRGV2aWNlIk8KEE1pc21hdGNoZWREZXZpY2USDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAMgASgNIocBCgxSZWNlaXB0RnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSKQoEa2luZBgDIAEoDjIbLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRLaW5kEhEKCXVwX3RvX3NlcRgEIAEoBBIPCgd0aW1lX21zGAUgASgDIl8KEFR5cGluZ0V2ZW50RnJhbWUSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJEg4KBmFjdGl2ZRgEIAEoCCJGCg1QcmVzZW5jZUZyYW1lEg8KB3VzZXJfaWQYASABKAkSDgoGb25saW5lGAIgASgIEhQKDGxhc3Rfc2Vlbl9tcxgDIAEoAyKzAQoNU3luY1BhZ2VGcmFtZRISCgpyZXF1ZXN0X2lkGAEgASgNEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRImCgdlbnRyaWVzGAMgAygLMhUuc3dpdGNoYm9hcmQudjEuRW50cnkSEAoIbGFzdF9zZXEYBCABKAQSEAoIaGFzX21vcmUYBSABKAgSEgoKZXJyb3JfY29kZRgGIAEoDRIVCg1lcnJvcl9tZXNzYWdlGAcgASgJIj8KD0ZyYW1lRXJyb3JGcmFtZRINCgVmcmFtZRgBIAEoCRIMCgRjb2RlGAIgASgNEg8KB21lc3NhZ2UYAyABKAkiMgoJUG9uZ0ZyYW1lEg0KBW5vbmNlGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgDIjsKC1NlbmRSZXF1ZXN0EiwKBWVudHJ5GAEgASgLMh0uc3dpdGNoYm9hcmQudjEuT3V0Z29pbmdFbnRyeSIzCgxTZW5kUmVzcG9uc2USCwoDc2VxGAEgASgEEhYKDnNlcnZlcl90aW1lX21zGAIgASgDIi0KEFN1YnNjcmliZVJlcXVlc3QSGQoRcHJlc2VuY2VfdXNlcl9pZHMYASADKAkiQwoRU3Vic2NyaWJlUmVzcG9uc2USLgoFZnJhbWUYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVzcG9uc2UidQoKQWNrUmVxdWVzdBI1CglkZWxpdmVyZWQYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3ISMAoEcmVhZBgCIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciINCgtBY2tSZXNwb25zZSI7ChBTZXRUeXBpbmdSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZhY3RpdmUYAiABKAgiEwoRU2V0VHlwaW5nUmVzcG9uc2UqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIyiQMKDkdhdGV3YXlTZXJ2aWNlEk4KB0Nvbm5lY3QSHi5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVxdWVzdBofLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSgBMAESQQoEU2VuZBIbLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXF1ZXN0Ghwuc3dpdGNoYm9hcmQudjEuU2VuZFJlc3BvbnNlElIKCVN1YnNjcmliZRIgLnN3aXRjaGJvYXJkLnYxLlN1YnNjcmliZVJlcXVlc3QaIS5zd2l0Y2hib2FyZC52MS5TdWJzY3JpYmVSZXNwb25zZTABEj4KA0FjaxIaLnN3aXRjaGJvYXJkLnYxLkFja1JlcXVlc3QaGy5zd2l0Y2hib2FyZC52MS5BY2tSZXNwb25zZRJQCglTZXRUeXBpbmcSIC5zd2l0Y2hib2FyZC52MS5TZXRUeXBpbmdSZXF1ZXN0GiEuc3dpdGNoYm9hcmQudjEuU2V0VHlwaW5nUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_v1_calls, file_switchboard_v1_entry]);
+  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSLYAwoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAEikKBGNhbGwYCCABKAsyGS5zd2l0Y2hib2FyZC52MS5DYWxsRnJhbWVIABI1CgdvcHRpb25zGAsgASgLMiIuc3dpdGNoYm9hcmQudjEuU3RyZWFtT3B0aW9uc0ZyYW1lSABCBwoFZnJhbWUiLAoSU3RyZWFtT3B0aW9uc0ZyYW1lEhYKDm9taXRfb3duX3NlbmRzGAEgASgIIqMGCg9Db25uZWN0UmVzcG9uc2USKwoFcmVhZHkYASABKAsyGi5zd2l0Y2hib2FyZC52MS5SZWFkeUZyYW1lSAASLwoHbWVzc2FnZRgCIAEoCzIcLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VGcmFtZUgAEjAKCHNlbmRfYWNrGAMgASgLMhwuc3dpdGNoYm9hcmQudjEuU2VuZEFja0ZyYW1lSAASNAoKc2VuZF9lcnJvchgEIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlNlbmRFcnJvckZyYW1lSAASLwoHcmVjZWlwdBgFIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgGIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABIxCghwcmVzZW5jZRgHIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWVIABIyCglzeW5jX3BhZ2UYCCABKAsyHS5zd2l0Y2hib2FyZC52MS5TeW5jUGFnZUZyYW1lSAASKQoEcG9uZxgJIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBvbmdGcmFtZUgAEjIKCWNhdWdodF91cBgKIAEoCzIdLnN3aXRjaGJvYXJkLnYxLkNhdWdodFVwRnJhbWVIABIwCgVlcnJvchgLIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkZyYW1lRXJyb3JGcmFtZUgAEjYKC3ByZWtleXNfbG93GAwgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lSAASLgoEY2FsbBgNIAEoCzIeLnN3aXRjaGJvYXJkLnYxLkNhbGxFdmVudEZyYW1lSAASPAoOYmxvY2tzX2NoYW5nZWQYFCABKAsyIi5zd2l0Y2hib2FyZC52MS5CbG9ja3NDaGFuZ2VkRnJhbWVIABI+Cg9wcml2YWN5X2NoYW5nZWQYECABKAsyIy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5Q2hhbmdlZEZyYW1lSABCBwoFZnJhbWUiFQoTUHJpdmFjeUNoYW5nZWRGcmFtZSIUChJCbG9ja3NDaGFuZ2VkRnJhbWUiUgoPUHJla2V5c0xvd0ZyYW1lEh0KFW9uZV90aW1lX2VjX3JlbWFpbmluZxgBIAEoDRIgChhvbmVfdGltZV9reWJlcl9yZW1haW5pbmcYAiABKA0iOgoSQ29udmVyc2F0aW9uQ3Vyc29yEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiPwoIQWNrRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciJACglSZWFkRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciI2CgtUeXBpbmdGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGYWN0aXZlGAIgASgIIlIKFlByZXNlbmNlU3Vic2NyaWJlRnJhbWUSGgoSc3Vic2NyaWJlX3VzZXJfaWRzGAEgAygJEhwKFHVuc3Vic2NyaWJlX3VzZXJfaWRzGAIgAygJImEKEFN5bmNSZXF1ZXN0RnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoDRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIhoKCVBpbmdGcmFtZRINCgVub25jZRgBIAEoBCJ0CgxTdHJlYW1MaW1pdHMSGQoRbWF4X3BheWxvYWRfYnl0ZXMYASABKA0SGwoTbWF4X3NlbmRzX2luX2ZsaWdodBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhIKCnNlbmRfYnVyc3QYBCABKA0iigEKClJlYWR5RnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAxIsCgZsaW1pdHMYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5TdHJlYW1MaW1pdHMiNgoMTWVzc2FnZUZyYW1lEiYKB2VudHJpZXMYASADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSIgCg1DYXVnaHRVcEZyYW1lEg8KB2VudHJpZXMYASABKAQiYwoMU2VuZEFja0ZyYW1lEhUKDWNsaWVudF9tc2dfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEgsKA3NlcRgDIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAyKpAQoOU2VuZEVycm9yRnJhbWUSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDAoEY29kZRgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEhYKDnJldHJ5X2FmdGVyX21zGAUgASgNEjAKCG1pc21hdGNoGAYgASgLMh4uc3dpdGNoYm9hcmQudjEuRGV2aWNlTWlzbWF0Y2gipQEKDkRldmljZU1pc21hdGNoEjEKB21pc3NpbmcYASADKAsyIC5zd2l0Y2hib2FyZC52MS5NaXNtYXRjaGVkRGV2aWNlEi8KBWV4dHJhGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuTWlzbWF0Y2hlZERldmljZRIvCgVzdGFsZRgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLk1pc21hdGNoZWREZXZpY2UiTwoQTWlzbWF0Y2hlZERldmljZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAyABKA0ihwEKDFJlY2VpcHRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRraW5kGAMgASgOMhsuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEtpbmQSEQoJdXBfdG9fc2VxGAQgASgEEg8KB3RpbWVfbXMYBSABKAMiXwoQVHlwaW5nRXZlbnRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkSDgoGYWN0aXZlGAQgASgIIkYKDVByZXNlbmNlRnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSFAoMbGFzdF9zZWVuX21zGAMgASgDIrMBCg1TeW5jUGFnZUZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiYKB2VudHJpZXMYAyADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIQCghsYXN0X3NlcRgEIAEoBBIQCghoYXNfbW9yZRgFIAEoCBISCgplcnJvcl9jb2RlGAYgASgNEhUKDWVycm9yX21lc3NhZ2UYByABKAkiPwoPRnJhbWVFcnJvckZyYW1lEg0KBWZyYW1lGAEgASgJEgwKBGNvZGUYAiABKA0SDwoHbWVzc2FnZRgDIAEoCSIyCglQb25nRnJhbWUSDQoFbm9uY2UYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiOwoLU2VuZFJlcXVlc3QSLAoFZW50cnkYASABKAsyHS5zd2l0Y2hib2FyZC52MS5PdXRnb2luZ0VudHJ5IjMKDFNlbmRSZXNwb25zZRILCgNzZXEYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiLQoQU3Vic2NyaWJlUmVxdWVzdBIZChFwcmVzZW5jZV91c2VyX2lkcxgBIAMoCSJDChFTdWJzY3JpYmVSZXNwb25zZRIuCgVmcmFtZRgBIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSJ1CgpBY2tSZXF1ZXN0EjUKCWRlbGl2ZXJlZBgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvchIwCgRyZWFkGAIgAygLMiIuc3dpdGNoYm9hcmQudjEuQ29udmVyc2F0aW9uQ3Vyc29yIg0KC0Fja1Jlc3BvbnNlIjsKEFNldFR5cGluZ1JlcXVlc3QSFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEg4KBmFjdGl2ZRgCIAEoCCITChFTZXRUeXBpbmdSZXNwb25zZSpeCgtSZWNlaXB0S2luZBIcChhSRUNFSVBUX0tJTkRfVU5TUEVDSUZJRUQQABIaChZSRUNFSVBUX0tJTkRfREVMSVZFUkVEEAESFQoRUkVDRUlQVF9LSU5EX1JFQUQQAjKJAwoOR2F0ZXdheVNlcnZpY2USTgoHQ29ubmVjdBIeLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXF1ZXN0Gh8uc3dpdGNoYm9hcmQudjEuQ29ubmVjdFJlc3BvbnNlKAEwARJBCgRTZW5kEhsuc3dpdGNoYm9hcmQudjEuU2VuZFJlcXVlc3QaHC5zd2l0Y2hib2FyZC52MS5TZW5kUmVzcG9uc2USUgoJU3Vic2NyaWJlEiAuc3dpdGNoYm9hcmQudjEuU3Vic2NyaWJlUmVxdWVzdBohLnN3aXRjaGJvYXJkLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESPgoDQWNrEhouc3dpdGNoYm9hcmQudjEuQWNrUmVxdWVzdBobLnN3aXRjaGJvYXJkLnYxLkFja1Jlc3BvbnNlElAKCVNldFR5cGluZxIgLnN3aXRjaGJvYXJkLnYxLlNldFR5cGluZ1JlcXVlc3QaIS5zd2l0Y2hib2FyZC52MS5TZXRUeXBpbmdSZXNwb25zZWIGcHJvdG8z", [file_switchboard_v1_calls, file_switchboard_v1_entry]);
 
 /**
  * A frame from the device to the server.
@@ -92,6 +92,14 @@ export type ConnectRequest = Message<"switchboard.v1.ConnectRequest"> & {
      */
     value: CallFrame;
     case: "call";
+  } | {
+    /**
+     * How this stream behaves from now on; a device sends it first, before its sends.
+     *
+     * @generated from field: switchboard.v1.StreamOptionsFrame options = 11;
+     */
+    value: StreamOptionsFrame;
+    case: "options";
   } | { case: undefined; value?: undefined };
 };
 
@@ -101,6 +109,31 @@ export type ConnectRequest = Message<"switchboard.v1.ConnectRequest"> & {
  */
 export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_gateway, 0);
+
+/**
+ * Options of one device stream, sent by the device (usually as its first frame); they hold until
+ * the stream ends and a later options frame replaces them whole.
+ *
+ * @generated from message switchboard.v1.StreamOptionsFrame
+ */
+export type StreamOptionsFrame = Message<"switchboard.v1.StreamOptionsFrame"> & {
+  /**
+   * The server does not push back, live, the entries this device sent as `send` frames on this
+   * stream: the device learns their seq from send_ack and files them itself (the SDK does). It
+   * saves a quarter of the frames of a 1:1 conversation. Entries read from the log (catch-up,
+   * sync pages, a resume) still include them, and the device's other devices get them as usual.
+   *
+   * @generated from field: bool omit_own_sends = 1;
+   */
+  omitOwnSends: boolean;
+};
+
+/**
+ * Describes the message switchboard.v1.StreamOptionsFrame.
+ * Use `create(StreamOptionsFrameSchema)` to create a new message.
+ */
+export const StreamOptionsFrameSchema: GenMessage<StreamOptionsFrame> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 1);
 
 /**
  * A frame from the server to the device.
@@ -245,7 +278,7 @@ export type ConnectResponse = Message<"switchboard.v1.ConnectResponse"> & {
  * Use `create(ConnectResponseSchema)` to create a new message.
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 1);
+  messageDesc(file_switchboard_v1_gateway, 2);
 
 /**
  * The user's privacy settings changed; the frame carries no settings (GetPrivacy has them).
@@ -260,7 +293,7 @@ export type PrivacyChangedFrame = Message<"switchboard.v1.PrivacyChangedFrame"> 
  * Use `create(PrivacyChangedFrameSchema)` to create a new message.
  */
 export const PrivacyChangedFrameSchema: GenMessage<PrivacyChangedFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 2);
+  messageDesc(file_switchboard_v1_gateway, 3);
 
 /**
  * The user's blocks changed; the frame carries no list (ListBlockedUsers has it).
@@ -275,7 +308,7 @@ export type BlocksChangedFrame = Message<"switchboard.v1.BlocksChangedFrame"> & 
  * Use `create(BlocksChangedFrameSchema)` to create a new message.
  */
 export const BlocksChangedFrameSchema: GenMessage<BlocksChangedFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 3);
+  messageDesc(file_switchboard_v1_gateway, 4);
 
 /**
  * Sent after someone fetched this device's prekey bundle and fewer one-time prekeys than the
@@ -305,7 +338,7 @@ export type PrekeysLowFrame = Message<"switchboard.v1.PrekeysLowFrame"> & {
  * Use `create(PrekeysLowFrameSchema)` to create a new message.
  */
 export const PrekeysLowFrameSchema: GenMessage<PrekeysLowFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 4);
+  messageDesc(file_switchboard_v1_gateway, 5);
 
 /**
  * A position in one conversation's log.
@@ -333,7 +366,7 @@ export type ConversationCursor = Message<"switchboard.v1.ConversationCursor"> & 
  * Use `create(ConversationCursorSchema)` to create a new message.
  */
 export const ConversationCursorSchema: GenMessage<ConversationCursor> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 5);
+  messageDesc(file_switchboard_v1_gateway, 6);
 
 /**
  * Cumulative delivery acknowledgements. Acking seq N means every entry up to and including N was
@@ -355,7 +388,7 @@ export type AckFrame = Message<"switchboard.v1.AckFrame"> & {
  * Use `create(AckFrameSchema)` to create a new message.
  */
 export const AckFrameSchema: GenMessage<AckFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 6);
+  messageDesc(file_switchboard_v1_gateway, 7);
 
 /**
  * Cumulative read markers; reading N implies delivery of N.
@@ -376,7 +409,7 @@ export type ReadFrame = Message<"switchboard.v1.ReadFrame"> & {
  * Use `create(ReadFrameSchema)` to create a new message.
  */
 export const ReadFrameSchema: GenMessage<ReadFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 7);
+  messageDesc(file_switchboard_v1_gateway, 8);
 
 /**
  * A typing indicator from this device.
@@ -405,7 +438,7 @@ export type TypingFrame = Message<"switchboard.v1.TypingFrame"> & {
  * Use `create(TypingFrameSchema)` to create a new message.
  */
 export const TypingFrameSchema: GenMessage<TypingFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 8);
+  messageDesc(file_switchboard_v1_gateway, 9);
 
 /**
  * Presence subscription change for this stream.
@@ -434,7 +467,7 @@ export type PresenceSubscribeFrame = Message<"switchboard.v1.PresenceSubscribeFr
  * Use `create(PresenceSubscribeFrameSchema)` to create a new message.
  */
 export const PresenceSubscribeFrameSchema: GenMessage<PresenceSubscribeFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 9);
+  messageDesc(file_switchboard_v1_gateway, 10);
 
 /**
  * A request for a page of a conversation's log.
@@ -476,7 +509,7 @@ export type SyncRequestFrame = Message<"switchboard.v1.SyncRequestFrame"> & {
  * Use `create(SyncRequestFrameSchema)` to create a new message.
  */
 export const SyncRequestFrameSchema: GenMessage<SyncRequestFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 10);
+  messageDesc(file_switchboard_v1_gateway, 11);
 
 /**
  * Application-level keepalive.
@@ -497,7 +530,7 @@ export type PingFrame = Message<"switchboard.v1.PingFrame"> & {
  * Use `create(PingFrameSchema)` to create a new message.
  */
 export const PingFrameSchema: GenMessage<PingFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 11);
+  messageDesc(file_switchboard_v1_gateway, 12);
 
 /**
  * Limits the server enforces on this stream.
@@ -539,7 +572,7 @@ export type StreamLimits = Message<"switchboard.v1.StreamLimits"> & {
  * Use `create(StreamLimitsSchema)` to create a new message.
  */
 export const StreamLimitsSchema: GenMessage<StreamLimits> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 12);
+  messageDesc(file_switchboard_v1_gateway, 13);
 
 /**
  * The first frame on every stream.
@@ -588,7 +621,7 @@ export type ReadyFrame = Message<"switchboard.v1.ReadyFrame"> & {
  * Use `create(ReadyFrameSchema)` to create a new message.
  */
 export const ReadyFrameSchema: GenMessage<ReadyFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 13);
+  messageDesc(file_switchboard_v1_gateway, 14);
 
 /**
  * One or more entries for the device.
@@ -610,7 +643,7 @@ export type MessageFrame = Message<"switchboard.v1.MessageFrame"> & {
  * Use `create(MessageFrameSchema)` to create a new message.
  */
 export const MessageFrameSchema: GenMessage<MessageFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 14);
+  messageDesc(file_switchboard_v1_gateway, 15);
 
 /**
  * Marks the end of the backlog that was pending when the stream opened.
@@ -631,7 +664,7 @@ export type CaughtUpFrame = Message<"switchboard.v1.CaughtUpFrame"> & {
  * Use `create(CaughtUpFrameSchema)` to create a new message.
  */
 export const CaughtUpFrameSchema: GenMessage<CaughtUpFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 15);
+  messageDesc(file_switchboard_v1_gateway, 16);
 
 /**
  * A send was committed durably.
@@ -673,7 +706,7 @@ export type SendAckFrame = Message<"switchboard.v1.SendAckFrame"> & {
  * Use `create(SendAckFrameSchema)` to create a new message.
  */
 export const SendAckFrameSchema: GenMessage<SendAckFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 16);
+  messageDesc(file_switchboard_v1_gateway, 17);
 
 /**
  * A send was refused and nothing was appended.
@@ -733,7 +766,7 @@ export type SendErrorFrame = Message<"switchboard.v1.SendErrorFrame"> & {
  * Use `create(SendErrorFrameSchema)` to create a new message.
  */
 export const SendErrorFrameSchema: GenMessage<SendErrorFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 17);
+  messageDesc(file_switchboard_v1_gateway, 18);
 
 /**
  * Why a send's per-device ciphertexts were refused: the devices it must add, drop or re-key.
@@ -777,7 +810,7 @@ export type DeviceMismatch = Message<"switchboard.v1.DeviceMismatch"> & {
  * Use `create(DeviceMismatchSchema)` to create a new message.
  */
 export const DeviceMismatchSchema: GenMessage<DeviceMismatch> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 18);
+  messageDesc(file_switchboard_v1_gateway, 19);
 
 /**
  * One device named in a DeviceMismatch.
@@ -812,7 +845,7 @@ export type MismatchedDevice = Message<"switchboard.v1.MismatchedDevice"> & {
  * Use `create(MismatchedDeviceSchema)` to create a new message.
  */
 export const MismatchedDeviceSchema: GenMessage<MismatchedDevice> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 19);
+  messageDesc(file_switchboard_v1_gateway, 20);
 
 /**
  * A member's cursor moved past entries the receiving user sent.
@@ -861,7 +894,7 @@ export type ReceiptFrame = Message<"switchboard.v1.ReceiptFrame"> & {
  * Use `create(ReceiptFrameSchema)` to create a new message.
  */
 export const ReceiptFrameSchema: GenMessage<ReceiptFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 20);
+  messageDesc(file_switchboard_v1_gateway, 21);
 
 /**
  * A member's typing indicator.
@@ -903,7 +936,7 @@ export type TypingEventFrame = Message<"switchboard.v1.TypingEventFrame"> & {
  * Use `create(TypingEventFrameSchema)` to create a new message.
  */
 export const TypingEventFrameSchema: GenMessage<TypingEventFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 21);
+  messageDesc(file_switchboard_v1_gateway, 22);
 
 /**
  * A user's presence.
@@ -938,7 +971,7 @@ export type PresenceFrame = Message<"switchboard.v1.PresenceFrame"> & {
  * Use `create(PresenceFrameSchema)` to create a new message.
  */
 export const PresenceFrameSchema: GenMessage<PresenceFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 22);
+  messageDesc(file_switchboard_v1_gateway, 23);
 
 /**
  * A page of a conversation's log.
@@ -1001,7 +1034,7 @@ export type SyncPageFrame = Message<"switchboard.v1.SyncPageFrame"> & {
  * Use `create(SyncPageFrameSchema)` to create a new message.
  */
 export const SyncPageFrameSchema: GenMessage<SyncPageFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 23);
+  messageDesc(file_switchboard_v1_gateway, 24);
 
 /**
  * A refused frame (ack, read, typing, presence_subscribe, or one this server does not know).
@@ -1037,7 +1070,7 @@ export type FrameErrorFrame = Message<"switchboard.v1.FrameErrorFrame"> & {
  * Use `create(FrameErrorFrameSchema)` to create a new message.
  */
 export const FrameErrorFrameSchema: GenMessage<FrameErrorFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 24);
+  messageDesc(file_switchboard_v1_gateway, 25);
 
 /**
  * The answer to a ping.
@@ -1065,7 +1098,7 @@ export type PongFrame = Message<"switchboard.v1.PongFrame"> & {
  * Use `create(PongFrameSchema)` to create a new message.
  */
 export const PongFrameSchema: GenMessage<PongFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 25);
+  messageDesc(file_switchboard_v1_gateway, 26);
 
 /**
  * GatewayService.Send request.
@@ -1086,7 +1119,7 @@ export type SendRequest = Message<"switchboard.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 26);
+  messageDesc(file_switchboard_v1_gateway, 27);
 
 /**
  * GatewayService.Send response.
@@ -1114,7 +1147,7 @@ export type SendResponse = Message<"switchboard.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 27);
+  messageDesc(file_switchboard_v1_gateway, 28);
 
 /**
  * GatewayService.Subscribe request.
@@ -1137,7 +1170,7 @@ export type SubscribeRequest = Message<"switchboard.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 28);
+  messageDesc(file_switchboard_v1_gateway, 29);
 
 /**
  * GatewayService.Subscribe response: one server frame.
@@ -1160,7 +1193,7 @@ export type SubscribeResponse = Message<"switchboard.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 29);
+  messageDesc(file_switchboard_v1_gateway, 30);
 
 /**
  * GatewayService.Ack request: at least one cursor in all.
@@ -1188,7 +1221,7 @@ export type AckRequest = Message<"switchboard.v1.AckRequest"> & {
  * Use `create(AckRequestSchema)` to create a new message.
  */
 export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 30);
+  messageDesc(file_switchboard_v1_gateway, 31);
 
 /**
  * GatewayService.Ack response.
@@ -1203,7 +1236,7 @@ export type AckResponse = Message<"switchboard.v1.AckResponse"> & {
  * Use `create(AckResponseSchema)` to create a new message.
  */
 export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 31);
+  messageDesc(file_switchboard_v1_gateway, 32);
 
 /**
  * GatewayService.SetTyping request.
@@ -1231,7 +1264,7 @@ export type SetTypingRequest = Message<"switchboard.v1.SetTypingRequest"> & {
  * Use `create(SetTypingRequestSchema)` to create a new message.
  */
 export const SetTypingRequestSchema: GenMessage<SetTypingRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 32);
+  messageDesc(file_switchboard_v1_gateway, 33);
 
 /**
  * GatewayService.SetTyping response.
@@ -1246,7 +1279,7 @@ export type SetTypingResponse = Message<"switchboard.v1.SetTypingResponse"> & {
  * Use `create(SetTypingResponseSchema)` to create a new message.
  */
 export const SetTypingResponseSchema: GenMessage<SetTypingResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 33);
+  messageDesc(file_switchboard_v1_gateway, 34);
 
 /**
  * The kind of a receipt.

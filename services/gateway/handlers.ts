@@ -243,6 +243,18 @@ export function conversationService(
       const { entry } = await change(ctx, req.conversationId, MembershipAction.RENAMED, [], title);
       return entry === undefined ? {} : { entry };
     },
+    async setDisappearingTimer(req, ctx) {
+      const p = principal(ctx);
+      requireId("conversation_id", req.conversationId, "conversation");
+      const { entry } = await seq.setDisappearingTimer({
+        actorUserId: p.userId,
+        actorDeviceId: p.deviceId,
+        conversationId: req.conversationId,
+        durationSeconds: req.durationSeconds,
+        adminsOnly: req.adminsOnly,
+      });
+      return entry === undefined ? {} : { entry };
+    },
     async listConversations(_req, ctx) {
       const p = principal(ctx);
       const { conversations } = await seq.listConversations({ userId: p.userId, deviceId: p.deviceId });

@@ -239,7 +239,7 @@ export class Appender {
     // The process that committed it may have died before publishing its event, or the commit was
     // finished by a recovery or another writer: publishing it again costs a duplicate the
     // consumers drop, not publishing it costs the recipients their live delivery and push.
-    if (entry !== undefined) shard.republish(entry, state.mutesVersion);
+    if (entry !== undefined && !entry.expired) shard.republish(entry, state.mutesVersion);
     return result;
   }
 
@@ -278,7 +278,7 @@ export class Appender {
     const member = requireMember(state, userId);
     if (targetSeq < member.joinedSeq) throw new NotFoundError("target_seq: no such entry");
     const target = targetSeq <= state.committedSeq ? await this.entries.entryAt(state, targetSeq) : undefined;
-    if (target === undefined) throw new NotFoundError("target_seq: no such entry");
+    if (target === undefined || target.expired) throw new NotFoundError("target_seq: no such entry");
     if (target.body.case !== "message")
       throw new ConflictError("target_seq: only messages can be edited, deleted or reacted to");
     if (target.redacted) throw new ConflictError("target_seq: the message was deleted");

@@ -47,6 +47,15 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
       );
       return entry === undefined ? {} : { entry };
     },
+    async setDisappearingTimer(req) {
+      const entry = await sequencer.setDisappearingTimer(
+        { userId: req.actorUserId, deviceId: req.actorDeviceId },
+        req.conversationId,
+        req.durationSeconds,
+        req.adminsOnly,
+      );
+      return entry === undefined ? {} : { entry };
+    },
     async getHistory(req) {
       // The device decides where the log starts for it (a device linked later reads less).
       if (req.deviceId === "") throw new InvalidInputError("device_id: required");

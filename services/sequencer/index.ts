@@ -17,6 +17,7 @@ export {
   needsDeviceCheck,
 } from "./device-payloads.js";
 // Composition (services/server): the service itself, its RPC face and its clients.
+export { ExpirySweep } from "./expiry-sweep.js";
 export { sequencerService } from "./handler.js";
 export { DEFAULT_LEASE_MS, planLeases, rightfulHolder, ShardOwnership } from "./ownership.js";
 export { replicaOf, type SequencerClient, shardedSequencerClient, shardsOfReplica } from "./router.js";

@@ -5,6 +5,7 @@ import { injectContext } from "../common/telemetry.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationStore } from "../store/types.js";
 import type { ConversationState } from "./conversation.js";
+import { expiredStub, expiryOf, isExpired } from "./disappearing.js";
 import type { Batch } from "./shard.js";
 
 /** Entries a history page holds when the caller asks for none in particular. */
@@ -40,11 +41,18 @@ export class ConversationLog {
     extra: string[] = [],
   ): Entry {
     const seq = state.lastSeq + 1;
+    const serverTimeMs = this.commitTime(state);
+    const expiresAtMs = expiryOf(
+      init.body ?? { case: undefined },
+      state.record?.disappearingSeconds,
+      serverTimeMs,
+    );
     const entry = create(EntrySchema, {
       ...init,
       conversationId: state.id,
       seq: BigInt(seq),
-      serverTimeMs: BigInt(this.commitTime(state)),
+      serverTimeMs: BigInt(serverTimeMs),
+      ...(expiresAtMs > 0 && { expiresAtMs: BigInt(expiresAtMs) }),
     });
     state.lastSeq = seq;
     state.lastDurable = batch.durable;
@@ -74,25 +82,49 @@ export class ConversationLog {
     return state.lastDurable;
   }
 
-  /** Reads one committed entry, from the tail when possible. */
+  /** Reads one committed entry, from the tail when possible; an expired one as its stub. */
   async entryAt(state: ConversationState, seq: number): Promise<Entry | undefined> {
     if (seq < 1 || seq > state.lastSeq) return undefined;
     const cached = state.fromTail(seq);
-    if (cached !== undefined) return cached;
+    if (cached !== undefined) return this.unexpired(cached);
+    if (seq > state.committedSeq) return undefined;
     const [entry] = await this.store.readEntries(state.id, seq - 1, 1);
-    return entry;
+    // Every committed seq was written: one the store no longer has expired (see readCommitted).
+    return entry !== undefined && Number(entry.seq) === seq
+      ? this.unexpired(entry)
+      : expiredStub(state.id, seq);
   }
 
-  /** Entries with seq > after that are durable, from the tail when it covers them. */
+  /**
+   * Entries with seq > after that are durable, from the tail when it covers them. Entries past
+   * their expiry are served as expired stubs, and so is every seq the store no longer holds:
+   * everything up to the committed seq was written, so a missing one was deleted by the expiry
+   * sweep or a database TTL, never a gap.
+   */
   async readCommitted(state: ConversationState, after: number, limit: number): Promise<Entry[]> {
     const upTo = Math.min(state.committedSeq, after + limit);
     if (upTo <= after) return [];
     if (after + 1 >= state.tailStart()) {
       const start = after + 1 - state.tailStart();
-      return state.tail.slice(start, start + (upTo - after));
+      return state.tail.slice(start, start + (upTo - after)).map((e) => this.unexpired(e));
     }
     const entries = await this.store.readEntries(state.id, after, upTo - after);
-    return entries.filter((e) => Number(e.seq) <= upTo);
+    const out: Entry[] = [];
+    let next = after + 1;
+    for (const entry of entries) {
+      const seq = Number(entry.seq);
+      if (seq > upTo) break;
+      for (; next < seq; next++) out.push(expiredStub(state.id, next));
+      out.push(this.unexpired(entry));
+      next = seq + 1;
+    }
+    for (; next <= upTo; next++) out.push(expiredStub(state.id, next));
+    return out;
+  }
+
+  /** The entry, or its expired stub once past its expiry. */
+  private unexpired(entry: Entry): Entry {
+    return isExpired(entry, this.now()) ? expiredStub(entry.conversationId, Number(entry.seq)) : entry;
   }
 
   /** As readCommitted, stopping before the entries' encoded size passes maxBytes (one at least). */

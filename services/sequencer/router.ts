@@ -335,6 +335,9 @@ export function shardedSequencerClient(
       return single(request.conversationId ?? "", true, (r) => r.getMembers(request, options));
     },
 
+    setDisappearingTimer(request, options?: CallOptions) {
+      return single(request.conversationId ?? "", false, (r) => r.setDisappearingTimer(request, options));
+    },
     setMute(request, options?: CallOptions) {
       // Idempotent: it sets the mute to a value.
       return single(request.conversationId ?? "", true, (r) => r.setMute(request, options));

@@ -11,6 +11,7 @@ import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import type { ConversationStore } from "../store/types.js";
 import { Appender, type AppendRefusals } from "./append.js";
+import { DisappearingTimers } from "./disappearing.js";
 import { DeviceFloors } from "./floors.js";
 import { HotStateBudget } from "./hot-state.js";
 import { ConversationLog } from "./log.js";
@@ -50,6 +51,7 @@ export class Sequencer {
   private readonly shards: ReplicaShards;
   private readonly appender: Appender;
   private readonly membership: Membership;
+  private readonly timers: DisappearingTimers;
   private readonly receipts: Receipts;
   private readonly floors: DeviceFloors;
   private readonly views: Views;
@@ -71,6 +73,7 @@ export class Sequencer {
     this.refusals = this.appender.refusals;
     this.receipts = new Receipts(this.shards, entries, store, this.outbox, bus, now);
     this.membership = new Membership(this.shards, entries, this.receipts, options.limits, now);
+    this.timers = new DisappearingTimers(this.shards, entries, options.disappearingSeconds);
     this.floors = new DeviceFloors(this.shards, store);
     this.views = new Views(this.shards, entries, this.receipts, this.floors, store);
   }
@@ -144,6 +147,16 @@ export class Sequencer {
     title: string,
   ): Promise<Entry | undefined> {
     return this.membership.changeMembership(actor, conversationId, action, userIds, title);
+  }
+
+  /** Sets a conversation's disappearing-message timer; returns its entry, or undefined for a no-op. */
+  setDisappearingTimer(
+    actor: Actor,
+    conversationId: string,
+    durationSeconds: number,
+    adminsOnly: boolean,
+  ): Promise<Entry | undefined> {
+    return this.timers.set(actor, conversationId, durationSeconds, adminsOnly);
   }
 
   /**

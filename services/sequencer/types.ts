@@ -34,6 +34,11 @@ export interface SequencerOptions {
   now?: () => number;
   /** How committed events wait for the bus during an outage. */
   outbox?: OutboxOptions;
+  /**
+   * The disappearing-message timers members may set besides 0 (off), in seconds; 24 hours,
+   * 7 days and 90 days when absent.
+   */
+  disappearingSeconds?: readonly number[];
 }
 
 /** The user and device an operation acts as. */

@@ -27,6 +27,7 @@ import { deviceAuthenticator, type StartedMedia, startMedia } from "../media/ind
 import { Notifier, notificationService } from "../notification/index.js";
 import { Presence, presenceService } from "../presence/index.js";
 import {
+  ExpirySweep,
   Sequencer,
   type SequencerClient,
   ShardOwnership,
@@ -80,8 +81,16 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
     limits: config.limits,
     cacheBytes: config.sequencerCacheBytes,
     maxStatesPerShard: config.sequencerCacheConversations,
+    disappearingSeconds: config.retention.disappearingSeconds,
   });
   closers.add("sequencer", () => seq.close());
+  // Entries past their expiry are served as expired at once; this frees their space.
+  const sweep = new ExpirySweep(store!.conversations, log, {
+    intervalMs: config.retention.expirySweepMs,
+    batch: config.retention.expirySweepBatch,
+  });
+  sweep.start();
+  closers.add("expiry sweep", () => sweep.stop());
   if (leases !== undefined) {
     const ownership = new ShardOwnership(leases, seq.replicaShards, log, {
       ordinal: mesh.sequencerOrdinal,

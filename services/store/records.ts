@@ -13,6 +13,8 @@ export function conversationRecord(c: ConversationRecord): ConversationRecord {
     title: c.title,
     createdAtMs: c.createdAtMs,
     membersVersion: c.membersVersion,
+    ...(c.disappearingSeconds !== undefined && { disappearingSeconds: c.disappearingSeconds }),
+    ...(c.disappearingAdminsOnly !== undefined && { disappearingAdminsOnly: c.disappearingAdminsOnly }),
   };
 }
 

@@ -36,6 +36,8 @@ export interface ConversationDbs {
   heads: Database<number, Key>;
   idempotency: Database<IdempotencyValue, Key>;
   idempotencyByTime: Database<true, Key>;
+  /** Entries that expire, keyed [expiresAtMs, conversationId, seq]: what deleteExpiredEntries walks. */
+  entriesByExpiry: Database<true, Key>;
   members: Database<MemberRecord, Key>;
   userConversations: Database<number, Key>;
   deviceCursors: Database<DeviceCursorValue, Key>;
@@ -53,6 +55,16 @@ const EXPIRE_SLICE = 2_000;
 interface EncodedEntry {
   seq: number;
   bytes: Uint8Array;
+  /** When the entry expires, in ms since the Unix epoch; 0 for never. */
+  expiresAtMs: number;
+}
+
+function encode(entry: Entry, conversationId: string): EncodedEntry {
+  return {
+    seq: seqOf(entry, conversationId),
+    bytes: toBinary(EntrySchema, entry),
+    expiresAtMs: Number(entry.expiresAtMs),
+  };
 }
 
 interface PreparedWrite {
@@ -65,10 +77,7 @@ interface PreparedWrite {
 // writer lock) only does key checks and puts.
 function prepare(write: ConversationWrite): PreparedWrite {
   const id = write.conversationId;
-  const append = (write.append ?? []).map((entry) => ({
-    seq: seqOf(entry, id),
-    bytes: toBinary(EntrySchema, entry),
-  }));
+  const append = (write.append ?? []).map((entry) => encode(entry, id));
   for (let i = 1; i < append.length; i++) {
     if (append[i]!.seq !== append[i - 1]!.seq + 1) {
       throw conflict(
@@ -76,10 +85,7 @@ function prepare(write: ConversationWrite): PreparedWrite {
       );
     }
   }
-  const replace = (write.replace ?? []).map((entry) => ({
-    seq: seqOf(entry, id),
-    bytes: toBinary(EntrySchema, entry),
-  }));
+  const replace = (write.replace ?? []).map((entry) => encode(entry, id));
   return { write, append, replace };
 }
 
@@ -133,7 +139,10 @@ export class LmdbConversationStore implements ConversationStore {
     for (const { write, append, replace } of prepared) {
       const id = write.conversationId;
       if (write.conversation !== undefined) dbs.conversations.put(id, conversationRecord(write.conversation));
-      for (const e of append) dbs.entries.put([id, e.seq], e.bytes);
+      for (const e of append) {
+        dbs.entries.put([id, e.seq], e.bytes);
+        if (e.expiresAtMs > 0) dbs.entriesByExpiry.put([e.expiresAtMs, id, e.seq], true);
+      }
       const last = append[append.length - 1];
       if (last !== undefined) dbs.heads.put(id, last.seq);
       for (const k of write.idempotency ?? []) {
@@ -143,7 +152,11 @@ export class LmdbConversationStore implements ConversationStore {
         dbs.idempotency.put(key, { seq: k.seq, atMs });
         dbs.idempotencyByTime.put([atMs, ...key], true);
       }
-      for (const e of replace) dbs.entries.put([id, e.seq], e.bytes);
+      for (const e of replace) {
+        // A rewrite (a tombstone) keeps its entry's expiry, so the index row stays the same.
+        dbs.entries.put([id, e.seq], e.bytes);
+        if (e.expiresAtMs > 0) dbs.entriesByExpiry.put([e.expiresAtMs, id, e.seq], true);
+      }
       for (const m of write.putMembers ?? []) {
         dbs.members.put([id, m.userId], memberRecord(m));
         dbs.userConversations.put([m.userId, id], m.joinedSeq);
@@ -244,6 +257,28 @@ export class LmdbConversationStore implements ConversationStore {
   async listDeviceFloors(deviceId: string): Promise<Map<string, number>> {
     const range = this.dbs.deviceFloors.getRange({ start: [deviceId], end: [deviceId, HIGH] });
     return new Map([...range].map(({ key, value }) => [(key as [string, string])[1], value]));
+  }
+
+  async deleteExpiredEntries(nowMs: number, limit: number): Promise<number> {
+    if (!(limit >= 1) || !Number.isFinite(nowMs)) return 0;
+    const { dbs } = this;
+    return this.writeUnit(() => {
+      // Keys are [expiresAtMs, conversationId, seq]; [nowMs, HIGH] sorts after every key that
+      // expires at nowMs. The head stays: the seqs keep their place in the numbering. LMDB reuses
+      // the freed pages for later writes, so the file stops growing rather than shrinking.
+      const keys = [
+        ...dbs.entriesByExpiry.getKeys({
+          end: [nowMs, HIGH],
+          limit: Math.min(Math.floor(limit), EXPIRE_SLICE),
+        }),
+      ];
+      for (const key of keys) {
+        const [, id, seq] = key as [number, string, number];
+        dbs.entriesByExpiry.remove(key);
+        dbs.entries.remove([id, seq]);
+      }
+      return keys.length;
+    });
   }
 
   async expireIdempotency(olderThanMs: number): Promise<number> {

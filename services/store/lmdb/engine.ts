@@ -92,6 +92,7 @@ export class LmdbStoreEngine implements StoreEngine {
       heads: db("heads"),
       idempotency: db("idempotency"),
       idempotencyByTime: db("idempotencyByTime"),
+      entriesByExpiry: db("entriesByExpiry"),
       members: db("members"),
       userConversations: db("userConversations"),
       deviceCursors: db("deviceCursors"),

@@ -10,6 +10,7 @@ import { open } from "lmdb";
 import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
+import { runExpiryConformance } from "../conformance/expiry.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
 import { openLmdbStore } from "./engine.js";
@@ -32,6 +33,7 @@ runConversationStoreConformance(openFresh);
 runAccountStoreConformance(openFresh);
 runKeyStoreConformance(openFresh);
 runSafetyStoreConformance(openFresh);
+runExpiryConformance(openFresh);
 
 function message(conversationId: string, seq: number) {
   return create(EntrySchema, {

@@ -19,6 +19,13 @@ export interface ConversationRecord {
   createdAtMs: number;
   /** The seq of the latest membership entry (0 before the first one is written). */
   membersVersion: number;
+  /**
+   * The disappearing-message timer, in seconds (0 off); undefined until one is first set. Entries
+   * devices send while it is on expire that long after their commit time.
+   */
+  disappearingSeconds?: number;
+  /** Groups: only admins may change the timer. Undefined until a timer is first set. */
+  disappearingAdminsOnly?: boolean;
 }
 
 /** A member of a conversation. */
@@ -174,6 +181,15 @@ export interface ConversationStore {
    * writes what it is given. Durable like every write, but never blocks entry commits.
    */
   saveCursors(devices: readonly DeviceCursor[], members: readonly MemberCursor[]): Promise<void>;
+  /**
+   * Deletes log entries whose expiresAtMs (disappearing messages) is at or before nowMs, at most
+   * limit of them (one bounded batch; call again while it returns limit), and returns how many it
+   * deleted. Their seqs keep their place: the head does not move and readEntries steps over them.
+   * Engines whose database expires rows itself (ScyllaDB writes such entries with a TTL ending at
+   * their expiry) delete nothing here and return 0; either way, once this returns, readEntries no
+   * longer returns an entry that expired at or before nowMs.
+   */
+  deleteExpiredEntries(nowMs: number, limit: number): Promise<number>;
   /**
    * Deletes idempotency records written before olderThanMs (milliseconds since the Unix epoch);
    * returns how many were removed.

@@ -296,6 +296,18 @@ export const MIGRATIONS: readonly Migration[] = [
         PRIMARY KEY (day, report_id))`,
     ],
   },
+  {
+    id: "0011_disappearing_timers",
+    description: "conversations' disappearing-message timers",
+    statements: [
+      // A table of its own rather than columns on conversations (ALTER TABLE ... ADD is not safe
+      // to run twice); written only by the commits that change a timer, read with the conversation.
+      `CREATE TABLE IF NOT EXISTS conversation_timers (
+        conversation_id text PRIMARY KEY,
+        disappearing_seconds int,
+        admins_only boolean)`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

@@ -7,6 +7,7 @@ import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entr
 import { loadScyllaConfig } from "../../common/config.js";
 import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
+import { runExpiryConformance } from "../conformance/expiry.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
 import type { StoreEngine } from "../types.js";
@@ -87,6 +88,7 @@ describe("ScyllaDB engine against a server", { skip: SKIP }, () => {
   runAccountStoreConformance(open);
   runKeyStoreConformance(open);
   runSafetyStoreConformance(open);
+  runExpiryConformance(open);
 
   it("hands out each one-time prekey once to 200 concurrent takes from two processes", async () => {
     assert.ok(shared !== undefined);

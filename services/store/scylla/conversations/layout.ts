@@ -4,6 +4,7 @@
  * of them may change under a live keyspace.
  */
 import { fromBinary } from "@bufbuild/protobuf";
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import { type Entry, EntrySchema } from "../../../../gen/switchboard/v1/entry_pb.js";
 import { shardOf as shardBy } from "../../../common/shard.js";
 import { IDEMPOTENCY_SHARDS, IDEMPOTENCY_SLOT_MS } from "../schema.js";
@@ -109,4 +110,36 @@ export const EMPTY = Buffer.alloc(0);
 // The driver takes blobs only as Buffer; this is a view, not a copy.
 export function blob(bytes: Uint8Array): Buffer {
   return Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+}
+
+/** Entry.expires_at_ms's field number (switchboard/v1/entry.proto). */
+const EXPIRES_AT_FIELD = 22;
+
+/**
+ * An encoded entry's expires_at_ms (0 for never), read off the wire without decoding the entry:
+ * commits hold entries encoded, and the payloads need not be copied to find one number.
+ */
+export function expiresAtOf(bytes: Uint8Array): number {
+  const reader = new BinaryReader(bytes);
+  while (reader.pos < reader.len) {
+    const [field, wire] = reader.tag();
+    if (field === EXPIRES_AT_FIELD && wire === WireType.Varint) return Number(reader.int64());
+    reader.skip(wire, field);
+  }
+  return 0;
+}
+
+/** The largest TTL the database accepts, in seconds (20 years). */
+const MAX_TTL = 630_720_000;
+
+/**
+ * An entry row's TTL, in seconds (0 for none): the entries' own TTL, or less when the entry
+ * expires sooner (a disappearing message). At least 1 second, as 0 would mean forever; reads
+ * step over an entry past its expiry that the database still holds.
+ */
+export function entryTtlOf(bytes: Uint8Array, entryTtlSeconds: number, nowMs: number): number {
+  const expiresAtMs = expiresAtOf(bytes);
+  if (expiresAtMs <= 0) return entryTtlSeconds;
+  const left = Math.min(MAX_TTL, Math.max(1, Math.ceil((expiresAtMs - nowMs) / 1000)));
+  return entryTtlSeconds > 0 ? Math.min(entryTtlSeconds, left) : left;
 }

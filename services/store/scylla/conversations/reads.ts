@@ -28,10 +28,16 @@ export class ConversationReads {
   }
 
   async getConversation(conversationId: string): Promise<ConversationRecord | undefined> {
-    const row = await this.cql.one(
-      "SELECT kind, title, created_at_ms, members_version FROM conversations WHERE conversation_id = ?",
-      [conversationId],
-    );
+    const [row, timer] = await Promise.all([
+      this.cql.one(
+        "SELECT kind, title, created_at_ms, members_version FROM conversations WHERE conversation_id = ?",
+        [conversationId],
+      ),
+      this.cql.one(
+        "SELECT disappearing_seconds, admins_only FROM conversation_timers WHERE conversation_id = ?",
+        [conversationId],
+      ),
+    ]);
     if (row === undefined) return undefined;
     return {
       id: conversationId,
@@ -39,6 +45,10 @@ export class ConversationReads {
       title: (row.get("title") as string | null) ?? "",
       createdAtMs: num(row.get("created_at_ms")),
       membersVersion: num(row.get("members_version")),
+      ...(timer !== undefined && {
+        disappearingSeconds: num(timer.get("disappearing_seconds")),
+        disappearingAdminsOnly: (timer.get("admins_only") as boolean | null) ?? false,
+      }),
     };
   }
 
@@ -83,19 +93,30 @@ export class ConversationReads {
     // Walking bucket by bucket up to the head, rather than stopping at the first short bucket,
     // also steps over buckets emptied by the entry TTL.
     const { bucketSize } = this.settings;
+    // An entry past its expiry may outlive it by up to its TTL's rounding: stepped over, as if gone.
+    const nowMs = Date.now();
     for (let bucket = bucketOf(start, bucketSize); bucket <= bucketOf(bound, bucketSize); bucket++) {
-      const from = Math.max(start, bucket * bucketSize);
-      for await (const row of this.cql.pages(
-        "SELECT entry FROM log_entries WHERE conversation_id = ? AND bucket = ? AND seq >= ? LIMIT ?",
-        [conversationId, bucket, from, want - out.length],
-      )) {
-        const entry = decodeEntry(row.get("entry") as Buffer);
-        const seq = Number(entry.seq);
-        if (seq > head.lastSeq) {
-          if (seq !== expected) return out;
-          expected++;
+      let from = Math.max(start, bucket * bucketSize);
+      for (;;) {
+        const asked = want - out.length;
+        let rows = 0;
+        for await (const row of this.cql.pages(
+          "SELECT entry FROM log_entries WHERE conversation_id = ? AND bucket = ? AND seq >= ? LIMIT ?",
+          [conversationId, bucket, from, asked],
+        )) {
+          rows++;
+          const entry = decodeEntry(row.get("entry") as Buffer);
+          const seq = Number(entry.seq);
+          from = seq + 1;
+          if (seq > head.lastSeq) {
+            if (seq !== expected) return out;
+            expected++;
+          }
+          if (entry.expiresAtMs > 0n && Number(entry.expiresAtMs) <= nowMs) continue;
+          out.push(entry);
         }
-        out.push(entry);
+        // Rows stepped over as expired left room in the page: read on in this bucket.
+        if (rows < asked || out.length >= want) break;
       }
       if (out.length >= want) break;
       // The pending commit's next slice is not written yet: nothing later is readable either.

@@ -13,6 +13,7 @@ import {
   type ConversationSettings,
   type EncodedEntry,
   entrySlices,
+  entryTtlOf,
   shardOf,
   slotOf,
 } from "./layout.js";
@@ -30,6 +31,7 @@ export class CommitRows {
     const ts = { timestampMicros: intent.tsMicros };
     const ttl = this.settings.entryTtlSeconds;
     const id = intent.conversationId;
+    const nowMs = Date.now();
     const insert =
       "INSERT INTO log_entries (conversation_id, bucket, seq, entry) VALUES (?, ?, ?, ?) USING TTL ?";
     const params = (e: EncodedEntry) => [
@@ -37,7 +39,7 @@ export class CommitRows {
       bucketOf(e.seq, this.settings.bucketSize),
       e.seq,
       blob(e.bytes),
-      ttl,
+      entryTtlOf(e.bytes, ttl, nowMs),
     ];
 
     // In seq order, one bucket's slice at a time: a reader sees a prefix of the commit, never a hole.
@@ -74,7 +76,7 @@ export class CommitRows {
       writes.push(
         this.cql.run(
           "INSERT INTO log_entries (conversation_id, bucket, seq, entry) VALUES (?, ?, ?, ?) USING TTL ?",
-          [id, bucketOf(seq, this.settings.bucketSize), seq, blob(bytes), ttl],
+          [id, bucketOf(seq, this.settings.bucketSize), seq, blob(bytes), entryTtlOf(bytes, ttl, Date.now())],
           ts,
         ),
       );
@@ -113,12 +115,20 @@ export class CommitRows {
   }
 
   private putConversation(c: ConversationRecord, ts: { timestampMicros?: number }): Promise<unknown> {
-    return this.cql.run(
+    const row = this.cql.run(
       `INSERT INTO conversations (conversation_id, kind, title, created_at_ms, members_version)
         VALUES (?, ?, ?, ?, ?)`,
       [c.id, c.kind, c.title, c.createdAtMs, c.membersVersion],
       ts,
     );
+    // Only records that ever had a timer carry one: most conversations never write this row.
+    if (c.disappearingSeconds === undefined) return row;
+    const timer = this.cql.run(
+      "INSERT INTO conversation_timers (conversation_id, disappearing_seconds, admins_only) VALUES (?, ?, ?)",
+      [c.id, c.disappearingSeconds, c.disappearingAdminsOnly ?? false],
+      ts,
+    );
+    return Promise.all([row, timer]);
   }
 
   private async member(

@@ -1,0 +1,71 @@
+import type { Logger } from "../common/log.js";
+import type { ConversationStore } from "../store/types.js";
+
+/** How the sweep of expired entries runs. */
+export interface ExpirySweepOptions {
+  /** Time between sweeps, in milliseconds. */
+  intervalMs: number;
+  /** Entries one step deletes at most (one bounded write). */
+  batch: number;
+  /** Steps one sweep takes at most, so a huge backlog is spread over several sweeps. */
+  maxSteps?: number;
+}
+
+/** Steps one sweep takes unless told otherwise: a million entries at the default batch. */
+const DEFAULT_MAX_STEPS = 1_000;
+
+/**
+ * Deletes entries past their expiry (disappearing messages) from the store in the background,
+ * in bounded batches. Until it reaches them they are already served as expired (log.ts), so
+ * its pace decides when space is freed, never what a device sees.
+ */
+export class ExpirySweep {
+  private timer: NodeJS.Timeout | undefined;
+  private running: Promise<number> | undefined;
+  /** Entries deleted since start. */
+  deleted = 0;
+
+  constructor(
+    private readonly store: ConversationStore,
+    private readonly log: Logger,
+    private readonly options: ExpirySweepOptions,
+    /** The clock, in milliseconds since the Unix epoch. */
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  start(): void {
+    this.timer = setInterval(() => void this.sweep(), this.options.intervalMs);
+    this.timer.unref();
+  }
+
+  /** One sweep (joins the one running); resolves with how many entries it deleted. */
+  sweep(): Promise<number> {
+    this.running ??= this.steps().finally(() => {
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  /** Stops the timer and waits for a sweep in progress. */
+  async stop(): Promise<void> {
+    clearInterval(this.timer);
+    await this.running;
+  }
+
+  private async steps(): Promise<number> {
+    const nowMs = this.now();
+    let total = 0;
+    try {
+      for (let step = 0; step < (this.options.maxSteps ?? DEFAULT_MAX_STEPS); step++) {
+        const n = await this.store.deleteExpiredEntries(nowMs, this.options.batch);
+        total += n;
+        if (n < this.options.batch) break;
+      }
+    } catch (err) {
+      this.log.warn({ err, deleted: total }, "deleting expired entries failed; the next sweep retries");
+    }
+    this.deleted += total;
+    if (total > 0) this.log.info({ deleted: total }, "deleted expired entries");
+    return total;
+  }
+}

@@ -1,0 +1,97 @@
+import { strict as assert } from "node:assert";
+import { randomUUID } from "node:crypto";
+import { describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import { type Entry, EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
+import type { ConversationRecord, ConversationStore, StoreEngine } from "../types.js";
+
+/**
+ * The conformance suite of the store's part in disappearing messages: entries that expire and
+ * conversations' timers, for every engine (see runConversationStoreConformance for `open`).
+ */
+export function runExpiryConformance(open: () => Promise<StoreEngine>): void {
+  const test = (name: string, fn: (store: ConversationStore) => Promise<void>): void => {
+    it(name, async () => {
+      const engine = await open();
+      try {
+        await fn(engine.conversations);
+      } finally {
+        await engine.close();
+      }
+    });
+  };
+
+  describe("ConversationStore conformance: expiring entries", () => {
+    test("deleteExpiredEntries removes entries expired by now, keeps the rest and the head", async (store) => {
+      const id = `g_exp${randomUUID().replaceAll("-", "")}`;
+      const now = Date.now();
+      const far = now + 3_600_000;
+      // Written already expired (a write delayed past its expiry), never expiring, and later.
+      const entries = [
+        message(id, 1, 0),
+        message(id, 2, now - 1_000),
+        message(id, 3, far),
+        message(id, 4, now - 500),
+        message(id, 5, 0),
+      ];
+      await store.commit([{ conversationId: id, append: entries }]);
+      for (let n = await store.deleteExpiredEntries(now, 1); n === 1; ) {
+        // Bounded batches: one entry at a time, until none is left.
+        n = await store.deleteExpiredEntries(now, 1);
+      }
+      assert.deepEqual(seqs(await store.readEntries(id, 0, 10)), [1, 3, 5]);
+      // The seqs keep their place: the head is where it was, and the next append continues it.
+      assert.equal(await store.getLastSeq(id), 5);
+      await store.commit([{ conversationId: id, append: [message(id, 6, far)] }]);
+      assert.deepEqual(seqs(await store.readEntries(id, 0, 10)), [1, 3, 5, 6]);
+      // Paging steps over the deleted seqs without stopping short.
+      assert.deepEqual(seqs(await store.readEntries(id, 1, 1)), [3]);
+      assert.deepEqual(seqs(await store.readEntries(id, 3, 2)), [5, 6]);
+      const left = (await store.readEntries(id, 2, 1))[0];
+      assert.equal(left?.expiresAtMs, BigInt(far), "the expiry is stored with the entry");
+    });
+
+    test("a rewritten entry (a tombstone) expires by the expiry it is rewritten with", async (store) => {
+      const id = `g_exp${randomUUID().replaceAll("-", "")}`;
+      const soon = Date.now() - 1;
+      await store.commit([
+        { conversationId: id, append: [message(id, 1, Date.now() + 3_600_000), message(id, 2, 0)] },
+      ]);
+      const tomb = create(EntrySchema, { ...message(id, 1, soon), redacted: true, redactedBySeq: 2n });
+      tomb.body = { case: undefined };
+      await store.commit([{ conversationId: id, replace: [tomb] }]);
+      await store.deleteExpiredEntries(Date.now(), 100);
+      assert.deepEqual(seqs(await store.readEntries(id, 0, 10)), [2]);
+    });
+
+    test("a conversation's disappearing timer is stored with its metadata", async (store) => {
+      const id = `g_exp${randomUUID().replaceAll("-", "")}`;
+      const plain: ConversationRecord = { id, kind: "group", title: "t", createdAtMs: 1, membersVersion: 1 };
+      await store.commit([{ conversationId: id, conversation: plain }]);
+      assert.deepEqual(await store.getConversation(id), plain);
+      const timed = { ...plain, disappearingSeconds: 86_400, disappearingAdminsOnly: true };
+      await store.commit([{ conversationId: id, conversation: timed }]);
+      assert.deepEqual(await store.getConversation(id), timed);
+      const off = { ...plain, membersVersion: 2, disappearingSeconds: 0, disappearingAdminsOnly: false };
+      await store.commit([{ conversationId: id, conversation: off }]);
+      assert.deepEqual(await store.getConversation(id), off);
+    });
+  });
+}
+
+function message(conversationId: string, seq: number, expiresAtMs: number): Entry {
+  return create(EntrySchema, {
+    conversationId,
+    seq: BigInt(seq),
+    senderUserId: "u_sender",
+    senderDeviceId: "dv_sender",
+    clientMsgId: `c${seq}`,
+    serverTimeMs: BigInt(Date.now()),
+    expiresAtMs: BigInt(expiresAtMs),
+    body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array([seq, 1, 2]) }) },
+  });
+}
+
+function seqs(entries: Entry[]): number[] {
+  return entries.map((e) => Number(e.seq));
+}

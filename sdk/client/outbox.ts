@@ -1,11 +1,12 @@
 import { create, fromBinary } from "@bufbuild/protobuf";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { type OutgoingEntry, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { type Entry, type OutgoingEntry, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DeviceMismatch, SendAckFrame, SendErrorFrame } from "../../gen/switchboard/v1/gateway_pb.js";
 import { MAX_MISMATCH_RETRIES, type SealedPart } from "../e2ee.js";
 import type { OutboxItem, SendResult } from "../types.js";
 import { newClientMsgId, type OutgoingBody, outboxEncoding } from "./bodies.js";
 import type { ClientContext } from "./context.js";
+import { ownEntry } from "./own-entry.js";
 import type { StreamLoop } from "./stream.js";
 
 const DEFAULT_MAX_IN_FLIGHT = 64;
@@ -133,9 +134,14 @@ export class SendQueue {
   }
 
   /** The server stored a send. */
-  acked(ack: SendAckFrame): void {
+  /**
+   * The server took a send: settles it, and returns its log entry for this device to file (the
+   * server does not echo it: the stream asks for omit_own_sends), or undefined for an answer to
+   * a send this queue no longer holds.
+   */
+  acked(ack: SendAckFrame): Entry | undefined {
     const p = this.sends.get(ack.clientMsgId);
-    if (p === undefined) return;
+    if (p === undefined) return undefined;
     this.forget(p);
     const result: SendResult = {
       clientMsgId: ack.clientMsgId,
@@ -149,6 +155,7 @@ export class SendQueue {
     p.resolve(result);
     this.ctx.events.emit("sent", result);
     this.pump();
+    return ownEntry(p.outgoing, ack, this.ctx.profile.credentials.userId, this.ctx.deviceId);
   }
 
   /** The server refused a send: encrypt again, retry later, or fail it. */

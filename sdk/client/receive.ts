@@ -72,9 +72,13 @@ export class Receiver {
         });
         return;
       }
-      case "sendAck":
-        this.parts.queue.acked(frame.value);
+      case "sendAck": {
+        const own = this.parts.queue.acked(frame.value);
+        // In the conversation's order, like any entry: an entry before it may still be on its way.
+        if (own !== undefined && !this.ctx.closed)
+          this.parts.delivery.deliver(this.parts.reorder().offer([own]));
         return;
+      }
       case "sendError":
         this.parts.queue.refused(frame.value);
         return;
@@ -117,6 +121,9 @@ export class Receiver {
     const { stream, presence, acks, queue } = this.parts;
     const limits = ready.limits;
     stream.accepted(s);
+    // Before any send: this client files its own sends at send_ack (outbox.ts), so the server
+    // need not push them back.
+    stream.push(s, { case: "options", value: { omitOwnSends: true } });
     this.ctx.limits = limits;
     this.ctx.events.emit("connected", {
       sessionId: ready.sessionId,

@@ -66,7 +66,7 @@ export class Session implements StreamContext {
     );
     this.openedAtMs = core.now();
     this.backlog = new Backlog(this);
-    this.sends = new Sends(this, principal);
+    this.sends = new Sends(this, principal, this.backlog.ownSends);
     this.inbound = new InboundFrames(this, this.sends, this.backlog, this.openedAtMs);
   }
 

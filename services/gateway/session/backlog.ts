@@ -6,6 +6,7 @@ import { requireId } from "../../common/validate.js";
 import { entryForDevice } from "../device-set.js";
 import type { StreamContext } from "./context.js";
 import { boundPage, chunks, frame, inBand, removesUser } from "./frames.js";
+import { OwnSends } from "./own-sends.js";
 
 /** Entries read from the log per catch-up page. */
 const HISTORY_PAGE = 256;
@@ -52,6 +53,8 @@ export class Backlog {
   private logReads: Promise<void> = Promise.resolve();
   /** Sync requests being answered or waiting to be. */
   private syncsPending = 0;
+  /** The stream's omit_own_sends option and the sends it covers (Sends remembers them). */
+  readonly ownSends = new OwnSends();
 
   constructor(private readonly stream: StreamContext) {}
 
@@ -191,7 +194,8 @@ export class Backlog {
     if (
       p.running === undefined &&
       entry.seq === p.pushed + 1n &&
-      this.stream.outbound.offerEntries([entryForDevice(entry, this.stream.deviceId)])
+      (this.ownSends.skip(entry.senderDeviceId, this.stream.deviceId, entry.clientMsgId) ||
+        this.stream.outbound.offerEntries([entryForDevice(entry, this.stream.deviceId)]))
     ) {
       p.pushed = entry.seq;
       if (p.target < p.pushed) p.target = p.pushed;

@@ -89,6 +89,9 @@ export class InboundFrames {
         // Relayed live to the peer's devices, never stored (calls/relay.ts).
         this.stream.host.calls.receive(this.stream, f.value);
         return;
+      case "options":
+        this.backlog.ownSends.enabled = f.value.omitOwnSends;
+        return;
       case "ping":
         this.stream.answer(
           frame({

@@ -7,6 +7,7 @@ import { requireClientMsgId, requireId } from "../../common/validate.js";
 import { mismatchOf } from "../device-set.js";
 import type { StreamContext } from "./context.js";
 import { frame, inBand } from "./frames.js";
+import type { OwnSends } from "./own-sends.js";
 
 /**
  * The sends of one stream, from frame to ack: validation, the in-flight bound, the per-device
@@ -26,6 +27,8 @@ export class Sends {
   constructor(
     private readonly stream: StreamContext,
     private readonly principal: Principal,
+    /** Sends the device files itself at send_ack (omit_own_sends); the live path skips them. */
+    private readonly own: OwnSends,
   ) {}
 
   /** Resolves once no send is in flight (or the stream ended), so a half-close answers every send. */
@@ -151,6 +154,7 @@ export class Sends {
         "switchboard.instance": host.id,
       },
     });
+    this.own.appending(entry.clientMsgId);
     host.sends
       .append(this.stream.userId, this.stream.deviceId, entry, injectContext(ctx))
       .then(

@@ -19,6 +19,7 @@ import { BlockLists } from "./blocks.js";
 import { CallRelay } from "./calls/relay.js";
 import { DeviceSets } from "./device-set.js";
 import { observeGateway } from "./observe.js";
+import { PrivacyView } from "./privacy.js";
 import { RouteKeeper } from "./routes.js";
 import { Session } from "./session.js";
 import type { GatewayMetrics, GatewayObserver, SessionHost } from "./types.js";
@@ -92,6 +93,7 @@ export class GatewayCore implements SessionHost<Session> {
   readonly blocks: BlockLists;
   /** Call signalling: relayed live to the peer's devices (calls/relay.ts). */
   readonly calls: CallRelay;
+  readonly privacy: PrivacyView;
   /** Latency histograms; gauges and counters are read from this object when scraped. */
   readonly observe: GatewayObserver;
   readonly metrics: GatewayMetrics = {
@@ -154,6 +156,7 @@ export class GatewayCore implements SessionHost<Session> {
     this.blocks = new BlockLists(this.directory);
     this.calls = new CallRelay({
       gatewayId: this.id,
+    this.privacy = new PrivacyView(this.directory);
       presence: this.presence,
       sequencer: this.sequencer,
       delivery: deps.delivery,
@@ -452,6 +455,10 @@ export class GatewayCore implements SessionHost<Session> {
         this.devices.deviceRevoked(event.value.userId);
         for (const s of [...(this.byDevice.get(event.value.deviceId) ?? [])]) {
           s.close(new UnauthenticatedError("device has been revoked"));
+      } else if (event.case === "privacyChanged") {
+        this.privacy.changed(event.value.userId);
+        for (const d of event.value.deviceIds)
+          for (const s of this.byDevice.get(d) ?? []) s.deliverPrivacyChanged();
         }
       }
     }

@@ -268,6 +268,8 @@ export function conversationService(
         deviceId: p.deviceId,
         conversationId: req.conversationId,
       });
+      // Other members' read cursors are read receipts too: hidden unless both have them on.
+      await core.privacy.maskReadCursors(p.userId, r.members);
       return r.conversation === undefined
         ? { members: r.members }
         : { conversation: r.conversation, members: r.members };

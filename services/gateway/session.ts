@@ -9,7 +9,7 @@ import type {
   ReceiptFrame,
   TypingEventFrame,
 } from "../../gen/switchboard/v1/gateway_pb.js";
-import { BlocksChangedFrameSchema } from "../../gen/switchboard/v1/gateway_pb.js";
+import { BlocksChangedFrameSchema, PrivacyChangedFrameSchema } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { Principal } from "../common/auth.js";
 import { type DomainError, LimitError, UnavailableError } from "../common/errors.js";
 import { newId } from "../common/ids.js";
@@ -40,6 +40,8 @@ export class Session implements StreamContext {
   readonly openedAtMs: number;
   /** The users whose presence this stream receives (kept by the gateway). */
   readonly subscriptions = new Set<string>();
+  /** Of those, the users with a direct conversation with this user (last_seen "contacts"). */
+  private readonly directContacts = new Set<string>();
   private readonly backlog: Backlog;
   private readonly sends: Sends;
   private readonly inbound: InboundFrames;
@@ -155,7 +157,10 @@ export class Session implements StreamContext {
 
   /** A delivered or read receipt of another member. */
   deliverReceipt(receipt: ReceiptFrame): void {
-    this.deliverEvent({ case: "receipt", value: receipt });
+    // Read receipts only when the reader and this user both have them on (privacy.ts).
+    this.core.privacy.receiptVisible(receipt, this.userId, () =>
+      this.deliverEvent({ case: "receipt", value: receipt }),
+    );
   }
 
   /** Another member (or another device of this user) typing. */
@@ -170,9 +175,20 @@ export class Session implements StreamContext {
   /** A presence change of a user this stream subscribed to. */
   deliverPresence(presence: PresenceFrame): void {
     // Nor online or last seen: to a blocked user the blocker's presence never changes.
+    // A last_seen setting that hides it looks the same: no frame at all (privacy.ts).
     this.core.blocks.unlessBlocked(presence.userId, this.userId, () =>
-      this.deliverEvent({ case: "presence", value: presence }),
+      this.core.privacy.presenceVisible(
+        presence.userId,
+        this.userId,
+        this.directContacts.has(presence.userId),
+        () => this.deliverEvent({ case: "presence", value: presence }),
+      ),
     );
+  }
+
+  /** Tells the device its user's privacy settings changed; droppable, as it reads them on connect. */
+  deliverPrivacyChanged(): void {
+    this.deliverEvent({ case: "privacyChanged", value: create(PrivacyChangedFrameSchema) });
   }
 
   /** Tells the device its user's blocks changed; droppable, as the device lists them on connect. */
@@ -196,12 +212,15 @@ export class Session implements StreamContext {
   }
 
   /** Sends this stream the user's presence changes from now on. */
-  watchPresence(userId: string): void {
+  watchPresence(userId: string, direct = false): void {
+    if (direct) this.directContacts.add(userId);
+    else this.directContacts.delete(userId);
     this.core.subscribePresence(this, userId);
   }
 
   /** Stops sending this stream the user's presence changes. */
   unwatchPresence(userId: string): void {
+    this.directContacts.delete(userId);
     this.core.unsubscribePresence(this, userId);
   }
 

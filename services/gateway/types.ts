@@ -8,6 +8,7 @@ import type { CursorBatcher, SendBatcher } from "./batchers.js";
 import type { BlockLists } from "./blocks.js";
 import type { CallRelay } from "./calls/relay.js";
 import type { DeviceSets } from "./device-set.js";
+import type { PrivacyView } from "./privacy.js";
 
 /**
  * The contracts between the gateway (gateway.ts), its device streams (session.ts) and its
@@ -87,6 +88,8 @@ export interface GatewayServices {
   readonly devices: DeviceSets;
   /** Users' block lists as this gateway needs them (blocks.ts). */
   readonly blocks: BlockLists;
+  /** Users' last seen and read receipt settings as this gateway enforces them (privacy.ts). */
+  readonly privacy: PrivacyView;
   /** Call signalling: checks, bounds and relays call frames (calls/relay.ts). */
   readonly calls: CallRelay;
   /** Latency histograms. */

@@ -121,10 +121,8 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
     },
     async findContacts(req) {
       const held = sequencer.heldShards();
-      return {
-        contactUserIds: await sequencer.findContacts(req.userId, req.peerUserIds, held),
-        shards: [...held],
-      };
+      const { contacts, direct } = await sequencer.findContacts(req.userId, req.peerUserIds, held);
+      return { contactUserIds: contacts, directContactUserIds: direct, shards: [...held] };
     },
   };
 }

@@ -156,11 +156,16 @@ describe("shardedSequencerClient over two replicas, each on its own store", () =
       [...active].sort((a, b) => b - a),
       "listed newest first",
     );
-    const { contactUserIds } = await client.findContacts({
+    const { contactUserIds, directContactUserIds } = await client.findContacts({
       userId: me,
       peerUserIds: [...users.slice(1), "u_nobody"],
     });
     assert.deepEqual(contactUserIds, users.slice(1));
+    // The direct ones (spread over both replicas) are all kept by the merge; oneself is not one.
+    assert.deepEqual(
+      directContactUserIds,
+      users.slice(1).filter((u) => peers.includes(u)),
+    );
   });
 
   it("fails only the items of a replica that is down", async () => {

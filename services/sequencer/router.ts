@@ -360,9 +360,11 @@ export function shardedSequencerClient(
       const { answers, missing, firstFailure } = await scatter((r) => r.findContacts(request, options));
       requireAll(missing, firstFailure);
       const found = new Set(answers.flatMap((a) => a.contactUserIds));
+      const direct = new Set(answers.flatMap((a) => a.directContactUserIds));
       // Keep the caller's order, as a single replica does.
       const contactUserIds = (request.peerUserIds ?? []).filter((id) => found.has(id));
-      return create(FindContactsResponseSchema, { contactUserIds, shards: allShards });
+      const directContactUserIds = (request.peerUserIds ?? []).filter((id) => direct.has(id));
+      return create(FindContactsResponseSchema, { contactUserIds, directContactUserIds, shards: allShards });
     },
   };
 }

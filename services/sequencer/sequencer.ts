@@ -219,12 +219,12 @@ export class Sequencer {
     return this.receipts.relayTyping(userId, deviceId, conversationId, active);
   }
 
-  /** Which of the peers share at least one conversation with the user. */
+  /** Which of the peers share at least one conversation with the user, and which a direct one. */
   findContacts(
     userId: string,
     peerUserIds: readonly string[],
     held?: ReadonlySet<number>,
-  ): Promise<string[]> {
+  ): Promise<{ contacts: string[]; direct: string[] }> {
     return this.views.findContacts(userId, peerUserIds, held);
   }
 }

@@ -236,16 +236,19 @@ export class Views {
     userId: string,
     peerUserIds: readonly string[],
     held = this.shards.held(),
-  ): Promise<string[]> {
+  ): Promise<{ contacts: string[]; direct: string[] }> {
     const rows = await this.userConversations(userId, held);
     const ids = new Set(rows.map((r) => r.conversationId));
     const found = new Set<string>();
     let pending = peerUserIds.filter((peer) => {
       if (peer === userId || ids.has(directConversationId(userId, peer))) {
         found.add(peer);
+    // Those with a direct conversation: the "contacts" of the last_seen privacy setting.
+    const direct = new Set<string>();
         return false;
       }
       return true;
+        if (peer !== userId) direct.add(peer);
     });
     for (const row of rows) {
       if (pending.length === 0) break;
@@ -257,6 +260,9 @@ export class Views {
         return false;
       });
     }
-    return peerUserIds.filter((p) => found.has(p));
+    return {
+      contacts: peerUserIds.filter((p) => found.has(p)),
+      direct: peerUserIds.filter((p) => direct.has(p)),
+    };
   }
 }

@@ -34,8 +34,11 @@ export interface StreamContext {
    * boundary gives a domain error its code).
    */
   close(error?: DomainError | ConnectError): void;
-  /** Sends the stream the user's presence changes from now on. */
-  watchPresence(userId: string): void;
+  /**
+   * Sends the stream the user's presence changes from now on; `direct` says whether the two have
+   * a direct conversation (the "contacts" of the last_seen privacy setting).
+   */
+  watchPresence(userId: string, direct?: boolean): void;
   /** Stops sending the stream the user's presence changes. */
   unwatchPresence(userId: string): void;
   /** Queues a presence frame (dropped when the device is behind). */

@@ -176,7 +176,7 @@ export class InboundFrames {
       return;
     }
     try {
-      const { contactUserIds } = await host.sequencer.findContacts({
+      const { contactUserIds, directContactUserIds } = await host.sequencer.findContacts({
         userId: this.stream.userId,
         peerUserIds: wanted,
       });
@@ -189,8 +189,13 @@ export class InboundFrames {
         );
       }
       if (contactUserIds.length === 0 || this.stream.isClosed) return;
-      for (const id of contactUserIds) this.stream.watchPresence(id);
-      const { presence } = await host.presence.getPresence({ userIds: contactUserIds });
+      for (const id of contactUserIds) this.stream.watchPresence(id, directContactUserIds.includes(id));
+      // One read of everyone's privacy settings for the first frames (privacy.ts); later changes
+      // are then decided from the cache, in the order they come.
+      const [{ presence }] = await Promise.all([
+        host.presence.getPresence({ userIds: contactUserIds }),
+        host.privacy.of([this.stream.userId, ...contactUserIds]).catch(() => undefined),
+      ]);
       for (const p of presence) this.stream.deliverPresence(p);
     } catch (err) {
       const e = inBand(err);

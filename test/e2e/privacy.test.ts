@@ -1,0 +1,295 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Code } from "@connectrpc/connect";
+import { PrivacyAudience, type PrivacySettings } from "../../gen/switchboard/v1/accounts_pb.js";
+import { ReceiptKind } from "../../gen/switchboard/v1/gateway_pb.js";
+import { outgoingText, type TestDevice } from "../helpers/device.js";
+import { rejectsWith } from "../helpers/expect.js";
+import { serverFixture } from "../helpers/fixture.js";
+
+const { EVERYONE, CONTACTS, NOBODY } = PrivacyAudience;
+
+async function connected(device: TestDevice): Promise<void> {
+  device.connect();
+  await device.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+}
+
+/** Changes some of a user's privacy settings and waits until the user's stream was told. */
+async function setPrivacy(
+  device: TestDevice,
+  settings: { lastSeen?: PrivacyAudience; readReceipts?: boolean },
+): Promise<PrivacySettings> {
+  const before = device.ofCase("privacyChanged").length;
+  const r = await device.accounts.setPrivacy({ settings });
+  // The broadcast that told this stream also dropped the gateway's cached copy.
+  await device.waitFor(() => device.ofCase("privacyChanged").length > before, "privacy_changed");
+  return r.settings!;
+}
+
+function subscribe(watcher: TestDevice, userIds: string[]): void {
+  watcher.write({
+    case: "presenceSubscribe",
+    value: { subscribeUserIds: userIds, unsubscribeUserIds: [] } as never,
+  });
+}
+
+function unsubscribe(watcher: TestDevice, userIds: string[]): void {
+  watcher.write({
+    case: "presenceSubscribe",
+    value: { subscribeUserIds: [], unsubscribeUserIds: userIds } as never,
+  });
+}
+
+/**
+ * Everything a watcher's stream carried about a user: presence frames and refusals naming them.
+ * Another user's view (with their id blanked) is what tells hidden users apart, if anything does.
+ */
+function viewOf(watcher: TestDevice, userId: string) {
+  return {
+    presence: watcher.ofCase("presence").filter((p) => p.userId === userId),
+    errors: watcher
+      .ofCase("error")
+      .filter((e) => e.message.includes(userId))
+      .map((e) => ({ ...e, message: e.message.replaceAll(userId, "<user>") })),
+  };
+}
+
+function presenceOf(watcher: TestDevice, userId: string, online?: boolean) {
+  return () =>
+    watcher
+      .ofCase("presence")
+      .find((p) => p.userId === userId && (online === undefined || p.online === online));
+}
+
+describe("privacy settings: last seen and read receipts, against a server process", () => {
+  const fx = serverFixture();
+
+  it("answers the defaults, changes one setting at a time and refuses an unknown audience", async () => {
+    const a = await fx.user("sa");
+    await connected(a);
+    const { settings } = await a.accounts.getPrivacy({});
+    assert.equal(settings?.lastSeen, EVERYONE);
+    assert.equal(settings?.readReceipts, true);
+    const hidden = await setPrivacy(a, { lastSeen: NOBODY });
+    assert.equal(hidden.lastSeen, NOBODY);
+    assert.equal(hidden.readReceipts, true, "absent: unchanged");
+    const off = await setPrivacy(a, { readReceipts: false });
+    assert.equal(off.lastSeen, NOBODY, "unspecified: unchanged");
+    assert.equal(off.readReceipts, false);
+    await rejectsWith(
+      a.accounts.setPrivacy({ settings: { lastSeen: 9 as PrivacyAudience } }),
+      Code.InvalidArgument,
+      /^settings\.last_seen: not a PrivacyAudience \(9\)/,
+    );
+    assert.equal(
+      (await a.accounts.getPrivacy({})).settings?.lastSeen,
+      NOBODY,
+      "a refused change stores nothing",
+    );
+  });
+
+  it("last seen 'nobody' looks to the watcher exactly as a block does; 'everyone' again restores it", async () => {
+    const [watcher, blocker, hider, open] = [
+      await fx.user("lw"),
+      await fx.user("lb"),
+      await fx.user("lh"),
+      await fx.user("lo"),
+    ];
+    const direct = new Map<string, string>();
+    for (const peer of [blocker, hider, open]) {
+      const { conversation } = await watcher.conversations.openDirect({ peerUserId: peer.userId });
+      direct.set(peer.userId, conversation!.conversationId);
+    }
+    await blocker.accounts.blockUser({ userId: watcher.userId });
+    await connected(hider);
+    await setPrivacy(hider, { lastSeen: NOBODY });
+    await hider.disconnect();
+    await connected(watcher);
+    // The watcher's gateway reads the blocker's list now (a refused send), so what follows is
+    // decided from its caches in arrival order: a leaked frame would come before the open user's.
+    await rejectsWith(
+      watcher.gateway.send({ entry: outgoingText(direct.get(blocker.userId)!, "l-0", "hi") }),
+      Code.PermissionDenied,
+    );
+
+    subscribe(watcher, [blocker.userId, hider.userId, open.userId]);
+    await watcher.waitFor(presenceOf(watcher, open.userId, false), "the open user's presence");
+    for (const d of [blocker, hider, open]) await connected(d);
+    await watcher.waitFor(presenceOf(watcher, open.userId, true), "the open user online");
+    for (const d of [blocker, hider, open]) await d.disconnect();
+    await watcher.waitFor(
+      () => watcher.ofCase("presence").filter((p) => p.userId === open.userId).length === 3,
+      "the open user offline again",
+    );
+    // Subscribing once more answers the same for both.
+    // (One frame, so all three are decided in one pass: a leaked frame would come with the open one.)
+    unsubscribe(watcher, [blocker.userId, hider.userId, open.userId]);
+    subscribe(watcher, [blocker.userId, hider.userId, open.userId]);
+    await watcher.waitFor(
+      () => watcher.ofCase("presence").filter((p) => p.userId === open.userId).length === 4,
+      "the open user's presence on the new subscription",
+    );
+
+    const empty = { presence: [], errors: [] };
+    assert.deepEqual(viewOf(watcher, blocker.userId), empty, "nothing of the blocker");
+    assert.deepEqual(viewOf(watcher, hider.userId), empty, "nothing of the hidden user");
+    assert.deepEqual(watcher.ofCase("error"), [], "no refusal at all");
+    assert.ok(
+      viewOf(watcher, open.userId).presence.some((p) => p.lastSeenMs > 0n),
+      "the open user's last seen",
+    );
+
+    // Back to everyone: the hidden user's presence reaches the watcher again.
+    await connected(hider);
+    await setPrivacy(hider, { lastSeen: EVERYONE });
+    await hider.disconnect();
+    await connected(hider);
+    await watcher.waitFor(presenceOf(watcher, hider.userId, true), "the no longer hidden user online");
+  });
+
+  it("'contacts' shows last seen to users with a direct conversation, not to those who share only a group", async () => {
+    const [owner, directWatcher, groupWatcher, open] = [
+      await fx.user("cw"),
+      await fx.user("cd"),
+      await fx.user("cg"),
+      await fx.user("co"),
+    ];
+    await owner.conversations.createGroup({
+      title: "shared",
+      memberUserIds: [directWatcher.userId, groupWatcher.userId, open.userId],
+    });
+    await directWatcher.conversations.openDirect({ peerUserId: owner.userId });
+    await connected(owner);
+    assert.equal((await setPrivacy(owner, { lastSeen: CONTACTS })).lastSeen, CONTACTS);
+    await owner.disconnect();
+
+    await connected(directWatcher);
+    await connected(groupWatcher);
+    subscribe(directWatcher, [owner.userId]);
+    subscribe(groupWatcher, [owner.userId, open.userId]);
+    await directWatcher.waitFor(presenceOf(directWatcher, owner.userId, false), "owner's last seen (direct)");
+    await groupWatcher.waitFor(presenceOf(groupWatcher, open.userId, false), "the open user's presence");
+    await connected(owner);
+    await connected(open);
+    await directWatcher.waitFor(presenceOf(directWatcher, owner.userId, true), "owner online (direct)");
+    await groupWatcher.waitFor(presenceOf(groupWatcher, open.userId, true), "the open user online");
+    assert.deepEqual(
+      viewOf(groupWatcher, owner.userId),
+      { presence: [], errors: [] },
+      "a group is not enough",
+    );
+  });
+
+  it("is reciprocal: hiding one's own last seen hides everyone's from oneself", async () => {
+    const [me, peer, other] = [await fx.user("rm"), await fx.user("rp"), await fx.user("ro")];
+    const { conversation } = await me.conversations.openDirect({ peerUserId: peer.userId });
+    await other.conversations.openDirect({ peerUserId: peer.userId });
+    await connected(me);
+    await connected(other);
+    subscribe(me, [peer.userId]);
+    subscribe(other, [peer.userId]);
+    await me.waitFor(presenceOf(me, peer.userId, false), "peer's last seen");
+    await other.waitFor(presenceOf(other, peer.userId, false), "peer's last seen (other)");
+
+    await setPrivacy(me, { lastSeen: NOBODY });
+    // Reads both settings into the gateway's cache again (GetConversation masks by them).
+    await me.conversations.getConversation({ conversationId: conversation!.conversationId });
+    const seen = me.ofCase("presence").length;
+    await connected(peer);
+    // Both watchers are on this gateway and were decided in the same pass.
+    await other.waitFor(presenceOf(other, peer.userId, true), "peer online (other)");
+    await setPrivacy(me, { lastSeen: EVERYONE });
+    await peer.disconnect();
+    await me.waitFor(() => me.ofCase("presence").length > seen, "peer's last seen once shown again");
+    assert.deepEqual(
+      me
+        .ofCase("presence")
+        .slice(seen)
+        .map((p) => p.online),
+      [false],
+      "peer's going online, while mine was hidden, never reached me",
+    );
+  });
+
+  it("read receipts off: delivered receipts stay, read ones never reach anyone by stream or GetConversation; reciprocal", async () => {
+    const [sender, quiet, reader] = [await fx.user("ts"), await fx.user("tq"), await fx.user("tr")];
+    const { conversation } = await sender.conversations.createGroup({
+      title: "receipts",
+      memberUserIds: [quiet.userId, reader.userId],
+    });
+    const group = conversation!.conversationId;
+    for (const d of [sender, quiet, reader]) await connected(d);
+    await setPrivacy(quiet, { readReceipts: false });
+    // Fills the caches of the members' settings (GetConversation reads them all).
+    await sender.conversations.getConversation({ conversationId: group });
+    await quiet.conversations.getConversation({ conversationId: group });
+
+    const sent = await sender.gateway.send({ entry: outgoingText(group, "r-1", "read me") });
+    const seq = sent.seq;
+    for (const d of [quiet, reader])
+      await d.waitFor(() => d.texts(group).includes("read me") || undefined, "the message");
+    quiet.write({ case: "read", value: { cursors: [{ conversationId: group, seq }] } as never });
+    await sender.waitFor(
+      () =>
+        sender
+          .ofCase("receipt")
+          .find((r) => r.userId === quiet.userId && r.kind === ReceiptKind.DELIVERED && r.upToSeq === seq),
+      "the quiet member's delivered receipt",
+    );
+    // The reader reads after the quiet member: its receipt comes after any of the quiet one's.
+    reader.write({ case: "read", value: { cursors: [{ conversationId: group, seq }] } as never });
+    await sender.waitFor(
+      () => sender.ofCase("receipt").find((r) => r.userId === reader.userId && r.kind === ReceiptKind.READ),
+      "the reader's read receipt",
+    );
+    assert.deepEqual(
+      sender.ofCase("receipt").filter((r) => r.userId === quiet.userId && r.kind === ReceiptKind.READ),
+      [],
+      "no read receipt of the quiet member on the stream",
+    );
+
+    // Unary: the quiet member's read cursor shows as a member who read nothing since joining.
+    const seenBySender = await sender.conversations.getConversation({ conversationId: group });
+    const member = (view: typeof seenBySender, id: string) => view.members.find((m) => m.userId === id)!;
+    const q = member(seenBySender, quiet.userId);
+    assert.equal(q.readUpTo, q.joinedSeq - 1n, "the quiet member's read cursor is masked");
+    assert.equal(q.deliveredUpTo, seq, "delivered stays");
+    assert.equal(member(seenBySender, reader.userId).readUpTo, seq, "others' read cursors show");
+
+    // Reciprocal: the quiet member sees no one's read cursor or read receipt either.
+    const seenByQuiet = await quiet.conversations.getConversation({ conversationId: group });
+    const r = member(seenByQuiet, reader.userId);
+    assert.equal(r.readUpTo, r.joinedSeq - 1n, "the reader's cursor is masked for the quiet member");
+    assert.equal(member(seenByQuiet, quiet.userId).readUpTo, seq, "one's own read cursor shows");
+    const own = await quiet.gateway.send({ entry: outgoingText(group, "r-2", "from quiet") });
+    await reader.waitFor(() => reader.texts(group).includes("from quiet") || undefined, "quiet's message");
+    reader.write({ case: "read", value: { cursors: [{ conversationId: group, seq: own.seq }] } as never });
+    await quiet.waitFor(
+      () =>
+        quiet
+          .ofCase("receipt")
+          .find(
+            (x) => x.userId === reader.userId && x.kind === ReceiptKind.DELIVERED && x.upToSeq === own.seq,
+          ),
+      "the reader's delivered receipt",
+    );
+    // Turned back on, the next read receipt reaches it: nothing before it did.
+    await setPrivacy(quiet, { readReceipts: true });
+    await quiet.conversations.getConversation({ conversationId: group });
+    const next = await quiet.gateway.send({ entry: outgoingText(group, "r-3", "again") });
+    await reader.waitFor(() => reader.texts(group).includes("again") || undefined, "quiet's second message");
+    reader.write({ case: "read", value: { cursors: [{ conversationId: group, seq: next.seq }] } as never });
+    await quiet.waitFor(
+      () => quiet.ofCase("receipt").find((x) => x.userId === reader.userId && x.kind === ReceiptKind.READ),
+      "the reader's read receipt once on",
+    );
+    assert.deepEqual(
+      quiet
+        .ofCase("receipt")
+        .filter((x) => x.kind === ReceiptKind.READ)
+        .map((x) => x.upToSeq),
+      [next.seq],
+      "the read receipt while off never arrived",
+    );
+  });
+});

@@ -47,6 +47,8 @@ export interface GatewayDeps {
   delivery: DeliveryChannel;
   /** Push wake-ups of calls for callees' devices without a stream; unset: calls ring online devices only. */
   notification?: Client<typeof NotificationService>;
+  /** The SFU group calls send media to (SWITCHBOARD_CALL_SFU_URL); unset: a mesh. */
+  callSfuUrl?: string | undefined;
   /** Broadcasts every gateway hears: presence changes, low prekeys, revoked devices. */
   bus: EventBus;
   /** Verifies devices' access tokens. */
@@ -167,6 +169,9 @@ export class GatewayCore implements SessionHost<Session> {
       userDevices: async (userId) =>
         (await this.directory.getUserDevices({ userIds: [userId] })).users.find((u) => u.userId === userId)
           ?.deviceIds ?? [],
+      devicesOf: async (userIds) =>
+        new Map((await this.directory.getUserDevices({ userIds })).users.map((u) => [u.userId, u.deviceIds])),
+      sfuUrl: deps.callSfuUrl,
       ...(deps.notification !== undefined && {
         notifyCall: async (call) => {
           await deps.notification!.notifyCall(call);

@@ -282,6 +282,7 @@ export async function startGatewayRole(
     bus: ctx.bus,
     tokens: ctx.tokens!,
     limits: config.limits,
+    callSfuUrl: config.calls.sfuUrl,
     rateLimiter: limiter,
     log,
   });

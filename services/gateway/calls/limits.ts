@@ -26,6 +26,14 @@ export const CALL_LIMITS = {
   remembered: 100_000,
   /** How long a checked pair of users is trusted to share a direct conversation, in milliseconds. */
   pairCheckMs: 30_000,
+  /** Devices in one group call at once (a mesh of 32 is 496 peer connections in all). */
+  groupParticipants: 32,
+  /** Devices a group call's log entry lists (every device that joined, up to this many). */
+  groupLogParticipants: 128,
+  /** Members of a group whose devices without a stream are rung by push, per call. */
+  groupPushMembers: 256,
+  /** Group conversations whose member lists a gateway remembers for call checks. */
+  groupMemberLists: 1_000,
 } as const;
 
 /** What a frame costs in the byte budget beyond its ciphertexts (ids and framing). */

@@ -6,12 +6,14 @@ import { createHash } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { type Client, Code, ConnectError } from "@connectrpc/connect";
 import {
+  type AppendItem,
   AppendItemSchema,
   type SequencerService,
 } from "../../../gen/switchboard/internal/v1/sequencer_pb.js";
 import { CallOutcome } from "../../../gen/switchboard/v1/calls_pb.js";
 import { directConversationId } from "../../common/ids.js";
 import type { Logger } from "../../common/log.js";
+import type { GroupCall } from "./group-state.js";
 import type { CallerCall } from "./state.js";
 
 /** Tries at writing a call's log entry while the sequencer is unavailable (250 ms, 500 ms, ... apart). */
@@ -33,7 +35,7 @@ export async function appendCallLog(
     senderUserId: call.callerUserId,
     senderDeviceId: call.callerDeviceId,
     entry: {
-      clientMsgId: `call-${createHash("sha256").update(call.callId).digest("base64url").slice(0, 32)}`,
+      clientMsgId: clientMsgId(call.callId),
       conversationId: directConversationId(call.callerUserId, call.peerUserId),
     },
     callLog: {
@@ -49,6 +51,59 @@ export async function appendCallLog(
       answeredDeviceId: answered ? (call.acceptedBy ?? "") : "",
     },
   });
+  await appendOnce(sequencer, log, call.callId, item);
+}
+
+/**
+ * Appends a group call's entry (in the group, as the host device): who joined and left, when,
+ * the most at once; ANSWERED if a device other than the host's joined, MISSED otherwise.
+ */
+export async function appendGroupCallLog(
+  sequencer: Client<typeof SequencerService>,
+  log: Logger,
+  call: GroupCall,
+  endedAt: number,
+): Promise<void> {
+  const answered = call.answeredAt > 0;
+  const item = create(AppendItemSchema, {
+    senderUserId: call.hostUserId,
+    senderDeviceId: call.hostDeviceId,
+    entry: { clientMsgId: clientMsgId(call.callId), conversationId: call.conversationId },
+    callLog: {
+      callId: call.callId,
+      callerUserId: call.hostUserId,
+      media: call.media,
+      outcome: answered ? CallOutcome.ANSWERED : CallOutcome.MISSED,
+      startedAtMs: BigInt(call.startedAt),
+      answeredAtMs: BigInt(call.answeredAt),
+      endedAtMs: BigInt(endedAt),
+      durationMs: BigInt(answered ? Math.max(0, endedAt - call.answeredAt) : 0),
+      answeredDeviceId: call.answeredDeviceId,
+      group: true,
+      participants: [...call.history.values()].map((p) => ({
+        userId: p.userId,
+        deviceId: p.deviceId,
+        joinedAtMs: BigInt(p.joinedAt),
+        leftAtMs: BigInt(p.leftAt),
+      })),
+      peakParticipants: call.peak,
+    },
+  });
+  await appendOnce(sequencer, log, call.callId, item);
+}
+
+/** The entry's client_msg_id: from the call id, so a retry never logs a call twice. */
+function clientMsgId(callId: string): string {
+  return `call-${createHash("sha256").update(callId).digest("base64url").slice(0, 32)}`;
+}
+
+/** Appends, retrying while the sequencer is unavailable; a refusal is logged. */
+async function appendOnce(
+  sequencer: Client<typeof SequencerService>,
+  log: Logger,
+  callId: string,
+  item: AppendItem,
+): Promise<void> {
   for (let attempt = 0; ; attempt++) {
     let code: Code;
     let message: string;
@@ -63,7 +118,7 @@ export async function appendCallLog(
       message = e.rawMessage;
     }
     if (code !== Code.Unavailable || attempt >= LOG_ATTEMPTS - 1) {
-      log.warn({ callId: call.callId, code, message }, "could not write a call's log entry");
+      log.warn({ callId, code, message }, "could not write a call's log entry");
       return;
     }
     await new Promise((resolve) => setTimeout(resolve, 250 * 2 ** attempt));

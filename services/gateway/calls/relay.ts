@@ -10,14 +10,12 @@
  */
 
 import { create } from "@bufbuild/protobuf";
-import { type Client, Code } from "@connectrpc/connect";
+import { Code } from "@connectrpc/connect";
 import {
   type Delivery,
   DeliveryBatchSchema,
   DeliverySchema,
 } from "../../../gen/switchboard/internal/v1/events_pb.js";
-import type { PresenceService } from "../../../gen/switchboard/internal/v1/presence_pb.js";
-import type { SequencerService } from "../../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
   type CallEventFrame,
   CallEventFrameSchema,
@@ -26,65 +24,20 @@ import {
   CallOutcome,
   CallSignal,
 } from "../../../gen/switchboard/v1/calls_pb.js";
-import type { ConnectResponse } from "../../../gen/switchboard/v1/gateway_pb.js";
-import type { DeliveryChannel } from "../../bus/types.js";
 import { InvalidInputError, LimitError, PermissionError } from "../../common/errors.js";
 import { directConversationId } from "../../common/ids.js";
-import type { Logger } from "../../common/log.js";
 import { TokenBucket } from "../../common/rate-limit/token-bucket.js";
 import { requireId } from "../../common/validate.js";
 import { frame, inBand } from "../session/frames.js";
+import { GroupCallRelay } from "./group.js";
 import { CALL_FRAME_OVERHEAD_BYTES, CALL_LIMITS } from "./limits.js";
 import { appendCallLog } from "./log.js";
 import { type CallerCall, CallerCalls } from "./state.js";
+import type { CallReceiver, CallRelayDeps, CallStream } from "./types.js";
+
+export type { CallReceiver, CallRelayDeps, CallStream };
 
 const CALL_ID = /^[A-Za-z0-9_-]{1,64}$/;
-
-/** The stream a call frame came in on. */
-export interface CallStream {
-  readonly userId: string;
-  readonly deviceId: string;
-  readonly isClosed: boolean;
-  /** Queues an answer to the device's own frame (here: an error frame). */
-  answer(frame: ConnectResponse): void;
-}
-
-/** A stream a call event is delivered to. */
-export interface CallReceiver {
-  readonly userId: string;
-  readonly deviceId: string;
-  /** Queues an event frame (dropped when the device is behind, like typing). */
-  deliverEvent(value: ConnectResponse["frame"]): void;
-}
-
-/** What the relay needs of its gateway. */
-export interface CallRelayDeps {
-  /** This gateway's id. */
-  gatewayId: string;
-  presence: Client<typeof PresenceService>;
-  sequencer: Client<typeof SequencerService>;
-  delivery: DeliveryChannel;
-  log: Logger;
-  /** The clock, in milliseconds since the Unix epoch. */
-  now: () => number;
-  /** Counts and logs a refusal (GatewayCore.refused). */
-  refused(reason: string, message: string, fields?: Record<string, string | number>): void;
-  /** Whether owner has blocked userId (the gateway's block lists). */
-  blockedBy(owner: string, userId: string): Promise<boolean>;
-  /** A user's active devices (the accounts directory). */
-  userDevices(userId: string): Promise<string[]>;
-  /**
-   * Queues a call's wake-up for devices without a stream, or its withdrawal (NotificationService
-   * .NotifyCall); undefined where no notification service is reachable.
-   */
-  notifyCall?: (call: {
-    userId: string;
-    deviceIds: string[];
-    callId: string;
-    conversationId: string;
-    ended: boolean;
-  }) => Promise<void>;
-}
 
 /** One per gateway: checks, bounds and relays call frames, and arbitrates accepts of its callers' calls. */
 export class CallRelay {
@@ -92,18 +45,25 @@ export class CallRelay {
   private readonly bytes = new Map<string, { tokens: number; at: number }>();
   private readonly pairs = new Map<string, number>();
   private readonly calls: CallerCalls;
+  private readonly groups: GroupCallRelay;
 
   constructor(private readonly deps: CallRelayDeps) {
     this.calls = new CallerCalls(deps.now, (call) => void this.rangOut(call));
+    this.groups = new GroupCallRelay(deps);
   }
 
   /** Forgets every call (the gateway is stopping); their log entries are not written. */
   stop(): void {
     this.calls.clear();
+    this.groups.stop();
   }
 
   /** A call frame from a device's stream: checked, bounded, relayed; refusals answered in band. */
   receive(stream: CallStream, f: CallFrame): void {
+    if (f.conversationId !== "") {
+      this.receiveGroup(stream, f);
+      return;
+    }
     // An offer again for a ringing call (to a device woken by push, say) is no new call.
     const newCall = f.signal === CallSignal.OFFER && this.calls.get(stream.deviceId, f.callId) === undefined;
     try {
@@ -133,11 +93,32 @@ export class CallRelay {
     });
   }
 
+  /** A group call's frame (group.ts): checked and bounded here, relayed there. */
+  private receiveGroup(stream: CallStream, f: CallFrame): void {
+    try {
+      if (!CALL_ID.test(f.callId))
+        throw new InvalidInputError("call_id: 1 to 64 characters of [A-Za-z0-9_-] required");
+      this.groups.check(stream, f);
+      this.checkPayloads(stream, f);
+      this.charge(stream.deviceId, f, this.groups.starts(stream, f));
+    } catch (err) {
+      this.refuse(stream, err);
+      return;
+    }
+    this.groups.relay(stream, f).catch((err: unknown) => this.refuse(stream, err));
+  }
+
   /**
    * A call event for a local stream (from the delivery channel). Accepts and what follows them
    * are arbitrated here when this stream's device is the caller.
    */
   deliver(receiver: CallReceiver, ev: CallEventFrame): void {
+    // A group call's JOIN or LEAVE for a host device here is the gateway's to decide on.
+    if (ev.conversationId !== "" && this.groups.intercept(receiver, ev)) return;
+    if (ev.conversationId !== "") {
+      receiver.deliverEvent({ case: "call", value: ev });
+      return;
+    }
     const call = this.calls.get(receiver.deviceId, ev.callId);
     if (call !== undefined && call.peerUserId === ev.fromUserId) {
       switch (ev.signal) {
@@ -189,7 +170,7 @@ export class CallRelay {
       throw new InvalidInputError("peer_user_id: a call needs another user");
     if (
       f.signal === CallSignal.UNSPECIFIED ||
-      f.signal === CallSignal.ANSWERED_ELSEWHERE ||
+      f.signal >= CallSignal.ANSWERED_ELSEWHERE ||
       CallSignal[f.signal] === undefined
     )
       throw new InvalidInputError(
@@ -197,6 +178,11 @@ export class CallRelay {
       );
     if (f.signal === CallSignal.OFFER && f.media !== CallMedia.AUDIO && f.media !== CallMedia.VIDEO)
       throw new InvalidInputError("media: an offer is AUDIO or VIDEO");
+    this.checkPayloads(stream, f);
+  }
+
+  /** At most CALL_LIMITS.payloadsPerFrame ciphertexts, each for a distinct device and within its size. */
+  private checkPayloads(stream: CallStream, f: CallFrame): void {
     if (f.payloads.length > CALL_LIMITS.payloadsPerFrame)
       throw new InvalidInputError(
         `payloads: at most ${CALL_LIMITS.payloadsPerFrame} per frame, got ${f.payloads.length}`,

@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { registerAccountCommands } from "./commands/account.js";
+import { registerCall } from "./commands/call.js";
 import { registerChat } from "./commands/chat.js";
 import { registerConversationLists } from "./commands/conversations.js";
 import { registerDownload } from "./commands/download.js";
@@ -40,11 +41,12 @@ const COMMANDS: ReadonlyArray<(program: Command, io: CliIo) => void> = [
   registerConversationLists,
   registerHistory,
   registerChat,
+  registerCall,
 ];
 
 /**
- * Adds the client commands (register, link, send, download, safety-number, listen, chat, groups,
- * history, ...) to a commander program. Each takes --server, --profile and --[no-]encryption;
+ * Adds the client commands (register, link, send, download, safety-number, listen, chat, call,
+ * answer, groups, history, ...) to a commander program. Each takes --server, --profile and --[no-]encryption;
  * errors print one line and exit 1.
  */
 export function registerClientCommands(program: Command, io: CliIo = processIo): void {

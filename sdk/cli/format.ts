@@ -1,3 +1,4 @@
+import { CallMedia, CallOutcome } from "../../gen/switchboard/v1/calls_pb.js";
 import type { AttachmentPointer } from "../../gen/switchboard/v1/content_pb.js";
 import { MembershipAction } from "../../gen/switchboard/v1/entry_pb.js";
 import type { DecryptError, DecryptFailure } from "../crypto/pairwise.js";
@@ -119,9 +120,32 @@ export function formatEntry(
           return `${head} ${who} changed the membership`;
       }
     }
+    case "call":
+      return `${head} ${callLine(e, names, selfUserId)}`;
     default:
       return `${head} ${who}: (unknown entry)`;
   }
+}
+
+/** A call in the log (written by the server when it ended): who called whom, and how it went. */
+function callLine(e: IncomingEntry, names: Names, selfUserId: string | undefined): string {
+  const c = e.call;
+  if (c === undefined) return "a call";
+  const label = (id: string) => (id === selfUserId ? "you" : names.label(id));
+  const what = `${c.group ? "group " : ""}${c.media === CallMedia.VIDEO ? "video" : "audio"} call`;
+  const seconds = Math.round(Number(c.durationMs) / 1000);
+  const outcome =
+    c.outcome === CallOutcome.ANSWERED
+      ? `answered, ${Math.floor(seconds / 60)}:${String(seconds % 60).padStart(2, "0")}`
+      : c.outcome === CallOutcome.MISSED
+        ? "missed"
+        : c.outcome === CallOutcome.DECLINED
+          ? "declined"
+          : c.outcome === CallOutcome.BUSY
+            ? "busy"
+            : "ended";
+  const callee = c.calleeUserId === "" ? "" : ` ${label(c.calleeUserId)}`;
+  return `${label(c.callerUserId)} ${what}${callee === "" ? "" : ` to${callee}`}: ${outcome}`;
 }
 
 /** What a user should know when a contact's device shows a new identity key. */

@@ -24,6 +24,10 @@ const HEAVY = [
   "/node_modules/cassandra-driver/",
   "/node_modules/ioredis/",
   "/node_modules/nats/",
+  // WebRTC and the audio codecs: `call` and `answer` only.
+  "/node_modules/werift/",
+  "/node_modules/wavefile/",
+  "/sdk/cli/call/",
   "/services/server/",
   "/services/mesh/",
   "/sdk/client.",
@@ -44,6 +48,7 @@ describe("CLI start-up loads no heavy module", () => {
     ["--version"],
     ["start", "--help"],
     ["send", "--help"],
+    ["call", "--help"],
     ["admin", "stats", "--help"],
   ];
   for (const [i, args] of commands.entries()) {

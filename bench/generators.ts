@@ -101,6 +101,7 @@ export function split(
       inflight: opts.inflight,
       payloadBytes: opts.payload,
       ackIntervalMs: opts.ackInterval,
+      echo: opts.echo,
       idle: opts.mode === "idle",
       connectConcurrency: 50,
     }));

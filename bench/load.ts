@@ -1,6 +1,10 @@
 import { create } from "@bufbuild/protobuf";
 import { OutgoingEntrySchema } from "../gen/switchboard/v1/entry_pb.js";
-import { AckFrameSchema, type ConnectResponse } from "../gen/switchboard/v1/gateway_pb.js";
+import {
+  AckFrameSchema,
+  type ConnectResponse,
+  StreamOptionsFrameSchema,
+} from "../gen/switchboard/v1/gateway_pb.js";
 import { Histogram, type HistogramData } from "./histogram.js";
 import type { BenchConversation, BenchDevice } from "./setup.js";
 import { type ClientKind, type DeviceStream, openStream } from "./stream.js";
@@ -20,6 +24,11 @@ export interface LoadInput {
   payloadBytes: number;
   /** How often receivers acknowledge what they got (cumulatively). */
   ackIntervalMs: number;
+  /**
+   * False: every stream opens with omit_own_sends, as the SDK's do, and a device counts its own
+   * entries as received at their send_ack; true: the server echoes them.
+   */
+  echo: boolean;
   /** Connect and hold streams, send nothing. */
   idle: boolean;
   /** Streams opened at once while connecting. */
@@ -85,6 +94,11 @@ export interface LoadStats {
 
 export const clock = (): number => performance.timeOrigin + performance.now();
 
+/** Moves a device's cursor over the seqs it already has past it. */
+function advance(d: { lastSeq: bigint; readonly ahead: Set<bigint> }): void {
+  while (d.ahead.delete(d.lastSeq + 1n)) d.lastSeq++;
+}
+
 class Device {
   stream: DeviceStream | undefined;
   conversationId = "";
@@ -94,6 +108,12 @@ class Device {
   inFlight = 0;
   readonly sendTimes = new Map<number, number>();
   lastSeq = 0n;
+  /**
+   * Without echo: seqs past lastSeq this device already has (its own, from send_ack, or an entry
+   * that overtook the ack of an own one before it), consumed as lastSeq reaches them. What is
+   * left at the end is a real gap.
+   */
+  readonly ahead = new Set<bigint>();
   ackedSeq = 0n;
   ended = false;
   caughtUp: (() => void) | undefined;
@@ -205,6 +225,8 @@ export class Load {
         onFrame: (frame) => this.onFrame(d, frame),
         onEnd: (error) => this.onEnd(d, error),
       });
+      if (!this.input.echo)
+        d.stream.write({ case: "options", value: create(StreamOptionsFrameSchema, { omitOwnSends: true }) });
     });
   }
 
@@ -240,6 +262,8 @@ export class Load {
     for (const d of this.devices) {
       for (const sentAt of d.sendTimes.values())
         if (sentAt >= this.windowStart && sentAt < this.windowEnd) this.stats.unanswered++;
+      // Seqs past a hole that never filled.
+      this.stats.gaps += d.ahead.size;
     }
     return {
       ...this.stats,
@@ -339,12 +363,19 @@ export class Load {
       case "message": {
         const now = clock();
         for (const e of f.value.entries) {
-          if (e.seq <= d.lastSeq) {
+          if (e.seq <= d.lastSeq || d.ahead.has(e.seq)) {
             this.stats.duplicates++;
             continue;
           }
-          if (e.seq !== d.lastSeq + 1n) this.stats.gaps++;
-          d.lastSeq = e.seq;
+          if (e.seq === d.lastSeq + 1n) {
+            d.lastSeq = e.seq;
+            advance(d);
+          } else if (!this.input.echo) {
+            d.ahead.add(e.seq); // the ack of an own send before it may still be on its way
+          } else {
+            this.stats.gaps++;
+            d.lastSeq = e.seq;
+          }
           if (e.body.case !== "message") continue;
           const p = e.body.value.payload;
           if (p.length < 8) continue;
@@ -369,6 +400,10 @@ export class Load {
         const sentAt = d.sendTimes.get(id);
         d.sendTimes.delete(id);
         d.inFlight--;
+        if (!this.input.echo && f.value.seq > d.lastSeq) {
+          d.ahead.add(f.value.seq);
+          advance(d);
+        }
         this.count("acked", now);
         if (sentAt !== undefined && this.inWindow(sentAt)) {
           this.ackLatency.recordMs(now - sentAt);

@@ -26,6 +26,8 @@ export const USAGE = `npm run bench -- [options]
   --workers N          load generator worker threads; 0 runs it on the main thread, default 1
   --client C           raw (gRPC on node:http2) | connect (@connectrpc/connect-node), default raw
   --ack-interval MS    how often receivers send cumulative acks, default 20
+  --echo on|off        on: the server pushes each sender's own entries back to it; off (default): streams open
+                       with omit_own_sends, as the SDK's do, and a device files its own at send_ack
   --server-node-args=S     node flags for the spawned server (with --mesh: every service process), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
   --probe on|off       preload the bench's probe into the spawned server (event-loop use, GC'd memory), default on
   --json               print one JSON object instead of the report
@@ -50,6 +52,8 @@ export interface Options {
   workers: number;
   client: ClientKind;
   ackInterval: number;
+  /** Ask the server to push each sender's own entries back (no omit_own_sends), as before the SDK filed its own. */
+  echo: boolean;
   serverNodeArgs: string[] | undefined;
   probe: boolean;
   json: boolean;
@@ -78,6 +82,7 @@ export function parseOptions(): Options {
       workers: { type: "string", default: "1" },
       client: { type: "string", default: "raw" },
       "ack-interval": { type: "string", default: "20" },
+      echo: { type: "string", default: "off" },
       "server-node-args": { type: "string" },
       probe: { type: "string", default: "on" },
       json: { type: "boolean", default: false },
@@ -99,6 +104,7 @@ export function parseOptions(): Options {
     throw new Error("--mode: direct, group or idle");
   const client = values.client;
   if (client !== "raw" && client !== "connect") throw new Error("--client: raw or connect");
+  if (values.echo !== "on" && values.echo !== "off") throw new Error("--echo: on or off");
   if (values.url !== undefined && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+\/?$/.test(values.url)) {
     throw new Error("--url: only a local server (http://127.0.0.1:PORT) is benchmarked");
   }
@@ -128,6 +134,7 @@ export function parseOptions(): Options {
     workers: Math.floor(num("workers", values.workers, 0, 16)),
     client,
     ackInterval: num("ack-interval", values["ack-interval"], 1, 10_000),
+    echo: values.echo === "on",
     serverNodeArgs: values["server-node-args"]?.split(/\s+/).filter(Boolean),
     probe: values.probe !== "off",
     json: values.json,

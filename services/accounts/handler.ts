@@ -9,12 +9,19 @@ import {
   UserDevicesSchema,
   UserPrivacySchema,
 } from "../../gen/switchboard/internal/v1/directory_pb.js";
-import { type AccountService, BlockedUserSchema } from "../../gen/switchboard/v1/accounts_pb.js";
+import {
+  type AccountService,
+  BlockedUserSchema,
+  FeatureFlagAssignmentSchema,
+} from "../../gen/switchboard/v1/accounts_pb.js";
 import type { Principal, Tokens } from "../common/auth.js";
+import type { FeatureFlagsConfig } from "../common/config.js";
 import { InvalidInputError, UnauthenticatedError } from "../common/errors.js";
+import { countGuardrail } from "../common/guardrails.js";
 import { requireId, requireIds, requireText, requireUsername } from "../common/validate.js";
 import { targetFromRequest, targetToWire } from "../notification/index.js";
 import type { Accounts } from "./accounts.js";
+import { assignFlags } from "./flags.js";
 import { addressKey, PEER_HEADER, UNKNOWN_PEER } from "./peer.js";
 import { privacyChangesFromWire, privacyToWire } from "./privacy.js";
 
@@ -22,7 +29,7 @@ import { privacyChangesFromWire, privacyToWire } from "./privacy.js";
 export function accountService(
   accounts: Accounts,
   tokens: Tokens,
-  options: { allowHttpPushEndpoints: boolean },
+  options: { allowHttpPushEndpoints: boolean; featureFlags?: FeatureFlagsConfig },
 ): ServiceImpl<typeof AccountService> {
   async function principal(ctx: HandlerContext): Promise<Principal> {
     const p = await tokens.verifyHeader(ctx.requestHeader.get("authorization"));
@@ -112,7 +119,9 @@ export function accountService(
     },
     async blockUser(req, ctx) {
       const p = await principal(ctx);
-      return { newlyBlocked: await accounts.blocks.block(p.userId, requireId("user_id", req.userId, "u")) };
+      const newlyBlocked = await accounts.blocks.block(p.userId, requireId("user_id", req.userId, "u"));
+      if (newlyBlocked) countGuardrail("block");
+      return { newlyBlocked };
     },
     async unblockUser(req, ctx) {
       const p = await principal(ctx);
@@ -146,7 +155,16 @@ export function accountService(
         targetSeq: Number(req.targetSeq),
         messages,
       });
+      countGuardrail("report");
       return { reportId };
+    },
+    async getFeatureFlags(_req, ctx) {
+      const p = await principal(ctx);
+      const config = options.featureFlags ?? { flags: [], cacheSeconds: 0 };
+      return {
+        assignments: assignFlags(config.flags, p.userId).map((a) => create(FeatureFlagAssignmentSchema, a)),
+        cacheSeconds: config.cacheSeconds,
+      };
     },
   };
 }

@@ -16,6 +16,7 @@ export {
 export { type CallsConfig, TURN_TTL_BOUNDS, type TurnConfig } from "./config/calls.js";
 export { environment, settingsEnvironment, settingVariables } from "./config/environment.js";
 export { ConfigurationError } from "./config/error.js";
+export type { FeatureFlag, FeatureFlagsConfig } from "./config/flags.js";
 export {
   CLIENT_RECEIVE_LIMIT_BYTES,
   DEVICE_ENTRY_WIRE_BYTES,

@@ -343,6 +343,7 @@ export function accountForwarder(
     unblockUser: (req, ctx) => accounts.unblockUser(req, pass(ctx)),
     listBlockedUsers: (req, ctx) => accounts.listBlockedUsers(req, pass(ctx)),
     reportUser: (req, ctx) => accounts.reportUser(req, pass(ctx)),
+    getFeatureFlags: (req, ctx) => accounts.getFeatureFlags(req, pass(ctx)),
   };
 }
 

@@ -9,6 +9,7 @@ import {
   PermissionError,
   UnavailableError,
 } from "../common/errors.js";
+import { countGuardrail } from "../common/guardrails.js";
 import { directConversationId, newId } from "../common/ids.js";
 import type { MemberRecord } from "../store/types.js";
 import type { ConversationState } from "./conversation.js";
@@ -230,6 +231,7 @@ export class Membership {
           throw new InvalidInputError("action: not a membership change a client can make");
       }
       await batch.durable;
+      if (action === MembershipAction.LEFT) countGuardrail("leave");
       return entry;
     });
   }
@@ -263,6 +265,7 @@ export class Membership {
       const batch = shard.batch();
       batch.putMembers(state, [updated]);
       await batch.durable;
+      if (mutedUntilMs > this.now()) countGuardrail("mute");
     });
   }
 }

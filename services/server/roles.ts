@@ -213,7 +213,10 @@ export async function startAccountsRole(ctx: RoleContext): Promise<Accounts> {
   clients.register(KeyService, keyService(keys, accounts, tokens));
   clients.register(
     AccountService,
-    accountService(accounts, tokens, { allowHttpPushEndpoints: config.push.allowHttpEndpoints }),
+    accountService(accounts, tokens, {
+      allowHttpPushEndpoints: config.push.allowHttpEndpoints,
+      featureFlags: config.featureFlags,
+    }),
   );
   return accounts;
 }

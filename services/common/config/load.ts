@@ -12,6 +12,7 @@ import {
 import { type CallsConfig, loadCalls } from "./calls.js";
 import { environment } from "./environment.js";
 import { fail } from "./error.js";
+import { type FeatureFlagsConfig, loadFeatureFlags } from "./flags.js";
 import { type EdgeLimits, type Limits, loadEdge, loadLimits } from "./limits.js";
 import { loadMediaConfig, type MediaConfig } from "./media.js";
 import { checkMesh, loadMesh, type MeshConfig } from "./mesh.js";
@@ -72,6 +73,8 @@ export interface Config {
   calls: CallsConfig;
   /** Disappearing-message timers and the sweep of expired entries. */
   retention: RetentionConfig;
+  /** Feature flags and their variants, assigned per user (AccountService.GetFeatureFlags). */
+  featureFlags: FeatureFlagsConfig;
   /**
    * The ScyllaDB connection, when this process opens the store there (SWITCHBOARD_STORE=scylla
    * and it runs accounts or the sequencer); undefined otherwise, and SCYLLA_* is not read.
@@ -170,6 +173,7 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
     web: loadWeb(input.web, env),
     calls: loadCalls(env),
     retention: input.retention ?? loadRetention(env),
+    featureFlags: input.featureFlags ?? loadFeatureFlags(env),
     scylla: undefined,
   };
   if (config.shardCount < 1 || config.shardCount > 4096) fail("shardCount must be between 1 and 4096");

@@ -5,6 +5,7 @@
 import type { z } from "zod";
 import { accountVariables, privacyVariables } from "./accounts.js";
 import { callVariables } from "./calls.js";
+import { flagVariables } from "./flags.js";
 import { edgeVariables, limitVariables } from "./limits.js";
 import { serverVariables } from "./load.js";
 import { localMediaVariables, mediaVariables, minioVariables } from "./media.js";
@@ -32,4 +33,5 @@ export const VARIABLES: Readonly<Record<string, z.ZodObject>> = {
   web: webVariables,
   calls: callVariables,
   retention: retentionVariables,
+  featureFlags: flagVariables,
 };

@@ -1,4 +1,4 @@
-import { ConversationKind } from "../../gen/switchboard/v1/conversations_pb.js";
+import { type Conversation, ConversationKind } from "../../gen/switchboard/v1/conversations_pb.js";
 import type { SwitchboardClient } from "../client.js";
 import type { ProfileStorage } from "../storage/port.js";
 import { JsonDoc, RecordSet } from "../storage/records.js";
@@ -238,15 +238,21 @@ export class ConversationHealth {
     }
   }
 
-  /** catchUp for every conversation of the user whose log moved past what health saw. */
-  async catchUpAll(options: { limit?: number } = {}): Promise<void> {
+  /**
+   * catchUp for every conversation of the user whose log moved past what health saw (from
+   * `conversations`, a listConversations() the caller already has, or a fresh one).
+   */
+  async catchUpAll(options: { limit?: number; conversations?: readonly Conversation[] } = {}): Promise<void> {
     const client = this.requireClient();
-    const list = await client.listConversations();
+    const list = options.conversations ?? (await client.listConversations());
     const max = this.options.maxConversations ?? 1_000;
     for (const c of list.slice(0, max)) {
       this.setKind(c.conversationId, c.kind === ConversationKind.GROUP ? "group" : "direct");
       if (c.lastSeq > (this.conversations.get(c.conversationId)?.lastSeq ?? 0n)) {
-        await this.catchUp(c.conversationId, { lastSeq: c.lastSeq, ...options });
+        await this.catchUp(c.conversationId, {
+          lastSeq: c.lastSeq,
+          ...(options.limit !== undefined && { limit: options.limit }),
+        });
       }
     }
   }

@@ -4,6 +4,7 @@ import { createInterface, emitKeypressEvents, type Interface } from "node:readli
 import type { Command } from "commander";
 import { formatBytes, printable } from "../files.js";
 import { downloadHint, type EntryView, formatEntry, hintTarget, receiptLine, time } from "../format.js";
+import { awayLine, openHealth } from "../health.js";
 import { type CliIo, describeError, interrupted, run } from "../io.js";
 import { ConversationLabels, Names, resolveConversation } from "../names.js";
 import { clientCommand, type GlobalOptions } from "../options.js";
@@ -60,6 +61,17 @@ async function chat(session: Session, target: string, opts: GlobalOptions, io: C
     const earlier = page.entries.filter((e) => e.seq <= seen && !e.keysOnly);
     await names.load(earlier.flatMap((e) => [e.senderUserId, ...(e.membership?.userIds ?? [])]));
     for (const e of earlier) show(formatEntry(e, names, client.userId, view));
+  }
+
+  // "Since you were away" (sdk/health/): mentions of this user, replies to them and pins since
+  // the chat was last open, caught up from history first. A failure here never stops the chat.
+  const health = await openHealth(client, true);
+  try {
+    await health.catchUp(conversationId);
+    const away = awayLine(await health.opened(conversationId), Date.now());
+    if (away !== undefined) show(away);
+  } catch (err) {
+    show(`-- no away summary: ${describeError(err)}`);
   }
 
   const typingUntil = new Map<string, number>();
@@ -205,6 +217,8 @@ async function chat(session: Session, target: string, opts: GlobalOptions, io: C
       : await Promise.race([closed.then(() => undefined), interrupted(io).then(() => undefined), fatal]);
   stopTyping();
   lines.close();
+  // What was shown here is not news next time.
+  await health.left(conversationId).catch(() => {});
   if (end !== undefined) throw end.error;
   // Input ended (piped input, or Ctrl-D): let what was typed reach the server first.
   await Promise.race([Promise.allSettled(sends), interrupted(io)]);

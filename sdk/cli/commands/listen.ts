@@ -1,6 +1,6 @@
 import type { Command } from "commander";
-
 import { downloadHint, type EntryView, formatEntry, receiptLine } from "../format.js";
+import { openHealth } from "../health.js";
 import { type CliIo, describeError, interrupted, run } from "../io.js";
 import { ConversationLabels, Names } from "../names.js";
 import { clientCommand, type GlobalOptions } from "../options.js";
@@ -20,6 +20,8 @@ async function listen(session: Session, opts: GlobalOptions, io: CliIo): Promise
   const { client, encrypted } = session;
   const names = new Names(client);
   const labels = new ConversationLabels(client, names);
+  // Keeps this device's conversation health (needs reply, away summaries) current while listening.
+  await openHealth(client, true);
   client.on("entry", async (e) => {
     await labels.load(e.conversationId);
     await names.load([e.senderUserId, ...(e.membership?.userIds ?? [])]);

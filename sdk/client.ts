@@ -9,6 +9,7 @@ import { type MessageLinks, newClientMsgId } from "./client/bodies.js";
 import type { Calls } from "./client/calls.js";
 import type { ClientContext } from "./client/context.js";
 import { clientClosed } from "./client/errors.js";
+import type { History } from "./client/history.js";
 import { createProfile, openContext } from "./client/open.js";
 import { assembleParts, type ClientParts } from "./client/parts.js";
 import type { Safety } from "./client/safety.js";
@@ -324,6 +325,18 @@ export class SwitchboardClient {
     "start" | "offerTo" | "iceServers" | "ringing" | "accept" | "decline" | "hangUp" | "sendCandidates"
   > {
     return this.parts.calls;
+  }
+
+  // ---------------------------------------------------------------------------------------------
+  // History for a newly linked device
+
+  /**
+   * `sendTo(deviceId, { days })` hands another device of this user this device's recent history,
+   * end-to-end encrypted; the receiving device imports it by itself ("historyImported" or
+   * "historyRefused") and `entries(conversationId)` lists what it imported. docs/encryption.md.
+   */
+  get history(): Pick<History, "sendTo" | "entries" | "receivePending" | "settled"> {
+    return this.parts.history;
   }
 
   // ---------------------------------------------------------------------------------------------

@@ -5,6 +5,7 @@ import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
 import type { IdentityChangeEvent } from "./crypto/stores/types.js";
 import type { DevicesChangedEvent } from "./e2ee/types.js";
+import type { HistoryImportedEvent, HistoryRefusedEvent } from "./history-types.js";
 import type { ProfileStorage } from "./storage/port.js";
 
 /**
@@ -289,6 +290,10 @@ export interface ClientEvents {
   blocksChanged: Record<string, never>;
   /** A call's signalling from the peer, decrypted (encryption mode only; docs/calls.md). */
   call: CallEvent;
+  /** Another device of this user sent this one its history, and it was imported (client.history). */
+  historyImported: HistoryImportedEvent;
+  /** Another device's history bundle was refused (tampered, too large, not for this device). */
+  historyRefused: HistoryRefusedEvent;
 }
 
 /** Why a call ended, as the peer or the server said. */

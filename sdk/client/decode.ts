@@ -2,6 +2,7 @@ import { create, toBinary } from "@bufbuild/protobuf";
 import {
   type AttachmentPointer,
   ContentKind,
+  type HistoryTransfer,
   type RetryRequest,
   SealedContentSchema,
 } from "../../gen/switchboard/v1/content_pb.js";
@@ -39,6 +40,8 @@ export interface DecoderDeps {
   ): Promise<unknown>;
   /** True while a stream is up. */
   connected(): boolean;
+  /** A history transfer arrived (history.ts imports it if it is for this device). */
+  historyOffered(raw: Entry, transfer: HistoryTransfer): void;
 }
 
 /**
@@ -106,6 +109,13 @@ export class EntryDecoder {
             payload = undefined;
             if (fresh && raw.senderDeviceId !== this.ctx.deviceId)
               await this.retryRequested(raw, content.retryRequest);
+          }
+          if (content.historyTransfer !== undefined) {
+            // Another device's history for this one (or for a sibling): nothing for the app.
+            keysOnly = true;
+            payload = undefined;
+            if (raw.senderDeviceId !== this.ctx.deviceId)
+              this.deps.historyOffered(raw, content.historyTransfer);
           }
         } else if (encrypted) {
           throw new Error("the entry is end-to-end encrypted and this client was opened without encryption");

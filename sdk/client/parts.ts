@@ -7,6 +7,7 @@ import type { ClientContext } from "./context.js";
 import { Conversations } from "./conversations.js";
 import { EntryDecoder } from "./decode.js";
 import { Delivery } from "./delivery.js";
+import { History } from "./history.js";
 import { SendQueue } from "./outbox.js";
 import { Presence } from "./presence.js";
 import { Receiver } from "./receive.js";
@@ -43,6 +44,8 @@ export interface ClientParts {
   conversations: Conversations;
   /** Call signalling (calls.ts). */
   calls: Calls;
+  /** History for a newly linked device (history.ts). */
+  history: History;
 }
 
 /**
@@ -73,8 +76,16 @@ export function assembleParts(ctx: ClientContext): ClientParts {
     sendContentUnary: (conversationId, content, clientMsgId, attempts) =>
       parts.sends.contentUnary(conversationId, content, clientMsgId, attempts),
     connected,
+    historyOffered: (raw, transfer) => parts.history.offered(raw, transfer),
   });
   parts.conversations = new Conversations(ctx, parts.decoder);
+  parts.history = new History(ctx, {
+    listConversations: () => parts.conversations.listConversations(),
+    getHistory: (id, options) => parts.conversations.getHistory(id, options),
+    createGroup: (title, members) => parts.conversations.createGroup(title, members),
+    leaveGroup: (id) => parts.conversations.leaveGroup(id),
+    sendContentUnary: (id, content, clientMsgId) => parts.sends.contentUnary(id, content, clientMsgId, 3),
+  });
   parts.safety = new Safety(ctx.conn, (id, options) => parts.conversations.getHistory(id, options));
   parts.delivery = new Delivery(ctx, parts.decoder, parts.acks);
   parts.attachments = new Attachments(ctx, parts.sealer);

@@ -1,6 +1,7 @@
 // The Switchboard TypeScript SDK. See README.md in this folder.
 export { Backoff } from "./backoff.js";
 export type { MessageLinks } from "./client/bodies.js";
+export { DISAPPEARING } from "./client/conversations.js";
 export { type BlockedUser, REPORT_BOUNDS, type ReportOptions, Safety } from "./client/safety.js";
 export { identityCodec, newClientMsgId, SwitchboardClient } from "./client.js";
 export { writeFileAtomic } from "./durable-file.js";
@@ -15,6 +16,24 @@ export {
   SENDER_KEY_PAYLOAD_TYPE,
   type SealedPart,
 } from "./e2ee.js";
+// Conversation health, computed on the device (health/): needs reply, away summaries, TTFR and
+// reply rates, and the metadata-only event stream to an app's sink.
+export {
+  type AppEventFields,
+  type HealthEvent,
+  type HealthSink,
+  SDK_EVENT_NAMES,
+  type SinkStats,
+} from "./health/events.js";
+export { ConversationHealth, type HealthClient, type HealthOptions } from "./health/health.js";
+export type {
+  AwaySignals,
+  AwaySummary,
+  HealthMetrics,
+  HealthSettings,
+  NeedsReply,
+  StartRecord,
+} from "./health/model.js";
 export {
   AUDIENCES,
   type Audience,

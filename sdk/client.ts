@@ -485,7 +485,8 @@ export class SwitchboardClient {
 
   /**
    * Changes some of this user's privacy settings (who may add them to groups, who may start a
-   * direct conversation with them); settings not given keep their value. Returns all of them.
+   * direct conversation with them, who sees their last seen, whether read receipts are on);
+   * settings not given keep their value. Returns all of them.
    */
   setPrivacy(changes: Partial<PrivacyChoices>): Promise<PrivacyChoices> {
     return this.parts.accounts.setPrivacy(changes);

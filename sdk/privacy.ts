@@ -12,14 +12,26 @@ export type Audience = "everyone" | "contacts" | "nobody";
 export const AUDIENCES: readonly Audience[] = ["everyone", "contacts", "nobody"];
 
 /**
- * A user's privacy settings. "contacts" means the users who share at least one conversation
- * (direct or group) with this user when they try.
+ * A user's privacy settings. For groupAdd and directOpen "contacts" means the users who share at
+ * least one conversation (direct or group) with this user when they try; for lastSeen, the users
+ * who have a direct conversation with them.
  */
 export interface PrivacyChoices {
   /** Who may add this user to groups (CreateGroup, AddMembers). */
   groupAdd: Audience;
   /** Who may start a new direct conversation with this user; existing ones are never affected. */
   directOpen: Audience;
+  /**
+   * Who sees this user's online state and last seen. Reciprocal: this user sees someone's only
+   * when each one's setting admits the other. A hidden user's presence never arrives (as for a
+   * user who blocked you), so an app cannot tell why.
+   */
+  lastSeen: Audience;
+  /**
+   * Whether this user's read receipts reach others. Reciprocal: off, this user gets no one's read
+   * receipts (and other members' readUpTo shows nothing read). Delivered receipts stay.
+   */
+  readReceipts: boolean;
 }
 
 const TO_WIRE: Record<Audience, PrivacyAudience> = {
@@ -39,6 +51,9 @@ export function privacyFromWire(settings: PrivacySettings | undefined): PrivacyC
   return {
     groupAdd: fromWire(settings?.groupAdd, "group_add"),
     directOpen: fromWire(settings?.directOpen, "direct_open"),
+    lastSeen: fromWire(settings?.lastSeen, "last_seen"),
+    // Always present in answers; a server older than the setting has them all on.
+    readReceipts: settings?.readReceipts ?? true,
   };
 }
 
@@ -46,10 +61,14 @@ export function privacyFromWire(settings: PrivacySettings | undefined): PrivacyC
 export function privacyChangesToWire(changes: Partial<PrivacyChoices>): {
   groupAdd?: PrivacyAudience;
   directOpen?: PrivacyAudience;
+  lastSeen?: PrivacyAudience;
+  readReceipts?: boolean;
 } {
   return {
     ...(changes.groupAdd !== undefined && { groupAdd: TO_WIRE[changes.groupAdd] }),
     ...(changes.directOpen !== undefined && { directOpen: TO_WIRE[changes.directOpen] }),
+    ...(changes.lastSeen !== undefined && { lastSeen: TO_WIRE[changes.lastSeen] }),
+    ...(changes.readReceipts !== undefined && { readReceipts: changes.readReceipts }),
   };
 }
 

@@ -311,6 +311,11 @@ export interface CallEvent {
   callId: string;
   /** The other party. */
   peerUserId: string;
+  /**
+   * This user's privacy settings changed, on this device or another of theirs: `getPrivacy()`
+   * reads them. Droppable (like presence), so an app that shows them reads them on `connected` too.
+   */
+  privacyChanged: Record<string, never>;
   /** Its device that sent this (for answeredElsewhere: this user's device that took the call). */
   peerDeviceId: string;
   /** For incoming: a video call. */

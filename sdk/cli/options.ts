@@ -43,6 +43,12 @@ export function audience(value: string): Audience {
   return value as Audience;
 }
 
+/** Parses an on/off option (`privacy --read-receipts`). */
+export function onOff(value: string): boolean {
+  if (value !== "on" && value !== "off") throw new InvalidArgumentError("expected on or off");
+  return value === "on";
+}
+
 /** Parses a count option (`--after`, `--limit`); commander prints the usage error. */
 export function nonNegative(value: string): number {
   const n = Number(value);

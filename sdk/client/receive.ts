@@ -56,6 +56,9 @@ export class Receiver {
       case "blocksChanged":
         this.ctx.events.emit("blocksChanged", {});
         return;
+      case "privacyChanged":
+        this.ctx.events.emit("privacyChanged", {});
+        return;
       case "message":
         if (this.ctx.closed) return;
         this.parts.delivery.deliver(this.parts.reorder().offer(frame.value.entries));

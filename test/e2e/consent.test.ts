@@ -243,14 +243,37 @@ describe("switchboard privacy (the CLI)", () => {
     assert.equal((await cli("register", alice, ...aliceProfile)).code, 0);
 
     const shown = await cli("privacy", ...bobProfile);
-    assert.deepEqual(shown.out, ["groups: everyone", "direct: everyone"]);
+    assert.deepEqual(shown.out, [
+      "groups: everyone",
+      "direct: everyone",
+      "last seen: everyone",
+      "read receipts: on",
+    ]);
     const changed = await cli("privacy", "--groups", "nobody", ...bobProfile);
     assert.equal(changed.code, 0, changed.err.join("\n"));
-    assert.deepEqual(changed.out, ["groups: nobody", "direct: everyone"]);
+    assert.deepEqual(changed.out, [
+      "groups: nobody",
+      "direct: everyone",
+      "last seen: everyone",
+      "read receipts: on",
+    ]);
     const both = await cli("privacy", "--direct", "contacts", ...bobProfile);
-    assert.deepEqual(both.out, ["groups: nobody", "direct: contacts"]);
+    assert.deepEqual(both.out, [
+      "groups: nobody",
+      "direct: contacts",
+      "last seen: everyone",
+      "read receipts: on",
+    ]);
+    const hidden = await cli("privacy", "--last-seen", "nobody", "--read-receipts", "off", ...bobProfile);
+    assert.deepEqual(hidden.out, [
+      "groups: nobody",
+      "direct: contacts",
+      "last seen: nobody",
+      "read receipts: off",
+    ]);
 
     await assert.rejects(cli("privacy", "--direct", "friends", ...bobProfile), /everyone, contacts, nobody/);
+    await assert.rejects(cli("privacy", "--read-receipts", "maybe", ...bobProfile), /expected on or off/);
 
     const refused = await cli("group", "create", "t", bob, ...aliceProfile);
     assert.equal(refused.code, 1);

@@ -5,15 +5,26 @@ import {
   type CallEventFrame,
   CallFrameSchema,
   CallMedia,
+  type CallParticipant,
   CallPayloadSchema,
   CallSignal,
 } from "../../gen/switchboard/v1/calls_pb.js";
-import type { CallEndReason, CallEvent } from "../types.js";
+import type { CallEndReason, CallEvent, CallParticipantRef } from "../types.js";
 import type { ClientContext } from "./context.js";
 import type { StreamLoop } from "./stream.js";
 
 /** Binds a call payload to its call, so no ciphertext of a message or another call passes for it. */
 const DOMAIN = "switchboard-call-v1";
+
+/** Group calls this device knows (rung, started, joined), remembered at most; the oldest go first. */
+const KNOWN_GROUP_CALLS = 64;
+
+/** What a device needs to take part in a group call: the group, and the host to join and leave by. */
+export interface GroupCallRef {
+  conversationId: string;
+  hostUserId: string;
+  hostDeviceId: string;
+}
 
 /**
  * Call signalling (docs/calls.md): frames on the stream, with the SDP and candidates end-to-end
@@ -21,10 +32,89 @@ const DOMAIN = "switchboard-call-v1";
  * itself is the app's WebRTC stack's; this part carries what it needs to set it up.
  */
 export class Calls {
+  private readonly groups = new Map<string, GroupCallRef>();
+
   constructor(
     private readonly ctx: ClientContext,
     private readonly stream: StreamLoop,
   ) {}
+
+  /**
+   * Starts a group call in a group conversation: every other member's devices ring ("incoming"
+   * with conversationId). This device is its host and its first participant. Returns the call id.
+   */
+  startGroup(conversationId: string, options: { video: boolean }): string {
+    const callId = `c${randomBytes(16).toString("base64url")}`;
+    this.write({
+      callId,
+      conversationId,
+      signal: CallSignal.OFFER,
+      media: options.video ? CallMedia.VIDEO : CallMedia.AUDIO,
+    });
+    this.remember(callId, {
+      conversationId,
+      hostUserId: this.ctx.profile.credentials.userId,
+      hostDeviceId: this.ctx.deviceId,
+    });
+    return callId;
+  }
+
+  /**
+   * Joins a group call this device was rung for (or started), or one described by `ref` (learned
+   * from a call push and the app's own state). A "joined" event lists the devices already there
+   * (the app sends each an offer: offerPeer), or a "full" event says the call has 32.
+   */
+  join(callId: string, ref?: GroupCallRef): void {
+    const group = ref ?? this.group(callId);
+    if (ref !== undefined) this.remember(callId, ref);
+    this.write({
+      callId,
+      conversationId: group.conversationId,
+      peerUserId: group.hostUserId,
+      hostDeviceId: group.hostDeviceId,
+      signal: CallSignal.JOIN,
+    });
+  }
+
+  /** Leaves a group call; the call goes on for the others until the last one leaves. */
+  leave(callId: string): void {
+    const group = this.group(callId);
+    this.write({
+      callId,
+      conversationId: group.conversationId,
+      peerUserId: group.hostUserId,
+      hostDeviceId: group.hostDeviceId,
+      signal: CallSignal.LEAVE,
+    });
+  }
+
+  /** A group call's SDP offer for one participant's device (a mesh connection to it). */
+  offerPeer(callId: string, userId: string, deviceId: string, offer: Uint8Array): Promise<void> {
+    this.group(callId);
+    return this.toDevice(callId, userId, deviceId, CallSignal.OFFER, offer);
+  }
+
+  /** A group call's SDP answer to one participant's offer. */
+  answerPeer(callId: string, userId: string, deviceId: string, answer: Uint8Array): Promise<void> {
+    this.group(callId);
+    return this.toDevice(callId, userId, deviceId, CallSignal.ANSWER, answer);
+  }
+
+  private group(callId: string): GroupCallRef {
+    const group = this.groups.get(callId);
+    if (group === undefined)
+      throw new ConnectError(`call ${callId}: not a group call this device knows`, Code.FailedPrecondition);
+    return group;
+  }
+
+  private remember(callId: string, ref: GroupCallRef): void {
+    this.groups.delete(callId);
+    this.groups.set(callId, ref);
+    for (const k of this.groups.keys()) {
+      if (this.groups.size <= KNOWN_GROUP_CALLS) break;
+      this.groups.delete(k);
+    }
+  }
 
   /**
    * Starts a call: the SDP offer goes to every device of peerUserId, each with its own
@@ -119,9 +209,15 @@ export class Calls {
     const payloads = [
       create(CallPayloadSchema, { deviceId: c.deviceId, ciphertext: wire(c.type, c.ciphertext) }),
     ];
+    const conversationId = this.groups.get(callId)?.conversationId ?? "";
+    // A group call's pairwise offer says no media: the group's ring did.
     const media =
-      signal === CallSignal.OFFER ? (video ? CallMedia.VIDEO : CallMedia.AUDIO) : CallMedia.UNSPECIFIED;
-    this.write({ callId, peerUserId, signal, media, payloads });
+      signal === CallSignal.OFFER && conversationId === ""
+        ? video
+          ? CallMedia.VIDEO
+          : CallMedia.AUDIO
+        : CallMedia.UNSPECIFIED;
+    this.write({ callId, peerUserId, signal, media, payloads, conversationId });
   }
 
   /** A signal without payload to every device of the peer (ringing, decline, busy, hangup). */
@@ -145,7 +241,13 @@ export class Calls {
         return;
       }
     }
-    const event = toEvent(ev, payload);
+    if (ev.conversationId !== "" && ev.signal === CallSignal.OFFER && payload === undefined)
+      this.remember(ev.callId, {
+        conversationId: ev.conversationId,
+        hostUserId: ev.fromUserId,
+        hostDeviceId: ev.hostDeviceId,
+      });
+    const event = ev.conversationId === "" ? toEvent(ev, payload) : toGroupEvent(ev, payload);
     if (event !== undefined) this.ctx.events.emit("call", event);
   }
 
@@ -182,6 +284,48 @@ function toEvent(ev: CallEventFrame, payload: Uint8Array | undefined): CallEvent
     default:
       return undefined;
   }
+}
+
+/** A group call's frame as an event: the ring, joins and leaves, and the mesh's pairwise steps. */
+function toGroupEvent(ev: CallEventFrame, payload: Uint8Array | undefined): CallEvent | undefined {
+  const base = {
+    callId: ev.callId,
+    peerUserId: ev.fromUserId,
+    peerDeviceId: ev.fromDeviceId,
+    conversationId: ev.conversationId,
+  };
+  const group = {
+    participants: ev.participants.map(participant),
+    ...(ev.sfuUrl !== "" && { sfuUrl: ev.sfuUrl }),
+  };
+  switch (ev.signal) {
+    case CallSignal.OFFER:
+      return payload === undefined
+        ? { ...base, ...group, kind: "incoming", video: ev.media === CallMedia.VIDEO }
+        : { ...base, kind: "offer", payload };
+    case CallSignal.JOINED:
+      return { ...base, ...group, kind: "joined" };
+    case CallSignal.FULL:
+      return { ...base, kind: "full" };
+    case CallSignal.JOIN:
+      return { ...base, kind: "participantJoined" };
+    case CallSignal.LEAVE:
+      return { ...base, kind: "participantLeft" };
+    case CallSignal.ANSWER:
+      return { ...base, kind: "answer", payload };
+    case CallSignal.ICE_CANDIDATES:
+      return { ...base, kind: "candidates", payload };
+    case CallSignal.HANGUP:
+      return { ...base, kind: "ended", reason: "hangup" };
+    case CallSignal.ANSWERED_ELSEWHERE:
+      return { ...base, kind: "ended", reason: "answeredElsewhere" };
+    default:
+      return undefined;
+  }
+}
+
+function participant(p: CallParticipant): CallParticipantRef {
+  return { userId: p.userId, deviceId: p.deviceId, joinedAtMs: Number(p.joinedAtMs) };
 }
 
 /** The plaintext of a call payload: the domain and the call id, then the app's bytes. */

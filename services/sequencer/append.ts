@@ -24,6 +24,7 @@ import {
   needsDeviceCheck,
 } from "./device-payloads.js";
 import { type ConversationLog, PAGE_MAX } from "./log.js";
+import { checkPinNow, preparePin, recordPin, unpinDeleted } from "./pins.js";
 import { type ReplicaShards, requireMember } from "./replica.js";
 import { checkReplyAndMentions } from "./replies.js";
 import type { Batch, Shard } from "./shard.js";
@@ -139,6 +140,10 @@ export class Appender {
       if (seen !== undefined) return seen;
       if (body.case === "message") checkReplyAndMentions(state, sender, body.value);
       const prepared = await this.prepareBody(state, item.senderUserId, outgoing);
+      const pin =
+        body.case === "pin"
+          ? await preparePin(state, this.entries, item.senderUserId, body.value, this.now())
+          : undefined;
       // The tail must cover everything after the delete's scan (see scanOn); checked again
       // after each read, and nothing awaits between the last check and the block below.
       const plan = prepared.redact;
@@ -155,6 +160,7 @@ export class Appender {
       }
       requireMember(state, item.senderUserId);
       this.requireMembersAsChecked(state, item, outgoing);
+      if (pin !== undefined) checkPinNow(state, item.senderUserId, pin);
       // The entry's size decides whether it still fits the open batch (see Shard.batch).
       const batch = shard.batch(encodedSizeBound(outgoing));
       const entry = this.entries.assign(state, batch, {
@@ -172,6 +178,7 @@ export class Appender {
         seq,
       });
       if (prepared.redact !== undefined) this.redactAll(state, batch, prepared.redact, seq);
+      if (pin !== undefined) recordPin(state, batch, pin, entry);
       const sent = {
         seq,
         serverTimeMs: Number(entry.serverTimeMs),
@@ -258,9 +265,10 @@ export class Appender {
         checkDevicePayloads(body, kind, limits);
         break;
       case "delete":
+      case "pin":
         break;
       default:
-        throw new InvalidInputError("entry: a message, edit, delete or reaction body is required");
+        throw new InvalidInputError("entry: a message, edit, delete, reaction or pin body is required");
     }
     const target = "targetSeq" in body.value ? body.value.targetSeq : undefined;
     if (target !== undefined && target === 0n) throw new InvalidInputError("target_seq: required");
@@ -317,6 +325,8 @@ export class Appender {
 
   /** Queues tombstones for a deleted message and what refers to it. */
   private redactAll(state: ConversationState, batch: Batch, plan: RedactPlan, deleteSeq: number): void {
+    // A pinned message deleted for everyone is unpinned in the same commit.
+    unpinDeleted(state, batch, plan.target);
     // Entries that arrived between the scan and now are only in the tail.
     const late = state.tail.filter(
       (e) => Number(e.seq) > plan.scannedTo && targetOf(e) === plan.target && e.body.case !== "delete",

@@ -15,6 +15,7 @@ import { directConversationId } from "../common/ids.js";
 import type { ConversationRecord, ConversationStore, MemberRecord } from "../store/types.js";
 import type { ConversationState, CursorPair } from "./conversation.js";
 import type { DeviceFloors } from "./floors.js";
+import { pinsView } from "./pins.js";
 import { type ConversationLog, PAGE_DEFAULT, PAGE_MAX } from "./log.js";
 import type { Receipts } from "./receipts.js";
 import { ReplicaShards, requireMember } from "./replica.js";
@@ -59,6 +60,8 @@ function view(
     peerUserId: record.kind === "direct" && peer !== userId ? peer : "",
     mutedUntilMs: BigInt(member?.mutedUntilMs ?? 0),
     lastActiveMs: BigInt(lastActiveMs),
+    // Read from the record, like the rest: a listing of many conversations reads no log for them.
+    pins: pinsView(record.pins, floor, Date.now()),
   });
 }
 

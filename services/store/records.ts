@@ -1,6 +1,6 @@
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { StoreError } from "./errors.js";
-import type { ConversationRecord, MemberRecord } from "./types.js";
+import type { ConversationRecord, MemberRecord, PinRecord } from "./types.js";
 
 /**
  * Copies of records with exactly the fields of the port's types, so an engine never persists
@@ -13,8 +13,20 @@ export function conversationRecord(c: ConversationRecord): ConversationRecord {
     title: c.title,
     createdAtMs: c.createdAtMs,
     membersVersion: c.membersVersion,
+    ...(c.pins !== undefined && { pins: c.pins.map(pinRecord) }),
     ...(c.disappearingSeconds !== undefined && { disappearingSeconds: c.disappearingSeconds }),
     ...(c.disappearingAdminsOnly !== undefined && { disappearingAdminsOnly: c.disappearingAdminsOnly }),
+  };
+}
+
+/** A pin as stored (see conversationRecord). */
+export function pinRecord(p: PinRecord): PinRecord {
+  return {
+    seq: p.seq,
+    pinSeq: p.pinSeq,
+    byUserId: p.byUserId,
+    atMs: p.atMs,
+    ...(p.expiresAtMs !== undefined && { expiresAtMs: p.expiresAtMs }),
   };
 }
 

@@ -95,6 +95,14 @@ function decodeEntry(value: Uint8Array): Entry {
   return fromBinary(EntrySchema, new Uint8Array(value.buffer, value.byteOffset, value.byteLength));
 }
 
+/** The record to store: one written with pins undefined keeps the stored pins (the port's rule). */
+function withStoredPins(dbs: ConversationDbs, c: ConversationRecord): ConversationRecord {
+  const record = conversationRecord(c);
+  if (record.pins !== undefined) return record;
+  const pins = dbs.conversations.get(c.id)?.pins;
+  return pins === undefined ? record : { ...record, pins };
+}
+
 /** The conversation port on LMDB. */
 export class LmdbConversationStore implements ConversationStore {
   constructor(
@@ -138,7 +146,7 @@ export class LmdbConversationStore implements ConversationStore {
     const atMs = Date.now();
     for (const { write, append, replace } of prepared) {
       const id = write.conversationId;
-      if (write.conversation !== undefined) dbs.conversations.put(id, conversationRecord(write.conversation));
+      if (write.conversation !== undefined) dbs.conversations.put(id, withStoredPins(dbs, write.conversation));
       for (const e of append) {
         dbs.entries.put([id, e.seq], e.bytes);
         if (e.expiresAtMs > 0) dbs.entriesByExpiry.put([e.expiresAtMs, id, e.seq], true);

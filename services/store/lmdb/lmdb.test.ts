@@ -12,6 +12,7 @@ import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
 import { runExpiryConformance } from "../conformance/expiry.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
+import { runPinConformance } from "../conformance/pins.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
 import { openLmdbStore } from "./engine.js";
 
@@ -34,6 +35,7 @@ runAccountStoreConformance(openFresh);
 runKeyStoreConformance(openFresh);
 runSafetyStoreConformance(openFresh);
 runExpiryConformance(openFresh);
+runPinConformance(openFresh);
 
 function message(conversationId: string, seq: number) {
   return create(EntrySchema, {

@@ -20,12 +20,32 @@ export interface ConversationRecord {
   /** The seq of the latest membership entry (0 before the first one is written). */
   membersVersion: number;
   /**
+   * The messages pinned now, in the order they were pinned (services/sequencer/pins.ts); empty or
+   * undefined for none. A record written with pins undefined keeps the pins stored before (an
+   * engine may store them apart from the rest); written with [], it has none.
+   */
+  pins?: PinRecord[];
+  /**
    * The disappearing-message timer, in seconds (0 off); undefined until one is first set. Entries
    * devices send while it is on expire that long after their commit time.
    */
   disappearingSeconds?: number;
   /** Groups: only admins may change the timer. Undefined until a timer is first set. */
   disappearingAdminsOnly?: boolean;
+}
+
+/** A pinned message of a conversation. */
+export interface PinRecord {
+  /** The pinned message's seq. */
+  seq: number;
+  /** The seq of the pin entry that pinned it. */
+  pinSeq: number;
+  /** Who pinned it. */
+  byUserId: string;
+  /** When it was pinned (the pin entry's commit time), in milliseconds since the Unix epoch. */
+  atMs: number;
+  /** When the pinned message expires (a disappearing message), in milliseconds since the Unix epoch; undefined for never. */
+  expiresAtMs?: number;
 }
 
 /** A member of a conversation. */

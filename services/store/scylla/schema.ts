@@ -308,6 +308,17 @@ export const MIGRATIONS: readonly Migration[] = [
         admins_only boolean)`,
     ],
   },
+  {
+    id: "0012_conversation_pins",
+    description: "the messages pinned in each conversation",
+    statements: [
+      // Beside conversations for the same reason as 0011. pins is the JSON of the record's
+      // PinRecord list: at most 3 small objects, always read and written whole.
+      `CREATE TABLE IF NOT EXISTS conversation_pins (
+        conversation_id text PRIMARY KEY,
+        pins text)`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

@@ -9,6 +9,7 @@ import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
 import { runExpiryConformance } from "../conformance/expiry.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
+import { runPinConformance } from "../conformance/pins.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
 import type { StoreEngine } from "../types.js";
 import {
@@ -89,6 +90,7 @@ describe("ScyllaDB engine against a server", { skip: SKIP }, () => {
   runKeyStoreConformance(open);
   runSafetyStoreConformance(open);
   runExpiryConformance(open);
+  runPinConformance(open);
 
   it("hands out each one-time prekey once to 200 concurrent takes from two processes", async () => {
     assert.ok(shared !== undefined);

@@ -115,7 +115,11 @@ export function plan(writes: ConversationWrite[]): Plan[] {
       };
       plans.set(id, p);
     }
-    if (write.conversation !== undefined) p.conversation = conversationRecord(write.conversation);
+    if (write.conversation !== undefined) {
+      // A record without pins keeps those of an earlier write of the same commit (the port's rule).
+      const pins = write.conversation.pins ?? p.conversation?.pins;
+      p.conversation = conversationRecord({ ...write.conversation, ...(pins !== undefined && { pins }) });
+    }
     const append = (write.append ?? []).map((e) => ({ seq: seqOf(e, id), bytes: toBinary(EntrySchema, e) }));
     for (const [i, e] of append.entries()) {
       const expected = i === 0 ? (p.lastSeq > 0 ? p.lastSeq + 1 : e.seq) : append[i - 1]!.seq + 1;

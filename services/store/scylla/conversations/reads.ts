@@ -3,7 +3,7 @@
  * records, and a user's conversations.
  */
 import type { Entry } from "../../../../gen/switchboard/v1/entry_pb.js";
-import type { ConversationRecord, MemberRecord, UserConversation } from "../../types.js";
+import type { ConversationRecord, MemberRecord, PinRecord, UserConversation } from "../../types.js";
 import { type Cql, num } from "../schema.js";
 import { readHead } from "./head.js";
 import { bucketOf, type ConversationSettings, decodeEntry } from "./layout.js";
@@ -28,7 +28,7 @@ export class ConversationReads {
   }
 
   async getConversation(conversationId: string): Promise<ConversationRecord | undefined> {
-    const [row, timer] = await Promise.all([
+    const [row, timer, pinned] = await Promise.all([
       this.cql.one(
         "SELECT kind, title, created_at_ms, members_version FROM conversations WHERE conversation_id = ?",
         [conversationId],
@@ -37,6 +37,7 @@ export class ConversationReads {
         "SELECT disappearing_seconds, admins_only FROM conversation_timers WHERE conversation_id = ?",
         [conversationId],
       ),
+      this.cql.one("SELECT pins FROM conversation_pins WHERE conversation_id = ?", [conversationId]),
     ]);
     if (row === undefined) return undefined;
     return {
@@ -49,6 +50,7 @@ export class ConversationReads {
         disappearingSeconds: num(timer.get("disappearing_seconds")),
         disappearingAdminsOnly: (timer.get("admins_only") as boolean | null) ?? false,
       }),
+      ...(typeof pinned?.get("pins") === "string" && { pins: JSON.parse(pinned.get("pins")) as PinRecord[] }),
     };
   }
 

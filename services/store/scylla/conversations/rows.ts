@@ -121,14 +121,28 @@ export class CommitRows {
       [c.id, c.kind, c.title, c.createdAtMs, c.membersVersion],
       ts,
     );
+    const writes = [row];
     // Only records that ever had a timer carry one: most conversations never write this row.
-    if (c.disappearingSeconds === undefined) return row;
-    const timer = this.cql.run(
-      "INSERT INTO conversation_timers (conversation_id, disappearing_seconds, admins_only) VALUES (?, ?, ?)",
-      [c.id, c.disappearingSeconds, c.disappearingAdminsOnly ?? false],
-      ts,
-    );
-    return Promise.all([row, timer]);
+    if (c.disappearingSeconds !== undefined) {
+      writes.push(
+        this.cql.run(
+          "INSERT INTO conversation_timers (conversation_id, disappearing_seconds, admins_only) VALUES (?, ?, ?)",
+          [c.id, c.disappearingSeconds, c.disappearingAdminsOnly ?? false],
+          ts,
+        ),
+      );
+    }
+    // Likewise pins (migration 0012): a record without them leaves the stored ones be.
+    if (c.pins !== undefined) {
+      writes.push(
+        this.cql.run(
+          "INSERT INTO conversation_pins (conversation_id, pins) VALUES (?, ?)",
+          [c.id, JSON.stringify(c.pins)],
+          ts,
+        ),
+      );
+    }
+    return Promise.all(writes);
   }
 
   private async member(

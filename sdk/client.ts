@@ -9,11 +9,9 @@ import { type MessageLinks, newClientMsgId } from "./client/bodies.js";
 import type { Calls } from "./client/calls.js";
 import type { ClientContext } from "./client/context.js";
 import { clientClosed } from "./client/errors.js";
-import { FeatureFlags } from "./client/flags.js";
 import type { History } from "./client/history.js";
 import { createProfile, openContext } from "./client/open.js";
 import { assembleParts, type ClientParts } from "./client/parts.js";
-import { Pins } from "./client/pins.js";
 import type { Safety } from "./client/safety.js";
 import type { ContactSafetyNumber } from "./e2ee.js";
 import type { PrivacyChoices } from "./privacy.js";
@@ -65,8 +63,6 @@ export const identityCodec: PayloadCodec = {
  */
 export class SwitchboardClient {
   private readonly parts: ClientParts;
-  private pinsPart: Pins | undefined;
-  private flagsPart: FeatureFlags | undefined;
   private closing: Promise<void> | undefined;
 
   private constructor(private readonly ctx: ClientContext) {
@@ -234,7 +230,6 @@ export class SwitchboardClient {
 
   private async shutdown(): Promise<void> {
     this.ctx.closed = true;
-    this.ctx.e2ee?.stopExpirySweep();
     this.parts.stream.wake();
     await this.parts.delivery.drained();
     await this.parts.decoder.retriesSettled();
@@ -495,25 +490,6 @@ export class SwitchboardClient {
     return this.parts.safety;
   }
 
-  /**
-   * Pinned messages: `pin(conversationId, seq)` and `unpin(...)` (log entries, through the outbox;
-   * group admins, or either member of a direct conversation), `list(conversationId)` (what is
-   * pinned now, from the server).
-   */
-  get pins(): Pins {
-    this.pinsPart ??= new Pins(this.parts.queue, (id) => this.parts.conversations.getConversation(id));
-    return this.pinsPart;
-  }
-
-  /**
-   * Feature flags: this user's variant of each flag the server is configured with, the same on
-   * every device (`variant(flag)`, `all()`); cached for the time the server says.
-   */
-  get flags(): FeatureFlags {
-    this.flagsPart ??= new FeatureFlags(this.ctx.conn);
-    return this.flagsPart;
-  }
-
   /** This user's privacy settings as in force (the server's defaults where never set). */
   getPrivacy(): Promise<PrivacyChoices> {
     return this.parts.accounts.getPrivacy();
@@ -586,24 +562,6 @@ export class SwitchboardClient {
   /** Mutes a conversation's push wake-ups until a time (ms since the epoch); 0 unmutes. */
   setMute(conversationId: string, mutedUntilMs: bigint | number): Promise<void> {
     return this.parts.conversations.setMute(conversationId, mutedUntilMs);
-  }
-
-  /**
-   * Sets a conversation's disappearing-message timer: DISAPPEARING.off (0), .day, .week or
-   * .ninetyDays, in seconds. Messages sent after it disappear that long after they were sent,
-   * from the server and from every device. adminsOnly (groups, admins only): only admins may
-   * change it from now on. Returns the timer entry, or undefined when it was already so.
-   */
-  setDisappearingTimer(
-    conversationId: string,
-    durationSeconds: number,
-    options: { adminsOnly?: boolean } = {},
-  ): Promise<Entry | undefined> {
-    return this.parts.conversations.setDisappearingTimer(
-      conversationId,
-      durationSeconds,
-      options.adminsOnly ?? false,
-    );
   }
 
   /** A page of a conversation's log, decoded. */

@@ -1,7 +1,7 @@
 import type { ConnectError } from "@connectrpc/connect";
 import type { CallLogBody } from "../gen/switchboard/v1/calls_pb.js";
 import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
-import type { DisappearingTimerBody, Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
+import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
 import type { IdentityChangeEvent } from "./crypto/stores/types.js";
 import type { DevicesChangedEvent } from "./e2ee/types.js";
@@ -85,19 +85,7 @@ export interface SendResult {
 }
 
 /** The kinds of conversation log entries. */
-export type EntryKind =
-  | "message"
-  | "edit"
-  | "delete"
-  | "reaction"
-  | "membership"
-  | "call"
-  | "pin"
-  /** A change of the conversation's disappearing-message timer (see disappearing). */
-  | "disappearing"
-  /** An entry that disappeared (expired): only its seq is left, on the server and on this device. */
-  | "expired"
-  | "unknown";
+export type EntryKind = "message" | "edit" | "delete" | "reaction" | "membership" | "call" | "unknown";
 
 /** A file to send as an encrypted attachment: its bytes, or a path to read them from. */
 export interface OutgoingAttachment {
@@ -144,10 +132,8 @@ export interface IncomingEntry {
    * DecryptError "unencrypted") unless OpenOptions.acceptUnencrypted.
    */
   encrypted: boolean;
-  /** The entry an edit, delete, reaction or pin refers to; undefined for other kinds. */
+  /** The entry an edit, delete or reaction refers to; undefined for other kinds. */
   targetSeq: bigint | undefined;
-  /** For pin entries: true when the entry unpins targetSeq, false when it pins it. */
-  unpin?: boolean;
   /** The entry a message replies to (its reply_to_seq); undefined when it replies to none. */
   replyTo: bigint | undefined;
   /** The users a message mentions to the server (to wake them through a mute); often empty. */
@@ -158,15 +144,6 @@ export interface IncomingEntry {
   call: CallLogBody | undefined;
   /** True when a later delete-for-everyone removed this entry's content. */
   redacted: boolean;
-  /**
-   * When the entry disappears (it was sent while the conversation's timer was on), in
-   * milliseconds since the Unix epoch; undefined for never. Apps remove it from view then; the
-   * SDK deletes what it kept of it (its plaintext) from the profile by then, and the server
-   * serves it as kind "expired".
-   */
-  expiresAtMs?: bigint;
-  /** For disappearing entries: the new timer (0 off) and whether only admins may change it. */
-  disappearing?: DisappearingTimerBody;
   /** Set when the PayloadCodec failed to decode the payload. */
   decodeError: Error | undefined;
   /** True when the entry was sent by this very device. */
@@ -311,11 +288,6 @@ export interface ClientEvents {
    * them. Droppable (like presence), so an app that shows blocks lists them on `connected` too.
    */
   blocksChanged: Record<string, never>;
-  /**
-   * This user's privacy settings changed, on this device or another of theirs: `getPrivacy()`
-   * reads them. Droppable (like presence), so an app that shows them reads them on `connected` too.
-   */
-  privacyChanged: Record<string, never>;
   /** A call's signalling from the peer, decrypted (encryption mode only; docs/calls.md). */
   call: CallEvent;
   /** Another device of this user sent this one its history, and it was imported (client.history). */
@@ -350,6 +322,11 @@ export interface CallEvent {
   callId: string;
   /** The other party. */
   peerUserId: string;
+  /**
+   * This user's privacy settings changed, on this device or another of theirs: `getPrivacy()`
+   * reads them. Droppable (like presence), so an app that shows them reads them on `connected` too.
+   */
+  privacyChanged: Record<string, never>;
   /** Its device that sent this (for answeredElsewhere: this user's device that took the call). */
   peerDeviceId: string;
   /** For incoming: a video call. */

@@ -93,9 +93,9 @@ export class GatewayCore implements SessionHost<Session> {
   /** The check of pairwise sends' per-device ciphertexts against the users' devices. */
   readonly devices: DeviceSets;
   readonly blocks: BlockLists;
+  readonly privacy: PrivacyView;
   /** Call signalling: relayed live to the peer's devices (calls/relay.ts). */
   readonly calls: CallRelay;
-  readonly privacy: PrivacyView;
   /** Latency histograms; gauges and counters are read from this object when scraped. */
   readonly observe: GatewayObserver;
   readonly metrics: GatewayMetrics = {
@@ -156,9 +156,9 @@ export class GatewayCore implements SessionHost<Session> {
       now: this.now,
     });
     this.blocks = new BlockLists(this.directory);
+    this.privacy = new PrivacyView(this.directory);
     this.calls = new CallRelay({
       gatewayId: this.id,
-    this.privacy = new PrivacyView(this.directory);
       presence: this.presence,
       sequencer: this.sequencer,
       delivery: deps.delivery,
@@ -455,15 +455,15 @@ export class GatewayCore implements SessionHost<Session> {
         this.blocks.changed(event.value.userId);
         for (const d of event.value.deviceIds)
           for (const s of this.byDevice.get(d) ?? []) s.deliverBlocksChanged();
+      } else if (event.case === "privacyChanged") {
+        this.privacy.changed(event.value.userId);
+        for (const d of event.value.deviceIds)
+          for (const s of this.byDevice.get(d) ?? []) s.deliverPrivacyChanged();
       } else if (event.case === "deviceRevoked") {
         this.deviceStatus.set(event.value.deviceId, { active: false, checkedAt: this.now() });
         this.devices.deviceRevoked(event.value.userId);
         for (const s of [...(this.byDevice.get(event.value.deviceId) ?? [])]) {
           s.close(new UnauthenticatedError("device has been revoked"));
-      } else if (event.case === "privacyChanged") {
-        this.privacy.changed(event.value.userId);
-        for (const d of event.value.deviceIds)
-          for (const s of this.byDevice.get(d) ?? []) s.deliverPrivacyChanged();
         }
       }
     }

@@ -230,6 +230,7 @@ export class SwitchboardClient {
 
   private async shutdown(): Promise<void> {
     this.ctx.closed = true;
+    this.ctx.e2ee?.stopExpirySweep();
     this.parts.stream.wake();
     await this.parts.delivery.drained();
     await this.parts.decoder.retriesSettled();
@@ -562,6 +563,24 @@ export class SwitchboardClient {
   /** Mutes a conversation's push wake-ups until a time (ms since the epoch); 0 unmutes. */
   setMute(conversationId: string, mutedUntilMs: bigint | number): Promise<void> {
     return this.parts.conversations.setMute(conversationId, mutedUntilMs);
+  }
+
+  /**
+   * Sets a conversation's disappearing-message timer: DISAPPEARING.off (0), .day, .week or
+   * .ninetyDays, in seconds. Messages sent after it disappear that long after they were sent,
+   * from the server and from every device. adminsOnly (groups, admins only): only admins may
+   * change it from now on. Returns the timer entry, or undefined when it was already so.
+   */
+  setDisappearingTimer(
+    conversationId: string,
+    durationSeconds: number,
+    options: { adminsOnly?: boolean } = {},
+  ): Promise<Entry | undefined> {
+    return this.parts.conversations.setDisappearingTimer(
+      conversationId,
+      durationSeconds,
+      options.adminsOnly ?? false,
+    );
   }
 
   /** A page of a conversation's log, decoded. */

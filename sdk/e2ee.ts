@@ -223,6 +223,37 @@ export class E2ee {
     return this.decryptor.hasSent(clientMsgId);
   }
 
+  /** Deletes the kept plaintexts of entries that disappeared by nowMs; returns how many. */
+  forgetExpired(nowMs: number): Promise<number> {
+    return this.decryptor.forgetExpired(nowMs);
+  }
+
+  private expirySweep: ReturnType<typeof setInterval> | undefined;
+
+  /**
+   * Deletes kept plaintexts as their entries disappear: now, then every intervalMs while the
+   * client is open (an entry also goes as soon as the server serves it as expired).
+   */
+  async startExpirySweep(onError: (err: unknown) => void, intervalMs = 60_000): Promise<void> {
+    await this.forgetExpired(Date.now());
+    this.expirySweep ??= setInterval(() => {
+      this.forgetExpired(Date.now()).catch(onError);
+    }, intervalMs);
+    // A sweep alone never keeps a process alive (Node; browsers have no unref).
+    (this.expirySweep as { unref?: () => void }).unref?.();
+  }
+
+  /** Stops the sweep (the client is closing). */
+  stopExpirySweep(): void {
+    clearInterval(this.expirySweep);
+    this.expirySweep = undefined;
+  }
+
+  /** Deletes what this device kept of an entry the server served as expired. */
+  forgetEntry(conversationId: string, seq: bigint): Promise<void> {
+    return this.decryptor.forgetEntry(conversationId, seq);
+  }
+
   // -------------------------------------------------------------------------------------------
   // Retry requests (./e2ee/retries.ts)
 

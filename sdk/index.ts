@@ -1,6 +1,7 @@
 // The Switchboard TypeScript SDK. See README.md in this folder.
 export { Backoff } from "./backoff.js";
 export type { MessageLinks } from "./client/bodies.js";
+export { DISAPPEARING } from "./client/conversations.js";
 export { type BlockedUser, REPORT_BOUNDS, type ReportOptions, Safety } from "./client/safety.js";
 export { identityCodec, newClientMsgId, SwitchboardClient } from "./client.js";
 export { writeFileAtomic } from "./durable-file.js";

@@ -1,7 +1,7 @@
 import type { ConnectError } from "@connectrpc/connect";
 import type { CallLogBody } from "../gen/switchboard/v1/calls_pb.js";
 import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
-import type { Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
+import type { DisappearingTimerBody, Entry, MembershipBody } from "../gen/switchboard/v1/entry_pb.js";
 import type { ReceiptKind } from "../gen/switchboard/v1/gateway_pb.js";
 import type { IdentityChangeEvent } from "./crypto/stores/types.js";
 import type { DevicesChangedEvent } from "./e2ee/types.js";
@@ -85,7 +85,19 @@ export interface SendResult {
 }
 
 /** The kinds of conversation log entries. */
-export type EntryKind = "message" | "edit" | "delete" | "reaction" | "membership" | "call" | "unknown";
+export type EntryKind =
+  | "message"
+  | "edit"
+  | "delete"
+  | "reaction"
+  | "membership"
+  | "call"
+  | "pin"
+  /** A change of the conversation's disappearing-message timer (see disappearing). */
+  | "disappearing"
+  /** An entry that disappeared (expired): only its seq is left, on the server and on this device. */
+  | "expired"
+  | "unknown";
 
 /** A file to send as an encrypted attachment: its bytes, or a path to read them from. */
 export interface OutgoingAttachment {
@@ -144,6 +156,15 @@ export interface IncomingEntry {
   call: CallLogBody | undefined;
   /** True when a later delete-for-everyone removed this entry's content. */
   redacted: boolean;
+  /**
+   * When the entry disappears (it was sent while the conversation's timer was on), in
+   * milliseconds since the Unix epoch; undefined for never. Apps remove it from view then; the
+   * SDK deletes what it kept of it (its plaintext) from the profile by then, and the server
+   * serves it as kind "expired".
+   */
+  expiresAtMs?: bigint;
+  /** For disappearing entries: the new timer (0 off) and whether only admins may change it. */
+  disappearing?: DisappearingTimerBody;
   /** Set when the PayloadCodec failed to decode the payload. */
   decodeError: Error | undefined;
   /** True when the entry was sent by this very device. */

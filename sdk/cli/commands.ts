@@ -3,6 +3,7 @@ import { registerAccountCommands } from "./commands/account.js";
 import { registerCall } from "./commands/call.js";
 import { registerChat } from "./commands/chat.js";
 import { registerConversationLists } from "./commands/conversations.js";
+import { registerDisappearing } from "./commands/disappearing.js";
 import { registerDownload } from "./commands/download.js";
 import { registerGroupCommands } from "./commands/groups.js";
 import { registerHistory } from "./commands/history.js";
@@ -38,6 +39,7 @@ const COMMANDS: ReadonlyArray<(program: Command, io: CliIo) => void> = [
   registerPrivacy,
   registerSafety,
   registerGroupCommands,
+  registerDisappearing,
   registerConversationLists,
   registerHistory,
   registerChat,

@@ -122,6 +122,15 @@ export function formatEntry(
     }
     case "call":
       return `${head} ${callLine(e, names, selfUserId)}`;
+    case "disappearing": {
+      const seconds = e.disappearing?.durationSeconds ?? 0;
+      const admins = e.disappearing?.adminsOnly === true ? " (only admins may change it)" : "";
+      return seconds === 0
+        ? `${head} ${who} turned disappearing messages off${admins}`
+        : `${head} ${who} set messages to disappear after ${timerLabel(seconds)}${admins}`;
+    }
+    case "expired":
+      return `#${e.seq} (disappeared)`;
     default:
       return `${head} ${who}: (unknown entry)`;
   }
@@ -213,4 +222,11 @@ export function receiptLine(r: ReceiptEvent, names: Names, where: string, tty: b
     return `${ticks} ${tty ? "read " : ""}by ${names.label(r.userId)} up to #${r.upToSeq}${where}`;
   }
   return `✓✓ delivered to ${names.label(r.userId)} up to #${r.upToSeq}${where}`;
+}
+
+/** A disappearing-message timer as people say it: "24 hours", "7 days", "90 days". */
+export function timerLabel(seconds: number): string {
+  if (seconds % 86_400 === 0) return seconds === 86_400 ? "24 hours" : `${seconds / 86_400} days`;
+  if (seconds % 3_600 === 0) return `${seconds / 3_600} hours`;
+  return `${seconds} seconds`;
 }

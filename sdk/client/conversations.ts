@@ -5,6 +5,12 @@ import type { ClientContext } from "./context.js";
 import type { EntryDecoder } from "./decode.js";
 import { required } from "./errors.js";
 
+/**
+ * The disappearing-message timers a server offers unless configured otherwise, in seconds
+ * (SwitchboardClient.setDisappearingTimer); 0 turns them off.
+ */
+export const DISAPPEARING = { off: 0, day: 86_400, week: 604_800, ninetyDays: 7_776_000 } as const;
+
 /** ConversationService calls: direct conversations, groups and their members, history, mutes. */
 export class Conversations {
   constructor(
@@ -60,6 +66,14 @@ export class Conversations {
 
   async setMute(conversationId: string, mutedUntilMs: bigint | number): Promise<void> {
     await this.api.setMute({ conversationId, mutedUntilMs: BigInt(mutedUntilMs) });
+  }
+
+  async setDisappearingTimer(
+    conversationId: string,
+    durationSeconds: number,
+    adminsOnly: boolean,
+  ): Promise<Entry | undefined> {
+    return (await this.api.setDisappearingTimer({ conversationId, durationSeconds, adminsOnly })).entry;
   }
 
   /** A page of a conversation's log, decoded. */

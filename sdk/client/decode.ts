@@ -68,6 +68,9 @@ export class EntryDecoder {
   async toIncoming(raw: Entry): Promise<IncomingEntry> {
     const body = raw.body;
     const e2ee = this.ctx.e2ee;
+    // Gone on the server: whatever this device kept of it goes too (it may have expired while
+    // the device was away, before the local sweep reached it).
+    if (raw.expired && e2ee !== undefined) await e2ee.forgetEntry(raw.conversationId, raw.seq);
     let payload: Uint8Array | undefined;
     let decodeError: Error | undefined;
     let targetSeq: bigint | undefined;
@@ -151,7 +154,7 @@ export class EntryDecoder {
       senderDeviceId: raw.senderDeviceId,
       clientMsgId: raw.clientMsgId,
       serverTimeMs: raw.serverTimeMs,
-      kind: body.case ?? "unknown",
+      kind: raw.expired ? "expired" : (body.case ?? "unknown"),
       payload,
       attachments,
       keysOnly,
@@ -162,6 +165,8 @@ export class EntryDecoder {
       membership: body.case === "membership" ? body.value : undefined,
       call: body.case === "call" ? body.value : undefined,
       redacted: raw.redacted,
+      ...(raw.expiresAtMs > 0n && { expiresAtMs: raw.expiresAtMs }),
+      ...(body.case === "disappearing" && { disappearing: body.value }),
       decodeError,
       fromThisDevice: raw.senderDeviceId !== "" && raw.senderDeviceId === this.ctx.deviceId,
       raw,

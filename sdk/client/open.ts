@@ -31,7 +31,11 @@ export async function openContext(options: OpenOptions, defaultCodec: PayloadCod
         options.signedPrekeyMaxAgeMs,
       )
     : undefined;
-  if (e2ee !== undefined) e2ee.onDevicesChanged = (event) => events.emit("devicesChanged", event);
+  if (e2ee !== undefined) {
+    e2ee.onDevicesChanged = (event) => events.emit("devicesChanged", event);
+    // Plaintexts of messages that disappeared while the app was closed go before anything is shown.
+    await e2ee.startExpirySweep((err) => events.reportError(err));
+  }
   return new ClientContext(
     profile,
     conn,

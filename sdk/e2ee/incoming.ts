@@ -21,7 +21,11 @@ export class Decryptor {
     private readonly groups: GroupCipher,
     private readonly self: DeviceRef,
     private readonly devices: DeviceDirectory,
-    /** Plaintexts by `r/<conversationId>/<seq>` (received) and `s/<clientMsgId>` (sent here). */
+    /**
+     * Plaintexts by `r/<conversationId>/<seq>` (received) and `s/<clientMsgId>` (sent here); and
+     * for entries that disappear, `x/<expiresAtMs>/<conversationId>/<seq>` holding the
+     * client_msg_id of this device's own send (empty otherwise): what forgetExpired deletes.
+     */
     private readonly plaintexts: RecordSet,
   ) {}
 
@@ -133,7 +137,47 @@ export class Decryptor {
       plaintext = await this.cipher.decrypt(sender, { type: mine.type, ciphertext: mine.ciphertext });
       await this.devices.learnDevice(sender.userId, sender.deviceId);
     }
-    await this.plaintexts.put([[key, plaintext]]);
+    const records: Array<[string, Uint8Array]> = [[key, plaintext]];
+    if (entry.expiresAtMs > 0n) {
+      const own = entry.senderDeviceId === this.self.deviceId ? entry.clientMsgId : "";
+      records.push([
+        `x/${entry.expiresAtMs}/${entry.conversationId}/${entry.seq}`,
+        new TextEncoder().encode(own),
+      ]);
+    }
+    await this.plaintexts.put(records);
     return plaintext;
+  }
+
+  /**
+   * Deletes the plaintexts of entries that disappeared by nowMs (in milliseconds since the Unix
+   * epoch), received and sent; returns how many entries it forgot.
+   */
+  async forgetExpired(nowMs: number): Promise<number> {
+    const due = this.plaintexts.keys().filter((k) => k.startsWith("x/") && Number(k.split("/")[1]) <= nowMs);
+    await this.forgetKeys(due);
+    return due.length;
+  }
+
+  /** Deletes what this device kept of one entry (the server served it as expired). */
+  async forgetEntry(conversationId: string, seq: bigint): Promise<void> {
+    const suffix = `/${conversationId}/${seq}`;
+    const indexed = this.plaintexts.keys().filter((k) => k.startsWith("x/") && k.endsWith(suffix));
+    await this.forgetKeys(indexed);
+    const key = `r${suffix}`;
+    if (this.plaintexts.has(key)) await this.plaintexts.delete([key]);
+  }
+
+  private async forgetKeys(indexKeys: string[]): Promise<void> {
+    if (indexKeys.length === 0) return;
+    const names = new Set<string>();
+    for (const x of indexKeys) {
+      const [, , ...rest] = x.split("/");
+      names.add(`r/${rest.join("/")}`);
+      const own = new TextDecoder().decode(this.plaintexts.get(x) ?? new Uint8Array());
+      if (own !== "") names.add(`s/${own}`);
+      names.add(x);
+    }
+    await this.plaintexts.delete([...names].filter((n) => this.plaintexts.has(n)));
   }
 }

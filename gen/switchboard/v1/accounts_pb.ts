@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/accounts.proto.
  */
 export const file_switchboard_v1_accounts: GenFile = /*@__PURE__*/
-  fileDesc("Ch1zd2l0Y2hib2FyZC92MS9hY2NvdW50cy5wcm90bxIOc3dpdGNoYm9hcmQudjEiVgoEVXNlchIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIVCg1jcmVhdGVkX2F0X21zGAQgASgDInsKBkRldmljZRIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEhUKDWNyZWF0ZWRfYXRfbXMYBCABKAMSFQoNcmV2b2tlZF9hdF9tcxgFIAEoAxIRCglwdXNoX2tpbmQYBiABKAkiTQoQRGV2aWNlQ3JlZGVudGlhbBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAMgASgJImQKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkSFAoMaW52aXRlX3Rva2VuGAQgASgJImwKEFJlZ2lzdGVyUmVzcG9uc2USIgoEdXNlchgBIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISNAoKY3JlZGVudGlhbBgCIAEoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNyZWRlbnRpYWwiPgoSQ3JlYXRlVG9rZW5SZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAIgASgJIkIKE0NyZWF0ZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAMiFwoVQ3JlYXRlTGlua0NvZGVSZXF1ZXN0Ij0KFkNyZWF0ZUxpbmtDb2RlUmVzcG9uc2USDAoEY29kZRgBIAEoCRIVCg1leHBpcmVzX2F0X21zGAIgASgDIjYKEUxpbmtEZXZpY2VSZXF1ZXN0EgwKBGNvZGUYASABKAkSEwoLZGV2aWNlX25hbWUYAiABKAkibgoSTGlua0RldmljZVJlc3BvbnNlEiIKBHVzZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEjQKCmNyZWRlbnRpYWwYAiABKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDcmVkZW50aWFsIi0KEkxpc3REZXZpY2VzUmVxdWVzdBIXCg9pbmNsdWRlX3Jldm9rZWQYASABKAgiPgoTTGlzdERldmljZXNSZXNwb25zZRInCgdkZXZpY2VzGAEgAygLMhYuc3dpdGNoYm9hcmQudjEuRGV2aWNlIigKE1Jldm9rZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIj4KFFJldm9rZURldmljZVJlc3BvbnNlEiYKBmRldmljZRgBIAEoCzIWLnN3aXRjaGJvYXJkLnYxLkRldmljZSI5ChJMb29rdXBVc2Vyc1JlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkSEQoJdXNlcm5hbWVzGAIgAygJIjoKE0xvb2t1cFVzZXJzUmVzcG9uc2USIwoFdXNlcnMYASADKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJImAKCkFwbnNUYXJnZXQSDQoFdG9rZW4YASABKAkSDQoFdG9waWMYAiABKAkSNAoLZW52aXJvbm1lbnQYAyABKA4yHy5zd2l0Y2hib2FyZC52MS5BcG5zRW52aXJvbm1lbnQiqQEKFFNldFB1c2hUYXJnZXRSZXF1ZXN0EjEKCHdlYl9wdXNoGAEgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgCIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYAyABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IhcKFVNldFB1c2hUYXJnZXRSZXNwb25zZSIZChdSZW1vdmVQdXNoVGFyZ2V0UmVxdWVzdCIaChhSZW1vdmVQdXNoVGFyZ2V0UmVzcG9uc2Ui3QEKD1ByaXZhY3lTZXR0aW5ncxIyCglncm91cF9hZGQYASABKA4yHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5QXVkaWVuY2USNAoLZGlyZWN0X29wZW4YAiABKA4yHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5QXVkaWVuY2USMgoJbGFzdF9zZWVuGAMgASgOMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeUF1ZGllbmNlEhoKDXJlYWRfcmVjZWlwdHMYBCABKAhIAIgBAUIQCg5fcmVhZF9yZWNlaXB0cyITChFHZXRQcml2YWN5UmVxdWVzdCJHChJHZXRQcml2YWN5UmVzcG9uc2USMQoIc2V0dGluZ3MYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5U2V0dGluZ3MiRgoRU2V0UHJpdmFjeVJlcXVlc3QSMQoIc2V0dGluZ3MYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5U2V0dGluZ3MiRwoSU2V0UHJpdmFjeVJlc3BvbnNlEjEKCHNldHRpbmdzGAEgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeVNldHRpbmdzIiIKDlByaXZhY3lSZWZ1c2FsEhAKCHVzZXJfaWRzGAEgAygJIiMKEEJsb2NrVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIqChFCbG9ja1VzZXJSZXNwb25zZRIVCg1uZXdseV9ibG9ja2VkGAEgASgIIiUKElVuYmxvY2tVc2VyUmVxdWVzdBIPCgd1c2VyX2lkGAEgASgJIioKE1VuYmxvY2tVc2VyUmVzcG9uc2USEwoLd2FzX2Jsb2NrZWQYASABKAgiNQoLQmxvY2tlZFVzZXISDwoHdXNlcl9pZBgBIAEoCRIVCg1ibG9ja2VkX2F0X21zGAIgASgEIhkKF0xpc3RCbG9ja2VkVXNlcnNSZXF1ZXN0IkgKGExpc3RCbG9ja2VkVXNlcnNSZXNwb25zZRIsCgdibG9ja2VkGAEgAygLMhsuc3dpdGNoYm9hcmQudjEuQmxvY2tlZFVzZXIicgoQRGlzY2xvc2VkTWVzc2FnZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSCwoDc2VxGAIgASgEEhYKDnNlbmRlcl91c2VyX2lkGAMgASgJEhIKCnNlbnRfYXRfbXMYBCABKAQSDAoEdGV4dBgFIAEoCSKeAQoRUmVwb3J0VXNlclJlcXVlc3QSGAoQcmVwb3J0ZWRfdXNlcl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkSFwoPY29udmVyc2F0aW9uX2lkGAMgASgJEhIKCnRhcmdldF9zZXEYBCABKAQSMgoIbWVzc2FnZXMYBSADKAsyIC5zd2l0Y2hib2FyZC52MS5EaXNjbG9zZWRNZXNzYWdlIicKElJlcG9ydFVzZXJSZXNwb25zZRIRCglyZXBvcnRfaWQYASABKAkiGAoWR2V0RmVhdHVyZUZsYWdzUmVxdWVzdCI2ChVGZWF0dXJlRmxhZ0Fzc2lnbm1lbnQSDAoEZmxhZxgBIAEoCRIPCgd2YXJpYW50GAIgASgJImwKF0dldEZlYXR1cmVGbGFnc1Jlc3BvbnNlEjoKC2Fzc2lnbm1lbnRzGAEgAygLMiUuc3dpdGNoYm9hcmQudjEuRmVhdHVyZUZsYWdBc3NpZ25tZW50EhUKDWNhY2hlX3NlY29uZHMYAiABKA0qcgoPQXBuc0Vudmlyb25tZW50EiAKHEFQTlNfRU5WSVJPTk1FTlRfVU5TUEVDSUZJRUQQABIcChhBUE5TX0VOVklST05NRU5UX1NBTkRCT1gQARIfChtBUE5TX0VOVklST05NRU5UX1BST0RVQ1RJT04QAiqOAQoPUHJpdmFjeUF1ZGllbmNlEiAKHFBSSVZBQ1lfQVVESUVOQ0VfVU5TUEVDSUZJRUQQABIdChlQUklWQUNZX0FVRElFTkNFX0VWRVJZT05FEAESHQoZUFJJVkFDWV9BVURJRU5DRV9DT05UQUNUUxACEhsKF1BSSVZBQ1lfQVVESUVOQ0VfTk9CT0RZEAMysQsKDkFjY291bnRTZXJ2aWNlEk0KCFJlZ2lzdGVyEh8uc3dpdGNoYm9hcmQudjEuUmVnaXN0ZXJSZXF1ZXN0GiAuc3dpdGNoYm9hcmQudjEuUmVnaXN0ZXJSZXNwb25zZRJWCgtDcmVhdGVUb2tlbhIiLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZVRva2VuUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZVRva2VuUmVzcG9uc2USXwoOQ3JlYXRlTGlua0NvZGUSJS5zd2l0Y2hib2FyZC52MS5DcmVhdGVMaW5rQ29kZVJlcXVlc3QaJi5zd2l0Y2hib2FyZC52MS5DcmVhdGVMaW5rQ29kZVJlc3BvbnNlElMKCkxpbmtEZXZpY2USIS5zd2l0Y2hib2FyZC52MS5MaW5rRGV2aWNlUmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLkxpbmtEZXZpY2VSZXNwb25zZRJWCgtMaXN0RGV2aWNlcxIiLnN3aXRjaGJvYXJkLnYxLkxpc3REZXZpY2VzUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkxpc3REZXZpY2VzUmVzcG9uc2USWQoMUmV2b2tlRGV2aWNlEiMuc3dpdGNoYm9hcmQudjEuUmV2b2tlRGV2aWNlUmVxdWVzdBokLnN3aXRjaGJvYXJkLnYxLlJldm9rZURldmljZVJlc3BvbnNlElYKC0xvb2t1cFVzZXJzEiIuc3dpdGNoYm9hcmQudjEuTG9va3VwVXNlcnNSZXF1ZXN0GiMuc3dpdGNoYm9hcmQudjEuTG9va3VwVXNlcnNSZXNwb25zZRJcCg1TZXRQdXNoVGFyZ2V0EiQuc3dpdGNoYm9hcmQudjEuU2V0UHVzaFRhcmdldFJlcXVlc3QaJS5zd2l0Y2hib2FyZC52MS5TZXRQdXNoVGFyZ2V0UmVzcG9uc2USZQoQUmVtb3ZlUHVzaFRhcmdldBInLnN3aXRjaGJvYXJkLnYxLlJlbW92ZVB1c2hUYXJnZXRSZXF1ZXN0Giguc3dpdGNoYm9hcmQudjEuUmVtb3ZlUHVzaFRhcmdldFJlc3BvbnNlElMKCkdldFByaXZhY3kSIS5zd2l0Y2hib2FyZC52MS5HZXRQcml2YWN5UmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLkdldFByaXZhY3lSZXNwb25zZRJTCgpTZXRQcml2YWN5EiEuc3dpdGNoYm9hcmQudjEuU2V0UHJpdmFjeVJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5TZXRQcml2YWN5UmVzcG9uc2USUAoJQmxvY2tVc2VyEiAuc3dpdGNoYm9hcmQudjEuQmxvY2tVc2VyUmVxdWVzdBohLnN3aXRjaGJvYXJkLnYxLkJsb2NrVXNlclJlc3BvbnNlElYKC1VuYmxvY2tVc2VyEiIuc3dpdGNoYm9hcmQudjEuVW5ibG9ja1VzZXJSZXF1ZXN0GiMuc3dpdGNoYm9hcmQudjEuVW5ibG9ja1VzZXJSZXNwb25zZRJlChBMaXN0QmxvY2tlZFVzZXJzEicuc3dpdGNoYm9hcmQudjEuTGlzdEJsb2NrZWRVc2Vyc1JlcXVlc3QaKC5zd2l0Y2hib2FyZC52MS5MaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USUwoKUmVwb3J0VXNlchIhLnN3aXRjaGJvYXJkLnYxLlJlcG9ydFVzZXJSZXF1ZXN0GiIuc3dpdGNoYm9hcmQudjEuUmVwb3J0VXNlclJlc3BvbnNlEmIKD0dldEZlYXR1cmVGbGFncxImLnN3aXRjaGJvYXJkLnYxLkdldEZlYXR1cmVGbGFnc1JlcXVlc3QaJy5zd2l0Y2hib2FyZC52MS5HZXRGZWF0dXJlRmxhZ3NSZXNwb25zZWIGcHJvdG8z");
+  fileDesc("Ch1zd2l0Y2hib2FyZC92MS9hY2NvdW50cy5wcm90bxIOc3dpdGNoYm9hcmQudjEiVgoEVXNlchIPCgd1c2VyX2lkGAEgASgJEhAKCHVzZXJuYW1lGAIgASgJEhQKDGRpc3BsYXlfbmFtZRgDIAEoCRIVCg1jcmVhdGVkX2F0X21zGAQgASgDInsKBkRldmljZRIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIMCgRuYW1lGAMgASgJEhUKDWNyZWF0ZWRfYXRfbXMYBCABKAMSFQoNcmV2b2tlZF9hdF9tcxgFIAEoAxIRCglwdXNoX2tpbmQYBiABKAkiTQoQRGV2aWNlQ3JlZGVudGlhbBIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAMgASgJImQKD1JlZ2lzdGVyUmVxdWVzdBIQCgh1c2VybmFtZRgBIAEoCRIUCgxkaXNwbGF5X25hbWUYAiABKAkSEwoLZGV2aWNlX25hbWUYAyABKAkSFAoMaW52aXRlX3Rva2VuGAQgASgJImwKEFJlZ2lzdGVyUmVzcG9uc2USIgoEdXNlchgBIAEoCzIULnN3aXRjaGJvYXJkLnYxLlVzZXISNAoKY3JlZGVudGlhbBgCIAEoCzIgLnN3aXRjaGJvYXJkLnYxLkRldmljZUNyZWRlbnRpYWwiPgoSQ3JlYXRlVG9rZW5SZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIVCg1kZXZpY2Vfc2VjcmV0GAIgASgJIkIKE0NyZWF0ZVRva2VuUmVzcG9uc2USFAoMYWNjZXNzX3Rva2VuGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAMiFwoVQ3JlYXRlTGlua0NvZGVSZXF1ZXN0Ij0KFkNyZWF0ZUxpbmtDb2RlUmVzcG9uc2USDAoEY29kZRgBIAEoCRIVCg1leHBpcmVzX2F0X21zGAIgASgDIjYKEUxpbmtEZXZpY2VSZXF1ZXN0EgwKBGNvZGUYASABKAkSEwoLZGV2aWNlX25hbWUYAiABKAkibgoSTGlua0RldmljZVJlc3BvbnNlEiIKBHVzZXIYASABKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyEjQKCmNyZWRlbnRpYWwYAiABKAsyIC5zd2l0Y2hib2FyZC52MS5EZXZpY2VDcmVkZW50aWFsIi0KEkxpc3REZXZpY2VzUmVxdWVzdBIXCg9pbmNsdWRlX3Jldm9rZWQYASABKAgiPgoTTGlzdERldmljZXNSZXNwb25zZRInCgdkZXZpY2VzGAEgAygLMhYuc3dpdGNoYm9hcmQudjEuRGV2aWNlIigKE1Jldm9rZURldmljZVJlcXVlc3QSEQoJZGV2aWNlX2lkGAEgASgJIj4KFFJldm9rZURldmljZVJlc3BvbnNlEiYKBmRldmljZRgBIAEoCzIWLnN3aXRjaGJvYXJkLnYxLkRldmljZSI5ChJMb29rdXBVc2Vyc1JlcXVlc3QSEAoIdXNlcl9pZHMYASADKAkSEQoJdXNlcm5hbWVzGAIgAygJIjoKE0xvb2t1cFVzZXJzUmVzcG9uc2USIwoFdXNlcnMYASADKAsyFC5zd2l0Y2hib2FyZC52MS5Vc2VyIj8KDVdlYlB1c2hUYXJnZXQSEAoIZW5kcG9pbnQYASABKAkSDgoGcDI1NmRoGAIgASgJEgwKBGF1dGgYAyABKAkiGgoJRmNtVGFyZ2V0Eg0KBXRva2VuGAEgASgJImAKCkFwbnNUYXJnZXQSDQoFdG9rZW4YASABKAkSDQoFdG9waWMYAiABKAkSNAoLZW52aXJvbm1lbnQYAyABKA4yHy5zd2l0Y2hib2FyZC52MS5BcG5zRW52aXJvbm1lbnQiqQEKFFNldFB1c2hUYXJnZXRSZXF1ZXN0EjEKCHdlYl9wdXNoGAEgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgCIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYAyABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IhcKFVNldFB1c2hUYXJnZXRSZXNwb25zZSIZChdSZW1vdmVQdXNoVGFyZ2V0UmVxdWVzdCIaChhSZW1vdmVQdXNoVGFyZ2V0UmVzcG9uc2UijwIKD1ByaXZhY3lTZXR0aW5ncxIyCglncm91cF9hZGQYASABKA4yHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5QXVkaWVuY2USNAoLZGlyZWN0X29wZW4YAiABKA4yHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5QXVkaWVuY2USMgoJbGFzdF9zZWVuGAMgASgOMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeUF1ZGllbmNlEhoKDXJlYWRfcmVjZWlwdHMYBCABKAhIAIgBARIwCgdwcm9maWxlGAUgASgOMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeUF1ZGllbmNlQhAKDl9yZWFkX3JlY2VpcHRzIhMKEUdldFByaXZhY3lSZXF1ZXN0IkcKEkdldFByaXZhY3lSZXNwb25zZRIxCghzZXR0aW5ncxgBIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlByaXZhY3lTZXR0aW5ncyJGChFTZXRQcml2YWN5UmVxdWVzdBIxCghzZXR0aW5ncxgBIAEoCzIfLnN3aXRjaGJvYXJkLnYxLlByaXZhY3lTZXR0aW5ncyJHChJTZXRQcml2YWN5UmVzcG9uc2USMQoIc2V0dGluZ3MYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5U2V0dGluZ3MiKQoRU2V0UHJvZmlsZVJlcXVlc3QSFAoMZGlzcGxheV9uYW1lGAEgASgJIjgKElNldFByb2ZpbGVSZXNwb25zZRIiCgR1c2VyGAEgASgLMhQuc3dpdGNoYm9hcmQudjEuVXNlciIiCg5Qcml2YWN5UmVmdXNhbBIQCgh1c2VyX2lkcxgBIAMoCSIjChBCbG9ja1VzZXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiKgoRQmxvY2tVc2VyUmVzcG9uc2USFQoNbmV3bHlfYmxvY2tlZBgBIAEoCCIlChJVbmJsb2NrVXNlclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSIqChNVbmJsb2NrVXNlclJlc3BvbnNlEhMKC3dhc19ibG9ja2VkGAEgASgIIjUKC0Jsb2NrZWRVc2VyEg8KB3VzZXJfaWQYASABKAkSFQoNYmxvY2tlZF9hdF9tcxgCIAEoBCIZChdMaXN0QmxvY2tlZFVzZXJzUmVxdWVzdCJIChhMaXN0QmxvY2tlZFVzZXJzUmVzcG9uc2USLAoHYmxvY2tlZBgBIAMoCzIbLnN3aXRjaGJvYXJkLnYxLkJsb2NrZWRVc2VyInIKEERpc2Nsb3NlZE1lc3NhZ2USFwoPY29udmVyc2F0aW9uX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIWCg5zZW5kZXJfdXNlcl9pZBgDIAEoCRISCgpzZW50X2F0X21zGAQgASgEEgwKBHRleHQYBSABKAkingEKEVJlcG9ydFVzZXJSZXF1ZXN0EhgKEHJlcG9ydGVkX3VzZXJfaWQYASABKAkSDgoGcmVhc29uGAIgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgDIAEoCRISCgp0YXJnZXRfc2VxGAQgASgEEjIKCG1lc3NhZ2VzGAUgAygLMiAuc3dpdGNoYm9hcmQudjEuRGlzY2xvc2VkTWVzc2FnZSInChJSZXBvcnRVc2VyUmVzcG9uc2USEQoJcmVwb3J0X2lkGAEgASgJIhgKFkdldEZlYXR1cmVGbGFnc1JlcXVlc3QiNgoVRmVhdHVyZUZsYWdBc3NpZ25tZW50EgwKBGZsYWcYASABKAkSDwoHdmFyaWFudBgCIAEoCSJsChdHZXRGZWF0dXJlRmxhZ3NSZXNwb25zZRI6Cgthc3NpZ25tZW50cxgBIAMoCzIlLnN3aXRjaGJvYXJkLnYxLkZlYXR1cmVGbGFnQXNzaWdubWVudBIVCg1jYWNoZV9zZWNvbmRzGAIgASgNKnIKD0FwbnNFbnZpcm9ubWVudBIgChxBUE5TX0VOVklST05NRU5UX1VOU1BFQ0lGSUVEEAASHAoYQVBOU19FTlZJUk9OTUVOVF9TQU5EQk9YEAESHwobQVBOU19FTlZJUk9OTUVOVF9QUk9EVUNUSU9OEAIqjgEKD1ByaXZhY3lBdWRpZW5jZRIgChxQUklWQUNZX0FVRElFTkNFX1VOU1BFQ0lGSUVEEAASHQoZUFJJVkFDWV9BVURJRU5DRV9FVkVSWU9ORRABEh0KGVBSSVZBQ1lfQVVESUVOQ0VfQ09OVEFDVFMQAhIbChdQUklWQUNZX0FVRElFTkNFX05PQk9EWRADMoYMCg5BY2NvdW50U2VydmljZRJNCghSZWdpc3RlchIfLnN3aXRjaGJvYXJkLnYxLlJlZ2lzdGVyUmVxdWVzdBogLnN3aXRjaGJvYXJkLnYxLlJlZ2lzdGVyUmVzcG9uc2USVgoLQ3JlYXRlVG9rZW4SIi5zd2l0Y2hib2FyZC52MS5DcmVhdGVUb2tlblJlcXVlc3QaIy5zd2l0Y2hib2FyZC52MS5DcmVhdGVUb2tlblJlc3BvbnNlEl8KDkNyZWF0ZUxpbmtDb2RlEiUuc3dpdGNoYm9hcmQudjEuQ3JlYXRlTGlua0NvZGVSZXF1ZXN0GiYuc3dpdGNoYm9hcmQudjEuQ3JlYXRlTGlua0NvZGVSZXNwb25zZRJTCgpMaW5rRGV2aWNlEiEuc3dpdGNoYm9hcmQudjEuTGlua0RldmljZVJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5MaW5rRGV2aWNlUmVzcG9uc2USVgoLTGlzdERldmljZXMSIi5zd2l0Y2hib2FyZC52MS5MaXN0RGV2aWNlc1JlcXVlc3QaIy5zd2l0Y2hib2FyZC52MS5MaXN0RGV2aWNlc1Jlc3BvbnNlElkKDFJldm9rZURldmljZRIjLnN3aXRjaGJvYXJkLnYxLlJldm9rZURldmljZVJlcXVlc3QaJC5zd2l0Y2hib2FyZC52MS5SZXZva2VEZXZpY2VSZXNwb25zZRJWCgtMb29rdXBVc2VycxIiLnN3aXRjaGJvYXJkLnYxLkxvb2t1cFVzZXJzUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkxvb2t1cFVzZXJzUmVzcG9uc2USXAoNU2V0UHVzaFRhcmdldBIkLnN3aXRjaGJvYXJkLnYxLlNldFB1c2hUYXJnZXRSZXF1ZXN0GiUuc3dpdGNoYm9hcmQudjEuU2V0UHVzaFRhcmdldFJlc3BvbnNlEmUKEFJlbW92ZVB1c2hUYXJnZXQSJy5zd2l0Y2hib2FyZC52MS5SZW1vdmVQdXNoVGFyZ2V0UmVxdWVzdBooLnN3aXRjaGJvYXJkLnYxLlJlbW92ZVB1c2hUYXJnZXRSZXNwb25zZRJTCgpHZXRQcml2YWN5EiEuc3dpdGNoYm9hcmQudjEuR2V0UHJpdmFjeVJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5HZXRQcml2YWN5UmVzcG9uc2USUwoKU2V0UHJpdmFjeRIhLnN3aXRjaGJvYXJkLnYxLlNldFByaXZhY3lSZXF1ZXN0GiIuc3dpdGNoYm9hcmQudjEuU2V0UHJpdmFjeVJlc3BvbnNlElMKClNldFByb2ZpbGUSIS5zd2l0Y2hib2FyZC52MS5TZXRQcm9maWxlUmVxdWVzdBoiLnN3aXRjaGJvYXJkLnYxLlNldFByb2ZpbGVSZXNwb25zZRJQCglCbG9ja1VzZXISIC5zd2l0Y2hib2FyZC52MS5CbG9ja1VzZXJSZXF1ZXN0GiEuc3dpdGNoYm9hcmQudjEuQmxvY2tVc2VyUmVzcG9uc2USVgoLVW5ibG9ja1VzZXISIi5zd2l0Y2hib2FyZC52MS5VbmJsb2NrVXNlclJlcXVlc3QaIy5zd2l0Y2hib2FyZC52MS5VbmJsb2NrVXNlclJlc3BvbnNlEmUKEExpc3RCbG9ja2VkVXNlcnMSJy5zd2l0Y2hib2FyZC52MS5MaXN0QmxvY2tlZFVzZXJzUmVxdWVzdBooLnN3aXRjaGJvYXJkLnYxLkxpc3RCbG9ja2VkVXNlcnNSZXNwb25zZRJTCgpSZXBvcnRVc2VyEiEuc3dpdGNoYm9hcmQudjEuUmVwb3J0VXNlclJlcXVlc3QaIi5zd2l0Y2hib2FyZC52MS5SZXBvcnRVc2VyUmVzcG9uc2USYgoPR2V0RmVhdHVyZUZsYWdzEiYuc3dpdGNoYm9hcmQudjEuR2V0RmVhdHVyZUZsYWdzUmVxdWVzdBonLnN3aXRjaGJvYXJkLnYxLkdldEZlYXR1cmVGbGFnc1Jlc3BvbnNlYgZwcm90bzM");
 
 /**
  * A user as other users see it.
@@ -733,6 +733,16 @@ export type PrivacySettings = Message<"switchboard.v1.PrivacySettings"> & {
    * @generated from field: optional bool read_receipts = 4;
    */
   readReceipts?: boolean | undefined;
+
+  /**
+   * Who sees the user's display name (User.display_name in LookupUsers). Here CONTACTS means the
+   * users who have a direct conversation with the user. Not reciprocal. To anyone else the
+   * display name is answered as the username, which is what a user who never chose a display
+   * name shows, so a hidden name cannot be told from an unset one.
+   *
+   * @generated from field: switchboard.v1.PrivacyAudience profile = 5;
+   */
+  profile: PrivacyAudience;
 };
 
 /**
@@ -822,6 +832,49 @@ export const SetPrivacyResponseSchema: GenMessage<SetPrivacyResponse> = /*@__PUR
   messageDesc(file_switchboard_v1_accounts, 28);
 
 /**
+ * AccountService.SetProfile request.
+ *
+ * @generated from message switchboard.v1.SetProfileRequest
+ */
+export type SetProfileRequest = Message<"switchboard.v1.SetProfileRequest"> & {
+  /**
+   * The new display name: 1 to 64 characters (so at most 256 bytes of UTF-8), no control
+   * characters; INVALID_ARGUMENT otherwise, or when too close to a reserved name.
+   *
+   * @generated from field: string display_name = 1;
+   */
+  displayName: string;
+};
+
+/**
+ * Describes the message switchboard.v1.SetProfileRequest.
+ * Use `create(SetProfileRequestSchema)` to create a new message.
+ */
+export const SetProfileRequestSchema: GenMessage<SetProfileRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 29);
+
+/**
+ * AccountService.SetProfile response.
+ *
+ * @generated from message switchboard.v1.SetProfileResponse
+ */
+export type SetProfileResponse = Message<"switchboard.v1.SetProfileResponse"> & {
+  /**
+   * The caller as stored after the change.
+   *
+   * @generated from field: switchboard.v1.User user = 1;
+   */
+  user?: User | undefined;
+};
+
+/**
+ * Describes the message switchboard.v1.SetProfileResponse.
+ * Use `create(SetProfileResponseSchema)` to create a new message.
+ */
+export const SetProfileResponseSchema: GenMessage<SetProfileResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_accounts, 30);
+
+/**
  * The error detail of a call refused by other users' privacy settings (PERMISSION_DENIED).
  *
  * @generated from message switchboard.v1.PrivacyRefusal
@@ -840,7 +893,7 @@ export type PrivacyRefusal = Message<"switchboard.v1.PrivacyRefusal"> & {
  * Use `create(PrivacyRefusalSchema)` to create a new message.
  */
 export const PrivacyRefusalSchema: GenMessage<PrivacyRefusal> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 29);
+  messageDesc(file_switchboard_v1_accounts, 31);
 
 /**
  * AccountService.BlockUser request.
@@ -861,7 +914,7 @@ export type BlockUserRequest = Message<"switchboard.v1.BlockUserRequest"> & {
  * Use `create(BlockUserRequestSchema)` to create a new message.
  */
 export const BlockUserRequestSchema: GenMessage<BlockUserRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 30);
+  messageDesc(file_switchboard_v1_accounts, 32);
 
 /**
  * AccountService.BlockUser response.
@@ -882,7 +935,7 @@ export type BlockUserResponse = Message<"switchboard.v1.BlockUserResponse"> & {
  * Use `create(BlockUserResponseSchema)` to create a new message.
  */
 export const BlockUserResponseSchema: GenMessage<BlockUserResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 31);
+  messageDesc(file_switchboard_v1_accounts, 33);
 
 /**
  * AccountService.UnblockUser request.
@@ -903,7 +956,7 @@ export type UnblockUserRequest = Message<"switchboard.v1.UnblockUserRequest"> & 
  * Use `create(UnblockUserRequestSchema)` to create a new message.
  */
 export const UnblockUserRequestSchema: GenMessage<UnblockUserRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 32);
+  messageDesc(file_switchboard_v1_accounts, 34);
 
 /**
  * AccountService.UnblockUser response.
@@ -924,7 +977,7 @@ export type UnblockUserResponse = Message<"switchboard.v1.UnblockUserResponse"> 
  * Use `create(UnblockUserResponseSchema)` to create a new message.
  */
 export const UnblockUserResponseSchema: GenMessage<UnblockUserResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 33);
+  messageDesc(file_switchboard_v1_accounts, 35);
 
 /**
  * One user the caller blocked.
@@ -952,7 +1005,7 @@ export type BlockedUser = Message<"switchboard.v1.BlockedUser"> & {
  * Use `create(BlockedUserSchema)` to create a new message.
  */
 export const BlockedUserSchema: GenMessage<BlockedUser> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 34);
+  messageDesc(file_switchboard_v1_accounts, 36);
 
 /**
  * AccountService.ListBlockedUsers request.
@@ -967,7 +1020,7 @@ export type ListBlockedUsersRequest = Message<"switchboard.v1.ListBlockedUsersRe
  * Use `create(ListBlockedUsersRequestSchema)` to create a new message.
  */
 export const ListBlockedUsersRequestSchema: GenMessage<ListBlockedUsersRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 35);
+  messageDesc(file_switchboard_v1_accounts, 37);
 
 /**
  * AccountService.ListBlockedUsers response.
@@ -988,7 +1041,7 @@ export type ListBlockedUsersResponse = Message<"switchboard.v1.ListBlockedUsersR
  * Use `create(ListBlockedUsersResponseSchema)` to create a new message.
  */
 export const ListBlockedUsersResponseSchema: GenMessage<ListBlockedUsersResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 36);
+  messageDesc(file_switchboard_v1_accounts, 38);
 
 /**
  * One message the reporter's device decrypted and chose to disclose with a report.
@@ -1037,7 +1090,7 @@ export type DisclosedMessage = Message<"switchboard.v1.DisclosedMessage"> & {
  * Use `create(DisclosedMessageSchema)` to create a new message.
  */
 export const DisclosedMessageSchema: GenMessage<DisclosedMessage> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 37);
+  messageDesc(file_switchboard_v1_accounts, 39);
 
 /**
  * AccountService.ReportUser request. At most 50 messages and 64 KiB of text in all;
@@ -1088,7 +1141,7 @@ export type ReportUserRequest = Message<"switchboard.v1.ReportUserRequest"> & {
  * Use `create(ReportUserRequestSchema)` to create a new message.
  */
 export const ReportUserRequestSchema: GenMessage<ReportUserRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 38);
+  messageDesc(file_switchboard_v1_accounts, 40);
 
 /**
  * AccountService.ReportUser response.
@@ -1109,7 +1162,7 @@ export type ReportUserResponse = Message<"switchboard.v1.ReportUserResponse"> & 
  * Use `create(ReportUserResponseSchema)` to create a new message.
  */
 export const ReportUserResponseSchema: GenMessage<ReportUserResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 39);
+  messageDesc(file_switchboard_v1_accounts, 41);
 
 /**
  * AccountService.GetFeatureFlags request.
@@ -1124,7 +1177,7 @@ export type GetFeatureFlagsRequest = Message<"switchboard.v1.GetFeatureFlagsRequ
  * Use `create(GetFeatureFlagsRequestSchema)` to create a new message.
  */
 export const GetFeatureFlagsRequestSchema: GenMessage<GetFeatureFlagsRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 40);
+  messageDesc(file_switchboard_v1_accounts, 42);
 
 /**
  * One feature flag's variant for the caller.
@@ -1152,7 +1205,7 @@ export type FeatureFlagAssignment = Message<"switchboard.v1.FeatureFlagAssignmen
  * Use `create(FeatureFlagAssignmentSchema)` to create a new message.
  */
 export const FeatureFlagAssignmentSchema: GenMessage<FeatureFlagAssignment> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 41);
+  messageDesc(file_switchboard_v1_accounts, 43);
 
 /**
  * AccountService.GetFeatureFlags response.
@@ -1180,7 +1233,7 @@ export type GetFeatureFlagsResponse = Message<"switchboard.v1.GetFeatureFlagsRes
  * Use `create(GetFeatureFlagsResponseSchema)` to create a new message.
  */
 export const GetFeatureFlagsResponseSchema: GenMessage<GetFeatureFlagsResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_accounts, 42);
+  messageDesc(file_switchboard_v1_accounts, 44);
 
 /**
  * Which APNs environment issued a device token.
@@ -1238,7 +1291,7 @@ export enum PrivacyAudience {
 
   /**
    * Users who share at least one conversation (direct or group) with the user at the time of
-   * the request; for last_seen, users who have a direct conversation with the user.
+   * the request; for last_seen and profile, users who have a direct conversation with the user.
    *
    * @generated from enum value: PRIVACY_AUDIENCE_CONTACTS = 2;
    */
@@ -1376,6 +1429,17 @@ export const AccountService: GenService<{
     methodKind: "unary";
     input: typeof SetPrivacyRequestSchema;
     output: typeof SetPrivacyResponseSchema;
+  },
+  /**
+   * Changes the caller's display name, which other users see (LookupUsers) as the caller's
+   * `profile` privacy setting allows.
+   *
+   * @generated from rpc switchboard.v1.AccountService.SetProfile
+   */
+  setProfile: {
+    methodKind: "unary";
+    input: typeof SetProfileRequestSchema;
+    output: typeof SetProfileResponseSchema;
   },
   /**
    * Blocks a user: they can no longer send to the caller in direct conversations, see the

@@ -110,4 +110,71 @@ describe("calls across gateways in the mesh", { skip }, () => {
       assert.equal(entry.body.value.answeredDeviceId, winner);
     }
   });
+  it("a group call with its host on one gateway: joins from both gateways are decided there and announced across, pairwise signalling crosses, the entry reaches every member", async () => {
+    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const host = await TestDevice.register(g0, uniqueName("gh"));
+    const near = await TestDevice.register(g0, uniqueName("gn"));
+    const far1 = await TestDevice.register(g1, uniqueName("gf"));
+    const far2 = await far1.link("tablet");
+    devices.push(host, near, far1, far2);
+    const { conversation } = await host.conversations.createGroup({
+      title: "mesh call",
+      memberUserIds: [near.userId, far1.userId],
+    });
+    const conversationId = conversation!.conversationId;
+    for (const d of [host, near, far1, far2]) await online(d);
+    const callId = "mesh-group-1";
+    const toHost = (d: TestDevice, signal: CallSignal) =>
+      d.write(
+        callFrame({ callId, conversationId, peerUserId: host.userId, hostDeviceId: host.deviceId, signal }),
+      );
+
+    host.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
+    for (const d of [near, far1, far2]) await waitCall(d, callId, CallSignal.OFFER);
+
+    // Joins from both gateways at once: the host's gateway lets both in and tells everyone.
+    toHost(near, CallSignal.JOIN);
+    toHost(far1, CallSignal.JOIN);
+    const [nearIn] = await waitCall(near, callId, CallSignal.JOINED);
+    const [farIn] = await waitCall(far1, callId, CallSignal.JOINED);
+    // Whoever came second saw the other already there.
+    assert.equal(nearIn!.participants.length + farIn!.participants.length, 3);
+    await waitCall(host, callId, CallSignal.JOIN, 2);
+    const [stop] = await waitCall(far2, callId, CallSignal.ANSWERED_ELSEWHERE);
+    assert.equal(stop!.fromDeviceId, far1.deviceId);
+    const first = nearIn!.participants.length === 1 ? near : far1;
+    const second = first === near ? far1 : near;
+    await waitCall(first, callId, CallSignal.JOIN);
+    assert.equal(callEvents(first, callId, CallSignal.JOIN)[0]!.fromDeviceId, second.deviceId);
+
+    // Pairwise across the gateways.
+    far1.write(
+      callFrame({
+        callId,
+        conversationId,
+        peerUserId: near.userId,
+        signal: CallSignal.OFFER,
+        payloads: [{ deviceId: near.deviceId, ciphertext: new TextEncoder().encode("far to near") }],
+      }),
+    );
+    const [ring, offer] = await waitCall(near, callId, CallSignal.OFFER, 2);
+    assert.equal(ring!.ciphertext.length, 0, "the ring first, then the offer");
+    assert.equal(new TextDecoder().decode(offer!.ciphertext), "far to near");
+
+    for (const d of [far1, near, host]) toHost(d, CallSignal.LEAVE);
+    for (const d of [host, near, far1, far2]) {
+      const entry = await d.waitFor(
+        () => d.entries(conversationId).find((e) => e.body.case === "call"),
+        `the group call entry on ${d.deviceId}`,
+        20_000,
+      );
+      assert.ok(entry.body.case === "call");
+      assert.equal(entry.body.value.group, true);
+      assert.equal(entry.body.value.peakParticipants, 3);
+      assert.deepEqual(
+        entry.body.value.participants.map((p) => p.deviceId).sort(),
+        [host.deviceId, near.deviceId, far1.deviceId].sort(),
+      );
+    }
+  });
 });

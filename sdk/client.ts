@@ -10,8 +10,10 @@ import type { Calls } from "./client/calls.js";
 import type { ClientContext } from "./client/context.js";
 import { clientClosed } from "./client/errors.js";
 import type { History } from "./client/history.js";
+import { FeatureFlags } from "./client/flags.js";
 import { createProfile, openContext } from "./client/open.js";
 import { assembleParts, type ClientParts } from "./client/parts.js";
+import { Pins } from "./client/pins.js";
 import type { Safety } from "./client/safety.js";
 import type { ContactSafetyNumber } from "./e2ee.js";
 import type { PrivacyChoices } from "./privacy.js";
@@ -63,6 +65,8 @@ export const identityCodec: PayloadCodec = {
  */
 export class SwitchboardClient {
   private readonly parts: ClientParts;
+  private pinsPart: Pins | undefined;
+  private flagsPart: FeatureFlags | undefined;
   private closing: Promise<void> | undefined;
 
   private constructor(private readonly ctx: ClientContext) {
@@ -489,6 +493,25 @@ export class SwitchboardClient {
    */
   get safety(): Safety {
     return this.parts.safety;
+  }
+
+  /**
+   * Pinned messages: `pin(conversationId, seq)` and `unpin(...)` (log entries, through the outbox;
+   * group admins, or either member of a direct conversation), `list(conversationId)` (what is
+   * pinned now, from the server).
+   */
+  get pins(): Pins {
+    this.pinsPart ??= new Pins(this.parts.queue, (id) => this.parts.conversations.getConversation(id));
+    return this.pinsPart;
+  }
+
+  /**
+   * Feature flags: this user's variant of each flag the server is configured with, the same on
+   * every device (`variant(flag)`, `all()`); cached for the time the server says.
+   */
+  get flags(): FeatureFlags {
+    this.flagsPart ??= new FeatureFlags(this.ctx.conn);
+    return this.flagsPart;
   }
 
   /** This user's privacy settings as in force (the server's defaults where never set). */

@@ -144,8 +144,10 @@ export interface IncomingEntry {
    * DecryptError "unencrypted") unless OpenOptions.acceptUnencrypted.
    */
   encrypted: boolean;
-  /** The entry an edit, delete or reaction refers to; undefined for other kinds. */
+  /** The entry an edit, delete, reaction or pin refers to; undefined for other kinds. */
   targetSeq: bigint | undefined;
+  /** For pin entries: true when the entry unpins targetSeq, false when it pins it. */
+  unpin?: boolean;
   /** The entry a message replies to (its reply_to_seq); undefined when it replies to none. */
   replyTo: bigint | undefined;
   /** The users a message mentions to the server (to wake them through a mute); often empty. */

@@ -75,7 +75,7 @@ export class EntryDecoder {
     let decodeError: Error | undefined;
     let targetSeq: bigint | undefined;
     const hasPayload = body.case === "message" || body.case === "edit" || body.case === "reaction";
-    if (body.case === "edit" || body.case === "delete" || body.case === "reaction")
+    if (body.case === "edit" || body.case === "delete" || body.case === "reaction" || body.case === "pin")
       targetSeq = body.value.targetSeq;
     let attachments: AttachmentPointer[] = [];
     let keysOnly = false;
@@ -164,6 +164,7 @@ export class EntryDecoder {
       mentions: body.case === "message" ? [...body.value.mentionedUserIds] : [],
       membership: body.case === "membership" ? body.value : undefined,
       call: body.case === "call" ? body.value : undefined,
+      ...(body.case === "pin" && { unpin: body.value.unpin }),
       redacted: raw.redacted,
       ...(raw.expiresAtMs > 0n && { expiresAtMs: raw.expiresAtMs }),
       ...(body.case === "disappearing" && { disappearing: body.value }),

@@ -7,6 +7,7 @@ import { register } from "tsx/esm/api";
 import { parse, parseAllDocuments } from "yaml";
 import { checkBundled } from "./check-bundled.mjs";
 import { checkMonitoring, checkSpread } from "./check-monitoring.mjs";
+import { checkTurn } from "./check-turn.mjs";
 
 // The server's own table of what each role calls, so the chart is checked against the code.
 register();
@@ -84,8 +85,8 @@ const statefulSets = ofKind("StatefulSet");
 const workloads = [...deployments, ...statefulSets];
 const roleOf = new Map();
 for (const w of workloads) {
-  // The release's own NATS and Redis are checked by check-bundled.mjs.
-  if (["nats", "redis"].includes(w.spec?.template?.metadata?.labels?.["app.kubernetes.io/component"]))
+  // The release's own NATS and Redis are checked by check-bundled.mjs, its coturn by check-turn.mjs.
+  if (["nats", "redis", "turn"].includes(w.spec?.template?.metadata?.labels?.["app.kubernetes.io/component"]))
     continue;
   const container = w.spec?.template?.spec?.containers?.[0];
   const args = container?.args ?? [];
@@ -397,6 +398,7 @@ checkMonitoring({
 });
 for (const [workload, role] of roleOf) checkSpread({ workload, role, values, problem });
 checkBundled({ docs, values, config, fullname, namespace: configMaps[0].metadata.namespace, problem });
+checkTurn({ docs, values, problem });
 
 for (const d of docs) {
   const limit = d.kind === "Service" ? 63 : 253;

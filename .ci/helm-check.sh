@@ -117,5 +117,11 @@ refused "/gateway/route/grpc/parentRefs" "${endpoints[@]}" --set gateway.route.g
 refused "/gateway/route/http/parentRefs" "${endpoints[@]}" --set gateway.route.http.enabled=true
 refused "/gateway/ingress/hosts" "${endpoints[@]}" --set gateway.ingress.enabled=true --set-json 'gateway.ingress.hosts=[]'
 refused "/metrics/prometheusRule/enabled" "${endpoints[@]}" --set metrics.prometheusRule.enabled=yes
+# The release's coturn: devices must have an address for it; a balancer needs its public IP and one relay.
+refused "/turn/coturn/host" "${endpoints[@]}" --set turn.coturn.enabled=true
+refused "/turn/coturn/expose" "${endpoints[@]}" --set turn.coturn.enabled=true --set turn.coturn.host=t.example.com --set turn.coturn.expose=NodePort
+refused "turn.coturn.externalIp: expose LoadBalancer needs" "${endpoints[@]}" --set turn.coturn.enabled=true --set turn.coturn.host=t.example.com --set turn.coturn.expose=LoadBalancer
+refused "turn.coturn.replicaCount: expose LoadBalancer runs one relay" "${endpoints[@]}" --set turn.coturn.enabled=true --set turn.coturn.host=t.example.com --set turn.coturn.expose=LoadBalancer --set turn.coturn.externalIp=203.0.113.1 --set turn.coturn.replicaCount=2
+refused "turn.coturn.maxPort must be >= turn.coturn.minPort" "${endpoints[@]}" --set turn.coturn.enabled=true --set turn.coturn.host=t.example.com --set turn.coturn.minPort=50000 --set turn.coturn.maxPort=49999
 
 step "helm chart checks passed (${#scenarios[@]} scenarios)"

@@ -126,7 +126,7 @@ switchboard.ownSecretNeeded: "true" when some credential is given inline or must
 so the chart renders its own Secret.
 */}}
 {{- define "switchboard.ownSecretNeeded" -}}
-{{- if or (not .Values.auth.existingSecret) (and .Values.scylla.username (not .Values.scylla.existingSecret)) (and .Values.push.webPush.enabled .Values.push.webPush.privateKey (not .Values.push.webPush.existingSecret)) (include "switchboard.minioInlineKeys" .) (and .Values.turn.urls .Values.turn.secret (not .Values.turn.existingSecret)) -}}
+{{- if or (not .Values.auth.existingSecret) (and .Values.scylla.username (not .Values.scylla.existingSecret)) (and .Values.push.webPush.enabled .Values.push.webPush.privateKey (not .Values.push.webPush.existingSecret)) (include "switchboard.minioInlineKeys" .) (include "switchboard.turnInSecret" .) -}}
 true
 {{- end -}}
 {{- end -}}

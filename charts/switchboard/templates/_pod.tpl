@@ -118,7 +118,7 @@ spec:
         {{- if eq $role "media" }}
         {{- include "switchboard.mediaEnv" $root | nindent 8 }}
         {{- end }}
-        {{- if and (eq $role "gateway") $root.Values.turn.urls }}
+        {{- if and (eq $role "gateway") (include "switchboard.turnUrls" $root) }}
         {{- include "switchboard.turnEnv" $root | nindent 8 }}
         {{- end }}
         {{- with $pod.extraEnv }}
@@ -460,23 +460,16 @@ spec:
 
 {{/*
 switchboard.turnEnv: the TURN relays for calls (docs/calls.md), in the gateway pods only: they
-answer CallService.GetTurnCredentials. The shared secret comes from turn.existingSecret or, given
-inline, from the chart's Secret.
+answer CallService.GetTurnCredentials. The URLs and the shared secret's Secret are the
+release's coturn's when it runs one (_turn.tpl).
 */}}
 {{- define "switchboard.turnEnv" -}}
-{{- $t := .Values.turn -}}
 - name: SWITCHBOARD_TURN_URLS
-  value: {{ join "," $t.urls | quote }}
+  value: {{ include "switchboard.turnUrls" . | quote }}
 - name: SWITCHBOARD_TURN_TTL_SECONDS
-  value: {{ $t.ttlSeconds | quote }}
+  value: {{ .Values.turn.ttlSeconds | quote }}
 - name: SWITCHBOARD_TURN_SECRET
   valueFrom:
     secretKeyRef:
-      {{- if $t.existingSecret }}
-      name: {{ $t.existingSecret }}
-      key: {{ $t.existingSecretKey }}
-      {{- else }}
-      name: {{ include "switchboard.secretName" . }}
-      key: turn-secret
-      {{- end }}
+      {{- include "switchboard.turnSecretRef" . | nindent 6 }}
 {{- end -}}

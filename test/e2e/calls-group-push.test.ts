@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { CallFrameSchema, CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
+import { callCollapseKey } from "../../services/notification/notifier.js";
+import { TestDevice, uniqueName } from "../helpers/device.js";
+import { WebPushFixture } from "../helpers/webpush.js";
+
+/**
+ * A group call against a server process configured with an SFU and a Web Push service: the SFU's
+ * address rides on the ring and on JOINED, an offline member is rung by a call push that is
+ * superseded when the call ends, and finds the call's entry when it comes online.
+ */
+
+const SFU = "wss://sfu.switchboard.example/rooms";
+
+const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
+  case: "call" as const,
+  value: create(CallFrameSchema, value),
+});
+
+async function online(d: TestDevice): Promise<TestDevice> {
+  d.connect();
+  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up");
+  return d;
+}
+
+function waitCall(d: TestDevice, callId: string, signal: CallSignal) {
+  return d.waitFor(
+    () => d.ofCase("call").find((e) => e.callId === callId && e.signal === signal),
+    `${CallSignal[signal]} for ${callId} on ${d.deviceId}`,
+  );
+}
+
+describe("group calls: the SFU from configuration, and call pushes to offline members", () => {
+  const fx = new WebPushFixture();
+  before(() => fx.start({ SWITCHBOARD_CALL_SFU_URL: SFU }));
+  after(() => fx.stop());
+
+  it("hands devices the SFU, rings an offline member by push, supersedes it when the call ends, and logs the call for it", async () => {
+    const { alice, bob, sub } = await fx.pair("gpa", "gpb");
+    const carol = await TestDevice.register(fx.server.url, uniqueName("gpc"));
+    fx.devices.push(carol);
+    const { conversation } = await alice.conversations.createGroup({
+      title: "sfu call",
+      memberUserIds: [bob.userId, carol.userId],
+    });
+    const conversationId = conversation!.conversationId;
+    for (const d of [alice, carol]) await online(d);
+    const callId = "group-push-1";
+
+    alice.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
+    const ring = await waitCall(carol, callId, CallSignal.OFFER);
+    assert.equal(ring.sfuUrl, SFU, "the ring names the SFU");
+
+    const pushed = await fx.push.waitForPush(
+      (p) => p.id === sub.id && (p.payload as { k?: string }).k === "call",
+      10_000,
+    );
+    assert.deepEqual(pushed.payload, { k: "call", i: callId, c: conversationId }, "content-free");
+    assert.equal(pushed.urgency, "high");
+    assert.equal(pushed.topic, callCollapseKey(callId));
+
+    const toHost = (d: TestDevice, signal: CallSignal) =>
+      d.write(
+        callFrame({ callId, conversationId, peerUserId: alice.userId, hostDeviceId: alice.deviceId, signal }),
+      );
+    toHost(carol, CallSignal.JOIN);
+    const joined = await waitCall(carol, callId, CallSignal.JOINED);
+    assert.equal(joined.sfuUrl, SFU, "JOINED names the SFU too");
+    toHost(carol, CallSignal.LEAVE);
+    toHost(alice, CallSignal.LEAVE);
+
+    // The call is over: bob's push is superseded under the same topic, so his device stops ringing.
+    const ended = await fx.push.waitForPush(
+      (p) => p.id === sub.id && (p.payload as { k?: string }).k === "call_ended",
+      10_000,
+    );
+    assert.deepEqual(ended.payload, { k: "call_ended", i: callId, c: conversationId });
+    assert.equal(ended.topic, pushed.topic);
+
+    await online(bob);
+    const entry = await bob.waitFor(
+      () => bob.entries(conversationId).find((e) => e.body.case === "call" && e.body.value.callId === callId),
+      "the group call's entry",
+    );
+    assert.ok(entry.body.case === "call");
+    assert.equal(entry.body.value.group, true);
+    assert.equal(entry.body.value.outcome, CallOutcome.ANSWERED);
+    assert.deepEqual(
+      entry.body.value.participants.map((p) => p.userId),
+      [alice.userId, carol.userId],
+    );
+  });
+});

@@ -8,6 +8,7 @@ import { registerDownload } from "./commands/download.js";
 import { registerGroupCommands } from "./commands/groups.js";
 import { registerHistory } from "./commands/history.js";
 import { registerListen } from "./commands/listen.js";
+import { registerPins } from "./commands/pins.js";
 import { registerPrivacy } from "./commands/privacy.js";
 import { registerSafety } from "./commands/safety.js";
 import { registerSafetyNumber } from "./commands/safety-number.js";
@@ -40,6 +41,7 @@ const COMMANDS: ReadonlyArray<(program: Command, io: CliIo) => void> = [
   registerSafety,
   registerGroupCommands,
   registerDisappearing,
+  registerPins,
   registerConversationLists,
   registerHistory,
   registerChat,

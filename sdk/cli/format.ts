@@ -96,6 +96,8 @@ export function formatEntry(
       return `${head} ${who} edited #${e.targetSeq}: ${text(e)}${plain}`;
     case "delete":
       return `${head} ${who} deleted #${e.targetSeq}`;
+    case "pin":
+      return `${head} ${who} ${e.unpin === true ? "unpinned" : "pinned"} #${e.targetSeq}`;
     case "reaction":
       return `${head} ${who} reacted ${text(e) || "(removed)"} to #${e.targetSeq}${plain}`;
     case "membership": {

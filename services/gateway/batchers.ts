@@ -14,6 +14,7 @@ import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { context, extractContext, injectContext } from "../common/telemetry.js";
 import { bodyBytes, devicePayloadsOf } from "../sequencer/index.js";
+import type { SendAdmission } from "./admission.js";
 import { checkedMembersOf } from "./device-set.js";
 
 /** The sequencer calls the batchers need; routed to the owning replica by the caller. */
@@ -81,9 +82,15 @@ export class SendBatcher {
   constructor(
     private readonly calls: SequencerCalls,
     private readonly log: Logger,
+    /** Refuses sends past the gateway's capacity (admission.ts); every queued send is admitted. */
+    private readonly admission?: SendAdmission,
   ) {}
 
-  /** Queues a send; `traceContext` is the trace it continues in the sequencer (the caller's by default). */
+  /**
+   * Queues a send; `traceContext` is the trace it continues in the sequencer (the caller's by
+   * default). Rejects at once, with UNAVAILABLE and a retry hint, when the gateway is past its
+   * capacity (admission.ts).
+   */
   append(
     userId: string,
     deviceId: string,
@@ -99,8 +106,26 @@ export class SendBatcher {
         // A group send's device check: the shard holds it against the members at its seq.
         checkedMembers: checkedMembersOf(entry),
       });
-      this.queue.push({ item, resolve, reject });
-      this.queuedBytes += itemBytes(item);
+      const bytes = itemBytes(item);
+      try {
+        this.admission?.admit(bytes);
+      } catch (err) {
+        reject(err as UnavailableError);
+        return;
+      }
+      const at = performance.now();
+      this.queue.push({
+        item,
+        resolve: (r) => {
+          this.admission?.settled(bytes, performance.now() - at);
+          resolve(r);
+        },
+        reject: (e) => {
+          this.admission?.settled(bytes, performance.now() - at);
+          reject(e);
+        },
+      });
+      this.queuedBytes += bytes;
       if (this.queue.length >= MAX_APPEND_BATCH || this.queuedBytes >= MAX_APPEND_BYTES) this.flush();
       else if (!this.scheduled) {
         this.scheduled = true;

@@ -14,6 +14,7 @@ import type { Logger } from "../common/log.js";
 import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
 import { carries, endSpan, SpanKind, startSpan } from "../common/telemetry.js";
+import { SendAdmission } from "./admission.js";
 import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
 import { BlockLists } from "./blocks.js";
 import { CallRelay } from "./calls/relay.js";
@@ -140,7 +141,22 @@ export class GatewayCore implements SessionHost<Session> {
         await this.sequencer.updateCursors({ updates });
       },
     };
-    this.sends = new SendBatcher(calls, this.log);
+    this.sends = new SendBatcher(
+      calls,
+      this.log,
+      new SendAdmission(
+        {
+          maxInFlight: this.limits.gatewaySendsInFlight,
+          maxBytesInFlight: this.limits.gatewaySendBytesInFlight,
+          queueTargetMs: this.limits.sendQueueTargetMs,
+        },
+        (signal, inFlight) =>
+          this.refused("server_overloaded", "send refused: the gateway is past its capacity", {
+            signal,
+            inFlight,
+          }),
+      ),
+    );
     this.cursors = new CursorBatcher(
       calls,
       this.log,

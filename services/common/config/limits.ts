@@ -50,6 +50,19 @@ export interface Limits {
    * reconnects and catches up from the log.
    */
   outboundStallMs: number;
+  /**
+   * Sends one gateway process may have queued for or awaiting the sequencer, all its streams and
+   * unary calls together; more are refused UNAVAILABLE with a retry hint (services/gateway/admission.ts).
+   */
+  gatewaySendsInFlight: number;
+  /** The same bound in bytes (the append items' size bound). */
+  gatewaySendBytesInFlight: number;
+  /**
+   * Milliseconds the quickest send answered in a 100 ms interval may have waited before the
+   * gateway calls its queue standing (past capacity) and refuses new sends UNAVAILABLE with a
+   * retry hint until sends are answered within it again. 0 turns this signal off.
+   */
+  sendQueueTargetMs: number;
 }
 
 export const defaultLimits: Limits = {
@@ -69,6 +82,9 @@ export const defaultLimits: Limits = {
   maxPageBytes: 1024 * 1024,
   maxQueuedSyncRequests: 64,
   outboundStallMs: 60_000,
+  gatewaySendsInFlight: 20_000,
+  gatewaySendBytesInFlight: 256 * 1024 * 1024,
+  sendQueueTargetMs: 250,
 };
 
 /** grpc-js's default receive limit: no frame or response the server writes may reach it. */
@@ -131,6 +147,9 @@ const LIMIT_VARIABLES: Partial<Record<keyof Limits, string>> = {
   maxPageBytes: "SWITCHBOARD_MAX_PAGE_BYTES",
   maxQueuedSyncRequests: "SWITCHBOARD_MAX_QUEUED_SYNC_REQUESTS",
   outboundStallMs: "SWITCHBOARD_OUTBOUND_STALL_MS",
+  gatewaySendsInFlight: "SWITCHBOARD_GATEWAY_SENDS_IN_FLIGHT",
+  gatewaySendBytesInFlight: "SWITCHBOARD_GATEWAY_SEND_BYTES_IN_FLIGHT",
+  sendQueueTargetMs: "SWITCHBOARD_SEND_QUEUE_TARGET_MS",
 };
 
 const EDGE_VARIABLES: Record<keyof EdgeLimits, string> = {
@@ -181,6 +200,8 @@ function overlay<T extends object>(
 export function loadLimits(input: Partial<Limits> | undefined, env: Env): Limits {
   const limits = overlay(defaultLimits, LIMIT_VARIABLES, check(limitVariables, env), input);
   checkPageLimits(limits);
+  // Zero would refuse every send; the byte bound always lets one send in when none is in flight.
+  if (limits.gatewaySendsInFlight < 1) fail("gatewaySendsInFlight must be at least 1");
   return limits;
 }
 

@@ -4,6 +4,7 @@ import type { Principal } from "../../common/auth.js";
 import { DomainError, LimitError } from "../../common/errors.js";
 import { endSpan, injectContext, ROOT_CONTEXT, SpanKind, startSpan } from "../../common/telemetry.js";
 import { requireClientMsgId, requireId } from "../../common/validate.js";
+import { OverloadError } from "../admission.js";
 import { mismatchOf } from "../device-set.js";
 import type { StreamContext } from "./context.js";
 import { frame, inBand } from "./frames.js";
@@ -23,6 +24,12 @@ export class Sends {
   private checkChain: Promise<void> = Promise.resolve();
   private checksPending = 0;
   private idle: (() => void) | undefined;
+  /**
+   * After a send was refused for overload (admission.ts), the stream's later sends are refused
+   * until this time (performance.now()), with the same deadline: retried after it, in order, they
+   * keep the order the device made them in, where letting a later one through would overtake it.
+   */
+  private pushedBackUntil = 0;
 
   constructor(
     private readonly stream: StreamContext,
@@ -146,6 +153,20 @@ export class Sends {
 
   private append(entry: OutgoingEntry, receivedAt: number): void {
     const { host } = this.stream;
+    const held = Math.ceil(this.pushedBackUntil - performance.now());
+    if (held > 0) {
+      this.refuse(
+        entry,
+        new OverloadError(
+          `server overloaded: an earlier send of this stream was refused; retry in ${held} ms, after it`,
+          {
+            retryAfterMs: held,
+          },
+        ),
+      );
+      this.done();
+      return;
+    }
     // A send starts its own trace: the stream it arrived on lives far longer than one message.
     const { span, ctx } = startSpan("gateway.send", ROOT_CONTEXT, {
       kind: SpanKind.SERVER,
@@ -177,6 +198,9 @@ export class Sends {
         (err: unknown) => {
           host.observe.sendAck((performance.now() - receivedAt) / 1000, "error");
           endSpan(span, inBand(err));
+          if (err instanceof OverloadError && err.retryAfterMs !== undefined) {
+            this.pushedBackUntil = Math.max(this.pushedBackUntil, performance.now() + err.retryAfterMs);
+          }
           this.refuse(entry, err);
         },
       )

@@ -1,0 +1,119 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { UnavailableError } from "../common/errors.js";
+import { SendAdmission } from "./admission.js";
+
+/** An admission on a hand-driven clock, with no jitter; refusals are recorded. */
+function admission(limits: Partial<ConstructorParameters<typeof SendAdmission>[0]> = {}) {
+  const clock = { now: 0 };
+  const refusals: string[] = [];
+  const a = new SendAdmission(
+    { maxInFlight: 1000, maxBytesInFlight: 1 << 30, queueTargetMs: 100, ...limits },
+    (reason) => refusals.push(reason),
+    () => clock.now,
+    () => 0,
+  );
+  const refused = (bytes = 10): UnavailableError => {
+    try {
+      a.admit(bytes);
+    } catch (err) {
+      assert.ok(err instanceof UnavailableError);
+      return err;
+    }
+    assert.fail("admitted a send that should have been refused");
+  };
+  return { a, clock, refusals, refused };
+}
+
+describe("gateway send admission", () => {
+  it("bounds the sends in flight by count, and frees a slot when one is answered", () => {
+    const { a, refusals, refused } = admission({ maxInFlight: 3 });
+    for (let i = 0; i < 3; i++) a.admit(10);
+    const err = refused();
+    assert.equal(err.retryAfterMs, 100, "the shortest hint when nothing is known to be waiting");
+    assert.deepEqual(refusals, ["in_flight_bound"]);
+    a.settled(10, 1);
+    a.admit(10);
+    assert.equal(a.sendsInFlight, 3);
+  });
+
+  it("bounds the bytes in flight, but always lets one send in", () => {
+    const { a, refused } = admission({ maxBytesInFlight: 1000 });
+    a.admit(5000); // larger than the bound, alone: taken
+    refused(1);
+    a.settled(5000, 1);
+    a.admit(600);
+    a.admit(400);
+    refused(1);
+  });
+
+  it("refuses while even the quickest send of an interval waited past the target, then recovers", () => {
+    const { a, clock, refusals, refused } = admission({ queueTargetMs: 100 });
+    for (let i = 0; i < 10; i++) a.admit(10);
+    // A burst: one slow answer and one quick one in the same interval is no standing queue.
+    clock.now = 50;
+    a.settled(10, 400);
+    a.settled(10, 20);
+    clock.now = 101;
+    a.admit(10);
+    assert.equal(a.overloaded, false);
+    // Every answer of the next interval waited past the target: the queue stands.
+    for (const wait of [300, 250, 180]) a.settled(10, wait);
+    clock.now = 205;
+    assert.equal(a.overloaded, true);
+    const err = refused();
+    assert.equal(err.retryAfterMs, 360, "about twice the shortest wait");
+    assert.match(err.message, /server overloaded: sends have waited at least 180 ms/);
+    assert.deepEqual(refusals, ["queue_standing"]);
+    // An interval with no answer while sends are still in flight: the queue is not moving; still standing.
+    clock.now = 320;
+    refused();
+    // The sends in flight are answered quickly again: admitted from the next interval on.
+    for (let i = 0; i < 6; i++) a.settled(10, 30);
+    clock.now = 430;
+    a.admit(10);
+    assert.equal(a.overloaded, false);
+  });
+
+  it("forgets a standing queue once nothing is in flight", () => {
+    const { a, clock, refused } = admission({ queueTargetMs: 50 });
+    a.admit(10);
+    a.settled(10, 500);
+    clock.now = 150;
+    refused();
+    clock.now = 300; // a quiet interval with nothing in flight
+    a.admit(10);
+  });
+
+  it("with a target of 0 only the bounds apply", () => {
+    const { a, clock } = admission({ queueTargetMs: 0 });
+    for (let i = 0; i < 5; i++) a.admit(10);
+    for (let i = 0; i < 5; i++) a.settled(10, 10_000);
+    clock.now = 1000;
+    a.admit(10);
+    assert.equal(a.overloaded, false);
+  });
+
+  it("keeps retry hints between 100 ms and 5 s, jittered up to half again", () => {
+    const clock = { now: 0 };
+    const hints: number[] = [];
+    for (const random of [0, 0.999]) {
+      const a = new SendAdmission(
+        { maxInFlight: 100, maxBytesInFlight: 1 << 30, queueTargetMs: 10 },
+        () => {},
+        () => clock.now,
+        () => random,
+      );
+      a.admit(1);
+      a.settled(1, 60_000);
+      clock.now += 200;
+      try {
+        a.admit(1);
+      } catch (err) {
+        hints.push((err as UnavailableError).retryAfterMs ?? -1);
+      }
+    }
+    assert.equal(hints[0], 5000);
+    assert.ok(hints[1]! > 7000 && hints[1]! <= 7500, `jittered hint ${hints[1]}`);
+  });
+});

@@ -1,0 +1,129 @@
+import { UnavailableError } from "../common/errors.js";
+
+/**
+ * A send refused because the gateway is past its capacity: UNAVAILABLE with a retry hint on the
+ * wire, like any UnavailableError. Its own class so a stream can hold back its later sends until
+ * the hint has passed (session/sends.ts), which keeps a device's sends in the order it made them.
+ */
+export class OverloadError extends UnavailableError {}
+
+/** How much send work one gateway process takes on before it pushes senders back. */
+export interface SendAdmissionLimits {
+  /** Sends queued for or awaiting the sequencer, all streams and unary calls together. */
+  maxInFlight: number;
+  /** The same, in bytes (the append items' size bound). */
+  maxBytesInFlight: number;
+  /**
+   * Milliseconds every send answered over one interval may have waited before the gateway calls
+   * the queue standing and refuses new sends; 0 turns the delay signal off (the bounds stay).
+   */
+  queueTargetMs: number;
+}
+
+/** Length of the window over which the shortest wait is taken, in milliseconds. */
+const INTERVAL_MS = 100;
+/** Shortest and longest retry hint given to a sender pushed back, in milliseconds. */
+const MIN_RETRY_MS = 100;
+const MAX_RETRY_MS = 5_000;
+
+/**
+ * Admission control for a gateway's sends: what keeps a server past its capacity answering
+ * quickly (a refusal the sender retries later) instead of letting acks and deliveries queue for
+ * seconds behind work it cannot finish.
+ *
+ * Two signals. The bounds on sends in flight (count and bytes) cap the memory and the work one
+ * turn of the event loop may settle, whatever the cause. The delay signal is CoDel's idea: a
+ * burst makes some sends wait, but when even the quickest send answered in an interval waited
+ * longer than the target, the queue is standing: the process (its event loop, the sequencer, the
+ * disk) is past its capacity and more sends would only wait longer. Then new sends are refused
+ * until a send is answered within the target again; sends already accepted go on.
+ *
+ * A refusal is UNAVAILABLE with a retry hint of about twice the standing wait (jittered, so the
+ * senders pushed back together do not come back together): the server's state, not the caller's
+ * fault, and safe to retry with the same client_msg_id.
+ */
+export class SendAdmission {
+  private inFlight = 0;
+  private bytes = 0;
+  private windowStart: number;
+  private windowMin = Number.POSITIVE_INFINITY;
+  /** The shortest wait of the last closed interval, when it was past the target; else 0. */
+  private standingMs = 0;
+
+  constructor(
+    private readonly limits: SendAdmissionLimits,
+    /** Told of each refusal: why, and the sends in flight (to count and log it). */
+    private readonly onRefuse: (
+      reason: "queue_standing" | "in_flight_bound",
+      inFlight: number,
+    ) => void = () => {},
+    private readonly now: () => number = () => performance.now(),
+    private readonly random: () => number = Math.random,
+  ) {
+    this.windowStart = now();
+  }
+
+  /** Sends accepted and not yet answered. */
+  get sendsInFlight(): number {
+    return this.inFlight;
+  }
+
+  /** True while the delay signal says the queue is standing. */
+  get overloaded(): boolean {
+    this.roll(this.now());
+    return this.standingMs > 0;
+  }
+
+  /**
+   * Takes a send of `bytes` in, or throws UnavailableError (with its retry hint) when the gateway
+   * is past its bounds or its queue is standing. Every admitted send must be `settled` once.
+   */
+  admit(bytes: number): void {
+    const now = this.now();
+    this.roll(now);
+    const { maxInFlight, maxBytesInFlight } = this.limits;
+    if (this.standingMs > 0) {
+      this.onRefuse("queue_standing", this.inFlight);
+      throw this.refusal(
+        `server overloaded: sends have waited at least ${Math.round(this.standingMs)} ms for the last ${INTERVAL_MS} ms; retry later`,
+        this.standingMs,
+      );
+    }
+    if (this.inFlight >= maxInFlight || (this.inFlight > 0 && this.bytes + bytes > maxBytesInFlight)) {
+      this.onRefuse("in_flight_bound", this.inFlight);
+      throw this.refusal(
+        `server overloaded: ${this.inFlight} sends (${this.bytes} bytes) in flight, at most ${maxInFlight} (${maxBytesInFlight} bytes); retry later`,
+        0,
+      );
+    }
+    this.inFlight++;
+    this.bytes += bytes;
+  }
+
+  /** An admitted send was answered (either way) after waiting `waitedMs`. */
+  settled(bytes: number, waitedMs: number): void {
+    this.inFlight--;
+    this.bytes -= bytes;
+    if (waitedMs < this.windowMin) this.windowMin = waitedMs;
+    this.roll(this.now());
+  }
+
+  /** Closes the interval once it is over: the queue stands if its quickest answer was late. */
+  private roll(now: number): void {
+    if (now - this.windowStart < INTERVAL_MS || this.limits.queueTargetMs <= 0) return;
+    if (this.windowMin !== Number.POSITIVE_INFINITY) {
+      this.standingMs = this.windowMin > this.limits.queueTargetMs ? this.windowMin : 0;
+    } else if (this.inFlight === 0) {
+      // Nothing answered because nothing was asked: no queue.
+      this.standingMs = 0;
+    }
+    // Nothing answered with sends in flight: the queue is not moving; the last verdict holds.
+    this.windowStart = now;
+    this.windowMin = Number.POSITIVE_INFINITY;
+  }
+
+  private refusal(message: string, waitedMs: number): OverloadError {
+    const base = Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, 2 * waitedMs));
+    return new OverloadError(message, { retryAfterMs: Math.round(base * (1 + this.random() / 2)) });
+  }
+}

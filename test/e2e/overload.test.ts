@@ -1,0 +1,69 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { Code } from "@connectrpc/connect";
+import { TestDevice, uniqueName } from "../helpers/device.js";
+import { serverFixture } from "../helpers/fixture.js";
+
+/**
+ * Overload from the sender's side: past the gateway's bound on sends in flight, a send is refused
+ * UNAVAILABLE with a retry hint (services/gateway/admission.ts), takes no seq, and goes through
+ * when retried with the same client_msg_id; what was acknowledged is in the log once, in order.
+ */
+describe("a gateway past its capacity pushes senders back", () => {
+  const fx = serverFixture({
+    SWITCHBOARD_GATEWAY_SENDS_IN_FLIGHT: "4",
+    SWITCHBOARD_SENDS_PER_SECOND: "100000",
+    SWITCHBOARD_SEND_BURST: "100000",
+    SWITCHBOARD_FRAMES_PER_SECOND: "100000",
+    SWITCHBOARD_FRAME_BURST: "100000",
+  });
+
+  it("refuses UNAVAILABLE with a retry hint, loses nothing, and takes every retry", async () => {
+    const alice = fx.track(await TestDevice.register(fx.server.url, uniqueName("alice")));
+    const bob = fx.track(await TestDevice.register(fx.server.url, uniqueName("bob")));
+    const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
+    const id = conversation!.conversationId;
+    alice.connect();
+    await alice.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+
+    const total = 200;
+    for (let i = 0; i < total; i++) alice.sendText(id, `m${i}`, `message ${i}`);
+    const answered = () =>
+      new Set([...alice.ofCase("sendAck"), ...alice.ofCase("sendError")].map((a) => a.clientMsgId));
+    await alice.waitFor(() => answered().size >= total || undefined, "every send answered");
+    const errors = alice.ofCase("sendError");
+    assert.ok(errors.length > 0, "4 sends in flight at most: a burst of 200 must meet the bound");
+    for (const e of errors) {
+      assert.equal(e.code, Code.Unavailable, e.message);
+      assert.match(e.message, /server overloaded/);
+      assert.ok(e.retryAfterMs >= 100, `retry hint ${e.retryAfterMs}`);
+    }
+
+    // Retry the refused sends after their hint, as a client does, a few at a time.
+    const ids = Array.from({ length: total }, (_, i) => `m${i}`);
+    const missing = () => {
+      const acked = new Set(alice.ofCase("sendAck").map((a) => a.clientMsgId));
+      return ids.filter((m) => !acked.has(m));
+    };
+    const answers = () => alice.ofCase("sendAck").length + alice.ofCase("sendError").length;
+    for (let round = 0; round < 200 && missing().length > 0; round++) {
+      await new Promise((r) => setTimeout(r, 100));
+      const batch = missing().slice(0, 3);
+      const before = answers();
+      for (const m of batch) alice.sendText(id, m, `message ${m.slice(1)}`);
+      await alice.waitFor(() => answers() >= before + batch.length || undefined, "retries answered");
+    }
+    const acks = alice.ofCase("sendAck");
+    const byId = new Map(acks.map((a) => [a.clientMsgId, a.seq]));
+    assert.equal(byId.size, total, "every send was acknowledged in the end");
+    // Refusals took no seq: the acknowledged seqs are exactly 2..total+1 (seq 1 is CREATED).
+    assert.deepEqual(
+      [...new Set(byId.values())].sort((x, y) => (x < y ? -1 : 1)),
+      Array.from({ length: total }, (_, i) => BigInt(i + 2)),
+    );
+    const history = await alice.conversations.getHistory({ conversationId: id, afterSeq: 0n, limit: 1000 });
+    const logged = history.entries.filter((e) => e.clientMsgId !== "").map((e) => e.clientMsgId);
+    assert.equal(logged.length, total, "each send is in the log once");
+    assert.equal(new Set(logged).size, total);
+  });
+});

@@ -132,6 +132,18 @@ describe("history for a newly linked device (SDK against a server process with m
     }
   });
 
+  it("a device that never streams imports with receivePending", async () => {
+    const { alice, direct } = await userWithHistory("PENDING-5c");
+    const linked = await devices.link(alice, "alice-unary");
+    const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
+    const imported = linked.waitFor("historyImported");
+    await within(linked.history.receivePending(), 30_000, "receivePending");
+    const event = await within(imported, 1_000, "the import event");
+    assert.equal(event.imported, sent.entries);
+    const shown = (await linked.history.entries(direct)).filter((e) => e.kind === "message").map(text);
+    assert.deepEqual(shown, ["PENDING-5c bob one", "PENDING-5c alice two", "PENDING-5c bob three"]);
+  });
+
   it("a tampered bundle is refused, and nothing of it is imported", async () => {
     const { alice, direct } = await userWithHistory("TAMPER-42aa");
     const linked = await devices.link(alice, "alice-tampered");

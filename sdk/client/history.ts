@@ -246,7 +246,8 @@ export class History {
     if (pointer === undefined) return;
     if (this.importing.has(pointer.objectId)) return;
     const run = this.importBundle(raw, transfer)
-      .catch((err: unknown) => {
+      .then(() => this.leave(raw.conversationId))
+      .catch(async (err: unknown) => {
         const error =
           err instanceof HistoryError
             ? err
@@ -254,13 +255,16 @@ export class History {
               ? new HistoryError(err.reason, `history: the bundle was refused: ${err.message}`)
               : undefined;
         if (error === undefined) {
+          // A transient failure (the network, the media store): the transfer conversation stays,
+          // so the next read of it (a stream, receivePending) tries again.
           this.ctx.backgroundFailed(err);
-          this.importing.delete(pointer.objectId); // a transient failure: a redelivery tries again
+          this.importing.delete(pointer.objectId);
           return;
         }
         this.ctx.events.emit("historyRefused", { fromDeviceId: raw.senderDeviceId, error });
-      })
-      .finally(() => this.leave(raw.conversationId));
+        // Refused for good: nothing more will come through it (the old device sends anew).
+        await this.leave(raw.conversationId);
+      });
     this.importing.set(pointer.objectId, run);
   }
 

@@ -18,7 +18,11 @@ export function registerHistory(program: Command, io: CliIo): void {
         withClient(opts, io, "content", async ({ client, encrypted }) => {
           const conversationId = await resolveConversation(client, target);
           const page = await client.getHistory(conversationId, { afterSeq: opts.after, limit: opts.limit });
-          if (encrypted) page.entries = await withImported(client, conversationId, page, opts.after);
+          if (encrypted) {
+            // A history another device sent this one and no stream picked up yet comes in first.
+            await client.history.receivePending();
+            page.entries = await withImported(client, conversationId, page, opts.after);
+          }
           const names = new Names(client);
           await names.load(
             page.entries.flatMap((e) => [e.senderUserId, ...(e.membership?.userIds ?? []), ...e.mentions]),

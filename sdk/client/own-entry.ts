@@ -36,6 +36,8 @@ export function ownEntry(
     senderDeviceId: deviceId,
     clientMsgId: outgoing.clientMsgId,
     serverTimeMs: ack.serverTimeMs,
+    // So this device deletes its copy of a disappearing send in time, as the others do.
+    expiresAtMs: ack.expiresAtMs,
     body: own,
   });
 }

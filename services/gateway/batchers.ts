@@ -28,6 +28,7 @@ export interface SequencerCalls {
     Array<{
       seq: bigint;
       serverTimeMs: bigint;
+      expiresAtMs?: bigint;
       errorCode: number;
       errorMessage: string;
       mismatch?: DeviceMismatch | undefined;
@@ -43,6 +44,8 @@ export interface SendResult {
   seq: bigint;
   /** Commit time, in milliseconds since the Unix epoch. */
   serverTimeMs: bigint;
+  /** When the entry disappears, in milliseconds since the Unix epoch; 0n for never. */
+  expiresAtMs: bigint;
 }
 
 const MAX_APPEND_BATCH = 500;
@@ -158,7 +161,7 @@ export class SendBatcher {
           // A group whose members changed since the check: the devices to drop ride along.
           const details = r.mismatch === undefined ? [] : [{ desc: DeviceMismatchSchema, value: r.mismatch }];
           w.reject(new ConnectError(r.errorMessage, r.errorCode as Code, undefined, details));
-        } else w.resolve({ seq: r.seq, serverTimeMs: r.serverTimeMs });
+        } else w.resolve({ seq: r.seq, serverTimeMs: r.serverTimeMs, expiresAtMs: r.expiresAtMs ?? 0n });
       });
     } catch (err) {
       const e = ConnectError.from(err);

@@ -113,7 +113,7 @@ export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewaySer
       // A direct send to a user who blocked the sender is refused first (blocks.ts).
       const checked = (await core.blocks.checkSend(core.devices, p, entry)) ?? entry;
       const r = await core.sends.append(p.userId, p.deviceId, checked);
-      return { seq: r.seq, serverTimeMs: r.serverTimeMs };
+      return { seq: r.seq, serverTimeMs: r.serverTimeMs, expiresAtMs: r.expiresAtMs };
     },
   };
 }

@@ -156,7 +156,7 @@ export class Appender {
       const again = state.recent.get(key);
       if (again !== undefined) {
         await again.durable;
-        return { seq: again.seq, serverTimeMs: again.serverTimeMs };
+        return { seq: again.seq, serverTimeMs: again.serverTimeMs, expiresAtMs: again.expiresAtMs ?? 0 };
       }
       requireMember(state, item.senderUserId);
       this.requireMembersAsChecked(state, item, outgoing);
@@ -182,12 +182,13 @@ export class Appender {
       const sent = {
         seq,
         serverTimeMs: Number(entry.serverTimeMs),
+        expiresAtMs: Number(entry.expiresAtMs),
         durable: batch.durable as Promise<void> | undefined,
       };
       state.remember(key, sent);
       await batch.durable;
       sent.durable = undefined;
-      return { seq, serverTimeMs: sent.serverTimeMs };
+      return { seq, serverTimeMs: sent.serverTimeMs, expiresAtMs: sent.expiresAtMs };
     });
   }
 
@@ -231,7 +232,7 @@ export class Appender {
     const recent = state.recent.get(key);
     if (recent !== undefined) {
       await recent.durable;
-      return { seq: recent.seq, serverTimeMs: recent.serverTimeMs };
+      return { seq: recent.seq, serverTimeMs: recent.serverTimeMs, expiresAtMs: recent.expiresAtMs ?? 0 };
     }
     const seq = await this.store.getIdempotency(state.id, deviceId, clientMsgId);
     if (seq === undefined) return undefined;
@@ -241,7 +242,12 @@ export class Appender {
       seq <= state.committedSeq
         ? await this.entries.entryAt(state, seq)
         : (await this.store.readEntries(state.id, seq - 1, 1)).find((e) => Number(e.seq) === seq);
-    const result = { seq, serverTimeMs: Number(entry?.serverTimeMs ?? 0n) };
+    // An entry expired by now is read as its stub (no times): the retry is told it expires at once.
+    const result = {
+      seq,
+      serverTimeMs: Number(entry?.serverTimeMs ?? 0n),
+      expiresAtMs: entry?.expired === true ? 1 : Number(entry?.expiresAtMs ?? 0n),
+    };
     state.remember(key, { ...result, durable: undefined });
     // The process that committed it may have died before publishing its event, or the commit was
     // finished by a recovery or another writer: publishing it again costs a duplicate the

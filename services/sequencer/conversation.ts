@@ -23,6 +23,8 @@ export interface RecentSend {
   seq: number;
   /** The commit time of the entry, in milliseconds since the Unix epoch. */
   serverTimeMs: number;
+  /** When the entry disappears, in milliseconds since the Unix epoch; 0 or absent for never. */
+  expiresAtMs?: number;
   /** Resolves when the entry is durable; undefined once it is. */
   durable: Promise<void> | undefined;
 }

@@ -19,7 +19,11 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
       return {
         results: results.map((r) =>
           "seq" in r
-            ? create(AppendResultSchema, { seq: BigInt(r.seq), serverTimeMs: BigInt(r.serverTimeMs) })
+            ? create(AppendResultSchema, {
+                seq: BigInt(r.seq),
+                serverTimeMs: BigInt(r.serverTimeMs),
+                expiresAtMs: BigInt(r.expiresAtMs ?? 0),
+              })
             : create(AppendResultSchema, {
                 errorCode: r.code,
                 errorMessage: r.rawMessage,

@@ -8,6 +8,8 @@ export interface Appended {
   seq: number;
   /** Commit time, in milliseconds since the Unix epoch. */
   serverTimeMs: number;
+  /** When the entry disappears, in milliseconds since the Unix epoch; 0 or absent for never. */
+  expiresAtMs?: number;
 }
 
 /** Options for the sequencer. */

@@ -59,10 +59,10 @@ export class TempServerSuite {
   #base: string | undefined;
   #server: ServerProcess | undefined;
 
-  constructor(prefix: string) {
+  constructor(prefix: string, env: Record<string, string> = {}) {
     before(async () => {
       this.#base = await mkdtemp(join(tmpdir(), prefix));
-      this.#server = await startServerProcess({ dataDir: join(this.#base, "server") });
+      this.#server = await startServerProcess({ dataDir: join(this.#base, "server"), env });
     });
     after(async () => {
       await this.beforeStop();

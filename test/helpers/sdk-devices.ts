@@ -68,8 +68,8 @@ export class TestDevices {
 export class SdkServerSuite extends TempServerSuite {
   #devices: TestDevices | undefined;
 
-  constructor(prefix: string) {
-    super(prefix);
+  constructor(prefix: string, env: Record<string, string> = {}) {
+    super(prefix, env);
     before(() => {
       this.#devices = new TestDevices(this.base, () => this.server.url);
     });

@@ -191,6 +191,7 @@ export class Sends {
                 conversationId: entry.conversationId,
                 seq: r.seq,
                 serverTimeMs: r.serverTimeMs,
+                expiresAtMs: r.expiresAtMs,
               },
             }),
           );

@@ -420,6 +420,26 @@ export class Accounts {
     );
   }
 
+  /**
+   * Replaces the user's display name (already checked for length and control characters by the
+   * handler); one too close to a reserved name is refused as at registration.
+   */
+  async setDisplayName(userId: string, displayName: string): Promise<User> {
+    const reserved = this.reserved.match(displayName);
+    if (reserved !== undefined) {
+      this.refusals.refuse("username_reserved", "display name refused: reserved name", {
+        userId,
+        code: "invalid_argument",
+      });
+      throw new InvalidInputError(
+        `display_name: too close to the reserved name "${reserved}"; choose another`,
+      );
+    }
+    const user = await this.store.setDisplayName(userId, displayName);
+    if (user === undefined) throw new NotFoundError("no such user");
+    return toUser(user);
+  }
+
   /** Users by id and by username; unknown ones are left out. */
   async lookupUsers(userIds: readonly string[], usernames: readonly string[]): Promise<User[]> {
     const found = await Promise.all([

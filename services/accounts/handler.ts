@@ -117,6 +117,11 @@ export function accountService(
       const changes = privacyChangesFromWire(req.settings);
       return { settings: privacyToWire(await accounts.privacy.set(p.userId, changes)) };
     },
+    async setProfile(req, ctx) {
+      const p = await principal(ctx);
+      const name = requireText("display_name", req.displayName, 1, 64);
+      return { user: await accounts.setDisplayName(p.userId, name) };
+    },
     async blockUser(req, ctx) {
       const p = await principal(ctx);
       const newlyBlocked = await accounts.blocks.block(p.userId, requireId("user_id", req.userId, "u"));

@@ -14,6 +14,7 @@ describe("privacy settings", () => {
       directOpen: "everyone",
       lastSeen: "everyone",
       readReceipts: true,
+      profile: "everyone",
     };
     assert.deepEqual(loadPrivacyDefaults(undefined, {}), shipped);
     assert.deepEqual(
@@ -22,8 +23,15 @@ describe("privacy settings", () => {
         SWITCHBOARD_PRIVACY_DIRECT_OPEN_DEFAULT: "nobody",
         SWITCHBOARD_PRIVACY_LAST_SEEN_DEFAULT: "contacts",
         SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT: "off",
+        SWITCHBOARD_PRIVACY_PROFILE_DEFAULT: "nobody",
       }),
-      { groupAdd: "contacts", directOpen: "nobody", lastSeen: "contacts", readReceipts: false },
+      {
+        groupAdd: "contacts",
+        directOpen: "nobody",
+        lastSeen: "contacts",
+        readReceipts: false,
+        profile: "nobody",
+      },
     );
     assert.deepEqual(
       loadPrivacyDefaults(
@@ -72,7 +80,9 @@ describe("privacy settings", () => {
       directOpen: "everyone",
       lastSeen: "contacts",
       readReceipts: false,
+      profile: "nobody",
     });
+    assert.equal(wire.profile, PrivacyAudience.NOBODY);
     assert.equal(wire.groupAdd, PrivacyAudience.NOBODY);
     assert.equal(wire.directOpen, PrivacyAudience.EVERYONE);
     assert.equal(wire.lastSeen, PrivacyAudience.CONTACTS);

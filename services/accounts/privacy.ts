@@ -42,6 +42,7 @@ export function privacyToWire(settings: PrivacyInForce): PrivacySettings {
     directOpen: TO_WIRE[settings.directOpen],
     lastSeen: TO_WIRE[settings.lastSeen],
     readReceipts: settings.readReceipts,
+    profile: TO_WIRE[settings.profile],
   });
 }
 
@@ -56,6 +57,7 @@ export function privacyChangesFromWire(settings: PrivacySettings | undefined): P
     ["group_add", "groupAdd", settings.groupAdd],
     ["direct_open", "directOpen", settings.directOpen],
     ["last_seen", "lastSeen", settings.lastSeen],
+    ["profile", "profile", settings.profile],
   ] as const;
   for (const [name, key, value] of fields) {
     if (value === WireAudience.UNSPECIFIED) continue;
@@ -91,6 +93,7 @@ export class Privacy {
       directOpen: record?.directOpen ?? this.defaults.directOpen,
       lastSeen: record?.lastSeen ?? this.defaults.lastSeen,
       readReceipts: record?.readReceipts ?? this.defaults.readReceipts,
+      profile: record?.profile ?? this.defaults.profile,
     };
   }
 

@@ -312,10 +312,13 @@ export function conversationService(
 
 /**
  * AccountService on the gateway: forwarded to the accounts service with the caller's
- * authorization header, so devices need only one address.
+ * authorization header, so devices need only one address. With the gateway's core, LookupUsers'
+ * answers are masked by the users' `profile` privacy settings (privacy.ts), which need the
+ * conversations the accounts service does not know.
  */
 export function accountForwarder(
   accounts: Client<typeof AccountService>,
+  core?: GatewayCore,
 ): ServiceImpl<typeof AccountService> {
   const pass = passAuthorization;
   return {
@@ -334,7 +337,21 @@ export function accountForwarder(
     linkDevice: (req, ctx) => accounts.linkDevice(req, pass(ctx)),
     listDevices: (req, ctx) => accounts.listDevices(req, pass(ctx)),
     revokeDevice: (req, ctx) => accounts.revokeDevice(req, pass(ctx)),
-    lookupUsers: (req, ctx) => accounts.lookupUsers(req, pass(ctx)),
+    lookupUsers: async (req, ctx) => {
+      // The accounts service authenticates, checks and rate-limits the call first.
+      const res = await accounts.lookupUsers(req, pass(ctx));
+      if (core === undefined) return res;
+      const viewer = await core.authenticate(ctx.requestHeader.get("authorization"));
+      await core.privacy.maskProfiles(viewer.userId, res.users, async (peerUserIds) => {
+        const { directContactUserIds } = await core.sequencer.findContacts({
+          userId: viewer.userId,
+          peerUserIds,
+        });
+        return directContactUserIds;
+      });
+      return res;
+    },
+    setProfile: (req, ctx) => accounts.setProfile(req, pass(ctx)),
     setPushTarget: (req, ctx) => accounts.setPushTarget(req, pass(ctx)),
     removePushTarget: (req, ctx) => accounts.removePushTarget(req, pass(ctx)),
     getPrivacy: (req, ctx) => accounts.getPrivacy(req, pass(ctx)),

@@ -3,7 +3,7 @@ import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
-import { PrivacyAudience } from "../../gen/switchboard/v1/accounts_pb.js";
+import { PrivacyAudience, UserSchema } from "../../gen/switchboard/v1/accounts_pb.js";
 import { MemberSchema } from "../../gen/switchboard/v1/conversations_pb.js";
 import { ReceiptFrameSchema, ReceiptKind } from "../../gen/switchboard/v1/gateway_pb.js";
 import { PrivacyView } from "./privacy.js";
@@ -11,9 +11,14 @@ import { PrivacyView } from "./privacy.js";
 interface Settings {
   lastSeen: PrivacyAudience;
   readReceipts: boolean;
+  profile?: PrivacyAudience;
 }
 
-const OPEN: Settings = { lastSeen: PrivacyAudience.EVERYONE, readReceipts: true };
+const OPEN: Settings = {
+  lastSeen: PrivacyAudience.EVERYONE,
+  readReceipts: true,
+  profile: PrivacyAudience.EVERYONE,
+};
 
 /** A directory answering GetUserPrivacy from a map (defaults: OPEN), counting calls; `fail` refuses. */
 function directory(settings: Map<string, Settings>) {
@@ -106,6 +111,33 @@ describe("PrivacyView: last seen and read receipts as a gateway enforces them", 
       theirs.map((m) => m.readUpTo),
       [0n, 8n, 0n],
     );
+  });
+
+  it("shows a display name only to whom the profile setting admits, else the username; not reciprocal", async () => {
+    const { client } = directory(
+      new Map([
+        ["u_hidden", { ...OPEN, profile: PrivacyAudience.NOBODY }],
+        ["u_friends", { ...OPEN, profile: PrivacyAudience.CONTACTS }],
+        ["u_me", { ...OPEN, profile: PrivacyAudience.NOBODY }],
+      ]),
+    );
+    const view = new PrivacyView(client);
+    const users = () =>
+      ["u_me", "u_open", "u_hidden", "u_friends", "u_stranger_friends"].map((userId) =>
+        create(UserSchema, { userId, username: `${userId}_name`, displayName: `${userId} Display` }),
+      );
+    let asked: string[] = [];
+    const directOf = async (ids: string[]) => {
+      asked = ids;
+      return ids.filter((id) => id === "u_friends");
+    };
+    const seen = users();
+    await view.maskProfiles("u_me", seen, directOf);
+    assert.deepEqual(
+      seen.map((u) => u.displayName),
+      ["u_me Display", "u_open Display", "u_hidden_name", "u_friends Display", "u_stranger_friends Display"],
+    );
+    assert.deepEqual(asked, ["u_friends"], "only users with 'contacts' need the conversations");
   });
 
   it("reads once, answers from the cache, reads again after a change, and never caches a read that raced one", async () => {

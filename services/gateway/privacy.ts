@@ -1,5 +1,6 @@
 import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
+import type { User } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { Member } from "../../gen/switchboard/v1/conversations_pb.js";
 import { type ReceiptFrame, ReceiptKind } from "../../gen/switchboard/v1/gateway_pb.js";
 import { audienceFromWire } from "../accounts/index.js";
@@ -19,6 +20,8 @@ export interface DeliverySettings {
   lastSeen: PrivacyAudience;
   /** Whether the user's read receipts reach others (and theirs reach the user). */
   readReceipts: boolean;
+  /** Who sees the user's display name ("contacts": a direct conversation). */
+  profile: PrivacyAudience;
 }
 
 interface Cached {
@@ -172,6 +175,28 @@ export class PrivacyView {
     }
   }
 
+  /**
+   * LookupUsers' answer as `viewer` may see it: a user whose `profile` setting does not admit the
+   * viewer shows the username as display name, which is what a user who never chose one shows
+   * (registration defaults the display name to the username). Not reciprocal. `directOf` says
+   * which of some users have a direct conversation with the viewer (FindContacts; at most 256 ids,
+   * LookupUsers' own cap). Rejects when the settings cannot be read: never the unmasked names.
+   */
+  async maskProfiles(
+    viewer: string,
+    users: User[],
+    directOf: (userIds: string[]) => Promise<readonly string[]>,
+  ): Promise<void> {
+    const others = users.filter((u) => u.userId !== viewer);
+    if (others.length === 0) return;
+    const found = await this.of(others.map((u) => u.userId));
+    const askDirect = others.filter((u) => found.get(u.userId)!.profile === "contacts").map((u) => u.userId);
+    const direct = new Set(askDirect.length === 0 ? [] : await directOf(askDirect));
+    for (const u of others) {
+      if (!admits(found.get(u.userId)!.profile, direct.has(u.userId))) u.displayName = u.username;
+    }
+  }
+
   /** One user's settings, one read in flight per user. */
   private read(userId: string): Promise<DeliverySettings> {
     let read = this.reads.get(userId);
@@ -194,6 +219,7 @@ export class PrivacyView {
         // hides, as "nobody" would.
         lastSeen: audienceFromWire(u.settings?.lastSeen ?? 0) ?? "nobody",
         readReceipts: u.settings?.readReceipts ?? false,
+        profile: audienceFromWire(u.settings?.profile ?? 0) ?? "nobody",
       };
       out.set(u.userId, settings);
       if (generation === this.generation) this.store(u.userId, settings);

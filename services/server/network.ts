@@ -84,7 +84,7 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
         // TURN credentials for calls, signed here with the secret the relays share.
         router.service(CallService, callService(config.calls.turn, principal));
         // Devices reach the account API through their gateway, which forwards it as is.
-        router.service(AccountService, accountForwarder(directoryAccounts()));
+        router.service(AccountService, accountForwarder(directoryAccounts(), gateway));
         router.service(
           KeyService,
           keyForwarder(clients.clientOf(KeyService, roles.has("accounts"), mesh.urls.accounts)),

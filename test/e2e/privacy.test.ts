@@ -17,7 +17,7 @@ async function connected(device: TestDevice): Promise<void> {
 /** Changes some of a user's privacy settings and waits until the user's stream was told. */
 async function setPrivacy(
   device: TestDevice,
-  settings: { lastSeen?: PrivacyAudience; readReceipts?: boolean },
+  settings: { lastSeen?: PrivacyAudience; readReceipts?: boolean; profile?: PrivacyAudience },
 ): Promise<PrivacySettings> {
   const before = device.ofCase("privacyChanged").length;
   const r = await device.accounts.setPrivacy({ settings });
@@ -208,6 +208,83 @@ describe("privacy settings: last seen and read receipts, against a server proces
         .map((p) => p.online),
       [false],
       "peer's going online, while mine was hidden, never reached me",
+    );
+  });
+
+  it("profile: the display name reaches whom the setting admits; to others it is the username, as if never set", async () => {
+    const [owner, directPeer, groupPeer, stranger] = [
+      await fx.user("po"),
+      await fx.user("pd"),
+      await fx.user("pg"),
+      await fx.user("ps"),
+    ];
+    // A user who never chose a display name: registration made it the username.
+    const plain = await fx.user("pp");
+    await owner.conversations.createGroup({ title: "shared", memberUserIds: [groupPeer.userId] });
+    await owner.conversations.openDirect({ peerUserId: directPeer.userId });
+    const { user } = await owner.accounts.setProfile({ displayName: "Owner Ö ✨" });
+    assert.equal(user?.displayName, "Owner Ö ✨");
+    assert.equal(user?.username, owner.username);
+
+    /** What viewer is told about owner and plain, by id and by username. */
+    const shown = async (viewer: TestDevice) => {
+      const byId = await viewer.accounts.lookupUsers({ userIds: [owner.userId, plain.userId] });
+      const byName = await viewer.accounts.lookupUsers({ usernames: [owner.username] });
+      const name = (id: string) => byId.users.find((u) => u.userId === id)?.displayName;
+      assert.equal(byName.users[0]?.displayName, name(owner.userId), "by username as by id");
+      return { owner: name(owner.userId), plain: name(plain.userId) };
+    };
+    for (const viewer of [directPeer, groupPeer, stranger]) {
+      assert.deepEqual(
+        await shown(viewer),
+        { owner: "Owner Ö ✨", plain: plain.username },
+        "everyone (default)",
+      );
+    }
+
+    await connected(owner);
+    await setPrivacy(owner, { profile: CONTACTS });
+    assert.equal((await shown(directPeer)).owner, "Owner Ö ✨", "a direct conversation admits");
+    assert.equal((await shown(groupPeer)).owner, owner.username, "a shared group does not");
+    assert.equal((await shown(stranger)).owner, owner.username);
+    assert.equal(
+      (await owner.accounts.lookupUsers({ userIds: [owner.userId] })).users[0]?.displayName,
+      "Owner Ö ✨",
+    );
+
+    await setPrivacy(owner, { profile: NOBODY });
+    const hidden = await directPeer.accounts.lookupUsers({ userIds: [owner.userId, plain.userId] });
+    // Hidden and never set look alike: the display name is the username in both.
+    const shape = (u: (typeof hidden.users)[number]) => ({ sameAsUsername: u.displayName === u.username });
+    assert.deepEqual(hidden.users.map(shape), [{ sameAsUsername: true }, { sameAsUsername: true }]);
+    await setPrivacy(owner, { profile: EVERYONE });
+    assert.equal((await shown(stranger)).owner, "Owner Ö ✨");
+  });
+
+  it("bounds a display name: 1 to 64 characters (at most 256 bytes), no control characters, with precise codes", async () => {
+    const u = await fx.user("pb");
+    const longest = "😀".repeat(64);
+    assert.equal(new TextEncoder().encode(longest).length, 256);
+    assert.equal((await u.accounts.setProfile({ displayName: longest })).user?.displayName, longest);
+    await rejectsWith(
+      u.accounts.setProfile({ displayName: "" }),
+      Code.InvalidArgument,
+      /^display_name: 1 to 64 characters required$/,
+    );
+    await rejectsWith(
+      u.accounts.setProfile({ displayName: "x".repeat(65) }),
+      Code.InvalidArgument,
+      /^display_name: 1 to 64 characters required$/,
+    );
+    await rejectsWith(
+      u.accounts.setProfile({ displayName: "a\u0007b" }),
+      Code.InvalidArgument,
+      /^display_name: control characters are not allowed$/,
+    );
+    assert.equal(
+      (await u.accounts.lookupUsers({ userIds: [u.userId] })).users[0]?.displayName,
+      longest,
+      "refusals stored nothing",
     );
   });
 

@@ -63,6 +63,8 @@ export interface PrivacyDefaults {
   lastSeen: PrivacyAudience;
   /** Whether a user's read receipts reach others (reciprocal). */
   readReceipts: boolean;
+  /** Who sees a user's display name ("contacts": a direct conversation). */
+  profile: PrivacyAudience;
 }
 
 /** The values of an on/off setting's variable. */
@@ -78,6 +80,7 @@ export const defaultPrivacy: PrivacyDefaults = {
   directOpen: "everyone",
   lastSeen: "everyone",
   readReceipts: true,
+  profile: "everyone",
 };
 
 /**
@@ -183,6 +186,9 @@ export const privacyVariables = z.object({
   SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT: nonEmptyText()
     .pipe(oneOfVariable("SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT", SWITCHES))
     .transform((a) => (a === undefined ? defaultPrivacy.readReceipts : a === "on")),
+  SWITCHBOARD_PRIVACY_PROFILE_DEFAULT: nonEmptyText()
+    .pipe(oneOfVariable("SWITCHBOARD_PRIVACY_PROFILE_DEFAULT", PRIVACY_AUDIENCES))
+    .transform((a) => a ?? defaultPrivacy.profile),
 });
 
 export function loadAccountLimits(input: Partial<AccountLimits> | undefined, env: Env): AccountLimits {
@@ -237,6 +243,7 @@ export function loadPrivacyDefaults(input: Partial<PrivacyDefaults> | undefined,
       SWITCHBOARD_PRIVACY_LAST_SEEN_DEFAULT: input?.lastSeen,
       SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT:
         input?.readReceipts === undefined ? undefined : input.readReceipts ? "on" : "off",
+      SWITCHBOARD_PRIVACY_PROFILE_DEFAULT: input?.profile,
     }),
   );
   // Given but empty is the default too.
@@ -244,7 +251,7 @@ export function loadPrivacyDefaults(input: Partial<PrivacyDefaults> | undefined,
     variable: string,
     value: string | undefined,
     fromEnv: PrivacyAudience,
-    key: "groupAdd" | "directOpen" | "lastSeen",
+    key: "groupAdd" | "directOpen" | "lastSeen" | "profile",
   ) =>
     value === undefined
       ? fromEnv
@@ -271,5 +278,11 @@ export function loadPrivacyDefaults(input: Partial<PrivacyDefaults> | undefined,
       "lastSeen",
     ),
     readReceipts: input?.readReceipts ?? vars.SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT,
+    profile: audience(
+      "SWITCHBOARD_PRIVACY_PROFILE_DEFAULT",
+      input?.profile,
+      vars.SWITCHBOARD_PRIVACY_PROFILE_DEFAULT,
+      "profile",
+    ),
   };
 }

@@ -243,6 +243,24 @@ export function runAccountStoreConformance(open: () => Promise<StoreEngine>): vo
       });
     });
 
+    test("the profile setting is kept beside the others; a display name is replaced, never for an unknown user", async (store) => {
+      const u = user();
+      await store.createUser(u, device(u.userId));
+      await store.setPrivacy(u.userId, { lastSeen: "nobody" });
+      assert.deepEqual(await store.setPrivacy(u.userId, { profile: "contacts" }), {
+        lastSeen: "nobody",
+        profile: "contacts",
+      });
+      const renamed = await store.setDisplayName(u.userId, "Zoë ✨");
+      assert.equal(renamed?.displayName, "Zoë ✨");
+      assert.equal(renamed?.username, u.username);
+      assert.equal((await store.getUser(u.userId))?.displayName, "Zoë ✨");
+      assert.equal((await store.getUserByUsername(u.username))?.displayName, "Zoë ✨");
+      const unknown = id("u");
+      assert.equal(await store.setDisplayName(unknown, "ghost"), undefined);
+      assert.equal(await store.getUser(unknown), undefined, "no row was made for an unknown user");
+    });
+
     test("an invite is stored, read back, listed newest first and refused twice under one id", async (store) => {
       const older = invite({ createdAtMs: Date.now() + 10_000_000 });
       const newer = invite({ createdAtMs: older.createdAtMs + 1, note: "for ünïcode ✓ friends" });

@@ -61,6 +61,7 @@ function privacyRecord(p: PrivacyRecord): PrivacyRecord {
     ...(p.directOpen !== undefined && { directOpen: p.directOpen }),
     ...(p.lastSeen !== undefined && { lastSeen: p.lastSeen }),
     ...(p.readReceipts !== undefined && { readReceipts: p.readReceipts }),
+    ...(p.profile !== undefined && { profile: p.profile }),
   };
 }
 
@@ -287,6 +288,17 @@ export class LmdbAccountStore implements AccountStore {
       const invite = dbs.invites.get(id);
       if (invite === undefined) return;
       dbs.invites.put(id, { ...invite, usesLeft: Math.min(invite.maxUses, invite.usesLeft + 1) });
+    });
+  }
+
+  async setDisplayName(userId: string, displayName: string): Promise<UserRecord | undefined> {
+    const { dbs } = this;
+    return this.writeUnit(() => {
+      const user = dbs.users.get(userId);
+      if (user === undefined) return undefined;
+      const next = userRecord({ ...user, displayName });
+      dbs.users.put(userId, next);
+      return next;
     });
   }
 

@@ -132,6 +132,8 @@ export interface PrivacyRecord {
   lastSeen?: PrivacyAudience;
   /** Whether the user's read receipts reach others (and theirs reach the user). */
   readReceipts?: boolean;
+  /** Who sees the user's display name ("contacts": a direct conversation). */
+  profile?: PrivacyAudience;
 }
 
 /** One block: a user no longer reachable by another (services/accounts/blocks.ts). */
@@ -214,6 +216,11 @@ export interface AccountStore extends SafetyStore {
   getUser(userId: string): Promise<UserRecord | undefined>;
   /** A user by username. */
   getUserByUsername(username: string): Promise<UserRecord | undefined>;
+  /**
+   * Replaces a user's display name; returns the user as stored after it, or undefined for an
+   * unknown user (nothing is written then).
+   */
+  setDisplayName(userId: string, displayName: string): Promise<UserRecord | undefined>;
   /**
    * Adds a device to an existing user. Rejects with StoreError "limit" when the user already has
    * maxActiveDevices active devices, and "not_found" for an unknown user; atomically.

@@ -82,6 +82,7 @@ const PRIVACY_NAMES: readonly (readonly [keyof PrivacyRecord, string, "audience"
   ["directOpen", "direct_open", "audience"],
   ["lastSeen", "last_seen", "audience"],
   ["readReceipts", "read_receipts", "switch"],
+  ["profile", "profile", "audience"],
 ];
 
 const AUDIENCES: ReadonlySet<string> = new Set<PrivacyAudience>(["everyone", "contacts", "nobody"]);
@@ -211,6 +212,16 @@ export class ScyllaAccountStore implements AccountStore {
       createdAtMs: num(row.get("created_at_ms")),
       ...(suspendedAtMs !== undefined && { suspendedAtMs }),
     };
+  }
+
+  async setDisplayName(userId: string, displayName: string): Promise<UserRecord | undefined> {
+    // Conditional, so an unknown (or deleted) user's row is never created by the update.
+    const applied = await this.cql.lwt("UPDATE users SET display_name = ? WHERE user_id = ? IF EXISTS", [
+      displayName,
+      userId,
+    ]);
+    if (!applied.wasApplied()) return undefined;
+    return this.getUser(userId);
   }
 
   async setSuspended(userId: string, atMs: number): Promise<UserRecord | undefined> {

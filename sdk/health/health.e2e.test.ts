@@ -122,12 +122,43 @@ describe("conversation health, two devices and a server process", () => {
       assert.ok((SDK_EVENT_NAMES as readonly string[]).includes(e.name), e.name);
     }
 
-    // A restart: the state is in the profile's storage.
+    // A restart: the state is in the profile's storage (read here without a client, so without
+    // the repair from history that attach would run).
+    await a.health.close();
     await alice.close();
+    const stored = await ConversationHealth.open(alice.storage, alice.userId);
+    assert.equal(stored.needsReply(conversationId).seq, reply.seq);
+    assert.equal(stored.metrics().replied, 1);
+  });
+
+  it("what health had not written when its process ended is taken back from history on the next attach", async () => {
+    const alice = await suite.devices.register("alice");
+    const bob = await suite.devices.register("bob");
+    // A write delay of ten minutes: nothing health learns below reaches the storage.
+    const health = await ConversationHealth.attach(alice, { writeDelayMs: 600_000 });
+    const inbox = new Inbox("alice", alice);
+    await Promise.all([alice.connect(), bob.connect()]);
+    const { conversationId } = await bob.openDirect(alice.userId);
+    const hello = await bob.send(conversationId, `hello ${SECRET}`);
+    const mention = await bob.send(conversationId, `@you ${SECRET}`, { mentions: [alice.userId] });
+    await inbox.entry(conversationId, mention.seq);
+    assert.equal(health.needsReply(conversationId).seq, mention.seq);
+    // The client acks and writes its cursor at close; health's batch was never written.
+    await alice.close();
+    const lost = await ConversationHealth.open(alice.storage, alice.userId);
+    assert.equal(lost.needsReply(conversationId).needsReply, false, "health's own state lost them");
+
     const again = await suite.devices.reopen(alice.profileDir);
-    const health = await ConversationHealth.attach(again);
-    assert.equal(health.needsReply(conversationId).seq, reply.seq);
-    assert.equal(health.metrics().replied, 1);
+    const repaired = await ConversationHealth.attach(again);
+    await repaired.repaired;
+    assert.equal(repaired.needsReply(conversationId).seq, mention.seq);
+    assert.deepEqual(repaired.awaySummary(conversationId).mentions.seqs, [mention.seq]);
+    assert.ok(hello.seq < mention.seq);
+    await repaired.flush();
+    assert.equal(
+      (await ConversationHealth.open(again.storage, again.userId)).needsReply(conversationId).seq,
+      mention.seq,
+    );
   });
 
   it("the away summary of a group: mentions and replies to you while away, from history or the stream, counted once", async () => {

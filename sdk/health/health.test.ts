@@ -238,6 +238,30 @@ describe("ConversationHealth on a storage", () => {
     );
   });
 
+  it("writes in batches, not once per entry, and nothing before the batch is due", async () => {
+    let puts = 0;
+    const storage = new (class extends MemoryStorage {
+      override async put(entries: ReadonlyArray<readonly [string, Uint8Array]>): Promise<void> {
+        puts++;
+        await super.put(entries);
+      }
+    })();
+    const health = await ConversationHealth.open(storage, ME, { writeDelayMs: 60_000 });
+    for (let i = 1; i <= 100; i++)
+      health.observe(entry(`d_${i % 4}`, Math.ceil(i / 4), i % 2 ? PEER : ME, T0 + i));
+    assert.equal(puts, 0, "the batch is not due for a minute");
+    assert.equal(
+      (await ConversationHealth.open(storage, ME)).needsReply("d_1").needsReply,
+      false,
+      "not written yet",
+    );
+    await health.flush();
+    assert.equal(puts, 2, "one write of the four conversations, one of the starts");
+    const reopened = await ConversationHealth.open(storage, ME);
+    assert.equal(reopened.needsReply("d_1").seq, 25n);
+    assert.equal(reopened.starts().length, 2, "d_0 and d_2, where this user wrote");
+  });
+
   it("bounds its state in bytes too", async () => {
     const storage = new MemoryStorage();
     const health = await ConversationHealth.open(storage, ME, { maxStateBytes: 4_000 });

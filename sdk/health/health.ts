@@ -64,12 +64,17 @@ export interface HealthOptions extends Partial<HealthSettings> {
   maxStarts?: number;
   /** Events waiting for a slow sink before the oldest is dropped. Default 1,000. */
   maxQueuedEvents?: number;
+  /**
+   * Changes are written together this long after the first one (one write per batch, not per
+   * entry: a write is an fsync with the file engine). Default 200.
+   */
+  writeDelayMs?: number;
 }
 
 /** The part of a client health uses (SwitchboardClient has it all). */
 export type HealthClient = Pick<
   SwitchboardClient,
-  "userId" | "storage" | "on" | "off" | "getConversation" | "getHistory" | "listConversations"
+  "userId" | "storage" | "on" | "off" | "getConversation" | "getHistory" | "listConversations" | "localCursor"
 >;
 
 interface StartsFile {
@@ -89,7 +94,12 @@ export class ConversationHealth {
   private readonly pipe: EventPipe;
   private readonly sizes = new Map<string, number>();
   private readonly lookups = new Set<string>();
-  private readonly writes = new Set<Promise<void>>();
+  /** Conversations changed since the last write, and ones dropped by the bounds. */
+  private readonly dirty = new Set<string>();
+  private readonly dropped = new Set<string>();
+  private startsDirty = false;
+  private writeTimer: NodeJS.Timeout | undefined;
+  private writing: Promise<void> = Promise.resolve();
   private client: HealthClient | undefined;
   private detachListeners: (() => void) | undefined;
 
@@ -142,13 +152,15 @@ export class ConversationHealth {
 
   /**
    * Opens health for a client and follows it: every entry it hands to the app, and its receipts.
-   * Attach before connect() so no entry passes unseen; the client's acks wait for health's state
-   * to be written, so an entry acknowledged to the server is never missing from it.
+   * Attach before connect() so no entry passes unseen. Health writes its state in batches
+   * (writeDelayMs) rather than holding every ack for a write of its own; entries the client
+   * acknowledged but health did not write (a crash in between) are taken from history again:
+   * `repaired` settles once that is done, in the background.
    */
   static async attach(client: HealthClient, options: HealthOptions = {}): Promise<ConversationHealth> {
     const health = await ConversationHealth.open(client.storage, client.userId, options);
     health.client = client;
-    const onEntry = (e: IncomingEntry): Promise<void> => health.observe(e);
+    const onEntry = (e: IncomingEntry): void => health.observe(e);
     const onReceipt = (r: ReceiptEvent): void => health.receipt(r);
     client.on("entry", onEntry);
     client.on("receipt", onReceipt);
@@ -156,7 +168,29 @@ export class ConversationHealth {
       client.off("entry", onEntry);
       client.off("receipt", onReceipt);
     };
+    health.repaired = health.repair().catch(() => {});
     return health;
+  }
+
+  /** Settles once attach's repair is done (at once for a health opened without a client). */
+  repaired: Promise<void> = Promise.resolve();
+
+  /**
+   * Takes from history the entries of conversations whose cursor in the profile passed what
+   * health wrote: acknowledged by the client, lost by health (the process ended before its
+   * write), or delivered before the app used health at all (the latest `limit` of them). Not in
+   * read-only mode, whose caller catches up itself.
+   */
+  private async repair(): Promise<void> {
+    if (this.records === undefined) return;
+    const client = this.requireClient();
+    const list = await client.listConversations();
+    for (const c of list.slice(0, this.options.maxConversations ?? 1_000)) {
+      const delivered = client.localCursor(c.conversationId)?.delivered ?? 0n;
+      if (delivered <= (this.conversations.get(c.conversationId)?.lastSeq ?? 0n)) continue;
+      this.setKind(c.conversationId, c.kind === ConversationKind.GROUP ? "group" : "direct");
+      await this.catchUp(c.conversationId, { lastSeq: delivered });
+    }
   }
 
   /** Stops following the client (state stays in storage). */
@@ -165,12 +199,18 @@ export class ConversationHealth {
     this.detachListeners = undefined;
   }
 
+  /** Stops following the client, writes what changed and lets the sink take what is queued. */
+  async close(): Promise<void> {
+    this.detach();
+    await this.flushed();
+  }
+
   /**
    * Takes an entry into the state (attach does this for every entry the client delivers; call it
    * for entries that come another way). Entries at or below a conversation's highest seen seq are
-   * ignored. Resolves once the state is written.
+   * ignored. Written with the next batch (flush() writes at once).
    */
-  async observe(entry: IncomingEntry): Promise<void> {
+  observe(entry: IncomingEntry): void {
     if (entry.keysOnly || !CONVERSATION_ID.test(entry.conversationId)) return;
     const state = this.stateOf(entry.conversationId);
     const result = observe(state, this.userId, this.healthEntry(entry), this.settings);
@@ -180,9 +220,9 @@ export class ConversationHealth {
     if (entry.kind === "message" && entry.fromThisDevice) {
       this.emit({ name: "messaging.message_sent", atMs: at, conversationId: id, seq: entry.seq.toString() });
     }
-    const saves = [this.save(state)];
+    this.touch(state);
     if (result.start !== undefined) {
-      saves.push(this.addStart(result.start));
+      this.addStart(result.start);
       this.emit({
         name: "conversation.conversation_start",
         atMs: at,
@@ -194,7 +234,7 @@ export class ConversationHealth {
     }
     if (result.reply !== undefined) {
       const { start, replySeq, replyMs } = result.reply;
-      saves.push(this.recordReply(start, replyMs));
+      this.recordReply(start, replyMs);
       this.emit({
         name: "conversation.reply_received",
         atMs: at,
@@ -206,7 +246,6 @@ export class ConversationHealth {
         within24h: replyMs <= REPLY_WINDOW_MS,
       });
     }
-    await Promise.all(saves);
   }
 
   /**
@@ -231,7 +270,7 @@ export class ConversationHealth {
         afterSeq: after,
         limit: Number(lastSeq - after),
       });
-      for (const e of page.entries) await this.observe(e);
+      for (const e of page.entries) this.observe(e);
       const last = page.entries.at(-1)?.seq;
       if (last === undefined || last <= after || !page.hasMore) break;
       after = last;
@@ -277,7 +316,8 @@ export class ConversationHealth {
     const state = this.conversations.get(conversationId);
     if (state === undefined) return;
     state.dismissedSeq = state.lastSeq;
-    await this.save(state);
+    this.touch(state);
+    await this.flush();
   }
 
   /** What came since the conversation was last opened, without starting a new window. */
@@ -294,7 +334,8 @@ export class ConversationHealth {
     const state = this.stateOf(conversationId);
     const summary = awaySummary(state);
     markOpened(state, nowMs);
-    await this.save(state);
+    this.touch(state);
+    await this.flush();
     return summary;
   }
 
@@ -302,7 +343,8 @@ export class ConversationHealth {
   async left(conversationId: string, nowMs = this.now()): Promise<void> {
     const state = this.stateOf(conversationId);
     markOpened(state, nowMs);
-    await this.save(state);
+    this.touch(state);
+    await this.flush();
   }
 
   /** Starts, replies, the 24-hour reply rate and time to first reply over the metrics window. */
@@ -326,7 +368,7 @@ export class ConversationHealth {
     const state = this.stateOf(conversationId);
     if (state.kind === kind) return;
     state.kind = kind;
-    void this.save(state);
+    this.touch(state);
   }
 
   /**
@@ -344,10 +386,18 @@ export class ConversationHealth {
     return { ...this.pipe.stats };
   }
 
-  /** Resolves once every state write and every event queued so far are done. */
+  /** Writes what changed now; resolves once it is durable (a failed write is tried again later). */
+  flush(): Promise<void> {
+    if (this.writeTimer !== undefined) clearTimeout(this.writeTimer);
+    this.writeTimer = undefined;
+    const next = this.writing.catch(() => {}).then(() => this.write());
+    this.writing = next;
+    return next;
+  }
+
+  /** Writes what changed and waits for every event queued so far to reach the sink. */
   async flushed(): Promise<void> {
-    await Promise.allSettled([...this.writes]);
-    await this.startsDoc.save().catch(() => {});
+    await this.flush();
     await this.pipe.flushed();
   }
 
@@ -419,19 +469,56 @@ export class ConversationHealth {
       .finally(() => this.lookups.delete(id));
   }
 
-  /** Writes a conversation's state, then drops the least active ones beyond the bounds. */
-  private save(state: ConversationState): Promise<void> {
-    const json = JSON.stringify(toJson(state));
-    this.sizes.set(state.id, json.length);
-    const evicted = this.evict(state.id);
-    if (this.records === undefined) return Promise.resolve();
-    const writing = Promise.all([
-      this.records.put([[state.id, new TextEncoder().encode(json)]]),
-      evicted.length > 0 ? this.records.delete(evicted) : Promise.resolve(),
-    ]).then(() => {});
-    this.writes.add(writing);
-    void writing.catch(() => {}).finally(() => this.writes.delete(writing));
-    return writing;
+  /** A conversation changed: it is written with the next batch; the bounds are applied now. */
+  private touch(state: ConversationState): void {
+    this.sizes.set(state.id, JSON.stringify(toJson(state)).length);
+    this.dirty.add(state.id);
+    this.dropped.delete(state.id);
+    for (const id of this.evict(state.id)) {
+      this.dirty.delete(id);
+      this.dropped.add(id);
+    }
+    this.schedule();
+  }
+
+  private schedule(): void {
+    if (this.records === undefined || this.writeTimer !== undefined) return;
+    this.writeTimer = setTimeout(() => {
+      this.writeTimer = undefined;
+      // A failure is reported by the next flush(); the changes stay marked until written.
+      this.flush().catch(() => {});
+    }, this.options.writeDelayMs ?? 200);
+    // Health never keeps a process alive; what a process ending loses, repair() takes back.
+    this.writeTimer.unref?.();
+  }
+
+  private async write(): Promise<void> {
+    const records = this.records;
+    if (records === undefined) return;
+    const encoder = new TextEncoder();
+    const puts: Array<[string, Uint8Array]> = [];
+    for (const id of this.dirty) {
+      const state = this.conversations.get(id);
+      if (state !== undefined) puts.push([id, encoder.encode(JSON.stringify(toJson(state)))]);
+    }
+    const drops = [...this.dropped];
+    const starts = this.startsDirty;
+    this.dirty.clear();
+    this.dropped.clear();
+    this.startsDirty = false;
+    try {
+      await Promise.all([
+        puts.length > 0 ? records.put(puts) : undefined,
+        drops.length > 0 ? records.delete(drops) : undefined,
+        starts ? this.startsDoc.save() : undefined,
+      ]);
+    } catch (err) {
+      for (const [id] of puts) if (!this.dropped.has(id)) this.dirty.add(id);
+      for (const id of drops) if (!this.dirty.has(id)) this.dropped.add(id);
+      if (starts) this.startsDirty = true;
+      this.schedule();
+      throw err;
+    }
   }
 
   private evict(keep: string): string[] {
@@ -455,20 +542,22 @@ export class ConversationHealth {
     return evicted;
   }
 
-  private addStart(start: StartRecord): Promise<void> {
+  private addStart(start: StartRecord): void {
     const doc = this.startsDoc.value;
     doc.starts.push({ c: start.conversationId, s: start.seq.toString(), t: start.atMs });
     const max = this.options.maxStarts ?? 1_000;
     if (doc.starts.length > max) doc.starts.splice(0, doc.starts.length - max);
-    return this.options.readOnly === true ? Promise.resolve() : this.startsDoc.save();
+    this.startsDirty = true;
+    this.schedule();
   }
 
-  private recordReply(start: StartRecord, ttfrMs: number): Promise<void> {
+  private recordReply(start: StartRecord, ttfrMs: number): void {
     const seq = start.seq.toString();
     const record = this.startsDoc.value.starts.find((s) => s.c === start.conversationId && s.s === seq);
-    if (record === undefined) return Promise.resolve();
+    if (record === undefined) return;
     record.r = ttfrMs;
-    return this.options.readOnly === true ? Promise.resolve() : this.startsDoc.save();
+    this.startsDirty = true;
+    this.schedule();
   }
 }
 

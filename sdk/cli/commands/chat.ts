@@ -219,6 +219,7 @@ async function chat(session: Session, target: string, opts: GlobalOptions, io: C
   lines.close();
   // What was shown here is not news next time.
   await health.left(conversationId).catch(() => {});
+  await health.close().catch(() => {});
   if (end !== undefined) throw end.error;
   // Input ended (piped input, or Ctrl-D): let what was typed reach the server first.
   await Promise.race([Promise.allSettled(sends), interrupted(io)]);

@@ -21,7 +21,7 @@ async function listen(session: Session, opts: GlobalOptions, io: CliIo): Promise
   const names = new Names(client);
   const labels = new ConversationLabels(client, names);
   // Keeps this device's conversation health (needs reply, away summaries) current while listening.
-  await openHealth(client, true);
+  const health = await openHealth(client, true);
   client.on("entry", async (e) => {
     await labels.load(e.conversationId);
     await names.load([e.senderUserId, ...(e.membership?.userIds ?? [])]);
@@ -51,5 +51,6 @@ async function listen(session: Session, opts: GlobalOptions, io: CliIo): Promise
   const fatal = client.waitFor("error", (e) => e.fatal);
   await session.connect();
   const end = await Promise.race([stop.then(() => undefined), fatal]);
+  await health.close().catch(() => {});
   if (end !== undefined) throw end.error;
 }

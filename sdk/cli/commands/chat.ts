@@ -217,10 +217,10 @@ async function chat(session: Session, target: string, opts: GlobalOptions, io: C
       : await Promise.race([closed.then(() => undefined), interrupted(io).then(() => undefined), fatal]);
   stopTyping();
   lines.close();
-  // What was shown here is not news next time.
+  // Input ended (piped input, or Ctrl-D): let what was typed reach the server first.
+  if (end === undefined) await Promise.race([Promise.allSettled(sends), interrupted(io)]);
+  // What was shown here is not news next time; the sends above count as answers.
   await health.left(conversationId).catch(() => {});
   await health.close().catch(() => {});
   if (end !== undefined) throw end.error;
-  // Input ended (piped input, or Ctrl-D): let what was typed reach the server first.
-  await Promise.race([Promise.allSettled(sends), interrupted(io)]);
 }

@@ -68,8 +68,16 @@ export async function putObject(
   }
 }
 
-/** GETs an object into memory, or streamed into a file. */
-export async function getObject(url: string, into?: { path: string }): Promise<Uint8Array | undefined> {
+/**
+ * GETs an object into memory, or streamed into a file. With `maxBytes`, a body longer than that
+ * is cut off and refused (RESOURCE_EXHAUSTED): a store that sends more than it announced cannot
+ * make the device hold it.
+ */
+export async function getObject(
+  url: string,
+  into?: { path: string },
+  maxBytes?: number,
+): Promise<Uint8Array | undefined> {
   const { req, response } = send(url, "GET");
   req.end();
   try {
@@ -80,7 +88,17 @@ export async function getObject(url: string, into?: { path: string }): Promise<U
       return undefined;
     }
     const chunks: Buffer[] = [];
-    for await (const chunk of res) chunks.push(chunk as Buffer);
+    let length = 0;
+    for await (const chunk of res) {
+      length += (chunk as Buffer).length;
+      if (maxBytes !== undefined && length > maxBytes) {
+        throw new ConnectError(
+          `the media store sent more than the ${maxBytes} bytes expected; refused`,
+          Code.ResourceExhausted,
+        );
+      }
+      chunks.push(chunk as Buffer);
+    }
     return new Uint8Array(Buffer.concat(chunks));
   } catch (err) {
     req.destroy();

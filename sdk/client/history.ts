@@ -311,7 +311,17 @@ export class History {
         `history: the stored bundle is ${download.lengthBytes} bytes, the sender's was ${pointer.ciphertextBytes}`,
       );
     }
-    const ciphertext = (await getObject(download.downloadUrl)) as Uint8Array;
+    let ciphertext: Uint8Array;
+    try {
+      ciphertext = (await getObject(
+        download.downloadUrl,
+        undefined,
+        Number(pointer.ciphertextBytes),
+      )) as Uint8Array;
+    } catch (err) {
+      if (!(err instanceof ConnectError) || err.code !== Code.ResourceExhausted) throw err;
+      throw new HistoryError("too-large", `history: ${err.rawMessage} (the bundle's announced length)`);
+    }
     // Throws AttachmentError "digest" or "authentication" for bytes that are not the sender's.
     const plaintext = decryptAttachment(ciphertext, pointer.key, pointer.digest);
     const bundle = parseBundle(plaintext, {

@@ -528,6 +528,14 @@ export class SwitchboardClient {
     return this.parts.accounts.setPrivacy(changes);
   }
 
+  /**
+   * Changes this user's display name (1 to 64 characters). Others see it as the `profile`
+   * privacy setting allows; to anyone else the display name is the username, as if never set.
+   */
+  setDisplayName(displayName: string): Promise<User> {
+    return this.parts.accounts.setDisplayName(displayName);
+  }
+
   /** This user's devices. */
   listDevices(includeRevoked = false): Promise<Device[]> {
     return this.parts.accounts.listDevices(includeRevoked);

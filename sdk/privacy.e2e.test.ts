@@ -72,6 +72,14 @@ describe("privacy settings through the SDK (against a server process)", () => {
       [],
       "no read receipt of bob",
     );
+    // Display name: carol shares only a group with bob, so "contacts" shows her his username.
+    await bob.setDisplayName("Bob the Builder");
+    await bob.setPrivacy({ profile: "contacts" });
+    const [asCarol] = await carol.lookupUsers({ userIds: [bob.userId] });
+    assert.equal(asCarol?.displayName, asCarol?.username);
+    await carol.openDirect(bob.userId);
+    assert.equal((await carol.userByUsername(asCarol!.username)).displayName, "Bob the Builder");
+
     const { members } = await alice.getConversation(group);
     const bobMember = members.find((m) => m.userId === bob.userId)!;
     assert.equal(bobMember.readUpTo, bobMember.joinedSeq - 1n, "bob's read cursor shows nothing read");

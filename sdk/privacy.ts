@@ -32,6 +32,11 @@ export interface PrivacyChoices {
    * receipts (and other members' readUpTo shows nothing read). Delivered receipts stay.
    */
   readReceipts: boolean;
+  /**
+   * Who sees this user's display name (in lookupUsers); "contacts" as for lastSeen. To anyone
+   * else it is the username, as for a user who never set one. Not reciprocal.
+   */
+  profile: Audience;
 }
 
 const TO_WIRE: Record<Audience, PrivacyAudience> = {
@@ -54,6 +59,7 @@ export function privacyFromWire(settings: PrivacySettings | undefined): PrivacyC
     lastSeen: fromWire(settings?.lastSeen, "last_seen"),
     // Always present in answers; a server older than the setting has them all on.
     readReceipts: settings?.readReceipts ?? true,
+    profile: fromWire(settings?.profile, "profile"),
   };
 }
 
@@ -63,12 +69,14 @@ export function privacyChangesToWire(changes: Partial<PrivacyChoices>): {
   directOpen?: PrivacyAudience;
   lastSeen?: PrivacyAudience;
   readReceipts?: boolean;
+  profile?: PrivacyAudience;
 } {
   return {
     ...(changes.groupAdd !== undefined && { groupAdd: TO_WIRE[changes.groupAdd] }),
     ...(changes.directOpen !== undefined && { directOpen: TO_WIRE[changes.directOpen] }),
     ...(changes.lastSeen !== undefined && { lastSeen: TO_WIRE[changes.lastSeen] }),
     ...(changes.readReceipts !== undefined && { readReceipts: changes.readReceipts }),
+    ...(changes.profile !== undefined && { profile: TO_WIRE[changes.profile] }),
   };
 }
 

@@ -49,6 +49,10 @@ export class Accounts {
     return privacyFromWire(res.settings);
   }
 
+  async setDisplayName(displayName: string): Promise<User> {
+    return required((await this.conn.accounts.setProfile({ displayName })).user, "user");
+  }
+
   async listDevices(includeRevoked: boolean): Promise<Device[]> {
     return (await this.conn.accounts.listDevices({ includeRevoked })).devices;
   }

@@ -248,6 +248,7 @@ describe("switchboard privacy (the CLI)", () => {
       "direct: everyone",
       "last seen: everyone",
       "read receipts: on",
+      "name visible to: everyone",
     ]);
     const changed = await cli("privacy", "--groups", "nobody", ...bobProfile);
     assert.equal(changed.code, 0, changed.err.join("\n"));
@@ -256,6 +257,7 @@ describe("switchboard privacy (the CLI)", () => {
       "direct: everyone",
       "last seen: everyone",
       "read receipts: on",
+      "name visible to: everyone",
     ]);
     const both = await cli("privacy", "--direct", "contacts", ...bobProfile);
     assert.deepEqual(both.out, [
@@ -263,6 +265,7 @@ describe("switchboard privacy (the CLI)", () => {
       "direct: contacts",
       "last seen: everyone",
       "read receipts: on",
+      "name visible to: everyone",
     ]);
     const hidden = await cli("privacy", "--last-seen", "nobody", "--read-receipts", "off", ...bobProfile);
     assert.deepEqual(hidden.out, [
@@ -270,10 +273,31 @@ describe("switchboard privacy (the CLI)", () => {
       "direct: contacts",
       "last seen: nobody",
       "read receipts: off",
+      "name visible to: everyone",
     ]);
 
     await assert.rejects(cli("privacy", "--direct", "friends", ...bobProfile), /everyone, contacts, nobody/);
     await assert.rejects(cli("privacy", "--read-receipts", "maybe", ...bobProfile), /expected on or off/);
+    const named = await cli(
+      "privacy",
+      "--display-name",
+      "Bob B",
+      "--name-visible-to",
+      "contacts",
+      ...bobProfile,
+    );
+    assert.equal(named.code, 0, named.err.join("\n"));
+    assert.deepEqual(named.out, [
+      "display name: Bob B",
+      "groups: nobody",
+      "direct: contacts",
+      "last seen: nobody",
+      "read receipts: off",
+      "name visible to: contacts",
+    ]);
+    const tooLong = await cli("privacy", "--display-name", "b".repeat(65), ...bobProfile);
+    assert.equal(tooLong.code, 1);
+    assert.match(tooLong.err.join("\n"), /display_name: 1 to 64 characters required/);
 
     const refused = await cli("group", "create", "t", bob, ...aliceProfile);
     assert.equal(refused.code, 1);

@@ -49,6 +49,10 @@ const LOOKUP_CHUNK = 1_024;
 export class GroupCallRelay {
   private readonly calls: GroupCalls;
   private readonly members = new Map<string, { users: Set<string>; until: number }>();
+  /** Member ids in `members`, all lists together (bounded by CALL_LIMITS.groupMemberIds). */
+  private memberIds = 0;
+  /** Events already taken: one delivery reaches every session of the host device. */
+  private readonly taken = new WeakSet<CallEventFrame>();
 
   constructor(private readonly deps: GroupCallDeps) {
     this.calls = new GroupCalls(
@@ -153,6 +157,8 @@ export class GroupCallRelay {
   intercept(receiver: CallReceiver, ev: CallEventFrame): boolean {
     if (ev.conversationId === "" || ev.hostDeviceId !== receiver.deviceId) return false;
     if (ev.signal !== CallSignal.JOIN && ev.signal !== CallSignal.LEAVE) return false;
+    if (this.taken.has(ev)) return true;
+    this.taken.add(ev);
     this.host(receiver, ev).catch((err: unknown) =>
       this.deps.log.warn({ err, callId: ev.callId }, "could not handle a group call's join or leave"),
     );
@@ -417,11 +423,17 @@ export class GroupCallRelay {
       // No such group: nobody is a member.
       if (inBand(err).code !== Code.NotFound) throw err;
     }
+    this.memberIds -= this.members.get(conversationId)?.users.size ?? 0;
     this.members.delete(conversationId);
     this.members.set(conversationId, { users, until: now + CALL_LIMITS.pairCheckMs });
-    for (const k of this.members.keys()) {
-      if (this.members.size <= CALL_LIMITS.groupMemberLists) break;
+    this.memberIds += users.size;
+    // Oldest first, until within both bounds (the newest list always stays).
+    for (const [k, v] of this.members) {
+      if (this.members.size <= CALL_LIMITS.groupMemberLists && this.memberIds <= CALL_LIMITS.groupMemberIds)
+        break;
+      if (k === conversationId) break;
       this.members.delete(k);
+      this.memberIds -= v.users.size;
     }
     return users;
   }

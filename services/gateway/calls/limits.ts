@@ -34,6 +34,8 @@ export const CALL_LIMITS = {
   groupPushMembers: 256,
   /** Group conversations whose member lists a gateway remembers for call checks. */
   groupMemberLists: 1_000,
+  /** Member ids in those lists together (about 40 bytes each: a few MiB at most). */
+  groupMemberIds: 100_000,
 } as const;
 
 /** What a frame costs in the byte budget beyond its ciphertexts (ids and framing). */

@@ -130,12 +130,29 @@ describe("history for a newly linked device (SDK against a server process with m
       const bytes = await readFile(file);
       assert.ok(!bytes.includes(marker), `${file} holds a plaintext`);
     }
+    // The same scan finds them where they are meant to be: in the new device's profile.
+    const kept = await Promise.all(
+      (await filesUnder(join(linked.profileDir, "history"))).map((f) => readFile(f)),
+    );
+    assert.ok(
+      kept.some((bytes) => bytes.includes(`${marker} bob one`)),
+      "the new device keeps the history",
+    );
   });
 
-  it("a device that never streams imports with receivePending", async () => {
+  it("a device that never streams imports with receivePending; a sibling device ignores the transfer", async () => {
     const { alice, direct } = await userWithHistory("PENDING-5c");
     const linked = await devices.link(alice, "alice-unary");
+    const sibling = await devices.link(alice, "alice-sibling");
     const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
+    // The sibling reads the transfer conversation too (it is the user's), and takes nothing.
+    let siblingImported = false;
+    sibling.on("historyImported", () => {
+      siblingImported = true;
+    });
+    await within(sibling.history.receivePending(), 30_000, "the sibling's receivePending");
+    assert.equal(siblingImported, false);
+    assert.deepEqual(await sibling.history.entries(direct), []);
     const imported = linked.waitFor("historyImported");
     await within(linked.history.receivePending(), 30_000, "receivePending");
     const event = await within(imported, 1_000, "the import event");

@@ -302,4 +302,26 @@ describe("group calls", () => {
     toHost(alice, bob, "m8", conversationId, CallSignal.JOIN);
     assert.equal((await waitCallError(alice, bad.length + 1)).code, Code.NotFound);
   });
+
+  it("counts joins as offers, so a device cannot make the host's gateway announce joins without end", async () => {
+    const host = await fx.user("joinhost");
+    const member = await fx.user("joiner");
+    const { conversation } = await host.conversations.createGroup({
+      title: "g",
+      memberUserIds: [member.userId],
+    });
+    const conversationId = conversation!.conversationId;
+    for (const d of [host, member]) await online(d);
+    const callId = "toggle";
+    host.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
+    await waitCall(member, callId, CallSignal.OFFER);
+    // Join and leave over and over: the burst of five joins goes through, the sixth is refused.
+    for (let i = 0; i < 6; i++) {
+      toHost(member, host, callId, conversationId, CallSignal.JOIN);
+      toHost(member, host, callId, conversationId, CallSignal.LEAVE);
+    }
+    const refused = await waitCallError(member);
+    assert.equal(refused.code, Code.ResourceExhausted);
+    assert.match(refused.message, /group call joins count as offers/);
+  });
 });

@@ -100,7 +100,8 @@ export class CallRelay {
         throw new InvalidInputError("call_id: 1 to 64 characters of [A-Za-z0-9_-] required");
       this.groups.check(stream, f);
       this.checkPayloads(stream, f);
-      this.charge(stream.deviceId, f, this.groups.starts(stream, f));
+      // A join is announced to every participant: it spends an offer, so toggling is bounded.
+      this.charge(stream.deviceId, f, this.groups.starts(stream, f) || f.signal === CallSignal.JOIN);
     } catch (err) {
       this.refuse(stream, err);
       return;
@@ -221,7 +222,7 @@ export class CallRelay {
           deviceId,
         });
         throw new LimitError(
-          `call offers: at most ${CALL_LIMITS.offersPerMinute} per minute per device (burst ${CALL_LIMITS.offerBurst}); retry in ${wait} ms`,
+          `call offers: at most ${CALL_LIMITS.offersPerMinute} per minute per device (burst ${CALL_LIMITS.offerBurst}; group call joins count as offers); retry in ${wait} ms`,
           { retryAfterMs: wait },
         );
       }

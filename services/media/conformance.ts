@@ -42,14 +42,24 @@ const BOB = "u_bbbbbbbbbbbbbbbbbbbbbbbbbb";
 const MALLORY = "u_mmmmmmmmmmmmmmmmmmmmmmmmmm";
 const CONVERSATION = "g_cccccccccccccccccccccccccc";
 const OTHER = "g_dddddddddddddddddddddddddd";
+const TIMED = "g_eeeeeeeeeeeeeeeeeeeeeeeeee";
+/** The disappearing-message timer of TIMED, in seconds (a day). */
+const TIMER_SECONDS = 86_400;
 
 /** A sequencer stand-in: members per conversation; unknown conversations are NOT_FOUND. */
-export function fakeMembers(members: Record<string, string[]>): MembershipSource {
+export function fakeMembers(
+  members: Record<string, string[]>,
+  /** Conversations' disappearing-message timers, in seconds (none: off). */
+  timers: Record<string, number> = {},
+): MembershipSource {
   return {
     async getMembers(req) {
       const userIds = members[req.conversationId ?? ""];
       if (userIds === undefined) throw new ConnectError("conversation not found", Code.NotFound);
-      return create(GetMembersResponseSchema, { userIds });
+      return create(GetMembersResponseSchema, {
+        userIds,
+        disappearingSeconds: timers[req.conversationId ?? ""] ?? 0,
+      });
     },
   };
 }
@@ -115,7 +125,10 @@ export function runMediaConformance(
     ): Promise<void> {
       const clock = new TestClock();
       const opened = await open(clock);
-      const members = fakeMembers({ [CONVERSATION]: [ALICE, BOB], [OTHER]: [MALLORY] });
+      const members = fakeMembers(
+        { [CONVERSATION]: [ALICE, BOB], [OTHER]: [MALLORY], [TIMED]: [ALICE, BOB] },
+        { [TIMED]: TIMER_SECONDS },
+      );
       const media = new Media(
         opened.store,
         members,
@@ -369,6 +382,34 @@ export function runMediaConformance(
         clock.advance(DEFAULT_MEDIA_LIMITS.unclaimedTtlMs);
         assert.equal(await media.sweep(), 1);
         assert.equal(await media.store.stat(young), undefined);
+      });
+    });
+
+    test("an attachment claimed under a disappearing timer is deleted when the timer has run; others stay", async () => {
+      await withMedia(async ({ media, client, clock, opened }) => {
+        const upload = async (conversationId: string) => {
+          const up = await client.createUpload({ conversationId, lengthBytes: 16n }, as(ALICE));
+          const { url } = await media.store.presignPut(up.objectId, 16, 60, (opened.urlClock ?? clock.now)());
+          assert.equal((await fetch(url, { method: "PUT", body: randomBytes(16) })).status, 200);
+          await client.claimUpload({ objectId: up.objectId, conversationId }, as(ALICE));
+          return up.objectId;
+        };
+        const timed = await upload(TIMED);
+        const plain = await upload(CONVERSATION);
+        const record = await media.store.getRecord(timed);
+        assert.equal(record?.expiresAtMs, record!.claimedAtMs + TIMER_SECONDS * 1000);
+        assert.equal((await media.store.getRecord(plain))?.expiresAtMs, undefined);
+        clock.advance(TIMER_SECONDS * 1000 - 1000);
+        assert.equal(await media.sweep(), 0);
+        clock.advance(2000);
+        assert.equal(await media.sweep(), 1);
+        assert.equal(await media.store.stat(timed), undefined);
+        assert.equal(await media.store.getRecord(timed), undefined);
+        assert.deepEqual(await media.store.stat(plain), { lengthBytes: 16 });
+        await rejectsWith(
+          client.createDownload({ objectId: timed, conversationId: TIMED }, as(BOB)),
+          Code.NotFound,
+        );
       });
     });
   });

@@ -67,7 +67,7 @@ export class LocalObjectStore implements ObjectStore {
     if (options.urlKey.length < 32) throw new Error("media URL key must be at least 32 bytes");
     const store = new LocalObjectStore(options);
     await rm(join(options.dir, "tmp"), { recursive: true, force: true });
-    for (const sub of ["objects", "records", "pending", "tmp"]) {
+    for (const sub of ["objects", "records", "pending", "expiring", "tmp"]) {
       await mkdir(join(options.dir, sub), { recursive: true });
     }
     return store;
@@ -81,6 +81,9 @@ export class LocalObjectStore implements ObjectStore {
   }
   private pendingPath(id: string): string {
     return join(this.options.dir, "pending", id);
+  }
+  private expiringPath(id: string): string {
+    return join(this.options.dir, "expiring", id);
   }
   private tmpPath(id: string): string {
     return join(this.options.dir, "tmp", `${id}.${randomBytes(6).toString("hex")}`);
@@ -135,10 +138,11 @@ export class LocalObjectStore implements ObjectStore {
 
   async delete(id: string): Promise<void> {
     if (!isObjectId(id)) return;
-    // The pending marker goes last: a crash part-way leaves it, and the sweep finishes the job.
+    // The markers go last: a crash part-way leaves them, and the sweeps finish the job.
     await rm(this.objectPath(id), { force: true });
     await rm(this.recordPath(id), { force: true });
     await rm(this.pendingPath(id), { force: true });
+    await rm(this.expiringPath(id), { force: true });
   }
 
   async putRecord(record: ObjectRecord): Promise<void> {
@@ -147,6 +151,8 @@ export class LocalObjectStore implements ObjectStore {
     // Marker before record: a crash between the two leaves a marker, which the sweep clears;
     // the other order could leave an unclaimed record nothing would ever sweep.
     if (record.claimedAtMs === 0) await writeFileDurably(this.pendingPath(id), "", this.tmpPath(id));
+    // Likewise a record that expires always has its marker, so listExpired finds it.
+    if ((record.expiresAtMs ?? 0) > 0) await writeFileDurably(this.expiringPath(id), "", this.tmpPath(id));
     await writeFileDurably(this.recordPath(id), JSON.stringify(record), this.tmpPath(id));
     if (record.claimedAtMs !== 0) await rm(this.pendingPath(id), { force: true });
   }
@@ -177,6 +183,19 @@ export class LocalObjectStore implements ObjectStore {
         continue;
       }
       if (record.createdAtMs < createdBeforeMs) out.push(record);
+    }
+    return out;
+  }
+
+  async listExpired(beforeMs: number, limit: number): Promise<ObjectRecord[]> {
+    const out: ObjectRecord[] = [];
+    for (const id of await readdir(join(this.options.dir, "expiring"))) {
+      if (out.length >= limit) break;
+      if (!isObjectId(id)) continue;
+      const record = await this.getRecord(id);
+      // A marker whose record was deleted (a delete cut short): finish it.
+      if (record === undefined) await this.delete(id);
+      else if ((record.expiresAtMs ?? 0) > 0 && (record.expiresAtMs ?? 0) <= beforeMs) out.push(record);
     }
     return out;
   }

@@ -270,7 +270,18 @@ export class Media {
       if (record === undefined) throw new NotFoundError(`object ${objectId} not found`);
       await this.requireUploaded(record);
       if (record.claimedAtMs !== 0) return record;
-      const claimed = { ...record, claimedAtMs: this.now() };
+      const now = this.now();
+      // The server cannot see which message points at the object, only its conversation: an
+      // object claimed (right after its message is acknowledged) while the conversation's timer
+      // is on goes that long after, with its message.
+      const { disappearingSeconds } = await this.members.getMembers({
+        conversationId: record.conversationId,
+      });
+      const claimed: ObjectRecord = {
+        ...record,
+        claimedAtMs: now,
+        ...(disappearingSeconds > 0 && { expiresAtMs: now + disappearingSeconds * 1000 }),
+      };
       await this.store.putRecord(claimed);
       this.inFlight.remove(record.uploaderUserId, objectId);
       return claimed;
@@ -299,7 +310,10 @@ export class Media {
     return { downloadUrl: get.url, expiresAtMs: get.expiresAtMs, lengthBytes: record.lengthBytes };
   }
 
-  /** Deletes uploads left unclaimed for longer than unclaimedTtlMs; returns how many. */
+  /**
+   * Deletes uploads left unclaimed for longer than unclaimedTtlMs, and attachments whose
+   * disappearing message expired; returns how many.
+   */
   sweep(): Promise<number> {
     this.sweeping ??= this.sweepOnce().finally(() => {
       this.sweeping = undefined;
@@ -321,7 +335,16 @@ export class Media {
       });
     }
     if (deleted > 0) this.log.info({ deleted }, "unclaimed uploads deleted");
-    return deleted;
+    let expired = 0;
+    const now = this.now();
+    for (const due of await this.store.listExpired(now, SWEEP_BATCH)) {
+      await this.withLock(due.objectId, async () => {
+        await this.store.delete(due.objectId);
+        expired++;
+      });
+    }
+    if (expired > 0) this.log.info({ deleted: expired }, "attachments of disappeared messages deleted");
+    return deleted + expired;
   }
 
   /** Runs the sweep every intervalMs until close. */

@@ -49,7 +49,8 @@ function isNotFound(err: unknown): boolean {
  * Attachments in a MinIO bucket, uploaded and downloaded with SigV4 presigned URLs.
  *
  * Keys: `objects/<id>` (ciphertext), `records/<id>.json` (the binding), `pending/<id>` (an empty
- * marker while unclaimed). The binding is a separate small object rather than metadata or tags
+ * marker while unclaimed), `expiring/<id>` (an empty marker while it is bound to expire with a
+ * disappearing message). The binding is a separate small object rather than metadata or tags
  * on the ciphertext, because it must exist before the ciphertext does (the upload URL is handed
  * out first) and S3 metadata can only be set by whoever writes the object.
  *
@@ -130,6 +131,7 @@ export class MinioObjectStore implements ObjectStore {
     await this.client.removeObject(this.bucket, `objects/${id}`);
     await this.client.removeObject(this.bucket, `records/${id}.json`);
     await this.client.removeObject(this.bucket, `pending/${id}`);
+    await this.client.removeObject(this.bucket, `expiring/${id}`);
   }
 
   async putRecord(record: ObjectRecord): Promise<void> {
@@ -137,6 +139,9 @@ export class MinioObjectStore implements ObjectStore {
     // Marker first, as in the local engine: a record is never unclaimed without one.
     if (record.claimedAtMs === 0)
       await this.client.putObject(this.bucket, `pending/${id}`, Buffer.alloc(0), 0);
+    // Likewise a record that expires always has its marker, so listExpired finds it.
+    if ((record.expiresAtMs ?? 0) > 0)
+      await this.client.putObject(this.bucket, `expiring/${id}`, Buffer.alloc(0), 0);
     const body = Buffer.from(JSON.stringify(record));
     await this.client.putObject(this.bucket, `records/${id}.json`, body, body.length, {
       "Content-Type": "application/json",
@@ -177,6 +182,23 @@ export class MinioObjectStore implements ObjectStore {
         continue;
       }
       if (record.createdAtMs < createdBeforeMs) out.push(record);
+    }
+    return out;
+  }
+  async listExpired(beforeMs: number, limit: number): Promise<ObjectRecord[]> {
+    const ids: string[] = [];
+    for await (const item of this.client.listObjectsV2(this.bucket, "expiring/", true)) {
+      const name = (item as { name?: string }).name;
+      const id = name?.slice("expiring/".length);
+      if (id !== undefined && isObjectId(id)) ids.push(id);
+    }
+    const out: ObjectRecord[] = [];
+    for (const id of ids) {
+      if (out.length >= limit) break;
+      const record = await this.getRecord(id);
+      // A marker whose record was deleted (a delete cut short): finish it.
+      if (record === undefined) await this.delete(id);
+      else if ((record.expiresAtMs ?? 0) > 0 && (record.expiresAtMs ?? 0) <= beforeMs) out.push(record);
     }
     return out;
   }

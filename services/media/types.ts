@@ -17,6 +17,11 @@ export interface ObjectRecord {
   createdAtMs: number;
   /** When a message was said to reference it, in milliseconds since the Unix epoch; 0 while unclaimed. */
   claimedAtMs: number;
+  /**
+   * When it is deleted with the disappearing message that carries it, in milliseconds since the
+   * Unix epoch: its claim time plus the conversation's timer then. Undefined (or 0): never.
+   */
+  expiresAtMs?: number;
 }
 
 /** What is stored under an object id. */
@@ -63,6 +68,11 @@ export interface ObjectStore {
   getRecord(objectId: string): Promise<ObjectRecord | undefined>;
   /** Up to limit unclaimed records created before createdBeforeMs (milliseconds since the epoch). */
   listUnclaimed(createdBeforeMs: number, limit: number): Promise<ObjectRecord[]>;
+  /**
+   * Up to limit records whose expiresAtMs is set and at or before beforeMs (milliseconds since
+   * the epoch): attachments of disappearing messages due for deletion.
+   */
+  listExpired(beforeMs: number, limit: number): Promise<ObjectRecord[]>;
   /** Releases files, clients and timers. */
   close(): Promise<void>;
 }
@@ -120,5 +130,6 @@ export function parseRecord(text: string): ObjectRecord {
     lengthBytes: v.lengthBytes,
     createdAtMs: v.createdAtMs,
     claimedAtMs: v.claimedAtMs,
+    ...(typeof v.expiresAtMs === "number" && v.expiresAtMs > 0 && { expiresAtMs: v.expiresAtMs }),
   };
 }

@@ -98,6 +98,7 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
         userIds: m.userIds,
         membersVersion: BigInt(m.membersVersion),
         mutesVersion: BigInt(m.mutesVersion),
+        disappearingSeconds: m.disappearingSeconds,
         mutes: m.mutes.map((x) =>
           create(MemberMuteSchema, { userId: x.userId, mutedUntilMs: BigInt(x.mutedUntilMs) }),
         ),

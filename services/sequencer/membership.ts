@@ -249,6 +249,7 @@ export class Membership {
         membersVersion: state.record.membersVersion,
         mutes,
         mutesVersion: state.mutesVersion,
+        disappearingSeconds: state.record.disappearingSeconds ?? 0,
       };
     });
   }

@@ -66,6 +66,8 @@ export interface MemberList {
   }>;
   /** Grows whenever a member's mute changes (a clock reading in milliseconds at load). */
   mutesVersion: number;
+  /** The disappearing-message timer, in seconds; 0 when off. */
+  disappearingSeconds: number;
 }
 
 /** A page of a conversation's log. */

@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
-import { Code } from "@connectrpc/connect";
+import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { Client } from "cassandra-driver";
 import { type Entry, OutgoingEntrySchema, ReactionBodySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import { clientOptions } from "../../services/store/scylla/schema.js";
 import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
@@ -37,6 +39,7 @@ for (const engine of ["lmdb", "scylla"] as const) {
       const env: Record<string, string> = {
         SWITCHBOARD_DISAPPEARING_TIMERS: `${SHORT},86400,604800,7776000`,
         SWITCHBOARD_EXPIRY_SWEEP_MS: "1000",
+        SWITCHBOARD_MEDIA_SWEEP_INTERVAL_SECONDS: "1",
       };
       if (engine === "scylla") {
         keyspace = await scratchKeyspace("disappearing");
@@ -169,6 +172,38 @@ for (const engine of ["lmdb", "scylla"] as const) {
       const kept = await a.gateway.send({ entry: outgoingText(id, "m2", "stays") });
       const latest = await b.conversations.getHistory({ conversationId: id, afterSeq: kept.seq - 1n });
       assert.equal(latest.entries[0]?.expiresAtMs, 0n);
+    });
+
+    it("an attachment claimed under the timer is deleted from the media store when the timer has run", async () => {
+      const [a, b] = [await user("ma"), await user("mb")];
+      const { conversation } = await a.conversations.openDirect({ peerUserId: b.userId });
+      const id = conversation!.conversationId;
+      await a.conversations.setDisappearingTimer({ conversationId: id, durationSeconds: SHORT });
+      const media = createClient(MediaService, a.transport);
+      const bytes = randomBytes(64);
+      const up = await media.createUpload({ conversationId: id, lengthBytes: BigInt(bytes.length) });
+      assert.equal((await fetch(up.uploadUrl, { method: "PUT", body: bytes })).status, 200);
+      // The message that carries it is sent, then the object is claimed (as the SDK does).
+      const sent = await a.gateway.send({ entry: outgoingText(id, "f1", "a file") });
+      const claimedAt = Date.now();
+      await media.claimUpload({ objectId: up.objectId, conversationId: id });
+      const download = createClient(MediaService, b.transport);
+      const url = (await download.createDownload({ objectId: up.objectId, conversationId: id })).downloadUrl;
+      assert.equal((await fetch(url)).status, 200, "the attachment is served while its message lives");
+      const deadline = Date.now() + 20_000;
+      for (;;) {
+        const gone = await download.createDownload({ objectId: up.objectId, conversationId: id }).then(
+          () => false,
+          (err: unknown) => ConnectError.from(err).code === Code.NotFound,
+        );
+        if (gone) break;
+        assert.ok(Date.now() < deadline, "the attachment outlived its message");
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      assert.ok(Date.now() >= claimedAt + SHORT * 1000, "deleted only once the timer had run");
+      assert.equal((await fetch(url)).status, 404, "its bytes are gone, not only its record");
+      const history = await b.conversations.getHistory({ conversationId: id, afterSeq: sent.seq - 1n });
+      assert.equal(history.entries[0]?.expired, true);
     });
 
     it("in a group, an admin may make the timer admins-only; members are refused then", async () => {

@@ -185,7 +185,8 @@ export const privacyVariables = z.object({
     .transform((a) => a ?? defaultPrivacy.lastSeen),
   SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT: nonEmptyText()
     .pipe(oneOfVariable("SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT", SWITCHES))
-    .transform((a) => (a === undefined ? defaultPrivacy.readReceipts : a === "on")),
+    // Kept as "on"/"off" here (what the docs show); loadPrivacyDefaults makes it a boolean.
+    .transform((a) => a ?? (defaultPrivacy.readReceipts ? "on" : "off")),
   SWITCHBOARD_PRIVACY_PROFILE_DEFAULT: nonEmptyText()
     .pipe(oneOfVariable("SWITCHBOARD_PRIVACY_PROFILE_DEFAULT", PRIVACY_AUDIENCES))
     .transform((a) => a ?? defaultPrivacy.profile),
@@ -277,7 +278,7 @@ export function loadPrivacyDefaults(input: Partial<PrivacyDefaults> | undefined,
       vars.SWITCHBOARD_PRIVACY_LAST_SEEN_DEFAULT,
       "lastSeen",
     ),
-    readReceipts: input?.readReceipts ?? vars.SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT,
+    readReceipts: input?.readReceipts ?? vars.SWITCHBOARD_PRIVACY_READ_RECEIPTS_DEFAULT === "on",
     profile: audience(
       "SWITCHBOARD_PRIVACY_PROFILE_DEFAULT",
       input?.profile,

@@ -131,6 +131,41 @@ describe("conversation health, two devices and a server process", () => {
     assert.equal(stored.metrics().replied, 1);
   });
 
+  it("another device of the sender computes the same start and reply; only the sending device says it sent", async () => {
+    const alice = await suite.devices.register("alice");
+    const bob = await suite.devices.register("bob");
+    const phone = await withHealth(alice);
+    const laptopClient = await suite.devices.link(alice, "alice-laptop");
+    const laptop = await withHealth(laptopClient);
+    await Promise.all([alice.connect(), bob.connect(), laptopClient.connect()]);
+    const { conversationId } = await alice.openDirect(bob.userId);
+    const first = await alice.send(conversationId, `from the phone ${SECRET}`);
+    const reply = await bob.send(conversationId, `back ${SECRET}`);
+    for (const device of [phone, laptop]) {
+      await eventually(
+        () => device.sink.named("conversation.reply_received").length === 1,
+        () => `events: ${device.sink.events.map((e) => e.name).join(", ")}`,
+      );
+    }
+    const key = (e: HealthEvent | undefined) => [e?.conversationId, e?.seq, e?.startSeq, e?.ttfrMs];
+    assert.deepEqual(
+      key(laptop.sink.named("conversation.conversation_start")[0]),
+      key(phone.sink.named("conversation.conversation_start")[0]),
+    );
+    assert.deepEqual(
+      key(laptop.sink.named("conversation.reply_received")[0]),
+      key(phone.sink.named("conversation.reply_received")[0]),
+      "the same join key and TTFR on both devices (server times)",
+    );
+    assert.equal(phone.sink.named("conversation.reply_received")[0]?.seq, reply.seq.toString());
+    assert.deepEqual(
+      phone.sink.named("messaging.message_sent").map((e) => e.seq),
+      [first.seq.toString()],
+    );
+    assert.deepEqual(laptop.sink.named("messaging.message_sent"), [], "the laptop sent nothing");
+    assert.equal(laptop.health.needsReply(conversationId).seq, reply.seq, "both devices see bob waiting");
+  });
+
   it("what health had not written when its process ended is taken back from history on the next attach", async () => {
     const alice = await suite.devices.register("alice");
     const bob = await suite.devices.register("bob");

@@ -365,7 +365,7 @@ export class ConversationHealth {
   /** Tells health whether a conversation is a group (health asks the server itself when attached). */
   setKind(conversationId: string, kind: "direct" | "group"): void {
     if (!CONVERSATION_ID.test(conversationId)) return;
-    const state = this.stateOf(conversationId);
+    const state = this.stateOf(conversationId, kind);
     if (state.kind === kind) return;
     state.kind = kind;
     this.touch(state);
@@ -443,12 +443,13 @@ export class ConversationHealth {
     return this.client;
   }
 
-  private stateOf(id: string): ConversationState {
+  /** A conversation's state, made when new (its kind asked of the server unless given). */
+  private stateOf(id: string, kind?: "direct" | "group"): ConversationState {
     let state = this.conversations.get(id);
     if (state === undefined) {
       state = newConversation(id);
       this.conversations.set(id, state);
-      this.learnKind(id);
+      if (kind === undefined) this.learnKind(id);
     }
     return state;
   }

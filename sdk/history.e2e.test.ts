@@ -8,6 +8,7 @@ import { eventually } from "../test/helpers/inbox.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import { HistoryError, TRANSFER_TITLE } from "./client/history.js";
+import { SwitchboardClient } from "./client.js";
 import type { HistoryImportedEvent, HistoryRefusedEvent } from "./history-types.js";
 
 // History for a newly linked device, end to end: SDK devices against a real server process with
@@ -216,6 +217,23 @@ describe("history for a newly linked device (SDK against a server process with m
       /not an active device of this user/,
     );
     await refusedWith(alice.history.sendTo(alice.deviceId, { days: 1 }), Code.InvalidArgument, /to itself/);
+    // A device linked without encryption has no keys: nobody could read a transfer to it.
+    const { code } = await alice.createLinkCode();
+    const plain = await SwitchboardClient.link({
+      serverUrl: server!.url,
+      profileDir: join(base, "profile-alice-plain"),
+      code,
+      encryption: false,
+    });
+    try {
+      await refusedWith(
+        alice.history.sendTo(plain.deviceId, { days: 7 }),
+        Code.FailedPrecondition,
+        /has no keys in the key directory/,
+      );
+    } finally {
+      await plain.close();
+    }
     // Nothing was created for a refused transfer.
     assert.ok(!(await alice.listConversations()).some((c) => c.title === TRANSFER_TITLE));
   });

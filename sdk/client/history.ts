@@ -112,7 +112,7 @@ export class History {
    * the other device must have put its keys in the directory (SwitchboardClient.link does).
    */
   async sendTo(deviceId: string, options: HistorySendOptions): Promise<HistorySent> {
-    const e2ee = this.ctx.requireE2ee();
+    this.ctx.requireE2ee();
     const self = this.ctx.profile.credentials;
     const sinceMs = sinceOf(options);
     const maxEntries = bounded(
@@ -163,6 +163,38 @@ export class History {
     // A fresh transfer conversation: only this user's devices can read it or fetch its objects.
     const transfer = await this.deps.createGroup(TRANSFER_TITLE, []);
     const conversationId = transfer.conversationId;
+    let objectId: string;
+    try {
+      objectId = await this.deliver(conversationId, deviceId, sealed, builder.entries.length, sinceMs);
+    } catch (err) {
+      // Nothing usable went through: the transfer conversation goes (this user was its one member).
+      await this.leave(conversationId);
+      throw err;
+    }
+    return {
+      deviceId,
+      entries: builder.entries.length,
+      conversations: conversations.size,
+      ciphertextBytes: sealed.size,
+      sinceMs,
+      transferConversationId: conversationId,
+      objectId,
+    };
+  }
+
+  /**
+   * Uploads the encrypted bundle into the transfer conversation and sends its pointer there for
+   * the target device; returns the media object's id.
+   */
+  private async deliver(
+    conversationId: string,
+    deviceId: string,
+    sealed: { ciphertext: Uint8Array; size: number; key: Uint8Array; digest: Uint8Array },
+    entryCount: number,
+    sinceMs: number,
+  ): Promise<string> {
+    const e2ee = this.ctx.requireE2ee();
+    const self = this.ctx.profile.credentials;
     const upload = await this.ctx.conn.media.createUpload({
       conversationId,
       lengthBytes: BigInt(sealed.size),
@@ -184,7 +216,7 @@ export class History {
         historyTransfer: {
           forDeviceId: deviceId,
           bundle: pointer,
-          entryCount: builder.entries.length,
+          entryCount,
           sinceMs: BigInt(sinceMs),
         },
       }),
@@ -201,16 +233,13 @@ export class History {
         Code.FailedPrecondition,
       );
     }
-    await this.ctx.conn.media.claimUpload({ objectId: upload.objectId, conversationId });
-    return {
-      deviceId,
-      entries: builder.entries.length,
-      conversations: conversations.size,
-      ciphertextBytes: sealed.size,
-      sinceMs,
-      transferConversationId: conversationId,
-      objectId: upload.objectId,
-    };
+    try {
+      await this.ctx.conn.media.claimUpload({ objectId: upload.objectId, conversationId });
+    } catch (err) {
+      // The transfer is sent; the new device's first download claims the object too.
+      this.ctx.events.reportError(err, Code.Unknown);
+    }
+    return upload.objectId;
   }
 
   /**

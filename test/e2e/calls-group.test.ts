@@ -303,6 +303,48 @@ describe("group calls", () => {
     assert.equal((await waitCallError(alice, bad.length + 1)).code, Code.NotFound);
   });
 
+  it("lets out a participant whose stream is gone, announcing it, and ends and logs a call everyone dropped off", async () => {
+    const host = await fx.user("drophost");
+    const bob = await fx.user("dropbob");
+    const carol = await fx.user("dropcarol");
+    const { conversation } = await host.conversations.createGroup({
+      title: "g",
+      memberUserIds: [bob.userId, carol.userId],
+    });
+    const conversationId = conversation!.conversationId;
+    for (const d of [host, bob, carol]) await online(d);
+    const callId = "dropped";
+    host.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
+    for (const d of [bob, carol]) {
+      await waitCall(d, callId, CallSignal.OFFER);
+      toHost(d, host, callId, conversationId, CallSignal.JOIN);
+      await waitCall(d, callId, CallSignal.JOINED);
+    }
+    // carol's phone loses signal: no LEAVE. The host's gateway notices her route is gone.
+    await carol.drop();
+    const left = await host.waitFor(
+      () => events(host, callId, CallSignal.LEAVE).find((e) => e.fromDeviceId === carol.deviceId),
+      "carol let out",
+      40_000,
+    );
+    assert.equal(left.fromUserId, carol.userId);
+    await waitCall(bob, callId, CallSignal.LEAVE, carol);
+    // The host leaves and bob drops too: nobody is left, so the call ends and is logged.
+    toHost(host, host, callId, conversationId, CallSignal.LEAVE);
+    await bob.drop();
+    const call = await host.waitFor(
+      () => {
+        for (const e of host.entries())
+          if (e.body.case === "call" && e.body.value.callId === callId) return e.body.value;
+        return undefined;
+      },
+      "the entry of the call everyone dropped off",
+      40_000,
+    );
+    assert.equal(call.peakParticipants, 3);
+    assert.ok(call.participants.every((p) => p.leftAtMs > 0n));
+  });
+
   it("counts joins as offers, so a device cannot make the host's gateway announce joins without end", async () => {
     const host = await fx.user("joinhost");
     const member = await fx.user("joiner");

@@ -136,6 +136,11 @@ export class GroupCalls {
     return true;
   }
 
+  /** Every call kept here. */
+  all(): GroupCall[] {
+    return [...this.calls.values()];
+  }
+
   /** Forgets a call (it ended). */
   close(call: GroupCall): void {
     const k = key(call.hostDeviceId, call.callId);

@@ -54,16 +54,55 @@ export class GroupCallRelay {
   /** Events already taken: one delivery reaches every session of the host device. */
   private readonly taken = new WeakSet<CallEventFrame>();
 
+  private readonly sweeper: NodeJS.Timeout;
+  private sweeping = false;
+
   constructor(private readonly deps: GroupCallDeps) {
     this.calls = new GroupCalls(
       deps.now,
       (call) => void this.stopRinging(call),
       (call) => void this.end(call),
     );
+    this.sweeper = setInterval(() => void this.sweep(), CALL_LIMITS.groupSweepMs);
+    this.sweeper.unref();
   }
 
   stop(): void {
+    clearInterval(this.sweeper);
     this.calls.clear();
+  }
+
+  /**
+   * Lets out the participants whose stream is gone (their route expired or was removed), as if
+   * they had sent LEAVE, so a device that dropped off does not stay listed, and a call everyone
+   * dropped off ends and is logged. The host device too: the call goes on without it.
+   */
+  private async sweep(): Promise<void> {
+    const calls = this.calls.all();
+    if (this.sweeping || calls.length === 0) return;
+    this.sweeping = true;
+    try {
+      const users = [...new Set(calls.flatMap((c) => [...c.participants.values()].map((p) => p.userId)))];
+      const routed = new Set<string>();
+      for (let i = 0; i < users.length; i += LOOKUP_CHUNK) {
+        const { routes } = await this.deps.presence.lookupRoutes({
+          userIds: users.slice(i, i + LOOKUP_CHUNK),
+        });
+        for (const r of routes) routed.add(r.deviceId);
+      }
+      for (const call of calls) {
+        if (this.calls.get(call.hostDeviceId, call.callId) !== call) continue;
+        for (const p of [...call.participants.values()]) {
+          if (routed.has(p.deviceId) || !this.calls.leave(call, p.deviceId)) continue;
+          await this.announce(call, CallSignal.LEAVE, p);
+        }
+        if (call.participants.size === 0) await this.end(call);
+      }
+    } catch (err) {
+      this.deps.log.warn({ err }, "could not look for group call participants that dropped off");
+    } finally {
+      this.sweeping = false;
+    }
   }
 
   /** Whether the frame starts a call this device does not host yet (it spends an offer). */

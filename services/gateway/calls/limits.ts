@@ -34,6 +34,11 @@ export const CALL_LIMITS = {
   groupPushMembers: 256,
   /** Group conversations whose member lists a gateway remembers for call checks. */
   groupMemberLists: 1_000,
+  /**
+   * How often the host's gateway looks for participants whose stream is gone (no route) and
+   * lets them out, in milliseconds: a device that drops off without LEAVE.
+   */
+  groupSweepMs: 10_000,
   /** Member ids in those lists together (about 40 bytes each: a few MiB at most). */
   groupMemberIds: 100_000,
 } as const;

@@ -196,7 +196,7 @@ describe("conversation health, two devices and a server process", () => {
     );
   });
 
-  it("the away summary of a group: mentions and replies to you while away, from history or the stream, counted once", async () => {
+  it("the away summary of a group: mentions, replies to you and pins while away, from history or the stream, counted once", async () => {
     const alice = await suite.devices.register("alice");
     const bob = await suite.devices.register("bob");
     const a = await withHealth(alice);
@@ -215,6 +215,10 @@ describe("conversation health, two devices and a server process", () => {
     await bob.send(id, `lunch? ${SECRET}`);
     const mention = await bob.send(id, `@alice ${SECRET}`, { mentions: [alice.userId] });
     const replyToHer = await bob.send(id, `re plans ${SECRET}`, { replyTo: mine.seq });
+    // An admin (bob made the group) pins her message, and unpins and pins it again: two pins.
+    await bob.pins.pin(id, mine.seq);
+    await bob.pins.unpin(id, mine.seq);
+    const lastPin = await bob.pins.pin(id, mine.seq);
 
     // Back, before any stream: the summary comes from history (GetHistory), with jump links.
     const back = await suite.devices.reopen(alice.profileDir);
@@ -226,18 +230,23 @@ describe("conversation health, two devices and a server process", () => {
     const summary = health.awaySummary(id);
     assert.deepEqual(summary.mentions.seqs, [mention.seq]);
     assert.deepEqual(summary.replies.seqs, [replyToHer.seq]);
-    assert.equal(summary.pins.count, 0);
+    assert.deepEqual(
+      summary.pins,
+      { count: 2, seqs: [mine.seq, mine.seq] },
+      "the pinned message, not the unpin",
+    );
     assert.ok(summary.sinceMs > 0, "from the last time she opened it");
     assert.equal(health.needsReply(id).seq, replyToHer.seq, "a group needs a reply only when it is for her");
 
     // The stream then hands the same entries over: nothing counted twice.
     const backInbox = new Inbox("alice again", back);
     await back.connect();
-    await backInbox.entry(id, replyToHer.seq);
+    await backInbox.entry(id, lastPin.seq);
     await health.flushed();
     const seen = await health.opened(id);
     assert.equal(seen.mentions.count, 1);
     assert.equal(seen.replies.count, 1);
+    assert.equal(seen.pins.count, 2);
     assert.equal(health.awaySummary(id).mentions.count, 0, "opening starts a new window");
     assert.ok(aliceInbox.entries.length > 0);
   });

@@ -47,9 +47,9 @@ describe("gateway send admission", () => {
     refused(1);
   });
 
-  it("refuses while even the quickest send of an interval waited past the target, then recovers", () => {
+  it("refuses once the quickest send of three intervals running waited past the target, then recovers", () => {
     const { a, clock, refusals, refused } = admission({ queueTargetMs: 100 });
-    for (let i = 0; i < 10; i++) a.admit(10);
+    for (let i = 0; i < 20; i++) a.admit(10);
     // A burst: one slow answer and one quick one in the same interval is no standing queue.
     clock.now = 50;
     a.settled(10, 400);
@@ -57,31 +57,46 @@ describe("gateway send admission", () => {
     clock.now = 101;
     a.admit(10);
     assert.equal(a.overloaded, false);
-    // Every answer of the next interval waited past the target: the queue stands.
-    for (const wait of [300, 250, 180]) a.settled(10, wait);
+    // One slow commit: every answer of one interval late, then quick ones. Not overload.
+    a.settled(10, 300);
     clock.now = 205;
+    assert.equal(a.overloaded, false);
+    a.settled(10, 30);
+    // Three intervals running whose quickest answer was late: the queue stands. (An interval
+    // closes when the first call after its 100 ms comes.)
+    for (const [at, waits] of [
+      [310, [300, 250]],
+      [420, [260, 240]],
+      [530, [300, 180]],
+    ] as const) {
+      clock.now = at;
+      for (const w of waits) a.settled(10, w);
+    }
+    clock.now = 640;
     assert.equal(a.overloaded, true);
     const err = refused();
-    assert.equal(err.retryAfterMs, 360, "about twice the shortest wait");
+    assert.equal(err.retryAfterMs, 360, "about twice the shortest wait of the last interval");
     assert.match(err.message, /server overloaded: sends have waited at least 180 ms/);
     assert.deepEqual(refusals, ["queue_standing"]);
     // An interval with no answer while sends are still in flight: the queue is not moving; still standing.
-    clock.now = 320;
+    clock.now = 750;
     refused();
     // The sends in flight are answered quickly again: admitted from the next interval on.
-    for (let i = 0; i < 6; i++) a.settled(10, 30);
-    clock.now = 430;
+    a.settled(10, 30);
+    clock.now = 860;
     a.admit(10);
     assert.equal(a.overloaded, false);
   });
 
   it("forgets a standing queue once nothing is in flight", () => {
     const { a, clock, refused } = admission({ queueTargetMs: 50 });
-    a.admit(10);
-    a.settled(10, 500);
-    clock.now = 150;
+    for (let i = 0; i < 3; i++) a.admit(10);
+    for (const at of [100, 200, 300]) {
+      a.settled(10, 500);
+      clock.now = at;
+    }
     refused();
-    clock.now = 300; // a quiet interval with nothing in flight
+    clock.now = 450; // a quiet interval with nothing in flight
     a.admit(10);
   });
 
@@ -95,18 +110,20 @@ describe("gateway send admission", () => {
   });
 
   it("keeps retry hints between 100 ms and 5 s, jittered up to half again", () => {
-    const clock = { now: 0 };
     const hints: number[] = [];
     for (const random of [0, 0.999]) {
+      const clock = { now: 0 };
       const a = new SendAdmission(
         { maxInFlight: 100, maxBytesInFlight: 1 << 30, queueTargetMs: 10 },
         () => {},
         () => clock.now,
         () => random,
       );
-      a.admit(1);
-      a.settled(1, 60_000);
-      clock.now += 200;
+      for (let i = 0; i < 3; i++) a.admit(1);
+      for (const at of [200, 400, 600]) {
+        a.settled(1, 60_000);
+        clock.now = at;
+      }
       try {
         a.admit(1);
       } catch (err) {

@@ -22,6 +22,12 @@ export interface SendAdmissionLimits {
 
 /** Length of the window over which the shortest wait is taken, in milliseconds. */
 const INTERVAL_MS = 100;
+/**
+ * Consecutive intervals whose quickest answer was late before the queue counts as standing: one
+ * slow commit (a disk that stalls once, a burst answered together) is one late interval, and
+ * that is not overload.
+ */
+const LATE_INTERVALS = 3;
 /** Shortest and longest retry hint given to a sender pushed back, in milliseconds. */
 const MIN_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
@@ -34,9 +40,10 @@ const MAX_RETRY_MS = 5_000;
  * Two signals. The bounds on sends in flight (count and bytes) cap the memory and the work one
  * turn of the event loop may settle, whatever the cause. The delay signal is CoDel's idea: a
  * burst makes some sends wait, but when even the quickest send answered in an interval waited
- * longer than the target, the queue is standing: the process (its event loop, the sequencer, the
- * disk) is past its capacity and more sends would only wait longer. Then new sends are refused
- * until a send is answered within the target again; sends already accepted go on.
+ * longer than the target, three intervals running, the queue is standing: the process (its event
+ * loop, the sequencer, the disk) is past its capacity and more sends would only wait longer. Then
+ * new sends are refused until a send is answered within the target again; sends already accepted
+ * go on.
  *
  * A refusal is UNAVAILABLE with a retry hint of about twice the standing wait (jittered, so the
  * senders pushed back together do not come back together): the server's state, not the caller's
@@ -47,7 +54,9 @@ export class SendAdmission {
   private bytes = 0;
   private windowStart: number;
   private windowMin = Number.POSITIVE_INFINITY;
-  /** The shortest wait of the last closed interval, when it was past the target; else 0. */
+  /** Consecutive closed intervals whose quickest answer waited past the target. */
+  private late = 0;
+  /** While the queue stands: the shortest wait of the last late interval; else 0. */
   private standingMs = 0;
 
   constructor(
@@ -104,17 +113,25 @@ export class SendAdmission {
   settled(bytes: number, waitedMs: number): void {
     this.inFlight--;
     this.bytes -= bytes;
-    if (waitedMs < this.windowMin) this.windowMin = waitedMs;
+    // The interval it was answered in: close the last one first if it is over.
     this.roll(this.now());
+    if (waitedMs < this.windowMin) this.windowMin = waitedMs;
   }
 
   /** Closes the interval once it is over: the queue stands if its quickest answer was late. */
   private roll(now: number): void {
     if (now - this.windowStart < INTERVAL_MS || this.limits.queueTargetMs <= 0) return;
     if (this.windowMin !== Number.POSITIVE_INFINITY) {
-      this.standingMs = this.windowMin > this.limits.queueTargetMs ? this.windowMin : 0;
+      if (this.windowMin > this.limits.queueTargetMs) {
+        this.late++;
+        if (this.late >= LATE_INTERVALS) this.standingMs = this.windowMin;
+      } else {
+        this.late = 0;
+        this.standingMs = 0;
+      }
     } else if (this.inFlight === 0) {
       // Nothing answered because nothing was asked: no queue.
+      this.late = 0;
       this.standingMs = 0;
     }
     // Nothing answered with sends in flight: the queue is not moving; the last verdict holds.

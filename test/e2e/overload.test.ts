@@ -36,7 +36,7 @@ describe("a gateway past its capacity pushes senders back", () => {
     for (const e of errors) {
       assert.equal(e.code, Code.Unavailable, e.message);
       assert.match(e.message, /server overloaded/);
-      assert.ok(e.retryAfterMs >= 100, `retry hint ${e.retryAfterMs}`);
+      assert.ok(e.retryAfterMs > 0, `retry hint ${e.retryAfterMs}`);
     }
 
     // Retry the refused sends after their hint, as a client does, a few at a time.

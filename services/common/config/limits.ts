@@ -58,9 +58,9 @@ export interface Limits {
   /** The same bound in bytes (the append items' size bound). */
   gatewaySendBytesInFlight: number;
   /**
-   * Milliseconds the quickest send answered in a 100 ms interval may have waited before the
-   * gateway calls its queue standing (past capacity) and refuses new sends UNAVAILABLE with a
-   * retry hint until sends are answered within it again. 0 turns this signal off.
+   * Milliseconds the quickest send answered in a 100 ms interval may have waited, three intervals
+   * running, before the gateway calls its queue standing (past capacity) and refuses new sends
+   * UNAVAILABLE with a retry hint until sends are answered within it again. 0 turns this signal off.
    */
   sendQueueTargetMs: number;
 }
@@ -84,7 +84,7 @@ export const defaultLimits: Limits = {
   outboundStallMs: 60_000,
   gatewaySendsInFlight: 20_000,
   gatewaySendBytesInFlight: 256 * 1024 * 1024,
-  sendQueueTargetMs: 250,
+  sendQueueTargetMs: 500,
 };
 
 /** grpc-js's default receive limit: no frame or response the server writes may reach it. */

@@ -81,14 +81,15 @@ const REFUSAL_CODES = new Set<Code>([
 ]);
 
 /**
- * The one place where failures become wire errors: a domain error gets its code from
- * CODE_OF_KIND; a ConnectError (an answer relayed from another service) keeps its code, message
- * and retry hint but no other metadata (that call's response headers must not reach the client
- * and are not valid on another response); anything else is a bug or an I/O fault, logged with
- * its cause and sent as a bare Internal so no stack, path or driver message leaks to a client.
+ * The boundary's translation of a failure into the wire error a client gets: what errorBoundary
+ * applies to every RPC, for code that answers outside the interceptors (the device stream's fast
+ * path, services/server/device-stream.ts). `fromOutside` is false for calls from other services.
  */
-export function errorBoundary(log: Logger, refusals?: Refusals): Interceptor {
-  const translate = (thrown: unknown, procedure: string, fromOutside: boolean): ConnectError => {
+export type WireErrors = (thrown: unknown, procedure: string, fromOutside: boolean) => ConnectError;
+
+/** The boundary's translation (see errorBoundary), counting refusals at the network face. */
+export function wireErrors(log: Logger, refusals?: Refusals): WireErrors {
+  return (thrown: unknown, procedure: string, fromOutside: boolean): ConnectError => {
     const err = thrown instanceof DomainError ? toConnectError(thrown) : thrown;
     if (err instanceof ConnectError) {
       // At the network face, a client's request turned away is counted and logged once, here;
@@ -111,6 +112,17 @@ export function errorBoundary(log: Logger, refusals?: Refusals): Interceptor {
     log.error({ err, procedure }, "unexpected error");
     return new ConnectError("internal error", Code.Internal);
   };
+}
+
+/**
+ * The one place where failures become wire errors: a domain error gets its code from
+ * CODE_OF_KIND; a ConnectError (an answer relayed from another service) keeps its code, message
+ * and retry hint but no other metadata (that call's response headers must not reach the client
+ * and are not valid on another response); anything else is a bug or an I/O fault, logged with
+ * its cause and sent as a bare Internal so no stack, path or driver message leaks to a client.
+ */
+export function errorBoundary(log: Logger, refusals?: Refusals): Interceptor {
+  const translate = wireErrors(log, refusals);
   return (next) => async (req) => {
     const fromOutside = !req.header.has(INTERNAL_HEADER);
     const procedure = `/${req.service.typeName}/${req.method.name}`;

@@ -67,6 +67,26 @@ function outcomeAttributes(system: string, err: unknown): Attributes {
     : { [ATTR_RPC_RESPONSE_STATUS_CODE]: status };
 }
 
+/** Counts a stream that ended with an error: its system, method ("package.Service/Method") and the error. */
+export type StreamErrors = (system: string, method: string, err: unknown) => void;
+
+/**
+ * `switchboard.rpc.server.streams`, the streams that ended with an error by system, method and
+ * status code: what serverTelemetry records for streams, for a stream served outside the
+ * interceptors (the device stream's fast path, services/server/device-stream.ts).
+ */
+export function streamErrorCounter(): StreamErrors {
+  const streams = meter().createCounter("switchboard.rpc.server.streams", {
+    description: "Streams that ended with an error, by system, method and status code",
+  });
+  return (system, method, err) =>
+    streams.add(1, {
+      [ATTR_RPC_SYSTEM_NAME]: system,
+      [ATTR_RPC_METHOD]: method,
+      ...outcomeAttributes(system, err),
+    });
+}
+
 /** Server side: a span per unary call, continuing the caller's trace; duration and outcome by code. */
 export function serverTelemetry(): Interceptor {
   const m = meter();
@@ -77,9 +97,7 @@ export function serverTelemetry(): Interceptor {
       explicitBucketBoundaries: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
     },
   });
-  const streams = m.createCounter("switchboard.rpc.server.streams", {
-    description: "Streams that ended with an error, by system, method and status code",
-  });
+  const streamErrors = streamErrorCounter();
   return (next) => async (req) => {
     const system = rpcSystemOf(req.header);
     const attributes = {
@@ -93,7 +111,7 @@ export function serverTelemetry(): Interceptor {
         const res = await next(req);
         return res;
       } catch (err) {
-        streams.add(1, { ...attributes, ...outcomeAttributes(system, err) });
+        streamErrors(system, attributes[ATTR_RPC_METHOD], err);
         throw err;
       }
     }

@@ -21,3 +21,5 @@ export {
   principal,
 } from "./handlers.js";
 export type { GatewayMetrics, GatewayObserver, ObservedGateway } from "./types.js";
+// What the device stream's fast path (services/server/device-stream.ts) does to every frame.
+export { dropUnknownFields } from "./untrusted.js";

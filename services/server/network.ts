@@ -10,10 +10,10 @@ import { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import { type Accounts, trustedProxyList, withPeerAddress } from "../accounts/index.js";
 import { adminService } from "../admin/index.js";
-import { errorBoundary } from "../common/boundary.js";
+import { errorBoundary, wireErrors } from "../common/boundary.js";
 import { gatewayReadMaxBytes, ROLES } from "../common/config.js";
 import { requireInternalCredential } from "../common/internal-auth.js";
-import { serverTelemetry } from "../common/rpc-telemetry.js";
+import { serverTelemetry, streamErrorCounter } from "../common/rpc-telemetry.js";
 import {
   accountForwarder,
   authInterceptor,
@@ -33,6 +33,7 @@ import type { Notifier } from "../notification/index.js";
 import type { Presence } from "../presence/index.js";
 import type { Sequencer } from "../sequencer/index.js";
 import { withCors } from "./cors.js";
+import { deviceStreamFastPath } from "./device-stream.js";
 import { answerStreamProcedures, EdgeGuard, streamingProcedures } from "./edge.js";
 import { frontDoor } from "./front-door.js";
 import type { Closers } from "./lifecycle.js";
@@ -147,7 +148,16 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
   // Every request carries the caller's address from the socket (PEER_HEADER), for per-address
   // limits behind the gateway; only a call with the internal credential may bring its own.
   const expectedInternal = internalGuard === undefined ? undefined : Buffer.from(internalGuard);
-  const peerAware = withPeerAddress(handler, {
+  // The device stream over gRPC skips connect-node's stream pipeline (device-stream.ts).
+  const served = gateway
+    ? deviceStreamFastPath(handler, {
+        gateway,
+        readMaxBytes: gatewayReadMaxBytes(config.limits),
+        wireErrors: wireErrors(log, refusals),
+        streamErrors: streamErrorCounter(),
+      })
+    : handler;
+  const peerAware = withPeerAddress(served, {
     trustedProxies: trustedProxyList(config.accountLimits.trustedProxies),
     isInternal: (given) => {
       if (expectedInternal === undefined || given === undefined) return false;

@@ -1,0 +1,222 @@
+import type * as http from "node:http";
+import type * as http2 from "node:http2";
+import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { Code, ConnectError } from "@connectrpc/connect";
+import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import {
+  type ConnectRequest,
+  ConnectRequestSchema,
+  type ConnectResponse,
+  ConnectResponseSchema,
+  GatewayService,
+} from "../../gen/switchboard/v1/gateway_pb.js";
+import type { WireErrors } from "../common/boundary.js";
+import { DeadlineError } from "../common/errors.js";
+import type { StreamErrors } from "../common/rpc-telemetry.js";
+import { dropUnknownFields, type GatewayCore } from "../gateway/index.js";
+
+type Request = http.IncomingMessage | http2.Http2ServerRequest;
+type Response = http.ServerResponse | http2.Http2ServerResponse;
+type Handler = (req: Request, res: Response) => void;
+
+/** The device stream's path. */
+const PATH = `/${GatewayService.typeName}/${GatewayService.method.connect.name}`;
+/** gRPC's binary content types; JSON and the other protocols go to connect-node. */
+const GRPC_PROTO = /^application\/grpc(\+proto)?$/;
+/** Frames written to the connection in one write at most. */
+const FRAMES_PER_WRITE = 64;
+/** Envelope flag: the message is compressed. */
+const FLAG_COMPRESSED = 0b1;
+
+/** What the fast path needs besides the gateway. */
+export interface DeviceStreamDeps {
+  gateway: GatewayCore;
+  /** Largest frame a device may send, in bytes (gatewayReadMaxBytes). */
+  readMaxBytes: number;
+  /** The error boundary's translation (boundary.ts), for the status in the trailers. */
+  wireErrors: WireErrors;
+  /** Counts streams that end with an error, as serverTelemetry does for the other streams. */
+  streamErrors: StreamErrors;
+}
+
+/**
+ * The device stream (`GatewayService.Connect`) over gRPC, served straight on Node's HTTP/2
+ * stream; every other request, and this one over the Connect protocol, gRPC-Web, JSON or with
+ * compressed messages, goes to `next` (connect-node).
+ *
+ * Why: at 1,000 devices, connect-node's per-message pipeline for streams (a chain of async
+ * generators per direction: split, decompress, parse, serialise, compress, join, each message
+ * through each) was the largest single cost of the server's one thread, about 17 % of it plus the
+ * garbage it made (docs/benchmarks.md, "Where the time goes"). A device stream needs none of its
+ * generality: here a read is parsed into the frames it holds in one step, and everything the
+ * session has queued is encoded and written in one write, with one await per batch.
+ *
+ * The wire protocol is gRPC's, as connect-node speaks it: `application/grpc` or `+proto`, the
+ * 5-byte envelope, `grpc-timeout`, the status in trailers (`grpc-status`, `grpc-message`,
+ * `grpc-status-details-bin`, written by Connect's own setTrailerStatus), HTTP/2 flow control as
+ * back-pressure. The behaviour is the connect handler's (handlers.ts): the same authentication,
+ * unknown fields dropped from every frame, the same session, the same error boundary, read limit
+ * and codes. test/e2e/grpc-js.test.ts and the other stream tests run against it with stock
+ * @grpc/grpc-js and connect-es clients.
+ */
+export function deviceStreamFastPath(next: Handler, deps: DeviceStreamDeps): Handler {
+  return (req, res) => {
+    if (!isGrpcDeviceStream(req)) {
+      next(req, res);
+      return;
+    }
+    void serve(req as http2.Http2ServerRequest, res as http2.Http2ServerResponse, deps);
+  };
+}
+
+/** True for the device stream over gRPC with uncompressed messages, on HTTP/2. */
+function isGrpcDeviceStream(req: Request): boolean {
+  if (req.url !== PATH || req.method !== "POST" || req.httpVersionMajor !== 2) return false;
+  if (!GRPC_PROTO.test(String(req.headers["content-type"] ?? ""))) return false;
+  const encoding = req.headers["grpc-encoding"];
+  return encoding === undefined || encoding === "identity";
+}
+
+async function serve(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, deps: DeviceStreamDeps) {
+  const { gateway } = deps;
+  const contentType = String(req.headers["content-type"]);
+  let session: ReturnType<GatewayCore["open"]>;
+  let deadline: NodeJS.Timeout | undefined;
+  try {
+    const timeout = parseTimeout(header(req, "grpc-timeout"), Number.MAX_SAFE_INTEGER);
+    if (timeout.error) throw timeout.error;
+    session = gateway.open(await gateway.authenticate(header(req, "authorization")));
+    if (timeout.timeoutMs !== undefined) {
+      const ms = timeout.timeoutMs;
+      deadline = setTimeout(
+        () => session.close(new DeadlineError(`the stream's deadline of ${ms} ms passed`)),
+        ms,
+      );
+    }
+  } catch (err) {
+    finish(res, contentType, err, deps);
+    return;
+  }
+  // The device went away (reset, connection lost): forget the stream.
+  res.once("close", () => session.close());
+  res.writeHead(200, { "content-type": contentType });
+  session.start(frames(req, deps));
+  let failure: unknown;
+  try {
+    for await (const batch of session.outbound.drainBatches(FRAMES_PER_WRITE)) {
+      if (res.stream.destroyed) break;
+      if (!res.write(encode(batch))) await drained(res);
+    }
+  } catch (err) {
+    failure = err;
+  } finally {
+    if (deadline !== undefined) clearTimeout(deadline);
+  }
+  finish(res, contentType, failure, deps);
+}
+
+/** Ends the response with the call's status in trailers (headers first if none were sent). */
+function finish(
+  res: http2.Http2ServerResponse,
+  contentType: string,
+  thrown: unknown,
+  deps: DeviceStreamDeps,
+): void {
+  if (res.stream.destroyed || res.stream.closed) return;
+  const error = thrown === undefined ? undefined : deps.wireErrors(thrown, PATH, true);
+  if (error !== undefined) deps.streamErrors("grpc", `${GatewayService.typeName}/Connect`, error);
+  if (!res.headersSent) res.writeHead(200, { "content-type": contentType });
+  const trailers: Record<string, string> = {};
+  setTrailerStatus(new Headers(), error).forEach((value, key) => {
+    trailers[key] = value;
+  });
+  res.addTrailers(trailers);
+  res.end();
+}
+
+/** The device's frames, parsed from the request body as it arrives, unknown fields dropped. */
+async function* frames(
+  req: http2.Http2ServerRequest,
+  deps: DeviceStreamDeps,
+): AsyncGenerator<ConnectRequest> {
+  const { readMaxBytes, gateway } = deps;
+  let buffered: Buffer = Buffer.alloc(0);
+  for await (const chunk of req as AsyncIterable<Buffer>) {
+    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+    const parsed: ConnectRequest[] = [];
+    let offset = 0;
+    while (buffered.length - offset >= 5) {
+      const flags = buffered[offset]!;
+      const length = buffered.readUInt32BE(offset + 1);
+      // Refused on the header, before the message is buffered.
+      if (length > readMaxBytes) {
+        throw new ConnectError(
+          `message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`,
+          Code.ResourceExhausted,
+        );
+      }
+      if (buffered.length - offset - 5 < length) break;
+      if ((flags & FLAG_COMPRESSED) !== 0) {
+        // The request said it compresses nothing (no grpc-encoding): a protocol error.
+        throw new ConnectError(
+          "protocol error: received compressed message without grpc-encoding",
+          Code.Internal,
+        );
+      }
+      const data = buffered.subarray(offset + 5, offset + 5 + length);
+      offset += 5 + length;
+      let message: ConnectRequest;
+      try {
+        message = fromBinary(ConnectRequestSchema, data);
+      } catch (err) {
+        throw new ConnectError(`parse binary: ${String((err as Error).message)}`, Code.InvalidArgument);
+      }
+      const dropped = dropUnknownFields(message);
+      if (dropped > 0) {
+        gateway.refused("unknown_fields", "dropped fields this server does not know from a device message", {
+          procedure: PATH,
+          bytes: dropped,
+        });
+      }
+      parsed.push(message);
+    }
+    buffered = offset === buffered.length ? Buffer.alloc(0) : buffered.subarray(offset);
+    yield* parsed;
+  }
+  if (buffered.length > 0)
+    throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
+}
+
+/** The frames as gRPC messages in one buffer: a flags byte, a 32-bit big-endian length, the bytes. */
+function encode(batch: ConnectResponse[]): Buffer {
+  const parts = batch.map((f) => toBinary(ConnectResponseSchema, f));
+  let total = 0;
+  for (const p of parts) total += 5 + p.length;
+  const out = Buffer.allocUnsafe(total);
+  let offset = 0;
+  for (const p of parts) {
+    out[offset] = 0;
+    out.writeUInt32BE(p.length, offset + 1);
+    out.set(p, offset + 5);
+    offset += 5 + p.length;
+  }
+  return out;
+}
+
+/** Resolves when the stream can take more (HTTP/2 flow control), or is gone. */
+function drained(res: http2.Http2ServerResponse): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      res.stream.off("drain", done);
+      res.off("close", done);
+      resolve();
+    };
+    res.stream.once("drain", done);
+    res.once("close", done);
+  });
+}
+
+function header(req: http2.Http2ServerRequest, name: string): string | null {
+  const value = req.headers[name];
+  return value === undefined ? null : Array.isArray(value) ? value.join(",") : value;
+}

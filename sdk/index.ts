@@ -1,6 +1,7 @@
 // The Switchboard TypeScript SDK. See README.md in this folder.
 export { Backoff } from "./backoff.js";
 export type { MessageLinks } from "./client/bodies.js";
+export type { GroupCallRef } from "./client/calls.js";
 export { DISAPPEARING } from "./client/conversations.js";
 export { type BlockedUser, REPORT_BOUNDS, type ReportOptions, Safety } from "./client/safety.js";
 export { identityCodec, newClientMsgId, SwitchboardClient } from "./client.js";
@@ -57,6 +58,7 @@ export {
 export type {
   CallEndReason,
   CallEvent,
+  CallParticipantRef,
   ClientEvents,
   ClientTuning,
   ConnectedEvent,

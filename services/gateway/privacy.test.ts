@@ -161,6 +161,20 @@ describe("PrivacyView: last seen and read receipts as a gateway enforces them", 
     assert.equal(view.cached("u_c"), undefined);
   });
 
+  it("reads a copy again once it is older than the ttl (a PrivacyChanged this gateway missed)", async () => {
+    const settings = new Map<string, Settings>();
+    const { state, client } = directory(settings);
+    let now = 1_000_000;
+    const view = new PrivacyView(client, { ttlMs: 60_000, now: () => now });
+    await view.of(["u_a"]);
+    settings.set("u_a", { ...OPEN, lastSeen: PrivacyAudience.NOBODY });
+    now += 60_000;
+    assert.equal((await view.of(["u_a"])).get("u_a")?.lastSeen, "everyone", "still fresh");
+    now += 1;
+    assert.equal((await view.of(["u_a"])).get("u_a")?.lastSeen, "nobody", "read again");
+    assert.equal(state.calls, 2);
+  });
+
   it("reads many users in calls of 1,024, and is bounded by users and bytes", async () => {
     const { state, client } = directory(new Map());
     const many = Array.from({ length: 2100 }, (_, i) => `u_${i}`);

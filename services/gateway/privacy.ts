@@ -12,6 +12,13 @@ export interface PrivacyViewOptions {
   maxUsers?: number;
   /** Bytes kept at most, counted as UTF-16 ids plus a fixed overhead each (default 16 MiB). */
   maxBytes?: number;
+  /**
+   * How long a copy is trusted without a PrivacyChanged, in milliseconds (default 5 minutes): the
+   * bound on how long a gateway that missed a broadcast shows what a user has since hidden.
+   */
+  ttlMs?: number;
+  /** The clock, in milliseconds since the Unix epoch. */
+  now?: () => number;
 }
 
 /** The settings a gateway enforces on delivery. */
@@ -27,6 +34,8 @@ export interface DeliverySettings {
 interface Cached {
   settings: DeliverySettings;
   bytes: number;
+  /** When it was read, in milliseconds since the Unix epoch. */
+  readAtMs: number;
 }
 
 /** Users per DirectoryService.GetUserPrivacy call (its cap). */
@@ -41,7 +50,8 @@ function admits(audience: PrivacyAudience, direct: boolean): boolean {
  * Each gateway's copy of the privacy settings it enforces on what it delivers, read from
  * DirectoryService.GetUserPrivacy, bounded by users and bytes, least recently used out first. A
  * copy stays until a PrivacyChanged broadcast for its user drops it (as BlockLists does for
- * blocks), so a presence change or a receipt to a cached user costs no call.
+ * blocks), or at most ttlMs (a broadcast this gateway missed), so a presence change or a receipt
+ * to a cached user costs no call.
  *
  * Both rules are reciprocal, and both fail closed (a frame whose settings cannot be read is
  * dropped: presence and receipts are ephemeral, and failing open would show them):
@@ -54,6 +64,8 @@ function admits(audience: PrivacyAudience, direct: boolean): boolean {
 export class PrivacyView {
   private readonly maxUsers: number;
   private readonly maxBytes: number;
+  private readonly ttlMs: number;
+  private readonly now: () => number;
   private readonly users = new Map<string, Cached>();
   private bytes = 0;
   private readonly reads = new Map<string, Promise<DeliverySettings>>();
@@ -66,6 +78,8 @@ export class PrivacyView {
   ) {
     this.maxUsers = options.maxUsers ?? 100_000;
     this.maxBytes = options.maxBytes ?? 16 * 1024 * 1024;
+    this.ttlMs = options.ttlMs ?? 5 * 60_000;
+    this.now = options.now ?? Date.now;
   }
 
   /** Users whose settings are cached, and their bytes (for tests and metrics). */
@@ -79,10 +93,14 @@ export class PrivacyView {
     this.drop(userId);
   }
 
-  /** The user's settings, when cached (and then marked recently used). */
+  /** The user's settings, when cached and fresh (and then marked recently used). */
   cached(userId: string): DeliverySettings | undefined {
     const hit = this.users.get(userId);
     if (hit === undefined) return undefined;
+    if (this.now() - hit.readAtMs > this.ttlMs) {
+      this.drop(userId);
+      return undefined;
+    }
     this.users.delete(userId);
     this.users.set(userId, hit);
     return hit.settings;
@@ -233,7 +251,7 @@ export class PrivacyView {
   private store(userId: string, settings: DeliverySettings): void {
     this.drop(userId);
     const bytes = userId.length * 2 + 96;
-    this.users.set(userId, { settings, bytes });
+    this.users.set(userId, { settings, bytes, readAtMs: this.now() });
     this.bytes += bytes;
     for (const [oldest, entry] of this.users) {
       if (this.users.size <= this.maxUsers && this.bytes <= this.maxBytes) break;

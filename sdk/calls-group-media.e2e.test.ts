@@ -129,7 +129,7 @@ describe("a group call's audio in a mesh of three through a TURN relay (werift, 
     ];
     mesh.push(a, b, c);
 
-    const rung = Promise.all([bob, carol].map((d) => d.waitFor("call", (e) => e.kind === "incoming")));
+    const rung = Promise.all([bob, carol].map((d) => d.waitFor("call", (e) => e.kind === "groupIncoming")));
     const callId = alice.calls.startGroup(group.conversationId, { video: false });
     await rung;
     bob.calls.join(callId);

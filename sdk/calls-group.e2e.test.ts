@@ -43,7 +43,7 @@ describe("group calls with the SDK (end-to-end encrypted signalling, against a s
 
     const callId = alice.calls.startGroup(group.conversationId, { video: false });
     for (const seen of [b, c]) {
-      const ring = await event(seen, (e) => e.kind === "incoming" && e.callId === callId, "the ring");
+      const ring = await event(seen, (e) => e.kind === "groupIncoming" && e.callId === callId, "the ring");
       assert.equal(ring.conversationId, group.conversationId);
       assert.deepEqual([ring.peerUserId, ring.peerDeviceId], [alice.userId, alice.deviceId]);
       assert.deepEqual(

@@ -311,6 +311,11 @@ export interface ClientEvents {
    * them. Droppable (like presence), so an app that shows blocks lists them on `connected` too.
    */
   blocksChanged: Record<string, never>;
+  /**
+   * This user's privacy settings changed, on this device or another of theirs: `getPrivacy()`
+   * reads them. Droppable (like presence), so an app that shows them reads them on `connected` too.
+   */
+  privacyChanged: Record<string, never>;
   /** A call's signalling from the peer, decrypted (encryption mode only; docs/calls.md). */
   call: CallEvent;
   /** Another device of this user sent this one its history, and it was imported (client.history). */
@@ -336,6 +341,7 @@ export interface CallEvent {
     | "answer"
     | "candidates"
     | "ended"
+    | "groupIncoming"
     | "offer"
     | "joined"
     | "full"
@@ -345,30 +351,26 @@ export interface CallEvent {
   callId: string;
   /** The other party. */
   peerUserId: string;
-  /**
-   * This user's privacy settings changed, on this device or another of theirs: `getPrivacy()`
-   * reads them. Droppable (like presence), so an app that shows them reads them on `connected` too.
-   */
-  privacyChanged: Record<string, never>;
   /** Its device that sent this (for answeredElsewhere: this user's device that took the call). */
   peerDeviceId: string;
-  /** For incoming: a video call. */
+  /** For incoming and groupIncoming: a video call. */
   video?: boolean;
   /** The decrypted bytes the peer's app gave (SDP, candidates), when the signal carries any. */
   payload?: Uint8Array | undefined;
   /** For ended. */
   reason?: CallEndReason;
   /**
-   * Group calls (docs/calls.md, "Group calls"): the group conversation. Then incoming is the
-   * group's ring (peer: the host, no payload), offer a participant's SDP offer for this device,
+   * Group calls (docs/calls.md, "Group calls"): the group conversation. Then groupIncoming is
+   * the group's ring (peer: the host, no payload; a kind of its own, so 1:1 call code never
+   * takes it for a call to accept), offer a participant's SDP offer for this device,
    * joined says this device is in, full that the call has its 32 devices, participantJoined and
    * participantLeft name the peer device that came or went, and ended (hangup) that the ring
    * or the call is over.
    */
   conversationId?: string;
-  /** Group calls, on incoming and joined: the devices in the call (on joined, all but this one). */
+  /** Group calls, on groupIncoming and joined: the devices in the call (on joined, all but this one). */
   participants?: CallParticipantRef[];
-  /** Group calls, on incoming and joined: the SFU to send media to; absent: a mesh. */
+  /** Group calls, on groupIncoming and joined: the SFU to send media to; absent: a mesh. */
   sfuUrl?: string;
 }
 

@@ -40,8 +40,8 @@ export class Calls {
   ) {}
 
   /**
-   * Starts a group call in a group conversation: every other member's devices ring ("incoming"
-   * with conversationId). This device is its host and its first participant. Returns the call id.
+   * Starts a group call in a group conversation: every other member's devices ring
+   * ("groupIncoming", with conversationId). This device is its host and its first participant. Returns the call id.
    */
   startGroup(conversationId: string, options: { video: boolean }): string {
     const callId = `c${randomBytes(16).toString("base64url")}`;
@@ -301,7 +301,7 @@ function toGroupEvent(ev: CallEventFrame, payload: Uint8Array | undefined): Call
   switch (ev.signal) {
     case CallSignal.OFFER:
       return payload === undefined
-        ? { ...base, ...group, kind: "incoming", video: ev.media === CallMedia.VIDEO }
+        ? { ...base, ...group, kind: "groupIncoming", video: ev.media === CallMedia.VIDEO }
         : { ...base, kind: "offer", payload };
     case CallSignal.JOINED:
       return { ...base, ...group, kind: "joined" };

@@ -4,17 +4,20 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
+import { Client as MinioClient } from "minio";
 import { eventually } from "../test/helpers/inbox.js";
+import { type MinioServer, skipWithoutMinio, startMinio } from "../test/helpers/minio.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import { HistoryError, TRANSFER_TITLE } from "./client/history.js";
 import { SwitchboardClient } from "./client.js";
 import type { HistoryImportedEvent, HistoryRefusedEvent } from "./history-types.js";
 
-// History for a newly linked device, end to end: SDK devices against a real server process with
-// the embedded (local directory) media store. An old device sends a new device of the same user
-// its recent history; the new device shows the old messages, refuses a tampered bundle, and the
-// server's stores (LMDB files, media objects) never hold a plaintext.
+// History for a newly linked device, end to end: SDK devices against a real server process, once
+// with the embedded (local directory) media store and once with a real MinIO server. An old device
+// sends a new device of the same user its recent history; the new device shows the old messages,
+// refuses a tampered bundle, and the server's stores (LMDB files, media objects, MinIO's drive)
+// never hold a plaintext.
 
 const text = (e: { payload: Uint8Array | undefined }) =>
   new TextDecoder().decode(e.payload ?? new Uint8Array());
@@ -39,202 +42,275 @@ async function filesUnder(dir: string): Promise<string[]> {
   return out;
 }
 
-describe("history for a newly linked device (SDK against a server process with media)", () => {
-  let base: string;
-  let server: ServerProcess | undefined;
-  let devices: TestDevices;
+/** A media engine: the server's environment, and the stored ciphertext behind the service's back. */
+interface Backend {
+  name: string;
+  skip: string | false;
+  start(): Promise<Record<string, string>>;
+  readObject(dataDir: string, objectId: string): Promise<Buffer>;
+  writeObject(dataDir: string, objectId: string, bytes: Buffer): Promise<void>;
+  /** Where the engine keeps data outside the server's data directory (scanned for plaintext). */
+  directories(): string[];
+  stop(): Promise<void>;
+}
 
-  before(async () => {
-    base = await mkdtemp(join(tmpdir(), "sb-history-"));
-    server = await startServerProcess({ dataDir: join(base, "server") });
-    const url = server.url;
-    devices = new TestDevices(base, () => url);
-  });
+const localBackend = (): Backend => {
+  const file = (dataDir: string, objectId: string) => join(dataDir, "media", "objects", objectId);
+  return {
+    name: "the embedded media store",
+    skip: false,
+    start: async () => ({}),
+    readObject: (dataDir, objectId) => readFile(file(dataDir, objectId)),
+    writeObject: (dataDir, objectId, bytes) => writeFile(file(dataDir, objectId), bytes),
+    directories: () => [],
+    stop: async () => {},
+  };
+};
 
-  after(async () => {
-    await devices?.close();
-    const code = await server?.stop();
-    await removeDir(base);
-    if (code !== undefined && code !== 0) throw new Error(`server exited with ${code} on SIGTERM`);
-  });
-
-  /** A user with a direct conversation and a group, each with messages both ways, all before any link. */
-  async function userWithHistory(marker: string) {
-    const alice = await devices.register("alice");
-    const bob = await devices.register("bob");
-    const direct = (await alice.openDirect(bob.userId)).conversationId;
-    const group = (await alice.createGroup("friends", [bob.userId])).conversationId;
-    await bob.sendUnary(direct, `${marker} bob one`);
-    await alice.sendUnary(direct, `${marker} alice two`);
-    await bob.sendUnary(direct, `${marker} bob three`, { replyTo: 2 });
-    await alice.sendUnary(group, `${marker} alice in group`);
-    await bob.sendUnary(group, `${marker} bob in group`);
-    // The old device reads what it was sent (and keeps the plaintexts, as a streaming device does).
-    for (const id of [direct, group]) {
-      const page = await alice.getHistory(id);
-      assert.ok(
-        page.entries.every((e) => e.decodeError === undefined),
-        "alice reads her history",
-      );
-    }
-    return { alice, bob, direct, group };
-  }
-
-  it("the new device shows the old messages, deduplicated against what it synced itself", async () => {
-    const marker = "HISTMARK-7d1f";
-    const { alice, bob, direct, group } = await userWithHistory(marker);
-    const linked = await devices.link(alice, "alice-new");
-    await linked.connect();
-    // Before the transfer the new device cannot read what was sent before it linked.
-    const before = await linked.getHistory(direct);
-    assert.deepEqual(
-      before.entries.filter((e) => e.payload !== undefined && e.payload.length > 0),
-      [],
-    );
-    // Gateways trust their device lists for 5 s: bob's send must be checked against one with
-    // the new device in it, or it may leave it out (e2ee.e2e.test.ts does the same).
-    await new Promise((resolve) => setTimeout(resolve, 5_500));
-
-    // A message after the link: the new device gets it itself, and the bundle carries it too.
-    const own = linked.waitFor("entry", (e) => text(e) === `${marker} after link`);
-    await bob.sendUnary(direct, `${marker} after link`);
-    await within(own, 20_000, "the new device's own copy of the message after the link");
-
-    const imported = linked.waitFor("historyImported");
-    const sent = await alice.history.sendTo(linked.deviceId, { days: 7 });
-    assert.equal(sent.deviceId, linked.deviceId);
-    assert.equal(sent.conversations, 2);
-    const event: HistoryImportedEvent = await within(imported, 30_000, "the import");
-    assert.equal(event.fromDeviceId, alice.deviceId);
-    assert.equal(event.duplicates, 1, "the message after the link is kept once, as synced");
-    assert.equal(event.imported + event.duplicates, sent.entries);
-    assert.deepEqual(new Set(event.conversationIds), new Set([direct, group]));
-
-    const shown = (await linked.history.entries(direct)).filter((e) => e.kind === "message");
-    assert.deepEqual(shown.map(text), [`${marker} bob one`, `${marker} alice two`, `${marker} bob three`]);
-    assert.equal(shown[2]?.replyTo, 2n);
-    assert.equal(shown[1]?.senderUserId, alice.userId);
-    assert.equal(shown[1]?.fromThisDevice, false);
-    const inGroup = (await linked.history.entries(group)).filter((e) => e.kind === "message").map(text);
-    assert.deepEqual(inGroup, [`${marker} alice in group`, `${marker} bob in group`]);
-
-    // The new device left the transfer conversation once done, so nobody can reach it any more.
-    await eventually(
-      async () => !(await alice.listConversations()).some((c) => c.title === TRANSFER_TITLE),
-      () => "the transfer conversation was left",
-      20_000,
-    );
-
-    // The server's stores hold ciphertext only: no file under its data directory (LMDB, media
-    // objects and records) contains any of the plaintexts. LMDB writes through to its files.
-    for (const file of await filesUnder(server!.dataDir)) {
-      const bytes = await readFile(file);
-      assert.ok(!bytes.includes(marker), `${file} holds a plaintext`);
-    }
-    // The same scan finds them where they are meant to be: in the new device's profile.
-    const kept = await Promise.all(
-      (await filesUnder(join(linked.profileDir, "history"))).map((f) => readFile(f)),
-    );
-    assert.ok(
-      kept.some((bytes) => bytes.includes(`${marker} bob one`)),
-      "the new device keeps the history",
-    );
-  });
-
-  it("a device that never streams imports with receivePending; a sibling device ignores the transfer", async () => {
-    const { alice, direct } = await userWithHistory("PENDING-5c");
-    const linked = await devices.link(alice, "alice-unary");
-    const sibling = await devices.link(alice, "alice-sibling");
-    const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
-    // The sibling reads the transfer conversation too (it is the user's), and takes nothing.
-    let siblingImported = false;
-    sibling.on("historyImported", () => {
-      siblingImported = true;
-    });
-    await within(sibling.history.receivePending(), 30_000, "the sibling's receivePending");
-    assert.equal(siblingImported, false);
-    assert.deepEqual(await sibling.history.entries(direct), []);
-    const imported = linked.waitFor("historyImported");
-    await within(linked.history.receivePending(), 30_000, "receivePending");
-    const event = await within(imported, 1_000, "the import event");
-    assert.equal(event.imported, sent.entries);
-    const shown = (await linked.history.entries(direct)).filter((e) => e.kind === "message").map(text);
-    assert.deepEqual(shown, ["PENDING-5c bob one", "PENDING-5c alice two", "PENDING-5c bob three"]);
-  });
-
-  it("a tampered bundle is refused, and nothing of it is imported", async () => {
-    const { alice, direct } = await userWithHistory("TAMPER-42aa");
-    const linked = await devices.link(alice, "alice-tampered");
-    const profileDir = linked.profileDir;
-    // Offline while the bundle is uploaded, so the test can change it in the store first.
-    await linked.close();
-    const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
-    const object = join(server!.dataDir, "media", "objects", sent.objectId);
-    const stored = await readFile(object);
-    assert.equal(stored.length, sent.ciphertextBytes);
-    stored[stored.length - 40] = (stored[stored.length - 40] ?? 0) ^ 0x01;
-    await writeFile(object, stored);
-
-    const reopened = await devices.reopen(profileDir);
-    const refused = reopened.waitFor("historyRefused");
-    await reopened.connect();
-    const event: HistoryRefusedEvent = await within(refused, 30_000, "the refusal");
-    assert.equal(event.fromDeviceId, alice.deviceId);
-    assert.ok(event.error instanceof HistoryError);
-    assert.equal(event.error.reason, "digest");
-    assert.equal(event.error.code, Code.DataLoss);
-    assert.deepEqual(await reopened.history.entries(direct), []);
-  });
-
-  it("bounds and bad requests are refused with precise errors", async () => {
-    const { alice } = await userWithHistory("BOUNDS");
-    const linked = await devices.link(alice, "alice-bounds");
-    const refusedWith = async (p: Promise<unknown>, code: Code, pattern: RegExp) =>
-      assert.rejects(p, (err: unknown) => {
-        assert.ok(err instanceof ConnectError, String(err));
-        assert.equal(err.code, code, err.rawMessage);
-        assert.match(err.rawMessage, pattern);
-        return true;
+const BUCKET = "switchboard-history-e2e";
+const minioBackend = (): Backend => {
+  let minio: MinioServer | undefined;
+  let admin: MinioClient | undefined;
+  return {
+    name: "MinIO",
+    skip: skipWithoutMinio(),
+    async start() {
+      minio = await startMinio();
+      admin = new MinioClient({
+        endPoint: "127.0.0.1",
+        port: minio.port,
+        useSSL: false,
+        accessKey: minio.accessKey,
+        secretKey: minio.secretKey,
+        pathStyle: true,
       });
-    await refusedWith(
-      alice.history.sendTo(linked.deviceId, { days: 7, maxEntries: 2 }),
-      Code.ResourceExhausted,
-      /hold more than 2 entries, the most one transfer carries/,
-    );
-    await refusedWith(
-      alice.history.sendTo(linked.deviceId, { days: 7, maxBytes: 100 }),
-      Code.ResourceExhausted,
-      /more than 100 bytes \(\d+ entries fit\)/,
-    );
-    await refusedWith(
-      alice.history.sendTo(linked.deviceId, { days: 0 }),
-      Code.InvalidArgument,
-      /days must be/,
-    );
-    await refusedWith(
-      alice.history.sendTo("dv_00000000000000000000000000", { days: 1 }),
-      Code.NotFound,
-      /not an active device of this user/,
-    );
-    await refusedWith(alice.history.sendTo(alice.deviceId, { days: 1 }), Code.InvalidArgument, /to itself/);
-    // A device linked without encryption has no keys: nobody could read a transfer to it.
-    const { code } = await alice.createLinkCode();
-    const plain = await SwitchboardClient.link({
-      serverUrl: server!.url,
-      profileDir: join(base, "profile-alice-plain"),
-      code,
-      encryption: false,
+      return {
+        SWITCHBOARD_MEDIA_STORE: "minio",
+        SWITCHBOARD_MINIO_ENDPOINT: minio.endpoint,
+        SWITCHBOARD_MINIO_ACCESS_KEY: minio.accessKey,
+        SWITCHBOARD_MINIO_SECRET_KEY: minio.secretKey,
+        SWITCHBOARD_MINIO_BUCKET: BUCKET,
+        SWITCHBOARD_MINIO_CREATE_BUCKET: "true",
+      };
+    },
+    async readObject(_dataDir, objectId) {
+      const chunks: Buffer[] = [];
+      for await (const chunk of await admin!.getObject(BUCKET, `objects/${objectId}`))
+        chunks.push(chunk as Buffer);
+      return Buffer.concat(chunks);
+    },
+    async writeObject(_dataDir, objectId, bytes) {
+      await admin!.putObject(BUCKET, `objects/${objectId}`, bytes, bytes.length);
+    },
+    directories: () => (minio === undefined ? [] : [minio.directory]),
+    stop: async () => {
+      await minio?.close();
+    },
+  };
+};
+
+for (const backend of [localBackend(), minioBackend()]) {
+  describe(`history for a newly linked device (SDK against a server process, ${backend.name})`, {
+    skip: backend.skip,
+  }, () => {
+    let base: string;
+    let server: ServerProcess | undefined;
+    let devices: TestDevices;
+
+    before(async () => {
+      base = await mkdtemp(join(tmpdir(), "sb-history-"));
+      const env = await backend.start();
+      server = await startServerProcess({ dataDir: join(base, "server"), env });
+      const url = server.url;
+      devices = new TestDevices(base, () => url);
     });
-    try {
-      await refusedWith(
-        alice.history.sendTo(plain.deviceId, { days: 7 }),
-        Code.FailedPrecondition,
-        /has no keys in the key directory/,
-      );
-    } finally {
-      await plain.close();
+
+    after(async () => {
+      await devices?.close();
+      const code = await server?.stop();
+      await backend.stop();
+      await removeDir(base);
+      if (code !== undefined && code !== 0) throw new Error(`server exited with ${code} on SIGTERM`);
+    });
+
+    /** A user with a direct conversation and a group, each with messages both ways, all before any link. */
+    async function userWithHistory(marker: string) {
+      const alice = await devices.register("alice");
+      const bob = await devices.register("bob");
+      const direct = (await alice.openDirect(bob.userId)).conversationId;
+      const group = (await alice.createGroup("friends", [bob.userId])).conversationId;
+      await bob.sendUnary(direct, `${marker} bob one`);
+      await alice.sendUnary(direct, `${marker} alice two`);
+      await bob.sendUnary(direct, `${marker} bob three`, { replyTo: 2 });
+      await alice.sendUnary(group, `${marker} alice in group`);
+      await bob.sendUnary(group, `${marker} bob in group`);
+      // The old device reads what it was sent (and keeps the plaintexts, as a streaming device does).
+      for (const id of [direct, group]) {
+        const page = await alice.getHistory(id);
+        assert.ok(
+          page.entries.every((e) => e.decodeError === undefined),
+          "alice reads her history",
+        );
+      }
+      return { alice, bob, direct, group };
     }
-    // Nothing was created for a refused transfer.
-    assert.ok(!(await alice.listConversations()).some((c) => c.title === TRANSFER_TITLE));
+
+    it("the new device shows the old messages, deduplicated against what it synced itself", async () => {
+      const marker = "HISTMARK-7d1f";
+      const { alice, bob, direct, group } = await userWithHistory(marker);
+      const linked = await devices.link(alice, "alice-new");
+      await linked.connect();
+      // Before the transfer the new device cannot read what was sent before it linked.
+      const before = await linked.getHistory(direct);
+      assert.deepEqual(
+        before.entries.filter((e) => e.payload !== undefined && e.payload.length > 0),
+        [],
+      );
+      // Gateways trust their device lists for 5 s: bob's send must be checked against one with
+      // the new device in it, or it may leave it out (e2ee.e2e.test.ts does the same).
+      await new Promise((resolve) => setTimeout(resolve, 5_500));
+
+      // A message after the link: the new device gets it itself, and the bundle carries it too.
+      const own = linked.waitFor("entry", (e) => text(e) === `${marker} after link`);
+      await bob.sendUnary(direct, `${marker} after link`);
+      await within(own, 20_000, "the new device's own copy of the message after the link");
+
+      const imported = linked.waitFor("historyImported");
+      const sent = await alice.history.sendTo(linked.deviceId, { days: 7 });
+      assert.equal(sent.deviceId, linked.deviceId);
+      assert.equal(sent.conversations, 2);
+      const event: HistoryImportedEvent = await within(imported, 30_000, "the import");
+      assert.equal(event.fromDeviceId, alice.deviceId);
+      assert.equal(event.duplicates, 1, "the message after the link is kept once, as synced");
+      assert.equal(event.imported + event.duplicates, sent.entries);
+      assert.deepEqual(new Set(event.conversationIds), new Set([direct, group]));
+
+      const shown = (await linked.history.entries(direct)).filter((e) => e.kind === "message");
+      assert.deepEqual(shown.map(text), [`${marker} bob one`, `${marker} alice two`, `${marker} bob three`]);
+      assert.equal(shown[2]?.replyTo, 2n);
+      assert.equal(shown[1]?.senderUserId, alice.userId);
+      assert.equal(shown[1]?.fromThisDevice, false);
+      const inGroup = (await linked.history.entries(group)).filter((e) => e.kind === "message").map(text);
+      assert.deepEqual(inGroup, [`${marker} alice in group`, `${marker} bob in group`]);
+
+      // The new device left the transfer conversation once done, so nobody can reach it any more.
+      await eventually(
+        async () => !(await alice.listConversations()).some((c) => c.title === TRANSFER_TITLE),
+        () => "the transfer conversation was left",
+        20_000,
+      );
+
+      // The server's stores hold ciphertext only: no file under its data directory (LMDB, media
+      // objects and records) contains any of the plaintexts. LMDB writes through to its files.
+      const stores = [server!.dataDir, ...backend.directories()];
+      for (const file of (await Promise.all(stores.map(filesUnder))).flat()) {
+        const bytes = await readFile(file);
+        assert.ok(!bytes.includes(marker), `${file} holds a plaintext`);
+      }
+      // The same scan finds them where they are meant to be: in the new device's profile.
+      const kept = await Promise.all(
+        (await filesUnder(join(linked.profileDir, "history"))).map((f) => readFile(f)),
+      );
+      assert.ok(
+        kept.some((bytes) => bytes.includes(`${marker} bob one`)),
+        "the new device keeps the history",
+      );
+    });
+
+    it("a device that never streams imports with receivePending; a sibling device ignores the transfer", async () => {
+      const { alice, direct } = await userWithHistory("PENDING-5c");
+      const linked = await devices.link(alice, "alice-unary");
+      const sibling = await devices.link(alice, "alice-sibling");
+      const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
+      // The sibling reads the transfer conversation too (it is the user's), and takes nothing.
+      let siblingImported = false;
+      sibling.on("historyImported", () => {
+        siblingImported = true;
+      });
+      await within(sibling.history.receivePending(), 30_000, "the sibling's receivePending");
+      assert.equal(siblingImported, false);
+      assert.deepEqual(await sibling.history.entries(direct), []);
+      const imported = linked.waitFor("historyImported");
+      await within(linked.history.receivePending(), 30_000, "receivePending");
+      const event = await within(imported, 1_000, "the import event");
+      assert.equal(event.imported, sent.entries);
+      const shown = (await linked.history.entries(direct)).filter((e) => e.kind === "message").map(text);
+      assert.deepEqual(shown, ["PENDING-5c bob one", "PENDING-5c alice two", "PENDING-5c bob three"]);
+    });
+
+    it("a tampered bundle is refused, and nothing of it is imported", async () => {
+      const { alice, direct } = await userWithHistory("TAMPER-42aa");
+      const linked = await devices.link(alice, "alice-tampered");
+      const profileDir = linked.profileDir;
+      // Offline while the bundle is uploaded, so the test can change it in the store first.
+      await linked.close();
+      const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
+      const stored = await backend.readObject(server!.dataDir, sent.objectId);
+      assert.equal(stored.length, sent.ciphertextBytes);
+      stored[stored.length - 40] = (stored[stored.length - 40] ?? 0) ^ 0x01;
+      await backend.writeObject(server!.dataDir, sent.objectId, stored);
+
+      const reopened = await devices.reopen(profileDir);
+      const refused = reopened.waitFor("historyRefused");
+      await reopened.connect();
+      const event: HistoryRefusedEvent = await within(refused, 30_000, "the refusal");
+      assert.equal(event.fromDeviceId, alice.deviceId);
+      assert.ok(event.error instanceof HistoryError);
+      assert.equal(event.error.reason, "digest");
+      assert.equal(event.error.code, Code.DataLoss);
+      assert.deepEqual(await reopened.history.entries(direct), []);
+    });
+
+    it("bounds and bad requests are refused with precise errors", async () => {
+      const { alice } = await userWithHistory("BOUNDS");
+      const linked = await devices.link(alice, "alice-bounds");
+      const refusedWith = async (p: Promise<unknown>, code: Code, pattern: RegExp) =>
+        assert.rejects(p, (err: unknown) => {
+          assert.ok(err instanceof ConnectError, String(err));
+          assert.equal(err.code, code, err.rawMessage);
+          assert.match(err.rawMessage, pattern);
+          return true;
+        });
+      await refusedWith(
+        alice.history.sendTo(linked.deviceId, { days: 7, maxEntries: 2 }),
+        Code.ResourceExhausted,
+        /hold more than 2 entries, the most one transfer carries/,
+      );
+      await refusedWith(
+        alice.history.sendTo(linked.deviceId, { days: 7, maxBytes: 100 }),
+        Code.ResourceExhausted,
+        /more than 100 bytes \(\d+ entries fit\)/,
+      );
+      await refusedWith(
+        alice.history.sendTo(linked.deviceId, { days: 0 }),
+        Code.InvalidArgument,
+        /days must be/,
+      );
+      await refusedWith(
+        alice.history.sendTo("dv_00000000000000000000000000", { days: 1 }),
+        Code.NotFound,
+        /not an active device of this user/,
+      );
+      await refusedWith(alice.history.sendTo(alice.deviceId, { days: 1 }), Code.InvalidArgument, /to itself/);
+      // A device linked without encryption has no keys: nobody could read a transfer to it.
+      const { code } = await alice.createLinkCode();
+      const plain = await SwitchboardClient.link({
+        serverUrl: server!.url,
+        profileDir: join(base, "profile-alice-plain"),
+        code,
+        encryption: false,
+      });
+      try {
+        await refusedWith(
+          alice.history.sendTo(plain.deviceId, { days: 7 }),
+          Code.FailedPrecondition,
+          /has no keys in the key directory/,
+        );
+      } finally {
+        await plain.close();
+      }
+      // Nothing was created for a refused transfer.
+      assert.ok(!(await alice.listConversations()).some((c) => c.title === TRANSFER_TITLE));
+    });
   });
-});
+}

@@ -182,4 +182,35 @@ describe("switchboard call and answer: CLI processes on both sides, a server pro
       calling.shown,
     );
   });
+
+  it("--relay-only on a server without relays fails at once, saying so", async () => {
+    const bare = await startServerProcess();
+    try {
+      const run = async (...args: string[]) => {
+        const p = new Sb(args, bare.url);
+        running.push(p);
+        return { code: await p.exited, p };
+      };
+      const erin = join(base, "erin");
+      const frank = join(base, "frank");
+      for (const [name, profile] of [
+        ["erin_call", erin],
+        ["frank_call", frank],
+      ]) {
+        assert.equal((await run("register", name!, "--profile", profile!)).code, 0);
+      }
+      const expected =
+        "switchboard: --relay-only, but this server hands out no TURN relay (SWITCHBOARD_TURN_URLS)";
+      const answering = await run("answer", "--profile", frank, "--relay-only");
+      assert.equal(answering.code, 1, answering.p.shown);
+      assert.ok(answering.p.err.includes(expected), answering.p.shown);
+      const calling = await run("call", "frank_call", "--profile", erin, "--relay-only");
+      assert.equal(calling.code, 1, calling.p.shown);
+      assert.ok(calling.p.err.includes(expected), calling.p.shown);
+      assert.ok(!calling.p.err.some((l) => l.startsWith("-- calling")), "nothing rang");
+    } finally {
+      await bare.stop();
+      await removeDir(bare.dataDir);
+    }
+  });
 });

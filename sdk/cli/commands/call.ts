@@ -109,6 +109,15 @@ async function prepare(session: Session, opts: CallOptions) {
   return { CallMedia, source, talk };
 }
 
+/** The server's TURN relays; with --relay-only there must be one, or the call could never connect. */
+async function relays(session: Session, opts: CallOptions) {
+  const servers = await session.client.calls.iceServers();
+  if (opts.relayOnly === true && !servers.some((s) => s.urls.some((u) => /^turns?:/.test(u)))) {
+    throw new Error("--relay-only, but this server hands out no TURN relay (SWITCHBOARD_TURN_URLS)");
+  }
+  return servers;
+}
+
 const bytes = (s: string) => new TextEncoder().encode(s);
 const text = (b: Uint8Array | undefined) => new TextDecoder().decode(b);
 
@@ -122,7 +131,7 @@ async function call(session: Session, username: string, opts: CallOptions, io: C
   const inbox = new talk.CallInbox(client, stop);
   await session.connect();
   await client.openDirect(peer.userId);
-  const media = new CallMedia(await client.calls.iceServers(), opts.relayOnly === true, source);
+  const media = new CallMedia(await relays(session, opts), opts.relayOnly === true, source);
   let callId: string | undefined;
   let live = false;
   try {
@@ -177,6 +186,8 @@ async function answer(session: Session, opts: CallOptions, io: CliIo): Promise<v
   let live: CallEvent | undefined;
   try {
     await session.connect();
+    // Fails now rather than when a call comes; credentials are fetched again for the call.
+    await relays(session, opts);
     io.err(`-- waiting for a call${from === undefined ? "" : ` from ${at(from.username)}`}; Ctrl-C to stop`);
     const offer = await inbox.next(
       (e) => e.kind === "incoming" && !e.video && (from === undefined || e.peerUserId === from.userId),
@@ -188,7 +199,7 @@ async function answer(session: Session, opts: CallOptions, io: CliIo): Promise<v
     const label = names.label(offer.peerUserId);
     client.calls.ringing(offer.callId, offer.peerUserId);
     io.err(`-- ${label} is calling; answering (${source.label}${opts.relayOnly ? ", relays only" : ""})`);
-    media = new CallMedia(await client.calls.iceServers(), opts.relayOnly === true, source);
+    media = new CallMedia(await relays(session, opts), opts.relayOnly === true, source);
     const sdp = await media.answer(text(offer.payload));
     await client.calls.accept(offer.callId, offer.peerUserId, offer.peerDeviceId, bytes(sdp));
     live = offer;

@@ -55,6 +55,23 @@ describe("the CLI's conversation health", () => {
     assert.match(await listed(alice.profile, bob.username), /needs reply/);
   });
 
+  it("`groups` shows needs reply only for a message that mentions you, with who sent it", async () => {
+    const alice = await register("alice");
+    const bob = await register("bob");
+    const [groupId] = await ok("group", "create", "health group", bob.username, "--profile", alice.profile);
+    assert.match(groupId ?? "", /^g_/);
+    const row = async (): Promise<string> => {
+      const lines = await ok("groups", "--profile", alice.profile);
+      const line = lines.find((l) => l.startsWith(groupId ?? ""));
+      assert.ok(line !== undefined, lines.join("\n"));
+      return line;
+    };
+    await ok("send", groupId ?? "", "morning all", "--profile", bob.profile);
+    assert.doesNotMatch(await row(), /needs reply/, "a message for everyone");
+    await ok("send", groupId ?? "", "alice?", "--mention", alice.username, "--profile", bob.profile);
+    assert.match(await row(), new RegExp(`needs reply \\(@${bob.username}, (now|\\d+m)\\)$`));
+  });
+
   it("`chat` opens with the mentions of you and replies to you since it was last open, once", async () => {
     const alice = await register("alice");
     const bob = await register("bob");

@@ -402,6 +402,8 @@ export class ConversationHealth {
   }
 
   private receipt(r: ReceiptEvent): void {
+    // This user's own devices' cursors are not someone receiving or reading their messages.
+    if (r.userId === this.userId) return;
     this.emit({
       name: r.kind === "read" ? "messaging.message_read" : "messaging.message_delivered",
       atMs: Number(r.timeMs),

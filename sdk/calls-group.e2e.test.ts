@@ -114,6 +114,20 @@ describe("group calls with the SDK (end-to-end encrypted signalling, against a s
       [`v=0 ${alice.deviceId} answers carol`, `v=0 ${bob.deviceId} answers carol`].sort(),
     );
 
+    // bob's stream drops and comes back: the SDK asks to join again, and is told it is in (the
+    // host's gateway had not let him out, so nobody hears of a new join).
+    const joinedBefore = b.filter((e) => e.kind === "joined").length;
+    bob.reconnect();
+    await eventually(
+      () => b.filter((e) => e.kind === "joined").length === joinedBefore + 1,
+      () => "bob joined again after reconnecting",
+    );
+    assert.equal(
+      a.filter((e) => e.kind === "participantJoined" && e.peerDeviceId === bob.deviceId).length,
+      1,
+      "still one join of bob's for alice",
+    );
+
     // Leaving: the others hear of it; the last one out ends the call, logged in the group.
     alice.calls.leave(callId);
     await event(b, (e) => e.kind === "participantLeft" && e.peerDeviceId === alice.deviceId, "alice left");

@@ -33,11 +33,25 @@ export interface GroupCallRef {
  */
 export class Calls {
   private readonly groups = new Map<string, GroupCallRef>();
+  /** The group calls this device is in (a subset of groups). */
+  private readonly joined = new Set<string>();
 
   constructor(
     private readonly ctx: ClientContext,
     private readonly stream: StreamLoop,
-  ) {}
+  ) {
+    // After a reconnect the host's gateway may have let this device out (its stream was gone
+    // when it looked): asking again is answered with joined, or with ended if the call is over.
+    ctx.events.on("connected", () => {
+      for (const callId of this.joined) {
+        try {
+          this.join(callId);
+        } catch (err) {
+          ctx.events.reportError(err, Code.Unavailable);
+        }
+      }
+    });
+  }
 
   /**
    * Starts a group call in a group conversation: every other member's devices ring
@@ -79,6 +93,7 @@ export class Calls {
   /** Leaves a group call; the call goes on for the others until the last one leaves. */
   leave(callId: string): void {
     const group = this.group(callId);
+    this.joined.delete(callId);
     this.write({
       callId,
       conversationId: group.conversationId,
@@ -113,6 +128,7 @@ export class Calls {
     for (const k of this.groups.keys()) {
       if (this.groups.size <= KNOWN_GROUP_CALLS) break;
       this.groups.delete(k);
+      this.joined.delete(k);
     }
   }
 
@@ -248,6 +264,9 @@ export class Calls {
         hostDeviceId: ev.hostDeviceId,
       });
     const event = ev.conversationId === "" ? toEvent(ev, payload) : toGroupEvent(ev, payload);
+    if (event?.kind === "joined" && this.groups.has(ev.callId)) this.joined.add(ev.callId);
+    // Over for this device: the call ended, or it was not let in.
+    else if (event?.kind === "ended" || event?.kind === "full") this.joined.delete(ev.callId);
     if (event !== undefined) this.ctx.events.emit("call", event);
   }
 

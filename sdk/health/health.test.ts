@@ -111,6 +111,23 @@ describe("conversation health: the computations", () => {
     assert.equal(r.kind === "changed" && r.start, undefined);
   });
 
+  it("first seen in the middle of the log, the first message of this user is a baseline, not a start", () => {
+    const mid = newConversation("d_m");
+    observe(mid, ME, meta(entry("d_m", 40, PEER, T0)), settings);
+    const r = observe(mid, ME, meta(entry("d_m", 41, ME, T0 + HOUR_MS)), settings);
+    assert.equal(r.kind === "changed" && r.start, undefined);
+    const later = observe(mid, ME, meta(entry("d_m", 42, ME, T0 + 8 * HOUR_MS)), settings);
+    assert.equal(later.kind === "changed" && later.start?.seq, 42n, "after 6 h of known quiet: a start");
+    const alone = newConversation("d_n");
+    const own = observe(alone, ME, meta(entry("d_n", 9, ME, T0)), settings);
+    assert.equal(own.kind === "changed" && own.start, undefined, "its own message first, mid-log");
+    // A member's view begins at their join (a membership entry): what follows is known.
+    const joined = newConversation("g_j");
+    observe(joined, ME, { ...meta(entry("g_j", 17, OTHER, T0)), kind: "membership" }, settings);
+    const first = observe(joined, ME, meta(entry("g_j", 18, ME, T0 + 1)), settings);
+    assert.equal(first.kind === "changed" && first.start?.seq, 18n);
+  });
+
   it("the first message of someone else after a start is its reply, with the time to it; later ones are not", () => {
     const s = newConversation("d_a");
     observe(s, ME, meta(entry("d_a", 1, ME, T0)), settings);

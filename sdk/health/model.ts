@@ -123,6 +123,12 @@ export interface ConversationState {
   kind: "direct" | "group" | undefined;
   /** Highest seq observed: entries at or below it are ignored (the stream after a catch-up). */
   lastSeq: bigint;
+  /**
+   * True when the first entry this device saw was in the middle of the log (a catch-up of the
+   * latest entries, a device linked later): with nothing before it known, the first message of
+   * this user seen is not taken for a start, only as the baseline of quiet.
+   */
+  midLog: boolean;
   /** Time of the last message, either way (0: none seen). */
   lastMessageMs: number;
   lastOutboundSeq: bigint;
@@ -146,6 +152,7 @@ export function newConversation(id: string): ConversationState {
     id,
     kind: undefined,
     lastSeq: 0n,
+    midLog: false,
     lastMessageMs: 0,
     lastOutboundSeq: 0n,
     lastInbound: undefined,
@@ -185,6 +192,9 @@ export function observe(
   settings: HealthSettings,
 ): Observation {
   if (entry.seq <= state.lastSeq) return { kind: "ignored" };
+  // The log's first entry, or this user's own join (a member sees nothing before it), is a
+  // beginning; anything else first seen leaves earlier activity unknown.
+  if (state.lastSeq === 0n && entry.seq > 1n && entry.kind !== "membership") state.midLog = true;
   state.lastSeq = entry.seq;
   const atMs = Number(entry.serverTimeMs);
   const mine = entry.senderUserId === me;
@@ -198,6 +208,7 @@ export function observe(
     state.ownSeqs.push(entry.seq);
     if (state.ownSeqs.length > MAX_OWN_SEQS) state.ownSeqs.splice(0, state.ownSeqs.length - MAX_OWN_SEQS);
     if (quietFor !== undefined && quietFor < settings.startAfterInactiveMs) return { kind: "changed" };
+    if (quietFor === undefined && state.midLog) return { kind: "changed" };
     // A start after a start that never got a reply: that one stays unreplied in the records.
     state.openStart = { seq: entry.seq, atMs };
     return {
@@ -313,6 +324,7 @@ export interface ConversationJson {
   id: string;
   kind?: "direct" | "group";
   lastSeq: string;
+  midLog?: boolean;
   lastMessageMs: number;
   lastOutboundSeq: string;
   lastInbound?: { seq: string; atMs: number; from: string };
@@ -336,6 +348,7 @@ export function toJson(s: ConversationState): ConversationJson {
     id: s.id,
     ...(s.kind !== undefined && { kind: s.kind }),
     lastSeq: s.lastSeq.toString(),
+    ...(s.midLog && { midLog: true }),
     lastMessageMs: s.lastMessageMs,
     lastOutboundSeq: s.lastOutboundSeq.toString(),
     ...(s.lastInbound !== undefined && { lastInbound: mark(s.lastInbound) }),
@@ -361,6 +374,7 @@ export function fromJson(j: ConversationJson): ConversationState {
     id: j.id,
     kind: j.kind,
     lastSeq: BigInt(j.lastSeq),
+    midLog: j.midLog === true,
     lastMessageMs: j.lastMessageMs,
     lastOutboundSeq: BigInt(j.lastOutboundSeq),
     lastInbound: mark(j.lastInbound),

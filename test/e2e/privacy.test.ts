@@ -3,9 +3,10 @@ import { describe, it } from "node:test";
 import { Code } from "@connectrpc/connect";
 import { PrivacyAudience, type PrivacySettings } from "../../gen/switchboard/v1/accounts_pb.js";
 import { ReceiptKind } from "../../gen/switchboard/v1/gateway_pb.js";
-import { outgoingText, type TestDevice } from "../helpers/device.js";
+import { outgoingText, type TestDevice, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
 import { serverFixture } from "../helpers/fixture.js";
+import { WebDevice } from "../helpers/web-client.js";
 
 const { EVERYONE, CONTACTS, NOBODY } = PrivacyAudience;
 
@@ -209,6 +210,53 @@ describe("privacy settings: last seen and read receipts, against a server proces
       [false],
       "peer's going online, while mine was hidden, never reached me",
     );
+  });
+
+  it("the web binding leaks nothing either: Subscribe's presence and receipts, reads sent by unary Ack", async () => {
+    const watcher = new WebDevice(fx.server.url, "grpc-web");
+    await watcher.register(uniqueName("ww"));
+    const [hidden, open] = [await fx.user("wh"), await fx.user("wo")];
+    await connected(hidden);
+    await setPrivacy(hidden, { lastSeen: NOBODY, readReceipts: false });
+    await hidden.disconnect();
+    for (const peer of [hidden, open]) await watcher.conversations.openDirect({ peerUserId: peer.userId });
+    const { conversation } = await watcher.conversations.createGroup({
+      title: "web",
+      memberUserIds: [hidden.userId, open.userId],
+    });
+    const group = conversation!.conversationId;
+    // Fills the gateway's cache of the members' settings, so what follows is decided in order.
+    await watcher.conversations.getConversation({ conversationId: group });
+
+    watcher.subscribe([hidden.userId, open.userId]);
+    await watcher.waitFor("caught_up", (fs) => fs.find((f) => f.frame.case === "caughtUp"));
+    const ofCase = (c: string, userId: string) =>
+      watcher.frames.filter(
+        (f) => f.frame.case === c && (f.frame.value as { userId: string }).userId === userId,
+      );
+    await watcher.waitFor("the open user's presence", () => ofCase("presence", open.userId)[0]);
+    await connected(hidden);
+    await connected(open);
+    await watcher.waitFor("the open user online", () =>
+      ofCase("presence", open.userId).find((f) => f.frame.case === "presence" && f.frame.value.online),
+    );
+
+    const sent = await watcher.gateway.send({ entry: outgoingText(group, "w-1", "web") });
+    await hidden.gateway.ack({ read: [{ conversationId: group, seq: sent.seq }] });
+    await open.gateway.ack({ read: [{ conversationId: group, seq: sent.seq }] });
+    await watcher.waitFor("the open user's read receipt", () =>
+      ofCase("receipt", open.userId).find(
+        (f) => f.frame.case === "receipt" && f.frame.value.kind === ReceiptKind.READ,
+      ),
+    );
+    assert.deepEqual(ofCase("presence", hidden.userId), [], "no presence of the hidden user");
+    assert.deepEqual(
+      ofCase("receipt", hidden.userId).map((f) => f.frame.case === "receipt" && f.frame.value.kind),
+      [ReceiptKind.DELIVERED],
+      "the hidden user's delivered receipt only",
+    );
+    assert.equal(watcher.frames.filter((f) => f.frame.case === "error").length, 0);
+    watcher.unsubscribe();
   });
 
   it("profile: the display name reaches whom the setting admits; to others it is the username, as if never set", async () => {

@@ -218,9 +218,14 @@ for (const backend of [localBackend(), minioBackend()]) {
     });
 
     it("a device that never streams imports with receivePending; a sibling device ignores the transfer", async () => {
-      const { alice, direct } = await userWithHistory("PENDING-5c");
+      const { alice, bob, direct } = await userWithHistory("PENDING-5c");
       const linked = await devices.link(alice, "alice-unary");
       const sibling = await devices.link(alice, "alice-sibling");
+      // A message after the link that the new device has not read when the bundle arrives (the
+      // gateways' 5 s device lists must include it first, as above).
+      await new Promise((resolve) => setTimeout(resolve, 5_500));
+      await bob.sendUnary(direct, "PENDING-5c after link");
+      await alice.getHistory(direct);
       const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
       // The sibling reads the transfer conversation too (it is the user's), and takes nothing.
       let siblingImported = false;
@@ -234,8 +239,18 @@ for (const backend of [localBackend(), minioBackend()]) {
       await within(linked.history.receivePending(), 30_000, "receivePending");
       const event = await within(imported, 1_000, "the import event");
       assert.equal(event.imported, sent.entries);
-      const shown = (await linked.history.entries(direct)).filter((e) => e.kind === "message").map(text);
-      assert.deepEqual(shown, ["PENDING-5c bob one", "PENDING-5c alice two", "PENDING-5c bob three"]);
+      const messages = async () =>
+        (await linked.history.entries(direct)).filter((e) => e.kind === "message").map(text);
+      const old = ["PENDING-5c bob one", "PENDING-5c alice two", "PENDING-5c bob three"];
+      assert.deepEqual(await messages(), [...old, "PENDING-5c after link"]);
+      // Once the device has read that message itself, its own copy is the one: entries() leaves
+      // the imported one out.
+      const own = await linked.getHistory(direct);
+      assert.ok(
+        own.entries.some((e) => text(e) === "PENDING-5c after link"),
+        "the new device reads it itself",
+      );
+      assert.deepEqual(await messages(), old);
     });
 
     it("a tampered bundle is refused, and nothing of it is imported", async () => {

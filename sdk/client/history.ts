@@ -314,11 +314,17 @@ export class History {
     await this.settled();
   }
 
-  /** The entries imported for a conversation, in seq order (empty when none were). */
+  /**
+   * The entries imported for a conversation, in seq order (empty when none were), without those
+   * this device has since decrypted itself: its own copy, from the log, is the one to show.
+   */
   async entries(conversationId: string): Promise<IncomingEntry[]> {
     const self = this.ctx.profile.credentials;
+    const e2ee = this.ctx.e2ee;
     const kept = await this.kept(conversationId);
-    return kept.entries.map((e) => importedToIncoming(e, self.userId, self.deviceId));
+    return kept.entries
+      .filter((e) => e2ee === undefined || !e2ee.hasDecoded(e.entry!))
+      .map((e) => importedToIncoming(e, self.userId, self.deviceId));
   }
 
   private async importBundle(raw: Entry, transfer: HistoryTransfer): Promise<void> {

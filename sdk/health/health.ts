@@ -1,7 +1,6 @@
 import { type Conversation, ConversationKind } from "../../gen/switchboard/v1/conversations_pb.js";
 import type { SwitchboardClient } from "../client.js";
 import type { ProfileStorage } from "../storage/port.js";
-import { JsonDoc, RecordSet } from "../storage/records.js";
 import type { IncomingEntry, ReceiptEvent } from "../types.js";
 import {
   type AppEventFields,
@@ -14,10 +13,8 @@ import {
 import {
   type AwaySummary,
   awaySummary,
-  type ConversationJson,
   type ConversationState,
   DEFAULT_SETTINGS,
-  fromJson,
   type HealthEntry,
   type HealthMetrics,
   type HealthSettings,
@@ -29,19 +26,19 @@ import {
   observe,
   REPLY_WINDOW_MS,
   type StartRecord,
-  toJson,
 } from "./model.js";
+import { HealthStore, type StoreLimits } from "./store.js";
 
-/** Where health keeps its state in the profile's storage. */
-const CONVERSATIONS = "health/conversations/";
-const STARTS = "health/starts.json";
 /** Conversation ids health tracks: id-shaped, so a record stays small. */
 const CONVERSATION_ID = /^[A-Za-z0-9_-]{1,64}$/;
 /** Kind lookups (GetConversation) in flight at once; others wait for the conversation's next entry. */
 const MAX_KIND_LOOKUPS = 4;
 
-/** Options of ConversationHealth.open and attach. Durations in milliseconds. */
-export interface HealthOptions extends Partial<HealthSettings> {
+/**
+ * Options of ConversationHealth.open and attach. Durations in milliseconds. The bounds and the
+ * write batching (maxConversations, maxStateBytes, maxStarts, writeDelayMs) are StoreLimits.
+ */
+export interface HealthOptions extends Partial<HealthSettings>, StoreLimits {
   /**
    * Where health events go. Without a sink no event is even made: health is computed on the
    * device and stays there.
@@ -56,19 +53,8 @@ export interface HealthOptions extends Partial<HealthSettings> {
   now?: () => number;
   /** Keep changes in memory only (a process that does not hold the profile, e.g. a CLI listing). */
   readOnly?: boolean;
-  /** Conversations kept (least recently active dropped first). Default 1,000. */
-  maxConversations?: number;
-  /** Bytes of conversation state kept, as stored. Default 4 MiB. */
-  maxStateBytes?: number;
-  /** Conversation starts kept for metrics. Default 1,000. */
-  maxStarts?: number;
   /** Events waiting for a slow sink before the oldest is dropped. Default 1,000. */
   maxQueuedEvents?: number;
-  /**
-   * Changes are written together this long after the first one (one write per batch, not per
-   * entry: a write is an fsync with the file engine). Default 200.
-   */
-  writeDelayMs?: number;
 }
 
 /** The part of a client health uses (SwitchboardClient has it all). */
@@ -76,11 +62,6 @@ export type HealthClient = Pick<
   SwitchboardClient,
   "userId" | "storage" | "on" | "off" | "getConversation" | "getHistory" | "listConversations" | "localCursor"
 >;
-
-interface StartsFile {
-  v: 1;
-  starts: Array<{ c: string; s: string; t: number; r?: number }>;
-}
 
 /**
  * Conversation health on the device (seed 000, section 11): conversation starts, time to first
@@ -92,24 +73,17 @@ export class ConversationHealth {
   private readonly settings: HealthSettings;
   private readonly now: () => number;
   private readonly pipe: EventPipe;
-  private readonly sizes = new Map<string, number>();
   private readonly lookups = new Set<string>();
-  /** Conversations changed since the last write, and ones dropped by the bounds. */
-  private readonly dirty = new Set<string>();
-  private readonly dropped = new Set<string>();
-  private startsDirty = false;
-  private writeTimer: NodeJS.Timeout | undefined;
-  private writing: Promise<void> = Promise.resolve();
+  private readonly conversations: Map<string, ConversationState>;
   private client: HealthClient | undefined;
   private detachListeners: (() => void) | undefined;
 
   private constructor(
     private readonly userId: string,
     private readonly options: HealthOptions,
-    private readonly records: RecordSet | undefined,
-    private readonly startsDoc: JsonDoc<StartsFile>,
-    private readonly conversations: Map<string, ConversationState>,
+    private readonly store: HealthStore,
   ) {
+    this.conversations = store.conversations;
     this.settings = {
       startAfterInactiveMs: options.startAfterInactiveMs ?? DEFAULT_SETTINGS.startAfterInactiveMs,
       needsReplyMaxAgeMs: options.needsReplyMaxAgeMs ?? DEFAULT_SETTINGS.needsReplyMaxAgeMs,
@@ -119,7 +93,6 @@ export class ConversationHealth {
       throw new RangeError("startAfterInactiveMs must be positive");
     this.now = options.now ?? Date.now;
     this.pipe = new EventPipe(options.sink, options.maxQueuedEvents ?? 1_000);
-    for (const [id, state] of conversations) this.sizes.set(id, JSON.stringify(toJson(state)).length);
   }
 
   /** Opens the health state kept in a profile's storage, for one user. */
@@ -128,25 +101,10 @@ export class ConversationHealth {
     userId: string,
     options: HealthOptions = {},
   ): Promise<ConversationHealth> {
-    const records = await RecordSet.open(storage, CONVERSATIONS);
-    const conversations = new Map<string, ConversationState>();
-    for (const id of records.keys()) {
-      const raw = records.get(id);
-      if (raw === undefined) continue;
-      try {
-        const json = JSON.parse(new TextDecoder().decode(raw)) as ConversationJson;
-        if (json.v === 1 && json.id === id) conversations.set(id, fromJson(json));
-      } catch {
-        // A damaged record is health lost for one conversation, not a reason to fail the client.
-      }
-    }
-    const startsDoc = await JsonDoc.open<StartsFile>(storage, STARTS, () => ({ v: 1, starts: [] }));
     return new ConversationHealth(
       userId,
       options,
-      options.readOnly === true ? undefined : records,
-      startsDoc,
-      conversations,
+      await HealthStore.open(storage, options.readOnly === true, options),
     );
   }
 
@@ -182,7 +140,7 @@ export class ConversationHealth {
    * read-only mode, whose caller catches up itself.
    */
   private async repair(): Promise<void> {
-    if (this.records === undefined) return;
+    if (!this.store.writable) return;
     const client = this.requireClient();
     const list = await client.listConversations();
     for (const c of list.slice(0, this.options.maxConversations ?? 1_000)) {
@@ -220,9 +178,9 @@ export class ConversationHealth {
     if (entry.kind === "message" && entry.fromThisDevice) {
       this.emit({ name: "messaging.message_sent", atMs: at, conversationId: id, seq: entry.seq.toString() });
     }
-    this.touch(state);
+    this.store.touch(state);
     if (result.start !== undefined) {
-      this.addStart(result.start);
+      this.store.addStart(result.start);
       this.emit({
         name: "conversation.conversation_start",
         atMs: at,
@@ -234,7 +192,7 @@ export class ConversationHealth {
     }
     if (result.reply !== undefined) {
       const { start, replySeq, replyMs } = result.reply;
-      this.recordReply(start, replyMs);
+      this.store.recordReply(start, replyMs);
       this.emit({
         name: "conversation.reply_received",
         atMs: at,
@@ -316,7 +274,7 @@ export class ConversationHealth {
     const state = this.conversations.get(conversationId);
     if (state === undefined) return;
     state.dismissedSeq = state.lastSeq;
-    this.touch(state);
+    this.store.touch(state);
     await this.flush();
   }
 
@@ -334,7 +292,7 @@ export class ConversationHealth {
     const state = this.stateOf(conversationId);
     const summary = awaySummary(state);
     markOpened(state, nowMs);
-    this.touch(state);
+    this.store.touch(state);
     await this.flush();
     return summary;
   }
@@ -343,7 +301,7 @@ export class ConversationHealth {
   async left(conversationId: string, nowMs = this.now()): Promise<void> {
     const state = this.stateOf(conversationId);
     markOpened(state, nowMs);
-    this.touch(state);
+    this.store.touch(state);
     await this.flush();
   }
 
@@ -354,12 +312,7 @@ export class ConversationHealth {
 
   /** The conversation starts kept (oldest first). */
   starts(): StartRecord[] {
-    return this.startsDoc.value.starts.map((s) => ({
-      conversationId: s.c,
-      seq: BigInt(s.s),
-      atMs: s.t,
-      ...(s.r !== undefined && { ttfrMs: s.r }),
-    }));
+    return this.store.starts();
   }
 
   /** Tells health whether a conversation is a group (health asks the server itself when attached). */
@@ -368,7 +321,7 @@ export class ConversationHealth {
     const state = this.stateOf(conversationId, kind);
     if (state.kind === kind) return;
     state.kind = kind;
-    this.touch(state);
+    this.store.touch(state);
   }
 
   /**
@@ -388,11 +341,7 @@ export class ConversationHealth {
 
   /** Writes what changed now; resolves once it is durable (a failed write is tried again later). */
   flush(): Promise<void> {
-    if (this.writeTimer !== undefined) clearTimeout(this.writeTimer);
-    this.writeTimer = undefined;
-    const next = this.writing.catch(() => {}).then(() => this.write());
-    this.writing = next;
-    return next;
+    return this.store.flush();
   }
 
   /** Writes what changed and waits for every event queued so far to reach the sink. */
@@ -471,101 +420,6 @@ export class ConversationHealth {
       })
       .finally(() => this.lookups.delete(id));
   }
-
-  /** A conversation changed: it is written with the next batch; the bounds are applied now. */
-  private touch(state: ConversationState): void {
-    this.sizes.set(state.id, JSON.stringify(toJson(state)).length);
-    this.dirty.add(state.id);
-    this.dropped.delete(state.id);
-    for (const id of this.evict(state.id)) {
-      this.dirty.delete(id);
-      this.dropped.add(id);
-    }
-    this.schedule();
-  }
-
-  private schedule(): void {
-    if (this.records === undefined || this.writeTimer !== undefined) return;
-    this.writeTimer = setTimeout(() => {
-      this.writeTimer = undefined;
-      // A failure is reported by the next flush(); the changes stay marked until written.
-      this.flush().catch(() => {});
-    }, this.options.writeDelayMs ?? 200);
-    // Health never keeps a process alive; what a process ending loses, repair() takes back.
-    this.writeTimer.unref?.();
-  }
-
-  private async write(): Promise<void> {
-    const records = this.records;
-    if (records === undefined) return;
-    const encoder = new TextEncoder();
-    const puts: Array<[string, Uint8Array]> = [];
-    for (const id of this.dirty) {
-      const state = this.conversations.get(id);
-      if (state !== undefined) puts.push([id, encoder.encode(JSON.stringify(toJson(state)))]);
-    }
-    const drops = [...this.dropped];
-    const starts = this.startsDirty;
-    this.dirty.clear();
-    this.dropped.clear();
-    this.startsDirty = false;
-    try {
-      await Promise.all([
-        puts.length > 0 ? records.put(puts) : undefined,
-        drops.length > 0 ? records.delete(drops) : undefined,
-        starts ? this.startsDoc.save() : undefined,
-      ]);
-    } catch (err) {
-      for (const [id] of puts) if (!this.dropped.has(id)) this.dirty.add(id);
-      for (const id of drops) if (!this.dirty.has(id)) this.dropped.add(id);
-      if (starts) this.startsDirty = true;
-      this.schedule();
-      throw err;
-    }
-  }
-
-  private evict(keep: string): string[] {
-    const maxCount = this.options.maxConversations ?? 1_000;
-    const maxBytes = this.options.maxStateBytes ?? 4 * 1024 * 1024;
-    let bytes = 0;
-    for (const size of this.sizes.values()) bytes += size;
-    const evicted: string[] = [];
-    while (this.conversations.size > maxCount || (bytes > maxBytes && this.conversations.size > 1)) {
-      let oldest: ConversationState | undefined;
-      for (const s of this.conversations.values()) {
-        if (s.id === keep) continue;
-        if (oldest === undefined || activity(s) < activity(oldest)) oldest = s;
-      }
-      if (oldest === undefined) break;
-      this.conversations.delete(oldest.id);
-      bytes -= this.sizes.get(oldest.id) ?? 0;
-      this.sizes.delete(oldest.id);
-      evicted.push(oldest.id);
-    }
-    return evicted;
-  }
-
-  private addStart(start: StartRecord): void {
-    const doc = this.startsDoc.value;
-    doc.starts.push({ c: start.conversationId, s: start.seq.toString(), t: start.atMs });
-    const max = this.options.maxStarts ?? 1_000;
-    if (doc.starts.length > max) doc.starts.splice(0, doc.starts.length - max);
-    this.startsDirty = true;
-    this.schedule();
-  }
-
-  private recordReply(start: StartRecord, ttfrMs: number): void {
-    const seq = start.seq.toString();
-    const record = this.startsDoc.value.starts.find((s) => s.c === start.conversationId && s.s === seq);
-    if (record === undefined) return;
-    record.r = ttfrMs;
-    this.startsDirty = true;
-    this.schedule();
-  }
-}
-
-function activity(s: ConversationState): number {
-  return Math.max(s.lastMessageMs, s.openedMs);
 }
 
 /** The message a pin entry (Entry body 17, PinBody) pins; undefined for an unpin or any other entry. */

@@ -3,6 +3,19 @@ export { Backoff } from "./backoff.js";
 export type { MessageLinks } from "./client/bodies.js";
 export type { GroupCallRef } from "./client/calls.js";
 export { DISAPPEARING } from "./client/conversations.js";
+// History for a newly linked device (client.history).
+export {
+  HistoryError,
+  type HistorySendOptions,
+  type HistorySent,
+  TRANSFER_TITLE,
+} from "./client/history.js";
+export {
+  DEFAULT_HISTORY_MAX_BYTES,
+  DEFAULT_HISTORY_MAX_ENTRIES,
+  HISTORY_MAX_BYTES,
+  HISTORY_MAX_ENTRIES,
+} from "./client/history-bundle.js";
 export { type BlockedUser, REPORT_BOUNDS, type ReportOptions, Safety } from "./client/safety.js";
 export { identityCodec, newClientMsgId, SwitchboardClient } from "./client.js";
 export { writeFileAtomic } from "./durable-file.js";
@@ -35,6 +48,7 @@ export type {
   NeedsReply,
   StartRecord,
 } from "./health/model.js";
+export type { HistoryFailure, HistoryImportedEvent, HistoryRefusedEvent } from "./history-types.js";
 export {
   AUDIENCES,
   type Audience,

@@ -159,13 +159,14 @@ export class Decryptor {
     return due.length;
   }
 
-  /** Deletes what this device kept of one entry (the server served it as expired). */
+  /**
+   * Deletes what this device kept of a disappearing entry the server served as expired. An entry
+   * the server dropped for its retention (no expiry of its own) stays: the device's history is
+   * its own.
+   */
   async forgetEntry(conversationId: string, seq: bigint): Promise<void> {
     const suffix = `/${conversationId}/${seq}`;
-    const indexed = this.plaintexts.keys().filter((k) => k.startsWith("x/") && k.endsWith(suffix));
-    await this.forgetKeys(indexed);
-    const key = `r${suffix}`;
-    if (this.plaintexts.has(key)) await this.plaintexts.delete([key]);
+    await this.forgetKeys(this.plaintexts.keys().filter((k) => k.startsWith("x/") && k.endsWith(suffix)));
   }
 
   private async forgetKeys(indexKeys: string[]): Promise<void> {

@@ -208,7 +208,14 @@ describe("configuration errors", () => {
       contactPoints: ["db-1", "db-2:9043"],
       localDataCenter: "datacenter1",
       keyspace: "switchboard",
+      // The retention (30 days by default) is the entries' TTL on ScyllaDB.
+      entryTtlSeconds: 2_592_000,
     });
+    // The smaller of the two wins; 0 retention leaves SCYLLA_ENTRY_TTL_SECONDS alone.
+    const both = { ...scylla, SCYLLA_ENTRY_TTL_SECONDS: "86400", SWITCHBOARD_RETENTION_SECONDS: "604800" };
+    assert.equal(loadConfig({}, both).scylla?.entryTtlSeconds, 86_400);
+    const keep = { ...scylla, SWITCHBOARD_RETENTION_SECONDS: "0" };
+    assert.equal(loadConfig({}, keep).scylla?.entryTtlSeconds, undefined);
     assert.equal(loadConfig({}, {}).scylla, undefined);
     const gateway = {
       SWITCHBOARD_STORE: "scylla",

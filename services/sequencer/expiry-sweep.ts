@@ -9,15 +9,17 @@ export interface ExpirySweepOptions {
   batch: number;
   /** Steps one sweep takes at most, so a huge backlog is spread over several sweeps. */
   maxSteps?: number;
+  /** The server-wide maximum age of entries, in milliseconds; 0 or absent keeps them. */
+  retentionMs?: number;
 }
 
 /** Steps one sweep takes unless told otherwise: a million entries at the default batch. */
 const DEFAULT_MAX_STEPS = 1_000;
 
 /**
- * Deletes entries past their expiry (disappearing messages) from the store in the background,
- * in bounded batches. Until it reaches them they are already served as expired (log.ts), so
- * its pace decides when space is freed, never what a device sees.
+ * Deletes entries past their expiry (disappearing messages) and entries older than the retention
+ * from the store in the background, in bounded batches. Until it reaches them they are already
+ * served as expired (log.ts), so its pace decides when space is freed, never what a device sees.
  */
 export class ExpirySweep {
   private timer: NodeJS.Timeout | undefined;
@@ -54,18 +56,33 @@ export class ExpirySweep {
 
   private async steps(): Promise<number> {
     const nowMs = this.now();
+    const expired = await this.run("expired entries", (batch) =>
+      this.store.deleteExpiredEntries(nowMs, batch),
+    );
+    const retentionMs = this.options.retentionMs ?? 0;
+    const old =
+      retentionMs > 0 && this.store.retentionByTtl !== true
+        ? await this.run("entries past the retention", (batch) =>
+            this.store.deleteEntriesOlderThan(nowMs - retentionMs, batch),
+          )
+        : 0;
+    this.deleted += expired + old;
+    return expired + old;
+  }
+
+  /** Takes bounded steps of one kind of deletion until one deletes less than a batch. */
+  private async run(what: string, step: (batch: number) => Promise<number>): Promise<number> {
     let total = 0;
     try {
-      for (let step = 0; step < (this.options.maxSteps ?? DEFAULT_MAX_STEPS); step++) {
-        const n = await this.store.deleteExpiredEntries(nowMs, this.options.batch);
+      for (let i = 0; i < (this.options.maxSteps ?? DEFAULT_MAX_STEPS); i++) {
+        const n = await step(this.options.batch);
         total += n;
         if (n < this.options.batch) break;
       }
     } catch (err) {
-      this.log.warn({ err, deleted: total }, "deleting expired entries failed; the next sweep retries");
+      this.log.warn({ err, deleted: total }, `deleting ${what} failed; the next sweep retries`);
     }
-    this.deleted += total;
-    if (total > 0) this.log.info({ deleted: total }, "deleted expired entries");
+    if (total > 0) this.log.info({ deleted: total }, `deleted ${what}`);
     return total;
   }
 }

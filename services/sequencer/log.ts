@@ -26,6 +26,8 @@ export class ConversationLog {
     private readonly store: ConversationStore,
     /** The clock, in milliseconds since the Unix epoch. */
     private readonly now: () => number,
+    /** The server-wide maximum age of entries, in milliseconds; 0 keeps them for ever. */
+    private readonly retentionMs = 0,
   ) {}
 
   /** Commit time, never earlier than the conversation's previous entry. */
@@ -122,9 +124,11 @@ export class ConversationLog {
     return out;
   }
 
-  /** The entry, or its expired stub once past its expiry. */
+  /** The entry, or its expired stub once past its expiry or older than the retention. */
   private unexpired(entry: Entry): Entry {
-    return isExpired(entry, this.now()) ? expiredStub(entry.conversationId, Number(entry.seq)) : entry;
+    const now = this.now();
+    const tooOld = this.retentionMs > 0 && Number(entry.serverTimeMs) < now - this.retentionMs;
+    return tooOld || isExpired(entry, now) ? expiredStub(entry.conversationId, Number(entry.seq)) : entry;
   }
 
   /** As readCommitted, stopping before the entries' encoded size passes maxBytes (one at least). */

@@ -41,6 +41,11 @@ export interface SequencerOptions {
    * 7 days and 90 days when absent.
    */
   disappearingSeconds?: readonly number[];
+  /**
+   * The server-wide maximum age of entries, in milliseconds (0 or absent: kept for ever): older
+   * ones are served as expired, as the store deletes them (ExpirySweep, or a database TTL).
+   */
+  retentionMs?: number;
 }
 
 /** The user and device an operation acts as. */

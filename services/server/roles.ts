@@ -82,12 +82,14 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
     cacheBytes: config.sequencerCacheBytes,
     maxStatesPerShard: config.sequencerCacheConversations,
     disappearingSeconds: config.retention.disappearingSeconds,
+    retentionMs: config.retention.maxAgeMs,
   });
   closers.add("sequencer", () => seq.close());
   // Entries past their expiry are served as expired at once; this frees their space.
   const sweep = new ExpirySweep(store!.conversations, log, {
     intervalMs: config.retention.expirySweepMs,
     batch: config.retention.expirySweepBatch,
+    retentionMs: config.retention.maxAgeMs,
   });
   sweep.start();
   closers.add("expiry sweep", () => sweep.stop());

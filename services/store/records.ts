@@ -1,3 +1,4 @@
+import { BinaryReader, WireType } from "@bufbuild/protobuf/wire";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { StoreError } from "./errors.js";
 import type { ConversationRecord, MemberRecord, PinRecord } from "./types.js";
@@ -59,4 +60,21 @@ export function seqOf(entry: Entry, conversationId: string): number {
     throw new RangeError(`entry seq ${entry.seq} out of range in ${conversationId}`);
   }
   return Number(entry.seq);
+}
+
+/**
+ * An encoded entry's server_time_ms (field 6) and expires_at_ms (field 22), read off the wire
+ * without decoding the entry: sweeps look at many entries and need no payload.
+ */
+export function entryTimes(bytes: Uint8Array): { serverTimeMs: number; expiresAtMs: number } {
+  const reader = new BinaryReader(bytes);
+  let serverTimeMs = 0;
+  let expiresAtMs = 0;
+  while (reader.pos < reader.len) {
+    const [field, wire] = reader.tag();
+    if (field === 6 && wire === WireType.Varint) serverTimeMs = Number(reader.int64());
+    else if (field === 22 && wire === WireType.Varint) expiresAtMs = Number(reader.int64());
+    else reader.skip(wire, field);
+  }
+  return { serverTimeMs, expiresAtMs };
 }

@@ -181,6 +181,13 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
   checkMesh(config.mesh, config.shardCount, config.tokenKey);
   if (config.tokenTtlSeconds < 30) fail("tokenTtlSeconds must be at least 30");
   const opensStore = config.mesh.roles.includes("accounts") || config.mesh.roles.includes("sequencer");
-  if (config.mesh.store === "scylla" && opensStore) config.scylla = loadScyllaConfig(env);
+  if (config.mesh.store === "scylla" && opensStore) {
+    const scylla = loadScyllaConfig(env);
+    // Retention on ScyllaDB is the entries' TTL: the smaller of the two settings.
+    const retention = config.retention.maxAgeMs / 1000;
+    const own = scylla.entryTtlSeconds ?? 0;
+    const ttl = own === 0 ? retention : retention === 0 ? own : Math.min(own, retention);
+    config.scylla = { ...scylla, ...(ttl > 0 && { entryTtlSeconds: ttl }) };
+  }
   return config;
 }

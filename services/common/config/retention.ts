@@ -17,10 +17,19 @@ export interface RetentionConfig {
   expirySweepMs: number;
   /** Entries one sweep step deletes, at most (one bounded write); a sweep takes steps until done. */
   expirySweepBatch: number;
+  /**
+   * The server-wide maximum age of log entries, in milliseconds (0: kept for ever): older entries
+   * are served as expired and deleted, delivered or not. A device has this long to receive an
+   * entry.
+   */
+  maxAgeMs: number;
 }
 
 /** The default timers: 24 hours, 7 days, 90 days. */
 export const DEFAULT_DISAPPEARING_SECONDS: readonly number[] = [86_400, 604_800, 7_776_000];
+
+/** The longest retention accepted, in seconds: ScyllaDB's largest TTL (20 years). */
+const MAX_RETENTION_SECONDS = 630_720_000;
 
 /** The longest timer accepted, in seconds (a year): entries are written with it as a TTL. */
 const MAX_DISAPPEARING_SECONDS = 365 * 86_400;
@@ -30,6 +39,8 @@ export const retentionVariables = z.object({
   SWITCHBOARD_DISAPPEARING_TIMERS: listOf(),
   SWITCHBOARD_EXPIRY_SWEEP_MS: intVariable("SWITCHBOARD_EXPIRY_SWEEP_MS", 60_000, true),
   SWITCHBOARD_EXPIRY_SWEEP_BATCH: intVariable("SWITCHBOARD_EXPIRY_SWEEP_BATCH", 1_000, true),
+  // 30 days: how long an undelivered message waits for its devices, as the design brief says.
+  SWITCHBOARD_RETENTION_SECONDS: intVariable("SWITCHBOARD_RETENTION_SECONDS", 2_592_000, true),
 });
 
 /** The retention settings from the environment, each checked. */
@@ -47,7 +58,13 @@ export function loadRetention(env: Env): RetentionConfig {
   if (vars.SWITCHBOARD_EXPIRY_SWEEP_MS < 1_000) fail("SWITCHBOARD_EXPIRY_SWEEP_MS must be at least 1000");
   if (vars.SWITCHBOARD_EXPIRY_SWEEP_BATCH < 1 || vars.SWITCHBOARD_EXPIRY_SWEEP_BATCH > 10_000)
     fail("SWITCHBOARD_EXPIRY_SWEEP_BATCH must be between 1 and 10000");
+  const retention = vars.SWITCHBOARD_RETENTION_SECONDS;
+  if (retention > MAX_RETENTION_SECONDS)
+    fail(
+      `SWITCHBOARD_RETENTION_SECONDS must be at most ${MAX_RETENTION_SECONDS} (20 years), or 0 to keep entries`,
+    );
   return {
+    maxAgeMs: retention * 1000,
     disappearingSeconds: [...new Set(seconds)].sort((a, b) => a - b),
     expirySweepMs: vars.SWITCHBOARD_EXPIRY_SWEEP_MS,
     expirySweepBatch: vars.SWITCHBOARD_EXPIRY_SWEEP_BATCH,

@@ -64,6 +64,39 @@ export function runExpiryConformance(open: () => Promise<StoreEngine>): void {
       assert.deepEqual(seqs(await store.readEntries(id, 0, 10)), [2]);
     });
 
+    test("deleteEntriesOlderThan deletes the entries committed before a time, in bounded calls", async (store) => {
+      const ids = [0, 1].map(() => `g_ret${randomUUID().replaceAll("-", "")}`);
+      const now = Date.now();
+      const day = 86_400_000;
+      for (const id of ids) {
+        // Commit times ascend with the seqs, as a sequencer writes them.
+        const entries = [40, 35, 31, 29, 1].map((daysAgo, i) => ({
+          ...message(id, i + 1, 0),
+          serverTimeMs: BigInt(now - daysAgo * day),
+        }));
+        // The third also expires (a disappearing message): its expiry index goes with it.
+        entries[2]!.expiresAtMs = BigInt(now + day);
+        await store.commit([{ conversationId: id, append: entries.map((e) => create(EntrySchema, e)) }]);
+      }
+      if (store.retentionByTtl === true) {
+        // The database's TTL is the retention: nothing to delete by time here.
+        assert.equal(await store.deleteEntriesOlderThan(now - 30 * day, 10), 0);
+        return;
+      }
+      let deleted = 0;
+      // Two at a time: calls resume where the last one stopped, even inside a conversation.
+      for (let calls = 0; deleted < 6 && calls < 100; calls++) {
+        deleted += await store.deleteEntriesOlderThan(now - 30 * day, 2);
+      }
+      assert.equal(deleted, 6);
+      for (const id of ids) {
+        assert.deepEqual(seqs(await store.readEntries(id, 0, 10)), [4, 5]);
+        assert.equal(await store.getLastSeq(id), 5, "the seqs keep their place");
+      }
+      // The expiring entry's index went with it: the expiry sweep finds nothing to delete.
+      assert.equal(await store.deleteExpiredEntries(now + 2 * day, 100), 0);
+    });
+
     test("a conversation's disappearing timer is stored with its metadata", async (store) => {
       const id = `g_exp${randomUUID().replaceAll("-", "")}`;
       const plain: ConversationRecord = { id, kind: "group", title: "t", createdAtMs: 1, membersVersion: 1 };

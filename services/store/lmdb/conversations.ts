@@ -2,7 +2,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import type { Database, Key } from "lmdb";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { StoreError } from "../errors.js";
-import { conflict, conversationRecord, memberRecord, seqOf } from "../records.js";
+import { conflict, conversationRecord, entryTimes, memberRecord, seqOf } from "../records.js";
 import type {
   ConversationRecord,
   ConversationStore,
@@ -51,6 +51,10 @@ const HIGH = Buffer.from([0xff]);
 // Expiry deletes in slices so that a large backlog neither builds one huge transaction nor holds
 // the event loop for long.
 const EXPIRE_SLICE = 2_000;
+
+// Conversations one retention call walks at most, so a store of many conversations with nothing
+// old is walked in bounded steps too.
+const RETENTION_CONVERSATIONS_PER_CALL = 10_000;
 
 interface EncodedEntry {
   seq: number;
@@ -146,7 +150,8 @@ export class LmdbConversationStore implements ConversationStore {
     const atMs = Date.now();
     for (const { write, append, replace } of prepared) {
       const id = write.conversationId;
-      if (write.conversation !== undefined) dbs.conversations.put(id, withStoredPins(dbs, write.conversation));
+      if (write.conversation !== undefined)
+        dbs.conversations.put(id, withStoredPins(dbs, write.conversation));
       for (const e of append) {
         dbs.entries.put([id, e.seq], e.bytes);
         if (e.expiresAtMs > 0) dbs.entriesByExpiry.put([e.expiresAtMs, id, e.seq], true);
@@ -265,6 +270,52 @@ export class LmdbConversationStore implements ConversationStore {
   async listDeviceFloors(deviceId: string): Promise<Map<string, number>> {
     const range = this.dbs.deviceFloors.getRange({ start: [deviceId], end: [deviceId, HIGH] });
     return new Map([...range].map(({ key, value }) => [(key as [string, string])[1], value]));
+  }
+
+  /** Where the retention sweep resumes: the conversation it stopped in (undefined: the first). */
+  private retentionCursor: string | undefined;
+
+  async deleteEntriesOlderThan(olderThanMs: number, limit: number): Promise<number> {
+    if (!(limit >= 1) || !Number.isFinite(olderThanMs)) return 0;
+    const { dbs } = this;
+    const max = Math.min(Math.floor(limit), EXPIRE_SLICE);
+    return this.writeUnit(() => {
+      let deleted = 0;
+      const from = this.retentionCursor;
+      this.retentionCursor = undefined;
+      // Keys are collected before anything is removed: nothing is deleted under a live iterator.
+      const ids = [
+        ...dbs.heads.getKeys({
+          ...(from !== undefined && { start: from }),
+          limit: RETENTION_CONVERSATIONS_PER_CALL + 1,
+        }),
+      ] as string[];
+      for (const [i, id] of ids.entries()) {
+        // Bounded work even where nothing is old: the next call resumes here.
+        if (i === RETENTION_CONVERSATIONS_PER_CALL) {
+          this.retentionCursor = id;
+          break;
+        }
+        // Entries are in commit order, so the old ones are a prefix of what is left of the log.
+        const old: Array<{ key: [string, number]; expiresAtMs: number }> = [];
+        for (const { key, value } of dbs.entries.getRange({ start: [id, 0], end: [id, HIGH] })) {
+          const times = entryTimes(value);
+          if (times.serverTimeMs >= olderThanMs || deleted + old.length >= max) break;
+          old.push({ key: key as [string, number], expiresAtMs: times.expiresAtMs });
+        }
+        for (const { key, expiresAtMs } of old) {
+          dbs.entries.remove(key);
+          if (expiresAtMs > 0) dbs.entriesByExpiry.remove([expiresAtMs, id, key[1]]);
+        }
+        deleted += old.length;
+        if (deleted >= max) {
+          // This conversation may have more: the next call starts with it.
+          this.retentionCursor = id;
+          break;
+        }
+      }
+      return deleted;
+    });
   }
 
   async deleteExpiredEntries(nowMs: number, limit: number): Promise<number> {

@@ -211,6 +211,19 @@ export interface ConversationStore {
    */
   deleteExpiredEntries(nowMs: number, limit: number): Promise<number>;
   /**
+   * True when entries are written with a database TTL of the server's retention (ScyllaDB): the
+   * database deletes old entries itself and deleteEntriesOlderThan has nothing to do.
+   */
+  readonly retentionByTtl?: boolean;
+  /**
+   * Deletes log entries committed before olderThanMs (server-wide retention), oldest first, at most
+   * limit of them per call, and returns how many. Work per call is bounded: it walks some
+   * conversations and resumes after the last one on the next call, so a call that returns less
+   * than limit may not have walked them all yet. Seqs keep their place, as with
+   * deleteExpiredEntries. With retentionByTtl it deletes nothing and returns 0.
+   */
+  deleteEntriesOlderThan(olderThanMs: number, limit: number): Promise<number>;
+  /**
    * Deletes idempotency records written before olderThanMs (milliseconds since the Unix epoch);
    * returns how many were removed.
    */

@@ -130,6 +130,13 @@ export class ScyllaConversationStore implements ConversationStore {
     return 0;
   }
 
+  /** Retention is the entries' TTL here (entryTtlSeconds, which the configuration sets from it). */
+  readonly retentionByTtl = true;
+
+  async deleteEntriesOlderThan(_olderThanMs: number, _limit: number): Promise<number> {
+    return 0;
+  }
+
   expireIdempotency(olderThanMs: number): Promise<number> {
     return this.expiry.expireIdempotency(olderThanMs);
   }

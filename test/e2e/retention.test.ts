@@ -1,0 +1,115 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { Client } from "cassandra-driver";
+import { clientOptions } from "../../services/store/scylla/schema.js";
+import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
+import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../helpers/scylla.js";
+import { loggedLine, removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+
+/** The server-wide retention of this suite's servers, in seconds: short enough to wait out. */
+const RETENTION = 3;
+
+/**
+ * Server-wide retention against a server process, on each store engine: entries older than
+ * SWITCHBOARD_RETENTION_SECONDS, delivered or not, are served as expired (never a gap, so a device
+ * that comes back later is told what it missed is gone) and deleted from the store.
+ */
+for (const engine of ["lmdb", "scylla"] as const) {
+  describe(`retention (${engine})`, { skip: engine === "scylla" && SCYLLA_SKIP }, () => {
+    let server: ServerProcess | undefined;
+    let keyspace: ScratchKeyspace | undefined;
+    const devices: TestDevice[] = [];
+
+    before(async () => {
+      const env: Record<string, string> = {
+        SWITCHBOARD_RETENTION_SECONDS: String(RETENTION),
+        SWITCHBOARD_EXPIRY_SWEEP_MS: "1000",
+      };
+      if (engine === "scylla") {
+        keyspace = await scratchKeyspace("retention");
+        Object.assign(env, {
+          SWITCHBOARD_STORE: "scylla",
+          SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
+          SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
+          SCYLLA_KEYSPACE: keyspace.options.keyspace,
+          SCYLLA_REPLICATION_FACTOR: "1",
+        });
+      }
+      server = await startServerProcess({ env });
+    });
+
+    after(async () => {
+      await Promise.all(devices.map((d) => d.close()));
+      const code = await server?.stop();
+      if (server !== undefined) await removeDir(server.dataDir);
+      await keyspace?.drop();
+      assert.equal(code, 0, `server exited with ${code}:\n${server?.logs.slice(-20).join("\n")}`);
+    });
+
+    const user = async (prefix: string) => {
+      const d = await TestDevice.register(server!.url, uniqueName(prefix));
+      devices.push(d);
+      return d;
+    };
+
+    it("a device away for longer than the retention is told, entry by entry, that what it missed is gone", async () => {
+      const [a, b] = [await user("ra"), await user("rb")];
+      const { conversation } = await a.conversations.openDirect({ peerUserId: b.userId });
+      const id = conversation!.conversationId;
+      const old = await a.gateway.send({ entry: outgoingText(id, "o1", "never delivered") });
+      // b never connected: the message waited for it for the whole retention, and no longer.
+      const deadline = Date.now() + 20_000;
+      while (Date.now() <= Number(old.serverTimeMs) + RETENTION * 1000 + 50) {
+        assert.ok(Date.now() < deadline);
+        await new Promise((resolve) => setTimeout(resolve, 100));
+      }
+      const fresh = await a.gateway.send({ entry: outgoingText(id, "n1", "just sent") });
+      b.connect();
+      await b.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+      const backlog = b.frames.flatMap((f) => (f.frame.case === "message" ? f.frame.value.entries : []));
+      assert.deepEqual(
+        backlog.map((e) => [Number(e.seq), e.expired]),
+        [
+          [1, true],
+          [Number(old.seq), true],
+          [Number(fresh.seq), false],
+        ],
+        "the old entries come as expired, in their places, and the new one whole",
+      );
+      assert.equal(backlog.find((e) => e.seq === old.seq)?.body.case, undefined);
+      assert.equal(backlog.find((e) => e.seq === fresh.seq)?.body.case, "message");
+
+      // The store frees them: LMDB's sweep deletes them, ScyllaDB's TTL (the retention) removed them.
+      if (engine === "lmdb") {
+        await loggedLine(
+          server!,
+          (l) => l.includes("deleted entries past the retention"),
+          "the sweep",
+          15_000,
+        );
+      } else {
+        const cql = new Client(clientOptions(keyspace!.options, true));
+        try {
+          const rows = await cql.execute(
+            "SELECT seq FROM log_entries WHERE conversation_id = ? AND bucket = 0",
+            [id],
+            { prepare: true },
+          );
+          const stored = rows.rows.map((r) => Number(r.get("seq")));
+          assert.ok(!stored.includes(Number(old.seq)), `seq ${old.seq} still stored: ${stored}`);
+        } finally {
+          await cql.shutdown();
+        }
+      }
+      // Read again later, the old seqs are still there as expired: never a gap to ask for.
+      const history = await a.conversations.getHistory({ conversationId: id, limit: 2 });
+      assert.deepEqual(
+        history.entries.map((e) => [Number(e.seq), e.expired]),
+        [
+          [1, true],
+          [Number(old.seq), true],
+        ],
+      );
+    });
+  });
+}

@@ -80,6 +80,9 @@ export function appEvent(name: string, fields: AppEventFields, atMs: number): He
     event.conversationId = fields.conversationId;
   }
   if (fields.seq !== undefined) {
+    if (typeof fields.seq !== "bigint" && !Number.isSafeInteger(fields.seq)) {
+      throw new TypeError("seq must be an integer");
+    }
     const seq = BigInt(fields.seq);
     if (seq < 0n) throw new TypeError("seq must not be negative");
     event.seq = seq.toString();

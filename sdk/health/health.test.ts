@@ -322,6 +322,8 @@ describe("ConversationHealth on a storage", () => {
     assert.throws(() => health.track(secret), TypeError);
     assert.throws(() => health.track("messaging.message_sent"), TypeError, "the SDK's names are its own");
     assert.throws(() => health.track("ui.x", { text: secret } as never), TypeError);
+    assert.throws(() => health.track("ui.x", { seq: 1.5 }), TypeError);
+    assert.throws(() => health.track("ui.x", { count: -1 }), TypeError);
     await health.flushed();
     assert.deepEqual(
       events.map((e) => e.name),

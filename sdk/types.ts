@@ -289,7 +289,12 @@ export interface ClientEvents {
   /** The stream is down. */
   disconnected: DisconnectedEvent;
   /** Everything pending when the stream opened has been handed to the app. */
-  caughtUp: { entries: bigint };
+  /**
+   * The backlog was delivered: entries in it, and how many of them came as kind "expired" (gone
+   * from the server while this device was away: they disappeared, or outlived the server's
+   * retention).
+   */
+  caughtUp: { entries: bigint; expiredEntries: bigint };
   /** A send was committed (one tick); also fires for sends resumed from the outbox. */
   sent: SendResult;
   /** A send was refused for good. */

@@ -67,11 +67,11 @@ export class Receiver {
         this.syncPage(s, frame.value);
         return;
       case "caughtUp": {
-        const entries = frame.value.entries;
+        const { entries, expiredEntries } = frame.value;
         // After the app has seen the backlog, so "caughtUp" means what it says.
         this.parts.delivery.after(() => {
           this.parts.reorder().resume();
-          this.ctx.events.emit("caughtUp", { entries });
+          this.ctx.events.emit("caughtUp", { entries, expiredEntries });
         });
         return;
       }

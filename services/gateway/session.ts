@@ -237,7 +237,7 @@ export class Session implements StreamContext {
       this.answer(
         frame({
           case: "caughtUp",
-          value: { entries: BigInt(entries) },
+          value: { entries: BigInt(entries), expiredEntries: BigInt(this.backlog.expiredPushed) },
         }),
       );
     } catch (err) {

@@ -65,7 +65,10 @@ for (const engine of ["lmdb", "scylla"] as const) {
       }
       const fresh = await a.gateway.send({ entry: outgoingText(id, "n1", "just sent") });
       b.connect();
-      await b.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+      const caughtUp = await b.waitFor((f) => f.find((x) => x.frame.case === "caughtUp")?.frame, "caught up");
+      // And in sum: two of the three backlog entries were gone.
+      assert.equal(caughtUp.case === "caughtUp" && caughtUp.value.expiredEntries, 2n);
+      assert.equal(caughtUp.case === "caughtUp" && caughtUp.value.entries, 3n);
       const backlog = b.frames.flatMap((f) => (f.frame.case === "message" ? f.frame.value.entries : []));
       assert.deepEqual(
         backlog.map((e) => [Number(e.seq), e.expired]),

@@ -56,6 +56,9 @@ export class Backlog {
   /** The stream's omit_own_sends option and the sends it covers (Sends remembers them). */
   readonly ownSends = new OwnSends();
 
+  /** Entries pushed from the log as expired (gone from the server), for caught_up. */
+  expiredPushed = 0;
+
   constructor(private readonly stream: StreamContext) {}
 
   /**
@@ -332,6 +335,7 @@ export class Backlog {
       if (!queued || this.stream.isClosed) return { pushed, done: true };
       p.pushed = chunk[chunk.length - 1]!.seq;
       pushed += chunk.length;
+      for (const e of chunk) if (e.expired) this.expiredPushed++;
       if (chunk.some((e) => removesUser(e, this.stream.userId))) {
         this.progress.delete(conversationId);
         return { pushed, done: true };

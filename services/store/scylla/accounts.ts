@@ -7,7 +7,6 @@ import type {
   InviteRecord,
   InviteTake,
   LinkCodeRecord,
-  PrivacyAudience,
   PrivacyRecord,
   PushRegistration,
   ReportRecord,
@@ -17,6 +16,7 @@ import { ScyllaInvites } from "./invites.js";
 import { deleteUser, setSuspended, suspendedAt } from "./operator.js";
 import { outageOf } from "./outage.js";
 import { unknownOutcome } from "./outcome.js";
+import { ScyllaPrivacy } from "./privacy.js";
 import { ScyllaSafetyStore } from "./safety.js";
 import { type Cql, num, type Row, sleep } from "./schema.js";
 
@@ -76,25 +76,6 @@ function deviceOf(row: Row, userId: string): DeviceRecord {
   };
 }
 
-/** The rows of user_privacy: a PrivacyRecord field, its row name and whether it is an on/off switch. */
-const PRIVACY_NAMES: readonly (readonly [keyof PrivacyRecord, string, "audience" | "switch"])[] = [
-  ["groupAdd", "group_add", "audience"],
-  ["directOpen", "direct_open", "audience"],
-  ["lastSeen", "last_seen", "audience"],
-  ["readReceipts", "read_receipts", "switch"],
-  ["profile", "profile", "audience"],
-];
-
-const AUDIENCES: ReadonlySet<string> = new Set<PrivacyAudience>(["everyone", "contacts", "nobody"]);
-
-/** A switch's row value ("on" or "off"), so the value column stays text for every setting. */
-function switchText(value: boolean): string {
-  return value ? "on" : "off";
-}
-
-/** Users whose settings getPrivacy reads at once (one single-partition read each). */
-const PRIVACY_READ_CONCURRENCY = 32;
-
 interface DevicePointer {
   userId: string;
   createdAtMs: number;
@@ -110,10 +91,12 @@ export class ScyllaAccountStore implements AccountStore {
   /** Blocks and reports, in a file of their own. */
   private readonly safety: ScyllaSafetyStore;
   private readonly invites: ScyllaInvites;
+  private readonly privacy: ScyllaPrivacy;
 
   constructor(private readonly cql: Cql) {
     this.safety = new ScyllaSafetyStore(cql);
     this.invites = new ScyllaInvites(cql);
+    this.privacy = new ScyllaPrivacy(cql);
   }
 
   block(userId: string, blockedUserId: string, atMs: number, maxBlocks: number): Promise<boolean> {
@@ -371,34 +354,13 @@ export class ScyllaAccountStore implements AccountStore {
     return { codeHash, userId: row.get("user_id") as string, expiresAtMs: num(row.get("expires_at_ms")) };
   }
 
-  async getPrivacy(userIds: readonly string[]): Promise<Map<string, PrivacyRecord>> {
-    const out = new Map<string, PrivacyRecord>();
-    const unique = [...new Set(userIds)];
-    for (let i = 0; i < unique.length; i += PRIVACY_READ_CONCURRENCY) {
-      const chunk = unique.slice(i, i + PRIVACY_READ_CONCURRENCY);
-      const records = await Promise.all(chunk.map((id) => this.readPrivacy(id)));
-      for (const [j, id] of chunk.entries()) out.set(id, records[j]!);
-    }
-    return out;
+  getPrivacy(userIds: readonly string[]): Promise<Map<string, PrivacyRecord>> {
+    return this.privacy.getPrivacy(userIds);
   }
 
   async setPrivacy(userId: string, changes: PrivacyRecord): Promise<PrivacyRecord> {
     if ((await this.getUser(userId)) === undefined) throw new StoreError("not_found", `no user ${userId}`);
-    const now = Date.now();
-    const writes = PRIVACY_NAMES.flatMap(([field, name]) => {
-      const value = changes[field];
-      return value === undefined
-        ? []
-        : [
-            {
-              query: "INSERT INTO user_privacy (user_id, name, value, updated_at_ms) VALUES (?, ?, ?, ?)",
-              params: [userId, name, typeof value === "boolean" ? switchText(value) : value, now],
-            },
-          ];
-    });
-    // One partition, so the batch is atomic without the batch log.
-    if (writes.length > 0) await this.cql.batch(writes);
-    return this.readPrivacy(userId);
+    return this.privacy.setPrivacy(userId, changes);
   }
 
   putInvite(invite: InviteRecord): Promise<void> {
@@ -423,24 +385,6 @@ export class ScyllaAccountStore implements AccountStore {
 
   returnInviteUse(id: string): Promise<void> {
     return this.invites.returnInviteUse(id);
-  }
-
-  // Rows of settings this build does not know (written by a newer one) are left out.
-  private async readPrivacy(userId: string): Promise<PrivacyRecord> {
-    const record: PrivacyRecord = {};
-    const result = await this.cql.run("SELECT name, value FROM user_privacy WHERE user_id = ?", [userId]);
-    for (const row of result.rows ?? []) {
-      const known = PRIVACY_NAMES.find(([, name]) => name === row.get("name"));
-      const value = row.get("value") as string | null;
-      if (known === undefined || value === null) continue;
-      const [field, , kind] = known;
-      if (kind === "switch" && field === "readReceipts") {
-        if (value === "on" || value === "off") record[field] = value === "on";
-      } else if (kind === "audience" && field !== "readReceipts" && AUDIENCES.has(value)) {
-        record[field] = value as PrivacyAudience;
-      }
-    }
-    return record;
   }
 
   /**

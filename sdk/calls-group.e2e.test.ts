@@ -138,8 +138,9 @@ describe("group calls with the SDK (end-to-end encrypted signalling, against a s
       await eventually(
         async () => {
           const history = await d.getHistory(group.conversationId);
-          const entry = history.entries.find((e) => e.kind === "call" && e.call?.callId === callId);
-          return entry?.call?.group === true && entry.call.participants.length === 3;
+          return history.entries.some(
+            (e) => e.call?.callId === callId && e.call.group && e.call.participants.length === 3,
+          );
         },
         () => `the group call's entry on ${d.deviceId}`,
       );

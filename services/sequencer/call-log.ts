@@ -19,6 +19,8 @@ export function checkCallLog(item: AppendItem, outgoing: OutgoingEntry): CallLog
   if (log.callerUserId !== item.senderUserId)
     throw new InvalidInputError("call_log: the caller is the sender");
   if (log.group) checkGroup(log, outgoing);
+  else if (log.outcome === CallOutcome.ONGOING)
+    throw new InvalidInputError("call_log: ONGOING is for group calls");
   else {
     if (log.calleeUserId === "" || log.calleeUserId === log.callerUserId)
       throw new InvalidInputError("call_log: a callee other than the caller is required");

@@ -81,7 +81,15 @@ describe("group calls: the SFU from configuration, and call pushes to offline me
 
     await online(bob);
     const entry = await bob.waitFor(
-      () => bob.entries(conversationId).find((e) => e.body.case === "call" && e.body.value.callId === callId),
+      () =>
+        bob
+          .entries(conversationId)
+          .find(
+            (e) =>
+              e.body.case === "call" &&
+              e.body.value.callId === callId &&
+              e.body.value.outcome !== CallOutcome.ONGOING,
+          ),
       "the group call's entry",
     );
     assert.ok(entry.body.case === "call");

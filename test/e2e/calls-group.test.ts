@@ -51,7 +51,12 @@ function waitCallError(d: TestDevice, seen = 0) {
 function callEntry(d: TestDevice, callId: string): Promise<CallLogBody> {
   return d.waitFor(() => {
     for (const e of d.entries())
-      if (e.body.case === "call" && e.body.value.callId === callId) return e.body.value;
+      if (
+        e.body.case === "call" &&
+        e.body.value.callId === callId &&
+        e.body.value.outcome !== CallOutcome.ONGOING
+      )
+        return e.body.value;
     return undefined;
   }, `the call entry of ${callId} on ${d.deviceId}`);
 }
@@ -194,8 +199,11 @@ describe("group calls", () => {
     // dave was offline throughout: the entry waits in the group's log.
     const { entries } = await dave.conversations.getHistory({ conversationId });
     const logged = entries.filter((e) => e.body.case === "call");
-    assert.equal(logged.length, 1, "one entry per call, and no signalling stored");
-    assert.deepEqual(logged[0]!.body.value, call);
+    assert.equal(logged.length, 2, "two entries per call (started, ended), and no signalling stored");
+    assert.ok(logged[0]!.body.case === "call");
+    assert.equal(logged[0]!.body.value.outcome, CallOutcome.ONGOING, "the call started");
+    assert.equal(logged[0]!.senderDeviceId, alice.deviceId, "sent as the host device");
+    assert.deepEqual(logged[1]!.body.value, call);
 
     // The call is over: a late join is told so by the host's gateway.
     await online(dave);
@@ -335,7 +343,12 @@ describe("group calls", () => {
     const call = await host.waitFor(
       () => {
         for (const e of host.entries())
-          if (e.body.case === "call" && e.body.value.callId === callId) return e.body.value;
+          if (
+            e.body.case === "call" &&
+            e.body.value.callId === callId &&
+            e.body.value.outcome !== CallOutcome.ONGOING
+          )
+            return e.body.value;
         return undefined;
       },
       "the entry of the call everyone dropped off",
@@ -343,6 +356,54 @@ describe("group calls", () => {
     );
     assert.equal(call.peakParticipants, 3);
     assert.ok(call.participants.every((p) => p.leftAtMs > 0n));
+  });
+
+  it("a member offline when the call started finds it going in the log, with its host, and joins", async () => {
+    const host = await fx.user("onghost");
+    const bob = await fx.user("ongbob");
+    const dave = await fx.user("ongdave");
+    const { conversation } = await host.conversations.createGroup({
+      title: "g",
+      memberUserIds: [bob.userId, dave.userId],
+    });
+    const conversationId = conversation!.conversationId;
+    for (const d of [host, bob]) await online(d);
+    const callId = "ongoing";
+    host.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.VIDEO }));
+    await waitCall(bob, callId, CallSignal.OFFER);
+    toHost(bob, host, callId, conversationId, CallSignal.JOIN);
+    await waitCall(bob, callId, CallSignal.JOINED);
+
+    // dave comes online (woken by the call push, or just later): the log says the call is going.
+    await online(dave);
+    const started = await dave.waitFor(
+      () =>
+        dave
+          .entries(conversationId)
+          .find((e) => e.body.case === "call" && e.body.value.outcome === CallOutcome.ONGOING),
+      "the entry of the call going",
+    );
+    assert.ok(started.body.case === "call");
+    assert.equal(started.body.value.callId, callId);
+    assert.equal(started.body.value.group, true);
+    assert.equal(started.body.value.media, CallMedia.VIDEO);
+    assert.equal(started.body.value.endedAtMs, 0n);
+    assert.equal(started.senderDeviceId, host.deviceId, "the host, to join by");
+    dave.write(
+      callFrame({
+        callId,
+        conversationId,
+        peerUserId: started.senderUserId,
+        hostDeviceId: started.senderDeviceId,
+        signal: CallSignal.JOIN,
+      }),
+    );
+    const joined = await waitCall(dave, callId, CallSignal.JOINED);
+    assert.deepEqual(joined.participants.map((p) => p.deviceId).sort(), [host.deviceId, bob.deviceId].sort());
+    await waitCall(bob, callId, CallSignal.JOIN, dave);
+    for (const d of [dave, bob, host]) toHost(d, host, callId, conversationId, CallSignal.LEAVE);
+    const ended = await callEntry(dave, callId);
+    assert.equal(ended.peakParticipants, 3);
   });
 
   it("counts joins as offers, so a device cannot make the host's gateway announce joins without end", async () => {

@@ -164,7 +164,10 @@ describe("calls across gateways in the mesh", { skip }, () => {
     for (const d of [far1, near, host]) toHost(d, CallSignal.LEAVE);
     for (const d of [host, near, far1, far2]) {
       const entry = await d.waitFor(
-        () => d.entries(conversationId).find((e) => e.body.case === "call"),
+        () =>
+          d
+            .entries(conversationId)
+            .find((e) => e.body.case === "call" && e.body.value.outcome !== CallOutcome.ONGOING),
         `the group call entry on ${d.deviceId}`,
         20_000,
       );

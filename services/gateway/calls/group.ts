@@ -161,6 +161,9 @@ export class GroupCallRelay {
         hostDeviceId: stream.deviceId,
         media: f.media,
       });
+      // The entry that says the call is going: members offline now (woken by the push, or not)
+      // and members added later find it in the log, with the host as its sender, and can join.
+      void appendGroupCallLog(this.deps.sequencer, this.deps.log, call, undefined);
       await this.ring(call);
       return;
     }

@@ -56,29 +56,35 @@ export async function appendCallLog(
 
 /**
  * Appends a group call's entry (in the group, as the host device): who joined and left, when,
- * the most at once; ANSWERED if a device other than the host's joined, MISSED otherwise.
+ * the most at once; ANSWERED if a device other than the host's joined, MISSED otherwise. Without
+ * endedAt, the entry that says the call started (ONGOING), so members who were not rung see it.
  */
 export async function appendGroupCallLog(
   sequencer: Client<typeof SequencerService>,
   log: Logger,
   call: GroupCall,
-  endedAt: number,
+  endedAt: number | undefined,
 ): Promise<void> {
-  const answered = call.answeredAt > 0;
+  const answered = call.answeredAt > 0 && endedAt !== undefined;
+  const outcome =
+    endedAt === undefined ? CallOutcome.ONGOING : answered ? CallOutcome.ANSWERED : CallOutcome.MISSED;
   const item = create(AppendItemSchema, {
     senderUserId: call.hostUserId,
     senderDeviceId: call.hostDeviceId,
-    entry: { clientMsgId: clientMsgId(call.callId), conversationId: call.conversationId },
+    entry: {
+      clientMsgId: clientMsgId(endedAt === undefined ? `started\n${call.callId}` : call.callId),
+      conversationId: call.conversationId,
+    },
     callLog: {
       callId: call.callId,
       callerUserId: call.hostUserId,
       media: call.media,
-      outcome: answered ? CallOutcome.ANSWERED : CallOutcome.MISSED,
+      outcome,
       startedAtMs: BigInt(call.startedAt),
-      answeredAtMs: BigInt(call.answeredAt),
-      endedAtMs: BigInt(endedAt),
+      answeredAtMs: BigInt(answered ? call.answeredAt : 0),
+      endedAtMs: BigInt(endedAt ?? 0),
       durationMs: BigInt(answered ? Math.max(0, endedAt - call.answeredAt) : 0),
-      answeredDeviceId: call.answeredDeviceId,
+      answeredDeviceId: answered ? call.answeredDeviceId : "",
       group: true,
       participants: [...call.history.values()].map((p) => ({
         userId: p.userId,

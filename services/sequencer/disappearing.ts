@@ -1,5 +1,5 @@
 import { create } from "@bufbuild/protobuf";
-import { DisappearingTimerBodySchema, type Entry, EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { DisappearingTimerBodySchema, type Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { InvalidInputError, PermissionError } from "../common/errors.js";
 import type { ConversationLog } from "./log.js";
 import { type ReplicaShards, requireMember } from "./replica.js";
@@ -7,36 +7,6 @@ import type { Actor } from "./types.js";
 
 /** The timers a conversation may have unless configured, in seconds: 24 hours, 7 days, 90 days. */
 export const DISAPPEARING_DURATIONS: readonly number[] = [86_400, 604_800, 7_776_000];
-
-/** Entry bodies that expire while a timer is on: what devices send, never the server's own entries. */
-const EXPIRING_BODIES = new Set<Entry["body"]["case"]>(["message", "edit", "delete", "reaction"]);
-
-/**
- * When an entry assigned now expires: its commit time plus the conversation's timer, for the
- * bodies devices send; 0 (never) otherwise or with the timer off.
- */
-export function expiryOf(
-  body: Entry["body"],
-  timerSeconds: number | undefined,
-  serverTimeMs: number,
-): number {
-  if (timerSeconds === undefined || timerSeconds <= 0 || !EXPIRING_BODIES.has(body.case)) return 0;
-  return serverTimeMs + timerSeconds * 1000;
-}
-
-/**
- * What an expired entry is served as: its seq and the flag, nothing else, whether the store
- * still holds it (the sweep has not reached it yet) or not (deleted, or dropped by a database
- * TTL). The seq stays in the log, so a device marks it done instead of asking for a gap.
- */
-export function expiredStub(conversationId: string, seq: number): Entry {
-  return create(EntrySchema, { conversationId, seq: BigInt(seq), expired: true });
-}
-
-/** Whether an entry is past its expiry at nowMs. */
-export function isExpired(entry: Entry, nowMs: number): boolean {
-  return entry.expired || (entry.expiresAtMs > 0n && Number(entry.expiresAtMs) <= nowMs);
-}
 
 /** Sets conversations' disappearing-message timers, each change an entry of the log. */
 export class DisappearingTimers {

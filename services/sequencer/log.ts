@@ -5,7 +5,7 @@ import { injectContext } from "../common/telemetry.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationStore } from "../store/types.js";
 import type { ConversationState } from "./conversation.js";
-import { expiredStub, expiryOf, isExpired } from "./disappearing.js";
+import { expiredStub, expiryOf, isExpired } from "./expiry.js";
 import type { Batch } from "./shard.js";
 
 /** Entries a history page holds when the caller asks for none in particular. */

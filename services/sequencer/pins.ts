@@ -11,7 +11,7 @@ import type { Entry, PinBody } from "../../gen/switchboard/v1/entry_pb.js";
 import { AlreadyExistsError, ConflictError, NotFoundError, PermissionError } from "../common/errors.js";
 import type { ConversationRecord, MemberRecord, PinRecord } from "../store/types.js";
 import type { ConversationState } from "./conversation.js";
-import { isExpired } from "./disappearing.js";
+import { isExpired } from "./expiry.js";
 import { type ConversationLog, PAGE_MAX } from "./log.js";
 import type { Batch } from "./shard.js";
 

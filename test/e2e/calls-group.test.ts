@@ -289,6 +289,8 @@ describe("group calls", () => {
       { callId: "m5", conversationId, peerUserId: bob.userId, signal: CallSignal.ACCEPT },
       // Not a group.
       { callId: "m6", conversationId: "d_notagroup", signal: CallSignal.OFFER, media: CallMedia.AUDIO },
+      // A host in a 1:1 call.
+      { callId: "m6b", peerUserId: bob.userId, hostDeviceId: bob.deviceId, signal: CallSignal.HANGUP },
     ];
     for (const [i, f] of bad.entries()) {
       alice.write(callFrame(f));

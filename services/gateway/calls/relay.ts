@@ -177,6 +177,7 @@ export class CallRelay {
       throw new InvalidInputError(
         "signal: one of OFFER, ANSWER, ICE_CANDIDATES, RINGING, ACCEPT, DECLINE, BUSY, HANGUP",
       );
+    if (f.hostDeviceId !== "") throw new InvalidInputError("host_device_id: only in group calls");
     if (f.signal === CallSignal.OFFER && f.media !== CallMedia.AUDIO && f.media !== CallMedia.VIDEO)
       throw new InvalidInputError("media: an offer is AUDIO or VIDEO");
     this.checkPayloads(stream, f);

@@ -5,6 +5,7 @@
  */
 import type { Conversation, PinnedMessage } from "../../gen/switchboard/v1/conversations_pb.js";
 import type { SendResult } from "../types.js";
+import type { OutgoingBody } from "./bodies.js";
 import type { SendQueue } from "./outbox.js";
 
 /** Messages a conversation may have pinned at once (the server's MAX_PINS). */
@@ -26,41 +27,52 @@ function toPin(p: PinnedMessage): Pin {
   return { seq: p.seq, pinSeq: p.pinSeq, pinnedBy: p.pinnedByUserId, pinnedAtMs: p.pinnedAtMs };
 }
 
+/** How a pin or unpin is sent. */
+export interface PinOptions {
+  /** The idempotency key; a new one by default. */
+  clientMsgId?: string;
+  /** Without the stream (GatewayService.Send, retried on transient failures), not the outbox. */
+  unary?: boolean;
+}
+
 /** `client.pins`: pin, unpin and list a conversation's pinned messages. */
 export class Pins {
   constructor(
     private readonly queue: Pick<SendQueue, "enqueue">,
+    /** Sends a body without the stream (GatewayService.Send). */
+    private readonly unary: (
+      conversationId: string,
+      body: OutgoingBody,
+      clientMsgId?: string,
+    ) => Promise<SendResult>,
     private readonly conversation: (conversationId: string) => Promise<{ conversation: Conversation }>,
   ) {}
 
   /**
    * Pins a message (group admins, or either member of a direct conversation). Refused with
    * ALREADY_EXISTS when it is pinned, FAILED_PRECONDITION when MAX_PINS are, NOT_FOUND for a
-   * message this user cannot read.
+   * message this user cannot read. Through the outbox and the stream (durable, retried until the
+   * server answers), or with `unary` without the stream (GatewayService.Send), for scripts.
    */
-  pin(
-    conversationId: string,
-    seq: bigint | number,
-    options: { clientMsgId?: string } = {},
-  ): Promise<SendResult> {
-    return this.queue.enqueue(
-      conversationId,
-      { case: "pin", value: { targetSeq: BigInt(seq), unpin: false } },
-      options.clientMsgId,
-    );
+  pin(conversationId: string, seq: bigint | number, options: PinOptions = {}): Promise<SendResult> {
+    return this.send(conversationId, seq, false, options);
   }
 
-  /** Unpins a message; FAILED_PRECONDITION when it is not pinned. */
-  unpin(
+  /** Unpins a message; FAILED_PRECONDITION when it is not pinned. Options as for pin. */
+  unpin(conversationId: string, seq: bigint | number, options: PinOptions = {}): Promise<SendResult> {
+    return this.send(conversationId, seq, true, options);
+  }
+
+  private send(
     conversationId: string,
     seq: bigint | number,
-    options: { clientMsgId?: string } = {},
+    unpin: boolean,
+    options: PinOptions,
   ): Promise<SendResult> {
-    return this.queue.enqueue(
-      conversationId,
-      { case: "pin", value: { targetSeq: BigInt(seq), unpin: true } },
-      options.clientMsgId,
-    );
+    const body: OutgoingBody = { case: "pin", value: { targetSeq: BigInt(seq), unpin } };
+    return options.unary === true
+      ? this.unary(conversationId, body, options.clientMsgId)
+      : this.queue.enqueue(conversationId, body, options.clientMsgId);
   }
 
   /**

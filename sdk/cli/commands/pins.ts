@@ -26,8 +26,8 @@ export function registerPins(program: Command, io: CliIo): void {
         await withClient(opts, io, "none", async ({ client }) => {
           const conversationId = await resolveConversation(client, target);
           const sent = await (unpin
-            ? client.pins.unpin(conversationId, seq)
-            : client.pins.pin(conversationId, seq));
+            ? client.pins.unpin(conversationId, seq, { unary: true })
+            : client.pins.pin(conversationId, seq, { unary: true }));
           io.out(`${unpin ? "unpinned" : "pinned"} #${seq} (#${sent.seq})`);
         });
       }),

@@ -15,7 +15,13 @@ import { GatewayService } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { KeyService } from "../../gen/switchboard/v1/keys_pb.js";
 import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Principal } from "../common/auth.js";
-import { InvalidInputError, LimitError, NotFoundError, UnauthenticatedError } from "../common/errors.js";
+import {
+  DeadlineError,
+  InvalidInputError,
+  LimitError,
+  NotFoundError,
+  UnauthenticatedError,
+} from "../common/errors.js";
 import { directConversationId } from "../common/ids.js";
 import { Refusals } from "../common/refusals.js";
 import { requireClientMsgId, requireId, requireIds, requireText } from "../common/validate.js";
@@ -84,14 +90,24 @@ async function requireUsers(directory: Client<typeof DirectoryService>, userIds:
   if (missing.length > 0) throw new NotFoundError(`unknown users: ${missing.join(", ")}`);
 }
 
+/** DEADLINE_EXCEEDED for a call's signal aborted by its deadline; undefined for any other reason. */
+function deadlinePassed(reason: unknown): DeadlineError | undefined {
+  return reason instanceof ConnectError && reason.code === Code.DeadlineExceeded
+    ? new DeadlineError(`the stream's deadline passed: ${reason.rawMessage}`)
+    : undefined;
+}
+
 /** The device stream, the unary send, and the web binding of the stream (web.ts). */
 export function gatewayService(core: GatewayCore): ServiceImpl<typeof GatewayService> {
   return {
     ...webCalls(core, principal),
     async *connect(requests, ctx) {
       const session = core.open(principal(ctx));
-      // The device went away (reset, timeout, server shutdown): forget the stream.
-      ctx.signal.addEventListener("abort", () => session.close(), { once: true });
+      // The device went away (reset, server shutdown): forget the stream. A deadline the
+      // device set (grpc-timeout) ends it with DEADLINE_EXCEEDED, not as if it ended cleanly.
+      ctx.signal.addEventListener("abort", () => session.close(deadlinePassed(ctx.signal.reason)), {
+        once: true,
+      });
       session.start(requests);
       yield* session.outbound.drain();
     },

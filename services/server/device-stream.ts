@@ -94,7 +94,7 @@ async function serve(req: http2.Http2ServerRequest, res: http2.Http2ServerRespon
       );
     }
   } catch (err) {
-    finish(res, contentType, err, deps);
+    finish(req, res, contentType, err, deps);
     return;
   }
   // The device went away (reset, connection lost): forget the stream.
@@ -112,11 +112,12 @@ async function serve(req: http2.Http2ServerRequest, res: http2.Http2ServerRespon
   } finally {
     if (deadline !== undefined) clearTimeout(deadline);
   }
-  finish(res, contentType, failure, deps);
+  finish(req, res, contentType, failure, deps);
 }
 
 /** Ends the response with the call's status in trailers (headers first if none were sent). */
 function finish(
+  req: http2.Http2ServerRequest,
   res: http2.Http2ServerResponse,
   contentType: string,
   thrown: unknown,
@@ -132,6 +133,11 @@ function finish(
   });
   res.addTrailers(trailers);
   res.end();
+  // A device still sending after the end is not read any more: what it sends waits in HTTP/2
+  // flow control (the stream's window), not in memory, until it ends its side or the connection
+  // goes (the edge's idle and per-connection stream bounds cover a client that never does). No
+  // RST_STREAM(NO_ERROR) here: stock grpc-js can read it before the trailers and report INTERNAL.
+  if (!req.readableEnded) req.pause();
 }
 
 /** The device's frames, parsed from the request body as it arrives, unknown fields dropped. */

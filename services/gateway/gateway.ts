@@ -50,6 +50,8 @@ export interface GatewayDeps {
   notification?: Client<typeof NotificationService>;
   /** The SFU group calls send media to (SWITCHBOARD_CALL_SFU_URL); unset: a mesh. */
   callSfuUrl?: string | undefined;
+  /** The secret shared with that SFU, to sign devices' admissions (SWITCHBOARD_CALL_SFU_SECRET). */
+  callSfuSecret?: string | undefined;
   /** Broadcasts every gateway hears: presence changes, low prekeys, revoked devices. */
   bus: EventBus;
   /** Verifies devices' access tokens. */
@@ -188,6 +190,7 @@ export class GatewayCore implements SessionHost<Session> {
       devicesOf: async (userIds) =>
         new Map((await this.directory.getUserDevices({ userIds })).users.map((u) => [u.userId, u.deviceIds])),
       sfuUrl: deps.callSfuUrl,
+      sfuSecret: deps.callSfuSecret,
       ...(deps.notification !== undefined && {
         notifyCall: async (call) => {
           await deps.notification!.notifyCall(call);

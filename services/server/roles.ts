@@ -288,6 +288,7 @@ export async function startGatewayRole(
     tokens: ctx.tokens!,
     limits: config.limits,
     callSfuUrl: config.calls.sfuUrl,
+    callSfuSecret: config.calls.sfuSecret,
     rateLimiter: limiter,
     log,
   });

@@ -501,7 +501,11 @@ export class SwitchboardClient {
    * pinned now, from the server).
    */
   get pins(): Pins {
-    this.pinsPart ??= new Pins(this.parts.queue, (id) => this.parts.conversations.getConversation(id));
+    this.pinsPart ??= new Pins(
+      this.parts.queue,
+      (id, body, clientMsgId) => this.parts.sends.bodyUnary(id, body, clientMsgId),
+      (id) => this.parts.conversations.getConversation(id),
+    );
     return this.pinsPart;
   }
 

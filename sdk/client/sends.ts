@@ -11,6 +11,7 @@ import {
   type MessageLinks,
   messageBody,
   newClientMsgId,
+  type OutgoingBody,
   payloadBytes,
   sealedContent,
   targetedBody,
@@ -156,6 +157,11 @@ export class Sends {
         parts = await sealParts(this.ctx, conversationId, content, true);
       }
     }
+  }
+
+  /** A body without content (a delete, a pin) sent without the stream, retried like unary. */
+  bodyUnary(conversationId: string, body: OutgoingBody, clientMsgId = newClientMsgId()): Promise<SendResult> {
+    return this.sendEntry(create(OutgoingEntrySchema, { clientMsgId, conversationId, body }));
   }
 
   /** GatewayService.Send with retries of transient failures under the same idempotency key. */

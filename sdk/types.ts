@@ -377,6 +377,11 @@ export interface CallEvent {
   participants?: CallParticipantRef[];
   /** Group calls, on groupIncoming and joined: the SFU to send media to; absent: a mesh. */
   sfuUrl?: string;
+  /**
+   * Group calls, on joined when the server shares a secret with the SFU: this device's admission
+   * to present to the SFU (good for 10 minutes; joining again gets a new one).
+   */
+  sfuToken?: string;
 }
 
 /** A device in a group call. */

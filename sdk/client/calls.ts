@@ -323,7 +323,7 @@ function toGroupEvent(ev: CallEventFrame, payload: Uint8Array | undefined): Call
         ? { ...base, ...group, kind: "groupIncoming", video: ev.media === CallMedia.VIDEO }
         : { ...base, kind: "offer", payload };
     case CallSignal.JOINED:
-      return { ...base, ...group, kind: "joined" };
+      return { ...base, ...group, kind: "joined", ...(ev.sfuToken !== "" && { sfuToken: ev.sfuToken }) };
     case CallSignal.FULL:
       return { ...base, kind: "full" };
     case CallSignal.JOIN:

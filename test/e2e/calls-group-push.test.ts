@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { create, type MessageInitShape } from "@bufbuild/protobuf";
 import { CallFrameSchema, CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
+import { verifySfuToken } from "../../services/gateway/calls/sfu.js";
 import { callCollapseKey } from "../../services/notification/notifier.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
 import { WebPushFixture } from "../helpers/webpush.js";
@@ -13,6 +14,7 @@ import { WebPushFixture } from "../helpers/webpush.js";
  */
 
 const SFU = "wss://sfu.switchboard.example/rooms";
+const SFU_SECRET = "the-secret-shared-with-the-sfu";
 
 const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
   case: "call" as const,
@@ -34,7 +36,7 @@ function waitCall(d: TestDevice, callId: string, signal: CallSignal) {
 
 describe("group calls: the SFU from configuration, and call pushes to offline members", () => {
   const fx = new WebPushFixture();
-  before(() => fx.start({ SWITCHBOARD_CALL_SFU_URL: SFU }));
+  before(() => fx.start({ SWITCHBOARD_CALL_SFU_URL: SFU, SWITCHBOARD_CALL_SFU_SECRET: SFU_SECRET }));
   after(() => fx.stop());
 
   it("hands devices the SFU, rings an offline member by push, supersedes it when the call ends, and logs the call for it", async () => {
@@ -68,6 +70,16 @@ describe("group calls: the SFU from configuration, and call pushes to offline me
     toHost(carol, CallSignal.JOIN);
     const joined = await waitCall(carol, callId, CallSignal.JOINED);
     assert.equal(joined.sfuUrl, SFU, "JOINED names the SFU too");
+    // With it, an admission the SFU can check with the shared secret alone.
+    const admission = verifySfuToken(SFU_SECRET, joined.sfuToken, Date.now());
+    assert.deepEqual(admission && { c: admission.c, g: admission.g, u: admission.u, d: admission.d }, {
+      c: callId,
+      g: conversationId,
+      u: carol.userId,
+      d: carol.deviceId,
+    });
+    assert.equal(verifySfuToken("not-the-secret-shared-with-it", joined.sfuToken, Date.now()), undefined);
+    assert.equal(ring.sfuToken, "", "the ring admits nobody");
     toHost(carol, CallSignal.LEAVE);
     toHost(alice, CallSignal.LEAVE);
 

@@ -9,6 +9,7 @@ describe("calls settings (TURN)", () => {
     assert.deepEqual(loadCalls({}), {
       turn: { urls: [], secret: undefined, ttlSeconds: 86_400 },
       sfuUrl: undefined,
+      sfuSecret: undefined,
     });
   });
 
@@ -25,6 +26,23 @@ describe("calls settings (TURN)", () => {
     assert.throws(
       () => loadCalls({ SWITCHBOARD_CALL_SFU_URL: `https://sfu.example.com/${"x".repeat(600)}` }),
       /at most 512 bytes/,
+    );
+    assert.equal(
+      loadCalls({ SWITCHBOARD_CALL_SFU_URL: "wss://sfu.example.com", SWITCHBOARD_CALL_SFU_SECRET: SECRET })
+        .sfuSecret,
+      SECRET,
+    );
+    assert.throws(
+      () => loadCalls({ SWITCHBOARD_CALL_SFU_SECRET: SECRET }),
+      /set SWITCHBOARD_CALL_SFU_URL too/,
+    );
+    assert.throws(
+      () =>
+        loadCalls({
+          SWITCHBOARD_CALL_SFU_URL: "wss://sfu.example.com",
+          SWITCHBOARD_CALL_SFU_SECRET: "short",
+        }),
+      /SWITCHBOARD_CALL_SFU_SECRET must be at least 16 bytes/,
     );
   });
 

@@ -28,6 +28,11 @@ export interface CallsConfig {
    * call's ring; undefined: group calls are a mesh of peer connections. Signalling is the same.
    */
   sfuUrl: string | undefined;
+  /**
+   * The secret shared with the SFU: devices let into a group call get an admission for the SFU
+   * signed with it; undefined: no admissions (the SFU decides on its own who comes in).
+   */
+  sfuSecret: string | undefined;
 }
 
 /** Shortest and longest credential lifetimes accepted, in seconds (a minute; a week). */
@@ -40,6 +45,7 @@ export const callVariables = z.object({
   // A day, as the TURN REST API draft suggests: long enough for any call on one allocation.
   SWITCHBOARD_TURN_TTL_SECONDS: intVariable("SWITCHBOARD_TURN_TTL_SECONDS", 86_400, true),
   SWITCHBOARD_CALL_SFU_URL: nonEmptyText(),
+  SWITCHBOARD_CALL_SFU_SECRET: nonEmptyText(),
 });
 
 /** Longest SFU URL accepted, in bytes: it rides on every group call's ring. */
@@ -69,7 +75,16 @@ export function loadCalls(env: Env): CallsConfig {
   // Anything shorter is guessable offline from one issued credential.
   if (secret !== undefined && Buffer.byteLength(secret) < 16)
     fail("SWITCHBOARD_TURN_SECRET must be at least 16 bytes");
-  return { turn: { urls, secret, ttlSeconds }, sfuUrl: sfuUrl(vars.SWITCHBOARD_CALL_SFU_URL) };
+  const sfuSecret = vars.SWITCHBOARD_CALL_SFU_SECRET;
+  if (sfuSecret !== undefined && vars.SWITCHBOARD_CALL_SFU_URL === undefined)
+    fail("SWITCHBOARD_CALL_SFU_SECRET is for an SFU: set SWITCHBOARD_CALL_SFU_URL too");
+  if (sfuSecret !== undefined && Buffer.byteLength(sfuSecret) < 16)
+    fail("SWITCHBOARD_CALL_SFU_SECRET must be at least 16 bytes");
+  return {
+    turn: { urls, secret, ttlSeconds },
+    sfuUrl: sfuUrl(vars.SWITCHBOARD_CALL_SFU_URL),
+    sfuSecret,
+  };
 }
 
 /** The SFU URL, checked: wss:, https:, ws: or http:, at most SFU_URL_MAX_BYTES. */

@@ -29,20 +29,20 @@ import { inBand } from "../session/frames.js";
 import { type GroupCall, GroupCalls, type GroupMember } from "./group-state.js";
 import { CALL_LIMITS } from "./limits.js";
 import { appendGroupCallLog } from "./log.js";
+import { issueSfuToken } from "./sfu.js";
 import type { CallReceiver, CallRelayDeps, CallStream } from "./types.js";
 
 /** What group calls need of the gateway beyond what 1:1 calls do. */
 export interface GroupCallDeps
   extends Pick<
     CallRelayDeps,
-    "presence" | "sequencer" | "delivery" | "log" | "now" | "refused" | "notifyCall"
+    "presence" | "sequencer" | "delivery" | "log" | "now" | "refused" | "notifyCall" | "sfuSecret"
   > {
   /** The SFU devices are told to send media to; undefined: a mesh. */
   sfuUrl: string | undefined;
   /** The active devices of users (the accounts directory), at most 1,024 users. */
   devicesOf(userIds: string[]): Promise<Map<string, string[]>>;
 }
-
 /** Users per route lookup (PresenceService.LookupRoutes takes at most 1,024). */
 const LOOKUP_CHUNK = 1_024;
 
@@ -251,6 +251,14 @@ export class GroupCallRelay {
         signal: CallSignal.JOINED,
         participants: others.map(participant),
         sfuUrl: this.deps.sfuUrl ?? "",
+        sfuToken:
+          this.deps.sfuUrl !== undefined && this.deps.sfuSecret !== undefined
+            ? issueSfuToken(
+                this.deps.sfuSecret,
+                { callId: call.callId, conversationId: call.conversationId, ...from },
+                this.deps.now(),
+              )
+            : "",
       }),
     );
     if (joined === "again") return;

@@ -52,6 +52,8 @@ export interface CallRelayDeps {
   }) => Promise<void>;
   /** The SFU group calls send media to (SWITCHBOARD_CALL_SFU_URL); undefined: a mesh. */
   sfuUrl: string | undefined;
+  /** The secret shared with the SFU, to sign admissions with (SWITCHBOARD_CALL_SFU_SECRET). */
+  sfuSecret?: string | undefined;
   /** The active devices of users (the accounts directory), at most 1,024 users. */
   devicesOf(userIds: string[]): Promise<Map<string, string[]>>;
 }

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -49,6 +49,8 @@ interface Backend {
   start(): Promise<Record<string, string>>;
   readObject(dataDir: string, objectId: string): Promise<Buffer>;
   writeObject(dataDir: string, objectId: string, bytes: Buffer): Promise<void>;
+  /** Removes an object's ciphertext (its record stays), as a store that lost it for a while. */
+  removeObject(dataDir: string, objectId: string): Promise<void>;
   /** Where the engine keeps data outside the server's data directory (scanned for plaintext). */
   directories(): string[];
   stop(): Promise<void>;
@@ -62,6 +64,7 @@ const localBackend = (): Backend => {
     start: async () => ({}),
     readObject: (dataDir, objectId) => readFile(file(dataDir, objectId)),
     writeObject: (dataDir, objectId, bytes) => writeFile(file(dataDir, objectId), bytes),
+    removeObject: (dataDir, objectId) => rm(file(dataDir, objectId)),
     directories: () => [],
     stop: async () => {},
   };
@@ -101,6 +104,9 @@ const minioBackend = (): Backend => {
     },
     async writeObject(_dataDir, objectId, bytes) {
       await admin!.putObject(BUCKET, `objects/${objectId}`, bytes, bytes.length);
+    },
+    async removeObject(_dataDir, objectId) {
+      await admin!.removeObject(BUCKET, `objects/${objectId}`);
     },
     directories: () => (minio === undefined ? [] : [minio.directory]),
     stop: async () => {
@@ -251,6 +257,45 @@ for (const backend of [localBackend(), minioBackend()]) {
         "the new device reads it itself",
       );
       assert.deepEqual(await messages(), old);
+    });
+
+    it("a transfer that could not be fetched stays pending and is imported on the next start", async () => {
+      const { alice, direct } = await userWithHistory("RESUME-9e");
+      const linked = await devices.link(alice, "alice-resume");
+      const profileDir = linked.profileDir;
+      await linked.close();
+      const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
+      const stored = await backend.readObject(server!.dataDir, sent.objectId);
+      await backend.removeObject(server!.dataDir, sent.objectId);
+
+      // The store answers, but without the object: not a refusal of the bundle, a failure to try again.
+      const first = await devices.reopen(profileDir);
+      let refused: HistoryRefusedEvent | undefined;
+      first.on("historyRefused", (e) => {
+        refused = e;
+      });
+      const failed = first.waitFor("error");
+      await first.connect();
+      const failure = await within(failed, 30_000, "the failed download");
+      // The media service checks the object before it hands out a URL.
+      assert.match(failure.error.message, /has not been uploaded yet/);
+      assert.equal(refused, undefined);
+      assert.deepEqual(await first.history.entries(direct), []);
+      assert.ok(
+        (await first.listConversations()).some((c) => c.conversationId === sent.transferConversationId),
+        "the transfer conversation stays",
+      );
+      await first.close();
+
+      // The next start takes it up again, with no new message needed.
+      await backend.writeObject(server!.dataDir, sent.objectId, stored);
+      const second = await devices.reopen(profileDir);
+      const imported = second.waitFor("historyImported");
+      await second.connect();
+      const event = await within(imported, 30_000, "the resumed import");
+      assert.equal(event.imported, sent.entries);
+      const shown = (await second.history.entries(direct)).filter((e) => e.kind === "message").map(text);
+      assert.deepEqual(shown, ["RESUME-9e bob one", "RESUME-9e alice two", "RESUME-9e bob three"]);
     });
 
     it("a tampered bundle is refused, and nothing of it is imported", async () => {

@@ -196,3 +196,44 @@ export function importedToIncoming(
     raw,
   };
 }
+
+/** What sendTo takes: how far back, and the bounds of the bundle. */
+export interface HistorySendOptions {
+  /** Days back from now (1 to 3650). Give this or sinceMs. */
+  days?: number;
+  /** The oldest commit time to include, in milliseconds since the Unix epoch. */
+  sinceMs?: number;
+  /** At most this many entries (default 10,000, at most 100,000); more is RESOURCE_EXHAUSTED. */
+  maxEntries?: number;
+  /** At most this many bytes of bundle before encryption (default 16 MiB); more is RESOURCE_EXHAUSTED. */
+  maxBytes?: number;
+}
+
+const DAY_MS = 24 * 60 * 60 * 1000;
+
+/** The oldest commit time a send covers, from its options. */
+export function sinceOf(options: HistorySendOptions): number {
+  if (options.sinceMs !== undefined) {
+    if (!Number.isFinite(options.sinceMs) || options.sinceMs < 0)
+      throw new ConnectError(
+        "history: sinceMs must be a time in milliseconds since the epoch",
+        Code.InvalidArgument,
+      );
+    return options.sinceMs;
+  }
+  const days = options.days;
+  if (days === undefined || !Number.isFinite(days) || days <= 0 || days > HISTORY_MAX_DAYS)
+    throw new ConnectError(
+      `history: days must be more than 0 and at most ${HISTORY_MAX_DAYS}`,
+      Code.InvalidArgument,
+    );
+  return Date.now() - Math.round(days * DAY_MS);
+}
+
+/** A bound given by the caller, checked against its range, or the default. */
+export function bounded(name: string, value: number | undefined, fallback: number, max: number): number {
+  if (value === undefined) return fallback;
+  if (!Number.isInteger(value) || value < 1 || value > max)
+    throw new ConnectError(`history: ${name} must be an integer from 1 to ${max}`, Code.InvalidArgument);
+  return value;
+}

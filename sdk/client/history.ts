@@ -4,6 +4,7 @@ import {
   AttachmentPointerSchema,
   ContentKind,
   type HistoryTransfer,
+  HistoryTransferSchema,
   SealedContentSchema,
 } from "../../gen/switchboard/v1/content_pb.js";
 import type { Conversation } from "../../gen/switchboard/v1/conversations_pb.js";
@@ -28,17 +29,19 @@ import { newClientMsgId } from "./bodies.js";
 import type { ClientContext } from "./context.js";
 import {
   BundleBuilder,
+  bounded,
   DEFAULT_HISTORY_MAX_BYTES,
   DEFAULT_HISTORY_MAX_ENTRIES,
   HISTORY_MAX_BYTES,
-  HISTORY_MAX_DAYS,
   HISTORY_MAX_ENTRIES,
   HistoryError,
+  type HistorySendOptions,
   importedToIncoming,
   parseBundle,
+  sinceOf,
 } from "./history-bundle.js";
 
-export { HistoryError } from "./history-bundle.js";
+export { HistoryError, type HistorySendOptions } from "./history-bundle.js";
 
 /**
  * The title of a transfer conversation: a group whose one member is the user, made for one
@@ -48,18 +51,15 @@ export { HistoryError } from "./history-bundle.js";
 export const TRANSFER_TITLE = "history transfer";
 /** Entries read per GetHistory page while building a bundle (the server's maximum). */
 const PAGE = 1000;
-const DAY_MS = 24 * 60 * 60 * 1000;
+/** Where transfers being imported are kept in the profile, by media object id. */
+const PENDING = "history-pending/";
 
-/** What sendTo takes: how far back, and the bounds of the bundle. */
-export interface HistorySendOptions {
-  /** Days back from now (1 to 3650). Give this or sinceMs. */
-  days?: number;
-  /** The oldest commit time to include, in milliseconds since the Unix epoch. */
-  sinceMs?: number;
-  /** At most this many entries (default 10,000, at most 100,000); more is RESOURCE_EXHAUSTED. */
-  maxEntries?: number;
-  /** At most this many bytes of bundle before encryption (default 16 MiB); more is RESOURCE_EXHAUSTED. */
-  maxBytes?: number;
+/** A transfer offered to this device and not yet imported or refused. */
+interface PendingTransfer {
+  conversationId: string;
+  fromDeviceId: string;
+  /** The HistoryTransfer (with the bundle's key), base64. */
+  transfer: string;
 }
 
 /** What sendTo did. */
@@ -105,7 +105,15 @@ export class History {
   constructor(
     private readonly ctx: ClientContext,
     private readonly deps: HistoryDeps,
-  ) {}
+  ) {
+    if (ctx.e2ee === undefined) return;
+    // Once per process, when the stream is first up: transfers left pending by the last run.
+    const connected = (): void => {
+      ctx.events.off("connected", connected);
+      this.resumePending().catch((err: unknown) => ctx.backgroundFailed(err));
+    };
+    ctx.events.on("connected", connected);
+  }
 
   /**
    * Sends this device's recent history to another (active) device of this user. Needs encryption;
@@ -266,16 +274,37 @@ export class History {
   /**
    * A transfer message reached this device (from the decoder): the bundle is imported in the
    * background unless it is for another device; "historyImported" or "historyRefused" tells.
+   * The transfer is kept in the profile (`history-pending/<object id>`) until it is imported or
+   * refused: the entry is acknowledged before the import ends, so a process that stops midway
+   * takes it up again from there on its next connect.
    */
   offered(raw: Entry, transfer: HistoryTransfer): void {
     const self = this.ctx.profile.credentials;
     if (transfer.forDeviceId !== self.deviceId) return;
     if (raw.senderUserId !== self.userId || raw.senderDeviceId === self.deviceId) return;
-    const pointer = transfer.bundle;
-    if (pointer === undefined) return;
-    if (this.importing.has(pointer.objectId)) return;
-    const run = this.importBundle(raw, transfer)
-      .then(() => this.leave(raw.conversationId))
+    if (transfer.bundle === undefined) return;
+    const pending: PendingTransfer = {
+      conversationId: raw.conversationId,
+      fromDeviceId: raw.senderDeviceId,
+      transfer: Buffer.from(toBinary(HistoryTransferSchema, transfer)).toString("base64"),
+    };
+    this.start(transfer.bundle.objectId, pending, true);
+  }
+
+  /** Imports a transfer once per process; see offered. */
+  private start(objectId: string, pending: PendingTransfer, persist: boolean): void {
+    if (this.importing.has(objectId)) return;
+    const key = `${PENDING}${objectId}`;
+    const done = async (): Promise<void> => {
+      await this.ctx.profile.storage.delete([key]);
+      await this.leave(pending.conversationId);
+    };
+    const run = (async () => {
+      if (persist)
+        await this.ctx.profile.storage.put([[key, new TextEncoder().encode(JSON.stringify(pending))]]);
+      await this.importBundle(pending);
+    })()
+      .then(done)
       .catch(async (err: unknown) => {
         const error =
           err instanceof HistoryError
@@ -284,17 +313,25 @@ export class History {
               ? new HistoryError(err.reason, `history: the bundle was refused: ${err.message}`)
               : undefined;
         if (error === undefined) {
-          // A transient failure (the network, the media store): the transfer conversation stays,
-          // so the next read of it (a stream, receivePending) tries again.
+          // A transient failure (the network, the media store): the transfer stays pending and
+          // its conversation stays, so the next connect (or receivePending) tries again.
           this.ctx.backgroundFailed(err);
-          this.importing.delete(pointer.objectId);
+          this.importing.delete(objectId);
           return;
         }
-        this.ctx.events.emit("historyRefused", { fromDeviceId: raw.senderDeviceId, error });
+        this.ctx.events.emit("historyRefused", { fromDeviceId: pending.fromDeviceId, error });
         // Refused for good: nothing more will come through it (the old device sends anew).
-        await this.leave(raw.conversationId);
+        await done().catch((e: unknown) => this.ctx.backgroundFailed(e));
       });
-    this.importing.set(pointer.objectId, run);
+    this.importing.set(objectId, run);
+  }
+
+  /** Takes up the transfers a process that stopped midway left pending (on the first connect). */
+  private async resumePending(): Promise<void> {
+    for (const [key, value] of await this.ctx.profile.storage.list(PENDING)) {
+      const pending = JSON.parse(new TextDecoder().decode(value)) as PendingTransfer;
+      this.start(key.slice(PENDING.length), pending, false);
+    }
   }
 
   /** Resolves when the imports started so far have finished (imported or refused). */
@@ -304,9 +341,11 @@ export class History {
 
   /**
    * Reads the transfer conversations this device has not read through a stream (a device that
-   * only runs commands): their transfers are imported; resolves when those imports are done.
+   * only runs commands), and takes up transfers left pending: their bundles are imported;
+   * resolves when those imports are done.
    */
   async receivePending(): Promise<void> {
+    await this.resumePending();
     for (const c of await this.deps.listConversations()) {
       if (!isTransfer(c)) continue;
       await this.deps.getHistory(c.conversationId, { limit: PAGE });
@@ -327,8 +366,9 @@ export class History {
       .map((e) => importedToIncoming(e, self.userId, self.deviceId));
   }
 
-  private async importBundle(raw: Entry, transfer: HistoryTransfer): Promise<void> {
+  private async importBundle(pending: PendingTransfer): Promise<void> {
     const self = this.ctx.profile.credentials;
+    const transfer = fromBinary(HistoryTransferSchema, Buffer.from(pending.transfer, "base64"));
     const pointer = transfer.bundle!;
     if (pointer.ciphertextBytes > BigInt(HISTORY_MAX_BYTES + ATTACHMENT_OVERHEAD)) {
       throw new HistoryError(
@@ -338,7 +378,7 @@ export class History {
     }
     const download = await this.ctx.conn.media.createDownload({
       objectId: pointer.objectId,
-      conversationId: raw.conversationId,
+      conversationId: pending.conversationId,
     });
     if (download.lengthBytes !== pointer.ciphertextBytes) {
       throw new HistoryError(
@@ -361,13 +401,13 @@ export class History {
     const plaintext = decryptAttachment(ciphertext, pointer.key, pointer.digest);
     const bundle = parseBundle(plaintext, {
       userId: self.userId,
-      fromDeviceId: raw.senderDeviceId,
+      fromDeviceId: pending.fromDeviceId,
       forDeviceId: self.deviceId,
       entryCount: transfer.entryCount,
       maxEntries: HISTORY_MAX_ENTRIES,
     });
     const event = await this.keep(bundle);
-    this.ctx.events.emit("historyImported", { ...event, fromDeviceId: raw.senderDeviceId });
+    this.ctx.events.emit("historyImported", { ...event, fromDeviceId: pending.fromDeviceId });
   }
 
   /**
@@ -427,29 +467,4 @@ function keyOf(conversationId: string): string {
 
 function isTransfer(c: Conversation): boolean {
   return c.kind === ConversationKind.GROUP && c.title === TRANSFER_TITLE && c.memberCount <= 1;
-}
-
-function sinceOf(options: HistorySendOptions): number {
-  if (options.sinceMs !== undefined) {
-    if (!Number.isFinite(options.sinceMs) || options.sinceMs < 0)
-      throw new ConnectError(
-        "history: sinceMs must be a time in milliseconds since the epoch",
-        Code.InvalidArgument,
-      );
-    return options.sinceMs;
-  }
-  const days = options.days;
-  if (days === undefined || !Number.isFinite(days) || days <= 0 || days > HISTORY_MAX_DAYS)
-    throw new ConnectError(
-      `history: days must be more than 0 and at most ${HISTORY_MAX_DAYS}`,
-      Code.InvalidArgument,
-    );
-  return Date.now() - Math.round(days * DAY_MS);
-}
-
-function bounded(name: string, value: number | undefined, fallback: number, max: number): number {
-  if (value === undefined) return fallback;
-  if (!Number.isInteger(value) || value < 1 || value > max)
-    throw new ConnectError(`history: ${name} must be an integer from 1 to ${max}`, Code.InvalidArgument);
-  return value;
 }

@@ -27,6 +27,11 @@ export interface MediaPath {
  */
 export class CallMedia {
   readonly heard = new Heard();
+  /**
+   * Resolves when the connection fails or closes: the peer went away without a hang-up (werift
+   * declares ICE failed after 30 s without consent, RFC 7675), or close() was called.
+   */
+  readonly lost: Promise<void>;
   private readonly pc: RTCPeerConnection;
   private readonly transceiver: RTCRtpTransceiver;
   private pump: NodeJS.Timeout | undefined;
@@ -45,6 +50,11 @@ export class CallMedia {
     });
     // Added before any remote offer, so an answerer's offer m-line takes it and it can send too.
     this.transceiver = this.pc.addTransceiver("audio", { direction: "sendrecv" });
+    this.lost = new Promise((resolve) => {
+      this.pc.connectionStateChange.subscribe((state) => {
+        if (state === "failed" || state === "closed") resolve();
+      });
+    });
     this.pc.onTrack.subscribe((track) => {
       track.onReceiveRtp.subscribe((rtp) => {
         if (rtp.header.payloadType === PCMU_PAYLOAD_TYPE)

@@ -114,7 +114,7 @@ export async function connect(
 }
 
 /** How a call that was connected ended. */
-export type Ending = "peer hung up" | "time is up" | "interrupted";
+export type Ending = "peer hung up" | "time is up" | "interrupted" | "connection lost";
 
 /**
  * Sends the source and listens until the peer hangs up, the user stops, or `seconds` pass (then,
@@ -127,18 +127,52 @@ export async function talk(
   seconds: number | undefined,
 ): Promise<Ending> {
   media.startSending();
+  // A peer gone without a hang-up (killed, offline) ends the call when ICE gives up on it.
+  const lost = new AbortController();
+  void media.lost.then(() => lost.abort());
   const hungUp = (e: CallEvent) => e.callId === callId && e.kind === "ended";
+  const ending = (e: CallEvent | Stop): Ending | undefined =>
+    e === "interrupted"
+      ? "interrupted"
+      : e === "aborted"
+        ? "connection lost"
+        : e === "timeout"
+          ? undefined
+          : "peer hung up";
   // Without --seconds the call lasts until a hang-up on either side (a day at most).
-  const ended = await inbox.next(hungUp, seconds === undefined ? 86_400_000 : seconds * 1000);
-  if (ended === "interrupted") return "interrupted";
-  if (ended !== "timeout") return "peer hung up";
+  const first = ending(
+    await inbox.next(hungUp, seconds === undefined ? 86_400_000 : seconds * 1000, lost.signal),
+  );
+  if (first !== undefined) return first;
   const deadline = Date.now() + RTT_GRACE_MS;
   while ((await media.roundTripMs()) === undefined && Date.now() < deadline) {
-    const e = await inbox.next(hungUp, 250);
-    if (e === "interrupted") return "interrupted";
-    if (e !== "timeout") return "peer hung up";
+    const e = ending(await inbox.next(hungUp, 250, lost.signal));
+    if (e !== undefined) return e;
   }
   return "time is up";
+}
+
+/**
+ * Says how the call ended and prints the report; a lost connection then fails the command (exit
+ * code 1), after the report, since the call did not end as either side asked.
+ */
+export async function finish(
+  io: CliIo,
+  ending: Ending,
+  peer: string,
+  media: CallMedia,
+  sourceLabel: string,
+  connectedAt: number,
+): Promise<void> {
+  io.err(
+    ending === "peer hung up"
+      ? `-- ${peer} hung up`
+      : ending === "connection lost"
+        ? `-- the connection to ${peer} was lost`
+        : "-- hanging up",
+  );
+  await report(io, peer, media, sourceLabel, connectedAt);
+  if (ending === "connection lost") throw new Error(`lost the connection to ${peer} without a hang-up`);
 }
 
 /** The lines a call prints when it ends (stdout: the results, for people and scripts). */

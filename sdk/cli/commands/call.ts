@@ -167,8 +167,7 @@ async function call(session: Session, username: string, opts: CallOptions, io: C
     );
     const ending = await talk.talk(inbox, id, media, opts.seconds);
     if (ending === "peer hung up") live = false;
-    io.err(`-- ${ending === "peer hung up" ? `${at(name)} hung up` : "hanging up"}`);
-    await talk.report(io, at(name), media, source.label, connectedAt);
+    await talk.finish(io, ending, at(name), media, source.label, connectedAt);
   } finally {
     if (live && callId !== undefined) client.calls.hangUp(callId, peer.userId);
     inbox.close();
@@ -214,8 +213,7 @@ async function answer(session: Session, opts: CallOptions, io: CliIo): Promise<v
     io.err("-- connected");
     const ending = await talk.talk(inbox, offer.callId, media, opts.seconds);
     if (ending === "peer hung up") live = undefined;
-    io.err(`-- ${ending === "peer hung up" ? `${label} hung up` : "hanging up"}`);
-    await talk.report(io, label, media, source.label, connectedAt);
+    await talk.finish(io, ending, label, media, source.label, connectedAt);
   } finally {
     if (live !== undefined) client.calls.hangUp(live.callId, live.peerUserId);
     inbox.close();

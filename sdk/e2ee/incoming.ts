@@ -15,6 +15,11 @@ import type { DeviceDirectory } from "./devices.js";
  */
 export class Decryptor {
   private readonly decoding = new Map<string, Promise<Uint8Array>>();
+  /**
+   * The `x/` index keys by `<conversationId>/<seq>`: the entries that disappear, found without
+   * walking every plaintext (a device back from a long absence may be served many expired entries).
+   */
+  private readonly expiring = new Map<string, string>();
 
   private constructor(
     private readonly cipher: PairwiseCipher,
@@ -27,7 +32,11 @@ export class Decryptor {
      * client_msg_id of this device's own send (empty otherwise): what forgetExpired deletes.
      */
     private readonly plaintexts: RecordSet,
-  ) {}
+  ) {
+    for (const key of plaintexts.keys()) {
+      if (key.startsWith("x/")) this.expiring.set(key.slice(key.indexOf("/", 2) + 1), key);
+    }
+  }
 
   /** Opens `e2ee/plaintexts/` in the profile's storage. */
   static async open(
@@ -140,10 +149,9 @@ export class Decryptor {
     const records: Array<[string, Uint8Array]> = [[key, plaintext]];
     if (entry.expiresAtMs > 0n) {
       const own = entry.senderDeviceId === this.self.deviceId ? entry.clientMsgId : "";
-      records.push([
-        `x/${entry.expiresAtMs}/${entry.conversationId}/${entry.seq}`,
-        new TextEncoder().encode(own),
-      ]);
+      const index = `x/${entry.expiresAtMs}/${entry.conversationId}/${entry.seq}`;
+      records.push([index, new TextEncoder().encode(own)]);
+      this.expiring.set(`${entry.conversationId}/${entry.seq}`, index);
     }
     await this.plaintexts.put(records);
     return plaintext;
@@ -154,7 +162,7 @@ export class Decryptor {
    * epoch), received and sent; returns how many entries it forgot.
    */
   async forgetExpired(nowMs: number): Promise<number> {
-    const due = this.plaintexts.keys().filter((k) => k.startsWith("x/") && Number(k.split("/")[1]) <= nowMs);
+    const due = [...this.expiring.values()].filter((k) => Number(k.split("/")[1]) <= nowMs);
     await this.forgetKeys(due);
     return due.length;
   }
@@ -165,8 +173,8 @@ export class Decryptor {
    * its own.
    */
   async forgetEntry(conversationId: string, seq: bigint): Promise<void> {
-    const suffix = `/${conversationId}/${seq}`;
-    await this.forgetKeys(this.plaintexts.keys().filter((k) => k.startsWith("x/") && k.endsWith(suffix)));
+    const index = this.expiring.get(`${conversationId}/${seq}`);
+    if (index !== undefined) await this.forgetKeys([index]);
   }
 
   private async forgetKeys(indexKeys: string[]): Promise<void> {
@@ -175,6 +183,7 @@ export class Decryptor {
     for (const x of indexKeys) {
       const [, , ...rest] = x.split("/");
       names.add(`r/${rest.join("/")}`);
+      this.expiring.delete(rest.join("/"));
       const own = new TextDecoder().decode(this.plaintexts.get(x) ?? new Uint8Array());
       if (own !== "") names.add(`s/${own}`);
       names.add(x);

@@ -61,7 +61,8 @@ export const identityCodec: PayloadCodec = {
  * (stream.ts), the outbox and its retries (outbox.ts), encryption of sends (sealing.ts), what the
  * app sends (sends.ts), the frames from the server (receive.ts), decoding and delivery of entries
  * (decode.ts, delivery.ts), acks (acks.ts), typing and presence (presence.ts), attachments
- * (attachments.ts) and the unary calls by service (accounts.ts, conversations.ts).
+ * (attachments.ts), history for a newly linked device (history.ts) and the unary calls by
+ * service (accounts.ts, conversations.ts).
  */
 export class SwitchboardClient {
   private readonly parts: ClientParts;

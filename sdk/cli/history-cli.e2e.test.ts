@@ -30,8 +30,15 @@ describe("the CLI: history for a newly linked device (commands against a server 
       old.join("\n"),
     );
 
-    const [code] = await ok("link-code", "--profile", alice.profile);
+    const made = start(["link-code", "--profile", alice.profile]);
+    assert.equal(await made.done, 0);
+    const code = made.out[0];
     assert.ok(code !== undefined);
+    // The code's hint offers the history.
+    assert.ok(
+      made.err.some((l) => l.includes("switchboard link-approve --history 7d")),
+      made.err.join("\n"),
+    );
     const fresh = join(fx.base, "profile-alice-new");
     const linking = start(["link", code, "--profile", fresh, "--wait-history", "60"]);
     await eventually(

@@ -60,6 +60,8 @@ export function registerAccountCommands(program: Command, io: CliIo): void {
         io.out(code);
         io.err(`valid until ${new Date(Number(expiresAtMs)).toLocaleTimeString()}; on the new device run:`);
         io.err(`  switchboard link ${code} --profile <new profile dir>`);
+        io.err("to give it this device's recent history, add --wait-history 120 there, then run here:");
+        io.err("  switchboard link-approve --history 7d");
       }),
     ),
   );

@@ -1,0 +1,63 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { ConnectResponseSchema } from "../../gen/switchboard/v1/gateway_pb.js";
+import { encodeFrame } from "./device-stream.js";
+
+/** The device stream writes message frames around cached entry bytes: they must be toBinary's bytes. */
+describe("device stream frame encoding", () => {
+  const entry = (seq: number, payload: number[], devices = 0) =>
+    create(EntrySchema, {
+      conversationId: "c_0123456789abcdefghij",
+      seq: BigInt(seq),
+      senderUserId: "u_sender",
+      senderDeviceId: "d_sender",
+      clientMsgId: `m${seq}`,
+      serverTimeMs: 1_700_000_000_000n + BigInt(seq),
+      body: {
+        case: "message",
+        value: {
+          payload: new Uint8Array(payload),
+          devicePayloads: Array.from({ length: devices }, (_, i) => ({
+            deviceId: `d_${i}`,
+            registrationId: i + 1,
+            ciphertext: new Uint8Array([i, i, i]),
+            type: 2,
+          })),
+          replyToSeq: seq > 1 ? BigInt(seq - 1) : 0n,
+          mentionedUserIds: seq % 2 === 0 ? ["u_a", "u_b"] : [],
+        },
+      },
+    });
+
+  it("writes exactly what toBinary writes, for message frames and every other frame", () => {
+    const shared = entry(7, [1, 2, 3]);
+    const frames = [
+      create(ConnectResponseSchema, { frame: { case: "message", value: { entries: [] } } }),
+      create(ConnectResponseSchema, { frame: { case: "message", value: { entries: [entry(1, [])] } } }),
+      create(ConnectResponseSchema, {
+        frame: {
+          case: "message",
+          value: { entries: [entry(2, [9], 3), shared, entry(300, new Array(70_000).fill(5))] },
+        },
+      }),
+      create(ConnectResponseSchema, { frame: { case: "sendAck", value: { clientMsgId: "m1", seq: 5n } } }),
+      create(ConnectResponseSchema, { frame: { case: "pong", value: { nonce: 9n } } }),
+    ];
+    for (const f of frames)
+      assert.deepEqual(Buffer.from(encodeFrame(f)), Buffer.from(toBinary(ConnectResponseSchema, f)));
+    // The same entry object in another frame: its cached bytes, still the same frame bytes.
+    const again = create(ConnectResponseSchema, {
+      frame: { case: "message", value: { entries: [shared, entry(8, [4])] } },
+    });
+    const bytes = encodeFrame(again);
+    assert.deepEqual(Buffer.from(bytes), Buffer.from(toBinary(ConnectResponseSchema, again)));
+    const parsed = fromBinary(ConnectResponseSchema, bytes);
+    assert.equal(parsed.frame.case, "message");
+    assert.deepEqual(parsed.frame.case === "message" ? parsed.frame.value.entries.map((e) => e.seq) : [], [
+      7n,
+      8n,
+    ]);
+  });
+});

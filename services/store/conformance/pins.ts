@@ -70,7 +70,7 @@ export function runPinConformance(open: () => Promise<StoreEngine>): void {
       assert.equal(await store.getLastSeq(id), 5);
     });
 
-    test("a record written with pins and without an earlier write in its commit keeps only its own", async (store) => {
+    test("a record written without pins after one with pins in the same commit keeps those pins", async (store) => {
       const id = `g_pin${randomUUID().replaceAll("-", "")}`;
       const only: PinRecord = { seq: 1, pinSeq: 2, byUserId: "u_a", atMs: 1_700_000_000_002 };
       await store.commit([

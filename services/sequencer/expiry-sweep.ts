@@ -11,6 +11,8 @@ export interface ExpirySweepOptions {
   maxSteps?: number;
   /** The server-wide maximum age of entries, in milliseconds; 0 or absent keeps them. */
   retentionMs?: number;
+  /** Entries every member received are deleted this long after their commit, in ms; 0: off. */
+  afterDeliveryMs?: number;
 }
 
 /** Steps one sweep takes unless told otherwise: a million entries at the default batch. */
@@ -66,8 +68,15 @@ export class ExpirySweep {
             this.store.deleteEntriesOlderThan(nowMs - retentionMs, batch),
           )
         : 0;
-    this.deleted += expired + old;
-    return expired + old;
+    const afterDeliveryMs = this.options.afterDeliveryMs ?? 0;
+    const delivered =
+      afterDeliveryMs > 0
+        ? await this.run("delivered entries past the window", (batch) =>
+            this.store.deleteDeliveredOlderThan(nowMs - afterDeliveryMs, batch),
+          )
+        : 0;
+    this.deleted += expired + old + delivered;
+    return expired + old + delivered;
   }
 
   /** Takes bounded steps of one kind of deletion until one deletes less than a batch. */

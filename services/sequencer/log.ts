@@ -28,6 +28,8 @@ export class ConversationLog {
     private readonly now: () => number,
     /** The server-wide maximum age of entries, in milliseconds; 0 keeps them for ever. */
     private readonly retentionMs = 0,
+    /** Entries every member received go this long after their commit, in milliseconds; 0: off. */
+    private readonly afterDeliveryMs = 0,
   ) {}
 
   /** Commit time, never earlier than the conversation's previous entry. */
@@ -87,13 +89,14 @@ export class ConversationLog {
   /** Reads one committed entry, from the tail when possible; an expired one as its stub. */
   async entryAt(state: ConversationState, seq: number): Promise<Entry | undefined> {
     if (seq < 1 || seq > state.lastSeq) return undefined;
+    const delivered = this.deliveredBound(state);
     const cached = state.fromTail(seq);
-    if (cached !== undefined) return this.unexpired(cached);
+    if (cached !== undefined) return this.unexpired(cached, delivered);
     if (seq > state.committedSeq) return undefined;
     const [entry] = await this.store.readEntries(state.id, seq - 1, 1);
     // Every committed seq was written: one the store no longer has expired (see readCommitted).
     return entry !== undefined && Number(entry.seq) === seq
-      ? this.unexpired(entry)
+      ? this.unexpired(entry, delivered)
       : expiredStub(state.id, seq);
   }
 
@@ -106,9 +109,10 @@ export class ConversationLog {
   async readCommitted(state: ConversationState, after: number, limit: number): Promise<Entry[]> {
     const upTo = Math.min(state.committedSeq, after + limit);
     if (upTo <= after) return [];
+    const delivered = this.deliveredBound(state);
     if (after + 1 >= state.tailStart()) {
       const start = after + 1 - state.tailStart();
-      return state.tail.slice(start, start + (upTo - after)).map((e) => this.unexpired(e));
+      return state.tail.slice(start, start + (upTo - after)).map((e) => this.unexpired(e, delivered));
     }
     const entries = await this.store.readEntries(state.id, after, upTo - after);
     const out: Entry[] = [];
@@ -117,18 +121,37 @@ export class ConversationLog {
       const seq = Number(entry.seq);
       if (seq > upTo) break;
       for (; next < seq; next++) out.push(expiredStub(state.id, next));
-      out.push(this.unexpired(entry));
+      out.push(this.unexpired(entry, delivered));
       next = seq + 1;
     }
     for (; next <= upTo; next++) out.push(expiredStub(state.id, next));
     return out;
   }
 
-  /** The entry, or its expired stub once past its expiry or older than the retention. */
-  private unexpired(entry: Entry): Entry {
+  /**
+   * With retention after delivery, the seq up to which every member has received the log (the
+   * lowest member delivered cursor); 0 otherwise.
+   */
+  private deliveredBound(state: ConversationState): number {
+    if (this.afterDeliveryMs <= 0 || state.members.size === 0) return 0;
+    let low = Number.POSITIVE_INFINITY;
+    for (const m of state.members.values()) low = Math.min(low, m.deliveredUpTo);
+    return low;
+  }
+
+  /**
+   * The entry, or its expired stub once past its expiry, older than the retention, or received by
+   * every member (seq at most `delivered`) and older than the window after delivery: served as the
+   * store will be once the sweep reaches it, so what a device reads never waits for the sweep.
+   */
+  private unexpired(entry: Entry, delivered = 0): Entry {
     const now = this.now();
-    const tooOld = this.retentionMs > 0 && Number(entry.serverTimeMs) < now - this.retentionMs;
-    return tooOld || isExpired(entry, now) ? expiredStub(entry.conversationId, Number(entry.seq)) : entry;
+    const time = Number(entry.serverTimeMs);
+    const tooOld = this.retentionMs > 0 && time < now - this.retentionMs;
+    const received = Number(entry.seq) <= delivered && time < now - this.afterDeliveryMs;
+    return tooOld || received || isExpired(entry, now)
+      ? expiredStub(entry.conversationId, Number(entry.seq))
+      : entry;
   }
 
   /** As readCommitted, stopping before the entries' encoded size passes maxBytes (one at least). */

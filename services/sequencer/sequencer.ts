@@ -68,7 +68,7 @@ export class Sequencer {
       leased: options.leased ?? false,
       maxStatesPerShard: options.maxStatesPerShard ?? DEFAULT_MAX_STATES_PER_SHARD,
     });
-    const entries = new ConversationLog(store, now, options.retentionMs ?? 0);
+    const entries = new ConversationLog(store, now, options.retentionMs ?? 0, options.afterDeliveryMs ?? 0);
     this.appender = new Appender(this.shards, entries, store, options.limits, now, log);
     this.refusals = this.appender.refusals;
     this.receipts = new Receipts(this.shards, entries, store, this.outbox, bus, now);

@@ -46,6 +46,8 @@ export interface SequencerOptions {
    * ones are served as expired, as the store deletes them (ExpirySweep, or a database TTL).
    */
   retentionMs?: number;
+  /** Entries every member received are served as expired this long after their commit, in ms. */
+  afterDeliveryMs?: number;
 }
 
 /** The user and device an operation acts as. */

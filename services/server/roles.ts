@@ -83,6 +83,7 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
     maxStatesPerShard: config.sequencerCacheConversations,
     disappearingSeconds: config.retention.disappearingSeconds,
     retentionMs: config.retention.maxAgeMs,
+    afterDeliveryMs: config.retention.afterDeliveryMs,
   });
   closers.add("sequencer", () => seq.close());
   // Entries past their expiry are served as expired at once; this frees their space.
@@ -90,6 +91,7 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
     intervalMs: config.retention.expirySweepMs,
     batch: config.retention.expirySweepBatch,
     retentionMs: config.retention.maxAgeMs,
+    afterDeliveryMs: config.retention.afterDeliveryMs,
   });
   sweep.start();
   closers.add("expiry sweep", () => sweep.stop());

@@ -116,3 +116,88 @@ for (const engine of ["lmdb", "scylla"] as const) {
     });
   });
 }
+
+/**
+ * SWITCHBOARD_RETENTION_AFTER_DELIVERY_SECONDS against a server process, on each store engine: an
+ * entry every member has received goes once it is that old; one a member has not received stays.
+ */
+for (const engine of ["lmdb", "scylla"] as const) {
+  describe(`retention after delivery (${engine})`, { skip: engine === "scylla" && SCYLLA_SKIP }, () => {
+    let server: ServerProcess | undefined;
+    let keyspace: ScratchKeyspace | undefined;
+    const devices: TestDevice[] = [];
+
+    before(async () => {
+      const env: Record<string, string> = {
+        // No age limit: only delivery decides here.
+        SWITCHBOARD_RETENTION_SECONDS: "0",
+        SWITCHBOARD_RETENTION_AFTER_DELIVERY_SECONDS: "1",
+        SWITCHBOARD_EXPIRY_SWEEP_MS: "1000",
+      };
+      if (engine === "scylla") {
+        keyspace = await scratchKeyspace("delivered");
+        Object.assign(env, {
+          SWITCHBOARD_STORE: "scylla",
+          SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
+          SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
+          SCYLLA_KEYSPACE: keyspace.options.keyspace,
+          SCYLLA_REPLICATION_FACTOR: "1",
+        });
+      }
+      server = await startServerProcess({ env });
+    });
+
+    after(async () => {
+      await Promise.all(devices.map((d) => d.close()));
+      const code = await server?.stop();
+      if (server !== undefined) await removeDir(server.dataDir);
+      await keyspace?.drop();
+      assert.equal(code, 0, `server exited with ${code}:\n${server?.logs.slice(-20).join("\n")}`);
+    });
+
+    const user = async (prefix: string) => {
+      const d = await TestDevice.register(server!.url, uniqueName(prefix));
+      devices.push(d);
+      return d;
+    };
+
+    it("deletes what every member acknowledged once the window has passed, and keeps what one has not", async () => {
+      const [a, b, c] = [await user("wa"), await user("wb"), await user("wc")];
+      const { conversation } = await a.conversations.createGroup({
+        title: "acks",
+        memberUserIds: [b.userId, c.userId],
+      });
+      const group = conversation!.conversationId;
+      const direct = (await a.conversations.openDirect({ peerUserId: b.userId })).conversation!
+        .conversationId;
+      const toB = await a.gateway.send({ entry: outgoingText(direct, "d1", "b will have it") });
+      const toGroup = await a.gateway.send({ entry: outgoingText(group, "g1", "c never connects") });
+      // a and b acknowledge everything in the direct conversation; c never connects.
+      for (const [d, id, seq] of [
+        [a, direct, toB.seq],
+        [b, direct, toB.seq],
+        [a, group, toGroup.seq],
+        [b, group, toGroup.seq],
+      ] as const) {
+        d.connect();
+        await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+        d.write({ case: "ack", value: { cursors: [{ conversationId: id, seq }] } as never });
+      }
+      const deadline = Date.now() + 20_000;
+      for (;;) {
+        const history = await a.conversations.getHistory({ conversationId: direct });
+        if (history.entries.find((e) => e.seq === toB.seq)?.expired === true) break;
+        assert.ok(Date.now() < deadline, "the delivered entry was never deleted");
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      // The group's entries wait for c: nothing of them went, even well past the window.
+      await loggedLine(server!, (l) => l.includes("deleted delivered entries past the window"), "the sweep");
+      const group2 = await a.conversations.getHistory({ conversationId: group });
+      assert.deepEqual(
+        group2.entries.map((e) => e.expired),
+        group2.entries.map(() => false),
+      );
+      assert.equal(group2.entries.find((e) => e.seq === toGroup.seq)?.body.case, "message");
+    });
+  });
+}

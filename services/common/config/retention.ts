@@ -23,6 +23,11 @@ export interface RetentionConfig {
    * entry.
    */
   maxAgeMs: number;
+  /**
+   * Entries every member has received (some device of each acknowledged them) are deleted once
+   * they are this old, in milliseconds (0: off, they wait for maxAgeMs).
+   */
+  afterDeliveryMs: number;
 }
 
 /** The default timers: 24 hours, 7 days, 90 days. */
@@ -41,6 +46,11 @@ export const retentionVariables = z.object({
   SWITCHBOARD_EXPIRY_SWEEP_BATCH: intVariable("SWITCHBOARD_EXPIRY_SWEEP_BATCH", 1_000, true),
   // 30 days: how long an undelivered message waits for its devices, as the design brief says.
   SWITCHBOARD_RETENTION_SECONDS: intVariable("SWITCHBOARD_RETENTION_SECONDS", 2_592_000, true),
+  SWITCHBOARD_RETENTION_AFTER_DELIVERY_SECONDS: intVariable(
+    "SWITCHBOARD_RETENTION_AFTER_DELIVERY_SECONDS",
+    0,
+    true,
+  ),
 });
 
 /** The retention settings from the environment, each checked. */
@@ -65,6 +75,7 @@ export function loadRetention(env: Env): RetentionConfig {
     );
   return {
     maxAgeMs: retention * 1000,
+    afterDeliveryMs: vars.SWITCHBOARD_RETENTION_AFTER_DELIVERY_SECONDS * 1000,
     disappearingSeconds: [...new Set(seconds)].sort((a, b) => a - b),
     expirySweepMs: vars.SWITCHBOARD_EXPIRY_SWEEP_MS,
     expirySweepBatch: vars.SWITCHBOARD_EXPIRY_SWEEP_BATCH,

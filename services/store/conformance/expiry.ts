@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { type Entry, EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
-import type { ConversationRecord, ConversationStore, StoreEngine } from "../types.js";
+import type { ConversationRecord, ConversationStore, MemberRecord, StoreEngine } from "../types.js";
 
 /**
  * The conformance suite of the store's part in disappearing messages: entries that expire and
@@ -95,6 +95,48 @@ export function runExpiryConformance(open: () => Promise<StoreEngine>): void {
       }
       // The expiring entry's index went with it: the expiry sweep finds nothing to delete.
       assert.equal(await store.deleteExpiredEntries(now + 2 * day, 100), 0);
+    });
+
+    test("deleteDeliveredOlderThan deletes old entries every member has received, and no others", async (store) => {
+      const id = `g_del${randomUUID().replaceAll("-", "")}`;
+      const now = Date.now();
+      const hour = 3_600_000;
+      const entries = [5, 4, 3, 2, 0.1].map((hoursAgo, i) =>
+        create(EntrySchema, { ...message(id, i + 1, 0), serverTimeMs: BigInt(now - hoursAgo * hour) }),
+      );
+      const member = (userId: string, deliveredUpTo: number): MemberRecord => ({
+        userId,
+        role: "member",
+        joinedSeq: 1,
+        addedAtMs: now,
+        deliveredUpTo,
+        readUpTo: 0,
+      });
+      // One member has everything, the other up to seq 3 only.
+      await store.commit([
+        { conversationId: id, append: entries, putMembers: [member("u_a", 5), member("u_b", 3)] },
+      ]);
+      let deleted = 0;
+      for (let calls = 0; calls < 50; calls++) {
+        const n = await store.deleteDeliveredOlderThan(now - hour, 100);
+        deleted += n;
+        // The walk may need more than one call to reach this conversation in a shared store.
+        if (n === 0 && (await store.readEntries(id, 0, 1))[0]?.seq === 4n) break;
+      }
+      // 1..3 are old and everyone's; 4 is old but u_b has not got it; 5 is recent.
+      assert.deepEqual(seqs(await store.readEntries(id, 0, 10)), [4, 5]);
+      assert.equal(await store.getLastSeq(id), 5);
+      await store.saveCursors([], [{ conversationId: id, userId: "u_b", deliveredUpTo: 5, readUpTo: 0 }]);
+      for (let calls = 0; calls < 50; calls++) {
+        await store.deleteDeliveredOlderThan(now - hour, 100);
+        if ((await store.readEntries(id, 0, 1))[0]?.seq === 5n) break;
+      }
+      assert.deepEqual(
+        seqs(await store.readEntries(id, 0, 10)),
+        [5],
+        "once received, 4 goes too; 5 is recent",
+      );
+      assert.ok(deleted >= 3);
     });
 
     test("a conversation's disappearing timer is stored with its metadata", async (store) => {

@@ -272,17 +272,41 @@ export class LmdbConversationStore implements ConversationStore {
     return new Map([...range].map(({ key, value }) => [(key as [string, string])[1], value]));
   }
 
-  /** Where the retention sweep resumes: the conversation it stopped in (undefined: the first). */
-  private retentionCursor: string | undefined;
+  /** Where each retention sweep resumes: the conversation it stopped in (absent: the first). */
+  private readonly retentionCursors = new Map<"age" | "delivered", string>();
 
-  async deleteEntriesOlderThan(olderThanMs: number, limit: number): Promise<number> {
+  deleteEntriesOlderThan(olderThanMs: number, limit: number): Promise<number> {
+    return this.deletePrefixes("age", olderThanMs, limit, () => Number.POSITIVE_INFINITY);
+  }
+
+  deleteDeliveredOlderThan(olderThanMs: number, limit: number): Promise<number> {
+    return this.deletePrefixes("delivered", olderThanMs, limit, (id) => {
+      let upTo = Number.POSITIVE_INFINITY;
+      for (const { value } of this.dbs.members.getRange({ start: [id], end: [id, HIGH] })) {
+        upTo = Math.min(upTo, value.deliveredUpTo);
+      }
+      return upTo;
+    });
+  }
+
+  /**
+   * Deletes, conversation by conversation, the entries committed before olderThanMs up to the seq
+   * upTo(conversation) gives, at most limit per call; walks a bounded number of conversations
+   * and resumes after the last on the next call.
+   */
+  private async deletePrefixes(
+    sweep: "age" | "delivered",
+    olderThanMs: number,
+    limit: number,
+    upTo: (conversationId: string) => number,
+  ): Promise<number> {
     if (!(limit >= 1) || !Number.isFinite(olderThanMs)) return 0;
     const { dbs } = this;
     const max = Math.min(Math.floor(limit), EXPIRE_SLICE);
     return this.writeUnit(() => {
       let deleted = 0;
-      const from = this.retentionCursor;
-      this.retentionCursor = undefined;
+      const from = this.retentionCursors.get(sweep);
+      this.retentionCursors.delete(sweep);
       // Keys are collected before anything is removed: nothing is deleted under a live iterator.
       const ids = [
         ...dbs.heads.getKeys({
@@ -293,14 +317,16 @@ export class LmdbConversationStore implements ConversationStore {
       for (const [i, id] of ids.entries()) {
         // Bounded work even where nothing is old: the next call resumes here.
         if (i === RETENTION_CONVERSATIONS_PER_CALL) {
-          this.retentionCursor = id;
+          this.retentionCursors.set(sweep, id);
           break;
         }
+        const bound = upTo(id);
         // Entries are in commit order, so the old ones are a prefix of what is left of the log.
         const old: Array<{ key: [string, number]; expiresAtMs: number }> = [];
         for (const { key, value } of dbs.entries.getRange({ start: [id, 0], end: [id, HIGH] })) {
+          const seq = (key as [string, number])[1];
           const times = entryTimes(value);
-          if (times.serverTimeMs >= olderThanMs || deleted + old.length >= max) break;
+          if (seq > bound || times.serverTimeMs >= olderThanMs || deleted + old.length >= max) break;
           old.push({ key: key as [string, number], expiresAtMs: times.expiresAtMs });
         }
         for (const { key, expiresAtMs } of old) {
@@ -310,7 +336,7 @@ export class LmdbConversationStore implements ConversationStore {
         deleted += old.length;
         if (deleted >= max) {
           // This conversation may have more: the next call starts with it.
-          this.retentionCursor = id;
+          this.retentionCursors.set(sweep, id);
           break;
         }
       }

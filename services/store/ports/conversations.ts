@@ -224,6 +224,13 @@ export interface ConversationStore {
    */
   deleteEntriesOlderThan(olderThanMs: number, limit: number): Promise<number>;
   /**
+   * Deletes log entries committed before olderThanMs that every current member has received (each
+   * member's deliveredUpTo, the highest seq any of their devices acknowledged, is at or past the
+   * entry), oldest first, at most limit per call, resuming like deleteEntriesOlderThan; returns
+   * how many. Seqs keep their place. Every engine deletes here (a TTL cannot wait for acks).
+   */
+  deleteDeliveredOlderThan(olderThanMs: number, limit: number): Promise<number>;
+  /**
    * Deletes idempotency records written before olderThanMs (milliseconds since the Unix epoch);
    * returns how many were removed.
    */

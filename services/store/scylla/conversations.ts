@@ -34,6 +34,7 @@ import { IdempotencyExpiry } from "./conversations/expiry.js";
 import { type ConversationSettings, DEFAULT_MAX_COMMIT_BYTES } from "./conversations/layout.js";
 import { ConversationLog } from "./conversations/log.js";
 import { ConversationReads } from "./conversations/reads.js";
+import { DeliveredRetention } from "./conversations/retention.js";
 import { CommitRows } from "./conversations/rows.js";
 import type { Cql } from "./schema.js";
 
@@ -57,6 +58,7 @@ export class ScyllaConversationStore implements ConversationStore {
   private readonly reads: ConversationReads;
   private readonly cursors: ConversationCursors;
   private readonly expiry: IdempotencyExpiry;
+  private readonly delivered: DeliveredRetention;
 
   constructor(cql: Cql, settings: ConversationSettings, log?: Logger) {
     this.maxCommitBytes = settings.maxCommitBytes ?? DEFAULT_MAX_COMMIT_BYTES;
@@ -64,6 +66,7 @@ export class ScyllaConversationStore implements ConversationStore {
     this.reads = new ConversationReads(cql, settings);
     this.cursors = new ConversationCursors(cql);
     this.expiry = new IdempotencyExpiry(cql);
+    this.delivered = new DeliveredRetention(cql, this.reads, settings);
   }
 
   commit(writes: ConversationWrite[]): Promise<void> {
@@ -135,6 +138,10 @@ export class ScyllaConversationStore implements ConversationStore {
 
   async deleteEntriesOlderThan(_olderThanMs: number, _limit: number): Promise<number> {
     return 0;
+  }
+
+  deleteDeliveredOlderThan(olderThanMs: number, limit: number): Promise<number> {
+    return this.delivered.deleteDeliveredOlderThan(olderThanMs, limit);
   }
 
   expireIdempotency(olderThanMs: number): Promise<number> {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type FeatureFlag, parseFeatureFlags } from "../common/config/flags.js";
-import { assignFlags, assignVariant, bucketOf } from "./flags.js";
+import { type FeatureFlag, parseFeatureFlags } from "./config/flags.js";
+import { assignFlags, assignVariant, bucketOf } from "./feature-flags.js";
 
 /** Deterministic user ids, so every count below is the same on every run. */
 const USERS = Array.from({ length: 20_000 }, (_, i) => `u_${i.toString(36).padStart(26, "0")}`);

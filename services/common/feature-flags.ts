@@ -6,7 +6,7 @@
  * are spread independently of those of another (the flag's name is hashed with the id).
  */
 import { createHash } from "node:crypto";
-import type { FeatureFlag } from "../common/config/flags.js";
+import type { FeatureFlag } from "./config/flags.js";
 
 /** The point of [0, total) where a user falls for a flag: the first 8 bytes of a SHA-256. */
 export function bucketOf(flag: string, userId: string, total: number): number {

@@ -3,8 +3,8 @@ import { after, before, describe, it } from "node:test";
 import { Code } from "@connectrpc/connect";
 import { MemberRole } from "../../gen/switchboard/v1/conversations_pb.js";
 import { FeatureFlags } from "../../sdk/client/flags.js";
-import { assignFlags } from "../../services/accounts/flags.js";
 import { parseFeatureFlags } from "../../services/common/config/flags.js";
+import { assignFlags } from "../../services/common/feature-flags.js";
 import { freePort } from "../helpers/backends.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
@@ -161,10 +161,36 @@ describe("conversation health on the server: feature flags and guardrail metrics
     assert.equal(count(page, "report") - count(before, "report"), 1);
     assert.equal(count(page, "mute") - count(before, "mute"), 1);
     assert.equal(count(page, "leave") - count(before, "leave"), 1);
-    // Counts only: the series carry the action and the exporter's scope, nothing that names anyone.
+    // Split by each flag's variants: every flag's arms add up to the total, and the report is
+    // counted under the reporter's own variants (the ones GetFeatureFlags gives them).
+    const VARIANT = "switchboard_guardrail_variant_actions_total";
+    const armCount = (p: string, action: string, flag: string, variant?: string) =>
+      samples(p, VARIANT)
+        .filter((s) => s.labels.action === action && s.labels.flag === flag)
+        .filter((s) => variant === undefined || s.labels.variant === variant)
+        .reduce((sum, s) => sum + s.value, 0);
+    const flags = parseFeatureFlags(FLAGS);
+    for (const action of ["block", "report", "mute", "leave"]) {
+      for (const flag of flags) {
+        assert.equal(
+          armCount(page, action, flag.name) - armCount(before, action, flag.name),
+          count(page, action) - count(before, action),
+          `${action} by ${flag.name}`,
+        );
+      }
+    }
+    for (const { flag, variant } of assignFlags(flags, x.userId)) {
+      assert.equal(armCount(page, "report", flag, variant) - armCount(before, "report", flag, variant), 1);
+    }
+    // Counts only: the series carry the action (the flag and variant), and the exporter's scope,
+    // nothing that names anyone.
     for (const s of samples(page, "switchboard_guardrail_actions_total")) {
       for (const key of Object.keys(s.labels)) assert.match(key, /^(action|otel_scope_[a-z_]+)$/, key);
       assert.match(s.labels.action!, /^(block|report|mute|leave)$/);
+    }
+    for (const s of samples(page, VARIANT)) {
+      for (const key of Object.keys(s.labels))
+        assert.match(key, /^(action|flag|variant|otel_scope_[a-z_]+)$/, key);
     }
     for (const secret of [a.userId, b.userId, c.userId, x.userId, y.userId, id])
       assert.ok(!page.includes(secret), secret);

@@ -17,11 +17,11 @@ import {
 import type { Principal, Tokens } from "../common/auth.js";
 import type { FeatureFlagsConfig } from "../common/config.js";
 import { InvalidInputError, UnauthenticatedError } from "../common/errors.js";
+import { assignFlags } from "../common/feature-flags.js";
 import { countGuardrail } from "../common/guardrails.js";
 import { requireId, requireIds, requireText, requireUsername } from "../common/validate.js";
 import { targetFromRequest, targetToWire } from "../notification/index.js";
 import type { Accounts } from "./accounts.js";
-import { assignFlags } from "./flags.js";
 import { addressKey, PEER_HEADER, UNKNOWN_PEER } from "./peer.js";
 import { privacyChangesFromWire, privacyToWire } from "./privacy.js";
 
@@ -125,7 +125,7 @@ export function accountService(
     async blockUser(req, ctx) {
       const p = await principal(ctx);
       const newlyBlocked = await accounts.blocks.block(p.userId, requireId("user_id", req.userId, "u"));
-      if (newlyBlocked) countGuardrail("block");
+      if (newlyBlocked) countGuardrail("block", p.userId);
       return { newlyBlocked };
     },
     async unblockUser(req, ctx) {
@@ -160,7 +160,7 @@ export function accountService(
         targetSeq: Number(req.targetSeq),
         messages,
       });
-      countGuardrail("report");
+      countGuardrail("report", p.userId);
       return { reportId };
     },
     async getFeatureFlags(_req, ctx) {

@@ -231,7 +231,7 @@ export class Membership {
           throw new InvalidInputError("action: not a membership change a client can make");
       }
       await batch.durable;
-      if (action === MembershipAction.LEFT) countGuardrail("leave");
+      if (action === MembershipAction.LEFT) countGuardrail("leave", actor.userId);
       return entry;
     });
   }
@@ -266,7 +266,7 @@ export class Membership {
       const batch = shard.batch();
       batch.putMembers(state, [updated]);
       await batch.durable;
-      if (mutedUntilMs > this.now()) countGuardrail("mute");
+      if (mutedUntilMs > this.now()) countGuardrail("mute", userId);
     });
   }
 }

@@ -2,6 +2,7 @@ import { mkdir } from "node:fs/promises";
 import type { Accounts } from "../accounts/index.js";
 import { Tokens } from "../common/auth.js";
 import { type Config, type ConfigInput, loadConfig, ROLES, type Role } from "../common/config.js";
+import { useGuardrailFlags } from "../common/guardrails.js";
 import { internalCredential } from "../common/internal-auth.js";
 import { captureConsole, createLogger, type Logger } from "../common/log.js";
 import type { RateLimiter } from "../common/rate-limit/types.js";
@@ -84,6 +85,8 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
   const startedAtMs = Date.now();
   const { logger, env, captureConsole: capture, ...input } = options;
   const config = loadConfig(input, env);
+  // The guardrail counts are split by the configured flags' variants (services/common/guardrails.ts).
+  useGuardrailFlags(config.featureFlags.flags);
   const mesh = config.mesh;
   const roles = new Set<Role>(mesh.roles);
   const everything = roles.size === ROLES.length;

@@ -15,8 +15,8 @@ import { directConversationId } from "../common/ids.js";
 import type { ConversationRecord, ConversationStore, MemberRecord } from "../store/types.js";
 import type { ConversationState, CursorPair } from "./conversation.js";
 import type { DeviceFloors } from "./floors.js";
-import { pinsView } from "./pins.js";
 import { type ConversationLog, PAGE_DEFAULT, PAGE_MAX } from "./log.js";
+import { pinsView } from "./pins.js";
 import type { Receipts } from "./receipts.js";
 import { ReplicaShards, requireMember } from "./replica.js";
 import type { HistoryPage } from "./types.js";
@@ -243,15 +243,15 @@ export class Views {
     const rows = await this.userConversations(userId, held);
     const ids = new Set(rows.map((r) => r.conversationId));
     const found = new Set<string>();
+    // Those with a direct conversation: the "contacts" of the last_seen privacy setting.
+    const direct = new Set<string>();
     let pending = peerUserIds.filter((peer) => {
       if (peer === userId || ids.has(directConversationId(userId, peer))) {
         found.add(peer);
-    // Those with a direct conversation: the "contacts" of the last_seen privacy setting.
-    const direct = new Set<string>();
+        if (peer !== userId) direct.add(peer);
         return false;
       }
       return true;
-        if (peer !== userId) direct.add(peer);
     });
     for (const row of rows) {
       if (pending.length === 0) break;

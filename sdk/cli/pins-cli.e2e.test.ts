@@ -31,8 +31,10 @@ describe("the CLI's pin, unpin and pins", () => {
     const pinned = await ok("pin", alice.username, seq, "--profile", bob.profile);
     assert.match(pinned.join("\n"), new RegExp(`^pinned #${seq} \\(#\\d+\\)$`, "m"));
     const listed = await ok("pins", bob.username, "--profile", alice.profile);
-    assert.equal(listed.length, 1, listed.join("\n"));
+    assert.equal(listed.length, 2, listed.join("\n"));
     assert.match(listed[0]!, new RegExp(`^#${seq} pinned by @${bob.username} at \\d{4}-`));
+    // With the message itself, decrypted on this device, as history shows it.
+    assert.match(listed[1]!, new RegExp(`^  #${seq} .*you: the address is 1 Main St`));
 
     // Pinning it again is refused with the server's reason; so is a message that does not exist.
     const twice = await cli("pin", alice.username, seq, "--profile", bob.profile);

@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import { downloadHint, type EntryView, formatEntry, hintTarget } from "../format.js";
 import { type CliIo, run } from "../io.js";
 import { Names, resolveConversation } from "../names.js";
 import { clientCommand, type GlobalOptions } from "../options.js";
@@ -36,21 +37,37 @@ export function registerPins(program: Command, io: CliIo): void {
   clientCommand(
     program,
     "pins <conversation>",
-    "list a conversation's pinned messages, oldest pin first",
+    "list a conversation's pinned messages, oldest pin first, each with the message as history shows it",
   ).action(
     run(io, async (target: string, opts: GlobalOptions) => {
-      await withClient(opts, io, "none", async ({ client }) => {
+      // "content": the messages are decrypted (or read from what this device kept of them).
+      await withClient(opts, io, "content", async ({ client, encrypted }) => {
         const conversationId = await resolveConversation(client, target);
         const pins = await client.pins.list(conversationId);
         if (pins.length === 0) {
           io.out("no pinned messages");
           return;
         }
+        const messages = await Promise.all(
+          pins.map(async (p) => {
+            const page = await client.getHistory(conversationId, { afterSeq: p.seq - 1n, limit: 1 });
+            return page.entries.find((e) => e.seq === p.seq);
+          }),
+        );
         const names = new Names(client);
-        await names.load(pins.map((p) => p.pinnedBy));
-        for (const p of pins) {
+        await names.load([
+          ...pins.map((p) => p.pinnedBy),
+          ...messages.flatMap((m) => (m ? [m.senderUserId] : [])),
+        ]);
+        const view: EntryView = {
+          encrypted,
+          download: downloadHint(opts, hintTarget(target, conversationId)),
+        };
+        for (const [i, p] of pins.entries()) {
           const when = new Date(Number(p.pinnedAtMs)).toISOString();
           io.out(`#${p.seq} pinned by ${names.label(p.pinnedBy)} at ${when}`);
+          const message = messages[i];
+          if (message !== undefined) io.out(`  ${formatEntry(message, names, client.userId, view)}`);
         }
       });
     }),

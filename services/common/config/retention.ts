@@ -24,10 +24,17 @@ export interface RetentionConfig {
    */
   maxAgeMs: number;
   /**
-   * Entries every member has received (some device of each acknowledged them) are deleted once
-   * they are this old, in milliseconds (0: off, they wait for maxAgeMs).
+   * Entries every active device of every member has received (each acknowledged them, or
+   * started past them) are deleted once they are this old, in milliseconds (0: off, they wait
+   * for maxAgeMs).
    */
   afterDeliveryMs: number;
+  /**
+   * How far the clocks of media and sequencer processes may differ, in milliseconds: an
+   * attachment goes with the entries retention deleted only once their conversation's stored log
+   * begins this long after its claim (services/media/retention.ts).
+   */
+  clockMarginMs: number;
 }
 
 /** The default timers: 24 hours, 7 days, 90 days. */
@@ -51,6 +58,7 @@ export const retentionVariables = z.object({
     0,
     true,
   ),
+  SWITCHBOARD_RETENTION_CLOCK_MARGIN_MS: intVariable("SWITCHBOARD_RETENTION_CLOCK_MARGIN_MS", 300_000, true),
 });
 
 /** The retention settings from the environment, each checked. */
@@ -76,6 +84,7 @@ export function loadRetention(env: Env): RetentionConfig {
   return {
     maxAgeMs: retention * 1000,
     afterDeliveryMs: vars.SWITCHBOARD_RETENTION_AFTER_DELIVERY_SECONDS * 1000,
+    clockMarginMs: vars.SWITCHBOARD_RETENTION_CLOCK_MARGIN_MS,
     disappearingSeconds: [...new Set(seconds)].sort((a, b) => a - b),
     expirySweepMs: vars.SWITCHBOARD_EXPIRY_SWEEP_MS,
     expirySweepBatch: vars.SWITCHBOARD_EXPIRY_SWEEP_BATCH,

@@ -100,6 +100,30 @@ describe("gateway send admission", () => {
     a.admit(10);
   });
 
+  it("counts the event loop's delay as part of every send's wait", () => {
+    const clock = { now: 0 };
+    const loop = { ms: 450 };
+    const a = new SendAdmission(
+      { maxInFlight: 100, maxBytesInFlight: 1 << 30, queueTargetMs: 500 },
+      () => {},
+      () => clock.now,
+      () => 0,
+      () => loop.ms,
+    );
+    for (let i = 0; i < 10; i++) a.admit(1);
+    // Answers of 100 ms are quick, but frames waited 450 ms for the loop before being read.
+    for (const at of [100, 200, 300]) {
+      a.settled(1, 100);
+      clock.now = at;
+    }
+    a.settled(1, 100);
+    assert.equal(a.overloaded, true);
+    loop.ms = 5;
+    a.settled(1, 100);
+    clock.now = 420;
+    assert.equal(a.overloaded, false);
+  });
+
   it("with a target of 0 only the bounds apply", () => {
     const { a, clock } = admission({ queueTargetMs: 0 });
     for (let i = 0; i < 5; i++) a.admit(10);

@@ -14,7 +14,7 @@ import type { Logger } from "../common/log.js";
 import { LocalRateLimiter } from "../common/rate-limit/memory.js";
 import type { RateLimit, RateLimiter } from "../common/rate-limit/types.js";
 import { carries, endSpan, SpanKind, startSpan } from "../common/telemetry.js";
-import { SendAdmission } from "./admission.js";
+import { eventLoopDelay, SendAdmission } from "./admission.js";
 import { CursorBatcher, SendBatcher, type SequencerCalls } from "./batchers.js";
 import { BlockLists } from "./blocks.js";
 import { CallRelay } from "./calls/relay.js";
@@ -121,6 +121,8 @@ export class GatewayCore implements SessionHost<Session> {
   private readonly deviceStatus = new Map<string, { active: boolean; checkedAt: number }>();
   private readonly deviceCacheMs: number;
   private readonly stops: Unsubscribe[] = [];
+  /** The event loop's delay, one of the send admission's signals (admission.ts). */
+  private readonly loopDelay = eventLoopDelay();
   private readonly routes: RouteKeeper;
   private draining = false;
 
@@ -157,6 +159,9 @@ export class GatewayCore implements SessionHost<Session> {
             signal,
             inFlight,
           }),
+        undefined,
+        undefined,
+        this.loopDelay.read,
       ),
     );
     this.cursors = new CursorBatcher(
@@ -197,6 +202,7 @@ export class GatewayCore implements SessionHost<Session> {
         },
       }),
     });
+    this.stops.push(this.loopDelay.stop);
     this.stops.push(() => this.calls.stop());
     this.stops.push(deps.delivery.listen(this.id, (batch) => this.onDelivery(batch)));
     this.stops.push(deps.bus.onBroadcast((events) => this.onBroadcast(events)));

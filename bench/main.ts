@@ -79,8 +79,9 @@ async function main(): Promise<void> {
     const connectStart = clock();
     const connected = await Promise.all(generators.map((g) => g.connect()));
     const connectFailed = connected.reduce((n, c) => n + c.failed, 0);
+    const connectSeconds = (clock() - connectStart) / 1000;
     log(
-      `opened ${connectedDevices - connectFailed}/${connectedDevices} streams (all caught up) in ${fixed((clock() - connectStart) / 1000)} s` +
+      `opened ${connectedDevices - connectFailed}/${connectedDevices} streams (all caught up) in ${fixed(connectSeconds)} s` +
         (connectFailed > 0 ? `; failures: ${connected.flatMap((c) => c.reasons).join("; ")}` : ""),
     );
     await sleep(2000);
@@ -129,6 +130,7 @@ async function main(): Promise<void> {
     const report = summarize(opts, results, {
       connectedDevices,
       connectFailed,
+      connectSeconds,
       conversations: conversations.length,
       url,
       spawned: server !== undefined,

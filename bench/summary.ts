@@ -12,6 +12,8 @@ import { type ProbeSample, RAISED_LIMITS } from "./server.js";
 export interface Context {
   connectedDevices: number;
   connectFailed: number;
+  /** Seconds from the first stream opened to the last one caught up (50 opening at a time per generator). */
+  connectSeconds: number;
   conversations: number;
   url: string;
   spawned: boolean;
@@ -198,6 +200,7 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
     },
     devices: ctx.connectedDevices,
     connectFailures: ctx.connectFailed,
+    connectSeconds: ctx.connectSeconds,
     conversations: ctx.conversations,
     throughput: {
       targetRate: opts.mode === "idle" ? 0 : opts.rate,

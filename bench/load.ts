@@ -94,6 +94,9 @@ export interface LoadStats {
 
 export const clock = (): number => performance.timeOrigin + performance.now();
 
+/** Own sends one device remembers as filed (Device.ownFiled). */
+const OWN_FILED_MAX = 4096;
+
 /** Moves a device's cursor over the seqs it already has past it. */
 function advance(d: { lastSeq: bigint; readonly ahead: Set<bigint> }): void {
   while (d.ahead.delete(d.lastSeq + 1n)) d.lastSeq++;
@@ -114,6 +117,12 @@ class Device {
    * left at the end is a real gap.
    */
   readonly ahead = new Set<bigint>();
+  /**
+   * Without echo: seqs of this device's own sends, filed at send_ack, that have not come on the
+   * stream. The log still serves them (a catch-up, a gap filled): that first arrival is expected,
+   * not a duplicate. Oldest forgotten past OWN_FILED_MAX.
+   */
+  readonly ownFiled = new Set<bigint>();
   ackedSeq = 0n;
   ended = false;
   caughtUp: (() => void) | undefined;
@@ -364,7 +373,8 @@ export class Load {
         const now = clock();
         for (const e of f.value.entries) {
           if (e.seq <= d.lastSeq || d.ahead.has(e.seq)) {
-            this.stats.duplicates++;
+            // An own send served from the log after its send_ack filed it: expected once.
+            if (!d.ownFiled.delete(e.seq)) this.stats.duplicates++;
             continue;
           }
           if (e.seq === d.lastSeq + 1n) {
@@ -400,9 +410,13 @@ export class Load {
         const sentAt = d.sendTimes.get(id);
         d.sendTimes.delete(id);
         d.inFlight--;
-        if (!this.input.echo && f.value.seq > d.lastSeq) {
-          d.ahead.add(f.value.seq);
-          advance(d);
+        if (!this.input.echo) {
+          d.ownFiled.add(f.value.seq);
+          if (d.ownFiled.size > OWN_FILED_MAX) d.ownFiled.delete(d.ownFiled.values().next().value as bigint);
+          if (f.value.seq > d.lastSeq) {
+            d.ahead.add(f.value.seq);
+            advance(d);
+          }
         }
         this.count("acked", now);
         if (sentAt !== undefined && this.inWindow(sentAt)) {

@@ -123,6 +123,8 @@ class Device {
    * not a duplicate. Oldest forgotten past OWN_FILED_MAX.
    */
   readonly ownFiled = new Set<bigint>();
+  /** A refusal with a retry hint pauses the device's sends until then, as the SDK does. */
+  pausedUntil = 0;
   ackedSeq = 0n;
   ended = false;
   caughtUp: (() => void) | undefined;
@@ -294,8 +296,9 @@ export class Load {
 
   /**
    * Sends at the target rate in small ticks, round-robin over devices. A tick that runs late
-   * sends what it owes at once, up to 100 ms worth; a device at its in-flight limit is skipped,
-   * and sends no device could take are counted as skipped, so the achieved rate is honest.
+   * sends what it owes at once, up to 100 ms worth; a device at its in-flight limit, or waiting
+   * out a refusal's retry hint (as the SDK does), is skipped, and sends no device could take are
+   * counted as skipped, so the achieved rate is honest.
    */
   private pace(): void {
     const rate = this.input.rate;
@@ -318,7 +321,7 @@ export class Load {
         for (let k = 0; k < n; k++) {
           const d = this.devices[next]!;
           next = next + 1 === n ? 0 : next + 1;
-          if (!d.ended && d.inFlight < this.input.inflight) {
+          if (!d.ended && d.inFlight < this.input.inflight && d.pausedUntil <= now) {
             found = d;
             break;
           }
@@ -432,6 +435,7 @@ export class Load {
         this.stats.sendErrors[code] = (this.stats.sendErrors[code] ?? 0) + 1;
         d.sendTimes.delete(Number(f.value.clientMsgId.slice(1)));
         d.inFlight--;
+        if (f.value.retryAfterMs > 0) d.pausedUntil = Math.max(d.pausedUntil, clock() + f.value.retryAfterMs);
         if (this.sending && this.input.rate === 0) {
           const retry = f.value.retryAfterMs;
           if (retry > 0) setTimeout(() => this.sending && this.sendOne(d), retry);

@@ -40,6 +40,13 @@ export interface PendingSend {
 export class SendQueue {
   /** In order: a Map iterates in insertion order, and sends leave in that order. */
   readonly sends = new Map<string, PendingSend>();
+  /**
+   * Sends this client lets be in flight, within the server's max_sends_in_flight: halved when the
+   * server says it is past its capacity, one more per acknowledged send (additive increase,
+   * multiplicative decrease), so a crowd of clients eases off together instead of queueing.
+   */
+  private window = Number.POSITIVE_INFINITY;
+  private windowCutAt = Number.NEGATIVE_INFINITY;
 
   constructor(
     private readonly ctx: ClientContext,
@@ -114,14 +121,22 @@ export class SendQueue {
   pump(): void {
     const s = this.stream.ready;
     if (s === undefined) return;
-    const limit = this.ctx.limits?.maxSendsInFlight || DEFAULT_MAX_IN_FLIGHT;
+    const limit = Math.min(this.window, this.ctx.limits?.maxSendsInFlight || DEFAULT_MAX_IN_FLIGHT);
     let inFlight = 0;
     for (const p of this.sends.values()) if (p.state === "inflight") inFlight += 1;
+    // Conversations with a send waiting out a retry: their later sends wait behind it, so a
+    // retried send is not overtaken (other conversations go on).
+    let held: Set<string> | undefined;
     for (const p of this.sends.values()) {
       if (inFlight >= limit) return;
       // Sends leave in order: nothing overtakes one still being encrypted or written.
       if (p.state === "sealing" || p.state === "persisting") return;
-      if (p.state !== "queued") continue;
+      if (p.state === "waiting") {
+        held ??= new Set();
+        held.add(p.item.conversationId);
+        continue;
+      }
+      if (p.state !== "queued" || held?.has(p.item.conversationId)) continue;
       p.state = "inflight";
       inFlight += 1;
       this.stream.push(s, { case: "send", value: p.outgoing });
@@ -143,6 +158,10 @@ export class SendQueue {
     const p = this.sends.get(ack.clientMsgId);
     if (p === undefined) return undefined;
     this.forget(p);
+    if (this.window !== Number.POSITIVE_INFINITY) {
+      const max = this.ctx.limits?.maxSendsInFlight || DEFAULT_MAX_IN_FLIGHT;
+      this.window = this.window + 1 >= max ? Number.POSITIVE_INFINITY : this.window + 1;
+    }
     const result: SendResult = {
       clientMsgId: ack.clientMsgId,
       conversationId: p.item.conversationId,
@@ -183,6 +202,15 @@ export class SendQueue {
     }
     const retryable =
       err.code === Code.Unavailable || (err.code === Code.ResourceExhausted && err.retryAfterMs > 0);
+    // Once per 100 ms at most: one push-back often answers a whole burst of sends.
+    if (err.code === Code.Unavailable && err.message.startsWith("server overloaded")) {
+      const now = performance.now();
+      if (now - this.windowCutAt >= 100) {
+        this.windowCutAt = now;
+        const inFlight = [...this.sends.values()].filter((x) => x.state === "inflight").length;
+        this.window = Math.max(1, Math.floor(Math.min(this.window, inFlight + 1) / 2));
+      }
+    }
     if (retryable) {
       this.retryLater(p, err.retryAfterMs);
       return;

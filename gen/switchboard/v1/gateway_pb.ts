@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/gateway.proto.
  */
 export const file_switchboard_v1_gateway: GenFile = /*@__PURE__*/
-  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSLYAwoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAEikKBGNhbGwYCCABKAsyGS5zd2l0Y2hib2FyZC52MS5DYWxsRnJhbWVIABI1CgdvcHRpb25zGAsgASgLMiIuc3dpdGNoYm9hcmQudjEuU3RyZWFtT3B0aW9uc0ZyYW1lSABCBwoFZnJhbWUiLAoSU3RyZWFtT3B0aW9uc0ZyYW1lEhYKDm9taXRfb3duX3NlbmRzGAEgASgIIqMGCg9Db25uZWN0UmVzcG9uc2USKwoFcmVhZHkYASABKAsyGi5zd2l0Y2hib2FyZC52MS5SZWFkeUZyYW1lSAASLwoHbWVzc2FnZRgCIAEoCzIcLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VGcmFtZUgAEjAKCHNlbmRfYWNrGAMgASgLMhwuc3dpdGNoYm9hcmQudjEuU2VuZEFja0ZyYW1lSAASNAoKc2VuZF9lcnJvchgEIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlNlbmRFcnJvckZyYW1lSAASLwoHcmVjZWlwdBgFIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgGIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABIxCghwcmVzZW5jZRgHIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWVIABIyCglzeW5jX3BhZ2UYCCABKAsyHS5zd2l0Y2hib2FyZC52MS5TeW5jUGFnZUZyYW1lSAASKQoEcG9uZxgJIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBvbmdGcmFtZUgAEjIKCWNhdWdodF91cBgKIAEoCzIdLnN3aXRjaGJvYXJkLnYxLkNhdWdodFVwRnJhbWVIABIwCgVlcnJvchgLIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkZyYW1lRXJyb3JGcmFtZUgAEjYKC3ByZWtleXNfbG93GAwgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lSAASLgoEY2FsbBgNIAEoCzIeLnN3aXRjaGJvYXJkLnYxLkNhbGxFdmVudEZyYW1lSAASPAoOYmxvY2tzX2NoYW5nZWQYFCABKAsyIi5zd2l0Y2hib2FyZC52MS5CbG9ja3NDaGFuZ2VkRnJhbWVIABI+Cg9wcml2YWN5X2NoYW5nZWQYECABKAsyIy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5Q2hhbmdlZEZyYW1lSABCBwoFZnJhbWUiFQoTUHJpdmFjeUNoYW5nZWRGcmFtZSIUChJCbG9ja3NDaGFuZ2VkRnJhbWUiUgoPUHJla2V5c0xvd0ZyYW1lEh0KFW9uZV90aW1lX2VjX3JlbWFpbmluZxgBIAEoDRIgChhvbmVfdGltZV9reWJlcl9yZW1haW5pbmcYAiABKA0iOgoSQ29udmVyc2F0aW9uQ3Vyc29yEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiPwoIQWNrRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciJACglSZWFkRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciI2CgtUeXBpbmdGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGYWN0aXZlGAIgASgIIlIKFlByZXNlbmNlU3Vic2NyaWJlRnJhbWUSGgoSc3Vic2NyaWJlX3VzZXJfaWRzGAEgAygJEhwKFHVuc3Vic2NyaWJlX3VzZXJfaWRzGAIgAygJImEKEFN5bmNSZXF1ZXN0RnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoDRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIhoKCVBpbmdGcmFtZRINCgVub25jZRgBIAEoBCJ0CgxTdHJlYW1MaW1pdHMSGQoRbWF4X3BheWxvYWRfYnl0ZXMYASABKA0SGwoTbWF4X3NlbmRzX2luX2ZsaWdodBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhIKCnNlbmRfYnVyc3QYBCABKA0iigEKClJlYWR5RnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAxIsCgZsaW1pdHMYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5TdHJlYW1MaW1pdHMiNgoMTWVzc2FnZUZyYW1lEiYKB2VudHJpZXMYASADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSI5Cg1DYXVnaHRVcEZyYW1lEg8KB2VudHJpZXMYASABKAQSFwoPZXhwaXJlZF9lbnRyaWVzGBQgASgEInoKDFNlbmRBY2tGcmFtZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAQSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMSFQoNZXhwaXJlc19hdF9tcxgpIAEoAyKpAQoOU2VuZEVycm9yRnJhbWUSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDAoEY29kZRgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEhYKDnJldHJ5X2FmdGVyX21zGAUgASgNEjAKCG1pc21hdGNoGAYgASgLMh4uc3dpdGNoYm9hcmQudjEuRGV2aWNlTWlzbWF0Y2gipQEKDkRldmljZU1pc21hdGNoEjEKB21pc3NpbmcYASADKAsyIC5zd2l0Y2hib2FyZC52MS5NaXNtYXRjaGVkRGV2aWNlEi8KBWV4dHJhGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuTWlzbWF0Y2hlZERldmljZRIvCgVzdGFsZRgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLk1pc21hdGNoZWREZXZpY2UiTwoQTWlzbWF0Y2hlZERldmljZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAyABKA0ihwEKDFJlY2VpcHRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRraW5kGAMgASgOMhsuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEtpbmQSEQoJdXBfdG9fc2VxGAQgASgEEg8KB3RpbWVfbXMYBSABKAMiXwoQVHlwaW5nRXZlbnRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIRCglkZXZpY2VfaWQYAyABKAkSDgoGYWN0aXZlGAQgASgIIkYKDVByZXNlbmNlRnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIOCgZvbmxpbmUYAiABKAgSFAoMbGFzdF9zZWVuX21zGAMgASgDIrMBCg1TeW5jUGFnZUZyYW1lEhIKCnJlcXVlc3RfaWQYASABKA0SFwoPY29udmVyc2F0aW9uX2lkGAIgASgJEiYKB2VudHJpZXMYAyADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeRIQCghsYXN0X3NlcRgEIAEoBBIQCghoYXNfbW9yZRgFIAEoCBISCgplcnJvcl9jb2RlGAYgASgNEhUKDWVycm9yX21lc3NhZ2UYByABKAkiPwoPRnJhbWVFcnJvckZyYW1lEg0KBWZyYW1lGAEgASgJEgwKBGNvZGUYAiABKA0SDwoHbWVzc2FnZRgDIAEoCSIyCglQb25nRnJhbWUSDQoFbm9uY2UYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiOwoLU2VuZFJlcXVlc3QSLAoFZW50cnkYASABKAsyHS5zd2l0Y2hib2FyZC52MS5PdXRnb2luZ0VudHJ5IkoKDFNlbmRSZXNwb25zZRILCgNzZXEYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMSFQoNZXhwaXJlc19hdF9tcxgpIAEoAyItChBTdWJzY3JpYmVSZXF1ZXN0EhkKEXByZXNlbmNlX3VzZXJfaWRzGAEgAygJIkMKEVN1YnNjcmliZVJlc3BvbnNlEi4KBWZyYW1lGAEgASgLMh8uc3dpdGNoYm9hcmQudjEuQ29ubmVjdFJlc3BvbnNlInUKCkFja1JlcXVlc3QSNQoJZGVsaXZlcmVkGAEgAygLMiIuc3dpdGNoYm9hcmQudjEuQ29udmVyc2F0aW9uQ3Vyc29yEjAKBHJlYWQYAiADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3IiDQoLQWNrUmVzcG9uc2UiOwoQU2V0VHlwaW5nUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGYWN0aXZlGAIgASgIIhMKEVNldFR5cGluZ1Jlc3BvbnNlKl4KC1JlY2VpcHRLaW5kEhwKGFJFQ0VJUFRfS0lORF9VTlNQRUNJRklFRBAAEhoKFlJFQ0VJUFRfS0lORF9ERUxJVkVSRUQQARIVChFSRUNFSVBUX0tJTkRfUkVBRBACMokDCg5HYXRld2F5U2VydmljZRJOCgdDb25uZWN0Eh4uc3dpdGNoYm9hcmQudjEuQ29ubmVjdFJlcXVlc3QaHy5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVzcG9uc2UoATABEkEKBFNlbmQSGy5zd2l0Y2hib2FyZC52MS5TZW5kUmVxdWVzdBocLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXNwb25zZRJSCglTdWJzY3JpYmUSIC5zd2l0Y2hib2FyZC52MS5TdWJzY3JpYmVSZXF1ZXN0GiEuc3dpdGNoYm9hcmQudjEuU3Vic2NyaWJlUmVzcG9uc2UwARI+CgNBY2sSGi5zd2l0Y2hib2FyZC52MS5BY2tSZXF1ZXN0Ghsuc3dpdGNoYm9hcmQudjEuQWNrUmVzcG9uc2USUAoJU2V0VHlwaW5nEiAuc3dpdGNoYm9hcmQudjEuU2V0VHlwaW5nUmVxdWVzdBohLnN3aXRjaGJvYXJkLnYxLlNldFR5cGluZ1Jlc3BvbnNlYgZwcm90bzM", [file_switchboard_v1_calls, file_switchboard_v1_entry]);
+  fileDesc("Chxzd2l0Y2hib2FyZC92MS9nYXRld2F5LnByb3RvEg5zd2l0Y2hib2FyZC52MSLYAwoOQ29ubmVjdFJlcXVlc3QSLQoEc2VuZBgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnlIABInCgNhY2sYAiABKAsyGC5zd2l0Y2hib2FyZC52MS5BY2tGcmFtZUgAEikKBHJlYWQYAyABKAsyGS5zd2l0Y2hib2FyZC52MS5SZWFkRnJhbWVIABItCgZ0eXBpbmcYBCABKAsyGy5zd2l0Y2hib2FyZC52MS5UeXBpbmdGcmFtZUgAEkQKEnByZXNlbmNlX3N1YnNjcmliZRgFIAEoCzImLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlU3Vic2NyaWJlRnJhbWVIABI4CgxzeW5jX3JlcXVlc3QYBiABKAsyIC5zd2l0Y2hib2FyZC52MS5TeW5jUmVxdWVzdEZyYW1lSAASKQoEcGluZxgHIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBpbmdGcmFtZUgAEikKBGNhbGwYCCABKAsyGS5zd2l0Y2hib2FyZC52MS5DYWxsRnJhbWVIABI1CgdvcHRpb25zGAsgASgLMiIuc3dpdGNoYm9hcmQudjEuU3RyZWFtT3B0aW9uc0ZyYW1lSABCBwoFZnJhbWUiRAoSU3RyZWFtT3B0aW9uc0ZyYW1lEhYKDm9taXRfb3duX3NlbmRzGAEgASgIEhYKDmJhdGNoX3JlY2VpcHRzGAIgASgIItYGCg9Db25uZWN0UmVzcG9uc2USKwoFcmVhZHkYASABKAsyGi5zd2l0Y2hib2FyZC52MS5SZWFkeUZyYW1lSAASLwoHbWVzc2FnZRgCIAEoCzIcLnN3aXRjaGJvYXJkLnYxLk1lc3NhZ2VGcmFtZUgAEjAKCHNlbmRfYWNrGAMgASgLMhwuc3dpdGNoYm9hcmQudjEuU2VuZEFja0ZyYW1lSAASNAoKc2VuZF9lcnJvchgEIAEoCzIeLnN3aXRjaGJvYXJkLnYxLlNlbmRFcnJvckZyYW1lSAASLwoHcmVjZWlwdBgFIAEoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZUgAEjIKBnR5cGluZxgGIAEoCzIgLnN3aXRjaGJvYXJkLnYxLlR5cGluZ0V2ZW50RnJhbWVIABIxCghwcmVzZW5jZRgHIAEoCzIdLnN3aXRjaGJvYXJkLnYxLlByZXNlbmNlRnJhbWVIABIyCglzeW5jX3BhZ2UYCCABKAsyHS5zd2l0Y2hib2FyZC52MS5TeW5jUGFnZUZyYW1lSAASKQoEcG9uZxgJIAEoCzIZLnN3aXRjaGJvYXJkLnYxLlBvbmdGcmFtZUgAEjIKCWNhdWdodF91cBgKIAEoCzIdLnN3aXRjaGJvYXJkLnYxLkNhdWdodFVwRnJhbWVIABIwCgVlcnJvchgLIAEoCzIfLnN3aXRjaGJvYXJkLnYxLkZyYW1lRXJyb3JGcmFtZUgAEjYKC3ByZWtleXNfbG93GAwgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lSAASLgoEY2FsbBgNIAEoCzIeLnN3aXRjaGJvYXJkLnYxLkNhbGxFdmVudEZyYW1lSAASPAoOYmxvY2tzX2NoYW5nZWQYFCABKAsyIi5zd2l0Y2hib2FyZC52MS5CbG9ja3NDaGFuZ2VkRnJhbWVIABI+Cg9wcml2YWN5X2NoYW5nZWQYECABKAsyIy5zd2l0Y2hib2FyZC52MS5Qcml2YWN5Q2hhbmdlZEZyYW1lSAASMQoIcmVjZWlwdHMYESABKAsyHS5zd2l0Y2hib2FyZC52MS5SZWNlaXB0c0ZyYW1lSABCBwoFZnJhbWUiFQoTUHJpdmFjeUNoYW5nZWRGcmFtZSIUChJCbG9ja3NDaGFuZ2VkRnJhbWUiUgoPUHJla2V5c0xvd0ZyYW1lEh0KFW9uZV90aW1lX2VjX3JlbWFpbmluZxgBIAEoDRIgChhvbmVfdGltZV9reWJlcl9yZW1haW5pbmcYAiABKA0iOgoSQ29udmVyc2F0aW9uQ3Vyc29yEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRILCgNzZXEYAiABKAQiPwoIQWNrRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciJACglSZWFkRnJhbWUSMwoHY3Vyc29ycxgBIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciI2CgtUeXBpbmdGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDgoGYWN0aXZlGAIgASgIIlIKFlByZXNlbmNlU3Vic2NyaWJlRnJhbWUSGgoSc3Vic2NyaWJlX3VzZXJfaWRzGAEgAygJEhwKFHVuc3Vic2NyaWJlX3VzZXJfaWRzGAIgAygJImEKEFN5bmNSZXF1ZXN0RnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoDRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSEQoJYWZ0ZXJfc2VxGAMgASgEEg0KBWxpbWl0GAQgASgNIhoKCVBpbmdGcmFtZRINCgVub25jZRgBIAEoBCJ0CgxTdHJlYW1MaW1pdHMSGQoRbWF4X3BheWxvYWRfYnl0ZXMYASABKA0SGwoTbWF4X3NlbmRzX2luX2ZsaWdodBgCIAEoDRIYChBzZW5kc19wZXJfc2Vjb25kGAMgASgNEhIKCnNlbmRfYnVyc3QYBCABKA0iigEKClJlYWR5RnJhbWUSDwoHdXNlcl9pZBgBIAEoCRIRCglkZXZpY2VfaWQYAiABKAkSEgoKc2Vzc2lvbl9pZBgDIAEoCRIWCg5zZXJ2ZXJfdGltZV9tcxgEIAEoAxIsCgZsaW1pdHMYBSABKAsyHC5zd2l0Y2hib2FyZC52MS5TdHJlYW1MaW1pdHMiNgoMTWVzc2FnZUZyYW1lEiYKB2VudHJpZXMYASADKAsyFS5zd2l0Y2hib2FyZC52MS5FbnRyeSI5Cg1DYXVnaHRVcEZyYW1lEg8KB2VudHJpZXMYASABKAQSFwoPZXhwaXJlZF9lbnRyaWVzGBQgASgEInoKDFNlbmRBY2tGcmFtZRIVCg1jbGllbnRfbXNnX2lkGAEgASgJEhcKD2NvbnZlcnNhdGlvbl9pZBgCIAEoCRILCgNzZXEYAyABKAQSFgoOc2VydmVyX3RpbWVfbXMYBCABKAMSFQoNZXhwaXJlc19hdF9tcxgpIAEoAyKpAQoOU2VuZEVycm9yRnJhbWUSFQoNY2xpZW50X21zZ19pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSDAoEY29kZRgDIAEoDRIPCgdtZXNzYWdlGAQgASgJEhYKDnJldHJ5X2FmdGVyX21zGAUgASgNEjAKCG1pc21hdGNoGAYgASgLMh4uc3dpdGNoYm9hcmQudjEuRGV2aWNlTWlzbWF0Y2gipQEKDkRldmljZU1pc21hdGNoEjEKB21pc3NpbmcYASADKAsyIC5zd2l0Y2hib2FyZC52MS5NaXNtYXRjaGVkRGV2aWNlEi8KBWV4dHJhGAIgAygLMiAuc3dpdGNoYm9hcmQudjEuTWlzbWF0Y2hlZERldmljZRIvCgVzdGFsZRgDIAMoCzIgLnN3aXRjaGJvYXJkLnYxLk1pc21hdGNoZWREZXZpY2UiTwoQTWlzbWF0Y2hlZERldmljZRIPCgd1c2VyX2lkGAEgASgJEhEKCWRldmljZV9pZBgCIAEoCRIXCg9yZWdpc3RyYXRpb25faWQYAyABKA0ihwEKDFJlY2VpcHRGcmFtZRIXCg9jb252ZXJzYXRpb25faWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIpCgRraW5kGAMgASgOMhsuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEtpbmQSEQoJdXBfdG9fc2VxGAQgASgEEg8KB3RpbWVfbXMYBSABKAMiPwoNUmVjZWlwdHNGcmFtZRIuCghyZWNlaXB0cxgBIAMoCzIcLnN3aXRjaGJvYXJkLnYxLlJlY2VpcHRGcmFtZSJfChBUeXBpbmdFdmVudEZyYW1lEhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIPCgd1c2VyX2lkGAIgASgJEhEKCWRldmljZV9pZBgDIAEoCRIOCgZhY3RpdmUYBCABKAgiRgoNUHJlc2VuY2VGcmFtZRIPCgd1c2VyX2lkGAEgASgJEg4KBm9ubGluZRgCIAEoCBIUCgxsYXN0X3NlZW5fbXMYAyABKAMiswEKDVN5bmNQYWdlRnJhbWUSEgoKcmVxdWVzdF9pZBgBIAEoDRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkSJgoHZW50cmllcxgDIAMoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5EhAKCGxhc3Rfc2VxGAQgASgEEhAKCGhhc19tb3JlGAUgASgIEhIKCmVycm9yX2NvZGUYBiABKA0SFQoNZXJyb3JfbWVzc2FnZRgHIAEoCSI/Cg9GcmFtZUVycm9yRnJhbWUSDQoFZnJhbWUYASABKAkSDAoEY29kZRgCIAEoDRIPCgdtZXNzYWdlGAMgASgJIjIKCVBvbmdGcmFtZRINCgVub25jZRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoAyI7CgtTZW5kUmVxdWVzdBIsCgVlbnRyeRgBIAEoCzIdLnN3aXRjaGJvYXJkLnYxLk91dGdvaW5nRW50cnkiSgoMU2VuZFJlc3BvbnNlEgsKA3NlcRgBIAEoBBIWCg5zZXJ2ZXJfdGltZV9tcxgCIAEoAxIVCg1leHBpcmVzX2F0X21zGCkgASgDIi0KEFN1YnNjcmliZVJlcXVlc3QSGQoRcHJlc2VuY2VfdXNlcl9pZHMYASADKAkiQwoRU3Vic2NyaWJlUmVzcG9uc2USLgoFZnJhbWUYASABKAsyHy5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVzcG9uc2UidQoKQWNrUmVxdWVzdBI1CglkZWxpdmVyZWQYASADKAsyIi5zd2l0Y2hib2FyZC52MS5Db252ZXJzYXRpb25DdXJzb3ISMAoEcmVhZBgCIAMoCzIiLnN3aXRjaGJvYXJkLnYxLkNvbnZlcnNhdGlvbkN1cnNvciINCgtBY2tSZXNwb25zZSI7ChBTZXRUeXBpbmdSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRIOCgZhY3RpdmUYAiABKAgiEwoRU2V0VHlwaW5nUmVzcG9uc2UqXgoLUmVjZWlwdEtpbmQSHAoYUkVDRUlQVF9LSU5EX1VOU1BFQ0lGSUVEEAASGgoWUkVDRUlQVF9LSU5EX0RFTElWRVJFRBABEhUKEVJFQ0VJUFRfS0lORF9SRUFEEAIyiQMKDkdhdGV3YXlTZXJ2aWNlEk4KB0Nvbm5lY3QSHi5zd2l0Y2hib2FyZC52MS5Db25uZWN0UmVxdWVzdBofLnN3aXRjaGJvYXJkLnYxLkNvbm5lY3RSZXNwb25zZSgBMAESQQoEU2VuZBIbLnN3aXRjaGJvYXJkLnYxLlNlbmRSZXF1ZXN0Ghwuc3dpdGNoYm9hcmQudjEuU2VuZFJlc3BvbnNlElIKCVN1YnNjcmliZRIgLnN3aXRjaGJvYXJkLnYxLlN1YnNjcmliZVJlcXVlc3QaIS5zd2l0Y2hib2FyZC52MS5TdWJzY3JpYmVSZXNwb25zZTABEj4KA0FjaxIaLnN3aXRjaGJvYXJkLnYxLkFja1JlcXVlc3QaGy5zd2l0Y2hib2FyZC52MS5BY2tSZXNwb25zZRJQCglTZXRUeXBpbmcSIC5zd2l0Y2hib2FyZC52MS5TZXRUeXBpbmdSZXF1ZXN0GiEuc3dpdGNoYm9hcmQudjEuU2V0VHlwaW5nUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_v1_calls, file_switchboard_v1_entry]);
 
 /**
  * A frame from the device to the server.
@@ -126,6 +126,14 @@ export type StreamOptionsFrame = Message<"switchboard.v1.StreamOptionsFrame"> & 
    * @generated from field: bool omit_own_sends = 1;
    */
   omitOwnSends: boolean;
+
+  /**
+   * Receipts queued for this device together go out as one `receipts` frame instead of one
+   * `receipt` frame each: a member of a group of 100 is sent 99 receipts for each of its messages.
+   *
+   * @generated from field: bool batch_receipts = 2;
+   */
+  batchReceipts: boolean;
 };
 
 /**
@@ -270,6 +278,15 @@ export type ConnectResponse = Message<"switchboard.v1.ConnectResponse"> & {
      */
     value: PrivacyChangedFrame;
     case: "privacyChanged";
+  } | {
+    /**
+     * Several receipts in one frame, for a stream that asked (StreamOptionsFrame.batch_receipts):
+     * what would have been consecutive `receipt` frames.
+     *
+     * @generated from field: switchboard.v1.ReceiptsFrame receipts = 17;
+     */
+    value: ReceiptsFrame;
+    case: "receipts";
   } | { case: undefined; value?: undefined };
 };
 
@@ -915,6 +932,27 @@ export const ReceiptFrameSchema: GenMessage<ReceiptFrame> = /*@__PURE__*/
   messageDesc(file_switchboard_v1_gateway, 21);
 
 /**
+ * Receipts, in the order they would have come as single `receipt` frames.
+ *
+ * @generated from message switchboard.v1.ReceiptsFrame
+ */
+export type ReceiptsFrame = Message<"switchboard.v1.ReceiptsFrame"> & {
+  /**
+   * At most 256.
+   *
+   * @generated from field: repeated switchboard.v1.ReceiptFrame receipts = 1;
+   */
+  receipts: ReceiptFrame[];
+};
+
+/**
+ * Describes the message switchboard.v1.ReceiptsFrame.
+ * Use `create(ReceiptsFrameSchema)` to create a new message.
+ */
+export const ReceiptsFrameSchema: GenMessage<ReceiptsFrame> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_gateway, 22);
+
+/**
  * A member's typing indicator.
  *
  * @generated from message switchboard.v1.TypingEventFrame
@@ -954,7 +992,7 @@ export type TypingEventFrame = Message<"switchboard.v1.TypingEventFrame"> & {
  * Use `create(TypingEventFrameSchema)` to create a new message.
  */
 export const TypingEventFrameSchema: GenMessage<TypingEventFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 22);
+  messageDesc(file_switchboard_v1_gateway, 23);
 
 /**
  * A user's presence.
@@ -989,7 +1027,7 @@ export type PresenceFrame = Message<"switchboard.v1.PresenceFrame"> & {
  * Use `create(PresenceFrameSchema)` to create a new message.
  */
 export const PresenceFrameSchema: GenMessage<PresenceFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 23);
+  messageDesc(file_switchboard_v1_gateway, 24);
 
 /**
  * A page of a conversation's log.
@@ -1052,7 +1090,7 @@ export type SyncPageFrame = Message<"switchboard.v1.SyncPageFrame"> & {
  * Use `create(SyncPageFrameSchema)` to create a new message.
  */
 export const SyncPageFrameSchema: GenMessage<SyncPageFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 24);
+  messageDesc(file_switchboard_v1_gateway, 25);
 
 /**
  * A refused frame (ack, read, typing, presence_subscribe, or one this server does not know).
@@ -1088,7 +1126,7 @@ export type FrameErrorFrame = Message<"switchboard.v1.FrameErrorFrame"> & {
  * Use `create(FrameErrorFrameSchema)` to create a new message.
  */
 export const FrameErrorFrameSchema: GenMessage<FrameErrorFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 25);
+  messageDesc(file_switchboard_v1_gateway, 26);
 
 /**
  * The answer to a ping.
@@ -1116,7 +1154,7 @@ export type PongFrame = Message<"switchboard.v1.PongFrame"> & {
  * Use `create(PongFrameSchema)` to create a new message.
  */
 export const PongFrameSchema: GenMessage<PongFrame> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 26);
+  messageDesc(file_switchboard_v1_gateway, 27);
 
 /**
  * GatewayService.Send request.
@@ -1137,7 +1175,7 @@ export type SendRequest = Message<"switchboard.v1.SendRequest"> & {
  * Use `create(SendRequestSchema)` to create a new message.
  */
 export const SendRequestSchema: GenMessage<SendRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 27);
+  messageDesc(file_switchboard_v1_gateway, 28);
 
 /**
  * GatewayService.Send response.
@@ -1173,7 +1211,7 @@ export type SendResponse = Message<"switchboard.v1.SendResponse"> & {
  * Use `create(SendResponseSchema)` to create a new message.
  */
 export const SendResponseSchema: GenMessage<SendResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 28);
+  messageDesc(file_switchboard_v1_gateway, 29);
 
 /**
  * GatewayService.Subscribe request.
@@ -1196,7 +1234,7 @@ export type SubscribeRequest = Message<"switchboard.v1.SubscribeRequest"> & {
  * Use `create(SubscribeRequestSchema)` to create a new message.
  */
 export const SubscribeRequestSchema: GenMessage<SubscribeRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 29);
+  messageDesc(file_switchboard_v1_gateway, 30);
 
 /**
  * GatewayService.Subscribe response: one server frame.
@@ -1219,7 +1257,7 @@ export type SubscribeResponse = Message<"switchboard.v1.SubscribeResponse"> & {
  * Use `create(SubscribeResponseSchema)` to create a new message.
  */
 export const SubscribeResponseSchema: GenMessage<SubscribeResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 30);
+  messageDesc(file_switchboard_v1_gateway, 31);
 
 /**
  * GatewayService.Ack request: at least one cursor in all.
@@ -1247,7 +1285,7 @@ export type AckRequest = Message<"switchboard.v1.AckRequest"> & {
  * Use `create(AckRequestSchema)` to create a new message.
  */
 export const AckRequestSchema: GenMessage<AckRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 31);
+  messageDesc(file_switchboard_v1_gateway, 32);
 
 /**
  * GatewayService.Ack response.
@@ -1262,7 +1300,7 @@ export type AckResponse = Message<"switchboard.v1.AckResponse"> & {
  * Use `create(AckResponseSchema)` to create a new message.
  */
 export const AckResponseSchema: GenMessage<AckResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 32);
+  messageDesc(file_switchboard_v1_gateway, 33);
 
 /**
  * GatewayService.SetTyping request.
@@ -1290,7 +1328,7 @@ export type SetTypingRequest = Message<"switchboard.v1.SetTypingRequest"> & {
  * Use `create(SetTypingRequestSchema)` to create a new message.
  */
 export const SetTypingRequestSchema: GenMessage<SetTypingRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 33);
+  messageDesc(file_switchboard_v1_gateway, 34);
 
 /**
  * GatewayService.SetTyping response.
@@ -1305,7 +1343,7 @@ export type SetTypingResponse = Message<"switchboard.v1.SetTypingResponse"> & {
  * Use `create(SetTypingResponseSchema)` to create a new message.
  */
 export const SetTypingResponseSchema: GenMessage<SetTypingResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_gateway, 34);
+  messageDesc(file_switchboard_v1_gateway, 35);
 
 /**
  * The kind of a receipt.

@@ -236,8 +236,11 @@ export class Load {
         onFrame: (frame) => this.onFrame(d, frame),
         onEnd: (error) => this.onEnd(d, error),
       });
-      if (!this.input.echo)
-        d.stream.write({ case: "options", value: create(StreamOptionsFrameSchema, { omitOwnSends: true }) });
+      // As the SDK's streams do: no echo (unless --echo on) and receipts in batches.
+      d.stream.write({
+        case: "options",
+        value: create(StreamOptionsFrameSchema, { omitOwnSends: !this.input.echo, batchReceipts: true }),
+      });
     });
   }
 
@@ -445,6 +448,9 @@ export class Load {
       }
       case "receipt":
         if (this.inWindow(clock())) this.stats.receipts++;
+        return;
+      case "receipts":
+        if (this.inWindow(clock())) this.stats.receipts += f.value.receipts.length;
         return;
       case "caughtUp":
         this.ackDirty.add(d);

@@ -88,6 +88,9 @@ export class Receiver {
       case "receipt":
         this.receipt(frame.value);
         return;
+      case "receipts":
+        for (const r of frame.value.receipts) this.receipt(r);
+        return;
       case "typing":
         this.typing(frame.value);
         return;
@@ -125,8 +128,8 @@ export class Receiver {
     const limits = ready.limits;
     stream.accepted(s);
     // Before any send: this client files its own sends at send_ack (outbox.ts), so the server
-    // need not push them back.
-    stream.push(s, { case: "options", value: { omitOwnSends: true } });
+    // need not push them back, and takes receipts in batches.
+    stream.push(s, { case: "options", value: { omitOwnSends: true, batchReceipts: true } });
     this.ctx.limits = limits;
     this.ctx.events.emit("connected", {
       sessionId: ready.sessionId,

@@ -1,6 +1,10 @@
 import { create } from "@bufbuild/protobuf";
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
-import { type ConnectResponse, ConnectResponseSchema } from "../../gen/switchboard/v1/gateway_pb.js";
+import {
+  type ConnectResponse,
+  ConnectResponseSchema,
+  type ReceiptFrame,
+} from "../../gen/switchboard/v1/gateway_pb.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 
 /** The bounds of one stream's queue. */
@@ -22,6 +26,8 @@ export interface OutboundLimits {
 
 /** Bytes a message frame costs without its entries (tag, length, type). */
 const MESSAGE_FRAME_OVERHEAD = 32;
+/** Receipts one `receipts` frame carries at most (gateway.proto). */
+const RECEIPTS_PER_FRAME = 256;
 
 /**
  * The frames waiting to be written to one device, bounded in frames and in bytes.
@@ -47,6 +53,8 @@ export class Outbound {
   private error: Error | undefined;
   /** When the reader last took a frame (or the queue was made), in performance.now() ms. */
   private lastReadAt = performance.now();
+  /** The device asked for receipts in `receipts` frames (StreamOptionsFrame.batch_receipts). */
+  batchReceipts = false;
 
   /**
    * @param onStall called when a producer has waited `stallMs` for room and the device read
@@ -78,6 +86,36 @@ export class Outbound {
     const size = encodedSizeBound(frame);
     if (!this.fits(size, 1)) return false;
     this.push(frame, size);
+    return true;
+  }
+
+  /**
+   * Queues a receipt if there is room: as its own `receipt` frame, or, for a device that asked
+   * for batches, joined to the last queued `receipts` frame while it has room (it has not been
+   * written yet), as offerEntries joins entries.
+   */
+  offerReceipt(receipt: ReceiptFrame): boolean {
+    if (this.ended) return true;
+    if (!this.batchReceipts)
+      return this.offer(create(ConnectResponseSchema, { frame: { case: "receipt", value: receipt } }));
+    const size = encodedSizeBound(receipt);
+    const lastIndex = this.items.length - 1;
+    const last = this.items[lastIndex];
+    if (
+      last?.frame.case === "receipts" &&
+      last.frame.value.receipts.length < RECEIPTS_PER_FRAME &&
+      this.queuedBytes + size <= this.limits.bytes
+    ) {
+      last.frame.value.receipts.push(receipt);
+      this.sizes[lastIndex]! += size;
+      this.queuedBytes += size;
+      return true;
+    }
+    const frame = create(ConnectResponseSchema, {
+      frame: { case: "receipts", value: { receipts: [receipt] } },
+    });
+    if (!this.fits(size + MESSAGE_FRAME_OVERHEAD, 1)) return false;
+    this.push(frame, size + MESSAGE_FRAME_OVERHEAD);
     return true;
   }
 

@@ -158,9 +158,10 @@ export class Session implements StreamContext {
   /** A delivered or read receipt of another member. */
   deliverReceipt(receipt: ReceiptFrame): void {
     // Read receipts only when the reader and this user both have them on (privacy.ts).
-    this.core.privacy.receiptVisible(receipt, this.userId, () =>
-      this.deliverEvent({ case: "receipt", value: receipt }),
-    );
+    this.core.privacy.receiptVisible(receipt, this.userId, () => {
+      if (this.closed) return;
+      if (!this.outbound.offerReceipt(receipt)) this.core.metrics.droppedEvents++;
+    });
   }
 
   /** Another member (or another device of this user) typing. */

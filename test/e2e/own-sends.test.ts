@@ -93,4 +93,57 @@ describe("stream option omit_own_sends", () => {
     await alice.waitFor(() => seqs(alice, id).includes(second.seq) || undefined, "echo after turning it off");
     assert.ok(!seqs(alice, id).includes(quiet.seq), "the send made while the option was on was not echoed");
   });
+
+  it("batch_receipts: receipts come in receipts frames, each once; without it, one receipt frame each", async () => {
+    const alice = track(await TestDevice.register(fx.server.url, uniqueName("alice")));
+    const members = [
+      track(await TestDevice.register(fx.server.url, uniqueName("m1"))),
+      track(await TestDevice.register(fx.server.url, uniqueName("m2"))),
+      track(await TestDevice.register(fx.server.url, uniqueName("m3"))),
+    ];
+    const { conversation } = await alice.conversations.createGroup({
+      title: "receipts",
+      memberUserIds: members.map((m) => m.userId),
+    });
+    const id = conversation!.conversationId;
+    const laptop = track(await alice.link("alice-laptop"));
+    for (const d of [alice, laptop, ...members]) {
+      d.connect();
+      await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+    }
+    alice.write({ case: "options", value: { omitOwnSends: true, batchReceipts: true } as never });
+    alice.sendText(id, "r-1", "hello group");
+    const { seq } = await alice.waitFor(
+      () => alice.ofCase("sendAck").find((a) => a.clientMsgId === "r-1"),
+      "ack",
+    );
+    for (const m of members) {
+      await m.waitFor(() => m.entries(id).some((e) => e.seq === seq) || undefined, "member gets it");
+      m.write({ case: "ack", value: { cursors: [{ conversationId: id, seq }] } as never });
+    }
+    const batched = () =>
+      alice
+        .ofCase("receipts")
+        .flatMap((f) => f.receipts)
+        .filter((r) => r.upToSeq === seq);
+    await alice.waitFor(() => batched().length >= 3 || undefined, "three delivered receipts");
+    assert.deepEqual(
+      batched()
+        .map((r) => r.userId)
+        .sort(),
+      members.map((m) => m.userId).sort(),
+      "each member's receipt once",
+    );
+    assert.equal(
+      alice.ofCase("receipt").length,
+      0,
+      "no single receipt frames for a stream that asked for batches",
+    );
+    // The laptop did not ask: the same receipts, one frame each.
+    await laptop.waitFor(
+      () => laptop.ofCase("receipt").filter((r) => r.upToSeq === seq).length >= 3 || undefined,
+      "single receipts",
+    );
+    assert.equal(laptop.ofCase("receipts").length, 0);
+  });
 });

@@ -91,6 +91,7 @@ export class InboundFrames {
         return;
       case "options":
         this.backlog.ownSends.enabled = f.value.omitOwnSends;
+        this.stream.outbound.batchReceipts = f.value.batchReceipts;
         return;
       case "ping":
         this.stream.answer(

@@ -189,6 +189,7 @@ export class GatewayCore implements SessionHost<Session> {
       now: this.now,
       refused: (reason, message, fields) => this.refused(reason, message, fields),
       blockedBy: async (owner, userId) => (await this.blocks.listOf(owner)).has(userId),
+      hasStream: (deviceId) => this.byDevice.has(deviceId),
       userDevices: async (userId) =>
         (await this.directory.getUserDevices({ userIds: [userId] })).users.find((u) => u.userId === userId)
           ?.deviceIds ?? [],
@@ -368,6 +369,7 @@ export class GatewayCore implements SessionHost<Session> {
     }
     for (const id of session.subscriptions) this.unsubscribePresence(session, id);
     this.routes.unregister(session);
+    this.calls.streamClosed(session.userId, session.deviceId);
     this.log.info(
       { userId: session.userId, deviceId: session.deviceId, sessionId: session.id },
       "stream closed",
@@ -445,6 +447,9 @@ export class GatewayCore implements SessionHost<Session> {
         if (d.payload.value.body.case === "membership")
           this.devices.membershipChanged(d.payload.value.conversationId);
       }
+      // A call's state handed here, for the device whether or not its stream is still here.
+      if (d.payload.case === "callHandoff" && d.deviceIds[0] !== undefined)
+        this.calls.adopt(d.payload.value, d.deviceIds[0]);
       for (const deviceId of d.deviceIds) {
         for (const session of this.byDevice.get(deviceId) ?? []) {
           switch (d.payload.case) {

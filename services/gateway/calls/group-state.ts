@@ -21,8 +21,12 @@ export interface GroupMember {
 export interface GroupCall {
   callId: string;
   conversationId: string;
+  /** The device keeping the call now (its gateway decides): the starter, or one handed the call. */
   hostUserId: string;
   hostDeviceId: string;
+  /** The device that started the call: the sender of its entries. */
+  callerUserId: string;
+  callerDeviceId: string;
   media: CallMedia;
   /** When it started, in milliseconds since the Unix epoch. */
   startedAt: number;
@@ -78,6 +82,8 @@ export class GroupCalls {
     };
     const call: GroupCall = {
       ...init,
+      callerUserId: init.hostUserId,
+      callerDeviceId: init.hostDeviceId,
       startedAt: now,
       answeredAt: 0,
       answeredDeviceId: "",
@@ -87,19 +93,41 @@ export class GroupCalls {
       ringing: true,
       pushed: new Map(),
     };
-    this.calls.set(key(init.hostDeviceId, init.callId), call);
-    this.perHost.set(init.hostDeviceId, hosted + 1);
+    this.keep(call);
+    return call;
+  }
+
+  /**
+   * Keeps a call handed here (its host device moved, or the call was handed to a device here):
+   * its ring time and bound run on from its start. LIMIT past the gateway's bound.
+   */
+  adopt(call: GroupCall): void {
+    const known = this.get(call.hostDeviceId, call.callId);
+    if (known !== undefined) this.close(known);
+    if (this.calls.size >= CALL_LIMITS.remembered)
+      throw new LimitError("calls: no room for a group call handed to this gateway");
+    this.keep(call);
+  }
+
+  /** The calls the device hosts here. */
+  hostedBy(deviceId: string): GroupCall[] {
+    return [...this.calls.values()].filter((c) => c.hostDeviceId === deviceId);
+  }
+
+  private keep(call: GroupCall): void {
+    this.calls.set(key(call.hostDeviceId, call.callId), call);
+    this.perHost.set(call.hostDeviceId, (this.perHost.get(call.hostDeviceId) ?? 0) + 1);
+    const left = (ms: number) => Math.max(0, call.startedAt + ms - this.now());
     const ring = setTimeout(() => {
       if (this.calls.get(key(call.hostDeviceId, call.callId)) === call && call.ringing)
         this.stopRinging(call);
-    }, CALL_LIMITS.ringMs);
+    }, left(CALL_LIMITS.ringMs));
     const expire = setTimeout(() => {
       if (this.calls.get(key(call.hostDeviceId, call.callId)) === call) this.expired(call);
-    }, CALL_LIMITS.answeredMs);
+    }, left(CALL_LIMITS.answeredMs));
     ring.unref();
     expire.unref();
     this.timers.set(call, [ring, expire]);
-    return call;
   }
 
   /** The call hosted by this device, if this gateway keeps it. */
@@ -128,11 +156,11 @@ export class GroupCalls {
     return "admitted";
   }
 
-  /** Lets a device out; false if it was not in. */
-  leave(call: GroupCall, deviceId: string): boolean {
+  /** Lets a device out (at: when it left, now unless said); false if it was not in. */
+  leave(call: GroupCall, deviceId: string, at = this.now()): boolean {
     if (!call.participants.delete(deviceId)) return false;
     const seen = call.history.get(deviceId);
-    if (seen !== undefined) seen.leftAt = this.now();
+    if (seen !== undefined) seen.leftAt = at;
     return true;
   }
 

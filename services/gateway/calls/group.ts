@@ -9,26 +9,24 @@
  */
 
 import { create } from "@bufbuild/protobuf";
-import { Code } from "@connectrpc/connect";
+import type { CallHandoff } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import {
-  type Delivery,
-  DeliveryBatchSchema,
-  DeliverySchema,
-} from "../../../gen/switchboard/internal/v1/events_pb.js";
-import {
+  CallEndReason,
   type CallEventFrame,
   CallEventFrameSchema,
   type CallFrame,
   CallMedia,
-  CallParticipantSchema,
   CallSignal,
 } from "../../../gen/switchboard/v1/calls_pb.js";
-import { InvalidInputError, NotFoundError, PermissionError } from "../../common/errors.js";
+import { InvalidInputError, NotFoundError } from "../../common/errors.js";
 import { requireId } from "../../common/validate.js";
-import { inBand } from "../session/frames.js";
+import { deliverCall, gatewaysOf, handOff } from "./delivery.js";
+import { HeldFrames } from "./drops.js";
 import { type GroupCall, GroupCalls, type GroupMember } from "./group-state.js";
+import { groupFromHandoff, groupHandoff, participant } from "./handoff.js";
 import { CALL_LIMITS } from "./limits.js";
 import { appendGroupCallLog } from "./log.js";
+import { MemberLists } from "./members.js";
 import { issueSfuToken } from "./sfu.js";
 import type { CallReceiver, CallRelayDeps, CallStream } from "./types.js";
 
@@ -43,21 +41,25 @@ export interface GroupCallDeps
   /** The active devices of users (the accounts directory), at most 1,024 users. */
   devicesOf(userIds: string[]): Promise<Map<string, string[]>>;
 }
-/** Users per route lookup (PresenceService.LookupRoutes takes at most 1,024). */
-const LOOKUP_CHUNK = 1_024;
 
 export class GroupCallRelay {
   private readonly calls: GroupCalls;
-  private readonly members = new Map<string, { users: Set<string>; until: number }>();
-  /** Member ids in `members`, all lists together (bounded by CALL_LIMITS.groupMemberIds). */
-  private memberIds = 0;
+  private readonly members: MemberLists;
   /** Events already taken: one delivery reaches every session of the host device. */
   private readonly taken = new WeakSet<CallEventFrame>();
+  /** JOINs and LEAVEs for calls that may be on their way here (handed off), by host device and call. */
+  private readonly held: HeldFrames<CallReceiver, CallEventFrame>;
 
   private readonly sweeper: NodeJS.Timeout;
   private sweeping = false;
 
   constructor(private readonly deps: GroupCallDeps) {
+    this.members = new MemberLists(deps.sequencer, deps.now);
+    this.held = new HeldFrames(deps.now, (receiver, ev) =>
+      this.host(receiver, ev, true).catch((err: unknown) =>
+        this.deps.log.warn({ err, callId: ev.callId }, "could not handle a group call's join or leave"),
+      ),
+    );
     this.calls = new GroupCalls(
       deps.now,
       (call) => void this.stopRinging(call),
@@ -70,6 +72,67 @@ export class GroupCallRelay {
   stop(): void {
     clearInterval(this.sweeper);
     this.calls.clear();
+    this.held.clear();
+  }
+
+  /** The calls the device hosts on this gateway. */
+  hostedBy(deviceId: string): GroupCall[] {
+    return this.calls.hostedBy(deviceId);
+  }
+
+  /**
+   * The host device's grace is over (relay.ts). Back on another gateway: the call goes there as
+   * it is. Gone: it is let out, and the call is handed to the first device still in it that holds
+   * a stream, whose gateway tells the participants (and the devices still ringing) HOST_CHANGED;
+   * with none, the call ends (HANGUP, DISCONNECTED) and is logged.
+   */
+  async hostGone(call: GroupCall, elsewhere: string | undefined, droppedAt: number): Promise<void> {
+    if (this.calls.get(call.hostDeviceId, call.callId) !== call) return;
+    const host = { userId: call.hostUserId, deviceId: call.hostDeviceId };
+    let next: { member: Pick<GroupMember, "userId" | "deviceId">; gatewayId: string } | undefined;
+    if (elsewhere !== undefined) next = { member: host, gatewayId: elsewhere };
+    else {
+      if (this.calls.leave(call, host.deviceId, droppedAt)) await this.announce(call, CallSignal.LEAVE, host);
+      const inCall = [...call.participants.values()];
+      const routed = await gatewaysOf(this.deps, [...new Set(inCall.map((p) => p.userId))]);
+      const member = inCall.find((p) => routed.has(p.deviceId));
+      if (member !== undefined) next = { member, gatewayId: routed.get(member.deviceId)! };
+    }
+    if (next === undefined) {
+      await this.end(call, CallEndReason.DISCONNECTED);
+      return;
+    }
+    this.calls.close(call);
+    try {
+      await handOff(this.deps, next.gatewayId, next.member.deviceId, groupHandoff(call, next.member));
+    } catch (err) {
+      this.deps.log.warn({ err, callId: call.callId }, "could not hand a group call on: it ends");
+      await this.end(call, CallEndReason.DISCONNECTED);
+    }
+  }
+
+  /** Keeps a group call handed to a host device here; a new host is announced (HOST_CHANGED). */
+  adopt(h: CallHandoff): void {
+    const call = groupFromHandoff(h);
+    this.calls.adopt(call);
+    this.held.release(call.hostDeviceId, call.callId);
+    if (!h.hostChanged) return;
+    const changed = () =>
+      this.event({
+        callId: call.callId,
+        conversationId: call.conversationId,
+        fromUserId: call.hostUserId,
+        fromDeviceId: call.hostDeviceId,
+        hostDeviceId: call.hostDeviceId,
+        signal: CallSignal.HOST_CHANGED,
+      });
+    // While it rings, the devices still ringing join by the host too.
+    const to = call.ringing
+      ? this.members.list(call.conversationId).then((members) => this.send([...members], changed))
+      : this.sendTo([...call.participants.values()], changed);
+    to.catch((err: unknown) =>
+      this.deps.log.warn({ err, callId: call.callId }, "could not announce a group call's new host"),
+    );
   }
 
   /**
@@ -83,13 +146,7 @@ export class GroupCallRelay {
     this.sweeping = true;
     try {
       const users = [...new Set(calls.flatMap((c) => [...c.participants.values()].map((p) => p.userId)))];
-      const routed = new Set<string>();
-      for (let i = 0; i < users.length; i += LOOKUP_CHUNK) {
-        const { routes } = await this.deps.presence.lookupRoutes({
-          userIds: users.slice(i, i + LOOKUP_CHUNK),
-        });
-        for (const r of routes) routed.add(r.deviceId);
-      }
+      const routed = await gatewaysOf(this.deps, users);
       for (const call of calls) {
         if (this.calls.get(call.hostDeviceId, call.callId) !== call) continue;
         for (const p of [...call.participants.values()]) {
@@ -151,7 +208,7 @@ export class GroupCallRelay {
 
   /** Relays a checked frame; refusals are thrown (the relay answers them in band). */
   async relay(stream: CallStream, f: CallFrame): Promise<void> {
-    await this.requireMember(f.conversationId, stream.userId);
+    await this.members.require(f.conversationId, stream.userId);
     if (f.signal === CallSignal.OFFER && f.peerUserId === "") {
       if (this.calls.get(stream.deviceId, f.callId) !== undefined) return;
       const call = this.calls.open({
@@ -167,7 +224,7 @@ export class GroupCallRelay {
       await this.ring(call);
       return;
     }
-    await this.requireMember(f.conversationId, f.peerUserId);
+    await this.members.require(f.conversationId, f.peerUserId);
     const base = {
       callId: f.callId,
       conversationId: f.conversationId,
@@ -207,9 +264,11 @@ export class GroupCallRelay {
     return true;
   }
 
-  private async host(receiver: CallReceiver, ev: CallEventFrame): Promise<void> {
+  private async host(receiver: CallReceiver, ev: CallEventFrame, held = false): Promise<void> {
     const call = this.calls.get(receiver.deviceId, ev.callId);
     const from = { userId: ev.fromUserId, deviceId: ev.fromDeviceId };
+    // It may be on its way from the gateway the host device left: held until it comes, or the wait is over.
+    if (call === undefined && !held && this.held.hold(receiver, ev)) return;
     if (call === undefined || call.conversationId !== ev.conversationId) {
       // Over (or never here): the device stops ringing.
       if (ev.signal === CallSignal.JOIN)
@@ -301,7 +360,7 @@ export class GroupCallRelay {
 
   /** Rings every other member's devices: live where they hold a stream, by push where not. */
   private async ring(call: GroupCall): Promise<void> {
-    const others = [...(await this.memberList(call.conversationId, true))].filter(
+    const others = [...(await this.members.list(call.conversationId, true))].filter(
       (u) => u !== call.hostUserId,
     );
     const host = call.participants.get(call.hostDeviceId)!;
@@ -350,7 +409,7 @@ export class GroupCallRelay {
     call.ringing = false;
     this.withdrawPush(call, [...call.pushed.keys()]);
     try {
-      const members = [...(await this.memberList(call.conversationId))];
+      const members = [...(await this.members.list(call.conversationId))];
       await this.send(members, (_userId, deviceId) =>
         call.participants.has(deviceId) || deviceId === call.hostDeviceId
           ? undefined
@@ -368,7 +427,7 @@ export class GroupCallRelay {
   }
 
   /** The last device left (or the call outlived its bound): forgotten, rings stopped, logged. */
-  private async end(call: GroupCall): Promise<void> {
+  private async end(call: GroupCall, endReason = CallEndReason.UNSPECIFIED): Promise<void> {
     this.calls.close(call);
     const endedAt = this.deps.now();
     // Devices still in (the call outlived its bound) are told it is over.
@@ -381,6 +440,7 @@ export class GroupCallRelay {
         fromUserId: call.hostUserId,
         fromDeviceId: call.hostDeviceId,
         signal: CallSignal.HANGUP,
+        endReason,
       }),
     ).catch((err: unknown) => this.deps.log.warn({ err, callId: call.callId }, "could not end a group call"));
     await this.stopRinging(call);
@@ -422,78 +482,11 @@ export class GroupCallRelay {
     );
   }
 
-  /**
-   * Delivers an event to each online device of the users that eventFor gives one for, through
-   * the gateways holding their streams. Returns the devices it was handed to.
-   */
-  private async send(
+  /** Delivers to each online device of the users that eventFor gives an event for (delivery.ts). */
+  private send(
     userIds: string[],
     eventFor: (userId: string, deviceId: string) => CallEventFrame | undefined,
   ): Promise<Set<string>> {
-    const devices = new Set<string>();
-    for (let i = 0; i < userIds.length; i += LOOKUP_CHUNK) {
-      const chunk = userIds.slice(i, i + LOOKUP_CHUNK);
-      const wanted = new Set(chunk);
-      const { routes } = await this.deps.presence.lookupRoutes({ userIds: chunk });
-      const byGateway = new Map<string, Delivery[]>();
-      for (const r of routes) {
-        if (!wanted.has(r.userId) || devices.has(r.deviceId)) continue;
-        const ev = eventFor(r.userId, r.deviceId);
-        if (ev === undefined) continue;
-        devices.add(r.deviceId);
-        const list = byGateway.get(r.gatewayId) ?? [];
-        list.push(create(DeliverySchema, { deviceIds: [r.deviceId], payload: { case: "call", value: ev } }));
-        byGateway.set(r.gatewayId, list);
-      }
-      await Promise.all(
-        [...byGateway].map(([gatewayId, deliveries]) =>
-          this.deps.delivery.deliver(gatewayId, create(DeliveryBatchSchema, { deliveries })),
-        ),
-      );
-    }
-    return devices;
+    return deliverCall(this.deps, userIds, eventFor);
   }
-
-  /** PERMISSION_DENIED unless userId is a member of the group (asked again once if not, when cached). */
-  private async requireMember(conversationId: string, userId: string): Promise<void> {
-    if ((await this.memberList(conversationId)).has(userId)) return;
-    if ((await this.memberList(conversationId, true)).has(userId)) return;
-    throw new PermissionError(`calls in group ${conversationId} are between its members`);
-  }
-
-  /** The group's members, from the sequencer, trusted for CALL_LIMITS.pairCheckMs. */
-  private async memberList(conversationId: string, fresh = false): Promise<Set<string>> {
-    const now = this.deps.now();
-    const known = this.members.get(conversationId);
-    if (!fresh && known !== undefined && known.until > now) return known.users;
-    let users = new Set<string>();
-    try {
-      users = new Set((await this.deps.sequencer.getMembers({ conversationId })).userIds);
-    } catch (err) {
-      // No such group: nobody is a member.
-      if (inBand(err).code !== Code.NotFound) throw err;
-    }
-    this.memberIds -= this.members.get(conversationId)?.users.size ?? 0;
-    this.members.delete(conversationId);
-    this.members.set(conversationId, { users, until: now + CALL_LIMITS.pairCheckMs });
-    this.memberIds += users.size;
-    // Oldest first, until within both bounds (the newest list always stays).
-    for (const [k, v] of this.members) {
-      if (this.members.size <= CALL_LIMITS.groupMemberLists && this.memberIds <= CALL_LIMITS.groupMemberIds)
-        break;
-      if (k === conversationId) break;
-      this.members.delete(k);
-      this.memberIds -= v.users.size;
-    }
-    return users;
-  }
-}
-
-function participant(p: GroupMember) {
-  return create(CallParticipantSchema, {
-    userId: p.userId,
-    deviceId: p.deviceId,
-    joinedAtMs: BigInt(p.joinedAt),
-    leftAtMs: BigInt(p.leftAt),
-  });
 }

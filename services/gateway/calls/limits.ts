@@ -20,6 +20,11 @@ export const CALL_LIMITS = {
   callsPerDevice: 4,
   /** How long a call rings before the gateway forgets it, in milliseconds. */
   ringMs: 2 * 60_000,
+  /**
+   * When a callee device's gateway ends a ring itself, in ms after the offer: only if the
+   * caller's gateway (which rings out at ringMs) said nothing, as when it died.
+   */
+  ringEndMs: 2 * 60_000 + 10_000,
   /** How long an answered call is remembered without a hangup, in milliseconds. */
   answeredMs: 12 * 3600_000,
   /** Calls, devices' budgets and membership checks a gateway remembers at most (each map). */
@@ -39,6 +44,19 @@ export const CALL_LIMITS = {
    * lets them out, in milliseconds: a device that drops off without LEAVE.
    */
   groupSweepMs: 10_000,
+  /**
+   * How long a device in a call whose last stream closed has to come back (to this gateway or
+   * another) before its calls are ended for it, or a group call it hosts handed on, in ms.
+   */
+  dropGraceMs: 5_000,
+  /**
+   * How long a gateway waits for a call handed to it before it answers a JOIN or LEAVE for a
+   * call it does not know, when the host device's stream here is younger than the grace and
+   * this, in milliseconds (the state may be on its way from the gateway the device left).
+   */
+  handoffWaitMs: 3_000,
+  /** JOINs and LEAVEs waiting for their call to be handed here, at most. */
+  handoffWaiting: 1_024,
   /** Member ids in those lists together (about 40 bytes each: a few MiB at most). */
   groupMemberIds: 100_000,
 } as const;

@@ -55,7 +55,7 @@ export async function appendCallLog(
 }
 
 /**
- * Appends a group call's entry (in the group, as the host device): who joined and left, when,
+ * Appends a group call's entry (in the group, as the device that started it, even when another hosts it now): who joined and left, when,
  * the most at once; ANSWERED if a device other than the host's joined, MISSED otherwise. Without
  * endedAt, the entry that says the call started (ONGOING), so members who were not rung see it.
  */
@@ -69,15 +69,15 @@ export async function appendGroupCallLog(
   const outcome =
     endedAt === undefined ? CallOutcome.ONGOING : answered ? CallOutcome.ANSWERED : CallOutcome.MISSED;
   const item = create(AppendItemSchema, {
-    senderUserId: call.hostUserId,
-    senderDeviceId: call.hostDeviceId,
+    senderUserId: call.callerUserId,
+    senderDeviceId: call.callerDeviceId,
     entry: {
       clientMsgId: clientMsgId(endedAt === undefined ? `started\n${call.callId}` : call.callId),
       conversationId: call.conversationId,
     },
     callLog: {
       callId: call.callId,
-      callerUserId: call.hostUserId,
+      callerUserId: call.callerUserId,
       media: call.media,
       outcome,
       startedAtMs: BigInt(call.startedAt),

@@ -11,12 +11,9 @@
 
 import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
+import { type CallHandoff, CallHandoffRole } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import {
-  type Delivery,
-  DeliveryBatchSchema,
-  DeliverySchema,
-} from "../../../gen/switchboard/internal/v1/events_pb.js";
-import {
+  CallEndReason,
   type CallEventFrame,
   CallEventFrameSchema,
   type CallFrame,
@@ -24,38 +21,174 @@ import {
   CallOutcome,
   CallSignal,
 } from "../../../gen/switchboard/v1/calls_pb.js";
-import { InvalidInputError, LimitError, PermissionError } from "../../common/errors.js";
+import { InvalidInputError, PermissionError } from "../../common/errors.js";
 import { directConversationId } from "../../common/ids.js";
-import { TokenBucket } from "../../common/rate-limit/token-bucket.js";
-import { requireId } from "../../common/validate.js";
 import { frame, inBand } from "../session/frames.js";
+import { CALL_ID, CallBudgets, remember } from "./budgets.js";
+import { deliverCall, gatewaysOf, handOff } from "./delivery.js";
+import { CalleeCalls, DropWatch, RingWatch } from "./drops.js";
 import { GroupCallRelay } from "./group.js";
-import { CALL_FRAME_OVERHEAD_BYTES, CALL_LIMITS } from "./limits.js";
+import { calleeHandoff, callerFromHandoff, callerHandoff } from "./handoff.js";
+import { CALL_LIMITS } from "./limits.js";
 import { appendCallLog } from "./log.js";
 import { type CallerCall, CallerCalls } from "./state.js";
 import type { CallReceiver, CallRelayDeps, CallStream } from "./types.js";
 
 export type { CallReceiver, CallRelayDeps, CallStream };
 
-const CALL_ID = /^[A-Za-z0-9_-]{1,64}$/;
-
 /** One per gateway: checks, bounds and relays call frames, and arbitrates accepts of its callers' calls. */
 export class CallRelay {
-  private readonly offers = new Map<string, TokenBucket>();
-  private readonly bytes = new Map<string, { tokens: number; at: number }>();
+  private readonly budgets: CallBudgets;
   private readonly pairs = new Map<string, number>();
   private readonly calls: CallerCalls;
   private readonly groups: GroupCallRelay;
+  /** Answered calls of the devices here as callee (drops.ts). */
+  private readonly callees: CalleeCalls;
+  private readonly drops: DropWatch;
+  /** 1:1 calls ringing on devices here, ended here if the caller's gateway never does (drops.ts). */
+  private readonly rings: RingWatch<CallReceiver>;
+  /** First accepts that came while a ringing call was on its way here (handed off), by device and call. */
+  private readonly unarbitrated = new Map<string, { deviceId: string; at: number }>();
 
   constructor(private readonly deps: CallRelayDeps) {
     this.calls = new CallerCalls(deps.now, (call) => void this.rangOut(call));
     this.groups = new GroupCallRelay(deps);
+    this.budgets = new CallBudgets(deps);
+    this.callees = new CalleeCalls(deps.now);
+    this.rings = new RingWatch((receiver, callId, fromUserId, fromDeviceId) =>
+      receiver.deliverEvent({
+        case: "call",
+        value: this.hangupEvent(callId, fromUserId, fromDeviceId, CallEndReason.RING_TIMEOUT),
+      }),
+    );
+    this.drops = new DropWatch(deps.now, (userId, deviceId, at) =>
+      this.gone(userId, deviceId, at).catch((err: unknown) =>
+        deps.log.warn({ err, deviceId }, "could not end or hand on the calls of a device that dropped off"),
+      ),
+    );
   }
 
   /** Forgets every call (the gateway is stopping); their log entries are not written. */
   stop(): void {
     this.calls.clear();
     this.groups.stop();
+    this.callees.clear();
+    this.drops.stop();
+    this.rings.stop();
+  }
+
+  /**
+   * A stream of the device closed here: if it was its last and the device is in a call, its
+   * grace starts (drops.ts); when the grace is over, gone() ends or hands on its calls.
+   */
+  streamClosed(userId: string, deviceId: string): void {
+    if (this.deps.hasStream(deviceId)) return;
+    if (
+      this.calls.ofDevice(deviceId).length > 0 ||
+      this.callees.has(deviceId) ||
+      this.groups.hostedBy(deviceId).length > 0
+    )
+      this.drops.closed(userId, deviceId);
+  }
+
+  /**
+   * A call handed here (Delivery.call_handoff) for a device that holds, or held, a stream on
+   * this gateway: kept as if it had started here. A device that is not here (gone again) gets
+   * its grace at once.
+   */
+  adopt(h: CallHandoff, deviceId: string): void {
+    const userId = h.role === CallHandoffRole.CALLER ? h.callerUserId : h.hostUserId;
+    try {
+      if (h.role === CallHandoffRole.CALLER) {
+        const call = callerFromHandoff(h);
+        this.calls.adopt(call);
+        // An accept that came meanwhile passed unarbitrated: it is the winner now.
+        const key = `${call.callerDeviceId}\n${call.callId}`;
+        const early = this.unarbitrated.get(key);
+        this.unarbitrated.delete(key);
+        if (call.acceptedBy === undefined && early !== undefined) {
+          this.calls.accept(call.callerDeviceId, call.callId, early.deviceId);
+          this.withdrawPush(call);
+          void this.answeredElsewhere(call.callId, call.peerUserId, early.deviceId, undefined);
+        }
+      } else if (h.role === CallHandoffRole.CALLEE)
+        this.callees.add(deviceId, {
+          callId: h.callId,
+          callerUserId: h.peerUserId,
+          acceptedAt: Number(h.answeredAtMs),
+        });
+      else if (h.role === CallHandoffRole.HOST) this.groups.adopt(h);
+    } catch (err) {
+      this.deps.log.warn({ err, callId: h.callId }, "could not take a call handed to this gateway");
+      return;
+    }
+    this.deps.log.info(
+      { callId: h.callId, deviceId, role: CallHandoffRole[h.role] },
+      "took a call handed over by another gateway",
+    );
+    this.streamClosed(userId, deviceId);
+  }
+
+  /**
+   * The device's grace is over and it has no stream here. Back on another gateway: its calls are
+   * handed there. Gone: its calls end for it (the other side is told HANGUP, DISCONNECTED), and
+   * a group call it hosts is handed to another device in it (group.ts).
+   */
+  private async gone(userId: string, deviceId: string, droppedAt: number): Promise<void> {
+    if (this.deps.hasStream(deviceId)) {
+      this.deps.log.info({ deviceId }, "a device in a call came back within its grace");
+      return;
+    }
+    const elsewhere = (await gatewaysOf(this.deps, [userId], this.deps.gatewayId)).get(deviceId);
+    for (const call of this.calls.ofDevice(deviceId)) {
+      this.calls.close(deviceId, call.callId);
+      if (elsewhere !== undefined && (await this.handOff(elsewhere, deviceId, callerHandoff(call)))) continue;
+      void this.writeLog(
+        call,
+        call.acceptedBy === undefined ? CallOutcome.MISSED : CallOutcome.ANSWERED,
+        droppedAt,
+      );
+      await this.send(call.peerUserId, undefined, () =>
+        this.hangupEvent(call.callId, userId, deviceId, CallEndReason.DISCONNECTED),
+      );
+    }
+    for (const c of this.callees.take(deviceId)) {
+      if (
+        elsewhere !== undefined &&
+        (await this.handOff(elsewhere, deviceId, calleeHandoff(c, userId, deviceId)))
+      )
+        continue;
+      // To the caller's device(s): the caller's gateway ends and logs the call (deliver below).
+      await this.send(c.callerUserId, undefined, () =>
+        this.hangupEvent(c.callId, userId, deviceId, CallEndReason.DISCONNECTED),
+      );
+    }
+    for (const call of this.groups.hostedBy(deviceId)) await this.groups.hostGone(call, elsewhere, droppedAt);
+  }
+
+  /** Hands a call on (delivery.ts); false, logged, if it could not be sent: the caller ends it. */
+  private async handOff(gatewayId: string, deviceId: string, h: CallHandoff): Promise<boolean> {
+    try {
+      await handOff(this.deps, gatewayId, deviceId, h);
+      return true;
+    } catch (err) {
+      this.deps.log.warn(
+        { err, callId: h.callId },
+        "could not hand a call to the device's new gateway: it ends",
+      );
+      return false;
+    }
+  }
+
+  private hangupEvent(callId: string, fromUserId: string, fromDeviceId: string, endReason: CallEndReason) {
+    return create(CallEventFrameSchema, {
+      callId,
+      fromUserId,
+      fromDeviceId,
+      signal: CallSignal.HANGUP,
+      endReason,
+      serverTimeMs: BigInt(this.deps.now()),
+    });
   }
 
   /** A call frame from a device's stream: checked, bounded, relayed; refusals answered in band. */
@@ -67,8 +200,8 @@ export class CallRelay {
     // An offer again for a ringing call (to a device woken by push, say) is no new call.
     const newCall = f.signal === CallSignal.OFFER && this.calls.get(stream.deviceId, f.callId) === undefined;
     try {
-      this.check(stream, f);
-      this.charge(stream.deviceId, f, newCall);
+      this.budgets.checkDirect(stream, f);
+      this.budgets.charge(stream.deviceId, f, newCall);
       if (f.signal === CallSignal.OFFER)
         this.calls.open({
           callId: f.callId,
@@ -81,6 +214,17 @@ export class CallRelay {
       this.refuse(stream, err);
       return;
     }
+    // This device answered the ring (or ignores it): it is no longer ringing for the server.
+    if (f.signal !== CallSignal.RINGING && f.signal !== CallSignal.OFFER)
+      this.rings.over(stream.deviceId, f.callId);
+    if (f.signal === CallSignal.ACCEPT)
+      this.callees.add(stream.deviceId, {
+        callId: f.callId,
+        callerUserId: f.peerUserId,
+        acceptedAt: this.deps.now(),
+      });
+    else if (f.signal === CallSignal.HANGUP || f.signal === CallSignal.DECLINE)
+      this.callees.remove(stream.deviceId, f.callId);
     if (f.signal === CallSignal.HANGUP) {
       // The caller hangs up: answered, or missed if it still rang.
       const ended = this.calls.close(stream.deviceId, f.callId);
@@ -99,9 +243,9 @@ export class CallRelay {
       if (!CALL_ID.test(f.callId))
         throw new InvalidInputError("call_id: 1 to 64 characters of [A-Za-z0-9_-] required");
       this.groups.check(stream, f);
-      this.checkPayloads(stream, f);
+      this.budgets.checkPayloads(stream, f);
       // A join is announced to every participant: it spends an offer, so toggling is bounded.
-      this.charge(stream.deviceId, f, this.groups.starts(stream, f) || f.signal === CallSignal.JOIN);
+      this.budgets.charge(stream.deviceId, f, this.groups.starts(stream, f) || f.signal === CallSignal.JOIN);
     } catch (err) {
       this.refuse(stream, err);
       return;
@@ -120,7 +264,28 @@ export class CallRelay {
       receiver.deliverEvent({ case: "call", value: ev });
       return;
     }
+    // The call is over for a callee device here (hung up, or taken on another device).
+    if (ev.signal === CallSignal.HANGUP || ev.signal === CallSignal.ANSWERED_ELSEWHERE) {
+      this.callees.remove(receiver.deviceId, ev.callId);
+      this.rings.over(receiver.deviceId, ev.callId);
+    } else if (ev.signal === CallSignal.OFFER && !this.callees.hasCall(receiver.deviceId, ev.callId))
+      // An offer for a call this device took is a renegotiation, not a ring.
+      this.rings.ringing(receiver, ev.callId, ev.fromUserId, ev.fromDeviceId);
     const call = this.calls.get(receiver.deviceId, ev.callId);
+    if (
+      call === undefined &&
+      ev.signal === CallSignal.ACCEPT &&
+      this.unarbitrated.size < CALL_LIMITS.handoffWaiting
+    ) {
+      // Maybe a call on its way here from the gateway the caller left: adopt() takes it as the winner.
+      const key = `${receiver.deviceId}\n${ev.callId}`;
+      if (!this.unarbitrated.has(key))
+        this.unarbitrated.set(key, { deviceId: ev.fromDeviceId, at: this.deps.now() });
+      setTimeout(
+        () => this.unarbitrated.delete(key),
+        CALL_LIMITS.dropGraceMs + CALL_LIMITS.handoffWaitMs,
+      ).unref();
+    }
     if (call !== undefined && call.peerUserId === ev.fromUserId) {
       switch (ev.signal) {
         case CallSignal.ACCEPT: {
@@ -161,97 +326,6 @@ export class CallRelay {
       }
     }
     receiver.deliverEvent({ case: "call", value: ev });
-  }
-
-  private check(stream: CallStream, f: CallFrame): void {
-    if (!CALL_ID.test(f.callId))
-      throw new InvalidInputError("call_id: 1 to 64 characters of [A-Za-z0-9_-] required");
-    requireId("peer_user_id", f.peerUserId, "u");
-    if (f.peerUserId === stream.userId)
-      throw new InvalidInputError("peer_user_id: a call needs another user");
-    if (
-      f.signal === CallSignal.UNSPECIFIED ||
-      f.signal >= CallSignal.ANSWERED_ELSEWHERE ||
-      CallSignal[f.signal] === undefined
-    )
-      throw new InvalidInputError(
-        "signal: one of OFFER, ANSWER, ICE_CANDIDATES, RINGING, ACCEPT, DECLINE, BUSY, HANGUP",
-      );
-    if (f.hostDeviceId !== "") throw new InvalidInputError("host_device_id: only in group calls");
-    if (f.signal === CallSignal.OFFER && f.media !== CallMedia.AUDIO && f.media !== CallMedia.VIDEO)
-      throw new InvalidInputError("media: an offer is AUDIO or VIDEO");
-    this.checkPayloads(stream, f);
-  }
-
-  /** At most CALL_LIMITS.payloadsPerFrame ciphertexts, each for a distinct device and within its size. */
-  private checkPayloads(stream: CallStream, f: CallFrame): void {
-    if (f.payloads.length > CALL_LIMITS.payloadsPerFrame)
-      throw new InvalidInputError(
-        `payloads: at most ${CALL_LIMITS.payloadsPerFrame} per frame, got ${f.payloads.length}`,
-      );
-    const seen = new Set<string>();
-    for (const p of f.payloads) {
-      requireId("payloads.device_id", p.deviceId, "dv");
-      if (seen.has(p.deviceId)) throw new InvalidInputError(`payloads: device ${p.deviceId} appears twice`);
-      seen.add(p.deviceId);
-      if (p.ciphertext.length === 0)
-        throw new InvalidInputError(`payloads: the ciphertext for ${p.deviceId} is empty`);
-      if (p.ciphertext.length > CALL_LIMITS.payloadBytes) {
-        this.deps.refused("call_payload_too_large", "call frame refused: a ciphertext passes its limit", {
-          deviceId: stream.deviceId,
-          bytes: p.ciphertext.length,
-        });
-        throw new InvalidInputError(
-          `payloads: the ciphertext for ${p.deviceId} is ${p.ciphertext.length} bytes; at most ${CALL_LIMITS.payloadBytes}`,
-        );
-      }
-    }
-  }
-
-  /** Takes the frame from the device's budgets: offers by count, every frame by bytes. */
-  private charge(deviceId: string, f: CallFrame, newCall: boolean): void {
-    const now = this.deps.now();
-    if (newCall) {
-      let bucket = this.offers.get(deviceId);
-      if (bucket === undefined) {
-        bucket = new TokenBucket(CALL_LIMITS.offersPerMinute / 60, CALL_LIMITS.offerBurst, now);
-        remember(this.offers, deviceId, bucket);
-      }
-      const wait = bucket.take(now);
-      if (wait > 0) {
-        this.deps.refused("call_offer_rate", "call offer refused: the device's offer budget is spent", {
-          deviceId,
-        });
-        throw new LimitError(
-          `call offers: at most ${CALL_LIMITS.offersPerMinute} per minute per device (burst ${CALL_LIMITS.offerBurst}; group call joins count as offers); retry in ${wait} ms`,
-          { retryAfterMs: wait },
-        );
-      }
-    }
-    const cost = CALL_FRAME_OVERHEAD_BYTES + f.payloads.reduce((n, p) => n + p.ciphertext.length, 0);
-    const budget = this.bytes.get(deviceId) ?? { tokens: CALL_LIMITS.byteBurst, at: now };
-    budget.tokens = Math.min(
-      CALL_LIMITS.byteBurst,
-      budget.tokens + (Math.max(0, now - budget.at) * CALL_LIMITS.bytesPerSecond) / 1000,
-    );
-    budget.at = now;
-    remember(this.bytes, deviceId, budget);
-    if (budget.tokens < cost) {
-      const wait = Math.ceil(((cost - budget.tokens) * 1000) / CALL_LIMITS.bytesPerSecond);
-      this.deps.refused(
-        "call_byte_rate",
-        "call frame refused: the device's signalling byte budget is spent",
-        {
-          deviceId,
-          bytes: cost,
-        },
-      );
-      throw new LimitError(
-        `call signalling: at most ${CALL_LIMITS.bytesPerSecond} bytes per second per device (burst ${CALL_LIMITS.byteBurst}); retry in ${wait} ms`,
-        { retryAfterMs: wait },
-      );
-    }
-    budget.tokens -= cost;
   }
 
   /** Refuses a frame in band; the stream goes on. */
@@ -330,13 +404,7 @@ export class CallRelay {
   private async rangOut(call: CallerCall): Promise<void> {
     await this.writeLog(call, CallOutcome.MISSED);
     const hangup = (fromUserId: string, fromDeviceId: string) => () =>
-      create(CallEventFrameSchema, {
-        callId: call.callId,
-        fromUserId,
-        fromDeviceId,
-        signal: CallSignal.HANGUP,
-        serverTimeMs: BigInt(this.deps.now()),
-      });
+      this.hangupEvent(call.callId, fromUserId, fromDeviceId, CallEndReason.RING_TIMEOUT);
     try {
       await this.send(call.peerUserId, undefined, hangup(call.callerUserId, call.callerDeviceId));
       await this.send(call.callerUserId, [call.callerDeviceId], hangup(call.peerUserId, ""));
@@ -346,9 +414,9 @@ export class CallRelay {
   }
 
   /** Withdraws the call's push and appends its entry (log.ts). */
-  private async writeLog(call: CallerCall, outcome: CallOutcome): Promise<void> {
+  private async writeLog(call: CallerCall, outcome: CallOutcome, endedAt = this.deps.now()): Promise<void> {
     this.withdrawPush(call);
-    await appendCallLog(this.deps.sequencer, this.deps.log, call, outcome, this.deps.now());
+    await appendCallLog(this.deps.sequencer, this.deps.log, call, outcome, endedAt);
   }
 
   /** Tells the callee's devices (all but the winner, or only those listed) that another device took the call. */
@@ -382,30 +450,14 @@ export class CallRelay {
    * Delivers an event to each online device of userId (only the listed ones, when given) through
    * the gateways holding their streams. Returns the devices it was handed to.
    */
-  private async send(
+  private send(
     userId: string,
     only: string[] | undefined,
     eventFor: (deviceId: string) => CallEventFrame | undefined,
   ): Promise<Set<string>> {
-    const { routes } = await this.deps.presence.lookupRoutes({ userIds: [userId] });
-    const byGateway = new Map<string, Delivery[]>();
-    const devices = new Set<string>();
-    for (const r of routes) {
-      if (r.userId !== userId || devices.has(r.deviceId)) continue;
-      if (only !== undefined && !only.includes(r.deviceId)) continue;
-      const ev = eventFor(r.deviceId);
-      if (ev === undefined) continue;
-      devices.add(r.deviceId);
-      const list = byGateway.get(r.gatewayId) ?? [];
-      list.push(create(DeliverySchema, { deviceIds: [r.deviceId], payload: { case: "call", value: ev } }));
-      byGateway.set(r.gatewayId, list);
-    }
-    await Promise.all(
-      [...byGateway].map(([gatewayId, deliveries]) =>
-        this.deps.delivery.deliver(gatewayId, create(DeliveryBatchSchema, { deliveries })),
-      ),
+    return deliverCall(this.deps, [userId], (_u, deviceId) =>
+      only !== undefined && !only.includes(deviceId) ? undefined : eventFor(deviceId),
     );
-    return devices;
   }
 
   /** PERMISSION_DENIED unless the two users are the members of their direct conversation. */
@@ -432,15 +484,5 @@ export class CallRelay {
   private async requireNotBlocked(caller: string, callee: string): Promise<void> {
     if (await this.deps.blockedBy(callee, caller))
       throw new PermissionError("call not accepted: the recipient does not accept calls from you");
-  }
-}
-
-/** Sets a key in a map kept within CALL_LIMITS.remembered by dropping its oldest keys. */
-function remember<V>(map: Map<string, V>, key: string, value: V): void {
-  map.delete(key);
-  map.set(key, value);
-  for (const k of map.keys()) {
-    if (map.size <= CALL_LIMITS.remembered) return;
-    map.delete(k);
   }
 }

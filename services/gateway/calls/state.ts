@@ -86,6 +86,38 @@ export class CallerCalls {
     this.timers.set(opened, timer);
   }
 
+  /**
+   * Keeps a call handed here from the gateway its caller's device left (handoff.ts), ringing out
+   * when its ring time from the offer is over. Past the bounds it is not kept (LIMIT).
+   */
+  adopt(call: CallerCall): void {
+    const { callerDeviceId: deviceId, callId } = call;
+    const calls = this.live(deviceId);
+    const known = calls.get(callId);
+    if (known !== undefined) this.forget(known);
+    else if (calls.size >= CALL_LIMITS.callsPerDevice || this.size >= CALL_LIMITS.remembered)
+      throw new LimitError("calls: no room for a call handed to this gateway");
+    else this.size++;
+    calls.set(callId, call);
+    this.byDevice.set(deviceId, calls);
+    if (call.acceptedBy !== undefined) return;
+    const timer = setTimeout(
+      () => {
+        if (this.byDevice.get(deviceId)?.get(callId) !== call || call.acceptedBy !== undefined) return;
+        this.close(deviceId, callId);
+        this.rangOut(call);
+      },
+      Math.max(0, call.startedAt + this.ringMs - this.now()),
+    );
+    timer.unref();
+    this.timers.set(call, timer);
+  }
+
+  /** The device's calls that have not expired. */
+  ofDevice(deviceId: string): CallerCall[] {
+    return [...this.live(deviceId).values()];
+  }
+
   /** The call, unless it expired. */
   get(deviceId: string, callId: string): CallerCall | undefined {
     return this.live(deviceId).get(callId);

@@ -19,6 +19,8 @@ export interface CallStream {
 export interface CallReceiver {
   readonly userId: string;
   readonly deviceId: string;
+  /** When the stream opened, in milliseconds since the Unix epoch. */
+  readonly openedAtMs: number;
   /** Queues an event frame (dropped when the device is behind, like typing). */
   deliverEvent(value: ConnectResponse["frame"]): void;
 }
@@ -37,6 +39,8 @@ export interface CallRelayDeps {
   refused(reason: string, message: string, fields?: Record<string, string | number>): void;
   /** Whether owner has blocked userId (the gateway's block lists). */
   blockedBy(owner: string, userId: string): Promise<boolean>;
+  /** Whether the device holds a stream on this gateway. */
+  hasStream(deviceId: string): boolean;
   /** A user's active devices (the accounts directory). */
   userDevices(userId: string): Promise<string[]>;
   /**

@@ -2,9 +2,9 @@
 // @generated from file switchboard/internal/v1/events.proto (package switchboard.internal.v1, syntax proto3)
 /* eslint-disable */
 
-import type { GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
-import type { CallEventFrame } from "../../v1/calls_pb.js";
+import type { GenEnum, GenFile, GenMessage } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc } from "@bufbuild/protobuf/codegenv2";
+import type { CallEventFrame, CallMedia, CallParticipant } from "../../v1/calls_pb.js";
 import { file_switchboard_v1_calls } from "../../v1/calls_pb.js";
 import type { Entry } from "../../v1/entry_pb.js";
 import { file_switchboard_v1_entry } from "../../v1/entry_pb.js";
@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/events.proto.
  */
 export const file_switchboard_internal_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("CiRzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ldmVudHMucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIqYFCghCdXNFdmVudBJCCg9lbnRyeV9jb21taXR0ZWQYASABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5FbnRyeUNvbW1pdHRlZEgAEkAKDnJlY2VpcHRfaXNzdWVkGAIgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmVjZWlwdElzc3VlZEgAEkAKDnR5cGluZ19yZWxheWVkGAMgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVHlwaW5nUmVsYXllZEgAEkQKEHByZXNlbmNlX2NoYW5nZWQYBCABKAsyKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5QcmVzZW5jZUNoYW5nZWRIABJACg5kZXZpY2VfcmV2b2tlZBgFIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJldm9rZWRIABI6CgtwcmVrZXlzX2xvdxgHIAEoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlByZWtleXNMb3dIABJACg5ibG9ja3NfY2hhbmdlZBgMIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkJsb2Nrc0NoYW5nZWRIABJCCg9wcml2YWN5X2NoYW5nZWQYKSABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Qcml2YWN5Q2hhbmdlZEgAEkoKDXRyYWNlX2NvbnRleHQYBiADKAsyMy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5CdXNFdmVudC5UcmFjZUNvbnRleHRFbnRyeRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgcKBWV2ZW50IogBCg5FbnRyeUNvbW1pdHRlZBIkCgVlbnRyeRgBIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5EhcKD21lbWJlcnNfdmVyc2lvbhgCIAEoBBIgChhleHRyYV9yZWNpcGllbnRfdXNlcl9pZHMYAyADKAkSFQoNbXV0ZXNfdmVyc2lvbhgEIAEoBCJXCg1SZWNlaXB0SXNzdWVkEi0KB3JlY2VpcHQYASABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWNlaXB0RnJhbWUSFwoPbm90aWZ5X3VzZXJfaWRzGAIgAygJIl0KDVR5cGluZ1JlbGF5ZWQSMAoGdHlwaW5nGAEgASgLMiAuc3dpdGNoYm9hcmQudjEuVHlwaW5nRXZlbnRGcmFtZRIaChJyZWNpcGllbnRfdXNlcl9pZHMYAiADKAkiQgoPUHJlc2VuY2VDaGFuZ2VkEi8KCHByZXNlbmNlGAEgASgLMh0uc3dpdGNoYm9hcmQudjEuUHJlc2VuY2VGcmFtZSIzCg1EZXZpY2VSZXZva2VkEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIjQKDUJsb2Nrc0NoYW5nZWQSDwoHdXNlcl9pZBgBIAEoCRISCgpkZXZpY2VfaWRzGAIgAygJIjUKDlByaXZhY3lDaGFuZ2VkEg8KB3VzZXJfaWQYASABKAkSEgoKZGV2aWNlX2lkcxgCIAMoCSJgCgpQcmVrZXlzTG93Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEi4KBWZyYW1lGAMgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lIucCCghEZWxpdmVyeRISCgpkZXZpY2VfaWRzGAEgAygJEiYKBWVudHJ5GAIgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnlIABIvCgdyZWNlaXB0GAMgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lSAASMgoGdHlwaW5nGAQgASgLMiAuc3dpdGNoYm9hcmQudjEuVHlwaW5nRXZlbnRGcmFtZUgAEi4KBGNhbGwYBiABKAsyHi5zd2l0Y2hib2FyZC52MS5DYWxsRXZlbnRGcmFtZUgAEkoKDXRyYWNlX2NvbnRleHQYBSADKAsyMy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EZWxpdmVyeS5UcmFjZUNvbnRleHRFbnRyeRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgkKB3BheWxvYWQiRgoNRGVsaXZlcnlCYXRjaBI1CgpkZWxpdmVyaWVzGAEgAygLMiEuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRGVsaXZlcnliBnByb3RvMw", [file_switchboard_v1_calls, file_switchboard_v1_entry, file_switchboard_v1_gateway]);
+  fileDesc("CiRzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9ldmVudHMucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIqYFCghCdXNFdmVudBJCCg9lbnRyeV9jb21taXR0ZWQYASABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5FbnRyeUNvbW1pdHRlZEgAEkAKDnJlY2VpcHRfaXNzdWVkGAIgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuUmVjZWlwdElzc3VlZEgAEkAKDnR5cGluZ19yZWxheWVkGAMgASgLMiYuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVHlwaW5nUmVsYXllZEgAEkQKEHByZXNlbmNlX2NoYW5nZWQYBCABKAsyKC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5QcmVzZW5jZUNoYW5nZWRIABJACg5kZXZpY2VfcmV2b2tlZBgFIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJldm9rZWRIABI6CgtwcmVrZXlzX2xvdxgHIAEoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlByZWtleXNMb3dIABJACg5ibG9ja3NfY2hhbmdlZBgMIAEoCzImLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkJsb2Nrc0NoYW5nZWRIABJCCg9wcml2YWN5X2NoYW5nZWQYKSABKAsyJy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Qcml2YWN5Q2hhbmdlZEgAEkoKDXRyYWNlX2NvbnRleHQYBiADKAsyMy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5CdXNFdmVudC5UcmFjZUNvbnRleHRFbnRyeRozChFUcmFjZUNvbnRleHRFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBQgcKBWV2ZW50IogBCg5FbnRyeUNvbW1pdHRlZBIkCgVlbnRyeRgBIAEoCzIVLnN3aXRjaGJvYXJkLnYxLkVudHJ5EhcKD21lbWJlcnNfdmVyc2lvbhgCIAEoBBIgChhleHRyYV9yZWNpcGllbnRfdXNlcl9pZHMYAyADKAkSFQoNbXV0ZXNfdmVyc2lvbhgEIAEoBCJXCg1SZWNlaXB0SXNzdWVkEi0KB3JlY2VpcHQYASABKAsyHC5zd2l0Y2hib2FyZC52MS5SZWNlaXB0RnJhbWUSFwoPbm90aWZ5X3VzZXJfaWRzGAIgAygJIl0KDVR5cGluZ1JlbGF5ZWQSMAoGdHlwaW5nGAEgASgLMiAuc3dpdGNoYm9hcmQudjEuVHlwaW5nRXZlbnRGcmFtZRIaChJyZWNpcGllbnRfdXNlcl9pZHMYAiADKAkiQgoPUHJlc2VuY2VDaGFuZ2VkEi8KCHByZXNlbmNlGAEgASgLMh0uc3dpdGNoYm9hcmQudjEuUHJlc2VuY2VGcmFtZSIzCg1EZXZpY2VSZXZva2VkEg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJIjQKDUJsb2Nrc0NoYW5nZWQSDwoHdXNlcl9pZBgBIAEoCRISCgpkZXZpY2VfaWRzGAIgAygJIjUKDlByaXZhY3lDaGFuZ2VkEg8KB3VzZXJfaWQYASABKAkSEgoKZGV2aWNlX2lkcxgCIAMoCSJgCgpQcmVrZXlzTG93Eg8KB3VzZXJfaWQYASABKAkSEQoJZGV2aWNlX2lkGAIgASgJEi4KBWZyYW1lGAMgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJla2V5c0xvd0ZyYW1lIqUDCghEZWxpdmVyeRISCgpkZXZpY2VfaWRzGAEgAygJEiYKBWVudHJ5GAIgASgLMhUuc3dpdGNoYm9hcmQudjEuRW50cnlIABIvCgdyZWNlaXB0GAMgASgLMhwuc3dpdGNoYm9hcmQudjEuUmVjZWlwdEZyYW1lSAASMgoGdHlwaW5nGAQgASgLMiAuc3dpdGNoYm9hcmQudjEuVHlwaW5nRXZlbnRGcmFtZUgAEi4KBGNhbGwYBiABKAsyHi5zd2l0Y2hib2FyZC52MS5DYWxsRXZlbnRGcmFtZUgAEjwKDGNhbGxfaGFuZG9mZhgpIAEoCzIkLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkNhbGxIYW5kb2ZmSAASSgoNdHJhY2VfY29udGV4dBgFIAMoCzIzLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRlbGl2ZXJ5LlRyYWNlQ29udGV4dEVudHJ5GjMKEVRyYWNlQ29udGV4dEVudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCCQoHcGF5bG9hZCJGCg1EZWxpdmVyeUJhdGNoEjUKCmRlbGl2ZXJpZXMYASADKAsyIS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5EZWxpdmVyeSK2BAoLQ2FsbEhhbmRvZmYSDwoHY2FsbF9pZBgBIAEoCRI2CgRyb2xlGAIgASgOMiguc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ2FsbEhhbmRvZmZSb2xlEhYKDmNhbGxlcl91c2VyX2lkGAMgASgJEhgKEGNhbGxlcl9kZXZpY2VfaWQYBCABKAkSFAoMcGVlcl91c2VyX2lkGAUgASgJEigKBW1lZGlhGAYgASgOMhkuc3dpdGNoYm9hcmQudjEuQ2FsbE1lZGlhEhUKDXN0YXJ0ZWRfYXRfbXMYByABKAMSFgoOYW5zd2VyZWRfYXRfbXMYCCABKAMSGgoSYW5zd2VyZWRfZGV2aWNlX2lkGAkgASgJEi8KBnB1c2hlZBgKIAMoCzIfLnN3aXRjaGJvYXJkLnYxLkNhbGxQYXJ0aWNpcGFudBIXCg9jb252ZXJzYXRpb25faWQYCyABKAkSFAoMaG9zdF91c2VyX2lkGAwgASgJEhYKDmhvc3RfZGV2aWNlX2lkGA0gASgJEjUKDHBhcnRpY2lwYW50cxgOIAMoCzIfLnN3aXRjaGJvYXJkLnYxLkNhbGxQYXJ0aWNpcGFudBIwCgdoaXN0b3J5GA8gAygLMh8uc3dpdGNoYm9hcmQudjEuQ2FsbFBhcnRpY2lwYW50EhkKEXBlYWtfcGFydGljaXBhbnRzGBAgASgNEg8KB3JpbmdpbmcYESABKAgSFAoMaG9zdF9jaGFuZ2VkGBIgASgIKowBCg9DYWxsSGFuZG9mZlJvbGUSIQodQ0FMTF9IQU5ET0ZGX1JPTEVfVU5TUEVDSUZJRUQQABIcChhDQUxMX0hBTkRPRkZfUk9MRV9DQUxMRVIQARIcChhDQUxMX0hBTkRPRkZfUk9MRV9DQUxMRUUQAhIaChZDQUxMX0hBTkRPRkZfUk9MRV9IT1NUEANiBnByb3RvMw", [file_switchboard_v1_calls, file_switchboard_v1_entry, file_switchboard_v1_gateway]);
 
 /**
  * What the sequencer publishes on the bus after a commit, and what other services broadcast.
@@ -405,6 +405,15 @@ export type Delivery = Message<"switchboard.internal.v1.Delivery"> & {
      */
     value: CallEventFrame;
     case: "call";
+  } | {
+    /**
+     * A call's state, handed to the gateway now holding device_ids[0]'s stream (a caller, an
+     * answered callee or a group call's host that moved or dropped off; docs/calls.md).
+     *
+     * @generated from field: switchboard.internal.v1.CallHandoff call_handoff = 41;
+     */
+    value: CallHandoff;
+    case: "callHandoff";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -442,4 +451,169 @@ export type DeliveryBatch = Message<"switchboard.internal.v1.DeliveryBatch"> & {
  */
 export const DeliveryBatchSchema: GenMessage<DeliveryBatch> = /*@__PURE__*/
   messageDesc(file_switchboard_internal_v1_events, 10);
+
+/**
+ * A call's state handed from one gateway to another (Delivery.call_handoff), so the gateway
+ * holding the device's stream keeps deciding on the call (docs/calls.md, "Devices that drop off").
+ *
+ * @generated from message switchboard.internal.v1.CallHandoff
+ */
+export type CallHandoff = Message<"switchboard.internal.v1.CallHandoff"> & {
+  /**
+   * The call.
+   *
+   * @generated from field: string call_id = 1;
+   */
+  callId: string;
+
+  /**
+   * What the receiving gateway keeps.
+   *
+   * @generated from field: switchboard.internal.v1.CallHandoffRole role = 2;
+   */
+  role: CallHandoffRole;
+
+  /**
+   * 1:1: the caller; a group call: the device that started it (the entries' sender).
+   *
+   * @generated from field: string caller_user_id = 3;
+   */
+  callerUserId: string;
+
+  /**
+   * @generated from field: string caller_device_id = 4;
+   */
+  callerDeviceId: string;
+
+  /**
+   * 1:1: the callee (for ROLE_CALLEE, the caller this device's user answered).
+   *
+   * @generated from field: string peer_user_id = 5;
+   */
+  peerUserId: string;
+
+  /**
+   * Audio or video.
+   *
+   * @generated from field: switchboard.v1.CallMedia media = 6;
+   */
+  media: CallMedia;
+
+  /**
+   * When the call started and was answered (0: not yet), in milliseconds since the Unix epoch.
+   *
+   * @generated from field: int64 started_at_ms = 7;
+   */
+  startedAtMs: bigint;
+
+  /**
+   * @generated from field: int64 answered_at_ms = 8;
+   */
+  answeredAtMs: bigint;
+
+  /**
+   * 1:1: the callee device whose accept won; a group call: the first device other than the
+   * host's that joined.
+   *
+   * @generated from field: string answered_device_id = 9;
+   */
+  answeredDeviceId: string;
+
+  /**
+   * The devices rung by push, to withdraw it from (user and device ids).
+   *
+   * @generated from field: repeated switchboard.v1.CallParticipant pushed = 10;
+   */
+  pushed: CallParticipant[];
+
+  /**
+   * Group calls: the group, the host from now on, who is in, and everyone who joined.
+   *
+   * @generated from field: string conversation_id = 11;
+   */
+  conversationId: string;
+
+  /**
+   * @generated from field: string host_user_id = 12;
+   */
+  hostUserId: string;
+
+  /**
+   * @generated from field: string host_device_id = 13;
+   */
+  hostDeviceId: string;
+
+  /**
+   * @generated from field: repeated switchboard.v1.CallParticipant participants = 14;
+   */
+  participants: CallParticipant[];
+
+  /**
+   * @generated from field: repeated switchboard.v1.CallParticipant history = 15;
+   */
+  history: CallParticipant[];
+
+  /**
+   * @generated from field: uint32 peak_participants = 16;
+   */
+  peakParticipants: number;
+
+  /**
+   * @generated from field: bool ringing = 17;
+   */
+  ringing: boolean;
+
+  /**
+   * Whether the host device changed (participants are told HOST_CHANGED).
+   *
+   * @generated from field: bool host_changed = 18;
+   */
+  hostChanged: boolean;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.CallHandoff.
+ * Use `create(CallHandoffSchema)` to create a new message.
+ */
+export const CallHandoffSchema: GenMessage<CallHandoff> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_events, 11);
+
+/**
+ * What a handed-off call is to the device it is handed with.
+ *
+ * @generated from enum switchboard.internal.v1.CallHandoffRole
+ */
+export enum CallHandoffRole {
+  /**
+   * @generated from enum value: CALL_HANDOFF_ROLE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The device is a 1:1 call's caller: its gateway arbitrates accepts and writes the entry.
+   *
+   * @generated from enum value: CALL_HANDOFF_ROLE_CALLER = 1;
+   */
+  CALLER = 1,
+
+  /**
+   * The device took a 1:1 call: its gateway hangs up for it if it drops off.
+   *
+   * @generated from enum value: CALL_HANDOFF_ROLE_CALLEE = 2;
+   */
+  CALLEE = 2,
+
+  /**
+   * The device hosts a group call: its gateway keeps who is in and writes the entry.
+   *
+   * @generated from enum value: CALL_HANDOFF_ROLE_HOST = 3;
+   */
+  HOST = 3,
+}
+
+/**
+ * Describes the enum switchboard.internal.v1.CallHandoffRole.
+ */
+export const CallHandoffRoleSchema: GenEnum<CallHandoffRole> = /*@__PURE__*/
+  enumDesc(file_switchboard_internal_v1_events, 0);
 

@@ -1,0 +1,318 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import {
+  CallEndReason,
+  type CallEventFrame,
+  CallFrameSchema,
+  type CallLogBody,
+  CallMedia,
+  CallOutcome,
+  CallSignal,
+} from "../../gen/switchboard/v1/calls_pb.js";
+import { Mesh } from "../../services/mesh/launcher.js";
+import { meshPrerequisites } from "../helpers/backends.js";
+import { TestDevice, uniqueName } from "../helpers/device.js";
+
+/**
+ * Devices that drop off mid-call (docs/calls.md, "Devices that drop off"), across two gateway
+ * processes of the mesh: a caller or an answered callee whose stream goes and does not come back
+ * within the grace has its calls ended for it (the other side told HANGUP with the reason
+ * DISCONNECTED, every callee device stopped ringing, the entry written); one that comes back on
+ * the other gateway keeps its call (the state is handed there); a group call whose host drops off
+ * is handed to a participant on the other gateway, which takes joins and leaves and writes the
+ * final entry.
+ */
+
+const { skip } = meshPrerequisites();
+
+const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
+  case: "call" as const,
+  value: create(CallFrameSchema, value),
+});
+
+const callEvents = (d: TestDevice, callId: string, signal: CallSignal): CallEventFrame[] =>
+  d.ofCase("call").filter((e) => e.callId === callId && e.signal === signal);
+
+function waitCall(d: TestDevice, callId: string, signal: CallSignal, count = 1): Promise<CallEventFrame[]> {
+  return d.waitFor(
+    () => {
+      const got = callEvents(d, callId, signal);
+      return got.length >= count ? got : undefined;
+    },
+    `${count} ${CallSignal[signal]} for ${callId} on ${d.deviceId}`,
+    30_000,
+  );
+}
+
+function callEntry(d: TestDevice, callId: string): Promise<CallLogBody> {
+  return d.waitFor(
+    () => {
+      for (const e of d.entries())
+        if (
+          e.body.case === "call" &&
+          e.body.value.callId === callId &&
+          e.body.value.outcome !== CallOutcome.ONGOING
+        )
+          return e.body.value;
+      return undefined;
+    },
+    `the entry of ${callId} on ${d.deviceId}`,
+    30_000,
+  );
+}
+
+async function online(d: TestDevice): Promise<void> {
+  d.connect();
+  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up", 20_000);
+}
+
+/** The same device with a fresh connection to a gateway (maybe another one). */
+async function reconnect(d: TestDevice, url: string): Promise<TestDevice> {
+  const again = new TestDevice(url, d.userId, d.deviceId, d.secret, d.username);
+  await again.login();
+  await online(again);
+  return again;
+}
+
+describe("calls whose devices drop off, across two gateways", { skip }, () => {
+  let dir = "";
+  let mesh: Mesh | undefined;
+  const devices: TestDevice[] = [];
+  const logLines: string[] = [];
+  const track = (...ds: TestDevice[]) => {
+    devices.push(...ds);
+    return ds;
+  };
+  /** Waits for a gateway's log line (what the gateways did is otherwise not visible to devices). */
+  const logged = async (text: string, callId: string) => {
+    const deadline = Date.now() + 30_000;
+    while (!logLines.some((l) => l.includes(text) && l.includes(callId))) {
+      if (Date.now() > deadline) throw new Error(`no log line "${text}" for ${callId}`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  };
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "sb-calls-drop-"));
+    mesh = await Mesh.start({
+      dir,
+      gateways: 2,
+      sequencers: 1,
+      fanouts: 1,
+      // Every test registers its own users, all from 127.0.0.1.
+      env: { SWITCHBOARD_REGISTRATIONS_PER_ADDRESS_PER_HOUR: "100" },
+      onLog: (name, line) => {
+        logLines.push(`${name} ${line}`);
+      },
+    });
+  });
+  after(async () => {
+    await Promise.all(devices.map((d) => d.close()));
+    await mesh?.stop();
+    if (dir !== "") await rm(dir, { recursive: true, force: true });
+  });
+
+  it("a ringing caller that drops off for good: every callee device stops ringing (DISCONNECTED) and a missed call is logged", async () => {
+    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const alice = await TestDevice.register(g0, uniqueName("da"));
+    const bob1 = await TestDevice.register(g1, uniqueName("db"));
+    const bob2 = await bob1.link("tablet");
+    track(alice, bob1, bob2);
+    await alice.conversations.openDirect({ peerUserId: bob1.userId });
+    for (const d of [alice, bob1, bob2]) await online(d);
+    const callId = "drop-ringing-caller";
+    alice.write(
+      callFrame({ callId, peerUserId: bob1.userId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }),
+    );
+    for (const b of [bob1, bob2]) await waitCall(b, callId, CallSignal.OFFER);
+
+    await alice.drop();
+    for (const b of [bob1, bob2]) {
+      const [hangup] = await waitCall(b, callId, CallSignal.HANGUP);
+      assert.equal(hangup!.endReason, CallEndReason.DISCONNECTED);
+      assert.equal(hangup!.fromDeviceId, alice.deviceId);
+      const entry = await callEntry(b, callId);
+      assert.equal(entry.outcome, CallOutcome.MISSED);
+      assert.equal(entry.callerUserId, alice.userId);
+    }
+  });
+
+  it("an answered callee that drops off for good: the caller is told HANGUP (DISCONNECTED) and the answered call is logged", async () => {
+    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const alice = await TestDevice.register(g0, uniqueName("da"));
+    const bob1 = await TestDevice.register(g1, uniqueName("db"));
+    const bob2 = await bob1.link("tablet");
+    track(alice, bob1, bob2);
+    await alice.conversations.openDirect({ peerUserId: bob1.userId });
+    for (const d of [alice, bob1, bob2]) await online(d);
+    const callId = "drop-answered-callee";
+    alice.write(
+      callFrame({ callId, peerUserId: bob1.userId, signal: CallSignal.OFFER, media: CallMedia.VIDEO }),
+    );
+    await waitCall(bob1, callId, CallSignal.OFFER);
+    bob1.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.ACCEPT }));
+    await waitCall(alice, callId, CallSignal.ACCEPT);
+    await waitCall(bob2, callId, CallSignal.ANSWERED_ELSEWHERE);
+
+    await bob1.drop();
+    const [hangup] = await waitCall(alice, callId, CallSignal.HANGUP);
+    assert.equal(hangup!.endReason, CallEndReason.DISCONNECTED);
+    assert.equal(hangup!.fromDeviceId, bob1.deviceId);
+    for (const d of [alice, bob2]) {
+      const entry = await callEntry(d, callId);
+      assert.equal(entry.outcome, CallOutcome.ANSWERED);
+      assert.equal(entry.answeredDeviceId, bob1.deviceId);
+      assert.equal(entry.media, CallMedia.VIDEO);
+    }
+  });
+
+  it("a caller that comes back on the other gateway within the grace keeps its call: accepts are still arbitrated there and the entry written", async () => {
+    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const alice = await TestDevice.register(g0, uniqueName("da"));
+    const bob1 = await TestDevice.register(g1, uniqueName("db"));
+    const bob2 = await bob1.link("tablet");
+    track(alice, bob1, bob2);
+    await alice.conversations.openDirect({ peerUserId: bob1.userId });
+    for (const d of [alice, bob1, bob2]) await online(d);
+    const callId = "drop-caller-moves";
+    alice.write(
+      callFrame({ callId, peerUserId: bob1.userId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }),
+    );
+    for (const b of [bob1, bob2]) await waitCall(b, callId, CallSignal.OFFER);
+
+    await alice.drop();
+    const [alice2] = track(await reconnect(alice, g1));
+    await logged("took a call handed over by another gateway", callId);
+
+    // Both accept: the gateway alice is on now lets one through and stops the other.
+    bob1.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.ACCEPT }));
+    bob2.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.ACCEPT }));
+    const [accepted] = await waitCall(alice2!, callId, CallSignal.ACCEPT);
+    const winner = accepted!.fromDeviceId;
+    const loser = winner === bob1.deviceId ? bob2 : bob1;
+    await waitCall(loser, callId, CallSignal.ANSWERED_ELSEWHERE);
+    alice2!.write(callFrame({ callId, peerUserId: bob1.userId, signal: CallSignal.HANGUP }));
+    const entry = await callEntry(alice2!, callId);
+    assert.equal(entry.outcome, CallOutcome.ANSWERED);
+    assert.equal(entry.answeredDeviceId, winner);
+    assert.equal(callEvents(alice2!, callId, CallSignal.ACCEPT).length, 1, "one accept reached the caller");
+    for (const b of [bob1, bob2])
+      assert.ok(
+        !callEvents(b, callId, CallSignal.HANGUP).some((h) => h.endReason === CallEndReason.DISCONNECTED),
+        "the call was not ended for the caller",
+      );
+  });
+
+  it("a group call whose host drops off for good is handed to a participant on the other gateway: HOST_CHANGED, joins and leaves there, the final entry", async () => {
+    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const host = await TestDevice.register(g0, uniqueName("gh"));
+    const near = await TestDevice.register(g0, uniqueName("gn"));
+    const far1 = await TestDevice.register(g1, uniqueName("gf"));
+    const far2 = await far1.link("tablet");
+    track(host, near, far1, far2);
+    const { conversation } = await host.conversations.createGroup({
+      title: "handoff",
+      memberUserIds: [near.userId, far1.userId],
+    });
+    const conversationId = conversation!.conversationId;
+    for (const d of [host, near, far1, far2]) await online(d);
+    const callId = "drop-group-host";
+    const to = (d: TestDevice, hostDevice: TestDevice, signal: CallSignal) =>
+      d.write(
+        callFrame({
+          callId,
+          conversationId,
+          peerUserId: hostDevice.userId,
+          hostDeviceId: hostDevice.deviceId,
+          signal,
+        }),
+      );
+    host.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
+    for (const d of [near, far1, far2]) await waitCall(d, callId, CallSignal.OFFER);
+    // far1 first, so it is the one the call is handed to (the first in, on the other gateway).
+    to(far1, host, CallSignal.JOIN);
+    await waitCall(far1, callId, CallSignal.JOINED);
+    to(near, host, CallSignal.JOIN);
+    await waitCall(near, callId, CallSignal.JOINED);
+
+    await host.drop();
+    for (const d of [near, far1]) {
+      const [changed] = await waitCall(d, callId, CallSignal.HOST_CHANGED);
+      assert.equal(changed!.hostDeviceId, far1.deviceId);
+      assert.equal(changed!.fromUserId, far1.userId);
+      const left = await waitCall(d, callId, CallSignal.LEAVE);
+      assert.ok(
+        left.some((l) => l.fromDeviceId === host.deviceId),
+        "the host is let out",
+      );
+    }
+    // Still ringing: far2 is told the new host too, and joins by it.
+    const [ringChange] = await waitCall(far2, callId, CallSignal.HOST_CHANGED);
+    assert.equal(ringChange!.hostDeviceId, far1.deviceId);
+    to(far2, far1, CallSignal.JOIN);
+    const [joined] = await waitCall(far2, callId, CallSignal.JOINED);
+    assert.deepEqual(
+      joined!.participants.map((p) => p.deviceId).sort(),
+      [near.deviceId, far1.deviceId].sort(),
+    );
+    const [announced] = await waitCall(near, callId, CallSignal.JOIN);
+    assert.equal(announced!.fromDeviceId, far2.deviceId, "the new host announces joins");
+
+    for (const d of [far2, near, far1]) to(d, far1, CallSignal.LEAVE);
+    for (const d of [near, far1, far2]) {
+      const entry = await callEntry(d, callId);
+      assert.equal(entry.group, true);
+      assert.equal(entry.callerUserId, host.userId, "the entry is the starter's");
+      assert.equal(entry.outcome, CallOutcome.ANSWERED);
+      assert.equal(entry.peakParticipants, 3);
+      const byDevice = new Map(entry.participants.map((p) => [p.deviceId, p]));
+      assert.deepEqual(
+        [...byDevice.keys()].sort(),
+        [host.deviceId, near.deviceId, far1.deviceId, far2.deviceId].sort(),
+      );
+      assert.ok(byDevice.get(host.deviceId)!.leftAtMs > 0n, "the host's leaving is in the history");
+    }
+  });
+
+  it("a group host that comes back on the other gateway keeps hosting: its own JOIN waits for the call, then joins and leaves go on", async () => {
+    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const host = await TestDevice.register(g0, uniqueName("gh"));
+    const member = await TestDevice.register(g0, uniqueName("gm"));
+    track(host, member);
+    const { conversation } = await host.conversations.createGroup({
+      title: "host moves",
+      memberUserIds: [member.userId],
+    });
+    const conversationId = conversation!.conversationId;
+    for (const d of [host, member]) await online(d);
+    const callId = "drop-group-host-moves";
+    const to = (d: TestDevice, signal: CallSignal) =>
+      d.write(
+        callFrame({ callId, conversationId, peerUserId: host.userId, hostDeviceId: host.deviceId, signal }),
+      );
+    host.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
+    await waitCall(member, callId, CallSignal.OFFER);
+    to(member, CallSignal.JOIN);
+    await waitCall(member, callId, CallSignal.JOINED);
+
+    await host.drop();
+    const [host2] = track(await reconnect(host, g1));
+    // As the SDK does after a reconnect: JOIN again. It is held until the call is handed over.
+    to(host2!, CallSignal.JOIN);
+    const [again] = await waitCall(host2!, callId, CallSignal.JOINED);
+    assert.deepEqual(
+      again!.participants.map((p) => p.deviceId),
+      [member.deviceId],
+    );
+    assert.equal(callEvents(host2!, callId, CallSignal.HANGUP).length, 0, "the call went on");
+    assert.equal(callEvents(member, callId, CallSignal.HOST_CHANGED).length, 0, "the same host");
+    for (const d of [member, host2!]) to(d, CallSignal.LEAVE);
+    const entry = await callEntry(member, callId);
+    assert.equal(entry.outcome, CallOutcome.ANSWERED);
+    assert.equal(entry.peakParticipants, 2);
+  });
+});

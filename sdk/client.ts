@@ -5,6 +5,7 @@ import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import type { Conversation, Member, MemberRole } from "../gen/switchboard/v1/conversations_pb.js";
 import type { Entry } from "../gen/switchboard/v1/entry_pb.js";
 import { linkAccount, registerAccount } from "./client/accounts.js";
+import { Avatars } from "./client/avatars.js";
 import { type MessageLinks, newClientMsgId } from "./client/bodies.js";
 import type { Calls } from "./client/calls.js";
 import type { ClientContext } from "./client/context.js";
@@ -68,6 +69,7 @@ export class SwitchboardClient {
   private readonly parts: ClientParts;
   private pinsPart: Pins | undefined;
   private flagsPart: FeatureFlags | undefined;
+  private avatarsPart: Avatars | undefined;
   private closing: Promise<void> | undefined;
 
   private constructor(private readonly ctx: ClientContext) {
@@ -517,6 +519,15 @@ export class SwitchboardClient {
   get flags(): FeatureFlags {
     this.flagsPart ??= new FeatureFlags(this.ctx.conn);
     return this.flagsPart;
+  }
+
+  /**
+   * Profile avatars: `set(picture)`, `remove()`, `of(userId)`. Encrypted on this device; who may
+   * download one is the owner's `profile` privacy setting (docs/encryption.md, "Avatars").
+   */
+  get avatars(): Avatars {
+    this.avatarsPart ??= new Avatars(this.ctx);
+    return this.avatarsPart;
   }
 
   /** This user's privacy settings as in force (the server's defaults where never set). */

@@ -1,5 +1,7 @@
 // The Switchboard TypeScript SDK. See README.md in this folder.
 export { Backoff } from "./backoff.js";
+// Profile avatars (client.avatars), encrypted under profile keys.
+export { type Avatar, Avatars } from "./client/avatars.js";
 export type { MessageLinks } from "./client/bodies.js";
 export type { GroupCallRef } from "./client/calls.js";
 export { DISAPPEARING } from "./client/conversations.js";

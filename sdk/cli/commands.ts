@@ -1,5 +1,6 @@
 import type { Command } from "commander";
 import { registerAccountCommands } from "./commands/account.js";
+import { registerAvatar } from "./commands/avatar.js";
 import { registerCall } from "./commands/call.js";
 import { registerChat } from "./commands/chat.js";
 import { registerConversationLists } from "./commands/conversations.js";
@@ -38,6 +39,7 @@ const COMMANDS: ReadonlyArray<(program: Command, io: CliIo) => void> = [
   registerSafetyNumber,
   registerListen,
   registerPrivacy,
+  registerAvatar,
   registerSafety,
   registerGroupCommands,
   registerDisappearing,

@@ -6,6 +6,7 @@ import type { ServerConnection } from "../transport.js";
 import type { ClientTuning, PayloadCodec } from "../types.js";
 import { clientClosed, encryptionOff } from "./errors.js";
 import type { Emitter } from "./events.js";
+import { ProfileKeys } from "./profile-keys.js";
 
 /** Largest payload assumed before the server said (StreamLimits): the default limit. */
 const DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024;
@@ -38,6 +39,7 @@ export class ClientContext {
   fatal: ConnectError | undefined;
   /** The limits the server announced in the last ready frame. */
   limits: StreamLimits | undefined;
+  private profileKeyStore: ProfileKeys | undefined;
 
   constructor(
     readonly profile: Profile,
@@ -54,6 +56,12 @@ export class ClientContext {
   /** This device's id. */
   get deviceId(): string {
     return this.profile.credentials.deviceId;
+  }
+
+  /** Profile keys (avatars): this device's, and those other devices sent it. */
+  get profileKeys(): ProfileKeys {
+    this.profileKeyStore ??= new ProfileKeys(this.profile.storage);
+    return this.profileKeyStore;
   }
 
   /** Encryption, or FAILED_PRECONDITION for a client opened without it. */

@@ -102,6 +102,8 @@ export class EntryDecoder {
           const content = parseSealed(await e2ee.decode(raw));
           // A keys-only part is a plain marker: it carries nothing to bind.
           if (!content.keysOnly) checkContext(content, raw);
+          if (content.profileKey.length > 0 && raw.senderDeviceId !== this.ctx.deviceId)
+            await this.ctx.profileKeys.received(raw.senderUserId, raw.senderDeviceId, content.profileKey);
           payload = content.payload;
           attachments = content.attachments;
           keysOnly = content.keysOnly;

@@ -21,8 +21,11 @@ export async function sealParts(
   const e2ee = ctx.requireE2ee();
   const max = ctx.maxPayloadBytes();
   let parts: SealedPart[];
+  // Every content carries this device's profile key, so whoever can read it can open the
+  // device's avatar (docs/encryption.md, "Avatars").
+  const withKey = await ctx.profileKeys.attach(content);
   try {
-    parts = await e2ee.seal(conversationId, content, max, { freshMembers });
+    parts = await e2ee.seal(conversationId, withKey, max, { freshMembers });
   } catch (err) {
     throw ConnectError.from(err, Code.FailedPrecondition);
   }

@@ -10,6 +10,14 @@ export {
   encryptAttachment,
   encryptAttachmentFile,
 } from "./attachments.js";
+export {
+  decryptAvatar,
+  encryptAvatar,
+  MAX_AVATAR_BYTES,
+  MAX_AVATAR_CIPHERTEXT_BYTES,
+  newProfileKey,
+  PROFILE_KEY_BYTES,
+} from "./avatars.js";
 export { GroupCipher, GroupDecryptError, type OwnSenderKey } from "./groups.js";
 export {
   DEFAULT_PREKEY_TARGETS,

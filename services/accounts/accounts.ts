@@ -27,6 +27,7 @@ import type { Logger } from "../common/log.js";
 import { Refusals } from "../common/refusals.js";
 import { isStoreError } from "../store/errors.js";
 import type { AccountStore, DeviceRecord, PushTarget, UserRecord } from "../store/types.js";
+import { Avatars } from "./avatars.js";
 import { INVALID_INVITE, INVITE_REQUIRED, Invites, type RegistrationMode } from "./invites.js";
 import type { Keys } from "./keys.js";
 import { Privacy } from "./privacy.js";
@@ -151,6 +152,8 @@ export class Accounts {
   readonly blocks: Blocks;
   /** Users' reports of other users, for operators. */
   readonly reports: Reports;
+  /** Users' avatar records (object id and length; the media service owns the objects). */
+  readonly avatars: Avatars;
   /** Operator deletion and export of a user's data; the server attaches it (it needs the sequencer). */
   userData: UserData | undefined;
 
@@ -170,6 +173,7 @@ export class Accounts {
     this.suspensions = new Suspensions(store, bus, log, this.now);
     this.blocks = new Blocks(store, bus, log, this.now, this.abuse.blockChanges, this.refusals);
     this.reports = new Reports(store, this.abuse.reports, this.refusals, log, this.now);
+    this.avatars = new Avatars(store, log);
   }
 
   /** How registration is opened on this server. */

@@ -200,6 +200,24 @@ export function directoryService(accounts: Accounts): ServiceImpl<typeof Directo
         ),
       };
     },
+    async getUserAvatar(req) {
+      const avatar = await accounts.avatars.of(req.userId);
+      return avatar === undefined
+        ? {}
+        : { avatar: { objectId: avatar.objectId, lengthBytes: BigInt(avatar.lengthBytes) } };
+    },
+    async setUserAvatar(req) {
+      const next = req.avatar;
+      const previous = await accounts.avatars.swap(
+        req.userId,
+        next === undefined
+          ? undefined
+          : { objectId: next.objectId, lengthBytes: Number(next.lengthBytes), setAtMs: Date.now() },
+      );
+      return previous === undefined
+        ? {}
+        : { previous: { objectId: previous.objectId, lengthBytes: BigInt(previous.lengthBytes) } };
+    },
     async getBlockedUsers(req) {
       const users = await accounts.blocks.ofUsers(req.userIds.slice(0, 256));
       return { users: users.map((u) => create(UserBlocksSchema, u)) };

@@ -134,9 +134,12 @@ export class UserData {
       if ((await this.keys.getKeys(d.deviceId)) !== undefined) deviceKeysDeleted++;
       await this.keys.deleteKeys(d.deviceId);
     }
+    // The avatar record goes with the account. Its object stays in the media store, which the
+    // accounts service cannot reach: its id is logged below for the operator.
+    const avatar = await this.store.swapAvatar(userId, undefined);
     await deleteUser(userId);
     this.log.info(
-      { userId, devices: devices.length, groupsLeft, directConversations },
+      { userId, devices: devices.length, groupsLeft, directConversations, avatarObjectId: avatar?.objectId },
       "user deleted: devices revoked and removed, groups left, keys and account removed",
     );
     return { user, devices: devices.length, deviceKeysDeleted, groupsLeft, directConversations };

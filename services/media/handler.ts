@@ -2,9 +2,10 @@ import type { IncomingMessage, ServerResponse } from "node:http";
 import type { HandlerContext, ServiceImpl } from "@connectrpc/connect";
 import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Principal } from "../common/auth.js";
-import { InvalidInputError } from "../common/errors.js";
+import { InvalidInputError, UnimplementedError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { requireId } from "../common/validate.js";
+import type { AvatarRules } from "./avatars.js";
 import { LOCAL_OBJECTS_PATH, type LocalObjectStore } from "./local.js";
 import type { Media } from "./media.js";
 import { isObjectId } from "./types.js";
@@ -21,8 +22,17 @@ function requireObjectId(value: string): string {
  * The public MediaService. It authenticates every call itself (a gateway's GatewayCore.authenticate,
  * or the token key plus a device check where no gateway runs), so it can be served anywhere.
  */
-export function mediaService(media: Media, authenticate: Authenticate): ServiceImpl<typeof MediaService> {
+export function mediaService(
+  media: Media,
+  authenticate: Authenticate,
+  avatars?: AvatarRules,
+): ServiceImpl<typeof MediaService> {
   const principal = (ctx: HandlerContext) => authenticate(ctx.requestHeader.get("authorization"));
+  // Avatars need the accounts service's directory; a media service built without one says so.
+  const avatarRules = (): AvatarRules => {
+    if (avatars === undefined) throw new UnimplementedError("this media service does not serve avatars");
+    return avatars;
+  };
   return {
     async createUpload(req, ctx) {
       const p = await principal(ctx);
@@ -48,6 +58,36 @@ export function mediaService(media: Media, authenticate: Authenticate): ServiceI
       const conversationId = requireId("conversation_id", req.conversationId, "conversation");
       const d = await media.createDownload(p.userId, objectId, conversationId);
       return {
+        downloadUrl: d.downloadUrl,
+        expiresAtMs: BigInt(d.expiresAtMs),
+        lengthBytes: BigInt(d.lengthBytes),
+      };
+    },
+    async createAvatarUpload(req, ctx) {
+      const p = await principal(ctx);
+      const u = await avatarRules().createUpload(p.userId, req.lengthBytes);
+      return {
+        objectId: u.objectId,
+        uploadUrl: u.uploadUrl,
+        expiresAtMs: BigInt(u.expiresAtMs),
+        claimByMs: BigInt(u.claimByMs),
+      };
+    },
+    async setAvatar(req, ctx) {
+      const p = await principal(ctx);
+      const objectId = requireObjectId(req.objectId);
+      return { lengthBytes: BigInt(await avatarRules().set(p.userId, objectId)) };
+    },
+    async removeAvatar(_req, ctx) {
+      const p = await principal(ctx);
+      return { removed: await avatarRules().remove(p.userId) };
+    },
+    async getAvatar(req, ctx) {
+      const p = await principal(ctx);
+      const owner = requireId("user_id", req.userId, "u");
+      const d = await avatarRules().get(p.userId, owner);
+      return {
+        objectId: d.objectId,
         downloadUrl: d.downloadUrl,
         expiresAtMs: BigInt(d.expiresAtMs),
         lengthBytes: BigInt(d.lengthBytes),

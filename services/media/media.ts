@@ -199,13 +199,26 @@ export class Media {
       );
     }
     await this.requireMember(userId, conversationId);
+    return this.reserve(userId, Number(lengthBytes), { conversationId });
+  }
+
+  /**
+   * Reserves an object of a checked length, bound to a conversation or (an avatar) to its
+   * uploader, within the uploader's quota, and returns its upload URL.
+   */
+  async reserve(
+    userId: string,
+    lengthBytes: number,
+    binding: { conversationId: string } | { avatar: true },
+  ): Promise<CreatedUpload> {
     const now = this.now();
-    await this.requireQuota(userId, Number(lengthBytes), now);
+    await this.requireQuota(userId, lengthBytes, now);
     const record: ObjectRecord = {
       objectId: newObjectId(),
-      conversationId,
+      conversationId: "conversationId" in binding ? binding.conversationId : "",
+      ...("avatar" in binding && { avatarOfUserId: userId }),
       uploaderUserId: userId,
-      lengthBytes: Number(lengthBytes),
+      lengthBytes,
       createdAtMs: now,
       claimedAtMs: 0,
     };
@@ -224,6 +237,22 @@ export class Media {
       expiresAtMs: put.expiresAtMs,
       claimByMs: now + this.limits.unclaimedTtlMs,
     };
+  }
+
+  /** A download URL for an object whose access the caller has checked. */
+  async presignDownload(record: ObjectRecord): Promise<CreatedDownload> {
+    const get = await this.store.presignGet(
+      record.objectId,
+      record.lengthBytes,
+      this.limits.downloadUrlTtlSeconds,
+      this.now(),
+    );
+    return { downloadUrl: get.url, expiresAtMs: get.expiresAtMs, lengthBytes: record.lengthBytes };
+  }
+
+  /** Deletes an object and its record (one at a time with claims and the sweep). */
+  async deleteObject(objectId: string): Promise<void> {
+    await this.withLock(objectId, () => this.store.delete(objectId));
   }
 
   /**
@@ -274,9 +303,11 @@ export class Media {
       // The server cannot see which message points at the object, only its conversation: an
       // object claimed (right after its message is acknowledged) while the conversation's timer
       // is on goes that long after, with its message.
-      const { disappearingSeconds } = await this.members.getMembers({
-        conversationId: record.conversationId,
-      });
+      // An avatar has no conversation and no timer: it stays until replaced or removed.
+      const { disappearingSeconds } =
+        record.avatarOfUserId !== undefined
+          ? { disappearingSeconds: 0 }
+          : await this.members.getMembers({ conversationId: record.conversationId });
       const claimed: ObjectRecord = {
         ...record,
         claimedAtMs: now,
@@ -301,13 +332,7 @@ export class Media {
     // Checked on every download too: an S3 presigned PUT stays usable until it expires, so an
     // object claimed early could still be replaced with another length.
     else await this.requireUploaded(record);
-    const get = await this.store.presignGet(
-      objectId,
-      record.lengthBytes,
-      this.limits.downloadUrlTtlSeconds,
-      this.now(),
-    );
-    return { downloadUrl: get.url, expiresAtMs: get.expiresAtMs, lengthBytes: record.lengthBytes };
+    return this.presignDownload(record);
   }
 
   /**

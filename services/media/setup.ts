@@ -4,6 +4,7 @@ import type { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import type { Tokens } from "../common/auth.js";
 import { UnauthenticatedError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
+import { type AvatarDirectory, AvatarRules, type ContactSource } from "./avatars.js";
 import type { MediaConfig } from "./config.js";
 import { type Authenticate, mediaService } from "./handler.js";
 import { Media, type MediaQuotaOptions, type MembershipSource } from "./media.js";
@@ -33,6 +34,11 @@ export interface MediaDependencies {
   log: Logger;
   /** The upload quota's limiter and the process's refusal counter. */
   quota?: MediaQuotaOptions;
+  /**
+   * For avatars: the accounts service's directory (avatar records, privacy settings) and the
+   * sequencer's FindContacts. Without them the avatar RPCs answer UNIMPLEMENTED.
+   */
+  avatars?: { directory: AvatarDirectory; contacts: ContactSource };
 }
 
 /**
@@ -65,7 +71,11 @@ export async function startMedia(deps: MediaDependencies): Promise<StartedMedia>
   );
   return {
     media,
-    service: mediaService(media, deps.authenticate),
+    service: mediaService(
+      media,
+      deps.authenticate,
+      deps.avatars && new AvatarRules(media, deps.avatars.directory, deps.avatars.contacts, log),
+    ),
     objectsUrl: engine.objectsUrl,
     async close() {
       // The engine's HTTP server first, so uploads in flight finish before the store closes.

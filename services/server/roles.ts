@@ -310,7 +310,7 @@ export async function startMediaRole(
   const started = await startMedia({
     config: config.media,
     engine: await openMedia(config, ctx.key!, log),
-    members: sequencerClient(ctx),
+    members: sequencer,
     authenticate: gw ? (h) => gw.authenticate(h) : deviceAuthenticator(ctx.tokens!, directoryClient(ctx)),
     log,
     quota: { limiter: mediaLimiter, refusals: ctx.refusals },
@@ -318,3 +318,5 @@ export async function startMediaRole(
   closers.add("media", () => started.close());
   return started;
 }
+  const sequencer = sequencerClient(ctx);
+    avatars: { directory: directoryClient(ctx), contacts: sequencer },

@@ -2,6 +2,7 @@ import type { Database, Key } from "lmdb";
 import { StoreError } from "../errors.js";
 import type {
   AccountStore,
+  AvatarRecord,
   BlockRecord,
   DeviceRecord,
   InviteRecord,
@@ -23,6 +24,7 @@ export interface AccountDbs {
   userDevices: Database<true, Key>;
   linkCodes: Database<LinkCodeRecord, Key>;
   userPrivacy: Database<PrivacyRecord, Key>;
+  userAvatars: Database<AvatarRecord, Key>;
   invites: Database<InviteRecord, Key>;
   /** Blocks and reports (safety.ts). */
   safety: SafetyDbs;
@@ -231,6 +233,34 @@ export class LmdbAccountStore implements AccountStore {
       const merged = privacyRecord({ ...dbs.userPrivacy.get(userId), ...privacyRecord(changes) });
       dbs.userPrivacy.put(userId, merged);
       return merged;
+    });
+  }
+
+  async getAvatar(userId: string): Promise<AvatarRecord | undefined> {
+    const a = this.dbs.userAvatars.get(userId);
+    return a === undefined
+      ? undefined
+      : { objectId: a.objectId, lengthBytes: a.lengthBytes, setAtMs: a.setAtMs };
+  }
+
+  async swapAvatar(userId: string, avatar: AvatarRecord | undefined): Promise<AvatarRecord | undefined> {
+    const { dbs } = this;
+    // Read and written in one unit: the previous avatar goes to exactly one caller.
+    return this.writeUnit(() => {
+      const previous = dbs.userAvatars.get(userId);
+      if (avatar === undefined) {
+        if (previous !== undefined) dbs.userAvatars.remove(userId);
+      } else {
+        if (!dbs.users.doesExist(userId)) throw new StoreError("not_found", `no user ${userId}`);
+        dbs.userAvatars.put(userId, {
+          objectId: avatar.objectId,
+          lengthBytes: avatar.lengthBytes,
+          setAtMs: avatar.setAtMs,
+        });
+      }
+      return previous === undefined
+        ? undefined
+        : { objectId: previous.objectId, lengthBytes: previous.lengthBytes, setAtMs: previous.setAtMs };
     });
   }
 

@@ -23,6 +23,7 @@
  *   userDevices         [userId, createdAtMs, deviceId]             true (listing index)
  *   linkCodes           codeHash                                    LinkCodeRecord
  *   userPrivacy         userId                                      PrivacyRecord (set fields only)
+ *   userAvatars         userId                                      AvatarRecord (object id, length)
  *   invites             inviteId                                    InviteRecord (registration invites)
  *   userBlocks, reports, reportsByUser: see safety.ts
  *   deviceKeys          deviceId                                    DeviceKeysRecord
@@ -105,6 +106,7 @@ export class LmdbStoreEngine implements StoreEngine {
       userDevices: db("userDevices"),
       linkCodes: db("linkCodes"),
       userPrivacy: db("userPrivacy"),
+      userAvatars: db("userAvatars"),
       invites: db("invites"),
       safety: { userBlocks: db("userBlocks"), reports: db("reports"), reportsByUser: db("reportsByUser") },
     };

@@ -9,6 +9,7 @@ import { create } from "@bufbuild/protobuf";
 import { open } from "lmdb";
 import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { runAccountStoreConformance } from "../conformance/accounts.js";
+import { runAvatarConformance } from "../conformance/avatars.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
 import { runExpiryConformance } from "../conformance/expiry.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
@@ -36,6 +37,7 @@ runKeyStoreConformance(openFresh);
 runSafetyStoreConformance(openFresh);
 runExpiryConformance(openFresh);
 runPinConformance(openFresh);
+runAvatarConformance(openFresh);
 
 function message(conversationId: string, seq: number) {
   return create(EntrySchema, {

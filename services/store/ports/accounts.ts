@@ -136,6 +136,19 @@ export interface PrivacyRecord {
   profile?: PrivacyAudience;
 }
 
+/**
+ * A user's profile avatar as the server stores it: which media object holds its ciphertext, and
+ * how long that is. The key never reaches the server (docs/encryption.md, "Avatars").
+ */
+export interface AvatarRecord {
+  /** The media object ("m_..."). */
+  objectId: string;
+  /** The ciphertext's length, in bytes. */
+  lengthBytes: number;
+  /** When it was set, in milliseconds since the Unix epoch. */
+  setAtMs: number;
+}
+
 /** One block: a user no longer reachable by another (services/accounts/blocks.ts). */
 export interface BlockRecord {
   /** The blocked user. */
@@ -259,6 +272,15 @@ export interface AccountStore extends SafetyStore {
    * Rejects with StoreError "not_found" for an unknown user.
    */
   setPrivacy(userId: string, changes: PrivacyRecord): Promise<PrivacyRecord>;
+  /** A user's avatar, or undefined when they have none (or do not exist). */
+  getAvatar(userId: string): Promise<AvatarRecord | undefined>;
+  /**
+   * Replaces a user's avatar (undefined: removes it) and returns the one replaced, atomically:
+   * of two concurrent calls each returns a different previous avatar, so every replaced object is
+   * handed to exactly one caller to delete. Rejects with StoreError "not_found" for an unknown
+   * user (when setting; removing from an unknown user returns undefined).
+   */
+  swapAvatar(userId: string, avatar: AvatarRecord | undefined): Promise<AvatarRecord | undefined>;
   /**
    * Stores a new invite. Rejects with StoreError "already_exists" when the id is taken. An
    * engine may forget an invite 30 days after its expiry (ScyllaDB's TTL); LMDB keeps it.

@@ -2,6 +2,7 @@ import { MAX_TTL_SECONDS } from "../../common/config.js";
 import { StoreError } from "../errors.js";
 import type {
   AccountStore,
+  AvatarRecord,
   BlockRecord,
   DeviceRecord,
   InviteRecord,
@@ -12,6 +13,7 @@ import type {
   ReportRecord,
   UserRecord,
 } from "../types.js";
+import { ScyllaAvatars } from "./avatars.js";
 import { ScyllaInvites } from "./invites.js";
 import { deleteUser, setSuspended, suspendedAt } from "./operator.js";
 import { outageOf } from "./outage.js";
@@ -92,8 +94,10 @@ export class ScyllaAccountStore implements AccountStore {
   private readonly safety: ScyllaSafetyStore;
   private readonly invites: ScyllaInvites;
   private readonly privacy: ScyllaPrivacy;
+  private readonly avatars: ScyllaAvatars;
 
   constructor(private readonly cql: Cql) {
+    this.avatars = new ScyllaAvatars(cql);
     this.safety = new ScyllaSafetyStore(cql);
     this.invites = new ScyllaInvites(cql);
     this.privacy = new ScyllaPrivacy(cql);
@@ -361,6 +365,16 @@ export class ScyllaAccountStore implements AccountStore {
   async setPrivacy(userId: string, changes: PrivacyRecord): Promise<PrivacyRecord> {
     if ((await this.getUser(userId)) === undefined) throw new StoreError("not_found", `no user ${userId}`);
     return this.privacy.setPrivacy(userId, changes);
+  }
+
+  getAvatar(userId: string): Promise<AvatarRecord | undefined> {
+    return this.avatars.getAvatar(userId);
+  }
+
+  async swapAvatar(userId: string, avatar: AvatarRecord | undefined): Promise<AvatarRecord | undefined> {
+    if (avatar !== undefined && (await this.getUser(userId)) === undefined)
+      throw new StoreError("not_found", `no user ${userId}`);
+    return this.avatars.swapAvatar(userId, avatar);
   }
 
   putInvite(invite: InviteRecord): Promise<void> {

@@ -319,6 +319,18 @@ export const MIGRATIONS: readonly Migration[] = [
         pins text)`,
     ],
   },
+  {
+    id: "0013_user_avatars",
+    description: "users' profile avatars (object id and length only)",
+    statements: [
+      // Written only by LWT (scylla/avatars.ts); a removal empties object_id, the row stays.
+      `CREATE TABLE IF NOT EXISTS user_avatars (
+        user_id text PRIMARY KEY,
+        object_id text,
+        length_bytes bigint,
+        set_at_ms bigint)`,
+    ],
+  },
 ];
 
 const BOOTSTRAP = [

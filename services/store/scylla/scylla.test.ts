@@ -6,6 +6,7 @@ import { Client } from "cassandra-driver";
 import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { loadScyllaConfig } from "../../common/config.js";
 import { runAccountStoreConformance } from "../conformance/accounts.js";
+import { runAvatarConformance } from "../conformance/avatars.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
 import { runExpiryConformance } from "../conformance/expiry.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
@@ -91,6 +92,7 @@ describe("ScyllaDB engine against a server", { skip: SKIP }, () => {
   runSafetyStoreConformance(open);
   runExpiryConformance(open);
   runPinConformance(open);
+  runAvatarConformance(open);
 
   it("hands out each one-time prekey once to 200 concurrent takes from two processes", async () => {
     assert.ok(shared !== undefined);

@@ -12,7 +12,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/internal/v1/directory.proto.
  */
 export const file_switchboard_internal_v1_directory: GenFile = /*@__PURE__*/
-  fileDesc("Cidzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9kaXJlY3RvcnkucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIkIKDERldmljZVN0YXR1cxIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZhY3RpdmUYAyABKAgiJwoRR2V0RGV2aWNlc1JlcXVlc3QSEgoKZGV2aWNlX2lkcxgBIAMoCSJMChJHZXREZXZpY2VzUmVzcG9uc2USNgoHZGV2aWNlcxgBIAMoCzIlLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVN0YXR1cyIyCgtVc2VyRGV2aWNlcxIPCgd1c2VyX2lkGAEgASgJEhIKCmRldmljZV9pZHMYAiADKAkiKQoVR2V0VXNlckRldmljZXNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk0KFkdldFVzZXJEZXZpY2VzUmVzcG9uc2USMwoFdXNlcnMYASADKAsyJC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlcyIlChFDaGVja1VzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSIvChJDaGVja1VzZXJzUmVzcG9uc2USGQoRZXhpc3RpbmdfdXNlcl9pZHMYASADKAki3AEKEERldmljZVB1c2hUYXJnZXQSEQoJZGV2aWNlX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJdGFyZ2V0X2lkGAMgASgJEjEKCHdlYl9wdXNoGAQgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgFIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYBiABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IisKFUdldFB1c2hUYXJnZXRzUmVxdWVzdBISCgpkZXZpY2VfaWRzGAEgAygJIlQKFkdldFB1c2hUYXJnZXRzUmVzcG9uc2USOgoHdGFyZ2V0cxgBIAMoCzIpLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVB1c2hUYXJnZXQiPQoVRHJvcFB1c2hUYXJnZXRSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIRCgl0YXJnZXRfaWQYAiABKAkiKQoWRHJvcFB1c2hUYXJnZXRSZXNwb25zZRIPCgdkcm9wcGVkGAEgASgIIkAKEkRldmljZVJlZ2lzdHJhdGlvbhIRCglkZXZpY2VfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgNImgKF1VzZXJEZXZpY2VSZWdpc3RyYXRpb25zEg8KB3VzZXJfaWQYASABKAkSPAoHZGV2aWNlcxgCIAMoCzIrLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJlZ2lzdHJhdGlvbiIxCh1HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJhCh5HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVzcG9uc2USPwoFdXNlcnMYASADKAsyMC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlUmVnaXN0cmF0aW9ucyJRCgtVc2VyUHJpdmFjeRIPCgd1c2VyX2lkGAEgASgJEjEKCHNldHRpbmdzGAIgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeVNldHRpbmdzIikKFUdldFVzZXJQcml2YWN5UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJNChZHZXRVc2VyUHJpdmFjeVJlc3BvbnNlEjMKBXVzZXJzGAEgAygLMiQuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVXNlclByaXZhY3kiNwoKVXNlckJsb2NrcxIPCgd1c2VyX2lkGAEgASgJEhgKEGJsb2NrZWRfdXNlcl9pZHMYAiADKAkiKgoWR2V0QmxvY2tlZFVzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJNChdHZXRCbG9ja2VkVXNlcnNSZXNwb25zZRIyCgV1c2VycxgBIAMoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlVzZXJCbG9ja3MyrgcKEERpcmVjdG9yeVNlcnZpY2USZQoKR2V0RGV2aWNlcxIqLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldERldmljZXNSZXF1ZXN0Gisuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlc1Jlc3BvbnNlEnEKDkdldFVzZXJEZXZpY2VzEi4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlckRldmljZXNSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlckRldmljZXNSZXNwb25zZRJlCgpDaGVja1VzZXJzEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ2hlY2tVc2Vyc1JlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DaGVja1VzZXJzUmVzcG9uc2UScQoOR2V0UHVzaFRhcmdldHMSLi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRQdXNoVGFyZ2V0c1JlcXVlc3QaLy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRQdXNoVGFyZ2V0c1Jlc3BvbnNlEnEKDkRyb3BQdXNoVGFyZ2V0Ei4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRHJvcFB1c2hUYXJnZXRSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRHJvcFB1c2hUYXJnZXRSZXNwb25zZRKJAQoWR2V0RGV2aWNlUmVnaXN0cmF0aW9ucxI2LnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldERldmljZVJlZ2lzdHJhdGlvbnNSZXF1ZXN0Gjcuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlUmVnaXN0cmF0aW9uc1Jlc3BvbnNlEnEKDkdldFVzZXJQcml2YWN5Ei4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlclByaXZhY3lSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlclByaXZhY3lSZXNwb25zZRJ0Cg9HZXRCbG9ja2VkVXNlcnMSLy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRCbG9ja2VkVXNlcnNSZXF1ZXN0GjAuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0QmxvY2tlZFVzZXJzUmVzcG9uc2ViBnByb3RvMw", [file_switchboard_v1_accounts]);
+  fileDesc("Cidzd2l0Y2hib2FyZC9pbnRlcm5hbC92MS9kaXJlY3RvcnkucHJvdG8SF3N3aXRjaGJvYXJkLmludGVybmFsLnYxIkIKDERldmljZVN0YXR1cxIRCglkZXZpY2VfaWQYASABKAkSDwoHdXNlcl9pZBgCIAEoCRIOCgZhY3RpdmUYAyABKAgiJwoRR2V0RGV2aWNlc1JlcXVlc3QSEgoKZGV2aWNlX2lkcxgBIAMoCSJMChJHZXREZXZpY2VzUmVzcG9uc2USNgoHZGV2aWNlcxgBIAMoCzIlLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVN0YXR1cyIyCgtVc2VyRGV2aWNlcxIPCgd1c2VyX2lkGAEgASgJEhIKCmRldmljZV9pZHMYAiADKAkiKQoVR2V0VXNlckRldmljZXNSZXF1ZXN0EhAKCHVzZXJfaWRzGAEgAygJIk0KFkdldFVzZXJEZXZpY2VzUmVzcG9uc2USMwoFdXNlcnMYASADKAsyJC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlcyIlChFDaGVja1VzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSIvChJDaGVja1VzZXJzUmVzcG9uc2USGQoRZXhpc3RpbmdfdXNlcl9pZHMYASADKAki3AEKEERldmljZVB1c2hUYXJnZXQSEQoJZGV2aWNlX2lkGAEgASgJEg8KB3VzZXJfaWQYAiABKAkSEQoJdGFyZ2V0X2lkGAMgASgJEjEKCHdlYl9wdXNoGAQgASgLMh0uc3dpdGNoYm9hcmQudjEuV2ViUHVzaFRhcmdldEgAEigKA2ZjbRgFIAEoCzIZLnN3aXRjaGJvYXJkLnYxLkZjbVRhcmdldEgAEioKBGFwbnMYBiABKAsyGi5zd2l0Y2hib2FyZC52MS5BcG5zVGFyZ2V0SABCCAoGdGFyZ2V0IisKFUdldFB1c2hUYXJnZXRzUmVxdWVzdBISCgpkZXZpY2VfaWRzGAEgAygJIlQKFkdldFB1c2hUYXJnZXRzUmVzcG9uc2USOgoHdGFyZ2V0cxgBIAMoCzIpLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVB1c2hUYXJnZXQiPQoVRHJvcFB1c2hUYXJnZXRSZXF1ZXN0EhEKCWRldmljZV9pZBgBIAEoCRIRCgl0YXJnZXRfaWQYAiABKAkiKQoWRHJvcFB1c2hUYXJnZXRSZXNwb25zZRIPCgdkcm9wcGVkGAEgASgIIkAKEkRldmljZVJlZ2lzdHJhdGlvbhIRCglkZXZpY2VfaWQYASABKAkSFwoPcmVnaXN0cmF0aW9uX2lkGAIgASgNImgKF1VzZXJEZXZpY2VSZWdpc3RyYXRpb25zEg8KB3VzZXJfaWQYASABKAkSPAoHZGV2aWNlcxgCIAMoCzIrLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkRldmljZVJlZ2lzdHJhdGlvbiIxCh1HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJhCh5HZXREZXZpY2VSZWdpc3RyYXRpb25zUmVzcG9uc2USPwoFdXNlcnMYASADKAsyMC5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyRGV2aWNlUmVnaXN0cmF0aW9ucyJRCgtVc2VyUHJpdmFjeRIPCgd1c2VyX2lkGAEgASgJEjEKCHNldHRpbmdzGAIgASgLMh8uc3dpdGNoYm9hcmQudjEuUHJpdmFjeVNldHRpbmdzIikKFUdldFVzZXJQcml2YWN5UmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJNChZHZXRVc2VyUHJpdmFjeVJlc3BvbnNlEjMKBXVzZXJzGAEgAygLMiQuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuVXNlclByaXZhY3kiNwoKVXNlckJsb2NrcxIPCgd1c2VyX2lkGAEgASgJEhgKEGJsb2NrZWRfdXNlcl9pZHMYAiADKAkiKgoWR2V0QmxvY2tlZFVzZXJzUmVxdWVzdBIQCgh1c2VyX2lkcxgBIAMoCSJNChdHZXRCbG9ja2VkVXNlcnNSZXNwb25zZRIyCgV1c2VycxgBIAMoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlVzZXJCbG9ja3MiNQoKVXNlckF2YXRhchIRCglvYmplY3RfaWQYASABKAkSFAoMbGVuZ3RoX2J5dGVzGAIgASgEIicKFEdldFVzZXJBdmF0YXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiTAoVR2V0VXNlckF2YXRhclJlc3BvbnNlEjMKBmF2YXRhchgBIAEoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlVzZXJBdmF0YXIiXAoUU2V0VXNlckF2YXRhclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCRIzCgZhdmF0YXIYAiABKAsyIy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5Vc2VyQXZhdGFyIk4KFVNldFVzZXJBdmF0YXJSZXNwb25zZRI1CghwcmV2aW91cxgBIAEoCzIjLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlVzZXJBdmF0YXIyjgkKEERpcmVjdG9yeVNlcnZpY2USZQoKR2V0RGV2aWNlcxIqLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldERldmljZXNSZXF1ZXN0Gisuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlc1Jlc3BvbnNlEnEKDkdldFVzZXJEZXZpY2VzEi4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlckRldmljZXNSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlckRldmljZXNSZXNwb25zZRJlCgpDaGVja1VzZXJzEiouc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuQ2hlY2tVc2Vyc1JlcXVlc3QaKy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5DaGVja1VzZXJzUmVzcG9uc2UScQoOR2V0UHVzaFRhcmdldHMSLi5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRQdXNoVGFyZ2V0c1JlcXVlc3QaLy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRQdXNoVGFyZ2V0c1Jlc3BvbnNlEnEKDkRyb3BQdXNoVGFyZ2V0Ei4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRHJvcFB1c2hUYXJnZXRSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuRHJvcFB1c2hUYXJnZXRSZXNwb25zZRKJAQoWR2V0RGV2aWNlUmVnaXN0cmF0aW9ucxI2LnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldERldmljZVJlZ2lzdHJhdGlvbnNSZXF1ZXN0Gjcuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0RGV2aWNlUmVnaXN0cmF0aW9uc1Jlc3BvbnNlEnEKDkdldFVzZXJQcml2YWN5Ei4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlclByaXZhY3lSZXF1ZXN0Gi8uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlclByaXZhY3lSZXNwb25zZRJ0Cg9HZXRCbG9ja2VkVXNlcnMSLy5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5HZXRCbG9ja2VkVXNlcnNSZXF1ZXN0GjAuc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0QmxvY2tlZFVzZXJzUmVzcG9uc2USbgoNR2V0VXNlckF2YXRhchItLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLkdldFVzZXJBdmF0YXJSZXF1ZXN0Gi4uc3dpdGNoYm9hcmQuaW50ZXJuYWwudjEuR2V0VXNlckF2YXRhclJlc3BvbnNlEm4KDVNldFVzZXJBdmF0YXISLS5zd2l0Y2hib2FyZC5pbnRlcm5hbC52MS5TZXRVc2VyQXZhdGFyUmVxdWVzdBouLnN3aXRjaGJvYXJkLmludGVybmFsLnYxLlNldFVzZXJBdmF0YXJSZXNwb25zZWIGcHJvdG8z", [file_switchboard_v1_accounts]);
 
 /**
  * A device's status.
@@ -601,6 +601,125 @@ export const GetBlockedUsersResponseSchema: GenMessage<GetBlockedUsersResponse> 
   messageDesc(file_switchboard_internal_v1_directory, 22);
 
 /**
+ * A user's avatar as the server stores it: which media object, and its length. Never a key.
+ *
+ * @generated from message switchboard.internal.v1.UserAvatar
+ */
+export type UserAvatar = Message<"switchboard.internal.v1.UserAvatar"> & {
+  /**
+   * The media object ("m_..."); the avatar's ciphertext.
+   *
+   * @generated from field: string object_id = 1;
+   */
+  objectId: string;
+
+  /**
+   * The ciphertext's length, in bytes.
+   *
+   * @generated from field: uint64 length_bytes = 2;
+   */
+  lengthBytes: bigint;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.UserAvatar.
+ * Use `create(UserAvatarSchema)` to create a new message.
+ */
+export const UserAvatarSchema: GenMessage<UserAvatar> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 23);
+
+/**
+ * DirectoryService.GetUserAvatar request.
+ *
+ * @generated from message switchboard.internal.v1.GetUserAvatarRequest
+ */
+export type GetUserAvatarRequest = Message<"switchboard.internal.v1.GetUserAvatarRequest"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.GetUserAvatarRequest.
+ * Use `create(GetUserAvatarRequestSchema)` to create a new message.
+ */
+export const GetUserAvatarRequestSchema: GenMessage<GetUserAvatarRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 24);
+
+/**
+ * DirectoryService.GetUserAvatar response.
+ *
+ * @generated from message switchboard.internal.v1.GetUserAvatarResponse
+ */
+export type GetUserAvatarResponse = Message<"switchboard.internal.v1.GetUserAvatarResponse"> & {
+  /**
+   * The avatar; absent when the user has none (or does not exist).
+   *
+   * @generated from field: switchboard.internal.v1.UserAvatar avatar = 1;
+   */
+  avatar?: UserAvatar | undefined;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.GetUserAvatarResponse.
+ * Use `create(GetUserAvatarResponseSchema)` to create a new message.
+ */
+export const GetUserAvatarResponseSchema: GenMessage<GetUserAvatarResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 25);
+
+/**
+ * DirectoryService.SetUserAvatar request.
+ *
+ * @generated from message switchboard.internal.v1.SetUserAvatarRequest
+ */
+export type SetUserAvatarRequest = Message<"switchboard.internal.v1.SetUserAvatarRequest"> & {
+  /**
+   * The user.
+   *
+   * @generated from field: string user_id = 1;
+   */
+  userId: string;
+
+  /**
+   * The new avatar; absent to remove it.
+   *
+   * @generated from field: switchboard.internal.v1.UserAvatar avatar = 2;
+   */
+  avatar?: UserAvatar | undefined;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.SetUserAvatarRequest.
+ * Use `create(SetUserAvatarRequestSchema)` to create a new message.
+ */
+export const SetUserAvatarRequestSchema: GenMessage<SetUserAvatarRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 26);
+
+/**
+ * DirectoryService.SetUserAvatar response.
+ *
+ * @generated from message switchboard.internal.v1.SetUserAvatarResponse
+ */
+export type SetUserAvatarResponse = Message<"switchboard.internal.v1.SetUserAvatarResponse"> & {
+  /**
+   * The avatar replaced (or removed); absent when there was none.
+   *
+   * @generated from field: switchboard.internal.v1.UserAvatar previous = 1;
+   */
+  previous?: UserAvatar | undefined;
+};
+
+/**
+ * Describes the message switchboard.internal.v1.SetUserAvatarResponse.
+ * Use `create(SetUserAvatarResponseSchema)` to create a new message.
+ */
+export const SetUserAvatarResponseSchema: GenMessage<SetUserAvatarResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_internal_v1_directory, 27);
+
+/**
  * The accounts service's internal face: what other services need to know about users and
  * devices. Tokens are verified locally by every service with the shared key; the directory
  * answers whether a device is still active.
@@ -690,6 +809,27 @@ export const DirectoryService: GenService<{
     methodKind: "unary";
     input: typeof GetBlockedUsersRequestSchema;
     output: typeof GetBlockedUsersResponseSchema;
+  },
+  /**
+   * A user's avatar (object id and length), for the media service; empty when none.
+   *
+   * @generated from rpc switchboard.internal.v1.DirectoryService.GetUserAvatar
+   */
+  getUserAvatar: {
+    methodKind: "unary";
+    input: typeof GetUserAvatarRequestSchema;
+    output: typeof GetUserAvatarResponseSchema;
+  },
+  /**
+   * Replaces (or removes) a user's avatar and answers the one it replaced, whose object the
+   * media service then deletes.
+   *
+   * @generated from rpc switchboard.internal.v1.DirectoryService.SetUserAvatar
+   */
+  setUserAvatar: {
+    methodKind: "unary";
+    input: typeof SetUserAvatarRequestSchema;
+    output: typeof SetUserAvatarResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_switchboard_internal_v1_directory, 0);

@@ -98,25 +98,16 @@ export class Outbound {
     if (this.ended) return true;
     if (!this.batchReceipts)
       return this.offer(create(ConnectResponseSchema, { frame: { case: "receipt", value: receipt } }));
-    const size = encodedSizeBound(receipt);
-    const lastIndex = this.items.length - 1;
-    const last = this.items[lastIndex];
-    if (
-      last?.frame.case === "receipts" &&
-      last.frame.value.receipts.length < RECEIPTS_PER_FRAME &&
-      this.queuedBytes + size <= this.limits.bytes
-    ) {
-      last.frame.value.receipts.push(receipt);
-      this.sizes[lastIndex]! += size;
-      this.queuedBytes += size;
-      return true;
-    }
-    const frame = create(ConnectResponseSchema, {
-      frame: { case: "receipts", value: { receipts: [receipt] } },
-    });
-    if (!this.fits(size + MESSAGE_FRAME_OVERHEAD, 1)) return false;
-    this.push(frame, size + MESSAGE_FRAME_OVERHEAD);
-    return true;
+    return this.offerJoined(
+      encodedSizeBound(receipt),
+      (last) => {
+        if (last.frame.case !== "receipts" || last.frame.value.receipts.length >= RECEIPTS_PER_FRAME)
+          return false;
+        last.frame.value.receipts.push(receipt);
+        return true;
+      },
+      () => create(ConnectResponseSchema, { frame: { case: "receipts", value: { receipts: [receipt] } } }),
+    );
   }
 
   /**
@@ -129,22 +120,44 @@ export class Outbound {
     if (this.ended) return true;
     let size = 0;
     for (const e of entries) size += encodedSizeBound(e);
+    return this.offerJoined(
+      size,
+      (last, lastSize) => {
+        if (
+          last.frame.case !== "message" ||
+          last.frame.value.entries.length + entries.length > this.limits.frameEntries ||
+          lastSize + size > this.limits.frameBytes + MESSAGE_FRAME_OVERHEAD
+        )
+          return false;
+        last.frame.value.entries.push(...entries);
+        return true;
+      },
+      () => create(ConnectResponseSchema, { frame: { case: "message", value: { entries } } }),
+    );
+  }
+
+  /**
+   * Joins `size` bytes of content to the last queued frame when `join` can (within the byte
+   * bound), else queues the frame `make` builds if it fits. Returns false when neither fits.
+   */
+  private offerJoined(
+    size: number,
+    join: (last: ConnectResponse, lastSize: number) => boolean,
+    make: () => ConnectResponse,
+  ): boolean {
     const lastIndex = this.items.length - 1;
     const last = this.items[lastIndex];
     if (
-      last?.frame.case === "message" &&
-      last.frame.value.entries.length + entries.length <= this.limits.frameEntries &&
-      this.sizes[lastIndex]! + size <= this.limits.frameBytes + MESSAGE_FRAME_OVERHEAD &&
-      this.queuedBytes + size <= this.limits.bytes
+      last !== undefined &&
+      this.queuedBytes + size <= this.limits.bytes &&
+      join(last, this.sizes[lastIndex]!)
     ) {
-      last.frame.value.entries.push(...entries);
       this.sizes[lastIndex]! += size;
       this.queuedBytes += size;
       return true;
     }
-    const frame = create(ConnectResponseSchema, { frame: { case: "message", value: { entries } } });
     if (!this.fits(size + MESSAGE_FRAME_OVERHEAD, 1)) return false;
-    this.push(frame, size + MESSAGE_FRAME_OVERHEAD);
+    this.push(make(), size + MESSAGE_FRAME_OVERHEAD);
     return true;
   }
 

@@ -329,8 +329,12 @@ export interface ClientEvents {
   historyRefused: HistoryRefusedEvent;
 }
 
-/** Why a call ended, as the peer or the server said. */
-export type CallEndReason = "hangup" | "declined" | "busy" | "answeredElsewhere";
+/**
+ * Why a call ended, as the peer or the server said: disconnected when the server ended it as
+ * the peer's device (or, in a group call, the host's with nobody to hand the call to) lost its
+ * stream and did not come back within a few seconds; rangOut when nobody took it in time.
+ */
+export type CallEndReason = "hangup" | "declined" | "busy" | "answeredElsewhere" | "disconnected" | "rangOut";
 
 /** A step of a call (the "call" event). */
 export interface CallEvent {
@@ -351,7 +355,8 @@ export interface CallEvent {
     | "joined"
     | "full"
     | "participantJoined"
-    | "participantLeft";
+    | "participantLeft"
+    | "hostChanged";
   /** The call. */
   callId: string;
   /** The other party. */
@@ -369,8 +374,9 @@ export interface CallEvent {
    * the group's ring (peer: the host, no payload; a kind of its own, so 1:1 call code never
    * takes it for a call to accept), offer a participant's SDP offer for this device,
    * joined says this device is in, full that the call has its 32 devices, participantJoined and
-   * participantLeft name the peer device that came or went, and ended (hangup) that the ring
-   * or the call is over.
+   * participantLeft name the peer device that came or went, hostChanged names the call's new host
+   * (the one before dropped off; the SDK sends join and leave to it from now on), and ended
+   * (hangup) that the ring or the call is over.
    */
   conversationId?: string;
   /** Group calls, on groupIncoming and joined: the devices in the call (on joined, all but this one). */

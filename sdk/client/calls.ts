@@ -8,6 +8,7 @@ import {
   type CallParticipant,
   CallPayloadSchema,
   CallSignal,
+  CallEndReason as EndReason,
 } from "../../gen/switchboard/v1/calls_pb.js";
 import type { CallEndReason, CallEvent, CallParticipantRef } from "../types.js";
 import type { ClientContext } from "./context.js";
@@ -263,6 +264,14 @@ export class Calls {
         hostUserId: ev.fromUserId,
         hostDeviceId: ev.hostDeviceId,
       });
+    // The host dropped off and the server handed the call on: join and leave go to the new one.
+    const known = this.groups.get(ev.callId);
+    if (
+      ev.signal === CallSignal.HOST_CHANGED &&
+      known !== undefined &&
+      known.conversationId === ev.conversationId
+    )
+      this.groups.set(ev.callId, { ...known, hostUserId: ev.fromUserId, hostDeviceId: ev.hostDeviceId });
     const event = ev.conversationId === "" ? toEvent(ev, payload) : toGroupEvent(ev, payload);
     if (event?.kind === "joined" && this.groups.has(ev.callId)) this.joined.add(ev.callId);
     // Over for this device: the call ended, or it was not let in.
@@ -297,7 +306,7 @@ function toEvent(ev: CallEventFrame, payload: Uint8Array | undefined): CallEvent
     case CallSignal.BUSY:
       return ended("busy");
     case CallSignal.HANGUP:
-      return ended("hangup");
+      return ended(hangupReason(ev));
     case CallSignal.ANSWERED_ELSEWHERE:
       return ended("answeredElsewhere");
     default:
@@ -335,12 +344,21 @@ function toGroupEvent(ev: CallEventFrame, payload: Uint8Array | undefined): Call
     case CallSignal.ICE_CANDIDATES:
       return { ...base, kind: "candidates", payload };
     case CallSignal.HANGUP:
-      return { ...base, kind: "ended", reason: "hangup" };
+      return { ...base, kind: "ended", reason: hangupReason(ev) };
+    case CallSignal.HOST_CHANGED:
+      return { ...base, kind: "hostChanged" };
     case CallSignal.ANSWERED_ELSEWHERE:
       return { ...base, kind: "ended", reason: "answeredElsewhere" };
     default:
       return undefined;
   }
+}
+
+/** A HANGUP's reason: the server's, when it ended the call, else the peer hung up. */
+function hangupReason(ev: CallEventFrame): CallEndReason {
+  if (ev.endReason === EndReason.DISCONNECTED) return "disconnected";
+  if (ev.endReason === EndReason.RING_TIMEOUT) return "rangOut";
+  return "hangup";
 }
 
 function participant(p: CallParticipant): CallParticipantRef {

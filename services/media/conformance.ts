@@ -9,7 +9,8 @@ import { errorBoundary } from "../common/boundary.js";
 import { createLogger } from "../common/log.js";
 import { mediaService } from "./handler.js";
 import { DEFAULT_MEDIA_LIMITS, Media, type MembershipSource } from "./media.js";
-import type { ObjectStore } from "./types.js";
+import { AttachmentRetention } from "./retention.js";
+import { newObjectId, type ObjectRecord, type ObjectStore } from "./types.js";
 
 /** A settable clock shared by the engine under test and the service. */
 export class TestClock {
@@ -412,5 +413,100 @@ export function runMediaConformance(
         );
       });
     });
+
+    test("claimed objects are listed under their conversation, earliest claim first, until deleted", async () => {
+      await withMedia(async ({ media }) => {
+        const { store } = media;
+        // Conversations of this test only: a shared bucket may hold others'.
+        const [c1, c2] = [`g_${newObjectId().slice(2)}`, `g_${newObjectId().slice(2)}`];
+        const put = async (conversationId: string, claimedAtMs: number) => {
+          const record = claimedRecord(conversationId, claimedAtMs);
+          await store.putRecord(record);
+          return record.objectId;
+        };
+        const late = await put(c1, 3_000);
+        const early = await put(c1, 1_000);
+        const middle = await put(c1, 2_000);
+        const other = await put(c2, 1_500);
+        // Unclaimed: never listed.
+        await store.putRecord({ ...claimedRecord(c1, 0), claimedAtMs: 0 });
+        const ids = (records: ObjectRecord[]) => records.map((r) => r.objectId);
+        assert.deepEqual(ids(await store.listClaimed(c1, 10_000, 10)), [early, middle, late]);
+        assert.deepEqual(
+          ids(await store.listClaimed(c1, 3_000, 10)),
+          [early, middle],
+          "claimed before, strictly",
+        );
+        assert.deepEqual(ids(await store.listClaimed(c1, 10_000, 2)), [early, middle]);
+        assert.deepEqual(ids(await store.listClaimed(c2, 10_000, 10)), [other]);
+        // Walked a page of one at a time, in id order, both are there.
+        const walked: string[] = [];
+        for (let after: string | undefined, i = 0; i < 10_000; i++) {
+          const page = await store.listClaimConversations(after, 1);
+          if (page.length === 0) break;
+          walked.push(...page);
+          after = page[0];
+        }
+        assert.deepEqual(
+          walked.filter((id) => id === c1 || id === c2),
+          [c1, c2].sort(),
+        );
+        assert.deepEqual(walked, [...walked].sort(), "in id order");
+        await store.delete(middle);
+        assert.deepEqual(ids(await store.listClaimed(c1, 10_000, 10)), [early, late]);
+      });
+    });
+
+    test("attachment retention deletes what was claimed before its conversation's horizon, less the margin", async () => {
+      await withMedia(async ({ media }) => {
+        const { store } = media;
+        const [kept, gone] = [`g_${newObjectId().slice(2)}`, `g_${newObjectId().slice(2)}`];
+        const horizons = new Map<string, number>([
+          [kept, 0],
+          [gone, 10_000],
+        ]);
+        const put = async (conversationId: string, claimedAtMs: number) => {
+          const record = claimedRecord(conversationId, claimedAtMs);
+          await store.putRecord(record);
+          return record.objectId;
+        };
+        const keptOld = await put(kept, 1_000);
+        const goneOld = await put(gone, 1_000);
+        const goneNearHorizon = await put(gone, 9_500);
+        const goneAfter = await put(gone, 12_000);
+        const retention = new AttachmentRetention(
+          store,
+          async (id) => horizons.get(id) ?? 0,
+          createLogger({ level: "silent" }),
+          { marginMs: 1_000, conversationsPerSweep: 1 },
+        );
+        // One conversation per sweep: a store holding others' needs more sweeps to walk them all.
+        for (let i = 0; i < 10_000 && (await store.getRecord(goneOld)) !== undefined; i++)
+          await retention.sweep();
+        assert.equal(await store.getRecord(goneOld), undefined, "claimed well before the horizon");
+        assert.notEqual(await store.getRecord(goneNearHorizon), undefined, "within the margin: kept");
+        assert.notEqual(await store.getRecord(goneAfter), undefined, "claimed after the horizon: kept");
+        assert.notEqual(await store.getRecord(keptOld), undefined, "no horizon known: kept");
+        horizons.set(gone, 20_000);
+        for (let i = 0; i < 10_000 && (await store.getRecord(goneAfter)) !== undefined; i++)
+          await retention.sweep();
+        assert.equal(await store.getRecord(goneNearHorizon), undefined);
+        assert.equal(await store.getRecord(goneAfter), undefined);
+        assert.deepEqual(await store.listClaimed(gone, Number.MAX_SAFE_INTEGER, 10), []);
+        assert.notEqual(await store.getRecord(keptOld), undefined);
+      });
+    });
   });
+}
+
+/** A record claimed at a time, in a conversation (never uploaded: the listings need no bytes). */
+function claimedRecord(conversationId: string, claimedAtMs: number): ObjectRecord {
+  return {
+    objectId: newObjectId(),
+    conversationId,
+    uploaderUserId: ALICE,
+    lengthBytes: 8,
+    createdAtMs: 1,
+    claimedAtMs,
+  };
 }

@@ -6,5 +6,6 @@
 
 export { deriveMediaUrlKey } from "./config.js";
 export { type LocalMediaOptions, openLocalMedia } from "./local-server.js";
+export { AttachmentRetention, type RetentionHorizon } from "./retention.js";
 export { deviceAuthenticator, type MediaDependencies, type StartedMedia, startMedia } from "./setup.js";
 export type { MediaEngine, ObjectStore } from "./types.js";

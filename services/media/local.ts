@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { syncDirectory, syncFile, writeFileDurably } from "../common/durable-file.js";
+import { claimMarker, isClaimConversation, parseClaimMarker } from "./claims.js";
 import {
   isObjectId,
   type ObjectRecord,
@@ -45,7 +46,9 @@ class Refusal extends Error {
  * Attachments in a directory, served over HTTP by the media service itself.
  *
  * Layout: `objects/<id>` (ciphertext), `records/<id>.json` (the binding), `pending/<id>` (an empty
- * marker while unclaimed, so the sweep lists only those), `tmp/` (uploads in flight). Every file
+ * marker while unclaimed, so the sweep lists only those), `expiring/<id>` (a marker while it is
+ * bound to expire), `claims/<conversation>/<claim time>.<id>` (a marker while it is claimed,
+ * claims.ts), `tmp/` (uploads in flight). Every file
  * is written to tmp/, fsync'd and then renamed (records) or hard-linked (objects, so a second
  * upload to the same id can never replace the first) into place.
  *
@@ -67,7 +70,7 @@ export class LocalObjectStore implements ObjectStore {
     if (options.urlKey.length < 32) throw new Error("media URL key must be at least 32 bytes");
     const store = new LocalObjectStore(options);
     await rm(join(options.dir, "tmp"), { recursive: true, force: true });
-    for (const sub of ["objects", "records", "pending", "expiring", "tmp"]) {
+    for (const sub of ["objects", "records", "pending", "expiring", "claims", "tmp"]) {
       await mkdir(join(options.dir, sub), { recursive: true });
     }
     return store;
@@ -84,6 +87,9 @@ export class LocalObjectStore implements ObjectStore {
   }
   private expiringPath(id: string): string {
     return join(this.options.dir, "expiring", id);
+  }
+  private claimsDir(conversationId: string): string {
+    return join(this.options.dir, "claims", conversationId);
   }
   private tmpPath(id: string): string {
     return join(this.options.dir, "tmp", `${id}.${randomBytes(6).toString("hex")}`);
@@ -138,11 +144,15 @@ export class LocalObjectStore implements ObjectStore {
 
   async delete(id: string): Promise<void> {
     if (!isObjectId(id)) return;
+    // The claim marker's name is in the record: read before the record goes.
+    const record = await this.getRecord(id).catch(() => undefined);
+    const claim = record && claimMarker(record);
     // The markers go last: a crash part-way leaves them, and the sweeps finish the job.
     await rm(this.objectPath(id), { force: true });
     await rm(this.recordPath(id), { force: true });
     await rm(this.pendingPath(id), { force: true });
     await rm(this.expiringPath(id), { force: true });
+    if (claim !== undefined) await rm(join(this.claimsDir(record!.conversationId), claim), { force: true });
   }
 
   async putRecord(record: ObjectRecord): Promise<void> {
@@ -153,6 +163,13 @@ export class LocalObjectStore implements ObjectStore {
     if (record.claimedAtMs === 0) await writeFileDurably(this.pendingPath(id), "", this.tmpPath(id));
     // Likewise a record that expires always has its marker, so listExpired finds it.
     if ((record.expiresAtMs ?? 0) > 0) await writeFileDurably(this.expiringPath(id), "", this.tmpPath(id));
+    // And a claimed record is always in its conversation's claims, for attachment retention.
+    const claim = claimMarker(record);
+    if (claim !== undefined) {
+      const dir = this.claimsDir(record.conversationId);
+      await mkdir(dir, { recursive: true });
+      await writeFileDurably(join(dir, claim), "", this.tmpPath(id));
+    }
     await writeFileDurably(this.recordPath(id), JSON.stringify(record), this.tmpPath(id));
     if (record.claimedAtMs !== 0) await rm(this.pendingPath(id), { force: true });
   }
@@ -196,6 +213,39 @@ export class LocalObjectStore implements ObjectStore {
       // A marker whose record was deleted (a delete cut short): finish it.
       if (record === undefined) await this.delete(id);
       else if ((record.expiresAtMs ?? 0) > 0 && (record.expiresAtMs ?? 0) <= beforeMs) out.push(record);
+    }
+    return out;
+  }
+
+  async listClaimConversations(after: string | undefined, limit: number): Promise<string[]> {
+    const names = (await readdir(join(this.options.dir, "claims"))).filter(
+      (n) => isClaimConversation(n) && (after === undefined || n > after),
+    );
+    return names.sort().slice(0, Math.max(0, limit));
+  }
+
+  async listClaimed(conversationId: string, claimedBeforeMs: number, limit: number): Promise<ObjectRecord[]> {
+    if (!isClaimConversation(conversationId)) return [];
+    const dir = this.claimsDir(conversationId);
+    let names: string[];
+    try {
+      names = (await readdir(dir)).sort();
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
+      throw err;
+    }
+    // A folder whose claims all went stays: removing it could race a claim writing into it.
+    const out: ObjectRecord[] = [];
+    for (const name of names) {
+      if (out.length >= limit) break;
+      const marker = parseClaimMarker(name);
+      if (marker === undefined) continue;
+      // Names sort by claim time: the rest are later.
+      if (marker.claimedAtMs >= claimedBeforeMs) break;
+      const record = await this.getRecord(marker.objectId);
+      // A marker whose record was deleted (a delete cut short) or claimed again: drop it.
+      if (record === undefined || claimMarker(record) !== name) await rm(join(dir, name), { force: true });
+      else out.push(record);
     }
     return out;
   }

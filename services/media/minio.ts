@@ -3,6 +3,7 @@ import type { Readable } from "node:stream";
 // parseMinioEndpoint, or by the configuration) never loads minio in a process that does not use it.
 import type { Client, ClientOptions } from "minio";
 import { type ObjectStoreEndpoint, parseEndpoint } from "../common/config.js";
+import { claimMarker, isClaimConversation, parseClaimMarker } from "./claims.js";
 import {
   isObjectId,
   type ObjectRecord,
@@ -50,7 +51,8 @@ function isNotFound(err: unknown): boolean {
  *
  * Keys: `objects/<id>` (ciphertext), `records/<id>.json` (the binding), `pending/<id>` (an empty
  * marker while unclaimed), `expiring/<id>` (an empty marker while it is bound to expire with a
- * disappearing message). The binding is a separate small object rather than metadata or tags
+ * disappearing message), `claims/<conversation>/<claim time>.<id>` (an empty marker while it is
+ * claimed, claims.ts). The binding is a separate small object rather than metadata or tags
  * on the ciphertext, because it must exist before the ciphertext does (the upload URL is handed
  * out first) and S3 metadata can only be set by whoever writes the object.
  *
@@ -127,11 +129,17 @@ export class MinioObjectStore implements ObjectStore {
   }
 
   async delete(id: string): Promise<void> {
-    // The pending marker goes last: a delete cut short is finished by the next sweep.
+    // The claim marker's key is in the record: read before the record goes.
+    const record = await this.getRecord(id).catch(() => undefined);
+    const claim = record && claimMarker(record);
+    // The markers go last: a delete cut short is finished by the next sweep.
     await this.client.removeObject(this.bucket, `objects/${id}`);
     await this.client.removeObject(this.bucket, `records/${id}.json`);
     await this.client.removeObject(this.bucket, `pending/${id}`);
     await this.client.removeObject(this.bucket, `expiring/${id}`);
+    if (claim !== undefined) {
+      await this.client.removeObject(this.bucket, `claims/${record!.conversationId}/${claim}`);
+    }
   }
 
   async putRecord(record: ObjectRecord): Promise<void> {
@@ -142,6 +150,16 @@ export class MinioObjectStore implements ObjectStore {
     // Likewise a record that expires always has its marker, so listExpired finds it.
     if ((record.expiresAtMs ?? 0) > 0)
       await this.client.putObject(this.bucket, `expiring/${id}`, Buffer.alloc(0), 0);
+    // And a claimed record is always in its conversation's claims, for attachment retention.
+    const claim = claimMarker(record);
+    if (claim !== undefined) {
+      await this.client.putObject(
+        this.bucket,
+        `claims/${record.conversationId}/${claim}`,
+        Buffer.alloc(0),
+        0,
+      );
+    }
     const body = Buffer.from(JSON.stringify(record));
     await this.client.putObject(this.bucket, `records/${id}.json`, body, body.length, {
       "Content-Type": "application/json",
@@ -199,6 +217,45 @@ export class MinioObjectStore implements ObjectStore {
       // A marker whose record was deleted (a delete cut short): finish it.
       if (record === undefined) await this.delete(id);
       else if ((record.expiresAtMs ?? 0) > 0 && (record.expiresAtMs ?? 0) <= beforeMs) out.push(record);
+    }
+    return out;
+  }
+
+  async listClaimConversations(after: string | undefined, limit: number): Promise<string[]> {
+    const out: string[] = [];
+    if (limit < 1) return out;
+    // Not recursive: one common prefix per conversation, in key order, from after the last one.
+    // "~" sorts after the digits every marker name starts with.
+    const startAfter = after === undefined ? "" : `claims/${after}/~`;
+    for await (const item of this.client.listObjectsV2(this.bucket, "claims/", false, startAfter)) {
+      const prefix = (item as { prefix?: string }).prefix;
+      const id = prefix?.slice("claims/".length, -1);
+      if (id === undefined || !isClaimConversation(id) || (after !== undefined && id <= after)) continue;
+      out.push(id);
+      if (out.length >= limit) break;
+    }
+    return out;
+  }
+
+  async listClaimed(conversationId: string, claimedBeforeMs: number, limit: number): Promise<ObjectRecord[]> {
+    if (!isClaimConversation(conversationId)) return [];
+    const folder = `claims/${conversationId}/`;
+    const markers: Array<{ name: string; objectId: string }> = [];
+    // Keys sort by claim time: the listing stops at the first claim that is not old enough.
+    for await (const item of this.client.listObjectsV2(this.bucket, folder, true)) {
+      const name = (item as { name?: string }).name?.slice(folder.length) ?? "";
+      const marker = parseClaimMarker(name);
+      if (marker === undefined) continue;
+      if (marker.claimedAtMs >= claimedBeforeMs || markers.length >= limit) break;
+      markers.push({ name, objectId: marker.objectId });
+    }
+    const out: ObjectRecord[] = [];
+    for (const { name, objectId } of markers) {
+      const record = await this.getRecord(objectId);
+      // A marker whose record was deleted (a delete cut short) or claimed again: drop it.
+      if (record === undefined || claimMarker(record) !== name) {
+        await this.client.removeObject(this.bucket, `${folder}${name}`);
+      } else out.push(record);
     }
     return out;
   }

@@ -81,6 +81,18 @@ export interface ObjectStore {
    * the epoch): attachments of disappearing messages due for deletion.
    */
   listExpired(beforeMs: number, limit: number): Promise<ObjectRecord[]>;
+  /**
+   * Conversations holding claimed objects, in id order, after `after` (exclusive; undefined:
+   * from the first), at most limit: what attachment retention (retention.ts) walks. Every claimed
+   * record bound to a conversation is listed under it (claims.ts) from before it is written until
+   * it is deleted.
+   */
+  listClaimConversations(after: string | undefined, limit: number): Promise<string[]>;
+  /**
+   * Up to limit objects of a conversation claimed before claimedBeforeMs (milliseconds since the
+   * epoch), earliest claim first.
+   */
+  listClaimed(conversationId: string, claimedBeforeMs: number, limit: number): Promise<ObjectRecord[]>;
   /** Releases files, clients and timers. */
   close(): Promise<void>;
 }

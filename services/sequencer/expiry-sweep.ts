@@ -1,5 +1,6 @@
 import type { Logger } from "../common/log.js";
 import type { ConversationStore } from "../store/types.js";
+import type { DeviceDeliveryBound } from "./delivery-bound.js";
 
 /** How the sweep of expired entries runs. */
 export interface ExpirySweepOptions {
@@ -11,8 +12,13 @@ export interface ExpirySweepOptions {
   maxSteps?: number;
   /** The server-wide maximum age of entries, in milliseconds; 0 or absent keeps them. */
   retentionMs?: number;
-  /** Entries every member received are deleted this long after their commit, in ms; 0: off. */
+  /**
+   * Entries every active device of every member received are deleted this long after their
+   * commit, in ms; 0: off. Needs `delivery`.
+   */
   afterDeliveryMs?: number;
+  /** Who has received what, for afterDeliveryMs (required with it). */
+  delivery?: DeviceDeliveryBound;
 }
 
 /** Steps one sweep takes unless told otherwise: a million entries at the default batch. */
@@ -35,7 +41,11 @@ export class ExpirySweep {
     private readonly options: ExpirySweepOptions,
     /** The clock, in milliseconds since the Unix epoch. */
     private readonly now: () => number = Date.now,
-  ) {}
+  ) {
+    if ((options.afterDeliveryMs ?? 0) > 0 && options.delivery === undefined) {
+      throw new Error("retention after delivery needs a DeviceDeliveryBound");
+    }
+  }
 
   start(): void {
     this.timer = setInterval(() => void this.sweep(), this.options.intervalMs);
@@ -69,10 +79,12 @@ export class ExpirySweep {
           )
         : 0;
     const afterDeliveryMs = this.options.afterDeliveryMs ?? 0;
+    const delivery = this.options.delivery;
+    delivery?.startSweep();
     const delivered =
-      afterDeliveryMs > 0
+      afterDeliveryMs > 0 && delivery !== undefined
         ? await this.run("delivered entries past the window", (batch) =>
-            this.store.deleteDeliveredOlderThan(nowMs - afterDeliveryMs, batch),
+            this.store.deleteDeliveredOlderThan(nowMs - afterDeliveryMs, batch, delivery.receivedUpTo),
           )
         : 0;
     this.deleted += expired + old + delivered;

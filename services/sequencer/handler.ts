@@ -124,6 +124,10 @@ export function sequencerService(sequencer: Sequencer): ServiceImpl<typeof Seque
         shards: [...held],
       };
     },
+    async getRetentionHorizon(req) {
+      if (req.conversationId === "") throw new InvalidInputError("conversation_id: required");
+      return { horizonMs: BigInt(await sequencer.retentionHorizon(req.conversationId)) };
+    },
     async findContacts(req) {
       const held = sequencer.heldShards();
       const { contacts, direct } = await sequencer.findContacts(req.userId, req.peerUserIds, held);

@@ -3,6 +3,8 @@
  * the sequencer's own (its collaborators, shards, hot state) and may change without notice.
  */
 
+// Composition (services/server): the service itself, its RPC face and its clients.
+export { DeviceDeliveryBound, holdsConversation, ReceivedBounds } from "./delivery-bound.js";
 // The gateway checks a send's per-device ciphertexts with the same rules before the send is
 // ordered, and reads a DeviceMismatch off the refusal it relays.
 export {
@@ -16,7 +18,6 @@ export {
   mismatchOf,
   needsDeviceCheck,
 } from "./device-payloads.js";
-// Composition (services/server): the service itself, its RPC face and its clients.
 export { ExpirySweep } from "./expiry-sweep.js";
 export { sequencerService } from "./handler.js";
 export { DEFAULT_LEASE_MS, planLeases, rightfulHolder, ShardOwnership } from "./ownership.js";

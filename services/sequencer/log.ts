@@ -5,6 +5,7 @@ import { injectContext } from "../common/telemetry.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationStore } from "../store/types.js";
 import type { ConversationState } from "./conversation.js";
+import type { ReceivedBounds } from "./delivery-bound.js";
 import { expiredStub, expiryOf, isExpired } from "./expiry.js";
 import type { Batch } from "./shard.js";
 
@@ -28,8 +29,13 @@ export class ConversationLog {
     private readonly now: () => number,
     /** The server-wide maximum age of entries, in milliseconds; 0 keeps them for ever. */
     private readonly retentionMs = 0,
-    /** Entries every member received go this long after their commit, in milliseconds; 0: off. */
+    /**
+     * Entries every active device of every member received go this long after their commit, in
+     * milliseconds; 0: off.
+     */
     private readonly afterDeliveryMs = 0,
+    /** How far each conversation was received, as the expiry sweep last found (needed with afterDeliveryMs). */
+    private readonly received?: ReceivedBounds,
   ) {}
 
   /** Commit time, never earlier than the conversation's previous entry. */
@@ -129,20 +135,19 @@ export class ConversationLog {
   }
 
   /**
-   * With retention after delivery, the seq up to which every member has received the log (the
-   * lowest member delivered cursor); 0 otherwise.
+   * With retention after delivery, the seq up to which every active device of every member had
+   * received the log when the sweep last looked (the sweep knows the devices; this does not);
+   * 0 otherwise.
    */
   private deliveredBound(state: ConversationState): number {
-    if (this.afterDeliveryMs <= 0 || state.members.size === 0) return 0;
-    let low = Number.POSITIVE_INFINITY;
-    for (const m of state.members.values()) low = Math.min(low, m.deliveredUpTo);
-    return low;
+    if (this.afterDeliveryMs <= 0) return 0;
+    return this.received?.get(state.id) ?? 0;
   }
 
   /**
    * The entry, or its expired stub once past its expiry, older than the retention, or received by
-   * every member (seq at most `delivered`) and older than the window after delivery: served as the
-   * store will be once the sweep reaches it, so what a device reads never waits for the sweep.
+   * every active device (seq at most `delivered`) and older than the window after delivery:
+   * served as the store will be once the sweep deletes it.
    */
   private unexpired(entry: Entry, delivered = 0): Entry {
     const now = this.now();

@@ -343,6 +343,10 @@ export function shardedSequencerClient(
       return single(request.conversationId ?? "", true, (r) => r.setMute(request, options));
     },
 
+    getRetentionHorizon(request, options?: CallOptions) {
+      return single(request.conversationId ?? "", true, (r) => r.getRetentionHorizon(request, options));
+    },
+
     relayTyping(request, options?: CallOptions) {
       return single(request.conversationId ?? "", true, (r) => r.relayTyping(request, options));
     },

@@ -13,6 +13,7 @@ import type { ConversationStore } from "../store/types.js";
 import { Appender, type AppendRefusals } from "./append.js";
 import { DisappearingTimers } from "./disappearing.js";
 import { DeviceFloors } from "./floors.js";
+import { retentionHorizon } from "./horizon.js";
 import { HotStateBudget } from "./hot-state.js";
 import { ConversationLog } from "./log.js";
 import { Membership } from "./membership.js";
@@ -52,6 +53,8 @@ export class Sequencer {
   private readonly appender: Appender;
   private readonly membership: Membership;
   private readonly timers: DisappearingTimers;
+  /** Where a conversation's stored log begins (horizon.ts). */
+  readonly retentionHorizon: (conversationId: string) => Promise<number>;
   private readonly receipts: Receipts;
   private readonly floors: DeviceFloors;
   private readonly views: Views;
@@ -68,7 +71,13 @@ export class Sequencer {
       leased: options.leased ?? false,
       maxStatesPerShard: options.maxStatesPerShard ?? DEFAULT_MAX_STATES_PER_SHARD,
     });
-    const entries = new ConversationLog(store, now, options.retentionMs ?? 0, options.afterDeliveryMs ?? 0);
+    const entries = new ConversationLog(
+      store,
+      now,
+      options.retentionMs ?? 0,
+      options.afterDeliveryMs ?? 0,
+      options.receivedBounds,
+    );
     this.appender = new Appender(this.shards, entries, store, options.limits, now, log);
     this.refusals = this.appender.refusals;
     this.receipts = new Receipts(this.shards, entries, store, this.outbox, bus, now);
@@ -76,6 +85,7 @@ export class Sequencer {
     this.timers = new DisappearingTimers(this.shards, entries, options.disappearingSeconds);
     this.floors = new DeviceFloors(this.shards, store);
     this.views = new Views(this.shards, entries, this.receipts, this.floors, store);
+    this.retentionHorizon = (id) => retentionHorizon(store, id, now);
   }
 
   /** True if this replica owns the conversation's shard. */

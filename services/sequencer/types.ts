@@ -1,5 +1,6 @@
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { Limits } from "../common/config.js";
+import type { ReceivedBounds } from "./delivery-bound.js";
 import type { OutboxOptions } from "./outbox.js";
 
 /** The outcome of one append. */
@@ -46,8 +47,13 @@ export interface SequencerOptions {
    * ones are served as expired, as the store deletes them (ExpirySweep, or a database TTL).
    */
   retentionMs?: number;
-  /** Entries every member received are served as expired this long after their commit, in ms. */
+  /**
+   * Entries every active device of every member received are served as expired this long after
+   * their commit, in ms, up to where the expiry sweep found them received (receivedBounds).
+   */
   afterDeliveryMs?: number;
+  /** What the expiry sweep found received, per conversation (DeviceDeliveryBound fills it). */
+  receivedBounds?: ReceivedBounds;
 }
 
 /** The user and device an operation acts as. */

@@ -23,11 +23,14 @@ import type { RateLimiter } from "../common/rate-limit/types.js";
 import type { Refusals } from "../common/refusals.js";
 import { Fanout } from "../fanout/index.js";
 import { GatewayCore } from "../gateway/index.js";
-import { deviceAuthenticator, type StartedMedia, startMedia } from "../media/index.js";
+import { AttachmentRetention, deviceAuthenticator, type StartedMedia, startMedia } from "../media/index.js";
 import { Notifier, notificationService } from "../notification/index.js";
 import { Presence, presenceService } from "../presence/index.js";
 import {
+  DeviceDeliveryBound,
   ExpirySweep,
+  holdsConversation,
+  ReceivedBounds,
   Sequencer,
   type SequencerClient,
   ShardOwnership,
@@ -74,6 +77,9 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
   const owned = shardsOfReplica(mesh.sequencerOrdinal, mesh.sequencerReplicas, config.shardCount);
   // Failover needs a store every replica shares (ScyllaDB's leases) and another replica to move to.
   const leases = mesh.sequencerReplicas > 1 && mesh.shardLeaseMs > 0 ? store!.leases : undefined;
+  // Retention after delivery: the sweep finds what every active device received (it reads the
+  // device lists; the hot path never does), and the sequencer's reads serve that as expired.
+  const received = new ReceivedBounds();
   const seq = new Sequencer(store!.conversations, ctx.bus, log, {
     shardCount: config.shardCount,
     ownedShards: owned,
@@ -84,6 +90,7 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
     disappearingSeconds: config.retention.disappearingSeconds,
     retentionMs: config.retention.maxAgeMs,
     afterDeliveryMs: config.retention.afterDeliveryMs,
+    receivedBounds: received,
   });
   closers.add("sequencer", () => seq.close());
   // Entries past their expiry are served as expired at once; this frees their space.
@@ -92,6 +99,10 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
     batch: config.retention.expirySweepBatch,
     retentionMs: config.retention.maxAgeMs,
     afterDeliveryMs: config.retention.afterDeliveryMs,
+    // Each replica of a shared store sweeps the conversations of the shards it holds.
+    delivery: new DeviceDeliveryBound(store!.conversations, store!.accounts, received, (id) =>
+      holdsConversation(seq, id, config.shardCount),
+    ),
   });
   sweep.start();
   closers.add("expiry sweep", () => sweep.stop());
@@ -316,6 +327,20 @@ export async function startMediaRole(
     quota: { limiter: mediaLimiter, refusals: ctx.refusals },
   });
   closers.add("media", () => started.close());
+  // Attachments go with the entries either retention deletes (services/media/retention.ts).
+  const { maxAgeMs, afterDeliveryMs, clockMarginMs } = config.retention;
+  if (maxAgeMs > 0 || afterDeliveryMs > 0) {
+    const horizons = sequencerClient(ctx);
+    const retention = new AttachmentRetention(
+      started.media.store,
+      async (conversationId) => Number((await horizons.getRetentionHorizon({ conversationId })).horizonMs),
+      log,
+      { marginMs: clockMarginMs },
+    );
+    retention.start(config.media.sweepIntervalMs);
+    // Closers run last-added first: this stops before the media service closes its store.
+    closers.add("attachment retention", () => retention.stop());
+  }
   return started;
 }
   const sequencer = sequencerClient(ctx);

@@ -119,7 +119,8 @@ for (const engine of ["lmdb", "scylla"] as const) {
 
 /**
  * SWITCHBOARD_RETENTION_AFTER_DELIVERY_SECONDS against a server process, on each store engine: an
- * entry every member has received goes once it is that old; one a member has not received stays.
+ * entry every active device of every member has received goes once it is that old; one a member,
+ * or one device of a member, has not received stays.
  */
 for (const engine of ["lmdb", "scylla"] as const) {
   describe(`retention after delivery (${engine})`, { skip: engine === "scylla" && SCYLLA_SKIP }, () => {
@@ -198,6 +199,49 @@ for (const engine of ["lmdb", "scylla"] as const) {
         group2.entries.map(() => false),
       );
       assert.equal(group2.entries.find((e) => e.seq === toGroup.seq)?.body.case, "message");
+    });
+
+    it("waits for every active device of a member, not just one; a revoked device holds nothing back", async () => {
+      const [a, b, c] = [await user("va"), await user("vb"), await user("vc")];
+      // b's second device is linked before the conversation exists: it must receive all of it.
+      const b2 = await b.link("b2");
+      devices.push(b2);
+      const withB = (await a.conversations.openDirect({ peerUserId: b.userId })).conversation!.conversationId;
+      const withC = (await a.conversations.openDirect({ peerUserId: c.userId })).conversation!.conversationId;
+      const toB = await a.gateway.send({ entry: outgoingText(withB, "v1", "b2 is away") });
+      const toC = await a.gateway.send({ entry: outgoingText(withC, "v2", "c has it") });
+      // a, b's first device and c acknowledge; b2 never connects.
+      for (const [d, id, seq] of [
+        [a, withB, toB.seq],
+        [b, withB, toB.seq],
+        [a, withC, toC.seq],
+        [c, withC, toC.seq],
+      ] as const) {
+        d.connect();
+        await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+        d.write({ case: "ack", value: { cursors: [{ conversationId: id, seq }] } as never });
+      }
+      const expired = async (id: string, seq: bigint) =>
+        (await a.conversations.getHistory({ conversationId: id })).entries.find((e) => e.seq === seq)
+          ?.expired === true;
+      const deadline = Date.now() + 20_000;
+      while (!(await expired(withC, toC.seq))) {
+        assert.ok(Date.now() < deadline, "the entry every device received was never deleted");
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
+      // The sweep that deleted c's entry walked b's conversation too (one call walks both): every
+      // member acknowledged there, yet b2 has not received it, so it stays, whole.
+      const kept = await a.conversations.getHistory({ conversationId: withB });
+      assert.equal(kept.entries.find((e) => e.seq === toB.seq)?.body.case, "message");
+      const fromB2 = await b2.conversations.getHistory({ conversationId: withB });
+      assert.equal(fromB2.entries.find((e) => e.seq === toB.seq)?.body.case, "message");
+
+      // Revoked, b2 no longer holds it back: the next sweeps delete it.
+      await b.accounts.revokeDevice({ deviceId: b2.deviceId });
+      while (!(await expired(withB, toB.seq))) {
+        assert.ok(Date.now() < deadline + 20_000, "the entry stayed after the device was revoked");
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
     });
   });
 }

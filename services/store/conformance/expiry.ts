@@ -97,8 +97,9 @@ export function runExpiryConformance(open: () => Promise<StoreEngine>): void {
       assert.equal(await store.deleteExpiredEntries(now + 2 * day, 100), 0);
     });
 
-    test("deleteDeliveredOlderThan deletes old entries every member has received, and no others", async (store) => {
+    test("deleteDeliveredOlderThan deletes old entries up to the bound it is given, and no others", async (store) => {
       const id = `g_del${randomUUID().replaceAll("-", "")}`;
+      const fresh = `g_new${randomUUID().replaceAll("-", "")}`;
       const now = Date.now();
       const hour = 3_600_000;
       const entries = [5, 4, 3, 2, 0.1].map((hoursAgo, i) =>
@@ -112,23 +113,39 @@ export function runExpiryConformance(open: () => Promise<StoreEngine>): void {
         deliveredUpTo,
         readUpTo: 0,
       });
-      // One member has everything, the other up to seq 3 only.
       await store.commit([
-        { conversationId: id, append: entries, putMembers: [member("u_a", 5), member("u_b", 3)] },
+        { conversationId: id, append: entries, putMembers: [member("u_a", 5), member("u_b", 5)] },
+        // Nothing old enough here: its bound is never asked for.
+        {
+          conversationId: fresh,
+          append: [create(EntrySchema, { ...message(fresh, 1, 0), serverTimeMs: BigInt(now) })],
+          putMembers: [member("u_a", 0)],
+        },
       ]);
+      // The caller's bound, not the members' cursors, decides (both members acknowledged all 5):
+      // here some device of theirs has received up to 3 only.
+      let bound = 3;
+      const asked = new Map<string, string[]>();
+      const receivedUpTo = async (conversationId: string, members: readonly MemberRecord[]) => {
+        asked.set(conversationId, members.map((m) => m.userId).sort());
+        return conversationId === id ? bound : Number.POSITIVE_INFINITY;
+      };
       let deleted = 0;
       for (let calls = 0; calls < 50; calls++) {
-        const n = await store.deleteDeliveredOlderThan(now - hour, 100);
+        const n = await store.deleteDeliveredOlderThan(now - hour, 100, receivedUpTo);
         deleted += n;
         // The walk may need more than one call to reach this conversation in a shared store.
         if (n === 0 && (await store.readEntries(id, 0, 1))[0]?.seq === 4n) break;
       }
-      // 1..3 are old and everyone's; 4 is old but u_b has not got it; 5 is recent.
+      // 1..3 are old and received; 4 is old but not received everywhere; 5 is recent.
       assert.deepEqual(seqs(await store.readEntries(id, 0, 10)), [4, 5]);
       assert.equal(await store.getLastSeq(id), 5);
-      await store.saveCursors([], [{ conversationId: id, userId: "u_b", deliveredUpTo: 5, readUpTo: 0 }]);
+      assert.deepEqual(asked.get(id), ["u_a", "u_b"], "asked with the conversation's current members");
+      assert.equal(asked.has(fresh), false, "not asked where nothing is old enough");
+      assert.deepEqual(seqs(await store.readEntries(fresh, 0, 10)), [1]);
+      bound = 5;
       for (let calls = 0; calls < 50; calls++) {
-        await store.deleteDeliveredOlderThan(now - hour, 100);
+        await store.deleteDeliveredOlderThan(now - hour, 100, receivedUpTo);
         if ((await store.readEntries(id, 0, 1))[0]?.seq === 5n) break;
       }
       assert.deepEqual(
@@ -137,6 +154,25 @@ export function runExpiryConformance(open: () => Promise<StoreEngine>): void {
         "once received, 4 goes too; 5 is recent",
       );
       assert.ok(deleted >= 3);
+      // A bound of 0 (someone has received nothing) deletes nothing.
+      const none = `g_non${randomUUID().replaceAll("-", "")}`;
+      await store.commit([
+        {
+          conversationId: none,
+          append: [create(EntrySchema, { ...message(none, 1, 0), serverTimeMs: BigInt(now - 5 * hour) })],
+          putMembers: [member("u_a", 1)],
+        },
+      ]);
+      let reached = false;
+      const nothing = async (conversationId: string) => {
+        if (conversationId === none) reached = true;
+        return 0;
+      };
+      for (let calls = 0; calls < 50 && !reached; calls++) {
+        await store.deleteDeliveredOlderThan(now - hour, 100, nothing);
+      }
+      assert.ok(reached, "the walk reached the conversation");
+      assert.deepEqual(seqs(await store.readEntries(none, 0, 10)), [1]);
     });
 
     test("a conversation's disappearing timer is stored with its metadata", async (store) => {

@@ -11,6 +11,7 @@ import type {
   DeviceFloor,
   MemberCursor,
   MemberRecord,
+  ReceivedUpTo,
   UserConversation,
 } from "../types.js";
 
@@ -279,14 +280,33 @@ export class LmdbConversationStore implements ConversationStore {
     return this.deletePrefixes("age", olderThanMs, limit, () => Number.POSITIVE_INFINITY);
   }
 
-  deleteDeliveredOlderThan(olderThanMs: number, limit: number): Promise<number> {
-    return this.deletePrefixes("delivered", olderThanMs, limit, (id) => {
-      let upTo = Number.POSITIVE_INFINITY;
-      for (const { value } of this.dbs.members.getRange({ start: [id], end: [id, HIGH] })) {
-        upTo = Math.min(upTo, value.deliveredUpTo);
-      }
-      return upTo;
-    });
+  async deleteDeliveredOlderThan(
+    olderThanMs: number,
+    limit: number,
+    receivedUpTo: ReceivedUpTo,
+  ): Promise<number> {
+    if (!(limit >= 1) || !Number.isFinite(olderThanMs)) return 0;
+    const { dbs } = this;
+    // The bounds are asked for before the write unit (they are asynchronous), for the same
+    // conversations the unit walks: those of them whose oldest entry is old enough. One that
+    // changes in between is safe: members added later joined past these entries, devices linked
+    // later start past them, and a conversation without a bound deletes nothing.
+    const from = this.retentionCursors.get("delivered");
+    const bounds = new Map<string, number>();
+    // Collected first: no read transaction is held across the awaits below.
+    const ids = [
+      ...dbs.heads.getKeys({
+        ...(from !== undefined && { start: from }),
+        limit: RETENTION_CONVERSATIONS_PER_CALL,
+      }),
+    ] as string[];
+    for (const id of ids) {
+      const [first] = dbs.entries.getRange({ start: [id, 0], end: [id, HIGH], limit: 1 });
+      if (first === undefined || entryTimes(first.value).serverTimeMs >= olderThanMs) continue;
+      const members = [...dbs.members.getRange({ start: [id], end: [id, HIGH] })].map((m) => m.value);
+      bounds.set(id, await receivedUpTo(id, members));
+    }
+    return this.deletePrefixes("delivered", olderThanMs, limit, (id) => bounds.get(id) ?? 0);
   }
 
   /**

@@ -154,6 +154,12 @@ export interface RecoveredCommit {
   entries: Entry[];
 }
 
+/**
+ * The seq up to which every entry of a conversation has been received by everyone who must
+ * receive it, given its current members; 0 for none. Retention after delivery deletes no further.
+ */
+export type ReceivedUpTo = (conversationId: string, members: readonly MemberRecord[]) => Promise<number>;
+
 /** The conversation log, membership, idempotency index and cursors. */
 export interface ConversationStore {
   /**
@@ -224,12 +230,14 @@ export interface ConversationStore {
    */
   deleteEntriesOlderThan(olderThanMs: number, limit: number): Promise<number>;
   /**
-   * Deletes log entries committed before olderThanMs that every current member has received (each
-   * member's deliveredUpTo, the highest seq any of their devices acknowledged, is at or past the
-   * entry), oldest first, at most limit per call, resuming like deleteEntriesOlderThan; returns
-   * how many. Seqs keep their place. Every engine deletes here (a TTL cannot wait for acks).
+   * Deletes log entries committed before olderThanMs up to the seq receivedUpTo gives for their
+   * conversation (the caller decides what "received" means: services/sequencer/delivery-bound.ts
+   * asks every active device of every member), oldest first, at most limit per call, resuming
+   * like deleteEntriesOlderThan; returns how many. receivedUpTo is asked only for conversations
+   * with entries old enough, with their current members. Seqs keep their place. Every engine
+   * deletes here (a TTL cannot wait for acks).
    */
-  deleteDeliveredOlderThan(olderThanMs: number, limit: number): Promise<number>;
+  deleteDeliveredOlderThan(olderThanMs: number, limit: number, receivedUpTo: ReceivedUpTo): Promise<number>;
   /**
    * Deletes idempotency records written before olderThanMs (milliseconds since the Unix epoch);
    * returns how many were removed.

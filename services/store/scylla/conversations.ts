@@ -26,6 +26,7 @@ import type {
   DeviceFloor,
   MemberCursor,
   MemberRecord,
+  ReceivedUpTo,
   RecoveredCommit,
   UserConversation,
 } from "../types.js";
@@ -140,8 +141,8 @@ export class ScyllaConversationStore implements ConversationStore {
     return 0;
   }
 
-  deleteDeliveredOlderThan(olderThanMs: number, limit: number): Promise<number> {
-    return this.delivered.deleteDeliveredOlderThan(olderThanMs, limit);
+  deleteDeliveredOlderThan(olderThanMs: number, limit: number, receivedUpTo: ReceivedUpTo): Promise<number> {
+    return this.delivered.deleteDeliveredOlderThan(olderThanMs, limit, receivedUpTo);
   }
 
   expireIdempotency(olderThanMs: number): Promise<number> {

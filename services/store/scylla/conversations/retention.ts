@@ -3,6 +3,7 @@
  * wait for acknowledgements, so this walks log_heads by token, bounded per call, and deletes each
  * conversation's deletable prefix by range, bucket by bucket.
  */
+import type { ReceivedUpTo } from "../../types.js";
 import type { Cql } from "../schema.js";
 import { bucketOf, type ConversationSettings } from "./layout.js";
 import type { ConversationReads } from "./reads.js";
@@ -24,7 +25,11 @@ export class DeliveredRetention {
     private readonly settings: ConversationSettings,
   ) {}
 
-  async deleteDeliveredOlderThan(olderThanMs: number, limit: number): Promise<number> {
+  async deleteDeliveredOlderThan(
+    olderThanMs: number,
+    limit: number,
+    receivedUpTo: ReceivedUpTo,
+  ): Promise<number> {
     if (!(limit >= 1) || !Number.isFinite(olderThanMs)) return 0;
     const from = this.cursor;
     const ids: string[] = [];
@@ -50,18 +55,26 @@ export class DeliveredRetention {
         id,
         olderThanMs,
         Math.min(limit - deleted, ENTRIES_PER_CONVERSATION),
+        receivedUpTo,
       );
       done = id;
     }
     return deleted;
   }
 
-  /** Deletes one conversation's delivered entries older than olderThanMs, at most `most`. */
-  private async deletePrefix(id: string, olderThanMs: number, most: number): Promise<number> {
-    const members = await this.reads.getMembers(id);
-    const bound = members.reduce((low, m) => Math.min(low, m.deliveredUpTo), Number.POSITIVE_INFINITY);
-    if (bound < 1) return 0;
+  /** Deletes one conversation's received entries older than olderThanMs, at most `most`. */
+  private async deletePrefix(
+    id: string,
+    olderThanMs: number,
+    most: number,
+    receivedUpTo: ReceivedUpTo,
+  ): Promise<number> {
     const entries = await this.reads.readEntries(id, 0, most);
+    // The bound (device cursors, accounts) is asked for only where something is old enough.
+    const oldest = entries[0];
+    if (oldest === undefined || Number(oldest.serverTimeMs) >= olderThanMs) return 0;
+    const bound = await receivedUpTo(id, await this.reads.getMembers(id));
+    if (bound < 1) return 0;
     let first = 0;
     let last = 0;
     for (const e of entries) {

@@ -7,8 +7,8 @@ import { eventually } from "../../test/helpers/inbox.js";
 import { removeDir, startServerProcess } from "../../test/helpers/server.js";
 
 // How `call` and `answer` end when things go wrong: the peer's process dies mid-call, or a
-// relay-only call meets a server without relays. (A file of its own: the first waits out
-// ICE's 30 s consent timeout.)
+// relay-only call meets a server without relays. (A file of its own: the first waits for the
+// server's 5 s grace for the killed device, or ICE's 30 s consent timeout, whichever ends it.)
 describe("switchboard call and answer when things go wrong (CLI processes, a server process, a real coturn)", {
   skip: coturnMissing(),
 }, () => {

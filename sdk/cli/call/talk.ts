@@ -127,7 +127,8 @@ export async function talk(
   seconds: number | undefined,
 ): Promise<Ending> {
   media.startSending();
-  // A peer gone without a hang-up (killed, offline) ends the call when ICE gives up on it.
+  // A peer gone without a hang-up (killed, offline) ends the call when the server says so (its
+  // device dropped off: ended, disconnected), or when ICE gives up on it.
   const lost = new AbortController();
   void media.lost.then(() => lost.abort());
   const hungUp = (e: CallEvent) => e.callId === callId && e.kind === "ended";
@@ -138,7 +139,9 @@ export async function talk(
         ? "connection lost"
         : e === "timeout"
           ? undefined
-          : "peer hung up";
+          : e.reason === "disconnected"
+            ? "connection lost"
+            : "peer hung up";
   // Without --seconds the call lasts until a hang-up on either side (a day at most).
   const first = ending(
     await inbox.next(hungUp, seconds === undefined ? 86_400_000 : seconds * 1000, lost.signal),

@@ -151,7 +151,7 @@ export function parseRecord(text: string): ObjectRecord {
     createdAtMs: v.createdAtMs,
     claimedAtMs: v.claimedAtMs,
     ...(typeof v.expiresAtMs === "number" && v.expiresAtMs > 0 && { expiresAtMs: v.expiresAtMs }),
-  };
-}
     ...(typeof v.avatarOfUserId === "string" &&
       v.avatarOfUserId !== "" && { avatarOfUserId: v.avatarOfUserId }),
+  };
+}

@@ -80,6 +80,9 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
   // Retention after delivery: the sweep finds what every active device received (it reads the
   // device lists; the hot path never does), and the sequencer's reads serve that as expired.
   const received = new ReceivedBounds();
+  // Retention after delivery: the sweep finds what every active device received (it reads the
+  // device lists; the hot path never does), and the sequencer's reads serve that as expired.
+  const received = new ReceivedBounds();
   const seq = new Sequencer(store!.conversations, ctx.bus, log, {
     shardCount: config.shardCount,
     ownedShards: owned,
@@ -333,7 +336,9 @@ export async function startMediaRole(
     const horizons = sequencerClient(ctx);
     const retention = new AttachmentRetention(
       started.media.store,
-      async (conversationId) => Number((await horizons.getRetentionHorizon({ conversationId })).horizonMs),
+      // A deadline: a sweep waiting for ever would hold every later one (they join it).
+      async (conversationId) =>
+        Number((await horizons.getRetentionHorizon({ conversationId }, { timeoutMs: 10_000 })).horizonMs),
       log,
       { marginMs: clockMarginMs },
     );

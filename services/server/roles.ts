@@ -80,9 +80,6 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
   // Retention after delivery: the sweep finds what every active device received (it reads the
   // device lists; the hot path never does), and the sequencer's reads serve that as expired.
   const received = new ReceivedBounds();
-  // Retention after delivery: the sweep finds what every active device received (it reads the
-  // device lists; the hot path never does), and the sequencer's reads serve that as expired.
-  const received = new ReceivedBounds();
   const seq = new Sequencer(store!.conversations, ctx.bus, log, {
     shardCount: config.shardCount,
     ownedShards: owned,
@@ -321,6 +318,7 @@ export async function startMediaRole(
   // The upload quota's buckets: in this process, or on Redis shared by every media process.
   const mediaLimiter = await openRateLimiter(config, log);
   closers.add("media rate limiter", () => mediaLimiter.close());
+  const sequencer = sequencerClient(ctx);
   const started = await startMedia({
     config: config.media,
     engine: await openMedia(config, ctx.key!, log),
@@ -328,6 +326,7 @@ export async function startMediaRole(
     authenticate: gw ? (h) => gw.authenticate(h) : deviceAuthenticator(ctx.tokens!, directoryClient(ctx)),
     log,
     quota: { limiter: mediaLimiter, refusals: ctx.refusals },
+    avatars: { directory: directoryClient(ctx), contacts: sequencer },
   });
   closers.add("media", () => started.close());
   // Attachments go with the entries either retention deletes (services/media/retention.ts).
@@ -348,5 +347,3 @@ export async function startMediaRole(
   }
   return started;
 }
-  const sequencer = sequencerClient(ctx);
-    avatars: { directory: directoryClient(ctx), contacts: sequencer },

@@ -207,6 +207,55 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
       );
   });
 
+  it("an answered callee that moves to the other gateway takes its call along: when it then drops off for good, the caller is still told", async () => {
+    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const alice = await TestDevice.register(g0, uniqueName("da"));
+    const bob = await TestDevice.register(g1, uniqueName("db"));
+    track(alice, bob);
+    await alice.conversations.openDirect({ peerUserId: bob.userId });
+    for (const d of [alice, bob]) await online(d);
+    const callId = "drop-callee-moves";
+    alice.write(
+      callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }),
+    );
+    await waitCall(bob, callId, CallSignal.OFFER);
+    bob.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.ACCEPT }));
+    await waitCall(alice, callId, CallSignal.ACCEPT);
+
+    await bob.drop();
+    const [bob2] = track(await reconnect(bob, g0));
+    await logged("took a call handed over by another gateway", callId);
+    assert.equal(callEvents(alice, callId, CallSignal.HANGUP).length, 0, "the call goes on");
+    await bob2!.drop();
+    const [hangup] = await waitCall(alice, callId, CallSignal.HANGUP);
+    assert.equal(hangup!.endReason, CallEndReason.DISCONNECTED);
+    assert.equal(hangup!.fromDeviceId, bob.deviceId);
+    assert.equal((await callEntry(alice, callId)).outcome, CallOutcome.ANSWERED);
+  });
+
+  it("a caller that comes back on the same gateway within the grace keeps its call as it was", async () => {
+    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const alice = await TestDevice.register(g0, uniqueName("da"));
+    const bob = await TestDevice.register(g1, uniqueName("db"));
+    track(alice, bob);
+    await alice.conversations.openDirect({ peerUserId: bob.userId });
+    for (const d of [alice, bob]) await online(d);
+    const callId = "drop-caller-returns";
+    alice.write(
+      callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }),
+    );
+    await waitCall(bob, callId, CallSignal.OFFER);
+    await alice.drop();
+    const [alice2] = track(await reconnect(alice, g0));
+    await logged(`"deviceId":"${alice.deviceId}"`, "came back within its grace");
+    bob.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.ACCEPT }));
+    await waitCall(alice2!, callId, CallSignal.ACCEPT);
+    alice2!.write(callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.HANGUP }));
+    const entry = await callEntry(bob, callId);
+    assert.equal(entry.outcome, CallOutcome.ANSWERED);
+    assert.equal(callEvents(bob, callId, CallSignal.HANGUP).filter((h) => h.endReason !== 0).length, 0);
+  });
+
   it("a group call whose host drops off for good is handed to a participant on the other gateway: HOST_CHANGED, joins and leaves there, the final entry", async () => {
     const [g0, g1] = mesh!.gatewayUrls as [string, string];
     const host = await TestDevice.register(g0, uniqueName("gh"));

@@ -299,6 +299,24 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
         "the host is let out",
       );
     }
+    // Members who join from the log find the new host: the newest ONGOING entry is sent as it.
+    const rehosted = await near.waitFor(
+      () =>
+        near
+          .entries(conversationId)
+          .find(
+            (e) =>
+              e.body.case === "call" &&
+              e.body.value.callId === callId &&
+              e.body.value.outcome === CallOutcome.ONGOING &&
+              e.senderDeviceId === far1.deviceId,
+          ),
+      "the new host's ONGOING entry",
+      30_000,
+    );
+    assert.ok(rehosted.body.case === "call");
+    assert.equal(rehosted.body.value.callerUserId, far1.userId);
+    assert.equal(rehosted.senderUserId, far1.userId);
     // Still ringing: far2 is told the new host too, and joins by it.
     const [ringChange] = await waitCall(far2, callId, CallSignal.HOST_CHANGED);
     assert.equal(ringChange!.hostDeviceId, far1.deviceId);

@@ -117,6 +117,8 @@ export class GroupCallRelay {
     this.calls.adopt(call);
     this.held.release(call.hostDeviceId, call.callId);
     if (!h.hostChanged) return;
+    // Members who join from the log join by the newest ONGOING entry's sender: the new host.
+    void appendGroupCallLog(this.deps.sequencer, this.deps.log, call, undefined, true);
     const changed = () =>
       this.event({
         callId: call.callId,

@@ -55,29 +55,36 @@ export async function appendCallLog(
 }
 
 /**
- * Appends a group call's entry (in the group, as the device that started it, even when another hosts it now): who joined and left, when,
- * the most at once; ANSWERED if a device other than the host's joined, MISSED otherwise. Without
- * endedAt, the entry that says the call started (ONGOING), so members who were not rung see it.
+ * Appends a group call's entry (in the group, as the device that started it, even when another
+ * hosts it now): who joined and left, when, the most at once; ANSWERED if a device other than
+ * the host's joined, MISSED otherwise. Without endedAt, the entry that says the call is going
+ * (ONGOING), so members who were not rung see it and join by its sender: with `rehosted`, the
+ * one a new host's gateway appends after a handoff, sent as the new host (its caller).
  */
 export async function appendGroupCallLog(
   sequencer: Client<typeof SequencerService>,
   log: Logger,
   call: GroupCall,
   endedAt: number | undefined,
+  rehosted = false,
 ): Promise<void> {
   const answered = call.answeredAt > 0 && endedAt !== undefined;
+  const sender = rehosted
+    ? { userId: call.hostUserId, deviceId: call.hostDeviceId }
+    : { userId: call.callerUserId, deviceId: call.callerDeviceId };
+  const started = rehosted ? `started\n${call.callId}\n${call.hostDeviceId}` : `started\n${call.callId}`;
   const outcome =
     endedAt === undefined ? CallOutcome.ONGOING : answered ? CallOutcome.ANSWERED : CallOutcome.MISSED;
   const item = create(AppendItemSchema, {
-    senderUserId: call.callerUserId,
-    senderDeviceId: call.callerDeviceId,
+    senderUserId: sender.userId,
+    senderDeviceId: sender.deviceId,
     entry: {
-      clientMsgId: clientMsgId(endedAt === undefined ? `started\n${call.callId}` : call.callId),
+      clientMsgId: clientMsgId(endedAt === undefined ? started : call.callId),
       conversationId: call.conversationId,
     },
     callLog: {
       callId: call.callId,
-      callerUserId: call.callerUserId,
+      callerUserId: sender.userId,
       media: call.media,
       outcome,
       startedAtMs: BigInt(call.startedAt),

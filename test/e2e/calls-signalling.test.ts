@@ -192,7 +192,10 @@ describe("call signalling over the device stream", () => {
     }
     const flood = await waitCallError(alice, seen++);
     assert.equal(flood.code, Code.ResourceExhausted);
-    assert.match(flood.message, /call offers: at most 10 per minute per device \(burst 5; group call joins count as offers\); retry in \d+ ms/);
+    assert.match(
+      flood.message,
+      /call offers: at most 10 per minute per device \(burst 5; group call joins count as offers\); retry in \d+ ms/,
+    );
     assert.ok(offers > 5);
     // bob got no more than the burst (and what refilled meanwhile), never all twenty.
     await waitCall(bob, "flood-0", CallSignal.OFFER);

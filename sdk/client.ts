@@ -300,13 +300,22 @@ export class SwitchboardClient {
     return this.parts.sends.targeted("reaction", conversationId, targetSeq, payload, options.clientMsgId);
   }
 
-  /** Deletes a message for everyone. */
-  deleteForEveryone(
+  /**
+   * Deletes a message for everyone. `attachments`: the message's attachments (its pointers, as
+   * sent or received), deleted from the media store once the delete is in the log; the server
+   * cannot see which objects a message carries, so it deletes only what is named here, and only
+   * this user's own uploads (MediaService.DeleteAttachments; docs/media.md). Without them they go
+   * with the server's retention.
+   */
+  async deleteForEveryone(
     conversationId: string,
     targetSeq: bigint | number,
-    options: { clientMsgId?: string } = {},
+    options: { clientMsgId?: string; attachments?: ReadonlyArray<{ objectId: string }> } = {},
   ): Promise<SendResult> {
-    return this.parts.sends.deleteForEveryone(conversationId, targetSeq, options.clientMsgId);
+    const result = await this.parts.sends.deleteForEveryone(conversationId, targetSeq, options.clientMsgId);
+    const objectIds = [...new Set((options.attachments ?? []).map((a) => a.objectId))];
+    if (objectIds.length > 0) await this.ctx.conn.media.deleteAttachments({ conversationId, objectIds });
+    return result;
   }
 
   /**

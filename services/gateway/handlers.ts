@@ -396,6 +396,7 @@ export function mediaForwarder(media: Client<typeof MediaService>): ServiceImpl<
     createUpload: (req, ctx) => media.createUpload(req, passAuthorization(ctx)),
     claimUpload: (req, ctx) => media.claimUpload(req, passAuthorization(ctx)),
     createDownload: (req, ctx) => media.createDownload(req, passAuthorization(ctx)),
+    deleteAttachments: (req, ctx) => media.deleteAttachments(req, passAuthorization(ctx)),
     createAvatarUpload: (req, ctx) => media.createAvatarUpload(req, passAuthorization(ctx)),
     setAvatar: (req, ctx) => media.setAvatar(req, passAuthorization(ctx)),
     removeAvatar: (req, ctx) => media.removeAvatar(req, passAuthorization(ctx)),

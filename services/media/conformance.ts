@@ -414,6 +414,55 @@ export function runMediaConformance(
       });
     });
 
+    test("DeleteAttachments deletes the caller's own objects of the conversation, all checked first", async () => {
+      await withMedia(async ({ media, client, clock, opened }) => {
+        const upload = async (userId: string, conversationId: string, claim: boolean) => {
+          const up = await client.createUpload({ conversationId, lengthBytes: 16n }, as(userId));
+          const { url } = await media.store.presignPut(up.objectId, 16, 60, (opened.urlClock ?? clock.now)());
+          assert.equal((await fetch(url, { method: "PUT", body: randomBytes(16) })).status, 200);
+          if (claim) await client.claimUpload({ objectId: up.objectId, conversationId }, as(userId));
+          return up.objectId;
+        };
+        const claimed = await upload(ALICE, CONVERSATION, true);
+        const unclaimed = await upload(ALICE, CONVERSATION, false);
+        const bobs = await upload(BOB, CONVERSATION, true);
+        const elsewhere = await upload(ALICE, TIMED, true);
+        const del = (userId: string, objectIds: string[], conversationId = CONVERSATION) =>
+          client.deleteAttachments({ conversationId, objectIds }, as(userId));
+        // Refused as a whole: nothing goes when one of them may not.
+        await rejectsWith(del(ALICE, [claimed, bobs]), Code.PermissionDenied, /only its uploader/);
+        await rejectsWith(del(ALICE, [claimed, elsewhere]), Code.NotFound);
+        await rejectsWith(del(MALLORY, [claimed]), Code.PermissionDenied);
+        await rejectsWith(del(ALICE, []), Code.InvalidArgument);
+        await rejectsWith(del(ALICE, [claimed, claimed]), Code.InvalidArgument, /duplicates/);
+        await rejectsWith(del(ALICE, ["m_../x"]), Code.InvalidArgument);
+        const many = Array.from({ length: 33 }, () => newObjectId());
+        await rejectsWith(del(ALICE, many), Code.InvalidArgument, /between 1 and 32/);
+        for (const id of [claimed, unclaimed, bobs, elsewhere]) {
+          assert.deepEqual(await media.store.stat(id), { lengthBytes: 16 }, "nothing went");
+        }
+        const r = await del(ALICE, [claimed, unclaimed]);
+        assert.deepEqual([...r.deletedObjectIds].sort(), [claimed, unclaimed].sort());
+        for (const id of [claimed, unclaimed]) {
+          assert.equal(await media.store.stat(id), undefined);
+          assert.equal(await media.store.getRecord(id), undefined);
+        }
+        await rejectsWith(
+          client.createDownload({ objectId: claimed, conversationId: CONVERSATION }, as(BOB)),
+          Code.NotFound,
+        );
+        assert.deepEqual(
+          (await media.store.listClaimed(CONVERSATION, Number.MAX_SAFE_INTEGER, 10)).map((x) => x.objectId),
+          [bobs],
+          "its claim marker went with it",
+        );
+        // A retry (the first answer lost) succeeds and deletes nothing more.
+        assert.deepEqual((await del(ALICE, [claimed, unclaimed])).deletedObjectIds, []);
+        assert.deepEqual(await media.store.stat(bobs), { lengthBytes: 16 });
+        assert.deepEqual(await media.store.stat(elsewhere), { lengthBytes: 16 });
+      });
+    });
+
     test("claimed objects are listed under their conversation, earliest claim first, until deleted", async () => {
       await withMedia(async ({ media }) => {
         const { store } = media;

@@ -13,6 +13,9 @@ import { isObjectId } from "./types.js";
 /** Establishes who a call acts for from its `authorization` header; throws Unauthenticated. */
 export type Authenticate = (authorization: string | null) => Promise<Principal>;
 
+/** Objects one DeleteAttachments names at most (a message's attachments, with room to spare). */
+const MAX_DELETED_ATTACHMENTS = 32;
+
 function requireObjectId(value: string): string {
   if (!isObjectId(value)) throw new InvalidInputError("object_id: not a valid object id");
   return value;
@@ -51,6 +54,19 @@ export function mediaService(
       const conversationId = requireId("conversation_id", req.conversationId, "conversation");
       const r = await media.claimUpload(p.userId, objectId, conversationId);
       return { lengthBytes: BigInt(r.lengthBytes) };
+    },
+    async deleteAttachments(req, ctx) {
+      const p = await principal(ctx);
+      const conversationId = requireId("conversation_id", req.conversationId, "conversation");
+      const ids = req.objectIds;
+      if (ids.length < 1 || ids.length > MAX_DELETED_ATTACHMENTS) {
+        throw new InvalidInputError(
+          `object_ids: between 1 and ${MAX_DELETED_ATTACHMENTS} ids, got ${ids.length}`,
+        );
+      }
+      for (const id of ids) requireObjectId(id);
+      if (new Set(ids).size !== ids.length) throw new InvalidInputError("object_ids: duplicates");
+      return { deletedObjectIds: await media.deleteAttachments(p.userId, conversationId, ids) };
     },
     async createDownload(req, ctx) {
       const p = await principal(ctx);

@@ -256,6 +256,37 @@ export class Media {
   }
 
   /**
+   * DeleteAttachments: the caller's own objects of a conversation, named by the device that
+   * deleted their message for everyone (the server cannot see which objects a message points
+   * at). All are checked before any is deleted: each bound to the conversation (NOT_FOUND
+   * otherwise, as for a download) and uploaded by the caller (PERMISSION_DENIED). Objects already
+   * gone are skipped, so a retry succeeds; returns the ids deleted now.
+   */
+  async deleteAttachments(
+    userId: string,
+    conversationId: string,
+    objectIds: readonly string[],
+  ): Promise<string[]> {
+    await this.requireMember(userId, conversationId);
+    const present: string[] = [];
+    for (const objectId of objectIds) {
+      const record = await this.store.getRecord(objectId);
+      if (record === undefined) continue;
+      if (record.conversationId !== conversationId) {
+        throw new NotFoundError(`object ${objectId} not found in conversation ${conversationId}`);
+      }
+      if (record.uploaderUserId !== userId) {
+        throw new PermissionError(
+          `object ${objectId} was uploaded by another member; only its uploader may delete it`,
+        );
+      }
+      present.push(objectId);
+    }
+    for (const objectId of present) await this.deleteObject(objectId);
+    return present;
+  }
+
+  /**
    * The object's record for a member of the conversation it is bound to. An object bound to
    * another conversation is reported as missing, so ids cannot be probed across conversations.
    */

@@ -10,7 +10,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file switchboard/v1/media.proto.
  */
 export const file_switchboard_v1_media: GenFile = /*@__PURE__*/
-  fileDesc("Chpzd2l0Y2hib2FyZC92MS9tZWRpYS5wcm90bxIOc3dpdGNoYm9hcmQudjEiRAoTQ3JlYXRlVXBsb2FkUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMbGVuZ3RoX2J5dGVzGAIgASgEImkKFENyZWF0ZVVwbG9hZFJlc3BvbnNlEhEKCW9iamVjdF9pZBgBIAEoCRISCgp1cGxvYWRfdXJsGAIgASgJEhUKDWV4cGlyZXNfYXRfbXMYAyABKAMSEwoLY2xhaW1fYnlfbXMYBCABKAMiQAoSQ2xhaW1VcGxvYWRSZXF1ZXN0EhEKCW9iamVjdF9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkiKwoTQ2xhaW1VcGxvYWRSZXNwb25zZRIUCgxsZW5ndGhfYnl0ZXMYASABKAQiQwoVQ3JlYXRlRG93bmxvYWRSZXF1ZXN0EhEKCW9iamVjdF9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkiWwoWQ3JlYXRlRG93bmxvYWRSZXNwb25zZRIUCgxkb3dubG9hZF91cmwYASABKAkSFQoNZXhwaXJlc19hdF9tcxgCIAEoAxIUCgxsZW5ndGhfYnl0ZXMYAyABKAQiMQoZQ3JlYXRlQXZhdGFyVXBsb2FkUmVxdWVzdBIUCgxsZW5ndGhfYnl0ZXMYASABKAQibwoaQ3JlYXRlQXZhdGFyVXBsb2FkUmVzcG9uc2USEQoJb2JqZWN0X2lkGAEgASgJEhIKCnVwbG9hZF91cmwYAiABKAkSFQoNZXhwaXJlc19hdF9tcxgDIAEoAxITCgtjbGFpbV9ieV9tcxgEIAEoAyIlChBTZXRBdmF0YXJSZXF1ZXN0EhEKCW9iamVjdF9pZBgBIAEoCSIpChFTZXRBdmF0YXJSZXNwb25zZRIUCgxsZW5ndGhfYnl0ZXMYASABKAQiFQoTUmVtb3ZlQXZhdGFyUmVxdWVzdCInChRSZW1vdmVBdmF0YXJSZXNwb25zZRIPCgdyZW1vdmVkGAEgASgIIiMKEEdldEF2YXRhclJlcXVlc3QSDwoHdXNlcl9pZBgBIAEoCSJpChFHZXRBdmF0YXJSZXNwb25zZRIRCglvYmplY3RfaWQYASABKAkSFAoMZG93bmxvYWRfdXJsGAIgASgJEhUKDWV4cGlyZXNfYXRfbXMYAyABKAMSFAoMbGVuZ3RoX2J5dGVzGAQgASgEMo4FCgxNZWRpYVNlcnZpY2USWQoMQ3JlYXRlVXBsb2FkEiMuc3dpdGNoYm9hcmQudjEuQ3JlYXRlVXBsb2FkUmVxdWVzdBokLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZVVwbG9hZFJlc3BvbnNlElYKC0NsYWltVXBsb2FkEiIuc3dpdGNoYm9hcmQudjEuQ2xhaW1VcGxvYWRSZXF1ZXN0GiMuc3dpdGNoYm9hcmQudjEuQ2xhaW1VcGxvYWRSZXNwb25zZRJfCg5DcmVhdGVEb3dubG9hZBIlLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZURvd25sb2FkUmVxdWVzdBomLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZURvd25sb2FkUmVzcG9uc2USawoSQ3JlYXRlQXZhdGFyVXBsb2FkEikuc3dpdGNoYm9hcmQudjEuQ3JlYXRlQXZhdGFyVXBsb2FkUmVxdWVzdBoqLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZUF2YXRhclVwbG9hZFJlc3BvbnNlElAKCVNldEF2YXRhchIgLnN3aXRjaGJvYXJkLnYxLlNldEF2YXRhclJlcXVlc3QaIS5zd2l0Y2hib2FyZC52MS5TZXRBdmF0YXJSZXNwb25zZRJZCgxSZW1vdmVBdmF0YXISIy5zd2l0Y2hib2FyZC52MS5SZW1vdmVBdmF0YXJSZXF1ZXN0GiQuc3dpdGNoYm9hcmQudjEuUmVtb3ZlQXZhdGFyUmVzcG9uc2USUAoJR2V0QXZhdGFyEiAuc3dpdGNoYm9hcmQudjEuR2V0QXZhdGFyUmVxdWVzdBohLnN3aXRjaGJvYXJkLnYxLkdldEF2YXRhclJlc3BvbnNlYgZwcm90bzM");
+  fileDesc("Chpzd2l0Y2hib2FyZC92MS9tZWRpYS5wcm90bxIOc3dpdGNoYm9hcmQudjEiRAoTQ3JlYXRlVXBsb2FkUmVxdWVzdBIXCg9jb252ZXJzYXRpb25faWQYASABKAkSFAoMbGVuZ3RoX2J5dGVzGAIgASgEImkKFENyZWF0ZVVwbG9hZFJlc3BvbnNlEhEKCW9iamVjdF9pZBgBIAEoCRISCgp1cGxvYWRfdXJsGAIgASgJEhUKDWV4cGlyZXNfYXRfbXMYAyABKAMSEwoLY2xhaW1fYnlfbXMYBCABKAMiQAoSQ2xhaW1VcGxvYWRSZXF1ZXN0EhEKCW9iamVjdF9pZBgBIAEoCRIXCg9jb252ZXJzYXRpb25faWQYAiABKAkiKwoTQ2xhaW1VcGxvYWRSZXNwb25zZRIUCgxsZW5ndGhfYnl0ZXMYASABKAQiRwoYRGVsZXRlQXR0YWNobWVudHNSZXF1ZXN0EhcKD2NvbnZlcnNhdGlvbl9pZBgBIAEoCRISCgpvYmplY3RfaWRzGAIgAygJIjcKGURlbGV0ZUF0dGFjaG1lbnRzUmVzcG9uc2USGgoSZGVsZXRlZF9vYmplY3RfaWRzGAEgAygJIkMKFUNyZWF0ZURvd25sb2FkUmVxdWVzdBIRCglvYmplY3RfaWQYASABKAkSFwoPY29udmVyc2F0aW9uX2lkGAIgASgJIlsKFkNyZWF0ZURvd25sb2FkUmVzcG9uc2USFAoMZG93bmxvYWRfdXJsGAEgASgJEhUKDWV4cGlyZXNfYXRfbXMYAiABKAMSFAoMbGVuZ3RoX2J5dGVzGAMgASgEIjEKGUNyZWF0ZUF2YXRhclVwbG9hZFJlcXVlc3QSFAoMbGVuZ3RoX2J5dGVzGAEgASgEIm8KGkNyZWF0ZUF2YXRhclVwbG9hZFJlc3BvbnNlEhEKCW9iamVjdF9pZBgBIAEoCRISCgp1cGxvYWRfdXJsGAIgASgJEhUKDWV4cGlyZXNfYXRfbXMYAyABKAMSEwoLY2xhaW1fYnlfbXMYBCABKAMiJQoQU2V0QXZhdGFyUmVxdWVzdBIRCglvYmplY3RfaWQYASABKAkiKQoRU2V0QXZhdGFyUmVzcG9uc2USFAoMbGVuZ3RoX2J5dGVzGAEgASgEIhUKE1JlbW92ZUF2YXRhclJlcXVlc3QiJwoUUmVtb3ZlQXZhdGFyUmVzcG9uc2USDwoHcmVtb3ZlZBgBIAEoCCIjChBHZXRBdmF0YXJSZXF1ZXN0Eg8KB3VzZXJfaWQYASABKAkiaQoRR2V0QXZhdGFyUmVzcG9uc2USEQoJb2JqZWN0X2lkGAEgASgJEhQKDGRvd25sb2FkX3VybBgCIAEoCRIVCg1leHBpcmVzX2F0X21zGAMgASgDEhQKDGxlbmd0aF9ieXRlcxgEIAEoBDL4BQoMTWVkaWFTZXJ2aWNlElkKDENyZWF0ZVVwbG9hZBIjLnN3aXRjaGJvYXJkLnYxLkNyZWF0ZVVwbG9hZFJlcXVlc3QaJC5zd2l0Y2hib2FyZC52MS5DcmVhdGVVcGxvYWRSZXNwb25zZRJWCgtDbGFpbVVwbG9hZBIiLnN3aXRjaGJvYXJkLnYxLkNsYWltVXBsb2FkUmVxdWVzdBojLnN3aXRjaGJvYXJkLnYxLkNsYWltVXBsb2FkUmVzcG9uc2USXwoOQ3JlYXRlRG93bmxvYWQSJS5zd2l0Y2hib2FyZC52MS5DcmVhdGVEb3dubG9hZFJlcXVlc3QaJi5zd2l0Y2hib2FyZC52MS5DcmVhdGVEb3dubG9hZFJlc3BvbnNlEmgKEURlbGV0ZUF0dGFjaG1lbnRzEiguc3dpdGNoYm9hcmQudjEuRGVsZXRlQXR0YWNobWVudHNSZXF1ZXN0Gikuc3dpdGNoYm9hcmQudjEuRGVsZXRlQXR0YWNobWVudHNSZXNwb25zZRJrChJDcmVhdGVBdmF0YXJVcGxvYWQSKS5zd2l0Y2hib2FyZC52MS5DcmVhdGVBdmF0YXJVcGxvYWRSZXF1ZXN0Giouc3dpdGNoYm9hcmQudjEuQ3JlYXRlQXZhdGFyVXBsb2FkUmVzcG9uc2USUAoJU2V0QXZhdGFyEiAuc3dpdGNoYm9hcmQudjEuU2V0QXZhdGFyUmVxdWVzdBohLnN3aXRjaGJvYXJkLnYxLlNldEF2YXRhclJlc3BvbnNlElkKDFJlbW92ZUF2YXRhchIjLnN3aXRjaGJvYXJkLnYxLlJlbW92ZUF2YXRhclJlcXVlc3QaJC5zd2l0Y2hib2FyZC52MS5SZW1vdmVBdmF0YXJSZXNwb25zZRJQCglHZXRBdmF0YXISIC5zd2l0Y2hib2FyZC52MS5HZXRBdmF0YXJSZXF1ZXN0GiEuc3dpdGNoYm9hcmQudjEuR2V0QXZhdGFyUmVzcG9uc2ViBnByb3RvMw");
 
 /**
  * MediaService.CreateUpload request.
@@ -137,6 +137,55 @@ export const ClaimUploadResponseSchema: GenMessage<ClaimUploadResponse> = /*@__P
   messageDesc(file_switchboard_v1_media, 3);
 
 /**
+ * MediaService.DeleteAttachments request.
+ *
+ * @generated from message switchboard.v1.DeleteAttachmentsRequest
+ */
+export type DeleteAttachmentsRequest = Message<"switchboard.v1.DeleteAttachmentsRequest"> & {
+  /**
+   * The conversation the objects are bound to; the caller must be a current member.
+   *
+   * @generated from field: string conversation_id = 1;
+   */
+  conversationId: string;
+
+  /**
+   * The objects, as returned by CreateUpload: 1 to 32, distinct.
+   *
+   * @generated from field: repeated string object_ids = 2;
+   */
+  objectIds: string[];
+};
+
+/**
+ * Describes the message switchboard.v1.DeleteAttachmentsRequest.
+ * Use `create(DeleteAttachmentsRequestSchema)` to create a new message.
+ */
+export const DeleteAttachmentsRequestSchema: GenMessage<DeleteAttachmentsRequest> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_media, 4);
+
+/**
+ * MediaService.DeleteAttachments response.
+ *
+ * @generated from message switchboard.v1.DeleteAttachmentsResponse
+ */
+export type DeleteAttachmentsResponse = Message<"switchboard.v1.DeleteAttachmentsResponse"> & {
+  /**
+   * The objects deleted by this call (those already gone are left out).
+   *
+   * @generated from field: repeated string deleted_object_ids = 1;
+   */
+  deletedObjectIds: string[];
+};
+
+/**
+ * Describes the message switchboard.v1.DeleteAttachmentsResponse.
+ * Use `create(DeleteAttachmentsResponseSchema)` to create a new message.
+ */
+export const DeleteAttachmentsResponseSchema: GenMessage<DeleteAttachmentsResponse> = /*@__PURE__*/
+  messageDesc(file_switchboard_v1_media, 5);
+
+/**
  * MediaService.CreateDownload request.
  *
  * @generated from message switchboard.v1.CreateDownloadRequest
@@ -163,7 +212,7 @@ export type CreateDownloadRequest = Message<"switchboard.v1.CreateDownloadReques
  * Use `create(CreateDownloadRequestSchema)` to create a new message.
  */
 export const CreateDownloadRequestSchema: GenMessage<CreateDownloadRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 4);
+  messageDesc(file_switchboard_v1_media, 6);
 
 /**
  * MediaService.CreateDownload response.
@@ -199,7 +248,7 @@ export type CreateDownloadResponse = Message<"switchboard.v1.CreateDownloadRespo
  * Use `create(CreateDownloadResponseSchema)` to create a new message.
  */
 export const CreateDownloadResponseSchema: GenMessage<CreateDownloadResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 5);
+  messageDesc(file_switchboard_v1_media, 7);
 
 /**
  * MediaService.CreateAvatarUpload request.
@@ -221,7 +270,7 @@ export type CreateAvatarUploadRequest = Message<"switchboard.v1.CreateAvatarUplo
  * Use `create(CreateAvatarUploadRequestSchema)` to create a new message.
  */
 export const CreateAvatarUploadRequestSchema: GenMessage<CreateAvatarUploadRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 6);
+  messageDesc(file_switchboard_v1_media, 8);
 
 /**
  * MediaService.CreateAvatarUpload response.
@@ -264,7 +313,7 @@ export type CreateAvatarUploadResponse = Message<"switchboard.v1.CreateAvatarUpl
  * Use `create(CreateAvatarUploadResponseSchema)` to create a new message.
  */
 export const CreateAvatarUploadResponseSchema: GenMessage<CreateAvatarUploadResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 7);
+  messageDesc(file_switchboard_v1_media, 9);
 
 /**
  * MediaService.SetAvatar request.
@@ -285,7 +334,7 @@ export type SetAvatarRequest = Message<"switchboard.v1.SetAvatarRequest"> & {
  * Use `create(SetAvatarRequestSchema)` to create a new message.
  */
 export const SetAvatarRequestSchema: GenMessage<SetAvatarRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 8);
+  messageDesc(file_switchboard_v1_media, 10);
 
 /**
  * MediaService.SetAvatar response.
@@ -306,7 +355,7 @@ export type SetAvatarResponse = Message<"switchboard.v1.SetAvatarResponse"> & {
  * Use `create(SetAvatarResponseSchema)` to create a new message.
  */
 export const SetAvatarResponseSchema: GenMessage<SetAvatarResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 9);
+  messageDesc(file_switchboard_v1_media, 11);
 
 /**
  * MediaService.RemoveAvatar request.
@@ -321,7 +370,7 @@ export type RemoveAvatarRequest = Message<"switchboard.v1.RemoveAvatarRequest"> 
  * Use `create(RemoveAvatarRequestSchema)` to create a new message.
  */
 export const RemoveAvatarRequestSchema: GenMessage<RemoveAvatarRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 10);
+  messageDesc(file_switchboard_v1_media, 12);
 
 /**
  * MediaService.RemoveAvatar response.
@@ -342,7 +391,7 @@ export type RemoveAvatarResponse = Message<"switchboard.v1.RemoveAvatarResponse"
  * Use `create(RemoveAvatarResponseSchema)` to create a new message.
  */
 export const RemoveAvatarResponseSchema: GenMessage<RemoveAvatarResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 11);
+  messageDesc(file_switchboard_v1_media, 13);
 
 /**
  * MediaService.GetAvatar request.
@@ -363,7 +412,7 @@ export type GetAvatarRequest = Message<"switchboard.v1.GetAvatarRequest"> & {
  * Use `create(GetAvatarRequestSchema)` to create a new message.
  */
 export const GetAvatarRequestSchema: GenMessage<GetAvatarRequest> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 12);
+  messageDesc(file_switchboard_v1_media, 14);
 
 /**
  * MediaService.GetAvatar response.
@@ -405,7 +454,7 @@ export type GetAvatarResponse = Message<"switchboard.v1.GetAvatarResponse"> & {
  * Use `create(GetAvatarResponseSchema)` to create a new message.
  */
 export const GetAvatarResponseSchema: GenMessage<GetAvatarResponse> = /*@__PURE__*/
-  messageDesc(file_switchboard_v1_media, 13);
+  messageDesc(file_switchboard_v1_media, 15);
 
 /**
  * Encrypted attachments. A client encrypts a file with a fresh key, asks for an upload URL, PUTs
@@ -455,6 +504,22 @@ export const MediaService: GenService<{
     methodKind: "unary";
     input: typeof CreateDownloadRequestSchema;
     output: typeof CreateDownloadResponseSchema;
+  },
+  /**
+   * Deletes attachments the caller uploaded to a conversation, for a message the caller deleted
+   * for everyone: the server cannot see which objects a message points at, so the deleting
+   * device names them. Every object must be bound to that conversation and uploaded by the
+   * caller, who must be a current member (PERMISSION_DENIED otherwise, and nothing is deleted);
+   * at most 32 distinct well-formed ids (INVALID_ARGUMENT). Objects already gone are skipped, so
+   * a retry succeeds. Attachments of other senders' messages (a group admin's delete) stay until
+   * retention deletes them.
+   *
+   * @generated from rpc switchboard.v1.MediaService.DeleteAttachments
+   */
+  deleteAttachments: {
+    methodKind: "unary";
+    input: typeof DeleteAttachmentsRequestSchema;
+    output: typeof DeleteAttachmentsResponseSchema;
   },
   /**
    * Reserves an object for the caller's profile avatar (bound to the caller, not to a

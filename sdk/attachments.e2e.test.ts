@@ -5,10 +5,16 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { Client as MinioClient } from "minio";
+import type { Client as MinioClient } from "minio";
 import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import { eventually, Inbox } from "../test/helpers/inbox.js";
-import { type MinioServer, skipWithoutMinio, startMinio } from "../test/helpers/minio.js";
+import {
+  type MinioServer,
+  minioAdmin,
+  minioServerEnv,
+  skipWithoutMinio,
+  startMinio,
+} from "../test/helpers/minio.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import type { SwitchboardClient } from "./client.js";
@@ -81,22 +87,8 @@ const minioBackend = (): Backend => {
     skip: skipWithoutMinio(),
     async start() {
       minio = await startMinio();
-      admin = new MinioClient({
-        endPoint: "127.0.0.1",
-        port: minio.port,
-        useSSL: false,
-        accessKey: minio.accessKey,
-        secretKey: minio.secretKey,
-        pathStyle: true,
-      });
-      return {
-        SWITCHBOARD_MEDIA_STORE: "minio",
-        SWITCHBOARD_MINIO_ENDPOINT: minio.endpoint,
-        SWITCHBOARD_MINIO_ACCESS_KEY: minio.accessKey,
-        SWITCHBOARD_MINIO_SECRET_KEY: minio.secretKey,
-        SWITCHBOARD_MINIO_BUCKET: BUCKET,
-        SWITCHBOARD_MINIO_CREATE_BUCKET: "true",
-      };
+      admin = minioAdmin(minio);
+      return minioServerEnv(minio, BUCKET);
     },
     async readObject(_dataDir, objectId) {
       const chunks: Buffer[] = [];

@@ -4,6 +4,7 @@ import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { Client as MinioClient } from "minio";
 import { cachedToolPath, GO_TOOLS, installHint } from "../../services/mesh/go-tools.js";
 import { freePort } from "./backends.js";
 
@@ -146,5 +147,32 @@ export async function startMinio(
       await stop();
       await cleanUp();
     },
+  };
+}
+
+/**
+ * An S3 client of the server with its root credentials: tests read and replace objects through
+ * the S3 API, since MinIO keeps them on disk in its own format.
+ */
+export function minioAdmin(minio: MinioServer): MinioClient {
+  return new MinioClient({
+    endPoint: "127.0.0.1",
+    port: minio.port,
+    useSSL: false,
+    accessKey: minio.accessKey,
+    secretKey: minio.secretKey,
+    pathStyle: true,
+  });
+}
+
+/** The settings that point a Switchboard server's media store at this MinIO, in `bucket` (created at start). */
+export function minioServerEnv(minio: MinioServer, bucket: string): Record<string, string> {
+  return {
+    SWITCHBOARD_MEDIA_STORE: "minio",
+    SWITCHBOARD_MINIO_ENDPOINT: minio.endpoint,
+    SWITCHBOARD_MINIO_ACCESS_KEY: minio.accessKey,
+    SWITCHBOARD_MINIO_SECRET_KEY: minio.secretKey,
+    SWITCHBOARD_MINIO_BUCKET: bucket,
+    SWITCHBOARD_MINIO_CREATE_BUCKET: "true",
   };
 }

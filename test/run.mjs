@@ -95,12 +95,16 @@ async function startSharedBackends(env) {
 
 /**
  * True if a test file talks to the CQL database, so the run needs one: it reads
- * `process.env.SCYLLA_CONTACT_POINTS` or uses test/helpers/scylla.ts (tests that only parse the
+ * `process.env.SCYLLA_CONTACT_POINTS` or uses test/helpers/scylla.ts or scylla-mesh.ts (tests that only parse the
  * variable do not start Cassandra).
  */
 function readsScylla(file) {
   const text = readFileSync(join(root, file), "utf8");
-  return text.includes("process.env.SCYLLA_CONTACT_POINTS") || text.includes("helpers/scylla.js");
+  return (
+    text.includes("process.env.SCYLLA_CONTACT_POINTS") ||
+    text.includes("helpers/scylla.js") ||
+    text.includes("helpers/scylla-mesh.js")
+  );
 }
 
 /** One Cassandra node for the run, or undefined (with the reason printed) when this machine has none. */

@@ -1,18 +1,11 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { Code, createClient } from "@connectrpc/connect";
 import { PrivacyAudience } from "../../gen/switchboard/v1/accounts_pb.js";
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
-import { Mesh } from "../../services/mesh/launcher.js";
-import { meshPrerequisites } from "../helpers/backends.js";
-import { TestDevice, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
-import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../helpers/scylla.js";
-import { removeDir } from "../helpers/server.js";
+import { scyllaMeshSkip, scyllaMeshSuite } from "../helpers/scylla-mesh.js";
 
 /**
  * Avatars where the pieces are apart: a mesh of separate processes on ScyllaDB, where the
@@ -20,47 +13,11 @@ import { removeDir } from "../helpers/server.js";
  * its own: it authenticates against the directory and asks the sequencer process whether two
  * users have a direct conversation). The avatar record is in ScyllaDB's user_avatars.
  */
-const { missing, skip: meshSkip } = meshPrerequisites();
-const skip = meshSkip || SCYLLA_SKIP;
+const skip = scyllaMeshSkip();
 
 describe("avatars in the mesh, on ScyllaDB", { skip }, () => {
-  let dir = "";
-  let mesh: Mesh | undefined;
-  let keyspace: ScratchKeyspace | undefined;
-  const devices: TestDevice[] = [];
-
-  before(async () => {
-    if (missing.length > 0) throw new Error(`CI=true and ${missing.join(" and ")} missing`);
-    keyspace = await scratchKeyspace("avatars_mesh");
-    dir = await mkdtemp(join(tmpdir(), "sb-avatars-mesh-"));
-    mesh = await Mesh.start({
-      dir,
-      gateways: 2,
-      sequencers: 1,
-      fanouts: 1,
-      shards: 4,
-      store: "scylla",
-      env: {
-        SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
-        SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
-        SCYLLA_KEYSPACE: keyspace.options.keyspace,
-        SCYLLA_REPLICATION_FACTOR: "1",
-      },
-    });
-  });
-
-  after(async () => {
-    await Promise.all(devices.map((d) => d.close()));
-    await mesh?.stop();
-    await keyspace?.drop();
-    if (dir !== "") await removeDir(dir);
-  });
-
-  const user = async (prefix: string, gateway: number) => {
-    const d = await TestDevice.register(mesh!.gatewayUrls[gateway]!, uniqueName(prefix));
-    devices.push(d);
-    return d;
-  };
+  const fx = scyllaMeshSuite("avatars");
+  const user = (prefix: string, gateway: number) => fx.user(prefix, gateway);
 
   it("set through one gateway, fetched through the other, hidden by the profile setting, replaced and removed", async () => {
     const alice = await user("aa", 0);

@@ -1,16 +1,10 @@
 import assert from "node:assert/strict";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { PrivacyRefusalSchema } from "../../gen/switchboard/v1/accounts_pb.js";
-import { Mesh } from "../../services/mesh/launcher.js";
-import { meshPrerequisites } from "../helpers/backends.js";
 import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
 import { eventually } from "../helpers/inbox.js";
-import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../helpers/scylla.js";
-import { removeDir } from "../helpers/server.js";
+import { scyllaMeshSkip, scyllaMeshSuite } from "../helpers/scylla-mesh.js";
 
 /**
  * Blocks where they must hold: a mesh of separate processes (two gateways, the accounts service,
@@ -19,8 +13,7 @@ import { removeDir } from "../helpers/server.js";
  * arrives that gateway may act on the list it had, so the checks below wait for it (with a
  * deadline) instead of assuming it is instant.
  */
-const { missing, skip: meshSkip } = meshPrerequisites();
-const skip = meshSkip || SCYLLA_SKIP;
+const skip = scyllaMeshSkip();
 
 /** Whether a direct send is refused as a block refuses it; an accepted one is delivered. */
 async function refused(device: TestDevice, conversationId: string): Promise<boolean> {
@@ -35,43 +28,8 @@ async function refused(device: TestDevice, conversationId: string): Promise<bool
 }
 
 describe("blocks in the mesh, on ScyllaDB", { skip }, () => {
-  let dir = "";
-  let mesh: Mesh | undefined;
-  let keyspace: ScratchKeyspace | undefined;
-  const devices: TestDevice[] = [];
-
-  before(async () => {
-    if (missing.length > 0) throw new Error(`CI=true and ${missing.join(" and ")} missing`);
-    keyspace = await scratchKeyspace("blocks_mesh");
-    dir = await mkdtemp(join(tmpdir(), "sb-blocks-mesh-"));
-    mesh = await Mesh.start({
-      dir,
-      gateways: 2,
-      sequencers: 1,
-      fanouts: 1,
-      shards: 4,
-      store: "scylla",
-      env: {
-        SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
-        SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
-        SCYLLA_KEYSPACE: keyspace.options.keyspace,
-        SCYLLA_REPLICATION_FACTOR: "1",
-      },
-    });
-  });
-
-  after(async () => {
-    await Promise.all(devices.map((d) => d.close()));
-    await mesh?.stop();
-    await keyspace?.drop();
-    if (dir !== "") await removeDir(dir);
-  });
-
-  const user = async (prefix: string, gateway: number) => {
-    const d = await TestDevice.register(mesh!.gatewayUrls[gateway]!, uniqueName(prefix));
-    devices.push(d);
-    return d;
-  };
+  const fx = scyllaMeshSuite("blocks");
+  const user = (prefix: string, gateway: number) => fx.user(prefix, gateway);
 
   it("a block made through one gateway holds on the other; unblocking lifts it there too", async () => {
     const alice = await user("ma", 0);
@@ -88,17 +46,17 @@ describe("blocks in the mesh, on ScyllaDB", { skip }, () => {
     );
     // Bob's second device, on the other gateway, lists the block.
     const { code } = await bob.accounts.createLinkCode({});
-    const bootstrap = new TestDevice(mesh!.gatewayUrls[0]!, "", "", "", bob.username);
+    const bootstrap = new TestDevice(fx.mesh.gatewayUrls[0]!, "", "", "", bob.username);
     const linked = await bootstrap.accounts.linkDevice({ code, deviceName: "laptop" });
     bootstrap.sessions.abort();
     const bob2 = new TestDevice(
-      mesh!.gatewayUrls[0]!,
+      fx.mesh.gatewayUrls[0]!,
       bob.userId,
       linked.credential!.deviceId,
       linked.credential!.deviceSecret,
       bob.username,
     );
-    devices.push(bob2);
+    fx.track(bob2);
     await bob2.login();
     assert.deepEqual(
       (await bob2.accounts.listBlockedUsers({})).blocked.map((b) => b.userId),

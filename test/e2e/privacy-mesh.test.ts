@@ -1,15 +1,9 @@
 import assert from "node:assert/strict";
-import { mkdtemp } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { PrivacyAudience } from "../../gen/switchboard/v1/accounts_pb.js";
-import { Mesh } from "../../services/mesh/launcher.js";
-import { meshPrerequisites } from "../helpers/backends.js";
-import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
+import { outgoingText } from "../helpers/device.js";
 import { eventually } from "../helpers/inbox.js";
-import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../helpers/scylla.js";
-import { removeDir } from "../helpers/server.js";
+import { scyllaMeshSkip, scyllaMeshSuite } from "../helpers/scylla-mesh.js";
 
 /**
  * Privacy settings where they must hold: a mesh of separate processes (two gateways, the accounts
@@ -18,47 +12,11 @@ import { removeDir } from "../helpers/server.js";
  * on NATS; until it arrives that gateway may act on the copy it had, so the checks below wait
  * for it (with a deadline) instead of assuming it is instant.
  */
-const { missing, skip: meshSkip } = meshPrerequisites();
-const skip = meshSkip || SCYLLA_SKIP;
+const skip = scyllaMeshSkip();
 
 describe("privacy settings in the mesh, on ScyllaDB", { skip }, () => {
-  let dir = "";
-  let mesh: Mesh | undefined;
-  let keyspace: ScratchKeyspace | undefined;
-  const devices: TestDevice[] = [];
-
-  before(async () => {
-    if (missing.length > 0) throw new Error(`CI=true and ${missing.join(" and ")} missing`);
-    keyspace = await scratchKeyspace("privacy_mesh");
-    dir = await mkdtemp(join(tmpdir(), "sb-privacy-mesh-"));
-    mesh = await Mesh.start({
-      dir,
-      gateways: 2,
-      sequencers: 1,
-      fanouts: 1,
-      shards: 4,
-      store: "scylla",
-      env: {
-        SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
-        SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
-        SCYLLA_KEYSPACE: keyspace.options.keyspace,
-        SCYLLA_REPLICATION_FACTOR: "1",
-      },
-    });
-  });
-
-  after(async () => {
-    await Promise.all(devices.map((d) => d.close()));
-    await mesh?.stop();
-    await keyspace?.drop();
-    if (dir !== "") await removeDir(dir);
-  });
-
-  const user = async (prefix: string, gateway: number) => {
-    const d = await TestDevice.register(mesh!.gatewayUrls[gateway]!, uniqueName(prefix));
-    devices.push(d);
-    return d;
-  };
+  const fx = scyllaMeshSuite("privacy");
+  const user = (prefix: string, gateway: number) => fx.user(prefix, gateway);
 
   it("a setting changed through one gateway holds on the other: display name and read cursor", async () => {
     const alice = await user("ma", 0);

@@ -211,7 +211,7 @@ describe("Shard commits on the ScyllaDB engine", { skip: SCYLLA_SKIP }, () => {
         messageItem({ userId: ALICE, deviceId: DEVICE }, id, "sent-elsewhere", new Uint8Array([7])),
       ]);
       assert.ok(!(retried instanceof Error), `the retry was answered: ${String(retried)}`);
-      assert.deepEqual(retried, { seq: 2, serverTimeMs });
+      assert.deepEqual(retried, { seq: 2, serverTimeMs, expiresAtMs: 0 });
       await eventFor(seen, id, 2);
     } finally {
       await sequencer.close();

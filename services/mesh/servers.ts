@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { connect, createServer } from "node:net";
 import { tmpdir } from "node:os";
@@ -30,15 +30,47 @@ export interface NatsServer extends BackendServer {
   version: string;
 }
 
-/** A TCP port that was free a moment ago. */
-export function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
+/**
+ * A TCP port that was free a moment ago, chosen at random below the kernel's ephemeral range.
+ * The port is bound by another process later (a mesh member, a backend), and a port the kernel
+ * hands out for `listen(0)` is from the ephemeral range, which every outgoing connection on the
+ * machine draws its local port from: one of them could take it in between (it happened: a
+ * launched process failed with EADDRINUSE). Below the range only another listener can, and the
+ * random choice makes two pickers unlikely to meet. Falls back to a kernel-chosen port.
+ */
+export async function freePort(): Promise<number> {
+  const high = ephemeralLow() - 1;
+  for (let attempt = 0; attempt < 32 && high > LOWEST_PICKED_PORT; attempt++) {
+    const port = LOWEST_PICKED_PORT + Math.floor(Math.random() * (high - LOWEST_PICKED_PORT));
+    if ((await bindOnce(port)) !== undefined) return port;
+  }
+  const port = await bindOnce(0);
+  if (port === undefined) throw new Error("no free TCP port on 127.0.0.1");
+  return port;
+}
+
+/** Ports below this are left to services with well-known ports. */
+const LOWEST_PICKED_PORT = 10_000;
+
+/** The first port of the kernel's ephemeral range (Linux's file; 32768, its default, elsewhere). */
+function ephemeralLow(): number {
+  try {
+    const low = Number(readFileSync("/proc/sys/net/ipv4/ip_local_port_range", "utf8").trim().split(/\s+/)[0]);
+    return Number.isInteger(low) && low > LOWEST_PICKED_PORT ? low : 32_768;
+  } catch {
+    return 32_768;
+  }
+}
+
+/** Binds 127.0.0.1:port and lets it go: the port bound (the kernel's when 0), or undefined if taken. */
+function bindOnce(port: number): Promise<number | undefined> {
+  return new Promise((resolve) => {
     const server = createServer();
-    server.once("error", reject);
-    server.listen(0, "127.0.0.1", () => {
+    server.once("error", () => resolve(undefined));
+    server.listen(port, "127.0.0.1", () => {
       const address = server.address();
-      const port = typeof address === "object" && address !== null ? address.port : 0;
-      server.close(() => resolve(port));
+      const bound = typeof address === "object" && address !== null ? address.port : undefined;
+      server.close(() => resolve(bound));
     });
   });
 }

@@ -136,10 +136,17 @@ const MAX_TTL = 630_720_000;
  * An entry row's TTL, in seconds (0 for none): the entries' own TTL, or less when the entry
  * expires sooner (a disappearing message). At least 1 second, as 0 would mean forever; reads
  * step over an entry past its expiry that the database still holds.
+ *
+ * One second more than the age it stands for: Cassandra and ScyllaDB count a TTL from the
+ * current time truncated to the second, so a row can vanish up to a second early. Early would
+ * put it out of the store (and take its attachments, services/media/retention.ts) while the
+ * sequencer, which masks by the exact age, still serves it; a second late only keeps a row the
+ * readers already mask.
  */
 export function entryTtlOf(bytes: Uint8Array, entryTtlSeconds: number, nowMs: number): number {
+  const own = entryTtlSeconds > 0 ? Math.min(MAX_TTL, entryTtlSeconds + 1) : 0;
   const expiresAtMs = expiresAtOf(bytes);
-  if (expiresAtMs <= 0) return entryTtlSeconds;
-  const left = Math.min(MAX_TTL, Math.max(1, Math.ceil((expiresAtMs - nowMs) / 1000)));
-  return entryTtlSeconds > 0 ? Math.min(entryTtlSeconds, left) : left;
+  if (expiresAtMs <= 0) return own;
+  const left = Math.min(MAX_TTL, Math.max(1, Math.ceil((expiresAtMs - nowMs) / 1000) + 1));
+  return own > 0 ? Math.min(own, left) : left;
 }

@@ -3,13 +3,11 @@ import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
-import { Client } from "cassandra-driver";
 import { type Entry, OutgoingEntrySchema, ReactionBodySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
-import { clientOptions } from "../../services/store/scylla/schema.js";
 import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
 import { rejectsWith } from "../helpers/expect.js";
-import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../helpers/scylla.js";
+import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace, storedSeqsOnceGone } from "../helpers/scylla.js";
 import { loggedLine, removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
 
 /** A timer short enough to wait out, offered besides the default ones (SWITCHBOARD_DISAPPEARING_TIMERS). */
@@ -152,19 +150,9 @@ for (const engine of ["lmdb", "scylla"] as const) {
       if (engine === "lmdb") {
         await loggedLine(server!, (l) => l.includes("deleted expired entries"), "the expiry sweep", 15_000);
       } else {
-        const cql = new Client(clientOptions(keyspace!.options, true));
-        try {
-          const rows = await cql.execute(
-            "SELECT seq FROM log_entries WHERE conversation_id = ? AND bucket = 0",
-            [id],
-            { prepare: true },
-          );
-          const stored = rows.rows.map((r) => Number(r.get("seq")));
-          assert.ok(!stored.includes(Number(sent.seq)), `seq ${sent.seq} still stored: ${stored}`);
-          assert.ok(stored.includes(Number(before.seq)));
-        } finally {
-          await cql.shutdown();
-        }
+        const stored = await storedSeqsOnceGone(keyspace!.options, id, Number(sent.seq));
+        assert.ok(!stored.includes(Number(sent.seq)), `seq ${sent.seq} still stored: ${stored}`);
+        assert.ok(stored.includes(Number(before.seq)));
       }
 
       // Off again: what is sent now stays.

@@ -60,3 +60,38 @@ export async function scratchKeyspace(
     },
   };
 }
+
+/**
+ * The seqs of a conversation's first bucket still stored in `log_entries`, read until `seq` is
+ * no longer among them or 10 s pass. An entry row's TTL runs about a second past the entry's
+ * expiry (services/store/scylla/conversations/layout.ts: the database truncates TTLs to the
+ * second), so a row goes within about two seconds of being served as expired.
+ */
+export async function storedSeqsOnceGone(
+  options: ScyllaOptions,
+  conversationId: string,
+  seq: number,
+): Promise<number[]> {
+  const cql = new Client(clientOptions(options, true));
+  try {
+    const read = async () =>
+      (
+        await cql.execute(
+          "SELECT seq FROM log_entries WHERE conversation_id = ? AND bucket = 0",
+          [conversationId],
+          {
+            prepare: true,
+          },
+        )
+      ).rows.map((r) => Number(r.get("seq")));
+    const deadline = Date.now() + 10_000;
+    let stored = await read();
+    while (stored.includes(seq) && Date.now() < deadline) {
+      await new Promise((r) => setTimeout(r, 200));
+      stored = await read();
+    }
+    return stored;
+  } finally {
+    await cql.shutdown();
+  }
+}

@@ -37,6 +37,30 @@ describe("LocalRateLimiter specifics", () => {
     assert.equal(limiter.size, 2);
   });
 
+  test("keys of every limit count together against maxKeys, and a key has one bucket per limit", async () => {
+    const clock = manualClock();
+    const limiter = new LocalRateLimiter({ now: clock.now, maxKeys: 3 });
+    const sends: RateLimit = { name: "send", rate: 0.001, burst: 1 };
+    const frames: RateLimit = { name: "frame", rate: 0.001, burst: 1 };
+    assert.equal(limiter.takeSync(sends, "k1"), 0);
+    assert.equal(limiter.takeSync(frames, "k1"), 0, "the same key under another limit is another bucket");
+    assert.ok(limiter.takeSync(sends, "k1") > 0);
+    assert.ok(limiter.takeSync(frames, "k1") > 0);
+    assert.equal(limiter.takeSync(sends, "k2"), 0);
+    assert.equal(limiter.size, 3);
+    // A fourth key under "frame" forgets that limit's least recently used bucket, not a "send" one.
+    assert.equal(limiter.takeSync(frames, "k2"), 0);
+    assert.equal(limiter.size, 3);
+    assert.equal(limiter.takeSync(frames, "k1"), 0, "frame:k1 was forgotten: a fresh burst");
+    assert.ok(limiter.takeSync(sends, "k1") > 0, "send:k1 is remembered");
+    assert.ok(limiter.takeSync(sends, "k2") > 0, "send:k2 is remembered");
+    // A limit holding only the new key takes the bound from the others.
+    const third: RateLimit = { name: "third", rate: 0.001, burst: 1 };
+    assert.equal(limiter.takeSync(third, "k9"), 0);
+    assert.equal(limiter.size, 3);
+    assert.ok(limiter.takeSync(third, "k9") > 0, "the newest bucket is kept");
+  });
+
   test("a bucket idle until full behaves as a new one", async () => {
     const clock = manualClock();
     const limiter = new LocalRateLimiter({ now: clock.now });

@@ -19,8 +19,14 @@ const DEFAULT_MAX_KEYS = 100_000;
 export class LocalRateLimiter implements RateLimiter {
   private readonly maxKeys: number;
   private readonly now: () => number;
-  /** `name:key` -> the time, in ms of `now`, at which the bucket is full again. Map order is recency. */
-  private readonly fullAt = new Map<string, number>();
+  /**
+   * Limit name -> key -> the time, in ms of `now`, at which the bucket is full again. Each inner
+   * map's order is recency. Nested rather than one map of `name:key`, since building and hashing
+   * that string on every take cost ten times the lookup (1.5 us against 0.15 us with 20,000 keys),
+   * and a gateway takes a token for every frame of every stream.
+   */
+  private readonly fullAt = new Map<string, Map<string, number>>();
+  private keys = 0;
 
   constructor(options: LocalRateLimiterOptions = {}) {
     this.maxKeys = options.maxKeys ?? DEFAULT_MAX_KEYS;
@@ -42,37 +48,51 @@ export class LocalRateLimiter implements RateLimiter {
     checkTake(limit, cost);
     if (cost > limit.burst) return Number.POSITIVE_INFINITY;
     const now = this.now();
-    const id = `${limit.name}:${key}`;
     const interval = 1000 / limit.rate;
-    const previous = this.fullAt.get(id);
+    let buckets = this.fullAt.get(limit.name);
+    if (buckets === undefined) {
+      buckets = new Map();
+      this.fullAt.set(limit.name, buckets);
+    }
+    const previous = buckets.get(key);
     const fullAt = Math.max(previous ?? now, now);
     const after = fullAt + cost * interval;
     const wait = after - limit.burst * interval - now;
     // Delete then set moves the key to the end of the map's order, which the trim relies on.
-    this.fullAt.delete(id);
+    if (previous !== undefined) buckets.delete(key);
     if (wait > GCRA_EPSILON_MS) {
       // A refusal takes nothing but still marks the key as recently used.
-      if (previous !== undefined) this.fullAt.set(id, previous);
+      if (previous !== undefined) buckets.set(key, previous);
       return Math.ceil(wait);
     }
-    this.fullAt.set(id, after);
-    this.trim();
+    buckets.set(key, after);
+    if (previous === undefined && ++this.keys > this.maxKeys) this.trim(buckets, key);
     return 0;
   }
 
   /** Buckets currently remembered (full ones may linger until trimmed; they behave as absent). */
   get size(): number {
-    return this.fullAt.size;
+    return this.keys;
   }
 
   async close(): Promise<void> {
     this.fullAt.clear();
+    this.keys = 0;
   }
 
-  private trim(): void {
-    for (const id of this.fullAt.keys()) {
-      if (this.fullAt.size <= this.maxKeys) return;
-      this.fullAt.delete(id);
+  /**
+   * Forgets least recently used buckets until `maxKeys` hold: first from the limit that just grew
+   * (recency is kept per limit), then from the others, so one limit's flood of keys cannot make
+   * the total unbounded. The bucket just taken is never the one forgotten.
+   */
+  private trim(grew: Map<string, number>, taken: string): void {
+    for (const buckets of [grew, ...this.fullAt.values()]) {
+      for (const key of buckets.keys()) {
+        if (this.keys <= this.maxKeys) return;
+        if (buckets === grew && key === taken) break;
+        buckets.delete(key);
+        this.keys--;
+      }
     }
   }
 }

@@ -2,7 +2,7 @@ import { toBinary } from "@bufbuild/protobuf";
 import { type OutgoingEntry, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { DEVICE_ENTRY_WIRE_BYTES, type Limits } from "../common/config.js";
 import { InvalidInputError } from "../common/errors.js";
-import { stripUnknownFields } from "../common/wire-size.js";
+import { encodedSizeBound, stripUnknownFields } from "../common/wire-size.js";
 import { bodyBytes, devicePayloadsOf } from "../sequencer/index.js";
 
 /**
@@ -34,8 +34,11 @@ export function maxEntryBytes(limits: Limits, deviceEntries: number): number {
 export function requireEntrySize(entry: OutgoingEntry, limits: Limits): void {
   // A payload over its limit gets the sequencer's answer, which names the field.
   if (bodyBytes(entry.body) > limits.maxPayloadBytes) return;
-  const bytes = toBinary(OutgoingEntrySchema, entry).length;
   const max = maxEntryBytes(limits, devicePayloadsOf(entry.body).length);
+  // The bound never undercounts and costs a walk of the fields, where encoding cost a copy of every
+  // send: only an entry near its limit is encoded for the exact figure.
+  if (encodedSizeBound(entry) <= max) return;
+  const bytes = toBinary(OutgoingEntrySchema, entry).length;
   if (bytes > max) {
     throw new InvalidInputError(
       `entry: ${bytes} bytes encoded; the limit is ${max} (the ${limits.maxPayloadBytes}-byte payload limit plus ids and framing)`,

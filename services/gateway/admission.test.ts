@@ -157,4 +157,83 @@ describe("gateway send admission", () => {
     assert.equal(hints[0], 5000);
     assert.ok(hints[1]! > 7000 && hints[1]! <= 7500, `jittered hint ${hints[1]}`);
   });
+
+  describe("delivery lag", () => {
+    /** One delivery of `lagMs` in each interval, at 100 ms steps from `from`; returns the next time. */
+    function deliver(a: SendAdmission, clock: { now: number }, from: number, lags: number[]): number {
+      let at = from;
+      for (const lag of lags) {
+        clock.now = at;
+        a.delivered(lag);
+        at += 100;
+      }
+      return at;
+    }
+
+    it("refuses once the freshest delivery of three intervals running lagged past the target above its base", () => {
+      const { a, clock, refusals, refused } = admission({ queueTargetMs: 500 });
+      // The sequencer's clock is 40 ms behind this host's: every lag carries it.
+      let at = deliver(a, clock, 0, [45, 40, 60]);
+      // One slow interval, then fresh again: no queue.
+      at = deliver(a, clock, at, [900, 50]);
+      clock.now = at;
+      assert.equal(a.overloaded, false);
+      // Three intervals whose freshest delivery lagged 600+ ms: deliveries run behind acks.
+      at = deliver(a, clock, at, [700, 650, 640, 640]);
+      clock.now = at;
+      assert.equal(a.overloaded, true);
+      const err = refused();
+      assert.deepEqual(refusals, ["delivery_lag"]);
+      assert.match(
+        err.message,
+        /server overloaded: deliveries have been at least 600 ms behind their commits/,
+      );
+      assert.equal(err.retryAfterMs, 1200, "about twice the lag above base");
+      // Fresh deliveries again: admitted from the next interval on.
+      at = deliver(a, clock, at, [80]);
+      clock.now = at;
+      a.admit(10);
+      assert.equal(a.overloaded, false);
+    });
+
+    it("takes a constant clock offset for base, not for lag", () => {
+      const { a, clock } = admission({ queueTargetMs: 500 });
+      // This host's clock runs 2 s ahead of the sequencer's.
+      const at = deliver(
+        a,
+        clock,
+        0,
+        Array.from({ length: 30 }, (_, i) => 2000 + (i % 3)),
+      );
+      clock.now = at;
+      assert.equal(a.overloaded, false);
+      a.admit(10);
+    });
+
+    it("clears when an interval has no live delivery, since only sends let in could show the queue gone", () => {
+      const { a, clock, refused } = admission({ queueTargetMs: 100 });
+      let at = deliver(a, clock, 0, [5, 400, 400, 400, 400]);
+      clock.now = at;
+      refused();
+      at += 100; // an interval with no delivery
+      clock.now = at;
+      assert.equal(a.overloaded, false);
+      a.admit(10);
+    });
+
+    it("forgets a base older than ten minutes, so a clock stepped back stops reading as lag", () => {
+      const { a, clock } = admission({ queueTargetMs: 500 });
+      let at = deliver(a, clock, 0, [10, 10]);
+      // The sequencer's clock steps 3 s back: every lag is now 3 s more, for good.
+      at = deliver(a, clock, at, [3010, 3010, 3010, 3010]);
+      clock.now = at;
+      assert.equal(a.overloaded, true, "within ten minutes the step reads as lag");
+      // Once ten minute-long buckets hold only the new lag (one delivery a minute feeds them), the
+      // old base has gone.
+      for (let minute = 1; minute <= 11; minute++) at = deliver(a, clock, at + 60_000, [3010]);
+      at = deliver(a, clock, at, [3010, 3010, 3010]);
+      clock.now = at;
+      assert.equal(a.overloaded, false);
+    });
+  });
 });

@@ -8,6 +8,9 @@ import { UnavailableError } from "../common/errors.js";
  */
 export class OverloadError extends UnavailableError {}
 
+/** Why a send was refused: the signal that tripped. */
+export type RefusalSignal = "queue_standing" | "delivery_lag" | "in_flight_bound";
+
 /** How much send work one gateway process takes on before it pushes senders back. */
 export interface SendAdmissionLimits {
   /** Sends queued for or awaiting the sequencer, all streams and unary calls together. */
@@ -15,8 +18,10 @@ export interface SendAdmissionLimits {
   /** The same, in bytes (the append items' size bound). */
   maxBytesInFlight: number;
   /**
-   * Milliseconds every send answered over one interval may have waited before the gateway calls
-   * the queue standing and refuses new sends; 0 turns the delay signal off (the bounds stay).
+   * Milliseconds every send answered over one interval may have waited, or every entry delivered
+   * live over one interval may have lagged behind its commit (beyond the base lag), before the
+   * gateway calls the queue standing and refuses new sends; 0 turns both delay signals off (the
+   * bounds stay).
    */
   queueTargetMs: number;
 }
@@ -29,6 +34,13 @@ const INTERVAL_MS = 100;
  * that is not overload.
  */
 const LATE_INTERVALS = 3;
+/**
+ * The delivery lag's base is the least lag seen over the last BASE_BUCKETS minutes (LEDBAT's base
+ * delay): the fixed part of the path and the clock offset between the sequencer's host and this
+ * one, which a lag measured across two clocks always carries. Only lag above it is queueing.
+ */
+const BASE_BUCKET_MS = 60_000;
+const BASE_BUCKETS = 10;
 /** Shortest and longest retry hint given to a sender pushed back, in milliseconds. */
 const MIN_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
@@ -47,6 +59,13 @@ const MAX_RETRY_MS = 5_000;
  * go on. A send's wait counts the event loop's delay too: on a saturated thread a frame waits in
  * the socket before anyone reads it, which no answer's timing shows.
  *
+ * The same rule holds for deliveries: when even the freshest entry pushed live to this gateway's
+ * streams in an interval was committed longer ago than the target, three intervals running, the
+ * path after the commit (the bus, fanout, the streams' writes) is the queue, and acks would run
+ * ahead of deliveries for as long as senders are let in. The lag is measured across clocks (the
+ * sequencer's commit time against this host's), so it is taken above its base: the least lag of
+ * the last ten minutes, which holds the clock offset and the path's fixed cost.
+ *
  * A refusal is UNAVAILABLE with a retry hint of about twice the standing wait (jittered, so the
  * senders pushed back together do not come back together): the server's state, not the caller's
  * fault, and safe to retry with the same client_msg_id.
@@ -60,14 +79,20 @@ export class SendAdmission {
   private late = 0;
   /** While the queue stands: the shortest wait of the last late interval; else 0. */
   private standingMs = 0;
+  /** The interval's least delivery lag, in milliseconds of wall clock. */
+  private lagMin = Number.POSITIVE_INFINITY;
+  /** Consecutive closed intervals whose freshest delivery lagged past the target. */
+  private lateDeliveries = 0;
+  /** While deliveries lag: the lag above base of the last late interval; else 0. */
+  private laggingMs = 0;
+  /** Least lag per minute, the last BASE_BUCKETS minutes; the current minute last. */
+  private readonly baseMinima: number[] = [];
+  private baseBucketStart = Number.NEGATIVE_INFINITY;
 
   constructor(
     private readonly limits: SendAdmissionLimits,
     /** Told of each refusal: why, and the sends in flight (to count and log it). */
-    private readonly onRefuse: (
-      reason: "queue_standing" | "in_flight_bound",
-      inFlight: number,
-    ) => void = () => {},
+    private readonly onRefuse: (reason: RefusalSignal, inFlight: number) => void = () => {},
     private readonly now: () => number = () => performance.now(),
     private readonly random: () => number = Math.random,
     /**
@@ -85,10 +110,19 @@ export class SendAdmission {
     return this.inFlight;
   }
 
-  /** True while the delay signal says the queue is standing. */
+  /** True while a delay signal (sends' waits or deliveries' lag) says the queue is standing. */
   get overloaded(): boolean {
     this.roll(this.now());
-    return this.standingMs > 0;
+    return this.standingMs > 0 || this.laggingMs > 0;
+  }
+
+  /**
+   * Entries were pushed live to this gateway's streams; `lagMs` is the least of their lags
+   * (wall-clock now less their commit time). Catch-up reads are not live and are not told.
+   */
+  delivered(lagMs: number): void {
+    this.roll(this.now());
+    if (lagMs < this.lagMin) this.lagMin = lagMs;
   }
 
   /**
@@ -104,6 +138,13 @@ export class SendAdmission {
       throw this.refusal(
         `server overloaded: sends have waited at least ${Math.round(this.standingMs)} ms for the last ${INTERVAL_MS} ms; retry later`,
         this.standingMs,
+      );
+    }
+    if (this.laggingMs > 0) {
+      this.onRefuse("delivery_lag", this.inFlight);
+      throw this.refusal(
+        `server overloaded: deliveries have been at least ${Math.round(this.laggingMs)} ms behind their commits for the last ${INTERVAL_MS} ms; retry later`,
+        this.laggingMs,
       );
     }
     if (this.inFlight >= maxInFlight || (this.inFlight > 0 && this.bytes + bytes > maxBytesInFlight)) {
@@ -145,8 +186,40 @@ export class SendAdmission {
       this.standingMs = 0;
     }
     // Nothing answered with sends in flight: the queue is not moving; the last verdict holds.
+    this.rollDeliveries(now);
     this.windowStart = now;
     this.windowMin = Number.POSITIVE_INFINITY;
+  }
+
+  /**
+   * The delivery signal's half of closing an interval. An interval with no live delivery clears
+   * it: there is no evidence of a queue, and holding the verdict would refuse the very sends
+   * whose deliveries could show the queue gone.
+   */
+  private rollDeliveries(now: number): void {
+    const least = this.lagMin;
+    this.lagMin = Number.POSITIVE_INFINITY;
+    if (least === Number.POSITIVE_INFINITY) {
+      this.lateDeliveries = 0;
+      this.laggingMs = 0;
+      return;
+    }
+    if (now - this.baseBucketStart >= BASE_BUCKET_MS) {
+      this.baseMinima.push(least);
+      if (this.baseMinima.length > BASE_BUCKETS) this.baseMinima.shift();
+      this.baseBucketStart = now;
+    } else {
+      const last = this.baseMinima.length - 1;
+      if (least < this.baseMinima[last]!) this.baseMinima[last] = least;
+    }
+    const queued = least - Math.min(...this.baseMinima);
+    if (queued > this.limits.queueTargetMs) {
+      this.lateDeliveries++;
+      if (this.lateDeliveries >= LATE_INTERVALS) this.laggingMs = queued;
+    } else {
+      this.lateDeliveries = 0;
+      this.laggingMs = 0;
+    }
   }
 
   private refusal(message: string, waitedMs: number): OverloadError {

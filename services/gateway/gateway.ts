@@ -92,6 +92,7 @@ export class GatewayCore implements SessionHost<Session> {
   readonly log: Logger;
   readonly now: () => number;
   readonly sends: SendBatcher;
+  private readonly admission: SendAdmission;
   readonly cursors: CursorBatcher;
   /** The check of pairwise sends' per-device ciphertexts against the users' devices. */
   readonly devices: DeviceSets;
@@ -145,25 +146,22 @@ export class GatewayCore implements SessionHost<Session> {
         await this.sequencer.updateCursors({ updates });
       },
     };
-    this.sends = new SendBatcher(
-      calls,
-      this.log,
-      new SendAdmission(
-        {
-          maxInFlight: this.limits.gatewaySendsInFlight,
-          maxBytesInFlight: this.limits.gatewaySendBytesInFlight,
-          queueTargetMs: this.limits.sendQueueTargetMs,
-        },
-        (signal, inFlight) =>
-          this.refused("server_overloaded", "send refused: the gateway is past its capacity", {
-            signal,
-            inFlight,
-          }),
-        undefined,
-        undefined,
-        this.loopDelay.read,
-      ),
+    this.admission = new SendAdmission(
+      {
+        maxInFlight: this.limits.gatewaySendsInFlight,
+        maxBytesInFlight: this.limits.gatewaySendBytesInFlight,
+        queueTargetMs: this.limits.sendQueueTargetMs,
+      },
+      (signal, inFlight) =>
+        this.refused("server_overloaded", "send refused: the gateway is past its capacity", {
+          signal,
+          inFlight,
+        }),
+      undefined,
+      undefined,
+      this.loopDelay.read,
     );
+    this.sends = new SendBatcher(calls, this.log, this.admission);
     this.cursors = new CursorBatcher(
       calls,
       this.log,
@@ -433,6 +431,7 @@ export class GatewayCore implements SessionHost<Session> {
 
   private onDelivery(batch: DeliveryBatch): void {
     const now = Date.now();
+    let leastLagMs = Number.POSITIVE_INFINITY;
     for (const d of batch.deliveries) {
       const traced = carries(d.traceContext)
         ? startSpan("gateway.deliver", d.traceContext, {
@@ -441,7 +440,9 @@ export class GatewayCore implements SessionHost<Session> {
           }).span
         : undefined;
       if (d.payload.case === "entry") {
-        this.observe.deliveryLag((now - Number(d.payload.value.serverTimeMs)) / 1000);
+        const lagMs = now - Number(d.payload.value.serverTimeMs);
+        this.observe.deliveryLag(lagMs / 1000);
+        if (lagMs < leastLagMs) leastLagMs = lagMs;
         // Group sends are checked against the members; a change reaches this gateway when any
         // member's device is here, which the sender's usually is.
         if (d.payload.value.body.case === "membership")
@@ -472,6 +473,8 @@ export class GatewayCore implements SessionHost<Session> {
       }
       if (traced) endSpan(traced);
     }
+    // Pushes senders back while deliveries run far behind acks (admission.ts).
+    if (leastLagMs !== Number.POSITIVE_INFINITY) this.admission.delivered(leastLagMs);
   }
 
   private onBroadcast(events: readonly BusEvent[]): void {

@@ -58,9 +58,10 @@ export interface Limits {
   /** The same bound in bytes (the append items' size bound). */
   gatewaySendBytesInFlight: number;
   /**
-   * Milliseconds the quickest send answered in a 100 ms interval may have waited, three intervals
+   * Milliseconds the quickest send answered in a 100 ms interval may have waited, or the freshest
+   * entry delivered live in one may have lagged its commit (above the base lag), three intervals
    * running, before the gateway calls its queue standing (past capacity) and refuses new sends
-   * UNAVAILABLE with a retry hint until sends are answered within it again. 0 turns this signal off.
+   * UNAVAILABLE with a retry hint until the signal clears. 0 turns both signals off.
    */
   sendQueueTargetMs: number;
 }

@@ -10,9 +10,9 @@
 // The suites that need a CQL database (they read SCYLLA_CONTACT_POINTS) share one Apache Cassandra
 // 5.0 node (services/mesh/cassandra.ts: jars fetched once from Maven Central into
 // ~/.cache/switchboard, run on Java 17, on free ports). It is started only when a selected test
-// file reads process.env.SCYLLA_CONTACT_POINTS and the environment does not already name a
-// database. Under CI=true a database that cannot be started fails the run; elsewhere the suites
-// skip and say why.
+// file reads process.env.SCYLLA_CONTACT_POINTS (or uses a test helper that does) and the
+// environment does not already name a database. Under CI=true a database that cannot be started
+// fails the run; elsewhere the suites skip and say why.
 import { spawn, spawnSync } from "node:child_process";
 import { readdirSync, readFileSync, statSync } from "node:fs";
 import { rm } from "node:fs/promises";
@@ -95,15 +95,16 @@ async function startSharedBackends(env) {
 
 /**
  * True if a test file talks to the CQL database, so the run needs one: it reads
- * `process.env.SCYLLA_CONTACT_POINTS` or uses test/helpers/scylla.ts or scylla-mesh.ts (tests that only parse the
- * variable do not start Cassandra).
+ * `process.env.SCYLLA_CONTACT_POINTS` or uses test/helpers/scylla.ts, scylla-mesh.ts or engine-server.ts (tests
+ * that only parse the variable do not start Cassandra).
  */
 function readsScylla(file) {
   const text = readFileSync(join(root, file), "utf8");
   return (
     text.includes("process.env.SCYLLA_CONTACT_POINTS") ||
     text.includes("helpers/scylla.js") ||
-    text.includes("helpers/scylla-mesh.js")
+    text.includes("helpers/scylla-mesh.js") ||
+    text.includes("helpers/engine-server.js")
   );
 }
 

@@ -1,15 +1,15 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, createClient } from "@connectrpc/connect";
 import { OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
-import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
+import { outgoingText, type TestDevice } from "../helpers/device.js";
+import { engineServerSuite } from "../helpers/engine-server.js";
 import { rejectsWith } from "../helpers/expect.js";
-import { type MinioServer, skipWithoutMinio, startMinio } from "../helpers/minio.js";
-import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../helpers/scylla.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+import { skipWithoutMinio } from "../helpers/minio.js";
+import { SCYLLA_SKIP } from "../helpers/scylla.js";
 
 /** Each store engine with the embedded media store, and LMDB with MinIO's. */
 const setups = [
@@ -27,54 +27,12 @@ for (const setup of setups) {
   describe(`attachments deleted for everyone (${setup.store}, ${setup.media} media)`, {
     skip: setup.skip,
   }, () => {
-    let server: ServerProcess | undefined;
-    let keyspace: ScratchKeyspace | undefined;
-    let minio: MinioServer | undefined;
-    const devices: TestDevice[] = [];
-
-    before(async () => {
-      const env: Record<string, string> = {};
-      if (setup.store === "scylla") {
-        keyspace = await scratchKeyspace("delattach");
-        Object.assign(env, {
-          SWITCHBOARD_STORE: "scylla",
-          SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
-          SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
-          SCYLLA_KEYSPACE: keyspace.options.keyspace,
-          SCYLLA_REPLICATION_FACTOR: "1",
-        });
-      }
-      if (setup.media === "minio") {
-        minio = await startMinio();
-        Object.assign(env, {
-          SWITCHBOARD_MEDIA_STORE: "minio",
-          SWITCHBOARD_MINIO_ENDPOINT: minio.endpoint,
-          SWITCHBOARD_MINIO_ACCESS_KEY: minio.accessKey,
-          SWITCHBOARD_MINIO_SECRET_KEY: minio.secretKey,
-          SWITCHBOARD_MINIO_BUCKET: "deletes",
-          SWITCHBOARD_MINIO_CREATE_BUCKET: "true",
-        });
-      }
-      server = await startServerProcess({ env });
+    const suite = engineServerSuite(setup.store, "delattach", {
+      minioBucket: setup.media === "minio" ? "deletes" : undefined,
     });
-
-    after(async () => {
-      await Promise.all(devices.map((d) => d.close()));
-      const code = await server?.stop();
-      if (server !== undefined) await removeDir(server.dataDir);
-      await keyspace?.drop();
-      await minio?.close();
-      assert.equal(code, 0, `server exited with ${code}:\n${server?.logs.slice(-20).join("\n")}`);
-    });
-
-    const user = async (prefix: string) => {
-      const d = await TestDevice.register(server!.url, uniqueName(prefix));
-      devices.push(d);
-      return d;
-    };
 
     it("the sender's device deletes its message's attachments; nobody else's", async () => {
-      const [a, b] = [await user("da"), await user("db")];
+      const [a, b] = [await suite.user("da"), await suite.user("db")];
       const id = (await a.conversations.openDirect({ peerUserId: b.userId })).conversation!.conversationId;
       const upload = async (d: TestDevice) => {
         const media = createClient(MediaService, d.transport);

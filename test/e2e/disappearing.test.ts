@@ -1,14 +1,15 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { type Entry, OutgoingEntrySchema, ReactionBodySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
-import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
+import { outgoingText } from "../helpers/device.js";
+import { engineServerSuite } from "../helpers/engine-server.js";
 import { rejectsWith } from "../helpers/expect.js";
-import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace, storedSeqsOnceGone } from "../helpers/scylla.js";
-import { loggedLine, removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+import { SCYLLA_SKIP, storedSeqsOnceGone } from "../helpers/scylla.js";
+import { loggedLine } from "../helpers/server.js";
 
 /** A timer short enough to wait out, offered besides the default ones (SWITCHBOARD_DISAPPEARING_TIMERS). */
 const SHORT = 2;
@@ -29,45 +30,16 @@ async function pastExpiry(entry: Entry): Promise<void> {
  */
 for (const engine of ["lmdb", "scylla"] as const) {
   describe(`disappearing messages (${engine})`, { skip: engine === "scylla" && SCYLLA_SKIP }, () => {
-    let server: ServerProcess | undefined;
-    let keyspace: ScratchKeyspace | undefined;
-    const devices: TestDevice[] = [];
-
-    before(async () => {
-      const env: Record<string, string> = {
+    const suite = engineServerSuite(engine, "disappearing", {
+      env: {
         SWITCHBOARD_DISAPPEARING_TIMERS: `${SHORT},86400,604800,7776000`,
         SWITCHBOARD_EXPIRY_SWEEP_MS: "1000",
         SWITCHBOARD_MEDIA_SWEEP_INTERVAL_SECONDS: "1",
-      };
-      if (engine === "scylla") {
-        keyspace = await scratchKeyspace("disappearing");
-        Object.assign(env, {
-          SWITCHBOARD_STORE: "scylla",
-          SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
-          SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
-          SCYLLA_KEYSPACE: keyspace.options.keyspace,
-          SCYLLA_REPLICATION_FACTOR: "1",
-        });
-      }
-      server = await startServerProcess({ env });
+      },
     });
-
-    after(async () => {
-      await Promise.all(devices.map((d) => d.close()));
-      const code = await server?.stop();
-      if (server !== undefined) await removeDir(server.dataDir);
-      await keyspace?.drop();
-      assert.equal(code, 0, `server exited with ${code}:\n${server?.logs.slice(-20).join("\n")}`);
-    });
-
-    const user = async (prefix: string) => {
-      const d = await TestDevice.register(server!.url, uniqueName(prefix));
-      devices.push(d);
-      return d;
-    };
 
     it("a member sets the timer; later messages expire, are served as expired and leave the store", async () => {
-      const [a, b] = [await user("da"), await user("db")];
+      const [a, b] = [await suite.user("da"), await suite.user("db")];
       const { conversation } = await a.conversations.openDirect({ peerUserId: b.userId });
       const id = conversation!.conversationId;
       const before = await a.gateway.send({ entry: outgoingText(id, "m0", "kept forever") });
@@ -86,7 +58,7 @@ for (const engine of ["lmdb", "scylla"] as const) {
         Code.InvalidArgument,
         /admins_only/,
       );
-      const outsider = await user("dx");
+      const outsider = await suite.user("dx");
       await rejectsWith(
         outsider.conversations.setDisappearingTimer({ conversationId: id, durationSeconds: SHORT }),
         Code.PermissionDenied,
@@ -148,9 +120,14 @@ for (const engine of ["lmdb", "scylla"] as const) {
 
       // The store frees it: LMDB's sweep deletes it, ScyllaDB's TTL removed the row.
       if (engine === "lmdb") {
-        await loggedLine(server!, (l) => l.includes("deleted expired entries"), "the expiry sweep", 15_000);
+        await loggedLine(
+          suite.server,
+          (l) => l.includes("deleted expired entries"),
+          "the expiry sweep",
+          15_000,
+        );
       } else {
-        const stored = await storedSeqsOnceGone(keyspace!.options, id, Number(sent.seq));
+        const stored = await storedSeqsOnceGone(suite.keyspace.options, id, Number(sent.seq));
         assert.ok(!stored.includes(Number(sent.seq)), `seq ${sent.seq} still stored: ${stored}`);
         assert.ok(stored.includes(Number(before.seq)));
       }
@@ -163,7 +140,7 @@ for (const engine of ["lmdb", "scylla"] as const) {
     });
 
     it("an attachment claimed under the timer is deleted from the media store when the timer has run", async () => {
-      const [a, b] = [await user("ma"), await user("mb")];
+      const [a, b] = [await suite.user("ma"), await suite.user("mb")];
       const { conversation } = await a.conversations.openDirect({ peerUserId: b.userId });
       const id = conversation!.conversationId;
       await a.conversations.setDisappearingTimer({ conversationId: id, durationSeconds: SHORT });
@@ -195,7 +172,7 @@ for (const engine of ["lmdb", "scylla"] as const) {
     });
 
     it("in a group, an admin may make the timer admins-only; members are refused then", async () => {
-      const [admin, member] = [await user("ga"), await user("gm")];
+      const [admin, member] = [await suite.user("ga"), await suite.user("gm")];
       const { conversation } = await admin.conversations.createGroup({
         title: "timers",
         memberUserIds: [member.userId],

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { MemberRole, type PinnedMessage } from "../../gen/switchboard/v1/conversations_pb.js";
 import { type OutgoingEntry, OutgoingEntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
-import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
+import { outgoingText, TestDevice } from "../helpers/device.js";
+import { engineServerSuite } from "../helpers/engine-server.js";
 import { rejectsWith } from "../helpers/expect.js";
-import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../helpers/scylla.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+import { SCYLLA_SKIP } from "../helpers/scylla.js";
 
 function pinEntry(
   conversationId: string,
@@ -44,41 +44,10 @@ async function pinnedSeqs(device: TestDevice, conversationId: string): Promise<b
  */
 for (const engine of ["lmdb", "scylla"] as const) {
   describe(`pins (${engine})`, { skip: engine === "scylla" && SCYLLA_SKIP }, () => {
-    let server: ServerProcess | undefined;
-    let keyspace: ScratchKeyspace | undefined;
-    const env: Record<string, string> = {};
-    const devices: TestDevice[] = [];
-
-    before(async () => {
-      if (engine === "scylla") {
-        keyspace = await scratchKeyspace("pins");
-        Object.assign(env, {
-          SWITCHBOARD_STORE: "scylla",
-          SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
-          SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
-          SCYLLA_KEYSPACE: keyspace.options.keyspace,
-          SCYLLA_REPLICATION_FACTOR: "1",
-        });
-      }
-      server = await startServerProcess({ env });
-    });
-
-    after(async () => {
-      await Promise.all(devices.map((d) => d.close()));
-      const code = await server?.stop();
-      if (server !== undefined) await removeDir(server.dataDir);
-      await keyspace?.drop();
-      assert.equal(code, 0, `server exited with ${code}:\n${server?.logs.slice(-20).join("\n")}`);
-    });
-
-    const user = async (prefix: string) => {
-      const d = await TestDevice.register(server!.url, uniqueName(prefix));
-      devices.push(d);
-      return d;
-    };
+    const suite = engineServerSuite(engine, "pins");
 
     it("group admins pin and unpin; every member gets the entries and lists the same pins", async () => {
-      const [admin, member] = [await user("pa"), await user("pm")];
+      const [admin, member] = [await suite.user("pa"), await suite.user("pm")];
       const { conversation } = await admin.conversations.createGroup({
         title: "pins",
         memberUserIds: [member.userId],
@@ -149,7 +118,7 @@ for (const engine of ["lmdb", "scylla"] as const) {
     });
 
     it("refuses targets the pinner cannot read or that are not messages; refusals take no seq", async () => {
-      const [admin, late] = [await user("ra"), await user("rl")];
+      const [admin, late] = [await suite.user("ra"), await suite.user("rl")];
       const { conversation } = await admin.conversations.createGroup({ title: "targets", memberUserIds: [] });
       const id = conversation!.conversationId;
       const early = await admin.gateway.send({ entry: outgoingText(id, "e1", "before the late member") });
@@ -196,7 +165,7 @@ for (const engine of ["lmdb", "scylla"] as const) {
     });
 
     it("a delete-for-everyone unpins; a deleted message cannot be pinned; direct members both pin", async () => {
-      const [a, b] = [await user("da"), await user("db")];
+      const [a, b] = [await suite.user("da"), await suite.user("db")];
       const { conversation } = await a.conversations.openDirect({ peerUserId: b.userId });
       const id = conversation!.conversationId;
       const m1 = await a.gateway.send({ entry: outgoingText(id, "d1", "one") });
@@ -222,7 +191,7 @@ for (const engine of ["lmdb", "scylla"] as const) {
     });
 
     it("pins are read back from the store after a restart", async () => {
-      const [a, b] = [await user("sa"), await user("sb")];
+      const [a, b] = [await suite.user("sa"), await suite.user("sb")];
       const { conversation } = await a.conversations.createGroup({
         title: "kept",
         memberUserIds: [b.userId],
@@ -234,15 +203,13 @@ for (const engine of ["lmdb", "scylla"] as const) {
       await a.gateway.send({ entry: pinEntry(id, "kp2", m2.seq) });
       await a.gateway.send({ entry: pinEntry(id, "ku1", m1.seq, true) });
 
-      assert.equal(await server!.stop(), 0);
-      server = await startServerProcess({ dataDir: server!.dataDir, env });
-      const again = new TestDevice(server.url, b.userId, b.deviceId, b.secret, b.username);
-      devices.push(again);
+      assert.equal(await suite.server.stop(), 0);
+      const server = await suite.restart();
+      const again = suite.track(new TestDevice(server.url, b.userId, b.deviceId, b.secret, b.username));
       await again.login();
       assert.deepEqual(await pinnedSeqs(again, id), [m2.seq]);
       // And the state loaded from the store still enforces them: m2 is pinned, m1 is not.
-      const admin = new TestDevice(server.url, a.userId, a.deviceId, a.secret, a.username);
-      devices.push(admin);
+      const admin = suite.track(new TestDevice(server.url, a.userId, a.deviceId, a.secret, a.username));
       await admin.login();
       await rejectsWith(admin.gateway.send({ entry: pinEntry(id, "kp3", m2.seq) }), Code.AlreadyExists);
       await admin.gateway.send({ entry: pinEntry(id, "kp4", m1.seq) });

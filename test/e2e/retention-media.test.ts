@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
-import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
-import { type MinioServer, skipWithoutMinio, startMinio } from "../helpers/minio.js";
-import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace } from "../helpers/scylla.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+import { outgoingText, type TestDevice } from "../helpers/device.js";
+import { engineServerSuite } from "../helpers/engine-server.js";
+import { skipWithoutMinio } from "../helpers/minio.js";
+import { SCYLLA_SKIP } from "../helpers/scylla.js";
 
 const MINIO_SKIP = skipWithoutMinio();
 
@@ -37,57 +37,16 @@ for (const setup of setups) {
     describe(`attachments go with ${mode.name} (${setup.store}, ${setup.media} media)`, {
       skip: setup.skip,
     }, () => {
-      let server: ServerProcess | undefined;
-      let keyspace: ScratchKeyspace | undefined;
-      let minio: MinioServer | undefined;
-      const devices: TestDevice[] = [];
-
-      before(async () => {
-        const env: Record<string, string> = {
+      const suite = engineServerSuite(setup.store, "retmedia", {
+        env: {
           ...mode.env,
           SWITCHBOARD_EXPIRY_SWEEP_MS: "1000",
           SWITCHBOARD_MEDIA_SWEEP_INTERVAL_SECONDS: "1",
           // One process: one clock.
           SWITCHBOARD_RETENTION_CLOCK_MARGIN_MS: "0",
-        };
-        if (setup.store === "scylla") {
-          keyspace = await scratchKeyspace("retmedia");
-          Object.assign(env, {
-            SWITCHBOARD_STORE: "scylla",
-            SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
-            SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
-            SCYLLA_KEYSPACE: keyspace.options.keyspace,
-            SCYLLA_REPLICATION_FACTOR: "1",
-          });
-        }
-        if (setup.media === "minio") {
-          minio = await startMinio();
-          Object.assign(env, {
-            SWITCHBOARD_MEDIA_STORE: "minio",
-            SWITCHBOARD_MINIO_ENDPOINT: minio.endpoint,
-            SWITCHBOARD_MINIO_ACCESS_KEY: minio.accessKey,
-            SWITCHBOARD_MINIO_SECRET_KEY: minio.secretKey,
-            SWITCHBOARD_MINIO_BUCKET: "retention",
-            SWITCHBOARD_MINIO_CREATE_BUCKET: "true",
-          });
-        }
-        server = await startServerProcess({ env });
+        },
+        minioBucket: setup.media === "minio" ? "retention" : undefined,
       });
-
-      after(async () => {
-        await Promise.all(devices.map((d) => d.close()));
-        const code = await server?.stop();
-        if (server !== undefined) await removeDir(server.dataDir);
-        await keyspace?.drop();
-        await minio?.close();
-        assert.equal(code, 0, `server exited with ${code}:\n${server?.logs.slice(-20).join("\n")}`);
-      });
-
-      const user = async (prefix: string) => {
-        const d = await TestDevice.register(server!.url, uniqueName(prefix));
-        devices.push(d);
-        return d;
-      };
 
       /** Uploads an attachment, sends its message, then claims it, as the SDK does. */
       const attach = async (sender: TestDevice, conversationId: string, clientMsgId: string) => {
@@ -119,7 +78,7 @@ for (const setup of setups) {
           );
 
       it("an attachment goes once its message is deleted, never before; one whose message stays stays", async () => {
-        const [a, b, c] = [await user("xa"), await user("xb"), await user("xc")];
+        const [a, b, c] = [await suite.user("xa"), await suite.user("xb"), await suite.user("xc")];
         const withB = (await a.conversations.openDirect({ peerUserId: b.userId })).conversation!
           .conversationId;
         const withC = (await a.conversations.openDirect({ peerUserId: c.userId })).conversation!
@@ -137,7 +96,7 @@ for (const setup of setups) {
         while (await downloadable(b, withB, gone.objectId)) {
           assert.ok(
             Date.now() < deadline,
-            `the attachment outlived its message:\n${server!.logs.slice(-15).join("\n")}`,
+            `the attachment outlived its message:\n${suite.server.logs.slice(-15).join("\n")}`,
           );
           await new Promise((resolve) => setTimeout(resolve, 250));
         }

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
-import { outgoingText, TestDevice, uniqueName } from "../helpers/device.js";
-import { SCYLLA_SKIP, type ScratchKeyspace, scratchKeyspace, storedSeqsOnceGone } from "../helpers/scylla.js";
-import { loggedLine, removeDir, type ServerProcess, startServerProcess } from "../helpers/server.js";
+import { describe, it } from "node:test";
+import { outgoingText } from "../helpers/device.js";
+import { engineServerSuite } from "../helpers/engine-server.js";
+import { SCYLLA_SKIP, storedSeqsOnceGone } from "../helpers/scylla.js";
+import { loggedLine } from "../helpers/server.js";
 
 /** The server-wide retention of this suite's servers, in seconds: short enough to wait out. */
 const RETENTION = 3;
@@ -14,44 +15,15 @@ const RETENTION = 3;
  */
 for (const engine of ["lmdb", "scylla"] as const) {
   describe(`retention (${engine})`, { skip: engine === "scylla" && SCYLLA_SKIP }, () => {
-    let server: ServerProcess | undefined;
-    let keyspace: ScratchKeyspace | undefined;
-    const devices: TestDevice[] = [];
-
-    before(async () => {
-      const env: Record<string, string> = {
+    const suite = engineServerSuite(engine, "retention", {
+      env: {
         SWITCHBOARD_RETENTION_SECONDS: String(RETENTION),
         SWITCHBOARD_EXPIRY_SWEEP_MS: "1000",
-      };
-      if (engine === "scylla") {
-        keyspace = await scratchKeyspace("retention");
-        Object.assign(env, {
-          SWITCHBOARD_STORE: "scylla",
-          SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
-          SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
-          SCYLLA_KEYSPACE: keyspace.options.keyspace,
-          SCYLLA_REPLICATION_FACTOR: "1",
-        });
-      }
-      server = await startServerProcess({ env });
+      },
     });
-
-    after(async () => {
-      await Promise.all(devices.map((d) => d.close()));
-      const code = await server?.stop();
-      if (server !== undefined) await removeDir(server.dataDir);
-      await keyspace?.drop();
-      assert.equal(code, 0, `server exited with ${code}:\n${server?.logs.slice(-20).join("\n")}`);
-    });
-
-    const user = async (prefix: string) => {
-      const d = await TestDevice.register(server!.url, uniqueName(prefix));
-      devices.push(d);
-      return d;
-    };
 
     it("a device away for longer than the retention is told, entry by entry, that what it missed is gone", async () => {
-      const [a, b] = [await user("ra"), await user("rb")];
+      const [a, b] = [await suite.user("ra"), await suite.user("rb")];
       const { conversation } = await a.conversations.openDirect({ peerUserId: b.userId });
       const id = conversation!.conversationId;
       const old = await a.gateway.send({ entry: outgoingText(id, "o1", "never delivered") });
@@ -83,13 +55,13 @@ for (const engine of ["lmdb", "scylla"] as const) {
       // The store frees them: LMDB's sweep deletes them, ScyllaDB's TTL (the retention) removed them.
       if (engine === "lmdb") {
         await loggedLine(
-          server!,
+          suite.server,
           (l) => l.includes("deleted entries past the retention"),
           "the sweep",
           15_000,
         );
       } else {
-        const stored = await storedSeqsOnceGone(keyspace!.options, id, Number(old.seq));
+        const stored = await storedSeqsOnceGone(suite.keyspace.options, id, Number(old.seq));
         assert.ok(!stored.includes(Number(old.seq)), `seq ${old.seq} still stored: ${stored}`);
       }
       // Read again later, the old seqs are still there as expired: never a gap to ask for.
@@ -112,46 +84,17 @@ for (const engine of ["lmdb", "scylla"] as const) {
  */
 for (const engine of ["lmdb", "scylla"] as const) {
   describe(`retention after delivery (${engine})`, { skip: engine === "scylla" && SCYLLA_SKIP }, () => {
-    let server: ServerProcess | undefined;
-    let keyspace: ScratchKeyspace | undefined;
-    const devices: TestDevice[] = [];
-
-    before(async () => {
-      const env: Record<string, string> = {
+    const suite = engineServerSuite(engine, "delivered", {
+      env: {
         // No age limit: only delivery decides here.
         SWITCHBOARD_RETENTION_SECONDS: "0",
         SWITCHBOARD_RETENTION_AFTER_DELIVERY_SECONDS: "1",
         SWITCHBOARD_EXPIRY_SWEEP_MS: "1000",
-      };
-      if (engine === "scylla") {
-        keyspace = await scratchKeyspace("delivered");
-        Object.assign(env, {
-          SWITCHBOARD_STORE: "scylla",
-          SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
-          SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
-          SCYLLA_KEYSPACE: keyspace.options.keyspace,
-          SCYLLA_REPLICATION_FACTOR: "1",
-        });
-      }
-      server = await startServerProcess({ env });
+      },
     });
-
-    after(async () => {
-      await Promise.all(devices.map((d) => d.close()));
-      const code = await server?.stop();
-      if (server !== undefined) await removeDir(server.dataDir);
-      await keyspace?.drop();
-      assert.equal(code, 0, `server exited with ${code}:\n${server?.logs.slice(-20).join("\n")}`);
-    });
-
-    const user = async (prefix: string) => {
-      const d = await TestDevice.register(server!.url, uniqueName(prefix));
-      devices.push(d);
-      return d;
-    };
 
     it("deletes what every member acknowledged once the window has passed, and keeps what one has not", async () => {
-      const [a, b, c] = [await user("wa"), await user("wb"), await user("wc")];
+      const [a, b, c] = [await suite.user("wa"), await suite.user("wb"), await suite.user("wc")];
       const { conversation } = await a.conversations.createGroup({
         title: "acks",
         memberUserIds: [b.userId, c.userId],
@@ -180,7 +123,11 @@ for (const engine of ["lmdb", "scylla"] as const) {
         await new Promise((resolve) => setTimeout(resolve, 200));
       }
       // The group's entries wait for c: nothing of them went, even well past the window.
-      await loggedLine(server!, (l) => l.includes("deleted delivered entries past the window"), "the sweep");
+      await loggedLine(
+        suite.server,
+        (l) => l.includes("deleted delivered entries past the window"),
+        "the sweep",
+      );
       const group2 = await a.conversations.getHistory({ conversationId: group });
       assert.deepEqual(
         group2.entries.map((e) => e.expired),
@@ -190,10 +137,10 @@ for (const engine of ["lmdb", "scylla"] as const) {
     });
 
     it("waits for every active device of a member, not just one; a revoked device holds nothing back", async () => {
-      const [a, b, c] = [await user("va"), await user("vb"), await user("vc")];
+      const [a, b, c] = [await suite.user("va"), await suite.user("vb"), await suite.user("vc")];
       // b's second device is linked before the conversation exists: it must receive all of it.
       const b2 = await b.link("b2");
-      devices.push(b2);
+      suite.track(b2);
       const withB = (await a.conversations.openDirect({ peerUserId: b.userId })).conversation!.conversationId;
       const withC = (await a.conversations.openDirect({ peerUserId: c.userId })).conversation!.conversationId;
       const toB = await a.gateway.send({ entry: outgoingText(withB, "v1", "b2 is away") });

@@ -61,6 +61,17 @@ export async function scratchKeyspace(
   };
 }
 
+/** The settings that put a Switchboard server's store on this keyspace of the test database. */
+export function scyllaServerEnv(keyspace: ScratchKeyspace): Record<string, string> {
+  return {
+    SWITCHBOARD_STORE: "scylla",
+    SCYLLA_CONTACT_POINTS: process.env.SCYLLA_CONTACT_POINTS ?? "",
+    SCYLLA_LOCAL_DC: keyspace.options.localDataCenter,
+    SCYLLA_KEYSPACE: keyspace.options.keyspace,
+    SCYLLA_REPLICATION_FACTOR: "1",
+  };
+}
+
 /**
  * The seqs of a conversation's first bucket still stored in `log_entries`, read until `seq` is
  * no longer among them or 10 s pass. An entry row's TTL runs about a second past the entry's

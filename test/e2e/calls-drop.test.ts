@@ -1,21 +1,15 @@
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import { describe, it } from "node:test";
 import {
   CallEndReason,
-  type CallEventFrame,
-  CallFrameSchema,
   type CallLogBody,
   CallMedia,
   CallOutcome,
   CallSignal,
 } from "../../gen/switchboard/v1/calls_pb.js";
-import { Mesh } from "../../services/mesh/launcher.js";
 import { meshPrerequisites } from "../helpers/backends.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
+import { callEvents, callFrame, online, twoGatewayMesh, waitCall } from "../helpers/mesh-calls.js";
 
 /**
  * Devices that drop off mid-call (docs/calls.md, "Devices that drop off"), across two gateway
@@ -28,25 +22,6 @@ import { TestDevice, uniqueName } from "../helpers/device.js";
  */
 
 const { skip } = meshPrerequisites();
-
-const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
-  case: "call" as const,
-  value: create(CallFrameSchema, value),
-});
-
-const callEvents = (d: TestDevice, callId: string, signal: CallSignal): CallEventFrame[] =>
-  d.ofCase("call").filter((e) => e.callId === callId && e.signal === signal);
-
-function waitCall(d: TestDevice, callId: string, signal: CallSignal, count = 1): Promise<CallEventFrame[]> {
-  return d.waitFor(
-    () => {
-      const got = callEvents(d, callId, signal);
-      return got.length >= count ? got : undefined;
-    },
-    `${count} ${CallSignal[signal]} for ${callId} on ${d.deviceId}`,
-    30_000,
-  );
-}
 
 function callEntry(d: TestDevice, callId: string): Promise<CallLogBody> {
   return d.waitFor(
@@ -65,11 +40,6 @@ function callEntry(d: TestDevice, callId: string): Promise<CallLogBody> {
   );
 }
 
-async function online(d: TestDevice): Promise<void> {
-  d.connect();
-  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up", 20_000);
-}
-
 /** The same device with a fresh connection to a gateway (maybe another one). */
 async function reconnect(d: TestDevice, url: string): Promise<TestDevice> {
   const again = new TestDevice(url, d.userId, d.deviceId, d.secret, d.username);
@@ -79,45 +49,14 @@ async function reconnect(d: TestDevice, url: string): Promise<TestDevice> {
 }
 
 describe("calls whose devices drop off, across two gateways", { skip }, () => {
-  let dir = "";
-  let mesh: Mesh | undefined;
-  const devices: TestDevice[] = [];
-  const logLines: string[] = [];
-  const track = (...ds: TestDevice[]) => {
-    devices.push(...ds);
-    return ds;
-  };
-  /** Waits for a gateway's log line (what the gateways did is otherwise not visible to devices). */
-  const logged = async (text: string, callId: string) => {
-    const deadline = Date.now() + 30_000;
-    while (!logLines.some((l) => l.includes(text) && l.includes(callId))) {
-      if (Date.now() > deadline) throw new Error(`no log line "${text}" for ${callId}`);
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  };
-
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "sb-calls-drop-"));
-    mesh = await Mesh.start({
-      dir,
-      gateways: 2,
-      sequencers: 1,
-      fanouts: 1,
-      // Every test registers its own users, all from 127.0.0.1.
-      env: { SWITCHBOARD_REGISTRATIONS_PER_ADDRESS_PER_HOUR: "100" },
-      onLog: (name, line) => {
-        logLines.push(`${name} ${line}`);
-      },
-    });
+  const calls = twoGatewayMesh("calls-drop", {
+    // Every test registers its own users, all from 127.0.0.1.
+    env: { SWITCHBOARD_REGISTRATIONS_PER_ADDRESS_PER_HOUR: "100" },
   });
-  after(async () => {
-    await Promise.all(devices.map((d) => d.close()));
-    await mesh?.stop();
-    if (dir !== "") await rm(dir, { recursive: true, force: true });
-  });
+  const { track, logged } = calls;
 
   it("a ringing caller that drops off for good: every callee device stops ringing (DISCONNECTED) and a missed call is logged", async () => {
-    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const [g0, g1] = calls.gateways;
     const alice = await TestDevice.register(g0, uniqueName("da"));
     const bob1 = await TestDevice.register(g1, uniqueName("db"));
     const bob2 = await bob1.link("tablet");
@@ -142,7 +81,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("an answered callee that drops off for good: the caller is told HANGUP (DISCONNECTED) and the answered call is logged", async () => {
-    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const [g0, g1] = calls.gateways;
     const alice = await TestDevice.register(g0, uniqueName("da"));
     const bob1 = await TestDevice.register(g1, uniqueName("db"));
     const bob2 = await bob1.link("tablet");
@@ -171,7 +110,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("a caller that comes back on the other gateway within the grace keeps its call: accepts are still arbitrated there and the entry written", async () => {
-    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const [g0, g1] = calls.gateways;
     const alice = await TestDevice.register(g0, uniqueName("da"));
     const bob1 = await TestDevice.register(g1, uniqueName("db"));
     const bob2 = await bob1.link("tablet");
@@ -208,7 +147,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("an answered callee that moves to the other gateway takes its call along: when it then drops off for good, the caller is still told", async () => {
-    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const [g0, g1] = calls.gateways;
     const alice = await TestDevice.register(g0, uniqueName("da"));
     const bob = await TestDevice.register(g1, uniqueName("db"));
     track(alice, bob);
@@ -234,7 +173,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("a caller that comes back on the same gateway within the grace keeps its call as it was", async () => {
-    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const [g0, g1] = calls.gateways;
     const alice = await TestDevice.register(g0, uniqueName("da"));
     const bob = await TestDevice.register(g1, uniqueName("db"));
     track(alice, bob);
@@ -257,7 +196,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("a group call whose host drops off for good is handed to a participant on the other gateway: HOST_CHANGED, joins and leaves there, the final entry", async () => {
-    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const [g0, g1] = calls.gateways;
     const host = await TestDevice.register(g0, uniqueName("gh"));
     const near = await TestDevice.register(g0, uniqueName("gn"));
     const far1 = await TestDevice.register(g1, uniqueName("gf"));
@@ -346,7 +285,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("a group host that comes back on the other gateway keeps hosting: its own JOIN waits for the call, then joins and leaves go on", async () => {
-    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const [g0, g1] = calls.gateways;
     const host = await TestDevice.register(g0, uniqueName("gh"));
     const member = await TestDevice.register(g0, uniqueName("gm"));
     track(host, member);

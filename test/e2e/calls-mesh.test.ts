@@ -1,19 +1,9 @@
 import assert from "node:assert/strict";
-import { mkdtemp, rm } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import {
-  type CallEventFrame,
-  CallFrameSchema,
-  CallMedia,
-  CallOutcome,
-  CallSignal,
-} from "../../gen/switchboard/v1/calls_pb.js";
-import { Mesh } from "../../services/mesh/launcher.js";
+import { describe, it } from "node:test";
+import { CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
 import { meshPrerequisites } from "../helpers/backends.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
+import { callEvents, callFrame, online, twoGatewayMesh, waitCall } from "../helpers/mesh-calls.js";
 
 /**
  * Calls across gateways in the distributed topology (every service its own OS process, over a
@@ -24,60 +14,15 @@ import { TestDevice, uniqueName } from "../helpers/device.js";
 
 const { skip } = meshPrerequisites();
 
-const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
-  case: "call" as const,
-  value: create(CallFrameSchema, value),
-});
-
-const callEvents = (d: TestDevice, callId: string, signal: CallSignal): CallEventFrame[] =>
-  d.ofCase("call").filter((e) => e.callId === callId && e.signal === signal);
-
-function waitCall(d: TestDevice, callId: string, signal: CallSignal, count = 1): Promise<CallEventFrame[]> {
-  return d.waitFor(
-    () => {
-      const got = callEvents(d, callId, signal);
-      return got.length >= count ? got : undefined;
-    },
-    `${count} ${CallSignal[signal]} on ${d.deviceId}`,
-    20_000,
-  );
-}
-
-async function online(d: TestDevice): Promise<void> {
-  d.connect();
-  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up", 20_000);
-}
-
 describe("calls across gateways in the mesh", { skip }, () => {
-  let dir = "";
-  let mesh: Mesh | undefined;
-  const devices: TestDevice[] = [];
-  const logLines: string[] = [];
-
-  before(async () => {
-    dir = await mkdtemp(join(tmpdir(), "sb-calls-mesh-"));
-    mesh = await Mesh.start({
-      dir,
-      gateways: 2,
-      sequencers: 1,
-      fanouts: 1,
-      onLog: (name, line) => {
-        logLines.push(`${name} ${line}`);
-      },
-    });
-  });
-  after(async () => {
-    await Promise.all(devices.map((d) => d.close()));
-    await mesh?.stop();
-    if (dir !== "") await rm(dir, { recursive: true, force: true });
-  });
+  const calls = twoGatewayMesh("calls-mesh");
 
   it("the caller on one gateway, two callee devices on the other: both ring, the first accept wins, the loser stops, the entry reaches everyone", async () => {
-    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const [g0, g1] = calls.gateways;
     const alice = await TestDevice.register(g0, uniqueName("ma"));
     const bob1 = await TestDevice.register(g1, uniqueName("mb"));
     const bob2 = await bob1.link("tablet");
-    devices.push(alice, bob1, bob2);
+    calls.track(alice, bob1, bob2);
     const { conversation } = await alice.conversations.openDirect({ peerUserId: bob1.userId });
     for (const d of [alice, bob1, bob2]) await online(d);
     const callId = "mesh-call-1";
@@ -111,12 +56,12 @@ describe("calls across gateways in the mesh", { skip }, () => {
     }
   });
   it("a group call with its host on one gateway: joins from both gateways are decided there and announced across, pairwise signalling crosses, the entry reaches every member", async () => {
-    const [g0, g1] = mesh!.gatewayUrls as [string, string];
+    const [g0, g1] = calls.gateways;
     const host = await TestDevice.register(g0, uniqueName("gh"));
     const near = await TestDevice.register(g0, uniqueName("gn"));
     const far1 = await TestDevice.register(g1, uniqueName("gf"));
     const far2 = await far1.link("tablet");
-    devices.push(host, near, far1, far2);
+    calls.track(host, near, far1, far2);
     const { conversation } = await host.conversations.createGroup({
       title: "mesh call",
       memberUserIds: [near.userId, far1.userId],

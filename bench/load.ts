@@ -85,6 +85,11 @@ export interface LoadStats {
   /** Entries that arrived twice, and jumps over a seq, per device and conversation. */
   duplicates: number;
   gaps: number;
+  /**
+   * The first few holes that never filled, each naming the conversation, the missing seq, and
+   * whose it was: an own send never acked, or a peer's send acked to the peer but not delivered.
+   */
+  holes: string[];
   /** Streams that ended during the run, with the first few reasons. */
   streamsEnded: number;
   endReasons: string[];
@@ -117,6 +122,8 @@ class Device {
    * left at the end is a real gap.
    */
   readonly ahead = new Set<bigint>();
+  /** Seqs of this device's sends, as acked (to name a hole's owner at the end). */
+  readonly acked = new Set<bigint>();
   /**
    * Without echo: seqs of this device's own sends, filed at send_ack, that have not come on the
    * stream. The log still serves them (a catch-up, a gap filled): that first arrival is expected,
@@ -193,6 +200,7 @@ export class Load {
       frameErrors: 0,
       duplicates: 0,
       gaps: 0,
+      holes: [],
       streamsEnded: 0,
       endReasons: [],
       timeline: { sent: [], acked: [], delivered: [] },
@@ -278,6 +286,7 @@ export class Load {
         if (sentAt >= this.windowStart && sentAt < this.windowEnd) this.stats.unanswered++;
       // Seqs past a hole that never filled.
       this.stats.gaps += d.ahead.size;
+      if (d.ahead.size > 0 && this.stats.holes.length < 5) this.stats.holes.push(this.describeHole(d));
     }
     return {
       ...this.stats,
@@ -361,6 +370,18 @@ export class Load {
     this.count("sent", now);
   }
 
+  /** Whose the first seq a device never got was, for the report. */
+  private describeHole(d: Device): string {
+    const missing = d.lastSeq + 1n;
+    const peers = this.devices.filter((o) => o !== d && o.conversationId === d.conversationId);
+    const owner = d.acked.has(missing)
+      ? "its own send, acked"
+      : peers.some((o) => o.acked.has(missing))
+        ? "a peer's send, acked to the peer"
+        : "acked to no device of this load worker";
+    return `${d.conversationId}: seq ${missing} missing (${owner}); ${d.ahead.size} past it`;
+  }
+
   private count(what: "sent" | "acked" | "delivered", now: number): void {
     const slot = Math.floor((now - this.startAt) / 1000);
     const line = this.stats.timeline[what];
@@ -416,6 +437,7 @@ export class Load {
         const sentAt = d.sendTimes.get(id);
         d.sendTimes.delete(id);
         d.inFlight--;
+        d.acked.add(f.value.seq);
         if (!this.input.echo) {
           d.ownFiled.add(f.value.seq);
           if (d.ownFiled.size > OWN_FILED_MAX) d.ownFiled.delete(d.ownFiled.values().next().value as bigint);

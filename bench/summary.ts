@@ -225,6 +225,7 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       unansweredSends: sum((s) => s.unanswered),
       duplicates: sum((s) => s.duplicates),
       gaps: sum((s) => s.gaps),
+      holes: results.flatMap((r) => r.holes).slice(0, 5),
       sendErrors,
       frameErrors: sum((s) => s.frameErrors),
       streamsEnded: sum((s) => s.streamsEnded),

@@ -4,7 +4,6 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
-import { type Entry, EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import {
   type ConnectRequest,
   ConnectRequestSchema,
@@ -14,6 +13,7 @@ import {
   MessageFrameSchema,
 } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { WireErrors } from "../common/boundary.js";
+import { entryBytes } from "../common/entry-bytes.js";
 import { DeadlineError } from "../common/errors.js";
 import type { StreamErrors } from "../common/rpc-telemetry.js";
 import { dropUnknownFields, type GatewayCore } from "../gateway/index.js";
@@ -196,14 +196,13 @@ async function* frames(
     throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
 }
 
-/** Entries already encoded, by object: an entry fanout delivers to many devices is one object. */
-const encodedEntries = new WeakMap<Entry, Uint8Array>();
 const MESSAGE_FIELD = ConnectResponseSchema.field.message!.number;
 const ENTRIES_FIELD = MessageFrameSchema.field.entries!.number;
 
 /**
  * A frame's protobuf encoding. A message frame is written around its entries' bytes, each entry
- * encoded once however many devices it goes to: a group of 100 sends the same entry object to 99
+ * encoded once however many devices it goes to (entry-bytes.ts; in one process the store's
+ * encoding is that one): a group of 100 sends the same entry object to 99
  * streams (entryForDevice returns it as is when it carries no per-device ciphertexts), and
  * encoding it 99 times was most of what a group delivery cost. The bytes are exactly what
  * toBinary writes (frame-encoding.test.ts).
@@ -213,12 +212,7 @@ export function encodeFrame(f: ConnectResponse): Uint8Array {
   const w = new BinaryWriter();
   w.tag(MESSAGE_FIELD, WireType.LengthDelimited).fork();
   for (const e of f.frame.value.entries) {
-    let bytes = encodedEntries.get(e);
-    if (bytes === undefined) {
-      bytes = toBinary(EntrySchema, e);
-      encodedEntries.set(e, bytes);
-    }
-    w.tag(ENTRIES_FIELD, WireType.LengthDelimited).bytes(bytes);
+    w.tag(ENTRIES_FIELD, WireType.LengthDelimited).bytes(entryBytes(e));
   }
   w.join();
   return w.finish();

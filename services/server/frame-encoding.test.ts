@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { ConnectResponseSchema } from "../../gen/switchboard/v1/gateway_pb.js";
+import { entryBytes } from "../common/entry-bytes.js";
 import { encodeFrame } from "./device-stream.js";
 
 /** The device stream writes message frames around cached entry bytes: they must be toBinary's bytes. */
@@ -59,5 +60,18 @@ describe("device stream frame encoding", () => {
       7n,
       8n,
     ]);
+  });
+
+  it("encodes an entry once per object, as the store and every stream share it", () => {
+    const e = entry(11, [1, 2, 3], 2);
+    const stored = entryBytes(e);
+    assert.deepEqual(Buffer.from(stored), Buffer.from(toBinary(EntrySchema, e)));
+    assert.equal(entryBytes(e), stored, "the same bytes, not encoded again");
+    const f = create(ConnectResponseSchema, { frame: { case: "message", value: { entries: [e] } } });
+    assert.deepEqual(Buffer.from(encodeFrame(f)), Buffer.from(toBinary(ConnectResponseSchema, f)));
+    // Another object with the same content is encoded on its own.
+    const copy = clone(EntrySchema, e);
+    assert.notEqual(entryBytes(copy), stored);
+    assert.deepEqual(Buffer.from(entryBytes(copy)), Buffer.from(stored));
   });
 });

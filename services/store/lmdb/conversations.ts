@@ -1,6 +1,7 @@
-import { fromBinary, toBinary } from "@bufbuild/protobuf";
+import { fromBinary } from "@bufbuild/protobuf";
 import type { Database, Key } from "lmdb";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
+import { entryBytes } from "../../common/entry-bytes.js";
 import { StoreError } from "../errors.js";
 import { conflict, conversationRecord, entryTimes, memberRecord, seqOf } from "../records.js";
 import type {
@@ -67,7 +68,7 @@ interface EncodedEntry {
 function encode(entry: Entry, conversationId: string): EncodedEntry {
   return {
     seq: seqOf(entry, conversationId),
-    bytes: toBinary(EntrySchema, entry),
+    bytes: entryBytes(entry),
     expiresAtMs: Number(entry.expiresAtMs),
   };
 }

@@ -5,8 +5,7 @@
  * its fields must stay readable by every version of a mesh.
  */
 import { randomUUID } from "node:crypto";
-import { toBinary } from "@bufbuild/protobuf";
-import { EntrySchema } from "../../../../gen/switchboard/v1/entry_pb.js";
+import { entryBytes } from "../../../common/entry-bytes.js";
 import { StoreError } from "../../errors.js";
 import { conflict, conversationRecord, memberRecord, seqOf } from "../../records.js";
 import type { ConversationRecord, ConversationWrite, IdempotencyKey, MemberRecord } from "../../types.js";
@@ -120,7 +119,7 @@ export function plan(writes: ConversationWrite[]): Plan[] {
       const pins = write.conversation.pins ?? p.conversation?.pins;
       p.conversation = conversationRecord({ ...write.conversation, ...(pins !== undefined && { pins }) });
     }
-    const append = (write.append ?? []).map((e) => ({ seq: seqOf(e, id), bytes: toBinary(EntrySchema, e) }));
+    const append = (write.append ?? []).map((e) => ({ seq: seqOf(e, id), bytes: entryBytes(e) }));
     for (const [i, e] of append.entries()) {
       const expected = i === 0 ? (p.lastSeq > 0 ? p.lastSeq + 1 : e.seq) : append[i - 1]!.seq + 1;
       if (e.seq !== expected) {
@@ -132,7 +131,7 @@ export function plan(writes: ConversationWrite[]): Plan[] {
     }
     for (const entry of write.replace ?? []) {
       const seq = seqOf(entry, id);
-      const bytes = toBinary(EntrySchema, entry);
+      const bytes = entryBytes(entry);
       if (p.lastSeq > 0 && seq > p.lastSeq) {
         throw new StoreError("not_found", `cannot replace unwritten seq ${seq} of ${id}`);
       }

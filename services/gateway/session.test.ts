@@ -117,4 +117,56 @@ describe("Session: a slow device costs a bounded queue, and catches up from the 
     assert.deepEqual(seqs, [1, 2, 3, 4, 5, 6]);
     session.close();
   });
+
+  it("pushes a live entry that arrives while a catch-up is finishing, whatever the moment", async () => {
+    // The catch-up's last read returns, then its promise settles a few microtasks later; a live
+    // entry arriving in between found the read still running and was left for the next entry of
+    // the conversation (or the next connection). Try every moment of that window.
+    for (let delay = 0; delay < 40; delay++) {
+      const log = [1, 2, 3].map(entry);
+      const { core } = fakeCore(log, 64);
+      const history = core.sequencer.getHistory.bind(core.sequencer);
+      let armed = true;
+      const four = entry(4);
+      (core.sequencer as { getHistory: unknown }).getHistory = async (req: {
+        afterSeq: bigint;
+        limit: number;
+      }) => {
+        const page = await history(req as never);
+        if (armed && Number(req.afterSeq) === 1) {
+          armed = false;
+          // Entry 4 commits and arrives live `delay` microtasks after this last page is answered.
+          let chain = Promise.resolve();
+          for (let i = 0; i < delay; i++) chain = chain.then(() => {});
+          void chain.then(() => {
+            log.push(four);
+            session.deliverEntry(four);
+          });
+        }
+        return page;
+      };
+      const session = new Session(
+        { userId: "u_00000000000000000000000001", deviceId: "dv_00000000000000000000000001", expiresAtMs: 0 },
+        core,
+      );
+      session.start(never());
+      const reader = session.outbound.drain();
+      await new Promise((r) => setTimeout(r, 10));
+      session.deliverEntry(log[0]!);
+      session.deliverEntry(log[2]!); // 2 missing live: the catch-up reads 2..3, then 4 arrives
+      const seqs: number[] = [];
+      const deadline = Date.now() + 2000;
+      while (seqs.length < 4 && Date.now() < deadline) {
+        const next = await Promise.race([
+          reader.next(),
+          new Promise<undefined>((r) => setTimeout(() => r(undefined), 100)),
+        ]);
+        if (next === undefined) break;
+        const value = (next as { value: ConnectResponse }).value;
+        if (value.frame.case === "message") seqs.push(...value.frame.value.entries.map((e) => Number(e.seq)));
+      }
+      assert.deepEqual(seqs, [1, 2, 3, 4], `entry 4 delivered ${delay} microtasks after the last page`);
+      session.close();
+    }
+  });
 });

@@ -29,6 +29,8 @@ interface ConversationProgress {
   target: bigint;
   /** The running catch-up from the log, if any. */
   running: Promise<number> | undefined;
+  /** A live entry raised the target while the catch-up ran: check the target again when it ends. */
+  again?: boolean;
 }
 
 /**
@@ -270,9 +272,18 @@ export class Backlog {
   }
 
   private catchUp(conversationId: string, p: ConversationProgress): void {
-    if (p.running !== undefined) return;
+    if (p.running !== undefined) {
+      p.again = true;
+      return;
+    }
+    p.again = false;
     p.running = this.fetchFromLog(conversationId, p).finally(() => {
       p.running = undefined;
+      // The read settles a few microtasks after its last page: a live entry arriving then raised
+      // the target and found the read still running, and would otherwise wait for the next entry
+      // of the conversation, or the next connection (session.test.ts tries every moment).
+      if (p.again && p.pushed < p.target && !this.stream.isClosed && this.progress.get(conversationId) === p)
+        this.catchUp(conversationId, p);
     });
   }
 

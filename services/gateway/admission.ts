@@ -24,11 +24,6 @@ export interface SendAdmissionLimits {
    * bounds stay).
    */
   queueTargetMs: number;
-  /**
-   * The least the adaptive bound on sends in flight goes down to (see SendAdmission); default
-   * ADAPTIVE_FLOOR. Only tests set it.
-   */
-  adaptiveFloor?: number;
 }
 
 /** Length of the window over which the shortest wait is taken, in milliseconds. */
@@ -46,13 +41,6 @@ const LATE_INTERVALS = 3;
  */
 const BASE_BUCKET_MS = 60_000;
 const BASE_BUCKETS = 10;
-/**
- * The adaptive bound never goes below this many sends in flight: a quiet gateway's answer rate
- * says nothing of its capacity, and a burst of a few hundred sends must not be refused for it.
- */
-const ADAPTIVE_FLOOR = 1_000;
-/** Weight of the newest interval in the answer rate's moving average. */
-const RATE_WEIGHT = 0.3;
 /** Shortest and longest retry hint given to a sender pushed back, in milliseconds. */
 const MIN_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
@@ -78,13 +66,6 @@ const MAX_RETRY_MS = 5_000;
  * sequencer's commit time against this host's), so it is taken above its base: the least lag of
  * the last ten minutes, which holds the clock offset and the path's fixed cost.
  *
- * And the bound on sends in flight adapts (Little's law): at most what the gateway answers in
- * `queueTargetMs` at its recent answer rate, never below ADAPTIVE_FLOOR nor above maxInFlight.
- * Below capacity a send is answered quickly and far fewer are in flight; past it the answer rate
- * is the capacity, so what is taken in waits about the target and the rest is refused at once,
- * which costs a fraction of taking it. Without it, a fixed bound of 20,000 let 32,000 sends
- * arriving together queue for three seconds while the delay signal could only say so afterwards.
- *
  * A refusal is UNAVAILABLE with a retry hint of about twice the standing wait (jittered, so the
  * senders pushed back together do not come back together): the server's state, not the caller's
  * fault, and safe to retry with the same client_msg_id.
@@ -104,11 +85,6 @@ export class SendAdmission {
   private lateDeliveries = 0;
   /** While deliveries lag: the lag above base of the last late interval; else 0. */
   private laggingMs = 0;
-  /** Sends answered in the current interval, and whether any was in flight in it. */
-  private answered = 0;
-  private busy = false;
-  /** Sends answered per second, a moving average over intervals with sends in flight; 0 unknown. */
-  private ratePerSecond = 0;
   /** Least lag per minute, the last BASE_BUCKETS minutes; the current minute last. */
   private readonly baseMinima: number[] = [];
   private baseBucketStart = Number.NEGATIVE_INFINITY;
@@ -132,15 +108,6 @@ export class SendAdmission {
   /** Sends accepted and not yet answered. */
   get sendsInFlight(): number {
     return this.inFlight;
-  }
-
-  /** The bound on sends in flight now: the adaptive one within the configured one. */
-  get inFlightBound(): number {
-    const { maxInFlight, queueTargetMs } = this.limits;
-    if (queueTargetMs <= 0 || this.ratePerSecond === 0) return maxInFlight;
-    const floor = this.limits.adaptiveFloor ?? ADAPTIVE_FLOOR;
-    const adaptive = Math.ceil((this.ratePerSecond * queueTargetMs) / 1000);
-    return Math.min(maxInFlight, Math.max(floor, adaptive));
   }
 
   /** True while a delay signal (sends' waits or deliveries' lag) says the queue is standing. */
@@ -180,19 +147,14 @@ export class SendAdmission {
         this.laggingMs,
       );
     }
-    const bound = this.inFlightBound;
-    if (this.inFlight >= bound || (this.inFlight > 0 && this.bytes + bytes > maxBytesInFlight)) {
+    if (this.inFlight >= maxInFlight || (this.inFlight > 0 && this.bytes + bytes > maxBytesInFlight)) {
       this.onRefuse("in_flight_bound", this.inFlight);
-      const adaptive = bound < maxInFlight;
       throw this.refusal(
-        adaptive
-          ? `server overloaded: ${this.inFlight} sends in flight, at most ${bound} now (what it answers in ${this.limits.queueTargetMs} ms); retry later`
-          : `server overloaded: ${this.inFlight} sends (${this.bytes} bytes) in flight, at most ${maxInFlight} (${maxBytesInFlight} bytes); retry later`,
-        adaptive ? this.limits.queueTargetMs : 0,
+        `server overloaded: ${this.inFlight} sends (${this.bytes} bytes) in flight, at most ${maxInFlight} (${maxBytesInFlight} bytes); retry later`,
+        0,
       );
     }
     this.inFlight++;
-    this.busy = true;
     this.bytes += bytes;
   }
 
@@ -202,24 +164,12 @@ export class SendAdmission {
     this.bytes -= bytes;
     // The interval it was answered in: close the last one first if it is over.
     this.roll(this.now());
-    this.answered++;
-    this.busy = true;
     if (waitedMs < this.windowMin) this.windowMin = waitedMs;
   }
 
   /** Closes the interval once it is over: the queue stands if its quickest answer was late. */
   private roll(now: number): void {
     if (now - this.windowStart < INTERVAL_MS || this.limits.queueTargetMs <= 0) return;
-    // The answer rate counts only intervals that had work: an idle one says nothing of capacity.
-    if (this.busy) {
-      const perSecond = (this.answered * 1000) / (now - this.windowStart);
-      this.ratePerSecond =
-        this.ratePerSecond === 0
-          ? perSecond
-          : (1 - RATE_WEIGHT) * this.ratePerSecond + RATE_WEIGHT * perSecond;
-    }
-    this.answered = 0;
-    this.busy = this.inFlight > 0;
     const loop = this.loopDelayMs();
     if (this.windowMin !== Number.POSITIVE_INFINITY) {
       const waited = this.windowMin + loop;

@@ -103,6 +103,6 @@ export function split(
       ackIntervalMs: opts.ackInterval,
       echo: opts.echo,
       idle: opts.mode === "idle",
-      connectConcurrency: 50,
+      connectConcurrency: opts.connectConcurrency,
     }));
 }

@@ -26,6 +26,7 @@ export const USAGE = `npm run bench -- [options]
   --workers N          load generator worker threads; 0 runs it on the main thread, default 1
   --client C           raw (gRPC on node:http2) | connect (@connectrpc/connect-node), default raw
   --ack-interval MS    how often receivers send cumulative acks, default 20
+  --connect-concurrency N  streams each load generator opens at a time before the run, default 50
   --echo on|off        on: the server pushes each sender's own entries back to it; off (default): streams open
                        with omit_own_sends, as the SDK's do, and a device files its own at send_ack
   --server-node-args=S     node flags for the spawned server (with --mesh: every service process), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
@@ -52,6 +53,7 @@ export interface Options {
   workers: number;
   client: ClientKind;
   ackInterval: number;
+  connectConcurrency: number;
   /** Ask the server to push each sender's own entries back (no omit_own_sends), as before the SDK filed its own. */
   echo: boolean;
   serverNodeArgs: string[] | undefined;
@@ -82,6 +84,7 @@ export function parseOptions(): Options {
       workers: { type: "string", default: "1" },
       client: { type: "string", default: "raw" },
       "ack-interval": { type: "string", default: "20" },
+      "connect-concurrency": { type: "string", default: "50" },
       echo: { type: "string", default: "off" },
       "server-node-args": { type: "string" },
       probe: { type: "string", default: "on" },
@@ -134,6 +137,7 @@ export function parseOptions(): Options {
     workers: Math.floor(num("workers", values.workers, 0, 16)),
     client,
     ackInterval: num("ack-interval", values["ack-interval"], 1, 10_000),
+    connectConcurrency: num("connect-concurrency", values["connect-concurrency"], 1, 100_000),
     echo: values.echo === "on",
     serverNodeArgs: values["server-node-args"]?.split(/\s+/).filter(Boolean),
     probe: values.probe !== "off",

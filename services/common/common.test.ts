@@ -18,6 +18,13 @@ describe("ids", () => {
     assert.match(newId("g"), /^g_[0-9a-z]{26}$/);
   });
 
+  it("random ids do not repeat across refills of the random pool", () => {
+    // 256 ids per refill: 10,000 ids cross dozens of refills, and no bytes are used twice.
+    const ids = new Set(Array.from({ length: 10_000 }, () => newId("s")));
+    assert.equal(ids.size, 10_000);
+    for (const id of ids) assert.match(id, /^s_[0-9a-z]{26}$/);
+  });
+
   it("shards spread ids and are stable", () => {
     const counts = new Array<number>(16).fill(0);
     for (let i = 0; i < 16_000; i++) counts[shardOf(newId("g"), 16)]!++;

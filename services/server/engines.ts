@@ -107,6 +107,8 @@ async function redisClient(url: string, log: Logger, purpose: string): Promise<R
   const client = new Redis(url, {
     // Commands fail fast while Redis is away rather than piling up in the offline queue.
     maxRetriesPerRequest: 1,
+    // Route registrations and lookups issued in one turn of the event loop go as one write.
+    enableAutoPipelining: true,
     retryStrategy: (attempt) => Math.min(attempt * 100, 2000),
   });
   let down = false;

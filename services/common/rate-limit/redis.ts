@@ -145,8 +145,10 @@ export class RedisRateLimiter implements RateLimiter {
       ...(options.fallbackMaxKeys === undefined ? {} : { maxKeys: options.fallbackMaxKeys }),
     });
     if (typeof redis === "string") {
-      // One retry per command is enough: the take has its own deadline and a fallback.
-      this.client = new Redis(redis, { maxRetriesPerRequest: 1 });
+      // One retry per command is enough: the take has its own deadline and a fallback. The takes
+      // of one turn of the event loop (a gateway reads many frames at once) go as one write: a
+      // command per send was 7 % of a mesh gateway's main thread.
+      this.client = new Redis(redis, { maxRetriesPerRequest: 1, enableAutoPipelining: true });
       // Outages are reported by take, once each; the client's own error events would repeat per
       // reconnect attempt.
       this.client.on("error", () => {});

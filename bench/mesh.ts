@@ -1,7 +1,7 @@
-import { createWriteStream, type WriteStream } from "node:fs";
+import { createWriteStream, mkdirSync, type WriteStream } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { Mesh } from "../services/mesh/launcher.js";
 import { PROBE_NODE_ARGS, type ProbeSample, parseProbeLine, RAISED_LIMITS } from "./server.js";
 
@@ -41,6 +41,45 @@ export interface BenchMesh {
 const roleOf = (name: string) => name.replace(/-\d+$/, "");
 
 /**
+ * A V8 CPU profile of the process from start to exit, written to DIR as CPU.<role>.<pid>.cpuprofile
+ * (the in-thread inspector answers synchronously, so the exit handler can still stop it).
+ */
+const cpuProfilePreload = (dir: string) => `
+import { Session } from "node:inspector";
+import { writeFileSync } from "node:fs";
+const session = new Session();
+session.connect();
+session.post("Profiler.enable");
+session.post("Profiler.start");
+process.on("exit", () => {
+  session.post("Profiler.stop", (err, result) => {
+    if (err) return;
+    const at = process.argv.indexOf("--role");
+    const role = (at >= 0 && process.argv[at + 1]) || "node";
+    const name = "CPU." + role.replaceAll(",", "+") + "." + process.pid + ".cpuprofile";
+    writeFileSync(${JSON.stringify(dir)} + "/" + name, JSON.stringify(result.profile));
+  });
+});
+`;
+
+/**
+ * The node flags for NODE_OPTIONS, which refuses --cpu-prof: that flag (with --cpu-prof-dir)
+ * becomes a preloaded profiler writing the same kind of file, so --server-node-args="--cpu-prof
+ * --cpu-prof-dir=DIR" profiles every service process of the mesh as it does the single server.
+ */
+function meshNodeOptions(args: string[]): string[] {
+  if (!args.includes("--cpu-prof")) return args;
+  const dirArg = args.find((a) => a.startsWith("--cpu-prof-dir="));
+  const dir = resolve(dirArg?.slice("--cpu-prof-dir=".length) ?? ".");
+  mkdirSync(dir, { recursive: true });
+  const rest = args.filter((a) => a !== "--cpu-prof" && a !== dirArg);
+  return [
+    ...rest,
+    `--import=data:text/javascript;base64,${Buffer.from(cpuProfilePreload(dir)).toString("base64")}`,
+  ];
+}
+
+/**
  * Starts the distributed topology (`services/mesh/launcher.ts`: every role its own process, with
  * its own nats-server and redis-server) on a temporary directory, with the same raised limits as
  * the single-process server, and the probe preloaded into every service through NODE_OPTIONS
@@ -54,7 +93,7 @@ export async function startMesh(options: {
   nodeArgs?: string[];
 }): Promise<BenchMesh> {
   const dir = await mkdtemp(join(tmpdir(), "switchboard-bench-mesh-"));
-  const nodeOptions = [...(options.probe ? PROBE_NODE_ARGS : []), ...(options.nodeArgs ?? [])];
+  const nodeOptions = [...(options.probe ? PROBE_NODE_ARGS : []), ...meshNodeOptions(options.nodeArgs ?? [])];
   const samples = new Map<string, ProbeSample[]>();
   const gcWaiters = new Map<string, (s: ProbeSample) => void>();
   const logs = new Map<string, WriteStream>();

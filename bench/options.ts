@@ -29,7 +29,9 @@ export const USAGE = `npm run bench -- [options]
   --connect-concurrency N  streams each load generator opens at a time before the run, default 50
   --echo on|off        on: the server pushes each sender's own entries back to it; off (default): streams open
                        with omit_own_sends, as the SDK's do, and a device files its own at send_ack
-  --server-node-args=S     node flags for the spawned server (with --mesh: every service process), e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
+  --server-node-args=S     node flags for the spawned server (with --mesh: every service process, through NODE_OPTIONS;
+                       --cpu-prof there becomes a preloaded profiler writing DIR/CPU.<role>.<pid>.cpuprofile at exit),
+                       e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
   --probe on|off       preload the bench's probe into the spawned server (event-loop use, GC'd memory), default on
   --json               print one JSON object instead of the report
   --attack NAME        run a hostile client instead and report server RSS and a bystander's round trips

@@ -45,6 +45,28 @@ const BASE_BUCKETS = 10;
 const MIN_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
 
+/** One delay signal: LATE_INTERVALS late intervals running make a standing queue; one on time ends it. */
+class LateIntervals {
+  private late = 0;
+  /** While the queue stands: the measure of the last late interval, in milliseconds; else 0. */
+  standing = 0;
+
+  /** An interval closed with this measure (a wait or a lag) against the target. */
+  close(measuredMs: number, targetMs: number): void {
+    if (measuredMs <= targetMs) {
+      this.clear();
+      return;
+    }
+    this.late++;
+    if (this.late >= LATE_INTERVALS) this.standing = measuredMs;
+  }
+
+  clear(): void {
+    this.late = 0;
+    this.standing = 0;
+  }
+}
+
 /**
  * Admission control for a gateway's sends: what keeps a server past its capacity answering
  * quickly (a refusal the sender retries later) instead of letting acks and deliveries queue for
@@ -75,16 +97,12 @@ export class SendAdmission {
   private bytes = 0;
   private windowStart: number;
   private windowMin = Number.POSITIVE_INFINITY;
-  /** Consecutive closed intervals whose quickest answer waited past the target. */
-  private late = 0;
-  /** While the queue stands: the shortest wait of the last late interval; else 0. */
-  private standingMs = 0;
+  /** The sends' signal: the quickest answer of each interval against the target. */
+  private readonly waits = new LateIntervals();
   /** The interval's least delivery lag, in milliseconds of wall clock. */
   private lagMin = Number.POSITIVE_INFINITY;
-  /** Consecutive closed intervals whose freshest delivery lagged past the target. */
-  private lateDeliveries = 0;
-  /** While deliveries lag: the lag above base of the last late interval; else 0. */
-  private laggingMs = 0;
+  /** The deliveries' signal: each interval's freshest delivery, its lag above base, against the target. */
+  private readonly lags = new LateIntervals();
   /** Least lag per minute, the last BASE_BUCKETS minutes; the current minute last. */
   private readonly baseMinima: number[] = [];
   private baseBucketStart = Number.NEGATIVE_INFINITY;
@@ -113,7 +131,7 @@ export class SendAdmission {
   /** True while a delay signal (sends' waits or deliveries' lag) says the queue is standing. */
   get overloaded(): boolean {
     this.roll(this.now());
-    return this.standingMs > 0 || this.laggingMs > 0;
+    return this.waits.standing > 0 || this.lags.standing > 0;
   }
 
   /**
@@ -133,18 +151,20 @@ export class SendAdmission {
     const now = this.now();
     this.roll(now);
     const { maxInFlight, maxBytesInFlight } = this.limits;
-    if (this.standingMs > 0) {
+    const waited = this.waits.standing;
+    if (waited > 0) {
       this.onRefuse("queue_standing", this.inFlight);
       throw this.refusal(
-        `server overloaded: sends have waited at least ${Math.round(this.standingMs)} ms for the last ${INTERVAL_MS} ms; retry later`,
-        this.standingMs,
+        `server overloaded: sends have waited at least ${Math.round(waited)} ms for the last ${INTERVAL_MS} ms; retry later`,
+        waited,
       );
     }
-    if (this.laggingMs > 0) {
+    const lagged = this.lags.standing;
+    if (lagged > 0) {
       this.onRefuse("delivery_lag", this.inFlight);
       throw this.refusal(
-        `server overloaded: deliveries have been at least ${Math.round(this.laggingMs)} ms behind their commits for the last ${INTERVAL_MS} ms; retry later`,
-        this.laggingMs,
+        `server overloaded: deliveries have been at least ${Math.round(lagged)} ms behind their commits for the last ${INTERVAL_MS} ms; retry later`,
+        lagged,
       );
     }
     if (this.inFlight >= maxInFlight || (this.inFlight > 0 && this.bytes + bytes > maxBytesInFlight)) {
@@ -172,18 +192,10 @@ export class SendAdmission {
     if (now - this.windowStart < INTERVAL_MS || this.limits.queueTargetMs <= 0) return;
     const loop = this.loopDelayMs();
     if (this.windowMin !== Number.POSITIVE_INFINITY) {
-      const waited = this.windowMin + loop;
-      if (waited > this.limits.queueTargetMs) {
-        this.late++;
-        if (this.late >= LATE_INTERVALS) this.standingMs = waited;
-      } else {
-        this.late = 0;
-        this.standingMs = 0;
-      }
+      this.waits.close(this.windowMin + loop, this.limits.queueTargetMs);
     } else if (this.inFlight === 0) {
       // Nothing answered because nothing was asked: no queue.
-      this.late = 0;
-      this.standingMs = 0;
+      this.waits.clear();
     }
     // Nothing answered with sends in flight: the queue is not moving; the last verdict holds.
     this.rollDeliveries(now);
@@ -200,8 +212,7 @@ export class SendAdmission {
     const least = this.lagMin;
     this.lagMin = Number.POSITIVE_INFINITY;
     if (least === Number.POSITIVE_INFINITY) {
-      this.lateDeliveries = 0;
-      this.laggingMs = 0;
+      this.lags.clear();
       return;
     }
     if (now - this.baseBucketStart >= BASE_BUCKET_MS) {
@@ -212,14 +223,7 @@ export class SendAdmission {
       const last = this.baseMinima.length - 1;
       if (least < this.baseMinima[last]!) this.baseMinima[last] = least;
     }
-    const queued = least - Math.min(...this.baseMinima);
-    if (queued > this.limits.queueTargetMs) {
-      this.lateDeliveries++;
-      if (this.lateDeliveries >= LATE_INTERVALS) this.laggingMs = queued;
-    } else {
-      this.lateDeliveries = 0;
-      this.laggingMs = 0;
-    }
+    this.lags.close(least - Math.min(...this.baseMinima), this.limits.queueTargetMs);
   }
 
   private refusal(message: string, waitedMs: number): OverloadError {

@@ -55,22 +55,29 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
   const { track, logged } = calls;
 
-  it("a ringing caller that drops off for good: every callee device stops ringing (DISCONNECTED) and a missed call is logged", async () => {
+  /**
+   * Alice on the first gateway offers a call to Bob on the second (and, with `tablet`, to the
+   * tablet he linked too), once every device is online. Bob's devices come first in `bobs`.
+   */
+  async function aliceCallsBob(callId: string, media: CallMedia, options: { tablet?: boolean } = {}) {
     const [g0, g1] = calls.gateways;
     const alice = await TestDevice.register(g0, uniqueName("da"));
-    const bob1 = await TestDevice.register(g1, uniqueName("db"));
-    const bob2 = await bob1.link("tablet");
-    track(alice, bob1, bob2);
-    await alice.conversations.openDirect({ peerUserId: bob1.userId });
-    for (const d of [alice, bob1, bob2]) await online(d);
+    const bob = await TestDevice.register(g1, uniqueName("db"));
+    const bobs = options.tablet === true ? [bob, await bob.link("tablet")] : [bob];
+    track(alice, ...bobs);
+    await alice.conversations.openDirect({ peerUserId: bob.userId });
+    for (const d of [alice, ...bobs]) await online(d);
+    alice.write(callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.OFFER, media }));
+    return { g0: g0!, g1: g1!, alice, bob, bobs };
+  }
+
+  it("a ringing caller that drops off for good: every callee device stops ringing (DISCONNECTED) and a missed call is logged", async () => {
     const callId = "drop-ringing-caller";
-    alice.write(
-      callFrame({ callId, peerUserId: bob1.userId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }),
-    );
-    for (const b of [bob1, bob2]) await waitCall(b, callId, CallSignal.OFFER);
+    const { alice, bobs } = await aliceCallsBob(callId, CallMedia.AUDIO, { tablet: true });
+    for (const b of bobs) await waitCall(b, callId, CallSignal.OFFER);
 
     await alice.drop();
-    for (const b of [bob1, bob2]) {
+    for (const b of bobs) {
       const [hangup] = await waitCall(b, callId, CallSignal.HANGUP);
       assert.equal(hangup!.endReason, CallEndReason.DISCONNECTED);
       assert.equal(hangup!.fromDeviceId, alice.deviceId);
@@ -81,17 +88,9 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("an answered callee that drops off for good: the caller is told HANGUP (DISCONNECTED) and the answered call is logged", async () => {
-    const [g0, g1] = calls.gateways;
-    const alice = await TestDevice.register(g0, uniqueName("da"));
-    const bob1 = await TestDevice.register(g1, uniqueName("db"));
-    const bob2 = await bob1.link("tablet");
-    track(alice, bob1, bob2);
-    await alice.conversations.openDirect({ peerUserId: bob1.userId });
-    for (const d of [alice, bob1, bob2]) await online(d);
     const callId = "drop-answered-callee";
-    alice.write(
-      callFrame({ callId, peerUserId: bob1.userId, signal: CallSignal.OFFER, media: CallMedia.VIDEO }),
-    );
+    const { alice, bobs } = await aliceCallsBob(callId, CallMedia.VIDEO, { tablet: true });
+    const [bob1, bob2] = bobs as [TestDevice, TestDevice];
     await waitCall(bob1, callId, CallSignal.OFFER);
     bob1.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.ACCEPT }));
     await waitCall(alice, callId, CallSignal.ACCEPT);
@@ -110,18 +109,10 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("a caller that comes back on the other gateway within the grace keeps its call: accepts are still arbitrated there and the entry written", async () => {
-    const [g0, g1] = calls.gateways;
-    const alice = await TestDevice.register(g0, uniqueName("da"));
-    const bob1 = await TestDevice.register(g1, uniqueName("db"));
-    const bob2 = await bob1.link("tablet");
-    track(alice, bob1, bob2);
-    await alice.conversations.openDirect({ peerUserId: bob1.userId });
-    for (const d of [alice, bob1, bob2]) await online(d);
     const callId = "drop-caller-moves";
-    alice.write(
-      callFrame({ callId, peerUserId: bob1.userId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }),
-    );
-    for (const b of [bob1, bob2]) await waitCall(b, callId, CallSignal.OFFER);
+    const { g1, alice, bobs } = await aliceCallsBob(callId, CallMedia.AUDIO, { tablet: true });
+    const [bob1, bob2] = bobs as [TestDevice, TestDevice];
+    for (const b of bobs) await waitCall(b, callId, CallSignal.OFFER);
 
     await alice.drop();
     const [alice2] = track(await reconnect(alice, g1));
@@ -147,16 +138,8 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("an answered callee that moves to the other gateway takes its call along: when it then drops off for good, the caller is still told", async () => {
-    const [g0, g1] = calls.gateways;
-    const alice = await TestDevice.register(g0, uniqueName("da"));
-    const bob = await TestDevice.register(g1, uniqueName("db"));
-    track(alice, bob);
-    await alice.conversations.openDirect({ peerUserId: bob.userId });
-    for (const d of [alice, bob]) await online(d);
     const callId = "drop-callee-moves";
-    alice.write(
-      callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }),
-    );
+    const { g0, alice, bob } = await aliceCallsBob(callId, CallMedia.AUDIO);
     await waitCall(bob, callId, CallSignal.OFFER);
     bob.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.ACCEPT }));
     await waitCall(alice, callId, CallSignal.ACCEPT);
@@ -173,16 +156,8 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
   });
 
   it("a caller that comes back on the same gateway within the grace keeps its call as it was", async () => {
-    const [g0, g1] = calls.gateways;
-    const alice = await TestDevice.register(g0, uniqueName("da"));
-    const bob = await TestDevice.register(g1, uniqueName("db"));
-    track(alice, bob);
-    await alice.conversations.openDirect({ peerUserId: bob.userId });
-    for (const d of [alice, bob]) await online(d);
     const callId = "drop-caller-returns";
-    alice.write(
-      callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }),
-    );
+    const { g0, alice, bob } = await aliceCallsBob(callId, CallMedia.AUDIO);
     await waitCall(bob, callId, CallSignal.OFFER);
     await alice.drop();
     const [alice2] = track(await reconnect(alice, g0));

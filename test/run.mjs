@@ -147,7 +147,19 @@ const stopBackends = await startSharedBackends(env).catch((err) => {
 });
 const child = spawn(
   process.execPath,
-  ["--import", "tsx", "--test", "--test-concurrency=2", "--test-timeout=180000", ...files],
+  [
+    "--import",
+    "tsx",
+    "--test",
+    "--test-concurrency=2",
+    "--test-timeout=180000",
+    // TAP as before, then a list of what failed, so the tail of a long log names it.
+    "--test-reporter=tap",
+    "--test-reporter-destination=stdout",
+    `--test-reporter=${join(root, "test/failures-reporter.mjs")}`,
+    "--test-reporter-destination=stdout",
+    ...files,
+  ],
   { cwd: root, stdio: "inherit", env },
 );
 // Ctrl-C reaches the test process through the terminal; the backends are stopped once it exits.

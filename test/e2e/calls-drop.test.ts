@@ -1,15 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import {
-  CallEndReason,
-  type CallLogBody,
-  CallMedia,
-  CallOutcome,
-  CallSignal,
-} from "../../gen/switchboard/v1/calls_pb.js";
+import { CallEndReason, CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
 import { meshPrerequisites } from "../helpers/backends.js";
+import { callEntry, callEvents, callFrame, online, toHost, waitCall } from "../helpers/calls.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
-import { callEvents, callFrame, online, twoGatewayMesh, waitCall } from "../helpers/mesh-calls.js";
+import { twoGatewayMesh } from "../helpers/mesh-calls.js";
 
 /**
  * Devices that drop off mid-call (docs/calls.md, "Devices that drop off"), across two gateway
@@ -22,23 +17,6 @@ import { callEvents, callFrame, online, twoGatewayMesh, waitCall } from "../help
  */
 
 const { skip } = meshPrerequisites();
-
-function callEntry(d: TestDevice, callId: string): Promise<CallLogBody> {
-  return d.waitFor(
-    () => {
-      for (const e of d.entries())
-        if (
-          e.body.case === "call" &&
-          e.body.value.callId === callId &&
-          e.body.value.outcome !== CallOutcome.ONGOING
-        )
-          return e.body.value;
-      return undefined;
-    },
-    `the entry of ${callId} on ${d.deviceId}`,
-    30_000,
-  );
-}
 
 /** The same device with a fresh connection to a gateway (maybe another one). */
 async function reconnect(d: TestDevice, url: string): Promise<TestDevice> {
@@ -81,7 +59,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
       const [hangup] = await waitCall(b, callId, CallSignal.HANGUP);
       assert.equal(hangup!.endReason, CallEndReason.DISCONNECTED);
       assert.equal(hangup!.fromDeviceId, alice.deviceId);
-      const entry = await callEntry(b, callId);
+      const { call: entry } = await callEntry(b, callId);
       assert.equal(entry.outcome, CallOutcome.MISSED);
       assert.equal(entry.callerUserId, alice.userId);
     }
@@ -101,7 +79,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
     assert.equal(hangup!.endReason, CallEndReason.DISCONNECTED);
     assert.equal(hangup!.fromDeviceId, bob1.deviceId);
     for (const d of [alice, bob2]) {
-      const entry = await callEntry(d, callId);
+      const { call: entry } = await callEntry(d, callId);
       assert.equal(entry.outcome, CallOutcome.ANSWERED);
       assert.equal(entry.answeredDeviceId, bob1.deviceId);
       assert.equal(entry.media, CallMedia.VIDEO);
@@ -126,7 +104,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
     const loser = winner === bob1.deviceId ? bob2 : bob1;
     await waitCall(loser, callId, CallSignal.ANSWERED_ELSEWHERE);
     alice2!.write(callFrame({ callId, peerUserId: bob1.userId, signal: CallSignal.HANGUP }));
-    const entry = await callEntry(alice2!, callId);
+    const { call: entry } = await callEntry(alice2!, callId);
     assert.equal(entry.outcome, CallOutcome.ANSWERED);
     assert.equal(entry.answeredDeviceId, winner);
     assert.equal(callEvents(alice2!, callId, CallSignal.ACCEPT).length, 1, "one accept reached the caller");
@@ -152,7 +130,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
     const [hangup] = await waitCall(alice, callId, CallSignal.HANGUP);
     assert.equal(hangup!.endReason, CallEndReason.DISCONNECTED);
     assert.equal(hangup!.fromDeviceId, bob.deviceId);
-    assert.equal((await callEntry(alice, callId)).outcome, CallOutcome.ANSWERED);
+    assert.equal((await callEntry(alice, callId)).call.outcome, CallOutcome.ANSWERED);
   });
 
   it("a caller that comes back on the same gateway within the grace keeps its call as it was", async () => {
@@ -165,7 +143,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
     bob.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.ACCEPT }));
     await waitCall(alice2!, callId, CallSignal.ACCEPT);
     alice2!.write(callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.HANGUP }));
-    const entry = await callEntry(bob, callId);
+    const { call: entry } = await callEntry(bob, callId);
     assert.equal(entry.outcome, CallOutcome.ANSWERED);
     assert.equal(callEvents(bob, callId, CallSignal.HANGUP).filter((h) => h.endReason !== 0).length, 0);
   });
@@ -184,22 +162,12 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
     const conversationId = conversation!.conversationId;
     for (const d of [host, near, far1, far2]) await online(d);
     const callId = "drop-group-host";
-    const to = (d: TestDevice, hostDevice: TestDevice, signal: CallSignal) =>
-      d.write(
-        callFrame({
-          callId,
-          conversationId,
-          peerUserId: hostDevice.userId,
-          hostDeviceId: hostDevice.deviceId,
-          signal,
-        }),
-      );
     host.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
     for (const d of [near, far1, far2]) await waitCall(d, callId, CallSignal.OFFER);
     // far1 first, so it is the one the call is handed to (the first in, on the other gateway).
-    to(far1, host, CallSignal.JOIN);
+    toHost(far1, host, callId, conversationId, CallSignal.JOIN);
     await waitCall(far1, callId, CallSignal.JOINED);
-    to(near, host, CallSignal.JOIN);
+    toHost(near, host, callId, conversationId, CallSignal.JOIN);
     await waitCall(near, callId, CallSignal.JOINED);
 
     await host.drop();
@@ -234,7 +202,7 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
     // Still ringing: far2 is told the new host too, and joins by it.
     const [ringChange] = await waitCall(far2, callId, CallSignal.HOST_CHANGED);
     assert.equal(ringChange!.hostDeviceId, far1.deviceId);
-    to(far2, far1, CallSignal.JOIN);
+    toHost(far2, far1, callId, conversationId, CallSignal.JOIN);
     const [joined] = await waitCall(far2, callId, CallSignal.JOINED);
     assert.deepEqual(
       joined!.participants.map((p) => p.deviceId).sort(),
@@ -243,9 +211,9 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
     const [announced] = await waitCall(near, callId, CallSignal.JOIN);
     assert.equal(announced!.fromDeviceId, far2.deviceId, "the new host announces joins");
 
-    for (const d of [far2, near, far1]) to(d, far1, CallSignal.LEAVE);
+    for (const d of [far2, near, far1]) toHost(d, far1, callId, conversationId, CallSignal.LEAVE);
     for (const d of [near, far1, far2]) {
-      const entry = await callEntry(d, callId);
+      const { call: entry } = await callEntry(d, callId);
       assert.equal(entry.group, true);
       assert.equal(entry.callerUserId, host.userId, "the entry is the starter's");
       assert.equal(entry.outcome, CallOutcome.ANSWERED);
@@ -271,19 +239,15 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
     const conversationId = conversation!.conversationId;
     for (const d of [host, member]) await online(d);
     const callId = "drop-group-host-moves";
-    const to = (d: TestDevice, signal: CallSignal) =>
-      d.write(
-        callFrame({ callId, conversationId, peerUserId: host.userId, hostDeviceId: host.deviceId, signal }),
-      );
     host.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
     await waitCall(member, callId, CallSignal.OFFER);
-    to(member, CallSignal.JOIN);
+    toHost(member, host, callId, conversationId, CallSignal.JOIN);
     await waitCall(member, callId, CallSignal.JOINED);
 
     await host.drop();
     const [host2] = track(await reconnect(host, g1));
     // As the SDK does after a reconnect: JOIN again. It is held until the call is handed over.
-    to(host2!, CallSignal.JOIN);
+    toHost(host2!, host, callId, conversationId, CallSignal.JOIN);
     const [again] = await waitCall(host2!, callId, CallSignal.JOINED);
     assert.deepEqual(
       again!.participants.map((p) => p.deviceId),
@@ -291,8 +255,8 @@ describe("calls whose devices drop off, across two gateways", { skip }, () => {
     );
     assert.equal(callEvents(host2!, callId, CallSignal.HANGUP).length, 0, "the call went on");
     assert.equal(callEvents(member, callId, CallSignal.HOST_CHANGED).length, 0, "the same host");
-    for (const d of [member, host2!]) to(d, CallSignal.LEAVE);
-    const entry = await callEntry(member, callId);
+    for (const d of [member, host2!]) toHost(d, host, callId, conversationId, CallSignal.LEAVE);
+    const { call: entry } = await callEntry(member, callId);
     assert.equal(entry.outcome, CallOutcome.ANSWERED);
     assert.equal(entry.peakParticipants, 2);
   });

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { CallFrameSchema, CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
+import { CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
 import { verifySfuToken } from "../../services/gateway/calls/sfu.js";
 import { callCollapseKey } from "../../services/notification/notifier.js";
+import { callEntry, callFrame, online, toHost, waitCall } from "../helpers/calls.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
 import { WebPushFixture } from "../helpers/webpush.js";
 
@@ -15,24 +15,6 @@ import { WebPushFixture } from "../helpers/webpush.js";
 
 const SFU = "wss://sfu.switchboard.example/rooms";
 const SFU_SECRET = "the-secret-shared-with-the-sfu";
-
-const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
-  case: "call" as const,
-  value: create(CallFrameSchema, value),
-});
-
-async function online(d: TestDevice): Promise<TestDevice> {
-  d.connect();
-  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up");
-  return d;
-}
-
-function waitCall(d: TestDevice, callId: string, signal: CallSignal) {
-  return d.waitFor(
-    () => d.ofCase("call").find((e) => e.callId === callId && e.signal === signal),
-    `${CallSignal[signal]} for ${callId} on ${d.deviceId}`,
-  );
-}
 
 describe("group calls: the SFU from configuration, and call pushes to offline members", () => {
   const fx = new WebPushFixture();
@@ -52,7 +34,7 @@ describe("group calls: the SFU from configuration, and call pushes to offline me
     const callId = "group-push-1";
 
     alice.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
-    const ring = await waitCall(carol, callId, CallSignal.OFFER);
+    const [ring] = await waitCall(carol, callId, CallSignal.OFFER);
     assert.equal(ring.sfuUrl, SFU, "the ring names the SFU");
 
     const pushed = await fx.push.waitForPush(
@@ -63,12 +45,8 @@ describe("group calls: the SFU from configuration, and call pushes to offline me
     assert.equal(pushed.urgency, "high");
     assert.equal(pushed.topic, callCollapseKey(callId));
 
-    const toHost = (d: TestDevice, signal: CallSignal) =>
-      d.write(
-        callFrame({ callId, conversationId, peerUserId: alice.userId, hostDeviceId: alice.deviceId, signal }),
-      );
-    toHost(carol, CallSignal.JOIN);
-    const joined = await waitCall(carol, callId, CallSignal.JOINED);
+    toHost(carol, alice, callId, conversationId, CallSignal.JOIN);
+    const [joined] = await waitCall(carol, callId, CallSignal.JOINED);
     assert.equal(joined.sfuUrl, SFU, "JOINED names the SFU too");
     // With it, an admission the SFU can check with the shared secret alone.
     const admission = verifySfuToken(SFU_SECRET, joined.sfuToken, Date.now());
@@ -80,8 +58,8 @@ describe("group calls: the SFU from configuration, and call pushes to offline me
     });
     assert.equal(verifySfuToken("not-the-secret-shared-with-it", joined.sfuToken, Date.now()), undefined);
     assert.equal(ring.sfuToken, "", "the ring admits nobody");
-    toHost(carol, CallSignal.LEAVE);
-    toHost(alice, CallSignal.LEAVE);
+    toHost(carol, alice, callId, conversationId, CallSignal.LEAVE);
+    toHost(alice, alice, callId, conversationId, CallSignal.LEAVE);
 
     // The call is over: bob's push is superseded under the same topic, so his device stops ringing.
     const ended = await fx.push.waitForPush(
@@ -92,23 +70,11 @@ describe("group calls: the SFU from configuration, and call pushes to offline me
     assert.equal(ended.topic, pushed.topic);
 
     await online(bob);
-    const entry = await bob.waitFor(
-      () =>
-        bob
-          .entries(conversationId)
-          .find(
-            (e) =>
-              e.body.case === "call" &&
-              e.body.value.callId === callId &&
-              e.body.value.outcome !== CallOutcome.ONGOING,
-          ),
-      "the group call's entry",
-    );
-    assert.ok(entry.body.case === "call");
-    assert.equal(entry.body.value.group, true);
-    assert.equal(entry.body.value.outcome, CallOutcome.ANSWERED);
+    const { call } = await callEntry(bob, callId, { conversationId });
+    assert.equal(call.group, true);
+    assert.equal(call.outcome, CallOutcome.ANSWERED);
     assert.deepEqual(
-      entry.body.value.participants.map((p) => p.userId),
+      call.participants.map((p) => p.userId),
       [alice.userId, carol.userId],
     );
   });

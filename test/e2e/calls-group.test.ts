@@ -1,15 +1,24 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import {
-  type CallEventFrame,
-  CallFrameSchema,
-  type CallLogBody,
+  type CallFrameSchema,
   CallMedia,
   CallOutcome,
   CallSignal,
 } from "../../gen/switchboard/v1/calls_pb.js";
+import {
+  bytes,
+  callEntry,
+  callEvents,
+  callFrame,
+  online,
+  text,
+  toHost,
+  waitCall,
+  waitCallError,
+} from "../helpers/calls.js";
 import type { TestDevice } from "../helpers/device.js";
 import { serverFixture } from "../helpers/fixture.js";
 
@@ -19,60 +28,6 @@ import { serverFixture } from "../helpers/fixture.js";
  * devices in the call, pairwise signalling reaches one device, the 33rd device is turned away,
  * and the call's entry reaches every member's devices.
  */
-
-const bytes = (text: string) => new TextEncoder().encode(text);
-const text = (b: Uint8Array) => new TextDecoder().decode(b);
-
-const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
-  case: "call" as const,
-  value: create(CallFrameSchema, value),
-});
-
-const events = (d: TestDevice, callId: string, signal: CallSignal): CallEventFrame[] =>
-  d.ofCase("call").filter((e) => e.callId === callId && e.signal === signal);
-
-function waitCall(
-  d: TestDevice,
-  callId: string,
-  signal: CallSignal,
-  from?: TestDevice,
-): Promise<CallEventFrame> {
-  return d.waitFor(
-    () => events(d, callId, signal).find((e) => from === undefined || e.fromDeviceId === from.deviceId),
-    `${CallSignal[signal]}${from ? ` from ${from.deviceId}` : ""} for ${callId} on ${d.deviceId}`,
-    20_000,
-  );
-}
-
-function waitCallError(d: TestDevice, seen = 0) {
-  return d.waitFor(() => d.ofCase("error").filter((e) => e.frame === "call")[seen], "a call error frame");
-}
-
-function callEntry(d: TestDevice, callId: string): Promise<CallLogBody> {
-  return d.waitFor(() => {
-    for (const e of d.entries())
-      if (
-        e.body.case === "call" &&
-        e.body.value.callId === callId &&
-        e.body.value.outcome !== CallOutcome.ONGOING
-      )
-        return e.body.value;
-    return undefined;
-  }, `the call entry of ${callId} on ${d.deviceId}`);
-}
-
-async function online(d: TestDevice): Promise<TestDevice> {
-  d.connect();
-  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up", 20_000);
-  return d;
-}
-
-/** A group call frame from `d` to the host: JOIN or LEAVE. */
-function toHost(d: TestDevice, host: TestDevice, callId: string, conversationId: string, signal: CallSignal) {
-  d.write(
-    callFrame({ callId, conversationId, peerUserId: host.userId, hostDeviceId: host.deviceId, signal }),
-  );
-}
 
 describe("group calls", () => {
   // Thirty-four users register from one address for the cap test.
@@ -98,7 +53,7 @@ describe("group calls", () => {
 
     alice.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.VIDEO }));
     const rings = await Promise.all([bob1, bob2, carol].map((d) => waitCall(d, callId, CallSignal.OFFER)));
-    for (const ring of rings) {
+    for (const [ring] of rings) {
       assert.equal(ring.conversationId, conversationId);
       assert.equal(ring.hostDeviceId, alice.deviceId);
       assert.equal(ring.fromUserId, alice.userId);
@@ -109,17 +64,17 @@ describe("group calls", () => {
       );
       assert.equal(ring.sfuUrl, "", "no SFU configured: a mesh");
     }
-    assert.equal(events(eve, callId, CallSignal.OFFER).length, 0, "not a member: not rung");
-    assert.equal(events(alice, callId, CallSignal.OFFER).length, 0, "the host is not rung");
+    assert.equal(callEvents(eve, callId, CallSignal.OFFER).length, 0, "not a member: not rung");
+    assert.equal(callEvents(alice, callId, CallSignal.OFFER).length, 0, "the host is not rung");
 
     // bob joins from his phone: he is told who is there, alice is told he joined, his tablet stops ringing.
     toHost(bob1, alice, callId, conversationId, CallSignal.JOIN);
-    const bobIn = await waitCall(bob1, callId, CallSignal.JOINED);
+    const [bobIn] = await waitCall(bob1, callId, CallSignal.JOINED);
     assert.deepEqual(
       bobIn.participants.map((p) => p.deviceId),
       [alice.deviceId],
     );
-    const bobJoin = await waitCall(alice, callId, CallSignal.JOIN, bob1);
+    const [bobJoin] = await waitCall(alice, callId, CallSignal.JOIN, { from: bob1 });
     assert.equal(bobJoin.fromUserId, bob1.userId);
     assert.equal(bobJoin.hostDeviceId, "", "an announcement, not a request to the host");
     await waitCall(bob2, callId, CallSignal.ANSWERED_ELSEWHERE);
@@ -134,7 +89,7 @@ describe("group calls", () => {
         payloads: [{ deviceId: alice.deviceId, ciphertext: bytes("bob's offer to alice") }],
       }),
     );
-    const offer = await waitCall(alice, callId, CallSignal.OFFER, bob1);
+    const [offer] = await waitCall(alice, callId, CallSignal.OFFER, { from: bob1 });
     assert.equal(text(offer.ciphertext), "bob's offer to alice");
     alice.write(
       callFrame({
@@ -145,18 +100,21 @@ describe("group calls", () => {
         payloads: [{ deviceId: bob1.deviceId, ciphertext: bytes("alice's answer") }],
       }),
     );
-    assert.equal(text((await waitCall(bob1, callId, CallSignal.ANSWER, alice)).ciphertext), "alice's answer");
-    assert.equal(events(bob2, callId, CallSignal.ANSWER).length, 0);
+    assert.equal(
+      text((await waitCall(bob1, callId, CallSignal.ANSWER, { from: alice }))[0].ciphertext),
+      "alice's answer",
+    );
+    assert.equal(callEvents(bob2, callId, CallSignal.ANSWER).length, 0);
 
     // carol joins: she is told of alice and bob; they are told of her.
     toHost(carol, alice, callId, conversationId, CallSignal.JOIN);
-    const carolIn = await waitCall(carol, callId, CallSignal.JOINED);
+    const [carolIn] = await waitCall(carol, callId, CallSignal.JOINED);
     assert.deepEqual(
       carolIn.participants.map((p) => p.deviceId).sort(),
       [alice.deviceId, bob1.deviceId].sort(),
     );
-    await waitCall(alice, callId, CallSignal.JOIN, carol);
-    await waitCall(bob1, callId, CallSignal.JOIN, carol);
+    await waitCall(alice, callId, CallSignal.JOIN, { from: carol });
+    await waitCall(bob1, callId, CallSignal.JOIN, { from: carol });
 
     // Not a member: refused, for joining and for signalling a participant.
     toHost(eve, alice, callId, conversationId, CallSignal.JOIN);
@@ -165,14 +123,16 @@ describe("group calls", () => {
 
     // bob leaves, then the host; the call goes on with carol until she leaves too.
     toHost(bob1, alice, callId, conversationId, CallSignal.LEAVE);
-    await waitCall(alice, callId, CallSignal.LEAVE, bob1);
-    await waitCall(carol, callId, CallSignal.LEAVE, bob1);
+    await waitCall(alice, callId, CallSignal.LEAVE, { from: bob1 });
+    await waitCall(carol, callId, CallSignal.LEAVE, { from: bob1 });
     toHost(alice, alice, callId, conversationId, CallSignal.LEAVE);
-    await waitCall(carol, callId, CallSignal.LEAVE, alice);
-    assert.equal(events(carol, callId, CallSignal.HANGUP).length, 0, "the call goes on without its host");
+    await waitCall(carol, callId, CallSignal.LEAVE, { from: alice });
+    assert.equal(callEvents(carol, callId, CallSignal.HANGUP).length, 0, "the call goes on without its host");
     toHost(carol, alice, callId, conversationId, CallSignal.LEAVE);
 
-    const seen = await Promise.all([alice, bob1, bob2, carol].map((d) => callEntry(d, callId)));
+    const seen = await Promise.all(
+      [alice, bob1, bob2, carol].map(async (d) => (await callEntry(d, callId)).call),
+    );
     for (const s of seen) assert.deepEqual(s, seen[0], "the same entry on every member's device");
     const call = seen[0]!;
     assert.equal(call.group, true);
@@ -208,7 +168,7 @@ describe("group calls", () => {
     // The call is over: a late join is told so by the host's gateway.
     await online(dave);
     toHost(dave, alice, callId, conversationId, CallSignal.JOIN);
-    await waitCall(dave, callId, CallSignal.HANGUP, alice);
+    await waitCall(dave, callId, CallSignal.HANGUP, { from: alice });
   });
 
   it("lets 32 devices in, turns the 33rd away with FULL, and lets it in once one leaves", async () => {
@@ -232,22 +192,22 @@ describe("group calls", () => {
     }
     const last = others[31]!;
     toHost(last, host, callId, conversationId, CallSignal.JOIN);
-    const full = await waitCall(last, callId, CallSignal.FULL);
+    const [full] = await waitCall(last, callId, CallSignal.FULL);
     assert.equal(full.fromUserId, "", "from the server");
-    assert.equal(events(last, callId, CallSignal.JOINED).length, 0);
-    const joinedAtHost = events(host, callId, CallSignal.JOIN).map((e) => e.fromDeviceId);
+    assert.equal(callEvents(last, callId, CallSignal.JOINED).length, 0);
+    const joinedAtHost = callEvents(host, callId, CallSignal.JOIN).map((e) => e.fromDeviceId);
     assert.equal(joinedAtHost.length, 31);
     assert.ok(!joinedAtHost.includes(last.deviceId), "nobody was told of the refused device");
 
     // A participant leaves: the 33rd gets in and sees the 31 others.
     toHost(others[0]!, host, callId, conversationId, CallSignal.LEAVE);
-    await waitCall(host, callId, CallSignal.LEAVE, others[0]);
+    await waitCall(host, callId, CallSignal.LEAVE, { from: others[0]! });
     toHost(last, host, callId, conversationId, CallSignal.JOIN);
-    const admitted = await waitCall(last, callId, CallSignal.JOINED);
+    const [admitted] = await waitCall(last, callId, CallSignal.JOINED);
     assert.equal(admitted.participants.length, 31);
 
     for (const d of [host, ...others.slice(1)]) toHost(d, host, callId, conversationId, CallSignal.LEAVE);
-    const call = await callEntry(others[0]!, callId);
+    const { call } = await callEntry(others[0]!, callId);
     assert.equal(call.peakParticipants, 32);
     assert.equal(call.participants.length, 33, "every device that joined");
   });
@@ -332,30 +292,13 @@ describe("group calls", () => {
     }
     // carol's phone loses signal: no LEAVE. The host's gateway notices her route is gone.
     await carol.drop();
-    const left = await host.waitFor(
-      () => events(host, callId, CallSignal.LEAVE).find((e) => e.fromDeviceId === carol.deviceId),
-      "carol let out",
-      40_000,
-    );
+    const [left] = await waitCall(host, callId, CallSignal.LEAVE, { from: carol, timeoutMs: 40_000 });
     assert.equal(left.fromUserId, carol.userId);
-    await waitCall(bob, callId, CallSignal.LEAVE, carol);
+    await waitCall(bob, callId, CallSignal.LEAVE, { from: carol });
     // The host leaves and bob drops too: nobody is left, so the call ends and is logged.
     toHost(host, host, callId, conversationId, CallSignal.LEAVE);
     await bob.drop();
-    const call = await host.waitFor(
-      () => {
-        for (const e of host.entries())
-          if (
-            e.body.case === "call" &&
-            e.body.value.callId === callId &&
-            e.body.value.outcome !== CallOutcome.ONGOING
-          )
-            return e.body.value;
-        return undefined;
-      },
-      "the entry of the call everyone dropped off",
-      40_000,
-    );
+    const { call } = await callEntry(host, callId, { timeoutMs: 40_000 });
     assert.equal(call.peakParticipants, 3);
     assert.ok(call.participants.every((p) => p.leftAtMs > 0n));
   });
@@ -400,11 +343,11 @@ describe("group calls", () => {
         signal: CallSignal.JOIN,
       }),
     );
-    const joined = await waitCall(dave, callId, CallSignal.JOINED);
+    const [joined] = await waitCall(dave, callId, CallSignal.JOINED);
     assert.deepEqual(joined.participants.map((p) => p.deviceId).sort(), [host.deviceId, bob.deviceId].sort());
-    await waitCall(bob, callId, CallSignal.JOIN, dave);
+    await waitCall(bob, callId, CallSignal.JOIN, { from: dave });
     for (const d of [dave, bob, host]) toHost(d, host, callId, conversationId, CallSignal.LEAVE);
-    const ended = await callEntry(dave, callId);
+    const { call: ended } = await callEntry(dave, callId);
     assert.equal(ended.peakParticipants, 3);
   });
 

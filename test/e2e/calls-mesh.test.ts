@@ -2,8 +2,9 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
 import { meshPrerequisites } from "../helpers/backends.js";
+import { callEvents, callFrame, online, toHost, waitCall } from "../helpers/calls.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
-import { callEvents, callFrame, online, twoGatewayMesh, waitCall } from "../helpers/mesh-calls.js";
+import { twoGatewayMesh } from "../helpers/mesh-calls.js";
 
 /**
  * Calls across gateways in the distributed topology (every service its own OS process, over a
@@ -69,22 +70,18 @@ describe("calls across gateways in the mesh", { skip }, () => {
     const conversationId = conversation!.conversationId;
     for (const d of [host, near, far1, far2]) await online(d);
     const callId = "mesh-group-1";
-    const toHost = (d: TestDevice, signal: CallSignal) =>
-      d.write(
-        callFrame({ callId, conversationId, peerUserId: host.userId, hostDeviceId: host.deviceId, signal }),
-      );
 
     host.write(callFrame({ callId, conversationId, signal: CallSignal.OFFER, media: CallMedia.AUDIO }));
     for (const d of [near, far1, far2]) await waitCall(d, callId, CallSignal.OFFER);
 
     // Joins from both gateways at once: the host's gateway lets both in and tells everyone.
-    toHost(near, CallSignal.JOIN);
-    toHost(far1, CallSignal.JOIN);
+    toHost(near, host, callId, conversationId, CallSignal.JOIN);
+    toHost(far1, host, callId, conversationId, CallSignal.JOIN);
     const [nearIn] = await waitCall(near, callId, CallSignal.JOINED);
     const [farIn] = await waitCall(far1, callId, CallSignal.JOINED);
     // Whoever came second saw the other already there.
     assert.equal(nearIn!.participants.length + farIn!.participants.length, 3);
-    await waitCall(host, callId, CallSignal.JOIN, 2);
+    await waitCall(host, callId, CallSignal.JOIN, { count: 2 });
     const [stop] = await waitCall(far2, callId, CallSignal.ANSWERED_ELSEWHERE);
     assert.equal(stop!.fromDeviceId, far1.deviceId);
     const first = nearIn!.participants.length === 1 ? near : far1;
@@ -102,11 +99,11 @@ describe("calls across gateways in the mesh", { skip }, () => {
         payloads: [{ deviceId: near.deviceId, ciphertext: new TextEncoder().encode("far to near") }],
       }),
     );
-    const [ring, offer] = await waitCall(near, callId, CallSignal.OFFER, 2);
+    const [ring, offer] = await waitCall(near, callId, CallSignal.OFFER, { count: 2 });
     assert.equal(ring!.ciphertext.length, 0, "the ring first, then the offer");
     assert.equal(new TextDecoder().decode(offer!.ciphertext), "far to near");
 
-    for (const d of [far1, near, host]) toHost(d, CallSignal.LEAVE);
+    for (const d of [far1, near, host]) toHost(d, host, callId, conversationId, CallSignal.LEAVE);
     for (const d of [host, near, far1, far2]) {
       const entry = await d.waitFor(
         () =>

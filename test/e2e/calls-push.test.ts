@@ -1,21 +1,9 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { CallFrameSchema, CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
+import { CallMedia, CallOutcome, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
 import { callCollapseKey } from "../../services/notification/notifier.js";
-import type { TestDevice } from "../helpers/device.js";
+import { callEntry, callFrame, online } from "../helpers/calls.js";
 import { WebPushFixture } from "../helpers/webpush.js";
-
-const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
-  case: "call" as const,
-  value: create(CallFrameSchema, value),
-});
-
-async function online(d: TestDevice): Promise<TestDevice> {
-  d.connect();
-  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up");
-  return d;
-}
 
 describe("calls to offline callees: a call push through a Web Push service, and a missed-call entry", () => {
   const fx = new WebPushFixture();
@@ -58,13 +46,9 @@ describe("calls to offline callees: a call push through a Web Push service, and 
 
     // bob connects later: the missed call is waiting in the log; the ringing was never stored.
     await online(bob);
-    const missed = await bob.waitFor(
-      () => bob.entries(id).find((e) => e.body.case === "call" && e.body.value.callId === callId),
-      "the missed call entry",
-    );
-    assert.ok(missed.body.case === "call");
-    assert.equal(missed.body.value.outcome, CallOutcome.MISSED);
-    assert.equal(missed.body.value.media, CallMedia.VIDEO);
+    const { call: missed } = await callEntry(bob, callId, { conversationId: id, anyOutcome: true });
+    assert.equal(missed.outcome, CallOutcome.MISSED);
+    assert.equal(missed.media, CallMedia.VIDEO);
     assert.equal(bob.ofCase("call").length, 0);
   });
 
@@ -78,10 +62,7 @@ describe("calls to offline callees: a call push through a Web Push service, and 
     await bob.waitFor(() => bob.ofCase("call").find((e) => e.callId === callId), "the live offer");
     alice.write(callFrame({ callId, peerUserId: bob.userId, signal: CallSignal.HANGUP }));
     // The call's log entry is written after the hangup; the push would have left before it.
-    await alice.waitFor(
-      () => alice.entries().find((e) => e.body.case === "call" && e.body.value.callId === callId),
-      "the call entry",
-    );
+    await callEntry(alice, callId, { anyOutcome: true });
     assert.equal(
       fx.push.pushes.filter((p) => p.id === sub.id && (p.payload as { i?: string }).i === callId).length,
       0,

@@ -1,53 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
+import type { MessageInitShape } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
-import {
-  type CallEventFrame,
-  CallFrameSchema,
-  CallMedia,
-  CallSignal,
-} from "../../gen/switchboard/v1/calls_pb.js";
-import type { TestDevice } from "../helpers/device.js";
+import { type CallFrameSchema, CallMedia, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
+import { bytes, callEvents, callFrame, online, text, waitCall, waitCallError } from "../helpers/calls.js";
 import { serverFixture } from "../helpers/fixture.js";
-
-const bytes = (text: string) => new TextEncoder().encode(text);
-const text = (b: Uint8Array) => new TextDecoder().decode(b);
-
-/** A call frame for TestDevice.write. */
-const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
-  case: "call" as const,
-  value: create(CallFrameSchema, value),
-});
-
-/** The call events a device received for one call, in order. */
-const eventsOf = (d: TestDevice, callId: string): CallEventFrame[] =>
-  d.ofCase("call").filter((e) => e.callId === callId);
-
-/** Waits for a call event matching signal (and from, if given). */
-function waitCall(d: TestDevice, callId: string, signal: CallSignal, count = 1): Promise<CallEventFrame[]> {
-  return d.waitFor((frames) => {
-    void frames;
-    const got = eventsOf(d, callId).filter((e) => e.signal === signal);
-    return got.length >= count ? got : undefined;
-  }, `${count} ${CallSignal[signal]} for ${callId} on ${d.deviceId}`);
-}
-
-/** Waits for the error frame answering a refused call frame, after `seen` earlier ones. */
-function waitCallError(d: TestDevice, seen = 0) {
-  return d.waitFor((frames) => {
-    void frames;
-    const errors = d.ofCase("error").filter((e) => e.frame === "call");
-    return errors.length > seen ? errors[seen] : undefined;
-  }, "a call error frame");
-}
-
-/** Opens the stream and waits until the backlog was sent (the route is registered by then). */
-async function online(d: TestDevice): Promise<TestDevice> {
-  d.connect();
-  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up");
-  return d;
-}
 
 describe("call signalling over the device stream", () => {
   const fx = serverFixture();
@@ -84,7 +41,7 @@ describe("call signalling over the device stream", () => {
     // Both ring; the caller hears it from each.
     for (const b of [bob1, bob2])
       b.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.RINGING }));
-    const ringing = await waitCall(alice, callId, CallSignal.RINGING, 2);
+    const ringing = await waitCall(alice, callId, CallSignal.RINGING, { count: 2 });
     assert.deepEqual(new Set(ringing.map((e) => e.fromDeviceId)), new Set([bob1.deviceId, bob2.deviceId]));
 
     // bob2 takes it, with its answer for alice's device.
@@ -104,15 +61,13 @@ describe("call signalling over the device stream", () => {
 
     // bob1 accepts too late: it is told again, and the caller never sees that accept.
     bob1.write(callFrame({ callId, peerUserId: alice.userId, signal: CallSignal.ACCEPT }));
-    await waitCall(bob1, callId, CallSignal.ANSWERED_ELSEWHERE, 2);
+    await waitCall(bob1, callId, CallSignal.ANSWERED_ELSEWHERE, { count: 2 });
     assert.deepEqual(
-      eventsOf(alice, callId)
-        .filter((e) => e.signal === CallSignal.ACCEPT)
-        .map((e) => e.fromDeviceId),
+      callEvents(alice, callId, CallSignal.ACCEPT).map((e) => e.fromDeviceId),
       [bob2.deviceId],
     );
     assert.equal(
-      eventsOf(bob2, callId).filter((e) => e.signal === CallSignal.ANSWERED_ELSEWHERE).length,
+      callEvents(bob2, callId, CallSignal.ANSWERED_ELSEWHERE).length,
       0,
       "the winner is not told to stop",
     );

@@ -1,49 +1,14 @@
 /**
- * Calls across two gateway processes of the mesh: the mesh itself (started in before(), stopped
- * in after() with every device the suite tracked) and the call frames and waits its suites share.
+ * The mesh the cross-gateway call suites run on: started in before(), stopped in after() with
+ * every device the suite tracked. Call frames and waits are test/helpers/calls.ts.
  */
 import { mkdtemp } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
-import { create, type MessageInitShape } from "@bufbuild/protobuf";
-import { type CallEventFrame, CallFrameSchema, CallSignal } from "../../gen/switchboard/v1/calls_pb.js";
 import { Mesh } from "../../services/mesh/launcher.js";
 import type { TestDevice } from "./device.js";
 import { removeDir } from "./server.js";
-
-/** A client frame carrying a call signal. */
-export const callFrame = (value: MessageInitShape<typeof CallFrameSchema>) => ({
-  case: "call" as const,
-  value: create(CallFrameSchema, value),
-});
-
-/** The call events a device has received for `callId` with `signal`. */
-export const callEvents = (d: TestDevice, callId: string, signal: CallSignal): CallEventFrame[] =>
-  d.ofCase("call").filter((e) => e.callId === callId && e.signal === signal);
-
-/** Waits (30 s at most) until the device has `count` events of `signal` for the call. */
-export function waitCall(
-  d: TestDevice,
-  callId: string,
-  signal: CallSignal,
-  count = 1,
-): Promise<CallEventFrame[]> {
-  return d.waitFor(
-    () => {
-      const got = callEvents(d, callId, signal);
-      return got.length >= count ? got : undefined;
-    },
-    `${count} ${CallSignal[signal]} for ${callId} on ${d.deviceId}`,
-    30_000,
-  );
-}
-
-/** Opens the device's stream and waits until it has caught up. */
-export async function online(d: TestDevice): Promise<void> {
-  d.connect();
-  await d.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught_up", 20_000);
-}
 
 /**
  * A mesh of separate processes with two gateways, one sequencer and one fanout (over the test

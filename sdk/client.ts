@@ -243,6 +243,8 @@ export class SwitchboardClient {
     await this.parts.decoder.retriesSettled();
     await this.parts.acks.flush().catch(() => {});
     await this.parts.stream.finish();
+    // Before the connection and the profile go: listeners that write to the profile finish here.
+    await this.ctx.events.emitAndWait("closing", {});
     await this.ctx.profile.settled();
     this.parts.reorder.pause();
     this.parts.acks.dispose();

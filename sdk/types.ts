@@ -288,13 +288,18 @@ export interface ClientEvents {
   connected: ConnectedEvent;
   /** The stream is down. */
   disconnected: DisconnectedEvent;
-  /** Everything pending when the stream opened has been handed to the app. */
   /**
    * The backlog was delivered: entries in it, and how many of them came as kind "expired" (gone
    * from the server while this device was away: they disappeared, or outlived the server's
    * retention).
    */
   caughtUp: { entries: bigint; expiredEntries: bigint };
+  /**
+   * close() has handed the app its last entry and is about to release the profile: a listener's
+   * promise is awaited first, so what writes to the profile's storage (health, say) finishes
+   * while the profile is still this client's. Unary calls still work until it settles.
+   */
+  closing: Record<string, never>;
   /** A send was committed (one tick); also fires for sends resumed from the outbox. */
   sent: SendResult;
   /** A send was refused for good. */

@@ -123,8 +123,8 @@ describe("conversation health, two devices and a server process", () => {
     }
 
     // A restart: the state is in the profile's storage (read here without a client, so without
-    // the repair from history that attach would run).
-    await a.health.close();
+    // the repair from history that attach would run). Closing the client closes its health first,
+    // so the last batch is written before the profile is released.
     await alice.close();
     const stored = await ConversationHealth.open(alice.storage, alice.userId);
     assert.equal(stored.needsReply(conversationId).seq, reply.seq);
@@ -178,7 +178,9 @@ describe("conversation health, two devices and a server process", () => {
     const mention = await bob.send(conversationId, `@you ${SECRET}`, { mentions: [alice.userId] });
     await inbox.entry(conversationId, mention.seq);
     assert.equal(health.needsReply(conversationId).seq, mention.seq);
-    // The client acks and writes its cursor at close; health's batch was never written.
+    // The process ends here for health (its batch is never written, and a detached health is not
+    // closed with the client); the client acks and writes its cursor at close.
+    health.detach();
     await alice.close();
     const lost = await ConversationHealth.open(alice.storage, alice.userId);
     assert.equal(lost.needsReply(conversationId).needsReply, false, "health's own state lost them");
@@ -194,6 +196,22 @@ describe("conversation health, two devices and a server process", () => {
       (await ConversationHealth.open(again.storage, again.userId)).needsReply(conversationId).seq,
       mention.seq,
     );
+  });
+
+  it("closing the client closes its health: the last batch is written before the profile is released", async () => {
+    const alice = await suite.devices.register("alice");
+    const bob = await suite.devices.register("bob");
+    // Nothing is written by the timer: only close can write the batch.
+    const health = await ConversationHealth.attach(alice, { writeDelayMs: 600_000 });
+    const inbox = new Inbox("alice", alice);
+    await Promise.all([alice.connect(), bob.connect()]);
+    const { conversationId } = await bob.openDirect(alice.userId);
+    const hello = await bob.send(conversationId, `hello ${SECRET}`);
+    await inbox.entry(conversationId, hello.seq);
+    assert.equal(health.needsReply(conversationId).seq, hello.seq);
+    await alice.close();
+    const stored = await ConversationHealth.open(alice.storage, alice.userId);
+    assert.equal(stored.needsReply(conversationId).seq, hello.seq, "written at close");
   });
 
   it("the away summary of a group: mentions, replies to you and pins while away, from history or the stream, counted once", async () => {

@@ -120,11 +120,15 @@ export class ConversationHealth {
     health.client = client;
     const onEntry = (e: IncomingEntry): void => health.observe(e);
     const onReceipt = (r: ReceiptEvent): void => health.receipt(r);
+    // The client releases the profile at close; health's last write must come before that.
+    const onClosing = (): Promise<void> => health.close();
     client.on("entry", onEntry);
     client.on("receipt", onReceipt);
+    client.on("closing", onClosing);
     health.detachListeners = () => {
       client.off("entry", onEntry);
       client.off("receipt", onReceipt);
+      client.off("closing", onClosing);
     };
     health.repaired = health.repair().catch(() => {});
     return health;
@@ -144,6 +148,8 @@ export class ConversationHealth {
     const client = this.requireClient();
     const list = await client.listConversations();
     for (const c of list.slice(0, this.options.maxConversations ?? 1_000)) {
+      // close() stops a repair between conversations; the next attach takes up the rest.
+      if (this.detachListeners === undefined) return;
       const delivered = client.localCursor(c.conversationId)?.delivered ?? 0n;
       if (delivered <= (this.conversations.get(c.conversationId)?.lastSeq ?? 0n)) continue;
       this.setKind(c.conversationId, c.kind === ConversationKind.GROUP ? "group" : "direct");
@@ -157,9 +163,14 @@ export class ConversationHealth {
     this.detachListeners = undefined;
   }
 
-  /** Stops following the client, writes what changed and lets the sink take what is queued. */
+  /**
+   * Stops following the client, waits for a repair under way (it stops after its current
+   * conversation), writes what changed and lets the sink take what is queued. Attached health
+   * closes with its client.
+   */
   async close(): Promise<void> {
     this.detach();
+    await this.repaired;
     await this.flushed();
   }
 

@@ -166,15 +166,23 @@ describe("conversation health, two devices and a server process", () => {
     assert.equal(laptop.health.needsReply(conversationId).seq, reply.seq, "both devices see bob waiting");
   });
 
-  it("what health had not written when its process ended is taken back from history on the next attach", async () => {
+  /**
+   * Alice with health whose timer never writes (a write delay of ten minutes), and bob's hello to
+   * her in a new direct conversation.
+   */
+  async function helloToUnwrittenHealth() {
     const alice = await suite.devices.register("alice");
     const bob = await suite.devices.register("bob");
-    // A write delay of ten minutes: nothing health learns below reaches the storage.
     const health = await ConversationHealth.attach(alice, { writeDelayMs: 600_000 });
     const inbox = new Inbox("alice", alice);
     await Promise.all([alice.connect(), bob.connect()]);
     const { conversationId } = await bob.openDirect(alice.userId);
     const hello = await bob.send(conversationId, `hello ${SECRET}`);
+    return { alice, bob, health, inbox, conversationId, hello };
+  }
+
+  it("what health had not written when its process ended is taken back from history on the next attach", async () => {
+    const { alice, bob, health, inbox, conversationId, hello } = await helloToUnwrittenHealth();
     const mention = await bob.send(conversationId, `@you ${SECRET}`, { mentions: [alice.userId] });
     await inbox.entry(conversationId, mention.seq);
     assert.equal(health.needsReply(conversationId).seq, mention.seq);
@@ -199,14 +207,8 @@ describe("conversation health, two devices and a server process", () => {
   });
 
   it("closing the client closes its health: the last batch is written before the profile is released", async () => {
-    const alice = await suite.devices.register("alice");
-    const bob = await suite.devices.register("bob");
     // Nothing is written by the timer: only close can write the batch.
-    const health = await ConversationHealth.attach(alice, { writeDelayMs: 600_000 });
-    const inbox = new Inbox("alice", alice);
-    await Promise.all([alice.connect(), bob.connect()]);
-    const { conversationId } = await bob.openDirect(alice.userId);
-    const hello = await bob.send(conversationId, `hello ${SECRET}`);
+    const { alice, health, inbox, conversationId, hello } = await helloToUnwrittenHealth();
     await inbox.entry(conversationId, hello.seq);
     assert.equal(health.needsReply(conversationId).seq, hello.seq);
     await alice.close();

@@ -254,4 +254,77 @@ describe("ReorderBuffer", () => {
     });
     assert.deepEqual(seqs(out), [4]);
   });
+
+  describe("own entries filed at send_ack", () => {
+    const page = (afterSeq: bigint, list: Entry[], lastSeq: number, hasMore = false) => ({
+      conversationId: "g_a",
+      afterSeq,
+      entries: list,
+      lastSeq: BigInt(lastSeq),
+      hasMore,
+      errorCode: 0,
+    });
+
+    it("in a conversation the device has seen, go out in order like any entry", () => {
+      const { buffer, syncs } = harness([["g_a", 3n]]);
+      assert.deepEqual(seqs(buffer.offerOwn(entry("g_a", 4))), [4]);
+      assert.deepEqual(seqs(buffer.offerOwn(entry("g_a", 6))), []);
+      assert.deepEqual(syncs, [{ conversationId: "g_a", afterSeq: 4n, limit: 100 }]);
+    });
+
+    it("seq 1 starts any conversation: it goes out at once", () => {
+      const { buffer, syncs } = harness();
+      assert.deepEqual(seqs(buffer.offerOwn(entry("d_b", 1))), [1]);
+      assert.equal(syncs.length, 0);
+    });
+
+    it("in a conversation new to the device, wait for its start: the stream's first entry", () => {
+      // A group the device was just added to: its own send is answered before the group's
+      // first entry reaches it. The own entry must not become the start.
+      const { buffer, syncs } = harness();
+      assert.deepEqual(seqs(buffer.offerOwn(entry("g_a", 2))), []);
+      assert.equal(buffer.cursor("g_a"), undefined);
+      assert.deepEqual(syncs, [{ conversationId: "g_a", afterSeq: 0n, limit: 100 }]);
+      assert.deepEqual(buffer.gaps(), [{ conversationId: "g_a", afterSeq: 0n }]);
+      assert.deepEqual(seqs(buffer.offer([entry("g_a", 1)])), [1, 2]);
+      assert.deepEqual(buffer.gaps(), []);
+      // The sync asked for meanwhile answers with nothing new.
+      assert.deepEqual(seqs(buffer.answer(page(0n, [entry("g_a", 1), entry("g_a", 2)], 2))), []);
+      assert.equal(buffer.cursor("g_a"), 2n);
+    });
+
+    it("in a conversation new to the device, or the answer from the log's start", () => {
+      const { buffer } = harness();
+      buffer.offerOwn(entry("g_a", 2));
+      assert.deepEqual(seqs(buffer.answer(page(0n, [entry("g_a", 1), entry("g_a", 2)], 2))), [1, 2]);
+      // The stream's copy of either comes later and is a duplicate.
+      assert.deepEqual(seqs(buffer.offer([entry("g_a", 1)])), []);
+    });
+
+    it("joined later: the log's first visible entry is the start, and the own entry follows it", () => {
+      const { buffer } = harness();
+      buffer.offerOwn(entry("g_a", 8));
+      assert.deepEqual(seqs(buffer.answer(page(0n, [entry("g_a", 5), entry("g_a", 6)], 8, true))), [5, 6]);
+      assert.deepEqual(seqs(buffer.answer(page(6n, [entry("g_a", 7), entry("g_a", 8)], 8))), [7, 8]);
+    });
+
+    it("the stream's first entry past a held own entry drops it (the stream counts it pushed)", () => {
+      const { buffer } = harness();
+      buffer.offerOwn(entry("g_a", 2));
+      assert.deepEqual(seqs(buffer.offer([entry("g_a", 3)])), [3]);
+      assert.equal(buffer.heldCount("g_a"), 0);
+      assert.deepEqual(buffer.gaps(), []);
+    });
+
+    it("ask for the start again when the answer is lost, and on a new stream", () => {
+      const { buffer, syncs } = harness();
+      buffer.offerOwn(entry("g_a", 2));
+      mock.timers.tick(500);
+      assert.equal(syncs.length, 2);
+      assert.equal(syncs[1]?.afterSeq, 0n);
+      buffer.pause();
+      buffer.resume();
+      assert.equal(syncs.length, 3);
+    });
+  });
 });

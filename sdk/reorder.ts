@@ -104,6 +104,26 @@ export class ReorderBuffer {
     return out;
   }
 
+  /**
+   * Takes this device's own entry, filed at send_ack rather than pushed by the stream (the client
+   * asks the server to omit its own sends). Unlike the stream's first entry of a conversation, it
+   * says nothing about where the conversation starts for this device: sent into a group whose
+   * first entries have not reached the device yet, it would otherwise fix the start past them. In
+   * a conversation without a cursor it is held, and the log is asked for from its start.
+   */
+  offerOwn(entry: Entry): Entry[] {
+    const id = entry.conversationId;
+    const state = this.conversations.get(id);
+    // Seq 1 is the start whoever reads it: nothing to wait for.
+    if (state?.cursor !== undefined || entry.seq === 1n) return this.offer([entry]);
+    const s = state ?? this.newState(undefined);
+    this.conversations.set(id, s);
+    if (!s.held.has(entry.seq) && s.held.size < this.maxHeld) s.held.set(entry.seq, entry);
+    s.knownLast = maxBig(s.knownLast, entry.seq);
+    this.reviewGap(id);
+    return [];
+  }
+
   /** Takes the answer to a sync request; returns the entries now releasable, in order. */
   answer(page: SyncAnswer): Entry[] {
     const state = this.conversations.get(page.conversationId);
@@ -113,6 +133,9 @@ export class ReorderBuffer {
       return out;
     }
     state.syncInFlight = false;
+    // A page from the log's start fixes where a conversation without a cursor starts: at its
+    // first entry, the first this device may see (offerOwn asks for it).
+    if (state.cursor === undefined && page.afterSeq === 0n && page.errorCode === 0) state.cursor = 0n;
     if (page.errorCode !== 0) {
       if (page.errorCode === CODE_NOT_FOUND || page.errorCode === CODE_PERMISSION_DENIED) {
         // No longer a member: nothing past the cursor will ever become visible, so waiting for
@@ -175,7 +198,12 @@ export class ReorderBuffer {
       state = this.newState(entry.seq - 1n);
       this.conversations.set(entry.conversationId, state);
     }
-    if (state.cursor === undefined) state.cursor = entry.seq - 1n;
+    if (state.cursor === undefined) {
+      // The stream sends a conversation in order from its first entry for this device, so that
+      // entry fixes the start. Own entries held until then are in the log past it (offerOwn).
+      state.cursor = entry.seq - 1n;
+      for (const held of state.held.keys()) if (held <= state.cursor) state.held.delete(held);
+    }
     if (entry.seq <= state.cursor || state.held.has(entry.seq)) {
       this.options.onDuplicate?.(entry.conversationId, entry.seq);
       return;
@@ -208,7 +236,8 @@ export class ReorderBuffer {
   }
 
   private hasGap(state: ConversationState): boolean {
-    if (state.cursor === undefined) return false;
+    // No cursor yet: only own entries waiting for the conversation's start make a gap.
+    if (state.cursor === undefined) return state.held.size > 0;
     return state.knownLast > state.cursor && !state.held.has(state.cursor + 1n);
   }
 

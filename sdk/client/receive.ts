@@ -77,9 +77,10 @@ export class Receiver {
       }
       case "sendAck": {
         const own = this.parts.queue.acked(frame.value);
-        // In the conversation's order, like any entry: an entry before it may still be on its way.
+        // In the conversation's order, like any entry: an entry before it may still be on its way
+        // (in a conversation new to this device, even its first ones: reorder.offerOwn).
         if (own !== undefined && !this.ctx.closed)
-          this.parts.delivery.deliver(this.parts.reorder().offer([own]));
+          this.parts.delivery.deliver(this.parts.reorder().offerOwn(own));
         return;
       }
       case "sendError":

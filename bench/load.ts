@@ -277,7 +277,11 @@ export class Load {
     const drainUntil = clock() + plan.drainMs;
     while (clock() < drainUntil) {
       const inFlight = this.devices.some((d) => d.inFlight > 0 && !d.ended);
-      if (!inFlight && this.stats.receivedDeliveries >= this.stats.expectedDeliveries) break;
+      // This worker's received count includes deliveries of other workers' sends, so reaching its
+      // expected count does not mean its devices have everything: a device still waiting behind
+      // a hole (a peer's entry slower than its own later send_ack) keeps the drain going.
+      const behindHole = this.devices.some((d) => d.ahead.size > 0 && !d.ended);
+      if (!inFlight && !behindHole && this.stats.receivedDeliveries >= this.stats.expectedDeliveries) break;
       await sleep(20);
     }
     this.flushAcks();

@@ -1,31 +1,18 @@
 import assert from "node:assert/strict";
-import { readdir, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { cliOk } from "../test/helpers/cli.js";
 import { eventually, Inbox } from "../test/helpers/inbox.js";
+import { readFilesUnder } from "../test/helpers/scan.js";
 import { SdkServerSuite } from "../test/helpers/sdk-devices.js";
 
 /** A timer short enough to wait out, offered besides the default ones. */
 const SHORT = 3;
 
-/** Every file under a directory, recursively. */
-async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const name of await readdir(dir)) {
-    const path = join(dir, name);
-    if ((await stat(path)).isDirectory()) out.push(...(await filesUnder(path)));
-    else out.push(path);
-  }
-  return out;
-}
-
 /** The files of a profile directory whose bytes contain text. */
 async function holding(dir: string, text: string): Promise<string[]> {
   const needle = Buffer.from(text);
-  const out: string[] = [];
-  for (const file of await filesUnder(dir)) if ((await readFile(file)).includes(needle)) out.push(file);
-  return out;
+  return (await readFilesUnder(dir)).filter((f) => f.bytes.includes(needle)).map((f) => f.path);
 }
 
 /**

@@ -1,26 +1,16 @@
 import assert from "node:assert/strict";
-import { readdir, readFile, rm, stat } from "node:fs/promises";
+import { readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { eventually, Inbox } from "../test/helpers/inbox.js";
+import { readFilesUnder } from "../test/helpers/scan.js";
 import { SdkServerSuite } from "../test/helpers/sdk-devices.js";
 import type { SwitchboardClient } from "./client.js";
 import { DecryptError } from "./crypto/pairwise.js";
 import { connectToServer } from "./transport.js";
 
 const decoder = new TextDecoder();
-
-/** Every file under a directory, recursively. */
-async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const name of await readdir(dir)) {
-    const path = join(dir, name);
-    if ((await stat(path)).isDirectory()) out.push(...(await filesUnder(path)));
-    else out.push(path);
-  }
-  return out;
-}
 
 /** The texts of the messages that arrived without end-to-end encryption. */
 const unencrypted = (inbox: Inbox) =>
@@ -129,9 +119,8 @@ describe("end-to-end encrypted direct messages (SDK against a server process)", 
       }
     }
     // And nothing the server wrote to disk contains any of the texts.
-    for (const file of await filesUnder(fx.server.dataDir)) {
-      const bytes = await readFile(file).catch(() => Buffer.alloc(0));
-      for (const t of sentTexts) assert.ok(!bytes.includes(t), `${file} contains "${t}"`);
+    for (const { path, bytes } of await readFilesUnder(fx.server.dataDir)) {
+      for (const t of sentTexts) assert.ok(!bytes.includes(t), `${path} contains "${t}"`);
     }
   });
 

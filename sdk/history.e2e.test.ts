@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readdir, readFile, rm, stat, writeFile } from "node:fs/promises";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -13,6 +13,7 @@ import {
   skipWithoutMinio,
   startMinio,
 } from "../test/helpers/minio.js";
+import { readFilesUnder } from "../test/helpers/scan.js";
 import { TestDevices } from "../test/helpers/sdk-devices.js";
 import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import { HistoryError, TRANSFER_TITLE } from "./client/history.js";
@@ -35,17 +36,6 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
     timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
   });
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
-}
-
-/** Every file under a directory, recursively. */
-async function filesUnder(dir: string): Promise<string[]> {
-  const out: string[] = [];
-  for (const name of await readdir(dir)) {
-    const path = join(dir, name);
-    if ((await stat(path)).isDirectory()) out.push(...(await filesUnder(path)));
-    else out.push(path);
-  }
-  return out;
 }
 
 /** A media engine: the server's environment, and the stored ciphertext behind the service's back. */
@@ -201,16 +191,13 @@ for (const backend of [localBackend(), minioBackend()]) {
       // The server's stores hold ciphertext only: no file under its data directory (LMDB, media
       // objects and records) contains any of the plaintexts. LMDB writes through to its files.
       const stores = [server!.dataDir, ...backend.directories()];
-      for (const file of (await Promise.all(stores.map(filesUnder))).flat()) {
-        const bytes = await readFile(file);
-        assert.ok(!bytes.includes(marker), `${file} holds a plaintext`);
+      for (const { path, bytes } of await readFilesUnder(...stores)) {
+        assert.ok(!bytes.includes(marker), `${path} holds a plaintext`);
       }
       // The same scan finds them where they are meant to be: in the new device's profile.
-      const kept = await Promise.all(
-        (await filesUnder(join(linked.profileDir, "history"))).map((f) => readFile(f)),
-      );
+      const kept = await readFilesUnder(join(linked.profileDir, "history"));
       assert.ok(
-        kept.some((bytes) => bytes.includes(`${marker} bob one`)),
+        kept.some(({ bytes }) => bytes.includes(`${marker} bob one`)),
         "the new device keeps the history",
       );
     });

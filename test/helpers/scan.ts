@@ -74,6 +74,31 @@ export async function filesUnder(dir: string): Promise<string[]> {
   return out;
 }
 
+/** A file's path and its bytes. */
+export interface FileRead {
+  path: string;
+  bytes: Buffer;
+}
+
+/**
+ * Reads every regular file under the directories. A live process may be writing there: a file
+ * listed and gone before it is read (an atomic write's temporary file, renamed over the real
+ * one) makes the whole scan start again, since what it held may now be in a file already read.
+ */
+export async function readFilesUnder(...dirs: string[]): Promise<FileRead[]> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      const out: FileRead[] = [];
+      for (const dir of dirs) {
+        for (const path of await filesUnder(dir)) out.push({ path, bytes: await readFile(path) });
+      }
+      return out;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT" || attempt >= 10) throw err;
+    }
+  }
+}
+
 /** Reads every file under a directory and returns where the markers are, and how much was read. */
 export async function scanDirectory(
   dir: string,
@@ -81,11 +106,10 @@ export async function scanDirectory(
 ): Promise<{ findings: Finding[]; files: number; bytes: number }> {
   const findings: Finding[] = [];
   let bytes = 0;
-  const files = await filesUnder(dir);
+  const files = await readFilesUnder(dir);
   for (const file of files) {
-    const content = await readFile(file);
-    bytes += content.length;
-    findings.push(...findMarkers(content, file, markers));
+    bytes += file.bytes.length;
+    findings.push(...findMarkers(file.bytes, file.path, markers));
   }
   return { findings, files: files.length, bytes };
 }

@@ -1,22 +1,12 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdir, mkdtemp, readdir, readFile, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { before, describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Client as MinioClient } from "minio";
 import type { AttachmentPointer } from "../gen/switchboard/v1/content_pb.js";
 import { eventually, Inbox } from "../test/helpers/inbox.js";
-import {
-  type MinioServer,
-  minioAdmin,
-  minioServerEnv,
-  skipWithoutMinio,
-  startMinio,
-} from "../test/helpers/minio.js";
-import { TestDevices } from "../test/helpers/sdk-devices.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
+import { mediaBackends, sdkMediaSuite } from "../test/helpers/media-backends.js";
 import type { SwitchboardClient } from "./client.js";
 import { AttachmentError } from "./crypto/attachments.js";
 
@@ -38,80 +28,6 @@ function fileWith(size: number, marker: string): Buffer {
   return data;
 }
 
-/** A media engine under test: the server's environment and the ciphertext the engine keeps. */
-interface Backend {
-  name: string;
-  /** Why this backend cannot run here, or false. */
-  skip: string | false;
-  start(): Promise<Record<string, string>>;
-  /** An object's stored ciphertext, read behind the media service's back. */
-  readObject(dataDir: string, objectId: string): Promise<Buffer>;
-  /** Replaces an object's stored ciphertext behind the media service's back. */
-  writeObject(dataDir: string, objectId: string, bytes: Buffer): Promise<void>;
-  /** Ids of the objects stored. */
-  objectIds(dataDir: string): Promise<string[]>;
-  stop(): Promise<void>;
-}
-
-async function namesIn(dir: string): Promise<string[]> {
-  try {
-    return await readdir(dir);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return [];
-    throw err;
-  }
-}
-
-const localBackend = (): Backend => {
-  const objectFile = (dataDir: string, objectId: string) => join(dataDir, "media", "objects", objectId);
-  return {
-    name: "local directory engine",
-    skip: false,
-    // The default engine: nothing to configure beyond the limit.
-    start: async () => ({}),
-    readObject: (dataDir, objectId) => readFile(objectFile(dataDir, objectId)),
-    writeObject: (dataDir, objectId, bytes) => writeFile(objectFile(dataDir, objectId), bytes),
-    objectIds: (dataDir) => namesIn(join(dataDir, "media", "objects")),
-    stop: async () => {},
-  };
-};
-
-const minioBackend = (): Backend => {
-  let minio: MinioServer | undefined;
-  // The test's own S3 client with the root credentials: MinIO keeps objects in its own format,
-  // so the bytes are read and replaced through the S3 API, not the files.
-  let admin: MinioClient | undefined;
-  const key = (objectId: string) => `objects/${objectId}`;
-  return {
-    name: "MinIO engine on a real MinIO server",
-    skip: skipWithoutMinio(),
-    async start() {
-      minio = await startMinio();
-      admin = minioAdmin(minio);
-      return minioServerEnv(minio, BUCKET);
-    },
-    async readObject(_dataDir, objectId) {
-      const chunks: Buffer[] = [];
-      for await (const chunk of await admin!.getObject(BUCKET, key(objectId))) chunks.push(chunk as Buffer);
-      return Buffer.concat(chunks);
-    },
-    async writeObject(_dataDir, objectId, bytes) {
-      await admin!.putObject(BUCKET, key(objectId), bytes, bytes.length);
-    },
-    async objectIds() {
-      const ids: string[] = [];
-      for await (const item of admin!.listObjectsV2(BUCKET, "objects/", true)) {
-        const name = (item as { name?: string }).name;
-        if (name !== undefined) ids.push(name.slice("objects/".length));
-      }
-      return ids;
-    },
-    stop: async () => {
-      await minio?.close();
-    },
-  };
-};
-
 function samePointer(got: AttachmentPointer, sent: AttachmentPointer, who: string): void {
   assert.equal(got.objectId, sent.objectId, `${who}: object id`);
   assert.ok(Buffer.from(got.key).equals(Buffer.from(sent.key)), `${who}: key`);
@@ -132,61 +48,42 @@ async function refusedWith(promise: Promise<unknown>, code: Code, pattern: RegEx
   });
 }
 
-for (const backend of [localBackend(), minioBackend()]) {
+for (const backend of mediaBackends(BUCKET)) {
   describe(`end-to-end encrypted attachments, ${backend.name} (SDK against a server process)`, {
     skip: backend.skip,
   }, () => {
-    let base: string;
-    let server: ServerProcess | undefined;
-    let devices: TestDevices;
+    const suite = sdkMediaSuite(backend, "sb-attachments-", {
+      SWITCHBOARD_MEDIA_MAX_BYTES: String(MAX_BYTES),
+    });
     let n = 0;
 
     before(async () => {
-      base = await mkdtemp(join(tmpdir(), "sb-attachments-"));
-      const env = await backend.start();
-      server = await startServerProcess({
-        dataDir: join(base, "server"),
-        env: { ...env, SWITCHBOARD_MEDIA_MAX_BYTES: String(MAX_BYTES) },
-      });
-      const started = server;
-      const url = started.url;
-      devices = new TestDevices(base, () => url);
+      const server = suite.server;
       // The log is on stderr and the listening line on stdout: the log line may come a moment later.
       await eventually(
-        () => started.logs.some((l) => l.includes("media service started") && l.includes(`"engine":"`)),
+        () => server.logs.some((l) => l.includes("media service started") && l.includes(`"engine":"`)),
         () => "the media service started",
         10_000,
       );
-      const engine = backend.name.startsWith("MinIO") ? "minio" : "local";
       assert.ok(
-        server.logs.some((l) => l.includes(`"engine":"${engine}"`)),
-        `the server runs the ${engine} engine: ${server.logs.join("\n")}`,
+        server.logs.some((l) => l.includes(`"engine":"${backend.engine}"`)),
+        `the server runs the ${backend.engine} engine: ${server.logs.join("\n")}`,
       );
     });
 
-    after(async () => {
-      await devices?.close();
-      const code = await server?.stop();
-      await backend.stop();
-      await removeDir(base);
-      if (code !== undefined && code !== 0) {
-        throw new Error(`server exited with ${code} on SIGTERM:\n${server?.logs.slice(-20).join("\n")}`);
-      }
-    });
-
-    const register = (name: string) => devices.register(name);
-    const link = (first: SwitchboardClient, name: string) => devices.link(first, name);
+    const register = (name: string) => suite.devices.register(name);
+    const link = (first: SwitchboardClient, name: string) => suite.devices.link(first, name);
 
     /** A fresh empty directory for one device's downloads. */
     async function downloads(name: string): Promise<string> {
-      const dir = join(base, `downloads-${name}-${n++}`);
+      const dir = join(suite.base, `downloads-${name}-${n++}`);
       await mkdir(dir);
       return dir;
     }
 
     /** The stored ciphertext: the file's length plus the overhead, with no trace of the plaintext. */
     async function checkStored(objectId: string, plaintext: Buffer, marker: string): Promise<void> {
-      const stored = await backend.readObject(server!.dataDir, objectId);
+      const stored = await backend.readObject(suite.server.dataDir, objectId);
       assert.equal(stored.length, plaintext.length + OVERHEAD, "the store holds the ciphertext's length");
       assert.ok(!stored.includes(marker), "the stored object contains the file's marker");
       assert.ok(!stored.includes(plaintext.subarray(1000, 1064)), "the stored object contains plaintext");
@@ -323,11 +220,11 @@ for (const backend of [localBackend(), minioBackend()]) {
       const pointer = (await box.entry(id, sent.seq)).attachments[0]!;
 
       // One bit flipped in the middle of the stored ciphertext, behind the media service's back.
-      const original = await backend.readObject(server!.dataDir, sent.attachment.objectId);
+      const original = await backend.readObject(suite.server.dataDir, sent.attachment.objectId);
       const tampered = Buffer.from(original);
       const at = Math.floor(tampered.length / 2);
       tampered[at] = (tampered[at] ?? 0) ^ 0x01;
-      await backend.writeObject(server!.dataDir, sent.attachment.objectId, tampered);
+      await backend.writeObject(suite.server.dataDir, sent.attachment.objectId, tampered);
 
       const dir = await downloads("tampered");
       const path = join(dir, "photo.jpg");
@@ -345,7 +242,7 @@ for (const backend of [localBackend(), minioBackend()]) {
       );
 
       // Put back, the same object downloads and decrypts: the flipped bit was the only problem.
-      await backend.writeObject(server!.dataDir, sent.attachment.objectId, original);
+      await backend.writeObject(suite.server.dataDir, sent.attachment.objectId, original);
       await bob.downloadAttachment(id, pointer, { path });
       assert.ok((await readFile(path)).equals(data));
     });
@@ -361,7 +258,7 @@ for (const backend of [localBackend(), minioBackend()]) {
         (await alice.api.conversations.getHistory({ conversationId: id, afterSeq: 0n, limit: 0 })).entries
           .length;
       const entriesBefore = await history();
-      const objectsBefore = (await backend.objectIds(server!.dataDir)).sort();
+      const objectsBefore = (await backend.objectIds(suite.server.dataDir)).sort();
 
       // One byte too many once encrypted: the limit counts what is stored, the ciphertext.
       const over = randomBytes(MAX_BYTES - OVERHEAD + 1);
@@ -383,7 +280,11 @@ for (const backend of [localBackend(), minioBackend()]) {
         /exceeds the maximum attachment size/,
       );
       assert.equal(await history(), entriesBefore, "no message was sent");
-      assert.deepEqual((await backend.objectIds(server!.dataDir)).sort(), objectsBefore, "nothing stored");
+      assert.deepEqual(
+        (await backend.objectIds(suite.server.dataDir)).sort(),
+        objectsBefore,
+        "nothing stored",
+      );
 
       // Exactly at the limit is accepted, and arrives whole.
       const atLimit = randomBytes(MAX_BYTES - OVERHEAD);

@@ -1,22 +1,10 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, readdir } from "node:fs/promises";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Client as MinioClient } from "minio";
 import { Inbox } from "../test/helpers/inbox.js";
-import {
-  type MinioServer,
-  minioAdmin,
-  minioServerEnv,
-  skipWithoutMinio,
-  startMinio,
-} from "../test/helpers/minio.js";
+import { mediaBackends, sdkMediaSuite } from "../test/helpers/media-backends.js";
 import { scanDirectory } from "../test/helpers/scan.js";
-import { TestDevices } from "../test/helpers/sdk-devices.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import { AttachmentError } from "./crypto/attachments.js";
 import { MAX_AVATAR_BYTES } from "./crypto/avatars.js";
 
@@ -35,81 +23,15 @@ function pictureWith(size: number, marker: string): Buffer {
   return data;
 }
 
-interface Backend {
-  name: string;
-  skip: string | false;
-  start(): Promise<Record<string, string>>;
-  /** Ids of the objects the engine holds. */
-  objectIds(dataDir: string): Promise<string[]>;
-  /** Directories besides the server's data directory where the engine keeps bytes. */
-  otherDirs(): string[];
-  stop(): Promise<void>;
-}
-
-const localBackend = (): Backend => ({
-  name: "local directory engine",
-  skip: false,
-  start: async () => ({}),
-  objectIds: async (dataDir) => readdir(join(dataDir, "media", "objects")).catch(() => []),
-  otherDirs: () => [],
-  stop: async () => {},
-});
-
-const minioBackend = (): Backend => {
-  let minio: MinioServer | undefined;
-  let admin: MinioClient | undefined;
-  return {
-    name: "MinIO engine on a real MinIO server",
-    skip: skipWithoutMinio(),
-    async start() {
-      minio = await startMinio();
-      admin = minioAdmin(minio);
-      return minioServerEnv(minio, BUCKET);
-    },
-    async objectIds() {
-      const ids: string[] = [];
-      for await (const item of admin!.listObjectsV2(BUCKET, "objects/", true)) {
-        const name = (item as { name?: string }).name;
-        if (name !== undefined) ids.push(name.slice("objects/".length));
-      }
-      return ids;
-    },
-    otherDirs: () => (minio === undefined ? [] : [minio.directory]),
-    stop: async () => {
-      await minio?.close();
-    },
-  };
-};
-
-for (const backend of [localBackend(), minioBackend()]) {
+for (const backend of mediaBackends(BUCKET)) {
   describe(`profile avatars, ${backend.name} (SDK against a server process)`, { skip: backend.skip }, () => {
-    let base: string;
-    let server: ServerProcess | undefined;
-    let devices: TestDevices;
-
-    before(async () => {
-      base = await mkdtemp(join(tmpdir(), "sb-avatars-"));
-      const env = await backend.start();
-      server = await startServerProcess({ dataDir: join(base, "server"), env });
-      const url = server.url;
-      devices = new TestDevices(base, () => url);
-    });
-
-    after(async () => {
-      await devices?.close();
-      const code = await server?.stop();
-      await backend.stop();
-      await removeDir(base);
-      if (code !== undefined && code !== 0) {
-        throw new Error(`server exited with ${code} on SIGTERM:\n${server?.logs.slice(-20).join("\n")}`);
-      }
-    });
+    const suite = sdkMediaSuite(backend, "sb-avatars-");
 
     it("a contact and the owner's other device open it with the key their messages brought; others cannot; nothing on the server holds the picture", async () => {
-      const alice1 = await devices.register("alice");
-      const alice2 = await devices.link(alice1, "alice2");
-      const bob = await devices.register("bob");
-      const carol = await devices.register("carol");
+      const alice1 = await suite.devices.register("alice");
+      const alice2 = await suite.devices.link(alice1, "alice2");
+      const bob = await suite.devices.register("bob");
+      const carol = await suite.devices.register("carol");
       const boxes = {
         alice1: new Inbox("alice1", alice1),
         alice2: new Inbox("alice2", alice2),
@@ -127,7 +49,7 @@ for (const backend of [localBackend(), minioBackend()]) {
       const picture = pictureWith(200_000, marker);
       const set = await alice1.avatars.set(picture);
       assert.equal(set.lengthBytes, picture.length + 28, "the server holds the ciphertext's length");
-      assert.ok((await backend.objectIds(server!.dataDir)).includes(set.objectId));
+      assert.ok((await backend.objectIds(suite.server.dataDir)).includes(set.objectId));
 
       for (const [name, viewer] of [
         ["bob", bob],
@@ -149,7 +71,7 @@ for (const backend of [localBackend(), minioBackend()]) {
       const control = `name-${randomBytes(6).toString("hex")}`;
       await alice1.setDisplayName(control);
       const found: string[] = [];
-      for (const dir of [server!.dataDir, ...backend.otherDirs()]) {
+      for (const dir of [suite.server.dataDir, ...backend.directories()]) {
         const scan = await scanDirectory(dir, [marker, control]);
         found.push(...scan.findings.map((f) => `${f.marker} in ${f.where}`));
       }
@@ -166,7 +88,7 @@ for (const backend of [localBackend(), minioBackend()]) {
       // A new picture needs no message: bob already holds the key. The old object is deleted.
       const second = pictureWith(50_000, marker);
       const replaced = await alice1.avatars.set(second);
-      const stored = await backend.objectIds(server!.dataDir);
+      const stored = await backend.objectIds(suite.server.dataDir);
       assert.ok(
         stored.includes(replaced.objectId) && !stored.includes(set.objectId),
         "the old object is gone",
@@ -195,7 +117,7 @@ for (const backend of [localBackend(), minioBackend()]) {
       assert.equal(await bob.avatars.of(alice1.userId), undefined, "removed");
       assert.equal(await alice1.avatars.remove(), false);
       assert.deepEqual(
-        (await backend.objectIds(server!.dataDir)).filter((id) =>
+        (await backend.objectIds(suite.server.dataDir)).filter((id) =>
           [set, replaced].some((s) => s.objectId === id),
         ),
         [],
@@ -203,15 +125,15 @@ for (const backend of [localBackend(), minioBackend()]) {
     });
 
     it("an avatar too large is refused on the device, before anything is uploaded", async () => {
-      const alice = await devices.register("alice");
-      const before = await backend.objectIds(server!.dataDir);
+      const alice = await suite.devices.register("alice");
+      const before = await backend.objectIds(suite.server.dataDir);
       await assert.rejects(alice.avatars.set(new Uint8Array(MAX_AVATAR_BYTES + 1)), (err) => {
         assert.ok(err instanceof ConnectError);
         assert.equal(err.code, Code.InvalidArgument);
         assert.match(err.rawMessage, /at most 1048548 bytes/);
         return true;
       });
-      assert.deepEqual(await backend.objectIds(server!.dataDir), before);
+      assert.deepEqual(await backend.objectIds(suite.server.dataDir), before);
       // The largest allowed picture goes through (exactly 1 MiB of ciphertext).
       const set = await alice.avatars.set(randomBytes(MAX_AVATAR_BYTES));
       assert.equal(set.lengthBytes, 1024 * 1024);

@@ -1,21 +1,10 @@
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import type { Client as MinioClient } from "minio";
 import { eventually } from "../test/helpers/inbox.js";
-import {
-  type MinioServer,
-  minioAdmin,
-  minioServerEnv,
-  skipWithoutMinio,
-  startMinio,
-} from "../test/helpers/minio.js";
+import { mediaBackends, sdkMediaSuite } from "../test/helpers/media-backends.js";
 import { readFilesUnder } from "../test/helpers/scan.js";
-import { TestDevices } from "../test/helpers/sdk-devices.js";
-import { removeDir, type ServerProcess, startServerProcess } from "../test/helpers/server.js";
 import { HistoryError, TRANSFER_TITLE } from "./client/history.js";
 import { SwitchboardClient } from "./client.js";
 import type { HistoryImportedEvent, HistoryRefusedEvent } from "./history-types.js";
@@ -38,93 +27,20 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
   return Promise.race([promise, deadline]).finally(() => clearTimeout(timer));
 }
 
-/** A media engine: the server's environment, and the stored ciphertext behind the service's back. */
-interface Backend {
-  name: string;
-  skip: string | false;
-  start(): Promise<Record<string, string>>;
-  readObject(dataDir: string, objectId: string): Promise<Buffer>;
-  writeObject(dataDir: string, objectId: string, bytes: Buffer): Promise<void>;
-  /** Removes an object's ciphertext (its record stays), as a store that lost it for a while. */
-  removeObject(dataDir: string, objectId: string): Promise<void>;
-  /** Where the engine keeps data outside the server's data directory (scanned for plaintext). */
-  directories(): string[];
-  stop(): Promise<void>;
-}
-
-const localBackend = (): Backend => {
-  const file = (dataDir: string, objectId: string) => join(dataDir, "media", "objects", objectId);
-  return {
-    name: "the embedded media store",
-    skip: false,
-    start: async () => ({}),
-    readObject: (dataDir, objectId) => readFile(file(dataDir, objectId)),
-    writeObject: (dataDir, objectId, bytes) => writeFile(file(dataDir, objectId), bytes),
-    removeObject: (dataDir, objectId) => rm(file(dataDir, objectId)),
-    directories: () => [],
-    stop: async () => {},
-  };
-};
-
 const BUCKET = "switchboard-history-e2e";
-const minioBackend = (): Backend => {
-  let minio: MinioServer | undefined;
-  let admin: MinioClient | undefined;
-  return {
-    name: "MinIO",
-    skip: skipWithoutMinio(),
-    async start() {
-      minio = await startMinio();
-      admin = minioAdmin(minio);
-      return minioServerEnv(minio, BUCKET);
-    },
-    async readObject(_dataDir, objectId) {
-      const chunks: Buffer[] = [];
-      for await (const chunk of await admin!.getObject(BUCKET, `objects/${objectId}`))
-        chunks.push(chunk as Buffer);
-      return Buffer.concat(chunks);
-    },
-    async writeObject(_dataDir, objectId, bytes) {
-      await admin!.putObject(BUCKET, `objects/${objectId}`, bytes, bytes.length);
-    },
-    async removeObject(_dataDir, objectId) {
-      await admin!.removeObject(BUCKET, `objects/${objectId}`);
-    },
-    directories: () => (minio === undefined ? [] : [minio.directory]),
-    stop: async () => {
-      await minio?.close();
-    },
-  };
-};
+/** How this suite's names call each engine. */
+const ENGINE_NAMES = { local: "the embedded media store", minio: "MinIO" } as const;
 
-for (const backend of [localBackend(), minioBackend()]) {
-  describe(`history for a newly linked device (SDK against a server process, ${backend.name})`, {
+for (const backend of mediaBackends(BUCKET)) {
+  describe(`history for a newly linked device (SDK against a server process, ${ENGINE_NAMES[backend.engine]})`, {
     skip: backend.skip,
   }, () => {
-    let base: string;
-    let server: ServerProcess | undefined;
-    let devices: TestDevices;
-
-    before(async () => {
-      base = await mkdtemp(join(tmpdir(), "sb-history-"));
-      const env = await backend.start();
-      server = await startServerProcess({ dataDir: join(base, "server"), env });
-      const url = server.url;
-      devices = new TestDevices(base, () => url);
-    });
-
-    after(async () => {
-      await devices?.close();
-      const code = await server?.stop();
-      await backend.stop();
-      await removeDir(base);
-      if (code !== undefined && code !== 0) throw new Error(`server exited with ${code} on SIGTERM`);
-    });
+    const suite = sdkMediaSuite(backend, "sb-history-");
 
     /** A user with a direct conversation and a group, each with messages both ways, all before any link. */
     async function userWithHistory(marker: string) {
-      const alice = await devices.register("alice");
-      const bob = await devices.register("bob");
+      const alice = await suite.devices.register("alice");
+      const bob = await suite.devices.register("bob");
       const direct = (await alice.openDirect(bob.userId)).conversationId;
       const group = (await alice.createGroup("friends", [bob.userId])).conversationId;
       await bob.sendUnary(direct, `${marker} bob one`);
@@ -146,7 +62,7 @@ for (const backend of [localBackend(), minioBackend()]) {
     it("the new device shows the old messages, deduplicated against what it synced itself", async () => {
       const marker = "HISTMARK-7d1f";
       const { alice, bob, direct, group } = await userWithHistory(marker);
-      const linked = await devices.link(alice, "alice-new");
+      const linked = await suite.devices.link(alice, "alice-new");
       await linked.connect();
       // Before the transfer the new device cannot read what was sent before it linked.
       const before = await linked.getHistory(direct);
@@ -190,7 +106,7 @@ for (const backend of [localBackend(), minioBackend()]) {
 
       // The server's stores hold ciphertext only: no file under its data directory (LMDB, media
       // objects and records) contains any of the plaintexts. LMDB writes through to its files.
-      const stores = [server!.dataDir, ...backend.directories()];
+      const stores = [suite.server.dataDir, ...backend.directories()];
       for (const { path, bytes } of await readFilesUnder(...stores)) {
         assert.ok(!bytes.includes(marker), `${path} holds a plaintext`);
       }
@@ -204,8 +120,8 @@ for (const backend of [localBackend(), minioBackend()]) {
 
     it("a device that never streams imports with receivePending; a sibling device ignores the transfer", async () => {
       const { alice, bob, direct } = await userWithHistory("PENDING-5c");
-      const linked = await devices.link(alice, "alice-unary");
-      const sibling = await devices.link(alice, "alice-sibling");
+      const linked = await suite.devices.link(alice, "alice-unary");
+      const sibling = await suite.devices.link(alice, "alice-sibling");
       // A message after the link that the new device has not read when the bundle arrives (the
       // gateways' 5 s device lists must include it first, as above).
       await new Promise((resolve) => setTimeout(resolve, 5_500));
@@ -240,15 +156,15 @@ for (const backend of [localBackend(), minioBackend()]) {
 
     it("a transfer that could not be fetched stays pending and is imported on the next start", async () => {
       const { alice, direct } = await userWithHistory("RESUME-9e");
-      const linked = await devices.link(alice, "alice-resume");
+      const linked = await suite.devices.link(alice, "alice-resume");
       const profileDir = linked.profileDir;
       await linked.close();
       const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
-      const stored = await backend.readObject(server!.dataDir, sent.objectId);
-      await backend.removeObject(server!.dataDir, sent.objectId);
+      const stored = await backend.readObject(suite.server.dataDir, sent.objectId);
+      await backend.removeObject(suite.server.dataDir, sent.objectId);
 
       // The store answers, but without the object: not a refusal of the bundle, a failure to try again.
-      const first = await devices.reopen(profileDir);
+      const first = await suite.devices.reopen(profileDir);
       let refused: HistoryRefusedEvent | undefined;
       first.on("historyRefused", (e) => {
         refused = e;
@@ -267,8 +183,8 @@ for (const backend of [localBackend(), minioBackend()]) {
       await first.close();
 
       // The next start takes it up again, with no new message needed.
-      await backend.writeObject(server!.dataDir, sent.objectId, stored);
-      const second = await devices.reopen(profileDir);
+      await backend.writeObject(suite.server.dataDir, sent.objectId, stored);
+      const second = await suite.devices.reopen(profileDir);
       const imported = second.waitFor("historyImported");
       await second.connect();
       const event = await within(imported, 30_000, "the resumed import");
@@ -279,17 +195,17 @@ for (const backend of [localBackend(), minioBackend()]) {
 
     it("a tampered bundle is refused, and nothing of it is imported", async () => {
       const { alice, direct } = await userWithHistory("TAMPER-42aa");
-      const linked = await devices.link(alice, "alice-tampered");
+      const linked = await suite.devices.link(alice, "alice-tampered");
       const profileDir = linked.profileDir;
       // Offline while the bundle is uploaded, so the test can change it in the store first.
       await linked.close();
       const sent = await alice.history.sendTo(linked.deviceId, { days: 1 });
-      const stored = await backend.readObject(server!.dataDir, sent.objectId);
+      const stored = await backend.readObject(suite.server.dataDir, sent.objectId);
       assert.equal(stored.length, sent.ciphertextBytes);
       stored[stored.length - 40] = (stored[stored.length - 40] ?? 0) ^ 0x01;
-      await backend.writeObject(server!.dataDir, sent.objectId, stored);
+      await backend.writeObject(suite.server.dataDir, sent.objectId, stored);
 
-      const reopened = await devices.reopen(profileDir);
+      const reopened = await suite.devices.reopen(profileDir);
       const refused = reopened.waitFor("historyRefused");
       await reopened.connect();
       const event: HistoryRefusedEvent = await within(refused, 30_000, "the refusal");
@@ -302,7 +218,7 @@ for (const backend of [localBackend(), minioBackend()]) {
 
     it("bounds and bad requests are refused with precise errors", async () => {
       const { alice } = await userWithHistory("BOUNDS");
-      const linked = await devices.link(alice, "alice-bounds");
+      const linked = await suite.devices.link(alice, "alice-bounds");
       const refusedWith = async (p: Promise<unknown>, code: Code, pattern: RegExp) =>
         assert.rejects(p, (err: unknown) => {
           assert.ok(err instanceof ConnectError, String(err));
@@ -334,8 +250,8 @@ for (const backend of [localBackend(), minioBackend()]) {
       // A device linked without encryption has no keys: nobody could read a transfer to it.
       const { code } = await alice.createLinkCode();
       const plain = await SwitchboardClient.link({
-        serverUrl: server!.url,
-        profileDir: join(base, "profile-alice-plain"),
+        serverUrl: suite.server.url,
+        profileDir: join(suite.base, "profile-alice-plain"),
         code,
         encryption: false,
       });

@@ -77,6 +77,8 @@ export interface MeshOptions {
    * launcher says so.
    */
   relay?: boolean;
+  /** Picks a free TCP port for a service (default: servers.ts's freePort). Tests pass their own. */
+  pickPort?: () => Promise<number>;
 }
 
 /** One service process of the mesh. */
@@ -102,6 +104,9 @@ interface Spec {
   adminPort: number;
   env: Record<string, string>;
 }
+
+/** Starts of the service tier, each on newly picked ports, before a port taken meanwhile fails the mesh. */
+const PORT_ATTEMPTS = 3;
 
 /** The settings file and the secrets file the launcher writes in its directory. */
 export const SETTINGS_FILE = "settings.txt";
@@ -187,10 +192,29 @@ export class Mesh {
     }
     this.superviseBackends();
     const relay = await this.startRelay();
+    // Ports are picked free, then bound by the processes a moment later: another program on the
+    // machine (a test running beside this one, say) can take one in between. Every process is
+    // told the others' ports, so the service tier starts again on new ones.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await this.startServices(relay, scylla);
+        return;
+      } catch (err) {
+        const message = err instanceof Error ? err.message : String(err);
+        if (attempt >= PORT_ATTEMPTS || !message.includes("EADDRINUSE")) throw err;
+        this.say(`a port was taken before its process listened; starting the services on new ports`);
+        await this.stopServices(Date.now() + 30_000);
+      }
+    }
+  }
 
+  /** Picks the services' ports and starts every service process; resolves once all listen. */
+  private async startServices(relay: Record<string, string>, scylla: Record<string, string>): Promise<void> {
+    const o = this.options;
+    const pick = o.pickPort ?? freePort;
     const sequencers = o.sequencers ?? 2;
     const ports = async (n: number, fixed?: number[]) =>
-      Promise.all(Array.from({ length: n }, (_, i) => (fixed?.[i] !== undefined ? fixed[i]! : freePort())));
+      Promise.all(Array.from({ length: n }, (_, i) => (fixed?.[i] !== undefined ? fixed[i]! : pick())));
     const seqPorts = await ports(sequencers);
     const [accountsPort, presencePort] = await ports(2);
     const url = (port: number) => `http://127.0.0.1:${port}`;
@@ -223,7 +247,7 @@ export class Mesh {
     }
     const specs: Spec[] = [];
     const add = async (name: string, roles: string, port: number, env: Record<string, string> = {}) => {
-      specs.push({ name, roles, port, adminPort: await freePort(), env: { ...common, ...env } });
+      specs.push({ name, roles, port, adminPort: await pick(), env: { ...common, ...env } });
     };
     // Stateful services first: the others call them as soon as they start.
     await add("accounts", "accounts,notification,media", accountsPort!);
@@ -240,7 +264,7 @@ export class Mesh {
       specs.push({ name: `gateway-${i}`, roles: "gateway", port: p, adminPort: 0, env: common });
     }
     for (const spec of specs) {
-      if (spec.adminPort === 0) spec.adminPort = await freePort();
+      if (spec.adminPort === 0) spec.adminPort = await pick();
       this.specs.set(spec.name, spec);
     }
     // The stateful tier must listen before the tiers that call it.
@@ -248,6 +272,14 @@ export class Mesh {
     await Promise.all(stateful.map((s) => this.launch(s.name)));
     await Promise.all(specs.filter((s) => !stateful.includes(s)).map((s) => this.launch(s.name)));
     await this.writeSettings();
+  }
+
+  /** Stops the service processes of a start that failed, and forgets them (the backends stay). */
+  private async stopServices(deadline: number): Promise<void> {
+    await Promise.all([...this.processes.keys()].map((n) => this.stopOne(n, deadline)));
+    this.processes.clear();
+    this.specs.clear();
+    this.exits.clear();
   }
 
   /** A line for the operator (the supervisor's channel). */

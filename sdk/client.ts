@@ -243,8 +243,16 @@ export class SwitchboardClient {
     await this.parts.decoder.retriesSettled();
     await this.parts.acks.flush().catch(() => {});
     await this.parts.stream.finish();
-    // Before the connection and the profile go: listeners that write to the profile finish here.
-    await this.ctx.events.emitAndWait("closing", {});
+    // Before the connection and the profile go: listeners that write to the profile finish here,
+    // within a grace period, so a listener that never settles cannot hold close() forever.
+    let grace: ReturnType<typeof setTimeout> | undefined;
+    await Promise.race([
+      this.ctx.events.emitAndWait("closing", {}),
+      new Promise<void>((resolve) => {
+        grace = setTimeout(resolve, this.ctx.tuning.closingGraceMs);
+      }),
+    ]);
+    clearTimeout(grace);
     await this.ctx.profile.settled();
     this.parts.reorder.pause();
     this.parts.acks.dispose();

@@ -296,8 +296,9 @@ export interface ClientEvents {
   caughtUp: { entries: bigint; expiredEntries: bigint };
   /**
    * close() has handed the app its last entry and is about to release the profile: a listener's
-   * promise is awaited first, so what writes to the profile's storage (health, say) finishes
-   * while the profile is still this client's. Unary calls still work until it settles.
+   * promise is awaited first (up to `closingGraceMs`), so what writes to the profile's storage
+   * (health, say) finishes while the profile is still this client's. Unary calls still work
+   * until it settles.
    */
   closing: Record<string, never>;
   /** A send was committed (one tick); also fires for sends resumed from the outbox. */
@@ -426,6 +427,8 @@ export interface ClientTuning {
   ackDelayMs?: number;
   /** Delivered entries that trigger an ack at once. Default 100. */
   ackEveryEntries?: number;
+  /** Longest close() waits for its `closing` listeners before it releases the profile. Default 10,000. */
+  closingGraceMs?: number;
 }
 
 /** Options of SwitchboardClient.open. */

@@ -25,6 +25,7 @@ export function tuningWithDefaults(tuning: ClientTuning): Required<ClientTuning>
     syncPageSize: tuning.syncPageSize ?? 256,
     ackDelayMs: tuning.ackDelayMs ?? 50,
     ackEveryEntries: tuning.ackEveryEntries ?? 100,
+    closingGraceMs: tuning.closingGraceMs ?? 10_000,
   };
 }
 

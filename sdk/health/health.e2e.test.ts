@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { eventually, Inbox } from "../../test/helpers/inbox.js";
 import { SdkServerSuite } from "../../test/helpers/sdk-devices.js";
-import type { SwitchboardClient } from "../client.js";
+import { SwitchboardClient } from "../client.js";
 import { type HealthEvent, SDK_EVENT_NAMES } from "./events.js";
 import { ConversationHealth } from "./health.js";
 
@@ -214,6 +214,26 @@ describe("conversation health, two devices and a server process", () => {
     await alice.close();
     const stored = await ConversationHealth.open(alice.storage, alice.userId);
     assert.equal(stored.needsReply(conversationId).seq, hello.seq, "written at close");
+  });
+
+  it("a closing listener that never settles holds close() for closingGraceMs only; the profile is released", async () => {
+    const first = await suite.devices.register("dora");
+    await first.close();
+    const client = await SwitchboardClient.open({
+      profileDir: first.profileDir,
+      encryption: true,
+      closingGraceMs: 100,
+    });
+    let called = false;
+    client.on("closing", () => {
+      called = true;
+      return new Promise<void>(() => {});
+    });
+    // Without the grace this never resolves (the test's own timeout would end it).
+    await client.close();
+    assert.ok(called, "the listener was called");
+    const again = await SwitchboardClient.open({ profileDir: first.profileDir, encryption: true });
+    await again.close();
   });
 
   it("the away summary of a group: mentions, replies to you and pins while away, from history or the stream, counted once", async () => {

@@ -1,5 +1,5 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { type Attributes, context, propagation, SpanKind, SpanStatusCode, trace } from "@opentelemetry/api";
+import { type Attributes, context, propagation, SpanKind, SpanStatusCode } from "@opentelemetry/api";
 import { ATTR_ERROR_TYPE } from "@opentelemetry/semantic-conventions";
 import {
   ATTR_RPC_METHOD,
@@ -9,7 +9,7 @@ import {
   RPC_SYSTEM_NAME_VALUE_CONNECTRPC,
   RPC_SYSTEM_NAME_VALUE_GRPC,
 } from "./semconv.js";
-import { meter, tracer } from "./telemetry.js";
+import { meter, startSpan } from "./telemetry.js";
 
 /**
  * Tracing and metrics for every RPC, on both sides, named as the OpenTelemetry RPC semantic
@@ -116,15 +116,14 @@ export function serverTelemetry(): Interceptor {
       }
     }
     const parent = propagation.extract(context.active(), req.header, headerGetter);
-    const span = tracer().startSpan(
-      `${req.service.typeName}/${req.method.name}`,
-      { kind: SpanKind.SERVER, attributes },
-      parent,
-    );
+    const { span, ctx } = startSpan(`${req.service.typeName}/${req.method.name}`, parent, {
+      kind: SpanKind.SERVER,
+      attributes,
+    });
     const started = performance.now();
     let failure: unknown;
     try {
-      return await context.with(trace.setSpan(parent, span), () => next(req));
+      return await context.with(ctx, () => next(req));
     } catch (err) {
       failure = err;
       throw err;
@@ -147,14 +146,13 @@ export function clientTelemetry(): Interceptor {
       return next(req);
     }
     // The internal calls go over gRPC (createGrpcTransport).
-    const span = tracer().startSpan(`${req.service.typeName}/${req.method.name}`, {
+    const { span, ctx } = startSpan(`${req.service.typeName}/${req.method.name}`, context.active(), {
       kind: SpanKind.CLIENT,
       attributes: {
         [ATTR_RPC_SYSTEM_NAME]: RPC_SYSTEM_NAME_VALUE_GRPC,
         [ATTR_RPC_METHOD]: `${req.service.typeName}/${req.method.name}`,
       },
     });
-    const ctx = trace.setSpan(context.active(), span);
     propagation.inject(ctx, req.header, headerSetter);
     let failure: unknown;
     try {

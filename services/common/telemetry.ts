@@ -3,8 +3,10 @@ import {
   type Attributes,
   type Context,
   context,
+  INVALID_SPAN_CONTEXT,
   type Link,
   metrics,
+  ProxyTracerProvider,
   propagation,
   ROOT_CONTEXT,
   type Span,
@@ -76,6 +78,22 @@ export interface Telemetry {
 }
 
 let current: { telemetry: Telemetry; users: number } | undefined;
+
+/** The provider the API falls back to when none is registered: its tracer starts no-op spans. */
+const NOOP_TRACER_PROVIDER = new ProxyTracerProvider().getDelegate();
+
+/**
+ * True when a tracer provider is registered: startTelemetry's (an OTLP endpoint is configured) or
+ * one an embedding application or a test registered itself.
+ */
+function tracing(): boolean {
+  const provider = trace.getTracerProvider();
+  const delegate = provider instanceof ProxyTracerProvider ? provider.getDelegate() : provider;
+  return delegate !== NOOP_TRACER_PROVIDER;
+}
+
+/** A span that records nothing and names no trace: what the no-op tracer starts without a parent. */
+const NO_SPAN = trace.wrapSpanContext(INVALID_SPAN_CONTEXT);
 
 /**
  * Starts the process's providers. The global providers are process-wide, so a second call (two
@@ -199,6 +217,10 @@ export function startSpan(
 ): { span: Span; ctx: Context } {
   const parentCtx =
     parent === undefined ? context.active() : isContext(parent) ? parent : extractContext(parent);
+  // Tracing off: the no-op tracer's span would only carry the parent's span context on, which the
+  // parent's context already does (so propagation is unchanged). Skipping it saves a span, its
+  // options and a context per call on the hot path: several per message.
+  if (!tracing()) return { span: trace.getSpan(parentCtx) ?? NO_SPAN, ctx: parentCtx };
   const span = tracer().startSpan(
     name,
     {

@@ -17,7 +17,7 @@ import { Outbound } from "./outbound.js";
 import { Backlog } from "./session/backlog.js";
 import type { StreamContext } from "./session/context.js";
 import { FRAME_ENTRIES, frame } from "./session/frames.js";
-import { InboundFrames } from "./session/inbound.js";
+import { type FrameSink, InboundFrames } from "./session/inbound.js";
 import { Sends } from "./session/sends.js";
 import type { GatewayServices, SessionHost } from "./types.js";
 
@@ -94,6 +94,20 @@ export class Session implements StreamContext {
 
   /** Sends ready, starts reading the device's frames and pushes its backlog. */
   start(requests: AsyncIterable<ConnectRequest>): void {
+    this.begin();
+    void this.inbound.run(requests);
+  }
+
+  /**
+   * As start, for a transport that parses the device's frames itself and pushes each as it is
+   * read (device-stream.ts): the sink it returns takes them.
+   */
+  startPushed(): FrameSink {
+    this.begin();
+    return this.inbound;
+  }
+
+  private begin(): void {
     const { limits } = this.core;
     this.answer(
       frame({
@@ -112,7 +126,6 @@ export class Session implements StreamContext {
         },
       }),
     );
-    void this.inbound.run(requests);
     void this.resume();
   }
 

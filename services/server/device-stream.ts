@@ -30,6 +30,7 @@ const GRPC_PROTO = /^application\/grpc(\+proto)?$/;
 const FRAMES_PER_WRITE = 64;
 /** Envelope flag: the message is compressed. */
 const FLAG_COMPRESSED = 0b1;
+const EMPTY: Buffer = Buffer.alloc(0);
 
 /** What the fast path needs besides the gateway. */
 export interface DeviceStreamDeps {
@@ -103,7 +104,7 @@ async function serve(req: http2.Http2ServerRequest, res: http2.Http2ServerRespon
   // The device went away (reset, connection lost): forget the stream.
   res.once("close", () => session.close());
   res.writeHead(200, { "content-type": contentType });
-  session.start(frames(req, deps));
+  readFrames(req, deps, session.startPushed());
   let failure: unknown;
   try {
     for await (const batch of session.outbound.drainBatches(FRAMES_PER_WRITE)) {
@@ -143,57 +144,102 @@ function finish(
   if (!req.readableEnded) req.pause();
 }
 
-/** The device's frames, parsed from the request body as it arrives, unknown fields dropped. */
-async function* frames(
-  req: http2.Http2ServerRequest,
-  deps: DeviceStreamDeps,
-): AsyncGenerator<ConnectRequest> {
+/** What readFrames hands the frames it parses to (the session's inbound side). */
+interface FrameSink {
+  /** False once the stream wants no more frames. */
+  frame(request: ConnectRequest): boolean;
+  end(): Promise<void>;
+  fail(err: unknown): void;
+}
+
+/**
+ * Reads the device's frames from the request body as it arrives, unknown fields dropped, and
+ * pushes each to the sink. Every frame of a read is parsed and handed over in the 'data' event
+ * itself: an async iterator over the body with an async generator on top cost a few promises
+ * per read and per frame, the largest source of garbage on the read side (docs/benchmarks.md).
+ * Dispatching a frame is synchronous, so the body is read as fast as it is handled either way;
+ * HTTP/2 flow control stays the back-pressure. When the sink wants no more, or a frame is
+ * refused, reading stops: what the device sends after that waits in the stream's window.
+ */
+function readFrames(req: http2.Http2ServerRequest, deps: DeviceStreamDeps, sink: FrameSink): void {
   const { readMaxBytes, gateway } = deps;
-  let buffered: Buffer = Buffer.alloc(0);
-  for await (const chunk of req as AsyncIterable<Buffer>) {
-    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
-    const parsed: ConnectRequest[] = [];
-    let offset = 0;
-    while (buffered.length - offset >= 5) {
-      const flags = buffered[offset]!;
-      const length = buffered.readUInt32BE(offset + 1);
-      // Refused on the header, before the message is buffered.
-      if (length > readMaxBytes) {
-        throw new ConnectError(
-          `message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`,
-          Code.ResourceExhausted,
-        );
-      }
-      if (buffered.length - offset - 5 < length) break;
-      if ((flags & FLAG_COMPRESSED) !== 0) {
-        // The request said it compresses nothing (no grpc-encoding): a protocol error.
-        throw new ConnectError(
-          "protocol error: received compressed message without grpc-encoding",
-          Code.Internal,
-        );
-      }
-      const data = buffered.subarray(offset + 5, offset + 5 + length);
-      offset += 5 + length;
-      let message: ConnectRequest;
-      try {
-        message = fromBinary(ConnectRequestSchema, data);
-      } catch (err) {
-        throw new ConnectError(`parse binary: ${String((err as Error).message)}`, Code.InvalidArgument);
-      }
-      const dropped = dropUnknownFields(message);
-      if (dropped > 0) {
-        gateway.refused("unknown_fields", "dropped fields this server does not know from a device message", {
-          procedure: PATH,
-          bytes: dropped,
-        });
-      }
-      parsed.push(message);
+  let buffered: Buffer = EMPTY;
+  let stopped = false;
+  // The error listener stays: a body that fails after reading stopped must not throw.
+  const stop = () => {
+    stopped = true;
+    req.off("data", onData);
+    req.off("end", onEnd);
+    if (!req.readableEnded) req.pause();
+  };
+  const onError = (err: unknown) => {
+    if (stopped) return;
+    stop();
+    sink.fail(err);
+  };
+  const onEnd = () => {
+    stop();
+    if (buffered.length > 0) {
+      sink.fail(new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument));
+    } else {
+      void sink.end();
     }
-    buffered = offset === buffered.length ? Buffer.alloc(0) : buffered.subarray(offset);
-    yield* parsed;
-  }
-  if (buffered.length > 0)
-    throw new ConnectError("protocol error: incomplete envelope", Code.InvalidArgument);
+  };
+  const onData = (chunk: Buffer) => {
+    buffered = buffered.length === 0 ? chunk : Buffer.concat([buffered, chunk]);
+    let offset = 0;
+    try {
+      while (buffered.length - offset >= 5) {
+        const flags = buffered[offset]!;
+        const length = buffered.readUInt32BE(offset + 1);
+        // Refused on the header, before the message is buffered.
+        if (length > readMaxBytes) {
+          throw new ConnectError(
+            `message size ${length} is larger than configured readMaxBytes ${readMaxBytes}`,
+            Code.ResourceExhausted,
+          );
+        }
+        if (buffered.length - offset - 5 < length) break;
+        if ((flags & FLAG_COMPRESSED) !== 0) {
+          // The request said it compresses nothing (no grpc-encoding): a protocol error.
+          throw new ConnectError(
+            "protocol error: received compressed message without grpc-encoding",
+            Code.Internal,
+          );
+        }
+        const data = buffered.subarray(offset + 5, offset + 5 + length);
+        offset += 5 + length;
+        let message: ConnectRequest;
+        try {
+          message = fromBinary(ConnectRequestSchema, data);
+        } catch (err) {
+          throw new ConnectError(`parse binary: ${String((err as Error).message)}`, Code.InvalidArgument);
+        }
+        const dropped = dropUnknownFields(message);
+        if (dropped > 0) {
+          gateway.refused(
+            "unknown_fields",
+            "dropped fields this server does not know from a device message",
+            {
+              procedure: PATH,
+              bytes: dropped,
+            },
+          );
+        }
+        if (!sink.frame(message)) {
+          stop();
+          return;
+        }
+      }
+    } catch (err) {
+      onError(err);
+      return;
+    }
+    buffered = offset === buffered.length ? EMPTY : buffered.subarray(offset);
+  };
+  req.on("data", onData);
+  req.on("end", onEnd);
+  req.on("error", onError);
 }
 
 const MESSAGE_FIELD = ConnectResponseSchema.field.message!.number;

@@ -11,13 +11,20 @@ import type { Sends } from "./sends.js";
 /** Cursors one ack or read frame may carry. */
 const CURSORS_PER_FRAME = 256;
 
+/** Where a transport that reads the device's bytes itself pushes the frames it parses. */
+export interface FrameSink {
+  frame(request: ConnectRequest): boolean;
+  end(): Promise<void>;
+  fail(err: unknown): void;
+}
+
 /**
  * Reads the device's frames and hands each to its part of the stream: sends to Sends, sync
  * requests to the Backlog, cursors to the gateway's cursor batcher, typing to the sequencer,
  * presence subscriptions to the gateway. A frame it refuses is answered in band (an error frame
  * naming it) and the stream goes on; a flood of frames or an unreadable one ends the stream.
  */
-export class InboundFrames {
+export class InboundFrames implements FrameSink {
   private readonly frames: TokenBucket;
 
   constructor(
@@ -30,37 +37,58 @@ export class InboundFrames {
     this.frames = new TokenBucket(limits.framesPerSecond, limits.frameBurst, openedAtMs);
   }
 
-  /** Reads frames until the device half-closes (then answers its sends and ends cleanly) or fails. */
+  /**
+   * Reads frames from an iterable (connect-node's handler) until the device half-closes (then
+   * answers its sends and ends cleanly) or the read fails.
+   */
   async run(requests: AsyncIterable<ConnectRequest>): Promise<void> {
-    const { host } = this.stream;
     try {
       for await (const request of requests) {
-        if (this.stream.isClosed) return;
-        const wait = this.frames.take(host.now());
-        if (wait > 0) {
-          host.metrics.floodClosures++;
-          this.stream.close(
-            new LimitError(
-              `too many frames: at most ${host.limits.framesPerSecond} per second (burst ${host.limits.frameBurst})`,
-            ),
-          );
-          return;
-        }
-        this.dispatch(request);
+        if (!this.frame(request)) return;
       }
-      // The device half-closed: answer what it sent, then end cleanly.
-      await this.sends.settled();
-      this.stream.close();
     } catch (err) {
-      // Connect's own failure to read a frame (too large, not parseable), as a ConnectError.
-      const e = inBand(err);
-      if (e.code === Code.ResourceExhausted) {
-        this.stream.close(new LimitError(`frame too large: ${e.rawMessage}`));
-      } else if (e.code === Code.InvalidArgument || e.code === Code.Internal) {
-        this.stream.close(new InvalidInputError(`malformed frame: ${e.rawMessage}`));
-      } else {
-        this.stream.close();
-      }
+      this.fail(err);
+      return;
+    }
+    await this.end();
+  }
+
+  /**
+   * Takes one frame as the transport reads it (device-stream.ts pushes them: no async iterator
+   * per read). False once the stream is over: the transport stops reading.
+   */
+  frame(request: ConnectRequest): boolean {
+    const { host } = this.stream;
+    if (this.stream.isClosed) return false;
+    const wait = this.frames.take(host.now());
+    if (wait > 0) {
+      host.metrics.floodClosures++;
+      this.stream.close(
+        new LimitError(
+          `too many frames: at most ${host.limits.framesPerSecond} per second (burst ${host.limits.frameBurst})`,
+        ),
+      );
+      return false;
+    }
+    this.dispatch(request);
+    return true;
+  }
+
+  /** The device half-closed: answer what it sent, then end cleanly. */
+  async end(): Promise<void> {
+    await this.sends.settled();
+    this.stream.close();
+  }
+
+  /** Reading failed: the transport's own failure to read a frame (too large, not parseable). */
+  fail(err: unknown): void {
+    const e = inBand(err);
+    if (e.code === Code.ResourceExhausted) {
+      this.stream.close(new LimitError(`frame too large: ${e.rawMessage}`));
+    } else if (e.code === Code.InvalidArgument || e.code === Code.Internal) {
+      this.stream.close(new InvalidInputError(`malformed frame: ${e.rawMessage}`));
+    } else {
+      this.stream.close();
     }
   }
 

@@ -4,7 +4,7 @@ import { type CpuMark, cpuMark, memorySnapshot, meshMemory } from "./measure.js"
 import { type BenchMesh, startMesh } from "./mesh.js";
 import { parseOptions } from "./options.js";
 import { fixed, printReport } from "./report.js";
-import { type BenchServer, RAISED_LIMITS, readMemory, spawnServer } from "./server.js";
+import { type BenchServer, buildServer, RAISED_LIMITS, readMemory, spawnServer } from "./server.js";
 import { setUp } from "./setup.js";
 import { summarize } from "./summary.js";
 
@@ -30,6 +30,13 @@ async function main(): Promise<void> {
   let url = opts.url;
   let urls = url === undefined ? [] : [url];
   let pid = opts.serverPid;
+  if (opts.build && url === undefined) {
+    const buildStart = clock();
+    await buildServer();
+    log(
+      `compiled the server (npm run build) in ${fixed((clock() - buildStart) / 1000)} s: it runs dist/, as deployed`,
+    );
+  }
   if (opts.mesh !== undefined) {
     const meshStart = clock();
     mesh = await startMesh({

@@ -32,6 +32,9 @@ export const USAGE = `npm run bench -- [options]
   --server-node-args=S     node flags for the spawned server (with --mesh: every service process, through NODE_OPTIONS;
                        --cpu-prof there becomes a preloaded profiler writing DIR/CPU.<role>.<pid>.cpuprofile at exit),
                        e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
+  --build on|off       compile the server first (npm run build), so the spawned server (or mesh) runs dist/ as the
+                       image does; off: bin/switchboard.js runs dist/ if it is current, else the sources through tsx
+                       (whose keepNames wraps every function the code creates), default on
   --probe on|off       preload the bench's probe into the spawned server (event-loop use, GC'd memory), default on
   --json               print one JSON object instead of the report
   --attack NAME        run a hostile client instead and report server RSS and a bystander's round trips
@@ -60,6 +63,8 @@ export interface Options {
   echo: boolean;
   serverNodeArgs: string[] | undefined;
   probe: boolean;
+  /** Compile the server before spawning it (`npm run build`). */
+  build: boolean;
   json: boolean;
 }
 
@@ -90,6 +95,7 @@ export function parseOptions(): Options {
       echo: { type: "string", default: "off" },
       "server-node-args": { type: "string" },
       probe: { type: "string", default: "on" },
+      build: { type: "string", default: "on" },
       json: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
@@ -110,6 +116,7 @@ export function parseOptions(): Options {
   const client = values.client;
   if (client !== "raw" && client !== "connect") throw new Error("--client: raw or connect");
   if (values.echo !== "on" && values.echo !== "off") throw new Error("--echo: on or off");
+  if (values.build !== "on" && values.build !== "off") throw new Error("--build: on or off");
   if (values.url !== undefined && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+\/?$/.test(values.url)) {
     throw new Error("--url: only a local server (http://127.0.0.1:PORT) is benchmarked");
   }
@@ -143,6 +150,7 @@ export function parseOptions(): Options {
     echo: values.echo === "on",
     serverNodeArgs: values["server-node-args"]?.split(/\s+/).filter(Boolean),
     probe: values.probe !== "off",
+    build: values.build !== "off",
     json: values.json,
   };
 }

@@ -18,7 +18,7 @@ export function printReport(r: Report): void {
   const out = [
     "",
     `switchboard bench: ${r.options.mode}${r.options.mode === "group" ? ` (groups of ${r.options.groupSize})` : ""}, ${r.devices} devices, ${r.conversations} conversations, payload ${r.options.payload} B, client ${r.options.client}, ${r.options.workers} worker(s)`,
-    `machine: ${r.machine.cpus} x ${r.machine.cpuModel}, ${fixed(r.machine.memoryGiB)} GiB, node ${r.machine.node}`,
+    `machine: ${r.machine.cpus} x ${r.machine.cpuModel}, ${fixed(r.machine.memoryGiB)} GiB, node ${r.machine.node}; server build: ${r.server.build}`,
     "",
     `target rate      ${t.targetRate === 0 ? (r.options.mode === "idle" ? "idle" : `max (${r.options.inflight} in flight/device)`) : `${t.targetRate} msgs/s`}`,
     `sent             ${fixed(t.sentPerSecond, 0)} msgs/s${t.skippedSends > 0 ? `  (${t.skippedSends} sends skipped: every device at its in-flight limit)` : ""}`,

@@ -197,6 +197,13 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
     server: {
       spawned: ctx.spawned,
       limits: ctx.spawned ? RAISED_LIMITS : "as configured by the running server",
+      /** What the spawned server ran: the compiled build, or what bin/switchboard.js picked. */
+      build:
+        opts.url !== undefined
+          ? "the running server's"
+          : opts.build
+            ? "compiled (dist/, built for this run)"
+            : "dist/ if current, else the sources through tsx",
     },
     devices: ctx.connectedDevices,
     connectFailures: ctx.connectFailed,

@@ -20,11 +20,10 @@ const BUDGET = 8 * 1024 * 1024;
 /**
  * Growth of anonymous RSS allowed over the idle server's, after a full GC: the budget, and
  * slack for what is not the sequencer's (each stream's HTTP/2 and framing buffers, the last
- * frames its generators hold, and what the allocator keeps of freed memory). Measured on the
- * 2-core VM: +49 to +118 MiB with the budget over six runs on one day (+60 to +80 MiB on an
- * earlier one), +311 MiB with the code before it.
+ * frames its generators hold). Measured on the 2-core VM: +60 to +80 MiB with the budget,
+ * +311 MiB with the code before it.
  */
-const GROWTH_BOUND = BUDGET + 160 * 1024 * 1024;
+const GROWTH_BOUND = BUDGET + 120 * 1024 * 1024;
 const WINDOW = 8;
 
 /** Preloaded into the server: SIGUSR2 runs a full GC, then says so on stderr. */

@@ -10,6 +10,7 @@ import {
 } from "../../gen/switchboard/v1/entry_pb.js";
 import { wireCodeOf } from "../common/boundary.js";
 import { createLogger } from "../common/log.js";
+import { OverloadError, SendAdmission } from "./admission.js";
 import { CursorBatcher, SendBatcher } from "./batchers.js";
 
 describe("SendBatcher", () => {
@@ -30,6 +31,37 @@ describe("SendBatcher", () => {
       assert.match((err as Error).message, /^sequencer unavailable: /);
       return true;
     });
+  });
+
+  it("refuses past the gateway's capacity at once, by throwing, before the next send is read", async () => {
+    let answer: (() => void) | undefined;
+    const batcher = new SendBatcher(
+      {
+        append: (items) =>
+          new Promise((resolve) => {
+            answer = () =>
+              resolve(items.map(() => ({ seq: 1n, serverTimeMs: 0n, errorCode: 0, errorMessage: "" })));
+          }),
+        updateCursors: () => Promise.resolve(),
+      },
+      createLogger({ level: "silent" }),
+      new SendAdmission({ maxInFlight: 1, maxBytesInFlight: 1 << 30, queueTargetMs: 0 }),
+    );
+    const entry = create(OutgoingEntrySchema, { clientMsgId: "m1", conversationId: "c_x" });
+    const first = batcher.append("u_a", "dv_a", entry);
+    // Not a rejected promise: a caller learns of the refusal in the same turn, synchronously.
+    assert.throws(
+      () => batcher.append("u_a", "dv_a", { ...entry, clientMsgId: "m2" }),
+      (err: unknown) => err instanceof OverloadError && (err.retryAfterMs ?? 0) > 0,
+    );
+    await new Promise((r) => setImmediate(r));
+    answer?.();
+    assert.equal((await first).seq, 1n);
+    // Its slot is free again once it was answered.
+    const third = batcher.append("u_a", "dv_a", { ...entry, clientMsgId: "m3" });
+    await new Promise((r) => setImmediate(r));
+    answer?.();
+    assert.equal((await third).seq, 1n);
   });
 
   it("passes a refusal of the whole batch on as it is", async () => {

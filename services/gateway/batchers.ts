@@ -91,8 +91,9 @@ export class SendBatcher {
 
   /**
    * Queues a send; `traceContext` is the trace it continues in the sequencer (the caller's by
-   * default). Rejects at once, with UNAVAILABLE and a retry hint, when the gateway is past its
-   * capacity (admission.ts).
+   * default). Throws at once (OverloadError, UNAVAILABLE with a retry hint) when the gateway is
+   * past its capacity (admission.ts), so a stream knows before it reads its next frame that its
+   * later sends must wait for this one; the promise settles with the sequencer's answer.
    */
   append(
     userId: string,
@@ -100,23 +101,18 @@ export class SendBatcher {
     entry: OutgoingEntry,
     traceContext: Record<string, string> = injectContext(),
   ): Promise<SendResult> {
+    const item = create(AppendItemSchema, {
+      senderUserId: userId,
+      senderDeviceId: deviceId,
+      entry,
+      traceContext,
+      // A group send's device check: the shard holds it against the members at its seq.
+      checkedMembers: checkedMembersOf(entry),
+    });
+    const bytes = itemBytes(item);
+    this.admission?.admit(bytes);
+    const at = performance.now();
     return new Promise((resolve, reject) => {
-      const item = create(AppendItemSchema, {
-        senderUserId: userId,
-        senderDeviceId: deviceId,
-        entry,
-        traceContext,
-        // A group send's device check: the shard holds it against the members at its seq.
-        checkedMembers: checkedMembersOf(entry),
-      });
-      const bytes = itemBytes(item);
-      try {
-        this.admission?.admit(bytes);
-      } catch (err) {
-        reject(err as UnavailableError);
-        return;
-      }
-      const at = performance.now();
       this.queue.push({
         item,
         resolve: (r) => {

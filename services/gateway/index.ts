@@ -20,6 +20,8 @@ export {
   mediaForwarder,
   principal,
 } from "./handlers.js";
+// Where the device stream's fast path (services/server/device-stream.ts) pushes the frames it reads.
+export type { FrameSink } from "./session/inbound.js";
 export type { GatewayMetrics, GatewayObserver, ObservedGateway } from "./types.js";
-// What the device stream's fast path (services/server/device-stream.ts) does to every frame.
+// What the device stream's fast path does to every frame first.
 export { dropUnknownFields } from "./untrusted.js";

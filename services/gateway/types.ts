@@ -34,7 +34,8 @@ export interface GatewayMetrics {
    * nothing for outboundStallMs while a page waited), `sync_requests_queued` (a sync request
    * past the queue), `unknown_fields` (device messages that carried fields the schema does not
    * know, dropped), `entry_too_large` (a send whose encoded entry passed its limit),
-   * `unary_frame_rate` (an Ack or SetTyping call past the device's frame budget),
+   * `unary_frame_rate` (an Ack or SetTyping call past the device's frame budget), `send_held`
+   * (a send behind an earlier refused send of its stream that was not sent again yet),
    * `call_offer_rate`, `call_byte_rate` and `call_payload_too_large` (call frames past their
    * bounds, calls/limits.ts).
    */

@@ -16,7 +16,7 @@ import type { WireErrors } from "../common/boundary.js";
 import { entryBytes } from "../common/entry-bytes.js";
 import { DeadlineError } from "../common/errors.js";
 import type { StreamErrors } from "../common/rpc-telemetry.js";
-import { dropUnknownFields, type GatewayCore } from "../gateway/index.js";
+import { dropUnknownFields, type FrameSink, type GatewayCore } from "../gateway/index.js";
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
@@ -142,14 +142,6 @@ function finish(
   // goes (the edge's idle and per-connection stream bounds cover a client that never does). No
   // RST_STREAM(NO_ERROR) here: stock grpc-js can read it before the trailers and report INTERNAL.
   if (!req.readableEnded) req.pause();
-}
-
-/** What readFrames hands the frames it parses to (the session's inbound side). */
-interface FrameSink {
-  /** False once the stream wants no more frames. */
-  frame(request: ConnectRequest): boolean;
-  end(): Promise<void>;
-  fail(err: unknown): void;
 }
 
 /**

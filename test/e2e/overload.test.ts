@@ -35,24 +35,14 @@ describe("a gateway past its capacity pushes senders back", () => {
     assert.ok(errors.length > 0, "4 sends in flight at most: a burst of 200 must meet the bound");
     for (const e of errors) {
       assert.equal(e.code, Code.Unavailable, e.message);
-      assert.match(e.message, /server overloaded/);
+      // The first refused send met the bound; the later ones wait for it to come back.
+      assert.match(e.message, /^(server overloaded|send held)/);
       assert.ok(e.retryAfterMs > 0, `retry hint ${e.retryAfterMs}`);
     }
 
     // Retry the refused sends after their hint, as a client does, a few at a time.
     const ids = Array.from({ length: total }, (_, i) => `m${i}`);
-    const missing = () => {
-      const acked = new Set(alice.ofCase("sendAck").map((a) => a.clientMsgId));
-      return ids.filter((m) => !acked.has(m));
-    };
-    const answers = () => alice.ofCase("sendAck").length + alice.ofCase("sendError").length;
-    for (let round = 0; round < 200 && missing().length > 0; round++) {
-      await new Promise((r) => setTimeout(r, 100));
-      const batch = missing().slice(0, 3);
-      const before = answers();
-      for (const m of batch) alice.sendText(id, m, `message ${m.slice(1)}`);
-      await alice.waitFor(() => answers() >= before + batch.length || undefined, "retries answered");
-    }
+    await retryInOrder(alice, id, ids);
     const acks = alice.ofCase("sendAck");
     const byId = new Map(acks.map((a) => [a.clientMsgId, a.seq]));
     assert.equal(byId.size, total, "every send was acknowledged in the end");
@@ -66,4 +56,75 @@ describe("a gateway past its capacity pushes senders back", () => {
     assert.equal(logged.length, total, "each send is in the log once");
     assert.equal(new Set(logged).size, total);
   });
+
+  it("holds the stream's later sends until a refused one comes back, however late they are read", async () => {
+    const alice = fx.track(await TestDevice.register(fx.server.url, uniqueName("alice")));
+    const bob = fx.track(await TestDevice.register(fx.server.url, uniqueName("bob")));
+    const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
+    const id = conversation!.conversationId;
+    alice.connect();
+    await alice.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+
+    const ids = Array.from({ length: 40 }, (_, i) => `b${i}`);
+    for (const m of ids) alice.sendText(id, m, `message ${m}`);
+    const answered = () =>
+      new Set([...alice.ofCase("sendAck"), ...alice.ofCase("sendError")].map((a) => a.clientMsgId));
+    await alice.waitFor(() => answered().size >= ids.length || undefined, "the burst answered");
+    const acked = new Set(alice.ofCase("sendAck").map((a) => a.clientMsgId));
+    const firstRefused = ids.findIndex((m) => !acked.has(m));
+    assert.ok(firstRefused >= 0, "4 sends in flight at most: a burst of 40 must meet the bound");
+    assert.deepEqual(
+      ids.filter((m) => acked.has(m)),
+      ids.slice(0, firstRefused),
+      "no send after the first refused one was taken",
+    );
+
+    // Long past every hint (at most 150 ms for the bound in flight) and with nothing in flight,
+    // the device's next send would be taken at once, ahead of the refused sends' retries: it is
+    // held instead, until the first refused send comes back.
+    await new Promise((r) => setTimeout(r, 600));
+    alice.sendText(id, "late", "late");
+    const late = await alice.waitFor(
+      () =>
+        alice.ofCase("sendError").find((e) => e.clientMsgId === "late") ??
+        alice.ofCase("sendAck").find((a) => a.clientMsgId === "late"),
+      "the late send answered",
+    );
+    assert.ok(
+      "code" in late,
+      `the late send was taken (seq ${"seq" in late ? late.seq : "?"}) ahead of ${ids[firstRefused]}`,
+    );
+    assert.equal(late.code, Code.Unavailable);
+    assert.match(late.message, new RegExp(`send held: .*client_msg_id ${ids[firstRefused]}\\b`));
+    assert.ok(late.retryAfterMs > 0);
+
+    // Sent again in order, every send is taken, and the seqs follow the order they were made in.
+    const order = [...ids, "late"];
+    await retryInOrder(alice, id, order);
+    const seqOf = new Map(alice.ofCase("sendAck").map((a) => [a.clientMsgId, a.seq]));
+    const seqs = order.map((m) => seqOf.get(m));
+    assert.deepEqual(
+      seqs,
+      Array.from({ length: order.length }, (_, i) => BigInt(i + 2)),
+    );
+  });
 });
+
+/**
+ * Sends again, in order and a few at a time after a pause (as a client honouring the hints
+ * does), every one of `ids` not acknowledged yet, until all are.
+ */
+async function retryInOrder(device: TestDevice, conversationId: string, ids: string[]): Promise<void> {
+  const missing = () => {
+    const acked = new Set(device.ofCase("sendAck").map((a) => a.clientMsgId));
+    return ids.filter((m) => !acked.has(m));
+  };
+  const answers = () => device.ofCase("sendAck").length + device.ofCase("sendError").length;
+  for (let round = 0; round < 200 && missing().length > 0; round++) {
+    await new Promise((r) => setTimeout(r, 100));
+    const batch = missing().slice(0, 3);
+    const before = answers();
+    for (const m of batch) device.sendText(conversationId, m, `message ${m}`);
+    await device.waitFor(() => answers() >= before + batch.length || undefined, "retries answered");
+  }
+}

@@ -13,8 +13,11 @@ const CURSORS_PER_FRAME = 256;
 
 /** Where a transport that reads the device's bytes itself pushes the frames it parses. */
 export interface FrameSink {
+  /** Takes one frame; false once the stream wants no more frames. */
   frame(request: ConnectRequest): boolean;
+  /** The device ended its side; resolves once every send is answered. */
   end(): Promise<void>;
+  /** Reading the device's side failed. */
   fail(err: unknown): void;
 }
 

@@ -1,14 +1,15 @@
 import { Code } from "@connectrpc/connect";
 import type { OutgoingEntry } from "../../../gen/switchboard/v1/entry_pb.js";
 import type { Principal } from "../../common/auth.js";
-import { DomainError, LimitError } from "../../common/errors.js";
+import { DomainError, LimitError, UnavailableError } from "../../common/errors.js";
 import { endSpan, injectContext, ROOT_CONTEXT, SpanKind, startSpan } from "../../common/telemetry.js";
 import { requireClientMsgId, requireId } from "../../common/validate.js";
-import { OverloadError } from "../admission.js";
+import type { SendResult } from "../batchers.js";
 import { mismatchOf } from "../device-set.js";
 import type { StreamContext } from "./context.js";
 import { frame, inBand } from "./frames.js";
 import type { OwnSends } from "./own-sends.js";
+import { SendHold } from "./send-hold.js";
 
 /**
  * The sends of one stream, from frame to ack: validation, the in-flight bound, the per-device
@@ -24,12 +25,10 @@ export class Sends {
   private checkChain: Promise<void> = Promise.resolve();
   private checksPending = 0;
   private idle: (() => void) | undefined;
-  /**
-   * After a send was refused for overload (admission.ts), the stream's later sends are refused
-   * until this time (performance.now()), with the same deadline: retried after it, in order, they
-   * keep the order the device made them in, where letting a later one through would overtake it.
-   */
-  private pushedBackUntil = 0;
+  /** Send frames read on this stream so far: each send's ordinal is its position among them. */
+  private received = 0;
+  /** After a refusal the device retries, the later sends wait for that send to come back. */
+  private readonly hold = new SendHold();
 
   constructor(
     private readonly stream: StreamContext,
@@ -47,18 +46,20 @@ export class Sends {
   receive(entry: OutgoingEntry): void {
     const { host } = this.stream;
     const { limits } = host;
+    const ordinal = ++this.received;
     try {
       requireClientMsgId(entry.clientMsgId);
       requireId("conversation_id", entry.conversationId, "conversation");
       host.checkEntrySize(entry);
     } catch (err) {
-      this.refuse(entry, err);
+      this.refuse(entry, ordinal, err);
       return;
     }
     if (this.inFlight >= limits.maxSendsInFlight) {
       host.metrics.rejectedInFlight++;
       this.refuse(
         entry,
+        ordinal,
         new LimitError(`too many sends in flight: at most ${limits.maxSendsInFlight} per stream`, {
           retryAfterMs: 50,
         }),
@@ -70,7 +71,7 @@ export class Sends {
     const receivedAt = performance.now();
     const wait = host.takeSendToken(this.stream.deviceId);
     if (typeof wait === "number") {
-      this.afterRateLimit(entry, wait, receivedAt);
+      this.afterRateLimit(entry, ordinal, wait, receivedAt);
       return;
     }
     // A shared (Redis) limiter answers asynchronously; chaining keeps this stream's sends in the
@@ -82,19 +83,29 @@ export class Sends {
       } catch {
         w = 0; // The limiter fails open; a broken limiter must not stop messaging.
       }
-      this.afterRateLimit(entry, w, receivedAt);
+      this.afterRateLimit(entry, ordinal, w, receivedAt);
     });
   }
 
   /**
    * Answers a send with its refusal, in band: the stream goes on. The retry hint is the domain
    * error's own; without one, half a second for UNAVAILABLE (the send may be retried as it is)
-   * and none otherwise.
+   * and none otherwise. A refusal the device retries (UNAVAILABLE, RESOURCE_EXHAUSTED with a
+   * hint, a device mismatch to encrypt again for) holds the stream's later sends until the
+   * refused one comes back (send-hold.ts).
    */
-  private refuse(entry: OutgoingEntry, err: unknown): void {
+  private refuse(entry: OutgoingEntry, ordinal: number, err: unknown): void {
     const error = inBand(err);
     const hinted = err instanceof DomainError ? err.retryAfterMs : undefined;
     const retryAfterMs = hinted ?? (error.code === Code.Unavailable ? 500 : 0);
+    const mismatch = mismatchOf(error);
+    if (
+      error.code === Code.Unavailable ||
+      (error.code === Code.ResourceExhausted && retryAfterMs > 0) ||
+      mismatch !== undefined
+    ) {
+      this.hold.refused(entry.clientMsgId, ordinal, retryAfterMs);
+    }
     this.stream.answer(
       frame({
         case: "sendError",
@@ -104,19 +115,20 @@ export class Sends {
           code: error.code,
           message: error.rawMessage,
           retryAfterMs,
-          mismatch: mismatchOf(error),
+          mismatch,
         },
       }),
     );
   }
 
-  private afterRateLimit(entry: OutgoingEntry, wait: number, receivedAt: number): void {
+  private afterRateLimit(entry: OutgoingEntry, ordinal: number, wait: number, receivedAt: number): void {
     const { host } = this.stream;
     const { limits } = host;
     if (wait > 0) {
       host.metrics.rejectedRate++;
       this.refuse(
         entry,
+        ordinal,
         new LimitError(
           `send rate limit: at most ${limits.sendsPerSecond} per second per device (burst ${limits.sendBurst})`,
           { retryAfterMs: wait },
@@ -128,7 +140,7 @@ export class Sends {
     // The block check (blocks.ts) and the device-set check; undefined when neither must wait.
     const check = host.blocks.checkSend(host.devices, this.principal, entry);
     if (check === undefined && this.checksPending === 0) {
-      this.append(entry, receivedAt);
+      this.append(entry, ordinal, receivedAt);
       return;
     }
     // A send with device payloads waits for its device-set check (checks run concurrently);
@@ -139,10 +151,10 @@ export class Sends {
     this.checkChain = this.checkChain
       .then(() => check ?? entry)
       .then(
-        (checked) => this.append(checked, receivedAt),
+        (checked) => this.append(checked, ordinal, receivedAt),
         (err: unknown) => {
           host.observe.sendAck((performance.now() - receivedAt) / 1000, "error");
-          this.refuse(entry, err);
+          this.refuse(entry, ordinal, err);
           this.done();
         },
       )
@@ -151,17 +163,25 @@ export class Sends {
       });
   }
 
-  private append(entry: OutgoingEntry, receivedAt: number): void {
+  private append(entry: OutgoingEntry, ordinal: number, receivedAt: number): void {
     const { host } = this.stream;
-    const held = Math.ceil(this.pushedBackUntil - performance.now());
-    if (held > 0) {
+    const held = this.hold.check(entry.clientMsgId, ordinal);
+    if (held !== undefined) {
+      host.refused(
+        "send_held",
+        "send refused: an earlier send of the stream was refused and not sent again yet",
+        {
+          userId: this.stream.userId,
+          deviceId: this.stream.deviceId,
+          sessionId: this.stream.id,
+        },
+      );
       this.refuse(
         entry,
-        new OverloadError(
-          `server overloaded: an earlier send of this stream was refused; retry in ${held} ms, after it`,
-          {
-            retryAfterMs: held,
-          },
+        ordinal,
+        new UnavailableError(
+          `send held: an earlier send of this stream (client_msg_id ${this.hold.heldFor}) was refused; send it again first, then this one`,
+          { retryAfterMs: held },
         ),
       );
       this.done();
@@ -175,36 +195,39 @@ export class Sends {
         "switchboard.instance": host.id,
       },
     });
+    const failed = (err: unknown) => {
+      host.observe.sendAck((performance.now() - receivedAt) / 1000, "error");
+      endSpan(span, inBand(err));
+      this.refuse(entry, ordinal, err);
+    };
+    let appended: Promise<SendResult>;
+    try {
+      // Admission refuses at once (by throwing), so the hold is in place before the next frame.
+      appended = host.sends.append(this.stream.userId, this.stream.deviceId, entry, injectContext(ctx));
+    } catch (err) {
+      failed(err);
+      this.done();
+      return;
+    }
     this.own.appending(entry.clientMsgId);
-    host.sends
-      .append(this.stream.userId, this.stream.deviceId, entry, injectContext(ctx))
-      .then(
-        (r) => {
-          host.observe.sendAck((performance.now() - receivedAt) / 1000, "ok");
-          span.setAttribute("switchboard.seq", Number(r.seq));
-          endSpan(span);
-          this.stream.answer(
-            frame({
-              case: "sendAck",
-              value: {
-                clientMsgId: entry.clientMsgId,
-                conversationId: entry.conversationId,
-                seq: r.seq,
-                serverTimeMs: r.serverTimeMs,
-                expiresAtMs: r.expiresAtMs,
-              },
-            }),
-          );
-        },
-        (err: unknown) => {
-          host.observe.sendAck((performance.now() - receivedAt) / 1000, "error");
-          endSpan(span, inBand(err));
-          if (err instanceof OverloadError && err.retryAfterMs !== undefined) {
-            this.pushedBackUntil = Math.max(this.pushedBackUntil, performance.now() + err.retryAfterMs);
-          }
-          this.refuse(entry, err);
-        },
-      )
+    appended
+      .then((r) => {
+        host.observe.sendAck((performance.now() - receivedAt) / 1000, "ok");
+        span.setAttribute("switchboard.seq", Number(r.seq));
+        endSpan(span);
+        this.stream.answer(
+          frame({
+            case: "sendAck",
+            value: {
+              clientMsgId: entry.clientMsgId,
+              conversationId: entry.conversationId,
+              seq: r.seq,
+              serverTimeMs: r.serverTimeMs,
+              expiresAtMs: r.expiresAtMs,
+            },
+          }),
+        );
+      }, failed)
       .finally(() => this.done());
   }
 

@@ -360,16 +360,23 @@ function refuse(req: NodeRequest, res: NodeResponse, code: Code, message: string
   // An HTTP/1.1 connection cannot skip the unread body: it is closed after the answer.
   const close: http.OutgoingHttpHeaders = overHttp2(req) ? {} : { connection: "close" };
   if (contentType.startsWith("application/grpc")) {
-    // Trailers-only: the status travels in the one HEADERS frame.
-    res.writeHead(200, {
+    const web = contentType.startsWith("application/grpc-web");
+    const headers = {
       ...close,
-      "content-type": contentType.startsWith("application/grpc-web")
-        ? "application/grpc-web+proto"
-        : "application/grpc",
+      "content-type": web ? "application/grpc-web+proto" : "application/grpc",
       "grpc-status": String(code),
       "grpc-message": encodeGrpcMessage(message),
-    });
-    res.end();
+    };
+    if (overHttp2(req) && !web && !res.headersSent) {
+      // Trailers-only, as gRPC defines it: the status in the one HEADERS frame, which ends the
+      // stream. Response headers followed by an empty DATA frame (what writeHead and end send)
+      // carry no trailers, and a stock @grpc/grpc-js client reads that as a call ended without
+      // a status: INTERNAL instead of the code (test/e2e/internal-wire.test.ts).
+      req.stream.respond({ ":status": 200, ...headers }, { endStream: true });
+    } else {
+      res.writeHead(200, headers);
+      res.end();
+    }
   } else {
     res.writeHead(CONNECT_HTTP_STATUS[code] ?? 500, { ...close, "content-type": "application/json" });
     res.end(JSON.stringify({ code: CODE_NAMES[code] ?? "unknown", message }));

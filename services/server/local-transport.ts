@@ -68,6 +68,10 @@ export class ServiceClients {
       sessionManager,
       interceptors,
       defaultTimeoutMs: 15_000,
+      // Nothing compressed between our own processes: what they exchange is mostly ciphertext,
+      // which does not compress, and gzip of every larger answer (route lookups, history pages)
+      // was 6 % of the presence role's main thread in the mesh's profile (docs/benchmarks.md).
+      acceptCompression: [],
     });
     this.remotes.set(baseUrl, transport);
     return transport;

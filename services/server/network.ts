@@ -36,6 +36,7 @@ import { withCors } from "./cors.js";
 import { deviceStreamFastPath } from "./device-stream.js";
 import { answerStreamProcedures, EdgeGuard, streamingProcedures } from "./edge.js";
 import { frontDoor } from "./front-door.js";
+import { internalUnaryFastPath } from "./internal-unary.js";
 import type { Closers } from "./lifecycle.js";
 import { directoryClient, type RoleContext } from "./roles.js";
 
@@ -74,6 +75,15 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
   // In one process the services call each other in memory; nothing internal is on the network.
   const everything = roles.size === ROLES.length;
   const directoryAccounts = () => clients.clientOf(AccountService, roles.has("accounts"), mesh.urls.accounts);
+  // The boundary is outermost so that it also sees what authentication throws.
+  const interceptors = [
+    serverTelemetry(),
+    errorBoundary(log, refusals),
+    ...(internalGuard ? [requireInternalCredential(internalGuard)] : []),
+  ];
+  // From devices a frame carries one payload plus ids, so anything much larger is refused
+  // before parsing. Internal batches (appends, deliveries) carry many payloads at once.
+  const readMaxBytes = gateway ? gatewayReadMaxBytes(config.limits) : 64 * 1024 * 1024;
   const handler = connectNodeAdapter({
     routes: (router) => {
       if (gateway) {
@@ -124,14 +134,9 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
         }
       }
     },
-    // From devices a frame carries one payload plus ids, so anything much larger is refused
-    // before parsing. Internal batches (appends, deliveries) carry many payloads at once.
-    readMaxBytes: gateway ? gatewayReadMaxBytes(config.limits) : 64 * 1024 * 1024,
-    // The boundary is outermost so that it also sees what authentication throws.
+    readMaxBytes,
     interceptors: [
-      serverTelemetry(),
-      errorBoundary(log, refusals),
-      ...(internalGuard ? [requireInternalCredential(internalGuard)] : []),
+      ...interceptors,
       // Internal services carry the internal credential, not a device token.
       ...(gateway ? [exceptInternal(authInterceptor(gateway))] : []),
     ],
@@ -148,15 +153,19 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
   // Every request carries the caller's address from the socket (PEER_HEADER), for per-address
   // limits behind the gateway; only a call with the internal credential may bring its own.
   const expectedInternal = internalGuard === undefined ? undefined : Buffer.from(internalGuard);
+  // Other processes' unary calls over gRPC skip connect-node's pipeline (internal-unary.ts).
+  const internal = everything
+    ? handler
+    : internalUnaryFastPath(handler, { services: clients.local, interceptors, readMaxBytes });
   // The device stream over gRPC skips connect-node's stream pipeline (device-stream.ts).
   const served = gateway
-    ? deviceStreamFastPath(handler, {
+    ? deviceStreamFastPath(internal, {
         gateway,
         readMaxBytes: gatewayReadMaxBytes(config.limits),
         wireErrors: wireErrors(log, refusals),
         streamErrors: streamErrorCounter(),
       })
-    : handler;
+    : internal;
   const peerAware = withPeerAddress(served, {
     trustedProxies: trustedProxyList(config.accountLimits.trustedProxies),
     isInternal: (given) => {

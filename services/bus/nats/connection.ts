@@ -21,6 +21,10 @@ export function openConnection(options: NatsBusOptions): Promise<NatsConnection>
     reconnectTimeWait: positive("reconnectTimeWaitMs", options.reconnectTimeWaitMs, 2000),
     pingInterval: positive("pingIntervalMs", options.pingIntervalMs, 10_000),
     maxPingOut: 2,
+    // No stack trace captured for every request and its timer (two Error objects per JetStream
+    // publish, 6 % of a sequencer's main thread in the mesh's profile): our failures are logged
+    // with their subject and cause, not with the client's async stack.
+    noAsyncTraces: true,
   });
 }
 

@@ -13,6 +13,7 @@ import { sendInternalCredential } from "../common/internal-auth.js";
 import type { Logger } from "../common/log.js";
 import { clientTelemetry, serverTelemetry } from "../common/rpc-telemetry.js";
 import { createDirectTransport } from "./direct-transport.js";
+import { createInternalTransport } from "./internal-client.js";
 import type { Closers } from "./lifecycle.js";
 
 /** A service of this process: served on the internal router and, for other processes, on the network. */
@@ -63,15 +64,22 @@ export class ServiceClients {
       clientTelemetry(),
       ...(this.credential ? [sendInternalCredential(this.credential)] : []),
     ];
-    const transport = createGrpcTransport({
+    // Unary calls are written on the session directly (internal-client.ts); connect-node's
+    // transport stays for streams. Nothing is compressed between our own processes: what they
+    // exchange is mostly ciphertext, and gzip of every larger answer (route lookups, history
+    // pages) was 6 % of the presence role's main thread in the mesh's profile (benchmarks.md).
+    const transport = createInternalTransport({
       baseUrl,
       sessionManager,
       interceptors,
       defaultTimeoutMs: 15_000,
-      // Nothing compressed between our own processes: what they exchange is mostly ciphertext,
-      // which does not compress, and gzip of every larger answer (route lookups, history pages)
-      // was 6 % of the presence role's main thread in the mesh's profile (docs/benchmarks.md).
-      acceptCompression: [],
+      streams: createGrpcTransport({
+        baseUrl,
+        sessionManager,
+        interceptors,
+        defaultTimeoutMs: 15_000,
+        acceptCompression: [],
+      }),
     });
     this.remotes.set(baseUrl, transport);
     return transport;

@@ -17,6 +17,7 @@ import { entryBytes } from "../common/entry-bytes.js";
 import { DeadlineError } from "../common/errors.js";
 import type { StreamErrors } from "../common/rpc-telemetry.js";
 import { dropUnknownFields, type FrameSink, type GatewayCore } from "../gateway/index.js";
+import { FLAG_COMPRESSED } from "./grpc-wire.js";
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
@@ -28,8 +29,6 @@ const PATH = `/${GatewayService.typeName}/${GatewayService.method.connect.name}`
 const GRPC_PROTO = /^application\/grpc(\+proto)?$/;
 /** Frames written to the connection in one write at most. */
 const FRAMES_PER_WRITE = 64;
-/** Envelope flag: the message is compressed. */
-const FLAG_COMPRESSED = 0b1;
 const EMPTY: Buffer = Buffer.alloc(0);
 
 /** What the fast path needs besides the gateway. */

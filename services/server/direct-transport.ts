@@ -19,6 +19,7 @@ import {
   type UnaryRequest,
   type UnaryResponse,
 } from "@connectrpc/connect";
+import { intercepted } from "./grpc-wire.js";
 
 /** A service implementation as a direct transport calls it: method local name to handler. */
 type Handlers = Record<string, ((req: unknown, ctx: unknown) => unknown) | undefined>;
@@ -109,10 +110,7 @@ export function createDirectTransport(
           message: isMessage(out, method.output) ? out : create(method.output, out as MessageInitShape<O>),
         };
       };
-      let next = invoke as (r: UnaryRequest<I, O>) => Promise<UnaryResponse<I, O>>;
-      for (let i = interceptors.length - 1; i >= 0; i--) {
-        next = interceptors[i]!(next as never) as unknown as typeof next;
-      }
+      const next = intercepted(interceptors, invoke);
       if (watch === undefined) return next(req);
       try {
         return await raceSignal(next(req), watch.signal);

@@ -22,11 +22,7 @@ import {
 } from "@connectrpc/connect";
 import { requestHeader, validateResponse, validateTrailer } from "@connectrpc/connect/protocol-grpc";
 import type { Http2SessionManager } from "@connectrpc/connect-node";
-
-/** The envelope's header: one flags byte, then the message's length (big-endian uint32). */
-const ENVELOPE_HEADER = 5;
-/** Envelope flag: the message is compressed. */
-const FLAG_COMPRESSED = 0b1;
+import { ENVELOPE_HEADER, envelope, FLAG_COMPRESSED, headersFromHttp2, intercepted } from "./grpc-wire.js";
 
 /** What the transport needs. */
 export interface InternalTransportOptions {
@@ -85,11 +81,9 @@ export function createInternalTransport(options: InternalTransportOptions): Tran
         contextValues: contextValues ?? createContextValues(),
         message: isMessage(input, method.input) ? input : create(method.input, input),
       };
-      let next = (r: UnaryRequest<I, O>) => call(sessionManager, path, r, timeout);
-      for (let i = interceptors.length - 1; i >= 0; i--) {
-        next = interceptors[i]!(next as never) as unknown as typeof next;
-      }
-      return next(req);
+      return intercepted(interceptors, (r: UnaryRequest<I, O>) => call(sessionManager, path, r, timeout))(
+        req,
+      );
     },
     stream<I extends DescMessage, O extends DescMessage>(
       method: DescMethodStreaming<I, O>,
@@ -115,11 +109,7 @@ async function call<I extends DescMessage, O extends DescMessage>(
   timeoutMs: number | undefined,
 ): Promise<UnaryResponse<I, O>> {
   if (req.signal.aborted) throw ConnectError.from(req.signal.reason, Code.Canceled);
-  const bytes = toBinary(req.method.input, req.message);
-  const envelope = Buffer.allocUnsafe(ENVELOPE_HEADER + bytes.length);
-  envelope[0] = 0;
-  envelope.writeUInt32BE(bytes.length, 1);
-  envelope.set(bytes, ENVELOPE_HEADER);
+  const body = envelope(toBinary(req.method.input, req.message));
   const headers: http2.OutgoingHttpHeaders = {};
   req.header.forEach((value, key) => {
     headers[key] = value;
@@ -170,7 +160,7 @@ async function call<I extends DescMessage, O extends DescMessage>(
         reject(err instanceof ConnectError ? err : ConnectError.from(err, Code.Internal));
       }
     });
-    stream.end(envelope);
+    stream.end(body);
   });
 }
 
@@ -213,10 +203,10 @@ function answer<I extends DescMessage, O extends DescMessage>(
   rstCode: number,
 ): UnaryResponse<I, O> {
   if (responseHeaders === undefined) throw fromResetCode(rstCode);
-  const header = toHeaders(responseHeaders);
+  const header = headersFromHttp2(responseHeaders);
   const { foundStatus, headerError } = validateResponse(Number(responseHeaders[":status"]), header);
   if (headerError !== undefined) throw headerError;
-  const trailer = toHeaders(trailers);
+  const trailer = headersFromHttp2(trailers);
   if (!foundStatus) validateTrailer(trailer, header);
   const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
   if (body.length < ENVELOPE_HEADER) {
@@ -237,18 +227,6 @@ function answer<I extends DescMessage, O extends DescMessage>(
     message: fromBinary(req.method.output, body.subarray(ENVELOPE_HEADER)),
     trailer,
   };
-}
-
-/** HTTP/2 headers as a Headers object, without the pseudo-headers. */
-function toHeaders(h: http2.IncomingHttpHeaders): Headers {
-  const out = new Headers();
-  for (const key in h) {
-    if (key.charCodeAt(0) === 58 /* ":" */) continue;
-    const value = h[key];
-    if (Array.isArray(value)) for (const v of value) out.append(key, v);
-    else if (value !== undefined) out.append(key, String(value));
-  }
-  return out;
 }
 
 /**

@@ -10,6 +10,7 @@ import {
 } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
 import { createDirectTransport, type DirectService } from "./direct-transport.js";
+import { ENVELOPE_HEADER, envelope, FLAG_COMPRESSED, headersFromHttp2 } from "./grpc-wire.js";
 
 type Request = http.IncomingMessage | http2.Http2ServerRequest;
 type Response = http.ServerResponse | http2.Http2ServerResponse;
@@ -19,10 +20,6 @@ type Handler = (req: Request, res: Response) => void;
 const GRPC_PROTO = /^application\/grpc(\+proto)?$/;
 /** What connect-node answers binary gRPC with. */
 const CONTENT_TYPE = "application/grpc+proto";
-/** The envelope's header: one flags byte, then the message's length (big-endian uint32). */
-const ENVELOPE_HEADER = 5;
-/** Envelope flag: the message is compressed. */
-const FLAG_COMPRESSED = 0b1;
 
 /** What the fast path serves, and with what. */
 export interface InternalUnaryDeps {
@@ -138,7 +135,7 @@ async function serve(
     if (!answered) gone.abort(new ConnectError("the caller cancelled the call", Code.Canceled));
   });
   let header: Record<string, string> | undefined;
-  let envelope: Buffer;
+  let answer: Buffer;
   let trailer: Record<string, string>;
   try {
     const timeout = parseTimeout(first(req.headers["grpc-timeout"]), Number.MAX_SAFE_INTEGER);
@@ -148,15 +145,11 @@ async function serve(
       method,
       gone.signal,
       timeout.timeoutMs,
-      requestHeaders(req.headers),
+      headersFromHttp2(req.headers),
       input,
       createContextValues(),
     );
-    const bytes = toBinary(method.output, out.message);
-    envelope = Buffer.allocUnsafe(ENVELOPE_HEADER + bytes.length);
-    envelope[0] = 0;
-    envelope.writeUInt32BE(bytes.length, 1);
-    envelope.set(bytes, ENVELOPE_HEADER);
+    answer = envelope(toBinary(method.output, out.message));
     header = headersOf(out.header);
     trailer = { "grpc-status": "0", ...headersOf(out.trailer) };
   } catch (err) {
@@ -168,7 +161,7 @@ async function serve(
   if (res.stream.destroyed || res.stream.closed) return;
   res.writeHead(200, { "content-type": CONTENT_TYPE, ...header });
   res.addTrailers(trailer);
-  res.end(envelope);
+  res.end(answer);
 }
 
 /**
@@ -216,18 +209,6 @@ function finish(res: http2.Http2ServerResponse, thrown: unknown): void {
   });
   res.addTrailers(trailers);
   res.end();
-}
-
-/** The request's headers as a Headers object, without HTTP/2's pseudo-headers. */
-function requestHeaders(headers: http2.IncomingHttpHeaders): Headers {
-  const out = new Headers();
-  for (const key in headers) {
-    if (key.charCodeAt(0) === 58 /* ":" */) continue;
-    const value = headers[key];
-    if (Array.isArray(value)) for (const v of value) out.append(key, v);
-    else if (value !== undefined) out.append(key, value);
-  }
-  return out;
 }
 
 /** A Headers object as a plain record (empty for none). */

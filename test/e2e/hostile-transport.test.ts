@@ -7,6 +7,7 @@ import { connectFrom, halfOpenRequests, idleConnections, rssBytes } from "../../
 import { TestDevice, uniqueName } from "../helpers/device.js";
 import { serverFixture } from "../helpers/fixture.js";
 import { eventually } from "../helpers/inbox.js";
+import { envelope, rawGrpc } from "../helpers/raw-grpc.js";
 import { loggedLine } from "../helpers/server.js";
 
 /**
@@ -34,43 +35,15 @@ async function roundTrip(device: TestDevice): Promise<void> {
   await device.conversations.listConversations({}, { timeoutMs: 10_000 });
 }
 
-/** A gRPC call over raw HTTP/2 with the given body; returns the status and message it ends with. */
-function rawUnary(
+/** A gRPC call over raw HTTP/2 with the given message bytes; the status and message it ends with. */
+async function rawUnary(
   url: string,
   path: string,
   body: Uint8Array,
 ): Promise<{ status: number; message: string; raw: string }> {
-  return new Promise((resolve, reject) => {
-    const session = http2.connect(url);
-    session.on("error", reject);
-    const stream = session.request({
-      ":method": "POST",
-      ":path": path,
-      "content-type": "application/grpc",
-      te: "trailers",
-    });
-    let status: string | undefined;
-    let raw = "";
-    const take = (h: http2.IncomingHttpHeaders) => {
-      if (h["grpc-status"] !== undefined) {
-        status = String(h["grpc-status"]);
-        raw = String(h["grpc-message"] ?? "");
-      }
-    };
-    stream.on("response", take);
-    stream.on("trailers", take);
-    stream.on("data", () => {});
-    stream.on("error", reject);
-    stream.once("close", () => {
-      session.close();
-      if (status === undefined) reject(new Error(`no grpc-status (rst ${stream.rstCode})`));
-      else resolve({ status: Number(status), message: decodeURIComponent(raw), raw });
-    });
-    const envelope = Buffer.alloc(5 + body.length);
-    envelope.writeUInt32BE(body.length, 1);
-    envelope.set(body, 5);
-    stream.end(envelope);
-  });
+  const answer = await rawGrpc(url, path, envelope(body));
+  if (answer.status < 0) throw new Error(`no grpc-status (rst ${answer.rstCode})`);
+  return answer;
 }
 
 describe("hostile clients: connections and HTTP/2 requests", () => {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { mkdtemp } from "node:fs/promises";
-import * as http2 from "node:http2";
+import type * as http2 from "node:http2";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -18,28 +18,11 @@ import { INTERNAL_HEADER, internalCredential } from "../../services/common/inter
 import { Mesh } from "../../services/mesh/launcher.js";
 import { meshPrerequisites } from "../helpers/backends.js";
 import { TestDevice, uniqueName } from "../helpers/device.js";
+import { envelope, rawGrpc } from "../helpers/raw-grpc.js";
 import { removeDir } from "../helpers/server.js";
 
 const protoRoot = new URL("../../proto", import.meta.url).pathname;
 const PATH = "/switchboard.internal.v1.DirectoryService/GetUserDevices";
-
-interface RawAnswer {
-  headers: http2.IncomingHttpHeaders;
-  trailers: http2.IncomingHttpHeaders;
-  body: Buffer;
-  /** grpc-status, from the trailers or a trailers-only response. */
-  status: number;
-  message: string;
-}
-
-/** One envelope around `bytes`, with the given flags and (by default) its true length. */
-function envelope(bytes: Uint8Array, flags = 0, length = bytes.length): Buffer {
-  const out = Buffer.alloc(5 + bytes.length);
-  out[0] = flags;
-  out.writeUInt32BE(length, 1);
-  out.set(bytes, 5);
-  return out;
-}
 
 /**
  * Unary calls between Switchboard processes, served by the fast path (services/server/
@@ -77,45 +60,8 @@ describe("internal unary calls over gRPC at the wire", { skip: meshPrerequisites
     if (dir) await removeDir(dir);
   });
 
-  function raw(body: Buffer, headers: http2.OutgoingHttpHeaders = {}, path = PATH): Promise<RawAnswer> {
-    return new Promise((resolve, reject) => {
-      const session = http2.connect(accountsUrl);
-      session.on("error", reject);
-      const stream = session.request({
-        ":method": "POST",
-        ":path": path,
-        "content-type": "application/grpc",
-        te: "trailers",
-        [INTERNAL_HEADER]: credential,
-        ...headers,
-      });
-      let responseHeaders: http2.IncomingHttpHeaders = {};
-      let trailers: http2.IncomingHttpHeaders = {};
-      const chunks: Buffer[] = [];
-      stream.on("response", (h) => {
-        responseHeaders = h;
-      });
-      stream.on("trailers", (t) => {
-        trailers = t;
-      });
-      stream.on("data", (c: Buffer) => chunks.push(c));
-      stream.on("error", reject);
-      stream.once("close", () => {
-        session.close();
-        const status = trailers["grpc-status"] ?? responseHeaders["grpc-status"];
-        resolve({
-          headers: responseHeaders,
-          trailers,
-          body: Buffer.concat(chunks),
-          status: Number(status ?? -1),
-          message: decodeURIComponent(
-            String(trailers["grpc-message"] ?? responseHeaders["grpc-message"] ?? ""),
-          ),
-        });
-      });
-      stream.end(body);
-    });
-  }
+  const raw = (body: Buffer, headers: http2.OutgoingHttpHeaders = {}) =>
+    rawGrpc(accountsUrl, PATH, body, { [INTERNAL_HEADER]: credential, ...headers });
 
   /** The same request answered by the fast path and by connect-node. */
   async function bothPaths(body: Buffer, headers: http2.OutgoingHttpHeaders = {}) {

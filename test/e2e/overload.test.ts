@@ -18,13 +18,18 @@ describe("a gateway past its capacity pushes senders back", () => {
     SWITCHBOARD_FRAME_BURST: "100000",
   });
 
-  it("refuses UNAVAILABLE with a retry hint, loses nothing, and takes every retry", async () => {
+  /** Alice, streaming and caught up, and her direct conversation with Bob. */
+  async function sender(): Promise<{ alice: TestDevice; id: string }> {
     const alice = fx.track(await TestDevice.register(fx.server.url, uniqueName("alice")));
     const bob = fx.track(await TestDevice.register(fx.server.url, uniqueName("bob")));
     const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
-    const id = conversation!.conversationId;
     alice.connect();
     await alice.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+    return { alice, id: conversation!.conversationId };
+  }
+
+  it("refuses UNAVAILABLE with a retry hint, loses nothing, and takes every retry", async () => {
+    const { alice, id } = await sender();
 
     const total = 200;
     for (let i = 0; i < total; i++) alice.sendText(id, `m${i}`, `message ${i}`);
@@ -58,12 +63,7 @@ describe("a gateway past its capacity pushes senders back", () => {
   });
 
   it("holds the stream's later sends until a refused one comes back, however late they are read", async () => {
-    const alice = fx.track(await TestDevice.register(fx.server.url, uniqueName("alice")));
-    const bob = fx.track(await TestDevice.register(fx.server.url, uniqueName("bob")));
-    const { conversation } = await alice.conversations.openDirect({ peerUserId: bob.userId });
-    const id = conversation!.conversationId;
-    alice.connect();
-    await alice.waitFor((f) => f.some((x) => x.frame.case === "caughtUp"), "caught up");
+    const { alice, id } = await sender();
 
     const ids = Array.from({ length: 40 }, (_, i) => `b${i}`);
     for (const m of ids) alice.sendText(id, m, `message ${m}`);

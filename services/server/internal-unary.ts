@@ -37,12 +37,13 @@ export interface InternalUnaryDeps {
  * request; everything else, and these calls over another protocol or with compressed messages,
  * goes to `next` (connect-node).
  *
- * Why: in the mesh's profile, connect-node's handling of each unary call was the largest cost of
- * the internal roles, far above what the handlers do: at 50 messages/s a sequencer's main thread
- * spent 1-3 ms per call in it (async generators for the body and the response, two linked abort
- * controllers per call and the DOMException Node builds when a finished call's signal is aborted,
- * a `Headers` object per direction), and a presence process about half of its thread
- * (docs/benchmarks.md, "The mesh's fixed cost per call"). Here the body is read into one buffer,
+ * Why: the mesh's CPU follows its internal calls, several per message at low rates, and
+ * connect-node's handler cost 620-830 µs of CPU per trivial call (bench/internal-rpc.ts; this
+ * path: 210-280 µs). In the profiles of a sequencer and of presence it was the largest cost, far
+ * above the handlers: async generators for the body and the response, two linked abort
+ * controllers per call and the DOMException Node builds when a finished call's signal is
+ * aborted, a `Headers` object per direction (docs/benchmarks.md, "Fifth pass"). Here the body is
+ * read into one buffer,
  * the message is handed to the implementation through the direct transport (direct-transport.ts:
  * the same interceptors, deadlines and cancellation as the in-process calls), and the answer is
  * written in one write with its status in the trailers.

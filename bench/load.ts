@@ -1,4 +1,5 @@
 import { create } from "@bufbuild/protobuf";
+import { Code } from "@connectrpc/connect";
 import { OutgoingEntrySchema } from "../gen/switchboard/v1/entry_pb.js";
 import {
   AckFrameSchema,
@@ -60,6 +61,8 @@ export interface LoadStats {
   ackFrames: number;
   /** Sends the pacer owed but could not make because every device was at its in-flight limit. */
   skipped: number;
+  /** Refused sends written again during the window (same client_msg_id, after the retry hint). */
+  resent: number;
   /** Send-ack latency of sends made in the window. */
   ackLatency: HistogramData;
   /** End-to-end latency of messages sent in the window, per receiving device. */
@@ -132,6 +135,14 @@ class Device {
   readonly ownFiled = new Set<bigint>();
   /** A refusal with a retry hint pauses the device's sends until then, as the SDK does. */
   pausedUntil = 0;
+  /**
+   * Refused sends to write again, ascending by id, once pausedUntil has passed: as the SDK's
+   * outbox does, the same client_msg_id, before any new send. The gateway holds a stream's later
+   * sends until a refused one comes back ("send held"), so a client that dropped it would see
+   * every later send refused until the hold lapses.
+   */
+  readonly retry: number[] = [];
+  retryTimer: NodeJS.Timeout | undefined;
   ackedSeq = 0n;
   ended = false;
   caughtUp: (() => void) | undefined;
@@ -192,6 +203,7 @@ export class Load {
       receipts: 0,
       ackFrames: 0,
       skipped: 0,
+      resent: 0,
       deliveredBeforeAck: 0,
       expectedDeliveries: 0,
       receivedDeliveries: 0,
@@ -276,7 +288,7 @@ export class Load {
     this.sending = false;
     const drainUntil = clock() + plan.drainMs;
     while (clock() < drainUntil) {
-      const inFlight = this.devices.some((d) => d.inFlight > 0 && !d.ended);
+      const inFlight = this.devices.some((d) => (d.inFlight > 0 || d.retry.length > 0) && !d.ended);
       // This worker's received count includes deliveries of other workers' sends, so reaching its
       // expected count does not mean its devices have everything: a device still waiting behind
       // a hole (a peer's entry slower than its own later send_ack) keeps the drain going.
@@ -304,6 +316,7 @@ export class Load {
   /** Ends every stream cleanly (or drops it after 5 s). */
   async close(): Promise<void> {
     clearInterval(this.ackTimer);
+    for (const d of this.devices) clearTimeout(d.retryTimer);
     for (const d of this.devices) d.stream?.end();
     const deadline = clock() + 5000;
     while (this.devices.some((d) => !d.ended) && clock() < deadline) await sleep(20);
@@ -313,8 +326,9 @@ export class Load {
   /**
    * Sends at the target rate in small ticks, round-robin over devices. A tick that runs late
    * sends what it owes at once, up to 100 ms worth; a device at its in-flight limit, or waiting
-   * out a refusal's retry hint (as the SDK does), is skipped, and sends no device could take are
-   * counted as skipped, so the achieved rate is honest.
+   * out a refusal's retry hint with its refused sends still to write again (as the SDK does), is
+   * skipped, and sends no device could take are counted as skipped, so the achieved rate is
+   * honest.
    */
   private pace(): void {
     const rate = this.input.rate;
@@ -337,7 +351,7 @@ export class Load {
         for (let k = 0; k < n; k++) {
           const d = this.devices[next]!;
           next = next + 1 === n ? 0 : next + 1;
-          if (!d.ended && d.inFlight < this.input.inflight && d.pausedUntil <= now) {
+          if (!d.ended && d.inFlight < this.input.inflight && d.pausedUntil <= now && d.retry.length === 0) {
             found = d;
             break;
           }
@@ -358,12 +372,18 @@ export class Load {
     if (d.ended || d.stream === undefined) return;
     const id = ++d.counter;
     const now = clock();
+    d.sendTimes.set(id, now);
+    this.write(d, id, now);
+    this.count("sent", now);
+  }
+
+  /** Writes send `id`, whose payload carries `sentAt` (the first attempt's time, on a resend). */
+  private write(d: Device, id: number, sentAt: number): void {
     // A fresh buffer per send: the connect client serialises later, from its queue.
     const payload = new Uint8Array(this.payloadBytes);
-    new DataView(payload.buffer).setFloat64(0, now, true);
-    d.sendTimes.set(id, now);
+    new DataView(payload.buffer).setFloat64(0, sentAt, true);
     d.inFlight++;
-    d.stream.write({
+    d.stream!.write({
       case: "send",
       value: create(OutgoingEntrySchema, {
         clientMsgId: `m${id}`,
@@ -371,7 +391,39 @@ export class Load {
         body: { case: "message", value: { payload } },
       }),
     });
-    this.count("sent", now);
+  }
+
+  /**
+   * A refusal the SDK retries (UNAVAILABLE, or RESOURCE_EXHAUSTED with a hint): the same send
+   * again after the hint (250 ms without one), in order with the device's other refused sends
+   * and ahead of its new ones. Its latency still counts from the first attempt.
+   */
+  private retryLater(d: Device, id: number, retryAfterMs: number): void {
+    const at = clock() + (retryAfterMs > 0 ? retryAfterMs : 250);
+    d.pausedUntil = Math.max(d.pausedUntil, at);
+    const i = d.retry.findIndex((x) => x > id);
+    if (i < 0) d.retry.push(id);
+    else d.retry.splice(i, 0, id);
+    if (d.retryTimer === undefined) this.armRetry(d);
+  }
+
+  private armRetry(d: Device): void {
+    d.retryTimer = setTimeout(
+      () => {
+        d.retryTimer = undefined;
+        if (d.ended || d.stream === undefined) return;
+        // A refusal that came meanwhile moved the pause on.
+        if (clock() < d.pausedUntil) return this.armRetry(d);
+        const now = clock();
+        for (const id of d.retry.splice(0)) {
+          const sentAt = d.sendTimes.get(id);
+          if (sentAt === undefined) continue;
+          this.write(d, id, sentAt);
+          if (this.inWindow(now)) this.stats.resent++;
+        }
+      },
+      Math.max(0, d.pausedUntil - clock()),
+    );
   }
 
   /** Whose the first seq a device never got was, for the report. */
@@ -460,14 +512,20 @@ export class Load {
         return;
       }
       case "sendError": {
-        const code = String(f.value.code);
-        this.stats.sendErrors[code] = (this.stats.sendErrors[code] ?? 0) + 1;
-        d.sendTimes.delete(Number(f.value.clientMsgId.slice(1)));
+        const code = f.value.code;
+        this.stats.sendErrors[String(code)] = (this.stats.sendErrors[String(code)] ?? 0) + 1;
+        const id = Number(f.value.clientMsgId.slice(1));
         d.inFlight--;
-        if (f.value.retryAfterMs > 0) d.pausedUntil = Math.max(d.pausedUntil, clock() + f.value.retryAfterMs);
+        const retryAfterMs = f.value.retryAfterMs;
+        if (code === Code.Unavailable || (code === Code.ResourceExhausted && retryAfterMs > 0)) {
+          // In max mode the resend takes this send's place in the window.
+          if (d.sendTimes.has(id)) this.retryLater(d, id, retryAfterMs);
+          return;
+        }
+        d.sendTimes.delete(id);
+        if (retryAfterMs > 0) d.pausedUntil = Math.max(d.pausedUntil, clock() + retryAfterMs);
         if (this.sending && this.input.rate === 0) {
-          const retry = f.value.retryAfterMs;
-          if (retry > 0) setTimeout(() => this.sending && this.sendOne(d), retry);
+          if (retryAfterMs > 0) setTimeout(() => this.sending && this.sendOne(d), retryAfterMs);
           else this.sendOne(d);
         }
         return;

@@ -21,7 +21,7 @@ export function printReport(r: Report): void {
     `machine: ${r.machine.cpus} x ${r.machine.cpuModel}, ${fixed(r.machine.memoryGiB)} GiB, node ${r.machine.node}; server build: ${r.server.build}`,
     "",
     `target rate      ${t.targetRate === 0 ? (r.options.mode === "idle" ? "idle" : `max (${r.options.inflight} in flight/device)`) : `${t.targetRate} msgs/s`}`,
-    `sent             ${fixed(t.sentPerSecond, 0)} msgs/s${t.skippedSends > 0 ? `  (${t.skippedSends} sends skipped: every device at its in-flight limit)` : ""}`,
+    `sent             ${fixed(t.sentPerSecond, 0)} msgs/s${t.skippedSends > 0 ? `  (${t.skippedSends} sends skipped: every device at its in-flight limit)` : ""}${t.resentSends > 0 ? `  (${t.resentSends} refused sends sent again after their retry hint)` : ""}`,
     `acked            ${fixed(t.ackedPerSecond, 0)} msgs/s`,
     `delivered        ${fixed(t.deliveredPerSecond, 0)} entries/s to other devices (+${fixed(t.echoesPerSecond, 0)}/s echoes to senders, ${fixed(t.receiptsPerSecond, 0)}/s receipts, ${fixed(t.ackFramesPerSecond, 0)}/s ack frames)`,
     `send -> ack      ${lat(r.sendAckMs)}`,

@@ -218,6 +218,8 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       receiptsPerSecond: rate(sum((s) => s.receipts)),
       ackFramesPerSecond: rate(sum((s) => s.ackFrames)),
       skippedSends: sum((s) => s.skipped),
+      /** Refused sends written again after their retry hint, as the SDK does (not counted in sent). */
+      resentSends: sum((s) => s.resent),
     },
     sendAckMs: ack.summary() satisfies LatencySummary,
     deliveryMs: delivery.summary() satisfies LatencySummary,

@@ -68,6 +68,13 @@ export interface LoadStats {
   /** End-to-end latency of messages sent in the window, per receiving device. */
   deliveryLatency: HistogramData;
   /**
+   * The same two from the attempt the server took, for sends refused and written again: what
+   * the server's queues cost, without the client's waits for retry hints. Equal to the two above
+   * when nothing was refused.
+   */
+  acceptedAckLatency: HistogramData;
+  acceptedDeliveryLatency: HistogramData;
+  /**
    * From the sender's sendAck to each delivery of the same entry (conversationId, seq), on the
    * same clock: the part of send→deliver after the commit. A delivery that beats its ack counts 0.
    */
@@ -83,6 +90,8 @@ export interface LoadStats {
   unanswered: number;
   /** send_error frames by gRPC code, over the whole run. */
   sendErrors: Record<string, number>;
+  /** The same by the message's words before its first colon ("server overloaded", "send held"). */
+  sendErrorReasons: Record<string, number>;
   /** error frames (refused acks and such). */
   frameErrors: number;
   /** Entries that arrived twice, and jumps over a seq, per device and conversation. */
@@ -118,6 +127,8 @@ class Device {
   counter = 0;
   inFlight = 0;
   readonly sendTimes = new Map<number, number>();
+  /** Of sends written again: when the last attempt went (sendTimes keeps the first). */
+  readonly attemptTimes = new Map<number, number>();
   lastSeq = 0n;
   /**
    * Without echo: seqs past lastSeq this device already has (its own, from send_ack, or an entry
@@ -143,6 +154,12 @@ class Device {
    */
   readonly retry: number[] = [];
   retryTimer: NodeJS.Timeout | undefined;
+  /**
+   * The SDK's congestion window (sdk/client/outbox.ts): halved on "server overloaded" (at most
+   * once per 100 ms), one more per ack, unbounded again once it reaches the in-flight cap.
+   */
+  window = Number.POSITIVE_INFINITY;
+  windowCutAt = Number.NEGATIVE_INFINITY;
   ackedSeq = 0n;
   ended = false;
   caughtUp: (() => void) | undefined;
@@ -164,6 +181,8 @@ export class Load {
   private readonly deliveryLatency = new Histogram();
   private readonly ackToDeliveryLatency = new Histogram();
   private readonly ackLagLatency = new Histogram();
+  private readonly acceptedAckLatency = new Histogram();
+  private readonly acceptedDeliveryLatency = new Histogram();
   /**
    * Acked entries sent in the window whose deliveries are still owed, by "conversationId:seq":
    * when the ack came and how many deliveries remain; and deliveries that came first.
@@ -188,12 +207,17 @@ export class Load {
         d.peers = c.members.length - 1;
       }
     }
-    this.payloadBytes = Math.max(8, input.payloadBytes);
+    this.payloadBytes = Math.max(16, input.payloadBytes);
   }
 
   private static emptyStats(): Omit<
     LoadStats,
-    "ackLatency" | "deliveryLatency" | "ackToDeliveryLatency" | "ackLagLatency"
+    | "ackLatency"
+    | "deliveryLatency"
+    | "ackToDeliveryLatency"
+    | "ackLagLatency"
+    | "acceptedAckLatency"
+    | "acceptedDeliveryLatency"
   > {
     return {
       sent: 0,
@@ -209,6 +233,7 @@ export class Load {
       receivedDeliveries: 0,
       unanswered: 0,
       sendErrors: {},
+      sendErrorReasons: {},
       frameErrors: 0,
       duplicates: 0,
       gaps: 0,
@@ -282,7 +307,7 @@ export class Load {
     if (!this.input.idle) {
       this.sending = true;
       if (this.input.rate > 0) this.pace();
-      else for (const d of this.devices) for (let i = 0; i < this.input.inflight; i++) this.sendOne(d);
+      else for (const d of this.devices) this.pump(d);
     }
     await sleep(Math.max(0, this.windowEnd - clock()));
     this.sending = false;
@@ -310,6 +335,8 @@ export class Load {
       deliveryLatency: this.deliveryLatency.toData(),
       ackToDeliveryLatency: this.ackToDeliveryLatency.toData(),
       ackLagLatency: this.ackLagLatency.toData(),
+      acceptedAckLatency: this.acceptedAckLatency.toData(),
+      acceptedDeliveryLatency: this.acceptedDeliveryLatency.toData(),
     };
   }
 
@@ -351,7 +378,7 @@ export class Load {
         for (let k = 0; k < n; k++) {
           const d = this.devices[next]!;
           next = next + 1 === n ? 0 : next + 1;
-          if (!d.ended && d.inFlight < this.input.inflight && d.pausedUntil <= now && d.retry.length === 0) {
+          if (!d.ended && d.inFlight < this.limit(d) && d.pausedUntil <= now && d.retry.length === 0) {
             found = d;
             break;
           }
@@ -368,6 +395,29 @@ export class Load {
     tick();
   }
 
+  /** How many sends the device may have in flight now: the cap, or its window below it. */
+  private limit(d: Device): number {
+    return Math.min(this.input.inflight, d.window);
+  }
+
+  /**
+   * Puts sends on the device's stream up to its limit, as the SDK's outbox pumps: refused sends
+   * first, in order, once their hint has passed; then, in max mode, new ones.
+   */
+  private pump(d: Device): void {
+    if (d.ended || d.stream === undefined || clock() < d.pausedUntil) return;
+    const now = clock();
+    while (d.retry.length > 0 && d.inFlight < this.limit(d)) {
+      const id = d.retry.shift()!;
+      const sentAt = d.sendTimes.get(id);
+      if (sentAt === undefined) continue;
+      this.write(d, id, sentAt);
+      if (this.inWindow(now)) this.stats.resent++;
+    }
+    if (this.input.rate === 0 && this.sending && d.retry.length === 0)
+      while (d.inFlight < this.limit(d)) this.sendOne(d);
+  }
+
   private sendOne(d: Device): void {
     if (d.ended || d.stream === undefined) return;
     const id = ++d.counter;
@@ -377,11 +427,18 @@ export class Load {
     this.count("sent", now);
   }
 
-  /** Writes send `id`, whose payload carries `sentAt` (the first attempt's time, on a resend). */
+  /**
+   * Writes send `id`. Its payload carries `sentAt` (the first attempt's time, on a resend) and
+   * this attempt's time.
+   */
   private write(d: Device, id: number, sentAt: number): void {
     // A fresh buffer per send: the connect client serialises later, from its queue.
     const payload = new Uint8Array(this.payloadBytes);
-    new DataView(payload.buffer).setFloat64(0, sentAt, true);
+    const now = clock();
+    const view = new DataView(payload.buffer);
+    view.setFloat64(0, sentAt, true);
+    view.setFloat64(8, now, true);
+    if (now !== sentAt) d.attemptTimes.set(id, now);
     d.inFlight++;
     d.stream!.write({
       case: "send",
@@ -411,16 +468,9 @@ export class Load {
     d.retryTimer = setTimeout(
       () => {
         d.retryTimer = undefined;
-        if (d.ended || d.stream === undefined) return;
         // A refusal that came meanwhile moved the pause on.
         if (clock() < d.pausedUntil) return this.armRetry(d);
-        const now = clock();
-        for (const id of d.retry.splice(0)) {
-          const sentAt = d.sendTimes.get(id);
-          if (sentAt === undefined) continue;
-          this.write(d, id, sentAt);
-          if (this.inWindow(now)) this.stats.resent++;
-        }
+        this.pump(d);
       },
       Math.max(0, d.pausedUntil - clock()),
     );
@@ -471,8 +521,9 @@ export class Load {
           }
           if (e.body.case !== "message") continue;
           const p = e.body.value.payload;
-          if (p.length < 8) continue;
-          const sentAt = new DataView(p.buffer, p.byteOffset, p.byteLength).getFloat64(0, true);
+          if (p.length < 16) continue;
+          const view = new DataView(p.buffer, p.byteOffset, p.byteLength);
+          const sentAt = view.getFloat64(0, true);
           if (e.senderDeviceId === d.info.deviceId) {
             if (now >= this.windowStart && now < this.windowEnd) this.stats.echoes++;
             continue;
@@ -480,6 +531,7 @@ export class Load {
           this.count("delivered", now);
           if (this.inWindow(sentAt)) {
             this.deliveryLatency.recordMs(now - sentAt);
+            this.acceptedDeliveryLatency.recordMs(now - view.getFloat64(8, true));
             this.stats.receivedDeliveries++;
             this.recordAfterAck(`${e.conversationId}:${e.seq}`, now);
           }
@@ -491,7 +543,9 @@ export class Load {
         const now = clock();
         const id = Number(f.value.clientMsgId.slice(1));
         const sentAt = d.sendTimes.get(id);
+        const attemptAt = d.attemptTimes.get(id) ?? sentAt;
         d.sendTimes.delete(id);
+        d.attemptTimes.delete(id);
         d.inFlight--;
         d.acked.add(f.value.seq);
         if (!this.input.echo) {
@@ -505,28 +559,41 @@ export class Load {
         this.count("acked", now);
         if (sentAt !== undefined && this.inWindow(sentAt)) {
           this.ackLatency.recordMs(now - sentAt);
+          this.acceptedAckLatency.recordMs(now - (attemptAt ?? sentAt));
           this.stats.expectedDeliveries += d.peers;
           this.noteAck(`${f.value.conversationId}:${f.value.seq}`, now, d.peers);
         }
-        if (this.sending && this.input.rate === 0) this.sendOne(d);
+        if (d.window !== Number.POSITIVE_INFINITY)
+          d.window = d.window + 1 >= this.input.inflight ? Number.POSITIVE_INFINITY : d.window + 1;
+        this.pump(d);
         return;
       }
       case "sendError": {
         const code = f.value.code;
         this.stats.sendErrors[String(code)] = (this.stats.sendErrors[String(code)] ?? 0) + 1;
+        const reason = f.value.message.split(":", 1)[0]!.slice(0, 40);
+        this.stats.sendErrorReasons[reason] = (this.stats.sendErrorReasons[reason] ?? 0) + 1;
         const id = Number(f.value.clientMsgId.slice(1));
         d.inFlight--;
         const retryAfterMs = f.value.retryAfterMs;
+        if (code === Code.Unavailable && f.value.message.startsWith("server overloaded")) {
+          const now = clock();
+          if (now - d.windowCutAt >= 100) {
+            d.windowCutAt = now;
+            d.window = Math.max(1, Math.floor(Math.min(d.window, d.inFlight + 1) / 2));
+          }
+        }
         if (code === Code.Unavailable || (code === Code.ResourceExhausted && retryAfterMs > 0)) {
           // In max mode the resend takes this send's place in the window.
           if (d.sendTimes.has(id)) this.retryLater(d, id, retryAfterMs);
           return;
         }
         d.sendTimes.delete(id);
+        d.attemptTimes.delete(id);
         if (retryAfterMs > 0) d.pausedUntil = Math.max(d.pausedUntil, clock() + retryAfterMs);
-        if (this.sending && this.input.rate === 0) {
-          if (retryAfterMs > 0) setTimeout(() => this.sending && this.sendOne(d), retryAfterMs);
-          else this.sendOne(d);
+        if (this.input.rate === 0) {
+          if (retryAfterMs > 0) setTimeout(() => this.pump(d), retryAfterMs);
+          else this.pump(d);
         }
         return;
       }

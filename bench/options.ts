@@ -22,7 +22,7 @@ export const USAGE = `npm run bench -- [options]
   --duration S         measured seconds, default 10
   --warmup S           seconds of traffic before measuring, default 2
   --drain S            after sending stops, wait up to S seconds for outstanding acks and deliveries, default 10
-  --payload B          payload bytes (at least 8: the send timestamp), default 64
+  --payload B          payload bytes (at least 16: the first and this attempt's send times), default 64
   --workers N          load generator worker threads; 0 runs it on the main thread, default 1
   --client C           raw (gRPC on node:http2) | connect (@connectrpc/connect-node), default raw
   --ack-interval MS    how often receivers send cumulative acks, default 20
@@ -141,7 +141,7 @@ export function parseOptions(): Options {
     inflight: Math.floor(num("inflight", values.inflight, 1, 4096)),
     duration: num("duration", values.duration, 0, 3600),
     warmup: num("warmup", values.warmup, 0, 600),
-    payload: Math.floor(num("payload", values.payload, 8, 60_000)),
+    payload: Math.floor(num("payload", values.payload, 16, 60_000)),
     drain: num("drain", values.drain, 0, 600),
     workers: Math.floor(num("workers", values.workers, 0, 16)),
     client,

@@ -125,8 +125,12 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
     delivery.merge(r.deliveryLatency);
   }
   const sendErrors: Record<string, number> = {};
-  for (const r of results)
+  const sendErrorReasons: Record<string, number> = {};
+  for (const r of results) {
     for (const [k, v] of Object.entries(r.sendErrors)) sendErrors[k] = (sendErrors[k] ?? 0) + v;
+    for (const [k, v] of Object.entries(r.sendErrorReasons))
+      sendErrorReasons[k] = (sendErrorReasons[k] ?? 0) + v;
+  }
   const seconds = (ctx.cpuEnd.at - ctx.cpuStart.at) / 1000;
   const cpu = (a: number | undefined, b: number | undefined) =>
     a === undefined || b === undefined || seconds <= 0 ? undefined : (100 * (b - a)) / seconds;
@@ -147,9 +151,13 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
   const machineBusy = cpu(ctx.cpuStart.machine?.busy, ctx.cpuEnd.machine?.busy);
   const ackToDelivery = new Histogram();
   const ackLag = new Histogram();
+  const acceptedAck = new Histogram();
+  const acceptedDelivery = new Histogram();
   for (const r of results) {
     ackToDelivery.merge(r.ackToDeliveryLatency);
     ackLag.merge(r.ackLagLatency);
+    acceptedAck.merge(r.acceptedAckLatency);
+    acceptedDelivery.merge(r.acceptedDeliveryLatency);
   }
   let timelineLength = Math.max(...results.map((r) => r.timeline.sent.length));
   const line = (pick: (r: LoadStats) => number[]) =>
@@ -223,6 +231,9 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
     },
     sendAckMs: ack.summary() satisfies LatencySummary,
     deliveryMs: delivery.summary() satisfies LatencySummary,
+    /** From the attempt the server took, for sends refused and written again (LoadStats.acceptedAckLatency). */
+    acceptedSendAckMs: acceptedAck.summary() satisfies LatencySummary,
+    acceptedDeliveryMs: acceptedDelivery.summary() satisfies LatencySummary,
     /** The part of send→deliver after the sender's ack (see LoadStats.ackToDeliveryLatency). */
     ackToDeliverMs: ackToDelivery.summary() satisfies LatencySummary,
     deliveredBeforeAck: sum((s) => s.deliveredBeforeAck),
@@ -236,6 +247,7 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       gaps: sum((s) => s.gaps),
       holes: results.flatMap((r) => r.holes).slice(0, 5),
       sendErrors,
+      sendErrorReasons,
       frameErrors: sum((s) => s.frameErrors),
       streamsEnded: sum((s) => s.streamsEnded),
       endReasons: results.flatMap((r) => r.endReasons).slice(0, 5),

@@ -411,7 +411,7 @@ export class Load {
       const id = d.retry.shift()!;
       const sentAt = d.sendTimes.get(id);
       if (sentAt === undefined) continue;
-      this.write(d, id, sentAt);
+      this.write(d, id, sentAt, now);
       if (this.inWindow(now)) this.stats.resent++;
     }
     if (this.input.rate === 0 && this.sending && d.retry.length === 0)
@@ -428,17 +428,16 @@ export class Load {
   }
 
   /**
-   * Writes send `id`. Its payload carries `sentAt` (the first attempt's time, on a resend) and
-   * this attempt's time.
+   * Writes send `id`. Its payload carries `sentAt` (the first attempt's time) and `at`, this
+   * attempt's (later than sentAt on a resend).
    */
-  private write(d: Device, id: number, sentAt: number): void {
+  private write(d: Device, id: number, sentAt: number, at = sentAt): void {
     // A fresh buffer per send: the connect client serialises later, from its queue.
     const payload = new Uint8Array(this.payloadBytes);
-    const now = clock();
     const view = new DataView(payload.buffer);
     view.setFloat64(0, sentAt, true);
-    view.setFloat64(8, now, true);
-    if (now !== sentAt) d.attemptTimes.set(id, now);
+    view.setFloat64(8, at, true);
+    if (at !== sentAt) d.attemptTimes.set(id, at);
     d.inFlight++;
     d.stream!.write({
       case: "send",
@@ -543,7 +542,7 @@ export class Load {
         const now = clock();
         const id = Number(f.value.clientMsgId.slice(1));
         const sentAt = d.sendTimes.get(id);
-        const attemptAt = d.attemptTimes.get(id) ?? sentAt;
+        const attemptAt = d.attemptTimes.get(id);
         d.sendTimes.delete(id);
         d.attemptTimes.delete(id);
         d.inFlight--;

@@ -35,6 +35,8 @@ export interface OpenedObjectStore {
    * one for a real S3 server, which refuses a URL signed at a time it has not reached yet.
    */
   urlClock?: () => number;
+  /** Removes only the object's bytes, as a delete in progress or cut short leaves it. */
+  removeBytes(objectId: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -171,6 +173,20 @@ export function runMediaConformance(
         const got = await fetch(down.downloadUrl);
         assert.equal(got.status, 200);
         assert.deepEqual(Buffer.from(await got.arrayBuffer()), bytes);
+      });
+    });
+
+    test("a claimed object whose bytes are going is not found, not waiting for its upload", async () => {
+      await withMedia(async ({ client, opened }) => {
+        const up = await client.createUpload({ conversationId: CONVERSATION, lengthBytes: 16n }, as(ALICE));
+        assert.equal((await fetch(up.uploadUrl, { method: "PUT", body: randomBytes(16) })).status, 200);
+        await client.claimUpload({ objectId: up.objectId, conversationId: CONVERSATION }, as(ALICE));
+        // A delete removes the bytes first and the record last; a download in between (or after
+        // a delete cut short, before the sweep finishes it) must hear that the object is gone.
+        await opened.removeBytes(up.objectId);
+        const ref = { objectId: up.objectId, conversationId: CONVERSATION };
+        await rejectsWith(client.createDownload(ref, as(BOB)), Code.NotFound, /has been deleted/);
+        await rejectsWith(client.claimUpload(ref, as(BOB)), Code.NotFound, /has been deleted/);
       });
     });
 

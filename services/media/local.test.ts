@@ -27,6 +27,7 @@ async function openLocal(clock: TestClock) {
     dir,
     base,
     refusesWrongLengthOnUpload: true,
+    removeBytes: (objectId: string) => rm(join(dir, "objects", objectId)),
     async close() {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

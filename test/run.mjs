@@ -160,10 +160,37 @@ const child = spawn(
     "--test-reporter-destination=stdout",
     ...files,
   ],
-  { cwd: root, stdio: "inherit", env },
+  // Its own process group, which every test file and every server a test starts inherits: what a
+  // file leaves running (one cut short by its timeout skips its after hooks) is found and stopped
+  // below, instead of loading the machine after the run, or the next run.
+  { cwd: root, stdio: "inherit", env, detached: true },
 );
-// Ctrl-C reaches the test process through the terminal; the backends are stopped once it exits.
-for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => child.kill(signal));
+const signalTests = (signal) => {
+  try {
+    process.kill(-child.pid, signal);
+  } catch (err) {
+    if (err.code !== "ESRCH") throw err;
+  }
+};
+// The group is not the terminal's: Ctrl-C reaches this runner, which passes it on.
+for (const signal of ["SIGINT", "SIGTERM"]) process.on(signal, () => signalTests(signal));
 const [code, signal] = await new Promise((resolve) => child.once("exit", (c, s) => resolve([c, s])));
+stopLeftovers();
 await stopBackends();
 process.exit(code ?? (signal ? 1 : 0));
+
+/** Kills what is left in the tests' process group once the test process has exited, naming it. */
+function stopLeftovers() {
+  const listed = spawnSync("ps", ["-o", "pid=,stat=,args=", "-g", String(child.pid)], { encoding: "utf8" });
+  // A zombie (state Z) has already exited; only its parent's wait is missing.
+  const left = (listed.stdout ?? "")
+    .split("\n")
+    .map((line) => line.trim().split(/\s+/))
+    .filter(([pid, stat]) => pid !== undefined && pid !== "" && !stat?.startsWith("Z"))
+    .map(([pid, , ...args]) => `${pid} ${args.join(" ")}`);
+  if (left.length > 0) {
+    console.log(`# stopping ${left.length} process(es) the tests left running:`);
+    for (const line of left) console.log(`#   ${line.slice(0, 160)}`);
+  }
+  signalTests("SIGKILL");
+}

@@ -16,6 +16,7 @@ import { create } from "@bufbuild/protobuf";
 import { createClient } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 import { LookupRoutesRequestSchema, PresenceService } from "../gen/switchboard/internal/v1/presence_pb.js";
+import { INTERNAL_READ_MAX_BYTES } from "../services/server/grpc-wire.js";
 import { createInternalTransport } from "../services/server/internal-client.js";
 import { internalUnaryFastPath } from "../services/server/internal-unary.js";
 
@@ -63,6 +64,7 @@ async function measure(
           sessionManager,
           interceptors: [],
           defaultTimeoutMs: 15_000,
+          readMaxBytes: INTERNAL_READ_MAX_BYTES,
           streams: grpcTransport,
         })
       : grpcTransport;

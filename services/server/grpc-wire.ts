@@ -13,6 +13,12 @@ export const ENVELOPE_HEADER = 5;
 /** Envelope flag: the message is compressed. */
 export const FLAG_COMPRESSED = 0b1;
 
+/**
+ * The largest message between this server's own processes, in bytes, either way: internal batches
+ * (appends, deliveries, history pages) carry many payloads at once.
+ */
+export const INTERNAL_READ_MAX_BYTES = 64 * 1024 * 1024;
+
 /** One uncompressed envelope around a message's bytes, in one buffer (one write). */
 export function envelope(bytes: Uint8Array): Buffer {
   const out = Buffer.allocUnsafe(ENVELOPE_HEADER + bytes.length);

@@ -14,16 +14,20 @@ const protoRoot = new URL("../../proto", import.meta.url).pathname;
 const ROUTE = { userId: "u_1", deviceId: "dv_1", gatewayId: "gateway-0", sessionId: "s_1" };
 
 /** What the test servers do for LookupRoutes, by the first user id asked for. */
-type Behaviour = "answer" | "refuse" | "hang";
+type Behaviour = "answer" | "refuse" | "hang" | "big";
+
+/** The routes of the "big" answer: about 24 KiB, over the readMaxBytes some tests give. */
+const BIG = Array.from({ length: 400 }, (_, i) => ({ ...ROUTE, deviceId: `dv_${i}` }));
 
 /** The internal client transport against `url`, with an interceptor that marks every call. */
-function clientOf(url: string, interceptors: Interceptor[] = []) {
+function clientOf(url: string, interceptors: Interceptor[] = [], readMaxBytes = 1024 * 1024) {
   const sessionManager = new Http2SessionManager(url);
   const transport = createInternalTransport({
     baseUrl: url,
     sessionManager,
     interceptors,
     defaultTimeoutMs: 5_000,
+    readMaxBytes,
     streams: createGrpcTransport({ baseUrl: url, sessionManager }),
   });
   return { client: createClient(PresenceService, transport), close: () => sessionManager.abort() };
@@ -63,6 +67,8 @@ describe("internal client transport against stock gRPC servers", () => {
           callback({ code: grpc.status.RESOURCE_EXHAUSTED, details: "too many: retry later é", metadata });
         } else if (behaviour === "answer") {
           callback(null, { routes: [ROUTE] });
+        } else if (behaviour === "big") {
+          callback(null, { routes: BIG });
         }
         // "hang": never answers.
       },
@@ -86,7 +92,7 @@ describe("internal client transport against stock gRPC servers", () => {
                 });
               }
               if (behaviour === "hang") await new Promise((r) => ctx.signal.addEventListener("abort", r));
-              return { routes: [ROUTE] };
+              return { routes: behaviour === "big" ? BIG : [ROUTE] };
             },
           }),
       }),
@@ -163,7 +169,72 @@ describe("internal client transport against stock gRPC servers", () => {
         close();
       }
     });
+    it(`${server}: an answer over readMaxBytes is RESOURCE_EXHAUSTED; the connection stays good`, async () => {
+      const { client, close } = clientOf(url(), [], 4096);
+      try {
+        const err = await client.lookupRoutes({ userIds: ["big"] }).then(
+          () => assert.fail("answered"),
+          (e: unknown) => e,
+        );
+        assert.ok(err instanceof ConnectError);
+        assert.equal(err.code, Code.ResourceExhausted, err.message);
+        assert.match(err.rawMessage, /^message size \d+ is larger than configured readMaxBytes 4096$/);
+        assert.equal((await client.lookupRoutes({ userIds: ["answer"] })).routes.length, 1);
+      } finally {
+        close();
+      }
+      // Under the bound, the same answer is read whole.
+      const roomy = clientOf(url(), [], 64 * 1024);
+      try {
+        assert.equal((await roomy.client.lookupRoutes({ userIds: ["big"] })).routes.length, BIG.length);
+      } finally {
+        roomy.close();
+      }
+    });
   }
+
+  it("a peer that promises an endless answer is refused from its envelope, not buffered", async () => {
+    // A bad peer: gRPC headers, then an envelope declaring 4 GiB - 1 and bytes for as long as the
+    // stream stays open. The client must refuse at the envelope and cancel the stream.
+    let written = 0;
+    let cancelled!: () => void;
+    const cancelledSeen = new Promise<void>((resolve) => {
+      cancelled = resolve;
+    });
+    const endless = http2.createServer();
+    endless.on("stream", (stream) => {
+      stream.respond({ ":status": 200, "content-type": "application/grpc" });
+      const header = Buffer.from([0, 0xff, 0xff, 0xff, 0xff]);
+      stream.write(header);
+      const chunk = Buffer.alloc(16 * 1024);
+      const pump = () => {
+        while (!stream.destroyed && written < 256 * 1024 * 1024) {
+          written += chunk.length;
+          if (!stream.write(chunk)) return void stream.once("drain", pump);
+        }
+      };
+      pump();
+      stream.on("close", () => cancelled());
+      stream.on("error", () => {});
+    });
+    await new Promise<void>((resolve) => endless.listen(0, "127.0.0.1", resolve));
+    const { client, close } = clientOf(`http://127.0.0.1:${(endless.address() as AddressInfo).port}`);
+    try {
+      const err = await client.lookupRoutes({ userIds: ["answer"] }).then(
+        () => assert.fail("answered"),
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof ConnectError);
+      assert.equal(err.code, Code.ResourceExhausted, err.message);
+      assert.match(err.rawMessage, /message size 4294967295 is larger than configured readMaxBytes 1048576/);
+      await cancelledSeen;
+      // Flow control stops the peer within a window or two of the refusal, far from its 256 MiB.
+      assert.ok(written < 8 * 1024 * 1024, `the peer wrote ${written} bytes`);
+    } finally {
+      close();
+      await new Promise((r) => endless.close(r));
+    }
+  });
 
   it("a peer that is not there is UNAVAILABLE, and a transport failure", async () => {
     const closed = http2.createServer();

@@ -34,6 +34,11 @@ export interface InternalTransportOptions {
   interceptors: Interceptor[];
   /** The deadline of a call that sets none, in milliseconds. */
   defaultTimeoutMs: number;
+  /**
+   * The largest answer message, in bytes, as connect-node's readMaxBytes: a longer answer is
+   * RESOURCE_EXHAUSTED and its stream cancelled as soon as its envelope says so, unread.
+   */
+  readMaxBytes: number;
   /** What serves server streams (connect-node's gRPC transport); no internal service has one. */
   streams: Transport;
 }
@@ -52,8 +57,8 @@ export interface InternalTransportOptions {
  * (`requestHeader`) and its response checks (`validateResponse`, `validateTrailer`: the status from
  * the trailers or a trailers-only response, `grpc-status-details-bin`, the trailers as the
  * error's metadata, such as `retry-after-ms`), the interceptors, deadlines (`grpc-timeout`, and
- * DEADLINE_EXCEEDED locally when it passes) and cancellation by the caller's signal (RST_STREAM
- * CANCEL). Failures of the connection keep connect-node's codes and keep the Node error as their
+ * DEADLINE_EXCEEDED locally when it passes), cancellation by the caller's signal (RST_STREAM
+ * CANCEL) and readMaxBytes (RESOURCE_EXHAUSTED, with its message). Failures of the connection keep connect-node's codes and keep the Node error as their
  * cause, which is how a caller tells a process that went away from an answer (boundary.ts,
  * isTransportFailure). No compression, either way: internal traffic is mostly ciphertext.
  */
@@ -81,9 +86,9 @@ export function createInternalTransport(options: InternalTransportOptions): Tran
         contextValues: contextValues ?? createContextValues(),
         message: isMessage(input, method.input) ? input : create(method.input, input),
       };
-      return intercepted(interceptors, (r: UnaryRequest<I, O>) => call(sessionManager, path, r, timeout))(
-        req,
-      );
+      return intercepted(interceptors, (r: UnaryRequest<I, O>) =>
+        call(sessionManager, path, r, timeout, options.readMaxBytes),
+      )(req);
     },
     stream<I extends DescMessage, O extends DescMessage>(
       method: DescMethodStreaming<I, O>,
@@ -107,6 +112,7 @@ async function call<I extends DescMessage, O extends DescMessage>(
   path: string,
   req: UnaryRequest<I, O>,
   timeoutMs: number | undefined,
+  readMaxBytes: number,
 ): Promise<UnaryResponse<I, O>> {
   if (req.signal.aborted) throw ConnectError.from(req.signal.reason, Code.Canceled);
   const body = envelope(toBinary(req.method.input, req.message));
@@ -124,6 +130,7 @@ async function call<I extends DescMessage, O extends DescMessage>(
     let responseHeaders: http2.IncomingHttpHeaders | undefined;
     let trailers: http2.IncomingHttpHeaders = {};
     const chunks: Buffer[] = [];
+    let received = 0;
     let failure: ConnectError | undefined;
     const stop = (error: ConnectError) => {
       failure ??= error;
@@ -144,8 +151,26 @@ async function call<I extends DescMessage, O extends DescMessage>(
       trailers = t;
     });
     stream.on("data", (chunk: Buffer) => {
+      if (failure !== undefined) return;
       chunks.push(chunk);
+      received += chunk.length;
       sessionManager.notifyResponseByteRead(stream);
+      // The envelope promises the length: a peer (or a bad deployment) answering more than this
+      // process will hold is refused from its first five bytes, not buffered to the end.
+      const promised =
+        received < ENVELOPE_HEADER
+          ? 0
+          : (chunks[0]!.length >= ENVELOPE_HEADER ? chunks[0]! : Buffer.concat(chunks)).readUInt32BE(1);
+      const size = Math.max(promised, received - ENVELOPE_HEADER);
+      if (size > readMaxBytes) {
+        chunks.length = 0;
+        stop(
+          new ConnectError(
+            `message size ${size} is larger than configured readMaxBytes ${readMaxBytes}`,
+            Code.ResourceExhausted,
+          ),
+        );
+      }
     });
     stream.on("error", (err) => {
       failure ??= fromNodeError(err);

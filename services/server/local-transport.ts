@@ -13,6 +13,7 @@ import { sendInternalCredential } from "../common/internal-auth.js";
 import type { Logger } from "../common/log.js";
 import { clientTelemetry, serverTelemetry } from "../common/rpc-telemetry.js";
 import { createDirectTransport } from "./direct-transport.js";
+import { INTERNAL_READ_MAX_BYTES } from "./grpc-wire.js";
 import { createInternalTransport } from "./internal-client.js";
 import type { Closers } from "./lifecycle.js";
 
@@ -73,12 +74,14 @@ export class ServiceClients {
       sessionManager,
       interceptors,
       defaultTimeoutMs: 15_000,
+      readMaxBytes: INTERNAL_READ_MAX_BYTES,
       streams: createGrpcTransport({
         baseUrl,
         sessionManager,
         interceptors,
         defaultTimeoutMs: 15_000,
         acceptCompression: [],
+        readMaxBytes: INTERNAL_READ_MAX_BYTES,
       }),
     });
     this.remotes.set(baseUrl, transport);

@@ -36,6 +36,7 @@ import { withCors } from "./cors.js";
 import { deviceStreamFastPath } from "./device-stream.js";
 import { answerStreamProcedures, EdgeGuard, streamingProcedures } from "./edge.js";
 import { frontDoor } from "./front-door.js";
+import { INTERNAL_READ_MAX_BYTES } from "./grpc-wire.js";
 import { internalUnaryFastPath } from "./internal-unary.js";
 import type { Closers } from "./lifecycle.js";
 import { directoryClient, type RoleContext } from "./roles.js";
@@ -83,7 +84,7 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
   ];
   // From devices a frame carries one payload plus ids, so anything much larger is refused
   // before parsing. Internal batches (appends, deliveries) carry many payloads at once.
-  const readMaxBytes = gateway ? gatewayReadMaxBytes(config.limits) : 64 * 1024 * 1024;
+  const readMaxBytes = gateway ? gatewayReadMaxBytes(config.limits) : INTERNAL_READ_MAX_BYTES;
   const handler = connectNodeAdapter({
     routes: (router) => {
       if (gateway) {

@@ -6,6 +6,7 @@ import {
   type ConnectResponse,
   StreamOptionsFrameSchema,
 } from "../gen/switchboard/v1/gateway_pb.js";
+import { SendWindow } from "../sdk/client/congestion.js";
 import { Histogram, type HistogramData } from "./histogram.js";
 import type { BenchConversation, BenchDevice } from "./setup.js";
 import { type ClientKind, type DeviceStream, openStream } from "./stream.js";
@@ -154,12 +155,8 @@ class Device {
    */
   readonly retry: number[] = [];
   retryTimer: NodeJS.Timeout | undefined;
-  /**
-   * The SDK's congestion window (sdk/client/outbox.ts): halved on "server overloaded" (at most
-   * once per 100 ms), one more per ack, unbounded again once it reaches the in-flight cap.
-   */
-  window = Number.POSITIVE_INFINITY;
-  windowCutAt = Number.NEGATIVE_INFINITY;
+  /** The SDK's congestion window (sdk/client/congestion.ts). */
+  readonly window = new SendWindow(clock);
   ackedSeq = 0n;
   ended = false;
   caughtUp: (() => void) | undefined;
@@ -397,7 +394,7 @@ export class Load {
 
   /** How many sends the device may have in flight now: the cap, or its window below it. */
   private limit(d: Device): number {
-    return Math.min(this.input.inflight, d.window);
+    return d.window.limit(this.input.inflight);
   }
 
   /**
@@ -562,8 +559,7 @@ export class Load {
           this.stats.expectedDeliveries += d.peers;
           this.noteAck(`${f.value.conversationId}:${f.value.seq}`, now, d.peers);
         }
-        if (d.window !== Number.POSITIVE_INFINITY)
-          d.window = d.window + 1 >= this.input.inflight ? Number.POSITIVE_INFINITY : d.window + 1;
+        d.window.acked(this.input.inflight);
         this.pump(d);
         return;
       }
@@ -575,13 +571,8 @@ export class Load {
         const id = Number(f.value.clientMsgId.slice(1));
         d.inFlight--;
         const retryAfterMs = f.value.retryAfterMs;
-        if (code === Code.Unavailable && f.value.message.startsWith("server overloaded")) {
-          const now = clock();
-          if (now - d.windowCutAt >= 100) {
-            d.windowCutAt = now;
-            d.window = Math.max(1, Math.floor(Math.min(d.window, d.inFlight + 1) / 2));
-          }
-        }
+        if (code === Code.Unavailable && f.value.message.startsWith("server overloaded"))
+          d.window.overloaded(d.inFlight);
         if (code === Code.Unavailable || (code === Code.ResourceExhausted && retryAfterMs > 0)) {
           // In max mode the resend takes this send's place in the window.
           if (d.sendTimes.has(id)) this.retryLater(d, id, retryAfterMs);

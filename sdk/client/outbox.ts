@@ -5,6 +5,7 @@ import type { DeviceMismatch, SendAckFrame, SendErrorFrame } from "../../gen/swi
 import { MAX_MISMATCH_RETRIES, type SealedPart } from "../e2ee.js";
 import type { OutboxItem, SendResult } from "../types.js";
 import { newClientMsgId, type OutgoingBody, outboxEncoding } from "./bodies.js";
+import { SendWindow } from "./congestion.js";
 import type { ClientContext } from "./context.js";
 import { ownEntry } from "./own-entry.js";
 import type { StreamLoop } from "./stream.js";
@@ -40,13 +41,8 @@ export interface PendingSend {
 export class SendQueue {
   /** In order: a Map iterates in insertion order, and sends leave in that order. */
   readonly sends = new Map<string, PendingSend>();
-  /**
-   * Sends this client lets be in flight, within the server's max_sends_in_flight: halved when the
-   * server says it is past its capacity, one more per acknowledged send (additive increase,
-   * multiplicative decrease), so a crowd of clients eases off together instead of queueing.
-   */
-  private window = Number.POSITIVE_INFINITY;
-  private windowCutAt = Number.NEGATIVE_INFINITY;
+  /** Sends this client lets be in flight, within the server's max_sends_in_flight (congestion.ts). */
+  private readonly window = new SendWindow();
 
   constructor(
     private readonly ctx: ClientContext,
@@ -121,7 +117,7 @@ export class SendQueue {
   pump(): void {
     const s = this.stream.ready;
     if (s === undefined) return;
-    const limit = Math.min(this.window, this.ctx.limits?.maxSendsInFlight || DEFAULT_MAX_IN_FLIGHT);
+    const limit = this.window.limit(this.maxInFlight());
     let inFlight = 0;
     for (const p of this.sends.values()) if (p.state === "inflight") inFlight += 1;
     // Conversations with a send waiting out a retry: their later sends wait behind it, so a
@@ -158,10 +154,7 @@ export class SendQueue {
     const p = this.sends.get(ack.clientMsgId);
     if (p === undefined) return undefined;
     this.forget(p);
-    if (this.window !== Number.POSITIVE_INFINITY) {
-      const max = this.ctx.limits?.maxSendsInFlight || DEFAULT_MAX_IN_FLIGHT;
-      this.window = this.window + 1 >= max ? Number.POSITIVE_INFINITY : this.window + 1;
-    }
+    this.window.acked(this.maxInFlight());
     const result: SendResult = {
       clientMsgId: ack.clientMsgId,
       conversationId: p.item.conversationId,
@@ -202,14 +195,10 @@ export class SendQueue {
     }
     const retryable =
       err.code === Code.Unavailable || (err.code === Code.ResourceExhausted && err.retryAfterMs > 0);
-    // Once per 100 ms at most: one push-back often answers a whole burst of sends.
     if (err.code === Code.Unavailable && err.message.startsWith("server overloaded")) {
-      const now = performance.now();
-      if (now - this.windowCutAt >= 100) {
-        this.windowCutAt = now;
-        const inFlight = [...this.sends.values()].filter((x) => x.state === "inflight").length;
-        this.window = Math.max(1, Math.floor(Math.min(this.window, inFlight + 1) / 2));
-      }
+      let inFlight = 0;
+      for (const x of this.sends.values()) if (x.state === "inflight" && x !== p) inFlight += 1;
+      this.window.overloaded(inFlight);
     }
     if (retryable) {
       this.retryLater(p, err.retryAfterMs);
@@ -237,6 +226,11 @@ export class SendQueue {
       p.reject(error);
     }
     this.sends.clear();
+  }
+
+  /** The server's cap on sends in flight per stream, from its ready frame. */
+  private maxInFlight(): number {
+    return this.ctx.limits?.maxSendsInFlight || DEFAULT_MAX_IN_FLIGHT;
   }
 
   /** Resends after the delay the server asked for, or after a jittered backoff. */

@@ -88,6 +88,12 @@ class LateIntervals {
  * sequencer's commit time against this host's), so it is taken above its base: the least lag of
  * the last ten minutes, which holds the clock offset and the path's fixed cost.
  *
+ * Known blind spot: past capacity the sequencer's group commit answers a whole batch in one
+ * interval and nothing in the intervals before it, so answered intervals are never three running
+ * and the wait signal does not fire; the in-flight bounds and the delivery signal push back
+ * instead. Counting a still queue as late makes it fire, and was measured to cost more in
+ * refusals than it saved (docs/benchmarks.md, seventh pass).
+ *
  * A refusal is UNAVAILABLE with a retry hint of about twice the standing wait (jittered, so the
  * senders pushed back together do not come back together): the server's state, not the caller's
  * fault, and safe to retry with the same client_msg_id.

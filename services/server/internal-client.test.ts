@@ -13,6 +13,16 @@ import { createInternalTransport } from "./internal-client.js";
 const protoRoot = new URL("../../proto", import.meta.url).pathname;
 const ROUTE = { userId: "u_1", deviceId: "dv_1", gatewayId: "gateway-0", sessionId: "s_1" };
 
+/** The error a call that must fail ends with. */
+async function failureOf(call: Promise<unknown>): Promise<ConnectError> {
+  const err = await call.then(
+    () => assert.fail("answered"),
+    (e: unknown) => e,
+  );
+  assert.ok(err instanceof ConnectError, String(err));
+  return err;
+}
+
 /** What the test servers do for LookupRoutes, by the first user id asked for. */
 type Behaviour = "answer" | "refuse" | "hang" | "big";
 
@@ -138,11 +148,7 @@ describe("internal client transport against stock gRPC servers", () => {
     it(`${server}: a refusal keeps its code, its message and its trailers`, async () => {
       const { client, close } = clientOf(url());
       try {
-        const err = await client.lookupRoutes({ userIds: ["refuse"] }).then(
-          () => assert.fail("answered"),
-          (e: unknown) => e,
-        );
-        assert.ok(err instanceof ConnectError);
+        const err = await failureOf(client.lookupRoutes({ userIds: ["refuse"] }));
         assert.equal(err.code, Code.ResourceExhausted);
         assert.equal(err.rawMessage, "too many: retry later é");
         assert.equal(err.metadata.get("retry-after-ms"), "250");
@@ -172,11 +178,7 @@ describe("internal client transport against stock gRPC servers", () => {
     it(`${server}: an answer over readMaxBytes is RESOURCE_EXHAUSTED; the connection stays good`, async () => {
       const { client, close } = clientOf(url(), [], 4096);
       try {
-        const err = await client.lookupRoutes({ userIds: ["big"] }).then(
-          () => assert.fail("answered"),
-          (e: unknown) => e,
-        );
-        assert.ok(err instanceof ConnectError);
+        const err = await failureOf(client.lookupRoutes({ userIds: ["big"] }));
         assert.equal(err.code, Code.ResourceExhausted, err.message);
         assert.match(err.rawMessage, /^message size \d+ is larger than configured readMaxBytes 4096$/);
         assert.equal((await client.lookupRoutes({ userIds: ["answer"] })).routes.length, 1);
@@ -220,11 +222,7 @@ describe("internal client transport against stock gRPC servers", () => {
     await new Promise<void>((resolve) => endless.listen(0, "127.0.0.1", resolve));
     const { client, close } = clientOf(`http://127.0.0.1:${(endless.address() as AddressInfo).port}`);
     try {
-      const err = await client.lookupRoutes({ userIds: ["answer"] }).then(
-        () => assert.fail("answered"),
-        (e: unknown) => e,
-      );
-      assert.ok(err instanceof ConnectError);
+      const err = await failureOf(client.lookupRoutes({ userIds: ["answer"] }));
       assert.equal(err.code, Code.ResourceExhausted, err.message);
       assert.match(err.rawMessage, /message size 4294967295 is larger than configured readMaxBytes 1048576/);
       await cancelledSeen;
@@ -243,11 +241,7 @@ describe("internal client transport against stock gRPC servers", () => {
     await new Promise((r) => closed.close(r));
     const { client, close } = clientOf(`http://127.0.0.1:${port}`);
     try {
-      const err = await client.lookupRoutes({ userIds: ["answer"] }).then(
-        () => assert.fail("answered"),
-        (e: unknown) => e,
-      );
-      assert.ok(err instanceof ConnectError);
+      const err = await failureOf(client.lookupRoutes({ userIds: ["answer"] }));
       assert.equal(err.code, Code.Unavailable, err.message);
       assert.ok(isTransportFailure(err) || err.code === Code.Unavailable);
     } finally {
@@ -261,11 +255,7 @@ describe("internal client transport against stock gRPC servers", () => {
       const call = client.lookupRoutes({ userIds: ["hang"] });
       await new Promise((r) => setTimeout(r, 100));
       for (const s of sockets) s.destroy();
-      const err = await call.then(
-        () => assert.fail("answered"),
-        (e: unknown) => e,
-      );
-      assert.ok(err instanceof ConnectError);
+      const err = await failureOf(call);
       assert.ok(
         err.code === Code.Unavailable || isTransportFailure(err),
         `retried by callers: ${Code[err.code]} ${err.message}`,

@@ -172,8 +172,9 @@ for (const backend of mediaBackends(BUCKET)) {
       const failed = first.waitFor("error");
       await first.connect();
       const failure = await within(failed, 30_000, "the failed download");
-      // The media service checks the object before it hands out a URL.
-      assert.match(failure.error.message, /has not been uploaded yet/);
+      // The media service checks the object before it hands out a URL: claimed, and its bytes
+      // missing, it is gone (NOT_FOUND), and the SDK keeps the transfer to try again.
+      assert.match(failure.error.message, /\[not_found\] object m_\w+ is no longer stored/);
       assert.equal(refused, undefined);
       assert.deepEqual(await first.history.entries(direct), []);
       assert.ok(

@@ -185,8 +185,8 @@ export function runMediaConformance(
         // a delete cut short, before the sweep finishes it) must hear that the object is gone.
         await opened.removeBytes(up.objectId);
         const ref = { objectId: up.objectId, conversationId: CONVERSATION };
-        await rejectsWith(client.createDownload(ref, as(BOB)), Code.NotFound, /has been deleted/);
-        await rejectsWith(client.claimUpload(ref, as(BOB)), Code.NotFound, /has been deleted/);
+        await rejectsWith(client.createDownload(ref, as(BOB)), Code.NotFound, /is no longer stored/);
+        await rejectsWith(client.claimUpload(ref, as(BOB)), Code.NotFound, /is no longer stored/);
       });
     });
 

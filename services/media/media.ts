@@ -307,9 +307,9 @@ export class Media {
     const stat = await this.store.stat(record.objectId);
     if (stat === undefined) {
       // A claim checked the bytes, so a claimed record without them is being deleted (a delete
-      // removes the bytes first and the record last, or was cut short and the sweep finishes it):
-      // for the client the object is gone, not waiting for its upload.
-      if (record.claimedAtMs !== 0) throw new NotFoundError(`object ${record.objectId} has been deleted`);
+      // removes the bytes first and the record last, or was cut short and the sweep finishes it)
+      // or lost by the store: for the client the object is gone, not waiting for its upload.
+      if (record.claimedAtMs !== 0) throw new NotFoundError(`object ${record.objectId} is no longer stored`);
       throw new ConflictError(`object ${record.objectId} has not been uploaded yet`);
     }
     if (stat.lengthBytes !== record.lengthBytes) {

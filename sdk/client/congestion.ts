@@ -9,8 +9,8 @@ const CUT_INTERVAL_MS = 100;
  * cap. So a crowd of clients eases off together instead of queueing, and comes back gently.
  *
  * Growing by one per acknowledged send instead (as this client did) doubles the window every
- * round trip: each device was back at its cap a few round trips after a cut, and past capacity
- * the server answered two refusals for every three sends taken (docs/benchmarks.md, seventh pass).
+ * round trip: each device was back at its cap a few round trips after a cut. Past capacity that
+ * cost 40-50 % more refusals (docs/benchmarks.md, seventh pass).
  */
 export class SendWindow {
   private size = Number.POSITIVE_INFINITY;

@@ -25,12 +25,12 @@ after(async () => {
   await minio?.close();
 });
 
-async function openMinio(region = "us-east-1") {
+async function openMinio(region = "us-east-1", bucket = `media-${process.pid}-${bucketNo++}`) {
   return MinioObjectStore.open({
     endpoint: { host: "127.0.0.1", port: minio.port, useSSL: false },
     accessKey: minio.accessKey,
     secretKey: minio.secretKey,
-    bucket: `media-${process.pid}-${bucketNo++}`,
+    bucket,
     region,
     createBucket: true,
   });
@@ -39,8 +39,8 @@ async function openMinio(region = "us-east-1") {
 runMediaConformance(
   "MinIO engine on a real MinIO server",
   async (_clock: TestClock) => {
-    const bucket = `media-${process.pid}-${bucketNo}`;
-    const store = await openMinio();
+    const bucket = `media-${process.pid}-${bucketNo++}`;
+    const store = await openMinio("us-east-1", bucket);
     // Straight to the bucket, past the store, as a delete cut short between its steps leaves it.
     const direct = new Client({
       endPoint: "127.0.0.1",

@@ -397,6 +397,22 @@ describe("SwitchboardClient (scripted server)", () => {
     assert.ok(disconnected[0] !== undefined && disconnected[0] <= 10);
   });
 
+  it("closed while connect() takes the profile's lock: no stream opens and the lock is released", async () => {
+    // The CLI's `chat` with its input already ended closes the client while connect() is in flight.
+    const c = await open();
+    const connecting = assert.rejects(
+      c.connect(),
+      (err: unknown) => ConnectError.from(err).code === Code.Canceled,
+    );
+    await c.close();
+    await connecting;
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    assert.equal(fake.streams.length, 0, "a stream opened after close()");
+    const again = await Profile.open(c.profileDir);
+    await again.lock();
+    await again.unlock();
+  });
+
   it("pings a quiet stream and replaces one that stays silent", async () => {
     const c = await open({ pingIntervalMs: 50, deadAfterMs: 300 });
     await c.connect();

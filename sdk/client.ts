@@ -208,6 +208,8 @@ export class SwitchboardClient {
     if (!this.parts.stream.started) {
       this.parts.stream.prepare();
       await this.ctx.profile.lock();
+      // Closed while the lock was being taken: close() releases it; no stream opens after close.
+      if (this.ctx.closed) throw clientClosed();
       this.parts.stream.start();
       // Intents written before a crash, never encrypted: encrypted now, in their order.
       this.parts.sealer.resumeIntents();

@@ -202,4 +202,18 @@ describe("Profile", () => {
     assert.equal((await readFile(join(dir, "profile.lock"), "utf8")).trim(), String(process.pid));
     await a.unlock();
   });
+
+  it("releases a lock that is still being taken when unlocked", async () => {
+    // A client closed while its connect() waits for the lock (the CLI's `chat` with its input
+    // already ended) must not keep the profile locked for the rest of its process's life.
+    const dir = await tempDir();
+    const a = await Profile.create(dir, credentials);
+    const taking = a.lock();
+    await a.unlock();
+    await taking;
+    const b = await Profile.open(dir);
+    await b.lock();
+    await b.unlock();
+    await assert.rejects(readFile(join(dir, "profile.lock")), { code: "ENOENT" });
+  });
 });

@@ -32,7 +32,7 @@ export class Profile {
   private readonly stateFile: SerialWrite;
   private readonly outboxFile: SerialWrite;
   private cursorsDirty = false;
-  private held: StorageLock | undefined;
+  private held: Promise<StorageLock> | undefined;
 
   private constructor(
     /** Where the profile lives. */
@@ -155,15 +155,25 @@ export class Profile {
    * that died.
    */
   async lock(): Promise<void> {
-    if (this.held !== undefined) return;
-    this.held = await this.storage.lock();
+    this.held ??= this.storage.lock();
+    const taking = this.held;
+    try {
+      await taking;
+    } catch (err) {
+      if (this.held === taking) this.held = undefined;
+      throw err;
+    }
   }
 
-  /** Releases the lock taken by lock(). */
+  /**
+   * Releases the lock taken by lock(), also one still being taken: a client closed while its
+   * connect() waits for the lock must not leave the lock behind for its process's lifetime.
+   */
   async unlock(): Promise<void> {
     const held = this.held;
     this.held = undefined;
-    await held?.release();
+    const lock = await held?.catch(() => undefined);
+    await lock?.release();
   }
 
   private async load(): Promise<void> {

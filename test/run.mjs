@@ -18,6 +18,7 @@ import { readdirSync, readFileSync, statSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { register } from "tsx/esm/api";
+import { buildIsCurrent } from "../bin/build-state.js";
 
 const root = new URL("..", import.meta.url).pathname;
 const folders = ["services", "sdk", "test", "bench"];
@@ -137,6 +138,29 @@ async function startSharedCassandra() {
       );
     console.log(`# Cassandra could not start (${message}): ${howTo}`);
     return undefined;
+  }
+}
+
+// Every server a test starts runs bin/switchboard.js: the build in dist/ when it is current, the
+// sources through tsx otherwise, which compiles each module again in every process and makes a
+// server start (and a mesh process restart) take seconds more. The whole suite (and CI) builds
+// first, so the tests run the server as deployed; a run of chosen files leaves that to the caller.
+if (!buildIsCurrent(root)) {
+  if (filter.length === 0 || process.env.CI === "true") {
+    const started = Date.now();
+    const built = spawnSync(process.execPath, [join(root, "scripts/build.mjs")], {
+      cwd: root,
+      stdio: "inherit",
+    });
+    if (built.status !== 0) {
+      console.error("# npm run build failed: the tests need the server compiled");
+      process.exit(1);
+    }
+    console.log(`# compiled the server for the tests (npm run build) in ${Date.now() - started} ms`);
+  } else {
+    console.log(
+      "# dist/ is older than the sources: servers the tests start run them through tsx (npm run build to compile)",
+    );
   }
 }
 

@@ -27,7 +27,8 @@ describe("bin/switchboard.js", () => {
   ): Promise<string> {
     const dir = join(tmp, name);
     await mkdir(join(dir, "bin"), { recursive: true });
-    await copyFile(join(root, "bin/switchboard.js"), join(dir, "bin/switchboard.js"));
+    for (const file of ["switchboard.js", "build-state.js"])
+      await copyFile(join(root, "bin", file), join(dir, "bin", file));
     await writeFile(join(dir, "package.json"), JSON.stringify({ type: "module" }));
     if (parts.sources) {
       await mkdir(join(dir, "services/cli"), { recursive: true });

@@ -62,8 +62,11 @@ describe("a gateway past its capacity pushes senders back", () => {
     assert.equal(new Set(logged).size, total);
   });
 
-  it("holds the stream's later sends until a refused one comes back, however late they are read", async () => {
+  it("holds the conversation's later sends until a refused one comes back, however late they are read; other conversations go on", async () => {
     const { alice, id } = await sender();
+    const carol = fx.track(await TestDevice.register(fx.server.url, uniqueName("carol")));
+    const other = (await alice.conversations.openDirect({ peerUserId: carol.userId })).conversation!
+      .conversationId;
 
     const ids = Array.from({ length: 40 }, (_, i) => `b${i}`);
     for (const m of ids) alice.sendText(id, m, `message ${m}`);
@@ -97,6 +100,18 @@ describe("a gateway past its capacity pushes senders back", () => {
     assert.equal(late.code, Code.Unavailable);
     assert.match(late.message, new RegExp(`send held: .*client_msg_id ${ids[firstRefused]}\\b`));
     assert.ok(late.retryAfterMs > 0);
+    // Order is per conversation: the same stream's send to another conversation is taken.
+    alice.sendText(other, "elsewhere", "to carol");
+    const elsewhere = await alice.waitFor(
+      () =>
+        alice.ofCase("sendError").find((e) => e.clientMsgId === "elsewhere") ??
+        alice.ofCase("sendAck").find((a) => a.clientMsgId === "elsewhere"),
+      "the send to the other conversation answered",
+    );
+    assert.ok(
+      "seq" in elsewhere,
+      `the other conversation was held: ${"message" in elsewhere ? elsewhere.message : ""}`,
+    );
 
     // Sent again in order, every send is taken, and the seqs follow the order they were made in.
     const order = [...ids, "late"];

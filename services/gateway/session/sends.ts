@@ -91,8 +91,8 @@ export class Sends {
    * Answers a send with its refusal, in band: the stream goes on. The retry hint is the domain
    * error's own; without one, half a second for UNAVAILABLE (the send may be retried as it is)
    * and none otherwise. A refusal the device retries (UNAVAILABLE, RESOURCE_EXHAUSTED with a
-   * hint, a device mismatch to encrypt again for) holds the stream's later sends until the
-   * refused one comes back (send-hold.ts).
+   * hint, a device mismatch to encrypt again for) holds the stream's later sends to the same
+   * conversation until the refused one comes back (send-hold.ts).
    */
   private refuse(entry: OutgoingEntry, ordinal: number, err: unknown): void {
     const error = inBand(err);
@@ -104,7 +104,7 @@ export class Sends {
       (error.code === Code.ResourceExhausted && retryAfterMs > 0) ||
       mismatch !== undefined
     ) {
-      this.hold.refused(entry.clientMsgId, ordinal, retryAfterMs);
+      this.hold.refused(entry.conversationId, entry.clientMsgId, ordinal, retryAfterMs);
     }
     this.stream.answer(
       frame({
@@ -165,11 +165,11 @@ export class Sends {
 
   private append(entry: OutgoingEntry, ordinal: number, receivedAt: number): void {
     const { host } = this.stream;
-    const held = this.hold.check(entry.clientMsgId, ordinal);
+    const held = this.hold.check(entry.conversationId, entry.clientMsgId, ordinal);
     if (held !== undefined) {
       host.refused(
         "send_held",
-        "send refused: an earlier send of the stream was refused and not sent again yet",
+        "send refused: an earlier send to the conversation on this stream was refused and not sent again yet",
         {
           userId: this.stream.userId,
           deviceId: this.stream.deviceId,
@@ -180,7 +180,7 @@ export class Sends {
         entry,
         ordinal,
         new UnavailableError(
-          `send held: an earlier send of this stream (client_msg_id ${this.hold.heldFor}) was refused; send it again first, then this one`,
+          `send held: an earlier send to this conversation on this stream (client_msg_id ${this.hold.heldFor(entry.conversationId)}) was refused; send it again first, then this one`,
           { retryAfterMs: held },
         ),
       );

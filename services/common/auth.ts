@@ -1,3 +1,4 @@
+import { webcrypto } from "node:crypto";
 import { errors, jwtVerify, SignJWT } from "jose";
 import { UnauthenticatedError } from "./errors.js";
 
@@ -20,10 +21,24 @@ export interface Principal {
  * signature; revocation is checked separately (a token outlives nothing but its expiry).
  */
 export class Tokens {
+  /**
+   * The key as a WebCrypto key, imported once: given the raw bytes, jose imports them again for
+   * every token it signs or checks, which was about 5 % of the main thread while 10,000 devices
+   * connected (docs/benchmarks.md).
+   */
+  private readonly cryptoKey: Promise<webcrypto.CryptoKey>;
+
   constructor(
-    private readonly key: Uint8Array,
+    key: Uint8Array,
     private readonly ttlSeconds: number,
-  ) {}
+  ) {
+    this.cryptoKey = webcrypto.subtle.importKey("raw", key, { name: "HMAC", hash: "SHA-256" }, false, [
+      "sign",
+      "verify",
+    ]);
+    // Nothing awaits it before the first token; a bad key is reported there, not as unhandled.
+    this.cryptoKey.catch(() => {});
+  }
 
   /** Issues a token for a device. */
   async issue(
@@ -40,7 +55,7 @@ export class Tokens {
       .setSubject(userId)
       .setIssuedAt(issuedAt)
       .setExpirationTime(expiresAt)
-      .sign(this.key);
+      .sign(await this.cryptoKey);
     return { token, expiresAtMs: expiresAt * 1000 };
   }
 
@@ -50,7 +65,7 @@ export class Tokens {
     const match = /^Bearer ([A-Za-z0-9_\-.]+)$/.exec(header);
     if (match === null) throw new UnauthenticatedError("authorization header must be 'Bearer <token>'");
     try {
-      const { payload } = await jwtVerify(match[1]!, this.key, {
+      const { payload } = await jwtVerify(match[1]!, await this.cryptoKey, {
         issuer: ISSUER,
         audience: AUDIENCE,
         algorithms: ["HS256"],

@@ -86,13 +86,7 @@ describe("a gateway past its capacity pushes senders back", () => {
     // the device's next send would be taken at once, ahead of the refused sends' retries: it is
     // held instead, until the first refused send comes back.
     await new Promise((r) => setTimeout(r, 600));
-    alice.sendText(id, "late", "late");
-    const late = await alice.waitFor(
-      () =>
-        alice.ofCase("sendError").find((e) => e.clientMsgId === "late") ??
-        alice.ofCase("sendAck").find((a) => a.clientMsgId === "late"),
-      "the late send answered",
-    );
+    const late = await sendAnswered(alice, id, "late");
     assert.ok(
       "code" in late,
       `the late send was taken (seq ${"seq" in late ? late.seq : "?"}) ahead of ${ids[firstRefused]}`,
@@ -101,13 +95,7 @@ describe("a gateway past its capacity pushes senders back", () => {
     assert.match(late.message, new RegExp(`send held: .*client_msg_id ${ids[firstRefused]}\\b`));
     assert.ok(late.retryAfterMs > 0);
     // Order is per conversation: the same stream's send to another conversation is taken.
-    alice.sendText(other, "elsewhere", "to carol");
-    const elsewhere = await alice.waitFor(
-      () =>
-        alice.ofCase("sendError").find((e) => e.clientMsgId === "elsewhere") ??
-        alice.ofCase("sendAck").find((a) => a.clientMsgId === "elsewhere"),
-      "the send to the other conversation answered",
-    );
+    const elsewhere = await sendAnswered(alice, other, "elsewhere");
     assert.ok(
       "seq" in elsewhere,
       `the other conversation was held: ${"message" in elsewhere ? elsewhere.message : ""}`,
@@ -124,6 +112,17 @@ describe("a gateway past its capacity pushes senders back", () => {
     );
   });
 });
+
+/** Sends one message and waits for its answer: its send_ack or its send_error. */
+async function sendAnswered(device: TestDevice, conversationId: string, clientMsgId: string) {
+  device.sendText(conversationId, clientMsgId, clientMsgId);
+  return device.waitFor(
+    () =>
+      device.ofCase("sendError").find((e) => e.clientMsgId === clientMsgId) ??
+      device.ofCase("sendAck").find((a) => a.clientMsgId === clientMsgId),
+    `${clientMsgId} answered`,
+  );
+}
 
 /**
  * Sends again, in order and a few at a time after a pause (as a client honouring the hints

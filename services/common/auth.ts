@@ -23,7 +23,7 @@ export interface Principal {
 export class Tokens {
   /**
    * The key as a WebCrypto key, imported once: given the raw bytes, jose imports them again for
-   * every token it signs or checks, which was about 5 % of the main thread while 10,000 devices
+   * every token it signs or checks, which was about 4 % of the main thread while 10,000 devices
    * connected (docs/benchmarks.md).
    */
   private readonly cryptoKey: Promise<webcrypto.CryptoKey>;

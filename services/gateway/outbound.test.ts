@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { create } from "@bufbuild/protobuf";
 import { EntrySchema, MessageBodySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { type ConnectResponse, ConnectResponseSchema } from "../../gen/switchboard/v1/gateway_pb.js";
@@ -85,5 +87,50 @@ describe("Outbound: bounded in frames and bytes", () => {
     const inner = frame.frame.value as { entries: Array<{ $unknown?: unknown }> };
     inner.entries[0]!.$unknown = [{ no: 999, wireType: 2, data: new Uint8Array(300 * KiB) }];
     assert.ok(encodedSizeBound(frame) > 300 * KiB);
+  });
+});
+
+describe("Outbound: a writer takes what is queued in batches", () => {
+  it("hands over every frame queued at the time, at most max, and what was queued before the end", async () => {
+    const q = new Outbound({ frames: 1000, bytes: 1024 * KiB, frameBytes: 64 * KiB, frameEntries: 64 });
+    for (let i = 0; i < 5; i++) q.force(pong());
+    assert.equal(await q.framesReady(), true);
+    assert.equal(q.takeBatch(3).length, 3);
+    assert.equal(q.takeBatch(3).length, 2);
+    const waiting = q.framesReady();
+    q.force(pong());
+    assert.equal(await waiting, true, "a frame queued later wakes the writer");
+    q.end(new Error("stream over"));
+    assert.equal(await q.framesReady(), true, "queued before the end: still written");
+    assert.equal(q.takeBatch(10).length, 1);
+    await assert.rejects(q.framesReady(), /stream over/);
+    const clean = new Outbound({ frames: 10, bytes: 100 * KiB, frameBytes: 64 * KiB, frameEntries: 64 });
+    clean.end();
+    assert.equal(await clean.framesReady(), false);
+  });
+
+  it("keeps nothing of a taken batch while the writer waits for the next", async () => {
+    // Written as a generator, the reader kept its last batch (every entry and payload in it)
+    // for as long as the stream stayed quiet: tens of MiB over a few dozen streams after a burst.
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    const q = new Outbound({ frames: 1000, bytes: 4096 * KiB, frameBytes: 64 * KiB, frameEntries: 64 });
+    let weak: WeakRef<object> | undefined;
+    // As services/server/device-stream.ts writes: the batch goes straight to the encoder.
+    const encode = (batch: ConnectResponse[]) => {
+      weak ??= new WeakRef(batch[0]!);
+    };
+    const writer = (async () => {
+      while (await q.framesReady()) encode(q.takeBatch(100));
+    })();
+    q.force(messageFrame(1024 * KiB));
+    await new Promise((r) => setImmediate(r));
+    assert.ok(weak !== undefined, "the writer took the frame");
+    gc();
+    await new Promise((r) => setImmediate(r));
+    gc();
+    assert.equal(weak.deref(), undefined, "the taken frame is still referenced while the writer waits");
+    q.end();
+    await writer;
   });
 });

@@ -249,28 +249,36 @@ export class Outbound {
   }
 
   /**
-   * Like drain, but takes every frame queued at the time (at most `max`) at once, so a writer
-   * encodes and writes them together: one await per batch instead of one per frame.
+   * For a writer that encodes and writes every frame queued at the time together (one await per
+   * batch instead of one per frame): resolves true once frames are queued, false once the queue
+   * has ended with none left (throwing the end error if there is one). The writer then takes
+   * them with takeBatch. Not a generator like drain: a suspended generator keeps the batch it
+   * last yielded in its registers, and with it every entry and payload of that batch, for as long
+   * as the stream stays quiet (megabytes per stream after a burst; test/e2e/sequencer-memory.test.ts).
    */
-  async *drainBatches(max: number): AsyncGenerator<ConnectResponse[]> {
-    for (;;) {
-      if (this.items.length > 0) {
-        const n = Math.min(max, this.items.length);
-        const frames = this.items.splice(0, n);
-        for (const size of this.sizes.splice(0, n)) this.queuedBytes -= size;
-        this.lastReadAt = performance.now();
-        if (this.spaceWaiters.length > 0) {
-          for (const w of this.spaceWaiters.splice(0)) w();
-        }
-        yield frames;
-        continue;
+  async framesReady(): Promise<boolean> {
+    while (this.items.length === 0) {
+      if (this.ended) {
+        if (this.error !== undefined) throw this.error;
+        return false;
       }
-      if (this.ended) break;
       await new Promise<void>((resolve) => {
         this.wakeReader = resolve;
       });
     }
-    if (this.error !== undefined) throw this.error;
+    return true;
+  }
+
+  /** Takes the frames queued now, at most `max`, oldest first (after framesReady said true). */
+  takeBatch(max: number): ConnectResponse[] {
+    const n = Math.min(max, this.items.length);
+    const frames = this.items.splice(0, n);
+    for (const size of this.sizes.splice(0, n)) this.queuedBytes -= size;
+    this.lastReadAt = performance.now();
+    if (this.spaceWaiters.length > 0) {
+      for (const w of this.spaceWaiters.splice(0)) w();
+    }
+    return frames;
   }
 
   /** True when `frames` more frames of `bytes` in all stay within the bounds (or the queue is empty). */

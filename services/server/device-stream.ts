@@ -106,9 +106,11 @@ async function serve(req: http2.Http2ServerRequest, res: http2.Http2ServerRespon
   readFrames(req, deps, session.startPushed());
   let failure: unknown;
   try {
-    for await (const batch of session.outbound.drainBatches(FRAMES_PER_WRITE)) {
+    // The batch is never held in a variable across an await: once encoded, its frames (and the
+    // entries they carry) are garbage unless something else holds them.
+    while (await session.outbound.framesReady()) {
       if (res.stream.destroyed) break;
-      if (!res.write(encode(batch))) await drained(res);
+      if (!res.write(encode(session.outbound.takeBatch(FRAMES_PER_WRITE)))) await drained(res);
     }
   } catch (err) {
     failure = err;

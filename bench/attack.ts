@@ -1,5 +1,3 @@
-import { spawn } from "node:child_process";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { create } from "@bufbuild/protobuf";
 import { type Client, createClient } from "@connectrpc/connect";
@@ -13,7 +11,7 @@ import {
   GatewayService,
 } from "../gen/switchboard/v1/gateway_pb.js";
 import { defaultEdgeLimits, defaultLimits } from "../services/common/config.js";
-import { rssBytes } from "./attacks.js";
+import { attackInChild, rssBytes } from "./attacks.js";
 import { Histogram } from "./histogram.js";
 import { type BenchServer, spawnServer } from "./server.js";
 
@@ -208,25 +206,10 @@ async function runOne(name: AttackName, seconds: number): Promise<AttackReport> 
     if (name === "slow-reader") {
       ({ stop, describe } = await slowReader(server.url));
     } else {
-      const child = spawn(
-        process.execPath,
-        [
-          "--import",
-          "tsx",
-          fileURLToPath(new URL("./attacks.ts", import.meta.url)),
-          name,
-          server.url,
-          String(seconds),
-        ],
-        { stdio: ["ignore", "pipe", "inherit"] },
-      );
-      let out = "";
-      child.stdout.setEncoding("utf8").on("data", (c: string) => {
-        out += c;
-      });
-      finished = new Promise((resolve) => child.once("exit", () => resolve(out.trim())));
-      stop = () => child.kill("SIGKILL");
-      describe = () => out.trim();
+      const child = attackInChild(name, server.url, seconds, 0);
+      finished = child.exited.then(() => child.lastLine());
+      stop = child.stop;
+      describe = child.lastLine;
     }
     const during = await measure(server, conversations, accessToken, seconds * 1000);
     const attacker = finished ? await finished : describe();

@@ -1,5 +1,7 @@
+import { spawn } from "node:child_process";
 import * as http2 from "node:http2";
 import { connect, type Socket } from "node:net";
+import { fileURLToPath } from "node:url";
 
 /**
  * Hostile clients at the transport level, as an attacker with the docs would write them: raw
@@ -153,12 +155,92 @@ export async function rssBytes(pid: number): Promise<number> {
   return Number(kb[1]) * 1024;
 }
 
+/** The attacks that run as a program of their own (see `attackInChild`). */
+export type ChildAttackName = "half-open" | "idle";
+
+/** What a child attack reports on each line of its stdout. */
+interface Report {
+  opened: number;
+  statuses: Record<string, number>;
+  resets: Record<string, number>;
+  closedByServer: number;
+}
+
+function report(outcome: AttackOutcome): Report {
+  return {
+    opened: outcome.opened,
+    statuses: Object.fromEntries(outcome.statuses),
+    resets: Object.fromEntries(outcome.resets),
+    closedByServer: outcome.closedByServer,
+  };
+}
+
+/** An attack running in a child process, its outcome as last reported. */
+export interface ChildAttack extends AttackOutcome {
+  /** The last line the child printed (its outcome as JSON), or "" before the first. */
+  lastLine(): string;
+  /** Settles when the child has exited, on its own after `seconds` or by `stop()`. */
+  readonly exited: Promise<void>;
+}
+
 /**
- * Run as a program (`node --import tsx bench/attacks.ts NAME URL SECONDS`), an attack gets a
- * process of its own, as an attacker on another host has: the bench's bystander is then not
- * slowed by the attacker's own event loop. It prints its outcome as one JSON line and exits.
+ * Runs an attack in a process of its own, as an attacker on another host would: a test's or
+ * the bench's bystander in this process is then not slowed by the attacker's event loop (20,000
+ * streams are seconds of the attacker's CPU), so what it measures is the server. The child
+ * reports its outcome every `everyMs` and once more before it exits; the returned outcome
+ * follows those reports.
  */
-async function runAsProgram(name: string, url: string, seconds: number): Promise<void> {
+export function attackInChild(
+  name: ChildAttackName,
+  url: string,
+  seconds: number,
+  everyMs = 100,
+): ChildAttack {
+  const program = fileURLToPath(import.meta.url);
+  const child = spawn(
+    process.execPath,
+    ["--import", "tsx", program, name, url, String(seconds), String(everyMs)],
+    { stdio: ["ignore", "pipe", "inherit"] },
+  );
+  let last = "";
+  let pending = "";
+  const outcome: ChildAttack = {
+    opened: 0,
+    statuses: new Map(),
+    resets: new Map(),
+    closedByServer: 0,
+    lastLine: () => last,
+    exited: new Promise((resolve) => child.once("exit", () => resolve())),
+    stop: () => {
+      child.kill("SIGKILL");
+    },
+  };
+  child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+    pending += chunk;
+    let newline = pending.indexOf("\n");
+    while (newline >= 0) {
+      const line = pending.slice(0, newline).trim();
+      pending = pending.slice(newline + 1);
+      newline = pending.indexOf("\n");
+      if (line === "") continue;
+      const r = JSON.parse(line) as Report;
+      last = line;
+      outcome.opened = r.opened;
+      outcome.closedByServer = r.closedByServer;
+      const toMap = (o: Record<string, number>) => new Map(Object.entries(o).map(([k, v]) => [Number(k), v]));
+      outcome.statuses = toMap(r.statuses);
+      outcome.resets = toMap(r.resets);
+    }
+  });
+  return outcome;
+}
+
+/**
+ * Run as a program (`node --import tsx bench/attacks.ts NAME URL SECONDS [EVERY_MS]`), an attack
+ * gets a process of its own (`attackInChild`). It prints its outcome as one JSON line every
+ * EVERY_MS (if given) and once more at the end, then exits.
+ */
+async function runAsProgram(name: string, url: string, seconds: number, everyMs: number): Promise<void> {
   const outcome =
     name === "half-open"
       ? halfOpenRequests({ url, localAddress: "127.0.0.2", connections: 20, streamsPerConnection: 1000 })
@@ -166,21 +248,18 @@ async function runAsProgram(name: string, url: string, seconds: number): Promise
         ? idleConnections({ url, localAddress: "127.0.0.2", sockets: 1500, sessions: 300 })
         : undefined;
   if (outcome === undefined) throw new Error(`unknown attack ${name}`);
+  const print = () => process.stdout.write(`${JSON.stringify(report(outcome))}\n`);
+  const ticker = everyMs > 0 ? setInterval(print, everyMs) : undefined;
   await new Promise((resolve) => setTimeout(resolve, seconds * 1000));
-  const report = {
-    opened: outcome.opened,
-    statuses: Object.fromEntries(outcome.statuses),
-    resets: Object.fromEntries(outcome.resets),
-    closedByServer: outcome.closedByServer,
-  };
+  clearInterval(ticker);
+  print();
   outcome.stop();
-  process.stdout.write(`${JSON.stringify(report)}\n`);
   process.exit(0);
 }
 
 if (process.argv[1] !== undefined && import.meta.url.endsWith(process.argv[1])) {
-  const [name = "", url = "", seconds = "10"] = process.argv.slice(2);
-  runAsProgram(name, url, Number(seconds)).catch((err: unknown) => {
+  const [name = "", url = "", seconds = "10", everyMs = "0"] = process.argv.slice(2);
+  runAsProgram(name, url, Number(seconds), Number(everyMs)).catch((err: unknown) => {
     process.stderr.write(`attack: ${String(err)}\n`);
     process.exit(1);
   });

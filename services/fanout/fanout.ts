@@ -67,6 +67,30 @@ function pushPolicy(entry: Entry): { only?: string[]; urgent: boolean } | undefi
 type Payload = Delivery["payload"];
 
 /**
+ * The live devices of these users, by the gateway that holds each. A set per gateway: a device
+ * listed twice (a user named twice, a route registered twice) is delivered once.
+ */
+function devicesByGateway(
+  userIds: readonly string[],
+  routes: Map<string, Array<{ deviceId: string; gatewayId: string }>>,
+): Map<string, string[]> {
+  const sets = new Map<string, Set<string>>();
+  for (const userId of userIds) {
+    for (const r of routes.get(userId) ?? []) {
+      let devices = sets.get(r.gatewayId);
+      if (devices === undefined) {
+        devices = new Set();
+        sets.set(r.gatewayId, devices);
+      }
+      devices.add(r.deviceId);
+    }
+  }
+  const lists = new Map<string, string[]>();
+  for (const [gatewayId, devices] of sets) lists.set(gatewayId, [...devices]);
+  return lists;
+}
+
+/**
  * Turns committed entries, receipts and typing indicators into deliveries: it resolves the
  * recipients, looks up their live routes in one call per batch, and hands each gateway one batch
  * holding everything for its devices, in event order. It keeps no state but a member cache keyed
@@ -133,7 +157,11 @@ export class Fanout {
               Number(event.value.mutesVersion),
             ),
           );
-          const recipients = [...new Set([...members.userIds, ...event.value.extraRecipientUserIds])];
+          // The cached members array itself when no one else is named (nearly always): a group's
+          // entries then share one recipients array, which route() unites once per batch.
+          const extra = event.value.extraRecipientUserIds;
+          const recipients =
+            extra.length === 0 ? members.userIds : [...new Set([...members.userIds, ...extra])];
           plan.push({ recipients, payload: { case: "entry", value: entry }, trace });
           const policy = this.push && pushPolicy(entry);
           if (policy) {
@@ -210,18 +238,25 @@ export class Fanout {
     pushes: Array<{ entry: Entry; userIds: string[]; urgent: boolean }>,
   ): Promise<void> {
     if (plan.length === 0) return;
-    const routes = await this.routesOf([...new Set(plan.flatMap((p) => p.recipients))]);
+    // Every recipient once. The entries of one conversation share their recipients array (see
+    // handle), so each distinct array is walked once, not once per entry: a batch of a group's
+    // entries named its 100 members once per entry, the largest cost of routing a group.
+    const lists = new Set<readonly string[]>();
+    for (const item of plan) lists.add(item.recipients);
+    const users = new Set<string>();
+    for (const list of lists) for (const userId of list) users.add(userId);
+    const routes = await this.routesOf([...users]);
+    // Each distinct recipients array's devices by gateway, found once: the entries of a group share
+    // theirs, and their deliveries share the device lists (messages are not changed once built).
+    const targets = new Map<readonly string[], Map<string, string[]>>();
     const batches = new Map<string, DeliveryBatch>();
     for (const item of plan) {
-      const devicesByGateway = new Map<string, string[]>();
-      for (const userId of item.recipients) {
-        for (const r of routes.get(userId) ?? []) {
-          const list = devicesByGateway.get(r.gatewayId) ?? [];
-          if (!list.includes(r.deviceId)) list.push(r.deviceId);
-          devicesByGateway.set(r.gatewayId, list);
-        }
+      let byGateway = targets.get(item.recipients);
+      if (byGateway === undefined) {
+        byGateway = devicesByGateway(item.recipients, routes);
+        targets.set(item.recipients, byGateway);
       }
-      for (const [gatewayId, deviceIds] of devicesByGateway) {
+      for (const [gatewayId, deviceIds] of byGateway) {
         let batch = batches.get(gatewayId);
         if (batch === undefined) {
           batch = create(DeliveryBatchSchema);
@@ -257,13 +292,22 @@ export class Fanout {
     const push = this.push;
     if (push === undefined) return;
     void (async () => {
-      const devices = await this.devicesOf([...new Set(pushes.flatMap((p) => p.userIds))], push.directory);
+      const users = new Set<string>();
+      for (const p of pushes) for (const userId of p.userIds) users.add(userId);
+      const devices = await this.devicesOf([...users], push.directory);
+      // Each user's devices with no live route, found once per batch rather than once per entry:
+      // usually none, and a group's entries each name the same 100 users.
+      const offline = new Map<string, string[]>();
+      for (const userId of users) {
+        const live = routes.get(userId) ?? [];
+        const off = (devices.get(userId) ?? []).filter((d) => !live.some((r) => r.deviceId === d));
+        if (off.length > 0) offline.set(userId, off);
+      }
+      if (offline.size === 0) return;
       const wakeUps: Array<Omit<WakeUp, "$typeName">> = [];
       for (const p of pushes) {
         for (const userId of p.userIds) {
-          const live = new Set((routes.get(userId) ?? []).map((r) => r.deviceId));
-          for (const deviceId of devices.get(userId) ?? []) {
-            if (live.has(deviceId)) continue;
+          for (const deviceId of offline.get(userId) ?? []) {
             wakeUps.push({
               userId,
               deviceId,
@@ -312,7 +356,8 @@ export class Fanout {
     const fresh = await this.sequencer.getMembers({ conversationId });
     const members: Members = {
       version: Number(fresh.membersVersion),
-      userIds: fresh.userIds,
+      // Unique, so an entry's recipients can be this array as it is.
+      userIds: [...new Set(fresh.userIds)],
       mutes: new Map(fresh.mutes.map((m) => [m.userId, Number(m.mutedUntilMs)])),
       mutesVersion: Number(fresh.mutesVersion),
     };

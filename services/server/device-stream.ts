@@ -1,9 +1,10 @@
 import type * as http from "node:http";
 import type * as http2 from "node:http2";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
-import { BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
+import { WireType } from "@bufbuild/protobuf/wire";
 import { Code, ConnectError } from "@connectrpc/connect";
 import { parseTimeout, setTrailerStatus } from "@connectrpc/connect/protocol-grpc";
+import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import {
   type ConnectRequest,
   ConnectRequestSchema,
@@ -110,7 +111,7 @@ async function serve(req: http2.Http2ServerRequest, res: http2.Http2ServerRespon
     // entries they carry) are garbage unless something else holds them.
     while (await session.outbound.framesReady()) {
       if (res.stream.destroyed) break;
-      if (!res.write(encode(session.outbound.takeBatch(FRAMES_PER_WRITE)))) await drained(res);
+      if (!res.write(encodeFrames(session.outbound.takeBatch(FRAMES_PER_WRITE)))) await drained(res);
     }
   } catch (err) {
     failure = err;
@@ -235,40 +236,97 @@ function readFrames(req: http2.Http2ServerRequest, deps: DeviceStreamDeps, sink:
   req.on("error", onError);
 }
 
-const MESSAGE_FIELD = ConnectResponseSchema.field.message!.number;
-const ENTRIES_FIELD = MessageFrameSchema.field.entries!.number;
+const MESSAGE_TAG = (ConnectResponseSchema.field.message!.number << 3) | WireType.LengthDelimited;
+const ENTRIES_TAG = (MessageFrameSchema.field.entries!.number << 3) | WireType.LengthDelimited;
+
+/** The bytes of a varint (a uint32). */
+function varintSize(n: number): number {
+  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
+}
+
+/** Writes a varint (a uint32) at offset; returns the offset after it. */
+function writeVarint(out: Uint8Array, offset: number, n: number): number {
+  let v = n >>> 0;
+  while (v > 0x7f) {
+    out[offset++] = (v & 0x7f) | 0x80;
+    v >>>= 7;
+  }
+  out[offset++] = v;
+  return offset;
+}
+
+/**
+ * A frame sized before it is written: a message frame by its entries' bytes (`inner` is the
+ * MessageFrame's length), any other frame as toBinary's bytes.
+ */
+type Sized =
+  | { size: number; bytes: Uint8Array; entries?: undefined; inner?: undefined }
+  | { size: number; bytes?: undefined; entries: readonly Entry[]; inner: number };
+
+function sized(f: ConnectResponse): Sized {
+  if (f.frame.case !== "message") {
+    const bytes = toBinary(ConnectResponseSchema, f);
+    return { size: bytes.length, bytes };
+  }
+  const entries = f.frame.value.entries;
+  let inner = 0;
+  for (const e of entries) {
+    const n = entryBytes(e).length;
+    inner += varintSize(ENTRIES_TAG) + varintSize(n) + n;
+  }
+  return { size: varintSize(MESSAGE_TAG) + varintSize(inner) + inner, entries, inner };
+}
+
+/** Writes a sized frame at offset; returns the offset after it. */
+function writeFrame(s: Sized, out: Uint8Array, offset: number): number {
+  if (s.bytes !== undefined) {
+    out.set(s.bytes, offset);
+    return offset + s.bytes.length;
+  }
+  let at = writeVarint(out, offset, MESSAGE_TAG);
+  at = writeVarint(out, at, s.inner);
+  for (const e of s.entries) {
+    const bytes = entryBytes(e);
+    at = writeVarint(out, at, ENTRIES_TAG);
+    at = writeVarint(out, at, bytes.length);
+    out.set(bytes, at);
+    at += bytes.length;
+  }
+  return at;
+}
 
 /**
  * A frame's protobuf encoding. A message frame is written around its entries' bytes, each entry
  * encoded once however many devices it goes to (entry-bytes.ts; in one process the store's
  * encoding is that one): a group of 100 sends the same entry object to 99
  * streams (entryForDevice returns it as is when it carries no per-device ciphertexts), and
- * encoding it 99 times was most of what a group delivery cost. The bytes are exactly what
- * toBinary writes (frame-encoding.test.ts).
+ * encoding it 99 times was most of what a group delivery cost. The frame around them is sized
+ * first and written straight into its buffer (protobuf-es's writer grew a buffer from 128 bytes
+ * and copied it out again for every frame). The bytes are exactly what toBinary writes
+ * (frame-encoding.test.ts).
  */
 export function encodeFrame(f: ConnectResponse): Uint8Array {
-  if (f.frame.case !== "message") return toBinary(ConnectResponseSchema, f);
-  const w = new BinaryWriter();
-  w.tag(MESSAGE_FIELD, WireType.LengthDelimited).fork();
-  for (const e of f.frame.value.entries) {
-    w.tag(ENTRIES_FIELD, WireType.LengthDelimited).bytes(entryBytes(e));
-  }
-  w.join();
-  return w.finish();
+  const s = sized(f);
+  if (s.bytes !== undefined) return s.bytes;
+  const out = new Uint8Array(s.size);
+  writeFrame(s, out, 0);
+  return out;
 }
 
-/** The frames as gRPC messages in one buffer: a flags byte, a 32-bit big-endian length, the bytes. */
-function encode(batch: ConnectResponse[]): Buffer {
-  const parts = batch.map(encodeFrame);
+/**
+ * The frames as gRPC messages in one buffer: a flags byte, a 32-bit big-endian length, the bytes,
+ * each frame written in place.
+ */
+export function encodeFrames(batch: readonly ConnectResponse[]): Buffer {
+  const sizes = batch.map(sized);
   let total = 0;
-  for (const p of parts) total += 5 + p.length;
+  for (const s of sizes) total += 5 + s.size;
   const out = Buffer.allocUnsafe(total);
   let offset = 0;
-  for (const p of parts) {
+  for (const s of sizes) {
     out[offset] = 0;
-    out.writeUInt32BE(p.length, offset + 1);
-    out.set(p, offset + 5);
-    offset += 5 + p.length;
+    out.writeUInt32BE(s.size, offset + 1);
+    offset = writeFrame(s, out, offset + 5);
   }
   return out;
 }

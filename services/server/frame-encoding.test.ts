@@ -4,7 +4,7 @@ import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
 import { ConnectResponseSchema } from "../../gen/switchboard/v1/gateway_pb.js";
 import { entryBytes } from "../common/entry-bytes.js";
-import { encodeFrame } from "./device-stream.js";
+import { encodeFrame, encodeFrames } from "./device-stream.js";
 
 /** The device stream writes message frames around cached entry bytes: they must be toBinary's bytes. */
 describe("device stream frame encoding", () => {
@@ -73,5 +73,29 @@ describe("device stream frame encoding", () => {
     const copy = clone(EntrySchema, e);
     assert.notEqual(entryBytes(copy), stored);
     assert.deepEqual(Buffer.from(entryBytes(copy)), Buffer.from(stored));
+  });
+
+  it("writes a batch as gRPC messages, each frame's bytes toBinary's behind its 5-byte prefix", () => {
+    const shared = entry(21, [7, 7]);
+    const batch = [
+      create(ConnectResponseSchema, {
+        frame: { case: "message", value: { entries: [shared, entry(22, [], 2)] } },
+      }),
+      create(ConnectResponseSchema, { frame: { case: "sendAck", value: { clientMsgId: "m9", seq: 9n } } }),
+      create(ConnectResponseSchema, { frame: { case: "message", value: { entries: [] } } }),
+      create(ConnectResponseSchema, {
+        frame: { case: "message", value: { entries: [entry(23, new Array(20_000).fill(1)), shared] } },
+      }),
+    ];
+    const expected = Buffer.concat(
+      batch.flatMap((f) => {
+        const bytes = toBinary(ConnectResponseSchema, f);
+        const prefix = Buffer.alloc(5);
+        prefix.writeUInt32BE(bytes.length, 1);
+        return [prefix, Buffer.from(bytes)];
+      }),
+    );
+    assert.deepEqual(encodeFrames(batch), expected);
+    assert.equal(encodeFrames([]).length, 0);
   });
 });

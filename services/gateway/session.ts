@@ -40,8 +40,11 @@ export class Session implements StreamContext {
   readonly openedAtMs: number;
   /** The users whose presence this stream receives (kept by the gateway). */
   readonly subscriptions = new Set<string>();
-  /** Of those, the users with a direct conversation with this user (last_seen "contacts"). */
-  private readonly directContacts = new Set<string>();
+  /**
+   * Of those, the users with a direct conversation with this user (last_seen "contacts"); made
+   * on first use, as most streams never watch anyone (an empty Set is about 150 bytes a stream).
+   */
+  private directContacts: Set<string> | undefined;
   private readonly backlog: Backlog;
   private readonly sends: Sends;
   private readonly inbound: InboundFrames;
@@ -194,7 +197,7 @@ export class Session implements StreamContext {
       this.core.privacy.presenceVisible(
         presence.userId,
         this.userId,
-        this.directContacts.has(presence.userId),
+        this.directContacts?.has(presence.userId) ?? false,
         () => this.deliverEvent({ case: "presence", value: presence }),
       ),
     );
@@ -227,14 +230,14 @@ export class Session implements StreamContext {
 
   /** Sends this stream the user's presence changes from now on. */
   watchPresence(userId: string, direct = false): void {
-    if (direct) this.directContacts.add(userId);
-    else this.directContacts.delete(userId);
+    if (direct) (this.directContacts ??= new Set()).add(userId);
+    else this.directContacts?.delete(userId);
     this.core.subscribePresence(this, userId);
   }
 
   /** Stops sending this stream the user's presence changes. */
   unwatchPresence(userId: string): void {
-    this.directContacts.delete(userId);
+    this.directContacts?.delete(userId);
     this.core.unsubscribePresence(this, userId);
   }
 

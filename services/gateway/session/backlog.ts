@@ -43,7 +43,8 @@ interface ConversationProgress {
 export class Backlog {
   private readonly progress = new Map<string, ConversationProgress>();
   // Live entries that arrived before the sync state was read: their conversations catch up after.
-  private readonly early = new Map<string, bigint>();
+  // Made by the first such entry: most streams never have one.
+  private early: Map<string, bigint> | undefined;
   private syncLoaded = false;
   /** False while the last sync state read lacked some replica's conversations. */
   private complete = false;
@@ -165,6 +166,7 @@ export class Backlog {
       } else if (c.lastSeq > p.target) p.target = c.lastSeq;
     }
     this.complete = state.complete;
+    if (this.early === undefined) return;
     for (const [id, seq] of [...this.early]) {
       let p = this.progress.get(id);
       if (p === undefined) {
@@ -176,6 +178,7 @@ export class Backlog {
       if (seq > p.target) p.target = seq;
       this.early.delete(id);
     }
+    if (this.early.size === 0) this.early = undefined;
   }
 
   /** A committed entry from fanout. */
@@ -185,8 +188,9 @@ export class Backlog {
     if (!this.syncLoaded || (p === undefined && !this.complete)) {
       // Before the sync state, or in a conversation whose replica has not answered it yet: its
       // cursor is unknown, so it waits for the state that names it.
-      const seen = this.early.get(id) ?? 0n;
-      if (entry.seq > seen) this.early.set(id, entry.seq);
+      const early = (this.early ??= new Map());
+      const seen = early.get(id) ?? 0n;
+      if (entry.seq > seen) early.set(id, entry.seq);
       return;
     }
     if (p === undefined) {

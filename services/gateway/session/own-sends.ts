@@ -16,13 +16,16 @@ const REMEMBERED = 256;
  */
 export class OwnSends {
   private on = false;
-  /** Client msg ids appended on this stream while the option was on, oldest first. */
-  private readonly ids = new Set<string>();
+  /**
+   * Client msg ids appended on this stream while the option was on, oldest first; made by the
+   * first send (an idle stream holds no empty Set).
+   */
+  private ids: Set<string> | undefined;
 
   /** Sets the option; turning it off forgets what was remembered. */
   set enabled(on: boolean) {
     this.on = on;
-    if (!on) this.ids.clear();
+    if (!on) this.ids = undefined;
   }
 
   get enabled(): boolean {
@@ -32,16 +35,17 @@ export class OwnSends {
   /** A send of this stream goes to the sequencer. */
   appending(clientMsgId: string): void {
     if (!this.on) return;
-    this.ids.add(clientMsgId);
-    if (this.ids.size > REMEMBERED) {
-      const oldest = this.ids.values().next().value as string;
-      this.ids.delete(oldest);
+    const ids = (this.ids ??= new Set());
+    ids.add(clientMsgId);
+    if (ids.size > REMEMBERED) {
+      const oldest = ids.values().next().value as string;
+      ids.delete(oldest);
     }
   }
 
   /** True when the live entry is one of this stream's sends, which the device files itself. */
   skip(senderDeviceId: string, deviceId: string, clientMsgId: string): boolean {
     if (!this.on || senderDeviceId !== deviceId || clientMsgId === "") return false;
-    return this.ids.delete(clientMsgId);
+    return this.ids?.delete(clientMsgId) ?? false;
   }
 }

@@ -33,8 +33,11 @@ interface Held {
  * the place of one for a later send.
  */
 export class SendHold {
-  /** Per conversation, the earliest refused send its later sends wait for. */
-  private readonly held = new Map<string, Held>();
+  /**
+   * Per conversation, the earliest refused send its later sends wait for; made by the first
+   * refusal (most streams never have one, and an empty Map is about 180 bytes a stream).
+   */
+  private held: Map<string, Held> | undefined;
   /** Holds every conversation: set only when MAX_HELD_CONVERSATIONS are held already. */
   private all: Held | undefined;
 
@@ -43,15 +46,16 @@ export class SendHold {
   /** A send to a conversation was refused with an answer the device retries, with this hint. */
   refused(conversationId: string, clientMsgId: string, ordinal: number, retryAfterMs: number): void {
     const hold = { clientMsgId, ordinal, retryAt: this.now() + retryAfterMs };
-    const current = this.held.get(conversationId);
+    const held = (this.held ??= new Map());
+    const current = held.get(conversationId);
     if (current !== undefined) {
       if (current.ordinal < ordinal && !this.lapsed(current)) return;
-      this.held.set(conversationId, hold);
+      held.set(conversationId, hold);
       return;
     }
-    if (this.held.size >= MAX_HELD_CONVERSATIONS) this.dropLapsed();
-    if (this.held.size < MAX_HELD_CONVERSATIONS) {
-      this.held.set(conversationId, hold);
+    if (held.size >= MAX_HELD_CONVERSATIONS) this.dropLapsed(held);
+    if (held.size < MAX_HELD_CONVERSATIONS) {
+      held.set(conversationId, hold);
       return;
     }
     const all = this.all;
@@ -64,10 +68,11 @@ export class SendHold {
    * milliseconds to refuse it with. The held send coming back lifts its hold.
    */
   check(conversationId: string, clientMsgId: string, ordinal: number): number | undefined {
-    if (this.held.size === 0 && this.all === undefined) return undefined; // every send, usually
-    let mine = this.held.get(conversationId);
+    const held = this.held;
+    if ((held === undefined || held.size === 0) && this.all === undefined) return undefined; // every send, usually
+    let mine = held?.get(conversationId);
     if (mine !== undefined && this.lifted(mine, clientMsgId, ordinal)) {
-      this.held.delete(conversationId);
+      held?.delete(conversationId);
       mine = undefined;
     }
     if (this.all !== undefined && this.lifted(this.all, clientMsgId, ordinal)) this.all = undefined;
@@ -81,12 +86,12 @@ export class SendHold {
 
   /** The client_msg_id a conversation's later sends wait for, if any (for the refusal's message). */
   heldFor(conversationId: string): string | undefined {
-    return this.held.get(conversationId)?.clientMsgId ?? this.all?.clientMsgId;
+    return this.held?.get(conversationId)?.clientMsgId ?? this.all?.clientMsgId;
   }
 
   /** Conversations held now (lapsed holds included until they are next looked at). */
   get heldConversations(): number {
-    return this.held.size;
+    return this.held?.size ?? 0;
   }
 
   /** True once a hold no longer applies: its send came back later on the stream, or it lapsed. */
@@ -94,8 +99,8 @@ export class SendHold {
     return ordinal > h.ordinal && (clientMsgId === h.clientMsgId || this.lapsed(h));
   }
 
-  private dropLapsed(): void {
-    for (const [id, h] of this.held) if (this.lapsed(h)) this.held.delete(id);
+  private dropLapsed(held: Map<string, Held>): void {
+    for (const [id, h] of held) if (this.lapsed(h)) held.delete(id);
   }
 
   private lapsed(held: { retryAt: number }): boolean {

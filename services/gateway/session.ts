@@ -230,8 +230,10 @@ export class Session implements StreamContext {
 
   /** Sends this stream the user's presence changes from now on. */
   watchPresence(userId: string, direct = false): void {
-    if (direct) (this.directContacts ??= new Set()).add(userId);
-    else this.directContacts?.delete(userId);
+    if (direct) {
+      this.directContacts ??= new Set();
+      this.directContacts.add(userId);
+    } else this.directContacts?.delete(userId);
     this.core.subscribePresence(this, userId);
   }
 

@@ -188,9 +188,9 @@ export class Backlog {
     if (!this.syncLoaded || (p === undefined && !this.complete)) {
       // Before the sync state, or in a conversation whose replica has not answered it yet: its
       // cursor is unknown, so it waits for the state that names it.
-      const early = (this.early ??= new Map());
-      const seen = early.get(id) ?? 0n;
-      if (entry.seq > seen) early.set(id, entry.seq);
+      this.early ??= new Map();
+      const seen = this.early.get(id) ?? 0n;
+      if (entry.seq > seen) this.early.set(id, entry.seq);
       return;
     }
     if (p === undefined) {

@@ -35,7 +35,8 @@ export class OwnSends {
   /** A send of this stream goes to the sequencer. */
   appending(clientMsgId: string): void {
     if (!this.on) return;
-    const ids = (this.ids ??= new Set());
+    this.ids ??= new Set();
+    const ids = this.ids;
     ids.add(clientMsgId);
     if (ids.size > REMEMBERED) {
       const oldest = ids.values().next().value as string;

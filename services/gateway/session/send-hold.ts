@@ -46,7 +46,8 @@ export class SendHold {
   /** A send to a conversation was refused with an answer the device retries, with this hint. */
   refused(conversationId: string, clientMsgId: string, ordinal: number, retryAfterMs: number): void {
     const hold = { clientMsgId, ordinal, retryAt: this.now() + retryAfterMs };
-    const held = (this.held ??= new Map());
+    this.held ??= new Map();
+    const held = this.held;
     const current = held.get(conversationId);
     if (current !== undefined) {
       if (current.ordinal < ordinal && !this.lapsed(current)) return;

@@ -166,6 +166,11 @@ interface Report {
   closedByServer: number;
 }
 
+/** A report's counts by code, keyed by number again (JSON keys are strings). */
+function byCode(counts: Record<string, number>): Map<number, number> {
+  return new Map(Object.entries(counts).map(([code, n]) => [Number(code), n]));
+}
+
 function report(outcome: AttackOutcome): Report {
   return {
     opened: outcome.opened,
@@ -179,7 +184,7 @@ function report(outcome: AttackOutcome): Report {
 export interface ChildAttack extends AttackOutcome {
   /** The last line the child printed (its outcome as JSON), or "" before the first. */
   lastLine(): string;
-  /** Settles when the child has exited, on its own after `seconds` or by `stop()`. */
+  /** Settles when the child has exited and its output is read, after `seconds` or `stop()`. */
   readonly exited: Promise<void>;
 }
 
@@ -210,7 +215,8 @@ export function attackInChild(
     resets: new Map(),
     closedByServer: 0,
     lastLine: () => last,
-    exited: new Promise((resolve) => child.once("exit", () => resolve())),
+    // "close", not "exit": a process can exit before its last line has been read from the pipe.
+    exited: new Promise((resolve) => child.once("close", () => resolve())),
     stop: () => {
       child.kill("SIGKILL");
     },
@@ -227,9 +233,8 @@ export function attackInChild(
       last = line;
       outcome.opened = r.opened;
       outcome.closedByServer = r.closedByServer;
-      const toMap = (o: Record<string, number>) => new Map(Object.entries(o).map(([k, v]) => [Number(k), v]));
-      outcome.statuses = toMap(r.statuses);
-      outcome.resets = toMap(r.resets);
+      outcome.statuses = byCode(r.statuses);
+      outcome.resets = byCode(r.resets);
     }
   });
   return outcome;

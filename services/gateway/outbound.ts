@@ -30,6 +30,7 @@ const MESSAGE_FRAME_OVERHEAD = 32;
 
 /** An entry's field tag and length prefix inside a message frame, at most (1 + a 32-bit varint). */
 const ENTRY_PREFIX_BYTES = 6;
+
 /** Receipts one `receipts` frame carries at most (gateway.proto). */
 const RECEIPTS_PER_FRAME = 256;
 

@@ -4,7 +4,7 @@ import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient, createRouterTransport } from "@connectrpc/connect";
 import { AccountService } from "../../gen/switchboard/v1/accounts_pb.js";
 import { DeviceMismatchSchema } from "../../gen/switchboard/v1/gateway_pb.js";
-import { CODE_OF_KIND, errorBoundary, RETRY_AFTER_HEADER } from "./boundary.js";
+import { CODE_OF_KIND, errorBoundary, RETRY_AFTER_HEADER, toConnectError } from "./boundary.js";
 import {
   AlreadyExistsError,
   ConflictError,
@@ -20,6 +20,7 @@ import {
   UnauthenticatedError,
   UnavailableError,
   UnimplementedError,
+  withoutStack,
 } from "./errors.js";
 import { createLogger } from "./log.js";
 import { Refusals } from "./refusals.js";
@@ -118,5 +119,43 @@ describe("the error boundary's code table", () => {
     await failure(() => new UnavailableError("store down"), refusals);
     assert.equal(refusals.counts.get("permission_denied"), 1);
     assert.equal(refusals.counts.get("unavailable"), undefined, "unavailable is a failure, not a refusal");
+  });
+});
+
+describe("errors built without a stack", () => {
+  /** The frames of a stack: its lines after the first ("Name: message"). */
+  const frames = (err: Error) => (err.stack ?? "").split("\n").slice(1);
+
+  it("capture no frames and keep their class, message and retry hint", () => {
+    const before = Error.stackTraceLimit;
+    const err = withoutStack(
+      () => new UnavailableError("server overloaded; retry later", { retryAfterMs: 250 }),
+    );
+    assert.ok(err instanceof UnavailableError);
+    assert.equal(err.message, "server overloaded; retry later");
+    assert.equal(err.retryAfterMs, 250);
+    assert.deepEqual(frames(err), []);
+    assert.equal(Error.stackTraceLimit, before, "the limit is put back");
+    assert.ok(frames(new UnavailableError("other errors")).length > 0, "other errors keep their stacks");
+  });
+
+  it("put the limit back when building the error throws", () => {
+    const before = Error.stackTraceLimit;
+    assert.throws(
+      () =>
+        withoutStack(() => {
+          throw new RangeError("built badly");
+        }),
+      RangeError,
+    );
+    assert.equal(Error.stackTraceLimit, before);
+  });
+
+  it("include the wire errors the boundary makes, which keep their code, message and hint", () => {
+    const err = toConnectError(new LimitError("too many sends in flight", { retryAfterMs: 50 }));
+    assert.equal(err.code, Code.ResourceExhausted);
+    assert.equal(err.rawMessage, "too many sends in flight");
+    assert.equal(err.metadata.get(RETRY_AFTER_HEADER), "50");
+    assert.deepEqual(frames(err), []);
   });
 });

@@ -1,5 +1,5 @@
 import { Code, ConnectError, type Interceptor } from "@connectrpc/connect";
-import { DomainError, type ErrorKind } from "./errors.js";
+import { DomainError, type ErrorKind, withoutStack } from "./errors.js";
 import { INTERNAL_HEADER } from "./internal-auth.js";
 import type { Logger } from "./log.js";
 import type { Refusals } from "./refusals.js";
@@ -53,11 +53,15 @@ export function isTransportFailure(err: unknown): boolean {
  */
 export function toConnectError(err: DomainError): ConnectError {
   const retry = err.retryAfterMs;
-  return new ConnectError(
-    err.message,
-    CODE_OF_KIND[err.kind],
-    retry === undefined ? undefined : { [RETRY_AFTER_HEADER]: String(Math.max(0, Math.ceil(retry))) },
-    err.details.map((d) => ({ desc: d.desc, value: d.value })),
+  // A wire error's stack would always point here; refusals past capacity make thousands a second.
+  return withoutStack(
+    () =>
+      new ConnectError(
+        err.message,
+        CODE_OF_KIND[err.kind],
+        retry === undefined ? undefined : { [RETRY_AFTER_HEADER]: String(Math.max(0, Math.ceil(retry))) },
+        err.details.map((d) => ({ desc: d.desc, value: d.value })),
+      ),
   );
 }
 

@@ -58,6 +58,28 @@ export interface DomainErrorOptions {
   cause?: unknown;
 }
 
+// Frozen intrinsics (node --frozen-intrinsics) make the limit read-only; errors then keep stacks.
+const stackTraceLimitWritable = Object.getOwnPropertyDescriptor(Error, "stackTraceLimit")?.writable === true;
+
+/**
+ * Builds an error without capturing a stack trace, for failures that are answers on a hot path:
+ * a refusal past capacity, a rate limit, a wire error made at the boundary. V8 captures
+ * Error.stackTraceLimit frames whenever an Error is constructed, which costs microseconds; past
+ * capacity a gateway refuses thousands of sends a second and those captures were an eighth of
+ * its main thread (docs/benchmarks.md, "Tenth pass"). Such an error's stack would only ever point
+ * at the code that refuses, which its message already names.
+ */
+export function withoutStack<T>(make: () => T): T {
+  if (!stackTraceLimitWritable) return make();
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
+  try {
+    return make();
+  } finally {
+    Error.stackTraceLimit = limit;
+  }
+}
+
 /** A failure domain code reports on purpose; `kind` chooses the wire code at the boundary. */
 export class DomainError extends Error {
   /** When the caller may retry, in milliseconds, when that is known. */

@@ -1,5 +1,5 @@
 import { monitorEventLoopDelay } from "node:perf_hooks";
-import { UnavailableError } from "../common/errors.js";
+import { UnavailableError, withoutStack } from "../common/errors.js";
 
 /**
  * A send refused because the gateway is past its capacity: UNAVAILABLE with a retry hint on the
@@ -234,7 +234,9 @@ export class SendAdmission {
 
   private refusal(message: string, waitedMs: number): OverloadError {
     const base = Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, 2 * waitedMs));
-    return new OverloadError(message, { retryAfterMs: Math.round(base * (1 + this.random() / 2)) });
+    const retryAfterMs = Math.round(base * (1 + this.random() / 2));
+    // Refused by the thousand per second past capacity: no stack (errors.ts, withoutStack).
+    return withoutStack(() => new OverloadError(message, { retryAfterMs }));
   }
 }
 

@@ -1,7 +1,7 @@
 import { Code } from "@connectrpc/connect";
 import type { OutgoingEntry } from "../../../gen/switchboard/v1/entry_pb.js";
 import type { Principal } from "../../common/auth.js";
-import { DomainError, LimitError, UnavailableError } from "../../common/errors.js";
+import { DomainError, LimitError, UnavailableError, withoutStack } from "../../common/errors.js";
 import { endSpan, injectContext, ROOT_CONTEXT, SpanKind, startSpan } from "../../common/telemetry.js";
 import { requireClientMsgId, requireId } from "../../common/validate.js";
 import type { SendResult } from "../batchers.js";
@@ -60,9 +60,12 @@ export class Sends {
       this.refuse(
         entry,
         ordinal,
-        new LimitError(`too many sends in flight: at most ${limits.maxSendsInFlight} per stream`, {
-          retryAfterMs: 50,
-        }),
+        withoutStack(
+          () =>
+            new LimitError(`too many sends in flight: at most ${limits.maxSendsInFlight} per stream`, {
+              retryAfterMs: 50,
+            }),
+        ),
       );
       return;
     }
@@ -94,8 +97,7 @@ export class Sends {
    * hint, a device mismatch to encrypt again for) holds the stream's later sends to the same
    * conversation until the refused one comes back (send-hold.ts).
    */
-  private refuse(entry: OutgoingEntry, ordinal: number, err: unknown): void {
-    const error = inBand(err);
+  private refuse(entry: OutgoingEntry, ordinal: number, err: unknown, error = inBand(err)): void {
     const hinted = err instanceof DomainError ? err.retryAfterMs : undefined;
     const retryAfterMs = hinted ?? (error.code === Code.Unavailable ? 500 : 0);
     const mismatch = mismatchOf(error);
@@ -129,9 +131,12 @@ export class Sends {
       this.refuse(
         entry,
         ordinal,
-        new LimitError(
-          `send rate limit: at most ${limits.sendsPerSecond} per second per device (burst ${limits.sendBurst})`,
-          { retryAfterMs: wait },
+        withoutStack(
+          () =>
+            new LimitError(
+              `send rate limit: at most ${limits.sendsPerSecond} per second per device (burst ${limits.sendBurst})`,
+              { retryAfterMs: wait },
+            ),
         ),
       );
       this.done();
@@ -179,9 +184,12 @@ export class Sends {
       this.refuse(
         entry,
         ordinal,
-        new UnavailableError(
-          `send held: an earlier send to this conversation on this stream (client_msg_id ${this.hold.heldFor(entry.conversationId)}) was refused; send it again first, then this one`,
-          { retryAfterMs: held },
+        withoutStack(
+          () =>
+            new UnavailableError(
+              `send held: an earlier send to this conversation on this stream (client_msg_id ${this.hold.heldFor(entry.conversationId)}) was refused; send it again first, then this one`,
+              { retryAfterMs: held },
+            ),
         ),
       );
       this.done();
@@ -197,8 +205,9 @@ export class Sends {
     });
     const failed = (err: unknown) => {
       host.observe.sendAck((performance.now() - receivedAt) / 1000, "error");
-      endSpan(span, inBand(err));
-      this.refuse(entry, ordinal, err);
+      const error = inBand(err);
+      endSpan(span, error);
+      this.refuse(entry, ordinal, err, error);
     };
     let appended: Promise<SendResult>;
     try {

@@ -36,7 +36,9 @@ RUN npm run build
 # The runtime: compiled JavaScript and production node_modules on the slim image (no compilers),
 # without npm, npx, corepack and yarn (nothing installs or builds at run time), as a non-root user.
 FROM node:${NODE_VERSION}-bookworm-slim AS runtime
+# NODE_OPTIONS: the V8 flags every server process runs with (services/server/node-flags.ts).
 ENV NODE_ENV=production \
+    NODE_OPTIONS=--max-semi-space-size=64 \
     SWITCHBOARD_HOST=0.0.0.0 \
     SWITCHBOARD_DATA_DIR=/data \
     SWITCHBOARD_ADMIN_PORT=9090

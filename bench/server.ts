@@ -4,6 +4,7 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { waitForListening } from "../services/mesh/listening.js";
+import { SERVER_NODE_FLAGS } from "../services/server/node-flags.js";
 
 const root = new URL("../", import.meta.url).pathname;
 
@@ -144,6 +145,8 @@ export async function spawnServer(options: {
     process.execPath,
     [
       ...probe,
+      // The server as `npm start` and the image run it; --server-node-args come after, so they win.
+      ...SERVER_NODE_FLAGS,
       ...(options.nodeArgs ?? []),
       join(root, "bin/switchboard.js"),
       "start",

@@ -4,6 +4,7 @@ import { chmod, mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { environment, settingVariables } from "../common/config.js";
 import { newSecret } from "../common/ids.js";
+import { SERVER_NODE_FLAGS } from "../server/node-flags.js";
 import { type CassandraServer, startCassandra } from "./cassandra.js";
 import { type Coturn, coturnMissing, startCoturn } from "./coturn.js";
 import { startMeshDatabase } from "./database.js";
@@ -293,6 +294,7 @@ export class Mesh {
     const dataDir = join(this.options.dir, spec.name);
     const argv = [
       process.execPath,
+      ...SERVER_NODE_FLAGS,
       join(root, "bin/switchboard.js"),
       "start",
       "--role",

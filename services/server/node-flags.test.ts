@@ -1,0 +1,36 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { describe, it } from "node:test";
+import { root } from "../mesh/process-control.js";
+import { SERVER_NODE_FLAGS } from "./node-flags.js";
+
+describe("the server's node flags", () => {
+  it("are what `npm start` runs the server with", () => {
+    const pkg = JSON.parse(readFileSync(`${root}/package.json`, "utf8")) as {
+      scripts: Record<string, string>;
+    };
+    assert.equal(pkg.scripts.start, `exec node ${SERVER_NODE_FLAGS.join(" ")} bin/switchboard.js start`);
+  });
+
+  it("are the container image's NODE_OPTIONS", () => {
+    const dockerfile = readFileSync(`${root}/Dockerfile`, "utf8");
+    const runtime = dockerfile.slice(dockerfile.lastIndexOf("\nFROM "));
+    const options = /^\s+NODE_OPTIONS=(\S+|"[^"]*") \\$/m.exec(runtime)?.[1]?.replace(/^"|"$/g, "");
+    assert.equal(
+      options,
+      SERVER_NODE_FLAGS.join(" "),
+      "the runtime stage's ENV sets NODE_OPTIONS to the flags",
+    );
+  });
+
+  it("are flags this Node accepts", () => {
+    // Node refuses an unknown flag only at start-up ("bad option"), as a process that does not run.
+    assert.equal(
+      execFileSync(process.execPath, [...SERVER_NODE_FLAGS, "-e", "process.stdout.write('ok')"], {
+        encoding: "utf8",
+      }),
+      "ok",
+    );
+  });
+});

@@ -103,6 +103,11 @@ export interface LoadStats {
    * whose it was: an own send never acked, or a peer's send acked to the peer but not delivered.
    */
   holes: string[];
+  /**
+   * The drain reached its deadline (--drain) with sends unanswered or deliveries owed: the gaps
+   * and holes may be entries still on their way, not lost ones.
+   */
+  drainCut: boolean;
   /** Streams that ended during the run, with the first few reasons. */
   streamsEnded: number;
   endReasons: string[];
@@ -235,6 +240,7 @@ export class Load {
       duplicates: 0,
       gaps: 0,
       holes: [],
+      drainCut: false,
       streamsEnded: 0,
       endReasons: [],
       timeline: { sent: [], acked: [], delivered: [] },
@@ -309,15 +315,16 @@ export class Load {
     await sleep(Math.max(0, this.windowEnd - clock()));
     this.sending = false;
     const drainUntil = clock() + plan.drainMs;
-    while (clock() < drainUntil) {
+    const drained = () => {
       const inFlight = this.devices.some((d) => (d.inFlight > 0 || d.retry.length > 0) && !d.ended);
       // This worker's received count includes deliveries of other workers' sends, so reaching its
       // expected count does not mean its devices have everything: a device still waiting behind
       // a hole (a peer's entry slower than its own later send_ack) keeps the drain going.
       const behindHole = this.devices.some((d) => d.ahead.size > 0 && !d.ended);
-      if (!inFlight && !behindHole && this.stats.receivedDeliveries >= this.stats.expectedDeliveries) break;
-      await sleep(20);
-    }
+      return !inFlight && !behindHole && this.stats.receivedDeliveries >= this.stats.expectedDeliveries;
+    };
+    while (clock() < drainUntil && !drained()) await sleep(20);
+    this.stats.drainCut = !drained();
     this.flushAcks();
     for (const d of this.devices) {
       for (const sentAt of d.sendTimes.values())

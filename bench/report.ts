@@ -34,6 +34,11 @@ export function printReport(r: Report): void {
       : []),
     `ack -> deliver   ${lat(r.ackToDeliverMs)}${r.deliveredBeforeAck > 0 ? `  (${r.deliveredBeforeAck} deliveries came before their ack, which lagged p50 ${fixed(r.ackLagMs.p50)} / p99 ${fixed(r.ackLagMs.p99)} ms: counted as 0)` : ""}`,
     `delivered/owed   ${c.receivedDeliveries}/${c.expectedDeliveries}; unanswered sends ${c.unansweredSends}; duplicates ${c.duplicates}; gaps ${c.gaps}`,
+    ...(c.drainCut
+      ? [
+          `  the drain ended at its deadline (--drain ${r.options.drain}) with sends or deliveries still on their way: what is unanswered or missing may be in flight, not lost (run again with a longer --drain)`,
+        ]
+      : []),
     ...c.holes.map((h) => `  hole            ${h}`),
     `errors           send_error ${JSON.stringify(c.sendErrors)}${Object.keys(c.sendErrorReasons).length > 0 ? ` ${JSON.stringify(c.sendErrorReasons)}` : ""}; frame errors ${c.frameErrors}; streams ended ${c.streamsEnded}${c.endReasons.length > 0 ? ` (${c.endReasons.join("; ")})` : ""}`,
     `cpu              ${r.mesh ? "mesh (all processes)" : "server"} ${pct(cp.server)} (${r.mesh ? "Node main threads" : "main thread"} ${pct(cp.serverMainThread)}, other threads ${pct(cp.serverOtherThreads)}), bench client ${pct(cp.benchClient)}; machine ${pct(cp.machineBusy)} of ${cp.machineCapacity} % (other programs ${pct(cp.other)})`,

@@ -246,6 +246,7 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       duplicates: sum((s) => s.duplicates),
       gaps: sum((s) => s.gaps),
       holes: results.flatMap((r) => r.holes).slice(0, 5),
+      drainCut: results.some((r) => r.drainCut),
       sendErrors,
       sendErrorReasons,
       frameErrors: sum((s) => s.frameErrors),

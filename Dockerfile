@@ -38,7 +38,7 @@ RUN npm run build
 FROM node:${NODE_VERSION}-bookworm-slim AS runtime
 # NODE_OPTIONS: the V8 flags every server process runs with (services/server/node-flags.ts).
 ENV NODE_ENV=production \
-    NODE_OPTIONS=--max-semi-space-size=64 \
+    NODE_OPTIONS=--max-semi-space-size=32 \
     SWITCHBOARD_HOST=0.0.0.0 \
     SWITCHBOARD_DATA_DIR=/data \
     SWITCHBOARD_ADMIN_PORT=9090

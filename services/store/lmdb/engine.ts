@@ -38,6 +38,12 @@
  * batch commit. A plain `transaction` callback would not do: lmdb-js keeps whatever a throwing
  * callback wrote before it threw (write.js, executeTxnCallbacks).
  *
+ * The write thread. lmdb-js runs those callbacks on the thread that queued them, and they are where
+ * a write's work is. The conversation port's writes (the hot path: commits, cursors) are therefore
+ * units of plain data (conversation-writes.ts) that a worker thread applies, as child transactions
+ * the same way (write-thread.ts, write-worker.ts); the main thread keeps the encoding of entries and
+ * the reads. The account and key ports, rarely written, write on the main thread.
+ *
  * Durability. The environment is opened with lmdb-js's defaults for syncing: no noSync, noMetaSync,
  * mapAsync or separateFlushed. Its default overlappingSync moves the fsync out of the writer lock,
  * but mdb_txn_commit still returns only after the fsync and the meta-page write, and lmdb-js
@@ -54,12 +60,15 @@
  * queued before a transaction starts still share it.
  */
 import { mkdir } from "node:fs/promises";
-import { type Database, type Key, open, type RootDatabase } from "lmdb";
+import type { Database, Key, RootDatabase } from "lmdb";
 import type { StoreEngine } from "../types.js";
 import { type AccountDbs, LmdbAccountStore } from "./accounts.js";
-import { type ConversationDbs, LmdbConversationStore, type WriteUnit } from "./conversations.js";
+import { conversationDbs } from "./conversation-writes.js";
+import { LmdbConversationStore, type WriteUnit } from "./conversations.js";
+import { openEnvironment } from "./environment.js";
 import { type KeyDbs, LmdbKeyStore } from "./keys.js";
 import { WriteFaults } from "./write-faults.js";
+import { WriteThread } from "./write-thread.js";
 
 /** Bumped when the key layout changes incompatibly; an engine refuses files of another layout. */
 const LAYOUT_VERSION = 1;
@@ -83,22 +92,15 @@ export class LmdbStoreEngine implements StoreEngine {
   private closing: Promise<void> | undefined;
   private readonly faults = new WriteFaults();
 
-  constructor(private readonly root: RootDatabase) {
+  constructor(
+    private readonly root: RootDatabase,
+    private readonly writeThread: WriteThread,
+  ) {
     const writeUnit: WriteUnit = (fn) => this.faults.run(() => root.childTransaction(fn));
-    const db = <V>(name: string, encoding: "msgpack" | "binary" = "msgpack"): Database<V, Key> =>
-      root.openDB<V, Key>({ name, encoding });
-    const conversations: ConversationDbs = {
-      conversations: db("conversations"),
-      entries: db("entries", "binary"),
-      heads: db("heads"),
-      idempotency: db("idempotency"),
-      idempotencyByTime: db("idempotencyByTime"),
-      entriesByExpiry: db("entriesByExpiry"),
-      members: db("members"),
-      userConversations: db("userConversations"),
-      deviceCursors: db("deviceCursors"),
-      deviceFloors: db("deviceFloors"),
-    };
+    const db = <V>(name: string): Database<V, Key> => root.openDB<V, Key>({ name, encoding: "msgpack" });
+    this.conversations = new LmdbConversationStore(conversationDbs(root), (unit) =>
+      this.faults.run(() => writeThread.run(unit)),
+    );
     const accounts: AccountDbs = {
       users: db("users"),
       usernames: db("usernames"),
@@ -110,7 +112,6 @@ export class LmdbStoreEngine implements StoreEngine {
       invites: db("invites"),
       safety: { userBlocks: db("userBlocks"), reports: db("reports"), reportsByUser: db("reportsByUser") },
     };
-    this.conversations = new LmdbConversationStore(conversations, writeUnit);
     this.accounts = new LmdbAccountStore(accounts, writeUnit);
     const keys: KeyDbs = {
       deviceKeys: db("deviceKeys"),
@@ -136,6 +137,7 @@ export class LmdbStoreEngine implements StoreEngine {
   /** Waits for every pending write to be committed and flushed, then closes the environment. */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      await this.writeThread.close();
       // lmdb-js's flush promise for a transaction that failed never settles, and both `flushed`
       // and close() wait for the latest one: an empty transaction (it needs no space, so it
       // commits on a full disk too) replaces it with one that does.
@@ -150,15 +152,7 @@ export class LmdbStoreEngine implements StoreEngine {
 /** Opens (creating if needed) the embedded store in a directory. */
 export async function openLmdbStore(options: LmdbStoreOptions): Promise<LmdbStoreEngine> {
   await mkdir(options.path, { recursive: true });
-  const root = open({
-    path: options.path,
-    // Without this, a path with a dot in it would be taken for a file name.
-    noSubdir: false,
-    maxDbs: 32,
-    // See "Storage faults" above: its batches start with a write promise nobody can observe.
-    eventTurnBatching: false,
-    ...(options.mapSizeBytes !== undefined ? { mapSize: options.mapSizeBytes } : {}),
-  });
+  const root = openEnvironment(options.path, options.mapSizeBytes);
   try {
     const meta = root.openDB<number, Key>({ name: "meta" });
     const layout = meta.get("layout");
@@ -169,7 +163,11 @@ export async function openLmdbStore(options: LmdbStoreOptions): Promise<LmdbStor
         `${options.path} holds store layout ${layout}; this build reads layout ${LAYOUT_VERSION}`,
       );
     }
-    return new LmdbStoreEngine(root);
+    return new LmdbStoreEngine(
+      root,
+      // A commit on the worker must be visible to the next read here (write-thread.ts).
+      new WriteThread(options.path, options.mapSizeBytes, () => root.resetReadTxn()),
+    );
   } catch (err) {
     await root.close();
     throw err;

@@ -165,6 +165,47 @@ describe("LMDB engine", () => {
     }
   });
 
+  it("a read made as soon as a commit resolved sees it, though lmdb-js would keep its read snapshot", async (t) => {
+    // Commits are applied on the write thread's worker; this thread's lmdb-js renews its read
+    // snapshot only on a setTimeout(0). With timers held, only the write thread's reset of the
+    // snapshot, before it resolves a commit, can make the commit visible here.
+    const engine = await openFresh();
+    const c = engine.conversations;
+    t.mock.timers.enable({ apis: ["setTimeout"] });
+    try {
+      for (let seq = 1; seq <= 5; seq++) {
+        assert.equal(await c.getLastSeq("g_r"), seq - 1);
+        await c.commit([{ conversationId: "g_r", append: [message("g_r", seq)] }]);
+        assert.equal(await c.getLastSeq("g_r"), seq, `seq ${seq} is visible once its commit resolved`);
+        assert.equal((await c.readEntries("g_r", seq - 1, 10)).length, 1);
+      }
+    } finally {
+      t.mock.timers.reset();
+      await engine.close();
+    }
+  });
+
+  it("engines open at once share the write thread, and each closes alone", async () => {
+    const [a, b] = await Promise.all([openFresh(), openFresh()]);
+    try {
+      await Promise.all([
+        a.conversations.commit([{ conversationId: "g_a", append: [message("g_a", 1)] }]),
+        b.conversations.commit([{ conversationId: "g_b", append: [message("g_b", 1)] }]),
+      ]);
+      await a.close();
+      await b.conversations.commit([{ conversationId: "g_b", append: [message("g_b", 2)] }]);
+      assert.equal(await b.conversations.getLastSeq("g_b"), 2);
+      assert.equal(await b.conversations.getLastSeq("g_a"), 0, "each engine writes its own environment");
+      await assert.rejects(
+        a.conversations.commit([{ conversationId: "g_a", append: [message("g_a", 2)] }]),
+        /closing/,
+      );
+    } finally {
+      await a.close();
+      await b.close();
+    }
+  });
+
   it("refuses a directory written with another key layout", async () => {
     const path = await tempDir();
     const raw = open({ path });

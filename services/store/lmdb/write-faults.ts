@@ -25,8 +25,23 @@ interface CommitFailure extends Error {
   commitError?: Promise<never>;
 }
 
+/**
+ * A storage fault met on the write thread (write-thread.ts), made again on this one: the message
+ * of the failure and, for a failed commit, the cause lmdb gave (`detail`).
+ */
+export class StorageFault extends Error {
+  constructor(
+    message: string,
+    readonly detail: string | undefined,
+  ) {
+    super(message);
+    this.name = "StorageFault";
+  }
+}
+
 /** An errno-style failure (from lmdb's native code or the filesystem). */
-function isIoFailure(err: unknown): err is Error {
+export function isIoFailure(err: unknown): err is Error {
+  if (err instanceof StorageFault) return true;
   if (!(err instanceof Error) || err instanceof DomainError) return false;
   const { code } = err as { code?: unknown };
   if ((err as CommitFailure).commitError !== undefined) return true;
@@ -52,12 +67,17 @@ export class WriteFaults {
       return await write();
     } catch (err) {
       if (!isIoFailure(err)) throw err;
-      // lmdb-js rejects the cause separately and leaves it to the caller: observed here, or it
-      // would be an unhandled rejection, which ends the process.
-      (err as CommitFailure).commitError?.then(undefined, (cause: unknown) => {
-        if (cause instanceof Error) this.window.explain(cause.message);
-      });
-      this.window.failed((err as CommitFailure).commitError ? "" : err.message);
+      if (err instanceof StorageFault) {
+        this.window.failed(err.detail ?? err.message);
+      } else {
+        // lmdb-js rejects the cause separately and leaves it to the caller: observed here, or it
+        // would be an unhandled rejection, which ends the process.
+        const { commitError } = err as CommitFailure;
+        commitError?.then(undefined, (cause: unknown) => {
+          if (cause instanceof Error) this.window.explain(cause.message);
+        });
+        this.window.failed(commitError ? "" : err.message);
+      }
       throw new UnavailableError("storage is failing: the write was not stored; retry", {
         retryAfterMs: RETRY_AFTER_MS,
         cause: err,

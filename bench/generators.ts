@@ -1,4 +1,4 @@
-import { Worker } from "node:worker_threads";
+import { moduleWorker } from "../services/common/module-worker.js";
 import { Load, type LoadInput, type LoadStats, type RunPlan } from "./load.js";
 import type { Options } from "./options.js";
 import type { BenchConversation, setUp } from "./setup.js";
@@ -16,24 +16,8 @@ export function inlineGenerator(input: LoadInput): Generator {
   return { connect: () => load.connect(), run: (plan) => load.run(plan), close: () => load.close() };
 }
 
-// Worker threads do not inherit tsx's loader hooks; a small bootstrap registers them first, as
-// bin/switchboard.js does, then imports the TypeScript worker.
-const WORKER_BOOTSTRAP = `
-const { workerData } = require("node:worker_threads");
-import(workerData.tsxApi)
-  .then(({ register }) => { register(); return import(workerData.workerUrl); })
-  .catch((err) => { console.error(err); process.exit(1); });
-`;
-
 export function workerGenerator(input: LoadInput): Generator {
-  const worker = new Worker(WORKER_BOOTSTRAP, {
-    eval: true,
-    workerData: {
-      ...input,
-      tsxApi: import.meta.resolve("tsx/esm/api"),
-      workerUrl: new URL("./worker.ts", import.meta.url).href,
-    },
-  });
+  const worker = moduleWorker(new URL("./worker.ts", import.meta.url), { workerData: input });
   let pending: { resolve: (v: unknown) => void; reject: (e: Error) => void } | undefined;
   let dead: Error | undefined;
   const fail = (err: Error) => {

@@ -1,7 +1,7 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { entryBytes } from "../../common/entry-bytes.js";
-import { conflict, entryTimes, seqOf } from "../records.js";
+import { conflict, conversationRecord, entryTimes, memberRecord, seqOf } from "../records.js";
 import type {
   ConversationRecord,
   ConversationStore,
@@ -56,9 +56,17 @@ function prepare(write: ConversationWrite): PreparedWrite {
     conversationId: id,
     append,
     replace,
-    ...(write.conversation !== undefined && { conversation: write.conversation }),
-    ...(write.idempotency !== undefined && { idempotency: write.idempotency }),
-    ...(write.putMembers !== undefined && { putMembers: write.putMembers }),
+    // Copies with exactly the port's fields (records.ts): what crosses to the write thread is
+    // what is stored, whatever else the caller's objects carried.
+    ...(write.conversation !== undefined && { conversation: conversationRecord(write.conversation) }),
+    ...(write.idempotency !== undefined && {
+      idempotency: write.idempotency.map(({ deviceId, clientMsgId, seq }) => ({
+        deviceId,
+        clientMsgId,
+        seq,
+      })),
+    }),
+    ...(write.putMembers !== undefined && { putMembers: write.putMembers.map(memberRecord) }),
     ...(write.removeMembers !== undefined && { removeMembers: write.removeMembers }),
   };
 }

@@ -1,6 +1,6 @@
 import { strict as assert } from "node:assert";
 import { spawn } from "node:child_process";
-import { mkdtemp, rm } from "node:fs/promises";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -16,6 +16,8 @@ import { runKeyStoreConformance } from "../conformance/keys.js";
 import { runPinConformance } from "../conformance/pins.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
 import { openLmdbStore } from "./engine.js";
+import { StorageFault } from "./write-faults.js";
+import { WriteThread } from "./write-thread.js";
 
 const dirs: string[] = [];
 
@@ -203,6 +205,46 @@ describe("LMDB engine", () => {
     } finally {
       await a.close();
       await b.close();
+    }
+  });
+
+  it("a write that cannot cross to the write thread fails alone, and the store goes on", async () => {
+    const engine = await openFresh();
+    try {
+      const c = engine.conversations;
+      // A caller's bug: a function cannot be cloned to the worker. Thrown where the batch is
+      // posted (a microtask), it must reach this caller, not end the process.
+      const cursor = {
+        conversationId: "g_x",
+        deviceId: "dv_a",
+        deliveredUpTo: 1,
+        readUpTo: 0,
+        note: () => 0,
+      };
+      await assert.rejects(c.saveCursors([cursor], []), /could not be cloned/);
+      await c.commit([{ conversationId: "g_x", append: [message("g_x", 1)] }]);
+      assert.equal(await c.getLastSeq("g_x"), 1);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("an environment the write thread cannot open refuses its writes as a storage fault; others go on", async () => {
+    const file = join(await tempDir(), "a-file");
+    await writeFile(file, "");
+    const thread = new WriteThread(file, undefined, () => {});
+    const err = await thread
+      .run({ op: "floors", floors: [{ deviceId: "dv_a", conversationId: "g_f", floorSeq: 1 }] })
+      .catch((e: unknown) => e);
+    await thread.close();
+    assert.ok(err instanceof StorageFault, String(err));
+    assert.match(err.message, /could not be opened for writing/);
+    const engine = await openFresh();
+    try {
+      await engine.conversations.commit([{ conversationId: "g_f", append: [message("g_f", 1)] }]);
+      assert.equal(await engine.conversations.getLastSeq("g_f"), 1);
+    } finally {
+      await engine.close();
     }
   });
 

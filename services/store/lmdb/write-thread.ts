@@ -88,7 +88,19 @@ export class WriteThread {
       } satisfies ToWorker);
       this.openIn = worker;
     }
-    worker.postMessage({ type: "units", env: this.env, units } satisfies ToWorker);
+    try {
+      worker.postMessage({ type: "units", env: this.env, units } satisfies ToWorker);
+    } catch (err) {
+      // A unit that cannot be cloned (a caller's bug) fails its batch, not the process: this runs
+      // in a microtask, where a throw would be an uncaught exception.
+      // Its DOMException carries a numeric code, which would pass for an errno: not a storage fault.
+      const bug = new Error(`a write could not be handed to the write thread: ${(err as Error).message}`);
+      for (const { id } of units) {
+        this.pending.get(id)?.reject(bug);
+        this.pending.delete(id);
+      }
+      return;
+    }
     busy(worker, units.length);
   }
 

@@ -48,17 +48,31 @@ interface OpenEnvironment {
   answering: Set<Promise<void>>;
 }
 const environments = new Map<number, OpenEnvironment>();
+/** Environments whose open failed here, with why: their units are refused. */
+const unopened = new Map<number, string>();
 
 port.on("message", (msg: ToWorker) => {
   switch (msg.type) {
     case "open": {
-      const root = openEnvironment(msg.path, msg.mapSizeBytes);
-      environments.set(msg.env, { root, dbs: conversationDbs(root), answering: new Set() });
+      try {
+        const root = openEnvironment(msg.path, msg.mapSizeBytes);
+        environments.set(msg.env, { root, dbs: conversationDbs(root), answering: new Set() });
+      } catch (err) {
+        // The engine opened it on its own thread first, so this is rare (the directory removed in
+        // between); its writes are refused, and the other environments here go on.
+        unopened.set(msg.env, `the store could not be opened for writing: ${(err as Error).message}`);
+      }
       return;
     }
     case "units": {
       const open = environments.get(msg.env);
-      if (open === undefined) throw new Error(`units for environment ${msg.env}, which is not open`);
+      if (open === undefined) {
+        const message = unopened.get(msg.env) ?? `environment ${msg.env} is not open for writing`;
+        const failure: Failure = { kind: "storage", message };
+        const results = msg.units.map(({ id }): UnitResult => ({ id, ok: false, failure }));
+        port.postMessage({ type: "results", env: msg.env, results } satisfies FromWorker);
+        return;
+      }
       const { root, dbs, answering } = open;
       // Queued in one synchronous pass, so they share the next transaction (and its one fsync).
       const results = msg.units.map(({ id, unit }) =>
@@ -82,6 +96,7 @@ port.on("message", (msg: ToWorker) => {
 });
 
 async function close(env: number): Promise<void> {
+  unopened.delete(env);
   const open = environments.get(env);
   if (open !== undefined) {
     environments.delete(env);

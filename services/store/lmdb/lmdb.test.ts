@@ -16,7 +16,7 @@ import { runKeyStoreConformance } from "../conformance/keys.js";
 import { runPinConformance } from "../conformance/pins.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
 import { openLmdbStore } from "./engine.js";
-import { StorageFault } from "./write-faults.js";
+import { StorageFault } from "./storage-fault.js";
 import { WriteThread } from "./write-thread.js";
 
 const dirs: string[] = [];

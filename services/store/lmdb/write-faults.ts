@@ -1,5 +1,6 @@
-import { DomainError, UnavailableError } from "../../common/errors.js";
+import { UnavailableError } from "../../common/errors.js";
 import { FaultWindow } from "../faults.js";
+import { type CommitFailure, isIoFailure, StorageFault } from "./storage-fault.js";
 
 /**
  * Storage faults of the embedded engine: a commit that the disk refused (full, EIO, a failed
@@ -18,37 +19,6 @@ export { FAILING_HOLD_MS } from "../faults.js";
 
 /** The client's retry hint for a refused write, in ms. */
 export const RETRY_AFTER_MS = 1_000;
-
-/** lmdb-js's failed commit: the error it gives each write of a transaction that did not commit. */
-interface CommitFailure extends Error {
-  /** Rejected with the cause (the errno's error) once the write thread reports it. */
-  commitError?: Promise<never>;
-}
-
-/**
- * A storage fault met on the write thread (write-thread.ts), made again on this one: the message
- * of the failure and, for a failed commit, the cause lmdb gave (`detail`).
- */
-export class StorageFault extends Error {
-  constructor(
-    message: string,
-    readonly detail: string | undefined,
-  ) {
-    super(message);
-    this.name = "StorageFault";
-  }
-}
-
-/** An errno-style failure (from lmdb's native code or the filesystem). */
-export function isIoFailure(err: unknown): err is Error {
-  if (err instanceof StorageFault) return true;
-  if (!(err instanceof Error) || err instanceof DomainError) return false;
-  const { code } = err as { code?: unknown };
-  if ((err as CommitFailure).commitError !== undefined) return true;
-  // lmdb-js reports native failures with the errno (or an MDB_ code) as a number.
-  if (typeof code === "number") return true;
-  return typeof code === "string" && /^E[A-Z]+$/.test(code);
-}
 
 /** Tracks the engine's write failures and turns them into refusals. */
 export class WriteFaults {

@@ -3,7 +3,7 @@ import { UnavailableError } from "../../common/errors.js";
 import { moduleWorker, siblingModule } from "../../common/module-worker.js";
 import { StoreError, type StoreErrorKind } from "../errors.js";
 import type { ConversationUnit } from "./conversation-writes.js";
-import { StorageFault } from "./write-faults.js";
+import { StorageFault } from "./storage-fault.js";
 
 /**
  * The conversation port's writes, applied on a thread of their own (write-worker.ts).

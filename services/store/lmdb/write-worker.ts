@@ -10,7 +10,7 @@ import type { RootDatabase } from "lmdb";
 import { StoreError } from "../errors.js";
 import { applyUnit, type ConversationDbs, conversationDbs } from "./conversation-writes.js";
 import { openEnvironment } from "./environment.js";
-import { isIoFailure } from "./write-faults.js";
+import { isIoFailure } from "./storage-fault.js";
 import type { Failure, FromWorker, ToWorker, UnitResult } from "./write-thread.js";
 
 /** How long a failed commit's cause may take to arrive before the failure is reported without it. */

@@ -202,29 +202,32 @@ export type FromWorker =
   | { type: "closed"; env: number }
   | ConsoleLine;
 
-/** A console.error or console.warn call on the worker, with the error it named if any. */
+/** A console.error or console.warn call on the worker: its arguments, errors kept as errors. */
 export interface ConsoleLine {
   type: "console";
   level: "error" | "warn";
-  text: string;
-  error?: { name: string; message: string; stack?: string; code?: unknown };
+  args: ConsoleArg[];
 }
 
+/** One argument of a console call: an error's fields, or anything else as util.format prints it. */
+export type ConsoleArg =
+  | { error: { name: string; message: string; stack?: string; code?: string | number } }
+  | { text: string };
+
 /**
- * Writes a worker's console line with this thread's console. lmdb-js reports a failed commit with
- * console.error on the thread that wrote; the server routes this thread's console through its log
- * (captureConsole in common/log.ts), and a worker's console would bypass it, writing raw lines to
- * stderr.
+ * Makes a worker's console call again with this thread's console. lmdb-js reports a failed commit
+ * with console.error on the thread that wrote; the server routes this thread's console through its
+ * log (captureConsole in common/log.ts), and a worker's console would bypass it, writing raw lines
+ * to stderr.
  */
 function relayConsole(line: ConsoleLine): void {
-  const { error } = line;
-  if (error === undefined) {
-    console[line.level](line.text);
-    return;
-  }
-  const err = Object.assign(new Error(error.message), { name: error.name, stack: error.stack });
-  if (error.code !== undefined) Object.assign(err, { code: error.code });
-  console[line.level](err, line.text);
+  const args = line.args.map((arg) => {
+    if ("text" in arg) return arg.text;
+    const { name, message, stack, code } = arg.error;
+    const err = Object.assign(new Error(message), { name, stack });
+    return code === undefined ? err : Object.assign(err, { code });
+  });
+  console[line.level](...args);
 }
 
 export type UnitResult =

@@ -11,7 +11,7 @@ import { StoreError } from "../errors.js";
 import { applyUnit, type ConversationDbs, conversationDbs } from "./conversation-writes.js";
 import { openEnvironment } from "./environment.js";
 import { isIoFailure } from "./storage-fault.js";
-import type { Failure, FromWorker, ToWorker, UnitResult } from "./write-thread.js";
+import type { ConsoleArg, Failure, FromWorker, ToWorker, UnitResult } from "./write-thread.js";
 
 /** How long a failed commit's cause may take to arrive before the failure is reported without it. */
 const CAUSE_WAIT_MS = 1_000;
@@ -22,22 +22,20 @@ if (port === null) throw new Error("write-worker.ts runs as a worker thread (wri
 // What libraries write to the console goes to the main thread's console (write-thread.ts,
 // relayConsole), which the server routes through its log.
 for (const level of ["error", "warn"] as const) {
-  console[level] = (...args: unknown[]) => {
-    const err = args.find((a): a is Error => a instanceof Error);
-    const code = (err as { code?: unknown } | undefined)?.code;
-    port.postMessage({
-      type: "console",
-      level,
-      text: format(...args),
-      ...(err !== undefined && {
-        error: {
-          name: err.name,
-          message: err.message,
-          ...(err.stack !== undefined && { stack: err.stack }),
-          ...((typeof code === "string" || typeof code === "number") && { code }),
-        },
-      }),
-    } satisfies FromWorker);
+  console[level] = (...args: unknown[]) =>
+    port.postMessage({ type: "console", level, args: args.map(consoleArg) } satisfies FromWorker);
+}
+
+function consoleArg(arg: unknown): ConsoleArg {
+  if (!(arg instanceof Error)) return { text: typeof arg === "string" ? arg : format(arg) };
+  const { code } = arg as { code?: unknown };
+  return {
+    error: {
+      name: arg.name,
+      message: arg.message,
+      ...(arg.stack !== undefined && { stack: arg.stack }),
+      ...((typeof code === "string" || typeof code === "number") && { code }),
+    },
   };
 }
 

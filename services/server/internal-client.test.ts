@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import * as http2 from "node:http2";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { Code, ConnectError, createClient, type Interceptor } from "@connectrpc/connect";
 import { connectNodeAdapter, createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
@@ -246,6 +246,38 @@ describe("internal client transport against stock gRPC servers", () => {
       assert.ok(isTransportFailure(err) || err.code === Code.Unavailable);
     } finally {
       close();
+    }
+  });
+
+  it("a peer that dies after its answer's headers, before its status, is a failure the caller retries", async () => {
+    // What a SIGKILLed sequencer can leave: the answer's headers sent (with a first message, or
+    // before it), then the connection gone. The stream never ended, so its status never came:
+    // that is the transport's failure (retried), not a peer's protocol error (INTERNAL).
+    for (const partial of [Buffer.alloc(0), Buffer.from([0, 0, 0, 0, 9, 1, 2])]) {
+      const dying = http2.createServer();
+      const connections = new Set<Socket>();
+      dying.on("connection", (socket: Socket) => connections.add(socket));
+      dying.on("stream", (stream) => {
+        stream.on("error", () => {});
+        stream.respond({ ":status": 200, "content-type": "application/grpc" });
+        if (partial.length > 0) stream.write(partial);
+        // As the kernel does for a killed process: the TCP connection closes, no GOAWAY, no trailers.
+        setTimeout(() => {
+          for (const socket of connections) socket.destroy();
+        }, 50);
+      });
+      await new Promise<void>((resolve) => dying.listen(0, "127.0.0.1", resolve));
+      const { client, close } = clientOf(`http://127.0.0.1:${(dying.address() as AddressInfo).port}`);
+      try {
+        const err = await failureOf(client.lookupRoutes({ userIds: ["answer"] }));
+        assert.ok(
+          err.code === Code.Unavailable || isTransportFailure(err),
+          `${partial.length} bytes of the answer, then the peer died: retried by callers, not ${Code[err.code]} ${err.message}`,
+        );
+      } finally {
+        close();
+        await new Promise((r) => dying.close(r));
+      }
     }
   });
 

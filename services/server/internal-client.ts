@@ -227,10 +227,16 @@ function answer<I extends DescMessage, O extends DescMessage>(
   chunks: Buffer[],
   rstCode: number,
 ): UnaryResponse<I, O> {
-  if (responseHeaders === undefined) throw fromResetCode(rstCode);
+  if (responseHeaders === undefined) throw fromResetCode(rstCode, "no answer");
   const header = headersFromHttp2(responseHeaders);
   const { foundStatus, headerError } = validateResponse(Number(responseHeaders[":status"]), header);
   if (headerError !== undefined) throw headerError;
+  // Headers came, then the stream was reset before its status: a peer killed mid-answer (Node
+  // closes the streams of a lost connection with CANCEL). Callers retry a transport failure; a
+  // peer that ended its answer cleanly without a status is INTERNAL (validateTrailer, below).
+  if (!foundStatus && rstCode !== http2.constants.NGHTTP2_NO_ERROR) {
+    throw fromResetCode(rstCode, "the answer cut off before its status");
+  }
   const trailer = headersFromHttp2(trailers);
   if (!foundStatus) validateTrailer(trailer, header);
   const body = chunks.length === 1 ? chunks[0]! : Buffer.concat(chunks);
@@ -255,12 +261,12 @@ function answer<I extends DescMessage, O extends DescMessage>(
 }
 
 /**
- * A stream that ended with no answer. CANCEL is CANCELED and ENHANCE_YOUR_CALM is
+ * A stream cut before its answer was whole (no answer, or no status). CANCEL is CANCELED and ENHANCE_YOUR_CALM is
  * RESOURCE_EXHAUSTED, as connect-node reads them; any other way to lose the call (the peer's
  * process gone, its connection reset) is UNAVAILABLE: nothing was answered, and the internal
  * calls are safe to retry (an append carries its idempotency key).
  */
-function fromResetCode(rstCode: number): ConnectError {
+function fromResetCode(rstCode: number, what: string): ConnectError {
   const { constants: c } = http2;
   const code =
     rstCode === c.NGHTTP2_CANCEL
@@ -268,10 +274,7 @@ function fromResetCode(rstCode: number): ConnectError {
       : rstCode === c.NGHTTP2_ENHANCE_YOUR_CALM
         ? Code.ResourceExhausted
         : Code.Unavailable;
-  return new ConnectError(
-    `http/2 stream closed with error code 0x${rstCode.toString(16)} and no answer`,
-    code,
-  );
+  return new ConnectError(`http/2 stream closed with error code 0x${rstCode.toString(16)} and ${what}`, code);
 }
 
 /**

@@ -13,7 +13,7 @@ import type {
   ReportRecord,
   UserRecord,
 } from "../types.js";
-import type { WriteUnit } from "./conversations.js";
+import type { WriteUnit } from "./environment.js";
 import { LmdbSafetyStore, type SafetyDbs } from "./safety.js";
 
 /** The sub-databases of the accounts port; engine.ts documents the key layout. */

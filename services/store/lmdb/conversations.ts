@@ -25,9 +25,6 @@ import {
   RETENTION_CONVERSATIONS_PER_CALL,
 } from "./conversation-writes.js";
 
-/** Runs fn as one abortable unit inside the next group-committed transaction (see engine.ts). */
-export type WriteUnit = <T>(fn: () => T) => Promise<T>;
-
 /** Applies a unit of the conversation port's writes (write-thread.ts) and gives its result. */
 export type RunUnit = (unit: ConversationUnit) => Promise<unknown>;
 

@@ -10,7 +10,7 @@ import type {
   PrekeyTake,
   SignedPrekeyRecord,
 } from "../types.js";
-import type { WriteUnit } from "./conversations.js";
+import type { WriteUnit } from "./environment.js";
 
 /** A one-time prekey as stored; its id and kind are in the key. */
 export interface StoredPrekey {

@@ -8,7 +8,7 @@
 import type { Database, Key } from "lmdb";
 import { StoreError } from "../errors.js";
 import type { BlockRecord, ReportRecord, SafetyStore } from "../types.js";
-import type { WriteUnit } from "./conversations.js";
+import type { WriteUnit } from "./environment.js";
 
 /** The sub-databases of blocks and reports. */
 export interface SafetyDbs {

@@ -102,7 +102,7 @@ async function serve(req: http2.Http2ServerRequest, res: http2.Http2ServerRespon
     return;
   }
   // The device went away (reset, connection lost): forget the stream.
-  res.once("close", () => session.close());
+  res.on("close", () => session.close());
   res.writeHead(200, { "content-type": contentType });
   readFrames(req, deps, session.startPushed());
   let failure: unknown;

@@ -239,7 +239,7 @@ export class EdgeGuard {
     }
     this.metrics.connectionsOpen++;
     this.connectionsByAddress.set(address, open + 1);
-    socket.once("close", () => {
+    socket.on("close", () => {
       this.metrics.connectionsOpen--;
       decrement(this.connectionsByAddress, address);
     });
@@ -248,9 +248,12 @@ export class EdgeGuard {
 
   private watchSession(session: http2.ServerHttp2Session, socket: Socket): void {
     const address = addressKey(socket.remoteAddress);
+    // What these listeners keep lives as long as the connection, hours for an idle device, so
+    // each costs memory per connected device: "close" listeners are `on` (the event fires once;
+    // `once` adds a wrapper object and a bound function each), and a cleared timer is dropped.
     // The client's preface ends with its SETTINGS; a socket that never sends them holds a
     // descriptor for nothing.
-    const handshake = setTimeout(() => {
+    let handshake: NodeJS.Timeout | undefined = setTimeout(() => {
       this.refusals.refuse("handshake_timeout", "connection closed: no HTTP/2 preface in time", {
         address,
         timeoutMs: this.limits.handshakeTimeoutMs,
@@ -278,16 +281,18 @@ export class EdgeGuard {
     // The idle clock starts once the handshake is done: until then the handshake timeout rules.
     session.once("remoteSettings", () => {
       clearTimeout(handshake);
+      handshake = undefined;
       if (open === 0) armIdle();
     });
     session.on("stream", (stream: http2.ServerHttp2Stream) => {
       open++;
       clearTimeout(idle);
-      stream.once("close", () => {
+      idle = undefined;
+      stream.on("close", () => {
         if (--open === 0 && !session.closed && !session.destroyed) armIdle();
       });
     });
-    session.once("close", () => {
+    session.on("close", () => {
       clearTimeout(handshake);
       clearTimeout(idle);
     });

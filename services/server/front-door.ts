@@ -57,7 +57,8 @@ export function frontDoor(handler: Handler, edge: EdgeGuard, limits: EdgeLimits)
     socket.on("error", ignore);
     const silent = setTimeout(() => edge.silent(socket), limits.handshakeTimeoutMs);
     silent.unref();
-    socket.once("close", () => clearTimeout(silent));
+    const onClose = () => clearTimeout(silent);
+    socket.on("close", onClose);
     let head: Buffer = Buffer.alloc(0);
     const onData = (chunk: Buffer) => {
       head = head.length === 0 ? chunk : Buffer.concat([head, chunk]);
@@ -66,6 +67,9 @@ export function frontDoor(handler: Handler, edge: EdgeGuard, limits: EdgeLimits)
       // Undecided until the preface is whole or a byte differs (at most 24 bytes held).
       if (preface && head.length < PREFACE.length) return;
       clearTimeout(silent);
+      // Nothing of the sniffing stays with the connection (its listeners, the timer, the
+      // closures' context): an idle device's connection is held for hours.
+      socket.off("close", onClose);
       socket.off("data", onData);
       socket.off("error", ignore);
       // Paused with the bytes read put back: the HTTP/2 session reads them from the socket's

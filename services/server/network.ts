@@ -180,7 +180,7 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
   const sessions = new Set<http2.ServerHttp2Session>();
   door.h2.on("session", (session) => {
     sessions.add(session);
-    session.once("close", () => sessions.delete(session));
+    session.on("close", () => sessions.delete(session));
   });
   await listen(door.server, config.port, config.host);
   const port = (door.server.address() as AddressInfo).port;

@@ -1,4 +1,3 @@
-import type * as http from "node:http";
 import type * as http2 from "node:http2";
 import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { WireType } from "@bufbuild/protobuf/wire";
@@ -16,13 +15,13 @@ import {
 import type { WireErrors } from "../common/boundary.js";
 import { entryBytes } from "../common/entry-bytes.js";
 import { DeadlineError } from "../common/errors.js";
+import type { Refusals } from "../common/refusals.js";
 import type { StreamErrors } from "../common/rpc-telemetry.js";
 import { dropUnknownFields, type FrameSink, type GatewayCore } from "../gateway/index.js";
+import { addressKey } from "./edge.js";
+import type { DirectStream } from "./front-door.js";
 import { FLAG_COMPRESSED } from "./grpc-wire.js";
-
-type Request = http.IncomingMessage | http2.Http2ServerRequest;
-type Response = http.ServerResponse | http2.Http2ServerResponse;
-type Handler = (req: Request, res: Response) => void;
+import { fixGrpcStatus } from "./wire-errors.js";
 
 /** The device stream's path. */
 const PATH = `/${GatewayService.typeName}/${GatewayService.method.connect.name}`;
@@ -41,55 +40,66 @@ export interface DeviceStreamDeps {
   wireErrors: WireErrors;
   /** Counts streams that end with an error, as serverTelemetry does for the other streams. */
   streamErrors: StreamErrors;
+  /** Where a malformed stream is logged, as the edge logs it for every other request. */
+  refusals: Refusals;
 }
 
 /**
- * The device stream (`GatewayService.Connect`) over gRPC, served straight on Node's HTTP/2
- * stream; every other request, and this one over the Connect protocol, gRPC-Web, JSON or with
- * compressed messages, goes to `next` (connect-node).
+ * The device stream (`GatewayService.Connect`) over gRPC on HTTP/2, served straight on Node's
+ * HTTP/2 stream, before node:http2's compatibility layer or connect-node see it. Every other
+ * request, and this one over the Connect protocol, gRPC-Web, JSON, with compressed messages or
+ * from a browser (an Origin header: CORS applies), goes the general way (front-door.ts).
  *
  * Why: at 1,000 devices, connect-node's per-message pipeline for streams (a chain of async
  * generators per direction: split, decompress, parse, serialise, compress, join, each message
  * through each) was the largest single cost of the server's one thread, about 17 % of it plus the
  * garbage it made (docs/benchmarks.md, "Where the time goes"). A device stream needs none of its
  * generality: here a read is parsed into the frames it holds in one step, and everything the
- * session has queued is encoded and written in one write, with one await per batch.
+ * session has queued is encoded and written in one write, with one await per batch. The
+ * compatibility layer (Http2ServerRequest and Http2ServerResponse) is skipped too: a second
+ * readable stream every read passed through, and about 2 KiB of JS heap per idle device
+ * (listeners, header and trailer objects, stream state) held for as long as it is connected.
  *
  * The wire protocol is gRPC's, as connect-node speaks it: `application/grpc` or `+proto`, the
  * 5-byte envelope, `grpc-timeout`, the status in trailers (`grpc-status`, `grpc-message`,
- * `grpc-status-details-bin`, written by Connect's own setTrailerStatus), HTTP/2 flow control as
- * back-pressure. The behaviour is the connect handler's (handlers.ts): the same authentication,
- * unknown fields dropped from every frame, the same session, the same error boundary, read limit
- * and codes. test/e2e/grpc-js.test.ts and the other stream tests run against it with stock
- * @grpc/grpc-js and connect-es clients.
+ * `grpc-status-details-bin`, written by Connect's own setTrailerStatus and escaped as the edge
+ * escapes every gRPC answer's), HTTP/2 flow control as back-pressure. The behaviour is the
+ * connect handler's (handlers.ts): the same authentication, unknown fields dropped from every
+ * frame, the same session, the same error boundary, read limit and codes.
+ * test/e2e/device-stream-wire.test.ts, test/e2e/grpc-js.test.ts and the other stream tests run
+ * against it with stock @grpc/grpc-js and connect-es clients.
  */
-export function deviceStreamFastPath(next: Handler, deps: DeviceStreamDeps): Handler {
-  return (req, res) => {
-    if (!isGrpcDeviceStream(req)) {
-      next(req, res);
-      return;
-    }
-    void serve(req as http2.Http2ServerRequest, res as http2.Http2ServerResponse, deps);
+export function deviceStreams(deps: DeviceStreamDeps): DirectStream {
+  return {
+    accepts: isGrpcDeviceStream,
+    serve: (stream, headers) => {
+      void serve(stream, headers, deps);
+    },
   };
 }
 
-/** True for the device stream over gRPC with uncompressed messages, on HTTP/2. */
-function isGrpcDeviceStream(req: Request): boolean {
-  if (req.url !== PATH || req.method !== "POST" || req.httpVersionMajor !== 2) return false;
-  if (!GRPC_PROTO.test(String(req.headers["content-type"] ?? ""))) return false;
-  const encoding = req.headers["grpc-encoding"];
+/** True for the device stream over gRPC with uncompressed messages, not from a browser. */
+function isGrpcDeviceStream(headers: http2.IncomingHttpHeaders): boolean {
+  if (headers[":path"] !== PATH || headers[":method"] !== "POST") return false;
+  if (!GRPC_PROTO.test(String(headers["content-type"] ?? ""))) return false;
+  if (headers.origin !== undefined || headers.expect !== undefined) return false;
+  const encoding = headers["grpc-encoding"];
   return encoding === undefined || encoding === "identity";
 }
 
-async function serve(req: http2.Http2ServerRequest, res: http2.Http2ServerResponse, deps: DeviceStreamDeps) {
+async function serve(
+  stream: http2.ServerHttp2Stream,
+  headers: http2.IncomingHttpHeaders,
+  deps: DeviceStreamDeps,
+) {
   const { gateway } = deps;
-  const contentType = String(req.headers["content-type"]);
+  const contentType = String(headers["content-type"]);
   let session: ReturnType<GatewayCore["open"]>;
   let deadline: NodeJS.Timeout | undefined;
   try {
-    const timeout = parseTimeout(header(req, "grpc-timeout"), Number.MAX_SAFE_INTEGER);
+    const timeout = parseTimeout(header(headers, "grpc-timeout"), Number.MAX_SAFE_INTEGER);
     if (timeout.error) throw timeout.error;
-    session = gateway.open(await gateway.authenticate(header(req, "authorization")));
+    session = gateway.open(await gateway.authenticate(header(headers, "authorization")));
     if (timeout.timeoutMs !== undefined) {
       const ms = timeout.timeoutMs;
       deadline = setTimeout(
@@ -98,52 +108,57 @@ async function serve(req: http2.Http2ServerRequest, res: http2.Http2ServerRespon
       );
     }
   } catch (err) {
-    finish(req, res, contentType, err, deps);
+    finish(stream, contentType, err, deps);
     return;
   }
   // The device went away (reset, connection lost): forget the stream.
-  res.on("close", () => session.close());
-  res.writeHead(200, { "content-type": contentType });
-  readFrames(req, deps, session.startPushed());
+  stream.on("close", () => session.close());
+  respond(stream, contentType);
+  readFrames(stream, deps, session.startPushed());
   let failure: unknown;
   try {
     // The batch is never held in a variable across an await: once encoded, its frames (and the
     // entries they carry) are garbage unless something else holds them.
     while (await session.outbound.framesReady()) {
-      if (res.stream.destroyed) break;
-      if (!res.write(encodeFrames(session.outbound.takeBatch(FRAMES_PER_WRITE)))) await drained(res);
+      if (stream.destroyed) break;
+      if (!stream.write(encodeFrames(session.outbound.takeBatch(FRAMES_PER_WRITE)))) await drained(stream);
     }
   } catch (err) {
     failure = err;
   } finally {
     if (deadline !== undefined) clearTimeout(deadline);
   }
-  finish(req, res, contentType, failure, deps);
+  finish(stream, contentType, failure, deps);
 }
 
-/** Ends the response with the call's status in trailers (headers first if none were sent). */
+/** The answer's headers; its trailers follow when it ends (finish). */
+function respond(stream: http2.ServerHttp2Stream, contentType: string): void {
+  stream.respond({ ":status": 200, "content-type": contentType }, { waitForTrailers: true });
+}
+
+/** Ends the answer with the call's status in trailers (headers first if none were sent). */
 function finish(
-  req: http2.Http2ServerRequest,
-  res: http2.Http2ServerResponse,
+  stream: http2.ServerHttp2Stream,
   contentType: string,
   thrown: unknown,
   deps: DeviceStreamDeps,
 ): void {
-  if (res.stream.destroyed || res.stream.closed) return;
+  if (stream.destroyed || stream.closed) return;
   const error = thrown === undefined ? undefined : deps.wireErrors(thrown, PATH, true);
   if (error !== undefined) deps.streamErrors("grpc", `${GatewayService.typeName}/Connect`, error);
-  if (!res.headersSent) res.writeHead(200, { "content-type": contentType });
-  const trailers: Record<string, string> = {};
+  if (!stream.headersSent) respond(stream, contentType);
+  const trailers: http2.OutgoingHttpHeaders = {};
   setTrailerStatus(new Headers(), error).forEach((value, key) => {
     trailers[key] = value;
   });
-  res.addTrailers(trailers);
-  res.end();
+  fixGrpcStatus(trailers, PATH, deps.refusals, addressKey(stream.session?.socket?.remoteAddress));
+  stream.once("wantTrailers", () => stream.sendTrailers(trailers));
+  stream.end();
   // A device still sending after the end is not read any more: what it sends waits in HTTP/2
   // flow control (the stream's window), not in memory, until it ends its side or the connection
   // goes (the edge's idle and per-connection stream bounds cover a client that never does). No
   // RST_STREAM(NO_ERROR) here: stock grpc-js can read it before the trailers and report INTERNAL.
-  if (!req.readableEnded) req.pause();
+  if (!stream.readableEnded) stream.pause();
 }
 
 /**
@@ -155,7 +170,7 @@ function finish(
  * HTTP/2 flow control stays the back-pressure. When the sink wants no more, or a frame is
  * refused, reading stops: what the device sends after that waits in the stream's window.
  */
-function readFrames(req: http2.Http2ServerRequest, deps: DeviceStreamDeps, sink: FrameSink): void {
+function readFrames(req: http2.ServerHttp2Stream, deps: DeviceStreamDeps, sink: FrameSink): void {
   const { readMaxBytes, gateway } = deps;
   let buffered: Buffer = EMPTY;
   let stopped = false;
@@ -332,19 +347,19 @@ export function encodeFrames(batch: readonly ConnectResponse[]): Buffer {
 }
 
 /** Resolves when the stream can take more (HTTP/2 flow control), or is gone. */
-function drained(res: http2.Http2ServerResponse): Promise<void> {
+function drained(stream: http2.ServerHttp2Stream): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
-      res.stream.off("drain", done);
-      res.off("close", done);
+      stream.off("drain", done);
+      stream.off("close", done);
       resolve();
     };
-    res.stream.once("drain", done);
-    res.once("close", done);
+    stream.on("drain", done);
+    stream.on("close", done);
   });
 }
 
-function header(req: http2.Http2ServerRequest, name: string): string | null {
-  const value = req.headers[name];
+function header(headers: http2.IncomingHttpHeaders, name: string): string | null {
+  const value = headers[name];
   return value === undefined ? null : Array.isArray(value) ? value.join(",") : value;
 }

@@ -215,6 +215,18 @@ export class EdgeGuard {
     };
   }
 
+  /**
+   * Serves an HTTP/2 stream taken before the compatibility layer (front-door.ts) as wrap serves a
+   * request: on the next turn of the event loop, and not at all if the client reset it by then
+   * (the "rapid reset" defence in wrap). It is a stream procedure, so no request bound applies.
+   */
+  deferStream(stream: http2.ServerHttp2Stream, serve: () => void): void {
+    setImmediate(() => {
+      if (stream.closed || stream.destroyed) return;
+      serve();
+    });
+  }
+
   private isInternalCaller(req: NodeRequest): boolean {
     if (this.credential === undefined) return false;
     const given = req.headers[INTERNAL_HEADER];

@@ -30,9 +30,47 @@ export interface FrontDoor {
   h1: http.Server;
 }
 
-/** Builds the port's servers around a handler (already wrapped by the edge guard). */
-export function frontDoor(handler: Handler, edge: EdgeGuard, limits: EdgeLimits): FrontDoor {
-  const h2 = http2.createServer(edge.serverOptions(), handler);
+/** A kind of HTTP/2 stream served on node:http2's stream itself, without the compatibility layer. */
+export interface DirectStream {
+  /** True for the streams it serves, by their headers alone. */
+  accepts(headers: http2.IncomingHttpHeaders): boolean;
+  /** Serves one, on the turn after the read that opened it (the edge defers it as any request). */
+  serve(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void;
+}
+
+/** A stream's errors until whoever serves it listens: one function for every stream. */
+const IGNORE = (): void => {};
+
+/**
+ * Builds the port's servers around a handler (already wrapped by the edge guard). An HTTP/2
+ * stream that `direct` accepts (the device stream, device-stream.ts) is served on the stream
+ * itself; every other one gets node:http2's compatibility objects and goes to the handler.
+ */
+export function frontDoor(
+  handler: Handler,
+  edge: EdgeGuard,
+  limits: EdgeLimits,
+  direct?: DirectStream,
+): FrontDoor {
+  // No request handler here: node:http2 would then build an Http2ServerRequest and an
+  // Http2ServerResponse for every stream, the device's too, before anyone could decline them.
+  const h2 = http2.createServer(edge.serverOptions());
+  h2.on(
+    "stream",
+    (
+      stream: http2.ServerHttp2Stream,
+      headers: http2.IncomingHttpHeaders,
+      _flags: number,
+      rawHeaders?: string[],
+    ) => {
+      if (direct?.accepts(headers)) {
+        stream.on("error", IGNORE);
+        edge.deferStream(stream, () => direct.serve(stream, headers));
+        return;
+      }
+      viaCompatibility(handler, stream, headers, rawHeaders ?? []);
+    },
+  );
   edge.attach(h2);
   const h1 = http.createServer(
     {
@@ -92,4 +130,33 @@ export function frontDoor(handler: Handler, edge: EdgeGuard, limits: EdgeLimits)
   // and request timeouts, closeAllConnections) on "listening": it is told when the port is.
   server.on("listening", () => h1.emit("listening"));
   return { server, h2, h1 };
+}
+
+/**
+ * What node:http2 does with a stream when its server has a request handler (lib/internal/http2/
+ * compat.js, onServerStream), for a server with no "connect", "checkContinue" or
+ * "checkExpectation" listener: CONNECT is 405, an expectation other than 100-continue is 417.
+ */
+function viaCompatibility(
+  handler: Handler,
+  stream: http2.ServerHttp2Stream,
+  headers: http2.IncomingHttpHeaders,
+  rawHeaders: readonly string[],
+): void {
+  const req = new http2.Http2ServerRequest(stream, headers, {}, rawHeaders);
+  const res = new http2.Http2ServerResponse(stream);
+  if (headers[":method"] === "CONNECT") {
+    res.statusCode = 405;
+    res.end();
+    return;
+  }
+  if (headers.expect !== undefined) {
+    if (headers.expect !== "100-continue") {
+      res.statusCode = 417;
+      res.end();
+      return;
+    }
+    res.writeContinue();
+  }
+  handler(req, res);
 }

@@ -33,7 +33,7 @@ import type { Notifier } from "../notification/index.js";
 import type { Presence } from "../presence/index.js";
 import type { Sequencer } from "../sequencer/index.js";
 import { withCors } from "./cors.js";
-import { deviceStreamFastPath } from "./device-stream.js";
+import { deviceStreams } from "./device-stream.js";
 import { answerStreamProcedures, EdgeGuard, streamingProcedures } from "./edge.js";
 import { frontDoor } from "./front-door.js";
 import { INTERNAL_READ_MAX_BYTES } from "./grpc-wire.js";
@@ -158,16 +158,18 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
   const internal = everything
     ? handler
     : internalUnaryFastPath(handler, { services: clients.local, interceptors, readMaxBytes });
-  // The device stream over gRPC skips connect-node's stream pipeline (device-stream.ts).
-  const served = gateway
-    ? deviceStreamFastPath(internal, {
+  // The device stream over gRPC skips node:http2's compatibility layer and connect-node's stream
+  // pipeline (device-stream.ts): the front door hands it over before either sees it.
+  const direct = gateway
+    ? deviceStreams({
         gateway,
         readMaxBytes: gatewayReadMaxBytes(config.limits),
         wireErrors: wireErrors(log, refusals),
         streamErrors: streamErrorCounter(),
+        refusals,
       })
-    : internal;
-  const peerAware = withPeerAddress(served, {
+    : undefined;
+  const peerAware = withPeerAddress(internal, {
     trustedProxies: trustedProxyList(config.accountLimits.trustedProxies),
     isInternal: (given) => {
       if (expectedInternal === undefined || given === undefined) return false;
@@ -176,7 +178,12 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
     },
   });
   // CORS outermost, so the edge's own refusals reach a browser readable.
-  const door = frontDoor(withCors(edge.wrap(peerAware), config.web.corsOrigins, refusals), edge, config.edge);
+  const door = frontDoor(
+    withCors(edge.wrap(peerAware), config.web.corsOrigins, refusals),
+    edge,
+    config.edge,
+    direct,
+  );
   const sessions = new Set<http2.ServerHttp2Session>();
   door.h2.on("session", (session) => {
     sessions.add(session);

@@ -45,6 +45,32 @@ function malformed(procedure: string): string {
 }
 
 /**
+ * Fixes a gRPC status written in Connect's form, in place: a request Connect could not parse is
+ * INVALID_ARGUMENT "malformed request" (refused and logged as such), and grpc-message is escaped
+ * as the gRPC specification says (encodeGrpcMessage). `address` is the caller's, for the log.
+ */
+export function fixGrpcStatus(
+  headers: http2.OutgoingHttpHeaders,
+  procedure: string,
+  refusals: Refusals,
+  address: string,
+): void {
+  const raw = headers["grpc-message"];
+  if (typeof raw !== "string") return;
+  let message = decodeGrpcMessage(raw);
+  if (headers["grpc-status"] === String(Code.Internal) && PARSE_FAILURE.test(message)) {
+    headers["grpc-status"] = String(Code.InvalidArgument);
+    message = malformed(procedure);
+    refusals.refuse("malformed_request", message, {
+      address,
+      procedure,
+      code: "invalid_argument",
+    });
+  }
+  headers["grpc-message"] = encodeGrpcMessage(message);
+}
+
+/**
  * Rewrites the error Connect writes for two cases it gets wrong for this server's clients: a
  * request it cannot parse is INVALID_ARGUMENT with no parser detail (Connect says INTERNAL
  * "parse binary: premature EOF"), and grpc-message is escaped as the gRPC specification says.
@@ -58,21 +84,8 @@ export function fixErrorEncoding(
   address: string,
 ): void {
   const contentType = String(req.headers["content-type"] ?? "");
-  const fixStatus = (headers: http2.OutgoingHttpHeaders): void => {
-    const raw = headers["grpc-message"];
-    if (typeof raw !== "string") return;
-    let message = decodeGrpcMessage(raw);
-    if (headers["grpc-status"] === String(Code.Internal) && PARSE_FAILURE.test(message)) {
-      headers["grpc-status"] = String(Code.InvalidArgument);
-      message = malformed(procedure);
-      refusals.refuse("malformed_request", message, {
-        address,
-        procedure,
-        code: "invalid_argument",
-      });
-    }
-    headers["grpc-message"] = encodeGrpcMessage(message);
-  };
+  const fixStatus = (headers: http2.OutgoingHttpHeaders): void =>
+    fixGrpcStatus(headers, procedure, refusals, address);
   if (contentType.startsWith("application/grpc") && !contentType.startsWith("application/grpc-web")) {
     const writeHead = res.writeHead.bind(res) as (...args: unknown[]) => http2.Http2ServerResponse;
     res.writeHead = ((...args: unknown[]) => {

@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { create } from "@bufbuild/protobuf";
 import { open } from "lmdb";
 import { EntrySchema, MessageBodySchema } from "../../../gen/switchboard/v1/entry_pb.js";
+import { UnavailableError } from "../../common/errors.js";
 import { runAccountStoreConformance } from "../conformance/accounts.js";
 import { runAvatarConformance } from "../conformance/avatars.js";
 import { runConversationStoreConformance } from "../conformance/conversations.js";
@@ -17,7 +18,7 @@ import { runPinConformance } from "../conformance/pins.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
 import { openLmdbStore } from "./engine.js";
 import { StorageFault } from "./storage-fault.js";
-import { WriteThread } from "./write-thread.js";
+import { terminateWriteWorker, WriteThread } from "./write-thread.js";
 
 const dirs: string[] = [];
 
@@ -243,6 +244,40 @@ describe("LMDB engine", () => {
     try {
       await engine.conversations.commit([{ conversationId: "g_f", append: [message("g_f", 1)] }]);
       assert.equal(await engine.conversations.getLastSeq("g_f"), 1);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("a write thread that dies fails what it held as a storage fault, and the next write starts another", async () => {
+    const engine = await openFresh();
+    try {
+      const c = engine.conversations;
+      await c.commit([{ conversationId: "g_d", append: [message("g_d", 1)] }]);
+      // 200 commits handed over in one turn, then the worker stops while it applies them.
+      const writes = Array.from({ length: 200 }, (_, i) =>
+        c.commit([{ conversationId: "g_d", append: [message("g_d", i + 2)] }]),
+      );
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.notEqual(await terminateWriteWorker(), undefined, "a worker was running");
+      const results = await Promise.allSettled(writes);
+      const failed = results.filter((r) => r.status === "rejected");
+      assert.ok(failed.length > 0, "some writes were still held when the worker stopped");
+      for (const r of failed) {
+        // Refused as a storage fault (retryable), saying the write may have been stored after all.
+        assert.ok(r.reason instanceof UnavailableError, String(r.reason));
+        assert.equal(r.reason.message, "storage is failing: the write may not have been stored; retry");
+        assert.ok(r.reason.cause instanceof StorageFault);
+        assert.match(r.reason.cause.message, /the store's write thread stopped/);
+      }
+      // Units apply in order, so what resolved is a prefix of what is durable; a failed one's
+      // outcome is unknown (the sequencer reloads the conversation and retries find it).
+      const resolved = results.length - failed.length;
+      const last = await c.getLastSeq("g_d");
+      assert.ok(last >= 1 + resolved && last <= 201, `last seq ${last}, ${resolved} resolved`);
+      // The next write starts another worker, which opens the environment again.
+      await c.commit([{ conversationId: "g_d", append: [message("g_d", last + 1)] }]);
+      assert.equal(await c.getLastSeq("g_d"), last + 1);
     } finally {
       await engine.close();
     }

@@ -17,6 +17,11 @@ export class StorageFault extends Error {
   constructor(
     message: string,
     readonly detail: string | undefined,
+    /**
+     * True when the write may have been stored all the same: the write thread stopped while it
+     * held the write, possibly after its commit. A refused commit stored nothing.
+     */
+    readonly outcomeUnknown = false,
   ) {
     super(message);
     this.name = "StorageFault";

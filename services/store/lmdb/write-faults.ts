@@ -48,7 +48,13 @@ export class WriteFaults {
         });
         this.window.failed(commitError ? "" : err.message);
       }
-      throw new UnavailableError("storage is failing: the write was not stored; retry", {
+      // Only a refused commit is known to have stored nothing; a retry with the same
+      // client_msg_id finds a write that was stored after all.
+      const outcome =
+        err instanceof StorageFault && err.outcomeUnknown
+          ? "the write may not have been stored"
+          : "the write was not stored";
+      throw new UnavailableError(`storage is failing: ${outcome}; retry`, {
         retryAfterMs: RETRY_AFTER_MS,
         cause: err,
       });

@@ -157,7 +157,7 @@ function sharedWorker(): Worker {
     if (worker !== started) return;
     worker = undefined;
     inFlight = 0;
-    const failure = new StorageFault(`the store's write thread stopped: ${reason}`, undefined);
+    const failure = new StorageFault(`the store's write thread stopped: ${reason}`, undefined, true);
     for (const thread of threads.values()) thread.lost(failure);
   };
   started.on("error", (err) => died(err.message));
@@ -165,6 +165,14 @@ function sharedWorker(): Worker {
   started.unref();
   worker = started;
   return started;
+}
+
+/**
+ * Stops the shared worker as a crash would, whatever it holds: what a dead worker's callers see
+ * is tested with it (lmdb.test.ts). Resolves with its exit code; undefined when none runs.
+ */
+export async function terminateWriteWorker(): Promise<number | undefined> {
+  return worker?.terminate();
 }
 
 function busy(w: Worker, delta: number): void {

@@ -87,14 +87,20 @@ function isGrpcDeviceStream(headers: http2.IncomingHttpHeaders): boolean {
   return encoding === undefined || encoding === "identity";
 }
 
+/**
+ * Authenticates the stream and opens its session, then hands it to `pump` without waiting for
+ * it: an async function holds its arguments until it returns, and the request's headers (a
+ * dictionary of a few hundred bytes and the bearer token) are not worth keeping for the hours an
+ * idle device stays connected.
+ */
 async function serve(
   stream: http2.ServerHttp2Stream,
   headers: http2.IncomingHttpHeaders,
   deps: DeviceStreamDeps,
-) {
+): Promise<void> {
   const { gateway } = deps;
   const contentType = String(headers["content-type"]);
-  let session: ReturnType<GatewayCore["open"]>;
+  let session: Session;
   let deadline: NodeJS.Timeout | undefined;
   try {
     const timeout = parseTimeout(header(headers, "grpc-timeout"), Number.MAX_SAFE_INTEGER);
@@ -111,6 +117,19 @@ async function serve(
     finish(stream, contentType, err, deps);
     return;
   }
+  void pump(stream, contentType, session, deadline, deps);
+}
+
+type Session = ReturnType<GatewayCore["open"]>;
+
+/** Reads the device's frames and writes the session's, until either side ends. */
+async function pump(
+  stream: http2.ServerHttp2Stream,
+  contentType: string,
+  session: Session,
+  deadline: NodeJS.Timeout | undefined,
+  deps: DeviceStreamDeps,
+): Promise<void> {
   // The device went away (reset, connection lost): forget the stream.
   stream.on("close", () => session.close());
   respond(stream, contentType);

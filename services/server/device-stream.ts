@@ -130,12 +130,19 @@ async function pump(
   deadline: NodeJS.Timeout | undefined,
   deps: DeviceStreamDeps,
 ): Promise<void> {
-  // The device went away (reset, connection lost): forget the stream.
-  stream.on("close", () => session.close());
-  respond(stream, contentType);
-  readFrames(stream, deps, session.startPushed());
   let failure: unknown;
   try {
+    // The device may have gone while it was authenticated (a reset, a lost connection): its
+    // close event is past, so the session is closed here, and there is nobody to answer
+    // (respond would throw on the closed stream).
+    if (stream.destroyed || stream.closed) {
+      session.close();
+      return;
+    }
+    // The device goes away later (reset, connection lost): forget the stream.
+    stream.on("close", () => session.close());
+    respond(stream, contentType);
+    readFrames(stream, deps, session.startPushed());
     // The batch is never held in a variable across an await: once encoded, its frames (and the
     // entries they carry) are garbage unless something else holds them.
     while (await session.outbound.framesReady()) {

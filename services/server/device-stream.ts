@@ -196,16 +196,16 @@ function finish(
  * HTTP/2 flow control stays the back-pressure. When the sink wants no more, or a frame is
  * refused, reading stops: what the device sends after that waits in the stream's window.
  */
-function readFrames(req: http2.ServerHttp2Stream, deps: DeviceStreamDeps, sink: FrameSink): void {
+function readFrames(stream: http2.ServerHttp2Stream, deps: DeviceStreamDeps, sink: FrameSink): void {
   const { readMaxBytes, gateway } = deps;
   let buffered: Buffer = EMPTY;
   let stopped = false;
   // The error listener stays: a body that fails after reading stopped must not throw.
   const stop = () => {
     stopped = true;
-    req.off("data", onData);
-    req.off("end", onEnd);
-    if (!req.readableEnded) req.pause();
+    stream.off("data", onData);
+    stream.off("end", onEnd);
+    if (!stream.readableEnded) stream.pause();
   };
   const onError = (err: unknown) => {
     if (stopped) return;
@@ -272,9 +272,9 @@ function readFrames(req: http2.ServerHttp2Stream, deps: DeviceStreamDeps, sink: 
     }
     buffered = offset === buffered.length ? EMPTY : buffered.subarray(offset);
   };
-  req.on("data", onData);
-  req.on("end", onEnd);
-  req.on("error", onError);
+  stream.on("data", onData);
+  stream.on("end", onEnd);
+  stream.on("error", onError);
 }
 
 const MESSAGE_TAG = (ConnectResponseSchema.field.message!.number << 3) | WireType.LengthDelimited;

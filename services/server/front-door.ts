@@ -38,7 +38,7 @@ export interface DirectStream {
   serve(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void;
 }
 
-/** A stream's errors until whoever serves it listens: one function for every stream. */
+/** Errors nobody else listens for yet (a socket being sniffed, a stream not yet served): one function for all. */
 const IGNORE = (): void => {};
 
 /**
@@ -91,8 +91,7 @@ export function frontDoor(
   const server = net.createServer((socket) => {
     if (!edge.admit(socket)) return;
     // Before the hand-off nobody else listens for the socket's errors (a reset while silent).
-    const ignore = () => {};
-    socket.on("error", ignore);
+    socket.on("error", IGNORE);
     const silent = setTimeout(() => edge.silent(socket), limits.handshakeTimeoutMs);
     silent.unref();
     const onClose = () => clearTimeout(silent);
@@ -109,7 +108,7 @@ export function frontDoor(
       // closures' context): an idle device's connection is held for hours.
       socket.off("close", onClose);
       socket.off("data", onData);
-      socket.off("error", ignore);
+      socket.off("error", IGNORE);
       // Paused with the bytes read put back: the HTTP/2 session reads them from the socket's
       // buffer when it starts; the HTTP/1.1 parser once the socket flows again.
       socket.pause();

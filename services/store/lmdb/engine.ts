@@ -41,13 +41,15 @@
  * The write thread. lmdb-js runs those callbacks on the thread that queued them, and they are where
  * a write's work is. The conversation port's writes (the hot path: commits, cursors) are therefore
  * units of plain data (conversation-writes.ts) that a worker thread applies, as child transactions
- * the same way (write-thread.ts, write-worker.ts); the main thread keeps the encoding of entries and
- * the reads. The account and key ports, rarely written, write on the main thread.
+ * of one synchronous transaction per batch (write-thread.ts, write-worker.ts); the main thread keeps
+ * the encoding of entries and the reads. The account and key ports, rarely written, write on the main thread.
  *
  * Durability. The environment is opened with lmdb-js's defaults for syncing: no noSync, noMetaSync,
  * mapAsync or separateFlushed. Its default overlappingSync moves the fsync out of the writer lock,
  * but mdb_txn_commit still returns only after the fsync and the meta-page write, and lmdb-js
  * resolves a write's promise only after that, so a resolved promise means the data is on disk.
+ * The write thread's synchronous transactions are opened without MDB_NOSYNC, so their commit syncs
+ * the data before it writes the meta page, and returns after both.
  * Write promises resolve in commit order, and reads see a commit once its promise has resolved.
  *
  * Storage faults (write-faults.ts). A commit the disk refuses (full, EIO, a failed fsync) rejects

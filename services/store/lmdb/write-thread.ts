@@ -13,7 +13,7 @@ import { StorageFault } from "./storage-fault.js";
  * puts). On the server's one JavaScript thread they were about 14 % of its busy time at 5,000
  * msgs/s, and at 10,000 devices single transactions held it for 117-145 ms (docs/benchmarks.md).
  * The worker opens the same LMDB environment (lmdb-js shares it between the threads of a process)
- * and applies each unit exactly as the engine did, as one child transaction of a group commit.
+ * and applies each unit as the engine did, as a child transaction of a group commit (write-worker.ts).
  *
  * What stays the same: units are applied in call order (one FIFO, one thread); a unit's promise
  * resolves only once its transaction is committed and on disk; a refused unit (a seq conflict)

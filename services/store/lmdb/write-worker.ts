@@ -1,8 +1,15 @@
 /**
  * The write thread's worker (write-thread.ts): applies the conversation port's write units to the
- * LMDB environments the engines of this process opened, each unit as a child transaction of
- * lmdb-js's group commit, in the order they arrive, and answers each "units" message once all of
- * its units are committed and flushed.
+ * LMDB environments the engines of this process opened. The units that reach it while it is busy
+ * are applied together, in the order they arrived, each as a child transaction of one synchronous
+ * write transaction on this thread, and each environment's units are answered once that
+ * transaction is committed and on disk.
+ *
+ * Why synchronous: this thread exists to do the writes, so it may block on them. lmdb-js's
+ * asynchronous transactions would hand each batch to a thread of libuv's pool, which hands the
+ * callbacks back to this thread and waits for them, commits and syncs, and wakes this thread
+ * again: four hand-offs between threads per batch, each a context switch, which cost more CPU than
+ * the writes themselves at a thousand commits a second (docs/benchmarks.md, thirteenth pass).
  */
 import { format } from "node:util";
 import { parentPort } from "node:worker_threads";
@@ -13,8 +20,7 @@ import { openEnvironment } from "./environment.js";
 import { isIoFailure } from "./storage-fault.js";
 import type { ConsoleArg, Failure, FromWorker, ToWorker, UnitResult } from "./write-thread.js";
 
-/** How long a failed commit's cause may take to arrive before the failure is reported without it. */
-const CAUSE_WAIT_MS = 1_000;
+type QueuedUnit = Extract<ToWorker, { type: "units" }>["units"][number];
 
 const port = parentPort;
 if (port === null) throw new Error("write-worker.ts runs as a worker thread (write-thread.ts)");
@@ -39,22 +45,28 @@ function consoleArg(arg: unknown): ConsoleArg {
   };
 }
 
-/** An environment open here: its root, its sub-databases, and its answers still on their way. */
+/** An environment open here: its root and its sub-databases. */
 interface OpenEnvironment {
   root: RootDatabase;
   dbs: ConversationDbs;
-  answering: Set<Promise<void>>;
 }
 const environments = new Map<number, OpenEnvironment>();
 /** Environments whose open failed here, with why: their units are refused. */
 const unopened = new Map<number, string>();
+/**
+ * Units received and not yet applied, by environment, in arrival order. They wait for the next
+ * turn of this thread's event loop, so that everything that arrived while it was committing
+ * shares the next transaction and its one fsync: the group commit.
+ */
+const waiting = new Map<number, QueuedUnit[]>();
+let drainScheduled = false;
 
 port.on("message", (msg: ToWorker) => {
   switch (msg.type) {
     case "open": {
       try {
         const root = openEnvironment(msg.path, msg.mapSizeBytes);
-        environments.set(msg.env, { root, dbs: conversationDbs(root), answering: new Set() });
+        environments.set(msg.env, { root, dbs: conversationDbs(root) });
       } catch (err) {
         // The engine opened it on its own thread first, so this is rare (the directory removed in
         // between); its writes are refused, and the other environments here go on.
@@ -63,71 +75,94 @@ port.on("message", (msg: ToWorker) => {
       return;
     }
     case "units": {
-      const open = environments.get(msg.env);
-      if (open === undefined) {
-        const message = unopened.get(msg.env) ?? `environment ${msg.env} is not open for writing`;
-        const failure: Failure = { kind: "storage", message };
-        const results = msg.units.map(({ id }): UnitResult => ({ id, ok: false, failure }));
-        port.postMessage({ type: "results", env: msg.env, results } satisfies FromWorker);
-        return;
+      const queue = waiting.get(msg.env);
+      if (queue === undefined) waiting.set(msg.env, msg.units);
+      else for (const unit of msg.units) queue.push(unit);
+      if (!drainScheduled) {
+        drainScheduled = true;
+        setImmediate(drain);
       }
-      const { root, dbs, answering } = open;
-      // Queued in one synchronous pass, so they share the next transaction (and its one fsync).
-      const results = msg.units.map(({ id, unit }) =>
-        root
-          .childTransaction(() => applyUnit(dbs, unit))
-          .then(
-            (value): UnitResult => ({ id, ok: true, value }),
-            async (err: unknown): Promise<UnitResult> => ({ id, ok: false, failure: await failureOf(err) }),
-          ),
-      );
-      const answered = Promise.all(results).then((r) =>
-        port.postMessage({ type: "results", env: msg.env, results: r } satisfies FromWorker),
-      );
-      answering.add(answered);
-      void answered.finally(() => answering.delete(answered));
       return;
     }
     case "close":
-      void close(msg.env);
+      close(msg.env);
   }
 });
 
-async function close(env: number): Promise<void> {
+/** Applies and answers every environment's waiting units. */
+function drain(): void {
+  drainScheduled = false;
+  for (const env of [...waiting.keys()]) answer(env);
+}
+
+/** Applies one environment's waiting units in one transaction and answers them. */
+function answer(env: number): void {
+  const units = waiting.get(env);
+  if (units === undefined) return;
+  waiting.delete(env);
+  const open = environments.get(env);
+  const results =
+    open === undefined
+      ? refuseAll(units, {
+          kind: "storage",
+          message: unopened.get(env) ?? `environment ${env} is not open for writing`,
+        })
+      : commit(open, units);
+  port?.postMessage({ type: "results", env, results } satisfies FromWorker);
+}
+
+/**
+ * One write transaction: each unit a child transaction, so a refused unit (a seq conflict) is
+ * rolled back alone. transactionSync returns once mdb_txn_commit has, which is after the fsync:
+ * with overlappingSync (lmdb-js's default) or without, LMDB syncs a transaction opened without
+ * MDB_NOSYNC before it writes its meta page.
+ */
+function commit({ root, dbs }: OpenEnvironment, units: readonly QueuedUnit[]): UnitResult[] {
+  const results: UnitResult[] = [];
+  try {
+    root.transactionSync(() => {
+      for (const { id, unit } of units) {
+        try {
+          const value = root.childTransaction(() => applyUnit(dbs, unit));
+          results.push({ id, ok: true, value });
+        } catch (err) {
+          results.push({ id, ok: false, failure: failureOf(err) });
+        }
+      }
+    });
+  } catch (err) {
+    // The commit failed (the disk is full, an fsync failed): nothing of the transaction was
+    // stored, so every unit of it is refused, those that applied without error included.
+    return refuseAll(units, failureOf(err));
+  }
+  return results;
+}
+
+function refuseAll(units: readonly QueuedUnit[], failure: Failure): UnitResult[] {
+  return units.map(({ id }) => ({ id, ok: false, failure }));
+}
+
+/** Answers what was handed over before the close, then closes the environment. */
+function close(env: number): void {
+  answer(env);
   unopened.delete(env);
   const open = environments.get(env);
-  if (open !== undefined) {
-    environments.delete(env);
-    const { root, answering } = open;
-    await Promise.allSettled(answering);
-    // As LmdbStoreEngine.close: a failed transaction's flush promise never settles, and close()
-    // waits for the latest one; an empty transaction replaces it with one that does.
-    await root.childTransaction(() => {}).catch(() => {});
-    await root.flushed;
-    await root.close();
-  }
-  port?.postMessage({ type: "closed", env } satisfies FromWorker);
+  environments.delete(env);
+  // Every write here was synchronous and has returned: nothing is left to flush.
+  const closed = open === undefined ? Promise.resolve() : open.root.close();
+  void closed.then(
+    () => port?.postMessage({ type: "closed", env } satisfies FromWorker),
+    (err: unknown) => {
+      console.error("closing the store on the write thread failed", err);
+      port?.postMessage({ type: "closed", env } satisfies FromWorker);
+    },
+  );
 }
 
 /** A unit's failure as plain data (write-thread.ts makes the error again on the other side). */
-async function failureOf(err: unknown): Promise<Failure> {
+function failureOf(err: unknown): Failure {
   if (err instanceof StoreError) return { kind: "store", storeKind: err.kind, message: err.message };
-  if (isIoFailure(err)) {
-    const { commitError } = err as { commitError?: Promise<never> };
-    // lmdb-js rejects the cause separately, once its write thread reports it; it must be observed
-    // here, or it would be an unhandled rejection, which ends the worker.
-    const detail =
-      commitError === undefined
-        ? undefined
-        : await Promise.race([
-            commitError.then(
-              () => undefined,
-              (cause: unknown) => (cause instanceof Error ? cause.message : String(cause)),
-            ),
-            new Promise<undefined>((resolve) => setTimeout(() => resolve(undefined), CAUSE_WAIT_MS).unref()),
-          ]);
-    return { kind: "storage", message: err.message, ...(detail !== undefined && { detail }) };
-  }
+  if (isIoFailure(err)) return { kind: "storage", message: err.message };
   if (err instanceof Error) return { kind: "error", name: err.name, message: err.message };
   return { kind: "error", name: "Error", message: String(err) };
 }

@@ -41,7 +41,7 @@ export function printReport(r: Report): void {
       : []),
     ...c.holes.map((h) => `  hole            ${h}`),
     `errors           send_error ${JSON.stringify(c.sendErrors)}${Object.keys(c.sendErrorReasons).length > 0 ? ` ${JSON.stringify(c.sendErrorReasons)}` : ""}; frame errors ${c.frameErrors}; streams ended ${c.streamsEnded}${c.endReasons.length > 0 ? ` (${c.endReasons.join("; ")})` : ""}`,
-    `cpu              ${r.mesh ? "mesh (all processes)" : "server"} ${pct(cp.server)} (${r.mesh ? "Node main threads" : "main thread"} ${pct(cp.serverMainThread)}, other threads ${pct(cp.serverOtherThreads)}), bench client ${pct(cp.benchClient)}; machine ${pct(cp.machineBusy)} of ${cp.machineCapacity} % (other programs ${pct(cp.other)})`,
+    `cpu              ${r.mesh ? "mesh (all processes)" : "server"} ${pct(cp.server)} (${r.mesh ? "Node main threads" : "main thread"} ${pct(cp.serverMainThread)}, other threads ${pct(cp.serverOtherThreads)}), bench client ${pct(cp.benchClient)}; machine ${pct(cp.machineBusy)} of ${cp.machineCapacity} % (other programs ${pct(cp.other)})${cp.serverSwitchesPerMessage === undefined ? "" : `; ${fixed(cp.serverSwitchesPerMessage)} context switches per acked message`}`,
     ...(r.mesh ? meshLines(r) : singleServerLines(r)),
     "",
     `per second (sent/acked/delivered): ${r.timeline.sent.map((s, i) => `${s}/${r.timeline.acked[i]}/${r.timeline.delivered[i]}`).join(" ")}`,
@@ -78,10 +78,10 @@ function meshLines(r: Report): string[] {
   const mibOf = (n: number | undefined) => (n === undefined ? "n/a" : fixed(mib(n), 0));
   const lines = [
     `mesh             ${o.gateways} gateways, ${o.sequencers} sequencers, ${o.fanouts} fanouts (+ accounts, presence, nats-server, redis-server): ${num(m.cpuMsPerMessage, 3)} ms CPU per acked message in all`,
-    `  ${"role".padEnd(10)}${pad("procs", 6)}${pad("cpu %", 8)}${pad("main %", 8)}${pad("ms/msg", 8)}${pad("µs/dlv", 8)}${pad("ELU max", 9)}   RSS MiB connected / end / peak`,
+    `  ${"role".padEnd(10)}${pad("procs", 6)}${pad("cpu %", 8)}${pad("main %", 8)}${pad("ms/msg", 8)}${pad("µs/dlv", 8)}${pad("ELU max", 9)}${pad("sw/msg", 8)}   RSS MiB connected / end / peak`,
     ...m.roles.map(
       (x) =>
-        `  ${x.role.padEnd(10)}${pad(String(x.processes), 6)}${pad(num(x.cpuPercent), 8)}${pad(num(x.mainThreadPercent), 8)}${pad(num(x.cpuMsPerMessage, 3), 8)}${pad(num(x.cpuUsPerDelivery, 0), 8)}${pad(x.eventLoopUtilizationMax === undefined ? "n/a" : `${fixed(100 * x.eventLoopUtilizationMax, 0)} %`, 9)}   ${mibOf(x.rssConnectedBytes)} / ${mibOf(x.rssEndBytes)} / ${mibOf(x.peakRssBytes)}`,
+        `  ${x.role.padEnd(10)}${pad(String(x.processes), 6)}${pad(num(x.cpuPercent), 8)}${pad(num(x.mainThreadPercent), 8)}${pad(num(x.cpuMsPerMessage, 3), 8)}${pad(num(x.cpuUsPerDelivery, 0), 8)}${pad(x.eventLoopUtilizationMax === undefined ? "n/a" : `${fixed(100 * x.eventLoopUtilizationMax, 0)} %`, 9)}${pad(num(x.switchesPerMessage), 8)}   ${mibOf(x.rssConnectedBytes)} / ${mibOf(x.rssEndBytes)} / ${mibOf(x.peakRssBytes)}`,
     ),
     `  per process cpu % (ELU): ${m.processes.map((p) => `${p.name} ${num(p.cpuPercent, 0)}${p.eventLoopUtilization === undefined ? "" : ` (${fixed(100 * p.eventLoopUtilization, 0)})`}`).join(", ")}`,
   ];

@@ -1,5 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
+import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -240,11 +240,39 @@ function statCpuSeconds(path: string): number | undefined {
   }
 }
 
-/** CPU time (user + system) a process has used, in seconds: all threads, and its main thread. */
-export function readCpuSeconds(pid: number): { all: number; main: number } | undefined {
+/**
+ * CPU time (user + system) a process has used, in seconds: all threads, and its main thread; and
+ * how many times its threads were switched off a core so far (voluntary and not; threads that have
+ * exited are not counted).
+ */
+export function readCpuSeconds(pid: number): { all: number; main: number; switches: number } | undefined {
   const all = statCpuSeconds(`/proc/${pid}/stat`);
   const main = statCpuSeconds(`/proc/${pid}/task/${pid}/stat`);
-  return all === undefined || main === undefined ? undefined : { all, main };
+  return all === undefined || main === undefined ? undefined : { all, main, switches: contextSwitches(pid) };
+}
+
+/**
+ * Context switches of every thread of a process. Each time a thread waits (for a socket, a
+ * message from another thread, a lock, an fsync) and is woken is one; on a VM each wake-up costs
+ * CPU of its own (docs/benchmarks.md, "Thirteenth pass"), so they count what hand-offs cost.
+ */
+function contextSwitches(pid: number): number {
+  let n = 0;
+  let tasks: string[];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return 0;
+  }
+  for (const tid of tasks) {
+    try {
+      const status = readFileSync(`/proc/${pid}/task/${tid}/status`, "utf8");
+      for (const m of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm)) n += Number(m[1]);
+    } catch {
+      // The thread exited between the listing and the read.
+    }
+  }
+  return n;
 }
 
 /** Busy and total CPU time of the whole machine, in seconds, to see load from other programs. */

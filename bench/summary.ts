@@ -53,6 +53,7 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
     const b = ctx.cpuEnd.mesh.get(p.name);
     const cpuSeconds = a && b ? b.all - a.all : undefined;
     const mainSeconds = a && b && p.node ? b.main - a.main : undefined;
+    const switches = a && b ? b.switches - a.switches : undefined;
     const ticks = p.samples.filter((s) => s.t > windowStart + 500 && s.t <= windowEnd + 500);
     return {
       name: p.name,
@@ -62,6 +63,7 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
       cpuPercent: cpuSeconds === undefined || seconds <= 0 ? undefined : (100 * cpuSeconds) / seconds,
       mainThreadPercent:
         mainSeconds === undefined || seconds <= 0 ? undefined : (100 * mainSeconds) / seconds,
+      switches,
       eventLoopUtilization:
         ticks.length === 0 ? undefined : ticks.reduce((n, s) => n + (s.elu ?? 0), 0) / ticks.length,
       eventLoopDelayMaxMs: ticks.length === 0 ? undefined : Math.max(...ticks.map((s) => s.delayMax ?? 0)),
@@ -89,6 +91,8 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
       cpuMsPerMessage: cpuSeconds === undefined || acked === 0 ? undefined : (1000 * cpuSeconds) / acked,
       cpuUsPerDelivery:
         cpuSeconds === undefined || delivered === 0 ? undefined : (1e6 * cpuSeconds) / delivered,
+      /** Context switches of all the role's threads per acked message. */
+      switchesPerMessage: perMessage(add(ps.map((p) => p.switches)), acked),
       /** The busiest of the role's processes. */
       eventLoopUtilizationMax: ps.some((p) => p.eventLoopUtilization !== undefined)
         ? Math.max(...ps.map((p) => p.eventLoopUtilization ?? 0))
@@ -108,11 +112,16 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
     cpuPercent: add(processes.map((p) => p.cpuPercent)),
     mainThreadPercent: add(processes.map((p) => p.mainThreadPercent)),
     cpuMsPerMessage: cpuSeconds === undefined || acked === 0 ? undefined : (1000 * cpuSeconds) / acked,
+    switchesPerMessage: perMessage(add(processes.map((p) => p.switches)), acked),
     roles,
     processes,
     problemCount: m.problemCount,
     problems: m.problems,
   };
+}
+
+function perMessage(n: number | undefined, acked: number): number | undefined {
+  return n === undefined || acked === 0 ? undefined : n / acked;
 }
 
 /** The report of a run: what --json prints and printReport formats. */
@@ -261,6 +270,15 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       benchClient: clientCpu,
       machineBusy,
       machineCapacity: cpus().length * 100,
+      /** Context switches of every server thread (every mesh process) per acked message. */
+      serverSwitchesPerMessage: mesh
+        ? mesh.switchesPerMessage
+        : perMessage(
+            ctx.cpuStart.server && ctx.cpuEnd.server
+              ? ctx.cpuEnd.server.switches - ctx.cpuStart.server.switches
+              : undefined,
+            acked,
+          ),
       other:
         machineBusy !== undefined && serverCpu !== undefined && clientCpu !== undefined
           ? machineBusy - serverCpu - clientCpu

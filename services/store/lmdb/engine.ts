@@ -49,7 +49,9 @@
  * but mdb_txn_commit still returns only after the fsync and the meta-page write, and lmdb-js
  * resolves a write's promise only after that, so a resolved promise means the data is on disk.
  * The write thread's synchronous transactions are opened without MDB_NOSYNC, so their commit syncs
- * the data before it writes the meta page, and returns after both.
+ * the data before it writes the meta page, and returns after both. durability.test.ts holds the
+ * conversation port's commits to that in the system calls: under strace, each commit's fdatasync
+ * and O_DSYNC meta write come before it resolves.
  * Write promises resolve in commit order, and reads see a commit once its promise has resolved.
  *
  * Storage faults (write-faults.ts). A commit the disk refuses (full, EIO, a failed fsync) rejects

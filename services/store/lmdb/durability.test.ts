@@ -14,7 +14,7 @@ import { promisify } from "node:util";
  * fdatasync of the data file and then written the meta page through its O_DSYNC descriptor: that
  * is what makes a commit survive a power cut, which a SIGKILL test (lmdb.test.ts) cannot show.
  * It fails if the environment is opened with noSync or noMetaSync, or if a commit resolves before
- * its sync (as lmdb-js's overlapping sync could make it if its flush promise were not awaited).
+ * its sync.
  */
 
 const run = promisify(execFile);

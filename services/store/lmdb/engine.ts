@@ -42,7 +42,8 @@
  * a write's work is. The conversation port's writes (the hot path: commits, cursors) are therefore
  * units of plain data (conversation-writes.ts) that a worker thread applies, as child transactions
  * of one synchronous transaction per batch (write-thread.ts, write-worker.ts); the main thread keeps
- * the encoding of entries and the reads. The account and key ports, rarely written, write on the main thread.
+ * the encoding of entries and the reads. The account and key ports, rarely written, write on the
+ * main thread.
  *
  * Durability. The environment is opened with lmdb-js's defaults for syncing: no noSync, noMetaSync,
  * mapAsync or separateFlushed. Its default overlappingSync moves the fsync out of the writer lock,

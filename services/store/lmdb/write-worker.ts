@@ -150,13 +150,9 @@ function close(env: number): void {
   environments.delete(env);
   // Every write here was synchronous and has returned: nothing is left to flush.
   const closed = open === undefined ? Promise.resolve() : open.root.close();
-  void closed.then(
-    () => port?.postMessage({ type: "closed", env } satisfies FromWorker),
-    (err: unknown) => {
-      console.error("closing the store on the write thread failed", err);
-      port?.postMessage({ type: "closed", env } satisfies FromWorker);
-    },
-  );
+  void closed
+    .catch((err: unknown) => console.error("closing the store on the write thread failed", err))
+    .finally(() => port?.postMessage({ type: "closed", env } satisfies FromWorker));
 }
 
 /** A unit's failure as plain data (write-thread.ts makes the error again on the other side). */

@@ -168,11 +168,20 @@ function sharedWorker(): Worker {
 }
 
 /**
- * Stops the shared worker as a crash would, whatever it holds: what a dead worker's callers see
- * is tested with it (lmdb.test.ts). Resolves with its exit code; undefined when none runs.
+ * Makes the shared worker die as an uncaught error on it would: between two transactions, with
+ * whatever was handed to it and not yet applied lost with it. Its callers' side of that is tested
+ * with it (lmdb.test.ts). Returns whether a worker was running.
+ *
+ * Not `worker.terminate()`: that stops the thread wherever it is, and inside `transactionSync`
+ * it leaves lmdb-js's per-environment write lock (`writingLock` in its env.cpp) held by the
+ * thread, whose own clean-up then waits for that lock, so the thread never exits and LMDB's
+ * write mutex stays held. This module never terminates its worker for that reason; Node stops a
+ * worker that way only when the worker's heap is exhausted, which its bounded units do not do.
  */
-export async function terminateWriteWorker(): Promise<number | undefined> {
-  return worker?.terminate();
+export function crashWriteWorker(): boolean {
+  if (worker === undefined) return false;
+  worker.postMessage({ type: "crash" } satisfies ToWorker);
+  return true;
 }
 
 function busy(w: Worker, delta: number): void {
@@ -194,12 +203,13 @@ interface Pending {
 
 /**
  * Messages to the worker, for one environment: open it; units to apply, in order; then, once,
- * close it.
+ * close it. Or, from a test, die (crashWriteWorker).
  */
 export type ToWorker =
   | { type: "open"; env: number; path: string; mapSizeBytes: number | undefined }
   | { type: "units"; env: number; units: Array<{ id: number; unit: ConversationUnit }> }
-  | { type: "close"; env: number };
+  | { type: "close"; env: number }
+  | { type: "crash" };
 
 /**
  * The worker's answer to one "units" message, or to "close" once the environment is closed; or

@@ -86,6 +86,11 @@ port.on("message", (msg: ToWorker) => {
     }
     case "close":
       close(msg.env);
+      return;
+    case "crash":
+      // Thrown from the message handler, outside any transaction: an uncaught error, which ends
+      // this thread as a bug here would (write-thread.ts, crashWriteWorker).
+      throw new Error("the write thread was told to crash");
   }
 });
 

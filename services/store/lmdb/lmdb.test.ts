@@ -283,6 +283,38 @@ describe("LMDB engine", () => {
     }
   });
 
+  it("a write the write thread does not answer in time is refused as a storage fault of unknown outcome", {
+    timeout: 30_000,
+  }, async () => {
+    const path = await tempDir();
+    await (await openLmdbStore({ path })).close();
+    // Another process holds LMDB's write lock, as a disk whose fsync hangs holds the worker
+    // inside its commit: the worker blocks there until the lock is let go.
+    const holder = await holdWriteLock(path);
+    const thread = new WriteThread(path, undefined, () => {}, 200);
+    try {
+      const err = await thread
+        .run({ op: "floors", floors: [{ deviceId: "dv_late", conversationId: "g_l", floorSeq: 7 }] })
+        .catch((e: unknown) => e);
+      assert.ok(err instanceof StorageFault, String(err));
+      assert.equal(err.outcomeUnknown, true);
+      assert.match(err.message, /has not answered a write in 200 ms/);
+    } finally {
+      await holder.release();
+    }
+    // The worker went on once the lock was let go: later writes are answered...
+    await thread.run({ op: "floors", floors: [{ deviceId: "dv_next", conversationId: "g_l", floorSeq: 8 }] });
+    await thread.close();
+    // ...and the refused write was stored after all, which is why its outcome was unknown.
+    const engine = await openLmdbStore({ path });
+    try {
+      assert.equal(await engine.conversations.getDeviceFloor("dv_late", "g_l"), 7);
+      assert.equal(await engine.conversations.getDeviceFloor("dv_next", "g_l"), 8);
+    } finally {
+      await engine.close();
+    }
+  });
+
   it("refuses a directory written with another key layout", async () => {
     const path = await tempDir();
     const raw = open({ path });
@@ -321,6 +353,43 @@ describe("LMDB engine", () => {
     }
   });
 });
+
+// A process that opens the environment at path and holds LMDB's write lock (inside a synchronous
+// transaction) until released; resolves once it holds it.
+async function holdWriteLock(path: string): Promise<{ release: () => Promise<void> }> {
+  const script = `
+    import { readSync, writeSync } from "node:fs";
+    import { open } from "lmdb";
+    const root = open({ path: process.argv[1], noSubdir: false, maxDbs: 32 });
+    root.transactionSync(() => {
+      writeSync(1, "locked\\n");
+      readSync(0, Buffer.alloc(1));
+    });
+    await root.close();
+  `;
+  const cwd = fileURLToPath(new URL("../../..", import.meta.url));
+  const child = spawn(process.execPath, ["--input-type=module", "-e", script, path], {
+    cwd,
+    stdio: ["pipe", "pipe", "pipe"],
+  });
+  let stderr = "";
+  child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk;
+  });
+  const exited = new Promise<number | null>((resolve) => child.on("close", resolve));
+  await new Promise<void>((resolve, reject) => {
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      if (chunk.includes("locked")) resolve();
+    });
+    void exited.then((code) => reject(new Error(`the lock holder exited (code ${code}): ${stderr}`)));
+  });
+  return {
+    release: async () => {
+      child.stdin.end("\n");
+      assert.equal(await exited, 0, stderr);
+    },
+  };
+}
 
 // Runs fixtures/crash-writer.ts and SIGKILLs it once it has printed `lines` seqs; returns every seq
 // it printed, including those printed between the kill and its death.

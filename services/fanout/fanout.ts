@@ -19,6 +19,12 @@ import { carries, endSpan, injectContext, SpanKind, startSpan } from "../common/
 
 /** Conversations whose member lists fanout keeps. */
 const MEMBER_CACHE = 50_000;
+/**
+ * Member lists fetched at once for one batch. A batch of entries from conversations fanout has
+ * not seen (a cold start, a moved shard) would otherwise wait for one sequencer call after
+ * another: 500 new conversations held deliveries seconds behind their acks.
+ */
+const MEMBER_FETCHES = 32;
 /** At most this many users per route lookup. */
 const LOOKUP_CHUNK = 1024;
 /**
@@ -124,28 +130,40 @@ export class Fanout {
     for (const stop of this.stops.splice(0)) stop();
   }
 
-  /** Delivers one batch of events; rejects (for redelivery) if routes cannot be looked up. */
+  /** Delivers one batch of events; rejects (for redelivery) if members or routes cannot be looked up. */
   async handle(events: readonly BusEvent[]): Promise<void> {
-    const plan: Array<{ recipients: string[]; payload: Payload; trace: Record<string, string> }> = [];
-    const pushes: Array<{ entry: Entry; userIds: string[]; urgent: boolean }> = [];
     // A span per traced event, ended once its deliveries are handed over; deliveries carry it on.
     const spans: Span[] = [];
     // The calls fanout makes for an event (members, routes, pushes) run in its span's context,
     // so they are children in the sender's trace rather than traces of their own.
     const contexts: Context[] = [];
-    let trace: Record<string, string> = {};
-    for (const { event, traceContext } of events) {
-      trace = {};
-      let ctx: Context = context.active();
-      if (carries(traceContext)) {
-        const started = startSpan(`fanout.${event.case ?? "event"}`, traceContext, {
-          kind: SpanKind.CONSUMER,
-        });
-        spans.push(started.span);
-        contexts.push(started.ctx);
-        ctx = started.ctx;
-        trace = injectContext(ctx);
-      }
+    // Each event's span's context, when it carries a trace.
+    const traced = events.map(({ event, traceContext }): Context | undefined => {
+      if (!carries(traceContext)) return undefined;
+      const started = startSpan(`fanout.${event.case ?? "event"}`, traceContext, { kind: SpanKind.CONSUMER });
+      spans.push(started.span);
+      contexts.push(started.ctx);
+      return started.ctx;
+    });
+    try {
+      await this.fetchMembers(events, traced);
+      const { plan, pushes } = await this.planOf(events, traced);
+      await this.inBatchContext(contexts, () => this.route(plan, pushes));
+      for (const span of spans) endSpan(span);
+    } catch (err) {
+      for (const span of spans) endSpan(span, err);
+      throw err;
+    }
+  }
+
+  /** Each event's recipients and payload, in event order, and the pushes its entries owe. */
+  private async planOf(events: readonly BusEvent[], traced: ReadonlyArray<Context | undefined>) {
+    const plan: Array<{ recipients: string[]; payload: Payload; trace: Record<string, string> }> = [];
+    const pushes: Array<{ entry: Entry; userIds: string[]; urgent: boolean }> = [];
+    for (const [i, { event }] of events.entries()) {
+      const eventContext = traced[i];
+      const ctx = eventContext ?? context.active();
+      const trace = eventContext === undefined ? {} : injectContext(eventContext);
       switch (event.case) {
         case "entryCommitted": {
           const entry = event.value.entry;
@@ -198,13 +216,7 @@ export class Fanout {
           break;
       }
     }
-    try {
-      await this.inBatchContext(contexts, () => this.route(plan, pushes));
-      for (const span of spans) endSpan(span);
-    } catch (err) {
-      for (const span of spans) endSpan(span, err);
-      throw err;
-    }
+    return { plan, pushes };
   }
 
   /**
@@ -349,10 +361,51 @@ export class Fanout {
     return out;
   }
 
-  private async membersOf(conversationId: string, version: number, mutesVersion: number): Promise<Members> {
+  /**
+   * Fetches, MEMBER_FETCHES at a time, the member lists the batch's entries need and the cache
+   * does not hold at their versions, each in the context of the first event that needs it; the
+   * entries then find them cached, in order. A lookup that fails here is made again, and fails
+   * the batch, in membersOf.
+   */
+  private async fetchMembers(events: readonly BusEvent[], traced: ReadonlyArray<Context | undefined>) {
+    const needed = new Map<string, { version: number; mutesVersion: number; ctx: Context }>();
+    for (const [i, { event }] of events.entries()) {
+      if (event.case !== "entryCommitted" || event.value.entry === undefined) continue;
+      const conversationId = event.value.entry.conversationId;
+      const version = Number(event.value.membersVersion);
+      const mutesVersion = Number(event.value.mutesVersion);
+      if (this.cachedMembers(conversationId, version, mutesVersion) !== undefined) continue;
+      const want = needed.get(conversationId);
+      if (want === undefined)
+        needed.set(conversationId, { version, mutesVersion, ctx: traced[i] ?? context.active() });
+      else {
+        want.version = Math.max(want.version, version);
+        want.mutesVersion = Math.max(want.mutesVersion, mutesVersion);
+      }
+    }
+    if (needed.size <= 1) return;
+    // In the order of the batch's events, so the first entries' lists come first.
+    const queue = [...needed];
+    let taken = 0;
+    const worker = async () => {
+      for (let next = queue[taken++]; next !== undefined; next = queue[taken++]) {
+        const [conversationId, { version, mutesVersion, ctx }] = next;
+        await context.with(ctx, () => this.membersOf(conversationId, version, mutesVersion)).catch(() => {});
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(MEMBER_FETCHES, queue.length) }, worker));
+  }
+
+  private cachedMembers(conversationId: string, version: number, mutesVersion: number): Members | undefined {
     const cached = this.members.get(conversationId);
-    if (cached !== undefined && cached.version >= version && cached.mutesVersion >= mutesVersion)
-      return cached;
+    return cached !== undefined && cached.version >= version && cached.mutesVersion >= mutesVersion
+      ? cached
+      : undefined;
+  }
+
+  private async membersOf(conversationId: string, version: number, mutesVersion: number): Promise<Members> {
+    const cached = this.cachedMembers(conversationId, version, mutesVersion);
+    if (cached !== undefined) return cached;
     const fresh = await this.sequencer.getMembers({ conversationId });
     const members: Members = {
       version: Number(fresh.membersVersion),
@@ -361,6 +414,11 @@ export class Fanout {
       mutes: new Map(fresh.mutes.map((m) => [m.userId, Number(m.mutedUntilMs)])),
       mutesVersion: Number(fresh.mutesVersion),
     };
+    // Lookups may overlap (a batch's own, the typing consumer's): an older answer that lands
+    // last must not replace a newer one.
+    const held = this.members.get(conversationId);
+    if (held !== undefined && (held.version > members.version || held.mutesVersion > members.mutesVersion))
+      return members;
     this.members.delete(conversationId);
     this.members.set(conversationId, members);
     if (this.members.size > MEMBER_CACHE) {

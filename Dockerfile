@@ -36,9 +36,7 @@ RUN npm run build
 # The runtime: compiled JavaScript and production node_modules on the slim image (no compilers),
 # without npm, npx, corepack and yarn (nothing installs or builds at run time), as a non-root user.
 FROM node:${NODE_VERSION}-bookworm-slim AS runtime
-# NODE_OPTIONS: the V8 flags every server process runs with (services/server/node-flags.ts).
 ENV NODE_ENV=production \
-    NODE_OPTIONS=--max-semi-space-size=32 \
     SWITCHBOARD_HOST=0.0.0.0 \
     SWITCHBOARD_DATA_DIR=/data \
     SWITCHBOARD_ADMIN_PORT=9090
@@ -59,5 +57,7 @@ EXPOSE 7420 9090
 # fetch, since the slim image has no curl. Kubernetes uses the chart's probes instead.
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
   CMD ["node", "-e", "fetch(`http://127.0.0.1:${process.env.SWITCHBOARD_ADMIN_PORT}/healthz`, { signal: AbortSignal.timeout(4000) }).then((r) => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
-ENTRYPOINT ["node", "bin/switchboard.js"]
+# The V8 flags every server process runs with (services/server/node-flags.ts), on the command line:
+# NODE_OPTIONS refuses --heap-growing-percent.
+ENTRYPOINT ["node", "--max-semi-space-size=32", "--heap-growing-percent=200", "bin/switchboard.js"]
 CMD ["start"]

@@ -13,15 +13,12 @@ describe("the server's node flags", () => {
     assert.equal(pkg.scripts.start, `exec node ${SERVER_NODE_FLAGS.join(" ")} bin/switchboard.js start`);
   });
 
-  it("are the container image's NODE_OPTIONS", () => {
+  it("are the container image's ENTRYPOINT", () => {
     const dockerfile = readFileSync(`${root}/Dockerfile`, "utf8");
     const runtime = dockerfile.slice(dockerfile.lastIndexOf("\nFROM "));
-    const options = /^\s+NODE_OPTIONS=(\S+|"[^"]*") \\$/m.exec(runtime)?.[1]?.replace(/^"|"$/g, "");
-    assert.equal(
-      options,
-      SERVER_NODE_FLAGS.join(" "),
-      "the runtime stage's ENV sets NODE_OPTIONS to the flags",
-    );
+    const entrypoint = /^ENTRYPOINT (\[.*\])$/m.exec(runtime)?.[1];
+    assert.ok(entrypoint !== undefined, "the runtime stage has an ENTRYPOINT in exec form");
+    assert.deepEqual(JSON.parse(entrypoint), ["node", ...SERVER_NODE_FLAGS, "bin/switchboard.js"]);
   });
 
   it("are flags this Node accepts", () => {

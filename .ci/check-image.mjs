@@ -3,7 +3,7 @@
 // trees (each stage's / is a temporary folder; COPY honours .dockerignore; RUN runs in the stage's
 // WORKDIR with its ENV) and checks what the runtime stage holds:
 // - the Dockerfile: a Node LTS line still supported today, a slim runtime base, a numeric
-//   non-root USER, a HEALTHCHECK in exec form, the entry point bin/switchboard.js;
+//   non-root USER, a HEALTHCHECK in exec form, the entry point node <flags> bin/switchboard.js;
 // - the tree: the compiled build and no sources, no development package (tsx, typescript, biome,
 //   every devDependency), native binaries for this machine only (ELF of this architecture, this
 //   C library's builds, this platform's prebuilds/ folder);
@@ -189,9 +189,25 @@ if (!user || !/^[1-9]\d*(:\d+)?$/.test(user.body))
   problem(
     `the runtime stage's USER is ${user?.body ?? "unset"}: a numeric non-root uid is needed (runAsNonRoot)`,
   );
+// `node`, the server's V8 flags (services/server/node-flags.ts; node-flags.test.ts holds them to
+// that list), then bin/switchboard.js. The tree is run below with those flags.
 const entrypoint = last("ENTRYPOINT");
-if (entrypoint?.body !== '["node", "bin/switchboard.js"]')
-  problem(`ENTRYPOINT is ${entrypoint?.body}, not ["node", "bin/switchboard.js"]`);
+let nodeFlags = [];
+{
+  let argv;
+  try {
+    argv = JSON.parse(entrypoint?.body ?? "null");
+  } catch {}
+  const flags = Array.isArray(argv) ? argv.slice(1, -1) : [];
+  if (
+    !Array.isArray(argv) ||
+    argv[0] !== "node" ||
+    argv.at(-1) !== "bin/switchboard.js" ||
+    !flags.every((f) => typeof f === "string" && f.startsWith("--"))
+  )
+    problem(`ENTRYPOINT is ${entrypoint?.body}, not ["node", <node flags>..., "bin/switchboard.js"]`);
+  else nodeFlags = flags;
+}
 const healthcheck = last("HEALTHCHECK");
 let healthArgv;
 if (!healthcheck) problem("the runtime stage has no HEALTHCHECK");
@@ -353,7 +369,7 @@ try {
   say(`native binaries: ${natives}, all ELF ${process.arch} (${libc})`);
 
   const nodeVersion = spawnSync(nodeBin, ["--version"], { encoding: "utf8" }).stdout.trim();
-  say(`\n== it runs (with Node ${nodeVersion}; the image has Node ${args.NODE_VERSION})`);
+  say(`\n== it runs (with Node ${nodeVersion} and the ENTRYPOINT's flags ${nodeFlags.join(" ")}; the image has Node ${args.NODE_VERSION})`);
   const home = join(tmp, "home");
   mkdirSync(home);
   // The image's settings, on loopback (this host is not a container) and a free admin port.
@@ -375,7 +391,7 @@ try {
     SWITCHBOARD_MEDIA_PORT: "0",
   };
   const cli = (...a) =>
-    spawnSync(nodeBin, ["bin/switchboard.js", ...a], {
+    spawnSync(nodeBin, [...nodeFlags, "bin/switchboard.js", ...a], {
       cwd: app,
       env,
       encoding: "utf8",
@@ -400,7 +416,7 @@ try {
       }).status;
     const server = spawn(
       nodeBin,
-      ["bin/switchboard.js", ...JSON.parse(last("CMD")?.body ?? '["start"]'), "--port", "0"],
+      [...nodeFlags, "bin/switchboard.js", ...JSON.parse(last("CMD")?.body ?? '["start"]'), "--port", "0"],
       { cwd: app, env, stdio: ["ignore", "pipe", "pipe"] },
     );
     let output = "";

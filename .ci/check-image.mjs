@@ -369,7 +369,9 @@ try {
   say(`native binaries: ${natives}, all ELF ${process.arch} (${libc})`);
 
   const nodeVersion = spawnSync(nodeBin, ["--version"], { encoding: "utf8" }).stdout.trim();
-  say(`\n== it runs (with Node ${nodeVersion} and the ENTRYPOINT's flags ${nodeFlags.join(" ")}; the image has Node ${args.NODE_VERSION})`);
+  say(
+    `\n== it runs (with Node ${nodeVersion} and the ENTRYPOINT's flags ${nodeFlags.join(" ")}; the image has Node ${args.NODE_VERSION})`,
+  );
   const home = join(tmp, "home");
   mkdirSync(home);
   // The image's settings, on loopback (this host is not a container) and a free admin port.

@@ -6,6 +6,7 @@ import {
   keyBytes,
   MEMBER_BYTES,
   ownBuffers,
+  SENDER_SLOT_BYTES,
   STATE_OVERHEAD_BYTES,
 } from "./hot-state.js";
 
@@ -14,6 +15,12 @@ import {
  * byte budget (HotStateBudget) usually keeps fewer.
  */
 export const TAIL_ENTRIES = 256;
+/**
+ * How many recent seqs' senders a state keeps, at least, once it has assigned that many: enough
+ * for the receipts of devices that keep up (a cursor moves a few entries at a time), a pointer
+ * each.
+ */
+export const SENDER_SEQS = 512;
 /** How many recent idempotency keys of a conversation stay in memory, at most. */
 export const RECENT_KEYS = 4096;
 
@@ -55,6 +62,16 @@ export class ConversationState {
   /** The estimated bytes of each tail entry, as counted when it joined the tail. */
   private readonly tailSizes: number[] = [];
   private tailBytes = 0;
+  /**
+   * Who sent each recent seq, ascending and contiguous, ending at lastSeq: all a receipt needs of
+   * the entries a cursor passes over. It outlives the tail, which the budget sheds first, so a
+   * receipt does not read entries back from the store to learn their senders. A slot is the
+   * sender's user id (the member record's own string, so a slot costs a pointer), null for a seq
+   * that earns no receipt (a membership change), or undefined for one this cannot vouch for (an
+   * entry with an expiry, which reads as a stub once past it): receipts then read the entries.
+   * Between SENDER_SEQS and twice that many slots.
+   */
+  private senders: Array<string | null | undefined> = [];
   /**
    * Recent idempotency keys ("deviceId\nclientMsgId"). Add through remember(), which keeps the
    * byte count.
@@ -107,13 +124,47 @@ export class ConversationState {
     this.tailBytes += bytes;
     this.lastServerTimeMs = Math.max(this.lastServerTimeMs, Number(entry.serverTimeMs));
     if (this.tail.length > TAIL_ENTRIES) this.dropTail(this.tail.length - TAIL_ENTRIES);
+    this.senders.push(this.senderSlot(entry));
+    // Trimmed by half its length at a time, so a push moves the list once per SENDER_SEQS.
+    if (this.senders.length >= 2 * SENDER_SEQS) this.senders = this.senders.slice(SENDER_SEQS);
   }
 
   /** Replaces the tail's entry at the same seq, if the tail still holds it. */
   replaceTail(entry: Entry): void {
-    const i = Number(entry.seq) - this.tailStart();
+    const seq = Number(entry.seq);
+    const i = seq - this.tailStart();
     // A replacement (a tombstone) is never larger; the count keeps the original's size.
     if (i >= 0 && i < this.tail.length) this.tail[i] = entry;
+    const slot = seq - this.sendersStart();
+    if (slot >= 0 && slot < this.senders.length) this.senders[slot] = this.senderSlot(entry);
+  }
+
+  /**
+   * The users who sent the entries in (from, to] that earn receipts, other than `except`, if
+   * this state can vouch for every one of those seqs; undefined if not (read the entries).
+   */
+  receiptSenders(from: number, to: number, except: string): string[] | undefined {
+    const start = this.sendersStart();
+    if (from + 1 < start || to > this.lastSeq) return undefined;
+    const out = new Set<string>();
+    for (let seq = from + 1; seq <= to; seq++) {
+      const sender = this.senders[seq - start];
+      if (sender === undefined) return undefined;
+      if (sender !== null && sender !== except) out.add(sender);
+    }
+    return [...out];
+  }
+
+  private sendersStart(): number {
+    return this.lastSeq + 1 - this.senders.length;
+  }
+
+  /** What the list of senders holds for this entry (see `senders`). */
+  private senderSlot(entry: Entry): string | null | undefined {
+    if (entry.expired || entry.expiresAtMs > 0n) return undefined;
+    if (entry.body.case === "membership" || entry.senderUserId === "") return null;
+    // The member's own string: an entry's is a fresh copy per decoded request.
+    return this.members.get(entry.senderUserId)?.userId ?? entry.senderUserId;
   }
 
   /** Remembers an idempotency key. */
@@ -145,6 +196,7 @@ export class ConversationState {
       STATE_OVERHEAD_BYTES +
       this.tailBytes +
       this.recentBytes +
+      this.senders.length * SENDER_SLOT_BYTES +
       this.members.size * MEMBER_BYTES +
       this.deviceCursors.size * CURSOR_BYTES
     );
@@ -154,6 +206,14 @@ export class ConversationState {
     if (count <= 0) return;
     this.tail.splice(0, count);
     for (const bytes of this.tailSizes.splice(0, count)) this.tailBytes -= bytes;
+  }
+
+  /** Forgets every recent idempotency key; the shard calls it only while the state is idle. */
+  forgetKeys(): number {
+    const count = this.recent.size;
+    this.recent.clear();
+    this.recentBytes = 0;
+    return count;
   }
 
   private forgetKey(key: string): void {

@@ -3,12 +3,13 @@ import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { create, fromBinary, toBinary } from "@bufbuild/protobuf";
+import { create, fromBinary, type MessageInitShape, toBinary } from "@bufbuild/protobuf";
 import { AppendItemSchema } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
 import {
   DeleteBodySchema,
   type Entry,
   EntrySchema,
+  MembershipBodySchema,
   MessageBodySchema,
   type OutgoingEntry,
   OutgoingEntrySchema,
@@ -20,13 +21,14 @@ import { defaultLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
 import { openLmdbStore } from "../store/lmdb/engine.js";
 import type { ConversationStore, StoreEngine } from "../store/types.js";
-import { ConversationState, TAIL_ENTRIES } from "./conversation.js";
+import { ConversationState, SENDER_SEQS, TAIL_ENTRIES } from "./conversation.js";
 import {
   ENTRY_OVERHEAD_BYTES,
   entryBytes,
   HotStateBudget,
   KEY_OVERHEAD_BYTES,
   MEMBER_BYTES,
+  SENDER_SLOT_BYTES,
   STATE_OVERHEAD_BYTES,
   type StateOwner,
 } from "./hot-state.js";
@@ -62,8 +64,11 @@ function fill(s: ConversationState, n: number, payloadBytes: number): void {
 /** Owns states like a shard: drops them when idle and committed. */
 class Owner implements StateOwner {
   readonly dropped: ConversationState[] = [];
+  idle(s: ConversationState): boolean {
+    return s.busy === 0 && s.committedSeq === s.lastSeq && !this.dropped.includes(s);
+  }
   drop(s: ConversationState): boolean {
-    if (s.busy > 0 || s.committedSeq !== s.lastSeq) return false;
+    if (!this.idle(s)) return false;
     this.dropped.push(s);
     return true;
   }
@@ -89,7 +94,7 @@ describe("ConversationState byte accounting", () => {
     const payload = decoded.body.case === "message" ? decoded.body.value.payload : undefined;
     assert.equal(payload?.byteLength, 1000);
     assert.equal(payload?.buffer.byteLength, 1000, "the tail's copy holds only its own bytes");
-    assert.equal(s.bytes() - empty, entryBytes(decoded));
+    assert.equal(s.bytes() - empty, entryBytes(decoded) + SENDER_SLOT_BYTES);
     assert.ok(entryBytes(decoded) >= 1000 + ENTRY_OVERHEAD_BYTES);
     assert.equal(s.lastServerTimeMs, 1001);
   });
@@ -98,7 +103,12 @@ describe("ConversationState byte accounting", () => {
     const s = state();
     fill(s, TAIL_ENTRIES + 50, 100);
     assert.equal(s.tail.length, TAIL_ENTRIES);
-    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + TAIL_ENTRIES * entryBytes(entry(1, 100)));
+    assert.equal(
+      s.bytes(),
+      STATE_OVERHEAD_BYTES +
+        TAIL_ENTRIES * entryBytes(entry(1, 100)) +
+        (TAIL_ENTRIES + 50) * SENDER_SLOT_BYTES,
+    );
   });
 
   it("counts idempotency keys once each, members and cursors by number", () => {
@@ -132,11 +142,81 @@ describe("ConversationState byte accounting", () => {
       "the uncommitted entry stays",
     );
     assert.equal(s.tailStart(), 11);
-    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + entryBytes(entry(11, 5000)));
+    // The senders outlive the tail: a pointer per seq.
+    const senders = 11 * SENDER_SLOT_BYTES;
+    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + entryBytes(entry(11, 5000)) + senders);
     s.committedSeq = 11;
     assert.equal(s.shed(), 1);
-    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES);
+    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + senders);
     assert.equal(s.tailStart(), 12, "an empty tail starts after lastSeq");
+  });
+});
+
+describe("ConversationState's senders, for receipts", () => {
+  const CAROL = "u_0000000000000000000000000c";
+
+  function member(userId: string) {
+    return { userId, role: "member" as const, joinedSeq: 1, addedAtMs: 0, deliveredUpTo: 0, readUpTo: 0 };
+  }
+
+  /** Assigns an entry as the sequencer does. */
+  function assign(s: ConversationState, init: MessageInitShape<typeof EntrySchema>): void {
+    s.lastSeq++;
+    s.pushTail(create(EntrySchema, { conversationId: s.id, seq: BigInt(s.lastSeq), ...init }));
+  }
+
+  function message(senderUserId: string): MessageInitShape<typeof EntrySchema> {
+    return { senderUserId, body: { case: "message", value: create(MessageBodySchema, {}) } };
+  }
+
+  it("names the senders of a range but the one asking, without membership changes, after the tail is shed", () => {
+    const s = new ConversationState(
+      "g_x",
+      undefined,
+      new Map([ALICE, BOB, CAROL].map((u) => [u, member(u)])),
+      0,
+    );
+    assign(s, { senderUserId: ALICE, body: { case: "membership", value: create(MembershipBodySchema, {}) } });
+    assign(s, message(ALICE));
+    assign(s, message(BOB));
+    assign(s, message(ALICE));
+    assign(s, message(CAROL));
+    s.committedSeq = s.lastSeq;
+    assert.equal(s.shed(), 5);
+    assert.deepEqual(s.receiptSenders(0, 5, BOB)?.sort(), [ALICE, CAROL]);
+    assert.deepEqual(s.receiptSenders(0, 1, BOB), [], "a membership change earns no receipt");
+    assert.deepEqual(s.receiptSenders(2, 3, BOB), []);
+    assert.deepEqual(s.receiptSenders(1, 4, ALICE), [BOB]);
+    assert.equal(s.receiptSenders(3, 6, BOB), undefined, "past lastSeq");
+    // A tombstone keeps its sender.
+    s.replaceTail(create(EntrySchema, { ...message(CAROL), conversationId: "g_x", seq: 5n, redacted: true }));
+    assert.deepEqual(s.receiptSenders(4, 5, BOB), [CAROL]);
+  });
+
+  it("cannot vouch for entries that expire, nor for seqs before it was loaded", () => {
+    const s = new ConversationState("g_x", undefined, new Map([ALICE, BOB].map((u) => [u, member(u)])), 10);
+    assign(s, message(ALICE));
+    assign(s, { ...message(ALICE), expiresAtMs: 5000n });
+    assign(s, message(ALICE));
+    assert.deepEqual(s.receiptSenders(10, 11, BOB), [ALICE]);
+    assert.equal(s.receiptSenders(9, 11, BOB), undefined, "seq 10 was written before the state was loaded");
+    assert.equal(s.receiptSenders(10, 13, BOB), undefined, "seq 12 reads as a stub once expired");
+    assert.deepEqual(s.receiptSenders(12, 13, BOB), [ALICE]);
+  });
+
+  it("keeps at least SENDER_SEQS seqs and at most twice that, counted in its bytes", () => {
+    const s = state();
+    s.members.set(ALICE, member(ALICE));
+    for (let i = 0; i < 5 * SENDER_SEQS + 3; i++) {
+      assign(s, message(ALICE));
+      s.committedSeq = s.lastSeq;
+      s.shed();
+      const held = (s.bytes() - STATE_OVERHEAD_BYTES - MEMBER_BYTES) / SENDER_SLOT_BYTES;
+      assert.ok(held <= 2 * SENDER_SEQS, `${held} slots after ${s.lastSeq} entries`);
+      assert.ok(held >= Math.min(s.lastSeq, SENDER_SEQS), `${held} slots after ${s.lastSeq} entries`);
+    }
+    assert.deepEqual(s.receiptSenders(s.lastSeq - SENDER_SEQS, s.lastSeq, BOB), [ALICE]);
+    assert.equal(s.receiptSenders(0, s.lastSeq, BOB), undefined);
   });
 });
 
@@ -145,7 +225,7 @@ describe("HotStateBudget", () => {
     const owner = new Owner();
     const tailBytes = 4 * entryBytes(entry(1, 10_000));
     // Room for six conversations, three of them with their tails.
-    const budget = new HotStateBudget(6 * STATE_OVERHEAD_BYTES + 3 * tailBytes);
+    const budget = new HotStateBudget(6 * (STATE_OVERHEAD_BYTES + 4 * SENDER_SLOT_BYTES) + 3 * tailBytes);
     const states = ["a", "b", "c", "d", "e"].map((id) => state(id));
     for (const s of states) {
       s.busy++;
@@ -157,7 +237,7 @@ describe("HotStateBudget", () => {
     const tails = () => Object.fromEntries(states.map((s) => [s.id, s.tail.length]));
     assert.deepEqual(tails(), { a: 0, b: 0, c: 4, d: 4, e: 4 });
     assert.equal(owner.dropped.length, 0, "shedding tails was enough");
-    assert.equal(budget.heldBytes, 5 * STATE_OVERHEAD_BYTES + 3 * tailBytes);
+    assert.equal(budget.heldBytes, 5 * STATE_OVERHEAD_BYTES + 3 * tailBytes + 5 * 4 * SENDER_SLOT_BYTES);
     assert.equal(budget.metrics.evictedEntries, 8);
     // Using "c" again makes "d" the oldest tail.
     budget.touch(states[2]!, owner);
@@ -197,6 +277,39 @@ describe("HotStateBudget", () => {
     assert.equal(budget.metrics.evictedConversations, 2);
     assert.equal(budget.conversations, 2);
     assert.ok(budget.heldBytes <= budget.limitBytes);
+  });
+
+  it("makes idle conversations forget their idempotency keys before dropping any whole", () => {
+    const owner = new Owner();
+    const key = (i: number) => `dv_a\nm${String(i).padStart(4, "0")}`;
+    const keyBytes = KEY_OVERHEAD_BYTES + 2 * key(0).length;
+    // Room for four states, one of them with its keys.
+    const budget = new HotStateBudget(4 * STATE_OVERHEAD_BYTES + 150 * keyBytes);
+    const states = ["a", "b", "c", "d"].map((id) => state(id));
+    states[2]!.busy = 1; // in use: its keys stay
+    for (const s of states) {
+      budget.touch(s, owner);
+      for (let i = 0; i < 100; i++) s.remember(key(i), { seq: i + 1, serverTimeMs: 1, durable: undefined });
+      budget.settle(s);
+    }
+    assert.deepEqual(
+      states.map((s) => s.recent.size),
+      [0, 0, 100, 0],
+    );
+    assert.equal(owner.dropped.length, 0, "forgetting keys was enough: every state stays");
+    assert.equal(budget.metrics.evictedKeys, 300);
+    assert.equal(budget.heldBytes, 4 * STATE_OVERHEAD_BYTES + 100 * keyBytes);
+    // With the keys gone, idle states are dropped whole, least recently used first.
+    const small = new HotStateBudget(2 * STATE_OVERHEAD_BYTES + 100 * keyBytes);
+    for (const s of states) {
+      small.touch(s, owner);
+      small.settle(s);
+    }
+    assert.deepEqual(
+      owner.dropped.map((s) => s.id),
+      ["a", "b"],
+    );
+    assert.equal(states[2]!.recent.size, 100);
   });
 
   it("makes a conversation in use shed its committed tail, never its uncommitted entries", () => {
@@ -368,6 +481,32 @@ describe("Sequencer within a small byte budget (real LMDB store)", () => {
     const [again] = await sequencer.append([send(ids[0]!, "m0", 0)]);
     assert.ok(again !== undefined && "seq" in again && again.seq === 2);
     assert.equal((await sequencer.getHistory(BOB, ids[0]!, 0, 1000)).lastSeq, perConversation + 1);
+  });
+
+  it("keeps conversations of many small sends resident by forgetting their keys, and a retry still finds its seq", async () => {
+    const ids: string[] = [];
+    for (let g = 0; g < 4; g++)
+      ids.push((await sequencer.createGroup(ALICE, DEVICE, `small${g}`, [BOB])).conversationId);
+    const keysBefore = sequencer.hotState.metrics.evictedKeys;
+    const droppedBefore = sequencer.hotState.metrics.evictedConversations;
+    for (let i = 0; i < 400; i++) {
+      const results = await sequencer.append(
+        ids.map((id) => messageItem({ userId: ALICE, deviceId: DEVICE }, id, `s${i}`, new Uint8Array(1))),
+      );
+      for (const r of results) assert.ok("seq" in r, `append failed: ${String(r)}`);
+      assert.ok(sequencer.hotState.heldBytes <= BUDGET, `held ${sequencer.hotState.heldBytes} bytes`);
+    }
+    // 1,600 keys of about 230 bytes each are more than the budget: idle conversations forgot
+    // theirs, and none had to be dropped for it.
+    assert.ok(sequencer.hotState.metrics.evictedKeys > keysBefore, "idle conversations forgot their keys");
+    assert.equal(sequencer.hotState.metrics.evictedConversations, droppedBefore);
+    for (const id of ids) {
+      const [again] = await sequencer.append([
+        messageItem({ userId: ALICE, deviceId: DEVICE }, id, "s0", new Uint8Array(1)),
+      ]);
+      assert.ok(again !== undefined && "seq" in again && again.seq === 2, `the retry of s0 in ${id}`);
+      assert.equal((await sequencer.getHistory(BOB, id, 0, 1)).lastSeq, 401);
+    }
   });
 
   it("a delete redacts reactions that were evicted from the tail", async () => {

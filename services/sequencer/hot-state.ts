@@ -28,6 +28,8 @@ export const KEY_OVERHEAD_BYTES = 128;
 export const MEMBER_BYTES = 256;
 /** One device's cursors: the map slot, the pair and its 29-character device id. */
 export const CURSOR_BYTES = 160;
+/** One seq's slot in a state's list of recent senders: a pointer (the string is a member's). */
+export const SENDER_SLOT_BYTES = 8;
 /** A conversation's state with empty tail and maps: the object, its maps and its record. */
 export const STATE_OVERHEAD_BYTES = 1024;
 
@@ -97,11 +99,21 @@ export interface BudgetedState {
   shed(): number;
   /** The recent entries held in memory; the budget only looks at how many. */
   readonly tail: readonly unknown[];
+  /** Forgets the recent idempotency keys; returns how many. Only for an idle state (see StateOwner). */
+  forgetKeys(): number;
+  /** The recent idempotency keys; the budget only looks at how many. */
+  readonly recent: { readonly size: number };
 }
 
 /** What holds a conversation's state: its shard, which can drop an idle state. */
 export interface StateOwner {
-  /** Drops the state if it is still the current one and idle; true if it did. */
+  /**
+   * True if the state is still the current one and idle: nothing in use, nothing uncommitted,
+   * nobody waiting for it. No operation can then be between its look at the store's keys and
+   * its seq, so the state's keys may go: the store has every one of them.
+   */
+  idle(state: BudgetedState): boolean;
+  /** Drops the state if it is idle; true if it did. */
   drop(state: BudgetedState): boolean;
 }
 
@@ -111,17 +123,25 @@ export interface HotStateMetrics {
   evictedConversations: number;
   /** Tail entries dropped from conversations still in use to stay within the budget. */
   evictedEntries: number;
+  /** Idempotency keys idle conversations forgot to stay within the budget. */
+  evictedKeys: number;
 }
 
 /**
  * The byte budget for the hot state of every shard of one sequencer process, with one LRU
  * order across all of them. States report their size when an operation acquires and releases
  * them; when the total is over the budget, the least recently used conversations go first:
- * first they shed their committed tail entries (nearly all the bytes; a read from the store
- * gets them back), then, if that is not enough, idle ones are dropped whole (members, keys,
- * cursors), which costs a reload when next used. What is left over the budget is what
- * operations in flight hold (uncommitted entries, the keys and members of conversations in
- * use), which the gateways' in-flight limits bound.
+ * first they shed their committed tail entries (a read from the store gets them back), then
+ * idle ones forget their idempotency keys (a retry then finds its key in the store, as after a
+ * reload), and if that is not enough, idle ones are dropped whole (members, cursors, senders),
+ * which costs a reload when next used. What is left over the budget is what operations in
+ * flight hold (uncommitted entries, the keys and members of conversations in use), which the
+ * gateways' in-flight limits bound.
+ *
+ * Under load the keys are most of it: every send leaves one, a few hundred bytes in small
+ * objects, while a 1:1 conversation's members and cursors are about 1.8 KiB in all. Forgetting
+ * keys before dropping states keeps the conversations resident, so their next operation reads
+ * nothing back.
  */
 export class HotStateBudget {
   /** Every resident state, least recently used first, with the bytes it last reported. */
@@ -131,10 +151,12 @@ export class HotStateBudget {
    * it never steps over the many conversations whose tails are already gone.
    */
   private readonly tailed = new Set<BudgetedState>();
+  /** The resident states that hold idempotency keys, in the same order. */
+  private readonly keyed = new Set<BudgetedState>();
   private total = 0;
   private warned = false;
   /** Counters since start, for the metrics callbacks. */
-  readonly metrics: HotStateMetrics = { evictedConversations: 0, evictedEntries: 0 };
+  readonly metrics: HotStateMetrics = { evictedConversations: 0, evictedEntries: 0, evictedKeys: 0 };
 
   constructor(
     /** The budget, in bytes. */
@@ -157,6 +179,7 @@ export class HotStateBudget {
     const held = this.lru.get(state);
     if (held !== undefined) this.lru.delete(state);
     if (this.tailed.delete(state)) this.tailed.add(state);
+    if (this.keyed.delete(state)) this.keyed.add(state);
     const bytes = state.bytes();
     this.total += bytes - (held?.bytes ?? 0);
     this.lru.set(state, { bytes, owner });
@@ -170,6 +193,7 @@ export class HotStateBudget {
       this.total += bytes - held.bytes;
       held.bytes = bytes;
       if (state.tail.length > 0) this.tailed.add(state);
+      if (state.recent.size > 0) this.keyed.add(state);
     }
     if (this.total > this.limitBytes) this.evict();
   }
@@ -186,6 +210,7 @@ export class HotStateBudget {
     this.total -= held.bytes;
     this.lru.delete(state);
     this.tailed.delete(state);
+    this.keyed.delete(state);
   }
 
   private evict(): void {
@@ -208,7 +233,22 @@ export class HotStateBudget {
       this.total += bytes - held.bytes;
       held.bytes = bytes;
     }
-    // Then whole idle conversations (members, keys, cursors), which cost a reload.
+    // Then idle conversations' keys, which cost a store read only to a retry.
+    for (const state of this.keyed) {
+      if (this.total <= this.limitBytes) return;
+      const held = this.lru.get(state);
+      if (held === undefined) {
+        this.keyed.delete(state);
+        continue;
+      }
+      if (!held.owner.idle(state)) continue;
+      this.keyed.delete(state);
+      this.metrics.evictedKeys += state.forgetKeys();
+      const bytes = state.bytes();
+      this.total += bytes - held.bytes;
+      held.bytes = bytes;
+    }
+    // Then whole idle conversations (members, cursors, senders), which cost a reload.
     for (const [state, held] of this.lru) {
       if (this.total <= this.limitBytes) return;
       if (!held.owner.drop(state)) continue;

@@ -143,12 +143,17 @@ export class Receipts {
     except: string,
   ): Promise<string[]> {
     if (to - from > RECEIPT_SCAN_MAX) return [...state.members.keys()].filter((id) => id !== except);
+    const known = state.receiptSenders(from, to, except);
+    if (known !== undefined) return known;
     const senders = new Set<string>();
     for (let after = from; after < to; ) {
       const page = await this.entries.readCommitted(state, after, Math.min(PAGE_MAX, to - after));
       if (page.length === 0) break;
-      for (const e of page)
-        if (e.senderUserId !== except && e.body.case !== "membership") senders.add(e.senderUserId);
+      for (const e of page) {
+        // An expired entry reads as a stub, which names no sender.
+        if (e.senderUserId === "" || e.senderUserId === except || e.body.case === "membership") continue;
+        senders.add(e.senderUserId);
+      }
       after = Number(page[page.length - 1]!.seq);
     }
     return [...senders];

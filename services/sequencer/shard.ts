@@ -208,13 +208,19 @@ export class Shard implements StateOwner {
     this.budget.settle(state);
   }
 
-  /**
-   * Drops a state from memory if it is the current one and idle: nothing in use, nothing
-   * uncommitted, nobody waiting for it. The next operation reloads it from the store.
-   */
+  /** The current state and idle: nothing in use, nothing uncommitted, nobody waiting for it. */
+  idle(state: ConversationState): boolean {
+    return (
+      this.states.get(state.id) === state &&
+      state.busy === 0 &&
+      state.committedSeq === state.lastSeq &&
+      !this.waiting.has(state.id)
+    );
+  }
+
+  /** Drops a state from memory if it is idle. The next operation reloads it from the store. */
   drop(state: ConversationState): boolean {
-    if (this.states.get(state.id) !== state) return false;
-    if (state.busy > 0 || state.committedSeq !== state.lastSeq || this.waiting.has(state.id)) return false;
+    if (!this.idle(state)) return false;
     this.states.delete(state.id);
     this.budget.forget(state);
     return true;

@@ -73,10 +73,11 @@ export function observeProcess(parts: {
     }).addCallback((r) => r.observe(hot.conversations));
     m.createObservableCounter("switchboard.sequencer.hot_state.evictions", {
       description:
-        "Evictions from the in-memory state: whole idle conversations, and tail entries shed by conversations in use",
+        "Evictions from the in-memory state: whole idle conversations, tail entries shed by conversations in use, and idle conversations' idempotency keys",
     }).addCallback((r) => {
       r.observe(hot.metrics.evictedConversations, { kind: "conversation" });
       r.observe(hot.metrics.evictedEntries, { kind: "entry" });
+      r.observe(hot.metrics.evictedKeys, { kind: "key" });
     });
   }
   if (notifier) {

@@ -1,0 +1,141 @@
+import assert from "node:assert/strict";
+import { mkdtemp, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { create } from "@bufbuild/protobuf";
+import type { BusEvent } from "../../gen/switchboard/internal/v1/events_pb.js";
+import { CursorUpdateSchema } from "../../gen/switchboard/internal/v1/sequencer_pb.js";
+import { ReceiptKind } from "../../gen/switchboard/v1/gateway_pb.js";
+import { messageItem } from "../../test/helpers/entries.js";
+import { InProcessBus } from "../bus/in-process.js";
+import { defaultLimits } from "../common/config.js";
+import { createLogger } from "../common/log.js";
+import { openLmdbStore } from "../store/lmdb/engine.js";
+import type { ConversationStore, StoreEngine } from "../store/types.js";
+import { Sequencer } from "./sequencer.js";
+
+const log = createLogger({ level: "silent" });
+const ALICE = { userId: "u_0000000000000000000000000a", deviceId: "dv_000000000000000000000000a" };
+const BOB = { userId: "u_0000000000000000000000000b", deviceId: "dv_000000000000000000000000b" };
+const CAROL = { userId: "u_0000000000000000000000000c", deviceId: "dv_000000000000000000000000c" };
+/** Large enough that a few entries overflow the budget, which then sheds every committed tail. */
+const PAYLOAD = 20_000;
+const BUDGET = 32 * 1024;
+
+/**
+ * Receipts against a real LMDB store, with a byte budget that keeps conversations' states but
+ * never their tails: what a receipt needs of the entries it passes (their senders) must not cost
+ * a read of them from the store, and a state that cannot vouch for them must read them.
+ */
+describe("Receipts once the tail is shed (real LMDB store)", () => {
+  let dir: string;
+  let engine: StoreEngine;
+  /** Entries the sequencers read back from the store. */
+  let entryReads = 0;
+  let store: ConversationStore;
+  const receipts: Array<{ kind: ReceiptKind; upTo: number; notify: string[] }> = [];
+  const buses: InProcessBus[] = [];
+
+  function sequencer(): Sequencer {
+    const bus = new InProcessBus(log);
+    buses.push(bus);
+    bus.consumeCommitted(async (events: readonly BusEvent[]) => {
+      for (const e of events) {
+        if (e.event.case !== "receiptIssued") continue;
+        const { receipt, notifyUserIds } = e.event.value;
+        assert.ok(receipt !== undefined);
+        receipts.push({
+          kind: receipt.kind,
+          upTo: Number(receipt.upToSeq),
+          notify: [...notifyUserIds].sort(),
+        });
+      }
+    });
+    return new Sequencer(store, bus, log, { shardCount: 1, limits: defaultLimits, cacheBytes: BUDGET });
+  }
+
+  async function receiptsFor(s: Sequencer, conversationId: string, deliveredUpTo: number, readUpTo = 0) {
+    receipts.length = 0;
+    await s.updateCursors([
+      create(CursorUpdateSchema, {
+        userId: BOB.userId,
+        deviceId: BOB.deviceId,
+        conversationId,
+        deliveredUpTo: BigInt(deliveredUpTo),
+        readUpTo: BigInt(readUpTo),
+      }),
+    ]);
+    // The outbox publishes on the bus, which hands the events over in a later task.
+    for (let i = 0; i < 50 && receipts.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    return [...receipts];
+  }
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "receipts-test-"));
+    engine = await openLmdbStore({ path: dir });
+    store = Object.create(engine.conversations);
+    store.readEntries = async (conversationId, afterSeq, limit) => {
+      entryReads++;
+      return engine.conversations.readEntries(conversationId, afterSeq, limit);
+    };
+  });
+  after(async () => {
+    for (const bus of buses) await bus.close();
+    await engine.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("names the senders passed over from memory, and from the store after a reload, alike", async () => {
+    const first = sequencer();
+    const { conversationId: id } = await first.createGroup(ALICE.userId, ALICE.deviceId, "g", [
+      BOB.userId,
+      CAROL.userId,
+    ]);
+    const senders = [ALICE, CAROL, ALICE, BOB];
+    for (const [i, sender] of senders.entries()) {
+      const [sent] = await first.append([messageItem(sender, id, `m${i}`, new Uint8Array(PAYLOAD).fill(i))]);
+      assert.ok(sent !== undefined && "seq" in sent, String(sent));
+    }
+    const last = 1 + senders.length;
+    assert.ok(first.hotState.metrics.evictedEntries >= senders.length, "the tails were shed (the premise)");
+    assert.equal(first.hotState.conversations, 1, "the state itself was kept (the premise)");
+
+    entryReads = 0;
+    const delivered = await receiptsFor(first, id, 3);
+    assert.deepEqual(delivered, [
+      { kind: ReceiptKind.DELIVERED, upTo: 3, notify: [ALICE.userId, CAROL.userId] },
+    ]);
+    const read = await receiptsFor(first, id, 0, last);
+    assert.deepEqual(
+      read.map((r) => [r.kind, r.upTo, r.notify]),
+      [
+        [ReceiptKind.DELIVERED, last, [ALICE.userId]],
+        [ReceiptKind.READ, last, [ALICE.userId, CAROL.userId]],
+      ],
+      "Bob's own message earns him no receipt; the membership change at seq 1 none at all",
+    );
+    assert.equal(entryReads, 0, "no entry was read back from the store for a receipt");
+    await first.close();
+
+    // Another sequencer over the same store starts with no senders in memory: it reads them.
+    const second = sequencer();
+    entryReads = 0;
+    const again = await receiptsFor(second, id, 0, 0);
+    assert.deepEqual(again, [], "nothing moved: no receipt");
+    await second.updateCursors([
+      create(CursorUpdateSchema, {
+        userId: CAROL.userId,
+        deviceId: CAROL.deviceId,
+        conversationId: id,
+        deliveredUpTo: BigInt(last),
+      }),
+    ]);
+    for (let i = 0; i < 50 && receipts.length === 0; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(receipts, [
+      { kind: ReceiptKind.DELIVERED, upTo: last, notify: [ALICE.userId, BOB.userId] },
+    ]);
+    assert.ok(entryReads > 0, "a state loaded from the store read the entries it could not vouch for");
+    await second.close();
+  });
+});

@@ -20,7 +20,7 @@ export const TAIL_ENTRIES = 256;
  * for the receipts of devices that keep up (a cursor moves a few entries at a time), a pointer
  * each.
  */
-export const SENDER_SEQS = 512;
+export const SENDER_SEQS = 128;
 /** How many recent idempotency keys of a conversation stay in memory, at most. */
 export const RECENT_KEYS = 4096;
 

@@ -128,9 +128,18 @@ export interface HotStateMetrics {
 }
 
 /**
+ * An eviction frees down to this share of the budget. A full budget would otherwise evict on
+ * every operation, and each eviction walks the LRU order past the conversations in use (which
+ * it cannot touch): 4 % of a saturated main thread, measured (docs/benchmarks.md, fifteenth
+ * pass).
+ */
+export const EVICT_TO = 0.875;
+
+/**
  * The byte budget for the hot state of every shard of one sequencer process, with one LRU
  * order across all of them. States report their size when an operation acquires and releases
- * them; when the total is over the budget, the least recently used conversations go first:
+ * them; when the total is over the budget, the least recently used conversations go first (down
+ * to EVICT_TO of the budget, so a full budget does not evict on every operation):
  * first they shed their committed tail entries (a read from the store gets them back), then
  * idle ones forget their idempotency keys (a retry then finds its key in the store, as after a
  * reload), and if that is not enough, idle ones are dropped whole (members, cursors, senders),
@@ -214,6 +223,7 @@ export class HotStateBudget {
   }
 
   private evict(): void {
+    const target = this.limitBytes * EVICT_TO;
     if (!this.warned) {
       this.warned = true;
       this.log?.info(
@@ -223,7 +233,7 @@ export class HotStateBudget {
     }
     // First the tails, which hold nearly all the bytes and cost one store read to get back.
     for (const state of this.tailed) {
-      if (this.total <= this.limitBytes) return;
+      if (this.total <= target) return;
       const held = this.lru.get(state);
       const shed = state.shed();
       if (state.tail.length === 0 || held === undefined) this.tailed.delete(state);
@@ -235,7 +245,7 @@ export class HotStateBudget {
     }
     // Then idle conversations' keys, which cost a store read only to a retry.
     for (const state of this.keyed) {
-      if (this.total <= this.limitBytes) return;
+      if (this.total <= target) return;
       const held = this.lru.get(state);
       if (held === undefined) {
         this.keyed.delete(state);
@@ -250,7 +260,7 @@ export class HotStateBudget {
     }
     // Then whole idle conversations (members, cursors, senders), which cost a reload.
     for (const [state, held] of this.lru) {
-      if (this.total <= this.limitBytes) return;
+      if (this.total <= target) return;
       if (!held.owner.drop(state)) continue;
       this.metrics.evictedConversations++;
       this.forget(state);

@@ -27,6 +27,7 @@ import { AttachmentRetention, deviceAuthenticator, type StartedMedia, startMedia
 import { Notifier, notificationService } from "../notification/index.js";
 import { Presence, presenceService } from "../presence/index.js";
 import {
+  DEFAULT_CACHE_BYTES,
   DeviceDeliveryBound,
   ExpirySweep,
   holdsConversation,
@@ -85,7 +86,7 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
     ownedShards: owned,
     leased: leases !== undefined,
     limits: config.limits,
-    cacheBytes: config.sequencerCacheBytes,
+    cacheBytes: config.sequencerCacheBytes ?? DEFAULT_CACHE_BYTES[mesh.store],
     maxStatesPerShard: config.sequencerCacheConversations,
     disappearingSeconds: config.retention.disappearingSeconds,
     retentionMs: config.retention.maxAgeMs,

@@ -3,6 +3,7 @@ import { clock, type RunPlan, sleep } from "./load.js";
 import { type CpuMark, cpuMark, memorySnapshot, meshMemory } from "./measure.js";
 import { type BenchMesh, startMesh } from "./mesh.js";
 import { parseOptions } from "./options.js";
+import { checkPinnable, pinServerMainThread } from "./pin.js";
 import { fixed, printReport } from "./report.js";
 import { type BenchServer, buildServer, RAISED_LIMITS, readMemory, spawnServer } from "./server.js";
 import { setUp } from "./setup.js";
@@ -22,6 +23,7 @@ async function main(): Promise<void> {
     return;
   }
   const opts = parseOptions();
+  if (opts.pin) checkPinnable();
   const log = (line: string) => {
     if (!opts.json) process.stderr.write(`${line}\n`);
   };
@@ -120,6 +122,7 @@ async function main(): Promise<void> {
       setTimeout(() => (cpuStart = cpuMark(pid, meshProcesses)), windowStart - clock()),
       setTimeout(() => (cpuEnd = cpuMark(pid, meshProcesses)), windowEnd - clock()),
     ];
+    if (opts.pin && pid !== undefined) log(pinServerMainThread(pid));
     log(
       opts.mode === "idle"
         ? `holding ${connectedDevices} idle streams for ${opts.warmup + opts.duration} s`

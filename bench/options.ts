@@ -36,6 +36,9 @@ export const USAGE = `npm run bench -- [options]
                        image does; off: bin/switchboard.js runs dist/ if it is current, else the sources through tsx
                        (whose keepNames wraps every function the code creates), default on
   --probe on|off       preload the bench's probe into the spawned server (event-loop use, GC'd memory), default on
+  --pin                when the send phase starts, pin the spawned server's main thread alone to CPU 0 and every
+                       other thread (the server's and the bench's) to CPU 1: the server's own latency, without the
+                       bench on its core (Linux, taskset, two CPUs or more)
   --json               print one JSON object instead of the report
   --attack NAME        run a hostile client instead and report server RSS and a bystander's round trips
                        (half-open | idle | slow-reader | all; --attack --help for its options)
@@ -65,6 +68,8 @@ export interface Options {
   probe: boolean;
   /** Compile the server before spawning it (`npm run build`). */
   build: boolean;
+  /** Pin the spawned server's main thread to a CPU of its own (bench/pin.ts). */
+  pin: boolean;
   json: boolean;
 }
 
@@ -96,6 +101,7 @@ export function parseOptions(): Options {
       "server-node-args": { type: "string" },
       probe: { type: "string", default: "on" },
       build: { type: "string", default: "on" },
+      pin: { type: "boolean", default: false },
       json: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
@@ -122,6 +128,8 @@ export function parseOptions(): Options {
   }
   if (values.mesh && (values.url !== undefined || values["server-pid"] !== undefined))
     throw new Error("--mesh spawns its own processes; it does not combine with --url or --server-pid");
+  if (values.pin && (values.mesh || values.url !== undefined))
+    throw new Error("--pin pins the server the bench spawns; it does not combine with --mesh or --url");
   return {
     url: values.url?.replace(/\/$/, ""),
     mesh: values.mesh
@@ -151,6 +159,7 @@ export function parseOptions(): Options {
     serverNodeArgs: values["server-node-args"]?.split(/\s+/).filter(Boolean),
     probe: values.probe !== "off",
     build: values.build !== "off",
+    pin: values.pin,
     json: values.json,
   };
 }

@@ -226,6 +226,27 @@ describe("configuration errors", () => {
     assert.equal(loadConfig({}, gateway).scylla, undefined);
   });
 
+  it("sizes the sequencer's hot state by its store unless it is set", () => {
+    const MiB = 1024 * 1024;
+    assert.equal(loadConfig({}, {}).sequencerCacheBytes, 16 * MiB);
+    const scylla = { SWITCHBOARD_STORE: "scylla", SCYLLA_CONTACT_POINTS: "db-1" };
+    assert.equal(loadConfig({}, scylla).sequencerCacheBytes, 128 * MiB);
+    assert.equal(loadConfig({}, { SWITCHBOARD_SEQUENCER_CACHE_BYTES: "1000" }).sequencerCacheBytes, 1000);
+    assert.equal(
+      loadConfig({}, { ...scylla, SWITCHBOARD_SEQUENCER_CACHE_BYTES: "0" }).sequencerCacheBytes,
+      0,
+      "0 keeps nothing idle, on either store",
+    );
+    assert.equal(
+      loadConfig({ sequencerCacheBytes: 5 }, { SWITCHBOARD_SEQUENCER_CACHE_BYTES: "x" }).sequencerCacheBytes,
+      5,
+    );
+    assert.throws(
+      () => loadConfig({}, { SWITCHBOARD_SEQUENCER_CACHE_BYTES: "-1" }),
+      /SWITCHBOARD_SEQUENCER_CACHE_BYTES/,
+    );
+  });
+
   it("leaves a variable unread when loadConfig's input sets its value", () => {
     assert.equal(loadConfig({ port: 0 }, { SWITCHBOARD_PORT: "not a port" }).port, 0);
     assert.throws(

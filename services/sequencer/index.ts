@@ -22,5 +22,5 @@ export { ExpirySweep } from "./expiry-sweep.js";
 export { sequencerService } from "./handler.js";
 export { DEFAULT_LEASE_MS, planLeases, rightfulHolder, ShardOwnership } from "./ownership.js";
 export { replicaOf, type SequencerClient, shardedSequencerClient, shardsOfReplica } from "./router.js";
-export { DEFAULT_CACHE_BYTES, Sequencer } from "./sequencer.js";
+export { Sequencer } from "./sequencer.js";
 export type { Appended, SequencerOptions } from "./types.js";

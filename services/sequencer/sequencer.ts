@@ -27,14 +27,10 @@ import { Views } from "./views.js";
 export type { Appended, SequencerOptions } from "./types.js";
 
 /**
- * The hot state's byte budget when none is configured, by the store the sequencer writes to.
- * The budget trades store reads for heap: every byte of it is live JavaScript objects that each
- * of V8's full collections marks. LMDB's reads are a memory-mapped lookup in this process, so its
- * default is small (128 MiB cost 1:1 sends at 5,000/s a p99 twice that of 16 MiB, measured in
- * docs/benchmarks.md, fifteenth pass); ScyllaDB's are a network round trip, so a tail or state
- * kept in memory saves more there.
+ * The hot state's byte budget when none is given; config/load.ts has the deployed defaults (by
+ * store) and why.
  */
-export const DEFAULT_CACHE_BYTES = { lmdb: 16 * 1024 * 1024, scylla: 128 * 1024 * 1024 } as const;
+const DEFAULT_CACHE_BYTES = 16 * 1024 * 1024;
 /** Conversation states kept in memory per shard when none is configured. */
 const DEFAULT_MAX_STATES_PER_SHARD = 10_000;
 
@@ -71,7 +67,7 @@ export class Sequencer {
     const now = options.now ?? Date.now;
     this.leased = options.leased ?? false;
     this.outbox = new PublishOutbox(bus, log, options.outbox);
-    this.hotState = new HotStateBudget(options.cacheBytes ?? DEFAULT_CACHE_BYTES.lmdb, log);
+    this.hotState = new HotStateBudget(options.cacheBytes ?? DEFAULT_CACHE_BYTES, log);
     this.shards = new ReplicaShards(store, this.outbox, log, this.hotState, {
       shardCount: options.shardCount,
       owned: options.leased ? [] : (options.ownedShards ?? [...Array(options.shardCount).keys()]),

@@ -27,7 +27,6 @@ import { AttachmentRetention, deviceAuthenticator, type StartedMedia, startMedia
 import { Notifier, notificationService } from "../notification/index.js";
 import { Presence, presenceService } from "../presence/index.js";
 import {
-  DEFAULT_CACHE_BYTES,
   DeviceDeliveryBound,
   ExpirySweep,
   holdsConversation,
@@ -86,7 +85,7 @@ export function startSequencerRole(ctx: RoleContext): Sequencer {
     ownedShards: owned,
     leased: leases !== undefined,
     limits: config.limits,
-    cacheBytes: config.sequencerCacheBytes ?? DEFAULT_CACHE_BYTES[mesh.store],
+    cacheBytes: config.sequencerCacheBytes,
     maxStatesPerShard: config.sequencerCacheConversations,
     disappearingSeconds: config.retention.disappearingSeconds,
     retentionMs: config.retention.maxAgeMs,

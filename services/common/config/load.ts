@@ -18,7 +18,16 @@ import { loadMediaConfig, type MediaConfig } from "./media.js";
 import { checkMesh, loadMesh, type MeshConfig } from "./mesh.js";
 import { loadPush, type PushConfig } from "./push.js";
 import { loadRetention, type RetentionConfig } from "./retention.js";
-import { check, type Env, int, intVariable, nonEmptyText, textOr, without } from "./schema.js";
+import {
+  check,
+  type Env,
+  int,
+  intVariable,
+  nonEmptyText,
+  optionalIntVariable,
+  textOr,
+  without,
+} from "./schema.js";
 import { loadScyllaConfig, type ScyllaSettings } from "./scylla.js";
 import { loadTracing, type TracingConfig } from "./telemetry.js";
 import { loadWeb, type WebConfig } from "./web.js";
@@ -44,7 +53,8 @@ export interface Config {
   /**
    * Byte budget of a sequencer process's in-memory hot state (recent entries, idempotency keys,
    * members and cursors of its conversations, all shards together); least recently used
-   * conversations are evicted past it and read back from the store when next used.
+   * conversations are evicted past it and read back from the store when next used. Unset, it
+   * depends on the store (SEQUENCER_CACHE_BYTES).
    */
   sequencerCacheBytes: number;
   /** Conversations each sequencer shard keeps in memory, at most (within the byte budget). */
@@ -94,6 +104,15 @@ export type ConfigInput = Partial<
   mesh?: Partial<MeshConfig>;
 };
 
+/**
+ * The sequencer's hot-state budget when none is configured, by the store it writes to. The budget
+ * trades store reads for heap: all of it is live JavaScript objects, which every one of V8's full
+ * collections marks. LMDB's reads are a memory-mapped lookup in this process, so its default is
+ * small (with 128 MiB, 1:1 sends at 5,000/s had about twice the p99 of 16 MiB: docs/benchmarks.md,
+ * fifteenth pass); ScyllaDB's are a network round trip, which a larger budget saves more often.
+ */
+export const SEQUENCER_CACHE_BYTES = { lmdb: 16 * 1024 * 1024, scylla: 128 * 1024 * 1024 } as const;
+
 /** The process's own variables, in the order they are checked. */
 export const serverVariables = z.object({
   SWITCHBOARD_TOKEN_KEY: nonEmptyText().transform((text) =>
@@ -104,11 +123,7 @@ export const serverVariables = z.object({
   SWITCHBOARD_PORT: intVariable("port", 7420, false),
   SWITCHBOARD_SHARDS: intVariable("shardCount", 16, false),
   SWITCHBOARD_TOKEN_TTL_SECONDS: intVariable("tokenTtlSeconds", 3600, false),
-  SWITCHBOARD_SEQUENCER_CACHE_BYTES: intVariable(
-    "SWITCHBOARD_SEQUENCER_CACHE_BYTES",
-    128 * 1024 * 1024,
-    true,
-  ),
+  SWITCHBOARD_SEQUENCER_CACHE_BYTES: optionalIntVariable("SWITCHBOARD_SEQUENCER_CACHE_BYTES"),
   SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS: intVariable(
     "SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS",
     10_000,
@@ -139,6 +154,7 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
   const given = <T>(value: T | undefined, label: string, fromEnv: number) =>
     value === undefined ? fromEnv : int(label, value);
   const dataDir = input.dataDir ?? vars.SWITCHBOARD_DATA_DIR;
+  const mesh = loadMesh(input.mesh, env);
   const config: Config = {
     dataDir,
     host: input.host ?? vars.SWITCHBOARD_HOST,
@@ -151,11 +167,10 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
       "idempotencyRetentionMs",
       input.idempotencyRetentionMs ?? 7 * 24 * 3600 * 1000,
     ),
-    sequencerCacheBytes: given(
-      input.sequencerCacheBytes,
-      "SWITCHBOARD_SEQUENCER_CACHE_BYTES",
-      vars.SWITCHBOARD_SEQUENCER_CACHE_BYTES,
-    ),
+    sequencerCacheBytes:
+      input.sequencerCacheBytes === undefined
+        ? (vars.SWITCHBOARD_SEQUENCER_CACHE_BYTES ?? SEQUENCER_CACHE_BYTES[mesh.store])
+        : int("SWITCHBOARD_SEQUENCER_CACHE_BYTES", input.sequencerCacheBytes),
     sequencerCacheConversations: given(
       input.sequencerCacheConversations,
       "SWITCHBOARD_SEQUENCER_CACHE_CONVERSATIONS",
@@ -165,7 +180,7 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
     limits,
     edge: loadEdge(input.edge, env),
     push: loadPush(input.push, env),
-    mesh: loadMesh(input.mesh, env),
+    mesh,
     tracing: loadTracing(env),
     media: loadMediaConfig(env, dataDir),
     privacyDefaults: loadPrivacyDefaults(input.privacyDefaults, env),

@@ -5,6 +5,7 @@
  * answer, every route is registered again and every stream reads its sync state again: what was
  * committed meanwhile reached no gateway, and the log is where it is.
  */
+import { setImmediate } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import type { Client } from "@connectrpc/connect";
 import {
@@ -24,6 +25,15 @@ const ROUTE_CHECK_MS = 1_000;
  */
 const RESYNC_GROUP = 64;
 const RESYNC_STAGGER_MS = 250;
+/**
+ * Routes per registration when every stream's route is registered again (the heartbeat, or after a
+ * loss). Each batch is its own event-loop task: registering 10,000 routes in one held the loop for
+ * over 100 ms, and a gateway holds many more streams than that.
+ */
+const REFRESH_BATCH = 256;
+
+/** What the route keeper needs of a stream. */
+export type RoutedStream = Pick<Session, "id" | "userId" | "deviceId" | "isClosed" | "resync">;
 
 /** What the route keeper needs from its gateway. */
 export interface RouteKeeperDeps {
@@ -37,7 +47,7 @@ export interface RouteKeeperDeps {
   /** How often the beacon is checked, in milliseconds (ROUTE_CHECK_MS unless given). */
   routeCheckMs?: number | undefined;
   /** Every stream open on the gateway. */
-  sessions: () => Session[];
+  sessions: () => readonly RoutedStream[];
   /** True once the gateway refuses new streams. */
   draining: () => boolean;
 }
@@ -84,7 +94,7 @@ export class RouteKeeper {
    * without a route: the route check registers it once the store is back, and then the stream
    * reads its sync state again for what was committed meanwhile.
    */
-  async register(session: Session): Promise<void> {
+  async register(session: RoutedStream): Promise<void> {
     try {
       await this.presence.registerRoutes({ routes: [this.route(session)], ttlMs: this.routeTtlMs });
     } catch (err) {
@@ -93,7 +103,7 @@ export class RouteKeeper {
   }
 
   /** Removes a closed stream's route (in the background). */
-  unregister(session: Session): void {
+  unregister(session: RoutedStream): void {
     this.presence
       .unregisterRoutes({ routes: [this.route(session)] })
       .catch((err: unknown) => this.log.warn({ err, sessionId: session.id }, "route removal failed"));
@@ -107,7 +117,7 @@ export class RouteKeeper {
     this.presence.unregisterRoutes({ routes: [this.beacon] }).catch(() => {});
   }
 
-  private route(session: Session) {
+  private route(session: RoutedStream) {
     return create(DeviceRouteSchema, {
       userId: session.userId,
       deviceId: session.deviceId,
@@ -140,13 +150,24 @@ export class RouteKeeper {
     this.routesLost = true;
   }
 
-  /** Registers every stream's route (after `first`, if given); false if any part failed. */
+  /**
+   * Registers every stream's route (after `first`, if given), REFRESH_BATCH at a time with a turn of
+   * the event loop between batches; false if any part failed. A stream that ends meanwhile is left
+   * out of the batches after its end, so its route is not registered again behind its removal.
+   */
   private async refreshRoutes(first: DeviceRoute[] = []): Promise<boolean> {
-    const routes = [...first, ...this.deps.sessions().map((s) => this.route(s))];
+    const sessions = this.deps.sessions();
     let ok = true;
-    for (let i = 0; i < routes.length; i += 1000) {
+    for (let i = 0; i === 0 || i < sessions.length; i += REFRESH_BATCH) {
+      if (i > 0) await setImmediate();
+      const routes = sessions
+        .slice(i, i + REFRESH_BATCH)
+        .filter((s) => !s.isClosed)
+        .map((s) => this.route(s));
+      if (i === 0) routes.unshift(...first);
+      if (routes.length === 0) continue;
       try {
-        await this.presence.registerRoutes({ routes: routes.slice(i, i + 1000), ttlMs: this.routeTtlMs });
+        await this.presence.registerRoutes({ routes, ttlMs: this.routeTtlMs });
       } catch (err) {
         this.lostRoutes(err, "route heartbeat failed");
         ok = false;
@@ -211,7 +232,7 @@ export class RouteKeeper {
   }
 
   /** Has streams read their sync state again, a group at a time so the sequencer is not flooded. */
-  private async resync(streams: Session[]): Promise<void> {
+  private async resync(streams: readonly RoutedStream[]): Promise<void> {
     for (let i = 0; i < streams.length; i += RESYNC_GROUP) {
       const group = streams
         .slice(i, i + RESYNC_GROUP)

@@ -4,10 +4,22 @@ interface Live extends Route {
   expiresAtMs: number;
 }
 
-/** The embedded route store: one process, one map per user. */
+/**
+ * Width of the expiry index's buckets, in milliseconds. A sweep visits only the buckets that are
+ * due, so its cost follows the routes that expire, not the routes held: with every stream's route
+ * refreshed every 10 s, walking all of them on each 5 s sweep held the event loop for milliseconds
+ * per 10,000 streams.
+ */
+const DUE_BUCKET_MS = 1_000;
+
+/** The embedded route store: one process, one map per user, and an index of routes by expiry. */
 export class InMemoryRouteStore implements RouteStore {
   private readonly byUser = new Map<string, Map<string, Live>>();
   private readonly lastSeen = new Map<string, number>();
+  /** Live routes by Math.floor(expiresAtMs / DUE_BUCKET_MS); a refreshed route moves bucket. */
+  private readonly due = new Map<number, Set<Live>>();
+  /** The keys of `due`, ascending. */
+  private readonly dueOrder: number[] = [];
 
   private key(route: Route): string {
     return `${route.deviceId}\n${route.sessionId}`;
@@ -28,7 +40,12 @@ export class InMemoryRouteStore implements RouteStore {
         routes = new Map();
         this.byUser.set(route.userId, routes);
       }
-      routes.set(this.key(route), { ...route, expiresAtMs: nowMs + ttlMs });
+      const key = this.key(route);
+      const previous = routes.get(key);
+      if (previous !== undefined) this.unindex(previous);
+      const live: Live = { ...route, expiresAtMs: nowMs + ttlMs };
+      routes.set(key, live);
+      this.index(live);
       if (!wasOnline && !cameOnline.includes(route.userId)) cameOnline.push(route.userId);
     }
     return cameOnline;
@@ -38,24 +55,36 @@ export class InMemoryRouteStore implements RouteStore {
     const wentOffline: string[] = [];
     for (const route of routes) {
       const mine = this.byUser.get(route.userId);
-      if (mine?.delete(this.key(route)) && this.settle(route.userId, nowMs)) wentOffline.push(route.userId);
+      const key = this.key(route);
+      const live = mine?.get(key);
+      if (mine === undefined || live === undefined) continue;
+      mine.delete(key);
+      this.unindex(live);
+      if (this.settle(route.userId, nowMs)) wentOffline.push(route.userId);
     }
     return wentOffline;
   }
 
   async expire(nowMs: number): Promise<string[]> {
-    const wentOffline: string[] = [];
-    for (const [userId, routes] of this.byUser) {
-      let dropped = false;
-      for (const [key, r] of routes) {
-        if (r.expiresAtMs <= nowMs) {
-          routes.delete(key);
-          dropped = true;
-        }
+    const dropped = new Set<string>();
+    const last = Math.floor(nowMs / DUE_BUCKET_MS);
+    while (this.dueOrder.length > 0 && this.dueOrder[0]! <= last) {
+      const bucket = this.dueOrder[0]!;
+      const lives = this.due.get(bucket)!;
+      for (const r of lives) {
+        if (r.expiresAtMs > nowMs) continue;
+        lives.delete(r);
+        const mine = this.byUser.get(r.userId);
+        const key = this.key(r);
+        if (mine?.get(key) === r) mine.delete(key);
+        dropped.add(r.userId);
       }
-      if (dropped && this.settle(userId, nowMs)) wentOffline.push(userId);
+      // The bucket of nowMs itself can hold routes live for the rest of it.
+      if (lives.size > 0) break;
+      this.due.delete(bucket);
+      this.dueOrder.shift();
     }
-    return wentOffline;
+    return [...dropped].filter((userId) => this.settle(userId, nowMs));
   }
 
   /** Records last seen when a user has no route left; true if they went offline. */
@@ -64,6 +93,26 @@ export class InMemoryRouteStore implements RouteStore {
     this.byUser.delete(userId);
     this.lastSeen.set(userId, nowMs);
     return true;
+  }
+
+  private index(live: Live): void {
+    const bucket = Math.floor(live.expiresAtMs / DUE_BUCKET_MS);
+    let lives = this.due.get(bucket);
+    if (lives === undefined) {
+      lives = new Set();
+      this.due.set(bucket, lives);
+      // Expiries mostly grow with the clock, so a new bucket is mostly the last one.
+      let i = this.dueOrder.length;
+      while (i > 0 && this.dueOrder[i - 1]! > bucket) i--;
+      this.dueOrder.splice(i, 0, bucket);
+    }
+    lives.add(live);
+  }
+
+  // An emptied bucket stays in the index until a sweep reaches it: at most one per DUE_BUCKET_MS
+  // of the longest TTL.
+  private unindex(live: Live): void {
+    this.due.get(Math.floor(live.expiresAtMs / DUE_BUCKET_MS))?.delete(live);
   }
 
   async lookup(userIds: readonly string[], nowMs: number): Promise<Route[]> {

@@ -38,6 +38,31 @@ describe("InMemoryRouteStore's expiry index", () => {
     assert.deepEqual(await store.expire(T0 + 10_900), ["b"]);
   });
 
+  test("routes that all expire at once are dropped a slice per event-loop task", async () => {
+    const store = new InMemoryRouteStore();
+    const users = Array.from({ length: 5_000 }, (_, i) => `u${i}`);
+    // Each user's two devices, registered apart: a sweep's slices split some users' routes.
+    await store.register(
+      users.map((u) => route(u)),
+      30_000,
+      T0,
+    );
+    await store.register(
+      users.map((u) => ({ ...route(u, "s2"), deviceId: "laptop" })),
+      30_000,
+      T0,
+    );
+    let turned = false;
+    setImmediate(() => {
+      turned = true;
+    });
+    // Two sweeps at once (one gives way mid-sweep) still report each user offline once.
+    const [gone, alsoGone] = await Promise.all([store.expire(T0 + 30_000), store.expire(T0 + 30_000)]);
+    assert.ok(turned, "the sweep gave the event loop a turn");
+    assert.deepEqual([...gone, ...alsoGone].sort(), [...users].sort());
+    assert.deepEqual(await store.lookup(users, T0), []);
+  });
+
   test("refreshes, unregisters and different TTLs leave nothing to expire early or late", async () => {
     const store = new InMemoryRouteStore();
     const users = Array.from({ length: 2_000 }, (_, i) => `u${i}`);

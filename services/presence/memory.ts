@@ -1,7 +1,10 @@
+import { setImmediate } from "node:timers/promises";
 import type { Route, RouteStore, UserPresence } from "./types.js";
 
 interface Live extends Route {
   expiresAtMs: number;
+  /** Its key in its user's map. */
+  key: string;
 }
 
 /**
@@ -11,6 +14,8 @@ interface Live extends Route {
  * per 10,000 streams.
  */
 const DUE_BUCKET_MS = 1_000;
+/** Routes a sweep drops, at least, before it gives the event loop a turn. */
+const EXPIRE_SLICE = 2_048;
 
 /** The embedded route store: one process, one map per user, and an index of routes by expiry. */
 export class InMemoryRouteStore implements RouteStore {
@@ -43,7 +48,7 @@ export class InMemoryRouteStore implements RouteStore {
       const key = this.key(route);
       const previous = routes.get(key);
       if (previous !== undefined) this.unindex(previous);
-      const live: Live = { ...route, expiresAtMs: nowMs + ttlMs };
+      const live: Live = { ...route, expiresAtMs: nowMs + ttlMs, key };
       routes.set(key, live);
       this.index(live);
       if (!wasOnline && !cameOnline.includes(route.userId)) cameOnline.push(route.userId);
@@ -68,27 +73,46 @@ export class InMemoryRouteStore implements RouteStore {
   async expire(nowMs: number): Promise<string[]> {
     const dropped = new Set<string>();
     const last = Math.floor(nowMs / DUE_BUCKET_MS);
+    let slice = 0;
     while (this.dueOrder.length > 0 && this.dueOrder[0]! <= last) {
       const bucket = this.dueOrder[0]!;
       const lives = this.due.get(bucket)!;
       for (const r of lives) {
+        // Only the bucket of nowMs itself can hold routes live for the rest of it.
         if (r.expiresAtMs > nowMs) continue;
         lives.delete(r);
         const mine = this.byUser.get(r.userId);
-        const key = this.key(r);
-        if (mine?.get(key) === r) mine.delete(key);
+        if (mine?.get(r.key) === r) mine.delete(r.key);
         dropped.add(r.userId);
+        // A gateway that dies takes all its routes with it at once, and its heartbeat had
+        // refreshed them within a second or two: the sweep gives the event loop a turn between
+        // slices rather than dropping them all in one task.
+        if (++slice >= EXPIRE_SLICE) break;
       }
-      // The bucket of nowMs itself can hold routes live for the rest of it.
+      if (slice >= EXPIRE_SLICE) {
+        slice = 0;
+        await setImmediate();
+        continue;
+      }
       if (lives.size > 0) break;
       this.due.delete(bucket);
       this.dueOrder.shift();
     }
-    return [...dropped].filter((userId) => this.settle(userId, nowMs));
+    const wentOffline: string[] = [];
+    for (const userId of dropped) {
+      if (this.settle(userId, nowMs)) wentOffline.push(userId);
+      if (++slice >= EXPIRE_SLICE) {
+        slice = 0;
+        await setImmediate();
+      }
+    }
+    return wentOffline;
   }
 
   /** Records last seen when a user has no route left; true if they went offline. */
   private settle(userId: string, nowMs: number): boolean {
+    // Settled already (by an unregister, or a sweep that ran while this one gave way).
+    if (!this.byUser.has(userId)) return false;
     if (this.liveCount(userId, nowMs) > 0) return false;
     this.byUser.delete(userId);
     this.lastSeen.set(userId, nowMs);

@@ -27,8 +27,8 @@ const RESYNC_GROUP = 64;
 const RESYNC_STAGGER_MS = 250;
 /**
  * Routes per registration when every stream's route is registered again (the heartbeat, or after a
- * loss). Each batch is its own event-loop task: registering 10,000 routes in one held the loop for
- * over 100 ms, and a gateway holds many more streams than that.
+ * loss). Each batch is its own event-loop task: registering them all in one held the loop for about
+ * 40 ms with 10,000 idle streams, and the task grows with the streams a gateway holds.
  */
 const REFRESH_BATCH = 256;
 

@@ -111,6 +111,32 @@ describe("RouteKeeper", () => {
     }
   });
 
+  test("after a loss, streams resync 64 at a time, each group its own event-loop task", async () => {
+    const streams = Array.from({ length: 300 }, (_, i) => stream(i));
+    // Per group of resyncs, whether a macrotask queued by the group before it had run.
+    const order: string[] = [];
+    let pendingTurn = false;
+    for (const s of streams) {
+      const first = Number(s.id.slice(1)) % 64 === 0;
+      s.resync = async () => {
+        s.resyncs++;
+        if (!first) return;
+        order.push(pendingTurn ? "same task" : "new task");
+        pendingTurn = true;
+        setImmediate(() => {
+          pendingTurn = false;
+        });
+      };
+    }
+    const { stop } = keeperOver(streams, () => {});
+    try {
+      await until(() => streams.every((s) => s.resyncs === 1), "every stream to resync");
+      assert.deepEqual(order, ["new task", "new task", "new task", "new task", "new task"]);
+    } finally {
+      stop();
+    }
+  });
+
   test("a stream that ends during a refresh is not registered again after its end", async () => {
     const streams = Array.from({ length: 600 }, (_, i) => stream(i));
     const registered: string[] = [];

@@ -231,15 +231,27 @@ export class RouteKeeper {
     if (old.sessionId !== next.sessionId) this.presence.unregisterRoutes({ routes: [old] }).catch(() => {});
   }
 
-  /** Has streams read their sync state again, a group at a time so the sequencer is not flooded. */
+  /**
+   * Has streams read their sync state again, a group at a time so the sequencer is not flooded,
+   * each group in an event-loop task of its own (an in-process sequencer can answer a group in
+   * microtasks, which would otherwise chain every group into one task).
+   */
   private async resync(streams: readonly RoutedStream[]): Promise<void> {
     for (let i = 0; i < streams.length; i += RESYNC_GROUP) {
+      if (i > 0) await setImmediate();
       const group = streams
         .slice(i, i + RESYNC_GROUP)
         .map((s) =>
           s.resync().catch((err: unknown) => this.log.warn({ err, sessionId: s.id }, "stream resync failed")),
         );
-      await Promise.race([Promise.all(group), new Promise((r) => setTimeout(r, RESYNC_STAGGER_MS))]);
+      let stagger: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all(group),
+        new Promise((r) => {
+          stagger = setTimeout(r, RESYNC_STAGGER_MS);
+        }),
+      ]);
+      clearTimeout(stagger);
     }
   }
 }

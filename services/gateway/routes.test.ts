@@ -63,6 +63,22 @@ function keeperOver(streams: readonly RoutedStream[], onRegister: (userIds: stri
   };
 }
 
+/**
+ * Tells whether the event loop has turned since the last call: each call queues a macrotask, and
+ * the next call sees whether it has run.
+ */
+function turnMarker(): () => boolean {
+  let pending = false;
+  return () => {
+    const turned = !pending;
+    pending = true;
+    setImmediate(() => {
+      pending = false;
+    });
+    return turned;
+  };
+}
+
 async function until(done: () => boolean, what: string): Promise<void> {
   const deadline = Date.now() + 10_000;
   while (!done()) {
@@ -75,18 +91,12 @@ describe("RouteKeeper", () => {
   test("registers every stream's route in batches of at most 256, each its own event-loop task", async () => {
     const streams = Array.from({ length: 1_000 }, (_, i) => stream(i));
     const batches: string[][] = [];
-    // A macrotask queued from within each registration: it has run by the next one only if the
-    // keeper gave the event loop a turn in between.
+    // Per registration of streams' routes, whether the keeper gave the event loop a turn since
+    // the one before.
     const turnedBefore: boolean[] = [];
-    let pendingTurn = false;
+    const turned = turnMarker();
     const { store, stop } = keeperOver(streams, (userIds) => {
-      if (userIds.some((u) => u.startsWith("u"))) {
-        turnedBefore.push(!pendingTurn);
-        pendingTurn = true;
-        setImmediate(() => {
-          pendingTurn = false;
-        });
-      }
+      if (userIds.some((u) => u.startsWith("u"))) turnedBefore.push(turned());
       batches.push(userIds);
     });
     try {
@@ -113,19 +123,15 @@ describe("RouteKeeper", () => {
 
   test("after a loss, streams resync 64 at a time, each group its own event-loop task", async () => {
     const streams = Array.from({ length: 300 }, (_, i) => stream(i));
-    // Per group of resyncs, whether a macrotask queued by the group before it had run.
+    // Per group of resyncs (seen at its first stream), whether the keeper gave the event loop a
+    // turn since the group before.
     const order: string[] = [];
-    let pendingTurn = false;
+    const turned = turnMarker();
     for (const s of streams) {
       const first = Number(s.id.slice(1)) % 64 === 0;
       s.resync = async () => {
         s.resyncs++;
-        if (!first) return;
-        order.push(pendingTurn ? "same task" : "new task");
-        pendingTurn = true;
-        setImmediate(() => {
-          pendingTurn = false;
-        });
+        if (first) order.push(turned() ? "new task" : "same task");
       };
     }
     const { stop } = keeperOver(streams, () => {});

@@ -314,4 +314,34 @@ describe("AdminService on in-process managers", () => {
       await gateway.drain();
     }
   });
+
+  it("GetStats counts each open stream once, through replaced streams and repeated detaches", async () => {
+    const gateway = gatewayCore(bus);
+    const admin = adminClient({ instanceId: "gw-test", roles: ["gateway"], startedAtMs: 0, gateway });
+    const streams = async () => (await admin.getStats({})).gateway?.streams;
+    try {
+      const principal = {
+        userId: "u_00000000000000000000000001",
+        deviceId: "dv_00000000000000000000000001",
+        expiresAtMs: 0,
+      };
+      const other = { ...principal, deviceId: "dv_00000000000000000000000003" };
+      // One more than a device may hold: the oldest is replaced (closed and detached).
+      const first = Array.from({ length: defaultLimits.maxConnectionsPerDevice + 1 }, () =>
+        gateway.open(principal),
+      );
+      const second = gateway.open(other);
+      assert.ok(first[0]!.isClosed);
+      assert.equal(await streams(), defaultLimits.maxConnectionsPerDevice + 1);
+
+      // A stream detached twice (its close and a late clean-up) is counted down once.
+      gateway.detach(second);
+      gateway.detach(second);
+      gateway.detach(first[0]!);
+      assert.equal(await streams(), defaultLimits.maxConnectionsPerDevice);
+    } finally {
+      await gateway.drain();
+    }
+    assert.equal(await streams(), 0);
+  });
 });

@@ -114,6 +114,8 @@ export class GatewayCore implements SessionHost<Session> {
   private readonly directory: Client<typeof DirectoryService>;
   private readonly tokens: Tokens;
   private readonly byDevice = new Map<string, Session[]>();
+  /** The streams in byDevice's lists, kept as they change: a metrics scrape reads it, not the lists. */
+  private streams = 0;
   private readonly watchers = new Map<string, Set<Session>>();
   private readonly rateLimiter: RateLimiter;
   private readonly sendLimit: RateLimit;
@@ -259,9 +261,7 @@ export class GatewayCore implements SessionHost<Session> {
 
   /** Streams open on this gateway. */
   get streamCount(): number {
-    let n = 0;
-    for (const list of this.byDevice.values()) n += list.length;
-    return n;
+    return this.streams;
   }
 
   /** Keeps a per-device map within bounds by dropping its oldest entries (insertion order). */
@@ -327,6 +327,7 @@ export class GatewayCore implements SessionHost<Session> {
     const session = new Session(principal, this);
     const list = this.byDevice.get(principal.deviceId) ?? [];
     list.push(session);
+    this.streams++;
     this.byDevice.set(principal.deviceId, list);
     while (list.length > this.limits.maxConnectionsPerDevice) {
       const oldest = list[0]!;
@@ -360,7 +361,10 @@ export class GatewayCore implements SessionHost<Session> {
     const list = this.byDevice.get(session.deviceId);
     if (list !== undefined) {
       const i = list.indexOf(session);
-      if (i >= 0) list.splice(i, 1);
+      if (i >= 0) {
+        list.splice(i, 1);
+        this.streams--;
+      }
       if (list.length === 0) {
         this.byDevice.delete(session.deviceId);
       }

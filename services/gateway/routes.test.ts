@@ -3,6 +3,7 @@ import { describe, test } from "node:test";
 import { setImmediate as turn } from "node:timers/promises";
 import { createClient, createRouterTransport } from "@connectrpc/connect";
 import { PresenceService } from "../../gen/switchboard/internal/v1/presence_pb.js";
+import { turnMarker } from "../../test/helpers/turns.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { createLogger } from "../common/log.js";
 import { InMemoryRouteStore, Presence, presenceService } from "../presence/index.js";
@@ -60,22 +61,6 @@ function keeperOver(streams: readonly RoutedStream[], onRegister: (userIds: stri
       keeper.stop();
       presence.close();
     },
-  };
-}
-
-/**
- * Tells whether the event loop has turned since the last call: each call queues a macrotask, and
- * the next call sees whether it has run.
- */
-function turnMarker(): () => boolean {
-  let pending = false;
-  return () => {
-    const turned = !pending;
-    pending = true;
-    setImmediate(() => {
-      pending = false;
-    });
-    return turned;
   };
 }
 

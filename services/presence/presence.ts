@@ -1,9 +1,18 @@
+import { setImmediate as turn } from "node:timers/promises";
 import { create } from "@bufbuild/protobuf";
 import { BusEventSchema, PresenceChangedSchema } from "../../gen/switchboard/internal/v1/events_pb.js";
 import { PresenceFrameSchema } from "../../gen/switchboard/v1/gateway_pb.js";
 import type { EventBus } from "../bus/types.js";
 import type { Logger } from "../common/log.js";
 import type { Route, RouteStore, UserPresence } from "./types.js";
+
+/**
+ * Users one presence broadcast carries at most. When a gateway dies, every user whose only
+ * streams it held goes offline in one sweep: 100,000 of them for a full gateway. Announced
+ * together they were one task here (reading their state, building the events) and one on every
+ * gateway that heard them; in batches, each batch is a task of its own, here and there.
+ */
+export const ANNOUNCE_BATCH = 512;
 
 /** Options for the presence service. */
 export interface PresenceOptions {
@@ -54,8 +63,19 @@ export class Presence {
     clearInterval(this.sweeper);
   }
 
+  /**
+   * Broadcasts each user's presence as it is when its batch is read, not the change that made it
+   * due: a user who came back online while an earlier batch went out is announced online, so the
+   * batches' order against other announcements does not matter.
+   */
   private async announce(userIds: readonly string[]): Promise<void> {
-    if (userIds.length === 0) return;
+    for (let i = 0; i < userIds.length; i += ANNOUNCE_BATCH) {
+      if (i > 0) await turn();
+      await this.broadcastPresence(userIds.slice(i, i + ANNOUNCE_BATCH));
+    }
+  }
+
+  private async broadcastPresence(userIds: readonly string[]): Promise<void> {
     const states = await this.store.presence(userIds, this.now());
     this.bus.broadcast(
       states.map((p) =>

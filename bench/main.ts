@@ -60,7 +60,7 @@ async function main(): Promise<void> {
     urls = [url];
     pid = server.pid;
     log(
-      `spawned server pid ${pid} at ${url}${opts.probe ? " (with the bench's probe)" : ""} and raised limits: ${Object.entries(
+      `spawned server pid ${pid} at ${url}${opts.probe ? " (with the bench's probe)" : ""}, running ${server.compiled ? "dist/" : "the sources through tsx (dist/ is older than them: not the server as deployed)"}, and raised limits: ${Object.entries(
         RAISED_LIMITS,
       )
         .map(([k, v]) => `${k}=${v}`)
@@ -144,6 +144,7 @@ async function main(): Promise<void> {
       conversations: conversations.length,
       url,
       spawned: server !== undefined,
+      ...(server !== undefined && { compiled: server.compiled }),
       memBefore,
       memConnected,
       memEnd,

@@ -3,6 +3,7 @@ import { readdirSync, readFileSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { buildIsCurrent } from "../bin/build-state.js";
 import { waitForListening } from "../services/mesh/listening.js";
 import { SERVER_NODE_FLAGS } from "../services/server/node-flags.js";
 
@@ -91,6 +92,11 @@ export interface BenchServer {
   url: string;
   pid: number;
   dataDir: string;
+  /**
+   * Whether bin/switchboard.js found dist/ current when the server started and ran it; otherwise
+   * it ran the sources through tsx, which costs CPU and memory the deployed server does not.
+   */
+  compiled: boolean;
   /** Probe samples so far (bounded). */
   samples: ProbeSample[];
   /** Full GC in the server, then its memory; undefined if the probe does not answer. */
@@ -141,6 +147,9 @@ export async function spawnServer(options: {
   // Flags meant for the bench process (a profiler, say) are not the server's.
   delete env.NODE_OPTIONS;
   const probe = options.probe === false ? [] : PROBE_NODE_ARGS;
+  // What bin/switchboard.js is about to decide: a source edited after the last build (even a
+  // comment) makes the run measure the sources through tsx.
+  const compiled = buildIsCurrent(root);
   const child: ChildProcess = spawn(
     process.execPath,
     [
@@ -185,6 +194,7 @@ export async function spawnServer(options: {
     url,
     pid: child.pid!,
     dataDir,
+    compiled,
     samples,
     memoryAfterGc() {
       if (options.probe === false || child.exitCode !== null) return Promise.resolve(undefined);

@@ -17,6 +17,8 @@ export interface Context {
   conversations: number;
   url: string;
   spawned: boolean;
+  /** For a spawned server: whether it ran dist/ (else the sources through tsx). */
+  compiled?: boolean;
   memBefore: MemorySnapshot | undefined;
   memConnected: MemorySnapshot | undefined;
   memEnd: MemorySnapshot | undefined;
@@ -220,7 +222,11 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
           ? "the running server's"
           : opts.build
             ? "compiled (dist/, built for this run)"
-            : "dist/ if current, else the sources through tsx",
+            : ctx.compiled === undefined
+              ? "dist/ if current, else the sources through tsx"
+              : ctx.compiled
+                ? "dist/ (current)"
+                : "the sources through tsx (dist/ was older than them)",
     },
     devices: ctx.connectedDevices,
     connectFailures: ctx.connectFailed,

@@ -6,7 +6,6 @@
  * clone between the threads unchanged.
  */
 import type { Database, Key, RootDatabase } from "lmdb";
-import { writeKey } from "ordered-binary";
 import { StoreError } from "../errors.js";
 import { conflict, conversationRecord, entryTimes, memberRecord } from "../records.js";
 import type {
@@ -24,22 +23,6 @@ export interface IdempotencyValue {
   atMs: number;
 }
 
-/** One idempotency record as the log holds it: conversation, device, client_msg_id, seq. */
-export type IdempotencyRecord = [conversationId: string, deviceId: string, clientMsgId: string, seq: number];
-
-/** A record on its way into the index, with its commit's time. */
-export type IndexedRecord = [...IdempotencyRecord, atMs: number];
-
-/**
- * A row of the idempotency log: the records of one commit, written with its entries, until a
- * later unit moves them into the index (idempotency-tail.ts says why).
- */
-export interface IdempotencyLogRow {
-  /** When the commit was applied, in ms since the Unix epoch: what the records expire by. */
-  atMs: number;
-  records: IdempotencyRecord[];
-}
-
 /** A device's cursors, keyed by [conversationId, deviceId]. */
 export interface DeviceCursorValue {
   deliveredUpTo: number;
@@ -53,8 +36,6 @@ export interface ConversationDbs {
   heads: Database<number, Key>;
   idempotency: Database<IdempotencyValue, Key>;
   idempotencyByTime: Database<true, Key>;
-  /** Commits' idempotency records not yet in the index, keyed by log id (idempotency-tail.ts). */
-  idempotencyLog: Database<IdempotencyLogRow, Key>;
   /** Entries that expire, keyed [expiresAtMs, conversationId, seq]: what deleteExpiredEntries walks. */
   entriesByExpiry: Database<true, Key>;
   members: Database<MemberRecord, Key>;
@@ -73,7 +54,6 @@ export function conversationDbs(root: RootDatabase): ConversationDbs {
     heads: db("heads"),
     idempotency: db("idempotency"),
     idempotencyByTime: db("idempotencyByTime"),
-    idempotencyLog: db("idempotencyLog"),
     entriesByExpiry: db("entriesByExpiry"),
     members: db("members"),
     userConversations: db("userConversations"),
@@ -115,12 +95,7 @@ export interface PreparedWrite {
 
 /** The conversation port's writes, each applied as one abortable unit. */
 export type ConversationUnit =
-  | {
-      op: "commit";
-      writes: PreparedWrite[];
-      /** Where the commit's idempotency records go: this row of the log; absent: the index. */
-      logId?: number;
-    }
+  | { op: "commit"; writes: PreparedWrite[] }
   | { op: "cursors"; devices: readonly DeviceCursor[]; members: readonly MemberCursor[] }
   | { op: "floors"; floors: readonly DeviceFloor[] }
   | {
@@ -134,14 +109,7 @@ export type ConversationUnit =
       bounds?: Map<string, number>;
     }
   | { op: "expired"; nowMs: number; max: number }
-  | { op: "idempotency"; olderThanMs: number }
-  /** Puts waiting idempotency records into the index (idempotency-tail.ts). */
-  | { op: "indexIdempotency"; records: IndexedRecord[] }
-  /** Removes the idempotency log's rows up to this id, once their records are in the index. */
-  | { op: "trimIdempotencyLog"; upTo: number; reindex: boolean };
-
-/** Applies a unit of the conversation port's writes (write-thread.ts) and gives its result. */
-export type RunUnit = (unit: ConversationUnit) => Promise<unknown>;
+  | { op: "idempotency"; olderThanMs: number };
 
 /** What a "prefixes" unit did: how many entries it deleted and where the next call starts. */
 export interface PrefixesResult {
@@ -159,7 +127,7 @@ export interface IdempotencySlice {
 export function applyUnit(dbs: ConversationDbs, unit: ConversationUnit): unknown {
   switch (unit.op) {
     case "commit":
-      return applyCommit(dbs, unit.writes, unit.logId);
+      return applyCommit(dbs, unit.writes);
     case "cursors":
       return applyCursors(dbs, unit.devices, unit.members);
     case "floors":
@@ -171,10 +139,6 @@ export function applyUnit(dbs: ConversationDbs, unit: ConversationUnit): unknown
       return deleteExpired(dbs, unit.nowMs, unit.max);
     case "idempotency":
       return expireIdempotencySlice(dbs, unit.olderThanMs);
-    case "indexIdempotency":
-      return indexRecords(dbs, unit.records);
-    case "trimIdempotencyLog":
-      return trimLog(dbs, unit.upTo, unit.reindex);
   }
 }
 
@@ -182,8 +146,7 @@ export function applyUnit(dbs: ConversationDbs, unit: ConversationUnit): unknown
 // hold between concurrent callers. Everything is checked before the first put, and the unit is a
 // child transaction besides, so a refused or failed call leaves nothing behind and does not disturb
 // the other callers in the batch.
-// Returns when it was applied (ms since the Unix epoch): the time its records expire by.
-function applyCommit(dbs: ConversationDbs, prepared: readonly PreparedWrite[], logId?: number): number {
+function applyCommit(dbs: ConversationDbs, prepared: readonly PreparedWrite[]): void {
   const heads = new Map<string, number>();
   for (const { conversationId: id, append, replace } of prepared) {
     let head = heads.get(id) ?? dbs.heads.get(id) ?? 0;
@@ -205,7 +168,6 @@ function applyCommit(dbs: ConversationDbs, prepared: readonly PreparedWrite[], l
   }
 
   const atMs = Date.now();
-  const logged: IdempotencyRecord[] = [];
   for (const write of prepared) {
     const { conversationId: id, append, replace } = write;
     if (write.conversation !== undefined) dbs.conversations.put(id, withStoredPins(dbs, write.conversation));
@@ -216,9 +178,11 @@ function applyCommit(dbs: ConversationDbs, prepared: readonly PreparedWrite[], l
     const last = append[append.length - 1];
     if (last !== undefined) dbs.heads.put(id, last.seq);
     for (const k of write.idempotency ?? []) {
-      const record: IdempotencyRecord = [id, k.deviceId, k.clientMsgId, k.seq];
-      if (logId === undefined) putIdempotency(dbs, record, atMs);
-      else logged.push(requireIndexable(dbs, record, atMs));
+      const key = [id, k.deviceId, k.clientMsgId];
+      const previous = dbs.idempotency.get(key);
+      if (previous !== undefined) dbs.idempotencyByTime.remove([previous.atMs, ...key]);
+      dbs.idempotency.put(key, { seq: k.seq, atMs });
+      dbs.idempotencyByTime.put([atMs, ...key], true);
     }
     for (const e of replace) {
       // A rewrite (a tombstone) keeps its entry's expiry, so the index row stays the same.
@@ -234,76 +198,6 @@ function applyCommit(dbs: ConversationDbs, prepared: readonly PreparedWrite[], l
       dbs.userConversations.remove([userId, id]);
     }
   }
-  // One row at the log's end for the whole commit, in place of a leaf of the index per record.
-  if (logId !== undefined && logged.length > 0) dbs.idempotencyLog.put(logId, { atMs, records: logged });
-  return atMs;
-}
-
-/**
- * A logged record must fit the index when it is moved: one that cannot (a key over LMDB's size
- * limit) would fail every move after it. So its longest key, the expiry index's, is encoded now
- * and held to the limit the put would apply, and the commit is refused, as it was when the records
- * went to the index directly.
- */
-function requireIndexable(dbs: ConversationDbs, record: IdempotencyRecord, atMs: number): IdempotencyRecord {
-  const [id, deviceId, clientMsgId] = record;
-  // lmdb-js's own key encoding (ordered-binary, which its default keys use) and its limit; a key
-  // longer than the scratch buffer is too long for any limit.
-  const max = (dbs.idempotencyByTime as unknown as { maxKeySize?: number }).maxKeySize ?? LMDB_MAX_KEY_SIZE;
-  let size: number;
-  try {
-    size = writeKey([atMs, id, deviceId, clientMsgId], keyScratch, 0);
-  } catch {
-    size = Number.POSITIVE_INFINITY;
-  }
-  if (size > max) {
-    throw new Error(`Key size is larger than the maximum key size (${max}): an idempotency key of ${id}`);
-  }
-  return record;
-}
-
-// LMDB's limit with 4 KiB pages, which lmdb-js applies when the store does not say.
-const LMDB_MAX_KEY_SIZE = 1978;
-const keyScratch = Buffer.alloc(8192);
-
-/** Puts one record into the index and its expiry index, replacing an older record of its key. */
-function putIdempotency(
-  dbs: ConversationDbs,
-  [id, deviceId, clientMsgId, seq]: IdempotencyRecord,
-  atMs: number,
-) {
-  const key = [id, deviceId, clientMsgId];
-  const previous = dbs.idempotency.get(key);
-  if (previous !== undefined) dbs.idempotencyByTime.remove([previous.atMs, ...key]);
-  dbs.idempotency.put(key, { seq, atMs });
-  dbs.idempotencyByTime.put([atMs, ...key], true);
-}
-
-/** Puts records into the index, in the order given (a later record of a key replaces an earlier one). */
-function indexRecords(dbs: ConversationDbs, records: readonly IndexedRecord[]): void {
-  for (const [id, deviceId, clientMsgId, seq, atMs] of records) {
-    putIdempotency(dbs, [id, deviceId, clientMsgId, seq], atMs);
-  }
-}
-
-/**
- * Removes the log's rows up to upTo, whose records the caller has put in the index. With reindex,
- * some of those rows are of commits whose callers never learned that they were applied (an
- * unanswered write), so their records are put too, where the index has none of their key.
- */
-function trimLog(dbs: ConversationDbs, upTo: number, reindex: boolean): number {
-  // Collected before anything is removed: nothing is deleted under a live iterator.
-  const rows = [...dbs.idempotencyLog.getRange({ end: upTo + 1 })];
-  for (const { key, value } of rows) {
-    if (reindex) {
-      for (const record of value.records) {
-        const [id, deviceId, clientMsgId] = record;
-        if (!dbs.idempotency.doesExist([id, deviceId, clientMsgId])) putIdempotency(dbs, record, value.atMs);
-      }
-    }
-    dbs.idempotencyLog.remove(key);
-  }
-  return rows.length;
 }
 
 /** The record to store: one written with pins undefined keeps the stored pins (the port's rule). */

@@ -1,8 +1,6 @@
 import { fromBinary } from "@bufbuild/protobuf";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { entryBytes } from "../../common/entry-bytes.js";
-import { UnavailableError } from "../../common/errors.js";
-import { StoreError } from "../errors.js";
 import { conflict, conversationRecord, entryTimes, memberRecord, seqOf } from "../records.js";
 import type {
   ConversationRecord,
@@ -17,18 +15,18 @@ import type {
 } from "../types.js";
 import {
   type ConversationDbs,
+  type ConversationUnit,
   type EncodedEntry,
   EXPIRE_SLICE,
   HIGH,
-  type IdempotencyRecord,
   type IdempotencySlice,
   type PrefixesResult,
   type PreparedWrite,
   RETENTION_CONVERSATIONS_PER_CALL,
-  type RunUnit,
 } from "./conversation-writes.js";
-import { DEFAULT_TAIL_OPTIONS, IdempotencyTail, type IdempotencyTailOptions } from "./idempotency-tail.js";
-import { StorageFault } from "./storage-fault.js";
+
+/** Applies a unit of the conversation port's writes (write-thread.ts) and gives its result. */
+export type RunUnit = (unit: ConversationUnit) => Promise<unknown>;
 
 function encode(entry: Entry, conversationId: string): EncodedEntry {
   return {
@@ -76,67 +74,16 @@ function decodeEntry(value: Uint8Array): Entry {
   return fromBinary(EntrySchema, new Uint8Array(value.buffer, value.byteOffset, value.byteLength));
 }
 
-/**
- * Whether a refused commit is known to have stored nothing: refused by the store (a conflict,
- * rolled back), or by a disk that failed its transaction. Anything else (an unanswered write, a
- * write thread that died holding it, a bug) may have been applied.
- */
-function storedNothing(err: unknown): boolean {
-  if (err instanceof StoreError) return true;
-  const cause = err instanceof UnavailableError ? err.cause : undefined;
-  return cause instanceof StorageFault && !cause.outcomeUnknown;
-}
-
-/** A commit's idempotency records, in the log's shape. */
-function idempotencyRecords(prepared: readonly PreparedWrite[]): IdempotencyRecord[] {
-  return prepared.flatMap(({ conversationId: id, idempotency }) =>
-    (idempotency ?? []).map((k): IdempotencyRecord => [id, k.deviceId, k.clientMsgId, k.seq]),
-  );
-}
-
 /** The conversation port on LMDB. */
 export class LmdbConversationStore implements ConversationStore {
-  private readonly tail: IdempotencyTail;
-
   constructor(
     private readonly dbs: ConversationDbs,
     private readonly run: RunUnit,
-    tailOptions: IdempotencyTailOptions = DEFAULT_TAIL_OPTIONS,
-  ) {
-    this.tail = new IdempotencyTail(dbs, run, tailOptions);
-  }
+  ) {}
 
   async commit(writes: ConversationWrite[]): Promise<void> {
     if (writes.length === 0) return;
-    const prepared = writes.map(prepare);
-    const records = idempotencyRecords(prepared);
-    // Taken and handed over in one synchronous step: log ids reach the write thread in order.
-    const logId = this.tail.logIdFor(records);
-    let atMs: number;
-    try {
-      atMs = (await this.run({
-        op: "commit",
-        writes: prepared,
-        ...(logId !== undefined && { logId }),
-      })) as number;
-    } catch (err) {
-      this.tail.refused(logId, records, storedNothing(err));
-      throw err;
-    }
-    this.tail.committed(logId, records, atMs);
-  }
-
-  /**
-   * Moves the idempotency records waiting in the log into the index now, rather than at the next
-   * interval; resolves once that is done (or has failed, leaving them in the log).
-   */
-  moveIdempotencyLog(): Promise<void> {
-    return this.tail.move();
-  }
-
-  /** Stops the idempotency log's moves (what is left is read back at the next open). */
-  close(): Promise<void> {
-    return this.tail.close();
+    await this.run({ op: "commit", writes: writes.map(prepare) });
   }
 
   async getConversation(conversationId: string): Promise<ConversationRecord | undefined> {
@@ -174,7 +121,7 @@ export class LmdbConversationStore implements ConversationStore {
     deviceId: string,
     clientMsgId: string,
   ): Promise<number | undefined> {
-    return this.tail.get(conversationId, deviceId, clientMsgId);
+    return this.dbs.idempotency.get([conversationId, deviceId, clientMsgId])?.seq;
   }
 
   async listUserConversations(userId: string): Promise<UserConversation[]> {
@@ -284,8 +231,6 @@ export class LmdbConversationStore implements ConversationStore {
   }
 
   async expireIdempotency(olderThanMs: number): Promise<number> {
-    // Records still in the log may be old enough too (a log read back after a long stop).
-    await this.tail.move();
     let removed = 0;
     for (;;) {
       const slice = (await this.run({ op: "idempotency", olderThanMs })) as IdempotencySlice;

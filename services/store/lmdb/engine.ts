@@ -13,8 +13,6 @@
  *   heads               conversationId                              last seq (the log is 1..head)
  *   idempotency         [conversationId, deviceId, clientMsgId]     { seq, atMs }
  *   idempotencyByTime   [atMs, conversationId, deviceId, clientMsgId]   true (expiry index)
- *   idempotencyLog      logId (a number, rising)                    { atMs, records } of one commit,
- *                                                                   until moved into idempotency
  *   members             [conversationId, userId]                    MemberRecord
  *   userConversations   [userId, conversationId]                    joinedSeq
  *   deviceCursors       [conversationId, deviceId]                  { deliveredUpTo, readUpTo }
@@ -57,12 +55,6 @@
  * and O_DSYNC meta write come before it resolves.
  * Write promises resolve in commit order, and reads see a commit once its promise has resolved.
  *
- * Idempotency records (idempotency-tail.ts). A commit writes its records as one row at the end of
- * the idempotency log, in its transaction, instead of into the index, whose keys put each record
- * on a leaf of its own; once a second the main thread moves the logged records into the index, a
- * few units of about a thousand, then removes the rows. A record is in one or the other at every
- * moment, and the engine reads the log back when it opens.
- *
  * Storage faults (write-faults.ts). A commit the disk refuses (full, EIO, a failed fsync) rejects
  * its writes with UnavailableError and stores none of them; reads and later writes go on, and
  * writes succeed again once they fit. Two lmdb-js habits would otherwise end the process on such
@@ -79,20 +71,12 @@ import { type AccountDbs, LmdbAccountStore } from "./accounts.js";
 import { conversationDbs } from "./conversation-writes.js";
 import { LmdbConversationStore } from "./conversations.js";
 import { openEnvironment, type WriteUnit } from "./environment.js";
-import type { IdempotencyTailOptions } from "./idempotency-tail.js";
 import { type KeyDbs, LmdbKeyStore } from "./keys.js";
 import { WriteFaults } from "./write-faults.js";
 import { WriteThread } from "./write-thread.js";
 
-/**
- * Bumped when the key layout changes incompatibly; an engine refuses files of another layout,
- * but those of UPGRADABLE_LAYOUTS, which it takes as they are and marks as its own.
- * Layout 2 added the idempotency log: a build of layout 1 would not read it, and would miss the
- * records waiting there, so it must refuse such a directory, while a layout 1 directory is a
- * layout 2 one with an empty log.
- */
-const LAYOUT_VERSION = 2;
-const UPGRADABLE_LAYOUTS: readonly number[] = [1];
+/** Bumped when the key layout changes incompatibly; an engine refuses files of another layout. */
+const LAYOUT_VERSION = 1;
 
 /** Options of the embedded engine. */
 export interface LmdbStoreOptions {
@@ -103,13 +87,6 @@ export interface LmdbStoreOptions {
    * matters to pre-size it; by default it starts small.
    */
   mapSizeBytes?: number;
-  /**
-   * How long a conversation write waits for the write thread before it is refused as a storage
-   * fault of unknown outcome (write-thread.ts); 30 s by default.
-   */
-  writeDeadlineMs?: number;
-  /** When the idempotency log is moved into the index (idempotency-tail.ts); defaults there. */
-  idempotencyLog?: IdempotencyTailOptions;
 }
 
 /** The embedded engine: both ports over one LMDB environment. */
@@ -123,14 +100,11 @@ export class LmdbStoreEngine implements StoreEngine {
   constructor(
     private readonly root: RootDatabase,
     private readonly writeThread: WriteThread,
-    idempotencyLog?: IdempotencyTailOptions,
   ) {
     const writeUnit: WriteUnit = (fn) => this.faults.run(() => root.childTransaction(fn));
     const db = <V>(name: string): Database<V, Key> => root.openDB<V, Key>({ name, encoding: "msgpack" });
-    this.conversations = new LmdbConversationStore(
-      conversationDbs(root),
-      (unit) => this.faults.run(() => writeThread.run(unit)),
-      idempotencyLog,
+    this.conversations = new LmdbConversationStore(conversationDbs(root), (unit) =>
+      this.faults.run(() => writeThread.run(unit)),
     );
     const accounts: AccountDbs = {
       users: db("users"),
@@ -168,7 +142,6 @@ export class LmdbStoreEngine implements StoreEngine {
   /** Waits for every pending write to be committed and flushed, then closes the environment. */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      await this.conversations.close();
       await this.writeThread.close();
       // lmdb-js's flush promise for a transaction that failed never settles, and both `flushed`
       // and close() wait for the latest one: an empty transaction (it needs no space, so it
@@ -188,7 +161,7 @@ export async function openLmdbStore(options: LmdbStoreOptions): Promise<LmdbStor
   try {
     const meta = root.openDB<number, Key>({ name: "meta" });
     const layout = meta.get("layout");
-    if (layout === undefined || UPGRADABLE_LAYOUTS.includes(layout)) {
+    if (layout === undefined) {
       await root.childTransaction(() => meta.put("layout", LAYOUT_VERSION));
     } else if (layout !== LAYOUT_VERSION) {
       throw new Error(
@@ -198,8 +171,7 @@ export async function openLmdbStore(options: LmdbStoreOptions): Promise<LmdbStor
     return new LmdbStoreEngine(
       root,
       // A commit on the worker must be visible to the next read here (write-thread.ts).
-      new WriteThread(options.path, options.mapSizeBytes, () => root.resetReadTxn(), options.writeDeadlineMs),
-      options.idempotencyLog,
+      new WriteThread(options.path, options.mapSizeBytes, () => root.resetReadTxn()),
     );
   } catch (err) {
     await root.close();

@@ -16,9 +16,7 @@ import { runExpiryConformance } from "../conformance/expiry.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
 import { runPinConformance } from "../conformance/pins.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
-import type { ConversationUnit } from "./conversation-writes.js";
 import { openLmdbStore } from "./engine.js";
-import { MOVE_SLICE } from "./idempotency-tail.js";
 import { StorageFault } from "./storage-fault.js";
 import { crashWriteWorker, WriteThread } from "./write-thread.js";
 
@@ -337,9 +335,6 @@ describe("LMDB engine", () => {
       Array.from({ length: max }, (_, i) => i + 1),
     );
 
-    // The writer moved its idempotency log into the index as it went (the kill may find the
-    // log empty or not).
-    assert.ok((await onDisk(path)).index.length > 0, "no idempotency records were moved before the kill");
     const engine = await openLmdbStore({ path });
     try {
       const last = await engine.conversations.getLastSeq(conversationId);
@@ -353,228 +348,11 @@ describe("LMDB engine", () => {
         const body = e.body.case === "message" ? e.body.value.payload : undefined;
         assert.deepEqual(body, new Uint8Array(64).fill(Number(e.seq) % 251), `payload of seq ${e.seq}`);
       }
-      // Every committed send's idempotency record, in the index or read back from the log.
-      for (let seq = 1; seq <= last; seq++) {
-        assert.equal(await engine.conversations.getIdempotency(conversationId, "dv_crash", `m${seq}`), seq);
-      }
     } finally {
       await engine.close();
     }
   });
 });
-
-describe("LMDB idempotency log", () => {
-  // Moved only when a test says so.
-  const manual = { intervalMs: 3_600_000, maxRecords: 1_000_000, maxBytes: 1024 * 1024 * 1024 };
-  const send = (conversationId: string, seq: number, deviceId: string, clientMsgId: string) => ({
-    conversationId,
-    append: [message(conversationId, seq)],
-    idempotency: [{ deviceId, clientMsgId, seq }],
-  });
-
-  it("a commit's records wait in the log, are found there and read back after a reopen, and a move puts them in the index", async () => {
-    const path = await tempDir();
-    let engine = await openLmdbStore({ path, idempotencyLog: manual });
-    await engine.conversations.commit([send("g_i", 1, "dv_a", "m1"), send("g_j", 1, "dv_b", "m1")]);
-    await engine.conversations.commit([send("g_i", 2, "dv_a", "m2")]);
-    assert.equal(await engine.conversations.getIdempotency("g_i", "dv_a", "m2"), 2);
-    await engine.close();
-    assert.deepEqual(await onDisk(path), {
-      log: [
-        [
-          1,
-          [
-            ["g_i", "dv_a", "m1", 1],
-            ["g_j", "dv_b", "m1", 1],
-          ],
-        ],
-        [2, [["g_i", "dv_a", "m2", 2]]],
-      ],
-      index: [],
-      byTime: 0,
-    });
-
-    engine = await openLmdbStore({ path, idempotencyLog: manual });
-    try {
-      const c = engine.conversations;
-      assert.equal(await c.getIdempotency("g_j", "dv_b", "m1"), 1);
-      assert.equal(await c.getIdempotency("g_j", "dv_b", "m2"), undefined);
-      // Log ids go on after those read back.
-      await c.commit([send("g_i", 3, "dv_a", "m3")]);
-      await c.moveIdempotencyLog();
-      for (const [id, device, msg, seq] of [
-        ["g_i", "dv_a", "m1", 1],
-        ["g_j", "dv_b", "m1", 1],
-        ["g_i", "dv_a", "m2", 2],
-        ["g_i", "dv_a", "m3", 3],
-      ] as const) {
-        assert.equal(await c.getIdempotency(id, device, msg), seq, `${id} ${msg}`);
-      }
-    } finally {
-      await engine.close();
-    }
-    const after = await onDisk(path);
-    assert.deepEqual(after.log, []);
-    assert.deepEqual(after.index, [
-      [["g_i", "dv_a", "m1"], 1],
-      [["g_i", "dv_a", "m2"], 2],
-      [["g_i", "dv_a", "m3"], 3],
-      [["g_j", "dv_b", "m1"], 1],
-    ]);
-    assert.equal(after.byTime, 4);
-  });
-
-  it("a commit refused while its outcome is unknown, then applied late, still gives its seq to a retry", {
-    timeout: 30_000,
-  }, async () => {
-    const path = await tempDir();
-    const engine = await openLmdbStore({ path, writeDeadlineMs: 200, idempotencyLog: manual });
-    const c = engine.conversations;
-    try {
-      // The worker opens the environment with a first write, then another process takes LMDB's
-      // write lock, as a disk whose fsync hangs holds the worker inside its commit.
-      await c.commit([send("g_u", 1, "dv_u", "first")]);
-      const holder = await holdWriteLock(path);
-      try {
-        const err = await c.commit([send("g_u", 2, "dv_u", "late")]).catch((e: unknown) => e);
-        assert.ok(err instanceof UnavailableError, String(err));
-        assert.match(err.message, /may not have been stored/);
-        assert.equal(await c.getIdempotency("g_u", "dv_u", "late"), undefined, "not applied yet");
-      } finally {
-        await holder.release();
-      }
-      // The worker applies units in order: once a later write is answered, the late one is in.
-      await c.commit([{ conversationId: "g_v", append: [message("g_v", 1)] }]);
-      assert.equal(await c.getLastSeq("g_u"), 2);
-      assert.equal(await c.getIdempotency("g_u", "dv_u", "late"), 2, "found in the log");
-      await c.moveIdempotencyLog();
-      assert.equal(await c.getIdempotency("g_u", "dv_u", "late"), 2, "found in the index");
-    } finally {
-      await engine.close();
-    }
-    assert.deepEqual((await onDisk(path)).log, []);
-  });
-
-  it("a move started while a commit is unanswered leaves that commit's records for the next", async () => {
-    const path = await tempDir();
-    let engine = await openLmdbStore({ path, idempotencyLog: manual });
-    try {
-      const c = engine.conversations;
-      await c.commit([send("g_f", 1, "dv_f", "m1")]);
-      const pending = c.commit([send("g_f", 2, "dv_f", "m2")]);
-      const moved = c.moveIdempotencyLog();
-      await Promise.all([pending, moved]);
-      assert.equal(await c.getIdempotency("g_f", "dv_f", "m1"), 1);
-      assert.equal(await c.getIdempotency("g_f", "dv_f", "m2"), 2);
-    } finally {
-      await engine.close();
-    }
-    assert.deepEqual((await onDisk(path)).log, [[2, [["g_f", "dv_f", "m2", 2]]]]);
-    engine = await openLmdbStore({ path, idempotencyLog: manual });
-    try {
-      assert.equal(await engine.conversations.getIdempotency("g_f", "dv_f", "m2"), 2);
-    } finally {
-      await engine.close();
-    }
-  });
-
-  it("a move goes in slices that keep each device's records in one, then trims the log", async () => {
-    const path = await tempDir();
-    const engine = await openLmdbStore({ path, idempotencyLog: manual });
-    const c = engine.conversations;
-    // Two devices with more than a slice of records each, and a third with a few.
-    const devices = [
-      ["dv_1", MOVE_SLICE + 10],
-      ["dv_2", MOVE_SLICE - 3],
-      ["dv_3", 5],
-    ] as const;
-    let seq = 0;
-    const writes = devices.flatMap(([device, n]) =>
-      Array.from({ length: n }, (_, i) => send("g_s", ++seq, device, `m${i}`)),
-    );
-    const moves: Array<Array<[string, string]>> = [];
-    try {
-      await c.commit(writes.slice(0, 1000));
-      await c.commit(writes.slice(1000));
-      // What the move hands to the write thread, seen on its way there.
-      const tail = (c as unknown as { tail: { run: (unit: ConversationUnit) => Promise<unknown> } }).tail;
-      const run = tail.run;
-      tail.run = (unit) => {
-        if (unit.op === "indexIdempotency") moves.push(unit.records.map(([, d, m]) => [d, m]));
-        return run(unit);
-      };
-      await c.moveIdempotencyLog();
-      for (const [device, n] of devices) {
-        for (let i = 0; i < n; i++) assert.ok((await c.getIdempotency("g_s", device, `m${i}`)) !== undefined);
-      }
-    } finally {
-      await engine.close();
-    }
-    // Each device's records in one slice, each slice over MOVE_SLICE only by its last device's.
-    assert.deepEqual(
-      moves.map((slice) => [...new Set(slice.map(([d]) => d))]),
-      [["dv_1"], ["dv_2", "dv_3"]],
-    );
-    assert.deepEqual(
-      moves.map((slice) => slice.length),
-      [MOVE_SLICE + 10, MOVE_SLICE + 2],
-    );
-    const disk = await onDisk(path);
-    assert.deepEqual(disk.log, []);
-    assert.equal(disk.index.length, writes.length);
-  });
-
-  it("past its bound in bytes, commits write their records to the index directly", async () => {
-    const path = await tempDir();
-    const engine = await openLmdbStore({ path, idempotencyLog: { ...manual, maxBytes: 1 } });
-    try {
-      const c = engine.conversations;
-      // The first commit is logged (nothing waits yet); the second finds the bound passed.
-      await c.commit([send("g_b", 1, "dv_b", "m1")]);
-      await c.commit([send("g_b", 2, "dv_b", "m2")]);
-      assert.equal(await c.getIdempotency("g_b", "dv_b", "m1"), 1);
-      assert.equal(await c.getIdempotency("g_b", "dv_b", "m2"), 2);
-    } finally {
-      await engine.close();
-    }
-    const disk = await onDisk(path);
-    assert.deepEqual(disk.log, [[1, [["g_b", "dv_b", "m1", 1]]]]);
-    assert.deepEqual(disk.index, [[["g_b", "dv_b", "m2"], 2]]);
-  });
-
-  it("takes a layout 1 directory (no log) as its own", async () => {
-    const path = await tempDir();
-    const raw = open({ path });
-    await raw.openDB({ name: "meta" }).put("layout", 1);
-    await raw.close();
-    await (await openLmdbStore({ path })).close();
-    const again = open({ path });
-    try {
-      assert.equal(again.openDB({ name: "meta" }).get("layout"), 2);
-    } finally {
-      await again.close();
-    }
-  });
-});
-
-/** The idempotency log's rows, the index's records and the expiry index's size, read raw. */
-async function onDisk(path: string) {
-  const root = open({ path, noSubdir: false, maxDbs: 32 });
-  try {
-    const log = [...root.openDB({ name: "idempotencyLog" }).getRange()].map(({ key, value }) => [
-      key,
-      (value as { records: unknown[] }).records,
-    ]);
-    const index = [...root.openDB({ name: "idempotency" }).getRange()].map(({ key, value }) => [
-      key,
-      (value as { seq: number }).seq,
-    ]);
-    const byTime = root.openDB({ name: "idempotencyByTime" }).getKeysCount();
-    return { log, index, byTime };
-  } finally {
-    await root.close();
-  }
-}
 
 // A process that opens the environment at path and holds LMDB's write lock (inside a synchronous
 // transaction) until released; resolves once it holds it.

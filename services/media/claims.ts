@@ -32,3 +32,14 @@ export function parseClaimMarker(name: string): { claimedAtMs: number; objectId:
   if (!/^\d+$/.test(time) || !isObjectId(objectId)) return undefined;
   return { claimedAtMs: Number(time), objectId };
 }
+
+/**
+ * True when a claim marker outlived its claim: its record was deleted (a delete cut short) or
+ * claimed under another name (a claim cut short, then claimed again). A marker whose record is
+ * still unclaimed stays: a claim in progress writes the marker before the record, and a claim cut
+ * short leaves the record unclaimed, so a later claim or the unclaimed sweep settles it.
+ */
+export function isStaleClaimMarker(record: ObjectRecord | undefined, name: string): boolean {
+  if (record === undefined) return true;
+  return record.claimedAtMs !== 0 && claimMarker(record) !== name;
+}

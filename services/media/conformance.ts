@@ -7,8 +7,10 @@ import { GetMembersResponseSchema } from "../../gen/switchboard/internal/v1/sequ
 import { MediaService } from "../../gen/switchboard/v1/media_pb.js";
 import { errorBoundary } from "../common/boundary.js";
 import { createLogger } from "../common/log.js";
+import { claimMarker } from "./claims.js";
 import { mediaService } from "./handler.js";
 import { DEFAULT_MEDIA_LIMITS, Media, type MembershipSource } from "./media.js";
+import { pendingMarkerBody } from "./pending.js";
 import { AttachmentRetention } from "./retention.js";
 import { newObjectId, type ObjectRecord, type ObjectStore } from "./types.js";
 
@@ -37,7 +39,27 @@ export interface OpenedObjectStore {
   urlClock?: () => number;
   /** Removes only the object's bytes, as a delete in progress or cut short leaves it. */
   removeBytes(objectId: string): Promise<void>;
+  /**
+   * Writes one of putRecord's steps past the store, as a putRecord in progress (or cut short)
+   * leaves it: "marker" the marker it writes before the record (pending for an unclaimed record,
+   * its claim marker for a claimed one), "record" the record itself.
+   */
+  writeStep(step: "marker" | "record", record: ObjectRecord): Promise<void>;
   close(): Promise<void>;
+}
+
+/**
+ * Where one of putRecord's steps writes and what, alike in both engines (a key in the bucket, a
+ * path under the local engine's directory): for writeStep, which writes it past the store.
+ */
+export function putRecordStep(
+  step: "marker" | "record",
+  record: ObjectRecord,
+): { key: string; body: string } {
+  if (step === "record") return { key: `records/${record.objectId}.json`, body: JSON.stringify(record) };
+  const claim = claimMarker(record);
+  if (claim !== undefined) return { key: `claims/${record.conversationId}/${claim}`, body: "" };
+  return { key: `pending/${record.objectId}`, body: pendingMarkerBody(record) };
 }
 
 const ALICE = "u_aaaaaaaaaaaaaaaaaaaaaaaaaa";
@@ -399,6 +421,56 @@ export function runMediaConformance(
         clock.advance(DEFAULT_MEDIA_LIMITS.unclaimedTtlMs);
         assert.equal(await media.sweep(), 1);
         assert.equal(await media.store.stat(young), undefined);
+      });
+    });
+
+    test("a sweep keeps a pending marker whose record is being written; a crash's leftover goes after the TTL", async () => {
+      await withMedia(async ({ media, clock, opened }) => {
+        const ttl = DEFAULT_MEDIA_LIMITS.unclaimedTtlMs;
+        const reserved = (): ObjectRecord => ({
+          objectId: newObjectId(),
+          conversationId: CONVERSATION,
+          uploaderUserId: ALICE,
+          lengthBytes: 16,
+          createdAtMs: clock.now(),
+          claimedAtMs: 0,
+        });
+        // A sweep runs between putRecord's marker and its record: the record is on its way.
+        const writing = reserved();
+        await opened.writeStep("marker", writing);
+        assert.equal(await media.sweep(), 0);
+        await opened.writeStep("record", writing);
+        assert.deepEqual(await media.store.getRecord(writing.objectId), writing);
+        // Its marker stayed, so the unclaimed record is swept in its time, not left for ever.
+        clock.advance(ttl + 1);
+        assert.equal(await media.sweep(), 1);
+        assert.equal(await media.store.getRecord(writing.objectId), undefined);
+
+        // A crash after the marker: it goes once as old as an unclaimed upload would.
+        const leftover = { ...reserved(), createdAtMs: clock.now() - ttl - 1 };
+        await opened.writeStep("marker", leftover);
+        assert.equal(await media.sweep(), 0);
+        // Had the marker stayed, a record written now would be listed.
+        await opened.writeStep("record", leftover);
+        assert.deepEqual(await media.store.listUnclaimed(clock.now(), 10), [], "the old marker went");
+      });
+    });
+
+    test("attachment retention keeps a claim marker written ahead of its record's claim", async () => {
+      await withMedia(async ({ media, client, clock, opened }) => {
+        const up = await client.createUpload({ conversationId: CONVERSATION, lengthBytes: 16n }, as(ALICE));
+        const reserved = await media.store.getRecord(up.objectId);
+        assert.ok(reserved !== undefined);
+        const claimed: ObjectRecord = { ...reserved, claimedAtMs: clock.now() };
+        // Retention lists the conversation's claims between the claim's marker and its record.
+        await opened.writeStep("marker", claimed);
+        assert.deepEqual(await media.store.listClaimed(CONVERSATION, Number.MAX_SAFE_INTEGER, 10), []);
+        await opened.writeStep("record", claimed);
+        assert.deepEqual(
+          (await media.store.listClaimed(CONVERSATION, Number.MAX_SAFE_INTEGER, 10)).map((r) => r.objectId),
+          [claimed.objectId],
+          "its marker stayed, so retention still finds the claimed object",
+        );
       });
     });
 

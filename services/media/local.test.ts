@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { mkdir, mkdtemp, readdir, rm, writeFile } from "node:fs/promises";
 import * as http from "node:http";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { createLogger } from "../common/log.js";
-import { runMediaConformance, TestClock } from "./conformance.js";
+import { putRecordStep, runMediaConformance, TestClock } from "./conformance.js";
 import { localObjectsHttpHandler } from "./handler.js";
 import { LocalObjectStore } from "./local.js";
 import { newObjectId, type ObjectRecord } from "./types.js";
@@ -28,6 +28,11 @@ async function openLocal(clock: TestClock) {
     base,
     refusesWrongLengthOnUpload: true,
     removeBytes: (objectId: string) => rm(join(dir, "objects", objectId)),
+    async writeStep(step: "marker" | "record", record: ObjectRecord) {
+      const { key, body } = putRecordStep(step, record);
+      await mkdir(dirname(join(dir, key)), { recursive: true });
+      await writeFile(join(dir, key), body);
+    },
     async close() {
       server.closeAllConnections();
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -7,7 +7,8 @@ import { join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { syncDirectory, syncFile, writeFileDurably } from "../common/durable-file.js";
-import { claimMarker, isClaimConversation, parseClaimMarker } from "./claims.js";
+import { claimMarker, isClaimConversation, isStaleClaimMarker, parseClaimMarker } from "./claims.js";
+import { isAbandonedPendingMarker, pendingMarkerBody } from "./pending.js";
 import {
   isObjectId,
   type ObjectRecord,
@@ -45,10 +46,10 @@ class Refusal extends Error {
 /**
  * Attachments in a directory, served over HTTP by the media service itself.
  *
- * Layout: `objects/<id>` (ciphertext), `records/<id>.json` (the binding), `pending/<id>` (an empty
- * marker while unclaimed, so the sweep lists only those), `expiring/<id>` (a marker while it is
- * bound to expire), `claims/<conversation>/<claim time>.<id>` (a marker while it is claimed,
- * claims.ts), `tmp/` (uploads in flight). Every file
+ * Layout: `objects/<id>` (ciphertext), `records/<id>.json` (the binding), `pending/<id>` (a marker
+ * holding the creation time while unclaimed, so the sweep lists only those, pending.ts),
+ * `expiring/<id>` (a marker while it is bound to expire), `claims/<conversation>/<claim
+ * time>.<id>` (a marker while it is claimed, claims.ts), `tmp/` (uploads in flight). Every file
  * is written to tmp/, fsync'd and then renamed (records) or hard-linked (objects, so a second
  * upload to the same id can never replace the first) into place.
  *
@@ -160,7 +161,9 @@ export class LocalObjectStore implements ObjectStore {
     if (!isObjectId(id)) throw new Error("not an object id");
     // Marker before record: a crash between the two leaves a marker, which the sweep clears;
     // the other order could leave an unclaimed record nothing would ever sweep.
-    if (record.claimedAtMs === 0) await writeFileDurably(this.pendingPath(id), "", this.tmpPath(id));
+    if (record.claimedAtMs === 0) {
+      await writeFileDurably(this.pendingPath(id), pendingMarkerBody(record), this.tmpPath(id));
+    }
     // Likewise a record that expires always has its marker, so listExpired finds it.
     if ((record.expiresAtMs ?? 0) > 0) await writeFileDurably(this.expiringPath(id), "", this.tmpPath(id));
     // And a claimed record is always in its conversation's claims, for attachment retention.
@@ -191,8 +194,13 @@ export class LocalObjectStore implements ObjectStore {
       if (!isObjectId(id)) continue;
       const record = await this.getRecord(id);
       if (record === undefined) {
-        // A marker whose record was never written (crash) or whose delete was cut short.
-        await this.delete(id);
+        // A marker whose record is on its way, was never written (crash) or whose delete was
+        // cut short: only the last two are deleted (pending.ts).
+        const body = await readFile(this.pendingPath(id), "utf8").catch((err: NodeJS.ErrnoException) => {
+          if (err.code === "ENOENT") return undefined;
+          throw err;
+        });
+        if (body !== undefined && isAbandonedPendingMarker(body, createdBeforeMs)) await this.delete(id);
         continue;
       }
       if (record.claimedAtMs !== 0) {
@@ -243,9 +251,9 @@ export class LocalObjectStore implements ObjectStore {
       // Names sort by claim time: the rest are later.
       if (marker.claimedAtMs >= claimedBeforeMs) break;
       const record = await this.getRecord(marker.objectId);
-      // A marker whose record was deleted (a delete cut short) or claimed again: drop it.
-      if (record === undefined || claimMarker(record) !== name) await rm(join(dir, name), { force: true });
-      else out.push(record);
+      if (isStaleClaimMarker(record, name)) await rm(join(dir, name), { force: true });
+      // Unclaimed yet: a claim in progress wrote the marker first (claims.ts).
+      else if (record !== undefined && record.claimedAtMs !== 0) out.push(record);
     }
     return out;
   }

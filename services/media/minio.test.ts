@@ -5,7 +5,7 @@ import { Client } from "minio";
 import { type MinioServer, skipWithoutMinio, startMinio } from "../../test/helpers/minio.js";
 import { createLogger } from "../common/log.js";
 import { openMedia } from "../server/engines.js";
-import { runMediaConformance, type TestClock } from "./conformance.js";
+import { putRecordStep, runMediaConformance, type TestClock } from "./conformance.js";
 import { DEFAULT_MEDIA_LIMITS } from "./media.js";
 import { MinioObjectStore, parseMinioEndpoint } from "./minio.js";
 import { newObjectId, type ObjectRecord } from "./types.js";
@@ -55,6 +55,10 @@ runMediaConformance(
       // MinIO checks a URL's date and expiry against its own clock, the real one.
       urlClock: Date.now,
       removeBytes: (objectId: string) => direct.removeObject(bucket, `objects/${objectId}`),
+      async writeStep(step: "marker" | "record", record: ObjectRecord) {
+        const { key, body } = putRecordStep(step, record);
+        await direct.putObject(bucket, key, Buffer.from(body));
+      },
       close: async () => {},
     };
   },

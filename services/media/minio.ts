@@ -3,7 +3,8 @@ import type { Readable } from "node:stream";
 // parseMinioEndpoint, or by the configuration) never loads minio in a process that does not use it.
 import type { Client, ClientOptions } from "minio";
 import { type ObjectStoreEndpoint, parseEndpoint } from "../common/config.js";
-import { claimMarker, isClaimConversation, parseClaimMarker } from "./claims.js";
+import { claimMarker, isClaimConversation, isStaleClaimMarker, parseClaimMarker } from "./claims.js";
+import { isAbandonedPendingMarker, pendingMarkerBody } from "./pending.js";
 import {
   isObjectId,
   type ObjectRecord,
@@ -49,10 +50,10 @@ function isNotFound(err: unknown): boolean {
 /**
  * Attachments in a MinIO bucket, uploaded and downloaded with SigV4 presigned URLs.
  *
- * Keys: `objects/<id>` (ciphertext), `records/<id>.json` (the binding), `pending/<id>` (an empty
- * marker while unclaimed), `expiring/<id>` (an empty marker while it is bound to expire with a
- * disappearing message), `claims/<conversation>/<claim time>.<id>` (an empty marker while it is
- * claimed, claims.ts). The binding is a separate small object rather than metadata or tags
+ * Keys: `objects/<id>` (ciphertext), `records/<id>.json` (the binding), `pending/<id>` (a marker
+ * holding the creation time while unclaimed, pending.ts), `expiring/<id>` (an empty marker while
+ * it is bound to expire with a disappearing message), `claims/<conversation>/<claim time>.<id>`
+ * (an empty marker while it is claimed, claims.ts). The binding is a separate small object rather than metadata or tags
  * on the ciphertext, because it must exist before the ciphertext does (the upload URL is handed
  * out first) and S3 metadata can only be set by whoever writes the object.
  *
@@ -145,8 +146,10 @@ export class MinioObjectStore implements ObjectStore {
   async putRecord(record: ObjectRecord): Promise<void> {
     const id = record.objectId;
     // Marker first, as in the local engine: a record is never unclaimed without one.
-    if (record.claimedAtMs === 0)
-      await this.client.putObject(this.bucket, `pending/${id}`, Buffer.alloc(0), 0);
+    if (record.claimedAtMs === 0) {
+      const body = Buffer.from(pendingMarkerBody(record));
+      await this.client.putObject(this.bucket, `pending/${id}`, body, body.length);
+    }
     // Likewise a record that expires always has its marker, so listExpired finds it.
     if ((record.expiresAtMs ?? 0) > 0)
       await this.client.putObject(this.bucket, `expiring/${id}`, Buffer.alloc(0), 0);
@@ -168,16 +171,22 @@ export class MinioObjectStore implements ObjectStore {
   }
 
   async getRecord(id: string): Promise<ObjectRecord | undefined> {
+    const text = await this.readText(`records/${id}.json`);
+    return text === undefined ? undefined : parseRecord(text);
+  }
+
+  /** A small object's content as text, or undefined when there is none. */
+  private async readText(key: string): Promise<string | undefined> {
     let stream: Readable;
     try {
-      stream = await this.client.getObject(this.bucket, `records/${id}.json`);
+      stream = await this.client.getObject(this.bucket, key);
     } catch (err) {
       if (isNotFound(err)) return undefined;
       throw err;
     }
     const chunks: Buffer[] = [];
     for await (const chunk of stream) chunks.push(chunk as Buffer);
-    return parseRecord(Buffer.concat(chunks).toString("utf8"));
+    return Buffer.concat(chunks).toString("utf8");
   }
 
   async listUnclaimed(createdBeforeMs: number, limit: number): Promise<ObjectRecord[]> {
@@ -192,7 +201,10 @@ export class MinioObjectStore implements ObjectStore {
       if (out.length >= limit) break;
       const record = await this.getRecord(id);
       if (record === undefined) {
-        await this.delete(id);
+        // A marker whose record is on its way, was never written (crash) or whose delete was
+        // cut short: only the last two are deleted (pending.ts).
+        const body = await this.readText(`pending/${id}`);
+        if (body !== undefined && isAbandonedPendingMarker(body, createdBeforeMs)) await this.delete(id);
         continue;
       }
       if (record.claimedAtMs !== 0) {
@@ -252,10 +264,9 @@ export class MinioObjectStore implements ObjectStore {
     const out: ObjectRecord[] = [];
     for (const { name, objectId } of markers) {
       const record = await this.getRecord(objectId);
-      // A marker whose record was deleted (a delete cut short) or claimed again: drop it.
-      if (record === undefined || claimMarker(record) !== name) {
-        await this.client.removeObject(this.bucket, `${folder}${name}`);
-      } else out.push(record);
+      if (isStaleClaimMarker(record, name)) await this.client.removeObject(this.bucket, `${folder}${name}`);
+      // Unclaimed yet: a claim in progress wrote the marker first (claims.ts).
+      else if (record !== undefined && record.claimedAtMs !== 0) out.push(record);
     }
     return out;
   }

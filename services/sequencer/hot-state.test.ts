@@ -332,6 +332,49 @@ describe("HotStateBudget", () => {
     assert.ok(budget.heldBytes <= 50_000);
   });
 
+  it("held over budget by operations in use, looks at each state once per as many operations, and evicts one whose operation ends", () => {
+    /** Counts the owner's looks at states: a walk over every state is one look (or two) each. */
+    class CountingOwner extends Owner {
+      looks = 0;
+      override idle(s: ConversationState): boolean {
+        this.looks++;
+        return super.idle(s);
+      }
+    }
+    const owner = new CountingOwner();
+    const remembered = (s: ConversationState, i: number) =>
+      s.remember(`dv_a\nm${i}`, { seq: i + 1, serverTimeMs: 1, durable: undefined });
+    const budget = new HotStateBudget(10 * STATE_OVERHEAD_BYTES);
+    const states = Array.from({ length: 200 }, (_, i) => state(`g_${i}`));
+    for (const s of states) {
+      s.busy = 1; // in use: neither its keys nor the state can go
+      budget.touch(s, owner);
+      remembered(s, 0);
+      budget.settle(s);
+    }
+    owner.looks = 0;
+    let operations = 0;
+    for (let round = 1; round <= 5; round++) {
+      for (const s of states) {
+        budget.touch(s, owner);
+        remembered(s, round);
+        budget.settle(s);
+        operations++;
+      }
+    }
+    // Before, every settle walked every state: 400 looks an operation.
+    assert.ok(owner.looks <= 5 * operations, `${owner.looks} looks for ${operations} operations`);
+    assert.equal(owner.dropped.length, 0);
+    // An operation ends: its state is evicted at its settle, not at the next walk.
+    const done = states[7]!;
+    done.busy = 0;
+    budget.settle(done);
+    assert.equal(done.recent.size, 0, "its keys went");
+    assert.deepEqual(owner.dropped, [done], "and, still over budget, the state itself");
+    assert.equal(budget.conversations, 199);
+    assert.equal(budget.metrics.evictedKeys, 6);
+  });
+
   it("forgets states their shard dropped", () => {
     const owner = new Owner();
     const budget = new HotStateBudget(1 << 30);

@@ -164,6 +164,11 @@ export class HotStateBudget {
   private readonly keyed = new Set<BudgetedState>();
   private total = 0;
   private warned = false;
+  /**
+   * Settles since the last pass over every state, when that pass could not get within its
+   * target; undefined when it could, or the total is within the budget (see settle).
+   */
+  private stuckSettles: number | undefined;
   /** Counters since start, for the metrics callbacks. */
   readonly metrics: HotStateMetrics = { evictedConversations: 0, evictedEntries: 0, evictedKeys: 0 };
 
@@ -194,7 +199,15 @@ export class HotStateBudget {
     this.lru.set(state, { bytes, owner });
   }
 
-  /** Takes the state's current size, then evicts until the total is within the budget. */
+  /**
+   * Takes the state's current size, then evicts until the total is within the budget. After a
+   * pass over every state that could not get there (what is left is held by operations in use),
+   * a settle evicts from its own state only, and the next pass over every state waits until as
+   * many settles as there are states have gone by: a state can become idle, or its tail
+   * committed, only when an operation on it ends, which settles it. Without this, a budget held by
+   * operations in use was walked whole on every operation: O(conversations) each, half of the
+   * main thread's second-long stalls at 10,000 msgs/s (docs/benchmarks.md, eighteenth pass).
+   */
   settle(state: BudgetedState): void {
     const held = this.lru.get(state);
     if (held !== undefined) {
@@ -204,7 +217,15 @@ export class HotStateBudget {
       if (state.tail.length > 0) this.tailed.add(state);
       if (state.recent.size > 0) this.keyed.add(state);
     }
-    if (this.total > this.limitBytes) this.evict();
+    if (this.total <= this.limitBytes) {
+      this.stuckSettles = undefined;
+      return;
+    }
+    if (this.stuckSettles !== undefined) {
+      if (held !== undefined) this.evictFrom(state, held);
+      if (++this.stuckSettles < this.lru.size) return;
+    }
+    this.stuckSettles = this.evict() ? undefined : 0;
   }
 
   /** Counts a conversation its shard dropped for its own count limit. */
@@ -222,7 +243,8 @@ export class HotStateBudget {
     this.keyed.delete(state);
   }
 
-  private evict(): void {
+  /** One pass over every state, least recently used first; false if it ended over its target. */
+  private evict(): boolean {
     const target = this.limitBytes * EVICT_TO;
     if (!this.warned) {
       this.warned = true;
@@ -233,37 +255,59 @@ export class HotStateBudget {
     }
     // First the tails, which hold nearly all the bytes and cost one store read to get back.
     for (const state of this.tailed) {
-      if (this.total <= target) return;
+      if (this.total <= target) return true;
       const held = this.lru.get(state);
-      const shed = state.shed();
-      if (state.tail.length === 0 || held === undefined) this.tailed.delete(state);
-      if (shed === 0 || held === undefined) continue;
-      this.metrics.evictedEntries += shed;
-      const bytes = state.bytes();
-      this.total += bytes - held.bytes;
-      held.bytes = bytes;
+      if (held === undefined) this.tailed.delete(state);
+      else this.shedTail(state, held);
     }
     // Then idle conversations' keys, which cost a store read only to a retry.
     for (const state of this.keyed) {
-      if (this.total <= target) return;
+      if (this.total <= target) return true;
       const held = this.lru.get(state);
-      if (held === undefined) {
-        this.keyed.delete(state);
-        continue;
-      }
-      if (!held.owner.idle(state)) continue;
-      this.keyed.delete(state);
-      this.metrics.evictedKeys += state.forgetKeys();
-      const bytes = state.bytes();
-      this.total += bytes - held.bytes;
-      held.bytes = bytes;
+      if (held === undefined) this.keyed.delete(state);
+      else this.forgetKeysIfIdle(state, held);
     }
     // Then whole idle conversations (members, cursors, senders), which cost a reload.
     for (const [state, held] of this.lru) {
-      if (this.total <= target) return;
-      if (!held.owner.drop(state)) continue;
-      this.metrics.evictedConversations++;
-      this.forget(state);
+      if (this.total <= target) return true;
+      this.dropIfIdle(state, held);
     }
+    return this.total <= target;
+  }
+
+  /** The steps of a pass, on one state only: for a settle while the last pass fell short. */
+  private evictFrom(state: BudgetedState, held: { bytes: number; owner: StateOwner }): void {
+    const target = this.limitBytes * EVICT_TO;
+    this.shedTail(state, held);
+    if (this.total > target) this.forgetKeysIfIdle(state, held);
+    if (this.total > target) this.dropIfIdle(state, held);
+  }
+
+  private shedTail(state: BudgetedState, held: { bytes: number }): void {
+    const shed = state.shed();
+    if (state.tail.length === 0) this.tailed.delete(state);
+    if (shed === 0) return;
+    this.metrics.evictedEntries += shed;
+    this.resize(state, held);
+  }
+
+  private forgetKeysIfIdle(state: BudgetedState, held: { bytes: number; owner: StateOwner }): void {
+    if (state.recent.size > 0 && !held.owner.idle(state)) return;
+    this.keyed.delete(state);
+    this.metrics.evictedKeys += state.forgetKeys();
+    this.resize(state, held);
+  }
+
+  private dropIfIdle(state: BudgetedState, held: { owner: StateOwner }): void {
+    if (!held.owner.drop(state)) return;
+    this.metrics.evictedConversations++;
+    this.forget(state);
+  }
+
+  /** Takes a state's size again after it let go of something. */
+  private resize(state: BudgetedState, held: { bytes: number }): void {
+    const bytes = state.bytes();
+    this.total += bytes - held.bytes;
+    held.bytes = bytes;
   }
 }

@@ -78,11 +78,22 @@ export class ConversationState {
    */
   readonly recent = new Map<string, RecentSend>();
   private recentBytes = 0;
+  /**
+   * Keys remembered since load. Keys enter `recent` in this order and leave it from the front
+   * (or all at once), so the key at position i of `recent` was the
+   * `keysRemembered - recent.size + i`th remembered.
+   */
+  private keysRemembered = 0;
+  /**
+   * For each operation in flight, how many keys had been remembered when it began (its mark),
+   * with how many operations hold each mark. Marks never decrease, so the first is the oldest.
+   */
+  private readonly marks = new Map<number, number>();
   /** Commit time of the newest entry, in milliseconds since the Unix epoch; 0 if none since load. */
   lastServerTimeMs = 0;
   /** Device cursors loaded so far. */
   readonly deviceCursors = new Map<string, CursorPair>();
-  /** Operations between load and completion; a busy state is never evicted. */
+  /** Operations between load and completion; a busy state is never dropped. */
   busy = 0;
   /**
    * Grows whenever a member's mute changes. It starts at the load time, so a version handed out
@@ -167,9 +178,28 @@ export class ConversationState {
     return this.members.get(entry.senderUserId)?.userId ?? entry.senderUserId;
   }
 
+  /** Marks the state in use by one more operation; returns the operation's mark, for end(). */
+  begin(): number {
+    this.busy++;
+    const mark = this.keysRemembered;
+    this.marks.set(mark, (this.marks.get(mark) ?? 0) + 1);
+    return mark;
+  }
+
+  /** Ends an operation begun with begin(). */
+  end(mark: number): void {
+    this.busy--;
+    const left = (this.marks.get(mark) ?? 1) - 1;
+    if (left === 0) this.marks.delete(mark);
+    else this.marks.set(mark, left);
+  }
+
   /** Remembers an idempotency key. */
   remember(key: string, send: RecentSend): void {
-    if (!this.recent.has(key)) this.recentBytes += keyBytes(key);
+    if (!this.recent.has(key)) {
+      this.recentBytes += keyBytes(key);
+      this.keysRemembered++;
+    }
     this.recent.set(key, send);
     if (this.recent.size > RECENT_KEYS) {
       const oldest = this.recent.keys().next().value;
@@ -177,12 +207,7 @@ export class ConversationState {
     }
   }
 
-  /**
-   * Drops the committed tail entries (the store has them; reads fall back to it). Idempotency
-   * keys stay while the state is in use: an operation may have missed a key in the store just
-   * before its commit and count on finding it here, or it would be sequenced twice. An idle
-   * state is dropped whole instead, keys and all.
-   */
+  /** Drops the committed tail entries (the store has them; reads fall back to it). */
   shed(): number {
     let entries = 0;
     while (entries < this.tail.length && Number(this.tail[entries]!.seq) <= this.committedSeq) entries++;
@@ -208,11 +233,25 @@ export class ConversationState {
     for (const bytes of this.tailSizes.splice(0, count)) this.tailBytes -= bytes;
   }
 
-  /** Forgets every recent idempotency key; the shard calls it only while the state is idle. */
-  forgetKeys(): number {
-    const count = this.recent.size;
-    this.recent.clear();
-    this.recentBytes = 0;
+  /**
+   * Forgets the durable keys remembered before the oldest operation in flight began (every key
+   * when none is); returns how many.
+   *
+   * An append looks for its key here, then in the store, then here again in the synchronous
+   * block that assigns its seq. A key remembered after it began may be one it missed in the
+   * store just before that key's commit: it must stay until the append ends, or the retry would
+   * be sequenced twice. A key remembered before it began was here at its first look, or had gone
+   * here once durable, so the store had it for that look.
+   */
+  forgetSettledKeys(): number {
+    const oldest: number = this.marks.keys().next().value ?? this.keysRemembered;
+    const settled = oldest - (this.keysRemembered - this.recent.size);
+    let count = 0;
+    for (const [key, send] of this.recent) {
+      if (count >= settled || send.durable !== undefined) break;
+      this.forgetKey(key);
+      count++;
+    }
     return count;
   }
 

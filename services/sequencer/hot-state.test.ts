@@ -21,7 +21,7 @@ import { defaultLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
 import { openLmdbStore } from "../store/lmdb/engine.js";
 import type { ConversationStore, StoreEngine } from "../store/types.js";
-import { ConversationState, SENDER_SEQS, TAIL_ENTRIES } from "./conversation.js";
+import { ConversationState, RECENT_KEYS, SENDER_SEQS, TAIL_ENTRIES } from "./conversation.js";
 import {
   ENTRY_OVERHEAD_BYTES,
   EVICT_TO,
@@ -149,6 +149,49 @@ describe("ConversationState byte accounting", () => {
     assert.equal(s.shed(), 1);
     assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + senders);
     assert.equal(s.tailStart(), 12, "an empty tail starts after lastSeq");
+  });
+});
+
+describe("ConversationState's idempotency keys", () => {
+  const sent = (seq: number, durable?: Promise<void>) => ({ seq, serverTimeMs: 1, durable });
+  const keys = (s: ConversationState) => [...s.recent.keys()];
+
+  it("forgets only durable keys remembered before the oldest operation in flight began", () => {
+    const s = state();
+    s.remember("k1", sent(1));
+    s.remember("k2", sent(2));
+    const first = s.begin(); // may have missed k3 and later in the store: they stay while it runs
+    s.remember("k3", sent(3));
+    const second = s.begin();
+    s.remember("k4", sent(4));
+    assert.equal(s.forgetSettledKeys(), 2);
+    assert.deepEqual(keys(s), ["k3", "k4"]);
+    s.end(second);
+    assert.equal(s.forgetSettledKeys(), 0, "the first operation still holds k3 and k4");
+    s.end(first);
+    assert.equal(s.busy, 0);
+    // A key whose commit is not durable yet stays, and every key after it.
+    let durable!: () => void;
+    s.remember("k5", sent(5, new Promise<void>((resolve) => (durable = resolve))));
+    s.remember("k6", sent(6));
+    assert.equal(s.forgetSettledKeys(), 2);
+    assert.deepEqual(keys(s), ["k5", "k6"]);
+    durable();
+    s.recent.get("k5")!.durable = undefined;
+    assert.equal(s.forgetSettledKeys(), 2);
+    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES, "and their bytes went with them");
+  });
+
+  it("keeps the marks right when the oldest keys go for the count limit", () => {
+    const s = state();
+    for (let i = 0; i < 10; i++) s.remember(`a${i}`, sent(i));
+    const op = s.begin();
+    for (let i = 0; i < RECENT_KEYS; i++) s.remember(`b${i}`, sent(i));
+    assert.equal(s.recent.size, RECENT_KEYS);
+    assert.equal(keys(s)[0], "b0", "the ten oldest went for the limit");
+    assert.equal(s.forgetSettledKeys(), 0, "every key left came after the operation began");
+    s.end(op);
+    assert.equal(s.forgetSettledKeys(), RECENT_KEYS);
   });
 });
 
@@ -281,18 +324,22 @@ describe("HotStateBudget", () => {
     assert.ok(budget.heldBytes <= budget.limitBytes);
   });
 
-  it("makes idle conversations forget their idempotency keys before dropping any whole", () => {
+  it("makes conversations forget the keys no operation needs before dropping any whole", () => {
     const owner = new Owner();
     const key = (i: number) => `dv_a\nm${String(i).padStart(4, "0")}`;
     const keyBytes = KEY_OVERHEAD_BYTES + 2 * key(0).length;
     // Room for four states, one of them with its keys.
     const budget = new HotStateBudget(4 * STATE_OVERHEAD_BYTES + 150 * keyBytes);
     const states = ["a", "b", "c", "d"].map((id) => state(id));
-    states[2]!.busy = 1; // in use: its keys stay
+    // In use by an operation that began before its keys came: they stay. ("b" is in use too, by
+    // one that began after them: they go.)
+    states[2]!.begin();
     for (const s of states) {
       budget.touch(s, owner);
       for (let i = 0; i < 100; i++) s.remember(key(i), { seq: i + 1, serverTimeMs: 1, durable: undefined });
+      const late = s.id === "b" ? s.begin() : undefined;
       budget.settle(s);
+      if (late !== undefined) s.end(late);
     }
     assert.deepEqual(
       states.map((s) => s.recent.size),
@@ -346,12 +393,13 @@ describe("HotStateBudget", () => {
       s.remember(`dv_a\nm${i}`, { seq: i + 1, serverTimeMs: 1, durable: undefined });
     const budget = new HotStateBudget(10 * STATE_OVERHEAD_BYTES);
     const states = Array.from({ length: 200 }, (_, i) => state(`g_${i}`));
-    for (const s of states) {
-      s.busy = 1; // in use: neither its keys nor the state can go
+    const marks = states.map((s) => {
+      const mark = s.begin(); // in use since before its keys: neither they nor the state can go
       budget.touch(s, owner);
       remembered(s, 0);
       budget.settle(s);
-    }
+      return mark;
+    });
     owner.looks = 0;
     let operations = 0;
     for (let round = 1; round <= 5; round++) {
@@ -367,7 +415,7 @@ describe("HotStateBudget", () => {
     assert.equal(owner.dropped.length, 0);
     // An operation ends: its state is evicted at its settle, not at the next walk.
     const done = states[7]!;
-    done.busy = 0;
+    done.end(marks[7]!);
     budget.settle(done);
     assert.equal(done.recent.size, 0, "its keys went");
     assert.deepEqual(owner.dropped, [done], "and, still over budget, the state itself");
@@ -396,6 +444,8 @@ describe("Sequencer with a zero byte budget: nothing stays that can go", () => {
   let sequencer: Sequencer;
   /** Reads after this seq (a delete's scan past its target) take 200 ms, so others commit meanwhile. */
   let slowAfter = Number.POSITIVE_INFINITY;
+  /** The next store lookup of this client_msg_id answers 200 ms after it read the store. */
+  let slowLookup: string | undefined;
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hot-state-zero-"));
@@ -404,6 +454,14 @@ describe("Sequencer with a zero byte budget: nothing stays that can go", () => {
     slow.readEntries = async (conversationId, afterSeq, limit) => {
       if (afterSeq >= slowAfter) await new Promise((r) => setTimeout(r, 200));
       return engine.conversations.readEntries(conversationId, afterSeq, limit);
+    };
+    slow.getIdempotency = async (conversationId, deviceId, clientMsgId) => {
+      const seq = await engine.conversations.getIdempotency(conversationId, deviceId, clientMsgId);
+      if (clientMsgId === slowLookup) {
+        slowLookup = undefined;
+        await new Promise((r) => setTimeout(r, 200));
+      }
+      return seq;
     };
     sequencer = new Sequencer(slow, new InProcessBus(log), log, {
       shardCount: 1,
@@ -415,6 +473,36 @@ describe("Sequencer with a zero byte budget: nothing stays that can go", () => {
     await sequencer.close();
     await engine.close();
     await rm(dir, { recursive: true, force: true });
+  });
+
+  it("a retry that missed its key in the store while the original committed gets the original's seq", async () => {
+    const { conversationId: id } = await sequencer.createGroup(ALICE, DEVICE, "retry", [BOB]);
+    const send = () =>
+      sequencer.append([
+        create(AppendItemSchema, {
+          senderUserId: ALICE,
+          senderDeviceId: DEVICE,
+          entry: create(OutgoingEntrySchema, {
+            clientMsgId: "once",
+            conversationId: id,
+            body: { case: "message", value: create(MessageBodySchema, { payload: new Uint8Array(10) }) },
+          }),
+        }),
+      ]);
+    // The retry looks in memory (nothing), then reads the store (nothing yet) and is slow to
+    // hear back; the original, sent meanwhile, is sequenced, committed and done. The budget
+    // (zero) forgets every key it may, and must not forget the one the retry still counts on.
+    slowLookup = "once";
+    const retry = send();
+    await new Promise((r) => setTimeout(r, 50));
+    const [original] = await send();
+    const [again] = await retry;
+    assert.ok(original !== undefined && "seq" in original, String(original));
+    assert.ok(again !== undefined && "seq" in again, String(again));
+    assert.equal(again.seq, original.seq, "sequenced once");
+    const page = await sequencer.getHistory(BOB, id, 0, 100);
+    assert.equal(page.entries.filter((e) => e.body.case === "message").length, 1);
+    assert.ok(sequencer.hotState.metrics.evictedKeys > 0, "the budget forgot keys meanwhile");
   });
 
   it("a delete redacts reactions committed (and shed from the tail) while it scanned the log", async () => {

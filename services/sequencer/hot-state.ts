@@ -99,8 +99,11 @@ export interface BudgetedState {
   shed(): number;
   /** The recent entries held in memory; the budget only looks at how many. */
   readonly tail: readonly unknown[];
-  /** Forgets the recent idempotency keys; returns how many. Only for an idle state (see StateOwner). */
-  forgetKeys(): number;
+  /**
+   * Forgets the recent idempotency keys no operation in flight can still count on finding here
+   * (all of them in an idle state); returns how many.
+   */
+  forgetSettledKeys(): number;
   /** The recent idempotency keys; the budget only looks at how many. */
   readonly recent: { readonly size: number };
 }
@@ -109,8 +112,7 @@ export interface BudgetedState {
 export interface StateOwner {
   /**
    * True if the state is still the current one and idle: nothing in use, nothing uncommitted,
-   * nobody waiting for it. No operation can then be between its look at the store's keys and
-   * its seq, so the state's keys may go: the store has every one of them.
+   * nobody waiting for it. The state may then go whole: the store has all of it.
    */
   idle(state: BudgetedState): boolean;
   /** Drops the state if it is idle; true if it did. */
@@ -123,7 +125,7 @@ export interface HotStateMetrics {
   evictedConversations: number;
   /** Tail entries dropped from conversations still in use to stay within the budget. */
   evictedEntries: number;
-  /** Idempotency keys idle conversations forgot to stay within the budget. */
+  /** Idempotency keys conversations forgot to stay within the budget. */
   evictedKeys: number;
 }
 
@@ -141,16 +143,18 @@ export const EVICT_TO = 0.875;
  * them; when the total is over the budget, the least recently used conversations go first (down
  * to EVICT_TO of the budget, so a full budget does not evict on every operation):
  * first they shed their committed tail entries (a read from the store gets them back), then
- * idle ones forget their idempotency keys (a retry then finds its key in the store, as after a
- * reload), and if that is not enough, idle ones are dropped whole (members, cursors, senders),
- * which costs a reload when next used. What is left over the budget is what operations in
- * flight hold (uncommitted entries, the keys and members of conversations in use), which the
- * gateways' in-flight limits bound.
+ * they forget the idempotency keys no operation in flight can still need (a retry then finds its
+ * key in the store, as after a reload; see ConversationState.forgetSettledKeys), and if that is
+ * not enough, idle ones are dropped whole (members, cursors, senders), which costs a reload when
+ * next used. What is left over the budget is what operations in flight hold (uncommitted
+ * entries, the keys remembered since the oldest of them began, the members of conversations in
+ * use), which the gateways' in-flight limits bound.
  *
  * Under load the keys are most of it: every send leaves one, a few hundred bytes in small
  * objects, while a 1:1 conversation's members and cursors are about 1.8 KiB in all. Forgetting
  * keys before dropping states keeps the conversations resident, so their next operation reads
- * nothing back.
+ * nothing back. They go from conversations in use too: under load a conversation always has an
+ * operation in flight, and keys that only idle conversations forgot grew past any budget.
  */
 export class HotStateBudget {
   /** Every resident state, least recently used first, with the bytes it last reported. */
@@ -260,12 +264,12 @@ export class HotStateBudget {
       if (held === undefined) this.tailed.delete(state);
       else this.shedTail(state, held);
     }
-    // Then idle conversations' keys, which cost a store read only to a retry.
+    // Then the keys no operation can still need, which cost a store read only to a retry.
     for (const state of this.keyed) {
       if (this.total <= target) return true;
       const held = this.lru.get(state);
       if (held === undefined) this.keyed.delete(state);
-      else this.forgetKeysIfIdle(state, held);
+      else this.forgetKeys(state, held);
     }
     // Then whole idle conversations (members, cursors, senders), which cost a reload.
     for (const [state, held] of this.lru) {
@@ -279,7 +283,7 @@ export class HotStateBudget {
   private evictFrom(state: BudgetedState, held: { bytes: number; owner: StateOwner }): void {
     const target = this.limitBytes * EVICT_TO;
     this.shedTail(state, held);
-    if (this.total > target) this.forgetKeysIfIdle(state, held);
+    if (this.total > target) this.forgetKeys(state, held);
     if (this.total > target) this.dropIfIdle(state, held);
   }
 
@@ -291,10 +295,11 @@ export class HotStateBudget {
     this.resize(state, held);
   }
 
-  private forgetKeysIfIdle(state: BudgetedState, held: { bytes: number; owner: StateOwner }): void {
-    if (state.recent.size > 0 && !held.owner.idle(state)) return;
-    this.keyed.delete(state);
-    this.metrics.evictedKeys += state.forgetKeys();
+  private forgetKeys(state: BudgetedState, held: { bytes: number }): void {
+    const forgotten = state.forgetSettledKeys();
+    if (state.recent.size === 0) this.keyed.delete(state);
+    if (forgotten === 0) return;
+    this.metrics.evictedKeys += forgotten;
     this.resize(state, held);
   }
 

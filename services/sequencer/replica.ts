@@ -157,11 +157,11 @@ export class ReplicaShards {
     fn: (state: ConversationState, shard: Shard) => Promise<T>,
   ): Promise<T> {
     const shard = this.shardFor(conversationId);
-    const state = await shard.acquire(conversationId);
+    const held = await shard.acquire(conversationId);
     try {
-      return await fn(state, shard);
+      return await fn(held.state, shard);
     } finally {
-      shard.release(state);
+      shard.release(held);
     }
   }
 }

@@ -73,7 +73,8 @@ describe("Shard with a store that stops answering", () => {
 
   /** Assigns the next seq of a conversation and queues its entry, as the append path does. */
   async function append(id: string, text: string): Promise<{ seq: number; batch: Batch }> {
-    const state = await shard.acquire(id);
+    const held = await shard.acquire(id);
+    const { state } = held;
     try {
       const seq = state.lastSeq + 1;
       const batch = shard.batch();
@@ -81,7 +82,7 @@ describe("Shard with a store that stops answering", () => {
       state.lastSeq = seq;
       return { seq, batch };
     } finally {
-      shard.release(state);
+      shard.release(held);
     }
   }
 

@@ -60,14 +60,15 @@ describe("Shard after a commit that failed part-way", () => {
   it("publishes the events of the part that is durable", async () => {
     const batches = new Set<Batch>();
     for (const id of ["g_partial_a", "g_partial_b"]) {
-      const state = await shard.acquire(id);
+      const held = await shard.acquire(id);
+      const { state } = held;
       try {
         const batch = shard.batch();
         batch.append(state, entry(id, 1, `${id}-one`));
         state.lastSeq = 1;
         batches.add(batch);
       } finally {
-        shard.release(state);
+        shard.release(held);
       }
     }
     assert.equal(batches.size, 1, "both sends are in one commit");

@@ -106,14 +106,15 @@ describe("Shard reload on the ScyllaDB engine", { skip: SCYLLA_SKIP }, () => {
       100,
       new HotStateBudget(64 * 1024 * 1024),
     );
-    const state = await shard.acquire(id);
+    const held = await shard.acquire(id);
+    const { state } = held;
     try {
       assert.equal(state.lastSeq, 2);
       assert.deepEqual([...state.members.keys()], ["u_alice"], "Bob was removed by the completed commit");
       assert.equal(state.record?.title, "New");
       assert.equal(state.record?.membersVersion, 2);
     } finally {
-      shard.release(state);
+      shard.release(held);
     }
     assert.deepEqual(
       (await store.conversations.getMembers(id)).map((m) => m.userId),

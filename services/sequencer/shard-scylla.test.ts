@@ -106,7 +106,8 @@ describe("Shard commits on the ScyllaDB engine", { skip: SCYLLA_SKIP }, () => {
     const sends = 40;
     const id = `g_large_${randomBytes(6).toString("hex")}`;
     const shard = newShard(new InProcessBus(log));
-    const state = await shard.acquire(id);
+    const held = await shard.acquire(id);
+    const { state } = held;
     const batches: Batch[] = [];
     try {
       // One tick, as the append path assigns: nothing awaits between the sends.
@@ -118,7 +119,7 @@ describe("Shard commits on the ScyllaDB engine", { skip: SCYLLA_SKIP }, () => {
         if (!batches.includes(batch)) batches.push(batch);
       }
     } finally {
-      shard.release(state);
+      shard.release(held);
     }
     const results = await Promise.allSettled(batches.map((b) => b.durable));
     assert.deepEqual(
@@ -176,8 +177,9 @@ describe("Shard commits on the ScyllaDB engine", { skip: SCYLLA_SKIP }, () => {
     const seen = recordEvents(bus);
     const shard = newShard(bus);
     // The shard's load settles the head, which completes the dead writer's commit.
-    const state = await shard.acquire(id);
-    shard.release(state);
+    const held = await shard.acquire(id);
+    const { state } = held;
+    shard.release(held);
     assert.equal(state.lastSeq, 3);
     await eventFor(seen, id, 2);
     await eventFor(seen, id, 3);

@@ -135,6 +135,13 @@ export class Batch {
   }
 }
 
+/** A conversation's state held for one operation, from Shard.acquire to Shard.release. */
+export interface HeldState {
+  state: ConversationState;
+  /** The operation's mark (ConversationState.begin). */
+  mark: number;
+}
+
 /**
  * One logical shard: the conversations whose id hashes to it. It keeps their state in memory,
  * assigns seqs synchronously, and group-commits: while one commit is in flight, new work
@@ -172,8 +179,8 @@ export class Shard implements StateOwner {
     outbox.followRecoveries(store);
   }
 
-  /** Loads (or finds) a conversation's state and marks it busy until release(). */
-  async acquire(conversationId: string): Promise<ConversationState> {
+  /** Loads (or finds) a conversation's state and holds it for one operation until release(). */
+  async acquire(conversationId: string): Promise<HeldState> {
     let state = this.states.get(conversationId);
     if (state === undefined) {
       let loading = this.loading.get(conversationId);
@@ -196,14 +203,14 @@ export class Shard implements StateOwner {
       this.states.delete(conversationId);
       this.states.set(conversationId, state);
     }
-    state.busy++;
+    const mark = state.begin();
     if (this.states.get(conversationId) === state) this.budget.touch(state, this);
-    return state;
+    return { state, mark };
   }
 
   /** Ends an operation started with acquire(). */
-  release(state: ConversationState): void {
-    state.busy--;
+  release({ state, mark }: HeldState): void {
+    state.end(mark);
     if (this.states.size > this.maxStates) this.evict();
     this.budget.settle(state);
   }

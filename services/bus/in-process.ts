@@ -1,4 +1,3 @@
-import { setImmediate } from "node:timers/promises";
 import type { BusEvent, DeliveryBatch } from "../../gen/switchboard/internal/v1/events_pb.js";
 import type { Logger } from "../common/log.js";
 import type { DeliveryChannel, EventBus, Unsubscribe } from "./types.js";
@@ -11,19 +10,9 @@ function subscribe<T>(set: Set<Handler<T>>, handler: Handler<T>): Unsubscribe {
 }
 
 /**
- * Committed events handed to a consumer per call, at most: as many as the NATS consumer pulls at
- * once by default (nats/settings.ts). Its handlers (fanout, then every gateway's streams) answer
- * in-process in microtasks, so a batch is one event-loop task from the bus to the sockets.
- */
-const MAX_BATCH = 256;
-
-/**
  * The embedded bus. Committed events are handed to the consumer in publish order, one batch at
- * a time, coalescing whatever was published while the previous batch was being handled, up to
- * MAX_BATCH events a batch; when more wait, the event loop turns before the next batch, so a
- * backlog (a long commit at 10,000 devices ended with thousands of events queued) does not
- * become one task of seconds. The queue is bounded by the sequencer's own group commit (it
- * publishes after each commit).
+ * a time, coalescing whatever was published while the previous batch was being handled; the
+ * queue is bounded by the sequencer's own group commit (it publishes after each commit).
  */
 export class InProcessBus implements EventBus {
   private readonly committedHandlers: Array<(events: readonly BusEvent[]) => Promise<void>> = [];
@@ -76,7 +65,8 @@ export class InProcessBus implements EventBus {
     this.draining = true;
     try {
       while (this.queue.length > 0 && this.committedHandlers.length > 0 && !this.closed) {
-        const batch = this.queue.splice(0, MAX_BATCH);
+        const batch = this.queue;
+        this.queue = [];
         // One consumer per batch keeps per-conversation order; several consumers take turns.
         const handler = this.committedHandlers[this.next++ % this.committedHandlers.length]!;
         try {
@@ -86,7 +76,6 @@ export class InProcessBus implements EventBus {
           // same batch forever would wedge the bus. Devices still get the entries from the log.
           this.log.error({ err, events: batch.length }, "fanout failed for a committed batch");
         }
-        if (this.queue.length > 0) await setImmediate();
       }
     } finally {
       this.draining = false;

@@ -13,6 +13,12 @@ function subscribe<T>(set: Set<Handler<T>>, handler: Handler<T>): Unsubscribe {
  * The embedded bus. Committed events are handed to the consumer in publish order, one batch at
  * a time, coalescing whatever was published while the previous batch was being handled; the
  * queue is bounded by the sequencer's own group commit (it publishes after each commit).
+ *
+ * A batch runs from the bus to the sockets in one event-loop task (the consumers answer in
+ * microtasks), thousands of events past capacity. Slicing it, with a turn of the loop between
+ * slices, shortened the loop's longest delay but let new sends and acks run ahead of the backlog:
+ * deliveries fell seconds behind acks and half the 10,000 msgs/s went unacked
+ * (docs/benchmarks.md, eighteenth pass). Whole, it holds intake back while deliveries drain.
  */
 export class InProcessBus implements EventBus {
   private readonly committedHandlers: Array<(events: readonly BusEvent[]) => Promise<void>> = [];

@@ -87,8 +87,10 @@ export class ConversationState {
   /**
    * For each operation in flight, how many keys had been remembered when it began (its mark),
    * with how many operations hold each mark. Marks never decrease, so the first is the oldest.
+   * Undefined while no operation is in flight: an emptied Map keeps its table (about 200 bytes),
+   * which every resident state would hold.
    */
-  private readonly marks = new Map<number, number>();
+  private marks: Map<number, number> | undefined;
   /** Commit time of the newest entry, in milliseconds since the Unix epoch; 0 if none since load. */
   lastServerTimeMs = 0;
   /** Device cursors loaded so far. */
@@ -182,6 +184,7 @@ export class ConversationState {
   begin(): number {
     this.busy++;
     const mark = this.keysRemembered;
+    this.marks ??= new Map();
     this.marks.set(mark, (this.marks.get(mark) ?? 0) + 1);
     return mark;
   }
@@ -189,9 +192,11 @@ export class ConversationState {
   /** Ends an operation begun with begin(). */
   end(mark: number): void {
     this.busy--;
-    const left = (this.marks.get(mark) ?? 1) - 1;
-    if (left === 0) this.marks.delete(mark);
-    else this.marks.set(mark, left);
+    const marks = this.marks;
+    if (marks === undefined) return;
+    const left = (marks.get(mark) ?? 1) - 1;
+    if (left > 0) marks.set(mark, left);
+    else if (marks.delete(mark) && marks.size === 0) this.marks = undefined;
   }
 
   /** Remembers an idempotency key. */
@@ -244,7 +249,7 @@ export class ConversationState {
    * here once durable, so the store had it for that look.
    */
   forgetSettledKeys(): number {
-    const oldest: number = this.marks.keys().next().value ?? this.keysRemembered;
+    const oldest: number = this.marks?.keys().next().value ?? this.keysRemembered;
     const settled = oldest - (this.keysRemembered - this.recent.size);
     let count = 0;
     for (const [key, send] of this.recent) {

@@ -245,8 +245,9 @@ export class ConversationState {
    * An append looks for its key here, then in the store, then here again in the synchronous
    * block that assigns its seq. A key remembered after it began may be one it missed in the
    * store just before that key's commit: it must stay until the append ends, or the retry would
-   * be sequenced twice. A key remembered before it began was here at its first look, or had gone
-   * here once durable, so the store had it for that look.
+   * be sequenced twice. A key remembered before it began was either still here at its first
+   * look, or had already gone, which it does once durable (then the store had it) or, as before
+   * these marks, when RECENT_KEYS newer keys push it out.
    */
   forgetSettledKeys(): number {
     const oldest: number = this.marks?.keys().next().value ?? this.keysRemembered;

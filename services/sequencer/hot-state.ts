@@ -209,8 +209,9 @@ export class HotStateBudget {
    * a settle evicts from its own state only, and the next pass over every state waits until as
    * many settles as there are states have gone by: a state can become idle, or its tail
    * committed, only when an operation on it ends, which settles it. Without this, a budget held by
-   * operations in use was walked whole on every operation: O(conversations) each, half of the
-   * main thread's second-long stalls at 10,000 msgs/s (docs/benchmarks.md, eighteenth pass).
+   * operations in use was walked whole on every operation: O(conversations) each, up to 59 % of
+   * the main thread's busy stretches of 0.3-1 s at 10,000 msgs/s (docs/benchmarks.md, eighteenth
+   * pass).
    */
   settle(state: BudgetedState): void {
     const held = this.lru.get(state);

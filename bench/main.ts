@@ -81,17 +81,44 @@ async function main(): Promise<void> {
     await sleep(1000);
     const memBefore = await memorySnapshot(server, pid);
     const meshBefore = await meshMemory(mesh);
-    const inputs = split(opts, devices, conversations, urls);
-    const connectedDevices = inputs.reduce((n, i) => n + i.devices.length, 0);
-    for (const input of inputs)
-      generators.push(opts.workers === 0 ? inlineGenerator(input) : workerGenerator(input));
-    const connectStart = clock();
-    const connected = await Promise.all(generators.map((g) => g.connect()));
-    const connectFailed = connected.reduce((n, c) => n + c.failed, 0);
-    const connectSeconds = (clock() - connectStart) / 1000;
+    // Idle runs open their streams in two halves, with a snapshot between: the second half's
+    // growth is what a stream costs. The growth from before the first stream also counts the
+    // registration's freed heap and malloc pages, which the first streams reuse, so it reads low
+    // or high with how much garbage the registration left (and with V8's heap flags).
+    const phases =
+      opts.mode === "idle" && conversations.length > 1
+        ? [
+            conversations.slice(0, Math.ceil(conversations.length / 2)),
+            conversations.slice(Math.ceil(conversations.length / 2)),
+          ]
+        : [conversations];
+    let connectedDevices = 0;
+    let connectFailed = 0;
+    let connectSeconds = 0;
+    const reasons: string[] = [];
+    let half: { devices: number; memory: Awaited<ReturnType<typeof memorySnapshot>> } | undefined;
+    for (const [i, phase] of phases.entries()) {
+      if (i > 0) {
+        await sleep(2000);
+        half = { devices: connectedDevices - connectFailed, memory: await memorySnapshot(server, pid) };
+      }
+      const phaseGenerators = split(opts, devices, phase, urls).map((input) => {
+        connectedDevices += input.devices.length;
+        return opts.workers === 0 ? inlineGenerator(input) : workerGenerator(input);
+      });
+      generators.push(...phaseGenerators);
+      const connectStart = clock();
+      const connected = await Promise.all(phaseGenerators.map((g) => g.connect()));
+      connectSeconds += (clock() - connectStart) / 1000;
+      for (const c of connected) {
+        connectFailed += c.failed;
+        reasons.push(...c.reasons);
+      }
+    }
     log(
       `opened ${connectedDevices - connectFailed}/${connectedDevices} streams (all caught up) in ${fixed(connectSeconds)} s` +
-        (connectFailed > 0 ? `; failures: ${connected.flatMap((c) => c.reasons).join("; ")}` : ""),
+        (phases.length > 1 ? ` (in two halves, a memory snapshot between them)` : "") +
+        (connectFailed > 0 ? `; failures: ${reasons.join("; ")}` : ""),
     );
     await sleep(2000);
     const memConnected = await memorySnapshot(server, pid);
@@ -146,6 +173,7 @@ async function main(): Promise<void> {
       spawned: server !== undefined,
       ...(server !== undefined && { compiled: server.compiled }),
       memBefore,
+      ...(half !== undefined && { memHalf: half.memory, halfDevices: half.devices }),
       memConnected,
       memEnd,
       peakRss,

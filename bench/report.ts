@@ -65,9 +65,22 @@ function singleServerLines(r: Report): string[] {
       : `event loop       server main thread utilisation ${fixed(100 * el.utilization)} %, delay p99 up to ${fixed(el.delayP99MaxMs)} ms, max ${fixed(el.delayMaxMs)} ms`,
     `server memory    before connect ${mem(m.beforeConnect)}, connected ${mem(m.afterConnect)}, end ${mem(m.end)}, peak RSS ${m.peakRssBytes === undefined ? "n/a" : `${fixed(mib(m.peakRssBytes))} MiB`}${m.beforeConnect?.afterGc ? " (snapshots after a full GC)" : ""}`,
     d
-      ? `per device       ${fixed(d.rssBytes / 1024)} KiB RSS${d.anonBytes === undefined ? "" : ` (${fixed(d.anonBytes / 1024)} KiB anon)`}${d.heapBytes === undefined ? "" : `, ${fixed(d.heapBytes / 1024)} KiB JS heap`} per connected device`
+      ? `per device       ${perDevice(d)} per connected device (growth from before the first stream)`
       : "per device       n/a (no server pid)",
+    ...(m.perDeviceSecondHalf === undefined
+      ? []
+      : [
+          `second half      ${perDevice(m.perDeviceSecondHalf)} per device, over the ${m.secondHalfDevices} streams opened after the first half's snapshot: what one more stream costs`,
+        ]),
   ];
+}
+
+function perDevice(d: {
+  rssBytes: number;
+  anonBytes: number | undefined;
+  heapBytes: number | undefined;
+}): string {
+  return `${fixed(d.rssBytes / 1024)} KiB RSS${d.anonBytes === undefined ? "" : ` (${fixed(d.anonBytes / 1024)} KiB anon)`}${d.heapBytes === undefined ? "" : `, ${fixed(d.heapBytes / 1024)} KiB JS heap`}`;
 }
 
 function meshLines(r: Report): string[] {

@@ -20,6 +20,9 @@ export interface Context {
   /** For a spawned server: whether it ran dist/ (else the sources through tsx). */
   compiled?: boolean;
   memBefore: MemorySnapshot | undefined;
+  /** Idle runs: the snapshot after the first half of the streams opened, and how many did. */
+  memHalf?: MemorySnapshot | undefined;
+  halfDevices?: number;
   memConnected: MemorySnapshot | undefined;
   memEnd: MemorySnapshot | undefined;
   peakRss: number;
@@ -186,22 +189,13 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
   )
     timelineLength--;
   for (const l of Object.values(timeline)) l.length = timelineLength;
-  const { memBefore, memConnected } = ctx;
-  const perDevice =
-    memBefore && memConnected && ctx.connectedDevices > 0
-      ? {
-          rssBytes: (memConnected.rss - memBefore.rss) / ctx.connectedDevices,
-          anonBytes:
-            memBefore.anon !== undefined && memConnected.anon !== undefined
-              ? (memConnected.anon - memBefore.anon) / ctx.connectedDevices
-              : undefined,
-          heapBytes:
-            memBefore.heapUsed !== undefined && memConnected.heapUsed !== undefined
-              ? (memConnected.heapUsed - memBefore.heapUsed) / ctx.connectedDevices
-              : undefined,
-          afterGc: memBefore.afterGc && memConnected.afterGc,
-        }
-      : undefined;
+  const { memBefore, memHalf, memConnected } = ctx;
+  const connectedNow = ctx.connectedDevices - ctx.connectFailed;
+  const perDevice = growthPerDevice(memBefore, memConnected, ctx.connectedDevices);
+  const perDeviceSecondHalf =
+    memHalf === undefined || ctx.halfDevices === undefined
+      ? undefined
+      : growthPerDevice(memHalf, memConnected, connectedNow - ctx.halfDevices);
   const elu = ctx.probe.map((s) => s.elu ?? 0);
   const duration = opts.duration;
   const rate = (n: number) => (duration > 0 ? n / duration : 0);
@@ -305,6 +299,9 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       end: ctx.memEnd,
       peakRssBytes: ctx.peakRss || undefined,
       perConnectedDevice: perDevice,
+      /** Idle runs: the growth from the first half of the streams to all of them, per stream. */
+      perDeviceSecondHalf,
+      secondHalfDevices: ctx.halfDevices === undefined ? undefined : connectedNow - ctx.halfDevices,
     },
     timeline,
   };
@@ -312,3 +309,16 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
 
 /** A run's report. */
 export type Report = ReturnType<typeof summarize>;
+
+/** The growth from one memory snapshot to a later one, per device connected between them. */
+function growthPerDevice(from: MemorySnapshot | undefined, to: MemorySnapshot | undefined, devices: number) {
+  if (from === undefined || to === undefined || devices <= 0) return undefined;
+  const per = (a: number | undefined, b: number | undefined) =>
+    a === undefined || b === undefined ? undefined : (b - a) / devices;
+  return {
+    rssBytes: (to.rss - from.rss) / devices,
+    anonBytes: per(from.anon, to.anon),
+    heapBytes: per(from.heapUsed, to.heapUsed),
+    afterGc: from.afterGc && to.afterGc,
+  };
+}

@@ -380,7 +380,7 @@ export class GatewayCore implements SessionHost<Session> {
 
   /** Sends the stream every presence change of the user. */
   subscribePresence(session: Session, userId: string): void {
-    session.subscriptions.add(userId);
+    session.addSubscription(userId);
     let set = this.watchers.get(userId);
     if (set === undefined) {
       set = new Set();
@@ -391,7 +391,7 @@ export class GatewayCore implements SessionHost<Session> {
 
   /** Stops sending the stream the user's presence changes. */
   unsubscribePresence(session: Session, userId: string): void {
-    session.subscriptions.delete(userId);
+    session.removeSubscription(userId);
     const set = this.watchers.get(userId);
     set?.delete(session);
     if (set?.size === 0) this.watchers.delete(userId);

@@ -31,6 +31,10 @@ const MESSAGE_FRAME_OVERHEAD = 32;
 /** An entry's field tag and length prefix inside a message frame, at most (1 + a 32-bit varint). */
 const ENTRY_PREFIX_BYTES = 6;
 
+/** framesReady's answers when it need not wait: one promise each, shared by every stream. */
+const FRAMES_READY = Promise.resolve(true);
+const ENDED = Promise.resolve(false);
+
 /** Receipts one `receipts` frame carries at most (gateway.proto). */
 const RECEIPTS_PER_FRAME = 256;
 
@@ -264,17 +268,15 @@ export class Outbound {
    * last yielded in its registers, and with it every entry and payload of that batch, for as long
    * as the stream stays quiet (megabytes per stream after a burst; test/e2e/sequencer-memory.test.ts).
    */
-  async framesReady(): Promise<boolean> {
-    while (this.items.length === 0) {
-      if (this.ended) {
-        if (this.error !== undefined) throw this.error;
-        return false;
-      }
-      await new Promise<void>((resolve) => {
-        this.wakeReader = resolve;
-      });
-    }
-    return true;
+  framesReady(): Promise<boolean> {
+    if (this.items.length > 0) return FRAMES_READY;
+    if (this.ended) return this.error === undefined ? ENDED : Promise.reject(this.error);
+    // Not an async function: an idle stream waits here for hours, and a suspended async function
+    // keeps a generator, its registers and a context besides the promise (about 250 bytes a
+    // stream, in a heap snapshot of 4,000 idle streams).
+    return new Promise<void>((resolve) => {
+      this.wakeReader = resolve;
+    }).then(() => this.framesReady());
   }
 
   /** Takes the frames queued now, at most `max`, oldest first (after framesReady said true). */

@@ -21,6 +21,9 @@ import { type FrameSink, InboundFrames } from "./session/inbound.js";
 import { Sends } from "./session/sends.js";
 import type { GatewayServices, SessionHost } from "./types.js";
 
+/** The subscriptions of a stream that has none: one empty set for all of them. */
+const NO_SUBSCRIPTIONS: ReadonlySet<string> = new Set();
+
 export { boundPage } from "./session/frames.js";
 
 /**
@@ -38,12 +41,12 @@ export class Session implements StreamContext {
   readonly outbound: Outbound;
   /** When the stream opened, in milliseconds since the Unix epoch. */
   readonly openedAtMs: number;
-  /** The users whose presence this stream receives (kept by the gateway). */
-  readonly subscriptions = new Set<string>();
   /**
-   * Of those, the users with a direct conversation with this user (last_seen "contacts"); made
+   * The users whose presence this stream receives, kept by the gateway (addSubscription); made
    * on first use, as most streams never watch anyone (an empty Set is about 150 bytes a stream).
    */
+  private watched: Set<string> | undefined;
+  /** Of those, the users with a direct conversation with this user (last_seen "contacts"). */
   private directContacts: Set<string> | undefined;
   private readonly backlog: Backlog;
   private readonly sends: Sends;
@@ -226,6 +229,22 @@ export class Session implements StreamContext {
   resync(): Promise<void> {
     if (this.closed) return Promise.resolve();
     return this.backlog.refresh();
+  }
+
+  /** The users whose presence this stream receives. */
+  get subscriptions(): ReadonlySet<string> {
+    return this.watched ?? NO_SUBSCRIPTIONS;
+  }
+
+  /** The gateway's record that this stream receives the user's presence. */
+  addSubscription(userId: string): void {
+    this.watched ??= new Set();
+    this.watched.add(userId);
+  }
+
+  /** The gateway's record that this stream no longer receives the user's presence. */
+  removeSubscription(userId: string): void {
+    this.watched?.delete(userId);
   }
 
   /** Sends this stream the user's presence changes from now on. */

@@ -8,6 +8,9 @@ import type { StreamContext } from "./context.js";
 import { boundPage, chunks, frame, inBand, removesUser } from "./frames.js";
 import { OwnSends } from "./own-sends.js";
 
+/** Where the chain of log reads starts: one settled promise for every stream, not one a stream. */
+const SETTLED: Promise<void> = Promise.resolve();
+
 /** Entries read from the log per catch-up page. */
 const HISTORY_PAGE = 256;
 /** First and longest wait between reads of a sync state that failed, in milliseconds. */
@@ -53,7 +56,7 @@ export class Backlog {
   private refreshing = false;
   private refreshAgain = false;
   /** Reads of the log (catch-up pages and sync pages) run one at a time, each behind the last. */
-  private logReads: Promise<void> = Promise.resolve();
+  private logReads: Promise<void> = SETTLED;
   /** Sync requests being answered or waiting to be. */
   private syncsPending = 0;
   /** The stream's omit_own_sends option and the sends it covers (Sends remembers them). */

@@ -9,6 +9,9 @@ export const MAX_HELD_CONVERSATIONS = 256;
 /** The least retry hint a held send is given: it must come back after the refused one. */
 const HELD_RETRY_MIN_MS = 50;
 
+/** The default clock: one function for every stream, not a closure per SendHold. */
+const monotonicNow = (): number => performance.now();
+
 interface Held {
   clientMsgId: string;
   ordinal: number;
@@ -41,7 +44,7 @@ export class SendHold {
   /** Holds every conversation: set only when MAX_HELD_CONVERSATIONS are held already. */
   private all: Held | undefined;
 
-  constructor(private readonly now: () => number = () => performance.now()) {}
+  constructor(private readonly now: () => number = monotonicNow) {}
 
   /** A send to a conversation was refused with an answer the device retries, with this hint. */
   refused(conversationId: string, clientMsgId: string, ordinal: number, retryAfterMs: number): void {

@@ -11,6 +11,9 @@ import { frame, inBand } from "./frames.js";
 import type { OwnSends } from "./own-sends.js";
 import { SendHold } from "./send-hold.js";
 
+/** Where the chains start: one settled promise for every stream, not two a stream. */
+const SETTLED: Promise<void> = Promise.resolve();
+
 /**
  * The sends of one stream, from frame to ack: validation, the in-flight bound, the per-device
  * rate limit, the device-set check of pairwise ciphertexts, and the append. Sends reach the
@@ -20,9 +23,9 @@ import { SendHold } from "./send-hold.js";
 export class Sends {
   private inFlight = 0;
   /** Sends waiting for an asynchronous rate-limit answer, in frame order. */
-  private rateChain: Promise<void> = Promise.resolve();
+  private rateChain: Promise<void> = SETTLED;
   /** Sends waiting for (or queued behind) a device-set check, in frame order. */
-  private checkChain: Promise<void> = Promise.resolve();
+  private checkChain: Promise<void> = SETTLED;
   private checksPending = 0;
   private idle: (() => void) | undefined;
   /** Send frames read on this stream so far: each send's ordinal is its position among them. */

@@ -109,6 +109,25 @@ describe("Outbound: a writer takes what is queued in batches", () => {
     assert.equal(await clean.framesReady(), false);
   });
 
+  it("wakes a waiting writer with the end: false when clean, the error otherwise", async () => {
+    const limits = { frames: 10, bytes: 100 * KiB, frameBytes: 64 * KiB, frameEntries: 64 };
+    const clean = new Outbound(limits);
+    const cleanWait = clean.framesReady();
+    clean.end();
+    assert.equal(await cleanWait, false);
+    const failed = new Outbound(limits);
+    const failedWait = failed.framesReady();
+    failed.end(new Error("stream over"));
+    await assert.rejects(failedWait, /stream over/);
+    const aborted = new Outbound(limits);
+    aborted.force(pong());
+    assert.equal(await aborted.framesReady(), true);
+    aborted.takeBatch(1);
+    const abortedWait = aborted.framesReady();
+    aborted.abort(new Error("gone"));
+    await assert.rejects(abortedWait, /gone/);
+  });
+
   it("keeps nothing of a taken batch while the writer waits for the next", async () => {
     // Written as a generator, the reader kept its last batch (every entry and payload in it)
     // for as long as the stream stayed quiet: tens of MiB over a few dozen streams after a burst.

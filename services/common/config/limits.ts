@@ -53,6 +53,9 @@ export interface Limits {
   /**
    * Sends one gateway process may have queued for or awaiting the sequencer, all its streams and
    * unary calls together; more are refused UNAVAILABLE with a retry hint (services/gateway/admission.ts).
+   * Past capacity this bound is what a send waits behind: at the 12,500 sends a second a 2-core
+   * machine takes, 10,000 is about 0.8 s, and 20,000 (the default before) let accepted sends wait
+   * 1.6-1.8 s at p99 for no more throughput (docs/benchmarks.md, "Nineteenth pass").
    */
   gatewaySendsInFlight: number;
   /** The same bound in bytes (the append items' size bound). */
@@ -83,7 +86,7 @@ export const defaultLimits: Limits = {
   maxPageBytes: 1024 * 1024,
   maxQueuedSyncRequests: 64,
   outboundStallMs: 60_000,
-  gatewaySendsInFlight: 20_000,
+  gatewaySendsInFlight: 10_000,
   gatewaySendBytesInFlight: 256 * 1024 * 1024,
   sendQueueTargetMs: 500,
 };

@@ -18,12 +18,12 @@
  * 100,000 group deliveries a second it mark-compacted 68 times in 50 s. With 200, 3-7 times; p99
  * 64-287 ms became 30-56 ms and the server used 5 points of a core less (docs/benchmarks.md,
  * "Fourteenth pass"). It does not cost idle memory: with 10,000 idle streams the server's RSS
- * was the same with and without it (565-571 MiB in five runs; "Nineteenth pass" found the 4 KiB
+ * was the same with and without it (562-571 MiB over nine runs; "Nineteenth pass" found the 4 KiB
  * per stream measured before to be the bench's baseline moving). A growing factor scales with
  * the live heap, so a pod's memory limit still bounds it (V8 keeps the limit below the maximum
  * heap, which Node sizes from the container's memory); a fixed floor (--initial-old-space-size)
- * measured the same here but would not. Node refuses this flag in NODE_OPTIONS, so the image passes the flags on its
- * ENTRYPOINT.
+ * measured the same here but would not. Node refuses this flag in NODE_OPTIONS, so the image
+ * passes the flags on its ENTRYPOINT.
  */
 export const SERVER_NODE_FLAGS: readonly string[] = [
   "--max-semi-space-size=32",

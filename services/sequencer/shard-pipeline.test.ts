@@ -89,7 +89,9 @@ describe("Shard pipelining its commits", () => {
     }
   }
 
-  it("hands the next batch to the store before acking and delivering the one that committed", async () => {
+  it("hands the next batch to the store before acking and delivering the one that committed", {
+    timeout: 10_000,
+  }, async () => {
     const id = "g_pipeline";
     let open!: () => void;
     gate = { wait: new Promise<void>((r) => (open = r)), open: () => open() };
@@ -102,7 +104,7 @@ describe("Shard pipelining its commits", () => {
     await first.durable;
     await second.durable;
 
-    assert.equal(commits.length, 2);
+    assert.deepEqual(commits, [[id], [id]], "two commits, one batch each");
     assert.deepEqual(
       published.map((p) => p.seqs),
       [[1], [2]],
@@ -124,7 +126,7 @@ describe("Shard pipelining its commits", () => {
     );
   });
 
-  it("commits as before when nothing is waiting behind a commit", async () => {
+  it("commits as before when nothing is waiting behind a commit", { timeout: 10_000 }, async () => {
     const id = "g_alone";
     const before = commits.length;
     const batch = await append(id, "one");

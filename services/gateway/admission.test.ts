@@ -124,6 +124,67 @@ describe("gateway send admission", () => {
     assert.equal(a.overloaded, false);
   });
 
+  describe("the answer-rate bound", () => {
+    /** Admits and answers n sends, a thousand at a time, each having waited waitedMs. */
+    function answer(a: SendAdmission, n: number, waitedMs = 5): void {
+      for (let done = 0; done < n; done += 1000) {
+        const k = Math.min(1000, n - done);
+        for (let i = 0; i < k; i++) a.admit(1);
+        for (let i = 0; i < k; i++) a.settled(1, waitedMs);
+      }
+    }
+
+    it("takes at most what the gateway answered in the target of its busiest recent second", () => {
+      const { a, clock, refusals, refused } = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
+      // 10,000 answers in the first second: half a second's worth is 5,000.
+      for (let ms = 0; ms < 1000; ms += 100) {
+        clock.now = ms;
+        answer(a, 1000);
+      }
+      clock.now = 1000;
+      assert.equal(a.inFlightBound, 5000);
+      for (let i = 0; i < 5000; i++) a.admit(1);
+      const err = refused();
+      assert.deepEqual(refusals, ["answer_rate_bound"]);
+      assert.match(
+        err.message,
+        /server overloaded: 5000 sends in flight, what this gateway answers in 500 ms/,
+      );
+      assert.equal(err.retryAfterMs, 100, "the shortest hint: a slot frees with every answer");
+      // The sends in flight were taken and go on; each answer frees a slot.
+      a.settled(1, 5);
+      a.admit(1);
+      assert.equal(a.sendsInFlight, 5000);
+    });
+
+    it("keeps the busiest of the last ten seconds, then follows a rate that fell for good", () => {
+      const { a, clock } = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
+      answer(a, 20_000);
+      // Slower seconds since do not shrink it while the busy one is among the last ten.
+      for (let s = 1; s <= 9; s++) {
+        clock.now = s * 1000;
+        answer(a, 6000);
+      }
+      clock.now = 10_999;
+      assert.equal(a.inFlightBound, 10_000, "the busy second is one of the last ten whole seconds");
+      // Once ten whole seconds have closed since, the busy one has gone; the slower ones set it.
+      clock.now = 11_000;
+      assert.equal(a.inFlightBound, 3000);
+      // Idle for a minute: back to the floor, which still lets a burst in.
+      clock.now = 70_000;
+      assert.equal(a.inFlightBound, 2048);
+      for (let i = 0; i < 2048; i++) a.admit(1);
+    });
+
+    it("never binds under the fixed bound or when the target is 0", () => {
+      const small = admission({ maxInFlight: 10, queueTargetMs: 500 });
+      assert.equal(small.a.inFlightBound, 10);
+      const off = admission({ maxInFlight: 100_000, queueTargetMs: 0 });
+      for (let i = 0; i < 5000; i++) off.a.admit(1);
+      assert.equal(off.a.inFlightBound, 100_000);
+    });
+  });
+
   it("with a target of 0 only the bounds apply", () => {
     const { a, clock } = admission({ queueTargetMs: 0 });
     for (let i = 0; i < 5; i++) a.admit(10);

@@ -9,7 +9,7 @@ import { UnavailableError, withoutStack } from "../common/errors.js";
 export class OverloadError extends UnavailableError {}
 
 /** Why a send was refused: the signal that tripped. */
-export type RefusalSignal = "queue_standing" | "delivery_lag" | "in_flight_bound";
+export type RefusalSignal = "queue_standing" | "delivery_lag" | "in_flight_bound" | "answer_rate_bound";
 
 /** How much send work one gateway process takes on before it pushes senders back. */
 export interface SendAdmissionLimits {
@@ -20,8 +20,8 @@ export interface SendAdmissionLimits {
   /**
    * Milliseconds every send answered over one interval may have waited, or every entry delivered
    * live over one interval may have lagged behind its commit (beyond the base lag), before the
-   * gateway calls the queue standing and refuses new sends; 0 turns both delay signals off (the
-   * bounds stay).
+   * gateway calls the queue standing and refuses new sends; also what the sends in flight may
+   * be worth in answers (the answer-rate bound). 0 turns those three off (the fixed bounds stay).
    */
   queueTargetMs: number;
 }
@@ -41,6 +41,19 @@ const LATE_INTERVALS = 3;
  */
 const BASE_BUCKET_MS = 60_000;
 const BASE_BUCKETS = 10;
+/**
+ * The answer-rate bound counts answers per second over the last RATE_SECONDS seconds and takes the
+ * busiest: one slow second (a stalled commit, a full collection) does not shrink it, and it follows
+ * a machine that slows for good within that long.
+ */
+const RATE_SECOND_MS = 1_000;
+const RATE_SECONDS = 10;
+/**
+ * The answer-rate bound never falls below this many sends: at low rates (a server just started,
+ * a quiet hour) it would otherwise refuse the first burst before any rate is known. Past it, what
+ * bounds a burst is the fixed bound and the delay signals.
+ */
+const RATE_BOUND_FLOOR = 2_048;
 /** Shortest and longest retry hint given to a sender pushed back, in milliseconds. */
 const MIN_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
@@ -72,8 +85,21 @@ class LateIntervals {
  * quickly (a refusal the sender retries later) instead of letting acks and deliveries queue for
  * seconds behind work it cannot finish.
  *
- * Two signals. The bounds on sends in flight (count and bytes) cap the memory and the work one
- * turn of the event loop may settle, whatever the cause. The delay signal is CoDel's idea: a
+ * Three signals. The bounds on sends in flight (count and bytes) cap the memory and the work one
+ * turn of the event loop may settle, whatever the cause.
+ *
+ * The answer-rate bound is Little's law: past capacity an accepted send waits about the sends in
+ * flight divided by the sends answered a second, whatever the fixed bound. So the gateway takes at
+ * most as many as it answered in `queueTargetMs` of its busiest recent second, never under
+ * RATE_BOUND_FLOOR: past capacity a send then waits about the target on average, on any machine.
+ * Below capacity it does not bind (in flight is the rate times a wait under the target), and it
+ * cannot talk itself down: should it let too few in to keep the pipeline busy, the answers still
+ * come after the pipeline's shortest wait, well under the target, so the rate measured times the
+ * target is more than what it let in. A fixed count was the bound before: 10,000 let accepted sends
+ * wait 1.3-1.5 s at p99 on a 2-core machine, where half that count kept them under 1 s for the
+ * same throughput (docs/benchmarks.md, twenty-first pass).
+ *
+ * The delay signal is CoDel's idea: a
  * burst makes some sends wait, but when even the quickest send answered in an interval waited
  * longer than the target, three intervals running, the queue is standing: the process (its event
  * loop, the sequencer, the disk) is past its capacity and more sends would only wait longer. Then
@@ -112,6 +138,10 @@ export class SendAdmission {
   /** Least lag per minute, the last BASE_BUCKETS minutes; the current minute last. */
   private readonly baseMinima: number[] = [];
   private baseBucketStart = Number.NEGATIVE_INFINITY;
+  /** Answers in each of the last RATE_SECONDS whole seconds, oldest first. */
+  private readonly answersPerSecond: number[] = [];
+  private answersThisSecond = 0;
+  private secondStart: number;
 
   constructor(
     private readonly limits: SendAdmissionLimits,
@@ -127,11 +157,30 @@ export class SendAdmission {
     private readonly loopDelayMs: () => number = () => 0,
   ) {
     this.windowStart = now();
+    this.secondStart = this.windowStart;
   }
 
   /** Sends accepted and not yet answered. */
   get sendsInFlight(): number {
     return this.inFlight;
+  }
+
+  /**
+   * What the sends in flight may be at most right now: the fixed bound, or fewer when the answer
+   * rate says a send would wait longer than the target behind them.
+   */
+  get inFlightBound(): number {
+    return this.boundAt(this.now());
+  }
+
+  private boundAt(now: number): number {
+    const { maxInFlight, queueTargetMs } = this.limits;
+    if (queueTargetMs <= 0) return maxInFlight;
+    this.rollSecond(now);
+    let busiest = this.answersThisSecond;
+    for (const n of this.answersPerSecond) if (n > busiest) busiest = n;
+    const byRate = Math.max(RATE_BOUND_FLOOR, Math.ceil((busiest * queueTargetMs) / RATE_SECOND_MS));
+    return Math.min(maxInFlight, byRate);
   }
 
   /** True while a delay signal (sends' waits or deliveries' lag) says the queue is standing. */
@@ -173,6 +222,14 @@ export class SendAdmission {
         lagged,
       );
     }
+    const bound = this.boundAt(now);
+    if (bound < maxInFlight && this.inFlight >= bound) {
+      this.onRefuse("answer_rate_bound", this.inFlight);
+      throw this.refusal(
+        `server overloaded: ${this.inFlight} sends in flight, what this gateway answers in ${this.limits.queueTargetMs} ms; retry later`,
+        0,
+      );
+    }
     if (this.inFlight >= maxInFlight || (this.inFlight > 0 && this.bytes + bytes > maxBytesInFlight)) {
       this.onRefuse("in_flight_bound", this.inFlight);
       throw this.refusal(
@@ -188,9 +245,24 @@ export class SendAdmission {
   settled(bytes: number, waitedMs: number): void {
     this.inFlight--;
     this.bytes -= bytes;
+    const now = this.now();
     // The interval it was answered in: close the last one first if it is over.
-    this.roll(this.now());
+    this.roll(now);
     if (waitedMs < this.windowMin) this.windowMin = waitedMs;
+    this.rollSecond(now);
+    this.answersThisSecond++;
+  }
+
+  /** Closes the answer count's second once it is over; seconds with no answer count 0. */
+  private rollSecond(now: number): void {
+    const elapsed = now - this.secondStart;
+    if (elapsed < RATE_SECOND_MS) return;
+    const seconds = Math.floor(elapsed / RATE_SECOND_MS);
+    this.answersPerSecond.push(this.answersThisSecond);
+    for (let i = 1; i < Math.min(seconds, RATE_SECONDS); i++) this.answersPerSecond.push(0);
+    while (this.answersPerSecond.length > RATE_SECONDS) this.answersPerSecond.shift();
+    this.answersThisSecond = 0;
+    this.secondStart += seconds * RATE_SECOND_MS;
   }
 
   /** Closes the interval once it is over: the queue stands if its quickest answer was late. */

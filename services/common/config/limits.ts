@@ -53,9 +53,9 @@ export interface Limits {
   /**
    * Sends one gateway process may have queued for or awaiting the sequencer, all its streams and
    * unary calls together; more are refused UNAVAILABLE with a retry hint (services/gateway/admission.ts).
-   * Past capacity this bound is what a send waits behind: at the 12,500 sends a second a 2-core
-   * machine takes, 10,000 is about 0.8 s, and 20,000 (the default before) let accepted sends wait
-   * 1.6-1.8 s at p99 for no more throughput (docs/benchmarks.md, "Nineteenth pass").
+   * The memory's bound: past capacity what a send waits behind is the answer-rate bound beneath it
+   * (sendQueueTargetMs). 20,000 (the default before) let accepted sends wait 1.6-1.8 s at p99 for
+   * no more throughput (docs/benchmarks.md, "Nineteenth pass").
    */
   gatewaySendsInFlight: number;
   /** The same bound in bytes (the append items' size bound). */
@@ -64,7 +64,9 @@ export interface Limits {
    * Milliseconds the quickest send answered in a 100 ms interval may have waited, or the freshest
    * entry delivered live in one may have lagged its commit (above the base lag), three intervals
    * running, before the gateway calls its queue standing (past capacity) and refuses new sends
-   * UNAVAILABLE with a retry hint until the signal clears. 0 turns both signals off.
+   * UNAVAILABLE with a retry hint until the signal clears. Also the answer-rate bound: the
+   * gateway takes at most as many sends as it answered in this many milliseconds of its busiest
+   * second of the last ten (never under 2,048). 0 turns all three off.
    */
   sendQueueTargetMs: number;
 }

@@ -42,9 +42,10 @@ const LATE_INTERVALS = 3;
 const BASE_BUCKET_MS = 60_000;
 const BASE_BUCKETS = 10;
 /**
- * The answer-rate bound counts answers per second over the last RATE_SECONDS seconds and takes the
- * busiest: one slow second (a stalled commit, a full collection) does not shrink it, and it follows
- * a machine that slows for good within that long.
+ * The answer-rate bound takes the mean of the answers in each of the last RATE_SECONDS whole
+ * seconds: one slow second (a stalled commit, a full collection) shrinks it by a tenth, not to
+ * nothing. The busiest second was tried first and is no measure of the rate past capacity, where
+ * seconds of 7,000 and 17,000 answers alternate (docs/benchmarks.md, twenty-first pass).
  */
 const RATE_SECOND_MS = 1_000;
 const RATE_SECONDS = 10;
@@ -177,9 +178,12 @@ export class SendAdmission {
     const { maxInFlight, queueTargetMs } = this.limits;
     if (queueTargetMs <= 0) return maxInFlight;
     this.rollSecond(now);
-    let busiest = this.answersThisSecond;
-    for (const n of this.answersPerSecond) if (n > busiest) busiest = n;
-    const byRate = Math.max(RATE_BOUND_FLOOR, Math.ceil((busiest * queueTargetMs) / RATE_SECOND_MS));
+    const seconds = this.answersPerSecond.length;
+    if (seconds === 0) return Math.min(maxInFlight, RATE_BOUND_FLOOR);
+    let answered = 0;
+    for (const n of this.answersPerSecond) answered += n;
+    const perSecond = answered / seconds;
+    const byRate = Math.max(RATE_BOUND_FLOOR, Math.ceil((perSecond * queueTargetMs) / RATE_SECOND_MS));
     return Math.min(maxInFlight, byRate);
   }
 

@@ -264,6 +264,14 @@ export class GatewayCore implements SessionHost<Session> {
     return this.streams;
   }
 
+  get sendsInFlight(): number {
+    return this.admission.sendsInFlight;
+  }
+
+  get sendsInFlightBound(): number {
+    return this.admission.inFlightBound;
+  }
+
   /** Keeps a per-device map within bounds by dropping its oldest entries (insertion order). */
   private static trim<V>(map: Map<string, V>, max: number): void {
     for (const key of map.keys()) {

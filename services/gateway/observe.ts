@@ -36,6 +36,13 @@ export function observeGateway(source: ObservedGateway): GatewayObserver {
   m.createObservableGauge("switchboard.gateway.devices", {
     description: "Devices with at least one stream on this gateway",
   }).addCallback((r) => r.observe(source.deviceCount, gateway));
+  m.createObservableGauge("switchboard.gateway.sends_in_flight", {
+    description: "Sends taken and not yet answered, all streams and unary calls together",
+  }).addCallback((r) => r.observe(source.sendsInFlight, gateway));
+  m.createObservableGauge("switchboard.gateway.sends_in_flight_bound", {
+    description:
+      "What the sends in flight may be at most now: the fixed bound, or what the gateway answers in the queue target",
+  }).addCallback((r) => r.observe(source.sendsInFlightBound, gateway));
   m.createObservableCounter("switchboard.gateway.dropped_frames", {
     description: "Receipt, typing and presence frames dropped because a device was behind (slow consumer)",
   }).addCallback((r) => r.observe(source.metrics.droppedEvents, gateway));

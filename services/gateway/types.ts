@@ -65,6 +65,10 @@ export interface ObservedGateway {
   streamCount: number;
   /** Devices with at least one stream open on this gateway. */
   deviceCount: number;
+  /** Sends taken and not yet answered, all streams and unary calls together. */
+  sendsInFlight: number;
+  /** What those may be at most right now (admission.ts: the fixed bound or the answer-rate bound). */
+  sendsInFlightBound: number;
 }
 
 /** What every stream of a gateway shares: the instance's limits, clients, batchers and counters. */

@@ -65,8 +65,8 @@ export interface Limits {
    * entry delivered live in one may have lagged its commit (above the base lag), three intervals
    * running, before the gateway calls its queue standing (past capacity) and refuses new sends
    * UNAVAILABLE with a retry hint until the signal clears. Also the answer-rate bound: the
-   * gateway takes at most as many sends as it answered in this many milliseconds of its busiest
-   * second of the last ten (never under 2,048). 0 turns all three off.
+   * gateway takes at most as many sends as it answers in this many milliseconds at the mean rate
+   * of its last ten seconds (never under 2,048). 0 turns all three off.
    */
   sendQueueTargetMs: number;
 }

@@ -92,19 +92,19 @@ class LateIntervals {
  * The answer-rate bound is Little's law: past capacity an accepted send waits about the sends in
  * flight divided by the sends answered a second, whatever the fixed bound. So the gateway takes at
  * most as many as it answers in `queueTargetMs`, at the mean rate of its last ten seconds, never
- * under RATE_BOUND_FLOOR: past capacity a send then waits about the target on average, on any machine.
- * Below capacity it does not bind (in flight is the rate times a wait under the target), and it
- * cannot talk itself down: should it let too few in to keep the pipeline busy, the answers still
- * come after the pipeline's shortest wait, well under the target, so the rate measured times the
- * target is more than what it let in. The fixed count was the only bound before: 10,000 let
- * accepted sends wait 1.2-1.4 s at p99 on a 2-core machine; this keeps them at 0.82-0.83 s there,
- * for a tenth to a quarter fewer sends taken a second past capacity, since each commit then carries
- * fewer (docs/benchmarks.md, twenty-first pass).
+ * under RATE_BOUND_FLOOR: past capacity a send then waits about the target on average, on any
+ * machine. Below capacity it does not bind (in flight is the rate times a wait under the target),
+ * and it cannot talk itself down: should it let too few in to keep the pipeline busy, the answers
+ * still come after the pipeline's shortest wait, well under the target, so the rate measured
+ * times the target is more than what it let in. The fixed count was the only bound before: 10,000
+ * let accepted sends wait 1.2-1.4 s at p99 on a 2-core machine; this keeps them at 0.82-0.83 s
+ * there, for a tenth to a quarter fewer sends taken a second past capacity, since each commit
+ * then carries fewer (docs/benchmarks.md, twenty-first pass).
  *
- * The delay signal is CoDel's idea: a
- * burst makes some sends wait, but when even the quickest send answered in an interval waited
- * longer than the target, three intervals running, the queue is standing: the process (its event
- * loop, the sequencer, the disk) is past its capacity and more sends would only wait longer. Then
+ * The delay signal is CoDel's idea: a burst makes some sends wait, but when even the quickest
+ * send answered in an interval waited longer than the target, three intervals running, the queue
+ * is standing: the process (its event loop, the sequencer, the disk) is past its capacity and more
+ * sends would only wait longer. Then
  * new sends are refused until a send is answered within the target again; sends already accepted
  * go on. A send's wait counts the event loop's delay too: on a saturated thread a frame waits in
  * the socket before anyone reads it, which no answer's timing shows.

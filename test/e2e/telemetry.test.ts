@@ -179,6 +179,9 @@ describe("telemetry in one process: traces over every hop, metrics on the admin 
       assert.ok(series(name).length > 0, `${name} in /metrics:\n${text.slice(0, 2000)}`);
     }
     assert.match(text, /switchboard_gateway_send_ack_duration_seconds_count\{[^}]*outcome="ok"[^}]*\} [1-9]/);
+    // A quiet gateway: nothing in flight, and the answer-rate bound at its floor under the fixed one.
+    assert.match(text, /\nswitchboard_gateway_sends_in_flight\{[^}]*\} 0\n/);
+    assert.match(text, /\nswitchboard_gateway_sends_in_flight_bound\{[^}]*\} 2048\n/);
     assert.ok(series("process_cpu_time_seconds_total").some((l) => l.includes('cpu_mode="user"')));
 
     // rpc.server.call.duration with the conventions' attributes: the devices' calls over gRPC,

@@ -138,3 +138,105 @@ describe("Shard pipelining its commits", () => {
     assert.deepEqual(published.at(-1)!.seqs, [2]);
   });
 });
+
+/**
+ * Every shard's commit in one write-thread transaction is answered by one message. The acks and
+ * deliveries each commit sets off ran in that message's task, one stall of all of them (at
+ * 10,000 devices, the loop's longest); each shard now answers its commit in a turn of the loop
+ * of its own, in the order the commits finished.
+ */
+describe("Shards answering commits that finished together", () => {
+  let dir: string;
+  let engine: StoreEngine;
+  const shards: Shard[] = [];
+  let gate: { wait: Promise<void>; open: () => void } | undefined;
+  let turn = 0;
+  let spinning = true;
+  /** The loop turn in which each conversation's events reached fanout, and its sender was answered. */
+  const delivered = new Map<string, number>();
+  const answered = new Map<string, number>();
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "shard-turns-"));
+    engine = await openLmdbStore({ path: dir });
+    const store = Object.create(engine.conversations) as ConversationStore;
+    store.commit = async (writes) => {
+      if (gate !== undefined) await gate.wait;
+      return engine.conversations.commit(writes);
+    };
+    const bus = new InProcessBus(log);
+    bus.consumeCommitted(async (events: readonly BusEvent[]) => {
+      for (const e of events) {
+        if (e.event.case === "entryCommitted") delivered.set(e.event.value.entry!.conversationId, turn);
+      }
+    });
+    for (const index of [0, 1, 2]) {
+      shards.push(
+        new Shard(
+          index,
+          store,
+          new PublishOutbox(bus, log),
+          log,
+          100,
+          new HotStateBudget(64 * 1024 * 1024),
+          30_000,
+        ),
+      );
+    }
+    const spin = () => {
+      turn++;
+      if (spinning) setImmediate(spin);
+    };
+    setImmediate(spin);
+  });
+  after(async () => {
+    spinning = false;
+    gate?.open();
+    for (const shard of shards) await shard.close();
+    await engine.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("answers each shard's commit in a turn of the loop of its own", { timeout: 10_000 }, async () => {
+    let open!: () => void;
+    gate = { wait: new Promise<void>((r) => (open = r)), open: () => open() };
+    const ids = ["g_turn_a", "g_turn_b", "g_turn_c"];
+    const batches = await Promise.all(
+      shards.map(async (shard, i) => {
+        const id = ids[i]!;
+        const held = await shard.acquire(id);
+        try {
+          const batch = shard.batch();
+          const entry = committedEntry(id, 1, "one");
+          batch.append(held.state, entry);
+          batch.events.push(committedEvent(entry));
+          held.state.lastSeq = 1;
+          void batch.durable.then(() => answered.set(id, turn));
+          return batch;
+        } finally {
+          shard.release(held);
+        }
+      }),
+    );
+    // Opened in one task, the three commits reach the write thread together and come back in
+    // one message.
+    await new Promise((r) => setImmediate(r));
+    open();
+    await Promise.all(batches.map((b) => b.durable));
+    while (delivered.size < ids.length) await new Promise((r) => setImmediate(r));
+
+    const turns = ids.map((id) => delivered.get(id)!);
+    assert.equal(new Set(turns).size, ids.length, `three turns for three shards' events, not one (${turns})`);
+    for (const id of ids) {
+      assert.equal(
+        answered.get(id),
+        delivered.get(id),
+        `${id}: its senders answered in the turn its events went out`,
+      );
+    }
+    for (const id of ids) {
+      const [entry] = await engine.conversations.readEntries(id, 0, 10);
+      assert.equal(entry?.clientMsgId, "one");
+    }
+  });
+});

@@ -27,8 +27,8 @@ const commitFailures = lazyInstrument(() =>
 );
 
 /**
- * The turns of the loop in which finished commits are answered, one commit each: one for the
- * process, so that its shards take turns with each other.
+ * The tasks in which finished commits are answered, one commit each: one for the process, so
+ * that its shards take turns with each other.
  */
 const commitTurns = new Turns();
 
@@ -405,7 +405,8 @@ export class Shard implements StateOwner {
       }
       // Every shard's commit in a write-thread transaction is answered in one task; the acks and
       // deliveries each sets off then ran in that task too, one stall of all of them. Each shard
-      // takes a turn of the loop of its own instead, in the order the commits finished, so this
+      // takes a task of its own instead, with the loop let through to its timers and reads
+      // between slices of them. Turns are given in the order the commits finished, so this
       // batch's events still go out before the next batch's (or its failure's) are handled.
       await commitTurns.take();
       if (failure === undefined) {

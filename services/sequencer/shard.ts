@@ -4,7 +4,6 @@ import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
 import { carries, endSpan, lazyInstrument, linksFrom, meter, startSpan } from "../common/telemetry.js";
-import { Turns } from "../common/turns.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
 import { ConversationState } from "./conversation.js";
@@ -25,12 +24,6 @@ const commitFailures = lazyInstrument(() =>
     description: "Group commits that failed (their sends were refused UNAVAILABLE)",
   }),
 );
-
-/**
- * The tasks in which finished commits are answered, one commit each: one for the process, so
- * that its shards take turns with each other.
- */
-const commitTurns = new Turns();
 
 /** The retry hint of a send refused because its commit failed, in ms. */
 const RETRY_AFTER_MS = 1_000;
@@ -394,22 +387,15 @@ export class Shard implements StateOwner {
           const last = appended?.[appended.length - 1];
           if (last !== undefined) state.committedSeq = Math.max(state.committedSeq, Number(last.seq));
         }
-        // The next batch goes to the store before this one's acks and deliveries run: they are
-        // hundreds of milliseconds at 10,000 msgs/s (the bus hands fanout the events at once, and
-        // in one process every call on to the devices answers in a microtask), and a next commit
-        // scheduled behind them left the store idle meanwhile (docs/benchmarks.md, twentieth
-        // pass). Still one commit in flight.
+        // The next batch goes to the store before this one's acks and deliveries run. They run in
+        // this task (the bus hands fanout the events at once, and in one process every call on to
+        // the devices answers in a microtask), hundreds of milliseconds of it at 10,000 msgs/s; a
+        // next commit scheduled behind them left the store idle meanwhile, and the sends that
+        // came in waited for both (docs/benchmarks.md, twentieth pass). Still one commit in
+        // flight, and this batch's events are published before the next can finish.
         handedOn = true;
         this.committing = false;
         if (this.open !== undefined || this.sealed.length > 0) this.flushNow();
-      }
-      // Every shard's commit in a write-thread transaction is answered in one task; the acks and
-      // deliveries each sets off then ran in that task too, one stall of all of them. Each shard
-      // takes a task of its own instead, with the loop let through to its timers and reads
-      // between slices of them. Turns are given in the order the commits finished, so this
-      // batch's events still go out before the next batch's (or its failure's) are handled.
-      await commitTurns.take();
-      if (failure === undefined) {
         batch.resolve();
         // Durable now (even if its senders were told otherwise after a timeout: their retries
         // find it); the outbox gets the events to the bus, however long the bus is away.

@@ -184,6 +184,64 @@ describe("gateway send admission", () => {
     });
   });
 
+  describe("the retry hint's spread", () => {
+    /** An admission whose ten seconds answered `perSecond` sends a second, with `maxInFlight` taken now. */
+    function answering(perSecond: number, maxInFlight = 10) {
+      const t = admission({ maxInFlight, queueTargetMs: 500 });
+      for (let s = 0; s < 10; s++) {
+        t.clock.now = s * 1000;
+        for (let done = 0; done < perSecond; done += maxInFlight) {
+          for (let i = 0; i < maxInFlight; i++) t.a.admit(1);
+          for (let i = 0; i < maxInFlight; i++) t.a.settled(1, 5);
+        }
+      }
+      t.clock.now = 10_000;
+      for (let i = 0; i < maxInFlight; i++) t.a.admit(1);
+      return t;
+    }
+
+    it("is the time the gateway takes to answer the refused sends still waiting", () => {
+      const { refused } = answering(1000);
+      const hints = Array.from({ length: 6000 }, () => refused().retryAfterMs);
+      // The n-th refusal finds n - 1 waiting: at 1,000 answers a second, n - 1 ms of answers.
+      assert.equal(hints[0], 100, "none waiting: the shortest hint");
+      assert.equal(hints[100], 100, "100 waiting are answered in the shortest hint");
+      assert.equal(hints[250], 250);
+      assert.equal(hints[2000], 2000);
+      assert.equal(hints[5999], 5000, "never past the longest hint");
+    });
+
+    it("counts a refused send only until its hint has passed", () => {
+      const { clock, refused } = answering(1000);
+      for (let i = 0; i < 1000; i++) refused();
+      // The n-th was told max(100, n - 1) ms: 200 of them were due back by 10.2 s, all by 11 s
+      // (counted to the next 100 ms).
+      clock.now = 10_250;
+      assert.equal(refused().retryAfterMs, 800);
+      clock.now = 11_300;
+      assert.equal(refused().retryAfterMs, 100, "every refused send is due back");
+    });
+
+    it("takes the answer rate's mean: the same crowd waits longer on a slower gateway", () => {
+      const fast = answering(4000);
+      const slow = answering(500);
+      for (let i = 0; i < 1000; i++) {
+        fast.refused();
+        slow.refused();
+      }
+      assert.equal(fast.refused().retryAfterMs, 250, "1,000 waiting at 4,000 a second");
+      assert.equal(slow.refused().retryAfterMs, 2000, "1,000 waiting at 500 a second");
+    });
+
+    it("is off before any answer rate is known and with a target of 0", () => {
+      for (const t of [admission({ maxInFlight: 1 }), admission({ maxInFlight: 1, queueTargetMs: 0 })]) {
+        t.a.admit(1);
+        const hints = Array.from({ length: 500 }, () => t.refused().retryAfterMs);
+        assert.deepEqual(new Set(hints), new Set([100]));
+      }
+    });
+  });
+
   it("with a target of 0 only the bounds apply", () => {
     const { a, clock } = admission({ queueTargetMs: 0 });
     for (let i = 0; i < 5; i++) a.admit(10);

@@ -59,6 +59,57 @@ const RATE_BOUND_FLOOR = 2_048;
 const MIN_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
 
+/** Width of the buckets in which RefusedSends counts refused sends by when they are due back. */
+const DUE_BUCKET_MS = 100;
+/** Buckets enough for the longest hint, jittered: due times never wrap onto a bucket still held. */
+const DUE_BUCKETS = Math.ceil((MAX_RETRY_MS * 1.5) / DUE_BUCKET_MS) + 2;
+
+/**
+ * The sends refused and not yet due back: each refusal counts until its hint has passed (to the
+ * next DUE_BUCKET_MS), in a ring of buckets by due time, so the count costs the same whatever the
+ * number of refusals.
+ */
+class RefusedSends {
+  private readonly due = new Array<number>(DUE_BUCKETS).fill(0);
+  private total = 0;
+  /** The bucket whose sends have all come due last: the ring holds the ones after it. */
+  private passed: number;
+
+  constructor(now: number) {
+    this.passed = Math.floor(now / DUE_BUCKET_MS) - 1;
+  }
+
+  /** A send was refused at `now` with a hint of `hintMs`. */
+  add(now: number, hintMs: number): void {
+    this.pass(now);
+    this.due[Math.floor((now + hintMs) / DUE_BUCKET_MS) % DUE_BUCKETS]!++;
+    this.total++;
+  }
+
+  /** Refused sends whose hint has not passed. */
+  waiting(now: number): number {
+    this.pass(now);
+    return this.total;
+  }
+
+  /** Drops the buckets wholly before `now`. */
+  private pass(now: number): void {
+    const current = Math.floor(now / DUE_BUCKET_MS) - 1;
+    if (current - this.passed >= DUE_BUCKETS) {
+      this.due.fill(0);
+      this.total = 0;
+      this.passed = current;
+      return;
+    }
+    while (this.passed < current) {
+      this.passed++;
+      const i = this.passed % DUE_BUCKETS;
+      this.total -= this.due[i]!;
+      this.due[i] = 0;
+    }
+  }
+}
+
 /** One delay signal: LATE_INTERVALS late intervals running make a standing queue; one on time ends it. */
 class LateIntervals {
   private late = 0;
@@ -122,9 +173,16 @@ class LateIntervals {
  * instead. Counting a still queue as late makes it fire, and was measured to cost more in
  * refusals than it saved (docs/benchmarks.md, seventh pass).
  *
- * A refusal is UNAVAILABLE with a retry hint of about twice the standing wait (jittered, so the
- * senders pushed back together do not come back together): the server's state, not the caller's
- * fault, and safe to retry with the same client_msg_id.
+ * A refusal is UNAVAILABLE with a retry hint (jittered up to half again, so the senders pushed
+ * back together do not come back together): the server's state, not the caller's fault, and safe
+ * to retry with the same client_msg_id. The hint is the longer of twice the standing wait and the
+ * time the gateway takes to answer the sends already refused and waiting out their hints, at its
+ * mean answer rate. A fixed short hint
+ * let a crowd of refused senders come back faster than they could be taken: at 10,000 devices
+ * past capacity, refusals ran at 9,000 a second, each cost about as much of the event loop as a
+ * send taken, and acks fell to a tenth of capacity without recovering (docs/benchmarks.md,
+ * twenty-third pass). Spread over the time their answers take, the waiting come back about as
+ * fast as sends are answered, and a send is refused a few times, not dozens.
  */
 export class SendAdmission {
   private inFlight = 0;
@@ -144,6 +202,7 @@ export class SendAdmission {
   private readonly answersPerSecond: number[] = [];
   private answersThisSecond = 0;
   private secondStart: number;
+  private readonly refusedSends: RefusedSends;
 
   constructor(
     private readonly limits: SendAdmissionLimits,
@@ -160,6 +219,7 @@ export class SendAdmission {
   ) {
     this.windowStart = now();
     this.secondStart = this.windowStart;
+    this.refusedSends = new RefusedSends(this.windowStart);
   }
 
   /** Sends accepted and not yet answered. */
@@ -178,14 +238,20 @@ export class SendAdmission {
   private boundAt(now: number): number {
     const { maxInFlight, queueTargetMs } = this.limits;
     if (queueTargetMs <= 0) return maxInFlight;
-    this.rollSecond(now);
-    const seconds = this.answersPerSecond.length;
-    if (seconds === 0) return Math.min(maxInFlight, RATE_BOUND_FLOOR);
-    let answered = 0;
-    for (const n of this.answersPerSecond) answered += n;
-    const perSecond = answered / seconds;
+    const perSecond = this.answerRate(now);
+    if (perSecond === undefined) return Math.min(maxInFlight, RATE_BOUND_FLOOR);
     const byRate = Math.max(RATE_BOUND_FLOOR, Math.ceil((perSecond * queueTargetMs) / RATE_SECOND_MS));
     return Math.min(maxInFlight, byRate);
+  }
+
+  /** Sends answered a second, the mean of the last RATE_SECONDS whole seconds; undefined before the first. */
+  private answerRate(now: number): number | undefined {
+    this.rollSecond(now);
+    const seconds = this.answersPerSecond.length;
+    if (seconds === 0) return undefined;
+    let answered = 0;
+    for (const n of this.answersPerSecond) answered += n;
+    return answered / seconds;
   }
 
   /** True while a delay signal (sends' waits or deliveries' lag) says the queue is standing. */
@@ -215,6 +281,7 @@ export class SendAdmission {
     if (waited > 0) {
       this.onRefuse("queue_standing", this.inFlight);
       throw this.refusal(
+        now,
         `server overloaded: sends have waited at least ${Math.round(waited)} ms for the last ${INTERVAL_MS} ms; retry later`,
         waited,
       );
@@ -223,6 +290,7 @@ export class SendAdmission {
     if (lagged > 0) {
       this.onRefuse("delivery_lag", this.inFlight);
       throw this.refusal(
+        now,
         `server overloaded: deliveries have been at least ${Math.round(lagged)} ms behind their commits for the last ${INTERVAL_MS} ms; retry later`,
         lagged,
       );
@@ -231,6 +299,7 @@ export class SendAdmission {
     if (bound < maxInFlight && this.inFlight >= bound) {
       this.onRefuse("answer_rate_bound", this.inFlight);
       throw this.refusal(
+        now,
         `server overloaded: ${this.inFlight} sends in flight, what this gateway answers in ${this.limits.queueTargetMs} ms; retry later`,
         0,
       );
@@ -238,6 +307,7 @@ export class SendAdmission {
     if (this.inFlight >= maxInFlight || (this.inFlight > 0 && this.bytes + bytes > maxBytesInFlight)) {
       this.onRefuse("in_flight_bound", this.inFlight);
       throw this.refusal(
+        now,
         `server overloaded: ${this.inFlight} sends (${this.bytes} bytes) in flight, at most ${maxInFlight} (${maxBytesInFlight} bytes); retry later`,
         0,
       );
@@ -309,11 +379,28 @@ export class SendAdmission {
     this.lags.close(least - Math.min(...this.baseMinima), this.limits.queueTargetMs);
   }
 
-  private refusal(message: string, waitedMs: number): OverloadError {
-    const base = Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, 2 * waitedMs));
+  private refusal(now: number, message: string, waitedMs: number): OverloadError {
+    const base = Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, 2 * waitedMs, this.spreadMs(now)));
     const retryAfterMs = Math.round(base * (1 + this.random() / 2));
+    this.refusedSends.add(now, retryAfterMs);
     // Refused by the thousand per second past capacity: no stack (errors.ts, withoutStack).
     return withoutStack(() => new OverloadError(message, { retryAfterMs }));
+  }
+
+  /**
+   * How long this gateway takes to answer the refused senders still waiting, at its mean answer
+   * rate, in milliseconds: a hint that long brings them back about as fast as sends are answered.
+   * 0 before any rate is known (a server just started refuses on its fixed bounds alone) and
+   * when the delay signals and the answer-rate bound are off.
+   */
+  private spreadMs(now: number): number {
+    if (this.limits.queueTargetMs <= 0) return 0;
+    const perSecond = this.answerRate(now);
+    if (perSecond === undefined) return 0;
+    const waiting = this.refusedSends.waiting(now);
+    if (waiting === 0) return 0;
+    if (perSecond === 0) return MAX_RETRY_MS;
+    return (waiting / perSecond) * RATE_SECOND_MS;
   }
 }
 

@@ -177,12 +177,12 @@ class LateIntervals {
  * back together do not come back together): the server's state, not the caller's fault, and safe
  * to retry with the same client_msg_id. The hint is the longer of twice the standing wait and the
  * time the gateway takes to answer the sends already refused and waiting out their hints, at its
- * mean answer rate. A fixed short hint
- * let a crowd of refused senders come back faster than they could be taken: at 10,000 devices
- * past capacity, refusals ran at 9,000 a second, each cost about as much of the event loop as a
- * send taken, and acks fell to a tenth of capacity without recovering (docs/benchmarks.md,
- * twenty-third pass). Spread over the time their answers take, the waiting come back about as
- * fast as sends are answered, and a send is refused a few times, not dozens.
+ * mean answer rate, so the n-th of a crowd refused together comes back after about n answers. A
+ * fixed short hint let a crowd of refused senders come back faster than they could be taken: at
+ * 10,000 devices past capacity, refusals ran at 9,000 a second, each costing the event loop near
+ * what a whole send does, and acks fell to a tenth of capacity without recovering
+ * (docs/benchmarks.md, twenty-third pass). Now the waiting come back about as fast as sends are
+ * answered, and a send is refused a few times, not dozens.
  */
 export class SendAdmission {
   private inFlight = 0;

@@ -111,6 +111,51 @@ describe("a gateway past its capacity pushes senders back", () => {
       Array.from({ length: order.length }, (_, i) => BigInt(i + 2)),
     );
   });
+  it("tells a crowd refused together to come back over the time their answers take, in the order refused", async () => {
+    const { alice } = await sender();
+    const bob = fx.track(await TestDevice.register(fx.server.url, uniqueName("bob")));
+    // One send to each of 60 conversations at once: a refusal holds only its own conversation,
+    // so past the 4 in flight each is refused by the admission itself.
+    const groups: string[] = [];
+    for (let i = 0; i < 60; i++) {
+      const { conversation } = await alice.conversations.createGroup({
+        title: `crowd ${i}`,
+        memberUserIds: [bob.userId],
+      });
+      groups.push(conversation!.conversationId);
+    }
+    // A second with answers in it, so the gateway knows its answer rate.
+    for (let i = 0; i < 5; i++) await sendAnswered(alice, groups[i]!, `warm${i}`);
+    await new Promise((r) => setTimeout(r, 1100));
+
+    for (const [i, g] of groups.entries()) alice.sendText(g, `c${i}`, `crowd ${i}`);
+    const crowd = new Set(groups.map((_, i) => `c${i}`));
+    const answered = () =>
+      [...alice.ofCase("sendAck"), ...alice.ofCase("sendError")].filter((a) => crowd.has(a.clientMsgId));
+    await alice.waitFor(() => answered().length >= crowd.size || undefined, "the crowd answered");
+    const refused = alice.ofCase("sendError").filter((e) => crowd.has(e.clientMsgId));
+    assert.ok(refused.length >= 40, `4 sends in flight at most: ${refused.length} of 60 refused`);
+    for (const e of refused) assert.match(e.message, /^server overloaded/);
+    const hints = refused.map((e) => e.retryAfterMs);
+    const report = `hints in the order refused: ${hints.join(" ")}`;
+    // The first refused found none waiting: the shortest hint (100 ms, jittered up to 150).
+    assert.ok(hints[0]! >= 100 && hints[0]! <= 150, report);
+    // The last ten found 30 and more waiting ahead of them. At the few dozen answers a second
+    // this file's tests make at most, that is over a second of answers, and 300 ms even at 100 a
+    // second. A fixed short hint would have brought every one of them back within 150 ms.
+    const last = hints.slice(-10);
+    assert.ok(
+      last.every((h) => h > 300),
+      report,
+    );
+    // In the order refused: the first ten are told less than the last ten, on average.
+    const mean = (xs: number[]) => xs.reduce((x, y) => x + y, 0) / xs.length;
+    assert.ok(mean(hints.slice(0, 10)) < mean(last), report);
+    assert.ok(
+      hints.every((h) => h <= 7500),
+      `never past 5 s, jittered: ${report}`,
+    );
+  });
 });
 
 /** Sends one message and waits for its answer: its send_ack or its send_error. */

@@ -185,9 +185,13 @@ describe("gateway send admission", () => {
   });
 
   describe("the retry hint's spread", () => {
-    /** An admission whose ten seconds answered `perSecond` sends a second, with `maxInFlight` taken now. */
+    /**
+     * An admission whose ten seconds answered `perSecond` sends a second, with `maxInFlight` taken
+     * now. Its target of 10 s makes the rate it assumes of any gateway (2,048 answers in the
+     * target) 204.8 a second, under every rate these tests answer at.
+     */
     function answering(perSecond: number, maxInFlight = 10) {
-      const t = admission({ maxInFlight, queueTargetMs: 500 });
+      const t = admission({ maxInFlight, queueTargetMs: 10_000 });
       for (let s = 0; s < 10; s++) {
         t.clock.now = s * 1000;
         for (let done = 0; done < perSecond; done += maxInFlight) {
@@ -233,12 +237,52 @@ describe("gateway send admission", () => {
       assert.equal(slow.refused().retryAfterMs, 2000, "1,000 waiting at 500 a second");
     });
 
-    it("is off before any answer rate is known and with a target of 0", () => {
-      for (const t of [admission({ maxInFlight: 1 }), admission({ maxInFlight: 1, queueTargetMs: 0 })]) {
-        t.a.admit(1);
-        const hints = Array.from({ length: 500 }, () => t.refused().retryAfterMs);
-        assert.deepEqual(new Set(hints), new Set([100]));
+    it("assumes any gateway answers what the bound's floor takes in the target, however quiet it was", () => {
+      // A target of 500 ms: the floor, 2,048 sends in 500 ms, is 4,096 answers a second.
+      const quiet = admission({ maxInFlight: 10, queueTargetMs: 500 }); // 10 answers a second
+      for (let s = 0; s < 10; s++) {
+        quiet.clock.now = s * 1000;
+        for (let i = 0; i < 10; i++) {
+          quiet.a.admit(1);
+          quiet.a.settled(1, 5);
+        }
       }
+      quiet.clock.now = 10_000;
+      const fresh = admission({ maxInFlight: 10, queueTargetMs: 500 }); // no second closed yet
+      for (let i = 0; i < 10; i++) {
+        quiet.a.admit(1);
+        fresh.a.admit(1);
+      }
+      for (const t of [quiet, fresh]) {
+        const hints = Array.from({ length: 4097 }, () => t.refused().retryAfterMs);
+        assert.equal(hints[409], 100, "409 waiting at 4,096 a second: under the shortest hint");
+        assert.equal(hints[2048], 500, "2,048 waiting: half a second, not 200 s at 10 a second");
+        assert.equal(hints[4096], 1000);
+      }
+    });
+
+    it("takes what it answered while it refused as what it can do, under the floor too", () => {
+      // A gateway at its limits: every second it answered 1,000 sends and refused some.
+      const { a, clock, refused } = admission({ maxInFlight: 10, queueTargetMs: 500 });
+      for (let s = 0; s < 10; s++) {
+        clock.now = s * 1000;
+        for (let done = 0; done < 1000; done += 10) {
+          for (let i = 0; i < 10; i++) a.admit(1);
+          if (done === 0) refused();
+          for (let i = 0; i < 10; i++) a.settled(1, 5);
+        }
+      }
+      clock.now = 10_000;
+      for (let i = 0; i < 10; i++) a.admit(1);
+      const hints = Array.from({ length: 1001 }, () => refused().retryAfterMs);
+      assert.equal(hints[1000], 1000, "1,000 waiting at the 1,000 a second it showed, not 4,096");
+    });
+
+    it("is off with a target of 0", () => {
+      const t = admission({ maxInFlight: 1, queueTargetMs: 0 });
+      t.a.admit(1);
+      const hints = Array.from({ length: 5000 }, () => t.refused().retryAfterMs);
+      assert.deepEqual(new Set(hints), new Set([100]));
     });
   });
 

@@ -176,11 +176,11 @@ class LateIntervals {
  * A refusal is UNAVAILABLE with a retry hint (jittered up to half again, so the senders pushed
  * back together do not come back together): the server's state, not the caller's fault, and safe
  * to retry with the same client_msg_id. The hint is the longer of twice the standing wait and the
- * time the gateway takes to answer the sends already refused and waiting out their hints, at its
- * mean answer rate, so the n-th of a crowd refused together comes back after about n answers. A
- * fixed short hint let a crowd of refused senders come back faster than they could be taken: at
- * 10,000 devices past capacity, refusals ran at 9,000 a second, each costing the event loop near
- * what a whole send does, and acks fell to a tenth of capacity without recovering
+ * time the gateway takes to answer the sends already refused and waiting out their hints, at the
+ * rate it has shown (spreadMs), so the n-th of a crowd refused together comes back after about n
+ * answers. A fixed short hint let a crowd of refused senders come back faster than they could be
+ * taken: at 10,000 devices past capacity, refusals ran at 9,000 a second, each costing the event
+ * loop near what a whole send does, and acks fell to a tenth of capacity without recovering
  * (docs/benchmarks.md, twenty-third pass). Now the waiting come back about as fast as sends are
  * answered, and a send is refused a few times, not dozens.
  */
@@ -201,6 +201,9 @@ export class SendAdmission {
   /** Answers in each of the last RATE_SECONDS whole seconds, oldest first. */
   private readonly answersPerSecond: number[] = [];
   private answersThisSecond = 0;
+  /** For each second of answersPerSecond, whether the gateway refused a send in it (was at its limits). */
+  private readonly refusingSeconds: boolean[] = [];
+  private refusedThisSecond = false;
   private secondStart: number;
   private readonly refusedSends: RefusedSends;
 
@@ -334,9 +337,17 @@ export class SendAdmission {
     if (elapsed < RATE_SECOND_MS) return;
     const seconds = Math.floor(elapsed / RATE_SECOND_MS);
     this.answersPerSecond.push(this.answersThisSecond);
-    for (let i = 1; i < Math.min(seconds, RATE_SECONDS); i++) this.answersPerSecond.push(0);
-    while (this.answersPerSecond.length > RATE_SECONDS) this.answersPerSecond.shift();
+    this.refusingSeconds.push(this.refusedThisSecond);
+    for (let i = 1; i < Math.min(seconds, RATE_SECONDS); i++) {
+      this.answersPerSecond.push(0);
+      this.refusingSeconds.push(false);
+    }
+    while (this.answersPerSecond.length > RATE_SECONDS) {
+      this.answersPerSecond.shift();
+      this.refusingSeconds.shift();
+    }
     this.answersThisSecond = 0;
+    this.refusedThisSecond = false;
     this.secondStart += seconds * RATE_SECOND_MS;
   }
 
@@ -383,24 +394,44 @@ export class SendAdmission {
     const base = Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, 2 * waitedMs, this.spreadMs(now)));
     const retryAfterMs = Math.round(base * (1 + this.random() / 2));
     this.refusedSends.add(now, retryAfterMs);
+    this.refusedThisSecond = true;
     // Refused by the thousand per second past capacity: no stack (errors.ts, withoutStack).
     return withoutStack(() => new OverloadError(message, { retryAfterMs }));
   }
 
   /**
-   * How long this gateway takes to answer the refused senders still waiting, at its mean answer
-   * rate, in milliseconds: a hint that long brings them back about as fast as sends are answered.
-   * 0 before any rate is known (a server just started refuses on its fixed bounds alone) and
-   * when the delay signals and the answer-rate bound are off.
+   * How long this gateway takes to answer the refused senders still waiting, in milliseconds: a
+   * hint that long brings them back about as fast as sends are answered. The rate is what the
+   * gateway answered in the seconds it refused sends in (of the last ten): answers while it was
+   * at its limits measure what it can do. Without such a second, its answers measured only what
+   * it was asked, so it assumes what the answer-rate bound's floor does of any gateway
+   * (RATE_BOUND_FLOOR in the target: 4,096 a second at 500 ms), or its mean if higher: a burst
+   * at a quiet gateway is not told to wait seconds for the rate of its quiet hour. 0 when the
+   * delay signals and the answer-rate bound are off.
    */
   private spreadMs(now: number): number {
-    if (this.limits.queueTargetMs <= 0) return 0;
-    const perSecond = this.answerRate(now);
-    if (perSecond === undefined) return 0;
+    const { queueTargetMs } = this.limits;
+    if (queueTargetMs <= 0) return 0;
     const waiting = this.refusedSends.waiting(now);
     if (waiting === 0) return 0;
+    const perSecond =
+      this.capacity(now) ??
+      Math.max(this.answerRate(now) ?? 0, (RATE_BOUND_FLOOR * RATE_SECOND_MS) / queueTargetMs);
     if (perSecond === 0) return MAX_RETRY_MS;
     return (waiting / perSecond) * RATE_SECOND_MS;
+  }
+
+  /** Mean answers a second over the last ten seconds in which a send was refused; undefined if none. */
+  private capacity(now: number): number | undefined {
+    this.rollSecond(now);
+    let answered = 0;
+    let seconds = 0;
+    for (let i = 0; i < this.answersPerSecond.length; i++) {
+      if (!this.refusingSeconds[i]) continue;
+      answered += this.answersPerSecond[i]!;
+      seconds++;
+    }
+    return seconds === 0 ? undefined : answered / seconds;
   }
 }
 

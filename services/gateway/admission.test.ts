@@ -278,6 +278,35 @@ describe("gateway send admission", () => {
       assert.equal(hints[1000], 1000, "1,000 waiting at the 1,000 a second it showed, not 4,096");
     });
 
+    it("marks the second a refusal came in, however long since the last answer", () => {
+      const { a, clock, refused } = admission({ maxInFlight: 10, queueTargetMs: 500 });
+      // Ten seconds of 1,000 answers, none refused, and fresh deliveries for a base lag.
+      for (let s = 0; s < 10; s++) {
+        clock.now = s * 1000;
+        a.delivered(10);
+        for (let done = 0; done < 1000; done += 10) {
+          for (let i = 0; i < 10; i++) a.admit(1);
+          for (let i = 0; i < 10; i++) a.settled(1, 5);
+        }
+      }
+      // Then no answer, and deliveries 2 s behind their commits: refused for the lag, in second 10.
+      for (const at of [10_000, 10_100, 10_200, 10_300]) {
+        clock.now = at;
+        a.delivered(2010);
+      }
+      clock.now = 10_400;
+      assert.match(refused().message, /deliveries have been at least/);
+      // Fresh deliveries again; a crowd refused at the bound in second 11. The one second the
+      // gateway refused in answered nothing: it is stalled, so the crowd is told the longest hint.
+      clock.now = 11_000;
+      a.delivered(10);
+      clock.now = 11_100;
+      a.delivered(10);
+      for (let i = 0; i < 10; i++) a.admit(1);
+      refused();
+      assert.equal(refused().retryAfterMs, 5000, "not the shortest: second 9's 1,000 answers were not at the limits");
+    });
+
     it("is off with a target of 0", () => {
       const t = admission({ maxInFlight: 1, queueTargetMs: 0 });
       t.a.admit(1);

@@ -394,6 +394,8 @@ export class SendAdmission {
     const base = Math.min(MAX_RETRY_MS, Math.max(MIN_RETRY_MS, 2 * waitedMs, this.spreadMs(now)));
     const retryAfterMs = Math.round(base * (1 + this.random() / 2));
     this.refusedSends.add(now, retryAfterMs);
+    // The second it was refused in, not one left open since the last answer.
+    this.rollSecond(now);
     this.refusedThisSecond = true;
     // Refused by the thousand per second past capacity: no stack (errors.ts, withoutStack).
     return withoutStack(() => new OverloadError(message, { retryAfterMs }));

@@ -304,7 +304,11 @@ describe("gateway send admission", () => {
       a.delivered(10);
       for (let i = 0; i < 10; i++) a.admit(1);
       refused();
-      assert.equal(refused().retryAfterMs, 5000, "not the shortest: second 9's 1,000 answers were not at the limits");
+      assert.equal(
+        refused().retryAfterMs,
+        5000,
+        "not the shortest: second 9's 1,000 answers were not at the limits",
+      );
     });
 
     it("is off with a target of 0", () => {

@@ -247,14 +247,20 @@ export class SendAdmission {
     return Math.min(maxInFlight, byRate);
   }
 
-  /** Sends answered a second, the mean of the last RATE_SECONDS whole seconds; undefined before the first. */
-  private answerRate(now: number): number | undefined {
+  /**
+   * Sends answered a second, the mean of the last RATE_SECONDS whole seconds, or of those of them
+   * in which a send was refused; undefined when there is no such second.
+   */
+  private answerRate(now: number, refusingOnly = false): number | undefined {
     this.rollSecond(now);
-    const seconds = this.answersPerSecond.length;
-    if (seconds === 0) return undefined;
     let answered = 0;
-    for (const n of this.answersPerSecond) answered += n;
-    return answered / seconds;
+    let seconds = 0;
+    for (let i = 0; i < this.answersPerSecond.length; i++) {
+      if (refusingOnly && !this.refusingSeconds[i]) continue;
+      answered += this.answersPerSecond[i]!;
+      seconds++;
+    }
+    return seconds === 0 ? undefined : answered / seconds;
   }
 
   /** True while a delay signal (sends' waits or deliveries' lag) says the queue is standing. */
@@ -417,23 +423,10 @@ export class SendAdmission {
     const waiting = this.refusedSends.waiting(now);
     if (waiting === 0) return 0;
     const perSecond =
-      this.capacity(now) ??
+      this.answerRate(now, true) ??
       Math.max(this.answerRate(now) ?? 0, (RATE_BOUND_FLOOR * RATE_SECOND_MS) / queueTargetMs);
     if (perSecond === 0) return MAX_RETRY_MS;
     return (waiting / perSecond) * RATE_SECOND_MS;
-  }
-
-  /** Mean answers a second over the last ten seconds in which a send was refused; undefined if none. */
-  private capacity(now: number): number | undefined {
-    this.rollSecond(now);
-    let answered = 0;
-    let seconds = 0;
-    for (let i = 0; i < this.answersPerSecond.length; i++) {
-      if (!this.refusingSeconds[i]) continue;
-      answered += this.answersPerSecond[i]!;
-      seconds++;
-    }
-    return seconds === 0 ? undefined : answered / seconds;
   }
 }
 

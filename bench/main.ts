@@ -1,3 +1,4 @@
+import { freePort } from "../services/mesh/servers.js";
 import { type Generator, inlineGenerator, split, workerGenerator } from "./generators.js";
 import { clock, type RunPlan, sleep } from "./load.js";
 import { type CpuMark, cpuMark, memorySnapshot, meshMemory } from "./measure.js";
@@ -52,12 +53,15 @@ async function main(): Promise<void> {
       `started a mesh in ${mesh.dir} in ${fixed((clock() - meshStart) / 1000)} s: ${mesh.processes.map((p) => `${p.name} (pid ${p.pid})`).join(", ")}; gateways ${urls.join(" ")}; raised limits as below`,
     );
   } else if (url === undefined) {
+    const streamPort = opts.streamPort ? await freePort() : undefined;
     server = await spawnServer({
       probe: opts.probe,
       ...(opts.serverNodeArgs && { nodeArgs: opts.serverNodeArgs }),
+      ...(streamPort !== undefined && { env: { SWITCHBOARD_STREAM_PORT: String(streamPort) } }),
     });
     url = server.url;
-    urls = [url];
+    // The setup's calls go to the main port; the devices' streams to the stream port, if any.
+    urls = [streamPort === undefined ? url : `http://127.0.0.1:${streamPort}`];
     pid = server.pid;
     log(
       `spawned server pid ${pid} at ${url}${opts.probe ? " (with the bench's probe)" : ""}, running ${server.compiled ? "dist/" : "the sources through tsx (dist/ is older than them: not the server as deployed)"}, and raised limits: ${Object.entries(

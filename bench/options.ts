@@ -29,6 +29,8 @@ export const USAGE = `npm run bench -- [options]
   --connect-concurrency N  streams each load generator opens at a time before the run, default 50
   --echo on|off        on: the server pushes each sender's own entries back to it; off (default): streams open
                        with omit_own_sends, as the SDK's do, and a device files its own at send_ack
+  --stream-port on|off on: the spawned server also serves device streams on a stream thread's port
+                       (SWITCHBOARD_STREAM_PORT), and the devices' streams go there; off (default): the main port
   --server-node-args=S     node flags for the spawned server (with --mesh: every service process, through NODE_OPTIONS;
                        --cpu-prof there becomes a preloaded profiler writing DIR/CPU.<role>.<pid>.cpuprofile at exit),
                        e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"
@@ -64,6 +66,8 @@ export interface Options {
   connectConcurrency: number;
   /** Ask the server to push each sender's own entries back (no omit_own_sends), as before the SDK filed its own. */
   echo: boolean;
+  /** Spawn the server with a stream port and open the devices' streams on it. */
+  streamPort: boolean;
   serverNodeArgs: string[] | undefined;
   probe: boolean;
   /** Compile the server before spawning it (`npm run build`). */
@@ -98,6 +102,7 @@ export function parseOptions(): Options {
       "ack-interval": { type: "string", default: "20" },
       "connect-concurrency": { type: "string", default: "50" },
       echo: { type: "string", default: "off" },
+      "stream-port": { type: "string", default: "off" },
       "server-node-args": { type: "string" },
       probe: { type: "string", default: "on" },
       build: { type: "string", default: "on" },
@@ -122,6 +127,8 @@ export function parseOptions(): Options {
   const client = values.client;
   if (client !== "raw" && client !== "connect") throw new Error("--client: raw or connect");
   if (values.echo !== "on" && values.echo !== "off") throw new Error("--echo: on or off");
+  const streamPort = values["stream-port"];
+  if (streamPort !== "on" && streamPort !== "off") throw new Error("--stream-port: on or off");
   if (values.build !== "on" && values.build !== "off") throw new Error("--build: on or off");
   if (values.url !== undefined && !/^http:\/\/(127\.0\.0\.1|localhost|\[::1\]):\d+\/?$/.test(values.url)) {
     throw new Error("--url: only a local server (http://127.0.0.1:PORT) is benchmarked");
@@ -156,6 +163,7 @@ export function parseOptions(): Options {
     ackInterval: num("ack-interval", values["ack-interval"], 1, 10_000),
     connectConcurrency: num("connect-concurrency", values["connect-concurrency"], 1, 100_000),
     echo: values.echo === "on",
+    streamPort: streamPort === "on",
     serverNodeArgs: values["server-node-args"]?.split(/\s+/).filter(Boolean),
     probe: values.probe !== "off",
     build: values.build !== "off",

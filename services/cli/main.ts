@@ -101,7 +101,8 @@ program
       // without its shutdown (seen in about half of the immediate SIGTERMs).
       process.stdout.write(
         `switchboard listening on ${server.url} (${roles}; data in ${server.config.dataDir}` +
-          `${server.adminUrl ? `; health on ${server.adminUrl}` : ""})\n`,
+          `${server.adminUrl ? `; health on ${server.adminUrl}` : ""}` +
+          `${server.streamUrl ? `; device streams also on ${server.streamUrl}` : ""})\n`,
       );
     },
   );

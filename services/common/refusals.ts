@@ -15,6 +15,12 @@ export interface RefusalFields {
 }
 
 /**
+ * Where a refusal is recorded: a Refusals, or (on a stream thread, stream-thread.ts) a stand-in
+ * that hands it to the main thread's, where the log and the metric are.
+ */
+export type RefusalSink = Pick<Refusals, "refuse">;
+
+/**
  * Counts and logs what the server turns away. Every refusal is counted (the metric
  * `switchboard.refusals` by reason and code); the log line is written once per reason and
  * address per window, with how many were folded into it, so an attacker cannot turn a flood of

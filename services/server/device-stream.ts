@@ -18,18 +18,39 @@ import { DeadlineError } from "../common/errors.js";
 import type { Refusals } from "../common/refusals.js";
 import type { StreamErrors } from "../common/rpc-telemetry.js";
 import { dropUnknownFields, type FrameSink, type GatewayCore } from "../gateway/index.js";
+import { DEVICE_STREAM_PATH, isGrpcDeviceStream } from "./device-stream-request.js";
 import { addressKey } from "./edge.js";
 import type { DirectStream } from "./front-door.js";
 import { FLAG_COMPRESSED } from "./grpc-wire.js";
 import { fixGrpcStatus } from "./wire-errors.js";
 
-/** The device stream's path. */
-const PATH = `/${GatewayService.typeName}/${GatewayService.method.connect.name}`;
-/** gRPC's binary content types; JSON and the other protocols go to connect-node. */
-const GRPC_PROTO = /^application\/grpc(\+proto)?$/;
+const PATH = DEVICE_STREAM_PATH;
 /** Frames written to the connection in one write at most. */
 const FRAMES_PER_WRITE = 64;
 const EMPTY: Buffer = Buffer.alloc(0);
+
+/**
+ * What the fast path uses of node:http2's server stream: that stream itself, or a stream thread's
+ * stand-in for one served on another thread (stream-threads.ts).
+ */
+export interface DeviceHttp2Stream {
+  readonly destroyed: boolean;
+  readonly closed: boolean;
+  readonly headersSent: boolean;
+  readonly readableEnded: boolean;
+  readonly session?: { readonly socket?: { readonly remoteAddress?: string | undefined } } | undefined;
+  respond(headers: http2.OutgoingHttpHeaders, options: { waitForTrailers: boolean }): void;
+  write(chunk: Uint8Array): boolean;
+  end(): void;
+  sendTrailers(trailers: http2.OutgoingHttpHeaders): void;
+  pause(): void;
+  on(event: "data", listener: (chunk: Buffer) => void): unknown;
+  on(event: "error", listener: (err: unknown) => void): unknown;
+  on(event: "end" | "close" | "drain", listener: () => void): unknown;
+  off(event: "data", listener: (chunk: Buffer) => void): unknown;
+  off(event: "end" | "close" | "drain", listener: () => void): unknown;
+  once(event: "wantTrailers", listener: () => void): unknown;
+}
 
 /** What the fast path needs besides the gateway. */
 export interface DeviceStreamDeps {
@@ -69,22 +90,18 @@ export interface DeviceStreamDeps {
  * test/e2e/device-stream-wire.test.ts, test/e2e/grpc-js.test.ts and the other stream tests run
  * against it with stock @grpc/grpc-js and connect-es clients.
  */
-export function deviceStreams(deps: DeviceStreamDeps): DirectStream {
+/** The fast path as the front door takes it, and for streams served on a stream thread. */
+export interface DeviceStreams extends DirectStream {
+  serve(stream: DeviceHttp2Stream, headers: http2.IncomingHttpHeaders): void;
+}
+
+export function deviceStreams(deps: DeviceStreamDeps): DeviceStreams {
   return {
     accepts: isGrpcDeviceStream,
     serve: (stream, headers) => {
       void serve(stream, headers, deps);
     },
   };
-}
-
-/** True for the device stream over gRPC with uncompressed messages, not from a browser. */
-function isGrpcDeviceStream(headers: http2.IncomingHttpHeaders): boolean {
-  if (headers[":path"] !== PATH || headers[":method"] !== "POST") return false;
-  if (!GRPC_PROTO.test(String(headers["content-type"] ?? ""))) return false;
-  if (headers.origin !== undefined || headers.expect !== undefined) return false;
-  const encoding = headers["grpc-encoding"];
-  return encoding === undefined || encoding === "identity";
 }
 
 /**
@@ -94,7 +111,7 @@ function isGrpcDeviceStream(headers: http2.IncomingHttpHeaders): boolean {
  * idle device stays connected.
  */
 async function serve(
-  stream: http2.ServerHttp2Stream,
+  stream: DeviceHttp2Stream,
   headers: http2.IncomingHttpHeaders,
   deps: DeviceStreamDeps,
 ): Promise<void> {
@@ -124,7 +141,7 @@ type Session = ReturnType<GatewayCore["open"]>;
 
 /** Reads the device's frames and writes the session's, until either side ends. */
 async function pump(
-  stream: http2.ServerHttp2Stream,
+  stream: DeviceHttp2Stream,
   contentType: string,
   session: Session,
   deadline: NodeJS.Timeout | undefined,
@@ -158,13 +175,13 @@ async function pump(
 }
 
 /** The answer's headers; its trailers follow when it ends (finish). */
-function respond(stream: http2.ServerHttp2Stream, contentType: string): void {
+function respond(stream: DeviceHttp2Stream, contentType: string): void {
   stream.respond({ ":status": 200, "content-type": contentType }, { waitForTrailers: true });
 }
 
 /** Ends the answer with the call's status in trailers (headers first if none were sent). */
 function finish(
-  stream: http2.ServerHttp2Stream,
+  stream: DeviceHttp2Stream,
   contentType: string,
   thrown: unknown,
   deps: DeviceStreamDeps,
@@ -196,7 +213,7 @@ function finish(
  * HTTP/2 flow control stays the back-pressure. When the sink wants no more, or a frame is
  * refused, reading stops: what the device sends after that waits in the stream's window.
  */
-function readFrames(stream: http2.ServerHttp2Stream, deps: DeviceStreamDeps, sink: FrameSink): void {
+function readFrames(stream: DeviceHttp2Stream, deps: DeviceStreamDeps, sink: FrameSink): void {
   const { readMaxBytes, gateway } = deps;
   let buffered: Buffer = EMPTY;
   let stopped = false;
@@ -373,7 +390,7 @@ export function encodeFrames(batch: readonly ConnectResponse[]): Buffer {
 }
 
 /** Resolves when the stream can take more (HTTP/2 flow control), or is gone. */
-function drained(stream: http2.ServerHttp2Stream): Promise<void> {
+function drained(stream: DeviceHttp2Stream): Promise<void> {
   return new Promise((resolve) => {
     const done = () => {
       stream.off("drain", done);

@@ -6,7 +6,7 @@ import type { DescService } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import type { EdgeLimits } from "../common/config.js";
 import { INTERNAL_HEADER } from "../common/internal-auth.js";
-import type { Refusals } from "../common/refusals.js";
+import type { RefusalSink } from "../common/refusals.js";
 import { encodeGrpcMessage, fixErrorEncoding, type NodeRequest, type NodeResponse } from "./wire-errors.js";
 
 export type { NodeRequest, NodeResponse } from "./wire-errors.js";
@@ -114,7 +114,7 @@ export class EdgeGuard {
 
   constructor(
     private readonly limits: EdgeLimits,
-    private readonly refusals: Refusals,
+    private readonly refusals: RefusalSink,
     private readonly streaming: ReadonlySet<string>,
     internalCredential: string | undefined,
     private readonly answerStreams: ReadonlySet<string> = new Set(),

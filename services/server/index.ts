@@ -60,6 +60,8 @@ export interface RunningServer {
   url: string;
   /** The bound port. */
   port: number;
+  /** The stream port's URL (SWITCHBOARD_STREAM_PORT: device streams only), when one is served. */
+  streamUrl: string | undefined;
   /** The admin server's URL (/healthz, /readyz), when one is configured. */
   adminUrl: string | undefined;
   /** The effective configuration. */
@@ -178,7 +180,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     // among them) without the internal credential; key is always set when a process serves.
     const internalGuard = credential ?? (key ? internalCredential(key) : undefined);
     const currentProblems = () => readiness.problems();
-    const { url, port } = await serveNetwork({
+    const { url, port, streamUrl } = await serveNetwork({
       ctx,
       gateway,
       media,
@@ -214,6 +216,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
     log.info(
       {
         url,
+        streamUrl,
         adminUrl,
         roles: mesh.roles,
         store: mesh.store,
@@ -235,7 +238,7 @@ export async function startServer(options: ServerOptions = {}): Promise<RunningS
       })();
       return closing;
     };
-    return { url, port, adminUrl, config, gateway, readiness: currentProblems, close };
+    return { url, port, streamUrl, adminUrl, config, gateway, readiness: currentProblems, close };
   } catch (err) {
     // A process that cannot start must not leave connections or files open behind the error.
     await closers.run(log);

@@ -40,6 +40,7 @@ import { INTERNAL_READ_MAX_BYTES } from "./grpc-wire.js";
 import { internalUnaryFastPath } from "./internal-unary.js";
 import type { Closers } from "./lifecycle.js";
 import { directoryClient, type RoleContext } from "./roles.js";
+import { serveStreamPort } from "./stream-threads.js";
 
 /** What the RPC handler does with a request that is not an RPC (health.ts: probes). */
 export type HttpFallback = NonNullable<ConnectNodeAdapterOptions["fallback"]>;
@@ -69,7 +70,9 @@ export interface NetworkParts {
  * browsers; front-door.ts), with CORS for the configured web origins. Returns the bound URL and
  * port.
  */
-export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; port: number }> {
+export async function serveNetwork(
+  parts: NetworkParts,
+): Promise<{ url: string; port: number; streamUrl: string | undefined }> {
   const { ctx, gateway, media, internalGuard } = parts;
   const { config, roles, clients, refusals, closers, log } = ctx;
   const mesh = config.mesh;
@@ -193,7 +196,29 @@ export async function serveNetwork(parts: NetworkParts): Promise<{ url: string; 
   const port = (door.server.address() as AddressInfo).port;
   const url = `http://${hostForUrl(config.host)}:${port}`;
   closeServer(closers, door, sessions);
-  return { url, port };
+  let streamUrl: string | undefined;
+  if (config.streamPort !== undefined) {
+    if (direct === undefined) {
+      log.warn(
+        { streamPort: config.streamPort },
+        "SWITCHBOARD_STREAM_PORT is set, but this process runs no gateway",
+      );
+    } else {
+      // Device streams on a thread of their own as well (stream-threads.ts). Closed before the
+      // main port (closers run last-added first), after the gateway's drain has ended them.
+      const streamPort = await serveStreamPort({
+        host: config.host,
+        port: config.streamPort,
+        limits: config.edge,
+        streams: direct,
+        refusals,
+        log,
+      });
+      streamUrl = streamPort.url;
+      closers.add("stream port", () => streamPort.close());
+    }
+  }
+  return { url, port, streamUrl };
 }
 
 /** Registers the port's shutdown: stop accepting, close its connections, destroy stragglers after 2 s. */

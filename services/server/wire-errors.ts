@@ -1,7 +1,7 @@
 import type * as http from "node:http";
 import type * as http2 from "node:http2";
 import { Code } from "@connectrpc/connect";
-import type { Refusals } from "../common/refusals.js";
+import type { RefusalSink } from "../common/refusals.js";
 
 /** A request on either protocol of the port (front-door.ts): HTTP/2 (h2c) or HTTP/1.1. */
 export type NodeRequest = http2.Http2ServerRequest | http.IncomingMessage;
@@ -52,7 +52,7 @@ function malformed(procedure: string): string {
 export function fixGrpcStatus(
   headers: http2.OutgoingHttpHeaders,
   procedure: string,
-  refusals: Refusals,
+  refusals: RefusalSink,
   address: string,
 ): void {
   const raw = headers["grpc-message"];
@@ -80,7 +80,7 @@ export function fixErrorEncoding(
   req: NodeRequest,
   res: NodeResponse,
   procedure: string,
-  refusals: Refusals,
+  refusals: RefusalSink,
   address: string,
 ): void {
   const contentType = String(req.headers["content-type"] ?? "");

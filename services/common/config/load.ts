@@ -40,6 +40,13 @@ export interface Config {
   host: string;
   /** Port of the public server; 0 picks a free one. */
   port: number;
+  /**
+   * A second port for device streams only (GatewayService.Connect over gRPC), served by a worker
+   * thread, so that their sockets and HTTP/2 are not the main thread's work
+   * (services/server/stream-threads.ts); 0 picks a free one. Unset: no such port. The main port
+   * serves device streams either way.
+   */
+  streamPort: number | undefined;
   /** Logical sequencer shards; fixed for the life of a deployment. */
   shardCount: number;
   /** Access token lifetime, in seconds. */
@@ -121,6 +128,7 @@ export const serverVariables = z.object({
   SWITCHBOARD_DATA_DIR: textOr(".switchboard/data"),
   SWITCHBOARD_HOST: textOr("127.0.0.1"),
   SWITCHBOARD_PORT: intVariable("port", 7420, false),
+  SWITCHBOARD_STREAM_PORT: optionalIntVariable("SWITCHBOARD_STREAM_PORT"),
   SWITCHBOARD_SHARDS: intVariable("shardCount", 16, false),
   SWITCHBOARD_TOKEN_TTL_SECONDS: intVariable("tokenTtlSeconds", 3600, false),
   SWITCHBOARD_SEQUENCER_CACHE_BYTES: optionalIntVariable("SWITCHBOARD_SEQUENCER_CACHE_BYTES"),
@@ -141,6 +149,7 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
       SWITCHBOARD_DATA_DIR: input.dataDir,
       SWITCHBOARD_HOST: input.host,
       SWITCHBOARD_PORT: input.port,
+      SWITCHBOARD_STREAM_PORT: input.streamPort,
       SWITCHBOARD_SHARDS: input.shardCount,
       SWITCHBOARD_TOKEN_TTL_SECONDS: input.tokenTtlSeconds,
       SWITCHBOARD_SEQUENCER_CACHE_BYTES: input.sequencerCacheBytes,
@@ -159,6 +168,10 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
     dataDir,
     host: input.host ?? vars.SWITCHBOARD_HOST,
     port: given(input.port, "port", vars.SWITCHBOARD_PORT),
+    streamPort:
+      input.streamPort === undefined
+        ? vars.SWITCHBOARD_STREAM_PORT
+        : int("SWITCHBOARD_STREAM_PORT", input.streamPort),
     shardCount: given(input.shardCount, "shardCount", vars.SWITCHBOARD_SHARDS),
     tokenTtlSeconds: given(input.tokenTtlSeconds, "tokenTtlSeconds", vars.SWITCHBOARD_TOKEN_TTL_SECONDS),
     linkCodeTtlSeconds: int("linkCodeTtlSeconds", input.linkCodeTtlSeconds ?? 600),
@@ -193,6 +206,10 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
   };
   if (config.shardCount < 1 || config.shardCount > 4096) fail("shardCount must be between 1 and 4096");
   if (config.port > 65535) fail("port must be at most 65535");
+  if (config.streamPort !== undefined && config.streamPort > 65535)
+    fail("SWITCHBOARD_STREAM_PORT must be at most 65535");
+  if (config.streamPort !== undefined && config.streamPort !== 0 && config.streamPort === config.port)
+    fail("SWITCHBOARD_STREAM_PORT must differ from SWITCHBOARD_PORT");
   checkMesh(config.mesh, config.shardCount, config.tokenKey);
   if (config.tokenTtlSeconds < 30) fail("tokenTtlSeconds must be at least 30");
   const opensStore = config.mesh.roles.includes("accounts") || config.mesh.roles.includes("sequencer");

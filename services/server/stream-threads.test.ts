@@ -1,0 +1,215 @@
+import assert from "node:assert/strict";
+import * as http from "node:http";
+import * as http2 from "node:http2";
+import { after, describe, it } from "node:test";
+import { defaultEdgeLimits, type EdgeLimits } from "../common/config.js";
+import { createLogger } from "../common/log.js";
+import { Refusals } from "../common/refusals.js";
+import { freePort } from "../mesh/servers.js";
+import type { DeviceHttp2Stream, DeviceStreams } from "./device-stream.js";
+import { DEVICE_STREAM_PATH, isGrpcDeviceStream } from "./device-stream-request.js";
+import { type StreamPort, serveStreamPort } from "./stream-threads.js";
+
+/**
+ * The stream port's hand-off between its thread and this one (stream-threads.ts,
+ * stream-thread.ts), with a real worker thread and real HTTP/2 clients, and a stand-in for the
+ * device stream's fast path that records what it is given. The fast path itself on this port
+ * is tested end to end with stock clients in test/e2e/device-stream-wire.test.ts.
+ */
+
+const GRPC_HEADERS = {
+  ":method": "POST",
+  ":path": DEVICE_STREAM_PATH,
+  "content-type": "application/grpc",
+  te: "trailers",
+  authorization: "Bearer token-1",
+};
+
+interface Served {
+  stream: DeviceHttp2Stream;
+  headers: http2.IncomingHttpHeaders;
+  body: Buffer[];
+}
+
+/** A fast path that answers nothing by itself; each test drives the streams it is given. */
+function recorder(): DeviceStreams & { served: Served[]; next(): Promise<Served> } {
+  const served: Served[] = [];
+  let waiting: ((s: Served) => void) | undefined;
+  return {
+    served,
+    accepts: isGrpcDeviceStream,
+    serve(stream, headers) {
+      const s: Served = { stream, headers, body: [] };
+      served.push(s);
+      stream.on("data", (chunk) => s.body.push(Buffer.from(chunk)));
+      waiting?.(s);
+      waiting = undefined;
+    },
+    next() {
+      return new Promise((resolve) => {
+        waiting = resolve;
+      });
+    },
+  };
+}
+
+async function until(predicate: () => boolean, what: string, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!predicate()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}
+
+describe("the stream port", () => {
+  const ports: StreamPort[] = [];
+  const sessions: http2.ClientHttp2Session[] = [];
+  after(async () => {
+    for (const s of sessions) s.destroy();
+    await Promise.all(ports.map((p) => p.close()));
+  });
+
+  async function start(limits: Partial<EdgeLimits> = {}) {
+    const streams = recorder();
+    const refusals = new Refusals(createLogger({ level: "silent" }));
+    const port = await serveStreamPort({
+      host: "127.0.0.1",
+      port: await freePort(),
+      limits: { ...defaultEdgeLimits, ...limits },
+      streams,
+      refusals,
+      log: createLogger({ level: "silent" }),
+    });
+    ports.push(port);
+    return { port, streams, refusals };
+  }
+
+  function connect(url: string): http2.ClientHttp2Session {
+    const session = http2.connect(url);
+    session.on("error", () => {});
+    sessions.push(session);
+    return session;
+  }
+
+  it("hands a device stream's headers and body to this thread, and its answer and trailers back", async () => {
+    const { port, streams } = await start();
+    const req = connect(port.url).request(GRPC_HEADERS);
+    const served = streams.next();
+    req.write(Buffer.from("hello "));
+    const s = await served;
+    assert.equal(s.headers.authorization, "Bearer token-1");
+    assert.equal(s.headers[":path"], DEVICE_STREAM_PATH);
+    assert.equal(s.stream.session?.socket?.remoteAddress, "127.0.0.1");
+    req.end(Buffer.from("world"));
+    await until(() => Buffer.concat(s.body).toString() === "hello world", "the body");
+    await until(() => s.stream.readableEnded, "the body's end");
+
+    const chunks: Buffer[] = [];
+    let trailers: http2.IncomingHttpHeaders = {};
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("trailers", (t) => {
+      trailers = t;
+    });
+    const ended = new Promise((resolve) => req.on("end", resolve));
+    s.stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+    assert.equal(s.stream.write(Buffer.from("answer")), true);
+    s.stream.once("wantTrailers", () => s.stream.sendTrailers({ "grpc-status": "0" }));
+    s.stream.end();
+    await ended;
+    assert.equal(Buffer.concat(chunks).toString(), "answer");
+    assert.equal(trailers["grpc-status"], "0");
+    await until(() => s.stream.closed, "the stream's close");
+  });
+
+  it("write says wait while the device does not read, and drain comes once it does", async () => {
+    const { port, streams } = await start();
+    const session = connect(port.url);
+    const req = session.request(GRPC_HEADERS);
+    const s = await streams.next();
+    s.stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
+    // The client reads nothing: HTTP/2's windows (64 KiB for the stream and the connection)
+    // fill, the thread's stream buffers, and what is written here is not reported written.
+    req.pause();
+    const chunk = Buffer.alloc(16 * 1024, 7);
+    let written = 0;
+    for (; written < 64 * 1024 * 1024; written += chunk.length) {
+      if (!s.stream.write(chunk)) break;
+      await new Promise((r) => setImmediate(r));
+    }
+    written += chunk.length;
+    assert.ok(written < 1024 * 1024, `write kept saying go on past ${written} bytes`);
+    let drained = false;
+    s.stream.on("drain", () => {
+      drained = true;
+    });
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(drained, false, "drain before the device read anything");
+    let read = 0;
+    req.on("data", (c: Buffer) => {
+      read += c.length;
+    });
+    req.resume();
+    await until(() => drained, "drain");
+    await until(() => read === written, "every byte written");
+  });
+
+  it("answers anything but a device stream UNIMPLEMENTED (gRPC) or 404, and never hands it over", async () => {
+    const { port, streams } = await start();
+    const session = connect(port.url);
+    const req = session.request({ ...GRPC_HEADERS, ":path": "/switchboard.v1.AccountService/Register" });
+    req.end();
+    const headers = await new Promise<http2.IncomingHttpHeaders>((resolve) => req.on("response", resolve));
+    assert.equal(headers["grpc-status"], "12");
+    assert.match(decodeURIComponent(String(headers["grpc-message"])), /this port serves only/);
+
+    const gzip = session.request({ ...GRPC_HEADERS, "grpc-encoding": "gzip" });
+    gzip.end();
+    const gzHeaders = await new Promise<http2.IncomingHttpHeaders>((resolve) => gzip.on("response", resolve));
+    assert.equal(gzHeaders["grpc-status"], "12");
+
+    const status = await new Promise<number | undefined>((resolve, reject) => {
+      http
+        .get(`${port.url}/healthz`, (res) => {
+          res.resume();
+          resolve(res.statusCode);
+        })
+        .on("error", reject);
+    });
+    assert.equal(status, 404);
+    assert.equal(streams.served.length, 0);
+  });
+
+  it("keeps the edge's bounds: connections past the per-address limit are closed and counted here", async () => {
+    const { port, refusals } = await start({ maxConnectionsPerAddress: 1 });
+    const first = connect(port.url);
+    await new Promise((resolve) => first.on("remoteSettings", resolve));
+    const second = connect(port.url);
+    await new Promise((resolve) => second.on("close", resolve));
+    await until(() => refusals.counts.get("connections_per_address") === 1, "the refusal on this thread");
+    assert.equal(first.closed, false);
+  });
+
+  it("a thread that fails takes its streams with it, and listens again on the same port", async () => {
+    const { port, streams } = await start();
+    const req = connect(port.url).request(GRPC_HEADERS);
+    req.on("error", () => {});
+    const s = await streams.next();
+    let closed = false;
+    s.stream.on("close", () => {
+      closed = true;
+    });
+    port.crash();
+    await until(() => closed, "the stream's close on the failure");
+    // Started again a second later, on the same port.
+    const deadline = Date.now() + 10_000;
+    for (;;) {
+      const again = connect(port.url);
+      const next = streams.next();
+      again.request(GRPC_HEADERS).on("error", () => {});
+      const served = await Promise.race([next, new Promise((r) => setTimeout(r, 500))]);
+      if (served !== undefined) break;
+      again.destroy();
+      assert.ok(Date.now() < deadline, "the port did not serve again within 10 s");
+    }
+  });
+});

@@ -166,6 +166,13 @@ export interface ConnectionOptions {
    * or shutting down moves later calls (and the next stream) to the next one, round robin.
    */
   alternateUrls?: string[];
+  /**
+   * The deployment's stream port (the server's SWITCHBOARD_STREAM_PORT), e.g.
+   * "http://127.0.0.1:7430": the device stream (GatewayService.Connect) is opened there, and every
+   * other call still goes to `serverUrl` (or the alternates). Unset: the stream goes to
+   * `serverUrl` too, which serves it either way.
+   */
+  streamUrl?: string;
 }
 
 /** Errors that say "this gateway cannot serve you now", as opposed to "your request is wrong". */
@@ -275,18 +282,41 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
       defaultTimeoutMs: options.unaryTimeoutMs ?? 30_000,
     }),
   );
+  // The stream port serves the device stream and nothing else: only that call goes there.
+  const streamUrl = options.streamUrl?.replace(/\/+$/, "");
+  const streamSessions =
+    streamUrl === undefined
+      ? undefined
+      : new Http2SessionManager(streamUrl, { pingIntervalMs: 15_000, pingTimeoutMs: 10_000 });
+  const gatewayTransport =
+    streamUrl === undefined || streamSessions === undefined
+      ? transport
+      : streamOnly(
+          transport,
+          createGrpcTransport({ baseUrl: streamUrl, sessionManager: streamSessions, interceptors: [auth] }),
+        );
   return {
     accounts: createClient(AccountService, transport),
     conversations: createClient(ConversationService, transport),
-    gateway: createClient(GatewayService, transport),
+    gateway: createClient(GatewayService, gatewayTransport),
     keys: createClient(KeyService, transport),
     media: createClient(MediaService, transport),
     calls: createClient(CallService, transport),
     tokens,
     close: () => {
       for (const m of sessionManagers) m.abort();
+      streamSessions?.abort();
     },
   };
+}
+
+/** A transport that sends the device stream (GatewayService.Connect) one way and the rest another. */
+function streamOnly(rest: Transport, streams: Transport): Transport {
+  return {
+    unary: (...args) => rest.unary(...args),
+    stream: (...args: Parameters<Transport["stream"]>) =>
+      (args[0] === GatewayService.method.connect ? streams : rest).stream(...args),
+  } as Transport;
 }
 
 /**

@@ -450,6 +450,11 @@ export interface OpenOptions extends ClientTuning {
    * deployment exposes several addresses instead of one load-balanced one).
    */
   alternateUrls?: string[];
+  /**
+   * The deployment's stream port, if its operator set one (SWITCHBOARD_STREAM_PORT): the device
+   * stream opens there, every other call on the server URL. Not stored in the profile.
+   */
+  streamUrl?: string;
   /** Payload codec; defaults to the identity (plaintext) codec. Applies to group payloads. */
   codec?: PayloadCodec;
   /**

@@ -17,6 +17,7 @@ export async function openContext(options: OpenOptions, defaultCodec: PayloadCod
     credential: { deviceId: profile.credentials.deviceId, deviceSecret: profile.credentials.deviceSecret },
     unaryTimeoutMs: UNARY_TIMEOUT_MS,
     ...(options.alternateUrls !== undefined && { alternateUrls: options.alternateUrls }),
+    ...(options.streamUrl !== undefined && { streamUrl: options.streamUrl }),
   });
   const events = new Emitter();
   // A profile made with encryption stays encrypted unless the app says otherwise: one that lost

@@ -107,6 +107,11 @@ spec:
         - name: admin
           containerPort: {{ $root.Values.ports.admin }}
           protocol: TCP
+        {{- if and (eq $role "gateway") $root.Values.ports.stream }}
+        - name: stream
+          containerPort: {{ $root.Values.ports.stream }}
+          protocol: TCP
+        {{- end }}
       envFrom:
         - configMapRef:
             name: {{ include "switchboard.fullname" $root }}
@@ -117,6 +122,10 @@ spec:
         {{- end }}
         {{- if eq $role "media" }}
         {{- include "switchboard.mediaEnv" $root | nindent 8 }}
+        {{- end }}
+        {{- if and (eq $role "gateway") $root.Values.ports.stream }}
+        - name: SWITCHBOARD_STREAM_PORT
+          value: {{ $root.Values.ports.stream | quote }}
         {{- end }}
         {{- if and (eq $role "gateway") (include "switchboard.turnUrls" $root) }}
         {{- include "switchboard.turnEnv" $root | nindent 8 }}

@@ -247,6 +247,18 @@ describe("configuration errors", () => {
     );
   });
 
+  it("reads the stream port: unset by default, a port or 0, never the main port", () => {
+    assert.equal(loadConfig({}, {}).streamPort, undefined);
+    assert.equal(loadConfig({}, { SWITCHBOARD_STREAM_PORT: "7430" }).streamPort, 7430);
+    assert.equal(loadConfig({}, { SWITCHBOARD_STREAM_PORT: "0", SWITCHBOARD_PORT: "0" }).streamPort, 0);
+    assert.throws(
+      () => loadConfig({}, { SWITCHBOARD_STREAM_PORT: "7420" }),
+      /SWITCHBOARD_STREAM_PORT must differ from SWITCHBOARD_PORT/,
+    );
+    assert.throws(() => loadConfig({}, { SWITCHBOARD_STREAM_PORT: "70000" }), /at most 65535/);
+    assert.throws(() => loadConfig({}, { SWITCHBOARD_STREAM_PORT: "x" }), /SWITCHBOARD_STREAM_PORT/);
+  });
+
   it("leaves a variable unread when loadConfig's input sets its value", () => {
     assert.equal(loadConfig({ port: 0 }, { SWITCHBOARD_PORT: "not a port" }).port, 0);
     assert.throws(

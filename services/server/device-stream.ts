@@ -24,6 +24,7 @@ import type { DirectStream } from "./front-door.js";
 import { FLAG_COMPRESSED } from "./grpc-wire.js";
 import { fixGrpcStatus } from "./wire-errors.js";
 
+/** The device stream's path. */
 const PATH = DEVICE_STREAM_PATH;
 /** Frames written to the connection in one write at most. */
 const FRAMES_PER_WRITE = 64;
@@ -50,6 +51,11 @@ export interface DeviceHttp2Stream {
   off(event: "data", listener: (chunk: Buffer) => void): unknown;
   off(event: "end" | "close" | "drain", listener: () => void): unknown;
   once(event: "wantTrailers", listener: () => void): unknown;
+}
+
+/** The fast path as the front door takes it, and for streams served on a stream thread. */
+export interface DeviceStreams extends DirectStream {
+  serve(stream: DeviceHttp2Stream, headers: http2.IncomingHttpHeaders): void;
 }
 
 /** What the fast path needs besides the gateway. */
@@ -90,11 +96,6 @@ export interface DeviceStreamDeps {
  * test/e2e/device-stream-wire.test.ts, test/e2e/grpc-js.test.ts and the other stream tests run
  * against it with stock @grpc/grpc-js and connect-es clients.
  */
-/** The fast path as the front door takes it, and for streams served on a stream thread. */
-export interface DeviceStreams extends DirectStream {
-  serve(stream: DeviceHttp2Stream, headers: http2.IncomingHttpHeaders): void;
-}
-
 export function deviceStreams(deps: DeviceStreamDeps): DeviceStreams {
   return {
     accepts: isGrpcDeviceStream,

@@ -189,6 +189,21 @@ describe("the stream port", () => {
     assert.equal(first.closed, false);
   });
 
+  it("fails its start when the port is taken, and leaves no thread behind", async () => {
+    const { port } = await start();
+    await assert.rejects(
+      serveStreamPort({
+        host: "127.0.0.1",
+        port: port.port,
+        limits: defaultEdgeLimits,
+        streams: recorder(),
+        refusals: new Refusals(createLogger({ level: "silent" })),
+        log: createLogger({ level: "silent" }),
+      }),
+      /the stream thread stopped before it listened: .*EADDRINUSE/,
+    );
+  });
+
   it("a thread that fails takes its streams with it, and listens again on the same port", async () => {
     const { port, streams } = await start();
     const req = connect(port.url).request(GRPC_HEADERS);

@@ -210,6 +210,7 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
     if (data.byteLength > 0) outbox.op(TO_THREAD.consumed, 0, data.byteLength);
   };
 
+  let listened = false;
   let listening: (port: number) => void = () => {};
   let stopped: (reason: string) => void = () => {};
   const started = new Promise<number>((resolve, reject) => {
@@ -225,11 +226,16 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
     // Its streams are gone with it; their sessions end as a lost connection's do.
     for (const stream of open.values()) stream.gone();
     open.clear();
-    if (!closing) options.failed(reason);
+    // A thread that never listened fails its start instead (the promise below).
+    if (!closing && listened) options.failed(reason);
   };
   worker.on("message", (msg: ThreadEvent) => {
-    if (msg.type === "batch") handle(msg);
-    else listening(msg.port);
+    if (msg.type === "batch") {
+      handle(msg);
+    } else {
+      listened = true;
+      listening(msg.port);
+    }
   });
   worker.on("error", (err) => {
     log.error({ err }, "the stream thread failed");
@@ -274,17 +280,19 @@ const RESTART_DELAY_MS = 1000;
 export async function serveStreamPort(options: Omit<StreamPortOptions, "failed">): Promise<StreamPort> {
   const { log } = options;
   let closed = false;
-  let current: StreamPort;
+  // Set once the first thread listens; a port that cannot be served at start fails the start.
+  let current: StreamPort | undefined;
   let retry: NodeJS.Timeout | undefined;
   const failed = (reason: string) => {
-    log.error({ reason, port: current.port }, "the stream thread stopped; starting it again");
+    log.error({ reason, port: current?.port }, "the stream thread stopped; starting it again");
     schedule();
   };
   const schedule = () => {
-    if (closed) return;
+    if (closed || current === undefined) return;
+    const port = current.port;
     retry = setTimeout(() => {
       retry = undefined;
-      startStreamPort({ ...options, port: current.port, failed }).then(
+      startStreamPort({ ...options, port, failed }).then(
         (started) => {
           if (closed) void started.close();
           else {
@@ -293,23 +301,24 @@ export async function serveStreamPort(options: Omit<StreamPortOptions, "failed">
           }
         },
         (err: unknown) => {
-          log.error({ err, port: current.port }, "the stream thread could not start again");
+          log.error({ err, port }, "the stream thread could not start again");
           schedule();
         },
       );
     }, RESTART_DELAY_MS);
   };
-  current = await startStreamPort({ ...options, failed });
+  const first = await startStreamPort({ ...options, failed });
+  current = first;
   return {
-    url: current.url,
-    port: current.port,
+    url: first.url,
+    port: first.port,
     async close() {
       closed = true;
       clearTimeout(retry);
-      await current.close();
+      await current?.close();
     },
     crash() {
-      current.crash();
+      current?.crash();
     },
   };
 }

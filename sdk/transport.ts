@@ -283,18 +283,14 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     }),
   );
   // The stream port serves the device stream and nothing else: only that call goes there.
-  const streamUrl = options.streamUrl?.replace(/\/+$/, "");
-  const streamSessions =
-    streamUrl === undefined
-      ? undefined
-      : new Http2SessionManager(streamUrl, { pingIntervalMs: 15_000, pingTimeoutMs: 10_000 });
-  const gatewayTransport =
-    streamUrl === undefined || streamSessions === undefined
-      ? transport
-      : streamOnly(
-          transport,
-          createGrpcTransport({ baseUrl: streamUrl, sessionManager: streamSessions, interceptors: [auth] }),
-        );
+  let gatewayTransport = transport;
+  let streamSessions: Http2SessionManager | undefined;
+  if (options.streamUrl !== undefined) {
+    const baseUrl = options.streamUrl.replace(/\/+$/, "");
+    streamSessions = new Http2SessionManager(baseUrl, { pingIntervalMs: 15_000, pingTimeoutMs: 10_000 });
+    const streams = createGrpcTransport({ baseUrl, sessionManager: streamSessions, interceptors: [auth] });
+    gatewayTransport = streamOnly(transport, streams);
+  }
   return {
     accounts: createClient(AccountService, transport),
     conversations: createClient(ConversationService, transport),

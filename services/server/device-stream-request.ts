@@ -19,3 +19,9 @@ export function isGrpcDeviceStream(headers: http2.IncomingHttpHeaders): boolean 
   const encoding = headers["grpc-encoding"];
   return encoding === undefined || encoding === "identity";
 }
+
+/** A request header as one value (repeated ones joined with commas), or null when absent. */
+export function header(headers: http2.IncomingHttpHeaders, name: string): string | null {
+  const value = headers[name];
+  return value === undefined ? null : Array.isArray(value) ? value.join(",") : value;
+}

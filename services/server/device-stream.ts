@@ -18,7 +18,7 @@ import { DeadlineError } from "../common/errors.js";
 import type { Refusals } from "../common/refusals.js";
 import type { StreamErrors } from "../common/rpc-telemetry.js";
 import { dropUnknownFields, type FrameSink, type GatewayCore } from "../gateway/index.js";
-import { DEVICE_STREAM_PATH, isGrpcDeviceStream } from "./device-stream-request.js";
+import { DEVICE_STREAM_PATH, header, isGrpcDeviceStream } from "./device-stream-request.js";
 import { addressKey } from "./edge.js";
 import type { DirectStream } from "./front-door.js";
 import { FLAG_COMPRESSED } from "./grpc-wire.js";
@@ -401,9 +401,4 @@ function drained(stream: DeviceHttp2Stream): Promise<void> {
     stream.on("drain", done);
     stream.on("close", done);
   });
-}
-
-function header(headers: http2.IncomingHttpHeaders, name: string): string | null {
-  const value = headers[name];
-  return value === undefined ? null : Array.isArray(value) ? value.join(",") : value;
 }

@@ -2,7 +2,7 @@ import type * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import { parentPort, workerData } from "node:worker_threads";
 import type { RefusalFields, RefusalSink } from "../common/refusals.js";
-import { DEVICE_STREAM_PATH, isGrpcDeviceStream } from "./device-stream-request.js";
+import { DEVICE_STREAM_PATH, header, isGrpcDeviceStream } from "./device-stream-request.js";
 import { EdgeGuard } from "./edge.js";
 import { type DirectStream, frontDoor } from "./front-door.js";
 import {
@@ -72,8 +72,8 @@ function serve(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeade
   stream.pause();
   toMain.op(FROM_THREAD.open, id, [
     String(headers["content-type"]),
-    header(headers.authorization),
-    header(headers["grpc-timeout"]),
+    header(headers, "authorization"),
+    header(headers, "grpc-timeout"),
     stream.session?.socket?.remoteAddress ?? null,
   ]);
   stream.on("data", (chunk: Buffer) => {
@@ -91,10 +91,6 @@ function serve(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeade
     held.delete(s);
     toMain.op(FROM_THREAD.close, id);
   });
-}
-
-function header(value: string | string[] | undefined): string | null {
-  return value === undefined ? null : Array.isArray(value) ? value.join(",") : value;
 }
 
 function resumeIfFree(s: Served): void {

@@ -63,6 +63,14 @@ export interface StreamThreadData {
 }
 
 /**
+ * Request bytes a stream thread hands to the main thread and that are not yet reported
+ * `consumed`, at most. Past it, a stream that brings more is paused (its HTTP/2 window then
+ * holds the device back) until the main thread has caught up to half of it: a main thread that
+ * falls behind holds the devices back, not a queue of batches between the threads.
+ */
+export const IN_FLIGHT_BYTES = 8 * 1024 * 1024;
+
+/**
  * A batch posts at once past this many bytes rather than at the end of the turn, so that no
  * one message (and no one copy into it) grows without a bound.
  */

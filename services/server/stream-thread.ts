@@ -9,6 +9,7 @@ import {
   type Batch,
   FROM_THREAD,
   forEachOp,
+  IN_FLIGHT_BYTES,
   Outbox,
   type StreamThreadData,
   type ThreadCommand,
@@ -24,13 +25,6 @@ import { encodeGrpcMessage, type NodeRequest, type NodeResponse } from "./wire-e
  * session and everything behind it stay on the main thread, unchanged. Every other request on
  * this port is answered UNIMPLEMENTED (gRPC) or 404: the main port serves them.
  */
-
-/**
- * Request bytes handed to the main thread and not yet handled there, at most. Past it, a
- * stream that brings more is paused (its HTTP/2 window then holds the device back) until the
- * main thread has caught up to half of it.
- */
-const IN_FLIGHT_BYTES = 8 * 1024 * 1024;
 
 const port = parentPort;
 if (port === null) throw new Error("stream-thread.ts runs as a worker thread");

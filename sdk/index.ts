@@ -96,5 +96,6 @@ export type {
   RegisterOptions,
   SendFailedEvent,
   SendResult,
+  StreamFallback,
   TypingEvent,
 } from "./types.js";

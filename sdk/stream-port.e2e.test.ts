@@ -4,26 +4,63 @@ import { createServer, type Server, type Socket, connect as tcpConnect } from "n
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { freePort } from "../services/mesh/servers.js";
 import { startServer } from "../services/server/index.js";
 import { eventually } from "../test/helpers/inbox.js";
 import { SwitchboardClient } from "./client.js";
-import type { IncomingEntry } from "./types.js";
+import type { IncomingEntry, StreamFallback } from "./types.js";
 
 const text = (e: IncomingEntry): string => new TextDecoder().decode(e.payload ?? new Uint8Array());
+
+/** A TCP relay to the server's stream port that counts the bytes devices send through it. */
+class CountingRelay {
+  relayed = 0;
+  readonly server: Server;
+  private readonly sockets = new Set<Socket>();
+
+  constructor(target: URL) {
+    this.server = createServer((down) => {
+      const up = tcpConnect(Number(target.port), target.hostname);
+      for (const s of [down, up]) {
+        this.sockets.add(s);
+        s.on("close", () => this.sockets.delete(s));
+        s.on("error", () => {});
+      }
+      down.on("data", (chunk: Buffer) => {
+        this.relayed += chunk.length;
+        up.write(chunk);
+      });
+      up.pipe(down);
+      down.on("close", () => up.destroy());
+      up.on("close", () => down.destroy());
+    });
+  }
+
+  /** Listens on `port` (0: any free one) and answers the relay's URL. */
+  async listen(port = 0): Promise<string> {
+    await new Promise<void>((resolve) => this.server.listen(port, "127.0.0.1", resolve));
+    const address = this.server.address();
+    if (address === null || typeof address === "string") throw new Error("the relay has no port");
+    return `http://127.0.0.1:${address.port}`;
+  }
+
+  async close(): Promise<void> {
+    for (const s of this.sockets) s.destroy();
+    if (this.server.listening) await new Promise<void>((resolve) => this.server.close(() => resolve()));
+  }
+}
 
 /**
  * `streamUrl`: a client of a deployment with a stream port (SWITCHBOARD_STREAM_PORT,
  * services/server/stream-threads.ts) opens its device stream there and makes every other call on
  * the server URL. The stream port is reached through a counting TCP relay, so the test sees
- * which port the stream used.
+ * which port the stream used; without the stream port, the stream opens on the server URL
+ * (StreamFallback).
  */
 describe("SwitchboardClient with a stream port", () => {
   let base: string;
   let server: Awaited<ReturnType<typeof startServer>>;
-  let relay: Server;
-  let relayUrl: string;
-  let relayed = 0;
-  const sockets = new Set<Socket>();
+  const relays: CountingRelay[] = [];
   const clients: SwitchboardClient[] = [];
 
   before(async () => {
@@ -36,40 +73,30 @@ describe("SwitchboardClient with a stream port", () => {
       accountLimits: { registrationsPerAddressPerHour: 0, registrationsPerHour: 0 },
       env: { ...process.env, SWITCHBOARD_MEDIA_PORT: "0" },
     });
-    const target = new URL(server.streamUrl!);
-    relay = createServer((down) => {
-      const up = tcpConnect(Number(target.port), target.hostname);
-      for (const s of [down, up]) {
-        sockets.add(s);
-        s.on("close", () => sockets.delete(s));
-        s.on("error", () => {});
-      }
-      down.on("data", (chunk: Buffer) => {
-        relayed += chunk.length;
-        up.write(chunk);
-      });
-      up.pipe(down);
-      down.on("close", () => up.destroy());
-      up.on("close", () => down.destroy());
-    });
-    await new Promise<void>((resolve) => relay.listen(0, "127.0.0.1", resolve));
-    const address = relay.address();
-    if (address === null || typeof address === "string") throw new Error("the relay has no port");
-    relayUrl = `http://127.0.0.1:${address.port}`;
   });
 
   after(async () => {
     for (const c of clients) await c.close();
-    for (const s of sockets) s.destroy();
-    await new Promise<void>((resolve) => relay.close(() => resolve()));
+    for (const r of relays) await r.close();
     await server.close();
     await rm(base, { recursive: true, force: true });
   });
 
-  async function user(name: string, streamUrl?: string): Promise<SwitchboardClient> {
+  function relay(): CountingRelay {
+    const r = new CountingRelay(new URL(server.streamUrl!));
+    relays.push(r);
+    return r;
+  }
+
+  async function user(
+    name: string,
+    streamUrl?: string,
+    streamFallback?: StreamFallback,
+  ): Promise<SwitchboardClient> {
     const client = await SwitchboardClient.register({
       serverUrl: server.url,
       ...(streamUrl !== undefined && { streamUrl }),
+      ...(streamFallback !== undefined && { streamFallback }),
       profileDir: join(base, `profile-${name}`),
       username: `${name}_${clients.length}`,
       encryption: false,
@@ -80,26 +107,69 @@ describe("SwitchboardClient with a stream port", () => {
     return client;
   }
 
-  it("opens the stream on the stream port and talks to a client on the main port, in order", async () => {
-    const alice = await user("alice", relayUrl);
-    const bob = await user("bob");
-    const { conversationId } = await alice.openDirect(bob.userId);
-    // Registration, the conversation and key calls went to the main port: nothing relayed yet.
-    assert.equal(relayed, 0);
+  /** Sends `texts` from `from` to `to` and waits for them to arrive, in order. */
+  async function talk(from: SwitchboardClient, to: SwitchboardClient, texts: string[]): Promise<void> {
+    const { conversationId } = await from.openDirect(to.userId);
     const got: string[] = [];
-    bob.on("entry", (e) => {
-      if (e.kind === "message") got.push(text(e));
-    });
-    await Promise.all([alice.connect(), bob.connect()]);
-    assert.ok(relayed > 0, "alice's stream did not go through the stream port");
-    for (let i = 0; i < 10; i++) await alice.send(conversationId, `m${i}`);
+    const listener = (e: IncomingEntry) => {
+      if (e.kind === "message" && e.conversationId === conversationId) got.push(text(e));
+    };
+    to.on("entry", listener);
+    for (const t of texts) await from.send(conversationId, t);
     await eventually(
-      () => got.length === 10,
-      () => `bob has ${got.length}`,
+      () => got.length === texts.length,
+      () => `${got.length} of ${texts.length} arrived`,
     );
-    assert.deepEqual(
-      got,
+    to.off("entry", listener);
+    assert.deepEqual(got, texts);
+  }
+
+  it("opens the stream on the stream port and talks to a client on the main port, in order", async () => {
+    const r = relay();
+    const alice = await user("alice", await r.listen());
+    const bob = await user("bob");
+    await alice.openDirect(bob.userId);
+    // Registration, the conversation and key calls went to the main port: nothing relayed yet.
+    assert.equal(r.relayed, 0);
+    await Promise.all([alice.connect(), bob.connect()]);
+    assert.ok(r.relayed > 0, "alice's stream did not go through the stream port");
+    await talk(
+      alice,
+      bob,
       Array.from({ length: 10 }, (_, i) => `m${i}`),
     );
+  });
+
+  it("opens the stream on the main port while the stream port cannot be reached, and goes back once it can", async () => {
+    // The stream port's address refuses connections: nothing listens there yet.
+    const r = relay();
+    const port = await freePort();
+    const carol = await user("carol", `http://127.0.0.1:${port}`, { afterMs: 300, retryMs: 1_500 });
+    const dave = await user("dave");
+    // Bounded: a client that never falls back would wait for the stream port for ever.
+    let deadline: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all([carol.connect(), dave.connect()]),
+      new Promise((_, reject) => {
+        deadline = setTimeout(
+          () => reject(new Error("carol's stream did not open on the main port")),
+          10_000,
+        );
+      }),
+    ]).finally(() => clearTimeout(deadline));
+    await talk(carol, dave, ["while the stream port is down"]);
+    await talk(dave, carol, ["to carol on the main port"]);
+    assert.equal(r.relayed, 0);
+
+    // The port answers again; the next stream opened retryMs after its last failure goes there.
+    await r.listen(port);
+    await new Promise((resolve) => setTimeout(resolve, 1_600));
+    carol.reconnect();
+    await eventually(
+      () => r.relayed > 0,
+      () => "carol's stream did not go back to the stream port",
+    );
+    await talk(carol, dave, ["back on the stream port"]);
+    await talk(dave, carol, ["to carol on the stream port"]);
   });
 });

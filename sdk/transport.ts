@@ -15,6 +15,7 @@ import { ConversationService } from "../gen/switchboard/v1/conversations_pb.js";
 import { GatewayService } from "../gen/switchboard/v1/gateway_pb.js";
 import { KeyService } from "../gen/switchboard/v1/keys_pb.js";
 import { MediaService } from "../gen/switchboard/v1/media_pb.js";
+import type { StreamFallback } from "./types.js";
 
 /** The RPCs that run before a device has a token. */
 const UNAUTHENTICATED_METHODS = new Set(["Register", "CreateToken", "LinkDevice"]);
@@ -173,7 +174,12 @@ export interface ConnectionOptions {
    * `serverUrl` too, which serves it either way.
    */
   streamUrl?: string;
+  /** When the stream port cannot be reached: see StreamFallback. */
+  streamFallback?: StreamFallback;
 }
+
+const STREAM_FALLBACK_AFTER_MS = 5_000;
+const STREAM_PORT_RETRY_MS = 60_000;
 
 /** Errors that say "this gateway cannot serve you now", as opposed to "your request is wrong". */
 function gatewayUnavailable(err: unknown): boolean {
@@ -289,7 +295,10 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     const baseUrl = options.streamUrl.replace(/\/+$/, "");
     streamSessions = new Http2SessionManager(baseUrl, { pingIntervalMs: 15_000, pingTimeoutMs: 10_000 });
     const streams = createGrpcTransport({ baseUrl, sessionManager: streamSessions, interceptors: [auth] });
-    gatewayTransport = streamOnly(transport, streams);
+    gatewayTransport = streamOnly(
+      transport,
+      streamPortFirst(streams, transport, options.streamFallback ?? {}),
+    );
   }
   return {
     accounts: createClient(AccountService, transport),
@@ -307,12 +316,50 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
 }
 
 /** A transport that sends the device stream (GatewayService.Connect) one way and the rest another. */
-function streamOnly(rest: Transport, streams: Transport): Transport {
+function streamOnly(rest: Transport, deviceStream: Transport["stream"]): Transport {
   return {
     unary: (...args) => rest.unary(...args),
     stream: (...args: Parameters<Transport["stream"]>) =>
-      (args[0] === GatewayService.method.connect ? streams : rest).stream(...args),
+      args[0] === GatewayService.method.connect ? deviceStream(...args) : rest.stream(...args),
   } as Transport;
+}
+
+/**
+ * Opens streams on the stream port while it answers, and on `fallback` (the server URL) once it
+ * has failed for StreamFallback.afterMs, until StreamFallback.retryMs after its last failure.
+ * Only the opening counts: a stream that opened and later broke says nothing of the port that
+ * its next opening does not say better. The failed opening itself is not retried here; the
+ * stream's reconnect loop makes the next attempt, as for any stream that fails.
+ */
+function streamPortFirst(
+  streamPort: Transport,
+  fallback: Transport,
+  timing: StreamFallback,
+): Transport["stream"] {
+  const afterMs = timing.afterMs ?? STREAM_FALLBACK_AFTER_MS;
+  const retryMs = timing.retryMs ?? STREAM_PORT_RETRY_MS;
+  /** When the stream port's current run of failed openings began; undefined while it answers. */
+  let failingSince: number | undefined;
+  let lastFailure = 0;
+  const open = async (...args: Parameters<Transport["stream"]>) => {
+    const now = Date.now();
+    if (failingSince !== undefined && now - failingSince >= afterMs && now - lastFailure < retryMs) {
+      return fallback.stream(...args);
+    }
+    try {
+      const response = await streamPort.stream(...args);
+      failingSince = undefined;
+      return response;
+    } catch (err) {
+      if (gatewayUnavailable(err)) {
+        lastFailure = Date.now();
+        failingSince ??= lastFailure;
+      }
+      throw err;
+    }
+  };
+  // Generic in the call's message types as Transport["stream"] is; the calls pass through whole.
+  return open as Transport["stream"];
 }
 
 /**

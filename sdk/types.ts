@@ -407,6 +407,27 @@ export interface CallParticipantRef {
 /** A listener; an "entry" listener may return a promise to hold back the ack until it settles. */
 export type Listener<T> = (event: T) => unknown;
 
+/**
+ * When the device stream leaves the stream port (`streamUrl`) for the server URL. The server
+ * URL serves device streams too, so a stream port that is down, or blocked on the device's
+ * network, costs the device nothing but the wait.
+ */
+export interface StreamFallback {
+  /**
+   * Once attempts to open the stream on the stream port have failed as unreachable or
+   * unavailable for this long, the stream opens on the server URL instead. Default 5,000 ms:
+   * longer than a stream thread takes to start again after a failure (about a second), so a
+   * thread's restart does not move a deployment's devices to the main port for good.
+   */
+  afterMs?: number;
+  /**
+   * After falling back, the stream port is tried again by the first stream opened this long
+   * after it last failed. Default 60,000 ms. A stream that fell back stays on the server URL
+   * until it ends.
+   */
+  retryMs?: number;
+}
+
 /** How the client reconnects and keeps the stream alive. All durations in milliseconds. */
 export interface ClientTuning {
   /** First reconnect delay cap (full jitter). Default 250. */
@@ -455,6 +476,11 @@ export interface OpenOptions extends ClientTuning {
    * stream opens there, every other call on the server URL. Not stored in the profile.
    */
   streamUrl?: string;
+  /**
+   * When the stream port cannot be reached, the stream opens on the server URL instead: after
+   * 5 s of failed attempts there, and for 60 s after its last failure (StreamFallback).
+   */
+  streamFallback?: StreamFallback;
   /** Payload codec; defaults to the identity (plaintext) codec. Applies to group payloads. */
   codec?: PayloadCodec;
   /**

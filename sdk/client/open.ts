@@ -18,6 +18,7 @@ export async function openContext(options: OpenOptions, defaultCodec: PayloadCod
     unaryTimeoutMs: UNARY_TIMEOUT_MS,
     ...(options.alternateUrls !== undefined && { alternateUrls: options.alternateUrls }),
     ...(options.streamUrl !== undefined && { streamUrl: options.streamUrl }),
+    ...(options.streamFallback !== undefined && { streamFallback: options.streamFallback }),
   });
   const events = new Emitter();
   // A profile made with encryption stays encrypted unless the app says otherwise: one that lost

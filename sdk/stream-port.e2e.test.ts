@@ -61,6 +61,7 @@ describe("SwitchboardClient with a stream port", () => {
   let base: string;
   let server: Awaited<ReturnType<typeof startServer>>;
   const relays: CountingRelay[] = [];
+  const silentSockets = new Set<Socket>();
   const clients: SwitchboardClient[] = [];
 
   before(async () => {
@@ -138,6 +139,40 @@ describe("SwitchboardClient with a stream port", () => {
       bob,
       Array.from({ length: 10 }, (_, i) => `m${i}`),
     );
+  });
+
+  it("gives up on a stream port that leaves its opening unanswered, and opens on the main port", async () => {
+    // A port that takes connections and never answers, as one behind a firewall that drops
+    // packets looks to a client: the opening would wait for ever without its own deadline.
+    const silent = createServer((socket) => {
+      socket.on("error", () => {});
+      silentSockets.add(socket);
+    });
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const address = silent.address();
+    if (address === null || typeof address === "string") throw new Error("no port");
+    try {
+      const erin = await user("erin", `http://127.0.0.1:${address.port}`, {
+        afterMs: 500,
+        openTimeoutMs: 300,
+      });
+      const frank = await user("frank");
+      let deadline: NodeJS.Timeout | undefined;
+      await Promise.race([
+        Promise.all([erin.connect(), frank.connect()]),
+        new Promise((_, reject) => {
+          deadline = setTimeout(
+            () => reject(new Error("erin's stream did not open on the main port")),
+            10_000,
+          );
+        }),
+      ]).finally(() => clearTimeout(deadline));
+      assert.ok(silentSockets.size > 0, "erin never tried the stream port");
+      await talk(erin, frank, ["past a silent stream port"]);
+    } finally {
+      for (const socket of silentSockets) socket.destroy();
+      await new Promise<void>((resolve) => silent.close(() => resolve()));
+    }
   });
 
   it("opens the stream on the main port while the stream port cannot be reached, and goes back once it can", async () => {

@@ -180,6 +180,7 @@ export interface ConnectionOptions {
 
 const STREAM_FALLBACK_AFTER_MS = 5_000;
 const STREAM_PORT_RETRY_MS = 60_000;
+const STREAM_PORT_OPEN_TIMEOUT_MS = 10_000;
 
 /** Errors that say "this gateway cannot serve you now", as opposed to "your request is wrong". */
 function gatewayUnavailable(err: unknown): boolean {
@@ -328,7 +329,9 @@ function streamOnly(rest: Transport, deviceStream: Transport["stream"]): Transpo
  * Opens streams on the stream port while it answers, and on `fallback` (the server URL) once it
  * has failed for StreamFallback.afterMs, until StreamFallback.retryMs after its last failure.
  * Only the opening counts: a stream that opened and later broke says nothing of the port that
- * its next opening does not say better. The failed opening itself is not retried here; the
+ * its next opening does not say better. An opening the port leaves unanswered (a firewall that
+ * drops what it does not let through answers nothing at all) fails after
+ * StreamFallback.openTimeoutMs. The failed opening itself is not retried here; the
  * stream's reconnect loop makes the next attempt, as for any stream that fails.
  */
 function streamPortFirst(
@@ -338,6 +341,7 @@ function streamPortFirst(
 ): Transport["stream"] {
   const afterMs = timing.afterMs ?? STREAM_FALLBACK_AFTER_MS;
   const retryMs = timing.retryMs ?? STREAM_PORT_RETRY_MS;
+  const openTimeoutMs = timing.openTimeoutMs ?? STREAM_PORT_OPEN_TIMEOUT_MS;
   /** When the stream port's current run of failed openings began; undefined while it answers. */
   let failingSince: number | undefined;
   let lastFailure = 0;
@@ -346,8 +350,28 @@ function streamPortFirst(
     if (failingSince !== undefined && now - failingSince >= afterMs && now - lastFailure < retryMs) {
       return fallback.stream(...args);
     }
+    const [method, signal, timeoutMs, header, input, contextValues] = args;
+    // The caller's signal still ends the stream after it opened; the timer only its opening.
+    const opening = new AbortController();
+    const follow = () => opening.abort(signal?.reason);
+    if (signal?.aborted) follow();
+    else signal?.addEventListener("abort", follow, { once: true });
+    const timer = setTimeout(
+      () =>
+        opening.abort(
+          new ConnectError(`the stream port did not answer within ${openTimeoutMs} ms`, Code.Unavailable),
+        ),
+      openTimeoutMs,
+    );
     try {
-      const response = await streamPort.stream(...args);
+      const response = await streamPort.stream(
+        method,
+        opening.signal,
+        timeoutMs,
+        header,
+        input,
+        contextValues,
+      );
       failingSince = undefined;
       return response;
     } catch (err) {
@@ -356,6 +380,8 @@ function streamPortFirst(
         failingSince ??= lastFailure;
       }
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
   };
   // Generic in the call's message types as Transport["stream"] is; the calls pass through whole.

@@ -426,6 +426,13 @@ export interface StreamFallback {
    * until it ends.
    */
   retryMs?: number;
+  /**
+   * An attempt to open the stream on the stream port that has no answer (the response's
+   * headers) within this long fails as unavailable and counts as a failed attempt. Default
+   * 10,000 ms. A firewall that drops packets to a port it does not let through answers nothing,
+   * where a closed port refuses at once.
+   */
+  openTimeoutMs?: number;
 }
 
 /** How the client reconnects and keeps the stream alive. All durations in milliseconds. */

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { freePort } from "../services/mesh/servers.js";
 import { startServer } from "../services/server/index.js";
+import { within } from "../test/helpers/expect.js";
 import { eventually } from "../test/helpers/inbox.js";
 import { SwitchboardClient } from "./client.js";
 import type { IncomingEntry, StreamFallback } from "./types.js";
@@ -157,16 +158,11 @@ describe("SwitchboardClient with a stream port", () => {
         openTimeoutMs: 300,
       });
       const frank = await user("frank");
-      let deadline: NodeJS.Timeout | undefined;
-      await Promise.race([
+      await within(
         Promise.all([erin.connect(), frank.connect()]),
-        new Promise((_, reject) => {
-          deadline = setTimeout(
-            () => reject(new Error("erin's stream did not open on the main port")),
-            10_000,
-          );
-        }),
-      ]).finally(() => clearTimeout(deadline));
+        10_000,
+        "erin's stream did not open on the main port",
+      );
       assert.ok(silentSockets.size > 0, "erin never tried the stream port");
       await talk(erin, frank, ["past a silent stream port"]);
     } finally {
@@ -182,16 +178,11 @@ describe("SwitchboardClient with a stream port", () => {
     const carol = await user("carol", `http://127.0.0.1:${port}`, { afterMs: 300, retryMs: 1_500 });
     const dave = await user("dave");
     // Bounded: a client that never falls back would wait for the stream port for ever.
-    let deadline: NodeJS.Timeout | undefined;
-    await Promise.race([
+    await within(
       Promise.all([carol.connect(), dave.connect()]),
-      new Promise((_, reject) => {
-        deadline = setTimeout(
-          () => reject(new Error("carol's stream did not open on the main port")),
-          10_000,
-        );
-      }),
-    ]).finally(() => clearTimeout(deadline));
+      10_000,
+      "carol's stream did not open on the main port",
+    );
     await talk(carol, dave, ["while the stream port is down"]);
     await talk(dave, carol, ["to carol on the main port"]);
     assert.equal(r.relayed, 0);

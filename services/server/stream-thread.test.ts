@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import { after, describe, it } from "node:test";
 import type { Worker } from "node:worker_threads";
+import { DEVICE_STREAM_HEADERS } from "../../test/helpers/raw-grpc.js";
 import { defaultEdgeLimits } from "../common/config.js";
 import { moduleWorker, siblingModule } from "../common/module-worker.js";
-import { DEVICE_STREAM_PATH } from "./device-stream-request.js";
 import {
   FROM_THREAD,
   forEachOp,
@@ -22,14 +22,6 @@ import {
  * (stream-threads.ts) never does on purpose, fall behind. stream-threads.test.ts tests the two
  * together.
  */
-
-const GRPC_HEADERS = {
-  ":method": "POST",
-  ":path": DEVICE_STREAM_PATH,
-  "content-type": "application/grpc",
-  te: "trailers",
-  authorization: "Bearer token-1",
-};
 
 /** A main thread that reads every stream the thread opens, and says it handled the bytes only when told to. */
 async function startThread() {
@@ -131,7 +123,7 @@ describe("the stream thread", () => {
     const CHUNK = 16 * 1024;
     const sent = new Array<number>(STREAMS).fill(0);
     for (let i = 0; i < STREAMS; i++) {
-      const req = session.request(GRPC_HEADERS);
+      const req = session.request(DEVICE_STREAM_HEADERS);
       req.on("error", () => {});
       const all = body(i + 1, PER_STREAM);
       void (async () => {

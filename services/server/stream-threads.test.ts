@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import { after, describe, it } from "node:test";
+import { DEVICE_STREAM_HEADERS } from "../../test/helpers/raw-grpc.js";
 import { defaultEdgeLimits, type EdgeLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
 import { Refusals } from "../common/refusals.js";
@@ -16,14 +17,6 @@ import { type StreamPort, serveStreamPort } from "./stream-threads.js";
  * device stream's fast path that records what it is given. The fast path itself on this port
  * is tested end to end with stock clients in test/e2e/device-stream-wire.test.ts.
  */
-
-const GRPC_HEADERS = {
-  ":method": "POST",
-  ":path": DEVICE_STREAM_PATH,
-  "content-type": "application/grpc",
-  te: "trailers",
-  authorization: "Bearer token-1",
-};
 
 interface Served {
   stream: DeviceHttp2Stream;
@@ -93,7 +86,7 @@ describe("the stream port", () => {
 
   it("hands a device stream's headers and body to this thread, and its answer and trailers back", async () => {
     const { port, streams } = await start();
-    const req = connect(port.url).request(GRPC_HEADERS);
+    const req = connect(port.url).request(DEVICE_STREAM_HEADERS);
     const served = streams.next();
     req.write(Buffer.from("hello "));
     const s = await served;
@@ -124,7 +117,7 @@ describe("the stream port", () => {
   it("write says wait while the device does not read, and drain comes once it does", async () => {
     const { port, streams } = await start();
     const session = connect(port.url);
-    const req = session.request(GRPC_HEADERS);
+    const req = session.request(DEVICE_STREAM_HEADERS);
     const s = await streams.next();
     s.stream.respond({ ":status": 200, "content-type": "application/grpc" }, { waitForTrailers: true });
     // The client reads nothing: HTTP/2's windows (64 KiB for the stream and the connection)
@@ -156,13 +149,16 @@ describe("the stream port", () => {
   it("answers anything but a device stream UNIMPLEMENTED (gRPC) or 404, and never hands it over", async () => {
     const { port, streams } = await start();
     const session = connect(port.url);
-    const req = session.request({ ...GRPC_HEADERS, ":path": "/switchboard.v1.AccountService/Register" });
+    const req = session.request({
+      ...DEVICE_STREAM_HEADERS,
+      ":path": "/switchboard.v1.AccountService/Register",
+    });
     req.end();
     const headers = await new Promise<http2.IncomingHttpHeaders>((resolve) => req.on("response", resolve));
     assert.equal(headers["grpc-status"], "12");
     assert.match(decodeURIComponent(String(headers["grpc-message"])), /this port serves only/);
 
-    const gzip = session.request({ ...GRPC_HEADERS, "grpc-encoding": "gzip" });
+    const gzip = session.request({ ...DEVICE_STREAM_HEADERS, "grpc-encoding": "gzip" });
     gzip.end();
     const gzHeaders = await new Promise<http2.IncomingHttpHeaders>((resolve) => gzip.on("response", resolve));
     assert.equal(gzHeaders["grpc-status"], "12");
@@ -206,7 +202,7 @@ describe("the stream port", () => {
 
   it("a thread that fails takes its streams with it, and listens again on the same port", async () => {
     const { port, streams } = await start();
-    const req = connect(port.url).request(GRPC_HEADERS);
+    const req = connect(port.url).request(DEVICE_STREAM_HEADERS);
     req.on("error", () => {});
     const s = await streams.next();
     let closed = false;
@@ -220,7 +216,7 @@ describe("the stream port", () => {
     for (;;) {
       const again = connect(port.url);
       const next = streams.next();
-      again.request(GRPC_HEADERS).on("error", () => {});
+      again.request(DEVICE_STREAM_HEADERS).on("error", () => {});
       const served = await Promise.race([next, new Promise((r) => setTimeout(r, 500))]);
       if (served !== undefined) break;
       again.destroy();

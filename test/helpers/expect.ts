@@ -10,3 +10,16 @@ export async function rejectsWith(promise: Promise<unknown>, code: Code, pattern
     return true;
   });
 }
+
+/** Resolves as `promise` does, or fails with "`what`" once `ms` have passed: a wait that cannot hang the suite. */
+export async function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const deadline = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(what)), ms);
+  });
+  try {
+    return await Promise.race([promise, deadline]);
+  } finally {
+    clearTimeout(timer);
+  }
+}

@@ -1,4 +1,14 @@
 import * as http2 from "node:http2";
+import { DEVICE_STREAM_PATH } from "../../services/server/device-stream-request.js";
+
+/** The request headers of a device stream over gRPC, as a stock client sends them, with a stand-in token. */
+export const DEVICE_STREAM_HEADERS = {
+  ":method": "POST",
+  ":path": DEVICE_STREAM_PATH,
+  "content-type": "application/grpc",
+  te: "trailers",
+  authorization: "Bearer token-1",
+} as const;
 
 /** What a raw gRPC call got back. */
 export interface RawGrpcAnswer {

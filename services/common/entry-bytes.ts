@@ -1,5 +1,6 @@
 import { toBinary } from "@bufbuild/protobuf";
 import { type Entry, EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
+import { encodeEntry } from "./hot-encoding.js";
 
 /**
  * Entries already encoded, by object. In one process an entry is one object from the sequencer's
@@ -14,7 +15,7 @@ const encoded = new WeakMap<Entry, Uint8Array>();
 export function entryBytes(entry: Entry): Uint8Array {
   let bytes = encoded.get(entry);
   if (bytes === undefined) {
-    bytes = toBinary(EntrySchema, entry);
+    bytes = encodeEntry(entry) ?? toBinary(EntrySchema, entry);
     encoded.set(entry, bytes);
   }
   return bytes;

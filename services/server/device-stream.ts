@@ -15,6 +15,7 @@ import {
 import type { WireErrors } from "../common/boundary.js";
 import { entryBytes } from "../common/entry-bytes.js";
 import { DeadlineError } from "../common/errors.js";
+import { answerFrame, type SizedFrame, varintSize, writeVarint } from "../common/hot-encoding.js";
 import type { Refusals } from "../common/refusals.js";
 import type { StreamErrors } from "../common/rpc-telemetry.js";
 import { dropUnknownFields, type FrameSink, type GatewayCore } from "../gateway/index.js";
@@ -298,32 +299,19 @@ function readFrames(stream: DeviceHttp2Stream, deps: DeviceStreamDeps, sink: Fra
 const MESSAGE_TAG = (ConnectResponseSchema.field.message!.number << 3) | WireType.LengthDelimited;
 const ENTRIES_TAG = (MessageFrameSchema.field.entries!.number << 3) | WireType.LengthDelimited;
 
-/** The bytes of a varint (a uint32). */
-function varintSize(n: number): number {
-  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
-}
-
-/** Writes a varint (a uint32) at offset; returns the offset after it. */
-function writeVarint(out: Uint8Array, offset: number, n: number): number {
-  let v = n >>> 0;
-  while (v > 0x7f) {
-    out[offset++] = (v & 0x7f) | 0x80;
-    v >>>= 7;
-  }
-  out[offset++] = v;
-  return offset;
-}
-
 /**
  * A frame sized before it is written: a message frame by its entries' bytes (`inner` is the
  * MessageFrame's length), any other frame as toBinary's bytes.
  */
 type Sized =
-  | { size: number; bytes: Uint8Array; entries?: undefined; inner?: undefined }
-  | { size: number; bytes?: undefined; entries: readonly Entry[]; inner: number };
+  | { size: number; bytes: Uint8Array; entries?: undefined; inner?: undefined; frame?: undefined }
+  | { size: number; bytes?: undefined; entries: readonly Entry[]; inner: number; frame?: undefined }
+  | { size: number; bytes?: undefined; entries?: undefined; inner?: undefined; frame: SizedFrame };
 
 function sized(f: ConnectResponse): Sized {
   if (f.frame.case !== "message") {
+    const frame = answerFrame(f);
+    if (frame !== undefined) return { size: frame.size, frame };
     const bytes = toBinary(ConnectResponseSchema, f);
     return { size: bytes.length, bytes };
   }
@@ -337,7 +325,8 @@ function sized(f: ConnectResponse): Sized {
 }
 
 /** Writes a sized frame at offset; returns the offset after it. */
-function writeFrame(s: Sized, out: Uint8Array, offset: number): number {
+function writeFrame(s: Sized, out: Buffer, offset: number): number {
+  if (s.frame !== undefined) return s.frame.write(out, offset);
   if (s.bytes !== undefined) {
     out.set(s.bytes, offset);
     return offset + s.bytes.length;
@@ -361,13 +350,13 @@ function writeFrame(s: Sized, out: Uint8Array, offset: number): number {
  * streams (entryForDevice returns it as is when it carries no per-device ciphertexts), and
  * encoding it 99 times was most of what a group delivery cost. The frame around them is sized
  * first and written straight into its buffer (protobuf-es's writer grew a buffer from 128 bytes
- * and copied it out again for every frame). The bytes are exactly what toBinary writes
- * (frame-encoding.test.ts).
+ * and copied it out again for every frame), as are the send_ack and receipt frames every send
+ * makes (hot-encoding.ts). The bytes are exactly what toBinary writes (frame-encoding.test.ts).
  */
 export function encodeFrame(f: ConnectResponse): Uint8Array {
   const s = sized(f);
   if (s.bytes !== undefined) return s.bytes;
-  const out = new Uint8Array(s.size);
+  const out = Buffer.alloc(s.size);
   writeFrame(s, out, 0);
   return out;
 }

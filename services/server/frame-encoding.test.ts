@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { clone, create, fromBinary, toBinary } from "@bufbuild/protobuf";
 import { EntrySchema } from "../../gen/switchboard/v1/entry_pb.js";
-import { ConnectResponseSchema } from "../../gen/switchboard/v1/gateway_pb.js";
+import { ConnectResponseSchema, ReceiptKind } from "../../gen/switchboard/v1/gateway_pb.js";
 import { entryBytes } from "../common/entry-bytes.js";
 import { encodeFrame, encodeFrames } from "./device-stream.js";
 
@@ -44,6 +44,12 @@ describe("device stream frame encoding", () => {
         },
       }),
       create(ConnectResponseSchema, { frame: { case: "sendAck", value: { clientMsgId: "m1", seq: 5n } } }),
+      create(ConnectResponseSchema, {
+        frame: {
+          case: "sendAck",
+          value: { clientMsgId: "m–2", conversationId: "c", seq: 6n, expiresAtMs: 2n ** 41n },
+        },
+      }),
       create(ConnectResponseSchema, { frame: { case: "pong", value: { nonce: 9n } } }),
     ];
     for (const f of frames)
@@ -83,6 +89,21 @@ describe("device stream frame encoding", () => {
       }),
       create(ConnectResponseSchema, { frame: { case: "sendAck", value: { clientMsgId: "m9", seq: 9n } } }),
       create(ConnectResponseSchema, { frame: { case: "message", value: { entries: [] } } }),
+      // Written in place by hot-encoding.ts, between other frames, non-ASCII text included.
+      create(ConnectResponseSchema, {
+        frame: {
+          case: "receipts",
+          value: {
+            receipts: [
+              { conversationId: "c_é😀", userId: "u_中", kind: ReceiptKind.READ, upToSeq: 300n, timeMs: 1n },
+              { conversationId: "c_2", userId: "u_b", kind: ReceiptKind.DELIVERED, upToSeq: 2n ** 40n },
+            ],
+          },
+        },
+      }),
+      create(ConnectResponseSchema, {
+        frame: { case: "receipt", value: { conversationId: "c_3", userId: "u_c", kind: ReceiptKind.READ } },
+      }),
       create(ConnectResponseSchema, {
         frame: { case: "message", value: { entries: [entry(23, new Array(20_000).fill(1)), shared] } },
       }),

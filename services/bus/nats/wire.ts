@@ -6,6 +6,7 @@ import { fromBinary, toBinary } from "@bufbuild/protobuf";
 import { BinaryReader, BinaryWriter, WireType } from "@bufbuild/protobuf/wire";
 import { headers, type JsMsg, type MsgHdrs } from "nats";
 import { type BusEvent, BusEventSchema } from "../../../gen/switchboard/internal/v1/events_pb.js";
+import { varintSize } from "../../common/hot-encoding.js";
 
 /**
  * A committed event's payload: the event without its trace context, which rides in NATS headers
@@ -67,15 +68,6 @@ export function packRepeated(items: readonly Uint8Array[], limit: number): Uint8
   }
   if (count > 0) payloads.push(writer.finish());
   return payloads;
-}
-
-function varintSize(n: number): number {
-  let size = 1;
-  while (n >= 0x80) {
-    n = Math.floor(n / 0x80);
-    size++;
-  }
-  return size;
 }
 
 /** The events of a payload packed by packRepeated; throws on bytes that do not decode. */

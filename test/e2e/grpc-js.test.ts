@@ -112,20 +112,44 @@ describe("plain @grpc/grpc-js client loaded from the .proto files", () => {
         message: { payload: Buffer.from("hello from grpc-js") },
       },
     });
-    const ack = (await acked) as Frame & { sendAck: { seq: string } };
+    // The send_ack, the entry and the receipt are encoded by hand on the server
+    // (services/common/hot-encoding.ts); protobufjs, another implementation, reads every field.
+    const ack = (await acked) as Frame & {
+      sendAck: { seq: string; clientMsgId: string; conversationId: string; serverTimeMs: string };
+    };
     assert.equal(ack.sendAck.seq, "2");
+    assert.equal(ack.sendAck.clientMsgId, "native-1");
+    assert.equal(ack.sendAck.conversationId, id);
+    assert.ok(Math.abs(Number(ack.sendAck.serverTimeMs) - Date.now()) < 60_000);
     const message = (await received) as Frame & {
       message: { entries: Array<{ seq: string; message: { payload: Buffer }; senderUserId: string }> };
     };
-    const entry = message.message.entries.find((e) => e.seq === "2");
+    const entry = message.message.entries.find((e) => e.seq === "2") as
+      | ((typeof message.message.entries)[number] & {
+          clientMsgId: string;
+          conversationId: string;
+          serverTimeMs: string;
+        })
+      | undefined;
     assert.equal(entry?.senderUserId, a.user.userId);
+    assert.equal(entry?.clientMsgId, "native-1");
+    assert.equal(entry?.conversationId, id);
+    assert.equal(entry?.serverTimeMs, ack.sendAck.serverTimeMs);
     assert.equal(Buffer.from(entry!.message.payload).toString(), "hello from grpc-js");
     assert.equal(framesB[0]?.frame, "ready");
     streamB.write({ ack: { cursors: [{ conversationId: id, seq: "2" }] } });
     const receipt = await new Promise<Frame>((resolve) =>
       streamA.on("data", (f: Frame) => f.frame === "receipt" && resolve(f)),
     );
-    assert.equal((receipt as Frame & { receipt: { upToSeq: string } }).receipt.upToSeq, "2");
+    const r = (
+      receipt as Frame & {
+        receipt: { upToSeq: string; conversationId: string; userId: string; kind: string };
+      }
+    ).receipt;
+    assert.equal(r.upToSeq, "2");
+    assert.equal(r.conversationId, id);
+    assert.equal(r.userId, b.user.userId);
+    assert.equal(r.kind, "RECEIPT_KIND_DELIVERED");
 
     // Errors arrive as gRPC status codes a native client understands.
     await assert.rejects(

@@ -175,7 +175,10 @@ function int64(v: bigint): number {
 /** UTF-8 bytes of s, as TextEncoder writes it (a lone surrogate becomes U+FFFD, 3 bytes). */
 const utf8Length = (s: string): number => Buffer.byteLength(s, "utf8");
 
+/** Writes s's UTF-8 bytes (bytes of them, from utf8Length) at at; returns the offset after them. */
 function writeString(out: Buffer, at: number, s: string, bytes: number): number {
+  // As many bytes as UTF-16 units only when every unit is ASCII (any other takes 2 bytes or more
+  // per unit): the ids the server writes, copied without a call into C++.
   if (bytes === s.length) {
     for (let i = 0; i < bytes; i++) out[at + i] = s.charCodeAt(i);
   } else {

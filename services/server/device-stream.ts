@@ -301,7 +301,8 @@ const ENTRIES_TAG = (MessageFrameSchema.field.entries!.number << 3) | WireType.L
 
 /**
  * A frame sized before it is written: a message frame by its entries' bytes (`inner` is the
- * MessageFrame's length), any other frame as toBinary's bytes.
+ * MessageFrame's length), a send_ack or receipt frame by its encoder in hot-encoding.ts (written
+ * in place), any other frame as toBinary's bytes.
  */
 type Sized =
   | { size: number; bytes: Uint8Array; entries?: undefined; inner?: undefined; frame?: undefined }

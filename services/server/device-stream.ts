@@ -375,7 +375,11 @@ export function encodeFrames(batch: readonly ConnectResponse[]): Buffer {
   for (const s of sizes) {
     out[offset] = 0;
     out.writeUInt32BE(s.size, offset + 1);
+    const end = offset + 5 + s.size;
     offset = writeFrame(s, out, offset + 5);
+    // The buffer is not zeroed: a frame written short or long would send old memory, or shift
+    // every frame after it. A bug here ends the stream instead.
+    if (offset !== end) throw new Error(`frame encoding wrote ${offset - end + s.size} of ${s.size} bytes`);
   }
   return out;
 }

@@ -63,6 +63,10 @@ function singleServerLines(r: Report): string[] {
     el === undefined
       ? "event loop       n/a (no probe)"
       : `event loop       server main thread utilisation ${fixed(100 * el.utilization)} %, delay p99 up to ${fixed(el.delayP99MaxMs)} ms, max ${fixed(el.delayMaxMs)} ms`,
+    ...r.serverWorkerEventLoops.map(
+      (w) =>
+        `                 worker thread ${w.thread}: utilisation ${fixed(100 * w.utilization)} %, delay p99 up to ${fixed(w.delayP99MaxMs)} ms, max ${fixed(w.delayMaxMs)} ms`,
+    ),
     `server memory    before connect ${mem(m.beforeConnect)}, connected ${mem(m.afterConnect)}, end ${mem(m.end)}, peak RSS ${m.peakRssBytes === undefined ? "n/a" : `${fixed(mib(m.peakRssBytes))} MiB`}${m.beforeConnect?.afterGc ? " (snapshots after a full GC)" : ""}`,
     d
       ? `per device       ${perDevice(d)} per connected device (growth from before the first stream)`

@@ -33,18 +33,21 @@ export const RAISED_LIMITS: Record<string, string> = {
 
 /**
  * Preloaded into the spawned server with --import (no server code changes): once a second it
- * reports the main thread's event-loop utilisation and delay and the process's memory on
- * stderr; on SIGUSR2 it runs a full GC (the server gets --expose-gc) and reports memory, so
- * memory per device is not blurred by garbage that merely has not been collected yet.
+ * reports its thread's event-loop utilisation and delay and the process's memory on stderr; on
+ * SIGUSR2 it runs a full GC (the server gets --expose-gc) and reports memory, so memory per
+ * device is not blurred by garbage that merely has not been collected yet. Worker threads inherit
+ * --import, so the probe runs in each of them too (the store's write thread, the stream thread):
+ * every line names its thread, and the main thread's figures are its own lines alone.
  */
 const PROBE = `
 import { monitorEventLoopDelay, performance } from "node:perf_hooks";
+import { isMainThread, threadId } from "node:worker_threads";
 const delay = monitorEventLoopDelay({ resolution: 10 });
 delay.enable();
 let last = performance.eventLoopUtilization();
 const report = (kind) => {
   const m = process.memoryUsage();
-  const line = { kind, t: performance.timeOrigin + performance.now(), rss: m.rss, heapUsed: m.heapUsed, external: m.external };
+  const line = { kind, thread: threadId, t: performance.timeOrigin + performance.now(), rss: m.rss, heapUsed: m.heapUsed, external: m.external };
   if (kind === "tick") {
     const now = performance.eventLoopUtilization();
     line.elu = performance.eventLoopUtilization(now, last).utilization;
@@ -56,7 +59,7 @@ const report = (kind) => {
   process.stderr.write("@@probe " + JSON.stringify(line) + "\\n");
 };
 setInterval(() => report("tick"), 1000).unref();
-process.on("SIGUSR2", () => {
+if (isMainThread) process.on("SIGUSR2", () => {
   if (typeof globalThis.gc === "function") globalThis.gc();
   report("gc");
 });
@@ -68,6 +71,11 @@ export const PROBE_NODE_ARGS = [
   `--import=data:text/javascript;base64,${Buffer.from(PROBE).toString("base64")}`,
 ];
 
+/** Whether a sample is the main thread's (its event loop, not a worker thread's). */
+export function onMainThread(s: ProbeSample): boolean {
+  return (s.thread ?? 0) === 0;
+}
+
 /** The probe's sample if the stderr line is one. */
 export function parseProbeLine(line: string): ProbeSample | undefined {
   return line.startsWith("@@probe ") ? (JSON.parse(line.slice(8)) as ProbeSample) : undefined;
@@ -76,12 +84,14 @@ export function parseProbeLine(line: string): ProbeSample | undefined {
 /** One line from the probe. */
 export interface ProbeSample {
   kind: "tick" | "gc";
+  /** The thread that reported: 0 is the main thread, others are worker threads (absent: 0). */
+  thread?: number;
   /** performance.timeOrigin + performance.now() in the server, in ms. */
   t: number;
   rss: number;
   heapUsed: number;
   external: number;
-  /** Main-thread event-loop utilisation over the last second (0..1). */
+  /** The thread's event-loop utilisation over the last second (0..1). */
   elu?: number;
   /** Event-loop delay over the last second, in ms. */
   delayP99?: number;

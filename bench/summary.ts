@@ -4,7 +4,7 @@ import type { LoadStats } from "./load.js";
 import type { CpuMark, MemorySnapshot } from "./measure.js";
 import type { BenchMeshProcess } from "./mesh.js";
 import type { Options } from "./options.js";
-import { type ProbeSample, RAISED_LIMITS } from "./server.js";
+import { onMainThread, type ProbeSample, RAISED_LIMITS } from "./server.js";
 
 /** A load run's figures, gathered from the generators' stats and the measurements around them. */
 
@@ -59,7 +59,9 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
     const cpuSeconds = a && b ? b.all - a.all : undefined;
     const mainSeconds = a && b && p.node ? b.main - a.main : undefined;
     const switches = a && b ? b.switches - a.switches : undefined;
-    const ticks = p.samples.filter((s) => s.t > windowStart + 500 && s.t <= windowEnd + 500);
+    const ticks = p.samples.filter(
+      (s) => onMainThread(s) && s.t > windowStart + 500 && s.t <= windowEnd + 500,
+    );
     return {
       name: p.name,
       role: p.role,
@@ -196,7 +198,8 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
     memHalf === undefined || ctx.halfDevices === undefined
       ? undefined
       : growthPerDevice(memHalf, memConnected, connectedNow - ctx.halfDevices);
-  const elu = ctx.probe.map((s) => s.elu ?? 0);
+  const mainProbe = ctx.probe.filter(onMainThread);
+  const elu = mainProbe.map((s) => s.elu ?? 0);
   const duration = opts.duration;
   const rate = (n: number) => (duration > 0 ? n / duration : 0);
   return {
@@ -290,9 +293,10 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
         ? undefined
         : {
             utilization: elu.reduce((a, b) => a + b, 0) / elu.length,
-            delayP99MaxMs: Math.max(...ctx.probe.map((s) => s.delayP99 ?? 0)),
-            delayMaxMs: Math.max(...ctx.probe.map((s) => s.delayMax ?? 0)),
+            delayP99MaxMs: Math.max(...mainProbe.map((s) => s.delayP99 ?? 0)),
+            delayMaxMs: Math.max(...mainProbe.map((s) => s.delayMax ?? 0)),
           },
+    serverWorkerEventLoops: workerLoops(ctx.probe),
     serverMemory: {
       beforeConnect: memBefore,
       afterConnect: memConnected,
@@ -309,6 +313,28 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
 
 /** A run's report. */
 export type Report = ReturnType<typeof summarize>;
+
+/**
+ * The worker threads' event loops, one line each: the store's write thread, and the stream
+ * thread with SWITCHBOARD_STREAM_PORT. A write thread's loop is "delayed" by its own commits (it
+ * applies them synchronously, fsync included), so its delay is its commit time, not a stall of
+ * anything a device waits on; the stream thread's delay is one.
+ */
+function workerLoops(probe: readonly ProbeSample[]) {
+  const byThread = new Map<number, ProbeSample[]>();
+  for (const s of probe) {
+    if (onMainThread(s)) continue;
+    const list = byThread.get(s.thread!) ?? [];
+    list.push(s);
+    byThread.set(s.thread!, list);
+  }
+  return [...byThread].map(([thread, samples]) => ({
+    thread,
+    utilization: samples.reduce((n, s) => n + (s.elu ?? 0), 0) / samples.length,
+    delayP99MaxMs: Math.max(...samples.map((s) => s.delayP99 ?? 0)),
+    delayMaxMs: Math.max(...samples.map((s) => s.delayMax ?? 0)),
+  }));
+}
 
 /** The growth from one memory snapshot to a later one, per device connected between them. */
 function growthPerDevice(from: MemorySnapshot | undefined, to: MemorySnapshot | undefined, devices: number) {

@@ -1,0 +1,315 @@
+/**
+ * The latency floor under the 1:1 targets: a server that speaks the device protocol the bench
+ * speaks, frame for frame, and does nothing else. It holds users, conversations and seqs in
+ * memory; it stores nothing, syncs nothing, checks no token and no membership, bounds nothing;
+ * every send is answered (send_ack) and relayed (a message frame to the other members' streams)
+ * in the turn that reads it, and every ack turns into a receipts frame for the other members, as
+ * the server's do with batch_receipts. It is what the bench's numbers would be if the server cost
+ * nothing but node:http2 and protobuf-es: run `npm run bench` against it and the difference from
+ * a run against `switchboard start` is what Switchboard's own work costs, latency included.
+ *
+ *   node_modules/.bin/tsx bench/relay-floor.ts [port]     # prints its URL and pid, then a line a second
+ *   npm run bench -- --url URL --server-pid PID --devices 1000 --rate 5000 --duration 20
+ *
+ * Written plainly on purpose: frames through protobuf-es's create and toBinary, one write per
+ * stream per turn (as the server batches), unary calls answered on the raw HTTP/2 stream. Once a
+ * second it prints its main thread's event-loop utilisation and its longest delay (10 ms
+ * resolution), the figures the bench's probe reports for the real server. Nothing of services/
+ * is loaded; gen/ is, for the schemas. Not for anything but measuring: it serves anyone who asks.
+ */
+import * as http2 from "node:http2";
+import { monitorEventLoopDelay, performance } from "node:perf_hooks";
+import {
+  create,
+  type DescMessage,
+  fromBinary,
+  type MessageInitShape,
+  type MessageShape,
+  toBinary,
+} from "@bufbuild/protobuf";
+import {
+  AccountService,
+  CreateTokenRequestSchema,
+  CreateTokenResponseSchema,
+  RegisterRequestSchema,
+  RegisterResponseSchema,
+} from "../gen/switchboard/v1/accounts_pb.js";
+import {
+  ConversationService,
+  CreateGroupRequestSchema,
+  CreateGroupResponseSchema,
+  OpenDirectRequestSchema,
+  OpenDirectResponseSchema,
+} from "../gen/switchboard/v1/conversations_pb.js";
+import { EntrySchema } from "../gen/switchboard/v1/entry_pb.js";
+import {
+  type ConnectRequest,
+  ConnectRequestSchema,
+  ConnectResponseSchema,
+  GatewayService,
+  ReceiptKind,
+} from "../gen/switchboard/v1/gateway_pb.js";
+
+interface Conversation {
+  id: string;
+  /** Member user ids. */
+  members: string[];
+  seq: bigint;
+}
+
+/** One device's open Connect stream and the frames it has waiting for this turn's write. */
+interface Device {
+  userId: string;
+  deviceId: string;
+  stream: http2.ServerHttp2Stream;
+  pending: Uint8Array[];
+  pendingBytes: number;
+}
+
+const users = new Map<string, { username: string }>();
+/** Device ids (which are also their access tokens here) by user, and users by device. */
+const userOfDevice = new Map<string, string>();
+const conversations = new Map<string, Conversation>();
+/** Live streams by user (the bench gives each user one device). */
+const live = new Map<string, Device>();
+let nextId = 0;
+const id = (prefix: string) => `${prefix}${(++nextId).toString(36)}`;
+
+// ---- gRPC framing ----
+
+function frame(body: Uint8Array): Uint8Array {
+  const out = new Uint8Array(5 + body.length);
+  new DataView(out.buffer).setUint32(1, body.length);
+  out.set(body, 5);
+  return out;
+}
+
+/** Splits whole length-prefixed messages off `buffer`; returns them and what is left. */
+function messages(buffer: Buffer): { bodies: Buffer[]; rest: Buffer } {
+  const bodies: Buffer[] = [];
+  let offset = 0;
+  while (buffer.length - offset >= 5) {
+    const length = buffer.readUInt32BE(offset + 1);
+    if (buffer.length - offset < 5 + length) break;
+    bodies.push(buffer.subarray(offset + 5, offset + 5 + length));
+    offset += 5 + length;
+  }
+  return { bodies, rest: buffer.subarray(offset) };
+}
+
+// ---- unary calls: just what the bench's setup asks ----
+
+type Unary = (body: Buffer, caller: string | undefined) => Uint8Array;
+
+function unary<I extends DescMessage, O extends DescMessage>(
+  input: I,
+  output: O,
+  fn: (req: MessageShape<I>, caller: string | undefined) => MessageShape<O>,
+): Unary {
+  return (body, caller) => toBinary(output, fn(fromBinary(input, body), caller));
+}
+
+const UNARY = new Map<string, Unary>([
+  [
+    `/${AccountService.typeName}/Register`,
+    unary(RegisterRequestSchema, RegisterResponseSchema, (req) => {
+      const userId = id("u");
+      const deviceId = id("d");
+      users.set(userId, { username: req.username });
+      userOfDevice.set(deviceId, userId);
+      return create(RegisterResponseSchema, {
+        user: { userId, username: req.username },
+        credential: { userId, deviceId, deviceSecret: deviceId },
+      });
+    }),
+  ],
+  [
+    `/${AccountService.typeName}/CreateToken`,
+    unary(CreateTokenRequestSchema, CreateTokenResponseSchema, (req) =>
+      create(CreateTokenResponseSchema, { accessToken: req.deviceId }),
+    ),
+  ],
+  [
+    `/${ConversationService.typeName}/OpenDirect`,
+    unary(OpenDirectRequestSchema, OpenDirectResponseSchema, (req, caller) =>
+      create(OpenDirectResponseSchema, {
+        conversation: { conversationId: open([userOfDevice.get(caller ?? "") ?? "", req.peerUserId]) },
+      }),
+    ),
+  ],
+  [
+    `/${ConversationService.typeName}/CreateGroup`,
+    unary(CreateGroupRequestSchema, CreateGroupResponseSchema, (req, caller) =>
+      create(CreateGroupResponseSchema, {
+        conversation: {
+          conversationId: open([userOfDevice.get(caller ?? "") ?? "", ...req.memberUserIds]),
+        },
+      }),
+    ),
+  ],
+]);
+
+function open(members: string[]): string {
+  const c: Conversation = { id: id("c"), members, seq: 0n };
+  conversations.set(c.id, c);
+  return c.id;
+}
+
+function serveUnary(stream: http2.ServerHttp2Stream, fn: Unary, caller: string | undefined): void {
+  const chunks: Buffer[] = [];
+  stream.on("data", (chunk: Buffer) => chunks.push(chunk));
+  stream.on("end", () => {
+    const [body] = messages(Buffer.concat(chunks)).bodies;
+    stream.respond({ ":status": 200, "content-type": "application/grpc+proto" }, { waitForTrailers: true });
+    stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+    stream.end(frame(fn(body ?? Buffer.alloc(0), caller)));
+  });
+}
+
+// ---- the device stream ----
+
+const dirty = new Set<Device>();
+let flushScheduled = false;
+
+function queue(
+  d: Device,
+  response: NonNullable<MessageInitShape<typeof ConnectResponseSchema>["frame"]>,
+): void {
+  const bytes = frame(toBinary(ConnectResponseSchema, create(ConnectResponseSchema, { frame: response })));
+  d.pending.push(bytes);
+  d.pendingBytes += bytes.length;
+  dirty.add(d);
+  if (!flushScheduled) {
+    flushScheduled = true;
+    setImmediate(flush);
+  }
+}
+
+/** One write per stream per turn, as the server's device streams write. */
+function flush(): void {
+  flushScheduled = false;
+  for (const d of dirty) {
+    if (!d.stream.closed && !d.stream.writableEnded) d.stream.write(Buffer.concat(d.pending, d.pendingBytes));
+    d.pending = [];
+    d.pendingBytes = 0;
+  }
+  dirty.clear();
+}
+
+function serveDevice(stream: http2.ServerHttp2Stream, deviceId: string): void {
+  const userId = userOfDevice.get(deviceId);
+  if (userId === undefined) {
+    stream.respond(
+      { ":status": 200, "content-type": "application/grpc+proto", "grpc-status": "16" },
+      { endStream: true },
+    );
+    return;
+  }
+  const d: Device = { userId, deviceId, stream, pending: [], pendingBytes: 0 };
+  live.set(userId, d);
+  stream.respond({ ":status": 200, "content-type": "application/grpc+proto" }, { waitForTrailers: true });
+  stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+  queue(d, {
+    case: "ready",
+    value: { userId, deviceId, sessionId: id("s"), serverTimeMs: BigInt(Date.now()) },
+  });
+  queue(d, { case: "caughtUp", value: {} });
+  let buffer = Buffer.alloc(0);
+  stream.on("data", (chunk: Buffer) => {
+    const { bodies, rest } = messages(buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk]));
+    for (const body of bodies) onFrame(d, fromBinary(ConnectRequestSchema, body).frame);
+    buffer = rest.length === 0 ? Buffer.alloc(0) : Buffer.from(rest);
+  });
+  stream.on("end", () => stream.end());
+  stream.on("close", () => {
+    if (live.get(userId) === d) live.delete(userId);
+    dirty.delete(d);
+  });
+}
+
+function onFrame(d: Device, f: ConnectRequest["frame"]): void {
+  switch (f.case) {
+    case "send": {
+      const c = conversations.get(f.value.conversationId);
+      if (c === undefined) return;
+      const seq = ++c.seq;
+      const serverTimeMs = BigInt(Date.now());
+      queue(d, {
+        case: "sendAck",
+        value: { clientMsgId: f.value.clientMsgId, conversationId: c.id, seq, serverTimeMs },
+      });
+      const entry = create(EntrySchema, {
+        conversationId: c.id,
+        seq,
+        senderUserId: d.userId,
+        senderDeviceId: d.deviceId,
+        clientMsgId: f.value.clientMsgId,
+        serverTimeMs,
+        body: f.value.body.case === "message" ? f.value.body : { case: undefined },
+      });
+      for (const member of c.members) {
+        const to = member === d.userId ? undefined : live.get(member);
+        if (to !== undefined) queue(to, { case: "message", value: { entries: [entry] } });
+      }
+      return;
+    }
+    case "ack":
+      for (const cursor of f.value.cursors) {
+        const c = conversations.get(cursor.conversationId);
+        if (c === undefined) continue;
+        const receipt = {
+          conversationId: c.id,
+          userId: d.userId,
+          kind: ReceiptKind.DELIVERED,
+          upToSeq: cursor.seq,
+          timeMs: BigInt(Date.now()),
+        };
+        for (const member of c.members) {
+          const to = member === d.userId ? undefined : live.get(member);
+          if (to !== undefined) queue(to, { case: "receipts", value: { receipts: [receipt] } });
+        }
+      }
+      return;
+    default:
+      // Options, reads, typing, pings: nothing the bench's 1:1 and group runs need answered.
+      return;
+  }
+}
+
+// ---- the server ----
+
+const server = http2.createServer();
+server.on("stream", (stream, headers) => {
+  stream.on("error", () => {});
+  const path = headers[":path"] ?? "";
+  const auth = headers.authorization;
+  const caller = typeof auth === "string" && auth.startsWith("Bearer ") ? auth.slice(7) : undefined;
+  if (path === `/${GatewayService.typeName}/Connect`) return serveDevice(stream, caller ?? "");
+  const fn = UNARY.get(path);
+  if (fn !== undefined) return serveUnary(stream, fn, caller);
+  stream.respond(
+    { ":status": 200, "content-type": "application/grpc+proto", "grpc-status": "12" },
+    { endStream: true },
+  );
+});
+server.on("sessionError", () => {});
+
+const delay = monitorEventLoopDelay({ resolution: 10 });
+delay.enable();
+let lastElu = performance.eventLoopUtilization();
+setInterval(() => {
+  const now = performance.eventLoopUtilization();
+  const elu = performance.eventLoopUtilization(now, lastElu).utilization;
+  lastElu = now;
+  process.stdout.write(
+    `${JSON.stringify({ t: Math.round(Date.now() / 1000), elu: +elu.toFixed(3), delayP99Ms: delay.percentile(99) / 1e6, delayMaxMs: delay.max / 1e6, streams: live.size })}\n`,
+  );
+  delay.reset();
+}, 1000).unref();
+
+server.listen(Number(process.argv[2] ?? 0), "127.0.0.1", () => {
+  const address = server.address();
+  const port = typeof address === "object" && address !== null ? address.port : 0;
+  process.stdout.write(`relay floor listening on http://127.0.0.1:${port} (pid ${process.pid})\n`);
+});
+for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(0));

@@ -1,0 +1,111 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { after, before, describe, it } from "node:test";
+import { runNode } from "../helpers/process.js";
+
+const root = new URL("../../", import.meta.url).pathname;
+
+/**
+ * bench/relay-floor.ts is the floor docs/benchmarks.md measures the latency targets against
+ * (twenty-seventh pass). It only means something while the bench, unchanged, runs against it as it
+ * runs against the server: every send answered and relayed once, in order, and acks turned into
+ * receipts. A protocol change that the floor does not follow fails here, not in a measurement.
+ */
+describe("the relay floor under the bench", () => {
+  let floor: ChildProcess;
+  let url = "";
+  let pid = 0;
+  const exited: Promise<number | null>[] = [];
+
+  before(async () => {
+    floor = spawn(process.execPath, ["--import", "tsx", "bench/relay-floor.ts", "0"], {
+      cwd: root,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    exited.push(new Promise((resolve) => floor.once("exit", resolve)));
+    const output: string[] = [];
+    floor.stderr?.setEncoding("utf8").on("data", (chunk: string) => output.push(chunk));
+    await new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(
+        () => reject(new Error(`the floor did not listen in 30 s: ${output.join("")}`)),
+        30_000,
+      );
+      floor.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+        const m = /listening on (http:\/\/\S+) \(pid (\d+)\)/.exec(chunk);
+        if (m === null) return;
+        clearTimeout(timer);
+        url = m[1]!;
+        pid = Number(m[2]);
+        resolve();
+      });
+      floor.once("exit", (code) => reject(new Error(`the floor exited (${code}): ${output.join("")}`)));
+    });
+  });
+
+  after(async () => {
+    if (floor.exitCode === null) process.kill(pid, "SIGTERM");
+    await Promise.all(exited);
+  });
+
+  /** One short bench run against the floor; its --json summary. */
+  async function bench(args: string[]) {
+    const run = await runNode(
+      [
+        "--import",
+        "tsx",
+        "bench/main.ts",
+        "--url",
+        url,
+        "--server-pid",
+        String(pid),
+        "--warmup",
+        "1",
+        "--duration",
+        "2",
+        "--json",
+        ...args,
+      ],
+      { cwd: root, env: process.env },
+    );
+    assert.equal(run.code, 0, run.stderr);
+    return JSON.parse(run.stdout) as {
+      throughput: { ackedPerSecond: number; deliveredPerSecond: number; receiptsPerSecond: number };
+      correctness: {
+        expectedDeliveries: number;
+        receivedDeliveries: number;
+        unansweredSends: number;
+        duplicates: number;
+        gaps: number;
+        frameErrors: number;
+        streamsEnded: number;
+      };
+    };
+  }
+
+  function assertWhole(r: Awaited<ReturnType<typeof bench>>): void {
+    const c = r.correctness;
+    assert.ok(c.expectedDeliveries > 0, "sends were acked in the window");
+    assert.equal(c.receivedDeliveries, c.expectedDeliveries);
+    assert.deepEqual(
+      [c.unansweredSends, c.duplicates, c.gaps, c.frameErrors, c.streamsEnded],
+      [0, 0, 0, 0, 0],
+      "nothing unanswered, duplicated, missing, refused or ended",
+    );
+    assert.ok(r.throughput.receiptsPerSecond > 0, "acks came back as receipts");
+  }
+
+  it("answers and relays every 1:1 send once, in order", { timeout: 60_000 }, async () => {
+    const r = await bench(["--devices", "20", "--rate", "200"]);
+    assertWhole(r);
+    assert.ok(r.throughput.ackedPerSecond > 100, `acked ${r.throughput.ackedPerSecond}/s of 200`);
+    // A 1:1 send goes to the one other member.
+    assert.ok(Math.abs(r.throughput.deliveredPerSecond - r.throughput.ackedPerSecond) < 20);
+  });
+
+  it("relays a group send to every other member", { timeout: 60_000 }, async () => {
+    const r = await bench(["--devices", "20", "--mode", "group", "--group-size", "5", "--rate", "50"]);
+    assertWhole(r);
+    // Four deliveries per send in groups of five.
+    assert.ok(r.correctness.expectedDeliveries >= 4 * 50, `expected ${r.correctness.expectedDeliveries}`);
+  });
+});

@@ -66,8 +66,7 @@ interface Device {
   pendingBytes: number;
 }
 
-const users = new Map<string, { username: string }>();
-/** Device ids (which are also their access tokens here) by user, and users by device. */
+/** Users by device id; a device's id is also its access token here. */
 const userOfDevice = new Map<string, string>();
 const conversations = new Map<string, Conversation>();
 /** Live streams by user (the bench gives each user one device). */
@@ -115,7 +114,6 @@ const UNARY = new Map<string, Unary>([
     unary(RegisterRequestSchema, RegisterResponseSchema, (req) => {
       const userId = id("u");
       const deviceId = id("d");
-      users.set(userId, { username: req.username });
       userOfDevice.set(deviceId, userId);
       return create(RegisterResponseSchema, {
         user: { userId, username: req.username },

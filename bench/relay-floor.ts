@@ -225,6 +225,16 @@ function serveDevice(stream: http2.ServerHttp2Stream, deviceId: string): void {
   });
 }
 
+/** The open streams of a conversation's members other than `userId`. */
+function othersOnline(c: Conversation, userId: string): Device[] {
+  const out: Device[] = [];
+  for (const member of c.members) {
+    const to = member === userId ? undefined : live.get(member);
+    if (to !== undefined) out.push(to);
+  }
+  return out;
+}
+
 function onFrame(d: Device, f: ConnectRequest["frame"]): void {
   switch (f.case) {
     case "send": {
@@ -245,10 +255,7 @@ function onFrame(d: Device, f: ConnectRequest["frame"]): void {
         serverTimeMs,
         body: f.value.body.case === "message" ? f.value.body : { case: undefined },
       });
-      for (const member of c.members) {
-        const to = member === d.userId ? undefined : live.get(member);
-        if (to !== undefined) queue(to, { case: "message", value: { entries: [entry] } });
-      }
+      for (const to of othersOnline(c, d.userId)) queue(to, { case: "message", value: { entries: [entry] } });
       return;
     }
     case "ack":
@@ -262,10 +269,8 @@ function onFrame(d: Device, f: ConnectRequest["frame"]): void {
           upToSeq: cursor.seq,
           timeMs: BigInt(Date.now()),
         };
-        for (const member of c.members) {
-          const to = member === d.userId ? undefined : live.get(member);
-          if (to !== undefined) queue(to, { case: "receipts", value: { receipts: [receipt] } });
-        }
+        for (const to of othersOnline(c, d.userId))
+          queue(to, { case: "receipts", value: { receipts: [receipt] } });
       }
       return;
     default:

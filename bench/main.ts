@@ -6,7 +6,14 @@ import { type BenchMesh, startMesh } from "./mesh.js";
 import { parseOptions } from "./options.js";
 import { checkPinnable, pinServerMainThread } from "./pin.js";
 import { fixed, printReport } from "./report.js";
-import { type BenchServer, buildServer, RAISED_LIMITS, readMemory, spawnServer } from "./server.js";
+import {
+  type BenchServer,
+  buildServer,
+  inProbeWindow,
+  RAISED_LIMITS,
+  readMemory,
+  spawnServer,
+} from "./server.js";
 import { setUp } from "./setup.js";
 import { summarize } from "./summary.js";
 
@@ -160,13 +167,14 @@ async function main(): Promise<void> {
         : `sending ${opts.rate === 0 ? `as fast as possible (${opts.inflight} in flight per device)` : `${opts.rate} msgs/s`} for ${opts.warmup} s warm-up + ${opts.duration} s measured`,
     );
     const results = await Promise.all(generators.map((g) => g.run(plan)));
+    const probeWindow = { start: windowStart, end: windowEnd, closedAt: clock() };
     clearInterval(sampler);
     for (const m of marks) clearTimeout(m);
     cpuEnd ??= cpuMark(pid, meshProcesses);
     cpuStart ??= cpuEnd;
     const memEnd = await memorySnapshot(server, pid);
     const meshEnd = await meshMemory(mesh);
-    const probe = (server?.samples ?? []).filter((s) => s.t > windowStart + 500 && s.t <= windowEnd + 500);
+    const probe = (server?.samples ?? []).filter((s) => inProbeWindow(s, probeWindow));
 
     const report = summarize(opts, results, {
       connectedDevices,
@@ -184,6 +192,7 @@ async function main(): Promise<void> {
       cpuStart,
       cpuEnd,
       probe,
+      probeWindow,
       mesh:
         mesh === undefined
           ? undefined

@@ -76,6 +76,27 @@ export function onMainThread(s: ProbeSample): boolean {
   return (s.thread ?? 0) === 0;
 }
 
+/**
+ * The stretch a run's event-loop figures cover: the measured window, and nothing reported after the
+ * run's results were in (closedAt). Right after that the bench takes its closing memory snapshot,
+ * whose full GC the probe forces; a forced collection is atomic, not incremental like the
+ * collector's own, and at 10,000 devices it pauses the main thread for 50-115 ms
+ * (docs/benchmarks.md, "Twenty-eighth pass"), which is the bench's pause, not the server's.
+ */
+export interface ProbeWindow {
+  start: number;
+  end: number;
+  closedAt: number;
+}
+
+/**
+ * Whether a probe tick reports on the window: the second it covers, (t - 1000, t], is at least half
+ * inside it, and the tick was written before the window closed.
+ */
+export function inProbeWindow(s: ProbeSample, w: ProbeWindow): boolean {
+  return s.t > w.start + 500 && s.t <= w.end + 500 && s.t <= w.closedAt;
+}
+
 /** The probe's sample if the stderr line is one. */
 export function parseProbeLine(line: string): ProbeSample | undefined {
   return line.startsWith("@@probe ") ? (JSON.parse(line.slice(8)) as ProbeSample) : undefined;

@@ -4,7 +4,7 @@ import type { LoadStats } from "./load.js";
 import type { CpuMark, MemorySnapshot } from "./measure.js";
 import type { BenchMeshProcess } from "./mesh.js";
 import type { Options } from "./options.js";
-import { onMainThread, type ProbeSample, RAISED_LIMITS } from "./server.js";
+import { inProbeWindow, onMainThread, type ProbeSample, type ProbeWindow, RAISED_LIMITS } from "./server.js";
 
 /** A load run's figures, gathered from the generators' stats and the measurements around them. */
 
@@ -28,7 +28,10 @@ export interface Context {
   peakRss: number;
   cpuStart: CpuMark;
   cpuEnd: CpuMark;
+  /** The server's probe ticks in probeWindow. */
   probe: ProbeSample[];
+  /** What the event-loop figures cover (the mesh's processes' ticks are filtered to it here). */
+  probeWindow: ProbeWindow;
   mesh:
     | {
         processes: BenchMeshProcess[];
@@ -51,17 +54,13 @@ type MeshContext = NonNullable<Context["mesh"]>;
  * includes everything the role did meanwhile (receipts, cursors, acks), not only the send path.
  */
 function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: number, delivered: number) {
-  const windowStart = ctx.cpuStart.at;
-  const windowEnd = ctx.cpuEnd.at;
   const processes = m.processes.map((p) => {
     const a = ctx.cpuStart.mesh.get(p.name);
     const b = ctx.cpuEnd.mesh.get(p.name);
     const cpuSeconds = a && b ? b.all - a.all : undefined;
     const mainSeconds = a && b && p.node ? b.main - a.main : undefined;
     const switches = a && b ? b.switches - a.switches : undefined;
-    const ticks = p.samples.filter(
-      (s) => onMainThread(s) && s.t > windowStart + 500 && s.t <= windowEnd + 500,
-    );
+    const ticks = p.samples.filter((s) => onMainThread(s) && inProbeWindow(s, ctx.probeWindow));
     return {
       name: p.name,
       role: p.role,

@@ -131,12 +131,91 @@ export class Outbox {
   }
 }
 
-/** Calls `each(kind, id, a, b)` for every operation of a batch, in order. */
-export function forEachOp(
-  batch: Batch,
-  each: (kind: number, id: number, a: unknown, b: unknown) => void,
-): void {
-  const { ops } = batch;
-  for (let i = 0; i < ops.length; i += 4)
-    each(ops[i] as number, ops[i + 1] as number, ops[i + 2], ops[i + 3]);
+/**
+ * How much of its own time a thread spends on the other side's operations before its event loop
+ * runs anything else (timers, the store's answers, the other port's batches, its sockets).
+ */
+export const SLICE_MS = 5;
+
+/** Operations between two looks at the clock (a look costs about as much as a cheap operation). */
+const OPS_PER_LOOK = 16;
+
+/**
+ * The other side's batches, handled in order, in slices of at most SLICE_MS. A thread that falls
+ * behind finds several batches waiting (up to IN_FLIGHT_BYTES of reads on the main thread; a
+ * turn's writes to thousands of streams on a stream thread), and Node hands a port's waiting
+ * messages over in one turn: handled as they came, at 10,000 devices that was 150-550 ms in which
+ * the thread did nothing else (docs/benchmarks.md, "Twenty-eighth pass"). The backlog is bounded
+ * by what the sides already bound (IN_FLIGHT_BYTES, each stream's WRITE_HIGH_WATER); this only
+ * decides when its operations run.
+ */
+export class Inbox {
+  private readonly queue: Batch[] = [];
+  /** The next operation's slot in queue[0]. */
+  private next = 0;
+  private scheduled = false;
+  private readonly continue = () => {
+    this.scheduled = false;
+    this.handle(performance.now() + this.sliceMs);
+  };
+
+  /**
+   * @param each handles one operation of `batch`
+   * @param finished once a batch's last operation is handled
+   */
+  constructor(
+    private readonly each: (kind: number, id: number, a: unknown, b: unknown, batch: Batch) => void,
+    private readonly finished: (batch: Batch) => void = () => {},
+    private readonly sliceMs = SLICE_MS,
+  ) {}
+
+  /** Handles the batch now if nothing waits before it, for up to a slice; the rest in later turns. */
+  push(batch: Batch): void {
+    this.queue.push(batch);
+    if (!this.scheduled) this.handle(performance.now() + this.sliceMs);
+  }
+
+  /** Handles everything waiting now, however long it takes (before the thread closes). */
+  drain(): void {
+    this.handle(Number.POSITIVE_INFINITY);
+  }
+
+  /** Drops everything waiting (the other side is gone). */
+  clear(): void {
+    this.queue.length = 0;
+    this.next = 0;
+  }
+
+  /** Batches waiting, the one in hand included. */
+  get waiting(): number {
+    return this.queue.length;
+  }
+
+  private handle(until: number): void {
+    const { queue, each } = this;
+    while (queue.length > 0) {
+      const batch = queue[0]!;
+      const { ops } = batch;
+      let i = this.next;
+      while (i < ops.length) {
+        const stop = Math.min(ops.length, i + 4 * OPS_PER_LOOK);
+        for (; i < stop; i += 4) each(ops[i] as number, ops[i + 1] as number, ops[i + 2], ops[i + 3], batch);
+        if (i < ops.length && performance.now() >= until) break;
+      }
+      // An operation may have cleared the queue (the other side stopped).
+      if (queue[0] !== batch) return;
+      if (i < ops.length) {
+        this.next = i;
+        break;
+      }
+      queue.shift();
+      this.next = 0;
+      this.finished(batch);
+      if (performance.now() >= until) break;
+    }
+    if (queue.length > 0 && !this.scheduled) {
+      this.scheduled = true;
+      setImmediate(this.continue);
+    }
+  }
 }

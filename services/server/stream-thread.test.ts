@@ -7,8 +7,8 @@ import { defaultEdgeLimits } from "../common/config.js";
 import { moduleWorker, siblingModule } from "../common/module-worker.js";
 import {
   FROM_THREAD,
-  forEachOp,
   IN_FLIGHT_BYTES,
+  Inbox,
   Outbox,
   type StreamThreadData,
   type ThreadCommand,
@@ -35,29 +35,32 @@ async function startThread() {
   let received = 0;
   let unconsumed = 0;
   let consuming = false;
-  const listening = new Promise<number>((resolve, reject) => {
-    worker.once("error", reject);
-    worker.on("message", (msg: ThreadEvent) => {
-      if (msg.type === "listening") {
-        resolve(msg.port);
-        return;
+  // Every batch handled as it arrives, whatever it takes.
+  const inbox = new Inbox(
+    (kind, id, a, b, { data }) => {
+      if (kind === FROM_THREAD.open) {
+        bodies.set(id, []);
+        outbox.op(TO_THREAD.resume, id);
+      } else if (kind === FROM_THREAD.data) {
+        const chunk = Buffer.from(data.buffer, data.byteOffset + (a as number), b as number);
+        bodies.get(id)?.push(Buffer.from(chunk));
+        received += chunk.length;
       }
-      const { data } = msg;
-      forEachOp(msg, (kind, id, a, b) => {
-        if (kind === FROM_THREAD.open) {
-          bodies.set(id, []);
-          outbox.op(TO_THREAD.resume, id);
-        } else if (kind === FROM_THREAD.data) {
-          const chunk = Buffer.from(data.buffer, data.byteOffset + (a as number), b as number);
-          bodies.get(id)?.push(Buffer.from(chunk));
-          received += chunk.length;
-        }
-      });
+    },
+    ({ data }) => {
       unconsumed += data.byteLength;
       if (consuming && unconsumed > 0) {
         outbox.op(TO_THREAD.consumed, 0, unconsumed);
         unconsumed = 0;
       }
+    },
+    Number.POSITIVE_INFINITY,
+  );
+  const listening = new Promise<number>((resolve, reject) => {
+    worker.once("error", reject);
+    worker.on("message", (msg: ThreadEvent) => {
+      if (msg.type === "listening") resolve(msg.port);
+      else inbox.push(msg);
     });
   });
   const port = await listening;

@@ -6,10 +6,9 @@ import { DEVICE_STREAM_PATH, header, isGrpcDeviceStream } from "./device-stream-
 import { EdgeGuard } from "./edge.js";
 import { type DirectStream, frontDoor } from "./front-door.js";
 import {
-  type Batch,
   FROM_THREAD,
-  forEachOp,
   IN_FLIGHT_BYTES,
+  Inbox,
   Outbox,
   type StreamThreadData,
   type ThreadCommand,
@@ -98,62 +97,60 @@ function reportWritten(id: number, s: Served): void {
   s.unwritten = 0;
 }
 
-function fromMain(batch: Batch): void {
-  const bytes = Buffer.from(batch.data.buffer, batch.data.byteOffset, batch.data.byteLength);
-  forEachOp(batch, (kind, id, a, b) => {
-    if (kind === TO_THREAD.consumed) {
-      inFlight -= a as number;
-      if (inFlight <= IN_FLIGHT_BYTES / 2 && held.size > 0) {
-        for (const s of held) {
-          s.pausedByBound = false;
-          resumeIfFree(s);
-        }
-        held.clear();
-      }
-      return;
-    }
-    const s = served.get(id);
-    if (s === undefined) return;
-    const { stream } = s;
-    if (stream.destroyed || stream.closed) return;
-    switch (kind) {
-      case TO_THREAD.respond:
-        stream.respond({ ":status": 200, "content-type": a as string }, { waitForTrailers: true });
-        break;
-      case TO_THREAD.write: {
-        const offset = a as number;
-        const length = b as number;
-        s.unwritten += length;
-        const more = stream.write(bytes.subarray(offset, offset + length));
-        if (s.draining) break;
-        if (more) {
-          reportWritten(id, s);
-        } else {
-          s.draining = true;
-          stream.once("drain", () => {
-            s.draining = false;
-            reportWritten(id, s);
-          });
-        }
-        break;
-      }
-      case TO_THREAD.end: {
-        const trailers = a as http2.OutgoingHttpHeaders;
-        stream.once("wantTrailers", () => stream.sendTrailers(trailers));
-        stream.end();
-        break;
-      }
-      case TO_THREAD.pause:
-        s.pausedByMain = true;
-        stream.pause();
-        break;
-      case TO_THREAD.resume:
-        s.pausedByMain = false;
+const fromMain = new Inbox((kind, id, a, b, batch) => {
+  if (kind === TO_THREAD.consumed) {
+    inFlight -= a as number;
+    if (inFlight <= IN_FLIGHT_BYTES / 2 && held.size > 0) {
+      for (const s of held) {
+        s.pausedByBound = false;
         resumeIfFree(s);
-        break;
+      }
+      held.clear();
     }
-  });
-}
+    return;
+  }
+  const s = served.get(id);
+  if (s === undefined) return;
+  const { stream } = s;
+  if (stream.destroyed || stream.closed) return;
+  switch (kind) {
+    case TO_THREAD.respond:
+      stream.respond({ ":status": 200, "content-type": a as string }, { waitForTrailers: true });
+      break;
+    case TO_THREAD.write: {
+      const offset = a as number;
+      const length = b as number;
+      s.unwritten += length;
+      const { data } = batch;
+      const more = stream.write(Buffer.from(data.buffer, data.byteOffset + offset, length));
+      if (s.draining) break;
+      if (more) {
+        reportWritten(id, s);
+      } else {
+        s.draining = true;
+        stream.once("drain", () => {
+          s.draining = false;
+          reportWritten(id, s);
+        });
+      }
+      break;
+    }
+    case TO_THREAD.end: {
+      const trailers = a as http2.OutgoingHttpHeaders;
+      stream.once("wantTrailers", () => stream.sendTrailers(trailers));
+      stream.end();
+      break;
+    }
+    case TO_THREAD.pause:
+      s.pausedByMain = true;
+      stream.pause();
+      break;
+    case TO_THREAD.resume:
+      s.pausedByMain = false;
+      resumeIfFree(s);
+      break;
+  }
+});
 
 /** Anything but a device stream: the main port serves it. */
 function elsewhere(req: NodeRequest, res: NodeResponse): void {
@@ -191,8 +188,10 @@ door.h2.on("session", (session) => {
 
 port.on("message", (msg: ThreadCommand) => {
   if (msg.type === "batch") {
-    fromMain(msg);
+    fromMain.push(msg);
   } else if (msg.type === "close") {
+    // The main thread's last writes (trailers among them) go out before the connections close.
+    fromMain.drain();
     close();
   } else if (msg.type === "crash") {
     // For tests: fail as an uncaught error would.

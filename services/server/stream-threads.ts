@@ -8,9 +8,8 @@ import type { RefusalFields, Refusals } from "../common/refusals.js";
 import type { DeviceHttp2Stream, DeviceStreams } from "./device-stream.js";
 import { DEVICE_STREAM_PATH } from "./device-stream-request.js";
 import {
-  type Batch,
   FROM_THREAD,
-  forEachOp,
+  Inbox,
   Outbox,
   type StreamThreadData,
   type ThreadCommand,
@@ -166,9 +165,8 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
   const open = new Map<number, ThreadStream>();
   let closing = false;
 
-  const handle = (batch: Batch) => {
-    const { data } = batch;
-    forEachOp(batch, (kind, id, a, b) => {
+  const inbox = new Inbox(
+    (kind, id, a, b, batch) => {
       if (kind === FROM_THREAD.open) {
         const [contentType, authorization, timeout, address] = a as (string | null)[];
         const stream = new ThreadStream(outbox, id, address ?? undefined);
@@ -191,9 +189,11 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
       const stream = open.get(id);
       if (stream === undefined) return;
       switch (kind) {
-        case FROM_THREAD.data:
+        case FROM_THREAD.data: {
+          const { data } = batch;
           stream.received(Buffer.from(data.buffer, data.byteOffset + (a as number), b as number));
           break;
+        }
         case FROM_THREAD.end:
           stream.ended();
           break;
@@ -205,10 +205,12 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
           stream.gone();
           break;
       }
-    });
-    // Handled in this turn, all of it: the thread may send that much more.
-    if (data.byteLength > 0) outbox.op(TO_THREAD.consumed, 0, data.byteLength);
-  };
+    },
+    // Handled, all of it: the thread may send that much more.
+    ({ data }) => {
+      if (data.byteLength > 0) outbox.op(TO_THREAD.consumed, 0, data.byteLength);
+    },
+  );
 
   let listened = false;
   let listening: (port: number) => void = () => {};
@@ -224,6 +226,7 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
     stopReason = reason;
     stopped(reason);
     // Its streams are gone with it; their sessions end as a lost connection's do.
+    inbox.clear();
     for (const stream of open.values()) stream.gone();
     open.clear();
     // A thread that never listened fails its start instead (the promise below).
@@ -231,7 +234,7 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
   };
   worker.on("message", (msg: ThreadEvent) => {
     if (msg.type === "batch") {
-      handle(msg);
+      inbox.push(msg);
     } else {
       listened = true;
       listening(msg.port);
@@ -257,6 +260,8 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
     async close() {
       if (stopReason !== undefined) return;
       closing = true;
+      // What the thread read before it was told to close is handled, as it would have been.
+      inbox.drain();
       outbox.flush();
       worker.postMessage({ type: "close" } satisfies ThreadCommand);
       const force = setTimeout(() => void worker.terminate(), CLOSE_TIMEOUT_MS);

@@ -80,7 +80,7 @@ export function onMainThread(s: ProbeSample): boolean {
  * The stretch a run's event-loop figures cover: the measured window, and nothing reported after the
  * run's results were in (closedAt). Right after that the bench takes its closing memory snapshot,
  * whose full GC the probe forces; a forced collection is atomic, not incremental like the
- * collector's own, and at 10,000 devices it pauses the main thread for 50-115 ms
+ * collector's own, and at 10,000 devices it pauses the main thread for 42-140 ms
  * (docs/benchmarks.md, "Twenty-eighth pass"), which is the bench's pause, not the server's.
  */
 export interface ProbeWindow {

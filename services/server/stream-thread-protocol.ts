@@ -135,7 +135,7 @@ export class Outbox {
  * How much of its own time a thread spends on the other side's operations before its event loop
  * runs anything else (timers, the store's answers, the other port's batches, its sockets).
  */
-export const SLICE_MS = 5;
+const SLICE_MS = 5;
 
 /** Operations between two looks at the clock (a look costs about as much as a cheap operation). */
 const OPS_PER_LOOK = 16;
@@ -144,10 +144,11 @@ const OPS_PER_LOOK = 16;
  * The other side's batches, handled in order, in slices of at most SLICE_MS. A thread that falls
  * behind finds several batches waiting (up to IN_FLIGHT_BYTES of reads on the main thread; a
  * turn's writes to thousands of streams on a stream thread), and Node hands a port's waiting
- * messages over in one turn: handled as they came, at 10,000 devices that was 150-550 ms in which
- * the thread did nothing else (docs/benchmarks.md, "Twenty-eighth pass"). The backlog is bounded
- * by what the sides already bound (IN_FLIGHT_BYTES, each stream's WRITE_HIGH_WATER); this only
- * decides when its operations run.
+ * messages over in one turn. Handled as they came, such backlogs led most of the main thread's
+ * busy stretches of 170-560 ms at 10,000 devices, in which it did nothing else; the store's
+ * answers, and so the acks, waited behind them (docs/benchmarks.md, "Twenty-eighth pass"). The
+ * backlog is bounded by what the sides already bound (IN_FLIGHT_BYTES, each stream's
+ * WRITE_HIGH_WATER); this only decides when its operations run.
  */
 export class Inbox {
   private readonly queue: Batch[] = [];

@@ -17,6 +17,20 @@ function spin(ms: number): void {
 
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
+/** An inbox whose every operation takes `opMs` of this thread's time, and a count of those handled. */
+function busyInbox(opMs: number, sliceMs: number) {
+  const count = { handled: 0 };
+  const inbox = new Inbox(
+    () => {
+      count.handled++;
+      spin(opMs);
+    },
+    undefined,
+    sliceMs,
+  );
+  return { inbox, count };
+}
+
 describe("the inbox between the main thread and a stream thread", () => {
   it("handles every operation once, in order across batches, and finishes each batch after its last", async () => {
     const seen: number[] = [];
@@ -41,28 +55,20 @@ describe("the inbox between the main thread and a stream thread", () => {
   });
 
   it("gives the event loop back after a slice, so a timer due meanwhile runs before the backlog is done", async () => {
-    let handled = 0;
-    const inbox = new Inbox(
-      () => {
-        handled++;
-        spin(0.1);
-      },
-      undefined,
-      5,
-    );
+    const { inbox, count } = busyInbox(0.1, 5);
     let handledWhenTimerRan = -1;
     const timer = new Promise<void>((resolve) =>
       setTimeout(() => {
-        handledWhenTimerRan = handled;
+        handledWhenTimerRan = count.handled;
         resolve();
       }, 1),
     );
     // About 200 ms of work, where a slice is 5 ms.
     for (let i = 0; i < 20; i++) inbox.push(batch(i * 100, 100));
-    assert.ok(handled < 2000, "the first push handles one slice, not the backlog");
+    assert.ok(count.handled < 2000, "the first push handles one slice, not the backlog");
     await timer;
     while (inbox.waiting > 0) await turn();
-    assert.equal(handled, 2000);
+    assert.equal(count.handled, 2000);
     assert.ok(
       handledWhenTimerRan > 0 && handledWhenTimerRan < 1000,
       `the timer ran after ${handledWhenTimerRan} of 2,000 operations`,
@@ -70,27 +76,19 @@ describe("the inbox between the main thread and a stream thread", () => {
   });
 
   it("handles all that waits at once when told to drain, and nothing after clear", () => {
-    let handled = 0;
-    const inbox = new Inbox(
-      () => {
-        handled++;
-        spin(0.05);
-      },
-      undefined,
-      1,
-    );
+    const { inbox, count } = busyInbox(0.05, 1);
     for (let i = 0; i < 10; i++) inbox.push(batch(i * 100, 100));
-    assert.ok(handled < 1000);
+    assert.ok(count.handled < 1000);
     inbox.drain();
-    assert.equal(handled, 1000);
+    assert.equal(count.handled, 1000);
     assert.equal(inbox.waiting, 0);
 
-    handled = 0;
+    count.handled = 0;
     for (let i = 0; i < 10; i++) inbox.push(batch(i * 100, 100));
-    const before = handled;
+    const before = count.handled;
     inbox.clear();
     inbox.drain();
-    assert.equal(handled, before);
+    assert.equal(count.handled, before);
     assert.equal(inbox.waiting, 0);
   });
 });

@@ -1,12 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type Batch, Inbox } from "./stream-thread-protocol.js";
+import { MessageChannel } from "node:worker_threads";
+import { type Batch, Inbox, Outbox } from "./stream-thread-protocol.js";
 
 /** A batch of `n` operations of kind 1 whose ids count up from `first`. */
 function batch(first: number, n: number): Batch {
-  const ops: unknown[] = [];
-  for (let i = 0; i < n; i++) ops.push(1, first + i, 0, 0);
-  return { type: "batch", ops, data: new Uint8Array(0) };
+  const ops = new Float64Array(4 * n);
+  for (let i = 0; i < n; i++) ops.set([1, first + i, 0, 0], 4 * i);
+  return { type: "batch", ops, args: [], data: new Uint8Array(0) };
 }
 
 /** Busy-waits: an operation that takes this thread's time, as handling a send does. */
@@ -40,7 +41,7 @@ describe("the inbox between the main thread and a stream thread", () => {
         seen.push(id);
         spin(0.05);
       },
-      (b) => finished.push(b.ops[1] as number),
+      (b) => finished.push(b.ops[1]!),
       2,
     );
     inbox.push(batch(0, 300));
@@ -90,5 +91,42 @@ describe("the inbox between the main thread and a stream thread", () => {
     inbox.drain();
     assert.equal(count.handled, before);
     assert.equal(inbox.waiting, 0);
+  });
+
+  it("carries a turn's operations across a port as they were given: numbers, arguments and bytes, in order", async () => {
+    const { port1, port2 } = new MessageChannel();
+    const seen: unknown[][] = [];
+    const posted: Batch[] = [];
+    const inbox = new Inbox((kind, id, a, b, { data }) => {
+      seen.push([kind, id, kind === 2 ? Buffer.from(data.subarray(a as number, (a as number) + b)).toString() : a]);
+    });
+    port2.on("message", (msg: Batch) => {
+      posted.push(msg);
+      inbox.push(msg);
+    });
+    const outbox = new Outbox((batch, transfer) => port1.postMessage(batch, transfer));
+    const headers = ["application/grpc", "Bearer t", null, "10.0.0.1"];
+    const trailers = { "grpc-status": "0" };
+    outbox.op(1, 7, headers);
+    outbox.data(2, 7, Buffer.from("hello"));
+    outbox.op(5, 7, 2 ** 40 + 3);
+    outbox.data(2, 8, Buffer.from("world"));
+    outbox.op(3, 7, trailers);
+    outbox.op(4, 8);
+    outbox.flush();
+    while (seen.length < 6) await turn();
+    port1.close();
+    assert.deepEqual(seen, [
+      [1, 7, headers],
+      [2, 7, "hello"],
+      [5, 7, 2 ** 40 + 3],
+      [2, 8, "world"],
+      [3, 7, trailers],
+      [4, 8, 0],
+    ]);
+    // One post, its operations and bytes each one transferable buffer, not values to clone one by one.
+    assert.equal(posted.length, 1);
+    assert.ok(posted[0]!.ops instanceof Float64Array);
+    assert.deepEqual(posted[0]!.args, [headers, trailers]);
   });
 });

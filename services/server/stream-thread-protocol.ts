@@ -3,10 +3,11 @@ import type { EdgeLimits } from "../common/config.js";
 /**
  * What a stream thread (stream-thread.ts) and the main thread (stream-threads.ts) tell each
  * other. Each side gathers what it has to say during one turn of its event loop into one
- * message: a flat list of operations, four slots each (kind, stream id, a, b), and one buffer
- * holding the bytes the operations carry, transferred rather than copied. A post per turn, not
- * per frame, is what makes the hand-off cheap: at 10,000 devices one carries hundreds of
- * streams' reads (docs/benchmarks.md, twenty-fourth pass).
+ * message: a flat list of operations, four numbers each (kind, stream id, a, b), the few
+ * arguments that are not numbers (headers, trailers, refusals) beside it, and one buffer holding
+ * the bytes the operations carry. The operations and the bytes are transferred rather than
+ * copied. A post per turn, not per frame, is what makes the hand-off cheap: at 10,000 devices one
+ * carries hundreds of streams' reads (docs/benchmarks.md, twenty-fourth pass).
  */
 
 /** Operations from a stream thread. */
@@ -41,12 +42,25 @@ export const TO_THREAD = {
   consumed: 6,
 } as const;
 
-/** One turn's operations and their bytes. */
+/**
+ * One turn's operations and their bytes. `ops` holds four numbers per operation: kind, stream
+ * id, a, b. An operation whose argument is not a number (FROM_THREAD.open and refused,
+ * TO_THREAD.respond and end) has b = ARGUMENT and a = the argument's index in `args`.
+ *
+ * Why a Float64Array and not an array: a post's structured clone walks an array value by value
+ * on both threads, where a typed array is one copy. With a turn's hundreds of operations that
+ * was 20-35 µs a post to write and about as much to read, on each side (docs/benchmarks.md,
+ * twenty-ninth pass); as one transferred buffer, a few.
+ */
 export interface Batch {
   type: "batch";
-  ops: unknown[];
+  ops: Float64Array;
+  args: unknown[];
   data: Uint8Array;
 }
+
+/** b's value in an operation whose a is an index into the batch's `args`. */
+const ARGUMENT = -1;
 
 /** Other messages from a stream thread. */
 export type ThreadEvent = Batch | { type: "listening"; port: number };
@@ -81,16 +95,22 @@ const BATCH_BYTES = 1024 * 1024;
  * (setImmediate: after the turn's reads, so one post carries every stream they touched).
  */
 export class Outbox {
-  private ops: unknown[] = [];
+  private ops: number[] = [];
+  private args: unknown[] = [];
   private chunks: Uint8Array[] = [];
   private bytes = 0;
   private scheduled = false;
 
   constructor(private readonly post: (batch: Batch, transfer: ArrayBuffer[]) => void) {}
 
-  /** An operation without bytes. */
+  /** An operation without bytes; `a` is a number, or an argument that crosses by structured clone. */
   op(kind: number, id: number, a: unknown = 0): void {
-    this.ops.push(kind, id, a, 0);
+    if (typeof a === "number") {
+      this.ops.push(kind, id, a, 0);
+    } else {
+      this.ops.push(kind, id, this.args.length, ARGUMENT);
+      this.args.push(a);
+    }
     this.schedule();
   }
 
@@ -123,11 +143,13 @@ export class Outbox {
       data.set(c, at);
       at += c.length;
     }
-    const batch: Batch = { type: "batch", ops: this.ops, data };
+    const ops = new Float64Array(this.ops);
+    const batch: Batch = { type: "batch", ops, args: this.args, data };
     this.ops = [];
+    this.args = [];
     this.chunks = [];
     this.bytes = 0;
-    this.post(batch, [data.buffer]);
+    this.post(batch, [ops.buffer, data.buffer]);
   }
 }
 
@@ -162,11 +184,11 @@ export class Inbox {
   };
 
   /**
-   * @param each handles one operation of `batch`
+   * @param each handles one operation of `batch`: a is its number or its argument
    * @param finished once a batch's last operation is handled
    */
   constructor(
-    private readonly each: (kind: number, id: number, a: unknown, b: unknown, batch: Batch) => void,
+    private readonly each: (kind: number, id: number, a: unknown, b: number, batch: Batch) => void,
     private readonly finished: (batch: Batch) => void = () => {},
     private readonly sliceMs = SLICE_MS,
   ) {}
@@ -201,7 +223,11 @@ export class Inbox {
       let i = this.next;
       while (i < ops.length) {
         const stop = Math.min(ops.length, i + 4 * OPS_PER_LOOK);
-        for (; i < stop; i += 4) each(ops[i] as number, ops[i + 1] as number, ops[i + 2], ops[i + 3], batch);
+        for (; i < stop; i += 4) {
+          const b = ops[i + 3]!;
+          if (b === ARGUMENT) each(ops[i]!, ops[i + 1]!, batch.args[ops[i + 2]!], 0, batch);
+          else each(ops[i]!, ops[i + 1]!, ops[i + 2]!, b, batch);
+        }
         if (i < ops.length && performance.now() >= until) break;
       }
       // An operation may have cleared the queue (the other side stopped).

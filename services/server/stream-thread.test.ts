@@ -42,7 +42,7 @@ async function startThread() {
         bodies.set(id, []);
         outbox.op(TO_THREAD.resume, id);
       } else if (kind === FROM_THREAD.data) {
-        const chunk = Buffer.from(data.buffer, data.byteOffset + (a as number), b as number);
+        const chunk = Buffer.from(data.buffer, data.byteOffset + (a as number), b);
         bodies.get(id)?.push(Buffer.from(chunk));
         received += chunk.length;
       }

@@ -119,7 +119,7 @@ const fromMain = new Inbox((kind, id, a, b, batch) => {
       break;
     case TO_THREAD.write: {
       const offset = a as number;
-      const length = b as number;
+      const length = b;
       s.unwritten += length;
       const { data } = batch;
       const more = stream.write(Buffer.from(data.buffer, data.byteOffset + offset, length));

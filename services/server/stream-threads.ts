@@ -191,7 +191,7 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
       switch (kind) {
         case FROM_THREAD.data: {
           const { data } = batch;
-          stream.received(Buffer.from(data.buffer, data.byteOffset + (a as number), b as number));
+          stream.received(Buffer.from(data.buffer, data.byteOffset + (a as number), b));
           break;
         }
         case FROM_THREAD.end:

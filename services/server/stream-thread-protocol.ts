@@ -47,10 +47,11 @@ export const TO_THREAD = {
  * id, a, b. An operation whose argument is not a number (FROM_THREAD.open and refused,
  * TO_THREAD.respond and end) has b = ARGUMENT and a = the argument's index in `args`.
  *
- * Why a Float64Array and not an array: a post's structured clone walks an array value by value
- * on both threads, where a typed array is one copy. With a turn's hundreds of operations that
- * was 20-35 µs a post to write and about as much to read, on each side (docs/benchmarks.md,
- * twenty-ninth pass); as one transferred buffer, a few.
+ * Why a Float64Array and not an array: a structured clone rebuilds an array value by value on
+ * the receiving thread, and the array is garbage there once handled; a transferred typed array
+ * is one buffer, outside the JS heap. Reading a batch of four hundred operations took the
+ * receiving thread 31-35 µs and takes 19-24 µs (bench/stream-handoff.ts; docs/benchmarks.md,
+ * twenty-ninth pass).
  */
 export interface Batch {
   type: "batch";

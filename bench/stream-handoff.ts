@@ -47,7 +47,8 @@ function receive(): void {
     },
   );
   port.on("message", (msg: Batch | "report") => {
-    if (msg === "report") port.postMessage({ handled, cpuMicros: threadCpuMicros(), checksum } satisfies Report);
+    if (msg === "report")
+      port.postMessage({ handled, cpuMicros: threadCpuMicros(), checksum } satisfies Report);
     else inbox.push(msg);
   });
 }

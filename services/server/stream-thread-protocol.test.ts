@@ -98,7 +98,11 @@ describe("the inbox between the main thread and a stream thread", () => {
     const seen: unknown[][] = [];
     const posted: Batch[] = [];
     const inbox = new Inbox((kind, id, a, b, { data }) => {
-      seen.push([kind, id, kind === 2 ? Buffer.from(data.subarray(a as number, (a as number) + b)).toString() : a]);
+      seen.push([
+        kind,
+        id,
+        kind === 2 ? Buffer.from(data.subarray(a as number, (a as number) + b)).toString() : a,
+      ]);
     });
     port2.on("message", (msg: Batch) => {
       posted.push(msg);

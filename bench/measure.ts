@@ -7,9 +7,9 @@ import { type BenchServer, readCpuSeconds, readMachineCpu, readMemory } from "./
 /** CPU seconds used so far, by the server (or each mesh process), the bench and the machine. */
 export interface CpuMark {
   at: number;
-  server: { all: number; main: number; switches: number } | undefined;
+  server: ReturnType<typeof readCpuSeconds>;
   /** Each mesh process by name. */
-  mesh: Map<string, { all: number; main: number; switches: number } | undefined>;
+  mesh: Map<string, ReturnType<typeof readCpuSeconds>>;
   client: number;
   machine: ReturnType<typeof readMachineCpu>;
 }

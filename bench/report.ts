@@ -55,6 +55,12 @@ const mem = (s: MemorySnapshot | undefined) =>
     ? "n/a"
     : `${fixed(mib(s.rss))} MiB (anon ${fixed(mib(s.anon ?? 0))}, file ${fixed(mib(s.file ?? 0))}${s.heapUsed === undefined ? "" : `, JS heap ${fixed(mib(s.heapUsed))}`})`;
 
+/** A thread's CPU over the window, where /proc gave it. */
+const threadCpu = (t: { cpuPercent?: number; systemPercent?: number }) =>
+  t.cpuPercent === undefined
+    ? ""
+    : `; CPU ${fixed(t.cpuPercent)} % (system ${fixed(t.systemPercent ?? 0)} %)`;
+
 function singleServerLines(r: Report): string[] {
   const m = r.serverMemory;
   const el = r.serverEventLoop;
@@ -62,10 +68,10 @@ function singleServerLines(r: Report): string[] {
   return [
     el === undefined
       ? "event loop       n/a (no probe)"
-      : `event loop       server main thread utilisation ${fixed(100 * el.utilization)} %, delay p99 up to ${fixed(el.delayP99MaxMs)} ms, max ${fixed(el.delayMaxMs)} ms`,
+      : `event loop       server main thread utilisation ${fixed(100 * el.utilization)} %, delay p99 up to ${fixed(el.delayP99MaxMs)} ms, max ${fixed(el.delayMaxMs)} ms${threadCpu(el)}`,
     ...r.serverWorkerEventLoops.map(
       (w) =>
-        `                 worker thread ${w.thread}: utilisation ${fixed(100 * w.utilization)} %, delay p99 up to ${fixed(w.delayP99MaxMs)} ms, max ${fixed(w.delayMaxMs)} ms`,
+        `                 worker thread ${w.thread}: utilisation ${fixed(100 * w.utilization)} %, delay p99 up to ${fixed(w.delayP99MaxMs)} ms, max ${fixed(w.delayMaxMs)} ms${threadCpu(w)}`,
     ),
     `server memory    before connect ${mem(m.beforeConnect)}, connected ${mem(m.afterConnect)}, end ${mem(m.end)}, peak RSS ${m.peakRssBytes === undefined ? "n/a" : `${fixed(mib(m.peakRssBytes))} MiB`}${m.beforeConnect?.afterGc ? " (snapshots after a full GC)" : ""}`,
     d

@@ -37,17 +37,22 @@ export const RAISED_LIMITS: Record<string, string> = {
  * SIGUSR2 it runs a full GC (the server gets --expose-gc) and reports memory, so memory per
  * device is not blurred by garbage that merely has not been collected yet. Worker threads inherit
  * --import, so the probe runs in each of them too (the store's write thread, the stream thread):
- * every line names its thread, and the main thread's figures are its own lines alone.
+ * every line names its thread, and the main thread's figures are its own lines alone. On Linux a
+ * line also carries the thread's id in the kernel, so its CPU can be read from /proc (Node 20 names
+ * every thread "node" there, and only the thread itself knows which one it is).
  */
 const PROBE = `
+import { readlinkSync } from "node:fs";
 import { monitorEventLoopDelay, performance } from "node:perf_hooks";
 import { isMainThread, threadId } from "node:worker_threads";
+let tid;
+try { tid = Number(readlinkSync("/proc/thread-self").split("/").pop()); } catch {}
 const delay = monitorEventLoopDelay({ resolution: 10 });
 delay.enable();
 let last = performance.eventLoopUtilization();
 const report = (kind) => {
   const m = process.memoryUsage();
-  const line = { kind, thread: threadId, t: performance.timeOrigin + performance.now(), rss: m.rss, heapUsed: m.heapUsed, external: m.external };
+  const line = { kind, thread: threadId, tid, t: performance.timeOrigin + performance.now(), rss: m.rss, heapUsed: m.heapUsed, external: m.external };
   if (kind === "tick") {
     const now = performance.eventLoopUtilization();
     line.elu = performance.eventLoopUtilization(now, last).utilization;
@@ -107,6 +112,8 @@ export interface ProbeSample {
   kind: "tick" | "gc";
   /** The thread that reported: 0 is the main thread, others are worker threads (absent: 0). */
   thread?: number;
+  /** Its id in the kernel (Linux), for its CPU in /proc/PID/task/TID/stat. */
+  tid?: number;
   /** performance.timeOrigin + performance.now() in the server, in ms. */
   t: number;
   rss: number;
@@ -270,50 +277,66 @@ export function readMemory(pid: number): { rss: number; anon: number; file: numb
 // Linux reports times in clock ticks; 100 per second on every distribution Node supports.
 const TICKS_PER_SECOND = 100;
 
-function statCpuSeconds(path: string): number | undefined {
+/** User and system CPU time from a /proc stat file, in seconds. */
+function statCpu(path: string): ThreadCpu | undefined {
   try {
     const stat = readFileSync(path, "utf8");
     // The command name may contain spaces; fields are counted after its closing parenthesis.
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+    return { user: Number(fields[11]) / TICKS_PER_SECOND, system: Number(fields[12]) / TICKS_PER_SECOND };
   } catch {
     return undefined;
   }
 }
 
-/**
- * CPU time (user + system) a process has used, in seconds: all threads, and its main thread; and
- * how many times its threads were switched off a core so far (voluntary and not; threads that have
- * exited are not counted).
- */
-export function readCpuSeconds(pid: number): { all: number; main: number; switches: number } | undefined {
-  const all = statCpuSeconds(`/proc/${pid}/stat`);
-  const main = statCpuSeconds(`/proc/${pid}/task/${pid}/stat`);
-  return all === undefined || main === undefined ? undefined : { all, main, switches: contextSwitches(pid) };
+/** CPU time one thread (or process) has used, in seconds. */
+export interface ThreadCpu {
+  user: number;
+  system: number;
 }
 
 /**
- * Context switches of every thread of a process. Each time a thread waits (for a socket, a
- * message from another thread, a lock, an fsync) and is woken is one; on a VM each wake-up costs
- * CPU of its own (docs/benchmarks.md, "Thirteenth pass"), so they count what hand-offs cost.
+ * CPU time (user + system) a process has used, in seconds: all threads, and its main thread;
+ * each live thread's, by its id in the kernel; and how many times its threads were switched off a
+ * core so far (voluntary and not; threads that have exited are not counted).
  */
-function contextSwitches(pid: number): number {
-  let n = 0;
+export function readCpuSeconds(
+  pid: number,
+): { all: number; main: number; threads: Map<number, ThreadCpu>; switches: number } | undefined {
+  const all = statCpu(`/proc/${pid}/stat`);
+  const main = statCpu(`/proc/${pid}/task/${pid}/stat`);
+  if (all === undefined || main === undefined) return undefined;
+  const { threads, switches } = readThreads(pid);
+  return { all: all.user + all.system, main: main.user + main.system, threads, switches };
+}
+
+/**
+ * Each thread's CPU, and the context switches of all of them. Each time a thread waits (for a
+ * socket, a message from another thread, a lock, an fsync) and is woken is one switch; on a VM
+ * each wake-up costs CPU of its own (docs/benchmarks.md, "Thirteenth pass"), so they count what
+ * hand-offs cost.
+ */
+function readThreads(pid: number): { threads: Map<number, ThreadCpu>; switches: number } {
+  const threads = new Map<number, ThreadCpu>();
+  let switches = 0;
   let tasks: string[];
   try {
     tasks = readdirSync(`/proc/${pid}/task`);
   } catch {
-    return 0;
+    return { threads, switches };
   }
   for (const tid of tasks) {
     try {
       const status = readFileSync(`/proc/${pid}/task/${tid}/status`, "utf8");
-      for (const m of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm)) n += Number(m[1]);
+      for (const m of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm))
+        switches += Number(m[1]);
+      const cpu = statCpu(`/proc/${pid}/task/${tid}/stat`);
+      if (cpu !== undefined) threads.set(Number(tid), cpu);
     } catch {
       // The thread exited between the listing and the read.
     }
   }
-  return n;
+  return { threads, switches };
 }
 
 /** Busy and total CPU time of the whole machine, in seconds, to see load from other programs. */

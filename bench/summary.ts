@@ -198,6 +198,16 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       ? undefined
       : growthPerDevice(memHalf, memConnected, connectedNow - ctx.halfDevices);
   const mainProbe = ctx.probe.filter(onMainThread);
+  // A thread's CPU over the window, as a percentage of a core: all of it, and its system time.
+  const threadCpu = (tid: number | undefined) => {
+    const a = tid === undefined ? undefined : ctx.cpuStart.server?.threads.get(tid);
+    const b = tid === undefined ? undefined : ctx.cpuEnd.server?.threads.get(tid);
+    if (a === undefined || b === undefined || seconds <= 0) return undefined;
+    return {
+      cpuPercent: (100 * (b.user + b.system - a.user - a.system)) / seconds,
+      systemPercent: (100 * (b.system - a.system)) / seconds,
+    };
+  };
   const elu = mainProbe.map((s) => s.elu ?? 0);
   const duration = opts.duration;
   const rate = (n: number) => (duration > 0 ? n / duration : 0);
@@ -294,8 +304,9 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
             utilization: elu.reduce((a, b) => a + b, 0) / elu.length,
             delayP99MaxMs: Math.max(...mainProbe.map((s) => s.delayP99 ?? 0)),
             delayMaxMs: Math.max(...mainProbe.map((s) => s.delayMax ?? 0)),
+            ...threadCpu(mainProbe.find((s) => s.tid !== undefined)?.tid),
           },
-    serverWorkerEventLoops: workerLoops(ctx.probe),
+    serverWorkerEventLoops: workerLoops(ctx.probe, threadCpu),
     serverMemory: {
       beforeConnect: memBefore,
       afterConnect: memConnected,
@@ -319,7 +330,10 @@ export type Report = ReturnType<typeof summarize>;
  * applies them synchronously, fsync included), so its delay is its commit time, not a stall of
  * anything a device waits on; the stream thread's delay is one.
  */
-function workerLoops(probe: readonly ProbeSample[]) {
+function workerLoops(
+  probe: readonly ProbeSample[],
+  threadCpu: (tid: number | undefined) => { cpuPercent: number; systemPercent: number } | undefined,
+) {
   const byThread = new Map<number, ProbeSample[]>();
   for (const s of probe) {
     if (onMainThread(s)) continue;
@@ -332,6 +346,7 @@ function workerLoops(probe: readonly ProbeSample[]) {
     utilization: samples.reduce((n, s) => n + (s.elu ?? 0), 0) / samples.length,
     delayP99MaxMs: Math.max(...samples.map((s) => s.delayP99 ?? 0)),
     delayMaxMs: Math.max(...samples.map((s) => s.delayMax ?? 0)),
+    ...threadCpu(samples.find((s) => s.tid !== undefined)?.tid),
   }));
 }
 

@@ -1,0 +1,75 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { mkdtemp, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { PROBE_NODE_ARGS, type ProbeSample, parseProbeLine, readCpuSeconds } from "./server.js";
+
+/**
+ * A process with the bench's probe and one worker thread (from a file: the probe, an --import,
+ * runs in workers started from modules): the worker spends 300 ms of its own CPU (by its
+ * schedstat, not the clock), says so, and both threads then idle until killed.
+ */
+const MAIN = `
+import { Worker } from "node:worker_threads";
+const worker = new Worker(new URL("./worker.mjs", import.meta.url));
+worker.once("message", () => process.stdout.write("spent\\n"));
+setInterval(() => {}, 1000);
+`;
+const WORKER = `
+import { readFileSync } from "node:fs";
+import { parentPort } from "node:worker_threads";
+const ran = () => Number(readFileSync("/proc/thread-self/schedstat", "utf8").split(" ")[0]) / 1e6;
+const start = ran();
+while (ran() - start < 300);
+parentPort.postMessage("spent");
+setInterval(() => {}, 1000);
+`;
+
+describe("the bench's probe", { skip: process.platform !== "linux" && "reads /proc" }, () => {
+  it("names each thread's id in the kernel, whose CPU the bench then reads apart", async () => {
+    const dir = await mkdtemp(join(tmpdir(), "bench-probe-"));
+    await writeFile(join(dir, "main.mjs"), MAIN);
+    await writeFile(join(dir, "worker.mjs"), WORKER);
+    const child = spawn(process.execPath, [...PROBE_NODE_ARGS, join(dir, "main.mjs")], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    try {
+      const samples: ProbeSample[] = [];
+      let stderr = "";
+      child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+        stderr += chunk;
+        const lines = stderr.split("\n");
+        stderr = lines.pop()!;
+        for (const line of lines) {
+          const s = parseProbeLine(line);
+          if (s !== undefined) samples.push(s);
+        }
+      });
+      const [spent] = (await once(child.stdout.setEncoding("utf8"), "data")) as [string];
+      assert.equal(spent.trim(), "spent");
+      // A tick a second from each thread.
+      while (new Set(samples.map((s) => s.thread)).size < 2) await new Promise((r) => setTimeout(r, 100));
+
+      const tidOf = (thread: number) => samples.find((s) => (s.thread ?? 0) === thread)?.tid;
+      const main = tidOf(0);
+      const worker = tidOf(samples.find((s) => (s.thread ?? 0) !== 0)!.thread!);
+      assert.equal(main, child.pid, "the main thread's id is the process's");
+      assert.ok(worker !== undefined && worker !== main, `the worker's id: ${worker}`);
+
+      const cpu = readCpuSeconds(child.pid!)!;
+      const spentByWorker = cpu.threads.get(worker!)!;
+      assert.ok(spentByWorker.user + spentByWorker.system >= 0.25, JSON.stringify(spentByWorker));
+      const spentByMain = cpu.threads.get(main!)!;
+      assert.ok(
+        spentByMain.user + spentByMain.system < spentByWorker.user + spentByWorker.system,
+        "the worker's busy loop is its own, not the main thread's",
+      );
+    } finally {
+      child.kill();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

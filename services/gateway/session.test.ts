@@ -170,3 +170,66 @@ describe("Session: a slow device costs a bounded queue, and catches up from the 
     }
   });
 });
+
+describe("Session: a live entry that comes ahead of the one before it", () => {
+  /** A started session over `log`, and what its device receives, in order. */
+  async function open(log: Entry[]) {
+    const { core, historyCalls } = fakeCore(log, 64);
+    const session = new Session(
+      { userId: "u_00000000000000000000000001", deviceId: "dv_00000000000000000000000001", expiresAtMs: 0 },
+      core,
+    );
+    session.start(never());
+    const reader = session.outbound.drain();
+    const seqs: number[] = [];
+    const take = async (n: number) => {
+      while (seqs.length < n) {
+        const { value } = (await reader.next()) as { value: ConnectResponse };
+        if (value.frame.case === "message") seqs.push(...value.frame.value.entries.map((e) => Number(e.seq)));
+      }
+      return seqs;
+    };
+    await new Promise((r) => setTimeout(r, 10));
+    return { session, take, historyCalls };
+  }
+  const turn = () => new Promise<void>((r) => setImmediate(r));
+
+  it("waits for it, and both go out in order without a read of the log (two fanout workers crossed)", async () => {
+    const log = [1, 2, 3, 4].map(entry);
+    const { session, take, historyCalls } = await open(log);
+    session.deliverEntry(log[0]!);
+    session.deliverEntry(log[2]!);
+    session.deliverEntry(log[3]!);
+    session.deliverEntry(log[1]!);
+    assert.deepEqual(await take(4), [1, 2, 3, 4]);
+    // Past the wait: the held entries left with the one they waited for, and no read follows.
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal(historyCalls(), 0);
+    session.close();
+  });
+
+  it("reads the log when the one before it does not come live", async () => {
+    const log = [1, 2, 3].map(entry);
+    const { session, take, historyCalls } = await open(log);
+    session.deliverEntry(log[0]!);
+    session.deliverEntry(log[2]!); // 2 was committed but never pushed live
+    assert.deepEqual(await take(3), [1, 2, 3]);
+    assert.equal(historyCalls(), 1);
+    session.close();
+  });
+
+  it("does not wait when it is far ahead: what is missing will not come live", async () => {
+    const log = Array.from({ length: 40 }, (_, i) => entry(i + 1));
+    const { session, take, historyCalls } = await open(log);
+    session.deliverEntry(log[0]!);
+    session.deliverEntry(log[39]!);
+    // The read starts at once, long before a held entry's wait would end.
+    for (let i = 0; i < 5 && historyCalls() === 0; i++) await turn();
+    assert.equal(historyCalls(), 1);
+    assert.deepEqual(
+      await take(40),
+      Array.from({ length: 40 }, (_, i) => i + 1),
+    );
+    session.close();
+  });
+});

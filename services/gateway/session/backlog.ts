@@ -13,6 +13,23 @@ const SETTLED: Promise<void> = Promise.resolve();
 
 /** Entries read from the log per catch-up page. */
 const HISTORY_PAGE = 256;
+/**
+ * How long a live entry that came ahead of the next one to push waits for it, in milliseconds,
+ * and how many such entries a stream holds at most. In a mesh, two fanout workers take one
+ * consumer's events, so a conversation's entries can reach the gateway out of order; read from
+ * the log instead, each cost a history call of about 0.5 ms of CPU across two processes and its
+ * round trip (docs/benchmarks.md, twenty-ninth pass). Held entries are the bus's objects, kept
+ * by reference.
+ */
+const REORDER_WAIT_MS = 25;
+const REORDER_HELD_MAX = 256;
+/**
+ * Held only when at most this far ahead of what was pushed, and only in a conversation that has
+ * pushed something: a conversation joined after the stream opened, or one the device is far
+ * behind in, is read from the log at once, as its entries before will not come live.
+ */
+const REORDER_GAP_MAX = 16n;
+
 /** First and longest wait between reads of a sync state that failed, in milliseconds. */
 const SYNC_RETRY_MIN_MS = 250;
 const SYNC_RETRY_MAX_MS = 2_000;
@@ -34,13 +51,18 @@ interface ConversationProgress {
   running: Promise<number> | undefined;
   /** A live entry raised the target while the catch-up ran: check the target again when it ends. */
   again?: boolean;
+  /** Live entries that came ahead of pushed + 1, by seq, waiting for it (REORDER_WAIT_MS). */
+  held?: Map<bigint, Entry> | undefined;
+  /** Reads the log for what is held if what it waits for has not come by then. */
+  heldTimer?: NodeJS.Timeout | undefined;
 }
 
 /**
  * What one stream owes its device from the conversation logs, in seq order per conversation: a
- * live entry that follows what was pushed goes straight out; anything else (a gap, a full queue,
- * a conversation the stream has not seen yet) is fetched from the log instead, one page at a
- * time, so a slow device costs a bounded queue and a cursor, never unbounded memory. It also
+ * live entry that follows what was pushed goes straight out, and one a little ahead of it waits
+ * up to REORDER_WAIT_MS for the entries between; anything else (a gap that stays open, a full
+ * queue, a conversation the stream has not seen yet) is fetched from the log instead, one page at
+ * a time, so a slow device costs a bounded queue and a cursor, never unbounded memory. It also
  * answers the device's sync requests, whose pages are reads of the same logs.
  */
 export class Backlog {
@@ -59,6 +81,8 @@ export class Backlog {
   private logReads: Promise<void> = SETTLED;
   /** Sync requests being answered or waiting to be. */
   private syncsPending = 0;
+  /** Live entries held for the one before them, over every conversation. */
+  private heldCount = 0;
   /** The stream's omit_own_sends option and the sends it covers (Sends remembers them). */
   readonly ownSends = new OwnSends();
 
@@ -203,19 +227,80 @@ export class Backlog {
       this.progress.set(id, p);
     }
     if (entry.seq <= p.pushed) return;
-    if (
-      p.running === undefined &&
-      entry.seq === p.pushed + 1n &&
-      (this.ownSends.skip(entry.senderDeviceId, this.stream.deviceId, entry.clientMsgId) ||
-        this.stream.outbound.offerEntries([entryForDevice(entry, this.stream.deviceId)]))
-    ) {
-      p.pushed = entry.seq;
-      if (p.target < p.pushed) p.target = p.pushed;
-      if (removesUser(entry, this.stream.userId)) this.progress.delete(id);
-      return;
+    if (p.running === undefined && entry.seq === p.pushed + 1n) {
+      if (!this.pushLive(id, p, entry)) return;
+      // What was held for this entry follows it. Anything still held after is past another gap,
+      // for which the timer already waits.
+      for (;;) {
+        const next = p.held?.get(p.pushed + 1n);
+        if (next === undefined) return;
+        this.release(p, next.seq);
+        if (!this.pushLive(id, p, next)) return;
+      }
     }
     if (entry.seq > p.target) p.target = entry.seq;
+    if (
+      p.running === undefined &&
+      p.pushed > 0n &&
+      entry.seq - p.pushed <= REORDER_GAP_MAX &&
+      this.heldCount < REORDER_HELD_MAX
+    ) {
+      p.held ??= new Map();
+      if (!p.held.has(entry.seq)) {
+        p.held.set(entry.seq, entry);
+        this.heldCount++;
+      }
+      p.heldTimer ??= setTimeout(() => {
+        p.heldTimer = undefined;
+        this.dropHeld(p);
+        if (this.stream.isClosed || this.progress.get(id) !== p) return;
+        this.catchUp(id, p);
+      }, REORDER_WAIT_MS);
+      return;
+    }
+    this.dropHeld(p);
     this.catchUp(id, p);
+  }
+
+  /**
+   * Pushes the live entry that follows what was pushed. False when it could not be (the queue is
+   * full: the log takes over, what was held included) or it was the last for this user (removed
+   * from the conversation).
+   */
+  private pushLive(id: string, p: ConversationProgress, entry: Entry): boolean {
+    if (
+      !this.ownSends.skip(entry.senderDeviceId, this.stream.deviceId, entry.clientMsgId) &&
+      !this.stream.outbound.offerEntries([entryForDevice(entry, this.stream.deviceId)])
+    ) {
+      this.dropHeld(p);
+      this.catchUp(id, p);
+      return false;
+    }
+    p.pushed = entry.seq;
+    if (p.target < p.pushed) p.target = p.pushed;
+    if (removesUser(entry, this.stream.userId)) {
+      this.dropHeld(p);
+      this.progress.delete(id);
+      return false;
+    }
+    return true;
+  }
+
+  /** Lets go of one held entry. */
+  private release(p: ConversationProgress, seq: bigint): void {
+    if (p.held?.delete(seq)) this.heldCount--;
+    if (p.held?.size === 0) this.dropHeld(p);
+  }
+
+  /** Lets go of what a conversation holds (the log will push it) and of its timer. */
+  private dropHeld(p: ConversationProgress): void {
+    if (p.heldTimer !== undefined) {
+      clearTimeout(p.heldTimer);
+      p.heldTimer = undefined;
+    }
+    if (p.held === undefined) return;
+    this.heldCount -= p.held.size;
+    p.held = undefined;
   }
 
   /**

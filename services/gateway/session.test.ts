@@ -50,6 +50,27 @@ async function* never(): AsyncGenerator<ConnectRequest> {
   await new Promise(() => {});
 }
 
+/** A started session over `log`; take(n) waits for its device to receive n entries and gives their seqs, in order. */
+async function openSession(log: Entry[]) {
+  const { core, historyCalls } = fakeCore(log, 64);
+  const session = new Session(
+    { userId: "u_00000000000000000000000001", deviceId: "dv_00000000000000000000000001", expiresAtMs: 0 },
+    core,
+  );
+  session.start(never());
+  const reader = session.outbound.drain();
+  const seqs: number[] = [];
+  const take = async (n: number) => {
+    while (seqs.length < n) {
+      const { value } = (await reader.next()) as { value: ConnectResponse };
+      if (value.frame.case === "message") seqs.push(...value.frame.value.entries.map((e) => Number(e.seq)));
+    }
+    return seqs;
+  };
+  await new Promise((r) => setTimeout(r, 10));
+  return { session, take, historyCalls };
+}
+
 describe("Session: a slow device costs a bounded queue, and catches up from the log in order", () => {
   it("never queues more than its capacity and delivers every entry once, in order, after draining", async () => {
     const log: Entry[] = [];
@@ -90,21 +111,7 @@ describe("Session: a slow device costs a bounded queue, and catches up from the 
 
   it("drops duplicates and fills a gap from the log before pushing later entries", async () => {
     const log = [1, 2, 3, 4, 5].map(entry);
-    const { core } = fakeCore(log, 64);
-    const session = new Session(
-      { userId: "u_00000000000000000000000001", deviceId: "dv_00000000000000000000000001", expiresAtMs: 0 },
-      core,
-    );
-    session.start(never());
-    const reader = session.outbound.drain();
-    const seqs: number[] = [];
-    const take = async (n: number) => {
-      while (seqs.length < n) {
-        const { value } = (await reader.next()) as { value: ConnectResponse };
-        if (value.frame.case === "message") seqs.push(...value.frame.value.entries.map((e) => Number(e.seq)));
-      }
-    };
-    await new Promise((r) => setTimeout(r, 10));
+    const { session, take } = await openSession(log);
     session.deliverEntry(log[0]!);
     session.deliverEntry(log[0]!);
     session.deliverEntry(log[4]!); // 2..4 missing live: fetched from the log
@@ -113,8 +120,7 @@ describe("Session: a slow device costs a bounded queue, and catches up from the 
     const six = entry(6);
     log.push(six);
     session.deliverEntry(six);
-    await take(6);
-    assert.deepEqual(seqs, [1, 2, 3, 4, 5, 6]);
+    assert.deepEqual(await take(6), [1, 2, 3, 4, 5, 6]);
     session.close();
   });
 
@@ -172,31 +178,11 @@ describe("Session: a slow device costs a bounded queue, and catches up from the 
 });
 
 describe("Session: a live entry that comes ahead of the one before it", () => {
-  /** A started session over `log`, and what its device receives, in order. */
-  async function open(log: Entry[]) {
-    const { core, historyCalls } = fakeCore(log, 64);
-    const session = new Session(
-      { userId: "u_00000000000000000000000001", deviceId: "dv_00000000000000000000000001", expiresAtMs: 0 },
-      core,
-    );
-    session.start(never());
-    const reader = session.outbound.drain();
-    const seqs: number[] = [];
-    const take = async (n: number) => {
-      while (seqs.length < n) {
-        const { value } = (await reader.next()) as { value: ConnectResponse };
-        if (value.frame.case === "message") seqs.push(...value.frame.value.entries.map((e) => Number(e.seq)));
-      }
-      return seqs;
-    };
-    await new Promise((r) => setTimeout(r, 10));
-    return { session, take, historyCalls };
-  }
   const turn = () => new Promise<void>((r) => setImmediate(r));
 
   it("waits for it, and both go out in order without a read of the log (two fanout workers crossed)", async () => {
     const log = [1, 2, 3, 4].map(entry);
-    const { session, take, historyCalls } = await open(log);
+    const { session, take, historyCalls } = await openSession(log);
     session.deliverEntry(log[0]!);
     session.deliverEntry(log[2]!);
     session.deliverEntry(log[3]!);
@@ -210,7 +196,7 @@ describe("Session: a live entry that comes ahead of the one before it", () => {
 
   it("reads the log when the one before it does not come live", async () => {
     const log = [1, 2, 3].map(entry);
-    const { session, take, historyCalls } = await open(log);
+    const { session, take, historyCalls } = await openSession(log);
     session.deliverEntry(log[0]!);
     session.deliverEntry(log[2]!); // 2 was committed but never pushed live
     assert.deepEqual(await take(3), [1, 2, 3]);
@@ -220,7 +206,7 @@ describe("Session: a live entry that comes ahead of the one before it", () => {
 
   it("does not wait when it is far ahead: what is missing will not come live", async () => {
     const log = Array.from({ length: 40 }, (_, i) => entry(i + 1));
-    const { session, take, historyCalls } = await open(log);
+    const { session, take, historyCalls } = await openSession(log);
     session.deliverEntry(log[0]!);
     session.deliverEntry(log[39]!);
     // The read starts at once, long before a held entry's wait would end.

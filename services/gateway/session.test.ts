@@ -51,8 +51,8 @@ async function* never(): AsyncGenerator<ConnectRequest> {
 }
 
 /** A started session over `log`; take(n) waits for its device to receive n entries and gives their seqs, in order. */
-async function openSession(log: Entry[]) {
-  const { core, historyCalls } = fakeCore(log, 64);
+async function openSession(log: Entry[], queueFrames = 64) {
+  const { core, historyCalls } = fakeCore(log, queueFrames);
   const session = new Session(
     { userId: "u_00000000000000000000000001", deviceId: "dv_00000000000000000000000001", expiresAtMs: 0 },
     core,
@@ -216,6 +216,22 @@ describe("Session: a live entry that comes ahead of the one before it", () => {
       await take(40),
       Array.from({ length: 40 }, (_, i) => i + 1),
     );
+    session.close();
+  });
+
+  it("reads the log for a live entry the full queue refused, though no other entry follows it", async () => {
+    // A queue of one frame, which the stream's first frame (caught up) fills: the entry finds no
+    // room while nothing is being read from the log, and no later entry comes to send the stream
+    // there.
+    const log = [entry(1)];
+    const { session, take } = await openSession(log, 1);
+    assert.ok(session.outbound.size >= 1, "the stream's first frames fill the queue");
+    session.deliverEntry(log[0]!);
+    const seqs = await Promise.race([
+      take(1),
+      new Promise<number[]>((_, reject) => setTimeout(() => reject(new Error("entry 1 never came")), 5000)),
+    ]);
+    assert.deepEqual(seqs, [1]);
     session.close();
   });
 });

@@ -272,6 +272,7 @@ export class Backlog {
       !this.ownSends.skip(entry.senderDeviceId, this.stream.deviceId, entry.clientMsgId) &&
       !this.stream.outbound.offerEntries([entryForDevice(entry, this.stream.deviceId)])
     ) {
+      if (entry.seq > p.target) p.target = entry.seq;
       this.dropHeld(p);
       this.catchUp(id, p);
       return false;

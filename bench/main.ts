@@ -1,4 +1,5 @@
 import { freePort } from "../services/mesh/servers.js";
+import { CpuQuotas, findCpuController, type Throttling } from "./cpu-quota.js";
 import { type Generator, inlineGenerator, split, workerGenerator } from "./generators.js";
 import { clock, type RunPlan, sleep } from "./load.js";
 import { type CpuMark, cpuMark, memorySnapshot, meshMemory } from "./measure.js";
@@ -32,11 +33,18 @@ async function main(): Promise<void> {
   }
   const opts = parseOptions();
   if (opts.pin) checkPinnable();
+  const budgets = new Map(Object.entries(opts.mesh?.cpuQuota ?? {}));
+  // Before the mesh and the registration, not after them.
+  if (budgets.size > 0 && findCpuController() === undefined)
+    throw new Error(
+      "--cpu-quota: no cgroup cpu controller (cgroup v1's cpu or v2's cpu.max) under /sys/fs/cgroup",
+    );
   const log = (line: string) => {
     if (!opts.json) process.stderr.write(`${line}\n`);
   };
   let server: BenchServer | undefined;
   let mesh: BenchMesh | undefined;
+  let quotas: CpuQuotas | undefined;
   let url = opts.url;
   let urls = url === undefined ? [] : [url];
   let pid = opts.serverPid;
@@ -146,6 +154,8 @@ async function main(): Promise<void> {
     const windowEnd = windowStart + plan.durationMs;
     let cpuStart: CpuMark | undefined;
     let cpuEnd: CpuMark | undefined;
+    let throttledStart: Map<string, Throttling> | undefined;
+    let throttledEnd: Map<string, Throttling> | undefined;
     let peakRss = 0;
     const meshPeakRss = new Map<string, number>();
     const sampler = setInterval(() => {
@@ -157,10 +167,20 @@ async function main(): Promise<void> {
       }
     }, 500);
     const marks = [
-      setTimeout(() => (cpuStart = cpuMark(pid, meshProcesses)), windowStart - clock()),
-      setTimeout(() => (cpuEnd = cpuMark(pid, meshProcesses)), windowEnd - clock()),
+      setTimeout(() => {
+        cpuStart = cpuMark(pid, meshProcesses);
+        throttledStart = quotas?.throttling();
+      }, windowStart - clock()),
+      setTimeout(() => {
+        cpuEnd = cpuMark(pid, meshProcesses);
+        throttledEnd = quotas?.throttling();
+      }, windowEnd - clock()),
     ];
     if (opts.pin && pid !== undefined) log(pinServerMainThread(pid));
+    if (budgets.size > 0) {
+      quotas = CpuQuotas.apply(budgets, meshProcesses);
+      log(quotas.describe());
+    }
     log(
       opts.mode === "idle"
         ? `holding ${connectedDevices} idle streams for ${opts.warmup + opts.duration} s`
@@ -172,6 +192,8 @@ async function main(): Promise<void> {
     for (const m of marks) clearTimeout(m);
     cpuEnd ??= cpuMark(pid, meshProcesses);
     cpuStart ??= cpuEnd;
+    throttledEnd ??= quotas?.throttling();
+    throttledStart ??= throttledEnd;
     const memEnd = await memorySnapshot(server, pid);
     const meshEnd = await meshMemory(mesh);
     const probe = (server?.samples ?? []).filter((s) => inProbeWindow(s, probeWindow));
@@ -205,6 +227,12 @@ async function main(): Promise<void> {
               problems: mesh.problems.slice(0, 10),
               problemCount: mesh.problemCount(),
               dir: mesh.dir,
+              budgets: (quotas?.budgeted ?? []).map((b) => ({
+                name: b.name,
+                cores: b.cores,
+                start: throttledStart?.get(b.name),
+                end: throttledEnd?.get(b.name),
+              })),
             },
     });
     const lost = report.correctness.receivedDeliveries < report.correctness.expectedDeliveries;
@@ -222,9 +250,14 @@ async function main(): Promise<void> {
       const code = await server.stop();
       if (code !== 0) process.stderr.write(`server exited with code ${code}\n`);
     }
-    if (mesh !== undefined) {
-      await mesh.stop(keepMeshDir);
-      if (keepMeshDir) process.stderr.write(`mesh directory (data and logs) kept in ${mesh.dir}\n`);
+    try {
+      if (mesh !== undefined) {
+        await mesh.stop(keepMeshDir);
+        if (keepMeshDir) process.stderr.write(`mesh directory (data and logs) kept in ${mesh.dir}\n`);
+      }
+    } finally {
+      // After the processes are gone, so their cgroups are empty.
+      quotas?.release();
     }
   }
 }

@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import { parseCpuQuota } from "./cpu-quota.js";
 import type { ClientKind } from "./stream.js";
 
 /** The load run's command line: its usage text and the options parsed from it. */
@@ -11,6 +12,10 @@ export const USAGE = `npm run bench -- [options]
   --gateways N         with --mesh: gateway processes, default 2
   --sequencers N       with --mesh: sequencer replicas, default 2
   --fanouts N          with --mesh: fanout workers, default 2
+  --cpu-quota ROLE=CORES[,ROLE=CORES...]
+                       with --mesh: when the send phase starts, hold each process of those roles to that much of one
+                       CPU (say gateway=0.25,sequencer=0.25), a cgroup each (Linux, as root): roles with cores of
+                       their own, scaled down to fit a small machine (bench/cpu-quota.ts)
   --keep-mesh-dir      with --mesh: keep the mesh's directory (data and each process's log) after the run;
                        it is kept anyway when a process logged a warning or error or deliveries were lost
   --server-pid PID     with --url: the server's pid, for memory and CPU figures
@@ -49,7 +54,16 @@ export const USAGE = `npm run bench -- [options]
 /** A load run, as the command line asked for it. */
 export interface Options {
   url: string | undefined;
-  mesh: { gateways: number; sequencers: number; fanouts: number; keepDir: boolean } | undefined;
+  mesh:
+    | {
+        gateways: number;
+        sequencers: number;
+        fanouts: number;
+        keepDir: boolean;
+        /** Role -> CPUs each of its processes may use (bench/cpu-quota.ts); empty for no budgets. */
+        cpuQuota: Record<string, number>;
+      }
+    | undefined;
   serverPid: number | undefined;
   devices: number;
   mode: "direct" | "group" | "idle";
@@ -87,6 +101,7 @@ export function parseOptions(): Options {
       sequencers: { type: "string", default: "2" },
       fanouts: { type: "string", default: "2" },
       "keep-mesh-dir": { type: "boolean", default: false },
+      "cpu-quota": { type: "string" },
       "server-pid": { type: "string" },
       devices: { type: "string", default: "200" },
       mode: { type: "string", default: "direct" },
@@ -135,6 +150,8 @@ export function parseOptions(): Options {
   }
   if (values.mesh && (values.url !== undefined || values["server-pid"] !== undefined))
     throw new Error("--mesh spawns its own processes; it does not combine with --url or --server-pid");
+  if (values["cpu-quota"] !== undefined && !values.mesh)
+    throw new Error("--cpu-quota budgets the mesh's processes; it needs --mesh");
   if (values.pin && (values.mesh || values.url !== undefined))
     throw new Error("--pin pins the server the bench spawns; it does not combine with --mesh or --url");
   return {
@@ -145,6 +162,9 @@ export function parseOptions(): Options {
           sequencers: Math.floor(num("sequencers", values.sequencers, 1, 64)),
           fanouts: Math.floor(num("fanouts", values.fanouts, 1, 64)),
           keepDir: values["keep-mesh-dir"],
+          cpuQuota: Object.fromEntries(
+            values["cpu-quota"] === undefined ? [] : parseCpuQuota(values["cpu-quota"]),
+          ),
         }
       : undefined,
     serverPid:

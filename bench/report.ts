@@ -108,6 +108,15 @@ function meshLines(r: Report): string[] {
     ),
     `  per process cpu % (ELU): ${m.processes.map((p) => `${p.name} ${num(p.cpuPercent, 0)}${p.eventLoopUtilization === undefined ? "" : ` (${fixed(100 * p.eventLoopUtilization, 0)})`}`).join(", ")}`,
   ];
+  if (m.budgets.length > 0)
+    lines.push(
+      `  cpu budgets (--cpu-quota): ${m.budgets
+        .map(
+          (b) =>
+            `${b.name} ${b.cores} CPU, throttled in ${b.throttledShare === undefined ? "n/a" : `${fixed(100 * b.throttledShare, 0)} %`} of its periods`,
+        )
+        .join(", ")}`,
+    );
   const gw = m.roles.find((x) => x.role === "gateway");
   if (gw?.rssPerConnectedDeviceBytes !== undefined)
     lines.push(

@@ -1,4 +1,5 @@
 import { cpus, totalmem } from "node:os";
+import type { Throttling } from "./cpu-quota.js";
 import { Histogram, type LatencySummary } from "./histogram.js";
 import type { LoadStats } from "./load.js";
 import type { CpuMark, MemorySnapshot } from "./measure.js";
@@ -42,6 +43,13 @@ export interface Context {
         problems: { process: string; line: string }[];
         problemCount: number;
         dir: string;
+        /** The processes held to a CPU budget (--cpu-quota), with their throttling at the window's ends. */
+        budgets: {
+          name: string;
+          cores: number;
+          start: Throttling | undefined;
+          end: Throttling | undefined;
+        }[];
       }
     | undefined;
 }
@@ -121,6 +129,19 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
     switchesPerMessage: perMessage(add(processes.map((p) => p.switches)), acked),
     roles,
     processes,
+    /** Per budgeted process: its budget, and the share of the window's periods it spent waiting out. */
+    budgets: m.budgets.map((b) => {
+      const periods = b.start && b.end ? b.end.periods - b.start.periods : undefined;
+      const throttled = b.start && b.end ? b.end.throttled - b.start.throttled : undefined;
+      return {
+        name: b.name,
+        cores: b.cores,
+        periods,
+        throttledShare:
+          periods === undefined || throttled === undefined || periods === 0 ? undefined : throttled / periods,
+        throttledSeconds: b.start && b.end ? b.end.throttledSeconds - b.start.throttledSeconds : undefined,
+      };
+    }),
     problemCount: m.problemCount,
     problems: m.problems,
   };

@@ -19,8 +19,12 @@ function entry(seq: number): Entry {
   });
 }
 
-/** A gateway core whose sequencer is an in-memory log, to drive one session deterministically. */
-function fakeCore(log: Entry[], queueFrames: number) {
+/**
+ * A gateway core whose sequencer is an in-memory log, to drive one session deterministically.
+ * With `answer`, a history read is taken from the log when it arrives and answered when the
+ * promise `answer()` gives settles: entries committed meanwhile are not in it.
+ */
+function fakeCore(log: Entry[], queueFrames: number, answer?: () => Promise<void>) {
   let historyCalls = 0;
   const core = {
     limits: { ...defaultLimits, outboundQueueFrames: queueFrames },
@@ -39,6 +43,7 @@ function fakeCore(log: Entry[], queueFrames: number) {
         const after = Number(req.afterSeq);
         const entries = log.filter((e) => Number(e.seq) > after).slice(0, req.limit);
         const last = log.length;
+        if (answer !== undefined) await answer();
         return { entries, lastSeq: BigInt(last), hasMore: after + entries.length < last };
       },
     },
@@ -51,8 +56,8 @@ async function* never(): AsyncGenerator<ConnectRequest> {
 }
 
 /** A started session over `log`; take(n) waits for its device to receive n entries and gives their seqs, in order. */
-async function openSession(log: Entry[], queueFrames = 64) {
-  const { core, historyCalls } = fakeCore(log, queueFrames);
+async function openSession(log: Entry[], queueFrames = 64, answer?: () => Promise<void>) {
+  const { core, historyCalls } = fakeCore(log, queueFrames, answer);
   const session = new Session(
     { userId: "u_00000000000000000000000001", deviceId: "dv_00000000000000000000000001", expiresAtMs: 0 },
     core,
@@ -60,9 +65,20 @@ async function openSession(log: Entry[], queueFrames = 64) {
   session.start(never());
   const reader = session.outbound.drain();
   const seqs: number[] = [];
+  // A wrong session never delivers what is missing: fail in seconds rather than hang the suite.
   const take = async (n: number) => {
+    const deadline = Date.now() + 5000;
     while (seqs.length < n) {
-      const { value } = (await reader.next()) as { value: ConnectResponse };
+      let timer: NodeJS.Timeout | undefined;
+      const next = await Promise.race([
+        reader.next(),
+        new Promise<undefined>((r) => {
+          timer = setTimeout(() => r(undefined), Math.max(0, deadline - Date.now()));
+        }),
+      ]);
+      clearTimeout(timer);
+      if (next === undefined) assert.fail(`only ${JSON.stringify(seqs)} of ${n} entries came`);
+      const { value } = next as { value: ConnectResponse };
       if (value.frame.case === "message") seqs.push(...value.frame.value.entries.map((e) => Number(e.seq)));
     }
     return seqs;
@@ -217,6 +233,112 @@ describe("Session: a live entry that comes ahead of the one before it", () => {
       Array.from({ length: 40 }, (_, i) => i + 1),
     );
     session.close();
+  });
+
+  /** Waits for `cond`, failing after 5 s. */
+  async function until(cond: () => boolean, what: string) {
+    const deadline = Date.now() + 5000;
+    while (!cond()) {
+      if (Date.now() > deadline) assert.fail(`never: ${what}`);
+      await new Promise((r) => setTimeout(r, 1));
+    }
+  }
+
+  /** History reads answered only when released, one release a read, in order. */
+  function gate() {
+    const waiting: Array<() => void> = [];
+    let reads = 0;
+    return {
+      answer: () => {
+        reads++;
+        return new Promise<void>((r) => waiting.push(r));
+      },
+      reads: () => reads,
+      release: () => waiting.shift()?.(),
+    };
+  }
+
+  it("holds one that commits while the log is read, and pushes it after the read's last page without another read", async () => {
+    // In a group that keeps moving, an entry commits while a catch-up's read travels; sent back
+    // to the log, every stream of the group read again, and again (docs/benchmarks.md, thirtieth pass).
+    const log = [1, 2, 3, 4].map(entry);
+    const g = gate();
+    const { session, take, historyCalls } = await openSession(log, 64, g.answer);
+    session.deliverEntry(log[0]!);
+    session.deliverEntry(log[2]!); // 2 does not come live: after the wait, the log is read
+    await until(() => g.reads() === 1, "the log is read");
+    const five = entry(5);
+    log.push(five);
+    session.deliverEntry(five); // committed after the read took its page (2..4)
+    g.release();
+    assert.deepEqual(await take(5), [1, 2, 3, 4, 5]);
+    await new Promise((r) => setTimeout(r, 60));
+    assert.equal(historyCalls(), 1);
+    session.close();
+  });
+
+  it("reads the log again for what it held when the entries before it never come", async () => {
+    const log = [1, 2, 3, 4].map(entry);
+    const g = gate();
+    const { session, take, historyCalls } = await openSession(log, 64, g.answer);
+    session.deliverEntry(log[0]!);
+    session.deliverEntry(log[2]!);
+    await until(() => g.reads() === 1, "the log is read");
+    log.push(entry(5), entry(6));
+    session.deliverEntry(log[5]!); // 6 comes live during the read; 5 never does
+    g.release();
+    await until(() => g.reads() === 2, "the log is read again");
+    g.release();
+    assert.deepEqual(await take(6), [1, 2, 3, 4, 5, 6]);
+    assert.equal(historyCalls(), 2);
+    session.close();
+  });
+
+  it("reads on at once after the read when one came too far past the log's end to hold", async () => {
+    const log = [1, 2, 3, 4].map(entry);
+    const g = gate();
+    const { session, take, historyCalls } = await openSession(log, 64, g.answer);
+    session.deliverEntry(log[0]!);
+    session.deliverEntry(log[2]!);
+    await until(() => g.reads() === 1, "the log is read");
+    for (let seq = 5; seq <= 30; seq++) log.push(entry(seq));
+    session.deliverEntry(log[29]!); // 26 past the last entry known
+    g.release();
+    // The second read starts a few turns after the first ends, not after a held entry's wait.
+    for (let i = 0; i < 20 && g.reads() < 2; i++) await turn();
+    assert.equal(g.reads(), 2);
+    g.release();
+    assert.deepEqual(
+      await take(30),
+      Array.from({ length: 30 }, (_, i) => i + 1),
+    );
+    assert.equal(historyCalls(), 2);
+    session.close();
+  });
+
+  it("reads on at once when one too far to hold comes as the read ends, whatever the moment", async () => {
+    for (let delay = 0; delay < 40; delay++) {
+      const log = [1, 2, 3].map(entry);
+      const g = gate();
+      const { session, take } = await openSession(log, 64, g.answer);
+      session.deliverEntry(log[0]!);
+      session.deliverEntry(log[2]!);
+      await until(() => g.reads() === 1, "the log is read");
+      for (let seq = 4; seq <= 21; seq++) log.push(entry(seq));
+      g.release();
+      let chain = Promise.resolve();
+      for (let i = 0; i < delay; i++) chain = chain.then(() => {});
+      await chain;
+      session.deliverEntry(log[20]!); // 18 past the last entry the read knew of
+      for (let i = 0; i < 50 && g.reads() < 2; i++) await turn();
+      assert.equal(g.reads(), 2, `read again at once, ${delay} microtasks after the first read was answered`);
+      g.release();
+      assert.deepEqual(
+        await take(21),
+        Array.from({ length: 21 }, (_, i) => i + 1),
+      );
+      session.close();
+    }
   });
 
   it("reads the log for a live entry the full queue refused, though no other entry follows it", async () => {

@@ -258,15 +258,25 @@ describe("Session: a live entry that comes ahead of the one before it", () => {
     };
   }
 
+  /**
+   * A session over `log` (entries 1..n) that pushed entry 1 live, held entry 3 for 2, which never
+   * came, and is now reading the log: the read's page (2..n) is taken and waits for release().
+   */
+  async function reading(log: Entry[]) {
+    const g = gate();
+    const opened = await openSession(log, 64, g.answer);
+    opened.session.deliverEntry(log[0]!);
+    opened.session.deliverEntry(log[2]!);
+    await until(() => g.reads() === 1, "the log is read");
+    return { ...opened, ...g };
+  }
+
   it("holds one that commits while the log is read, and pushes it after the read's last page without another read", async () => {
     // In a group that keeps moving, an entry commits while a catch-up's read travels; sent back
     // to the log, every stream of the group read again, and again (docs/benchmarks.md, thirtieth pass).
     const log = [1, 2, 3, 4].map(entry);
-    const g = gate();
-    const { session, take, historyCalls } = await openSession(log, 64, g.answer);
-    session.deliverEntry(log[0]!);
-    session.deliverEntry(log[2]!); // 2 does not come live: after the wait, the log is read
-    await until(() => g.reads() === 1, "the log is read");
+    const g = await reading(log);
+    const { session, take, historyCalls } = g;
     const five = entry(5);
     log.push(five);
     session.deliverEntry(five); // committed after the read took its page (2..4)
@@ -279,11 +289,8 @@ describe("Session: a live entry that comes ahead of the one before it", () => {
 
   it("reads the log again for what it held when the entries before it never come", async () => {
     const log = [1, 2, 3, 4].map(entry);
-    const g = gate();
-    const { session, take, historyCalls } = await openSession(log, 64, g.answer);
-    session.deliverEntry(log[0]!);
-    session.deliverEntry(log[2]!);
-    await until(() => g.reads() === 1, "the log is read");
+    const g = await reading(log);
+    const { session, take, historyCalls } = g;
     log.push(entry(5), entry(6));
     session.deliverEntry(log[5]!); // 6 comes live during the read; 5 never does
     g.release();
@@ -296,11 +303,8 @@ describe("Session: a live entry that comes ahead of the one before it", () => {
 
   it("reads on at once after the read when one came too far past the log's end to hold", async () => {
     const log = [1, 2, 3, 4].map(entry);
-    const g = gate();
-    const { session, take, historyCalls } = await openSession(log, 64, g.answer);
-    session.deliverEntry(log[0]!);
-    session.deliverEntry(log[2]!);
-    await until(() => g.reads() === 1, "the log is read");
+    const g = await reading(log);
+    const { session, take, historyCalls } = g;
     for (let seq = 5; seq <= 30; seq++) log.push(entry(seq));
     session.deliverEntry(log[29]!); // 26 past the last entry known
     g.release();
@@ -319,11 +323,8 @@ describe("Session: a live entry that comes ahead of the one before it", () => {
   it("reads on at once when one too far to hold comes as the read ends, whatever the moment", async () => {
     for (let delay = 0; delay < 40; delay++) {
       const log = [1, 2, 3].map(entry);
-      const g = gate();
-      const { session, take } = await openSession(log, 64, g.answer);
-      session.deliverEntry(log[0]!);
-      session.deliverEntry(log[2]!);
-      await until(() => g.reads() === 1, "the log is read");
+      const g = await reading(log);
+      const { session, take } = g;
       for (let seq = 4; seq <= 21; seq++) log.push(entry(seq));
       g.release();
       let chain = Promise.resolve();

@@ -244,15 +244,10 @@ export class Backlog {
       return;
     }
     if (entry.seq === p.pushed + 1n) {
-      if (!this.pushLive(id, p, entry)) return;
       // What was held for this entry follows it. Anything still held after is past another gap,
       // for which the timer already waits.
-      for (;;) {
-        const next = p.held?.get(p.pushed + 1n);
-        if (next === undefined) return;
-        this.release(p, next.seq);
-        if (!this.pushLive(id, p, next)) return;
-      }
+      if (this.pushLive(id, p, entry)) this.pushHeld(id, p);
+      return;
     }
     if (entry.seq > p.target) p.target = entry.seq;
     if (p.pushed > 0n && entry.seq - p.pushed <= REORDER_GAP_MAX && this.hold(p, entry)) {
@@ -284,9 +279,9 @@ export class Backlog {
   }
 
   /**
-   * After a read of the log: pushes what was held and now follows what was pushed, lets go of
-   * what the read already pushed, and waits for the entries before what is still held (the log
-   * is read up to them if they do not come).
+   * After a live entry or a read of the log: pushes what was held and now follows what was
+   * pushed, lets go of what was already pushed, and waits for the entries before what is still
+   * held (the log is read up to them if they do not come).
    */
   private pushHeld(id: string, p: ConversationProgress): void {
     if (p.held === undefined) return;

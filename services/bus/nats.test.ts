@@ -3,7 +3,7 @@ import { randomUUID } from "node:crypto";
 import { rm } from "node:fs/promises";
 import { after, describe, test } from "node:test";
 import { create, toBinary } from "@bufbuild/protobuf";
-import { connect, type NatsConnection } from "nats";
+import { AckPolicy, connect, DeliverPolicy, type JetStreamManager, type NatsConnection } from "nats";
 import {
   type BusEvent,
   BusEventSchema,
@@ -22,7 +22,7 @@ import {
 } from "../../test/helpers/backends.js";
 import { createLogger } from "../common/log.js";
 import { committed, eventually, keyOf, receipt, runBusConformance } from "./conformance.js";
-import { committedSubject, conversationToken } from "./nats/subjects.js";
+import { committedSubject, conversationToken, PARTITIONS, partitionOf } from "./nats/subjects.js";
 import { packRepeated, unpackEvents } from "./nats/wire.js";
 import { connectNats, type NatsBusOptions, type NatsEngine } from "./nats.js";
 
@@ -46,6 +46,38 @@ const QUICK: Partial<NatsBusOptions> = {
   reconnectTimeWaitMs: 100,
 };
 
+/** Events fetched or waiting, over every partition's consumer of a stream. */
+async function outstanding(jsm: JetStreamManager, stream: string): Promise<number> {
+  let n = 0;
+  for (let p = 0; p < PARTITIONS; p++) {
+    try {
+      const info = await jsm.consumers.info(stream, `fanout_p${p}`);
+      n += info.num_ack_pending + info.num_pending;
+    } catch (err) {
+      if (!(err instanceof Error && err.message.includes("consumer not found"))) throw err;
+    }
+  }
+  return n;
+}
+
+/** Which member holds each partition, from the lease bucket (the id each member writes). */
+async function holders(nc: NatsConnection, stream: string): Promise<Array<string | undefined>> {
+  const kv = await nc.jetstream().views.kv(`${stream}_fanout_leases`, { bindOnly: true });
+  const out: Array<string | undefined> = [];
+  for (let p = 0; p < PARTITIONS; p++) {
+    const e = await kv.get(`p.${p}`);
+    out.push(e && e.operation === "PUT" ? e.string() : undefined);
+  }
+  return out;
+}
+
+/** How many partitions each member holds, by member id. */
+function shares(owners: Array<string | undefined>): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const o of owners) if (o !== undefined) m.set(o, (m.get(o) ?? 0) + 1);
+  return m;
+}
+
 function conversation(): string {
   return `g_${randomUUID().replaceAll("-", "")}`;
 }
@@ -67,8 +99,10 @@ describe("NATS bus parts without a server", () => {
     // A publisher on another version must pick the same subject for the same conversation.
     assert.equal(conversationToken("conversation.with dots"), "_h491fad3c");
     assert.equal(conversationToken("😀"), "_hcb31c4b8");
-    assert.equal(committedSubject("sb", undefined), "sb.events._");
-    assert.equal(committedSubject("sb", { conversationId: "a.b" }), "sb.events._h108bf50c");
+    // The partition is FNV-1a mod 24: changing either would split a mesh of mixed versions.
+    assert.equal(committedSubject("sb", undefined), "sb.events.0._");
+    assert.equal(committedSubject("sb", { conversationId: "a.b" }), "sb.events.4._h108bf50c");
+    assert.equal(committedSubject("sb", { conversationId: "g_abc" }), "sb.events.13.g_abc");
   });
 
   test("packs events within the payload limit and unpacks them in order", () => {
@@ -109,7 +143,10 @@ if (!(await pingNats(url))) {
 
   after(async () => {
     await Promise.all(engines.map((e) => e.close()));
-    for (const stream of streams) await jsm.streams.delete(stream).catch(() => false);
+    for (const stream of streams) {
+      await jsm.streams.delete(stream).catch(() => false);
+      await jsm.streams.delete(`KV_${stream}_fanout_leases`).catch(() => false);
+    }
     await admin.close();
   });
 
@@ -122,13 +159,11 @@ if (!(await pingNats(url))) {
         bus: e.bus,
         delivery: e.delivery,
         settle: () => e.flush(),
-        outstanding: async () => {
-          const info = await jsm.consumers.info(names.stream, "fanout");
-          return info.num_ack_pending + info.num_pending;
-        },
+        outstanding: () => outstanding(jsm, names.stream),
         close: async () => {
           await e.close();
           await jsm.streams.delete(names.stream).catch(() => false);
+          await jsm.streams.delete(`KV_${names.stream}_fanout_leases`).catch(() => false);
           streams.delete(names.stream);
         },
       };
@@ -160,14 +195,18 @@ if (!(await pingNats(url))) {
         duplicateWindowMs: 30_000,
       });
       assert.equal((await jsm.streams.info(names.stream)).config.max_age, 120_000 * 1e6);
-      await again.ensureConsumer();
-      const consumer = (await jsm.consumers.info(names.stream, "fanout")).config;
-      assert.equal(consumer.ack_policy, "explicit");
-      assert.equal(consumer.ack_wait, 2000 * 1e6);
+      await again.ensureConsumers();
+      for (let p = 0; p < PARTITIONS; p++) {
+        const consumer = (await jsm.consumers.info(names.stream, `fanout_p${p}`)).config;
+        assert.equal(consumer.ack_policy, "explicit");
+        assert.equal(consumer.ack_wait, 2000 * 1e6);
+        assert.equal(consumer.filter_subject, `${names.subjectPrefix}.events.${p}.>`);
+        assert.equal(consumer.deliver_policy, "all");
+      }
       await again.close();
       const changed = await engine(names, { ackWaitMs: 3000, maxDeliver: 7 });
-      await changed.ensureConsumer();
-      const updated = (await jsm.consumers.info(names.stream, "fanout")).config;
+      await changed.ensureConsumers();
+      const updated = (await jsm.consumers.info(names.stream, "fanout_p23")).config;
       assert.equal(updated.ack_wait, 3000 * 1e6);
       assert.equal(updated.max_deliver, 7);
       await changed.close();
@@ -227,17 +266,17 @@ if (!(await pingNats(url))) {
       const c = conversation();
       await admin
         .jetstream()
-        .publish(`${names.subjectPrefix}.events.${c}`, new Uint8Array([0xff, 0xff, 0xff]));
+        .publish(
+          committedSubject(names.subjectPrefix, { conversationId: c }),
+          new Uint8Array([0xff, 0xff, 0xff]),
+        );
       await e.bus.publishCommitted([committed(c, 1)]);
       const seen: string[] = [];
       const stop = e.bus.consumeCommitted(async (events) => {
         seen.push(...events.map(keyOf));
       });
       await eventually("the valid event", () => seen.length >= 1);
-      await eventually("nothing outstanding", async () => {
-        const info = await jsm.consumers.info(names.stream, "fanout");
-        return info.num_ack_pending + info.num_pending === 0;
-      });
+      await eventually("nothing outstanding", async () => (await outstanding(jsm, names.stream)) === 0);
       stop();
       assert.deepEqual(seen, [`${c}:1`]);
       assert.equal(e.metrics.terminated, 1);
@@ -271,6 +310,153 @@ if (!(await pingNats(url))) {
       assert.ok(received.length > 1, "the batch should have been split");
       const joined = create(DeliveryBatchSchema, { deliveries: received.flatMap((b) => b.deliveries) });
       assert.deepEqual(toBinary(DeliveryBatchSchema, joined), toBinary(DeliveryBatchSchema, batch));
+    });
+
+    test("two members split the partitions evenly, and each conversation's events reach one of them, in order", async () => {
+      const names = isolated();
+      const [a, b] = [await engine(names), await engine(names)];
+      const gotA: string[] = [];
+      const gotB: string[] = [];
+      a.bus.consumeCommitted(async (events) => {
+        gotA.push(...events.map(keyOf));
+      });
+      await eventually("the first member holding every partition", async () => {
+        const owners = await holders(admin, names.stream);
+        return owners.every((o) => o !== undefined) && shares(owners).size === 1;
+      });
+      b.bus.consumeCommitted(async (events) => {
+        gotB.push(...events.map(keyOf));
+      });
+      await eventually("twelve partitions each once the second joined", async () => {
+        const counts = [...shares(await holders(admin, names.stream)).values()];
+        return counts.length === 2 && counts.every((n) => n === PARTITIONS / 2);
+      });
+      const conversations = range(1, 48).map(() => conversation());
+      // Round by round, so that every partition's events interleave with the others'.
+      for (const seq of range(1, 20))
+        await a.bus.publishCommitted(conversations.map((c) => committed(c, seq)));
+      await eventually("every event", () => gotA.length + gotB.length >= 48 * 20);
+      for (const c of conversations) {
+        const atA = gotA.filter((k) => k.startsWith(`${c}:`));
+        const atB = gotB.filter((k) => k.startsWith(`${c}:`));
+        assert.ok(
+          atA.length === 0 || atB.length === 0,
+          `${c} (partition ${partitionOf(c)}) went to one member`,
+        );
+        assert.deepEqual(
+          [...atA, ...atB],
+          range(1, 20).map((seq) => `${c}:${seq}`),
+        );
+      }
+      assert.ok(gotA.length > 0 && gotB.length > 0, "both members had events to handle");
+    });
+
+    test("a member that stops hands its partitions to the others long before its leases expire", async () => {
+      const names = isolated();
+      const leaseMs = 15_000;
+      const [a, b] = [await engine(names, { leaseMs }), await engine(names, { leaseMs })];
+      const gotA: string[] = [];
+      a.bus.consumeCommitted(async (events) => {
+        gotA.push(...events.map(keyOf));
+      });
+      const stopB = b.bus.consumeCommitted(async () => {});
+      await eventually("twelve partitions each", async () => {
+        const counts = [...shares(await holders(admin, names.stream)).values()];
+        return counts.length === 2 && counts.every((n) => n === PARTITIONS / 2);
+      });
+      const stoppedAt = Date.now();
+      stopB();
+      // One conversation in every partition.
+      const byPartition = new Map<number, string>();
+      while (byPartition.size < PARTITIONS) {
+        const c = conversation();
+        byPartition.set(partitionOf(c), c);
+      }
+      await a.bus.publishCommitted([...byPartition.values()].map((c) => committed(c, 1)));
+      await eventually(
+        "every partition's event at the member left",
+        () => gotA.length >= PARTITIONS,
+        leaseMs,
+      );
+      assert.ok(Date.now() - stoppedAt < leaseMs, "handed over, not expired");
+      const owners = await holders(admin, names.stream);
+      assert.equal(shares(owners).size, 1);
+      assert.ok(owners.every((o) => o !== undefined));
+    });
+
+    test("the backlog counts what waits in every partition, and falls as the members settle it", async () => {
+      const names = isolated();
+      const e = await engine(names);
+      assert.deepEqual(await e.backlog(), { pending: 0, unacknowledged: 0 });
+      await e.ensureConsumers();
+      const conversations = range(1, 6).map(() => conversation());
+      await e.bus.publishCommitted(conversations.flatMap((c) => range(1, 5).map((seq) => committed(c, seq))));
+      assert.deepEqual(await e.backlog(), { pending: 30, unacknowledged: 0 });
+      const release = deferred();
+      let held = 0;
+      e.bus.consumeCommitted(async (events) => {
+        held += events.length;
+        await release.promise;
+      });
+      await eventually(
+        "the members holding some",
+        async () => held > 0 && (await e.backlog()).unacknowledged > 0,
+      );
+      release.resolve();
+      await eventually("nothing left", async () => {
+        const b = await e.backlog();
+        return b.pending + b.unacknowledged === 0;
+      });
+    });
+
+    test("an unpartitioned consumer of an earlier version is drained, then left alone", async () => {
+      const names = isolated();
+      const e = await engine(names);
+      const old = `${names.subjectPrefix}.events.>`;
+      await jsm.consumers.add(names.stream, {
+        durable_name: "fanout",
+        ack_policy: AckPolicy.Explicit,
+        deliver_policy: DeliverPolicy.All,
+        filter_subject: old,
+      });
+      const c = conversation();
+      // Published before the upgrade: only the old consumer delivers these.
+      await e.bus.publishCommitted(range(1, 10).map((seq) => committed(c, seq)));
+      const seen: string[] = [];
+      e.bus.consumeCommitted(async (events) => {
+        seen.push(...events.map(keyOf));
+      });
+      await eventually(
+        "the partitions' consumers",
+        async () =>
+          (await outstanding(jsm, names.stream)) === 0 &&
+          (await jsm.consumers.info(names.stream, `fanout_p${partitionOf(c)}`).then(
+            () => true,
+            () => false,
+          )),
+      );
+      await e.bus.publishCommitted(range(11, 20).map((seq) => committed(c, seq)));
+      await eventually("every event, from the old consumer and the partitions", () =>
+        range(1, 20).every((seq) => seen.includes(`${c}:${seq}`)),
+      );
+      const partition = await jsm.consumers.info(names.stream, `fanout_p${partitionOf(c)}`);
+      assert.equal(partition.config.deliver_policy, "by_start_sequence");
+      assert.equal(partition.config.opt_start_seq, 11);
+      await eventually("the old consumer settled up to where the partitions start", async () => {
+        const info = await jsm.consumers.info(names.stream, "fanout");
+        return info.ack_floor.stream_seq >= 10 && info.num_waiting === 0;
+      });
+      await e.bus.publishCommitted(range(21, 30).map((seq) => committed(c, seq)));
+      await eventually("the events after the drain", () => seen.includes(`${c}:30`));
+      // Nobody pulls from the old consumer any more; an operator deletes it.
+      const left = await jsm.consumers.info(names.stream, "fanout");
+      assert.ok(left.num_pending >= 10, `the old consumer has ${left.num_pending} pending`);
+      assert.equal(left.num_waiting, 0);
+      // At least once, and in order by first arrival.
+      assert.deepEqual(
+        [...new Set(seen)],
+        range(1, 30).map((seq) => `${c}:${seq}`),
+      );
     });
 
     test("gateway ids that are not subject tokens are refused", async () => {
@@ -329,47 +515,52 @@ async function ownServer(
 }
 
 describe("NATS bus faults (own nats-server)", () => {
-  test("workers share the durable consumer, and a killed worker's batch goes to another", async (t) => {
+  test("a killed member's partitions go to the other when its leases expire, and its batch with them", async (t) => {
     const server = await ownServer(t);
     if (server === undefined) return;
     const stuck = deferred();
     const names = isolated();
-    const options = { servers: [server.url], ...QUICK, ...names, ackWaitMs: 1000, batchSize: 10 };
+    const options = {
+      servers: [server.url],
+      ...QUICK,
+      ...names,
+      ackWaitMs: 1000,
+      batchSize: 10,
+      leaseMs: 1000,
+    };
     const a = await connectNats(options, log);
     const b = await connectNats(options, log);
     const probe = await connect({ servers: server.url });
     try {
-      await a.ensureConsumer();
       const gotA: string[] = [];
       const gotB: string[] = [];
       a.bus.consumeCommitted((events) => {
         gotA.push(...events.map(keyOf));
-        // A worker that dies mid-batch: it never settles.
+        // A member that dies mid-batch: it never settles.
         return stuck.promise;
       });
       b.bus.consumeCommitted(async (events) => {
         gotB.push(...events.map(keyOf));
       });
-      const probeJsm = await probe.jetstreamManager();
-      await eventually(
-        "both workers waiting",
-        async () => (await probeJsm.consumers.info(names.stream, "fanout")).num_waiting >= 2,
-      );
-      const c = conversation();
-      await a.bus.publishCommitted(range(1, 100).map((s) => committed(c, s)));
-      await eventually("worker A's batch", () => gotA.length > 0);
+      await eventually("twelve partitions each", async () => {
+        const counts = [...shares(await holders(probe, names.stream)).values()];
+        return counts.length === 2 && counts.every((n) => n === PARTITIONS / 2);
+      });
+      const conversations = range(1, 16).map(() => conversation());
+      await a.bus.publishCommitted(conversations.flatMap((c) => range(1, 10).map((s) => committed(c, s))));
+      await eventually("member A's batch", () => gotA.length > 0);
       await a.connection.close();
-      const all = range(1, 100).map((s) => `${c}:${s}`);
-      await eventually("every event at worker B", () => all.every((k) => gotB.includes(k)));
+      const all = conversations.flatMap((c) => range(1, 10).map((s) => `${c}:${s}`));
+      await eventually("every event at member B", () => all.every((k) => gotB.includes(k)));
       assert.ok(
         gotA.every((k) => gotB.includes(k)),
-        "worker A's events were redelivered to B",
+        "member A's events were redelivered to B",
       );
       assert.ok(b.metrics.redelivered >= gotA.length);
-      await eventually("nothing outstanding", async () => {
-        const info = await probeJsm.consumers.info(names.stream, "fanout");
-        return info.num_ack_pending + info.num_pending === 0;
-      });
+      const owners = await holders(probe, names.stream);
+      assert.ok(owners.every((o) => o !== undefined) && shares(owners).size === 1, "B holds every partition");
+      const probeJsm = await probe.jetstreamManager();
+      await eventually("nothing outstanding", async () => (await outstanding(probeJsm, names.stream)) === 0);
     } finally {
       stuck.resolve();
       await Promise.all([a.close(), b.close(), probe.close()]);
@@ -421,8 +612,11 @@ describe("NATS bus faults (own nats-server)", () => {
       );
       const probe = await connect({ servers: server.url });
       try {
-        const info = await (await probe.jetstreamManager()).consumers.info(names.stream, "fanout");
-        assert.equal(info.config.durable_name, "fanout");
+        const info = await (await probe.jetstreamManager()).consumers.info(
+          names.stream,
+          `fanout_p${partitionOf(c)}`,
+        );
+        assert.equal(info.config.durable_name, `fanout_p${partitionOf(c)}`);
       } finally {
         await probe.close();
       }

@@ -1,11 +1,13 @@
 /**
- * The NATS engine of the bus ports: JetStream for committed events (a stream with a durable
- * consumer shared by every fanout worker), core subjects for typing, broadcasts and per-gateway
- * delivery. This file composes the parts in nats/; each has one job:
+ * The NATS engine of the bus ports: JetStream for committed events (a stream partitioned by
+ * conversation, a durable consumer per partition, each consumed by one fanout worker at a time),
+ * core subjects for typing, broadcasts and per-gateway delivery. This file composes the parts in
+ * nats/; each has one job:
  *
  *   nats/connection.ts  the connection's state: up or down, the outage buffer bound, reconnects
  *   nats/jetstream.ts   the stream and consumer configuration, and publishing committed events
- *   nats/consumer.ts    the consumer's workers and how each event is settled
+ *   nats/consumer.ts    the consumer group's members and how each event is settled
+ *   nats/leases.ts      which member consumes which partition
  *   nats/subjects.ts    subject names and the core (fire-and-forget) subjects
  *   nats/wire.ts        message payloads, trace headers and packing within the payload limit
  *   nats/settings.ts    the options' defaults and checks; nats/types.ts the public contracts
@@ -44,7 +46,7 @@ class NatsEngineImpl implements NatsEngine {
     const js = connection.jetstream();
     this.link = new Link(connection, settings.reconnectBufferBytes, log);
     this.stream = new CommittedStream(this.link, js, jsm, settings, this.metrics, log);
-    this.consumers = new CommittedConsumers(this.link, js, this.stream, settings, this.metrics, log);
+    this.consumers = new CommittedConsumers(this.link, js, jsm, this.stream, settings, this.metrics, log);
     const core = new CoreSubjects(this.link, settings.prefix, this.metrics, log);
     const ephemeral = `${settings.prefix}.ephemeral`;
     const broadcast = `${settings.prefix}.broadcast`;
@@ -76,8 +78,12 @@ class NatsEngineImpl implements NatsEngine {
     return this.stream.ensureStream();
   }
 
-  ensureConsumer(): Promise<void> {
-    return this.stream.ensureConsumer();
+  ensureConsumers(): Promise<void> {
+    return this.stream.ensureConsumers();
+  }
+
+  backlog(): Promise<{ pending: number; unacknowledged: number }> {
+    return this.stream.backlog();
   }
 
   close(): Promise<void> {

@@ -1,7 +1,6 @@
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import type { Redis } from "ioredis";
-import type { JetStreamManager } from "nats";
 import { DirectDelivery, InProcessBus } from "../bus/in-process.js";
 import type { DeliveryChannel, EventBus } from "../bus/types.js";
 import { type Config, ConfigurationError, type PushConfig } from "../common/config.js";
@@ -59,17 +58,12 @@ export async function openBus(config: Config, log: Logger): Promise<BusEngine> {
   );
   // Publishers and the consumer both need the stream; creating it is idempotent.
   if (mesh.roles.includes("sequencer") || mesh.roles.includes("fanout")) await nats.ensureStream();
-  let jsm: Promise<JetStreamManager> | undefined;
   return {
     bus: nats.bus,
     delivery: nats.delivery,
     problem: () => (nats.ready() ? undefined : "not connected to NATS"),
     metrics: nats.metrics as unknown as Readonly<Record<string, number>>,
-    backlog: async () => {
-      jsm ??= nats.connection.jetstreamManager();
-      const info = await (await jsm).consumers.info(mesh.nats.stream, "fanout");
-      return { pending: info.num_pending, unacknowledged: info.num_ack_pending };
-    },
+    backlog: () => nats.backlog(),
     close: () => nats.close(),
   };
 }

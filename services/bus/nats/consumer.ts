@@ -1,16 +1,20 @@
 /**
- * The workers of the durable fanout consumer: each pulls batches, hands them to its handler and
- * settles every event by the handler's outcome (ack, or nak with a growing delay).
+ * The fanout consumer group: each worker (a member) holds leases on some of the partitions of
+ * committed events (leases.ts), fetches from each partition's durable consumer, hands the events
+ * to its handler in batches and settles every event by the handler's outcome (ack, or nak with a
+ * growing delay). A member drains the unpartitioned consumer of earlier versions while it exists.
  */
 import type { Span } from "@opentelemetry/api";
-import type { Consumer, ConsumerMessages, JetStreamClient, JsMsg } from "nats";
+import type { Consumer, JetStreamClient, JetStreamManager, JsMsg } from "nats";
 import type { BusEvent } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import type { Logger } from "../../common/log.js";
 import { endSpan } from "../../common/telemetry.js";
 import type { Unsubscribe } from "../types.js";
 import { type Link, sleep } from "./connection.js";
-import { type CommittedStream, isNotFound } from "./jetstream.js";
+import { type CommittedStream, isNotFound, partitionDurable } from "./jetstream.js";
+import { type PartitionHolder, PartitionLeases } from "./leases.js";
 import type { Settings } from "./settings.js";
+import { PARTITIONS } from "./subjects.js";
 import { processSpan } from "./tracing.js";
 import type { NatsBusMetrics } from "./types.js";
 import { decodeCommitted } from "./wire.js";
@@ -19,161 +23,342 @@ const MAX_NAK_DELAY_MS = 30_000;
 
 type Handler = (events: readonly BusEvent[]) => Promise<void>;
 
-/** Whether a worker's handler is failing, so that failure and recovery are logged once each. */
+/** Whether a member's handler is failing, so that failure and recovery are logged once each. */
 interface Health {
   failing: boolean;
   failedBatches: number;
 }
 
-/** Handles one consumeCommitted worker. */
-interface Worker {
+/**
+ * The fetching from one durable consumer: a partition's, or the unpartitioned one of earlier
+ * versions. It fetches again only once what it fetched is settled, so that it holds at most one
+ * fetch's events.
+ */
+interface Pump {
+  readonly durable: string;
+  /** The partition, or undefined for the unpartitioned consumer. */
+  readonly partition: number | undefined;
   stopped: boolean;
-  fetch?: ConsumerMessages | undefined;
+  /** Events fetched and not yet settled. */
+  outstanding: number;
+  /** Woken when outstanding falls to zero. */
+  settled: (() => void) | undefined;
+  close: (() => void) | undefined;
   stop: () => void;
   stoppedSignal: Promise<void>;
   done: Promise<void>;
 }
 
-/** This process's workers on the shared durable consumer. */
+interface Fetched {
+  m: JsMsg;
+  pump: Pump;
+}
+
+/** This process's members of the consumer group: one per consume() call. */
 export class CommittedConsumers {
-  private readonly workers = new Set<Worker>();
+  private readonly members = new Set<Member>();
 
   constructor(
     private readonly link: Link,
     private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
     private readonly stream: CommittedStream,
     private readonly settings: Settings,
     private readonly metrics: NatsBusMetrics,
     private readonly log: Logger,
   ) {}
 
-  /** Starts a worker; the returned function stops it, handing its unhandled events back. */
+  /** Starts a member; the returned function stops it, handing its unhandled events back. */
   consume(handler: Handler): Unsubscribe {
     if (this.link.closing) return () => {};
+    const member = new Member(
+      this.link,
+      this.js,
+      this.jsm,
+      this.stream,
+      this.settings,
+      this.metrics,
+      this.log,
+      handler,
+    );
+    this.members.add(member);
+    member.start();
+    return () => {
+      this.members.delete(member);
+      member.stop().catch((err: unknown) => this.log.warn({ err }, "fanout member stop failed"));
+    };
+  }
+
+  /** Stops every member; resolves when they finished or after graceMs, whichever is first. */
+  async stopAll(graceMs: number): Promise<void> {
+    const members = [...this.members];
+    this.members.clear();
+    // A handler that never settles must not keep the process from shutting down.
+    await sleep(graceMs, Promise.allSettled(members.map((m) => m.stop())));
+  }
+}
+
+/** One worker of the consumer group: its leases, a pump per partition it holds, one handling loop. */
+class Member implements PartitionHolder {
+  private readonly leases: PartitionLeases;
+  private readonly pumps = new Map<number, Pump>();
+  private legacy: Pump | undefined;
+  /** Fetched events in fetch order per partition, waiting for the handler. */
+  private queue: Fetched[] = [];
+  private wake: (() => void) | undefined;
+  private stopping = false;
+  private shutdown: Promise<void> | undefined;
+  private loop: Promise<void> = Promise.resolve();
+  private readonly health: Health = { failing: false, failedBatches: 0 };
+
+  constructor(
+    private readonly link: Link,
+    private readonly js: JetStreamClient,
+    private readonly jsm: JetStreamManager,
+    private readonly stream: CommittedStream,
+    private readonly settings: Settings,
+    private readonly metrics: NatsBusMetrics,
+    private readonly log: Logger,
+    private readonly handler: Handler,
+  ) {
+    this.leases = new PartitionLeases(link, js, jsm, settings, this, log);
+  }
+
+  start(): void {
+    this.loop = this.handleLoop();
+    this.leases.start();
+    this.legacy = this.startPump(this.settings.durable, undefined);
+  }
+
+  stop(): Promise<void> {
+    this.shutdown ??= this.shutDown();
+    return this.shutdown;
+  }
+
+  gained(partition: number): void {
+    if (this.stopping || this.pumps.has(partition)) return;
+    this.pumps.set(partition, this.startPump(partitionDurable(this.settings, partition), partition));
+  }
+
+  async stopped(partition: number): Promise<void> {
+    const pump = this.pumps.get(partition);
+    if (pump === undefined) return;
+    this.pumps.delete(partition);
+    await this.stopPump(pump);
+  }
+
+  private async shutDown(): Promise<void> {
+    // The leases go back only after their pumps stopped and their batches settled.
+    await this.leases.stop();
+    if (this.legacy) await this.stopPump(this.legacy);
+    this.stopping = true;
+    this.wake?.();
+    await this.loop;
+  }
+
+  /** Stops a pump, hands back what it fetched and nobody handles yet, and waits for the rest. */
+  private async stopPump(pump: Pump): Promise<void> {
+    pump.stop();
+    const kept: Fetched[] = [];
+    for (const f of this.queue) {
+      if (f.pump !== pump) {
+        kept.push(f);
+        continue;
+      }
+      // The next holder can take these at once instead of after ack_wait.
+      this.settle(f.m, "nak", 0);
+      this.release(f);
+    }
+    this.queue = kept;
+    await pump.done;
+    // What the handler has now settles when its batch does.
+    if (pump.outstanding > 0) await new Promise<void>((resolve) => (pump.settled = resolve));
+  }
+
+  private release(f: Fetched): void {
+    if (--f.pump.outstanding === 0) {
+      const settled = f.pump.settled;
+      f.pump.settled = undefined;
+      settled?.();
+    }
+  }
+
+  private startPump(durable: string, partition: number | undefined): Pump {
     let signalStop: () => void = () => {};
-    const worker: Worker = {
+    const pump: Pump = {
+      durable,
+      partition,
       stopped: false,
+      outstanding: 0,
+      settled: undefined,
+      close: undefined,
       stoppedSignal: new Promise<void>((resolve) => {
         signalStop = resolve;
       }),
       stop: () => {
-        if (worker.stopped) return;
-        worker.stopped = true;
+        if (pump.stopped) return;
+        pump.stopped = true;
         signalStop();
-        worker.fetch?.close().catch(() => undefined);
+        pump.close?.();
       },
       done: Promise.resolve(),
     };
-    this.workers.add(worker);
-    worker.done = this.runWorker(worker, handler).finally(() => this.workers.delete(worker));
-    return worker.stop;
+    pump.done = this.runPump(pump);
+    return pump;
   }
 
-  /** Stops every worker; resolves when they finished or after graceMs, whichever is first. */
-  async stopAll(graceMs: number): Promise<void> {
-    const workers = [...this.workers];
-    for (const w of workers) w.stop();
-    // A handler that never settles must not keep the process from shutting down.
-    await sleep(graceMs, Promise.all(workers.map((w) => w.done)));
-  }
-
-  private async runWorker(worker: Worker, handler: Handler): Promise<void> {
+  private async runPump(pump: Pump): Promise<void> {
     const s = this.settings;
-    const health: Health = { failing: false, failedBatches: 0 };
     let consumer: Consumer | undefined;
     let failures = 0;
-    while (!worker.stopped) {
+    while (!pump.stopped) {
       if (!this.link.ready()) {
         if (this.link.connection.isClosed()) return;
         // Pull requests sent into the reconnect buffer would only pile up.
-        await Promise.race([this.link.reconnected(), worker.stoppedSignal]);
+        await Promise.race([this.link.reconnected(), pump.stoppedSignal]);
         continue;
       }
       try {
         if (consumer === undefined) {
-          try {
-            await this.stream.ensureConsumer();
-          } catch (err) {
-            // A consuming process may start before any publisher has created the stream; one
-            // that does not manage it waits for a publisher to.
-            if (!s.manageStream || !isNotFound(err, "stream")) throw err;
-            await this.stream.ensureStream();
-            await this.stream.ensureConsumer();
+          if (pump.partition === undefined) {
+            if (!(await this.legacyExists())) return;
+          } else {
+            await this.ensureConsumer(pump.partition);
           }
-          consumer = await this.js.consumers.get(s.stream, s.durable);
+          consumer = await this.js.consumers.get(s.stream, pump.durable);
         }
-        await this.fetchOnce(worker, consumer, handler, health);
-        if (failures > 0) this.log.info({ durable: s.durable }, "bus consumer resumed");
+        const fetched = await this.fetchOnce(pump, consumer);
+        // Fetch again only once this fetch's events are settled: a pump holds one fetch at most.
+        if (pump.outstanding > 0 && !pump.stopped) {
+          await Promise.race([new Promise<void>((resolve) => (pump.settled = resolve)), pump.stoppedSignal]);
+        }
+        if (failures > 0) this.log.info({ durable: pump.durable }, "bus consumer resumed");
         failures = 0;
+        if (pump.partition === undefined && fetched < s.batchSize && (await this.legacyDrained())) return;
       } catch (err) {
-        if (worker.stopped || this.link.connection.isClosed()) break;
+        if (pump.stopped || this.link.connection.isClosed()) break;
+        if (pump.partition === undefined && isNotFound(err, "consumer")) return;
         failures++;
         consumer = undefined;
-        if (failures === 1) this.log.warn({ err, durable: s.durable }, "bus consumer failing; retrying");
+        if (failures === 1) this.log.warn({ err, durable: pump.durable }, "bus consumer failing; retrying");
         const backoff = Math.min(250 * 2 ** (failures - 1), 5000);
-        await sleep(backoff, worker.stoppedSignal);
+        await sleep(backoff, pump.stoppedSignal);
       }
+    }
+  }
+
+  private async ensureConsumer(partition: number): Promise<void> {
+    try {
+      await this.stream.ensureConsumer(partition);
+    } catch (err) {
+      // A consuming process may start before any publisher has created the stream; one that
+      // does not manage it waits for a publisher to.
+      if (!this.settings.manageStream || !isNotFound(err, "stream")) throw err;
+      await this.stream.ensureStream();
+      await this.stream.ensureConsumer(partition);
     }
   }
 
   /**
-   * One pull request of up to batchSize events. Events are handled as they arrive, in groups of
-   * whatever arrived while the previous group was handled, so a quiet bus adds no latency.
+   * One pull request of up to batchSize events, queued for the handler as they arrive, so a
+   * quiet bus adds no latency. Returns how many arrived.
    */
-  private async fetchOnce(
-    worker: Worker,
-    consumer: Consumer,
-    handler: Handler,
-    health: Health,
-  ): Promise<void> {
+  private async fetchOnce(pump: Pump, consumer: Consumer): Promise<number> {
     const messages = await consumer.fetch({
       max_messages: this.settings.batchSize,
       expires: this.settings.fetchExpiresMs,
     });
-    worker.fetch = messages;
-    if (worker.stopped) await messages.close();
-    const queue: JsMsg[] = [];
-    let wake: (() => void) | undefined;
-    let ended = false;
-    const pump = (async () => {
-      try {
-        for await (const m of messages) {
-          queue.push(m);
-          wake?.();
-        }
-      } finally {
-        ended = true;
-        wake?.();
-      }
-    })().then(
-      () => undefined,
-      (err: unknown) => err,
-    );
+    pump.close = () => {
+      messages.close().catch(() => undefined);
+    };
+    if (pump.stopped) pump.close();
+    let fetched = 0;
     try {
-      for (;;) {
-        if (queue.length > 0 && !worker.stopped) {
-          await this.handleBatch(queue.splice(0), handler, health);
+      for await (const m of messages) {
+        fetched++;
+        if (pump.stopped) {
+          this.settle(m, "nak", 0);
           continue;
         }
-        if (ended || worker.stopped) break;
-        await new Promise<void>((resolve) => {
-          wake = resolve;
-        });
-        wake = undefined;
+        pump.outstanding++;
+        this.queue.push({ m, pump });
+        this.wake?.();
       }
     } finally {
-      worker.fetch = undefined;
-      if (worker.stopped) {
-        await messages.close().catch(() => undefined);
-        // Another worker can take these at once instead of after ack_wait.
-        for (const m of queue.splice(0)) this.settle(m, "nak", 0);
-      }
+      pump.close = undefined;
     }
-    const err = (await pump) ?? (await messages.closed());
-    if (err instanceof Error && !worker.stopped) throw err;
+    const err = await messages.closed();
+    if (err instanceof Error && !pump.stopped) throw err;
+    return fetched;
   }
 
-  private async handleBatch(msgs: JsMsg[], handler: Handler, health: Health): Promise<void> {
+  /** Hands the queue to the handler in batches of at most batchSize, in fetch order. */
+  private async handleLoop(): Promise<void> {
+    for (;;) {
+      if (this.queue.length > 0) {
+        const batch = this.queue.splice(0, this.settings.batchSize);
+        try {
+          await this.handleBatch(batch.map((f) => f.m));
+        } finally {
+          for (const f of batch) this.release(f);
+        }
+        continue;
+      }
+      if (this.stopping) return;
+      await new Promise<void>((resolve) => {
+        this.wake = resolve;
+      });
+      this.wake = undefined;
+    }
+  }
+
+  private async legacyExists(): Promise<boolean> {
+    try {
+      await this.jsm.consumers.info(this.settings.stream, this.settings.durable);
+      return true;
+    } catch (err) {
+      if (isNotFound(err, "consumer") || isNotFound(err, "stream")) return false;
+      throw err;
+    }
+  }
+
+  /**
+   * True once the unpartitioned consumer of earlier versions has settled everything before the
+   * point where every partition's consumer starts: from there on the partitions deliver it all.
+   * Until then a conversation's events may come twice, once from each: at least once, as ever.
+   * The consumer is left for the operator to delete (docs/operations.md): a fanout of an earlier
+   * version still running would recreate it and replay the stream if it went.
+   */
+  private async legacyDrained(): Promise<boolean> {
+    const s = this.settings;
+    let floor: number;
+    try {
+      floor = (await this.jsm.consumers.info(s.stream, s.durable)).ack_floor.stream_seq;
+    } catch (err) {
+      if (isNotFound(err, "consumer")) return true;
+      throw err;
+    }
+    let start = 0;
+    for (let p = 0; p < PARTITIONS; p++) {
+      let config: { opt_start_seq?: number };
+      try {
+        config = (await this.jsm.consumers.info(s.stream, partitionDurable(s, p))).config;
+      } catch (err) {
+        if (isNotFound(err, "consumer")) return false;
+        throw err;
+      }
+      start = Math.max(start, config.opt_start_seq ?? 0);
+    }
+    if (floor + 1 < start) return false;
+    this.log.info(
+      { stream: s.stream, durable: s.durable },
+      "the unpartitioned fanout consumer of an earlier version is drained; delete it once no such fanout runs",
+    );
+    return true;
+  }
+
+  private async handleBatch(msgs: JsMsg[]): Promise<void> {
+    const health = this.health;
     const events: BusEvent[] = [];
     const decoded: JsMsg[] = [];
     // One span per traced event, ended when it is settled; the handler continues from it.
@@ -212,7 +397,7 @@ export class CommittedConsumers {
     }, this.settings.ackWaitMs / 2);
     progress.unref();
     try {
-      await handler(events);
+      await this.handler(events);
       for (const m of decoded) this.settle(m, "ack", 0);
       for (const span of spans) endSpan(span);
       if (health.failing) {

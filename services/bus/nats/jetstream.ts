@@ -20,10 +20,15 @@ import type { Logger } from "../../common/log.js";
 import { endSpan } from "../../common/telemetry.js";
 import type { Link } from "./connection.js";
 import type { Settings } from "./settings.js";
-import { committedIdentity, committedSubject } from "./subjects.js";
+import { committedIdentity, committedSubject, PARTITIONS, partitionSubject } from "./subjects.js";
 import { sendSpan } from "./tracing.js";
 import type { NatsBusMetrics } from "./types.js";
 import { encodeCommitted, traceHeaders } from "./wire.js";
+
+/** The durable consumer of one partition. */
+export function partitionDurable(settings: Settings, partition: number): string {
+  return `${settings.durable}_p${partition}`;
+}
 
 function errorCode(err: unknown): string | undefined {
   if (typeof err === "object" && err !== null && "code" in err)
@@ -85,9 +90,15 @@ export class CommittedStream {
     this.log.info({ stream: s.stream }, "updated JetStream stream limits");
   }
 
-  /** Creates the durable fanout consumer, or updates its limits when they changed. */
-  async ensureConsumer(): Promise<void> {
+  /**
+   * Creates one partition's durable consumer, or updates its limits when they changed. A
+   * consumer created while the unpartitioned consumer of earlier versions exists starts after the
+   * stream's last event, which that consumer still delivers (LegacyDrain); otherwise it starts at
+   * the stream's first, so a new deployment delivers what the stream already holds.
+   */
+  async ensureConsumer(partition: number): Promise<void> {
     const s = this.settings;
+    const durable = partitionDurable(s, partition);
     const limits = {
       ack_wait: nanos(s.ackWaitMs),
       max_ack_pending: s.maxAckPending,
@@ -95,19 +106,21 @@ export class CommittedStream {
     };
     let current: ConsumerConfig;
     try {
-      current = (await this.jsm.consumers.info(s.stream, s.durable)).config;
+      current = (await this.jsm.consumers.info(s.stream, durable)).config;
     } catch (err) {
       if (!isNotFound(err, "consumer")) throw err;
+      const after = await this.legacyEnd();
       await this.jsm.consumers.add(s.stream, {
-        durable_name: s.durable,
+        durable_name: durable,
         ack_policy: AckPolicy.Explicit,
-        // A new deployment delivers what the stream already holds rather than skipping it.
-        deliver_policy: DeliverPolicy.All,
+        ...(after === undefined
+          ? { deliver_policy: DeliverPolicy.All }
+          : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: after + 1 }),
         replay_policy: ReplayPolicy.Instant,
-        filter_subject: `${s.prefix}.events.>`,
+        filter_subject: partitionSubject(s.prefix, partition),
         ...limits,
       });
-      this.log.info({ stream: s.stream, durable: s.durable }, "created JetStream consumer");
+      this.log.info({ stream: s.stream, durable, startAfter: after }, "created JetStream consumer");
       return;
     }
     if (
@@ -116,8 +129,50 @@ export class CommittedStream {
       current.max_deliver === limits.max_deliver
     )
       return;
-    await this.jsm.consumers.update(s.stream, s.durable, limits);
-    this.log.info({ stream: s.stream, durable: s.durable }, "updated JetStream consumer limits");
+    await this.jsm.consumers.update(s.stream, durable, limits);
+    this.log.info({ stream: s.stream, durable }, "updated JetStream consumer limits");
+  }
+
+  /** Creates every partition's consumer (or updates its limits). */
+  async ensureConsumers(): Promise<void> {
+    for (let p = 0; p < PARTITIONS; p++) await this.ensureConsumer(p);
+  }
+
+  /**
+   * Events waiting for the fanout workers and events they hold unsettled, over every partition's
+   * consumer (one not created yet holds none).
+   */
+  async backlog(): Promise<{ pending: number; unacknowledged: number }> {
+    const s = this.settings;
+    const infos = await Promise.all(
+      Array.from({ length: PARTITIONS }, (_, p) =>
+        this.jsm.consumers.info(s.stream, partitionDurable(s, p)).catch((err: unknown) => {
+          if (isNotFound(err, "consumer")) return undefined;
+          throw err;
+        }),
+      ),
+    );
+    let pending = 0;
+    let unacknowledged = 0;
+    for (const info of infos) {
+      pending += info?.num_pending ?? 0;
+      unacknowledged += info?.num_ack_pending ?? 0;
+    }
+    return { pending, unacknowledged };
+  }
+
+  /**
+   * The stream's last sequence when the unpartitioned consumer of earlier versions exists (what
+   * it has yet to deliver up to there is its to drain); undefined when it does not.
+   */
+  private async legacyEnd(): Promise<number | undefined> {
+    try {
+      await this.jsm.consumers.info(this.settings.stream, this.settings.durable);
+    } catch (err) {
+      if (isNotFound(err, "consumer")) return undefined;
+      throw err;
+    }
+    return (await this.jsm.streams.info(this.settings.stream)).state.last_seq;
   }
 
   /** Publishes committed events in order; resolves when the stream acknowledged every one. */

@@ -11,7 +11,7 @@ export interface Settings {
   stream: string;
   /** First subject token(s) of every subject used. */
   prefix: string;
-  /** Durable consumer shared by all fanout workers. */
+  /** Name of the fanout consumer group: its partitions' durable consumers and its lease bucket. */
   durable: string;
   /** Whether this process creates and updates the stream. */
   manageStream: boolean;
@@ -31,6 +31,8 @@ export interface Settings {
   maxDeliver: number;
   /** Most events one fetch asks for. */
   batchSize: number;
+  /** How long a partition's lease lasts unless renewed, in milliseconds. */
+  leaseMs: number;
   /** How long one fetch waits, in milliseconds (at least 1000). */
   fetchExpiresMs: number;
   /** First redelivery delay after a failed batch, in milliseconds. */
@@ -74,6 +76,7 @@ export function settingsOf(options: NatsBusOptions): Settings {
     maxAckPending: positive("maxAckPending", options.maxAckPending, 8192),
     maxDeliver: positive("maxDeliver", options.maxDeliver, 20),
     batchSize: positive("batchSize", options.batchSize, 256),
+    leaseMs: positive("leaseMs", options.leaseMs, 5000),
     // The client refuses pull expiries under a second.
     fetchExpiresMs: Math.max(1000, positive("fetchExpiresMs", options.fetchExpiresMs, 5000)),
     nakDelayMs: positive("nakDelayMs", options.nakDelayMs, 1000),

@@ -11,7 +11,7 @@ import {
   DeliverySchema,
 } from "../../../gen/switchboard/internal/v1/events_pb.js";
 import type { Logger } from "../../common/log.js";
-import { fnv1a } from "../../common/shard.js";
+import { fnv1a, shardOf } from "../../common/shard.js";
 import { endSpan } from "../../common/telemetry.js";
 import type { Unsubscribe } from "../types.js";
 import type { Link } from "./connection.js";
@@ -45,9 +45,32 @@ export function committedIdentity(event: BusEvent): { conversationId: string; ms
   return undefined;
 }
 
-/** The JetStream subject of a committed event: one per conversation, "_" for the rest. */
+/**
+ * The partitions of committed events: each conversation's events go to one, and one fanout
+ * worker at a time consumes a partition (nats/leases.ts), so a conversation's events reach the
+ * gateways in commit order whatever the number of workers. Fixed for the life of a deployment,
+ * like the sequencer's shards: publishers and consumers of every version must agree on it. It
+ * bounds the fanout workers that do work; 24 divides evenly among 1, 2, 3, 4, 6 and 8 workers.
+ */
+export const PARTITIONS = 24;
+
+/** The partition of a conversation's events. */
+export function partitionOf(conversationId: string): number {
+  return shardOf(conversationId, PARTITIONS);
+}
+
+/**
+ * The JetStream subject of a committed event: `<prefix>.events.<partition>.<conversation>`;
+ * events without a conversation go to partition 0 as "_".
+ */
 export function committedSubject(prefix: string, identity: { conversationId: string } | undefined): string {
-  return `${prefix}.events.${identity ? conversationToken(identity.conversationId) : "_"}`;
+  if (identity === undefined) return `${prefix}.events.0._`;
+  return `${prefix}.events.${partitionOf(identity.conversationId)}.${conversationToken(identity.conversationId)}`;
+}
+
+/** The filter subject of one partition's consumer. */
+export function partitionSubject(prefix: string, partition: number): string {
+  return `${prefix}.events.${partition}.>`;
 }
 
 /** Ephemeral events, broadcasts and deliveries over core NATS subjects. */

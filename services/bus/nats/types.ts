@@ -11,7 +11,11 @@ export interface NatsBusOptions {
   stream?: string;
   /** First subject token(s) of every subject used; default "switchboard". */
   subjectPrefix?: string;
-  /** Durable consumer shared by all fanout workers; default "fanout". */
+  /**
+   * Name of the fanout consumer group; default "fanout". Each partition has a durable consumer
+   * "<durable>_p<n>", and the leases saying which worker consumes which are in the key-value
+   * bucket "<stream>_<durable>_leases".
+   */
   durable?: string;
   /**
    * Creates or updates the stream on connect, and creates it if a consumer finds it missing;
@@ -34,6 +38,12 @@ export interface NatsBusOptions {
   maxDeliver?: number;
   /** Most events a worker fetches at once; default 256. */
   batchSize?: number;
+  /**
+   * How long a fanout worker's lease on a partition lasts unless renewed, in milliseconds: the
+   * longest a dead worker's partitions wait for another to take them. Renewed five times within
+   * it. Default 5000.
+   */
+  leaseMs?: number;
   /** How long one fetch waits for events, in milliseconds (at least 1000); default 5000. */
   fetchExpiresMs?: number;
   /** First redelivery delay after a failed batch, in milliseconds; it doubles per attempt up to 30 s. Default 1000. */
@@ -84,8 +94,10 @@ export interface NatsEngine {
   connection: NatsConnection;
   /** Creates the stream with the configured limits, or updates it when they changed. */
   ensureStream(): Promise<void>;
-  /** Creates the durable fanout consumer, or updates its limits when they changed. */
-  ensureConsumer(): Promise<void>;
+  /** Creates the partitions' durable consumers, or updates their limits when they changed. */
+  ensureConsumers(): Promise<void>;
+  /** Events waiting for the fanout workers, and those they hold unsettled, over every partition. */
+  backlog(): Promise<{ pending: number; unacknowledged: number }>;
   /** True while connected to a server. */
   ready(): boolean;
   /** Resolves once the server has processed everything sent so far (subscriptions included). */

@@ -292,7 +292,8 @@ export function runBusConformance(
         });
         await bus.publishCommitted([committed(c, 1)]);
         await eventually("the first event", () => first.length === 1);
-        stopFirst();
+        // Once stopped, a consumer takes nothing more.
+        await stopFirst();
         await bus.publishCommitted(range(2, 4).map((s) => committed(c, s)));
         const second: number[] = [];
         const stopSecond = bus.consumeCommitted(async (events) => {

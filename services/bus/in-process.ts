@@ -6,7 +6,9 @@ type Handler<T> = (value: T) => void;
 
 function subscribe<T>(set: Set<Handler<T>>, handler: Handler<T>): Unsubscribe {
   set.add(handler);
-  return () => set.delete(handler);
+  return () => {
+    set.delete(handler);
+  };
 }
 
 /**

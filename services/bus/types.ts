@@ -1,12 +1,12 @@
 import type { BusEvent, DeliveryBatch } from "../../gen/switchboard/internal/v1/events_pb.js";
 
-/** Stops a subscription. */
-export type Unsubscribe = () => void;
+/** Stops a subscription; a consumer that finishes what it holds first resolves once it has. */
+export type Unsubscribe = () => void | Promise<void>;
 
 /**
  * The bus between the sequencer and fanout, and the broadcast channel to gateways.
- * Embedded: in-process queues. Distributed: NATS JetStream for committed events, NATS core for
- * ephemeral ones and broadcasts.
+ * Embedded: in-process queues. Distributed: NATS JetStream for committed events, partitioned by
+ * conversation; NATS core for ephemeral ones and broadcasts.
  */
 export interface EventBus {
   /**
@@ -18,7 +18,8 @@ export interface EventBus {
   /**
    * Consumes committed events. Each call of the handler gets events in publish order per
    * conversation; the handler's promise settles the batch (acknowledged on resolve, redelivered
-   * on reject where the engine supports it). Workers sharing a consumer split the events.
+   * on reject where the engine supports it). Workers split the events by conversation: each
+   * conversation's go to one worker at a time (NATS: by partition, on leases).
    */
   consumeCommitted(handler: (events: readonly BusEvent[]) => Promise<void>): Unsubscribe;
   /** Publishes ephemeral events (typing): fire and forget, never stored. */

@@ -126,8 +126,9 @@ export class Fanout {
     );
   }
 
-  stop(): void {
-    for (const stop of this.stops.splice(0)) stop();
+  /** Stops consuming; resolves once the batches in hand are delivered and the bus let go. */
+  async stop(): Promise<void> {
+    await Promise.all(this.stops.splice(0).map((stop) => stop()));
   }
 
   /** Delivers one batch of events; rejects (for redelivery) if members or routes cannot be looked up. */

@@ -43,10 +43,12 @@ interface Pump {
   outstanding: number;
   /** Woken when outstanding falls to zero. */
   settled: (() => void) | undefined;
-  close: (() => void) | undefined;
+  /** Stops it fetching again; the pull request in flight runs out and its events are handled. */
   stop: () => void;
   stoppedSignal: Promise<void>;
   done: Promise<void>;
+  /** Set once the member stops it: resolves when nothing it fetched is left unsettled. */
+  halted?: Promise<void> | undefined;
 }
 
 interface Fetched {
@@ -68,7 +70,10 @@ export class CommittedConsumers {
     private readonly log: Logger,
   ) {}
 
-  /** Starts a member; the returned function stops it, handing its unhandled events back. */
+  /**
+   * Starts a member. The returned function stops it: it fetches no more, handles what its last
+   * fetches bring, and gives its leases back; its promise resolves then.
+   */
   consume(handler: Handler): Unsubscribe {
     if (this.link.closing) return () => {};
     const member = new Member(
@@ -85,7 +90,7 @@ export class CommittedConsumers {
     member.start();
     return () => {
       this.members.delete(member);
-      member.stop().catch((err: unknown) => this.log.warn({ err }, "fanout member stop failed"));
+      return member.stop().catch((err: unknown) => this.log.warn({ err }, "fanout member stop failed"));
     };
   }
 
@@ -104,9 +109,11 @@ class Member implements PartitionHolder {
   private readonly pumps = new Map<number, Pump>();
   private legacy: Pump | undefined;
   /** Fetched events in fetch order per partition, waiting for the handler. */
-  private queue: Fetched[] = [];
+  private readonly queue: Fetched[] = [];
   private wake: (() => void) | undefined;
   private stopping = false;
+  /** Set once every pump has stopped and what they fetched is settled: the handling loop ends. */
+  private drained = false;
   private shutdown: Promise<void> | undefined;
   private loop: Promise<void> = Promise.resolve();
   private readonly health: Health = { failing: false, failedBatches: 0 };
@@ -136,40 +143,45 @@ class Member implements PartitionHolder {
   }
 
   gained(partition: number): void {
-    if (this.stopping || this.pumps.has(partition)) return;
-    this.pumps.set(partition, this.startPump(partitionDurable(this.settings, partition), partition));
+    if (this.stopping) return;
+    const last = this.pumps.get(partition);
+    if (last === undefined) {
+      this.pumps.set(partition, this.startPump(partitionDurable(this.settings, partition), partition));
+    } else if (last.halted !== undefined) {
+      // Taken again while the last pump's batch settles: consume once it has.
+      last.halted.then(() => {
+        if (this.leases.holds(partition)) this.gained(partition);
+      });
+    }
   }
 
-  async stopped(partition: number): Promise<void> {
+  stopped(partition: number): Promise<void> {
     const pump = this.pumps.get(partition);
-    if (pump === undefined) return;
-    this.pumps.delete(partition);
-    await this.stopPump(pump);
+    if (pump === undefined) return Promise.resolve();
+    // A second call while the first waits for the batch in hand waits for the same.
+    pump.halted ??= this.stopPump(pump).finally(() => {
+      if (this.pumps.get(partition) === pump) this.pumps.delete(partition);
+    });
+    return pump.halted;
   }
 
   private async shutDown(): Promise<void> {
-    // The leases go back only after their pumps stopped and their batches settled.
-    await this.leases.stop();
-    if (this.legacy) await this.stopPump(this.legacy);
+    // Nothing is fetched from here on, even while the leases' round in progress ends: a member
+    // that stopped must not handle what it no longer holds.
     this.stopping = true;
+    const halted = [...this.pumps.keys()].map((p) => this.stopped(p));
+    if (this.legacy) halted.push(this.stopPump(this.legacy));
+    // The leases go back only after their pumps stopped and their batches settled.
+    await Promise.all(halted);
+    await this.leases.stop();
+    this.drained = true;
     this.wake?.();
     await this.loop;
   }
 
-  /** Stops a pump, hands back what it fetched and nobody handles yet, and waits for the rest. */
+  /** Stops a pump and waits until its last pull request ran out and all it fetched is settled. */
   private async stopPump(pump: Pump): Promise<void> {
     pump.stop();
-    const kept: Fetched[] = [];
-    for (const f of this.queue) {
-      if (f.pump !== pump) {
-        kept.push(f);
-        continue;
-      }
-      // The next holder can take these at once instead of after ack_wait.
-      this.settle(f.m, "nak", 0);
-      this.release(f);
-    }
-    this.queue = kept;
     await pump.done;
     // What the handler has now settles when its batch does.
     if (pump.outstanding > 0) await new Promise<void>((resolve) => (pump.settled = resolve));
@@ -191,7 +203,6 @@ class Member implements PartitionHolder {
       stopped: false,
       outstanding: 0,
       settled: undefined,
-      close: undefined,
       stoppedSignal: new Promise<void>((resolve) => {
         signalStop = resolve;
       }),
@@ -199,7 +210,6 @@ class Member implements PartitionHolder {
         if (pump.stopped) return;
         pump.stopped = true;
         signalStop();
-        pump.close?.();
       },
       done: Promise.resolve(),
     };
@@ -262,30 +272,24 @@ class Member implements PartitionHolder {
   /**
    * One pull request of up to batchSize events, queued for the handler as they arrive, so a
    * quiet bus adds no latency. Returns how many arrived.
+   *
+   * A stopped pump does not close its pull request: the server would go on sending to it until
+   * it expires, into an inbox nobody reads, and those events would wait ack_wait (30 s) for
+   * redelivery. Nor does it hand them back: the server would send them to the same request
+   * again, using up their deliveries. It lets the request run out and handles what came, still
+   * holding the lease, so a partition changes hands within fetchExpiresMs and in order.
    */
   private async fetchOnce(pump: Pump, consumer: Consumer): Promise<number> {
     const messages = await consumer.fetch({
       max_messages: this.settings.batchSize,
       expires: this.settings.fetchExpiresMs,
     });
-    pump.close = () => {
-      messages.close().catch(() => undefined);
-    };
-    if (pump.stopped) pump.close();
     let fetched = 0;
-    try {
-      for await (const m of messages) {
-        fetched++;
-        if (pump.stopped) {
-          this.settle(m, "nak", 0);
-          continue;
-        }
-        pump.outstanding++;
-        this.queue.push({ m, pump });
-        this.wake?.();
-      }
-    } finally {
-      pump.close = undefined;
+    for await (const m of messages) {
+      fetched++;
+      pump.outstanding++;
+      this.queue.push({ m, pump });
+      this.wake?.();
     }
     const err = await messages.closed();
     if (err instanceof Error && !pump.stopped) throw err;
@@ -304,7 +308,7 @@ class Member implements PartitionHolder {
         }
         continue;
       }
-      if (this.stopping) return;
+      if (this.drained) return;
       await new Promise<void>((resolve) => {
         this.wake = resolve;
       });

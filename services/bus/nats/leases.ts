@@ -46,6 +46,10 @@ export class PartitionLeases {
   /** Every key this member writes holds its id, so an operator sees who holds what (`nats kv ls`). */
   private readonly value = new TextEncoder().encode(this.memberId);
   private readonly held = new Map<number, number>();
+  /** Held partitions being stopped to be given back: still renewed until their batch settles. */
+  private readonly releasing = new Set<number>();
+  /** Held partitions stopped, whose leases the next round deletes. */
+  private readonly released = new Set<number>();
   private kv: KV | undefined;
   private stopping = false;
   private signalStop: () => void = () => {};
@@ -63,9 +67,14 @@ export class PartitionLeases {
     private readonly log: Logger,
   ) {}
 
-  /** The partitions this member holds now. */
+  /** The partitions this member holds now, those it is giving back included. */
   partitions(): number[] {
     return [...this.held.keys()].sort((a, b) => a - b);
+  }
+
+  /** Whether this member holds a partition and is not giving it back. */
+  holds(partition: number): boolean {
+    return this.held.has(partition) && !this.releasing.has(partition) && !this.released.has(partition);
   }
 
   start(): void {
@@ -78,7 +87,9 @@ export class PartitionLeases {
     this.stopping = true;
     this.signalStop();
     await this.loop;
-    await Promise.all(this.partitions().map((p) => this.giveBack(p)));
+    // Rounds have ended: nothing else writes the lease keys now.
+    await Promise.all(this.partitions().map((p) => this.holder.stopped(p)));
+    await Promise.all(this.partitions().map((p) => this.deleteLease(p)));
     await this.leave();
   }
 
@@ -105,11 +116,17 @@ export class PartitionLeases {
     }
   }
 
-  /** One round: say this member is alive, renew what it holds, give back or take its fair share. */
+  /**
+   * One round: say this member is alive, give back what has stopped, renew the rest, and give
+   * back or take to reach the fair share. Only rounds (and stop, after them) write lease keys,
+   * so a renewal never races a give-back. A round never waits for a handler: a partition being
+   * given back stays held, and renewed, until its batch in hand is settled.
+   */
   private async round(): Promise<void> {
     const kv = await this.bucket();
     await kv.put(this.memberKey(), this.value);
     const fair = Math.ceil(PARTITIONS / (await this.members()));
+    for (const partition of [...this.released]) await this.deleteLease(partition);
     await Promise.all(
       [...this.held].map(async ([partition, revision]) => {
         try {
@@ -117,18 +134,25 @@ export class PartitionLeases {
         } catch (err) {
           // Expired and perhaps taken: whoever holds it now consumes it.
           this.held.delete(partition);
+          this.releasing.delete(partition);
           this.log.warn({ err, partition, member: this.memberId }, "fanout partition lease lost");
-          await this.holder.stopped(partition);
+          this.stopConsuming(partition);
         }
       }),
     );
+    const kept = this.partitions().filter((p) => !this.releasing.has(p));
     // Above the fair share when others joined: the highest partitions go back first.
-    const extra = this.partitions().slice(fair);
-    await Promise.all(extra.map((p) => this.giveBack(p)));
-    if (this.held.size >= fair || this.stopping) return;
+    for (const partition of kept.slice(fair)) {
+      this.releasing.add(partition);
+      this.stopConsuming(partition).then(() => {
+        if (this.releasing.delete(partition)) this.released.add(partition);
+      });
+    }
+    let holding = kept.length;
+    if (holding >= fair || this.stopping) return;
     // Members start their search at different partitions, so that they rarely race for one.
     const start = fnv1a(this.memberId) % PARTITIONS;
-    for (let i = 0; i < PARTITIONS && this.held.size < fair && !this.stopping; i++) {
+    for (let i = 0; i < PARTITIONS && holding < fair && !this.stopping; i++) {
       const partition = (start + i) % PARTITIONS;
       if (this.held.has(partition)) continue;
       let revision: number;
@@ -139,16 +163,24 @@ export class PartitionLeases {
         continue;
       }
       this.held.set(partition, revision);
+      holding++;
       this.holder.gained(partition);
     }
   }
 
-  /** Stops consuming a partition and deletes its lease if it is still this member's. */
-  private async giveBack(partition: number): Promise<void> {
+  private stopConsuming(partition: number): Promise<void> {
+    return this.holder.stopped(partition).catch((err: unknown) => {
+      this.log.warn({ err, partition }, "fanout partition not stopped cleanly");
+    });
+  }
+
+  /** Deletes a lease this member no longer consumes, if it is still this member's. */
+  private async deleteLease(partition: number): Promise<void> {
     const revision = this.held.get(partition);
-    if (revision === undefined) return;
     this.held.delete(partition);
-    await this.holder.stopped(partition);
+    this.released.delete(partition);
+    this.releasing.delete(partition);
+    if (revision === undefined) return;
     try {
       await (await this.bucket()).delete(leaseKey(partition), { previousSeq: revision });
     } catch (err) {

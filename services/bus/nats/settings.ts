@@ -76,9 +76,9 @@ export function settingsOf(options: NatsBusOptions): Settings {
     maxAckPending: positive("maxAckPending", options.maxAckPending, 8192),
     maxDeliver: positive("maxDeliver", options.maxDeliver, 20),
     batchSize: positive("batchSize", options.batchSize, 256),
-    leaseMs: positive("leaseMs", options.leaseMs, 5000),
+    leaseMs: positive("leaseMs", options.leaseMs, 3000),
     // The client refuses pull expiries under a second.
-    fetchExpiresMs: Math.max(1000, positive("fetchExpiresMs", options.fetchExpiresMs, 5000)),
+    fetchExpiresMs: Math.max(1000, positive("fetchExpiresMs", options.fetchExpiresMs, 2000)),
     nakDelayMs: positive("nakDelayMs", options.nakDelayMs, 1000),
     publishTimeoutMs: positive("publishTimeoutMs", options.publishTimeoutMs, 5000),
     maxPublishesInFlight: positive("maxPublishesInFlight", options.maxPublishesInFlight, 256),

@@ -41,10 +41,13 @@ export interface NatsBusOptions {
   /**
    * How long a fanout worker's lease on a partition lasts unless renewed, in milliseconds: the
    * longest a dead worker's partitions wait for another to take them. Renewed five times within
-   * it. Default 5000.
+   * it. Default 3000, the sequencers' lease term.
    */
   leaseMs?: number;
-  /** How long one fetch waits for events, in milliseconds (at least 1000); default 5000. */
+  /**
+   * How long one fetch waits for events, in milliseconds (at least 1000); default 2000. A worker
+   * that gives a partition back lets its fetch run out first, so this bounds a handover.
+   */
   fetchExpiresMs?: number;
   /** First redelivery delay after a failed batch, in milliseconds; it doubles per attempt up to 30 s. Default 1000. */
   nakDelayMs?: number;

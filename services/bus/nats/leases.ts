@@ -20,8 +20,8 @@ import { type Link, sleep } from "./connection.js";
 import type { Settings } from "./settings.js";
 import { PARTITIONS } from "./subjects.js";
 
-/** A lease is renewed this many times within its life, so that a slow renewal or two do not lose it. */
-const RENEWALS_PER_LEASE = 5;
+/** A lease is renewed this many times within its life, so that one late renewal does not lose it. */
+const RENEWALS_PER_LEASE = 3;
 
 /** What a member does when partitions come and go. */
 export interface PartitionHolder {

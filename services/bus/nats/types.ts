@@ -40,7 +40,7 @@ export interface NatsBusOptions {
   batchSize?: number;
   /**
    * How long a fanout worker's lease on a partition lasts unless renewed, in milliseconds: the
-   * longest a dead worker's partitions wait for another to take them. Renewed five times within
+   * longest a dead worker's partitions wait for another to take them. Renewed three times within
    * it. Default 3000, the sequencers' lease term.
    */
   leaseMs?: number;

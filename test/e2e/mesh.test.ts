@@ -414,7 +414,7 @@ describe("the distributed mesh, one OS process per service", { skip }, () => {
       });
     });
 
-    it("survives SIGKILL of fanout-0: the shared durable consumer redelivers its batches", async () => {
+    it("survives SIGKILL of fanout-0: the other worker takes its partitions when its leases expire", async () => {
       await withLogs(() =>
         faultPhase(
           () => mesh!.kill("fanout-0"),

@@ -46,7 +46,15 @@ class NatsEngineImpl implements NatsEngine {
     const js = connection.jetstream();
     this.link = new Link(connection, settings.reconnectBufferBytes, log);
     this.stream = new CommittedStream(this.link, js, jsm, settings, this.metrics, log);
-    this.consumers = new CommittedConsumers(this.link, js, jsm, this.stream, settings, this.metrics, log);
+    this.consumers = new CommittedConsumers({
+      link: this.link,
+      js,
+      jsm,
+      stream: this.stream,
+      settings,
+      metrics: this.metrics,
+      log,
+    });
     const core = new CoreSubjects(this.link, settings.prefix, this.metrics, log);
     const ephemeral = `${settings.prefix}.ephemeral`;
     const broadcast = `${settings.prefix}.broadcast`;

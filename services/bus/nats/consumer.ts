@@ -56,41 +56,35 @@ interface Fetched {
   pump: Pump;
 }
 
+/** What the members of the consumer group share. */
+export interface GroupContext {
+  link: Link;
+  js: JetStreamClient;
+  jsm: JetStreamManager;
+  stream: CommittedStream;
+  settings: Settings;
+  metrics: NatsBusMetrics;
+  log: Logger;
+}
+
 /** This process's members of the consumer group: one per consume() call. */
 export class CommittedConsumers {
   private readonly members = new Set<Member>();
 
-  constructor(
-    private readonly link: Link,
-    private readonly js: JetStreamClient,
-    private readonly jsm: JetStreamManager,
-    private readonly stream: CommittedStream,
-    private readonly settings: Settings,
-    private readonly metrics: NatsBusMetrics,
-    private readonly log: Logger,
-  ) {}
+  constructor(private readonly ctx: GroupContext) {}
 
   /**
    * Starts a member. The returned function stops it: it fetches no more, handles what its last
    * fetches bring, and gives its leases back; its promise resolves then.
    */
   consume(handler: Handler): Unsubscribe {
-    if (this.link.closing) return () => {};
-    const member = new Member(
-      this.link,
-      this.js,
-      this.jsm,
-      this.stream,
-      this.settings,
-      this.metrics,
-      this.log,
-      handler,
-    );
+    if (this.ctx.link.closing) return () => {};
+    const member = new Member(this.ctx, handler);
     this.members.add(member);
     member.start();
     return () => {
       this.members.delete(member);
-      return member.stop().catch((err: unknown) => this.log.warn({ err }, "fanout member stop failed"));
+      return member.stop().catch((err: unknown) => this.ctx.log.warn({ err }, "fanout member stop failed"));
     };
   }
 
@@ -119,22 +113,16 @@ class Member implements PartitionHolder {
   private readonly health: Health = { failing: false, failedBatches: 0 };
 
   constructor(
-    private readonly link: Link,
-    private readonly js: JetStreamClient,
-    private readonly jsm: JetStreamManager,
-    private readonly stream: CommittedStream,
-    private readonly settings: Settings,
-    private readonly metrics: NatsBusMetrics,
-    private readonly log: Logger,
+    private readonly ctx: GroupContext,
     private readonly handler: Handler,
   ) {
-    this.leases = new PartitionLeases(link, js, jsm, settings, this, log);
+    this.leases = new PartitionLeases(ctx.link, ctx.js, ctx.jsm, ctx.settings, this, ctx.log);
   }
 
   start(): void {
     this.loop = this.handleLoop();
     this.leases.start();
-    this.legacy = this.startPump(this.settings.durable, undefined);
+    this.legacy = this.startPump(this.ctx.settings.durable, undefined);
   }
 
   stop(): Promise<void> {
@@ -146,7 +134,7 @@ class Member implements PartitionHolder {
     if (this.stopping) return;
     const last = this.pumps.get(partition);
     if (last === undefined) {
-      this.pumps.set(partition, this.startPump(partitionDurable(this.settings, partition), partition));
+      this.pumps.set(partition, this.startPump(partitionDurable(this.ctx.settings, partition), partition));
     } else if (last.halted !== undefined) {
       // Taken again while the last pump's batch settles: consume once it has.
       last.halted.then(() => {
@@ -218,14 +206,14 @@ class Member implements PartitionHolder {
   }
 
   private async runPump(pump: Pump): Promise<void> {
-    const s = this.settings;
+    const s = this.ctx.settings;
     let consumer: Consumer | undefined;
     let failures = 0;
     while (!pump.stopped) {
-      if (!this.link.ready()) {
-        if (this.link.connection.isClosed()) return;
+      if (!this.ctx.link.ready()) {
+        if (this.ctx.link.connection.isClosed()) return;
         // Pull requests sent into the reconnect buffer would only pile up.
-        await Promise.race([this.link.reconnected(), pump.stoppedSignal]);
+        await Promise.race([this.ctx.link.reconnected(), pump.stoppedSignal]);
         continue;
       }
       try {
@@ -235,22 +223,23 @@ class Member implements PartitionHolder {
           } else {
             await this.ensureConsumer(pump.partition);
           }
-          consumer = await this.js.consumers.get(s.stream, pump.durable);
+          consumer = await this.ctx.js.consumers.get(s.stream, pump.durable);
         }
         const fetched = await this.fetchOnce(pump, consumer);
         // Fetch again only once this fetch's events are settled: a pump holds one fetch at most.
         if (pump.outstanding > 0 && !pump.stopped) {
           await Promise.race([new Promise<void>((resolve) => (pump.settled = resolve)), pump.stoppedSignal]);
         }
-        if (failures > 0) this.log.info({ durable: pump.durable }, "bus consumer resumed");
+        if (failures > 0) this.ctx.log.info({ durable: pump.durable }, "bus consumer resumed");
         failures = 0;
         if (pump.partition === undefined && fetched < s.batchSize && (await this.legacyDrained())) return;
       } catch (err) {
-        if (pump.stopped || this.link.connection.isClosed()) break;
+        if (pump.stopped || this.ctx.link.connection.isClosed()) break;
         if (pump.partition === undefined && isNotFound(err, "consumer")) return;
         failures++;
         consumer = undefined;
-        if (failures === 1) this.log.warn({ err, durable: pump.durable }, "bus consumer failing; retrying");
+        if (failures === 1)
+          this.ctx.log.warn({ err, durable: pump.durable }, "bus consumer failing; retrying");
         const backoff = Math.min(250 * 2 ** (failures - 1), 5000);
         await sleep(backoff, pump.stoppedSignal);
       }
@@ -259,13 +248,13 @@ class Member implements PartitionHolder {
 
   private async ensureConsumer(partition: number): Promise<void> {
     try {
-      await this.stream.ensureConsumer(partition);
+      await this.ctx.stream.ensureConsumer(partition);
     } catch (err) {
       // A consuming process may start before any publisher has created the stream; one that
       // does not manage it waits for a publisher to.
-      if (!this.settings.manageStream || !isNotFound(err, "stream")) throw err;
-      await this.stream.ensureStream();
-      await this.stream.ensureConsumer(partition);
+      if (!this.ctx.settings.manageStream || !isNotFound(err, "stream")) throw err;
+      await this.ctx.stream.ensureStream();
+      await this.ctx.stream.ensureConsumer(partition);
     }
   }
 
@@ -281,8 +270,8 @@ class Member implements PartitionHolder {
    */
   private async fetchOnce(pump: Pump, consumer: Consumer): Promise<number> {
     const messages = await consumer.fetch({
-      max_messages: this.settings.batchSize,
-      expires: this.settings.fetchExpiresMs,
+      max_messages: this.ctx.settings.batchSize,
+      expires: this.ctx.settings.fetchExpiresMs,
     });
     let fetched = 0;
     for await (const m of messages) {
@@ -300,7 +289,7 @@ class Member implements PartitionHolder {
   private async handleLoop(): Promise<void> {
     for (;;) {
       if (this.queue.length > 0) {
-        const batch = this.queue.splice(0, this.settings.batchSize);
+        const batch = this.queue.splice(0, this.ctx.settings.batchSize);
         try {
           await this.handleBatch(batch.map((f) => f.m));
         } finally {
@@ -318,7 +307,7 @@ class Member implements PartitionHolder {
 
   private async legacyExists(): Promise<boolean> {
     try {
-      await this.jsm.consumers.info(this.settings.stream, this.settings.durable);
+      await this.ctx.jsm.consumers.info(this.ctx.settings.stream, this.ctx.settings.durable);
       return true;
     } catch (err) {
       if (isNotFound(err, "consumer") || isNotFound(err, "stream")) return false;
@@ -334,10 +323,10 @@ class Member implements PartitionHolder {
    * version still running would recreate it and replay the stream if it went.
    */
   private async legacyDrained(): Promise<boolean> {
-    const s = this.settings;
+    const s = this.ctx.settings;
     let floor: number;
     try {
-      floor = (await this.jsm.consumers.info(s.stream, s.durable)).ack_floor.stream_seq;
+      floor = (await this.ctx.jsm.consumers.info(s.stream, s.durable)).ack_floor.stream_seq;
     } catch (err) {
       if (isNotFound(err, "consumer")) return true;
       throw err;
@@ -346,7 +335,7 @@ class Member implements PartitionHolder {
     for (let p = 0; p < PARTITIONS; p++) {
       let config: { opt_start_seq?: number };
       try {
-        config = (await this.jsm.consumers.info(s.stream, partitionDurable(s, p))).config;
+        config = (await this.ctx.jsm.consumers.info(s.stream, partitionDurable(s, p))).config;
       } catch (err) {
         if (isNotFound(err, "consumer")) return false;
         throw err;
@@ -354,7 +343,7 @@ class Member implements PartitionHolder {
       start = Math.max(start, config.opt_start_seq ?? 0);
     }
     if (floor + 1 < start) return false;
-    this.log.info(
+    this.ctx.log.info(
       { stream: s.stream, durable: s.durable },
       "the unpartitioned fanout consumer of an earlier version is drained; delete it once no such fanout runs",
     );
@@ -368,13 +357,13 @@ class Member implements PartitionHolder {
     // One span per traced event, ended when it is settled; the handler continues from it.
     const spans: Span[] = [];
     for (const m of msgs) {
-      this.metrics.consumed++;
-      if (m.info.redelivered) this.metrics.redelivered++;
+      this.ctx.metrics.consumed++;
+      if (m.info.redelivered) this.ctx.metrics.redelivered++;
       try {
         const event = decodeCommitted(m);
         const span = processSpan(event, {
-          stream: this.settings.stream,
-          durable: this.settings.durable,
+          stream: this.ctx.settings.stream,
+          durable: this.ctx.settings.durable,
           subject: m.subject,
           msgId: m.headers?.get("Nats-Msg-Id") || undefined,
           bodyBytes: m.data.length,
@@ -384,7 +373,7 @@ class Member implements PartitionHolder {
         decoded.push(m);
       } catch (err) {
         // Redelivering bytes that cannot be decoded would fail the same way until max_deliver.
-        this.log.error({ err, subject: m.subject, streamSeq: m.seq }, "undecodable bus event terminated");
+        this.ctx.log.error({ err, subject: m.subject, streamSeq: m.seq }, "undecodable bus event terminated");
         this.settle(m, "term", 0);
       }
     }
@@ -398,14 +387,14 @@ class Member implements PartitionHolder {
           // The connection is gone; ack_wait will redeliver.
         }
       }
-    }, this.settings.ackWaitMs / 2);
+    }, this.ctx.settings.ackWaitMs / 2);
     progress.unref();
     try {
       await this.handler(events);
       for (const m of decoded) this.settle(m, "ack", 0);
       for (const span of spans) endSpan(span);
       if (health.failing) {
-        this.log.info({ failedBatches: health.failedBatches }, "bus event handler recovered");
+        this.ctx.log.info({ failedBatches: health.failedBatches }, "bus event handler recovered");
         health.failing = false;
         health.failedBatches = 0;
       }
@@ -413,10 +402,16 @@ class Member implements PartitionHolder {
       health.failedBatches++;
       if (!health.failing) {
         health.failing = true;
-        this.log.warn({ err, events: events.length }, "bus event handler failed; events will be redelivered");
+        this.ctx.log.warn(
+          { err, events: events.length },
+          "bus event handler failed; events will be redelivered",
+        );
       }
       for (const m of decoded) {
-        const delay = Math.min(this.settings.nakDelayMs * 2 ** (m.info.deliveryCount - 1), MAX_NAK_DELAY_MS);
+        const delay = Math.min(
+          this.ctx.settings.nakDelayMs * 2 ** (m.info.deliveryCount - 1),
+          MAX_NAK_DELAY_MS,
+        );
         this.settle(m, "nak", delay);
       }
       for (const span of spans) endSpan(span, err);
@@ -429,13 +424,13 @@ class Member implements PartitionHolder {
     try {
       if (how === "ack") {
         m.ack();
-        this.metrics.acked++;
+        this.ctx.metrics.acked++;
       } else if (how === "nak") {
         m.nak(delayMs > 0 ? delayMs : undefined);
-        this.metrics.nakked++;
+        this.ctx.metrics.nakked++;
       } else {
         m.term();
-        this.metrics.terminated++;
+        this.ctx.metrics.terminated++;
       }
     } catch {
       // The connection closed under us: the server redelivers after ack_wait.

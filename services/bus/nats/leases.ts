@@ -28,9 +28,9 @@ export interface PartitionHolder {
   /** Starts consuming a partition this member now holds. */
   gained(partition: number): void;
   /**
-   * Stops consuming a partition and resolves once none of its events is being handled; what was
-   * fetched and not handled goes back to the stream. Called before a lease is given back, and
-   * when one was lost.
+   * Stops fetching from a partition and resolves once its fetches in flight have run out and
+   * everything they brought is settled. Called before a lease is given back, and when one was
+   * lost.
    */
   stopped(partition: number): Promise<void>;
 }

@@ -93,8 +93,8 @@ export class CommittedStream {
   /**
    * Creates one partition's durable consumer, or updates its limits when they changed. A
    * consumer created while the unpartitioned consumer of earlier versions exists starts after the
-   * stream's last event, which that consumer still delivers (LegacyDrain); otherwise it starts at
-   * the stream's first, so a new deployment delivers what the stream already holds.
+   * stream's last event: the members drain that consumer up to there (consumer.ts). Otherwise it
+   * starts at the stream's first, so a new deployment delivers what the stream already holds.
    */
   async ensureConsumer(partition: number): Promise<void> {
     const s = this.settings;

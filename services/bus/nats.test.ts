@@ -360,9 +360,10 @@ if (!(await pingNats(url))) {
 
     test("a member that stops handles what its last fetches bring, then hands its partitions over long before its leases expire", async () => {
       const names = isolated();
-      // Neither expiry nor redelivery can explain events arriving within the test's patience.
-      const leaseMs = 15_000;
-      const options = { leaseMs, ackWaitMs: 30_000, fetchExpiresMs: 3000 };
+      // Neither expiry nor redelivery can explain events arriving within the test's patience: a
+      // handover takes B's last fetch (1 s) and a round of A's (3 s).
+      const leaseMs = 9000;
+      const options = { leaseMs, ackWaitMs: 30_000, fetchExpiresMs: 1000 };
       const [a, b] = [await engine(names, options), await engine(names, options)];
       const gotA: string[] = [];
       const gotB: string[] = [];
@@ -372,10 +373,15 @@ if (!(await pingNats(url))) {
       const stopB = b.bus.consumeCommitted(async (events) => {
         gotB.push(...events.map(keyOf));
       });
-      await eventually("twelve partitions each", async () => {
-        const counts = [...shares(await holders(admin, names.stream)).values()];
-        return counts.length === 2 && counts.every((n) => n === PARTITIONS / 2);
-      });
+      // Balancing takes a few of their rounds: one gives back, then the other takes.
+      await eventually(
+        "twelve partitions each",
+        async () => {
+          const counts = [...shares(await holders(admin, names.stream)).values()];
+          return counts.length === 2 && counts.every((n) => n === PARTITIONS / 2);
+        },
+        4 * leaseMs,
+      );
       // One conversation in every partition.
       const byPartition = new Map<number, string>();
       while (byPartition.size < PARTITIONS) {

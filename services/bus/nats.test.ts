@@ -78,6 +78,12 @@ async function holders(nc: NatsConnection, stream: string): Promise<Array<string
   return out;
 }
 
+/** Whether two members hold twelve partitions each. */
+async function splitInTwo(nc: NatsConnection, stream: string): Promise<boolean> {
+  const counts = [...shares(await holders(nc, stream)).values()];
+  return counts.length === 2 && counts.every((n) => n === PARTITIONS / 2);
+}
+
 /** How many partitions each member holds, by member id. */
 function shares(owners: Array<string | undefined>): Map<string, number> {
   const m = new Map<string, number>();
@@ -334,10 +340,9 @@ if (!(await pingNats(url))) {
       b.bus.consumeCommitted(async (events) => {
         gotB.push(...events.map(keyOf));
       });
-      await eventually("twelve partitions each once the second joined", async () => {
-        const counts = [...shares(await holders(admin, names.stream)).values()];
-        return counts.length === 2 && counts.every((n) => n === PARTITIONS / 2);
-      });
+      await eventually("twelve partitions each once the second joined", () =>
+        splitInTwo(admin, names.stream),
+      );
       const conversations = range(1, 48).map(() => conversation());
       // Round by round, so that every partition's events interleave with the others'.
       for (const seq of range(1, 20))
@@ -374,14 +379,7 @@ if (!(await pingNats(url))) {
         gotB.push(...events.map(keyOf));
       });
       // Balancing takes a few of their rounds: one gives back, then the other takes.
-      await eventually(
-        "twelve partitions each",
-        async () => {
-          const counts = [...shares(await holders(admin, names.stream)).values()];
-          return counts.length === 2 && counts.every((n) => n === PARTITIONS / 2);
-        },
-        4 * leaseMs,
-      );
+      await eventually("twelve partitions each", () => splitInTwo(admin, names.stream), 4 * leaseMs);
       // One conversation in every partition.
       const byPartition = new Map<number, string>();
       while (byPartition.size < PARTITIONS) {
@@ -571,10 +569,7 @@ describe("NATS bus faults (own nats-server)", () => {
       b.bus.consumeCommitted(async (events) => {
         gotB.push(...events.map(keyOf));
       });
-      await eventually("twelve partitions each", async () => {
-        const counts = [...shares(await holders(probe, names.stream)).values()];
-        return counts.length === 2 && counts.every((n) => n === PARTITIONS / 2);
-      });
+      await eventually("twelve partitions each", () => splitInTwo(probe, names.stream));
       const conversations = range(1, 16).map(() => conversation());
       await a.bus.publishCommitted(conversations.flatMap((c) => range(1, 10).map((s) => committed(c, s))));
       await eventually("member A's batch", () => gotA.length > 0);

@@ -125,10 +125,10 @@ describe("gateway send admission", () => {
   });
 
   describe("the answer-rate bound", () => {
-    /** Admits and answers n sends, a thousand at a time, each having waited waitedMs. */
-    function answer(a: SendAdmission, n: number, waitedMs = 5): void {
-      for (let done = 0; done < n; done += 1000) {
-        const k = Math.min(1000, n - done);
+    /** Admits and answers n sends, `at` (a thousand) at a time, each having waited waitedMs. */
+    function answer(a: SendAdmission, n: number, waitedMs = 5, at = 1000): void {
+      for (let done = 0; done < n; done += at) {
+        const k = Math.min(at, n - done);
         for (let i = 0; i < k; i++) a.admit(1);
         for (let i = 0; i < k; i++) a.settled(1, waitedMs);
       }
@@ -173,6 +173,51 @@ describe("gateway send admission", () => {
       clock.now = 71_000;
       assert.equal(a.inFlightBound, 2048);
       for (let i = 0; i < 2048; i++) a.admit(1);
+    });
+
+    it("holds the floor while answers are quick: a quiet gateway still takes a burst", () => {
+      const { a, clock } = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
+      // 100 answers a second for ten seconds, each after 240 ms (under half the target).
+      for (let s = 0; s < 10; s++) {
+        clock.now = s * 1000;
+        answer(a, 100, 240);
+      }
+      clock.now = 10_000;
+      assert.equal(a.inFlightBound, 2048, "50 by the rate, but the floor holds");
+      for (let i = 0; i < 2048; i++) a.admit(1);
+    });
+
+    it("lifts the floor once answers wait past half the target: past capacity, the rate is what it can do", () => {
+      const { a, clock, refusals, refused } = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
+      // A mesh gateway whose sequencers are saturated: 1,000 answers a second, after 900 ms on
+      // average (the 2,048 sends the floor let in, at that rate). The quickest of each interval
+      // is on time, as a group commit's are (the delay signal's blind spot), so only the bound
+      // can push back.
+      for (let s = 0; s < 10; s++) {
+        clock.now = s * 1000;
+        answer(a, 1, 100, 1);
+        answer(a, 999, 901, 100);
+      }
+      clock.now = 10_000;
+      assert.equal(a.inFlightBound, 500, "what it answers in the target, under the floor");
+      for (let i = 0; i < 500; i++) a.admit(1);
+      refused();
+      assert.deepEqual(refusals, ["answer_rate_bound"]);
+      // Held there, the answers wait about the target, more than half of it: the floor stays off.
+      for (let i = 0; i < 500; i++) a.settled(1, 500);
+      for (let s = 10; s < 20; s++) {
+        clock.now = s * 1000;
+        answer(a, 1000, 500, 100);
+      }
+      clock.now = 20_000;
+      assert.equal(a.inFlightBound, 525, "10,500 answered in ten seconds, so 525 in the target");
+      // The load falls and answers are quick again: the floor comes back as their mean falls.
+      for (let s = 20; s < 30; s++) {
+        clock.now = s * 1000;
+        answer(a, 1000, 20, 100);
+      }
+      clock.now = 30_000;
+      assert.equal(a.inFlightBound, 2048);
     });
 
     it("never binds under the fixed bound or when the target is 0", () => {

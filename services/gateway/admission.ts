@@ -50,11 +50,23 @@ const BASE_BUCKETS = 10;
 const RATE_SECOND_MS = 1_000;
 const RATE_SECONDS = 10;
 /**
- * The answer-rate bound never falls below this many sends: at low rates (a server just started,
- * a quiet hour) it would otherwise refuse the first burst before any rate is known. Past it, what
- * bounds a burst is the fixed bound and the delay signals.
+ * The answer-rate bound never falls below this many sends while the gateway answers quickly: at
+ * low rates (a server just started, a quiet hour) it would otherwise refuse the first burst
+ * before any rate is known. Past it, what bounds a burst is the fixed bound and the delay signals.
  */
 const RATE_BOUND_FLOOR = 2_048;
+/**
+ * The floor is lifted while the sends answered over the rate's seconds waited on average longer
+ * than this share of the target: the gateway is then past its capacity, and the rate it answers
+ * at is what it can do, not what it was asked. A gateway answering fewer than the floor in the
+ * target (RATE_BOUND_FLOOR / target: 4,096 a second at 500 ms) would otherwise let sends wait
+ * longer than the target: two mesh gateways sharing saturated sequencers at 2,250 answers a
+ * second each held 2,048 each, and accepted sends waited 0.74 s at p50 and 1.8 s at p99
+ * (docs/benchmarks.md, thirty-second pass). Half: once lifted, the bound holds the mean wait near
+ * the target, above half of it, so the floor does not come back while the gateway stays past its
+ * capacity; it comes back when answers are quick again, the load having fallen.
+ */
+const FLOOR_LIFTED_AT = 0.5;
 /** Shortest and longest retry hint given to a sender pushed back, in milliseconds. */
 const MIN_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
@@ -143,8 +155,8 @@ class LateIntervals {
  * The answer-rate bound is Little's law: past capacity an accepted send waits about the sends in
  * flight divided by the sends answered a second, whatever the fixed bound. So the gateway takes at
  * most as many as it answers in `queueTargetMs`, at the mean rate of its last ten seconds, never
- * under RATE_BOUND_FLOOR: past capacity a send then waits about the target on average, on any
- * machine. Below capacity it does not bind (in flight is the rate times a wait under the target),
+ * under RATE_BOUND_FLOOR while its answers come quickly (FLOOR_LIFTED_AT): past capacity a send
+ * then waits about the target on average, on any machine and behind any number of gateways. Below capacity it does not bind (in flight is the rate times a wait under the target),
  * and it cannot talk itself down: should it let too few in to keep the pipeline busy, the answers
  * still come after the pipeline's shortest wait, well under the target, so the rate measured
  * times the target is more than what it let in. The fixed count was the only bound before: 10,000
@@ -201,6 +213,9 @@ export class SendAdmission {
   /** Answers in each of the last RATE_SECONDS whole seconds, oldest first. */
   private readonly answersPerSecond: number[] = [];
   private answersThisSecond = 0;
+  /** The answers' waits summed, in milliseconds, for each second of answersPerSecond. */
+  private readonly waitedPerSecond: number[] = [];
+  private waitedThisSecond = 0;
   /** For each second of answersPerSecond, whether the gateway refused a send in it (was at its limits). */
   private readonly refusingSeconds: boolean[] = [];
   private refusedThisSecond = false;
@@ -243,8 +258,23 @@ export class SendAdmission {
     if (queueTargetMs <= 0) return maxInFlight;
     const perSecond = this.answerRate(now);
     if (perSecond === undefined) return Math.min(maxInFlight, RATE_BOUND_FLOOR);
-    const byRate = Math.max(RATE_BOUND_FLOOR, Math.ceil((perSecond * queueTargetMs) / RATE_SECOND_MS));
-    return Math.min(maxInFlight, byRate);
+    const byRate = Math.ceil((perSecond * queueTargetMs) / RATE_SECOND_MS);
+    const floor = this.meanWaitMs() > queueTargetMs * FLOOR_LIFTED_AT ? 1 : RATE_BOUND_FLOOR;
+    return Math.min(maxInFlight, Math.max(floor, byRate));
+  }
+
+  /**
+   * The mean wait of the sends answered in the rate's seconds (answerRate rolls them first), in
+   * milliseconds; 0 when none was.
+   */
+  private meanWaitMs(): number {
+    let answered = 0;
+    let waited = 0;
+    for (let i = 0; i < this.answersPerSecond.length; i++) {
+      answered += this.answersPerSecond[i]!;
+      waited += this.waitedPerSecond[i]!;
+    }
+    return answered === 0 ? 0 : waited / answered;
   }
 
   /**
@@ -335,6 +365,7 @@ export class SendAdmission {
     if (waitedMs < this.windowMin) this.windowMin = waitedMs;
     this.rollSecond(now);
     this.answersThisSecond++;
+    this.waitedThisSecond += waitedMs;
   }
 
   /** Closes the answer count's second once it is over; seconds with no answer count 0. */
@@ -343,16 +374,20 @@ export class SendAdmission {
     if (elapsed < RATE_SECOND_MS) return;
     const seconds = Math.floor(elapsed / RATE_SECOND_MS);
     this.answersPerSecond.push(this.answersThisSecond);
+    this.waitedPerSecond.push(this.waitedThisSecond);
     this.refusingSeconds.push(this.refusedThisSecond);
     for (let i = 1; i < Math.min(seconds, RATE_SECONDS); i++) {
       this.answersPerSecond.push(0);
+      this.waitedPerSecond.push(0);
       this.refusingSeconds.push(false);
     }
     while (this.answersPerSecond.length > RATE_SECONDS) {
       this.answersPerSecond.shift();
+      this.waitedPerSecond.shift();
       this.refusingSeconds.shift();
     }
     this.answersThisSecond = 0;
+    this.waitedThisSecond = 0;
     this.refusedThisSecond = false;
     this.secondStart += seconds * RATE_SECOND_MS;
   }

@@ -66,7 +66,8 @@ export interface Limits {
    * running, before the gateway calls its queue standing (past capacity) and refuses new sends
    * UNAVAILABLE with a retry hint until the signal clears. Also the answer-rate bound: the
    * gateway takes at most as many sends as it answers in this many milliseconds at the mean rate
-   * of its last ten seconds (never under 2,048). 0 turns all three off.
+   * of its last ten seconds (never under 2,048 while its answers take under half this on average).
+   * 0 turns all three off.
    */
   sendQueueTargetMs: number;
 }

@@ -61,8 +61,8 @@ const RATE_BOUND_FLOOR = 2_048;
  * at is what it can do, not what it was asked. A gateway answering fewer than the floor in the
  * target (RATE_BOUND_FLOOR / target: 4,096 a second at 500 ms) would otherwise let sends wait
  * longer than the target: two mesh gateways sharing saturated sequencers at 2,250 answers a
- * second each held 2,048 each, and accepted sends waited 0.74 s at p50 and 1.8 s at p99
- * (docs/benchmarks.md, thirty-second pass). Half: once lifted, the bound holds the mean wait near
+ * second each held 2,048 each, and accepted sends waited about 0.7 s at the median and up to
+ * 1.8 s at p99 (docs/benchmarks.md, thirty-second pass). Half: once lifted, the bound holds the mean wait near
  * the target, above half of it, so the floor does not come back while the gateway stays past its
  * capacity; it comes back when answers are quick again, the load having fallen.
  */
@@ -156,8 +156,9 @@ class LateIntervals {
  * flight divided by the sends answered a second, whatever the fixed bound. So the gateway takes at
  * most as many as it answers in `queueTargetMs`, at the mean rate of its last ten seconds, never
  * under RATE_BOUND_FLOOR while its answers come quickly (FLOOR_LIFTED_AT): past capacity a send
- * then waits about the target on average, on any machine and behind any number of gateways. Below capacity it does not bind (in flight is the rate times a wait under the target),
- * and it cannot talk itself down: should it let too few in to keep the pipeline busy, the answers
+ * then waits about the target on average, on any machine and behind any number of gateways.
+ * Below capacity it does not bind (in flight is the rate times a wait under the target), and it
+ * cannot talk itself down: should it let too few in to keep the pipeline busy, the answers
  * still come after the pipeline's shortest wait, well under the target, so the rate measured
  * times the target is more than what it let in. The fixed count was the only bound before: 10,000
  * let accepted sends wait 1.2-1.4 s at p99 on a 2-core machine; this keeps them at 0.82-0.83 s

@@ -1,12 +1,14 @@
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { Logger } from "../common/log.js";
+import { evictSecondChance } from "../common/second-chance.js";
 
 /**
  * The sequencer's hot state (each active conversation's recent entries, recent idempotency keys,
  * member map and device cursors) is a cache over the store: anything dropped is read back from
  * the store when next needed. Counts alone do not bound it (256 entries of up to 64 KiB each, in
  * up to 10,000 conversations per shard), so it is also held to a byte budget, shared by every
- * shard of the process and spent least recently used conversation first.
+ * shard of the process and spent least recently used conversation first (as far as a
+ * second-chance order tells: common/second-chance.ts).
  *
  * Sizes are estimates of what V8 and the allocator hold (payload bytes exactly, strings at two
  * bytes a character, a fixed overhead per object), rounded up: the budget is meant to track the
@@ -137,12 +139,29 @@ export interface HotStateMetrics {
  */
 export const EVICT_TO = 0.875;
 
+/** A state's marks, one for each order: set by every use, cleared by that order's next walk. */
+const IN_LRU = 1;
+const IN_TAILED = 2;
+const IN_KEYED = 4;
+const USED = IN_LRU | IN_TAILED | IN_KEYED;
+
+/** What the budget keeps of a resident state. */
+interface Held {
+  /** The bytes the state last reported. */
+  bytes: number;
+  owner: StateOwner;
+  /** The orders whose walks have not passed the state since it was last used (IN_LRU, ...). */
+  marks: number;
+}
+
 /**
  * The byte budget for the hot state of every shard of one sequencer process, with one LRU
  * order across all of them. States report their size when an operation acquires and releases
  * them; when the total is over the budget, the least recently used conversations go first (down
- * to EVICT_TO of the budget, so a full budget does not evict on every operation):
- * first they shed their committed tail entries (a read from the store gets them back), then
+ * to EVICT_TO of the budget, so a full budget does not evict on every operation). The orders
+ * are second-chance ones (common/second-chance.ts): an operation marks its state and moves
+ * nothing, and an eviction passes over the states used since it last came by. The states going
+ * first shed their committed tail entries (a read from the store gets them back), then
  * they forget the idempotency keys no operation in flight can still need (a retry then finds its
  * key in the store, as after a reload; see ConversationState.forgetSettledKeys), and if that is
  * not enough, idle ones are dropped whole (members, cursors, senders), which costs a reload when
@@ -157,14 +176,15 @@ export const EVICT_TO = 0.875;
  * operation in flight, and keys that only idle conversations forgot grew past any budget.
  */
 export class HotStateBudget {
-  /** Every resident state, least recently used first, with the bytes it last reported. */
-  private readonly lru = new Map<BudgetedState, { bytes: number; owner: StateOwner }>();
+  /** Every resident state, least recently used first (as far as the marks tell), with its record. */
+  private readonly lru = new Map<BudgetedState, Held>();
   /**
-   * The resident states whose tail holds entries, in the same order: shedding walks this, so
-   * it never steps over the many conversations whose tails are already gone.
+   * The resident states whose tail holds entries, least recently used first (their IN_TAILED
+   * marks): shedding walks this, so it never steps over the many conversations whose tails are
+   * already gone.
    */
   private readonly tailed = new Set<BudgetedState>();
-  /** The resident states that hold idempotency keys, in the same order. */
+  /** The resident states that hold idempotency keys, least recently used first (IN_KEYED). */
   private readonly keyed = new Set<BudgetedState>();
   private total = 0;
   private warned = false;
@@ -192,15 +212,21 @@ export class HotStateBudget {
     return this.lru.size;
   }
 
-  /** Marks the state most recently used (adding it if new) and takes its current size. */
+  /**
+   * Marks the state used (adding it, most recently used, if new) and takes its current size. It
+   * moves nothing and allocates nothing for a resident state: this runs on every operation.
+   */
   touch(state: BudgetedState, owner: StateOwner): void {
-    const held = this.lru.get(state);
-    if (held !== undefined) this.lru.delete(state);
-    if (this.tailed.delete(state)) this.tailed.add(state);
-    if (this.keyed.delete(state)) this.keyed.add(state);
     const bytes = state.bytes();
-    this.total += bytes - (held?.bytes ?? 0);
-    this.lru.set(state, { bytes, owner });
+    const held = this.lru.get(state);
+    if (held === undefined) {
+      this.lru.set(state, { bytes, owner, marks: USED });
+      this.total += bytes;
+      return;
+    }
+    this.total += bytes - held.bytes;
+    held.bytes = bytes;
+    held.marks = USED;
   }
 
   /**
@@ -258,30 +284,36 @@ export class HotStateBudget {
         "sequencer hot state reached its byte budget; evicting least recently used conversations",
       );
     }
+    const within = () => this.total <= target;
     // First the tails, which hold nearly all the bytes and cost one store read to get back.
-    for (const state of this.tailed) {
-      if (this.total <= target) return true;
+    const shed = (state: BudgetedState) => {
       const held = this.lru.get(state);
       if (held === undefined) this.tailed.delete(state);
       else this.shedTail(state, held);
-    }
+    };
+    if (evictSecondChance(this.tailed, (state) => this.takeMark(state, IN_TAILED), shed, within)) return true;
     // Then the keys no operation can still need, which cost a store read only to a retry.
-    for (const state of this.keyed) {
-      if (this.total <= target) return true;
+    const forget = (state: BudgetedState) => {
       const held = this.lru.get(state);
       if (held === undefined) this.keyed.delete(state);
       else this.forgetKeys(state, held);
-    }
+    };
+    if (evictSecondChance(this.keyed, (state) => this.takeMark(state, IN_KEYED), forget, within)) return true;
     // Then whole idle conversations (members, cursors, senders), which cost a reload.
-    for (const [state, held] of this.lru) {
-      if (this.total <= target) return true;
-      this.dropIfIdle(state, held);
-    }
-    return this.total <= target;
+    const drop = (state: BudgetedState) => this.dropIfIdle(state, this.lru.get(state) as Held);
+    return evictSecondChance(this.lru, (state) => this.takeMark(state, IN_LRU), drop, within);
+  }
+
+  /** True if the state was used since the walk of `order` last passed it; clears that mark. */
+  private takeMark(state: BudgetedState, order: number): boolean {
+    const held = this.lru.get(state);
+    if (held === undefined || (held.marks & order) === 0) return false;
+    held.marks &= ~order;
+    return true;
   }
 
   /** The steps of a pass, on one state only: for a settle while the last pass fell short. */
-  private evictFrom(state: BudgetedState, held: { bytes: number; owner: StateOwner }): void {
+  private evictFrom(state: BudgetedState, held: Held): void {
     const target = this.limitBytes * EVICT_TO;
     this.shedTail(state, held);
     if (this.total > target) this.forgetKeys(state, held);

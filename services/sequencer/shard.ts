@@ -3,6 +3,7 @@ import { type BusEvent, BusEventSchema } from "../../gen/switchboard/internal/v1
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
+import { evictSecondChance } from "../common/second-chance.js";
 import { carries, endSpan, lazyInstrument, linksFrom, meter, startSpan } from "../common/telemetry.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
@@ -198,11 +199,9 @@ export class Shard implements StateOwner {
         if (left === 0) this.waiting.delete(conversationId);
         else this.waiting.set(conversationId, left);
       }
-    } else {
-      // Move to the end: Map iteration order is our LRU order.
-      this.states.delete(conversationId);
-      this.states.set(conversationId, state);
     }
+    // The states map's order is a second-chance one: a use marks, and only evict() moves.
+    state.acquiredSinceWalk = true;
     const mark = state.begin();
     if (this.states.get(conversationId) === state) this.budget.touch(state, this);
     return { state, mark };
@@ -494,11 +493,24 @@ export class Shard implements StateOwner {
     }
   }
 
-  /** Keeps the count of states within maxStates, least recently used first. */
+  /**
+   * Keeps the count of states within maxStates, least recently used first (as far as a
+   * second-chance order tells: common/second-chance.ts).
+   */
   private evict(): void {
-    for (const state of this.states.values()) {
-      if (this.states.size <= this.maxStates) return;
-      if (this.drop(state)) this.budget.countEviction();
-    }
+    const states = this.states;
+    evictSecondChance(
+      states,
+      (id) => {
+        const state = states.get(id) as ConversationState;
+        const used = state.acquiredSinceWalk;
+        state.acquiredSinceWalk = false;
+        return used;
+      },
+      (id) => {
+        if (this.drop(states.get(id) as ConversationState)) this.budget.countEviction();
+      },
+      () => states.size <= this.maxStates,
+    );
   }
 }

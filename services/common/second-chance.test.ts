@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { evictSecondChance } from "./second-chance.js";
+import { evictSecondChance, MAX_MOVES_PER_WALK } from "./second-chance.js";
 
 /** A cache of keys in a Set, with a mark per key as a user of evictSecondChance keeps them. */
 class Marked {
@@ -78,6 +78,20 @@ describe("evictSecondChance", () => {
     cache.looks = 0;
     assert.equal(cache.walk(10), false);
     assert.equal(cache.looks, 2 * keys.length, "with no marks left, each is come to once, and nothing moves");
+  });
+
+  it("moves at most MAX_MOVES_PER_WALK entries a walk, then evicts in order", () => {
+    const cache = new Marked();
+    const keys = Array.from({ length: MAX_MOVES_PER_WALK + 10 }, (_, i) => `k${i}`);
+    for (const key of keys) cache.use(key);
+    cache.walk(keys.length - 1);
+    assert.deepEqual(
+      cache.evicted,
+      [keys[MAX_MOVES_PER_WALK]],
+      "the first key past the moves, though marked",
+    );
+    assert.deepEqual([...cache.order].slice(0, 9), keys.slice(MAX_MOVES_PER_WALK + 1));
+    assert.equal(cache.looks, MAX_MOVES_PER_WALK + 1);
   });
 
   it("keeps a Map's values when it moves their keys", () => {

@@ -1,23 +1,32 @@
 /**
- * Second-chance (CLOCK) eviction over a Map's or Set's insertion order, for caches that are used
- * on every operation. Keeping an exact least-recently-used order in a Map means a delete and a
- * set on every use; the tables that churn rehashes live long enough to be promoted to the old
- * generation, and at 5,000 msgs/s the sequencer's four such orders were 12 % of everything it
- * promoted (docs/benchmarks.md, thirty-third pass). Here a use only sets a mark on the entry's
- * own record; an eviction walk moves the marked entries to the end (clearing their marks)
- * instead of evicting them. An entry used since the last walk passed it survives the next one,
- * so what goes first is what has gone longest without a use, as far as the walks can tell.
+ * Least-recently-used eviction the second-chance (CLOCK) way, for caches used on every
+ * operation. Keeping an exact LRU order in a Map costs a delete and a set on every use; the
+ * tables that churn rehashes live long enough to be promoted to the old generation, and at
+ * 5,000 msgs/s the sequencer's four such orders were a tenth of everything it promoted
+ * (docs/benchmarks.md, thirty-third pass). Here a use only sets a mark on the entry's own
+ * record. When something must be evicted, a walk goes through the order oldest first: an entry
+ * marked since the last walk passed it has its mark cleared and moves to the end, and the first
+ * entry found unmarked is evicted. So what goes first is what has gone longest without a use,
+ * as far as the walks can tell, and a key costs one move per walk however often it was used.
+ *
+ * The walk keeps no iterator between walks: an iterator pins its Map's table as it was, and
+ * with it entries deleted since (a dropped conversation's state, tail and all).
  */
+
+/**
+ * Moves one walk makes at most; past them it evicts in order, marks or not. A Map's move is a
+ * delete and a set, 150-400 ns: this holds a walk to about a millisecond of them, where a cache
+ * of 100,000 keys all used since the last walk would otherwise move them all at once (15-40 ms).
+ */
+export const MAX_MOVES_PER_WALK = 4096;
 
 /**
  * Walks `order` oldest first until `done()`, evicting the entries not used since the last walk
  * passed them. `used(key)` answers whether the entry was used since, and clears its mark; a used
- * entry is moved to the end of the order, where this walk comes to it again. `evict(key)` may
- * remove the entry or keep it (an entry still in use); either way the walk goes on past it.
+ * entry moves to the end of the order, where this walk comes to it again. `evict(key)` may remove
+ * the entry or keep it (an entry still in use); either way the walk goes on past it.
  *
- * Each entry is evicted (or kept) at most once a walk, and moved at most once: a walk costs at
- * most twice the entries there were, and a key used between walks costs one move, however often
- * it was used. Returns `done()` at the end.
+ * Each entry is come to at most twice a walk, and moved at most once. Returns `done()` at the end.
  */
 export function evictSecondChance<K>(
   order: Map<K, unknown> | Set<K>,
@@ -25,12 +34,17 @@ export function evictSecondChance<K>(
   evict: (key: K) => void,
   done: () => boolean,
 ): boolean {
+  let moves = 0;
   // Map and Set iterators come to entries added behind them, so a moved entry is come to again,
-  // unmarked this time; the walk ends after that, as nothing is marked while it runs.
+  // unmarked; the walk ends after that, as nothing marks an entry while it runs.
   for (const key of order.keys()) {
     if (done()) return true;
-    if (used(key)) moveToEnd(order, key);
-    else evict(key);
+    if (moves < MAX_MOVES_PER_WALK && used(key)) {
+      moves++;
+      moveToEnd(order, key);
+    } else {
+      evict(key);
+    }
   }
   return done();
 }

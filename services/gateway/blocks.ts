@@ -1,6 +1,7 @@
 import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import type { OutgoingEntry } from "../../gen/switchboard/v1/entry_pb.js";
+import { BoundedCache } from "../common/bounded-cache.js";
 import { PermissionError } from "../common/errors.js";
 import { conversationKind } from "../sequencer/index.js";
 import type { DeviceSets, Sender } from "./device-set.js";
@@ -20,11 +21,6 @@ export interface BlockListOptions {
   maxBytes?: number;
 }
 
-interface CachedList {
-  ids: ReadonlySet<string>;
-  bytes: number;
-}
-
 const EMPTY: ReadonlySet<string> = new Set();
 
 /** Users per DirectoryService.GetBlockedUsers call (its cap). */
@@ -32,9 +28,10 @@ const GET_BLOCKED_BATCH = 256;
 
 /**
  * Each gateway's copy of the block lists it needs (DirectoryService.GetBlockedUsers), bounded by
- * users and bytes, least recently used out first. A list stays until a BlocksChanged broadcast
- * for its user drops it (the path revocations take), so a direct send whose recipient's list is
- * cached costs no call at all. A read started before a change does not fill the cache.
+ * users and bytes, least recently used out first (common/bounded-cache.ts). A list stays until
+ * a BlocksChanged broadcast for its user drops it (the path revocations take), so a direct send
+ * whose recipient's list is cached costs no call at all. A read started before a change does
+ * not fill the cache.
  *
  * What it enforces, on behalf of the user who blocked (the owner of a list):
  * - direct sends from a blocked user are refused (`checkDirectSend`);
@@ -43,10 +40,7 @@ const GET_BLOCKED_BATCH = 256;
  *   refuse them (services/gateway/consent.ts asks `blockedAmong`).
  */
 export class BlockLists {
-  private readonly maxUsers: number;
-  private readonly maxBytes: number;
-  private readonly lists = new Map<string, CachedList>();
-  private bytes = 0;
+  private readonly lists: BoundedCache<string, ReadonlySet<string>>;
   private readonly reads = new Map<string, Promise<ReadonlySet<string>>>();
   /** Bumped by each change, so a read that raced one is not cached. */
   private generation = 0;
@@ -55,28 +49,23 @@ export class BlockLists {
     private readonly directory: Client<typeof DirectoryService>,
     options: BlockListOptions = {},
   ) {
-    this.maxUsers = options.maxUsers ?? 50_000;
-    this.maxBytes = options.maxBytes ?? 16 * 1024 * 1024;
+    this.lists = new BoundedCache(options.maxUsers ?? 50_000, options.maxBytes ?? 16 * 1024 * 1024);
   }
 
   /** Users whose lists are cached, and their bytes (for tests and metrics). */
   get size(): { users: number; bytes: number } {
-    return { users: this.lists.size, bytes: this.bytes };
+    return { users: this.lists.size, bytes: this.lists.bytes };
   }
 
   /** Drops a user's list (a BlocksChanged broadcast). */
   changed(userId: string): void {
     this.generation++;
-    this.drop(userId);
+    this.lists.delete(userId);
   }
 
   /** The users `owner` blocked, when cached (and then marked recently used). */
   cached(owner: string): ReadonlySet<string> | undefined {
-    const hit = this.lists.get(owner);
-    if (hit === undefined) return undefined;
-    this.lists.delete(owner);
-    this.lists.set(owner, hit);
-    return hit.ids;
+    return this.lists.get(owner);
   }
 
   /** The users `owner` blocked. */
@@ -197,24 +186,9 @@ export class BlockLists {
   }
 
   private store(owner: string, ids: ReadonlySet<string>): void {
-    this.drop(owner);
     let bytes = owner.length * 2 + 64;
     for (const id of ids) bytes += id.length * 2 + 32;
-    // A list larger than the whole budget is never kept (it is read again each time).
-    if (bytes > this.maxBytes) return;
-    this.lists.set(owner, { ids, bytes });
-    this.bytes += bytes;
-    for (const [oldest, list] of this.lists) {
-      if (this.lists.size <= this.maxUsers && this.bytes <= this.maxBytes) break;
-      this.lists.delete(oldest);
-      this.bytes -= list.bytes;
-    }
-  }
-
-  private drop(owner: string): void {
-    const old = this.lists.get(owner);
-    if (old === undefined) return;
-    this.lists.delete(owner);
-    this.bytes -= old.bytes;
+    // A list larger than the whole budget is not kept (it is read again each time).
+    this.lists.set(owner, ids, bytes);
   }
 }

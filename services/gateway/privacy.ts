@@ -4,6 +4,7 @@ import type { User } from "../../gen/switchboard/v1/accounts_pb.js";
 import type { Member } from "../../gen/switchboard/v1/conversations_pb.js";
 import { type ReceiptFrame, ReceiptKind } from "../../gen/switchboard/v1/gateway_pb.js";
 import { audienceFromWire } from "../accounts/index.js";
+import { BoundedCache } from "../common/bounded-cache.js";
 import type { PrivacyAudience } from "../store/types.js";
 
 /** Bounds of a gateway's cache of users' privacy settings. */
@@ -33,7 +34,6 @@ export interface DeliverySettings {
 
 interface Cached {
   settings: DeliverySettings;
-  bytes: number;
   /** When it was read, in milliseconds since the Unix epoch. */
   readAtMs: number;
 }
@@ -48,10 +48,10 @@ function admits(audience: PrivacyAudience, direct: boolean): boolean {
 
 /**
  * Each gateway's copy of the privacy settings it enforces on what it delivers, read from
- * DirectoryService.GetUserPrivacy, bounded by users and bytes, least recently used out first. A
- * copy stays until a PrivacyChanged broadcast for its user drops it (as BlockLists does for
- * blocks), or at most ttlMs (a broadcast this gateway missed), so a presence change or a receipt
- * to a cached user costs no call.
+ * DirectoryService.GetUserPrivacy, bounded by users and bytes, least recently used out first
+ * (common/bounded-cache.ts). A copy stays until a PrivacyChanged broadcast for its user drops it
+ * (as BlockLists does for blocks), or at most ttlMs (a broadcast this gateway missed), so a
+ * presence change or a receipt to a cached user costs no call.
  *
  * Both rules are reciprocal, and both fail closed (a frame whose settings cannot be read is
  * dropped: presence and receipts are ephemeral, and failing open would show them):
@@ -62,12 +62,9 @@ function admits(audience: PrivacyAudience, direct: boolean): boolean {
  *   have read receipts on; other members' read_up_to in GetConversation is masked the same way.
  */
 export class PrivacyView {
-  private readonly maxUsers: number;
-  private readonly maxBytes: number;
   private readonly ttlMs: number;
   private readonly now: () => number;
-  private readonly users = new Map<string, Cached>();
-  private bytes = 0;
+  private readonly users: BoundedCache<string, Cached>;
   private readonly reads = new Map<string, Promise<DeliverySettings>>();
   /** Bumped by each change, so a read that raced one is not cached. */
   private generation = 0;
@@ -76,21 +73,20 @@ export class PrivacyView {
     private readonly directory: Client<typeof DirectoryService>,
     options: PrivacyViewOptions = {},
   ) {
-    this.maxUsers = options.maxUsers ?? 100_000;
-    this.maxBytes = options.maxBytes ?? 16 * 1024 * 1024;
+    this.users = new BoundedCache(options.maxUsers ?? 100_000, options.maxBytes ?? 16 * 1024 * 1024);
     this.ttlMs = options.ttlMs ?? 5 * 60_000;
     this.now = options.now ?? Date.now;
   }
 
   /** Users whose settings are cached, and their bytes (for tests and metrics). */
   get size(): { users: number; bytes: number } {
-    return { users: this.users.size, bytes: this.bytes };
+    return { users: this.users.size, bytes: this.users.bytes };
   }
 
   /** Drops a user's settings (a PrivacyChanged broadcast). */
   changed(userId: string): void {
     this.generation++;
-    this.drop(userId);
+    this.users.delete(userId);
   }
 
   /** The user's settings, when cached and fresh (and then marked recently used). */
@@ -98,11 +94,9 @@ export class PrivacyView {
     const hit = this.users.get(userId);
     if (hit === undefined) return undefined;
     if (this.now() - hit.readAtMs > this.ttlMs) {
-      this.drop(userId);
+      this.users.delete(userId);
       return undefined;
     }
-    this.users.delete(userId);
-    this.users.set(userId, hit);
     return hit.settings;
   }
 
@@ -249,21 +243,6 @@ export class PrivacyView {
   }
 
   private store(userId: string, settings: DeliverySettings): void {
-    this.drop(userId);
-    const bytes = userId.length * 2 + 96;
-    this.users.set(userId, { settings, bytes, readAtMs: this.now() });
-    this.bytes += bytes;
-    for (const [oldest, entry] of this.users) {
-      if (this.users.size <= this.maxUsers && this.bytes <= this.maxBytes) break;
-      this.users.delete(oldest);
-      this.bytes -= entry.bytes;
-    }
-  }
-
-  private drop(userId: string): void {
-    const old = this.users.get(userId);
-    if (old === undefined) return;
-    this.users.delete(userId);
-    this.bytes -= old.bytes;
+    this.users.set(userId, { settings, readAtMs: this.now() }, userId.length * 2 + 96);
   }
 }

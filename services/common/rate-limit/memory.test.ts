@@ -23,17 +23,25 @@ runRateLimiterConformance("LocalRateLimiter", async () => {
 });
 
 describe("LocalRateLimiter specifics", () => {
-  test("forgets the least recently used keys beyond maxKeys", async () => {
+  test("beyond maxKeys, forgets first the keys not used since the last trim passed them", async () => {
     const clock = manualClock();
     const limiter = new LocalRateLimiter({ now: clock.now, maxKeys: 2 });
     const limit: RateLimit = { name: "send", rate: 0.001, burst: 1 };
     assert.equal(limiter.takeSync(limit, "k1"), 0);
     assert.equal(limiter.takeSync(limit, "k2"), 0);
-    assert.ok(limiter.takeSync(limit, "k1") > 0, "k1 is drained, and now the most recently used");
+    // All three were used since the (first) trim, which passes them and forgets the oldest.
     assert.equal(limiter.takeSync(limit, "k3"), 0);
     assert.equal(limiter.size, 2);
-    assert.ok(limiter.takeSync(limit, "k1") > 0, "k1 is remembered");
-    assert.equal(limiter.takeSync(limit, "k2"), 0, "k2 was forgotten: a fresh burst");
+    assert.ok(limiter.takeSync(limit, "k2") > 0, "k2 is drained, and used again since the trim");
+    assert.equal(limiter.takeSync(limit, "k4"), 0);
+    assert.equal(limiter.size, 2);
+    assert.ok(limiter.takeSync(limit, "k2") > 0, "k2 is remembered");
+    assert.equal(
+      limiter.takeSync(limit, "k3"),
+      0,
+      "k3, not used since the trim, was forgotten: a fresh burst",
+    );
+    assert.equal(limiter.takeSync(limit, "k1"), 0, "and k1 before it");
     assert.equal(limiter.size, 2);
   });
 

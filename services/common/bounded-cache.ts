@@ -1,10 +1,9 @@
-import { evictSecondChance } from "./second-chance.js";
+import { evictUnmarked, type Marked } from "./second-chance.js";
 
-interface Slot<V> {
+/** An entry, marked used by every read. */
+interface Slot<V> extends Marked {
   value: V;
   bytes: number;
-  /** Read since the last eviction walk passed it. */
-  used: boolean;
 }
 
 /**
@@ -41,7 +40,7 @@ export class BoundedCache<K, V> {
   get(key: K): V | undefined {
     const slot = this.slots.get(key);
     if (slot === undefined) return undefined;
-    slot.used = true;
+    slot.usedSinceWalk = true;
     return slot.value;
   }
 
@@ -54,19 +53,13 @@ export class BoundedCache<K, V> {
     if (bytes > this.maxBytes) return false;
     // Unmarked: a new entry goes before the ones read since the last walk unless it is read too,
     // so a run of entries read once (a flood of new users) cannot flush the ones in use.
-    this.slots.set(key, { value, bytes, used: false });
+    this.slots.set(key, { value, bytes, usedSinceWalk: false });
     this.held += bytes;
     const slots = this.slots;
     const within = () => slots.size <= this.maxEntries && this.held <= this.maxBytes;
     if (within()) return true;
-    evictSecondChance(
+    evictUnmarked(
       slots,
-      (k) => {
-        const slot = slots.get(k) as Slot<V>;
-        const used = slot.used;
-        slot.used = false;
-        return used;
-      },
       (k) => {
         if (k !== key) this.delete(k);
       },

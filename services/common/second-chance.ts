@@ -49,6 +49,34 @@ export function evictSecondChance<K>(
   return done();
 }
 
+/** A Map value that carries its own mark, for evictUnmarked. */
+export interface Marked {
+  /** Used since the last eviction walk passed it. */
+  usedSinceWalk: boolean;
+}
+
+/**
+ * evictSecondChance over a Map whose values carry their marks: `evict(key, value)` is given
+ * each entry not used since the last walk passed it.
+ */
+export function evictUnmarked<K, V extends Marked>(
+  order: Map<K, V>,
+  evict: (key: K, value: V) => void,
+  done: () => boolean,
+): boolean {
+  return evictSecondChance(
+    order,
+    (key) => {
+      const value = order.get(key) as V;
+      const used = value.usedSinceWalk;
+      value.usedSinceWalk = false;
+      return used;
+    },
+    (key) => evict(key, order.get(key) as V),
+    done,
+  );
+}
+
 function moveToEnd<K>(order: Map<K, unknown> | Set<K>, key: K): void {
   if (order instanceof Map) {
     const value = order.get(key);

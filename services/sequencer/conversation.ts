@@ -101,7 +101,7 @@ export class ConversationState {
    * Acquired since its shard's count eviction last passed it: that walk gives it a second
    * chance instead of dropping it (Shard.evict; common/second-chance.ts).
    */
-  acquiredSinceWalk = false;
+  usedSinceWalk = false;
   /**
    * Grows whenever a member's mute changes. It starts at the load time, so a version handed out
    * before a restart is always older than any after it.

@@ -3,7 +3,7 @@ import { type BusEvent, BusEventSchema } from "../../gen/switchboard/internal/v1
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { UnavailableError } from "../common/errors.js";
 import type { Logger } from "../common/log.js";
-import { evictSecondChance } from "../common/second-chance.js";
+import { evictUnmarked } from "../common/second-chance.js";
 import { carries, endSpan, lazyInstrument, linksFrom, meter, startSpan } from "../common/telemetry.js";
 import { encodedSizeBound } from "../common/wire-size.js";
 import type { ConversationStore, ConversationWrite, MemberRecord } from "../store/types.js";
@@ -201,7 +201,7 @@ export class Shard implements StateOwner {
       }
     }
     // The states map's order is a second-chance one: a use marks, and only evict() moves.
-    state.acquiredSinceWalk = true;
+    state.usedSinceWalk = true;
     const mark = state.begin();
     if (this.states.get(conversationId) === state) this.budget.touch(state, this);
     return { state, mark };
@@ -498,19 +498,12 @@ export class Shard implements StateOwner {
    * second-chance order tells: common/second-chance.ts).
    */
   private evict(): void {
-    const states = this.states;
-    evictSecondChance(
-      states,
-      (id) => {
-        const state = states.get(id) as ConversationState;
-        const used = state.acquiredSinceWalk;
-        state.acquiredSinceWalk = false;
-        return used;
+    evictUnmarked(
+      this.states,
+      (_, state) => {
+        if (this.drop(state)) this.budget.countEviction();
       },
-      (id) => {
-        if (this.drop(states.get(id) as ConversationState)) this.budget.countEviction();
-      },
-      () => states.size <= this.maxStates,
+      () => this.states.size <= this.maxStates,
     );
   }
 }

@@ -1,4 +1,4 @@
-import { evictSecondChance } from "../second-chance.js";
+import { evictUnmarked, type Marked } from "../second-chance.js";
 import { checkTake, GCRA_EPSILON_MS, type RateLimit, type RateLimiter } from "./types.js";
 
 // The embedded engine of the RateLimiter port (types.ts): GCRA buckets in this process's memory.
@@ -17,12 +17,10 @@ export interface LocalRateLimiterOptions {
 
 const DEFAULT_MAX_KEYS = 100_000;
 
-/** One key's bucket under one limit. */
-interface Bucket {
+/** One key's bucket under one limit; marked used by every take, refused or not. */
+interface Bucket extends Marked {
   /** The time, in ms of `now`, at which the bucket is full again. */
   fullAt: number;
-  /** Taken from since the last trim passed it. */
-  used: boolean;
 }
 
 /** Rate limits in this process's memory: exact for one gateway, per gateway when there are several. */
@@ -70,11 +68,11 @@ export class LocalRateLimiter implements RateLimiter {
     // A refusal takes nothing but still marks the key as recently used.
     const taken = wait <= GCRA_EPSILON_MS;
     if (bucket !== undefined) {
-      bucket.used = true;
+      bucket.usedSinceWalk = true;
       if (taken) bucket.fullAt = after;
     } else if (taken) {
       // Unmarked: a flood of new keys goes before the buckets taken from since the last trim.
-      buckets.set(key, { fullAt: after, used: false });
+      buckets.set(key, { fullAt: after, usedSinceWalk: false });
       if (++this.keys > this.maxKeys) this.trim(buckets, key);
     }
     return taken ? 0 : Math.ceil(wait);
@@ -97,14 +95,8 @@ export class LocalRateLimiter implements RateLimiter {
    */
   private trim(grew: Map<string, Bucket>, taken: string): void {
     for (const buckets of [grew, ...this.buckets.values()]) {
-      const within = evictSecondChance(
+      const within = evictUnmarked(
         buckets,
-        (key) => {
-          const bucket = buckets.get(key) as Bucket;
-          const used = bucket.used;
-          bucket.used = false;
-          return used;
-        },
         (key) => {
           if (buckets === grew && key === taken) return;
           buckets.delete(key);

@@ -21,7 +21,7 @@ export class OwnSends {
    * first send (an idle stream holds no empty array). An array, not a Set: it holds the few
    * sends in flight, each found by a short scan, and its backing store stays put while ids come
    * and go, where a Set's add and delete rehash it into a new table every few sends. Those tables
-   * lived long enough to be promoted: 5 % of the server's promoted bytes at 5,000 msgs/s
+   * lived long enough to be promoted: 5-7 % of the server's promoted bytes at 5,000 msgs/s
    * (docs/benchmarks.md, thirty-third pass).
    */
   private ids: string[] | undefined;

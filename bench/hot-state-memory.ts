@@ -11,7 +11,8 @@ import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { EntrySchema, MessageBodySchema } from "../gen/switchboard/v1/entry_pb.js";
 import { ConversationState } from "../services/sequencer/conversation.js";
-import { entryBytes, keyBytes } from "../services/sequencer/hot-state.js";
+import { entryBytes } from "../services/common/entry-bytes.js";
+import { keyBytes, tailEntryBytes } from "../services/sequencer/hot-state.js";
 
 const gc = (globalThis as { gc?: () => void }).gc;
 if (gc === undefined) throw new Error("run with node --expose-gc");
@@ -53,7 +54,7 @@ for (let i = 0; i < entries; i++) {
     body: { case: "message", value: create(MessageBodySchema, { payload }) },
   });
   state.pushTail(entry);
-  estimated += entryBytes(entry);
+  estimated += tailEntryBytes(entryBytes(entry));
 }
 const withEntries = heap();
 let keysEstimated = 0;

@@ -334,9 +334,9 @@ export class Appender {
     // A pinned message deleted for everyone is unpinned in the same commit.
     unpinDeleted(state, batch, plan.target);
     // Entries that arrived between the scan and now are only in the tail.
-    const late = state.tail.filter(
-      (e) => Number(e.seq) > plan.scannedTo && targetOf(e) === plan.target && e.body.case !== "delete",
-    );
+    const late = state
+      .tailAfter(plan.scannedTo)
+      .filter((e) => targetOf(e) === plan.target && e.body.case !== "delete");
     for (const scanned of [...plan.entries, ...late]) {
       const seq = Number(scanned.seq);
       // The newest version wins: a reaction may have been redacted by an earlier delete.

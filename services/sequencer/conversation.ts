@@ -1,13 +1,13 @@
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
+import { decodeEntry, entryBytes } from "../common/entry-bytes.js";
 import type { ConversationRecord, MemberRecord } from "../store/types.js";
 import {
   CURSOR_BYTES,
-  entryBytes,
   keyBytes,
   MEMBER_BYTES,
-  ownBuffers,
   SENDER_SLOT_BYTES,
   STATE_OVERHEAD_BYTES,
+  tailEntryBytes,
 } from "./hot-state.js";
 
 /**
@@ -55,10 +55,16 @@ export class ConversationState {
   committedSeq: number;
   /**
    * Recent entries, ascending and contiguous, ending at lastSeq (empty when evicted: reads then
-   * go to the store). Change it only through pushTail, replaceTail and shed, which keep the
-   * byte count.
+   * go to the store), each kept as its protobuf encoding: the bytes the store writes and the
+   * streams send (common/entry-bytes.ts), so keeping one costs two small objects instead of the
+   * entry's object tree and a copy of its payload. What the tail holds lives for seconds, long
+   * enough to be copied into the old generation, and is read back rarely (catch-up reads, a
+   * delete's scan). Change it only through pushTail, replaceTail and shed, which keep the byte
+   * count; read it through fromTail and tailAfter.
    */
-  readonly tail: Entry[] = [];
+  private readonly tail: Uint8Array[] = [];
+  /** The seq of tail[0] while the tail holds anything. */
+  private tailFirst = 0;
   /** The estimated bytes of each tail entry, as counted when it joined the tail. */
   private readonly tailSizes: number[] = [];
   private tailBytes = 0;
@@ -120,24 +126,36 @@ export class ConversationState {
     this.committedSeq = lastSeq;
   }
 
-  /** The entry at seq if it is still in the tail. */
-  fromTail(seq: number): Entry | undefined {
-    const first = this.tail[0];
-    if (first === undefined) return undefined;
-    return this.tail[seq - Number(first.seq)];
+  /** How many entries the tail holds. */
+  get tailLength(): number {
+    return this.tail.length;
   }
 
   /** The seq of the oldest entry in the tail, or lastSeq + 1 when the tail is empty. */
   tailStart(): number {
-    const first = this.tail[0];
-    return first === undefined ? this.lastSeq + 1 : Number(first.seq);
+    return this.tail.length === 0 ? this.lastSeq + 1 : this.tailFirst;
   }
 
-  /** Adds a newly assigned entry (its payloads get buffers of their own). */
+  /** The entry at seq if it is still in the tail (decoded: a new object at each call). */
+  fromTail(seq: number): Entry | undefined {
+    const bytes = this.tail[seq - this.tailFirst];
+    return bytes === undefined ? undefined : decodeEntry(bytes);
+  }
+
+  /** The tail's entries with seq > after, at most limit of them, decoded. */
+  tailAfter(after: number, limit = this.tail.length): Entry[] {
+    const start = Math.max(0, after + 1 - this.tailFirst);
+    return this.tail.slice(start, start + limit).map(decodeEntry);
+  }
+
+  /** Adds a newly assigned entry: its encoding, which holds nothing of the request it came in. */
   pushTail(entry: Entry): void {
-    ownBuffers(entry);
-    const bytes = entryBytes(entry);
-    this.tail.push(entry);
+    let encoded = entryBytes(entry);
+    // A view would keep its whole backing buffer alive, outside the budget's count.
+    if (encoded.byteLength !== encoded.buffer.byteLength) encoded = encoded.slice();
+    const bytes = tailEntryBytes(encoded);
+    if (this.tail.length === 0) this.tailFirst = Number(entry.seq);
+    this.tail.push(encoded);
     this.tailSizes.push(bytes);
     this.tailBytes += bytes;
     this.lastServerTimeMs = Math.max(this.lastServerTimeMs, Number(entry.serverTimeMs));
@@ -152,7 +170,7 @@ export class ConversationState {
     const seq = Number(entry.seq);
     const i = seq - this.tailStart();
     // A replacement (a tombstone) is never larger; the count keeps the original's size.
-    if (i >= 0 && i < this.tail.length) this.tail[i] = entry;
+    if (i >= 0 && i < this.tail.length) this.tail[i] = entryBytes(entry);
     const slot = seq - this.sendersStart();
     if (slot >= 0 && slot < this.senders.length) this.senders[slot] = this.senderSlot(entry);
   }
@@ -219,8 +237,7 @@ export class ConversationState {
 
   /** Drops the committed tail entries (the store has them; reads fall back to it). */
   shed(): number {
-    let entries = 0;
-    while (entries < this.tail.length && Number(this.tail[entries]!.seq) <= this.committedSeq) entries++;
+    const entries = Math.min(this.tail.length, Math.max(0, this.committedSeq + 1 - this.tailFirst));
     this.dropTail(entries);
     return entries;
   }
@@ -240,6 +257,7 @@ export class ConversationState {
   private dropTail(count: number): void {
     if (count <= 0) return;
     this.tail.splice(0, count);
+    this.tailFirst += count;
     for (const bytes of this.tailSizes.splice(0, count)) this.tailBytes -= bytes;
   }
 

@@ -18,20 +18,21 @@ import {
 import { messageItem } from "../../test/helpers/entries.js";
 import { InProcessBus } from "../bus/in-process.js";
 import { defaultLimits } from "../common/config.js";
+import { entryBytes as encodedEntry } from "../common/entry-bytes.js";
 import { createLogger } from "../common/log.js";
 import { openLmdbStore } from "../store/lmdb/engine.js";
 import type { ConversationStore, StoreEngine } from "../store/types.js";
 import { ConversationState, RECENT_KEYS, SENDER_SEQS, TAIL_ENTRIES } from "./conversation.js";
 import {
-  ENTRY_OVERHEAD_BYTES,
   EVICT_TO,
-  entryBytes,
   HotStateBudget,
   KEY_OVERHEAD_BYTES,
   MEMBER_BYTES,
   SENDER_SLOT_BYTES,
   STATE_OVERHEAD_BYTES,
   type StateOwner,
+  TAIL_ENTRY_OVERHEAD_BYTES,
+  tailEntryBytes,
 } from "./hot-state.js";
 import { Sequencer } from "./sequencer.js";
 
@@ -51,6 +52,11 @@ function entry(seq: number, payloadBytes: number): Entry {
 
 function state(id = "g_x"): ConversationState {
   return new ConversationState(id, undefined, new Map(), 0);
+}
+
+/** What the budget counts for an entry in a tail. */
+function tailed(e: Entry): number {
+  return tailEntryBytes(toBinary(EntrySchema, e));
 }
 
 /** Appends n entries as the sequencer does: assigned, then committed. */
@@ -76,7 +82,7 @@ class Owner implements StateOwner {
 }
 
 describe("ConversationState byte accounting", () => {
-  it("counts tail entries by their payload and gives them buffers of their own", () => {
+  it("keeps tail entries as their encoding, counted by its size, holding nothing of the request", () => {
     // A request decoded from one buffer: its payload is a view into the whole of it.
     const big = entry(1, 1000);
     const request = new Uint8Array(1_000_000);
@@ -92,22 +98,46 @@ describe("ConversationState byte accounting", () => {
     assert.equal(empty, STATE_OVERHEAD_BYTES);
     s.lastSeq = 1;
     s.pushTail(decoded);
-    const payload = decoded.body.case === "message" ? decoded.body.value.payload : undefined;
+    const back = s.fromTail(1);
+    assert.ok(back !== undefined && back !== decoded, "read back as a new object");
+    assert.deepEqual(back, decoded);
+    const payload = back.body.case === "message" ? back.body.value.payload : undefined;
     assert.equal(payload?.byteLength, 1000);
-    assert.equal(payload?.buffer.byteLength, 1000, "the tail's copy holds only its own bytes");
-    assert.equal(s.bytes() - empty, entryBytes(decoded) + SENDER_SLOT_BYTES);
-    assert.ok(entryBytes(decoded) >= 1000 + ENTRY_OVERHEAD_BYTES);
+    assert.equal(payload?.buffer.byteLength, encoded.length, "the tail holds only the entry's encoding");
+    assert.equal(encodedEntry(back), encodedEntry(decoded), "read back, it is not encoded again");
+    assert.equal(s.bytes() - empty, tailEntryBytes(encoded) + SENDER_SLOT_BYTES);
+    assert.equal(tailEntryBytes(encoded), encoded.length + TAIL_ENTRY_OVERHEAD_BYTES);
     assert.equal(s.lastServerTimeMs, 1001);
+    assert.equal(s.fromTail(0), undefined);
+    assert.equal(s.fromTail(2), undefined);
+  });
+
+  it("reads the tail after a seq, a limited number at a time", () => {
+    const s = state();
+    fill(s, 10, 10);
+    const seqs = (entries: Entry[]) => entries.map((e) => Number(e.seq));
+    assert.deepEqual(seqs(s.tailAfter(0)), [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert.deepEqual(seqs(s.tailAfter(7)), [8, 9, 10]);
+    assert.deepEqual(seqs(s.tailAfter(3, 2)), [4, 5]);
+    assert.deepEqual(seqs(s.tailAfter(10)), []);
+    s.shed();
+    s.lastSeq++;
+    s.pushTail(entry(11, 10));
+    assert.equal(s.tailStart(), 11, "a tail emptied and filled again starts at its first entry");
+    assert.deepEqual(seqs(s.tailAfter(0)), [11]);
+    assert.equal(Number(s.fromTail(11)?.seq), 11);
   });
 
   it("keeps the count right when the tail passes its entry limit", () => {
     const s = state();
     fill(s, TAIL_ENTRIES + 50, 100);
-    assert.equal(s.tail.length, TAIL_ENTRIES);
+    assert.equal(s.tailLength, TAIL_ENTRIES);
+    assert.equal(Number(s.tailAfter(0)[0]?.seq), 51, "the oldest went");
     // The senders' list is trimmed on its own schedule (below): SENDER_SEQS slots or more, fewer
     // than twice that.
     const slots =
-      (s.bytes() - STATE_OVERHEAD_BYTES - TAIL_ENTRIES * entryBytes(entry(1, 100))) / SENDER_SLOT_BYTES;
+      (s.bytes() - STATE_OVERHEAD_BYTES - s.tailAfter(0).reduce((sum, e) => sum + tailed(e), 0)) /
+      SENDER_SLOT_BYTES;
     assert.ok(Number.isInteger(slots) && slots >= SENDER_SEQS && slots < 2 * SENDER_SEQS, `${slots} slots`);
   });
 
@@ -135,16 +165,18 @@ describe("ConversationState byte accounting", () => {
     const before = s.bytes();
     s.replaceTail(create(EntrySchema, { ...entry(3, 0), redacted: true }));
     assert.equal(s.bytes(), before);
+    assert.equal(s.fromTail(3)?.redacted, true, "the tail reads the tombstone back");
+    assert.equal(s.fromTail(4)?.redacted, false);
     assert.equal(s.shed(), 10);
     assert.deepEqual(
-      s.tail.map((e) => Number(e.seq)),
+      s.tailAfter(0).map((e) => Number(e.seq)),
       [11],
       "the uncommitted entry stays",
     );
     assert.equal(s.tailStart(), 11);
     // The senders outlive the tail: a pointer per seq.
     const senders = 11 * SENDER_SLOT_BYTES;
-    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + entryBytes(entry(11, 5000)) + senders);
+    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + tailed(entry(11, 5000)) + senders);
     s.committedSeq = 11;
     assert.equal(s.shed(), 1);
     assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + senders);
@@ -266,7 +298,7 @@ describe("ConversationState's senders, for receipts", () => {
 describe("HotStateBudget", () => {
   it("sheds the tails of the least recently used conversations first, until within the budget", () => {
     const owner = new Owner();
-    const tailBytes = 4 * entryBytes(entry(1, 10_000));
+    const tailBytes = 4 * tailed(entry(1, 10_000));
     // Room, once an eviction is done, for six conversations, three of them with their tails.
     const budget = new HotStateBudget(
       Math.ceil((6 * (STATE_OVERHEAD_BYTES + 4 * SENDER_SLOT_BYTES) + 3 * tailBytes) / EVICT_TO),
@@ -279,7 +311,7 @@ describe("HotStateBudget", () => {
       s.busy--;
       budget.settle(s);
     }
-    const tails = () => Object.fromEntries(states.map((s) => [s.id, s.tail.length]));
+    const tails = () => Object.fromEntries(states.map((s) => [s.id, s.tailLength]));
     assert.deepEqual(tails(), { a: 0, b: 0, c: 4, d: 4, e: 4 });
     assert.equal(owner.dropped.length, 0, "shedding tails was enough");
     assert.equal(budget.heldBytes, 5 * STATE_OVERHEAD_BYTES + 3 * tailBytes + 5 * 4 * SENDER_SLOT_BYTES);
@@ -372,8 +404,8 @@ describe("HotStateBudget", () => {
     hot.pushTail(entry(hot.lastSeq, 10_000));
     budget.settle(hot);
     assert.equal(owner.dropped.length, 0, "a busy conversation is not dropped");
-    assert.equal(hot.tail.length, 1);
-    assert.equal(Number(hot.tail[0]!.seq), 21);
+    assert.equal(hot.tailLength, 1);
+    assert.equal(Number(hot.tailAfter(0)[0]?.seq), 21);
     assert.equal(budget.metrics.evictedEntries, 20);
     assert.equal(budget.heldBytes, hot.bytes());
     assert.ok(budget.heldBytes <= 50_000);

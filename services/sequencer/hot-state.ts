@@ -1,4 +1,3 @@
-import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import type { Logger } from "../common/log.js";
 import { evictSecondChance } from "../common/second-chance.js";
 
@@ -16,14 +15,11 @@ import { evictSecondChance } from "../common/second-chance.js";
  */
 
 /**
- * One entry's object, its body and its numbers, without the variable parts. Measured with
- * bench/hot-state-memory.ts: an entry of the bench's shape (64-byte payload) holds 789-824 bytes
- * of heap after a full GC; 320 here counted it at 626, so the budget let the tails grow about a
- * third past it.
+ * What one tail entry holds besides its encoded bytes: the Uint8Array and its ArrayBuffer on the
+ * heap, and outside it the backing store's record and the allocator's header. The tail keeps
+ * entries encoded (conversation.ts). Measured with bench/hot-state-memory.ts: MEASURED.
  */
-export const ENTRY_OVERHEAD_BYTES = 512;
-/** One device ciphertext's object, without its ciphertext and device id. */
-const DEVICE_PAYLOAD_OVERHEAD_BYTES = 96;
+export const TAIL_ENTRY_OVERHEAD_BYTES = 256;
 /** One idempotency key: the map slot, the RecentSend object, without the key's characters. */
 export const KEY_OVERHEAD_BYTES = 128;
 /** One member: the map slot, the MemberRecord and its 28-character user id. */
@@ -40,54 +36,14 @@ function stringBytes(s: string): number {
   return 2 * s.length;
 }
 
-/** The estimated bytes an entry holds in memory. */
-export function entryBytes(entry: Entry): number {
-  let bytes =
-    ENTRY_OVERHEAD_BYTES +
-    stringBytes(entry.conversationId) +
-    stringBytes(entry.senderUserId) +
-    stringBytes(entry.senderDeviceId) +
-    stringBytes(entry.clientMsgId);
-  const body = entry.body;
-  switch (body.case) {
-    case "message":
-    case "edit":
-    case "reaction":
-      bytes += body.value.payload.byteLength;
-      for (const d of body.value.devicePayloads)
-        bytes += DEVICE_PAYLOAD_OVERHEAD_BYTES + d.ciphertext.byteLength + stringBytes(d.deviceId);
-      break;
-    case "membership":
-      bytes += stringBytes(body.value.title);
-      for (const id of body.value.userIds) bytes += 16 + stringBytes(id);
-      break;
-    default:
-      break;
-  }
-  return bytes;
+/** The estimated bytes a tail entry holds in memory, given its encoding. */
+export function tailEntryBytes(encoded: Uint8Array): number {
+  return TAIL_ENTRY_OVERHEAD_BYTES + encoded.byteLength;
 }
 
 /** The estimated bytes of one idempotency key held in memory. */
 export function keyBytes(key: string): number {
   return KEY_OVERHEAD_BYTES + stringBytes(key);
-}
-
-/** A copy of the bytes that holds nothing else: a view keeps its whole backing buffer alive. */
-function owned(bytes: Uint8Array): Uint8Array {
-  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
-}
-
-/**
- * Gives the entry's payloads buffers of their own. A decoded request's bytes fields are views
- * (subarray) into the buffer the whole request arrived in, often a batch of many sends: one
- * entry kept in a tail would keep every payload of that batch alive, outside the JS heap, where
- * neither the heap limit nor this budget sees it.
- */
-export function ownBuffers(entry: Entry): void {
-  const body = entry.body;
-  if (body.case !== "message" && body.case !== "edit" && body.case !== "reaction") return;
-  body.value.payload = owned(body.value.payload);
-  for (const d of body.value.devicePayloads) d.ciphertext = owned(d.ciphertext);
 }
 
 /**
@@ -99,8 +55,8 @@ export interface BudgetedState {
   bytes(): number;
   /** Drops the committed entries of the tail; returns how many were dropped. */
   shed(): number;
-  /** The recent entries held in memory; the budget only looks at how many. */
-  readonly tail: readonly unknown[];
+  /** How many recent entries the state holds in memory. */
+  readonly tailLength: number;
   /**
    * Forgets the recent idempotency keys no operation in flight can still count on finding here
    * (all of them in an idle state); returns how many.
@@ -245,7 +201,7 @@ export class HotStateBudget {
       const bytes = state.bytes();
       this.total += bytes - held.bytes;
       held.bytes = bytes;
-      if (state.tail.length > 0) this.tailed.add(state);
+      if (state.tailLength > 0) this.tailed.add(state);
       if (state.recent.size > 0) this.keyed.add(state);
     }
     if (this.total <= this.limitBytes) {
@@ -322,7 +278,7 @@ export class HotStateBudget {
 
   private shedTail(state: BudgetedState, held: { bytes: number }): void {
     const shed = state.shed();
-    if (state.tail.length === 0) this.tailed.delete(state);
+    if (state.tailLength === 0) this.tailed.delete(state);
     if (shed === 0) return;
     this.metrics.evictedEntries += shed;
     this.resize(state, held);

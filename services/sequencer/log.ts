@@ -127,8 +127,7 @@ export class ConversationLog {
     if (upTo <= after) return [];
     const delivered = this.deliveredBound(state);
     if (after + 1 >= state.tailStart()) {
-      const start = after + 1 - state.tailStart();
-      return state.tail.slice(start, start + (upTo - after)).map((e) => this.unexpired(e, delivered));
+      return state.tailAfter(after, upTo - after).map((e) => this.unexpired(e, delivered));
     }
     const entries = await this.store.readEntries(state.id, after, upTo - after);
     const out: Entry[] = [];

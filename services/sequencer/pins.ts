@@ -94,7 +94,7 @@ export function checkPinNow(state: ConversationState, userId: string, plan: PinP
     if (!pinned) throw new ConflictError("target_seq: the message is not pinned");
     return;
   }
-  if (state.tail.some((e) => Number(e.seq) > plan.checkedTo && isDeleteOf(e, plan.target)))
+  if (state.tailAfter(plan.checkedTo).some((e) => isDeleteOf(e, plan.target)))
     throw new ConflictError("target_seq: the message was deleted");
   if (pinned) throw new AlreadyExistsError("target_seq: the message is already pinned");
   if (pins.length >= MAX_PINS)

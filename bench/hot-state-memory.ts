@@ -10,8 +10,8 @@
 import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { EntrySchema, MessageBodySchema } from "../gen/switchboard/v1/entry_pb.js";
-import { ConversationState } from "../services/sequencer/conversation.js";
 import { entryBytes } from "../services/common/entry-bytes.js";
+import { ConversationState } from "../services/sequencer/conversation.js";
 import { keyBytes, tailEntryBytes } from "../services/sequencer/hot-state.js";
 
 const gc = (globalThis as { gc?: () => void }).gc;

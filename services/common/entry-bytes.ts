@@ -31,7 +31,9 @@ export function entryBytes(entry: Entry): Uint8Array {
 export function decodeEntry(bytes: Uint8Array): Entry {
   // A Buffer's views are Buffers: read a plain view, so the entry's bytes fields are Uint8Arrays
   // as in any other decoded message.
-  const view = Buffer.isBuffer(bytes) ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength) : bytes;
+  const view = Buffer.isBuffer(bytes)
+    ? new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength)
+    : bytes;
   const entry = fromBinary(EntrySchema, view);
   encoded.set(entry, bytes);
   return entry;

@@ -478,6 +478,8 @@ describe("Sequencer with a zero byte budget: nothing stays that can go", () => {
   let slowAfter = Number.POSITIVE_INFINITY;
   /** The next store lookup of this client_msg_id answers 200 ms after it read the store. */
   let slowLookup: string | undefined;
+  /** The client_msg_ids looked up in the store. */
+  const lookups: string[] = [];
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), "hot-state-zero-"));
@@ -488,6 +490,7 @@ describe("Sequencer with a zero byte budget: nothing stays that can go", () => {
       return engine.conversations.readEntries(conversationId, afterSeq, limit);
     };
     slow.getIdempotency = async (conversationId, deviceId, clientMsgId) => {
+      lookups.push(clientMsgId);
       const seq = await engine.conversations.getIdempotency(conversationId, deviceId, clientMsgId);
       if (clientMsgId === slowLookup) {
         slowLookup = undefined;
@@ -534,7 +537,12 @@ describe("Sequencer with a zero byte budget: nothing stays that can go", () => {
     assert.equal(again.seq, original.seq, "sequenced once");
     const page = await sequencer.getHistory(BOB, id, 0, 100);
     assert.equal(page.entries.filter((e) => e.body.case === "message").length, 1);
-    assert.ok(sequencer.hotState.metrics.evictedKeys > 0, "the budget forgot keys meanwhile");
+    // Keys go as soon as no operation in flight can need them (Shard.release), so the original's
+    // went when it ended but for the retry's mark: the next retry reads the store.
+    lookups.length = 0;
+    const [third] = await send();
+    assert.ok(third !== undefined && "seq" in third && third.seq === original.seq, String(third));
+    assert.deepEqual(lookups, ["once"], "forgotten once nothing in flight needed it");
   });
 
   it("a delete redacts reactions committed (and shed from the tail) while it scanned the log", async () => {
@@ -648,7 +656,7 @@ describe("Sequencer within a small byte budget (real LMDB store)", () => {
     assert.equal((await sequencer.getHistory(BOB, ids[0]!, 0, 1000)).lastSeq, perConversation + 1);
   });
 
-  it("keeps conversations of many small sends resident by forgetting their keys, and a retry still finds its seq", async () => {
+  it("keeps conversations of many small sends resident, and a retry still finds its seq", async () => {
     // A sequencer of its own: no other test's conversations in its budget.
     const own = new Sequencer(engine.conversations, new InProcessBus(log), log, {
       shardCount: 4,
@@ -665,9 +673,8 @@ describe("Sequencer within a small byte budget (real LMDB store)", () => {
       for (const r of results) assert.ok("seq" in r, `append failed: ${String(r)}`);
       assert.ok(own.hotState.heldBytes <= BUDGET, `held ${own.hotState.heldBytes} bytes`);
     }
-    // 1,600 keys of about 230 bytes each are more than the budget: idle conversations forgot
-    // theirs, and none had to be dropped for it.
-    assert.ok(own.hotState.metrics.evictedKeys > 0, "idle conversations forgot their keys");
+    // 1,600 keys of about 230 bytes each would be more than the budget: each went once its send
+    // was durable, and no conversation had to be dropped.
     assert.equal(own.hotState.metrics.evictedConversations, 0);
     for (const id of ids) {
       const [again] = await own.append([
@@ -723,5 +730,54 @@ describe("Sequencer within a small byte budget (real LMDB store)", () => {
       assert.ok(e?.body.case === "message" || e?.body.case === "reaction");
       assert.equal(e.body.value.payload.length, 0);
     }
+  });
+});
+
+describe("Sequencer with room to spare: an idempotency key lives as long as a send may need it", () => {
+  let dir: string;
+  let engine: StoreEngine;
+  let sequencer: Sequencer;
+  /** The client_msg_ids looked up in the store. */
+  const lookups: string[] = [];
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "hot-state-keys-"));
+    engine = await openLmdbStore({ path: dir });
+    const counting: ConversationStore = Object.create(engine.conversations);
+    counting.getIdempotency = (conversationId, deviceId, clientMsgId) => {
+      lookups.push(clientMsgId);
+      return engine.conversations.getIdempotency(conversationId, deviceId, clientMsgId);
+    };
+    sequencer = new Sequencer(counting, new InProcessBus(log), log, {
+      shardCount: 1,
+      limits: defaultLimits,
+      cacheBytes: 64 * 1024 * 1024,
+    });
+  });
+  after(async () => {
+    await sequencer.close();
+    await engine.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it("a retry while its send is in flight waits for it in memory; once durable, a retry reads the store", async () => {
+    const { conversationId: id } = await sequencer.createGroup(ALICE, DEVICE, "keys", [BOB]);
+    const send = (clientMsgId: string) =>
+      sequencer.append([messageItem({ userId: ALICE, deviceId: DEVICE }, id, clientMsgId, new Uint8Array(10))]);
+    lookups.length = 0;
+    // Both at once: whichever is second finds the first's key in memory, not yet durable, at the
+    // latest in the block that would assign its seq, and waits for it.
+    const [[original], [retry]] = await Promise.all([send("k"), send("k")]);
+    assert.ok(original !== undefined && "seq" in original, String(original));
+    assert.ok(retry !== undefined && "seq" in retry && retry.seq === original.seq, String(retry));
+    // Durable, and nothing in flight: the key went, with room to spare in the budget. A retry
+    // now reads the store, which has it, and gets the same seq.
+    assert.equal(sequencer.hotState.metrics.evictedKeys, 0, "not an eviction");
+    lookups.length = 0;
+    const [later] = await send("k");
+    assert.ok(later !== undefined && "seq" in later && later.seq === original.seq, String(later));
+    assert.deepEqual(lookups, ["k"]);
+    const page = await sequencer.getHistory(BOB, id, 0, 100);
+    assert.equal(page.entries.filter((e) => e.body.case === "message").length, 1, "sequenced once");
   });
 });

@@ -210,6 +210,11 @@ export class Shard implements StateOwner {
   /** Ends an operation started with acquire(). */
   release({ state, mark }: HeldState): void {
     state.end(mark);
+    // Keys go as soon as no operation in flight can need them. Kept on, every send's key lived
+    // for seconds, long enough to be copied into the old generation, to spare a store read to
+    // the rare retry of a send already durable (which reads its key there, as after a reload);
+    // a new send's key is looked up in the store anyway.
+    state.forgetSettledKeys();
     if (this.states.size > this.maxStates) this.evict();
     this.budget.settle(state);
   }

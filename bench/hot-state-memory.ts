@@ -10,9 +10,8 @@
 import { randomBytes } from "node:crypto";
 import { create } from "@bufbuild/protobuf";
 import { EntrySchema, MessageBodySchema } from "../gen/switchboard/v1/entry_pb.js";
-import { entryBytes } from "../services/common/entry-bytes.js";
 import { ConversationState } from "../services/sequencer/conversation.js";
-import { keyBytes, tailEntryBytes } from "../services/sequencer/hot-state.js";
+import { keyBytes, STATE_OVERHEAD_BYTES } from "../services/sequencer/hot-state.js";
 
 const gc = (globalThis as { gc?: () => void }).gc;
 if (gc === undefined) throw new Error("run with node --expose-gc");
@@ -31,12 +30,17 @@ const states = Array.from(
 );
 const users = Array.from({ length: USERS }, () => ({ userId: id("u"), deviceId: id("dv") }));
 
+/** The JS heap and the ArrayBuffers' bytes after a full GC; the RSS beside it, in rss. */
 function heap(): number {
   gc?.();
-  return process.memoryUsage().heapUsed + process.memoryUsage().arrayBuffers;
+  const m = process.memoryUsage();
+  rss = m.rss;
+  return m.heapUsed + m.arrayBuffers;
 }
+let rss = 0;
 
 const baseline = heap();
+const rssBaseline = rss;
 let estimated = 0;
 for (let i = 0; i < entries; i++) {
   const state = states[i % CONVERSATIONS]!;
@@ -54,9 +58,11 @@ for (let i = 0; i < entries; i++) {
     body: { case: "message", value: create(MessageBodySchema, { payload }) },
   });
   state.pushTail(entry);
-  estimated += tailEntryBytes(entryBytes(entry));
 }
 const withEntries = heap();
+// What the budget counts for the states' entries: their tails and recent senders.
+for (const state of states) estimated += state.bytes() - STATE_OVERHEAD_BYTES;
+const rssWithEntries = rss;
 let keysEstimated = 0;
 for (let i = 0; i < entries; i++) {
   const state = states[i % CONVERSATIONS]!;
@@ -70,7 +76,8 @@ const perEntry = (withEntries - baseline) / entries;
 const perKey = (withKeys - withEntries) / entries;
 process.stdout.write(
   `${entries} tail entries in ${CONVERSATIONS} conversations: ${perEntry.toFixed(0)} B each on the heap after a full GC, ` +
-    `the budget counts ${(estimated / entries).toFixed(0)} B (${((100 * estimated) / entries / perEntry).toFixed(0)} %)\n` +
+    `the budget counts ${(estimated / entries).toFixed(0)} B (${((100 * estimated) / entries / perEntry).toFixed(0)} %); ` +
+    `RSS grew ${((rssWithEntries - rssBaseline) / entries).toFixed(0)} B each (the allocator's share outside the heap)\n` +
     `${entries} idempotency keys: ${perKey.toFixed(0)} B each, the budget counts ${(keysEstimated / entries).toFixed(0)} B ` +
     `(${((100 * keysEstimated) / entries / perKey).toFixed(0)} %)\n`,
 );

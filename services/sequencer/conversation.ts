@@ -1,13 +1,13 @@
 import type { Entry } from "../../gen/switchboard/v1/entry_pb.js";
 import { decodeEntry, entryBytes } from "../common/entry-bytes.js";
 import type { ConversationRecord, MemberRecord } from "../store/types.js";
+import { EncodedTail } from "./encoded-tail.js";
 import {
   CURSOR_BYTES,
   keyBytes,
   MEMBER_BYTES,
   SENDER_SLOT_BYTES,
   STATE_OVERHEAD_BYTES,
-  tailEntryBytes,
 } from "./hot-state.js";
 
 /**
@@ -55,19 +55,12 @@ export class ConversationState {
   committedSeq: number;
   /**
    * Recent entries, ascending and contiguous, ending at lastSeq (empty when evicted: reads then
-   * go to the store), each kept as its protobuf encoding: the bytes the store writes and the
-   * streams send (common/entry-bytes.ts), so keeping one costs two small objects instead of the
-   * entry's object tree and a copy of its payload. What the tail holds lives for seconds, long
+   * go to the store), kept encoded (encoded-tail.ts): what the tail holds lives for seconds, long
    * enough to be copied into the old generation, and is read back rarely (catch-up reads, a
-   * delete's scan). Change it only through pushTail, replaceTail and shed, which keep the byte
-   * count; read it through fromTail and tailAfter.
+   * delete's scan). Change it only through pushTail, replaceTail and shed; read it through
+   * fromTail and tailAfter.
    */
-  private readonly tail: Uint8Array[] = [];
-  /** The seq of tail[0] while the tail holds anything. */
-  private tailFirst = 0;
-  /** The estimated bytes of each tail entry, as counted when it joined the tail. */
-  private readonly tailSizes: number[] = [];
-  private tailBytes = 0;
+  private readonly tail = new EncodedTail();
   /**
    * Who sent each recent seq, ascending and contiguous, ending at lastSeq: all a receipt needs of
    * the entries a cursor passes over. It outlives the tail, which the budget sheds first, so a
@@ -131,35 +124,32 @@ export class ConversationState {
     return this.tail.length;
   }
 
+  /** The bytes the tail holds, as the budget counts them (part of bytes()). */
+  get tailBytes(): number {
+    return this.tail.bytes;
+  }
+
   /** The seq of the oldest entry in the tail, or lastSeq + 1 when the tail is empty. */
   tailStart(): number {
-    return this.tail.length === 0 ? this.lastSeq + 1 : this.tailFirst;
+    return this.tail.first ?? this.lastSeq + 1;
   }
 
   /** The entry at seq if it is still in the tail (decoded: a new object at each call). */
   fromTail(seq: number): Entry | undefined {
-    const bytes = this.tail[seq - this.tailFirst];
+    const bytes = this.tail.at(seq);
     return bytes === undefined ? undefined : decodeEntry(bytes);
   }
 
   /** The tail's entries with seq > after, at most limit of them, decoded. */
-  tailAfter(after: number, limit = this.tail.length): Entry[] {
-    const start = Math.max(0, after + 1 - this.tailFirst);
-    return this.tail.slice(start, start + limit).map(decodeEntry);
+  tailAfter(after: number, limit?: number): Entry[] {
+    return this.tail.after(after, limit).map(decodeEntry);
   }
 
-  /** Adds a newly assigned entry: its encoding, which holds nothing of the request it came in. */
+  /** Adds a newly assigned entry. */
   pushTail(entry: Entry): void {
-    let encoded = entryBytes(entry);
-    // A view would keep its whole backing buffer alive, outside the budget's count.
-    if (encoded.byteLength !== encoded.buffer.byteLength) encoded = encoded.slice();
-    const bytes = tailEntryBytes(encoded);
-    if (this.tail.length === 0) this.tailFirst = Number(entry.seq);
-    this.tail.push(encoded);
-    this.tailSizes.push(bytes);
-    this.tailBytes += bytes;
+    this.tail.push(Number(entry.seq), entryBytes(entry));
     this.lastServerTimeMs = Math.max(this.lastServerTimeMs, Number(entry.serverTimeMs));
-    if (this.tail.length > TAIL_ENTRIES) this.dropTail(this.tail.length - TAIL_ENTRIES);
+    if (this.tail.length > TAIL_ENTRIES) this.tail.drop(this.tail.length - TAIL_ENTRIES);
     this.senders.push(this.senderSlot(entry));
     // Trimmed by half its length at a time, so a push moves the list once per SENDER_SEQS.
     if (this.senders.length >= 2 * SENDER_SEQS) this.senders = this.senders.slice(SENDER_SEQS);
@@ -168,9 +158,7 @@ export class ConversationState {
   /** Replaces the tail's entry at the same seq, if the tail still holds it. */
   replaceTail(entry: Entry): void {
     const seq = Number(entry.seq);
-    const i = seq - this.tailStart();
-    // A replacement (a tombstone) is never larger; the count keeps the original's size.
-    if (i >= 0 && i < this.tail.length) this.tail[i] = entryBytes(entry);
+    this.tail.replace(seq, entryBytes(entry));
     const slot = seq - this.sendersStart();
     if (slot >= 0 && slot < this.senders.length) this.senders[slot] = this.senderSlot(entry);
   }
@@ -237,8 +225,12 @@ export class ConversationState {
 
   /** Drops the committed tail entries (the store has them; reads fall back to it). */
   shed(): number {
-    const entries = Math.min(this.tail.length, Math.max(0, this.committedSeq + 1 - this.tailFirst));
-    this.dropTail(entries);
+    const first = this.tail.first;
+    if (first === undefined) return 0;
+    const entries = Math.min(this.tail.length, Math.max(0, this.committedSeq + 1 - first));
+    this.tail.drop(entries);
+    // Shedding is to give memory back: what the dropped entries left in the buffer too.
+    this.tail.compact();
     return entries;
   }
 
@@ -246,19 +238,12 @@ export class ConversationState {
   bytes(): number {
     return (
       STATE_OVERHEAD_BYTES +
-      this.tailBytes +
+      this.tail.bytes +
       this.recentBytes +
       this.senders.length * SENDER_SLOT_BYTES +
       this.members.size * MEMBER_BYTES +
       this.deviceCursors.size * CURSOR_BYTES
     );
-  }
-
-  private dropTail(count: number): void {
-    if (count <= 0) return;
-    this.tail.splice(0, count);
-    this.tailFirst += count;
-    for (const bytes of this.tailSizes.splice(0, count)) this.tailBytes -= bytes;
   }
 
   /**

@@ -24,6 +24,12 @@ import { openLmdbStore } from "../store/lmdb/engine.js";
 import type { ConversationStore, StoreEngine } from "../store/types.js";
 import { ConversationState, RECENT_KEYS, SENDER_SEQS, TAIL_ENTRIES } from "./conversation.js";
 import {
+  MIN_BUFFER_BYTES,
+  OFFSET_BYTES,
+  REPLACED_OVERHEAD_BYTES,
+  TAIL_OVERHEAD_BYTES,
+} from "./encoded-tail.js";
+import {
   EVICT_TO,
   HotStateBudget,
   KEY_OVERHEAD_BYTES,
@@ -31,8 +37,6 @@ import {
   SENDER_SLOT_BYTES,
   STATE_OVERHEAD_BYTES,
   type StateOwner,
-  TAIL_ENTRY_OVERHEAD_BYTES,
-  tailEntryBytes,
 } from "./hot-state.js";
 import { Sequencer } from "./sequencer.js";
 
@@ -52,11 +56,6 @@ function entry(seq: number, payloadBytes: number): Entry {
 
 function state(id = "g_x"): ConversationState {
   return new ConversationState(id, undefined, new Map(), 0);
-}
-
-/** What the budget counts for an entry in a tail. */
-function tailed(e: Entry): number {
-  return tailEntryBytes(toBinary(EntrySchema, e));
 }
 
 /** Appends n entries as the sequencer does: assigned, then committed. */
@@ -104,9 +103,15 @@ describe("ConversationState byte accounting", () => {
     const payload = back.body.case === "message" ? back.body.value.payload : undefined;
     assert.equal(payload?.byteLength, 1000);
     assert.equal(payload?.buffer.byteLength, encoded.length, "the tail holds only the entry's encoding");
-    assert.equal(encodedEntry(back), encodedEntry(decoded), "read back, it is not encoded again");
-    assert.equal(s.bytes() - empty, tailEntryBytes(encoded) + SENDER_SLOT_BYTES);
-    assert.equal(tailEntryBytes(encoded), encoded.length + TAIL_ENTRY_OVERHEAD_BYTES);
+    assert.deepEqual(encodedEntry(back), encoded);
+    assert.equal(encodedEntry(back).buffer, payload?.buffer, "read back, it is not encoded again");
+    // The tail's first buffer has room for the entry twice over; nothing else grows but the
+    // entry's offset and its sender's slot.
+    assert.equal(
+      s.tailBytes,
+      TAIL_OVERHEAD_BYTES + Math.max(MIN_BUFFER_BYTES, 2 * encoded.length) + OFFSET_BYTES,
+    );
+    assert.equal(s.bytes() - empty, s.tailBytes + SENDER_SLOT_BYTES);
     assert.equal(s.lastServerTimeMs, 1001);
     assert.equal(s.fromTail(0), undefined);
     assert.equal(s.fromTail(2), undefined);
@@ -135,9 +140,7 @@ describe("ConversationState byte accounting", () => {
     assert.equal(Number(s.tailAfter(0)[0]?.seq), 51, "the oldest went");
     // The senders' list is trimmed on its own schedule (below): SENDER_SEQS slots or more, fewer
     // than twice that.
-    const slots =
-      (s.bytes() - STATE_OVERHEAD_BYTES - s.tailAfter(0).reduce((sum, e) => sum + tailed(e), 0)) /
-      SENDER_SLOT_BYTES;
+    const slots = (s.bytes() - STATE_OVERHEAD_BYTES - s.tailBytes) / SENDER_SLOT_BYTES;
     assert.ok(Number.isInteger(slots) && slots >= SENDER_SEQS && slots < 2 * SENDER_SEQS, `${slots} slots`);
   });
 
@@ -157,14 +160,15 @@ describe("ConversationState byte accounting", () => {
     assert.equal(s.bytes() - STATE_OVERHEAD_BYTES, KEY_OVERHEAD_BYTES + 14 + MEMBER_BYTES);
   });
 
-  it("sheds committed entries only, and a tombstone keeps the count of what it replaced", () => {
+  it("sheds committed entries only, gives their memory back, and counts a tombstone while its entry stays", () => {
     const s = state();
     fill(s, 10, 5000);
     s.lastSeq++;
     s.pushTail(entry(11, 5000)); // assigned, not yet committed
     const before = s.bytes();
-    s.replaceTail(create(EntrySchema, { ...entry(3, 0), redacted: true }));
-    assert.equal(s.bytes(), before);
+    const tomb = create(EntrySchema, { ...entry(3, 0), redacted: true });
+    s.replaceTail(tomb);
+    assert.equal(s.bytes(), before + REPLACED_OVERHEAD_BYTES + toBinary(EntrySchema, tomb).length);
     assert.equal(s.fromTail(3)?.redacted, true, "the tail reads the tombstone back");
     assert.equal(s.fromTail(4)?.redacted, false);
     assert.equal(s.shed(), 10);
@@ -176,7 +180,11 @@ describe("ConversationState byte accounting", () => {
     assert.equal(s.tailStart(), 11);
     // The senders outlive the tail: a pointer per seq.
     const senders = 11 * SENDER_SLOT_BYTES;
-    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + tailed(entry(11, 5000)) + senders);
+    // The tombstone went with its entry, and the buffer holds the one entry left, no more.
+    const left = toBinary(EntrySchema, entry(11, 5000)).length;
+    assert.equal(s.tailBytes, TAIL_OVERHEAD_BYTES + left + OFFSET_BYTES);
+    assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + s.tailBytes + senders);
+    assert.equal(Number(s.fromTail(11)?.seq), 11);
     s.committedSeq = 11;
     assert.equal(s.shed(), 1);
     assert.equal(s.bytes(), STATE_OVERHEAD_BYTES + senders);
@@ -298,7 +306,9 @@ describe("ConversationState's senders, for receipts", () => {
 describe("HotStateBudget", () => {
   it("sheds the tails of the least recently used conversations first, until within the budget", () => {
     const owner = new Owner();
-    const tailBytes = 4 * tailed(entry(1, 10_000));
+    const probe = state();
+    fill(probe, 4, 10_000);
+    const tailBytes = probe.tailBytes;
     // Room, once an eviction is done, for six conversations, three of them with their tails.
     const budget = new HotStateBudget(
       Math.ceil((6 * (STATE_OVERHEAD_BYTES + 4 * SENDER_SLOT_BYTES) + 3 * tailBytes) / EVICT_TO),
@@ -763,7 +773,9 @@ describe("Sequencer with room to spare: an idempotency key lives as long as a se
   it("a retry while its send is in flight waits for it in memory; once durable, a retry reads the store", async () => {
     const { conversationId: id } = await sequencer.createGroup(ALICE, DEVICE, "keys", [BOB]);
     const send = (clientMsgId: string) =>
-      sequencer.append([messageItem({ userId: ALICE, deviceId: DEVICE }, id, clientMsgId, new Uint8Array(10))]);
+      sequencer.append([
+        messageItem({ userId: ALICE, deviceId: DEVICE }, id, clientMsgId, new Uint8Array(10)),
+      ]);
     lookups.length = 0;
     // Both at once: whichever is second finds the first's key in memory, not yet durable, at the
     // latest in the block that would assign its seq, and waits for it.

@@ -9,17 +9,11 @@ import { evictSecondChance } from "../common/second-chance.js";
  * shard of the process and spent least recently used conversation first (as far as a
  * second-chance order tells: common/second-chance.ts).
  *
- * Sizes are estimates of what V8 and the allocator hold (payload bytes exactly, strings at two
+ * Sizes are estimates of what V8 and the allocator hold (a tail's buffer exactly, strings at two
  * bytes a character, a fixed overhead per object), rounded up: the budget is meant to track the
  * process's memory, not to count exactly.
  */
 
-/**
- * What one tail entry holds besides its encoded bytes: the Uint8Array and its ArrayBuffer on the
- * heap, and outside it the backing store's record and the allocator's header. The tail keeps
- * entries encoded (conversation.ts). Measured with bench/hot-state-memory.ts: MEASURED.
- */
-export const TAIL_ENTRY_OVERHEAD_BYTES = 256;
 /** One idempotency key: the map slot, the RecentSend object, without the key's characters. */
 export const KEY_OVERHEAD_BYTES = 128;
 /** One member: the map slot, the MemberRecord and its 28-character user id. */
@@ -34,11 +28,6 @@ export const STATE_OVERHEAD_BYTES = 1024;
 /** Bytes a string holds (V8 keeps two-byte strings for non-Latin-1 text; assume the worst). */
 function stringBytes(s: string): number {
   return 2 * s.length;
-}
-
-/** The estimated bytes a tail entry holds in memory, given its encoding. */
-export function tailEntryBytes(encoded: Uint8Array): number {
-  return TAIL_ENTRY_OVERHEAD_BYTES + encoded.byteLength;
 }
 
 /** The estimated bytes of one idempotency key held in memory. */

@@ -97,6 +97,11 @@ describe("EncodedTail", () => {
     assert.equal(tail.bytes, before + REPLACED_OVERHEAD_BYTES + 40);
     assert.deepEqual(tail.at(3), new Uint8Array(40).fill(0xee));
     assert.equal(tail.at(3)!.buffer.byteLength, 40, "its own bytes, not the caller's buffer");
+    const other = filled(1, 1, 20);
+    const buffer = Buffer.alloc(100, 0xdd);
+    other.replace(1, buffer.subarray(10, 30));
+    buffer.fill(0);
+    assert.deepEqual(other.at(1), new Uint8Array(20).fill(0xdd), "a Buffer's bytes copied, not viewed");
     assert.deepEqual(reader, bytesOf(3, 20), "what was read before is unchanged");
     assert.deepEqual(
       tail.after(2, 2).map((b) => b.length),

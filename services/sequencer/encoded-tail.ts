@@ -96,8 +96,8 @@ export class EncodedTail {
     this.replaced ??= new Map();
     const before = this.replaced.get(seq);
     if (before !== undefined) this.replacedBytes -= REPLACED_OVERHEAD_BYTES + before.byteLength;
-    // A copy: the caller's bytes may be a view into something larger.
-    this.replaced.set(seq, encoded.slice());
+    // A copy (a Buffer's slice would be a view): the caller's bytes may be a view into more.
+    this.replaced.set(seq, new Uint8Array(encoded));
     this.replacedBytes += REPLACED_OVERHEAD_BYTES + encoded.byteLength;
   }
 

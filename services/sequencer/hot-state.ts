@@ -114,11 +114,9 @@ interface Held {
  * entries, the keys remembered since the oldest of them began, the members of conversations in
  * use), which the gateways' in-flight limits bound.
  *
- * Under load the keys are most of it: every send leaves one, a few hundred bytes in small
- * objects, while a 1:1 conversation's members and cursors are about 1.8 KiB in all. Forgetting
- * keys before dropping states keeps the conversations resident, so their next operation reads
- * nothing back. They go from conversations in use too: under load a conversation always has an
- * operation in flight, and keys that only idle conversations forgot grew past any budget.
+ * Each operation's end forgets those keys anyway (Shard.release), so what the budget finds of
+ * them is what operations in flight kept: forgetting them before dropping states keeps the
+ * conversations resident, so their next operation reads nothing back.
  */
 export class HotStateBudget {
   /** Every resident state, least recently used first (as far as the marks tell), with its record. */

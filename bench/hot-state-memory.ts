@@ -77,7 +77,7 @@ const perKey = (withKeys - withEntries) / entries;
 process.stdout.write(
   `${entries} tail entries in ${CONVERSATIONS} conversations: ${perEntry.toFixed(0)} B each on the heap after a full GC, ` +
     `the budget counts ${(estimated / entries).toFixed(0)} B (${((100 * estimated) / entries / perEntry).toFixed(0)} %); ` +
-    `RSS grew ${((rssWithEntries - rssBaseline) / entries).toFixed(0)} B each (the allocator's share outside the heap)\n` +
+    `RSS grew ${((rssWithEntries - rssBaseline) / entries).toFixed(0)} B each (an upper bound: with what the allocator kept of the garbage made on the way)\n` +
     `${entries} idempotency keys: ${perKey.toFixed(0)} B each, the budget counts ${(keysEstimated / entries).toFixed(0)} B ` +
     `(${((100 * keysEstimated) / entries / perKey).toFixed(0)} %)\n`,
 );

@@ -20,8 +20,8 @@ export const MIN_BUFFER_BYTES = 512;
  * the allocator's header outside the heap, the object itself and its arrays.
  */
 export const TAIL_OVERHEAD_BYTES = 256;
-/** Per entry: its offset in the list of offsets. */
-export const OFFSET_BYTES = 8;
+/** Per entry: its offset in the list of offsets, and as much again of the list's spare room. */
+export const OFFSET_BYTES = 16;
 /** Per replaced entry: the map's slot, the replacement's buffer objects and its allocation. */
 export const REPLACED_OVERHEAD_BYTES = 512;
 

@@ -9,7 +9,7 @@ import {
   ReceiptFrameSchema,
   ReceiptKind,
 } from "../../gen/switchboard/v1/gateway_pb.js";
-import { entryBytes } from "./entry-bytes.js";
+import { decodeEntry, entryBytes } from "./entry-bytes.js";
 import {
   encodeAnswerFrame,
   encodeEntry,
@@ -234,6 +234,37 @@ describe("hot encoding", () => {
       assert.equal(encodeEntry(e), undefined);
       same(entryBytes(e), toBinary(EntrySchema, e), "fallback");
     }
+  });
+
+  it("decodes what entryBytes wrote to an entry whose bytes are the same, not encoded again", () => {
+    const r = random(4);
+    const withUnknown = entry(r);
+    withUnknown.$unknown = [{ no: 99, wireType: 0, data: new Uint8Array([5]) }];
+    const others = [
+      withUnknown,
+      create(EntrySchema, {
+        conversationId: "c",
+        seq: 3n,
+        body: { case: "reaction", value: { targetSeq: 1n, payload: new Uint8Array([1, 2]) } },
+      }),
+      create(EntrySchema, { seq: 4n, body: { case: "delete", value: { targetSeq: 1n } } }),
+      create(EntrySchema, {
+        seq: 5n,
+        body: { case: "membership", value: { userIds: ["u_a", "u_b"], title: "t" } },
+      }),
+      create(EntrySchema, { seq: 6n, redacted: true, redactedBySeq: 9n, expired: true }),
+    ];
+    for (const [i, e] of [...Array.from({ length: 500 }, () => entry(r)), ...others].entries()) {
+      const bytes = entryBytes(e);
+      const copy = bytes.slice();
+      const decoded = decodeEntry(copy);
+      same(toBinary(EntrySchema, decoded), bytes, `re-encoded ${i}`);
+      assert.equal(entryBytes(decoded), copy, `registered, not encoded again ${i}`);
+    }
+    // Bytes fields are plain Uint8Arrays even when decoded from a Buffer.
+    const fromBuffer = decodeEntry(Buffer.from(entryBytes(others[1]!)));
+    assert.ok(fromBuffer.body.case === "reaction");
+    assert.equal(Object.getPrototypeOf(fromBuffer.body.value.payload), Uint8Array.prototype);
   });
 
   it("encodes send_ack, receipt and receipts frames exactly as toBinary does", () => {

@@ -1,3 +1,5 @@
+import { fork } from "node:child_process";
+import { fileURLToPath } from "node:url";
 import { moduleWorker } from "../services/common/module-worker.js";
 import { Load, type LoadInput, type LoadStats, type RunPlan } from "./load.js";
 import type { Options } from "./options.js";
@@ -9,6 +11,8 @@ export interface Generator {
   connect(): Promise<{ failed: number; reasons: string[] }>;
   run(plan: RunPlan): Promise<LoadStats>;
   close(): Promise<void>;
+  /** The generator's process, when it runs in one of its own (its CPU is the bench client's too). */
+  pid?: number;
 }
 
 export function inlineGenerator(input: LoadInput): Generator {
@@ -18,6 +22,67 @@ export function inlineGenerator(input: LoadInput): Generator {
 
 export function workerGenerator(input: LoadInput): Generator {
   const worker = moduleWorker(new URL("./worker.ts", import.meta.url), { workerData: input });
+  return remote({
+    post: (req) => worker.postMessage(req),
+    listen: (onMessage, onFail) => {
+      worker.on("message", onMessage);
+      worker.on("error", onFail);
+      worker.on("exit", (code) => onFail(new Error(`load worker exited with code ${code}`)));
+    },
+    stop: async () => {
+      await worker.terminate();
+    },
+  });
+}
+
+/**
+ * A load generator in a child process of its own. One socket per device, and a process may open
+ * at most its open-file limit (20,000 on the machine docs/benchmarks.md describes, which a process
+ * without CAP_SYS_RESOURCE cannot raise): more devices than that need more processes.
+ */
+export async function processGenerator(input: LoadInput): Promise<Generator> {
+  const child = fork(fileURLToPath(new URL("./worker.ts", import.meta.url)), [], {
+    execArgv: ["--import", "tsx"],
+    // Structured clone, as a worker thread's messages: the run's histograms are typed arrays.
+    serialization: "advanced",
+    stdio: ["ignore", "inherit", "inherit", "ipc"],
+  });
+  const generator = remote(
+    {
+      post: (req) => child.send(req),
+      listen: (onMessage, onFail) => {
+        child.on("message", onMessage);
+        child.on("error", onFail);
+        child.on("exit", (code, signal) =>
+          onFail(new Error(`load process exited with ${signal ?? `code ${code}`}`)),
+        );
+      },
+      stop: async () => {
+        if (child.exitCode !== null || child.signalCode !== null) return;
+        const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+        child.disconnect();
+        // It exits when its channel closes; a child that does not within 5 s is killed.
+        const timer = setTimeout(() => child.kill("SIGKILL"), 5000);
+        await exited;
+        clearTimeout(timer);
+      },
+    },
+    child.pid,
+  );
+  await generator.send({ type: "input", input });
+  return generator;
+}
+
+interface Endpoint {
+  post(req: WorkerRequest): void;
+  listen(onMessage: (msg: WorkerAnswer) => void, onFail: (err: Error) => void): void;
+  stop(): Promise<void>;
+}
+
+type WorkerAnswer = { type: string; result?: unknown; error?: string };
+
+/** A generator in a worker thread or child process: one request at a time, answered in turn. */
+function remote(endpoint: Endpoint, pid?: number): Generator & { send<T>(req: WorkerRequest): Promise<T> } {
   let pending: { resolve: (v: unknown) => void; reject: (e: Error) => void } | undefined;
   let dead: Error | undefined;
   const fail = (err: Error) => {
@@ -26,29 +91,29 @@ export function workerGenerator(input: LoadInput): Generator {
     pending = undefined;
     p?.reject(err);
   };
-  worker.on("message", (msg: { type: string; result?: unknown; error?: string }) => {
+  endpoint.listen((msg) => {
     const p = pending;
     pending = undefined;
-    if (msg.error !== undefined) p?.reject(new Error(`worker: ${msg.error}`));
+    if (msg.error !== undefined) p?.reject(new Error(`load generator: ${msg.error}`));
     else p?.resolve(msg.result);
-  });
-  worker.on("error", fail);
-  worker.on("exit", (code) => fail(new Error(`load worker exited with code ${code}`)));
-  const call = <T>(req: WorkerRequest): Promise<T> =>
+  }, fail);
+  const send = <T>(req: WorkerRequest): Promise<T> =>
     new Promise<T>((resolve, reject) => {
       if (dead !== undefined) {
         reject(dead);
         return;
       }
       pending = { resolve: resolve as (v: unknown) => void, reject };
-      worker.postMessage(req);
+      endpoint.post(req);
     });
   return {
-    connect: () => call({ type: "connect" }),
-    run: (plan) => call({ type: "run", plan }),
+    ...(pid !== undefined && { pid }),
+    send,
+    connect: () => send({ type: "connect" }),
+    run: (plan) => send({ type: "run", plan }),
     async close() {
-      if (dead === undefined) await call({ type: "close" }).catch(() => {});
-      await worker.terminate();
+      if (dead === undefined) await send({ type: "close" }).catch(() => {});
+      await endpoint.stop();
     },
   };
 }

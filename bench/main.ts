@@ -1,6 +1,6 @@
 import { freePort } from "../services/mesh/servers.js";
 import { CpuQuotas, findCpuController, type Throttling } from "./cpu-quota.js";
-import { type Generator, inlineGenerator, split, workerGenerator } from "./generators.js";
+import { type Generator, inlineGenerator, processGenerator, split, workerGenerator } from "./generators.js";
 import { clock, type RunPlan, sleep } from "./load.js";
 import { type CpuMark, cpuMark, memorySnapshot, meshMemory } from "./measure.js";
 import { type BenchMesh, startMesh } from "./mesh.js";
@@ -121,10 +121,13 @@ async function main(): Promise<void> {
         await sleep(2000);
         half = { devices: connectedDevices - connectFailed, memory: await memorySnapshot(server, pid) };
       }
-      const phaseGenerators = split(opts, devices, phase, urls).map((input) => {
-        connectedDevices += input.devices.length;
-        return opts.workers === 0 ? inlineGenerator(input) : workerGenerator(input);
-      });
+      const phaseGenerators = await Promise.all(
+        split(opts, devices, phase, urls).map((input) => {
+          connectedDevices += input.devices.length;
+          if (opts.workerProcesses) return processGenerator(input);
+          return opts.workers === 0 ? inlineGenerator(input) : workerGenerator(input);
+        }),
+      );
       generators.push(...phaseGenerators);
       const connectStart = clock();
       const connected = await Promise.all(phaseGenerators.map((g) => g.connect()));
@@ -143,6 +146,7 @@ async function main(): Promise<void> {
     const memConnected = await memorySnapshot(server, pid);
     const meshConnected = await meshMemory(mesh);
     const meshProcesses = mesh?.processes ?? [];
+    const generatorPids = generators.flatMap((g) => (g.pid === undefined ? [] : [g.pid]));
 
     const plan: RunPlan = {
       startAt: clock() + 200,
@@ -168,11 +172,11 @@ async function main(): Promise<void> {
     }, 500);
     const marks = [
       setTimeout(() => {
-        cpuStart = cpuMark(pid, meshProcesses);
+        cpuStart = cpuMark(pid, meshProcesses, generatorPids);
         throttledStart = quotas?.throttling();
       }, windowStart - clock()),
       setTimeout(() => {
-        cpuEnd = cpuMark(pid, meshProcesses);
+        cpuEnd = cpuMark(pid, meshProcesses, generatorPids);
         throttledEnd = quotas?.throttling();
       }, windowEnd - clock()),
     ];
@@ -190,7 +194,7 @@ async function main(): Promise<void> {
     const probeWindow = { start: windowStart, end: windowEnd, closedAt: clock() };
     clearInterval(sampler);
     for (const m of marks) clearTimeout(m);
-    cpuEnd ??= cpuMark(pid, meshProcesses);
+    cpuEnd ??= cpuMark(pid, meshProcesses, generatorPids);
     cpuStart ??= cpuEnd;
     throttledEnd ??= quotas?.throttling();
     throttledStart ??= throttledEnd;

@@ -14,13 +14,19 @@ export interface CpuMark {
   machine: ReturnType<typeof readMachineCpu>;
 }
 
-export function cpuMark(pid: number | undefined, mesh: BenchMeshProcess[]): CpuMark {
+export function cpuMark(
+  pid: number | undefined,
+  mesh: BenchMeshProcess[],
+  /** Load generators in processes of their own (--worker-processes): the bench client's CPU too. */
+  generatorPids: readonly number[] = [],
+): CpuMark {
   const u = process.cpuUsage();
   return {
     at: clock(),
     server: pid === undefined ? undefined : readCpuSeconds(pid),
     mesh: new Map(mesh.map((p) => [p.name, readCpuSeconds(p.pid)])),
-    client: (u.user + u.system) / 1e6,
+    client:
+      (u.user + u.system) / 1e6 + generatorPids.reduce((sum, p) => sum + (readCpuSeconds(p)?.all ?? 0), 0),
     machine: readMachineCpu(),
   };
 }

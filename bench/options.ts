@@ -29,6 +29,8 @@ export const USAGE = `npm run bench -- [options]
   --drain S            after sending stops, wait up to S seconds for outstanding acks and deliveries, default 10
   --payload B          payload bytes (at least 16: the first and this attempt's send times), default 64
   --workers N          load generator worker threads; 0 runs it on the main thread, default 1
+  --worker-processes   run the N load generators as child processes instead of threads: each has an open-file
+                       limit of its own, and a device holds one socket (for more devices than one process may open)
   --client C           raw (gRPC on node:http2) | connect (@connectrpc/connect-node), default raw
   --ack-interval MS    how often receivers send cumulative acks, default 20
   --connect-concurrency N  streams each load generator opens at a time before the run, default 50
@@ -75,6 +77,8 @@ export interface Options {
   payload: number;
   drain: number;
   workers: number;
+  /** Load generators in child processes, each with its own open-file limit, instead of threads. */
+  workerProcesses: boolean;
   client: ClientKind;
   ackInterval: number;
   connectConcurrency: number;
@@ -113,6 +117,7 @@ export function parseOptions(): Options {
       payload: { type: "string", default: "64" },
       drain: { type: "string", default: "10" },
       workers: { type: "string", default: "1" },
+      "worker-processes": { type: "boolean", default: false },
       client: { type: "string", default: "raw" },
       "ack-interval": { type: "string", default: "20" },
       "connect-concurrency": { type: "string", default: "50" },
@@ -178,7 +183,8 @@ export function parseOptions(): Options {
     warmup: num("warmup", values.warmup, 0, 600),
     payload: Math.floor(num("payload", values.payload, 16, 60_000)),
     drain: num("drain", values.drain, 0, 600),
-    workers: Math.floor(num("workers", values.workers, 0, 16)),
+    workers: Math.floor(num("workers", values.workers, values["worker-processes"] ? 1 : 0, 16)),
+    workerProcesses: values["worker-processes"],
     client,
     ackInterval: num("ack-interval", values["ack-interval"], 1, 10_000),
     connectConcurrency: num("connect-concurrency", values["connect-concurrency"], 1, 100_000),

@@ -17,7 +17,7 @@ export function printReport(r: Report): void {
   const cp = r.cpuPercent;
   const out = [
     "",
-    `switchboard bench: ${r.options.mode}${r.options.mode === "group" ? ` (groups of ${r.options.groupSize})` : ""}, ${r.devices} devices, ${r.conversations} conversations, payload ${r.options.payload} B, client ${r.options.client}, ${r.options.workers} worker(s)${r.options.pin ? ", server main thread pinned to CPU 0 (--pin)" : ""}`,
+    `switchboard bench: ${r.options.mode}${r.options.mode === "group" ? ` (groups of ${r.options.groupSize})` : ""}, ${r.devices} devices, ${r.conversations} conversations, payload ${r.options.payload} B, client ${r.options.client}, ${r.options.workers} ${r.options.workerProcesses ? "load process(es)" : "worker(s)"}${r.options.pin ? ", server main thread pinned to CPU 0 (--pin)" : ""}`,
     `machine: ${r.machine.cpus} x ${r.machine.cpuModel}, ${fixed(r.machine.memoryGiB)} GiB, node ${r.machine.node}; server build: ${r.server.build}`,
     "",
     `target rate      ${t.targetRate === 0 ? (r.options.mode === "idle" ? "idle" : `max (${r.options.inflight} in flight/device)`) : `${t.targetRate} msgs/s`}`,

@@ -139,3 +139,101 @@ describe("Receipts once the tail is shed (real LMDB store)", () => {
     await second.close();
   });
 });
+
+/**
+ * The cursors of every conversation in one UpdateCursors call go to the store in one write, and
+ * each conversation's receipts follow only once that write is durable.
+ */
+describe("Cursors of one call saved in one write (real LMDB store)", () => {
+  let dir: string;
+  let engine: StoreEngine;
+  let store: ConversationStore;
+  /** The saveCursors calls, with how many device cursors each carried. */
+  const saves: number[] = [];
+  /** Set to make the next saves fail, as a store that lost its disk would. */
+  let failSaves = false;
+  const receipts: Array<{ conversationId: string; kind: ReceiptKind; upTo: number }> = [];
+  let bus: InProcessBus;
+  let s: Sequencer;
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "receipts-save-test-"));
+    engine = await openLmdbStore({ path: dir });
+    store = Object.create(engine.conversations);
+    store.saveCursors = async (devices, members) => {
+      saves.push(devices.length);
+      if (failSaves) throw new Error("disk gone");
+      return engine.conversations.saveCursors(devices, members);
+    };
+    bus = new InProcessBus(log);
+    bus.consumeCommitted(async (events: readonly BusEvent[]) => {
+      for (const e of events) {
+        if (e.event.case !== "receiptIssued" || e.event.value.receipt === undefined) continue;
+        const r = e.event.value.receipt;
+        receipts.push({ conversationId: r.conversationId, kind: r.kind, upTo: Number(r.upToSeq) });
+      }
+    });
+    s = new Sequencer(store, bus, log, { shardCount: 4, limits: defaultLimits });
+  });
+  after(async () => {
+    await s.close();
+    await bus.close();
+    await engine.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  const update = (who: typeof BOB, conversationId: string, deliveredUpTo: number) =>
+    create(CursorUpdateSchema, {
+      userId: who.userId,
+      deviceId: who.deviceId,
+      conversationId,
+      deliveredUpTo: BigInt(deliveredUpTo),
+    });
+
+  async function conversationWithMessage(name: string): Promise<string> {
+    const { conversationId } = await s.createGroup(ALICE.userId, ALICE.deviceId, name, [BOB.userId]);
+    const [sent] = await s.append([messageItem(ALICE, conversationId, `${name}-m`, new Uint8Array(8))]);
+    assert.ok(sent !== undefined && "seq" in sent, String(sent));
+    return conversationId;
+  }
+
+  it("writes every conversation's cursors at once, then issues each one's receipts", async () => {
+    const ids = [];
+    for (let i = 0; i < 5; i++) ids.push(await conversationWithMessage(`g${i}`));
+    saves.length = 0;
+    receipts.length = 0;
+    await s.updateCursors([
+      ...ids.map((id) => update(BOB, id, 2)),
+      // Nothing to move: already at 0, and 0 asked.
+      update(CAROL, ids[0]!, 0),
+      // A conversation that does not exist has nothing to save, and holds no one back.
+      update(BOB, "c_00000000000000000000000000", 1),
+    ]);
+    assert.deepEqual(saves, [5], "one write, holding the five cursors that moved");
+    for (let i = 0; i < 50 && receipts.length < 5; i++) await new Promise((r) => setTimeout(r, 10));
+    assert.deepEqual(
+      receipts.map((r) => r.conversationId).sort(),
+      [...ids].sort(),
+      "a delivered receipt for each conversation",
+    );
+    for (const id of ids) {
+      const [saved] = await engine.conversations.getDeviceCursors(id, [BOB.deviceId]);
+      assert.equal(saved?.deliveredUpTo, 2, "durable in the store");
+    }
+  });
+
+  it("refuses the whole call, and issues no receipt, when the write fails", async () => {
+    const ids = [await conversationWithMessage("f0"), await conversationWithMessage("f1")];
+    saves.length = 0;
+    receipts.length = 0;
+    failSaves = true;
+    try {
+      await assert.rejects(s.updateCursors(ids.map((id) => update(BOB, id, 2))), /disk gone/);
+    } finally {
+      failSaves = false;
+    }
+    assert.deepEqual(saves, [2], "one write was tried, for both");
+    await new Promise((r) => setTimeout(r, 50));
+    assert.deepEqual(receipts, [], "no receipt claims a cursor that was not saved");
+  });
+});

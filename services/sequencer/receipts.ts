@@ -81,10 +81,13 @@ export class Receipts {
     try {
       await this.shards.withState(conversationId, async (state) => {
         if (state.record === undefined) return;
-        await this.loadCursors(
-          state,
-          updates.map((u) => u.deviceId),
-        );
+        // Nearly always every cursor is in memory already: no call, no promise.
+        if (updates.some((u) => !state.deviceCursors.has(u.deviceId))) {
+          await this.loadCursors(
+            state,
+            updates.map((u) => u.deviceId),
+          );
+        }
         const devices = new Map<string, DeviceCursor>();
         const moves: Array<{ userId: string; kind: ReceiptKind; from: number; to: number }> = [];
         for (const u of updates) {
@@ -129,7 +132,10 @@ export class Receipts {
         const events: BusEvent[] = [];
         const now = BigInt(this.now());
         for (const move of moves) {
-          const notify = await this.sendersBetween(state, move.from, move.to, move.userId);
+          // From memory when the state can vouch for the range (nearly always), else from the log.
+          const notify =
+            this.sendersKnown(state, move.from, move.to, move.userId) ??
+            (await this.sendersRead(state, move.from, move.to, move.userId));
           if (notify.length === 0) continue;
           events.push(
             create(BusEventSchema, {
@@ -159,16 +165,27 @@ export class Receipts {
     }
   }
 
-  /** The users (other than `except`) who sent entries in (from, to]. */
-  private async sendersBetween(
+  /**
+   * The users (other than `except`) who sent entries in (from, to], if known without reading the
+   * log: a range too long to scan names every member.
+   */
+  private sendersKnown(
+    state: ConversationState,
+    from: number,
+    to: number,
+    except: string,
+  ): string[] | undefined {
+    if (to - from > RECEIPT_SCAN_MAX) return [...state.members.keys()].filter((id) => id !== except);
+    return state.receiptSenders(from, to, except);
+  }
+
+  /** The users (other than `except`) who sent entries in (from, to], read from the log. */
+  private async sendersRead(
     state: ConversationState,
     from: number,
     to: number,
     except: string,
   ): Promise<string[]> {
-    if (to - from > RECEIPT_SCAN_MAX) return [...state.members.keys()].filter((id) => id !== except);
-    const known = state.receiptSenders(from, to, except);
-    if (known !== undefined) return known;
     const senders = new Set<string>();
     for (let after = from; after < to; ) {
       const page = await this.entries.readCommitted(state, after, Math.min(PAGE_MAX, to - after));

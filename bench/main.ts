@@ -116,10 +116,12 @@ async function main(): Promise<void> {
     let connectSeconds = 0;
     const reasons: string[] = [];
     let half: { devices: number; memory: Awaited<ReturnType<typeof memorySnapshot>> } | undefined;
+    let meshHalf: Awaited<ReturnType<typeof meshMemory>> | undefined;
     for (const [i, phase] of phases.entries()) {
       if (i > 0) {
         await sleep(2000);
         half = { devices: connectedDevices - connectFailed, memory: await memorySnapshot(server, pid) };
+        meshHalf = await meshMemory(mesh);
       }
       const phaseGenerators = await Promise.all(
         split(opts, devices, phase, urls).map((input) => {
@@ -225,6 +227,7 @@ async function main(): Promise<void> {
           : {
               processes: meshProcesses,
               before: meshBefore,
+              half: meshHalf,
               connected: meshConnected,
               end: meshEnd,
               peakRss: meshPeakRss,

@@ -120,7 +120,10 @@ function meshLines(r: Report): string[] {
   const gw = m.roles.find((x) => x.role === "gateway");
   if (gw?.rssPerConnectedDeviceBytes !== undefined)
     lines.push(
-      `per device       ${fixed(gw.rssPerConnectedDeviceBytes / 1024)} KiB gateway RSS per connected device (sum over gateways)`,
+      `per device       ${fixed(gw.rssPerConnectedDeviceBytes / 1024)} KiB gateway RSS per connected device (sum over gateways)` +
+        (gw.rssPerStreamSecondHalfBytes === undefined
+          ? ""
+          : `; ${fixed(gw.rssPerStreamSecondHalfBytes / 1024)} KiB RSS (${gw.heapPerStreamSecondHalfBytes === undefined ? "n/a" : fixed(gw.heapPerStreamSecondHalfBytes / 1024)} KiB JS heap) per stream opened after the first half's snapshot`),
     );
   lines.push(
     m.problemCount === 0

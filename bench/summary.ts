@@ -37,6 +37,8 @@ export interface Context {
     | {
         processes: BenchMeshProcess[];
         before: Map<string, MemorySnapshot>;
+        /** Idle runs: after the first half of the streams opened (halfDevices of them). */
+        half?: Map<string, MemorySnapshot> | undefined;
         connected: Map<string, MemorySnapshot>;
         end: Map<string, MemorySnapshot>;
         peakRss: Map<string, number>;
@@ -95,6 +97,9 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
     const cpuSeconds = add(ps.map((p) => p.cpuSeconds));
     const connected = add(ps.map((p) => p.memoryConnected?.rss));
     const before = add(ps.map((p) => p.memoryBeforeConnect?.rss));
+    const half = m.half === undefined ? undefined : add(ps.map((p) => m.half?.get(p.name)?.rss));
+    const secondHalf =
+      ctx.halfDevices === undefined ? 0 : ctx.connectedDevices - ctx.connectFailed - ctx.halfDevices;
     return {
       role,
       processes: ps.length,
@@ -118,6 +123,22 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
         role === "gateway" && connected !== undefined && before !== undefined && ctx.connectedDevices > 0
           ? (connected - before) / ctx.connectedDevices
           : undefined,
+      /**
+       * What one more stream costs the gateways: their growth over the streams opened after the
+       * half's snapshot. The growth from before the first stream also counts what the setup's
+       * calls left behind (they all went to the first gateway).
+       */
+      rssPerStreamSecondHalfBytes:
+        role === "gateway" && connected !== undefined && half !== undefined && secondHalf > 0
+          ? (connected - half) / secondHalf
+          : undefined,
+      heapPerStreamSecondHalfBytes: (() => {
+        const heapHalf = m.half === undefined ? undefined : add(ps.map((p) => m.half?.get(p.name)?.heapUsed));
+        const heapConnected = add(ps.map((p) => p.memoryConnected?.heapUsed));
+        return role === "gateway" && heapHalf !== undefined && heapConnected !== undefined && secondHalf > 0
+          ? (heapConnected - heapHalf) / secondHalf
+          : undefined;
+      })(),
     };
   });
   const cpuSeconds = add(processes.map((p) => p.cpuSeconds));

@@ -24,6 +24,9 @@ export const SENDER_SEQS = 128;
 /** How many recent idempotency keys of a conversation stay in memory, at most. */
 export const RECENT_KEYS = 4096;
 
+/** What `recent` reads as while a state holds no keys. */
+const NO_KEYS: ReadonlyMap<string, RecentSend> = new Map();
+
 /** An idempotency key seen recently, with the commit it waits on if not yet durable. */
 export interface RecentSend {
   /** The seq assigned to the send. */
@@ -72,15 +75,18 @@ export class ConversationState {
    */
   private senders: Array<string | null | undefined> = [];
   /**
-   * Recent idempotency keys ("deviceId\nclientMsgId"). Add through remember(), which keeps the
-   * byte count.
+   * Recent idempotency keys ("deviceId\nclientMsgId"); undefined while there are none. Add through
+   * remember(), which keeps the byte count. The map goes when its last key does: a JS Map that
+   * empties allocates a smaller table, and for a map as long-lived as its state that table stayed
+   * until the next send emptied the map again (a conversation's keys go as each send settles), so
+   * many outlived two scavenges and were promoted. A map made at the first key lives only while
+   * keys wait to settle.
    */
-  readonly recent = new Map<string, RecentSend>();
+  private keys: Map<string, RecentSend> | undefined;
   private recentBytes = 0;
   /**
-   * Keys remembered since load. Keys enter `recent` in this order and leave it from the front
-   * (or all at once), so the key at position i of `recent` was the
-   * `keysRemembered - recent.size + i`th remembered.
+   * Keys remembered since load. Keys enter `recent` in this order and leave it from the front, so
+   * the key at position i of `recent` was the `keysRemembered - recent.size + i`th remembered.
    */
   private keysRemembered = 0;
   /**
@@ -210,15 +216,21 @@ export class ConversationState {
     else if (marks.delete(mark) && marks.size === 0) this.marks = undefined;
   }
 
+  /** The recent idempotency keys, oldest first (see `keys`). */
+  get recent(): ReadonlyMap<string, RecentSend> {
+    return this.keys ?? NO_KEYS;
+  }
+
   /** Remembers an idempotency key. */
   remember(key: string, send: RecentSend): void {
-    if (!this.recent.has(key)) {
+    this.keys ??= new Map();
+    if (!this.keys.has(key)) {
       this.recentBytes += keyBytes(key);
       this.keysRemembered++;
     }
-    this.recent.set(key, send);
-    if (this.recent.size > RECENT_KEYS) {
-      const oldest = this.recent.keys().next().value;
+    this.keys.set(key, send);
+    if (this.keys.size > RECENT_KEYS) {
+      const oldest = this.keys.keys().next().value;
       if (oldest !== undefined) this.forgetKey(oldest);
     }
   }
@@ -270,7 +282,10 @@ export class ConversationState {
   }
 
   private forgetKey(key: string): void {
-    if (this.recent.delete(key)) this.recentBytes -= keyBytes(key);
+    const keys = this.keys;
+    if (keys === undefined || !keys.delete(key)) return;
+    this.recentBytes -= keyBytes(key);
+    if (keys.size === 0) this.keys = undefined;
   }
 
   /** Whether the user is a member. */

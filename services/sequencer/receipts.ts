@@ -233,7 +233,9 @@ export class Receipts {
  * when the write is durable, as it would after a write of its own. A failed write fails every
  * conversation that joined it. Holding a state until the others have joined costs nothing: no
  * operation on a conversation waits for another to end (a state is marked busy, not locked), and
- * joining needs only the conversation's cursors loaded.
+ * joining needs only the conversation's cursors loaded. A conversation whose state or cursors must
+ * first be read from the store holds the others' receipts back by that read; the call as a whole
+ * took as long as its slowest conversation before, and its gateway waits for the whole call.
  */
 export class CursorSave {
   private readonly devices: DeviceCursor[] = [];

@@ -45,6 +45,7 @@ export async function meshMemory(mesh: BenchMesh | undefined): Promise<Map<strin
         anon: proc?.anon,
         file: proc?.file,
         heapUsed: gc.heapUsed,
+        heapTotal: gc.heapTotal,
         afterGc: true,
       });
     else if (proc !== undefined)
@@ -53,6 +54,7 @@ export async function meshMemory(mesh: BenchMesh | undefined): Promise<Map<strin
         anon: proc.anon,
         file: proc.file,
         heapUsed: undefined,
+        heapTotal: undefined,
         afterGc: false,
       });
   }
@@ -66,6 +68,8 @@ export interface MemorySnapshot {
   anon: number | undefined;
   file: number | undefined;
   heapUsed: number | undefined;
+  /** The V8 heap's committed pages, live or not (see ProbeSample.heapTotal). */
+  heapTotal: number | undefined;
   afterGc: boolean;
 }
 
@@ -76,7 +80,23 @@ export async function memorySnapshot(
   const probed = await server?.memoryAfterGc();
   const proc = pid === undefined ? undefined : readMemory(pid);
   if (probed !== undefined) {
-    return { rss: probed.rss, anon: proc?.anon, file: proc?.file, heapUsed: probed.heapUsed, afterGc: true };
+    return {
+      rss: probed.rss,
+      anon: proc?.anon,
+      file: proc?.file,
+      heapUsed: probed.heapUsed,
+      heapTotal: probed.heapTotal,
+      afterGc: true,
+    };
   }
-  return proc && { rss: proc.rss, anon: proc.anon, file: proc.file, heapUsed: undefined, afterGc: false };
+  return (
+    proc && {
+      rss: proc.rss,
+      anon: proc.anon,
+      file: proc.file,
+      heapUsed: undefined,
+      heapTotal: undefined,
+      afterGc: false,
+    }
+  );
 }

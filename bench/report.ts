@@ -53,7 +53,7 @@ export function printReport(r: Report): void {
 const mem = (s: MemorySnapshot | undefined) =>
   s === undefined
     ? "n/a"
-    : `${fixed(mib(s.rss))} MiB (anon ${fixed(mib(s.anon ?? 0))}, file ${fixed(mib(s.file ?? 0))}${s.heapUsed === undefined ? "" : `, JS heap ${fixed(mib(s.heapUsed))}`})`;
+    : `${fixed(mib(s.rss))} MiB (anon ${fixed(mib(s.anon ?? 0))}, file ${fixed(mib(s.file ?? 0))}${s.heapUsed === undefined ? "" : `, JS heap ${fixed(mib(s.heapUsed))}`}${s.heapTotal === undefined ? "" : ` of ${fixed(mib(s.heapTotal))} committed`})`;
 
 /** A thread's CPU over the window, where /proc gave it. */
 const threadCpu = (t: { cpuPercent?: number; systemPercent?: number }) =>
@@ -89,8 +89,9 @@ function perDevice(d: {
   rssBytes: number;
   anonBytes: number | undefined;
   heapBytes: number | undefined;
+  heapCommittedBytes: number | undefined;
 }): string {
-  return `${fixed(d.rssBytes / 1024)} KiB RSS${d.anonBytes === undefined ? "" : ` (${fixed(d.anonBytes / 1024)} KiB anon)`}${d.heapBytes === undefined ? "" : `, ${fixed(d.heapBytes / 1024)} KiB JS heap`}`;
+  return `${fixed(d.rssBytes / 1024)} KiB RSS${d.anonBytes === undefined ? "" : ` (${fixed(d.anonBytes / 1024)} KiB anon)`}${d.heapBytes === undefined ? "" : `, ${fixed(d.heapBytes / 1024)} KiB JS heap`}${d.heapCommittedBytes === undefined ? "" : ` (committed heap ${fixed(d.heapCommittedBytes / 1024)} KiB)`}`;
 }
 
 function meshLines(r: Report): string[] {
@@ -123,7 +124,7 @@ function meshLines(r: Report): string[] {
       `per device       ${fixed(gw.rssPerConnectedDeviceBytes / 1024)} KiB gateway RSS per connected device (sum over gateways)` +
         (gw.rssPerStreamSecondHalfBytes === undefined
           ? ""
-          : `; ${fixed(gw.rssPerStreamSecondHalfBytes / 1024)} KiB RSS (${gw.heapPerStreamSecondHalfBytes === undefined ? "n/a" : fixed(gw.heapPerStreamSecondHalfBytes / 1024)} KiB JS heap) per stream opened after the first half's snapshot`),
+          : `; ${fixed(gw.rssPerStreamSecondHalfBytes / 1024)} KiB RSS (${gw.heapPerStreamSecondHalfBytes === undefined ? "n/a" : fixed(gw.heapPerStreamSecondHalfBytes / 1024)} KiB JS heap, committed heap ${gw.heapCommittedPerStreamSecondHalfBytes === undefined ? "n/a" : fixed(gw.heapCommittedPerStreamSecondHalfBytes / 1024)} KiB) per stream opened after the first half's snapshot`),
     );
   lines.push(
     m.problemCount === 0

@@ -52,7 +52,7 @@ delay.enable();
 let last = performance.eventLoopUtilization();
 const report = (kind) => {
   const m = process.memoryUsage();
-  const line = { kind, thread: threadId, tid, t: performance.timeOrigin + performance.now(), rss: m.rss, heapUsed: m.heapUsed, external: m.external };
+  const line = { kind, thread: threadId, tid, t: performance.timeOrigin + performance.now(), rss: m.rss, heapUsed: m.heapUsed, heapTotal: m.heapTotal, external: m.external };
   if (kind === "tick") {
     const now = performance.eventLoopUtilization();
     line.elu = performance.eventLoopUtilization(now, last).utilization;
@@ -118,6 +118,11 @@ export interface ProbeSample {
   t: number;
   rss: number;
   heapUsed: number;
+  /**
+   * The V8 heap's committed pages: what is live plus the room the heap keeps after a collection
+   * (absent from older probes). RSS counts them all.
+   */
+  heapTotal?: number;
   external: number;
   /** The thread's event-loop utilisation over the last second (0..1). */
   elu?: number;

@@ -100,6 +100,14 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
     const half = m.half === undefined ? undefined : add(ps.map((p) => m.half?.get(p.name)?.rss));
     const secondHalf =
       ctx.halfDevices === undefined ? 0 : ctx.connectedDevices - ctx.connectFailed - ctx.halfDevices;
+    /** The gateways' growth in one figure over the second half's streams, per stream. */
+    const gatewayGrowth = (of: (s: MemorySnapshot | undefined) => number | undefined) => {
+      const atHalf = m.half === undefined ? undefined : add(ps.map((p) => of(m.half?.get(p.name))));
+      const atEnd = add(ps.map((p) => of(p.memoryConnected)));
+      return role === "gateway" && atHalf !== undefined && atEnd !== undefined && secondHalf > 0
+        ? (atEnd - atHalf) / secondHalf
+        : undefined;
+    };
     return {
       role,
       processes: ps.length,
@@ -132,13 +140,9 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
         role === "gateway" && connected !== undefined && half !== undefined && secondHalf > 0
           ? (connected - half) / secondHalf
           : undefined,
-      heapPerStreamSecondHalfBytes: (() => {
-        const heapHalf = m.half === undefined ? undefined : add(ps.map((p) => m.half?.get(p.name)?.heapUsed));
-        const heapConnected = add(ps.map((p) => p.memoryConnected?.heapUsed));
-        return role === "gateway" && heapHalf !== undefined && heapConnected !== undefined && secondHalf > 0
-          ? (heapConnected - heapHalf) / secondHalf
-          : undefined;
-      })(),
+      heapPerStreamSecondHalfBytes: gatewayGrowth((s) => s?.heapUsed),
+      /** The V8 heap's committed growth: what is live and the room the heap keeps beside it. */
+      heapCommittedPerStreamSecondHalfBytes: gatewayGrowth((s) => s?.heapTotal),
     };
   });
   const cpuSeconds = add(processes.map((p) => p.cpuSeconds));
@@ -401,6 +405,7 @@ function growthPerDevice(from: MemorySnapshot | undefined, to: MemorySnapshot | 
     rssBytes: (to.rss - from.rss) / devices,
     anonBytes: per(from.anon, to.anon),
     heapBytes: per(from.heapUsed, to.heapUsed),
+    heapCommittedBytes: per(from.heapTotal, to.heapTotal),
     afterGc: from.afterGc && to.afterGc,
   };
 }

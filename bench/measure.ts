@@ -1,6 +1,6 @@
 import { clock } from "./load.js";
 import type { BenchMesh, BenchMeshProcess } from "./mesh.js";
-import { type BenchServer, readCpuSeconds, readMachineCpu, readMemory } from "./server.js";
+import { type BenchServer, type ProbeSample, readCpuSeconds, readMachineCpu, readMemory } from "./server.js";
 
 /** What the bench reads of the server's processes and its own: CPU marks and memory snapshots. */
 
@@ -37,26 +37,8 @@ export async function meshMemory(mesh: BenchMesh | undefined): Promise<Map<strin
   if (mesh === undefined) return out;
   const probed = await mesh.memoryAfterGc();
   for (const p of mesh.processes) {
-    const proc = readMemory(p.pid);
-    const gc = probed.get(p.name);
-    if (gc !== undefined)
-      out.set(p.name, {
-        rss: gc.rss,
-        anon: proc?.anon,
-        file: proc?.file,
-        heapUsed: gc.heapUsed,
-        heapTotal: gc.heapTotal,
-        afterGc: true,
-      });
-    else if (proc !== undefined)
-      out.set(p.name, {
-        rss: proc.rss,
-        anon: proc.anon,
-        file: proc.file,
-        heapUsed: undefined,
-        heapTotal: undefined,
-        afterGc: false,
-      });
+    const snapshot = snapshotOf(probed.get(p.name), readMemory(p.pid));
+    if (snapshot !== undefined) out.set(p.name, snapshot);
   }
   return out;
 }
@@ -78,7 +60,14 @@ export async function memorySnapshot(
   pid: number | undefined,
 ): Promise<MemorySnapshot | undefined> {
   const probed = await server?.memoryAfterGc();
-  const proc = pid === undefined ? undefined : readMemory(pid);
+  return snapshotOf(probed, pid === undefined ? undefined : readMemory(pid));
+}
+
+/** A process's memory: the probe's figures after its GC where it answered, else /proc's alone. */
+function snapshotOf(
+  probed: ProbeSample | undefined,
+  proc: ReturnType<typeof readMemory>,
+): MemorySnapshot | undefined {
   if (probed !== undefined) {
     return {
       rss: probed.rss,

@@ -97,7 +97,6 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
     const cpuSeconds = add(ps.map((p) => p.cpuSeconds));
     const connected = add(ps.map((p) => p.memoryConnected?.rss));
     const before = add(ps.map((p) => p.memoryBeforeConnect?.rss));
-    const half = m.half === undefined ? undefined : add(ps.map((p) => m.half?.get(p.name)?.rss));
     const secondHalf =
       ctx.halfDevices === undefined ? 0 : ctx.connectedDevices - ctx.connectFailed - ctx.halfDevices;
     /** The gateways' growth in one figure over the second half's streams, per stream. */
@@ -136,10 +135,7 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
        * half's snapshot. The growth from before the first stream also counts what the setup's
        * calls left behind (they all went to the first gateway).
        */
-      rssPerStreamSecondHalfBytes:
-        role === "gateway" && connected !== undefined && half !== undefined && secondHalf > 0
-          ? (connected - half) / secondHalf
-          : undefined,
+      rssPerStreamSecondHalfBytes: gatewayGrowth((s) => s?.rss),
       heapPerStreamSecondHalfBytes: gatewayGrowth((s) => s?.heapUsed),
       /** The V8 heap's committed growth: what is live and the room the heap keeps beside it. */
       heapCommittedPerStreamSecondHalfBytes: gatewayGrowth((s) => s?.heapTotal),

@@ -31,7 +31,10 @@ export function cpuMark(
   };
 }
 
-/** Memory of every mesh process at one moment: after a full GC where the probe answers. */
+/**
+ * Memory of every mesh process at one moment: after a full GC and a compaction where the probe
+ * answers (server.ts, SETTLE_MS).
+ */
 export async function meshMemory(mesh: BenchMesh | undefined): Promise<Map<string, MemorySnapshot>> {
   const out = new Map<string, MemorySnapshot>();
   if (mesh === undefined) return out;
@@ -43,7 +46,7 @@ export async function meshMemory(mesh: BenchMesh | undefined): Promise<Map<strin
   return out;
 }
 
-/** Server memory at one moment; after a full GC when the probe is there. */
+/** Server memory at one moment; after a full GC and a compaction when the probe is there. */
 export interface MemorySnapshot {
   rss: number;
   /** Anonymous memory (heaps, malloc) and file-backed pages (code, LMDB's memory map). */

@@ -73,7 +73,7 @@ function singleServerLines(r: Report): string[] {
       (w) =>
         `                 worker thread ${w.thread}: utilisation ${fixed(100 * w.utilization)} %, delay p99 up to ${fixed(w.delayP99MaxMs)} ms, max ${fixed(w.delayMaxMs)} ms${threadCpu(w)}`,
     ),
-    `server memory    before connect ${mem(m.beforeConnect)}, connected ${mem(m.afterConnect)}, end ${mem(m.end)}, peak RSS ${m.peakRssBytes === undefined ? "n/a" : `${fixed(mib(m.peakRssBytes))} MiB`}${m.beforeConnect?.afterGc ? " (snapshots after a full GC)" : ""}`,
+    `server memory    before connect ${mem(m.beforeConnect)}, connected ${mem(m.afterConnect)}, end ${mem(m.end)}, peak RSS ${m.peakRssBytes === undefined ? "n/a" : `${fixed(mib(m.peakRssBytes))} MiB`}${m.beforeConnect?.afterGc ? " (snapshots after a full GC and a compaction)" : ""}`,
     d
       ? `per device       ${perDevice(d)} per connected device (growth from before the first stream)`
       : "per device       n/a (no server pid)",

@@ -32,10 +32,24 @@ export const RAISED_LIMITS: Record<string, string> = {
 };
 
 /**
+ * How the probe settles the heap before a memory snapshot. A full collection frees the garbage but
+ * moves only the pages it picks, so a heap that has just taken thousands of connections keeps
+ * hundreds of half-empty pages: a mesh gateway at 10,000 idle streams held 197 MiB of old space
+ * for 108 MiB live, and its RSS per stream read 38-41 KiB, where an idle gateway settles at about
+ * 30 once V8's memory reducer has compacted it, 37-48 s later (docs/benchmarks.md, "Thirty-sixth
+ * pass"). So the probe runs a second collection with V8's --stress-compaction flag on, which moves
+ * every live object, and reports SETTLE_MS later: V8 returns the emptied pages to the system on a
+ * background thread, which took under a second at 10,000 streams. The flag is on for that one
+ * collection only; the pause (0.3-0.7 s at 10,000 streams) falls outside the measured window.
+ */
+const SETTLE_MS = 1000;
+
+/**
  * Preloaded into the spawned server with --import (no server code changes): once a second it
  * reports its thread's event-loop utilisation and delay and the process's memory on stderr; on
- * SIGUSR2 it runs a full GC (the server gets --expose-gc) and reports memory, so memory per
- * device is not blurred by garbage that merely has not been collected yet. Worker threads inherit
+ * SIGUSR2 it runs a full GC (the server gets --expose-gc), compacts the heap, and reports memory a
+ * second later, so memory per device is neither garbage that merely has not been collected yet nor
+ * heap pages left half empty by it (SETTLE_MS, above). Worker threads inherit
  * --import, so the probe runs in each of them too (the store's write thread, the stream thread):
  * every line names its thread, and the main thread's figures are its own lines alone. On Linux a
  * line also carries the thread's id in the kernel, so its CPU can be read from /proc (Node 20 names
@@ -44,6 +58,7 @@ export const RAISED_LIMITS: Record<string, string> = {
 const PROBE = `
 import { readlinkSync } from "node:fs";
 import { monitorEventLoopDelay, performance } from "node:perf_hooks";
+import { setFlagsFromString } from "node:v8";
 import { isMainThread, threadId } from "node:worker_threads";
 let tid;
 try { tid = Number(readlinkSync("/proc/thread-self").split("/").pop()); } catch {}
@@ -65,8 +80,12 @@ const report = (kind) => {
 };
 setInterval(() => report("tick"), 1000).unref();
 if (isMainThread) process.on("SIGUSR2", () => {
-  if (typeof globalThis.gc === "function") globalThis.gc();
-  report("gc");
+  if (typeof globalThis.gc === "function") {
+    globalThis.gc();
+    setFlagsFromString("--stress-compaction");
+    try { globalThis.gc(); } finally { setFlagsFromString("--no-stress-compaction"); }
+  }
+  setTimeout(() => report("gc"), ${SETTLE_MS});
 });
 `;
 
@@ -84,9 +103,10 @@ export function onMainThread(s: ProbeSample): boolean {
 /**
  * The stretch a run's event-loop figures cover: the measured window, and nothing reported after the
  * run's results were in (closedAt). Right after that the bench takes its closing memory snapshot,
- * whose full GC the probe forces; a forced collection is atomic, not incremental like the
- * collector's own, and at 10,000 devices it pauses the main thread for 42-140 ms
- * (docs/benchmarks.md, "Twenty-eighth pass"), which is the bench's pause, not the server's.
+ * whose full GC and compaction the probe forces; a forced collection is atomic, not incremental
+ * like the collector's own, and at 10,000 devices the two pause the main thread for 0.3-0.7 s
+ * (the full GC alone 42-140 ms: docs/benchmarks.md, "Twenty-eighth pass"), which is the bench's
+ * pause, not the server's.
  */
 export interface ProbeWindow {
   start: number;

@@ -259,6 +259,28 @@ describe("configuration errors", () => {
     assert.throws(() => loadConfig({}, { SWITCHBOARD_STREAM_PORT: "x" }), /SWITCHBOARD_STREAM_PORT/);
   });
 
+  it("reads the stream port's URL for clients: only with a stream port, an http(s) base URL", () => {
+    const port = { SWITCHBOARD_STREAM_PORT: "7430" };
+    assert.equal(loadConfig({}, port).streamUrl, undefined);
+    const url = "https://chat.example.com:7431";
+    assert.equal(loadConfig({}, { ...port, SWITCHBOARD_STREAM_URL: url }).streamUrl, url);
+    assert.equal(loadConfig({ streamPort: 0, streamUrl: url }, {}).streamUrl, url);
+    assert.throws(
+      () => loadConfig({}, { SWITCHBOARD_STREAM_URL: url }),
+      /SWITCHBOARD_STREAM_URL names the stream port: set SWITCHBOARD_STREAM_PORT too/,
+    );
+    for (const [value, message] of [
+      ["chat.example.com:7431", /must be an http: or https: URL/],
+      ["not a url", /is not a URL/],
+      ["wss://chat.example.com:7431", /must be an http: or https: URL/],
+      ["https://user:pw@chat.example.com:7431", /credentials, a query or a fragment/],
+      ["https://chat.example.com:7431/?x=1", /credentials, a query or a fragment/],
+      ["https://chat.example.com:7431/#x", /credentials, a query or a fragment/],
+    ] as const) {
+      assert.throws(() => loadConfig({}, { ...port, SWITCHBOARD_STREAM_URL: value }), message, value);
+    }
+  });
+
   it("leaves a variable unread when loadConfig's input sets its value", () => {
     assert.equal(loadConfig({ port: 0 }, { SWITCHBOARD_PORT: "not a port" }).port, 0);
     assert.throws(

@@ -58,6 +58,8 @@ export interface GatewayDeps {
   tokens: Tokens;
   /** The limits every stream and call enforces. */
   limits: Limits;
+  /** The stream port as clients reach it (SWITCHBOARD_STREAM_URL), named in every ready frame. */
+  streamUrl?: string | undefined;
   /** The gateway's logger. */
   log: Logger;
   /** Per-device send limits: this gateway's memory, or shared by every gateway (Redis). */
@@ -89,6 +91,7 @@ export class GatewayCore implements SessionHost<Session> {
   readonly sequencer: Client<typeof SequencerService>;
   readonly presence: Client<typeof PresenceService>;
   readonly limits: Limits;
+  readonly streamUrl: string;
   readonly log: Logger;
   readonly now: () => number;
   readonly sends: SendBatcher;
@@ -136,6 +139,7 @@ export class GatewayCore implements SessionHost<Session> {
     this.presence = deps.presence;
     this.tokens = deps.tokens;
     this.limits = deps.limits;
+    this.streamUrl = deps.streamUrl ?? "";
     this.log = deps.log;
     this.now = deps.now ?? Date.now;
     this.deviceCacheMs = deps.deviceCacheMs ?? 30_000;

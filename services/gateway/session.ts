@@ -129,6 +129,7 @@ export class Session implements StreamContext {
             sendsPerSecond: limits.sendsPerSecond,
             sendBurst: limits.sendBurst,
           },
+          streamUrl: this.core.streamUrl,
         },
       }),
     );

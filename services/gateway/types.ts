@@ -81,6 +81,8 @@ export interface GatewayServices {
   readonly presence: Client<typeof PresenceService>;
   /** The limits every stream enforces. */
   readonly limits: Limits;
+  /** The stream port as clients reach it, told in every ready frame; "" when none is named. */
+  readonly streamUrl: string;
   /** The gateway's logger. */
   readonly log: Logger;
   /** The clock, in milliseconds since the Unix epoch. */

@@ -300,6 +300,7 @@ export async function startGatewayRole(
     bus: ctx.bus,
     tokens: ctx.tokens!,
     limits: config.limits,
+    streamUrl: config.streamUrl,
     callSfuUrl: config.calls.sfuUrl,
     callSfuSecret: config.calls.sfuSecret,
     rateLimiter: limiter,

@@ -47,6 +47,12 @@ export interface Config {
    * serves device streams either way.
    */
   streamPort: number | undefined;
+  /**
+   * The stream port as the deployment's clients reach it (through its load balancer, say), which
+   * gateways tell every device in its stream's ready frame, so that clients need not be given it
+   * separately (docs/protocol.md, "The stream port"). Unset: the gateways name none.
+   */
+  streamUrl: string | undefined;
   /** Logical sequencer shards; fixed for the life of a deployment. */
   shardCount: number;
   /** Access token lifetime, in seconds. */
@@ -129,6 +135,7 @@ export const serverVariables = z.object({
   SWITCHBOARD_HOST: textOr("127.0.0.1"),
   SWITCHBOARD_PORT: intVariable("port", 7420, false),
   SWITCHBOARD_STREAM_PORT: optionalIntVariable("SWITCHBOARD_STREAM_PORT"),
+  SWITCHBOARD_STREAM_URL: nonEmptyText(),
   SWITCHBOARD_SHARDS: intVariable("shardCount", 16, false),
   SWITCHBOARD_TOKEN_TTL_SECONDS: intVariable("tokenTtlSeconds", 3600, false),
   SWITCHBOARD_SEQUENCER_CACHE_BYTES: optionalIntVariable("SWITCHBOARD_SEQUENCER_CACHE_BYTES"),
@@ -150,6 +157,7 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
       SWITCHBOARD_HOST: input.host,
       SWITCHBOARD_PORT: input.port,
       SWITCHBOARD_STREAM_PORT: input.streamPort,
+      SWITCHBOARD_STREAM_URL: input.streamUrl,
       SWITCHBOARD_SHARDS: input.shardCount,
       SWITCHBOARD_TOKEN_TTL_SECONDS: input.tokenTtlSeconds,
       SWITCHBOARD_SEQUENCER_CACHE_BYTES: input.sequencerCacheBytes,
@@ -172,6 +180,7 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
       input.streamPort === undefined
         ? vars.SWITCHBOARD_STREAM_PORT
         : int("SWITCHBOARD_STREAM_PORT", input.streamPort),
+    streamUrl: streamUrl(input.streamUrl ?? vars.SWITCHBOARD_STREAM_URL),
     shardCount: given(input.shardCount, "shardCount", vars.SWITCHBOARD_SHARDS),
     tokenTtlSeconds: given(input.tokenTtlSeconds, "tokenTtlSeconds", vars.SWITCHBOARD_TOKEN_TTL_SECONDS),
     linkCodeTtlSeconds: int("linkCodeTtlSeconds", input.linkCodeTtlSeconds ?? 600),
@@ -210,6 +219,8 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
     fail("SWITCHBOARD_STREAM_PORT must be at most 65535");
   if (config.streamPort !== undefined && config.streamPort !== 0 && config.streamPort === config.port)
     fail("SWITCHBOARD_STREAM_PORT must differ from SWITCHBOARD_PORT");
+  if (config.streamUrl !== undefined && config.streamPort === undefined)
+    fail("SWITCHBOARD_STREAM_URL names the stream port: set SWITCHBOARD_STREAM_PORT too");
   checkMesh(config.mesh, config.shardCount, config.tokenKey);
   if (config.tokenTtlSeconds < 30) fail("tokenTtlSeconds must be at least 30");
   const opensStore = config.mesh.roles.includes("accounts") || config.mesh.roles.includes("sequencer");
@@ -222,4 +233,24 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
     config.scylla = { ...scylla, ...(ttl > 0 && { entryTtlSeconds: ttl }) };
   }
   return config;
+}
+
+/**
+ * The stream port's URL as clients are told it: an absolute http: or https: URL (a base URL, as
+ * the server URL is), with no credentials, query or fragment, which a client could not use as a
+ * base and should not be handed.
+ */
+function streamUrl(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    return fail(`SWITCHBOARD_STREAM_URL is not a URL: "${value}"`);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:")
+    fail(`SWITCHBOARD_STREAM_URL must be an http: or https: URL, got "${value}"`);
+  if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "")
+    fail(`SWITCHBOARD_STREAM_URL must not carry credentials, a query or a fragment: "${value}"`);
+  return value;
 }

@@ -13,14 +13,16 @@ import type { IncomingEntry, StreamFallback } from "./types.js";
 
 const text = (e: IncomingEntry): string => new TextDecoder().decode(e.payload ?? new Uint8Array());
 
-/** A TCP relay to the server's stream port that counts the bytes devices send through it. */
+/** A TCP relay to the server's stream port that counts the connections and bytes of devices through it. */
 class CountingRelay {
   relayed = 0;
+  connections = 0;
   readonly server: Server;
   private readonly sockets = new Set<Socket>();
 
   constructor(target: URL) {
     this.server = createServer((down) => {
+      this.connections++;
       const up = tcpConnect(Number(target.port), target.hostname);
       for (const s of [down, up]) {
         this.sockets.add(s);
@@ -94,11 +96,13 @@ describe("SwitchboardClient with a stream port", () => {
     name: string,
     streamUrl?: string,
     streamFallback?: StreamFallback,
+    more: { serverUrl?: string; learnStreamUrl?: boolean } = {},
   ): Promise<SwitchboardClient> {
     const client = await SwitchboardClient.register({
-      serverUrl: server.url,
+      serverUrl: more.serverUrl ?? server.url,
       ...(streamUrl !== undefined && { streamUrl }),
       ...(streamFallback !== undefined && { streamFallback }),
+      ...(more.learnStreamUrl !== undefined && { learnStreamUrl: more.learnStreamUrl }),
       profileDir: join(base, `profile-${name}`),
       username: `${name}_${clients.length}`,
       encryption: false,
@@ -197,5 +201,53 @@ describe("SwitchboardClient with a stream port", () => {
     );
     await talk(carol, dave, ["back on the stream port"]);
     await talk(dave, carol, ["to carol on the stream port"]);
+  });
+
+  it("opens its next stream on the stream port the gateway names (SWITCHBOARD_STREAM_URL)", async () => {
+    // A second server whose gateway names its stream port, reached through a relay, in every
+    // ready frame. The port is chosen first so that the relay and the URL exist before it starts.
+    const port = await freePort();
+    const r = new CountingRelay(new URL(`http://127.0.0.1:${port}`));
+    relays.push(r);
+    const named = await startServer({
+      dataDir: join(base, "named-server"),
+      port: 0,
+      streamPort: port,
+      streamUrl: await r.listen(),
+      logLevel: "silent",
+      accountLimits: { registrationsPerAddressPerHour: 0, registrationsPerHour: 0 },
+      env: { ...process.env, SWITCHBOARD_MEDIA_PORT: "0" },
+    });
+    try {
+      const gina = await user("gina", undefined, undefined, { serverUrl: named.url });
+      const hank = await user("hank", undefined, undefined, { serverUrl: named.url, learnStreamUrl: false });
+      await Promise.all([gina.connect(), hank.connect()]);
+      // Neither was told of the port before its first stream: both opened on the server URL.
+      assert.equal(r.connections, 0);
+
+      const connected = (c: SwitchboardClient) =>
+        new Promise<void>((resolve) => {
+          const listener = () => {
+            c.off("connected", listener);
+            resolve();
+          };
+          c.on("connected", listener);
+        });
+      const ginaAgain = connected(gina);
+      gina.reconnect();
+      await within(ginaAgain, 10_000, "gina's stream did not open again");
+      assert.ok(r.connections > 0 && r.relayed > 0, "gina's stream did not go through the stream port");
+      // hank turned learning off: his stream opens on the server URL again.
+      const through = r.connections;
+      const hankAgain = connected(hank);
+      hank.reconnect();
+      await within(hankAgain, 10_000, "hank's stream did not open again");
+      assert.equal(r.connections, through);
+      await talk(gina, hank, ["over the named stream port"]);
+      await talk(hank, gina, ["to gina on the named stream port"]);
+    } finally {
+      for (const c of clients.splice(clients.length - 2)) await c.close();
+      await named.close();
+    }
   });
 });

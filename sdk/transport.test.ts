@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { Code, ConnectError } from "@connectrpc/connect";
-import { isNetworkFailure } from "./transport.js";
+import { connectToServer, isNetworkFailure, sameHostStreamUrl } from "./transport.js";
 
 describe("isNetworkFailure", () => {
   it("tells a reset connection from a server's ABORTED status", () => {
@@ -13,5 +13,46 @@ describe("isNetworkFailure", () => {
     const replaced = new ConnectError("replaced by a newer stream of this device", Code.Aborted);
     assert.equal(isNetworkFailure(replaced), false);
     assert.equal(isNetworkFailure(new Error("plain")), false);
+  });
+});
+
+describe("a stream port named by a gateway", () => {
+  it("is taken on a host of the server URLs or a name under it, never giving up their TLS", () => {
+    const servers = ["https://chat.example.com", "https://eu.example.org:8443"];
+    assert.equal(sameHostStreamUrl("https://chat.example.com:7431", servers), true);
+    assert.equal(sameHostStreamUrl("https://CHAT.example.com:7431/", servers), true);
+    assert.equal(sameHostStreamUrl("https://stream.chat.example.com", servers), true);
+    assert.equal(sameHostStreamUrl("https://eu.example.org:7431", servers), true);
+    // Anyone else's host would get the device's bearer token.
+    assert.equal(sameHostStreamUrl("https://evil.example.net:7431", servers), false);
+    assert.equal(sameHostStreamUrl("https://example.com:7431", servers), false);
+    assert.equal(sameHostStreamUrl("https://evilchat.example.com", servers), false);
+    assert.equal(sameHostStreamUrl("https://chat.example.com.evil.net", servers), false);
+    // The token would cross the network in the clear.
+    assert.equal(sameHostStreamUrl("http://chat.example.com:7431", servers), false);
+    assert.equal(sameHostStreamUrl("https://user:pw@chat.example.com:7431", servers), false);
+    assert.equal(sameHostStreamUrl("ftp://chat.example.com:7431", servers), false);
+    assert.equal(sameHostStreamUrl("not a url", servers), false);
+    // Over h2c, an https stream port is no weaker.
+    assert.equal(sameHostStreamUrl("http://127.0.0.1:7431", ["http://127.0.0.1:7420"]), true);
+    assert.equal(sameHostStreamUrl("https://127.0.0.1:7431", ["http://127.0.0.1:7420"]), true);
+  });
+
+  it("is not taken when the app gave a stream port, turned learning off, or it is the one in use", () => {
+    const named = "http://127.0.0.1:7431";
+    const given = connectToServer({ serverUrl: "http://127.0.0.1:7420", streamUrl: "http://127.0.0.1:7430" });
+    const off = connectToServer({ serverUrl: "http://127.0.0.1:7420", learnStreamUrl: false });
+    const learning = connectToServer({ serverUrl: "http://127.0.0.1:7420" });
+    try {
+      assert.equal(given.adoptStreamUrl(named), false);
+      assert.equal(off.adoptStreamUrl(named), false);
+      assert.equal(learning.adoptStreamUrl("http://192.0.2.1:7431"), false);
+      assert.equal(learning.adoptStreamUrl(named), true);
+      assert.equal(learning.adoptStreamUrl(named), false);
+      // The deployment moved it: the next stream goes to the new port.
+      assert.equal(learning.adoptStreamUrl("http://127.0.0.1:7432"), true);
+    } finally {
+      for (const c of [given, off, learning]) c.close();
+    }
   });
 });

@@ -150,6 +150,16 @@ export interface ServerConnection {
   calls: Client<typeof CallService>;
   /** Present once credentials were attached. */
   tokens: TokenSource | undefined;
+  /**
+   * Opens later device streams at `url`, the stream port a gateway named in its ready frame
+   * (ReadyFrame.stream_url), as if it had been given as `streamUrl`, with the same fallback to the
+   * server URL. Refused (false) when `streamUrl` was given, when `learnStreamUrl` is false, when
+   * it is already the stream port, and when it is not on a host of the server URL (or an
+   * alternate), or a name under it, or would give up TLS the server URL has (sameHostStreamUrl).
+   * The stream open now stays where it is, unless it is on a stream port named before, whose
+   * connection closes (the stream then opens again at this one).
+   */
+  adoptStreamUrl(url: string): boolean;
   /** Closes the HTTP/2 connection, ending every call on it. */
   close(): void;
 }
@@ -176,6 +186,11 @@ export interface ConnectionOptions {
   streamUrl?: string;
   /** When the stream port cannot be reached: see StreamFallback. */
   streamFallback?: StreamFallback;
+  /**
+   * Whether a stream port the gateway names in its ready frame is used for later streams when
+   * `streamUrl` is not given (ServerConnection.adoptStreamUrl). Default true.
+   */
+  learnStreamUrl?: boolean;
 }
 
 const STREAM_FALLBACK_AFTER_MS = 5_000;
@@ -289,18 +304,22 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
       defaultTimeoutMs: options.unaryTimeoutMs ?? 30_000,
     }),
   );
-  // The stream port serves the device stream and nothing else: only that call goes there.
-  let gatewayTransport = transport;
-  let streamSessions: Http2SessionManager | undefined;
-  if (options.streamUrl !== undefined) {
-    const baseUrl = options.streamUrl.replace(/\/+$/, "");
-    streamSessions = new Http2SessionManager(baseUrl, { pingIntervalMs: 15_000, pingTimeoutMs: 10_000 });
-    const streams = createGrpcTransport({ baseUrl, sessionManager: streamSessions, interceptors: [auth] });
-    gatewayTransport = streamOnly(
-      transport,
-      streamPortFirst(streams, transport, options.streamFallback ?? {}),
-    );
-  }
+  // The stream port serves the device stream and nothing else: only that call goes there, once
+  // there is one (given, or named by a gateway).
+  let streamPort: { url: string; sessions: Http2SessionManager; open: Transport["stream"] } | undefined;
+  const useStreamPort = (url: string): void => {
+    // A port named again elsewhere replaces the last: its connection closes, and a stream on it
+    // opens again at the new one. One connection to a stream port at most, however often named.
+    streamPort?.sessions.abort();
+    const baseUrl = url.replace(/\/+$/, "");
+    const sessions = new Http2SessionManager(baseUrl, { pingIntervalMs: 15_000, pingTimeoutMs: 10_000 });
+    const streams = createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors: [auth] });
+    streamPort = { url, sessions, open: streamPortFirst(streams, transport, options.streamFallback ?? {}) };
+  };
+  if (options.streamUrl !== undefined) useStreamPort(options.streamUrl);
+  const gatewayTransport = streamOnly(transport, (...args) =>
+    streamPort === undefined ? transport.stream(...args) : streamPort.open(...args),
+  );
   return {
     accounts: createClient(AccountService, transport),
     conversations: createClient(ConversationService, transport),
@@ -309,11 +328,40 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     media: createClient(MediaService, transport),
     calls: createClient(CallService, transport),
     tokens,
+    adoptStreamUrl(url) {
+      if (options.streamUrl !== undefined || options.learnStreamUrl === false) return false;
+      if (streamPort?.url === url || !sameHostStreamUrl(url, urls)) return false;
+      useStreamPort(url);
+      return true;
+    },
     close: () => {
       for (const m of sessionManagers) m.abort();
-      streamSessions?.abort();
+      streamPort?.sessions.abort();
     },
   };
+}
+
+/**
+ * Whether a stream port a gateway named may take the device's stream and its bearer token: an
+ * http: or https: URL on the host of one of the URLs the app gave, or on a name under it (a
+ * deployment behind an ingress routes by name: stream.chat.example.com for chat.example.com), and
+ * https: if that one is. A gateway may move its devices' streams within its own names, not to
+ * anyone else's, and not into the clear.
+ */
+export function sameHostStreamUrl(url: string, serverUrls: readonly string[]): boolean {
+  let named: URL;
+  try {
+    named = new URL(url);
+  } catch {
+    return false;
+  }
+  if (named.protocol !== "http:" && named.protocol !== "https:") return false;
+  if (named.username !== "" || named.password !== "") return false;
+  return serverUrls.some((s) => {
+    const server = new URL(s);
+    const host = named.hostname === server.hostname || named.hostname.endsWith(`.${server.hostname}`);
+    return host && (server.protocol !== "https:" || named.protocol === "https:");
+  });
 }
 
 /** A transport that sends the device stream (GatewayService.Connect) one way and the rest another. */

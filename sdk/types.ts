@@ -480,7 +480,10 @@ export interface OpenOptions extends ClientTuning {
   alternateUrls?: string[];
   /**
    * The deployment's stream port, if its operator set one (SWITCHBOARD_STREAM_PORT): the device
-   * stream opens there, every other call on the server URL. Not stored in the profile.
+   * stream opens there, every other call on the server URL. Not stored in the profile. Unset, the
+   * client uses the stream port the gateway names in its ready frame (the server's
+   * SWITCHBOARD_STREAM_URL), if it is on the server URL's host or a name under it, for the
+   * streams it opens after that one (`learnStreamUrl`).
    */
   streamUrl?: string;
   /**
@@ -488,6 +491,11 @@ export interface OpenOptions extends ClientTuning {
    * 5 s of failed attempts there, and for 60 s after its last failure (StreamFallback).
    */
   streamFallback?: StreamFallback;
+  /**
+   * Whether a stream port the gateway names is used when `streamUrl` is not given. Default true;
+   * false keeps every stream on the server URL.
+   */
+  learnStreamUrl?: boolean;
   /** Payload codec; defaults to the identity (plaintext) codec. Applies to group payloads. */
   codec?: PayloadCodec;
   /**

@@ -104,6 +104,9 @@ refused "/push/fcm/existingSecret" "${endpoints[@]}" --set push.fcm.enabled=true
 refused "/settings/logLevel" "${endpoints[@]}" --set settings.logLevel=loud
 refused "/auth/tokenKey" "${endpoints[@]}" --set auth.tokenKey=too-short
 refused "/gateway/service/type" "${endpoints[@]}" --set gateway.service.type=Ingress
+# The stream port's URL for clients: only with a stream port, and an http(s) base URL.
+refused "gateway.streamUrl names the stream port: set ports.stream too" "${endpoints[@]}" --set gateway.streamUrl=https://chat.example.com:7430
+refused "/gateway/streamUrl" "${endpoints[@]}" --set ports.stream=7430 --set gateway.streamUrl=chat.example.com:7430
 # The media role (off by default) needs MinIO: an endpoint, and keys from a Secret or inline.
 refused "/minio/endpoint" "${endpoints[@]}" --set minio.endpoint=
 refused "/minio/existingSecret" "${endpoints[@]}" --set minio.existingSecret=

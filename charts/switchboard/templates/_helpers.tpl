@@ -242,6 +242,9 @@ the reason.
 {{- if eq .Values.ports.grpc .Values.ports.admin -}}
 {{- fail "ports.grpc and ports.admin must differ" -}}
 {{- end -}}
+{{- if and .Values.gateway.streamUrl (not .Values.ports.stream) -}}
+{{- fail "gateway.streamUrl names the stream port: set ports.stream too" -}}
+{{- end -}}
 {{- if .Values.media.enabled -}}
 {{- if not .Values.minio.endpoint -}}
 {{- fail "media.enabled needs minio.endpoint (or set media.enabled=false)" -}}

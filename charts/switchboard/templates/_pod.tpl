@@ -126,6 +126,10 @@ spec:
         {{- if and (eq $role "gateway") $root.Values.ports.stream }}
         - name: SWITCHBOARD_STREAM_PORT
           value: {{ $root.Values.ports.stream | quote }}
+        {{- with $root.Values.gateway.streamUrl }}
+        - name: SWITCHBOARD_STREAM_URL
+          value: {{ . | quote }}
+        {{- end }}
         {{- end }}
         {{- if and (eq $role "gateway") (include "switchboard.turnUrls" $root) }}
         {{- include "switchboard.turnEnv" $root | nindent 8 }}

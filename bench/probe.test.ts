@@ -1,9 +1,10 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { type ChildProcessByStdio, spawn } from "node:child_process";
 import { once } from "node:events";
 import { mkdtemp, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import type { Readable } from "node:stream";
 import { describe, it } from "node:test";
 import { PROBE_NODE_ARGS, type ProbeSample, parseProbeLine, readCpuSeconds } from "./server.js";
 
@@ -45,6 +46,23 @@ process.stdout.write(\`collected \${getHeapStatistics().total_heap_size}\\n\`);
 setInterval(() => objects.length, 1000);
 `;
 
+/** Calls `sample` with each line the probe writes on the child's stderr. */
+function onProbeSamples(
+  child: ChildProcessByStdio<null, Readable, Readable>,
+  sample: (s: ProbeSample) => void,
+): void {
+  let stderr = "";
+  child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+    stderr += chunk;
+    const lines = stderr.split("\n");
+    stderr = lines.pop()!;
+    for (const line of lines) {
+      const s = parseProbeLine(line);
+      if (s !== undefined) sample(s);
+    }
+  });
+}
+
 describe("the bench's probe", { skip: process.platform !== "linux" && "reads /proc" }, () => {
   it("compacts the heap before it reports memory, so half-empty pages do not count", async () => {
     const dir = await mkdtemp(join(tmpdir(), "bench-probe-"));
@@ -53,18 +71,11 @@ describe("the bench's probe", { skip: process.platform !== "linux" && "reads /pr
       stdio: ["ignore", "pipe", "pipe"],
     });
     try {
-      const snapshot = new Promise<ProbeSample>((resolve) => {
-        let stderr = "";
-        child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
-          stderr += chunk;
-          const lines = stderr.split("\n");
-          stderr = lines.pop()!;
-          for (const line of lines) {
-            const s = parseProbeLine(line);
-            if (s?.kind === "gc") resolve(s);
-          }
-        });
-      });
+      const snapshot = new Promise<ProbeSample>((resolve) =>
+        onProbeSamples(child, (s) => {
+          if (s.kind === "gc") resolve(s);
+        }),
+      );
       const [said] = (await once(child.stdout.setEncoding("utf8"), "data")) as [string];
       const collected = Number(/^collected (\d+)/.exec(said)?.[1]);
       assert.ok(collected > 0, said);
@@ -92,16 +103,7 @@ describe("the bench's probe", { skip: process.platform !== "linux" && "reads /pr
     });
     try {
       const samples: ProbeSample[] = [];
-      let stderr = "";
-      child.stderr.setEncoding("utf8").on("data", (chunk: string) => {
-        stderr += chunk;
-        const lines = stderr.split("\n");
-        stderr = lines.pop()!;
-        for (const line of lines) {
-          const s = parseProbeLine(line);
-          if (s !== undefined) samples.push(s);
-        }
-      });
+      onProbeSamples(child, (s) => samples.push(s));
       const [spent] = (await once(child.stdout.setEncoding("utf8"), "data")) as [string];
       assert.equal(spent.trim(), "spent");
       // A tick a second from each thread.

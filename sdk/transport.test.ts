@@ -19,23 +19,26 @@ describe("isNetworkFailure", () => {
 describe("a stream port named by a gateway", () => {
   it("is taken on a host of the server URLs or a name under it, never giving up their TLS", () => {
     const servers = ["https://chat.example.com", "https://eu.example.org:8443"];
-    assert.equal(sameHostStreamUrl("https://chat.example.com:7431", servers), true);
-    assert.equal(sameHostStreamUrl("https://CHAT.example.com:7431/", servers), true);
-    assert.equal(sameHostStreamUrl("https://stream.chat.example.com", servers), true);
-    assert.equal(sameHostStreamUrl("https://eu.example.org:7431", servers), true);
-    // Anyone else's host would get the device's bearer token.
-    assert.equal(sameHostStreamUrl("https://evil.example.net:7431", servers), false);
-    assert.equal(sameHostStreamUrl("https://example.com:7431", servers), false);
-    assert.equal(sameHostStreamUrl("https://evilchat.example.com", servers), false);
-    assert.equal(sameHostStreamUrl("https://chat.example.com.evil.net", servers), false);
-    // The token would cross the network in the clear.
-    assert.equal(sameHostStreamUrl("http://chat.example.com:7431", servers), false);
-    assert.equal(sameHostStreamUrl("https://user:pw@chat.example.com:7431", servers), false);
-    assert.equal(sameHostStreamUrl("ftp://chat.example.com:7431", servers), false);
-    assert.equal(sameHostStreamUrl("not a url", servers), false);
+    const cases: Array<[string, boolean]> = [
+      ["https://chat.example.com:7431", true],
+      ["https://CHAT.example.com:7431/", true],
+      ["https://stream.chat.example.com", true],
+      ["https://eu.example.org:7431", true],
+      // Anyone else's host would get the device's bearer token.
+      ["https://evil.example.net:7431", false],
+      ["https://example.com:7431", false],
+      ["https://evilchat.example.com", false],
+      ["https://chat.example.com.evil.net", false],
+      // The token would cross the network in the clear.
+      ["http://chat.example.com:7431", false],
+      ["https://user:pw@chat.example.com:7431", false],
+      ["ftp://chat.example.com:7431", false],
+      ["not a url", false],
+    ];
+    for (const [url, taken] of cases) assert.equal(sameHostStreamUrl(url, servers), taken, url);
     // Over h2c, an https stream port is no weaker.
-    assert.equal(sameHostStreamUrl("http://127.0.0.1:7431", ["http://127.0.0.1:7420"]), true);
-    assert.equal(sameHostStreamUrl("https://127.0.0.1:7431", ["http://127.0.0.1:7420"]), true);
+    for (const url of ["http://127.0.0.1:7431", "https://127.0.0.1:7431"])
+      assert.equal(sameHostStreamUrl(url, ["http://127.0.0.1:7420"]), true, url);
   });
 
   it("is not taken when the app gave a stream port, turned learning off, or it is the one in use", () => {

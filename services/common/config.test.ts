@@ -270,9 +270,9 @@ describe("configuration errors", () => {
       /SWITCHBOARD_STREAM_URL names the stream port: set SWITCHBOARD_STREAM_PORT too/,
     );
     for (const [value, message] of [
-      ["chat.example.com:7431", /must be an http: or https: URL/],
-      ["not a url", /is not a URL/],
-      ["wss://chat.example.com:7431", /must be an http: or https: URL/],
+      ["chat.example.com:7431", /SWITCHBOARD_STREAM_URL must be an http\(s\) URL/],
+      ["not a url", /SWITCHBOARD_STREAM_URL is not a URL/],
+      ["wss://chat.example.com:7431", /SWITCHBOARD_STREAM_URL must be an http\(s\) URL/],
       ["https://user:pw@chat.example.com:7431", /credentials, a query or a fragment/],
       ["https://chat.example.com:7431/?x=1", /credentials, a query or a fragment/],
       ["https://chat.example.com:7431/#x", /credentials, a query or a fragment/],

@@ -21,6 +21,7 @@ import { loadRetention, type RetentionConfig } from "./retention.js";
 import {
   check,
   type Env,
+  httpUrl,
   int,
   intVariable,
   nonEmptyText,
@@ -135,7 +136,7 @@ export const serverVariables = z.object({
   SWITCHBOARD_HOST: textOr("127.0.0.1"),
   SWITCHBOARD_PORT: intVariable("port", 7420, false),
   SWITCHBOARD_STREAM_PORT: optionalIntVariable("SWITCHBOARD_STREAM_PORT"),
-  SWITCHBOARD_STREAM_URL: nonEmptyText(),
+  SWITCHBOARD_STREAM_URL: httpUrl("SWITCHBOARD_STREAM_URL"),
   SWITCHBOARD_SHARDS: intVariable("shardCount", 16, false),
   SWITCHBOARD_TOKEN_TTL_SECONDS: intVariable("tokenTtlSeconds", 3600, false),
   SWITCHBOARD_SEQUENCER_CACHE_BYTES: optionalIntVariable("SWITCHBOARD_SEQUENCER_CACHE_BYTES"),
@@ -180,7 +181,11 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
       input.streamPort === undefined
         ? vars.SWITCHBOARD_STREAM_PORT
         : int("SWITCHBOARD_STREAM_PORT", input.streamPort),
-    streamUrl: streamUrl(input.streamUrl ?? vars.SWITCHBOARD_STREAM_URL),
+    streamUrl: streamUrl(
+      input.streamUrl === undefined
+        ? vars.SWITCHBOARD_STREAM_URL
+        : check(httpUrl("SWITCHBOARD_STREAM_URL"), input.streamUrl),
+    ),
     shardCount: given(input.shardCount, "shardCount", vars.SWITCHBOARD_SHARDS),
     tokenTtlSeconds: given(input.tokenTtlSeconds, "tokenTtlSeconds", vars.SWITCHBOARD_TOKEN_TTL_SECONDS),
     linkCodeTtlSeconds: int("linkCodeTtlSeconds", input.linkCodeTtlSeconds ?? 600),
@@ -236,20 +241,12 @@ export function loadConfig(input: ConfigInput = {}, env: Env = environment()): C
 }
 
 /**
- * The stream port's URL as clients are told it: an absolute http: or https: URL (a base URL, as
- * the server URL is), with no credentials, query or fragment, which a client could not use as a
- * base and should not be handed.
+ * The stream port's URL as clients are told it: an http(s) base URL (httpUrl) that carries no
+ * credentials, query or fragment, which a client could not use as a base and should not be handed.
  */
 function streamUrl(value: string | undefined): string | undefined {
   if (value === undefined) return undefined;
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    return fail(`SWITCHBOARD_STREAM_URL is not a URL: "${value}"`);
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:")
-    fail(`SWITCHBOARD_STREAM_URL must be an http: or https: URL, got "${value}"`);
+  const url = new URL(value);
   if (url.username !== "" || url.password !== "" || url.search !== "" || url.hash !== "")
     fail(`SWITCHBOARD_STREAM_URL must not carry credentials, a query or a fragment: "${value}"`);
   return value;

@@ -41,7 +41,7 @@ describe("a stream port named by a gateway", () => {
       assert.equal(sameHostStreamUrl(url, ["http://127.0.0.1:7420"]), true, url);
   });
 
-  it("is not taken when the app gave a stream port, turned learning off, or it is the one in use", () => {
+  it("is not taken when the app gave a stream port, turned learning off, or it is the one in use; none forgets it", () => {
     const named = "http://127.0.0.1:7431";
     const given = connectToServer({ serverUrl: "http://127.0.0.1:7420", streamUrl: "http://127.0.0.1:7430" });
     const off = connectToServer({ serverUrl: "http://127.0.0.1:7420", learnStreamUrl: false });
@@ -54,6 +54,10 @@ describe("a stream port named by a gateway", () => {
       assert.equal(learning.adoptStreamUrl(named), false);
       // The deployment moved it: the next stream goes to the new port.
       assert.equal(learning.adoptStreamUrl("http://127.0.0.1:7432"), true);
+      // It took it away: the next stream stays on the server URL.
+      assert.equal(learning.adoptStreamUrl(""), true);
+      assert.equal(learning.adoptStreamUrl(""), false);
+      assert.equal(given.adoptStreamUrl(""), false);
     } finally {
       for (const c of [given, off, learning]) c.close();
     }

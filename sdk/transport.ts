@@ -153,11 +153,11 @@ export interface ServerConnection {
   /**
    * Opens later device streams at `url`, the stream port a gateway named in its ready frame
    * (ReadyFrame.stream_url), as if it had been given as `streamUrl`, with the same fallback to the
-   * server URL. Refused (false) when `streamUrl` was given, when `learnStreamUrl` is false, when
-   * it is already the stream port, and when it is not on a host of the server URL (or an
-   * alternate), or a name under it, or would give up TLS the server URL has (sameHostStreamUrl).
-   * The stream open now stays where it is, unless it is on a stream port named before, whose
-   * connection closes (the stream then opens again at this one).
+   * server URL; "" (a gateway naming none) forgets the one named before. Refused (false) when
+   * `streamUrl` was given, when `learnStreamUrl` is false, when nothing changes, and when `url`
+   * is not on a host of the server URL (or an alternate), or a name under it, or would give up
+   * TLS the server URL has (sameHostStreamUrl). The stream open now stays where it is, unless it
+   * is on a stream port named before, whose connection closes (the stream then opens again).
    */
   adoptStreamUrl(url: string): boolean;
   /** Closes the HTTP/2 connection, ending every call on it. */
@@ -330,6 +330,14 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     tokens,
     adoptStreamUrl(url) {
       if (options.streamUrl !== undefined || options.learnStreamUrl === false) return false;
+      if (url === "") {
+        // The deployment names no stream port now (it took it away): later streams stay here
+        // instead of trying a port that is gone before every fallback.
+        if (streamPort === undefined) return false;
+        streamPort.sessions.abort();
+        streamPort = undefined;
+        return true;
+      }
       if (streamPort?.url === url || !sameHostStreamUrl(url, urls)) return false;
       useStreamPort(url);
       return true;

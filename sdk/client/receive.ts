@@ -132,8 +132,8 @@ export class Receiver {
     // need not push them back, and takes receipts in batches.
     stream.push(s, { case: "options", value: { omitOwnSends: true, batchReceipts: true } });
     this.ctx.limits = limits;
-    // The deployment's stream port, for the streams this client opens from now on.
-    if (ready.streamUrl !== "") this.ctx.conn.adoptStreamUrl(ready.streamUrl);
+    // The deployment's stream port (or none), for the streams this client opens from now on.
+    this.ctx.conn.adoptStreamUrl(ready.streamUrl);
     this.ctx.events.emit("connected", {
       sessionId: ready.sessionId,
       limits: {

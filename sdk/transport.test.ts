@@ -58,6 +58,8 @@ describe("a stream port named by a gateway", () => {
       assert.equal(learning.adoptStreamUrl(""), true);
       assert.equal(learning.adoptStreamUrl(""), false);
       assert.equal(given.adoptStreamUrl(""), false);
+      learning.close();
+      assert.equal(learning.adoptStreamUrl(named), false, "adopted after close");
     } finally {
       for (const c of [given, off, learning]) c.close();
     }

@@ -307,6 +307,7 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
   // The stream port serves the device stream and nothing else: only that call goes there, once
   // there is one (given, or named by a gateway).
   let streamPort: { url: string; sessions: Http2SessionManager; open: Transport["stream"] } | undefined;
+  let closed = false;
   const useStreamPort = (url: string): void => {
     // A port named again elsewhere replaces the last: its connection closes, and a stream on it
     // opens again at the new one. One connection to a stream port at most, however often named.
@@ -329,7 +330,8 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     calls: createClient(CallService, transport),
     tokens,
     adoptStreamUrl(url) {
-      if (options.streamUrl !== undefined || options.learnStreamUrl === false) return false;
+      // After close, a connection opened here would outlive it.
+      if (closed || options.streamUrl !== undefined || options.learnStreamUrl === false) return false;
       if (url === "") {
         // The deployment names no stream port now (it took it away): later streams stay here
         // instead of trying a port that is gone before every fallback.
@@ -343,6 +345,7 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
       return true;
     },
     close: () => {
+      closed = true;
       for (const m of sessionManagers) m.abort();
       streamPort?.sessions.abort();
     },

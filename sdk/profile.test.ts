@@ -125,6 +125,25 @@ describe("Profile", () => {
     assert.deepEqual(reopened.cursor("g_big"), { delivered: 9_007_199_254_740_993n, read: 0n });
   });
 
+  it("keeps the stream port a connection learned across reopen, and forgets it", async () => {
+    const dir = await tempDir();
+    const p = await Profile.create(dir, credentials);
+    assert.equal(p.streamUrl, undefined);
+    p.setDelivered("d_x", 3n);
+    await p.flushCursors();
+    await p.rememberStreamUrl("http://127.0.0.1:7431");
+    const reopened = await Profile.open(dir);
+    assert.equal(reopened.streamUrl, "http://127.0.0.1:7431");
+    assert.deepEqual(reopened.cursor("d_x"), { delivered: 3n, read: 0n });
+    await reopened.rememberStreamUrl(undefined);
+    assert.equal((await Profile.open(dir)).streamUrl, undefined);
+    // A state file written before the field existed opens without one.
+    await writeFile(join(dir, "state.json"), '{"version":1,"cursors":{"d_x":{"delivered":"4","read":"1"}}}\n');
+    const old = await Profile.open(dir);
+    assert.equal(old.streamUrl, undefined);
+    assert.deepEqual(old.cursor("d_x"), { delivered: 4n, read: 1n });
+  });
+
   it("does not report cursors durable while another caller's write still runs", async () => {
     const dir = await tempDir();
     const p = await Profile.create(dir, credentials);

@@ -12,6 +12,8 @@ interface StateFile {
   version: 1;
   /** Per conversation: seqs as decimal strings (JSON has no bigint). */
   cursors: Record<string, { delivered: string; read: string }>;
+  /** The stream port the deployment last named (ReadyFrame.stream_url), when the client took it. */
+  streamUrl?: string;
 }
 
 interface OutboxFile {
@@ -32,6 +34,7 @@ export class Profile {
   private readonly stateFile: SerialWrite;
   private readonly outboxFile: SerialWrite;
   private cursorsDirty = false;
+  private learnedStream: string | undefined;
   private held: Promise<StorageLock> | undefined;
 
   private constructor(
@@ -124,6 +127,23 @@ export class Profile {
     }
   }
 
+  /** The stream port an earlier connection learned (rememberStreamUrl), if any. */
+  get streamUrl(): string | undefined {
+    return this.learnedStream;
+  }
+
+  /**
+   * Keeps the stream port the connection now uses (undefined: none), so that the first stream
+   * after a restart opens there too. Written only when it changes, which a deployment does rarely.
+   * The write carries the cursors as they stand, as a flush would: each was set once the app had
+   * taken its entry.
+   */
+  async rememberStreamUrl(url: string | undefined): Promise<void> {
+    if (url === this.learnedStream) return;
+    this.learnedStream = url;
+    await this.stateFile.write();
+  }
+
   /** Unanswered sends, oldest first. */
   outbox(): OutboxItem[] {
     return [...this.outboxItems.values()].sort((a, b) => a.createdAtMs - b.createdAtMs);
@@ -178,6 +198,7 @@ export class Profile {
 
   private async load(): Promise<void> {
     const state = await readJson<StateFile>(this.storage, STATE);
+    if (typeof state?.streamUrl === "string") this.learnedStream = state.streamUrl;
     for (const [id, c] of Object.entries(state?.cursors ?? {})) {
       this.cursorMap.set(id, { delivered: BigInt(c.delivered), read: BigInt(c.read) });
     }
@@ -190,7 +211,11 @@ export class Profile {
     for (const [id, c] of this.cursorMap) {
       cursors[id] = { delivered: c.delivered.toString(), read: c.read.toString() };
     }
-    const file: StateFile = { version: 1, cursors };
+    const file: StateFile = {
+      version: 1,
+      cursors,
+      ...(this.learnedStream !== undefined && { streamUrl: this.learnedStream }),
+    };
     return `${JSON.stringify(file)}\n`;
   }
 

@@ -218,6 +218,7 @@ describe("SwitchboardClient with a stream port", () => {
       accountLimits: { registrationsPerAddressPerHour: 0, registrationsPerHour: 0 },
       env: { ...process.env, SWITCHBOARD_MEDIA_PORT: "0" },
     });
+    const ours = clients.length;
     try {
       const gina = await user("gina", undefined, undefined, { serverUrl: named.url });
       const hank = await user("hank", undefined, undefined, { serverUrl: named.url, learnStreamUrl: false });
@@ -245,8 +246,21 @@ describe("SwitchboardClient with a stream port", () => {
       assert.equal(r.connections, through);
       await talk(gina, hank, ["over the named stream port"]);
       await talk(hank, gina, ["to gina on the named stream port"]);
+
+      // The app restarts: the profile kept the port, so the first stream opens there.
+      await gina.close();
+      const beforeRestart = r.connections;
+      const ginaLater = await SwitchboardClient.open({
+        profileDir: gina.profileDir,
+        backoffBaseMs: 20,
+        backoffCapMs: 200,
+      });
+      clients.push(ginaLater);
+      await ginaLater.connect();
+      assert.ok(r.connections > beforeRestart, "the first stream after a restart did not open on the stream port");
+      await talk(hank, ginaLater, ["to gina after her restart"]);
     } finally {
-      for (const c of clients.splice(clients.length - 2)) await c.close();
+      for (const c of clients.splice(ours)) await c.close();
       await named.close();
     }
   });

@@ -64,4 +64,26 @@ describe("a stream port named by a gateway", () => {
       for (const c of [given, off, learning]) c.close();
     }
   });
+
+  it("starts from one an earlier connection learned, under the same rules", () => {
+    const serverUrl = "http://127.0.0.1:7420";
+    const learned = "http://127.0.0.1:7431";
+    const restarted = connectToServer({ serverUrl, learnedStreamUrl: learned });
+    // The profile was opened against another server: its token must not go to the old one.
+    const moved = connectToServer({ serverUrl: "https://chat.example.com", learnedStreamUrl: learned });
+    const off = connectToServer({ serverUrl, learnStreamUrl: false, learnedStreamUrl: learned });
+    const given = connectToServer({ serverUrl, streamUrl: "http://127.0.0.1:7430", learnedStreamUrl: learned });
+    try {
+      assert.equal(restarted.learnedStreamUrl, learned);
+      assert.equal(restarted.adoptStreamUrl(learned), false, "the port in use was taken again");
+      assert.equal(moved.learnedStreamUrl, undefined);
+      assert.equal(off.learnedStreamUrl, undefined);
+      assert.equal(given.learnedStreamUrl, undefined);
+      // The deployment took it away since: forgotten at the first ready frame.
+      assert.equal(restarted.adoptStreamUrl(""), true);
+      assert.equal(restarted.learnedStreamUrl, undefined);
+    } finally {
+      for (const c of [restarted, moved, off, given]) c.close();
+    }
+  });
 });

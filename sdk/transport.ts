@@ -160,6 +160,11 @@ export interface ServerConnection {
    * is on a stream port named before, whose connection closes (the stream then opens again).
    */
   adoptStreamUrl(url: string): boolean;
+  /**
+   * The stream port this connection learned (adoptStreamUrl, or ConnectionOptions.learnedStreamUrl)
+   * and opens device streams at; undefined when it learned none, or was given `streamUrl`.
+   */
+  readonly learnedStreamUrl: string | undefined;
   /** Closes the HTTP/2 connection, ending every call on it. */
   close(): void;
 }
@@ -191,6 +196,13 @@ export interface ConnectionOptions {
    * `streamUrl` is not given (ServerConnection.adoptStreamUrl). Default true.
    */
   learnStreamUrl?: boolean;
+  /**
+   * A stream port learned by an earlier connection (the SDK keeps it in the profile), so that the
+   * first stream of a new process opens there too. Taken under adoptStreamUrl's rules: ignored
+   * when `streamUrl` is given, when `learnStreamUrl` is false, or when it is not on a host of the
+   * server URLs, so a profile opened against another server never sends its token to the old one.
+   */
+  learnedStreamUrl?: string;
 }
 
 const STREAM_FALLBACK_AFTER_MS = 5_000;
@@ -317,7 +329,23 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     const streams = createGrpcTransport({ baseUrl, sessionManager: sessions, interceptors: [auth] });
     streamPort = { url, sessions, open: streamPortFirst(streams, transport, options.streamFallback ?? {}) };
   };
+  const adoptStreamUrl = (url: string): boolean => {
+    // After close, a connection opened here would outlive it.
+    if (closed || options.streamUrl !== undefined || options.learnStreamUrl === false) return false;
+    if (url === "") {
+      // The deployment names no stream port now (it took it away): later streams stay here
+      // instead of trying a port that is gone before every fallback.
+      if (streamPort === undefined) return false;
+      streamPort.sessions.abort();
+      streamPort = undefined;
+      return true;
+    }
+    if (streamPort?.url === url || !sameHostStreamUrl(url, urls)) return false;
+    useStreamPort(url);
+    return true;
+  };
   if (options.streamUrl !== undefined) useStreamPort(options.streamUrl);
+  else if (options.learnedStreamUrl !== undefined) adoptStreamUrl(options.learnedStreamUrl);
   const gatewayTransport = streamOnly(transport, (...args) =>
     streamPort === undefined ? transport.stream(...args) : streamPort.open(...args),
   );
@@ -329,20 +357,10 @@ export function connectToServer(options: ConnectionOptions): ServerConnection {
     media: createClient(MediaService, transport),
     calls: createClient(CallService, transport),
     tokens,
-    adoptStreamUrl(url) {
-      // After close, a connection opened here would outlive it.
-      if (closed || options.streamUrl !== undefined || options.learnStreamUrl === false) return false;
-      if (url === "") {
-        // The deployment names no stream port now (it took it away): later streams stay here
-        // instead of trying a port that is gone before every fallback.
-        if (streamPort === undefined) return false;
-        streamPort.sessions.abort();
-        streamPort = undefined;
-        return true;
-      }
-      if (streamPort?.url === url || !sameHostStreamUrl(url, urls)) return false;
-      useStreamPort(url);
-      return true;
+    adoptStreamUrl,
+    get learnedStreamUrl() {
+      // A port the app gave is not learned: adoptStreamUrl never runs beside it.
+      return options.streamUrl === undefined ? streamPort?.url : undefined;
     },
     close: () => {
       closed = true;

@@ -493,7 +493,8 @@ export interface OpenOptions extends ClientTuning {
   streamFallback?: StreamFallback;
   /**
    * Whether a stream port the gateway names is used when `streamUrl` is not given. Default true;
-   * false keeps every stream on the server URL.
+   * false keeps every stream on the server URL. A learned port is kept in the profile, so the
+   * first stream after a restart opens there too, if it is still on the server URL's host.
    */
   learnStreamUrl?: boolean;
   /** Payload codec; defaults to the identity (plaintext) codec. Applies to group payloads. */

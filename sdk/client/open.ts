@@ -20,6 +20,7 @@ export async function openContext(options: OpenOptions, defaultCodec: PayloadCod
     ...(options.streamUrl !== undefined && { streamUrl: options.streamUrl }),
     ...(options.streamFallback !== undefined && { streamFallback: options.streamFallback }),
     ...(options.learnStreamUrl !== undefined && { learnStreamUrl: options.learnStreamUrl }),
+    ...(profile.streamUrl !== undefined && { learnedStreamUrl: profile.streamUrl }),
   });
   const events = new Emitter();
   // A profile made with encryption stays encrypted unless the app says otherwise: one that lost

@@ -132,8 +132,13 @@ export class Receiver {
     // need not push them back, and takes receipts in batches.
     stream.push(s, { case: "options", value: { omitOwnSends: true, batchReceipts: true } });
     this.ctx.limits = limits;
-    // The deployment's stream port (or none), for the streams this client opens from now on.
+    // The deployment's stream port (or none), for the streams this client opens from now on, and
+    // kept in the profile for the first stream after a restart. A failed write only means that
+    // stream opens on the server URL, as before the port was named.
     this.ctx.conn.adoptStreamUrl(ready.streamUrl);
+    void this.ctx.profile
+      .rememberStreamUrl(this.ctx.conn.learnedStreamUrl)
+      .catch((err) => this.ctx.events.reportError(err));
     this.ctx.events.emit("connected", {
       sessionId: ready.sessionId,
       limits: {

@@ -138,7 +138,10 @@ describe("Profile", () => {
     await reopened.rememberStreamUrl(undefined);
     assert.equal((await Profile.open(dir)).streamUrl, undefined);
     // A state file written before the field existed opens without one.
-    await writeFile(join(dir, "state.json"), '{"version":1,"cursors":{"d_x":{"delivered":"4","read":"1"}}}\n');
+    await writeFile(
+      join(dir, "state.json"),
+      '{"version":1,"cursors":{"d_x":{"delivered":"4","read":"1"}}}\n',
+    );
     const old = await Profile.open(dir);
     assert.equal(old.streamUrl, undefined);
     assert.deepEqual(old.cursor("d_x"), { delivered: 4n, read: 1n });

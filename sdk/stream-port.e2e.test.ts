@@ -257,7 +257,10 @@ describe("SwitchboardClient with a stream port", () => {
       });
       clients.push(ginaLater);
       await ginaLater.connect();
-      assert.ok(r.connections > beforeRestart, "the first stream after a restart did not open on the stream port");
+      assert.ok(
+        r.connections > beforeRestart,
+        "the first stream after a restart did not open on the stream port",
+      );
       await talk(hank, ginaLater, ["to gina after her restart"]);
     } finally {
       for (const c of clients.splice(ours)) await c.close();

@@ -72,7 +72,11 @@ describe("a stream port named by a gateway", () => {
     // The profile was opened against another server: its token must not go to the old one.
     const moved = connectToServer({ serverUrl: "https://chat.example.com", learnedStreamUrl: learned });
     const off = connectToServer({ serverUrl, learnStreamUrl: false, learnedStreamUrl: learned });
-    const given = connectToServer({ serverUrl, streamUrl: "http://127.0.0.1:7430", learnedStreamUrl: learned });
+    const given = connectToServer({
+      serverUrl,
+      streamUrl: "http://127.0.0.1:7430",
+      learnedStreamUrl: learned,
+    });
     try {
       assert.equal(restarted.learnedStreamUrl, learned);
       assert.equal(restarted.adoptStreamUrl(learned), false, "the port in use was taken again");

@@ -72,6 +72,22 @@ export function frontDoor(
     },
   );
   edge.attach(h2);
+  const h1 = http1Server(limits, handler);
+  const server = sniffingServer(edge, limits, {
+    http2: (socket) => h2.emit("connection", socket),
+    http1: (socket) => {
+      h1.emit("connection", socket);
+      socket.resume();
+    },
+  });
+  // The HTTP/1.1 server never listens itself, but starts tracking its connections (the header
+  // and request timeouts, closeAllConnections) on "listening": it is told when the port is.
+  server.on("listening", () => h1.emit("listening"));
+  return { server, h2, h1 };
+}
+
+/** The HTTP/1.1 server behind a front door: it never listens itself (sniffingServer hands it sockets). */
+export function http1Server(limits: EdgeLimits, handler: Handler): http.Server {
   const h1 = http.createServer(
     {
       // The same header budget as HTTP/2's SETTINGS; larger headers get 431.
@@ -88,7 +104,20 @@ export function frontDoor(
     handler,
   );
   h1.maxHeadersCount = 128;
-  const server = net.createServer((socket) => {
+  return h1;
+}
+
+/**
+ * The port's TCP server: admits each connection (the edge's bounds), reads its first bytes and
+ * hands it, paused with those bytes put back, to `http2` when they are the HTTP/2 preface and to
+ * `http1` otherwise. A connection that sends nothing within the handshake timeout is closed.
+ */
+export function sniffingServer(
+  edge: EdgeGuard,
+  limits: EdgeLimits,
+  to: { http2(socket: net.Socket): void; http1(socket: net.Socket): void },
+): net.Server {
+  return net.createServer((socket) => {
     if (!edge.admit(socket)) return;
     // Before the hand-off nobody else listens for the socket's errors (a reset while silent).
     socket.on("error", IGNORE);
@@ -109,26 +138,21 @@ export function frontDoor(
       socket.off("close", onClose);
       socket.off("data", onData);
       socket.off("error", IGNORE);
-      // Paused with the bytes read put back: the HTTP/2 session reads them from the socket's
+      // Paused with the bytes read put back: the HTTP/2 side reads them from the socket's
       // buffer when it starts; the HTTP/1.1 parser once the socket flows again.
       socket.pause();
       socket.unshift(head);
       if (preface) {
-        h2.emit("connection", socket);
+        to.http2(socket);
       } else {
         // As the HTTP/1.1 server's own sockets are: a client that half-closes after its
         // request still gets the answer.
         socket.allowHalfOpen = true;
-        h1.emit("connection", socket);
-        socket.resume();
+        to.http1(socket);
       }
     };
     socket.on("data", onData);
   });
-  // The HTTP/1.1 server never listens itself, but starts tracking its connections (the header
-  // and request timeouts, closeAllConnections) on "listening": it is told when the port is.
-  server.on("listening", () => h1.emit("listening"));
-  return { server, h2, h1 };
 }
 
 /**

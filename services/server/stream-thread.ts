@@ -4,7 +4,8 @@ import { parentPort, workerData } from "node:worker_threads";
 import type { RefusalFields, RefusalSink } from "../common/refusals.js";
 import { DEVICE_STREAM_PATH, header, isGrpcDeviceStream } from "./device-stream-request.js";
 import { EdgeGuard } from "./edge.js";
-import { type DirectStream, frontDoor } from "./front-door.js";
+import { http1Server, sniffingServer } from "./front-door.js";
+import { H2Connection, type H2ServerOptions, type H2Stream, type RequestHeaders } from "./h2/connection.js";
 import {
   FROM_THREAD,
   IN_FLIGHT_BYTES,
@@ -23,6 +24,11 @@ import { encodeGrpcMessage, type NodeRequest, type NodeResponse } from "./wire-e
  * HTTP/2, its flow control and the connection bounds are this thread's work; the frames, the
  * session and everything behind it stay on the main thread, unchanged. Every other request on
  * this port is answered UNIMPLEMENTED (gRPC) or 404: the main port serves them.
+ *
+ * HTTP/2 here is h2/connection.ts, not node:http2: the port holds a device's connection for hours
+ * and serves nothing but one kind of gRPC stream, and node:http2 keeps about 19 KiB of native
+ * state a connection whatever it carries, most of an idle device's cost (docs/benchmarks.md,
+ * thirty-seventh pass).
  */
 
 const port = parentPort;
@@ -33,7 +39,7 @@ const toMain = new Outbox((batch, transfer) => port.postMessage(batch satisfies 
 
 /** A device stream this thread serves. */
 interface Served {
-  stream: http2.ServerHttp2Stream;
+  stream: H2Stream;
   /** Bytes the main thread wrote that the stream has not yet taken off its buffer. */
   unwritten: number;
   /** Waiting for the stream's drain before `unwritten` is reported. */
@@ -56,7 +62,7 @@ const refusals: RefusalSink = {
   },
 };
 
-function serve(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeaders): void {
+function serve(stream: H2Stream, headers: RequestHeaders): void {
   const id = nextId++;
   const s: Served = { stream, unwritten: 0, draining: false, pausedByMain: true, pausedByBound: false };
   served.set(id, s);
@@ -67,7 +73,7 @@ function serve(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeade
     String(headers["content-type"]),
     header(headers, "authorization"),
     header(headers, "grpc-timeout"),
-    stream.session?.socket?.remoteAddress ?? null,
+    stream.remoteAddress ?? null,
   ]);
   stream.on("data", (chunk: Buffer) => {
     inFlight += chunk.length;
@@ -87,7 +93,7 @@ function serve(stream: http2.ServerHttp2Stream, headers: http2.IncomingHttpHeade
 }
 
 function resumeIfFree(s: Served): void {
-  if (!s.pausedByMain && !s.pausedByBound && !s.stream.destroyed) s.stream.resume();
+  if (!s.pausedByMain && !s.pausedByBound && !s.stream.closed) s.stream.resume();
 }
 
 /** Reports the main thread's bytes that left the stream's buffer (its write back-pressure). */
@@ -112,10 +118,10 @@ const fromMain = new Inbox((kind, id, a, b, batch) => {
   const s = served.get(id);
   if (s === undefined) return;
   const { stream } = s;
-  if (stream.destroyed || stream.closed) return;
+  if (stream.closed) return;
   switch (kind) {
     case TO_THREAD.respond:
-      stream.respond({ ":status": 200, "content-type": a as string }, { waitForTrailers: true });
+      stream.respond(200, [["content-type", a as string]]);
       break;
     case TO_THREAD.write: {
       const offset = a as number;
@@ -137,8 +143,7 @@ const fromMain = new Inbox((kind, id, a, b, batch) => {
     }
     case TO_THREAD.end: {
       const trailers = a as http2.OutgoingHttpHeaders;
-      stream.once("wantTrailers", () => stream.sendTrailers(trailers));
-      stream.end();
+      stream.end(Object.entries(trailers).map(([name, value]) => [name, String(value)] as const));
       break;
     }
     case TO_THREAD.pause:
@@ -152,39 +157,67 @@ const fromMain = new Inbox((kind, id, a, b, batch) => {
   }
 });
 
-/** Anything but a device stream: the main port serves it. */
-function elsewhere(req: NodeRequest, res: NodeResponse): void {
-  const message = `this port serves only ${DEVICE_STREAM_PATH.slice(1)} over gRPC (uncompressed, not from a browser); other calls go to the server's main port`;
-  const grpc = String(req.headers["content-type"] ?? "").startsWith("application/grpc");
-  const stream = "stream" in req ? (req.stream as http2.ServerHttp2Stream | undefined) : undefined;
-  if (grpc && stream !== undefined && !res.headersSent) {
+const ELSEWHERE = `this port serves only ${DEVICE_STREAM_PATH.slice(1)} over gRPC (uncompressed, not from a browser); other calls go to the server's main port`;
+
+/** Any other HTTP/2 request: the main port serves it. Its body is not read. */
+function elsewhere(stream: H2Stream, headers: RequestHeaders): void {
+  if (String(headers["content-type"] ?? "").startsWith("application/grpc")) {
     // Trailers-only, as gRPC defines an error without a body (edge.ts's refuse does the same).
     stream.respond(
-      {
-        ":status": 200,
-        "content-type": "application/grpc",
-        "grpc-status": "12",
-        "grpc-message": encodeGrpcMessage(message),
-      },
-      { endStream: true },
+      200,
+      [
+        ["content-type", "application/grpc"],
+        ["grpc-status", "12"],
+        ["grpc-message", encodeGrpcMessage(ELSEWHERE)],
+      ],
+      true,
     );
-  } else {
-    res.writeHead(404, { "content-type": "application/json", ...(stream ? {} : { connection: "close" }) });
-    res.end(JSON.stringify({ code: "unimplemented", message }));
+    return;
   }
-  // The body is not wanted.
-  if (stream !== undefined) stream.close();
-  else req.socket.destroy();
+  stream.respond(404, [["content-type", "application/json"]]);
+  stream.write(Buffer.from(JSON.stringify({ code: "unimplemented", message: ELSEWHERE })));
+  stream.end([]);
+}
+
+/** An HTTP/1.1 request: the same answer, and the connection closed (its body cannot be skipped). */
+function elsewhereHttp1(req: NodeRequest, res: NodeResponse): void {
+  res.writeHead(404, { "content-type": "application/json", connection: "close" });
+  res.end(JSON.stringify({ code: "unimplemented", message: ELSEWHERE }));
+  req.socket.destroy();
 }
 
 const edge = new EdgeGuard(start.limits, refusals, new Set(), undefined);
-const direct: DirectStream = { accepts: isGrpcDeviceStream, serve };
-const door = frontDoor(elsewhere, edge, start.limits, direct);
-const sessions = new Set<http2.ServerHttp2Session>();
-door.h2.on("session", (session) => {
-  sessions.add(session);
-  session.on("close", () => sessions.delete(session));
+const connections = new Set<H2Connection>();
+const h2Options: H2ServerOptions = {
+  maxConcurrentStreams: start.limits.maxStreamsPerConnection,
+  maxHeaderListBytes: start.limits.maxHeaderListBytes,
+  maxHeaderPairs: 128,
+  handshakeTimeoutMs: start.limits.handshakeTimeoutMs,
+  idleTimeoutMs: start.limits.idleTimeoutMs,
+  onStream(stream, headers) {
+    // On the next turn, not inside the read that brought the HEADERS, and not at all if the
+    // client reset the stream by then (the "rapid reset" defence, as edge.ts's deferStream).
+    setImmediate(() => {
+      if (stream.closed) return;
+      if (isGrpcDeviceStream(headers)) serve(stream, headers);
+      else elsewhere(stream, headers);
+    });
+  },
+  refuse: (reason, message, fields) => refusals.refuse(reason, message, fields),
+};
+const h1 = http1Server(start.limits, elsewhereHttp1);
+const server = sniffingServer(edge, start.limits, {
+  http2(socket) {
+    const connection = new H2Connection(socket, h2Options);
+    connections.add(connection);
+    socket.on("close", () => connections.delete(connection));
+  },
+  http1(socket) {
+    h1.emit("connection", socket);
+    socket.resume();
+  },
 });
+server.on("listening", () => h1.emit("listening"));
 
 port.on("message", (msg: ThreadCommand) => {
   if (msg.type === "batch") {
@@ -204,21 +237,21 @@ port.on("message", (msg: ThreadCommand) => {
 /** Stops accepting, tells every connection GOAWAY, destroys stragglers after 2 s, then exits. */
 function close(): void {
   toMain.flush();
-  door.server.close(() => process.exit(0));
-  for (const s of sessions) s.close();
-  door.h1.close();
+  server.close(() => process.exit(0));
+  for (const c of connections) c.close();
+  h1.close();
   setTimeout(() => {
-    for (const s of sessions) s.destroy();
-    door.h1.closeAllConnections();
+    for (const c of connections) c.destroy();
+    h1.closeAllConnections();
   }, 2000).unref();
 }
 
-door.server.on("error", (err) => {
+server.on("error", (err) => {
   throw err;
 });
-door.server.listen(start.port, start.host, () => {
+server.listen(start.port, start.host, () => {
   port.postMessage({
     type: "listening",
-    port: (door.server.address() as AddressInfo).port,
+    port: (server.address() as AddressInfo).port,
   } satisfies ThreadEvent);
 });

@@ -134,7 +134,10 @@ describe("the stream port", () => {
     for (;;) {
       const more = s.stream.write(chunk);
       written += chunk.length;
-      assert.ok(written < 1024 * 1024, `write kept taking bytes past ${written} while the device read nothing`);
+      assert.ok(
+        written < 1024 * 1024,
+        `write kept taking bytes past ${written} while the device read nothing`,
+      );
       if (more) {
         await new Promise((r) => setImmediate(r));
         continue;

@@ -61,9 +61,10 @@ async function main(): Promise<void> {
       ...opts.mesh,
       probe: opts.probe,
       ...(opts.serverNodeArgs && { nodeArgs: opts.serverNodeArgs }),
+      streamPorts: opts.streamPort,
     });
     urls = mesh.gatewayUrls;
-    url = urls[0]!;
+    url = mesh.setupUrl;
     log(
       `started a mesh in ${mesh.dir} in ${fixed((clock() - meshStart) / 1000)} s: ${mesh.processes.map((p) => `${p.name} (pid ${p.pid})`).join(", ")}; gateways ${urls.join(" ")}; raised limits as below`,
     );

@@ -27,7 +27,10 @@ export interface MeshProblem {
 export interface BenchMesh {
   /** Where every process keeps its data and the bench writes each one's log (`<name>.log`). */
   dir: string;
+  /** Where the devices' streams go: the gateways' ports, or their stream ports (streamPorts). */
   gatewayUrls: string[];
+  /** Where the set-up's calls go: the first gateway's main port. */
+  setupUrl: string;
   processes: BenchMeshProcess[];
   /** Warnings, errors and unexpected exits so far (the first 50), and how many in all. */
   problems: MeshProblem[];
@@ -91,6 +94,8 @@ export async function startMesh(options: {
   fanouts: number;
   probe: boolean;
   nodeArgs?: string[];
+  /** Each gateway also serves device streams on a stream port; gatewayUrls are those ports. */
+  streamPorts?: boolean;
 }): Promise<BenchMesh> {
   const dir = await mkdtemp(join(tmpdir(), "switchboard-bench-mesh-"));
   const nodeOptions = [...(options.probe ? PROBE_NODE_ARGS : []), ...meshNodeOptions(options.nodeArgs ?? [])];
@@ -141,6 +146,7 @@ export async function startMesh(options: {
       gateways: options.gateways,
       sequencers: options.sequencers,
       fanouts: options.fanouts,
+      gatewayStreamPorts: options.streamPorts === true,
       env: {
         ...RAISED_LIMITS,
         SWITCHBOARD_LOG_LEVEL: "warn",
@@ -171,7 +177,8 @@ export async function startMesh(options: {
   }
   return {
     dir,
-    gatewayUrls: mesh.gatewayUrls,
+    gatewayUrls: options.streamPorts ? mesh.gatewayStreamUrls : mesh.gatewayUrls,
+    setupUrl: mesh.gatewayUrls[0]!,
     processes,
     problems,
     problemCount: () => problemCount,

@@ -36,8 +36,9 @@ export const USAGE = `npm run bench -- [options]
   --connect-concurrency N  streams each load generator opens at a time before the run, default 50
   --echo on|off        on: the server pushes each sender's own entries back to it; off (default): streams open
                        with omit_own_sends, as the SDK's do, and a device files its own at send_ack
-  --stream-port on|off on: the spawned server also serves device streams on a stream thread's port
-                       (SWITCHBOARD_STREAM_PORT), and the devices' streams go there; off (default): the main port
+  --stream-port on|off on: the spawned server (with --mesh: each gateway) also serves device streams on a
+                       stream thread's port (SWITCHBOARD_STREAM_PORT), and the devices' streams go there;
+                       off (default): the main port
   --server-node-args=S     node flags for the spawned server (with --mesh: every service process, through NODE_OPTIONS;
                        --cpu-prof there becomes a preloaded profiler writing DIR/CPU.<role>.<pid>.cpuprofile at exit),
                        e.g. --server-node-args="--cpu-prof --cpu-prof-dir=/tmp/prof"

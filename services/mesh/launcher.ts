@@ -47,6 +47,11 @@ export interface MeshOptions {
   env?: Record<string, string>;
   /** The gateways' ports; free ports when absent. */
   gatewayPorts?: number[];
+  /**
+   * Give each gateway a stream port too (SWITCHBOARD_STREAM_PORT, on a free port): device streams
+   * on a thread of their own (Mesh.gatewayStreamUrls).
+   */
+  gatewayStreamPorts?: boolean;
   /** Where each process's stderr (its JSON log) goes: files under dir (default) or this callback. */
   onLog?: (process: string, line: string) => void;
   /** Subject prefix and stream name on a shared NATS, so meshes can share one server. */
@@ -166,6 +171,13 @@ export class Mesh {
     return [...this.processes.values()].filter((p) => p.name.startsWith("gateway-")).map((p) => p.url);
   }
 
+  /** The gateways' stream ports' URLs (gatewayStreamPorts), in the order of gatewayUrls. */
+  get gatewayStreamUrls(): string[] {
+    return [...this.specs.values()]
+      .filter((s) => s.name.startsWith("gateway-") && s.env.SWITCHBOARD_STREAM_PORT !== undefined)
+      .map((s) => `http://127.0.0.1:${s.env.SWITCHBOARD_STREAM_PORT}`);
+  }
+
   /** The processes given up on after too many restarts. */
   get givenUp(): string[] {
     return this.supervisor?.givenUp ?? [];
@@ -262,7 +274,10 @@ export class Mesh {
     }
     const gatewayPorts = await ports(o.gateways ?? 2, o.gatewayPorts);
     for (const [i, p] of gatewayPorts.entries()) {
-      specs.push({ name: `gateway-${i}`, roles: "gateway", port: p, adminPort: 0, env: common });
+      const env = o.gatewayStreamPorts
+        ? { ...common, SWITCHBOARD_STREAM_PORT: String(await pick()) }
+        : common;
+      specs.push({ name: `gateway-${i}`, roles: "gateway", port: p, adminPort: 0, env });
     }
     for (const spec of specs) {
       if (spec.adminPort === 0) spec.adminPort = await pick();

@@ -358,6 +358,9 @@ export class H2Connection {
     private readonly options: H2ServerOptions,
   ) {
     this.remoteAddress = socket.remoteAddress;
+    // No Nagle: a frame waits for nothing (node:http2 does the same for its sessions). With it,
+    // a small write behind one not yet acknowledged waits for the peer's delayed ACK.
+    socket.setNoDelay(true);
     socket.on("data", (chunk: Buffer) => this.read(chunk));
     socket.on("drain", () => this.flushAll());
     socket.on("close", () => this.closed());
@@ -726,8 +729,10 @@ export class H2Connection {
       return;
     }
     if (streamId <= this.lastStreamId) {
-      // A stream that is closed already: its HEADERS were decoded (the table stays in step).
-      throw new ConnectionError(H2_ERROR.STREAM_CLOSED, "HEADERS on a closed stream");
+      // A stream closed already (one we reset may still have trailers in flight): ignored, as
+      // RFC 9113 5.1 lets a closed stream's frames be; its block was decoded, so the table
+      // stays in step.
+      return;
     }
     this.lastStreamId = streamId;
     if (this.goingAway) {

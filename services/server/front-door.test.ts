@@ -3,6 +3,7 @@ import * as http2 from "node:http2";
 import type { AddressInfo } from "node:net";
 import * as net from "node:net";
 import { after, before, describe, it } from "node:test";
+import { h2Frame } from "../../test/helpers/raw-grpc.js";
 import { defaultEdgeLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
 import { Refusals } from "../common/refusals.js";
@@ -97,14 +98,6 @@ describe("front door: one port, HTTP/2 and HTTP/1.1", () => {
 });
 
 /** An HTTP/2 frame: 24-bit length, type, flags, 31-bit stream id, payload. */
-function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream, 5);
-  return Buffer.concat([head, payload]);
-}
 
 /** A HEADERS block for POST http://localhost<path>, in HPACK without Huffman or indexing. */
 function postHeaders(path: string): Buffer {
@@ -217,9 +210,9 @@ describe("front door: streams served directly, and the rest through node:http2's
       Buffer.concat([
         Buffer.from(PREFACE, "latin1"),
         SETTINGS,
-        frame(1, 0x4, 1, postHeaders("/direct")),
-        frame(3, 0, 1, rst),
-        frame(1, 0x4, 3, postHeaders("/direct")),
+        h2Frame(1, 0x4, 1, postHeaders("/direct")),
+        h2Frame(3, 0, 1, rst),
+        h2Frame(1, 0x4, 3, postHeaders("/direct")),
       ]),
     );
     const deadline = Date.now() + 5000;

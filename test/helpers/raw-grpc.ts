@@ -85,3 +85,18 @@ export function envelope(bytes: Uint8Array, flags = 0, length = bytes.length): B
   out.set(bytes, 5);
   return out;
 }
+
+/** One HTTP/2 frame (RFC 9113 4.1): its 9-byte header, then the payload. */
+export function h2Frame(
+  type: number,
+  flags: number,
+  stream: number,
+  payload: Buffer = Buffer.alloc(0),
+): Buffer {
+  const head = Buffer.alloc(9);
+  head.writeUIntBE(payload.length, 0, 3);
+  head[3] = type;
+  head[4] = flags;
+  head.writeUInt32BE(stream, 5);
+  return Buffer.concat([head, payload]);
+}

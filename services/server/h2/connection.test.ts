@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import * as http2 from "node:http2";
 import { type AddressInfo, connect, createServer, type Server, type Socket } from "node:net";
 import { after, describe, it } from "node:test";
+import { h2Frame } from "../../../test/helpers/raw-grpc.js";
 import {
   H2_ERROR,
   H2Connection,
@@ -29,15 +30,6 @@ const T = {
   WINDOW_UPDATE: 8,
   CONTINUATION: 9,
 };
-
-function frame(type: number, flags: number, stream: number, payload: Buffer = Buffer.alloc(0)): Buffer {
-  const head = Buffer.alloc(9);
-  head.writeUIntBE(payload.length, 0, 3);
-  head[3] = type;
-  head[4] = flags;
-  head.writeUInt32BE(stream, 5);
-  return Buffer.concat([head, payload]);
-}
 
 const u32 = (n: number): Buffer => {
   const b = Buffer.alloc(4);
@@ -154,7 +146,7 @@ describe("the stream port's HTTP/2", () => {
       sockets.push(socket);
       await new Promise((resolve) => socket.once("connect", resolve));
       const p = new RawPeer(socket);
-      p.send(PREFACE, ...(settings ? [frame(T.SETTINGS, 0, 0)] : []));
+      p.send(PREFACE, ...(settings ? [h2Frame(T.SETTINGS, 0, 0)] : []));
       return p;
     };
     return { port, refused, streams, peer };
@@ -176,14 +168,14 @@ describe("the stream port's HTTP/2", () => {
   it("answers PING with its payload, and closes on a frame before the peer's SETTINGS", async () => {
     const { peer, refused } = await serve();
     const p = await peer();
-    p.send(frame(T.PING, 0, 0, Buffer.from("12345678")));
+    p.send(h2Frame(T.PING, 0, 0, Buffer.from("12345678")));
     await p.until("the PING ACK", () => p.frames.some((f) => f.type === T.PING));
     const pong = p.frames.find((f) => f.type === T.PING)!;
     assert.equal(pong.flags, 1);
     assert.equal(pong.payload.toString(), "12345678");
 
     const q = await peer(false);
-    q.send(frame(T.PING, 0, 0, Buffer.from("12345678")));
+    q.send(h2Frame(T.PING, 0, 0, Buffer.from("12345678")));
     assert.equal(await q.goAway(), H2_ERROR.PROTOCOL_ERROR);
     await q.until("the socket's close", () => q.closed);
     assert.ok(refused.includes("http2_protocol"));
@@ -198,8 +190,8 @@ describe("the stream port's HTTP/2", () => {
 
     // HEADERS then CONTINUATION without end, past the bound: a flood, not a request.
     const q = await peer();
-    q.send(frame(T.HEADERS, 0, 1, Buffer.alloc(2048, 0x82)));
-    for (let i = 0; i < 3 && !q.closed; i++) q.send(frame(T.CONTINUATION, 0, 1, Buffer.alloc(2048, 0x82)));
+    q.send(h2Frame(T.HEADERS, 0, 1, Buffer.alloc(2048, 0x82)));
+    for (let i = 0; i < 3 && !q.closed; i++) q.send(h2Frame(T.CONTINUATION, 0, 1, Buffer.alloc(2048, 0x82)));
     assert.equal(await q.goAway(), H2_ERROR.ENHANCE_YOUR_CALM);
   });
 
@@ -214,11 +206,11 @@ describe("the stream port's HTTP/2", () => {
       Buffer.from([1]),
       Buffer.from("z"),
     ]);
-    p.send(frame(T.HEADERS, 4 | 1, 1, Buffer.concat([indexed, Buffer.alloc(40, 0x82)])));
+    p.send(h2Frame(T.HEADERS, 4 | 1, 1, Buffer.concat([indexed, Buffer.alloc(40, 0x82)])));
     assert.equal(await p.reset(1), H2_ERROR.REFUSED_STREAM);
     assert.ok(refused.includes("header_list_too_large"));
     // Its table stayed in step: index 62 is "x-two".
-    p.send(frame(T.HEADERS, 4 | 1, 3, Buffer.concat([REQUEST, Buffer.from([0xbe])])));
+    p.send(h2Frame(T.HEADERS, 4 | 1, 3, Buffer.concat([REQUEST, Buffer.from([0xbe])])));
     await p.until("stream 3", () => streams.length === 1);
     assert.equal(streams[0]!.headers["x-two"], "z");
   });
@@ -263,11 +255,11 @@ describe("the stream port's HTTP/2", () => {
       ],
     ];
     for (const [i, fields] of malformed.entries()) {
-      p.send(frame(T.HEADERS, 4, 1 + 2 * i, encodeHeaders(fields)));
+      p.send(h2Frame(T.HEADERS, 4, 1 + 2 * i, encodeHeaders(fields)));
       assert.equal(await p.reset(1 + 2 * i), H2_ERROR.PROTOCOL_ERROR, JSON.stringify(fields));
     }
     assert.equal(streams.length, 0);
-    p.send(frame(T.HEADERS, 4, 21, REQUEST), frame(T.HEADERS, 4, 23, REQUEST));
+    p.send(h2Frame(T.HEADERS, 4, 21, REQUEST), h2Frame(T.HEADERS, 4, 23, REQUEST));
     assert.equal(await p.reset(23), H2_ERROR.REFUSED_STREAM);
     assert.equal(streams.length, 1);
   });
@@ -275,14 +267,14 @@ describe("the stream port's HTTP/2", () => {
   it("holds a stream's body within its window while it is not read, and takes more as it is", async () => {
     const { peer, streams } = await serve();
     const p = await peer();
-    p.send(frame(T.HEADERS, 4, 1, REQUEST));
+    p.send(h2Frame(T.HEADERS, 4, 1, REQUEST));
     await p.until("the stream", () => streams.length === 1);
     const { stream } = streams[0]!;
     // Paused until resumed: the whole window (65,535 bytes) is taken and held, and none of it
     // is given back to the peer while nobody reads.
     const chunk = Buffer.alloc(16_383, 1);
-    for (let i = 0; i < 4; i++) p.send(frame(T.DATA, 0, 1, chunk));
-    p.send(frame(T.DATA, 0, 1, Buffer.alloc(3, 1)));
+    for (let i = 0; i < 4; i++) p.send(h2Frame(T.DATA, 0, 1, chunk));
+    p.send(h2Frame(T.DATA, 0, 1, Buffer.alloc(3, 1)));
     await new Promise((r) => setTimeout(r, 50));
     const updates = () => p.frames.filter((f) => f.type === T.WINDOW_UPDATE && f.stream === 1);
     assert.equal(updates().length, 0);
@@ -300,10 +292,10 @@ describe("the stream port's HTTP/2", () => {
   it("refuses DATA past the stream's window", async () => {
     const { peer, streams } = await serve();
     const p = await peer();
-    p.send(frame(T.HEADERS, 4, 1, REQUEST));
+    p.send(h2Frame(T.HEADERS, 4, 1, REQUEST));
     await p.until("the stream", () => streams.length === 1);
     // The connection's window is given back as it fills; the stream's only as it is read.
-    for (let i = 0; i < 4; i++) p.send(frame(T.DATA, 0, 1, Buffer.alloc(16_384, 1)));
+    for (let i = 0; i < 4; i++) p.send(h2Frame(T.DATA, 0, 1, Buffer.alloc(16_384, 1)));
     assert.equal(await p.reset(1), H2_ERROR.FLOW_CONTROL_ERROR);
   });
 
@@ -312,7 +304,7 @@ describe("the stream port's HTTP/2", () => {
     const p = await peer();
     const burst: Buffer[] = [];
     for (let id = 1; id < 2 * 1_200; id += 2)
-      burst.push(frame(T.HEADERS, 4, id, REQUEST), frame(T.RST_STREAM, 0, id, u32(8)));
+      burst.push(h2Frame(T.HEADERS, 4, id, REQUEST), h2Frame(T.RST_STREAM, 0, id, u32(8)));
     p.send(...burst);
     assert.equal(await p.goAway(), H2_ERROR.ENHANCE_YOUR_CALM);
     assert.ok(streams.length <= 1_010, `${streams.length} streams opened`);
@@ -323,7 +315,7 @@ describe("the stream port's HTTP/2", () => {
     const { peer, refused } = await serve();
     const p = await peer();
     p.socket.pause();
-    const ping = frame(T.PING, 0, 0, Buffer.alloc(8));
+    const ping = h2Frame(T.PING, 0, 0, Buffer.alloc(8));
     const burst = Buffer.concat(Array.from({ length: 20_000 }, () => ping));
     for (let i = 0; i < 40 && !p.closed; i++) {
       p.socket.write(burst);

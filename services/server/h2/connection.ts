@@ -578,8 +578,18 @@ export class H2Connection {
       // Only the incomplete frame is kept, copied off the read's buffer (at most 16 KiB + 9).
       if (at < data.length && !this.ended) this.partial = Buffer.from(data.subarray(at));
     } catch (err) {
-      if (err instanceof ConnectionError) this.fail(err);
-      else throw err;
+      if (err instanceof ConnectionError) {
+        this.fail(err);
+        return;
+      }
+      // A fault in this code (or in what a stream's listener did with the bytes) costs this
+      // connection, not the thread and every device on it: counted and logged with the
+      // error, the socket closed.
+      this.options.refuse("http2_internal_error", `connection closed: ${String(err)}`, {
+        address: this.remoteAddress,
+      });
+      this.ended = true;
+      this.socket.destroy();
     }
   }
 

@@ -40,6 +40,8 @@ describe("the mesh when a picked port is taken before its process listens", { sk
       sequencers: 1,
       fanouts: 1,
       relay: false,
+      // The gateway's stream port is picked too, and must listen as well.
+      gatewayStreamPorts: true,
       // The first pick is the sequencer's port: the one held above.
       pickPort: async () => (picks++ === 0 ? taken : freePort()),
       onEvent: (line) => events.push(line),
@@ -53,5 +55,10 @@ describe("the mesh when a picked port is taken before its process listens", { sk
     assert.ok(!urls.includes(`http://127.0.0.1:${taken}`), "no process on the taken port");
     const health = await fetch(`${mesh.gatewayUrls[0]}/healthz`);
     assert.equal(health.status, 200);
+    // The stream port serves device streams only: anything else is sent to the main port.
+    assert.equal(mesh.gatewayStreamUrls.length, 1);
+    const elsewhere = await fetch(`${mesh.gatewayStreamUrls[0]}/healthz`);
+    assert.equal(elsewhere.status, 404);
+    assert.match(await elsewhere.text(), /this port serves only/);
   });
 });

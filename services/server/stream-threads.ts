@@ -184,6 +184,9 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
       if (kind === FROM_THREAD.refused) {
         const [reason, message, fields] = a as [string, string, RefusalFields];
         refusals.refuse(reason, message, fields);
+        // Counted as a refusal, but a fault in the stream port's own HTTP/2, not the client's:
+        // it goes to the error log too, unfolded.
+        if (reason === "http2_internal_error") log.error({ ...fields, refusal: reason }, message);
         return;
       }
       const stream = open.get(id);

@@ -174,11 +174,6 @@ export class H2Stream extends EventEmitter {
     return this.connection.remoteAddress;
   }
 
-  /** node:http2's name for closed, so code may ask either. */
-  get destroyed(): boolean {
-    return this.closed;
-  }
-
   pause(): void {
     this.paused = true;
   }
@@ -223,12 +218,6 @@ export class H2Stream extends EventEmitter {
     this.connection.flush(this);
   }
 
-  /** Resets the stream (RST_STREAM with `code`). */
-  close(code: number = H2_ERROR.CANCEL): void {
-    if (this.closed) return;
-    this.connection.reset(this, code);
-  }
-
   /** Sends what the windows allow: called by the connection when they open. */
   sendable(maxFrame: number, connectionWindow: number): Buffer | undefined {
     const first = this.out[0];
@@ -267,10 +256,6 @@ export class H2Stream extends EventEmitter {
   /** Whether the peer's END_STREAM came (the stream is half-closed, remote). */
   get peerDone(): boolean {
     return this.remoteEnded;
-  }
-
-  get answered(): boolean {
-    return this.localEnded;
   }
 
   /** A DATA frame's body for this stream, already counted against its window. */
@@ -397,11 +382,6 @@ export class H2Connection {
   /** Closes the socket now. */
   destroy(): void {
     this.socket.destroy();
-  }
-
-  /** Open streams. */
-  get streamCount(): number {
-    return this.streams?.size ?? 0;
   }
 
   // ---- writing ----

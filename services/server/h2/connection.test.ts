@@ -317,7 +317,8 @@ describe("the stream port's HTTP/2", () => {
     p.socket.pause();
     const ping = h2Frame(T.PING, 0, 0, Buffer.alloc(8));
     const burst = Buffer.concat(Array.from({ length: 20_000 }, () => ping));
-    for (let i = 0; i < 40 && !p.closed; i++) {
+    // Until the answers outgrow the kernel's socket buffers, whatever their size on this machine.
+    for (let i = 0; i < 400 && !p.closed && !refused.includes("http2_flood"); i++) {
       p.socket.write(burst);
       await new Promise((r) => setTimeout(r, 10));
     }

@@ -1,0 +1,3 @@
+module switchboard.test/goh2c
+
+go 1.24

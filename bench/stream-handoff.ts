@@ -39,11 +39,13 @@ function receive(): void {
       if (kind === 2) checksum = (checksum + data[(a as number) + b - 1]!) | 0;
       else if (typeof a === "number") checksum = (checksum + a) | 0;
     },
-    () => {
-      handled++;
-      if (handled % REPORT_EVERY === 0) {
-        port.postMessage({ handled, cpuMicros: threadCpuMicros(), checksum } satisfies Report);
-      }
+    {
+      finished: () => {
+        handled++;
+        if (handled % REPORT_EVERY === 0) {
+          port.postMessage({ handled, cpuMicros: threadCpuMicros(), checksum } satisfies Report);
+        }
+      },
     },
   );
   port.on("message", (msg: Batch | "report") => {

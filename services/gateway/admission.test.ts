@@ -124,6 +124,46 @@ describe("gateway send admission", () => {
     assert.equal(a.overloaded, false);
   });
 
+  it("counts the wait of sends handed over by another thread, the least of each interval", () => {
+    const clock = { now: 0 };
+    const a = new SendAdmission(
+      { maxInFlight: 100, maxBytesInFlight: 1 << 30, queueTargetMs: 500 },
+      () => {},
+      () => clock.now,
+      () => 0,
+      () => 5,
+    );
+    for (let i = 0; i < 10; i++) a.admit(1);
+    // One hand-off in an interval was quick: the queue before the gateway is not standing.
+    for (const at of [100, 200, 300, 400]) {
+      a.handedOver(900);
+      a.handedOver(20);
+      a.settled(1, 100);
+      clock.now = at;
+    }
+    assert.equal(a.overloaded, false);
+    // Answers of 100 ms are quick, but every batch of reads waited 450 ms for this thread.
+    for (const at of [500, 600, 700]) {
+      a.handedOver(450);
+      a.settled(1, 100);
+      clock.now = at;
+    }
+    a.settled(1, 100);
+    assert.equal(a.overloaded, true);
+    assert.throws(() => a.admit(1), /sends have waited at least 550 ms/);
+    // The hand-offs are quick again.
+    a.handedOver(3);
+    a.settled(1, 100);
+    clock.now = 800;
+    assert.equal(a.overloaded, false);
+    // An interval with no hand-off adds nothing.
+    for (const at of [900, 1000, 1100]) {
+      a.settled(1, 100);
+      clock.now = at;
+    }
+    assert.equal(a.overloaded, false);
+  });
+
   describe("the answer-rate bound", () => {
     /** Admits and answers n sends, `at` (a thousand) at a time, each having waited waitedMs. */
     function answer(a: SendAdmission, n: number, waitedMs = 5, at = 1000): void {

@@ -171,7 +171,11 @@ class LateIntervals {
  * sends would only wait longer. Then
  * new sends are refused until a send is answered within the target again; sends already accepted
  * go on. A send's wait counts the event loop's delay too: on a saturated thread a frame waits in
- * the socket before anyone reads it, which no answer's timing shows.
+ * the socket before anyone reads it, which no answer's timing shows. So does a send another
+ * thread read (the stream port's, stream-threads.ts): it waits in that thread's hand-off until
+ * this one gets to it, and on a saturated main thread that wait, not the answer's, was most of
+ * it: 0.6-1.3 s where the answers took about the target, so accepted sends waited 1.3-1.7 s at
+ * the median past capacity (docs/benchmarks.md, thirty-eighth pass).
  *
  * The same rule holds for deliveries: when even the freshest entry pushed live to this gateway's
  * streams in an interval was committed longer ago than the target, three intervals running, the
@@ -204,6 +208,8 @@ export class SendAdmission {
   private windowMin = Number.POSITIVE_INFINITY;
   /** The sends' signal: the quickest answer of each interval against the target. */
   private readonly waits = new LateIntervals();
+  /** The interval's least hand-off wait (handedOver), in milliseconds. */
+  private handOffMin = Number.POSITIVE_INFINITY;
   /** The interval's least delivery lag, in milliseconds of wall clock. */
   private lagMin = Number.POSITIVE_INFINITY;
   /** The deliveries' signal: each interval's freshest delivery, its lag above base, against the target. */
@@ -310,6 +316,17 @@ export class SendAdmission {
   }
 
   /**
+   * Reads another thread made (the stream port's) reach this one `waitedMs` after it read them:
+   * the sends among them waited that long before the gateway could read them, and their answers
+   * cannot show it. The least such wait of an interval is added to its quickest answer's wait,
+   * as the event loop's delay is (the larger of the two: a hand-off's wait holds the loop's).
+   */
+  handedOver(waitedMs: number): void {
+    this.roll(this.now());
+    if (waitedMs < this.handOffMin) this.handOffMin = waitedMs;
+  }
+
+  /**
    * Takes a send of `bytes` in, or throws UnavailableError (with its retry hint) when the gateway
    * is past its bounds or its queue is standing. Every admitted send must be `settled` once.
    */
@@ -396,9 +413,11 @@ export class SendAdmission {
   /** Closes the interval once it is over: the queue stands if its quickest answer was late. */
   private roll(now: number): void {
     if (now - this.windowStart < INTERVAL_MS || this.limits.queueTargetMs <= 0) return;
-    const loop = this.loopDelayMs();
+    const handOff = this.handOffMin === Number.POSITIVE_INFINITY ? 0 : this.handOffMin;
+    this.handOffMin = Number.POSITIVE_INFINITY;
+    const beforeRead = Math.max(this.loopDelayMs(), handOff);
     if (this.windowMin !== Number.POSITIVE_INFINITY) {
-      this.waits.close(this.windowMin + loop, this.limits.queueTargetMs);
+      this.waits.close(this.windowMin + beforeRead, this.limits.queueTargetMs);
     } else if (this.inFlight === 0) {
       // Nothing answered because nothing was asked: no queue.
       this.waits.clear();

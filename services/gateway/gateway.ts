@@ -276,6 +276,14 @@ export class GatewayCore implements SessionHost<Session> {
     return this.admission.inFlightBound;
   }
 
+  /**
+   * Device frames read by another thread (the stream port's) reached this one `waitedMs` after
+   * that thread read them: part of their sends' wait, which the admission counts.
+   */
+  handedOver(waitedMs: number): void {
+    this.admission.handedOver(waitedMs);
+  }
+
   /** Keeps a per-device map within bounds by dropping its oldest entries (insertion order). */
   private static trim<V>(map: Map<string, V>, max: number): void {
     for (const key of map.keys()) {

@@ -57,6 +57,11 @@ export interface DeviceHttp2Stream {
 /** The fast path as the front door takes it, and for streams served on a stream thread. */
 export interface DeviceStreams extends DirectStream {
   serve(stream: DeviceHttp2Stream, headers: http2.IncomingHttpHeaders): void;
+  /**
+   * Reads another thread made (the stream port's) reached this one `waitedMs` after that thread
+   * read them: the sends among them waited that long before the gateway could (admission.ts).
+   */
+  handedOver(waitedMs: number): void;
 }
 
 /** What the fast path needs besides the gateway. */
@@ -103,6 +108,7 @@ export function deviceStreams(deps: DeviceStreamDeps): DeviceStreams {
     serve: (stream, headers) => {
       void serve(stream, headers, deps);
     },
+    handedOver: (waitedMs) => deps.gateway.handedOver(waitedMs),
   };
 }
 

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { MessageChannel } from "node:worker_threads";
-import { type Batch, Inbox, Outbox } from "./stream-thread-protocol.js";
+import { type Batch, epochNow, Inbox, Outbox } from "./stream-thread-protocol.js";
 
-/** A batch of `n` operations of kind 1 whose ids count up from `first`. */
+/** A batch of `n` operations of kind 1 whose ids count up from `first`, posted now. */
 function batch(first: number, n: number): Batch {
   const ops = new Float64Array(4 * n);
   for (let i = 0; i < n; i++) ops.set([1, first + i, 0, 0], 4 * i);
-  return { type: "batch", ops, args: [], data: new Uint8Array(0) };
+  return { type: "batch", ops, args: [], data: new Uint8Array(0), postedAt: epochNow() };
 }
 
 /** Busy-waits: an operation that takes this thread's time, as handling a send does. */
@@ -26,8 +26,7 @@ function busyInbox(opMs: number, sliceMs: number) {
       count.handled++;
       spin(opMs);
     },
-    undefined,
-    sliceMs,
+    { sliceMs },
   );
   return { inbox, count };
 }
@@ -41,8 +40,7 @@ describe("the inbox between the main thread and a stream thread", () => {
         seen.push(id);
         spin(0.05);
       },
-      (b) => finished.push(b.ops[1]!),
-      2,
+      { finished: (b) => finished.push(b.ops[1]!), sliceMs: 2 },
     );
     inbox.push(batch(0, 300));
     inbox.push(batch(300, 1));
@@ -74,6 +72,27 @@ describe("the inbox between the main thread and a stream thread", () => {
       handledWhenTimerRan > 0 && handledWhenTimerRan < 1000,
       `the timer ran after ${handledWhenTimerRan} of 2,000 operations`,
     );
+  });
+
+  it("tells how long each batch waited before its first operation, behind the batches before it", async () => {
+    const waits: Array<[number, number]> = [];
+    const inbox = new Inbox(() => spin(1), {
+      begun: (b, waitedMs) => waits.push([b.ops[1]!, waitedMs]),
+      sliceMs: 5,
+    });
+    const old = batch(0, 40);
+    old.postedAt -= 300; // posted 300 ms ago: it waited in the port that long already
+    inbox.push(old); // handled for a slice, the rest later
+    // Each of these is posted now, and the last waits behind the old batch's rest and three more.
+    for (let i = 1; i <= 4; i++) inbox.push(batch(30 + i * 10, 10));
+    while (inbox.waiting > 0) await turn();
+    assert.deepEqual(
+      waits.map(([first]) => first),
+      [0, 40, 50, 60, 70],
+      "each batch is begun once, in order, however many slices it takes",
+    );
+    assert.ok(waits[0]![1] >= 300 && waits[0]![1] < 1000, `the old batch waited ${waits[0]![1]} ms`);
+    assert.ok(waits[4]![1] >= 35, `the last batch waited ${waits[4]![1]} ms behind 50 ms of work`);
   });
 
   it("handles all that waits at once when told to drain, and nothing after clear", () => {

@@ -58,6 +58,19 @@ export interface Batch {
   ops: Float64Array;
   args: unknown[];
   data: Uint8Array;
+  /**
+   * When the batch was posted, in milliseconds since the Unix epoch (`epochNow`): what the
+   * receiving side measures its wait from.
+   */
+  postedAt: number;
+}
+
+/**
+ * Now, in milliseconds since the Unix epoch, to a fraction of a millisecond. Each thread's
+ * `performance.now()` counts from that thread's own start, so only this is comparable between them.
+ */
+export function epochNow(): number {
+  return performance.timeOrigin + performance.now();
 }
 
 /** b's value in an operation whose a is an index into the batch's `args`. */
@@ -145,7 +158,7 @@ export class Outbox {
       at += c.length;
     }
     const ops = new Float64Array(this.ops);
-    const batch: Batch = { type: "batch", ops, args: this.args, data };
+    const batch: Batch = { type: "batch", ops, args: this.args, data, postedAt: epochNow() };
     this.ops = [];
     this.args = [];
     this.chunks = [];
@@ -162,6 +175,20 @@ const SLICE_MS = 5;
 
 /** Operations between two looks at the clock (a look costs about as much as a cheap operation). */
 const OPS_PER_LOOK = 16;
+
+/** What an Inbox tells its owner besides each operation. */
+export interface InboxHooks {
+  /**
+   * A batch's first operation is about to be handled, `waitedMs` after the other side posted it:
+   * its wait in the port and behind the batches before it. The main thread counts it as part of
+   * the wait of every send the batch carries (admission.ts), since the gateway reads them only now.
+   */
+  begun?: (batch: Batch, waitedMs: number) => void;
+  /** A batch's last operation was handled. */
+  finished?: (batch: Batch) => void;
+  /** The longest the inbox handles operations before its thread's event loop runs anything else. */
+  sliceMs?: number;
+}
 
 /**
  * The other side's batches, handled in order, in slices of at most SLICE_MS. A thread that falls
@@ -184,15 +211,19 @@ export class Inbox {
     this.handle(performance.now() + this.sliceMs);
   };
 
-  /**
-   * @param each handles one operation of `batch`: a is its number or its argument
-   * @param finished once a batch's last operation is handled
-   */
+  private readonly finished: (batch: Batch) => void;
+  private readonly begun: (batch: Batch, waitedMs: number) => void;
+  private readonly sliceMs: number;
+
+  /** @param each handles one operation of `batch`: a is its number or its argument */
   constructor(
     private readonly each: (kind: number, id: number, a: unknown, b: number, batch: Batch) => void,
-    private readonly finished: (batch: Batch) => void = () => {},
-    private readonly sliceMs = SLICE_MS,
-  ) {}
+    hooks: InboxHooks = {},
+  ) {
+    this.finished = hooks.finished ?? (() => {});
+    this.begun = hooks.begun ?? (() => {});
+    this.sliceMs = hooks.sliceMs ?? SLICE_MS;
+  }
 
   /** Handles the batch now if nothing waits before it, for up to a slice; the rest in later turns. */
   push(batch: Batch): void {
@@ -222,6 +253,7 @@ export class Inbox {
       const batch = queue[0]!;
       const { ops } = batch;
       let i = this.next;
+      if (i === 0) this.begun(batch, epochNow() - batch.postedAt);
       while (i < ops.length) {
         const stop = Math.min(ops.length, i + 4 * OPS_PER_LOOK);
         for (; i < stop; i += 4) {

@@ -47,14 +47,16 @@ async function startThread() {
         received += chunk.length;
       }
     },
-    ({ data }) => {
-      unconsumed += data.byteLength;
-      if (consuming && unconsumed > 0) {
-        outbox.op(TO_THREAD.consumed, 0, unconsumed);
-        unconsumed = 0;
-      }
+    {
+      finished: ({ data }) => {
+        unconsumed += data.byteLength;
+        if (consuming && unconsumed > 0) {
+          outbox.op(TO_THREAD.consumed, 0, unconsumed);
+          unconsumed = 0;
+        }
+      },
+      sliceMs: Number.POSITIVE_INFINITY,
     },
-    Number.POSITIVE_INFINITY,
   );
   const listening = new Promise<number>((resolve, reject) => {
     worker.once("error", reject);

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import * as http from "node:http";
 import * as http2 from "node:http2";
 import { after, describe, it } from "node:test";
+import { Worker } from "node:worker_threads";
 import { DEVICE_STREAM_HEADERS } from "../../test/helpers/raw-grpc.js";
 import { defaultEdgeLimits, type EdgeLimits } from "../common/config.js";
 import { createLogger } from "../common/log.js";
@@ -25,12 +26,15 @@ interface Served {
 }
 
 /** A fast path that answers nothing by itself; each test drives the streams it is given. */
-function recorder(): DeviceStreams & { served: Served[]; next(): Promise<Served> } {
+function recorder(): DeviceStreams & { served: Served[]; waits: number[]; next(): Promise<Served> } {
   const served: Served[] = [];
+  const waits: number[] = [];
   let waiting: ((s: Served) => void) | undefined;
   return {
     served,
+    waits,
     accepts: isGrpcDeviceStream,
+    handedOver: (waitedMs) => waits.push(waitedMs),
     serve(stream, headers) {
       const s: Served = { stream, headers, body: [] };
       served.push(s);
@@ -112,6 +116,43 @@ describe("the stream port", () => {
     assert.equal(Buffer.concat(chunks).toString(), "answer");
     assert.equal(trailers["grpc-status"], "0");
     await until(() => s.stream.closed, "the stream's close");
+  });
+
+  it("tells this thread how long the thread's reads waited for it", async () => {
+    const { port, streams } = await start();
+    // The device is a client on a thread of its own, so that this one can be busy while it
+    // sends and the stream thread reads and hands the bytes over.
+    const device = new Worker(
+      `const http2 = require("node:http2");
+       const { parentPort, workerData } = require("node:worker_threads");
+       const session = http2.connect(workerData.url);
+       session.on("error", () => {});
+       session.on("connect", () => parentPort.postMessage("connected"));
+       parentPort.on("message", () => {
+         const req = session.request(workerData.headers);
+         req.on("error", () => {});
+         req.write(Buffer.from("hello"));
+       });`,
+      { eval: true, workerData: { url: port.url, headers: DEVICE_STREAM_HEADERS } },
+    );
+    try {
+      await new Promise((resolve) => device.once("message", resolve));
+      const served = streams.next();
+      const before = streams.waits.length;
+      device.postMessage("send");
+      // This thread is busy for 300 ms while the device sends and the stream thread reads it.
+      const busyUntil = performance.now() + 300;
+      while (performance.now() < busyUntil);
+      const s = await served;
+      await until(() => Buffer.concat(s.body).toString() === "hello", "the body");
+      const waits = streams.waits.slice(before);
+      assert.ok(
+        waits.some((ms) => ms >= 200 && ms < 5_000),
+        `a batch read while this thread was busy waited for it: ${waits.map((ms) => ms.toFixed(1)).join(", ")} ms`,
+      );
+    } finally {
+      await device.terminate();
+    }
   });
 
   it("write says wait while the device does not read, and drain comes once it does", async () => {

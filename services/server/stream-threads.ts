@@ -209,9 +209,13 @@ export async function startStreamPort(options: StreamPortOptions): Promise<Strea
           break;
       }
     },
-    // Handled, all of it: the thread may send that much more.
-    ({ data }) => {
-      if (data.byteLength > 0) outbox.op(TO_THREAD.consumed, 0, data.byteLength);
+    {
+      // The sends it carries waited that long before the gateway could read them.
+      begun: (_batch, waitedMs) => streams.handedOver(waitedMs),
+      // Handled, all of it: the thread may send that much more.
+      finished: ({ data }) => {
+        if (data.byteLength > 0) outbox.op(TO_THREAD.consumed, 0, data.byteLength);
+      },
     },
   );
 

@@ -94,7 +94,10 @@ export interface StreamThreadData {
  * Request bytes a stream thread hands to the main thread and that are not yet reported
  * `consumed`, at most. Past it, a stream that brings more is paused (its HTTP/2 window then
  * holds the device back) until the main thread has caught up to half of it: a main thread that
- * falls behind holds the devices back, not a queue of batches between the threads.
+ * falls behind holds the devices back, not a queue of batches between the threads. This bounds
+ * the memory; 8 MiB of small sends is seconds of a main thread's work, so what bounds the wait is
+ * the gateway's admission, which counts each batch's wait (InboxHooks.begun) and pushes senders
+ * back once sends wait past its target.
  */
 export const IN_FLIGHT_BYTES = 8 * 1024 * 1024;
 

@@ -174,7 +174,7 @@ class LateIntervals {
  * the socket before anyone reads it, which no answer's timing shows. So does a send another
  * thread read (the stream port's, stream-threads.ts): it waits in that thread's hand-off until
  * this one gets to it, and on a saturated main thread that wait, not the answer's, was most of
- * it: 0.6-1.3 s where the answers took about the target, so accepted sends waited 1.3-1.7 s at
+ * it: 0.5-1.3 s where the answers took about the target, so accepted sends waited 1.3-1.7 s at
  * the median past capacity (docs/benchmarks.md, thirty-eighth pass).
  *
  * The same rule holds for deliveries: when even the freshest entry pushed live to this gateway's

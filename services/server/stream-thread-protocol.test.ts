@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { MessageChannel } from "node:worker_threads";
-import { type Batch, epochNow, Inbox, Outbox } from "./stream-thread-protocol.js";
+import { type Batch, sharedNow, Inbox, Outbox } from "./stream-thread-protocol.js";
 
 /** A batch of `n` operations of kind 1 whose ids count up from `first`, posted now. */
 function batch(first: number, n: number): Batch {
   const ops = new Float64Array(4 * n);
   for (let i = 0; i < n; i++) ops.set([1, first + i, 0, 0], 4 * i);
-  return { type: "batch", ops, args: [], data: new Uint8Array(0), postedAt: epochNow() };
+  return { type: "batch", ops, args: [], data: new Uint8Array(0), postedAt: sharedNow() };
 }
 
 /** Busy-waits: an operation that takes this thread's time, as handling a send does. */

@@ -58,19 +58,19 @@ export interface Batch {
   ops: Float64Array;
   args: unknown[];
   data: Uint8Array;
-  /**
-   * When the batch was posted, in milliseconds since the Unix epoch (`epochNow`): what the
-   * receiving side measures its wait from.
-   */
+  /** When the batch was posted (`sharedNow`): what the receiving side measures its wait from. */
   postedAt: number;
 }
 
 /**
- * Now, in milliseconds since the Unix epoch, to a fraction of a millisecond. Each thread's
- * `performance.now()` counts from that thread's own start, so only this is comparable between them.
+ * Now, in milliseconds on the system's monotonic clock, which every thread of the process reads
+ * alike. Each thread's `performance.now()` counts from that thread's own start, and
+ * `performance.timeOrigin` is the wall clock read then: a stream thread started again after the
+ * wall clock was stepped back would see every batch as waiting that much longer on the main
+ * thread, and the admission would refuse every send.
  */
-export function epochNow(): number {
-  return performance.timeOrigin + performance.now();
+export function sharedNow(): number {
+  return Number(process.hrtime.bigint()) / 1e6;
 }
 
 /** b's value in an operation whose a is an index into the batch's `args`. */
@@ -161,7 +161,7 @@ export class Outbox {
       at += c.length;
     }
     const ops = new Float64Array(this.ops);
-    const batch: Batch = { type: "batch", ops, args: this.args, data, postedAt: epochNow() };
+    const batch: Batch = { type: "batch", ops, args: this.args, data, postedAt: sharedNow() };
     this.ops = [];
     this.args = [];
     this.chunks = [];
@@ -256,7 +256,7 @@ export class Inbox {
       const batch = queue[0]!;
       const { ops } = batch;
       let i = this.next;
-      if (i === 0) this.begun(batch, epochNow() - batch.postedAt);
+      if (i === 0) this.begun(batch, sharedNow() - batch.postedAt);
       while (i < ops.length) {
         const stop = Math.min(ops.length, i + 4 * OPS_PER_LOOK);
         for (; i < stop; i += 4) {

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { MessageChannel } from "node:worker_threads";
-import { type Batch, sharedNow, Inbox, Outbox } from "./stream-thread-protocol.js";
+import { type Batch, Inbox, Outbox, sharedNow } from "./stream-thread-protocol.js";
 
 /** A batch of `n` operations of kind 1 whose ids count up from `first`, posted now. */
 function batch(first: number, n: number): Batch {

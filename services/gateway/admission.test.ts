@@ -229,14 +229,14 @@ describe("gateway send admission", () => {
 
     it("lifts the floor once answers wait past half the target: past capacity, the rate is what it can do", () => {
       const { a, clock, refusals, refused } = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
-      // A mesh gateway whose sequencers are saturated: 1,000 answers a second, after 700 ms on
-      // average (under the tail's goal, which has a test of its own). The quickest of each
-      // interval is on time, as a group commit's are (the delay signal's blind spot), so only the
-      // bound can push back.
+      // A mesh gateway whose sequencers are saturated: 1,000 answers a second, after 900 ms on
+      // average (the 2,048 sends the floor let in, at that rate). The quickest of each interval
+      // is on time, as a group commit's are (the delay signal's blind spot), so only the bound
+      // can push back.
       for (let s = 0; s < 10; s++) {
         clock.now = s * 1000;
         answer(a, 1, 100, 1);
-        answer(a, 999, 701, 100);
+        answer(a, 999, 901, 100);
       }
       clock.now = 10_000;
       assert.equal(a.inFlightBound, 500, "what it answers in the target, under the floor");
@@ -258,103 +258,6 @@ describe("gateway send admission", () => {
       }
       clock.now = 30_000;
       assert.equal(a.inFlightBound, 2048);
-    });
-
-    describe("the tail", () => {
-      /** One second of answers at `second`: `late` of `n` waited lateMs, the rest quickMs. */
-      function second(
-        t: ReturnType<typeof admission>,
-        at: number,
-        n: number,
-        late: number,
-        lateMs = 900,
-        quickMs = 400,
-      ): void {
-        t.clock.now = at * 1000;
-        const batch = Math.min(100, n / 10);
-        answer(t.a, late, lateMs, batch);
-        answer(t.a, n - late, quickMs, batch);
-      }
-
-      function near(actual: number, expected: number): void {
-        assert.ok(Math.abs(actual - expected) < 1e-9, `${actual}, expected ${expected}`);
-      }
-
-      it("gives the sends in flight less of the target while over 1 % of answers wait past 1.6 times it", () => {
-        const t = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
-        // Past capacity in the mesh: the mean near the target, 2 % of answers past 800 ms.
-        for (let s = 0; s < 10; s++) second(t, s, 1000, 20);
-        t.clock.now = 10_000;
-        // A step every other second (the first after the first second closed): five of them.
-        near(t.a.boundScale, 0.85 ** 5);
-        const bound = Math.ceil(500 * 0.85 ** 5);
-        assert.equal(t.a.inFlightBound, bound, "1,000 answers a second, for 222 ms of them");
-        for (let i = 0; i < bound; i++) t.a.admit(1);
-        assert.match(t.refused().message, /what this gateway answers in 222 ms/);
-        assert.deepEqual(t.refusals, ["answer_rate_bound"]);
-        for (let i = 0; i < bound; i++) t.a.settled(1, 100);
-        // Between half a percent and one: the scale holds.
-        for (let s = 10; s < 14; s++) second(t, s, 1000, 7);
-        t.clock.now = 14_000;
-        near(t.a.boundScale, 0.85 ** 5);
-        // Well inside the goal: it grows back a twentieth a second, to the whole target.
-        for (let s = 14; s < 20; s++) second(t, s, 1000, 2);
-        t.clock.now = 20_000;
-        near(t.a.boundScale, 0.85 ** 5 + 0.3);
-        for (let s = 20; s < 40; s++) second(t, s, 1000, 0);
-        t.clock.now = 40_000;
-        assert.equal(t.a.boundScale, 1);
-        assert.equal(t.a.inFlightBound, 500, "the mean wait still past half the target: no floor");
-      });
-
-      it("comes back to the whole target after an idle spell", () => {
-        const t = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
-        for (let s = 0; s < 4; s++) second(t, s, 1000, 100);
-        t.clock.now = 4_000;
-        assert.ok(t.a.boundScale < 0.8);
-        t.clock.now = 64_000;
-        assert.equal(t.a.boundScale, 1);
-        assert.equal(t.a.inFlightBound, 2048, "and the floor: a quiet gateway takes a burst");
-      });
-
-      it("does not judge a tail from a second of few answers", () => {
-        const t = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
-        // 100 answers a second, one in ten late: a 1 % tail of 100 is one answer.
-        for (let s = 0; s < 10; s++) second(t, s, 100, 10);
-        t.clock.now = 10_000;
-        assert.equal(t.a.boundScale, 1);
-      });
-
-      it("counts the wait before the gateway read the send", () => {
-        const t = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
-        // Answers after 700 ms, under the goal, but each read 150 ms after its device sent it
-        // (the stream port's hand-off): 850 ms in all. One quick answer an interval keeps the
-        // delay signal quiet.
-        for (let ms = 0; ms < 3000; ms += 100) {
-          t.clock.now = ms;
-          t.a.handedOver(150);
-          answer(t.a, 1, 100, 1);
-          answer(t.a, 99, 700, 99);
-        }
-        t.clock.now = 3_000;
-        assert.ok(t.a.boundScale < 1, "the hand-off's wait put the answers past the goal");
-        const quick = admission({ maxInFlight: 100_000, queueTargetMs: 500 });
-        for (let ms = 0; ms < 3000; ms += 100) {
-          quick.clock.now = ms;
-          quick.a.handedOver(50);
-          answer(quick.a, 1, 100, 1);
-          answer(quick.a, 99, 700, 99);
-        }
-        quick.clock.now = 3_000;
-        assert.equal(quick.a.boundScale, 1);
-      });
-
-      it("never moves when the target is 0", () => {
-        const t = admission({ maxInFlight: 100_000, queueTargetMs: 0 });
-        for (let s = 0; s < 5; s++) second(t, s, 1000, 500);
-        t.clock.now = 5_000;
-        assert.equal(t.a.boundScale, 1);
-      });
     });
 
     it("never binds under the fixed bound or when the target is 0", () => {

@@ -67,29 +67,6 @@ const RATE_BOUND_FLOOR = 2_048;
  * capacity; it comes back when answers are quick again, the load having fallen.
  */
 const FLOOR_LIFTED_AT = 0.5;
-/**
- * The wait, as a multiple of the target, that accepted sends are held under at the tail: past
- * capacity at most TAIL_SHARE of a second's answers may wait longer (counting the wait before the
- * gateway read them). The answer-rate bound holds the mean wait near the target, and how far the
- * tail spreads past the mean depends on the path: about 1.8 times the median in one process, 2.3
- * times over the mesh's hops, where accepted sends waited 1.1-1.5 s at p99 at a 500 ms target
- * (docs/benchmarks.md, thirty-second and thirty-ninth passes). So while the tail is past the goal
- * the bound's time shrinks (TAIL_SHRINK a step), and it grows back (TAIL_GROW a step) once the
- * tail is well inside it. 1.6: the promise is what is accepted is delivered within 1 s at p99 at
- * the default target, and the client's wait is the gateway's plus the trip each way.
- */
-const TAIL_GOAL = 1.6;
-const TAIL_SHARE = 0.01;
-/** Under this share of late answers the tail is well inside the goal. */
-const TAIL_CLEAR_SHARE = 0.005;
-/** A second with fewer answers says nothing about a 1 % tail. */
-const TAIL_MIN_ANSWERS = 200;
-const TAIL_SHRINK = 0.85;
-const TAIL_GROW = 0.05;
-/** The bound's time never falls below this share of the target. */
-const TAIL_MIN_SCALE = 0.25;
-/** Whole seconds between two steps: a smaller bound shows in the answers only after its sends are. */
-const TAIL_STEP_SECONDS = 2;
 /** Shortest and longest retry hint given to a sender pushed back, in milliseconds. */
 const MIN_RETRY_MS = 100;
 const MAX_RETRY_MS = 5_000;
@@ -180,9 +157,6 @@ class LateIntervals {
  * most as many as it answers in `queueTargetMs`, at the mean rate of its last ten seconds, never
  * under RATE_BOUND_FLOOR while its answers come quickly (FLOOR_LIFTED_AT): past capacity a send
  * then waits about the target on average, on any machine and behind any number of gateways.
- * Past capacity the waits spread around that mean, more widely the more hops a send crosses: while
- * more than 1 % of a second's answers waited past 1.6 times the target (TAIL_GOAL), the bound
- * gives the sends in flight a smaller share of the target, until the tail is back inside it.
  * Below capacity it does not bind (in flight is the rate times a wait under the target), and it
  * cannot talk itself down: should it let too few in to keep the pipeline busy, the answers
  * still come after the pipeline's shortest wait, well under the target, so the rate measured
@@ -252,14 +226,6 @@ export class SendAdmission {
   /** For each second of answersPerSecond, whether the gateway refused a send in it (was at its limits). */
   private readonly refusingSeconds: boolean[] = [];
   private refusedThisSecond = false;
-  /** Answers this second that waited past the tail goal (TAIL_GOAL). */
-  private lateThisSecond = 0;
-  /** The share of the target the answer-rate bound gives the sends in flight (TAIL_GOAL). */
-  private tailScale = 1;
-  /** Whole seconds to go before the tail's scale may step again. */
-  private tailHold = 0;
-  /** The last interval's wait before the gateway reads a send (loop delay or hand-off), in ms. */
-  private beforeReadMs = 0;
   private secondStart: number;
   private readonly refusedSends: RefusedSends;
 
@@ -299,9 +265,8 @@ export class SendAdmission {
     if (queueTargetMs <= 0) return maxInFlight;
     const perSecond = this.answerRate(now);
     if (perSecond === undefined) return Math.min(maxInFlight, RATE_BOUND_FLOOR);
-    const targetMs = queueTargetMs * this.tailScale;
-    const byRate = Math.ceil((perSecond * targetMs) / RATE_SECOND_MS);
-    const floor = this.meanWaitMs() > targetMs * FLOOR_LIFTED_AT ? 1 : RATE_BOUND_FLOOR;
+    const byRate = Math.ceil((perSecond * queueTargetMs) / RATE_SECOND_MS);
+    const floor = this.meanWaitMs() > queueTargetMs * FLOOR_LIFTED_AT ? 1 : RATE_BOUND_FLOOR;
     return Math.min(maxInFlight, Math.max(floor, byRate));
   }
 
@@ -392,7 +357,7 @@ export class SendAdmission {
       this.onRefuse("answer_rate_bound", this.inFlight);
       throw this.refusal(
         now,
-        `server overloaded: ${this.inFlight} sends in flight, what this gateway answers in ${Math.round(this.limits.queueTargetMs * this.tailScale)} ms; retry later`,
+        `server overloaded: ${this.inFlight} sends in flight, what this gateway answers in ${this.limits.queueTargetMs} ms; retry later`,
         0,
       );
     }
@@ -419,36 +384,6 @@ export class SendAdmission {
     this.rollSecond(now);
     this.answersThisSecond++;
     this.waitedThisSecond += waitedMs;
-    if (waitedMs + this.beforeReadMs > this.limits.queueTargetMs * TAIL_GOAL) this.lateThisSecond++;
-  }
-
-  /**
-   * The share of the target the answer-rate bound currently gives the sends in flight: 1 unless
-   * the tail of the answers' waits has been past TAIL_GOAL.
-   */
-  get boundScale(): number {
-    this.rollSecond(this.now());
-    return this.tailScale;
-  }
-
-  /** Steps the bound's scale by the tail of the second that just closed (TAIL_GOAL). */
-  private stepTail(answered: number, late: number): void {
-    if (this.tailHold > 0) {
-      this.tailHold--;
-      return;
-    }
-    if (answered < TAIL_MIN_ANSWERS) {
-      // Too few answers to see a tail: a quiet gateway has none to speak of.
-      if (answered === 0 || late === 0) this.tailScale = Math.min(1, this.tailScale + TAIL_GROW);
-      return;
-    }
-    const share = late / answered;
-    if (share > TAIL_SHARE) {
-      this.tailScale = Math.max(TAIL_MIN_SCALE, this.tailScale * TAIL_SHRINK);
-      this.tailHold = TAIL_STEP_SECONDS - 1;
-    } else if (share < TAIL_CLEAR_SHARE) {
-      this.tailScale = Math.min(1, this.tailScale + TAIL_GROW);
-    }
   }
 
   /** Closes the answer count's second once it is over; seconds with no answer count 0. */
@@ -456,12 +391,6 @@ export class SendAdmission {
     const elapsed = now - this.secondStart;
     if (elapsed < RATE_SECOND_MS) return;
     const seconds = Math.floor(elapsed / RATE_SECOND_MS);
-    if (this.limits.queueTargetMs > 0) {
-      this.stepTail(this.answersThisSecond, this.lateThisSecond);
-      // Seconds with no answer at all: nothing waited, so nothing waited long.
-      const empty = Math.min(seconds - 1, TAIL_STEP_SECONDS + Math.ceil(1 / TAIL_GROW));
-      for (let i = 0; i < empty; i++) this.stepTail(0, 0);
-    }
     this.answersPerSecond.push(this.answersThisSecond);
     this.waitedPerSecond.push(this.waitedThisSecond);
     this.refusingSeconds.push(this.refusedThisSecond);
@@ -477,7 +406,6 @@ export class SendAdmission {
     }
     this.answersThisSecond = 0;
     this.waitedThisSecond = 0;
-    this.lateThisSecond = 0;
     this.refusedThisSecond = false;
     this.secondStart += seconds * RATE_SECOND_MS;
   }
@@ -488,7 +416,6 @@ export class SendAdmission {
     const handOff = this.handOffMin === Number.POSITIVE_INFINITY ? 0 : this.handOffMin;
     this.handOffMin = Number.POSITIVE_INFINITY;
     const beforeRead = Math.max(this.loopDelayMs(), handOff);
-    this.beforeReadMs = beforeRead;
     if (this.windowMin !== Number.POSITIVE_INFINITY) {
       this.waits.close(this.windowMin + beforeRead, this.limits.queueTargetMs);
     } else if (this.inFlight === 0) {

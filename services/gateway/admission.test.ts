@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { setImmediate as nextTurn, setTimeout as sleep } from "node:timers/promises";
 import { UnavailableError } from "../common/errors.js";
-import { SendAdmission } from "./admission.js";
+import { eventLoopDelay, SendAdmission } from "./admission.js";
 
 /** An admission on a hand-driven clock, with no jitter; refusals are recorded. */
 function admission(limits: Partial<ConstructorParameters<typeof SendAdmission>[0]> = {}) {
@@ -515,5 +516,27 @@ describe("gateway send admission", () => {
       clock.now = at;
       assert.equal(a.overloaded, false);
     });
+  });
+});
+
+describe("the event loop's delay", () => {
+  it("reads what the loop was late by, not the sampling interval", async () => {
+    const delay = eventLoopDelay();
+    try {
+      await sleep(300);
+      const idle = delay.read();
+      assert.ok(idle < 8, `an idle loop read ${idle} ms`);
+      // Turns of 40 ms each: a sample due every 10 ms comes about 30 ms late.
+      const until = performance.now() + 400;
+      while (performance.now() < until) {
+        const end = performance.now() + 40;
+        while (performance.now() < end) {}
+        await nextTurn();
+      }
+      const busy = delay.read();
+      assert.ok(busy >= 20 && busy < 60, `turns of 40 ms read ${busy} ms`);
+    } finally {
+      delay.stop();
+    }
   });
 });

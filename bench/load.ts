@@ -1,3 +1,4 @@
+import { monitorEventLoopDelay, performance } from "node:perf_hooks";
 import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
 import { OutgoingEntrySchema } from "../gen/switchboard/v1/entry_pb.js";
@@ -113,6 +114,42 @@ export interface LoadStats {
   endReasons: string[];
   /** Per second since startAt: sends, acks and deliveries (including warm-up and drain). */
   timeline: { sent: number[]; acked: number[]; delivered: number[] };
+  /** This generator's own event loop over the measurement window. */
+  eventLoop: GeneratorLoop;
+}
+
+/**
+ * A load generator's event loop over the window. Its latencies are taken on this loop, so a
+ * generator that falls behind adds its own delay to every send and delivery it times: on a
+ * machine shared with the server, this says how much of what was measured may be the bench.
+ */
+export interface GeneratorLoop {
+  /** Share of the window the loop was busy (performance.eventLoopUtilization). */
+  utilization: number;
+  /**
+   * How late a timer due every 10 ms ran (monitorEventLoopDelay, less the 10 ms: Node records
+   * the time between two samples), 99th percentile and most, in ms.
+   */
+  delayP99Ms: number;
+  delayMaxMs: number;
+}
+
+/** Starts watching this thread's event loop; `stop` gives what it did since. */
+function watchLoop(): { stop: () => GeneratorLoop } {
+  const delay = monitorEventLoopDelay({ resolution: 10 });
+  delay.enable();
+  const start = performance.eventLoopUtilization();
+  const late = (ns: number) => (delay.count > 0 ? Math.max(0, ns / 1e6 - 10) : 0);
+  return {
+    stop: () => {
+      delay.disable();
+      return {
+        utilization: performance.eventLoopUtilization(start).utilization,
+        delayP99Ms: late(delay.percentile(99)),
+        delayMaxMs: late(delay.max),
+      };
+    },
+  };
 }
 
 export const clock = (): number => performance.timeOrigin + performance.now();
@@ -220,6 +257,7 @@ export class Load {
     | "ackLagLatency"
     | "acceptedAckLatency"
     | "acceptedDeliveryLatency"
+    | "eventLoop"
   > {
     return {
       sent: 0,
@@ -312,7 +350,10 @@ export class Load {
       if (this.input.rate > 0) this.pace();
       else for (const d of this.devices) this.pump(d);
     }
+    await sleep(Math.max(0, this.windowStart - clock()));
+    const loop = watchLoop();
     await sleep(Math.max(0, this.windowEnd - clock()));
+    const eventLoop = loop.stop();
     this.sending = false;
     const drainUntil = clock() + plan.drainMs;
     const drained = () => {
@@ -341,6 +382,7 @@ export class Load {
       ackLagLatency: this.ackLagLatency.toData(),
       acceptedAckLatency: this.acceptedAckLatency.toData(),
       acceptedDeliveryLatency: this.acceptedDeliveryLatency.toData(),
+      eventLoop,
     };
   }
 

@@ -42,6 +42,7 @@ export function printReport(r: Report): void {
     ...c.holes.map((h) => `  hole            ${h}`),
     `errors           send_error ${JSON.stringify(c.sendErrors)}${Object.keys(c.sendErrorReasons).length > 0 ? ` ${JSON.stringify(c.sendErrorReasons)}` : ""}; frame errors ${c.frameErrors}; streams ended ${c.streamsEnded}${c.endReasons.length > 0 ? ` (${c.endReasons.join("; ")})` : ""}`,
     `cpu              ${r.mesh ? "mesh (all processes)" : "server"} ${pct(cp.server)} (${r.mesh ? "Node main threads" : "main thread"} ${pct(cp.serverMainThread)}, other threads ${pct(cp.serverOtherThreads)}), bench client ${pct(cp.benchClient)}; machine ${pct(cp.machineBusy)} of ${cp.machineCapacity} % (other programs ${pct(cp.other)})${cp.serverSwitchesPerMessage === undefined ? "" : `; ${fixed(cp.serverSwitchesPerMessage)} context switches per acked message`}`,
+    `bench loop       ${benchLoop(r.benchEventLoop)}`,
     ...(r.mesh ? meshLines(r) : singleServerLines(r)),
     "",
     `per second (sent/acked/delivered): ${r.timeline.sent.map((s, i) => `${s}/${r.timeline.acked[i]}/${r.timeline.delivered[i]}`).join(" ")}`,
@@ -54,6 +55,19 @@ const mem = (s: MemorySnapshot | undefined) =>
   s === undefined
     ? "n/a"
     : `${fixed(mib(s.rss))} MiB (anon ${fixed(mib(s.anon ?? 0))}, file ${fixed(mib(s.file ?? 0))}${s.heapUsed === undefined ? "" : `, JS heap ${fixed(mib(s.heapUsed))}`}${s.heapTotal === undefined ? "" : ` of ${fixed(mib(s.heapTotal))} committed`})`;
+
+/** The generators' own event loops: what of the latencies above may be the bench's. */
+function benchLoop(l: Report["benchEventLoop"]): string {
+  const of = l.generators === 1 ? "the generator's" : `the busiest of ${l.generators} generators'`;
+  const busy =
+    l.utilizationMax >= BENCH_LOOP_BUSY
+      ? "; the bench is near its own limit, so part of every latency above may be its wait"
+      : "";
+  return `${of} event loop utilisation ${fixed(100 * l.utilizationMax)} %, delay p99 ${fixed(l.delayP99MaxMs)} ms, max ${fixed(l.delayMaxMs)} ms${busy}`;
+}
+
+/** A generator's loop busier than this has little left to notice a frame the moment it comes. */
+const BENCH_LOOP_BUSY = 0.8;
 
 /** A thread's CPU over the window, where /proc gave it. */
 const threadCpu = (t: { cpuPercent?: number; systemPercent?: number }) =>

@@ -72,8 +72,9 @@ const report = (kind) => {
     const now = performance.eventLoopUtilization();
     line.elu = performance.eventLoopUtilization(now, last).utilization;
     last = now;
-    line.delayP99 = delay.percentile(99) / 1e6;
-    line.delayMax = delay.max / 1e6;
+    // Node records the time between two samples: the 10 ms interval is not delay.
+    line.delayP99 = Math.max(0, delay.percentile(99) / 1e6 - 10);
+    line.delayMax = Math.max(0, delay.max / 1e6 - 10);
     delay.reset();
   }
   process.stderr.write("@@probe " + JSON.stringify(line) + "\\n");

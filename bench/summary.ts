@@ -251,6 +251,7 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
     };
   };
   const elu = mainProbe.map((s) => s.elu ?? 0);
+  const loops = results.map((r) => r.eventLoop);
   const duration = opts.duration;
   const rate = (n: number) => (duration > 0 ? n / duration : 0);
   return {
@@ -315,6 +316,16 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       frameErrors: sum((s) => s.frameErrors),
       streamsEnded: sum((s) => s.streamsEnded),
       endReasons: results.flatMap((r) => r.endReasons).slice(0, 5),
+    },
+    /**
+     * The bench's own event loops over the window, the busiest generator's figures: every
+     * latency above was timed on one of these loops, so their delay is in it.
+     */
+    benchEventLoop: {
+      generators: loops.length,
+      utilizationMax: Math.max(0, ...loops.map((l) => l.utilization)),
+      delayP99MaxMs: Math.max(0, ...loops.map((l) => l.delayP99Ms)),
+      delayMaxMs: Math.max(0, ...loops.map((l) => l.delayMaxMs)),
     },
     cpuPercent: {
       server: serverCpu,

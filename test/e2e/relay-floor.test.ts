@@ -70,6 +70,12 @@ describe("the relay floor under the bench", () => {
     assert.equal(run.code, 0, run.stderr);
     return JSON.parse(run.stdout) as {
       throughput: { receiptsPerSecond: number };
+      benchEventLoop: {
+        generators: number;
+        utilizationMax: number;
+        delayP99MaxMs: number;
+        delayMaxMs: number;
+      };
       correctness: {
         expectedDeliveries: number;
         receivedDeliveries: number;
@@ -92,6 +98,13 @@ describe("the relay floor under the bench", () => {
       "nothing unanswered, duplicated, missing, refused or ended",
     );
     assert.ok(r.throughput.receiptsPerSecond > 0, "acks came back as receipts");
+    // The generator's own loop was watched over the window: it did work, it ran late at some
+    // point, and the latest is no earlier than the 99th percentile.
+    const loop = r.benchEventLoop;
+    assert.equal(loop.generators, 1);
+    assert.ok(loop.utilizationMax > 0 && loop.utilizationMax <= 1, `utilisation ${loop.utilizationMax}`);
+    assert.ok(loop.delayMaxMs > 0 && loop.delayMaxMs >= loop.delayP99MaxMs, JSON.stringify(loop));
+    assert.ok(loop.delayMaxMs < 2_000, `a generator of 20 devices stalled ${loop.delayMaxMs} ms`);
   }
 
   it("answers and relays every 1:1 send once, in order", { timeout: 60_000 }, async () => {

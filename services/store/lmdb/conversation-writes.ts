@@ -74,6 +74,12 @@ export const EXPIRE_SLICE = 2_000;
 // old is walked in bounded steps too.
 export const RETENTION_CONVERSATIONS_PER_CALL = 10_000;
 
+// Conversations one unit of that walk covers at most. The write thread applies a unit in the
+// transaction that commits the sends waiting beside it, so a unit that walked all 10,000 held
+// those sends as long: 134 ms at 5,000 conversations, once a minute (docs/benchmarks.md,
+// thirty-ninth pass). 500 keeps a unit to a few milliseconds; a call takes several.
+export const RETENTION_CONVERSATIONS_PER_UNIT = 500;
+
 /** An entry encoded for storage, before the transaction. */
 export interface EncodedEntry {
   seq: number;
@@ -230,8 +236,8 @@ function applyCursors(
 
 /**
  * Deletes, conversation by conversation, the entries committed before olderThanMs up to each
- * conversation's bound, at most max; walks a bounded number of conversations and says where the
- * next call resumes.
+ * conversation's bound, at most max; walks at most RETENTION_CONVERSATIONS_PER_UNIT conversations
+ * and says where the next unit resumes.
  */
 function deletePrefixes(
   dbs: ConversationDbs,
@@ -243,12 +249,12 @@ function deletePrefixes(
   const ids = [
     ...dbs.heads.getKeys({
       ...(from !== undefined && { start: from }),
-      limit: RETENTION_CONVERSATIONS_PER_CALL + 1,
+      limit: RETENTION_CONVERSATIONS_PER_UNIT + 1,
     }),
   ] as string[];
   for (const [i, id] of ids.entries()) {
-    // Bounded work even where nothing is old: the next call resumes here.
-    if (i === RETENTION_CONVERSATIONS_PER_CALL) return { deleted, resumeAt: id };
+    // Bounded work even where nothing is old: the next unit resumes here.
+    if (i === RETENTION_CONVERSATIONS_PER_UNIT) return { deleted, resumeAt: id };
     // A conversation without a bound deletes nothing.
     const bound = bounds === undefined ? Number.POSITIVE_INFINITY : (bounds.get(id) ?? 0);
     // Entries are in commit order, so the old ones are a prefix of what is left of the log.

@@ -1,3 +1,4 @@
+import { setImmediate } from "node:timers/promises";
 import { fromBinary } from "@bufbuild/protobuf";
 import { type Entry, EntrySchema } from "../../../gen/switchboard/v1/entry_pb.js";
 import { entryBytes } from "../../common/entry-bytes.js";
@@ -23,6 +24,7 @@ import {
   type PrefixesResult,
   type PreparedWrite,
   RETENTION_CONVERSATIONS_PER_CALL,
+  RETENTION_CONVERSATIONS_PER_UNIT,
 } from "./conversation-writes.js";
 
 /** Applies a unit of the conversation port's writes (write-thread.ts) and gives its result. */
@@ -187,7 +189,9 @@ export class LmdbConversationStore implements ConversationStore {
         limit: RETENTION_CONVERSATIONS_PER_CALL,
       }),
     ] as string[];
-    for (const id of ids) {
+    for (const [i, id] of ids.entries()) {
+      // Reads on the server's thread: give way between stretches of them.
+      if (i > 0 && i % RETENTION_CONVERSATIONS_PER_UNIT === 0) await setImmediate();
       const [first] = dbs.entries.getRange({ start: [id, 0], end: [id, HIGH], limit: 1 });
       if (first === undefined || entryTimes(first.value).serverTimeMs >= olderThanMs) continue;
       const members = [...dbs.members.getRange({ start: [id], end: [id, HIGH] })].map((m) => m.value);
@@ -198,8 +202,10 @@ export class LmdbConversationStore implements ConversationStore {
 
   /**
    * Deletes, conversation by conversation, the entries committed before olderThanMs up to each
-   * conversation's bound (none given: no bound but age), at most limit per call; walks a bounded
-   * number of conversations and resumes where it stopped on the next call.
+   * conversation's bound (none given: no bound but age), at most limit per call; walks at most
+   * RETENTION_CONVERSATIONS_PER_CALL conversations and resumes where it stopped on the next call.
+   * The walk goes to the write thread in units of RETENTION_CONVERSATIONS_PER_UNIT, one after
+   * another, so the sends committed meanwhile wait behind one unit at most, not the whole walk.
    */
   private async deletePrefixes(
     sweep: "age" | "delivered",
@@ -208,16 +214,29 @@ export class LmdbConversationStore implements ConversationStore {
     bounds?: Map<string, number>,
   ): Promise<number> {
     if (!(limit >= 1) || !Number.isFinite(olderThanMs)) return 0;
-    const from = this.retentionCursors.get(sweep);
+    const max = Math.min(Math.floor(limit), EXPIRE_SLICE);
+    let from = this.retentionCursors.get(sweep);
     this.retentionCursors.delete(sweep);
-    const { deleted, resumeAt } = (await this.run({
-      op: "prefixes",
-      olderThanMs,
-      max: Math.min(Math.floor(limit), EXPIRE_SLICE),
-      ...(from !== undefined && { from }),
-      ...(bounds !== undefined && { bounds }),
-    })) as PrefixesResult;
-    if (resumeAt !== undefined) this.retentionCursors.set(sweep, resumeAt);
+    let deleted = 0;
+    for (
+      let walked = 0;
+      walked < RETENTION_CONVERSATIONS_PER_CALL;
+      walked += RETENTION_CONVERSATIONS_PER_UNIT
+    ) {
+      const unit = (await this.run({
+        op: "prefixes",
+        olderThanMs,
+        max: max - deleted,
+        ...(from !== undefined && { from }),
+        ...(bounds !== undefined && { bounds }),
+      })) as PrefixesResult;
+      deleted += unit.deleted;
+      from = unit.resumeAt;
+      // The walk reached the last conversation (the next call starts with the first), or the
+      // call deleted all it may.
+      if (from === undefined || deleted >= max) break;
+    }
+    if (from !== undefined) this.retentionCursors.set(sweep, from);
     return deleted;
   }
 

@@ -16,7 +16,10 @@ import { runExpiryConformance } from "../conformance/expiry.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
 import { runPinConformance } from "../conformance/pins.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
+import { conversationDbs } from "./conversation-writes.js";
+import { LmdbConversationStore } from "./conversations.js";
 import { openLmdbStore } from "./engine.js";
+import { openEnvironment } from "./environment.js";
 import { StorageFault } from "./storage-fault.js";
 import { crashWriteWorker, WriteThread } from "./write-thread.js";
 
@@ -124,6 +127,50 @@ describe("LMDB engine", () => {
       assert.ok(used >= 1 && used <= 2, `100 concurrent commits took ${used} transactions`);
     } finally {
       await engine.close();
+    }
+  });
+
+  it("walks a retention call over the write thread in units of 500 conversations", async () => {
+    const path = await tempDir();
+    const root = openEnvironment(path, undefined);
+    const thread = new WriteThread(path, undefined, () => root.resetReadTxn());
+    const walks: number[] = [];
+    const store = new LmdbConversationStore(conversationDbs(root), (unit) => {
+      if (unit.op === "prefixes") walks.push(unit.max);
+      return thread.run(unit);
+    });
+    try {
+      const day = 86_400_000;
+      const now = Date.now();
+      const old = (id: string, seq: number, daysAgo: number) =>
+        create(EntrySchema, { ...message(id, seq), serverTimeMs: BigInt(now - daysAgo * day) });
+      // 1,200 conversations, each with one entry 40 days old and one from today.
+      const ids = Array.from({ length: 1200 }, (_, i) => `g_w${String(i).padStart(4, "0")}`);
+      await store.commit(ids.map((id) => ({ conversationId: id, append: [old(id, 1, 40), old(id, 2, 0)] })));
+      // Nothing older than 50 days: the whole walk, 1,200 conversations, in three units.
+      assert.equal(await store.deleteEntriesOlderThan(now - 50 * day, 1000), 0);
+      assert.equal(walks.length, 3, "500, 500 and 200 conversations");
+      // Older than 30 days: 1,000 at most a call. Two units delete 500 each and the call stops.
+      walks.length = 0;
+      assert.equal(await store.deleteEntriesOlderThan(now - 30 * day, 1000), 1000);
+      assert.deepEqual(
+        walks,
+        [1000, 500],
+        "the second unit may delete what the first left of the call's 1,000",
+      );
+      // The next call resumes after them and finds the last 200.
+      walks.length = 0;
+      assert.equal(await store.deleteEntriesOlderThan(now - 30 * day, 1000), 200);
+      assert.deepEqual(walks, [1000]);
+      for (const id of [ids[0]!, ids[999]!, ids[1000]!, ids[1199]!]) {
+        assert.deepEqual(
+          (await store.readEntries(id, 0, 10)).map((e) => Number(e.seq)),
+          [2],
+        );
+      }
+    } finally {
+      await thread.close();
+      root.close();
     }
   });
 

@@ -80,6 +80,14 @@ export const RETENTION_CONVERSATIONS_PER_CALL = 10_000;
 // thirty-ninth pass). 500 keeps a unit to a few milliseconds; a call takes several.
 export const RETENTION_CONVERSATIONS_PER_UNIT = 500;
 
+// Cursor rows (devices and members) one write transaction takes, past its first cursor unit
+// (takeUnits), and the rows of one cursor unit (LmdbConversationStore.saveCursors). The port
+// promises that saving cursors never blocks entry commits. When 10,000 streams caught up at once,
+// units of 812-6,279 cursors shared a transaction with sends for 44-113 ms (docs/benchmarks.md,
+// thirty-ninth pass). 250 rows take under a millisecond to put; a storm takes more transactions,
+// and the sends beside it wait for one of them, not for the storm (fortieth pass).
+export const CURSOR_ROWS_PER_TRANSACTION = 250;
+
 /** An entry encoded for storage, before the transaction. */
 export interface EncodedEntry {
   seq: number;
@@ -127,6 +135,38 @@ export interface PrefixesResult {
 export interface IdempotencySlice {
   scanned: number;
   removed: number;
+}
+
+/**
+ * The write thread's units for its next transaction, in arrival order, and those it defers to
+ * the one after. Every unit but a cursor unit is taken. Cursor units are taken in their order
+ * while the transaction holds fewer than CURSOR_ROWS_PER_TRANSACTION cursor rows (the first
+ * always), and once one is deferred, every cursor unit after it is too: cursor units keep their
+ * order among themselves, and the commits queued behind a reconnect storm's cursors go ahead of
+ * what does not fit. Overtaking them loses nothing, since a member's cursors only move forward
+ * (applyCursors), and device cursors have no other writer.
+ */
+export function takeUnits<Q extends { unit: ConversationUnit }>(
+  queued: readonly Q[],
+): { units: Q[]; deferred: Q[] } {
+  const units: Q[] = [];
+  const deferred: Q[] = [];
+  let rows = 0;
+  let full = false;
+  for (const queuedUnit of queued) {
+    const { unit } = queuedUnit;
+    if (unit.op === "cursors") {
+      const n = unit.devices.length + unit.members.length;
+      full ||= rows > 0 && rows + n > CURSOR_ROWS_PER_TRANSACTION;
+      if (full) {
+        deferred.push(queuedUnit);
+        continue;
+      }
+      rows += n;
+    }
+    units.push(queuedUnit);
+  }
+  return { units, deferred };
 }
 
 /** Applies a unit inside the write transaction; the caller runs it as a child transaction. */
@@ -230,7 +270,13 @@ function applyCursors(
     const member = dbs.members.get(key);
     // A cursor can trail a removal; it must not bring the member back.
     if (member === undefined) continue;
-    dbs.members.put(key, { ...member, deliveredUpTo: m.deliveredUpTo, readUpTo: m.readUpTo });
+    // Only forward: a commit queued behind this unit may have been applied first (takeUnits), and
+    // a commit that puts the member (a promotion, a demotion) carries the sequencer's cursors as
+    // they were then, the same as this unit's or higher.
+    const deliveredUpTo = Math.max(member.deliveredUpTo, m.deliveredUpTo);
+    const readUpTo = Math.max(member.readUpTo, m.readUpTo);
+    if (deliveredUpTo === member.deliveredUpTo && readUpTo === member.readUpTo) continue;
+    dbs.members.put(key, { ...member, deliveredUpTo, readUpTo });
   }
 }
 

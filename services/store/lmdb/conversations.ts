@@ -17,6 +17,7 @@ import type {
 import {
   type ConversationDbs,
   type ConversationUnit,
+  CURSOR_ROWS_PER_TRANSACTION,
   type EncodedEntry,
   EXPIRE_SLICE,
   HIGH,
@@ -144,8 +145,22 @@ export class LmdbConversationStore implements ConversationStore {
   }
 
   async saveCursors(devices: readonly DeviceCursor[], members: readonly MemberCursor[]): Promise<void> {
-    if (devices.length === 0 && members.length === 0) return;
-    await this.run({ op: "cursors", devices, members });
+    // Units of CURSOR_ROWS_PER_TRANSACTION rows, handed over in one turn: a transaction takes that
+    // many cursor rows at most (takeUnits), so the commits beside a large call wait for one unit
+    // of it, not all. A unit that fails leaves the others stored, which is safe: cursors only
+    // move forward, and the caller's save fails as a whole (it issues no receipts).
+    const units: Array<Promise<unknown>> = [];
+    for (let i = 0; i < devices.length; i += CURSOR_ROWS_PER_TRANSACTION) {
+      units.push(
+        this.run({ op: "cursors", devices: devices.slice(i, i + CURSOR_ROWS_PER_TRANSACTION), members: [] }),
+      );
+    }
+    for (let i = 0; i < members.length; i += CURSOR_ROWS_PER_TRANSACTION) {
+      units.push(
+        this.run({ op: "cursors", devices: [], members: members.slice(i, i + CURSOR_ROWS_PER_TRANSACTION) }),
+      );
+    }
+    await Promise.all(units);
   }
 
   async putDeviceFloors(floors: readonly DeviceFloor[]): Promise<void> {

@@ -16,7 +16,7 @@ import { runExpiryConformance } from "../conformance/expiry.js";
 import { runKeyStoreConformance } from "../conformance/keys.js";
 import { runPinConformance } from "../conformance/pins.js";
 import { runSafetyStoreConformance } from "../conformance/safety.js";
-import { conversationDbs } from "./conversation-writes.js";
+import { type ConversationUnit, conversationDbs, takeUnits } from "./conversation-writes.js";
 import { LmdbConversationStore } from "./conversations.js";
 import { openLmdbStore } from "./engine.js";
 import { openEnvironment } from "./environment.js";
@@ -171,6 +171,148 @@ describe("LMDB engine", () => {
     } finally {
       await thread.close();
       root.close();
+    }
+  });
+
+  it("lets commits go ahead of the cursor units a transaction has no room for", async () => {
+    const engine = await openFresh();
+    try {
+      const c = engine.conversations;
+      // A gateway's largest UpdateCursors call: 1,000 devices, here over 50 conversations.
+      const cursors = (tag: string) =>
+        Array.from({ length: 1000 }, (_, i) => ({
+          conversationId: `g_c${i % 50}`,
+          deviceId: `dv_${tag}${i}`,
+          deliveredUpTo: 1,
+          readUpTo: 1,
+        }));
+      const order: string[] = [];
+      const before = engine.lastTransactionId();
+      // Handed to the write thread in one turn, so in one message: two calls' cursors (four units
+      // of 250 each), then a send.
+      await Promise.all([
+        c.saveCursors(cursors("a"), []).then(() => order.push("cursors a")),
+        c.saveCursors(cursors("b"), []).then(() => order.push("cursors b")),
+        c.commit([{ conversationId: "g_1", append: [message("g_1", 1)] }]).then(() => order.push("send")),
+      ]);
+      assert.deepEqual(
+        order,
+        ["send", "cursors a", "cursors b"],
+        "the send waits for one cursor unit, not eight",
+      );
+      assert.equal(engine.lastTransactionId() - before, 8, "a cursor unit of 250 a transaction");
+      assert.equal((await c.getDeviceCursors("g_c49", ["dv_a999", "dv_b999"])).length, 2);
+      assert.equal(await c.getLastSeq("g_1"), 1);
+    } finally {
+      await engine.close();
+    }
+  });
+
+  it("hands a call's cursors to the write thread in units of 250 rows", async () => {
+    const path = await tempDir();
+    const root = openEnvironment(path, undefined);
+    const units: Array<[number, number]> = [];
+    const store = new LmdbConversationStore(conversationDbs(root), async (unit) => {
+      if (unit.op === "cursors") units.push([unit.devices.length, unit.members.length]);
+    });
+    try {
+      const device = (i: number) => ({
+        conversationId: "g_1",
+        deviceId: `dv_${i}`,
+        deliveredUpTo: 1,
+        readUpTo: 1,
+      });
+      const member = (i: number) => ({
+        conversationId: "g_1",
+        userId: `u_${i}`,
+        deliveredUpTo: 1,
+        readUpTo: 1,
+      });
+      await store.saveCursors(
+        Array.from({ length: 1000 }, (_, i) => device(i)),
+        Array.from({ length: 300 }, (_, i) => member(i)),
+      );
+      assert.deepEqual(units, [
+        [250, 0],
+        [250, 0],
+        [250, 0],
+        [250, 0],
+        [0, 250],
+        [0, 50],
+      ]);
+      units.length = 0;
+      await store.saveCursors([], []);
+      await store.saveCursors([device(1)], [member(1)]);
+      assert.deepEqual(units, [
+        [1, 0],
+        [0, 1],
+      ]);
+    } finally {
+      root.close();
+    }
+  });
+
+  it("takes every unit but the cursor units past a transaction's 250 cursor rows, in order", () => {
+    const cursors = (id: number, devices: number, members = 0) => ({
+      id,
+      unit: {
+        op: "cursors" as const,
+        devices: Array.from({ length: devices }, (_, i) => ({
+          conversationId: "g_1",
+          deviceId: `dv_${i}`,
+          deliveredUpTo: 1,
+          readUpTo: 1,
+        })),
+        members: Array.from({ length: members }, (_, i) => ({
+          conversationId: "g_1",
+          userId: `u_${i}`,
+          deliveredUpTo: 1,
+          readUpTo: 1,
+        })),
+      },
+    });
+    const send = (id: number) => ({ id, unit: { op: "commit" as const, writes: [] } });
+    const take = (queued: Array<{ id: number; unit: ConversationUnit }>) => {
+      const { units, deferred } = takeUnits(queued);
+      return { units: units.map((u) => u.id), deferred: deferred.map((u) => u.id) };
+    };
+    // 200 + 50 rows fit; the next 1 does not, and the 5 after it waits behind it.
+    assert.deepEqual(
+      take([cursors(1, 100, 100), send(2), cursors(3, 50), cursors(4, 1), send(5), cursors(6, 5)]),
+      {
+        units: [1, 2, 3, 5],
+        deferred: [4, 6],
+      },
+    );
+    // The first cursor unit goes whatever its size.
+    assert.deepEqual(take([send(1), cursors(2, 1000, 1000), cursors(3, 1)]), {
+      units: [1, 2],
+      deferred: [3],
+    });
+    assert.deepEqual(take([send(1), send(2)]), { units: [1, 2], deferred: [] });
+  });
+
+  it("moves a member's stored cursors only forward, so a commit that went ahead keeps its own", async () => {
+    const engine = await openFresh();
+    try {
+      const c = engine.conversations;
+      const member = {
+        userId: "u_a",
+        role: "admin" as const,
+        joinedSeq: 1,
+        addedAtMs: 1,
+        deliveredUpTo: 0,
+        readUpTo: 0,
+      };
+      // A promotion committed with the sequencer's cursors as they are now (8 and 7), applied
+      // before a cursor unit that was queued earlier with older ones.
+      await c.commit([{ conversationId: "g_1", putMembers: [{ ...member, deliveredUpTo: 8, readUpTo: 7 }] }]);
+      await c.saveCursors([], [{ conversationId: "g_1", userId: "u_a", deliveredUpTo: 6, readUpTo: 6 }]);
+      assert.deepEqual(await c.getMembers("g_1"), [{ ...member, deliveredUpTo: 8, readUpTo: 7 }]);
+      await c.saveCursors([], [{ conversationId: "g_1", userId: "u_a", deliveredUpTo: 9, readUpTo: 7 }]);
+      assert.deepEqual(await c.getMembers("g_1"), [{ ...member, deliveredUpTo: 9, readUpTo: 7 }]);
+    } finally {
+      await engine.close();
     }
   });
 

@@ -15,9 +15,10 @@ import { StorageFault } from "./storage-fault.js";
  * The worker opens the same LMDB environment (lmdb-js shares it between the threads of a process)
  * and applies each unit as the engine did, as a child transaction of a group commit (write-worker.ts).
  *
- * What stays the same: units are applied in call order (one FIFO, one thread); a unit's promise
- * resolves only once its transaction is committed and on disk; a refused unit (a seq conflict)
- * is rolled back alone. What it takes to keep reads right: this thread's lmdb-js keeps its read
+ * What stays the same: units are applied in call order (one FIFO, one thread), except that
+ * cursor units a transaction has no room for wait for the next one while the commits behind them
+ * go ahead (conversation-writes.ts, takeUnits); a unit's promise resolves only once its
+ * transaction is committed and on disk; a refused unit (a seq conflict) is rolled back alone. What it takes to keep reads right: this thread's lmdb-js keeps its read
  * snapshot until a timer renews it, and that snapshot may predate the worker's commit, so
  * `onApplied` (the engine resets the read snapshot) runs before any result is handed back, and a
  * read made after a commit resolved sees it.

@@ -3,7 +3,9 @@
  * LMDB environments the engines of this process opened. The units that reach it while it is busy
  * are applied together, in the order they arrived, each as a child transaction of one synchronous
  * write transaction on this thread, and each environment's units are answered once that
- * transaction is committed and on disk.
+ * transaction is committed and on disk. One exception to the order: a transaction takes cursor
+ * units up to CURSOR_ROWS_PER_TRANSACTION rows, and the rest wait, in their order, for the next
+ * one, while the other units behind them go ahead (conversation-writes.ts, takeUnits).
  *
  * Why synchronous: this thread exists to do the writes, so it may block on them. lmdb-js's
  * asynchronous transactions would hand each batch to a thread of libuv's pool, which hands the
@@ -15,7 +17,7 @@ import { format } from "node:util";
 import { parentPort } from "node:worker_threads";
 import type { RootDatabase } from "lmdb";
 import { StoreError } from "../errors.js";
-import { applyUnit, type ConversationDbs, conversationDbs } from "./conversation-writes.js";
+import { applyUnit, type ConversationDbs, conversationDbs, takeUnits } from "./conversation-writes.js";
 import { openEnvironment } from "./environment.js";
 import { isIoFailure } from "./storage-fault.js";
 import type { ConsoleArg, Failure, FromWorker, ToWorker, UnitResult } from "./write-thread.js";
@@ -100,11 +102,23 @@ function drain(): void {
   for (const env of [...waiting.keys()]) answer(env);
 }
 
-/** Applies one environment's waiting units in one transaction and answers them. */
+/**
+ * Applies one environment's waiting units in one transaction and answers them, all but the cursor
+ * units the transaction has no room for (takeUnits): those wait for the next turn's transaction,
+ * with what arrives meanwhile queued behind them.
+ */
 function answer(env: number): void {
-  const units = waiting.get(env);
-  if (units === undefined) return;
-  waiting.delete(env);
+  const queued = waiting.get(env);
+  if (queued === undefined) return;
+  const { units, deferred } = takeUnits(queued);
+  if (deferred.length === 0) waiting.delete(env);
+  else {
+    waiting.set(env, deferred);
+    if (!drainScheduled) {
+      drainScheduled = true;
+      setImmediate(drain);
+    }
+  }
   const open = environments.get(env);
   const results =
     open === undefined
@@ -149,7 +163,7 @@ function refuseAll(units: readonly QueuedUnit[], failure: Failure): UnitResult[]
 
 /** Answers what was handed over before the close, then closes the environment. */
 function close(env: number): void {
-  answer(env);
+  while (waiting.has(env)) answer(env);
   unopened.delete(env);
   const open = environments.get(env);
   environments.delete(env);

@@ -53,19 +53,21 @@ function message(conversationId: string, seq: number) {
   });
 }
 
+/** A member with no cursors yet. */
+const member = {
+  userId: "u_a",
+  role: "admin" as const,
+  joinedSeq: 1,
+  addedAtMs: 1,
+  deliveredUpTo: 0,
+  readUpTo: 0,
+};
+
 describe("LMDB engine", () => {
   it("keeps every kind of record across close and reopen", async () => {
     // A dot in the name must not turn the directory into a file name.
     const path = join(await tempDir(), "store.lmdb");
     const first = await openLmdbStore({ path, mapSizeBytes: 1 << 20 });
-    const member = {
-      userId: "u_a",
-      role: "admin" as const,
-      joinedSeq: 1,
-      addedAtMs: 1,
-      deliveredUpTo: 0,
-      readUpTo: 0,
-    };
     await first.conversations.commit([
       {
         conversationId: "g_1",
@@ -222,7 +224,7 @@ describe("LMDB engine", () => {
         deliveredUpTo: 1,
         readUpTo: 1,
       });
-      const member = (i: number) => ({
+      const memberCursor = (i: number) => ({
         conversationId: "g_1",
         userId: `u_${i}`,
         deliveredUpTo: 1,
@@ -230,7 +232,7 @@ describe("LMDB engine", () => {
       });
       await store.saveCursors(
         Array.from({ length: 1000 }, (_, i) => device(i)),
-        Array.from({ length: 300 }, (_, i) => member(i)),
+        Array.from({ length: 300 }, (_, i) => memberCursor(i)),
       );
       assert.deepEqual(units, [
         [250, 0],
@@ -242,7 +244,7 @@ describe("LMDB engine", () => {
       ]);
       units.length = 0;
       await store.saveCursors([], []);
-      await store.saveCursors([device(1)], [member(1)]);
+      await store.saveCursors([device(1)], [memberCursor(1)]);
       assert.deepEqual(units, [
         [1, 0],
         [0, 1],
@@ -296,14 +298,6 @@ describe("LMDB engine", () => {
     const engine = await openFresh();
     try {
       const c = engine.conversations;
-      const member = {
-        userId: "u_a",
-        role: "admin" as const,
-        joinedSeq: 1,
-        addedAtMs: 1,
-        deliveredUpTo: 0,
-        readUpTo: 0,
-      };
       // A promotion committed with the sequencer's cursors as they are now (8 and 7), applied
       // before a cursor unit that was queued earlier with older ones.
       await c.commit([{ conversationId: "g_1", putMembers: [{ ...member, deliveredUpTo: 8, readUpTo: 7 }] }]);

@@ -52,14 +52,18 @@ export function skipWithoutMinio(): string | false {
   return `no MinIO binary at ${cachedToolPath("minio")}; to run these tests, build it: ${installHint("minio")}`;
 }
 
-/** True once MinIO's liveness endpoint answers 200. */
-async function live(endpoint: string): Promise<boolean> {
+/**
+ * True once MinIO's liveness endpoint answers 200; else why not (the status, or the fetch's error
+ * and its cause), for the error of a start that timed out.
+ */
+async function live(endpoint: string): Promise<true | string> {
   try {
     const res = await fetch(`${endpoint}/minio/health/live`, { signal: AbortSignal.timeout(500) });
     await res.arrayBuffer();
-    return res.status === 200;
-  } catch {
-    return false;
+    return res.status === 200 ? true : `HTTP ${res.status}`;
+  } catch (err) {
+    const { cause } = err as { cause?: unknown };
+    return cause instanceof Error ? `${(err as Error).message}: ${cause.message}` : String(err);
   }
 }
 
@@ -126,11 +130,14 @@ export async function startMinio(
       await cleanUp();
       throw new Error(`minio exited with ${child.exitCode} on port ${port}: ${output.join("")}`);
     }
-    if (await live(endpoint)) break;
+    const answer = await live(endpoint);
+    if (answer === true) break;
     if (Date.now() > deadline) {
       await stop();
       await cleanUp();
-      throw new Error(`minio did not answer ${endpoint}/minio/health/live in time: ${output.join("")}`);
+      throw new Error(
+        `minio did not answer ${endpoint}/minio/health/live in time (the last check: ${answer}): ${output.join("")}`,
+      );
     }
     await new Promise((resolve) => setTimeout(resolve, 50));
   }

@@ -153,5 +153,6 @@ export function split(
       echo: opts.echo,
       idle: opts.mode === "idle",
       connectConcurrency: opts.connectConcurrency,
+      nice: opts.benchNice,
     }));
 }

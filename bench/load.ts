@@ -1,3 +1,4 @@
+import { getPriority, setPriority } from "node:os";
 import { monitorEventLoopDelay, performance } from "node:perf_hooks";
 import { create } from "@bufbuild/protobuf";
 import { Code } from "@connectrpc/connect";
@@ -36,6 +37,11 @@ export interface LoadInput {
   idle: boolean;
   /** Streams opened at once while connecting. */
   connectConcurrency: number;
+  /**
+   * The nice value of the thread this generator runs on; 0 leaves it as it is. On Linux a nice
+   * value belongs to one thread, so each generator sets its own (Load's constructor).
+   */
+  nice: number;
 }
 
 /** When to send, on the shared clock (performance.timeOrigin + performance.now(), in ms). */
@@ -132,6 +138,8 @@ export interface GeneratorLoop {
    */
   delayP99Ms: number;
   delayMaxMs: number;
+  /** The nice value of the thread the loop ran on, read back at the end (--bench-nice). */
+  nice: number;
 }
 
 /** Starts watching this thread's event loop; `stop` gives what it did since. */
@@ -147,6 +155,8 @@ function watchLoop(): { stop: () => GeneratorLoop } {
         utilization: performance.eventLoopUtilization(start).utilization,
         delayP99Ms: late(delay.percentile(99)),
         delayMaxMs: late(delay.max),
+        // Linux's getpriority answers for the calling thread, the one the loop runs on.
+        nice: getPriority(),
       };
     },
   };
@@ -238,6 +248,15 @@ export class Load {
   private timelineSlots = 0;
 
   constructor(private readonly input: LoadInput) {
+    if (input.nice !== 0) {
+      try {
+        setPriority(input.nice);
+      } catch (err) {
+        throw new Error(
+          `--bench-nice ${input.nice}: ${(err as Error).message} (below 0 needs root or CAP_SYS_NICE)`,
+        );
+      }
+    }
     this.devices = input.devices.map((d) => new Device(d));
     for (const c of input.conversations) {
       for (const m of c.members) {

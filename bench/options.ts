@@ -46,6 +46,10 @@ export const USAGE = `npm run bench -- [options]
                        image does; off: bin/switchboard.js runs dist/ if it is current, else the sources through tsx
                        (whose keepNames wraps every function the code creates), default on
   --probe on|off       preload the bench's probe into the spawned server (event-loop use, GC'd memory), default on
+  --bench-nice N       run each load generator's thread at nice N (-20..19, default 0; below 0 needs root or
+                       CAP_SYS_NICE): at -10 a generator on the server's machine is not kept waiting for a core by
+                       the server it measures, a wait that otherwise lands in every latency past capacity (the
+                       report's bench loop line)
   --pin                when the send phase starts, pin the spawned server's main thread alone to CPU 0 and every
                        other thread (the server's and the bench's) to CPU 1: the server's own latency, without the
                        bench on its core (Linux, taskset, two CPUs or more)
@@ -93,6 +97,8 @@ export interface Options {
   build: boolean;
   /** Pin the spawned server's main thread to a CPU of its own (bench/pin.ts). */
   pin: boolean;
+  /** The nice value of each load generator's thread (LoadInput.nice). */
+  benchNice: number;
   json: boolean;
 }
 
@@ -128,6 +134,7 @@ export function parseOptions(): Options {
       probe: { type: "string", default: "on" },
       build: { type: "string", default: "on" },
       pin: { type: "boolean", default: false },
+      "bench-nice": { type: "string", default: "0" },
       json: { type: "boolean", default: false },
       help: { type: "boolean", default: false },
     },
@@ -195,6 +202,7 @@ export function parseOptions(): Options {
     probe: values.probe !== "off",
     build: values.build !== "off",
     pin: values.pin,
+    benchNice: Math.floor(num("bench-nice", values["bench-nice"], -20, 19)),
     json: values.json,
   };
 }

@@ -17,7 +17,7 @@ export function printReport(r: Report): void {
   const cp = r.cpuPercent;
   const out = [
     "",
-    `switchboard bench: ${r.options.mode}${r.options.mode === "group" ? ` (groups of ${r.options.groupSize})` : ""}, ${r.devices} devices, ${r.conversations} conversations, payload ${r.options.payload} B, client ${r.options.client}, ${r.options.workers} ${r.options.workerProcesses ? "load process(es)" : "worker(s)"}${r.options.pin ? ", server main thread pinned to CPU 0 (--pin)" : ""}`,
+    `switchboard bench: ${r.options.mode}${r.options.mode === "group" ? ` (groups of ${r.options.groupSize})` : ""}, ${r.devices} devices, ${r.conversations} conversations, payload ${r.options.payload} B, client ${r.options.client}, ${r.options.workers} ${r.options.workerProcesses ? "load process(es)" : "worker(s)"}${r.options.pin ? ", server main thread pinned to CPU 0 (--pin)" : ""}${r.options.benchNice !== 0 ? `, load generators at nice ${r.options.benchNice}` : ""}`,
     `machine: ${r.machine.cpus} x ${r.machine.cpuModel}, ${fixed(r.machine.memoryGiB)} GiB, node ${r.machine.node}; server build: ${r.server.build}`,
     "",
     `target rate      ${t.targetRate === 0 ? (r.options.mode === "idle" ? "idle" : `max (${r.options.inflight} in flight/device)`) : `${t.targetRate} msgs/s`}`,
@@ -61,9 +61,15 @@ function benchLoop(l: Report["benchEventLoop"]): string {
   const of = l.generators === 1 ? "the generator's" : `the busiest of ${l.generators} generators'`;
   const busy =
     l.utilizationMax >= BENCH_LOOP_BUSY
-      ? "; the bench is near its own limit, so part of every latency above may be its wait"
+      ? "; the bench is near its own limit, so part of every latency above may be its wait (--bench-nice -10 gives it a core first)"
       : "";
-  return `${of} event loop utilisation ${fixed(100 * l.utilizationMax)} %, delay p99 ${fixed(l.delayP99MaxMs)} ms, max ${fixed(l.delayMaxMs)} ms${busy}`;
+  const nice =
+    l.niceMin === l.niceMax
+      ? l.niceMin === 0
+        ? ""
+        : `, nice ${l.niceMin}`
+      : `, nice ${l.niceMin} to ${l.niceMax}`;
+  return `${of} event loop utilisation ${fixed(100 * l.utilizationMax)} %, delay p99 ${fixed(l.delayP99MaxMs)} ms, max ${fixed(l.delayMaxMs)} ms${nice}${busy}`;
 }
 
 /** A generator's loop busier than this has little left to notice a frame the moment it comes. */

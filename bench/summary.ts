@@ -326,6 +326,9 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       utilizationMax: Math.max(0, ...loops.map((l) => l.utilization)),
       delayP99MaxMs: Math.max(0, ...loops.map((l) => l.delayP99Ms)),
       delayMaxMs: Math.max(0, ...loops.map((l) => l.delayMaxMs)),
+      /** The generators' threads' nice values as they read them back, least and most. */
+      niceMin: loops.length === 0 ? 0 : Math.min(...loops.map((l) => l.nice)),
+      niceMax: loops.length === 0 ? 0 : Math.max(...loops.map((l) => l.nice)),
     },
     cpuPercent: {
       server: serverCpu,

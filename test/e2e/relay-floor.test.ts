@@ -75,6 +75,8 @@ describe("the relay floor under the bench", () => {
         utilizationMax: number;
         delayP99MaxMs: number;
         delayMaxMs: number;
+        niceMin: number;
+        niceMax: number;
       };
       correctness: {
         expectedDeliveries: number;
@@ -88,7 +90,8 @@ describe("the relay floor under the bench", () => {
     };
   }
 
-  function assertWhole(r: Awaited<ReturnType<typeof bench>>): void {
+  /** The run's accounting is whole, and its generator's thread ran at `nice`. */
+  function assertWhole(r: Awaited<ReturnType<typeof bench>>, nice = 0): void {
     const c = r.correctness;
     assert.ok(c.expectedDeliveries > 0, "sends were acked in the window");
     assert.equal(c.receivedDeliveries, c.expectedDeliveries);
@@ -105,6 +108,7 @@ describe("the relay floor under the bench", () => {
     assert.ok(loop.utilizationMax > 0 && loop.utilizationMax <= 1, `utilisation ${loop.utilizationMax}`);
     assert.ok(loop.delayMaxMs > 0 && loop.delayMaxMs >= loop.delayP99MaxMs, JSON.stringify(loop));
     assert.ok(loop.delayMaxMs < 2_000, `a generator of 20 devices stalled ${loop.delayMaxMs} ms`);
+    assert.deepEqual([loop.niceMin, loop.niceMax], [nice, nice], "the generator thread's nice value");
   }
 
   it("answers and relays every 1:1 send once, in order", { timeout: 60_000 }, async () => {
@@ -114,5 +118,13 @@ describe("the relay floor under the bench", () => {
   it("relays a group send to every other member", { timeout: 60_000 }, async () => {
     // The bench owes each acked send to the four other members of its group of five.
     assertWhole(await bench(["--devices", "20", "--mode", "group", "--group-size", "5", "--rate", "50"]));
+  });
+
+  it("runs its load generator at the nice value asked for", {
+    timeout: 60_000,
+  }, async () => {
+    // A value above 0 needs no privilege, so the test runs as any user; the bench reads it back
+    // on the generator's thread.
+    assertWhole(await bench(["--devices", "20", "--rate", "200", "--bench-nice", "5"]), 5);
   });
 });

@@ -46,10 +46,10 @@ export const USAGE = `npm run bench -- [options]
                        image does; off: bin/switchboard.js runs dist/ if it is current, else the sources through tsx
                        (whose keepNames wraps every function the code creates), default on
   --probe on|off       preload the bench's probe into the spawned server (event-loop use, GC'd memory), default on
-  --bench-nice N       run each load generator's thread at nice N (-20..19, default 0; below 0 needs root or
-                       CAP_SYS_NICE): at -10 a generator on the server's machine is not kept waiting for a core by
-                       the server it measures, a wait that otherwise lands in every latency past capacity (the
-                       report's bench loop line)
+  --bench-nice=N       run each load generator's thread at nice N (-20..19, default 0; below 0 needs root or
+                       CAP_SYS_NICE, and the = since the value starts with a dash): at -10 a generator on the
+                       server's machine is not kept waiting for a core by the server it measures, a wait that
+                       otherwise lands in every latency past capacity (the report's bench loop line)
   --pin                when the send phase starts, pin the spawned server's main thread alone to CPU 0 and every
                        other thread (the server's and the bench's) to CPU 1: the server's own latency, without the
                        bench on its core (Linux, taskset, two CPUs or more)

@@ -61,7 +61,7 @@ function benchLoop(l: Report["benchEventLoop"]): string {
   const of = l.generators === 1 ? "the generator's" : `the busiest of ${l.generators} generators'`;
   const busy =
     l.utilizationMax >= BENCH_LOOP_BUSY
-      ? "; the bench is near its own limit, so part of every latency above may be its wait (--bench-nice -10 gives it a core first)"
+      ? "; the bench is near its own limit, so part of every latency above may be its wait (--bench-nice=-10 gives it a core first)"
       : "";
   const nice =
     l.niceMin === l.niceMax

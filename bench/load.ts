@@ -253,7 +253,7 @@ export class Load {
         setPriority(input.nice);
       } catch (err) {
         throw new Error(
-          `--bench-nice ${input.nice}: ${(err as Error).message} (below 0 needs root or CAP_SYS_NICE)`,
+          `--bench-nice=${input.nice}: ${(err as Error).message} (below 0 needs root or CAP_SYS_NICE)`,
         );
       }
     }

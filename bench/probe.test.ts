@@ -11,7 +11,8 @@ import { PROBE_NODE_ARGS, type ProbeSample, parseProbeLine, readCpuSeconds } fro
 /**
  * A process with the bench's probe and one worker thread (from a file: the probe, an --import,
  * runs in workers started from modules): the worker spends 300 ms of its own CPU (by its
- * schedstat, not the clock), says so, and both threads then idle until killed.
+ * schedstat, not the clock) and makes 2,000 writes, says so, and both threads then idle until
+ * killed.
  */
 const MAIN = `
 import { Worker } from "node:worker_threads";
@@ -20,11 +21,14 @@ worker.once("message", () => process.stdout.write("spent\\n"));
 setInterval(() => {}, 1000);
 `;
 const WORKER = `
-import { readFileSync } from "node:fs";
+import { closeSync, openSync, readFileSync, writeSync } from "node:fs";
 import { parentPort } from "node:worker_threads";
 const ran = () => Number(readFileSync("/proc/thread-self/schedstat", "utf8").split(" ")[0]) / 1e6;
 const start = ran();
 while (ran() - start < 300);
+const devNull = openSync("/dev/null", "w");
+for (let i = 0; i < 2000; i++) writeSync(devNull, "x");
+closeSync(devNull);
 parentPort.postMessage("spent");
 setInterval(() => {}, 1000);
 `;
@@ -94,7 +98,7 @@ describe("the bench's probe", { skip: process.platform !== "linux" && "reads /pr
     }
   });
 
-  it("names each thread's id in the kernel, whose CPU the bench then reads apart", async () => {
+  it("names each thread's id in the kernel, whose CPU and read and write calls the bench then reads apart", async () => {
     const dir = await mkdtemp(join(tmpdir(), "bench-probe-"));
     await writeFile(join(dir, "main.mjs"), MAIN);
     await writeFile(join(dir, "worker.mjs"), WORKER);
@@ -123,6 +127,10 @@ describe("the bench's probe", { skip: process.platform !== "linux" && "reads /pr
         spentByMain.user + spentByMain.system < spentByWorker.user + spentByWorker.system,
         "the worker's busy loop is its own, not the main thread's",
       );
+      // The worker's writes are its own too, and the process's count has them.
+      assert.ok(spentByWorker.writes! >= 2000, `the worker's writes: ${spentByWorker.writes}`);
+      assert.ok(spentByMain.writes! < 100, `the main thread's writes: ${spentByMain.writes}`);
+      assert.ok(cpu.io!.writes >= spentByWorker.writes! + spentByMain.writes!, JSON.stringify(cpu.io));
     } finally {
       child.kill();
       await rm(dir, { recursive: true, force: true });

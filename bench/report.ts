@@ -41,7 +41,7 @@ export function printReport(r: Report): void {
       : []),
     ...c.holes.map((h) => `  hole            ${h}`),
     `errors           send_error ${JSON.stringify(c.sendErrors)}${Object.keys(c.sendErrorReasons).length > 0 ? ` ${JSON.stringify(c.sendErrorReasons)}` : ""}; frame errors ${c.frameErrors}; streams ended ${c.streamsEnded}${c.endReasons.length > 0 ? ` (${c.endReasons.join("; ")})` : ""}`,
-    `cpu              ${r.mesh ? "mesh (all processes)" : "server"} ${pct(cp.server)} (${r.mesh ? "Node main threads" : "main thread"} ${pct(cp.serverMainThread)}, other threads ${pct(cp.serverOtherThreads)}), bench client ${pct(cp.benchClient)}; machine ${pct(cp.machineBusy)} of ${cp.machineCapacity} % (other programs ${pct(cp.other)})${cp.serverSwitchesPerMessage === undefined ? "" : `; ${fixed(cp.serverSwitchesPerMessage)} context switches per acked message`}`,
+    `cpu              ${r.mesh ? "mesh (all processes)" : "server"} ${pct(cp.server)} (${r.mesh ? "Node main threads" : "main thread"} ${pct(cp.serverMainThread)}, other threads ${pct(cp.serverOtherThreads)}), bench client ${pct(cp.benchClient)}; machine ${pct(cp.machineBusy)} of ${cp.machineCapacity} % (other programs ${pct(cp.other)})${cp.serverSwitchesPerMessage === undefined ? "" : `; ${fixed(cp.serverSwitchesPerMessage)} context switches${calls(cp.serverReadsPerMessage, cp.serverWritesPerMessage, "")} per acked message`}`,
     `bench loop       ${benchLoop(r.benchEventLoop)}`,
     ...(r.mesh ? meshLines(r) : singleServerLines(r)),
     "",
@@ -75,11 +75,23 @@ function benchLoop(l: Report["benchEventLoop"]): string {
 /** A generator's loop busier than this has little left to notice a frame the moment it comes. */
 const BENCH_LOOP_BUSY = 0.8;
 
-/** A thread's CPU over the window, where /proc gave it. */
-const threadCpu = (t: { cpuPercent?: number; systemPercent?: number }) =>
+/** A thread's CPU over the window, and its read and write calls, where /proc gave them. */
+const threadCpu = (t: {
+  cpuPercent?: number;
+  systemPercent?: number;
+  readsPerMessage?: number | undefined;
+  writesPerMessage?: number | undefined;
+}) =>
   t.cpuPercent === undefined
     ? ""
-    : `; CPU ${fixed(t.cpuPercent)} % (system ${fixed(t.systemPercent ?? 0)} %)`;
+    : `; CPU ${fixed(t.cpuPercent)} % (system ${fixed(t.systemPercent ?? 0)} %)${calls(t.readsPerMessage, t.writesPerMessage, " a message")}`;
+
+/** Read and write calls per acked message (server.ts, ioCalls), where /proc gave them. */
+function calls(reads: number | undefined, writes: number | undefined, per: string): string {
+  return reads === undefined || writes === undefined
+    ? ""
+    : `, ${fixed(reads, 2)} reads and ${fixed(writes, 2)} writes${per}`;
+}
 
 function singleServerLines(r: Report): string[] {
   const m = r.serverMemory;
@@ -114,6 +126,13 @@ function perDevice(d: {
   return `${fixed(d.rssBytes / 1024)} KiB RSS${d.anonBytes === undefined ? "" : ` (${fixed(d.anonBytes / 1024)} KiB anon)`}${d.heapBytes === undefined ? "" : `, ${fixed(d.heapBytes / 1024)} KiB JS heap`}${d.heapCommittedBytes === undefined ? "" : ` (committed heap ${fixed(d.heapCommittedBytes / 1024)} KiB)`}`;
 }
 
+/** A role's read and write calls together per acked message (the JSON report has them apart). */
+function ioPerMessage(x: { readsPerMessage: number | undefined; writesPerMessage: number | undefined }) {
+  return x.readsPerMessage === undefined || x.writesPerMessage === undefined
+    ? undefined
+    : x.readsPerMessage + x.writesPerMessage;
+}
+
 function meshLines(r: Report): string[] {
   const m = r.mesh!;
   const o = r.options.mesh!;
@@ -122,10 +141,10 @@ function meshLines(r: Report): string[] {
   const mibOf = (n: number | undefined) => (n === undefined ? "n/a" : fixed(mib(n), 0));
   const lines = [
     `mesh             ${o.gateways} gateways, ${o.sequencers} sequencers, ${o.fanouts} fanouts (+ accounts, presence, nats-server, redis-server): ${num(m.cpuMsPerMessage, 3)} ms CPU per acked message in all`,
-    `  ${"role".padEnd(10)}${pad("procs", 6)}${pad("cpu %", 8)}${pad("main %", 8)}${pad("ms/msg", 8)}${pad("µs/dlv", 8)}${pad("ELU max", 9)}${pad("sw/msg", 8)}   RSS MiB connected / end / peak`,
+    `  ${"role".padEnd(10)}${pad("procs", 6)}${pad("cpu %", 8)}${pad("main %", 8)}${pad("ms/msg", 8)}${pad("µs/dlv", 8)}${pad("ELU max", 9)}${pad("sw/msg", 8)}${pad("io/msg", 8)}   RSS MiB connected / end / peak`,
     ...m.roles.map(
       (x) =>
-        `  ${x.role.padEnd(10)}${pad(String(x.processes), 6)}${pad(num(x.cpuPercent), 8)}${pad(num(x.mainThreadPercent), 8)}${pad(num(x.cpuMsPerMessage, 3), 8)}${pad(num(x.cpuUsPerDelivery, 0), 8)}${pad(x.eventLoopUtilizationMax === undefined ? "n/a" : `${fixed(100 * x.eventLoopUtilizationMax, 0)} %`, 9)}${pad(num(x.switchesPerMessage), 8)}   ${mibOf(x.rssConnectedBytes)} / ${mibOf(x.rssEndBytes)} / ${mibOf(x.peakRssBytes)}`,
+        `  ${x.role.padEnd(10)}${pad(String(x.processes), 6)}${pad(num(x.cpuPercent), 8)}${pad(num(x.mainThreadPercent), 8)}${pad(num(x.cpuMsPerMessage, 3), 8)}${pad(num(x.cpuUsPerDelivery, 0), 8)}${pad(x.eventLoopUtilizationMax === undefined ? "n/a" : `${fixed(100 * x.eventLoopUtilizationMax, 0)} %`, 9)}${pad(num(x.switchesPerMessage), 8)}${pad(num(ioPerMessage(x)), 8)}   ${mibOf(x.rssConnectedBytes)} / ${mibOf(x.rssEndBytes)} / ${mibOf(x.peakRssBytes)}`,
     ),
     `  per process cpu % (ELU): ${m.processes.map((p) => `${p.name} ${num(p.cpuPercent, 0)}${p.eventLoopUtilization === undefined ? "" : ` (${fixed(100 * p.eventLoopUtilization, 0)})`}`).join(", ")}`,
   ];

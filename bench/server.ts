@@ -315,32 +315,69 @@ function statCpu(path: string): ThreadCpu | undefined {
   }
 }
 
-/** CPU time one thread (or process) has used, in seconds. */
+/**
+ * Read and write calls from a /proc io file: syscr and syscw, the calls of the read and write
+ * families (read, pread, readv; write, pwrite, writev), whatever they read or wrote: sockets,
+ * pipes, files. A socket written with sendmsg, an fsync and an epoll wait are not counted.
+ * Undefined where the file cannot be read (another user's process, or not Linux).
+ */
+function ioCalls(path: string): { reads: number; writes: number } | undefined {
+  try {
+    const io = readFileSync(path, "utf8");
+    const reads = /^syscr:\s+(\d+)$/m.exec(io)?.[1];
+    const writes = /^syscw:\s+(\d+)$/m.exec(io)?.[1];
+    return reads === undefined || writes === undefined
+      ? undefined
+      : { reads: Number(reads), writes: Number(writes) };
+  } catch {
+    return undefined;
+  }
+}
+
+/** CPU time one thread (or process) has used, in seconds, and its read and write calls so far. */
 export interface ThreadCpu {
   user: number;
   system: number;
+  /** Its read and write calls (ioCalls), where /proc gives them. */
+  reads?: number;
+  writes?: number;
 }
 
 /**
  * CPU time (user + system) a process has used, in seconds: all threads, and its main thread;
- * each live thread's, by its id in the kernel; and how many times its threads were switched off a
- * core so far (voluntary and not; threads that have exited are not counted).
+ * each live thread's, by its id in the kernel; how many times its threads were switched off a
+ * core so far (voluntary and not; threads that have exited are not counted); and the read and
+ * write calls of all its threads, exited ones included, where /proc gives them.
  */
-export function readCpuSeconds(
-  pid: number,
-): { all: number; main: number; threads: Map<number, ThreadCpu>; switches: number } | undefined {
+export function readCpuSeconds(pid: number):
+  | {
+      all: number;
+      main: number;
+      threads: Map<number, ThreadCpu>;
+      switches: number;
+      io: { reads: number; writes: number } | undefined;
+    }
+  | undefined {
   const all = statCpu(`/proc/${pid}/stat`);
   const main = statCpu(`/proc/${pid}/task/${pid}/stat`);
   if (all === undefined || main === undefined) return undefined;
   const { threads, switches } = readThreads(pid);
-  return { all: all.user + all.system, main: main.user + main.system, threads, switches };
+  return {
+    all: all.user + all.system,
+    main: main.user + main.system,
+    threads,
+    switches,
+    io: ioCalls(`/proc/${pid}/io`),
+  };
 }
 
 /**
- * Each thread's CPU, and the context switches of all of them. Each time a thread waits (for a
- * socket, a message from another thread, a lock, an fsync) and is woken is one switch; on a VM
- * each wake-up costs CPU of its own (docs/benchmarks.md, "Thirteenth pass"), so they count what
- * hand-offs cost.
+ * Each thread's CPU and read and write calls, and the context switches of all of them. Each
+ * time a thread waits (for a socket, a message from another thread, a lock, an fsync) and is
+ * woken is one switch; on a VM each wake-up costs CPU of its own (docs/benchmarks.md,
+ * "Thirteenth pass"), so they count what hand-offs cost. A call into the kernel costs too, and
+ * a write to a loopback socket does the receiving side's TCP work in the writer's call: the
+ * calls say where a thread's system time goes (forty-first pass).
  */
 function readThreads(pid: number): { threads: Map<number, ThreadCpu>; switches: number } {
   const threads = new Map<number, ThreadCpu>();
@@ -357,7 +394,7 @@ function readThreads(pid: number): { threads: Map<number, ThreadCpu>; switches: 
       for (const m of status.matchAll(/^(?:non)?voluntary_ctxt_switches:\s+(\d+)$/gm))
         switches += Number(m[1]);
       const cpu = statCpu(`/proc/${pid}/task/${tid}/stat`);
-      if (cpu !== undefined) threads.set(Number(tid), cpu);
+      if (cpu !== undefined) threads.set(Number(tid), { ...cpu, ...ioCalls(`/proc/${pid}/task/${tid}/io`) });
     } catch {
       // The thread exited between the listing and the read.
     }

@@ -70,6 +70,7 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
     const cpuSeconds = a && b ? b.all - a.all : undefined;
     const mainSeconds = a && b && p.node ? b.main - a.main : undefined;
     const switches = a && b ? b.switches - a.switches : undefined;
+    const io = callsBetween(a?.io, b?.io);
     const ticks = p.samples.filter((s) => onMainThread(s) && inProbeWindow(s, ctx.probeWindow));
     return {
       name: p.name,
@@ -80,6 +81,9 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
       mainThreadPercent:
         mainSeconds === undefined || seconds <= 0 ? undefined : (100 * mainSeconds) / seconds,
       switches,
+      /** Read and write calls of all the process's threads in the window (server.ts, ioCalls). */
+      reads: io?.reads,
+      writes: io?.writes,
       eventLoopUtilization:
         ticks.length === 0 ? undefined : ticks.reduce((n, s) => n + (s.elu ?? 0), 0) / ticks.length,
       eventLoopDelayMaxMs: ticks.length === 0 ? undefined : Math.max(...ticks.map((s) => s.delayMax ?? 0)),
@@ -119,6 +123,9 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
         cpuSeconds === undefined || delivered === 0 ? undefined : (1e6 * cpuSeconds) / delivered,
       /** Context switches of all the role's threads per acked message. */
       switchesPerMessage: perMessage(add(ps.map((p) => p.switches)), acked),
+      /** Read and write calls of all the role's threads per acked message. */
+      readsPerMessage: perMessage(add(ps.map((p) => p.reads)), acked),
+      writesPerMessage: perMessage(add(ps.map((p) => p.writes)), acked),
       /** The busiest of the role's processes. */
       eventLoopUtilizationMax: ps.some((p) => p.eventLoopUtilization !== undefined)
         ? Math.max(...ps.map((p) => p.eventLoopUtilization ?? 0))
@@ -148,6 +155,8 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
     mainThreadPercent: add(processes.map((p) => p.mainThreadPercent)),
     cpuMsPerMessage: cpuSeconds === undefined || acked === 0 ? undefined : (1000 * cpuSeconds) / acked,
     switchesPerMessage: perMessage(add(processes.map((p) => p.switches)), acked),
+    readsPerMessage: perMessage(add(processes.map((p) => p.reads)), acked),
+    writesPerMessage: perMessage(add(processes.map((p) => p.writes)), acked),
     roles,
     processes,
     /** Per budgeted process: its budget, and the share of the window's periods it spent waiting out. */
@@ -170,6 +179,16 @@ function meshSummary(m: MeshContext, ctx: Context, seconds: number, acked: numbe
 
 function perMessage(n: number | undefined, acked: number): number | undefined {
   return n === undefined || acked === 0 ? undefined : n / acked;
+}
+
+/** The read and write calls made between two readings, where both have them. */
+function callsBetween(
+  a: { reads?: number; writes?: number } | undefined,
+  b: { reads?: number; writes?: number } | undefined,
+): { reads: number; writes: number } | undefined {
+  if (a?.reads === undefined || a.writes === undefined || b?.reads === undefined || b.writes === undefined)
+    return undefined;
+  return { reads: b.reads - a.reads, writes: b.writes - a.writes };
 }
 
 /** The report of a run: what --json prints and printReport formats. */
@@ -204,6 +223,7 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
   // For a mesh, "server" is every process of it, nats-server and redis-server included.
   const serverCpu = mesh ? mesh.cpuPercent : cpu(ctx.cpuStart.server?.all, ctx.cpuEnd.server?.all);
   const serverMain = mesh ? mesh.mainThreadPercent : cpu(ctx.cpuStart.server?.main, ctx.cpuEnd.server?.main);
+  const serverCalls = callsBetween(ctx.cpuStart.server?.io, ctx.cpuEnd.server?.io);
   const clientCpu = cpu(ctx.cpuStart.client, ctx.cpuEnd.client);
   const machineBusy = cpu(ctx.cpuStart.machine?.busy, ctx.cpuEnd.machine?.busy);
   const ackToDelivery = new Histogram();
@@ -240,14 +260,18 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
       ? undefined
       : growthPerDevice(memHalf, memConnected, connectedNow - ctx.halfDevices);
   const mainProbe = ctx.probe.filter(onMainThread);
-  // A thread's CPU over the window, as a percentage of a core: all of it, and its system time.
+  // A thread's CPU over the window, as a percentage of a core: all of it, and its system time;
+  // and its read and write calls per acked message.
   const threadCpu = (tid: number | undefined) => {
     const a = tid === undefined ? undefined : ctx.cpuStart.server?.threads.get(tid);
     const b = tid === undefined ? undefined : ctx.cpuEnd.server?.threads.get(tid);
     if (a === undefined || b === undefined || seconds <= 0) return undefined;
+    const io = callsBetween(a, b);
     return {
       cpuPercent: (100 * (b.user + b.system - a.user - a.system)) / seconds,
       systemPercent: (100 * (b.system - a.system)) / seconds,
+      readsPerMessage: perMessage(io?.reads, acked),
+      writesPerMessage: perMessage(io?.writes, acked),
     };
   };
   const elu = mainProbe.map((s) => s.elu ?? 0);
@@ -347,6 +371,9 @@ export function summarize(opts: Options, results: LoadStats[], ctx: Context) {
               : undefined,
             acked,
           ),
+      /** Read and write calls of every server thread (every mesh process) per acked message. */
+      serverReadsPerMessage: mesh ? mesh.readsPerMessage : perMessage(serverCalls?.reads, acked),
+      serverWritesPerMessage: mesh ? mesh.writesPerMessage : perMessage(serverCalls?.writes, acked),
       other:
         machineBusy !== undefined && serverCpu !== undefined && clientCpu !== undefined
           ? machineBusy - serverCpu - clientCpu
@@ -388,7 +415,14 @@ export type Report = ReturnType<typeof summarize>;
  */
 function workerLoops(
   probe: readonly ProbeSample[],
-  threadCpu: (tid: number | undefined) => { cpuPercent: number; systemPercent: number } | undefined,
+  threadCpu: (tid: number | undefined) =>
+    | {
+        cpuPercent: number;
+        systemPercent: number;
+        readsPerMessage: number | undefined;
+        writesPerMessage: number | undefined;
+      }
+    | undefined,
 ) {
   const byThread = new Map<number, ProbeSample[]>();
   for (const s of probe) {

@@ -273,6 +273,55 @@ if (!(await pingNats(url))) {
       assert.deepEqual(seen, [`${c}:1`]);
     });
 
+    test("a publish nothing answers fails at its deadline, and the ones after it are not held", async () => {
+      const names = isolated();
+      // No stream takes these subjects, but a plain subscriber does: the server has a responder
+      // to hand the publish to, so no 503 comes, and nothing ever answers.
+      const e = await engine(names, { manageStream: false, publishTimeoutMs: 600 });
+      const silent = admin.subscribe(`${names.subjectPrefix}.events.>`);
+      await admin.flush();
+      const c = conversation();
+      const started = Date.now();
+      const first = e.bus.publishCommitted([committed(c, 1), committed(c, 2)]);
+      const second = e.bus.publishCommitted([committed(c, 3)]);
+      await assert.rejects(first, /deadline/);
+      await assert.rejects(second, /deadline/);
+      const waited = Date.now() - started;
+      assert.ok(waited >= 590 && waited < 3_000, `failed after ${waited} ms`);
+      assert.equal(e.metrics.publishFailures, 3);
+      assert.equal(silent.getReceived(), 3, "every publish was sent");
+      silent.unsubscribe();
+    });
+
+    test("an error the stream answers fails the publish with the stream's description", async () => {
+      const names = isolated();
+      const e = await engine(names);
+      const c = conversation();
+      await e.bus.publishCommitted([committed(c, 1)]);
+      const config = (await jsm.streams.info(names.stream)).config;
+      await jsm.streams.update(names.stream, { ...config, max_msg_size: 16 });
+      await assert.rejects(e.bus.publishCommitted([committed(c, 2)]), /message size exceeds maximum allowed/);
+      assert.equal(e.metrics.published, 1);
+      assert.equal(e.metrics.publishFailures, 1);
+    });
+
+    test("a publish still waiting for its answer when the bus closes is failed, not left waiting", async () => {
+      const names = isolated();
+      const e = await connectNats(
+        { servers: [url], ...QUICK, ...names, manageStream: false, publishTimeoutMs: 60_000 },
+        log,
+      );
+      const silent = admin.subscribe(`${names.subjectPrefix}.events.>`);
+      await admin.flush();
+      const waiting = e.bus.publishCommitted([committed(conversation(), 1)]);
+      await eventually("the publish at the silent subscriber", () => silent.getReceived() === 1);
+      const started = Date.now();
+      await e.close();
+      await assert.rejects(waiting, /closed/);
+      assert.ok(Date.now() - started < 10_000, "failed when the bus closed, not at its deadline");
+      silent.unsubscribe();
+    });
+
     test("an undecodable message is terminated, never redelivered", async () => {
       const names = isolated();
       const e = await engine(names);

@@ -17,6 +17,7 @@ import type { Logger } from "../common/log.js";
 import { Link, openConnection } from "./nats/connection.js";
 import { CommittedConsumers } from "./nats/consumer.js";
 import { CommittedStream } from "./nats/jetstream.js";
+import { PubAcks } from "./nats/pub-acks.js";
 import { type Settings, settingsOf } from "./nats/settings.js";
 import { CoreSubjects } from "./nats/subjects.js";
 import { type NatsBusMetrics, type NatsBusOptions, type NatsEngine, zeroMetrics } from "./nats/types.js";
@@ -45,7 +46,7 @@ class NatsEngineImpl implements NatsEngine {
   ) {
     const js = connection.jetstream();
     this.link = new Link(connection, settings.reconnectBufferBytes, log);
-    this.stream = new CommittedStream(this.link, js, jsm, settings, this.metrics, log);
+    this.stream = new CommittedStream(this.link, new PubAcks(connection), jsm, settings, this.metrics, log);
     this.consumers = new CommittedConsumers({
       link: this.link,
       js,

@@ -7,7 +7,7 @@ import {
   type ConsumerConfig,
   DeliverPolicy,
   DiscardPolicy,
-  type JetStreamClient,
+  headers,
   type JetStreamManager,
   nanos,
   ReplayPolicy,
@@ -19,6 +19,7 @@ import type { BusEvent } from "../../../gen/switchboard/internal/v1/events_pb.js
 import type { Logger } from "../../common/log.js";
 import { endSpan } from "../../common/telemetry.js";
 import type { Link } from "./connection.js";
+import type { PubAcks } from "./pub-acks.js";
 import type { Settings } from "./settings.js";
 import { committedIdentity, committedSubject, PARTITIONS, partitionSubject } from "./subjects.js";
 import { sendSpan } from "./tracing.js";
@@ -51,7 +52,7 @@ export class CommittedStream {
 
   constructor(
     private readonly link: Link,
-    private readonly js: JetStreamClient,
+    private readonly acks: PubAcks,
     private readonly jsm: JetStreamManager,
     private readonly settings: Settings,
     private readonly metrics: NatsBusMetrics,
@@ -206,15 +207,13 @@ export class CommittedStream {
           bodyBytes: data.length,
         });
         // The consumer continues from the send span; an untraced event carries what it has.
-        const hdrs = traceHeaders(traced?.carrier ?? event.traceContext);
+        let hdrs = traceHeaders(traced?.carrier ?? event.traceContext);
+        // The stream stores an id once within its duplicate window: a republish is not stored twice.
+        if (identity?.msgId) (hdrs ??= headers()).set("Nats-Msg-Id", identity.msgId);
         this.inFlight++;
-        // js.publish sends synchronously before its first await, so issue order is send order.
-        const ack = this.js
-          .publish(subject, data, {
-            timeout: remaining,
-            ...(identity?.msgId && { msgID: identity.msgId }),
-            ...(hdrs && { headers: hdrs }),
-          })
+        // PubAcks.publish sends before it returns, so issue order is send order.
+        const ack = this.acks
+          .publish(subject, data, hdrs, deadline)
           .then(
             (pubAck) => {
               this.metrics.published++;

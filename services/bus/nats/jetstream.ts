@@ -209,7 +209,10 @@ export class CommittedStream {
         // The consumer continues from the send span; an untraced event carries what it has.
         let hdrs = traceHeaders(traced?.carrier ?? event.traceContext);
         // The stream stores an id once within its duplicate window: a republish is not stored twice.
-        if (identity?.msgId) (hdrs ??= headers()).set("Nats-Msg-Id", identity.msgId);
+        if (identity?.msgId) {
+          hdrs ??= headers();
+          hdrs.set("Nats-Msg-Id", identity.msgId);
+        }
         this.inFlight++;
         // PubAcks.publish sends before it returns, so issue order is send order.
         const ack = this.acks

@@ -17,6 +17,8 @@
  * empty `stream` is a failure); a deadline per publish; no retry (nats.js retries once by
  * default, that is, not at all). What it does without: a timer per publish. One timer runs at a
  * time, at the earliest deadline of the publishes waiting, and times out every one past its own.
+ * What waits is bounded by the caller: CommittedStream issues a publish only into a free slot of
+ * its `maxPublishesInFlight`.
  */
 import { createInbox, type Msg, type NatsConnection, type NatsError, type Subscription } from "nats";
 

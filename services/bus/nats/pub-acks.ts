@@ -6,11 +6,11 @@
  * and the server itself answers with a 503 status when no stream takes the subject. nats.js's
  * `js.publish` makes each of them a request of its own: a request object, a timer, a promise
  * for the timeout and, on every success, a NatsError built with its stack trace to cancel the
- * request it has just answered. That cost a publish 24-30 µs of the client's CPU against 8-10
- * for the same publish here (a script publishing 40,000 events, 256 in flight, to a real
+ * request it has just answered. That cost a publish 40 µs of the client's CPU against 10-14 for
+ * the same publish here (bench/jetstream-publish.ts: 40,000 publishes, 256 in flight, to a real
  * nats-server), and the sequencer publishes every entry and receipt it commits: a fifth of a
- * mesh sequencer's main thread went to the publishes and their answers (docs/benchmarks.md,
- * forty-first pass).
+ * mesh sequencer's main thread went to the publishes and their answers, a tenth since
+ * (docs/benchmarks.md, forty-first pass).
  *
  * What this keeps of `js.publish`: the same message on the wire, headers included; the answer
  * read as nats.js reads it (a 503 status without a body is "no responders", an `error` or an

@@ -88,16 +88,13 @@ export class PubAcks {
     return answered;
   }
 
-  /** Publishes waiting for their answer. */
-  get pending(): number {
-    return this.waiting.size;
-  }
-
   private answer(err: NatsError | null, msg: Msg): void {
-    const token = msg?.subject.slice(this.prefix.length);
-    const w = token === undefined ? undefined : this.waiting.get(token);
+    // A subscription-wide error comes without a message: the publishes it concerns time out.
+    if (msg === undefined) return;
+    const token = msg.subject.slice(this.prefix.length);
+    const w = this.waiting.get(token);
     if (w === undefined) return; // Timed out already, or not ours.
-    this.waiting.delete(token!);
+    this.waiting.delete(token);
     if (err !== null) {
       w.reject(err);
       return;
@@ -127,7 +124,10 @@ export class PubAcks {
     w.resolve({ stream: ack.stream, seq: ack.seq, duplicate: ack.duplicate === true });
   }
 
-  /** Schedules the sweep for the earliest deadline waiting (the first published has it, normally). */
+  /**
+   * Schedules the sweep for the earliest deadline waiting. Armed by the first publish into an
+   * empty timer, whose deadline is the earliest: every caller gives the same timeout.
+   */
   private arm(at: number): void {
     this.timer = setTimeout(() => this.sweep(), Math.max(0, at - Date.now()));
     // Waiting answers do not keep a process alive that has nothing else to do.

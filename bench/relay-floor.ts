@@ -5,20 +5,29 @@
  * every send is answered (send_ack) and relayed (a message frame to the other members' streams)
  * in the turn that reads it, and every ack turns into a receipts frame for the other members, as
  * the server's do with batch_receipts. It is what the bench's numbers would be if the server cost
- * nothing but node:http2 and protobuf-es: run `npm run bench` against it and the difference from
+ * nothing but its HTTP/2 and protobuf-es: run `npm run bench` against it and the difference from
  * a run against `switchboard start` is what Switchboard's own work costs, latency included.
  *
- *   node_modules/.bin/tsx bench/relay-floor.ts [port]     # prints its URL and pid, then a line a second
+ *   node_modules/.bin/tsx bench/relay-floor.ts [port] [--h2 node|own]   # prints its URL and pid, then a line a second
  *   npm run bench -- --url URL --server-pid PID --devices 1000 --rate 5000 --duration 20
+ *
+ * `--h2 node` (the default) serves on node:http2, as the server's main port does. `--h2 own`
+ * serves on the stream port's HTTP/2 (services/server/h2/connection.ts), the floor under
+ * `--stream-port on`: it costs less a frame than node:http2, so the floor under the stream port is
+ * its own, not node:http2's. Everything, setup calls included, is served on the one port and the
+ * one thread either way.
  *
  * Written plainly on purpose: frames through protobuf-es's create and toBinary, one write per
  * stream per turn (as the server batches), unary calls answered on the raw HTTP/2 stream. Once a
  * second it prints its main thread's event-loop utilisation and its longest delay (10 ms
  * resolution), the figures the bench's probe reports for the real server. Nothing of services/
- * is loaded; gen/ is, for the schemas. Not for anything but measuring: it serves anyone who asks.
+ * is loaded but, with `--h2 own`, its HTTP/2; gen/ is, for the schemas. Not for anything but
+ * measuring: it serves anyone who asks.
  */
 import * as http2 from "node:http2";
+import { createServer as createNetServer } from "node:net";
 import { monitorEventLoopDelay, performance } from "node:perf_hooks";
+import { parseArgs } from "node:util";
 import {
   create,
   type DescMessage,
@@ -49,6 +58,7 @@ import {
   GatewayService,
   ReceiptKind,
 } from "../gen/switchboard/v1/gateway_pb.js";
+import { H2Connection, type H2ServerOptions, type H2Stream } from "../services/server/h2/connection.js";
 
 interface Conversation {
   id: string;
@@ -61,7 +71,7 @@ interface Conversation {
 interface Device {
   userId: string;
   deviceId: string;
-  stream: http2.ServerHttp2Stream;
+  stream: RelayStream;
   pending: Uint8Array[];
   pendingBytes: number;
 }
@@ -73,6 +83,85 @@ const conversations = new Map<string, Conversation>();
 const live = new Map<string, Device>();
 let nextId = 0;
 const id = (prefix: string) => `${prefix}${(++nextId).toString(36)}`;
+
+// ---- a request stream, on either HTTP/2 ----
+
+/** What the relay does with a request stream; one adapter each for node:http2 and the own HTTP/2. */
+interface RelayStream {
+  /** Closed, or its answer ended: nothing more may be written. */
+  readonly done: boolean;
+  /** Starts taking the request's body ("data", then "end"). */
+  read(onData: (chunk: Buffer) => void, onEnd: () => void): void;
+  onClose(fn: () => void): void;
+  /** Answers 200 with the gRPC content type; the trailers follow at finish(). */
+  open(): void;
+  write(bytes: Uint8Array): void;
+  /** Ends the answer with grpc-status 0, after what was written. */
+  finish(): void;
+  /** A trailers-only answer with this grpc-status. */
+  refuse(grpcStatus: number): void;
+}
+
+const GRPC_CONTENT_TYPE = "application/grpc+proto";
+
+function nodeStream(stream: http2.ServerHttp2Stream): RelayStream {
+  stream.on("error", () => {});
+  return {
+    get done() {
+      return stream.closed || stream.writableEnded;
+    },
+    read(onData, onEnd) {
+      stream.on("data", onData);
+      stream.on("end", onEnd);
+    },
+    onClose: (fn) => stream.on("close", fn),
+    open() {
+      stream.respond({ ":status": 200, "content-type": GRPC_CONTENT_TYPE }, { waitForTrailers: true });
+      stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+    },
+    write: (bytes) => stream.write(bytes),
+    finish: () => stream.end(),
+    refuse(grpcStatus) {
+      stream.respond(
+        { ":status": 200, "content-type": GRPC_CONTENT_TYPE, "grpc-status": String(grpcStatus) },
+        { endStream: true },
+      );
+    },
+  };
+}
+
+function ownStream(stream: H2Stream): RelayStream {
+  let finished = false;
+  return {
+    get done() {
+      return stream.closed || finished;
+    },
+    read(onData, onEnd) {
+      stream.on("data", onData);
+      stream.on("end", onEnd);
+      // An H2Stream holds its body until it is resumed.
+      stream.resume();
+    },
+    onClose: (fn) => stream.on("close", fn),
+    open: () => stream.respond(200, [["content-type", GRPC_CONTENT_TYPE]]),
+    write: (bytes) => stream.write(Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength)),
+    finish() {
+      finished = true;
+      stream.end([["grpc-status", "0"]]);
+    },
+    refuse(grpcStatus) {
+      finished = true;
+      stream.respond(
+        200,
+        [
+          ["content-type", GRPC_CONTENT_TYPE],
+          ["grpc-status", String(grpcStatus)],
+        ],
+        true,
+      );
+    },
+  };
+}
 
 // ---- gRPC framing ----
 
@@ -153,15 +242,17 @@ function open(members: string[]): string {
   return c.id;
 }
 
-function serveUnary(stream: http2.ServerHttp2Stream, fn: Unary, caller: string | undefined): void {
+function serveUnary(stream: RelayStream, fn: Unary, caller: string | undefined): void {
   const chunks: Buffer[] = [];
-  stream.on("data", (chunk: Buffer) => chunks.push(chunk));
-  stream.on("end", () => {
-    const [body] = messages(Buffer.concat(chunks)).bodies;
-    stream.respond({ ":status": 200, "content-type": "application/grpc+proto" }, { waitForTrailers: true });
-    stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
-    stream.end(frame(fn(body ?? Buffer.alloc(0), caller)));
-  });
+  stream.read(
+    (chunk) => chunks.push(chunk),
+    () => {
+      const [body] = messages(Buffer.concat(chunks)).bodies;
+      stream.open();
+      stream.write(frame(fn(body ?? Buffer.alloc(0), caller)));
+      stream.finish();
+    },
+  );
 }
 
 // ---- the device stream ----
@@ -187,39 +278,37 @@ function queue(
 function flush(): void {
   flushScheduled = false;
   for (const d of dirty) {
-    if (!d.stream.closed && !d.stream.writableEnded) d.stream.write(Buffer.concat(d.pending, d.pendingBytes));
+    if (!d.stream.done) d.stream.write(Buffer.concat(d.pending, d.pendingBytes));
     d.pending = [];
     d.pendingBytes = 0;
   }
   dirty.clear();
 }
 
-function serveDevice(stream: http2.ServerHttp2Stream, deviceId: string): void {
+function serveDevice(stream: RelayStream, deviceId: string): void {
   const userId = userOfDevice.get(deviceId);
   if (userId === undefined) {
-    stream.respond(
-      { ":status": 200, "content-type": "application/grpc+proto", "grpc-status": "16" },
-      { endStream: true },
-    );
+    stream.refuse(16);
     return;
   }
   const d: Device = { userId, deviceId, stream, pending: [], pendingBytes: 0 };
   live.set(userId, d);
-  stream.respond({ ":status": 200, "content-type": "application/grpc+proto" }, { waitForTrailers: true });
-  stream.once("wantTrailers", () => stream.sendTrailers({ "grpc-status": "0" }));
+  stream.open();
   queue(d, {
     case: "ready",
     value: { userId, deviceId, sessionId: id("s"), serverTimeMs: BigInt(Date.now()) },
   });
   queue(d, { case: "caughtUp", value: {} });
   let buffer = Buffer.alloc(0);
-  stream.on("data", (chunk: Buffer) => {
-    const { bodies, rest } = messages(buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk]));
-    for (const body of bodies) onFrame(d, fromBinary(ConnectRequestSchema, body).frame);
-    buffer = rest.length === 0 ? Buffer.alloc(0) : Buffer.from(rest);
-  });
-  stream.on("end", () => stream.end());
-  stream.on("close", () => {
+  stream.read(
+    (chunk) => {
+      const { bodies, rest } = messages(buffer.length === 0 ? chunk : Buffer.concat([buffer, chunk]));
+      for (const body of bodies) onFrame(d, fromBinary(ConnectRequestSchema, body).frame);
+      buffer = rest.length === 0 ? Buffer.alloc(0) : Buffer.from(rest);
+    },
+    () => stream.finish(),
+  );
+  stream.onClose(() => {
     if (live.get(userId) === d) live.delete(userId);
     dirty.delete(d);
   });
@@ -281,21 +370,44 @@ function onFrame(d: Device, f: ConnectRequest["frame"]): void {
 
 // ---- the server ----
 
-const server = http2.createServer();
-server.on("stream", (stream, headers) => {
-  stream.on("error", () => {});
-  const path = headers[":path"] ?? "";
-  const auth = headers.authorization;
-  const caller = typeof auth === "string" && auth.startsWith("Bearer ") ? auth.slice(7) : undefined;
-  if (path === `/${GatewayService.typeName}/Connect`) return serveDevice(stream, caller ?? "");
-  const fn = UNARY.get(path);
-  if (fn !== undefined) return serveUnary(stream, fn, caller);
-  stream.respond(
-    { ":status": 200, "content-type": "application/grpc+proto", "grpc-status": "12" },
-    { endStream: true },
-  );
+const { values: options, positionals } = parseArgs({
+  allowPositionals: true,
+  options: { h2: { type: "string", default: "node" } },
 });
-server.on("sessionError", () => {});
+if (options.h2 !== "node" && options.h2 !== "own") throw new Error("--h2: node or own");
+
+function onRequest(stream: RelayStream, path: string, auth: string | string[] | undefined): void {
+  const caller = typeof auth === "string" && auth.startsWith("Bearer ") ? auth.slice(7) : undefined;
+  const fn = UNARY.get(path);
+  if (path === `/${GatewayService.typeName}/Connect`) serveDevice(stream, caller ?? "");
+  else if (fn !== undefined) serveUnary(stream, fn, caller);
+  else stream.refuse(12);
+}
+
+// The stream port's settings where they matter to a bench run (stream-thread.ts): one stream a
+// device, long-lived, so the idle timeout is past any run.
+const ownOptions: H2ServerOptions = {
+  maxConcurrentStreams: 100,
+  maxHeaderListBytes: 16 * 1024,
+  maxHeaderPairs: 100,
+  handshakeTimeoutMs: 10_000,
+  idleTimeoutMs: 24 * 3_600_000,
+  onStream: (stream, headers) => {
+    const path = headers[":path"];
+    onRequest(ownStream(stream), typeof path === "string" ? path : "", headers.authorization);
+  },
+  refuse: () => {},
+};
+
+const server =
+  options.h2 === "own"
+    ? createNetServer((socket) => new H2Connection(socket, ownOptions))
+    : http2
+        .createServer()
+        .on("stream", (stream, headers) =>
+          onRequest(nodeStream(stream), headers[":path"] ?? "", headers.authorization),
+        )
+        .on("sessionError", () => {});
 
 const delay = monitorEventLoopDelay({ resolution: 10 });
 delay.enable();
@@ -312,9 +424,11 @@ setInterval(() => {
   delay.reset();
 }, 1000).unref();
 
-server.listen(Number(process.argv[2] ?? 0), "127.0.0.1", () => {
+server.listen(Number(positionals[0] ?? 0), "127.0.0.1", () => {
   const address = server.address();
   const port = typeof address === "object" && address !== null ? address.port : 0;
-  process.stdout.write(`relay floor listening on http://127.0.0.1:${port} (pid ${process.pid})\n`);
+  process.stdout.write(
+    `relay floor listening on http://127.0.0.1:${port} (pid ${process.pid}, HTTP/2: ${options.h2})\n`,
+  );
 });
 for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(0));

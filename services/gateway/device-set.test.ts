@@ -404,3 +404,64 @@ describe("DeviceSets with groups", () => {
     assert.equal(state.conversationReads, 4, "the first group was dropped from the cache");
   });
 });
+
+describe("DeviceSets with direct conversations", () => {
+  const DIRECT = "d_pair";
+  const alice = { userId: ALICE, deviceId: dv("a1") };
+  const bob = { userId: BOB, deviceId: dv("b1") };
+  const carol = { userId: CAROL, deviceId: dv("c1") };
+
+  /** A sequencer whose GetConversation answers wait until the test opens the gate, counted by user. */
+  function fixture() {
+    const reads: string[] = [];
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => {
+      open = resolve;
+    });
+    const sequencer = {
+      getConversation: async ({ userId }: { userId: string; conversationId: string }) => {
+        reads.push(userId);
+        await gate;
+        if (userId !== ALICE && userId !== BOB) throw new ConnectError("not a member", Code.PermissionDenied);
+        return { members: [{ userId: ALICE }, { userId: BOB }] };
+      },
+    } as unknown as Client<typeof SequencerService>;
+    const sets = new DeviceSets({} as Client<typeof DirectoryService>, sequencer, {
+      maxPayloadBytes: 100,
+      maxDevicesPerUser: 2,
+      maxGroupSize: 3,
+    });
+    return { reads, open, sets };
+  }
+
+  it("reads the members once for every send that waits for them, then from the cache", async () => {
+    const { reads, open, sets } = fixture();
+    const waiting = Array.from({ length: 50 }, (_, i) => sets.directPair(i % 2 === 0 ? alice : bob, DIRECT));
+    open();
+    for (const pair of await Promise.all(waiting)) assert.deepEqual(pair, [ALICE, BOB]);
+    assert.deepEqual(reads, [ALICE], "one read for fifty sends of both members");
+    assert.deepEqual(await sets.directPair(bob, DIRECT), [ALICE, BOB]);
+    assert.equal(reads.length, 1, "the pair is cached");
+  });
+
+  it("reads again as the sender when a read made as another user fails, and not when its own did", async () => {
+    const { reads, open, sets } = fixture();
+    const outsider = [sets.directPair(carol, DIRECT), sets.directPair(carol, DIRECT)];
+    const member = sets.directPair(alice, DIRECT);
+    open();
+    for (const refused of outsider) {
+      await assert.rejects(
+        refused,
+        (e: unknown) => e instanceof ConnectError && e.code === Code.PermissionDenied,
+      );
+    }
+    assert.deepEqual(await member, [ALICE, BOB]);
+    assert.deepEqual(
+      reads,
+      [CAROL, ALICE],
+      "the outsider's sends shared one read; the member read as itself",
+    );
+    await assert.rejects(sets.directPair(carol, DIRECT), /not a member of this conversation/);
+    assert.equal(reads.length, 2, "once the pair is known an outsider is refused without a read");
+  });
+});

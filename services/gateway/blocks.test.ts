@@ -4,13 +4,17 @@ import type { Client } from "@connectrpc/connect";
 import type { DirectoryService } from "../../gen/switchboard/internal/v1/directory_pb.js";
 import { BlockLists } from "./blocks.js";
 
-/** A directory answering GetBlockedUsers from a map, counting reads; `gate` holds answers back. */
+/**
+ * A directory answering GetBlockedUsers from a map, counting reads; `gate` holds answers back,
+ * `fail` fails them.
+ */
 function directory(lists: Map<string, string[]>) {
-  const state = { reads: 0, gate: undefined as Promise<void> | undefined };
+  const state = { reads: 0, gate: undefined as Promise<void> | undefined, fail: false };
   const client = {
     getBlockedUsers: async ({ userIds }: { userIds: string[] }) => {
       state.reads++;
       await state.gate;
+      if (state.fail) throw new Error("directory unavailable");
       return { users: userIds.map((userId) => ({ userId, blockedUserIds: [...(lists.get(userId) ?? [])] })) };
     },
   } as unknown as Client<typeof DirectoryService>;
@@ -39,6 +43,32 @@ describe("BlockLists: the gateway's cache of block lists", () => {
     assert.equal(state.reads, 3);
     assert.deepEqual(await blocks.blockedAmong(owners, "u_alice"), ["u_599"]);
     assert.equal(state.reads, 3, "all cached");
+  });
+
+  it("reads the lists asked for in one turn together, in calls of 256 users", async () => {
+    const owners = Array.from({ length: 300 }, (_, i) => `u_${i}`);
+    const { state, client } = directory(new Map([["u_299", ["u_alice"]]]));
+    const blocks = new BlockLists(client);
+    const lists = await Promise.all(owners.map((o) => blocks.listOf(o)));
+    assert.equal(state.reads, 2, "300 owners in one turn: two calls");
+    assert.deepEqual(
+      owners.filter((_, i) => lists[i]!.has("u_alice")),
+      ["u_299"],
+    );
+    assert.equal((await blocks.listOf("u_0")).size, 0);
+    assert.equal(state.reads, 2, "then from the cache");
+  });
+
+  it("fails every list of a call that failed, and reads them again when next asked", async () => {
+    const { state, client } = directory(new Map([["u_bob", ["u_alice"]]]));
+    const blocks = new BlockLists(client);
+    state.fail = true;
+    const failed = [blocks.listOf("u_bob"), blocks.listOf("u_carol")];
+    for (const read of failed) await assert.rejects(read, /directory unavailable/);
+    assert.equal(blocks.cached("u_bob"), undefined);
+    state.fail = false;
+    assert.ok((await blocks.listOf("u_bob")).has("u_alice"));
+    assert.equal(state.reads, 2);
   });
 
   it("does not cache a read that raced a change", async () => {

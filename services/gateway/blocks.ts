@@ -42,6 +42,12 @@ const GET_BLOCKED_BATCH = 256;
 export class BlockLists {
   private readonly lists: BoundedCache<string, ReadonlySet<string>>;
   private readonly reads = new Map<string, Promise<ReadonlySet<string>>>();
+  /** Owners asked for in this turn and not cached, with what each read waits for. */
+  private readonly asked = new Map<
+    string,
+    { generation: number; resolve: (ids: ReadonlySet<string>) => void; reject: (err: unknown) => void }
+  >();
+  private readScheduled = false;
   /** Bumped by each change, so a read that raced one is not cached. */
   private generation = 0;
 
@@ -68,22 +74,25 @@ export class BlockLists {
     return this.lists.get(owner);
   }
 
-  /** The users `owner` blocked. */
+  /**
+   * The users `owner` blocked. Lists not cached are read together at the end of the turn, in
+   * calls of up to 256 users: a cold gateway, whose devices all send at once, made one call an
+   * owner, 500 at once, each a call on both sides (docs/benchmarks.md, forty-third pass).
+   */
   listOf(owner: string): Promise<ReadonlySet<string>> {
     const hit = this.cached(owner);
     if (hit !== undefined) return Promise.resolve(hit);
     let read = this.reads.get(owner);
     if (read === undefined) {
       const generation = this.generation;
-      read = this.directory
-        .getBlockedUsers({ userIds: [owner] })
-        .then(({ users }) => {
-          const ids: ReadonlySet<string> = new Set(users[0]?.blockedUserIds ?? []);
-          if (generation === this.generation) this.store(owner, ids);
-          return ids;
-        })
-        .finally(() => this.reads.delete(owner));
+      read = new Promise<ReadonlySet<string>>((resolve, reject) => {
+        this.asked.set(owner, { generation, resolve, reject });
+      }).finally(() => this.reads.delete(owner));
       this.reads.set(owner, read);
+      if (!this.readScheduled) {
+        this.readScheduled = true;
+        setImmediate(() => this.readAsked());
+      }
     }
     return read;
   }
@@ -108,6 +117,30 @@ export class BlockLists {
     }
     const lists = await Promise.all(owners.map((o) => fetched.get(o) ?? this.listOf(o)));
     return owners.filter((_, i) => lists[i]!.has(userId));
+  }
+
+  /** Reads the lists asked for in the turn that has ended. */
+  private readAsked(): void {
+    this.readScheduled = false;
+    const asked = [...this.asked];
+    this.asked.clear();
+    for (let i = 0; i < asked.length; i += GET_BLOCKED_BATCH) {
+      const batch = asked.slice(i, i + GET_BLOCKED_BATCH);
+      this.directory.getBlockedUsers({ userIds: batch.map(([owner]) => owner) }).then(
+        ({ users }) => {
+          const answered = new Map(users.map((u) => [u.userId, u.blockedUserIds]));
+          for (const [owner, waiter] of batch) {
+            const ids: ReadonlySet<string> = new Set(answered.get(owner) ?? []);
+            // A read asked for before a change may hold the list before it.
+            if (waiter.generation === this.generation) this.store(owner, ids);
+            waiter.resolve(ids);
+          }
+        },
+        (err: unknown) => {
+          for (const [, waiter] of batch) waiter.reject(err);
+        },
+      );
+    }
   }
 
   /**

@@ -366,8 +366,8 @@ export class DeviceSets {
   /**
    * A direct conversation's members from the sequencer, one read however many sends wait for
    * them: a cold gateway, whose devices all send at once, asked once a send, ten times as many
-   * reads as conversations, and spent its first seconds on them (docs/benchmarks.md, forty-third
-   * pass). A read made as another user that failed says nothing of this sender (the sequencer
+   * reads as conversations, a sixth of its work in its first seconds (docs/benchmarks.md,
+   * forty-third pass). A read made as another user that failed says nothing of this sender (the sequencer
    * refuses a non-member), so the sender then reads as itself.
    */
   private readPair(sender: Sender, conversationId: string): Promise<readonly [string, string]> {
